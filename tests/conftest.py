@@ -1,0 +1,524 @@
+"""Fixtures and helpers of the pgbay end-to-end suite.
+
+Every test drives a real `pgbay serve` process (the binary named by `PGBAY_BIN`) through the
+official Exoscale client (`exoscale.api.v2.Client`), and checks the PostgreSQL side with real
+clients (psql, psycopg). Nothing is mocked.
+
+The session-scoped `server` is shared by most tests, and so is one provisioned `service`
+(provisioning runs initdb, which costs seconds). Tests that must kill pgbay start their own
+`PgbayServer` on their own data dir and port window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import pytest
+import requests
+from exoscale.api.exceptions import ExoscaleAPIAuthException, ExoscaleAPIException
+from exoscale.api.v2 import Client
+from exoscale_auth import ExoscaleV2Auth
+
+REPO = Path(__file__).resolve().parent.parent
+PGBAY_BIN = os.environ.get("PGBAY_BIN") or str(REPO / "target" / "debug" / "pgbay")
+PSQL = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+
+API_KEY = "EXOpgbaytestkey0123456789abcdef"
+API_SECRET = "pgbay-test-secret-" + "s3cr3t" * 4
+
+# Service clusters and pooler listeners of each server come from its own window of this span, so
+# that servers of one session, and concurrent sessions on the machine, never compete for a port.
+PORT_SPAN = (30000, 40000)
+PORT_WINDOW = 200
+
+# Bounds of the polling loops (they bound waiting; no assertion is about how long anything took).
+READY_TIMEOUT = 60.0
+OPERATION_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+
+# Servers alive right now, so that a failing test's report carries their log tails.
+LIVE_SERVERS: list["PgbayServer"] = []
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class PortWindow:
+    """A range of ports reserved for one pgbay server (its `--port-range`).
+
+    The reservation is an flock on a file named after the window, held while the server may use
+    it, so that two pytest sessions running at once on the machine never pick the same window.
+    """
+
+    def __init__(self) -> None:
+        lo_span, hi_span = PORT_SPAN
+        starts = list(range(lo_span, hi_span - PORT_WINDOW + 1, PORT_WINDOW))
+        random.shuffle(starts)
+        for start in starts:
+            lock_path = Path(tempfile.gettempdir()) / f"pgbay-test-ports-{start}.lock"
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            if all(_port_is_free(p) for p in range(start, start + PORT_WINDOW)):
+                self.lo, self.hi, self._fd = start, start + PORT_WINDOW - 1, fd
+                return
+            os.close(fd)
+        raise RuntimeError("no free port window in 30000-39999")
+
+    def __contains__(self, port: int) -> bool:
+        return self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        return f"{self.lo}-{self.hi}"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def free_api_port() -> int:
+    """A free TCP port outside the span that the port windows are taken from."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not PORT_SPAN[0] <= port < PORT_SPAN[1]:
+            return port
+    raise RuntimeError("no free API port")
+
+
+def port_accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The pgbay server process
+
+
+class PgbayServer:
+    """One `pgbay serve` process on its own data dir, API port and port window.
+
+    `start()` may be called again after `kill9()` or `stop()`: the new process reuses the data dir
+    and the port window (a restart), on a fresh API port. `close()` stops the process and kills
+    any PostgreSQL cluster left running under the data dir.
+    """
+
+    def __init__(self, label: str) -> None:
+        # The clusters run as `nobody` when we are root: every ancestor of the data dir must be
+        # traversable by it, which a 0700 temp dir is not.
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"pgbay-test-{label}-"))
+        os.chmod(self.workdir, 0o755)
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "pgbay.log"
+        self.ports = PortWindow()
+        self.api_port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.label = label
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/v2"
+
+    def client(self, key: str = API_KEY, secret: str = API_SECRET) -> Client:
+        return Client(key, secret, url=self.url)
+
+    def start(self) -> None:
+        if not os.access(PGBAY_BIN, os.X_OK):
+            raise RuntimeError(f"pgbay binary not found at {PGBAY_BIN} (set PGBAY_BIN)")
+        self.api_port = free_api_port()
+        env = dict(os.environ)
+        env.update(
+            PGBAY_API_KEY=API_KEY,
+            PGBAY_API_SECRET=API_SECRET,
+            RUST_BACKTRACE="1",
+        )
+        cmd = [
+            PGBAY_BIN,
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--api-listen",
+            f"127.0.0.1:{self.api_port}",
+            "--public-host",
+            "127.0.0.1",
+            "--port-range",
+            str(self.ports),
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== test harness: starting {' '.join(cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        if self not in LIVE_SERVERS:
+            LIVE_SERVERS.append(self)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"pgbay exited with {self.proc.returncode} before answering\n{self.log_tail()}"
+                )
+            try:
+                r = requests.get(
+                    f"{self.url}/dbaas-service",
+                    auth=ExoscaleV2Auth(API_KEY, API_SECRET),
+                    timeout=5,
+                )
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except requests.RequestException as e:
+                last = repr(e)
+            time.sleep(0.1)
+        raise RuntimeError(f"pgbay API not ready after {READY_TIMEOUT}s ({last})\n{self.log_tail()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL pgbay itself (not its clusters): a crash."""
+        assert self.running(), "pgbay is not running"
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT)
+        self._log_marker("killed with SIGKILL")
+
+    def stop(self) -> int | None:
+        """SIGTERM, bounded wait, then SIGKILL. Returns the exit code of a graceful stop."""
+        if not self.running():
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=STOP_TIMEOUT)
+            self._log_marker(f"stopped by SIGTERM, exit code {rc}")
+            return rc
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+            self._log_marker("did not stop on SIGTERM: killed with SIGKILL")
+            return None
+
+    def postmaster_pids(self) -> list[int]:
+        """Pids of live PostgreSQL postmasters whose data directory is under our data dir."""
+        pids = []
+        if not self.data_dir.exists():
+            return pids
+        for pidfile in self.data_dir.rglob("postmaster.pid"):
+            try:
+                pid = int(pidfile.read_text().splitlines()[0])
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if b"postgres" in cmdline:
+                pids.append(pid)
+        return pids
+
+    def kill_clusters(self) -> None:
+        for pid in self.postmaster_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.postmaster_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill_clusters()
+            self.ports.release()
+            if self in LIVE_SERVERS:
+                LIVE_SERVERS.remove(self)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _log_marker(self, what: str) -> None:
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== test harness: pgbay {what}\n".encode())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for srv in LIVE_SERVERS:
+            rep.sections.append((f"pgbay log tail ({srv.label})", srv.log_tail()))
+
+
+# --------------------------------------------------------------------------------------------
+# API helpers
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_op(client: Client, op: dict, timeout: float = OPERATION_TIMEOUT) -> dict:
+    """Poll an operation until it leaves `pending` (bounded); returns its final form.
+
+    `Client.wait()` sleeps at least 3 s between polls; the suite uses it where the client's own
+    waiting is the point, and this faster loop elsewhere.
+    """
+    assert isinstance(op, dict) and "id" in op, f"not an operation: {op!r}"
+    deadline = time.monotonic() + timeout
+    cur = op
+    while cur.get("state") == "pending":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"operation {op['id']} still pending after {timeout}s: {cur}")
+        time.sleep(0.2)
+        cur = client.get_operation(id=op["id"])
+    return cur
+
+
+def ok(client: Client, op: dict) -> dict:
+    """The operation reaches `success`, and has the documented shape."""
+    assert_operation_shape(op)
+    final = wait_op(client, op)
+    assert final["state"] == "success", f"operation failed: {final}"
+    assert final["id"] == op["id"]
+    return final
+
+
+def assert_operation_shape(op: dict) -> None:
+    assert isinstance(op, dict), op
+    uuid.UUID(op["id"])
+    assert op["state"] in {"pending", "success", "failure", "timeout"}, op
+    ref = op.get("reference")
+    assert isinstance(ref, dict), f"operation without reference: {op}"
+    for k in ("id", "link", "command"):
+        assert k in ref, f"operation reference without {k}: {op}"
+    assert "message" in op, f"operation without message: {op}"
+    if op["state"] in {"failure", "timeout"}:
+        assert op.get("reason"), f"failed operation without reason: {op}"
+
+
+def _message_matches(message: str, words) -> list[str]:
+    missing = []
+    low = message.lower()
+    for w in words:
+        alts = w if isinstance(w, tuple) else (w,)
+        if not any(a.lower() in low for a in alts):
+            missing.append(" or ".join(map(repr, alts)))
+    return missing
+
+
+def check_error_response(resp: requests.Response, status: int, *words) -> str:
+    """An error response: the status, a JSON body `{"message": ...}` naming each of `words`
+    (a tuple among `words` means any one of its items)."""
+    assert resp.status_code == status, f"expected {status}, got {resp.status_code}: {resp.text}"
+    try:
+        body = resp.json()
+    except ValueError:
+        raise AssertionError(f"error body is not JSON: {resp.text!r}") from None
+    assert isinstance(body, dict) and isinstance(body.get("message"), str), body
+    missing = _message_matches(body["message"], words)
+    assert not missing, f"error message {body['message']!r} does not name {', '.join(missing)}"
+    return body["message"]
+
+
+@contextlib.contextmanager
+def api_error(status: int, *words):
+    """The client call in the block fails with `status`, and the message names each of `words`."""
+    with pytest.raises(ExoscaleAPIException) as info:
+        yield info
+    exc = info.value
+    assert exc.response is not None, f"no HTTP response: {exc}"
+    if status == 403:
+        assert isinstance(exc, ExoscaleAPIAuthException), repr(exc)
+    check_error_response(exc.response, status, *words)
+
+
+def signed(server: PgbayServer, method: str, path: str, body=None, **kw) -> requests.Response:
+    """A request signed with the official EXO2-HMAC-SHA256 signer, for bodies that the generated
+    client cannot send (malformed JSON, unknown fields). `body` is raw bytes/str or a JSON value."""
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    return requests.request(
+        method,
+        f"{server.url}{path}",
+        data=body,
+        headers=headers,
+        auth=ExoscaleV2Auth(API_KEY, API_SECRET),
+        timeout=30,
+        **kw,
+    )
+
+
+def component_port(svc: dict, name: str) -> int:
+    comps = [c for c in svc.get("components", []) if c.get("component") == name]
+    assert len(comps) == 1, f"expected one {name!r} component: {svc.get('components')}"
+    assert comps[0]["host"] == "127.0.0.1", comps[0]
+    return comps[0]["port"]
+
+
+def find_pool(svc: dict, name: str) -> dict | None:
+    pools = [p for p in svc.get("connection-pools") or [] if p["name"] == name]
+    assert len(pools) <= 1, pools
+    return pools[0] if pools else None
+
+
+def user_names(svc: dict) -> list[str]:
+    return [u["username"] for u in svc.get("users") or []]
+
+
+def reveal(client: Client, service: str, user: str) -> str:
+    r = client.reveal_dbaas_postgres_user_password(service_name=service, username=user)
+    assert r.get("username", user) == user, r
+    pw = r["password"]
+    assert isinstance(pw, str) and pw, r
+    return pw
+
+
+def wait_service_running(client: Client, name: str, timeout: float = OPERATION_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        svc = client.get_dbaas_service_pg(name=name)
+        if svc["state"] == "running":
+            return svc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"service {name} not running after {timeout}s: {svc['state']}")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL side
+
+
+def uri_with(uri: str, *, user: str | None = None, password: str | None = None,
+             dbname: str | None = None) -> str:
+    """The same URI with another user, password or database."""
+    u = urlsplit(uri)
+    user = quote(user if user is not None else unquote(u.username or ""), safe="")
+    password = quote(password if password is not None else unquote(u.password or ""), safe="")
+    path = "/" + quote(dbname, safe="") if dbname is not None else u.path
+    netloc = f"{user}:{password}@{u.hostname}:{u.port}"
+    return urlunsplit((u.scheme, netloc, path, u.query, u.fragment))
+
+
+def psql(uri: str, sql: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    return subprocess.run(
+        [PSQL, uri, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def psql_ok(uri: str, sql: str) -> list[str]:
+    """Run `sql` with psql; it must succeed. Returns the output lines (unaligned, tuples only)."""
+    r = psql(uri, sql)
+    assert r.returncode == 0, f"psql failed ({r.returncode}) on {sql!r}: {r.stderr}"
+    return [line for line in r.stdout.splitlines() if line]
+
+
+def assert_password_refused(uri: str) -> None:
+    """Login fails with invalid_password (28P01). libpq does not expose the SQLSTATE of a failed
+    startup, so the check is on the server's message for exactly that error code."""
+    r = psql(uri, "SELECT 1")
+    assert r.returncode != 0, "login with the old password still works"
+    assert "password authentication failed for user" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Shared fixtures
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = PgbayServer("session")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> Client:
+    return server.client()
+
+
+@dataclass
+class Service:
+    """A provisioned service as the tests see it."""
+
+    name: str
+    admin_user: str
+    admin_password: str
+    uri: str
+    pg_port: int
+    bouncer_port: int
+
+    def uri_for(self, user=None, password=None, dbname=None) -> str:
+        return uri_with(self.uri, user=user, password=password, dbname=dbname)
+
+
+def provision(client: Client, name: str, **kwargs) -> Service:
+    op = client.create_dbaas_service_pg(name=name, plan=kwargs.pop("plan", "startup-4"), **kwargs)
+    ok(client, op)
+    svc = wait_service_running(client, name)
+    admin = urlsplit(svc["uri"]).username
+    return Service(
+        name=name,
+        admin_user=admin,
+        admin_password=reveal(client, name, admin),
+        uri=svc["uri"],
+        pg_port=component_port(svc, "pg"),
+        bouncer_port=component_port(svc, "pgbouncer"),
+    )
+
+
+@pytest.fixture(scope="session")
+def service(client) -> Service:
+    """One service shared by the database, user and pool tests (unique object names per test)."""
+    return provision(client, unique("shared"))

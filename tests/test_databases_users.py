@@ -2,6 +2,7 @@
 
 import uuid
 
+import psycopg
 import pytest
 
 from conftest import (
@@ -154,6 +155,16 @@ def test_admin_password_revealed(client, service):
     assert service.admin_user == "avnadmin"
     assert f"avnadmin:{password}@" in svc["uri"]
     assert login(service, "avnadmin", password) == ["avnadmin|defaultdb"]
+
+
+def test_driver_connects_with_service_uri(client, service):
+    """A driver (psycopg, libpq) takes the service `uri` as it is: TLS required, admin user."""
+    svc = client.get_dbaas_service_pg(name=service.name)
+    with psycopg.connect(svc["uri"], connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT current_user, current_database(), ssl FROM pg_stat_ssl"
+            " WHERE pid = pg_backend_pid()").fetchone()
+    assert row == (service.admin_user, "defaultdb", True)
 
 
 @pytest.mark.parametrize("length", [1, 64])

@@ -215,8 +215,8 @@ def test_create_service_malformed_json(server, client, body):
         {"server_lifetime": 86400},
         {"max_prepared_statements": 0},
         {"max_prepared_statements": 3000},
-        {"min_pool_size": 0},
         {"min_pool_size": 10000},
+        {"min_pool_size": 0},  # last: later pools of the shared service open no idle connections
         {"server_idle_timeout": 0},
         {"server_idle_timeout": 86400},
         {"server_reset_query_always": True},

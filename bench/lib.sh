@@ -1,0 +1,50 @@
+# Shared helpers for the bench scripts: a throwaway PostgreSQL cluster and unprivileged runs.
+# Sourced, not executed.
+
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+
+# Runs a command as `nobody` when we are root: PostgreSQL and PgBouncer both refuse to run as root.
+as_unpriv() {
+    if [ "$(id -u)" = 0 ]; then
+        setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_pg DIR PORT PASSWORD: initdb with SCRAM auth and a superuser `bench`, then start it.
+start_pg() {
+    local dir=$1 port=$2 password=$3
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown 65534:65534 "$dir"
+    printf '%s\n' "$password" > "$dir.pw"
+    [ "$(id -u)" = 0 ] && chown 65534:65534 "$dir.pw"
+    as_unpriv "$PG_BIN/initdb" -D "$dir/data" -U bench --pwfile="$dir.pw" --auth=scram-sha-256 >/dev/null
+    cat >> "$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = ''
+max_connections = 700
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+CONF
+    as_unpriv "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+}
+
+stop_pg() {
+    as_unpriv "$PG_BIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+# cpu_ticks PID: user+system CPU time of a process, in clock ticks.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+rss_kib() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
+}

@@ -1,1 +1,114 @@
-//! Placeholder, filled in by its issue.
+//! pgbay's HTTP face: the Exoscale v2 DBaaS PostgreSQL API (base `/v2`) over pgbay-control.
+//! Every request is authenticated with an EXO2-HMAC-SHA256 signature and logged in its own span;
+//! every error is `{"message": "..."}`.
+
+pub mod auth;
+mod error;
+mod extract;
+mod handlers;
+mod views;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use pgbay_control::Control;
+use tracing::Instrument;
+
+pub use auth::Credentials;
+pub use error::ApiError;
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// The `/v2` router over `control`, accepting requests signed with `creds`.
+pub fn router(control: Control, creds: Credentials) -> Router {
+    use handlers as h;
+    let v2 = Router::new()
+        .route(
+            "/dbaas-postgres/{name}",
+            post(h::create_service)
+                .get(h::get_service)
+                .put(h::update_service)
+                .delete(h::delete_service),
+        )
+        .route("/dbaas-service", get(h::list_services))
+        .route("/dbaas-service/{name}", delete(h::delete_service))
+        .route("/dbaas-postgres/{name}/database", post(h::create_database))
+        .route(
+            "/dbaas-postgres/{name}/database/{database}",
+            delete(h::delete_database),
+        )
+        .route("/dbaas-postgres/{name}/user", post(h::create_user))
+        .route(
+            "/dbaas-postgres/{name}/user/{username}",
+            delete(h::delete_user),
+        )
+        .route(
+            "/dbaas-postgres/{name}/user/{username}/password/reset",
+            put(h::reset_password),
+        )
+        .route(
+            "/dbaas-postgres/{name}/user/{username}/password/reveal",
+            get(h::reveal_password),
+        )
+        .route(
+            "/dbaas-postgres/{name}/connection-pool",
+            post(h::create_pool),
+        )
+        .route(
+            "/dbaas-postgres/{name}/connection-pool/{pool}",
+            put(h::update_pool).delete(h::delete_pool),
+        )
+        .route("/operation/{id}", get(h::get_operation))
+        .route("/dbaas-settings-pg", get(h::settings))
+        .route("/dbaas-ca-certificate", get(h::ca_certificate))
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
+        });
+    Router::new()
+        .nest("/v2", v2)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(control)
+        .layer(middleware::from_fn_with_state(creds, authenticate))
+}
+
+/// Verifies the signature over the raw request (method, path, query, body) before routing, and
+/// runs the rest of the request in its own span.
+async fn authenticate(State(creds): State<Credentials>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("api", method = %req.method(), path = %req.uri().path());
+    async move {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                return ApiError::BadRequest(format!("request body larger than {MAX_BODY} bytes"))
+                    .into_response()
+            }
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        let signed = auth::SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            body: &bytes,
+        };
+        let now = chrono::Utc::now().timestamp();
+        if let Err(why) = auth::verify(&creds, &signed, header, now) {
+            tracing::info!(reason = why, "refused request");
+            return ApiError::Forbidden(format!("authentication failed: {why}")).into_response();
+        }
+        let resp = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+        tracing::info!(status = resp.status().as_u16(), "request");
+        resp
+    }
+    .instrument(span)
+    .await
+}

@@ -1,1 +1,28 @@
-//! Placeholder, filled in by its issue.
+//! pgbay's control plane: the model of services, databases, users, pools and operations; their
+//! durable store; the provisioner that runs a real PostgreSQL cluster per service; and the desired
+//! state it publishes for the data plane.
+
+pub mod admin;
+pub mod ca;
+mod control;
+pub mod crypto;
+pub mod desired;
+mod error;
+mod files;
+pub mod local;
+pub mod model;
+mod objects;
+pub mod pgbouncer;
+pub mod ports;
+mod services;
+pub mod store;
+
+pub use ca::TlsMaterial;
+pub use control::{AppliedReporter, Control, ControlConfig, APPLY_TIMEOUT};
+pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
+pub use error::ControlError;
+pub use model::{InputError, PoolMode, PoolSize};
+pub use pgbouncer::{IgnoredStartupParameter, PgbouncerSettings};
+pub use ports::PortRange;
+pub use services::{ServiceView, UserView};
+pub use store::{OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind};

@@ -1,0 +1,180 @@
+//! One handler per endpoint of the Exoscale document that pgbay serves. Handlers only translate:
+//! path parameters and bodies go to the control plane, records come back as the document's JSON.
+
+use axum::extract::State;
+use axum::Json;
+use pgbay_control::model::{DatabaseName, PoolName, ServiceName, Username};
+use pgbay_control::{Control, PgbouncerSettings};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::extract::{JsonObject, Params};
+use crate::views;
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn service(p: &Params, field: &str) -> Result<ServiceName, ApiError> {
+    Ok(ServiceName::parse(field, p.get("name")?)?)
+}
+
+/// `POST /dbaas-postgres/{name}`
+pub async fn create_service(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c.create_service(&service(&p, "name")?, &b).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /dbaas-postgres/{name}`
+pub async fn get_service(State(c): State<Control>, p: Params) -> ApiResult {
+    let v = c.get_service(&service(&p, "name")?).await?;
+    Ok(Json(views::service_pg(&c, &v)))
+}
+
+/// `PUT /dbaas-postgres/{name}`
+pub async fn update_service(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c.update_service(&service(&p, "name")?, &b).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `DELETE /dbaas-postgres/{name}` and `DELETE /dbaas-service/{name}`
+pub async fn delete_service(State(c): State<Control>, p: Params) -> ApiResult {
+    let name = ServiceName::parse("name", p.get("name")?).map_err(|_| {
+        ApiError::NotFound(format!("service {} not found", p.get("name").unwrap_or("")))
+    })?;
+    let op = c.delete_service(&name).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /dbaas-service`
+pub async fn list_services(State(c): State<Control>) -> ApiResult {
+    let list: Vec<Value> = c
+        .list_services()
+        .await?
+        .iter()
+        .map(|s| views::service_common(&c, s))
+        .collect();
+    Ok(Json(json!({ "dbaas-services": list })))
+}
+
+/// `POST /dbaas-postgres/{name}/database`
+pub async fn create_database(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c.create_database(&service(&p, "service-name")?, &b).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `DELETE /dbaas-postgres/{name}/database/{database}`
+pub async fn delete_database(State(c): State<Control>, p: Params) -> ApiResult {
+    let db = DatabaseName::parse_lookup("database-name", p.get("database")?)?;
+    let op = c
+        .delete_database(&service(&p, "service-name")?, &db)
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `POST /dbaas-postgres/{name}/user`
+pub async fn create_user(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c.create_user(&service(&p, "service-name")?, &b).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+fn user(p: &Params) -> Result<Username, ApiError> {
+    Ok(Username::parse_lookup("username", p.get("username")?)?)
+}
+
+/// `DELETE /dbaas-postgres/{name}/user/{username}`
+pub async fn delete_user(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c
+        .delete_user(&service(&p, "service-name")?, &user(&p)?)
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `PUT /dbaas-postgres/{name}/user/{username}/password/reset`
+pub async fn reset_password(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c
+        .reset_password(&service(&p, "service-name")?, &user(&p)?, &b)
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /dbaas-postgres/{name}/user/{username}/password/reveal`
+pub async fn reveal_password(State(c): State<Control>, p: Params) -> ApiResult {
+    let (username, password) = c
+        .reveal_password(&service(&p, "service-name")?, &user(&p)?)
+        .await?;
+    Ok(Json(json!({ "username": username, "password": password })))
+}
+
+fn pool(p: &Params) -> Result<PoolName, ApiError> {
+    Ok(PoolName::parse("connection-pool-name", p.get("pool")?)?)
+}
+
+/// `POST /dbaas-postgres/{name}/connection-pool`
+pub async fn create_pool(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c.create_pool(&service(&p, "service-name")?, &b).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `PUT /dbaas-postgres/{name}/connection-pool/{pool}`
+pub async fn update_pool(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let op = c
+        .update_pool(&service(&p, "service-name")?, &pool(&p)?, &b)
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `DELETE /dbaas-postgres/{name}/connection-pool/{pool}`
+pub async fn delete_pool(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c
+        .delete_pool(&service(&p, "service-name")?, &pool(&p)?)
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /operation/{id}`
+pub async fn get_operation(State(c): State<Control>, p: Params) -> ApiResult {
+    let raw = p.get("id")?;
+    let id = uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::BadRequest(format!("invalid field `id`: {raw:?} is not a UUID")))?;
+    let op = c.operation(id).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /dbaas-settings-pg`: the settings pgbay accepts (only pgbouncer's).
+pub async fn settings() -> ApiResult {
+    Ok(Json(
+        json!({ "settings": { "pgbouncer": PgbouncerSettings::schema() } }),
+    ))
+}
+
+/// `GET /dbaas-ca-certificate`
+pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
+    Ok(Json(json!({ "certificate": c.tls_material().ca_pem })))
+}

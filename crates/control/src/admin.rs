@@ -1,0 +1,177 @@
+//! Administrative SQL on a service's PostgreSQL server, over tokio-postgres with the admin user.
+//!
+//! Names and passwords never get spliced into SQL by pgbay: the server builds each utility
+//! statement with `format('%I', $1)` / `format('%L', $2)` from bind parameters, so quoting is
+//! PostgreSQL's own. Every operation is idempotent (create-if-missing, drop-if-exists) so that an
+//! API call interrupted between the server and the store can simply be retried.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct AdminTarget {
+    /// Host of the server.
+    pub host: String,
+    /// Port of the server.
+    pub port: u16,
+    /// Admin user.
+    pub user: String,
+    /// Admin password.
+    pub password: String,
+}
+
+/// A failed administrative statement.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The server said no, or could not be reached.
+    #[error("postgres: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+}
+
+impl AdminError {
+    /// The SQLSTATE, if the server sent one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            AdminError::Pg(e) => e.code(),
+        }
+    }
+    /// The server's message, if any.
+    pub fn server_message(&self) -> Option<String> {
+        match self {
+            AdminError::Pg(e) => e.as_db_error().map(|d| d.message().to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+/// Opens an admin session on `dbname`.
+pub async fn connect(t: &AdminTarget, dbname: &str) -> Result<Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&t.host)
+        .port(t.port)
+        .user(&t.user)
+        .password(&t.password)
+        .dbname(dbname)
+        .application_name("pgbay-control")
+        .connect_timeout(std::time::Duration::from_secs(10));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()> {
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}::text")).collect();
+    let q = format!("SELECT format('{template}', {})", placeholders.join(", "));
+    let row = c.query_one(&q, &params).await?;
+    let stmt: String = row.get(0);
+    c.batch_execute(&stmt).await?;
+    Ok(())
+}
+
+/// Creates database `name` unless it exists.
+pub async fn create_database(t: &AdminTarget, name: &str) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        exec_formatted(&c, "CREATE DATABASE %I", &[name]).await?;
+    }
+    Ok(())
+}
+
+/// Drops database `name` (terminating its sessions) if it exists.
+pub async fn drop_database(t: &AdminTarget, name: &str) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    exec_formatted(&c, "DROP DATABASE IF EXISTS %I WITH (FORCE)", &[name]).await
+}
+
+/// Creates login role `name` with `password`, or resets an existing one's password and flags.
+pub async fn upsert_role(
+    t: &AdminTarget,
+    name: &str,
+    password: &str,
+    replication: bool,
+) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await?
+        .is_some();
+    let repl = if replication {
+        "REPLICATION"
+    } else {
+        "NOREPLICATION"
+    };
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let template = format!("{verb} ROLE %I WITH LOGIN {repl} PASSWORD %L");
+    exec_formatted(&c, &template, &[name, password]).await
+}
+
+/// Sets a role's password.
+pub async fn set_password(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    exec_formatted(&c, "ALTER ROLE %I WITH PASSWORD %L", &[name, password]).await
+}
+
+/// Drops role `name` if it exists, first handing what it owns in `databases` to the admin.
+pub async fn drop_role(t: &AdminTarget, name: &str, databases: &[String]) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
+    for db in databases.iter().map(String::as_str).chain(["postgres"]) {
+        let dc = match connect(t, db).await {
+            Ok(dc) => dc,
+            // A database dropped outside pgbay owns nothing we could reassign.
+            Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => continue,
+            Err(e) => return Err(e),
+        };
+        exec_formatted(
+            &dc,
+            "REASSIGN OWNED BY %I TO %I; DROP OWNED BY %I",
+            &[name, &t.user, name],
+        )
+        .await?;
+    }
+    exec_formatted(&c, "DROP ROLE IF EXISTS %I", &[name]).await
+}
+
+/// Database names of the server (except templates and `postgres`).
+pub async fn list_databases(t: &AdminTarget) -> Result<Vec<String>> {
+    let c = connect(t, "postgres").await?;
+    let rows = c
+        .query(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Login role names of the server.
+pub async fn list_roles(t: &AdminTarget) -> Result<Vec<String>> {
+    let c = connect(t, "postgres").await?;
+    let rows = c
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolcanlogin ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -1,0 +1,497 @@
+//! `Control`: the control plane's handle, shared by the API and the binary. It owns the store, the
+//! secret box, the CA material and the local provisioner; it publishes the desired state after
+//! every committed change, resumes interrupted work at start, and supervises the clusters.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
+
+use crate::admin::AdminTarget;
+use crate::ca::{self, TlsMaterial};
+use crate::crypto::SecretBox;
+use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
+use crate::error::ControlError;
+use crate::local::{ClusterSpec, LocalProvisioner};
+use crate::ports::PortRange;
+use crate::store::{self, OpState, OperationRecord, ServiceRecord, ServiceState, Store, UserKind};
+
+/// How long a mutation waits for an attached data plane to apply it.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the supervisor checks that every running service's cluster is alive.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
+
+/// Start-up configuration of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Root of all state (store, keys, CA, clusters).
+    pub data_dir: PathBuf,
+    /// Host written into URIs and listened on.
+    pub public_host: String,
+    /// Ports for clusters and pooler listeners.
+    pub port_range: PortRange,
+    /// PostgreSQL binaries.
+    pub pg_bin_dir: PathBuf,
+    /// Zone reported for services.
+    pub zone: String,
+}
+
+/// Handed to the data-plane wiring: it reports each generation it has applied.
+#[derive(Debug, Clone)]
+pub struct AppliedReporter {
+    tx: Arc<watch::Sender<u64>>,
+}
+
+impl AppliedReporter {
+    /// The data plane has applied `generation` (and everything before it).
+    pub fn applied(&self, generation: u64) {
+        self.tx.send_if_modified(|cur| {
+            if generation > *cur {
+                *cur = generation;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) secrets: SecretBox,
+    pub(crate) prov: LocalProvisioner,
+    pub(crate) tls: TlsMaterial,
+    pub(crate) cfg: ControlConfig,
+    pub(crate) version: String,
+    locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub(crate) create_lock: Mutex<()>,
+    desired_tx: watch::Sender<Arc<DesiredState>>,
+    publish_lock: Mutex<()>,
+    applied_rx: StdMutex<Option<watch::Receiver<u64>>>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+/// The control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
+    }
+}
+
+impl Control {
+    /// Opens the data dir (creating keys, CA and store on first start), brings every committed
+    /// service's cluster up (adopting clusters that survived a crash), resumes interrupted
+    /// operations and starts the supervisor.
+    pub async fn start(cfg: ControlConfig) -> Result<Control, ControlError> {
+        std::fs::create_dir_all(cfg.data_dir.join("services"))
+            .map_err(|e| ControlError::internal(format!("creating data dir: {e}")))?;
+        let prov = LocalProvisioner::new(
+            cfg.pg_bin_dir.clone(),
+            cfg.data_dir.join("services"),
+            cfg.public_host.clone(),
+        );
+        prov.ensure_traversable(&cfg.data_dir.join("services"))?;
+        let version = prov.major_version()?;
+        let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
+        let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
+        let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
+        let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
+        let (shutdown_tx, _) = watch::channel(false);
+        let control = Control {
+            inner: Arc::new(Inner {
+                store,
+                secrets,
+                prov,
+                tls,
+                cfg,
+                version,
+                locks: StdMutex::new(HashMap::new()),
+                create_lock: Mutex::new(()),
+                desired_tx,
+                publish_lock: Mutex::new(()),
+                applied_rx: StdMutex::new(None),
+                shutdown_tx,
+            }),
+        };
+        control.recover().await?;
+        let sup = control.clone();
+        tokio::spawn(async move { sup.supervise().await });
+        Ok(control)
+    }
+
+    /// The store (read access for tests and tools).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The PostgreSQL major version served.
+    pub fn pg_version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// Host written into URIs.
+    pub fn public_host(&self) -> &str {
+        &self.inner.cfg.public_host
+    }
+
+    /// Zone reported for services.
+    pub fn zone(&self) -> &str {
+        &self.inner.cfg.zone
+    }
+
+    /// The CA and server certificate.
+    pub fn tls_material(&self) -> TlsMaterial {
+        self.inner.tls.clone()
+    }
+
+    /// Follows the desired state of the data plane.
+    pub fn desired_state(&self) -> watch::Receiver<Arc<DesiredState>> {
+        self.inner.desired_tx.subscribe()
+    }
+
+    /// Attaches a data plane: from now on, data-plane-visible mutations wait until it reports the
+    /// generation that contains them.
+    pub fn attach_data_plane(&self) -> AppliedReporter {
+        let (tx, rx) = watch::channel(0u64);
+        if let Ok(mut slot) = self.inner.applied_rx.lock() {
+            *slot = Some(rx);
+        }
+        AppliedReporter { tx: Arc::new(tx) }
+    }
+
+    /// The per-service lock that serializes mutations and cluster life-cycle of one service.
+    pub(crate) fn service_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut map = match self.inner.locks.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Rebuilds the desired state from the store and publishes it; returns its generation.
+    pub(crate) async fn publish(&self) -> Result<u64, ControlError> {
+        let _g = self.inner.publish_lock.lock().await;
+        let store = &self.inner.store;
+        let mut services = Vec::new();
+        for s in store.services().await? {
+            if s.state != ServiceState::Running {
+                continue;
+            }
+            let mut users = Vec::new();
+            for u in store.users(&s.name).await? {
+                users.push(DesiredUser {
+                    name: u.name,
+                    password: self.inner.secrets.open(&u.password_enc)?,
+                });
+            }
+            let pools = store
+                .pools(&s.name)
+                .await?
+                .into_iter()
+                .map(|p| DesiredPool {
+                    name: p.name,
+                    database: p.database,
+                    username: p.username,
+                    mode: p.mode,
+                    size: p.size.get(),
+                })
+                .collect();
+            services.push(DesiredService {
+                name: s.name.clone(),
+                pooler_port: s.pooler_port,
+                listen_host: self.inner.cfg.public_host.clone(),
+                backend_host: "127.0.0.1".to_string(),
+                backend_port: s.pg_port,
+                users,
+                pools,
+                pgbouncer: s.pgbouncer.clone(),
+                ip_filter: s.ip_filter.0.clone(),
+            });
+        }
+        let generation = self.inner.desired_tx.borrow().generation + 1;
+        self.inner.desired_tx.send_replace(Arc::new(DesiredState {
+            generation,
+            services,
+        }));
+        Ok(generation)
+    }
+
+    /// Publishes, then waits (bounded) for an attached data plane to apply the change. On timeout
+    /// the operation ends as `failure`; the committed change itself stays.
+    pub(crate) async fn publish_and_wait(
+        &self,
+        mut op: OperationRecord,
+    ) -> Result<OperationRecord, ControlError> {
+        let generation = self.publish().await?;
+        let rx = match self.inner.applied_rx.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => None,
+        };
+        let Some(mut rx) = rx else {
+            return Ok(op);
+        };
+        let applied = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|g| *g >= generation))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        if !applied {
+            let msg = format!(
+                "{}; but the pooler did not apply the change within {}s",
+                op.message,
+                APPLY_TIMEOUT.as_secs()
+            );
+            let mut c = self.inner.store.begin().await?;
+            store::finish_operation(&mut c, op.id, OpState::Failure, Some("unavailable"), &msg)
+                .await?;
+            c.commit().await?;
+            op.state = OpState::Failure;
+            op.reason = Some("unavailable".into());
+            op.message = msg;
+        }
+        Ok(op)
+    }
+
+    /// Admin connection parameters of a service.
+    pub(crate) async fn admin_target(
+        &self,
+        s: &ServiceRecord,
+    ) -> Result<AdminTarget, ControlError> {
+        let users = self.inner.store.users(&s.name).await?;
+        let admin = users
+            .into_iter()
+            .find(|u| u.kind == UserKind::Primary)
+            .ok_or_else(|| {
+                ControlError::internal(format!("service {} has no admin user", s.name))
+            })?;
+        Ok(AdminTarget {
+            host: "127.0.0.1".to_string(),
+            port: s.pg_port,
+            user: admin.name,
+            password: self.inner.secrets.open(&admin.password_enc)?,
+        })
+    }
+
+    /// Starts (or adopts) the cluster of `s`, off the async runtime.
+    pub(crate) async fn start_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        let t = self.admin_target(s).await?;
+        let prov = self.inner.prov.clone();
+        let tls = self.inner.tls.clone();
+        let name = s.name.clone();
+        let port = s.pg_port;
+        tokio::task::spawn_blocking(move || {
+            let spec = ClusterSpec {
+                name: &name,
+                port,
+                admin_username: &t.user,
+                admin_password: &t.password,
+            };
+            prov.ensure_initialized(&spec)?;
+            prov.start(&spec, &tls)
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Stops every cluster (graceful shutdown of pgbay) and the supervisor.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+        let names: Vec<String> = match self.inner.store.services().await {
+            Ok(s) => s.into_iter().map(|s| s.name).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing services at shutdown");
+                self.inner.prov.present()
+            }
+        };
+        for name in names {
+            let lock = self.service_lock(&name);
+            let _g = lock.lock().await;
+            let prov = self.inner.prov.clone();
+            let n = name.clone();
+            match tokio::task::spawn_blocking(move || prov.stop(&n)).await {
+                Ok(Ok(())) => tracing::info!(service = %name, "cluster stopped"),
+                Ok(Err(e)) => tracing::error!(service = %name, error = %e, "stopping cluster"),
+                Err(e) => tracing::error!(service = %name, error = %e, "stopping cluster"),
+            }
+        }
+    }
+
+    /// Start-up recovery: removes clusters of services that no longer exist (a delete that
+    /// committed before a crash), starts every running service's cluster, and re-drives every
+    /// service whose provisioning was interrupted.
+    async fn recover(&self) -> Result<(), ControlError> {
+        let services = self.inner.store.services().await?;
+        for dir in self.inner.prov.present() {
+            if !services.iter().any(|s| s.name == dir) {
+                tracing::warn!(service = %dir, "removing cluster of a deleted service");
+                let prov = self.inner.prov.clone();
+                tokio::task::spawn_blocking(move || prov.remove(&dir)).await??;
+            }
+        }
+        let pending = self.inner.store.pending_operations().await?;
+        for s in &services {
+            match s.state {
+                ServiceState::Running => {
+                    if let Err(e) = self.start_cluster(s).await {
+                        tracing::error!(service = %s.name, error = %e, "starting cluster");
+                    }
+                }
+                ServiceState::Rebuilding => {
+                    let op = pending
+                        .iter()
+                        .find(|o| o.service == s.name && o.kind == "create-service")
+                        .map(|o| o.id);
+                    tracing::info!(service = %s.name, "resuming interrupted provisioning");
+                    self.spawn_provisioning(s.name.clone(), op);
+                }
+            }
+        }
+        // Any other pending operation cannot be resumed: end it honestly.
+        for op in pending {
+            let resumable = op.kind == "create-service"
+                && services
+                    .iter()
+                    .any(|s| s.name == op.service && s.state == ServiceState::Rebuilding);
+            if resumable {
+                continue;
+            }
+            if op.kind == "create-service" && services.iter().any(|s| s.name == op.service) {
+                // The service is running; only the final bookkeeping was lost.
+                let mut c = self.inner.store.begin().await?;
+                store::finish_operation(&mut c, op.id, OpState::Success, None, &op.message).await?;
+                c.commit().await?;
+                continue;
+            }
+            let mut c = self.inner.store.begin().await?;
+            store::finish_operation(
+                &mut c,
+                op.id,
+                OpState::Failure,
+                Some("interrupted"),
+                "interrupted by a restart of pgbay",
+            )
+            .await?;
+            c.commit().await?;
+        }
+        self.publish().await?;
+        Ok(())
+    }
+
+    /// Keeps the cluster of every running service alive.
+    async fn supervise(&self) {
+        let mut shutdown = self.inner.shutdown_tx.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let services = match self.inner.store.services().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "supervisor: listing services");
+                    continue;
+                }
+            };
+            for s in services
+                .into_iter()
+                .filter(|s| s.state == ServiceState::Running)
+            {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let lock = self.service_lock(&s.name);
+                let Ok(_g) = lock.try_lock() else { continue };
+                if self.inner.prov.running_pid(&s.name).is_some() {
+                    continue;
+                }
+                // Re-read under the lock: the service may have been deleted meanwhile.
+                match self.inner.store.service(&s.name).await {
+                    Ok(Some(cur)) if cur.state == ServiceState::Running => {}
+                    _ => continue,
+                }
+                tracing::warn!(service = %s.name, "cluster is not running; restarting it");
+                if let Err(e) = self.start_cluster(&s).await {
+                    tracing::error!(service = %s.name, error = %e, "restarting cluster");
+                }
+            }
+        }
+    }
+
+    /// Background provisioning of a service (idempotent: safe to re-run after any interruption).
+    pub(crate) fn spawn_provisioning(&self, name: String, op: Option<Uuid>) {
+        let c = self.clone();
+        let span = tracing::info_span!("provision", service = %name);
+        let task = async move {
+            if let Err(e) = c.provision(&name, op).await {
+                tracing::error!(service = %name, error = %e, "provisioning failed");
+                if let Some(id) = op {
+                    let msg = format!("provisioning of service {name} failed");
+                    let res = async {
+                        let mut tx = c.inner.store.begin().await?;
+                        store::finish_operation(&mut tx, id, OpState::Failure, Some("fault"), &msg)
+                            .await?;
+                        tx.commit().await?;
+                        Ok::<(), store::StoreError>(())
+                    }
+                    .await;
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "recording provisioning failure");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    async fn provision(&self, name: &str, op: Option<Uuid>) -> Result<(), ControlError> {
+        let lock = self.service_lock(name);
+        let _g = lock.lock().await;
+        let Some(mut s) = self.inner.store.service(name).await? else {
+            return Ok(()); // deleted meanwhile
+        };
+        self.start_cluster(&s).await?;
+        let t = self.admin_target(&s).await?;
+        crate::admin::create_database(&t, "defaultdb")
+            .await
+            .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
+        s.state = ServiceState::Running;
+        s.updated_at = chrono::Utc::now();
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, &s).await?;
+        tx.commit().await?;
+        tracing::info!(service = %name, port = s.pg_port, "service running");
+        let rec = match op {
+            Some(id) => self.inner.store.operation(id).await?,
+            None => None,
+        };
+        let Some(rec) = rec else {
+            self.publish().await?;
+            return Ok(());
+        };
+        let msg = format!("service {name} created");
+        let done = OperationRecord {
+            state: OpState::Success,
+            message: msg.clone(),
+            ..rec
+        };
+        // The operation succeeds only once the pooler serves the new service (if one is attached);
+        // publish_and_wait records the failure itself otherwise.
+        let done = self.publish_and_wait(done).await?;
+        if done.state == OpState::Success {
+            let mut tx = self.inner.store.begin().await?;
+            store::finish_operation(&mut tx, done.id, OpState::Success, None, &msg).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! The desired state of the data plane, as the control plane publishes it: every service whose
+//! cluster runs, with its users (plaintext passwords, decrypted for the pooler's authentication),
+//! pools and settings. The binary translates it into the pooler's configuration; control itself
+//! never depends on the pooler.
+
+use crate::model::PoolMode;
+use crate::pgbouncer::PgbouncerSettings;
+
+/// One published version of the desired state; `generation` grows with every committed change.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DesiredState {
+    /// Monotonic version number.
+    pub generation: u64,
+    /// Services with a running cluster.
+    pub services: Vec<DesiredService>,
+}
+
+/// What the pooler should serve for one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredService {
+    /// Service name.
+    pub name: String,
+    /// Port of the pooler listener.
+    pub pooler_port: u16,
+    /// Address to listen on (the public host).
+    pub listen_host: String,
+    /// Host of the service's PostgreSQL server.
+    pub backend_host: String,
+    /// Port of the service's PostgreSQL server.
+    pub backend_port: u16,
+    /// Users (the admin user first).
+    pub users: Vec<DesiredUser>,
+    /// Connection pools.
+    pub pools: Vec<DesiredPool>,
+    /// Service-wide pooler settings; `None` fields are unset.
+    pub pgbouncer: PgbouncerSettings,
+    /// Allowed client networks.
+    pub ip_filter: Vec<ipnet::IpNet>,
+}
+
+/// A user the pooler authenticates and logs in to the backend as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredUser {
+    /// Role name.
+    pub name: String,
+    /// Plaintext password.
+    pub password: String,
+}
+
+/// A pool the pooler serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredPool {
+    /// Pool name = database name clients connect to.
+    pub name: String,
+    /// Backend database.
+    pub database: String,
+    /// Backend user.
+    pub username: String,
+    /// Pooling mode.
+    pub mode: PoolMode,
+    /// Server connections.
+    pub size: u32,
+}

@@ -1,0 +1,319 @@
+//! The `local` provisioner: one real PostgreSQL cluster per service, under
+//! `<data-dir>/services/<name>/pgdata`, created with the machine's initdb and run with pg_ctl.
+//!
+//! PostgreSQL refuses to run as root, so when pgbay is root every PostgreSQL program runs as
+//! `nobody` (uid/gid 65534) and the service directory is owned by it. Clusters are started with
+//! `pg_ctl start`, which detaches the postmaster: after `kill -9` of pgbay it keeps running, and the
+//! next pgbay adopts it (postmaster.pid names a live postgres) instead of starting a second one.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::ca::TlsMaterial;
+use crate::files::write_private;
+
+/// uid/gid PostgreSQL runs as when pgbay is root.
+const NOBODY: u32 = 65534;
+
+/// A cluster operation that failed; internal for the API (logged, not shown).
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// File system work around the cluster failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A PostgreSQL program failed.
+    #[error("{program} failed: {output}")]
+    Program {
+        /// Program name.
+        program: String,
+        /// Its output.
+        output: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError {
+    let what = what.into();
+    move |source| ProvisionError::Io { what, source }
+}
+
+/// What a cluster needs to be created or started.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec<'a> {
+    /// Service name (directory name).
+    pub name: &'a str,
+    /// Port to listen on.
+    pub port: u16,
+    /// Bootstrap superuser.
+    pub admin_username: &'a str,
+    /// Its password.
+    pub admin_password: &'a str,
+}
+
+/// Runs clusters with the PostgreSQL binaries of `bin_dir`.
+#[derive(Debug, Clone)]
+pub struct LocalProvisioner {
+    bin_dir: PathBuf,
+    services_dir: PathBuf,
+    public_host: String,
+    as_nobody: bool,
+}
+
+impl LocalProvisioner {
+    /// A provisioner keeping clusters under `services_dir`.
+    pub fn new(bin_dir: PathBuf, services_dir: PathBuf, public_host: String) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let as_nobody = unsafe { libc::geteuid() } == 0;
+        LocalProvisioner {
+            bin_dir,
+            services_dir,
+            public_host,
+            as_nobody,
+        }
+    }
+
+    /// The PostgreSQL major version of the binaries (e.g. "15").
+    pub fn major_version(&self) -> Result<String, ProvisionError> {
+        let out = Command::new(self.bin_dir.join("postgres"))
+            .arg("--version")
+            .output()
+            .map_err(io("running postgres --version"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "postgres (PostgreSQL) 15.8 (Debian ...)"
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .map(str::to_string)
+            .ok_or_else(|| ProvisionError::Program {
+                program: "postgres --version".into(),
+                output: text.to_string(),
+            })
+    }
+
+    /// Directory of one service.
+    pub fn service_dir(&self, name: &str) -> PathBuf {
+        self.services_dir.join(name)
+    }
+
+    fn pgdata(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("pgdata")
+    }
+
+    /// Names of the service directories present on disk.
+    pub fn present(&self) -> Vec<String> {
+        std::fs::read_dir(&self.services_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn command(&self, program: &str, cwd: &Path) -> Command {
+        let mut c = Command::new(self.bin_dir.join(program));
+        c.current_dir(cwd).stdin(Stdio::null()).env("LC_ALL", "C");
+        if self.as_nobody {
+            c.uid(NOBODY).gid(NOBODY);
+        }
+        c
+    }
+
+    fn run(&self, mut cmd: Command, program: &str) -> Result<(), ProvisionError> {
+        let out = cmd.output().map_err(io(format!("running {program}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        Err(ProvisionError::Program {
+            program: program.to_string(),
+            output: output.trim().to_string(),
+        })
+    }
+
+    fn chown(&self, path: &Path) -> Result<(), ProvisionError> {
+        if self.as_nobody {
+            std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY))
+                .map_err(io(format!("chown {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the cluster unless a complete one exists (idempotent: a half-made cluster from an
+    /// interrupted attempt is removed and made again).
+    pub fn ensure_initialized(&self, spec: &ClusterSpec<'_>) -> Result<(), ProvisionError> {
+        let dir = self.service_dir(spec.name);
+        let marker = dir.join("initialized");
+        if marker.exists() {
+            return Ok(());
+        }
+        let pgdata = self.pgdata(spec.name);
+        if pgdata.exists() {
+            tracing::warn!(service = spec.name, "removing half-initialized cluster");
+            std::fs::remove_dir_all(&pgdata).map_err(io("removing half-initialized cluster"))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io("creating service dir"))?;
+        self.chown(&dir)?;
+        let pwfile = dir.join("initdb.pw");
+        write_private(&pwfile, spec.admin_password.as_bytes()).map_err(io("writing pwfile"))?;
+        self.chown(&pwfile)?;
+        let mut cmd = self.command("initdb", &dir);
+        cmd.arg("-D")
+            .arg(&pgdata)
+            .arg("--auth=scram-sha-256")
+            .arg("-U")
+            .arg(spec.admin_username)
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--locale=C", "--no-instructions"]);
+        let res = self.run(cmd, "initdb");
+        let _ = std::fs::remove_file(&pwfile);
+        res?;
+        let hba = "# pgbay: SCRAM for every TCP client; ip-filter is enforced by the pooler\n\
+                   host all all 0.0.0.0/0 scram-sha-256\n\
+                   host all all ::/0 scram-sha-256\n";
+        let hba_path = pgdata.join("pg_hba.conf");
+        std::fs::write(&hba_path, hba).map_err(io("writing pg_hba.conf"))?;
+        let conf = pgdata.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
+        text.push_str("\ninclude_if_exists = 'pgbay.conf'\n");
+        std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))?;
+        std::fs::write(&marker, b"").map_err(io("writing marker"))?;
+        Ok(())
+    }
+
+    /// Writes the settings that can change between starts (port, listen address, certificate).
+    fn write_runtime_config(
+        &self,
+        spec: &ClusterSpec<'_>,
+        tls: &TlsMaterial,
+    ) -> Result<(), ProvisionError> {
+        let pgdata = self.pgdata(spec.name);
+        let mut listen = vec!["127.0.0.1".to_string()];
+        if self.public_host != "127.0.0.1" && self.public_host != "localhost" {
+            listen.push(self.public_host.clone());
+        }
+        let conf = format!(
+            "# written by pgbay at every start\nport = {}\nlisten_addresses = '{}'\n\
+             unix_socket_directories = ''\nssl = on\nssl_cert_file = 'server.crt'\n\
+             ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
+             max_connections = 200\nshared_buffers = 32MB\nlogging_collector = off\n",
+            spec.port,
+            listen.join(",")
+        );
+        let files: [(&str, &str, bool); 3] = [
+            ("pgbay.conf", &conf, false),
+            ("server.crt", &tls.server_cert_pem, false),
+            ("server.key", &tls.server_key_pem, true),
+        ];
+        for (file, content, _) in files {
+            let path = pgdata.join(file);
+            write_private(&path, content.as_bytes()).map_err(io(format!("writing {file}")))?;
+            self.chown(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Pid of the cluster's postmaster if it is alive.
+    pub fn running_pid(&self, name: &str) -> Option<i32> {
+        let pidfile = std::fs::read_to_string(self.pgdata(name).join("postmaster.pid")).ok()?;
+        let pid: i32 = pidfile.lines().next()?.trim().parse().ok()?;
+        // A stale pid file may name a recycled pid: require that it is a postgres process.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "postgres").then_some(pid)
+    }
+
+    /// Starts the cluster unless it is already running (adopting an orphan of a killed pgbay).
+    pub fn start(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        if let Some(pid) = self.running_pid(spec.name) {
+            tracing::info!(service = spec.name, pid, "adopting running cluster");
+            return Ok(());
+        }
+        self.write_runtime_config(spec, tls)?;
+        let dir = self.service_dir(spec.name);
+        let mut cmd = self.command("pg_ctl", &dir);
+        cmd.arg("start")
+            .arg("-D")
+            .arg(self.pgdata(spec.name))
+            .arg("-l")
+            .arg(dir.join("postgresql.log"))
+            .args(["-w", "-t", "120", "-s"]);
+        let log = dir.join("postgresql.log");
+        if !log.exists() {
+            std::fs::write(&log, b"").map_err(io("creating log"))?;
+            self.chown(&log)?;
+        }
+        self.run(cmd, "pg_ctl start")
+    }
+
+    /// Stops the cluster (fast shutdown) if it runs.
+    pub fn stop(&self, name: &str) -> Result<(), ProvisionError> {
+        if self.running_pid(name).is_none() {
+            return Ok(());
+        }
+        let dir = self.service_dir(name);
+        let mut cmd = self.command("pg_ctl", &dir);
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(self.pgdata(name))
+            .args(["-m", "fast", "-w", "-t", "60", "-s"]);
+        self.run(cmd, "pg_ctl stop")
+    }
+
+    /// Stops the cluster and removes its directory.
+    pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+        self.stop(name)?;
+        let dir = self.service_dir(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io("removing service dir"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every ancestor of `dir` traversable by `nobody` when running as root, so PostgreSQL
+    /// can reach its data directory. Only the search bit for others is added (no listing).
+    pub fn ensure_traversable(&self, dir: &Path) -> Result<(), ProvisionError> {
+        use std::os::unix::fs::PermissionsExt;
+        if !self.as_nobody {
+            return Ok(());
+        }
+        let abs = std::fs::canonicalize(dir).map_err(io("resolving data dir"))?;
+        for anc in abs.ancestors() {
+            let meta = std::fs::metadata(anc).map_err(io("reading permissions"))?;
+            let mode = meta.permissions().mode();
+            if mode & 0o001 == 0 {
+                tracing::info!(path = %anc.display(), "adding o+x so PostgreSQL (as nobody) can reach its data");
+                std::fs::set_permissions(anc, std::fs::Permissions::from_mode(mode | 0o001))
+                    .map_err(io(format!("chmod o+x {}", anc.display())))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds the PostgreSQL binaries: `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn default_bin_dir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
+        let Ok(v) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let bin = entry.path().join("bin");
+        if bin.join("initdb").exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+            best = Some((v, bin));
+        }
+    }
+    best.map(|(_, p)| p)
+}

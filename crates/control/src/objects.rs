@@ -1,0 +1,477 @@
+//! Databases, users and connection pools of a service. Each call validates, checks the store,
+//! applies the change to PostgreSQL (idempotently), then commits the store change and a `success`
+//! operation in one transaction. A refused call changes neither the store nor the server.
+
+use serde_json::{Map, Value};
+use sqlx::{Sqlite, Transaction};
+
+use crate::admin;
+use crate::control::Control;
+use crate::error::ControlError;
+use crate::model::{
+    boolean, optional, refuse_unknown, required, string, DatabaseName, Password, PoolMode,
+    PoolName, PoolSize, ServiceName, Username,
+};
+use crate::services::op_for;
+use crate::store::{
+    self, OpState, OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord,
+};
+
+impl Control {
+    /// Records the success operation in `tx`, commits, and (for data-plane-visible changes)
+    /// publishes and waits for the pooler.
+    async fn finish(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        s: &ServiceRecord,
+        kind: &str,
+        message: String,
+        data_plane: bool,
+    ) -> Result<OperationRecord, ControlError> {
+        let op = op_for(s, kind, OpState::Success, message);
+        store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        if data_plane {
+            self.publish_and_wait(op).await
+        } else {
+            Ok(op)
+        }
+    }
+
+    async fn pool_names(
+        &self,
+        s: &ServiceRecord,
+        f: impl Fn(&PoolRecord) -> bool,
+    ) -> Result<Vec<String>, ControlError> {
+        Ok(self
+            .inner
+            .store
+            .pools(&s.name)
+            .await?
+            .into_iter()
+            .filter(|p| f(p))
+            .map(|p| p.name)
+            .collect())
+    }
+
+    /// `POST .../database`.
+    pub async fn create_database(
+        &self,
+        service: &ServiceName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &["database-name"])?;
+        let db = DatabaseName::parse(
+            "database-name",
+            string("database-name", required(body, "database-name")?)?,
+        )?;
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        if self
+            .inner
+            .store
+            .databases(&s.name)
+            .await?
+            .iter()
+            .any(|d| d == db.as_str())
+        {
+            return Err(ControlError::Conflict(format!(
+                "database {db} already exists"
+            )));
+        }
+        let t = self.admin_target(&s).await?;
+        admin::create_database(&t, db.as_str())
+            .await
+            .map_err(|e| ControlError::from_admin(e, "creating database"))?;
+        let mut tx = self.inner.store.begin().await?;
+        store::insert_database(&mut tx, &s.name, db.as_str()).await?;
+        self.finish(
+            tx,
+            &s,
+            "create-database",
+            format!("database {db} created"),
+            false,
+        )
+        .await
+    }
+
+    /// `DELETE .../database/{database-name}`.
+    pub async fn delete_database(
+        &self,
+        service: &ServiceName,
+        db: &DatabaseName,
+    ) -> Result<OperationRecord, ControlError> {
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        if !self
+            .inner
+            .store
+            .databases(&s.name)
+            .await?
+            .iter()
+            .any(|d| d == db.as_str())
+        {
+            return Err(ControlError::NotFound(format!("database {db} not found")));
+        }
+        let users_of = self.pool_names(&s, |p| p.database == db.as_str()).await?;
+        if !users_of.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "database {db} is used by connection pool(s) {}",
+                users_of.join(", ")
+            )));
+        }
+        let t = self.admin_target(&s).await?;
+        admin::drop_database(&t, db.as_str())
+            .await
+            .map_err(|e| ControlError::from_admin(e, "dropping database"))?;
+        let mut tx = self.inner.store.begin().await?;
+        store::delete_database(&mut tx, &s.name, db.as_str()).await?;
+        self.finish(
+            tx,
+            &s,
+            "delete-database",
+            format!("database {db} deleted"),
+            false,
+        )
+        .await
+    }
+
+    /// `POST .../user`: creates a login role with a generated password.
+    pub async fn create_user(
+        &self,
+        service: &ServiceName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &["username", "allow-replication"])?;
+        let user = Username::parse("username", string("username", required(body, "username")?)?)?;
+        let replication = match optional(body, "allow-replication") {
+            Some(v) => boolean("allow-replication", v)?,
+            None => false,
+        };
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        if self
+            .inner
+            .store
+            .users(&s.name)
+            .await?
+            .iter()
+            .any(|u| u.name == user.as_str())
+        {
+            return Err(ControlError::Conflict(format!(
+                "user {user} already exists"
+            )));
+        }
+        let password = Password::generate();
+        let t = self.admin_target(&s).await?;
+        admin::upsert_role(&t, user.as_str(), password.as_str(), replication)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "creating user"))?;
+        let rec = UserRecord {
+            name: user.to_string(),
+            kind: UserKind::Normal,
+            password_enc: self.inner.secrets.seal(password.as_str()),
+            password_overridden: false,
+            allow_replication: replication,
+        };
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_user(&mut tx, &s.name, &rec).await?;
+        self.finish(tx, &s, "create-user", format!("user {user} created"), true)
+            .await
+    }
+
+    async fn existing_user(
+        &self,
+        s: &ServiceRecord,
+        user: &Username,
+    ) -> Result<UserRecord, ControlError> {
+        let users = self.inner.store.users(&s.name).await?;
+        users
+            .into_iter()
+            .find(|u| u.name == user.as_str())
+            .ok_or_else(|| ControlError::NotFound(format!("user {user} not found")))
+    }
+
+    /// `DELETE .../user/{username}`.
+    pub async fn delete_user(
+        &self,
+        service: &ServiceName,
+        user: &Username,
+    ) -> Result<OperationRecord, ControlError> {
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        let rec = self.existing_user(&s, user).await?;
+        if rec.kind == UserKind::Primary {
+            return Err(ControlError::Conflict(format!(
+                "user {user} is the service's primary user and cannot be deleted"
+            )));
+        }
+        let pools = self.pool_names(&s, |p| p.username == user.as_str()).await?;
+        if !pools.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "user {user} is used by connection pool(s) {}",
+                pools.join(", ")
+            )));
+        }
+        let t = self.admin_target(&s).await?;
+        let dbs = self.inner.store.databases(&s.name).await?;
+        admin::drop_role(&t, user.as_str(), &dbs)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "deleting user"))?;
+        let mut tx = self.inner.store.begin().await?;
+        store::delete_user(&mut tx, &s.name, user.as_str()).await?;
+        self.finish(tx, &s, "delete-user", format!("user {user} deleted"), true)
+            .await
+    }
+
+    /// `PUT .../user/{username}/password/reset`: `{}` (or no body) generates a password.
+    pub async fn reset_password(
+        &self,
+        service: &ServiceName,
+        user: &Username,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &["password"])?;
+        let given = match optional(body, "password") {
+            Some(v) => Some(Password::parse("password", string("password", v)?)?),
+            None => None,
+        };
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        let mut rec = self.existing_user(&s, user).await?;
+        let overridden = given.is_some();
+        let password = given.unwrap_or_else(Password::generate);
+        let t = self.admin_target(&s).await?;
+        admin::set_password(&t, user.as_str(), password.as_str())
+            .await
+            .map_err(|e| ControlError::from_admin(e, "resetting password"))?;
+        rec.password_enc = self.inner.secrets.seal(password.as_str());
+        rec.password_overridden = overridden;
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_user(&mut tx, &s.name, &rec).await?;
+        self.finish(
+            tx,
+            &s,
+            "reset-password",
+            format!("password of user {user} reset"),
+            true,
+        )
+        .await
+    }
+
+    /// `GET .../user/{username}/password/reveal`: (username, password).
+    pub async fn reveal_password(
+        &self,
+        service: &ServiceName,
+        user: &Username,
+    ) -> Result<(String, String), ControlError> {
+        let s = self.existing(service).await?;
+        let rec = self.existing_user(&s, user).await?;
+        Ok((rec.name, self.inner.secrets.open(&rec.password_enc)?))
+    }
+
+    async fn check_pool_refs(
+        &self,
+        s: &ServiceRecord,
+        database: &str,
+        username: &str,
+    ) -> Result<(), ControlError> {
+        if !self
+            .inner
+            .store
+            .databases(&s.name)
+            .await?
+            .iter()
+            .any(|d| d == database)
+        {
+            return Err(ControlError::NotFound(format!(
+                "database {database} not found"
+            )));
+        }
+        if !self
+            .inner
+            .store
+            .users(&s.name)
+            .await?
+            .iter()
+            .any(|u| u.name == username)
+        {
+            return Err(ControlError::NotFound(format!("user {username} not found")));
+        }
+        Ok(())
+    }
+
+    /// `POST .../connection-pool`.
+    pub async fn create_pool(
+        &self,
+        service: &ServiceName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &["name", "database-name", "mode", "size", "username"])?;
+        let name = PoolName::parse("name", string("name", required(body, "name")?)?)?;
+        let database = DatabaseName::parse_lookup(
+            "database-name",
+            string("database-name", required(body, "database-name")?)?,
+        )?;
+        if database.as_str().chars().count() > 40 {
+            DatabaseName::parse("database-name", database.as_str())?;
+        }
+        let mode = match optional(body, "mode") {
+            Some(v) => PoolMode::parse("mode", v)?,
+            None => PoolMode::default(),
+        };
+        let size = match optional(body, "size") {
+            Some(v) => PoolSize::parse("size", v)?,
+            None => PoolSize::default(),
+        };
+        let username = match optional(body, "username") {
+            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
+            None => None,
+        };
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        if !self
+            .pool_names(&s, |p| p.name == name.as_str())
+            .await?
+            .is_empty()
+        {
+            return Err(ControlError::Conflict(format!(
+                "connection pool {name} already exists"
+            )));
+        }
+        let username = username
+            .map(Username::into_string)
+            .unwrap_or_else(|| s.admin_username.clone());
+        self.check_pool_refs(&s, database.as_str(), &username)
+            .await?;
+        let rec = PoolRecord {
+            name: name.to_string(),
+            database: database.into_string(),
+            username,
+            mode,
+            size,
+        };
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_pool(&mut tx, &s.name, &rec).await?;
+        self.finish(
+            tx,
+            &s,
+            "create-pool",
+            format!("connection pool {name} created"),
+            true,
+        )
+        .await
+    }
+
+    /// `PUT .../connection-pool/{connection-pool-name}`: changes the fields it names.
+    pub async fn update_pool(
+        &self,
+        service: &ServiceName,
+        name: &PoolName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &["database-name", "mode", "size", "username"])?;
+        let database = match optional(body, "database-name") {
+            Some(v) => Some(DatabaseName::parse_lookup(
+                "database-name",
+                string("database-name", v)?,
+            )?),
+            None => None,
+        };
+        if let Some(d) = &database {
+            if d.as_str().chars().count() > 40 {
+                DatabaseName::parse("database-name", d.as_str())?;
+            }
+        }
+        let mode = optional(body, "mode")
+            .map(|v| PoolMode::parse("mode", v))
+            .transpose()?;
+        let size = optional(body, "size")
+            .map(|v| PoolSize::parse("size", v))
+            .transpose()?;
+        let username = match optional(body, "username") {
+            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
+            None => None,
+        };
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        let mut rec = self
+            .inner
+            .store
+            .pools(&s.name)
+            .await?
+            .into_iter()
+            .find(|p| p.name == name.as_str())
+            .ok_or_else(|| ControlError::NotFound(format!("connection pool {name} not found")))?;
+        if let Some(d) = database {
+            rec.database = d.into_string();
+        }
+        if let Some(u) = username {
+            rec.username = u.into_string();
+        }
+        if let Some(m) = mode {
+            rec.mode = m;
+        }
+        if let Some(z) = size {
+            rec.size = z;
+        }
+        self.check_pool_refs(&s, &rec.database, &rec.username)
+            .await?;
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_pool(&mut tx, &s.name, &rec).await?;
+        self.finish(
+            tx,
+            &s,
+            "update-pool",
+            format!("connection pool {name} updated"),
+            true,
+        )
+        .await
+    }
+
+    /// `DELETE .../connection-pool/{connection-pool-name}`.
+    pub async fn delete_pool(
+        &self,
+        service: &ServiceName,
+        name: &PoolName,
+    ) -> Result<OperationRecord, ControlError> {
+        let lock = self.service_lock(service.as_str());
+        let _g = lock.lock().await;
+        let s = self.running(service).await?;
+        if self
+            .pool_names(&s, |p| p.name == name.as_str())
+            .await?
+            .is_empty()
+        {
+            return Err(ControlError::NotFound(format!(
+                "connection pool {name} not found"
+            )));
+        }
+        let mut tx = self.inner.store.begin().await?;
+        store::delete_pool(&mut tx, &s.name, name.as_str()).await?;
+        self.finish(
+            tx,
+            &s,
+            "delete-pool",
+            format!("connection pool {name} deleted"),
+            true,
+        )
+        .await
+    }
+
+    /// `GET /operation/{id}`.
+    pub async fn operation(&self, id: uuid::Uuid) -> Result<OperationRecord, ControlError> {
+        self.inner
+            .store
+            .operation(id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("operation {id} not found")))
+    }
+}

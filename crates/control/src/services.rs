@@ -1,0 +1,338 @@
+//! Service life cycle: create (asynchronous provisioning), read, update, delete.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::control::Control;
+use crate::error::ControlError;
+use crate::model::{
+    boolean, optional, refuse_unknown, required, string, AdminPassword, AdminUsername, InputError,
+    IpFilter, Password, Plan, ServiceName,
+};
+use crate::pgbouncer::PgbouncerSettings;
+use crate::store::{
+    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
+};
+
+/// A user as the API shows it (password decrypted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserView {
+    /// Role name.
+    pub name: String,
+    /// Primary or normal.
+    pub kind: UserKind,
+    /// Plaintext password.
+    pub password: String,
+    /// The user chose the password (the document omits it from listings then).
+    pub password_overridden: bool,
+    /// Role has REPLICATION.
+    pub allow_replication: bool,
+}
+
+/// Everything `GET /dbaas-postgres/{name}` shows.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    /// The service row.
+    pub service: ServiceRecord,
+    /// Database names.
+    pub databases: Vec<String>,
+    /// Users, primary first.
+    pub users: Vec<UserView>,
+    /// Pools.
+    pub pools: Vec<PoolRecord>,
+}
+
+impl ServiceView {
+    /// The admin user.
+    pub fn admin(&self) -> Option<&UserView> {
+        self.users.iter().find(|u| u.kind == UserKind::Primary)
+    }
+}
+
+const CREATE_FIELDS: [&str; 7] = [
+    "plan",
+    "version",
+    "admin-username",
+    "admin-password",
+    "pgbouncer-settings",
+    "ip-filter",
+    "termination-protection",
+];
+const UPDATE_FIELDS: [&str; 5] = [
+    "plan",
+    "version",
+    "pgbouncer-settings",
+    "ip-filter",
+    "termination-protection",
+];
+
+/// Builds an operation about service `s`.
+pub(crate) fn op_for(
+    s: &ServiceRecord,
+    kind: &str,
+    state: OpState,
+    message: String,
+) -> OperationRecord {
+    OperationRecord {
+        id: Uuid::new_v4(),
+        state,
+        reason: None,
+        message,
+        ref_id: s.id,
+        ref_link: format!("/v2/dbaas-postgres/{}", s.name),
+        ref_command: "get-dbaas-service-pg".to_string(),
+        kind: kind.to_string(),
+        service: s.name.clone(),
+    }
+}
+
+impl Control {
+    fn check_version(&self, body: &Map<String, Value>) -> Result<(), InputError> {
+        if let Some(v) = optional(body, "version") {
+            let v = string("version", v)?;
+            if v != self.inner.version {
+                return Err(InputError::new(
+                    "version",
+                    format!(
+                        "only PostgreSQL {} is available here, got {v:?}",
+                        self.inner.version
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a service or answers 404.
+    pub(crate) async fn existing(&self, name: &ServiceName) -> Result<ServiceRecord, ControlError> {
+        self.inner
+            .store
+            .service(name.as_str())
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("service {name} not found")))
+    }
+
+    /// Reads a running service, or 404 / 409 (still provisioning).
+    pub(crate) async fn running(&self, name: &ServiceName) -> Result<ServiceRecord, ControlError> {
+        let s = self.existing(name).await?;
+        if s.state != ServiceState::Running {
+            return Err(ControlError::Conflict(format!(
+                "service {name} is still being provisioned"
+            )));
+        }
+        Ok(s)
+    }
+
+    /// `POST /dbaas-postgres/{name}`: records the service and provisions it in the background.
+    pub async fn create_service(
+        &self,
+        name: &ServiceName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &CREATE_FIELDS)?;
+        let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
+        self.check_version(body)?;
+        let admin = match optional(body, "admin-username") {
+            Some(v) => AdminUsername::parse("admin-username", string("admin-username", v)?)?,
+            None => AdminUsername::default_admin(),
+        };
+        let password = match optional(body, "admin-password") {
+            Some(v) => Some(AdminPassword::parse(
+                "admin-password",
+                string("admin-password", v)?,
+            )?),
+            None => None,
+        };
+        let pgbouncer = match optional(body, "pgbouncer-settings") {
+            Some(v) => PgbouncerSettings::parse("pgbouncer-settings", v)?,
+            None => PgbouncerSettings::default(),
+        };
+        let ip_filter = match optional(body, "ip-filter") {
+            Some(v) => IpFilter::parse("ip-filter", v)?,
+            None => IpFilter::allow_all(),
+        };
+        let protection = match optional(body, "termination-protection") {
+            Some(v) => boolean("termination-protection", v)?,
+            None => false,
+        };
+
+        let _create = self.inner.create_lock.lock().await;
+        let lock = self.service_lock(name.as_str());
+        let _g = lock.lock().await;
+        if self.inner.store.service(name.as_str()).await?.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "service {name} already exists"
+            )));
+        }
+        let used: HashSet<u16> = self.inner.store.used_ports().await?.into_iter().collect();
+        let ports = crate::ports::allocate(
+            &self.inner.cfg.port_range,
+            &used,
+            &self.inner.cfg.public_host,
+            2,
+        )
+        .ok_or_else(|| ControlError::Conflict("no free port left in --port-range".into()))?;
+        let now = Utc::now();
+        let s = ServiceRecord {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            plan: plan.into_string(),
+            state: ServiceState::Rebuilding,
+            version: self.inner.version.clone(),
+            admin_username: admin.to_string(),
+            pg_port: ports[0],
+            pooler_port: ports[1],
+            pgbouncer,
+            ip_filter,
+            termination_protection: protection,
+            created_at: now,
+            updated_at: now,
+        };
+        let (pw, overridden) = match password {
+            Some(p) => (p.into_string(), true),
+            None => (Password::generate().into_string(), false),
+        };
+        let admin_user = UserRecord {
+            name: admin.to_string(),
+            kind: UserKind::Primary,
+            password_enc: self.inner.secrets.seal(&pw),
+            password_overridden: overridden,
+            allow_replication: true,
+        };
+        let op = op_for(
+            &s,
+            "create-service",
+            OpState::Pending,
+            format!("creating service {name}"),
+        );
+        let mut tx = self.inner.store.begin().await?;
+        store::insert_service(&mut tx, &s).await?;
+        store::upsert_user(&mut tx, &s.name, &admin_user).await?;
+        store::insert_database(&mut tx, &s.name, "defaultdb").await?;
+        store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");
+        self.spawn_provisioning(s.name.clone(), Some(op.id));
+        Ok(op)
+    }
+
+    /// `GET /dbaas-postgres/{name}`.
+    pub async fn get_service(&self, name: &ServiceName) -> Result<ServiceView, ControlError> {
+        let service = self.existing(name).await?;
+        let store = &self.inner.store;
+        let mut users = Vec::new();
+        for u in store.users(&service.name).await? {
+            users.push(UserView {
+                password: self.inner.secrets.open(&u.password_enc)?,
+                name: u.name,
+                kind: u.kind,
+                password_overridden: u.password_overridden,
+                allow_replication: u.allow_replication,
+            });
+        }
+        Ok(ServiceView {
+            databases: store.databases(&service.name).await?,
+            pools: store.pools(&service.name).await?,
+            users,
+            service,
+        })
+    }
+
+    /// `GET /dbaas-service`.
+    pub async fn list_services(&self) -> Result<Vec<ServiceRecord>, ControlError> {
+        Ok(self.inner.store.services().await?)
+    }
+
+    /// `PUT /dbaas-postgres/{name}`: plan, pgbouncer-settings (merged), ip-filter, protection.
+    pub async fn update_service(
+        &self,
+        name: &ServiceName,
+        body: &Map<String, Value>,
+    ) -> Result<OperationRecord, ControlError> {
+        refuse_unknown(body, &UPDATE_FIELDS)?;
+        self.check_version(body)?;
+        let plan = match optional(body, "plan") {
+            Some(v) => Some(Plan::parse("plan", string("plan", v)?)?),
+            None => None,
+        };
+        let ip_filter = match optional(body, "ip-filter") {
+            Some(v) => Some(IpFilter::parse("ip-filter", v)?),
+            None => None,
+        };
+        let protection = match optional(body, "termination-protection") {
+            Some(v) => Some(boolean("termination-protection", v)?),
+            None => None,
+        };
+        let settings = match optional(body, "pgbouncer-settings") {
+            Some(v) => Some(
+                v.as_object()
+                    .ok_or_else(|| InputError::new("pgbouncer-settings", "must be an object"))?,
+            ),
+            None => None,
+        };
+        let lock = self.service_lock(name.as_str());
+        let _g = lock.lock().await;
+        let mut s = self.existing(name).await?;
+        if let Some(obj) = settings {
+            s.pgbouncer.merge("pgbouncer-settings", obj)?;
+        }
+        if let Some(p) = plan {
+            s.plan = p.into_string();
+        }
+        if let Some(f) = ip_filter {
+            s.ip_filter = f;
+        }
+        if let Some(p) = protection {
+            s.termination_protection = p;
+        }
+        s.updated_at = Utc::now();
+        let op = op_for(
+            &s,
+            "update-service",
+            OpState::Success,
+            format!("service {name} updated"),
+        );
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, &s).await?;
+        store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        self.publish_and_wait(op).await
+    }
+
+    /// `DELETE /dbaas-postgres/{name}` and `DELETE /dbaas-service/{name}`.
+    pub async fn delete_service(
+        &self,
+        name: &ServiceName,
+    ) -> Result<OperationRecord, ControlError> {
+        let lock = self.service_lock(name.as_str());
+        let _g = lock.lock().await;
+        let s = self.existing(name).await?;
+        if s.termination_protection {
+            return Err(ControlError::Conflict(format!(
+                "service {name} has termination protection enabled"
+            )));
+        }
+        let op = op_for(
+            &s,
+            "delete-service",
+            OpState::Success,
+            format!("service {name} deleted"),
+        );
+        let mut tx = self.inner.store.begin().await?;
+        store::delete_service(&mut tx, &s.name).await?;
+        store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        // The pooler drops the service first, then the cluster goes. A crash in between leaves a
+        // directory without a service, which the next start removes.
+        let op = self.publish_and_wait(op).await?;
+        let prov = self.inner.prov.clone();
+        let n = s.name.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {
+            tracing::error!(service = %name, error = %e, "removing cluster of deleted service");
+        }
+        Ok(op)
+    }
+}

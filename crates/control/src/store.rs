@@ -1,0 +1,599 @@
+//! The control plane's durable state: SQLite through sqlx, in WAL mode with `synchronous=FULL`, so
+//! a transaction that committed before an API call returned survives `kill -9` (and power loss).
+//! Every mutation of the API is one transaction over the functions below; reads use the pool.
+//! The interface is small on purpose so that a PostgreSQL store can replace it later.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::model::{IpFilter, PoolMode, PoolSize};
+use crate::pgbouncer::PgbouncerSettings;
+
+/// A store failure; always an internal error for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a statement.
+    #[error("store: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("store: corrupt value in {0}")]
+    Corrupt(&'static str),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The life-cycle state of a service (enum-service-state subset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Cluster being created or recovered.
+    Rebuilding,
+    /// Cluster provisioned; pgbay keeps it running.
+    Running,
+}
+
+impl ServiceState {
+    /// The document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Rebuilding => "rebuilding",
+            ServiceState::Running => "running",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "rebuilding" => Ok(ServiceState::Rebuilding),
+            "running" => Ok(ServiceState::Running),
+            _ => Err(StoreError::Corrupt("services.state")),
+        }
+    }
+}
+
+/// A stored service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    /// Unique name, also the directory name of its cluster.
+    pub name: String,
+    /// Stable id, used as the operation reference id.
+    pub id: Uuid,
+    /// Plan name as given.
+    pub plan: String,
+    /// Life-cycle state.
+    pub state: ServiceState,
+    /// PostgreSQL major version.
+    pub version: String,
+    /// Bootstrap superuser.
+    pub admin_username: String,
+    /// Port of the PostgreSQL cluster.
+    pub pg_port: u16,
+    /// Port of the service's pooler listener.
+    pub pooler_port: u16,
+    /// Pooler settings.
+    pub pgbouncer: PgbouncerSettings,
+    /// Allowed client networks.
+    pub ip_filter: IpFilter,
+    /// Refuse deletion while set.
+    pub termination_protection: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change time.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Kind of a service user (`type` in the document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKind {
+    /// The admin user created with the service.
+    Primary,
+    /// A user created through the API.
+    Normal,
+}
+
+impl UserKind {
+    /// The document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Primary => "primary",
+            UserKind::Normal => "normal",
+        }
+    }
+}
+
+/// A stored user; the password is encrypted (see `crypto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    /// Role name.
+    pub name: String,
+    /// Primary or normal.
+    pub kind: UserKind,
+    /// AES-GCM ciphertext of the password.
+    pub password_enc: String,
+    /// The user chose this password (the document then omits it from service listings).
+    pub password_overridden: bool,
+    /// Role has REPLICATION.
+    pub allow_replication: bool,
+}
+
+/// A stored connection pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolRecord {
+    /// Pool name (the database name clients connect to).
+    pub name: String,
+    /// Backend database.
+    pub database: String,
+    /// Backend user.
+    pub username: String,
+    /// Pooling mode.
+    pub mode: PoolMode,
+    /// Server connections.
+    pub size: PoolSize,
+}
+
+/// State of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpState {
+    /// Still running.
+    Pending,
+    /// Done.
+    Success,
+    /// Failed; `reason` says why.
+    Failure,
+    /// Gave up waiting.
+    Timeout,
+}
+
+impl OpState {
+    /// The document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Pending => "pending",
+            OpState::Success => "success",
+            OpState::Failure => "failure",
+            OpState::Timeout => "timeout",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(OpState::Pending),
+            "success" => Ok(OpState::Success),
+            "failure" => Ok(OpState::Failure),
+            "timeout" => Ok(OpState::Timeout),
+            _ => Err(StoreError::Corrupt("operations.state")),
+        }
+    }
+}
+
+/// A stored operation (the document's `operation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    /// Operation id.
+    pub id: Uuid,
+    /// State.
+    pub state: OpState,
+    /// Failure reason (document enum), set for failure/timeout.
+    pub reason: Option<String>,
+    /// Human message.
+    pub message: String,
+    /// Referenced resource id.
+    pub ref_id: Uuid,
+    /// Referenced resource link.
+    pub ref_link: String,
+    /// Command to get the referenced resource.
+    pub ref_command: String,
+    /// What the operation does (e.g. `create-service`), used to resume it after a restart.
+    pub kind: String,
+    /// Service the operation is about.
+    pub service: String,
+}
+
+/// Handle on the SQLite database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt("timestamp"))
+}
+
+fn service_from_row(r: &SqliteRow) -> Result<ServiceRecord> {
+    let id: String = r.try_get("id")?;
+    let settings: String = r.try_get("pgbouncer_settings")?;
+    let settings: serde_json::Value =
+        serde_json::from_str(&settings).map_err(|_| StoreError::Corrupt("pgbouncer_settings"))?;
+    let ip: String = r.try_get("ip_filter")?;
+    let ip: serde_json::Value =
+        serde_json::from_str(&ip).map_err(|_| StoreError::Corrupt("ip_filter"))?;
+    let pg_port: i64 = r.try_get("pg_port")?;
+    let pooler_port: i64 = r.try_get("pooler_port")?;
+    Ok(ServiceRecord {
+        name: r.try_get("name")?,
+        id: Uuid::from_str(&id).map_err(|_| StoreError::Corrupt("services.id"))?,
+        plan: r.try_get("plan")?,
+        state: ServiceState::parse(r.try_get("state")?)?,
+        version: r.try_get("version")?,
+        admin_username: r.try_get("admin_username")?,
+        pg_port: u16::try_from(pg_port).map_err(|_| StoreError::Corrupt("pg_port"))?,
+        pooler_port: u16::try_from(pooler_port).map_err(|_| StoreError::Corrupt("pooler_port"))?,
+        pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &settings)
+            .map_err(|_| StoreError::Corrupt("pgbouncer_settings"))?,
+        ip_filter: IpFilter::parse("ip-filter", &ip)
+            .map_err(|_| StoreError::Corrupt("ip_filter"))?,
+        termination_protection: r.try_get::<i64, _>("termination_protection")? != 0,
+        created_at: ts(r.try_get("created_at")?)?,
+        updated_at: ts(r.try_get("updated_at")?)?,
+    })
+}
+
+fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
+    let id: String = r.try_get("id")?;
+    let ref_id: String = r.try_get("ref_id")?;
+    Ok(OperationRecord {
+        id: Uuid::from_str(&id).map_err(|_| StoreError::Corrupt("operations.id"))?,
+        state: OpState::parse(r.try_get("state")?)?,
+        reason: r.try_get("reason")?,
+        message: r.try_get("message")?,
+        ref_id: Uuid::from_str(&ref_id).map_err(|_| StoreError::Corrupt("operations.ref_id"))?,
+        ref_link: r.try_get("ref_link")?,
+        ref_command: r.try_get("ref_command")?,
+        kind: r.try_get("kind")?,
+        service: r.try_get("service")?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies the migrations.
+    pub async fn open(path: &Path) -> Result<Store> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` semantics are not needed: writers are
+    /// serialized by the control plane's locks, and SQLite serializes the rest).
+    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// All services, by name.
+    pub async fn services(&self) -> Result<Vec<ServiceRecord>> {
+        let rows = sqlx::query("SELECT * FROM services ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(service_from_row).collect()
+    }
+
+    /// One service.
+    pub async fn service(&self, name: &str) -> Result<Option<ServiceRecord>> {
+        let mut c = self.pool.acquire().await?;
+        get_service(&mut c, name).await
+    }
+
+    /// Database names of a service.
+    pub async fn databases(&self, service: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM databases WHERE service = ? ORDER BY name")
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("name").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Users of a service, primary first.
+    pub async fn users(&self, service: &str) -> Result<Vec<UserRecord>> {
+        let mut c = self.pool.acquire().await?;
+        users(&mut c, service).await
+    }
+
+    /// Pools of a service.
+    pub async fn pools(&self, service: &str) -> Result<Vec<PoolRecord>> {
+        let mut c = self.pool.acquire().await?;
+        pools(&mut c, service).await
+    }
+
+    /// One operation.
+    pub async fn operation(&self, id: Uuid) -> Result<Option<OperationRecord>> {
+        let row = sqlx::query("SELECT * FROM operations WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(op_from_row).transpose()
+    }
+
+    /// Operations still pending (to resume after a restart).
+    pub async fn pending_operations(&self) -> Result<Vec<OperationRecord>> {
+        let rows = sqlx::query("SELECT * FROM operations WHERE state = 'pending'")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(op_from_row).collect()
+    }
+
+    /// Ports held by any service.
+    pub async fn used_ports(&self) -> Result<Vec<u16>> {
+        let rows =
+            sqlx::query("SELECT pg_port AS p FROM services UNION SELECT pooler_port FROM services")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let p: i64 = r.try_get("p")?;
+                u16::try_from(p).map_err(|_| StoreError::Corrupt("port"))
+            })
+            .collect()
+    }
+}
+
+/// Reads one service inside a transaction.
+pub async fn get_service(c: &mut SqliteConnection, name: &str) -> Result<Option<ServiceRecord>> {
+    let row = sqlx::query("SELECT * FROM services WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    row.as_ref().map(service_from_row).transpose()
+}
+
+/// Inserts a service.
+pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO services (name, id, plan, state, version, admin_username, pg_port, pooler_port,
+         pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&s.name)
+    .bind(s.id.to_string())
+    .bind(&s.plan)
+    .bind(s.state.as_str())
+    .bind(&s.version)
+    .bind(&s.admin_username)
+    .bind(i64::from(s.pg_port))
+    .bind(i64::from(s.pooler_port))
+    .bind(s.pgbouncer.to_json().to_string())
+    .bind(serde_json::Value::from(s.ip_filter.to_strings()).to_string())
+    .bind(i64::from(s.termination_protection))
+    .bind(s.created_at.to_rfc3339())
+    .bind(s.updated_at.to_rfc3339())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Rewrites the mutable columns of a service (plan, state, settings, filter, protection).
+pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
+    sqlx::query(
+        "UPDATE services SET plan = ?, state = ?, pgbouncer_settings = ?, ip_filter = ?,
+         termination_protection = ?, updated_at = ? WHERE name = ?",
+    )
+    .bind(&s.plan)
+    .bind(s.state.as_str())
+    .bind(s.pgbouncer.to_json().to_string())
+    .bind(serde_json::Value::from(s.ip_filter.to_strings()).to_string())
+    .bind(i64::from(s.termination_protection))
+    .bind(s.updated_at.to_rfc3339())
+    .bind(&s.name)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a service and everything it owns.
+pub async fn delete_service(c: &mut SqliteConnection, name: &str) -> Result<()> {
+    for table in ["pools", "users", "databases"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE service = ?"))
+            .bind(name)
+            .execute(&mut *c)
+            .await?;
+    }
+    sqlx::query("DELETE FROM services WHERE name = ?")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Does the database exist?
+pub async fn database_exists(c: &mut SqliteConnection, service: &str, name: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM databases WHERE service = ? AND name = ?")
+        .bind(service)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Inserts a database.
+pub async fn insert_database(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("INSERT INTO databases (service, name) VALUES (?, ?)")
+        .bind(service)
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Deletes a database.
+pub async fn delete_database(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM databases WHERE service = ? AND name = ?")
+        .bind(service)
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Users of a service, primary first.
+pub async fn users(c: &mut SqliteConnection, service: &str) -> Result<Vec<UserRecord>> {
+    let rows = sqlx::query("SELECT * FROM users WHERE service = ? ORDER BY kind = 'normal', name")
+        .bind(service)
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            Ok(UserRecord {
+                name: r.try_get("name")?,
+                kind: if kind == "primary" {
+                    UserKind::Primary
+                } else {
+                    UserKind::Normal
+                },
+                password_enc: r.try_get("password_enc")?,
+                password_overridden: r.try_get::<i64, _>("password_overridden")? != 0,
+                allow_replication: r.try_get::<i64, _>("allow_replication")? != 0,
+            })
+        })
+        .collect()
+}
+
+/// One user.
+pub async fn user(
+    c: &mut SqliteConnection,
+    service: &str,
+    name: &str,
+) -> Result<Option<UserRecord>> {
+    Ok(users(c, service)
+        .await?
+        .into_iter()
+        .find(|u| u.name == name))
+}
+
+/// Inserts a user, or replaces its password and flags.
+pub async fn upsert_user(c: &mut SqliteConnection, service: &str, u: &UserRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO users (service, name, kind, password_enc, password_overridden, allow_replication)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (service, name) DO UPDATE SET password_enc = excluded.password_enc,
+           password_overridden = excluded.password_overridden,
+           allow_replication = excluded.allow_replication",
+    )
+    .bind(service)
+    .bind(&u.name)
+    .bind(u.kind.as_str())
+    .bind(&u.password_enc)
+    .bind(i64::from(u.password_overridden))
+    .bind(i64::from(u.allow_replication))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a user.
+pub async fn delete_user(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM users WHERE service = ? AND name = ?")
+        .bind(service)
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Pools of a service.
+pub async fn pools(c: &mut SqliteConnection, service: &str) -> Result<Vec<PoolRecord>> {
+    let rows = sqlx::query("SELECT * FROM pools WHERE service = ? ORDER BY name")
+        .bind(service)
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let mode: String = r.try_get("mode")?;
+            let mode = PoolMode::parse("mode", &serde_json::Value::String(mode))
+                .map_err(|_| StoreError::Corrupt("pools.mode"))?;
+            Ok(PoolRecord {
+                name: r.try_get("name")?,
+                database: r.try_get("database")?,
+                username: r.try_get("username")?,
+                mode,
+                size: PoolSize::from_stored(r.try_get("size")?),
+            })
+        })
+        .collect()
+}
+
+/// Inserts or replaces a pool.
+pub async fn upsert_pool(c: &mut SqliteConnection, service: &str, p: &PoolRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pools (service, name, database, username, mode, size) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (service, name) DO UPDATE SET database = excluded.database,
+           username = excluded.username, mode = excluded.mode, size = excluded.size",
+    )
+    .bind(service)
+    .bind(&p.name)
+    .bind(&p.database)
+    .bind(&p.username)
+    .bind(p.mode.as_str())
+    .bind(i64::from(p.size.get()))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a pool.
+pub async fn delete_pool(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM pools WHERE service = ? AND name = ?")
+        .bind(service)
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Inserts an operation.
+pub async fn insert_operation(c: &mut SqliteConnection, op: &OperationRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO operations (id, state, reason, message, ref_id, ref_link, ref_command, kind,
+         service, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(op.id.to_string())
+    .bind(op.state.as_str())
+    .bind(&op.reason)
+    .bind(&op.message)
+    .bind(op.ref_id.to_string())
+    .bind(&op.ref_link)
+    .bind(&op.ref_command)
+    .bind(&op.kind)
+    .bind(&op.service)
+    .bind(Utc::now().to_rfc3339())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Finishes an operation.
+pub async fn finish_operation(
+    c: &mut SqliteConnection,
+    id: Uuid,
+    state: OpState,
+    reason: Option<&str>,
+    message: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE operations SET state = ?, reason = ?, message = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(message)
+        .bind(id.to_string())
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}

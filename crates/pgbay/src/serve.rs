@@ -1,0 +1,114 @@
+//! `pgbay serve`: opens the control plane on the data dir, serves the API, and on SIGTERM/SIGINT
+//! stops accepting requests, stops every service cluster and exits 0.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use pgbay_api::Credentials;
+use pgbay_control::{Control, ControlConfig};
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::ServeArgs;
+
+/// API credentials: `PGBAY_API_KEY`/`PGBAY_API_SECRET`, else `<data-dir>/api-credentials`,
+/// generated (mode 0600, printed once) on first start.
+fn credentials(data_dir: &Path) -> anyhow::Result<Credentials> {
+    if let (Ok(key), Ok(secret)) = (
+        std::env::var("PGBAY_API_KEY"),
+        std::env::var("PGBAY_API_SECRET"),
+    ) {
+        if key.is_empty() || secret.is_empty() {
+            return Err(anyhow!(
+                "PGBAY_API_KEY and PGBAY_API_SECRET must not be empty"
+            ));
+        }
+        return Ok(Credentials { key, secret });
+    }
+    let path = data_dir.join("api-credentials");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| anyhow!("{} lacks `{name}=`", path.display()))
+        };
+        return Ok(Credentials {
+            key: field("key")?,
+            secret: field("secret")?,
+        });
+    }
+    let mut rng = rand::thread_rng();
+    let creds = Credentials {
+        key: format!("EXO{}", hex::encode(rand::Rng::gen::<[u8; 12]>(&mut rng))),
+        secret: Alphanumeric.sample_string(&mut rng, 43),
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "key={}\nsecret={}", creds.key, creds.secret)?;
+    f.sync_all()?;
+    println!(
+        "pgbay: generated API credentials (stored in {}):",
+        path.display()
+    );
+    println!("  PGBAY_API_KEY={}", creds.key);
+    println!("  PGBAY_API_SECRET={}", creds.secret);
+    Ok(creds)
+}
+
+/// Runs `pgbay serve` until SIGTERM/SIGINT.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let pg_bin_dir = match args.pg_bin_dir.clone() {
+        Some(d) => d,
+        None => pgbay_control::local::default_bin_dir()
+            .ok_or_else(|| anyhow!("no PostgreSQL binaries found; pass --pg-bin-dir"))?,
+    };
+    let creds = credentials(&data_dir)?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let control = Control::start(ControlConfig {
+        data_dir: data_dir.clone(),
+        public_host: args.public_host.clone(),
+        port_range: args.port_range.clone(),
+        pg_bin_dir,
+        zone: args.zone.clone(),
+    })
+    .await
+    .map_err(|e| anyhow!("starting control plane: {e}"))?;
+
+    let listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("binding API on {}", args.api_listen))?;
+    tracing::info!(
+        api = %listener.local_addr()?,
+        data_dir = %data_dir.display(),
+        pg_version = control.pg_version(),
+        "pgbay serving"
+    );
+    let app = pgbay_api::router(control.clone(), creds);
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+    control.shutdown().await;
+    tracing::info!("pgbay stopped");
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! path parameters and bodies go to the control plane, records come back as the document's JSON.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use pgbay_control::model::{DatabaseName, PoolName, ServiceName, Username};
 use pgbay_control::{Control, PgbouncerSettings};
 use serde_json::{json, Value};
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::extract::{JsonObject, Params};
 use crate::views;
+use crate::MetricsAt;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -28,9 +29,13 @@ pub async fn create_service(
 }
 
 /// `GET /dbaas-postgres/{name}`
-pub async fn get_service(State(c): State<Control>, p: Params) -> ApiResult {
+pub async fn get_service(
+    State(c): State<Control>,
+    Extension(m): Extension<MetricsAt>,
+    p: Params,
+) -> ApiResult {
     let v = c.get_service(&service(&p, "name")?).await?;
-    Ok(Json(views::service_pg(&c, &v)))
+    Ok(Json(views::service_pg(&c, &v, &m)))
 }
 
 /// `PUT /dbaas-postgres/{name}`
@@ -177,4 +182,46 @@ pub async fn settings() -> ApiResult {
 /// `GET /dbaas-ca-certificate`
 pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
     Ok(Json(json!({ "certificate": c.tls_material().ca_pem })))
+}
+
+/// `GET /metrics`: Prometheus text format, per service: cluster up, pools, databases, users.
+pub async fn metrics(State(c): State<Control>) -> Result<String, ApiError> {
+    let mut out = String::new();
+    let services = c.list_services().await?;
+    out.push_str("# HELP pgbay_service_up Whether the service's PostgreSQL cluster is running.\n");
+    out.push_str("# TYPE pgbay_service_up gauge\n");
+    for s in &services {
+        let up = u8::from(c.cluster_running(&s.name));
+        out.push_str(&format!(
+            "pgbay_service_up{{service=\"{}\"}} {up}\n",
+            s.name
+        ));
+    }
+    let mut counts = Vec::new();
+    for s in &services {
+        let name = ServiceName::parse("name", &s.name)?;
+        let v = c.get_service(&name).await?;
+        counts.push((
+            s.name.clone(),
+            v.pools.len(),
+            v.databases.len(),
+            v.users.len(),
+        ));
+    }
+    for (metric, help, pick) in [
+        (
+            "pgbay_service_connection_pools",
+            "Connection pools of the service.",
+            0usize,
+        ),
+        ("pgbay_service_databases", "Databases of the service.", 1),
+        ("pgbay_service_users", "Users of the service.", 2),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for (name, pools, dbs, users) in &counts {
+            let n = [*pools, *dbs, *users][pick];
+            out.push_str(&format!("{metric}{{service=\"{name}\"}} {n}\n"));
+        }
+    }
+    Ok(out)
 }

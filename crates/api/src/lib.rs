@@ -23,8 +23,19 @@ pub use error::ApiError;
 /// Largest accepted request body.
 const MAX_BODY: usize = 1 << 20;
 
-/// The `/v2` router over `control`, accepting requests signed with `creds`.
-pub fn router(control: Control, creds: Credentials) -> Router {
+/// Where Prometheus scrapes pgbay (`GET /metrics` on the API listener), as services advertise it
+/// in `prometheus-uri`.
+#[derive(Debug, Clone)]
+pub struct MetricsAt {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// The `/v2` router over `control`, accepting requests signed with `creds`, plus the unsigned
+/// Prometheus endpoint `/metrics` (it shows no secrets) advertised as `metrics_at`.
+pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Router {
     use handlers as h;
     let v2 = Router::new()
         .route(
@@ -67,9 +78,12 @@ pub fn router(control: Control, creds: Credentials) -> Router {
         .route("/dbaas-ca-certificate", get(h::ca_certificate))
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
-        });
+        })
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::Extension(metrics_at));
     Router::new()
         .nest("/v2", v2)
+        .route("/metrics", get(h::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(control)
         .layer(middleware::from_fn_with_state(creds, authenticate))
@@ -79,6 +93,9 @@ pub fn router(control: Control, creds: Credentials) -> Router {
 /// runs the rest of the request in its own span.
 async fn authenticate(State(creds): State<Credentials>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!("api", method = %req.method(), path = %req.uri().path());
+    if req.method() == axum::http::Method::GET && req.uri().path() == "/metrics" {
+        return next.run(req).instrument(span).await;
+    }
     async move {
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {

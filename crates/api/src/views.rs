@@ -65,7 +65,7 @@ pub fn service_common(control: &Control, s: &ServiceRecord) -> Value {
 }
 
 /// The document's `dbaas-service-pg`.
-pub fn service_pg(control: &Control, v: &ServiceView) -> Value {
+pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt) -> Value {
     let s = &v.service;
     let host = control.public_host();
     let uri_host = host_for_uri(host);
@@ -158,6 +158,7 @@ pub fn service_pg(control: &Control, v: &ServiceView) -> Value {
         "termination-protection": s.termination_protection,
         "created-at": time(&s.created_at),
         "updated-at": time(&s.updated_at),
+        "prometheus-uri": {"host": metrics.host, "port": metrics.port},
         "backups": [],
         "integrations": [],
         "notifications": [],

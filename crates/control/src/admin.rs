@@ -25,8 +25,16 @@ pub struct AdminTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The server said no, or could not be reached.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Pg(#[from] tokio_postgres::Error),
+}
+
+/// tokio-postgres displays a server error as just "db error"; the log needs the server's words.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl AdminError {
@@ -78,17 +86,39 @@ async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()>
     Ok(())
 }
 
-/// Creates database `name` unless it exists.
-pub async fn create_database(t: &AdminTarget, name: &str) -> Result<()> {
+/// Creates database `name` unless it exists, with the given collation and character class (from
+/// template0, as PostgreSQL requires for a locale other than the template's).
+pub async fn create_database(
+    t: &AdminTarget,
+    name: &str,
+    lc_collate: Option<&str>,
+    lc_ctype: Option<&str>,
+) -> Result<()> {
     let c = connect(t, "postgres").await?;
     let exists = c
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1::text::name",
+            &[&name],
+        )
         .await?
         .is_some();
-    if !exists {
-        exec_formatted(&c, "CREATE DATABASE %I", &[name]).await?;
+    if exists {
+        return Ok(());
     }
-    Ok(())
+    let mut template = "CREATE DATABASE %I".to_string();
+    let mut args = vec![name];
+    if lc_collate.is_some() || lc_ctype.is_some() {
+        template.push_str(" TEMPLATE template0");
+    }
+    if let Some(v) = lc_collate {
+        template.push_str(" LC_COLLATE %L");
+        args.push(v);
+    }
+    if let Some(v) = lc_ctype {
+        template.push_str(" LC_CTYPE %L");
+        args.push(v);
+    }
+    exec_formatted(&c, &template, &args).await
 }
 
 /// Drops database `name` (terminating its sessions) if it exists.
@@ -106,7 +136,10 @@ pub async fn upsert_role(
 ) -> Result<()> {
     let c = connect(t, "postgres").await?;
     let exists = c
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
+            &[&name],
+        )
         .await?
         .is_some();
     let repl = if replication {
@@ -129,7 +162,10 @@ pub async fn set_password(t: &AdminTarget, name: &str, password: &str) -> Result
 pub async fn drop_role(t: &AdminTarget, name: &str, databases: &[String]) -> Result<()> {
     let c = connect(t, "postgres").await?;
     let exists = c
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
+            &[&name],
+        )
         .await?
         .is_some();
     if !exists {

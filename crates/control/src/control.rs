@@ -150,6 +150,11 @@ impl Control {
         &self.inner.cfg.zone
     }
 
+    /// Whether the cluster of service `name` is running right now.
+    pub fn cluster_running(&self, name: &str) -> bool {
+        self.inner.prov.running_pid(name).is_some()
+    }
+
     /// The CA and server certificate.
     pub fn tls_material(&self) -> TlsMaterial {
         self.inner.tls.clone()
@@ -461,7 +466,7 @@ impl Control {
         };
         self.start_cluster(&s).await?;
         let t = self.admin_target(&s).await?;
-        crate::admin::create_database(&t, "defaultdb")
+        crate::admin::create_database(&t, "defaultdb", None, None)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
         s.state = ServiceState::Running;

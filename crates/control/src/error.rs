@@ -43,7 +43,12 @@ impl ControlError {
             {
                 ControlError::Conflict(format!("{what}: {msg}"))
             }
-            Some(c) if c == SqlState::RESERVED_NAME || c == SqlState::INVALID_NAME => {
+            Some(c)
+                if c == SqlState::RESERVED_NAME
+                    || c == SqlState::INVALID_NAME
+                    || c == SqlState::WRONG_OBJECT_TYPE
+                    || c == SqlState::INVALID_PARAMETER_VALUE =>
+            {
                 ControlError::Invalid(InputError {
                     field: String::new(),
                     message: format!("{what}: {msg}"),

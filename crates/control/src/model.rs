@@ -26,6 +26,19 @@ impl InputError {
     }
 }
 
+/// The name PostgreSQL keeps of an identifier: its first 63 bytes (NAMEDATALEN - 1). Two API
+/// names with the same stored identifier would be the same PostgreSQL object.
+pub fn pg_identifier(s: &str) -> &str {
+    if s.len() <= 63 {
+        return s;
+    }
+    let mut end = 63;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
     let n = s.chars().count();
     if n < min || n > max {

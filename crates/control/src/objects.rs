@@ -9,8 +9,8 @@ use crate::admin;
 use crate::control::Control;
 use crate::error::ControlError;
 use crate::model::{
-    boolean, optional, refuse_unknown, required, string, DatabaseName, Password, PoolMode,
-    PoolName, PoolSize, ServiceName, Username,
+    boolean, optional, pg_identifier, refuse_unknown, required, string, DatabaseName, InputError,
+    Password, PoolMode, PoolName, PoolSize, ServiceName, Username,
 };
 use crate::services::op_for;
 use crate::store::{
@@ -60,11 +60,28 @@ impl Control {
         service: &ServiceName,
         body: &Map<String, Value>,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["database-name"])?;
         let db = DatabaseName::parse(
             "database-name",
             string("database-name", required(body, "database-name")?)?,
         )?;
+        refuse_unknown(body, &["database-name", "lc-collate", "lc-ctype"])?;
+        let locale = |field: &str| -> Result<Option<String>, ControlError> {
+            match optional(body, field) {
+                Some(v) => {
+                    let s = string(field, v)?;
+                    if s.is_empty() || s.chars().count() > 128 || s.contains('\0') {
+                        return Err(InputError::new(
+                            field,
+                            "length must be between 1 and 128 characters",
+                        )
+                        .into());
+                    }
+                    Ok(Some(s.to_string()))
+                }
+                None => Ok(None),
+            }
+        };
+        let (collate, ctype) = (locale("lc-collate")?, locale("lc-ctype")?);
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;
@@ -74,16 +91,16 @@ impl Control {
             .databases(&s.name)
             .await?
             .iter()
-            .any(|d| d == db.as_str())
+            .any(|d| pg_identifier(d) == pg_identifier(db.as_str()))
         {
             return Err(ControlError::Conflict(format!(
                 "database {db} already exists"
             )));
         }
         let t = self.admin_target(&s).await?;
-        admin::create_database(&t, db.as_str())
+        admin::create_database(&t, db.as_str(), collate.as_deref(), ctype.as_deref())
             .await
-            .map_err(|e| ControlError::from_admin(e, "creating database"))?;
+            .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
         store::insert_database(&mut tx, &s.name, db.as_str()).await?;
         self.finish(
@@ -159,7 +176,7 @@ impl Control {
             .users(&s.name)
             .await?
             .iter()
-            .any(|u| u.name == user.as_str())
+            .any(|u| pg_identifier(&u.name) == pg_identifier(user.as_str()))
         {
             return Err(ControlError::Conflict(format!(
                 "user {user} already exists"

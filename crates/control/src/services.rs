@@ -132,8 +132,8 @@ impl Control {
         name: &ServiceName,
         body: &Map<String, Value>,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &CREATE_FIELDS)?;
         let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
+        refuse_unknown(body, &CREATE_FIELDS)?;
         self.check_version(body)?;
         let admin = match optional(body, "admin-username") {
             Some(v) => AdminUsername::parse("admin-username", string("admin-username", v)?)?,

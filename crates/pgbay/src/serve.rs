@@ -97,7 +97,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         pg_version = control.pg_version(),
         "pgbay serving"
     );
-    let app = pgbay_api::router(control.clone(), creds);
+    let local = listener.local_addr()?;
+    let metrics_at = pgbay_api::MetricsAt {
+        host: if local.ip().is_unspecified() {
+            args.public_host.clone()
+        } else {
+            local.ip().to_string()
+        },
+        port: local.port(),
+    };
+    let app = pgbay_api::router(control.clone(), creds, metrics_at);
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -38,6 +38,8 @@ pub struct ControlConfig {
     pub pg_bin_dir: PathBuf,
     /// Zone reported for services.
     pub zone: String,
+    /// How long a mutation waits for an attached data plane (normally `APPLY_TIMEOUT`).
+    pub apply_timeout: Duration,
 }
 
 /// Handed to the data-plane wiring: it reports each generation it has applied.
@@ -246,7 +248,8 @@ impl Control {
         let Some(mut rx) = rx else {
             return Ok(op);
         };
-        let applied = tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|g| *g >= generation))
+        let limit = self.inner.cfg.apply_timeout;
+        let applied = tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
@@ -254,7 +257,7 @@ impl Control {
             let msg = format!(
                 "{}; but the pooler did not apply the change within {}s",
                 op.message,
-                APPLY_TIMEOUT.as_secs()
+                limit.as_secs_f32()
             );
             let mut c = self.inner.store.begin().await?;
             store::finish_operation(&mut c, op.id, OpState::Failure, Some("unavailable"), &msg)

@@ -84,6 +84,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         port_range: args.port_range.clone(),
         pg_bin_dir,
         zone: args.zone.clone(),
+        apply_timeout: pgbay_control::APPLY_TIMEOUT,
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;

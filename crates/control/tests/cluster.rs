@@ -1,0 +1,280 @@
+//! Tests against real PostgreSQL clusters made by the local provisioner (initdb + pg_ctl in a temp
+//! dir, as `nobody` when run as root). Each test stops what it started, also when it fails.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pgbay_control::admin::{self, AdminTarget};
+use pgbay_control::local::{default_bin_dir, ClusterSpec, LocalProvisioner};
+use pgbay_control::model::{PoolName, ServiceName, Username};
+use pgbay_control::{ca, Control, ControlConfig, OpState, OperationRecord, PortRange};
+use serde_json::{json, Map, Value};
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stops the cluster of `name` when dropped.
+struct ClusterGuard(LocalProvisioner, String);
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        let _ = self.0.stop(&self.1);
+    }
+}
+
+/// Stops every cluster of a data dir when dropped (for tests driving `Control`).
+struct DataDirGuard(PathBuf);
+impl Drop for DataDirGuard {
+    fn drop(&mut self) {
+        let bin = default_bin_dir().unwrap();
+        let prov = LocalProvisioner::new(bin, self.0.join("services"), "127.0.0.1".into());
+        for name in prov.present() {
+            let _ = prov.stop(&name);
+        }
+    }
+}
+
+async fn login(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<String, admin::AdminError> {
+    let t = AdminTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: user.into(),
+        password: password.into(),
+    };
+    let c = admin::connect(&t, db).await?;
+    let row = c
+        .query_one(
+            "SELECT current_user::text || '/' || current_database()::text",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn local_cluster_with_database_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = default_bin_dir().expect("PostgreSQL binaries");
+    let prov = LocalProvisioner::new(bin, dir.path().join("services"), "127.0.0.1".into());
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    prov.ensure_traversable(&dir.path().join("services"))
+        .unwrap();
+    let tls = ca::load_or_create(dir.path(), "127.0.0.1").unwrap();
+    let port = free_port();
+    let spec = ClusterSpec {
+        name: "svc",
+        port,
+        admin_username: "avnadmin",
+        admin_password: "adminpw-123",
+    };
+    prov.ensure_initialized(&spec).unwrap();
+    prov.start(&spec, &tls).unwrap();
+    let _guard = ClusterGuard(prov.clone(), "svc".into());
+    assert!(prov.running_pid("svc").is_some());
+    // Starting again adopts the running postmaster instead of failing.
+    prov.start(&spec, &tls).unwrap();
+
+    let t = AdminTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: "avnadmin".into(),
+        password: "adminpw-123".into(),
+    };
+    // Names that would break naive SQL quoting.
+    let db = "we\"ird'; DROP DATABASE postgres; --";
+    let user = "o'neil\"x";
+    admin::create_database(&t, db, None, None).await.unwrap();
+    admin::create_database(&t, db, None, None).await.unwrap(); // idempotent
+    admin::upsert_role(&t, user, "pw'with\"quotes", false)
+        .await
+        .unwrap();
+    assert!(admin::list_databases(&t)
+        .await
+        .unwrap()
+        .contains(&db.to_string()));
+    assert!(admin::list_roles(&t)
+        .await
+        .unwrap()
+        .contains(&user.to_string()));
+    assert_eq!(
+        login(port, user, "pw'with\"quotes", db).await.unwrap(),
+        format!("{user}/{db}")
+    );
+    assert!(login(port, user, "wrong-password", db).await.is_err());
+    admin::set_password(&t, user, "second-pw").await.unwrap();
+    assert!(login(port, user, "second-pw", "postgres").await.is_ok());
+
+    // TLS with a certificate that verifies against pgbay's CA for 127.0.0.1.
+    let ca_file = dir.path().join("ca.crt");
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=avnadmin dbname=postgres sslmode=verify-full sslrootcert={}",
+            ca_file.display()
+        ))
+        .args(["-Atc", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+        .env("PGPASSWORD", "adminpw-123")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    admin::drop_role(&t, user, &[db.to_string()]).await.unwrap();
+    admin::drop_database(&t, db).await.unwrap();
+    assert!(!admin::list_roles(&t)
+        .await
+        .unwrap()
+        .contains(&user.to_string()));
+    assert!(!admin::list_databases(&t)
+        .await
+        .unwrap()
+        .contains(&db.to_string()));
+    prov.remove("svc").unwrap();
+    assert!(prov.running_pid("svc").is_none());
+    assert!(!Path::new(&prov.service_dir("svc")).exists());
+}
+
+fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
+    let lo = free_port().clamp(1024, 60000);
+    ControlConfig {
+        data_dir: data_dir.to_path_buf(),
+        public_host: "127.0.0.1".into(),
+        port_range: PortRange(lo..=lo + 50),
+        pg_bin_dir: default_bin_dir().unwrap(),
+        zone: "test".into(),
+        apply_timeout,
+    }
+}
+
+async fn wait_op(c: &Control, op: &OperationRecord) -> OperationRecord {
+    for _ in 0..1200 {
+        let cur = c.operation(op.id).await.unwrap();
+        if cur.state != OpState::Pending {
+            return cur;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {} still pending", op.id);
+}
+
+fn body(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = DataDirGuard(dir.path().to_path_buf());
+    let cfg = config(dir.path(), Duration::from_secs(2));
+    let c = Control::start(cfg.clone()).await.unwrap();
+    let name = ServiceName::parse("name", "svc").unwrap();
+    let mut desired = c.desired_state();
+    let op = c
+        .create_service(&name, &body(json!({"plan": "hobbyist-2"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Pending);
+    assert_eq!(wait_op(&c, &op).await.state, OpState::Success);
+    let view = c.get_service(&name).await.unwrap();
+    let admin = view.admin().unwrap().clone();
+    assert_eq!(view.databases, ["defaultdb"]);
+    let port = view.service.pg_port;
+    assert_eq!(
+        login(port, &admin.name, &admin.password, "defaultdb")
+            .await
+            .unwrap(),
+        "avnadmin/defaultdb"
+    );
+    let state = desired.borrow_and_update().clone();
+    assert_eq!(state.services.len(), 1);
+    assert_eq!(state.services[0].backend_port, port);
+    assert_eq!(state.services[0].users[0].password, admin.password);
+
+    // Without a data plane attached, a pool change succeeds at once and is published.
+    let before = c.desired_state().borrow().generation;
+    let op = c
+        .create_pool(
+            &name,
+            &body(json!({"name": "p1", "database-name": "defaultdb"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    let now = c.desired_state().borrow().clone();
+    assert!(now.generation > before);
+    assert_eq!(now.services[0].pools[0].size, 10);
+    assert_eq!(now.services[0].pools[0].username, "avnadmin");
+
+    // With a data plane that applies what it sees, changes succeed once applied.
+    let reporter = c.attach_data_plane();
+    let mut rx = c.desired_state();
+    let follower = tokio::spawn(async move {
+        loop {
+            let g = rx.borrow_and_update().generation;
+            reporter.applied(g);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let pool = PoolName::parse("connection-pool-name", "p1").unwrap();
+    let op = c
+        .update_pool(&name, &pool, &body(json!({"size": 3, "mode": "session"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    follower.abort();
+    // A data plane that stops reporting makes the operation fail (after the bounded wait).
+    let _silent = c.attach_data_plane();
+    let op = c
+        .update_pool(&name, &pool, &body(json!({"size": 4})))
+        .await
+        .unwrap();
+    assert_eq!(
+        (op.state, op.reason.as_deref()),
+        (OpState::Failure, Some("unavailable"))
+    );
+    assert_eq!(c.operation(op.id).await.unwrap().state, OpState::Failure);
+
+    // A refused request changes nothing.
+    let user = Username::parse("username", "avnadmin").unwrap();
+    assert!(c.delete_user(&name, &user).await.is_err());
+    assert!(c
+        .create_pool(&name, &body(json!({"name": "p2", "database-name": "nope"})))
+        .await
+        .is_err());
+    assert_eq!(c.get_service(&name).await.unwrap().pools.len(), 1);
+
+    // Restart: the cluster is stopped by shutdown and started again by the next start.
+    c.shutdown().await;
+    assert!(!c.cluster_running("svc"));
+    let c2 = Control::start(cfg).await.unwrap();
+    assert!(c2.cluster_running("svc"));
+    let view = c2.get_service(&name).await.unwrap();
+    assert_eq!(view.service.pg_port, port);
+    assert_eq!(view.pools[0].size.get(), 4);
+    assert_eq!(
+        login(port, &admin.name, &admin.password, "defaultdb")
+            .await
+            .unwrap(),
+        "avnadmin/defaultdb"
+    );
+    let op = c2.delete_service(&name).await.unwrap();
+    assert_eq!(op.state, OpState::Success);
+    assert!(!c2.cluster_running("svc"));
+    c2.shutdown().await;
+}

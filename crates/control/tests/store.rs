@@ -1,0 +1,159 @@
+//! Store tests on a real SQLite file in a temp dir: round trips, cascades, constraints, and that
+//! committed state is there after reopening (what a restart after `kill -9` sees).
+
+use chrono::Utc;
+use pgbay_control::model::{IpFilter, PoolMode, PoolSize};
+use pgbay_control::store::{
+    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, Store, UserKind,
+    UserRecord,
+};
+use pgbay_control::PgbouncerSettings;
+use serde_json::json;
+use uuid::Uuid;
+
+fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
+    let now = Utc::now();
+    ServiceRecord {
+        name: name.into(),
+        id: Uuid::new_v4(),
+        plan: "hobbyist-2".into(),
+        state: ServiceState::Rebuilding,
+        version: "15".into(),
+        admin_username: "avnadmin".into(),
+        pg_port,
+        pooler_port,
+        pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &json!({"min_pool_size": 2}))
+            .unwrap(),
+        ip_filter: IpFilter::allow_all(),
+        termination_protection: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn user(name: &str, kind: UserKind) -> UserRecord {
+    UserRecord {
+        name: name.into(),
+        kind,
+        password_enc: "sealed".into(),
+        password_overridden: false,
+        allow_replication: false,
+    }
+}
+
+fn op(service: &ServiceRecord, state: OpState) -> OperationRecord {
+    OperationRecord {
+        id: Uuid::new_v4(),
+        state,
+        reason: None,
+        message: "m".into(),
+        ref_id: service.id,
+        ref_link: format!("/v2/dbaas-postgres/{}", service.name),
+        ref_command: "get-dbaas-service-pg".into(),
+        kind: "create-service".into(),
+        service: service.name.clone(),
+    }
+}
+
+#[tokio::test]
+async fn committed_state_survives_reopen_and_uncommitted_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgbay.sqlite");
+    let s = service("svc", 21000, 21001);
+    let pending = op(&s, OpState::Pending);
+    {
+        let st = Store::open(&path).await.unwrap();
+        let mut tx = st.begin().await.unwrap();
+        store::insert_service(&mut tx, &s).await.unwrap();
+        store::upsert_user(&mut tx, &s.name, &user("avnadmin", UserKind::Primary))
+            .await
+            .unwrap();
+        store::insert_database(&mut tx, &s.name, "defaultdb")
+            .await
+            .unwrap();
+        store::insert_operation(&mut tx, &pending).await.unwrap();
+        tx.commit().await.unwrap();
+
+        // A transaction that is dropped without commit leaves nothing behind.
+        let mut tx = st.begin().await.unwrap();
+        store::insert_database(&mut tx, &s.name, "lost")
+            .await
+            .unwrap();
+        drop(tx);
+    }
+    let st = Store::open(&path).await.unwrap();
+    assert_eq!(st.service("svc").await.unwrap().as_ref(), Some(&s));
+    assert_eq!(st.databases("svc").await.unwrap(), ["defaultdb"]);
+    assert_eq!(st.pending_operations().await.unwrap(), [pending.clone()]);
+    let mut used = st.used_ports().await.unwrap();
+    used.sort();
+    assert_eq!(used, [21000, 21001]);
+
+    let mut tx = st.begin().await.unwrap();
+    store::finish_operation(
+        &mut tx,
+        pending.id,
+        OpState::Failure,
+        Some("interrupted"),
+        "x",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let done = st.operation(pending.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.reason.as_deref()),
+        (OpState::Failure, Some("interrupted"))
+    );
+    assert!(st.pending_operations().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn constraints_and_cascading_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Store::open(&dir.path().join("pgbay.sqlite")).await.unwrap();
+    let a = service("a", 21000, 21001);
+    let mut tx = st.begin().await.unwrap();
+    store::insert_service(&mut tx, &a).await.unwrap();
+    store::insert_database(&mut tx, "a", "app").await.unwrap();
+    store::upsert_user(&mut tx, "a", &user("bob", UserKind::Normal))
+        .await
+        .unwrap();
+    let pool = PoolRecord {
+        name: "p".into(),
+        database: "app".into(),
+        username: "bob".into(),
+        mode: PoolMode::Session,
+        size: PoolSize::from_stored(7),
+    };
+    store::upsert_pool(&mut tx, "a", &pool).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(st.pools("a").await.unwrap(), [pool]);
+
+    // A second service may not take a port of the first.
+    let mut tx = st.begin().await.unwrap();
+    assert!(store::insert_service(&mut tx, &service("b", 21001, 21002))
+        .await
+        .is_err());
+    drop(tx);
+    // A pool may not name a database that does not exist.
+    let mut tx = st.begin().await.unwrap();
+    let ghost = PoolRecord {
+        name: "g".into(),
+        database: "nope".into(),
+        username: "bob".into(),
+        mode: PoolMode::Transaction,
+        size: PoolSize::default(),
+    };
+    assert!(store::upsert_pool(&mut tx, "a", &ghost).await.is_err());
+    drop(tx);
+
+    let mut tx = st.begin().await.unwrap();
+    store::delete_service(&mut tx, "a").await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(st.service("a").await.unwrap().is_none());
+    assert!(st.pools("a").await.unwrap().is_empty());
+    assert!(st.users("a").await.unwrap().is_empty());
+    assert!(st.databases("a").await.unwrap().is_empty());
+    assert!(st.used_ports().await.unwrap().is_empty());
+}

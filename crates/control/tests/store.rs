@@ -84,7 +84,10 @@ async fn committed_state_survives_reopen_and_uncommitted_does_not() {
     let st = Store::open(&path).await.unwrap();
     assert_eq!(st.service("svc").await.unwrap().as_ref(), Some(&s));
     assert_eq!(st.databases("svc").await.unwrap(), ["defaultdb"]);
-    assert_eq!(st.pending_operations().await.unwrap(), [pending.clone()]);
+    assert_eq!(
+        st.pending_operations().await.unwrap(),
+        std::slice::from_ref(&pending)
+    );
     let mut used = st.used_ports().await.unwrap();
     used.sort();
     assert_eq!(used, [21000, 21001]);

@@ -4,6 +4,8 @@ Every test drives a real `pgbay serve` process (the binary named by `PGBAY_BIN`)
 official Exoscale client (`exoscale.api.v2.Client`), and checks the PostgreSQL side with real
 clients (psql, psycopg). Nothing is mocked.
 
+Set PGBAY_TEST_KEEP=1 to keep each server's work dir (data dir and `pgbay.log`) after the run.
+
 The session-scoped `server` is shared by most tests, and so is one provisioned `service`
 (provisioning runs initdb, which costs seconds). Tests that must kill pgbay start their own
 `PgbayServer` on their own data dir and port window.
@@ -267,7 +269,10 @@ class PgbayServer:
             self.ports.release()
             if self in LIVE_SERVERS:
                 LIVE_SERVERS.remove(self)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            if os.environ.get("PGBAY_TEST_KEEP"):
+                print(f"\nkept {self.workdir} (PGBAY_TEST_KEEP)")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_tail(self, lines: int = 60) -> str:
         try:

@@ -40,7 +40,7 @@ def crash_server():
 @pytest.fixture(scope="module")
 def state():
     """What the tests of this module committed, to be found again after each restart."""
-    return {"ops": [], "databases": [], "users": {}, "pools": {}}
+    return {"ops": [], "databases": [], "users": {}, "pools": {}, "services": {}}
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +72,25 @@ def check_everything_committed(client, state) -> None:
         assert db in svc["databases"], f"committed database {db} lost"
     for user, password in state["users"].items():
         assert user in user_names(svc), f"committed user {user} lost"
-        assert reveal(client, s1["name"], user) == password
+        if password is not None:
+            assert reveal(client, s1["name"], user) == password
     for name, expected in state["pools"].items():
-        assert find_pool(svc, name) == expected, f"committed pool {name} lost or changed"
+        pool = find_pool(svc, name)
+        assert pool is not None, f"committed pool {name} lost"
+        uri = pool.pop("connection-uri")
+        assert pool == expected, f"committed pool {name} changed"
+        password = reveal(client, s1["name"], expected["username"])
+        assert uri == (f"postgres://{expected['username']}:{password}@127.0.0.1:"
+                       f"{s1['bouncer_port']}/{name}?sslmode=require")
     for op_id in state["ops"]:
         op = client.get_operation(id=op_id)
         assert op["state"] == "success", f"operation {op_id} after restart: {op}"
+
+    # Every other committed service runs, at its URI.
+    for name, uri in state["services"].items():
+        other = wait_service_running(client, name)
+        assert other["uri"] == uri
+        assert psql_ok(uri, "SELECT current_user") == [urlsplit(uri).username]
 
     # The cluster runs, and holds what the API says it holds.
     pg_dbs = psql_ok(s1["uri"], "SELECT datname FROM pg_database")
@@ -87,8 +100,9 @@ def check_everything_committed(client, state) -> None:
     for user in user_names(svc):
         assert user in pg_users, f"user {user} listed by the API but missing in PostgreSQL"
     for user, password in state["users"].items():
-        assert psql_ok(uri_with(s1["uri"], user=user, password=password),
-                       "SELECT current_user") == [user]
+        if password is not None:
+            assert psql_ok(uri_with(s1["uri"], user=user, password=password),
+                           "SELECT current_user") == [user]
 
 
 def test_kill9_right_after_mutations(crash_server, state, s1):
@@ -118,12 +132,49 @@ def test_kill9_right_after_mutations(crash_server, state, s1):
         "mode": "session",
         "size": 7,
         "username": user,
-        "connection-uri": (f"postgres://{user}:{state['users'][user]}@127.0.0.1:"
-                           f"{s1['bouncer_port']}/{pool}?sslmode=require"),
     }
 
     crash_server.start()
     check_everything_committed(crash_server.client(), state)
+
+
+class Burst(threading.Thread):
+    """Creates databases, users and pools on a service in a loop until the server dies under it,
+    recording every creation that the server acknowledged."""
+
+    def __init__(self, srv: PgbayServer, service: str) -> None:
+        super().__init__(daemon=True)
+        self.srv, self.service = srv, service
+        self.acked = {"ops": [], "databases": [], "users": {}, "pools": {}}
+        self.count = 0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        c = self.srv.client()
+        try:
+            while True:
+                tag = unique("b")
+                db, user, pool = f"bdb-{tag}", f"bu-{tag}", f"bp-{tag}"
+                op = c.create_dbaas_pg_database(service_name=self.service, database_name=db)
+                self._ack(op)
+                self.acked["databases"].append(db)
+                op = c.create_dbaas_postgres_user(service_name=self.service, username=user)
+                self._ack(op)
+                self.acked["users"][user] = None
+                self.acked["users"][user] = reveal(c, self.service, user)
+                op = c.create_dbaas_pg_connection_pool(
+                    service_name=self.service, name=pool, database_name=db, username=user,
+                    size=3, mode="statement")
+                self._ack(op)
+                self.acked["pools"][pool] = {"name": pool, "database": db, "mode": "statement",
+                                             "size": 3, "username": user}
+        except Exception as e:  # the server died under us: the end of the burst
+            self.error = e
+
+    def _ack(self, op: dict) -> None:
+        assert op["state"] == "success", op
+        self.acked["ops"].append(op["id"])
+        self.count += 1
 
 
 def test_kill9_during_provisioning_and_mutations(crash_server, state, s1):
@@ -131,41 +182,30 @@ def test_kill9_during_provisioning_and_mutations(crash_server, state, s1):
         crash_server.start()
     c = crash_server.client()
 
+    # A stream of creations on s1, cut by the crash: every acknowledged one counts.
+    burst = Burst(crash_server, s1["name"])
+    burst.start()
+    deadline = time.monotonic() + 60
+    while burst.count < 2 and burst.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert burst.count >= 2, f"creations did not succeed before the crash: {burst.error!r}"
+
     s2 = unique("crash2")
     op_s2 = c.create_dbaas_service_pg(name=s2, plan="hobbyist-2")
     assert op_s2["state"] == "pending", op_s2
-
-    # A stream of database creations on s1, cut by the crash: every acknowledged one counts.
-    acked: list[tuple[str, str]] = []
-    stop = threading.Event()
-
-    def burst():
-        bc = crash_server.client()
-        i = 0
-        while not stop.is_set():
-            name = f"burst{i}-{unique('b')}"
-            try:
-                op = bc.create_dbaas_pg_database(service_name=s1["name"], database_name=name)
-            except Exception:  # the server died under us: the end of the burst
-                return
-            if op.get("state") == "success":
-                acked.append((name, op["id"]))
-            i += 1
-
-    t = threading.Thread(target=burst, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while len(acked) < 3 and t.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert len(acked) >= 3, "database creations did not succeed before the crash"
+    assert c.get_dbaas_service_pg(name=s2)["state"] == "rebuilding"
+    # One more acknowledged creation, so that the crash also lands in the middle of the burst.
+    seen = burst.count
+    while burst.count == seen and burst.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     crash_server.kill9()
-    stop.set()
-    t.join(timeout=60)
-    assert not t.is_alive()
+    burst.join(timeout=60)
+    assert not burst.is_alive()
 
-    for name, op_id in acked:
-        state["databases"].append(name)
-        state["ops"].append(op_id)
+    for k in ("ops", "databases"):
+        state[k].extend(burst.acked[k])
+    state["users"].update(burst.acked["users"])
+    state["pools"].update(burst.acked["pools"])
 
     crash_server.start()
     c = crash_server.client()
@@ -175,7 +215,8 @@ def test_kill9_during_provisioning_and_mutations(crash_server, state, s1):
     assert final["state"] in {"success", "failure"}, final
     if final["state"] == "success":
         svc = wait_service_running(c, s2)
-        assert psql_ok(svc["uri"], "SELECT current_user") == [urlsplit(svc["uri"]).username]
+        state["services"][s2] = svc["uri"]
+        state["ops"].append(op_s2["id"])
     else:
         assert final.get("reason"), final
 

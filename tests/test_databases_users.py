@@ -1,9 +1,12 @@
 """Databases and users of a service: real objects in its PostgreSQL, limits, 404/409, passwords."""
 
+import threading
 import uuid
 
 import psycopg
 import pytest
+
+from exoscale.api.exceptions import ExoscaleAPIException
 
 from conftest import (
     api_error,
@@ -109,6 +112,30 @@ def test_duplicate_database_conflicts(client, service):
     with api_error(409, "defaultdb"):
         client.create_dbaas_pg_database(service_name=service.name, database_name="defaultdb")
     assert databases(client, service).count(name) == 1
+
+
+def test_concurrent_duplicate_database(server, service):
+    """Racing creations of one name: exactly one wins, the others get 409, one database exists."""
+    name = unique("race")
+    results = []
+
+    def create():
+        c = server.client()
+        try:
+            results.append(c.create_dbaas_pg_database(service_name=service.name,
+                                                      database_name=name)["state"])
+        except ExoscaleAPIException as e:
+            results.append(e.response.status_code if e.response is not None else repr(e))
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results, key=str) == sorted(["success", 409, 409, 409], key=str), results
+    client = server.client()
+    assert databases(client, service).count(name) == 1
+    assert name in pg_databases(service)
 
 
 def test_missing_database_is_404(client, service):

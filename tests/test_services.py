@@ -125,6 +125,18 @@ def test_custom_admin_and_termination_protection(client):
     [pool] = client.get_dbaas_service_pg(name=name)["connection-pools"]
     assert pool["username"] == "boss"
 
+    # The admin password is part of the service and pool URIs: a reset shows in both.
+    new_password = "Rotated-" + uuid.uuid4().hex[:12]
+    ok(client, client.reset_dbaas_postgres_user_password(
+        service_name=name, username="boss", password=new_password))
+    svc = client.get_dbaas_service_pg(name=name)
+    assert svc["uri"] == (
+        f"postgres://boss:{new_password}@127.0.0.1:{pg_port}/defaultdb?sslmode=require"
+    )
+    pool_uri = svc["connection-pools"][0]["connection-uri"]
+    assert pool_uri.startswith(f"postgres://boss:{new_password}@")
+    assert psql_ok(svc["uri"], "SELECT current_user") == ["boss"]
+
     # Termination protection refuses both delete endpoints, and the refusal changes nothing.
     with api_error(409, "termination"):
         client.delete_dbaas_service_pg(name=name)

@@ -1,1 +1,383 @@
-//! Placeholder, filled in by its issue.
+//! pgbay-pooler: a multi-threaded PgBouncer-style PostgreSQL connection pooler.
+//!
+//! `Pooler::apply(PoolerConfig)` is the only way in: it starts, updates and stops services
+//! (one listener each) and their pools, live. See `config` for the knobs.
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod frontend;
+mod listener;
+pub mod net;
+pub mod params;
+pub mod prepared;
+pub mod service;
+mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::ClientAuthMethod;
+pub use backend::PoolStats;
+pub use config::{
+    BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, PoolerConfig, ServiceConfig,
+    TlsConfig, UserConfig,
+};
+pub use error::PoolerError;
+
+use backend::{Pool, PoolState};
+use cancel::CancelRegistry;
+use prepared::Registry;
+use service::{Service, ServiceState, User};
+
+/// The pooler: cheap to clone, all clones drive the same services.
+#[derive(Clone)]
+pub struct Pooler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Serialises `apply` and `shutdown`.
+    apply_lock: tokio::sync::Mutex<()>,
+    services: Mutex<HashMap<String, Running>>,
+    cancel: Arc<CancelRegistry>,
+    statements: Arc<Registry>,
+    auth_method: Arc<AtomicU8>,
+    shut_down: AtomicBool,
+    next_gen: std::sync::atomic::AtomicU64,
+}
+
+/// A service that is being served.
+struct Running {
+    cfg: ServiceConfig,
+    service: Arc<Service>,
+    listener_stop: CancellationToken,
+    local_addr: SocketAddr,
+}
+
+impl Default for Pooler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pooler {
+    /// Creates an empty pooler; its tasks run on the current tokio runtime.
+    pub fn new() -> Pooler {
+        Pooler {
+            inner: Arc::new(Inner {
+                apply_lock: tokio::sync::Mutex::new(()),
+                services: Mutex::new(HashMap::new()),
+                cancel: Arc::new(CancelRegistry::default()),
+                statements: Arc::new(Registry::default()),
+                auth_method: Arc::new(AtomicU8::new(0)),
+                shut_down: AtomicBool::new(false),
+                next_gen: std::sync::atomic::AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// How new client logins authenticate (SCRAM-SHA-256 by default).
+    pub fn set_client_auth_method(&self, method: ClientAuthMethod) {
+        let v = match method {
+            ClientAuthMethod::ScramSha256 => 0,
+            ClientAuthMethod::Md5 => 1,
+        };
+        self.inner.auth_method.store(v, Ordering::Relaxed);
+    }
+
+    /// The address a service's listener is bound to (useful with port 0).
+    pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
+        self.inner
+            .services
+            .lock()
+            .get(service)
+            .map(|r| r.local_addr)
+    }
+
+    /// Counters of one pool.
+    pub fn pool_stats(&self, service: &str, pool: &str) -> Option<PoolStats> {
+        let svc = self
+            .inner
+            .services
+            .lock()
+            .get(service)
+            .map(|r| r.service.clone())?;
+        svc.pool(pool).map(|p| p.stats())
+    }
+
+    /// Connected clients of a service.
+    pub fn client_count(&self, service: &str) -> Option<u32> {
+        let svc = self
+            .inner
+            .services
+            .lock()
+            .get(service)
+            .map(|r| r.service.clone())?;
+        Some(svc.clients.load(Ordering::Relaxed))
+    }
+
+    /// Makes the running services match `config`. Returns once every listener of the new
+    /// config is bound and every pool accepts clients. Errors name their service; the other
+    /// services are applied regardless.
+    pub async fn apply(&self, config: PoolerConfig) -> Result<(), PoolerError> {
+        let _serial = self.inner.apply_lock.lock().await;
+        if self.inner.shut_down.load(Ordering::Relaxed) {
+            return Err(PoolerError::ShutDown);
+        }
+        let mut errors = Vec::new();
+        let mut wanted: HashMap<&str, &ServiceConfig> = HashMap::new();
+        for svc in &config.services {
+            if wanted.insert(svc.name.as_str(), svc).is_some() {
+                errors.push(PoolerError::Duplicate {
+                    service: svc.name.clone(),
+                    what: "service",
+                    name: svc.name.clone(),
+                });
+            }
+        }
+        let removed: Vec<Running> = {
+            let mut services = self.inner.services.lock();
+            let gone: Vec<String> = services
+                .keys()
+                .filter(|k| !wanted.contains_key(k.as_str()))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|k| services.remove(&k))
+                .collect()
+        };
+        for r in removed {
+            tracing::info!(service = %r.cfg.name, "removing service");
+            stop_service(&r);
+        }
+        for svc in &config.services {
+            if let Err(e) = self.apply_service(svc) {
+                tracing::warn!(service = %svc.name, error = %e, "could not apply service");
+                errors.push(e);
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(PoolerError::Multiple(errors)),
+        }
+    }
+
+    fn apply_service(&self, cfg: &ServiceConfig) -> Result<(), PoolerError> {
+        validate(cfg)?;
+        let tls = match &cfg.tls {
+            Some(t) => Some(tls::acceptor(t).map_err(|reason| PoolerError::Tls {
+                service: cfg.name.clone(),
+                reason,
+            })?),
+            None => None,
+        };
+        let mut services = self.inner.services.lock();
+        let existing = services.get(&cfg.name);
+        let old_users = existing
+            .map(|r| r.service.state().users.clone())
+            .unwrap_or_default();
+        let users: HashMap<String, Arc<User>> = cfg
+            .users
+            .iter()
+            .map(|u| {
+                let user = match old_users.get(&u.name) {
+                    Some(old) if old.password == u.password => old.clone(),
+                    _ => Arc::new(User::new(u.password.clone())),
+                };
+                (u.name.clone(), user)
+            })
+            .collect();
+        let state = Arc::new(ServiceState {
+            users,
+            tls,
+            allowed_cidrs: cfg.allowed_cidrs.clone(),
+            limits: cfg.limits.clone(),
+            settings: cfg.settings.clone(),
+        });
+        match existing {
+            None => {
+                let listener = listener::bind(cfg.listen).map_err(|source| PoolerError::Bind {
+                    service: cfg.name.clone(),
+                    addr: cfg.listen,
+                    source,
+                })?;
+                let local_addr = listener.local_addr().unwrap_or(cfg.listen);
+                let service = Arc::new(Service {
+                    name: cfg.name.as_str().into(),
+                    state: RwLock::new(state),
+                    pools: RwLock::new(HashMap::new()),
+                    clients: Default::default(),
+                    shutdown: CancellationToken::new(),
+                    cancel: self.inner.cancel.clone(),
+                    statements: self.inner.statements.clone(),
+                    auth_method: self.inner.auth_method.clone(),
+                });
+                self.apply_pools(&service, cfg, None);
+                let stop = CancellationToken::new();
+                tokio::spawn(listener::accept_loop(
+                    listener,
+                    service.clone(),
+                    stop.clone(),
+                ));
+                tracing::info!(service = %cfg.name, addr = %local_addr, "service listening");
+                services.insert(
+                    cfg.name.clone(),
+                    Running {
+                        cfg: cfg.clone(),
+                        service,
+                        listener_stop: stop,
+                        local_addr,
+                    },
+                );
+            }
+            Some(running) => {
+                let service = running.service.clone();
+                let old_cfg = running.cfg.clone();
+                let mut rebound = None;
+                if old_cfg.listen != cfg.listen {
+                    let listener =
+                        listener::bind(cfg.listen).map_err(|source| PoolerError::Bind {
+                            service: cfg.name.clone(),
+                            addr: cfg.listen,
+                            source,
+                        })?;
+                    let local_addr = listener.local_addr().unwrap_or(cfg.listen);
+                    let stop = CancellationToken::new();
+                    tokio::spawn(listener::accept_loop(
+                        listener,
+                        service.clone(),
+                        stop.clone(),
+                    ));
+                    rebound = Some((stop, local_addr));
+                }
+                *service.state.write() = state;
+                self.apply_pools(&service, cfg, Some(&old_cfg));
+                if let Some(running) = services.get_mut(&cfg.name) {
+                    if let Some((stop, addr)) = rebound {
+                        running.listener_stop.cancel();
+                        running.listener_stop = stop;
+                        running.local_addr = addr;
+                    }
+                    running.cfg = cfg.clone();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_pools(
+        &self,
+        service: &Arc<Service>,
+        cfg: &ServiceConfig,
+        old: Option<&ServiceConfig>,
+    ) {
+        let backend = Arc::new(cfg.backend.clone());
+        let backend_changed = old.is_some_and(|o| o.backend != cfg.backend);
+        let mut pools = service.pools.write();
+        pools.retain(|name, pool| {
+            let keep = cfg.pools.iter().any(|p| &p.name == name);
+            if !keep {
+                tracing::info!(service = %cfg.name, pool = %name, "removing pool");
+                pool.remove();
+            }
+            keep
+        });
+        for pc in &cfg.pools {
+            let password = cfg
+                .users
+                .iter()
+                .find(|u| u.name == pc.username)
+                .map(|u| u.password.clone());
+            let existing = pools.get(&pc.name).cloned();
+            let gen = match &existing {
+                Some(pool) => {
+                    let old = pool.state();
+                    if backend_changed
+                        || old.cfg.database != pc.database
+                        || old.cfg.username != pc.username
+                    {
+                        self.inner.next_gen.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        old.gen
+                    }
+                }
+                None => self.inner.next_gen.fetch_add(1, Ordering::Relaxed),
+            };
+            let state = PoolState {
+                cfg: pc.clone(),
+                settings: cfg.settings.clone(),
+                backend: backend.clone(),
+                password,
+                gen,
+                wait_timeout: cfg.limits.query_wait_timeout,
+            };
+            match existing {
+                Some(pool) => pool.update(state),
+                None => {
+                    pools.insert(pc.name.clone(), Pool::new(service.name.clone(), state));
+                }
+            }
+        }
+    }
+
+    /// Closes listeners, disconnects clients (57P01) and closes server connections.
+    pub async fn shutdown(&self) {
+        let _serial = self.inner.apply_lock.lock().await;
+        self.inner.shut_down.store(true, Ordering::Relaxed);
+        let all: Vec<Running> = self.inner.services.lock().drain().map(|(_, r)| r).collect();
+        for r in &all {
+            stop_service(r);
+        }
+        // Give client tasks a moment to say goodbye; they need no more than a write each.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && all
+                .iter()
+                .any(|r| r.service.clients.load(Ordering::Relaxed) > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn stop_service(r: &Running) {
+    r.listener_stop.cancel();
+    r.service.shutdown.cancel();
+    for pool in r.service.pools.write().drain().map(|(_, p)| p) {
+        pool.remove();
+    }
+}
+
+fn validate(cfg: &ServiceConfig) -> Result<(), PoolerError> {
+    let mut seen = std::collections::HashSet::new();
+    for p in &cfg.pools {
+        if !seen.insert(p.name.as_str()) {
+            return Err(PoolerError::Duplicate {
+                service: cfg.name.clone(),
+                what: "pool",
+                name: p.name.clone(),
+            });
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for u in &cfg.users {
+        if !seen.insert(u.name.as_str()) {
+            return Err(PoolerError::Duplicate {
+                service: cfg.name.clone(),
+                what: "user",
+                name: u.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}

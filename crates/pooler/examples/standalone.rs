@@ -1,0 +1,132 @@
+//! Runs one pooler service with one pool from command-line arguments, until Ctrl-C/SIGTERM.
+//! Used by the benchmarks to compare pgbay's pooler with PgBouncer on equal terms.
+//!
+//! ```text
+//! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
+//!     --user U --password P --pool NAME --database DB --mode transaction --size 20 \
+//!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5]
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgbay_pooler::{
+    BackendConfig, ClientAuthMethod, ClientLimits, PoolConfig, PoolMode, PoolSettings, Pooler,
+    PoolerConfig, ServiceConfig, UserConfig,
+};
+
+fn usage(msg: &str) -> ! {
+    eprintln!("standalone: {msg}");
+    eprintln!(
+        "usage: standalone --listen ADDR --backend-host H --backend-port N --user U --password P \
+         --pool NAME --database DB --mode session|transaction|statement --size N [--max-client-conn N] \
+         [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut md5 = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--md5" {
+            md5 = true;
+            continue;
+        }
+        let Some(name) = flag.strip_prefix("--") else {
+            usage(&format!("unexpected argument {flag}"))
+        };
+        let Some(value) = it.next() else {
+            usage(&format!("{flag} needs a value"))
+        };
+        args.insert(name.to_string(), value);
+    }
+    let get = |name: &str| -> String {
+        args.get(name)
+            .cloned()
+            .unwrap_or_else(|| usage(&format!("--{name} is required")))
+    };
+    let num = |name: &str, default: Option<u64>| -> u64 {
+        match args.get(name) {
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("--{name} must be a number"))),
+            None => default.unwrap_or_else(|| usage(&format!("--{name} is required"))),
+        }
+    };
+    let mode = match get("mode").as_str() {
+        "session" => PoolMode::Session,
+        "transaction" => PoolMode::Transaction,
+        "statement" => PoolMode::Statement,
+        other => usage(&format!("unknown mode {other}")),
+    };
+    let listen = get("listen")
+        .parse()
+        .unwrap_or_else(|_| usage("--listen must be ADDR:PORT"));
+    let user = get("user");
+    let service = ServiceConfig {
+        name: "standalone".into(),
+        listen,
+        tls: None,
+        backend: BackendConfig {
+            host: get("backend-host"),
+            port: num("backend-port", None) as u16,
+        },
+        users: vec![UserConfig {
+            name: user.clone(),
+            password: get("password"),
+        }],
+        pools: vec![PoolConfig {
+            name: get("pool"),
+            database: get("database"),
+            username: user,
+            mode,
+            size: num("size", None) as u32,
+        }],
+        settings: PoolSettings {
+            max_prepared_statements: num("max-prepared-statements", Some(100)) as u32,
+            ..PoolSettings::default()
+        },
+        limits: ClientLimits {
+            max_client_conn: num("max-client-conn", Some(10_000)) as u32,
+            query_wait_timeout: Duration::from_secs(num("query-wait-timeout", Some(120))),
+        },
+        allowed_cidrs: vec![],
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => usage(&format!("cannot start runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let pooler = Pooler::new();
+        if md5 {
+            pooler.set_client_auth_method(ClientAuthMethod::Md5);
+        }
+        if let Err(e) = pooler
+            .apply(PoolerConfig {
+                services: vec![service],
+            })
+            .await
+        {
+            eprintln!("standalone: {e}");
+            std::process::exit(1);
+        }
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => usage(&format!("cannot listen for SIGTERM: {e}")),
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        pooler.shutdown().await;
+    });
+}

@@ -1,0 +1,7 @@
+//! Server side: connections to PostgreSQL and the pools that hold them.
+
+pub mod pool;
+pub mod server;
+
+pub use pool::{AcquireError, Pool, PoolState, PoolStats, ServerGuard};
+pub use server::{Server, ServerError};

@@ -1,0 +1,488 @@
+//! A pool of server connections for one (service, pool name).
+//!
+//! Inner state sits behind one mutex: idle connections, the count of connections that exist or
+//! are being made (`total`, capped by `size`) and a FIFO of waiting clients. A waiter is handed
+//! either a ready connection or a reserved slot to connect with. `ServerGuard` checks the
+//! connection back in when dropped; `SlotToken` gives the capacity back when a connection (or a
+//! reservation) dies, so a slot cannot leak whatever path drops it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{ConnectParams, Server, ServerError};
+use crate::config::{BackendConfig, PoolConfig, PoolSettings};
+
+/// Connecting to and logging in to the backend may take at most this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pool's current configuration, replaced as a whole by `apply`.
+#[derive(Debug)]
+pub struct PoolState {
+    pub cfg: PoolConfig,
+    pub settings: PoolSettings,
+    pub backend: Arc<BackendConfig>,
+    /// The password of `cfg.username`, if the service has that user.
+    pub password: Option<String>,
+    /// Bumped when server connections made before can no longer serve (database, user or
+    /// backend changed); older connections are retired when released.
+    pub gen: u64,
+    pub wait_timeout: Duration,
+}
+
+/// What a waiter is handed.
+enum Grant {
+    Server(Box<Server>),
+    Connect(SlotToken),
+}
+
+// Boxed servers move between tasks and channels as one pointer.
+#[allow(clippy::vec_box)]
+struct Inner {
+    /// Server state SV_IDLE.
+    idle: Vec<Box<Server>>,
+    /// Every connection that exists or is being made (idle + active + connecting).
+    total: u32,
+    /// Server state SV_CONNECTING (part of total).
+    connecting: u32,
+    size: u32,
+    /// Client state CL_WAITING.
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// Counters for SHOW POOLS-like views and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub sv_idle: u32,
+    pub sv_active: u32,
+    pub sv_connecting: u32,
+    pub cl_waiting: u32,
+}
+
+/// Why no server connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("query_wait_timeout ({0:?}) expired while waiting for a server connection")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("the pool was removed")]
+    Removed,
+}
+
+impl AcquireError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            AcquireError::Timeout(_) => "08006",
+            AcquireError::Server(e) => e.sqlstate(),
+            AcquireError::Removed => "57P01",
+        }
+    }
+}
+
+/// ParameterStatus (name, value) pairs sent to clients at login.
+pub type LoginParams = Arc<Vec<(String, String)>>;
+
+/// One pool.
+pub struct Pool {
+    pub name: String,
+    pub service: Arc<str>,
+    state: RwLock<Arc<PoolState>>,
+    inner: Mutex<Inner>,
+    /// Cancelled when the pool is removed: clients leave at their next transaction boundary.
+    pub drain: CancellationToken,
+    /// ParameterStatus values a client gets at login, learnt from a server connection.
+    login_params: Mutex<Option<LoginParams>>,
+}
+
+impl Pool {
+    pub fn new(service: Arc<str>, state: PoolState) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            name: state.cfg.name.clone(),
+            service,
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                total: 0,
+                connecting: 0,
+                size: state.cfg.size,
+                waiters: VecDeque::new(),
+            }),
+            state: RwLock::new(Arc::new(state)),
+            drain: CancellationToken::new(),
+            login_params: Mutex::new(None),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&pool), pool.drain.clone()));
+        pool
+    }
+
+    pub fn state(&self) -> Arc<PoolState> {
+        self.state.read().clone()
+    }
+
+    /// Replaces the configuration; retires connections that no longer fit it.
+    pub fn update(self: &Arc<Self>, state: PoolState) {
+        let new_gen = state.gen;
+        let size = state.cfg.size;
+        let old_gen = {
+            let mut s = self.state.write();
+            let old = s.gen;
+            *s = Arc::new(state);
+            old
+        };
+        if old_gen != new_gen {
+            *self.login_params.lock() = None;
+        }
+        let mut retired = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            inner.size = size;
+            let mut keep = Vec::with_capacity(inner.idle.len());
+            for s in inner.idle.drain(..) {
+                if s.gen == new_gen {
+                    keep.push(s);
+                } else {
+                    retired.push(s);
+                }
+            }
+            inner.idle = keep;
+            let surplus =
+                (inner.total.saturating_sub(retired.len() as u32)).saturating_sub(size) as usize;
+            for _ in 0..surplus.min(inner.idle.len()) {
+                if let Some(s) = inner.idle.pop() {
+                    retired.push(s);
+                }
+            }
+        }
+        drop(retired); // closes them, outside the lock (their slots lock it again)
+        self.grant_slots();
+    }
+
+    /// Removes the pool: waiters fail, idle connections close, clients leave at their next
+    /// transaction boundary and active connections close when released.
+    pub fn remove(&self) {
+        self.drain.cancel();
+        let (idle, waiters) = {
+            let mut inner = self.inner.lock();
+            (
+                std::mem::take(&mut inner.idle),
+                std::mem::take(&mut inner.waiters),
+            )
+        };
+        drop(waiters);
+        drop(idle);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let inner = self.inner.lock();
+        let idle = inner.idle.len() as u32;
+        PoolStats {
+            sv_idle: idle,
+            sv_active: inner.total - idle - inner.connecting,
+            sv_connecting: inner.connecting,
+            cl_waiting: inner.waiters.len() as u32,
+        }
+    }
+
+    /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
+    pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
+        let state = self.state();
+        let deadline = tokio::time::Instant::now() + state.wait_timeout;
+        loop {
+            if self.drain.is_cancelled() {
+                return Err(AcquireError::Removed);
+            }
+            let waiting = {
+                let mut inner = self.inner.lock();
+                if let Some(s) = inner.idle.pop() {
+                    Ok(Grant::Server(s))
+                } else if inner.total < inner.size {
+                    inner.total += 1;
+                    Ok(Grant::Connect(SlotToken {
+                        pool: Arc::downgrade(self),
+                    }))
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.push_back(tx);
+                    Err(rx)
+                }
+            };
+            let grant = match waiting {
+                Ok(g) => g,
+                Err(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
+                    Ok(Ok(g)) => g,
+                    Ok(Err(_)) => return Err(AcquireError::Removed),
+                    Err(_) => {
+                        // A grant may have raced the timeout: take it rather than lose it.
+                        rx.close();
+                        match rx.try_recv() {
+                            Ok(g) => g,
+                            Err(_) => return Err(AcquireError::Timeout(state.wait_timeout)),
+                        }
+                    }
+                },
+            };
+            match grant {
+                Grant::Server(mut s) => {
+                    let st = self.state();
+                    if s.gen == st.gen
+                        && s.created.elapsed() < st.settings.server_lifetime
+                        && s.is_alive()
+                    {
+                        s.clean = false;
+                        return Ok(ServerGuard {
+                            pool: self.clone(),
+                            server: Some(s),
+                        });
+                    }
+                    tracing::debug!(pool = %self.name, "discarding stale idle server connection");
+                    drop(s);
+                }
+                Grant::Connect(slot) => {
+                    let s = self.connect(slot).await?;
+                    return Ok(ServerGuard {
+                        pool: self.clone(),
+                        server: Some(s),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, slot: SlotToken) -> Result<Box<Server>, ServerError> {
+        let st = self.state();
+        self.inner.lock().connecting += 1;
+        let result = Server::connect(
+            ConnectParams {
+                host: &st.backend.host,
+                port: st.backend.port,
+                user: &st.cfg.username,
+                database: &st.cfg.database,
+                password: st.password.as_deref(),
+                gen: st.gen,
+                timeout: CONNECT_TIMEOUT.min(st.wait_timeout.max(Duration::from_secs(1))),
+            },
+            slot,
+        )
+        .await;
+        self.inner.lock().connecting -= 1;
+        match &result {
+            Ok(s) => {
+                let mut lp = self.login_params.lock();
+                if lp.is_none() && s.gen == self.state().gen {
+                    *lp = Some(Arc::new(s.startup_params.clone()));
+                }
+                tracing::debug!(pool = %self.name, pid = s.pid, "server connection established");
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, pool = %self.name, error = %e, "server connection failed")
+            }
+        }
+        result
+    }
+
+    /// The ParameterStatus set for logins; connects once to learn it if needed.
+    pub async fn login_params(self: &Arc<Self>) -> Result<LoginParams, AcquireError> {
+        if let Some(p) = self.login_params.lock().clone() {
+            return Ok(p);
+        }
+        let guard = self.acquire().await?;
+        let params = Arc::new(guard.server().startup_params.clone());
+        let mut guard = guard;
+        guard.server_mut().clean = true;
+        drop(guard);
+        *self.login_params.lock() = Some(params.clone());
+        Ok(params)
+    }
+
+    /// Takes a connection back. Connections that are not clean, too old, from an older
+    /// configuration or beyond the pool's size are closed.
+    fn checkin(self: &Arc<Self>, mut server: Box<Server>) {
+        let st = self.state();
+        let reusable = server.clean
+            && server.status == b'I'
+            && server.expect.is_empty()
+            && server.bufs.is_empty()
+            && server.gen == st.gen
+            && server.created.elapsed() < st.settings.server_lifetime
+            && !self.drain.is_cancelled();
+        if !reusable {
+            drop(server);
+            return;
+        }
+        server.bufs.shrink();
+        server.last_used = Instant::now();
+        let mut server = Some(server);
+        let surplus = {
+            let mut inner = self.inner.lock();
+            if inner.total > inner.size {
+                server.take()
+            } else {
+                while let Some(w) = inner.waiters.pop_front() {
+                    if let Some(s) = server.take() {
+                        match w.send(Grant::Server(s)) {
+                            Ok(()) => break,
+                            Err(Grant::Server(s)) => server = Some(s),
+                            Err(Grant::Connect(_)) => unreachable!("sent a server"),
+                        }
+                    }
+                }
+                if let Some(s) = server.take() {
+                    inner.idle.push(s);
+                }
+                None
+            }
+        };
+        drop(surplus);
+    }
+
+    /// Gives a dead connection's capacity to the first waiter, or frees it.
+    fn release_slot(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        while inner.total <= inner.size {
+            let Some(w) = inner.waiters.pop_front() else {
+                break;
+            };
+            match w.send(Grant::Connect(SlotToken {
+                pool: Arc::downgrade(self),
+            })) {
+                Ok(()) => return,
+                // The waiter left; the reservation stays and goes to the next one.
+                Err(g) => std::mem::forget(g),
+            }
+        }
+        inner.total -= 1;
+    }
+
+    /// After growing: waiters get slots up to the new size.
+    fn grant_slots(self: &Arc<Self>) {
+        let mut inner = self.inner.lock();
+        while inner.total < inner.size {
+            let Some(w) = inner.waiters.pop_front() else {
+                break;
+            };
+            inner.total += 1;
+            if let Err(g) = w.send(Grant::Connect(SlotToken {
+                pool: Arc::downgrade(self),
+            })) {
+                std::mem::forget(g);
+                inner.total -= 1;
+            }
+        }
+    }
+
+    /// Idle timeout, lifetime and min_pool_size upkeep. Returns true when a slot was reserved
+    /// for a new connection to reach min_pool_size.
+    fn tick(self: &Arc<Self>) -> bool {
+        let st = self.state();
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        let want_new = {
+            let mut inner = self.inner.lock();
+            let min = st.settings.min_pool_size.min(inner.size);
+            let mut remaining = inner.total;
+            let mut i = 0;
+            while i < inner.idle.len() {
+                let s = &inner.idle[i];
+                let too_old = now.duration_since(s.created) >= st.settings.server_lifetime;
+                let idle_too_long = st
+                    .settings
+                    .server_idle_timeout
+                    .is_some_and(|t| now.duration_since(s.last_used) >= t);
+                if too_old || (idle_too_long && remaining > min) || s.gen != st.gen {
+                    closing.push(inner.idle.swap_remove(i));
+                    remaining -= 1;
+                } else {
+                    i += 1;
+                }
+            }
+            if remaining < min
+                && inner.total < inner.size
+                && inner.waiters.is_empty()
+                && !self.drain.is_cancelled()
+            {
+                inner.total += 1;
+                true
+            } else {
+                false
+            }
+        };
+        drop(closing); // their slots give the capacity back
+        want_new
+    }
+}
+
+/// Periodic upkeep of one pool, until it is removed.
+async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = drain.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.tick() {
+            let slot = SlotToken {
+                pool: Arc::downgrade(&pool),
+            };
+            match pool.connect(slot).await {
+                Ok(mut s) => {
+                    s.clean = true;
+                    pool.checkin(s);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+}
+
+/// One unit of pool capacity; dropping it frees the capacity (or hands it to a waiter).
+pub(crate) struct SlotToken {
+    pool: Weak<Pool>,
+}
+
+impl Drop for SlotToken {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.release_slot();
+        }
+    }
+}
+
+/// A server connection lent to one client; returned to the pool on drop.
+pub struct ServerGuard {
+    pool: Arc<Pool>,
+    server: Option<Box<Server>>,
+}
+
+impl ServerGuard {
+    pub fn server(&self) -> &Server {
+        match &self.server {
+            Some(s) => s,
+            None => unreachable!("server taken before drop"),
+        }
+    }
+
+    pub fn server_mut(&mut self) -> &mut Server {
+        match &mut self.server {
+            Some(s) => s,
+            None => unreachable!("server taken before drop"),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.pool.checkin(s);
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! One connection from the pooler to PostgreSQL: login (whatever authentication the server
+//! asks for), the parameters it reported, and the buffers a client session uses while attached.
+//!
+//! The forwarding buffers live here, not in the client, so an idle client owns none: pool size
+//! bounds the buffer memory, not the client count.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::pool::SlotToken;
+use crate::auth::md5::md5_response;
+use crate::auth::scram::{ClientExchange, ScramError, MECHANISM};
+use crate::net::messages::{
+    self, auth, error::parse_error, header, startup, status::parse_parameter_status,
+};
+use crate::net::stream::read_buf;
+use crate::params::ServerParams;
+use crate::prepared::ServerStatements;
+
+/// Why a server connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {addr}")]
+    ConnectTimeout { addr: String },
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error("server asked for unsupported authentication method {0}")]
+    UnsupportedAuth(i32),
+    #[error("server asked for a password but the pool's user has none configured")]
+    NoPassword,
+    #[error("server authentication: {0}")]
+    Scram(#[from] ScramError),
+    #[error("protocol violation from server: {0}")]
+    Protocol(&'static str),
+}
+
+impl ServerError {
+    /// The SQLSTATE a client should see when this stops its query.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ServerError::Server { code, .. } => code,
+            ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => "08001",
+            _ => "08006",
+        }
+    }
+}
+
+/// What the session expects the server to answer, in order. See `frontend::relay`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub kind: u8,
+    pub action: Action,
+    /// Pooler-wide statement id for Parse entries (0 otherwise).
+    pub stmt: u64,
+}
+
+/// What to do with the answer to an `Expect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    /// The pooler sent the message itself; the client must not see the answer.
+    Swallow,
+    /// The pooler answered the client itself without asking the server.
+    Synthesize,
+}
+
+/// The four buffers of an attached session.
+#[derive(Default)]
+pub struct Buffers {
+    /// Bytes read from the client, not yet processed.
+    pub c2s_in: BytesMut,
+    /// Bytes to write to the server.
+    pub c2s_out: BytesMut,
+    /// Bytes read from the server, not yet processed.
+    pub s2c_in: BytesMut,
+    /// Bytes to write to the client.
+    pub s2c_out: BytesMut,
+}
+
+impl Buffers {
+    pub fn is_empty(&self) -> bool {
+        self.c2s_in.is_empty()
+            && self.c2s_out.is_empty()
+            && self.s2c_in.is_empty()
+            && self.s2c_out.is_empty()
+    }
+
+    /// Gives memory back after a large transfer (a COPY, a huge row).
+    pub fn shrink(&mut self) {
+        const KEEP: usize = 64 * 1024;
+        for b in [
+            &mut self.c2s_in,
+            &mut self.c2s_out,
+            &mut self.s2c_in,
+            &mut self.s2c_out,
+        ] {
+            if b.capacity() > KEEP && b.is_empty() {
+                *b = BytesMut::new();
+            }
+        }
+    }
+}
+
+/// A logged-in server connection.
+pub struct Server {
+    pub stream: TcpStream,
+    pub bufs: Buffers,
+    pub expect: VecDeque<Expect>,
+    /// Transaction status of the last ReadyForQuery ('I', 'T' or 'E').
+    pub status: u8,
+    /// Bytes of the current client→server message still to stream through unexamined.
+    pub c2s_skip: usize,
+    /// Bytes of the current server→client message still to stream through unexamined.
+    pub s2c_skip: usize,
+    pub params: ServerParams,
+    pub prepared: ServerStatements,
+    pub pid: i32,
+    pub secret: i32,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Pool configuration generation this connection was made for.
+    pub gen: u64,
+    /// Set by the session when the connection is at a clean boundary and may serve others.
+    pub clean: bool,
+    /// Parameters reported at login, in order, for clients' login ParameterStatus.
+    pub startup_params: Vec<(String, String)>,
+    pub(crate) _slot: SlotToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Best effort: tell the server we are leaving rather than just vanishing.
+        let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    }
+}
+
+/// What connecting needs to know.
+pub struct ConnectParams<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub database: &'a str,
+    pub password: Option<&'a str>,
+    pub gen: u64,
+    pub timeout: Duration,
+}
+
+impl Server {
+    /// Connects and logs in; `slot` is the pool capacity this connection occupies.
+    pub(crate) async fn connect(
+        p: ConnectParams<'_>,
+        slot: SlotToken,
+    ) -> Result<Box<Server>, ServerError> {
+        let addr = format!("{}:{}", p.host, p.port);
+        let stream =
+            match tokio::time::timeout(p.timeout, TcpStream::connect((p.host, p.port))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => return Err(ServerError::Connect { addr, source }),
+                Err(_) => return Err(ServerError::ConnectTimeout { addr }),
+            };
+        stream.set_nodelay(true)?;
+        let mut server = Box::new(Server {
+            stream,
+            bufs: Buffers::default(),
+            expect: VecDeque::new(),
+            status: b'I',
+            c2s_skip: 0,
+            s2c_skip: 0,
+            params: ServerParams::default(),
+            prepared: ServerStatements::default(),
+            pid: 0,
+            secret: 0,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            gen: p.gen,
+            clean: false,
+            startup_params: Vec::new(),
+            _slot: slot,
+        });
+        match tokio::time::timeout(p.timeout, server.login(&p)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ServerError::ConnectTimeout { addr }),
+        }
+        Ok(server)
+    }
+
+    /// Reads one whole message into s2c_in and returns (type, total length).
+    async fn read_message(&mut self) -> Result<(u8, usize), ServerError> {
+        loop {
+            if let Some((tag, len)) = header(&self.bufs.s2c_in) {
+                if len < messages::HEADER {
+                    return Err(ServerError::Protocol("message length below 4"));
+                }
+                if self.bufs.s2c_in.len() >= len {
+                    return Ok((tag, len));
+                }
+            }
+            if read_buf(&mut self.stream, &mut self.bufs.s2c_in, 8192).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    async fn send(&mut self) -> Result<(), ServerError> {
+        self.stream.write_all(&self.bufs.c2s_out).await?;
+        self.bufs.c2s_out.clear();
+        Ok(())
+    }
+
+    async fn login(&mut self, p: &ConnectParams<'_>) -> Result<(), ServerError> {
+        startup::startup_message(
+            &mut self.bufs.c2s_out,
+            &[("user", p.user), ("database", p.database)],
+        );
+        self.send().await?;
+        let mut scram: Option<ClientExchange> = None;
+        loop {
+            let (tag, len) = self.read_message().await?;
+            let msg = self.bufs.s2c_in.split_to(len);
+            let body = &msg[messages::HEADER..];
+            match tag {
+                b'R' => {
+                    if body.len() < 4 {
+                        return Err(ServerError::Protocol("short authentication message"));
+                    }
+                    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let data = &body[4..];
+                    match code {
+                        auth::AUTH_OK => {}
+                        auth::AUTH_CLEARTEXT => {
+                            let pw = p.password.ok_or(ServerError::NoPassword)?;
+                            auth::password(&mut self.bufs.c2s_out, pw.as_bytes());
+                            self.send().await?;
+                        }
+                        auth::AUTH_MD5 => {
+                            let pw = p.password.ok_or(ServerError::NoPassword)?;
+                            let salt: [u8; 4] = data
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or(ServerError::Protocol("md5 salt"))?;
+                            auth::password(
+                                &mut self.bufs.c2s_out,
+                                md5_response(p.user, pw, salt).as_bytes(),
+                            );
+                            self.send().await?;
+                        }
+                        auth::AUTH_SASL => {
+                            p.password.ok_or(ServerError::NoPassword)?;
+                            let offered =
+                                data.split(|&b| b == 0).any(|m| m == MECHANISM.as_bytes());
+                            if !offered {
+                                return Err(ServerError::UnsupportedAuth(code));
+                            }
+                            let (exchange, first) = ClientExchange::start();
+                            scram = Some(exchange);
+                            auth::sasl_initial(&mut self.bufs.c2s_out, MECHANISM, first.as_bytes());
+                            self.send().await?;
+                        }
+                        auth::AUTH_SASL_CONTINUE => {
+                            let pw = p.password.ok_or(ServerError::NoPassword)?;
+                            let ex = scram
+                                .as_mut()
+                                .ok_or(ServerError::Protocol("SASL continue without start"))?;
+                            let fin = ex.respond(pw, data)?;
+                            auth::sasl_response(&mut self.bufs.c2s_out, fin.as_bytes());
+                            self.send().await?;
+                        }
+                        auth::AUTH_SASL_FINAL => {
+                            let ex = scram
+                                .as_ref()
+                                .ok_or(ServerError::Protocol("SASL final without start"))?;
+                            ex.verify(data)?;
+                        }
+                        other => return Err(ServerError::UnsupportedAuth(other)),
+                    }
+                }
+                b'S' => {
+                    if let Some((name, value)) = parse_parameter_status(body) {
+                        self.params.reported(name, value, true);
+                        self.startup_params
+                            .push((name.to_string(), value.to_string()));
+                    }
+                }
+                b'K' if body.len() >= 8 => {
+                    self.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    self.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+                b'E' => {
+                    let (code, message) = parse_error(body);
+                    return Err(ServerError::Server { code, message });
+                }
+                b'Z' => {
+                    self.status = body.first().copied().unwrap_or(b'I');
+                    return Ok(());
+                }
+                _ => {} // NoticeResponse and friends
+            }
+        }
+    }
+
+    /// Runs a simple query for the pooler's own purposes (parameter sync, reset), swallowing
+    /// its results. Reported parameter changes are recorded.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        messages::query(&mut self.bufs.c2s_out, sql);
+        self.send().await?;
+        let mut failure = None;
+        loop {
+            let (tag, len) = self.read_message().await?;
+            {
+                let body = &self.bufs.s2c_in[messages::HEADER..len];
+                match tag {
+                    b'S' => {
+                        if let Some((name, value)) = parse_parameter_status(body) {
+                            self.params.reported(name, value, false);
+                        }
+                    }
+                    b'E' => failure = Some(parse_error(body)),
+                    b'Z' => self.status = body.first().copied().unwrap_or(b'I'),
+                    _ => {}
+                }
+            }
+            self.bufs.s2c_in.advance(len);
+            if tag == b'Z' {
+                return match failure {
+                    Some((code, message)) => Err(ServerError::Server { code, message }),
+                    None => Ok(()),
+                };
+            }
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing is buffered and the socket has
+    /// neither data (a FATAL from a shutting-down server) nor end-of-file pending.
+    pub fn is_alive(&mut self) -> bool {
+        if !self.bufs.is_empty() || self.status != b'I' {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// A cancel target for this connection.
+    pub fn cancel_target(
+        &self,
+        backend: &Arc<crate::config::BackendConfig>,
+    ) -> crate::cancel::CancelTarget {
+        crate::cancel::CancelTarget {
+            backend: backend.clone(),
+            pid: self.pid,
+            secret: self.secret,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The pooler's desired state. `Pooler::apply` takes one `PoolerConfig` and makes the running
+//! listeners and pools match it; these types are the whole contract between the pooler and
+//! whoever drives it (the pgbay binary, the standalone example, the tests).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the pooler should serve: one entry per service (one listener each).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolerConfig {
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service: a listener (its "pgbouncer" port) in front of one PostgreSQL backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Service name, used in logs and error messages.
+    pub name: String,
+    /// The service's pooler port.
+    pub listen: SocketAddr,
+    /// `None` answers SSLRequest with 'N'.
+    pub tls: Option<TlsConfig>,
+    pub backend: BackendConfig,
+    /// Logins the pooler accepts; also used to log in to the backend.
+    pub users: Vec<UserConfig>,
+    pub pools: Vec<PoolConfig>,
+    pub settings: PoolSettings,
+    pub limits: ClientLimits,
+    /// Empty means every address is allowed.
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// PEM certificate chain and private key served to TLS clients.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    // The key is a secret: keep it out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field(
+                "cert_chain_pem",
+                &format_args!("<{} bytes>", self.cert_chain_pem.len()),
+            )
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where the service's PostgreSQL listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendConfig {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A login: plaintext password; the pooler derives SCRAM/md5 secrets itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A pool: clients connect with database = `name`, the pooler serves them from server
+/// connections to `database` logged in as `username`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub database: String,
+    pub username: String,
+    pub mode: PoolMode,
+    pub size: u32,
+}
+
+/// When a server connection goes back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolMode {
+    /// At client disconnect (then reset with `DISCARD ALL`).
+    Session,
+    /// When ReadyForQuery says idle.
+    Transaction,
+    /// After each statement; explicit transaction blocks are refused.
+    Statement,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        })
+    }
+}
+
+/// The Exoscale `pgbouncer-settings` knobs of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub min_pool_size: u32,
+    /// `None` disables the idle timeout.
+    pub server_idle_timeout: Option<Duration>,
+    pub server_lifetime: Duration,
+    /// 0 disables prepared statement tracking.
+    pub max_prepared_statements: u32,
+    pub server_reset_query_always: bool,
+    /// Startup parameters accepted from clients and then ignored.
+    pub ignore_startup_parameters: Vec<String>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            min_pool_size: 0,
+            server_idle_timeout: Some(Duration::from_secs(600)),
+            server_lifetime: Duration::from_secs(3600),
+            max_prepared_statements: 100,
+            server_reset_query_always: false,
+            ignore_startup_parameters: Vec::new(),
+        }
+    }
+}
+
+/// Per-service limits on clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_client_conn: u32,
+    pub query_wait_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_client_conn: 10_000,
+            query_wait_timeout: Duration::from_secs(120),
+        }
+    }
+}

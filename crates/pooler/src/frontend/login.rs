@@ -1,0 +1,364 @@
+//! From accepted socket to logged-in client: the first packets (SSLRequest, GSSENCRequest,
+//! CancelRequest, StartupMessage), address and client-count checks, pool lookup, password
+//! authentication, and the login answer (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::session::{self, Client};
+use crate::auth::md5::md5_response;
+use crate::auth::scram::{ServerExchange, MECHANISM};
+use crate::auth::ClientAuthMethod;
+use crate::net::messages::error::{error_response, Severity};
+use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
+use crate::net::messages::{auth, cstr, status};
+use crate::net::ClientStream;
+use crate::params::{self, Values};
+use crate::service::{ClientCount, Service};
+
+/// A client must finish logging in within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A login that failed with an error the client should see.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
+    let service = count.service.clone();
+    let span = tracing::info_span!("client", service = %service.name, %addr);
+    async move {
+        let mut stream = ClientStream::Plain(socket);
+        let login = tokio::select! {
+            r = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, addr, &service)) => r,
+            _ = service.shutdown.cancelled() => return,
+        };
+        match login {
+            Ok(Ok(Some(client))) => {
+                let client = Box::new(Client::new(stream, service, client, count));
+                session::run(client).await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(refusal)) => {
+                tracing::info!(code = refusal.code, message = %refusal.message, "login refused");
+                let mut buf = BytesMut::new();
+                error_response(&mut buf, Severity::Fatal, refusal.code, &refusal.message);
+                let _ = stream.write_all(&buf).await;
+                let _ = stream.shutdown().await;
+            }
+            Err(_) => tracing::info!("login timed out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// What login hands to the session.
+pub struct LoggedIn {
+    pub pool: Arc<crate::backend::Pool>,
+    pub user: String,
+    pub params: Values,
+    pub cancel: crate::cancel::CancelGuard,
+}
+
+async fn read_startup_packet(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<Option<()>, Refusal> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(_) => return Ok(None),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+        return Err(refuse("08P01", "invalid length of startup packet"));
+    }
+    buf.clear();
+    buf.resize(len - 4, 0);
+    match stream.read_exact(&mut buf[..]).await {
+        Ok(_) => Ok(Some(())),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Reads one message of type `tag` (e.g. the password answer) into `buf`.
+async fn read_message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    tag: u8,
+) -> Result<Option<()>, Refusal> {
+    let mut head = [0u8; 5];
+    if stream.read_exact(&mut head).await.is_err() {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if head[0] != tag || !(4..=MAX_STARTUP_PACKET).contains(&len) {
+        return Err(refuse(
+            "08P01",
+            format!("expected message type '{}'", tag as char),
+        ));
+    }
+    buf.clear();
+    buf.resize(len - 4, 0);
+    if stream.read_exact(&mut buf[..]).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(()))
+}
+
+async fn login(
+    stream: &mut ClientStream,
+    addr: SocketAddr,
+    service: &Arc<Service>,
+) -> Result<Option<LoggedIn>, Refusal> {
+    let mut buf = BytesMut::with_capacity(512);
+    let params = loop {
+        if read_startup_packet(stream, &mut buf).await?.is_none() {
+            return Ok(None);
+        }
+        let first = startup::parse(&buf).map_err(|m| refuse("08P01", m))?;
+        match first {
+            Startup::Ssl => {
+                let tls = service.state().tls.clone();
+                match (tls, &*stream) {
+                    (Some(acceptor), ClientStream::Plain(_)) => {
+                        write(stream, b"S").await?;
+                        let ClientStream::Plain(tcp) =
+                            std::mem::replace(stream, ClientStream::Closed)
+                        else {
+                            unreachable!("checked plain above")
+                        };
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
+                            Err(e) => {
+                                tracing::info!(error = %e, "TLS handshake failed");
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    _ => write(stream, b"N").await?,
+                }
+            }
+            Startup::GssEnc => write(stream, b"N").await?,
+            Startup::Cancel { pid, secret } => {
+                service.cancel.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            Startup::Unsupported(code) => {
+                return Err(refuse(
+                    "0A000",
+                    format!(
+                        "unsupported frontend protocol {}.{}",
+                        code >> 16,
+                        code & 0xffff
+                    ),
+                ));
+            }
+            Startup::Startup { params } => break params,
+        }
+    };
+    let state = service.state();
+    if !state.allowed_cidrs.is_empty()
+        && !state
+            .allowed_cidrs
+            .iter()
+            .any(|net| net.contains(&addr.ip()))
+    {
+        return Err(refuse(
+            "28000",
+            format!(
+                "client address {} is not allowed to connect to service \"{}\"",
+                addr.ip(),
+                service.name
+            ),
+        ));
+    }
+    let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
+    if clients > state.limits.max_client_conn {
+        return Err(refuse(
+            "53300",
+            format!(
+                "too many client connections to service \"{}\" (max_client_conn {})",
+                service.name, state.limits.max_client_conn
+            ),
+        ));
+    }
+    let mut user = None;
+    let mut database = None;
+    let mut values: Values = Default::default();
+    for (name, value) in params {
+        match name.as_str() {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            _ if state
+                .settings
+                .ignore_startup_parameters
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case(&name)) => {}
+            _ => match params::index(&name) {
+                Some(i) => values[i] = Some(value.into()),
+                None => {
+                    return Err(refuse(
+                        "08P01",
+                        format!("unsupported startup parameter: {name}"),
+                    ))
+                }
+            },
+        }
+    }
+    let user = user.ok_or_else(|| {
+        refuse(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let pool_name = database.unwrap_or_else(|| user.clone());
+    let pool = service
+        .pool(&pool_name)
+        .ok_or_else(|| refuse("3D000", format!("pool \"{pool_name}\" does not exist")))?;
+    let pool_state = pool.state();
+    if pool_state.cfg.username != user {
+        return Err(refuse(
+            "28000",
+            format!("user \"{user}\" may not use pool \"{pool_name}\""),
+        ));
+    }
+    let bad_password = || {
+        refuse(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    let account = state.users.get(&user).cloned();
+    match service.auth_method() {
+        ClientAuthMethod::ScramSha256 => {
+            let mut out = BytesMut::new();
+            auth::auth_sasl(&mut out, MECHANISM);
+            write(stream, &out).await?;
+            if read_message(stream, &mut buf, b'p').await?.is_none() {
+                return Ok(None);
+            }
+            let (mechanism, rest) =
+                cstr(&buf).ok_or_else(|| refuse("08P01", "malformed SASLInitialResponse"))?;
+            if mechanism != MECHANISM.as_bytes() || rest.len() < 4 {
+                return Err(refuse("28000", "unsupported SASL mechanism"));
+            }
+            let first = rest[4..].to_vec();
+            // An unknown user still goes through the exchange, against a throwaway secret, so the
+            // answer does not tell which user names exist.
+            let secret = match &account {
+                Some(a) => a.scram().clone(),
+                None => crate::auth::scram::ServerSecret::derive(&rand_password()),
+            };
+            let (exchange, server_first) =
+                ServerExchange::start(&secret, &first).map_err(|_| bad_password())?;
+            out.clear();
+            auth::auth_sasl_data(&mut out, auth::AUTH_SASL_CONTINUE, server_first.as_bytes());
+            write(stream, &out).await?;
+            if read_message(stream, &mut buf, b'p').await?.is_none() {
+                return Ok(None);
+            }
+            let server_final = exchange.finish(&secret, &buf).map_err(|_| bad_password())?;
+            if account.is_none() {
+                return Err(bad_password());
+            }
+            out.clear();
+            auth::auth_sasl_data(&mut out, auth::AUTH_SASL_FINAL, server_final.as_bytes());
+            write(stream, &out).await?;
+        }
+        ClientAuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            let mut out = BytesMut::new();
+            auth::auth_md5(&mut out, salt);
+            write(stream, &out).await?;
+            if read_message(stream, &mut buf, b'p').await?.is_none() {
+                return Ok(None);
+            }
+            let (answer, _) =
+                cstr(&buf).ok_or_else(|| refuse("08P01", "malformed password message"))?;
+            let account = account.ok_or_else(bad_password)?;
+            let expected = md5_response(&user, &account.password, salt);
+            if answer != expected.as_bytes() {
+                return Err(bad_password());
+            }
+        }
+    }
+    let login_params = pool.login_params().await.map_err(|e| Refusal {
+        code: sqlstate(e.sqlstate()),
+        message: format!("pool \"{pool_name}\": {e}"),
+    })?;
+    let cancel = service.cancel.register();
+    let mut out = BytesMut::with_capacity(512);
+    auth::auth_ok(&mut out);
+    let mut sent = [false; params::TRACKED.len()];
+    for (name, value) in login_params.iter() {
+        let v = match params::index(name) {
+            Some(i) => {
+                sent[i] = true;
+                values[i].as_deref().unwrap_or(value)
+            }
+            None => value,
+        };
+        status::parameter_status(&mut out, name, v);
+    }
+    for (i, name) in params::TRACKED.iter().enumerate().take(params::REPORTED) {
+        if let (false, Some(v)) = (sent[i], values[i].as_deref()) {
+            status::parameter_status(&mut out, name, v);
+        }
+    }
+    status::backend_key_data(&mut out, cancel.pid, cancel.slot.secret);
+    status::ready_for_query(&mut out, b'I');
+    write(stream, &out).await?;
+    buf.advance(buf.len());
+    tracing::debug!(pool = %pool_name, user = %user, "client logged in");
+    Ok(Some(LoggedIn {
+        pool,
+        user,
+        params: values,
+        cancel,
+    }))
+}
+
+/// SQLSTATEs are static strings in refusals; map the dynamic ones we can produce.
+fn sqlstate(code: &str) -> &'static str {
+    match code {
+        "08001" => "08001",
+        "57P01" => "57P01",
+        "28P01" => "28P01",
+        "28000" => "28000",
+        "3D000" => "3D000",
+        "53300" => "53300",
+        _ => "08006",
+    }
+}
+
+fn rand_password() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Refusal> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|_| refuse("08006", "client write failed"))?;
+    stream
+        .flush()
+        .await
+        .map_err(|_| refuse("08006", "client write failed"))
+}

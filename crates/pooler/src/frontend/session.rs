@@ -1,0 +1,438 @@
+//! A logged-in client's life: idle (no server connection, no buffers), waiting (queued for a
+//! server connection), active (attached, bytes relayed), and back, until it leaves.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::login::LoggedIn;
+use super::relay::{self, ClientCtx, ServerEvent};
+use crate::backend::{Pool, Server, ServerGuard};
+use crate::cancel::CancelGuard;
+use crate::config::PoolMode;
+use crate::net::messages::error::{error_response, Severity};
+use crate::net::stream::poll_read_buf;
+use crate::net::ClientStream;
+use crate::params::Values;
+use crate::prepared::ClientStatements;
+use crate::service::{ClientCount, Service};
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Client connection states, PgBouncer style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// CL_IDLE: logged in, no server connection, waiting for the client to send.
+    Idle,
+    /// CL_WAITING: has sent a query, queued for a server connection.
+    Waiting,
+    /// CL_ACTIVE: attached to a server connection.
+    Active,
+}
+
+/// A logged-in client. Kept small: an idle client is this plus its socket.
+pub struct Client {
+    stream: ClientStream,
+    service: Arc<Service>,
+    pool: Arc<Pool>,
+    params: Values,
+    statements: ClientStatements,
+    cancel: CancelGuard,
+    /// Client bytes read while not attached (TLS reads, leftovers of a release).
+    pending: BytesMut,
+    state: ClientState,
+    _count: ClientCount,
+}
+
+impl Client {
+    pub fn new(
+        stream: ClientStream,
+        service: Arc<Service>,
+        login: LoggedIn,
+        count: ClientCount,
+    ) -> Client {
+        Client {
+            stream,
+            service,
+            pool: login.pool,
+            params: login.params,
+            statements: ClientStatements::default(),
+            cancel: login.cancel,
+            pending: BytesMut::new(),
+            state: ClientState::Idle,
+            _count: count,
+        }
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        tracing::info!(code, message, state = ?self.state, "disconnecting client");
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Fatal, code, message);
+        let _ = self.stream.write_all(&buf).await;
+        let _ = self.stream.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// What an idle client did.
+enum Idle {
+    Data,
+    Gone,
+    Shutdown,
+    Drained,
+}
+
+/// How an attached period ended.
+#[derive(Debug)]
+enum End {
+    /// Server answered everything and the connection can be released.
+    Boundary,
+    ClientGone,
+    Shutdown,
+    ServerGone(String),
+    /// The session must end with this SQLSTATE and message.
+    Refused(&'static str, String),
+    /// Statement mode: the client opened a transaction block.
+    TransactionBlock,
+}
+
+/// Runs a logged-in client until it leaves or is disconnected.
+pub async fn run(mut client: Box<Client>) {
+    loop {
+        client.state = ClientState::Idle;
+        match wait_idle(&mut client).await {
+            Idle::Data => {}
+            Idle::Gone => return,
+            Idle::Shutdown => return shutdown(&mut client).await,
+            Idle::Drained => return drained(&mut client).await,
+        }
+        client.state = ClientState::Waiting;
+        let pool = client.pool.clone();
+        let acquired = tokio::select! {
+            r = pool.acquire() => r,
+            _ = client.service.shutdown.cancelled() => return shutdown(&mut client).await,
+        };
+        let mut guard = match acquired {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("pool \"{}\": {e}", pool.name);
+                return client.fatal(e.sqlstate(), &msg).await;
+            }
+        };
+        client.state = ClientState::Active;
+        match attached(&mut client, &mut guard).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(end) => {
+                tracing::debug!(?end, "session ended");
+                return;
+            }
+        }
+        drop(guard);
+        if pool.drain.is_cancelled() {
+            return drained(&mut client).await;
+        }
+    }
+}
+
+async fn shutdown(client: &mut Client) {
+    let msg = format!("service \"{}\" is shutting down", client.service.name);
+    client.fatal("57P01", &msg).await;
+}
+
+async fn drained(client: &mut Client) {
+    let msg = format!("pool \"{}\" was removed", client.pool.name);
+    client.fatal("57P01", &msg).await;
+}
+
+/// Waits, holding no buffer, until the client sends something.
+async fn wait_idle(client: &mut Client) -> Idle {
+    if !client.pending.is_empty() {
+        return Idle::Data;
+    }
+    let Client {
+        stream,
+        service,
+        pool,
+        pending,
+        ..
+    } = client;
+    let readable = async {
+        match stream {
+            ClientStream::Plain(tcp) => {
+                let mut peek = [0u8; 1];
+                match tcp.peek(&mut peek).await {
+                    Ok(0) | Err(_) => Idle::Gone,
+                    Ok(_) if peek[0] == b'X' => Idle::Gone,
+                    Ok(_) => Idle::Data,
+                }
+            }
+            other => match crate::net::stream::read_buf(other, pending, 1024).await {
+                Ok(0) | Err(_) => Idle::Gone,
+                Ok(_) => Idle::Data,
+            },
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = service.shutdown.cancelled() => Idle::Shutdown,
+        _ = pool.drain.cancelled() => Idle::Drained,
+        r = readable => r,
+    }
+}
+
+/// One attached period. Ok(true): released at a boundary, go on; Ok(false): the session is over.
+async fn attached(client: &mut Client, guard: &mut ServerGuard) -> Result<bool, End> {
+    let pool = guard.pool().clone();
+    let st = pool.state();
+    let mode = st.cfg.mode;
+    let server = guard.server_mut();
+    // The serving connection gets this client's parameters.
+    if let Some(sql) = server.params.sync_sql(&client.params) {
+        if let Err(e) = server.run_internal(&sql).await {
+            tracing::warn!(error = %e, "could not apply client parameters");
+            if !matches!(e, crate::backend::ServerError::Server { .. }) {
+                let msg = format!("pool \"{}\": server connection lost: {e}", pool.name);
+                client.fatal("08006", &msg).await;
+                return Ok(false);
+            }
+        } else {
+            server.params.synced(&client.params);
+        }
+    }
+    if !client.pending.is_empty() {
+        server.bufs.c2s_in.extend_from_slice(&client.pending);
+        client.pending = BytesMut::new();
+    }
+    let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
+    let max_prepared = st.settings.max_prepared_statements as usize;
+    client.cancel.attach(server.cancel_target(&st.backend));
+    let end = pump(client, server, mode, track, max_prepared).await;
+    client.cancel.detach();
+    match end {
+        End::Boundary => {
+            relay::take_pending(server, &mut client.pending);
+            if mode == PoolMode::Session || st.settings.server_reset_query_always {
+                if let Err(e) = reset(server).await {
+                    tracing::debug!(error = %e, "reset failed, closing server connection");
+                    return Ok(mode != PoolMode::Session);
+                }
+            }
+            server.clean = true;
+            if mode == PoolMode::Session {
+                // Only a removed pool ends a session-mode attachment at a boundary.
+                drained(client).await;
+                return Ok(false);
+            }
+            Ok(true)
+        }
+        End::ClientGone => {
+            // Keep the connection only if it is exactly at a transaction boundary: anything
+            // else (open transaction, query running, half a message) is closed with it.
+            server.bufs.c2s_in.clear();
+            if relay::at_boundary(server)
+                && server.bufs.c2s_out.is_empty()
+                && server.bufs.s2c_out.is_empty()
+            {
+                server.bufs.s2c_out.clear();
+                if (mode == PoolMode::Session || st.settings.server_reset_query_always)
+                    && reset(server).await.is_err()
+                {
+                    return Ok(false);
+                }
+                server.clean = true;
+            }
+            Ok(false)
+        }
+        End::Shutdown => {
+            shutdown(client).await;
+            Ok(false)
+        }
+        End::ServerGone(cause) => {
+            let msg = format!("pool \"{}\": server connection lost: {cause}", pool.name);
+            client.fatal("08006", &msg).await;
+            Ok(false)
+        }
+        End::TransactionBlock => {
+            let msg = format!(
+                "transaction blocks are not allowed in statement pooling mode (pool \"{}\")",
+                pool.name
+            );
+            // When nothing else is in flight, roll the block back and tell the client with a
+            // plain ERROR; it stays connected. Otherwise there is no clean way back: disconnect.
+            if server.expect.is_empty() && server.bufs.s2c_in.is_empty() && server.c2s_skip == 0 {
+                server.bufs.s2c_out.clear();
+                if server.run_internal("ROLLBACK").await.is_ok() && server.status == b'I' {
+                    relay::take_pending(server, &mut client.pending);
+                    server.clean = true;
+                    let mut buf = BytesMut::new();
+                    error_response(&mut buf, Severity::Error, "25001", &msg);
+                    crate::net::messages::status::ready_for_query(&mut buf, b'I');
+                    if client.stream.write_all(&buf).await.is_err()
+                        || client.stream.flush().await.is_err()
+                    {
+                        return Ok(false);
+                    }
+                    return Ok(true);
+                }
+            }
+            client.fatal("25001", &msg).await;
+            Ok(false)
+        }
+        End::Refused(code, cause) => {
+            client.fatal(code, &cause).await;
+            Ok(false)
+        }
+    }
+}
+
+/// DISCARD ALL between session-mode clients.
+async fn reset(server: &mut Server) -> Result<(), crate::backend::ServerError> {
+    server.run_internal("DISCARD ALL").await?;
+    server.prepared.clear();
+    server.params.reset();
+    Ok(())
+}
+
+/// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
+/// server or shutdown. One task, one `poll_fn`: no per-message futures, no per-message syscalls.
+async fn pump(
+    client: &mut Client,
+    server: &mut Server,
+    mode: PoolMode,
+    track: bool,
+    max_prepared: usize,
+) -> End {
+    let Client {
+        stream,
+        service,
+        pool,
+        params,
+        statements,
+        ..
+    } = client;
+    let mut stop = pin!(service.shutdown.cancelled());
+    let mut drain = pin!(pool.drain.cancelled());
+    let registry = service.statements.clone();
+    let mut ctx = ClientCtx {
+        statements,
+        params,
+        registry: &registry,
+        track,
+        max_prepared,
+    };
+    let release_at_boundary = mode != PoolMode::Session;
+    let mut draining = false;
+    let mut saw_ready = false;
+    let mut client_flush = false;
+    // Bytes pending from before attaching (or a release) are processed first.
+    if !server.bufs.c2s_in.is_empty() {
+        match relay::client_input(server, &mut ctx) {
+            Ok(false) => {}
+            Ok(true) => return End::ClientGone,
+            Err(e) => return End::Refused("08P01", e.to_string()),
+        }
+    }
+    std::future::poll_fn(|cx| loop {
+        let mut progress = false;
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Shutdown);
+        }
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+        }
+        if !server.bufs.c2s_out.is_empty() {
+            match std::pin::Pin::new(&mut server.stream).poll_write(cx, &server.bufs.c2s_out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(End::ServerGone("server closed the connection".into()))
+                }
+                Poll::Ready(Ok(n)) => {
+                    server.bufs.c2s_out.advance(n);
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                Poll::Pending => {}
+            }
+        }
+        if !server.bufs.s2c_out.is_empty() {
+            match std::pin::Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(End::ClientGone),
+                Poll::Ready(Ok(n)) => {
+                    server.bufs.s2c_out.advance(n);
+                    client_flush = stream.is_tls();
+                    progress = true;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
+                Poll::Pending => {}
+            }
+        } else if client_flush {
+            match std::pin::Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => client_flush = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
+                Poll::Pending => {}
+            }
+        }
+        let idle_point = saw_ready
+            && relay::at_boundary(server)
+            && server.bufs.c2s_out.is_empty()
+            && server.bufs.s2c_out.is_empty()
+            && !client_flush;
+        if idle_point && (release_at_boundary || draining) {
+            return Poll::Ready(End::Boundary);
+        }
+        if draining
+            && mode == PoolMode::Session
+            && relay::at_boundary(server)
+            && server.bufs.c2s_in.is_empty()
+        {
+            return Poll::Ready(End::Boundary);
+        }
+        if server.bufs.c2s_out.len() < HIGH_WATER {
+            match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    match relay::client_input(server, &mut ctx) {
+                        Ok(false) => {}
+                        Ok(true) => return Poll::Ready(End::ClientGone),
+                        Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        if server.bufs.s2c_out.len() < HIGH_WATER {
+            match poll_read_buf(&mut server.stream, cx, &mut server.bufs.s2c_in, READ_CHUNK) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(End::ServerGone("server closed the connection".into()))
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    match relay::server_input(server, ctx.params) {
+                        Ok(ServerEvent::Ready) => {
+                            saw_ready = true;
+                            if mode == PoolMode::Statement && server.status != b'I' {
+                                return Poll::Ready(End::TransactionBlock);
+                            }
+                        }
+                        Ok(ServerEvent::None) => {}
+                        Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await
+}

@@ -1,0 +1,156 @@
+//! Client session parameters the pooler carries from client to server connection.
+//!
+//! A server connection serves many clients in turn; each client expects the settings it asked
+//! for at startup (or later SET, for the parameters PostgreSQL reports back). Like PgBouncer,
+//! the pooler remembers them per client and per server connection and, when a client gets a
+//! server whose values differ, sends one `set_config`/`RESET` query first.
+
+/// Parameters tracked per client, in a fixed order so that state is a small array.
+pub const TRACKED: [&str; 8] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "search_path",
+    "extra_float_digits",
+];
+
+/// The first `REPORTED` entries of `TRACKED` are reported by the server with ParameterStatus,
+/// so the pooler learns their defaults and changes; the others only change when the pooler
+/// sets them.
+pub const REPORTED: usize = 6;
+
+/// Index of a tracked parameter (names are case-insensitive in PostgreSQL).
+pub fn index(name: &str) -> Option<usize> {
+    TRACKED.iter().position(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// One value per tracked parameter; `None` means "the server's default".
+pub type Values = [Option<Box<str>>; TRACKED.len()];
+
+/// What a server connection has: current values and, for reported ones, the defaults it
+/// started with.
+#[derive(Default, Debug)]
+pub struct ServerParams {
+    pub current: Values,
+    pub defaults: Values,
+}
+
+impl ServerParams {
+    /// Records a ParameterStatus from the server.
+    pub fn reported(&mut self, name: &str, value: &str, at_startup: bool) {
+        if let Some(i) = index(name) {
+            if self.current[i].as_deref() != Some(value) {
+                self.current[i] = Some(value.into());
+            }
+            if at_startup {
+                self.defaults[i] = Some(value.into());
+            }
+        }
+    }
+
+    /// SQL that makes this server's values match `client`, or None when they already match.
+    pub fn sync_sql(&self, client: &Values) -> Option<String> {
+        let mut sets: Vec<String> = Vec::new();
+        let mut resets: Vec<&str> = Vec::new();
+        for (i, name) in TRACKED.iter().enumerate() {
+            if i < REPORTED {
+                let desired = client[i].as_deref().or(self.defaults[i].as_deref());
+                if let Some(d) = desired {
+                    if self.current[i].as_deref() != Some(d) {
+                        sets.push(format!(
+                            "pg_catalog.set_config('{name}', {}, false)",
+                            literal(d)
+                        ));
+                    }
+                }
+            } else if client[i] != self.current[i] {
+                match client[i].as_deref() {
+                    Some(d) => sets.push(format!(
+                        "pg_catalog.set_config('{name}', {}, false)",
+                        literal(d)
+                    )),
+                    None => resets.push(name),
+                }
+            }
+        }
+        if sets.is_empty() && resets.is_empty() {
+            return None;
+        }
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql.push_str("SELECT ");
+            sql.push_str(&sets.join(", "));
+            sql.push(';');
+        }
+        for r in resets {
+            sql.push_str("RESET ");
+            sql.push_str(r);
+            sql.push(';');
+        }
+        Some(sql)
+    }
+
+    /// After a successful sync the server has exactly the client's values.
+    pub fn synced(&mut self, client: &Values) {
+        for (i, wanted) in client.iter().enumerate() {
+            if i < REPORTED {
+                if let Some(d) = wanted.as_ref().or(self.defaults[i].as_ref()) {
+                    self.current[i] = Some(d.clone());
+                }
+            } else {
+                self.current[i] = wanted.clone();
+            }
+        }
+    }
+
+    /// After DISCARD ALL / RESET ALL every parameter is back to its default.
+    pub fn reset(&mut self) {
+        for i in 0..TRACKED.len() {
+            self.current[i] = if i < REPORTED {
+                self.defaults[i].clone()
+            } else {
+                None
+            };
+        }
+    }
+}
+
+/// An escape-string literal: safe whatever standard_conforming_strings is.
+fn literal(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 4);
+    s.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            c => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_sets_differences_and_resets_unreported() {
+        let mut server = ServerParams::default();
+        server.reported("DateStyle", "ISO, MDY", true);
+        server.reported("application_name", "", true);
+        server.current[6] = Some("other".into());
+        let mut client: Values = Default::default();
+        client[0] = Some("app's".into());
+        let sql = server.sync_sql(&client).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('application_name', E'app''s', false);RESET search_path;"
+        );
+        server.synced(&client);
+        assert_eq!(server.sync_sql(&client), None);
+    }
+}

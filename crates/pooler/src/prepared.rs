@@ -1,0 +1,166 @@
+//! Prepared statements in transaction and statement mode.
+//!
+//! A client's named statement lives on whatever server connection it was prepared on, but the
+//! client's next transaction may run on another one. So the pooler gives every distinct
+//! (query, parameter types) a pooler-wide name (`pgbay_N`), remembers per client which of its
+//! names maps to which statement, and per server connection which statements it has (an LRU
+//! capped at `max_prepared_statements`). Bind/Describe are rewritten to the pooler-wide name and
+//! a Parse is injected first when the serving connection lacks the statement.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::net::messages::extended::write_parse;
+
+/// One distinct statement, shared by every client that prepared the same text and types.
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    pub name: Box<str>,
+    /// The Parse message under the pooler-wide name, ready to send.
+    pub parse: Bytes,
+}
+
+/// Pooler-wide map from statement text to `Statement`.
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    by_text: Mutex<HashMap<Box<[u8]>, Arc<Statement>>>,
+}
+
+/// Entries no client refers to any more are dropped once the map grows past this.
+const REGISTRY_SOFT_LIMIT: usize = 10_000;
+
+impl Registry {
+    /// The statement for a Parse's `rest` (query, parameter count and types).
+    pub fn intern(&self, rest: &[u8]) -> Arc<Statement> {
+        let mut map = self.by_text.lock();
+        if let Some(s) = map.get(rest) {
+            return s.clone();
+        }
+        if map.len() >= REGISTRY_SOFT_LIMIT {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("pgbay_{id}");
+        let mut parse = BytesMut::with_capacity(rest.len() + name.len() + 6);
+        write_parse(&mut parse, name.as_bytes(), rest);
+        let stmt = Arc::new(Statement {
+            id,
+            name: name.into(),
+            parse: parse.freeze(),
+        });
+        map.insert(rest.into(), stmt.clone());
+        stmt
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_text.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client's own statement names.
+#[derive(Default)]
+pub struct ClientStatements {
+    map: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
+        if let Some(slot) = self.map.get_mut(name) {
+            *slot = stmt;
+        } else {
+            self.map.insert(name.into(), stmt);
+        }
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.map.remove(name)
+    }
+}
+
+/// Statements prepared on one server connection, least recently used evicted first.
+#[derive(Default)]
+pub struct ServerStatements {
+    tick: u64,
+    used: HashMap<u64, (u64, Arc<Statement>)>,
+}
+
+impl ServerStatements {
+    /// Marks `id` used; false when the server does not have it.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.used.get_mut(&id) {
+            Some(e) => {
+                e.0 = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that the server now has `stmt`; returns the statement evicted to make room
+    /// (the caller closes it on the server).
+    pub fn add(&mut self, stmt: &Arc<Statement>, max: usize) -> Option<Arc<Statement>> {
+        self.tick += 1;
+        let mut evicted = None;
+        if self.used.len() >= max.max(1) {
+            if let Some((&oldest, _)) = self.used.iter().min_by_key(|(_, (t, _))| *t) {
+                evicted = self.used.remove(&oldest).map(|(_, s)| s);
+            }
+        }
+        self.used.insert(stmt.id, (self.tick, stmt.clone()));
+        evicted
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.used.remove(&id);
+    }
+
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_statement_and_lru_eviction() {
+        let reg = Registry::default();
+        let a = reg.intern(b"select 1\0\0\0");
+        let a2 = reg.intern(b"select 1\0\0\0");
+        let b = reg.intern(b"select 2\0\0\0");
+        let c = reg.intern(b"select 3\0\0\0");
+        assert_eq!(a.id, a2.id);
+        assert_ne!(a.id, b.id);
+        let mut server = ServerStatements::default();
+        assert!(server.add(&a, 2).is_none());
+        assert!(server.add(&b, 2).is_none());
+        assert!(server.touch(a.id));
+        let evicted = server.add(&c, 2).unwrap();
+        assert_eq!(evicted.id, b.id);
+        assert!(!server.touch(b.id));
+    }
+}

@@ -1,0 +1,160 @@
+//! Login, errors and the three pool modes through the pooler, against a real PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use pgbay_pooler::PoolMode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_extended_and_prepared_queries_work() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "basic",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 2)],
+    ))
+    .await;
+    let client = connect(addr, "p1").await.expect("connect");
+    let rows = client
+        .simple_query("SELECT 1 AS one; SELECT 'x'")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        6,
+        "per statement: row description, row, command complete: {rows:?}"
+    );
+    let row = client
+        .query_one("SELECT $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let stmt = client.prepare("SELECT $1::text || 'b'").await.unwrap();
+    for _ in 0..3 {
+        let row = client.query_one(&stmt, &[&"a"]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "ab");
+    }
+    // Pipelined: several queries in flight on one connection.
+    let (a, b, c) = tokio::join!(
+        client.query_one(&stmt, &[&"1"]),
+        client.query_one("SELECT 2::int", &[]),
+        client.query_one(&stmt, &[&"3"]),
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "1b");
+    assert_eq!(b.unwrap().get::<_, i32>(0), 2);
+    assert_eq!(c.unwrap().get::<_, String>(0), "3b");
+    drop(client);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_errors_have_sqlstates() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "errors",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let e = must_fail(connect(addr, "nope").await, "unknown pool refused");
+    assert_eq!(sqlstate(&e), "3D000");
+    assert!(describe(&e).contains("nope"), "{}", describe(&e));
+    let bad = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password=wrong dbname=p1",
+        addr.port()
+    );
+    let e = must_fail(connect_str(&bad).await, "bad password refused");
+    assert_eq!(sqlstate(&e), "28P01", "{}", describe(&e));
+    let other = format!(
+        "host=127.0.0.1 port={} user=postgres password=x dbname=p1",
+        addr.port()
+    );
+    let e = must_fail(connect_str(&other).await, "wrong user refused");
+    assert_eq!(sqlstate(&e), "28000", "{}", describe(&e));
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_size_one_serialises_transactions() {
+    let pg = shared().await;
+    pg.admin(
+        APP_DB,
+        "CREATE TABLE IF NOT EXISTS tx_serial (v int); ALTER TABLE tx_serial OWNER TO app",
+    )
+    .await;
+    let (pooler, addr) = start(service(
+        "txmode",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    a.batch_execute("BEGIN; INSERT INTO tx_serial VALUES (1)")
+        .await
+        .unwrap();
+    // b can only run once a's transaction released the single server connection, so it must
+    // see a's committed row.
+    let b_count = tokio::spawn(async move {
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM tx_serial", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    });
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(b_count.await.unwrap(), 1);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_state_and_resets_between_clients() {
+    let pg = shared().await;
+    let mut cfg = service("session", pg.port, vec![pool("p1", PoolMode::Session, 1)]);
+    cfg.limits.query_wait_timeout = Duration::from_millis(500);
+    let (pooler, addr) = start(cfg).await;
+    let a = connect(addr, "p1").await.unwrap();
+    a.batch_execute("SET work_mem = '7MB'").await.unwrap();
+    let v: String = a.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(v, "7MB");
+    // The only server connection is a's for its whole session: b times out waiting.
+    let b = connect(addr, "p1").await.unwrap();
+    let e = must_fail(b.simple_query("SELECT 1").await, "b must time out");
+    assert_eq!(sqlstate(&e), "08006", "{}", describe(&e));
+    assert!(describe(&e).contains("p1"), "{}", describe(&e));
+    drop(a);
+    // After a leaves, DISCARD ALL resets its state for the next client.
+    let c = connect(addr, "p1").await.unwrap();
+    let v: String = c.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(v, "4MB");
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_mode_refuses_transaction_blocks() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "stmt",
+        pg.port,
+        vec![pool("p1", PoolMode::Statement, 1)],
+    ))
+    .await;
+    let a = connect(addr, "p1").await.unwrap();
+    let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let e = must_fail(a.batch_execute("BEGIN").await, "BEGIN refused");
+    assert_eq!(sqlstate(&e), "25001", "{}", describe(&e));
+    assert!(
+        describe(&e).contains("statement pooling"),
+        "{}",
+        describe(&e)
+    );
+    // The refused transaction did not leak to the next client of the only server connection.
+    let b = connect(addr, "p1").await.unwrap();
+    let rows = b.simple_query("SELECT 1").await.unwrap();
+    assert!(!rows.is_empty());
+    pooler.shutdown().await;
+}

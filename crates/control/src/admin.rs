@@ -188,6 +188,13 @@ pub async fn drop_role(t: &AdminTarget, name: &str, databases: &[String]) -> Res
     exec_formatted(&c, "DROP ROLE IF EXISTS %I", &[name]).await
 }
 
+/// Makes the server re-read its configuration files (pg_hba.conf after an ip-filter change).
+pub async fn reload(t: &AdminTarget) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    c.execute("SELECT pg_reload_conf()", &[]).await?;
+    Ok(())
+}
+
 /// Database names of the server (except templates and `postgres`).
 pub async fn list_databases(t: &AdminTarget) -> Result<Vec<String>> {
     let c = connect(t, "postgres").await?;

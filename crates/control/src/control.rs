@@ -42,6 +42,23 @@ pub struct ControlConfig {
     pub apply_timeout: Duration,
 }
 
+/// The data dir may be traversed by `nobody` (the clusters live below it) but not listed, and
+/// the store holds the only copy of the state: make it readable by pgbay alone.
+fn restrict_files(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: std::path::PathBuf, mode: u32| {
+        if p.exists() {
+            if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)) {
+                tracing::warn!(path = %p.display(), error = %e, "restricting permissions");
+            }
+        }
+    };
+    set(data_dir.to_path_buf(), 0o711);
+    for f in ["pgbay.sqlite", "pgbay.sqlite-wal", "pgbay.sqlite-shm"] {
+        set(data_dir.join(f), 0o600);
+    }
+}
+
 /// Handed to the data-plane wiring: it reports each generation it has applied.
 #[derive(Debug, Clone)]
 pub struct AppliedReporter {
@@ -108,6 +125,7 @@ impl Control {
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
         let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
+        restrict_files(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
         let (shutdown_tx, _) = watch::channel(false);
         let control = Control {
@@ -297,12 +315,14 @@ impl Control {
         let tls = self.inner.tls.clone();
         let name = s.name.clone();
         let port = s.pg_port;
+        let ip_filter = s.ip_filter.0.clone();
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,
                 port,
                 admin_username: &t.user,
                 admin_password: &t.password,
+                ip_filter: &ip_filter,
             };
             prov.ensure_initialized(&spec)?;
             prov.start(&spec, &tls)

@@ -53,6 +53,8 @@ pub struct ClusterSpec<'a> {
     pub admin_username: &'a str,
     /// Its password.
     pub admin_password: &'a str,
+    /// Client networks allowed to connect (the service's ip-filter).
+    pub ip_filter: &'a [ipnet::IpNet],
 }
 
 /// Runs clusters with the PostgreSQL binaries of `bin_dir`.
@@ -175,17 +177,29 @@ impl LocalProvisioner {
         let res = self.run(cmd, "initdb");
         let _ = std::fs::remove_file(&pwfile);
         res?;
-        let hba = "# pgbay: SCRAM for every TCP client; ip-filter is enforced by the pooler\n\
-                   host all all 0.0.0.0/0 scram-sha-256\n\
-                   host all all ::/0 scram-sha-256\n";
-        let hba_path = pgdata.join("pg_hba.conf");
-        std::fs::write(&hba_path, hba).map_err(io("writing pg_hba.conf"))?;
         let conf = pgdata.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
         text.push_str("\ninclude_if_exists = 'pgbay.conf'\n");
         std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))?;
         std::fs::write(&marker, b"").map_err(io("writing marker"))?;
         Ok(())
+    }
+
+    /// Writes pg_hba.conf from the service's ip-filter: SCRAM for clients of the allowed networks,
+    /// and always for loopback, where the pooler and pgbay's admin sessions come from. The
+    /// running server picks it up on reload (`pg_reload_conf()`).
+    pub fn write_hba(&self, name: &str, ip_filter: &[ipnet::IpNet]) -> Result<(), ProvisionError> {
+        let mut hba = String::from(
+            "# written by pgbay from the service's ip-filter\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host all all ::1/128 scram-sha-256\n",
+        );
+        for net in ip_filter {
+            hba.push_str(&format!("host all all {net} scram-sha-256\n"));
+        }
+        let path = self.pgdata(name).join("pg_hba.conf");
+        write_private(&path, hba.as_bytes()).map_err(io("writing pg_hba.conf"))?;
+        self.chown(&path)
     }
 
     /// Writes the settings that can change between starts (port, listen address, certificate).
@@ -217,7 +231,7 @@ impl LocalProvisioner {
             write_private(&path, content.as_bytes()).map_err(io(format!("writing {file}")))?;
             self.chown(&path)?;
         }
-        Ok(())
+        self.write_hba(spec.name, spec.ip_filter)
     }
 
     /// Pid of the cluster's postmaster if it is alive.

@@ -282,6 +282,7 @@ impl Control {
         if let Some(p) = plan {
             s.plan = p.into_string();
         }
+        let filter_changed = ip_filter.as_ref().is_some_and(|f| *f != s.ip_filter);
         if let Some(f) = ip_filter {
             s.ip_filter = f;
         }
@@ -299,7 +300,23 @@ impl Control {
         store::update_service(&mut tx, &s).await?;
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
+        if filter_changed && s.state == ServiceState::Running {
+            // The store is the truth: if this fails, the next start of the cluster rewrites it.
+            if let Err(e) = self.apply_hba(&s).await {
+                tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
+            }
+        }
         self.publish_and_wait(op).await
+    }
+
+    async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        let prov = self.inner.prov.clone();
+        let (n, f) = (s.name.clone(), s.ip_filter.0.clone());
+        tokio::task::spawn_blocking(move || prov.write_hba(&n, &f)).await??;
+        let t = self.admin_target(s).await?;
+        crate::admin::reload(&t)
+            .await
+            .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))
     }
 
     /// `DELETE /dbaas-postgres/{name}` and `DELETE /dbaas-service/{name}`.

@@ -77,6 +77,7 @@ async fn local_cluster_with_database_and_user() {
         port,
         admin_username: "avnadmin",
         admin_password: "adminpw-123",
+        ip_filter: &[],
     };
     prov.ensure_initialized(&spec).unwrap();
     prov.start(&spec, &tls).unwrap();

@@ -211,7 +211,9 @@ class PgbayServer:
             except requests.RequestException as e:
                 last = repr(e)
             time.sleep(0.1)
-        raise RuntimeError(f"pgbay API not ready after {READY_TIMEOUT}s ({last})\n{self.log_tail()}")
+        raise RuntimeError(
+            f"pgbay API not ready after {READY_TIMEOUT}s ({last})\n{self.log_tail()}"
+        )
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -303,7 +303,8 @@ def test_pool_on_missing_object_refused(client, service, objs, missing):
 def test_delete_pool(client, service, objs):
     name = unique("del")
     create(client, service, name=name, database_name=objs["db"])
-    op = client.delete_dbaas_pg_connection_pool(service_name=service.name, connection_pool_name=name)
+    op = client.delete_dbaas_pg_connection_pool(
+        service_name=service.name, connection_pool_name=name)
     assert op["state"] == "success", op
     ok(client, op)
     assert find_pool(client.get_dbaas_service_pg(name=service.name), name) is None

@@ -126,6 +126,9 @@ pub struct Server {
     pub c2s_skip: usize,
     /// Bytes of the current server→client message still to stream through unexamined.
     pub s2c_skip: usize,
+    /// The server is in COPY IN and the client has not yet ended it: the server ignores Sync
+    /// until CopyDone/CopyFail, so those Syncs get no ReadyForQuery and expect no answer.
+    pub copy_in: bool,
     pub params: ServerParams,
     pub prepared: ServerStatements,
     pub pid: i32,
@@ -180,6 +183,7 @@ impl Server {
             status: b'I',
             c2s_skip: 0,
             s2c_skip: 0,
+            copy_in: false,
             params: ServerParams::default(),
             prepared: ServerStatements::default(),
             pid: 0,

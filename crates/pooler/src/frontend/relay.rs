@@ -61,6 +61,28 @@ fn expected_kind(tag: u8) -> Option<u8> {
     }
 }
 
+/// Expect-queue marker for a client's CopyDone/CopyFail (no answer of its own).
+const COPY_END: u8 = b'c';
+
+/// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
+/// by the server, so they must not wait for a ReadyForQuery.
+fn copy_started(server: &mut Server) {
+    let mut i = 1;
+    while i < server.expect.len() {
+        match server.expect[i].kind {
+            COPY_END => {
+                server.expect.remove(i);
+                return;
+            }
+            b'S' => {
+                server.expect.remove(i);
+            }
+            _ => i += 1,
+        }
+    }
+    server.copy_in = true;
+}
+
 fn push(expect: &mut std::collections::VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
     expect.push_back(Expect { kind, action, stmt });
 }
@@ -87,10 +109,20 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
         if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
             return Err(RelayError::BadLength(len));
         }
+        tracing::trace!(tag = %(tag as char), len, "client message");
         let inspect = tag == b'X' || (ctx.track && matches!(tag, b'P' | b'B' | b'D' | b'C'));
         if !inspect {
-            if let Some(kind) = expected_kind(tag) {
-                push(&mut server.expect, kind, Action::Forward, 0);
+            match tag {
+                b'S' if server.copy_in => {}
+                b'c' | b'f' if server.copy_in => server.copy_in = false,
+                // CopyDone sent before the server's CopyInResponse was seen (pipelined): a marker
+                // that tells `copy_started` where the copy ends.
+                b'c' | b'f' => push(&mut server.expect, COPY_END, Action::Forward, 0),
+                _ => {
+                    if let Some(kind) = expected_kind(tag) {
+                        push(&mut server.expect, kind, Action::Forward, 0);
+                    }
+                }
             }
             let n = len.min(input.len());
             server.bufs.c2s_out.extend_from_slice(&input[..n]);
@@ -268,6 +300,7 @@ pub fn server_input(
         if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
             return Err(RelayError::BadLength(len));
         }
+        tracing::trace!(tag = %(tag as char), len, expect = ?server.expect.front(), "server message");
         let whole = matches!(tag, b'Z' | b'S' | b'1' | b'3' | b'C');
         if whole && server.bufs.s2c_in.len() < len {
             break;
@@ -300,6 +333,7 @@ pub fn server_input(
                     }
                 }
             }
+            b'G' => copy_started(server),
             b'S' => {
                 let body = &server.bufs.s2c_in[HEADER..len];
                 if let Some((name, value)) = parse_parameter_status(body) {
@@ -345,6 +379,7 @@ pub fn server_input(
 /// True when the server has answered everything and the connection could serve someone else.
 pub fn at_boundary(server: &Server) -> bool {
     server.status == b'I'
+        && !server.copy_in
         && server.expect.is_empty()
         && server.c2s_skip == 0
         && server.s2c_skip == 0

@@ -349,3 +349,33 @@ pub fn must_fail<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> tokio_po
         Err(e) => e,
     }
 }
+
+/// A client whose connection task is kept: its result carries FATAL errors the server sends
+/// outside a query (pool removed, shutdown), and notifications are forwarded to `notes`.
+pub struct Watched {
+    pub client: tokio_postgres::Client,
+    pub conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    pub notes: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+}
+
+pub async fn connect_watched(addr: SocketAddr, pool: &str) -> Watched {
+    use futures_util::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(&conn_str(addr, pool), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let (tx, notes) = tokio::sync::mpsc::unbounded_channel();
+    let conn = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(msg) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg? {
+                let _ = tx.send(n);
+            }
+        }
+        Ok(())
+    });
+    Watched {
+        client,
+        conn,
+        notes,
+    }
+}

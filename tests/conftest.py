@@ -207,6 +207,12 @@ class PgbayServer:
                 )
                 if r.status_code == 200:
                     return
+                if r.status_code == 403:
+                    # Up, but refusing what the official signer sends: waiting will not help.
+                    raise RuntimeError(
+                        "pgbay refuses a request signed by exoscale_auth.ExoscaleV2Auth with the "
+                        f"key/secret it was given: {r.status_code} {r.text}\n{self.log_tail()}"
+                    )
                 last = f"{r.status_code} {r.text[:200]}"
             except requests.RequestException as e:
                 last = repr(e)

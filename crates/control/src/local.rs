@@ -167,6 +167,18 @@ impl LocalProvisioner {
         write_private(&pwfile, spec.admin_password.as_bytes()).map_err(io("writing pwfile"))?;
         self.chown(&pwfile)?;
         let mut cmd = self.command("initdb", &dir);
+        // If pgbay dies mid-initdb, initdb must die too: the next pgbay removes the half-made
+        // directory and starts over, which an orphaned initdb would still be writing to.
+        // SAFETY: prctl is async-signal-safe; the closure runs in the child before exec, after
+        // the uid change (which would otherwise clear the setting).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd.arg("-D")
             .arg(&pgdata)
             .arg("--auth=scram-sha-256")

@@ -1,6 +1,11 @@
 //! pgbay's control plane: the model of services, databases, users, pools and operations; their
 //! durable store; the provisioner that runs a real PostgreSQL cluster per service; and the desired
 //! state it publishes for the data plane.
+//!
+//! The data-plane wiring uses only [`Control`]: `desired_state()` (a watch of
+//! [`DesiredState`], republished with `generation + 1` after every committed change),
+//! `tls_material()` (CA, server certificate and key), and `attach_data_plane()`, whose
+//! [`AppliedReporter::applied`] releases mutations waiting for the pooler to apply them.
 
 pub mod admin;
 pub mod ca;

@@ -271,8 +271,9 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE` semantics are not needed: writers are
-    /// serialized by the control plane's locks, and SQLite serializes the rest).
+    /// Starts a write transaction. Callers read what they need before and open it with a write,
+    /// so SQLite takes the write lock at the first statement (waiting up to the busy timeout for
+    /// writers of other services) and a deferred read-then-write upgrade never fails.
     pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin().await?)
     }

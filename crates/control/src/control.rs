@@ -372,6 +372,8 @@ impl Control {
                 ServiceState::Running => {
                     if let Err(e) = self.start_cluster(s).await {
                         tracing::error!(service = %s.name, error = %e, "starting cluster");
+                    } else if let Err(e) = self.reconcile(s).await {
+                        tracing::error!(service = %s.name, error = %e, "reconciling cluster");
                     }
                 }
                 ServiceState::Rebuilding => {
@@ -412,6 +414,49 @@ impl Control {
             c.commit().await?;
         }
         self.publish().await?;
+        Ok(())
+    }
+
+    /// Makes the server match the store after a crash: every stored database exists and every
+    /// stored user exists with its stored password. (Each mutation changes PostgreSQL before it
+    /// commits, so a crash in between leaves the server one step ahead of the store; this undoes
+    /// that step.) If an admin password reset was cut short after PostgreSQL took the new
+    /// password, pgbay gets back in with the pending one and restores the committed one.
+    async fn reconcile(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        use tokio_postgres::error::SqlState;
+        let t = self.admin_target(s).await?;
+        let users = self.inner.store.users(&s.name).await?;
+        if let Err(e) = crate::admin::connect(&t, "postgres").await {
+            if e.code() != Some(&SqlState::INVALID_PASSWORD) {
+                return Err(ControlError::internal(e));
+            }
+            let pending = users
+                .iter()
+                .find(|u| u.kind == UserKind::Primary)
+                .and_then(|u| u.pending_password_enc.as_deref())
+                .ok_or_else(|| ControlError::internal("admin password rejected"))?;
+            let via_pending = crate::admin::AdminTarget {
+                password: self.inner.secrets.open(pending)?,
+                ..t.clone()
+            };
+            tracing::warn!(service = %s.name, "admin password reset was interrupted; restoring the committed one");
+            crate::admin::set_password(&via_pending, &t.user, &t.password)
+                .await
+                .map_err(ControlError::internal)?;
+        }
+        for db in self.inner.store.databases(&s.name).await? {
+            crate::admin::create_database(&t, &db, None, None)
+                .await
+                .map_err(ControlError::internal)?;
+        }
+        for u in users {
+            if u.kind == UserKind::Normal {
+                let pw = self.inner.secrets.open(&u.password_enc)?;
+                crate::admin::upsert_role(&t, &u.name, &pw, u.allow_replication)
+                    .await
+                    .map_err(ControlError::internal)?;
+            }
+        }
         Ok(())
     }
 

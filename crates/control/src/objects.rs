@@ -191,6 +191,7 @@ impl Control {
             name: user.to_string(),
             kind: UserKind::Normal,
             password_enc: self.inner.secrets.seal(password.as_str()),
+            pending_password_enc: None,
             password_overridden: false,
             allow_replication: replication,
         };
@@ -264,10 +265,23 @@ impl Control {
         let overridden = given.is_some();
         let password = given.unwrap_or_else(Password::generate);
         let t = self.admin_target(&s).await?;
-        admin::set_password(&t, user.as_str(), password.as_str())
-            .await
-            .map_err(|e| ControlError::from_admin(e, "resetting password"))?;
+        // Record the intent first (see migration 0003), then change PostgreSQL, then commit.
+        let intent = UserRecord {
+            pending_password_enc: Some(self.inner.secrets.seal(password.as_str())),
+            ..rec.clone()
+        };
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_user(&mut tx, &s.name, &intent).await?;
+        tx.commit().await?;
+        if let Err(e) = admin::set_password(&t, user.as_str(), password.as_str()).await {
+            // Refused: withdraw the intent so nothing of the request remains.
+            let mut tx = self.inner.store.begin().await?;
+            store::upsert_user(&mut tx, &s.name, &rec).await?;
+            tx.commit().await?;
+            return Err(ControlError::from_admin(e, "resetting password"));
+        }
         rec.password_enc = self.inner.secrets.seal(password.as_str());
+        rec.pending_password_enc = None;
         rec.password_overridden = overridden;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;

@@ -199,6 +199,7 @@ impl Control {
             name: admin.to_string(),
             kind: UserKind::Primary,
             password_enc: self.inner.secrets.seal(&pw),
+            pending_password_enc: None,
             password_overridden: overridden,
             allow_replication: true,
         };

@@ -118,6 +118,8 @@ pub struct UserRecord {
     pub kind: UserKind,
     /// AES-GCM ciphertext of the password.
     pub password_enc: String,
+    /// Ciphertext of a password being set and not yet committed (see migration 0003).
+    pub pending_password_enc: Option<String>,
     /// The user chose this password (the document then omits it from service listings).
     pub password_overridden: bool,
     /// Role has REPLICATION.
@@ -461,6 +463,7 @@ pub async fn users(c: &mut SqliteConnection, service: &str) -> Result<Vec<UserRe
                     UserKind::Normal
                 },
                 password_enc: r.try_get("password_enc")?,
+                pending_password_enc: r.try_get("pending_password_enc")?,
                 password_overridden: r.try_get::<i64, _>("password_overridden")? != 0,
                 allow_replication: r.try_get::<i64, _>("allow_replication")? != 0,
             })
@@ -483,11 +486,13 @@ pub async fn user(
 /// Inserts a user, or replaces its password and flags.
 pub async fn upsert_user(c: &mut SqliteConnection, service: &str, u: &UserRecord) -> Result<()> {
     sqlx::query(
-        "INSERT INTO users (service, name, kind, password_enc, password_overridden, allow_replication)
-         VALUES (?, ?, ?, ?, ?, ?)
+        "INSERT INTO users (service, name, kind, password_enc, password_overridden, allow_replication,
+           pending_password_enc)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (service, name) DO UPDATE SET password_enc = excluded.password_enc,
            password_overridden = excluded.password_overridden,
-           allow_replication = excluded.allow_replication",
+           allow_replication = excluded.allow_replication,
+           pending_password_enc = excluded.pending_password_enc",
     )
     .bind(service)
     .bind(&u.name)
@@ -495,6 +500,7 @@ pub async fn upsert_user(c: &mut SqliteConnection, service: &str, u: &UserRecord
     .bind(&u.password_enc)
     .bind(i64::from(u.password_overridden))
     .bind(i64::from(u.allow_replication))
+    .bind(&u.pending_password_enc)
     .execute(&mut *c)
     .await?;
     Ok(())

@@ -260,7 +260,65 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
         .is_err());
     assert_eq!(c.get_service(&name).await.unwrap().pools.len(), 1);
 
-    // Restart: the cluster is stopped by shutdown and started again by the next start.
+    // A data plane that follows again.
+    let reporter = c.attach_data_plane();
+    let mut rx = c.desired_state();
+    let follower = tokio::spawn(async move {
+        loop {
+            let g = rx.borrow_and_update().generation;
+            reporter.applied(g);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // Simulate crashes between PostgreSQL and the store: a user created and a database dropped
+    // in PostgreSQL only, and an admin password reset that PostgreSQL took but the store did not.
+    let op = c
+        .create_user(&name, &body(json!({"username": "carol"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    let carol = c
+        .reveal_password(&name, &Username::parse("username", "carol").unwrap())
+        .await
+        .unwrap()
+        .1;
+    let op = c
+        .create_database(&name, &body(json!({"database-name": "appdb"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    let t = AdminTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: admin.name.clone(),
+        password: admin.password.clone(),
+    };
+    admin::drop_role(&t, "carol", &[]).await.unwrap();
+    admin::drop_database(&t, "appdb").await.unwrap();
+    let mut tx = c.store().begin().await.unwrap();
+    let mut rec = pgbay_control::store::user(&mut tx, "svc", "avnadmin")
+        .await
+        .unwrap()
+        .unwrap();
+    rec.pending_password_enc = Some(
+        pgbay_control::crypto::SecretBox::load_or_create(&dir.path().join("secret.key"))
+            .unwrap()
+            .seal("interrupted-pw"),
+    );
+    pgbay_control::store::upsert_user(&mut tx, "svc", &rec)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    admin::set_password(&t, "avnadmin", "interrupted-pw")
+        .await
+        .unwrap();
+
+    follower.abort();
+    // Restart: the cluster is stopped by shutdown and started again by the next start, and the
+    // server is brought back to what the store committed.
     c.shutdown().await;
     assert!(!c.cluster_running("svc"));
     let c2 = Control::start(cfg).await.unwrap();
@@ -273,6 +331,10 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
             .await
             .unwrap(),
         "avnadmin/defaultdb"
+    );
+    assert_eq!(
+        login(port, "carol", &carol, "appdb").await.unwrap(),
+        "carol/appdb"
     );
     let op = c2.delete_service(&name).await.unwrap();
     assert_eq!(op.state, OpState::Success);

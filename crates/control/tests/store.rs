@@ -36,6 +36,7 @@ fn user(name: &str, kind: UserKind) -> UserRecord {
         name: name.into(),
         kind,
         password_enc: "sealed".into(),
+        pending_password_enc: None,
         password_overridden: false,
         allow_replication: false,
     }

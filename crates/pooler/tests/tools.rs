@@ -1,0 +1,324 @@
+//! Real client programs through the pooler: psql, pgbench in each mode, Python psycopg 3 with
+//! server-side prepared statements, and TLS with sslmode=verify-full.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use pgbay_pooler::{PoolMode, TlsConfig};
+use support::*;
+
+fn psql(
+    addr: SocketAddr,
+    pool: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+    ])
+    .arg(addr.port().to_string())
+    .args(["-U", APP_USER, "-d", pool])
+    .args(args)
+    .env("PGPASSWORD", APP_PASS)
+    .env("PGCONNECT_TIMEOUT", "10");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run psql")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_gets_its_startup_parameters_and_clear_errors() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "psql",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let other = connect(addr, "p1").await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        psql(
+            addr,
+            "p1",
+            &[("PGDATESTYLE", "SQL, DMY"), ("PGTZ", "Europe/Paris")],
+            &["-c", "SHOW DateStyle", "-c", "SHOW TimeZone"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SQL, DMY\nEurope/Paris\n"
+    );
+    // The same server connection serves this client with the server defaults again.
+    let ds: String = other.query_one("SHOW DateStyle", &[]).await.unwrap().get(0);
+    assert_eq!(ds, "ISO, MDY");
+    let out = tokio::task::spawn_blocking(move || psql(addr, "nope", &[], &["-c", "SELECT 1"]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pool \"nope\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pooler.shutdown().await;
+}
+
+fn pgbench(addr: SocketAddr, pool: &str, args: &[&str]) -> String {
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(addr.port().to_string())
+        .args(["-U", APP_USER, "-n"])
+        .args(args)
+        .arg(pool)
+        .env("PGPASSWORD", APP_PASS)
+        .output()
+        .expect("run pgbench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed: {text}");
+    assert!(
+        text.contains("number of failed transactions: 0"),
+        "pgbench {args:?}: {text}"
+    );
+    eprintln!(
+        "pgbench {pool} {args:?}: {}",
+        text.lines()
+            .filter(|l| l.starts_with("tps") || l.starts_with("latency"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_in_every_mode() {
+    let pg = shared().await;
+    let init = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .args(["-U", APP_USER, APP_DB])
+        .env("PGPASSWORD", APP_PASS)
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let (pooler, addr) = start(service(
+        "pgbench",
+        pg.port,
+        vec![
+            pool("tx", PoolMode::Transaction, 2),
+            pool("sess", PoolMode::Session, 2),
+            pool("stmt", PoolMode::Statement, 2),
+        ],
+    ))
+    .await;
+    tokio::task::spawn_blocking(move || {
+        // pgbench -M prepared prepares synchronously (PQprepare) on first use: a thread whose
+        // client waits for a server connection blocks its other clients too, which may hold the
+        // connections. One thread per client avoids that pgbench-side deadlock.
+        for proto in ["simple", "extended", "prepared"] {
+            pgbench(addr, "tx", &["-c", "6", "-j", "6", "-t", "40", "-M", proto]);
+        }
+        // Four clients, two server connections: two wait for the others to leave. One thread per
+        // client: pgbench prepares synchronously, so a waiting client would block its thread.
+        pgbench(
+            addr,
+            "sess",
+            &["-c", "4", "-j", "4", "-t", "40", "-M", "prepared"],
+        );
+        for proto in ["simple", "prepared"] {
+            pgbench(
+                addr,
+                "stmt",
+                &["-S", "-c", "6", "-j", "6", "-t", "40", "-M", proto],
+            );
+        }
+    })
+    .await
+    .unwrap();
+    pooler.shutdown().await;
+}
+
+const PSYCOPG_SCRIPT: &str = r#"
+import os, sys, threading
+import psycopg
+
+port, pool = int(sys.argv[1]), sys.argv[2]
+extra = {}
+if len(sys.argv) > 3:
+    extra = dict(sslmode="verify-full", sslrootcert=sys.argv[3], host="localhost")
+errors = []
+
+def connect():
+    kw = dict(host="127.0.0.1", port=port, user="app", password=os.environ["PGPASSWORD"], dbname=pool,
+              prepare_threshold=0, autocommit=True)
+    kw.update(extra)
+    return psycopg.connect(**kw)
+
+def worker(i):
+    try:
+        with connect() as c:
+            if extra:
+                assert c.info.pgconn.ssl_in_use
+            for j in range(25):
+                r = c.execute("SELECT %s::int + %s::int", (i, j)).fetchone()
+                assert r[0] == i + j, r
+                with c.transaction():
+                    r = c.execute("SELECT %s::text || 'x'", (str(j),)).fetchone()
+                    assert r[0] == f"{j}x", r
+                    r = c.execute("SELECT %s::int * 2", (j,)).fetchone()
+                    assert r[0] == 2 * j, r
+            try:
+                c.execute("SELECT 1 / %s::int", (0,))
+                raise AssertionError("division by zero must fail")
+            except psycopg.errors.DivisionByZero:
+                pass
+            assert c.execute("SELECT %s::int + %s::int", (1, 1)).fetchone()[0] == 2
+    except Exception as e:
+        errors.append(f"worker {i}: {e!r}")
+
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+print("ok")
+"#;
+
+fn run_psycopg(addr: SocketAddr, pool: &str, ca: Option<&std::path::Path>) {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c")
+        .arg(PSYCOPG_SCRIPT)
+        .arg(addr.port().to_string())
+        .arg(pool);
+    if let Some(ca) = ca {
+        cmd.arg(ca);
+    }
+    let out = cmd
+        .env("PGPASSWORD", APP_PASS)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .trim_end()
+                .ends_with("ok"),
+        "psycopg script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_server_side_prepared_statements_in_transaction_mode() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "psycopg",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    tokio::task::spawn_blocking(move || run_psycopg(addr, "p1", None))
+        .await
+        .unwrap();
+    pooler.shutdown().await;
+}
+
+/// A CA and a server certificate for "localhost" signed by it.
+fn make_certs() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pgbay test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let srv_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = srv_params.signed_by(&srv_key, &ca, &ca_key).unwrap();
+    (ca.pem(), srv.pem(), srv_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_with_psql_and_psycopg() {
+    let pg = shared().await;
+    let (ca_pem, cert, key) = make_certs();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let mut cfg = service("tls", pg.port, vec![pool("p1", PoolMode::Transaction, 2)]);
+    cfg.tls = Some(TlsConfig {
+        cert_chain_pem: cert,
+        key_pem: key,
+    });
+    let (pooler, addr) = start(cfg).await;
+    let ca = ca_path.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost port={} user={APP_USER} dbname=p1 sslmode=verify-full sslrootcert={}",
+                addr.port(),
+                ca.display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT 40 + 2", "-c", "\\conninfo"])
+            .env("PGPASSWORD", APP_PASS)
+            .output()
+            .expect("psql")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("42\n"), "{stdout}");
+    assert!(stdout.contains("SSL connection"), "{stdout}");
+    let ca = ca_path.clone();
+    tokio::task::spawn_blocking(move || run_psycopg(addr, "p1", Some(&ca)))
+        .await
+        .unwrap();
+    // A client that trusts another CA refuses the pooler's certificate.
+    let (other_ca, _, _) = make_certs();
+    let other_path = dir.path().join("other.pem");
+    std::fs::write(&other_path, other_ca).unwrap();
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=localhost port={} user={APP_USER} dbname=p1 sslmode=verify-full sslrootcert={}",
+            addr.port(),
+            other_path.display()
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", APP_PASS)
+        .output()
+        .expect("psql");
+    assert!(!out.status.success());
+    pooler.shutdown().await;
+}

@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod desired;
 mod error;
 mod files;
+mod lifecycle;
 pub mod local;
 pub mod model;
 mod objects;

@@ -1,0 +1,225 @@
+//! The life cycle of clusters around the API: recovery at start (orphans removed, clusters started
+//! or adopted, the server reconciled with the store, interrupted provisioning resumed), background
+//! provisioning of new services, and the supervisor that restarts clusters that die.
+
+use uuid::Uuid;
+
+use crate::control::{Control, SUPERVISE_EVERY};
+use crate::error::ControlError;
+use crate::store::{self, OpState, OperationRecord, ServiceRecord, ServiceState, UserKind};
+
+impl Control {
+    /// Start-up recovery: removes clusters of services that no longer exist (a delete that
+    /// committed before a crash), starts every running service's cluster, and re-drives every
+    /// service whose provisioning was interrupted.
+    pub(crate) async fn recover(&self) -> Result<(), ControlError> {
+        let services = self.inner.store.services().await?;
+        for dir in self.inner.prov.present() {
+            if !services.iter().any(|s| s.name == dir) {
+                tracing::warn!(service = %dir, "removing cluster of a deleted service");
+                let prov = self.inner.prov.clone();
+                tokio::task::spawn_blocking(move || prov.remove(&dir)).await??;
+            }
+        }
+        let pending = self.inner.store.pending_operations().await?;
+        for s in &services {
+            match s.state {
+                ServiceState::Running => {
+                    if let Err(e) = self.start_cluster(s).await {
+                        tracing::error!(service = %s.name, error = %e, "starting cluster");
+                    } else if let Err(e) = self.reconcile(s).await {
+                        tracing::error!(service = %s.name, error = %e, "reconciling cluster");
+                    }
+                }
+                ServiceState::Rebuilding => {
+                    let op = pending
+                        .iter()
+                        .find(|o| o.service == s.name && o.kind == "create-service")
+                        .map(|o| o.id);
+                    tracing::info!(service = %s.name, "resuming interrupted provisioning");
+                    self.spawn_provisioning(s.name.clone(), op);
+                }
+            }
+        }
+        // Any other pending operation cannot be resumed: end it honestly.
+        for op in pending {
+            let resumable = op.kind == "create-service"
+                && services
+                    .iter()
+                    .any(|s| s.name == op.service && s.state == ServiceState::Rebuilding);
+            if resumable {
+                continue;
+            }
+            if op.kind == "create-service" && services.iter().any(|s| s.name == op.service) {
+                // The service is running; only the final bookkeeping was lost.
+                let mut c = self.inner.store.begin().await?;
+                store::finish_operation(&mut c, op.id, OpState::Success, None, &op.message).await?;
+                c.commit().await?;
+                continue;
+            }
+            let mut c = self.inner.store.begin().await?;
+            store::finish_operation(
+                &mut c,
+                op.id,
+                OpState::Failure,
+                Some("interrupted"),
+                "interrupted by a restart of pgbay",
+            )
+            .await?;
+            c.commit().await?;
+        }
+        self.publish().await?;
+        Ok(())
+    }
+
+    /// Makes the server match the store after a crash: every stored database exists and every
+    /// stored user exists with its stored password. (Each mutation changes PostgreSQL before it
+    /// commits, so a crash in between leaves the server one step ahead of the store; this undoes
+    /// that step.) If an admin password reset was cut short after PostgreSQL took the new
+    /// password, pgbay gets back in with the pending one and restores the committed one.
+    async fn reconcile(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        use tokio_postgres::error::SqlState;
+        let t = self.admin_target(s).await?;
+        let users = self.inner.store.users(&s.name).await?;
+        if let Err(e) = crate::admin::connect(&t, "postgres").await {
+            if e.code() != Some(&SqlState::INVALID_PASSWORD) {
+                return Err(ControlError::internal(e));
+            }
+            let pending = users
+                .iter()
+                .find(|u| u.kind == UserKind::Primary)
+                .and_then(|u| u.pending_password_enc.as_deref())
+                .ok_or_else(|| ControlError::internal("admin password rejected"))?;
+            let via_pending = crate::admin::AdminTarget {
+                password: self.inner.secrets.open(pending)?,
+                ..t.clone()
+            };
+            tracing::warn!(service = %s.name, "admin password reset was interrupted; restoring the committed one");
+            crate::admin::set_password(&via_pending, &t.user, &t.password)
+                .await
+                .map_err(ControlError::internal)?;
+        }
+        for db in self.inner.store.databases(&s.name).await? {
+            crate::admin::create_database(&t, &db, None, None)
+                .await
+                .map_err(ControlError::internal)?;
+        }
+        for u in users {
+            if u.kind == UserKind::Normal {
+                let pw = self.inner.secrets.open(&u.password_enc)?;
+                crate::admin::upsert_role(&t, &u.name, &pw, u.allow_replication)
+                    .await
+                    .map_err(ControlError::internal)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the cluster of every running service alive.
+    pub(crate) async fn supervise(&self) {
+        let mut shutdown = self.inner.shutdown_tx.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let services = match self.inner.store.services().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "supervisor: listing services");
+                    continue;
+                }
+            };
+            for s in services
+                .into_iter()
+                .filter(|s| s.state == ServiceState::Running)
+            {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let lock = self.service_lock(&s.name);
+                let Ok(_g) = lock.try_lock() else { continue };
+                if self.inner.prov.running_pid(&s.name).is_some() {
+                    continue;
+                }
+                // Re-read under the lock: the service may have been deleted meanwhile.
+                match self.inner.store.service(&s.name).await {
+                    Ok(Some(cur)) if cur.state == ServiceState::Running => {}
+                    _ => continue,
+                }
+                tracing::warn!(service = %s.name, "cluster is not running; restarting it");
+                if let Err(e) = self.start_cluster(&s).await {
+                    tracing::error!(service = %s.name, error = %e, "restarting cluster");
+                }
+            }
+        }
+    }
+
+    /// Background provisioning of a service (idempotent: safe to re-run after any interruption).
+    pub(crate) fn spawn_provisioning(&self, name: String, op: Option<Uuid>) {
+        let c = self.clone();
+        let span = tracing::info_span!("provision", service = %name);
+        let task = async move {
+            if let Err(e) = c.provision(&name, op).await {
+                tracing::error!(service = %name, error = %e, "provisioning failed");
+                if let Some(id) = op {
+                    let msg = format!("provisioning of service {name} failed");
+                    let res = async {
+                        let mut tx = c.inner.store.begin().await?;
+                        store::finish_operation(&mut tx, id, OpState::Failure, Some("fault"), &msg)
+                            .await?;
+                        tx.commit().await?;
+                        Ok::<(), store::StoreError>(())
+                    }
+                    .await;
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "recording provisioning failure");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    async fn provision(&self, name: &str, op: Option<Uuid>) -> Result<(), ControlError> {
+        let lock = self.service_lock(name);
+        let _g = lock.lock().await;
+        let Some(mut s) = self.inner.store.service(name).await? else {
+            return Ok(()); // deleted meanwhile
+        };
+        self.start_cluster(&s).await?;
+        let t = self.admin_target(&s).await?;
+        crate::admin::create_database(&t, "defaultdb", None, None)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
+        s.state = ServiceState::Running;
+        s.updated_at = chrono::Utc::now();
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, &s).await?;
+        tx.commit().await?;
+        tracing::info!(service = %name, port = s.pg_port, "service running");
+        let rec = match op {
+            Some(id) => self.inner.store.operation(id).await?,
+            None => None,
+        };
+        let Some(rec) = rec else {
+            self.publish().await?;
+            return Ok(());
+        };
+        let msg = format!("service {name} created");
+        let done = OperationRecord {
+            state: OpState::Success,
+            message: msg.clone(),
+            ..rec
+        };
+        // The operation succeeds only once the pooler serves the new service (if one is attached);
+        // publish_and_wait records the failure itself otherwise.
+        let done = self.publish_and_wait(done).await?;
+        if done.state == OpState::Success {
+            let mut tx = self.inner.store.begin().await?;
+            store::finish_operation(&mut tx, done.id, OpState::Success, None, &msg).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}

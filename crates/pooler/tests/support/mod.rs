@@ -171,6 +171,11 @@ impl Cluster {
         self.pg_ctl_start();
     }
 
+    /// Starts a cluster that `stop` stopped.
+    pub fn restart_stopped(&self) {
+        self.pg_ctl_start();
+    }
+
     pub fn superuser_conn_str(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERPASS} dbname={db}",

@@ -1,0 +1,232 @@
+//! Live reconfiguration and the per-service limits: resize and removal of pools while clients
+//! run, password rotation, service removal, bind failures, CIDR filter, max_client_conn, md5.
+
+mod support;
+
+use std::time::Duration;
+
+use pgbay_pooler::{ClientAuthMethod, PoolMode, PoolerConfig, UserConfig};
+use support::*;
+
+fn db_code(r: Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Err(e)) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| format!("{e:?}")),
+        other => panic!("expected the connection to end with a server error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_and_remove_pools_while_clients_run() {
+    let pg = shared().await;
+    pg.admin(
+        APP_DB,
+        "CREATE TABLE IF NOT EXISTS live (v int); ALTER TABLE live OWNER TO app",
+    )
+    .await;
+    let mut cfg = service(
+        "live",
+        pg.port,
+        vec![
+            pool("p1", PoolMode::Transaction, 1),
+            pool("p2", PoolMode::Transaction, 1),
+        ],
+    );
+    cfg.limits.query_wait_timeout = Duration::from_secs(2);
+    let (pooler, addr) = start(cfg.clone()).await;
+    let a = connect_watched(addr, "p1").await;
+    let keeper = connect(addr, "p2").await.unwrap();
+    keeper
+        .batch_execute("BEGIN; INSERT INTO live VALUES (100)")
+        .await
+        .unwrap();
+    a.client
+        .batch_execute("BEGIN; INSERT INTO live VALUES (1)")
+        .await
+        .unwrap();
+
+    // Grow p1 while a holds its only connection: b is served at once instead of timing out.
+    cfg.pools[0].size = 2;
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg.clone()],
+        })
+        .await
+        .unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    let one: i32 = b.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(b);
+
+    // Remove p1 while a is inside a transaction: a finishes it, then is disconnected.
+    cfg.pools.remove(0);
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg.clone()],
+        })
+        .await
+        .unwrap();
+    let e = must_fail(
+        connect(addr, "p1").await,
+        "removed pool refuses new clients",
+    );
+    assert_eq!(sqlstate(&e), "3D000", "{}", describe(&e));
+    a.client
+        .batch_execute("INSERT INTO live VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(db_code(a.conn.await), "57P01");
+
+    // The untouched pool's client kept its transaction through both applies.
+    keeper.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = keeper
+        .query_one("SELECT count(*) FROM live", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_rotation_applies_to_new_logins_only() {
+    let pg = shared().await;
+    pg.admin(
+        "postgres",
+        "CREATE ROLE rot LOGIN PASSWORD 'old-pw'; GRANT CONNECT ON DATABASE appdb TO rot",
+    )
+    .await;
+    let mut cfg = service("rotate", pg.port, vec![]);
+    cfg.users = vec![UserConfig {
+        name: "rot".into(),
+        password: "old-pw".into(),
+    }];
+    let mut p = pool("r1", PoolMode::Transaction, 2);
+    p.username = "rot".into();
+    cfg.pools = vec![p];
+    let (pooler, addr) = start(cfg.clone()).await;
+    let url = |pw: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=rot password={pw} dbname=r1",
+            addr.port()
+        )
+    };
+    let old = connect_str(&url("old-pw")).await.unwrap();
+    old.simple_query("SELECT 1").await.unwrap();
+    pg.admin("postgres", "ALTER ROLE rot PASSWORD 'new-pw'")
+        .await;
+    cfg.users[0].password = "new-pw".into();
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg],
+        })
+        .await
+        .unwrap();
+    let e = must_fail(connect_str(&url("old-pw")).await, "old password refused");
+    assert_eq!(sqlstate(&e), "28P01", "{}", describe(&e));
+    let new = connect_str(&url("new-pw")).await.unwrap();
+    new.simple_query("SELECT 1").await.unwrap();
+    // The established session goes on.
+    old.simple_query("SELECT 2").await.unwrap();
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_service_disconnects_its_clients_and_closes_its_port() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "gone-svc",
+        pg.port,
+        vec![pool("p1", PoolMode::Session, 1)],
+    ))
+    .await;
+    let a = connect_watched(addr, "p1").await;
+    a.client.batch_execute("BEGIN").await.unwrap();
+    pooler.apply(PoolerConfig::default()).await.unwrap();
+    assert_eq!(db_code(a.conn.await), "57P01");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener must be closed"
+    );
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_failure_names_the_service_and_spares_the_others() {
+    let pg = shared().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut bad = service(
+        "bad-port",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    bad.listen = taken.local_addr().unwrap();
+    let good = service(
+        "good-port",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    let pooler = pgbay_pooler::Pooler::new();
+    let err = pooler
+        .apply(PoolerConfig {
+            services: vec![bad, good],
+        })
+        .await
+        .expect_err("bind must fail");
+    assert!(err.to_string().contains("bad-port"), "{err}");
+    let addr = pooler.local_addr("good-port").expect("good service runs");
+    let c = connect(addr, "p1").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_filter_and_client_limit() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "limits",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    cfg.allowed_cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+    let (pooler, addr) = start(cfg.clone()).await;
+    let e = must_fail(connect(addr, "p1").await, "address not allowed");
+    assert_eq!(sqlstate(&e), "28000", "{}", describe(&e));
+    assert!(describe(&e).contains("127.0.0.1"), "{}", describe(&e));
+    cfg.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+    cfg.limits.max_client_conn = 1;
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg],
+        })
+        .await
+        .unwrap();
+    let first = connect(addr, "p1").await.unwrap();
+    let e = must_fail(connect(addr, "p1").await, "second client over the limit");
+    assert_eq!(sqlstate(&e), "53300", "{}", describe(&e));
+    first.simple_query("SELECT 1").await.unwrap();
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_client_authentication() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "md5",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    pooler.set_client_auth_method(ClientAuthMethod::Md5);
+    let c = connect(addr, "p1").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    let bad = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password=nope dbname=p1",
+        addr.port()
+    );
+    let e = must_fail(connect_str(&bad).await, "wrong md5 password");
+    assert_eq!(sqlstate(&e), "28P01", "{}", describe(&e));
+    pooler.shutdown().await;
+}

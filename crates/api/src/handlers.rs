@@ -188,10 +188,10 @@ pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
 pub async fn metrics(State(c): State<Control>) -> Result<String, ApiError> {
     let mut out = String::new();
     let services = c.list_services().await?;
-    out.push_str("# HELP pgbay_service_up Whether the service's PostgreSQL cluster is running.\n");
+    out.push_str("# HELP pgbay_service_up Whether the service's PostgreSQL server is up.\n");
     out.push_str("# TYPE pgbay_service_up gauge\n");
     for s in &services {
-        let up = u8::from(c.cluster_running(&s.name));
+        let up = u8::from(c.server_up(s).await);
         out.push_str(&format!(
             "pgbay_service_up{{service=\"{}\"}} {up}\n",
             s.name

@@ -69,6 +69,10 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
     let s = &v.service;
     let host = control.public_host();
     let uri_host = host_for_uri(host);
+    // The PostgreSQL server itself: a local cluster listens on the public host, an adopted
+    // external server is where it is.
+    let pg_host = s.external_host.as_deref().unwrap_or(host);
+    let pg_uri_host = host_for_uri(pg_host);
     let admin = v.admin();
     let (admin_user, admin_pw) = admin
         .map(|a| (a.name.as_str(), a.password.as_str()))
@@ -77,12 +81,12 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "postgres://{}:{}@{}:{}/defaultdb?sslmode=require",
         enc(admin_user),
         enc(admin_pw),
-        uri_host,
+        pg_uri_host,
         s.pg_port
     );
     let mut params = Map::new();
     for (k, val) in [
-        ("host", host.to_string()),
+        ("host", pg_host.to_string()),
         ("port", s.pg_port.to_string()),
         ("user", admin_user.to_string()),
         ("password", admin_pw.to_string()),
@@ -150,7 +154,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "uri-params": Value::Object(params.clone()),
         "connection-info": {"uri": [uri], "params": [Value::Object(params)]},
         "components": [
-            {"component": "pg", "host": host, "port": s.pg_port, "route": "public", "usage": "primary"},
+            {"component": "pg", "host": pg_host, "port": s.pg_port, "route": "public", "usage": "primary"},
             {"component": "pgbouncer", "host": host, "port": s.pooler_port, "route": "public", "usage": "primary"},
         ],
         "pgbouncer-settings": s.pgbouncer.to_json(),

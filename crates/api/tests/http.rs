@@ -38,6 +38,7 @@ async fn server() -> Server {
         pg_bin_dir: default_bin_dir().unwrap(),
         zone: "test".into(),
         apply_timeout: Duration::from_secs(1),
+        external: None,
     })
     .await
     .unwrap();

@@ -39,6 +39,8 @@ pub struct ControlConfig {
     pub zone: String,
     /// How long a mutation waits for an attached data plane (normally `APPLY_TIMEOUT`).
     pub apply_timeout: Duration,
+    /// Adopt this server for new services instead of running local clusters.
+    pub external: Option<crate::external::ExternalServer>,
 }
 
 /// The data dir may be traversed by `nobody` (the clusters live below it) but not listed, and
@@ -169,9 +171,21 @@ impl Control {
         &self.inner.cfg.zone
     }
 
-    /// Whether the cluster of service `name` is running right now.
+    /// Whether the local cluster of service `name` is running right now.
     pub fn cluster_running(&self, name: &str) -> bool {
         self.inner.prov.running_pid(name).is_some()
+    }
+
+    /// Whether the PostgreSQL server of `s` is up: its local cluster runs, or the external server
+    /// accepts the admin login.
+    pub async fn server_up(&self, s: &ServiceRecord) -> bool {
+        if s.external_host.is_none() {
+            return self.cluster_running(&s.name);
+        }
+        match self.admin_target(s).await {
+            Ok(t) => crate::admin::connect(&t, "postgres").await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// The CA and server certificate.
@@ -235,7 +249,10 @@ impl Control {
                 name: s.name.clone(),
                 pooler_port: s.pooler_port,
                 listen_host: self.inner.cfg.public_host.clone(),
-                backend_host: "127.0.0.1".to_string(),
+                backend_host: s
+                    .external_host
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1".to_string()),
                 backend_port: s.pg_port,
                 users,
                 pools,
@@ -300,7 +317,10 @@ impl Control {
                 ControlError::internal(format!("service {} has no admin user", s.name))
             })?;
         Ok(AdminTarget {
-            host: "127.0.0.1".to_string(),
+            host: s
+                .external_host
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".to_string()),
             port: s.pg_port,
             user: admin.name,
             password: self.inner.secrets.open(&admin.password_enc)?,
@@ -310,6 +330,13 @@ impl Control {
     /// Starts (or adopts) the cluster of `s`, off the async runtime.
     pub(crate) async fn start_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
+        if s.external_host.is_some() {
+            // An external server is not ours to start; check that it lets us in.
+            crate::admin::connect(&t, "postgres")
+                .await
+                .map_err(|e| ControlError::internal(format!("external server: {e}")))?;
+            return Ok(());
+        }
         let prov = self.inner.prov.clone();
         let tls = self.inner.tls.clone();
         let name = s.name.clone();

@@ -132,7 +132,7 @@ impl Control {
             };
             for s in services
                 .into_iter()
-                .filter(|s| s.state == ServiceState::Running)
+                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
             {
                 if *shutdown.borrow() {
                     return;

@@ -90,16 +90,13 @@ pub(crate) fn op_for(
 }
 
 impl Control {
-    fn check_version(&self, body: &Map<String, Value>) -> Result<(), InputError> {
+    fn check_version(body: &Map<String, Value>, available: &str) -> Result<(), InputError> {
         if let Some(v) = optional(body, "version") {
             let v = string("version", v)?;
-            if v != self.inner.version {
+            if v != available {
                 return Err(InputError::new(
                     "version",
-                    format!(
-                        "only PostgreSQL {} is available here, got {v:?}",
-                        self.inner.version
-                    ),
+                    format!("only PostgreSQL {available} is available here, got {v:?}"),
                 ));
             }
         }
@@ -134,7 +131,26 @@ impl Control {
     ) -> Result<OperationRecord, ControlError> {
         let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
         refuse_unknown(body, &CREATE_FIELDS)?;
-        self.check_version(body)?;
+        let external = self.inner.cfg.external.clone();
+        if external.is_some() {
+            for field in ["admin-username", "admin-password"] {
+                if optional(body, field).is_some() {
+                    return Err(InputError::new(
+                        field,
+                        "cannot be set: services use the admin of the external server",
+                    )
+                    .into());
+                }
+            }
+        }
+        let version = match &external {
+            Some(e) => e
+                .major_version()
+                .await
+                .map_err(|e| ControlError::internal(format!("external server: {e}")))?,
+            None => self.inner.version.clone(),
+        };
+        Self::check_version(body, &version)?;
         let admin = match optional(body, "admin-username") {
             Some(v) => AdminUsername::parse("admin-username", string("admin-username", v)?)?,
             None => AdminUsername::default_admin(),
@@ -167,23 +183,46 @@ impl Control {
                 "service {name} already exists"
             )));
         }
+        if let Some(other) = self
+            .inner
+            .store
+            .services()
+            .await?
+            .into_iter()
+            .find(|o| o.external_host.is_some())
+        {
+            if external.is_some() {
+                return Err(ControlError::Conflict(format!(
+                    "the external server already backs service {}",
+                    other.name
+                )));
+            }
+        }
         let used: HashSet<u16> = self.inner.store.used_ports().await?.into_iter().collect();
-        let ports = crate::ports::allocate(
+        let wanted = if external.is_some() { 1 } else { 2 };
+        let mut ports = crate::ports::allocate(
             &self.inner.cfg.port_range,
             &used,
             &self.inner.cfg.public_host,
-            2,
+            wanted,
         )
         .ok_or_else(|| ControlError::Conflict("no free port left in --port-range".into()))?;
+        if let Some(e) = &external {
+            ports.insert(0, e.port);
+        }
         let now = Utc::now();
         let s = ServiceRecord {
             name: name.to_string(),
             id: Uuid::new_v4(),
             plan: plan.into_string(),
             state: ServiceState::Rebuilding,
-            version: self.inner.version.clone(),
-            admin_username: admin.to_string(),
+            version,
+            admin_username: match &external {
+                Some(e) => e.user.clone(),
+                None => admin.to_string(),
+            },
             pg_port: ports[0],
+            external_host: external.as_ref().map(|e| e.host.clone()),
             pooler_port: ports[1],
             pgbouncer,
             ip_filter,
@@ -191,12 +230,13 @@ impl Control {
             created_at: now,
             updated_at: now,
         };
-        let (pw, overridden) = match password {
-            Some(p) => (p.into_string(), true),
-            None => (Password::generate().into_string(), false),
+        let (pw, overridden) = match (&external, password) {
+            (Some(e), _) => (e.password.clone(), true),
+            (None, Some(p)) => (p.into_string(), true),
+            (None, None) => (Password::generate().into_string(), false),
         };
         let admin_user = UserRecord {
-            name: admin.to_string(),
+            name: s.admin_username.clone(),
             kind: UserKind::Primary,
             password_enc: self.inner.secrets.seal(&pw),
             pending_password_enc: None,
@@ -254,7 +294,6 @@ impl Control {
         body: &Map<String, Value>,
     ) -> Result<OperationRecord, ControlError> {
         refuse_unknown(body, &UPDATE_FIELDS)?;
-        self.check_version(body)?;
         let plan = match optional(body, "plan") {
             Some(v) => Some(Plan::parse("plan", string("plan", v)?)?),
             None => None,
@@ -277,6 +316,7 @@ impl Control {
         let lock = self.service_lock(name.as_str());
         let _g = lock.lock().await;
         let mut s = self.existing(name).await?;
+        Self::check_version(body, &s.version)?;
         if let Some(obj) = settings {
             s.pgbouncer.merge("pgbouncer-settings", obj)?;
         }
@@ -301,7 +341,7 @@ impl Control {
         store::update_service(&mut tx, &s).await?;
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
-        if filter_changed && s.state == ServiceState::Running {
+        if filter_changed && s.state == ServiceState::Running && s.external_host.is_none() {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");

@@ -74,8 +74,10 @@ pub struct ServiceRecord {
     pub version: String,
     /// Bootstrap superuser.
     pub admin_username: String,
-    /// Port of the PostgreSQL cluster.
+    /// Port of the PostgreSQL server.
     pub pg_port: u16,
+    /// Host of an external server (`None`: a local cluster on 127.0.0.1:pg_port).
+    pub external_host: Option<String>,
     /// Port of the service's pooler listener.
     pub pooler_port: u16,
     /// Pooler settings.
@@ -228,6 +230,7 @@ fn service_from_row(r: &SqliteRow) -> Result<ServiceRecord> {
         version: r.try_get("version")?,
         admin_username: r.try_get("admin_username")?,
         pg_port: u16::try_from(pg_port).map_err(|_| StoreError::Corrupt("pg_port"))?,
+        external_host: r.try_get("external_host")?,
         pooler_port: u16::try_from(pooler_port).map_err(|_| StoreError::Corrupt("pooler_port"))?,
         pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &settings)
             .map_err(|_| StoreError::Corrupt("pgbouncer_settings"))?,
@@ -362,8 +365,8 @@ pub async fn get_service(c: &mut SqliteConnection, name: &str) -> Result<Option<
 pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO services (name, id, plan, state, version, admin_username, pg_port, pooler_port,
-         pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at, external_host)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&s.name)
     .bind(s.id.to_string())
@@ -378,6 +381,7 @@ pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
     .bind(i64::from(s.termination_protection))
     .bind(s.created_at.to_rfc3339())
     .bind(s.updated_at.to_rfc3339())
+    .bind(&s.external_host)
     .execute(&mut *c)
     .await?;
     Ok(())

@@ -158,6 +158,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         pg_bin_dir: default_bin_dir().unwrap(),
         zone: "test".into(),
         apply_timeout,
+        external: None,
     }
 }
 
@@ -340,4 +341,97 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     assert_eq!(op.state, OpState::Success);
     assert!(!c2.cluster_running("svc"));
     c2.shutdown().await;
+}
+
+#[tokio::test]
+async fn external_server_is_adopted_for_one_service_and_left_running() {
+    // The "external" server: a cluster of its own, made here the way an operator would have one.
+    let ext_dir = tempfile::tempdir().unwrap();
+    let bin = default_bin_dir().unwrap();
+    let prov = LocalProvisioner::new(bin, ext_dir.path().join("services"), "127.0.0.1".into());
+    std::fs::create_dir_all(ext_dir.path().join("services")).unwrap();
+    prov.ensure_traversable(&ext_dir.path().join("services"))
+        .unwrap();
+    let tls = ca::load_or_create(ext_dir.path(), "127.0.0.1").unwrap();
+    let ext_port = free_port();
+    let spec = ClusterSpec {
+        name: "ext",
+        port: ext_port,
+        admin_username: "extadmin",
+        admin_password: "ext-pw-123",
+        ip_filter: &[],
+    };
+    prov.ensure_initialized(&spec).unwrap();
+    prov.start(&spec, &tls).unwrap();
+    let _ext_guard = ClusterGuard(prov.clone(), "ext".into());
+
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = DataDirGuard(dir.path().to_path_buf());
+    let mut cfg = config(dir.path(), Duration::from_secs(2));
+    cfg.external = Some(
+        format!("postgres://extadmin:ext-pw-123@127.0.0.1:{ext_port}/postgres")
+            .parse()
+            .unwrap(),
+    );
+    let c = Control::start(cfg).await.unwrap();
+    let name = ServiceName::parse("name", "adopted").unwrap();
+    let refused = c
+        .create_service(
+            &name,
+            &body(json!({"plan": "hobbyist-2", "admin-username": "x"})),
+        )
+        .await;
+    assert!(refused.is_err());
+    let op = c
+        .create_service(&name, &body(json!({"plan": "hobbyist-2"})))
+        .await
+        .unwrap();
+    assert_eq!(wait_op(&c, &op).await.state, OpState::Success);
+    let view = c.get_service(&name).await.unwrap();
+    assert_eq!(view.service.pg_port, ext_port);
+    assert_eq!(view.admin().unwrap().name, "extadmin");
+    let state = c.desired_state().borrow().clone();
+    assert_eq!(
+        (
+            state.services[0].backend_host.as_str(),
+            state.services[0].backend_port
+        ),
+        ("127.0.0.1", ext_port)
+    );
+
+    let op = c
+        .create_database(&name, &body(json!({"database-name": "extdb"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    let op = c
+        .create_user(&name, &body(json!({"username": "extuser"})))
+        .await
+        .unwrap();
+    assert_eq!(op.state, OpState::Success);
+    let pw = c
+        .reveal_password(&name, &Username::parse("username", "extuser").unwrap())
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        login(ext_port, "extuser", &pw, "extdb").await.unwrap(),
+        "extuser/extdb"
+    );
+
+    // One service per external server.
+    let second = ServiceName::parse("name", "second").unwrap();
+    assert!(c
+        .create_service(&second, &body(json!({"plan": "hobbyist-2"})))
+        .await
+        .is_err());
+
+    // Deleting the service leaves the server running.
+    c.delete_service(&name).await.unwrap();
+    assert!(prov.running_pid("ext").is_some());
+    assert!(login(ext_port, "extadmin", "ext-pw-123", "postgres")
+        .await
+        .is_ok());
+    c.shutdown().await;
+    assert!(prov.running_pid("ext").is_some());
 }

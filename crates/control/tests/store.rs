@@ -22,6 +22,7 @@ fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
         admin_username: "avnadmin".into(),
         pg_port,
         pooler_port,
+        external_host: None,
         pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &json!({"min_pool_size": 2}))
             .unwrap(),
         ip_filter: IpFilter::allow_all(),

@@ -43,4 +43,8 @@ pub struct ServeArgs {
     /// Zone reported for services.
     #[arg(long, env = "PGBAY_ZONE", default_value = "local")]
     pub zone: String,
+    /// Adopt this PostgreSQL server (admin URI, postgres://USER:PASSWORD@HOST:PORT/db) for new
+    /// services instead of running local clusters; it backs one service at a time.
+    #[arg(long, env = "PGBAY_EXTERNAL_ADMIN_URI", hide_env_values = true)]
+    pub external_admin_uri: Option<pgbay_control::ExternalServer>,
 }

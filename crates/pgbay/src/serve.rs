@@ -85,6 +85,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         pg_bin_dir,
         zone: args.zone.clone(),
         apply_timeout: pgbay_control::APPLY_TIMEOUT,
+        external: args.external_admin_uri.clone(),
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;

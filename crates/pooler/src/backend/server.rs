@@ -348,10 +348,15 @@ impl Server {
     }
 
     /// Whether an idle connection still looks usable: nothing is buffered and the socket has
-    /// neither data (a FATAL from a shutting-down server) nor end-of-file pending.
+    /// neither data (a FATAL from a shutting-down server) nor end-of-file pending. The reactor
+    /// already knows whether the socket became readable, so this is usually free of syscalls.
     pub fn is_alive(&mut self) -> bool {
-        if !self.bufs.is_empty() || self.status != b'I' {
+        if !self.bufs.is_empty() || self.status != b'I' || self.copy_in {
             return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {

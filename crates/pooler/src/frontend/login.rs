@@ -45,7 +45,8 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     async move {
         let mut stream = ClientStream::Plain(socket);
         let login = tokio::select! {
-            r = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, addr, &service)) => r,
+            // Boxed: the login state is freed once the client is in, keeping idle clients small.
+            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login(&mut stream, addr, &service))) => r,
             _ = service.shutdown.cancelled() => return,
         };
         match login {

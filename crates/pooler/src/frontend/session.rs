@@ -2,12 +2,13 @@
 //! server connection), active (attached, bytes relayed), and back, until it leaves.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::login::LoggedIn;
 use super::relay::{self, ClientCtx, ServerEvent};
@@ -105,9 +106,15 @@ enum End {
 
 /// Runs a logged-in client until it leaves or is disconnected.
 pub async fn run(mut client: Box<Client>) {
+    // The futures that tell this client to leave (service shutdown, pool removal) are made once
+    // per client: registering a waiter takes a lock shared by the whole service.
+    let service = client.service.clone();
+    let own_pool = client.pool.clone();
+    let mut stop = pin!(service.shutdown.cancelled());
+    let mut drain = pin!(own_pool.drain.cancelled());
     loop {
         client.state = ClientState::Idle;
-        match wait_idle(&mut client).await {
+        match wait_idle(&mut client, stop.as_mut(), drain.as_mut()).await {
             Idle::Data => {}
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
@@ -117,7 +124,7 @@ pub async fn run(mut client: Box<Client>) {
         let pool = client.pool.clone();
         let acquired = tokio::select! {
             r = pool.acquire() => r,
-            _ = client.service.shutdown.cancelled() => return shutdown(&mut client).await,
+            _ = stop.as_mut() => return shutdown(&mut client).await,
         };
         let mut guard = match acquired {
             Ok(g) => g,
@@ -127,7 +134,7 @@ pub async fn run(mut client: Box<Client>) {
             }
         };
         client.state = ClientState::Active;
-        match attached(&mut client, &mut guard).await {
+        match attached(&mut client, &mut guard, stop.as_mut(), drain.as_mut()).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(end) => {
@@ -153,17 +160,15 @@ async fn drained(client: &mut Client) {
 }
 
 /// Waits, holding no buffer, until the client sends something.
-async fn wait_idle(client: &mut Client) -> Idle {
+async fn wait_idle(
+    client: &mut Client,
+    stop: Pin<&mut WaitForCancellationFuture<'_>>,
+    drain: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Idle {
     if !client.pending.is_empty() {
         return Idle::Data;
     }
-    let Client {
-        stream,
-        service,
-        pool,
-        pending,
-        ..
-    } = client;
+    let Client { stream, pending, .. } = client;
     let readable = async {
         match stream {
             ClientStream::Plain(tcp) => {
@@ -182,14 +187,19 @@ async fn wait_idle(client: &mut Client) -> Idle {
     };
     tokio::select! {
         biased;
-        _ = service.shutdown.cancelled() => Idle::Shutdown,
-        _ = pool.drain.cancelled() => Idle::Drained,
+        _ = stop => Idle::Shutdown,
+        _ = drain => Idle::Drained,
         r = readable => r,
     }
 }
 
 /// One attached period. Ok(true): released at a boundary, go on; Ok(false): the session is over.
-async fn attached(client: &mut Client, guard: &mut ServerGuard) -> Result<bool, End> {
+async fn attached(
+    client: &mut Client,
+    guard: &mut ServerGuard,
+    stop: Pin<&mut WaitForCancellationFuture<'_>>,
+    drain: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Result<bool, End> {
     let pool = guard.pool().clone();
     let st = pool.state();
     let mode = st.cfg.mode;
@@ -214,7 +224,7 @@ async fn attached(client: &mut Client, guard: &mut ServerGuard) -> Result<bool, 
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
     let max_prepared = st.settings.max_prepared_statements as usize;
     client.cancel.attach(server.cancel_target(&st.backend));
-    let end = pump(client, server, mode, track, max_prepared).await;
+    let end = pump(client, server, mode, track, max_prepared, stop, drain).await;
     client.cancel.detach();
     match end {
         End::Boundary => {
@@ -309,17 +319,10 @@ async fn pump(
     mode: PoolMode,
     track: bool,
     max_prepared: usize,
+    mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
+    mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> End {
-    let Client {
-        stream,
-        service,
-        pool,
-        params,
-        statements,
-        ..
-    } = client;
-    let mut stop = pin!(service.shutdown.cancelled());
-    let mut drain = pin!(pool.drain.cancelled());
+    let Client { stream, service, params, statements, .. } = client;
     let registry = service.statements.clone();
     let mut ctx = ClientCtx {
         statements,

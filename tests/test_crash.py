@@ -148,6 +148,8 @@ class Burst(threading.Thread):
         self.acked = {"ops": [], "databases": [], "users": {}, "pools": {}}
         self.count = 0
         self.error: Exception | None = None
+        # The creation that was on the wire when the server died: (kind, name, body).
+        self.in_flight: tuple[str, str, dict] | None = None
 
     def run(self) -> None:
         c = self.srv.client()
@@ -155,16 +157,19 @@ class Burst(threading.Thread):
             while True:
                 tag = unique("b")
                 db, user, pool = f"bdb-{tag}", f"bu-{tag}", f"bp-{tag}"
+                self.in_flight = ("database", db, {"database_name": db})
                 op = c.create_dbaas_pg_database(service_name=self.service, database_name=db)
                 self._ack(op)
                 self.acked["databases"].append(db)
+                self.in_flight = ("user", user, {"username": user})
                 op = c.create_dbaas_postgres_user(service_name=self.service, username=user)
                 self._ack(op)
                 self.acked["users"][user] = None
                 self.acked["users"][user] = reveal(c, self.service, user)
-                op = c.create_dbaas_pg_connection_pool(
-                    service_name=self.service, name=pool, database_name=db, username=user,
-                    size=3, mode="statement")
+                body = {"name": pool, "database_name": db, "username": user, "size": 3,
+                        "mode": "statement"}
+                self.in_flight = ("pool", pool, body)
+                op = c.create_dbaas_pg_connection_pool(service_name=self.service, **body)
                 self._ack(op)
                 self.acked["pools"][pool] = {"name": pool, "database": db, "mode": "statement",
                                              "size": 3, "username": user}
@@ -173,8 +178,32 @@ class Burst(threading.Thread):
 
     def _ack(self, op: dict) -> None:
         assert op["state"] == "success", op
+        self.in_flight = None
         self.acked["ops"].append(op["id"])
         self.count += 1
+
+
+def settle_in_flight(client, service: str, in_flight, state) -> None:
+    """The creation cut by the crash either happened (listed, and real) or did not happen at all:
+    then creating it again succeeds. It never lingers half-made."""
+    if in_flight is None:
+        return
+    kind, name, body = in_flight
+    svc = client.get_dbaas_service_pg(name=service)
+    if kind == "database":
+        if name not in svc["databases"]:
+            ok(client, client.create_dbaas_pg_database(service_name=service, **body))
+        state["databases"].append(name)
+    elif kind == "user":
+        if name not in user_names(svc):
+            ok(client, client.create_dbaas_postgres_user(service_name=service, **body))
+        state["users"][name] = reveal(client, service, name)
+    else:
+        if find_pool(svc, name) is None:
+            ok(client, client.create_dbaas_pg_connection_pool(service_name=service, **body))
+        state["pools"][name] = {"name": name, "database": body["database_name"],
+                                "mode": body["mode"], "size": body["size"],
+                                "username": body["username"]}
 
 
 def test_kill9_during_provisioning_and_mutations(crash_server, state, s1):
@@ -209,6 +238,8 @@ def test_kill9_during_provisioning_and_mutations(crash_server, state, s1):
 
     crash_server.start()
     c = crash_server.client()
+
+    settle_in_flight(c, s1["name"], burst.in_flight, state)
 
     # The interrupted provisioning ends, one way or the other.
     final = wait_op(c, op_s2, timeout=OPERATION_TIMEOUT)

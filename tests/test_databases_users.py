@@ -97,6 +97,34 @@ def test_database_name_outside_limits(client, service, fields):
     assert "d" * 41 not in pg_databases(service)
 
 
+def test_database_locale(client, service):
+    name = unique("cdb")
+    ok(client, client.create_dbaas_pg_database(service_name=service.name, database_name=name,
+                                               lc_collate="C", lc_ctype="C"))
+    rows = psql_ok(service.uri, "SELECT datcollate, datctype FROM pg_database"
+                                f" WHERE datname = '{name}'")
+    assert rows == ["C|C"]
+
+
+@pytest.mark.parametrize(
+    "fields,named",
+    [
+        ({"lc_collate": "C" * 129}, "lc-collate"),
+        ({"lc_ctype": "C" * 129}, "lc-ctype"),
+        ({"lc_collate": 7}, "lc-collate"),
+        ({"lc_collate": "xx_NOPE.bogus"}, "lc-collate"),
+    ],
+    ids=["collate-129", "ctype-129", "collate-integer", "collate-unknown"],
+)
+def test_database_locale_refused(client, service, fields, named):
+    name = unique("ldb")
+    before = databases(client, service)
+    with api_error(400, named):
+        client.create_dbaas_pg_database(service_name=service.name, database_name=name, **fields)
+    assert databases(client, service) == before
+    assert name not in pg_databases(service)
+
+
 def test_database_malformed_json(server, client, service):
     before = databases(client, service)
     r = signed(server, "POST", f"/dbaas-postgres/{service.name}/database", b'{"database-name": ')
@@ -224,6 +252,21 @@ def test_username_outside_limits(client, service, fields):
         client.create_dbaas_postgres_user(service_name=service.name, **fields)
     assert user_names(client.get_dbaas_service_pg(name=service.name)) == before
     assert "u" * 63 not in pg_roles(service)
+
+
+def test_usernames_equal_to_postgresql_conflict(client, service):
+    """PostgreSQL keeps 63 bytes of a name: two 64-character names that share them are one role."""
+    first = padded("t", 63)
+    a, b = first + "a", first + "b"
+    ok(client, client.create_dbaas_postgres_user(service_name=service.name, username=a))
+    password = reveal(client, service.name, a)
+    for other in (b, first):
+        with api_error(409, (other, first)):
+            client.create_dbaas_postgres_user(service_name=service.name, username=other)
+    names = user_names(client.get_dbaas_service_pg(name=service.name))
+    assert a in names and b not in names and first not in names
+    assert reveal(client, service.name, a) == password
+    assert login(service, a, password)[0].split("|")[0] == first
 
 
 def test_duplicate_user_conflicts(client, service):

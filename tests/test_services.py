@@ -6,6 +6,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from conftest import (
     api_error,
@@ -76,6 +77,11 @@ def test_service_life_cycle(server, client):
         f"postgres://avnadmin:{password}@127.0.0.1:{pg_port}/defaultdb?sslmode=require"
     )
 
+    prom = svc["prometheus-uri"]
+    r = requests.get(f"http://{prom['host']}:{prom['port']}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    assert f'service="{name}"' in r.text
+
     listed = {s["name"]: s for s in client.list_dbaas_services()["dbaas-services"]}
     assert listed[name]["type"] == "pg" and listed[name]["plan"] == "hobbyist-2"
 
@@ -106,11 +112,16 @@ def test_custom_admin_and_termination_protection(client):
         admin_username="boss",
         admin_password=admin_password,
         termination_protection=True,
+        ip_filter=["10.20.0.0/16", "127.0.0.0/8"],
+        pgbouncer_settings={"server_lifetime": 120, "max_prepared_statements": 0},
     )
     ok(client, op)
     svc = client.get_dbaas_service_pg(name=name)
     assert svc["state"] == "running"
     assert svc["termination-protection"] is True
+    assert svc["ip-filter"] == ["10.20.0.0/16", "127.0.0.0/8"]
+    assert svc["pgbouncer-settings"]["server_lifetime"] == 120
+    assert svc["pgbouncer-settings"]["max_prepared_statements"] == 0
     assert "boss" in user_names(svc)
     pg_port = component_port(svc, "pg")
     assert svc["uri"] == (
@@ -274,6 +285,10 @@ def test_update_pgbouncer_settings_outside_limits(client, service, settings, nam
 
 def test_update_plan_and_ip_filter(client, service):
     ok(client, client.update_dbaas_service_pg(name=service.name, ip_filter=["127.0.0.0/8"]))
+    assert client.get_dbaas_service_pg(name=service.name)["ip-filter"] == ["127.0.0.0/8"]
+    for bad in (["10.0.0.0/33"], ["not-a-network"], "127.0.0.0/8", [8]):
+        with api_error(400, "ip-filter"):
+            client.update_dbaas_service_pg(name=service.name, ip_filter=bad)
     assert client.get_dbaas_service_pg(name=service.name)["ip-filter"] == ["127.0.0.0/8"]
     ok(client, client.update_dbaas_service_pg(name=service.name, plan="startup-8"))
     assert client.get_dbaas_service_pg(name=service.name)["plan"] == "startup-8"

@@ -14,6 +14,8 @@ import pytest
 from conftest import (
     OPERATION_TIMEOUT,
     PgbayServer,
+    api_error,
+    port_accepts,
     component_port,
     find_pool,
     ok,
@@ -86,6 +88,14 @@ def check_everything_committed(client, state) -> None:
         op = client.get_operation(id=op_id)
         assert op["state"] == "success", f"operation {op_id} after restart: {op}"
 
+    gone = state.get("gone", {})
+    for db in gone.get("databases", []):
+        assert db not in svc["databases"], f"deleted database {db} came back"
+    for user in gone.get("users", []):
+        assert user not in user_names(svc), f"deleted user {user} came back"
+    for pool in gone.get("pools", []):
+        assert find_pool(svc, pool) is None, f"deleted pool {pool} came back"
+
     # Every other committed service runs, at its URI.
     for name, uri in state["services"].items():
         other = wait_service_running(client, name)
@@ -99,6 +109,10 @@ def check_everything_committed(client, state) -> None:
     pg_users = psql_ok(s1["uri"], "SELECT rolname FROM pg_roles")
     for user in user_names(svc):
         assert user in pg_users, f"user {user} listed by the API but missing in PostgreSQL"
+    for db in gone.get("databases", []):
+        assert db not in pg_dbs, f"deleted database {db} still in PostgreSQL"
+    for user in gone.get("users", []):
+        assert user not in pg_users, f"deleted user {user} still in PostgreSQL"
     for user, password in state["users"].items():
         if password is not None:
             assert psql_ok(uri_with(s1["uri"], user=user, password=password),
@@ -118,6 +132,18 @@ def test_kill9_right_after_mutations(crash_server, state, s1):
     ok(c, op)
     state["ops"].append(op["id"])
     state["users"][user] = reveal(c, s1["name"], user)
+
+    # Objects made and deleted again before the crash stay deleted.
+    gone_db, gone_user, gone_pool = unique("gonedb"), unique("goneuser"), unique("gonepool")
+    ok(c, c.create_dbaas_pg_database(service_name=s1["name"], database_name=gone_db))
+    ok(c, c.create_dbaas_postgres_user(service_name=s1["name"], username=gone_user))
+    ok(c, c.create_dbaas_pg_connection_pool(service_name=s1["name"], name=gone_pool,
+                                            database_name=gone_db, username=gone_user))
+    ok(c, c.delete_dbaas_pg_connection_pool(service_name=s1["name"],
+                                            connection_pool_name=gone_pool))
+    ok(c, c.delete_dbaas_pg_database(service_name=s1["name"], database_name=gone_db))
+    ok(c, c.delete_dbaas_postgres_user(service_name=s1["name"], username=gone_user))
+    state["gone"] = {"databases": [gone_db], "users": [gone_user], "pools": [gone_pool]}
 
     op = c.create_dbaas_pg_connection_pool(service_name=s1["name"], name=pool,
                                            database_name=db, username=user, mode="session",
@@ -271,3 +297,35 @@ def test_sigterm_stops_clusters_and_serve_restarts_them(crash_server, state, s1)
 
     crash_server.start()
     check_everything_committed(crash_server.client(), state)
+
+
+def test_kill9_right_after_service_delete(crash_server, state, s1):
+    """A deleted service stays deleted: the next `serve` does not bring its cluster back."""
+    if not crash_server.running():
+        crash_server.start()
+    c = crash_server.client()
+    name = next(iter(state["services"]), None)
+    if name is None:  # the interrupted provisioning failed: make a service to delete
+        name = unique("crash3")
+        ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2"))
+        state["services"][name] = c.get_dbaas_service_pg(name=name)["uri"]
+    pg_port = urlsplit(state["services"][name]).port
+    assert port_accepts(pg_port)
+
+    op = c.delete_dbaas_service_pg(name=name)
+    crash_server.kill9()
+    del state["services"][name]
+    ok_state = op["state"]
+    crash_server.start()
+    c = crash_server.client()
+    final = wait_op(c, op)
+    assert (ok_state, final["state"]) == ("success", "success"), final
+
+    with api_error(404, name):
+        c.get_dbaas_service_pg(name=name)
+    assert name not in [s["name"] for s in c.list_dbaas_services()["dbaas-services"]]
+    deadline = time.monotonic() + 30
+    while port_accepts(pg_port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_accepts(pg_port), "the deleted service's cluster runs again"
+    check_everything_committed(c, state)

@@ -113,7 +113,10 @@ def test_custom_admin_and_termination_protection(client):
         admin_password=admin_password,
         termination_protection=True,
         ip_filter=["10.20.0.0/16", "127.0.0.0/8"],
-        pgbouncer_settings={"server_lifetime": 120, "max_prepared_statements": 0},
+        # min_pool_size at its maximum here, on a service with one small pool, rather than on
+        # the shared service whose many pools would then hold server connections open.
+        pgbouncer_settings={"server_lifetime": 120, "max_prepared_statements": 0,
+                            "min_pool_size": 10000},
     )
     ok(client, op)
     svc = client.get_dbaas_service_pg(name=name)
@@ -122,6 +125,7 @@ def test_custom_admin_and_termination_protection(client):
     assert svc["ip-filter"] == ["10.20.0.0/16", "127.0.0.0/8"]
     assert svc["pgbouncer-settings"]["server_lifetime"] == 120
     assert svc["pgbouncer-settings"]["max_prepared_statements"] == 0
+    assert svc["pgbouncer-settings"]["min_pool_size"] == 10000
     assert "boss" in user_names(svc)
     pg_port = component_port(svc, "pg")
     assert svc["uri"] == (
@@ -238,8 +242,7 @@ def test_create_service_malformed_json(server, client, body):
         {"server_lifetime": 86400},
         {"max_prepared_statements": 0},
         {"max_prepared_statements": 3000},
-        {"min_pool_size": 10000},
-        {"min_pool_size": 0},  # last: later pools of the shared service open no idle connections
+        {"min_pool_size": 0},  # 10000 is in test_custom_admin_and_termination_protection
         {"server_idle_timeout": 0},
         {"server_idle_timeout": 86400},
         {"server_reset_query_always": True},

@@ -1,6 +1,7 @@
 //! The `pgbay` binary: command line, logging, and `serve`.
 
 mod cli;
+mod dataplane;
 mod serve;
 
 use clap::Parser;

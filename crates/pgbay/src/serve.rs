@@ -90,6 +90,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
+    let pooler = pgbay_pooler::Pooler::new();
+    let data_plane = crate::dataplane::spawn(&control, pooler.clone());
+
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding API on {}", args.api_listen))?;
@@ -119,6 +122,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving the API")?;
+    // Clients first, then the clusters behind them.
+    pooler.shutdown().await;
+    data_plane.abort();
     control.shutdown().await;
     tracing::info!("pgbay stopped");
     Ok(())

@@ -1,0 +1,141 @@
+//! The wiring between the planes: follows control's desired state and applies it to the pooler.
+//!
+//! Control and pooler never import each other (see ARCHITECTURE.md); this module is the one place
+//! that knows both vocabularies. It translates each published `DesiredState` into a `PoolerConfig`,
+//! applies it, and then reports the generation as applied so that control's pool, password and
+//! settings operations only report `success` once the pooler serves the change.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgbay_control::{AppliedReporter, Control, DesiredService, DesiredState, TlsMaterial};
+use pgbay_pooler::{
+    BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, Pooler, PoolerConfig,
+    ServiceConfig, TlsConfig, UserConfig,
+};
+
+/// Attaches the pooler to control (from now on pool operations wait for it) and follows control's
+/// desired state in a task until the channel closes (control shut down).
+pub fn spawn(control: &Control, pooler: Pooler) -> tokio::task::JoinHandle<()> {
+    // Attached before the API serves its first request, so no operation can slip past the barrier.
+    let reporter = control.attach_data_plane();
+    let tls = control.tls_material();
+    let desired = control.desired_state();
+    tokio::spawn(follow(desired, reporter, tls, pooler))
+}
+
+async fn follow(
+    mut desired: tokio::sync::watch::Receiver<std::sync::Arc<DesiredState>>,
+    reporter: AppliedReporter,
+    tls: TlsMaterial,
+    pooler: Pooler,
+) {
+    loop {
+        let state = desired.borrow_and_update().clone();
+        match translate(&state, &tls).await {
+            Ok(config) => {
+                if let Err(e) = pooler.apply(config).await {
+                    tracing::error!(generation = state.generation, error = %e, "pooler apply failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(generation = state.generation, error = %e, "cannot translate desired state")
+            }
+        }
+        // Reported even after an error: the error is logged and the operation must not hang; the
+        // services that did apply are serving.
+        reporter.applied(state.generation);
+        if desired.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn translate(state: &DesiredState, tls: &TlsMaterial) -> anyhow::Result<PoolerConfig> {
+    let mut services = Vec::with_capacity(state.services.len());
+    for svc in &state.services {
+        services.push(service_config(svc, tls).await?);
+    }
+    Ok(PoolerConfig { services })
+}
+
+async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Result<ServiceConfig> {
+    let listen = resolve(&svc.listen_host, svc.pooler_port).await?;
+    Ok(ServiceConfig {
+        name: svc.name.clone(),
+        listen,
+        tls: Some(TlsConfig {
+            cert_chain_pem: tls.server_cert_pem.clone(),
+            key_pem: tls.server_key_pem.clone(),
+        }),
+        backend: BackendConfig {
+            host: svc.backend_host.clone(),
+            port: svc.backend_port,
+        },
+        users: svc
+            .users
+            .iter()
+            .map(|u| UserConfig {
+                name: u.name.clone(),
+                password: u.password.clone(),
+            })
+            .collect(),
+        pools: svc
+            .pools
+            .iter()
+            .map(|p| PoolConfig {
+                name: p.name.clone(),
+                database: p.database.clone(),
+                username: p.username.clone(),
+                mode: pool_mode(p.mode),
+                size: p.size,
+            })
+            .collect(),
+        settings: settings(&svc.pgbouncer),
+        limits: ClientLimits::default(),
+        allowed_cidrs: svc.ip_filter.clone(),
+    })
+}
+
+async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving public host {host}"))?
+        .next()
+        .with_context(|| format!("public host {host} has no address"))
+}
+
+fn pool_mode(mode: pgbay_control::PoolMode) -> PoolMode {
+    match mode {
+        pgbay_control::PoolMode::Session => PoolMode::Session,
+        pgbay_control::PoolMode::Transaction => PoolMode::Transaction,
+        pgbay_control::PoolMode::Statement => PoolMode::Statement,
+    }
+}
+
+/// Unset settings keep the pooler's (PgBouncer's) defaults. The `autodb_*` settings describe pools
+/// created on demand for unknown database names; pgbay only serves pools created through the API,
+/// so they are stored and returned by the API but have no effect on the pooler.
+fn settings(s: &pgbay_control::PgbouncerSettings) -> PoolSettings {
+    let mut out = PoolSettings::default();
+    if let Some(v) = s.min_pool_size {
+        out.min_pool_size = v;
+    }
+    if let Some(v) = s.server_idle_timeout {
+        out.server_idle_timeout = (v > 0).then(|| Duration::from_secs(u64::from(v)));
+    }
+    if let Some(v) = s.server_lifetime {
+        out.server_lifetime = Duration::from_secs(u64::from(v));
+    }
+    if let Some(v) = s.max_prepared_statements {
+        out.max_prepared_statements = v;
+    }
+    if let Some(v) = s.server_reset_query_always {
+        out.server_reset_query_always = v;
+    }
+    if let Some(v) = &s.ignore_startup_parameters {
+        out.ignore_startup_parameters = v.iter().map(|p| p.as_str().to_string()).collect();
+    }
+    out
+}

@@ -4,8 +4,10 @@
 //! ```text
 //! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
 //!     --user U --password P --pool NAME --database DB --mode transaction --size 20 \
-//!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5]
+//!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N]
 //! ```
+//!
+//! `--threads` sets the tokio worker threads (default: one per core).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +22,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: standalone --listen ADDR --backend-host H --backend-port N --user U --password P \
          --pool NAME --database DB --mode session|transaction|statement --size N [--max-client-conn N] \
-         [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5]"
+         [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N]"
     );
     std::process::exit(2)
 }
@@ -97,10 +99,14 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.get("threads") {
+        builder.worker_threads(
+            n.parse()
+                .unwrap_or_else(|_| usage("--threads must be a number")),
+        );
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => usage(&format!("cannot start runtime: {e}")),
     };

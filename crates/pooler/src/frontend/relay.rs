@@ -51,6 +51,9 @@ pub enum ServerEvent {
     None,
     /// A ReadyForQuery arrived.
     Ready,
+    /// Statement mode: a ReadyForQuery said "in a transaction block". It was not forwarded;
+    /// input after it is left unprocessed.
+    TransactionBlock,
 }
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -279,6 +282,7 @@ fn terminates(kind: u8, tag: u8) -> bool {
 pub fn server_input(
     server: &mut Server,
     client_params: &mut Values,
+    refuse_transactions: bool,
 ) -> Result<ServerEvent, RelayError> {
     let mut event = ServerEvent::None;
     loop {
@@ -313,6 +317,10 @@ pub fn server_input(
                     if e.kind == b'S' || e.kind == b'Q' {
                         break;
                     }
+                }
+                if refuse_transactions && server.status != b'I' {
+                    server.bufs.s2c_in.advance(len);
+                    return Ok(ServerEvent::TransactionBlock);
                 }
                 event = ServerEvent::Ready;
             }

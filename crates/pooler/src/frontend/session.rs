@@ -24,6 +24,8 @@ use crate::service::{ClientCount, Service};
 
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+/// Buffer an idle client keeps for the first bytes of its next request.
+const IDLE_READ: usize = 256;
 /// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -168,21 +170,37 @@ async fn wait_idle(
     if !client.pending.is_empty() {
         return Idle::Data;
     }
-    let Client { stream, pending, .. } = client;
+    let Client {
+        stream, pending, ..
+    } = client;
+    // Reading here (rather than peeking and reading again once attached) saves a syscall per
+    // transaction; the small buffer stays allocated so this costs no allocation either.
     let readable = async {
-        match stream {
-            ClientStream::Plain(tcp) => {
-                let mut peek = [0u8; 1];
-                match tcp.peek(&mut peek).await {
-                    Ok(0) | Err(_) => Idle::Gone,
-                    Ok(_) if peek[0] == b'X' => Idle::Gone,
-                    Ok(_) => Idle::Data,
+        if pending.capacity() == 0 {
+            pending.reserve(IDLE_READ);
+        }
+        let result = match stream {
+            ClientStream::Plain(tcp) => loop {
+                if tcp.readable().await.is_err() {
+                    break Err(());
                 }
-            }
-            other => match crate::net::stream::read_buf(other, pending, 1024).await {
-                Ok(0) | Err(_) => Idle::Gone,
-                Ok(_) => Idle::Data,
+                match tcp.try_read_buf(pending) {
+                    Ok(0) => break Err(()),
+                    Ok(_) => break Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break Err(()),
+                }
             },
+            other => match crate::net::stream::read_buf(other, pending, IDLE_READ).await {
+                Ok(0) | Err(_) => Err(()),
+                Ok(_) => Ok(()),
+            },
+        };
+        match result {
+            // Terminate needs no server connection.
+            Ok(()) if pending.first() == Some(&b'X') => Idle::Gone,
+            Ok(()) => Idle::Data,
+            Err(()) => Idle::Gone,
         }
     };
     tokio::select! {
@@ -219,7 +237,10 @@ async fn attached(
     }
     if !client.pending.is_empty() {
         server.bufs.c2s_in.extend_from_slice(&client.pending);
-        client.pending = BytesMut::new();
+        client.pending.clear();
+        if client.pending.capacity() > 4 * IDLE_READ {
+            client.pending = BytesMut::new();
+        }
     }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
     let max_prepared = st.settings.max_prepared_statements as usize;
@@ -277,20 +298,24 @@ async fn attached(
             );
             // When nothing else is in flight, roll the block back and tell the client with a
             // plain ERROR; it stays connected. Otherwise there is no clean way back: disconnect.
-            if server.expect.is_empty() && server.bufs.s2c_in.is_empty() && server.c2s_skip == 0 {
-                server.bufs.s2c_out.clear();
-                if server.run_internal("ROLLBACK").await.is_ok() && server.status == b'I' {
+            if server.expect.is_empty()
+                && server.bufs.s2c_in.is_empty()
+                && server.c2s_skip == 0
+                && server.run_internal("ROLLBACK").await.is_ok()
+                && server.status == b'I'
+            {
+                {
                     relay::take_pending(server, &mut client.pending);
                     server.clean = true;
-                    let mut buf = BytesMut::new();
-                    error_response(&mut buf, Severity::Error, "25001", &msg);
-                    crate::net::messages::status::ready_for_query(&mut buf, b'I');
-                    if client.stream.write_all(&buf).await.is_err()
-                        || client.stream.flush().await.is_err()
-                    {
-                        return Ok(false);
-                    }
-                    return Ok(true);
+                    // What the server answered before the refused ReadyForQuery, then the error.
+                    let mut out = std::mem::take(&mut server.bufs.s2c_out);
+                    error_response(&mut out, Severity::Error, "25001", &msg);
+                    crate::net::messages::status::ready_for_query(&mut out, b'I');
+                    let sent = client.stream.write_all(&out).await.is_ok()
+                        && client.stream.flush().await.is_ok();
+                    out.clear();
+                    server.bufs.s2c_out = out;
+                    return Ok(sent);
                 }
             }
             client.fatal("25001", &msg).await;
@@ -322,7 +347,13 @@ async fn pump(
     mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
     mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> End {
-    let Client { stream, service, params, statements, .. } = client;
+    let Client {
+        stream,
+        service,
+        params,
+        statements,
+        ..
+    } = client;
     let registry = service.statements.clone();
     let mut ctx = ClientCtx {
         statements,
@@ -419,12 +450,10 @@ async fn pump(
                 Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
                 Poll::Ready(Ok(_)) => {
                     progress = true;
-                    match relay::server_input(server, ctx.params) {
-                        Ok(ServerEvent::Ready) => {
-                            saw_ready = true;
-                            if mode == PoolMode::Statement && server.status != b'I' {
-                                return Poll::Ready(End::TransactionBlock);
-                            }
+                    match relay::server_input(server, ctx.params, mode == PoolMode::Statement) {
+                        Ok(ServerEvent::Ready) => saw_ready = true,
+                        Ok(ServerEvent::TransactionBlock) => {
+                            return Poll::Ready(End::TransactionBlock)
                         }
                         Ok(ServerEvent::None) => {}
                         Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),

@@ -230,3 +230,76 @@ async fn md5_client_authentication() {
     assert_eq!(sqlstate(&e), "28P01", "{}", describe(&e));
     pooler.shutdown().await;
 }
+
+/// Polls `cond` until it holds (or fails after a generous deadline): pool upkeep runs on its
+/// own schedule, so tests wait for the state rather than for a duration.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_idle_timeout_and_lifetime() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "upkeep",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 3)],
+    );
+    cfg.settings.min_pool_size = 2;
+    let (pooler, addr) = start(cfg.clone()).await;
+    let stats = || pooler.pool_stats("upkeep", "p1").expect("pool exists");
+    eventually("min_pool_size connections are opened", || {
+        stats().sv_idle == 2
+    })
+    .await;
+
+    // Without a minimum, idle connections beyond it close after server_idle_timeout.
+    cfg.settings.min_pool_size = 0;
+    cfg.settings.server_idle_timeout = Some(Duration::from_millis(300));
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg.clone()],
+        })
+        .await
+        .unwrap();
+    eventually("idle connections time out", || stats().sv_idle == 0).await;
+
+    // server_lifetime: a connection older than it is replaced, not reused.
+    cfg.settings.server_idle_timeout = None;
+    cfg.settings.server_lifetime = Duration::from_millis(200);
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg],
+        })
+        .await
+        .unwrap();
+    let c = connect(addr, "p1").await.unwrap();
+    let first: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually("the connection is back in the pool", || {
+        stats().sv_idle == 1
+    })
+    .await;
+    eventually("old connection retired", || {
+        let s = stats();
+        s.sv_idle == 0 && s.sv_active == 0
+    })
+    .await;
+    let second: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(first, second);
+    pooler.shutdown().await;
+}

@@ -304,19 +304,17 @@ async fn attached(
                 && server.run_internal("ROLLBACK").await.is_ok()
                 && server.status == b'I'
             {
-                {
-                    relay::take_pending(server, &mut client.pending);
-                    server.clean = true;
-                    // What the server answered before the refused ReadyForQuery, then the error.
-                    let mut out = std::mem::take(&mut server.bufs.s2c_out);
-                    error_response(&mut out, Severity::Error, "25001", &msg);
-                    crate::net::messages::status::ready_for_query(&mut out, b'I');
-                    let sent = client.stream.write_all(&out).await.is_ok()
-                        && client.stream.flush().await.is_ok();
-                    out.clear();
-                    server.bufs.s2c_out = out;
-                    return Ok(sent);
-                }
+                relay::take_pending(server, &mut client.pending);
+                server.clean = true;
+                // What the server answered before the refused ReadyForQuery, then the error.
+                let mut out = std::mem::take(&mut server.bufs.s2c_out);
+                error_response(&mut out, Severity::Error, "25001", &msg);
+                crate::net::messages::status::ready_for_query(&mut out, b'I');
+                let sent = client.stream.write_all(&out).await.is_ok()
+                    && client.stream.flush().await.is_ok();
+                out.clear();
+                server.bufs.s2c_out = out;
+                return Ok(sent);
             }
             client.fatal("25001", &msg).await;
             Ok(false)

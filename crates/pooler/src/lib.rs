@@ -2,6 +2,19 @@
 //!
 //! `Pooler::apply(PoolerConfig)` is the only way in: it starts, updates and stops services
 //! (one listener each) and their pools, live. See `config` for the knobs.
+//!
+//! Layout: `listener` accepts; `frontend::login` handles the first packets, TLS, SCRAM/md5 and
+//! the pool lookup; `frontend::session` is a client's life (idle → waiting → active, see
+//! `ClientState`); `frontend::relay` is the hot path (header-only scanning, prepared statement
+//! rewriting, the queue of expected answers); `backend::pool` holds server connections
+//! (SV_IDLE list, SV_ACTIVE/SV_CONNECTING counts, FIFO of CL_WAITING clients, RAII check-in);
+//! `backend::server` logs in to PostgreSQL; `params` carries client parameters to whichever
+//! server connection serves the client; `cancel` routes CancelRequests.
+//!
+//! Errors clients see: unknown pool 3D000, bad password 28P01, wrong user for the pool or
+//! address not allowed 28000, too many clients 53300, pool/service removed 57P01, wait timeout
+//! 08006, backend unreachable 08001, transaction block in statement mode 25001 (an ERROR; the
+//! client stays connected). Messages name the pool.
 
 pub mod auth;
 pub mod backend;

@@ -62,7 +62,7 @@ max_db_connections = 20
 logfile = $work/bouncer/pgbouncer.log
 INI
 [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$work/bouncer"
-as_unpriv pgbouncer "$work/bouncer/pgbouncer.ini" &
+as_unpriv pgbouncer "$work/bouncer/pgbouncer.ini" > "$work/bouncer/stderr.log" 2>&1 &
 pids+=($!)
 
 POOLER_PORT=$(free_port)

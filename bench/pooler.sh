@@ -75,6 +75,8 @@ sleep 1
 # The pid that does the pooling work (pgbouncer runs under setpriv, which execs it: same pid).
 bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1)
 pgbay_pid=$(pgrep -f "$POOLER_BIN --listen 127.0.0.1:$POOLER_PORT" | head -1)
+# setpriv and the pooler run behind a backgrounded function: stop them by their own pids too.
+pids+=("$bouncer_pid" "$pgbay_pid")
 hz=$(getconf CLK_TCK)
 
 report=bench/results/pooler-$(date -u +%Y%m%dT%H%M%SZ).md

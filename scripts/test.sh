@@ -5,21 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --workspace --all-targets
-cargo test --workspace
-
-# The Python suite runs in a project-local venv so that a fresh machine needs nothing by hand.
-if [ ! -x .venv/bin/pytest ]; then
+# A project-local venv, so that a fresh machine needs nothing by hand. It comes first: the pooler's
+# Rust tests drive psycopg through it too (PGBAY_PYTHON).
+if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --upgrade pip
 fi
 .venv/bin/pip install --quiet -r tests/requirements.txt
+export PGBAY_PYTHON="${PGBAY_PYTHON:-$PWD/.venv/bin/python}"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --workspace --all-targets
+cargo test --workspace
 
 export PGBAY_BIN="${PGBAY_BIN:-$CARGO_TARGET_DIR/debug/pgbay}"
-set +e
+# pytest's own exit code is the suite's: 5 (no test collected) fails too.
 .venv/bin/pytest -q tests "$@"
-rc=$?
-set -e
-# pytest's exit code 5 means it collected no test: that is a failure of the suite, not a pass.
-exit $rc

@@ -27,6 +27,7 @@ pub mod net;
 pub mod params;
 pub mod prepared;
 pub mod service;
+pub mod signal;
 mod tls;
 
 use std::collections::HashMap;
@@ -230,7 +231,7 @@ impl Pooler {
                     state: RwLock::new(state),
                     pools: RwLock::new(HashMap::new()),
                     clients: Default::default(),
-                    shutdown: CancellationToken::new(),
+                    shutdown: signal::Signal::new(),
                     cancel: self.inner.cancel.clone(),
                     statements: self.inner.statements.clone(),
                     auth_method: self.inner.auth_method.clone(),

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::scram::ServerSecret;
 use crate::auth::ClientAuthMethod;
@@ -15,6 +14,7 @@ use crate::backend::Pool;
 use crate::cancel::CancelRegistry;
 use crate::config::{ClientLimits, PoolSettings};
 use crate::prepared::Registry;
+use crate::signal::Signal;
 
 /// A login the service accepts. The SCRAM secret is derived on first use and kept as long as
 /// the password does not change.
@@ -54,7 +54,7 @@ pub struct Service {
     /// Clients connected (in any state, login included).
     pub clients: AtomicU32,
     /// Cancelled when the service is removed or the pooler shuts down.
-    pub shutdown: CancellationToken,
+    pub shutdown: Signal,
     pub cancel: Arc<CancelRegistry>,
     pub statements: Arc<Registry>,
     pub auth_method: Arc<AtomicU8>,

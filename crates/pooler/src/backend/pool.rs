@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
+use crate::signal::Signal;
 
 /// Connecting to and logging in to the backend may take at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +95,7 @@ pub struct Pool {
     state: RwLock<Arc<PoolState>>,
     inner: Mutex<Inner>,
     /// Cancelled when the pool is removed: clients leave at their next transaction boundary.
-    pub drain: CancellationToken,
+    pub drain: Signal,
     /// ParameterStatus values a client gets at login, learnt from a server connection.
     login_params: Mutex<Option<LoginParams>>,
 }
@@ -112,10 +113,10 @@ impl Pool {
                 waiters: VecDeque::new(),
             }),
             state: RwLock::new(Arc::new(state)),
-            drain: CancellationToken::new(),
+            drain: Signal::new(),
             login_params: Mutex::new(None),
         });
-        tokio::spawn(maintain(Arc::downgrade(&pool), pool.drain.clone()));
+        tokio::spawn(maintain(Arc::downgrade(&pool), pool.drain.token().clone()));
         pool
     }
 
@@ -187,6 +188,34 @@ impl Pool {
         }
     }
 
+    /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ServerGuard> {
+        if self.drain.is_cancelled() {
+            return None;
+        }
+        let st = self.state();
+        loop {
+            let s = self.inner.lock().idle.pop()?;
+            if let Some(g) = self.lend(s, &st) {
+                return Some(g);
+            }
+        }
+    }
+
+    /// Lends a connection taken from the idle list if it may still serve; closes it otherwise.
+    fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
+        if s.gen == st.gen && s.created.elapsed() < st.settings.server_lifetime && s.is_alive() {
+            s.clean = false;
+            return Some(ServerGuard {
+                pool: self.clone(),
+                server: Some(s),
+            });
+        }
+        tracing::debug!(pool = %self.name, "discarding stale idle server connection");
+        drop(s);
+        None
+    }
+
     /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
         let state = self.state();
@@ -226,20 +255,10 @@ impl Pool {
                 },
             };
             match grant {
-                Grant::Server(mut s) => {
-                    let st = self.state();
-                    if s.gen == st.gen
-                        && s.created.elapsed() < st.settings.server_lifetime
-                        && s.is_alive()
-                    {
-                        s.clean = false;
-                        return Ok(ServerGuard {
-                            pool: self.clone(),
-                            server: Some(s),
-                        });
+                Grant::Server(s) => {
+                    if let Some(g) = self.lend(s, &self.state()) {
+                        return Ok(g);
                     }
-                    tracing::debug!(pool = %self.name, "discarding stale idle server connection");
-                    drop(s);
                 }
                 Grant::Connect(slot) => {
                     let s = self.connect(slot).await?;

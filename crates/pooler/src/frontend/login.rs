@@ -42,31 +42,37 @@ fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
 pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     let service = count.service.clone();
     let span = tracing::info_span!("client", service = %service.name, %addr);
-    async move {
-        let mut stream = ClientStream::Plain(socket);
-        let login = tokio::select! {
+    let mut stream = ClientStream::Plain(socket);
+    // Only the login runs inside the span; the session enters it when it logs (see `Client`).
+    let login = async {
+        tokio::select! {
             // Boxed: the login state is freed once the client is in, keeping idle clients small.
-            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login(&mut stream, addr, &service))) => r,
-            _ = service.shutdown.cancelled() => return,
-        };
-        match login {
-            Ok(Ok(Some(client))) => {
-                let client = Box::new(Client::new(stream, service, client, count));
-                session::run(client).await;
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(refusal)) => {
+            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login(&mut stream, addr, &service))) => Some(r),
+            _ = service.shutdown.cancelled() => None,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    match login {
+        None => {}
+        Some(Ok(Ok(Some(client)))) => {
+            let client = Box::new(Client::new(stream, service, client, count, span));
+            session::run(client).await;
+        }
+        Some(Ok(Ok(None))) => {}
+        Some(Ok(Err(refusal))) => {
+            async {
                 tracing::info!(code = refusal.code, message = %refusal.message, "login refused");
                 let mut buf = BytesMut::new();
                 error_response(&mut buf, Severity::Fatal, refusal.code, &refusal.message);
                 let _ = stream.write_all(&buf).await;
                 let _ = stream.shutdown().await;
             }
-            Err(_) => tracing::info!("login timed out"),
+            .instrument(span)
+            .await
         }
+        Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out")),
     }
-    .instrument(span)
-    .await
 }
 
 /// What login hands to the session.

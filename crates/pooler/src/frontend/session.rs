@@ -1,14 +1,12 @@
 //! A logged-in client's life: idle (no server connection, no buffers), waiting (queued for a
 //! server connection), active (attached, bytes relayed), and back, until it leaves.
 
-use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::login::LoggedIn;
 use super::relay::{self, ClientCtx, ServerEvent};
@@ -21,6 +19,7 @@ use crate::net::ClientStream;
 use crate::params::Values;
 use crate::prepared::ClientStatements;
 use crate::service::{ClientCount, Service};
+use crate::signal::Watch;
 
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -51,6 +50,9 @@ pub struct Client {
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
     pending: BytesMut,
     state: ClientState,
+    /// The client's span, entered only to log: entering it on every poll costs more than the
+    /// rest of a transaction's bookkeeping.
+    span: tracing::Span,
     _count: ClientCount,
 }
 
@@ -60,6 +62,7 @@ impl Client {
         service: Arc<Service>,
         login: LoggedIn,
         count: ClientCount,
+        span: tracing::Span,
     ) -> Client {
         Client {
             stream,
@@ -70,12 +73,15 @@ impl Client {
             cancel: login.cancel,
             pending: BytesMut::new(),
             state: ClientState::Idle,
+            span,
             _count: count,
         }
     }
 
     async fn fatal(&mut self, code: &str, message: &str) {
-        tracing::info!(code, message, state = ?self.state, "disconnecting client");
+        self.span.in_scope(
+            || tracing::info!(code, message, state = ?self.state, "disconnecting client"),
+        );
         let mut buf = BytesMut::new();
         error_response(&mut buf, Severity::Fatal, code, message);
         let _ = self.stream.write_all(&buf).await;
@@ -108,25 +114,29 @@ enum End {
 
 /// Runs a logged-in client until it leaves or is disconnected.
 pub async fn run(mut client: Box<Client>) {
-    // The futures that tell this client to leave (service shutdown, pool removal) are made once
-    // per client: registering a waiter takes a lock shared by the whole service.
+    // The signals that tell this client to leave (service shutdown, pool removal) are watched
+    // through flags: the shared tokens are only touched to register this task's waker.
     let service = client.service.clone();
-    let own_pool = client.pool.clone();
-    let mut stop = pin!(service.shutdown.cancelled());
-    let mut drain = pin!(own_pool.drain.cancelled());
+    let pool = client.pool.clone();
+    let stop_fut = pin!(service.shutdown.cancelled());
+    let drain_fut = pin!(pool.drain.cancelled());
+    let mut stop = Watch::new(&service.shutdown, stop_fut);
+    let mut drain = Watch::new(&pool.drain, drain_fut);
     loop {
         client.state = ClientState::Idle;
-        match wait_idle(&mut client, stop.as_mut(), drain.as_mut()).await {
+        match wait_idle(&mut client, &mut stop, &mut drain).await {
             Idle::Data => {}
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
         }
         client.state = ClientState::Waiting;
-        let pool = client.pool.clone();
-        let acquired = tokio::select! {
-            r = pool.acquire() => r,
-            _ = stop.as_mut() => return shutdown(&mut client).await,
+        let acquired = match pool.try_acquire() {
+            Some(g) => Ok(g),
+            None => tokio::select! {
+                r = pool.acquire() => r,
+                _ = stop.fired() => return shutdown(&mut client).await,
+            },
         };
         let mut guard = match acquired {
             Ok(g) => g,
@@ -136,11 +146,13 @@ pub async fn run(mut client: Box<Client>) {
             }
         };
         client.state = ClientState::Active;
-        match attached(&mut client, &mut guard, stop.as_mut(), drain.as_mut()).await {
+        match attached(&mut client, &pool, &mut guard, &mut stop, &mut drain).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(end) => {
-                tracing::debug!(?end, "session ended");
+                client
+                    .span
+                    .in_scope(|| tracing::debug!(?end, "session ended"));
                 return;
             }
         }
@@ -164,8 +176,8 @@ async fn drained(client: &mut Client) {
 /// Waits, holding no buffer, until the client sends something.
 async fn wait_idle(
     client: &mut Client,
-    stop: Pin<&mut WaitForCancellationFuture<'_>>,
-    drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    stop: &mut Watch<'_, '_>,
+    drain: &mut Watch<'_, '_>,
 ) -> Idle {
     if !client.pending.is_empty() {
         return Idle::Data;
@@ -174,58 +186,44 @@ async fn wait_idle(
         stream, pending, ..
     } = client;
     // Reading here (rather than peeking and reading again once attached) saves a syscall per
-    // transaction; the small buffer stays allocated so this costs no allocation either.
-    let readable = async {
-        if pending.capacity() == 0 {
-            pending.reserve(IDLE_READ);
+    // transaction; the small buffer stays allocated so this costs no allocation either. A
+    // plain `poll_read` that fills less than the buffer also tells tokio the socket is
+    // drained, so the relay does not try (and fail) to read it again right away.
+    std::future::poll_fn(|cx| {
+        if stop.poll_fired(cx) {
+            return Poll::Ready(Idle::Shutdown);
         }
-        let result = match stream {
-            ClientStream::Plain(tcp) => loop {
-                if tcp.readable().await.is_err() {
-                    break Err(());
-                }
-                match tcp.try_read_buf(pending) {
-                    Ok(0) => break Err(()),
-                    Ok(_) => break Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => break Err(()),
-                }
-            },
-            other => match crate::net::stream::read_buf(other, pending, IDLE_READ).await {
-                Ok(0) | Err(_) => Err(()),
-                Ok(_) => Ok(()),
-            },
-        };
-        match result {
+        if drain.poll_fired(cx) {
+            return Poll::Ready(Idle::Drained);
+        }
+        match poll_read_buf(stream, cx, pending, IDLE_READ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Idle::Gone),
             // Terminate needs no server connection.
-            Ok(()) if pending.first() == Some(&b'X') => Idle::Gone,
-            Ok(()) => Idle::Data,
-            Err(()) => Idle::Gone,
+            Poll::Ready(Ok(_)) if pending.first() == Some(&b'X') => Poll::Ready(Idle::Gone),
+            Poll::Ready(Ok(_)) => Poll::Ready(Idle::Data),
         }
-    };
-    tokio::select! {
-        biased;
-        _ = stop => Idle::Shutdown,
-        _ = drain => Idle::Drained,
-        r = readable => r,
-    }
+    })
+    .await
 }
 
 /// One attached period. Ok(true): released at a boundary, go on; Ok(false): the session is over.
 async fn attached(
     client: &mut Client,
+    pool: &Arc<Pool>,
     guard: &mut ServerGuard,
-    stop: Pin<&mut WaitForCancellationFuture<'_>>,
-    drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    stop: &mut Watch<'_, '_>,
+    drain: &mut Watch<'_, '_>,
 ) -> Result<bool, End> {
-    let pool = guard.pool().clone();
     let st = pool.state();
     let mode = st.cfg.mode;
     let server = guard.server_mut();
     // The serving connection gets this client's parameters.
     if let Some(sql) = server.params.sync_sql(&client.params) {
         if let Err(e) = server.run_internal(&sql).await {
-            tracing::warn!(error = %e, "could not apply client parameters");
+            client
+                .span
+                .in_scope(|| tracing::warn!(error = %e, "could not apply client parameters"));
             if !matches!(e, crate::backend::ServerError::Server { .. }) {
                 let msg = format!("pool \"{}\": server connection lost: {e}", pool.name);
                 client.fatal("08006", &msg).await;
@@ -252,7 +250,9 @@ async fn attached(
             relay::take_pending(server, &mut client.pending);
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(server).await {
-                    tracing::debug!(error = %e, "reset failed, closing server connection");
+                    client.span.in_scope(
+                        || tracing::debug!(error = %e, "reset failed, closing server connection"),
+                    );
                     return Ok(mode != PoolMode::Session);
                 }
             }
@@ -342,8 +342,8 @@ async fn pump(
     mode: PoolMode,
     track: bool,
     max_prepared: usize,
-    mut stop: Pin<&mut WaitForCancellationFuture<'_>>,
-    mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    stop: &mut Watch<'_, '_>,
+    drain: &mut Watch<'_, '_>,
 ) -> End {
     let Client {
         stream,
@@ -352,11 +352,10 @@ async fn pump(
         statements,
         ..
     } = client;
-    let registry = service.statements.clone();
     let mut ctx = ClientCtx {
         statements,
         params,
-        registry: &registry,
+        registry: &service.statements,
         track,
         max_prepared,
     };
@@ -372,96 +371,111 @@ async fn pump(
             Err(e) => return End::Refused("08P01", e.to_string()),
         }
     }
-    std::future::poll_fn(|cx| loop {
-        let mut progress = false;
-        if stop.as_mut().poll(cx).is_ready() {
+    std::future::poll_fn(|cx| {
+        if stop.poll_fired(cx) {
             return Poll::Ready(End::Shutdown);
         }
-        if !draining && drain.as_mut().poll(cx).is_ready() {
+        if !draining && drain.poll_fired(cx) {
             draining = true;
         }
-        if !server.bufs.c2s_out.is_empty() {
-            match std::pin::Pin::new(&mut server.stream).poll_write(cx, &server.bufs.c2s_out) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(End::ServerGone("server closed the connection".into()))
-                }
-                Poll::Ready(Ok(n)) => {
-                    server.bufs.c2s_out.advance(n);
-                    progress = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
-                Poll::Pending => {}
-            }
-        }
-        if !server.bufs.s2c_out.is_empty() {
-            match std::pin::Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(End::ClientGone),
-                Poll::Ready(Ok(n)) => {
-                    server.bufs.s2c_out.advance(n);
-                    client_flush = stream.is_tls();
-                    progress = true;
-                }
-                Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
-                Poll::Pending => {}
-            }
-        } else if client_flush {
-            match std::pin::Pin::new(&mut *stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => client_flush = false,
-                Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
-                Poll::Pending => {}
-            }
-        }
-        let idle_point = saw_ready
-            && relay::at_boundary(server)
-            && server.bufs.c2s_out.is_empty()
-            && server.bufs.s2c_out.is_empty()
-            && !client_flush;
-        if idle_point && (release_at_boundary || draining) {
-            return Poll::Ready(End::Boundary);
-        }
-        if draining
-            && mode == PoolMode::Session
-            && relay::at_boundary(server)
-            && server.bufs.c2s_in.is_empty()
-        {
-            return Poll::Ready(End::Boundary);
-        }
-        if server.bufs.c2s_out.len() < HIGH_WATER {
-            match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
-                Poll::Ready(Ok(_)) => {
-                    progress = true;
-                    match relay::client_input(server, &mut ctx) {
-                        Ok(false) => {}
-                        Ok(true) => return Poll::Ready(End::ClientGone),
-                        Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
+        // Each socket direction is polled until it would block, at most once per wakeup: a
+        // direction that returned Pending has this task's waker registered, so polling it
+        // again before the next wakeup would cost without telling anything new.
+        let mut server_read = true;
+        let mut server_write = true;
+        let mut client_read = true;
+        let mut client_write = true;
+        loop {
+            let mut progress = false;
+            // Server to client first: most wakeups are the server's answer.
+            if server_read && server.bufs.s2c_out.len() < HIGH_WATER {
+                match poll_read_buf(&mut server.stream, cx, &mut server.bufs.s2c_in, READ_CHUNK) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
                     }
-                }
-                Poll::Pending => {}
-            }
-        }
-        if server.bufs.s2c_out.len() < HIGH_WATER {
-            match poll_read_buf(&mut server.stream, cx, &mut server.bufs.s2c_in, READ_CHUNK) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(End::ServerGone("server closed the connection".into()))
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
-                Poll::Ready(Ok(_)) => {
-                    progress = true;
-                    match relay::server_input(server, ctx.params, mode == PoolMode::Statement) {
-                        Ok(ServerEvent::Ready) => saw_ready = true,
-                        Ok(ServerEvent::TransactionBlock) => {
-                            return Poll::Ready(End::TransactionBlock)
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        match relay::server_input(server, ctx.params, mode == PoolMode::Statement) {
+                            Ok(ServerEvent::Ready) => saw_ready = true,
+                            Ok(ServerEvent::TransactionBlock) => {
+                                return Poll::Ready(End::TransactionBlock)
+                            }
+                            Ok(ServerEvent::None) => {}
+                            Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
-                        Ok(ServerEvent::None) => {}
-                        Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    }
+                    Poll::Pending => server_read = false,
+                }
+            }
+            if !server.bufs.s2c_out.is_empty() {
+                if client_write {
+                    match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(End::ClientGone)
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            server.bufs.s2c_out.advance(n);
+                            client_flush = stream.is_tls();
+                            progress = true;
+                        }
+                        Poll::Pending => client_write = false,
                     }
                 }
-                Poll::Pending => {}
+            } else if client_flush && client_write {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => client_flush = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
+                    Poll::Pending => client_write = false,
+                }
             }
-        }
-        if !progress {
-            return Poll::Pending;
+            let idle_point = saw_ready
+                && relay::at_boundary(server)
+                && server.bufs.c2s_out.is_empty()
+                && server.bufs.s2c_out.is_empty()
+                && !client_flush;
+            if idle_point && (release_at_boundary || draining) {
+                return Poll::Ready(End::Boundary);
+            }
+            if draining
+                && mode == PoolMode::Session
+                && relay::at_boundary(server)
+                && server.bufs.c2s_in.is_empty()
+            {
+                return Poll::Ready(End::Boundary);
+            }
+            if client_read && server.bufs.c2s_out.len() < HIGH_WATER {
+                match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(End::ClientGone)
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        match relay::client_input(server, &mut ctx) {
+                            Ok(false) => {}
+                            Ok(true) => return Poll::Ready(End::ClientGone),
+                            Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
+                        }
+                    }
+                    Poll::Pending => client_read = false,
+                }
+            }
+            if server_write && !server.bufs.c2s_out.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, &server.bufs.c2s_out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        server.bufs.c2s_out.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Pending => server_write = false,
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
         }
     })
     .await

@@ -5,6 +5,8 @@
 //! the pooler remembers them per client and per server connection and, when a client gets a
 //! server whose values differ, sends one `set_config`/`RESET` query first.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// Parameters tracked per client, in a fixed order so that state is a small array.
 pub const TRACKED: [&str; 8] = [
     "application_name",
@@ -30,12 +32,43 @@ pub fn index(name: &str) -> Option<usize> {
 /// One value per tracked parameter; `None` means "the server's default".
 pub type Values = [Option<Box<str>>; TRACKED.len()];
 
+/// Source of `ClientParams::id`s; 0 is never issued.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A client's values plus an identity that changes whenever they do: a server connection that
+/// was synced with this identity still has exactly these values, which spares comparing them
+/// all on every transaction.
+#[derive(Debug)]
+pub struct ClientParams {
+    values: Values,
+    id: u64,
+}
+
+impl ClientParams {
+    pub fn new(values: Values) -> ClientParams {
+        ClientParams {
+            values,
+            id: next_id(),
+        }
+    }
+
+    pub fn values(&self) -> &Values {
+        &self.values
+    }
+}
+
 /// What a server connection has: current values and, for reported ones, the defaults it
 /// started with.
 #[derive(Default, Debug)]
 pub struct ServerParams {
     pub current: Values,
     pub defaults: Values,
+    /// The `ClientParams::id` these values are known to match (0: none).
+    matches: u64,
 }
 
 impl ServerParams {
@@ -44,15 +77,44 @@ impl ServerParams {
         if let Some(i) = index(name) {
             if self.current[i].as_deref() != Some(value) {
                 self.current[i] = Some(value.into());
+                self.matches = 0;
             }
             if at_startup {
                 self.defaults[i] = Some(value.into());
+                self.matches = 0;
             }
         }
     }
 
-    /// SQL that makes this server's values match `client`, or None when they already match.
-    pub fn sync_sql(&self, client: &Values) -> Option<String> {
+    /// A ParameterStatus while serving `client` (e.g. after its SET): the client takes the
+    /// value too, so a server that matched it still does.
+    pub fn reported_to(&mut self, name: &str, value: &str, client: &mut ClientParams) {
+        let Some(i) = index(name) else { return };
+        let matched = self.matches != 0 && self.matches == client.id;
+        self.reported(name, value, false);
+        if client.values[i].as_deref() != Some(value) {
+            client.values[i] = Some(value.into());
+            client.id = next_id();
+        }
+        if matched {
+            self.matches = client.id;
+        }
+    }
+
+    /// SQL that makes this server's values match `client`, or None when they already match
+    /// (remembered, so the next check for this client is one comparison).
+    pub fn sync_sql(&mut self, client: &ClientParams) -> Option<String> {
+        if self.matches == client.id {
+            return None;
+        }
+        let sql = self.diff_sql(&client.values);
+        if sql.is_none() {
+            self.matches = client.id;
+        }
+        sql
+    }
+
+    fn diff_sql(&self, client: &Values) -> Option<String> {
         let mut sets: Vec<String> = Vec::new();
         let mut resets: Vec<&str> = Vec::new();
         for (i, name) in TRACKED.iter().enumerate() {
@@ -93,9 +155,11 @@ impl ServerParams {
         Some(sql)
     }
 
-    /// After a successful sync the server has exactly the client's values.
-    pub fn synced(&mut self, client: &Values) {
-        for (i, wanted) in client.iter().enumerate() {
+    /// After a successful sync (or a `sync_sql` of None) the server has exactly the
+    /// client's values.
+    pub fn synced(&mut self, client: &ClientParams) {
+        self.matches = client.id;
+        for (i, wanted) in client.values.iter().enumerate() {
             if i < REPORTED {
                 if let Some(d) = wanted.as_ref().or(self.defaults[i].as_ref()) {
                     self.current[i] = Some(d.clone());
@@ -108,6 +172,7 @@ impl ServerParams {
 
     /// After DISCARD ALL / RESET ALL every parameter is back to its default.
     pub fn reset(&mut self) {
+        self.matches = 0;
         for i in 0..TRACKED.len() {
             self.current[i] = if i < REPORTED {
                 self.defaults[i].clone()
@@ -143,8 +208,9 @@ mod tests {
         server.reported("DateStyle", "ISO, MDY", true);
         server.reported("application_name", "", true);
         server.current[6] = Some("other".into());
-        let mut client: Values = Default::default();
-        client[0] = Some("app's".into());
+        let mut values: Values = Default::default();
+        values[0] = Some("app's".into());
+        let client = ClientParams::new(values);
         let sql = server.sync_sql(&client).unwrap();
         assert_eq!(
             sql,
@@ -152,5 +218,13 @@ mod tests {
         );
         server.synced(&client);
         assert_eq!(server.sync_sql(&client), None);
+        // Another client with the same values: compared, nothing to send.
+        let other = ClientParams::new(client.values().clone());
+        assert_eq!(server.sync_sql(&other), None);
+        // A SET reported while serving `client` keeps the two in step.
+        let mut client = client;
+        server.reported_to("application_name", "changed", &mut client);
+        assert_eq!(server.sync_sql(&client), None);
+        assert!(server.sync_sql(&other).is_some());
     }
 }

@@ -7,6 +7,7 @@
 //! reservation) dies, so a slot cannot leak whatever path drops it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,20 @@ pub struct PoolState {
 enum Grant {
     Server(Box<Server>),
     Connect(SlotToken),
+    /// `query_wait_timeout` passed (found by the pool's upkeep, see `Waiter`).
+    Expired,
 }
+
+/// A client in CL_WAITING. Like PgBouncer, the wait deadline is enforced by the periodic
+/// upkeep rather than a timer per wait: registering and cancelling a timer for every queued
+/// transaction costs more than the rest of the queueing. Timeouts fire up to `TICK` late.
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    deadline: Instant,
+}
+
+/// Period of a pool's upkeep (idle timeout, lifetime, min_pool_size, wait timeouts).
+const TICK: Duration = Duration::from_millis(250);
 
 // Boxed servers move between tasks and channels as one pointer.
 #[allow(clippy::vec_box)]
@@ -52,7 +66,9 @@ struct Inner {
     connecting: u32,
     size: u32,
     /// Client state CL_WAITING.
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
+    /// The upkeep is making a connection (for min_pool_size); one at a time.
+    upkeep_connecting: bool,
 }
 
 /// Counters for SHOW POOLS-like views and tests.
@@ -93,6 +109,9 @@ pub struct Pool {
     pub name: String,
     pub service: Arc<str>,
     state: RwLock<Arc<PoolState>>,
+    /// Bumped after every `update`: clients keep a copy of the state and refresh it only when
+    /// this changed, instead of taking the lock and a reference count per transaction.
+    version: AtomicU64,
     inner: Mutex<Inner>,
     /// Cancelled when the pool is removed: clients leave at their next transaction boundary.
     pub drain: Signal,
@@ -111,8 +130,10 @@ impl Pool {
                 connecting: 0,
                 size: state.cfg.size,
                 waiters: VecDeque::new(),
+                upkeep_connecting: false,
             }),
             state: RwLock::new(Arc::new(state)),
+            version: AtomicU64::new(0),
             drain: Signal::new(),
             login_params: Mutex::new(None),
         });
@@ -122,6 +143,11 @@ impl Pool {
 
     pub fn state(&self) -> Arc<PoolState> {
         self.state.read().clone()
+    }
+
+    /// Changes whenever `state()` does (read it before the state).
+    pub fn state_version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Replaces the configuration; retires connections that no longer fit it.
@@ -134,6 +160,7 @@ impl Pool {
             *s = Arc::new(state);
             old
         };
+        self.version.fetch_add(1, Ordering::Release);
         if old_gen != new_gen {
             *self.login_params.lock() = None;
         }
@@ -189,22 +216,24 @@ impl Pool {
     }
 
     /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ServerGuard> {
+    /// `st` is the caller's copy of `state()` (see `state_version`).
+    pub fn try_acquire(self: &Arc<Self>, st: &PoolState) -> Option<ServerGuard> {
         if self.drain.is_cancelled() {
             return None;
         }
-        let st = self.state();
         loop {
             let s = self.inner.lock().idle.pop()?;
-            if let Some(g) = self.lend(s, &st) {
+            if let Some(g) = self.lend(s, st) {
                 return Some(g);
             }
         }
     }
 
     /// Lends a connection taken from the idle list if it may still serve; closes it otherwise.
+    /// (`server_lifetime` is checked at check-in and by the upkeep, not here: a clock read
+    /// per transaction saved, at the price of a connection living up to one `TICK` longer.)
     fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
-        if s.gen == st.gen && s.created.elapsed() < st.settings.server_lifetime && s.is_alive() {
+        if s.gen == st.gen && s.is_alive() {
             s.clean = false;
             return Some(ServerGuard {
                 pool: self.clone(),
@@ -219,7 +248,7 @@ impl Pool {
     /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
         let state = self.state();
-        let deadline = tokio::time::Instant::now() + state.wait_timeout;
+        let deadline = Instant::now() + state.wait_timeout;
         loop {
             if self.drain.is_cancelled() {
                 return Err(AcquireError::Removed);
@@ -235,23 +264,17 @@ impl Pool {
                     }))
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    inner.waiters.push_back(tx);
+                    inner.waiters.push_back(Waiter { tx, deadline });
                     Err(rx)
                 }
             };
             let grant = match waiting {
                 Ok(g) => g,
-                Err(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
-                    Ok(Ok(g)) => g,
-                    Ok(Err(_)) => return Err(AcquireError::Removed),
-                    Err(_) => {
-                        // A grant may have raced the timeout: take it rather than lose it.
-                        rx.close();
-                        match rx.try_recv() {
-                            Ok(g) => g,
-                            Err(_) => return Err(AcquireError::Timeout(state.wait_timeout)),
-                        }
-                    }
+                // A waiter is removed from the queue by whoever sends to it, so it gets
+                // exactly one grant (or the expiry).
+                Err(rx) => match rx.await {
+                    Ok(g) => g,
+                    Err(_) => return Err(AcquireError::Removed),
                 },
             };
             match grant {
@@ -267,6 +290,7 @@ impl Pool {
                         server: Some(s),
                     });
                 }
+                Grant::Expired => return Err(AcquireError::Timeout(state.wait_timeout)),
             }
         }
     }
@@ -319,43 +343,45 @@ impl Pool {
 
     /// Takes a connection back. Connections that are not clean, too old, from an older
     /// configuration or beyond the pool's size are closed.
-    fn checkin(self: &Arc<Self>, mut server: Box<Server>) {
-        let st = self.state();
+    fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
+        let now = Instant::now();
         let reusable = server.clean
             && server.status == b'I'
             && server.expect.is_empty()
             && server.bufs.is_empty()
             && server.gen == st.gen
-            && server.created.elapsed() < st.settings.server_lifetime
+            && now.duration_since(server.created) < st.settings.server_lifetime
             && !self.drain.is_cancelled();
         if !reusable {
             drop(server);
             return;
         }
+        let mut server = server;
         server.bufs.shrink();
-        server.last_used = Instant::now();
-        let mut server = Some(server);
-        let surplus = {
-            let mut inner = self.inner.lock();
-            if inner.total > inner.size {
-                server.take()
-            } else {
-                while let Some(w) = inner.waiters.pop_front() {
-                    if let Some(s) = server.take() {
-                        match w.send(Grant::Server(s)) {
-                            Ok(()) => break,
-                            Err(Grant::Server(s)) => server = Some(s),
-                            Err(Grant::Connect(_)) => unreachable!("sent a server"),
-                        }
-                    }
+        server.last_used = now;
+        loop {
+            // The waiter is woken outside the lock.
+            let waiter = {
+                let mut inner = self.inner.lock();
+                if inner.total > inner.size {
+                    None
+                } else if let Some(w) = inner.waiters.pop_front() {
+                    Some(w)
+                } else {
+                    inner.idle.push(server);
+                    return;
                 }
-                if let Some(s) = server.take() {
-                    inner.idle.push(s);
-                }
-                None
+            };
+            let Some(w) = waiter else {
+                drop(server); // beyond the pool's (reduced) size: closes, frees its slot
+                return;
+            };
+            match w.tx.send(Grant::Server(server)) {
+                Ok(()) => return,
+                Err(Grant::Server(s)) => server = s,
+                Err(_) => unreachable!("sent a server"),
             }
-        };
-        drop(surplus);
+        }
     }
 
     /// Gives a dead connection's capacity to the first waiter, or frees it.
@@ -365,7 +391,7 @@ impl Pool {
             let Some(w) = inner.waiters.pop_front() else {
                 break;
             };
-            match w.send(Grant::Connect(SlotToken {
+            match w.tx.send(Grant::Connect(SlotToken {
                 pool: Arc::downgrade(self),
             })) {
                 Ok(()) => return,
@@ -384,7 +410,7 @@ impl Pool {
                 break;
             };
             inner.total += 1;
-            if let Err(g) = w.send(Grant::Connect(SlotToken {
+            if let Err(g) = w.tx.send(Grant::Connect(SlotToken {
                 pool: Arc::downgrade(self),
             })) {
                 std::mem::forget(g);
@@ -393,14 +419,28 @@ impl Pool {
         }
     }
 
-    /// Idle timeout, lifetime and min_pool_size upkeep. Returns true when a slot was reserved
-    /// for a new connection to reach min_pool_size.
+    /// Idle timeout, lifetime, wait timeout and min_pool_size upkeep. Returns true when a
+    /// slot was reserved for a new connection to reach min_pool_size.
     fn tick(self: &Arc<Self>) -> bool {
         let st = self.state();
         let now = Instant::now();
         let mut closing = Vec::new();
         let want_new = {
             let mut inner = self.inner.lock();
+            // Waiters that gave up (their client left) or waited too long leave the queue.
+            let mut i = 0;
+            while i < inner.waiters.len() {
+                let w = &inner.waiters[i];
+                if w.tx.is_closed() {
+                    inner.waiters.remove(i);
+                } else if w.deadline <= now {
+                    if let Some(w) = inner.waiters.remove(i) {
+                        let _ = w.tx.send(Grant::Expired);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
             let min = st.settings.min_pool_size.min(inner.size);
             let mut remaining = inner.total;
             let mut i = 0;
@@ -421,9 +461,11 @@ impl Pool {
             if remaining < min
                 && inner.total < inner.size
                 && inner.waiters.is_empty()
+                && !inner.upkeep_connecting
                 && !self.drain.is_cancelled()
             {
                 inner.total += 1;
+                inner.upkeep_connecting = true;
                 true
             } else {
                 false
@@ -436,7 +478,7 @@ impl Pool {
 
 /// Periodic upkeep of one pool, until it is removed.
 async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -445,16 +487,20 @@ async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
         }
         let Some(pool) = pool.upgrade() else { return };
         if pool.tick() {
-            let slot = SlotToken {
-                pool: Arc::downgrade(&pool),
-            };
-            match pool.connect(slot).await {
-                Ok(mut s) => {
-                    s.clean = true;
-                    pool.checkin(s);
+            // Connecting may take seconds; the ticks (and wait timeouts) go on meanwhile.
+            tokio::spawn(async move {
+                let slot = SlotToken {
+                    pool: Arc::downgrade(&pool),
+                };
+                match pool.connect(slot).await {
+                    Ok(mut s) => {
+                        s.clean = true;
+                        pool.checkin(s, &pool.state());
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-            }
+                pool.inner.lock().upkeep_connecting = false;
+            });
         }
     }
 }
@@ -498,10 +544,20 @@ impl ServerGuard {
     }
 }
 
+impl ServerGuard {
+    /// Checks the connection in with the caller's copy of the pool state (dropping the guard
+    /// does the same but reads the state again).
+    pub fn release(mut self, st: &PoolState) {
+        if let Some(s) = self.server.take() {
+            self.pool.checkin(s, st);
+        }
+    }
+}
+
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
-            self.pool.checkin(s);
+            self.pool.checkin(s, &self.pool.state());
         }
     }
 }

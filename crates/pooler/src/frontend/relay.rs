@@ -20,7 +20,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::status::parse_parameter_status;
 use crate::net::messages::{header, HEADER};
-use crate::params::{self, Values};
+use crate::params::ClientParams;
 use crate::prepared::{ClientStatements, Registry, Statement};
 
 /// PostgreSQL refuses messages over 1 GiB; so do we, before buffering one whole.
@@ -29,7 +29,7 @@ const MAX_MESSAGE: usize = 1 << 30;
 /// Client-side state the relay updates.
 pub struct ClientCtx<'a> {
     pub statements: &'a mut ClientStatements,
-    pub params: &'a mut Values,
+    pub params: &'a mut ClientParams,
     pub registry: &'a Registry,
     /// Prepared statement rewriting is on (transaction/statement mode, max > 0).
     pub track: bool,
@@ -281,7 +281,7 @@ fn terminates(kind: u8, tag: u8) -> bool {
 /// Processes server bytes in `s2c_in` into `s2c_out`.
 pub fn server_input(
     server: &mut Server,
-    client_params: &mut Values,
+    client_params: &mut ClientParams,
     refuse_transactions: bool,
 ) -> Result<ServerEvent, RelayError> {
     let mut event = ServerEvent::None;
@@ -345,10 +345,7 @@ pub fn server_input(
             b'S' => {
                 let body = &server.bufs.s2c_in[HEADER..len];
                 if let Some((name, value)) = parse_parameter_status(body) {
-                    server.params.reported(name, value, false);
-                    if let Some(i) = params::index(name) {
-                        client_params[i] = Some(value.into());
-                    }
+                    server.params.reported_to(name, value, client_params);
                 }
             }
             _ => {

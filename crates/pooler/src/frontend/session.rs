@@ -10,13 +10,13 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::login::LoggedIn;
 use super::relay::{self, ClientCtx, ServerEvent};
-use crate::backend::{Pool, Server, ServerGuard};
+use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::cancel::CancelGuard;
 use crate::config::PoolMode;
 use crate::net::messages::error::{error_response, Severity};
 use crate::net::stream::poll_read_buf;
 use crate::net::ClientStream;
-use crate::params::Values;
+use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::service::{ClientCount, Service};
 use crate::signal::Watch;
@@ -44,7 +44,7 @@ pub struct Client {
     stream: ClientStream,
     service: Arc<Service>,
     pool: Arc<Pool>,
-    params: Values,
+    params: ClientParams,
     statements: ClientStatements,
     cancel: CancelGuard,
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
@@ -68,7 +68,7 @@ impl Client {
             stream,
             service,
             pool: login.pool,
-            params: login.params,
+            params: ClientParams::new(login.params),
             statements: ClientStatements::default(),
             cancel: login.cancel,
             pending: BytesMut::new(),
@@ -122,6 +122,8 @@ pub async fn run(mut client: Box<Client>) {
     let drain_fut = pin!(pool.drain.cancelled());
     let mut stop = Watch::new(&service.shutdown, stop_fut);
     let mut drain = Watch::new(&pool.drain, drain_fut);
+    let mut st_version = pool.state_version();
+    let mut st = pool.state();
     loop {
         client.state = ClientState::Idle;
         match wait_idle(&mut client, &mut stop, &mut drain).await {
@@ -131,7 +133,12 @@ pub async fn run(mut client: Box<Client>) {
             Idle::Drained => return drained(&mut client).await,
         }
         client.state = ClientState::Waiting;
-        let acquired = match pool.try_acquire() {
+        let v = pool.state_version();
+        if v != st_version {
+            st_version = v;
+            st = pool.state();
+        }
+        let acquired = match pool.try_acquire(&st) {
             Some(g) => Ok(g),
             None => tokio::select! {
                 r = pool.acquire() => r,
@@ -146,7 +153,7 @@ pub async fn run(mut client: Box<Client>) {
             }
         };
         client.state = ClientState::Active;
-        match attached(&mut client, &pool, &mut guard, &mut stop, &mut drain).await {
+        match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(end) => {
@@ -156,7 +163,7 @@ pub async fn run(mut client: Box<Client>) {
                 return;
             }
         }
-        drop(guard);
+        guard.release(&st);
         if pool.drain.is_cancelled() {
             return drained(&mut client).await;
         }
@@ -211,11 +218,11 @@ async fn wait_idle(
 async fn attached(
     client: &mut Client,
     pool: &Arc<Pool>,
+    st: &PoolState,
     guard: &mut ServerGuard,
     stop: &mut Watch<'_, '_>,
     drain: &mut Watch<'_, '_>,
 ) -> Result<bool, End> {
-    let st = pool.state();
     let mode = st.cfg.mode;
     let server = guard.server_mut();
     // The serving connection gets this client's parameters.

@@ -5,7 +5,11 @@
 //! the pooler remembers them per client and per server connection and, when a client gets a
 //! server whose values differ, sends one `set_config`/`RESET` query first.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 /// Parameters tracked per client, in a fixed order so that state is a small array.
 pub const TRACKED: [&str; 8] = [
@@ -35,13 +39,30 @@ pub type Values = [Option<Box<str>>; TRACKED.len()];
 /// Source of `ClientParams::id`s; 0 is never issued.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+/// Value sets seen so far and their ids, so that clients with equal values share an id.
+static INTERNED: OnceLock<Mutex<HashMap<Values, u64>>> = OnceLock::new();
+
+/// At most this many value sets are interned; beyond, new sets get ids of their own (still
+/// correct, only compared in full more often).
+const MAX_INTERNED: usize = 4096;
+
+/// The id of a set of values: equal ids mean equal values. Called at login and when a value
+/// changes, never per transaction.
+fn id_of(values: &Values) -> u64 {
+    let mut map = INTERNED.get_or_init(Default::default).lock();
+    if let Some(id) = map.get(values) {
+        return *id;
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    if map.len() < MAX_INTERNED {
+        map.insert(values.clone(), id);
+    }
+    id
 }
 
-/// A client's values plus an identity that changes whenever they do: a server connection that
-/// was synced with this identity still has exactly these values, which spares comparing them
-/// all on every transaction.
+/// A client's values plus an identity shared by every client with the same values and
+/// changed whenever they change: a server connection synced with an identity still has
+/// exactly those values, which spares comparing them all on every transaction.
 #[derive(Debug)]
 pub struct ClientParams {
     values: Values,
@@ -50,10 +71,8 @@ pub struct ClientParams {
 
 impl ClientParams {
     pub fn new(values: Values) -> ClientParams {
-        ClientParams {
-            values,
-            id: next_id(),
-        }
+        let id = id_of(&values);
+        ClientParams { values, id }
     }
 
     pub fn values(&self) -> &Values {
@@ -94,7 +113,7 @@ impl ServerParams {
         self.reported(name, value, false);
         if client.values[i].as_deref() != Some(value) {
             client.values[i] = Some(value.into());
-            client.id = next_id();
+            client.id = id_of(&client.values);
         }
         if matched {
             self.matches = client.id;
@@ -218,12 +237,14 @@ mod tests {
         );
         server.synced(&client);
         assert_eq!(server.sync_sql(&client), None);
-        // Another client with the same values: compared, nothing to send.
+        // Another client with the same values shares the identity.
         let other = ClientParams::new(client.values().clone());
+        assert_eq!(other.id, client.id);
         assert_eq!(server.sync_sql(&other), None);
         // A SET reported while serving `client` keeps the two in step.
         let mut client = client;
         server.reported_to("application_name", "changed", &mut client);
+        assert_ne!(other.id, client.id);
         assert_eq!(server.sync_sql(&client), None);
         assert!(server.sync_sql(&other).is_some());
     }

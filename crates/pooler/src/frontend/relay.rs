@@ -90,29 +90,90 @@ fn push(expect: &mut std::collections::VecDeque<Expect>, kind: u8, action: Actio
     expect.push_back(Expect { kind, action, stmt });
 }
 
+/// Appends `input[*run..pos]` (messages passed through unchanged) to `out` as one copy.
+fn flush_run(out: &mut BytesMut, input: &[u8], run: &mut usize, pos: usize) {
+    if pos > *run {
+        out.extend_from_slice(&input[*run..pos]);
+    }
+    *run = pos;
+}
+
+/// Drops the first `pos` bytes of `input`; an emptied buffer keeps its start, so the next
+/// read reuses it without moving anything.
+pub fn consume(input: &mut BytesMut, pos: usize) {
+    if pos >= input.len() {
+        input.clear();
+    } else {
+        input.advance(pos);
+    }
+}
+
+/// Passes `input[..pos]` to `out` (already holding `run` bytes' worth of earlier output),
+/// swapping the buffers instead of copying when everything read goes out unchanged.
+fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) {
+    if run == 0 && pos == input.len() && pos > 0 && out.is_empty() {
+        std::mem::swap(input, out);
+        input.clear();
+        return;
+    }
+    flush_run(out, input, &mut run, pos);
+    consume(input, pos);
+}
+
 /// Processes client bytes in `c2s_in` into `c2s_out`. Returns Ok(true) when the client sent
-/// Terminate.
+/// Terminate. Runs of messages that pass unchanged are copied at once (or not at all).
 pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool, RelayError> {
-    let mut terminated = false;
+    // Taken out so that `server` can be updated while its bytes are looked at.
+    let mut input = std::mem::take(&mut server.bufs.c2s_in);
+    let result = client_messages(server, ctx, &input);
+    let (pos, run, terminated) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            server.bufs.c2s_in = input;
+            return Err(e);
+        }
+    };
+    finish(&mut input, &mut server.bufs.c2s_out, run, pos);
+    if server.c2s_skip == 0 {
+        // A message the relay must see whole is arriving: make room for all of it at once.
+        if let Some((_, len)) = header(&input) {
+            if len > input.len() && len - 1 <= MAX_MESSAGE {
+                input.reserve(len - input.len());
+            }
+        }
+    }
+    server.bufs.c2s_in = input;
+    drain_synthesized(server);
+    Ok(terminated)
+}
+
+/// The scanning part of `client_input`: returns (bytes consumed, start of the unflushed run,
+/// terminated).
+fn client_messages(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    input: &[u8],
+) -> Result<(usize, usize, bool), RelayError> {
+    let mut pos = 0;
+    let mut run = 0;
     loop {
-        let input = &mut server.bufs.c2s_in;
         if server.c2s_skip > 0 {
-            let n = server.c2s_skip.min(input.len());
+            let n = server.c2s_skip.min(input.len() - pos);
             if n == 0 {
                 break;
             }
-            server.bufs.c2s_out.extend_from_slice(&input[..n]);
-            input.advance(n);
+            pos += n;
             server.c2s_skip -= n;
             continue;
         }
-        let Some((tag, len)) = header(input) else {
+        let Some((tag, len)) = header(&input[pos..]) else {
             break;
         };
         if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
             return Err(RelayError::BadLength(len));
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
+        let avail = input.len() - pos;
         let inspect = tag == b'X' || (ctx.track && matches!(tag, b'P' | b'B' | b'D' | b'C'));
         if !inspect {
             match tag {
@@ -127,25 +188,24 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
                     }
                 }
             }
-            let n = len.min(input.len());
-            server.bufs.c2s_out.extend_from_slice(&input[..n]);
-            input.advance(n);
+            let n = len.min(avail);
+            pos += n;
             server.c2s_skip = len - n;
             continue;
         }
-        if input.len() < len {
-            input.reserve(len - input.len());
+        if avail < len {
             break;
         }
-        let msg = input.split_to(len);
+        flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+        let msg = &input[pos..pos + len];
+        pos += len;
+        run = pos;
         if tag == b'X' {
-            terminated = true;
-            break;
+            return Ok((pos, run, true));
         }
-        rewrite(server, ctx, tag, &msg)?;
+        rewrite(server, ctx, tag, msg)?;
     }
-    drain_synthesized(server);
-    Ok(terminated)
+    Ok((pos, run, false))
 }
 
 /// Handles one whole Parse/Bind/Describe/Close with statement tracking on.
@@ -278,49 +338,85 @@ fn terminates(kind: u8, tag: u8) -> bool {
     }
 }
 
-/// Processes server bytes in `s2c_in` into `s2c_out`.
+/// Processes server bytes in `s2c_in` into `s2c_out`. Runs of messages that pass unchanged
+/// are copied at once; a read that passes whole (the usual answer) is handed over by swapping
+/// the buffers.
 pub fn server_input(
     server: &mut Server,
     client_params: &mut ClientParams,
     refuse_transactions: bool,
 ) -> Result<ServerEvent, RelayError> {
+    let mut input = std::mem::take(&mut server.bufs.s2c_in);
+    let result = server_messages(server, client_params, refuse_transactions, &input);
+    match result {
+        Ok((pos, run, event)) => {
+            finish(&mut input, &mut server.bufs.s2c_out, run, pos);
+            server.bufs.s2c_in = input;
+            Ok(event)
+        }
+        Err(e) => {
+            server.bufs.s2c_in = input;
+            Err(e)
+        }
+    }
+}
+
+/// The scanning part of `server_input`: returns (bytes consumed, start of the unflushed run,
+/// event).
+fn server_messages(
+    server: &mut Server,
+    client_params: &mut ClientParams,
+    refuse_transactions: bool,
+    input: &[u8],
+) -> Result<(usize, usize, ServerEvent), RelayError> {
     let mut event = ServerEvent::None;
+    let mut pos = 0;
+    let mut run = 0;
     loop {
         if server.s2c_skip > 0 {
-            let input = &mut server.bufs.s2c_in;
-            let n = server.s2c_skip.min(input.len());
+            let n = server.s2c_skip.min(input.len() - pos);
             if n == 0 {
                 break;
             }
-            server.bufs.s2c_out.extend_from_slice(&input[..n]);
-            input.advance(n);
+            pos += n;
             server.s2c_skip -= n;
             continue;
         }
-        drain_synthesized(server);
-        let Some((tag, len)) = header(&server.bufs.s2c_in) else {
+        if server
+            .expect
+            .front()
+            .is_some_and(|e| e.action == Action::Synthesize)
+        {
+            // Answers the pooler owes go out in order, after what was forwarded so far.
+            flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+            drain_synthesized(server);
+        }
+        let Some((tag, len)) = header(&input[pos..]) else {
             break;
         };
         if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
             return Err(RelayError::BadLength(len));
         }
         tracing::trace!(tag = %(tag as char), len, expect = ?server.expect.front(), "server message");
+        let avail = input.len() - pos;
         let whole = matches!(tag, b'Z' | b'S' | b'1' | b'3' | b'C');
-        if whole && server.bufs.s2c_in.len() < len {
+        if whole && avail < len {
             break;
         }
         let mut forward = true;
         match tag {
             b'Z' => {
-                server.status = server.bufs.s2c_in.get(HEADER).copied().unwrap_or(b'I');
+                server.status = input.get(pos + HEADER).copied().unwrap_or(b'I');
                 while let Some(e) = server.expect.pop_front() {
                     if e.kind == b'S' || e.kind == b'Q' {
                         break;
                     }
                 }
                 if refuse_transactions && server.status != b'I' {
-                    server.bufs.s2c_in.advance(len);
-                    return Ok(ServerEvent::TransactionBlock);
+                    // Not forwarded; what follows stays unprocessed.
+                    flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+                    pos += len;
+                    return Ok((pos, pos, ServerEvent::TransactionBlock));
                 }
                 event = ServerEvent::Ready;
             }
@@ -343,14 +439,14 @@ pub fn server_input(
             }
             b'G' => copy_started(server),
             b'S' => {
-                let body = &server.bufs.s2c_in[HEADER..len];
+                let body = &input[pos + HEADER..pos + len];
                 if let Some((name, value)) = parse_parameter_status(body) {
                     server.params.reported_to(name, value, client_params);
                 }
             }
             _ => {
                 if tag == b'C' {
-                    let body = &server.bufs.s2c_in[HEADER..len];
+                    let body = &input[pos + HEADER..pos + len];
                     if body.starts_with(b"DISCARD ALL\0") {
                         server.prepared.clear();
                         server.params.reset();
@@ -368,17 +464,18 @@ pub fn server_input(
                 }
             }
         }
-        let input = &mut server.bufs.s2c_in;
         if !forward {
-            input.advance(len);
+            // Swallowed answers are always whole (see `whole`).
+            flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+            pos += len;
+            run = pos;
             continue;
         }
-        let n = len.min(input.len());
-        server.bufs.s2c_out.extend_from_slice(&input[..n]);
-        input.advance(n);
+        let n = len.min(avail);
+        pos += n;
         server.s2c_skip = len - n;
     }
-    Ok(event)
+    Ok((pos, run, event))
 }
 
 /// True when the server has answered everything and the connection could serve someone else.

@@ -5,7 +5,7 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::login::LoggedIn;
@@ -422,7 +422,7 @@ async fn pump(
                             return Poll::Ready(End::ClientGone)
                         }
                         Poll::Ready(Ok(n)) => {
-                            server.bufs.s2c_out.advance(n);
+                            relay::consume(&mut server.bufs.s2c_out, n);
                             client_flush = stream.is_tls();
                             progress = true;
                         }
@@ -473,7 +473,7 @@ async fn pump(
                         return Poll::Ready(End::ServerGone("server closed the connection".into()))
                     }
                     Poll::Ready(Ok(n)) => {
-                        server.bufs.c2s_out.advance(n);
+                        relay::consume(&mut server.bufs.c2s_out, n);
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),

@@ -115,6 +115,10 @@ impl Buffers {
     }
 }
 
+/// Idle time after which `Server::is_alive` asks the kernel rather than the reactor. Under load,
+/// connections idle for microseconds and never pay the syscall.
+const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A logged-in server connection.
 pub struct Server {
     pub stream: TcpStream,
@@ -349,14 +353,24 @@ impl Server {
 
     /// Whether an idle connection still looks usable: nothing is buffered and the socket has
     /// neither data (a FATAL from a shutting-down server) nor end-of-file pending. The reactor
-    /// already knows whether the socket became readable, so this is usually free of syscalls.
+    /// usually already knows whether the socket became readable, so this is mostly free of
+    /// syscalls; but its knowledge is only as fresh as its last turn, so a connection that sat
+    /// idle for a while (a backend restarts while nobody uses its connections) is probed with a
+    /// real non-blocking peek before a client's transaction is sent to it.
     pub fn is_alive(&mut self) -> bool {
         if !self.bufs.is_empty() || self.status != b'I' || self.copy_in {
             return false;
         }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return true;
+            if self.last_used.elapsed() < PROBE_AFTER_IDLE {
+                return true;
+            }
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            return matches!(
+                socket2::SockRef::from(&self.stream).peek(&mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            );
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {

@@ -139,3 +139,45 @@ fn settings(s: &pgbay_control::PgbouncerSettings) -> PoolSettings {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgbay_control::{IgnoredStartupParameter, PgbouncerSettings};
+
+    #[test]
+    fn unset_settings_keep_the_pooler_defaults() {
+        assert_eq!(
+            settings(&PgbouncerSettings::default()),
+            PoolSettings::default()
+        );
+    }
+
+    #[test]
+    fn set_settings_reach_the_pooler_and_zero_idle_timeout_disables_it() {
+        let s = PgbouncerSettings {
+            min_pool_size: Some(3),
+            server_idle_timeout: Some(0),
+            server_lifetime: Some(120),
+            max_prepared_statements: Some(0),
+            server_reset_query_always: Some(true),
+            ignore_startup_parameters: Some(vec![IgnoredStartupParameter::SearchPath]),
+            ..PgbouncerSettings::default()
+        };
+        let p = settings(&s);
+        assert_eq!(p.min_pool_size, 3);
+        assert_eq!(p.server_idle_timeout, None);
+        assert_eq!(p.server_lifetime, Duration::from_secs(120));
+        assert_eq!(p.max_prepared_statements, 0);
+        assert!(p.server_reset_query_always);
+        assert_eq!(p.ignore_startup_parameters, vec!["search_path".to_string()]);
+        let idle = PgbouncerSettings {
+            server_idle_timeout: Some(30),
+            ..PgbouncerSettings::default()
+        };
+        assert_eq!(
+            settings(&idle).server_idle_timeout,
+            Some(Duration::from_secs(30))
+        );
+    }
+}

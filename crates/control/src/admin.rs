@@ -197,24 +197,25 @@ pub async fn reload(t: &AdminTarget) -> Result<()> {
 
 /// Database names of the server (except templates and `postgres`).
 pub async fn list_databases(t: &AdminTarget) -> Result<Vec<String>> {
-    let c = connect(t, "postgres").await?;
-    let rows = c
-        .query(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
-            &[],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    names(
+        t,
+        "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY 1",
+    )
+    .await
 }
 
 /// Login role names of the server.
 pub async fn list_roles(t: &AdminTarget) -> Result<Vec<String>> {
+    names(
+        t,
+        "SELECT rolname FROM pg_roles WHERE rolcanlogin ORDER BY 1",
+    )
+    .await
+}
+
+/// The first column of a catalog query run on the `postgres` database.
+async fn names(t: &AdminTarget, sql: &str) -> Result<Vec<String>> {
     let c = connect(t, "postgres").await?;
-    let rows = c
-        .query(
-            "SELECT rolname FROM pg_roles WHERE rolcanlogin ORDER BY 1",
-            &[],
-        )
-        .await?;
+    let rows = c.query(sql, &[]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

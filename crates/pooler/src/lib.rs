@@ -372,26 +372,81 @@ fn stop_service(r: &Running) {
     }
 }
 
-fn validate(cfg: &ServiceConfig) -> Result<(), PoolerError> {
+/// Refuses a config that names one pool (or user) twice: lookups by name would be ambiguous.
+fn unique_names<'a>(
+    cfg: &ServiceConfig,
+    what: &'static str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), PoolerError> {
     let mut seen = std::collections::HashSet::new();
-    for p in &cfg.pools {
-        if !seen.insert(p.name.as_str()) {
+    for name in names {
+        if !seen.insert(name) {
             return Err(PoolerError::Duplicate {
                 service: cfg.name.clone(),
-                what: "pool",
-                name: p.name.clone(),
-            });
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for u in &cfg.users {
-        if !seen.insert(u.name.as_str()) {
-            return Err(PoolerError::Duplicate {
-                service: cfg.name.clone(),
-                what: "user",
-                name: u.name.clone(),
+                what,
+                name: name.to_string(),
             });
         }
     }
     Ok(())
+}
+
+fn validate(cfg: &ServiceConfig) -> Result<(), PoolerError> {
+    unique_names(cfg, "pool", cfg.pools.iter().map(|p| p.name.as_str()))?;
+    unique_names(cfg, "user", cfg.users.iter().map(|u| u.name.as_str()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(pools: &[&str], users: &[&str]) -> ServiceConfig {
+        ServiceConfig {
+            name: "svc".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            backend: BackendConfig {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            users: users
+                .iter()
+                .map(|u| UserConfig {
+                    name: u.to_string(),
+                    password: "pw".into(),
+                })
+                .collect(),
+            pools: pools
+                .iter()
+                .map(|p| PoolConfig {
+                    name: p.to_string(),
+                    database: "db".into(),
+                    username: "u".into(),
+                    mode: PoolMode::Transaction,
+                    size: 1,
+                })
+                .collect(),
+            settings: PoolSettings::default(),
+            limits: ClientLimits::default(),
+            allowed_cidrs: vec![],
+        }
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused_naming_it() {
+        assert!(validate(&service(&["a", "b"], &["u", "v"])).is_ok());
+        for (cfg, what) in [
+            (service(&["a", "a"], &["u"]), "pool"),
+            (service(&["a"], &["u", "u"]), "user"),
+        ] {
+            match validate(&cfg) {
+                Err(PoolerError::Duplicate { what: w, name, .. }) => {
+                    assert_eq!(w, what);
+                    assert!(name == "a" || name == "u", "{name}");
+                }
+                other => panic!("expected a duplicate {what} error, got {other:?}"),
+            }
+        }
+    }
 }

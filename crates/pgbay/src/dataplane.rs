@@ -34,11 +34,21 @@ async fn follow(
     loop {
         let state = desired.borrow_and_update().clone();
         match translate(&state, &tls).await {
-            Ok(config) => {
-                if let Err(e) = pooler.apply(config).await {
-                    tracing::error!(generation = state.generation, error = %e, "pooler apply failed");
+            Ok(config) => match pooler.apply(config).await {
+                Ok(report) => {
+                    for f in &report.failures {
+                        tracing::error!(
+                            generation = state.generation,
+                            service = %f.service,
+                            reason = %f.reason,
+                            "pooler could not apply service"
+                        );
+                    }
                 }
-            }
+                Err(e) => {
+                    tracing::error!(generation = state.generation, error = %e, "pooler apply failed")
+                }
+            },
             Err(e) => {
                 tracing::error!(generation = state.generation, error = %e, "cannot translate desired state")
             }

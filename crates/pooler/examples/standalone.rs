@@ -115,14 +115,23 @@ fn main() {
         if md5 {
             pooler.set_client_auth_method(ClientAuthMethod::Md5);
         }
-        if let Err(e) = pooler
+        match pooler
             .apply(PoolerConfig {
                 services: vec![service],
             })
             .await
         {
-            eprintln!("standalone: {e}");
-            std::process::exit(1);
+            Ok(report) if report.is_ok() => {}
+            Ok(report) => {
+                for f in report.failures {
+                    eprintln!("standalone: service {}: {}", f.service, f.reason);
+                }
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("standalone: {e}");
+                std::process::exit(1);
+            }
         }
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

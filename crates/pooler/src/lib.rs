@@ -16,6 +16,7 @@
 //! 08006, backend unreachable 08001, transaction block in statement mode 25001 (an ERROR; the
 //! client stays connected). Messages name the pool.
 
+mod apply;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
+pub use apply::{ApplyReport, ServiceFailure};
 pub use auth::ClientAuthMethod;
 pub use backend::PoolStats;
 pub use config::{
@@ -47,6 +49,7 @@ pub use config::{
 };
 pub use error::PoolerError;
 
+use apply::ServiceError;
 use backend::{Pool, PoolState};
 use cancel::CancelRegistry;
 use prepared::Registry;
@@ -140,22 +143,25 @@ impl Pooler {
     }
 
     /// Makes the running services match `config`. Returns once every listener of the new
-    /// config is bound and every pool accepts clients. Errors name their service; the other
-    /// services are applied regardless.
-    pub async fn apply(&self, config: PoolerConfig) -> Result<(), PoolerError> {
+    /// config is bound and every pool accepts clients. A service that cannot be applied is named
+    /// in the report with its reason; the other services are applied regardless, and the failed
+    /// one is tried again by every later `apply` that still names it.
+    pub async fn apply(&self, config: PoolerConfig) -> Result<ApplyReport, PoolerError> {
         let _serial = self.inner.apply_lock.lock().await;
         if self.inner.shut_down.load(Ordering::Relaxed) {
             return Err(PoolerError::ShutDown);
         }
-        let mut errors = Vec::new();
+        let mut report = ApplyReport::default();
         let mut wanted: HashMap<&str, &ServiceConfig> = HashMap::new();
         for svc in &config.services {
             if wanted.insert(svc.name.as_str(), svc).is_some() {
-                errors.push(PoolerError::Duplicate {
-                    service: svc.name.clone(),
-                    what: "service",
-                    name: svc.name.clone(),
-                });
+                report.push(
+                    &svc.name,
+                    &ServiceError::Duplicate {
+                        what: "service",
+                        name: svc.name.clone(),
+                    },
+                );
             }
         }
         let removed: Vec<Running> = {
@@ -176,23 +182,16 @@ impl Pooler {
         for svc in &config.services {
             if let Err(e) = self.apply_service(svc) {
                 tracing::warn!(service = %svc.name, error = %e, "could not apply service");
-                errors.push(e);
+                report.push(&svc.name, &e);
             }
         }
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(PoolerError::Multiple(errors)),
-        }
+        Ok(report)
     }
 
-    fn apply_service(&self, cfg: &ServiceConfig) -> Result<(), PoolerError> {
+    fn apply_service(&self, cfg: &ServiceConfig) -> Result<(), ServiceError> {
         validate(cfg)?;
         let tls = match &cfg.tls {
-            Some(t) => Some(tls::acceptor(t).map_err(|reason| PoolerError::Tls {
-                service: cfg.name.clone(),
-                reason,
-            })?),
+            Some(t) => Some(tls::acceptor(t).map_err(ServiceError::Tls)?),
             None => None,
         };
         let mut services = self.inner.services.lock();
@@ -220,8 +219,7 @@ impl Pooler {
         });
         match existing {
             None => {
-                let listener = listener::bind(cfg.listen).map_err(|source| PoolerError::Bind {
-                    service: cfg.name.clone(),
+                let listener = listener::bind(cfg.listen).map_err(|source| ServiceError::Bind {
                     addr: cfg.listen,
                     source,
                 })?;
@@ -260,8 +258,7 @@ impl Pooler {
                 let mut rebound = None;
                 if old_cfg.listen != cfg.listen {
                     let listener =
-                        listener::bind(cfg.listen).map_err(|source| PoolerError::Bind {
-                            service: cfg.name.clone(),
+                        listener::bind(cfg.listen).map_err(|source| ServiceError::Bind {
                             addr: cfg.listen,
                             source,
                         })?;
@@ -374,15 +371,13 @@ fn stop_service(r: &Running) {
 
 /// Refuses a config that names one pool (or user) twice: lookups by name would be ambiguous.
 fn unique_names<'a>(
-    cfg: &ServiceConfig,
     what: &'static str,
     names: impl Iterator<Item = &'a str>,
-) -> Result<(), PoolerError> {
+) -> Result<(), ServiceError> {
     let mut seen = std::collections::HashSet::new();
     for name in names {
         if !seen.insert(name) {
-            return Err(PoolerError::Duplicate {
-                service: cfg.name.clone(),
+            return Err(ServiceError::Duplicate {
                 what,
                 name: name.to_string(),
             });
@@ -391,9 +386,9 @@ fn unique_names<'a>(
     Ok(())
 }
 
-fn validate(cfg: &ServiceConfig) -> Result<(), PoolerError> {
-    unique_names(cfg, "pool", cfg.pools.iter().map(|p| p.name.as_str()))?;
-    unique_names(cfg, "user", cfg.users.iter().map(|u| u.name.as_str()))?;
+fn validate(cfg: &ServiceConfig) -> Result<(), ServiceError> {
+    unique_names("pool", cfg.pools.iter().map(|p| p.name.as_str()))?;
+    unique_names("user", cfg.users.iter().map(|u| u.name.as_str()))?;
     Ok(())
 }
 
@@ -441,7 +436,7 @@ mod tests {
             (service(&["a"], &["u", "u"]), "user"),
         ] {
             match validate(&cfg) {
-                Err(PoolerError::Duplicate { what: w, name, .. }) => {
+                Err(ServiceError::Duplicate { what: w, name }) => {
                     assert_eq!(w, what);
                     assert!(name == "a" || name == "u", "{name}");
                 }

@@ -154,31 +154,49 @@ async fn removing_a_service_disconnects_its_clients_and_closes_its_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bind_failure_names_the_service_and_spares_the_others() {
+async fn bind_failure_is_reported_per_service_spares_the_others_and_is_retried() {
     let pg = shared().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
     let mut bad = service(
         "bad-port",
         pg.port,
         vec![pool("p1", PoolMode::Transaction, 1)],
     );
-    bad.listen = taken.local_addr().unwrap();
+    bad.listen = taken_addr;
     let good = service(
         "good-port",
         pg.port,
         vec![pool("p1", PoolMode::Transaction, 1)],
     );
+    let config = PoolerConfig {
+        services: vec![bad, good],
+    };
     let pooler = pgbay_pooler::Pooler::new();
-    let err = pooler
-        .apply(PoolerConfig {
-            services: vec![bad, good],
-        })
-        .await
-        .expect_err("bind must fail");
-    assert!(err.to_string().contains("bad-port"), "{err}");
+    let report = pooler.apply(config.clone()).await.expect("apply");
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    let reason = report.failure("bad-port").expect("bad-port is reported");
+    assert!(reason.contains(&taken_addr.to_string()), "{reason}");
+    assert!(report.failure("good-port").is_none(), "{report:?}");
+    assert!(pooler.local_addr("bad-port").is_none());
     let addr = pooler.local_addr("good-port").expect("good service runs");
     let c = connect(addr, "p1").await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
+
+    // Still taken: the next apply tries again and reports it again; the other service is not
+    // disturbed (its client keeps its connection).
+    let report = pooler.apply(config.clone()).await.expect("apply");
+    assert!(report.failure("bad-port").is_some(), "{report:?}");
+    c.simple_query("SELECT 2").await.unwrap();
+
+    // Freed: the next apply binds it and it serves.
+    drop(taken);
+    let report = pooler.apply(config).await.expect("apply");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(pooler.local_addr("bad-port"), Some(taken_addr));
+    let b = connect(taken_addr, "p1").await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    c.simple_query("SELECT 3").await.unwrap();
     pooler.shutdown().await;
 }
 

@@ -287,12 +287,13 @@ pub async fn start(cfg: ServiceConfig) -> (Pooler, SocketAddr) {
         .try_init();
     let name = cfg.name.clone();
     let pooler = Pooler::new();
-    pooler
+    let report = pooler
         .apply(PoolerConfig {
             services: vec![cfg],
         })
         .await
         .expect("apply");
+    assert!(report.is_ok(), "{report:?}");
     let addr = pooler.local_addr(&name).expect("listening");
     (pooler, addr)
 }

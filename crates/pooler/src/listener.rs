@@ -12,19 +12,58 @@ use crate::service::Service;
 /// Listen backlog: connection storms of thousands of clients must not be refused by the kernel.
 const BACKLOG: i32 = 4096;
 
-/// Binds `addr` (SO_REUSEADDR, large backlog).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+/// A bound socket that does not accept yet: binding is the step of applying a service that can
+/// fail, so it happens before anything of the service is changed, and accepting starts only once
+/// the service's pools exist (`serve`).
+pub(crate) struct Bound {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+/// An accepting listener; `stop` ends its accept loop (connected clients are not affected).
+pub(crate) struct Listening {
+    stop: CancellationToken,
+    pub local_addr: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `addr` (SO_REUSEADDR, large backlog).
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Bound> {
+        let domain = socket2::Domain::for_address(addr);
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        let local_addr = listener.local_addr().unwrap_or(addr);
+        Ok(Bound {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Starts accepting clients of `service` in a task of their own.
+    pub fn serve(self, service: Arc<Service>) -> Listening {
+        let stop = CancellationToken::new();
+        tracing::info!(service = %service.name, addr = %self.local_addr, "service listening");
+        tokio::spawn(accept_loop(self.listener, service, stop.clone()));
+        Listening {
+            stop,
+            local_addr: self.local_addr,
+        }
+    }
+}
+
+impl Listening {
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
 }
 
 /// Accepts until `stop` is cancelled.
-pub async fn accept_loop(listener: TcpListener, service: Arc<Service>, stop: CancellationToken) {
+async fn accept_loop(listener: TcpListener, service: Arc<Service>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,

@@ -4,13 +4,17 @@
 //! (one listener each) and their pools, live, and answers with an `ApplyReport` naming each
 //! service it could not apply. See `config` for the knobs.
 //!
-//! Layout: `apply` reconciles the running services with a config; `listener` binds and accepts; `frontend::login` handles the first packets, TLS, SCRAM/md5 and
-//! the pool lookup; `frontend::session` is a client's life (idle → waiting → active, see
-//! `ClientState`); `frontend::relay` is the hot path (header-only scanning, prepared statement
-//! rewriting, the queue of expected answers); `backend::pool` holds server connections
+//! Layout: `apply` reconciles the running services with a config; `listener` binds and accepts;
+//! `frontend::client` is the task of one connection; `frontend::login` logs it in
+//! (negotiate → admit → authenticate → greet); `frontend::session` is a logged-in client's life
+//! (idle → waiting → active, see `ClientState`); `frontend::relay` is the hot path: the socket
+//! loop (`pump`), header-only scanning of each direction (`from_client` with prepared
+//! statement rewriting, `from_server`) and the relay state a server connection carries (the
+//! queue of expected answers, partial messages); `backend::pool` holds server connections
 //! (SV_IDLE list, SV_ACTIVE/SV_CONNECTING counts, FIFO of CL_WAITING clients, RAII check-in);
 //! `backend::server` logs in to PostgreSQL; `params` carries client parameters to whichever
-//! server connection serves the client; `cancel` routes CancelRequests.
+//! server connection serves the client; `cancel` routes CancelRequests; `net::messages` builds
+//! and parses wire messages, whose type bytes are named in `net::messages::tag`.
 //!
 //! Errors clients see: unknown pool 3D000, bad password 28P01, wrong user for the pool or
 //! address not allowed 28000, too many clients 53300, pool/service removed 57P01, wait timeout

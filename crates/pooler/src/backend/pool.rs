@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
+use crate::net::messages::tag::txn;
 use crate::signal::Signal;
 
 /// Connecting to and logging in to the backend may take at most this long.
@@ -346,8 +347,8 @@ impl Pool {
     fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
         let now = Instant::now();
         let reusable = server.clean
-            && server.status == b'I'
-            && server.expect.is_empty()
+            && server.status == txn::IDLE
+            && server.relay.expect.is_empty()
             && server.bufs.is_empty()
             && server.gen == st.gen
             && now.duration_since(server.created) < st.settings.server_lifetime

@@ -4,7 +4,6 @@
 //! The forwarding buffers live here, not in the client, so an idle client owns none: pool size
 //! bounds the buffer memory, not the client count.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,8 @@ use tokio::net::TcpStream;
 use super::pool::SlotToken;
 use crate::auth::md5::md5_response;
 use crate::auth::scram::{ClientExchange, ScramError, MECHANISM};
+use crate::frontend::relay::RelayState;
+use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{
     self, auth, error::parse_error, header, startup, status::parse_parameter_status,
 };
@@ -57,25 +58,6 @@ impl ServerError {
             _ => "08006",
         }
     }
-}
-
-/// What the session expects the server to answer, in order. See `frontend::relay`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expect {
-    pub kind: u8,
-    pub action: Action,
-    /// Pooler-wide statement id for Parse entries (0 otherwise).
-    pub stmt: u64,
-}
-
-/// What to do with the answer to an `Expect`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Forward,
-    /// The pooler sent the message itself; the client must not see the answer.
-    Swallow,
-    /// The pooler answered the client itself without asking the server.
-    Synthesize,
 }
 
 /// The four buffers of an attached session.
@@ -123,16 +105,11 @@ const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(1
 pub struct Server {
     pub stream: TcpStream,
     pub bufs: Buffers,
-    pub expect: VecDeque<Expect>,
-    /// Transaction status of the last ReadyForQuery ('I', 'T' or 'E').
+    /// Where the relay is in this connection's byte streams; survives from one client to the
+    /// next only when at rest.
+    pub relay: RelayState,
+    /// Transaction status of the last ReadyForQuery (`txn::IDLE`, `IN_BLOCK`, `FAILED_BLOCK`).
     pub status: u8,
-    /// Bytes of the current client→server message still to stream through unexamined.
-    pub c2s_skip: usize,
-    /// Bytes of the current server→client message still to stream through unexamined.
-    pub s2c_skip: usize,
-    /// The server is in COPY IN and the client has not yet ended it: the server ignores Sync
-    /// until CopyDone/CopyFail, so those Syncs get no ReadyForQuery and expect no answer.
-    pub copy_in: bool,
     pub params: ServerParams,
     pub prepared: ServerStatements,
     pub pid: i32,
@@ -151,7 +128,7 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // Best effort: tell the server we are leaving rather than just vanishing.
-        let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+        let _ = self.stream.try_write(&messages::TERMINATE);
     }
 }
 
@@ -183,11 +160,8 @@ impl Server {
         let mut server = Box::new(Server {
             stream,
             bufs: Buffers::default(),
-            expect: VecDeque::new(),
-            status: b'I',
-            c2s_skip: 0,
-            s2c_skip: 0,
-            copy_in: false,
+            relay: RelayState::default(),
+            status: txn::IDLE,
             params: ServerParams::default(),
             prepared: ServerStatements::default(),
             pid: 0,
@@ -241,7 +215,7 @@ impl Server {
             let msg = self.bufs.s2c_in.split_to(len);
             let body = &msg[messages::HEADER..];
             match tag {
-                b'R' => {
+                tag::AUTHENTICATION => {
                     if body.len() < 4 {
                         return Err(ServerError::Protocol("short authentication message"));
                     }
@@ -296,23 +270,23 @@ impl Server {
                         other => return Err(ServerError::UnsupportedAuth(other)),
                     }
                 }
-                b'S' => {
+                tag::PARAMETER_STATUS => {
                     if let Some((name, value)) = parse_parameter_status(body) {
                         self.params.reported(name, value, true);
                         self.startup_params
                             .push((name.to_string(), value.to_string()));
                     }
                 }
-                b'K' if body.len() >= 8 => {
+                tag::BACKEND_KEY_DATA if body.len() >= 8 => {
                     self.pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     self.secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                 }
-                b'E' => {
+                tag::ERROR_RESPONSE => {
                     let (code, message) = parse_error(body);
                     return Err(ServerError::Server { code, message });
                 }
-                b'Z' => {
-                    self.status = body.first().copied().unwrap_or(b'I');
+                tag::READY_FOR_QUERY => {
+                    self.status = body.first().copied().unwrap_or(txn::IDLE);
                     return Ok(());
                 }
                 _ => {} // NoticeResponse and friends
@@ -331,18 +305,20 @@ impl Server {
             {
                 let body = &self.bufs.s2c_in[messages::HEADER..len];
                 match tag {
-                    b'S' => {
+                    tag::PARAMETER_STATUS => {
                         if let Some((name, value)) = parse_parameter_status(body) {
                             self.params.reported(name, value, false);
                         }
                     }
-                    b'E' => failure = Some(parse_error(body)),
-                    b'Z' => self.status = body.first().copied().unwrap_or(b'I'),
+                    tag::ERROR_RESPONSE => failure = Some(parse_error(body)),
+                    tag::READY_FOR_QUERY => {
+                        self.status = body.first().copied().unwrap_or(txn::IDLE)
+                    }
                     _ => {}
                 }
             }
             self.bufs.s2c_in.advance(len);
-            if tag == b'Z' {
+            if tag == tag::READY_FOR_QUERY {
                 return match failure {
                     Some((code, message)) => Err(ServerError::Server { code, message }),
                     None => Ok(()),
@@ -358,7 +334,7 @@ impl Server {
     /// idle for a while (a backend restarts while nobody uses its connections) is probed with a
     /// real non-blocking peek before a client's transaction is sent to it.
     pub fn is_alive(&mut self) -> bool {
-        if !self.bufs.is_empty() || self.status != b'I' || self.copy_in {
+        if !self.bufs.is_empty() || self.status != txn::IDLE || self.relay.copy_in {
             return false;
         }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -1,77 +1,34 @@
-//! From accepted socket to logged-in client: the first packets (SSLRequest, GSSENCRequest,
-//! CancelRequest, StartupMessage), address and client-count checks, pool lookup, password
-//! authentication, and the login answer (ParameterStatus, BackendKeyData, ReadyForQuery).
+//! From accepted socket to logged-in client, in four named steps: `negotiate` (the first
+//! packets: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), `admit` (address and
+//! client-count checks, startup parameters, pool lookup), `authenticate` (SCRAM-SHA-256 or md5)
+//! and `greet` (ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tracing::Instrument;
 
-use super::session::{self, Client};
 use crate::auth::md5::md5_response;
 use crate::auth::scram::{ServerExchange, MECHANISM};
 use crate::auth::ClientAuthMethod;
-use crate::net::messages::error::{error_response, Severity};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
+use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{auth, cstr, status};
 use crate::net::ClientStream;
 use crate::params::{self, Values};
-use crate::service::{ClientCount, Service};
-
-/// A client must finish logging in within this time.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::service::{Service, ServiceState};
 
 /// A login that failed with an error the client should see.
-struct Refusal {
-    code: &'static str,
-    message: String,
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
 }
 
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
-    }
-}
-
-/// Serves one accepted connection to its end.
-pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
-    let service = count.service.clone();
-    let span = tracing::info_span!("client", service = %service.name, %addr);
-    let mut stream = ClientStream::Plain(socket);
-    // Only the login runs inside the span; the session enters it when it logs (see `Client`).
-    let login = async {
-        tokio::select! {
-            // Boxed: the login state is freed once the client is in, keeping idle clients small.
-            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login(&mut stream, addr, &service))) => Some(r),
-            _ = service.shutdown.cancelled() => None,
-        }
-    }
-    .instrument(span.clone())
-    .await;
-    match login {
-        None => {}
-        Some(Ok(Ok(Some(client)))) => {
-            let client = Box::new(Client::new(stream, service, client, count, span));
-            session::run(client).await;
-        }
-        Some(Ok(Ok(None))) => {}
-        Some(Ok(Err(refusal))) => {
-            async {
-                tracing::info!(code = refusal.code, message = %refusal.message, "login refused");
-                let mut buf = BytesMut::new();
-                error_response(&mut buf, Severity::Fatal, refusal.code, &refusal.message);
-                let _ = stream.write_all(&buf).await;
-                let _ = stream.shutdown().await;
-            }
-            .instrument(span)
-            .await
-        }
-        Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out")),
     }
 }
 
@@ -129,23 +86,46 @@ async fn read_message(
     Ok(Some(()))
 }
 
-async fn login(
+/// Logs a client in: negotiate → admit → authenticate → greet. Ok(None): the connection ended
+/// without a login (a CancelRequest, a failed handshake, the client left).
+pub async fn login(
     stream: &mut ClientStream,
     addr: SocketAddr,
     service: &Arc<Service>,
 ) -> Result<Option<LoggedIn>, Refusal> {
     let mut buf = BytesMut::with_capacity(512);
-    let params = loop {
-        if read_startup_packet(stream, &mut buf).await?.is_none() {
+    let Some(startup) = negotiate(stream, &mut buf, service).await? else {
+        return Ok(None);
+    };
+    let state = service.state();
+    let admitted = admit(addr, service, &state, startup)?;
+    if authenticate(stream, &mut buf, service, &state, &admitted.user)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    Ok(Some(greet(stream, service, admitted).await?))
+}
+
+/// The first packets: TLS (or not), a CancelRequest (served and done), or the StartupMessage,
+/// whose parameters are returned.
+async fn negotiate(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    service: &Service,
+) -> Result<Option<Vec<(String, String)>>, Refusal> {
+    loop {
+        if read_startup_packet(stream, buf).await?.is_none() {
             return Ok(None);
         }
-        let first = startup::parse(&buf).map_err(|m| refuse("08P01", m))?;
+        let first = startup::parse(buf).map_err(|m| refuse("08P01", m))?;
         match first {
             Startup::Ssl => {
                 let tls = service.state().tls.clone();
                 match (tls, &*stream) {
                     (Some(acceptor), ClientStream::Plain(_)) => {
-                        write(stream, b"S").await?;
+                        write(stream, startup::ENCRYPTION_ACCEPTED).await?;
                         let ClientStream::Plain(tcp) =
                             std::mem::replace(stream, ClientStream::Closed)
                         else {
@@ -159,10 +139,10 @@ async fn login(
                             }
                         }
                     }
-                    _ => write(stream, b"N").await?,
+                    _ => write(stream, startup::ENCRYPTION_REFUSED).await?,
                 }
             }
-            Startup::GssEnc => write(stream, b"N").await?,
+            Startup::GssEnc => write(stream, startup::ENCRYPTION_REFUSED).await?,
             Startup::Cancel { pid, secret } => {
                 service.cancel.cancel(pid, secret).await;
                 return Ok(None);
@@ -177,10 +157,27 @@ async fn login(
                     ),
                 ));
             }
-            Startup::Startup { params } => break params,
+            Startup::Startup { params } => return Ok(Some(params)),
         }
-    };
-    let state = service.state();
+    }
+}
+
+/// A client the service lets in, before its password is checked.
+struct Admitted {
+    user: String,
+    pool_name: String,
+    pool: Arc<crate::backend::Pool>,
+    params: Values,
+}
+
+/// The checks that need no password: client address, client count, startup parameters, the
+/// pool and whether this user may use it.
+fn admit(
+    addr: SocketAddr,
+    service: &Service,
+    state: &ServiceState,
+    startup: Vec<(String, String)>,
+) -> Result<Admitted, Refusal> {
     if !state.allowed_cidrs.is_empty()
         && !state
             .allowed_cidrs
@@ -209,7 +206,7 @@ async fn login(
     let mut user = None;
     let mut database = None;
     let mut values: Values = Default::default();
-    for (name, value) in params {
+    for (name, value) in startup {
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
@@ -239,30 +236,45 @@ async fn login(
     let pool = service
         .pool(&pool_name)
         .ok_or_else(|| refuse("3D000", format!("pool \"{pool_name}\" does not exist")))?;
-    let pool_state = pool.state();
-    if pool_state.cfg.username != user {
+    if pool.state().cfg.username != user {
         return Err(refuse(
             "28000",
             format!("user \"{user}\" may not use pool \"{pool_name}\""),
         ));
     }
+    Ok(Admitted {
+        user,
+        pool_name,
+        pool,
+        params: values,
+    })
+}
+
+/// Checks the password with the service's method. Ok(None): the client left.
+async fn authenticate(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    service: &Service,
+    state: &ServiceState,
+    user: &str,
+) -> Result<Option<()>, Refusal> {
     let bad_password = || {
         refuse(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
         )
     };
-    let account = state.users.get(&user).cloned();
+    let account = state.users.get(user).cloned();
     match service.auth_method() {
         ClientAuthMethod::ScramSha256 => {
             let mut out = BytesMut::new();
             auth::auth_sasl(&mut out, MECHANISM);
             write(stream, &out).await?;
-            if read_message(stream, &mut buf, b'p').await?.is_none() {
+            if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
             let (mechanism, rest) =
-                cstr(&buf).ok_or_else(|| refuse("08P01", "malformed SASLInitialResponse"))?;
+                cstr(buf).ok_or_else(|| refuse("08P01", "malformed SASLInitialResponse"))?;
             if mechanism != MECHANISM.as_bytes() || rest.len() < 4 {
                 return Err(refuse("28000", "unsupported SASL mechanism"));
             }
@@ -278,10 +290,10 @@ async fn login(
             out.clear();
             auth::auth_sasl_data(&mut out, auth::AUTH_SASL_CONTINUE, server_first.as_bytes());
             write(stream, &out).await?;
-            if read_message(stream, &mut buf, b'p').await?.is_none() {
+            if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
-            let server_final = exchange.finish(&secret, &buf).map_err(|_| bad_password())?;
+            let server_final = exchange.finish(&secret, buf).map_err(|_| bad_password())?;
             if account.is_none() {
                 return Err(bad_password());
             }
@@ -294,18 +306,34 @@ async fn login(
             let mut out = BytesMut::new();
             auth::auth_md5(&mut out, salt);
             write(stream, &out).await?;
-            if read_message(stream, &mut buf, b'p').await?.is_none() {
+            if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
             let (answer, _) =
-                cstr(&buf).ok_or_else(|| refuse("08P01", "malformed password message"))?;
+                cstr(buf).ok_or_else(|| refuse("08P01", "malformed password message"))?;
             let account = account.ok_or_else(bad_password)?;
-            let expected = md5_response(&user, &account.password, salt);
+            let expected = md5_response(user, &account.password, salt);
             if answer != expected.as_bytes() {
                 return Err(bad_password());
             }
         }
     }
+    Ok(Some(()))
+}
+
+/// The login answer: AuthenticationOk, the server's parameters (the client's own where it set
+/// them), pooler-issued cancel keys, ReadyForQuery.
+async fn greet(
+    stream: &mut ClientStream,
+    service: &Service,
+    admitted: Admitted,
+) -> Result<LoggedIn, Refusal> {
+    let Admitted {
+        user,
+        pool_name,
+        pool,
+        params: values,
+    } = admitted;
     let login_params = pool.login_params().await.map_err(|e| Refusal {
         code: sqlstate(e.sqlstate()),
         message: format!("pool \"{pool_name}\": {e}"),
@@ -330,16 +358,15 @@ async fn login(
         }
     }
     status::backend_key_data(&mut out, cancel.pid, cancel.slot.secret);
-    status::ready_for_query(&mut out, b'I');
+    status::ready_for_query(&mut out, txn::IDLE);
     write(stream, &out).await?;
-    buf.advance(buf.len());
     tracing::debug!(pool = %pool_name, user = %user, "client logged in");
-    Ok(Some(LoggedIn {
+    Ok(LoggedIn {
         pool,
         user,
         params: values,
         cancel,
-    }))
+    })
 }
 
 /// SQLSTATEs are static strings in refusals; map the dynamic ones we can produce.

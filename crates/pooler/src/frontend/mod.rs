@@ -1,7 +1,9 @@
-//! Client side: login (startup, TLS, authentication, pool lookup) and the session loop.
+//! Client side: the connection task (`client`), its login (`login`), the session loop that
+//! attaches it to server connections (`session`) and the byte relay while attached (`relay`).
 
+pub mod client;
 pub mod login;
 pub mod relay;
 pub mod session;
 
-pub use login::handle;
+pub use client::handle;

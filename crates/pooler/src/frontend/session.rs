@@ -1,94 +1,25 @@
 //! A logged-in client's life: idle (no server connection, no buffers), waiting (queued for a
-//! server connection), active (attached, bytes relayed), and back, until it leaves.
+//! server connection), active (attached, bytes relayed by `relay::pump`), and back, until it
+//! leaves.
 
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::login::LoggedIn;
-use super::relay::{self, ClientCtx, ServerEvent};
+use super::client::{Client, ClientState};
+use super::relay::{self, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
-use crate::cancel::CancelGuard;
 use crate::config::PoolMode;
 use crate::net::messages::error::{error_response, Severity};
+use crate::net::messages::tag::{self, txn};
 use crate::net::stream::poll_read_buf;
-use crate::net::ClientStream;
-use crate::params::ClientParams;
-use crate::prepared::ClientStatements;
-use crate::service::{ClientCount, Service};
 use crate::signal::Watch;
 
-/// Stop reading a side while this much is waiting to be written to the other.
-const HIGH_WATER: usize = 256 * 1024;
 /// Buffer an idle client keeps for the first bytes of its next request.
 const IDLE_READ: usize = 256;
-/// Read granularity.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// Client connection states, PgBouncer style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
-    /// CL_IDLE: logged in, no server connection, waiting for the client to send.
-    Idle,
-    /// CL_WAITING: has sent a query, queued for a server connection.
-    Waiting,
-    /// CL_ACTIVE: attached to a server connection.
-    Active,
-}
-
-/// A logged-in client. Kept small: an idle client is this plus its socket.
-pub struct Client {
-    stream: ClientStream,
-    service: Arc<Service>,
-    pool: Arc<Pool>,
-    params: ClientParams,
-    statements: ClientStatements,
-    cancel: CancelGuard,
-    /// Client bytes read while not attached (TLS reads, leftovers of a release).
-    pending: BytesMut,
-    state: ClientState,
-    /// The client's span, entered only to log: entering it on every poll costs more than the
-    /// rest of a transaction's bookkeeping.
-    span: tracing::Span,
-    _count: ClientCount,
-}
-
-impl Client {
-    pub fn new(
-        stream: ClientStream,
-        service: Arc<Service>,
-        login: LoggedIn,
-        count: ClientCount,
-        span: tracing::Span,
-    ) -> Client {
-        Client {
-            stream,
-            service,
-            pool: login.pool,
-            params: ClientParams::new(login.params),
-            statements: ClientStatements::default(),
-            cancel: login.cancel,
-            pending: BytesMut::new(),
-            state: ClientState::Idle,
-            span,
-            _count: count,
-        }
-    }
-
-    async fn fatal(&mut self, code: &str, message: &str) {
-        self.span.in_scope(
-            || tracing::info!(code, message, state = ?self.state, "disconnecting client"),
-        );
-        let mut buf = BytesMut::new();
-        error_response(&mut buf, Severity::Fatal, code, message);
-        let _ = self.stream.write_all(&buf).await;
-        let _ = self.stream.flush().await;
-        let _ = self.stream.shutdown().await;
-    }
-}
 
 /// What an idle client did.
 enum Idle {
@@ -96,20 +27,6 @@ enum Idle {
     Gone,
     Shutdown,
     Drained,
-}
-
-/// How an attached period ended.
-#[derive(Debug)]
-enum End {
-    /// Server answered everything and the connection can be released.
-    Boundary,
-    ClientGone,
-    Shutdown,
-    ServerGone(String),
-    /// The session must end with this SQLSTATE and message.
-    Refused(&'static str, String),
-    /// Statement mode: the client opened a transaction block.
-    TransactionBlock,
 }
 
 /// Runs a logged-in client until it leaves or is disconnected.
@@ -207,7 +124,9 @@ async fn wait_idle(
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Idle::Gone),
             // Terminate needs no server connection.
-            Poll::Ready(Ok(_)) if pending.first() == Some(&b'X') => Poll::Ready(Idle::Gone),
+            Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
+                Poll::Ready(Idle::Gone)
+            }
             Poll::Ready(Ok(_)) => Poll::Ready(Idle::Data),
         }
     })
@@ -248,9 +167,24 @@ async fn attached(
         }
     }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
-    let max_prepared = st.settings.max_prepared_statements as usize;
     client.cancel.attach(server.cancel_target(&st.backend));
-    let end = pump(client, server, mode, track, max_prepared, stop, drain).await;
+    let end = {
+        let Client {
+            stream,
+            service,
+            params,
+            statements,
+            ..
+        } = &mut *client;
+        let mut ctx = ClientCtx {
+            statements,
+            params,
+            registry: &service.statements,
+            track,
+            max_prepared: st.settings.max_prepared_statements as usize,
+        };
+        relay::pump(stream, server, &mut ctx, mode, stop, drain).await
+    };
     client.cancel.detach();
     match end {
         End::Boundary => {
@@ -305,18 +239,18 @@ async fn attached(
             );
             // When nothing else is in flight, roll the block back and tell the client with a
             // plain ERROR; it stays connected. Otherwise there is no clean way back: disconnect.
-            if server.expect.is_empty()
+            if server.relay.expect.is_empty()
                 && server.bufs.s2c_in.is_empty()
-                && server.c2s_skip == 0
+                && server.relay.c2s_skip == 0
                 && server.run_internal("ROLLBACK").await.is_ok()
-                && server.status == b'I'
+                && server.status == txn::IDLE
             {
                 relay::take_pending(server, &mut client.pending);
                 server.clean = true;
                 // What the server answered before the refused ReadyForQuery, then the error.
                 let mut out = std::mem::take(&mut server.bufs.s2c_out);
                 error_response(&mut out, Severity::Error, "25001", &msg);
-                crate::net::messages::status::ready_for_query(&mut out, b'I');
+                crate::net::messages::status::ready_for_query(&mut out, txn::IDLE);
                 let sent = client.stream.write_all(&out).await.is_ok()
                     && client.stream.flush().await.is_ok();
                 out.clear();
@@ -339,151 +273,4 @@ async fn reset(server: &mut Server) -> Result<(), crate::backend::ServerError> {
     server.prepared.clear();
     server.params.reset();
     Ok(())
-}
-
-/// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
-/// server or shutdown. One task, one `poll_fn`: no per-message futures, no per-message syscalls.
-async fn pump(
-    client: &mut Client,
-    server: &mut Server,
-    mode: PoolMode,
-    track: bool,
-    max_prepared: usize,
-    stop: &mut Watch<'_, '_>,
-    drain: &mut Watch<'_, '_>,
-) -> End {
-    let Client {
-        stream,
-        service,
-        params,
-        statements,
-        ..
-    } = client;
-    let mut ctx = ClientCtx {
-        statements,
-        params,
-        registry: &service.statements,
-        track,
-        max_prepared,
-    };
-    let release_at_boundary = mode != PoolMode::Session;
-    let mut draining = false;
-    let mut saw_ready = false;
-    let mut client_flush = false;
-    // Bytes pending from before attaching (or a release) are processed first.
-    if !server.bufs.c2s_in.is_empty() {
-        match relay::client_input(server, &mut ctx) {
-            Ok(false) => {}
-            Ok(true) => return End::ClientGone,
-            Err(e) => return End::Refused("08P01", e.to_string()),
-        }
-    }
-    std::future::poll_fn(|cx| {
-        if stop.poll_fired(cx) {
-            return Poll::Ready(End::Shutdown);
-        }
-        if !draining && drain.poll_fired(cx) {
-            draining = true;
-        }
-        // Each socket direction is polled until it would block, at most once per wakeup: a
-        // direction that returned Pending has this task's waker registered, so polling it
-        // again before the next wakeup would cost without telling anything new.
-        let mut server_read = true;
-        let mut server_write = true;
-        let mut client_read = true;
-        let mut client_write = true;
-        loop {
-            let mut progress = false;
-            // Server to client first: most wakeups are the server's answer.
-            if server_read && server.bufs.s2c_out.len() < HIGH_WATER {
-                match poll_read_buf(&mut server.stream, cx, &mut server.bufs.s2c_in, READ_CHUNK) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
-                    Poll::Ready(Ok(_)) => {
-                        progress = true;
-                        match relay::server_input(server, ctx.params, mode == PoolMode::Statement) {
-                            Ok(ServerEvent::Ready) => saw_ready = true,
-                            Ok(ServerEvent::TransactionBlock) => {
-                                return Poll::Ready(End::TransactionBlock)
-                            }
-                            Ok(ServerEvent::None) => {}
-                            Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
-                        }
-                    }
-                    Poll::Pending => server_read = false,
-                }
-            }
-            if !server.bufs.s2c_out.is_empty() {
-                if client_write {
-                    match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            return Poll::Ready(End::ClientGone)
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            relay::consume(&mut server.bufs.s2c_out, n);
-                            client_flush = stream.is_tls();
-                            progress = true;
-                        }
-                        Poll::Pending => client_write = false,
-                    }
-                }
-            } else if client_flush && client_write {
-                match Pin::new(&mut *stream).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => client_flush = false,
-                    Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
-                    Poll::Pending => client_write = false,
-                }
-            }
-            let idle_point = saw_ready
-                && relay::at_boundary(server)
-                && server.bufs.c2s_out.is_empty()
-                && server.bufs.s2c_out.is_empty()
-                && !client_flush;
-            if idle_point && (release_at_boundary || draining) {
-                return Poll::Ready(End::Boundary);
-            }
-            if draining
-                && mode == PoolMode::Session
-                && relay::at_boundary(server)
-                && server.bufs.c2s_in.is_empty()
-            {
-                return Poll::Ready(End::Boundary);
-            }
-            if client_read && server.bufs.c2s_out.len() < HIGH_WATER {
-                match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(End::ClientGone)
-                    }
-                    Poll::Ready(Ok(_)) => {
-                        progress = true;
-                        match relay::client_input(server, &mut ctx) {
-                            Ok(false) => {}
-                            Ok(true) => return Poll::Ready(End::ClientGone),
-                            Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
-                        }
-                    }
-                    Poll::Pending => client_read = false,
-                }
-            }
-            if server_write && !server.bufs.c2s_out.is_empty() {
-                match Pin::new(&mut server.stream).poll_write(cx, &server.bufs.c2s_out) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        relay::consume(&mut server.bufs.c2s_out, n);
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
-                    Poll::Pending => server_write = false,
-                }
-            }
-            if !progress {
-                return Poll::Pending;
-            }
-        }
-    })
-    .await
 }

@@ -2,7 +2,14 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{begin, cstr, finish, put_cstr};
+use super::{begin, cstr, finish, put_cstr, tag};
+
+// Field types of an ErrorResponse.
+const FIELD_SEVERITY: u8 = b'S';
+/// The severity again, never localized (PostgreSQL 9.6+).
+const FIELD_SEVERITY_V: u8 = b'V';
+const FIELD_CODE: u8 = b'C';
+const FIELD_MESSAGE: u8 = b'M';
 
 /// Severity of an error the pooler sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,14 +24,14 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, messag
         Severity::Error => b"ERROR",
         Severity::Fatal => b"FATAL",
     };
-    let at = begin(buf, b'E');
-    buf.put_u8(b'S');
+    let at = begin(buf, tag::ERROR_RESPONSE);
+    buf.put_u8(FIELD_SEVERITY);
     put_cstr(buf, sev);
-    buf.put_u8(b'V');
+    buf.put_u8(FIELD_SEVERITY_V);
     put_cstr(buf, sev);
-    buf.put_u8(b'C');
+    buf.put_u8(FIELD_CODE);
     put_cstr(buf, code.as_bytes());
-    buf.put_u8(b'M');
+    buf.put_u8(FIELD_MESSAGE);
     put_cstr(buf, message.as_bytes());
     buf.put_u8(0);
     finish(buf, at);
@@ -43,8 +50,8 @@ pub fn parse_error(body: &[u8]) -> (String, String) {
             break;
         };
         match field {
-            b'C' => code = String::from_utf8_lossy(value).into_owned(),
-            b'M' => message = String::from_utf8_lossy(value).into_owned(),
+            FIELD_CODE => code = String::from_utf8_lossy(value).into_owned(),
+            FIELD_MESSAGE => message = String::from_utf8_lossy(value).into_owned(),
             _ => {}
         }
         rest = tail;

@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{cstr, put_cstr, HEADER};
+use super::{cstr, put_cstr, tag, HEADER};
 
 /// A Parse message split at its statement name: `rest` is query, parameter count and types.
 pub struct Parse<'a> {
@@ -19,7 +19,7 @@ pub fn parse_parse(msg: &[u8]) -> Option<Parse<'_>> {
 
 /// Writes a Parse with `name` and the original `rest`.
 pub fn write_parse(out: &mut BytesMut, name: &[u8], rest: &[u8]) {
-    out.put_u8(b'P');
+    out.put_u8(tag::PARSE);
     out.put_u32((4 + name.len() + 1 + rest.len()) as u32);
     put_cstr(out, name);
     out.put_slice(rest);
@@ -43,7 +43,7 @@ pub fn parse_bind(msg: &[u8]) -> Option<Bind<'_>> {
 }
 
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
-    out.put_u8(b'B');
+    out.put_u8(tag::BIND);
     out.put_u32((4 + portal.len() + 1 + statement.len() + 1 + rest.len()) as u32);
     put_cstr(out, portal);
     put_cstr(out, statement);
@@ -66,5 +66,5 @@ pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     put_cstr(out, name);
 }
 
-pub const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
-pub const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
+pub const PARSE_COMPLETE: [u8; 5] = [tag::PARSE_COMPLETE, 0, 0, 0, 4];
+pub const CLOSE_COMPLETE: [u8; 5] = [tag::CLOSE_COMPLETE, 0, 0, 0, 4];

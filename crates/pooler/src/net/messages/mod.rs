@@ -6,6 +6,7 @@ pub mod error;
 pub mod extended;
 pub mod startup;
 pub mod status;
+pub mod tag;
 
 use bytes::{BufMut, BytesMut};
 
@@ -50,12 +51,15 @@ pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// A simple Query message.
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    let at = begin(buf, b'Q');
+    let at = begin(buf, tag::QUERY);
     put_cstr(buf, sql.as_bytes());
     finish(buf, at);
 }
 
+/// A whole Terminate message.
+pub const TERMINATE: [u8; 5] = [tag::TERMINATE, 0, 0, 0, 4];
+
 /// Terminate.
 pub fn terminate(buf: &mut BytesMut) {
-    buf.put_slice(&[b'X', 0, 0, 0, 4]);
+    buf.put_slice(&TERMINATE);
 }

@@ -9,6 +9,9 @@ pub const SSL_REQUEST: u32 = 80877103;
 pub const GSSENC_REQUEST: u32 = 80877104;
 pub const CANCEL_REQUEST: u32 = 80877102;
 pub const PROTOCOL_3_0: u32 = 196608;
+/// The one-byte answers to SSLRequest and GSSENCRequest.
+pub const ENCRYPTION_ACCEPTED: &[u8] = b"S";
+pub const ENCRYPTION_REFUSED: &[u8] = b"N";
 /// Larger startup packets are refused, as PostgreSQL does.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 

@@ -1,0 +1,124 @@
+//! The connection task: one per accepted socket. It runs the login and then, for a client that
+//! got in, the session; both log inside the client's span (service, address).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::login::{self, LoggedIn};
+use super::session;
+use crate::backend::Pool;
+use crate::cancel::CancelGuard;
+use crate::net::messages::error::{error_response, Severity};
+use crate::net::ClientStream;
+use crate::params::ClientParams;
+use crate::prepared::ClientStatements;
+use crate::service::{ClientCount, Service};
+
+/// A client must finish logging in within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one accepted connection to its end.
+pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
+    let service = count.service.clone();
+    let span = tracing::info_span!("client", service = %service.name, %addr);
+    let mut stream = ClientStream::Plain(socket);
+    // Only the login runs inside the span; the session enters it when it logs (see `Client`).
+    let login = async {
+        tokio::select! {
+            // Boxed: the login state is freed once the client is in, keeping idle clients small.
+            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login::login(&mut stream, addr, &service))) => Some(r),
+            _ = service.shutdown.cancelled() => None,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    match login {
+        None => {}
+        Some(Ok(Ok(Some(client)))) => {
+            let client = Box::new(Client::new(stream, service, client, count, span));
+            session::run(client).await;
+        }
+        Some(Ok(Ok(None))) => {}
+        Some(Ok(Err(refusal))) => {
+            async {
+                tracing::info!(code = refusal.code, message = %refusal.message, "login refused");
+                let mut buf = BytesMut::new();
+                error_response(&mut buf, Severity::Fatal, refusal.code, &refusal.message);
+                let _ = stream.write_all(&buf).await;
+                let _ = stream.shutdown().await;
+            }
+            .instrument(span)
+            .await
+        }
+        Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out")),
+    }
+}
+
+/// Client connection states, PgBouncer style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// CL_IDLE: logged in, no server connection, waiting for the client to send.
+    Idle,
+    /// CL_WAITING: has sent a query, queued for a server connection.
+    Waiting,
+    /// CL_ACTIVE: attached to a server connection.
+    Active,
+}
+
+/// A logged-in client. Kept small: an idle client is this plus its socket.
+pub struct Client {
+    pub(super) stream: ClientStream,
+    pub(super) service: Arc<Service>,
+    pub(super) pool: Arc<Pool>,
+    pub(super) params: ClientParams,
+    pub(super) statements: ClientStatements,
+    pub(super) cancel: CancelGuard,
+    /// Client bytes read while not attached (TLS reads, leftovers of a release).
+    pub(super) pending: BytesMut,
+    pub(super) state: ClientState,
+    /// The client's span, entered only to log: entering it on every poll costs more than the
+    /// rest of a transaction's bookkeeping.
+    pub(super) span: tracing::Span,
+    _count: ClientCount,
+}
+
+impl Client {
+    pub fn new(
+        stream: ClientStream,
+        service: Arc<Service>,
+        login: LoggedIn,
+        count: ClientCount,
+        span: tracing::Span,
+    ) -> Client {
+        Client {
+            stream,
+            service,
+            pool: login.pool,
+            params: ClientParams::new(login.params),
+            statements: ClientStatements::default(),
+            cancel: login.cancel,
+            pending: BytesMut::new(),
+            state: ClientState::Idle,
+            span,
+            _count: count,
+        }
+    }
+
+    /// Sends a FATAL error and closes the connection.
+    pub(super) async fn fatal(&mut self, code: &str, message: &str) {
+        self.span.in_scope(
+            || tracing::info!(code, message, state = ?self.state, "disconnecting client"),
+        );
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Fatal, code, message);
+        let _ = self.stream.write_all(&buf).await;
+        let _ = self.stream.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}

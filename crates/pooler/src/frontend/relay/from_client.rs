@@ -1,0 +1,219 @@
+//! Scanning what the client sends: runs of messages pass unchanged; Terminate ends the session;
+//! with prepared-statement tracking, Parse/Bind/Describe/Close are rewritten to pooler-wide
+//! statement names and statements are prepared on whichever server connection serves.
+
+use std::sync::Arc;
+
+use super::{
+    drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
+    MAX_MESSAGE,
+};
+use crate::backend::server::Server;
+use crate::net::messages::extended::{
+    parse_bind, parse_parse, parse_target, write_bind, write_target,
+};
+use crate::net::messages::tag::{self, target};
+use crate::net::messages::{header, HEADER};
+use crate::prepared::Statement;
+
+fn expected_kind(tag: u8) -> Option<u8> {
+    match tag {
+        tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE | tag::SYNC => Some(tag),
+        // Both answered like a simple query: results, then ReadyForQuery.
+        tag::QUERY | tag::FUNCTION_CALL => Some(tag::QUERY),
+        _ => None,
+    }
+}
+
+/// Processes client bytes in `c2s_in` into `c2s_out`. Returns Ok(true) when the client sent
+/// Terminate. Runs of messages that pass unchanged are copied at once (or not at all).
+pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool, RelayError> {
+    // Taken out so that `server` can be updated while its bytes are looked at.
+    let mut input = std::mem::take(&mut server.bufs.c2s_in);
+    let result = client_messages(server, ctx, &input);
+    let (pos, run, terminated) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            server.bufs.c2s_in = input;
+            return Err(e);
+        }
+    };
+    finish(&mut input, &mut server.bufs.c2s_out, run, pos);
+    if server.relay.c2s_skip == 0 {
+        // A message the relay must see whole is arriving: make room for all of it at once.
+        if let Some((_, len)) = header(&input) {
+            if len > input.len() && len - 1 <= MAX_MESSAGE {
+                input.reserve(len - input.len());
+            }
+        }
+    }
+    server.bufs.c2s_in = input;
+    drain_synthesized(server);
+    Ok(terminated)
+}
+
+/// The scanning part of `client_input`: returns (bytes consumed, start of the unflushed run,
+/// terminated).
+fn client_messages(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    input: &[u8],
+) -> Result<(usize, usize, bool), RelayError> {
+    let mut pos = 0;
+    let mut run = 0;
+    loop {
+        if server.relay.c2s_skip > 0 {
+            let n = server.relay.c2s_skip.min(input.len() - pos);
+            if n == 0 {
+                break;
+            }
+            pos += n;
+            server.relay.c2s_skip -= n;
+            continue;
+        }
+        let Some((tag, len)) = header(&input[pos..]) else {
+            break;
+        };
+        if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
+            return Err(RelayError::BadLength(len));
+        }
+        tracing::trace!(tag = %(tag as char), len, "client message");
+        let avail = input.len() - pos;
+        let inspect = tag == tag::TERMINATE
+            || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
+        if !inspect {
+            match tag {
+                tag::SYNC if server.relay.copy_in => {}
+                tag::COPY_DONE | tag::COPY_FAIL if server.relay.copy_in => {
+                    server.relay.copy_in = false
+                }
+                // CopyDone sent before the server's CopyInResponse was seen (pipelined): a marker
+                // that tells `copy_started` where the copy ends.
+                tag::COPY_DONE | tag::COPY_FAIL => {
+                    push(&mut server.relay.expect, COPY_END, Action::Forward, 0)
+                }
+                _ => {
+                    if let Some(kind) = expected_kind(tag) {
+                        push(&mut server.relay.expect, kind, Action::Forward, 0);
+                    }
+                }
+            }
+            let n = len.min(avail);
+            pos += n;
+            server.relay.c2s_skip = len - n;
+            continue;
+        }
+        if avail < len {
+            break;
+        }
+        flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+        let msg = &input[pos..pos + len];
+        pos += len;
+        run = pos;
+        if tag == tag::TERMINATE {
+            return Ok((pos, run, true));
+        }
+        rewrite(server, ctx, tag, msg)?;
+    }
+    Ok((pos, run, false))
+}
+
+/// Handles one whole Parse/Bind/Describe/Close with statement tracking on.
+fn rewrite(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    tag: u8,
+    msg: &[u8],
+) -> Result<(), RelayError> {
+    match tag {
+        tag::PARSE => {
+            let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
+            if p.name.is_empty() {
+                server.bufs.c2s_out.extend_from_slice(msg);
+                push(&mut server.relay.expect, tag::PARSE, Action::Forward, 0);
+                return Ok(());
+            }
+            let stmt = ctx.registry.intern(p.rest);
+            ctx.statements.insert(p.name, stmt.clone());
+            if server.prepared.touch(stmt.id) {
+                push(&mut server.relay.expect, tag::PARSE, Action::Synthesize, 0);
+            } else {
+                prepare_on_server(server, &stmt, ctx.max_prepared, Action::Forward);
+            }
+        }
+        tag::BIND => {
+            let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
+            match lookup(ctx, b.statement) {
+                Some(stmt) => {
+                    ensure_prepared(server, &stmt, ctx.max_prepared);
+                    write_bind(
+                        &mut server.bufs.c2s_out,
+                        b.portal,
+                        stmt.name.as_bytes(),
+                        b.rest,
+                    );
+                }
+                None => server.bufs.c2s_out.extend_from_slice(msg),
+            }
+            push(&mut server.relay.expect, tag::BIND, Action::Forward, 0);
+        }
+        tag::DESCRIBE => {
+            let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Describe"))?;
+            match (kind, lookup(ctx, name)) {
+                (target::STATEMENT, Some(stmt)) => {
+                    ensure_prepared(server, &stmt, ctx.max_prepared);
+                    write_target(
+                        &mut server.bufs.c2s_out,
+                        tag::DESCRIBE,
+                        target::STATEMENT,
+                        stmt.name.as_bytes(),
+                    );
+                }
+                _ => server.bufs.c2s_out.extend_from_slice(msg),
+            }
+            push(&mut server.relay.expect, tag::DESCRIBE, Action::Forward, 0);
+        }
+        tag::CLOSE => {
+            let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Close"))?;
+            if kind == target::STATEMENT && !name.is_empty() {
+                // The server copy may serve other clients; only the client's name goes away.
+                // Closing an unknown name is not an error in PostgreSQL either.
+                ctx.statements.remove(name);
+                push(&mut server.relay.expect, tag::CLOSE, Action::Synthesize, 0);
+            } else {
+                server.bufs.c2s_out.extend_from_slice(msg);
+                push(&mut server.relay.expect, tag::CLOSE, Action::Forward, 0);
+            }
+        }
+        _ => unreachable!("only P/B/D/C are rewritten"),
+    }
+    Ok(())
+}
+
+fn lookup(ctx: &ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
+    if name.is_empty() {
+        return None;
+    }
+    ctx.statements.get(name).cloned()
+}
+
+/// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed).
+fn ensure_prepared(server: &mut Server, stmt: &Arc<Statement>, max: usize) {
+    if !server.prepared.touch(stmt.id) {
+        prepare_on_server(server, stmt, max, Action::Swallow);
+    }
+}
+
+fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, action: Action) {
+    if let Some(evicted) = server.prepared.add(stmt, max) {
+        write_target(
+            &mut server.bufs.c2s_out,
+            tag::CLOSE,
+            target::STATEMENT,
+            evicted.name.as_bytes(),
+        );
+        push(&mut server.relay.expect, tag::CLOSE, Action::Swallow, 0);
+    }
+    server.bufs.c2s_out.extend_from_slice(&stmt.parse);
+    push(&mut server.relay.expect, tag::PARSE, action, stmt.id);
+}

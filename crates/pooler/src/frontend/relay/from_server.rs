@@ -1,0 +1,197 @@
+//! Scanning what the server sends: ReadyForQuery ends a transaction or statement, errors skip
+//! to the next Sync, ParameterStatus updates the client's parameters, and the answers to the
+//! pooler's own messages are swallowed.
+
+use super::{
+    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, COPY_END, MAX_MESSAGE,
+};
+use crate::backend::server::Server;
+use crate::net::messages::status::parse_parameter_status;
+use crate::net::messages::tag::{self, txn};
+use crate::net::messages::{header, HEADER};
+use crate::params::ClientParams;
+
+/// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
+/// by the server, so they must not wait for a ReadyForQuery.
+pub(super) fn copy_started(server: &mut Server) {
+    let mut i = 1;
+    while i < server.relay.expect.len() {
+        match server.relay.expect[i].kind {
+            COPY_END => {
+                server.relay.expect.remove(i);
+                return;
+            }
+            tag::SYNC => {
+                server.relay.expect.remove(i);
+            }
+            _ => i += 1,
+        }
+    }
+    server.relay.copy_in = true;
+}
+
+/// Whether the server message `answer` is the last answer to a client message of type `kind`.
+fn terminates(kind: u8, answer: u8) -> bool {
+    match kind {
+        tag::PARSE => answer == tag::PARSE_COMPLETE,
+        tag::BIND => answer == tag::BIND_COMPLETE,
+        tag::CLOSE => answer == tag::CLOSE_COMPLETE,
+        tag::DESCRIBE => answer == tag::ROW_DESCRIPTION || answer == tag::NO_DATA,
+        tag::EXECUTE => matches!(
+            answer,
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED
+        ),
+        _ => false,
+    }
+}
+
+/// Processes server bytes in `s2c_in` into `s2c_out`. Runs of messages that pass unchanged
+/// are copied at once; a read that passes whole (the usual answer) is handed over by swapping
+/// the buffers.
+pub fn server_input(
+    server: &mut Server,
+    client_params: &mut ClientParams,
+    refuse_transactions: bool,
+) -> Result<ServerEvent, RelayError> {
+    let mut input = std::mem::take(&mut server.bufs.s2c_in);
+    let result = server_messages(server, client_params, refuse_transactions, &input);
+    match result {
+        Ok((pos, run, event)) => {
+            finish(&mut input, &mut server.bufs.s2c_out, run, pos);
+            server.bufs.s2c_in = input;
+            Ok(event)
+        }
+        Err(e) => {
+            server.bufs.s2c_in = input;
+            Err(e)
+        }
+    }
+}
+
+/// The scanning part of `server_input`: returns (bytes consumed, start of the unflushed run,
+/// event).
+fn server_messages(
+    server: &mut Server,
+    client_params: &mut ClientParams,
+    refuse_transactions: bool,
+    input: &[u8],
+) -> Result<(usize, usize, ServerEvent), RelayError> {
+    let mut event = ServerEvent::None;
+    let mut pos = 0;
+    let mut run = 0;
+    loop {
+        if server.relay.s2c_skip > 0 {
+            let n = server.relay.s2c_skip.min(input.len() - pos);
+            if n == 0 {
+                break;
+            }
+            pos += n;
+            server.relay.s2c_skip -= n;
+            continue;
+        }
+        if server
+            .relay
+            .expect
+            .front()
+            .is_some_and(|e| e.action == Action::Synthesize)
+        {
+            // Answers the pooler owes go out in order, after what was forwarded so far.
+            flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+            drain_synthesized(server);
+        }
+        let Some((tag, len)) = header(&input[pos..]) else {
+            break;
+        };
+        if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
+            return Err(RelayError::BadLength(len));
+        }
+        tracing::trace!(tag = %(tag as char), len, expect = ?server.relay.expect.front(), "server message");
+        let avail = input.len() - pos;
+        let whole = matches!(
+            tag,
+            tag::READY_FOR_QUERY
+                | tag::PARAMETER_STATUS
+                | tag::PARSE_COMPLETE
+                | tag::CLOSE_COMPLETE
+                | tag::COMMAND_COMPLETE
+        );
+        if whole && avail < len {
+            break;
+        }
+        let mut forward = true;
+        match tag {
+            tag::READY_FOR_QUERY => {
+                server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
+                while let Some(e) = server.relay.expect.pop_front() {
+                    if e.kind == tag::SYNC || e.kind == tag::QUERY {
+                        break;
+                    }
+                }
+                if refuse_transactions && server.status != txn::IDLE {
+                    // Not forwarded; what follows stays unprocessed.
+                    flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+                    pos += len;
+                    return Ok((pos, pos, ServerEvent::TransactionBlock));
+                }
+                event = ServerEvent::Ready;
+            }
+            tag::ERROR_RESPONSE => {
+                if let Some(front) = server.relay.expect.front().copied() {
+                    if matches!(
+                        front.kind,
+                        tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE
+                    ) {
+                        // The server skips everything up to the next Sync: those messages will
+                        // never be answered, and statements they would have prepared do not exist.
+                        while let Some(e) = server.relay.expect.front().copied() {
+                            if e.kind == tag::SYNC || e.kind == tag::QUERY {
+                                break;
+                            }
+                            if e.stmt != 0 {
+                                server.prepared.remove(e.stmt);
+                            }
+                            server.relay.expect.pop_front();
+                        }
+                    }
+                }
+            }
+            tag::COPY_IN_RESPONSE => copy_started(server),
+            tag::PARAMETER_STATUS => {
+                let body = &input[pos + HEADER..pos + len];
+                if let Some((name, value)) = parse_parameter_status(body) {
+                    server.params.reported_to(name, value, client_params);
+                }
+            }
+            _ => {
+                if tag == tag::COMMAND_COMPLETE {
+                    let body = &input[pos + HEADER..pos + len];
+                    if body.starts_with(b"DISCARD ALL\0") {
+                        server.prepared.clear();
+                        server.params.reset();
+                    } else if body.starts_with(b"DEALLOCATE ALL\0") {
+                        server.prepared.clear();
+                    }
+                }
+                if let Some(front) = server.relay.expect.front().copied() {
+                    if terminates(front.kind, tag) {
+                        server.relay.expect.pop_front();
+                        if front.action == Action::Swallow {
+                            forward = false;
+                        }
+                    }
+                }
+            }
+        }
+        if !forward {
+            // Swallowed answers are always whole (see `whole`).
+            flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+            pos += len;
+            run = pos;
+            continue;
+        }
+        let n = len.min(avail);
+        pos += n;
+        server.relay.s2c_skip = len - n;
+    }
+    Ok((pos, run, event))
+}

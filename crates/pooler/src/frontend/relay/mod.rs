@@ -1,0 +1,179 @@
+//! The hot path: moving bytes between an attached client and its server connection.
+//!
+//! `pump` is the socket loop: one task, one `poll_fn`, each direction read and written until it
+//! would block. What it reads is scanned header by header (`from_client`, `from_server`).
+//! Messages the pooler does not need to see are copied to the other side whole or, when large,
+//! streamed through as they arrive (`RelayState::*_skip` counts the bytes of the current message
+//! still to pass). Only ReadyForQuery, ParameterStatus, the tiny completion messages and
+//! CommandComplete are looked into on the server side; on the client side only Terminate and,
+//! with prepared-statement tracking, Parse/Bind/Describe/Close.
+//!
+//! Every client message that the server answers is recorded in `RelayState::expect`, in order,
+//! with what to do with the answer: forward it, swallow it (the pooler sent the message
+//! itself, e.g. a re-Parse before a Bind) or synthesize it (the pooler answered itself, e.g. a
+//! Parse of a statement the server already has). That keeps pipelines, Describe and errors in
+//! the middle of a pipeline exactly as the client would see them on a direct connection.
+//!
+//! The relay state belongs to a server connection, not to a client: it describes where that
+//! connection's byte streams are (mid-message, answers outstanding), and it must be at rest
+//! before the connection can serve another client (`at_boundary`).
+
+mod from_client;
+mod from_server;
+mod pump;
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BytesMut};
+
+use crate::backend::server::Server;
+use crate::net::messages::extended::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::net::messages::tag;
+use crate::params::ClientParams;
+use crate::prepared::{ClientStatements, Registry};
+
+pub use from_client::client_input;
+pub use from_server::server_input;
+pub use pump::{pump, End};
+
+/// PostgreSQL refuses messages over 1 GiB; so do we, before buffering one whole.
+pub(super) const MAX_MESSAGE: usize = 1 << 30;
+
+/// Client-side state the relay updates.
+pub struct ClientCtx<'a> {
+    pub statements: &'a mut ClientStatements,
+    pub params: &'a mut ClientParams,
+    pub registry: &'a Registry,
+    /// Prepared statement rewriting is on (transaction/statement mode, max > 0).
+    pub track: bool,
+    pub max_prepared: usize,
+}
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("invalid message length {0}")]
+    BadLength(usize),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+}
+
+/// Something the session must act on after server input was processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEvent {
+    None,
+    /// A ReadyForQuery arrived.
+    Ready,
+    /// Statement mode: a ReadyForQuery said "in a transaction block". It was not forwarded;
+    /// input after it is left unprocessed.
+    TransactionBlock,
+}
+
+/// Where a server connection's two byte streams are, as far as the relay is concerned.
+#[derive(Default, Debug)]
+pub struct RelayState {
+    /// Answers the server owes, oldest first (see the module docs).
+    pub expect: VecDeque<Expect>,
+    /// Bytes of the current client→server message still to stream through unexamined.
+    pub c2s_skip: usize,
+    /// Bytes of the current server→client message still to stream through unexamined.
+    pub s2c_skip: usize,
+    /// The server is in COPY IN and the client has not yet ended it: the server ignores Sync
+    /// until CopyDone/CopyFail, so those Syncs get no ReadyForQuery and expect no answer.
+    pub copy_in: bool,
+}
+
+/// What the relay expects the server to answer, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// The client message type that asked (`tag::PARSE`, `tag::SYNC`, ...; `tag::QUERY` also for
+    /// FunctionCall), or `COPY_END`.
+    pub kind: u8,
+    pub action: Action,
+    /// Pooler-wide statement id for Parse entries (0 otherwise).
+    pub stmt: u64,
+}
+
+/// What to do with the answer to an `Expect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    /// The pooler sent the message itself; the client must not see the answer.
+    Swallow,
+    /// The pooler answered the client itself without asking the server.
+    Synthesize,
+}
+
+/// Expect-queue marker for a client's CopyDone/CopyFail (no answer of its own).
+pub(super) const COPY_END: u8 = tag::COPY_DONE;
+
+pub(super) fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
+    expect.push_back(Expect { kind, action, stmt });
+}
+
+/// Appends `input[*run..pos]` (messages passed through unchanged) to `out` as one copy.
+pub(super) fn flush_run(out: &mut BytesMut, input: &[u8], run: &mut usize, pos: usize) {
+    if pos > *run {
+        out.extend_from_slice(&input[*run..pos]);
+    }
+    *run = pos;
+}
+
+/// Drops the first `pos` bytes of `input`; an emptied buffer keeps its start, so the next
+/// read reuses it without moving anything.
+pub fn consume(input: &mut BytesMut, pos: usize) {
+    if pos >= input.len() {
+        input.clear();
+    } else {
+        input.advance(pos);
+    }
+}
+
+/// Passes `input[..pos]` to `out` (already holding `run` bytes' worth of earlier output),
+/// swapping the buffers instead of copying when everything read goes out unchanged.
+pub(super) fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) {
+    if run == 0 && pos == input.len() && pos > 0 && out.is_empty() {
+        std::mem::swap(input, out);
+        input.clear();
+        return;
+    }
+    flush_run(out, input, &mut run, pos);
+    consume(input, pos);
+}
+
+/// Emits answers the pooler owes the client, once everything before them has been answered.
+pub(super) fn drain_synthesized(server: &mut Server) {
+    if server.relay.s2c_skip > 0 {
+        return;
+    }
+    while let Some(front) = server.relay.expect.front() {
+        if front.action != Action::Synthesize {
+            break;
+        }
+        let reply: &[u8] = if front.kind == tag::PARSE {
+            &PARSE_COMPLETE
+        } else {
+            &CLOSE_COMPLETE
+        };
+        server.bufs.s2c_out.extend_from_slice(reply);
+        server.relay.expect.pop_front();
+    }
+}
+
+/// True when the server has answered everything and the connection could serve someone else.
+pub fn at_boundary(server: &Server) -> bool {
+    server.status == tag::txn::IDLE
+        && !server.relay.copy_in
+        && server.relay.expect.is_empty()
+        && server.relay.c2s_skip == 0
+        && server.relay.s2c_skip == 0
+        && server.bufs.s2c_in.is_empty()
+}
+
+/// Moves not-yet-forwarded client bytes out of the server's buffer (on release).
+pub fn take_pending(server: &mut Server, pending: &mut BytesMut) {
+    if !server.bufs.c2s_in.is_empty() {
+        pending.extend_from_slice(&server.bufs.c2s_in);
+        server.bufs.c2s_in.clear();
+    }
+}

@@ -1,0 +1,165 @@
+//! The socket loop of an attached client: reads and writes both sockets in one task until the
+//! attachment ends, handing what it reads to the scanners.
+
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::AsyncWrite;
+
+use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerEvent};
+use crate::backend::server::Server;
+use crate::config::PoolMode;
+use crate::net::stream::poll_read_buf;
+use crate::net::ClientStream;
+use crate::signal::Watch;
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How an attached period ended.
+#[derive(Debug)]
+pub enum End {
+    /// Server answered everything and the connection can be released.
+    Boundary,
+    ClientGone,
+    Shutdown,
+    ServerGone(String),
+    /// The session must end with this SQLSTATE and message.
+    Refused(&'static str, String),
+    /// Statement mode: the client opened a transaction block.
+    TransactionBlock,
+}
+
+/// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
+/// server or shutdown. One task, one `poll_fn`: no per-message futures, no per-message syscalls.
+pub async fn pump(
+    stream: &mut ClientStream,
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    mode: PoolMode,
+    stop: &mut Watch<'_, '_>,
+    drain: &mut Watch<'_, '_>,
+) -> End {
+    let release_at_boundary = mode != PoolMode::Session;
+    let mut draining = false;
+    let mut saw_ready = false;
+    let mut client_flush = false;
+    // Bytes pending from before attaching (or a release) are processed first.
+    if !server.bufs.c2s_in.is_empty() {
+        match client_input(server, ctx) {
+            Ok(false) => {}
+            Ok(true) => return End::ClientGone,
+            Err(e) => return End::Refused("08P01", e.to_string()),
+        }
+    }
+    std::future::poll_fn(|cx| {
+        if stop.poll_fired(cx) {
+            return Poll::Ready(End::Shutdown);
+        }
+        if !draining && drain.poll_fired(cx) {
+            draining = true;
+        }
+        // Each socket direction is polled until it would block, at most once per wakeup: a
+        // direction that returned Pending has this task's waker registered, so polling it
+        // again before the next wakeup would cost without telling anything new.
+        let mut server_read = true;
+        let mut server_write = true;
+        let mut client_read = true;
+        let mut client_write = true;
+        loop {
+            let mut progress = false;
+            // Server to client first: most wakeups are the server's answer.
+            if server_read && server.bufs.s2c_out.len() < HIGH_WATER {
+                match poll_read_buf(&mut server.stream, cx, &mut server.bufs.s2c_in, READ_CHUNK) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        match server_input(server, ctx.params, mode == PoolMode::Statement) {
+                            Ok(ServerEvent::Ready) => saw_ready = true,
+                            Ok(ServerEvent::TransactionBlock) => {
+                                return Poll::Ready(End::TransactionBlock)
+                            }
+                            Ok(ServerEvent::None) => {}
+                            Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
+                        }
+                    }
+                    Poll::Pending => server_read = false,
+                }
+            }
+            if !server.bufs.s2c_out.is_empty() {
+                if client_write {
+                    match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(End::ClientGone)
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            consume(&mut server.bufs.s2c_out, n);
+                            client_flush = stream.is_tls();
+                            progress = true;
+                        }
+                        Poll::Pending => client_write = false,
+                    }
+                }
+            } else if client_flush && client_write {
+                match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => client_flush = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),
+                    Poll::Pending => client_write = false,
+                }
+            }
+            let idle_point = saw_ready
+                && at_boundary(server)
+                && server.bufs.c2s_out.is_empty()
+                && server.bufs.s2c_out.is_empty()
+                && !client_flush;
+            if idle_point && (release_at_boundary || draining) {
+                return Poll::Ready(End::Boundary);
+            }
+            if draining
+                && mode == PoolMode::Session
+                && at_boundary(server)
+                && server.bufs.c2s_in.is_empty()
+            {
+                return Poll::Ready(End::Boundary);
+            }
+            if client_read && server.bufs.c2s_out.len() < HIGH_WATER {
+                match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(End::ClientGone)
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        progress = true;
+                        match client_input(server, ctx) {
+                            Ok(false) => {}
+                            Ok(true) => return Poll::Ready(End::ClientGone),
+                            Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
+                        }
+                    }
+                    Poll::Pending => client_read = false,
+                }
+            }
+            if server_write && !server.bufs.c2s_out.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, &server.bufs.c2s_out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(End::ServerGone("server closed the connection".into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        consume(&mut server.bufs.c2s_out, n);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Pending => server_write = false,
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}

@@ -7,11 +7,12 @@
 //! Layout: `apply` reconciles the running services with a config; `listener` binds and accepts;
 //! `frontend::client` is the task of one connection; `frontend::login` logs it in
 //! (negotiate → admit → authenticate → greet); `frontend::session` is a logged-in client's life
-//! (idle → waiting → active, see `ClientState`); `frontend::relay` is the hot path: the socket
+//! (idle → waiting → active); `frontend::relay` is the hot path: the socket
 //! loop (`pump`), header-only scanning of each direction (`from_client` with prepared
 //! statement rewriting, `from_server`) and the relay state a server connection carries (the
 //! queue of expected answers, partial messages); `backend::pool` holds server connections
-//! (SV_IDLE list, SV_ACTIVE/SV_CONNECTING counts, FIFO of CL_WAITING clients, RAII check-in);
+//! (SV_IDLE list, FIFO of waiting clients, RAII check-in) and keeps the counts of its client
+//! and server connections by state (`stats`: `ClientState`, `ServerState`, `PoolStats`);
 //! `backend::server` logs in to PostgreSQL; `params` carries client parameters to whichever
 //! server connection serves the client; `cancel` routes CancelRequests; `net::messages` builds
 //! and parses wire messages, whose type bytes are named in `net::messages::tag`.
@@ -34,6 +35,7 @@ pub mod params;
 pub mod prepared;
 pub mod service;
 pub mod signal;
+pub mod stats;
 mod tls;
 
 use std::collections::HashMap;
@@ -46,12 +48,12 @@ use parking_lot::Mutex;
 
 pub use apply::{ApplyReport, ServiceFailure};
 pub use auth::ClientAuthMethod;
-pub use backend::PoolStats;
 pub use config::{
     BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, PoolerConfig, ServiceConfig,
     TlsConfig, UserConfig,
 };
 pub use error::PoolerError;
+pub use stats::{ClientState, PoolStats, ServerState};
 
 use apply::Running;
 use cancel::CancelRegistry;

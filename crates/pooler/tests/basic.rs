@@ -158,3 +158,59 @@ async fn statement_mode_refuses_transaction_blocks() {
     assert!(!rows.is_empty());
     pooler.shutdown().await;
 }
+
+/// Polls `cond` until it holds (or fails after a generous deadline).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_counts_its_connections_by_state() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "states",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 2)],
+    ))
+    .await;
+    let stats = || pooler.pool_stats("states", "p1").expect("pool exists");
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    let c = connect(addr, "p1").await.unwrap();
+    let idle = connect(addr, "p1").await.unwrap();
+    eventually("four idle clients", || stats().cl_idle == 4).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        one
+    });
+    eventually("the third client waits", || stats().cl_waiting >= 1).await;
+    let s = stats();
+    assert_eq!(s.sv_active, 2, "{s:?}");
+    assert_eq!(s.sv_idle, 0, "{s:?}");
+    assert_eq!(s.sv_login, 0, "{s:?}");
+    assert_eq!(s.cl_active, 2, "{s:?}");
+    assert_eq!(s.cl_waiting, 1, "{s:?}");
+    assert_eq!(s.cl_idle, 1, "{s:?}");
+
+    // One transaction ends: the waiting client is served with the freed connection.
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting.await.unwrap(), 1);
+    b.batch_execute("COMMIT").await.unwrap();
+    eventually("everyone idle again", || {
+        let s = stats();
+        s.cl_idle == 3 && s.cl_active == 0 && s.cl_waiting == 0 && s.sv_idle == 2
+    })
+    .await;
+    drop(idle);
+    eventually("a client that leaves is uncounted", || stats().cl_idle == 2).await;
+    pooler.shutdown().await;
+}

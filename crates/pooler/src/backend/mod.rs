@@ -3,5 +3,5 @@
 pub mod pool;
 pub mod server;
 
-pub use pool::{AcquireError, Pool, PoolState, PoolStats, ServerGuard};
+pub use pool::{AcquireError, Pool, PoolState, ServerGuard};
 pub use server::{Server, ServerError};

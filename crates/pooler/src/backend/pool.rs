@@ -7,7 +7,7 @@
 //! reservation) dies, so a slot cannot leak whatever path drops it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
 use crate::net::messages::tag::txn;
 use crate::signal::Signal;
+use crate::stats::{ClientCounts, ClientState, PoolStats, ServerState};
 
 /// Connecting to and logging in to the backend may take at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +51,8 @@ enum Grant {
 /// transaction costs more than the rest of the queueing. Timeouts fire up to `TICK` late.
 struct Waiter {
     tx: oneshot::Sender<Grant>,
+    /// When it started waiting (for `PoolStats::maxwait`).
+    since: Instant,
     deadline: Instant,
 }
 
@@ -61,24 +64,16 @@ const TICK: Duration = Duration::from_millis(250);
 struct Inner {
     /// Server state SV_IDLE.
     idle: Vec<Box<Server>>,
-    /// Every connection that exists or is being made (idle + active + connecting).
+    /// Every connection that exists or is being made (idle + active + used + login), plus
+    /// capacity reserved for a connection about to be made.
     total: u32,
-    /// Server state SV_CONNECTING (part of total).
-    connecting: u32,
+    /// Server state SV_LOGIN (part of total).
+    login: u32,
     size: u32,
     /// Client state CL_WAITING.
     waiters: VecDeque<Waiter>,
     /// The upkeep is making a connection (for min_pool_size); one at a time.
     upkeep_connecting: bool,
-}
-
-/// Counters for SHOW POOLS-like views and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolStats {
-    pub sv_idle: u32,
-    pub sv_active: u32,
-    pub sv_connecting: u32,
-    pub cl_waiting: u32,
 }
 
 /// Why no server connection could be had.
@@ -118,6 +113,10 @@ pub struct Pool {
     pub drain: Signal,
     /// ParameterStatus values a client gets at login, learnt from a server connection.
     login_params: Mutex<Option<LoginParams>>,
+    /// This pool's clients by state (each client keeps its own contribution up to date).
+    pub(crate) clients: ClientCounts,
+    /// Server state SV_USED: lent connections being reset (see `Resetting`).
+    used: AtomicU32,
 }
 
 impl Pool {
@@ -128,7 +127,7 @@ impl Pool {
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
                 total: 0,
-                connecting: 0,
+                login: 0,
                 size: state.cfg.size,
                 waiters: VecDeque::new(),
                 upkeep_connecting: false,
@@ -137,6 +136,8 @@ impl Pool {
             version: AtomicU64::new(0),
             drain: Signal::new(),
             login_params: Mutex::new(None),
+            clients: ClientCounts::default(),
+            used: AtomicU32::new(0),
         });
         tokio::spawn(maintain(Arc::downgrade(&pool), pool.drain.token().clone()));
         pool
@@ -206,14 +207,36 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let inner = self.inner.lock();
-        let idle = inner.idle.len() as u32;
+        let (total, idle, login, oldest) = {
+            let inner = self.inner.lock();
+            (
+                inner.total,
+                inner.idle.len() as u32,
+                inner.login,
+                inner.waiters.front().map(|w| w.since),
+            )
+        };
+        let used = self.used.load(Ordering::Relaxed);
         PoolStats {
+            cl_active: self.clients.get(ClientState::Active),
+            cl_waiting: self.clients.get(ClientState::Waiting),
+            cl_idle: self.clients.get(ClientState::Idle),
+            // Lent connections not being reset; a slot reserved for a connection about to be
+            // made counts here for the moment before its login starts.
+            sv_active: total.saturating_sub(idle + login + used),
             sv_idle: idle,
-            sv_active: inner.total - idle - inner.connecting,
-            sv_connecting: inner.connecting,
-            cl_waiting: inner.waiters.len() as u32,
+            sv_used: used,
+            sv_login: login,
+            maxwait: oldest.map(|t| t.elapsed()).unwrap_or_default(),
         }
+    }
+
+    /// Counts `server` as SV_USED until the returned guard is dropped: its client is done with
+    /// it and it is being reset.
+    pub fn resetting<'a>(&'a self, server: &'a mut Server) -> Resetting<'a> {
+        self.used.fetch_add(1, Ordering::Relaxed);
+        server.state = ServerState::Used;
+        Resetting { pool: self, server }
     }
 
     /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
@@ -236,6 +259,7 @@ impl Pool {
     fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
         if s.gen == st.gen && s.is_alive() {
             s.clean = false;
+            s.state = ServerState::Active;
             return Some(ServerGuard {
                 pool: self.clone(),
                 server: Some(s),
@@ -249,7 +273,8 @@ impl Pool {
     /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
         let state = self.state();
-        let deadline = Instant::now() + state.wait_timeout;
+        let since = Instant::now();
+        let deadline = since + state.wait_timeout;
         loop {
             if self.drain.is_cancelled() {
                 return Err(AcquireError::Removed);
@@ -265,7 +290,11 @@ impl Pool {
                     }))
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    inner.waiters.push_back(Waiter { tx, deadline });
+                    inner.waiters.push_back(Waiter {
+                        tx,
+                        since,
+                        deadline,
+                    });
                     Err(rx)
                 }
             };
@@ -285,7 +314,8 @@ impl Pool {
                     }
                 }
                 Grant::Connect(slot) => {
-                    let s = self.connect(slot).await?;
+                    let mut s = self.connect(slot).await?;
+                    s.state = ServerState::Active;
                     return Ok(ServerGuard {
                         pool: self.clone(),
                         server: Some(s),
@@ -298,7 +328,7 @@ impl Pool {
 
     async fn connect(self: &Arc<Self>, slot: SlotToken) -> Result<Box<Server>, ServerError> {
         let st = self.state();
-        self.inner.lock().connecting += 1;
+        self.inner.lock().login += 1;
         let result = Server::connect(
             ConnectParams {
                 host: &st.backend.host,
@@ -312,7 +342,7 @@ impl Pool {
             slot,
         )
         .await;
-        self.inner.lock().connecting -= 1;
+        self.inner.lock().login -= 1;
         match &result {
             Ok(s) => {
                 let mut lp = self.login_params.lock();
@@ -360,6 +390,7 @@ impl Pool {
         let mut server = server;
         server.bufs.shrink();
         server.last_used = now;
+        server.state = ServerState::Idle;
         loop {
             // The waiter is woken outside the lock.
             let waiter = {
@@ -377,9 +408,13 @@ impl Pool {
                 drop(server); // beyond the pool's (reduced) size: closes, frees its slot
                 return;
             };
+            server.state = ServerState::Active;
             match w.tx.send(Grant::Server(server)) {
                 Ok(()) => return,
-                Err(Grant::Server(s)) => server = s,
+                Err(Grant::Server(mut s)) => {
+                    s.state = ServerState::Idle;
+                    server = s;
+                }
                 Err(_) => unreachable!("sent a server"),
             }
         }
@@ -516,6 +551,32 @@ impl Drop for SlotToken {
         if let Some(pool) = self.pool.upgrade() {
             pool.release_slot();
         }
+    }
+}
+
+/// A lent server connection counted as SV_USED (see `Pool::resetting`).
+pub struct Resetting<'a> {
+    pool: &'a Pool,
+    server: &'a mut Server,
+}
+
+impl std::ops::Deref for Resetting<'_> {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.server
+    }
+}
+
+impl std::ops::DerefMut for Resetting<'_> {
+    fn deref_mut(&mut self) -> &mut Server {
+        self.server
+    }
+}
+
+impl Drop for Resetting<'_> {
+    fn drop(&mut self) {
+        self.server.state = ServerState::Active;
+        self.pool.used.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,6 +22,7 @@ use crate::net::messages::{
 use crate::net::stream::read_buf;
 use crate::params::ServerParams;
 use crate::prepared::ServerStatements;
+use crate::stats::ServerState;
 
 /// Why a server connection could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +109,8 @@ pub struct Server {
     /// Where the relay is in this connection's byte streams; survives from one client to the
     /// next only when at rest.
     pub relay: RelayState,
+    /// Where it is in its life (see `ServerState`).
+    pub state: ServerState,
     /// Transaction status of the last ReadyForQuery (`txn::IDLE`, `IN_BLOCK`, `FAILED_BLOCK`).
     pub status: u8,
     pub params: ServerParams,
@@ -161,6 +164,7 @@ impl Server {
             stream,
             bufs: Buffers::default(),
             relay: RelayState::default(),
+            state: ServerState::Login,
             status: txn::IDLE,
             params: ServerParams::default(),
             prepared: ServerStatements::default(),

@@ -19,6 +19,7 @@ use crate::net::ClientStream;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::service::{ClientCount, Service};
+use crate::stats::ClientState;
 
 /// A client must finish logging in within this time.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,17 +61,6 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     }
 }
 
-/// Client connection states, PgBouncer style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
-    /// CL_IDLE: logged in, no server connection, waiting for the client to send.
-    Idle,
-    /// CL_WAITING: has sent a query, queued for a server connection.
-    Waiting,
-    /// CL_ACTIVE: attached to a server connection.
-    Active,
-}
-
 /// A logged-in client. Kept small: an idle client is this plus its socket.
 pub struct Client {
     pub(super) stream: ClientStream,
@@ -81,7 +71,8 @@ pub struct Client {
     pub(super) cancel: CancelGuard,
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
     pub(super) pending: BytesMut,
-    pub(super) state: ClientState,
+    /// Changed only through `set_state`, which keeps the pool's counts.
+    state: ClientState,
     /// The client's span, entered only to log: entering it on every poll costs more than the
     /// rest of a transaction's bookkeeping.
     pub(super) span: tracing::Span,
@@ -96,6 +87,7 @@ impl Client {
         count: ClientCount,
         span: tracing::Span,
     ) -> Client {
+        login.pool.clients.add(ClientState::Idle);
         Client {
             stream,
             service,
@@ -110,6 +102,12 @@ impl Client {
         }
     }
 
+    /// Moves the client to `state`, in its pool's counts too.
+    pub(super) fn set_state(&mut self, state: ClientState) {
+        self.pool.clients.change(self.state, state);
+        self.state = state;
+    }
+
     /// Sends a FATAL error and closes the connection.
     pub(super) async fn fatal(&mut self, code: &str, message: &str) {
         self.span.in_scope(
@@ -120,5 +118,11 @@ impl Client {
         let _ = self.stream.write_all(&buf).await;
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.pool.clients.remove(self.state);
     }
 }

@@ -9,7 +9,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::client::{Client, ClientState};
+use super::client::Client;
 use super::relay::{self, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
@@ -17,6 +17,7 @@ use crate::net::messages::error::{error_response, Severity};
 use crate::net::messages::tag::{self, txn};
 use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
+use crate::stats::ClientState;
 
 /// Buffer an idle client keeps for the first bytes of its next request.
 const IDLE_READ: usize = 256;
@@ -42,25 +43,28 @@ pub async fn run(mut client: Box<Client>) {
     let mut st_version = pool.state_version();
     let mut st = pool.state();
     loop {
-        client.state = ClientState::Idle;
+        client.set_state(ClientState::Idle);
         match wait_idle(&mut client, &mut stop, &mut drain).await {
             Idle::Data => {}
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
         }
-        client.state = ClientState::Waiting;
         let v = pool.state_version();
         if v != st_version {
             st_version = v;
             st = pool.state();
         }
+        // Counted as waiting only when it has to: a connection at hand goes straight to active.
         let acquired = match pool.try_acquire(&st) {
             Some(g) => Ok(g),
-            None => tokio::select! {
-                r = pool.acquire() => r,
-                _ = stop.fired() => return shutdown(&mut client).await,
-            },
+            None => {
+                client.set_state(ClientState::Waiting);
+                tokio::select! {
+                    r = pool.acquire() => r,
+                    _ = stop.fired() => return shutdown(&mut client).await,
+                }
+            }
         };
         let mut guard = match acquired {
             Ok(g) => g,
@@ -69,7 +73,7 @@ pub async fn run(mut client: Box<Client>) {
                 return client.fatal(e.sqlstate(), &msg).await;
             }
         };
-        client.state = ClientState::Active;
+        client.set_state(ClientState::Active);
         match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
             Ok(true) => {}
             Ok(false) => return,
@@ -190,7 +194,7 @@ async fn attached(
         End::Boundary => {
             relay::take_pending(server, &mut client.pending);
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
-                if let Err(e) = reset(server).await {
+                if let Err(e) = reset(pool, server).await {
                     client.span.in_scope(
                         || tracing::debug!(error = %e, "reset failed, closing server connection"),
                     );
@@ -215,7 +219,7 @@ async fn attached(
             {
                 server.bufs.s2c_out.clear();
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
-                    && reset(server).await.is_err()
+                    && reset(pool, server).await.is_err()
                 {
                     return Ok(false);
                 }
@@ -268,7 +272,8 @@ async fn attached(
 }
 
 /// DISCARD ALL between session-mode clients.
-async fn reset(server: &mut Server) -> Result<(), crate::backend::ServerError> {
+async fn reset(pool: &Pool, server: &mut Server) -> Result<(), crate::backend::ServerError> {
+    let mut server = pool.resetting(server);
     server.run_internal("DISCARD ALL").await?;
     server.prepared.clear();
     server.params.reset();

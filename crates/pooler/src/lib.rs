@@ -17,10 +17,11 @@
 //! server connection serves the client; `cancel` routes CancelRequests; `net::messages` builds
 //! and parses wire messages, whose type bytes are named in `net::messages::tag`.
 //!
-//! Errors clients see: unknown pool 3D000, bad password 28P01, wrong user for the pool or
-//! address not allowed 28000, too many clients 53300, pool/service removed 57P01, wait timeout
-//! 08006, backend unreachable 08001, transaction block in statement mode 25001 (an ERROR; the
-//! client stays connected). Messages name the pool.
+//! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
+//! password 28P01, wrong user for the pool or address not allowed 28000, too many clients 53300,
+//! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
+//! statement mode 25001 (an ERROR; the client stays connected); a server's own errors keep their
+//! SQLSTATE. Messages name the pool.
 
 mod apply;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod error;
+pub mod errors;
 pub mod frontend;
 mod listener;
 pub mod net;

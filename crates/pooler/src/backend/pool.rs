@@ -87,16 +87,6 @@ pub enum AcquireError {
     Removed,
 }
 
-impl AcquireError {
-    pub fn sqlstate(&self) -> &str {
-        match self {
-            AcquireError::Timeout(_) => "08006",
-            AcquireError::Server(e) => e.sqlstate(),
-            AcquireError::Removed => "57P01",
-        }
-    }
-}
-
 /// ParameterStatus (name, value) pairs sent to clients at login.
 pub type LoginParams = Arc<Vec<(String, String)>>;
 
@@ -175,7 +165,7 @@ impl Pool {
                 if s.gen == new_gen {
                     keep.push(s);
                 } else {
-                    retired.push(s);
+                    retired.push((s, "pool configuration changed"));
                 }
             }
             inner.idle = keep;
@@ -183,11 +173,14 @@ impl Pool {
                 (inner.total.saturating_sub(retired.len() as u32)).saturating_sub(size) as usize;
             for _ in 0..surplus.min(inner.idle.len()) {
                 if let Some(s) = inner.idle.pop() {
-                    retired.push(s);
+                    retired.push((s, "pool size reduced"));
                 }
             }
         }
-        drop(retired); // closes them, outside the lock (their slots lock it again)
+        // Closed outside the lock (their slots lock it again).
+        for (s, reason) in retired {
+            s.close(reason);
+        }
         self.grant_slots();
     }
 
@@ -203,7 +196,9 @@ impl Pool {
             )
         };
         drop(waiters);
-        drop(idle);
+        for s in idle {
+            s.close("pool removed");
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -265,8 +260,12 @@ impl Pool {
                 server: Some(s),
             });
         }
-        tracing::debug!(pool = %self.name, "discarding stale idle server connection");
-        drop(s);
+        let reason = if s.gen != st.gen {
+            "pool configuration changed"
+        } else {
+            "found closed or unusable when lent"
+        };
+        s.close(reason);
         None
     }
 
@@ -331,6 +330,7 @@ impl Pool {
         self.inner.lock().login += 1;
         let result = Server::connect(
             ConnectParams {
+                pool: &self.name,
                 host: &st.backend.host,
                 port: st.backend.port,
                 user: &st.cfg.username,
@@ -376,15 +376,23 @@ impl Pool {
     /// configuration or beyond the pool's size are closed.
     fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
         let now = Instant::now();
-        let reusable = server.clean
-            && server.status == txn::IDLE
-            && server.relay.expect.is_empty()
-            && server.bufs.is_empty()
-            && server.gen == st.gen
-            && now.duration_since(server.created) < st.settings.server_lifetime
-            && !self.drain.is_cancelled();
-        if !reusable {
-            drop(server);
+        let unusable = if !server.clean
+            || server.status != txn::IDLE
+            || !server.relay.expect.is_empty()
+            || !server.bufs.is_empty()
+        {
+            Some("not at a clean transaction boundary")
+        } else if server.gen != st.gen {
+            Some("pool configuration changed")
+        } else if now.duration_since(server.created) >= st.settings.server_lifetime {
+            Some("server_lifetime reached")
+        } else if self.drain.is_cancelled() {
+            Some("pool removed")
+        } else {
+            None
+        };
+        if let Some(reason) = unusable {
+            server.close(reason);
             return;
         }
         let mut server = server;
@@ -405,7 +413,7 @@ impl Pool {
                 }
             };
             let Some(w) = waiter else {
-                drop(server); // beyond the pool's (reduced) size: closes, frees its slot
+                server.close("pool size reduced"); // frees its slot
                 return;
             };
             server.state = ServerState::Active;
@@ -487,8 +495,17 @@ impl Pool {
                     .settings
                     .server_idle_timeout
                     .is_some_and(|t| now.duration_since(s.last_used) >= t);
-                if too_old || (idle_too_long && remaining > min) || s.gen != st.gen {
-                    closing.push(inner.idle.swap_remove(i));
+                let reason = if s.gen != st.gen {
+                    Some("pool configuration changed")
+                } else if too_old {
+                    Some("server_lifetime reached")
+                } else if idle_too_long && remaining > min {
+                    Some("server_idle_timeout reached")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    closing.push((inner.idle.swap_remove(i), reason));
                     remaining -= 1;
                 } else {
                     i += 1;
@@ -507,7 +524,10 @@ impl Pool {
                 false
             }
         };
-        drop(closing); // their slots give the capacity back
+        // Closed outside the lock: their slots give the capacity back.
+        for (s, reason) in closing {
+            s.close(reason);
+        }
         want_new
     }
 }

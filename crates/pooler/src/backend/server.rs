@@ -50,17 +50,6 @@ pub enum ServerError {
     Protocol(&'static str),
 }
 
-impl ServerError {
-    /// The SQLSTATE a client should see when this stops its query.
-    pub fn sqlstate(&self) -> &str {
-        match self {
-            ServerError::Server { code, .. } => code,
-            ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => "08001",
-            _ => "08006",
-        }
-    }
-}
-
 /// The four buffers of an attached session.
 #[derive(Default)]
 pub struct Buffers {
@@ -125,11 +114,21 @@ pub struct Server {
     pub clean: bool,
     /// Parameters reported at login, in order, for clients' login ParameterStatus.
     pub startup_params: Vec<(String, String)>,
+    /// The pool it belongs to, for logs.
+    pub pool: Arc<str>,
+    /// Why it is being closed, set by whoever decided to close it (logged when it is dropped).
+    pub close_reason: Option<&'static str>,
     pub(crate) _slot: SlotToken,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        tracing::info!(
+            pool = %self.pool,
+            pid = self.pid,
+            reason = self.close_reason.unwrap_or("unknown"),
+            "closing server connection"
+        );
         // Best effort: tell the server we are leaving rather than just vanishing.
         let _ = self.stream.try_write(&messages::TERMINATE);
     }
@@ -137,6 +136,7 @@ impl Drop for Server {
 
 /// What connecting needs to know.
 pub struct ConnectParams<'a> {
+    pub pool: &'a str,
     pub host: &'a str,
     pub port: u16,
     pub user: &'a str,
@@ -175,13 +175,21 @@ impl Server {
             gen: p.gen,
             clean: false,
             startup_params: Vec::new(),
+            pool: p.pool.into(),
+            close_reason: None,
             _slot: slot,
         });
-        match tokio::time::timeout(p.timeout, server.login(&p)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(ServerError::ConnectTimeout { addr }),
+        let login = match tokio::time::timeout(p.timeout, server.login(&p)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::ConnectTimeout { addr }),
+        };
+        match login {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                server.close_reason = Some("login failed");
+                Err(e)
+            }
         }
-        Ok(server)
     }
 
     /// Reads one whole message into s2c_in and returns (type, total length).
@@ -357,6 +365,11 @@ impl Server {
             Ok(_) => false,
             Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         }
+    }
+
+    /// Closes the connection, logging `reason` unless an earlier, more precise one was set.
+    pub fn close(mut self: Box<Self>, reason: &'static str) {
+        self.close_reason.get_or_insert(reason);
     }
 
     /// A cancel target for this connection.

@@ -14,7 +14,8 @@ use super::login::{self, LoggedIn};
 use super::session;
 use crate::backend::Pool;
 use crate::cancel::CancelGuard;
-use crate::net::messages::error::{error_response, Severity};
+use crate::errors::ClientError;
+use crate::net::messages::error::Severity;
 use crate::net::ClientStream;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
@@ -48,9 +49,13 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
         Some(Ok(Ok(None))) => {}
         Some(Ok(Err(refusal))) => {
             async {
-                tracing::info!(code = refusal.code, message = %refusal.message, "login refused");
+                tracing::info!(
+                    code = refusal.code(),
+                    message = refusal.message(),
+                    "login refused"
+                );
                 let mut buf = BytesMut::new();
-                error_response(&mut buf, Severity::Fatal, refusal.code, &refusal.message);
+                refusal.write(&mut buf, Severity::Fatal);
                 let _ = stream.write_all(&buf).await;
                 let _ = stream.shutdown().await;
             }
@@ -109,12 +114,17 @@ impl Client {
     }
 
     /// Sends a FATAL error and closes the connection.
-    pub(super) async fn fatal(&mut self, code: &str, message: &str) {
-        self.span.in_scope(
-            || tracing::info!(code, message, state = ?self.state, "disconnecting client"),
-        );
+    pub(super) async fn fatal(&mut self, error: &ClientError) {
+        self.span.in_scope(|| {
+            tracing::info!(
+                code = error.code(),
+                message = error.message(),
+                state = ?self.state,
+                "disconnecting client"
+            )
+        });
         let mut buf = BytesMut::new();
-        error_response(&mut buf, Severity::Fatal, code, message);
+        error.write(&mut buf, Severity::Fatal);
         let _ = self.stream.write_all(&buf).await;
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;

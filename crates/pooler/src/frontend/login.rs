@@ -12,25 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::auth::md5::md5_response;
 use crate::auth::scram::{ServerExchange, MECHANISM};
 use crate::auth::ClientAuthMethod;
+use crate::errors::{self, ClientError};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{auth, cstr, status};
 use crate::net::ClientStream;
 use crate::params::{self, Values};
 use crate::service::{Service, ServiceState};
-
-/// A login that failed with an error the client should see.
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
-}
 
 /// What login hands to the session.
 pub struct LoggedIn {
@@ -43,7 +31,7 @@ pub struct LoggedIn {
 async fn read_startup_packet(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-) -> Result<Option<()>, Refusal> {
+) -> Result<Option<()>, ClientError> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -51,7 +39,9 @@ async fn read_startup_packet(
     }
     let len = u32::from_be_bytes(len) as usize;
     if !(8..=MAX_STARTUP_PACKET).contains(&len) {
-        return Err(refuse("08P01", "invalid length of startup packet"));
+        return Err(errors::protocol_violation(
+            "invalid length of startup packet",
+        ));
     }
     buf.clear();
     buf.resize(len - 4, 0);
@@ -66,17 +56,17 @@ async fn read_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     tag: u8,
-) -> Result<Option<()>, Refusal> {
+) -> Result<Option<()>, ClientError> {
     let mut head = [0u8; 5];
     if stream.read_exact(&mut head).await.is_err() {
         return Ok(None);
     }
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if head[0] != tag || !(4..=MAX_STARTUP_PACKET).contains(&len) {
-        return Err(refuse(
-            "08P01",
-            format!("expected message type '{}'", tag as char),
-        ));
+        return Err(errors::protocol_violation(format!(
+            "expected message type '{}'",
+            tag as char
+        )));
     }
     buf.clear();
     buf.resize(len - 4, 0);
@@ -92,7 +82,7 @@ pub async fn login(
     stream: &mut ClientStream,
     addr: SocketAddr,
     service: &Arc<Service>,
-) -> Result<Option<LoggedIn>, Refusal> {
+) -> Result<Option<LoggedIn>, ClientError> {
     let mut buf = BytesMut::with_capacity(512);
     let Some(startup) = negotiate(stream, &mut buf, service).await? else {
         return Ok(None);
@@ -114,12 +104,12 @@ async fn negotiate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     service: &Service,
-) -> Result<Option<Vec<(String, String)>>, Refusal> {
+) -> Result<Option<Vec<(String, String)>>, ClientError> {
     loop {
         if read_startup_packet(stream, buf).await?.is_none() {
             return Ok(None);
         }
-        let first = startup::parse(buf).map_err(|m| refuse("08P01", m))?;
+        let first = startup::parse(buf).map_err(errors::protocol_violation)?;
         match first {
             Startup::Ssl => {
                 let tls = service.state().tls.clone();
@@ -148,14 +138,7 @@ async fn negotiate(
                 return Ok(None);
             }
             Startup::Unsupported(code) => {
-                return Err(refuse(
-                    "0A000",
-                    format!(
-                        "unsupported frontend protocol {}.{}",
-                        code >> 16,
-                        code & 0xffff
-                    ),
-                ));
+                return Err(errors::unsupported_protocol(code));
             }
             Startup::Startup { params } => return Ok(Some(params)),
         }
@@ -177,30 +160,20 @@ fn admit(
     service: &Service,
     state: &ServiceState,
     startup: Vec<(String, String)>,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted, ClientError> {
     if !state.allowed_cidrs.is_empty()
         && !state
             .allowed_cidrs
             .iter()
             .any(|net| net.contains(&addr.ip()))
     {
-        return Err(refuse(
-            "28000",
-            format!(
-                "client address {} is not allowed to connect to service \"{}\"",
-                addr.ip(),
-                service.name
-            ),
-        ));
+        return Err(errors::address_not_allowed(addr.ip(), &service.name));
     }
     let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
     if clients > state.limits.max_client_conn {
-        return Err(refuse(
-            "53300",
-            format!(
-                "too many client connections to service \"{}\" (max_client_conn {})",
-                service.name, state.limits.max_client_conn
-            ),
+        return Err(errors::too_many_clients(
+            &service.name,
+            state.limits.max_client_conn,
         ));
     }
     let mut user = None;
@@ -217,30 +190,17 @@ fn admit(
                 .any(|i| i.eq_ignore_ascii_case(&name)) => {}
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
-                None => {
-                    return Err(refuse(
-                        "08P01",
-                        format!("unsupported startup parameter: {name}"),
-                    ))
-                }
+                None => return Err(errors::unsupported_startup_parameter(&name)),
             },
         }
     }
-    let user = user.ok_or_else(|| {
-        refuse(
-            "28000",
-            "no PostgreSQL user name specified in startup packet",
-        )
-    })?;
+    let user = user.ok_or_else(errors::no_user_name)?;
     let pool_name = database.unwrap_or_else(|| user.clone());
     let pool = service
         .pool(&pool_name)
-        .ok_or_else(|| refuse("3D000", format!("pool \"{pool_name}\" does not exist")))?;
+        .ok_or_else(|| errors::pool_not_found(&pool_name))?;
     if pool.state().cfg.username != user {
-        return Err(refuse(
-            "28000",
-            format!("user \"{user}\" may not use pool \"{pool_name}\""),
-        ));
+        return Err(errors::user_not_allowed_for_pool(&user, &pool_name));
     }
     Ok(Admitted {
         user,
@@ -257,13 +217,8 @@ async fn authenticate(
     service: &Service,
     state: &ServiceState,
     user: &str,
-) -> Result<Option<()>, Refusal> {
-    let bad_password = || {
-        refuse(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        )
-    };
+) -> Result<Option<()>, ClientError> {
+    let bad_password = || errors::password_failed(user);
     let account = state.users.get(user).cloned();
     match service.auth_method() {
         ClientAuthMethod::ScramSha256 => {
@@ -273,10 +228,10 @@ async fn authenticate(
             if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
-            let (mechanism, rest) =
-                cstr(buf).ok_or_else(|| refuse("08P01", "malformed SASLInitialResponse"))?;
+            let (mechanism, rest) = cstr(buf)
+                .ok_or_else(|| errors::protocol_violation("malformed SASLInitialResponse"))?;
             if mechanism != MECHANISM.as_bytes() || rest.len() < 4 {
-                return Err(refuse("28000", "unsupported SASL mechanism"));
+                return Err(errors::unsupported_sasl_mechanism());
             }
             let first = rest[4..].to_vec();
             // An unknown user still goes through the exchange, against a throwaway secret, so the
@@ -309,8 +264,8 @@ async fn authenticate(
             if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
-            let (answer, _) =
-                cstr(buf).ok_or_else(|| refuse("08P01", "malformed password message"))?;
+            let (answer, _) = cstr(buf)
+                .ok_or_else(|| errors::protocol_violation("malformed password message"))?;
             let account = account.ok_or_else(bad_password)?;
             let expected = md5_response(user, &account.password, salt);
             if answer != expected.as_bytes() {
@@ -327,17 +282,17 @@ async fn greet(
     stream: &mut ClientStream,
     service: &Service,
     admitted: Admitted,
-) -> Result<LoggedIn, Refusal> {
+) -> Result<LoggedIn, ClientError> {
     let Admitted {
         user,
         pool_name,
         pool,
         params: values,
     } = admitted;
-    let login_params = pool.login_params().await.map_err(|e| Refusal {
-        code: sqlstate(e.sqlstate()),
-        message: format!("pool \"{pool_name}\": {e}"),
-    })?;
+    let login_params = pool
+        .login_params()
+        .await
+        .map_err(|e| errors::acquire_failed(&pool_name, &e))?;
     let cancel = service.cancel.register();
     let mut out = BytesMut::with_capacity(512);
     auth::auth_ok(&mut out);
@@ -369,30 +324,17 @@ async fn greet(
     })
 }
 
-/// SQLSTATEs are static strings in refusals; map the dynamic ones we can produce.
-fn sqlstate(code: &str) -> &'static str {
-    match code {
-        "08001" => "08001",
-        "57P01" => "57P01",
-        "28P01" => "28P01",
-        "28000" => "28000",
-        "3D000" => "3D000",
-        "53300" => "53300",
-        _ => "08006",
-    }
-}
-
 fn rand_password() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Refusal> {
+async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), ClientError> {
     stream
         .write_all(bytes)
         .await
-        .map_err(|_| refuse("08006", "client write failed"))?;
+        .map_err(|_| errors::client_write_failed())?;
     stream
         .flush()
         .await
-        .map_err(|_| refuse("08006", "client write failed"))
+        .map_err(|_| errors::client_write_failed())
 }

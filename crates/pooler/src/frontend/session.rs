@@ -13,7 +13,8 @@ use super::client::Client;
 use super::relay::{self, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
-use crate::net::messages::error::{error_response, Severity};
+use crate::errors;
+use crate::net::messages::error::Severity;
 use crate::net::messages::tag::{self, txn};
 use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
@@ -68,10 +69,7 @@ pub async fn run(mut client: Box<Client>) {
         };
         let mut guard = match acquired {
             Ok(g) => g,
-            Err(e) => {
-                let msg = format!("pool \"{}\": {e}", pool.name);
-                return client.fatal(e.sqlstate(), &msg).await;
-            }
+            Err(e) => return client.fatal(&errors::acquire_failed(&pool.name, &e)).await,
         };
         client.set_state(ClientState::Active);
         match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
@@ -92,13 +90,13 @@ pub async fn run(mut client: Box<Client>) {
 }
 
 async fn shutdown(client: &mut Client) {
-    let msg = format!("service \"{}\" is shutting down", client.service.name);
-    client.fatal("57P01", &msg).await;
+    let e = errors::admin_shutdown(&client.service.name);
+    client.fatal(&e).await;
 }
 
 async fn drained(client: &mut Client) {
-    let msg = format!("pool \"{}\" was removed", client.pool.name);
-    client.fatal("57P01", &msg).await;
+    let e = errors::pool_removed(&client.pool.name);
+    client.fatal(&e).await;
 }
 
 /// Waits, holding no buffer, until the client sends something.
@@ -155,8 +153,8 @@ async fn attached(
                 .span
                 .in_scope(|| tracing::warn!(error = %e, "could not apply client parameters"));
             if !matches!(e, crate::backend::ServerError::Server { .. }) {
-                let msg = format!("pool \"{}\": server connection lost: {e}", pool.name);
-                client.fatal("08006", &msg).await;
+                server.close_reason = Some("server connection lost");
+                client.fatal(&errors::server_lost(&pool.name, &e)).await;
                 return Ok(false);
             }
         } else {
@@ -198,6 +196,7 @@ async fn attached(
                     client.span.in_scope(
                         || tracing::debug!(error = %e, "reset failed, closing server connection"),
                     );
+                    server.close_reason = Some("reset failed");
                     return Ok(mode != PoolMode::Session);
                 }
             }
@@ -221,26 +220,27 @@ async fn attached(
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
                     && reset(pool, server).await.is_err()
                 {
+                    server.close_reason = Some("reset failed");
                     return Ok(false);
                 }
                 server.clean = true;
+            } else {
+                server.close_reason = Some("client left in the middle of a transaction");
             }
             Ok(false)
         }
         End::Shutdown => {
+            server.close_reason = Some("service shutting down");
             shutdown(client).await;
             Ok(false)
         }
         End::ServerGone(cause) => {
-            let msg = format!("pool \"{}\": server connection lost: {cause}", pool.name);
-            client.fatal("08006", &msg).await;
+            server.close_reason = Some("server connection lost");
+            client.fatal(&errors::server_lost(&pool.name, cause)).await;
             Ok(false)
         }
         End::TransactionBlock => {
-            let msg = format!(
-                "transaction blocks are not allowed in statement pooling mode (pool \"{}\")",
-                pool.name
-            );
+            let refusal = errors::statement_mode_transaction(&pool.name);
             // When nothing else is in flight, roll the block back and tell the client with a
             // plain ERROR; it stays connected. Otherwise there is no clean way back: disconnect.
             if server.relay.expect.is_empty()
@@ -253,7 +253,7 @@ async fn attached(
                 server.clean = true;
                 // What the server answered before the refused ReadyForQuery, then the error.
                 let mut out = std::mem::take(&mut server.bufs.s2c_out);
-                error_response(&mut out, Severity::Error, "25001", &msg);
+                refusal.write(&mut out, Severity::Error);
                 crate::net::messages::status::ready_for_query(&mut out, txn::IDLE);
                 let sent = client.stream.write_all(&out).await.is_ok()
                     && client.stream.flush().await.is_ok();
@@ -261,11 +261,13 @@ async fn attached(
                 server.bufs.s2c_out = out;
                 return Ok(sent);
             }
-            client.fatal("25001", &msg).await;
+            server.close_reason = Some("transaction block refused in statement mode");
+            client.fatal(&refusal).await;
             Ok(false)
         }
-        End::Refused(code, cause) => {
-            client.fatal(code, &cause).await;
+        End::Refused(refusal) => {
+            server.close_reason = Some("client broke the protocol");
+            client.fatal(&refusal).await;
             Ok(false)
         }
     }

@@ -9,6 +9,7 @@ use tokio::io::AsyncWrite;
 use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerEvent};
 use crate::backend::server::Server;
 use crate::config::PoolMode;
+use crate::errors::{self, ClientError};
 use crate::net::stream::poll_read_buf;
 use crate::net::ClientStream;
 use crate::signal::Watch;
@@ -26,8 +27,8 @@ pub enum End {
     ClientGone,
     Shutdown,
     ServerGone(String),
-    /// The session must end with this SQLSTATE and message.
-    Refused(&'static str, String),
+    /// The session must end with this error.
+    Refused(ClientError),
     /// Statement mode: the client opened a transaction block.
     TransactionBlock,
 }
@@ -51,7 +52,7 @@ pub async fn pump(
         match client_input(server, ctx) {
             Ok(false) => {}
             Ok(true) => return End::ClientGone,
-            Err(e) => return End::Refused("08P01", e.to_string()),
+            Err(e) => return End::Refused(errors::protocol_violation(e.to_string())),
         }
     }
     std::future::poll_fn(|cx| {
@@ -137,7 +138,11 @@ pub async fn pump(
                         match client_input(server, ctx) {
                             Ok(false) => {}
                             Ok(true) => return Poll::Ready(End::ClientGone),
-                            Err(e) => return Poll::Ready(End::Refused("08P01", e.to_string())),
+                            Err(e) => {
+                                return Poll::Ready(End::Refused(errors::protocol_violation(
+                                    e.to_string(),
+                                )))
+                            }
                         }
                     }
                     Poll::Pending => client_read = false,

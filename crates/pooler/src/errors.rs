@@ -1,0 +1,218 @@
+//! The catalog of errors the pooler sends to clients. Each constructor owns its SQLSTATE and the
+//! wording of its message, so one condition reads the same wherever it is detected and this file
+//! is the list of what a client can see. Errors that come from a server keep the server's own
+//! SQLSTATE (`server_error`).
+//!
+//! Messages name the pool (or the service, before a pool is known) so that a client of several
+//! pools can tell which one refused it.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::backend::{AcquireError, ServerError};
+use crate::net::messages::error::{error_response, Severity};
+
+/// An error for a client: SQLSTATE and message. Sent as FATAL (then the connection closes) or,
+/// where the client may go on, as ERROR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    code: Cow<'static, str>,
+    message: String,
+}
+
+impl ClientError {
+    fn new(code: &'static str, message: impl Into<String>) -> ClientError {
+        ClientError {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Appends the ErrorResponse.
+    pub fn write(&self, buf: &mut BytesMut, severity: Severity) {
+        error_response(buf, severity, &self.code, &self.message);
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.message)
+    }
+}
+
+// Protocol.
+
+/// The client broke the protocol (08P01).
+pub fn protocol_violation(detail: impl Into<String>) -> ClientError {
+    ClientError::new("08P01", detail)
+}
+
+pub fn unsupported_protocol(version: u32) -> ClientError {
+    ClientError::new(
+        "0A000",
+        format!(
+            "unsupported frontend protocol {}.{}",
+            version >> 16,
+            version & 0xffff
+        ),
+    )
+}
+
+pub fn unsupported_startup_parameter(name: &str) -> ClientError {
+    protocol_violation(format!("unsupported startup parameter: {name}"))
+}
+
+/// Writing to the client failed; nobody will read this, but the login must end with an error.
+pub fn client_write_failed() -> ClientError {
+    ClientError::new("08006", "client write failed")
+}
+
+// Admission.
+
+pub fn address_not_allowed(addr: IpAddr, service: &str) -> ClientError {
+    ClientError::new(
+        "28000",
+        format!("client address {addr} is not allowed to connect to service \"{service}\""),
+    )
+}
+
+pub fn too_many_clients(service: &str, max_client_conn: u32) -> ClientError {
+    ClientError::new(
+        "53300",
+        format!(
+            "too many client connections to service \"{service}\" (max_client_conn {max_client_conn})"
+        ),
+    )
+}
+
+pub fn no_user_name() -> ClientError {
+    ClientError::new(
+        "28000",
+        "no PostgreSQL user name specified in startup packet",
+    )
+}
+
+pub fn pool_not_found(pool: &str) -> ClientError {
+    ClientError::new("3D000", format!("pool \"{pool}\" does not exist"))
+}
+
+pub fn user_not_allowed_for_pool(user: &str, pool: &str) -> ClientError {
+    ClientError::new(
+        "28000",
+        format!("user \"{user}\" may not use pool \"{pool}\""),
+    )
+}
+
+// Authentication.
+
+pub fn password_failed(user: &str) -> ClientError {
+    ClientError::new(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+pub fn unsupported_sasl_mechanism() -> ClientError {
+    ClientError::new("28000", "unsupported SASL mechanism")
+}
+
+// Sessions ended by the pooler.
+
+/// The service is removed or the pooler shuts down.
+pub fn admin_shutdown(service: &str) -> ClientError {
+    ClientError::new("57P01", format!("service \"{service}\" is shutting down"))
+}
+
+pub fn pool_removed(pool: &str) -> ClientError {
+    ClientError::new("57P01", format!("pool \"{pool}\" was removed"))
+}
+
+pub fn query_wait_timeout(pool: &str, timeout: Duration) -> ClientError {
+    ClientError::new(
+        "08006",
+        format!(
+            "pool \"{pool}\": query_wait_timeout ({timeout:?}) expired while waiting for a server connection"
+        ),
+    )
+}
+
+/// No server connection could be made.
+pub fn server_unreachable(pool: &str, error: &ServerError) -> ClientError {
+    ClientError::new("08001", format!("pool \"{pool}\": {error}"))
+}
+
+/// The server connection serving the client broke.
+pub fn server_lost(pool: &str, cause: impl std::fmt::Display) -> ClientError {
+    ClientError::new(
+        "08006",
+        format!("pool \"{pool}\": server connection lost: {cause}"),
+    )
+}
+
+/// Statement mode: the client opened a transaction block.
+pub fn statement_mode_transaction(pool: &str) -> ClientError {
+    ClientError::new(
+        "25001",
+        format!("transaction blocks are not allowed in statement pooling mode (pool \"{pool}\")"),
+    )
+}
+
+/// A server connection could not be had or used: a server's own error keeps its SQLSTATE.
+pub fn server_error(pool: &str, error: &ServerError) -> ClientError {
+    match error {
+        ServerError::Server { code, .. } => ClientError {
+            code: Cow::Owned(code.clone()),
+            message: format!("pool \"{pool}\": {error}"),
+        },
+        ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => {
+            server_unreachable(pool, error)
+        }
+        _ => ClientError::new("08006", format!("pool \"{pool}\": {error}")),
+    }
+}
+
+/// Waiting for a server connection failed.
+pub fn acquire_failed(pool: &str, error: &AcquireError) -> ClientError {
+    match error {
+        AcquireError::Timeout(t) => query_wait_timeout(pool, *t),
+        AcquireError::Server(e) => server_error(pool, e),
+        AcquireError::Removed => pool_removed(pool),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_keep_their_sqlstate() {
+        let e = ServerError::Server {
+            code: "57P03".into(),
+            message: "the database system is starting up".into(),
+        };
+        let c = server_error("p1", &e);
+        assert_eq!(c.code(), "57P03");
+        assert!(c.message().contains("p1") && c.message().contains("starting up"));
+        let refused = ServerError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(server_error("p1", &refused).code(), "08001");
+        assert_eq!(
+            acquire_failed("p1", &AcquireError::Timeout(Duration::from_secs(1))).code(),
+            "08006"
+        );
+        assert_eq!(acquire_failed("p1", &AcquireError::Removed).code(), "57P01");
+    }
+}

@@ -24,20 +24,20 @@
 //! SQLSTATE. Messages name the pool.
 
 mod apply;
-pub mod auth;
-pub mod backend;
-pub mod cancel;
+mod auth;
+mod backend;
+mod cancel;
 pub mod config;
 pub mod error;
-pub mod errors;
-pub mod frontend;
+mod errors;
+mod frontend;
 mod listener;
-pub mod net;
-pub mod params;
-pub mod prepared;
-pub mod service;
-pub mod signal;
-pub mod stats;
+mod net;
+mod params;
+mod prepared;
+mod service;
+mod signal;
+mod stats;
 mod tls;
 
 use std::collections::HashMap;

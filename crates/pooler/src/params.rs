@@ -75,6 +75,7 @@ impl ClientParams {
         ClientParams { values, id }
     }
 
+    #[cfg(test)]
     pub fn values(&self) -> &Values {
         &self.values
     }

@@ -57,14 +57,6 @@ impl Registry {
         map.insert(rest.into(), stmt.clone());
         stmt
     }
-
-    pub fn len(&self) -> usize {
-        self.by_text.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A client's own statement names.
@@ -131,14 +123,6 @@ impl ServerStatements {
 
     pub fn clear(&mut self) {
         self.used.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
     }
 }
 

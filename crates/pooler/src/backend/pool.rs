@@ -620,10 +620,6 @@ impl ServerGuard {
             None => unreachable!("server taken before drop"),
         }
     }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
 }
 
 impl ServerGuard {

@@ -100,7 +100,7 @@ pub struct Server {
     pub relay: RelayState,
     /// Where it is in its life (see `ServerState`).
     pub state: ServerState,
-    /// Transaction status of the last ReadyForQuery (`txn::IDLE`, `IN_BLOCK`, `FAILED_BLOCK`).
+    /// Transaction status of the last ReadyForQuery ('I' = `txn::IDLE`, 'T' or 'E').
     pub status: u8,
     pub params: ServerParams,
     pub prepared: ServerStatements,

@@ -23,7 +23,6 @@ use crate::service::{Service, ServiceState};
 /// What login hands to the session.
 pub struct LoggedIn {
     pub pool: Arc<crate::backend::Pool>,
-    pub user: String,
     pub params: Values,
     pub cancel: crate::cancel::CancelGuard,
 }
@@ -140,7 +139,7 @@ async fn negotiate(
             Startup::Unsupported(code) => {
                 return Err(errors::unsupported_protocol(code));
             }
-            Startup::Startup { params } => return Ok(Some(params)),
+            Startup::Message { params } => return Ok(Some(params)),
         }
     }
 }
@@ -318,7 +317,6 @@ async fn greet(
     tracing::debug!(pool = %pool_name, user = %user, "client logged in");
     Ok(LoggedIn {
         pool,
-        user,
         params: values,
         cancel,
     })

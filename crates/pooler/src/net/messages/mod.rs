@@ -58,8 +58,3 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
 
 /// A whole Terminate message.
 pub const TERMINATE: [u8; 5] = [tag::TERMINATE, 0, 0, 0, 4];
-
-/// Terminate.
-pub fn terminate(buf: &mut BytesMut) {
-    buf.put_slice(&TERMINATE);
-}

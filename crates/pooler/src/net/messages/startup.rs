@@ -20,8 +20,14 @@ pub const MAX_STARTUP_PACKET: usize = 10_000;
 pub enum Startup {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, secret: i32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// A StartupMessage (protocol 3.0) with its parameters.
+    Message {
+        params: Vec<(String, String)>,
+    },
     Unsupported(u32),
 }
 
@@ -59,7 +65,7 @@ pub fn parse(body: &[u8]) -> Result<Startup, &'static str> {
                 params.push((name.to_string(), value.to_string()));
                 rest = tail;
             }
-            Ok(Startup::Startup { params })
+            Ok(Startup::Message { params })
         }
         other => Ok(Startup::Unsupported(other)),
     }

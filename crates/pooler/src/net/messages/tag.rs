@@ -36,16 +36,14 @@ pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
 pub const PORTAL_SUSPENDED: u8 = b's';
 pub const COPY_IN_RESPONSE: u8 = b'G';
 
-/// Transaction status byte of ReadyForQuery.
+/// Transaction status byte of ReadyForQuery. The pooler only needs to tell "idle" from the
+/// others ('T' in a block, 'E' in a failed block).
 pub mod txn {
     /// Not in a transaction block: the connection may serve someone else.
     pub const IDLE: u8 = b'I';
-    pub const IN_BLOCK: u8 = b'T';
-    pub const FAILED_BLOCK: u8 = b'E';
 }
 
-/// What a Describe or Close targets.
+/// What a Describe or Close targets. Only statements are renamed; portals ('P') pass as they are.
 pub mod target {
     pub const STATEMENT: u8 = b'S';
-    pub const PORTAL: u8 = b'P';
 }

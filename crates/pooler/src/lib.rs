@@ -7,15 +7,15 @@
 //! Layout: `apply` reconciles the running services with a config; `listener` binds and accepts;
 //! `frontend::client` is the task of one connection; `frontend::login` logs it in
 //! (negotiate → admit → authenticate → greet); `frontend::session` is a logged-in client's life
-//! (idle → waiting → active); `frontend::relay` is the hot path: the socket
-//! loop (`pump`), header-only scanning of each direction (`from_client` with prepared
-//! statement rewriting, `from_server`) and the relay state a server connection carries (the
-//! queue of expected answers, partial messages); `backend::pool` holds server connections
-//! (SV_IDLE list, FIFO of waiting clients, RAII check-in) and keeps the counts of its client
-//! and server connections by state (`stats`: `ClientState`, `ServerState`, `PoolStats`);
-//! `backend::server` logs in to PostgreSQL; `params` carries client parameters to whichever
-//! server connection serves the client; `cancel` routes CancelRequests; `net::messages` builds
-//! and parses wire messages, whose type bytes are named in `net::messages::tag`.
+//! (idle → waiting → active); `frontend::relay` is the hot path: the socket loop (`pump`),
+//! header-only scanning of each direction (`from_client` with prepared statement rewriting,
+//! `from_server`) and the relay state a server connection carries (the queue of expected
+//! answers, partial messages); `backend::pool` holds server connections (SV_IDLE list, FIFO of
+//! waiting clients, RAII check-in, periodic `upkeep`); `stats` names the client and server
+//! states whose per-pool counts the pool keeps (`PoolStats`); `backend::server` logs in to
+//! PostgreSQL; `params` carries client parameters to whichever server connection serves the
+//! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! type bytes are named in `net::messages::tag`.
 //!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool or address not allowed 28000, too many clients 53300,

@@ -4,7 +4,8 @@
 //! are being made (`total`, capped by `size`) and a FIFO of waiting clients. A waiter is handed
 //! either a ready connection or a reserved slot to connect with. `ServerGuard` checks the
 //! connection back in when dropped; `SlotToken` gives the capacity back when a connection (or a
-//! reservation) dies, so a slot cannot leak whatever path drops it.
+//! reservation) dies, so a slot cannot leak whatever path drops it. Timeouts and
+//! min_pool_size are the periodic `upkeep`'s.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+
+mod upkeep;
 
 use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
@@ -48,16 +50,13 @@ enum Grant {
 
 /// A client in CL_WAITING. Like PgBouncer, the wait deadline is enforced by the periodic
 /// upkeep rather than a timer per wait: registering and cancelling a timer for every queued
-/// transaction costs more than the rest of the queueing. Timeouts fire up to `TICK` late.
+/// transaction costs more than the rest of the queueing. Timeouts fire up to `upkeep::TICK` late.
 struct Waiter {
     tx: oneshot::Sender<Grant>,
     /// When it started waiting (for `PoolStats::maxwait`).
     since: Instant,
     deadline: Instant,
 }
-
-/// Period of a pool's upkeep (idle timeout, lifetime, min_pool_size, wait timeouts).
-const TICK: Duration = Duration::from_millis(250);
 
 // Boxed servers move between tasks and channels as one pointer.
 #[allow(clippy::vec_box)]
@@ -129,7 +128,10 @@ impl Pool {
             clients: ClientCounts::default(),
             used: AtomicU32::new(0),
         });
-        tokio::spawn(maintain(Arc::downgrade(&pool), pool.drain.token().clone()));
+        tokio::spawn(upkeep::maintain(
+            Arc::downgrade(&pool),
+            pool.drain.token().clone(),
+        ));
         pool
     }
 
@@ -250,7 +252,7 @@ impl Pool {
 
     /// Lends a connection taken from the idle list if it may still serve; closes it otherwise.
     /// (`server_lifetime` is checked at check-in and by the upkeep, not here: a clock read
-    /// per transaction saved, at the price of a connection living up to one `TICK` longer.)
+    /// per transaction saved, at the price of a connection living up to one `upkeep::TICK` longer.)
     fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
         if s.gen == st.gen && s.is_alive() {
             s.clean = false;
@@ -460,103 +462,6 @@ impl Pool {
                 std::mem::forget(g);
                 inner.total -= 1;
             }
-        }
-    }
-
-    /// Idle timeout, lifetime, wait timeout and min_pool_size upkeep. Returns true when a
-    /// slot was reserved for a new connection to reach min_pool_size.
-    fn tick(self: &Arc<Self>) -> bool {
-        let st = self.state();
-        let now = Instant::now();
-        let mut closing = Vec::new();
-        let want_new = {
-            let mut inner = self.inner.lock();
-            // Waiters that gave up (their client left) or waited too long leave the queue.
-            let mut i = 0;
-            while i < inner.waiters.len() {
-                let w = &inner.waiters[i];
-                if w.tx.is_closed() {
-                    inner.waiters.remove(i);
-                } else if w.deadline <= now {
-                    if let Some(w) = inner.waiters.remove(i) {
-                        let _ = w.tx.send(Grant::Expired);
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            let min = st.settings.min_pool_size.min(inner.size);
-            let mut remaining = inner.total;
-            let mut i = 0;
-            while i < inner.idle.len() {
-                let s = &inner.idle[i];
-                let too_old = now.duration_since(s.created) >= st.settings.server_lifetime;
-                let idle_too_long = st
-                    .settings
-                    .server_idle_timeout
-                    .is_some_and(|t| now.duration_since(s.last_used) >= t);
-                let reason = if s.gen != st.gen {
-                    Some("pool configuration changed")
-                } else if too_old {
-                    Some("server_lifetime reached")
-                } else if idle_too_long && remaining > min {
-                    Some("server_idle_timeout reached")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    closing.push((inner.idle.swap_remove(i), reason));
-                    remaining -= 1;
-                } else {
-                    i += 1;
-                }
-            }
-            if remaining < min
-                && inner.total < inner.size
-                && inner.waiters.is_empty()
-                && !inner.upkeep_connecting
-                && !self.drain.is_cancelled()
-            {
-                inner.total += 1;
-                inner.upkeep_connecting = true;
-                true
-            } else {
-                false
-            }
-        };
-        // Closed outside the lock: their slots give the capacity back.
-        for (s, reason) in closing {
-            s.close(reason);
-        }
-        want_new
-    }
-}
-
-/// Periodic upkeep of one pool, until it is removed.
-async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = drain.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let Some(pool) = pool.upgrade() else { return };
-        if pool.tick() {
-            // Connecting may take seconds; the ticks (and wait timeouts) go on meanwhile.
-            tokio::spawn(async move {
-                let slot = SlotToken {
-                    pool: Arc::downgrade(&pool),
-                };
-                match pool.connect(slot).await {
-                    Ok(mut s) => {
-                        s.clean = true;
-                        pool.checkin(s, &pool.state());
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-                }
-                pool.inner.lock().upkeep_connecting = false;
-            });
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::params::ClientParams;
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
-pub(super) fn copy_started(server: &mut Server) {
+fn copy_started(server: &mut Server) {
     let mut i = 1;
     while i < server.relay.expect.len() {
         match server.relay.expect[i].kind {

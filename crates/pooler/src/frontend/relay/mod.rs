@@ -37,7 +37,7 @@ pub use from_server::server_input;
 pub use pump::{pump, End};
 
 /// PostgreSQL refuses messages over 1 GiB; so do we, before buffering one whole.
-pub(super) const MAX_MESSAGE: usize = 1 << 30;
+const MAX_MESSAGE: usize = 1 << 30;
 
 /// Client-side state the relay updates.
 pub struct ClientCtx<'a> {
@@ -105,14 +105,19 @@ pub enum Action {
 }
 
 /// Expect-queue marker for a client's CopyDone/CopyFail (no answer of its own).
-pub(super) const COPY_END: u8 = tag::COPY_DONE;
+const COPY_END: u8 = tag::COPY_DONE;
 
-pub(super) fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
+// The small helpers below are shared by both scanners, which live in other files (so possibly
+// other codegen units): `#[inline]` keeps them inlined in the scanning loops as when all of it
+// was one file.
+#[inline]
+fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
     expect.push_back(Expect { kind, action, stmt });
 }
 
 /// Appends `input[*run..pos]` (messages passed through unchanged) to `out` as one copy.
-pub(super) fn flush_run(out: &mut BytesMut, input: &[u8], run: &mut usize, pos: usize) {
+#[inline]
+fn flush_run(out: &mut BytesMut, input: &[u8], run: &mut usize, pos: usize) {
     if pos > *run {
         out.extend_from_slice(&input[*run..pos]);
     }
@@ -121,7 +126,8 @@ pub(super) fn flush_run(out: &mut BytesMut, input: &[u8], run: &mut usize, pos: 
 
 /// Drops the first `pos` bytes of `input`; an emptied buffer keeps its start, so the next
 /// read reuses it without moving anything.
-pub fn consume(input: &mut BytesMut, pos: usize) {
+#[inline]
+fn consume(input: &mut BytesMut, pos: usize) {
     if pos >= input.len() {
         input.clear();
     } else {
@@ -131,7 +137,8 @@ pub fn consume(input: &mut BytesMut, pos: usize) {
 
 /// Passes `input[..pos]` to `out` (already holding `run` bytes' worth of earlier output),
 /// swapping the buffers instead of copying when everything read goes out unchanged.
-pub(super) fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) {
+#[inline]
+fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) {
     if run == 0 && pos == input.len() && pos > 0 && out.is_empty() {
         std::mem::swap(input, out);
         input.clear();
@@ -142,7 +149,8 @@ pub(super) fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, p
 }
 
 /// Emits answers the pooler owes the client, once everything before them has been answered.
-pub(super) fn drain_synthesized(server: &mut Server) {
+#[inline]
+fn drain_synthesized(server: &mut Server) {
     if server.relay.s2c_skip > 0 {
         return;
     }

@@ -92,7 +92,7 @@ impl Client {
         count: ClientCount,
         span: tracing::Span,
     ) -> Client {
-        login.pool.clients.add(ClientState::Idle);
+        login.pool.clients().add(ClientState::Idle);
         Client {
             stream,
             service,
@@ -109,7 +109,7 @@ impl Client {
 
     /// Moves the client to `state`, in its pool's counts too.
     pub(super) fn set_state(&mut self, state: ClientState) {
-        self.pool.clients.change(self.state, state);
+        self.pool.clients().change(self.state, state);
         self.state = state;
     }
 
@@ -133,6 +133,6 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.pool.clients.remove(self.state);
+        self.pool.clients().remove(self.state);
     }
 }

@@ -89,6 +89,18 @@ pub enum AcquireError {
 /// ParameterStatus (name, value) pairs sent to clients at login.
 pub type LoginParams = Arc<Vec<(String, String)>>;
 
+/// What every transaction writes: the pool's lock and its client counts. Kept on cache lines of
+/// their own so that other clients' check-outs do not keep invalidating the read-mostly fields
+/// that every transaction reads (`version`, `drain`); the counts come first, next to the lock's
+/// state, because a client changes them right after a lock section, while that line is still in
+/// its core's cache.
+#[repr(C, align(64))]
+struct Hot {
+    /// This pool's clients by state (each client keeps its own contribution up to date).
+    clients: ClientCounts,
+    inner: Mutex<Inner>,
+}
+
 /// One pool.
 pub struct Pool {
     pub name: String,
@@ -97,13 +109,11 @@ pub struct Pool {
     /// Bumped after every `update`: clients keep a copy of the state and refresh it only when
     /// this changed, instead of taking the lock and a reference count per transaction.
     version: AtomicU64,
-    inner: Mutex<Inner>,
+    hot: Hot,
     /// Cancelled when the pool is removed: clients leave at their next transaction boundary.
     pub drain: Signal,
     /// ParameterStatus values a client gets at login, learnt from a server connection.
     login_params: Mutex<Option<LoginParams>>,
-    /// This pool's clients by state (each client keeps its own contribution up to date).
-    pub(crate) clients: ClientCounts,
     /// Server state SV_USED: lent connections being reset (see `Resetting`).
     used: AtomicU32,
 }
@@ -113,19 +123,21 @@ impl Pool {
         let pool = Arc::new(Pool {
             name: state.cfg.name.clone(),
             service,
-            inner: Mutex::new(Inner {
-                idle: Vec::new(),
-                total: 0,
-                login: 0,
-                size: state.cfg.size,
-                waiters: VecDeque::new(),
-                upkeep_connecting: false,
-            }),
+            hot: Hot {
+                clients: ClientCounts::default(),
+                inner: Mutex::new(Inner {
+                    idle: Vec::new(),
+                    total: 0,
+                    login: 0,
+                    size: state.cfg.size,
+                    waiters: VecDeque::new(),
+                    upkeep_connecting: false,
+                }),
+            },
             state: RwLock::new(Arc::new(state)),
             version: AtomicU64::new(0),
             drain: Signal::new(),
             login_params: Mutex::new(None),
-            clients: ClientCounts::default(),
             used: AtomicU32::new(0),
         });
         tokio::spawn(upkeep::maintain(
@@ -160,7 +172,7 @@ impl Pool {
         }
         let mut retired = Vec::new();
         {
-            let mut inner = self.inner.lock();
+            let mut inner = self.hot.inner.lock();
             inner.size = size;
             let mut keep = Vec::with_capacity(inner.idle.len());
             for s in inner.idle.drain(..) {
@@ -191,7 +203,7 @@ impl Pool {
     pub fn remove(&self) {
         self.drain.cancel();
         let (idle, waiters) = {
-            let mut inner = self.inner.lock();
+            let mut inner = self.hot.inner.lock();
             (
                 std::mem::take(&mut inner.idle),
                 std::mem::take(&mut inner.waiters),
@@ -205,7 +217,7 @@ impl Pool {
 
     pub fn stats(&self) -> PoolStats {
         let (total, idle, login, oldest) = {
-            let inner = self.inner.lock();
+            let inner = self.hot.inner.lock();
             (
                 inner.total,
                 inner.idle.len() as u32,
@@ -215,9 +227,9 @@ impl Pool {
         };
         let used = self.used.load(Ordering::Relaxed);
         PoolStats {
-            cl_active: self.clients.get(ClientState::Active),
-            cl_waiting: self.clients.get(ClientState::Waiting),
-            cl_idle: self.clients.get(ClientState::Idle),
+            cl_active: self.hot.clients.get(ClientState::Active),
+            cl_waiting: self.hot.clients.get(ClientState::Waiting),
+            cl_idle: self.hot.clients.get(ClientState::Idle),
             // Lent connections not being reset; a slot reserved for a connection about to be
             // made counts here for the moment before its login starts.
             sv_active: total.saturating_sub(idle + login + used),
@@ -226,6 +238,11 @@ impl Pool {
             sv_login: login,
             maxwait: oldest.map(|t| t.elapsed()).unwrap_or_default(),
         }
+    }
+
+    /// This pool's clients by state.
+    pub(crate) fn clients(&self) -> &ClientCounts {
+        &self.hot.clients
     }
 
     /// Counts `server` as SV_USED until the returned guard is dropped: its client is done with
@@ -243,7 +260,7 @@ impl Pool {
             return None;
         }
         loop {
-            let s = self.inner.lock().idle.pop()?;
+            let s = self.hot.inner.lock().idle.pop()?;
             if let Some(g) = self.lend(s, st) {
                 return Some(g);
             }
@@ -281,7 +298,7 @@ impl Pool {
                 return Err(AcquireError::Removed);
             }
             let waiting = {
-                let mut inner = self.inner.lock();
+                let mut inner = self.hot.inner.lock();
                 if let Some(s) = inner.idle.pop() {
                     Ok(Grant::Server(s))
                 } else if inner.total < inner.size {
@@ -329,7 +346,7 @@ impl Pool {
 
     async fn connect(self: &Arc<Self>, slot: SlotToken) -> Result<Box<Server>, ServerError> {
         let st = self.state();
-        self.inner.lock().login += 1;
+        self.hot.inner.lock().login += 1;
         let result = Server::connect(
             ConnectParams {
                 pool: &self.name,
@@ -344,7 +361,7 @@ impl Pool {
             slot,
         )
         .await;
-        self.inner.lock().login -= 1;
+        self.hot.inner.lock().login -= 1;
         match &result {
             Ok(s) => {
                 let mut lp = self.login_params.lock();
@@ -404,7 +421,7 @@ impl Pool {
         loop {
             // The waiter is woken outside the lock.
             let waiter = {
-                let mut inner = self.inner.lock();
+                let mut inner = self.hot.inner.lock();
                 if inner.total > inner.size {
                     None
                 } else if let Some(w) = inner.waiters.pop_front() {
@@ -432,7 +449,7 @@ impl Pool {
 
     /// Gives a dead connection's capacity to the first waiter, or frees it.
     fn release_slot(self: &Arc<Self>) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.hot.inner.lock();
         while inner.total <= inner.size {
             let Some(w) = inner.waiters.pop_front() else {
                 break;
@@ -450,7 +467,7 @@ impl Pool {
 
     /// After growing: waiters get slots up to the new size.
     fn grant_slots(self: &Arc<Self>) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.hot.inner.lock();
         while inner.total < inner.size {
             let Some(w) = inner.waiters.pop_front() else {
                 break;

@@ -19,7 +19,7 @@ impl Pool {
         let now = Instant::now();
         let mut closing = Vec::new();
         let want_new = {
-            let mut inner = self.inner.lock();
+            let mut inner = self.hot.inner.lock();
             // Waiters that gave up (their client left) or waited too long leave the queue.
             let mut i = 0;
             while i < inner.waiters.len() {
@@ -104,7 +104,7 @@ pub(super) async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
                     }
                     Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }
-                pool.inner.lock().upkeep_connecting = false;
+                pool.hot.inner.lock().upkeep_connecting = false;
             });
         }
     }

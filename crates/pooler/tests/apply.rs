@@ -201,6 +201,39 @@ async fn bind_failure_is_reported_per_service_spares_the_others_and_is_retried()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_moved_to_a_taken_port_keeps_the_old_one_until_the_port_frees() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "moving",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    let (pooler, old_addr) = start(cfg.clone()).await;
+    let c = connect(old_addr, "p1").await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let new_addr = taken.local_addr().unwrap();
+    cfg.listen = new_addr;
+    let config = PoolerConfig {
+        services: vec![cfg],
+    };
+    let report = pooler.apply(config.clone()).await.expect("apply");
+    let reason = report.failure("moving").expect("the move is reported");
+    assert!(reason.contains(&new_addr.to_string()), "{reason}");
+    // Nothing of the failed config applied: the old listener serves, the client goes on.
+    assert_eq!(pooler.local_addr("moving"), Some(old_addr));
+    connect(old_addr, "p1").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+
+    drop(taken);
+    let report = pooler.apply(config).await.expect("apply");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(pooler.local_addr("moving"), Some(new_addr));
+    connect(new_addr, "p1").await.unwrap();
+    c.simple_query("SELECT 2").await.unwrap();
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_address_filter_and_client_limit() {
     let pg = shared().await;
     let mut cfg = service(

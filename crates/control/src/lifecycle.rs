@@ -41,34 +41,28 @@ impl Control {
                 }
             }
         }
-        // Any other pending operation cannot be resumed: end it honestly.
+        // Every other pending operation committed its change and was waiting for the data plane
+        // when pgbay stopped: the first data plane to report after start decides it. A creation
+        // whose service is gone has nothing left to report on.
+        let mut waiting = Vec::new();
         for op in pending {
-            let resumable = op.kind == "create-service"
-                && services
-                    .iter()
-                    .any(|s| s.name == op.service && s.state == ServiceState::Rebuilding);
-            if resumable {
-                continue;
+            let service = services.iter().find(|s| s.name == op.service);
+            match (op.kind.as_str(), service.map(|s| s.state)) {
+                ("create-service", Some(ServiceState::Rebuilding)) => {}
+                ("create-service", None) => {
+                    self.finish_operation(
+                        op,
+                        OpState::Failure,
+                        Some("interrupted"),
+                        "interrupted by a restart of pgbay".into(),
+                    )
+                    .await?;
+                }
+                _ => waiting.push(op),
             }
-            if op.kind == "create-service" && services.iter().any(|s| s.name == op.service) {
-                // The service is running; only the final bookkeeping was lost.
-                let mut c = self.inner.store.begin().await?;
-                store::finish_operation(&mut c, op.id, OpState::Success, None, &op.message).await?;
-                c.commit().await?;
-                continue;
-            }
-            let mut c = self.inner.store.begin().await?;
-            store::finish_operation(
-                &mut c,
-                op.id,
-                OpState::Failure,
-                Some("interrupted"),
-                "interrupted by a restart of pgbay",
-            )
-            .await?;
-            c.commit().await?;
         }
-        self.publish().await?;
+        let generation = self.publish().await?;
+        self.settle_after_restart(waiting, generation);
         Ok(())
     }
 
@@ -206,20 +200,12 @@ impl Control {
             self.publish().await?;
             return Ok(());
         };
-        let msg = format!("service {name} created");
-        let done = OperationRecord {
-            state: OpState::Success,
-            message: msg.clone(),
+        // The operation succeeds only once the pooler serves the new service (if one is attached).
+        let created = OperationRecord {
+            message: format!("service {name} created"),
             ..rec
         };
-        // The operation succeeds only once the pooler serves the new service (if one is attached);
-        // publish_and_wait records the failure itself otherwise.
-        let done = self.publish_and_wait(done).await?;
-        if done.state == OpState::Success {
-            let mut tx = self.inner.store.begin().await?;
-            store::finish_operation(&mut tx, done.id, OpState::Success, None, &msg).await?;
-            tx.commit().await?;
-        }
+        self.publish_and_settle(created).await?;
         Ok(())
     }
 }

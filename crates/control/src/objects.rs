@@ -1,6 +1,7 @@
 //! Databases, users and connection pools of a service. Each call validates, checks the store,
-//! applies the change to PostgreSQL (idempotently), then commits the store change and a `success`
-//! operation in one transaction. A refused call changes neither the store nor the server.
+//! applies the change to PostgreSQL (idempotently), then commits the store change and its operation
+//! in one transaction: `success` at once for databases, `pending` until the pooler answered for
+//! users and pools (see `operations`). A refused call changes neither the store nor the server.
 
 use serde_json::{Map, Value};
 use sqlx::{Sqlite, Transaction};
@@ -18,8 +19,8 @@ use crate::store::{
 };
 
 impl Control {
-    /// Records the success operation in `tx`, commits, and (for data-plane-visible changes)
-    /// publishes and waits for the pooler.
+    /// Records the operation in `tx` and commits. A change the data plane must serve is recorded
+    /// `pending` and finished once the pooler answered (see `operations`); any other is done.
     async fn finish(
         &self,
         mut tx: Transaction<'static, Sqlite>,
@@ -28,11 +29,16 @@ impl Control {
         message: String,
         data_plane: bool,
     ) -> Result<OperationRecord, ControlError> {
-        let op = op_for(s, kind, OpState::Success, message);
+        let state = if data_plane {
+            OpState::Pending
+        } else {
+            OpState::Success
+        };
+        let op = op_for(s, kind, state, message);
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
         if data_plane {
-            self.publish_and_wait(op).await
+            self.publish_and_settle(op).await
         } else {
             Ok(op)
         }

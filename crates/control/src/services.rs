@@ -334,7 +334,7 @@ impl Control {
         let op = op_for(
             &s,
             "update-service",
-            OpState::Success,
+            OpState::Pending,
             format!("service {name} updated"),
         );
         let mut tx = self.inner.store.begin().await?;
@@ -347,7 +347,7 @@ impl Control {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
         }
-        self.publish_and_wait(op).await
+        self.publish_and_settle(op).await
     }
 
     async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
@@ -376,7 +376,7 @@ impl Control {
         let op = op_for(
             &s,
             "delete-service",
-            OpState::Success,
+            OpState::Pending,
             format!("service {name} deleted"),
         );
         let mut tx = self.inner.store.begin().await?;
@@ -385,7 +385,7 @@ impl Control {
         tx.commit().await?;
         // The pooler drops the service first, then the cluster goes. A crash in between leaves a
         // directory without a service, which the next start removes.
-        let op = self.publish_and_wait(op).await?;
+        let op = self.publish_and_settle(op).await?;
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

@@ -227,7 +227,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     let follower = tokio::spawn(async move {
         loop {
             let g = rx.borrow_and_update().generation;
-            reporter.applied(g);
+            reporter.applied(g, Vec::new());
             if rx.changed().await.is_err() {
                 return;
             }
@@ -267,7 +267,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     let follower = tokio::spawn(async move {
         loop {
             let g = rx.borrow_and_update().generation;
-            reporter.applied(g);
+            reporter.applied(g, Vec::new());
             if rx.changed().await.is_err() {
                 return;
             }

@@ -6,6 +6,7 @@ pub mod auth;
 mod error;
 mod extract;
 mod handlers;
+mod requests;
 mod views;
 
 use axum::body::Body;

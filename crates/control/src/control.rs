@@ -15,9 +15,10 @@ use crate::crypto::SecretBox;
 use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 use crate::error::ControlError;
 use crate::local::{ClusterSpec, LocalProvisioner};
+use crate::model::{ServiceRecord, ServiceState, UserKind};
 use crate::operations::DataPlaneSlot;
 use crate::ports::PortRange;
-use crate::store::{ServiceRecord, ServiceState, Store, UserKind};
+use crate::store::Store;
 
 /// How long an operation waits for an attached data plane to apply it.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::control::{Control, SUPERVISE_EVERY};
 use crate::error::ControlError;
-use crate::store::{self, OpState, OperationRecord, ServiceRecord, ServiceState, UserKind};
+use crate::model::{OpState, OperationRecord, ServiceRecord, ServiceState, UserKind};
+use crate::store;
 
 impl Control {
     /// Start-up recovery: removes clusters of services that no longer exist (a delete that

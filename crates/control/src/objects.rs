@@ -3,20 +3,16 @@
 //! in one transaction: `success` at once for databases, `pending` until the pooler answered for
 //! users and pools (see `operations`). A refused call changes neither the store nor the server.
 
-use serde_json::{Map, Value};
 use sqlx::{Sqlite, Transaction};
 
 use crate::admin;
+use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::model::{
-    boolean, optional, pg_identifier, refuse_unknown, required, string, DatabaseName, InputError,
-    Password, PoolMode, PoolName, PoolSize, ServiceName, Username,
-};
+use crate::input::{pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username};
+use crate::model::{OpState, OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
 use crate::services::op_for;
-use crate::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord,
-};
+use crate::store;
 
 impl Control {
     /// Records the operation in `tx` and commits. A change the data plane must serve is recorded
@@ -64,30 +60,11 @@ impl Control {
     pub async fn create_database(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewDatabase,
     ) -> Result<OperationRecord, ControlError> {
-        let db = DatabaseName::parse(
-            "database-name",
-            string("database-name", required(body, "database-name")?)?,
-        )?;
-        refuse_unknown(body, &["database-name", "lc-collate", "lc-ctype"])?;
-        let locale = |field: &str| -> Result<Option<String>, ControlError> {
-            match optional(body, field) {
-                Some(v) => {
-                    let s = string(field, v)?;
-                    if s.is_empty() || s.chars().count() > 128 || s.contains('\0') {
-                        return Err(InputError::new(
-                            field,
-                            "length must be between 1 and 128 characters",
-                        )
-                        .into());
-                    }
-                    Ok(Some(s.to_string()))
-                }
-                None => Ok(None),
-            }
-        };
-        let (collate, ctype) = (locale("lc-collate")?, locale("lc-ctype")?);
+        let db = new.name;
+        let collate = new.lc_collate.as_ref().map(|l| l.as_str());
+        let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;
@@ -104,7 +81,7 @@ impl Control {
             )));
         }
         let t = self.admin_target(&s).await?;
-        admin::create_database(&t, db.as_str(), collate.as_deref(), ctype.as_deref())
+        admin::create_database(&t, db.as_str(), collate, ctype)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
@@ -165,14 +142,9 @@ impl Control {
     pub async fn create_user(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewUser,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["username", "allow-replication"])?;
-        let user = Username::parse("username", string("username", required(body, "username")?)?)?;
-        let replication = match optional(body, "allow-replication") {
-            Some(v) => boolean("allow-replication", v)?,
-            None => false,
-        };
+        let (user, replication) = (new.username, new.allow_replication);
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;
@@ -257,13 +229,9 @@ impl Control {
         &self,
         service: &ServiceName,
         user: &Username,
-        body: &Map<String, Value>,
+        reset: PasswordReset,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["password"])?;
-        let given = match optional(body, "password") {
-            Some(v) => Some(Password::parse("password", string("password", v)?)?),
-            None => None,
-        };
+        let given = reset.password;
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;
@@ -347,29 +315,15 @@ impl Control {
     pub async fn create_pool(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewPool,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["name", "database-name", "mode", "size", "username"])?;
-        let name = PoolName::parse("name", string("name", required(body, "name")?)?)?;
-        let database = DatabaseName::parse_lookup(
-            "database-name",
-            string("database-name", required(body, "database-name")?)?,
-        )?;
-        if database.as_str().chars().count() > 40 {
-            DatabaseName::parse("database-name", database.as_str())?;
-        }
-        let mode = match optional(body, "mode") {
-            Some(v) => PoolMode::parse("mode", v)?,
-            None => PoolMode::default(),
-        };
-        let size = match optional(body, "size") {
-            Some(v) => PoolSize::parse("size", v)?,
-            None => PoolSize::default(),
-        };
-        let username = match optional(body, "username") {
-            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
-            None => None,
-        };
+        let NewPool {
+            name,
+            database,
+            mode,
+            size,
+            username,
+        } = new;
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;
@@ -411,31 +365,14 @@ impl Control {
         &self,
         service: &ServiceName,
         name: &PoolName,
-        body: &Map<String, Value>,
+        update: PoolUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["database-name", "mode", "size", "username"])?;
-        let database = match optional(body, "database-name") {
-            Some(v) => Some(DatabaseName::parse_lookup(
-                "database-name",
-                string("database-name", v)?,
-            )?),
-            None => None,
-        };
-        if let Some(d) = &database {
-            if d.as_str().chars().count() > 40 {
-                DatabaseName::parse("database-name", d.as_str())?;
-            }
-        }
-        let mode = optional(body, "mode")
-            .map(|v| PoolMode::parse("mode", v))
-            .transpose()?;
-        let size = optional(body, "size")
-            .map(|v| PoolSize::parse("size", v))
-            .transpose()?;
-        let username = match optional(body, "username") {
-            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
-            None => None,
-        };
+        let PoolUpdate {
+            database,
+            mode,
+            size,
+            username,
+        } = update;
         let lock = self.service_lock(service.as_str());
         let _g = lock.lock().await;
         let s = self.running(service).await?;

@@ -21,7 +21,8 @@ use tokio::sync::watch;
 
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::store::{self, OpState, OperationRecord};
+use crate::model::{OpState, OperationRecord};
+use crate::store;
 
 /// What the data plane reports after applying one published generation of the desired state.
 ///

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{boolean, int_in, InputError, PoolMode};
+use crate::input::{boolean, int_in, InputError, PoolMode};
 
 /// A startup parameter that the pooler may be told to ignore (items enum of the document).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,44 +86,44 @@ impl PgbouncerSettings {
     }
 
     /// Applies the keys of `obj` over `self` (an update sets only what it names; `null` unsets).
+    /// A refused object changes nothing.
     pub fn merge(&mut self, field: &str, obj: &Map<String, Value>) -> Result<(), InputError> {
-        if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(InputError::new(
-                &format!("{field}.{k}"),
-                "unknown pgbouncer setting",
-            ));
-        }
-        let mut next = self.clone();
-        for (key, value) in obj {
-            let name = format!("{field}.{key}");
-            if value.is_null() {
-                next.set_int(key, None);
-                match key.as_str() {
-                    "ignore_startup_parameters" => next.ignore_startup_parameters = None,
-                    "autodb_pool_mode" => next.autodb_pool_mode = None,
-                    "server_reset_query_always" => next.server_reset_query_always = None,
-                    _ => {}
-                }
-                continue;
-            }
-            if let Some((_, min, max)) = INT_LIMITS.iter().find(|(k, _, _)| k == key) {
-                let n = int_in(&name, value, *min, *max)?;
-                next.set_int(key, Some(n as u32));
-                continue;
-            }
-            match key.as_str() {
-                "autodb_pool_mode" => next.autodb_pool_mode = Some(PoolMode::parse(&name, value)?),
-                "server_reset_query_always" => {
-                    next.server_reset_query_always = Some(boolean(&name, value)?)
-                }
-                "ignore_startup_parameters" => {
-                    next.ignore_startup_parameters = Some(parse_ignored(&name, value)?)
-                }
-                _ => {}
-            }
-        }
-        *self = next;
+        let patch = PgbouncerPatch::parse(field, obj)?;
+        self.apply(&patch);
         Ok(())
+    }
+
+    /// Sets and unsets what `patch` names.
+    pub fn apply(&mut self, patch: &PgbouncerPatch) {
+        for key in &patch.named {
+            self.copy_from(key, &patch.values);
+        }
+    }
+
+    fn copy_from(&mut self, key: &str, from: &PgbouncerSettings) {
+        match key {
+            "ignore_startup_parameters" => {
+                self.ignore_startup_parameters = from.ignore_startup_parameters.clone()
+            }
+            "autodb_pool_mode" => self.autodb_pool_mode = from.autodb_pool_mode,
+            "server_reset_query_always" => {
+                self.server_reset_query_always = from.server_reset_query_always
+            }
+            _ => self.set_int(key, from.int(key)),
+        }
+    }
+
+    fn int(&self, key: &str) -> Option<u32> {
+        match key {
+            "min_pool_size" => self.min_pool_size,
+            "server_lifetime" => self.server_lifetime,
+            "server_idle_timeout" => self.server_idle_timeout,
+            "autodb_max_db_connections" => self.autodb_max_db_connections,
+            "max_prepared_statements" => self.max_prepared_statements,
+            "autodb_pool_size" => self.autodb_pool_size,
+            "autodb_idle_timeout" => self.autodb_idle_timeout,
+            _ => None,
+        }
     }
 
     fn set_int(&mut self, key: &str, v: Option<u32>) {
@@ -200,6 +200,64 @@ impl PgbouncerSettings {
                 "autodb_idle_timeout": {"default": 3600, "example": 3600, "maximum": 86400, "minimum": 0, "type": "integer",
                     "title": "If the automatically created database pools have been unused this many seconds, they are freed. If 0 then timeout is disabled. [seconds]"}
             }
+        })
+    }
+}
+
+/// A change to a service's settings: what an update names, to set or (`null`) to unset; the
+/// settings it does not name keep their values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PgbouncerPatch {
+    values: PgbouncerSettings,
+    named: Vec<&'static str>,
+}
+
+impl PgbouncerPatch {
+    /// Parses the `pgbouncer-settings` object of an update given as `field`: every key it names is
+    /// set to its value, or unset by `null`; unknown keys are refused.
+    pub fn parse(field: &str, obj: &Map<String, Value>) -> Result<Self, InputError> {
+        if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(InputError::new(
+                &format!("{field}.{k}"),
+                "unknown pgbouncer setting",
+            ));
+        }
+        let mut next = PgbouncerSettings::default();
+        for (key, value) in obj {
+            let name = format!("{field}.{key}");
+            if value.is_null() {
+                next.set_int(key, None);
+                match key.as_str() {
+                    "ignore_startup_parameters" => next.ignore_startup_parameters = None,
+                    "autodb_pool_mode" => next.autodb_pool_mode = None,
+                    "server_reset_query_always" => next.server_reset_query_always = None,
+                    _ => {}
+                }
+                continue;
+            }
+            if let Some((_, min, max)) = INT_LIMITS.iter().find(|(k, _, _)| k == key) {
+                let n = int_in(&name, value, *min, *max)?;
+                next.set_int(key, Some(n as u32));
+                continue;
+            }
+            match key.as_str() {
+                "autodb_pool_mode" => next.autodb_pool_mode = Some(PoolMode::parse(&name, value)?),
+                "server_reset_query_always" => {
+                    next.server_reset_query_always = Some(boolean(&name, value)?)
+                }
+                "ignore_startup_parameters" => {
+                    next.ignore_startup_parameters = Some(parse_ignored(&name, value)?)
+                }
+                _ => {}
+            }
+        }
+        let named = obj
+            .keys()
+            .filter_map(|k| KNOWN.iter().find(|known| *known == k).copied())
+            .collect();
+        Ok(PgbouncerPatch {
+            values: next,
+            named,
         })
     }
 }

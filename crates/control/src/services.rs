@@ -3,19 +3,16 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::commands::{NewService, ServiceUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
+use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName};
 use crate::model::{
-    boolean, optional, refuse_unknown, required, string, AdminPassword, AdminUsername, InputError,
-    IpFilter, Password, Plan, ServiceName,
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
-use crate::pgbouncer::PgbouncerSettings;
-use crate::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
-};
+use crate::store;
 
 /// A user as the API shows it (password decrypted).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,23 +49,6 @@ impl ServiceView {
     }
 }
 
-const CREATE_FIELDS: [&str; 7] = [
-    "plan",
-    "version",
-    "admin-username",
-    "admin-password",
-    "pgbouncer-settings",
-    "ip-filter",
-    "termination-protection",
-];
-const UPDATE_FIELDS: [&str; 5] = [
-    "plan",
-    "version",
-    "pgbouncer-settings",
-    "ip-filter",
-    "termination-protection",
-];
-
 /// Builds an operation about service `s`.
 pub(crate) fn op_for(
     s: &ServiceRecord,
@@ -90,9 +70,8 @@ pub(crate) fn op_for(
 }
 
 impl Control {
-    fn check_version(body: &Map<String, Value>, available: &str) -> Result<(), InputError> {
-        if let Some(v) = optional(body, "version") {
-            let v = string("version", v)?;
+    fn check_version(asked: Option<&str>, available: &str) -> Result<(), InputError> {
+        if let Some(v) = asked {
             if v != available {
                 return Err(InputError::new(
                     "version",
@@ -127,20 +106,20 @@ impl Control {
     pub async fn create_service(
         &self,
         name: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewService,
     ) -> Result<OperationRecord, ControlError> {
-        let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
-        refuse_unknown(body, &CREATE_FIELDS)?;
         let external = self.inner.cfg.external.clone();
         if external.is_some() {
-            for field in ["admin-username", "admin-password"] {
-                if optional(body, field).is_some() {
-                    return Err(InputError::new(
-                        field,
-                        "cannot be set: services use the admin of the external server",
-                    )
-                    .into());
-                }
+            let given = [
+                ("admin-username", new.admin_username.is_some()),
+                ("admin-password", new.admin_password.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(InputError::new(
+                    field,
+                    "cannot be set: services use the admin of the external server",
+                )
+                .into());
             }
         }
         let version = match &external {
@@ -150,30 +129,15 @@ impl Control {
                 .map_err(|e| ControlError::internal(format!("external server: {e}")))?,
             None => self.inner.version.clone(),
         };
-        Self::check_version(body, &version)?;
-        let admin = match optional(body, "admin-username") {
-            Some(v) => AdminUsername::parse("admin-username", string("admin-username", v)?)?,
-            None => AdminUsername::default_admin(),
-        };
-        let password = match optional(body, "admin-password") {
-            Some(v) => Some(AdminPassword::parse(
-                "admin-password",
-                string("admin-password", v)?,
-            )?),
-            None => None,
-        };
-        let pgbouncer = match optional(body, "pgbouncer-settings") {
-            Some(v) => PgbouncerSettings::parse("pgbouncer-settings", v)?,
-            None => PgbouncerSettings::default(),
-        };
-        let ip_filter = match optional(body, "ip-filter") {
-            Some(v) => IpFilter::parse("ip-filter", v)?,
-            None => IpFilter::allow_all(),
-        };
-        let protection = match optional(body, "termination-protection") {
-            Some(v) => boolean("termination-protection", v)?,
-            None => false,
-        };
+        Self::check_version(new.version.as_deref(), &version)?;
+        let plan = new.plan;
+        let admin = new
+            .admin_username
+            .unwrap_or_else(AdminUsername::default_admin);
+        let password = new.admin_password;
+        let pgbouncer = new.pgbouncer.unwrap_or_default();
+        let ip_filter = new.ip_filter.unwrap_or_else(IpFilter::allow_all);
+        let protection = new.termination_protection.unwrap_or(false);
 
         let _create = self.inner.create_lock.lock().await;
         let lock = self.service_lock(name.as_str());
@@ -291,38 +255,20 @@ impl Control {
     pub async fn update_service(
         &self,
         name: &ServiceName,
-        body: &Map<String, Value>,
+        update: ServiceUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &UPDATE_FIELDS)?;
-        let plan = match optional(body, "plan") {
-            Some(v) => Some(Plan::parse("plan", string("plan", v)?)?),
-            None => None,
-        };
-        let ip_filter = match optional(body, "ip-filter") {
-            Some(v) => Some(IpFilter::parse("ip-filter", v)?),
-            None => None,
-        };
-        let protection = match optional(body, "termination-protection") {
-            Some(v) => Some(boolean("termination-protection", v)?),
-            None => None,
-        };
-        let settings = match optional(body, "pgbouncer-settings") {
-            Some(v) => Some(
-                v.as_object()
-                    .ok_or_else(|| InputError::new("pgbouncer-settings", "must be an object"))?,
-            ),
-            None => None,
-        };
         let lock = self.service_lock(name.as_str());
         let _g = lock.lock().await;
         let mut s = self.existing(name).await?;
-        Self::check_version(body, &s.version)?;
-        if let Some(obj) = settings {
-            s.pgbouncer.merge("pgbouncer-settings", obj)?;
+        Self::check_version(update.version.as_deref(), &s.version)?;
+        if let Some(patch) = &update.pgbouncer {
+            s.pgbouncer.apply(patch);
         }
-        if let Some(p) = plan {
+        if let Some(p) = update.plan {
             s.plan = p.into_string();
         }
+        let ip_filter = update.ip_filter;
+        let protection = update.termination_protection;
         let filter_changed = ip_filter.as_ref().is_some_and(|f| *f != s.ip_filter);
         if let Some(f) = ip_filter {
             s.ip_filter = f;

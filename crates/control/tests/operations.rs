@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use pgbay_control::crypto::SecretBox;
+use pgbay_control::input::{DatabaseName, IpFilter, PoolName, ServiceName};
 use pgbay_control::local::default_bin_dir;
-use pgbay_control::model::{IpFilter, ServiceName};
-use pgbay_control::store::{self, Store, UserRecord};
+use pgbay_control::store::{self, Store};
 use pgbay_control::{
-    AppliedReporter, Control, ControlConfig, OpState, OperationRecord, PgbouncerSettings,
-    PortRange, ServiceRecord, ServiceState, UserKind,
+    AppliedReporter, Control, ControlConfig, NewPool, OpState, OperationRecord, PgbouncerSettings,
+    PortRange, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
-use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 /// Stores running services `names` (ports nobody listens on) and any `pending` operations, then
@@ -92,17 +91,18 @@ fn name(s: &str) -> ServiceName {
     ServiceName::parse("name", s).unwrap()
 }
 
-fn pool_body(pool: &str) -> Map<String, Value> {
-    json!({"name": pool, "database-name": "defaultdb"})
-        .as_object()
-        .unwrap()
-        .clone()
+fn new_pool(pool: &str) -> NewPool {
+    NewPool {
+        name: PoolName::parse("name", pool).unwrap(),
+        database: DatabaseName::parse("database-name", "defaultdb").unwrap(),
+        mode: Default::default(),
+        size: Default::default(),
+        username: None,
+    }
 }
 
 async fn create_pool(c: &Control, service: &str, pool: &str) -> OperationRecord {
-    c.create_pool(&name(service), &pool_body(pool))
-        .await
-        .unwrap()
+    c.create_pool(&name(service), new_pool(pool)).await.unwrap()
 }
 
 /// A data plane that reports every generation it sees, with `failures` each time.

@@ -2,11 +2,11 @@
 //! committed state is there after reopening (what a restart after `kill -9` sees).
 
 use chrono::Utc;
-use pgbay_control::model::{IpFilter, PoolMode, PoolSize};
-use pgbay_control::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, Store, UserKind,
-    UserRecord,
+use pgbay_control::input::{IpFilter, PoolMode, PoolSize};
+use pgbay_control::model::{
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
+use pgbay_control::store::{self, Store};
 use pgbay_control::PgbouncerSettings;
 use serde_json::json;
 use uuid::Uuid;

@@ -52,7 +52,7 @@ pub use input::{InputError, PoolMode, PoolSize};
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
-pub use operations::{AppliedReporter, ApplyOutcome};
+pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::control::{Control, SUPERVISE_EVERY};
 use crate::error::ControlError;
-use crate::model::{OpState, OperationRecord, ServiceRecord, ServiceState, UserKind};
+use crate::model::{OperationRecord, ServiceRecord, ServiceState, UserKind};
 use crate::store;
 
 impl Control {
@@ -22,7 +22,7 @@ impl Control {
                 tokio::task::spawn_blocking(move || prov.remove(&dir)).await??;
             }
         }
-        let pending = self.inner.store.pending_operations().await?;
+        let pending = self.pending_at_start(&services).await?;
         for s in &services {
             match s.state {
                 ServiceState::Running => {
@@ -33,37 +33,13 @@ impl Control {
                     }
                 }
                 ServiceState::Rebuilding => {
-                    let op = pending
-                        .iter()
-                        .find(|o| o.service == s.name && o.kind == "create-service")
-                        .map(|o| o.id);
                     tracing::info!(service = %s.name, "resuming interrupted provisioning");
-                    self.spawn_provisioning(s.name.clone(), op);
+                    self.spawn_provisioning(s.name.clone(), pending.provisioning_of(&s.name));
                 }
-            }
-        }
-        // Every other pending operation committed its change and was waiting for the data plane
-        // when pgbay stopped: the first data plane to report after start decides it. A creation
-        // whose service is gone has nothing left to report on.
-        let mut waiting = Vec::new();
-        for op in pending {
-            let service = services.iter().find(|s| s.name == op.service);
-            match (op.kind.as_str(), service.map(|s| s.state)) {
-                ("create-service", Some(ServiceState::Rebuilding)) => {}
-                ("create-service", None) => {
-                    self.finish_operation(
-                        op,
-                        OpState::Failure,
-                        Some("interrupted"),
-                        "interrupted by a restart of pgbay".into(),
-                    )
-                    .await?;
-                }
-                _ => waiting.push(op),
             }
         }
         let generation = self.publish().await?;
-        self.settle_after_restart(waiting, generation);
+        self.settle_after_restart(pending, generation);
         Ok(())
     }
 
@@ -159,15 +135,7 @@ impl Control {
                 tracing::error!(service = %name, error = %e, "provisioning failed");
                 if let Some(id) = op {
                     let msg = format!("provisioning of service {name} failed");
-                    let res = async {
-                        let mut tx = c.inner.store.begin().await?;
-                        store::finish_operation(&mut tx, id, OpState::Failure, Some("fault"), &msg)
-                            .await?;
-                        tx.commit().await?;
-                        Ok::<(), store::StoreError>(())
-                    }
-                    .await;
-                    if let Err(e) = res {
+                    if let Err(e) = c.fail_operation(id, "fault", &msg).await {
                         tracing::error!(error = %e, "recording provisioning failure");
                     }
                 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::input::{IpFilter, PoolMode, PoolSize};
+use crate::operations::OperationKind;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// The life-cycle state of a service (enum-service-state subset).
@@ -170,8 +171,8 @@ pub struct OperationRecord {
     pub ref_link: String,
     /// Command to get the referenced resource.
     pub ref_command: String,
-    /// What the operation does (e.g. `create-service`), used to resume it after a restart.
-    pub kind: String,
+    /// What the operation does, used to resume it after a restart.
+    pub kind: OperationKind,
     /// Service the operation is about.
     pub service: String,
 }

@@ -1,45 +1,18 @@
-//! Databases, users and connection pools of a service. Each call validates, checks the store,
-//! applies the change to PostgreSQL (idempotently), then commits the store change and its operation
+//! Databases, users and connection pools of a service. Each call takes an already validated
+//! command, locks the running service, checks the store, applies the change to PostgreSQL (idempotently), then commits the store change and its operation
 //! in one transaction: `success` at once for databases, `pending` until the pooler answered for
 //! users and pools (see `operations`). A refused call changes neither the store nor the server.
-
-use sqlx::{Sqlite, Transaction};
 
 use crate::admin;
 use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
 use crate::input::{pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username};
-use crate::model::{OpState, OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
-use crate::services::op_for;
+use crate::model::{OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
+use crate::operations::OperationKind;
 use crate::store;
 
 impl Control {
-    /// Records the operation in `tx` and commits. A change the data plane must serve is recorded
-    /// `pending` and finished once the pooler answered (see `operations`); any other is done.
-    async fn finish(
-        &self,
-        mut tx: Transaction<'static, Sqlite>,
-        s: &ServiceRecord,
-        kind: &str,
-        message: String,
-        data_plane: bool,
-    ) -> Result<OperationRecord, ControlError> {
-        let state = if data_plane {
-            OpState::Pending
-        } else {
-            OpState::Success
-        };
-        let op = op_for(s, kind, state, message);
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
-        if data_plane {
-            self.publish_and_settle(op).await
-        } else {
-            Ok(op)
-        }
-    }
-
     async fn pool_names(
         &self,
         s: &ServiceRecord,
@@ -65,9 +38,7 @@ impl Control {
         let db = new.name;
         let collate = new.lc_collate.as_ref().map(|l| l.as_str());
         let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .inner
             .store
@@ -86,12 +57,11 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
         store::insert_database(&mut tx, &s.name, db.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "create-database",
+            OperationKind::CreateDatabase,
             format!("database {db} created"),
-            false,
         )
         .await
     }
@@ -102,9 +72,7 @@ impl Control {
         service: &ServiceName,
         db: &DatabaseName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if !self
             .inner
             .store
@@ -128,12 +96,11 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "dropping database"))?;
         let mut tx = self.inner.store.begin().await?;
         store::delete_database(&mut tx, &s.name, db.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "delete-database",
+            OperationKind::DeleteDatabase,
             format!("database {db} deleted"),
-            false,
         )
         .await
     }
@@ -145,9 +112,7 @@ impl Control {
         new: NewUser,
     ) -> Result<OperationRecord, ControlError> {
         let (user, replication) = (new.username, new.allow_replication);
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .inner
             .store
@@ -175,8 +140,13 @@ impl Control {
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        self.finish(tx, &s, "create-user", format!("user {user} created"), true)
-            .await
+        self.commit_operation(
+            tx,
+            &s,
+            OperationKind::CreateUser,
+            format!("user {user} created"),
+        )
+        .await
     }
 
     async fn existing_user(
@@ -197,9 +167,7 @@ impl Control {
         service: &ServiceName,
         user: &Username,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         let rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary {
             return Err(ControlError::Conflict(format!(
@@ -220,8 +188,13 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "deleting user"))?;
         let mut tx = self.inner.store.begin().await?;
         store::delete_user(&mut tx, &s.name, user.as_str()).await?;
-        self.finish(tx, &s, "delete-user", format!("user {user} deleted"), true)
-            .await
+        self.commit_operation(
+            tx,
+            &s,
+            OperationKind::DeleteUser,
+            format!("user {user} deleted"),
+        )
+        .await
     }
 
     /// `PUT .../user/{username}/password/reset`: `{}` (or no body) generates a password.
@@ -232,9 +205,7 @@ impl Control {
         reset: PasswordReset,
     ) -> Result<OperationRecord, ControlError> {
         let given = reset.password;
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         let mut rec = self.existing_user(&s, user).await?;
         let overridden = given.is_some();
         let password = given.unwrap_or_else(Password::generate);
@@ -259,12 +230,11 @@ impl Control {
         rec.password_overridden = overridden;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "reset-password",
+            OperationKind::ResetPassword,
             format!("password of user {user} reset"),
-            true,
         )
         .await
     }
@@ -324,9 +294,7 @@ impl Control {
             size,
             username,
         } = new;
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if !self
             .pool_names(&s, |p| p.name == name.as_str())
             .await?
@@ -350,12 +318,11 @@ impl Control {
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "create-pool",
+            OperationKind::CreatePool,
             format!("connection pool {name} created"),
-            true,
         )
         .await
     }
@@ -373,9 +340,7 @@ impl Control {
             size,
             username,
         } = update;
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         let mut rec = self
             .inner
             .store
@@ -400,12 +365,11 @@ impl Control {
             .await?;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "update-pool",
+            OperationKind::UpdatePool,
             format!("connection pool {name} updated"),
-            true,
         )
         .await
     }
@@ -416,9 +380,7 @@ impl Control {
         service: &ServiceName,
         name: &PoolName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .pool_names(&s, |p| p.name == name.as_str())
             .await?
@@ -430,22 +392,12 @@ impl Control {
         }
         let mut tx = self.inner.store.begin().await?;
         store::delete_pool(&mut tx, &s.name, name.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "delete-pool",
+            OperationKind::DeletePool,
             format!("connection pool {name} deleted"),
-            true,
         )
         .await
-    }
-
-    /// `GET /operation/{id}`.
-    pub async fn operation(&self, id: uuid::Uuid) -> Result<OperationRecord, ControlError> {
-        self.inner
-            .store
-            .operation(id)
-            .await?
-            .ok_or_else(|| ControlError::NotFound(format!("operation {id} not found")))
     }
 }

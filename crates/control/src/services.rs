@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use crate::commands::{NewService, ServiceUpdate};
@@ -12,6 +13,7 @@ use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName};
 use crate::model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
+use crate::operations::{operation_about, OperationKind};
 use crate::store;
 
 /// A user as the API shows it (password decrypted).
@@ -49,26 +51,6 @@ impl ServiceView {
     }
 }
 
-/// Builds an operation about service `s`.
-pub(crate) fn op_for(
-    s: &ServiceRecord,
-    kind: &str,
-    state: OpState,
-    message: String,
-) -> OperationRecord {
-    OperationRecord {
-        id: Uuid::new_v4(),
-        state,
-        reason: None,
-        message,
-        ref_id: s.id,
-        ref_link: format!("/v2/dbaas-postgres/{}", s.name),
-        ref_command: "get-dbaas-service-pg".to_string(),
-        kind: kind.to_string(),
-        service: s.name.clone(),
-    }
-}
-
 impl Control {
     fn check_version(asked: Option<&str>, available: &str) -> Result<(), InputError> {
         if let Some(v) = asked {
@@ -91,15 +73,27 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("service {name} not found")))
     }
 
-    /// Reads a running service, or 404 / 409 (still provisioning).
-    pub(crate) async fn running(&self, name: &ServiceName) -> Result<ServiceRecord, ControlError> {
-        let s = self.existing(name).await?;
+    /// Takes the service's lock (serializing its mutations) and reads it, or 404.
+    pub(crate) async fn lock_existing(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {
+        let guard = self.service_lock(name.as_str()).lock_owned().await;
+        Ok((guard, self.existing(name).await?))
+    }
+
+    /// [`Self::lock_existing`] for a running service, or 409 while it is being provisioned.
+    pub(crate) async fn lock_running(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {
+        let (guard, s) = self.lock_existing(name).await?;
         if s.state != ServiceState::Running {
             return Err(ControlError::Conflict(format!(
                 "service {name} is still being provisioned"
             )));
         }
-        Ok(s)
+        Ok((guard, s))
     }
 
     /// `POST /dbaas-postgres/{name}`: records the service and provisions it in the background.
@@ -207,9 +201,9 @@ impl Control {
             password_overridden: overridden,
             allow_replication: true,
         };
-        let op = op_for(
+        let op = operation_about(
             &s,
-            "create-service",
+            OperationKind::CreateService,
             OpState::Pending,
             format!("creating service {name}"),
         );
@@ -257,9 +251,7 @@ impl Control {
         name: &ServiceName,
         update: ServiceUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(name.as_str());
-        let _g = lock.lock().await;
-        let mut s = self.existing(name).await?;
+        let (_g, mut s) = self.lock_existing(name).await?;
         Self::check_version(update.version.as_deref(), &s.version)?;
         if let Some(patch) = &update.pgbouncer {
             s.pgbouncer.apply(patch);
@@ -277,23 +269,23 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
-        let op = op_for(
-            &s,
-            "update-service",
-            OpState::Pending,
-            format!("service {name} updated"),
-        );
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, &s).await?;
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::UpdateService,
+                format!("service {name} updated"),
+            )
+            .await?;
         if filter_changed && s.state == ServiceState::Running && s.external_host.is_none() {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
         }
-        self.publish_and_settle(op).await
+        self.settle(op).await
     }
 
     async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
@@ -311,27 +303,25 @@ impl Control {
         &self,
         name: &ServiceName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(name.as_str());
-        let _g = lock.lock().await;
-        let s = self.existing(name).await?;
+        let (_g, s) = self.lock_existing(name).await?;
         if s.termination_protection {
             return Err(ControlError::Conflict(format!(
                 "service {name} has termination protection enabled"
             )));
         }
-        let op = op_for(
-            &s,
-            "delete-service",
-            OpState::Pending,
-            format!("service {name} deleted"),
-        );
         let mut tx = self.inner.store.begin().await?;
         store::delete_service(&mut tx, &s.name).await?;
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::DeleteService,
+                format!("service {name} deleted"),
+            )
+            .await?;
         // The pooler drops the service first, then the cluster goes. A crash in between leaves a
         // directory without a service, which the next start removes.
-        let op = self.publish_and_settle(op).await?;
+        let op = self.settle(op).await?;
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

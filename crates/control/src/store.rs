@@ -18,6 +18,7 @@ use crate::input::{IpFilter, PoolMode, PoolSize};
 use crate::model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
+use crate::operations::OperationKind;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// A store failure; always an internal error for the API.
@@ -91,7 +92,8 @@ fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
         ref_id: Uuid::from_str(&ref_id).map_err(|_| StoreError::Corrupt("operations.ref_id"))?,
         ref_link: r.try_get("ref_link")?,
         ref_command: r.try_get("ref_command")?,
-        kind: r.try_get("kind")?,
+        kind: OperationKind::parse(r.try_get("kind")?)
+            .ok_or(StoreError::Corrupt("operations.kind"))?,
         service: r.try_get("service")?,
     })
 }
@@ -421,7 +423,7 @@ pub async fn insert_operation(c: &mut SqliteConnection, op: &OperationRecord) ->
     .bind(op.ref_id.to_string())
     .bind(&op.ref_link)
     .bind(&op.ref_command)
-    .bind(&op.kind)
+    .bind(op.kind.as_str())
     .bind(&op.service)
     .bind(Utc::now().to_rfc3339())
     .execute(&mut *c)

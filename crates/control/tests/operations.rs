@@ -13,8 +13,8 @@ use pgbay_control::input::{DatabaseName, IpFilter, PoolName, ServiceName};
 use pgbay_control::local::default_bin_dir;
 use pgbay_control::store::{self, Store};
 use pgbay_control::{
-    AppliedReporter, Control, ControlConfig, NewPool, OpState, OperationRecord, PgbouncerSettings,
-    PortRange, ServiceRecord, ServiceState, UserKind, UserRecord,
+    AppliedReporter, Control, ControlConfig, NewPool, OpState, OperationKind, OperationRecord,
+    PgbouncerSettings, PortRange, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
 use uuid::Uuid;
 
@@ -141,7 +141,7 @@ async fn an_operation_stays_pending_until_the_data_plane_reports() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = seen.expect("the operation is recorded as pending");
-    assert_eq!(seen.kind, "create-pool");
+    assert_eq!(seen.kind, OperationKind::CreatePool);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.operation(seen.id).await.unwrap().state, OpState::Pending);
     assert!(!call.is_finished());
@@ -219,7 +219,7 @@ async fn a_successful_operation_is_never_rewritten() {
     c.shutdown().await;
 }
 
-fn pending_op(service: &str, kind: &str, message: &str) -> OperationRecord {
+fn pending_op(service: &str, kind: OperationKind, message: &str) -> OperationRecord {
     OperationRecord {
         id: Uuid::new_v4(),
         state: OpState::Pending,
@@ -228,7 +228,7 @@ fn pending_op(service: &str, kind: &str, message: &str) -> OperationRecord {
         ref_id: Uuid::new_v4(),
         ref_link: format!("/v2/dbaas-postgres/{service}"),
         ref_command: "get-dbaas-service-pg".into(),
-        kind: kind.into(),
+        kind,
         service: service.into(),
     }
 }
@@ -247,8 +247,8 @@ async fn wait_finished(c: &Control, id: Uuid) -> OperationRecord {
 #[tokio::test]
 async fn an_operation_left_pending_by_a_restart_is_decided_by_the_first_report() {
     let dir = tempfile::tempdir().unwrap();
-    let ok = pending_op("a", "create-pool", "connection pool p1 created");
-    let bad = pending_op("b", "update-service", "service b updated");
+    let ok = pending_op("a", OperationKind::CreatePool, "connection pool p1 created");
+    let bad = pending_op("b", OperationKind::UpdateService, "service b updated");
     let c = start(
         dir.path(),
         &["a", "b"],
@@ -276,7 +276,7 @@ async fn an_operation_left_pending_by_a_restart_is_decided_by_the_first_report()
 #[tokio::test]
 async fn an_operation_left_pending_without_a_data_plane_ends_interrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let op = pending_op("a", "delete-pool", "connection pool p1 deleted");
+    let op = pending_op("a", OperationKind::DeletePool, "connection pool p1 deleted");
     let c = start(
         dir.path(),
         &["a"],

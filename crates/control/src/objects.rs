@@ -287,13 +287,7 @@ impl Control {
         service: &ServiceName,
         new: NewPool,
     ) -> Result<OperationRecord, ControlError> {
-        let NewPool {
-            name,
-            database,
-            mode,
-            size,
-            username,
-        } = new;
+        let name = new.name;
         let (_g, s) = self.lock_running(service).await?;
         if !self
             .pool_names(&s, |p| p.name == name.as_str())
@@ -304,17 +298,18 @@ impl Control {
                 "connection pool {name} already exists"
             )));
         }
-        let username = username
+        let username = new
+            .username
             .map(Username::into_string)
             .unwrap_or_else(|| s.admin_username.clone());
-        self.check_pool_refs(&s, database.as_str(), &username)
+        self.check_pool_refs(&s, new.database.as_str(), &username)
             .await?;
         let rec = PoolRecord {
             name: name.to_string(),
-            database: database.into_string(),
+            database: new.database.into_string(),
             username,
-            mode,
-            size,
+            mode: new.mode,
+            size: new.size,
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_pool(&mut tx, &s.name, &rec).await?;
@@ -334,12 +329,6 @@ impl Control {
         name: &PoolName,
         update: PoolUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        let PoolUpdate {
-            database,
-            mode,
-            size,
-            username,
-        } = update;
         let (_g, s) = self.lock_running(service).await?;
         let mut rec = self
             .inner
@@ -349,16 +338,16 @@ impl Control {
             .into_iter()
             .find(|p| p.name == name.as_str())
             .ok_or_else(|| ControlError::NotFound(format!("connection pool {name} not found")))?;
-        if let Some(d) = database {
+        if let Some(d) = update.database {
             rec.database = d.into_string();
         }
-        if let Some(u) = username {
+        if let Some(u) = update.username {
             rec.username = u.into_string();
         }
-        if let Some(m) = mode {
+        if let Some(m) = update.mode {
             rec.mode = m;
         }
-        if let Some(z) = size {
+        if let Some(z) = update.size {
             rec.size = z;
         }
         self.check_pool_refs(&s, &rec.database, &rec.username)

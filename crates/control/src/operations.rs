@@ -371,7 +371,16 @@ impl Control {
         &self,
         op: OperationRecord,
     ) -> Result<OperationRecord, ControlError> {
-        let generation = self.publish().await?;
+        let generation = match self.publish().await {
+            Ok(g) => g,
+            Err(e) => {
+                // Nothing reached the data plane: say so rather than leave the operation pending.
+                let message = format!("{}; but it could not be published", op.message);
+                self.finish_operation(op, OpState::Failure, Some("fault"), message)
+                    .await?;
+                return Err(e);
+            }
+        };
         let answer = self.answer(generation, &op.service).await;
         let (state, reason, message) = answer.verdict(&op, self.inner.cfg.apply_timeout);
         self.finish_operation(op, state, reason, message).await

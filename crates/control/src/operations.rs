@@ -10,13 +10,14 @@
 //! `success`, or `failure`/`unavailable` when the data plane names the operation's service as failed
 //! or does not answer in time. An operation is therefore never shown as `success` and rewritten
 //! later. Without an attached data plane there is nobody to wait for, and the operation succeeds
-//! as soon as the change is published.
+//! as soon as the change is published (a change that cannot be published ends `failure`/`fault`).
 //!
 //! Restart rule: a `create-service` found `pending` with its service still being provisioned is
 //! resumed by provisioning; one whose service is gone ends `failure`/`interrupted`. Any other
-//! operation found `pending` at start was committed but never answered (pgbay died while waiting). Its store change is committed, so it is decided by the first report
-//! of the data plane attached after start, exactly as if it had waited for it; if no data plane
-//! attaches and reports within `apply_timeout`, it ends as `failure`/`interrupted`.
+//! operation found `pending` at start was committed but never answered (pgbay died while
+//! waiting). Its store change is committed, so it is decided by the first report of the data
+//! plane attached after start, exactly as if it had waited for it; if no data plane attaches and
+//! reports within `apply_timeout`, it ends as `failure`/`interrupted`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,14 +1,16 @@
 //! One handler per endpoint of the Exoscale document that pgbay serves. Handlers only translate:
-//! path parameters and bodies go to the control plane, records come back as the document's JSON.
+//! path parameters and bodies (through `requests`) become control's commands, records come back
+//! as the document's JSON (through `views`).
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use pgbay_control::model::{DatabaseName, PoolName, ServiceName, Username};
+use pgbay_control::input::{DatabaseName, PoolName, ServiceName, Username};
 use pgbay_control::{Control, PgbouncerSettings};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::extract::{JsonObject, Params};
+use crate::requests;
 use crate::views;
 use crate::MetricsAt;
 
@@ -24,7 +26,9 @@ pub async fn create_service(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let op = c.create_service(&service(&p, "name")?, &b).await?;
+    let op = c
+        .create_service(&service(&p, "name")?, requests::new_service(&b)?)
+        .await?;
     Ok(Json(views::operation(&op)))
 }
 
@@ -44,7 +48,9 @@ pub async fn update_service(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let op = c.update_service(&service(&p, "name")?, &b).await?;
+    let op = c
+        .update_service(&service(&p, "name")?, requests::service_update(&b)?)
+        .await?;
     Ok(Json(views::operation(&op)))
 }
 
@@ -74,7 +80,9 @@ pub async fn create_database(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let op = c.create_database(&service(&p, "service-name")?, &b).await?;
+    let op = c
+        .create_database(&service(&p, "service-name")?, requests::new_database(&b)?)
+        .await?;
     Ok(Json(views::operation(&op)))
 }
 
@@ -93,7 +101,9 @@ pub async fn create_user(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let op = c.create_user(&service(&p, "service-name")?, &b).await?;
+    let op = c
+        .create_user(&service(&p, "service-name")?, requests::new_user(&b)?)
+        .await?;
     Ok(Json(views::operation(&op)))
 }
 
@@ -116,7 +126,11 @@ pub async fn reset_password(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .reset_password(&service(&p, "service-name")?, &user(&p)?, &b)
+        .reset_password(
+            &service(&p, "service-name")?,
+            &user(&p)?,
+            requests::password_reset(&b)?,
+        )
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -139,7 +153,9 @@ pub async fn create_pool(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let op = c.create_pool(&service(&p, "service-name")?, &b).await?;
+    let op = c
+        .create_pool(&service(&p, "service-name")?, requests::new_pool(&b)?)
+        .await?;
     Ok(Json(views::operation(&op)))
 }
 
@@ -150,7 +166,11 @@ pub async fn update_pool(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .update_pool(&service(&p, "service-name")?, &pool(&p)?, &b)
+        .update_pool(
+            &service(&p, "service-name")?,
+            &pool(&p)?,
+            requests::pool_update(&b)?,
+        )
         .await?;
     Ok(Json(views::operation(&op)))
 }

@@ -1,11 +1,16 @@
 //! pgbay's HTTP face: the Exoscale v2 DBaaS PostgreSQL API (base `/v2`) over pgbay-control.
 //! Every request is authenticated with an EXO2-HMAC-SHA256 signature and logged in its own span;
 //! every error is `{"message": "..."}`.
+//!
+//! A request goes: signature check (`auth`), path parameters and body parsed into control's typed
+//! commands (`extract`, `requests`), one control call (`handlers`), and the record it returns
+//! rendered as the document's JSON (`views`); failures map to statuses in `error`.
 
 pub mod auth;
 mod error;
 mod extract;
 mod handlers;
+mod requests;
 mod views;
 
 use axum::body::Body;

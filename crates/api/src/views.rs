@@ -4,7 +4,7 @@
 use chrono::SecondsFormat;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use pgbay_control::{Control, OpState, OperationRecord, ServiceRecord, ServiceState, ServiceView};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// Everything but the unreserved characters of RFC 3986 is encoded in URI user info and paths.
 const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -64,37 +64,58 @@ pub fn service_common(control: &Control, s: &ServiceRecord) -> Value {
     })
 }
 
-/// The document's `dbaas-service-pg`.
+/// Where and as whom a client connects: the source of every URI and parameter set the views show.
+struct PgConn<'a> {
+    host: &'a str,
+    port: u16,
+    user: &'a str,
+    password: &'a str,
+    dbname: &'a str,
+}
+
+/// The PostgreSQL URI of `c` (user info and database percent-encoded, TLS required).
+fn pg_uri(c: &PgConn) -> String {
+    format!(
+        "postgres://{}:{}@{}:{}/{}?sslmode=require",
+        enc(c.user),
+        enc(c.password),
+        host_for_uri(c.host),
+        c.port,
+        enc(c.dbname)
+    )
+}
+
+/// The document's `uri-params`: what [`pg_uri`] says, as separate values.
+fn uri_params(c: &PgConn) -> Value {
+    json!({
+        "host": c.host,
+        "port": c.port.to_string(),
+        "user": c.user,
+        "password": c.password,
+        "dbname": c.dbname,
+        "sslmode": "require",
+    })
+}
+
+/// The document's `dbaas-service-pg`: `dbaas-service-common` and what a PostgreSQL service adds.
 pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt) -> Value {
     let s = &v.service;
     let host = control.public_host();
-    let uri_host = host_for_uri(host);
-    // The PostgreSQL server itself: a local cluster listens on the public host, an adopted
-    // external server is where it is.
-    let pg_host = s.external_host.as_deref().unwrap_or(host);
-    let pg_uri_host = host_for_uri(pg_host);
     let admin = v.admin();
     let (admin_user, admin_pw) = admin
         .map(|a| (a.name.as_str(), a.password.as_str()))
         .unwrap_or((s.admin_username.as_str(), ""));
-    let uri = format!(
-        "postgres://{}:{}@{}:{}/defaultdb?sslmode=require",
-        enc(admin_user),
-        enc(admin_pw),
-        pg_uri_host,
-        s.pg_port
-    );
-    let mut params = Map::new();
-    for (k, val) in [
-        ("host", pg_host.to_string()),
-        ("port", s.pg_port.to_string()),
-        ("user", admin_user.to_string()),
-        ("password", admin_pw.to_string()),
-        ("dbname", "defaultdb".to_string()),
-        ("sslmode", "require".to_string()),
-    ] {
-        params.insert(k.to_string(), json!(val));
-    }
+    // The PostgreSQL server itself: a local cluster listens on the public host, an adopted
+    // external server is where it is.
+    let server = PgConn {
+        host: s.external_host.as_deref().unwrap_or(host),
+        port: s.pg_port,
+        user: admin_user,
+        password: admin_pw,
+        dbname: "defaultdb",
+    };
+    let uri = pg_uri(&server);
+    let params = uri_params(&server);
     let users: Vec<Value> = v
         .users
         .iter()
@@ -121,16 +142,20 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
                 .find(|u| u.name == p.username)
                 .map(|u| u.password.as_str())
                 .unwrap_or("");
+            let pooler = PgConn {
+                host,
+                port: s.pooler_port,
+                user: &p.username,
+                password: pw,
+                dbname: &p.name,
+            };
             json!({
                 "name": p.name,
                 "database": p.database,
                 "username": p.username,
                 "mode": p.mode.as_str(),
                 "size": p.size.get(),
-                "connection-uri": format!(
-                    "postgres://{}:{}@{}:{}/{}?sslmode=require",
-                    enc(&p.username), enc(pw), uri_host, s.pooler_port, enc(&p.name)
-                ),
+                "connection-uri": pg_uri(&pooler),
             })
         })
         .collect();
@@ -138,33 +163,49 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         ServiceState::Running => "running",
         ServiceState::Rebuilding => "setting_up_vm",
     };
-    json!({
-        "name": s.name,
-        "type": "pg",
-        "plan": s.plan,
-        "state": s.state.as_str(),
-        "zone": control.zone(),
+    let mut out = service_common(control, s);
+    let pg = json!({
         "version": s.version,
-        "node-count": 1,
         "node-states": [{"name": format!("{}-1", s.name), "state": node_state, "role": "master"}],
         "databases": v.databases,
         "users": users,
         "connection-pools": pools,
         "uri": uri,
-        "uri-params": Value::Object(params.clone()),
-        "connection-info": {"uri": [uri], "params": [Value::Object(params)]},
+        "uri-params": params,
+        "connection-info": {"uri": [uri], "params": [params]},
         "components": [
-            {"component": "pg", "host": pg_host, "port": s.pg_port, "route": "public", "usage": "primary"},
+            {"component": "pg", "host": server.host, "port": s.pg_port, "route": "public", "usage": "primary"},
             {"component": "pgbouncer", "host": host, "port": s.pooler_port, "route": "public", "usage": "primary"},
         ],
         "pgbouncer-settings": s.pgbouncer.to_json(),
         "ip-filter": s.ip_filter.to_strings(),
-        "termination-protection": s.termination_protection,
-        "created-at": time(&s.created_at),
-        "updated-at": time(&s.updated_at),
         "prometheus-uri": {"host": metrics.host, "port": metrics.port},
         "backups": [],
-        "integrations": [],
-        "notifications": [],
-    })
+    });
+    if let (Value::Object(common), Value::Object(pg)) = (&mut out, pg) {
+        common.extend(pg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_encode_user_info_and_bracket_ipv6_hosts() {
+        let c = PgConn {
+            host: "::1",
+            port: 6432,
+            user: "a@b",
+            password: "p:w/x",
+            dbname: "my pool",
+        };
+        assert_eq!(
+            pg_uri(&c),
+            "postgres://a%40b:p%3Aw%2Fx@[::1]:6432/my%20pool?sslmode=require"
+        );
+        assert_eq!(uri_params(&c)["host"], "::1");
+        assert_eq!(uri_params(&c)["port"], "6432");
+    }
 }

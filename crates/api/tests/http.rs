@@ -58,6 +58,27 @@ async fn server() -> Server {
     Server { addr, _dir: dir }
 }
 
+impl Server {
+    /// Sends `body` to `path`, signed as a client with valid credentials would.
+    async fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        send(
+            self.addr,
+            method,
+            path,
+            body,
+            signed(method, path, body, later()),
+        )
+        .await
+    }
+
+    /// The `message` of a call that must fail with `status`.
+    async fn refused(&self, method: &str, path: &str, body: &str, status: u16) -> String {
+        let (st, v) = self.call(method, path, body).await;
+        assert_eq!(st, status, "{v}");
+        v["message"].as_str().unwrap().to_string()
+    }
+}
+
 /// Sends one request; `auth` is the Authorization header (None: none sent).
 async fn send(
     addr: SocketAddr,
@@ -108,153 +129,107 @@ fn later() -> i64 {
 }
 
 #[tokio::test]
-async fn authentication_and_error_shapes() {
+async fn a_signed_request_is_answered() {
     let srv = server().await;
-    let a = srv.addr;
-
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/dbaas-service",
-        "",
-        signed("GET", "/v2/dbaas-service", "", later()),
-    )
-    .await;
+    let (st, v) = srv.call("GET", "/v2/dbaas-service", "").await;
     assert_eq!(
         (st, v["dbaas-services"].as_array().map(Vec::len)),
         (200, Some(0))
     );
-    // Query arguments are signed too.
-    let (st, _) = send(
-        a,
-        "GET",
-        "/v2/dbaas-service?x=1",
-        "",
-        signed("GET", "/v2/dbaas-service?x=1", "", later()),
-    )
-    .await;
-    assert_eq!(st, 200);
+}
 
+#[tokio::test]
+async fn query_arguments_are_signed_too() {
+    let srv = server().await;
+    let (st, _) = srv.call("GET", "/v2/dbaas-service?x=1", "").await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn missing_expired_or_wrong_signatures_are_refused() {
+    let srv = server().await;
+    let path = "/v2/dbaas-service";
+    let expired = chrono::Utc::now().timestamp() - 1;
     for auth in [
         None,
-        signed(
-            "GET",
-            "/v2/dbaas-service",
-            "",
-            chrono::Utc::now().timestamp() - 1,
-        ),
+        signed("GET", path, "", expired),
         signed("GET", "/v2/other", "", later()),
         Some("EXO2-HMAC-SHA256 credential=EXOtestkey,expires=9999999999,signature=AAAA".into()),
     ] {
-        let (st, v) = send(a, "GET", "/v2/dbaas-service", "", auth).await;
+        let (st, v) = send(srv.addr, "GET", path, "", auth).await;
         assert_eq!(st, 403);
-        assert!(
-            v["message"]
-                .as_str()
-                .unwrap()
-                .contains("authentication failed"),
-            "{v}"
-        );
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains("authentication failed"), "{v}");
     }
+}
 
-    let body = "{\"plan\": ";
-    let (st, v) = send(
-        a,
-        "POST",
-        "/v2/dbaas-postgres/svc",
-        body,
-        signed("POST", "/v2/dbaas-postgres/svc", body, later()),
-    )
-    .await;
-    assert_eq!(st, 400);
-    assert!(
-        v["message"].as_str().unwrap().contains("malformed JSON"),
-        "{v}"
-    );
+#[tokio::test]
+async fn malformed_json_is_refused() {
+    let srv = server().await;
+    let m = srv
+        .refused("POST", "/v2/dbaas-postgres/svc", "{\"plan\": ", 400)
+        .await;
+    assert!(m.contains("malformed JSON"), "{m}");
+}
 
+#[tokio::test]
+async fn an_unknown_field_is_refused_by_name() {
+    let srv = server().await;
     let body = r#"{"plan": "hobbyist-2", "work-mem": 4}"#;
-    let (st, v) = send(
-        a,
-        "POST",
-        "/v2/dbaas-postgres/svc",
-        body,
-        signed("POST", "/v2/dbaas-postgres/svc", body, later()),
-    )
-    .await;
-    assert_eq!(st, 400);
-    assert!(v["message"].as_str().unwrap().contains("work-mem"), "{v}");
+    let m = srv
+        .refused("POST", "/v2/dbaas-postgres/svc", body, 400)
+        .await;
+    assert!(m.contains("work-mem"), "{m}");
+}
 
-    let body = r#"{"plan": 2}"#;
-    let (st, v) = send(
-        a,
-        "POST",
-        "/v2/dbaas-postgres/svc",
-        body,
-        signed("POST", "/v2/dbaas-postgres/svc", body, later()),
-    )
-    .await;
-    assert_eq!(st, 400);
-    assert!(v["message"].as_str().unwrap().contains("`plan`"), "{v}");
+#[tokio::test]
+async fn a_wrongly_typed_field_is_refused_by_name() {
+    let srv = server().await;
+    let m = srv
+        .refused("POST", "/v2/dbaas-postgres/svc", r#"{"plan": 2}"#, 400)
+        .await;
+    assert!(m.contains("`plan`"), "{m}");
+}
 
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/dbaas-postgres/nope",
-        "",
-        signed("GET", "/v2/dbaas-postgres/nope", "", later()),
-    )
-    .await;
-    assert_eq!(st, 404);
-    assert!(v["message"].as_str().unwrap().contains("nope"), "{v}");
+#[tokio::test]
+async fn a_missing_service_is_not_found_by_name() {
+    let srv = server().await;
+    let m = srv.refused("GET", "/v2/dbaas-postgres/nope", "", 404).await;
+    assert!(m.contains("nope"), "{m}");
+}
 
+#[tokio::test]
+async fn operations_are_looked_up_by_uuid() {
+    let srv = server().await;
     let id = "/v2/operation/6b1a7d3e-1f0c-4a53-9d0e-0c3c6b0f9a11";
-    let (st, _) = send(a, "GET", id, "", signed("GET", id, "", later())).await;
-    assert_eq!(st, 404);
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/operation/x",
-        "",
-        signed("GET", "/v2/operation/x", "", later()),
-    )
-    .await;
-    assert_eq!(st, 400);
-    assert!(v["message"].as_str().unwrap().contains("`id`"), "{v}");
+    srv.refused("GET", id, "", 404).await;
+    let m = srv.refused("GET", "/v2/operation/x", "", 400).await;
+    assert!(m.contains("`id`"), "{m}");
+}
 
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/nowhere",
-        "",
-        signed("GET", "/v2/nowhere", "", later()),
-    )
-    .await;
-    assert_eq!((st, v["message"].as_str()), (404, Some("no such endpoint")));
+#[tokio::test]
+async fn an_unknown_endpoint_is_not_found() {
+    let srv = server().await;
+    let m = srv.refused("GET", "/v2/nowhere", "", 404).await;
+    assert_eq!(m, "no such endpoint");
+}
 
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/dbaas-settings-pg",
-        "",
-        signed("GET", "/v2/dbaas-settings-pg", "", later()),
-    )
-    .await;
+#[tokio::test]
+async fn the_settings_schema_is_served() {
+    let srv = server().await;
+    let (st, v) = srv.call("GET", "/v2/dbaas-settings-pg", "").await;
     assert_eq!(st, 200);
     assert_eq!(
         v["settings"]["pgbouncer"]["properties"]["server_lifetime"]["minimum"],
         60
     );
-    let (st, v) = send(
-        a,
-        "GET",
-        "/v2/dbaas-ca-certificate",
-        "",
-        signed("GET", "/v2/dbaas-ca-certificate", "", later()),
-    )
-    .await;
+}
+
+#[tokio::test]
+async fn the_ca_certificate_is_served() {
+    let srv = server().await;
+    let (st, v) = srv.call("GET", "/v2/dbaas-ca-certificate", "").await;
     assert_eq!(st, 200);
-    assert!(v["certificate"]
-        .as_str()
-        .unwrap()
-        .starts_with("-----BEGIN CERTIFICATE-----"));
+    let pem = v["certificate"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
 }

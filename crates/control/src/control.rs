@@ -15,10 +15,12 @@ use crate::crypto::SecretBox;
 use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 use crate::error::ControlError;
 use crate::local::{ClusterSpec, LocalProvisioner};
+use crate::model::{ServiceRecord, ServiceState, UserKind};
+use crate::operations::DataPlaneSlot;
 use crate::ports::PortRange;
-use crate::store::{self, OpState, OperationRecord, ServiceRecord, ServiceState, Store, UserKind};
+use crate::store::Store;
 
-/// How long a mutation waits for an attached data plane to apply it.
+/// How long an operation waits for an attached data plane to apply it.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the supervisor checks that every running service's cluster is alive.
@@ -60,26 +62,6 @@ fn restrict_files(data_dir: &std::path::Path) {
     }
 }
 
-/// Handed to the data-plane wiring: it reports each generation it has applied.
-#[derive(Debug, Clone)]
-pub struct AppliedReporter {
-    tx: Arc<watch::Sender<u64>>,
-}
-
-impl AppliedReporter {
-    /// The data plane has applied `generation` (and everything before it).
-    pub fn applied(&self, generation: u64) {
-        self.tx.send_if_modified(|cur| {
-            if generation > *cur {
-                *cur = generation;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
 pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) secrets: SecretBox,
@@ -91,7 +73,7 @@ pub(crate) struct Inner {
     pub(crate) create_lock: Mutex<()>,
     desired_tx: watch::Sender<Arc<DesiredState>>,
     publish_lock: Mutex<()>,
-    applied_rx: StdMutex<Option<watch::Receiver<u64>>>,
+    pub(crate) data_plane: DataPlaneSlot,
     pub(crate) shutdown_tx: watch::Sender<bool>,
 }
 
@@ -141,7 +123,7 @@ impl Control {
                 create_lock: Mutex::new(()),
                 desired_tx,
                 publish_lock: Mutex::new(()),
-                applied_rx: StdMutex::new(None),
+                data_plane: watch::channel(None).0,
                 shutdown_tx,
             }),
         };
@@ -196,16 +178,6 @@ impl Control {
     /// Follows the desired state of the data plane.
     pub fn desired_state(&self) -> watch::Receiver<Arc<DesiredState>> {
         self.inner.desired_tx.subscribe()
-    }
-
-    /// Attaches a data plane: from now on, data-plane-visible mutations wait until it reports the
-    /// generation that contains them.
-    pub fn attach_data_plane(&self) -> AppliedReporter {
-        let (tx, rx) = watch::channel(0u64);
-        if let Ok(mut slot) = self.inner.applied_rx.lock() {
-            *slot = Some(rx);
-        }
-        AppliedReporter { tx: Arc::new(tx) }
     }
 
     /// The per-service lock that serializes mutations and cluster life-cycle of one service.
@@ -266,42 +238,6 @@ impl Control {
             services,
         }));
         Ok(generation)
-    }
-
-    /// Publishes, then waits (bounded) for an attached data plane to apply the change. On timeout
-    /// the operation ends as `failure`; the committed change itself stays.
-    pub(crate) async fn publish_and_wait(
-        &self,
-        mut op: OperationRecord,
-    ) -> Result<OperationRecord, ControlError> {
-        let generation = self.publish().await?;
-        let rx = match self.inner.applied_rx.lock() {
-            Ok(slot) => slot.clone(),
-            Err(_) => None,
-        };
-        let Some(mut rx) = rx else {
-            return Ok(op);
-        };
-        let limit = self.inner.cfg.apply_timeout;
-        let applied = tokio::time::timeout(limit, rx.wait_for(|g| *g >= generation))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false);
-        if !applied {
-            let msg = format!(
-                "{}; but the pooler did not apply the change within {}s",
-                op.message,
-                limit.as_secs_f32()
-            );
-            let mut c = self.inner.store.begin().await?;
-            store::finish_operation(&mut c, op.id, OpState::Failure, Some("unavailable"), &msg)
-                .await?;
-            c.commit().await?;
-            op.state = OpState::Failure;
-            op.reason = Some("unavailable".into());
-            op.message = msg;
-        }
-        Ok(op)
     }
 
     /// Admin connection parameters of a service.

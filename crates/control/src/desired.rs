@@ -3,7 +3,7 @@
 //! pools and settings. The binary translates it into the pooler's configuration; control itself
 //! never depends on the pooler.
 
-use crate::model::PoolMode;
+use crate::input::PoolMode;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// One published version of the desired state; `generation` grows with every committed change.

@@ -4,7 +4,7 @@
 use tokio_postgres::error::SqlState;
 
 use crate::admin::AdminError;
-use crate::model::InputError;
+use crate::input::InputError;
 
 /// Why a control-plane call failed.
 #[derive(Debug, thiserror::Error)]

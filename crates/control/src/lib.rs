@@ -2,35 +2,57 @@
 //! durable store; the provisioner that runs a real PostgreSQL cluster per service; and the desired
 //! state it publishes for the data plane.
 //!
+//! The API calls [`Control`]'s methods with typed commands ([`commands`], built from the validated
+//! newtypes of [`input`]) and gets records back ([`model`]); no JSON crosses that boundary except
+//! the pgbouncer settings' own schema and JSON view ([`pgbouncer`]).
+//!
 //! The data-plane wiring uses only [`Control`]: `desired_state()` (a watch of
 //! [`DesiredState`], republished with `generation + 1` after every committed change),
-//! `tls_material()` (CA, server certificate and key), and `attach_data_plane()`, whose
-//! [`AppliedReporter::applied`] releases mutations waiting for the pooler to apply them.
+//! `tls_material()` (CA, server certificate and key), and `attach_data_plane()`, which returns the
+//! [`AppliedReporter`] the wiring calls after applying each generation:
+//!
+//! ```text
+//! AppliedReporter::applied(&self, generation: u64, failures: Vec<(String, String)>)
+//! ```
+//!
+//! `failures` lists `(service, reason)` for every service the pooler could not apply; the others
+//! serve that generation. Data-plane-visible operations stay `pending` until such a report covers
+//! them, then end `success`, or `failure`/`unavailable` with the pooler's reason for a failed
+//! service or after `APPLY_TIMEOUT` without a report (see [`ApplyOutcome`] and `operations.rs`).
 
 pub mod admin;
 pub mod ca;
+pub mod commands;
 mod control;
 pub mod crypto;
 pub mod desired;
 mod error;
 pub mod external;
 mod files;
+pub mod input;
 mod lifecycle;
 pub mod local;
 pub mod model;
 mod objects;
+mod operations;
 pub mod pgbouncer;
 pub mod ports;
 mod services;
 pub mod store;
 
 pub use ca::TlsMaterial;
-pub use control::{AppliedReporter, Control, ControlConfig, APPLY_TIMEOUT};
+pub use commands::{
+    NewDatabase, NewPool, NewService, NewUser, PasswordReset, PoolUpdate, ServiceUpdate,
+};
+pub use control::{Control, ControlConfig, APPLY_TIMEOUT};
 pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use external::ExternalServer;
-pub use model::{InputError, PoolMode, PoolSize};
-pub use pgbouncer::{IgnoredStartupParameter, PgbouncerSettings};
+pub use input::{InputError, PoolMode, PoolSize};
+pub use model::{
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
+};
+pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
+pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};
-pub use store::{OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind};

@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::control::{Control, SUPERVISE_EVERY};
 use crate::error::ControlError;
-use crate::store::{self, OpState, OperationRecord, ServiceRecord, ServiceState, UserKind};
+use crate::model::{OperationRecord, ServiceRecord, ServiceState, UserKind};
+use crate::store;
 
 impl Control {
     /// Start-up recovery: removes clusters of services that no longer exist (a delete that
@@ -21,7 +22,7 @@ impl Control {
                 tokio::task::spawn_blocking(move || prov.remove(&dir)).await??;
             }
         }
-        let pending = self.inner.store.pending_operations().await?;
+        let pending = self.pending_at_start(&services).await?;
         for s in &services {
             match s.state {
                 ServiceState::Running => {
@@ -32,43 +33,13 @@ impl Control {
                     }
                 }
                 ServiceState::Rebuilding => {
-                    let op = pending
-                        .iter()
-                        .find(|o| o.service == s.name && o.kind == "create-service")
-                        .map(|o| o.id);
                     tracing::info!(service = %s.name, "resuming interrupted provisioning");
-                    self.spawn_provisioning(s.name.clone(), op);
+                    self.spawn_provisioning(s.name.clone(), pending.provisioning_of(&s.name));
                 }
             }
         }
-        // Any other pending operation cannot be resumed: end it honestly.
-        for op in pending {
-            let resumable = op.kind == "create-service"
-                && services
-                    .iter()
-                    .any(|s| s.name == op.service && s.state == ServiceState::Rebuilding);
-            if resumable {
-                continue;
-            }
-            if op.kind == "create-service" && services.iter().any(|s| s.name == op.service) {
-                // The service is running; only the final bookkeeping was lost.
-                let mut c = self.inner.store.begin().await?;
-                store::finish_operation(&mut c, op.id, OpState::Success, None, &op.message).await?;
-                c.commit().await?;
-                continue;
-            }
-            let mut c = self.inner.store.begin().await?;
-            store::finish_operation(
-                &mut c,
-                op.id,
-                OpState::Failure,
-                Some("interrupted"),
-                "interrupted by a restart of pgbay",
-            )
-            .await?;
-            c.commit().await?;
-        }
-        self.publish().await?;
+        let generation = self.publish().await?;
+        self.settle_after_restart(pending, generation);
         Ok(())
     }
 
@@ -164,15 +135,7 @@ impl Control {
                 tracing::error!(service = %name, error = %e, "provisioning failed");
                 if let Some(id) = op {
                     let msg = format!("provisioning of service {name} failed");
-                    let res = async {
-                        let mut tx = c.inner.store.begin().await?;
-                        store::finish_operation(&mut tx, id, OpState::Failure, Some("fault"), &msg)
-                            .await?;
-                        tx.commit().await?;
-                        Ok::<(), store::StoreError>(())
-                    }
-                    .await;
-                    if let Err(e) = res {
+                    if let Err(e) = c.fail_operation(id, "fault", &msg).await {
                         tracing::error!(error = %e, "recording provisioning failure");
                     }
                 }
@@ -206,20 +169,12 @@ impl Control {
             self.publish().await?;
             return Ok(());
         };
-        let msg = format!("service {name} created");
-        let done = OperationRecord {
-            state: OpState::Success,
-            message: msg.clone(),
+        // The operation succeeds only once the pooler serves the new service (if one is attached).
+        let created = OperationRecord {
+            message: format!("service {name} created"),
             ..rec
         };
-        // The operation succeeds only once the pooler serves the new service (if one is attached);
-        // publish_and_wait records the failure itself otherwise.
-        let done = self.publish_and_wait(done).await?;
-        if done.state == OpState::Success {
-            let mut tx = self.inner.store.begin().await?;
-            store::finish_operation(&mut tx, done.id, OpState::Success, None, &msg).await?;
-            tx.commit().await?;
-        }
+        self.publish_and_settle(created).await?;
         Ok(())
     }
 }

@@ -1,43 +1,18 @@
-//! Databases, users and connection pools of a service. Each call validates, checks the store,
-//! applies the change to PostgreSQL (idempotently), then commits the store change and a `success`
-//! operation in one transaction. A refused call changes neither the store nor the server.
-
-use serde_json::{Map, Value};
-use sqlx::{Sqlite, Transaction};
+//! Databases, users and connection pools of a service. Each call takes an already validated
+//! command, locks the running service, checks the store, applies the change to PostgreSQL (idempotently), then commits the store change and its operation
+//! in one transaction: `success` at once for databases, `pending` until the pooler answered for
+//! users and pools (see `operations`). A refused call changes neither the store nor the server.
 
 use crate::admin;
+use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::model::{
-    boolean, optional, pg_identifier, refuse_unknown, required, string, DatabaseName, InputError,
-    Password, PoolMode, PoolName, PoolSize, ServiceName, Username,
-};
-use crate::services::op_for;
-use crate::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord,
-};
+use crate::input::{pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username};
+use crate::model::{OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
+use crate::operations::OperationKind;
+use crate::store;
 
 impl Control {
-    /// Records the success operation in `tx`, commits, and (for data-plane-visible changes)
-    /// publishes and waits for the pooler.
-    async fn finish(
-        &self,
-        mut tx: Transaction<'static, Sqlite>,
-        s: &ServiceRecord,
-        kind: &str,
-        message: String,
-        data_plane: bool,
-    ) -> Result<OperationRecord, ControlError> {
-        let op = op_for(s, kind, OpState::Success, message);
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
-        if data_plane {
-            self.publish_and_wait(op).await
-        } else {
-            Ok(op)
-        }
-    }
-
     async fn pool_names(
         &self,
         s: &ServiceRecord,
@@ -58,33 +33,12 @@ impl Control {
     pub async fn create_database(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewDatabase,
     ) -> Result<OperationRecord, ControlError> {
-        let db = DatabaseName::parse(
-            "database-name",
-            string("database-name", required(body, "database-name")?)?,
-        )?;
-        refuse_unknown(body, &["database-name", "lc-collate", "lc-ctype"])?;
-        let locale = |field: &str| -> Result<Option<String>, ControlError> {
-            match optional(body, field) {
-                Some(v) => {
-                    let s = string(field, v)?;
-                    if s.is_empty() || s.chars().count() > 128 || s.contains('\0') {
-                        return Err(InputError::new(
-                            field,
-                            "length must be between 1 and 128 characters",
-                        )
-                        .into());
-                    }
-                    Ok(Some(s.to_string()))
-                }
-                None => Ok(None),
-            }
-        };
-        let (collate, ctype) = (locale("lc-collate")?, locale("lc-ctype")?);
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let db = new.name;
+        let collate = new.lc_collate.as_ref().map(|l| l.as_str());
+        let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .inner
             .store
@@ -98,17 +52,16 @@ impl Control {
             )));
         }
         let t = self.admin_target(&s).await?;
-        admin::create_database(&t, db.as_str(), collate.as_deref(), ctype.as_deref())
+        admin::create_database(&t, db.as_str(), collate, ctype)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
         store::insert_database(&mut tx, &s.name, db.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "create-database",
+            OperationKind::CreateDatabase,
             format!("database {db} created"),
-            false,
         )
         .await
     }
@@ -119,9 +72,7 @@ impl Control {
         service: &ServiceName,
         db: &DatabaseName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if !self
             .inner
             .store
@@ -145,12 +96,11 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "dropping database"))?;
         let mut tx = self.inner.store.begin().await?;
         store::delete_database(&mut tx, &s.name, db.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "delete-database",
+            OperationKind::DeleteDatabase,
             format!("database {db} deleted"),
-            false,
         )
         .await
     }
@@ -159,17 +109,10 @@ impl Control {
     pub async fn create_user(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewUser,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["username", "allow-replication"])?;
-        let user = Username::parse("username", string("username", required(body, "username")?)?)?;
-        let replication = match optional(body, "allow-replication") {
-            Some(v) => boolean("allow-replication", v)?,
-            None => false,
-        };
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (user, replication) = (new.username, new.allow_replication);
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .inner
             .store
@@ -197,8 +140,13 @@ impl Control {
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        self.finish(tx, &s, "create-user", format!("user {user} created"), true)
-            .await
+        self.commit_operation(
+            tx,
+            &s,
+            OperationKind::CreateUser,
+            format!("user {user} created"),
+        )
+        .await
     }
 
     async fn existing_user(
@@ -219,9 +167,7 @@ impl Control {
         service: &ServiceName,
         user: &Username,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         let rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary {
             return Err(ControlError::Conflict(format!(
@@ -242,8 +188,13 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "deleting user"))?;
         let mut tx = self.inner.store.begin().await?;
         store::delete_user(&mut tx, &s.name, user.as_str()).await?;
-        self.finish(tx, &s, "delete-user", format!("user {user} deleted"), true)
-            .await
+        self.commit_operation(
+            tx,
+            &s,
+            OperationKind::DeleteUser,
+            format!("user {user} deleted"),
+        )
+        .await
     }
 
     /// `PUT .../user/{username}/password/reset`: `{}` (or no body) generates a password.
@@ -251,16 +202,10 @@ impl Control {
         &self,
         service: &ServiceName,
         user: &Username,
-        body: &Map<String, Value>,
+        reset: PasswordReset,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["password"])?;
-        let given = match optional(body, "password") {
-            Some(v) => Some(Password::parse("password", string("password", v)?)?),
-            None => None,
-        };
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let given = reset.password;
+        let (_g, s) = self.lock_running(service).await?;
         let mut rec = self.existing_user(&s, user).await?;
         let overridden = given.is_some();
         let password = given.unwrap_or_else(Password::generate);
@@ -285,12 +230,11 @@ impl Control {
         rec.password_overridden = overridden;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "reset-password",
+            OperationKind::ResetPassword,
             format!("password of user {user} reset"),
-            true,
         )
         .await
     }
@@ -341,32 +285,10 @@ impl Control {
     pub async fn create_pool(
         &self,
         service: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewPool,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["name", "database-name", "mode", "size", "username"])?;
-        let name = PoolName::parse("name", string("name", required(body, "name")?)?)?;
-        let database = DatabaseName::parse_lookup(
-            "database-name",
-            string("database-name", required(body, "database-name")?)?,
-        )?;
-        if database.as_str().chars().count() > 40 {
-            DatabaseName::parse("database-name", database.as_str())?;
-        }
-        let mode = match optional(body, "mode") {
-            Some(v) => PoolMode::parse("mode", v)?,
-            None => PoolMode::default(),
-        };
-        let size = match optional(body, "size") {
-            Some(v) => PoolSize::parse("size", v)?,
-            None => PoolSize::default(),
-        };
-        let username = match optional(body, "username") {
-            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
-            None => None,
-        };
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let name = new.name;
+        let (_g, s) = self.lock_running(service).await?;
         if !self
             .pool_names(&s, |p| p.name == name.as_str())
             .await?
@@ -376,26 +298,26 @@ impl Control {
                 "connection pool {name} already exists"
             )));
         }
-        let username = username
+        let username = new
+            .username
             .map(Username::into_string)
             .unwrap_or_else(|| s.admin_username.clone());
-        self.check_pool_refs(&s, database.as_str(), &username)
+        self.check_pool_refs(&s, new.database.as_str(), &username)
             .await?;
         let rec = PoolRecord {
             name: name.to_string(),
-            database: database.into_string(),
+            database: new.database.into_string(),
             username,
-            mode,
-            size,
+            mode: new.mode,
+            size: new.size,
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "create-pool",
+            OperationKind::CreatePool,
             format!("connection pool {name} created"),
-            true,
         )
         .await
     }
@@ -405,34 +327,9 @@ impl Control {
         &self,
         service: &ServiceName,
         name: &PoolName,
-        body: &Map<String, Value>,
+        update: PoolUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &["database-name", "mode", "size", "username"])?;
-        let database = match optional(body, "database-name") {
-            Some(v) => Some(DatabaseName::parse_lookup(
-                "database-name",
-                string("database-name", v)?,
-            )?),
-            None => None,
-        };
-        if let Some(d) = &database {
-            if d.as_str().chars().count() > 40 {
-                DatabaseName::parse("database-name", d.as_str())?;
-            }
-        }
-        let mode = optional(body, "mode")
-            .map(|v| PoolMode::parse("mode", v))
-            .transpose()?;
-        let size = optional(body, "size")
-            .map(|v| PoolSize::parse("size", v))
-            .transpose()?;
-        let username = match optional(body, "username") {
-            Some(v) => Some(Username::parse_pool("username", string("username", v)?)?),
-            None => None,
-        };
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         let mut rec = self
             .inner
             .store
@@ -441,28 +338,27 @@ impl Control {
             .into_iter()
             .find(|p| p.name == name.as_str())
             .ok_or_else(|| ControlError::NotFound(format!("connection pool {name} not found")))?;
-        if let Some(d) = database {
+        if let Some(d) = update.database {
             rec.database = d.into_string();
         }
-        if let Some(u) = username {
+        if let Some(u) = update.username {
             rec.username = u.into_string();
         }
-        if let Some(m) = mode {
+        if let Some(m) = update.mode {
             rec.mode = m;
         }
-        if let Some(z) = size {
+        if let Some(z) = update.size {
             rec.size = z;
         }
         self.check_pool_refs(&s, &rec.database, &rec.username)
             .await?;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "update-pool",
+            OperationKind::UpdatePool,
             format!("connection pool {name} updated"),
-            true,
         )
         .await
     }
@@ -473,9 +369,7 @@ impl Control {
         service: &ServiceName,
         name: &PoolName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(service.as_str());
-        let _g = lock.lock().await;
-        let s = self.running(service).await?;
+        let (_g, s) = self.lock_running(service).await?;
         if self
             .pool_names(&s, |p| p.name == name.as_str())
             .await?
@@ -487,22 +381,12 @@ impl Control {
         }
         let mut tx = self.inner.store.begin().await?;
         store::delete_pool(&mut tx, &s.name, name.as_str()).await?;
-        self.finish(
+        self.commit_operation(
             tx,
             &s,
-            "delete-pool",
+            OperationKind::DeletePool,
             format!("connection pool {name} deleted"),
-            true,
         )
         .await
-    }
-
-    /// `GET /operation/{id}`.
-    pub async fn operation(&self, id: uuid::Uuid) -> Result<OperationRecord, ControlError> {
-        self.inner
-            .store
-            .operation(id)
-            .await?
-            .ok_or_else(|| ControlError::NotFound(format!("operation {id} not found")))
     }
 }

@@ -1,10 +1,14 @@
 //! The service's pgbouncer settings (json-schema-pgbouncer of the Exoscale document), typed. The
 //! pooler reads them from the desired state; the API accepts and returns them in the document's
 //! JSON shape. `None` means "not set", i.e. the pooler's default applies.
+//!
+//! [`SETTINGS`] is the one table of the settings: name, JSON type with its bounds, default,
+//! example, description and how the pooler applies it. Parsing, the JSON view and the schema are
+//! all read from it, so a limit cannot differ between what is accepted and what is advertised.
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{boolean, int_in, InputError, PoolMode};
+use crate::input::{boolean, int_in, InputError, PoolMode};
 
 /// A startup parameter that the pooler may be told to ignore (items enum of the document).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +20,12 @@ pub enum IgnoredStartupParameter {
 }
 
 impl IgnoredStartupParameter {
+    /// Every parameter, in the document's order.
+    pub const ALL: [IgnoredStartupParameter; 2] = [
+        IgnoredStartupParameter::ExtraFloatDigits,
+        IgnoredStartupParameter::SearchPath,
+    ];
+
     /// The document's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,29 +60,200 @@ pub struct PgbouncerSettings {
     pub autodb_idle_timeout: Option<u32>,
 }
 
-/// Integer settings with their bounds, in one table so parsing and the schema agree.
-const INT_LIMITS: [(&str, i64, i64); 7] = [
-    ("min_pool_size", 0, 10000),
-    ("server_lifetime", 60, 86400),
-    ("server_idle_timeout", 0, 86400),
-    ("autodb_max_db_connections", 0, 2147483647),
-    ("max_prepared_statements", 0, 3000),
-    ("autodb_pool_size", 0, 10000),
-    ("autodb_idle_timeout", 0, 86400),
+/// The JSON type of a setting, with its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingType {
+    /// A JSON integer within `min..=max`.
+    Integer {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// A JSON boolean.
+    Boolean,
+    /// One of the pool modes' spellings.
+    PoolMode,
+    /// An array of at most `max_items` [`IgnoredStartupParameter`] spellings.
+    StartupParameters {
+        /// Most items accepted.
+        max_items: usize,
+    },
+}
+
+/// The value of one setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingValue {
+    /// [`SettingType::Integer`]
+    Integer(u32),
+    /// [`SettingType::Boolean`]
+    Boolean(bool),
+    /// [`SettingType::PoolMode`]
+    PoolMode(PoolMode),
+    /// [`SettingType::StartupParameters`]
+    StartupParameters(Vec<IgnoredStartupParameter>),
+}
+
+/// One row of [`SETTINGS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The key in `pgbouncer-settings`.
+    pub name: &'static str,
+    /// JSON type and bounds.
+    pub json_type: SettingType,
+    /// The value that applies when unset, as JSON text (`None`: the document names none).
+    pub default: Option<&'static str>,
+    /// An example value, as JSON text.
+    pub example: &'static str,
+    /// The document's description (its `title`).
+    pub title: &'static str,
+    /// How the pooler applies it (the binary's translation follows this).
+    pub pooler: &'static str,
+    get: fn(&PgbouncerSettings) -> Option<SettingValue>,
+    set: fn(&mut PgbouncerSettings, Option<SettingValue>),
+}
+
+/// Accessors of a field of [`PgbouncerSettings`] as a [`SettingValue`] variant.
+macro_rules! field {
+    ($field:ident, $variant:ident) => {
+        (
+            |s: &PgbouncerSettings| s.$field.clone().map(SettingValue::$variant),
+            |s: &mut PgbouncerSettings, v: Option<SettingValue>| {
+                s.$field = match v {
+                    Some(SettingValue::$variant(x)) => Some(x),
+                    _ => None,
+                }
+            },
+        )
+    };
+}
+
+macro_rules! setting {
+    ($name:ident: $ty:expr, $variant:ident, default $default:expr, example $example:expr,
+     pooler $pooler:expr, $title:expr) => {
+        Setting {
+            name: stringify!($name),
+            json_type: $ty,
+            default: $default,
+            example: $example,
+            title: $title,
+            pooler: $pooler,
+            get: field!($name, $variant).0,
+            set: field!($name, $variant).1,
+        }
+    };
+}
+
+const fn int(min: i64, max: i64) -> SettingType {
+    SettingType::Integer { min, max }
+}
+
+/// Not applied by the pooler: `autodb_*` describe pools made on demand for unknown database names,
+/// and pgbay serves only the pools created through the API. Stored and returned as given.
+const AUTODB: &str = "not applied: pgbay makes no pools on demand";
+
+/// Every pgbouncer setting pgbay accepts, in the document's order.
+pub const SETTINGS: [Setting; 10] = [
+    setting!(min_pool_size: int(0, 10000), Integer, default Some("0"), example "0",
+        pooler "min_pool_size of every pool of the service",
+        "Add more server connections to pool if below this number. Improves behavior when usual load comes suddenly back after period of total inactivity. The value is effectively capped at the pool size."),
+    setting!(ignore_startup_parameters: SettingType::StartupParameters { max_items: 32 },
+        StartupParameters, default None, example r#"["extra_float_digits", "search_path"]"#,
+        pooler "startup parameters the pooler accepts from clients and does not forward",
+        "List of parameters to ignore when given in startup packet"),
+    setting!(server_lifetime: int(60, 86400), Integer, default Some("3600"), example "3600",
+        pooler "server_lifetime of every pool, in seconds",
+        "The pooler will close an unused server connection that has been connected longer than this. [seconds]"),
+    setting!(autodb_pool_mode: SettingType::PoolMode, PoolMode, default Some(r#""transaction""#),
+        example r#""session""#, pooler AUTODB, "PGBouncer pool mode"),
+    setting!(server_idle_timeout: int(0, 86400), Integer, default Some("600"), example "600",
+        pooler "server_idle_timeout of every pool, in seconds; 0 disables it",
+        "If a server connection has been idle more than this many seconds it will be dropped. If 0 then timeout is disabled. [seconds]"),
+    setting!(autodb_max_db_connections: int(0, 2147483647), Integer, default None, example "0",
+        pooler AUTODB,
+        "Do not allow more than this many server connections per database (regardless of user). Setting it to 0 means unlimited."),
+    setting!(max_prepared_statements: int(0, 3000), Integer, default Some("100"), example "100",
+        pooler "prepared statements tracked per server connection; 0 disables the tracking",
+        "PgBouncer tracks protocol-level named prepared statements related commands sent by the client in transaction and statement pooling modes when max_prepared_statements is set to a non-zero value. Setting it to 0 disables prepared statements. max_prepared_statements defaults to 100, and its maximum is 3000."),
+    setting!(server_reset_query_always: SettingType::Boolean, Boolean, default Some("false"),
+        example "false", pooler "DISCARD ALL on check-in in every pooling mode, not only session",
+        "Run server_reset_query (DISCARD ALL) in all pooling modes"),
+    setting!(autodb_pool_size: int(0, 10000), Integer, default Some("0"), example "0",
+        pooler AUTODB,
+        "If non-zero then create automatically a pool of that size per user when a pool doesn't exist."),
+    setting!(autodb_idle_timeout: int(0, 86400), Integer, default Some("3600"), example "3600",
+        pooler AUTODB,
+        "If the automatically created database pools have been unused this many seconds, they are freed. If 0 then timeout is disabled. [seconds]"),
 ];
 
-const KNOWN: [&str; 10] = [
-    "min_pool_size",
-    "ignore_startup_parameters",
-    "server_lifetime",
-    "autodb_pool_mode",
-    "server_idle_timeout",
-    "autodb_max_db_connections",
-    "max_prepared_statements",
-    "server_reset_query_always",
-    "autodb_pool_size",
-    "autodb_idle_timeout",
-];
+fn setting(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+fn json_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+impl SettingType {
+    /// Parses `v` given as `field`.
+    fn parse(self, field: &str, v: &Value) -> Result<SettingValue, InputError> {
+        Ok(match self {
+            SettingType::Integer { min, max } => {
+                SettingValue::Integer(int_in(field, v, min, max)? as u32)
+            }
+            SettingType::Boolean => SettingValue::Boolean(boolean(field, v)?),
+            SettingType::PoolMode => SettingValue::PoolMode(PoolMode::parse(field, v)?),
+            SettingType::StartupParameters { max_items } => {
+                SettingValue::StartupParameters(parse_ignored(field, v, max_items)?)
+            }
+        })
+    }
+
+    /// The schema keywords of this type.
+    fn schema(self) -> Map<String, Value> {
+        let mut m = Map::new();
+        match self {
+            SettingType::Integer { min, max } => {
+                m.insert("type".into(), json!("integer"));
+                m.insert("minimum".into(), json!(min));
+                m.insert("maximum".into(), json!(max));
+            }
+            SettingType::Boolean => {
+                m.insert("type".into(), json!("boolean"));
+            }
+            SettingType::PoolMode => {
+                m.insert("type".into(), json!("string"));
+                m.insert(
+                    "enum".into(),
+                    json!(["session", "statement", "transaction"]),
+                );
+            }
+            SettingType::StartupParameters { max_items } => {
+                let names: Vec<&str> = IgnoredStartupParameter::ALL
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect();
+                m.insert("type".into(), json!("array"));
+                m.insert("maxItems".into(), json!(max_items));
+                m.insert("items".into(), json!({"enum": names, "type": "string"}));
+            }
+        }
+        m
+    }
+}
+
+impl SettingValue {
+    fn to_json(&self) -> Value {
+        match self {
+            SettingValue::Integer(n) => json!(n),
+            SettingValue::Boolean(b) => json!(b),
+            SettingValue::PoolMode(m) => json!(m.as_str()),
+            SettingValue::StartupParameters(p) => {
+                json!(p.iter().map(|x| x.as_str()).collect::<Vec<_>>())
+            }
+        }
+    }
+}
 
 impl PgbouncerSettings {
     /// Parses the `pgbouncer-settings` object given as `field`; unknown keys are refused.
@@ -86,143 +267,108 @@ impl PgbouncerSettings {
     }
 
     /// Applies the keys of `obj` over `self` (an update sets only what it names; `null` unsets).
+    /// A refused object changes nothing.
     pub fn merge(&mut self, field: &str, obj: &Map<String, Value>) -> Result<(), InputError> {
-        if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(InputError::new(
-                &format!("{field}.{k}"),
-                "unknown pgbouncer setting",
-            ));
-        }
-        let mut next = self.clone();
-        for (key, value) in obj {
-            let name = format!("{field}.{key}");
-            if value.is_null() {
-                next.set_int(key, None);
-                match key.as_str() {
-                    "ignore_startup_parameters" => next.ignore_startup_parameters = None,
-                    "autodb_pool_mode" => next.autodb_pool_mode = None,
-                    "server_reset_query_always" => next.server_reset_query_always = None,
-                    _ => {}
-                }
-                continue;
-            }
-            if let Some((_, min, max)) = INT_LIMITS.iter().find(|(k, _, _)| k == key) {
-                let n = int_in(&name, value, *min, *max)?;
-                next.set_int(key, Some(n as u32));
-                continue;
-            }
-            match key.as_str() {
-                "autodb_pool_mode" => next.autodb_pool_mode = Some(PoolMode::parse(&name, value)?),
-                "server_reset_query_always" => {
-                    next.server_reset_query_always = Some(boolean(&name, value)?)
-                }
-                "ignore_startup_parameters" => {
-                    next.ignore_startup_parameters = Some(parse_ignored(&name, value)?)
-                }
-                _ => {}
-            }
-        }
-        *self = next;
+        let patch = PgbouncerPatch::parse(field, obj)?;
+        self.apply(&patch);
         Ok(())
     }
 
-    fn set_int(&mut self, key: &str, v: Option<u32>) {
-        let slot = match key {
-            "min_pool_size" => &mut self.min_pool_size,
-            "server_lifetime" => &mut self.server_lifetime,
-            "server_idle_timeout" => &mut self.server_idle_timeout,
-            "autodb_max_db_connections" => &mut self.autodb_max_db_connections,
-            "max_prepared_statements" => &mut self.max_prepared_statements,
-            "autodb_pool_size" => &mut self.autodb_pool_size,
-            "autodb_idle_timeout" => &mut self.autodb_idle_timeout,
-            _ => return,
-        };
-        *slot = v;
+    /// Sets and unsets what `patch` names.
+    pub fn apply(&mut self, patch: &PgbouncerPatch) {
+        for (row, value) in &patch.changes {
+            (row.set)(self, value.clone());
+        }
     }
 
     /// The document's JSON shape: only the keys that are set.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        let ints = [
-            ("min_pool_size", self.min_pool_size),
-            ("server_lifetime", self.server_lifetime),
-            ("server_idle_timeout", self.server_idle_timeout),
-            ("autodb_max_db_connections", self.autodb_max_db_connections),
-            ("max_prepared_statements", self.max_prepared_statements),
-            ("autodb_pool_size", self.autodb_pool_size),
-            ("autodb_idle_timeout", self.autodb_idle_timeout),
-        ];
-        for (k, v) in ints {
-            if let Some(v) = v {
-                m.insert(k.to_string(), json!(v));
-            }
-        }
-        if let Some(p) = &self.ignore_startup_parameters {
-            let items: Vec<&str> = p.iter().map(|x| x.as_str()).collect();
-            m.insert("ignore_startup_parameters".into(), json!(items));
-        }
-        if let Some(mode) = self.autodb_pool_mode {
-            m.insert("autodb_pool_mode".into(), json!(mode.as_str()));
-        }
-        if let Some(b) = self.server_reset_query_always {
-            m.insert("server_reset_query_always".into(), json!(b));
-        }
-        Value::Object(m)
+        let set = SETTINGS
+            .iter()
+            .filter_map(|row| Some((row.name.to_string(), (row.get)(self)?.to_json())));
+        Value::Object(set.collect())
     }
 
     /// json-schema-pgbouncer, as `GET /dbaas-settings-pg` serves it.
     pub fn schema() -> Value {
+        let properties: Map<String, Value> = SETTINGS
+            .iter()
+            .map(|row| {
+                let mut p = row.json_type.schema();
+                p.insert("title".into(), json!(row.title));
+                p.insert("example".into(), json_text(row.example));
+                if let Some(d) = row.default {
+                    p.insert("default".into(), json_text(d));
+                }
+                (row.name.to_string(), Value::Object(p))
+            })
+            .collect();
         json!({
             "description": "System-wide settings for pgbouncer.",
             "title": "PGBouncer connection pooling settings",
             "type": "object",
             "additionalProperties": false,
-            "properties": {
-                "min_pool_size": {"default": 0, "example": 0, "maximum": 10000, "minimum": 0, "type": "integer",
-                    "title": "Add more server connections to pool if below this number. Improves behavior when usual load comes suddenly back after period of total inactivity. The value is effectively capped at the pool size."},
-                "ignore_startup_parameters": {"example": ["extra_float_digits", "search_path"],
-                    "items": {"enum": ["extra_float_digits", "search_path"], "type": "string"},
-                    "maxItems": 32, "type": "array", "title": "List of parameters to ignore when given in startup packet"},
-                "server_lifetime": {"default": 3600, "example": 3600, "maximum": 86400, "minimum": 60, "type": "integer",
-                    "title": "The pooler will close an unused server connection that has been connected longer than this. [seconds]"},
-                "autodb_pool_mode": {"default": "transaction", "enum": ["session", "statement", "transaction"],
-                    "example": "session", "type": "string", "title": "PGBouncer pool mode"},
-                "server_idle_timeout": {"default": 600, "example": 600, "maximum": 86400, "minimum": 0, "type": "integer",
-                    "title": "If a server connection has been idle more than this many seconds it will be dropped. If 0 then timeout is disabled. [seconds]"},
-                "autodb_max_db_connections": {"example": 0, "maximum": 2147483647, "minimum": 0, "type": "integer",
-                    "title": "Do not allow more than this many server connections per database (regardless of user). Setting it to 0 means unlimited."},
-                "max_prepared_statements": {"default": 100, "example": 100, "maximum": 3000, "minimum": 0, "type": "integer",
-                    "title": "PgBouncer tracks protocol-level named prepared statements related commands sent by the client in transaction and statement pooling modes when max_prepared_statements is set to a non-zero value. Setting it to 0 disables prepared statements. max_prepared_statements defaults to 100, and its maximum is 3000."},
-                "server_reset_query_always": {"default": false, "example": false, "type": "boolean",
-                    "title": "Run server_reset_query (DISCARD ALL) in all pooling modes"},
-                "autodb_pool_size": {"default": 0, "example": 0, "maximum": 10000, "minimum": 0, "type": "integer",
-                    "title": "If non-zero then create automatically a pool of that size per user when a pool doesn't exist."},
-                "autodb_idle_timeout": {"default": 3600, "example": 3600, "maximum": 86400, "minimum": 0, "type": "integer",
-                    "title": "If the automatically created database pools have been unused this many seconds, they are freed. If 0 then timeout is disabled. [seconds]"}
-            }
+            "properties": properties,
         })
     }
 }
 
-fn parse_ignored(field: &str, v: &Value) -> Result<Vec<IgnoredStartupParameter>, InputError> {
+/// A change to a service's settings: what an update names, to set or (`null`) to unset; the
+/// settings it does not name keep their values.
+#[derive(Debug, Clone, Default)]
+pub struct PgbouncerPatch {
+    changes: Vec<(&'static Setting, Option<SettingValue>)>,
+}
+
+impl PgbouncerPatch {
+    /// Parses the `pgbouncer-settings` object of an update given as `field`: every key it names is
+    /// set to its value, or unset by `null`; unknown keys are refused.
+    pub fn parse(field: &str, obj: &Map<String, Value>) -> Result<Self, InputError> {
+        if let Some(k) = obj.keys().find(|k| setting(k).is_none()) {
+            return Err(InputError::new(
+                &format!("{field}.{k}"),
+                "unknown pgbouncer setting",
+            ));
+        }
+        let mut changes = Vec::with_capacity(obj.len());
+        for (key, value) in obj {
+            let Some(row) = setting(key) else { continue };
+            let parsed = match value {
+                Value::Null => None,
+                v => Some(row.json_type.parse(&format!("{field}.{key}"), v)?),
+            };
+            changes.push((row, parsed));
+        }
+        Ok(PgbouncerPatch { changes })
+    }
+}
+
+fn parse_ignored(
+    field: &str,
+    v: &Value,
+    max_items: usize,
+) -> Result<Vec<IgnoredStartupParameter>, InputError> {
     let items = v
         .as_array()
         .ok_or_else(|| InputError::new(field, "must be an array"))?;
-    if items.len() > 32 {
+    if items.len() > max_items {
         return Err(InputError::new(
             field,
-            format!("at most 32 items, got {}", items.len()),
+            format!("at most {max_items} items, got {}", items.len()),
         ));
     }
     items
         .iter()
-        .map(|item| match item.as_str() {
-            Some("extra_float_digits") => Ok(IgnoredStartupParameter::ExtraFloatDigits),
-            Some("search_path") => Ok(IgnoredStartupParameter::SearchPath),
-            _ => Err(InputError::new(
-                field,
-                "items must be one of \"extra_float_digits\", \"search_path\"",
-            )),
+        .map(|item| {
+            IgnoredStartupParameter::ALL
+                .into_iter()
+                .find(|p| item.as_str() == Some(p.as_str()))
+                .ok_or_else(|| {
+                    InputError::new(
+                        field,
+                        "items must be one of \"extra_float_digits\", \"search_path\"",
+                    )
+                })
         })
         .collect()
 }
@@ -237,7 +383,11 @@ mod tests {
 
     #[test]
     fn integer_limits_just_inside_and_outside() {
-        for (key, min, max) in INT_LIMITS {
+        let ints = SETTINGS.iter().filter_map(|row| match row.json_type {
+            SettingType::Integer { min, max } => Some((row.name, min, max)),
+            _ => None,
+        });
+        for (key, min, max) in ints {
             assert!(parse(json!({ key: min })).is_ok(), "{key}={min}");
             assert!(parse(json!({ key: max })).is_ok(), "{key}={max}");
             let e = parse(json!({ key: min - 1 })).unwrap_err();
@@ -284,5 +434,63 @@ mod tests {
         s.merge("pgbouncer-settings", upd.as_object().unwrap())
             .unwrap();
         assert_eq!((s.min_pool_size, s.server_lifetime), (Some(5), None));
+    }
+
+    /// The schema is the table: every row is a property with its type, bounds and default, every
+    /// property is a row, and parsing refuses what the row's bounds refuse.
+    #[test]
+    fn schema_is_the_table_and_parsing_follows_its_bounds() {
+        let schema = PgbouncerSettings::schema();
+        let props = schema["properties"].as_object().unwrap();
+        assert_eq!(props.len(), SETTINGS.len());
+        for key in props.keys() {
+            assert!(
+                setting(key).is_some(),
+                "{key} in the schema but not in the table"
+            );
+        }
+        for row in SETTINGS {
+            let p = &props[row.name];
+            assert_eq!(p["title"], json!(row.title), "{}", row.name);
+            assert_eq!(p.get("default"), row.default.map(json_text).as_ref());
+            let too_far = match row.json_type {
+                SettingType::Integer { min, max } => {
+                    assert_eq!(
+                        (
+                            p["type"].clone(),
+                            p["minimum"].clone(),
+                            p["maximum"].clone()
+                        ),
+                        (json!("integer"), json!(min), json!(max)),
+                        "{}",
+                        row.name
+                    );
+                    vec![json!(min - 1), json!(max + 1), json!(min.to_string())]
+                }
+                SettingType::Boolean => {
+                    assert_eq!(p["type"], "boolean");
+                    vec![json!("true"), json!(1)]
+                }
+                SettingType::PoolMode => {
+                    assert_eq!(p["enum"], json!(["session", "statement", "transaction"]));
+                    vec![json!("pooled"), json!(1)]
+                }
+                SettingType::StartupParameters { max_items } => {
+                    assert_eq!(p["maxItems"], json!(max_items));
+                    let names = p["items"]["enum"].as_array().unwrap();
+                    assert_eq!(names.len(), IgnoredStartupParameter::ALL.len());
+                    let many = vec![names[0].clone(); max_items + 1];
+                    assert!(parse(json!({ row.name: many[..max_items] })).is_ok());
+                    vec![json!(many), json!(["work_mem"]), json!("search_path")]
+                }
+            };
+            for bad in too_far {
+                let e = parse(json!({ row.name: bad })).unwrap_err();
+                assert!(e.message.contains(row.name), "{e}");
+            }
+            // The example is accepted and reads back as itself.
+            let example = json!({ row.name: json_text(row.example) });
+            assert_eq!(parse(example.clone()).unwrap().to_json(), example);
+        }
     }
 }

@@ -3,19 +3,18 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use serde_json::{Map, Value};
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
+use crate::commands::{NewService, ServiceUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
+use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName};
 use crate::model::{
-    boolean, optional, refuse_unknown, required, string, AdminPassword, AdminUsername, InputError,
-    IpFilter, Password, Plan, ServiceName,
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
-use crate::pgbouncer::PgbouncerSettings;
-use crate::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
-};
+use crate::operations::{operation_about, OperationKind};
+use crate::store;
 
 /// A user as the API shows it (password decrypted).
 #[derive(Debug, Clone, PartialEq)]
@@ -52,47 +51,9 @@ impl ServiceView {
     }
 }
 
-const CREATE_FIELDS: [&str; 7] = [
-    "plan",
-    "version",
-    "admin-username",
-    "admin-password",
-    "pgbouncer-settings",
-    "ip-filter",
-    "termination-protection",
-];
-const UPDATE_FIELDS: [&str; 5] = [
-    "plan",
-    "version",
-    "pgbouncer-settings",
-    "ip-filter",
-    "termination-protection",
-];
-
-/// Builds an operation about service `s`.
-pub(crate) fn op_for(
-    s: &ServiceRecord,
-    kind: &str,
-    state: OpState,
-    message: String,
-) -> OperationRecord {
-    OperationRecord {
-        id: Uuid::new_v4(),
-        state,
-        reason: None,
-        message,
-        ref_id: s.id,
-        ref_link: format!("/v2/dbaas-postgres/{}", s.name),
-        ref_command: "get-dbaas-service-pg".to_string(),
-        kind: kind.to_string(),
-        service: s.name.clone(),
-    }
-}
-
 impl Control {
-    fn check_version(body: &Map<String, Value>, available: &str) -> Result<(), InputError> {
-        if let Some(v) = optional(body, "version") {
-            let v = string("version", v)?;
+    fn check_version(asked: Option<&str>, available: &str) -> Result<(), InputError> {
+        if let Some(v) = asked {
             if v != available {
                 return Err(InputError::new(
                     "version",
@@ -112,35 +73,47 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("service {name} not found")))
     }
 
-    /// Reads a running service, or 404 / 409 (still provisioning).
-    pub(crate) async fn running(&self, name: &ServiceName) -> Result<ServiceRecord, ControlError> {
-        let s = self.existing(name).await?;
+    /// Takes the service's lock (serializing its mutations) and reads it, or 404.
+    pub(crate) async fn lock_existing(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {
+        let guard = self.service_lock(name.as_str()).lock_owned().await;
+        Ok((guard, self.existing(name).await?))
+    }
+
+    /// [`Self::lock_existing`] for a running service, or 409 while it is being provisioned.
+    pub(crate) async fn lock_running(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {
+        let (guard, s) = self.lock_existing(name).await?;
         if s.state != ServiceState::Running {
             return Err(ControlError::Conflict(format!(
                 "service {name} is still being provisioned"
             )));
         }
-        Ok(s)
+        Ok((guard, s))
     }
 
     /// `POST /dbaas-postgres/{name}`: records the service and provisions it in the background.
     pub async fn create_service(
         &self,
         name: &ServiceName,
-        body: &Map<String, Value>,
+        new: NewService,
     ) -> Result<OperationRecord, ControlError> {
-        let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
-        refuse_unknown(body, &CREATE_FIELDS)?;
         let external = self.inner.cfg.external.clone();
         if external.is_some() {
-            for field in ["admin-username", "admin-password"] {
-                if optional(body, field).is_some() {
-                    return Err(InputError::new(
-                        field,
-                        "cannot be set: services use the admin of the external server",
-                    )
-                    .into());
-                }
+            let given = [
+                ("admin-username", new.admin_username.is_some()),
+                ("admin-password", new.admin_password.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(InputError::new(
+                    field,
+                    "cannot be set: services use the admin of the external server",
+                )
+                .into());
             }
         }
         let version = match &external {
@@ -150,30 +123,15 @@ impl Control {
                 .map_err(|e| ControlError::internal(format!("external server: {e}")))?,
             None => self.inner.version.clone(),
         };
-        Self::check_version(body, &version)?;
-        let admin = match optional(body, "admin-username") {
-            Some(v) => AdminUsername::parse("admin-username", string("admin-username", v)?)?,
-            None => AdminUsername::default_admin(),
-        };
-        let password = match optional(body, "admin-password") {
-            Some(v) => Some(AdminPassword::parse(
-                "admin-password",
-                string("admin-password", v)?,
-            )?),
-            None => None,
-        };
-        let pgbouncer = match optional(body, "pgbouncer-settings") {
-            Some(v) => PgbouncerSettings::parse("pgbouncer-settings", v)?,
-            None => PgbouncerSettings::default(),
-        };
-        let ip_filter = match optional(body, "ip-filter") {
-            Some(v) => IpFilter::parse("ip-filter", v)?,
-            None => IpFilter::allow_all(),
-        };
-        let protection = match optional(body, "termination-protection") {
-            Some(v) => boolean("termination-protection", v)?,
-            None => false,
-        };
+        Self::check_version(new.version.as_deref(), &version)?;
+        let plan = new.plan;
+        let admin = new
+            .admin_username
+            .unwrap_or_else(AdminUsername::default_admin);
+        let password = new.admin_password;
+        let pgbouncer = new.pgbouncer.unwrap_or_default();
+        let ip_filter = new.ip_filter.unwrap_or_else(IpFilter::allow_all);
+        let protection = new.termination_protection.unwrap_or(false);
 
         let _create = self.inner.create_lock.lock().await;
         let lock = self.service_lock(name.as_str());
@@ -243,9 +201,9 @@ impl Control {
             password_overridden: overridden,
             allow_replication: true,
         };
-        let op = op_for(
+        let op = operation_about(
             &s,
-            "create-service",
+            OperationKind::CreateService,
             OpState::Pending,
             format!("creating service {name}"),
         );
@@ -291,38 +249,18 @@ impl Control {
     pub async fn update_service(
         &self,
         name: &ServiceName,
-        body: &Map<String, Value>,
+        update: ServiceUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        refuse_unknown(body, &UPDATE_FIELDS)?;
-        let plan = match optional(body, "plan") {
-            Some(v) => Some(Plan::parse("plan", string("plan", v)?)?),
-            None => None,
-        };
-        let ip_filter = match optional(body, "ip-filter") {
-            Some(v) => Some(IpFilter::parse("ip-filter", v)?),
-            None => None,
-        };
-        let protection = match optional(body, "termination-protection") {
-            Some(v) => Some(boolean("termination-protection", v)?),
-            None => None,
-        };
-        let settings = match optional(body, "pgbouncer-settings") {
-            Some(v) => Some(
-                v.as_object()
-                    .ok_or_else(|| InputError::new("pgbouncer-settings", "must be an object"))?,
-            ),
-            None => None,
-        };
-        let lock = self.service_lock(name.as_str());
-        let _g = lock.lock().await;
-        let mut s = self.existing(name).await?;
-        Self::check_version(body, &s.version)?;
-        if let Some(obj) = settings {
-            s.pgbouncer.merge("pgbouncer-settings", obj)?;
+        let (_g, mut s) = self.lock_existing(name).await?;
+        Self::check_version(update.version.as_deref(), &s.version)?;
+        if let Some(patch) = &update.pgbouncer {
+            s.pgbouncer.apply(patch);
         }
-        if let Some(p) = plan {
+        if let Some(p) = update.plan {
             s.plan = p.into_string();
         }
+        let ip_filter = update.ip_filter;
+        let protection = update.termination_protection;
         let filter_changed = ip_filter.as_ref().is_some_and(|f| *f != s.ip_filter);
         if let Some(f) = ip_filter {
             s.ip_filter = f;
@@ -331,23 +269,23 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
-        let op = op_for(
-            &s,
-            "update-service",
-            OpState::Success,
-            format!("service {name} updated"),
-        );
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, &s).await?;
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::UpdateService,
+                format!("service {name} updated"),
+            )
+            .await?;
         if filter_changed && s.state == ServiceState::Running && s.external_host.is_none() {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
         }
-        self.publish_and_wait(op).await
+        self.settle(op).await
     }
 
     async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
@@ -365,27 +303,25 @@ impl Control {
         &self,
         name: &ServiceName,
     ) -> Result<OperationRecord, ControlError> {
-        let lock = self.service_lock(name.as_str());
-        let _g = lock.lock().await;
-        let s = self.existing(name).await?;
+        let (_g, s) = self.lock_existing(name).await?;
         if s.termination_protection {
             return Err(ControlError::Conflict(format!(
                 "service {name} has termination protection enabled"
             )));
         }
-        let op = op_for(
-            &s,
-            "delete-service",
-            OpState::Success,
-            format!("service {name} deleted"),
-        );
         let mut tx = self.inner.store.begin().await?;
         store::delete_service(&mut tx, &s.name).await?;
-        store::insert_operation(&mut tx, &op).await?;
-        tx.commit().await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::DeleteService,
+                format!("service {name} deleted"),
+            )
+            .await?;
         // The pooler drops the service first, then the cluster goes. A crash in between leaves a
         // directory without a service, which the next start removes.
-        let op = self.publish_and_wait(op).await?;
+        let op = self.settle(op).await?;
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

@@ -14,7 +14,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::model::{IpFilter, PoolMode, PoolSize};
+use crate::input::{IpFilter, PoolMode, PoolSize};
+use crate::model::{
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
+};
+use crate::operations::OperationKind;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// A store failure; always an internal error for the API.
@@ -32,173 +36,6 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// The life-cycle state of a service (enum-service-state subset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceState {
-    /// Cluster being created or recovered.
-    Rebuilding,
-    /// Cluster provisioned; pgbay keeps it running.
-    Running,
-}
-
-impl ServiceState {
-    /// The document's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceState::Rebuilding => "rebuilding",
-            ServiceState::Running => "running",
-        }
-    }
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "rebuilding" => Ok(ServiceState::Rebuilding),
-            "running" => Ok(ServiceState::Running),
-            _ => Err(StoreError::Corrupt("services.state")),
-        }
-    }
-}
-
-/// A stored service.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceRecord {
-    /// Unique name, also the directory name of its cluster.
-    pub name: String,
-    /// Stable id, used as the operation reference id.
-    pub id: Uuid,
-    /// Plan name as given.
-    pub plan: String,
-    /// Life-cycle state.
-    pub state: ServiceState,
-    /// PostgreSQL major version.
-    pub version: String,
-    /// Bootstrap superuser.
-    pub admin_username: String,
-    /// Port of the PostgreSQL server.
-    pub pg_port: u16,
-    /// Host of an external server (`None`: a local cluster on 127.0.0.1:pg_port).
-    pub external_host: Option<String>,
-    /// Port of the service's pooler listener.
-    pub pooler_port: u16,
-    /// Pooler settings.
-    pub pgbouncer: PgbouncerSettings,
-    /// Allowed client networks.
-    pub ip_filter: IpFilter,
-    /// Refuse deletion while set.
-    pub termination_protection: bool,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-    /// Last change time.
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Kind of a service user (`type` in the document).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserKind {
-    /// The admin user created with the service.
-    Primary,
-    /// A user created through the API.
-    Normal,
-}
-
-impl UserKind {
-    /// The document's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UserKind::Primary => "primary",
-            UserKind::Normal => "normal",
-        }
-    }
-}
-
-/// A stored user; the password is encrypted (see `crypto`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserRecord {
-    /// Role name.
-    pub name: String,
-    /// Primary or normal.
-    pub kind: UserKind,
-    /// AES-GCM ciphertext of the password.
-    pub password_enc: String,
-    /// Ciphertext of a password being set and not yet committed (see migration 0003).
-    pub pending_password_enc: Option<String>,
-    /// The user chose this password (the document then omits it from service listings).
-    pub password_overridden: bool,
-    /// Role has REPLICATION.
-    pub allow_replication: bool,
-}
-
-/// A stored connection pool.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolRecord {
-    /// Pool name (the database name clients connect to).
-    pub name: String,
-    /// Backend database.
-    pub database: String,
-    /// Backend user.
-    pub username: String,
-    /// Pooling mode.
-    pub mode: PoolMode,
-    /// Server connections.
-    pub size: PoolSize,
-}
-
-/// State of an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpState {
-    /// Still running.
-    Pending,
-    /// Done.
-    Success,
-    /// Failed; `reason` says why.
-    Failure,
-    /// Gave up waiting.
-    Timeout,
-}
-
-impl OpState {
-    /// The document's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpState::Pending => "pending",
-            OpState::Success => "success",
-            OpState::Failure => "failure",
-            OpState::Timeout => "timeout",
-        }
-    }
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "pending" => Ok(OpState::Pending),
-            "success" => Ok(OpState::Success),
-            "failure" => Ok(OpState::Failure),
-            "timeout" => Ok(OpState::Timeout),
-            _ => Err(StoreError::Corrupt("operations.state")),
-        }
-    }
-}
-
-/// A stored operation (the document's `operation`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OperationRecord {
-    /// Operation id.
-    pub id: Uuid,
-    /// State.
-    pub state: OpState,
-    /// Failure reason (document enum), set for failure/timeout.
-    pub reason: Option<String>,
-    /// Human message.
-    pub message: String,
-    /// Referenced resource id.
-    pub ref_id: Uuid,
-    /// Referenced resource link.
-    pub ref_link: String,
-    /// Command to get the referenced resource.
-    pub ref_command: String,
-    /// What the operation does (e.g. `create-service`), used to resume it after a restart.
-    pub kind: String,
-    /// Service the operation is about.
-    pub service: String,
-}
 
 /// Handle on the SQLite database.
 #[derive(Debug, Clone)]
@@ -226,7 +63,8 @@ fn service_from_row(r: &SqliteRow) -> Result<ServiceRecord> {
         name: r.try_get("name")?,
         id: Uuid::from_str(&id).map_err(|_| StoreError::Corrupt("services.id"))?,
         plan: r.try_get("plan")?,
-        state: ServiceState::parse(r.try_get("state")?)?,
+        state: ServiceState::parse(r.try_get("state")?)
+            .ok_or(StoreError::Corrupt("services.state"))?,
         version: r.try_get("version")?,
         admin_username: r.try_get("admin_username")?,
         pg_port: u16::try_from(pg_port).map_err(|_| StoreError::Corrupt("pg_port"))?,
@@ -247,13 +85,15 @@ fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
     let ref_id: String = r.try_get("ref_id")?;
     Ok(OperationRecord {
         id: Uuid::from_str(&id).map_err(|_| StoreError::Corrupt("operations.id"))?,
-        state: OpState::parse(r.try_get("state")?)?,
+        state: OpState::parse(r.try_get("state")?)
+            .ok_or(StoreError::Corrupt("operations.state"))?,
         reason: r.try_get("reason")?,
         message: r.try_get("message")?,
         ref_id: Uuid::from_str(&ref_id).map_err(|_| StoreError::Corrupt("operations.ref_id"))?,
         ref_link: r.try_get("ref_link")?,
         ref_command: r.try_get("ref_command")?,
-        kind: r.try_get("kind")?,
+        kind: OperationKind::parse(r.try_get("kind")?)
+            .ok_or(StoreError::Corrupt("operations.kind"))?,
         service: r.try_get("service")?,
     })
 }
@@ -583,7 +423,7 @@ pub async fn insert_operation(c: &mut SqliteConnection, op: &OperationRecord) ->
     .bind(op.ref_id.to_string())
     .bind(&op.ref_link)
     .bind(&op.ref_command)
-    .bind(&op.kind)
+    .bind(op.kind.as_str())
     .bind(&op.service)
     .bind(Utc::now().to_rfc3339())
     .execute(&mut *c)

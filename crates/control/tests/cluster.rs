@@ -7,10 +7,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgbay_control::admin::{self, AdminTarget};
+use pgbay_control::input::{
+    AdminUsername, DatabaseName, Plan, PoolMode, PoolName, PoolSize, ServiceName, Username,
+};
 use pgbay_control::local::{default_bin_dir, ClusterSpec, LocalProvisioner};
-use pgbay_control::model::{PoolName, ServiceName, Username};
-use pgbay_control::{ca, Control, ControlConfig, OpState, OperationRecord, PortRange};
-use serde_json::{json, Map, Value};
+use pgbay_control::{
+    ca, Control, ControlConfig, NewDatabase, NewPool, NewService, NewUser, OpState,
+    OperationRecord, PoolUpdate, PortRange,
+};
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -173,8 +177,45 @@ async fn wait_op(c: &Control, op: &OperationRecord) -> OperationRecord {
     panic!("operation {} still pending", op.id);
 }
 
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
+fn new_service() -> NewService {
+    NewService {
+        plan: Plan::parse("plan", "hobbyist-2").unwrap(),
+        version: None,
+        admin_username: None,
+        admin_password: None,
+        pgbouncer: None,
+        ip_filter: None,
+        termination_protection: None,
+    }
+}
+
+fn new_pool(name: &str, database: &str) -> NewPool {
+    NewPool {
+        name: PoolName::parse("name", name).unwrap(),
+        database: DatabaseName::parse_lookup("database-name", database).unwrap(),
+        mode: PoolMode::default(),
+        size: PoolSize::default(),
+        username: None,
+    }
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        username: Username::parse("username", name).unwrap(),
+        allow_replication: false,
+    }
+}
+
+fn new_database(name: &str) -> NewDatabase {
+    NewDatabase {
+        name: DatabaseName::parse("database-name", name).unwrap(),
+        lc_collate: None,
+        lc_ctype: None,
+    }
+}
+
+fn size(n: i64) -> Option<PoolSize> {
+    Some(PoolSize::parse("size", &serde_json::json!(n)).unwrap())
 }
 
 #[tokio::test]
@@ -185,10 +226,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     let c = Control::start(cfg.clone()).await.unwrap();
     let name = ServiceName::parse("name", "svc").unwrap();
     let mut desired = c.desired_state();
-    let op = c
-        .create_service(&name, &body(json!({"plan": "hobbyist-2"})))
-        .await
-        .unwrap();
+    let op = c.create_service(&name, new_service()).await.unwrap();
     assert_eq!(op.state, OpState::Pending);
     assert_eq!(wait_op(&c, &op).await.state, OpState::Success);
     let view = c.get_service(&name).await.unwrap();
@@ -209,10 +247,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     // Without a data plane attached, a pool change succeeds at once and is published.
     let before = c.desired_state().borrow().generation;
     let op = c
-        .create_pool(
-            &name,
-            &body(json!({"name": "p1", "database-name": "defaultdb"})),
-        )
+        .create_pool(&name, new_pool("p1", "defaultdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
@@ -227,7 +262,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     let follower = tokio::spawn(async move {
         loop {
             let g = rx.borrow_and_update().generation;
-            reporter.applied(g);
+            reporter.applied(g, Vec::new());
             if rx.changed().await.is_err() {
                 return;
             }
@@ -235,7 +270,15 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     });
     let pool = PoolName::parse("connection-pool-name", "p1").unwrap();
     let op = c
-        .update_pool(&name, &pool, &body(json!({"size": 3, "mode": "session"})))
+        .update_pool(
+            &name,
+            &pool,
+            PoolUpdate {
+                size: size(3),
+                mode: Some(PoolMode::Session),
+                ..PoolUpdate::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
@@ -243,7 +286,14 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     // A data plane that stops reporting makes the operation fail (after the bounded wait).
     let _silent = c.attach_data_plane();
     let op = c
-        .update_pool(&name, &pool, &body(json!({"size": 4})))
+        .update_pool(
+            &name,
+            &pool,
+            PoolUpdate {
+                size: size(4),
+                ..PoolUpdate::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -255,10 +305,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     // A refused request changes nothing.
     let user = Username::parse("username", "avnadmin").unwrap();
     assert!(c.delete_user(&name, &user).await.is_err());
-    assert!(c
-        .create_pool(&name, &body(json!({"name": "p2", "database-name": "nope"})))
-        .await
-        .is_err());
+    assert!(c.create_pool(&name, new_pool("p2", "nope")).await.is_err());
     assert_eq!(c.get_service(&name).await.unwrap().pools.len(), 1);
 
     // A data plane that follows again.
@@ -267,7 +314,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     let follower = tokio::spawn(async move {
         loop {
             let g = rx.borrow_and_update().generation;
-            reporter.applied(g);
+            reporter.applied(g, Vec::new());
             if rx.changed().await.is_err() {
                 return;
             }
@@ -276,10 +323,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
 
     // Simulate crashes between PostgreSQL and the store: a user created and a database dropped
     // in PostgreSQL only, and an admin password reset that PostgreSQL took but the store did not.
-    let op = c
-        .create_user(&name, &body(json!({"username": "carol"})))
-        .await
-        .unwrap();
+    let op = c.create_user(&name, new_user("carol")).await.unwrap();
     assert_eq!(op.state, OpState::Success);
     let carol = c
         .reveal_password(&name, &Username::parse("username", "carol").unwrap())
@@ -287,7 +331,7 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
         .unwrap()
         .1;
     let op = c
-        .create_database(&name, &body(json!({"database-name": "appdb"})))
+        .create_database(&name, new_database("appdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
@@ -378,14 +422,14 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
     let refused = c
         .create_service(
             &name,
-            &body(json!({"plan": "hobbyist-2", "admin-username": "x"})),
+            NewService {
+                admin_username: Some(AdminUsername::parse("admin-username", "x").unwrap()),
+                ..new_service()
+            },
         )
         .await;
     assert!(refused.is_err());
-    let op = c
-        .create_service(&name, &body(json!({"plan": "hobbyist-2"})))
-        .await
-        .unwrap();
+    let op = c.create_service(&name, new_service()).await.unwrap();
     assert_eq!(wait_op(&c, &op).await.state, OpState::Success);
     let view = c.get_service(&name).await.unwrap();
     assert_eq!(view.service.pg_port, ext_port);
@@ -400,14 +444,11 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
     );
 
     let op = c
-        .create_database(&name, &body(json!({"database-name": "extdb"})))
+        .create_database(&name, new_database("extdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
-    let op = c
-        .create_user(&name, &body(json!({"username": "extuser"})))
-        .await
-        .unwrap();
+    let op = c.create_user(&name, new_user("extuser")).await.unwrap();
     assert_eq!(op.state, OpState::Success);
     let pw = c
         .reveal_password(&name, &Username::parse("username", "extuser").unwrap())
@@ -421,10 +462,7 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
 
     // One service per external server.
     let second = ServiceName::parse("name", "second").unwrap();
-    assert!(c
-        .create_service(&second, &body(json!({"plan": "hobbyist-2"})))
-        .await
-        .is_err());
+    assert!(c.create_service(&second, new_service()).await.is_err());
 
     // Deleting the service leaves the server running.
     c.delete_service(&name).await.unwrap();

@@ -2,12 +2,12 @@
 //! committed state is there after reopening (what a restart after `kill -9` sees).
 
 use chrono::Utc;
-use pgbay_control::model::{IpFilter, PoolMode, PoolSize};
-use pgbay_control::store::{
-    self, OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, Store, UserKind,
-    UserRecord,
+use pgbay_control::input::{IpFilter, PoolMode, PoolSize};
+use pgbay_control::model::{
+    OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
-use pgbay_control::PgbouncerSettings;
+use pgbay_control::store::{self, Store};
+use pgbay_control::{OperationKind, PgbouncerSettings};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -52,7 +52,7 @@ fn op(service: &ServiceRecord, state: OpState) -> OperationRecord {
         ref_id: service.id,
         ref_link: format!("/v2/dbaas-postgres/{}", service.name),
         ref_command: "get-dbaas-service-pg".into(),
-        kind: "create-service".into(),
+        kind: OperationKind::CreateService,
         service: service.name.clone(),
     }
 }

@@ -54,8 +54,8 @@ async fn follow(
             }
         }
         // Reported even after an error: the error is logged and the operation must not hang; the
-        // services that did apply are serving.
-        reporter.applied(state.generation);
+        // services that did apply are serving. Per-service failures are not wired in yet.
+        reporter.applied(state.generation, Vec::new());
         if desired.changed().await.is_err() {
             break;
         }

@@ -1,0 +1,227 @@
+//! Request bodies → control's typed commands. This is the only place that knows the document's
+//! field names of request bodies: each function reads one body, refuses unknown fields (so a
+//! misspelt setting is never silently dropped) and builds the command from control's input
+//! newtypes, whose errors name the field and the limit it broke.
+
+use pgbay_control::input::{
+    boolean, AdminPassword, AdminUsername, DatabaseName, InputError, IpFilter, Locale, Password,
+    Plan, PoolMode, PoolName, PoolSize, Username,
+};
+use pgbay_control::{
+    NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch, PgbouncerSettings,
+    PoolUpdate, ServiceUpdate,
+};
+use serde_json::{Map, Value};
+
+type Body = Map<String, Value>;
+
+/// Refuses any key of `body` not in `known`.
+fn refuse_unknown(body: &Body, known: &[&str]) -> Result<(), InputError> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(InputError {
+            field: k.clone(),
+            message: format!("unknown or unsupported field `{k}`"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A required field (`null` counts as absent).
+fn required<'a>(body: &'a Body, field: &str) -> Result<&'a Value, InputError> {
+    optional(body, field).ok_or_else(|| InputError {
+        field: field.to_string(),
+        message: format!("missing required field `{field}`"),
+    })
+}
+
+/// An optional field (`null` counts as absent).
+fn optional<'a>(body: &'a Body, field: &str) -> Option<&'a Value> {
+    body.get(field).filter(|v| !v.is_null())
+}
+
+fn string<'a>(field: &str, v: &'a Value) -> Result<&'a str, InputError> {
+    v.as_str()
+        .ok_or_else(|| InputError::new(field, "must be a string"))
+}
+
+/// Parses the optional `field` with `parse`.
+fn opt<T>(
+    body: &Body,
+    field: &str,
+    parse: impl FnOnce(&str, &Value) -> Result<T, InputError>,
+) -> Result<Option<T>, InputError> {
+    optional(body, field).map(|v| parse(field, v)).transpose()
+}
+
+/// Parses the optional string `field` with `parse`.
+fn opt_str<T>(
+    body: &Body,
+    field: &str,
+    parse: impl FnOnce(&str, &str) -> Result<T, InputError>,
+) -> Result<Option<T>, InputError> {
+    opt(body, field, |f, v| parse(f, string(f, v)?))
+}
+
+fn version(field: &str, v: &Value) -> Result<String, InputError> {
+    string(field, v).map(str::to_string)
+}
+
+/// A pool's database: a reference to an existing database (1..=63 like a path), but a name the
+/// API could never have created (over 40 characters) gets the creation limit's message.
+fn pool_database(field: &str, s: &str) -> Result<DatabaseName, InputError> {
+    let d = DatabaseName::parse_lookup(field, s)?;
+    if d.as_str().chars().count() > 40 {
+        DatabaseName::parse(field, d.as_str())?;
+    }
+    Ok(d)
+}
+
+/// `POST /dbaas-postgres/{name}`.
+pub fn new_service(body: &Body) -> Result<NewService, InputError> {
+    let plan = Plan::parse("plan", string("plan", required(body, "plan")?)?)?;
+    refuse_unknown(
+        body,
+        &[
+            "plan",
+            "version",
+            "admin-username",
+            "admin-password",
+            "pgbouncer-settings",
+            "ip-filter",
+            "termination-protection",
+        ],
+    )?;
+    Ok(NewService {
+        plan,
+        version: opt(body, "version", version)?,
+        admin_username: opt_str(body, "admin-username", AdminUsername::parse)?,
+        admin_password: opt_str(body, "admin-password", AdminPassword::parse)?,
+        pgbouncer: opt(body, "pgbouncer-settings", PgbouncerSettings::parse)?,
+        ip_filter: opt(body, "ip-filter", IpFilter::parse)?,
+        termination_protection: opt(body, "termination-protection", boolean)?,
+    })
+}
+
+/// `PUT /dbaas-postgres/{name}`.
+pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
+    refuse_unknown(
+        body,
+        &[
+            "plan",
+            "version",
+            "pgbouncer-settings",
+            "ip-filter",
+            "termination-protection",
+        ],
+    )?;
+    let plan = opt_str(body, "plan", Plan::parse)?;
+    let ip_filter = opt(body, "ip-filter", IpFilter::parse)?;
+    let termination_protection = opt(body, "termination-protection", boolean)?;
+    let pgbouncer = opt(body, "pgbouncer-settings", |f, v| {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| InputError::new(f, "must be an object"))?;
+        PgbouncerPatch::parse(f, obj)
+    })?;
+    Ok(ServiceUpdate {
+        plan,
+        version: opt(body, "version", version)?,
+        pgbouncer,
+        ip_filter,
+        termination_protection,
+    })
+}
+
+/// `POST .../database`.
+pub fn new_database(body: &Body) -> Result<NewDatabase, InputError> {
+    let name = DatabaseName::parse(
+        "database-name",
+        string("database-name", required(body, "database-name")?)?,
+    )?;
+    refuse_unknown(body, &["database-name", "lc-collate", "lc-ctype"])?;
+    Ok(NewDatabase {
+        name,
+        lc_collate: opt_str(body, "lc-collate", Locale::parse)?,
+        lc_ctype: opt_str(body, "lc-ctype", Locale::parse)?,
+    })
+}
+
+/// `POST .../user`.
+pub fn new_user(body: &Body) -> Result<NewUser, InputError> {
+    refuse_unknown(body, &["username", "allow-replication"])?;
+    let username = Username::parse("username", string("username", required(body, "username")?)?)?;
+    Ok(NewUser {
+        username,
+        allow_replication: opt(body, "allow-replication", boolean)?.unwrap_or(false),
+    })
+}
+
+/// `PUT .../user/{username}/password/reset` (an empty body generates a password).
+pub fn password_reset(body: &Body) -> Result<PasswordReset, InputError> {
+    refuse_unknown(body, &["password"])?;
+    Ok(PasswordReset {
+        password: opt_str(body, "password", Password::parse)?,
+    })
+}
+
+/// `POST .../connection-pool`.
+pub fn new_pool(body: &Body) -> Result<NewPool, InputError> {
+    refuse_unknown(body, &["name", "database-name", "mode", "size", "username"])?;
+    let name = PoolName::parse("name", string("name", required(body, "name")?)?)?;
+    let database = pool_database(
+        "database-name",
+        string("database-name", required(body, "database-name")?)?,
+    )?;
+    Ok(NewPool {
+        name,
+        database,
+        mode: opt(body, "mode", PoolMode::parse)?.unwrap_or_default(),
+        size: opt(body, "size", PoolSize::parse)?.unwrap_or_default(),
+        username: opt_str(body, "username", Username::parse_pool)?,
+    })
+}
+
+/// `PUT .../connection-pool/{name}`.
+pub fn pool_update(body: &Body) -> Result<PoolUpdate, InputError> {
+    refuse_unknown(body, &["database-name", "mode", "size", "username"])?;
+    Ok(PoolUpdate {
+        database: opt_str(body, "database-name", pool_database)?,
+        mode: opt(body, "mode", PoolMode::parse)?,
+        size: opt(body, "size", PoolSize::parse)?,
+        username: opt_str(body, "username", Username::parse_pool)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Body {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn unknown_and_required_fields() {
+        let b = body(json!({"plan": "x", "bogus": 1}));
+        let e = refuse_unknown(&b, &["plan"]).unwrap_err();
+        assert!(e.message.contains("bogus"));
+        let e = required(&b, "name").unwrap_err();
+        assert!(e.message.contains("`name`"));
+    }
+
+    #[test]
+    fn pool_bodies_name_the_refused_field() {
+        let e = new_pool(&body(json!({"name": "p", "database-name": "d", "sise": 3}))).unwrap_err();
+        assert_eq!(e.message, "unknown or unsupported field `sise`");
+        let e = new_pool(&body(json!({"database-name": "d"}))).unwrap_err();
+        assert_eq!(e.message, "missing required field `name`");
+        let e = pool_update(&body(json!({"size": 0}))).unwrap_err();
+        assert!(e.message.starts_with("invalid field `size`"), "{e}");
+        let p = new_pool(&body(
+            json!({"name": "p", "database-name": "d", "mode": null}),
+        ))
+        .unwrap();
+        assert_eq!((p.mode, p.size.get()), (PoolMode::Transaction, 10));
+    }
+}

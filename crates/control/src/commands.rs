@@ -1,0 +1,99 @@
+//! What the API asks control to do, already parsed: one type per mutating call, built from the
+//! validated input newtypes (the API reads them from request bodies in `api/src/requests.rs`).
+//! Absent optional values are `None`; control applies the defaults, which depend on its state
+//! (the external server, the running version, the service's admin user).
+
+use crate::input::{
+    AdminPassword, AdminUsername, DatabaseName, IpFilter, Locale, Password, Plan, PoolMode,
+    PoolName, PoolSize, Username,
+};
+use crate::pgbouncer::{PgbouncerPatch, PgbouncerSettings};
+
+/// `POST /dbaas-postgres/{name}`: a new service.
+#[derive(Debug, Clone)]
+pub struct NewService {
+    /// Plan name.
+    pub plan: Plan,
+    /// PostgreSQL major version asked for; it must be the one available.
+    pub version: Option<String>,
+    /// Admin user name (default `avnadmin`); refused with an external server.
+    pub admin_username: Option<AdminUsername>,
+    /// Admin password (default: generated); refused with an external server.
+    pub admin_password: Option<AdminPassword>,
+    /// Pooler settings (default: none set).
+    pub pgbouncer: Option<PgbouncerSettings>,
+    /// Allowed client networks (default: any IPv4 address).
+    pub ip_filter: Option<IpFilter>,
+    /// Refuse deletion while set (default: off).
+    pub termination_protection: Option<bool>,
+}
+
+/// `PUT /dbaas-postgres/{name}`: changes the values it names.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceUpdate {
+    /// New plan name.
+    pub plan: Option<Plan>,
+    /// PostgreSQL major version asked for; it must be the service's.
+    pub version: Option<String>,
+    /// Pooler settings to set or unset; the others keep their values.
+    pub pgbouncer: Option<PgbouncerPatch>,
+    /// New allowed client networks.
+    pub ip_filter: Option<IpFilter>,
+    /// New termination protection.
+    pub termination_protection: Option<bool>,
+}
+
+/// `POST .../database`.
+#[derive(Debug, Clone)]
+pub struct NewDatabase {
+    /// Database name.
+    pub name: DatabaseName,
+    /// LC_COLLATE of the new database (default: the server's).
+    pub lc_collate: Option<Locale>,
+    /// LC_CTYPE of the new database (default: the server's).
+    pub lc_ctype: Option<Locale>,
+}
+
+/// `POST .../user`: a login role with a generated password.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Role name.
+    pub username: Username,
+    /// Grant REPLICATION.
+    pub allow_replication: bool,
+}
+
+/// `PUT .../user/{username}/password/reset`.
+#[derive(Debug, Clone, Default)]
+pub struct PasswordReset {
+    /// The new password (default: generated).
+    pub password: Option<Password>,
+}
+
+/// `POST .../connection-pool`.
+#[derive(Debug, Clone)]
+pub struct NewPool {
+    /// Pool name.
+    pub name: PoolName,
+    /// Backend database (must exist).
+    pub database: DatabaseName,
+    /// Pooling mode.
+    pub mode: PoolMode,
+    /// Server connections.
+    pub size: PoolSize,
+    /// Backend user (must exist; default: the service's admin user).
+    pub username: Option<Username>,
+}
+
+/// `PUT .../connection-pool/{name}`: changes the values it names.
+#[derive(Debug, Clone, Default)]
+pub struct PoolUpdate {
+    /// New backend database.
+    pub database: Option<DatabaseName>,
+    /// New pooling mode.
+    pub mode: Option<PoolMode>,
+    /// New size.
+    pub size: Option<PoolSize>,
+    /// New backend user.
+    pub username: Option<Username>,
+}

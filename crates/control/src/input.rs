@@ -1,0 +1,565 @@
+//! Input types of the control plane: every value that arrives through the API becomes one of these
+//! newtypes, which can only hold values within the limits of the Exoscale OpenAPI document. The
+//! limits live here and nowhere else; each error names the field and the limit it broke.
+//!
+//! The API reads request bodies (`api/src/requests.rs`) and builds these from the JSON values; the
+//! few that take a JSON value (`PoolSize`, `PoolMode`, `IpFilter`) do so because the store reads
+//! them back from the same JSON spelling.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A refused input: which field, and why. Becomes a 400 with `{"message": ...}` in the API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InputError {
+    /// The JSON field (or path parameter) that was refused.
+    pub field: String,
+    /// Human-readable message; always mentions `field`.
+    pub message: String,
+}
+
+impl InputError {
+    /// Builds an error whose message starts with the field name, so every message names it.
+    pub fn new(field: &str, detail: impl fmt::Display) -> Self {
+        InputError {
+            field: field.to_string(),
+            message: format!("invalid field `{field}`: {detail}"),
+        }
+    }
+}
+
+/// The name PostgreSQL keeps of an identifier: its first 63 bytes (NAMEDATALEN - 1). Two API
+/// names with the same stored identifier would be the same PostgreSQL object.
+pub fn pg_identifier(s: &str) -> &str {
+    if s.len() <= 63 {
+        return s;
+    }
+    let mut end = 63;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(InputError::new(
+            field,
+            format!("length must be between {min} and {max} characters, got {n}"),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(InputError::new(field, "must not contain a NUL character"));
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The validated value.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            /// Consumes the newtype.
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// A service name: 1..=63 characters of `[a-z0-9-]`. The document allows 0..63; empty is
+    /// refused because the name is a path segment and a directory name, and the charset keeps it
+    /// safe as a file name.
+    ServiceName
+);
+string_newtype!(
+    /// A database name: 1..=40 characters (dbaas-database-name). Quoted as an identifier in SQL.
+    DatabaseName
+);
+string_newtype!(
+    /// A user name: 1..=64 characters (dbaas-user-username). Quoted as an identifier in SQL.
+    Username
+);
+string_newtype!(
+    /// A connection pool name: 1..=63 characters (dbaas-pg-pool-name); the pooler's database name.
+    PoolName
+);
+string_newtype!(
+    /// A user password: 8..=256 characters (dbaas-user-password).
+    Password
+);
+string_newtype!(
+    /// The admin password given at service creation: 8..=256 of `[a-zA-Z0-9-_]`.
+    AdminPassword
+);
+string_newtype!(
+    /// The admin user name given at service creation: `^[_A-Za-z0-9][-._A-Za-z0-9]{0,63}$`.
+    AdminUsername
+);
+string_newtype!(
+    /// A plan name: `^(hobbyist|startup|business|premium)-[0-9]+$`, at most 128 characters.
+    Plan
+);
+
+impl ServiceName {
+    /// Parses a service name given as `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 63)?;
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(InputError::new(
+                field,
+                "must contain only lowercase letters, digits and '-'",
+            ));
+        }
+        Ok(ServiceName(s.to_string()))
+    }
+}
+
+impl DatabaseName {
+    /// Names PostgreSQL itself needs; the API may not create or drop them.
+    pub const RESERVED: [&'static str; 3] = ["postgres", "template0", "template1"];
+
+    /// Parses a database name given as `field` (1..=40).
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 40)?;
+        if Self::RESERVED.contains(&s) {
+            return Err(InputError::new(
+                field,
+                format!("`{s}` is a reserved database name"),
+            ));
+        }
+        Ok(DatabaseName(s.to_string()))
+    }
+
+    /// Parses a database name from a path (dbaas-pg-database-name allows 1..=63, a lookup only).
+    pub fn parse_lookup(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 63)?;
+        Ok(DatabaseName(s.to_string()))
+    }
+}
+
+impl Username {
+    /// Parses a user name given as `field` (1..=64).
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 64)?;
+        if s.starts_with("pg_") {
+            return Err(InputError::new(
+                field,
+                "names starting with `pg_` are reserved",
+            ));
+        }
+        Ok(Username(s.to_string()))
+    }
+}
+
+impl Username {
+    /// Parses the `username` of a pool (dbaas-pg-pool-username, 1..=64): a reference to an
+    /// existing user, so only the length is checked here.
+    pub fn parse_pool(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 64)?;
+        Ok(Username(s.to_string()))
+    }
+
+    /// Parses a user name from a path (a lookup: only the length is checked).
+    pub fn parse_lookup(field: &str, s: &str) -> Result<Self, InputError> {
+        Self::parse_pool(field, s)
+    }
+}
+
+impl PoolName {
+    /// Parses a pool name given as `field` (1..=63).
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 63)?;
+        Ok(PoolName(s.to_string()))
+    }
+}
+
+impl Password {
+    /// Parses a password given as `field` (8..=256).
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 8, 256)?;
+        Ok(Password(s.to_string()))
+    }
+
+    /// A fresh random password (24 alphanumerics), for users without a given password.
+    pub fn generate() -> Self {
+        use rand::distributions::{Alphanumeric, DistString};
+        Password(Alphanumeric.sample_string(&mut rand::thread_rng(), 24))
+    }
+}
+
+impl AdminPassword {
+    /// Parses the admin password given as `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 8, 256)?;
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(InputError::new(field, "must match ^[a-zA-Z0-9-_]+$"));
+        }
+        Ok(AdminPassword(s.to_string()))
+    }
+}
+
+impl AdminUsername {
+    /// Parses the admin user name given as `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 64)?;
+        let mut bytes = s.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !first_ok || !rest_ok {
+            return Err(InputError::new(
+                field,
+                "must match ^[_A-Za-z0-9][-._A-Za-z0-9]{0,63}$",
+            ));
+        }
+        if s.starts_with("pg_") {
+            return Err(InputError::new(
+                field,
+                "names starting with `pg_` are reserved",
+            ));
+        }
+        Ok(AdminUsername(s.to_string()))
+    }
+
+    /// The default admin user, as on Exoscale.
+    pub fn default_admin() -> Self {
+        AdminUsername("avnadmin".to_string())
+    }
+}
+
+impl Plan {
+    /// Parses a plan name given as `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 128)?;
+        let ok = s.split_once('-').is_some_and(|(tier, n)| {
+            ["hobbyist", "startup", "business", "premium"].contains(&tier)
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !ok {
+            return Err(InputError::new(
+                field,
+                "unknown plan, must match ^(hobbyist|startup|business|premium)-[0-9]+$",
+            ));
+        }
+        Ok(Plan(s.to_string()))
+    }
+}
+
+/// A locale name for a new database (`lc-collate`, `lc-ctype`): 1..=128 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locale(String);
+
+impl Locale {
+    /// Parses a locale given as `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        if s.is_empty() || s.chars().count() > 128 || s.contains('\0') {
+            return Err(InputError::new(
+                field,
+                "length must be between 1 and 128 characters",
+            ));
+        }
+        Ok(Locale(s.to_string()))
+    }
+
+    /// The validated value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A pool size: 1..=10000 server connections (dbaas-pg-pool-size), default 10.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize(u32);
+
+impl PoolSize {
+    /// Smallest accepted size.
+    pub const MIN: i64 = 1;
+    /// Largest accepted size.
+    pub const MAX: i64 = 10000;
+
+    /// Parses a size given as `field`.
+    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
+        let n = int_in(field, v, Self::MIN, Self::MAX)?;
+        Ok(PoolSize(n as u32))
+    }
+
+    /// The value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Rebuilds a size read back from the store (clamped into range).
+    pub fn from_stored(n: i64) -> Self {
+        PoolSize(n.clamp(Self::MIN, Self::MAX) as u32)
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize(10)
+    }
+}
+
+/// The pooling mode of a pool (enum-pg-pool-mode). Default: transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// Server connection held for the client's whole session.
+    Session,
+    /// Server connection held until the end of each transaction.
+    #[default]
+    Transaction,
+    /// Server connection released after each statement.
+    Statement,
+}
+
+impl PoolMode {
+    /// The document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+
+    /// Parses a mode given as `field`.
+    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
+        match v.as_str() {
+            Some("session") => Ok(PoolMode::Session),
+            Some("transaction") => Ok(PoolMode::Transaction),
+            Some("statement") => Ok(PoolMode::Statement),
+            _ => Err(InputError::new(
+                field,
+                "must be one of \"session\", \"statement\", \"transaction\"",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads an integer within `min..=max` (JSON integers only; 1.0 or "1" are refused).
+pub fn int_in(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, InputError> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+    .ok_or_else(|| InputError::new(field, "must be an integer"))?;
+    if n < min || n > max {
+        return Err(InputError::new(
+            field,
+            format!("must be between {min} and {max}, got {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Reads a boolean field.
+pub fn boolean(field: &str, v: &Value) -> Result<bool, InputError> {
+    v.as_bool()
+        .ok_or_else(|| InputError::new(field, "must be a boolean"))
+}
+
+/// The ip-filter of a service: a list of CIDR blocks (a bare address means a single host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpFilter(pub Vec<ipnet::IpNet>);
+
+impl IpFilter {
+    /// At most this many entries (a sanity bound; the document sets none).
+    pub const MAX_ITEMS: usize = 1024;
+
+    /// Parses an ip-filter given as `field`.
+    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
+        let items = v
+            .as_array()
+            .ok_or_else(|| InputError::new(field, "must be an array of CIDR strings"))?;
+        if items.len() > Self::MAX_ITEMS {
+            return Err(InputError::new(
+                field,
+                format!("at most {} entries", Self::MAX_ITEMS),
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let s = item
+                .as_str()
+                .ok_or_else(|| InputError::new(field, format!("item {i} must be a string")))?;
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    InputError::new(field, format!("item {i} ({s:?}) is not a CIDR block"))
+                })?;
+            out.push(net);
+        }
+        Ok(IpFilter(out))
+    }
+
+    /// The default: any IPv4 address (as on Exoscale).
+    pub fn allow_all() -> Self {
+        IpFilter(vec!["0.0.0.0/0".parse().expect("constant CIDR")])
+    }
+
+    /// The document's representation.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|n| n.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn service_name_limits() {
+        assert!(ServiceName::parse("name", "").is_err());
+        assert!(ServiceName::parse("name", "a").is_ok());
+        assert!(ServiceName::parse("name", &"a".repeat(63)).is_ok());
+        let e = ServiceName::parse("name", &"a".repeat(64)).unwrap_err();
+        assert!(
+            e.message.contains("`name`") && e.message.contains("63"),
+            "{e}"
+        );
+        assert!(ServiceName::parse("name", "Abc").is_err());
+        assert!(ServiceName::parse("name", "a/b").is_err());
+        assert!(ServiceName::parse("name", "..").is_err());
+    }
+
+    #[test]
+    fn database_name_limits() {
+        assert!(DatabaseName::parse("database-name", "").is_err());
+        assert!(DatabaseName::parse("database-name", &"d".repeat(40)).is_ok());
+        assert!(DatabaseName::parse("database-name", &"d".repeat(41)).is_err());
+        assert!(DatabaseName::parse("database-name", "x\"; DROP TABLE t; --").is_ok());
+        assert!(DatabaseName::parse("database-name", "template1").is_err());
+        assert!(DatabaseName::parse("database-name", "a\0b").is_err());
+    }
+
+    #[test]
+    fn username_limits() {
+        assert!(Username::parse("username", "").is_err());
+        assert!(Username::parse("username", "u").is_ok());
+        assert!(Username::parse("username", &"u".repeat(64)).is_ok());
+        assert!(Username::parse("username", &"u".repeat(65)).is_err());
+        assert!(Username::parse("username", "pg_monitor").is_err());
+    }
+
+    #[test]
+    fn pool_name_limits() {
+        assert!(PoolName::parse("name", "").is_err());
+        assert!(PoolName::parse("name", &"p".repeat(63)).is_ok());
+        let e = PoolName::parse("name", &"p".repeat(64)).unwrap_err();
+        assert!(e.message.contains("`name`"), "{e}");
+    }
+
+    #[test]
+    fn pool_size_limits() {
+        assert!(PoolSize::parse("size", &json!(0)).is_err());
+        assert_eq!(PoolSize::parse("size", &json!(1)).unwrap().get(), 1);
+        assert_eq!(PoolSize::parse("size", &json!(10000)).unwrap().get(), 10000);
+        let e = PoolSize::parse("size", &json!(10001)).unwrap_err();
+        assert!(
+            e.message.contains("`size`") && e.message.contains("10000"),
+            "{e}"
+        );
+        assert!(PoolSize::parse("size", &json!("5")).is_err());
+        assert!(PoolSize::parse("size", &json!(5.5)).is_err());
+        assert_eq!(PoolSize::default().get(), 10);
+    }
+
+    #[test]
+    fn pool_mode_values() {
+        assert_eq!(
+            PoolMode::parse("mode", &json!("session")).unwrap(),
+            PoolMode::Session
+        );
+        assert_eq!(
+            PoolMode::parse("mode", &json!("statement")).unwrap(),
+            PoolMode::Statement
+        );
+        assert_eq!(
+            PoolMode::parse("mode", &json!("transaction")).unwrap(),
+            PoolMode::Transaction
+        );
+        assert!(PoolMode::parse("mode", &json!("Session")).is_err());
+        assert!(PoolMode::parse("mode", &json!(1)).is_err());
+        assert_eq!(PoolMode::default(), PoolMode::Transaction);
+    }
+
+    #[test]
+    fn password_limits() {
+        assert!(Password::parse("password", &"p".repeat(7)).is_err());
+        assert!(Password::parse("password", &"p".repeat(8)).is_ok());
+        assert!(Password::parse("password", &"p".repeat(256)).is_ok());
+        assert!(Password::parse("password", &"p".repeat(257)).is_err());
+        assert!(AdminPassword::parse("admin-password", "abc-DEF_123").is_ok());
+        assert!(AdminPassword::parse("admin-password", "abc DEF 123").is_err());
+        assert_eq!(Password::generate().as_str().len(), 24);
+    }
+
+    #[test]
+    fn admin_username_pattern() {
+        assert!(AdminUsername::parse("admin-username", "_a.b-c").is_ok());
+        assert!(AdminUsername::parse("admin-username", "-abc").is_err());
+        assert!(AdminUsername::parse("admin-username", &"a".repeat(64)).is_ok());
+        assert!(AdminUsername::parse("admin-username", &"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn plan_names() {
+        for ok in ["hobbyist-2", "startup-4", "business-16", "premium-225"] {
+            assert!(Plan::parse("plan", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "hobbyist",
+            "hobbyist-",
+            "gold-2",
+            "hobbyist-2x",
+            "startup--1",
+        ] {
+            let e = Plan::parse("plan", bad).unwrap_err();
+            assert!(e.message.contains("`plan`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ip_filter_parsing() {
+        let f =
+            IpFilter::parse("ip-filter", &json!(["10.0.0.0/8", "192.168.1.1", "::/0"])).unwrap();
+        assert_eq!(f.to_strings(), ["10.0.0.0/8", "192.168.1.1/32", "::/0"]);
+        assert!(IpFilter::parse("ip-filter", &json!(["10.0.0.0/33"])).is_err());
+        assert!(IpFilter::parse("ip-filter", &json!("10.0.0.0/8")).is_err());
+        assert!(IpFilter::parse("ip-filter", &json!([1])).is_err());
+    }
+}

@@ -7,6 +7,7 @@ CA from GET /v2/dbaas-ca-certificate) and run transactions against the real Post
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -24,6 +25,7 @@ from conftest import (
     psql_ok,
     reveal,
     unique,
+    wait_op,
 )
 
 
@@ -262,3 +264,60 @@ def test_service_delete_closes_the_listener(client):
     conn.close()
     r = psql(uri, "SELECT 1")
     assert r.returncode != 0
+
+
+def test_pool_operation_fails_when_the_pooler_cannot_serve_its_service():
+    """A change the pooler cannot apply (here: the service's pooler port is held by another
+    process when pgbay starts) ends `failure` with the pooler's reason, never `success`; other
+    services keep serving, and the service is served again once its port is free."""
+    srv = PgbayServer("dp-bindfail")
+    holder = None
+    try:
+        srv.start()
+        c = srv.client()
+        a, b = provision(c, unique("ok")), provision(c, unique("held"))
+        for s, pool in ((a, "a1"), (b, "b1")):
+            ok(c, c.create_dbaas_pg_connection_pool(service_name=s.name, name=pool,
+                                                    database_name="defaultdb"))
+        uri = {p: find_pool(c.get_dbaas_service_pg(name=s.name), p)["connection-uri"]
+               for s, p in ((a, "a1"), (b, "b1"))}
+        assert psql_ok(uri["b1"], "SELECT 'b1'") == ["b1"]
+
+        assert srv.stop() == 0
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", b.bouncer_port))
+        holder.listen(1)
+        srv.start()
+        c = srv.client()
+        wait_until(lambda: psql(uri["a1"], "SELECT 1").returncode == 0, timeout=60,
+                   what="the other service's pool served after the restart")
+
+        op = c.create_dbaas_pg_connection_pool(service_name=b.name, name="b2",
+                                               database_name="defaultdb")
+        final = wait_op(c, op)
+        assert final["state"] == "failure", final
+        assert final["reason"] == "unavailable", final
+        assert str(b.bouncer_port) in final["message"], final
+        assert "in use" in final["message"], final
+        # The failure is final: reading it again does not turn it into a success.
+        assert c.get_operation(id=op["id"])["state"] == "failure"
+
+        # The other service is untouched and still takes changes.
+        ok(c, c.create_dbaas_pg_connection_pool(service_name=a.name, name="a2",
+                                                database_name="defaultdb"))
+        assert psql_ok(uri["a1"], "SELECT 'a1'") == ["a1"]
+        a2 = find_pool(c.get_dbaas_service_pg(name=a.name), "a2")["connection-uri"]
+        assert psql_ok(a2, "SELECT 'a2'") == ["a2"]
+
+        # Once the port is free, the next change to the service binds it again.
+        holder.close()
+        holder = None
+        ok(c, c.update_dbaas_pg_connection_pool(service_name=b.name, connection_pool_name="b2",
+                                                size=5))
+        assert psql_ok(uri["b1"], "SELECT 'b1 again'") == ["b1 again"]
+        b2 = find_pool(c.get_dbaas_service_pg(name=b.name), "b2")["connection-uri"]
+        assert psql_ok(b2, "SELECT 'b2'") == ["b2"]
+    finally:
+        if holder is not None:
+            holder.close()
+        srv.close()

@@ -33,32 +33,42 @@ async fn follow(
 ) {
     loop {
         let state = desired.borrow_and_update().clone();
-        match translate(&state, &tls).await {
-            Ok(config) => match pooler.apply(config).await {
-                Ok(report) => {
-                    for f in &report.failures {
-                        tracing::error!(
-                            generation = state.generation,
-                            service = %f.service,
-                            reason = %f.reason,
-                            "pooler could not apply service"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(generation = state.generation, error = %e, "pooler apply failed")
-                }
-            },
-            Err(e) => {
-                tracing::error!(generation = state.generation, error = %e, "cannot translate desired state")
-            }
+        let failures = apply(&state, &tls, &pooler).await;
+        for (service, reason) in &failures {
+            tracing::error!(generation = state.generation, service = %service, reason = %reason,
+                "pooler could not apply service");
         }
-        // Reported even after an error: the error is logged and the operation must not hang; the
-        // services that did apply are serving. Per-service failures are not wired in yet.
-        reporter.applied(state.generation, Vec::new());
+        // Control finishes each waiting operation from this report: success, or failure with the
+        // reason of its service. The services that did apply are serving.
+        reporter.applied(state.generation, failures);
         if desired.changed().await.is_err() {
             break;
         }
+    }
+}
+
+/// Applies one generation; returns the services the pooler could not serve, with the reason.
+/// A failure that is not one service's (the whole config could not be built, or the pooler shut
+/// down) is every service's.
+async fn apply(state: &DesiredState, tls: &TlsMaterial, pooler: &Pooler) -> Vec<(String, String)> {
+    let everyone = |reason: String| {
+        state
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), reason.clone()))
+            .collect()
+    };
+    let config = match translate(state, tls).await {
+        Ok(c) => c,
+        Err(e) => return everyone(format!("{e:#}")),
+    };
+    match pooler.apply(config).await {
+        Ok(report) => report
+            .failures
+            .into_iter()
+            .map(|f| (f.service, f.reason))
+            .collect(),
+        Err(e) => everyone(e.to_string()),
     }
 }
 

@@ -1,7 +1,7 @@
 """Connection pools: defaults, connection URI, update, every limit of every field, 404/409.
 
 All tests share one service and a few objects made once for the module (a 40-character database,
-1- and 64-character users); every test uses pool names of its own.
+1- and 63-character users (63 bytes: PostgreSQL's identifier limit)); every test uses pool names of its own.
 """
 
 import uuid
@@ -32,12 +32,12 @@ def objs(client, service):
         "db": unique("pooldb"),
         "db40": padded("d", 40),
         "user": unique("pooluser"),
-        "user64": padded("u", 64),
+        "user63": padded("u", 63),
         "user1": "w",
     }
     for db in (o["db"], o["db40"]):
         ok(client, client.create_dbaas_pg_database(service_name=service.name, database_name=db))
-    for u in (o["user"], o["user64"], o["user1"]):
+    for u in (o["user"], o["user63"], o["user1"]):
         ok(client, client.create_dbaas_postgres_user(service_name=service.name, username=u))
     return o
 
@@ -110,7 +110,7 @@ INSIDE = {
     "name-63": {"name": "63"},
     "database-name-40": {"database_name": "db40"},
     "username-1": {"username": "user1"},
-    "username-64": {"username": "user64"},
+    "username-63": {"username": "user63"},
     "size-1": {"size": 1},
     "size-10000": {"size": 10000},
     "mode-session": {"mode": "session"},
@@ -160,6 +160,8 @@ OUTSIDE = {
     "database-name-missing": ({"_drop": "database_name"}, "database-name"),
     "username-empty": ({"username": ""}, "username"),
     "username-65": ({"username": "u" * 65}, "username"),
+    "username-64-bytes": ({"username": "é" * 32}, "username"),
+    "name-64-bytes": ({"name": "é" * 32}, "name"),
     "username-integer": ({"username": 7}, "username"),
     "size-0": ({"size": 0}, "size"),
     "size-negative": ({"size": -1}, "size"),
@@ -225,9 +227,9 @@ def test_update_pool(client, service, objs):
     assert (pool["size"], pool["mode"], pool["username"]) == (10000, "statement", objs["user"])
     ok(client, client.update_dbaas_pg_connection_pool(
         service_name=service.name, connection_pool_name=name, size=1, database_name=objs["db40"],
-        username=objs["user64"]))
+        username=objs["user63"]))
     pool = get_pool(client, service, name)
-    assert (pool["size"], pool["database"], pool["username"]) == (1, objs["db40"], objs["user64"])
+    assert (pool["size"], pool["database"], pool["username"]) == (1, objs["db40"], objs["user63"])
 
 
 UPDATE_OUTSIDE = {

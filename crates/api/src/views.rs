@@ -112,7 +112,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         port: s.pg_port,
         user: admin_user,
         password: admin_pw,
-        dbname: "defaultdb",
+        dbname: pgbay_control::input::DEFAULT_DATABASE,
     };
     let uri = pg_uri(&server);
     let params = uri_params(&server);

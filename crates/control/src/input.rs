@@ -57,6 +57,30 @@ fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), InputEr
     Ok(())
 }
 
+/// The database every service is created with; the service's `uri` and `uri-params` name it.
+pub const DEFAULT_DATABASE: &str = "defaultdb";
+
+/// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1) and silently cuts the
+/// rest: a longer name would become another object in PostgreSQL than the one the API created.
+pub const IDENTIFIER_MAX_BYTES: usize = 63;
+
+/// `check_len` for names that become PostgreSQL identifiers: the document's character limit, and
+/// at most 63 bytes in UTF-8.
+fn check_identifier(field: &str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
+    check_len(field, s, min, max)?;
+    if s.len() > IDENTIFIER_MAX_BYTES {
+        return Err(InputError::new(
+            field,
+            format!(
+                "must be at most {IDENTIFIER_MAX_BYTES} bytes in UTF-8 (PostgreSQL's identifier \
+                 limit), got {} bytes",
+                s.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -140,7 +164,7 @@ impl DatabaseName {
 
     /// Parses a database name given as `field` (1..=40).
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
-        check_len(field, s, 1, 40)?;
+        check_identifier(field, s, 1, 40)?;
         if Self::RESERVED.contains(&s) {
             return Err(InputError::new(
                 field,
@@ -160,7 +184,7 @@ impl DatabaseName {
 impl Username {
     /// Parses a user name given as `field` (1..=64).
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
-        check_len(field, s, 1, 64)?;
+        check_identifier(field, s, 1, 64)?;
         if s.starts_with("pg_") {
             return Err(InputError::new(
                 field,
@@ -175,20 +199,22 @@ impl Username {
     /// Parses the `username` of a pool (dbaas-pg-pool-username, 1..=64): a reference to an
     /// existing user, so only the length is checked here.
     pub fn parse_pool(field: &str, s: &str) -> Result<Self, InputError> {
-        check_len(field, s, 1, 64)?;
+        check_identifier(field, s, 1, 64)?;
         Ok(Username(s.to_string()))
     }
 
-    /// Parses a user name from a path (a lookup: only the length is checked).
+    /// Parses a user name from a path (a lookup: only the length is checked; a name that cannot
+    /// exist is then not found).
     pub fn parse_lookup(field: &str, s: &str) -> Result<Self, InputError> {
-        Self::parse_pool(field, s)
+        check_len(field, s, 1, 64)?;
+        Ok(Username(s.to_string()))
     }
 }
 
 impl PoolName {
-    /// Parses a pool name given as `field` (1..=63).
+    /// Parses a pool name given as `field` (1..=63 characters, at most 63 bytes).
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
-        check_len(field, s, 1, 63)?;
+        check_identifier(field, s, 1, 63)?;
         Ok(PoolName(s.to_string()))
     }
 }
@@ -224,7 +250,7 @@ impl AdminPassword {
 impl AdminUsername {
     /// Parses the admin user name given as `field`.
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
-        check_len(field, s, 1, 64)?;
+        check_identifier(field, s, 1, 64)?;
         let mut bytes = s.bytes();
         let first_ok = bytes
             .next()
@@ -469,9 +495,38 @@ mod tests {
     fn username_limits() {
         assert!(Username::parse("username", "").is_err());
         assert!(Username::parse("username", "u").is_ok());
-        assert!(Username::parse("username", &"u".repeat(64)).is_ok());
+        assert!(Username::parse("username", &"u".repeat(63)).is_ok());
+        // 64 characters are within the document's limit but not PostgreSQL's 63 bytes.
+        let e = Username::parse("username", &"u".repeat(64)).unwrap_err();
+        assert!(e.message.contains("`username`") && e.message.contains("63 bytes"));
         assert!(Username::parse("username", &"u".repeat(65)).is_err());
         assert!(Username::parse("username", "pg_monitor").is_err());
+    }
+
+    #[test]
+    fn identifiers_are_limited_in_bytes() {
+        // 32 two-byte characters: within every character limit, 64 bytes.
+        let long = "é".repeat(32);
+        for (field, r) in [
+            (
+                "database-name",
+                DatabaseName::parse("database-name", &long).err(),
+            ),
+            ("username", Username::parse("username", &long).err()),
+            ("username", Username::parse_pool("username", &long).err()),
+            ("name", PoolName::parse("name", &long).err()),
+        ] {
+            let e = r.expect("64 bytes refused");
+            assert!(
+                e.message.contains(&format!("`{field}`")) && e.message.contains("63 bytes"),
+                "{}",
+                e.message
+            );
+        }
+        let fits = format!("d{}", "é".repeat(31));
+        assert_eq!(fits.len(), 63);
+        assert!(DatabaseName::parse("database-name", &fits).is_ok());
+        assert!(PoolName::parse("name", &fits).is_ok());
     }
 
     #[test]
@@ -531,7 +586,8 @@ mod tests {
     fn admin_username_pattern() {
         assert!(AdminUsername::parse("admin-username", "_a.b-c").is_ok());
         assert!(AdminUsername::parse("admin-username", "-abc").is_err());
-        assert!(AdminUsername::parse("admin-username", &"a".repeat(64)).is_ok());
+        assert!(AdminUsername::parse("admin-username", &"a".repeat(63)).is_ok());
+        assert!(AdminUsername::parse("admin-username", &"a".repeat(64)).is_err());
         assert!(AdminUsername::parse("admin-username", &"a".repeat(65)).is_err());
     }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::control::{Control, SUPERVISE_EVERY};
 use crate::error::ControlError;
+use crate::input::DEFAULT_DATABASE;
 use crate::model::{OperationRecord, ServiceRecord, ServiceState, UserKind};
 use crate::store;
 
@@ -152,7 +153,7 @@ impl Control {
         };
         self.start_cluster(&s).await?;
         let t = self.admin_target(&s).await?;
-        crate::admin::create_database(&t, "defaultdb", None, None)
+        crate::admin::create_database(&t, DEFAULT_DATABASE, None, None)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
         s.state = ServiceState::Running;

@@ -7,7 +7,9 @@ use crate::admin;
 use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::input::{pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username};
+use crate::input::{
+    pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username, DEFAULT_DATABASE,
+};
 use crate::model::{OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
 use crate::operations::OperationKind;
 use crate::store;
@@ -82,6 +84,11 @@ impl Control {
             .any(|d| d == db.as_str())
         {
             return Err(ControlError::NotFound(format!("database {db} not found")));
+        }
+        if db.as_str() == DEFAULT_DATABASE {
+            return Err(ControlError::Conflict(format!(
+                "database {db} is the service's default database: its uri and uri-params point at it"
+            )));
         }
         let users_of = self.pool_names(&s, |p| p.database == db.as_str()).await?;
         if !users_of.is_empty() {

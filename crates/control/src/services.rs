@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::commands::{NewService, ServiceUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName};
+use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName, DEFAULT_DATABASE};
 use crate::model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
@@ -210,7 +210,7 @@ impl Control {
         let mut tx = self.inner.store.begin().await?;
         store::insert_service(&mut tx, &s).await?;
         store::upsert_user(&mut tx, &s.name, &admin_user).await?;
-        store::insert_database(&mut tx, &s.name, "defaultdb").await?;
+        store::insert_database(&mut tx, &s.name, DEFAULT_DATABASE).await?;
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");

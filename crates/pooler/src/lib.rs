@@ -17,8 +17,12 @@
 //! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
+//! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a
+//! StartupMessage over plaintext is refused ("SSL required", 28000) while a CancelRequest over
+//! plaintext is still served.
+//!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
-//! password 28P01, wrong user for the pool or address not allowed 28000, too many clients 53300,
+//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
 //! statement mode 25001 (an ERROR; the client stays connected); a server's own errors keep their
 //! SQLSTATE. Messages name the pool.

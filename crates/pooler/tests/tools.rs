@@ -1,5 +1,5 @@
 //! Real client programs through the pooler: psql, pgbench in each mode, Python psycopg 3 with
-//! server-side prepared statements, and TLS with sslmode=verify-full.
+//! server-side prepared statements, TLS with sslmode=verify-full, and TLS required.
 
 mod support;
 
@@ -276,6 +276,7 @@ async fn tls_verify_full_with_psql_and_psycopg() {
     cfg.tls = Some(TlsConfig {
         cert_chain_pem: cert,
         key_pem: key,
+        required: true,
     });
     let (pooler, addr) = start(cfg).await;
     let ca = ca_path.clone();
@@ -320,5 +321,68 @@ async fn tls_verify_full_with_psql_and_psycopg() {
         .output()
         .expect("psql");
     assert!(!out.status.success());
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_refuses_plaintext_logins_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pg = shared().await;
+    let (_, cert, key) = make_certs();
+    let mut cfg = service(
+        "tlsreq",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 2)],
+    );
+    cfg.tls = Some(TlsConfig {
+        cert_chain_pem: cert,
+        key_pem: key,
+        required: true,
+    });
+    let (pooler, addr) = start(cfg).await;
+    // A plaintext login: one FATAL 28000 that says SSL is required.
+    let e = must_fail(connect(addr, "p1").await, "plaintext login");
+    assert_eq!(sqlstate(&e), "28000", "{}", describe(&e));
+    assert!(
+        describe(&e)
+            .contains("SSL required: connections to pool \"p1\" must use TLS (sslmode=require)"),
+        "{}",
+        describe(&e)
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let refused = psql(addr, "p1", &[("PGSSLMODE", "disable")], &["-c", "SELECT 1"]);
+        let accepted = psql(
+            addr,
+            "p1",
+            &[("PGSSLMODE", "require")],
+            &["-c", "SELECT 40 + 2", "-c", "\\conninfo"],
+        );
+        (refused, accepted)
+    })
+    .await
+    .unwrap();
+    let (refused, accepted) = out;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("SSL required"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&accepted.stdout);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(stdout.starts_with("42\n"), "{stdout}");
+    assert!(stdout.contains("SSL connection"), "{stdout}");
+    // A CancelRequest over plaintext is still served: no error, the pooler just closes.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut cancel = Vec::new();
+    cancel.extend_from_slice(&16u32.to_be_bytes());
+    cancel.extend_from_slice(&80877102u32.to_be_bytes());
+    cancel.extend_from_slice(&1i32.to_be_bytes());
+    cancel.extend_from_slice(&2i32.to_be_bytes());
+    raw.write_all(&cancel).await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.is_empty(), "cancel answered with {answer:?}");
     pooler.shutdown().await;
 }

@@ -386,3 +386,58 @@ async fn tls_required_refuses_plaintext_logins_only() {
     assert!(answer.is_empty(), "cancel answered with {answer:?}");
     pooler.shutdown().await;
 }
+
+/// psycopg in statement mode: `BEGIN` raises the server-style error, not psycopg's "received 2
+/// results from command BEGIN", and the connection goes on.
+const PSYCOPG_BEGIN_SCRIPT: &str = r#"
+import os, sys, psycopg
+port, pool = int(sys.argv[1]), sys.argv[2]
+with psycopg.connect(host="127.0.0.1", port=port, user="app", password=os.environ["PGPASSWORD"],
+                     dbname=pool, autocommit=True) as c:
+    for sql in ["BEGIN", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ"]:
+        try:
+            c.execute(sql)
+            raise AssertionError(f"{sql} must fail")
+        except psycopg.errors.ActiveSqlTransaction as e:
+            assert e.sqlstate == "25001", e.sqlstate
+            assert "statement pooling mode" in str(e), str(e)
+        assert c.execute("SELECT %s::int + 1", (41,)).fetchone()[0] == 42
+    # Without autocommit psycopg opens the block itself: refused the same way.
+    c.autocommit = False
+    try:
+        c.execute("SELECT 1")
+        raise AssertionError("implicit BEGIN must fail")
+    except psycopg.errors.ActiveSqlTransaction:
+        pass
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_begin_in_statement_mode_is_one_clean_error() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "psybegin",
+        pg.port,
+        vec![pool("p1", PoolMode::Statement, 1)],
+    ))
+    .await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg("-c")
+            .arg(PSYCOPG_BEGIN_SCRIPT)
+            .arg(addr.port().to_string())
+            .arg("p1")
+            .env("PGPASSWORD", APP_PASS)
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim_end() == "ok",
+        "psycopg script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pooler.shutdown().await;
+}

@@ -50,7 +50,7 @@ pub async fn pump(
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
         match client_input(server, ctx) {
-            Ok(false) => {}
+            Ok(false) => saw_ready = std::mem::take(&mut server.relay.ready_synthesized),
             Ok(true) => return End::ClientGone,
             Err(e) => return End::Refused(errors::protocol_violation(e.to_string())),
         }
@@ -81,11 +81,19 @@ pub async fn pump(
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         match server_input(server, ctx.params, mode == PoolMode::Statement) {
-                            Ok(ServerEvent::Ready) => saw_ready = true,
+                            Ok(ServerEvent::Ready) => {
+                                server.relay.ready_synthesized = false;
+                                saw_ready = true
+                            }
                             Ok(ServerEvent::TransactionBlock) => {
                                 return Poll::Ready(End::TransactionBlock)
                             }
-                            Ok(ServerEvent::None) => {}
+                            Ok(ServerEvent::None) => {
+                                // A refused Query answered after the server's earlier answers.
+                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                    saw_ready = true;
+                                }
+                            }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
                     }
@@ -136,7 +144,13 @@ pub async fn pump(
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         match client_input(server, ctx) {
-                            Ok(false) => {}
+                            Ok(false) => {
+                                // A refused Query was answered by the pooler: as good as a
+                                // ReadyForQuery from the server.
+                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                    saw_ready = true;
+                                }
+                            }
                             Ok(true) => return Poll::Ready(End::ClientGone),
                             Err(e) => {
                                 return Poll::Ready(End::Refused(errors::protocol_violation(

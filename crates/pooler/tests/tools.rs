@@ -441,3 +441,85 @@ async fn psycopg_begin_in_statement_mode_is_one_clean_error() {
     );
     pooler.shutdown().await;
 }
+
+/// The backend reached over a Unix socket (host = the cluster's socket directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_backend_serves_every_mode() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "unix",
+        pg.port,
+        vec![
+            pool("tx", PoolMode::Transaction, 2),
+            pool("stmt", PoolMode::Statement, 2),
+        ],
+    );
+    cfg.backend.host = pg.dir.join("sock").to_str().unwrap().to_string();
+    let (pooler, addr) = start(cfg).await;
+    let c = connect(addr, "tx").await.unwrap();
+    // A Unix-socket client has no address on the server side.
+    let unix: bool = c
+        .query_one(
+            "SELECT client_addr IS NULL FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unix, "the server connection is not a Unix socket");
+    let dir = tempfile::tempdir().unwrap();
+    let tx_script = dir.path().join("tx.sql");
+    std::fs::write(
+        &tx_script,
+        "\\set x random(1, 1000)\nBEGIN;\nSELECT :x;\nSELECT :x + 1;\nEND;\n",
+    )
+    .unwrap();
+    let stmt_script = dir.path().join("stmt.sql");
+    std::fs::write(&stmt_script, "\\set x random(1, 1000)\nSELECT :x;\n").unwrap();
+    tokio::task::spawn_blocking(move || {
+        for proto in ["simple", "extended", "prepared"] {
+            let f = tx_script.to_str().unwrap();
+            pgbench(
+                addr,
+                "tx",
+                &["-f", f, "-c", "6", "-j", "6", "-t", "50", "-M", proto],
+            );
+            let f = stmt_script.to_str().unwrap();
+            pgbench(
+                addr,
+                "stmt",
+                &["-f", f, "-c", "6", "-j", "6", "-t", "50", "-M", proto],
+            );
+        }
+    })
+    .await
+    .unwrap();
+    let sum: i64 = c
+        .query_one("SELECT sum(g)::int8 FROM generate_series(1, 100000) g", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 5_000_050_000);
+    // Cancel is forwarded over the Unix socket too.
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = must_fail(sleeper.await.unwrap(), "cancelled sleep");
+    assert_eq!(sqlstate(&e), "57014", "{}", describe(&e));
+    pooler.shutdown().await;
+
+    // A socket directory with no server: 08001 naming the socket.
+    let mut cfg = service(
+        "nounix",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    cfg.backend.host = dir.path().to_str().unwrap().to_string();
+    let (pooler, addr) = start(cfg).await;
+    let e = must_fail(connect(addr, "p1").await, "no server");
+    assert_eq!(sqlstate(&e), "08001", "{}", describe(&e));
+    let socket = format!("{}/.s.PGSQL.{}", dir.path().display(), pg.port);
+    assert!(describe(&e).contains(&socket), "{}", describe(&e));
+    pooler.shutdown().await;
+}

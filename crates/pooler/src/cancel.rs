@@ -72,7 +72,7 @@ impl CancelRegistry {
         };
         // Always without TLS, also to a server that offers it: PostgreSQL reads a CancelRequest
         // before any authentication or pg_hba check, and the request holds only the key.
-        match ServerStream::connect(&t.backend.host, t.backend.port).await {
+        match ServerStream::connect_plain(&t.backend.host, t.backend.port).await {
             Ok(mut s) => {
                 let mut buf = BytesMut::with_capacity(16);
                 cancel_request(&mut buf, t.pid, t.secret);

@@ -60,8 +60,9 @@ impl std::fmt::Debug for TlsConfig {
 /// Where the service's PostgreSQL listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendConfig {
-    /// A host name or address (TCP), or, when it starts with '/', the directory of the
-    /// server's Unix socket `{host}/.s.PGSQL.{port}` (libpq's convention).
+    /// A host name or address (TCP, with TLS when the server offers it), or, when it starts
+    /// with '/', the directory of the server's Unix socket `{host}/.s.PGSQL.{port}` (libpq's
+    /// convention; plain, as the socket is local).
     pub host: String,
     pub port: u16,
 }

@@ -13,8 +13,9 @@
 //! answers, partial messages); `backend::pool` holds server connections (SV_IDLE list, FIFO of
 //! waiting clients, RAII check-in, periodic `upkeep`); `stats` names the client and server
 //! states whose per-pool counts the pool keeps (`PoolStats`); `backend::server` logs in to
-//! PostgreSQL over a `net::ServerStream` (TCP, or a Unix socket when the backend host is a
-//! directory, i.e. starts with '/'); `params` carries client parameters to whichever server connection serves the
+//! PostgreSQL over a `net::ServerStream`: a Unix socket when the backend host is a directory
+//! (starts with '/'), else TCP, encrypted with TLS when the server accepts an SSLRequest
+//! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
 //! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!

@@ -523,3 +523,84 @@ async fn unix_socket_backend_serves_every_mode() {
     assert!(describe(&e).contains(&socket), "{}", describe(&e));
     pooler.shutdown().await;
 }
+
+/// A TCP backend that offers TLS (and refuses plaintext TCP logins) is reached over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_backend_that_offers_it() {
+    let pg = tokio::task::spawn_blocking(Cluster::start_ssl)
+        .await
+        .unwrap();
+    pg.setup_app().await;
+    // The cluster itself refuses a plaintext TCP login: TLS is what lets the pooler in.
+    let direct = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password='{}' dbname={APP_DB}",
+        pg.port,
+        APP_PASS.replace('\'', "\\'")
+    );
+    let e = must_fail(
+        connect_str(&direct).await,
+        "plaintext TCP to the ssl cluster",
+    );
+    assert_eq!(sqlstate(&e), "28000", "{}", describe(&e));
+    let (pooler, addr) = start(service(
+        "sslbackend",
+        pg.port,
+        vec![
+            pool("tx", PoolMode::Transaction, 2),
+            pool("sess", PoolMode::Session, 1),
+        ],
+    ))
+    .await;
+    let c = connect(addr, "tx").await.unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the server connection is not encrypted");
+    // Large messages both ways cross TLS records and partial writes.
+    let big = "x".repeat(3_000_000);
+    let n: i32 = c
+        .query_one("SELECT length($1::text)", &[&big])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3_000_000);
+    let back: String = c
+        .query_one("SELECT repeat('y', 4000000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(back.len(), 4_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tx.sql");
+    std::fs::write(
+        &script,
+        "\\set x random(1, 1000)\nBEGIN;\nSELECT :x;\nSELECT :x + 1;\nEND;\n",
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let f = script.to_str().unwrap();
+        for proto in ["simple", "prepared"] {
+            pgbench(
+                addr,
+                "tx",
+                &["-f", f, "-c", "6", "-j", "6", "-t", "50", "-M", proto],
+            );
+        }
+        pgbench(addr, "sess", &["-f", f, "-c", "2", "-j", "2", "-t", "50"]);
+    })
+    .await
+    .unwrap();
+    // A cancel reaches the server (sent without TLS: PostgreSQL takes it before pg_hba).
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = must_fail(sleeper.await.unwrap(), "cancelled sleep");
+    assert_eq!(sqlstate(&e), "57014", "{}", describe(&e));
+    pooler.shutdown().await;
+}

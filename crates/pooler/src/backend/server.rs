@@ -211,6 +211,8 @@ impl Server {
 
     async fn send(&mut self) -> Result<(), ServerError> {
         self.stream.write_all(&self.bufs.c2s_out).await?;
+        // TLS records may wait in rustls until flushed; a no-op for plain sockets.
+        self.stream.flush().await?;
         self.bufs.c2s_out.clear();
         Ok(())
     }

@@ -47,6 +47,8 @@ pub async fn pump(
     let mut draining = false;
     let mut saw_ready = false;
     let mut client_flush = false;
+    // TLS to the server: records rustls accepted but could not send yet.
+    let mut server_flush = false;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
         match client_input(server, ctx) {
@@ -169,8 +171,15 @@ pub async fn pump(
                     }
                     Poll::Ready(Ok(n)) => {
                         consume(&mut server.bufs.c2s_out, n);
+                        server_flush = server.stream.is_tls();
                         progress = true;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Pending => server_write = false,
+                }
+            } else if server_flush && server_write {
+                match Pin::new(&mut server.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => server_flush = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
                     Poll::Pending => server_write = false,
                 }

@@ -49,6 +49,8 @@ pub async fn pump(
     let mut client_flush = false;
     // TLS to the server: records rustls accepted but could not send yet.
     let mut server_flush = false;
+    // A refusal answered in an earlier attachment says nothing about this one.
+    server.relay.ready_synthesized = false;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
         match client_input(server, ctx) {

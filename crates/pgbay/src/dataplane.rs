@@ -88,6 +88,7 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
         tls: Some(TlsConfig {
             cert_chain_pem: tls.server_cert_pem.clone(),
             key_pem: tls.server_key_pem.clone(),
+            required: true,
         }),
         backend: BackendConfig {
             host: svc.backend_host.clone(),

@@ -9,10 +9,10 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::config::BackendConfig;
 use crate::net::messages::startup::cancel_request;
+use crate::net::ServerStream;
 
 /// The server connection currently serving a client.
 #[derive(Clone, Debug)]
@@ -70,8 +70,9 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for no active query");
             return;
         };
-        let addr = (t.backend.host.as_str(), t.backend.port);
-        match TcpStream::connect(addr).await {
+        // Always without TLS, also to a server that offers it: PostgreSQL reads a CancelRequest
+        // before any authentication or pg_hba check, and the request holds only the key.
+        match ServerStream::connect_plain(&t.backend.host, t.backend.port).await {
             Ok(mut s) => {
                 let mut buf = BytesMut::with_capacity(16);
                 cancel_request(&mut buf, t.pid, t.secret);

@@ -18,7 +18,7 @@ pub struct ServiceConfig {
     pub name: String,
     /// The service's pooler port.
     pub listen: SocketAddr,
-    /// `None` answers SSLRequest with 'N'.
+    /// `None` answers SSLRequest with 'N' and lets every client in over plaintext.
     pub tls: Option<TlsConfig>,
     pub backend: BackendConfig,
     /// Logins the pooler accepts; also used to log in to the backend.
@@ -30,11 +30,17 @@ pub struct ServiceConfig {
     pub allowed_cidrs: Vec<ipnet::IpNet>,
 }
 
-/// PEM certificate chain and private key served to TLS clients.
+/// PEM certificate chain and private key served to TLS clients, and whether clients must use
+/// TLS.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_chain_pem: String,
     pub key_pem: String,
+    /// PgBouncer's `client_tls_sslmode=require`: a StartupMessage that did not come over TLS is
+    /// refused (28000, "SSL required"). A CancelRequest is still served over plaintext: it
+    /// carries no secret but its key, and libpq may send it unencrypted. `false` (TLS offered,
+    /// plaintext accepted too) is for standalone and benchmark runs.
+    pub required: bool,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for TlsConfig {
                 &format_args!("<{} bytes>", self.cert_chain_pem.len()),
             )
             .field("key_pem", &"<redacted>")
+            .field("required", &self.required)
             .finish()
     }
 }
@@ -53,6 +60,9 @@ impl std::fmt::Debug for TlsConfig {
 /// Where the service's PostgreSQL listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendConfig {
+    /// A host name or address (TCP, with TLS when the server offers it), or, when it starts
+    /// with '/', the directory of the server's Unix socket `{host}/.s.PGSQL.{port}` (libpq's
+    /// convention; plain, as the socket is local).
     pub host: String,
     pub port: u16,
 }

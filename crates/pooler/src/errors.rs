@@ -96,6 +96,15 @@ pub fn too_many_clients(service: &str, max_client_conn: u32) -> ClientError {
     )
 }
 
+/// The service requires TLS and the client logged in over plaintext. PgBouncer's
+/// `client_tls_sslmode=require` says "SSL required" too; libpq users know the word.
+pub fn tls_required(pool: &str) -> ClientError {
+    ClientError::new(
+        "28000",
+        format!("SSL required: connections to pool \"{pool}\" must use TLS (sslmode=require)"),
+    )
+}
+
 pub fn no_user_name() -> ClientError {
     ClientError::new(
         "28000",

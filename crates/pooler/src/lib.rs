@@ -13,15 +13,23 @@
 //! answers, partial messages); `backend::pool` holds server connections (SV_IDLE list, FIFO of
 //! waiting clients, RAII check-in, periodic `upkeep`); `stats` names the client and server
 //! states whose per-pool counts the pool keeps (`PoolStats`); `backend::server` logs in to
-//! PostgreSQL; `params` carries client parameters to whichever server connection serves the
+//! PostgreSQL over a `net::ServerStream`: a Unix socket when the backend host is a directory
+//! (starts with '/'), else TCP, encrypted with TLS when the server accepts an SSLRequest
+//! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
 //! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
+//! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a
+//! StartupMessage over plaintext is refused ("SSL required", 28000) while a CancelRequest over
+//! plaintext is still served.
+//!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
-//! password 28P01, wrong user for the pool or address not allowed 28000, too many clients 53300,
+//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
-//! statement mode 25001 (an ERROR; the client stays connected); a server's own errors keep their
-//! SQLSTATE. Messages name the pool.
+//! statement mode 25001 (an ERROR; the client stays connected: a Query or Parse starting with
+//! BEGIN/START TRANSACTION is answered by the pooler itself, `frontend::relay::block`; a block
+//! opened otherwise is rolled back when ReadyForQuery reveals it); a server's own errors keep
+//! their SQLSTATE. Messages name the pool.
 
 mod apply;
 mod auth;

@@ -41,6 +41,8 @@ impl User {
 pub struct ServiceState {
     pub users: HashMap<String, Arc<User>>,
     pub tls: Option<TlsAcceptor>,
+    /// A StartupMessage must arrive over TLS (`TlsConfig::required`).
+    pub tls_required: bool,
     pub allowed_cidrs: Vec<ipnet::IpNet>,
     pub limits: ClientLimits,
     pub settings: PoolSettings,

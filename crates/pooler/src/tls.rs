@@ -1,4 +1,5 @@
-//! Builds the rustls acceptor from a service's PEM certificate chain and key.
+//! TLS configurations: the acceptor of a service (its PEM certificate chain and key) and the
+//! client used towards servers that offer TLS.
 
 use std::sync::Arc;
 
@@ -26,4 +27,69 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS client for server connections, with libpq's `sslmode=prefer` semantics: encrypt when
+/// the server offers TLS, and do not verify its certificate (no CA is configured for backends;
+/// the point is that no password exchange or query crosses the network in clear, not server
+/// authentication — that comes from the backend address being configured by pgbay). The
+/// handshake signatures are still checked against the presented certificate's key.
+pub fn backend_connector() -> tokio_rustls::TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = Arc::new(UnverifiedServer {
+                algorithms: provider.signature_verification_algorithms,
+            });
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        })
+        .clone()
+}
+
+/// Accepts any server certificate (see `backend_connector`).
+#[derive(Debug)]
+struct UnverifiedServer {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

@@ -133,6 +133,16 @@ async fn session_mode_keeps_state_and_resets_between_clients() {
     pooler.shutdown().await;
 }
 
+/// A refusal of a transaction block in statement mode: 25001 naming statement pooling.
+fn assert_block_refused(e: &tokio_postgres::Error, what: &str) {
+    assert_eq!(sqlstate(e), "25001", "{what}: {}", describe(e));
+    assert_eq!(
+        e.as_db_error().map(|d| d.message().to_string()),
+        Some("transaction blocks are not allowed in statement pooling mode (pool \"p1\")".into()),
+        "{what}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_mode_refuses_transaction_blocks() {
     let pg = shared().await;
@@ -145,17 +155,45 @@ async fn statement_mode_refuses_transaction_blocks() {
     let a = connect(addr, "p1").await.unwrap();
     let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    let e = must_fail(a.batch_execute("BEGIN").await, "BEGIN refused");
+    // Simple protocol: one error (tokio-postgres would fail on a CommandComplete before it as
+    // on any unexpected message), and the client goes on.
+    for sql in [
+        "BEGIN",
+        "  begin isolation level serializable",
+        "/* c */ START TRANSACTION",
+        "-- c\nBEGIN; SELECT 1",
+    ] {
+        let e = must_fail(a.simple_query(sql).await, sql);
+        assert_block_refused(&e, sql);
+        let two: i32 = a.query_one("SELECT 2", &[]).await.unwrap().get(0);
+        assert_eq!(two, 2, "{sql}: the client goes on");
+    }
+    // Extended protocol: Parse refused, the rest up to Sync dropped, ReadyForQuery.
+    let e = must_fail(a.prepare("BEGIN").await, "prepare BEGIN");
+    assert_block_refused(&e, "prepare BEGIN");
+    let e = must_fail(a.query("start transaction", &[]).await, "query START");
+    assert_block_refused(&e, "query START");
+    let two: i32 = a.query_one("SELECT $1::int", &[&2]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    // Pipelined behind a query that the server answers: both answers, in order.
+    let (r1, r2) = tokio::join!(a.query_one("SELECT 3", &[]), a.query("BEGIN", &[]));
+    assert_eq!(r1.unwrap().get::<_, i32>(0), 3);
+    assert_block_refused(&r2.unwrap_err(), "pipelined BEGIN");
+    // A block opened where the keyword check does not look is still rolled back and refused.
+    let e = must_fail(a.batch_execute("SELECT 1; BEGIN").await, "SELECT; BEGIN");
     assert_eq!(sqlstate(&e), "25001", "{}", describe(&e));
-    assert!(
-        describe(&e).contains("statement pooling"),
-        "{}",
+    // The refused transactions did not leak to the next client of the only server connection.
+    let b = connect(addr, "p1").await.unwrap();
+    // SAVEPOINT outside a transaction block is PostgreSQL's own error.
+    let e = must_fail(b.batch_execute("SAVEPOINT s").await, "SAVEPOINT");
+    assert_eq!(
+        sqlstate(&e),
+        "25P01",
+        "not inside a block: {}",
         describe(&e)
     );
-    // The refused transaction did not leak to the next client of the only server connection.
-    let b = connect(addr, "p1").await.unwrap();
-    let rows = b.simple_query("SELECT 1").await.unwrap();
-    assert!(!rows.is_empty());
+    let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
     pooler.shutdown().await;
 }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::pool::SlotToken;
 use crate::auth::md5::md5_response;
@@ -19,7 +18,9 @@ use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{
     self, auth, error::parse_error, header, startup, status::parse_parameter_status,
 };
+use crate::net::server_stream::display_address;
 use crate::net::stream::read_buf;
+use crate::net::ServerStream;
 use crate::params::ServerParams;
 use crate::prepared::ServerStatements;
 use crate::stats::ServerState;
@@ -93,7 +94,7 @@ const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(1
 
 /// A logged-in server connection.
 pub struct Server {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub bufs: Buffers,
     /// Where the relay is in this connection's byte streams; survives from one client to the
     /// next only when at rest.
@@ -130,7 +131,7 @@ impl Drop for Server {
             "closing server connection"
         );
         // Best effort: tell the server we are leaving rather than just vanishing.
-        let _ = self.stream.try_write(&messages::TERMINATE);
+        self.stream.try_write(&messages::TERMINATE);
     }
 }
 
@@ -152,14 +153,13 @@ impl Server {
         p: ConnectParams<'_>,
         slot: SlotToken,
     ) -> Result<Box<Server>, ServerError> {
-        let addr = format!("{}:{}", p.host, p.port);
+        let addr = display_address(p.host, p.port);
         let stream =
-            match tokio::time::timeout(p.timeout, TcpStream::connect((p.host, p.port))).await {
+            match tokio::time::timeout(p.timeout, ServerStream::connect(p.host, p.port)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(source)) => return Err(ServerError::Connect { addr, source }),
                 Err(_) => return Err(ServerError::ConnectTimeout { addr }),
             };
-        stream.set_nodelay(true)?;
         let mut server = Box::new(Server {
             stream,
             bufs: Buffers::default(),
@@ -211,6 +211,8 @@ impl Server {
 
     async fn send(&mut self) -> Result<(), ServerError> {
         self.stream.write_all(&self.bufs.c2s_out).await?;
+        // TLS records may wait in rustls until flushed; a no-op for plain sockets.
+        self.stream.flush().await?;
         self.bufs.c2s_out.clear();
         Ok(())
     }
@@ -354,11 +356,7 @@ impl Server {
             if self.last_used.elapsed() < PROBE_AFTER_IDLE {
                 return true;
             }
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            return matches!(
-                socket2::SockRef::from(&self.stream).peek(&mut probe),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-            );
+            return self.stream.nothing_to_read();
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {

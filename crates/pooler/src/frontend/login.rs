@@ -139,9 +139,25 @@ async fn negotiate(
             Startup::Unsupported(code) => {
                 return Err(errors::unsupported_protocol(code));
             }
-            Startup::Message { params } => return Ok(Some(params)),
+            Startup::Message { params } => {
+                if service.state().tls_required && !stream.is_tls() {
+                    return Err(errors::tls_required(startup_pool(&params)));
+                }
+                return Ok(Some(params));
+            }
         }
     }
+}
+
+/// The pool a StartupMessage asks for: `database`, else `user` (as in `admit`).
+fn startup_pool(params: &[(String, String)]) -> &str {
+    let get = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    get("database").or_else(|| get("user")).unwrap_or("")
 }
 
 /// A client the service lets in, before its password is checked.

@@ -6,16 +6,17 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::client::Client;
-use super::relay::{self, ClientCtx, End};
+use super::relay::{self, block, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::tag::{self, txn};
+use crate::net::messages::{header, status};
 use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
 use crate::stats::ClientState;
@@ -55,6 +56,13 @@ pub async fn run(mut client: Box<Client>) {
         if v != st_version {
             st_version = v;
             st = pool.state();
+        }
+        if st.cfg.mode == PoolMode::Statement {
+            match refuse_blocks(&mut client).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => return,
+            }
         }
         // Counted as waiting only when it has to: a connection at hand goes straight to active.
         let acquired = match pool.try_acquire(&st) {
@@ -135,6 +143,31 @@ async fn wait_idle(
     .await
 }
 
+/// Statement mode: answers the Queries at the head of what an idle client sent that open a
+/// transaction block, without taking a server connection (the relay refuses those that arrive
+/// later or behind other messages). Ok(true) when nothing else is left to serve.
+async fn refuse_blocks(client: &mut Client) -> Result<bool, ()> {
+    let mut out = BytesMut::new();
+    while let Some((kind, len)) = header(&client.pending) {
+        if kind != tag::QUERY
+            || client.pending.len() < len
+            || !block::opens_block(block::statement_text(kind, &client.pending[..len]))
+        {
+            break;
+        }
+        client.pending.advance(len);
+        errors::statement_mode_transaction(&client.pool.name).write(&mut out, Severity::Error);
+        status::ready_for_query(&mut out, txn::IDLE);
+    }
+    if out.is_empty() {
+        return Ok(false);
+    }
+    if client.stream.write_all(&out).await.is_err() || client.stream.flush().await.is_err() {
+        return Err(());
+    }
+    Ok(client.pending.is_empty())
+}
+
 /// One attached period. Ok(true): released at a boundary, go on; Ok(false): the session is over.
 async fn attached(
     client: &mut Client,
@@ -184,6 +217,7 @@ async fn attached(
             registry: &service.statements,
             track,
             max_prepared: st.settings.max_prepared_statements as usize,
+            refuse_blocks: mode == PoolMode::Statement,
         };
         relay::pump(stream, server, &mut ctx, mode, stop, drain).await
     };

@@ -1,7 +1,9 @@
-//! Wire-level plumbing: the client stream type (plain or TLS), buffered reads, and the message
-//! builders/parsers in `messages`.
+//! Wire-level plumbing: the client stream type (plain or TLS), the server stream type (TCP or
+//! Unix socket), buffered reads, and the message builders/parsers in `messages`.
 
 pub mod messages;
+pub mod server_stream;
 pub mod stream;
 
+pub use server_stream::ServerStream;
 pub use stream::ClientStream;

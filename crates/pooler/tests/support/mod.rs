@@ -55,11 +55,22 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// TLS on, and TCP clients must use it (`hostssl` only); local clients use the socket.
+    pub ssl: bool,
     _tmp: tempfile::TempDir,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// A cluster with `ssl=on` (a self-signed certificate) that refuses plaintext TCP logins.
+    pub fn start_ssl() -> Cluster {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(ssl: bool) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("pgbay-pooler-test")
             .tempdir()
@@ -96,10 +107,35 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if ssl {
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .expect("self-signed certificate");
+            std::fs::write(data.join("server.crt"), cert.cert.pem()).expect("server.crt");
+            std::fs::write(data.join("server.key"), cert.key_pair.serialize_pem())
+                .expect("server.key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("pg_hba.conf");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            if is_root() {
+                for f in ["server.crt", "server.key", "pg_hba.conf"] {
+                    std::os::unix::fs::chown(data.join(f), Some(65534), Some(65534))
+                        .expect("chown");
+                }
+            }
+        }
         let port = free_port();
         let cluster = Cluster {
             dir,
             port,
+            ssl,
             _tmp: tmp,
         };
         cluster.pg_ctl_start();
@@ -109,9 +145,10 @@ impl Cluster {
     fn pg_ctl_start(&self) {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=300 \
-             -c synchronous_commit=off -c full_page_writes=off",
+             -c synchronous_commit=off -c full_page_writes=off{}",
             self.port,
-            self.dir.join("sock").display()
+            self.dir.join("sock").display(),
+            if self.ssl { " -c ssl=on" } else { "" }
         );
         let out = pg_command(
             "pg_ctl",
@@ -176,9 +213,16 @@ impl Cluster {
         self.pg_ctl_start();
     }
 
+    /// Over TCP, or over the Unix socket for an `ssl` cluster (the tests' tokio-postgres has
+    /// no TLS).
     pub fn superuser_conn_str(&self, db: &str) -> String {
+        let host = if self.ssl {
+            self.dir.join("sock").display().to_string()
+        } else {
+            "127.0.0.1".to_string()
+        };
         format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERPASS} dbname={db}",
+            "host={host} port={} user={SUPERUSER} password={SUPERPASS} dbname={db}",
             self.port
         )
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
+    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
     MAX_MESSAGE,
 };
 use crate::backend::server::Server;
@@ -79,6 +79,40 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
+        if server.relay.c2s_discard && tag != tag::SYNC {
+            // The rest of a refused extended-protocol statement: the server never sees it.
+            if avail < len {
+                break;
+            }
+            flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+            pos += len;
+            run = pos;
+            if tag == tag::TERMINATE {
+                return Ok((pos, run, true));
+            }
+            continue;
+        }
+        // The Sync that ends the refused statement goes to the server, which answers it with
+        // ReadyForQuery: cheaper to ask than to know whether this Sync also ends messages that
+        // were forwarded before the refused Parse.
+        server.relay.c2s_discard = false;
+        if ctx.refuse_blocks && (tag == tag::QUERY || tag == tag::PARSE) {
+            let peek = len.min(HEADER + block::PEEK);
+            if avail < peek {
+                break;
+            }
+            if block::opens_block(block::statement_text(tag, &input[pos..pos + peek])) {
+                if avail < len {
+                    break;
+                }
+                flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                pos += len;
+                run = pos;
+                push(&mut server.relay.expect, tag, Action::Refuse, 0);
+                server.relay.c2s_discard = tag == tag::PARSE;
+                continue;
+            }
+        }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
         if !inspect {

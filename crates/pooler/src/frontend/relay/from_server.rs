@@ -93,7 +93,7 @@ fn server_messages(
             .relay
             .expect
             .front()
-            .is_some_and(|e| e.action == Action::Synthesize)
+            .is_some_and(|e| e.action.pooler_answers())
         {
             // Answers the pooler owes go out in order, after what was forwarded so far.
             flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);

@@ -8,6 +8,9 @@
 //! CommandComplete are looked into on the server side; on the client side only Terminate and,
 //! with prepared-statement tracking, Parse/Bind/Describe/Close.
 //!
+//! In statement mode a Query or Parse that opens a transaction block (`block`) is not
+//! forwarded: the pooler answers it with the refusal, in its place among the other answers.
+//!
 //! Every client message that the server answers is recorded in `RelayState::expect`, in order,
 //! with what to do with the answer: forward it, swallow it (the pooler sent the message
 //! itself, e.g. a re-Parse before a Bind) or synthesize it (the pooler answered itself, e.g. a
@@ -18,6 +21,7 @@
 //! connection's byte streams are (mid-message, answers outstanding), and it must be at rest
 //! before the connection can serve another client (`at_boundary`).
 
+pub mod block;
 mod from_client;
 mod from_server;
 mod pump;
@@ -27,7 +31,10 @@ use std::collections::VecDeque;
 use bytes::{Buf, BytesMut};
 
 use crate::backend::server::Server;
+use crate::errors;
+use crate::net::messages::error::Severity;
 use crate::net::messages::extended::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::net::messages::status;
 use crate::net::messages::tag;
 use crate::params::ClientParams;
 use crate::prepared::{ClientStatements, Registry};
@@ -47,6 +54,8 @@ pub struct ClientCtx<'a> {
     /// Prepared statement rewriting is on (transaction/statement mode, max > 0).
     pub track: bool,
     pub max_prepared: usize,
+    /// Statement mode: Query/Parse opening a transaction block are refused (see `block`).
+    pub refuse_blocks: bool,
 }
 
 /// Why the relay stopped.
@@ -81,6 +90,12 @@ pub struct RelayState {
     /// The server is in COPY IN and the client has not yet ended it: the server ignores Sync
     /// until CopyDone/CopyFail, so those Syncs get no ReadyForQuery and expect no answer.
     pub copy_in: bool,
+    /// Statement mode refused a Parse: the client's messages up to its Sync are dropped, as a
+    /// server drops them after an error.
+    pub c2s_discard: bool,
+    /// The pooler answered a refused Query with its own ReadyForQuery (read and cleared by the
+    /// socket loop, which counts it as a ReadyForQuery from the server).
+    pub ready_synthesized: bool,
 }
 
 /// What the relay expects the server to answer, in order.
@@ -102,6 +117,17 @@ pub enum Action {
     Swallow,
     /// The pooler answered the client itself without asking the server.
     Synthesize,
+    /// Statement mode: the pooler answers a Query or Parse that opens a transaction block with
+    /// the refusal (a Query also with ReadyForQuery).
+    Refuse,
+}
+
+impl Action {
+    /// The pooler, not the server, answers.
+    #[inline]
+    fn pooler_answers(self) -> bool {
+        matches!(self, Action::Synthesize | Action::Refuse)
+    }
 }
 
 /// Expect-queue marker for a client's CopyDone/CopyFail (no answer of its own).
@@ -154,17 +180,33 @@ fn drain_synthesized(server: &mut Server) {
     if server.relay.s2c_skip > 0 {
         return;
     }
-    while let Some(front) = server.relay.expect.front() {
-        if front.action != Action::Synthesize {
-            break;
+    while let Some(front) = server.relay.expect.front().copied() {
+        match front.action {
+            Action::Synthesize => {
+                let reply: &[u8] = if front.kind == tag::PARSE {
+                    &PARSE_COMPLETE
+                } else {
+                    &CLOSE_COMPLETE
+                };
+                server.bufs.s2c_out.extend_from_slice(reply);
+            }
+            Action::Refuse => refuse(server, front.kind),
+            _ => break,
         }
-        let reply: &[u8] = if front.kind == tag::PARSE {
-            &PARSE_COMPLETE
-        } else {
-            &CLOSE_COMPLETE
-        };
-        server.bufs.s2c_out.extend_from_slice(reply);
         server.relay.expect.pop_front();
+    }
+}
+
+/// Writes statement mode's refusal of a transaction block in answer to a Query (then the
+/// connection is idle: statement mode never leaves a block open) or a Parse (whose Sync the
+/// server answers).
+#[cold]
+fn refuse(server: &mut Server, kind: u8) {
+    let out = &mut server.bufs.s2c_out;
+    errors::statement_mode_transaction(&server.pool).write(out, Severity::Error);
+    if kind == tag::QUERY {
+        status::ready_for_query(out, tag::txn::IDLE);
+        server.relay.ready_synthesized = true;
     }
 }
 
@@ -172,6 +214,7 @@ fn drain_synthesized(server: &mut Server) {
 pub fn at_boundary(server: &Server) -> bool {
     server.status == tag::txn::IDLE
         && !server.relay.copy_in
+        && !server.relay.c2s_discard
         && server.relay.expect.is_empty()
         && server.relay.c2s_skip == 0
         && server.relay.s2c_skip == 0

@@ -47,10 +47,14 @@ pub async fn pump(
     let mut draining = false;
     let mut saw_ready = false;
     let mut client_flush = false;
+    // TLS to the server: records rustls accepted but could not send yet.
+    let mut server_flush = false;
+    // A refusal answered in an earlier attachment says nothing about this one.
+    server.relay.ready_synthesized = false;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
         match client_input(server, ctx) {
-            Ok(false) => {}
+            Ok(false) => saw_ready = std::mem::take(&mut server.relay.ready_synthesized),
             Ok(true) => return End::ClientGone,
             Err(e) => return End::Refused(errors::protocol_violation(e.to_string())),
         }
@@ -81,11 +85,19 @@ pub async fn pump(
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         match server_input(server, ctx.params, mode == PoolMode::Statement) {
-                            Ok(ServerEvent::Ready) => saw_ready = true,
+                            Ok(ServerEvent::Ready) => {
+                                server.relay.ready_synthesized = false;
+                                saw_ready = true
+                            }
                             Ok(ServerEvent::TransactionBlock) => {
                                 return Poll::Ready(End::TransactionBlock)
                             }
-                            Ok(ServerEvent::None) => {}
+                            Ok(ServerEvent::None) => {
+                                // A refused Query answered after the server's earlier answers.
+                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                    saw_ready = true;
+                                }
+                            }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
                     }
@@ -136,7 +148,13 @@ pub async fn pump(
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         match client_input(server, ctx) {
-                            Ok(false) => {}
+                            Ok(false) => {
+                                // A refused Query was answered by the pooler: as good as a
+                                // ReadyForQuery from the server.
+                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                    saw_ready = true;
+                                }
+                            }
                             Ok(true) => return Poll::Ready(End::ClientGone),
                             Err(e) => {
                                 return Poll::Ready(End::Refused(errors::protocol_violation(
@@ -155,8 +173,15 @@ pub async fn pump(
                     }
                     Poll::Ready(Ok(n)) => {
                         consume(&mut server.bufs.c2s_out, n);
+                        server_flush = server.stream.is_tls();
                         progress = true;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
+                    Poll::Pending => server_write = false,
+                }
+            } else if server_flush && server_write {
+                match Pin::new(&mut server.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => server_flush = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
                     Poll::Pending => server_write = false,
                 }

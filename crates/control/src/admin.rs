@@ -54,7 +54,9 @@ impl AdminError {
 
 type Result<T> = std::result::Result<T, AdminError>;
 
-/// Opens an admin session on `dbname`.
+/// Opens an admin session on `dbname`. A host starting with `/` is the Unix-socket directory of
+/// a local cluster (whose TCP port accepts TLS only); any other host is reached over TLS when
+/// the server offers it (libpq's `sslmode=prefer`).
 pub async fn connect(t: &AdminTarget, dbname: &str) -> Result<Client> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&t.host)
@@ -64,13 +66,94 @@ pub async fn connect(t: &AdminTarget, dbname: &str) -> Result<Client> {
         .dbname(dbname)
         .application_name("pgbay-control")
         .connect_timeout(std::time::Duration::from_secs(10));
-    let (client, conn) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "admin connection ended");
-        }
-    });
+    let client = if t.host.starts_with('/') {
+        let (client, conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(drive(conn));
+        client
+    } else {
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+        let (client, conn) = cfg.connect(prefer_tls::connector()).await?;
+        tokio::spawn(drive(conn));
+        client
+    };
     Ok(client)
+}
+
+async fn drive<F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>>(
+    conn: F,
+) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "admin connection ended");
+    }
+}
+
+/// TLS for admin sessions on a TCP server (an external one): encrypted, but the certificate is
+/// not verified, as libpq's `sslmode=prefer` — pgbay has no CA of the external server to verify
+/// it with. The handshake's signatures are still checked.
+mod prefer_tls {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use tokio_postgres_rustls::MakeRustlsConnect;
+
+    #[derive(Debug)]
+    struct Unverified(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub(super) fn connector() -> MakeRustlsConnect {
+        let provider = Arc::new(ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_no_client_auth();
+        MakeRustlsConnect::new(config)
+    }
 }
 
 async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()> {

@@ -221,10 +221,7 @@ impl Control {
                 name: s.name.clone(),
                 pooler_port: s.pooler_port,
                 listen_host: self.inner.cfg.public_host.clone(),
-                backend_host: s
-                    .external_host
-                    .clone()
-                    .unwrap_or_else(|| "127.0.0.1".to_string()),
+                backend_host: self.backend_host(&s),
                 backend_port: s.pg_port,
                 users,
                 pools,
@@ -240,6 +237,20 @@ impl Control {
         Ok(generation)
     }
 
+    /// Where the pooler and admin sessions reach the server of `s`: the Unix-socket directory of a
+    /// local cluster (its TCP port takes TLS only), or the external server's host.
+    pub(crate) fn backend_host(&self, s: &ServiceRecord) -> String {
+        match &s.external_host {
+            Some(h) => h.clone(),
+            None => self
+                .inner
+                .prov
+                .socket_dir(s.pg_port)
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
     /// Admin connection parameters of a service.
     pub(crate) async fn admin_target(
         &self,
@@ -253,10 +264,7 @@ impl Control {
                 ControlError::internal(format!("service {} has no admin user", s.name))
             })?;
         Ok(AdminTarget {
-            host: s
-                .external_host
-                .clone()
-                .unwrap_or_else(|| "127.0.0.1".to_string()),
+            host: self.backend_host(s),
             port: s.pg_port,
             user: admin.name,
             password: self.inner.secrets.open(&admin.password_enc)?,

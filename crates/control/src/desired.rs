@@ -24,7 +24,8 @@ pub struct DesiredService {
     pub pooler_port: u16,
     /// Address to listen on (the public host).
     pub listen_host: String,
-    /// Host of the service's PostgreSQL server.
+    /// Host of the service's PostgreSQL server; a path (starting with `/`) is the Unix-socket
+    /// directory of a local cluster.
     pub backend_host: String,
     /// Port of the service's PostgreSQL server.
     pub backend_port: u16,

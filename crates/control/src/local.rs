@@ -102,6 +102,25 @@ impl LocalProvisioner {
         self.services_dir.join(name)
     }
 
+    /// Directory of the Unix socket of the cluster listening on `port`: where the pooler and
+    /// pgbay's admin sessions reach it (no plaintext TCP path is needed). Beside `services/`
+    /// rather than in the service directory because a socket path is limited to 107 bytes and a
+    /// service name alone may take 63; when even this is too long, a directory under the
+    /// system's temp dir named after the data dir is used.
+    pub fn socket_dir(&self, port: u16) -> PathBuf {
+        let base = std::path::absolute(&self.services_dir).unwrap_or(self.services_dir.clone());
+        let dir = base.with_file_name("run").join(port.to_string());
+        if dir.join(format!(".s.PGSQL.{port}")).as_os_str().len() <= 100 {
+            return dir;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        base.hash(&mut h);
+        std::env::temp_dir()
+            .join(format!("pgbay-{:016x}", h.finish()))
+            .join(port.to_string())
+    }
+
     fn pgdata(&self, name: &str) -> PathBuf {
         self.service_dir(name).join("pgdata")
     }
@@ -197,21 +216,34 @@ impl LocalProvisioner {
         Ok(())
     }
 
-    /// Writes pg_hba.conf from the service's ip-filter: SCRAM for clients of the allowed networks,
-    /// and always for loopback, where the pooler and pgbay's admin sessions come from. The
-    /// running server picks it up on reload (`pg_reload_conf()`).
+    /// Writes pg_hba.conf from the service's ip-filter: over TCP only TLS (`hostssl`) with SCRAM,
+    /// for the allowed networks and always for loopback; over the Unix socket (the pooler and
+    /// pgbay's admin sessions) SCRAM. The running server picks it up on reload
+    /// (`pg_reload_conf()`).
     pub fn write_hba(&self, name: &str, ip_filter: &[ipnet::IpNet]) -> Result<(), ProvisionError> {
         let mut hba = String::from(
             "# written by pgbay from the service's ip-filter\n\
-             host all all 127.0.0.1/32 scram-sha-256\n\
-             host all all ::1/128 scram-sha-256\n",
+             local all all scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl all all ::1/128 scram-sha-256\n",
         );
         for net in ip_filter {
-            hba.push_str(&format!("host all all {net} scram-sha-256\n"));
+            hba.push_str(&format!("hostssl all all {net} scram-sha-256\n"));
         }
         let path = self.pgdata(name).join("pg_hba.conf");
         write_private(&path, hba.as_bytes()).map_err(io("writing pg_hba.conf"))?;
         self.chown(&path)
+    }
+
+    /// Creates the socket directory of `port`, owned by the cluster's user and closed to others.
+    fn ensure_socket_dir(&self, port: u16) -> Result<PathBuf, ProvisionError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.socket_dir(port);
+        std::fs::create_dir_all(&dir).map_err(io("creating socket dir"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("restricting socket dir"))?;
+        self.chown(&dir)?;
+        Ok(dir)
     }
 
     /// Writes the settings that can change between starts (port, listen address, certificate).
@@ -225,13 +257,16 @@ impl LocalProvisioner {
         if self.public_host != "127.0.0.1" && self.public_host != "localhost" {
             listen.push(self.public_host.clone());
         }
+        let socket_dir = self.ensure_socket_dir(spec.port)?;
         let conf = format!(
             "# written by pgbay at every start\nport = {}\nlisten_addresses = '{}'\n\
-             unix_socket_directories = ''\nssl = on\nssl_cert_file = 'server.crt'\n\
+             unix_socket_directories = '{}'\nunix_socket_permissions = 0700\n\
+             ssl = on\nssl_cert_file = 'server.crt'\n\
              ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
              max_connections = 200\nshared_buffers = 32MB\nlogging_collector = off\n",
             spec.port,
-            listen.join(",")
+            listen.join(","),
+            socket_dir.display().to_string().replace('\'', "''")
         );
         let files: [(&str, &str, bool); 3] = [
             ("pgbay.conf", &conf, false),

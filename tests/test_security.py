@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import socket
 import stat
 import time
-from pathlib import Path
+import uuid
 
 import psycopg
 import pytest
+from exoscale.api.exceptions import ExoscaleAPIException
 
 import conftest
-from conftest import PgbayServer, find_pool, ok, provision, unique
+from conftest import (
+    PgbayServer,
+    assert_password_refused,
+    find_pool,
+    ok,
+    provision,
+    psql_ok,
+    reveal,
+    unique,
+    wait_op,
+)
 
 NOFILE = 4096
 FLOOD = 4500
@@ -186,3 +198,80 @@ def test_connection_flood_does_not_starve_the_pooler(limited):
                 raise
             time.sleep(0.2)
     assert limited.running()
+
+
+# --------------------------------------------------------------------------------------------
+# No password in clear outside the encrypted store
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """A pgbay of its own, so that the scan below covers every file of a complete data dir."""
+    srv = PgbayServer("secrets")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_no_clear_password_in_data_dir_or_logs(fresh):
+    client = fresh.client()
+    s = provision(client, unique("sec"))
+    passwords = {"admin": s.admin_password}
+
+    a, b = "alice", "bob"
+    ok(client, client.create_dbaas_postgres_user(service_name=s.name, username=a))
+    ok(client, client.create_dbaas_postgres_user(service_name=s.name, username=b))
+    passwords["alice-created"] = reveal(client, s.name, a)
+    ok(client, client.reset_dbaas_postgres_user_password(service_name=s.name, username=a))
+    passwords["alice-reset"] = reveal(client, s.name, a)
+    chosen = "Chosen-" + uuid.uuid4().hex
+    ok(client, client.reset_dbaas_postgres_user_password(
+        service_name=s.name, username=b, password=chosen))
+    passwords["bob-chosen"] = chosen
+    assert reveal(client, s.name, b) == chosen
+
+    # `public` passes the API's checks but PostgreSQL refuses it (a reserved role name), which
+    # makes the server log the failed CREATE ROLE statement.
+    with contextlib.suppress(ExoscaleAPIException):
+        op = client.create_dbaas_postgres_user(service_name=s.name, username="public")
+        wait_op(client, op)
+
+    # The verifiers work: direct logins to PostgreSQL (TLS) and through a pool.
+    assert psql_ok(s.uri_for(user=b, password=chosen), "SELECT current_user") == [b]
+    assert psql_ok(s.uri_for(user=a, password=passwords["alice-reset"]),
+                   "SELECT current_user") == [a]
+    assert_password_refused(s.uri_for(user=a, password=passwords["alice-created"]))
+    rows = psql_ok(s.uri, "SELECT rolname || ' ' || left(rolpassword, 19) FROM pg_authid "
+                          f"WHERE rolname IN ('{s.admin_user}', '{a}', '{b}') ORDER BY 1")
+    assert len(rows) == 3 and all(r.endswith(" SCRAM-SHA-256$4096:") for r in rows), rows
+    pool = unique("sp")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=s.name, name=pool, database_name="defaultdb", mode="session", size=2,
+        username=b))
+    pool_uri = find_pool(client.get_dbaas_service_pg(name=s.name), pool)["connection-uri"]
+    assert psql_ok(pool_uri, "SELECT current_user") == [b]
+
+    logs = sorted(fresh.data_dir.rglob("*.log"))
+    assert logs, "no cluster log found"
+    for log in logs:
+        mode = stat.S_IMODE(log.stat().st_mode)
+        assert mode == 0o600, f"{log} has mode {oct(mode)}"
+    text = b"".join(log.read_bytes() for log in logs)
+    assert re.search(rb"PASSWORD '(?!SCRAM-SHA-256\$)", text) is None, "a clear PASSWORD was logged"
+
+    files = [p for p in fresh.data_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    files.append(fresh.log_path)
+    found = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as e:  # a file removed while we scan (WAL recycling) holds nothing new
+            if not path.exists():
+                continue
+            raise AssertionError(f"cannot read {path}: {e}") from e
+        for label, pw in passwords.items():
+            if pw.encode() in data:
+                found.append(f"{label} in {path}")
+    assert not found, found

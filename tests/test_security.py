@@ -1,4 +1,5 @@
-"""Secure by default: the API cannot starve the data plane.
+"""Secure by default: the API cannot starve the data plane, no password in clear outside the
+encrypted store, request signatures valid for at most an hour.
 
 A pgbay of its own runs under `prlimit --nofile=4096:4096` with short API timeouts (through their
 `PGBAY_*` env twins), so that a flood of idle and half-sent HTTP connections, far more than the
@@ -20,12 +21,17 @@ import uuid
 
 import psycopg
 import pytest
+import requests
 from exoscale.api.exceptions import ExoscaleAPIException
+from exoscale_auth import ExoscaleV2Auth
 
 import conftest
 from conftest import (
+    API_KEY,
+    API_SECRET,
     PgbayServer,
     assert_password_refused,
+    check_error_response,
     find_pool,
     ok,
     provision,
@@ -275,3 +281,28 @@ def test_no_clear_password_in_data_dir_or_logs(fresh):
             if pw.encode() in data:
                 found.append(f"{label} in {path}")
     assert not found, found
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded signatures
+
+
+def signed_with_expiry(server, expires: int) -> requests.Response:
+    """GET /dbaas-service signed by the official signer, expiring at `expires` (the signer's
+    public entry point always signs 10 minutes ahead; its `_sign_request` takes the expiry)."""
+    req = requests.Request("GET", f"{server.url}/dbaas-service").prepare()
+    ExoscaleV2Auth(API_KEY, API_SECRET)._sign_request(req, expires)
+    with requests.Session() as session:
+        return session.send(req, timeout=30)
+
+
+def test_signature_expiring_within_the_hour_is_accepted(server):
+    r = signed_with_expiry(server, int(time.time()) + 50 * 60)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("ahead", [2 * 3600, 5 * 365 * 86400], ids=["2-hours", "5-years"])
+def test_signature_expiring_more_than_an_hour_ahead_is_refused(server, ahead):
+    r = signed_with_expiry(server, int(time.time()) + ahead)
+    message = check_error_response(r, 403)
+    assert "more than 1 hour ahead" in message, message

@@ -21,9 +21,11 @@ start_pg() {
     local dir=$1 port=$2 password=$3
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown 65534:65534 "$dir"
-    printf '%s\n' "$password" > "$dir.pw"
+    # The password file lives only as long as initdb needs it, readable by its owner alone.
+    (umask 077 && printf '%s\n' "$password" > "$dir.pw")
     [ "$(id -u)" = 0 ] && chown 65534:65534 "$dir.pw"
     as_unpriv "$PG_BIN/initdb" -D "$dir/data" -U bench --pwfile="$dir.pw" --auth=scram-sha-256 >/dev/null
+    rm -f "$dir.pw"
     cat >> "$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port

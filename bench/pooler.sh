@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
 # Side-by-side pooler benchmark, one run, one machine: PostgreSQL directly, PgBouncer (Debian's
-# package) and pgbay's pooler (crates/pooler, run by its `standalone` example), all in transaction
-# mode with a pool of 20 server connections in front of the same PostgreSQL 15 cluster.
+# package, and 1.25.1 built from /work/shared/peers when available) and pgbay's pooler
+# (crates/pooler, run by its `standalone` example), all in transaction mode with a pool of 20
+# server connections in front of the same PostgreSQL 15 cluster; each pooler measured without TLS
+# and with TLS required from clients (pgbench and psycopg with sslmode=require).
 #
-#   bench/pooler.sh            # full run (about 5 minutes); DURATION=10 CLIENTS="50 500" to change
+#   bench/pooler.sh            # full run (about 10 minutes); DURATION=10 CLIENTS="50 500" to change
+#   DURATION=3 CLIENTS=10 IDLE=100 MANY=200 bench/pooler.sh        # smoke run
 #
-# Measures, per target: pgbench -S TPS (simple and -M prepared, 50 and 500 clients), the pooler's
-# CPU time per transaction (from /proc/PID/stat), the RSS growth per idle client over 2,000 idle
-# clients, and whether 10,000 concurrent clients on one pool all get served. Writes a markdown report
-# to bench/results/pooler-<timestamp>.md and prints it.
+# Settings (environment): DURATION, CLIENTS, IDLE, MANY as above; TLS="plain tls" (which client
+# transports to measure); PGBOUNCER_NEW=path of a PgBouncer 1.25.1 binary (default: built with
+# /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
+# PGBOUNCER_NEW=none skips it).
+#
+# Measures, per target and transport: pgbench -S TPS (simple and -M prepared), the pooler's CPU time
+# per transaction (from /proc/PID/stat), the RSS growth per idle client over IDLE idle clients, and
+# whether MANY concurrent clients on one pool all get served. Writes a markdown report to
+# bench/results/pooler-<timestamp>.md and prints it.
+#
+# TLS: one self-signed certificate (ECDSA P-256, made with openssl in the bench's temp dir) serves
+# every pooler; PgBouncer runs with client_tls_sslmode=require. Poolers reach PostgreSQL over
+# plaintext loopback in every case (PostgreSQL here offers no TLS), so the TLS rows differ from the
+# plain ones by the client side only. No password is passed on a command line by this script
+# (PGPASSWORD, userlist files), except to the standalone example, which takes only --password.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -17,16 +31,32 @@ DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-"50 500"}
 IDLE=${IDLE:-2000}
 MANY=${MANY:-10000}
+TLS=${TLS:-"plain tls"}
 PYTHON=${PYTHON:-.venv/bin/python}
+PEERS_BUILD=${PEERS_BUILD:-/work/shared/peers/build-pgbouncer.sh}
+PGBOUNCER_NEW=${PGBOUNCER_NEW:-auto}
 PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
 ulimit -n 20000
 
 command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+command -v openssl >/dev/null || { echo "needs openssl (for the TLS certificate)" >&2; exit 1; }
 [ -x "$PYTHON" ] || { echo "needs a Python with psycopg at $PYTHON (./scripts/test.sh creates .venv)" >&2; exit 1; }
+
+if [ "$PGBOUNCER_NEW" = auto ]; then
+    PGBOUNCER_NEW=none
+    if [ -x "$PEERS_BUILD" ]; then
+        echo "building PgBouncer 1.25.1 with $PEERS_BUILD (once; kept in target/peers)" >&2
+        PGBOUNCER_NEW=$("$PEERS_BUILD" "${CARGO_TARGET_DIR:-target}/peers" | tail -1) || PGBOUNCER_NEW=none
+    fi
+fi
 
 cargo build --release -q -p pgbay-pooler --example standalone
 POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+# The standalone example takes a certificate only if its usage names one (it did not when this
+# script was written: then pgbay's TLS rows are reported as skipped).
+POOLER_TLS=no
+if "$POOLER_BIN" --help 2>&1 | grep -q -- '--tls-cert'; then POOLER_TLS=yes; fi
 
 work=$(mktemp -d /tmp/pgbay-bench.XXXXXX)
 chmod 755 "$work"
@@ -38,15 +68,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The certificate every pooler presents to TLS clients (sslmode=require checks no name).
+mkdir -p "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=127.0.0.1" -keyout "$work/tls/server.key" -out "$work/tls/server.crt" 2>/dev/null
+chmod 600 "$work/tls/server.key"
+[ "$(id -u)" = 0 ] && chown -R 65534:65534 "$work/tls"
+
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
 pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
 
-# PgBouncer: same pool size and mode; it refuses to run as root, so it runs as nobody.
-BOUNCER_PORT=$(free_port)
-mkdir -p "$work/bouncer"
-printf '"bench" "%s"\n' "$PASSWORD" > "$work/bouncer/userlist.txt"
-cat > "$work/bouncer/pgbouncer.ini" <<INI
+# start_bouncer NAME BINARY TRANSPORT: a PgBouncer with the same pool size and mode, on its own
+# port; it refuses to run as root, so it runs as nobody. Sets BOUNCER_PORT and BOUNCER_PID.
+start_bouncer() {
+    local name=$1 bin=$2 transport=$3 dir="$work/$1"
+    BOUNCER_PORT=$(free_port)
+    mkdir -p "$dir"
+    cp "$bin" "$dir/pgbouncer"
+    printf '"bench" "%s"\n' "$PASSWORD" > "$dir/userlist.txt"
+    chmod 600 "$dir/userlist.txt"
+    cat > "$dir/pgbouncer.ini" <<INI
 [databases]
 bench = host=127.0.0.1 port=$PG_PORT dbname=postgres
 [pgbouncer]
@@ -54,47 +96,87 @@ listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir =
 auth_type = scram-sha-256
-auth_file = $work/bouncer/userlist.txt
+auth_file = $dir/userlist.txt
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 11000
 max_db_connections = 20
-logfile = $work/bouncer/pgbouncer.log
+logfile = $dir/pgbouncer.log
+server_tls_sslmode = disable
 INI
-[ "$(id -u)" = 0 ] && chown -R 65534:65534 "$work/bouncer"
-as_unpriv pgbouncer "$work/bouncer/pgbouncer.ini" > "$work/bouncer/stderr.log" 2>&1 &
-pids+=($!)
+    if [ "$transport" = tls ]; then
+        cat >> "$dir/pgbouncer.ini" <<INI
+client_tls_sslmode = require
+client_tls_cert_file = $work/tls/server.crt
+client_tls_key_file = $work/tls/server.key
+INI
+    fi
+    [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$dir"
+    as_unpriv "$dir/pgbouncer" "$dir/pgbouncer.ini" > "$dir/stderr.log" 2>&1 &
+    pids+=($!)
+    sleep 0.5
+    # setpriv execs pgbouncer: the pid found by the ini path is the pooling process itself.
+    BOUNCER_PID=$(pgrep -f "$dir/pgbouncer.ini" | head -1)
+    pids+=("$BOUNCER_PID")
+}
 
-POOLER_PORT=$(free_port)
-"$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" --backend-host 127.0.0.1 --backend-port "$PG_PORT" \
-    --user bench --password "$PASSWORD" --pool bench --database postgres --mode transaction \
-    --size 20 --max-client-conn 11000 > "$work/pgbay.log" 2>&1 &
-pids+=($!)
-sleep 1
+# start_pgbay NAME TRANSPORT: the standalone example; sets POOLER_PORT and POOLER_PID.
+start_pgbay() {
+    local name=$1 transport=$2 tls_args=()
+    POOLER_PORT=$(free_port)
+    [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
+    "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" --backend-host 127.0.0.1 --backend-port "$PG_PORT" \
+        --user bench --password "$PASSWORD" --pool bench --database postgres --mode transaction \
+        --size 20 --max-client-conn 11000 "${tls_args[@]}" > "$work/$name.log" 2>&1 &
+    pids+=($!)
+    sleep 0.5
+    POOLER_PID=$(pgrep -f "$POOLER_BIN --listen 127.0.0.1:$POOLER_PORT" | head -1)
+    pids+=("$POOLER_PID")
+}
 
-# The pid that does the pooling work (pgbouncer runs under setpriv, which execs it: same pid).
-bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1)
-pgbay_pid=$(pgrep -f "$POOLER_BIN --listen 127.0.0.1:$POOLER_PORT" | head -1)
-# setpriv and the pooler run behind a backgrounded function: stop them by their own pids too.
-pids+=("$bouncer_pid" "$pgbay_pid")
+# Targets: "name transport port pid" (pid empty for PostgreSQL itself).
+targets=("postgres plain $PG_PORT -")
+bouncer_old_version=$(pgbouncer --version | head -1)
+bouncer_new_version=""
+for transport in $TLS; do
+    start_bouncer "pgbouncer-$transport" "$(command -v pgbouncer)" "$transport"
+    targets+=("pgbouncer $transport $BOUNCER_PORT $BOUNCER_PID")
+    if [ "$PGBOUNCER_NEW" != none ] && [ -x "$PGBOUNCER_NEW" ]; then
+        bouncer_new_version=$("$PGBOUNCER_NEW" --version | head -1)
+        start_bouncer "pgbouncer-new-$transport" "$PGBOUNCER_NEW" "$transport"
+        targets+=("pgbouncer-1.25 $transport $BOUNCER_PORT $BOUNCER_PID")
+    fi
+    if [ "$transport" = plain ] || [ "$POOLER_TLS" = yes ]; then
+        start_pgbay "pgbay-$transport" "$transport"
+        targets+=("pgbay $transport $POOLER_PORT $POOLER_PID")
+    fi
+done
+sleep 0.5
 hz=$(getconf CLK_TCK)
+
+sslmode() { [ "$1" = tls ] && echo require || echo disable; }
 
 report=bench/results/pooler-$(date -u +%Y%m%dT%H%M%SZ).md
 mkdir -p bench/results
 {
     echo "# Pooler benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $(pgbouncer --version | head -1), pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $bouncer_old_version${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext."
+    if [ "$POOLER_TLS" = no ] && [[ " $TLS " == *" tls "* ]]; then
+        echo
+        echo "pgbay over TLS: skipped, the standalone example takes no certificate (no --tls-cert)."
+    fi
     echo
-    echo "| target | protocol | clients | TPS | pooler CPU µs/txn | note |"
-    echo "|---|---|---|---|---|---|"
+    echo "| target | TLS | protocol | clients | TPS | pooler CPU µs/txn | note |"
+    echo "|---|---|---|---|---|---|---|"
 } > "$report"
 
-run_pgbench() { # target port pid mode clients
-    local target=$1 port=$2 pid=$3 mode=$4 c=$5 db=$6
+run_pgbench() { # target transport port pid mode clients db
+    local target=$1 transport=$2 port=$3 pid=$4 mode=$5 c=$6 db=$7
     local before after out tps txns cpu note=""
+    [ "$pid" = - ] && pid=""
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    if out=$(pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
+    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
     after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)
@@ -103,40 +185,46 @@ run_pgbench() { # target port pid mode clients
     else
         cpu="-"
     fi
-    echo "| $target | $mode | $c | ${tps:-0} | $cpu | $note |" >> "$report"
-    echo "$target $mode c=$c tps=${tps:-0} cpu/txn=$cpu $note" >&2
+    echo "| $target | $transport | $mode | $c | ${tps:-0} | $cpu | $note |" >> "$report"
+    echo "$target $transport $mode c=$c tps=${tps:-0} cpu/txn=$cpu $note" >&2
 }
 
 for c in $CLIENTS; do
     for mode in simple prepared; do
-        run_pgbench postgres "$PG_PORT" "" "$mode" "$c" postgres
-        run_pgbench pgbouncer "$BOUNCER_PORT" "$bouncer_pid" "$mode" "$c" bench
-        run_pgbench pgbay "$POOLER_PORT" "$pgbay_pid" "$mode" "$c" bench
+        for t in "${targets[@]}"; do
+            read -r name transport port pid <<< "$t"
+            db=bench
+            [ "$name" = postgres ] && db=postgres
+            run_pgbench "$name" "$transport" "$port" "$pid" "$mode" "$c" "$db"
+        done
     done
 done
 
-idle_clients() { # name port pid n
-    local name=$1 port=$2 pid=$3 n=$4 rss0 rss1 line
+idle_clients() { # name transport port pid n
+    local name=$1 transport=$2 port=$3 pid=$4 n=$5 rss0 rss1 line
     rss0=$(rss_kib "$pid")
-    coproc IDLE_PROC { "$PYTHON" bench/idle_clients.py "host=127.0.0.1 port=$port user=bench dbname=bench sslmode=disable" "$n" 200; }
+    coproc IDLE_PROC { "$PYTHON" bench/idle_clients.py "host=127.0.0.1 port=$port user=bench dbname=bench sslmode=$(sslmode "$transport")" "$n" 200; }
     read -r line <&"${IDLE_PROC[0]}"
     rss1=$(rss_kib "$pid")
     exec {IDLE_PROC[1]}>&-
     wait "$IDLE_PROC_PID" || true
-    echo "$name $n clients: $line; RSS ${rss0} KiB -> ${rss1} KiB" >&2
-    echo "| $name | $n | $line | $rss0 | $rss1 | $(awk -v a="$rss0" -v b="$rss1" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n}') |" >> "$report"
+    echo "$name $transport $n clients: $line; RSS ${rss0} KiB -> ${rss1} KiB" >&2
+    echo "| $name | $transport | $n | $line | $rss0 | $rss1 | $(awk -v a="$rss0" -v b="$rss1" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n}') |" >> "$report"
 }
 
 {
     echo
     echo "Idle clients (each logged in and ran SELECT 1, then idles); RSS of the pooler process:"
     echo
-    echo "| target | clients | result | RSS before KiB | RSS with clients KiB | KiB per client |"
-    echo "|---|---|---|---|---|---|"
+    echo "| target | TLS | clients | result | RSS before KiB | RSS with clients KiB | KiB per client |"
+    echo "|---|---|---|---|---|---|---|"
 } >> "$report"
-idle_clients pgbouncer "$BOUNCER_PORT" "$bouncer_pid" "$IDLE"
-idle_clients pgbay "$POOLER_PORT" "$pgbay_pid" "$IDLE"
-idle_clients pgbouncer "$BOUNCER_PORT" "$bouncer_pid" "$MANY"
-idle_clients pgbay "$POOLER_PORT" "$pgbay_pid" "$MANY"
+for n in "$IDLE" "$MANY"; do
+    for t in "${targets[@]}"; do
+        read -r name transport port pid <<< "$t"
+        [ "$name" = postgres ] && continue
+        idle_clients "$name" "$transport" "$port" "$pid" "$n"
+    done
+done
 
 cat "$report"

@@ -7,6 +7,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// How far ahead a signature may expire. The official clients sign 10 minutes ahead; a longer
+/// validity would let a captured request be replayed for that long.
+pub const MAX_EXPIRES_AHEAD_SECS: i64 = 3600;
+
 /// The API key pair pgbay accepts.
 #[derive(Clone)]
 pub struct Credentials {
@@ -140,6 +144,9 @@ pub fn verify(
     if expires < now {
         return Err("request signature expired");
     }
+    if expires > now.saturating_add(MAX_EXPIRES_AHEAD_SECS) {
+        return Err("request signature expires more than 1 hour ahead");
+    }
     let sig = base64::engine::general_purpose::STANDARD
         .decode(signature)
         .map_err(|_| "malformed signature")?;
@@ -176,6 +183,8 @@ mod tests {
         }
     }
     const EXPIRES_2077: i64 = 3376684800;
+    /// Ten minutes before the vectors expire, as the official clients sign.
+    const NOW: i64 = EXPIRES_2077 - 600;
 
     fn get(path: &'static str, query: Option<&'static str>) -> SignedRequest<'static> {
         SignedRequest {
@@ -191,7 +200,7 @@ mod tests {
         let h = "EXO2-HMAC-SHA256 credential=EXOxxxxxxxxxxxxxxxxxxxxxxxx,expires=3376684800,signature=Ntbq/p0HVmA3Zg1HHY+Lq1vjFGi7HeMrrgXDS5jRNlY=";
         let req = get("/v2/zone", None);
         assert_eq!(sign(&egoscale(), &req, EXPIRES_2077), h);
-        assert_eq!(verify(&egoscale(), &req, Some(h), 1_700_000_000), Ok(()));
+        assert_eq!(verify(&egoscale(), &req, Some(h), NOW), Ok(()));
     }
 
     #[test]
@@ -199,10 +208,10 @@ mod tests {
         let h = "EXO2-HMAC-SHA256 credential=EXOxxxxxxxxxxxxxxxxxxxxxxxx,signed-query-args=k1;k2,expires=3376684800,signature=iqOBz13+44L5j0uJclE8hmUhQQcvtCSoPEOXYK6liqY=";
         let req = get("/v2/zone", Some("k1=v1&k2=v2"));
         assert_eq!(sign(&egoscale(), &req, EXPIRES_2077), h);
-        assert_eq!(verify(&egoscale(), &req, Some(h), 1_700_000_000), Ok(()));
+        assert_eq!(verify(&egoscale(), &req, Some(h), NOW), Ok(()));
         // A changed query value breaks the signature.
         let other = get("/v2/zone", Some("k1=v1&k2=v3"));
-        assert!(verify(&egoscale(), &other, Some(h), 1_700_000_000).is_err());
+        assert!(verify(&egoscale(), &other, Some(h), NOW).is_err());
     }
 
     /// Derived with exoscale_auth.py (ExoscaleV2Auth._sign_request of a requests POST with
@@ -216,13 +225,13 @@ mod tests {
             query: None,
             body: br#"{"plan": "hobbyist-2"}"#,
         };
-        assert_eq!(verify(&egoscale(), &req, Some(h), 1_700_000_000), Ok(()));
+        assert_eq!(verify(&egoscale(), &req, Some(h), NOW), Ok(()));
         let tampered = SignedRequest {
             body: br#"{"plan": "hobbyist-4"}"#,
             ..req
         };
         assert_eq!(
-            verify(&egoscale(), &tampered, Some(h), 1_700_000_000),
+            verify(&egoscale(), &tampered, Some(h), NOW),
             Err("invalid request signature")
         );
     }
@@ -244,14 +253,44 @@ mod tests {
             key: "EXOother".into(),
             ..c.clone()
         };
-        assert!(verify(&wrong_key, &req, Some(&good), 0).is_err());
+        assert!(verify(&wrong_key, &req, Some(&good), NOW) == Err("invalid request signature"));
         let wrong_secret = Credentials {
             secret: "nope".into(),
             ..c.clone()
         };
-        assert!(verify(&wrong_secret, &req, Some(&good), 0).is_err());
-        assert!(verify(&c, &get("/v2/other", None), Some(&good), 0).is_err());
-        assert!(verify(&c, &req, Some("Bearer x"), 0).is_err());
-        assert!(verify(&c, &req, Some("EXO2-HMAC-SHA256 credential=x"), 0).is_err());
+        assert!(verify(&wrong_secret, &req, Some(&good), NOW) == Err("invalid request signature"));
+        assert!(
+            verify(&c, &get("/v2/other", None), Some(&good), NOW)
+                == Err("invalid request signature")
+        );
+        assert!(verify(&c, &req, Some("Bearer x"), NOW).is_err());
+        assert!(verify(&c, &req, Some("EXO2-HMAC-SHA256 credential=x"), NOW).is_err());
+    }
+
+    #[test]
+    fn expiry_more_than_an_hour_ahead_is_refused() {
+        let c = egoscale();
+        let req = get("/v2/zone", None);
+        let good = sign(&c, &req, EXPIRES_2077);
+        let far = "request signature expires more than 1 hour ahead";
+        assert_eq!(
+            verify(&c, &req, Some(&good), EXPIRES_2077 - MAX_EXPIRES_AHEAD_SECS),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                &c,
+                &req,
+                Some(&good),
+                EXPIRES_2077 - MAX_EXPIRES_AHEAD_SECS - 1
+            ),
+            Err(far)
+        );
+        // Years ahead: a captured request must not stay replayable that long.
+        assert_eq!(verify(&c, &req, Some(&good), 1_700_000_000), Err(far));
+        // No overflow on absurd values.
+        let huge = sign(&c, &req, i64::MAX);
+        assert_eq!(verify(&c, &req, Some(&huge), i64::MAX - 10), Ok(()));
+        assert_eq!(verify(&c, &req, Some(&huge), 0), Err(far));
     }
 }

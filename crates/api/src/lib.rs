@@ -26,7 +26,7 @@ pub use auth::Credentials;
 pub use error::ApiError;
 
 /// Largest accepted request body.
-const MAX_BODY: usize = 1 << 20;
+pub const MAX_BODY: usize = 1 << 20;
 
 /// Where Prometheus scrapes pgbay (`GET /metrics` on the API listener), as services advertise it
 /// in `prometheus-uri`.

@@ -2,11 +2,50 @@
 //!
 //! Names and passwords never get spliced into SQL by pgbay: the server builds each utility
 //! statement with `format('%I', $1)` / `format('%L', $2)` from bind parameters, so quoting is
-//! PostgreSQL's own. Every operation is idempotent (create-if-missing, drop-if-exists) so that an
+//! PostgreSQL's own. Passwords never reach the server in clear either: pgbay sends the
+//! SCRAM-SHA-256 verifier it computed itself (as psql's `\password` does), so that a failing
+//! statement logged by the server shows no password. Every operation is idempotent (create-if-missing, drop-if-exists) so that an
 //! API call interrupted between the server and the store can simply be retried.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+
+/// PBKDF2 iterations of the verifiers pgbay computes: PostgreSQL's default (`scram_iterations`).
+pub const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier of `password` with `salt`, in PostgreSQL's `rolpassword` format
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802/7677). The password is
+/// SASLprep-normalized first, falling back to its raw bytes when SASLprep refuses it, exactly as
+/// PostgreSQL and libpq do, so that any client computes the same keys.
+pub fn scram_verifier_with_salt(password: &str, salt: &[u8]) -> String {
+    let prepared = stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password));
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(prepared.as_bytes(), salt, SCRAM_ITERATIONS, &mut salted);
+    let keyed = |label: &[u8]| {
+        // HMAC accepts keys of any length.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&salted).expect("any key length");
+        m.update(label);
+        m.finalize().into_bytes()
+    };
+    let stored_key = Sha256::digest(keyed(b"Client Key"));
+    let server_key = keyed(b"Server Key");
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
+}
+
+/// The SCRAM-SHA-256 verifier of `password` with a fresh random 16-byte salt.
+pub fn scram_verifier(password: &str) -> String {
+    let salt: [u8; 16] = rand::random();
+    scram_verifier_with_salt(password, &salt)
+}
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -232,13 +271,14 @@ pub async fn upsert_role(
     };
     let verb = if exists { "ALTER" } else { "CREATE" };
     let template = format!("{verb} ROLE %I WITH LOGIN {repl} PASSWORD %L");
-    exec_formatted(&c, &template, &[name, password]).await
+    exec_formatted(&c, &template, &[name, &scram_verifier(password)]).await
 }
 
 /// Sets a role's password.
 pub async fn set_password(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
     let c = connect(t, "postgres").await?;
-    exec_formatted(&c, "ALTER ROLE %I WITH PASSWORD %L", &[name, password]).await
+    let verifier = scram_verifier(password);
+    exec_formatted(&c, "ALTER ROLE %I WITH PASSWORD %L", &[name, &verifier]).await
 }
 
 /// Drops role `name` if it exists, first handing what it owns in `databases` to the admin.
@@ -301,4 +341,40 @@ async fn names(t: &AdminTarget, sql: &str) -> Result<Vec<String>> {
     let c = connect(t, "postgres").await?;
     let rows = c.query(sql, &[]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors computed independently with Python's standard library:
+    /// ```text
+    /// import base64, hashlib, hmac, unicodedata
+    /// salt = bytes(range(16)); p = unicodedata.normalize("NFKC", pw.replace("\u00a0", " ")).encode()
+    /// sp = hashlib.pbkdf2_hmac("sha256", p, salt, 4096)
+    /// stored = hashlib.sha256(hmac.new(sp, b"Client Key", "sha256").digest()).digest()
+    /// server = hmac.new(sp, b"Server Key", "sha256").digest()
+    /// ```
+    #[test]
+    fn verifier_matches_independent_computation() {
+        let salt: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            scram_verifier_with_salt("pencil-pgbay-42", &salt),
+            "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$BE1TB3fMhI+whPxjq9yBdFlY3kA4s0riLcuTUZGaEe0=:0TXfNNb3mfHcwIdo4GbGNwpUoLAQg0d3Xc7JpYwraWM="
+        );
+        // SASLprep maps the no-break space to a space and NFKC folds the full-width letters.
+        assert_eq!(
+            scram_verifier_with_salt("\u{ff50}\u{ff41}\u{ff53}\u{ff53}\u{a0}word", &salt),
+            "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$j/VoiRO65AYD0ylfz3CvwkSu8iMA9H/5/EC2AVeQ1ZU=:YtkGKEUB7bKpC1VrVUaT8cFztKwgoDnGKfqw4XknsY0="
+        );
+    }
+
+    #[test]
+    fn verifiers_are_salted_at_random() {
+        let a = scram_verifier("same password");
+        let b = scram_verifier("same password");
+        assert_ne!(a, b);
+        assert!(a.starts_with("SCRAM-SHA-256$4096:"));
+        assert!(!a.contains("same password"));
+    }
 }

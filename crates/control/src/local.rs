@@ -182,8 +182,11 @@ impl LocalProvisioner {
         }
         std::fs::create_dir_all(&dir).map_err(io("creating service dir"))?;
         self.chown(&dir)?;
+        // initdb sets the admin password from this file: it gets the SCRAM verifier, never the
+        // password itself (PostgreSQL stores a verifier given as a password as it is).
         let pwfile = dir.join("initdb.pw");
-        write_private(&pwfile, spec.admin_password.as_bytes()).map_err(io("writing pwfile"))?;
+        let verifier = crate::admin::scram_verifier(spec.admin_password);
+        write_private(&pwfile, verifier.as_bytes()).map_err(io("writing pwfile"))?;
         self.chown(&pwfile)?;
         let mut cmd = self.command("initdb", &dir);
         // If pgbay dies mid-initdb, initdb must die too: the next pgbay removes the half-made
@@ -305,11 +308,15 @@ impl LocalProvisioner {
             .arg("-l")
             .arg(dir.join("postgresql.log"))
             .args(["-w", "-t", "120", "-s"]);
+        // The server log may quote failed statements: readable by the cluster's owner only.
         let log = dir.join("postgresql.log");
         if !log.exists() {
-            std::fs::write(&log, b"").map_err(io("creating log"))?;
+            write_private(&log, b"").map_err(io("creating log"))?;
             self.chown(&log)?;
         }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("restricting log"))?;
         self.run(cmd, "pg_ctl start")
     }
 

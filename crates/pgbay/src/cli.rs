@@ -47,4 +47,17 @@ pub struct ServeArgs {
     /// services instead of running local clusters; it backs one service at a time.
     #[arg(long, env = "PGBAY_EXTERNAL_ADMIN_URI", hide_env_values = true)]
     pub external_admin_uri: Option<pgbay_control::ExternalServer>,
+    /// Most API (HTTP) connections served at once; further ones get 503 and are closed at once.
+    #[arg(long, env = "PGBAY_API_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_max_connections: u32,
+    /// Seconds an API connection may take to send a request head (also closes idle keep-alive
+    /// connections).
+    #[arg(long, env = "PGBAY_API_HEADER_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub api_header_timeout: u64,
+    /// Seconds an API request may take to send its body.
+    #[arg(long, env = "PGBAY_API_BODY_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub api_body_timeout: u64,
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod dataplane;
+mod http;
 mod serve;
 
 use clap::Parser;

@@ -67,6 +67,10 @@ fn credentials(data_dir: &Path) -> anyhow::Result<Credentials> {
 
 /// Runs `pgbay serve` until SIGTERM/SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    match crate::http::raise_nofile_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -118,10 +122,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    let limits = crate::http::Limits {
+        max_connections: args.api_max_connections as usize,
+        header_timeout: std::time::Duration::from_secs(args.api_header_timeout),
+        body_timeout: std::time::Duration::from_secs(args.api_body_timeout),
+    };
+    crate::http::serve(listener, app, limits, shutdown).await;
     // Clients first, then the clusters behind them.
     pooler.shutdown().await;
     data_plane.abort();

@@ -43,8 +43,8 @@ instructions() {
     local name=$1 bin=$2 mode=$3 t=$4 port out
     port=$(free_port)
     out="$work/callgrind.out.$name.$mode.$t"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" \
-        --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench --password "$PASSWORD" \
+    PGBAY_POOLER_PASSWORD="$PASSWORD" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$bin" --listen "127.0.0.1:$port" --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench \
         --pool bench --database postgres --mode transaction --size 20 --threads 1 \
         > "$work/$name.log" 2>&1 &
     local vg=$!

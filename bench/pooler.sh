@@ -22,7 +22,7 @@
 # every pooler; PgBouncer runs with client_tls_sslmode=require. Poolers reach PostgreSQL over
 # plaintext loopback in every case (PostgreSQL here offers no TLS), so the TLS rows differ from the
 # plain ones by the client side only. No password is passed on a command line by this script
-# (PGPASSWORD, userlist files), except to the standalone example, which takes only --password.
+# (PGPASSWORD, userlist files, PGBAY_POOLER_PASSWORD for the standalone example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -56,7 +56,8 @@ POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
 # The standalone example takes a certificate only if its usage names one (it did not when this
 # script was written: then pgbay's TLS rows are reported as skipped).
 POOLER_TLS=no
-if "$POOLER_BIN" --help 2>&1 | grep -q -- '--tls-cert'; then POOLER_TLS=yes; fi
+pooler_usage=$("$POOLER_BIN" --help 2>&1 || true)
+if grep -q -- '--tls-cert' <<<"$pooler_usage"; then POOLER_TLS=yes; fi
 
 work=$(mktemp -d /tmp/pgbay-bench.XXXXXX)
 chmod 755 "$work"
@@ -125,8 +126,8 @@ start_pgbay() {
     local name=$1 transport=$2 tls_args=()
     POOLER_PORT=$(free_port)
     [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
-    "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" --backend-host 127.0.0.1 --backend-port "$PG_PORT" \
-        --user bench --password "$PASSWORD" --pool bench --database postgres --mode transaction \
+    PGBAY_POOLER_PASSWORD="$PASSWORD" "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" \
+        --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
         --size 20 --max-client-conn 11000 "${tls_args[@]}" > "$work/$name.log" 2>&1 &
     pids+=($!)
     sleep 0.5

@@ -285,6 +285,9 @@ def test_pool_operation_fails_when_the_pooler_cannot_serve_its_service():
 
         assert srv.stop() == 0
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # The stopped pooler's connections may leave the port in TIME_WAIT; a listener elsewhere
+        # would still hold it (Linux refuses a second listener even with SO_REUSEADDR).
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", b.bouncer_port))
         holder.listen(1)
         srv.start()

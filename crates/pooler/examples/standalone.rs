@@ -3,9 +3,14 @@
 //!
 //! ```text
 //! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
-//!     --user U --password P --pool NAME --database DB --mode transaction --size 20 \
-//!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N]
+//!     --user U --pool NAME --database DB --mode transaction --size 20 \
+//!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N] \
+//!     [--tls-cert FILE --tls-key FILE]
 //! ```
+//!
+//! The user's password comes from the environment (`PGBAY_POOLER_PASSWORD`), not the command line,
+//! where every process listing would show it. With `--tls-cert`/`--tls-key` (PEM files) clients must
+//! use TLS, as pgbay serve's pools do.
 //!
 //! `--threads` sets the tokio worker threads (default: one per core).
 
@@ -14,15 +19,16 @@ use std::time::Duration;
 
 use pgbay_pooler::{
     BackendConfig, ClientAuthMethod, ClientLimits, PoolConfig, PoolMode, PoolSettings, Pooler,
-    PoolerConfig, ServiceConfig, UserConfig,
+    PoolerConfig, ServiceConfig, TlsConfig, UserConfig,
 };
 
 fn usage(msg: &str) -> ! {
     eprintln!("standalone: {msg}");
     eprintln!(
-        "usage: standalone --listen ADDR --backend-host H --backend-port N --user U --password P \
-         --pool NAME --database DB --mode session|transaction|statement --size N [--max-client-conn N] \
-         [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N]"
+        "usage: PGBAY_POOLER_PASSWORD=P standalone --listen ADDR --backend-host H --backend-port N \
+         --user U --pool NAME --database DB --mode session|transaction|statement --size N \
+         [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] \
+         [--threads N] [--tls-cert FILE --tls-key FILE]"
     );
     std::process::exit(2)
 }
@@ -67,17 +73,29 @@ fn main() {
         .parse()
         .unwrap_or_else(|_| usage("--listen must be ADDR:PORT"));
     let user = get("user");
+    let Ok(password) = std::env::var("PGBAY_POOLER_PASSWORD") else {
+        usage("PGBAY_POOLER_PASSWORD must hold the user's password")
+    };
+    let read = |flag: &str| -> String {
+        let path = get(flag);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| usage(&format!("--{flag} {path}: {e}")))
+    };
+    let tls = args.contains_key("tls-cert").then(|| TlsConfig {
+        cert_chain_pem: read("tls-cert"),
+        key_pem: read("tls-key"),
+        required: true,
+    });
     let service = ServiceConfig {
         name: "standalone".into(),
         listen,
-        tls: None,
+        tls,
         backend: BackendConfig {
             host: get("backend-host"),
             port: num("backend-port", None) as u16,
         },
         users: vec![UserConfig {
             name: user.clone(),
-            password: get("password"),
+            password,
         }],
         pools: vec![PoolConfig {
             name: get("pool"),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod console;
 mod dataplane;
 mod http;
 mod serve;

@@ -274,3 +274,37 @@ def _live_numbers(driver, server, service, pool, uri, row_sel):
         wait_for("the row to show /metrics' numbers", shown_equals_metrics)
         wait_for("a TPS figure", lambda: re.fullmatch(r"\d+\.\d",
                                                       cell(css(driver, row_sel), "tps")))
+
+
+def test_console_creates_and_deletes_a_service(server, client, browser, tmp_path):
+    driver = browser
+    name = unique("websvc")
+    log_in(driver, server)
+    type_into(driver, "#service-name", name)
+    type_into(driver, "#service-plan", "hobbyist-2")
+    css(driver, "#create-service-form button").click()
+    row_sel = f'#services tr[data-service="{name}"]'
+    try:
+        wait_for("the new service's row", lambda: css_all(driver, row_sel))
+        wait_for("it to run", lambda: css(driver, row_sel).find_element(
+            "css selector", ".service-state").text == "running", timeout=120)
+        wait_for("the success message", lambda: f"Service {name} created" in flash_text(driver),
+                 timeout=120)
+        svc = client.get_dbaas_service_pg(name=name)
+        assert (svc["state"], svc["plan"]) == ("running", "hobbyist-2")
+
+        # A refused creation shows the API's message.
+        type_into(driver, "#service-name", name)
+        css(driver, "#create-service-form button").click()
+        wait_for("the conflict message",
+                 lambda: flash_text(driver) == f"service {name} already exists")
+        assert "error" in css(driver, "#flash").get_attribute("class")
+
+        b = css(driver, row_sel).find_element("css selector", "button.service-delete")
+        b.click()
+        b.click()
+        wait_for("the row to go", lambda: not css_all(driver, row_sel), timeout=120)
+        assert name not in [s["name"] for s in client.list_dbaas_services()["dbaas-services"]]
+    finally:
+        if name in [s["name"] for s in client.list_dbaas_services()["dbaas-services"]]:
+            client.delete_dbaas_service_pg(name=name)

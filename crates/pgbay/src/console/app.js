@@ -310,8 +310,8 @@ async function servicesView() {
     const plan = $("#service-plan").value.trim();
     mutate(ev.submitter, `Creating service ${name}…`, `Service ${name} created`,
       async () => {
-        const op = api("POST", `/dbaas-postgres/${seg(name)}`, { plan });
-        setTimeout(renderServices, 300);
+        const op = await api("POST", `/dbaas-postgres/${seg(name)}`, { plan });
+        renderServices().catch(() => {}); // show it provisioning while the operation runs
         return op;
       }, async () => { $("#service-name").value = ""; await renderServices(); });
   });

@@ -242,6 +242,10 @@ def test_api_errors_print_the_api_message(server, service):
     # Unreachable API: says where it tried.
     r = run(server, "service", "list", PGBAY_URL="http://127.0.0.1:9/v2")
     assert r.returncode == 1 and r.stderr.startswith("pgbay: cannot reach pgbay at http://127.0.0.1:9"), r.stderr
+    # --url wins over PGBAY_URL.
+    pgbay(server, "service", "list", "--url", server.url, PGBAY_URL="http://127.0.0.1:9/v2")
+    r = run(server, "service", "list", "--url", "127.0.0.1:8080/v2")
+    assert r.returncode == 1 and "must start with http:// or https://" in r.stderr, r.stderr
     # A change needs something to change; a mode must be one of the three (checked by clap: exit 2).
     r = run(server, "pool", "update", service.name, "p0")
     assert r.returncode == 2 and "--size" in r.stderr, r.stderr

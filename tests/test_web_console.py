@@ -88,7 +88,7 @@ def type_into(driver, selector: str, text: str) -> None:
     e.send_keys(text)
 
 
-def log_in(driver, server) -> None:
+def log_in(driver, server, screenshot=None) -> None:
     driver.get(f"http://127.0.0.1:{server.api_port}/")
     wait_for("the login form", lambda: css(driver, "#login-form"))
     type_into(driver, "#login-key", API_KEY)
@@ -96,6 +96,8 @@ def log_in(driver, server) -> None:
     css(driver, "#login-form button").click()
     wait_for("the refusal", lambda: "authentication failed" in flash_text(driver))
     assert css_all(driver, "#login-form"), "a refused key pair must not log in"
+    if screenshot:
+        driver.save_screenshot(str(screenshot))
     assert driver.execute_script("return sessionStorage.getItem('pgbay.secret')") is None
     type_into(driver, "#login-secret", API_SECRET)
     css(driver, "#login-form button").click()
@@ -150,7 +152,7 @@ def test_console_is_served_without_signature(server):
 def test_console_flow(server, client, service, browser, tmp_path):
     driver = browser
     db, user, pool = unique("webdb"), unique("webuser"), unique("webpool")
-    log_in(driver, server)
+    log_in(driver, server, screenshot=tmp_path / "console-login.png")
 
     # Services with their state.
     row = wait_for("the shared service's row",

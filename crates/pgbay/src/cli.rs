@@ -1,4 +1,6 @@
-//! Command line of the `pgbay` binary. Every flag has a `PGBAY_*` environment twin.
+//! Command line of the `pgbay` binary: `serve`, and the client subcommands that drive a running
+//! pgbay over its HTTP API. Every flag of `serve` and the client's global flags have a `PGBAY_*`
+//! environment twin.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +22,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the API, the control plane and the service clusters.
     Serve(ServeArgs),
+    /// Create, list, show and delete services (over the HTTP API of a running pgbay).
+    Service(ServiceArgs),
+    /// Create and delete databases of a service.
+    Database(DatabaseArgs),
+    /// Create and delete users, reset and show their passwords.
+    User(UserArgs),
+    /// Create, update, delete, show and list connection pools; print their URIs.
+    Pool(PoolArgs),
 }
 
 /// Flags of `pgbay serve`.
@@ -60,4 +70,232 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_API_BODY_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub api_body_timeout: u64,
+}
+
+/// Where the client subcommands find pgbay and how they print. `global`, so that the flags may
+/// follow the resource or its action (`pgbay pool list svc -o json`).
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of pgbay's API.
+    #[arg(
+        long,
+        env = "PGBAY_URL",
+        default_value = "http://127.0.0.1:8080/v2",
+        global = true
+    )]
+    pub url: String,
+    /// Output: aligned tables for people, the API's JSON for scripts.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// Data directory of a local `pgbay serve`, whose `api-credentials` file is read when
+    /// PGBAY_API_KEY/PGBAY_API_SECRET are not set.
+    #[arg(
+        long,
+        env = "PGBAY_DATA_DIR",
+        default_value = "./pgbay-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// Output format of the client subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+}
+
+/// `pgbay service …`
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+/// Actions on services.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Create a service; waits until it is running unless --no-wait.
+    Create {
+        /// Service name.
+        name: String,
+        /// Plan, e.g. startup-4.
+        #[arg(long)]
+        plan: String,
+        /// Return once the API accepted the request (prints the pending operation).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List services with their state.
+    List,
+    /// Show a service: state, URI, databases, users, pools.
+    Show {
+        /// Service name.
+        name: String,
+    },
+    /// Delete a service and everything in it.
+    Delete {
+        /// Service name.
+        name: String,
+    },
+}
+
+/// `pgbay database …`
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: DatabaseAction,
+}
+
+/// Actions on databases.
+#[derive(Debug, Subcommand)]
+pub enum DatabaseAction {
+    /// Create a database in a service.
+    Create {
+        /// Service name.
+        service: String,
+        /// Database name.
+        database: String,
+    },
+    /// Delete a database of a service.
+    Delete {
+        /// Service name.
+        service: String,
+        /// Database name.
+        database: String,
+    },
+}
+
+/// `pgbay user …`
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+/// Actions on users.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user (pgbay generates its password).
+    Create {
+        /// Service name.
+        service: String,
+        /// User name.
+        user: String,
+    },
+    /// Delete a user.
+    Delete {
+        /// Service name.
+        service: String,
+        /// User name.
+        user: String,
+    },
+    /// Set a new password: the one given, else a generated one.
+    ResetPassword {
+        /// Service name.
+        service: String,
+        /// User name.
+        user: String,
+        /// The new password. A command line is visible to every local user (ps): prefer the
+        /// PGBAY_USER_PASSWORD environment variable.
+        #[arg(long, env = "PGBAY_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Print a user's password alone (for scripts).
+    ShowPassword {
+        /// Service name.
+        service: String,
+        /// User name.
+        user: String,
+    },
+}
+
+/// `pgbay pool …`
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: PoolAction,
+}
+
+/// Pool modes, as the API spells them.
+pub const POOL_MODES: [&str; 3] = ["session", "transaction", "statement"];
+
+/// Actions on connection pools.
+#[derive(Debug, Subcommand)]
+pub enum PoolAction {
+    /// Create a connection pool.
+    Create {
+        /// Service name.
+        service: String,
+        /// Pool name (the database name clients connect to).
+        pool: String,
+        /// Database the pool serves.
+        #[arg(long)]
+        database: String,
+        /// Pool mode (API default: transaction).
+        #[arg(long, value_parser = POOL_MODES)]
+        mode: Option<String>,
+        /// Server connections of the pool (API default: 10).
+        #[arg(long)]
+        size: Option<i64>,
+        /// User the pool logs in as (API default: the service's admin user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Change a pool's database, mode, size or user.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+    Update {
+        /// Service name.
+        service: String,
+        /// Pool name.
+        pool: String,
+        /// Database the pool serves.
+        #[arg(long, group = "change")]
+        database: Option<String>,
+        /// Pool mode.
+        #[arg(long, value_parser = POOL_MODES, group = "change")]
+        mode: Option<String>,
+        /// Server connections of the pool.
+        #[arg(long, group = "change")]
+        size: Option<i64>,
+        /// User the pool logs in as.
+        #[arg(long, group = "change")]
+        user: Option<String>,
+    },
+    /// Delete a pool.
+    Delete {
+        /// Service name.
+        service: String,
+        /// Pool name.
+        pool: String,
+    },
+    /// Show a pool, with its connection URI.
+    Show {
+        /// Service name.
+        service: String,
+        /// Pool name.
+        pool: String,
+    },
+    /// List the pools of a service.
+    List {
+        /// Service name.
+        service: String,
+    },
+    /// Print a pool's connection URI alone: `psql "$(pgbay pool uri SERVICE POOL)"`.
+    Uri {
+        /// Service name.
+        service: String,
+        /// Pool name.
+        pool: String,
+    },
 }

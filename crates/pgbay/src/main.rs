@@ -1,6 +1,8 @@
-//! The `pgbay` binary: command line, logging, and `serve`.
+//! The `pgbay` binary: command line, logging, `serve`, and the client subcommands.
 
 mod cli;
+mod client;
+mod console;
 mod dataplane;
 mod http;
 mod serve;
@@ -9,7 +11,18 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
+    let args = match cli::Cli::parse().command {
+        cli::Command::Serve(args) => args,
+        // The client subcommands are blocking HTTP calls: no runtime, no log; an error is the
+        // API's message on stderr and exit code 1.
+        other => {
+            if let Err(e) = client::run(&other) {
+                eprintln!("pgbay: {e:#}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PGBAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -20,7 +33,5 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        cli::Command::Serve(args) => rt.block_on(serve::run(args)),
-    }
+    rt.block_on(serve::run(args))
 }

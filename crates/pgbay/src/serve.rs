@@ -115,7 +115,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         port: local.port(),
     };
-    let app = pgbay_api::router(control.clone(), creds, metrics_at);
+    let app = pgbay_api::router(control.clone(), creds, metrics_at).merge(crate::console::router());
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -1,0 +1,139 @@
+//! `pgbay service create|list|show|delete`.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use serde_json::{json, Value};
+
+use super::api::seg;
+use super::output::{self, cell, Spinner};
+use super::{Ctx, POLL_EVERY, WAIT_LIMIT};
+use crate::cli::{Output, ServiceAction};
+
+pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
+    match action {
+        ServiceAction::Create {
+            name,
+            plan,
+            no_wait,
+        } => create(ctx, name, plan, *no_wait),
+        ServiceAction::List => list(ctx),
+        ServiceAction::Show { name } => show(ctx, name),
+        ServiceAction::Delete { name } => {
+            let op = ctx.api.delete(&format!("/dbaas-postgres/{}", seg(name)))?;
+            let op = ctx.finish(op, &format!("deleting service {name}"))?;
+            ctx.done(&op, &format!("service {name} deleted"));
+            Ok(())
+        }
+    }
+}
+
+fn create(ctx: &Ctx, name: &str, plan: &str, no_wait: bool) -> anyhow::Result<()> {
+    let op = ctx.api.post(
+        &format!("/dbaas-postgres/{}", seg(name)),
+        &json!({ "plan": plan }),
+    )?;
+    if no_wait {
+        let id = cell(&op, "id");
+        ctx.done(
+            &op,
+            &format!(
+                "service {name}: creation accepted (operation {id}, {})",
+                cell(&op, "state")
+            ),
+        );
+        return Ok(());
+    }
+    let what = format!("creating service {name}");
+    let op = ctx.finish(op, &what)?;
+    // The operation ends once the service is recorded; provisioning may still be going on.
+    let spinner = Spinner::start(&what);
+    let started = Instant::now();
+    loop {
+        let svc = ctx.api.get(&format!("/dbaas-postgres/{}", seg(name)))?;
+        let state = cell(&svc, "state");
+        if state == "running" {
+            break;
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            bail!("service {name} still {state} after {WAIT_LIMIT:?}");
+        }
+        spinner.set(&format!("{what} ({state})"));
+        std::thread::sleep(POLL_EVERY);
+    }
+    drop(spinner);
+    ctx.done(&op, &format!("service {name} is running"));
+    Ok(())
+}
+
+fn list(ctx: &Ctx) -> anyhow::Result<()> {
+    let v = ctx.api.get("/dbaas-service")?;
+    if ctx.output == Output::Json {
+        output::json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items(&v, "dbaas-services")
+        .iter()
+        .map(|s| {
+            ["name", "type", "plan", "state", "created-at"]
+                .iter()
+                .map(|f| cell(s, f))
+                .collect()
+        })
+        .collect();
+    output::table(&["NAME", "TYPE", "PLAN", "STATE", "CREATED"], &rows);
+    Ok(())
+}
+
+fn show(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let v = ctx.api.get(&format!("/dbaas-postgres/{}", seg(name)))?;
+    if ctx.output == Output::Json {
+        output::json(&v);
+        return Ok(());
+    }
+    let component = |c: &str| {
+        items(&v, "components")
+            .iter()
+            .find(|x| x.get("component").and_then(Value::as_str) == Some(c))
+            .map(|x| format!("{}:{}", cell(x, "host"), cell(x, "port")))
+            .unwrap_or_else(|| "-".into())
+    };
+    output::fields(&[
+        ("NAME", cell(&v, "name")),
+        ("PLAN", cell(&v, "plan")),
+        ("STATE", cell(&v, "state")),
+        ("VERSION", cell(&v, "version")),
+        ("CREATED", cell(&v, "created-at")),
+        ("POSTGRES", component("pg")),
+        ("POOLER", component("pgbouncer")),
+        ("URI", cell(&v, "uri")),
+    ]);
+    let dbs: Vec<Vec<String>> = items(&v, "databases")
+        .iter()
+        .map(|d| {
+            vec![d
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| d.to_string())]
+        })
+        .collect();
+    println!();
+    output::table(&["DATABASE"], &dbs);
+    let users: Vec<Vec<String>> = items(&v, "users")
+        .iter()
+        .map(|u| vec![cell(u, "username"), cell(u, "type")])
+        .collect();
+    println!();
+    output::table(&["USER", "TYPE"], &users);
+    println!();
+    super::pool::print_table(&items(&v, "connection-pools"));
+    Ok(())
+}
+
+/// The array `field` of `v` (empty when absent).
+pub fn items(v: &Value, field: &str) -> Vec<Value> {
+    v.get(field)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}

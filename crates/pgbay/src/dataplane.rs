@@ -100,6 +100,7 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
             .map(|u| UserConfig {
                 name: u.name.clone(),
                 password: u.password.clone(),
+                admin: u.admin,
             })
             .collect(),
         pools: svc

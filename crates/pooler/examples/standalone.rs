@@ -78,6 +78,7 @@ fn main() {
         users: vec![UserConfig {
             name: user.clone(),
             password: get("password"),
+            admin: true,
         }],
         pools: vec![PoolConfig {
             name: get("pool"),

@@ -20,13 +20,16 @@ use crate::signal::Signal;
 /// the password does not change.
 pub struct User {
     pub password: String,
+    /// May open the admin console.
+    pub admin: bool,
     scram: OnceLock<ServerSecret>,
 }
 
 impl User {
-    pub fn new(password: String) -> User {
+    pub fn new(password: String, admin: bool) -> User {
         User {
             password,
+            admin,
             scram: OnceLock::new(),
         }
     }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::login::{self, LoggedIn};
+use super::login::{self, LoggedIn, Login};
 use super::session;
 use crate::backend::Pool;
 use crate::cancel::CancelGuard;
@@ -20,7 +20,7 @@ use crate::net::ClientStream;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::service::{ClientCount, Service};
-use crate::stats::ClientState;
+use crate::stats::{ClientState, Tally};
 
 /// A client must finish logging in within this time.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,9 +42,15 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     .await;
     match login {
         None => {}
-        Some(Ok(Ok(Some(client)))) => {
+        Some(Ok(Ok(Some(Login::Pool(client))))) => {
             let client = Box::new(Client::new(stream, service, client, count, span));
             session::run(client).await;
+        }
+        Some(Ok(Ok(Some(Login::Admin(admin))))) => {
+            crate::admin::run(stream, service, admin, addr)
+                .instrument(span)
+                .await;
+            drop(count);
         }
         Some(Ok(Ok(None))) => {}
         Some(Ok(Err(refusal))) => {
@@ -78,6 +84,10 @@ pub struct Client {
     pub(super) pending: BytesMut,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
+    /// Counts not yet folded into the pool's counters.
+    pub(super) tally: Tally,
+    /// The pool's KILL epoch at login (see `Pool::kill`).
+    pub(super) kill_epoch: u64,
     /// The client's span, entered only to log: entering it on every poll costs more than the
     /// rest of a transaction's bookkeeping.
     pub(super) span: tracing::Span,
@@ -93,7 +103,10 @@ impl Client {
         span: tracing::Span,
     ) -> Client {
         login.pool.clients().add(ClientState::Idle);
+        let kill_epoch = login.pool.kill_epoch();
         Client {
+            tally: Tally::default(),
+            kill_epoch,
             stream,
             service,
             pool: login.pool,
@@ -133,6 +146,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        self.tally.fold(self.pool.counters());
         self.pool.clients().remove(self.state);
     }
 }

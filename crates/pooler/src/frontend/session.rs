@@ -89,7 +89,7 @@ pub async fn run(mut client: Box<Client>) {
                     r = pool.acquire() => r,
                     _ = stop.fired() => return shutdown(&mut client).await,
                 };
-                client.tally.waited(std::time::Instant::now());
+                client.tally.waited();
                 r
             }
         };

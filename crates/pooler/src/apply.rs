@@ -186,6 +186,7 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
             state: RwLock::new(state),
             pools: RwLock::new(HashMap::new()),
             clients: Default::default(),
+            client_list: Default::default(),
             shutdown: signal::Signal::new(),
             cancel: inner.cancel.clone(),
             statements: inner.statements.clone(),

@@ -28,8 +28,9 @@
 //! users with `UserConfig::admin` (others: FATAL "not allowed", 08P01, PgBouncer's answer after
 //! the password). The console answers PgBouncer 1.25.1's SHOW commands with its exact columns
 //! and types (one row per pool; `database` is the pool name, `user` the pool's user; SHOW
-//! CLIENTS/SERVERS have the columns but no rows yet: connections are counted per state, not
-//! listed), and PAUSE/RESUME/RECONNECT/KILL/WAIT_CLOSE (semantics in `admin::commands`), over
+//! CLIENTS/SERVERS list the logged-in pool clients and server connections registered in
+//! `sockets`, not the console's own clients nor connections still logging in), and
+//! PAUSE/RESUME/RECONNECT/KILL/WAIT_CLOSE (semantics in `admin::commands`), over
 //! the simple and the extended query protocol. SHOW VERSION says "PgBouncer 1.25.1 compatible
 //! (pgbay X.Y.Z)"; SHOW CONFIG lists the service's settings in PgBouncer's units.
 //!
@@ -69,6 +70,7 @@ mod params;
 mod prepared;
 mod service;
 mod signal;
+mod sockets;
 mod stats;
 mod tls;
 

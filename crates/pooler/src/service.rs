@@ -58,6 +58,8 @@ pub struct Service {
     pub pools: RwLock<HashMap<String, Arc<Pool>>>,
     /// Clients connected (in any state, login included).
     pub clients: AtomicU32,
+    /// Logged-in clients, for SHOW CLIENTS.
+    pub client_list: crate::sockets::Sockets,
     /// Cancelled when the service is removed or the pooler shuts down.
     pub shutdown: Signal,
     pub cancel: Arc<CancelRegistry>,

@@ -188,6 +188,11 @@ impl Tally {
         }
     }
 
+    /// `now_us` when the running query started (0: none is).
+    pub fn query_start(&self) -> u64 {
+        self.query_start
+    }
+
     fn start_query_at(&mut self, now: u64) {
         self.t.queries += 1;
         self.query_start = now;

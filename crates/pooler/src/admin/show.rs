@@ -1,12 +1,16 @@
 //! The SHOW commands: PgBouncer 1.25.1's columns, in its order and with its types, one row per
 //! pool (the `database` column is the pool's name) or per user of the service's pools.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::result::{v, Answer, Column, Type::*};
 use super::Console;
 use crate::backend::Pool;
 use crate::config::PoolMode;
+use crate::sockets::SocketInfo;
+use crate::stats::{now_us, ClientState, ServerState};
 
 pub const POOLS: &[Column] = &[
     ("database", Text),
@@ -198,9 +202,18 @@ pub fn show(console: &Console, what: &str) -> Option<Answer> {
                 row
             })
             .collect(),
-        // Not listed yet: the pooler keeps no registry of individual connections (see the
-        // crate docs); the per-state counts are in SHOW POOLS.
-        "CLIENTS" | "SERVERS" => Vec::new(),
+        "CLIENTS" => console
+            .service
+            .client_list
+            .live()
+            .iter()
+            .map(|c| socket_row("C", c, client_state(c)))
+            .collect(),
+        "SERVERS" => pools
+            .iter()
+            .flat_map(|p| p.server_list.live())
+            .map(|s| socket_row("S", &s, server_state(&s)))
+            .collect(),
         "DATABASES" => pools.iter().map(database_row).collect(),
         "USERS" => users(&pools),
         "CONFIG" => console.config_rows(),
@@ -356,4 +369,111 @@ fn lists(console: &Console, pools: &[Arc<Pool>]) -> Vec<Vec<Option<String>>> {
     .into_iter()
     .map(|(k, n)| vec![v(k), v(n)])
     .collect()
+}
+
+fn client_state(c: &SocketInfo) -> &'static str {
+    match c.state.load(Ordering::Relaxed) {
+        x if x == ClientState::Active as u8 => "active",
+        x if x == ClientState::Waiting as u8 => "waiting",
+        _ => "idle",
+    }
+}
+
+fn server_state(s: &SocketInfo) -> &'static str {
+    match s.state.load(Ordering::Relaxed) {
+        x if x == ServerState::Active as u8 => "active",
+        x if x == ServerState::Idle as u8 => "idle",
+        x if x == ServerState::Used as u8 => "used",
+        _ => "new",
+    }
+}
+
+/// A SHOW CLIENTS / SHOW SERVERS row. `ptr` and `link` are the connections' ids in PgBouncer's
+/// pointer format; `wait` is how long a waiting client has waited.
+fn socket_row(kind: &str, c: &SocketInfo, state: &'static str) -> Vec<Option<String>> {
+    let now_us = now_us();
+    let wall = SystemTime::now();
+    let request_us = c.request_us.load(Ordering::Relaxed);
+    let request_time = if request_us == 0 {
+        c.connect_time
+    } else {
+        wall - Duration::from_micros(now_us.saturating_sub(request_us))
+    };
+    let wait_us = if state == "waiting" && request_us != 0 {
+        now_us.saturating_sub(request_us)
+    } else {
+        0
+    };
+    let link = c.link.load(Ordering::Relaxed);
+    let (addr, port) = match (&c.addr, &c.host) {
+        (Some(a), _) => (a.ip().to_string(), a.port()),
+        (None, Some((h, p))) => (h.clone(), *p),
+        _ => (String::new(), 0),
+    };
+    vec![
+        v(kind),
+        v(&c.user),
+        v(&c.pool),
+        v("none"),
+        v(state),
+        v(addr),
+        v(port),
+        c.local.map(|l| l.ip().to_string()),
+        c.local.map(|l| l.port().to_string()),
+        v(timestamp(c.connect_time)),
+        v(timestamp(request_time)),
+        v(wait_us / 1_000_000),
+        v(wait_us % 1_000_000),
+        v(0),
+        v(format!("{:#x}", c.id)),
+        if link == 0 {
+            v("")
+        } else {
+            v(format!("{link:#x}"))
+        },
+        v(c.pid),
+        v(if c.tls { "TLS" } else { "" }),
+        v(&c.application_name),
+        v(0),
+        v(c.id),
+    ]
+}
+
+/// "YYYY-MM-DD HH:MM:SS UTC", as PgBouncer prints times.
+fn timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since the epoch to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_777_259);
+        assert_eq!(timestamp(t), "2026-11-27 11:00:59 UTC");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(timestamp(leap), "2000-02-29 00:00:00 UTC");
+    }
 }

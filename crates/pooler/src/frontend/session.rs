@@ -80,6 +80,10 @@ pub async fn run(mut client: Box<Client>) {
         }
         // A request arrived: the query (and maybe a transaction) starts now.
         client.tally.query_starts();
+        client.info.request_us.store(
+            client.tally.query_start(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Counted as waiting only when it has to: a connection at hand goes straight to active.
         let acquired = match pool.try_acquire(&st) {
             Some(g) => Ok(g),
@@ -99,6 +103,14 @@ pub async fn run(mut client: Box<Client>) {
         };
         client.set_state(ClientState::Active);
         client.tally.t.server_assignments += 1;
+        if let Some(info) = &guard.server().info {
+            info.link
+                .store(client.info.id, std::sync::atomic::Ordering::Relaxed);
+            client
+                .info
+                .link
+                .store(info.id, std::sync::atomic::Ordering::Relaxed);
+        }
         match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
             Ok(true) => {}
             Ok(false) => return,

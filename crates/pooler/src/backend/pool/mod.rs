@@ -145,6 +145,8 @@ pub struct Pool {
     login_params: Mutex<Option<LoginParams>>,
     /// Server state SV_USED: lent connections being reset (see `Resetting`).
     used: AtomicU32,
+    /// Logged-in server connections, for SHOW SERVERS.
+    pub server_list: crate::sockets::Sockets,
     counters: Counters,
     averages: Mutex<Averages>,
     pause: Pause,
@@ -171,6 +173,7 @@ impl Pool {
             drain: Signal::new(),
             login_params: Mutex::new(None),
             used: AtomicU32::new(0),
+            server_list: Default::default(),
             counters: Counters::default(),
             averages: Mutex::new(Averages::default()),
             pause: Pause::default(),
@@ -389,7 +392,7 @@ impl Pool {
     /// it and it is being reset.
     pub fn resetting<'a>(&'a self, server: &'a mut Server) -> Resetting<'a> {
         self.used.fetch_add(1, Ordering::Relaxed);
-        server.state = ServerState::Used;
+        server.set_state(ServerState::Used);
         Resetting { pool: self, server }
     }
 
@@ -413,7 +416,7 @@ impl Pool {
     fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
         if s.gen == st.gen && s.is_alive() {
             s.clean = false;
-            s.state = ServerState::Active;
+            s.set_state(ServerState::Active);
             return Some(ServerGuard {
                 pool: self.clone(),
                 server: Some(s),
@@ -473,7 +476,7 @@ impl Pool {
                 }
                 Grant::Connect(slot) => {
                     let mut s = self.connect(slot).await?;
-                    s.state = ServerState::Active;
+                    s.set_state(ServerState::Active);
                     return Ok(ServerGuard {
                         pool: self.clone(),
                         server: Some(s),
@@ -502,8 +505,16 @@ impl Pool {
         )
         .await;
         self.hot.inner.lock().login -= 1;
-        match &result {
+        let mut result = result;
+        match &mut result {
             Ok(s) => {
+                let mut info =
+                    crate::sockets::SocketInfo::new(st.cfg.username.clone(), self.name.clone());
+                info.host = Some((st.backend.host.clone(), st.backend.port));
+                info.tls = s.stream.is_tls();
+                info.pid = s.pid;
+                info.state = std::sync::atomic::AtomicU8::new(ServerState::Login as u8);
+                s.info = Some(self.server_list.register(info));
                 let mut lp = self.login_params.lock();
                 if lp.is_none() && s.gen == self.state().gen {
                     *lp = Some(Arc::new(s.startup_params.clone()));
@@ -557,7 +568,7 @@ impl Pool {
         let mut server = server;
         server.bufs.shrink();
         server.last_used = now;
-        server.state = ServerState::Idle;
+        server.set_state(ServerState::Idle);
         loop {
             // The waiter is woken outside the lock.
             let waiter = {
@@ -575,11 +586,11 @@ impl Pool {
                 server.close("pool size reduced"); // frees its slot
                 return;
             };
-            server.state = ServerState::Active;
+            server.set_state(ServerState::Active);
             match w.tx.send(Grant::Server(server)) {
                 Ok(()) => return,
                 Err(Grant::Server(mut s)) => {
-                    s.state = ServerState::Idle;
+                    s.set_state(ServerState::Idle);
                     server = s;
                 }
                 Err(_) => unreachable!("sent a server"),
@@ -657,7 +668,7 @@ impl std::ops::DerefMut for Resetting<'_> {
 
 impl Drop for Resetting<'_> {
     fn drop(&mut self) {
-        self.server.state = ServerState::Active;
+        self.server.set_state(ServerState::Active);
         self.pool.used.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instructions per transaction of pgbay's pooler, counted by valgrind's callgrind: unlike wall-clock
+# TPS on 2 shared cores, the count is repeatable whatever else the machine does, so it compares two
+# builds of the pooler (before/after a change) in one run.
+#
+#   bench/callgrind.sh                       # the working tree's pooler
+#   POOLERS="old=/path/to/standalone new=target/release/examples/standalone" bench/callgrind.sh
+#
+# For each pooler: pgbench -S (simple protocol, then -M prepared) with CLIENTS clients and TXNS
+# transactions each through a transaction-mode pool of 20, the pooler running under callgrind with
+# one worker thread. Logins are counted separately (a run with -t 1) and subtracted, and so is
+# SCRAM's key derivation, so the figure is the steady-state cost of one transaction.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+CLIENTS=${CLIENTS:-10}
+TXNS=${TXNS:-500}
+PASSWORD=bench-$RANDOM$RANDOM
+export PGPASSWORD=$PASSWORD
+command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+
+if [ -z "${POOLERS:-}" ]; then
+    cargo build --release -q -p pgbay-pooler --example standalone
+    POOLERS="pgbay=${CARGO_TARGET_DIR:-target}/release/examples/standalone"
+fi
+
+work=$(mktemp -d /tmp/pgbay-callgrind.XXXXXX)
+chmod 755 "$work"
+cleanup() {
+    pkill -f "callgrind-out-file=$work" 2>/dev/null || true
+    stop_pg "$work/pg"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+PG_PORT=$(free_port)
+start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
+pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
+
+# instructions NAME BIN MODE TXNS: total Ir of one pooler run serving CLIENTS x TXNS transactions.
+instructions() {
+    local name=$1 bin=$2 mode=$3 t=$4 port out
+    port=$(free_port)
+    out="$work/callgrind.out.$name.$mode.$t"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" \
+        --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench --password "$PASSWORD" \
+        --pool bench --database postgres --mode transaction --size 20 --threads 1 \
+        > "$work/$name.log" 2>&1 &
+    local vg=$!
+    for _ in $(seq 1 100); do
+        pg_isready -q -h 127.0.0.1 -p "$port" && break
+        sleep 0.2
+    done
+    pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$CLIENTS" -j 2 -t "$t" bench \
+        > "$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" "$work/$name.log" >&2; kill "$vg"; return 1; }
+    kill -INT "$vg"
+    wait "$vg" || true
+    # Minus SCRAM's key derivation (PBKDF2, 4096 rounds, at client and server logins): it is most
+    # of a run's instructions, and how many server connections a run opens varies, which would
+    # swamp the per-transaction figure.
+    local total scram
+    total=$(awk '/^summary:/ {print $2}' "$out")
+    scram=$(callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
+        | awk '/auth\/scram.rs:pgbay_pooler::auth::scram::salted_password/ {gsub(",", "", $1); print $1; exit}')
+    echo $((total - ${scram:-0}))
+}
+
+printf '| pooler | protocol | clients x txns | instructions per transaction |\n|---|---|---|---|\n'
+for entry in $POOLERS; do
+    name=${entry%%=*}
+    bin=${entry#*=}
+    for mode in simple prepared; do
+        full=$(instructions "$name" "$bin" "$mode" "$TXNS")
+        logins=$(instructions "$name" "$bin" "$mode" 1)
+        per=$(awk -v a="$full" -v b="$logins" -v n=$((CLIENTS * (TXNS - 1))) 'BEGIN {printf "%.0f", (a - b) / n}')
+        printf '| %s | %s | %s x %s | %s |\n' "$name" "$mode" "$CLIENTS" "$TXNS" "$per"
+    done
+done

@@ -204,8 +204,13 @@ pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
     Ok(Json(json!({ "certificate": c.tls_material().ca_pem })))
 }
 
-/// `GET /metrics`: Prometheus text format, per service: cluster up, pools, databases, users.
-pub async fn metrics(State(c): State<Control>) -> Result<String, ApiError> {
+/// `GET /metrics`: Prometheus text format, per service: cluster up, pools, databases, users;
+/// per pool (when the binary installed a `PoolMetricsSource`): client and server states and the
+/// pooler's counters.
+pub async fn metrics(
+    State(c): State<Control>,
+    pools: Option<Extension<crate::PoolMetrics>>,
+) -> Result<String, ApiError> {
     let mut out = String::new();
     let services = c.list_services().await?;
     out.push_str("# HELP pgbay_service_up Whether the service's PostgreSQL server is up.\n");
@@ -242,6 +247,10 @@ pub async fn metrics(State(c): State<Control>) -> Result<String, ApiError> {
             let n = [*pools, *dbs, *users][pick];
             out.push_str(&format!("{metric}{{service=\"{name}\"}} {n}\n"));
         }
+    }
+    if let Some(Extension(source)) = pools {
+        let samples = source.0.pool_samples();
+        crate::pool_metrics::render(&mut out, &samples);
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@ pub mod auth;
 mod error;
 mod extract;
 mod handlers;
+mod pool_metrics;
 mod requests;
 mod views;
 
@@ -24,6 +25,7 @@ use tracing::Instrument;
 
 pub use auth::Credentials;
 pub use error::ApiError;
+pub use pool_metrics::{PoolMetrics, PoolMetricsSource, PoolSample};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -36,6 +38,16 @@ pub struct MetricsAt {
     pub host: String,
     /// Port.
     pub port: u16,
+}
+
+/// `router`, with `/metrics` also exporting per-pool series taken from `source` at each scrape.
+pub fn router_with_pool_metrics(
+    control: Control,
+    creds: Credentials,
+    metrics_at: MetricsAt,
+    source: std::sync::Arc<dyn PoolMetricsSource>,
+) -> Router {
+    router(control, creds, metrics_at).layer(axum::Extension(PoolMetrics(source)))
 }
 
 /// The `/v2` router over `control`, accepting requests signed with `creds`, plus the unsigned

@@ -201,6 +201,7 @@ impl Control {
             let mut users = Vec::new();
             for u in store.users(&s.name).await? {
                 users.push(DesiredUser {
+                    admin: u.kind == crate::model::UserKind::Primary,
                     name: u.name,
                     password: self.inner.secrets.open(&u.password_enc)?,
                 });

@@ -46,6 +46,8 @@ pub struct DesiredUser {
     pub name: String,
     /// Plaintext password.
     pub password: String,
+    /// The service's admin user (kind "primary"): may open the pooler's admin console.
+    pub admin: bool,
 }
 
 /// A pool the pooler serves.

@@ -100,6 +100,7 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
             .map(|u| UserConfig {
                 name: u.name.clone(),
                 password: u.password.clone(),
+                admin: u.admin,
             })
             .collect(),
         pools: svc
@@ -117,6 +118,42 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
         limits: ClientLimits::default(),
         allowed_cidrs: svc.ip_filter.clone(),
     })
+}
+
+/// `/metrics`' per-pool series, read from the pooler at each scrape.
+pub struct PoolMetricsOf(pub Pooler);
+
+impl pgbay_api::PoolMetricsSource for PoolMetricsOf {
+    fn pool_samples(&self) -> Vec<pgbay_api::PoolSample> {
+        self.0
+            .pool_metrics()
+            .into_iter()
+            .map(|m| pgbay_api::PoolSample {
+                service: m.service,
+                pool: m.pool,
+                user: m.user,
+                clients_active: m.stats.cl_active.into(),
+                clients_waiting: m.stats.cl_waiting.into(),
+                servers_active: m.stats.sv_active.into(),
+                servers_idle: m.stats.sv_idle.into(),
+                servers_used: m.stats.sv_used.into(),
+                servers_login: m.stats.sv_login.into(),
+                max_wait_us: m.stats.maxwait.as_micros() as u64,
+                transactions: m.totals.xacts,
+                queries: m.totals.queries,
+                received_bytes: m.totals.received,
+                sent_bytes: m.totals.sent,
+                transaction_time_us: m.totals.xact_time_us,
+                query_time_us: m.totals.query_time_us,
+                wait_time_us: m.totals.wait_time_us,
+                server_assignments: m.totals.server_assignments,
+                client_parses: m.totals.client_parses,
+                server_parses: m.totals.server_parses,
+                client_binds: m.totals.client_binds,
+                server_binds: m.totals.server_binds,
+            })
+            .collect()
+    }
 }
 
 async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {

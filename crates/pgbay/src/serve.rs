@@ -115,7 +115,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         port: local.port(),
     };
-    let app = pgbay_api::router(control.clone(), creds, metrics_at).merge(crate::console::router());
+    let app = pgbay_api::router_with_pool_metrics(
+        control.clone(),
+        creds,
+        metrics_at,
+        std::sync::Arc::new(crate::dataplane::PoolMetricsOf(pooler.clone())),
+    )
+    .merge(crate::console::router());
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -96,6 +96,7 @@ fn main() {
         users: vec![UserConfig {
             name: user.clone(),
             password,
+            admin: true,
         }],
         pools: vec![PoolConfig {
             name: get("pool"),

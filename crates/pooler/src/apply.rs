@@ -155,8 +155,8 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
         .iter()
         .map(|u| {
             let user = match old_users.get(&u.name) {
-                Some(old) if old.password == u.password => old.clone(),
-                _ => Arc::new(User::new(u.password.clone())),
+                Some(old) if old.password == u.password && old.admin == u.admin => old.clone(),
+                _ => Arc::new(User::new(u.password.clone(), u.admin)),
             };
             (u.name.clone(), user)
         })
@@ -186,6 +186,7 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
             state: RwLock::new(state),
             pools: RwLock::new(HashMap::new()),
             clients: Default::default(),
+            client_list: Default::default(),
             shutdown: signal::Signal::new(),
             cancel: inner.cancel.clone(),
             statements: inner.statements.clone(),
@@ -329,6 +330,7 @@ mod tests {
                 .map(|u| UserConfig {
                     name: u.to_string(),
                     password: "pw".into(),
+                    admin: false,
                 })
                 .collect(),
             pools: pools

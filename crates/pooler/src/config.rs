@@ -72,6 +72,8 @@ pub struct BackendConfig {
 pub struct UserConfig {
     pub name: String,
     pub password: String,
+    /// May open the admin console (database `pgbouncer`), like PgBouncer's `admin_users`.
+    pub admin: bool,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for UserConfig {
         f.debug_struct("UserConfig")
             .field("name", &self.name)
             .field("password", &"<redacted>")
+            .field("admin", &self.admin)
             .finish()
     }
 }

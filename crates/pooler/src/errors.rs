@@ -143,6 +143,26 @@ pub fn admin_shutdown(service: &str) -> ClientError {
     ClientError::new("57P01", format!("service \"{service}\" is shutting down"))
 }
 
+/// KILL on the admin console (PgBouncer says "database removed", 08P01).
+pub fn pool_killed(pool: &str) -> ClientError {
+    ClientError::new(
+        "08P01",
+        format!("database removed: pool \"{pool}\" was killed from the admin console"),
+    )
+}
+
+// Admin console (PgBouncer's wording and SQLSTATE: its pooler errors are all 08P01).
+
+/// A user who is not the service's admin asked for the console (after a good password).
+pub fn admin_not_allowed() -> ClientError {
+    ClientError::new("08P01", "not allowed")
+}
+
+/// A console command failed (ERROR; the console stays usable).
+pub fn admin_error(message: impl Into<String>) -> ClientError {
+    ClientError::new("08P01", message)
+}
+
 pub fn pool_removed(pool: &str) -> ClientError {
     ClientError::new("57P01", format!("pool \"{pool}\" was removed"))
 }

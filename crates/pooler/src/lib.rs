@@ -23,6 +23,30 @@
 //! StartupMessage over plaintext is refused ("SSL required", 28000) while a CancelRequest over
 //! plaintext is still served.
 //!
+//! Admin console (`admin`): a StartupMessage for the database `pgbouncer` is the console, not a
+//! pool. The login runs the same checks and password exchange as any other, then lets in only
+//! users with `UserConfig::admin` (others: FATAL "not allowed", 08P01, PgBouncer's answer after
+//! the password). The console answers PgBouncer 1.25.1's SHOW commands with its exact columns
+//! and types (one row per pool; `database` is the pool name, `user` the pool's user; SHOW
+//! CLIENTS/SERVERS list the logged-in pool clients and server connections registered in
+//! `sockets`, not the console's own clients nor connections still logging in), and
+//! PAUSE/RESUME/RECONNECT/KILL/WAIT_CLOSE (semantics in `admin::commands`), over
+//! the simple and the extended query protocol. SHOW VERSION says "PgBouncer 1.25.1 compatible
+//! (pgbay X.Y.Z)"; SHOW CONFIG lists the service's settings in PgBouncer's units.
+//!
+//! Counters (`stats::PoolTotals`, PgBouncer's SHOW STATS): transactions, queries, bytes each
+//! way, transaction/query/wait time (µs), server assignments, client and server Parse and Bind,
+//! per pool (hence per user: a pool has one). No shared write per message: each client keeps a
+//! `stats::Tally` and folds it into the pool's atomics (on cache lines of their own) once per
+//! transaction, at the ReadyForQuery that says idle, and when it leaves. A query is what a
+//! client sends after a ReadyForQuery, timed from its first bytes (or from getting a server
+//! connection, when it had to wait: that part is wait time) to the next ReadyForQuery; a
+//! transaction from its first query to the idle ReadyForQuery. That is two clock reads per
+//! query. Averages (SHOW STATS_AVERAGES) are rolled by each pool's upkeep every
+//! `stats_period` (60 s). PAUSE costs the hot path one relaxed load per transaction
+//! (`Pool::is_paused`); KILL is an epoch clients compare at each request, so a killed client
+//! leaves at its next request or transaction end rather than at once.
+//!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
@@ -31,6 +55,7 @@
 //! opened otherwise is rolled back when ReadyForQuery reveals it); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.
 
+mod admin;
 mod apply;
 mod auth;
 mod backend;
@@ -45,6 +70,7 @@ mod params;
 mod prepared;
 mod service;
 mod signal;
+mod sockets;
 mod stats;
 mod tls;
 
@@ -63,11 +89,22 @@ pub use config::{
     TlsConfig, UserConfig,
 };
 pub use error::PoolerError;
-pub use stats::{ClientState, PoolStats, ServerState};
+pub use stats::{ClientState, PoolStats, PoolTotals, ServerState};
 
 use apply::Running;
 use cancel::CancelRegistry;
 use prepared::Registry;
+
+/// One pool's numbers, as `Pooler::pool_metrics` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMetrics {
+    pub service: String,
+    pub pool: String,
+    /// The user the pool logs in as (its clients' user).
+    pub user: String,
+    pub stats: PoolStats,
+    pub totals: PoolTotals,
+}
 
 /// The pooler: cheap to clone, all clones drive the same services.
 #[derive(Clone)]
@@ -135,6 +172,44 @@ impl Pooler {
             .get(service)
             .map(|r| r.service.clone())?;
         svc.pool(pool).map(|p| p.stats())
+    }
+
+    /// Cumulative counters of one pool (SHOW STATS_TOTALS).
+    pub fn pool_totals(&self, service: &str, pool: &str) -> Option<PoolTotals> {
+        let svc = self
+            .inner
+            .services
+            .lock()
+            .get(service)
+            .map(|r| r.service.clone())?;
+        svc.pool(pool).map(|p| p.totals())
+    }
+
+    /// Every pool of every service with its state counts and counters, sorted by service and
+    /// pool: what `/metrics` exports.
+    pub fn pool_metrics(&self) -> Vec<PoolMetrics> {
+        let services: Vec<_> = self
+            .inner
+            .services
+            .lock()
+            .values()
+            .map(|r| r.service.clone())
+            .collect();
+        let mut out = Vec::new();
+        for svc in services {
+            let pools: Vec<_> = svc.pools.read().values().cloned().collect();
+            for p in pools {
+                out.push(PoolMetrics {
+                    service: svc.name.to_string(),
+                    pool: p.name.clone(),
+                    user: p.state().cfg.username.clone(),
+                    stats: p.stats(),
+                    totals: p.totals(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.pool).cmp(&(&b.service, &b.pool)));
+        out
     }
 
     /// Connected clients of a service.

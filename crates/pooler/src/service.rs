@@ -20,13 +20,16 @@ use crate::signal::Signal;
 /// the password does not change.
 pub struct User {
     pub password: String,
+    /// May open the admin console.
+    pub admin: bool,
     scram: OnceLock<ServerSecret>,
 }
 
 impl User {
-    pub fn new(password: String) -> User {
+    pub fn new(password: String, admin: bool) -> User {
         User {
             password,
+            admin,
             scram: OnceLock::new(),
         }
     }
@@ -55,6 +58,8 @@ pub struct Service {
     pub pools: RwLock<HashMap<String, Arc<Pool>>>,
     /// Clients connected (in any state, login included).
     pub clients: AtomicU32,
+    /// Logged-in clients, for SHOW CLIENTS.
+    pub client_list: crate::sockets::Sockets,
     /// Cancelled when the service is removed or the pooler shuts down.
     pub shutdown: Signal,
     pub cancel: Arc<CancelRegistry>,

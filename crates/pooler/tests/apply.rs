@@ -102,6 +102,7 @@ async fn password_rotation_applies_to_new_logins_only() {
     cfg.users = vec![UserConfig {
         name: "rot".into(),
         password: "old-pw".into(),
+        admin: false,
     }];
     let mut p = pool("r1", PoolMode::Transaction, 2);
     p.username = "rot".into();

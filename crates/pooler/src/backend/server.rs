@@ -99,8 +99,10 @@ pub struct Server {
     /// Where the relay is in this connection's byte streams; survives from one client to the
     /// next only when at rest.
     pub relay: RelayState,
-    /// Where it is in its life (see `ServerState`).
+    /// Where it is in its life (see `ServerState`); changed through `set_state`.
     pub state: ServerState,
+    /// Its entry in the pool's SHOW SERVERS list (registered once logged in).
+    pub info: Option<Arc<crate::sockets::SocketInfo>>,
     /// Transaction status of the last ReadyForQuery ('I' = `txn::IDLE`, 'T' or 'E').
     pub status: u8,
     pub params: ServerParams,
@@ -165,6 +167,7 @@ impl Server {
             bufs: Buffers::default(),
             relay: RelayState::default(),
             state: ServerState::Login,
+            info: None,
             status: txn::IDLE,
             params: ServerParams::default(),
             prepared: ServerStatements::default(),
@@ -368,6 +371,20 @@ impl Server {
     /// Closes the connection, logging `reason` unless an earlier, more precise one was set.
     pub fn close(mut self: Box<Self>, reason: &'static str) {
         self.close_reason.get_or_insert(reason);
+    }
+
+    /// Moves to `state`, in its SHOW SERVERS entry too (which loses its client link unless
+    /// active).
+    #[inline]
+    pub fn set_state(&mut self, state: ServerState) {
+        self.state = state;
+        if let Some(info) = &self.info {
+            info.state
+                .store(state as u8, std::sync::atomic::Ordering::Relaxed);
+            if state != ServerState::Active {
+                info.link.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// A cancel target for this connection.

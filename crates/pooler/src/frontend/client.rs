@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::login::{self, LoggedIn};
+use super::login::{self, LoggedIn, Login};
 use super::session;
 use crate::backend::Pool;
 use crate::cancel::CancelGuard;
@@ -20,7 +20,8 @@ use crate::net::ClientStream;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::service::{ClientCount, Service};
-use crate::stats::ClientState;
+use crate::sockets::SocketInfo;
+use crate::stats::{ClientState, Tally};
 
 /// A client must finish logging in within this time.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +30,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     let service = count.service.clone();
     let span = tracing::info_span!("client", service = %service.name, %addr);
+    let local = socket.local_addr().ok();
     let mut stream = ClientStream::Plain(socket);
     // Only the login runs inside the span; the session enters it when it logs (see `Client`).
     let login = async {
@@ -42,9 +44,17 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     .await;
     match login {
         None => {}
-        Some(Ok(Ok(Some(client)))) => {
-            let client = Box::new(Client::new(stream, service, client, count, span));
+        Some(Ok(Ok(Some(Login::Pool(client))))) => {
+            let client = Box::new(Client::new(
+                stream, service, client, count, span, addr, local,
+            ));
             session::run(client).await;
+        }
+        Some(Ok(Ok(Some(Login::Admin(admin))))) => {
+            crate::admin::run(stream, service, admin, addr)
+                .instrument(span)
+                .await;
+            drop(count);
         }
         Some(Ok(Ok(None))) => {}
         Some(Ok(Err(refusal))) => {
@@ -78,6 +88,12 @@ pub struct Client {
     pub(super) pending: BytesMut,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
+    /// Counts not yet folded into the pool's counters.
+    pub(super) tally: Tally,
+    /// The pool's KILL epoch at login (see `Pool::kill`).
+    pub(super) kill_epoch: u64,
+    /// Its SHOW CLIENTS entry.
+    pub(super) info: Arc<SocketInfo>,
     /// The client's span, entered only to log: entering it on every poll costs more than the
     /// rest of a transaction's bookkeeping.
     pub(super) span: tracing::Span,
@@ -91,9 +107,28 @@ impl Client {
         login: LoggedIn,
         count: ClientCount,
         span: tracing::Span,
+        addr: SocketAddr,
+        local: Option<SocketAddr>,
     ) -> Client {
         login.pool.clients().add(ClientState::Idle);
+        let kill_epoch = login.pool.kill_epoch();
+        let mut info = SocketInfo::new(
+            login.pool.state().cfg.username.clone(),
+            login.pool.name.clone(),
+        );
+        info.addr = Some(addr);
+        info.local = local;
+        info.tls = stream.is_tls();
+        if let Some(i) = crate::params::index("application_name") {
+            if let Some(v) = login.params[i].as_deref() {
+                info.application_name = v.to_string();
+            }
+        }
+        let info = service.client_list.register(info);
         Client {
+            info,
+            tally: Tally::default(),
+            kill_epoch,
             stream,
             service,
             pool: login.pool,
@@ -111,6 +146,14 @@ impl Client {
     pub(super) fn set_state(&mut self, state: ClientState) {
         self.pool.clients().change(self.state, state);
         self.state = state;
+        self.info
+            .state
+            .store(state as u8, std::sync::atomic::Ordering::Relaxed);
+        if state != ClientState::Active {
+            self.info
+                .link
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Sends a FATAL error and closes the connection.
@@ -133,6 +176,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        self.tally.fold(self.pool.counters());
         self.pool.clients().remove(self.state);
     }
 }

@@ -20,6 +20,22 @@ use crate::net::ClientStream;
 use crate::params::{self, Values};
 use crate::service::{Service, ServiceState};
 
+/// The virtual database that opens the admin console (PgBouncer's name).
+pub const ADMIN_DATABASE: &str = "pgbouncer";
+
+/// Who got in: a pool's client, or the service's admin on the console.
+pub enum Login {
+    Pool(LoggedIn),
+    Admin(AdminLogin),
+}
+
+/// What login hands to the admin console.
+pub struct AdminLogin {
+    pub user: String,
+    /// Keeps the cancel key it was given registered (cancelling the console does nothing).
+    pub cancel: crate::cancel::CancelGuard,
+}
+
 /// What login hands to the session.
 pub struct LoggedIn {
     pub pool: Arc<crate::backend::Pool>,
@@ -76,17 +92,34 @@ async fn read_message(
 }
 
 /// Logs a client in: negotiate → admit → authenticate → greet. Ok(None): the connection ended
-/// without a login (a CancelRequest, a failed handshake, the client left).
+/// without a login (a CancelRequest, a failed handshake, the client left). The database
+/// `pgbouncer` is the admin console: the same checks and password, then only users marked
+/// admin get in (PgBouncer's "not allowed", 08P01, after the password, as its `admin_users`).
 pub async fn login(
     stream: &mut ClientStream,
     addr: SocketAddr,
     service: &Arc<Service>,
-) -> Result<Option<LoggedIn>, ClientError> {
+) -> Result<Option<Login>, ClientError> {
     let mut buf = BytesMut::with_capacity(512);
     let Some(startup) = negotiate(stream, &mut buf, service).await? else {
         return Ok(None);
     };
     let state = service.state();
+    if startup_database(&startup) == ADMIN_DATABASE {
+        let user = admit_admin(addr, service, &state, &startup)?;
+        if authenticate(stream, &mut buf, service, &state, &user)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        if !state.users.get(&user).is_some_and(|u| u.admin) {
+            return Err(errors::admin_not_allowed());
+        }
+        return Ok(Some(Login::Admin(
+            greet_admin(stream, service, user).await?,
+        )));
+    }
     let admitted = admit(addr, service, &state, startup)?;
     if authenticate(stream, &mut buf, service, &state, &admitted.user)
         .await?
@@ -94,7 +127,79 @@ pub async fn login(
     {
         return Ok(None);
     }
-    Ok(Some(greet(stream, service, admitted).await?))
+    Ok(Some(Login::Pool(greet(stream, service, admitted).await?)))
+}
+
+/// The database a StartupMessage asks for (`database`, else `user`).
+fn startup_database(params: &[(String, String)]) -> &str {
+    startup_pool(params)
+}
+
+/// `admit`'s checks for the console: address, client count, a user name.
+fn admit_admin(
+    addr: SocketAddr,
+    service: &Service,
+    state: &ServiceState,
+    startup: &[(String, String)],
+) -> Result<String, ClientError> {
+    check_address_and_count(addr, service, state)?;
+    startup
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(errors::no_user_name)
+}
+
+fn check_address_and_count(
+    addr: SocketAddr,
+    service: &Service,
+    state: &ServiceState,
+) -> Result<(), ClientError> {
+    if !state.allowed_cidrs.is_empty()
+        && !state
+            .allowed_cidrs
+            .iter()
+            .any(|net| net.contains(&addr.ip()))
+    {
+        return Err(errors::address_not_allowed(addr.ip(), &service.name));
+    }
+    let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
+    if clients > state.limits.max_client_conn {
+        return Err(errors::too_many_clients(
+            &service.name,
+            state.limits.max_client_conn,
+        ));
+    }
+    Ok(())
+}
+
+/// The console's login answer: PgBouncer's own parameters (its console reports
+/// `server_version` as "1.25.1/bouncer"; drivers only need it to parse).
+async fn greet_admin(
+    stream: &mut ClientStream,
+    service: &Service,
+    user: String,
+) -> Result<AdminLogin, ClientError> {
+    let cancel = service.cancel.register();
+    let mut out = BytesMut::with_capacity(256);
+    auth::auth_ok(&mut out);
+    for (name, value) in [
+        ("server_version", crate::admin::SERVER_VERSION),
+        ("client_encoding", "UTF8"),
+        ("server_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ] {
+        status::parameter_status(&mut out, name, value);
+    }
+    status::backend_key_data(&mut out, cancel.pid, cancel.slot.secret);
+    status::ready_for_query(&mut out, txn::IDLE);
+    write(stream, &out).await?;
+    tracing::debug!(user = %user, "admin console login");
+    Ok(AdminLogin { user, cancel })
 }
 
 /// The first packets: TLS (or not), a CancelRequest (served and done), or the StartupMessage,
@@ -176,21 +281,7 @@ fn admit(
     state: &ServiceState,
     startup: Vec<(String, String)>,
 ) -> Result<Admitted, ClientError> {
-    if !state.allowed_cidrs.is_empty()
-        && !state
-            .allowed_cidrs
-            .iter()
-            .any(|net| net.contains(&addr.ip()))
-    {
-        return Err(errors::address_not_allowed(addr.ip(), &service.name));
-    }
-    let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
-    if clients > state.limits.max_client_conn {
-        return Err(errors::too_many_clients(
-            &service.name,
-            state.limits.max_client_conn,
-        ));
-    }
+    check_address_and_count(addr, service, state)?;
     let mut user = None;
     let mut database = None;
     let mut values: Values = Default::default();
@@ -342,7 +433,7 @@ fn rand_password() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), ClientError> {
+pub(crate) async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), ClientError> {
     stream
         .write_all(bytes)
         .await

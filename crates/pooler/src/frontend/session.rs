@@ -52,6 +52,20 @@ pub async fn run(mut client: Box<Client>) {
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
         }
+        if pool.kill_epoch() != client.kill_epoch {
+            return killed(&mut client).await;
+        }
+        if pool.is_paused() {
+            // PAUSE (admin console): the request waits until RESUME.
+            client.set_state(ClientState::Waiting);
+            tokio::select! {
+                _ = pool.resumed() => {}
+                _ = stop.fired() => return shutdown(&mut client).await,
+            }
+            if pool.kill_epoch() != client.kill_epoch {
+                return killed(&mut client).await;
+            }
+        }
         let v = pool.state_version();
         if v != st_version {
             st_version = v;
@@ -64,15 +78,23 @@ pub async fn run(mut client: Box<Client>) {
                 Err(()) => return,
             }
         }
+        // A request arrived: the query (and maybe a transaction) starts now.
+        client.tally.query_starts();
+        client.info.request_us.store(
+            client.tally.query_start(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Counted as waiting only when it has to: a connection at hand goes straight to active.
         let acquired = match pool.try_acquire(&st) {
             Some(g) => Ok(g),
             None => {
                 client.set_state(ClientState::Waiting);
-                tokio::select! {
+                let r = tokio::select! {
                     r = pool.acquire() => r,
                     _ = stop.fired() => return shutdown(&mut client).await,
-                }
+                };
+                client.tally.waited();
+                r
             }
         };
         let mut guard = match acquired {
@@ -80,6 +102,15 @@ pub async fn run(mut client: Box<Client>) {
             Err(e) => return client.fatal(&errors::acquire_failed(&pool.name, &e)).await,
         };
         client.set_state(ClientState::Active);
+        client.tally.t.server_assignments += 1;
+        if let Some(info) = &guard.server().info {
+            info.link
+                .store(client.info.id, std::sync::atomic::Ordering::Relaxed);
+            client
+                .info
+                .link
+                .store(info.id, std::sync::atomic::Ordering::Relaxed);
+        }
         match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
             Ok(true) => {}
             Ok(false) => return,
@@ -99,6 +130,11 @@ pub async fn run(mut client: Box<Client>) {
 
 async fn shutdown(client: &mut Client) {
     let e = errors::admin_shutdown(&client.service.name);
+    client.fatal(&e).await;
+}
+
+async fn killed(client: &mut Client) {
+    let e = errors::pool_killed(&client.pool.name);
     client.fatal(&e).await;
 }
 
@@ -195,6 +231,7 @@ async fn attached(
         }
     }
     if !client.pending.is_empty() {
+        client.tally.t.received += client.pending.len() as u64;
         server.bufs.c2s_in.extend_from_slice(&client.pending);
         client.pending.clear();
         if client.pending.capacity() > 4 * IDLE_READ {
@@ -209,9 +246,12 @@ async fn attached(
             service,
             params,
             statements,
+            tally,
             ..
         } = &mut *client;
         let mut ctx = ClientCtx {
+            tally,
+            counters: pool.counters(),
             statements,
             params,
             registry: &service.statements,

@@ -312,6 +312,7 @@ pub fn service(name: &str, backend_port: u16, pools: Vec<PoolConfig>) -> Service
         users: vec![UserConfig {
             name: APP_USER.into(),
             password: APP_PASS.into(),
+            admin: true,
         }],
         pools,
         settings: PoolSettings::default(),

@@ -8,7 +8,7 @@
 //! min_pool_size are the periodic `upkeep`'s.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
 use crate::net::messages::tag::txn;
 use crate::signal::Signal;
-use crate::stats::{ClientCounts, ClientState, PoolStats, ServerState};
+use crate::stats::{ClientCounts, ClientState, PoolCounters, PoolStats, PoolTotals, ServerState};
 
 /// Connecting to and logging in to the backend may take at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +101,35 @@ struct Hot {
     inner: Mutex<Inner>,
 }
 
+/// The cumulative counters, on cache lines of their own: written once per transaction by
+/// whichever client ends it, never next to the lock or the read-mostly fields.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Counters(PoolCounters);
+
+/// SHOW STATS_AVERAGES: per-second rates (and per-transaction/per-query times) over the last
+/// completed `STATS_PERIOD`, rolled by the upkeep.
+#[derive(Default)]
+struct Averages {
+    /// Totals at the start of the current period.
+    start: Option<(Instant, PoolTotals)>,
+    last: PoolTotals,
+}
+
+/// PgBouncer's default `stats_period`.
+pub const STATS_PERIOD: Duration = Duration::from_secs(60);
+
+/// PAUSE/KILL state of a pool (admin console).
+#[derive(Default)]
+struct Pause {
+    /// New transactions wait (CL_WAITING) until RESUME.
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// Bumped by KILL: clients that logged in before leave at their next request or
+    /// transaction end.
+    kill_epoch: AtomicU64,
+}
+
 /// One pool.
 pub struct Pool {
     pub name: String,
@@ -116,6 +145,11 @@ pub struct Pool {
     login_params: Mutex<Option<LoginParams>>,
     /// Server state SV_USED: lent connections being reset (see `Resetting`).
     used: AtomicU32,
+    /// Logged-in server connections, for SHOW SERVERS.
+    pub server_list: crate::sockets::Sockets,
+    counters: Counters,
+    averages: Mutex<Averages>,
+    pause: Pause,
 }
 
 impl Pool {
@@ -139,6 +173,10 @@ impl Pool {
             drain: Signal::new(),
             login_params: Mutex::new(None),
             used: AtomicU32::new(0),
+            server_list: Default::default(),
+            counters: Counters::default(),
+            averages: Mutex::new(Averages::default()),
+            pause: Pause::default(),
         });
         tokio::spawn(upkeep::maintain(
             Arc::downgrade(&pool),
@@ -240,6 +278,111 @@ impl Pool {
         }
     }
 
+    /// The cumulative counters clients fold their tallies into.
+    pub(crate) fn counters(&self) -> &PoolCounters {
+        &self.counters.0
+    }
+
+    /// SHOW STATS_TOTALS.
+    pub fn totals(&self) -> PoolTotals {
+        self.counters.0.get()
+    }
+
+    /// SHOW STATS_AVERAGES: the last completed period's rates, per second for counts and bytes,
+    /// per transaction / per query for times, as PgBouncer computes them.
+    pub fn averages(&self) -> PoolTotals {
+        self.averages.lock().last
+    }
+
+    /// Closes a stats period when one has passed (called by the upkeep).
+    fn roll_averages(&self, now: Instant) {
+        let mut a = self.averages.lock();
+        let Some((since, start)) = a.start else {
+            a.start = Some((now, self.totals()));
+            return;
+        };
+        let period = now.duration_since(since);
+        if period < STATS_PERIOD {
+            return;
+        }
+        let cur = self.totals();
+        let d = cur.since(&start);
+        let us = period.as_micros().max(1) as u64;
+        let rate = |v: u64| ((v as u128) * 1_000_000 / us as u128) as u64;
+        let per = |v: u64, n: u64| v.checked_div(n).unwrap_or(0);
+        a.last = PoolTotals {
+            server_assignments: rate(d.server_assignments),
+            xacts: rate(d.xacts),
+            queries: rate(d.queries),
+            received: rate(d.received),
+            sent: rate(d.sent),
+            xact_time_us: per(d.xact_time_us, d.xacts),
+            query_time_us: per(d.query_time_us, d.queries),
+            wait_time_us: per(d.wait_time_us, d.server_assignments),
+            client_parses: rate(d.client_parses),
+            server_parses: rate(d.server_parses),
+            client_binds: rate(d.client_binds),
+            server_binds: rate(d.server_binds),
+        };
+        a.start = Some((now, cur));
+    }
+
+    /// One relaxed load, on the hot path: whether new transactions must wait for RESUME.
+    #[inline]
+    pub fn is_paused(&self) -> bool {
+        self.pause.paused.load(Ordering::Relaxed)
+    }
+
+    /// PAUSE: transactions not started yet wait until `resume`.
+    pub fn pause(&self) {
+        self.pause.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.pause.paused.store(false, Ordering::SeqCst);
+        self.pause.resumed.notify_waiters();
+    }
+
+    /// Returns once the pool is not paused.
+    pub async fn resumed(&self) {
+        loop {
+            let notified = self.pause.resumed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if !self.pause.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The KILL epoch a client saw at login; a different one later means it was killed.
+    pub fn kill_epoch(&self) -> u64 {
+        self.pause.kill_epoch.load(Ordering::Relaxed)
+    }
+
+    /// KILL: pauses the pool, marks its clients killed, and closes its server connections
+    /// (idle ones now, lent ones when released).
+    pub fn kill(self: &Arc<Self>, new_gen: u64) {
+        self.pause();
+        self.pause.kill_epoch.fetch_add(1, Ordering::SeqCst);
+        self.reconnect(new_gen);
+    }
+
+    /// RECONNECT: server connections made so far are closed (idle ones now, lent ones when
+    /// released); new ones are made for the new generation as needed.
+    pub fn reconnect(self: &Arc<Self>, new_gen: u64) {
+        let st = self.state();
+        self.update(PoolState {
+            cfg: st.cfg.clone(),
+            settings: st.settings.clone(),
+            backend: st.backend.clone(),
+            password: st.password.clone(),
+            gen: new_gen,
+            wait_timeout: st.wait_timeout,
+        });
+    }
+
     /// This pool's clients by state.
     pub(crate) fn clients(&self) -> &ClientCounts {
         &self.hot.clients
@@ -249,7 +392,7 @@ impl Pool {
     /// it and it is being reset.
     pub fn resetting<'a>(&'a self, server: &'a mut Server) -> Resetting<'a> {
         self.used.fetch_add(1, Ordering::Relaxed);
-        server.state = ServerState::Used;
+        server.set_state(ServerState::Used);
         Resetting { pool: self, server }
     }
 
@@ -273,7 +416,7 @@ impl Pool {
     fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
         if s.gen == st.gen && s.is_alive() {
             s.clean = false;
-            s.state = ServerState::Active;
+            s.set_state(ServerState::Active);
             return Some(ServerGuard {
                 pool: self.clone(),
                 server: Some(s),
@@ -333,7 +476,7 @@ impl Pool {
                 }
                 Grant::Connect(slot) => {
                     let mut s = self.connect(slot).await?;
-                    s.state = ServerState::Active;
+                    s.set_state(ServerState::Active);
                     return Ok(ServerGuard {
                         pool: self.clone(),
                         server: Some(s),
@@ -362,8 +505,16 @@ impl Pool {
         )
         .await;
         self.hot.inner.lock().login -= 1;
-        match &result {
+        let mut result = result;
+        match &mut result {
             Ok(s) => {
+                let mut info =
+                    crate::sockets::SocketInfo::new(st.cfg.username.clone(), self.name.clone());
+                info.host = Some((st.backend.host.clone(), st.backend.port));
+                info.tls = s.stream.is_tls();
+                info.pid = s.pid;
+                info.state = std::sync::atomic::AtomicU8::new(ServerState::Login as u8);
+                s.info = Some(self.server_list.register(info));
                 let mut lp = self.login_params.lock();
                 if lp.is_none() && s.gen == self.state().gen {
                     *lp = Some(Arc::new(s.startup_params.clone()));
@@ -417,7 +568,7 @@ impl Pool {
         let mut server = server;
         server.bufs.shrink();
         server.last_used = now;
-        server.state = ServerState::Idle;
+        server.set_state(ServerState::Idle);
         loop {
             // The waiter is woken outside the lock.
             let waiter = {
@@ -435,11 +586,11 @@ impl Pool {
                 server.close("pool size reduced"); // frees its slot
                 return;
             };
-            server.state = ServerState::Active;
+            server.set_state(ServerState::Active);
             match w.tx.send(Grant::Server(server)) {
                 Ok(()) => return,
                 Err(Grant::Server(mut s)) => {
-                    s.state = ServerState::Idle;
+                    s.set_state(ServerState::Idle);
                     server = s;
                 }
                 Err(_) => unreachable!("sent a server"),
@@ -517,7 +668,7 @@ impl std::ops::DerefMut for Resetting<'_> {
 
 impl Drop for Resetting<'_> {
     fn drop(&mut self) {
-        self.server.state = ServerState::Active;
+        self.server.set_state(ServerState::Active);
         self.pool.used.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -17,6 +17,7 @@ impl Pool {
     fn tick(self: &Arc<Self>) -> bool {
         let st = self.state();
         let now = Instant::now();
+        self.roll_averages(now);
         let mut closing = Vec::new();
         let want_new = {
             let mut inner = self.hot.inner.lock();

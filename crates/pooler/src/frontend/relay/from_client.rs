@@ -129,6 +129,13 @@ fn client_messages(
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
                         push(&mut server.relay.expect, kind, Action::Forward, 0);
+                        // Untracked Parse/Bind go to the server as they are.
+                        let parse = (tag == tag::PARSE) as u64;
+                        let bind = (tag == tag::BIND) as u64;
+                        ctx.tally.t.client_parses += parse;
+                        ctx.tally.t.server_parses += parse;
+                        ctx.tally.t.client_binds += bind;
+                        ctx.tally.t.server_binds += bind;
                     }
                 }
             }
@@ -162,7 +169,9 @@ fn rewrite(
     match tag {
         tag::PARSE => {
             let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
+            ctx.tally.t.client_parses += 1;
             if p.name.is_empty() {
+                ctx.tally.t.server_parses += 1;
                 server.bufs.c2s_out.extend_from_slice(msg);
                 push(&mut server.relay.expect, tag::PARSE, Action::Forward, 0);
                 return Ok(());
@@ -172,14 +181,18 @@ fn rewrite(
             if server.prepared.touch(stmt.id) {
                 push(&mut server.relay.expect, tag::PARSE, Action::Synthesize, 0);
             } else {
+                ctx.tally.t.server_parses += 1;
                 prepare_on_server(server, &stmt, ctx.max_prepared, Action::Forward);
             }
         }
         tag::BIND => {
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
+            ctx.tally.t.client_binds += 1;
+            ctx.tally.t.server_binds += 1;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
-                    ensure_prepared(server, &stmt, ctx.max_prepared);
+                    ctx.tally.t.server_parses +=
+                        ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
                     write_bind(
                         &mut server.bufs.c2s_out,
                         b.portal,
@@ -195,7 +208,8 @@ fn rewrite(
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Describe"))?;
             match (kind, lookup(ctx, name)) {
                 (target::STATEMENT, Some(stmt)) => {
-                    ensure_prepared(server, &stmt, ctx.max_prepared);
+                    ctx.tally.t.server_parses +=
+                        ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
                     write_target(
                         &mut server.bufs.c2s_out,
                         tag::DESCRIBE,
@@ -231,11 +245,14 @@ fn lookup(ctx: &ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
     ctx.statements.get(name).cloned()
 }
 
-/// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed).
-fn ensure_prepared(server: &mut Server, stmt: &Arc<Statement>, max: usize) {
-    if !server.prepared.touch(stmt.id) {
-        prepare_on_server(server, stmt, max, Action::Swallow);
+/// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed); true
+/// when it did.
+fn ensure_prepared(server: &mut Server, stmt: &Arc<Statement>, max: usize) -> bool {
+    if server.prepared.touch(stmt.id) {
+        return false;
     }
+    prepare_on_server(server, stmt, max, Action::Swallow);
+    true
 }
 
 fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, action: Action) {

@@ -38,6 +38,7 @@ use crate::net::messages::status;
 use crate::net::messages::tag;
 use crate::params::ClientParams;
 use crate::prepared::{ClientStatements, Registry};
+use crate::stats::{PoolCounters, Tally};
 
 pub use from_client::client_input;
 pub use from_server::server_input;
@@ -56,6 +57,9 @@ pub struct ClientCtx<'a> {
     pub max_prepared: usize,
     /// Statement mode: Query/Parse opening a transaction block are refused (see `block`).
     pub refuse_blocks: bool,
+    /// The client's counts (bytes, queries, Parse/Bind) and where they are folded.
+    pub tally: &'a mut Tally,
+    pub counters: &'a PoolCounters,
 }
 
 /// Why the relay stopped.

@@ -10,6 +10,7 @@ use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerE
 use crate::backend::server::Server;
 use crate::config::PoolMode;
 use crate::errors::{self, ClientError};
+use crate::net::messages::tag::txn;
 use crate::net::stream::poll_read_buf;
 use crate::net::ClientStream;
 use crate::signal::Watch;
@@ -82,12 +83,14 @@ pub async fn pump(
                         return Poll::Ready(End::ServerGone("server closed the connection".into()))
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(End::ServerGone(e.to_string())),
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
                         progress = true;
+                        ctx.tally.t.sent += n as u64;
                         match server_input(server, ctx.params, mode == PoolMode::Statement) {
                             Ok(ServerEvent::Ready) => {
                                 server.relay.ready_synthesized = false;
-                                saw_ready = true
+                                saw_ready = true;
+                                ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                             }
                             Ok(ServerEvent::TransactionBlock) => {
                                 return Poll::Ready(End::TransactionBlock)
@@ -96,6 +99,7 @@ pub async fn pump(
                                 // A refused Query answered after the server's earlier answers.
                                 if std::mem::take(&mut server.relay.ready_synthesized) {
                                     saw_ready = true;
+                                    ctx.tally.ready(true, ctx.counters);
                                 }
                             }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
@@ -145,14 +149,17 @@ pub async fn pump(
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(End::ClientGone)
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
                         progress = true;
+                        ctx.tally.t.received += n as u64;
                         match client_input(server, ctx) {
                             Ok(false) => {
+                                ctx.tally.query_starts();
                                 // A refused Query was answered by the pooler: as good as a
                                 // ReadyForQuery from the server.
                                 if std::mem::take(&mut server.relay.ready_synthesized) {
                                     saw_ready = true;
+                                    ctx.tally.ready(true, ctx.counters);
                                 }
                             }
                             Ok(true) => return Poll::Ready(End::ClientGone),

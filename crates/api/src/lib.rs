@@ -79,8 +79,25 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
             put(h::update_pool).delete(h::delete_pool),
         )
         .route("/operation/{id}", get(h::get_operation))
+        .route(
+            "/dbaas-postgres/{name}/user/{username}/allow-replication",
+            put(h::allow_replication),
+        )
+        .route(
+            "/dbaas-postgres/{name}/maintenance/start",
+            put(h::start_maintenance),
+        )
+        .route(
+            "/dbaas-postgres/{name}/upgrade-check",
+            post(h::upgrade_check),
+        )
+        .route("/dbaas-service-type", get(h::list_service_types))
+        .route("/dbaas-service-type/{name}", get(h::get_service_type))
+        .route("/dbaas-service-logs/{name}", post(h::service_logs))
+        .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
         .route("/dbaas-settings-pg", get(h::settings))
-        .route("/dbaas-ca-certificate", get(h::ca_certificate))
+        .route("/dbaas-ca-certificate", get(h::ca_certificate));
+    let v2 = v2
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
         })

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod handlers;
 mod requests;
+mod unserved;
 mod views;
 
 use axum::body::Body;
@@ -97,7 +98,7 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
         .route("/dbaas-settings-pg", get(h::settings))
         .route("/dbaas-ca-certificate", get(h::ca_certificate));
-    let v2 = v2
+    let v2 = unserved_routes(v2)
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
         })
@@ -109,6 +110,29 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(control)
         .layer(middleware::from_fn_with_state(creds, authenticate))
+}
+
+/// Registers every endpoint of [`unserved::UNSERVED`]: 501 naming it.
+fn unserved_routes(mut r: Router<Control>) -> Router<Control> {
+    use axum::routing::{on, MethodFilter};
+    for &(method, path, routed, operation) in unserved::UNSERVED {
+        let filter = match method {
+            "GET" => MethodFilter::GET,
+            "POST" => MethodFilter::POST,
+            "PUT" => MethodFilter::PUT,
+            "DELETE" => MethodFilter::DELETE,
+            _ => MethodFilter::PATCH,
+        };
+        let message = format!("{operation} ({method} {path}) is not served by pgbay");
+        r = r.route(
+            routed,
+            on(filter, move || {
+                let message = message.clone();
+                async move { ApiError::NotImplemented(message) }
+            }),
+        );
+    }
+    r
 }
 
 /// Verifies the signature over the raw request (method, path, query, body) before routing, and

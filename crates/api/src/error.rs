@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 409: conflict with existing state.
     #[error("{0}")]
     Conflict(String),
+    /// 501: an endpoint of the document that pgbay does not serve.
+    #[error("{0}")]
+    NotImplemented(String),
     /// 500: internal; the detail is logged only.
     #[error("{0}")]
     Internal(String),
@@ -54,6 +57,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::NotImplemented(m) => (StatusCode::NOT_IMPLEMENTED, m),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 (

@@ -192,11 +192,96 @@ pub async fn get_operation(State(c): State<Control>, p: Params) -> ApiResult {
     Ok(Json(views::operation(&op)))
 }
 
-/// `GET /dbaas-settings-pg`: the settings pgbay accepts (only pgbouncer's).
+/// `GET /dbaas-settings-pg`: the settings pgbay accepts: PostgreSQL's and pgbouncer's.
 pub async fn settings() -> ApiResult {
+    Ok(Json(json!({ "settings": {
+        "pg": pgbay_control::pg_settings::schema(),
+        "pgbouncer": PgbouncerSettings::schema(),
+    } })))
+}
+
+/// `GET /dbaas-service-type`
+pub async fn list_service_types(State(c): State<Control>) -> ApiResult {
     Ok(Json(
-        json!({ "settings": { "pgbouncer": PgbouncerSettings::schema() } }),
+        json!({ "dbaas-service-types": [views::service_type_pg(&c)] }),
     ))
+}
+
+/// The other engines of the document: known, and not served here.
+const OTHER_ENGINES: [&str; 7] = [
+    "clickhouse",
+    "grafana",
+    "kafka",
+    "mysql",
+    "opensearch",
+    "thanos",
+    "valkey",
+];
+
+/// `GET /dbaas-service-type/{service-type-name}`
+pub async fn get_service_type(State(c): State<Control>, p: Params) -> ApiResult {
+    match p.get("name")? {
+        "pg" => Ok(Json(views::service_type_pg(&c))),
+        other if OTHER_ENGINES.contains(&other) => Err(ApiError::NotImplemented(format!(
+            "service type {other} is not served by pgbay"
+        ))),
+        other => Err(ApiError::NotFound(format!(
+            "service type {other} not found"
+        ))),
+    }
+}
+
+/// `POST /dbaas-service-logs/{service-name}`
+pub async fn service_logs(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let name = service(&p, "service-name")?;
+    let page = c.service_logs(&name, requests::log_query(&b)?).await?;
+    Ok(Json(views::logs(name.as_str(), &page)))
+}
+
+/// `POST /dbaas-service-metrics/{service-name}`
+pub async fn service_metrics(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let name = service(&p, "service-name")?;
+    let points = c
+        .service_metrics(&name, requests::metrics_period(&b)?)
+        .await?;
+    Ok(Json(views::metrics(name.as_str(), &points)))
+}
+
+/// `PUT /dbaas-postgres/{service-name}/user/{username}/allow-replication`
+pub async fn allow_replication(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let name = service(&p, "service-name")?;
+    let allow = requests::allow_replication(&b)?;
+    c.set_allow_replication(&name, &user(&p)?, allow).await?;
+    Ok(Json(views::users(&c.get_service(&name).await?)))
+}
+
+/// `PUT /dbaas-postgres/{name}/maintenance/start`
+pub async fn start_maintenance(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c.start_maintenance(&service(&p, "name")?).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `POST /dbaas-postgres/{service}/upgrade-check`
+pub async fn upgrade_check(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let target = requests::upgrade_target(&b)?;
+    let check = c.upgrade_check(&service(&p, "service")?, &target).await?;
+    Ok(Json(views::upgrade_check(&check)))
 }
 
 /// `GET /dbaas-ca-certificate`

@@ -12,6 +12,7 @@ mod extract;
 mod handlers;
 mod pool_metrics;
 mod requests;
+mod unserved;
 mod views;
 
 use axum::body::Body;
@@ -91,8 +92,25 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
             put(h::update_pool).delete(h::delete_pool),
         )
         .route("/operation/{id}", get(h::get_operation))
+        .route(
+            "/dbaas-postgres/{name}/user/{username}/allow-replication",
+            put(h::allow_replication),
+        )
+        .route(
+            "/dbaas-postgres/{name}/maintenance/start",
+            put(h::start_maintenance),
+        )
+        .route(
+            "/dbaas-postgres/{name}/upgrade-check",
+            post(h::upgrade_check),
+        )
+        .route("/dbaas-service-type", get(h::list_service_types))
+        .route("/dbaas-service-type/{name}", get(h::get_service_type))
+        .route("/dbaas-service-logs/{name}", post(h::service_logs))
+        .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
         .route("/dbaas-settings-pg", get(h::settings))
-        .route("/dbaas-ca-certificate", get(h::ca_certificate))
+        .route("/dbaas-ca-certificate", get(h::ca_certificate));
+    let v2 = unserved_routes(v2)
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this endpoint".into())
         })
@@ -104,6 +122,29 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(control)
         .layer(middleware::from_fn_with_state(creds, authenticate))
+}
+
+/// Registers every endpoint of [`unserved::UNSERVED`]: 501 naming it.
+fn unserved_routes(mut r: Router<Control>) -> Router<Control> {
+    use axum::routing::{on, MethodFilter};
+    for &(method, path, routed, operation) in unserved::UNSERVED {
+        let filter = match method {
+            "GET" => MethodFilter::GET,
+            "POST" => MethodFilter::POST,
+            "PUT" => MethodFilter::PUT,
+            "DELETE" => MethodFilter::DELETE,
+            _ => MethodFilter::PATCH,
+        };
+        let message = format!("{operation} ({method} {path}) is not served by pgbay");
+        r = r.route(
+            routed,
+            on(filter, move || {
+                let message = message.clone();
+                async move { ApiError::NotImplemented(message) }
+            }),
+        );
+    }
+    r
 }
 
 /// Verifies the signature over the raw request (method, path, query, body) before routing, and

@@ -4,9 +4,12 @@
 //! newtypes, whose errors name the field and the limit it broke.
 
 use pgbay_control::input::{
-    boolean, AdminPassword, AdminUsername, DatabaseName, InputError, IpFilter, Locale, Password,
-    Plan, PoolMode, PoolName, PoolSize, Username,
+    boolean, int_in, AdminPassword, AdminUsername, DatabaseName, InputError, IpFilter, Locale,
+    Password, Plan, PoolMode, PoolName, PoolSize, Username,
 };
+use pgbay_control::logs::{LogQuery, SortOrder};
+use pgbay_control::metrics::Period;
+use pgbay_control::pg_settings::{PgSettings, PgSettingsPatch};
 use pgbay_control::{
     NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch, PgbouncerSettings,
     PoolUpdate, ServiceUpdate,
@@ -89,9 +92,19 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "pgbouncer-settings",
             "ip-filter",
             "termination-protection",
+            "pg-settings",
+            "work-mem",
+            "shared-buffers-percentage",
         ],
     )?;
     Ok(NewService {
+        pg_settings: opt(body, "pg-settings", PgSettings::parse)?,
+        work_mem: opt(body, "work-mem", work_mem)?,
+        shared_buffers_percentage: opt(
+            body,
+            "shared-buffers-percentage",
+            shared_buffers_percentage,
+        )?,
         plan,
         version: opt(body, "version", version)?,
         admin_username: opt_str(body, "admin-username", AdminUsername::parse)?,
@@ -112,6 +125,9 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
             "pgbouncer-settings",
             "ip-filter",
             "termination-protection",
+            "pg-settings",
+            "work-mem",
+            "shared-buffers-percentage",
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
@@ -124,12 +140,82 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         PgbouncerPatch::parse(f, obj)
     })?;
     Ok(ServiceUpdate {
+        pg_settings: opt(body, "pg-settings", PgSettingsPatch::parse)?,
+        work_mem: opt(body, "work-mem", work_mem)?,
+        shared_buffers_percentage: opt(
+            body,
+            "shared-buffers-percentage",
+            shared_buffers_percentage,
+        )?,
         plan,
         version: opt(body, "version", version)?,
         pgbouncer,
         ip_filter,
         termination_protection,
     })
+}
+
+/// `work-mem`: MB, 1..=1024.
+fn work_mem(field: &str, v: &Value) -> Result<u32, InputError> {
+    int_in(field, v, 1, 1024).map(|n| n as u32)
+}
+
+/// `shared-buffers-percentage`: 20..=60.
+fn shared_buffers_percentage(field: &str, v: &Value) -> Result<u32, InputError> {
+    int_in(field, v, 20, 60).map(|n| n as u32)
+}
+
+/// `POST /dbaas-service-logs/{name}`.
+pub fn log_query(body: &Body) -> Result<LogQuery, InputError> {
+    refuse_unknown(body, &["limit", "offset", "sort-order"])?;
+    Ok(LogQuery {
+        limit: opt(body, "limit", |f, v| int_in(f, v, 1, 500).map(|n| n as u32))?,
+        offset: opt_str(body, "offset", LogQuery::parse_offset)?,
+        sort: opt_str(body, "sort-order", |f, s| match s {
+            "asc" => Ok(SortOrder::Asc),
+            "desc" => Ok(SortOrder::Desc),
+            _ => Err(InputError::new(
+                f,
+                format!("must be asc or desc, got {s:?}"),
+            )),
+        })?
+        .unwrap_or_default(),
+    })
+}
+
+/// `POST /dbaas-service-metrics/{name}`.
+pub fn metrics_period(body: &Body) -> Result<Period, InputError> {
+    refuse_unknown(body, &["period"])?;
+    Ok(opt_str(body, "period", |f, s| {
+        Period::parse(s).ok_or_else(|| {
+            InputError::new(
+                f,
+                format!("must be one of hour, day, week, month, year, got {s:?}"),
+            )
+        })
+    })?
+    .unwrap_or(Period::Hour))
+}
+
+/// `PUT .../user/{username}/allow-replication`.
+pub fn allow_replication(body: &Body) -> Result<bool, InputError> {
+    refuse_unknown(body, &["allow-replication"])?;
+    opt(body, "allow-replication", boolean)?
+        .ok_or_else(|| InputError::new("allow-replication", "missing required field"))
+}
+
+/// `POST .../upgrade-check`: the document's `dbaas-pg-target-versions`.
+pub fn upgrade_target(body: &Body) -> Result<String, InputError> {
+    refuse_unknown(body, &["target-version"])?;
+    let v = string("target-version", required(body, "target-version")?)?;
+    const TARGETS: [&str; 6] = ["13", "14", "15", "16", "17", "18"];
+    if !TARGETS.contains(&v) {
+        return Err(InputError::new(
+            "target-version",
+            format!("must be one of {}, got {v:?}", TARGETS.join(", ")),
+        ));
+    }
+    Ok(v.to_string())
 }
 
 /// `POST .../database`.

@@ -3,6 +3,7 @@
 
 use chrono::SecondsFormat;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pgbay_control::plans;
 use pgbay_control::{Control, OpState, OperationRecord, ServiceRecord, ServiceState, ServiceView};
 use serde_json::{json, Value};
 
@@ -181,11 +182,168 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "ip-filter": s.ip_filter.to_strings(),
         "prometheus-uri": {"host": metrics.host, "port": metrics.port},
         "backups": [],
+        "pg-settings": s.pg_settings.to_json(),
     });
+    let mut pg = pg;
+    if let Some(plan) = plans::lookup(&s.plan) {
+        let m = plan.memory_settings(s.shared_buffers_percentage, s.work_mem);
+        pg["node-memory"] = json!(plan.memory_bytes());
+        pg["node-cpu-count"] = json!(plan.cpus);
+        pg["disk-size"] = json!(plan.disk_bytes());
+        pg["max-connections"] = json!(m.max_connections);
+    }
+    if let Some(w) = s.work_mem {
+        pg["work-mem"] = json!(w);
+    }
+    if let Some(p) = s.shared_buffers_percentage {
+        pg["shared-buffers-percentage"] = json!(p);
+    }
     if let (Value::Object(common), Value::Object(pg)) = (&mut out, pg) {
         common.extend(pg);
     }
     out
+}
+
+/// The users of a service as `dbaas-postgres-users` lists them.
+pub fn users(v: &ServiceView) -> Value {
+    let users: Vec<Value> = v
+        .users
+        .iter()
+        .map(|u| {
+            let mut o = json!({
+                "username": u.name,
+                "type": u.kind.as_str(),
+                "allow-replication": u.allow_replication,
+            });
+            if !u.password_overridden {
+                o["password"] = json!(u.password);
+            }
+            o
+        })
+        .collect();
+    json!({ "users": users })
+}
+
+/// The document's `dbaas-service-type` of PostgreSQL: the plan catalogue and the version here.
+pub fn service_type_pg(control: &Control) -> Value {
+    let plans: Vec<Value> = plans::all()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "node-count": p.nodes,
+                "node-cpu-count": p.cpus,
+                "node-memory": p.memory_bytes(),
+                "disk-space": p.disk_bytes(),
+                "authorized": true,
+                "max-memory-percent": 80,
+                "zones": [control.zone()],
+                "backup-config": {"max-count": 0, "interval": 24, "recovery-mode": "regular"},
+            })
+        })
+        .collect();
+    json!({
+        "name": "pg",
+        "description": "PostgreSQL, served by pgbay: one local PostgreSQL cluster per service behind pgbay's pooler",
+        "available-versions": [control.pg_version()],
+        "default-version": control.pg_version(),
+        "plans": plans,
+    })
+}
+
+/// The document's `dbaas-service-logs`.
+pub fn logs(service: &str, page: &pgbay_control::logs::LogPage) -> Value {
+    let logs: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "time": e.time,
+                "message": e.message,
+                "unit": "postgresql",
+                "node": format!("{service}-1"),
+            })
+        })
+        .collect();
+    let mut v = json!({ "logs": logs });
+    if let Some(last) = page.entries.last() {
+        v["offset"] = json!(last.offset.to_string());
+    }
+    if let Some(first) = page.first_offset {
+        v["first-log-offset"] = json!(first.to_string());
+    }
+    v
+}
+
+/// `{"metrics": ...}`: one chart per metric, as `data.cols`/`data.rows` with the time first.
+pub fn metrics(service: &str, points: &[pgbay_control::metrics::Point]) -> Value {
+    use pgbay_control::metrics::Point;
+    type Pick = fn(&Point) -> Option<f64>;
+    let charts: [(&str, &str, &str, Pick); 6] = [
+        ("connections", "Server connections", "connections", |p| {
+            Some(p.connections)
+        }),
+        ("tps", "Transactions per second", "transactions/s", |p| {
+            Some(p.tps)
+        }),
+        (
+            "cache_hit_ratio",
+            "Buffer cache hit ratio",
+            "percent",
+            |p| Some(p.cache_hit_ratio),
+        ),
+        ("database_size", "Size of all databases", "bytes", |p| {
+            Some(p.database_size)
+        }),
+        (
+            "pool_client_connections",
+            "Pool client connections",
+            "connections",
+            |p| p.pools.map(|c| c.clients as f64),
+        ),
+        (
+            "pool_server_connections",
+            "Pool server connections",
+            "connections",
+            |p| p.pools.map(|c| c.servers as f64),
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (key, title, unit, pick) in charts {
+        let rows: Vec<Value> = points
+            .iter()
+            .filter_map(|p| pick(p).map(|v| json!([time_ms(&p.time), v])))
+            .collect();
+        out.insert(
+            key.to_string(),
+            json!({
+                "data": {
+                    "cols": [
+                        {"label": "time", "type": "date"},
+                        {"label": format!("{service}-1"), "type": "number"},
+                    ],
+                    "rows": rows,
+                },
+                "hints": {"title": title, "unit": unit},
+            }),
+        );
+    }
+    json!({ "metrics": out })
+}
+
+fn time_ms(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The document's `dbaas-task` of an upgrade check.
+pub fn upgrade_check(c: &pgbay_control::UpgradeCheck) -> Value {
+    json!({
+        "id": c.id.to_string(),
+        "create-time": time(&c.created_at),
+        "success": c.success,
+        "result": c.result,
+        "result-codes": [],
+        "task-type": "upgrade_check",
+    })
 }
 
 #[cfg(test)]

@@ -175,11 +175,12 @@ async fn malformed_json_is_refused() {
 #[tokio::test]
 async fn an_unknown_field_is_refused_by_name() {
     let srv = server().await;
-    let body = r#"{"plan": "hobbyist-2", "work-mem": 4}"#;
+    // `fork-from-service` is in the document but pgbay does not take it.
+    let body = r#"{"plan": "hobbyist-2", "fork-from-service": "other"}"#;
     let m = srv
         .refused("POST", "/v2/dbaas-postgres/svc", body, 400)
         .await;
-    assert!(m.contains("work-mem"), "{m}");
+    assert!(m.contains("fork-from-service"), "{m}");
 }
 
 #[tokio::test]

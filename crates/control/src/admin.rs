@@ -318,6 +318,36 @@ pub async fn reload(t: &AdminTarget) -> Result<()> {
     Ok(())
 }
 
+/// Settings of `pgbay-settings.conf` that the server refused on its last reload, as
+/// `(name, error)`; settings that only wait for a restart are not errors.
+pub async fn settings_file_errors(t: &AdminTarget) -> Result<Vec<(String, String)>> {
+    let c = connect(t, "postgres").await?;
+    let rows = c
+        .query(
+            "SELECT f.name, f.error FROM pg_file_settings f
+             WHERE f.error IS NOT NULL AND f.sourcefile LIKE '%/pgbay-settings.conf'
+               AND NOT EXISTS (SELECT 1 FROM pg_settings s
+                               WHERE s.name = f.name AND s.context = 'postmaster')",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, Option<String>>(0).unwrap_or_default(), r.get(1)))
+        .collect())
+}
+
+/// Sets or clears REPLICATION on role `name`.
+pub async fn set_replication(t: &AdminTarget, name: &str, replication: bool) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    let template = if replication {
+        "ALTER ROLE %I WITH REPLICATION"
+    } else {
+        "ALTER ROLE %I WITH NOREPLICATION"
+    };
+    exec_formatted(&c, template, &[name]).await
+}
+
 /// Database names of the server (except templates and `postgres`).
 pub async fn list_databases(t: &AdminTarget) -> Result<Vec<String>> {
     names(

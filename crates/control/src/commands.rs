@@ -7,6 +7,7 @@ use crate::input::{
     AdminPassword, AdminUsername, DatabaseName, IpFilter, Locale, Password, Plan, PoolMode,
     PoolName, PoolSize, Username,
 };
+use crate::pg_settings::{PgSettings, PgSettingsPatch};
 use crate::pgbouncer::{PgbouncerPatch, PgbouncerSettings};
 
 /// `POST /dbaas-postgres/{name}`: a new service.
@@ -26,6 +27,13 @@ pub struct NewService {
     pub ip_filter: Option<IpFilter>,
     /// Refuse deletion while set (default: off).
     pub termination_protection: Option<bool>,
+    /// PostgreSQL settings (default: none set); refused with an external server.
+    pub pg_settings: Option<PgSettings>,
+    /// `work_mem` in MB, 1..=1024 (default: derived from the plan); refused with an external server.
+    pub work_mem: Option<u32>,
+    /// `shared_buffers` as a percentage of the plan's memory, 20..=60 (default 25); refused
+    /// with an external server.
+    pub shared_buffers_percentage: Option<u32>,
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.
@@ -41,6 +49,12 @@ pub struct ServiceUpdate {
     pub ip_filter: Option<IpFilter>,
     /// New termination protection.
     pub termination_protection: Option<bool>,
+    /// PostgreSQL settings to set or unset; the others keep their values.
+    pub pg_settings: Option<PgSettingsPatch>,
+    /// New `work-mem` (MB).
+    pub work_mem: Option<u32>,
+    /// New `shared-buffers-percentage`.
+    pub shared_buffers_percentage: Option<u32>,
 }
 
 /// `POST .../database`.

@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     publish_lock: Mutex<()>,
     pub(crate) data_plane: DataPlaneSlot,
     pub(crate) shutdown_tx: watch::Sender<bool>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// The control plane. Cheap to clone.
@@ -125,11 +126,14 @@ impl Control {
                 publish_lock: Mutex::new(()),
                 data_plane: watch::channel(None).0,
                 shutdown_tx,
+                metrics: crate::metrics::Metrics::default(),
             }),
         };
         control.recover().await?;
         let sup = control.clone();
         tokio::spawn(async move { sup.supervise().await });
+        let sampler = control.clone();
+        tokio::spawn(async move { sampler.sample_metrics().await });
         Ok(control)
     }
 
@@ -287,6 +291,7 @@ impl Control {
         let name = s.name.clone();
         let port = s.pg_port;
         let ip_filter = s.ip_filter.0.clone();
+        let settings = crate::cluster_config::ClusterConfig::of(s).text();
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,
@@ -294,9 +299,34 @@ impl Control {
                 admin_username: &t.user,
                 admin_password: &t.password,
                 ip_filter: &ip_filter,
+                settings: &settings,
             };
             prov.ensure_initialized(&spec)?;
             prov.start(&spec, &tls)
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// Restarts the local cluster of `s` with its configuration as stored in `s`.
+    pub(crate) async fn restart_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        let t = self.admin_target(s).await?;
+        let prov = self.inner.prov.clone();
+        let tls = self.inner.tls.clone();
+        let name = s.name.clone();
+        let port = s.pg_port;
+        let ip_filter = s.ip_filter.0.clone();
+        let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        tokio::task::spawn_blocking(move || {
+            let spec = ClusterSpec {
+                name: &name,
+                port,
+                admin_username: &t.user,
+                admin_password: &t.password,
+                ip_filter: &ip_filter,
+                settings: &settings,
+            };
+            prov.restart(&spec, &tls)
         })
         .await??;
         Ok(())

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod ca;
+mod cluster_config;
 pub mod commands;
 mod control;
 pub mod crypto;
@@ -32,10 +33,15 @@ mod files;
 pub mod input;
 mod lifecycle;
 pub mod local;
+pub mod logs;
+mod maintenance;
+pub mod metrics;
 pub mod model;
 mod objects;
 mod operations;
+pub mod pg_settings;
 pub mod pgbouncer;
+pub mod plans;
 pub mod ports;
 mod services;
 pub mod store;
@@ -49,6 +55,7 @@ pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use external::ExternalServer;
 pub use input::{InputError, PoolMode, PoolSize};
+pub use maintenance::UpgradeCheck;
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };

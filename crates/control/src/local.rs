@@ -55,7 +55,16 @@ pub struct ClusterSpec<'a> {
     pub admin_password: &'a str,
     /// Client networks allowed to connect (the service's ip-filter).
     pub ip_filter: &'a [ipnet::IpNet],
+    /// Text of `pgbay-settings.conf` (plan-derived settings and pg-settings; see `cluster_config`).
+    pub settings: &'a str,
 }
+
+/// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime
+/// settings, then the service's settings (which therefore win).
+const INCLUDES: [&str; 2] = [
+    "include_if_exists = 'pgbay.conf'",
+    "include_if_exists = 'pgbay-settings.conf'",
+];
 
 /// Runs clusters with the PostgreSQL binaries of `bin_dir`.
 #[derive(Debug, Clone)]
@@ -211,12 +220,47 @@ impl LocalProvisioner {
         let res = self.run(cmd, "initdb");
         let _ = std::fs::remove_file(&pwfile);
         res?;
-        let conf = pgdata.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
-        text.push_str("\ninclude_if_exists = 'pgbay.conf'\n");
-        std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))?;
+        self.ensure_includes(spec.name)?;
         std::fs::write(&marker, b"").map_err(io("writing marker"))?;
         Ok(())
+    }
+
+    /// Appends pgbay's include lines that postgresql.conf lacks (clusters made by an older pgbay
+    /// include only `pgbay.conf`).
+    fn ensure_includes(&self, name: &str) -> Result<(), ProvisionError> {
+        let conf = self.pgdata(name).join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
+        let missing: Vec<&str> = INCLUDES
+            .into_iter()
+            .filter(|l| !text.lines().any(|have| have.trim() == *l))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for l in missing {
+            text.push('\n');
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))
+    }
+
+    /// Writes `pgbay-settings.conf`; the running server takes it on reload or restart.
+    pub fn write_settings(&self, name: &str, text: &str) -> Result<(), ProvisionError> {
+        let path = self.pgdata(name).join("pgbay-settings.conf");
+        write_private(&path, text.as_bytes()).map_err(io("writing pgbay-settings.conf"))?;
+        self.chown(&path)
+    }
+
+    /// The server log of the cluster (mode 0600, owned by the cluster's user).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("postgresql.log")
+    }
+
+    /// Stops the cluster and starts it again with its current configuration.
+    pub fn restart(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        self.stop(spec.name)?;
+        self.start(spec, tls)
     }
 
     /// Writes pg_hba.conf from the service's ip-filter: over TCP only TLS (`hostssl`) with SCRAM,
@@ -266,7 +310,7 @@ impl LocalProvisioner {
              unix_socket_directories = '{}'\nunix_socket_permissions = 0700\n\
              ssl = on\nssl_cert_file = 'server.crt'\n\
              ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
-             max_connections = 200\nshared_buffers = 32MB\nlogging_collector = off\n",
+             logging_collector = off\n",
             spec.port,
             listen.join(","),
             socket_dir.display().to_string().replace('\'', "''")
@@ -281,6 +325,8 @@ impl LocalProvisioner {
             write_private(&path, content.as_bytes()).map_err(io(format!("writing {file}")))?;
             self.chown(&path)?;
         }
+        self.ensure_includes(spec.name)?;
+        self.write_settings(spec.name, spec.settings)?;
         self.write_hba(spec.name, spec.ip_filter)
     }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::input::{IpFilter, PoolMode, PoolSize};
 use crate::operations::OperationKind;
+use crate::pg_settings::PgSettings;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// The life-cycle state of a service (enum-service-state subset).
@@ -62,6 +63,12 @@ pub struct ServiceRecord {
     pub ip_filter: IpFilter,
     /// Refuse deletion while set.
     pub termination_protection: bool,
+    /// PostgreSQL settings (`pg-settings`).
+    pub pg_settings: PgSettings,
+    /// `work-mem` override, MB (`None`: derived from the plan).
+    pub work_mem: Option<u32>,
+    /// `shared-buffers-percentage` override (`None`: a quarter of the plan's memory).
+    pub shared_buffers_percentage: Option<u32>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change time.

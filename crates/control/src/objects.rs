@@ -168,6 +168,32 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("user {user} not found")))
     }
 
+    /// `PUT .../user/{username}/allow-replication`: sets or clears REPLICATION on the role, then
+    /// records it. The primary user keeps REPLICATION (it is the cluster's superuser).
+    pub async fn set_allow_replication(
+        &self,
+        service: &ServiceName,
+        user: &Username,
+        allow: bool,
+    ) -> Result<(), ControlError> {
+        let (_g, s) = self.lock_running(service).await?;
+        let mut rec = self.existing_user(&s, user).await?;
+        if rec.kind == UserKind::Primary && !allow {
+            return Err(ControlError::Conflict(format!(
+                "user {user} is the service's primary user and keeps REPLICATION"
+            )));
+        }
+        let t = self.admin_target(&s).await?;
+        admin::set_replication(&t, user.as_str(), allow)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "setting REPLICATION"))?;
+        rec.allow_replication = allow;
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_user(&mut tx, &s.name, &rec).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// `DELETE .../user/{username}`.
     pub async fn delete_user(
         &self,

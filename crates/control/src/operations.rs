@@ -57,11 +57,13 @@ pub enum OperationKind {
     UpdatePool,
     /// `delete-pool`
     DeletePool,
+    /// `maintenance`: pgbay's maintenance of a service, pending until it is done.
+    Maintenance,
 }
 
 impl OperationKind {
     /// Every kind.
-    pub const ALL: [OperationKind; 11] = [
+    pub const ALL: [OperationKind; 12] = [
         OperationKind::CreateService,
         OperationKind::UpdateService,
         OperationKind::DeleteService,
@@ -73,6 +75,7 @@ impl OperationKind {
         OperationKind::CreatePool,
         OperationKind::UpdatePool,
         OperationKind::DeletePool,
+        OperationKind::Maintenance,
     ];
 
     /// The stored spelling.
@@ -89,6 +92,7 @@ impl OperationKind {
             OperationKind::CreatePool => "create-pool",
             OperationKind::UpdatePool => "update-pool",
             OperationKind::DeletePool => "delete-pool",
+            OperationKind::Maintenance => "maintenance",
         }
     }
 
@@ -101,7 +105,9 @@ impl OperationKind {
     pub fn reaches_data_plane(self) -> bool {
         !matches!(
             self,
-            OperationKind::CreateDatabase | OperationKind::DeleteDatabase
+            OperationKind::CreateDatabase
+                | OperationKind::DeleteDatabase
+                | OperationKind::Maintenance
         )
     }
 }
@@ -332,7 +338,8 @@ impl Control {
                 (OperationKind::CreateService, Some(ServiceState::Rebuilding)) => {
                     sorted.provisioning.push((op.service, op.id))
                 }
-                (OperationKind::CreateService, None) => {
+                // Background work that a restart cut short: nothing resumes it.
+                (OperationKind::CreateService, None) | (OperationKind::Maintenance, _) => {
                     let (state, reason, message) =
                         Answer::Interrupted.verdict(&op, self.inner.cfg.apply_timeout);
                     self.finish_operation(op, state, reason, message).await?;

@@ -51,6 +51,21 @@ impl ServiceView {
     }
 }
 
+/// The catalogue's plan of a well-formed plan name, or a 400 naming `plan`.
+fn known_plan(p: crate::input::Plan) -> Result<&'static crate::plans::PlanSpec, InputError> {
+    crate::plans::lookup(p.as_str()).ok_or_else(|| {
+        let names: Vec<&str> = crate::plans::all().map(|p| p.name).collect();
+        InputError::new(
+            "plan",
+            format!(
+                "unknown plan {:?}, must be one of {}",
+                p.as_str(),
+                names.join(", ")
+            ),
+        )
+    })
+}
+
 impl Control {
     fn check_version(asked: Option<&str>, available: &str) -> Result<(), InputError> {
         if let Some(v) = asked {
@@ -115,6 +130,11 @@ impl Control {
                 )
                 .into());
             }
+            Self::refuse_config_on_external(
+                new.pg_settings.is_some(),
+                new.work_mem.is_some(),
+                new.shared_buffers_percentage.is_some(),
+            )?;
         }
         let version = match &external {
             Some(e) => e
@@ -156,6 +176,8 @@ impl Control {
                 )));
             }
         }
+        // Checked after the name: a duplicate name is a conflict whatever the body says.
+        let plan = known_plan(plan)?;
         let used: HashSet<u16> = self.inner.store.used_ports().await?.into_iter().collect();
         let wanted = if external.is_some() { 1 } else { 2 };
         let mut ports = crate::ports::allocate(
@@ -172,7 +194,7 @@ impl Control {
         let s = ServiceRecord {
             name: name.to_string(),
             id: Uuid::new_v4(),
-            plan: plan.into_string(),
+            plan: plan.name.to_string(),
             state: ServiceState::Rebuilding,
             version,
             admin_username: match &external {
@@ -185,6 +207,9 @@ impl Control {
             pgbouncer,
             ip_filter,
             termination_protection: protection,
+            pg_settings: new.pg_settings.unwrap_or_default(),
+            work_mem: new.work_mem,
+            shared_buffers_percentage: new.shared_buffers_percentage,
             created_at: now,
             updated_at: now,
         };
@@ -252,12 +277,29 @@ impl Control {
         update: ServiceUpdate,
     ) -> Result<OperationRecord, ControlError> {
         let (_g, mut s) = self.lock_existing(name).await?;
+        let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
+        if s.external_host.is_some() {
+            Self::refuse_config_on_external(
+                update.pg_settings.is_some(),
+                update.work_mem.is_some(),
+                update.shared_buffers_percentage.is_some(),
+            )?;
+        }
         if let Some(patch) = &update.pgbouncer {
             s.pgbouncer.apply(patch);
         }
         if let Some(p) = update.plan {
-            s.plan = p.into_string();
+            s.plan = known_plan(p)?.name.to_string();
+        }
+        if let Some(patch) = &update.pg_settings {
+            s.pg_settings.apply(patch);
+        }
+        if let Some(w) = update.work_mem {
+            s.work_mem = Some(w);
+        }
+        if let Some(p) = update.shared_buffers_percentage {
+            s.shared_buffers_percentage = Some(p);
         }
         let ip_filter = update.ip_filter;
         let protection = update.termination_protection;
@@ -269,15 +311,22 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
+        // PostgreSQL takes the new configuration before the store does: a configuration it
+        // refuses is put back and answered as a 400, with nothing changed.
+        let applied = if s.state == ServiceState::Running && s.external_host.is_none() {
+            self.apply_config(&before, &s).await?
+        } else {
+            None
+        };
+        let mut message = format!("service {name} updated");
+        if let Some(how) = applied {
+            message.push_str("; ");
+            message.push_str(&how);
+        }
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, &s).await?;
         let op = self
-            .record_operation(
-                tx,
-                &s,
-                OperationKind::UpdateService,
-                format!("service {name} updated"),
-            )
+            .record_operation(tx, &s, OperationKind::UpdateService, message)
             .await?;
         if filter_changed && s.state == ServiceState::Running && s.external_host.is_none() {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
@@ -286,6 +335,95 @@ impl Control {
             }
         }
         self.settle(op).await
+    }
+
+    fn refuse_config_on_external(
+        pg_settings: bool,
+        work_mem: bool,
+        shared_buffers_percentage: bool,
+    ) -> Result<(), InputError> {
+        let given = [
+            ("pg-settings", pg_settings),
+            ("work-mem", work_mem),
+            ("shared-buffers-percentage", shared_buffers_percentage),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(InputError::new(
+                field,
+                "cannot be set on a service backed by an external server: pgbay does not \
+                 manage that server's configuration",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings the running local cluster of `old` to the configuration of `new`: writes
+    /// `pgbay-settings.conf`, then reloads, or restarts when a changed setting needs it. Says
+    /// which, or `None` when nothing changed. A configuration the server refuses is undone (the
+    /// old file written back and applied again) and answered with a 400 naming the setting.
+    async fn apply_config(
+        &self,
+        old: &ServiceRecord,
+        new: &ServiceRecord,
+    ) -> Result<Option<String>, ControlError> {
+        use crate::cluster_config::ClusterConfig;
+        let (before, after) = (ClusterConfig::of(old), ClusterConfig::of(new));
+        let (changed, restart) = after.changes_from(&before);
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let prov = self.inner.prov.clone();
+        let write = |text: String| {
+            let prov = prov.clone();
+            let name = new.name.clone();
+            async move {
+                tokio::task::spawn_blocking(move || prov.write_settings(&name, &text)).await??;
+                Ok::<(), ControlError>(())
+            }
+        };
+        write(after.text()).await?;
+        if restart {
+            if let Err(e) = self.restart_cluster(new).await {
+                tracing::error!(service = %new.name, error = %e, "restart with new settings failed");
+                write(before.text()).await?;
+                self.restart_cluster(old).await?;
+                return Err(InputError::new(
+                    "pg-settings",
+                    format!(
+                        "PostgreSQL did not start with the new value of {}; the previous \
+                         configuration is back",
+                        changed.join(", ")
+                    ),
+                )
+                .into());
+            }
+            return Ok(Some(format!(
+                "PostgreSQL restarted to apply {}",
+                changed.join(", ")
+            )));
+        }
+        let t = self.admin_target(new).await?;
+        crate::admin::reload(&t)
+            .await
+            .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
+        let errors = crate::admin::settings_file_errors(&t)
+            .await
+            .map_err(ControlError::internal)?;
+        if let Some((setting, why)) = errors.first() {
+            write(before.text()).await?;
+            crate::admin::reload(&t)
+                .await
+                .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
+            return Err(InputError::new(
+                "pg-settings",
+                format!("PostgreSQL refused setting `{setting}`: {why}"),
+            )
+            .into());
+        }
+        Ok(Some(format!(
+            "PostgreSQL configuration reloaded to apply {}",
+            changed.join(", ")
+        )))
     }
 
     async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {

@@ -19,6 +19,7 @@ use crate::model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
 use crate::operations::OperationKind;
+use crate::pg_settings::PgSettings;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// A store failure; always an internal error for the API.
@@ -75,9 +76,25 @@ fn service_from_row(r: &SqliteRow) -> Result<ServiceRecord> {
         ip_filter: IpFilter::parse("ip-filter", &ip)
             .map_err(|_| StoreError::Corrupt("ip_filter"))?,
         termination_protection: r.try_get::<i64, _>("termination_protection")? != 0,
+        pg_settings: {
+            let raw: String = r.try_get("pg_settings")?;
+            let v: serde_json::Value =
+                serde_json::from_str(&raw).map_err(|_| StoreError::Corrupt("pg_settings"))?;
+            PgSettings::parse("pg-settings", &v).map_err(|_| StoreError::Corrupt("pg_settings"))?
+        },
+        work_mem: opt_u32(r.try_get("work_mem")?, "work_mem")?,
+        shared_buffers_percentage: opt_u32(
+            r.try_get("shared_buffers_percentage")?,
+            "shared_buffers_percentage",
+        )?,
         created_at: ts(r.try_get("created_at")?)?,
         updated_at: ts(r.try_get("updated_at")?)?,
     })
+}
+
+fn opt_u32(v: Option<i64>, what: &'static str) -> Result<Option<u32>> {
+    v.map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt(what)))
+        .transpose()
 }
 
 fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
@@ -205,8 +222,9 @@ pub async fn get_service(c: &mut SqliteConnection, name: &str) -> Result<Option<
 pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO services (name, id, plan, state, version, admin_username, pg_port, pooler_port,
-         pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at, external_host)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at, external_host,
+         pg_settings, work_mem, shared_buffers_percentage)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&s.name)
     .bind(s.id.to_string())
@@ -222,6 +240,9 @@ pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
     .bind(s.created_at.to_rfc3339())
     .bind(s.updated_at.to_rfc3339())
     .bind(&s.external_host)
+    .bind(s.pg_settings.to_json().to_string())
+    .bind(s.work_mem.map(i64::from))
+    .bind(s.shared_buffers_percentage.map(i64::from))
     .execute(&mut *c)
     .await?;
     Ok(())
@@ -231,7 +252,8 @@ pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
 pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
     sqlx::query(
         "UPDATE services SET plan = ?, state = ?, pgbouncer_settings = ?, ip_filter = ?,
-         termination_protection = ?, updated_at = ? WHERE name = ?",
+         termination_protection = ?, updated_at = ?, pg_settings = ?, work_mem = ?,
+         shared_buffers_percentage = ? WHERE name = ?",
     )
     .bind(&s.plan)
     .bind(s.state.as_str())
@@ -239,6 +261,9 @@ pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
     .bind(serde_json::Value::from(s.ip_filter.to_strings()).to_string())
     .bind(i64::from(s.termination_protection))
     .bind(s.updated_at.to_rfc3339())
+    .bind(s.pg_settings.to_json().to_string())
+    .bind(s.work_mem.map(i64::from))
+    .bind(s.shared_buffers_percentage.map(i64::from))
     .bind(&s.name)
     .execute(&mut *c)
     .await?;

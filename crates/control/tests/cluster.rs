@@ -82,6 +82,7 @@ async fn local_cluster_with_database_and_user() {
         admin_username: "avnadmin",
         admin_password: "adminpw-123",
         ip_filter: &[],
+        settings: "",
     };
     prov.ensure_initialized(&spec).unwrap();
     prov.start(&spec, &tls).unwrap();
@@ -186,6 +187,9 @@ fn new_service() -> NewService {
         pgbouncer: None,
         ip_filter: None,
         termination_protection: None,
+        pg_settings: None,
+        work_mem: None,
+        shared_buffers_percentage: None,
     }
 }
 
@@ -404,6 +408,7 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
         admin_username: "extadmin",
         admin_password: "ext-pw-123",
         ip_filter: &[],
+        settings: "",
     };
     prov.ensure_initialized(&spec).unwrap();
     prov.start(&spec, &tls).unwrap();

@@ -82,6 +82,9 @@ fn service(name: &str, i: u16) -> ServiceRecord {
         pgbouncer: PgbouncerSettings::default(),
         ip_filter: IpFilter::allow_all(),
         termination_protection: false,
+        pg_settings: Default::default(),
+        work_mem: None,
+        shared_buffers_percentage: None,
         created_at: now,
         updated_at: now,
     }

@@ -27,6 +27,9 @@ fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
             .unwrap(),
         ip_filter: IpFilter::allow_all(),
         termination_protection: false,
+        pg_settings: Default::default(),
+        work_mem: None,
+        shared_buffers_percentage: None,
         created_at: now,
         updated_at: now,
     }

@@ -156,6 +156,29 @@ impl pgbay_api::PoolMetricsSource for PoolMetricsOf {
     }
 }
 
+/// The service metrics sampler's pool counts (`POST /dbaas-service-metrics`), from the same
+/// pooler numbers: every client and server connection of the service's pools, whatever its state.
+impl pgbay_control::metrics::PoolStats for PoolMetricsOf {
+    fn pool_counts(&self, service: &str) -> Option<pgbay_control::metrics::PoolCounts> {
+        let mut counts = None::<pgbay_control::metrics::PoolCounts>;
+        for m in self
+            .0
+            .pool_metrics()
+            .into_iter()
+            .filter(|m| m.service == service)
+        {
+            let c = counts.get_or_insert_with(Default::default);
+            let st = &m.stats;
+            c.clients += u64::from(st.cl_active) + u64::from(st.cl_waiting) + u64::from(st.cl_idle);
+            c.servers += u64::from(st.sv_active)
+                + u64::from(st.sv_idle)
+                + u64::from(st.sv_used)
+                + u64::from(st.sv_login);
+        }
+        counts
+    }
+}
+
 async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
     tokio::net::lookup_host((host, port))
         .await

@@ -115,6 +115,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         port: local.port(),
     };
+    control.set_pool_stats(std::sync::Arc::new(crate::dataplane::PoolMetricsOf(
+        pooler.clone(),
+    )));
     let app = pgbay_api::router_with_pool_metrics(
         control.clone(),
         creds,

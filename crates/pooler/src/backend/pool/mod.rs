@@ -490,7 +490,9 @@ impl Pool {
     async fn connect(self: &Arc<Self>, slot: SlotToken) -> Result<Box<Server>, ServerError> {
         let st = self.state();
         self.hot.inner.lock().login += 1;
-        let result = Server::connect(
+        // Boxed: a login future (TCP, TLS handshake, SCRAM) is large, and inline it would size
+        // every client task that may wait here, idle ones included (~1 KiB each).
+        let result = Box::pin(Server::connect(
             ConnectParams {
                 pool: &self.name,
                 host: &st.backend.host,
@@ -502,7 +504,7 @@ impl Pool {
                 timeout: CONNECT_TIMEOUT.min(st.wait_timeout.max(Duration::from_secs(1))),
             },
             slot,
-        )
+        ))
         .await;
         self.hot.inner.lock().login -= 1;
         let mut result = result;

@@ -16,7 +16,9 @@
 //! PostgreSQL over a `net::ServerStream`: a Unix socket when the backend host is a directory
 //! (starts with '/'), else TCP, encrypted with TLS when the server accepts an SSLRequest
 //! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
-//! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! client: startup parameters, and in transaction/statement mode also the client's own SETs
+//! (`frontend::relay::session_state` spots SET/RESET/`set_config` by keyword and reads the
+//! values back at the end of the transaction); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
 //! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a

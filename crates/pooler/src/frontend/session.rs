@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::client::Client;
-use super::relay::{self, block, ClientCtx, End};
+use super::relay::{self, block, session_state, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
 use crate::errors;
@@ -218,6 +218,7 @@ async fn attached(
             track,
             max_prepared: st.settings.max_prepared_statements as usize,
             refuse_blocks: mode == PoolMode::Statement,
+            session_state: mode != PoolMode::Session,
         };
         relay::pump(stream, server, &mut ctx, mode, stop, drain).await
     };
@@ -225,6 +226,10 @@ async fn attached(
     match end {
         End::Boundary => {
             relay::take_pending(server, &mut client.pending);
+            let dirty = std::mem::take(&mut client.params.dirty);
+            if dirty != 0 && !settle(client, server, dirty).await {
+                return Ok(false);
+            }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
                     client.span.in_scope(
@@ -251,6 +256,11 @@ async fn attached(
                 && server.bufs.s2c_out.is_empty()
             {
                 server.bufs.s2c_out.clear();
+                let dirty = std::mem::take(&mut client.params.dirty);
+                if dirty != 0 && session_state::read_back(server, None, dirty).await.is_err() {
+                    server.close_reason = Some("could not read back session parameters");
+                    return Ok(false);
+                }
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
                     && reset(pool, server).await.is_err()
                 {
@@ -303,6 +313,29 @@ async fn attached(
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
             Ok(false)
+        }
+    }
+}
+
+/// Records the parameters the client's transaction may have changed (`session_state`). False
+/// when the server connection broke (the client was told and the session is over); a server
+/// error only leaves the connection unmatched, to be synced in full at its next use.
+async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> bool {
+    match session_state::read_back(server, Some(&mut client.params), dirty).await {
+        Ok(()) => true,
+        Err(e) => {
+            client
+                .span
+                .in_scope(|| tracing::warn!(error = %e, "could not read back session parameters"));
+            if matches!(e, crate::backend::ServerError::Server { .. }) {
+                server.params.reset_unsure();
+                return true;
+            }
+            server.close_reason = Some("server connection lost");
+            client
+                .fatal(&errors::server_lost(&client.pool.name, &e))
+                .await;
+            false
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::session_state::{self, Found};
 use super::{
     block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
     MAX_MESSAGE,
@@ -113,6 +114,16 @@ fn client_messages(
                 continue;
             }
         }
+        if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
+            let peek = len.min(HEADER + block::PEEK);
+            if avail < peek {
+                break;
+            }
+            let text = block::statement_text(tag, &input[pos..pos + peek]);
+            if let Found::Sets(bits) = session_state::classify(text) {
+                ctx.params.dirty |= bits;
+            }
+        }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
         if !inspect {
@@ -179,6 +190,7 @@ fn rewrite(
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    ctx.params.dirty |= stmt.sets;
                     ensure_prepared(server, &stmt, ctx.max_prepared);
                     write_bind(
                         &mut server.bufs.c2s_out,

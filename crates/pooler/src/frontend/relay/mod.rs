@@ -25,6 +25,7 @@ pub mod block;
 mod from_client;
 mod from_server;
 mod pump;
+pub mod session_state;
 
 use std::collections::VecDeque;
 
@@ -56,6 +57,8 @@ pub struct ClientCtx<'a> {
     pub max_prepared: usize,
     /// Statement mode: Query/Parse opening a transaction block are refused (see `block`).
     pub refuse_blocks: bool,
+    /// Transaction/statement mode: SETs are tracked (see `session_state`).
+    pub session_state: bool,
 }
 
 /// Why the relay stopped.

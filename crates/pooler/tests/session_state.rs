@@ -1,0 +1,66 @@
+//! Transaction mode: a client's SETs follow it across server connections (issue 11). One pool of size 1 serves two clients in turn.
+
+mod support;
+
+use pgbay_pooler::PoolMode;
+use support::*;
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_follow_their_client() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "sets",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    let default_mem = show(&b, "work_mem").await;
+    // Extended protocol (tokio-postgres prepares every statement) and simple queries.
+    a.execute("SET statement_timeout = 1234", &[])
+        .await
+        .unwrap();
+    a.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+        assert_eq!(show(&b, "statement_timeout").await, "0");
+        assert_eq!(show(&a, "work_mem").await, "9MB");
+        assert_eq!(show(&b, "work_mem").await, default_mem);
+    }
+    // A prepared SET executed again (Bind without Parse) is seen too.
+    let set = a.prepare("SET work_mem = '3MB'").await.unwrap();
+    a.batch_execute("RESET work_mem").await.unwrap();
+    assert_eq!(show(&a, "work_mem").await, default_mem);
+    a.execute(&set, &[]).await.unwrap();
+    assert_eq!(show(&b, "work_mem").await, default_mem);
+    assert_eq!(show(&a, "work_mem").await, "3MB");
+    // Rolled back: not kept; SET LOCAL: local.
+    a.batch_execute("BEGIN; SET statement_timeout = 5; ROLLBACK")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; SET LOCAL work_mem = '1MB'; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+    assert_eq!(show(&a, "work_mem").await, "3MB");
+    // A client that leaves with its SETs leaves nothing behind.
+    a.batch_execute("SET lock_timeout = 777").await.unwrap();
+    drop(a);
+    for _ in 0..20 {
+        if show(&b, "lock_timeout").await == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(show(&b, "lock_timeout").await, "0");
+    pooler.shutdown().await;
+}

@@ -4,7 +4,8 @@ server connection (issue 11).
 One transaction pool of size 1 is shared by a psycopg and an asyncpg client, so every statement
 of either runs on the same server connection, in turn. What each client sees must be what it
 would see on a direct connection: its own search_path, statement_timeout and TimeZone; RESET,
-rolled-back SETs and SET LOCAL with their PostgreSQL meaning.
+rolled-back SETs and SET LOCAL with their PostgreSQL meaning. SQL-level PREPARE/EXECUTE, which
+cannot follow a client, are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -144,3 +145,25 @@ def test_reset_rollback_and_set_local_as_on_a_direct_connection(pool_uri):
             await b.close()
     run(main())
 
+
+def test_sql_prepare_is_refused_naming_transaction_mode(pool_uri):
+    async def main():
+        a = psycopg.connect(pool_uri, autocommit=True)
+        b = await asyncpg.connect(pool_uri)
+        try:
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                a.execute("PREPARE p AS SELECT 1")
+            assert "transaction pooling mode" in str(e.value)
+            assert a.execute("SELECT 7").fetchone()[0] == 7
+            with pytest.raises(asyncpg.FeatureNotSupportedError) as e2:
+                await b.execute("EXECUTE p")
+            assert "transaction pooling mode" in str(e2.value)
+            assert await b.fetchval("SELECT 8") == 8
+            # Inside a block the refusal leaves the block open, as the server state says.
+            with a.transaction():
+                with pytest.raises(psycopg.errors.FeatureNotSupported):
+                    a.execute("DEALLOCATE ALL")
+        finally:
+            a.close()
+            await b.close()
+    run(main())

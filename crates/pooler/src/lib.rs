@@ -28,7 +28,8 @@
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
-//! statement mode 25001 (an ERROR; the client stays connected: a Query or Parse starting with
+//! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction or statement mode
+//! 0A000 (both an ERROR; the client stays connected: a Query or Parse starting with
 //! BEGIN/START TRANSACTION is answered by the pooler itself, `frontend::relay::block`; a block
 //! opened otherwise is rolled back when ReadyForQuery reveals it); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.

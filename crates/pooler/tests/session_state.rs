@@ -1,4 +1,5 @@
-//! Transaction mode: a client's SETs follow it across server connections (issue 11). One pool of size 1 serves two clients in turn.
+//! Transaction mode: a client's SETs follow it across server connections, and SQL-level
+//! prepared statements are refused (issue 11). One pool of size 1 serves two clients in turn.
 
 mod support;
 
@@ -62,5 +63,35 @@ async fn sets_follow_their_client() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(show(&b, "lock_timeout").await, "0");
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepared_statements_are_refused() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "sqlprep",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let a = connect(addr, "p1").await.unwrap();
+    for sql in ["PREPARE p AS SELECT 1", "EXECUTE p", "DEALLOCATE p"] {
+        let e = must_fail(a.batch_execute(sql).await, sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql}");
+        assert!(
+            describe(&e).contains("transaction pooling mode"),
+            "{}",
+            describe(&e)
+        );
+        let e = must_fail(a.execute(sql, &[]).await, sql);
+        assert_eq!(sqlstate(&e), "0A000", "{sql} (extended)");
+    }
+    // Only the start of a Query is looked at: a later EXECUTE reaches the server, which knows
+    // no `p` (as a direct connection would say). The client goes on either way.
+    let rows = a.simple_query("SELECT 1; EXECUTE p").await;
+    assert!(rows.is_err());
+    let v: i32 = a.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(v, 2);
     pooler.shutdown().await;
 }

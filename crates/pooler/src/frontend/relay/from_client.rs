@@ -119,9 +119,20 @@ fn client_messages(
             if avail < peek {
                 break;
             }
-            let text = block::statement_text(tag, &input[pos..pos + peek]);
-            if let Found::Sets(bits) = session_state::classify(text) {
-                ctx.params.dirty |= bits;
+            match session_state::classify(block::statement_text(tag, &input[pos..pos + peek])) {
+                Found::Nothing => {}
+                Found::Sets(bits) => ctx.params.dirty |= bits,
+                Found::SqlPrepared => {
+                    if avail < len {
+                        break;
+                    }
+                    flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                    pos += len;
+                    run = pos;
+                    push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
+                    server.relay.c2s_discard = tag == tag::PARSE;
+                    continue;
+                }
             }
         }
         let inspect = tag == tag::TERMINATE

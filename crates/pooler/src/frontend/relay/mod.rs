@@ -57,7 +57,8 @@ pub struct ClientCtx<'a> {
     pub max_prepared: usize,
     /// Statement mode: Query/Parse opening a transaction block are refused (see `block`).
     pub refuse_blocks: bool,
-    /// Transaction/statement mode: SETs are tracked (see `session_state`).
+    /// Transaction/statement mode: SETs are tracked and SQL-level prepared statements refused
+    /// (see `session_state`).
     pub session_state: bool,
 }
 
@@ -123,13 +124,19 @@ pub enum Action {
     /// Statement mode: the pooler answers a Query or Parse that opens a transaction block with
     /// the refusal (a Query also with ReadyForQuery).
     Refuse,
+    /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
+    /// with the refusal (`session_state`).
+    RefusePrepared,
 }
 
 impl Action {
     /// The pooler, not the server, answers.
     #[inline]
     fn pooler_answers(self) -> bool {
-        matches!(self, Action::Synthesize | Action::Refuse)
+        matches!(
+            self,
+            Action::Synthesize | Action::Refuse | Action::RefusePrepared
+        )
     }
 }
 
@@ -194,6 +201,7 @@ fn drain_synthesized(server: &mut Server) {
                 server.bufs.s2c_out.extend_from_slice(reply);
             }
             Action::Refuse => refuse(server, front.kind),
+            Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
             _ => break,
         }
         server.relay.expect.pop_front();

@@ -1,5 +1,5 @@
 //! Session state in transaction mode: a client's SETs follow it from server connection to
-//! server connection.
+//! server connection, and SQL-level prepared statements, which cannot, are refused.
 //!
 //! Detection is a keyword test on the start of each Query and Parse text (`classify`): the
 //! first byte decides whether anything more is looked at, so ordinary statements pay one
@@ -17,6 +17,10 @@
 //! parameters outside `params::TRACKED` (custom `app.*` settings among them) are not carried.
 
 use crate::backend::server::Server;
+use crate::errors;
+use crate::net::messages::error::Severity;
+use crate::net::messages::status;
+use crate::net::messages::tag;
 use crate::params::{self, ClientParams, REPORTED, TRACKED};
 
 use super::block::{keyword, skip_noise};
@@ -30,6 +34,9 @@ pub enum Found {
     Nothing,
     /// May change these tracked parameters (bit i: `TRACKED[i]`).
     Sets(u64),
+    /// PREPARE / EXECUTE / DEALLOCATE: SQL-level prepared statements live on one server
+    /// connection, which a transaction-mode client does not keep.
+    SqlPrepared,
 }
 
 /// Classifies the start of a statement text (see the module docs for the cost).
@@ -37,7 +44,7 @@ pub enum Found {
 pub fn classify(sql: &[u8]) -> Found {
     match sql.first() {
         Some(b) if b.is_ascii_alphabetic() => {
-            if !matches!(b | 0x20, b's' | b'r' | b'd') {
+            if !matches!(b | 0x20, b's' | b'r' | b'p' | b'e' | b'd') {
                 return Found::Nothing;
             }
         }
@@ -98,6 +105,13 @@ fn classify_first(s: &[u8]) -> Found {
             return Found::Sets(ALL);
         }
         return Found::Nothing;
+    }
+    if keyword(s, b"prepare")
+        .is_some_and(|rest| keyword(skip_noise(rest), b"transaction").is_none())
+        || keyword(s, b"execute").is_some()
+        || keyword(s, b"deallocate").is_some()
+    {
+        return Found::SqlPrepared;
     }
     Found::Nothing
 }
@@ -198,6 +212,19 @@ pub async fn read_back(
     Ok(())
 }
 
+/// Writes the refusal of an SQL-level PREPARE/EXECUTE/DEALLOCATE, answering a Query (with
+/// ReadyForQuery in the server's state: the refusal does not touch an open block) or a Parse
+/// (whose Sync the server answers).
+#[cold]
+pub fn refuse_sql_prepared(server: &mut Server, kind: u8) {
+    let out = &mut server.bufs.s2c_out;
+    errors::sql_prepared_in_transaction_mode(&server.pool).write(out, Severity::Error);
+    if kind == tag::QUERY {
+        status::ready_for_query(out, server.status);
+        server.relay.ready_synthesized = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,11 +280,19 @@ mod tests {
             "SETTINGS\0",
             "UPDATE t SET a = 1\0",
             "INSERT INTO t VALUES (1)\0",
-            "PREPARE s AS SELECT 1\0",
+            "PREPARE TRANSACTION 'x'\0",
             "DELETE FROM t\0",
             "",
         ] {
             assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
+        }
+        for sql in [
+            "PREPARE s AS SELECT 1\0",
+            "execute s\0",
+            "DEALLOCATE s\0",
+            "deallocate all\0",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
         }
     }
 }

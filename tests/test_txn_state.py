@@ -167,3 +167,68 @@ def test_sql_prepare_is_refused_naming_transaction_mode(pool_uri):
             a.close()
             await b.close()
     run(main())
+
+
+def test_listen_notify_in_transaction_mode(pool_uri, svc):
+    """LISTEN is served by the pool's own listening connection: notifications reach idle
+    clients of both drivers while the pool's only server connection serves everyone else."""
+    admin_uri = svc.uri_for(dbname="app")
+
+    def listeners():
+        with psycopg.connect(admin_uri, autocommit=True) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")]
+
+    async def main():
+        got: asyncio.Queue = asyncio.Queue()
+        listener = await asyncpg.connect(pool_uri)
+        other = await asyncpg.connect(pool_uri)
+        sender = psycopg.connect(pool_uri, autocommit=True)
+        sync_listener = psycopg.connect(pool_uri, autocommit=True)
+        try:
+            await listener.add_listener("Chan 1", lambda *a: got.put_nowait(a[3]))
+            sync_listener.execute("LISTEN plain_chan")
+            # Another client's NOTIFY reaches the idle listener within a second.
+            sender.execute("NOTIFY \"Chan 1\", 'first'")
+            assert await asyncio.wait_for(got.get(), 1.0) == "first"
+            sender.execute("SELECT pg_notify('plain_chan', 'sync')")
+            n = next(sync_listener.notifies(timeout=1.0, stop_after=1))
+            assert (n.channel, n.payload) == ("plain_chan", "sync")
+            # After 100 statements of other clients on the one server connection.
+            for i in range(50):
+                assert sender.execute("SELECT %s::int", (i,)).fetchone()[0] == i
+                assert await other.fetchval("SELECT $1::int", i) == i
+            sender.execute("NOTIFY \"Chan 1\", 'second'")
+            assert await asyncio.wait_for(got.get(), 1.0) == "second"
+            # The listener's own statements still run (on the pool's server connection).
+            assert await listener.fetchval("SELECT 5") == 5
+            # A listener survives a backend failure: terminated, it comes back and listens again.
+            pids = listeners()
+            assert len(pids) == 1
+            with psycopg.connect(admin_uri, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                sender.execute("NOTIFY \"Chan 1\", 'after restart'")
+                try:
+                    assert await asyncio.wait_for(got.get(), 0.3) == "after restart"
+                    break
+                except asyncio.TimeoutError:
+                    assert asyncio.get_running_loop().time() < deadline, "listener not back"
+            assert listeners() != pids
+            # UNLISTEN: nothing more arrives.
+            await listener.execute('UNLISTEN "Chan 1"')
+            sender.execute("NOTIFY \"Chan 1\", 'unheard'")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(got.get(), 0.5)
+            # A client that leaves unsubscribes; notifying its channel harms no one.
+            sync_listener.close()
+            await asyncio.sleep(0.2)
+            sender.execute("NOTIFY plain_chan, 'nobody'")
+            assert sender.execute("SELECT 6").fetchone()[0] == 6
+        finally:
+            sender.close()
+            sync_listener.close()
+            await listener.close()
+            await other.close()
+    run(main())

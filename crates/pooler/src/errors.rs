@@ -189,6 +189,17 @@ pub fn sql_prepared_in_transaction_mode(pool: &str) -> ClientError {
     )
 }
 
+/// Transaction/statement mode: the pool's LISTEN connection did not confirm a LISTEN in time.
+pub fn listen_unavailable(pool: &str) -> ClientError {
+    ClientError::new(
+        "08006",
+        format!(
+            "pool \"{pool}\": the listening server connection is not available; \
+             notifications will be delivered once it is back"
+        ),
+    )
+}
+
 /// A server connection could not be had or used: a server's own error keeps its SQLSTATE.
 pub fn server_error(pool: &str, error: &ServerError) -> ClientError {
     match error {

@@ -18,7 +18,10 @@
 //! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
 //! client: startup parameters, and in transaction/statement mode also the client's own SETs
 //! (`frontend::relay::session_state` spots SET/RESET/`set_config` by keyword and reads the
-//! values back at the end of the transaction); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! values back at the end of the transaction); in those modes LISTEN/UNLISTEN are served by a
+//! per-pool listening server connection outside the pool's size (`backend::listen`), whose
+//! notifications reach subscribed clients through a per-client channel, idle or attached
+//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
 //! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a

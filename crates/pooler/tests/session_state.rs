@@ -95,3 +95,86 @@ async fn sql_prepared_statements_are_refused() {
     assert_eq!(v, 2);
     pooler.shutdown().await;
 }
+
+/// The payload of the next notification within a second.
+async fn note(w: &mut Watched) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(1), w.notes.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|n| n.payload().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_in_transaction_mode() {
+    use std::time::Duration;
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "txnotify",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let mut listener = connect_watched(addr, "p1").await;
+    let mut bystander = connect_watched(addr, "p1").await;
+    let sender = connect(addr, "p1").await.unwrap();
+    listener
+        .client
+        .batch_execute("LISTEN txn_chan")
+        .await
+        .unwrap();
+    sender
+        .batch_execute("NOTIFY txn_chan, 'one'")
+        .await
+        .unwrap();
+    assert_eq!(note(&mut listener).await.as_deref(), Some("one"));
+    // The one server connection serves everyone meanwhile; the listener still hears.
+    for i in 0..50 {
+        let v: i32 = sender
+            .query_one("SELECT $1::int", &[&i])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, i);
+        bystander.client.batch_execute("SELECT 1").await.unwrap();
+    }
+    sender
+        .batch_execute("SELECT pg_notify('txn_chan', 'two')")
+        .await
+        .unwrap();
+    assert_eq!(note(&mut listener).await.as_deref(), Some("two"));
+    // Delivered while the listener is attached, too.
+    listener.client.batch_execute("SELECT 1").await.unwrap();
+    // Nobody else hears it.
+    assert!(bystander.notes.try_recv().is_err());
+    // The listening server connection is restarted after a failure and listens again.
+    pg.admin(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'pgbay listener'",
+    )
+    .await;
+    let mut heard = None;
+    for _ in 0..30 {
+        sender
+            .batch_execute("NOTIFY txn_chan, 'three'")
+            .await
+            .unwrap();
+        if let Ok(Some(n)) =
+            tokio::time::timeout(Duration::from_millis(300), listener.notes.recv()).await
+        {
+            heard = Some(n.payload().to_string());
+            break;
+        }
+    }
+    assert_eq!(heard.as_deref(), Some("three"));
+    listener.client.batch_execute("UNLISTEN *").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while listener.notes.try_recv().is_ok() {}
+    sender
+        .batch_execute("NOTIFY txn_chan, 'four'")
+        .await
+        .unwrap();
+    assert_eq!(note(&mut listener).await, None);
+    pooler.shutdown().await;
+}

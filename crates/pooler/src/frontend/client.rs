@@ -76,6 +76,8 @@ pub struct Client {
     pub(super) cancel: CancelGuard,
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
     pub(super) pending: BytesMut,
+    /// Notifications for the channels it LISTENs to (transaction/statement mode).
+    pub(super) notify: Option<crate::backend::listen::Subscriber>,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
     /// The client's span, entered only to log: entering it on every poll costs more than the
@@ -101,6 +103,7 @@ impl Client {
             statements: ClientStatements::default(),
             cancel: login.cancel,
             pending: BytesMut::new(),
+            notify: None,
             state: ClientState::Idle,
             span,
             _count: count,

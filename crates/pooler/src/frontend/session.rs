@@ -30,6 +30,8 @@ enum Idle {
     Gone,
     Shutdown,
     Drained,
+    /// A notification for a channel the client LISTENs to.
+    Notify(bytes::Bytes),
 }
 
 /// Runs a logged-in client until it leaves or is disconnected.
@@ -51,11 +53,26 @@ pub async fn run(mut client: Box<Client>) {
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
+            Idle::Notify(msg) => {
+                if client.stream.write_all(&msg).await.is_err()
+                    || client.stream.flush().await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         let v = pool.state_version();
         if v != st_version {
             st_version = v;
             st = pool.state();
+        }
+        if st.cfg.mode != PoolMode::Session {
+            match super::listen::serve(&mut client).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => return,
+            }
         }
         if st.cfg.mode == PoolMode::Statement {
             match refuse_blocks(&mut client).await {
@@ -117,7 +134,10 @@ async fn wait_idle(
         return Idle::Data;
     }
     let Client {
-        stream, pending, ..
+        stream,
+        pending,
+        notify,
+        ..
     } = client;
     // Reading here (rather than peeking and reading again once attached) saves a syscall per
     // transaction; the small buffer stays allocated so this costs no allocation either. A
@@ -129,6 +149,11 @@ async fn wait_idle(
         }
         if drain.poll_fired(cx) {
             return Poll::Ready(Idle::Drained);
+        }
+        if let Some(sub) = notify {
+            if let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) {
+                return Poll::Ready(Idle::Notify(msg));
+            }
         }
         match poll_read_buf(stream, cx, pending, IDLE_READ) {
             Poll::Pending => Poll::Pending,
@@ -209,6 +234,8 @@ async fn attached(
             service,
             params,
             statements,
+            pool: client_pool,
+            notify,
             ..
         } = &mut *client;
         let mut ctx = ClientCtx {
@@ -219,6 +246,8 @@ async fn attached(
             max_prepared: st.settings.max_prepared_statements as usize,
             refuse_blocks: mode == PoolMode::Statement,
             session_state: mode != PoolMode::Session,
+            pool: client_pool,
+            notify,
         };
         relay::pump(stream, server, &mut ctx, mode, stop, drain).await
     };

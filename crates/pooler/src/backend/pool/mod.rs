@@ -116,6 +116,8 @@ pub struct Pool {
     login_params: Mutex<Option<LoginParams>>,
     /// Server state SV_USED: lent connections being reset (see `Resetting`).
     used: AtomicU32,
+    /// The LISTEN connection's task, started at the pool's first client LISTEN.
+    listen: std::sync::OnceLock<super::listen::Hub>,
 }
 
 impl Pool {
@@ -139,12 +141,19 @@ impl Pool {
             drain: Signal::new(),
             login_params: Mutex::new(None),
             used: AtomicU32::new(0),
+            listen: std::sync::OnceLock::new(),
         });
         tokio::spawn(upkeep::maintain(
             Arc::downgrade(&pool),
             pool.drain.token().clone(),
         ));
         pool
+    }
+
+    /// The pool's LISTEN connection (`backend::listen`), started on first use.
+    pub fn listen_hub(self: &Arc<Self>) -> &super::listen::Hub {
+        self.listen
+            .get_or_init(|| super::listen::Hub::start(Arc::downgrade(self)))
     }
 
     pub fn state(&self) -> Arc<PoolState> {
@@ -486,6 +495,13 @@ impl Pool {
 /// One unit of pool capacity; dropping it frees the capacity (or hands it to a waiter).
 pub(crate) struct SlotToken {
     pool: Weak<Pool>,
+}
+
+impl SlotToken {
+    /// For a connection outside every pool's accounting (the LISTEN connection).
+    pub(crate) fn unaccounted() -> SlotToken {
+        SlotToken { pool: Weak::new() }
+    }
 }
 
 impl Drop for SlotToken {

@@ -28,10 +28,13 @@ mod pump;
 pub mod session_state;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
+use crate::backend::listen::Subscriber;
 use crate::backend::server::Server;
+use crate::backend::Pool;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::extended::{CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -60,6 +63,10 @@ pub struct ClientCtx<'a> {
     /// Transaction/statement mode: SETs are tracked and SQL-level prepared statements refused
     /// (see `session_state`).
     pub session_state: bool,
+    /// The client's pool, for its LISTEN connection (`backend::listen`).
+    pub pool: &'a Arc<Pool>,
+    /// The client's notifications, once it LISTENed.
+    pub notify: &'a mut Option<Subscriber>,
 }
 
 /// Why the relay stopped.
@@ -100,6 +107,9 @@ pub struct RelayState {
     /// The pooler answered a refused Query with its own ReadyForQuery (read and cleared by the
     /// socket loop, which counts it as a ReadyForQuery from the server).
     pub ready_synthesized: bool,
+    /// Transaction/statement mode: NotificationResponses of the server connection are not
+    /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
+    pub drop_notifications: bool,
 }
 
 /// What the relay expects the server to answer, in order.
@@ -127,6 +137,8 @@ pub enum Action {
     /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
     /// with the refusal (`session_state`).
     RefusePrepared,
+    /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
+    ListenDone(bool),
 }
 
 impl Action {
@@ -135,7 +147,7 @@ impl Action {
     fn pooler_answers(self) -> bool {
         matches!(
             self,
-            Action::Synthesize | Action::Refuse | Action::RefusePrepared
+            Action::Synthesize | Action::Refuse | Action::RefusePrepared | Action::ListenDone(_)
         )
     }
 }
@@ -202,6 +214,7 @@ fn drain_synthesized(server: &mut Server) {
             }
             Action::Refuse => refuse(server, front.kind),
             Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
+            Action::ListenDone(listen) => session_state::listen_done(server, listen),
             _ => break,
         }
         server.relay.expect.pop_front();

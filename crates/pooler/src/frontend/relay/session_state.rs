@@ -37,6 +37,8 @@ pub enum Found {
     /// PREPARE / EXECUTE / DEALLOCATE: SQL-level prepared statements live on one server
     /// connection, which a transaction-mode client does not keep.
     SqlPrepared,
+    /// LISTEN / UNLISTEN: served by the pool's listener (`backend::listen`, `parse_listen`).
+    Listen,
 }
 
 /// Classifies the start of a statement text (see the module docs for the cost).
@@ -44,7 +46,7 @@ pub enum Found {
 pub fn classify(sql: &[u8]) -> Found {
     match sql.first() {
         Some(b) if b.is_ascii_alphabetic() => {
-            if !matches!(b | 0x20, b's' | b'r' | b'p' | b'e' | b'd') {
+            if !matches!(b | 0x20, b's' | b'r' | b'p' | b'e' | b'd' | b'l' | b'u') {
                 return Found::Nothing;
             }
         }
@@ -105,6 +107,9 @@ fn classify_first(s: &[u8]) -> Found {
             return Found::Sets(ALL);
         }
         return Found::Nothing;
+    }
+    if keyword(s, b"listen").is_some() || keyword(s, b"unlisten").is_some() {
+        return Found::Listen;
     }
     if keyword(s, b"prepare")
         .is_some_and(|rest| keyword(skip_noise(rest), b"transaction").is_none())
@@ -225,6 +230,95 @@ pub fn refuse_sql_prepared(server: &mut Server, kind: u8) {
     }
 }
 
+/// A LISTEN or UNLISTEN the pooler answers itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListenCmd {
+    Listen(Box<str>),
+    Unlisten(Box<str>),
+    UnlistenAll,
+}
+
+/// A whole Query or Parse text that is exactly one `LISTEN ch` / `UNLISTEN ch` / `UNLISTEN *` (the
+/// channel folded as PostgreSQL folds identifiers). None for anything else, which is then
+/// forwarded as before.
+pub fn parse_listen(sql: &[u8]) -> Option<ListenCmd> {
+    let s = skip_noise(sql);
+    let (listen, rest) = match keyword(s, b"listen") {
+        Some(rest) => (true, rest),
+        None => (false, keyword(s, b"unlisten")?),
+    };
+    let rest = skip_noise(rest);
+    let (name, rest) = match rest.strip_prefix(b"*") {
+        Some(rest) if !listen => (None, rest),
+        _ => {
+            let (name, rest) = identifier(rest)?;
+            (Some(name), rest)
+        }
+    };
+    let rest = skip_noise(rest);
+    let rest = rest.strip_prefix(b";").map(skip_noise).unwrap_or(rest);
+    // A Query's text ends the message; a Parse's is followed by its parameter types.
+    if rest.first() != Some(&0) {
+        return None;
+    }
+    Some(match (listen, name) {
+        (true, Some(n)) => ListenCmd::Listen(n),
+        (false, Some(n)) => ListenCmd::Unlisten(n),
+        (false, None) => ListenCmd::UnlistenAll,
+        (true, None) => return None,
+    })
+}
+
+/// An SQL identifier at the start of `s`: quoted (kept as is) or not (ASCII-lowercased).
+/// Names longer than PostgreSQL keeps (63 bytes) are not handled here.
+fn identifier(s: &[u8]) -> Option<(Box<str>, &[u8])> {
+    let (name, rest) = if let Some(q) = s.strip_prefix(b"\"") {
+        let mut name = Vec::new();
+        let mut i = 0;
+        loop {
+            match q.get(i)? {
+                b'"' if q.get(i + 1) == Some(&b'"') => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                b'"' => break,
+                0 => return None,
+                &b => {
+                    name.push(b);
+                    i += 1;
+                }
+            }
+        }
+        (name, &q[i + 1..])
+    } else {
+        let first = *s.first()?;
+        if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
+            return None;
+        }
+        let end = s
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80))
+            .unwrap_or(s.len());
+        (s[..end].to_ascii_lowercase(), &s[end..])
+    };
+    if name.is_empty() || name.len() > 63 {
+        return None;
+    }
+    Some((String::from_utf8(name).ok()?.into(), rest))
+}
+
+/// Answers a LISTEN/UNLISTEN the pooler served: CommandComplete and ReadyForQuery in the
+/// server's state.
+#[cold]
+pub fn listen_done(server: &mut Server, listen: bool) {
+    let out = &mut server.bufs.s2c_out;
+    let at = crate::net::messages::begin(out, tag::COMMAND_COMPLETE);
+    crate::net::messages::put_cstr(out, if listen { b"LISTEN" } else { b"UNLISTEN" });
+    crate::net::messages::finish(out, at);
+    status::ready_for_query(out, server.status);
+    server.relay.ready_synthesized = true;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +388,31 @@ mod tests {
         ] {
             assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
         }
+    }
+
+    #[test]
+    fn parses_listen_and_unlisten() {
+        let p = |s: &str| parse_listen(s.as_bytes());
+        assert_eq!(p("LISTEN Chan\0"), Some(ListenCmd::Listen("chan".into())));
+        assert_eq!(
+            p("listen \"My \"\"C\";\0"),
+            Some(ListenCmd::Listen("My \"C".into()))
+        );
+        assert_eq!(
+            p("UNLISTEN chan ;\0"),
+            Some(ListenCmd::Unlisten("chan".into()))
+        );
+        assert_eq!(p("unlisten *\0"), Some(ListenCmd::UnlistenAll));
+        for other in [
+            "LISTEN *\0",
+            "LISTEN a; SELECT 1\0",
+            "LISTEN\0",
+            "LISTEN a",
+            "LISTEN 1a\0",
+        ] {
+            assert_eq!(p(other), None, "{other:?}");
+        }
+        assert_eq!(classify(b"LISTEN a\0"), Found::Listen);
+        assert_eq!(classify(b"UPDATE t SET a = 1\0"), Found::Nothing);
     }
 }

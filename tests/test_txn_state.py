@@ -188,6 +188,9 @@ def test_listen_notify_in_transaction_mode(pool_uri, svc):
         try:
             await listener.add_listener("Chan 1", lambda *a: got.put_nowait(a[3]))
             sync_listener.execute("LISTEN plain_chan")
+            # asyncpg's LISTEN (extended protocol) also ran on the pool's server connection,
+            # which was made to forget it: only the pool's listener listens.
+            assert await other.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
             # Another client's NOTIFY reaches the idle listener within a second.
             sender.execute("NOTIFY \"Chan 1\", 'first'")
             assert await asyncio.wait_for(got.get(), 1.0) == "first"

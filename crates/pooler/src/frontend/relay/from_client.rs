@@ -146,6 +146,9 @@ fn client_messages(
                     }
                     let text = block::statement_text(tag, &input[pos..pos + len]);
                     if let Some(cmd) = session_state::parse_listen(text) {
+                        if matches!(cmd, ListenCmd::Listen(_)) {
+                            ctx.params.dirty |= session_state::UNLISTEN;
+                        }
                         subscribe(ctx, cmd);
                     }
                 }

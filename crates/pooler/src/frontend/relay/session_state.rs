@@ -25,6 +25,10 @@ use crate::params::{self, ClientParams, REPORTED, TRACKED};
 
 use super::block::{keyword, skip_noise};
 
+/// Not a parameter: the client's transaction ran a LISTEN on the server connection (extended
+/// protocol), which `read_back` undoes with `UNLISTEN *` (the pool's listener serves it).
+pub const UNLISTEN: u64 = 1 << 63;
+
 /// Every tracked parameter that the server does not report.
 pub const ALL: u64 = ((1u64 << TRACKED.len()) - 1) & !((1u64 << REPORTED) - 1);
 
@@ -190,6 +194,9 @@ pub async fn read_back(
     client: Option<&mut ClientParams>,
     dirty: u64,
 ) -> Result<(), crate::backend::ServerError> {
+    if dirty & UNLISTEN != 0 {
+        server.run_internal("UNLISTEN *").await?;
+    }
     let names: Vec<usize> = (0..TRACKED.len())
         .filter(|i| dirty & (1 << i) != 0)
         .collect();

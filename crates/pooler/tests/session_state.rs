@@ -178,3 +178,57 @@ async fn listen_notify_in_transaction_mode() {
     assert_eq!(note(&mut listener).await, None);
     pooler.shutdown().await;
 }
+
+/// A LISTEN while the backend is down: an error saying so (08006), and the subscription stands,
+/// served once the backend is back. Uses its own cluster (it stops it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_while_the_backend_is_down() {
+    let pg = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    pg.setup_app().await;
+    let (pooler, addr) = start(service(
+        "listendown",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let mut listener = connect_watched(addr, "p1").await;
+    listener.client.batch_execute("SELECT 1").await.unwrap();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let e = must_fail(
+        listener.client.batch_execute("LISTEN down_chan").await,
+        "LISTEN with the backend down",
+    );
+    assert_eq!(sqlstate(&e), "08006", "{}", describe(&e));
+    assert!(
+        describe(&e).contains("listening server connection is not available")
+            && describe(&e).contains("p1"),
+        "{}",
+        describe(&e)
+    );
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart_stopped();
+        pg
+    })
+    .await
+    .unwrap();
+    let sender = connect(addr, "p1").await.unwrap();
+    let mut heard = None;
+    for _ in 0..40 {
+        sender
+            .batch_execute("NOTIFY down_chan, 'back'")
+            .await
+            .unwrap();
+        if let Some(p) = note(&mut listener).await {
+            heard = Some(p);
+            break;
+        }
+    }
+    assert_eq!(heard.as_deref(), Some("back"));
+    pooler.shutdown().await;
+    drop(pg);
+}

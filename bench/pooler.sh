@@ -13,8 +13,9 @@
 # /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
 # PGBOUNCER_NEW=none skips it).
 #
-# Measures, per target and transport: pgbench -S TPS (simple and -M prepared), the pooler's CPU time
-# per transaction (from /proc/PID/stat), the RSS growth per idle client over IDLE idle clients, and
+# Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
+# (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
+# script as one transaction although the pooler sees two), the pooler's CPU time per transaction (from /proc/PID/stat), the RSS growth per idle client over IDLE idle clients, and
 # whether MANY concurrent clients on one pool all get served. Writes a markdown report to
 # bench/results/pooler-<timestamp>.md and prints it.
 #
@@ -177,7 +178,10 @@ run_pgbench() { # target transport port pid mode clients db
     local before after out tps txns cpu note=""
     [ "$pid" = - ] && pid=""
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
+    local workload=(-S -M "$mode")
+    # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
+    [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
+    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
     after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)
@@ -190,8 +194,13 @@ run_pgbench() { # target transport port pid mode clients db
     echo "$target $transport $mode c=$c tps=${tps:-0} cpu/txn=$cpu $note" >&2
 }
 
+cat > "$work/set_heavy.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+SET search_path = public, pg_catalog;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SQL
 for c in $CLIENTS; do
-    for mode in simple prepared; do
+    for mode in simple prepared set-heavy; do
         for t in "${targets[@]}"; do
             read -r name transport port pid <<< "$t"
             db=bench

@@ -197,6 +197,29 @@ pub fn statement_mode_transaction(pool: &str) -> ClientError {
     )
 }
 
+/// Transaction/statement mode: SQL-level prepared statements would live on a server
+/// connection the client does not keep.
+pub fn sql_prepared_in_transaction_mode(pool: &str) -> ClientError {
+    ClientError::new(
+        "0A000",
+        format!(
+            "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode \
+             (pool \"{pool}\"); use protocol-level prepared statements"
+        ),
+    )
+}
+
+/// Transaction/statement mode: the pool's LISTEN connection did not confirm a LISTEN in time.
+pub fn listen_unavailable(pool: &str) -> ClientError {
+    ClientError::new(
+        "08006",
+        format!(
+            "pool \"{pool}\": the listening server connection is not available; \
+             notifications will be delivered once it is back"
+        ),
+    )
+}
+
 /// A server connection could not be had or used: a server's own error keeps its SQLSTATE.
 pub fn server_error(pool: &str, error: &ServerError) -> ClientError {
     match error {

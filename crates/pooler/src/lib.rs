@@ -16,7 +16,12 @@
 //! PostgreSQL over a `net::ServerStream`: a Unix socket when the backend host is a directory
 //! (starts with '/'), else TCP, encrypted with TLS when the server accepts an SSLRequest
 //! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
-//! client; `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! client: startup parameters, and in transaction/statement mode also the client's own SETs
+//! (`frontend::relay::session_state` spots SET/RESET/`set_config` by keyword and reads the
+//! values back at the end of the transaction); in those modes LISTEN/UNLISTEN are served by a
+//! per-pool listening server connection outside the pool's size (`backend::listen`), whose
+//! notifications reach subscribed clients through a per-client channel, idle or attached
+//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
 //! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a
@@ -50,7 +55,8 @@
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
-//! statement mode 25001 (an ERROR; the client stays connected: a Query or Parse starting with
+//! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction or statement mode
+//! 0A000 (both an ERROR; the client stays connected: a Query or Parse starting with
 //! BEGIN/START TRANSACTION is answered by the pooler itself, `frontend::relay::block`; a block
 //! opened otherwise is rolled back when ReadyForQuery reveals it); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.

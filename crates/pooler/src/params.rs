@@ -11,8 +11,11 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-/// Parameters tracked per client, in a fixed order so that state is a small array.
-pub const TRACKED: [&str; 8] = [
+/// Parameters tracked per client, in a fixed order so that state is a small array. Beyond the
+/// startup parameters drivers send, the session settings applications most often SET (timeouts,
+/// memory, transaction defaults) so that, in transaction mode, they follow their client
+/// (`frontend::relay::session_state`). A SET of a parameter not listed here is not carried.
+pub const TRACKED: [&str; 18] = [
     "application_name",
     "client_encoding",
     "DateStyle",
@@ -21,6 +24,16 @@ pub const TRACKED: [&str; 8] = [
     "standard_conforming_strings",
     "search_path",
     "extra_float_digits",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "work_mem",
+    "maintenance_work_mem",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "synchronous_commit",
+    "jit",
+    "row_security",
 ];
 
 /// The first `REPORTED` entries of `TRACKED` are reported by the server with ParameterStatus,
@@ -67,12 +80,19 @@ fn id_of(values: &Values) -> u64 {
 pub struct ClientParams {
     values: Values,
     id: u64,
+    /// Bit i: the client's statements since the last read-back may have changed `TRACKED[i]`
+    /// (only unreported ones are marked; see `frontend::relay::session_state`).
+    pub dirty: u64,
 }
 
 impl ClientParams {
     pub fn new(values: Values) -> ClientParams {
         let id = id_of(&values);
-        ClientParams { values, id }
+        ClientParams {
+            values,
+            id,
+            dirty: 0,
+        }
     }
 
     #[cfg(test)]
@@ -118,6 +138,32 @@ impl ServerParams {
         }
         if matched {
             self.matches = client.id;
+        }
+    }
+
+    /// Values read back from the server after a client's statements changed them: the server
+    /// has them, and so does the client (if it is still there). A server that matched the
+    /// client still does.
+    pub fn learned(&mut self, read: &[(usize, Box<str>)], client: Option<&mut ClientParams>) {
+        for (i, v) in read {
+            self.current[*i] = Some(v.clone());
+        }
+        match client {
+            Some(client) => {
+                let matched = self.matches != 0 && self.matches == client.id;
+                let mut changed = false;
+                for (i, v) in read {
+                    if client.values[*i].as_deref() != Some(v) {
+                        client.values[*i] = Some(v.clone());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    client.id = id_of(&client.values);
+                }
+                self.matches = if matched { client.id } else { 0 };
+            }
+            None => self.matches = 0,
         }
     }
 
@@ -187,6 +233,16 @@ impl ServerParams {
             } else {
                 self.current[i] = wanted.clone();
             }
+        }
+    }
+
+    /// The pooler could not learn what a client changed: trust no match, so that the next
+    /// client's sync compares (and sets) everything.
+    pub fn reset_unsure(&mut self) {
+        self.matches = 0;
+        for i in REPORTED..TRACKED.len() {
+            // Unknown: a value no client has, so the next sync sets or resets it.
+            self.current[i] = Some("\u{0}unknown".into());
         }
     }
 

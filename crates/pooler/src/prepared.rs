@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
+use crate::frontend::relay::session_state::{classify, Found};
 use crate::net::messages::extended::write_parse;
 
 /// One distinct statement, shared by every client that prepared the same text and types.
@@ -23,6 +24,9 @@ pub struct Statement {
     pub name: Box<str>,
     /// The Parse message under the pooler-wide name, ready to send.
     pub parse: Bytes,
+    /// Tracked parameters the statement may change (`session_state::classify`), marked dirty
+    /// again at every Bind: a prepared SET is executed without a new Parse.
+    pub sets: u64,
 }
 
 /// Pooler-wide map from statement text to `Statement`.
@@ -53,6 +57,10 @@ impl Registry {
             id,
             name: name.into(),
             parse: parse.freeze(),
+            sets: match classify(rest) {
+                Found::Sets(bits) => bits,
+                _ => 0,
+            },
         });
         map.insert(rest.into(), stmt.clone());
         stmt

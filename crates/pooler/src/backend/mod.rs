@@ -1,5 +1,6 @@
 //! Server side: connections to PostgreSQL and the pools that hold them.
 
+pub mod listen;
 pub mod pool;
 pub mod server;
 

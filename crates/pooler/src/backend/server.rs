@@ -314,6 +314,15 @@ impl Server {
     /// Runs a simple query for the pooler's own purposes (parameter sync, reset), swallowing
     /// its results. Reported parameter changes are recorded.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.run_internal_row(sql, &mut Vec::new()).await
+    }
+
+    /// `run_internal` that also hands back the text fields of the first row (NULL as None).
+    pub async fn run_internal_row(
+        &mut self,
+        sql: &str,
+        row: &mut Vec<Option<Box<str>>>,
+    ) -> Result<(), ServerError> {
         messages::query(&mut self.bufs.c2s_out, sql);
         self.send().await?;
         let mut failure = None;
@@ -328,6 +337,10 @@ impl Server {
                         }
                     }
                     tag::ERROR_RESPONSE => failure = Some(parse_error(body)),
+                    tag::DATA_ROW if row.is_empty() => {
+                        *row = messages::status::parse_data_row(body)
+                            .ok_or(ServerError::Protocol("malformed DataRow"))?;
+                    }
                     tag::READY_FOR_QUERY => {
                         self.status = body.first().copied().unwrap_or(txn::IDLE)
                     }

@@ -86,6 +86,8 @@ pub struct Client {
     pub(super) cancel: CancelGuard,
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
     pub(super) pending: BytesMut,
+    /// Notifications for the channels it LISTENs to (transaction/statement mode).
+    pub(super) notify: Option<crate::backend::listen::Subscriber>,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
     /// Counts not yet folded into the pool's counters.
@@ -136,6 +138,7 @@ impl Client {
             statements: ClientStatements::default(),
             cancel: login.cancel,
             pending: BytesMut::new(),
+            notify: None,
             state: ClientState::Idle,
             span,
             _count: count,

@@ -2,6 +2,7 @@
 //! attaches it to server connections (`session`) and the byte relay while attached (`relay`).
 
 pub mod client;
+mod listen;
 pub mod login;
 pub mod relay;
 pub mod session;

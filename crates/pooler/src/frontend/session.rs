@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::client::Client;
-use super::relay::{self, block, ClientCtx, End};
+use super::relay::{self, block, session_state, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
 use crate::errors;
@@ -30,6 +30,8 @@ enum Idle {
     Gone,
     Shutdown,
     Drained,
+    /// A notification for a channel the client LISTENs to.
+    Notify(bytes::Bytes),
 }
 
 /// Runs a logged-in client until it leaves or is disconnected.
@@ -51,6 +53,14 @@ pub async fn run(mut client: Box<Client>) {
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
+            Idle::Notify(msg) => {
+                if client.stream.write_all(&msg).await.is_err()
+                    || client.stream.flush().await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         if pool.kill_epoch() != client.kill_epoch {
             return killed(&mut client).await;
@@ -70,6 +80,13 @@ pub async fn run(mut client: Box<Client>) {
         if v != st_version {
             st_version = v;
             st = pool.state();
+        }
+        if st.cfg.mode != PoolMode::Session {
+            match super::listen::serve(&mut client).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => return,
+            }
         }
         if st.cfg.mode == PoolMode::Statement {
             match refuse_blocks(&mut client).await {
@@ -153,7 +170,10 @@ async fn wait_idle(
         return Idle::Data;
     }
     let Client {
-        stream, pending, ..
+        stream,
+        pending,
+        notify,
+        ..
     } = client;
     // Reading here (rather than peeking and reading again once attached) saves a syscall per
     // transaction; the small buffer stays allocated so this costs no allocation either. A
@@ -165,6 +185,11 @@ async fn wait_idle(
         }
         if drain.poll_fired(cx) {
             return Poll::Ready(Idle::Drained);
+        }
+        if let Some(sub) = notify {
+            if let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) {
+                return Poll::Ready(Idle::Notify(msg));
+            }
         }
         match poll_read_buf(stream, cx, pending, IDLE_READ) {
             Poll::Pending => Poll::Pending,
@@ -247,6 +272,8 @@ async fn attached(
             params,
             statements,
             tally,
+            pool: client_pool,
+            notify,
             ..
         } = &mut *client;
         let mut ctx = ClientCtx {
@@ -258,6 +285,9 @@ async fn attached(
             track,
             max_prepared: st.settings.max_prepared_statements as usize,
             refuse_blocks: mode == PoolMode::Statement,
+            session_state: mode != PoolMode::Session,
+            pool: client_pool,
+            notify,
         };
         relay::pump(stream, server, &mut ctx, mode, stop, drain).await
     };
@@ -265,6 +295,10 @@ async fn attached(
     match end {
         End::Boundary => {
             relay::take_pending(server, &mut client.pending);
+            let dirty = std::mem::take(&mut client.params.dirty);
+            if dirty != 0 && !settle(client, server, dirty).await {
+                return Ok(false);
+            }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
                     client.span.in_scope(
@@ -291,6 +325,11 @@ async fn attached(
                 && server.bufs.s2c_out.is_empty()
             {
                 server.bufs.s2c_out.clear();
+                let dirty = std::mem::take(&mut client.params.dirty);
+                if dirty != 0 && session_state::read_back(server, None, dirty).await.is_err() {
+                    server.close_reason = Some("could not read back session parameters");
+                    return Ok(false);
+                }
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
                     && reset(pool, server).await.is_err()
                 {
@@ -343,6 +382,29 @@ async fn attached(
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
             Ok(false)
+        }
+    }
+}
+
+/// Records the parameters the client's transaction may have changed (`session_state`). False
+/// when the server connection broke (the client was told and the session is over); a server
+/// error only leaves the connection unmatched, to be synced in full at its next use.
+async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> bool {
+    match session_state::read_back(server, Some(&mut client.params), dirty).await {
+        Ok(()) => true,
+        Err(e) => {
+            client
+                .span
+                .in_scope(|| tracing::warn!(error = %e, "could not read back session parameters"));
+            if matches!(e, crate::backend::ServerError::Server { .. }) {
+                server.params.reset_unsure();
+                return true;
+            }
+            server.close_reason = Some("server connection lost");
+            client
+                .fatal(&errors::server_lost(&client.pool.name, &e))
+                .await;
+            false
         }
     }
 }

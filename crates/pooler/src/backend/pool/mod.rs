@@ -150,6 +150,8 @@ pub struct Pool {
     counters: Counters,
     averages: Mutex<Averages>,
     pause: Pause,
+    /// The LISTEN connection's task, started at the pool's first client LISTEN.
+    listen: std::sync::OnceLock<super::listen::Hub>,
 }
 
 impl Pool {
@@ -177,12 +179,19 @@ impl Pool {
             counters: Counters::default(),
             averages: Mutex::new(Averages::default()),
             pause: Pause::default(),
+            listen: std::sync::OnceLock::new(),
         });
         tokio::spawn(upkeep::maintain(
             Arc::downgrade(&pool),
             pool.drain.token().clone(),
         ));
         pool
+    }
+
+    /// The pool's LISTEN connection (`backend::listen`), started on first use.
+    pub fn listen_hub(self: &Arc<Self>) -> &super::listen::Hub {
+        self.listen
+            .get_or_init(|| super::listen::Hub::start(Arc::downgrade(self)))
     }
 
     pub fn state(&self) -> Arc<PoolState> {
@@ -639,6 +648,13 @@ impl Pool {
 /// One unit of pool capacity; dropping it frees the capacity (or hands it to a waiter).
 pub(crate) struct SlotToken {
     pool: Weak<Pool>,
+}
+
+impl SlotToken {
+    /// For a connection outside every pool's accounting (the LISTEN connection).
+    pub(crate) fn unaccounted() -> SlotToken {
+        SlotToken { pool: Weak::new() }
+    }
 }
 
 impl Drop for SlotToken {

@@ -37,7 +37,7 @@ pub fn opens_block(sql: &[u8]) -> bool {
 }
 
 /// `s` without `kw` (case-insensitive) at its start, if it starts with that whole word.
-fn keyword<'a>(s: &'a [u8], kw: &[u8]) -> Option<&'a [u8]> {
+pub(super) fn keyword<'a>(s: &'a [u8], kw: &[u8]) -> Option<&'a [u8]> {
     let head = s.get(..kw.len())?;
     let next = *s.get(kw.len())?;
     let ident = next.is_ascii_alphanumeric() || next == b'_' || next == b'$' || next >= 0x80;
@@ -45,7 +45,7 @@ fn keyword<'a>(s: &'a [u8], kw: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// Skips whitespace, `-- line` and (nested) `/* block */` comments.
-fn skip_noise(mut s: &[u8]) -> &[u8] {
+pub(super) fn skip_noise(mut s: &[u8]) -> &[u8] {
     loop {
         s = s.trim_ascii_start();
         if let Some(rest) = s.strip_prefix(b"--") {

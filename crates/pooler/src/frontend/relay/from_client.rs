@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use super::session_state::{self, Found, ListenCmd};
 use super::{
     block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
     MAX_MESSAGE,
 };
+use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_target,
@@ -113,6 +115,56 @@ fn client_messages(
                 continue;
             }
         }
+        if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
+            let peek = len.min(HEADER + block::PEEK);
+            if avail < peek {
+                break;
+            }
+            match session_state::classify(block::statement_text(tag, &input[pos..pos + peek])) {
+                Found::Nothing => {}
+                Found::Sets(bits) => ctx.params.dirty |= bits,
+                Found::Listen if tag == tag::QUERY => {
+                    if avail < len {
+                        break;
+                    }
+                    let text = block::statement_text(tag, &input[pos..pos + len]);
+                    if let Some(cmd) = session_state::parse_listen(text) {
+                        flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                        pos += len;
+                        run = pos;
+                        let listen = matches!(cmd, ListenCmd::Listen(_));
+                        subscribe(ctx, cmd);
+                        push(&mut server.relay.expect, tag, Action::ListenDone(listen), 0);
+                        continue;
+                    }
+                }
+                // The extended protocol (asyncpg's LISTEN): the server runs it too (on whichever
+                // connection, whose notifications the relay drops), the listener subscribes.
+                Found::Listen => {
+                    if avail < len {
+                        break;
+                    }
+                    let text = block::statement_text(tag, &input[pos..pos + len]);
+                    if let Some(cmd) = session_state::parse_listen(text) {
+                        if matches!(cmd, ListenCmd::Listen(_)) {
+                            ctx.params.dirty |= session_state::UNLISTEN;
+                        }
+                        subscribe(ctx, cmd);
+                    }
+                }
+                Found::SqlPrepared => {
+                    if avail < len {
+                        break;
+                    }
+                    flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                    pos += len;
+                    run = pos;
+                    push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
+                    server.relay.c2s_discard = tag == tag::PARSE;
+                    continue;
+                }
+            }
+        }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
         if !inspect {
@@ -191,6 +243,7 @@ fn rewrite(
             ctx.tally.t.server_binds += 1;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    ctx.params.dirty |= stmt.sets;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
                     write_bind(
@@ -267,4 +320,35 @@ fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, act
     }
     server.bufs.c2s_out.extend_from_slice(&stmt.parse);
     push(&mut server.relay.expect, tag::PARSE, action, stmt.id);
+}
+
+/// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
+/// notification channel.
+#[cold]
+fn subscribe(ctx: &mut ClientCtx<'_>, cmd: ListenCmd) {
+    let hub = ctx.pool.listen_hub();
+    match cmd {
+        ListenCmd::Listen(channel) => {
+            let sub = ctx.notify.get_or_insert_with(|| Subscriber::new(hub));
+            hub.send(Cmd::Listen {
+                channel,
+                client: sub.id,
+                sink: sub.sink.clone(),
+                done: None,
+            });
+        }
+        ListenCmd::Unlisten(channel) => {
+            if let Some(sub) = ctx.notify.as_ref() {
+                hub.send(Cmd::Unlisten {
+                    channel,
+                    client: sub.id,
+                });
+            }
+        }
+        ListenCmd::UnlistenAll => {
+            if let Some(sub) = ctx.notify.as_ref() {
+                hub.send(Cmd::UnlistenAll { client: sub.id });
+            }
+        }
+    }
 }

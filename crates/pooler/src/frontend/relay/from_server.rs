@@ -114,6 +114,7 @@ fn server_messages(
                 | tag::PARSE_COMPLETE
                 | tag::CLOSE_COMPLETE
                 | tag::COMMAND_COMPLETE
+                | tag::NOTIFICATION_RESPONSE
         );
         if whole && avail < len {
             break;
@@ -156,6 +157,7 @@ fn server_messages(
                 }
             }
             tag::COPY_IN_RESPONSE => copy_started(server),
+            tag::NOTIFICATION_RESPONSE if server.relay.drop_notifications => forward = false,
             tag::PARAMETER_STATUS => {
                 let body = &input[pos + HEADER..pos + len];
                 if let Some((name, value)) = parse_parameter_status(body) {

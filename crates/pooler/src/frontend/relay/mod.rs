@@ -25,12 +25,16 @@ pub mod block;
 mod from_client;
 mod from_server;
 mod pump;
+pub mod session_state;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
+use crate::backend::listen::Subscriber;
 use crate::backend::server::Server;
+use crate::backend::Pool;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::extended::{CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -60,6 +64,13 @@ pub struct ClientCtx<'a> {
     /// The client's counts (bytes, queries, Parse/Bind) and where they are folded.
     pub tally: &'a mut Tally,
     pub counters: &'a PoolCounters,
+    /// Transaction/statement mode: SETs are tracked and SQL-level prepared statements refused
+    /// (see `session_state`).
+    pub session_state: bool,
+    /// The client's pool, for its LISTEN connection (`backend::listen`).
+    pub pool: &'a Arc<Pool>,
+    /// The client's notifications, once it LISTENed.
+    pub notify: &'a mut Option<Subscriber>,
 }
 
 /// Why the relay stopped.
@@ -100,6 +111,9 @@ pub struct RelayState {
     /// The pooler answered a refused Query with its own ReadyForQuery (read and cleared by the
     /// socket loop, which counts it as a ReadyForQuery from the server).
     pub ready_synthesized: bool,
+    /// Transaction/statement mode: NotificationResponses of the server connection are not
+    /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
+    pub drop_notifications: bool,
 }
 
 /// What the relay expects the server to answer, in order.
@@ -124,13 +138,21 @@ pub enum Action {
     /// Statement mode: the pooler answers a Query or Parse that opens a transaction block with
     /// the refusal (a Query also with ReadyForQuery).
     Refuse,
+    /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
+    /// with the refusal (`session_state`).
+    RefusePrepared,
+    /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
+    ListenDone(bool),
 }
 
 impl Action {
     /// The pooler, not the server, answers.
     #[inline]
     fn pooler_answers(self) -> bool {
-        matches!(self, Action::Synthesize | Action::Refuse)
+        matches!(
+            self,
+            Action::Synthesize | Action::Refuse | Action::RefusePrepared | Action::ListenDone(_)
+        )
     }
 }
 
@@ -195,6 +217,8 @@ fn drain_synthesized(server: &mut Server) {
                 server.bufs.s2c_out.extend_from_slice(reply);
             }
             Action::Refuse => refuse(server, front.kind),
+            Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
+            Action::ListenDone(listen) => session_state::listen_done(server, listen),
             _ => break,
         }
         server.relay.expect.pop_front();

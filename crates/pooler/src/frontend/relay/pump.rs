@@ -52,6 +52,7 @@ pub async fn pump(
     let mut server_flush = false;
     // A refusal answered in an earlier attachment says nothing about this one.
     server.relay.ready_synthesized = false;
+    server.relay.drop_notifications = ctx.session_state;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
         match client_input(server, ctx) {
@@ -106,6 +107,15 @@ pub async fn pump(
                         }
                     }
                     Poll::Pending => server_read = false,
+                }
+            }
+            // Notifications from the pool's listener go out between whole server messages.
+            if let Some(sub) = ctx.notify.as_mut() {
+                if server.relay.s2c_skip == 0 {
+                    while let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) {
+                        server.bufs.s2c_out.extend_from_slice(&msg);
+                        progress = true;
+                    }
                 }
             }
             if !server.bufs.s2c_out.is_empty() {

@@ -31,3 +31,22 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     buf.put_slice(&[tag::READY_FOR_QUERY, 0, 0, 0, 5, status]);
 }
+
+/// The fields of a DataRow body as text (NULL as None); None when malformed or not UTF-8.
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<Box<str>>>> {
+    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let mut rest = &body[2..];
+    let mut fields = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            fields.push(None);
+            continue;
+        }
+        let (field, tail) = rest.split_at_checked(len as usize)?;
+        fields.push(Some(std::str::from_utf8(field).ok()?.into()));
+        rest = tail;
+    }
+    Some(fields)
+}

@@ -35,6 +35,8 @@ pub const NO_DATA: u8 = b'n';
 pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
 pub const PORTAL_SUSPENDED: u8 = b's';
 pub const COPY_IN_RESPONSE: u8 = b'G';
+pub const DATA_ROW: u8 = b'D';
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
 
 /// Transaction status byte of ReadyForQuery. The pooler only needs to tell "idle" from the
 /// others ('T' in a block, 'E' in a failed block).

@@ -46,7 +46,7 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
         None => {}
         Some(Ok(Ok(Some(Login::Pool(client))))) => {
             let client = Box::new(Client::new(
-                stream, service, client, count, span, addr, local,
+                stream, service, *client, count, span, addr, local,
             ));
             session::run(client).await;
         }

@@ -25,7 +25,8 @@ pub const ADMIN_DATABASE: &str = "pgbouncer";
 
 /// Who got in: a pool's client, or the service's admin on the console.
 pub enum Login {
-    Pool(LoggedIn),
+    // Boxed: the enum lives in every connecting client's task state; the admin variant is small.
+    Pool(Box<LoggedIn>),
     Admin(AdminLogin),
 }
 
@@ -127,7 +128,9 @@ pub async fn login(
     {
         return Ok(None);
     }
-    Ok(Some(Login::Pool(greet(stream, service, admitted).await?)))
+    Ok(Some(Login::Pool(Box::new(
+        greet(stream, service, admitted).await?,
+    ))))
 }
 
 /// The database a StartupMessage asks for (`database`, else `user`).

@@ -30,7 +30,7 @@ chmod 755 "$work"
 cleanup() {
     pkill -f "callgrind-out-file=$work" 2>/dev/null || true
     stop_pg "$work/pg"
-    rm -rf "$work"
+    [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/callgrind.out.* "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -50,8 +50,28 @@ pub enum Found {
 pub fn classify(sql: &[u8]) -> Found {
     match sql.first() {
         Some(b) if b.is_ascii_alphabetic() => {
-            if !matches!(b | 0x20, b's' | b'r' | b'p' | b'e' | b'd' | b'l' | b'u') {
+            // The first three letters, lowercased, of every statement that may matter; anything
+            // else (SELECT aside, see below) is done with after one load and a few compares.
+            let Some(head) = sql.get(..3) else {
                 return Found::Nothing;
+            };
+            let head = [head[0] | 0x20, head[1] | 0x20, head[2] | 0x20];
+            match &head {
+                b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" => {}
+                // Only `SELECT [pg_catalog.]set_config(...)` matters: the first byte after
+                // `select ` must be an `s` or a `p` (or noise) for it to be looked at further.
+                b"sel" => match sql.get(6..8) {
+                    Some([b' ' | b'\t' | b'\n' | b'\r', next])
+                        if !matches!(
+                            next | 0x20,
+                            b's' | b'p' | b' ' | b'\t' | b'\n' | b'\r' | b'-' | b'/'
+                        ) && next.is_ascii_graphic() =>
+                    {
+                        return Found::Nothing
+                    }
+                    _ => {}
+                },
+                _ => return Found::Nothing,
             }
         }
         Some(b' ' | b'\t' | b'\n' | b'\r' | b'-' | b'/') => {}
@@ -359,6 +379,15 @@ mod tests {
             bit("work_mem")
         );
         assert_eq!(sets("SELECT set_config($1, $2, false)\0"), ALL);
+        // The quick SELECT test lets noise and line breaks through to the full check.
+        assert_eq!(
+            sets("SELECT\n  /* x */ set_config('work_mem', '8MB', false)\0"),
+            bit("work_mem")
+        );
+        assert_eq!(
+            sets("SELECT  PG_CATALOG.set_config('work_mem', '8MB', false)\0"),
+            bit("work_mem")
+        );
         // More than one statement, or a cut text: everything is read back.
         assert_eq!(sets("SET work_mem = 1; SET search_path = a\0"), ALL);
         assert_eq!(sets("SET work_mem = 1\0"), bit("work_mem"));

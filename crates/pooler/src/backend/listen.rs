@@ -25,8 +25,13 @@ use super::server::{ConnectParams, Server};
 use crate::net::messages::{self, cstr, header, tag, HEADER};
 use crate::net::stream::poll_read_buf;
 
-/// Where a client receives its notifications (whole NotificationResponse messages).
-pub type Sink = mpsc::UnboundedSender<Bytes>;
+/// Where a client receives its notifications (whole NotificationResponse messages). Bounded: a
+/// client that listens and stops reading must not make the pooler hold its notifications without
+/// limit (PostgreSQL's own queue is bounded too); past [`NOTIFY_QUEUE`] its new ones are dropped.
+pub type Sink = mpsc::Sender<Bytes>;
+
+/// Notifications queued for one client before new ones are dropped for it.
+pub const NOTIFY_QUEUE: usize = 10_000;
 
 /// What clients ask of their pool's listener.
 pub enum Cmd {
@@ -70,14 +75,14 @@ static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 /// A client's end: made at its first LISTEN; dropping it (client gone) unsubscribes.
 pub struct Subscriber {
     pub id: u64,
-    pub rx: mpsc::UnboundedReceiver<Bytes>,
+    pub rx: mpsc::Receiver<Bytes>,
     pub sink: Sink,
     hub: mpsc::UnboundedSender<Cmd>,
 }
 
 impl Subscriber {
     pub fn new(hub: &Hub) -> Subscriber {
-        let (sink, rx) = mpsc::unbounded_channel();
+        let (sink, rx) = mpsc::channel(NOTIFY_QUEUE);
         Subscriber {
             id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
             rx,
@@ -300,7 +305,18 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
                     continue;
                 };
                 if let Some(entry) = st.subs.get_mut(channel) {
-                    entry.retain(|_, sink| sink.send(msg.clone()).is_ok());
+                    entry.retain(|client, sink| match sink.try_send(msg.clone()) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::warn!(
+                                client,
+                                channel,
+                                "client reads no notifications: one dropped"
+                            );
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    });
                     if entry.is_empty() {
                         st.subs.remove(channel);
                         st.query("UNLISTEN", channel);

@@ -27,6 +27,9 @@ fn expected_kind(tag: u8) -> Option<u8> {
     }
 }
 
+/// How much room a declared but not yet received client message may reserve ahead of its bytes.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Processes client bytes in `c2s_in` into `c2s_out`. Returns Ok(true) when the client sent
 /// Terminate. Runs of messages that pass unchanged are copied at once (or not at all).
 pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool, RelayError> {
@@ -42,10 +45,13 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
     };
     finish(&mut input, &mut server.bufs.c2s_out, run, pos);
     if server.relay.c2s_skip == 0 {
-        // A message the relay must see whole is arriving: make room for all of it at once.
+        // A message the relay must see (in part or whole) is arriving: make room for more of it
+        // at once, but only up to RESERVE_AHEAD: the length is the client's claim, and a client
+        // that declares 1 GiB and sends nothing must not make the pooler set aside 1 GiB. The
+        // buffer grows further as the bytes really arrive.
         if let Some((_, len)) = header(&input) {
             if len > input.len() && len - 1 <= MAX_MESSAGE {
-                input.reserve(len - input.len());
+                input.reserve((len - input.len()).min(RESERVE_AHEAD));
             }
         }
     }

@@ -100,7 +100,7 @@ pub async fn pump(
                                 // A refused Query answered after the server's earlier answers.
                                 if std::mem::take(&mut server.relay.ready_synthesized) {
                                     saw_ready = true;
-                                    ctx.tally.ready(true, ctx.counters);
+                                    ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                                 }
                             }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
@@ -112,7 +112,10 @@ pub async fn pump(
             // Notifications from the pool's listener go out between whole server messages.
             if let Some(sub) = ctx.notify.as_mut() {
                 if server.relay.s2c_skip == 0 {
-                    while let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) {
+                    while server.bufs.s2c_out.len() < HIGH_WATER {
+                        let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) else {
+                            break;
+                        };
                         server.bufs.s2c_out.extend_from_slice(&msg);
                         progress = true;
                     }
@@ -169,7 +172,7 @@ pub async fn pump(
                                 // ReadyForQuery from the server.
                                 if std::mem::take(&mut server.relay.ready_synthesized) {
                                     saw_ready = true;
-                                    ctx.tally.ready(true, ctx.counters);
+                                    ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                                 }
                             }
                             Ok(true) => return Poll::Ready(End::ClientGone),

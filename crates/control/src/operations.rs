@@ -291,7 +291,11 @@ impl Control {
         op: OperationRecord,
     ) -> Result<OperationRecord, ControlError> {
         if op.state == OpState::Pending {
-            self.publish_and_settle(op).await
+            // In a task of its own: the change is committed, so publishing it and finishing the
+            // operation must happen even if the caller stops waiting (an HTTP client that hangs
+            // up drops the request's future).
+            let control = self.clone();
+            tokio::spawn(async move { control.publish_and_settle(op).await }).await?
         } else {
             Ok(op)
         }

@@ -284,8 +284,30 @@ impl LocalProvisioner {
 
     /// Creates the socket directory of `port`, owned by the cluster's user and closed to others.
     fn ensure_socket_dir(&self, port: u16) -> Result<PathBuf, ProvisionError> {
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::PermissionsExt;
         let dir = self.socket_dir(port);
+        // The parent (`<data-dir>/run`, or the temp-dir fallback, which anyone could have made
+        // first) must be pgbay's own and writable by nobody else, or another local user could
+        // swap the socket for one of theirs and be handed the pooler's logins.
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating socket dir"))?;
+            let meta = std::fs::metadata(parent).map_err(io("reading socket dir"))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(ProvisionError::Io {
+                    what: format!(
+                        "socket dir {} is not pgbay's own or is writable by others",
+                        parent.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                });
+            }
+            // Traversable (the cluster runs as nobody), not listable.
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+                .map_err(io("restricting socket dir"))?;
+        }
         std::fs::create_dir_all(&dir).map_err(io("creating socket dir"))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io("restricting socket dir"))?;

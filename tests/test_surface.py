@@ -15,11 +15,13 @@ from conftest import (
     api_error,
     ok,
     provision,
+    psql,
     psql_ok,
     signed,
     check_error_response,
     find_pool,
     unique,
+    uri_with,
 )
 
 GIB = 1 << 30
@@ -272,8 +274,9 @@ def test_logs_show_the_server_log_with_paging(client, service):
     entries = logs["logs"]
     assert 0 < len(entries) <= 50
     assert any(marker in e["message"] for e in entries), entries[-5:]
+    assert any(marker in e["message"] and e["unit"] == "postgresql" for e in entries)
     for e in entries:
-        assert e["unit"] == "postgresql" and e["node"] == f"{service.name}-1"
+        assert e["unit"] in ("postgresql", "pgbouncer") and e["node"] == f"{service.name}-1"
         assert e["time"].endswith("Z") and "T" in e["time"], e
     times = [e["time"] for e in entries]
     assert times == sorted(times, reverse=True)
@@ -285,13 +288,76 @@ def test_logs_show_the_server_log_with_paging(client, service):
     assert page2["logs"][0] != page1["logs"][1]
     asc = client.get_dbaas_service_logs(service_name=service.name, limit=3, sort_order="asc")
     assert [e["time"] for e in asc["logs"]] == sorted(e["time"] for e in asc["logs"])
-    assert asc["first-log-offset"] == "0"
+    first = client.get_dbaas_service_logs(service_name=service.name, limit=1, sort_order="asc")
+    assert first["offset"] == first["first-log-offset"] == asc["first-log-offset"]
+    assert first["logs"] == asc["logs"][:1]
+    # Byte offsets, which pgbay gave before pooler lines were included, are still read.
+    assert client.get_dbaas_service_logs(service_name=service.name, limit=1, offset="0",
+                                         sort_order="asc")["logs"]
     for kwargs, named in [({"limit": 501}, "limit"), ({"limit": 0}, "limit"),
                           ({"sort_order": "up"}, "sort-order"), ({"offset": "abc"}, "offset")]:
         with api_error(400, named):
             client.get_dbaas_service_logs(service_name=service.name, **kwargs)
     with api_error(404, "nosuchservice"):
         client.get_dbaas_service_logs(service_name="nosuchservice")
+
+
+def test_logs_merge_pooler_and_server_lines_and_page_across_them(client, service):
+    pool = unique("logpool")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=service.name, name=pool, database_name="defaultdb", mode="transaction"))
+    pool_uri = find_pool(client.get_dbaas_service_pg(name=service.name), pool)["connection-uri"]
+    assert psql_ok(pool_uri, "SELECT 1") == ["1"]
+    # The pooler refuses a plaintext login and a wrong password; then PostgreSQL logs an error.
+    r = psql(pool_uri.replace("sslmode=require", "sslmode=disable"), "SELECT 1")
+    assert r.returncode != 0 and "SSL required" in r.stderr, r.stderr
+    r = psql(uri_with(pool_uri, password="not-the-password"), "SELECT 1")
+    assert r.returncode != 0 and "password authentication failed" in r.stderr, r.stderr
+    marker = unique("logmarker").replace("-", "_")
+    assert psql(service.uri, f"SELECT {marker}()").returncode != 0
+
+    entries = client.get_dbaas_service_logs(service_name=service.name, limit=500)["logs"]
+    times = [e["time"] for e in entries]
+    assert times == sorted(times, reverse=True)
+    assert all(e["node"] == f"{service.name}-1" and e["time"].endswith("Z") for e in entries)
+    bouncer = [e for e in entries if e["unit"] == "pgbouncer"]
+    ssl = [e for e in bouncer if "login refused" in e["message"] and f'pool "{pool}"' in e["message"]]
+    assert len(ssl) == 1, bouncer[:10]
+    ssl = ssl[0]
+    assert "SSL required" in ssl["message"] and 'code="28000"' in ssl["message"], ssl
+    assert ssl["message"].startswith("INFO client{addr=127.0.0.1:"), ssl
+    password = [e for e in bouncer if "password authentication failed" in e["message"]
+                and 'code="28P01"' in e["message"] and e["time"] >= ssl["time"]]
+    assert password, bouncer[:10]
+    password = password[-1]
+    assert not any("not-the-password" in e["message"] for e in entries)
+    server = [e for e in entries if e["unit"] == "postgresql" and marker in e["message"]]
+    assert server, entries[:10]
+    assert password["time"] <= server[-1]["time"]
+
+    # Paging with the returned offset: every entry once, across both units, in both orders.
+    wanted = [ssl, password, server[-1]]
+    pages, offsets = [], []
+    while not all(w in [e for p in pages for e in p] for w in wanted):
+        assert len(pages) < 200, "the lines were not reached by paging"
+        kwargs = {"offset": offsets[-1]} if offsets else {}
+        page = client.get_dbaas_service_logs(service_name=service.name, limit=3, **kwargs)
+        assert 0 < len(page["logs"]) <= 3, page
+        pages.append(page["logs"])
+        offsets.append(page["offset"])
+    walked = [e for p in pages for e in p]
+    assert {e["unit"] for e in walked} == {"postgresql", "pgbouncer"}
+    assert [e["time"] for e in walked] == sorted((e["time"] for e in walked), reverse=True)
+    if len(pages) > 1:
+        # What is older than the first page, in one call: the same entries.
+        older = client.get_dbaas_service_logs(service_name=service.name,
+                                              limit=len(walked) - len(pages[0]),
+                                              offset=offsets[0])
+        assert older["logs"] == walked[len(pages[0]):]
+    # Back up in ascending order from the oldest entry walked: the same entries, reversed.
+    back = client.get_dbaas_service_logs(service_name=service.name, limit=len(walked) - 1,
+                                         offset=offsets[-1], sort_order="asc")
+    assert back["logs"] == list(reversed(walked[:-1]))
 
 
 def test_metrics_are_sampled_in_the_background(client, service):

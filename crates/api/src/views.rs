@@ -259,14 +259,14 @@ pub fn logs(service: &str, page: &pgbay_control::logs::LogPage) -> Value {
             json!({
                 "time": e.time,
                 "message": e.message,
-                "unit": "postgresql",
+                "unit": e.unit.name(),
                 "node": format!("{service}-1"),
             })
         })
         .collect();
     let mut v = json!({ "logs": logs });
     if let Some(last) = page.entries.last() {
-        v["offset"] = json!(last.offset.to_string());
+        v["offset"] = json!(last.position.to_string());
     }
     if let Some(first) = page.first_offset {
         v["first-log-offset"] = json!(first.to_string());

@@ -76,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) data_plane: DataPlaneSlot,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) logs: crate::logs::Logs,
 }
 
 /// The control plane. Cheap to clone.
@@ -127,6 +128,7 @@ impl Control {
                 data_plane: watch::channel(None).0,
                 shutdown_tx,
                 metrics: crate::metrics::Metrics::default(),
+                logs: crate::logs::Logs::default(),
             }),
         };
         control.recover().await?;

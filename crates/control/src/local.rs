@@ -332,7 +332,7 @@ impl LocalProvisioner {
              unix_socket_directories = '{}'\nunix_socket_permissions = 0700\n\
              ssl = on\nssl_cert_file = 'server.crt'\n\
              ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
-             logging_collector = off\n",
+             logging_collector = off\nlog_timezone = 'UTC'\n",
             spec.port,
             listen.join(","),
             socket_dir.display().to_string().replace('\'', "''")

@@ -460,6 +460,7 @@ impl Control {
         // The pooler drops the service first, then the cluster goes. A crash in between leaves a
         // directory without a service, which the next start removes.
         let op = self.settle(op).await?;
+        self.forget_pooler_logs(&s.name);
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

@@ -6,9 +6,14 @@ mod console;
 mod dataplane;
 mod http;
 mod serve;
+mod service_logs;
+
+use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() -> anyhow::Result<()> {
     let args = match cli::Cli::parse().command {
@@ -23,15 +28,25 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PGBAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    // PGBAY_LOG filters what pgbay writes to stderr; the pooler's lines about each service are
+    // kept for the API's service logs whatever it says (see service_logs.rs).
+    let service_logs = Arc::new(service_logs::ServiceLogs::default());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(
+                    EnvFilter::try_from_env("PGBAY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+                ),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(
+            service_logs::Capture::new(service_logs.clone())
+                .with_filter(service_logs::Capture::filter()),
+        )
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve::run(args))
+    rt.block_on(serve::run(args, service_logs))
 }

@@ -66,7 +66,10 @@ fn credentials(data_dir: &Path) -> anyhow::Result<Credentials> {
 }
 
 /// Runs `pgbay serve` until SIGTERM/SIGINT.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(
+    args: ServeArgs,
+    service_logs: std::sync::Arc<crate::service_logs::ServiceLogs>,
+) -> anyhow::Result<()> {
     match crate::http::raise_nofile_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
@@ -118,6 +121,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     control.set_pool_stats(std::sync::Arc::new(crate::dataplane::PoolMetricsOf(
         pooler.clone(),
     )));
+    control.set_pooler_logs(service_logs);
     let app = pgbay_api::router_with_pool_metrics(
         control.clone(),
         creds,

@@ -14,7 +14,7 @@ use crate::ca::{self, TlsMaterial};
 use crate::crypto::SecretBox;
 use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 use crate::error::ControlError;
-use crate::local::{ClusterSpec, LocalProvisioner};
+use crate::local::{ClusterSpec, LocalProvisioner, ProvisionError};
 use crate::model::{ServiceRecord, ServiceState, UserKind};
 use crate::operations::DataPlaneSlot;
 use crate::ports::PortRange;
@@ -288,6 +288,23 @@ impl Control {
                 .map_err(|e| ControlError::internal(format!("external server: {e}")))?;
             return Ok(());
         }
+        self.on_cluster(s, t, |prov, spec, tls| {
+            prov.ensure_initialized(spec)?;
+            prov.start(spec, tls)
+        })
+        .await
+    }
+
+    /// Runs `work` on the provisioner, off the async runtime, with the cluster spec of `s` as
+    /// stored (admin login `t`).
+    async fn on_cluster(
+        &self,
+        s: &ServiceRecord,
+        t: AdminTarget,
+        work: impl FnOnce(&LocalProvisioner, &ClusterSpec<'_>, &TlsMaterial) -> Result<(), ProvisionError>
+            + Send
+            + 'static,
+    ) -> Result<(), ControlError> {
         let prov = self.inner.prov.clone();
         let tls = self.inner.tls.clone();
         let name = s.name.clone();
@@ -303,8 +320,7 @@ impl Control {
                 ip_filter: &ip_filter,
                 settings: &settings,
             };
-            prov.ensure_initialized(&spec)?;
-            prov.start(&spec, &tls)
+            work(&prov, &spec, &tls)
         })
         .await??;
         Ok(())
@@ -313,25 +329,8 @@ impl Control {
     /// Restarts the local cluster of `s` with its configuration as stored in `s`.
     pub(crate) async fn restart_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
-        let prov = self.inner.prov.clone();
-        let tls = self.inner.tls.clone();
-        let name = s.name.clone();
-        let port = s.pg_port;
-        let ip_filter = s.ip_filter.0.clone();
-        let settings = crate::cluster_config::ClusterConfig::of(s).text();
-        tokio::task::spawn_blocking(move || {
-            let spec = ClusterSpec {
-                name: &name,
-                port,
-                admin_username: &t.user,
-                admin_password: &t.password,
-                ip_filter: &ip_filter,
-                settings: &settings,
-            };
-            prov.restart(&spec, &tls)
-        })
-        .await??;
-        Ok(())
+        self.on_cluster(s, t, |prov, spec, tls| prov.restart(spec, tls))
+            .await
     }
 
     /// Stops every cluster (graceful shutdown of pgbay) and the supervisor.

@@ -92,9 +92,7 @@ pub fn data_row(out: &mut BytesMut, row: &[Option<String>]) {
 }
 
 pub fn command_complete(out: &mut BytesMut, tag_text: &str) {
-    let at = begin(out, tag::COMMAND_COMPLETE);
-    put_cstr(out, tag_text.as_bytes());
-    finish(out, at);
+    crate::net::messages::status::command_complete(out, tag_text.as_bytes());
 }
 
 pub fn notice(out: &mut BytesMut, message: &str) {

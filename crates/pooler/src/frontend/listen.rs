@@ -17,7 +17,7 @@ use crate::backend::listen::{Cmd, Subscriber};
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::tag::{self, txn};
-use crate::net::messages::{begin, finish, header, put_cstr, status, HEADER};
+use crate::net::messages::{header, status, HEADER};
 
 /// How long a LISTEN waits for the listener's server.
 const CONFIRM: Duration = Duration::from_secs(5);
@@ -68,9 +68,7 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
             }
         }
         if confirmed {
-            let at = begin(&mut out, tag::COMMAND_COMPLETE);
-            put_cstr(&mut out, if listen { b"LISTEN" } else { b"UNLISTEN" });
-            finish(&mut out, at);
+            status::command_complete(&mut out, if listen { b"LISTEN" } else { b"UNLISTEN" });
         } else {
             // Subscribed all the same: the listener keeps trying and delivers once it is back.
             errors::listen_unavailable(&client.pool.name).write(&mut out, Severity::Error);

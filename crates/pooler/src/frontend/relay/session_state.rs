@@ -339,9 +339,7 @@ fn identifier(s: &[u8]) -> Option<(Box<str>, &[u8])> {
 #[cold]
 pub fn listen_done(server: &mut Server, listen: bool) {
     let out = &mut server.bufs.s2c_out;
-    let at = crate::net::messages::begin(out, tag::COMMAND_COMPLETE);
-    crate::net::messages::put_cstr(out, if listen { b"LISTEN" } else { b"UNLISTEN" });
-    crate::net::messages::finish(out, at);
+    status::command_complete(out, if listen { b"LISTEN" } else { b"UNLISTEN" });
     status::ready_for_query(out, server.status);
     server.relay.ready_synthesized = true;
 }

@@ -28,6 +28,14 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     buf.put_i32(secret);
 }
 
+/// A CommandComplete with its tag text (`LISTEN`, `SHOW`, `SELECT 3`, …), for answers the pooler
+/// gives itself.
+pub fn command_complete(buf: &mut BytesMut, tag_text: &[u8]) {
+    let at = begin(buf, tag::COMMAND_COMPLETE);
+    put_cstr(buf, tag_text);
+    finish(buf, at);
+}
+
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     buf.put_slice(&[tag::READY_FOR_QUERY, 0, 0, 0, 5, status]);
 }

@@ -117,22 +117,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
     };
     let uri = pg_uri(&server);
     let params = uri_params(&server);
-    let users: Vec<Value> = v
-        .users
-        .iter()
-        .map(|u| {
-            let mut o = json!({
-                "username": u.name,
-                "type": u.kind.as_str(),
-                "allow-replication": u.allow_replication,
-            });
-            // The document: "A missing field indicates a user overridden password."
-            if !u.password_overridden {
-                o["password"] = json!(u.password);
-            }
-            o
-        })
-        .collect();
+    let users: Vec<Value> = v.users.iter().map(user).collect();
     let pools: Vec<Value> = v
         .pools
         .iter()
@@ -204,23 +189,23 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
     out
 }
 
+/// One user as the document shows it (in the service and in `dbaas-postgres-users`).
+fn user(u: &pgbay_control::UserView) -> Value {
+    let mut o = json!({
+        "username": u.name,
+        "type": u.kind.as_str(),
+        "allow-replication": u.allow_replication,
+    });
+    // The document: "A missing field indicates a user overridden password."
+    if !u.password_overridden {
+        o["password"] = json!(u.password);
+    }
+    o
+}
+
 /// The users of a service as `dbaas-postgres-users` lists them.
 pub fn users(v: &ServiceView) -> Value {
-    let users: Vec<Value> = v
-        .users
-        .iter()
-        .map(|u| {
-            let mut o = json!({
-                "username": u.name,
-                "type": u.kind.as_str(),
-                "allow-replication": u.allow_replication,
-            });
-            if !u.password_overridden {
-                o["password"] = json!(u.password);
-            }
-            o
-        })
-        .collect();
+    let users: Vec<Value> = v.users.iter().map(user).collect();
     json!({ "users": users })
 }
 

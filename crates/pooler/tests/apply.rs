@@ -283,19 +283,6 @@ async fn md5_client_authentication() {
     pooler.shutdown().await;
 }
 
-/// Polls `cond` until it holds (or fails after a generous deadline): pool upkeep runs on its
-/// own schedule, so tests wait for the state rather than for a duration.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_pool_size_idle_timeout_and_lifetime() {
     let pg = shared().await;

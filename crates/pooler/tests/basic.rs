@@ -197,18 +197,6 @@ async fn statement_mode_refuses_transaction_blocks() {
     pooler.shutdown().await;
 }
 
-/// Polls `cond` until it holds (or fails after a generous deadline).
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_counts_its_connections_by_state() {
     let pg = shared().await;

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::pool::{Pool, SlotToken};
-use super::server::{ConnectParams, Server};
+use super::server::Server;
 use crate::net::messages::{self, cstr, header, tag, HEADER};
 use crate::net::stream::poll_read_buf;
 
@@ -213,16 +213,7 @@ async fn connect(pool: &Weak<Pool>) -> Option<Box<Server>> {
     let pool = pool.upgrade()?;
     let st = pool.state();
     let result = Server::connect(
-        ConnectParams {
-            pool: &pool.name,
-            host: &st.backend.host,
-            port: st.backend.port,
-            user: &st.cfg.username,
-            database: &st.cfg.database,
-            password: st.password.as_deref(),
-            gen: st.gen,
-            timeout: Duration::from_secs(10),
-        },
+        st.connect_params(&pool.name, Duration::from_secs(10)),
         SlotToken::unaccounted(),
     )
     .await;

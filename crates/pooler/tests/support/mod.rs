@@ -430,3 +430,16 @@ pub async fn connect_watched(addr: SocketAddr, pool: &str) -> Watched {
         notes,
     }
 }
+
+/// Polls `cond` until it holds (or fails after a generous deadline): pool upkeep and counters
+/// change on their own schedule, so tests wait for the state rather than for a duration.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

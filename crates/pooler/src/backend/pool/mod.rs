@@ -40,6 +40,22 @@ pub struct PoolState {
     pub wait_timeout: Duration,
 }
 
+impl PoolState {
+    /// How a server connection of this state logs in (the pool's own or its LISTEN connection).
+    pub fn connect_params<'a>(&'a self, pool: &'a str, timeout: Duration) -> ConnectParams<'a> {
+        ConnectParams {
+            pool,
+            host: &self.backend.host,
+            port: self.backend.port,
+            user: &self.cfg.username,
+            database: &self.cfg.database,
+            password: self.password.as_deref(),
+            gen: self.gen,
+            timeout,
+        }
+    }
+}
+
 /// What a waiter is handed.
 enum Grant {
     Server(Box<Server>),
@@ -501,17 +517,9 @@ impl Pool {
         self.hot.inner.lock().login += 1;
         // Boxed: a login future (TCP, TLS handshake, SCRAM) is large, and inline it would size
         // every client task that may wait here, idle ones included (~1 KiB each).
+        let timeout = CONNECT_TIMEOUT.min(st.wait_timeout.max(Duration::from_secs(1)));
         let result = Box::pin(Server::connect(
-            ConnectParams {
-                pool: &self.name,
-                host: &st.backend.host,
-                port: st.backend.port,
-                user: &st.cfg.username,
-                database: &st.cfg.database,
-                password: st.password.as_deref(),
-                gen: st.gen,
-                timeout: CONNECT_TIMEOUT.min(st.wait_timeout.max(Duration::from_secs(1))),
-            },
+            st.connect_params(&self.name, timeout),
             slot,
         ))
         .await;

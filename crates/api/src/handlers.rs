@@ -336,6 +336,7 @@ pub async fn metrics(
     if let Some(Extension(source)) = pools {
         let samples = source.0.pool_samples();
         crate::pool_metrics::render(&mut out, &samples);
+        crate::pool_metrics::render_refused(&mut out, &source.0.refused_samples());
     }
     Ok(out)
 }

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 pub use auth::Credentials;
 pub use error::ApiError;
-pub use pool_metrics::{PoolMetrics, PoolMetricsSource, PoolSample};
+pub use pool_metrics::{PoolMetrics, PoolMetricsSource, PoolSample, RefusedSample};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;

@@ -32,9 +32,23 @@ pub struct PoolSample {
     pub server_binds: u64,
 }
 
+/// How many connections to a service's pooler port were refused before login, for one reason
+/// (`pending_logins`, `fd_reserve`, `max_client_conn`, `login_timeout`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefusedSample {
+    pub service: String,
+    pub reason: String,
+    pub total: u64,
+}
+
 /// Where `/metrics` gets the per-pool samples from.
 pub trait PoolMetricsSource: Send + Sync {
     fn pool_samples(&self) -> Vec<PoolSample>;
+
+    /// Connections refused before login, per service and reason.
+    fn refused_samples(&self) -> Vec<RefusedSample> {
+        Vec::new()
+    }
 }
 
 /// The router's handle on the source.
@@ -186,5 +200,49 @@ pub fn render(out: &mut String, samples: &[PoolSample]) {
                 pick(s)
             );
         }
+    }
+}
+
+/// Appends `pgbay_pooler_refused_connections_total`, one line per service and reason.
+pub fn render_refused(out: &mut String, samples: &[RefusedSample]) {
+    let name = "pgbay_pooler_refused_connections_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections to a service's pooler port refused before login, by reason.\n\
+         # TYPE {name} counter"
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "{name}{{service=\"{}\",reason=\"{}\"}} {}",
+            escape(&s.service),
+            escape(&s.reason),
+            s.total
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_connections_render_one_line_per_service_and_reason() {
+        let mut out = String::new();
+        render_refused(
+            &mut out,
+            &[RefusedSample {
+                service: "a\"b".into(),
+                reason: "pending_logins".into(),
+                total: 7,
+            }],
+        );
+        assert_eq!(
+            out,
+            "# HELP pgbay_pooler_refused_connections_total Connections to a service's pooler port \
+             refused before login, by reason.\n\
+             # TYPE pgbay_pooler_refused_connections_total counter\n\
+             pgbay_pooler_refused_connections_total{service=\"a\\\"b\",reason=\"pending_logins\"} 7\n"
+        );
     }
 }

@@ -70,6 +70,26 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_API_BODY_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub api_body_timeout: u64,
+
+    // Pooler admission before login (see the pooler's `admission`).
+    /// Most sockets of one pooler port that have not finished logging in; more are accepted and
+    /// closed at once.
+    #[arg(long, env = "PGBAY_MAX_PENDING_LOGINS",
+          default_value_t = pgbay_pooler::config::DEFAULT_MAX_PENDING_LOGINS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_pending_logins: u32,
+    /// Seconds a pooler client may take to log in, TLS and password included (PgBouncer's
+    /// client_login_timeout).
+    #[arg(long, env = "PGBAY_CLIENT_LOGIN_TIMEOUT",
+          default_value_t = pgbay_pooler::config::DEFAULT_LOGIN_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub client_login_timeout: u64,
+    /// Open files kept for pgbay's own work (store, clusters, supervisor, server connections):
+    /// pooler clients may use the open-files limit minus this reserve minus
+    /// --api-max-connections; further client sockets are accepted and closed at once.
+    #[arg(long, env = "PGBAY_FD_RESERVE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(64..=1_000_000))]
+    pub fd_reserve: u32,
 }
 
 /// Where the client subcommands find pgbay and how they print. `global`, so that the flags may

@@ -16,13 +16,18 @@ use pgbay_pooler::{
 };
 
 /// Attaches the pooler to control (from now on pool operations wait for it) and follows control's
-/// desired state in a task until the channel closes (control shut down).
-pub fn spawn(control: &Control, pooler: Pooler) -> tokio::task::JoinHandle<()> {
+/// desired state in a task until the channel closes (control shut down). `limits` are every
+/// service's client limits (the node's flags: pending logins, login timeout).
+pub fn spawn(
+    control: &Control,
+    pooler: Pooler,
+    limits: ClientLimits,
+) -> tokio::task::JoinHandle<()> {
     // Attached before the API serves its first request, so no operation can slip past the barrier.
     let reporter = control.attach_data_plane();
     let tls = control.tls_material();
     let desired = control.desired_state();
-    tokio::spawn(follow(desired, reporter, tls, pooler))
+    tokio::spawn(follow(desired, reporter, tls, pooler, limits))
 }
 
 async fn follow(
@@ -30,10 +35,11 @@ async fn follow(
     reporter: AppliedReporter,
     tls: TlsMaterial,
     pooler: Pooler,
+    limits: ClientLimits,
 ) {
     loop {
         let state = desired.borrow_and_update().clone();
-        let failures = apply(&state, &tls, &pooler).await;
+        let failures = apply(&state, &tls, &pooler, &limits).await;
         for (service, reason) in &failures {
             tracing::error!(generation = state.generation, service = %service, reason = %reason,
                 "pooler could not apply service");
@@ -50,7 +56,12 @@ async fn follow(
 /// Applies one generation; returns the services the pooler could not serve, with the reason.
 /// A failure that is not one service's (the whole config could not be built, or the pooler shut
 /// down) is every service's.
-async fn apply(state: &DesiredState, tls: &TlsMaterial, pooler: &Pooler) -> Vec<(String, String)> {
+async fn apply(
+    state: &DesiredState,
+    tls: &TlsMaterial,
+    pooler: &Pooler,
+    limits: &ClientLimits,
+) -> Vec<(String, String)> {
     let everyone = |reason: String| {
         state
             .services
@@ -58,7 +69,7 @@ async fn apply(state: &DesiredState, tls: &TlsMaterial, pooler: &Pooler) -> Vec<
             .map(|s| (s.name.clone(), reason.clone()))
             .collect()
     };
-    let config = match translate(state, tls).await {
+    let config = match translate(state, tls, limits).await {
         Ok(c) => c,
         Err(e) => return everyone(format!("{e:#}")),
     };
@@ -72,15 +83,23 @@ async fn apply(state: &DesiredState, tls: &TlsMaterial, pooler: &Pooler) -> Vec<
     }
 }
 
-async fn translate(state: &DesiredState, tls: &TlsMaterial) -> anyhow::Result<PoolerConfig> {
+async fn translate(
+    state: &DesiredState,
+    tls: &TlsMaterial,
+    limits: &ClientLimits,
+) -> anyhow::Result<PoolerConfig> {
     let mut services = Vec::with_capacity(state.services.len());
     for svc in &state.services {
-        services.push(service_config(svc, tls).await?);
+        services.push(service_config(svc, tls, limits).await?);
     }
     Ok(PoolerConfig { services })
 }
 
-async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Result<ServiceConfig> {
+async fn service_config(
+    svc: &DesiredService,
+    tls: &TlsMaterial,
+    limits: &ClientLimits,
+) -> anyhow::Result<ServiceConfig> {
     let listen = resolve(&svc.listen_host, svc.pooler_port).await?;
     Ok(ServiceConfig {
         name: svc.name.clone(),
@@ -115,7 +134,7 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
             })
             .collect(),
         settings: settings(&svc.pgbouncer),
-        limits: ClientLimits::default(),
+        limits: limits.clone(),
         allowed_cidrs: svc.ip_filter.clone(),
     })
 }
@@ -151,6 +170,18 @@ impl pgbay_api::PoolMetricsSource for PoolMetricsOf {
                 server_parses: m.totals.server_parses,
                 client_binds: m.totals.client_binds,
                 server_binds: m.totals.server_binds,
+            })
+            .collect()
+    }
+
+    fn refused_samples(&self) -> Vec<pgbay_api::RefusedSample> {
+        self.0
+            .refused_connections()
+            .into_iter()
+            .map(|r| pgbay_api::RefusedSample {
+                service: r.service,
+                reason: r.reason.as_str().to_string(),
+                total: r.total,
             })
             .collect()
     }

@@ -65,15 +65,33 @@ fn credentials(data_dir: &Path) -> anyhow::Result<Credentials> {
     Ok(creds)
 }
 
+/// How many client sockets the pooler may hold under an open-files soft limit of `soft`: what is
+/// left after pgbay's own reserve and the API's connections, so that neither pooler clients nor
+/// API clients can take the descriptors the store, the clusters and the supervisor need. A
+/// reserve that leaves less than a quarter of the limit is cut down to leave that quarter (and
+/// the log says how many client sockets that is).
+fn client_socket_limit(soft: u64, reserve: u32, api_max_connections: u32) -> u32 {
+    let soft = u32::try_from(soft).unwrap_or(u32::MAX);
+    soft.saturating_sub(reserve)
+        .saturating_sub(api_max_connections)
+        .max(soft / 4)
+}
+
 /// Runs `pgbay serve` until SIGTERM/SIGINT.
 pub async fn run(
     args: ServeArgs,
     service_logs: std::sync::Arc<crate::service_logs::ServiceLogs>,
 ) -> anyhow::Result<()> {
-    match crate::http::raise_nofile_limit() {
-        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
-    }
+    let nofile = match crate::http::raise_nofile_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open files limit");
+            Some(soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open files limit");
+            None
+        }
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -98,7 +116,23 @@ pub async fn run(
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
     let pooler = pgbay_pooler::Pooler::new();
-    let data_plane = crate::dataplane::spawn(&control, pooler.clone());
+    // Pooler admission before login: the node's limits, and its share of the open files.
+    if let Some(soft) = nofile {
+        let max = client_socket_limit(soft, args.fd_reserve, args.api_max_connections);
+        tracing::info!(
+            client_sockets = max,
+            fd_reserve = args.fd_reserve,
+            api_max_connections = args.api_max_connections,
+            "pooler client sockets limit"
+        );
+        pooler.set_client_socket_limit(max);
+    }
+    let client_limits = pgbay_pooler::ClientLimits {
+        max_pending_logins: args.max_pending_logins,
+        login_timeout: std::time::Duration::from_secs(args.client_login_timeout),
+        ..pgbay_pooler::ClientLimits::default()
+    };
+    let data_plane = crate::dataplane::spawn(&control, pooler.clone(), client_limits);
 
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
@@ -147,4 +181,18 @@ pub async fn run(
     control.shutdown().await;
     tracing::info!("pgbay stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_socket_limit;
+
+    #[test]
+    fn client_sockets_leave_the_reserve_and_the_api_their_descriptors() {
+        assert_eq!(client_socket_limit(4096, 1024, 512), 2560);
+        assert_eq!(client_socket_limit(1 << 20, 1024, 512), (1 << 20) - 1536);
+        // A reserve larger than the limit still leaves clients a quarter.
+        assert_eq!(client_socket_limit(1024, 1024, 512), 256);
+        assert_eq!(client_socket_limit(u64::MAX, 1024, 512), u32::MAX - 1536);
+    }
 }

@@ -191,6 +191,9 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
             cancel: inner.cancel.clone(),
             statements: inner.statements.clone(),
             auth_method: inner.auth_method.clone(),
+            pending: Default::default(),
+            refused: Default::default(),
+            sockets: inner.sockets.clone(),
         }),
     };
     // Pools before accepting: a client of a new service must find its pool.

@@ -148,15 +148,31 @@ impl Default for PoolSettings {
 /// Per-service limits on clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientLimits {
+    /// Clients of the service at once, over all its pools (logging in or logged in).
     pub max_client_conn: u32,
     pub query_wait_timeout: Duration,
+    /// Sockets of the service's port that have not finished logging in (password checked);
+    /// more are accepted and closed at once (see `admission`).
+    pub max_pending_logins: u32,
+    /// PgBouncer's `client_login_timeout`: a client must have passed authentication within it.
+    pub login_timeout: Duration,
 }
+
+/// Default of `ClientLimits::max_pending_logins`: a login needs a few round trips and one SCRAM
+/// verification (a few ms of CPU), so even a storm of real clients on 2 cores keeps far fewer
+/// than this pending at once.
+pub const DEFAULT_MAX_PENDING_LOGINS: u32 = 512;
+/// Default of `ClientLimits::login_timeout` (PgBouncer's is 60 s; an idle socket should not live
+/// that long).
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ClientLimits {
     fn default() -> Self {
         ClientLimits {
             max_client_conn: 10_000,
             query_wait_timeout: Duration::from_secs(120),
+            max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }

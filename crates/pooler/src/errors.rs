@@ -96,6 +96,12 @@ pub fn too_many_clients(service: &str, max_client_conn: u32) -> ClientError {
     )
 }
 
+/// PgBouncer's `client_login_timeout` ran out before the client passed authentication; its
+/// message is PgBouncer's too.
+pub fn login_timeout() -> ClientError {
+    ClientError::new("08P01", "client_login_timeout")
+}
+
 /// The service requires TLS and the client logged in over plaintext. PgBouncer's
 /// `client_tls_sslmode=require` says "SSL required" too; libpq users know the word.
 pub fn tls_required(pool: &str) -> ClientError {

@@ -62,6 +62,7 @@
 //! their SQLSTATE. Messages name the pool.
 
 mod admin;
+mod admission;
 mod apply;
 mod auth;
 mod backend;
@@ -88,6 +89,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+pub use admission::RefusalReason;
 pub use apply::{ApplyReport, ServiceFailure};
 pub use auth::ClientAuthMethod;
 pub use config::{
@@ -112,6 +114,15 @@ pub struct PoolMetrics {
     pub totals: PoolTotals,
 }
 
+/// How many connections of a service were refused before login for one reason, as
+/// `Pooler::refused_connections` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedConnections {
+    pub service: String,
+    pub reason: RefusalReason,
+    pub total: u64,
+}
+
 /// The pooler: cheap to clone, all clones drive the same services.
 #[derive(Clone)]
 pub struct Pooler {
@@ -126,6 +137,8 @@ struct Inner {
     statements: Arc<Registry>,
     auth_method: Arc<AtomicU8>,
     shut_down: AtomicBool,
+    /// Client sockets of every service together, against the process's descriptor budget.
+    sockets: Arc<admission::SocketBudget>,
     next_gen: std::sync::atomic::AtomicU64,
 }
 
@@ -146,6 +159,7 @@ impl Pooler {
                 statements: Arc::new(Registry::default()),
                 auth_method: Arc::new(AtomicU8::new(0)),
                 shut_down: AtomicBool::new(false),
+                sockets: Default::default(),
                 next_gen: std::sync::atomic::AtomicU64::new(1),
             }),
         }
@@ -227,6 +241,54 @@ impl Pooler {
             .get(service)
             .map(|r| r.service.clone())?;
         Some(svc.clients.load(Ordering::Relaxed))
+    }
+
+    // Admission before login (see `admission`).
+
+    /// Caps the client sockets of all services together (logging in or logged in); a socket
+    /// accepted past it is closed at once and counted as refused (`fd_reserve`). The binary sets
+    /// it to the open-files limit minus what pgbay keeps for its own work. Unlimited by default.
+    pub fn set_client_socket_limit(&self, max: u32) {
+        self.inner.sockets.set_max(max);
+    }
+
+    /// Client sockets open now, over every service.
+    pub fn client_sockets(&self) -> u32 {
+        self.inner.sockets.open()
+    }
+
+    /// Sockets of a service's port that have not finished logging in.
+    pub fn pending_logins(&self, service: &str) -> Option<u32> {
+        let svc = self
+            .inner
+            .services
+            .lock()
+            .get(service)
+            .map(|r| r.service.clone())?;
+        Some(svc.pending.count())
+    }
+
+    /// Connections refused before login, per service and reason (every reason, zeros included),
+    /// sorted by service: what `/metrics` exports.
+    pub fn refused_connections(&self) -> Vec<RefusedConnections> {
+        let mut services: Vec<_> = self
+            .inner
+            .services
+            .lock()
+            .values()
+            .map(|r| r.service.clone())
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        services
+            .iter()
+            .flat_map(|svc| {
+                RefusalReason::ALL.map(|reason| RefusedConnections {
+                    service: svc.name.to_string(),
+                    reason,
+                    total: svc.refused.get(reason),
+                })
+            })
+            .collect()
     }
 
     /// Makes the running services match `config`. Returns once every listener of the new

@@ -71,11 +71,16 @@ async fn accept_loop(listener: TcpListener, service: Arc<Service>, stop: Cancell
         };
         match accepted {
             Ok((socket, addr)) => {
+                // Over a bound the socket is closed at once: accepting it drains the backlog,
+                // holding it would spend the descriptors the bound is there to keep.
+                let Some((count, pending)) = service.admit_socket() else {
+                    drop(socket);
+                    continue;
+                };
                 if let Err(e) = socket.set_nodelay(true) {
                     tracing::debug!(error = %e, "set_nodelay failed");
                 }
-                let count = service.client_guard();
-                tokio::spawn(crate::frontend::handle(socket, addr, count));
+                tokio::spawn(crate::frontend::handle(socket, addr, count, pending));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -8,6 +8,9 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::RwLock;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{
+    PendingLogin, PendingLogins, RefusalReason, Refusals, SocketBudget, SocketPermit,
+};
 use crate::auth::scram::ServerSecret;
 use crate::auth::ClientAuthMethod;
 use crate::backend::Pool;
@@ -65,6 +68,12 @@ pub struct Service {
     pub cancel: Arc<CancelRegistry>,
     pub statements: Arc<Registry>,
     pub auth_method: Arc<AtomicU8>,
+    /// Sockets of this service's port still logging in.
+    pub(crate) pending: PendingLogins,
+    /// Connections refused before login, by reason (`/metrics`).
+    pub(crate) refused: Refusals,
+    /// The process-wide budget of client sockets, shared by every service.
+    pub(crate) sockets: Arc<SocketBudget>,
 }
 
 impl Service {
@@ -83,18 +92,44 @@ impl Service {
         }
     }
 
+    /// Admits a just-accepted socket: a pending login slot of this port and a client socket of
+    /// the process's budget, counted as a client of the service. None: refused (counted, and
+    /// logged at most once per interval); the caller closes the socket at once.
+    pub(crate) fn admit_socket(self: &Arc<Self>) -> Option<(ClientCount, PendingLogin)> {
+        let max = self.state.read().limits.max_pending_logins;
+        let Some(pending) = self.pending.try_take(max) else {
+            self.refuse(RefusalReason::PendingLogins, max);
+            return None;
+        };
+        let Some(permit) = self.sockets.try_take() else {
+            self.refuse(RefusalReason::FdReserve, self.sockets.open());
+            return None;
+        };
+        Some((self.client_guard(permit), pending))
+    }
+
+    /// Counts a refusal; `limit` is the bound that was reached, for the log.
+    pub(crate) fn refuse(&self, reason: RefusalReason, limit: u32) {
+        if self.refused.count(reason) {
+            tracing::warn!(service = %self.name, %reason, limit,
+                "refusing connections before login (logged at most every 10 s)");
+        }
+    }
+
     /// Counts a new client; the guard uncounts it.
-    pub fn client_guard(self: &Arc<Self>) -> ClientCount {
+    fn client_guard(self: &Arc<Self>, permit: SocketPermit) -> ClientCount {
         self.clients.fetch_add(1, Ordering::Relaxed);
         ClientCount {
             service: self.clone(),
+            _socket: permit,
         }
     }
 }
 
-/// One counted client of a service.
+/// One counted client of a service, holding its socket's place in the process's budget.
 pub struct ClientCount {
     pub service: Arc<Service>,
+    _socket: SocketPermit,
 }
 
 impl Drop for ClientCount {

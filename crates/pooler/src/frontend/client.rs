@@ -12,9 +12,10 @@ use tracing::Instrument;
 
 use super::login::{self, LoggedIn, Login};
 use super::session;
+use crate::admission::RefusalReason;
 use crate::backend::Pool;
 use crate::cancel::CancelGuard;
-use crate::errors::ClientError;
+use crate::errors::{self, ClientError};
 use crate::net::messages::error::Severity;
 use crate::net::ClientStream;
 use crate::params::ClientParams;
@@ -23,20 +24,54 @@ use crate::service::{ClientCount, Service};
 use crate::sockets::SocketInfo;
 use crate::stats::{ClientState, Tally};
 
-/// A client must finish logging in within this time.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that passed authentication must be greeted within this time (the pool may have to
+/// open a server connection to learn the server's parameters first).
+const GREET_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the pooler tries to tell a client that its login timed out.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one accepted connection to its end.
-pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
+/// Serves one accepted connection to its end. `pending` is the connection's place among the
+/// service's pending logins: held until the password is checked, or the login timeout.
+pub async fn handle(
+    socket: TcpStream,
+    addr: SocketAddr,
+    count: ClientCount,
+    pending: crate::admission::PendingLogin,
+) {
     let service = count.service.clone();
     let span = tracing::info_span!("client", service = %service.name, %addr);
     let local = socket.local_addr().ok();
     let mut stream = ClientStream::Plain(socket);
+    let login_timeout = service.state().limits.login_timeout;
     // Only the login runs inside the span; the session enters it when it logs (see `Client`).
-    let login = async {
+    let authenticated = async {
         tokio::select! {
             // Boxed: the login state is freed once the client is in, keeping idle clients small.
-            r = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login::login(&mut stream, addr, &service))) => Some(r),
+            r = tokio::time::timeout(login_timeout, Box::pin(login::authenticate_client(&mut stream, addr, &service))) => Some(r),
+            _ = service.shutdown.cancelled() => None,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    drop(pending);
+    let authenticated = match authenticated {
+        None | Some(Ok(Ok(None))) => return,
+        Some(Ok(Ok(Some(a)))) => a,
+        Some(Ok(Err(refusal))) => return refuse(&mut stream, &refusal).instrument(span).await,
+        Some(Err(_)) => {
+            service.refuse(
+                RefusalReason::LoginTimeout,
+                u32::try_from(login_timeout.as_secs()).unwrap_or(u32::MAX),
+            );
+            let refusal = errors::login_timeout();
+            let goodbye = tokio::time::timeout(GOODBYE_TIMEOUT, refuse(&mut stream, &refusal));
+            let _ = goodbye.instrument(span).await;
+            return;
+        }
+    };
+    let login = async {
+        tokio::select! {
+            r = tokio::time::timeout(GREET_TIMEOUT, Box::pin(login::finish(&mut stream, &service, authenticated))) => Some(r),
             _ = service.shutdown.cancelled() => None,
         }
     }
@@ -44,36 +79,34 @@ pub async fn handle(socket: TcpStream, addr: SocketAddr, count: ClientCount) {
     .await;
     match login {
         None => {}
-        Some(Ok(Ok(Some(Login::Pool(client))))) => {
+        Some(Ok(Ok(Login::Pool(client)))) => {
             let client = Box::new(Client::new(
                 stream, service, *client, count, span, addr, local,
             ));
             session::run(client).await;
         }
-        Some(Ok(Ok(Some(Login::Admin(admin))))) => {
+        Some(Ok(Ok(Login::Admin(admin)))) => {
             crate::admin::run(stream, service, admin, addr)
                 .instrument(span)
                 .await;
             drop(count);
         }
-        Some(Ok(Ok(None))) => {}
-        Some(Ok(Err(refusal))) => {
-            async {
-                tracing::info!(
-                    code = refusal.code(),
-                    message = refusal.message(),
-                    "login refused"
-                );
-                let mut buf = BytesMut::new();
-                refusal.write(&mut buf, Severity::Fatal);
-                let _ = stream.write_all(&buf).await;
-                let _ = stream.shutdown().await;
-            }
-            .instrument(span)
-            .await
-        }
-        Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out")),
+        Some(Ok(Err(refusal))) => refuse(&mut stream, &refusal).instrument(span).await,
+        Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out waiting for the pool")),
     }
+}
+
+/// Logs why a login is refused, sends it as FATAL and closes the connection.
+async fn refuse(stream: &mut ClientStream, refusal: &ClientError) {
+    tracing::info!(
+        code = refusal.code(),
+        message = refusal.message(),
+        "login refused"
+    );
+    let mut buf = BytesMut::new();
+    refusal.write(&mut buf, Severity::Fatal);
+    let _ = stream.write_all(&buf).await;
+    let _ = stream.shutdown().await;
 }
 
 /// A logged-in client. Kept small: an idle client is this plus its socket.

@@ -1,7 +1,9 @@
 //! From accepted socket to logged-in client, in four named steps: `negotiate` (the first
 //! packets: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), `admit` (address and
-//! client-count checks, startup parameters, pool lookup), `authenticate` (SCRAM-SHA-256 or md5)
-//! and `greet` (ParameterStatus, BackendKeyData, ReadyForQuery).
+//! client-count checks, startup parameters), `authenticate` (SCRAM-SHA-256 or md5) and, once the
+//! password checked out, the pool lookup and `greet` (ParameterStatus, BackendKeyData,
+//! ReadyForQuery). The first three are `authenticate_client`, bounded by the login timeout; the
+//! rest is `finish`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,15 +94,29 @@ async fn read_message(
     Ok(Some(()))
 }
 
-/// Logs a client in: negotiate → admit → authenticate → greet. Ok(None): the connection ended
-/// without a login (a CancelRequest, a failed handshake, the client left). The database
-/// `pgbouncer` is the admin console: the same checks and password, then only users marked
-/// admin get in (PgBouncer's "not allowed", 08P01, after the password, as its `admin_users`).
-pub async fn login(
+/// A client whose password checked out, not greeted yet.
+pub struct Authenticated(Who);
+
+enum Who {
+    Pool(Admitted),
+    /// The admin console's user (not checked for the admin flag yet).
+    Admin(String),
+}
+
+/// The part of a login that runs before the client is known: negotiate → admit →
+/// authenticate. It is what `ClientLimits::login_timeout` and `max_pending_logins` bound.
+/// Ok(None): the connection ended without a login (a CancelRequest, a failed handshake, the
+/// client left).
+///
+/// Nothing before the password is checked tells whether the pool exists or whose it is
+/// (PgBouncer answers an unknown database only after authentication too): an unknown pool, or a
+/// pool of another user, goes through the same password exchange and fails it with the same
+/// 28P01 as a wrong password; only `finish`, after a right password, names what is wrong.
+pub async fn authenticate_client(
     stream: &mut ClientStream,
     addr: SocketAddr,
     service: &Arc<Service>,
-) -> Result<Option<Login>, ClientError> {
+) -> Result<Option<Authenticated>, ClientError> {
     let mut buf = BytesMut::with_capacity(512);
     let Some(startup) = negotiate(stream, &mut buf, service).await? else {
         return Ok(None);
@@ -114,12 +130,7 @@ pub async fn login(
         {
             return Ok(None);
         }
-        if !state.users.get(&user).is_some_and(|u| u.admin) {
-            return Err(errors::admin_not_allowed());
-        }
-        return Ok(Some(Login::Admin(
-            greet_admin(stream, service, user).await?,
-        )));
+        return Ok(Some(Authenticated(Who::Admin(user))));
     }
     let admitted = admit(addr, service, &state, startup)?;
     if authenticate(stream, &mut buf, service, &state, &admitted.user)
@@ -128,9 +139,40 @@ pub async fn login(
     {
         return Ok(None);
     }
-    Ok(Some(Login::Pool(Box::new(
-        greet(stream, service, admitted).await?,
-    ))))
+    Ok(Some(Authenticated(Who::Pool(admitted))))
+}
+
+/// The rest of a login, for a client that proved its password: the pool (3D000 when there is
+/// none by that name, 28000 when it is another user's) and `greet`. The database `pgbouncer` is
+/// the admin console: only users marked admin get in (PgBouncer's "not allowed", 08P01, after
+/// the password, as its `admin_users`).
+pub async fn finish(
+    stream: &mut ClientStream,
+    service: &Arc<Service>,
+    authenticated: Authenticated,
+) -> Result<Login, ClientError> {
+    match authenticated.0 {
+        Who::Admin(user) => {
+            if !service.state().users.get(&user).is_some_and(|u| u.admin) {
+                return Err(errors::admin_not_allowed());
+            }
+            Ok(Login::Admin(greet_admin(stream, service, user).await?))
+        }
+        Who::Pool(admitted) => {
+            let pool = service
+                .pool(&admitted.pool_name)
+                .ok_or_else(|| errors::pool_not_found(&admitted.pool_name))?;
+            if pool.state().cfg.username != admitted.user {
+                return Err(errors::user_not_allowed_for_pool(
+                    &admitted.user,
+                    &admitted.pool_name,
+                ));
+            }
+            Ok(Login::Pool(Box::new(
+                greet(stream, service, admitted, pool).await?,
+            )))
+        }
+    }
 }
 
 /// The database a StartupMessage asks for (`database`, else `user`).
@@ -166,8 +208,13 @@ fn check_address_and_count(
     {
         return Err(errors::address_not_allowed(addr.ip(), &service.name));
     }
+    // Counted at accept, over every pool of the service (this client included).
     let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
     if clients > state.limits.max_client_conn {
+        service.refuse(
+            crate::admission::RefusalReason::MaxClientConn,
+            state.limits.max_client_conn,
+        );
         return Err(errors::too_many_clients(
             &service.name,
             state.limits.max_client_conn,
@@ -272,12 +319,11 @@ fn startup_pool(params: &[(String, String)]) -> &str {
 struct Admitted {
     user: String,
     pool_name: String,
-    pool: Arc<crate::backend::Pool>,
     params: Values,
 }
 
-/// The checks that need no password: client address, client count, startup parameters, the
-/// pool and whether this user may use it.
+/// The checks that need no password and reveal nothing about the service's pools: client
+/// address, client count, startup parameters.
 fn admit(
     addr: SocketAddr,
     service: &Service,
@@ -305,16 +351,9 @@ fn admit(
     }
     let user = user.ok_or_else(errors::no_user_name)?;
     let pool_name = database.unwrap_or_else(|| user.clone());
-    let pool = service
-        .pool(&pool_name)
-        .ok_or_else(|| errors::pool_not_found(&pool_name))?;
-    if pool.state().cfg.username != user {
-        return Err(errors::user_not_allowed_for_pool(&user, &pool_name));
-    }
     Ok(Admitted {
         user,
         pool_name,
-        pool,
         params: values,
     })
 }
@@ -391,11 +430,11 @@ async fn greet(
     stream: &mut ClientStream,
     service: &Service,
     admitted: Admitted,
+    pool: Arc<crate::backend::Pool>,
 ) -> Result<LoggedIn, ClientError> {
     let Admitted {
         user,
         pool_name,
-        pool,
         params: values,
     } = admitted;
     let login_params = pool

@@ -5,6 +5,7 @@ mod client;
 mod console;
 mod dataplane;
 mod http;
+mod log_escape;
 mod serve;
 mod service_logs;
 
@@ -29,11 +30,13 @@ fn main() -> anyhow::Result<()> {
         }
     };
     // PGBAY_LOG filters what pgbay writes to stderr; the pooler's lines about each service are
-    // kept for the API's service logs whatever it says (see service_logs.rs).
+    // kept for the API's service logs whatever it says (see service_logs.rs). Both escape control
+    // characters in every value (log_escape.rs): a client-chosen name cannot forge a line.
     let service_logs = Arc::new(service_logs::ServiceLogs::default());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
+                .fmt_fields(log_escape::EscapedFields::default())
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(

@@ -11,6 +11,9 @@
 //! services (the ring written to least recently goes first; a deleted service's ring is
 //! dropped). Control reads it through [`pgbay_control::logs::PoolerLogSource`].
 //!
+//! Control characters in values and messages are escaped as in pgbay's own log
+//! (`log_escape`): a client-chosen user name cannot forge a line of a service's log.
+//!
 //! Only the pooler's events (target `pgbay_pooler…`) are kept: control's own events about a
 //! service may carry internal details that the API does not show. The pooler never logs
 //! passwords; as a second guard, a field whose name mentions a password or secret is written
@@ -25,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::Utc;
+
+use crate::log_escape::Escaping;
 use pgbay_control::logs::{PoolerLine, PoolerLogSource};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
@@ -184,7 +189,7 @@ impl Fields {
         if !self.message.is_empty() {
             self.message.push(' ');
         }
-        let _ = write!(self.message, "{value}");
+        let _ = write!(Escaping(&mut self.message), "{value}");
     }
 
     fn add(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
@@ -194,7 +199,7 @@ impl Fields {
         if Self::secret(field) {
             let _ = write!(self.rest, "{}=<redacted>", field.name());
         } else {
-            let _ = write!(self.rest, "{}={}", field.name(), value);
+            let _ = write!(Escaping(&mut self.rest), "{}={}", field.name(), value);
         }
     }
 }
@@ -323,6 +328,21 @@ mod tests {
         assert!(logs.lines("nosuch").is_empty());
         logs.forget("svc-b");
         assert!(logs.lines("svc-b").is_empty());
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let logs = Arc::new(ServiceLogs::default());
+        tracing::subscriber::with_default(capture(&logs), || {
+            let span = tracing::info_span!(target: "pgbay_pooler::frontend::client", "client", service = %"svc", user = %"u\r\nFORGED");
+            span.in_scope(|| {
+                tracing::info!(target: "pgbay_pooler::frontend::client", message = "for user \"x\nFORGED line\"", "login refused");
+            });
+        });
+        assert_eq!(
+            messages(&logs, "svc"),
+            [r#"INFO client{user=u\r\nFORGED}: login refused for user "x\nFORGED line""#]
+        );
     }
 
     #[test]

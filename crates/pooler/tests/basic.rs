@@ -71,8 +71,9 @@ async fn login_errors_have_sqlstates() {
         "host=127.0.0.1 port={} user=postgres password=x dbname=p1",
         addr.port()
     );
+    // Not a user of the service: the same answer as a wrong password (nothing about the pool).
     let e = must_fail(connect_str(&other).await, "wrong user refused");
-    assert_eq!(sqlstate(&e), "28000", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "28P01", "{}", describe(&e));
     pooler.shutdown().await;
 }
 

@@ -97,7 +97,7 @@ async function api(method, path, bodyValue, given = null, retried = false) {
 
 // The text of /metrics, signed like the API's requests; "" when it cannot be read (the numbers
 // then show dashes).
-async function metricsText() {
+async function fetchMetrics() {
   const c = creds.get();
   if (!c) return "";
   try {
@@ -401,7 +401,7 @@ async function renderService(name) {
   if (!view || view.kind !== "service" || view.service !== name) return;
   const [svc, metricsText] = await Promise.all([
     api("GET", `/dbaas-postgres/${seg(name)}`),
-    metricsText(),
+    fetchMetrics(),
   ]);
   if (!view || view.kind !== "service" || view.service !== name) return;
   const pools = svc["connection-pools"] || [];

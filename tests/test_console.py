@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import REPO, find_pool, ok, provision, psql, psql_ok, unique
+from conftest import API_KEY, API_SECRET, REPO, find_pool, ok, provision, psql, psql_ok, unique
 
 # PgBouncer 1.25.1's console columns (name, type oid), taken from its console with psycopg.
 PGBOUNCER_COLUMNS = {
@@ -95,7 +95,11 @@ def pool_row(svc, pool: str) -> dict:
 def scrape(server) -> dict:
     """/metrics parsed by prometheus_client's parser: {(name, labels...): value}."""
     from prometheus_client.parser import text_string_to_metric_families
-    text = requests.get(f"http://127.0.0.1:{server.api_port}/metrics", timeout=10).text
+    # /metrics takes the key pair as basic auth, as Prometheus' basic_auth sends it.
+    r = requests.get(f"http://127.0.0.1:{server.api_port}/metrics", auth=(API_KEY, API_SECRET),
+                     timeout=10)
+    assert r.status_code == 200, r.text
+    text = r.text
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

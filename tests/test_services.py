@@ -9,6 +9,8 @@ import pytest
 import requests
 
 from conftest import (
+    API_KEY,
+    API_SECRET,
     api_error,
     assert_operation_shape,
     check_error_response,
@@ -78,7 +80,8 @@ def test_service_life_cycle(server, client):
     )
 
     prom = svc["prometheus-uri"]
-    r = requests.get(f"http://{prom['host']}:{prom['port']}/metrics", timeout=10)
+    r = requests.get(f"http://{prom['host']}:{prom['port']}/metrics", timeout=10,
+                     auth=(API_KEY, API_SECRET))
     assert r.status_code == 200, r.text
     assert f'service="{name}"' in r.text
 

@@ -108,7 +108,8 @@ def log_in(driver, server, screenshot=None) -> None:
 
 
 def metrics(server) -> str:
-    r = requests.get(f"http://127.0.0.1:{server.api_port}/metrics", timeout=10)
+    r = requests.get(f"http://127.0.0.1:{server.api_port}/metrics", timeout=10,
+                     auth=(API_KEY, API_SECRET))
     assert r.status_code == 200
     return r.text
 

@@ -2,6 +2,9 @@
 //! (exoscale_auth.py, egoscale): HMAC-SHA256 over
 //! `METHOD PATH \n BODY \n VALUES-OF-SIGNED-QUERY-ARGS \n (no headers) \n EXPIRES`,
 //! base64, in `Authorization: EXO2-HMAC-SHA256 credential=K[,signed-query-args=a;b],expires=T,signature=S`.
+//!
+//! `/metrics` also accepts the key pair as HTTP basic auth (user = key, password = secret): that
+//! is all Prometheus' `basic_auth` can send, and a scraper cannot sign.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -184,6 +187,43 @@ pub fn verify(
     }
 }
 
+/// Compares two strings without leaking where they differ (through MACs of both).
+fn same(a: &str, b: &str) -> bool {
+    let mut x = mac("compare");
+    x.update(a.as_bytes());
+    let mut y = mac("compare");
+    y.update(b.as_bytes());
+    x.verify_slice(&y.finalize().into_bytes()).is_ok()
+}
+
+/// Whether an `Authorization` header uses the basic scheme (case-insensitive, RFC 9110).
+pub fn is_basic(header: &str) -> bool {
+    header
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+}
+
+/// Checks `Authorization: Basic base64(KEY:SECRET)` against `creds`; `Err` says why it is refused.
+pub fn verify_basic(creds: &Credentials, header: Option<&str>) -> Result<(), &'static str> {
+    let header = header.ok_or("missing Authorization header")?;
+    if !is_basic(header) {
+        return Err("unsupported authorization scheme, expected Basic");
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(header[6..].trim())
+        .map_err(|_| "malformed basic credentials")?;
+    let text = std::str::from_utf8(&decoded).map_err(|_| "malformed basic credentials")?;
+    let (key, secret) = text.split_once(':').ok_or("malformed basic credentials")?;
+    // Both compared, always, so that timing tells nothing about which one is wrong.
+    let key_ok = same(key, &creds.key);
+    let secret_ok = same(secret, &creds.secret);
+    if key_ok && secret_ok {
+        Ok(())
+    } else {
+        Err("invalid API key or secret")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +318,36 @@ mod tests {
         );
         assert!(verify(&c, &req, Some("Bearer x"), NOW).is_err());
         assert!(verify(&c, &req, Some("EXO2-HMAC-SHA256 credential=x"), NOW).is_err());
+    }
+
+    #[test]
+    fn basic_auth_is_the_key_pair() {
+        let c = egoscale();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let good = format!("Basic {}", b64(&format!("{}:{}", c.key, c.secret)));
+        assert_eq!(verify_basic(&c, Some(&good)), Ok(()));
+        let lower = format!("basic {}", b64(&format!("{}:{}", c.key, c.secret)));
+        assert_eq!(verify_basic(&c, Some(&lower)), Ok(()));
+        let wrong_secret = format!("Basic {}", b64(&format!("{}:nope", c.key)));
+        assert_eq!(
+            verify_basic(&c, Some(&wrong_secret)),
+            Err("invalid API key or secret")
+        );
+        let wrong_key = format!("Basic {}", b64(&format!("EXOother:{}", c.secret)));
+        assert_eq!(
+            verify_basic(&c, Some(&wrong_key)),
+            Err("invalid API key or secret")
+        );
+        assert_eq!(
+            verify_basic(&c, Some(&format!("Basic {}", b64("no-colon")))),
+            Err("malformed basic credentials")
+        );
+        assert_eq!(
+            verify_basic(&c, Some("Basic %%%")),
+            Err("malformed basic credentials")
+        );
+        assert_eq!(verify_basic(&c, None), Err("missing Authorization header"));
+        assert!(verify_basic(&c, Some("Bearer x")).is_err());
     }
 
     #[test]

@@ -144,7 +144,10 @@ pub async fn reveal_password(State(c): State<Control>, p: Params) -> ApiResult {
 }
 
 fn pool(p: &Params) -> Result<PoolName, ApiError> {
-    Ok(PoolName::parse("connection-pool-name", p.get("pool")?)?)
+    Ok(PoolName::parse_lookup(
+        "connection-pool-name",
+        p.get("pool")?,
+    )?)
 }
 
 /// `POST /dbaas-postgres/{name}/connection-pool`

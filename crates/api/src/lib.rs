@@ -1,6 +1,6 @@
 //! pgbay's HTTP face: the Exoscale v2 DBaaS PostgreSQL API (base `/v2`) over pgbay-control.
-//! Every request is authenticated with an EXO2-HMAC-SHA256 signature and logged in its own span;
-//! every error is `{"message": "..."}`.
+//! Every request is authenticated with an EXO2-HMAC-SHA256 signature (`/metrics` also takes the
+//! key pair as HTTP basic auth) and logged in its own span; every error is `{"message": "..."}`.
 //!
 //! A request goes: signature check (`auth`), path parameters and body parsed into control's typed
 //! commands (`extract`, `requests`), one control call (`handlers`), and the record it returns
@@ -51,8 +51,9 @@ pub fn router_with_pool_metrics(
     router(control, creds, metrics_at).layer(axum::Extension(PoolMetrics(source)))
 }
 
-/// The `/v2` router over `control`, accepting requests signed with `creds`, plus the unsigned
-/// Prometheus endpoint `/metrics` (it shows no secrets) advertised as `metrics_at`.
+/// The `/v2` router over `control`, accepting requests signed with `creds`, plus the Prometheus
+/// endpoint `/metrics` advertised as `metrics_at`. `/metrics` names every service, pool and user
+/// and their traffic: it takes a signed request too, or the key pair as HTTP basic auth.
 pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Router {
     use handlers as h;
     let v2 = Router::new()
@@ -148,12 +149,11 @@ fn unserved_routes(mut r: Router<Control>) -> Router<Control> {
 }
 
 /// Verifies the signature over the raw request (method, path, query, body) before routing, and
-/// runs the rest of the request in its own span.
+/// runs the rest of the request in its own span. `/metrics` also accepts HTTP basic auth with the
+/// key pair, and refuses with 401 and a basic challenge (what Prometheus and browsers expect)
+/// where the API answers 403.
 async fn authenticate(State(creds): State<Credentials>, req: Request, next: Next) -> Response {
     let span = tracing::info_span!("api", method = %req.method(), path = %req.uri().path());
-    if req.method() == axum::http::Method::GET && req.uri().path() == "/metrics" {
-        return next.run(req).instrument(span).await;
-    }
     async move {
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -167,15 +167,23 @@ async fn authenticate(State(creds): State<Credentials>, req: Request, next: Next
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let signed = auth::SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            body: &bytes,
+        let metrics = parts.uri.path() == "/metrics";
+        let verdict = if metrics && header.is_some_and(auth::is_basic) {
+            auth::verify_basic(&creds, header)
+        } else {
+            let signed = auth::SignedRequest {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                body: &bytes,
+            };
+            auth::verify(&creds, &signed, header, chrono::Utc::now().timestamp())
         };
-        let now = chrono::Utc::now().timestamp();
-        if let Err(why) = auth::verify(&creds, &signed, header, now) {
+        if let Err(why) = verdict {
             tracing::info!(reason = why, "refused request");
+            if metrics {
+                return unauthorized(why);
+            }
             return ApiError::Forbidden(format!("authentication failed: {why}")).into_response();
         }
         let resp = next
@@ -186,4 +194,23 @@ async fn authenticate(State(creds): State<Credentials>, req: Request, next: Next
     }
     .instrument(span)
     .await
+}
+
+/// 401 with a basic challenge, for `/metrics`.
+fn unauthorized(why: &str) -> Response {
+    let mut resp = (
+        axum::http::StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({
+            "message": format!(
+                "authentication failed: {why}; /metrics takes a request signed like the API's, \
+                 or the API key and secret as HTTP basic auth"
+            )
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Basic realm=\"pgbay\""),
+    );
+    resp
 }

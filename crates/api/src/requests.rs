@@ -70,10 +70,11 @@ fn version(field: &str, v: &Value) -> Result<String, InputError> {
 }
 
 /// A pool's database: a reference to an existing database (1..=63 like a path), but a name the
-/// API could never have created (over 40 characters) gets the creation limit's message.
+/// API could never have created (over 40 characters, control characters) gets the creation
+/// rule's message.
 fn pool_database(field: &str, s: &str) -> Result<DatabaseName, InputError> {
     let d = DatabaseName::parse_lookup(field, s)?;
-    if d.as_str().chars().count() > 40 {
+    if d.as_str().chars().count() > 40 || d.as_str().chars().any(char::is_control) {
         DatabaseName::parse(field, d.as_str())?;
     }
     Ok(d)

@@ -234,3 +234,60 @@ async fn the_ca_certificate_is_served() {
     let pem = v["certificate"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+/// `/metrics` names every service, pool and user: a signed request or the key pair as basic auth
+/// (Prometheus' `basic_auth`), else 401.
+#[tokio::test]
+async fn metrics_need_the_key_pair() {
+    use base64::Engine;
+    let srv = server().await;
+    let basic = |user: &str, password: &str| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Some(format!("Basic {b64}"))
+    };
+    let c = creds();
+    let (st, v) = send(srv.addr, "GET", "/metrics", "", None).await;
+    assert_eq!(st, 401, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing Authorization header")),
+        "{v}"
+    );
+    let (st, _) = send(srv.addr, "GET", "/metrics", "", basic(&c.key, "wrong")).await;
+    assert_eq!(st, 401);
+    let (st, _) = send(
+        srv.addr,
+        "GET",
+        "/metrics",
+        "",
+        basic("EXOother", &c.secret),
+    )
+    .await;
+    assert_eq!(st, 401);
+    let expired = signed("GET", "/metrics", "", chrono::Utc::now().timestamp() - 1);
+    let (st, v) = send(srv.addr, "GET", "/metrics", "", expired).await;
+    assert_eq!(st, 401, "{v}");
+    // The text format is not JSON: a 200 is what tells.
+    let (st, _) = send(srv.addr, "GET", "/metrics", "", basic(&c.key, &c.secret)).await;
+    assert_eq!(st, 200);
+    let (st, _) = send(
+        srv.addr,
+        "GET",
+        "/metrics",
+        "",
+        signed("GET", "/metrics", "", later()),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Basic auth is for /metrics only: the API takes signatures.
+    let (st, _) = send(
+        srv.addr,
+        "GET",
+        "/v2/dbaas-service",
+        "",
+        basic(&c.key, &c.secret),
+    )
+    .await;
+    assert_eq!(st, 403);
+}

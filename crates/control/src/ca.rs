@@ -60,46 +60,59 @@ fn ca_params() -> CertificateParams {
     p
 }
 
-/// Loads the CA from `dir` (creating it on first start) and issues a fresh server certificate for
-/// `public_host`.
-pub fn load_or_create(dir: &Path, public_host: &str) -> Result<TlsMaterial, CaError> {
+/// The CA of `dir`: its certificate (PEM) and key, created on first start.
+fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), CaError> {
     let crt_path = dir.join("ca.crt");
     let key_path = dir.join("ca.key");
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| CaError::Io { path, source }
     };
-    let (ca_pem, ca_key) = if crt_path.exists() && key_path.exists() {
+    if crt_path.exists() && key_path.exists() {
         let pem = std::fs::read_to_string(&crt_path).map_err(io(&crt_path))?;
         let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        (pem, KeyPair::from_pem(&key)?)
-    } else {
-        let key = KeyPair::generate()?;
-        let cert = ca_params().self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-        write_public(&crt_path, cert.pem().as_bytes()).map_err(io(&crt_path))?;
-        (cert.pem(), key)
-    };
-    let issuer = ca_params().self_signed(&ca_key)?;
+        return Ok((pem, KeyPair::from_pem(&key)?));
+    }
+    let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    write_public(&crt_path, cert.pem().as_bytes()).map_err(io(&crt_path))?;
+    Ok((cert.pem(), key))
+}
 
-    let mut sans = vec![
+/// The subject alternative names of a server certificate: `localhost`, `127.0.0.1` (so that a
+/// client on the machine itself can verify), then every host of `hosts` (IP or DNS name) not
+/// already there.
+fn sans(hosts: &[&str]) -> Result<Vec<SanType>, CaError> {
+    let mut out = vec![
         SanType::DnsName("localhost".try_into()?),
         SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
     ];
-    match public_host.parse::<IpAddr>() {
-        Ok(ip) if ip != IpAddr::from([127, 0, 0, 1]) => sans.push(SanType::IpAddress(ip)),
-        Ok(_) => {}
-        Err(_) if public_host != "localhost" => {
-            sans.push(SanType::DnsName(public_host.try_into()?))
+    for host in hosts {
+        let san = match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*host).try_into()?),
+        };
+        if !out.contains(&san) {
+            out.push(san);
         }
-        Err(_) => {}
     }
+    Ok(out)
+}
+
+/// A fresh server certificate for `hosts` (the first one is its common name), signed by the CA
+/// whose key is `ca_key`: `(certificate PEM, PKCS#8 key PEM)`.
+fn issue(hosts: &[&str], ca_key: &KeyPair) -> Result<(String, String), CaError> {
+    let issuer = ca_params().self_signed(ca_key)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "pgbay");
-    dn.push(DnType::CommonName, public_host);
+    dn.push(
+        DnType::CommonName,
+        hosts.first().copied().unwrap_or("localhost"),
+    );
     params.distinguished_name = dn;
-    params.subject_alt_names = sans;
+    params.subject_alt_names = sans(hosts)?;
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2049, 12, 31);
     params.key_usages = vec![
@@ -108,11 +121,32 @@ pub fn load_or_create(dir: &Path, public_host: &str) -> Result<TlsMaterial, CaEr
     ];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let server_key = KeyPair::generate()?;
-    let server = params.signed_by(&server_key, &issuer, &ca_key)?;
+    let server = params.signed_by(&server_key, &issuer, ca_key)?;
+    Ok((server.pem(), server_key.serialize_pem()))
+}
+
+/// Loads the CA from `dir` (creating it on first start) and issues a fresh server certificate for
+/// `public_host`.
+pub fn load_or_create(dir: &Path, public_host: &str) -> Result<TlsMaterial, CaError> {
+    let (ca_pem, ca_key) = load_or_create_ca(dir)?;
+    let (server_cert_pem, server_key_pem) = issue(&[public_host], &ca_key)?;
     Ok(TlsMaterial {
         ca_pem,
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
+        server_cert_pem,
+        server_key_pem,
+    })
+}
+
+/// Issues a server certificate for `hosts` (IPs or DNS names) with the CA of `dir` (created on
+/// first start), as the pooler's: the API's own certificate under `--api-tls auto`, which clients
+/// verify with the same CA (`GET /v2/dbaas-ca-certificate`, `<data-dir>/ca.crt`).
+pub fn issue_for_hosts(dir: &Path, hosts: &[&str]) -> Result<TlsMaterial, CaError> {
+    let (ca_pem, ca_key) = load_or_create_ca(dir)?;
+    let (server_cert_pem, server_key_pem) = issue(hosts, &ca_key)?;
+    Ok(TlsMaterial {
+        ca_pem,
+        server_cert_pem,
+        server_key_pem,
     })
 }
 
@@ -134,5 +168,16 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn certificates_for_hosts_share_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path(), "127.0.0.1").unwrap();
+        let b = issue_for_hosts(dir.path(), &["10.1.2.3", "api.example.com", "127.0.0.1"]).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        let names = sans(&["10.1.2.3", "api.example.com", "127.0.0.1"]).unwrap();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.contains(&SanType::IpAddress(IpAddr::from([10, 1, 2, 3]))));
     }
 }

@@ -64,10 +64,20 @@ pub const DEFAULT_DATABASE: &str = "defaultdb";
 /// rest: a longer name would become another object in PostgreSQL than the one the API created.
 pub const IDENTIFIER_MAX_BYTES: usize = 63;
 
-/// `check_len` for names that become PostgreSQL identifiers: the document's character limit, and
-/// at most 63 bytes in UTF-8.
+/// `check_len` for names that become PostgreSQL identifiers: the document's character limit, at
+/// most 63 bytes in UTF-8, and no control character (a newline in a name forges lines in logs
+/// and breaks the admin console's SHOW output, which print names as they are).
 fn check_identifier(field: &str, s: &str, min: usize, max: usize) -> Result<(), InputError> {
     check_len(field, s, min, max)?;
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(InputError::new(
+            field,
+            format!(
+                "must not contain control characters, found U+{:04X}",
+                u32::from(c)
+            ),
+        ));
+    }
     if s.len() > IDENTIFIER_MAX_BYTES {
         return Err(InputError::new(
             field,
@@ -212,9 +222,30 @@ impl Username {
 }
 
 impl PoolName {
-    /// Parses a pool name given as `field` (1..=63 characters, at most 63 bytes).
+    /// The database name of the pooler's admin console on every service's port: a pool of that
+    /// name could never be reached.
+    pub const ADMIN_CONSOLE: &'static str = "pgbouncer";
+
+    /// Parses a new pool's name given as `field` (1..=63 characters, at most 63 bytes, not the
+    /// admin console's name).
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_identifier(field, s, 1, 63)?;
+        if s == Self::ADMIN_CONSOLE {
+            return Err(InputError::new(
+                field,
+                format!(
+                    "`{}` is reserved: it is the database name of the pooler's admin console",
+                    Self::ADMIN_CONSOLE
+                ),
+            ));
+        }
+        Ok(PoolName(s.to_string()))
+    }
+
+    /// Parses a pool name from a path (a lookup: only the length is checked, so that a pool
+    /// stored before a rule existed can still be updated or deleted).
+    pub fn parse_lookup(field: &str, s: &str) -> Result<Self, InputError> {
+        check_len(field, s, 1, 63)?;
         Ok(PoolName(s.to_string()))
     }
 }
@@ -535,6 +566,50 @@ mod tests {
         assert!(PoolName::parse("name", &"p".repeat(63)).is_ok());
         let e = PoolName::parse("name", &"p".repeat(64)).unwrap_err();
         assert!(e.message.contains("`name`"), "{e}");
+    }
+
+    #[test]
+    fn names_refuse_control_characters() {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "tab\there",
+            "esc\u{1b}[31m",
+            "del\u{7f}",
+            "c1\u{85}",
+        ] {
+            for (field, r) in [
+                (
+                    "database-name",
+                    DatabaseName::parse("database-name", bad).err(),
+                ),
+                ("username", Username::parse("username", bad).err()),
+                ("username", Username::parse_pool("username", bad).err()),
+                ("name", PoolName::parse("name", bad).err()),
+            ] {
+                let e = r.unwrap_or_else(|| panic!("{bad:?} accepted as {field}"));
+                assert!(
+                    e.message.contains(&format!("`{field}`"))
+                        && e.message.contains("control characters"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+        // Quotes, spaces and non-ASCII letters stay allowed (quoted identifiers).
+        assert!(PoolName::parse("name", "my pool \"é\"").is_ok());
+    }
+
+    #[test]
+    fn the_admin_console_name_is_not_a_pool_name() {
+        let e = PoolName::parse("name", "pgbouncer").unwrap_err();
+        assert!(
+            e.message.contains("`name`") && e.message.contains("pgbouncer"),
+            "{e}"
+        );
+        assert!(PoolName::parse("name", "pgbouncer2").is_ok());
+        // A lookup still finds a pool stored before the rule.
+        assert!(PoolName::parse_lookup("connection-pool-name", "pgbouncer").is_ok());
     }
 
     #[test]

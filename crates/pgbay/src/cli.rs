@@ -90,6 +90,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_FD_RESERVE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(64..=1_000_000))]
     pub fd_reserve: u32,
+
+    /// HTTPS for the API, the web console and /metrics: `off`, `auto` (a certificate for the
+    /// listen address and --public-host issued by pgbay's CA, see GET /v2/dbaas-ca-certificate)
+    /// or `CERT,KEY` (PEM files). Default: `auto` unless --api-listen is a loopback address.
+    #[arg(long, env = "PGBAY_API_TLS", value_name = "off|auto|CERT,KEY")]
+    pub api_tls: Option<crate::api_tls::ApiTls>,
 }
 
 /// Where the client subcommands find pgbay and how they print. `global`, so that the flags may
@@ -116,6 +122,11 @@ pub struct ClientArgs {
         global = true
     )]
     pub data_dir: PathBuf,
+
+    /// CA certificate (PEM) to verify an https:// --url with; default: the data dir's `ca.crt`
+    /// (pgbay's CA) when it exists, else the public roots.
+    #[arg(long, env = "PGBAY_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Output format of the client subcommands.

@@ -6,6 +6,10 @@
 //! (beyond it, a connection gets a one-shot 503 and is closed at once, never queued); the request
 //! head must arrive within `--api-header-timeout` (which also bounds how long an idle keep-alive
 //! connection lives), and the body within `--api-body-timeout`.
+//!
+//! With `--api-tls`, the TLS handshake must also finish within the header timeout, and a client
+//! that speaks plain HTTP to the port (its first byte is not a TLS handshake record) gets a short
+//! `400` telling it to use `https://` and is closed: nothing of the API is ever served in clear.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,8 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 /// How long accepting pauses after a failed `accept` (EMFILE/ENFILE): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -45,14 +51,31 @@ const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nconnection: close\r\ncontent-length: 51\r\n\r\n\
 {\"message\":\"too many API connections, retry later\"}";
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets in-flight
-/// requests finish (bounded by [`DRAIN_TIMEOUT`]).
+/// The answer to plain HTTP on a TLS port, written before closing: the client learns why, rather
+/// than seeing garbage or a reset.
+const PLAIN_HTTP_REFUSED: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 70\r\n\r\n\
+{\"message\":\"this port speaks HTTPS only: use https:// to reach pgbay\"}";
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello starts with it).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How much of a refused plain-HTTP request is read (and dropped) after the 400, so that closing
+/// does not reset the connection before the client read the answer.
+const PLAIN_DRAIN_BYTES: usize = 64 * 1024;
+/// How long that draining may take at most.
+const PLAIN_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Serves `app` on `listener` within `limits` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then lets in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let app = app.layer(middleware::from_fn_with_state(
         limits.body_timeout,
         body_deadline,
@@ -96,8 +119,17 @@ pub async fn serve(
         };
         let app = app.clone();
         let stop = stop_rx.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            serve_connection(stream, app, limits.header_timeout, stop).await;
+            let _ = stream.set_nodelay(true);
+            match acceptor {
+                None => serve_connection(stream, app, limits.header_timeout, stop).await,
+                Some(acceptor) => {
+                    if let Some(tls) = handshake(stream, &acceptor, limits.header_timeout).await {
+                        serve_connection(tls, app, limits.header_timeout, stop).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -112,15 +144,76 @@ pub async fn serve(
     }
 }
 
+/// The TLS side of a new connection, within `limit` from its start: `None` when the client is
+/// silent, closes, fails the handshake, or speaks plain HTTP (answered with
+/// [`PLAIN_HTTP_REFUSED`]).
+async fn handshake(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(Ok(_)) | Ok(Err(_)) => return None,
+        Err(_) => {
+            tracing::debug!("API connection sent nothing within {limit:?}; closed");
+            return None;
+        }
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        tracing::debug!("plain HTTP on the API's TLS port; refused");
+        refuse_plain(stream, deadline).await;
+        return None;
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "API TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("API TLS handshake not done within {limit:?}; closed");
+            None
+        }
+    }
+}
+
+/// Writes [`PLAIN_HTTP_REFUSED`], ends the write side, and reads (bounded) what the client sent
+/// so that the close is orderly and the client reads the answer.
+async fn refuse_plain(mut stream: TcpStream, deadline: tokio::time::Instant) {
+    let written = tokio::time::timeout_at(deadline, async {
+        stream.write_all(PLAIN_HTTP_REFUSED).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left = PLAIN_DRAIN_BYTES;
+    let _ = tokio::time::timeout(PLAIN_DRAIN_TIME, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 /// One HTTP/1 connection, closed when its head is late or when shutdown asks (after the request
 /// in flight, if any).
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     app: Router,
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -200,9 +293,18 @@ mod tests {
 
     #[test]
     fn over_capacity_answer_is_well_formed() {
-        let text = std::str::from_utf8(OVER_CAPACITY).expect("ASCII");
+        well_formed(OVER_CAPACITY, "HTTP/1.1 503 ");
+    }
+
+    #[test]
+    fn plain_http_refusal_is_well_formed() {
+        well_formed(PLAIN_HTTP_REFUSED, "HTTP/1.1 400 ");
+    }
+
+    fn well_formed(answer: &[u8], status: &str) {
+        let text = std::str::from_utf8(answer).expect("ASCII");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.starts_with(status));
         let len = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length: "))

@@ -1,5 +1,6 @@
 //! The `pgbay` binary: command line, logging, `serve`, and the client subcommands.
 
+mod api_tls;
 mod cli;
 mod client;
 mod console;

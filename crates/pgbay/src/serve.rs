@@ -134,11 +134,17 @@ pub async fn run(
     };
     let data_plane = crate::dataplane::spawn(&control, pooler.clone(), client_limits);
 
+    // HTTPS by default beyond loopback (see api_tls.rs); the CA exists once control started.
+    let api_tls = crate::api_tls::effective(args.api_tls.as_ref(), args.api_listen);
+    let api_tls_config =
+        crate::api_tls::server_config(&api_tls, &data_dir, args.api_listen, &args.public_host)?;
+
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding API on {}", args.api_listen))?;
     tracing::info!(
         api = %listener.local_addr()?,
+        api_tls = %api_tls,
         data_dir = %data_dir.display(),
         pg_version = control.pg_version(),
         "pgbay serving"
@@ -174,7 +180,7 @@ pub async fn run(
         header_timeout: std::time::Duration::from_secs(args.api_header_timeout),
         body_timeout: std::time::Duration::from_secs(args.api_body_timeout),
     };
-    crate::http::serve(listener, app, limits, shutdown).await;
+    crate::http::serve(listener, app, limits, api_tls_config, shutdown).await;
     // Clients first, then the clusters behind them.
     pooler.shutdown().await;
     data_plane.abort();

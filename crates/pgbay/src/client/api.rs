@@ -2,6 +2,7 @@
 //! server verifies with (`pgbay_api::auth::sign`), JSON answers, and the API's `{"message"}` as
 //! the error a person reads.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
@@ -38,24 +39,86 @@ pub struct Api {
     creds: Credentials,
     /// Where the credentials came from, named when they are refused.
     source: Source,
+    /// The CA file that verifies an https:// API (`None`: the public roots), named when the
+    /// connection fails.
+    ca: Option<PathBuf>,
+}
+
+/// The CA certificates an https:// API is verified with: `--ca FILE` when given, else pgbay's CA
+/// in the data dir (`ca.crt`, written by `pgbay serve`) when it exists, else none (the public
+/// roots, for a pgbay behind a publicly trusted certificate).
+fn trusted_ca(ca: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<(PathBuf, Vec<u8>)>> {
+    if let Some(path) = ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ca/PGBAY_CA: reading {}", path.display()))?;
+        return Ok(Some((path.to_path_buf(), pem)));
+    }
+    let path = data_dir.join("ca.crt");
+    match std::fs::read(&path) {
+        Ok(pem) => Ok(Some((path, pem))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The certificates of a PEM file.
+fn certificates(path: &Path, pem: &[u8]) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let mut out = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => out.push(c),
+            Ok(_) => {}
+            Err(e) => bail!("{}: not a PEM certificate file: {e}", path.display()),
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: holds no PEM certificate", path.display());
+    }
+    Ok(out)
 }
 
 impl Api {
-    /// A client of the API at `url` (e.g. `http://127.0.0.1:8080/v2`).
-    pub fn new(url: &str, creds: Credentials, source: Source) -> anyhow::Result<Api> {
+    /// A client of the API at `url` (e.g. `http://127.0.0.1:8080/v2`); an https:// URL is
+    /// verified with `ca`, else with the CA in `data_dir` (see [`trusted_ca`]).
+    pub fn new(
+        url: &str,
+        creds: Credentials,
+        source: Source,
+        ca: Option<&Path>,
+        data_dir: &Path,
+    ) -> anyhow::Result<Api> {
         let (origin, base_path) = split_url(url)?;
-        let config = ureq::Agent::config_builder()
+        let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
-            .user_agent(concat!("pgbay-cli/", env!("CARGO_PKG_VERSION")))
-            .build();
+            .user_agent(concat!("pgbay-cli/", env!("CARGO_PKG_VERSION")));
+        let mut ca_used = None;
+        if origin.starts_with("https://") {
+            if let Some((path, pem)) = trusted_ca(ca, data_dir)? {
+                let roots = ureq::tls::RootCerts::new_with_certs(&certificates(&path, &pem)?);
+                builder =
+                    builder.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+                ca_used = Some(path);
+            }
+        }
         Ok(Api {
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::new_with_config(builder.build()),
             origin,
             base_path,
             creds,
             source,
+            ca: ca_used,
         })
+    }
+
+    /// What `cannot reach pgbay` adds for an https:// API: which CA verified it.
+    fn trust_hint(&self) -> String {
+        if !self.origin.starts_with("https://") {
+            return String::new();
+        }
+        match &self.ca {
+            Some(p) => format!(" (verified with the CA in {}; see --ca)", p.display()),
+            None => " (verified with the public roots: pass pgbay's CA with --ca FILE)".into(),
+        }
     }
 
     /// `GET path` (relative to the API's base path).
@@ -124,7 +187,13 @@ impl Api {
                 .send(&bytes[..]),
             other => bail!("unsupported method {other}"),
         };
-        let mut resp = sent.map_err(|e| anyhow!("cannot reach pgbay at {}: {e}", self.origin))?;
+        let mut resp = sent.map_err(|e| {
+            anyhow!(
+                "cannot reach pgbay at {}: {e}{}",
+                self.origin,
+                self.trust_hint()
+            )
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()

@@ -34,7 +34,7 @@ impl Ctx {
     fn new(args: &ClientArgs) -> anyhow::Result<Ctx> {
         let (creds, source) = credentials::resolve(&args.data_dir)?;
         Ok(Ctx {
-            api: Api::new(&args.url, creds, source)?,
+            api: Api::new(&args.url, creds, source, args.ca.as_deref(), &args.data_dir)?,
             output: args.output,
         })
     }

@@ -1,7 +1,8 @@
 // pgbay web console: plain JavaScript, no build step. Every API request is signed in the page
 // with EXO2-HMAC-SHA256 (Web Crypto), exactly as the official Exoscale clients sign, with the
 // key pair that the login form keeps in sessionStorage (this tab only). Live pool numbers come
-// from the unauthenticated Prometheus endpoint /metrics.
+// from the Prometheus endpoint /metrics, signed the same way (it names every pool and user).
+// Every URL is relative to the page: the console works over HTTPS (--api-tls) as over HTTP.
 "use strict";
 
 const API = "/v2";
@@ -92,6 +93,20 @@ async function api(method, path, bodyValue, given = null, retried = false) {
     route();
   }
   throw new ApiError(resp.status, message);
+}
+
+// The text of /metrics, signed like the API's requests; "" when it cannot be read (the numbers
+// then show dashes).
+async function fetchMetrics() {
+  const c = creds.get();
+  if (!c) return "";
+  try {
+    const headers = { Authorization: await authorization(c, "GET", "/metrics", "") };
+    const resp = await fetch("/metrics", { headers, cache: "no-store" });
+    return resp.ok ? await resp.text() : "";
+  } catch (_) {
+    return "";
+  }
 }
 
 async function waitOperation(op) {
@@ -386,7 +401,7 @@ async function renderService(name) {
   if (!view || view.kind !== "service" || view.service !== name) return;
   const [svc, metricsText] = await Promise.all([
     api("GET", `/dbaas-postgres/${seg(name)}`),
-    fetch("/metrics", { cache: "no-store" }).then((r) => (r.ok ? r.text() : "")).catch(() => ""),
+    fetchMetrics(),
   ]);
   if (!view || view.kind !== "service" || view.service !== name) return;
   const pools = svc["connection-pools"] || [];

@@ -135,6 +135,7 @@ impl Control {
             }),
         };
         control.recover().await?;
+        control.warm_sizing();
         let sup = control.clone();
         tokio::spawn(async move { sup.supervise().await });
         let sampler = control.clone();

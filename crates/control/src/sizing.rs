@@ -269,14 +269,15 @@ impl Sizer {
         Ok(())
     }
 
-    /// `shared_memory_size` (MB) of a cluster with configuration `config`.
+    /// `shared_memory_size` (MB) of a cluster with these settings (`(name, value as
+    /// postgresql.conf spells it)`, see [`ClusterConfig::entries`]).
     pub(crate) fn shared_memory_mb(
         &self,
         prov: &LocalProvisioner,
-        config: &ClusterConfig,
+        settings: &[(String, String)],
     ) -> Result<u64, SizingError> {
-        let args: Vec<String> = config
-            .entries()
+        let args: Vec<String> = settings
+            .iter()
             .map(|(k, v)| format!("{k}={}", unquote(v)))
             .collect();
         if let Some(mb) = self.cached(&args) {
@@ -302,7 +303,7 @@ impl Sizer {
                 return Ok(mb);
             }
         }
-        if let Some(refused) = refused_setting(config, &stderr) {
+        if let Some(refused) = refused_setting(settings, &stderr) {
             return Err(refused);
         }
         // Anything else is the template's fault: make it again next time.
@@ -338,14 +339,14 @@ fn unquote(v: &str) -> String {
 
 /// The setting PostgreSQL's error names (`invalid value for parameter "TimeZone": ...`), mapped
 /// to the configuration's spelling.
-fn refused_setting(config: &ClusterConfig, stderr: &str) -> Option<SizingError> {
+fn refused_setting(settings: &[(String, String)], stderr: &str) -> Option<SizingError> {
     let line = stderr.lines().find(|l| l.contains("FATAL:"))?;
     let named = line.split('"').nth(1)?;
-    let setting = config
-        .entries()
+    let setting = settings
+        .iter()
         .map(|(k, _)| k)
         .find(|k| k.eq_ignore_ascii_case(named))?
-        .to_string();
+        .clone();
     let why = line
         .split_once("FATAL:")
         .map(|(_, w)| w.trim())
@@ -361,6 +362,18 @@ fn refused_setting(config: &ClusterConfig, stderr: &str) -> Option<SizingError> 
 }
 
 impl Control {
+    /// Makes the sizing template in the background (an initdb, about a second, once per data
+    /// dir), so that the first check of a configuration does not wait for it.
+    pub(crate) fn warm_sizing(&self) {
+        let control = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &control.inner;
+            if let Err(e) = inner.sizing.ensure_template(&inner.prov) {
+                tracing::warn!(error = %e, "making the sizing template (retried at the first check)");
+            }
+        });
+    }
+
     /// Refuses (400) a configuration of `after` that does not fit its plan's memory, naming the
     /// fields that changed from `before` (or were given, for a new service) and the amounts.
     /// Nothing is checked when no memory-bearing field changed, so a service made before this
@@ -374,13 +387,14 @@ impl Control {
         if fields.is_empty() {
             return Ok(());
         }
-        let config = ClusterConfig::of(after);
+        let settings: Vec<(String, String)> = ClusterConfig::of(after)
+            .entries()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let control = self.clone();
         let shared = tokio::task::spawn_blocking(move || {
-            control
-                .inner
-                .sizing
-                .shared_memory_mb(&control.inner.prov, &config)
+            let inner = &control.inner;
+            inner.sizing.shared_memory_mb(&inner.prov, &settings)
         })
         .await?;
         let shared = match shared {
@@ -458,7 +472,11 @@ mod tests {
             work_mem_kb: 32 * 1024,
             ..defaults("hobbyist-2", 555)
         };
-        assert!(d.need_mb() > 2048, "work-mem 32 on hobbyist-2: {}", d.need_mb());
+        assert!(
+            d.need_mb() > 2048,
+            "work-mem 32 on hobbyist-2: {}",
+            d.need_mb()
+        );
     }
 
     #[test]
@@ -469,7 +487,12 @@ mod tests {
             // measured: 555 MB for 512 MB and 200 connections) with a margin.
             let shared = m.shared_buffers_mb + m.max_connections / 4 + 64;
             let d = defaults(p.name, shared);
-            assert!(d.need_mb() <= p.memory_gib * 1024, "{}: {}", p.name, d.breakdown());
+            assert!(
+                d.need_mb() <= p.memory_gib * 1024,
+                "{}: {}",
+                p.name,
+                d.breakdown()
+            );
         }
     }
 
@@ -486,5 +509,44 @@ mod tests {
             pg_field("max_prepared_transactions".into()),
             "pg-settings.max_prepared_transactions"
         );
+    }
+
+    /// PostgreSQL 15 itself, on a template made in a temp dir (as `nobody` when root).
+    #[test]
+    fn postgres_sizes_the_attack_and_names_a_refused_value() {
+        let Some(bin) = crate::local::default_bin_dir() else {
+            panic!("PostgreSQL binaries are needed");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let prov = LocalProvisioner::new(bin, dir.path().join("services"), "127.0.0.1".into());
+        prov.ensure_traversable(dir.path()).unwrap();
+        let sizer = Sizer::new(dir.path());
+        let conf = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let base = [("shared_buffers", "512MB"), ("max_connections", "200")];
+        let plain = sizer.shared_memory_mb(&prov, &conf(&base)).unwrap();
+        assert!((512..700).contains(&plain), "{plain}");
+        let mut attack = base.to_vec();
+        attack.push(("max_prepared_transactions", "10000"));
+        attack.push(("max_pred_locks_per_transaction", "5000"));
+        let big = sizer.shared_memory_mb(&prov, &conf(&attack)).unwrap();
+        assert!(big > 10_000, "{big}");
+        let mut bad = base.to_vec();
+        bad.push(("timezone", "'Mars/Olympus'"));
+        match sizer.shared_memory_mb(&prov, &conf(&bad)) {
+            Err(SizingError::Refused { setting, why }) => {
+                assert_eq!(setting, "timezone");
+                assert!(why.contains("Mars/Olympus"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The template survives; a second sizer on the same data dir reuses it.
+        assert!(dir.path().join("sizing/initialized").exists());
+        let again = Sizer::new(dir.path());
+        assert_eq!(again.shared_memory_mb(&prov, &conf(&base)).unwrap(), plain);
     }
 }

@@ -48,6 +48,11 @@ impl ClusterConfig {
         ClusterConfig(map)
     }
 
+    /// `(name, value as postgresql.conf spells it)` of every setting.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, (v, _))| (k.as_str(), v.as_str()))
+    }
+
     /// The file's text.
     pub fn text(&self) -> String {
         let mut out = String::from(

@@ -77,6 +77,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) logs: crate::logs::Logs,
+    pub(crate) sizing: crate::sizing::Sizer,
 }
 
 /// The control plane. Cheap to clone.
@@ -111,6 +112,7 @@ impl Control {
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
         let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
         restrict_files(&cfg.data_dir);
+        let sizing = crate::sizing::Sizer::new(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
         let (shutdown_tx, _) = watch::channel(false);
         let control = Control {
@@ -129,9 +131,11 @@ impl Control {
                 shutdown_tx,
                 metrics: crate::metrics::Metrics::default(),
                 logs: crate::logs::Logs::default(),
+                sizing,
             }),
         };
         control.recover().await?;
+        control.warm_sizing();
         let sup = control.clone();
         tokio::spawn(async move { sup.supervise().await });
         let sampler = control.clone();

@@ -44,6 +44,7 @@ pub mod pgbouncer;
 pub mod plans;
 pub mod ports;
 mod services;
+mod sizing;
 pub mod store;
 
 pub use ca::TlsMaterial;

@@ -146,7 +146,7 @@ impl LocalProvisioner {
             .unwrap_or_default()
     }
 
-    fn command(&self, program: &str, cwd: &Path) -> Command {
+    pub(crate) fn command(&self, program: &str, cwd: &Path) -> Command {
         let mut c = Command::new(self.bin_dir.join(program));
         c.current_dir(cwd).stdin(Stdio::null()).env("LC_ALL", "C");
         if self.as_nobody {
@@ -155,7 +155,7 @@ impl LocalProvisioner {
         c
     }
 
-    fn run(&self, mut cmd: Command, program: &str) -> Result<(), ProvisionError> {
+    pub(crate) fn run(&self, mut cmd: Command, program: &str) -> Result<(), ProvisionError> {
         let out = cmd.output().map_err(io(format!("running {program}")))?;
         if out.status.success() {
             return Ok(());
@@ -168,7 +168,7 @@ impl LocalProvisioner {
         })
     }
 
-    fn chown(&self, path: &Path) -> Result<(), ProvisionError> {
+    pub(crate) fn chown(&self, path: &Path) -> Result<(), ProvisionError> {
         if self.as_nobody {
             std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY))
                 .map_err(io(format!("chown {}", path.display())))?;

@@ -258,6 +258,11 @@ impl PgSettings {
         }
     }
 
+    /// The integer value of setting `name`, if set.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Value::as_i64)
+    }
+
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -213,6 +213,9 @@ impl Control {
             created_at: now,
             updated_at: now,
         };
+        if external.is_none() {
+            self.check_fits_plan(None, &s).await?;
+        }
         let (pw, overridden) = match (&external, password) {
             (Some(e), _) => (e.password.clone(), true),
             (None, Some(p)) => (p.into_string(), true),
@@ -270,13 +273,21 @@ impl Control {
         Ok(self.inner.store.services().await?)
     }
 
-    /// `PUT /dbaas-postgres/{name}`: plan, pgbouncer-settings (merged), ip-filter, protection.
+    /// `PUT /dbaas-postgres/{name}`: plan, pgbouncer-settings (merged), ip-filter, protection,
+    /// pg-settings (merged), work-mem, shared-buffers-percentage.
+    ///
+    /// A configuration that does not fit the plan's memory is refused before anything changes.
+    /// A change PostgreSQL takes with a reload is applied before the store commits it (a value
+    /// PostgreSQL refuses is put back and answered as a 400). A change that needs a restart is
+    /// committed and answered at once with its operation `pending`; the restart runs in the
+    /// background, holding the service's lock, and decides the operation (see
+    /// [`Self::spawn_restart`]).
     pub async fn update_service(
         &self,
         name: &ServiceName,
         update: ServiceUpdate,
     ) -> Result<OperationRecord, ControlError> {
-        let (_g, mut s) = self.lock_existing(name).await?;
+        let (guard, mut s) = self.lock_existing(name).await?;
         let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
         if s.external_host.is_some() {
@@ -311,10 +322,42 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
+        if s.external_host.is_none() {
+            self.check_fits_plan(Some(&before), &s).await?;
+        }
+        let local_running = s.state == ServiceState::Running && s.external_host.is_none();
+        let (changed, restart) = if local_running {
+            use crate::cluster_config::ClusterConfig;
+            ClusterConfig::of(&s).changes_from(&ClusterConfig::of(&before))
+        } else {
+            (Vec::new(), false)
+        };
+        if restart {
+            let mut tx = self.inner.store.begin().await?;
+            store::update_service(&mut tx, &s).await?;
+            let op = self
+                .record_operation(
+                    tx,
+                    &s,
+                    OperationKind::UpdateService,
+                    format!(
+                        "service {name} updated; PostgreSQL restarting to apply {}",
+                        changed.join(", ")
+                    ),
+                )
+                .await?;
+            // The restart writes pg_hba.conf from the new ip-filter as it starts the cluster.
+            self.spawn_restart(guard, before, s, op.clone(), changed);
+            return Ok(op);
+        }
         // PostgreSQL takes the new configuration before the store does: a configuration it
         // refuses is put back and answered as a 400, with nothing changed.
-        let applied = if s.state == ServiceState::Running && s.external_host.is_none() {
-            self.apply_config(&before, &s).await?
+        let applied = if local_running && !changed.is_empty() {
+            self.reload_config(&before, &s, &changed).await?;
+            Some(format!(
+                "PostgreSQL configuration reloaded to apply {}",
+                changed.join(", ")
+            ))
         } else {
             None
         };
@@ -328,13 +371,81 @@ impl Control {
         let op = self
             .record_operation(tx, &s, OperationKind::UpdateService, message)
             .await?;
-        if filter_changed && s.state == ServiceState::Running && s.external_host.is_none() {
+        if filter_changed && local_running {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
         }
-        self.settle(op).await
+        let op = self.settle(op).await;
+        drop(guard);
+        op
+    }
+
+    /// Restarts the cluster of `new` (committed, with its operation `op` pending) in the
+    /// background, keeping the service's lock until done. Success publishes and settles `op` as
+    /// any change does. If PostgreSQL does not start with the new configuration, the previous
+    /// one is written back and started, the store gets back the previous plan and settings, and
+    /// `op` ends `failure` naming the settings (the configuration fitted the plan and PostgreSQL
+    /// parsed every value beforehand, so this is the machine refusing, not the request).
+    fn spawn_restart(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        old: ServiceRecord,
+        new: ServiceRecord,
+        op: OperationRecord,
+        changed: Vec<String>,
+    ) {
+        let c = self.clone();
+        let span = tracing::info_span!("restart", service = %new.name);
+        let task = async move {
+            let _g = guard;
+            let changed = changed.join(", ");
+            let name = new.name.clone();
+            match c.restart_cluster(&new).await {
+                Ok(()) => {
+                    let op = OperationRecord {
+                        message: format!(
+                            "service {name} updated; PostgreSQL restarted to apply {changed}"
+                        ),
+                        ..op
+                    };
+                    if let Err(e) = c.publish_and_settle(op).await {
+                        tracing::error!(error = %e, "settling a restart");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "restart with new settings failed");
+                    if let Err(e) = c.put_back(&old, &new).await {
+                        tracing::error!(error = %e, "putting the previous configuration back");
+                    }
+                    let message = format!(
+                        "PostgreSQL did not start with the new value of {changed}; the previous \
+                         configuration is back"
+                    );
+                    if let Err(e) = c.fail_operation(op.id, "incorrect", &message).await {
+                        tracing::error!(error = %e, "recording a failed restart");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    /// After a failed restart: the configuration of `old` back in the store and on the cluster.
+    async fn put_back(&self, old: &ServiceRecord, new: &ServiceRecord) -> Result<(), ControlError> {
+        let back = ServiceRecord {
+            plan: old.plan.clone(),
+            pg_settings: old.pg_settings.clone(),
+            work_mem: old.work_mem,
+            shared_buffers_percentage: old.shared_buffers_percentage,
+            updated_at: Utc::now(),
+            ..new.clone()
+        };
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, &back).await?;
+        tx.commit().await?;
+        self.restart_cluster(&back).await
     }
 
     fn refuse_config_on_external(
@@ -357,21 +468,18 @@ impl Control {
         }
     }
 
-    /// Brings the running local cluster of `old` to the configuration of `new`: writes
-    /// `pgbay-settings.conf`, then reloads, or restarts when a changed setting needs it. Says
-    /// which, or `None` when nothing changed. A configuration the server refuses is undone (the
-    /// old file written back and applied again) and answered with a 400 naming the setting.
-    async fn apply_config(
+    /// Brings the running local cluster of `old` to the configuration of `new` when a reload is
+    /// enough (`changed` names what differs): writes `pgbay-settings.conf` and reloads. A value
+    /// the server refuses is undone (the old file written back and reloaded) and answered with a
+    /// 400 naming the setting.
+    async fn reload_config(
         &self,
         old: &ServiceRecord,
         new: &ServiceRecord,
-    ) -> Result<Option<String>, ControlError> {
+        changed: &[String],
+    ) -> Result<(), ControlError> {
         use crate::cluster_config::ClusterConfig;
         let (before, after) = (ClusterConfig::of(old), ClusterConfig::of(new));
-        let (changed, restart) = after.changes_from(&before);
-        if changed.is_empty() {
-            return Ok(None);
-        }
         let prov = self.inner.prov.clone();
         let write = |text: String| {
             let prov = prov.clone();
@@ -382,26 +490,6 @@ impl Control {
             }
         };
         write(after.text()).await?;
-        if restart {
-            if let Err(e) = self.restart_cluster(new).await {
-                tracing::error!(service = %new.name, error = %e, "restart with new settings failed");
-                write(before.text()).await?;
-                self.restart_cluster(old).await?;
-                return Err(InputError::new(
-                    "pg-settings",
-                    format!(
-                        "PostgreSQL did not start with the new value of {}; the previous \
-                         configuration is back",
-                        changed.join(", ")
-                    ),
-                )
-                .into());
-            }
-            return Ok(Some(format!(
-                "PostgreSQL restarted to apply {}",
-                changed.join(", ")
-            )));
-        }
         let t = self.admin_target(new).await?;
         crate::admin::reload(&t)
             .await
@@ -410,6 +498,7 @@ impl Control {
             .await
             .map_err(ControlError::internal)?;
         if let Some((setting, why)) = errors.first() {
+            tracing::warn!(service = %new.name, changed = ?changed, "PostgreSQL refused a reloaded setting");
             write(before.text()).await?;
             crate::admin::reload(&t)
                 .await
@@ -420,10 +509,7 @@ impl Control {
             )
             .into());
         }
-        Ok(Some(format!(
-            "PostgreSQL configuration reloaded to apply {}",
-            changed.join(", ")
-        )))
+        Ok(())
     }
 
     async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {

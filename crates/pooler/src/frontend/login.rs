@@ -98,7 +98,8 @@ async fn read_message(
 pub struct Authenticated(Who);
 
 enum Who {
-    Pool(Admitted),
+    // Boxed: the startup parameters make it large; the admin variant is a name.
+    Pool(Box<Admitted>),
     /// The admin console's user (not checked for the admin flag yet).
     Admin(String),
 }
@@ -139,7 +140,7 @@ pub async fn authenticate_client(
     {
         return Ok(None);
     }
-    Ok(Some(Authenticated(Who::Pool(admitted))))
+    Ok(Some(Authenticated(Who::Pool(Box::new(admitted)))))
 }
 
 /// The rest of a login, for a client that proved its password: the pool (3D000 when there is
@@ -169,7 +170,7 @@ pub async fn finish(
                 ));
             }
             Ok(Login::Pool(Box::new(
-                greet(stream, service, admitted, pool).await?,
+                greet(stream, service, *admitted, pool).await?,
             )))
         }
     }

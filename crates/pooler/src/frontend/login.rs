@@ -207,7 +207,7 @@ fn check_address_and_count(
             .iter()
             .any(|net| net.contains(&addr.ip()))
     {
-        return Err(errors::address_not_allowed(addr.ip(), &service.name));
+        return Err(errors::address_not_allowed(addr.ip()));
     }
     // Counted at accept, over every pool of the service (this client included).
     let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
@@ -216,10 +216,7 @@ fn check_address_and_count(
             crate::admission::RefusalReason::MaxClientConn,
             state.limits.max_client_conn,
         );
-        return Err(errors::too_many_clients(
-            &service.name,
-            state.limits.max_client_conn,
-        ));
+        return Err(errors::too_many_clients(state.limits.max_client_conn));
     }
     Ok(())
 }

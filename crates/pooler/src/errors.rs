@@ -3,8 +3,9 @@
 //! is the list of what a client can see. Errors that come from a server keep the server's own
 //! SQLSTATE (`server_error`).
 //!
-//! Messages name the pool (or the service, before a pool is known) so that a client of several
-//! pools can tell which one refused it.
+//! Messages name the pool so that a client of several pools can tell which one refused it, but
+//! only once the client proved its password: before that, nothing names the service or tells
+//! whether a pool exists (`frontend::login`).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -80,19 +81,21 @@ pub fn client_write_failed() -> ClientError {
 
 // Admission.
 
-pub fn address_not_allowed(addr: IpAddr, service: &str) -> ClientError {
+/// The service's IP filter refuses the client. The message does not name the service: whoever
+/// is outside the filter has no business learning whose port this is.
+pub fn address_not_allowed(addr: IpAddr) -> ClientError {
     ClientError::new(
         "28000",
-        format!("client address {addr} is not allowed to connect to service \"{service}\""),
+        format!("client address {addr} is not allowed to connect"),
     )
 }
 
-pub fn too_many_clients(service: &str, max_client_conn: u32) -> ClientError {
+/// Answered before the password is checked: like PgBouncer's "no more connections allowed
+/// (max_client_conn)", it does not name the service.
+pub fn too_many_clients(max_client_conn: u32) -> ClientError {
     ClientError::new(
         "53300",
-        format!(
-            "too many client connections to service \"{service}\" (max_client_conn {max_client_conn})"
-        ),
+        format!("too many client connections (max_client_conn {max_client_conn})"),
     )
 }
 

@@ -52,6 +52,14 @@
 //! (`Pool::is_paused`); KILL is an epoch clients compare at each request, so a killed client
 //! leaves at its next request or transaction end rather than at once.
 //!
+//! Before login (`admission`): each service's port holds at most
+//! `ClientLimits::max_pending_logins` sockets that have not passed authentication, each for at
+//! most `ClientLimits::login_timeout`; the client sockets of all services share one budget
+//! (`Pooler::set_client_socket_limit`); a socket over a cap is accepted and closed at once.
+//! Refusals are counted per service and reason (`Pooler::refused_connections`). Nothing before
+//! the password is checked depends on the pool: an unknown pool, or another user's, fails the
+//! password exchange with the same 28P01 as a wrong password.
+//!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in

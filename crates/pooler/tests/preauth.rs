@@ -223,7 +223,7 @@ async fn max_client_conn_counts_every_pool_of_the_service() {
         let e = must_fail(connect(addr, p).await, "third client of the service");
         assert_eq!(
             describe(&e),
-            "FATAL 53300: too many client connections to service \"maxconn\" (max_client_conn 2)"
+            "FATAL 53300: too many client connections (max_client_conn 2)"
         );
     }
     assert_eq!(refused(&pooler, "maxconn", RefusalReason::MaxClientConn), 2);

@@ -63,9 +63,15 @@ pub async fn handle(
                 RefusalReason::LoginTimeout,
                 u32::try_from(login_timeout.as_secs()).unwrap_or(u32::MAX),
             );
-            let refusal = errors::login_timeout();
-            let goodbye = tokio::time::timeout(GOODBYE_TIMEOUT, refuse(&mut stream, &refusal));
-            let _ = goodbye.instrument(span).await;
+            // Not logged one by one: a flood of idle sockets would flood the log too (the
+            // refusal above is counted, and logged at most once per interval).
+            let mut buf = BytesMut::new();
+            errors::login_timeout().write(&mut buf, Severity::Fatal);
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+                let _ = stream.write_all(&buf).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
             return;
         }
     };

@@ -98,7 +98,8 @@ async fn read_message(
 pub struct Authenticated(Who);
 
 enum Who {
-    Pool(Admitted),
+    // Boxed: the startup parameters make it large; the admin variant is a name.
+    Pool(Box<Admitted>),
     /// The admin console's user (not checked for the admin flag yet).
     Admin(String),
 }
@@ -139,7 +140,7 @@ pub async fn authenticate_client(
     {
         return Ok(None);
     }
-    Ok(Some(Authenticated(Who::Pool(admitted))))
+    Ok(Some(Authenticated(Who::Pool(Box::new(admitted)))))
 }
 
 /// The rest of a login, for a client that proved its password: the pool (3D000 when there is
@@ -169,7 +170,7 @@ pub async fn finish(
                 ));
             }
             Ok(Login::Pool(Box::new(
-                greet(stream, service, admitted, pool).await?,
+                greet(stream, service, *admitted, pool).await?,
             )))
         }
     }
@@ -206,7 +207,7 @@ fn check_address_and_count(
             .iter()
             .any(|net| net.contains(&addr.ip()))
     {
-        return Err(errors::address_not_allowed(addr.ip(), &service.name));
+        return Err(errors::address_not_allowed(addr.ip()));
     }
     // Counted at accept, over every pool of the service (this client included).
     let clients = service.clients.load(std::sync::atomic::Ordering::Relaxed);
@@ -215,10 +216,7 @@ fn check_address_and_count(
             crate::admission::RefusalReason::MaxClientConn,
             state.limits.max_client_conn,
         );
-        return Err(errors::too_many_clients(
-            &service.name,
-            state.limits.max_client_conn,
-        ));
+        return Err(errors::too_many_clients(state.limits.max_client_conn));
     }
     Ok(())
 }

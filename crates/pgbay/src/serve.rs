@@ -70,6 +70,13 @@ pub async fn run(
     args: ServeArgs,
     service_logs: std::sync::Arc<crate::service_logs::ServiceLogs>,
 ) -> anyhow::Result<()> {
+    if args.notify_total_budget < args.notify_client_budget {
+        return Err(anyhow!(
+            "--notify-total-budget ({}) must be at least --notify-client-budget ({})",
+            args.notify_total_budget,
+            args.notify_client_budget
+        ));
+    }
     match crate::http::raise_nofile_limit() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
@@ -98,6 +105,10 @@ pub async fn run(
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
     let pooler = pgbay_pooler::Pooler::new();
+    pooler.set_notify_budget(pgbay_pooler::NotifyBudget {
+        client_bytes: args.notify_client_budget,
+        total_bytes: args.notify_total_budget,
+    });
     let data_plane = crate::dataplane::spawn(&control, pooler.clone());
 
     let listener = tokio::net::TcpListener::bind(args.api_listen)

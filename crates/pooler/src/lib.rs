@@ -72,6 +72,7 @@ mod errors;
 mod frontend;
 mod listener;
 mod net;
+mod notify;
 mod params;
 mod prepared;
 mod service;
@@ -94,6 +95,7 @@ pub use config::{
     BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, PoolerConfig, ServiceConfig,
     TlsConfig, UserConfig,
 };
+pub use config::NotifyBudget;
 pub use error::PoolerError;
 pub use stats::{ClientState, PoolStats, PoolTotals, ServerState};
 
@@ -127,6 +129,8 @@ struct Inner {
     auth_method: Arc<AtomicU8>,
     shut_down: AtomicBool,
     next_gen: std::sync::atomic::AtomicU64,
+    /// Notification budgets and the bytes held for all clients (`notify`).
+    notify: Arc<notify::Budget>,
 }
 
 impl Default for Pooler {
@@ -147,6 +151,7 @@ impl Pooler {
                 auth_method: Arc::new(AtomicU8::new(0)),
                 shut_down: AtomicBool::new(false),
                 next_gen: std::sync::atomic::AtomicU64::new(1),
+                notify: Arc::new(notify::Budget::new(NotifyBudget::default())),
             }),
         }
     }
@@ -158,6 +163,17 @@ impl Pooler {
             ClientAuthMethod::Md5 => 1,
         };
         self.inner.auth_method.store(v, Ordering::Relaxed);
+    }
+
+    /// How many bytes of unread notifications the pooler holds per client and in total
+    /// (`NotifyBudget`); applies to new and running clients alike.
+    pub fn set_notify_budget(&self, budget: NotifyBudget) {
+        self.inner.notify.set(budget);
+    }
+
+    /// Bytes of notifications queued for clients right now (all pools).
+    pub fn notify_bytes_queued(&self) -> usize {
+        self.inner.notify.used()
     }
 
     /// The address a service's listener is bound to (useful with port 0).

@@ -113,11 +113,19 @@ pub async fn pump(
             if let Some(sub) = ctx.notify.as_mut() {
                 if server.relay.s2c_skip == 0 {
                     while server.bufs.s2c_out.len() < HIGH_WATER {
-                        let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) else {
+                        let Poll::Ready(Some(msg)) = sub.poll_recv(cx) else {
                             break;
                         };
                         server.bufs.s2c_out.extend_from_slice(&msg);
                         progress = true;
+                    }
+                    // Over its notification budget (`notify`): disconnected once what it was
+                    // sent is out, between whole messages.
+                    if server.bufs.s2c_out.is_empty() {
+                        if let Poll::Ready(over) = sub.poll_over(cx) {
+                            let e = errors::notify_budget(&ctx.pool.name, over);
+                            return Poll::Ready(End::Refused(e));
+                        }
                     }
                 }
             }

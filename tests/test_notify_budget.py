@@ -344,5 +344,5 @@ def test_clients_that_never_read_are_disconnected_and_memory_comes_back(node, se
     reader.conn.close()
 
     # Memory comes back once they are gone.
-    eventually(lambda: rss(pid) - base < 12 * MiB, 30,
+    eventually(lambda: rss(pid) - base < 5 * MiB, 30,
                f"RSS back near its baseline of {base / MiB:.1f} MiB")

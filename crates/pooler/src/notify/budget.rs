@@ -3,11 +3,13 @@
 //! notifications, and giving freed memory back to the system.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::queue::Shared;
 use crate::config::NotifyBudget;
 
 /// At most this many lines about disconnected clients per `LOG_WINDOW`; the first line of the
@@ -27,6 +29,12 @@ pub struct Budget {
     total: AtomicUsize,
     /// Bytes queued for all clients, as `queue::cost` counts them.
     used: AtomicUsize,
+    /// Of `used`, what is queued for clients already disconnected for their budget, freed as
+    /// soon as their tasks drop their queues: not counted against the total meanwhile, so that
+    /// one slow client is not followed by others while its memory is being given back.
+    doomed: AtomicUsize,
+    /// Every client's queue, for finding the largest when the total is passed.
+    pub(super) members: Mutex<HashMap<usize, Weak<Shared>>>,
     log: Mutex<LogWindow>,
     trim: Mutex<TrimState>,
 }
@@ -69,6 +77,20 @@ impl Budget {
     /// Bytes queued for all clients right now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes queued for clients still served (see `doomed`).
+    pub(super) fn live(&self) -> usize {
+        self.used()
+            .saturating_sub(self.doomed.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn doom(&self, bytes: usize) {
+        self.doomed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn undoom(&self, bytes: usize) {
+        self.doomed.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     pub(super) fn take(&self, bytes: usize) {

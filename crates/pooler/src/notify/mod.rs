@@ -4,9 +4,9 @@
 //! notification out to its subscribed clients (`backend::listen`). It cannot wait for a slow
 //! client (that would stall every other one), so what a client does not read piles up in the
 //! pooler. Two byte budgets bound it (`NotifyBudget`): one per client, one for the whole pooler.
-//! A client past its own budget, or holding more than `queue::FAIR_SHARE` while the pooler is
-//! past its total, gets nothing more and is disconnected (FATAL 53200 naming the budget); clients
-//! that keep up still receive. The memory goes back when the client's queue is dropped, and after
+//! A client past its own budget gets nothing more and is disconnected (FATAL 53200 naming the
+//! budget); past the total, the clients with the most queued are, so that clients that keep up
+//! still receive. The memory goes back when the client's queue is dropped, and after
 //! large frees the allocator is asked to return free pages to the system (`budget::Budget::freed`).
 
 pub mod budget;

@@ -1,21 +1,19 @@
 //! One client's notification queue, counted in bytes: the pool's listener offers each
 //! notification to the client's `Sink`; the client's task takes them from its `Inbox` and
-//! writes them out. Past a budget the sink refuses, marks the client over budget and wakes its
-//! task, which disconnects it.
+//! writes them out. Past its own budget the sink refuses, marks the client over budget and
+//! wakes its task, which disconnects it. Past the pooler's total, the client with the most
+//! queued (whichever pool it is in) is the one disconnected: clients that keep up are spared.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::Budget;
-
-/// While the pooler is past its total budget, a client with more than this queued (or its own
-/// budget, if smaller) gets nothing more; clients that keep up (less queued) still receive.
-pub const FAIR_SHARE: usize = 64 * 1024;
 
 /// What a queued notification is counted as: its bytes and roughly what holding it costs
 /// besides (the shared buffer's header, the channel's slot).
@@ -31,19 +29,33 @@ pub enum Over {
     Total(usize),
 }
 
-const NOT_OVER: u8 = 0;
-const OVER_CLIENT: u8 = 1;
-const OVER_TOTAL: u8 = 2;
-
-struct Shared {
+pub(super) struct Shared {
     /// Bytes in the queue, as `cost` counts them.
     queued: AtomicUsize,
-    over: AtomicU8,
-    /// The value of the budget that was passed (when `over` is set).
-    limit: AtomicUsize,
+    /// `state.over` is set: read on every offer and receive without the lock.
+    is_over: AtomicBool,
+    state: Mutex<State>,
     /// The client's task, woken when it goes over budget.
     waker: AtomicWaker,
     budget: Arc<Budget>,
+}
+
+/// Changed only under the lock, by whoever kicks the client (its pool's listener, or another
+/// pool's making room under the total) and by the queue's drop.
+#[derive(Default)]
+struct State {
+    over: Option<Over>,
+    /// What was queued when the client went over budget (counted in `Budget::doomed` until the
+    /// queue is dropped).
+    doomed: usize,
+    /// The queue was dropped: nothing more to kick.
+    closed: bool,
+}
+
+impl Shared {
+    fn is_over(&self) -> bool {
+        self.is_over.load(Ordering::Acquire)
+    }
 }
 
 /// What the pool's listener holds for one subscribed client.
@@ -66,38 +78,73 @@ pub enum Offer {
 impl Sink {
     pub fn offer(&self, msg: &Bytes) -> Offer {
         let s = &*self.shared;
-        if s.over.load(Ordering::Relaxed) != NOT_OVER {
+        if s.is_over() {
             return Offer::OverBudget;
         }
         if self.tx.is_closed() {
             return Offer::Gone;
         }
         let cost = cost(msg);
-        let queued = s.queued.load(Ordering::Relaxed);
-        let client = s.budget.client_limit();
-        let total = s.budget.total_limit();
-        let over = if queued + cost > client {
-            Some((OVER_CLIENT, client))
-        } else if s.budget.used() + cost > total && queued + cost > FAIR_SHARE.min(client) {
-            Some((OVER_TOTAL, total))
-        } else {
-            None
-        };
-        if let Some((which, limit)) = over {
-            s.limit.store(limit, Ordering::Relaxed);
-            s.over.store(which, Ordering::Release);
-            s.waker.wake();
+        let budget = &s.budget;
+        let client = budget.client_limit();
+        if s.queued.load(Ordering::Relaxed) + cost > client {
+            kick(s, Over::Client(client));
+            return Offer::OverBudget;
+        }
+        if budget.live() + cost > budget.total_limit() && !make_room(&self.shared, cost) {
             return Offer::OverBudget;
         }
         s.queued.fetch_add(cost, Ordering::Relaxed);
-        s.budget.take(cost);
+        budget.take(cost);
         if self.tx.send(msg.clone()).is_err() {
             s.queued.fetch_sub(cost, Ordering::Relaxed);
-            s.budget.give_back(cost);
+            budget.give_back(cost);
             return Offer::Gone;
         }
         Offer::Queued
     }
+}
+
+/// Marks a client over budget (once) and wakes its task.
+fn kick(s: &Shared, over: Over) {
+    let mut st = s.state.lock();
+    if st.over.is_some() || st.closed {
+        return;
+    }
+    st.over = Some(over);
+    st.doomed = s.queued.load(Ordering::Relaxed);
+    s.budget.doom(st.doomed);
+    s.is_over.store(true, Ordering::Release);
+    drop(st);
+    s.waker.wake();
+}
+
+/// The pooler is past its total budget: disconnects the clients with the most queued until
+/// `cost` more fits. False when `me` is the one with the most (it gets nothing more). A
+/// message that does not fit even with nothing else queued is let through.
+#[cold]
+fn make_room(me: &Arc<Shared>, cost: usize) -> bool {
+    let budget = &me.budget;
+    let total = budget.total_limit();
+    let members = budget.members.lock();
+    while budget.live() + cost > total {
+        let largest = members
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|m| !m.is_over())
+            .max_by_key(|m| m.queued.load(Ordering::Relaxed));
+        let Some(victim) = largest else {
+            return true;
+        };
+        if victim.queued.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        kick(&victim, Over::Total(total));
+        if Arc::ptr_eq(&victim, me) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The client's end of its queue. Dropping it frees what is still queued.
@@ -111,11 +158,16 @@ impl Inbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
-            over: AtomicU8::new(NOT_OVER),
-            limit: AtomicUsize::new(0),
+            is_over: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             budget,
         });
+        shared
+            .budget
+            .members
+            .lock()
+            .insert(Arc::as_ptr(&shared) as usize, Arc::downgrade(&shared));
         (
             Sink {
                 tx,
@@ -127,7 +179,7 @@ impl Inbox {
 
     /// The next notification; Pending once the client is over budget (see `poll_over`).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if self.shared.over.load(Ordering::Relaxed) != NOT_OVER {
+        if self.shared.is_over() {
             return Poll::Pending;
         }
         let r = self.rx.poll_recv(cx);
@@ -139,7 +191,7 @@ impl Inbox {
 
     /// A notification already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        if self.shared.over.load(Ordering::Relaxed) != NOT_OVER {
+        if self.shared.is_over() {
             return None;
         }
         let msg = self.rx.try_recv().ok()?;
@@ -160,12 +212,10 @@ impl Inbox {
     }
 
     pub fn over(&self) -> Option<Over> {
-        let limit = || self.shared.limit.load(Ordering::Relaxed);
-        match self.shared.over.load(Ordering::Acquire) {
-            OVER_CLIENT => Some(Over::Client(limit())),
-            OVER_TOTAL => Some(Over::Total(limit())),
-            _ => None,
+        if !self.shared.is_over() {
+            return None;
         }
+        self.shared.state.lock().over
     }
 
     pub fn budget(&self) -> &Arc<Budget> {
@@ -180,6 +230,11 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
+        let budget = &self.shared.budget;
+        budget
+            .members
+            .lock()
+            .remove(&(Arc::as_ptr(&self.shared) as usize));
         // Closed first: the listener's later offers fail instead of queueing.
         self.rx.close();
         let mut freed = 0;
@@ -187,6 +242,11 @@ impl Drop for Inbox {
             let c = cost(&msg);
             self.release(c);
             freed += c;
+        }
+        {
+            let mut st = self.shared.state.lock();
+            st.closed = true;
+            self.shared.budget.undoom(std::mem::take(&mut st.doomed));
         }
         if freed > 0 {
             self.shared.budget.freed(freed);

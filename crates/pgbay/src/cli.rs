@@ -349,7 +349,15 @@ mod notify_budget_tests {
         assert_eq!(parse_budget("4MiB"), Ok(4 << 20));
         assert_eq!(parse_budget("4m"), Ok(4 << 20));
         assert_eq!(parse_budget("1GiB"), Ok(1 << 30));
-        for bad in ["", "x", "4TiB", "1KiB", "-1", "99999999999999999999", "65GiB"] {
+        for bad in [
+            "",
+            "x",
+            "4TiB",
+            "1KiB",
+            "-1",
+            "99999999999999999999",
+            "65GiB",
+        ] {
             assert!(parse_budget(bad).is_err(), "{bad} accepted");
         }
     }

@@ -279,7 +279,10 @@ fn apply_pools(
         match existing {
             Some(pool) => pool.update(state),
             None => {
-                pools.insert(pc.name.clone(), Pool::new(service.name.clone(), state, inner.notify.clone()));
+                pools.insert(
+                    pc.name.clone(),
+                    Pool::new(service.name.clone(), state, inner.notify.clone()),
+                );
             }
         }
     }

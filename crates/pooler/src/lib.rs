@@ -21,7 +21,9 @@
 //! values back at the end of the transaction); in those modes LISTEN/UNLISTEN are served by a
 //! per-pool listening server connection outside the pool's size (`backend::listen`), whose
 //! notifications reach subscribed clients through a per-client channel, idle or attached
-//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); what
+//! clients leave unread is held within byte budgets, per client and for the whole pooler
+//! (`notify`, `NotifyBudget`, `Pooler::set_notify_budget`); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
 //! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a
@@ -53,7 +55,7 @@
 //! leaves at its next request or transaction end rather than at once.
 //!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
-//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
+//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300, unread notifications past a budget 53200,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
 //! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction or statement mode
 //! 0A000 (both an ERROR; the client stays connected: a Query or Parse starting with
@@ -91,11 +93,11 @@ use parking_lot::Mutex;
 
 pub use apply::{ApplyReport, ServiceFailure};
 pub use auth::ClientAuthMethod;
+pub use config::NotifyBudget;
 pub use config::{
     BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, PoolerConfig, ServiceConfig,
     TlsConfig, UserConfig,
 };
-pub use config::NotifyBudget;
 pub use error::PoolerError;
 pub use stats::{ClientState, PoolStats, PoolTotals, ServerState};
 

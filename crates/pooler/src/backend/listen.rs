@@ -342,8 +342,7 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
                 }
             }
             tag::ERROR_RESPONSE => {
-                let (code, message) =
-                    crate::net::messages::error::parse_error(&input[HEADER..len]);
+                let (code, message) = crate::net::messages::error::parse_error(&input[HEADER..len]);
                 input.advance(len);
                 tracing::warn!(%code, %message, "LISTEN connection error");
             }

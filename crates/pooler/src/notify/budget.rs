@@ -2,8 +2,8 @@
 //! clients together, a rate limit on the log lines about clients disconnected for their
 //! notifications, and giving freed memory back to the system.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 

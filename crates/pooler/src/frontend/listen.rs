@@ -159,6 +159,7 @@ async fn farewell(client: &mut Client, over: Over, mut unsent: BytesMut) {
             };
             client.span.in_scope(|| {
                 tracing::warn!(
+                    pool = %client.pool.name,
                     code = error.code(),
                     budget,
                     bytes,

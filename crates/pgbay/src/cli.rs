@@ -96,6 +96,44 @@ pub struct ServeArgs {
     /// or `CERT,KEY` (PEM files). Default: `auto` unless --api-listen is a loopback address.
     #[arg(long, env = "PGBAY_API_TLS", value_name = "off|auto|CERT,KEY")]
     pub api_tls: Option<crate::api_tls::ApiTls>,
+
+    // Notification budgets of the pooler (transaction/statement mode LISTEN).
+    /// Bytes of notifications the pooler holds for one LISTENing client that does not read
+    /// them; past it the client is disconnected (FATAL 53200). Suffixes KiB, MiB, GiB.
+    #[arg(long, env = "PGBAY_NOTIFY_CLIENT_BUDGET", default_value = "4MiB",
+          value_parser = parse_budget)]
+    pub notify_client_budget: usize,
+    /// Bytes of unread notifications the pooler holds for all clients together; past it,
+    /// clients with more than 64 KiB unread are disconnected. Suffixes KiB, MiB, GiB.
+    #[arg(long, env = "PGBAY_NOTIFY_TOTAL_BUDGET", default_value = "128MiB",
+          value_parser = parse_budget)]
+    pub notify_total_budget: usize,
+}
+
+/// A notification budget: bytes, with an optional binary suffix (`512KiB`, `4MiB`, `1GiB`; `K`,
+/// `M`, `G` alike), at least 16 KiB (a notification may take 8 KB) and at most 64 GiB.
+fn parse_budget(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size in bytes (e.g. 524288, 512KiB, 4MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("`{s}`: unknown unit (use KiB, MiB or GiB)")),
+    };
+    let bytes = n
+        .checked_shl(shift)
+        .filter(|b| b >> shift == n)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if !(16 << 10..=64 << 30).contains(&bytes) {
+        return Err(format!("`{s}` must be between 16KiB and 64GiB"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("`{s}` is too large"))
 }
 
 /// Where the client subcommands find pgbay and how they print. `global`, so that the flags may
@@ -329,4 +367,29 @@ pub enum PoolAction {
         /// Pool name.
         pool: String,
     },
+}
+
+#[cfg(test)]
+mod notify_budget_tests {
+    use super::parse_budget;
+
+    #[test]
+    fn budgets_take_bytes_and_binary_suffixes() {
+        assert_eq!(parse_budget("524288"), Ok(524288));
+        assert_eq!(parse_budget("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_budget("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_budget("4m"), Ok(4 << 20));
+        assert_eq!(parse_budget("1GiB"), Ok(1 << 30));
+        for bad in [
+            "",
+            "x",
+            "4TiB",
+            "1KiB",
+            "-1",
+            "99999999999999999999",
+            "65GiB",
+        ] {
+            assert!(parse_budget(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

@@ -82,6 +82,13 @@ pub async fn run(
     args: ServeArgs,
     service_logs: std::sync::Arc<crate::service_logs::ServiceLogs>,
 ) -> anyhow::Result<()> {
+    if args.notify_total_budget < args.notify_client_budget {
+        return Err(anyhow!(
+            "--notify-total-budget ({}) must be at least --notify-client-budget ({})",
+            args.notify_total_budget,
+            args.notify_client_budget
+        ));
+    }
     let nofile = match crate::http::raise_nofile_limit() {
         Ok((soft, hard)) => {
             tracing::info!(soft, hard, "open files limit");
@@ -116,6 +123,10 @@ pub async fn run(
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
     let pooler = pgbay_pooler::Pooler::new();
+    pooler.set_notify_budget(pgbay_pooler::NotifyBudget {
+        client_bytes: args.notify_client_budget,
+        total_bytes: args.notify_total_budget,
+    });
     // Pooler admission before login: the node's limits, and its share of the open files.
     if let Some(soft) = nofile {
         let max = client_socket_limit(soft, args.fd_reserve, args.api_max_connections);

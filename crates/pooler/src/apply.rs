@@ -282,7 +282,10 @@ fn apply_pools(
         match existing {
             Some(pool) => pool.update(state),
             None => {
-                pools.insert(pc.name.clone(), Pool::new(service.name.clone(), state));
+                pools.insert(
+                    pc.name.clone(),
+                    Pool::new(service.name.clone(), state, inner.notify.clone()),
+                );
             }
         }
     }

@@ -176,3 +176,29 @@ impl Default for ClientLimits {
         }
     }
 }
+
+/// Memory the pooler may hold for notifications that LISTENing clients (transaction and
+/// statement mode) have not read yet (see `notify`). Node-wide: set with
+/// `Pooler::set_notify_budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifyBudget {
+    /// Bytes queued for one client before it is disconnected (FATAL 53200).
+    pub client_bytes: usize,
+    /// Bytes queued for all clients together; past it, clients holding more than 64 KiB are
+    /// disconnected.
+    pub total_bytes: usize,
+}
+
+impl NotifyBudget {
+    pub const DEFAULT_CLIENT_BYTES: usize = 4 << 20;
+    pub const DEFAULT_TOTAL_BYTES: usize = 128 << 20;
+}
+
+impl Default for NotifyBudget {
+    fn default() -> Self {
+        NotifyBudget {
+            client_bytes: Self::DEFAULT_CLIENT_BYTES,
+            total_bytes: Self::DEFAULT_TOTAL_BYTES,
+        }
+    }
+}

@@ -229,6 +229,24 @@ pub fn listen_unavailable(pool: &str) -> ClientError {
     )
 }
 
+/// Transaction/statement mode: a LISTENing client did not read its notifications and went past
+/// the notification budget (per client, or the pooler's total); it is disconnected (53200, as
+/// PostgreSQL's out_of_memory: the pooler will not hold more for it).
+pub fn notify_budget(pool: &str, over: crate::notify::Over) -> ClientError {
+    let (which, bytes) = match over {
+        crate::notify::Over::Client(n) => ("the client's notification budget", n),
+        crate::notify::Over::Total(n) => ("the pooler's total notification budget", n),
+    };
+    ClientError::new(
+        "53200",
+        format!(
+            "pool \"{pool}\": notifications were not read: {which} of {bytes} bytes is used up; \
+             read notifications promptly (or raise --notify-client-budget / \
+             --notify-total-budget)"
+        ),
+    )
+}
+
 /// A server connection could not be had or used: a server's own error keeps its SQLSTATE.
 pub fn server_error(pool: &str, error: &ServerError) -> ClientError {
     match error {

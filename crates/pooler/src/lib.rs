@@ -21,7 +21,9 @@
 //! values back at the end of the transaction); in those modes LISTEN/UNLISTEN are served by a
 //! per-pool listening server connection outside the pool's size (`backend::listen`), whose
 //! notifications reach subscribed clients through a per-client channel, idle or attached
-//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
+//! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); what
+//! clients leave unread is held within byte budgets, per client and for the whole pooler
+//! (`notify`, `NotifyBudget`, `Pooler::set_notify_budget`); `cancel` routes CancelRequests; `net::messages` builds and parses wire messages, whose
 //! type bytes are named in `net::messages::tag`.
 //!
 //! TLS: a service with `TlsConfig` answers SSLRequest with 'S'; with `TlsConfig::required` a
@@ -61,7 +63,7 @@
 //! password exchange with the same 28P01 as a wrong password.
 //!
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
-//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300,
+//! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300, unread notifications past a budget 53200,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
 //! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction or statement mode
 //! 0A000 (both an ERROR; the client stays connected: a Query or Parse starting with
@@ -81,6 +83,7 @@ mod errors;
 mod frontend;
 mod listener;
 mod net;
+mod notify;
 mod params;
 mod prepared;
 mod service;
@@ -100,6 +103,7 @@ use parking_lot::Mutex;
 pub use admission::RefusalReason;
 pub use apply::{ApplyReport, ServiceFailure};
 pub use auth::ClientAuthMethod;
+pub use config::NotifyBudget;
 pub use config::{
     BackendConfig, ClientLimits, PoolConfig, PoolMode, PoolSettings, PoolerConfig, ServiceConfig,
     TlsConfig, UserConfig,
@@ -148,6 +152,8 @@ struct Inner {
     /// Client sockets of every service together, against the process's descriptor budget.
     sockets: Arc<admission::SocketBudget>,
     next_gen: std::sync::atomic::AtomicU64,
+    /// Notification budgets and the bytes held for all clients (`notify`).
+    notify: Arc<notify::Budget>,
 }
 
 impl Default for Pooler {
@@ -169,6 +175,7 @@ impl Pooler {
                 shut_down: AtomicBool::new(false),
                 sockets: Default::default(),
                 next_gen: std::sync::atomic::AtomicU64::new(1),
+                notify: Arc::new(notify::Budget::new(NotifyBudget::default())),
             }),
         }
     }
@@ -180,6 +187,17 @@ impl Pooler {
             ClientAuthMethod::Md5 => 1,
         };
         self.inner.auth_method.store(v, Ordering::Relaxed);
+    }
+
+    /// How many bytes of unread notifications the pooler holds per client and in total
+    /// (`NotifyBudget`); applies to new and running clients alike.
+    pub fn set_notify_budget(&self, budget: NotifyBudget) {
+        self.inner.notify.set(budget);
+    }
+
+    /// Bytes of notifications queued for clients right now (all pools).
+    pub fn notify_bytes_queued(&self) -> usize {
+        self.inner.notify.used()
     }
 
     /// The address a service's listener is bound to (useful with port 0).

@@ -13,10 +13,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,14 +24,13 @@ use super::pool::{Pool, SlotToken};
 use super::server::Server;
 use crate::net::messages::{self, cstr, header, tag, HEADER};
 use crate::net::stream::poll_read_buf;
+use crate::notify::{self, Budget, Inbox, Offer, Over};
 
-/// Where a client receives its notifications (whole NotificationResponse messages). Bounded: a
-/// client that listens and stops reading must not make the pooler hold its notifications without
-/// limit (PostgreSQL's own queue is bounded too); past [`NOTIFY_QUEUE`] its new ones are dropped.
-pub type Sink = mpsc::Sender<Bytes>;
-
-/// Notifications queued for one client before new ones are dropped for it.
-pub const NOTIFY_QUEUE: usize = 10_000;
+/// Where the listener hands a client its notifications (whole NotificationResponse
+/// messages), counted against the client's and the pooler's byte budgets (`notify`): a client
+/// that listens and stops reading must not make the pooler hold its notifications without
+/// limit. Past a budget it gets nothing more and its task disconnects it.
+pub type Sink = notify::Sink;
 
 /// What clients ask of their pool's listener.
 pub enum Cmd {
@@ -56,13 +55,14 @@ pub enum Cmd {
 /// ends the task and closes the connection.
 pub struct Hub {
     tx: mpsc::UnboundedSender<Cmd>,
+    budget: Arc<Budget>,
 }
 
 impl Hub {
-    pub fn start(pool: Weak<Pool>) -> Hub {
+    pub fn start(pool: Weak<Pool>, budget: Arc<Budget>) -> Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, rx));
-        Hub { tx }
+        Hub { tx, budget }
     }
 
     pub fn send(&self, cmd: Cmd) {
@@ -72,23 +72,43 @@ impl Hub {
 
 static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 
-/// A client's end: made at its first LISTEN; dropping it (client gone) unsubscribes.
+/// A client's end: made at its first LISTEN; dropping it (client gone, or over its budget)
+/// unsubscribes and frees what was queued for it.
 pub struct Subscriber {
     pub id: u64,
-    pub rx: mpsc::Receiver<Bytes>,
+    inbox: Inbox,
     pub sink: Sink,
     hub: mpsc::UnboundedSender<Cmd>,
 }
 
 impl Subscriber {
     pub fn new(hub: &Hub) -> Subscriber {
-        let (sink, rx) = mpsc::channel(NOTIFY_QUEUE);
+        let (sink, inbox) = Inbox::new(hub.budget.clone());
         Subscriber {
             id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
-            rx,
+            inbox,
             sink,
             hub: hub.tx.clone(),
         }
+    }
+
+    /// The next notification; Pending once the client is over budget.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        self.inbox.poll_recv(cx)
+    }
+
+    /// A notification already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.inbox.try_recv()
+    }
+
+    /// Ready once the client went past a notification budget (it must then be disconnected).
+    pub fn poll_over(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Over> {
+        self.inbox.poll_over(cx)
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        self.inbox.budget()
     }
 }
 
@@ -280,15 +300,20 @@ fn apply(cmd: Cmd, st: &mut State) {
 }
 
 /// Hands every whole NotificationResponse in `input` to the clients listening to its channel;
-/// a ReadyForQuery acknowledges the oldest query in flight.
+/// a ReadyForQuery acknowledges the oldest query in flight. A client over its notification
+/// budget is unsubscribed from every channel (its task disconnects it).
 fn dispatch(input: &mut BytesMut, st: &mut State) {
+    let mut over = Vec::new();
     while let Some((kind, len)) = header(input) {
         if input.len() < len || len < HEADER {
             break;
         }
-        let msg = input.split_to(len).freeze();
         match kind {
             tag::NOTIFICATION_RESPONSE => {
+                // A copy of its own: a slice of `input` would keep the whole read buffer alive
+                // for as long as a slow client holds the notification.
+                let msg = Bytes::copy_from_slice(&input[..len]);
+                input.advance(len);
                 let Some((channel, _)) = msg.get(HEADER + 4..).and_then(cstr) else {
                     continue;
                 };
@@ -296,17 +321,13 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
                     continue;
                 };
                 if let Some(entry) = st.subs.get_mut(channel) {
-                    entry.retain(|client, sink| match sink.try_send(msg.clone()) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(
-                                client,
-                                channel,
-                                "client reads no notifications: one dropped"
-                            );
-                            true
+                    entry.retain(|client, sink| match sink.offer(&msg) {
+                        Offer::Queued => true,
+                        Offer::OverBudget => {
+                            over.push(*client);
+                            false
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        Offer::Gone => false,
                     });
                     if entry.is_empty() {
                         st.subs.remove(channel);
@@ -315,16 +336,21 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
                 }
             }
             tag::READY_FOR_QUERY => {
+                input.advance(len);
                 for done in st.in_flight.pop_front().unwrap_or_default() {
                     let _ = done.send(());
                 }
             }
             tag::ERROR_RESPONSE => {
-                let (code, message) = crate::net::messages::error::parse_error(&msg[HEADER..]);
+                let (code, message) = crate::net::messages::error::parse_error(&input[HEADER..len]);
+                input.advance(len);
                 tracing::warn!(%code, %message, "LISTEN connection error");
             }
-            _ => {}
+            _ => input.advance(len),
         }
+    }
+    for client in over {
+        apply(Cmd::UnlistenAll { client }, st);
     }
 }
 

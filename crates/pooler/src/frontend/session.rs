@@ -32,6 +32,8 @@ enum Idle {
     Drained,
     /// A notification for a channel the client LISTENs to.
     Notify(bytes::Bytes),
+    /// The client left its notifications unread past a budget.
+    NotifyOver(crate::notify::Over),
 }
 
 /// Runs a logged-in client until it leaves or is disconnected.
@@ -54,13 +56,12 @@ pub async fn run(mut client: Box<Client>) {
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
             Idle::Notify(msg) => {
-                if client.stream.write_all(&msg).await.is_err()
-                    || client.stream.flush().await.is_err()
-                {
+                if super::listen::deliver(&mut client, msg).await.is_err() {
                     return;
                 }
                 continue;
             }
+            Idle::NotifyOver(over) => return super::listen::over_budget(&mut client, over).await,
         }
         if pool.kill_epoch() != client.kill_epoch {
             return killed(&mut client).await;
@@ -187,7 +188,10 @@ async fn wait_idle(
             return Poll::Ready(Idle::Drained);
         }
         if let Some(sub) = notify {
-            if let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) {
+            if let Poll::Ready(over) = sub.poll_over(cx) {
+                return Poll::Ready(Idle::NotifyOver(over));
+            }
+            if let Poll::Ready(Some(msg)) = sub.poll_recv(cx) {
                 return Poll::Ready(Idle::Notify(msg));
             }
         }

@@ -168,10 +168,16 @@ pub struct Pool {
     pause: Pause,
     /// The LISTEN connection's task, started at the pool's first client LISTEN.
     listen: std::sync::OnceLock<super::listen::Hub>,
+    /// The pooler's notification budgets, for the LISTEN connection's clients.
+    notify: Arc<crate::notify::Budget>,
 }
 
 impl Pool {
-    pub fn new(service: Arc<str>, state: PoolState) -> Arc<Pool> {
+    pub fn new(
+        service: Arc<str>,
+        state: PoolState,
+        notify: Arc<crate::notify::Budget>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             name: state.cfg.name.clone(),
             service,
@@ -196,6 +202,7 @@ impl Pool {
             averages: Mutex::new(Averages::default()),
             pause: Pause::default(),
             listen: std::sync::OnceLock::new(),
+            notify,
         });
         tokio::spawn(upkeep::maintain(
             Arc::downgrade(&pool),
@@ -207,7 +214,7 @@ impl Pool {
     /// The pool's LISTEN connection (`backend::listen`), started on first use.
     pub fn listen_hub(self: &Arc<Self>) -> &super::listen::Hub {
         self.listen
-            .get_or_init(|| super::listen::Hub::start(Arc::downgrade(self)))
+            .get_or_init(|| super::listen::Hub::start(Arc::downgrade(self), self.notify.clone()))
     }
 
     pub fn state(&self) -> Arc<PoolState> {

@@ -50,6 +50,8 @@ pub async fn pump(
     let mut client_flush = false;
     // TLS to the server: records rustls accepted but could not send yet.
     let mut server_flush = false;
+    // The client went past a notification budget: it is disconnected between whole messages.
+    let mut notify_over = None;
     // A refusal answered in an earlier attachment says nothing about this one.
     server.relay.ready_synthesized = false;
     server.relay.drop_notifications = ctx.session_state;
@@ -111,14 +113,25 @@ pub async fn pump(
             }
             // Notifications from the pool's listener go out between whole server messages.
             if let Some(sub) = ctx.notify.as_mut() {
-                if server.relay.s2c_skip == 0 {
+                if let Poll::Ready(over) = sub.poll_over(cx) {
+                    // Over its notification budget (`notify`): its queue is freed now, and it
+                    // is disconnected once what it was sent is out (`notify_over`).
+                    *ctx.notify = None;
+                    notify_over = Some(over);
+                } else if server.relay.s2c_skip == 0 {
                     while server.bufs.s2c_out.len() < HIGH_WATER {
-                        let Poll::Ready(Some(msg)) = sub.rx.poll_recv(cx) else {
+                        let Poll::Ready(Some(msg)) = sub.poll_recv(cx) else {
                             break;
                         };
                         server.bufs.s2c_out.extend_from_slice(&msg);
                         progress = true;
                     }
+                }
+            }
+            if let Some(over) = notify_over {
+                if server.bufs.s2c_out.is_empty() && server.relay.s2c_skip == 0 {
+                    let e = errors::notify_budget(&ctx.pool.name, over);
+                    return Poll::Ready(End::Refused(e));
                 }
             }
             if !server.bufs.s2c_out.is_empty() {

@@ -191,6 +191,9 @@ impl Username {
                 "names starting with `pg_` are reserved",
             ));
         }
+        if s == crate::admin::INTERNAL_ROLE {
+            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
+        }
         Ok(Username(s.to_string()))
     }
 }
@@ -267,6 +270,9 @@ impl AdminUsername {
                 field,
                 "names starting with `pg_` are reserved",
             ));
+        }
+        if s == crate::admin::INTERNAL_ROLE {
+            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
         }
         Ok(AdminUsername(s.to_string()))
     }

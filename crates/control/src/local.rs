@@ -251,8 +251,10 @@ impl LocalProvisioner {
         let user = os_users::ensure(spec.os_user, &dir, self.uid_range)?;
         let meta = std::fs::symlink_metadata(&dir).map_err(io("reading service dir"))?;
         if meta.uid() != user.uid || meta.gid() != user.gid {
-            tracing::info!(service = spec.name, user = %user.name, uid = user.uid,
-                "handing the service directory to the service's OS user");
+            if meta.uid() != 0 {
+                tracing::info!(service = spec.name, user = %user.name, uid = user.uid,
+                    from_uid = meta.uid(), "handing the service directory to the service's OS user");
+            }
             chown_tree(&dir, user.uid, user.gid)?;
         }
         Ok(Some((user.uid, user.gid)))

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import api_error, ok, provision, unique
+from conftest import PgbayServer, api_error, ok, provision, unique
 
 ROOT = os.geteuid() == 0
 # pgbay's default --service-uid-range.
@@ -268,3 +268,28 @@ def test_deleting_a_service_removes_its_os_user(server, client):
     assert not d.exists()
     with pytest.raises(KeyError):
         pwd.getpwnam(user)
+
+
+@needs_root
+def test_cluster_of_an_older_pgbay_moves_to_its_own_user_at_the_next_start():
+    """An older pgbay ran every cluster as `nobody` and made no OS user: the next start makes the
+    service's user and hands it the whole service directory before the cluster starts."""
+    srv = PgbayServer("iso-upgrade")
+    try:
+        srv.start()
+        svc = provision(srv.client(), unique("iso-old"), plan="hobbyist-2")
+        d = service_dir(srv, svc)
+        user = pwd.getpwuid(d.stat().st_uid).pw_name
+        assert srv.stop() == 0
+        # What an older pgbay left: everything owned by nobody, no service user.
+        subprocess.run(["chown", "-R", "--no-dereference", "65534:65534", str(d)], check=True)
+        subprocess.run(["userdel", user], check=True, capture_output=True)
+        srv.start()
+        uid, _ = proc_ids(postmaster_pid(srv, svc))
+        assert uid in UID_RANGE and pwd.getpwuid(uid).pw_name == user
+        nobody_owned = [p for p in d.rglob("*") if p.lstat().st_uid == 65534]
+        assert not nobody_owned, nobody_owned[:5]
+        with admin_conn(svc) as c:
+            assert c.execute("SELECT current_user").fetchone() == (svc.admin_user,)
+    finally:
+        srv.close()

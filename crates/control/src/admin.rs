@@ -79,8 +79,8 @@ pub fn scram_verifier(password: &str) -> String {
     scram_verifier_with_salt(password, &salt)
 }
 
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
+/// Where and as whom to connect. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct AdminTarget {
     /// Host of the server.
     pub host: String,
@@ -90,6 +90,12 @@ pub struct AdminTarget {
     pub user: String,
     /// Admin password.
     pub password: String,
+}
+
+impl std::fmt::Debug for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminTarget({}@{}:{})", self.user, self.host, self.port)
+    }
 }
 
 /// A failed administrative statement.

@@ -44,8 +44,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError 
     move |source| ProvisionError::Io { what, source }
 }
 
-/// What a cluster needs to be created or started.
-#[derive(Debug, Clone)]
+/// What a cluster needs to be created or started. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct ClusterSpec<'a> {
     /// Service name (directory name).
     pub name: &'a str,
@@ -62,6 +62,17 @@ pub struct ClusterSpec<'a> {
     pub ip_filter: &'a [ipnet::IpNet],
     /// Text of `pgbay-settings.conf` (plan-derived settings and pg-settings; see `cluster_config`).
     pub settings: &'a str,
+}
+
+impl std::fmt::Debug for ClusterSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSpec")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("superuser", &self.superuser)
+            .field("os_user", &self.os_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime

@@ -218,6 +218,30 @@ def test_admin_sees_and_signals_other_sessions(client, service):
                        "WHERE usename = 'pgbay_internal'", "superuser")
 
 
+def test_pgbay_runs_no_function_of_the_tenant_as_superuser(client, service):
+    """The admin owns its databases and may set their search_path: a `format` of its own placed
+    ahead of pg_catalog would run as pgbay's superuser when pgbay works in that database (here:
+    deleting a user, which reassigns its objects in every database)."""
+    db = unique("trap").replace("-", "_")
+    victim = unique("victim").replace("-", "_")
+    ok(client, client.create_dbaas_pg_database(service_name=service.name, database_name=db))
+    ok(client, client.create_dbaas_postgres_user(service_name=service.name, username=victim))
+    with admin_conn(service, db) as c:
+        c.execute("CREATE SCHEMA evil")
+        c.execute(
+            "CREATE FUNCTION evil.format(t text, a text, b text, d text) RETURNS text "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"EXECUTE 'ALTER ROLE \"{service.admin_user}\" SUPERUSER'; "
+            "RETURN pg_catalog.format(t, a, b, d); END $$")
+        c.execute(f"ALTER DATABASE {db} SET search_path = evil, pg_catalog")
+    ok(client, client.delete_dbaas_postgres_user(service_name=service.name, username=victim))
+    with admin_conn(service) as c:
+        assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() \
+            == (False,)
+        assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s",
+                         (victim,)).fetchone() == (0,)
+
+
 # --------------------------------------------------------------------------------------------
 # One OS user per service
 

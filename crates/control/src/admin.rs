@@ -149,6 +149,10 @@ pub async fn connect(t: &AdminTarget, dbname: &str) -> Result<Client> {
         .application_name("pgbay-control")
         .connect_timeout(std::time::Duration::from_secs(10));
     let client = if t.host.starts_with('/') {
+        // pgbay's superuser sessions also open databases the tenant's admin owns, where it may
+        // `ALTER DATABASE … SET search_path` to a schema of its own that shadows a function
+        // pgbay calls: the startup packet's setting wins over the database's.
+        cfg.options("-c search_path=pg_catalog,pg_temp");
         let (client, conn) = cfg.connect(NoTls).await?;
         tokio::spawn(drive(conn));
         client
@@ -244,7 +248,10 @@ async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()>
         .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
     let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}::text")).collect();
-    let q = format!("SELECT format('{template}', {})", placeholders.join(", "));
+    let q = format!(
+        "SELECT pg_catalog.format('{template}', {})",
+        placeholders.join(", ")
+    );
     let row = c.query_one(&q, &params).await?;
     let stmt: String = row.get(0);
     c.batch_execute(&stmt).await?;

@@ -197,8 +197,14 @@ impl LocalProvisioner {
     /// no stdin and the C locale. Its directory must exist (made by
     /// [`Self::ensure_initialized`]).
     pub fn command(&self, name: &str, program: &str) -> Result<Command, ProvisionError> {
+        self.command_at(name, &self.bin_dir.join(program))
+    }
+
+    /// Any program (by path, e.g. Patroni or pgBackRest) to be run for service `name`, as
+    /// [`Self::command`] runs PostgreSQL's.
+    pub fn command_at(&self, name: &str, program: &Path) -> Result<Command, ProvisionError> {
         let owner = self.owner(name)?;
-        let mut c = Command::new(self.bin_dir.join(program));
+        let mut c = Command::new(program);
         c.current_dir(self.service_dir(name))
             .stdin(Stdio::null())
             .env("LC_ALL", "C");

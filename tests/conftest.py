@@ -136,8 +136,8 @@ class PgbayServer:
     """
 
     def __init__(self, label: str) -> None:
-        # The clusters run as `nobody` when we are root: every ancestor of the data dir must be
-        # traversable by it, which a 0700 temp dir is not.
+        # The clusters run as their services' OS users when we are root: every ancestor of the
+        # data dir must be traversable by them, which a 0700 temp dir is not.
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pgbay-test-{label}-"))
         os.chmod(self.workdir, 0o755)
         self.data_dir = self.workdir / "data"
@@ -274,6 +274,7 @@ class PgbayServer:
             self.stop()
         finally:
             self.kill_clusters()
+            self.remove_service_users()
             self.ports.release()
             if self in LIVE_SERVERS:
                 LIVE_SERVERS.remove(self)
@@ -281,6 +282,22 @@ class PgbayServer:
                 print(f"\nkept {self.workdir} (PGBAY_TEST_KEEP)")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def remove_service_users(self) -> None:
+        """Removes the OS users pgbay (as root) made for the services still on the data dir: the
+        owners of their directories, named `pgbay-…`. Deleted services took theirs along."""
+        services = self.data_dir / "services"
+        if os.geteuid() != 0 or not services.is_dir():
+            return
+        import pwd
+
+        for d in services.iterdir():
+            try:
+                name = pwd.getpwuid(d.lstat().st_uid).pw_name
+            except (OSError, KeyError):
+                continue
+            if name.startswith("pgbay-"):
+                subprocess.run(["userdel", name], capture_output=True, timeout=60)
 
     def log_tail(self, lines: int = 60) -> str:
         try:

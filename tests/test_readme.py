@@ -74,5 +74,6 @@ def test_readme_walkthrough_runs_as_written():
         leftover.data_dir = workdir / "pgbay-data"
         time.sleep(0.5)
         leftover.kill_clusters()
+        leftover.remove_service_users()
         ports.release()
         shutil.rmtree(workdir, ignore_errors=True)

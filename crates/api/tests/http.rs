@@ -39,6 +39,7 @@ async fn server() -> Server {
         zone: "test".into(),
         apply_timeout: Duration::from_secs(1),
         external: None,
+        service_uid_range: Default::default(),
     })
     .await
     .unwrap();

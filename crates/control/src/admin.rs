@@ -1,4 +1,6 @@
-//! Administrative SQL on a service's PostgreSQL server, over tokio-postgres with the admin user.
+//! Administrative SQL on a service's PostgreSQL server, over tokio-postgres: as pgbay's internal
+//! superuser on a local cluster (see [`INTERNAL_ROLE`]), as the operator's admin on an external
+//! server.
 //!
 //! Names and passwords never get spliced into SQL by pgbay: the server builds each utility
 //! statement with `format('%I', $1)` / `format('%L', $2)` from bind parameters, so quoting is
@@ -13,6 +15,36 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+
+/// pgbay's own superuser on every local cluster it makes (initdb's bootstrap user). It logs in
+/// over the cluster's Unix socket only (pg_hba rejects it over TCP), with a generated password
+/// that pgbay keeps encrypted in its store and never shows; the API refuses it as a user name.
+pub const INTERNAL_ROLE: &str = "pgbay_internal";
+
+/// What a service's admin (primary user) is made a member of: a managed admin's monitoring,
+/// signalling and data-access roles (as Aiven's and Exoscale's `avnadmin`), as far as the
+/// server has them. Never `pg_read_server_files`, `pg_write_server_files` or
+/// `pg_execute_server_program`: those reach the OS.
+pub const ADMIN_ROLES: [&str; 8] = [
+    "pg_monitor",
+    "pg_signal_backend",
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_read_all_settings",
+    "pg_read_all_stats",
+    "pg_stat_scan_tables",
+    "pg_checkpoint",
+];
+
+/// Predefined roles that give access to the server's files and programs. Through PostgreSQL 15 a
+/// CREATEROLE role may grant any role that is not a superuser, these included; pgbay marks them
+/// `rolsuper` (they cannot log in, and no one is their member) so that granting them, as with any
+/// superuser role, needs a superuser.
+pub const OS_ACCESS_ROLES: [&str; 3] = [
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+];
 
 /// PBKDF2 iterations of the verifiers pgbay computes: PostgreSQL's default (`scram_iterations`).
 pub const SCRAM_ITERATIONS: u32 = 4096;
@@ -47,8 +79,8 @@ pub fn scram_verifier(password: &str) -> String {
     scram_verifier_with_salt(password, &salt)
 }
 
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
+/// Where and as whom to connect. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct AdminTarget {
     /// Host of the server.
     pub host: String,
@@ -60,12 +92,21 @@ pub struct AdminTarget {
     pub password: String,
 }
 
+impl std::fmt::Debug for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminTarget({}@{}:{})", self.user, self.host, self.port)
+    }
+}
+
 /// A failed administrative statement.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The server said no, or could not be reached.
     #[error("postgres: {}", describe(.0))]
     Pg(#[from] tokio_postgres::Error),
+    /// pgbay refuses to change its own internal role on a tenant's behalf.
+    #[error("role {INTERNAL_ROLE} is pgbay's own")]
+    InternalRole,
 }
 
 /// tokio-postgres displays a server error as just "db error"; the log needs the server's words.
@@ -81,12 +122,14 @@ impl AdminError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             AdminError::Pg(e) => e.code(),
+            AdminError::InternalRole => Some(&SqlState::RESERVED_NAME),
         }
     }
     /// The server's message, if any.
     pub fn server_message(&self) -> Option<String> {
         match self {
             AdminError::Pg(e) => e.as_db_error().map(|d| d.message().to_string()),
+            AdminError::InternalRole => Some(self.to_string()),
         }
     }
 }
@@ -106,6 +149,10 @@ pub async fn connect(t: &AdminTarget, dbname: &str) -> Result<Client> {
         .application_name("pgbay-control")
         .connect_timeout(std::time::Duration::from_secs(10));
     let client = if t.host.starts_with('/') {
+        // pgbay's superuser sessions also open databases the tenant's admin owns, where it may
+        // `ALTER DATABASE … SET search_path` to a schema of its own that shadows a function
+        // pgbay calls: the startup packet's setting wins over the database's.
+        cfg.options("-c search_path=pg_catalog,pg_temp");
         let (client, conn) = cfg.connect(NoTls).await?;
         tokio::spawn(drive(conn));
         client
@@ -201,18 +248,32 @@ async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()>
         .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
     let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}::text")).collect();
-    let q = format!("SELECT format('{template}', {})", placeholders.join(", "));
+    let q = format!(
+        "SELECT pg_catalog.format('{template}', {})",
+        placeholders.join(", ")
+    );
     let row = c.query_one(&q, &params).await?;
     let stmt: String = row.get(0);
     c.batch_execute(&stmt).await?;
     Ok(())
 }
 
-/// Creates database `name` unless it exists, with the given collation and character class (from
-/// template0, as PostgreSQL requires for a locale other than the template's).
+/// Refuses `name` when it is pgbay's internal role: no tenant request may change it.
+fn not_internal(name: &str) -> Result<()> {
+    if name == INTERNAL_ROLE {
+        return Err(AdminError::InternalRole);
+    }
+    Ok(())
+}
+
+/// Creates database `name` unless it exists, owned by `owner` (the service's admin, so that it
+/// may create trusted extensions and manage the database's schemas), with the given collation
+/// and character class (from template0, as PostgreSQL requires for a locale other than the
+/// template's).
 pub async fn create_database(
     t: &AdminTarget,
     name: &str,
+    owner: &str,
     lc_collate: Option<&str>,
     lc_ctype: Option<&str>,
 ) -> Result<()> {
@@ -227,8 +288,8 @@ pub async fn create_database(
     if exists {
         return Ok(());
     }
-    let mut template = "CREATE DATABASE %I".to_string();
-    let mut args = vec![name];
+    let mut template = "CREATE DATABASE %I OWNER %I".to_string();
+    let mut args = vec![name, owner];
     if lc_collate.is_some() || lc_ctype.is_some() {
         template.push_str(" TEMPLATE template0");
     }
@@ -256,6 +317,7 @@ pub async fn upsert_role(
     password: &str,
     replication: bool,
 ) -> Result<()> {
+    not_internal(name)?;
     let c = connect(t, "postgres").await?;
     let exists = c
         .query_opt(
@@ -274,15 +336,65 @@ pub async fn upsert_role(
     exec_formatted(&c, &template, &[name, &scram_verifier(password)]).await
 }
 
+/// Makes `name` the service's managed admin, as pgbay's internal superuser `t`: creates it or
+/// resets it to LOGIN NOSUPERUSER CREATEDB CREATEROLE REPLICATION with `password`, grants it
+/// [`ADMIN_ROLES`] (those the server has), and keeps [`OS_ACCESS_ROLES`] out of a CREATEROLE
+/// role's reach. Idempotent.
+pub async fn ensure_managed_admin(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
+    not_internal(name)?;
+    let c = connect(t, "postgres").await?;
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
+            &[&name],
+        )
+        .await?
+        .is_some();
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let template = format!(
+        "{verb} ROLE %I WITH LOGIN NOSUPERUSER CREATEDB CREATEROLE REPLICATION NOBYPASSRLS \
+         PASSWORD %L"
+    );
+    exec_formatted(&c, &template, &[name, &scram_verifier(password)]).await?;
+    let wanted: Vec<String> = ADMIN_ROLES.iter().map(|r| r.to_string()).collect();
+    let present: Vec<String> = c
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1::text[]) ORDER BY 1",
+            &[&wanted],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for role in &present {
+        exec_formatted(&c, "GRANT %I TO %I", &[role, name]).await?;
+    }
+    let guarded: Vec<String> = OS_ACCESS_ROLES.iter().map(|r| r.to_string()).collect();
+    c.execute(
+        "UPDATE pg_authid SET rolsuper = true WHERE rolname = ANY($1::text[]) AND NOT rolsuper",
+        &[&guarded],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Sets a role's password.
 pub async fn set_password(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
+    not_internal(name)?;
     let c = connect(t, "postgres").await?;
     let verifier = scram_verifier(password);
     exec_formatted(&c, "ALTER ROLE %I WITH PASSWORD %L", &[name, &verifier]).await
 }
 
-/// Drops role `name` if it exists, first handing what it owns in `databases` to the admin.
-pub async fn drop_role(t: &AdminTarget, name: &str, databases: &[String]) -> Result<()> {
+/// Drops role `name` if it exists, first handing what it owns in `databases` to `heir` (the
+/// service's admin).
+pub async fn drop_role(
+    t: &AdminTarget,
+    name: &str,
+    heir: &str,
+    databases: &[String],
+) -> Result<()> {
+    not_internal(name)?;
     let c = connect(t, "postgres").await?;
     let exists = c
         .query_opt(
@@ -304,7 +416,7 @@ pub async fn drop_role(t: &AdminTarget, name: &str, databases: &[String]) -> Res
         exec_formatted(
             &dc,
             "REASSIGN OWNED BY %I TO %I; DROP OWNED BY %I",
-            &[name, &t.user, name],
+            &[name, heir, name],
         )
         .await?;
     }
@@ -339,6 +451,7 @@ pub async fn settings_file_errors(t: &AdminTarget) -> Result<Vec<(String, String
 
 /// Sets or clears REPLICATION on role `name`.
 pub async fn set_replication(t: &AdminTarget, name: &str, replication: bool) -> Result<()> {
+    not_internal(name)?;
     let c = connect(t, "postgres").await?;
     let template = if replication {
         "ALTER ROLE %I WITH REPLICATION"
@@ -357,11 +470,11 @@ pub async fn list_databases(t: &AdminTarget) -> Result<Vec<String>> {
     .await
 }
 
-/// Login role names of the server.
+/// Login role names of the server (pgbay's internal role left out).
 pub async fn list_roles(t: &AdminTarget) -> Result<Vec<String>> {
     names(
         t,
-        "SELECT rolname FROM pg_roles WHERE rolcanlogin ORDER BY 1",
+        "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> 'pgbay_internal' ORDER BY 1",
     )
     .await
 }

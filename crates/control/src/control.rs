@@ -43,9 +43,11 @@ pub struct ControlConfig {
     pub apply_timeout: Duration,
     /// Adopt this server for new services instead of running local clusters.
     pub external: Option<crate::external::ExternalServer>,
+    /// uids of the OS users made for services when pgbay runs as root (`--service-uid-range`).
+    pub service_uid_range: crate::os_users::UidRange,
 }
 
-/// The data dir may be traversed by `nobody` (the clusters live below it) but not listed, and
+/// The data dir may be traversed by the services' users (the clusters live below it) but not listed, and
 /// the store holds the only copy of the state: make it readable by pgbay alone.
 fn restrict_files(data_dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -105,7 +107,8 @@ impl Control {
             cfg.pg_bin_dir.clone(),
             cfg.data_dir.join("services"),
             cfg.public_host.clone(),
-        );
+        )
+        .with_uid_range(cfg.service_uid_range);
         prov.ensure_traversable(&cfg.data_dir.join("services"))?;
         let version = prov.major_version()?;
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
@@ -262,8 +265,40 @@ impl Control {
         }
     }
 
-    /// Admin connection parameters of a service.
+    /// The connection pgbay administers the server of `s` with: its internal superuser over the
+    /// Unix socket on a local cluster; the operator's admin on an external server; the service's
+    /// admin on a cluster made by an older pgbay (whose admin is its bootstrap superuser).
     pub(crate) async fn admin_target(
+        &self,
+        s: &ServiceRecord,
+    ) -> Result<AdminTarget, ControlError> {
+        if let Some(t) = self.internal_target(s).await? {
+            return Ok(t);
+        }
+        self.primary_target(s).await
+    }
+
+    /// pgbay's internal superuser of the local cluster of `s`, if it has one (see migration 0006).
+    pub(crate) async fn internal_target(
+        &self,
+        s: &ServiceRecord,
+    ) -> Result<Option<AdminTarget>, ControlError> {
+        if s.external_host.is_some() {
+            return Ok(None);
+        }
+        let Some(sealed) = self.inner.store.internal_password(&s.name).await? else {
+            return Ok(None);
+        };
+        Ok(Some(AdminTarget {
+            host: self.backend_host(s),
+            port: s.pg_port,
+            user: crate::admin::INTERNAL_ROLE.to_string(),
+            password: self.inner.secrets.open(&sealed)?,
+        }))
+    }
+
+    /// The service's primary (admin) user as a connection to its server.
+    pub(crate) async fn primary_target(
         &self,
         s: &ServiceRecord,
     ) -> Result<AdminTarget, ControlError> {
@@ -300,7 +335,7 @@ impl Control {
     }
 
     /// Runs `work` on the provisioner, off the async runtime, with the cluster spec of `s` as
-    /// stored (admin login `t`).
+    /// stored (bootstrap superuser `t`).
     async fn on_cluster(
         &self,
         s: &ServiceRecord,
@@ -315,12 +350,14 @@ impl Control {
         let port = s.pg_port;
         let ip_filter = s.ip_filter.0.clone();
         let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        let os_user = crate::os_users::name_for(&s.id);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,
                 port,
-                admin_username: &t.user,
-                admin_password: &t.password,
+                superuser: &t.user,
+                superuser_password: &t.password,
+                os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: &settings,
             };

@@ -201,6 +201,9 @@ impl Username {
                 "names starting with `pg_` are reserved",
             ));
         }
+        if s == crate::admin::INTERNAL_ROLE {
+            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
+        }
         Ok(Username(s.to_string()))
     }
 }
@@ -298,6 +301,9 @@ impl AdminUsername {
                 field,
                 "names starting with `pg_` are reserved",
             ));
+        }
+        if s == crate::admin::INTERNAL_ROLE {
+            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
         }
         Ok(AdminUsername(s.to_string()))
     }

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod model;
 mod objects;
 mod operations;
+pub mod os_users;
 pub mod pg_settings;
 pub mod pgbouncer;
 pub mod plans;

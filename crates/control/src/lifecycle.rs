@@ -47,13 +47,18 @@ impl Control {
     /// Makes the server match the store after a crash: every stored database exists and every
     /// stored user exists with its stored password. (Each mutation changes PostgreSQL before it
     /// commits, so a crash in between leaves the server one step ahead of the store; this undoes
-    /// that step.) If an admin password reset was cut short after PostgreSQL took the new
-    /// password, pgbay gets back in with the pending one and restores the committed one.
+    /// that step.) The admin of a cluster with pgbay's internal role is made a managed admin
+    /// again with its committed password. On a server where pgbay logs in as the admin itself
+    /// (external, or made by an older pgbay), if an admin password reset was cut short after
+    /// PostgreSQL took the new password, pgbay gets back in with the pending one and restores
+    /// the committed one.
     async fn reconcile(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         use tokio_postgres::error::SqlState;
         let t = self.admin_target(s).await?;
         let users = self.inner.store.users(&s.name).await?;
-        if let Err(e) = crate::admin::connect(&t, "postgres").await {
+        if self.internal_target(s).await?.is_some() {
+            self.ensure_managed_admin(s, &t).await?;
+        } else if let Err(e) = crate::admin::connect(&t, "postgres").await {
             if e.code() != Some(&SqlState::INVALID_PASSWORD) {
                 return Err(ControlError::internal(e));
             }
@@ -72,7 +77,7 @@ impl Control {
                 .map_err(ControlError::internal)?;
         }
         for db in self.inner.store.databases(&s.name).await? {
-            crate::admin::create_database(&t, &db, None, None)
+            crate::admin::create_database(&t, &db, &s.admin_username, None, None)
                 .await
                 .map_err(ControlError::internal)?;
         }
@@ -145,15 +150,52 @@ impl Control {
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 
+    /// Makes (or resets) the service's admin on its cluster as a managed admin, not a superuser,
+    /// with its committed password, through pgbay's internal superuser `t`.
+    async fn ensure_managed_admin(
+        &self,
+        s: &ServiceRecord,
+        t: &crate::admin::AdminTarget,
+    ) -> Result<(), ControlError> {
+        let admin = self.primary_target(s).await?;
+        crate::admin::ensure_managed_admin(t, &admin.user, &admin.password)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "making the admin user"))
+    }
+
+    /// Gives a service whose cluster is still to be made a password for pgbay's internal
+    /// superuser (initdb's bootstrap user). A cluster that exists without one was made by an
+    /// older pgbay with the admin as its bootstrap superuser, and stays so.
+    async fn ensure_internal_password(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        if s.external_host.is_some()
+            || self.inner.prov.is_initialized(&s.name)
+            || self.inner.store.internal_password(&s.name).await?.is_some()
+        {
+            return Ok(());
+        }
+        let sealed = self
+            .inner
+            .secrets
+            .seal(crate::input::Password::generate().as_str());
+        let mut tx = self.inner.store.begin().await?;
+        store::insert_internal_password(&mut tx, &s.name, &sealed).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn provision(&self, name: &str, op: Option<Uuid>) -> Result<(), ControlError> {
         let lock = self.service_lock(name);
         let _g = lock.lock().await;
         let Some(mut s) = self.inner.store.service(name).await? else {
             return Ok(()); // deleted meanwhile
         };
+        self.ensure_internal_password(&s).await?;
         self.start_cluster(&s).await?;
         let t = self.admin_target(&s).await?;
-        crate::admin::create_database(&t, DEFAULT_DATABASE, None, None)
+        if self.internal_target(&s).await?.is_some() {
+            self.ensure_managed_admin(&s, &t).await?;
+        }
+        crate::admin::create_database(&t, DEFAULT_DATABASE, &s.admin_username, None, None)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
         s.state = ServiceState::Running;

@@ -1,8 +1,10 @@
 //! The `local` provisioner: one real PostgreSQL cluster per service, under
 //! `<data-dir>/services/<name>/pgdata`, created with the machine's initdb and run with pg_ctl.
 //!
-//! PostgreSQL refuses to run as root, so when pgbay is root every PostgreSQL program runs as
-//! `nobody` (uid/gid 65534) and the service directory is owned by it. Clusters are started with
+//! When pgbay is root, every program run for a service runs as that service's own OS user (see
+//! `os_users`), which owns the service directory (mode 0700) and nothing else; files pgbay writes
+//! there are handed to that user before they are moved into place. Unprivileged, pgbay runs its
+//! clusters as itself (the services then share its user). Clusters are started with
 //! `pg_ctl start`, which detaches the postmaster: after `kill -9` of pgbay it keeps running, and the
 //! next pgbay adopts it (postmaster.pid names a live postgres) instead of starting a second one.
 
@@ -11,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::ca::TlsMaterial;
-use crate::files::write_private;
-
-/// uid/gid PostgreSQL runs as when pgbay is root.
-const NOBODY: u32 = 65534;
+use crate::os_users::{self, OsUserError, UidRange};
 
 /// A cluster operation that failed; internal for the API (logged, not shown).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,9 @@ pub enum ProvisionError {
         /// Its output.
         output: String,
     },
+    /// The service's OS user could not be made, found or removed.
+    #[error(transparent)]
+    OsUser(#[from] OsUserError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError {
@@ -42,21 +44,35 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError 
     move |source| ProvisionError::Io { what, source }
 }
 
-/// What a cluster needs to be created or started.
-#[derive(Debug, Clone)]
+/// What a cluster needs to be created or started. Its `Debug` leaves the password out.
+#[derive(Clone)]
 pub struct ClusterSpec<'a> {
     /// Service name (directory name).
     pub name: &'a str,
     /// Port to listen on.
     pub port: u16,
-    /// Bootstrap superuser.
-    pub admin_username: &'a str,
+    /// The bootstrap superuser initdb makes: pgbay's internal role (`admin::INTERNAL_ROLE`) on
+    /// clusters made since the tenant's admin stopped being a superuser.
+    pub superuser: &'a str,
     /// Its password.
-    pub admin_password: &'a str,
+    pub superuser_password: &'a str,
+    /// The OS user the cluster runs as when pgbay is root (`os_users::name_for`).
+    pub os_user: &'a str,
     /// Client networks allowed to connect (the service's ip-filter).
     pub ip_filter: &'a [ipnet::IpNet],
     /// Text of `pgbay-settings.conf` (plan-derived settings and pg-settings; see `cluster_config`).
     pub settings: &'a str,
+}
+
+impl std::fmt::Debug for ClusterSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSpec")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("superuser", &self.superuser)
+            .field("os_user", &self.os_user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime
@@ -72,20 +88,34 @@ pub struct LocalProvisioner {
     bin_dir: PathBuf,
     services_dir: PathBuf,
     public_host: String,
-    as_nobody: bool,
+    /// pgbay is root: each service runs as its own OS user.
+    isolate: bool,
+    uid_range: UidRange,
 }
 
+/// Owner (uid, gid) given to a service's files, `None` when pgbay is not root.
+type Owner = Option<(u32, u32)>;
+
+/// uid/gid of `nobody`, which runs pgbay's scratch PostgreSQL work when pgbay is root.
+const SCRATCH_ID: u32 = 65534;
+
 impl LocalProvisioner {
-    /// A provisioner keeping clusters under `services_dir`.
+    /// A provisioner keeping clusters under `services_dir`, taking service users' uids from the
+    /// default range (see [`Self::with_uid_range`]).
     pub fn new(bin_dir: PathBuf, services_dir: PathBuf, public_host: String) -> Self {
-        // SAFETY: geteuid has no preconditions.
-        let as_nobody = unsafe { libc::geteuid() } == 0;
         LocalProvisioner {
             bin_dir,
             services_dir,
             public_host,
-            as_nobody,
+            isolate: os_users::privileged(),
+            uid_range: UidRange::default(),
         }
+    }
+
+    /// Takes the uids of new service users from `range` (`--service-uid-range`).
+    pub fn with_uid_range(mut self, range: UidRange) -> Self {
+        self.uid_range = range;
+        self
     }
 
     /// The PostgreSQL major version of the binaries (e.g. "15").
@@ -146,13 +176,67 @@ impl LocalProvisioner {
             .unwrap_or_default()
     }
 
-    pub(crate) fn command(&self, program: &str, cwd: &Path) -> Command {
+    /// The owner of the service directory of `name`: the service's OS user when pgbay is root
+    /// (never root itself: a directory root owns is refused rather than run as root).
+    fn owner(&self, name: &str) -> Result<Owner, ProvisionError> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.isolate {
+            return Ok(None);
+        }
+        let dir = self.service_dir(name);
+        let meta = std::fs::symlink_metadata(&dir)
+            .map_err(io(format!("reading owner of {}", dir.display())))?;
+        if meta.uid() == 0 || meta.gid() == 0 || !meta.is_dir() {
+            return Err(ProvisionError::Io {
+                what: format!("{} is not owned by a service user", dir.display()),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            });
+        }
+        Ok(Some((meta.uid(), meta.gid())))
+    }
+
+    /// A PostgreSQL program (`initdb`, `pg_ctl`, `postgres`, ...) of the machine's binaries, to be
+    /// run for service `name`: as its OS user when pgbay is root, in its service directory, with
+    /// no stdin and the C locale. Its directory must exist (made by
+    /// [`Self::ensure_initialized`]).
+    pub fn command(&self, name: &str, program: &str) -> Result<Command, ProvisionError> {
+        self.command_at(name, &self.bin_dir.join(program))
+    }
+
+    /// Any program (by path, e.g. Patroni or pgBackRest) to be run for service `name`, as
+    /// [`Self::command`] runs PostgreSQL's.
+    pub fn command_at(&self, name: &str, program: &Path) -> Result<Command, ProvisionError> {
+        let owner = self.owner(name)?;
+        let mut c = Command::new(program);
+        c.current_dir(self.service_dir(name))
+            .stdin(Stdio::null())
+            .env("LC_ALL", "C");
+        if let Some((uid, gid)) = owner {
+            // std drops root's supplementary groups when it changes the uid.
+            c.uid(uid).gid(gid);
+        }
+        Ok(c)
+    }
+
+    /// A PostgreSQL program run for pgbay's own scratch work, which holds no tenant's data (the
+    /// sizing template, see `sizing`): as `nobody` when pgbay is root (PostgreSQL refuses to run
+    /// as root), never as a service's user, in `cwd`, with no stdin and the C locale.
+    pub(crate) fn scratch_command(&self, program: &str, cwd: &Path) -> Command {
         let mut c = Command::new(self.bin_dir.join(program));
         c.current_dir(cwd).stdin(Stdio::null()).env("LC_ALL", "C");
-        if self.as_nobody {
-            c.uid(NOBODY).gid(NOBODY);
+        if self.isolate {
+            c.uid(SCRATCH_ID).gid(SCRATCH_ID);
         }
         c
+    }
+
+    /// Hands `path` to the user [`Self::scratch_command`] runs as.
+    pub(crate) fn chown_scratch(&self, path: &Path) -> Result<(), ProvisionError> {
+        if self.isolate {
+            std::os::unix::fs::chown(path, Some(SCRATCH_ID), Some(SCRATCH_ID))
+                .map_err(io(format!("chown {}", path.display())))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn run(&self, mut cmd: Command, program: &str) -> Result<(), ProvisionError> {
@@ -168,12 +252,53 @@ impl LocalProvisioner {
         })
     }
 
-    pub(crate) fn chown(&self, path: &Path) -> Result<(), ProvisionError> {
-        if self.as_nobody {
-            std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY))
-                .map_err(io(format!("chown {}", path.display())))?;
+    /// Writes `data` to `path` (mode 0600, atomically), owned by `owner`. The file is handed
+    /// over before it is moved into place, and nothing here follows a symbolic link the service's
+    /// user could have planted in its directory.
+    fn write_owned(&self, path: &Path, data: &[u8], owner: Owner) -> Result<(), ProvisionError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let what = || format!("writing {}", path.display());
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(what()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io(what()))?;
         }
-        Ok(())
+        f.write_all(data).map_err(io(what()))?;
+        f.sync_all().map_err(io(what()))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(what()))
+    }
+
+    /// Makes the service directory of `spec` (mode 0700) and, when pgbay is root, the service's
+    /// OS user, and hands the directory to it. A directory owned by someone else — a cluster of
+    /// an older pgbay, which ran every cluster as `nobody`, or a user made again with another
+    /// uid — is handed over whole (never following symbolic links). The cluster must not run.
+    fn ensure_owner(&self, spec: &ClusterSpec<'_>) -> Result<Owner, ProvisionError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = self.service_dir(spec.name);
+        std::fs::create_dir_all(&dir).map_err(io("creating service dir"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("restricting service dir"))?;
+        if !self.isolate {
+            return Ok(None);
+        }
+        let user = os_users::ensure(spec.os_user, &dir, self.uid_range)?;
+        let meta = std::fs::symlink_metadata(&dir).map_err(io("reading service dir"))?;
+        if meta.uid() != user.uid || meta.gid() != user.gid {
+            if meta.uid() != 0 {
+                tracing::info!(service = spec.name, user = %user.name, uid = user.uid,
+                    from_uid = meta.uid(), "handing the service directory to the service's OS user");
+            }
+            chown_tree(&dir, user.uid, user.gid)?;
+        }
+        Ok(Some((user.uid, user.gid)))
     }
 
     /// Creates the cluster unless a complete one exists (idempotent: a half-made cluster from an
@@ -189,15 +314,13 @@ impl LocalProvisioner {
             tracing::warn!(service = spec.name, "removing half-initialized cluster");
             std::fs::remove_dir_all(&pgdata).map_err(io("removing half-initialized cluster"))?;
         }
-        std::fs::create_dir_all(&dir).map_err(io("creating service dir"))?;
-        self.chown(&dir)?;
-        // initdb sets the admin password from this file: it gets the SCRAM verifier, never the
-        // password itself (PostgreSQL stores a verifier given as a password as it is).
+        let owner = self.ensure_owner(spec)?;
+        // initdb sets the superuser's password from this file: it gets the SCRAM verifier, never
+        // the password itself (PostgreSQL stores a verifier given as a password as it is).
         let pwfile = dir.join("initdb.pw");
-        let verifier = crate::admin::scram_verifier(spec.admin_password);
-        write_private(&pwfile, verifier.as_bytes()).map_err(io("writing pwfile"))?;
-        self.chown(&pwfile)?;
-        let mut cmd = self.command("initdb", &dir);
+        let verifier = crate::admin::scram_verifier(spec.superuser_password);
+        self.write_owned(&pwfile, verifier.as_bytes(), owner)?;
+        let mut cmd = self.command(spec.name, "initdb")?;
         // If pgbay dies mid-initdb, initdb must die too: the next pgbay removes the half-made
         // directory and starts over, which an orphaned initdb would still be writing to.
         // SAFETY: prctl is async-signal-safe; the closure runs in the child before exec, after
@@ -214,22 +337,27 @@ impl LocalProvisioner {
             .arg(&pgdata)
             .arg("--auth=scram-sha-256")
             .arg("-U")
-            .arg(spec.admin_username)
+            .arg(spec.superuser)
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["-E", "UTF8", "--locale=C", "--no-instructions"]);
         let res = self.run(cmd, "initdb");
         let _ = std::fs::remove_file(&pwfile);
         res?;
         self.ensure_includes(spec.name)?;
-        std::fs::write(&marker, b"").map_err(io("writing marker"))?;
+        self.write_owned(&marker, b"", owner)?;
         Ok(())
+    }
+
+    /// Whether the cluster of `name` was made completely.
+    pub fn is_initialized(&self, name: &str) -> bool {
+        self.service_dir(name).join("initialized").exists()
     }
 
     /// Appends pgbay's include lines that postgresql.conf lacks (clusters made by an older pgbay
     /// include only `pgbay.conf`).
     fn ensure_includes(&self, name: &str) -> Result<(), ProvisionError> {
         let conf = self.pgdata(name).join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).map_err(io("reading postgresql.conf"))?;
+        let mut text = read_no_follow(&conf)?;
         let missing: Vec<&str> = INCLUDES
             .into_iter()
             .filter(|l| !text.lines().any(|have| have.trim() == *l))
@@ -242,14 +370,15 @@ impl LocalProvisioner {
             text.push_str(l);
             text.push('\n');
         }
-        std::fs::write(&conf, text).map_err(io("writing postgresql.conf"))
+        let owner = self.owner(name)?;
+        self.write_owned(&conf, text.as_bytes(), owner)
     }
 
     /// Writes `pgbay-settings.conf`; the running server takes it on reload or restart.
     pub fn write_settings(&self, name: &str, text: &str) -> Result<(), ProvisionError> {
         let path = self.pgdata(name).join("pgbay-settings.conf");
-        write_private(&path, text.as_bytes()).map_err(io("writing pgbay-settings.conf"))?;
-        self.chown(&path)
+        let owner = self.owner(name)?;
+        self.write_owned(&path, text.as_bytes(), owner)
     }
 
     /// The server log of the cluster (mode 0600, owned by the cluster's user).
@@ -265,11 +394,16 @@ impl LocalProvisioner {
 
     /// Writes pg_hba.conf from the service's ip-filter: over TCP only TLS (`hostssl`) with SCRAM,
     /// for the allowed networks and always for loopback; over the Unix socket (the pooler and
-    /// pgbay's admin sessions) SCRAM. The running server picks it up on reload
-    /// (`pg_reload_conf()`).
+    /// pgbay's admin sessions) SCRAM. pgbay's internal superuser logs in over the Unix socket
+    /// only (which only pgbay and the service's user can reach); every TCP login as it is
+    /// rejected. The running server picks it up on reload (`pg_reload_conf()`).
     pub fn write_hba(&self, name: &str, ip_filter: &[ipnet::IpNet]) -> Result<(), ProvisionError> {
-        let mut hba = String::from(
+        let internal = crate::admin::INTERNAL_ROLE;
+        let mut hba = format!(
             "# written by pgbay from the service's ip-filter\n\
+             local all {internal} scram-sha-256\n\
+             host all {internal} 0.0.0.0/0 reject\n\
+             host all {internal} ::0/0 reject\n\
              local all all scram-sha-256\n\
              hostssl all all 127.0.0.1/32 scram-sha-256\n\
              hostssl all all ::1/128 scram-sha-256\n",
@@ -278,12 +412,12 @@ impl LocalProvisioner {
             hba.push_str(&format!("hostssl all all {net} scram-sha-256\n"));
         }
         let path = self.pgdata(name).join("pg_hba.conf");
-        write_private(&path, hba.as_bytes()).map_err(io("writing pg_hba.conf"))?;
-        self.chown(&path)
+        let owner = self.owner(name)?;
+        self.write_owned(&path, hba.as_bytes(), owner)
     }
 
     /// Creates the socket directory of `port`, owned by the cluster's user and closed to others.
-    fn ensure_socket_dir(&self, port: u16) -> Result<PathBuf, ProvisionError> {
+    fn ensure_socket_dir(&self, port: u16, owner: Owner) -> Result<PathBuf, ProvisionError> {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::PermissionsExt;
         let dir = self.socket_dir(port);
@@ -304,14 +438,18 @@ impl LocalProvisioner {
                     source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
                 });
             }
-            // Traversable (the cluster runs as nobody), not listable.
+            // Traversable (the clusters run as their services' users), not listable.
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
                 .map_err(io("restricting socket dir"))?;
         }
         std::fs::create_dir_all(&dir).map_err(io("creating socket dir"))?;
+        // A port freed by a deleted service may be reused by another: the directory changes hands.
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
+                .map_err(io("handing over socket dir"))?;
+        }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io("restricting socket dir"))?;
-        self.chown(&dir)?;
         Ok(dir)
     }
 
@@ -326,7 +464,8 @@ impl LocalProvisioner {
         if self.public_host != "127.0.0.1" && self.public_host != "localhost" {
             listen.push(self.public_host.clone());
         }
-        let socket_dir = self.ensure_socket_dir(spec.port)?;
+        let owner = self.owner(spec.name)?;
+        let socket_dir = self.ensure_socket_dir(spec.port, owner)?;
         let conf = format!(
             "# written by pgbay at every start\nport = {}\nlisten_addresses = '{}'\n\
              unix_socket_directories = '{}'\nunix_socket_permissions = 0700\n\
@@ -343,9 +482,7 @@ impl LocalProvisioner {
             ("server.key", &tls.server_key_pem, true),
         ];
         for (file, content, _) in files {
-            let path = pgdata.join(file);
-            write_private(&path, content.as_bytes()).map_err(io(format!("writing {file}")))?;
-            self.chown(&path)?;
+            self.write_owned(&pgdata.join(file), content.as_bytes(), owner)?;
         }
         self.ensure_includes(spec.name)?;
         self.write_settings(spec.name, spec.settings)?;
@@ -367,9 +504,10 @@ impl LocalProvisioner {
             tracing::info!(service = spec.name, pid, "adopting running cluster");
             return Ok(());
         }
+        let owner = self.ensure_owner(spec)?;
         self.write_runtime_config(spec, tls)?;
         let dir = self.service_dir(spec.name);
-        let mut cmd = self.command("pg_ctl", &dir);
+        let mut cmd = self.command(spec.name, "pg_ctl")?;
         cmd.arg("start")
             .arg("-D")
             .arg(self.pgdata(spec.name))
@@ -378,13 +516,19 @@ impl LocalProvisioner {
             .args(["-w", "-t", "120", "-s"]);
         // The server log may quote failed statements: readable by the cluster's owner only.
         let log = dir.join("postgresql.log");
-        if !log.exists() {
-            write_private(&log, b"").map_err(io("creating log"))?;
-            self.chown(&log)?;
+        if std::fs::symlink_metadata(&log).is_err() {
+            self.write_owned(&log, b"", owner)?;
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("restricting log"))?;
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&log)
+                .map_err(io("opening log"))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io("restricting log"))?;
+        }
         self.run(cmd, "pg_ctl start")
     }
 
@@ -393,8 +537,7 @@ impl LocalProvisioner {
         if self.running_pid(name).is_none() {
             return Ok(());
         }
-        let dir = self.service_dir(name);
-        let mut cmd = self.command("pg_ctl", &dir);
+        let mut cmd = self.command(name, "pg_ctl")?;
         cmd.arg("stop")
             .arg("-D")
             .arg(self.pgdata(name))
@@ -402,35 +545,76 @@ impl LocalProvisioner {
         self.run(cmd, "pg_ctl stop")
     }
 
-    /// Stops the cluster and removes its directory.
+    /// Stops the cluster, removes its directory and then the service's OS user (the owner of
+    /// the directory, if it is one pgbay made).
     pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+        use std::os::unix::fs::MetadataExt;
         self.stop(name)?;
         let dir = self.service_dir(name);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io("removing service dir"))?;
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            return Ok(());
+        };
+        std::fs::remove_dir_all(&dir).map_err(io("removing service dir"))?;
+        if self.isolate {
+            if let Some(user) = os_users::by_uid(meta.uid())? {
+                os_users::remove(&user.name)?;
+            }
         }
         Ok(())
     }
 
-    /// Makes every ancestor of `dir` traversable by `nobody` when running as root, so PostgreSQL
-    /// can reach its data directory. Only the search bit for others is added (no listing).
+    /// Makes every ancestor of `dir` traversable by the services' users when running as root, so
+    /// PostgreSQL can reach its data directory. Only the search bit for others is added (no
+    /// listing); `dir` itself (the services directory) is made traversable and not listable,
+    /// so that no service's user learns the others' names.
     pub fn ensure_traversable(&self, dir: &Path) -> Result<(), ProvisionError> {
         use std::os::unix::fs::PermissionsExt;
-        if !self.as_nobody {
+        if !self.isolate {
             return Ok(());
         }
         let abs = std::fs::canonicalize(dir).map_err(io("resolving data dir"))?;
+        std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(0o711))
+            .map_err(io(format!("chmod 711 {}", abs.display())))?;
         for anc in abs.ancestors() {
             let meta = std::fs::metadata(anc).map_err(io("reading permissions"))?;
             let mode = meta.permissions().mode();
             if mode & 0o001 == 0 {
-                tracing::info!(path = %anc.display(), "adding o+x so PostgreSQL (as nobody) can reach its data");
+                tracing::info!(path = %anc.display(), "adding o+x so PostgreSQL (as the services' users) can reach its data");
                 std::fs::set_permissions(anc, std::fs::Permissions::from_mode(mode | 0o001))
                     .map_err(io(format!("chmod o+x {}", anc.display())))?;
             }
         }
         Ok(())
     }
+}
+
+/// Reads a file of a service directory as text, refusing a symbolic link (which the service's
+/// user could point at a file only root may read).
+fn read_no_follow(path: &Path) -> Result<String, ProvisionError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("reading {}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(what()))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(io(what()))?;
+    Ok(text)
+}
+
+/// Hands `path` and everything below it to `uid:gid` without following symbolic links.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ProvisionError> {
+    let what = || format!("chown {}", path.display());
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(what()))?;
+    let meta = std::fs::symlink_metadata(path).map_err(io(what()))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io(what()))? {
+            chown_tree(&entry.map_err(io(what()))?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// Finds the PostgreSQL binaries: `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.

@@ -49,7 +49,9 @@ pub struct ServiceRecord {
     pub state: ServiceState,
     /// PostgreSQL major version.
     pub version: String,
-    /// Bootstrap superuser.
+    /// The service's admin (primary user): a managed admin, not a superuser (see
+    /// `admin::ensure_managed_admin`); on a cluster made by an older pgbay, its bootstrap
+    /// superuser; on an external server, the operator's admin.
     pub admin_username: String,
     /// Port of the PostgreSQL server.
     pub pg_port: u16,

@@ -54,7 +54,7 @@ impl Control {
             )));
         }
         let t = self.admin_target(&s).await?;
-        admin::create_database(&t, db.as_str(), collate, ctype)
+        admin::create_database(&t, db.as_str(), &s.admin_username, collate, ctype)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
@@ -169,7 +169,7 @@ impl Control {
     }
 
     /// `PUT .../user/{username}/allow-replication`: sets or clears REPLICATION on the role, then
-    /// records it. The primary user keeps REPLICATION (it is the cluster's superuser).
+    /// records it. The primary user keeps REPLICATION (a managed admin has it).
     pub async fn set_allow_replication(
         &self,
         service: &ServiceName,
@@ -216,7 +216,7 @@ impl Control {
         }
         let t = self.admin_target(&s).await?;
         let dbs = self.inner.store.databases(&s.name).await?;
-        admin::drop_role(&t, user.as_str(), &dbs)
+        admin::drop_role(&t, user.as_str(), &s.admin_username, &dbs)
             .await
             .map_err(|e| ControlError::from_admin(e, "deleting user"))?;
         let mut tx = self.inner.store.begin().await?;

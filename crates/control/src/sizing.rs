@@ -257,9 +257,9 @@ impl Sizer {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io("restricting sizing dir"))?;
-        prov.chown(&self.dir)?;
+        prov.chown_scratch(&self.dir)?;
         // Never started: no login can reach it, so no password is needed.
-        let mut cmd = prov.command("initdb", &self.dir);
+        let mut cmd = prov.scratch_command("initdb", &self.dir);
         cmd.arg("-D")
             .arg(self.pgdata())
             .args(["--auth=reject", "-U", "pgbay_sizing", "-E", "UTF8"])
@@ -284,7 +284,7 @@ impl Sizer {
             return Ok(mb);
         }
         self.ensure_template(prov)?;
-        let mut cmd = prov.command("postgres", &self.dir);
+        let mut cmd = prov.scratch_command("postgres", &self.dir);
         cmd.arg("-D")
             .arg(self.pgdata())
             .args(["-C", "shared_memory_size"]);

@@ -154,6 +154,17 @@ impl Store {
         get_service(&mut c, name).await
     }
 
+    /// The sealed password of the internal superuser of `service`'s cluster (migration 0006), if
+    /// it has one.
+    pub async fn internal_password(&self, service: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT password_enc FROM service_internal WHERE service = ?")
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("password_enc").map_err(StoreError::from))
+            .transpose()
+    }
+
     /// Database names of a service.
     pub async fn databases(&self, service: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM databases WHERE service = ? ORDER BY name")
@@ -272,7 +283,7 @@ pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
 
 /// Deletes a service and everything it owns.
 pub async fn delete_service(c: &mut SqliteConnection, name: &str) -> Result<()> {
-    for table in ["pools", "users", "databases"] {
+    for table in ["pools", "users", "databases", "service_internal"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = ?"))
             .bind(name)
             .execute(&mut *c)
@@ -280,6 +291,20 @@ pub async fn delete_service(c: &mut SqliteConnection, name: &str) -> Result<()> 
     }
     sqlx::query("DELETE FROM services WHERE name = ?")
         .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Records the sealed password of the internal superuser of `service`'s cluster.
+pub async fn insert_internal_password(
+    c: &mut SqliteConnection,
+    service: &str,
+    password_enc: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO service_internal (service, password_enc) VALUES (?, ?)")
+        .bind(service)
+        .bind(password_enc)
         .execute(&mut *c)
         .await?;
     Ok(())

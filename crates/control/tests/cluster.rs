@@ -15,6 +15,7 @@ use pgbay_control::{
     ca, Control, ControlConfig, NewDatabase, NewPool, NewService, NewUser, OpState,
     OperationRecord, PoolUpdate, PortRange,
 };
+use tokio_postgres::error::SqlState;
 
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -24,22 +25,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Stops the cluster of `name` when dropped.
+/// A fresh service OS user name (made when the test runs as root, removed with the cluster).
+fn test_os_user() -> String {
+    pgbay_control::os_users::name_for(&uuid::Uuid::new_v4())
+}
+
+/// Stops and removes the cluster of `name` (and its OS user) when dropped.
 struct ClusterGuard(LocalProvisioner, String);
 impl Drop for ClusterGuard {
     fn drop(&mut self) {
-        let _ = self.0.stop(&self.1);
+        let _ = self.0.remove(&self.1);
     }
 }
 
-/// Stops every cluster of a data dir when dropped (for tests driving `Control`).
+/// Stops and removes every cluster of a data dir (and its OS user) when dropped (for tests
+/// driving `Control`).
 struct DataDirGuard(PathBuf);
 impl Drop for DataDirGuard {
     fn drop(&mut self) {
         let bin = default_bin_dir().unwrap();
         let prov = LocalProvisioner::new(bin, self.0.join("services"), "127.0.0.1".into());
         for name in prov.present() {
-            let _ = prov.stop(&name);
+            let _ = prov.remove(&name);
         }
     }
 }
@@ -79,8 +86,9 @@ async fn local_cluster_with_database_and_user() {
     let spec = ClusterSpec {
         name: "svc",
         port,
-        admin_username: "avnadmin",
-        admin_password: "adminpw-123",
+        superuser: "avnadmin",
+        superuser_password: "adminpw-123",
+        os_user: &test_os_user(),
         ip_filter: &[],
         settings: "",
     };
@@ -100,8 +108,12 @@ async fn local_cluster_with_database_and_user() {
     // Names that would break naive SQL quoting.
     let db = "we\"ird'; DROP DATABASE postgres; --";
     let user = "o'neil\"x";
-    admin::create_database(&t, db, None, None).await.unwrap();
-    admin::create_database(&t, db, None, None).await.unwrap(); // idempotent
+    admin::create_database(&t, db, "avnadmin", None, None)
+        .await
+        .unwrap();
+    admin::create_database(&t, db, "avnadmin", None, None)
+        .await
+        .unwrap(); // idempotent
     admin::upsert_role(&t, user, "pw'with\"quotes", false)
         .await
         .unwrap();
@@ -139,7 +151,9 @@ async fn local_cluster_with_database_and_user() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    admin::drop_role(&t, user, &[db.to_string()]).await.unwrap();
+    admin::drop_role(&t, user, "avnadmin", &[db.to_string()])
+        .await
+        .unwrap();
     admin::drop_database(&t, db).await.unwrap();
     assert!(!admin::list_roles(&t)
         .await
@@ -164,6 +178,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         zone: "test".into(),
         apply_timeout,
         external: None,
+        service_uid_range: Default::default(),
     }
 }
 
@@ -243,6 +258,43 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
             .unwrap(),
         "avnadmin/defaultdb"
     );
+    // The admin is a managed admin, not a superuser, and owns the default database.
+    let ac = admin::connect(
+        &AdminTarget {
+            host: "127.0.0.1".into(),
+            port,
+            user: admin.name.clone(),
+            password: admin.password.clone(),
+        },
+        "defaultdb",
+    )
+    .await
+    .unwrap();
+    let row = ac
+        .query_one(
+            "SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
+                    pg_has_role(current_user, 'pg_monitor', 'MEMBER'),
+                    pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'),
+                    pg_get_userbyid(d.datdba)::text
+               FROM pg_roles r, pg_database d
+              WHERE r.rolname = current_user AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2),
+            row.get::<_, bool>(3),
+            row.get::<_, bool>(4),
+            row.get::<_, bool>(5),
+            row.get::<_, String>(6),
+        ),
+        (false, true, true, true, true, false, "avnadmin".to_string())
+    );
+    drop(ac);
     let state = desired.borrow_and_update().clone();
     assert_eq!(state.services.len(), 1);
     assert_eq!(state.services[0].backend_port, port);
@@ -345,23 +397,48 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
         user: admin.name.clone(),
         password: admin.password.clone(),
     };
-    admin::drop_role(&t, "carol", &[]).await.unwrap();
+    // The admin is a managed admin (CREATEROLE), which may drop a role that owns nothing.
+    admin::connect(&t, "postgres")
+        .await
+        .unwrap()
+        .batch_execute("DROP ROLE carol")
+        .await
+        .unwrap();
     admin::drop_database(&t, "appdb").await.unwrap();
     let mut tx = c.store().begin().await.unwrap();
     let mut rec = pgbay_control::store::user(&mut tx, "svc", "avnadmin")
         .await
         .unwrap()
         .unwrap();
-    rec.pending_password_enc = Some(
-        pgbay_control::crypto::SecretBox::load_or_create(&dir.path().join("secret.key"))
-            .unwrap()
-            .seal("interrupted-pw"),
-    );
+    let secrets =
+        pgbay_control::crypto::SecretBox::load_or_create(&dir.path().join("secret.key")).unwrap();
+    rec.pending_password_enc = Some(secrets.seal("interrupted-pw"));
     pgbay_control::store::upsert_user(&mut tx, "svc", &rec)
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    admin::set_password(&t, "avnadmin", "interrupted-pw")
+    // pgbay's internal superuser logs in over the Unix socket only, never over TCP.
+    let internal = AdminTarget {
+        host: dir
+            .path()
+            .join("run")
+            .join(port.to_string())
+            .display()
+            .to_string(),
+        port,
+        user: admin::INTERNAL_ROLE.into(),
+        password: secrets
+            .open(&c.store().internal_password("svc").await.unwrap().unwrap())
+            .unwrap(),
+    };
+    let err = login(port, admin::INTERNAL_ROLE, &internal.password, "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    admin::set_password(&internal, "avnadmin", "interrupted-pw")
         .await
         .unwrap();
 
@@ -405,8 +482,9 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
     let spec = ClusterSpec {
         name: "ext",
         port: ext_port,
-        admin_username: "extadmin",
-        admin_password: "ext-pw-123",
+        superuser: "extadmin",
+        superuser_password: "ext-pw-123",
+        os_user: &test_os_user(),
         ip_filter: &[],
         settings: "",
     };

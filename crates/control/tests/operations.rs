@@ -61,6 +61,7 @@ async fn start(
         zone: "test".into(),
         apply_timeout,
         external: None,
+        service_uid_range: Default::default(),
     })
     .await
     .unwrap()

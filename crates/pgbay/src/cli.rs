@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// services instead of running local clusters; it backs one service at a time.
     #[arg(long, env = "PGBAY_EXTERNAL_ADMIN_URI", hide_env_values = true)]
     pub external_admin_uri: Option<pgbay_control::ExternalServer>,
+    /// uids (and gids) of the OS users pgbay makes for services when it runs as root, one per
+    /// service, e.g. 60000-61099. Unprivileged, services run as pgbay's own user.
+    #[arg(long, env = "PGBAY_SERVICE_UID_RANGE", default_value = pgbay_control::os_users::DEFAULT_UID_RANGE)]
+    pub service_uid_range: pgbay_control::os_users::UidRange,
     /// Most API (HTTP) connections served at once; further ones get 503 and are closed at once.
     #[arg(long, env = "PGBAY_API_MAX_CONNECTIONS", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -118,6 +118,7 @@ pub async fn run(
         zone: args.zone.clone(),
         apply_timeout: pgbay_control::APPLY_TIMEOUT,
         external: args.external_admin_uri.clone(),
+        service_uid_range: args.service_uid_range,
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;

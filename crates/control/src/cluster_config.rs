@@ -19,16 +19,7 @@ pub struct ClusterConfig(BTreeMap<String, (String, bool)>);
 impl ClusterConfig {
     /// The configuration of service `s`.
     pub fn of(s: &ServiceRecord) -> ClusterConfig {
-        let plan = plans::lookup(&s.plan)
-            .or_else(|| plans::lookup(FALLBACK_PLAN))
-            .copied()
-            .unwrap_or(plans::PlanSpec {
-                name: FALLBACK_PLAN,
-                memory_gib: 2,
-                cpus: 1,
-                disk_gib: 8,
-                nodes: 1,
-            });
+        let plan = plan_of(s);
         let m = plan.memory_settings(s.shared_buffers_percentage, s.work_mem);
         let mut map = BTreeMap::new();
         let mut set = |k: &str, v: String, restart: bool| {
@@ -78,4 +69,18 @@ impl ClusterConfig {
         }
         (changed, restart)
     }
+}
+
+/// The plan of `s`: a stored plan the catalogue no longer has falls back to [`FALLBACK_PLAN`].
+pub(crate) fn plan_of(s: &ServiceRecord) -> plans::PlanSpec {
+    plans::lookup(&s.plan)
+        .or_else(|| plans::lookup(FALLBACK_PLAN))
+        .copied()
+        .unwrap_or(plans::PlanSpec {
+            name: FALLBACK_PLAN,
+            memory_gib: 2,
+            cpus: 1,
+            disk_gib: 8,
+            nodes: 1,
+        })
 }

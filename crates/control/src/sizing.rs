@@ -18,14 +18,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::cluster_config::{ClusterConfig, FALLBACK_PLAN};
+use crate::cluster_config::{plan_of, ClusterConfig};
 use crate::control::Control;
 use crate::error::ControlError;
 use crate::input::InputError;
 use crate::local::{LocalProvisioner, ProvisionError};
 use crate::model::ServiceRecord;
 use crate::pg_settings;
-use crate::plans;
 
 /// Memory of one process slot (a connection or a background worker) besides shared memory, MB:
 /// an idle PostgreSQL 15 backend measured 2.0 MB PSS (1.7 MB private) after catalog queries.
@@ -111,20 +110,6 @@ impl Demand {
             self.need_mb()
         )
     }
-}
-
-/// The plan of `s` (the fallback for a stored plan the catalogue lacks, as `cluster_config`).
-fn plan_of(s: &ServiceRecord) -> plans::PlanSpec {
-    plans::lookup(&s.plan)
-        .or_else(|| plans::lookup(FALLBACK_PLAN))
-        .copied()
-        .unwrap_or(plans::PlanSpec {
-            name: FALLBACK_PLAN,
-            memory_gib: 2,
-            cpus: 1,
-            disk_gib: 8,
-            nodes: 1,
-        })
 }
 
 /// The demand of service `s` once PostgreSQL has said its shared memory.
@@ -440,6 +425,7 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plans;
 
     fn defaults(plan: &str, shared_memory_mb: u64) -> Demand {
         let m = plans::lookup(plan).unwrap().memory_settings(None, None);

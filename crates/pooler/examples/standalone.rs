@@ -112,6 +112,7 @@ fn main() {
         limits: ClientLimits {
             max_client_conn: num("max-client-conn", Some(10_000)) as u32,
             query_wait_timeout: Duration::from_secs(num("query-wait-timeout", Some(120))),
+            ..ClientLimits::default()
         },
         allowed_cidrs: vec![],
     };

@@ -150,6 +150,13 @@ impl Default for PoolSettings {
 pub struct ClientLimits {
     pub max_client_conn: u32,
     pub query_wait_timeout: Duration,
+    /// PgBouncer's `idle_transaction_timeout`: a client idle in a transaction (holding a server
+    /// connection) longer than this is disconnected (FATAL 08P01). None: never (PgBouncer's 0).
+    pub idle_transaction_timeout: Option<Duration>,
+    /// A client that stops in the middle of a message while holding a server connection (only
+    /// messages over 16 KiB get one before they are whole) is disconnected after this long
+    /// without sending 8 KiB more (FATAL 08P01).
+    pub client_message_timeout: Duration,
 }
 
 impl Default for ClientLimits {
@@ -157,6 +164,8 @@ impl Default for ClientLimits {
         ClientLimits {
             max_client_conn: 10_000,
             query_wait_timeout: Duration::from_secs(120),
+            idle_transaction_timeout: None,
+            client_message_timeout: Duration::from_secs(10),
         }
     }
 }

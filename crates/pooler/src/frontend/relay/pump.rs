@@ -6,6 +6,7 @@ use std::task::Poll;
 
 use tokio::io::AsyncWrite;
 
+use super::waiting::ClientWait;
 use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerEvent};
 use crate::backend::server::Server;
 use crate::config::PoolMode;
@@ -32,6 +33,8 @@ pub enum End {
     Refused(ClientError),
     /// Statement mode: the client opened a transaction block.
     TransactionBlock,
+    /// The client held the server connection without sending for too long (`waiting`).
+    TimedOut(ClientError),
 }
 
 /// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
@@ -50,6 +53,8 @@ pub async fn pump(
     let mut client_flush = false;
     // TLS to the server: records rustls accepted but could not send yet.
     let mut server_flush = false;
+    let mut wait = ClientWait::default();
+    let mut client_bytes = 0u64;
     // A refusal answered in an earlier attachment says nothing about this one.
     server.relay.ready_synthesized = false;
     server.relay.drop_notifications = ctx.session_state;
@@ -165,6 +170,7 @@ pub async fn pump(
                     Poll::Ready(Ok(n)) => {
                         progress = true;
                         ctx.tally.t.received += n as u64;
+                        client_bytes += n as u64;
                         match client_input(server, ctx) {
                             Ok(false) => {
                                 ctx.tally.query_starts();
@@ -207,6 +213,11 @@ pub async fn pump(
                 }
             }
             if !progress {
+                if let Poll::Ready(e) =
+                    wait.poll(cx, server, saw_ready, client_bytes, ctx.wait_limits)
+                {
+                    return Poll::Ready(End::TimedOut(e));
+                }
                 return Poll::Pending;
             }
         }

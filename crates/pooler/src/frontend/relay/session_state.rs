@@ -1,20 +1,36 @@
 //! Session state in transaction mode: a client's SETs follow it from server connection to
-//! server connection, and SQL-level prepared statements, which cannot, are refused.
+//! server connection; whatever else a client may have left on its server connection is reset
+//! before the connection serves anyone else; SQL-level prepared statements, which cannot
+//! follow, are refused.
 //!
-//! Detection is a keyword test on the start of each Query and Parse text (`classify`): the
-//! first byte decides whether anything more is looked at, so ordinary statements pay one
-//! comparison (a `SELECT` a few more, to tell it from `SELECT set_config(...)`). A statement
-//! that may change a tracked parameter marks it dirty on the client (`ClientParams::dirty`);
-//! the value is not parsed from the statement but read back from the server once the
-//! transaction is over (`read_back`, one round trip, only after such statements). Reading back
-//! gives rolled-back SETs, `SET LOCAL` and `set_config(.., true)` their PostgreSQL meaning for
-//! free: what is read is what the session has. Parameters the server reports (ParameterStatus)
-//! are not marked: the reports already carry them (`params::ServerParams::reported_to`).
+//! Detection is a scan of the whole text of each Query and Parse (`classify`): the first
+//! statement's first word, then one pass over the text, eight bytes at a time, for the few
+//! bytes that may start something that matters (`;` a next statement, `_` `set_config`,
+//! `pg_advisory_*` and `pg_temp`, `t` `TEMP`/`TEMPORARY`, `&` a `U&"..."` identifier that could
+//! spell any of them). Candidates are checked in full, off the hot path. The scan is
+//! conservative: a `;` or a keyword inside a literal or a comment only costs a reset.
 //!
-//! Limits, by design of a keyword test: only the first statement of a simple Query is looked
-//! at (when it is a SET, every tracked parameter is read back, so `SET a = 1; SET b = 2` is
-//! covered, but `SELECT 1; SET b = 2` is not); a SET inside a function or DO block is not seen;
-//! parameters outside `params::TRACKED` (custom `app.*` settings among them) are not carried.
+//! What it finds:
+//! - a SET/RESET/`set_config` of a tracked parameter marks it dirty on the client
+//!   (`ClientParams::dirty`); the value is not parsed from the statement but read back from the
+//!   server once the transaction is over (`read_back`, one round trip, only after such
+//!   statements). Reading back gives rolled-back SETs, `SET LOCAL` and `set_config(.., true)`
+//!   their PostgreSQL meaning for free. Parameters the server reports (ParameterStatus) are not
+//!   marked: the reports already carry them (`params::ServerParams::reported_to`).
+//! - anything else that changes the session (`SESSION`): a SET of an untracked parameter
+//!   (custom `app.*` ones among them), `SET SESSION AUTHORIZATION`, a DO block, a temporary
+//!   table, a session advisory lock, a cursor (`DECLARE`, for `WITH HOLD`), `RESET`, `DISCARD`.
+//!   Every tracked parameter is read back (so the client keeps them) and, in the same round
+//!   trip, the session is reset (`RESET_SQL`: role, session authorization, every setting, held
+//!   cursors, advisory locks, temporary tables); the next client's own settings are then
+//!   applied by the usual sync (`params::ServerParams::sync_sql`), the owner's too.
+//! - `LOAD` (`CLOSE`): a loaded library cannot be unloaded: the connection is closed.
+//! - LISTEN/UNLISTEN anywhere: served by the pool's listener when it is the whole statement
+//!   (`parse_listen`), refused otherwise; never sent to a pooled connection.
+//!
+//! Not seen (documented in the README): settings changed inside a server-side function the
+//! client calls (a function's own `SET` clause is undone by PostgreSQL itself; `set_config`
+//! called from a function body is not).
 
 use crate::backend::server::Server;
 use crate::errors;
@@ -25,9 +41,27 @@ use crate::params::{self, ClientParams, REPORTED, TRACKED};
 
 use super::block::{keyword, skip_noise};
 
-/// Not a parameter: the client's transaction ran a LISTEN on the server connection (extended
-/// protocol), which `read_back` undoes with `UNLISTEN *` (the pool's listener serves it).
-pub const UNLISTEN: u64 = 1 << 63;
+/// Not a parameter: untracked session state may have changed; the session is reset
+/// (`RESET_SQL`) before the connection serves anyone else.
+pub const SESSION: u64 = 1 << 62;
+/// Not a parameter: statement names or LISTENs may be on the server connection (a named Parse
+/// with statement tracking off, or a statement too long to scan): `DEALLOCATE ALL` and
+/// `UNLISTEN *` join the reset.
+pub const DISCARD: u64 = 1 << 61;
+/// Not a parameter: the client ran something that cannot be undone (`LOAD`): the connection
+/// is closed instead of being reused.
+pub const CLOSE: u64 = 1 << 60;
+
+/// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
+pub const SCAN_MAX: usize = 1 << 20;
+/// What an unscanned statement marks.
+pub const UNSCANNED: u64 = ALL | SESSION | DISCARD;
+
+/// Undoes what a client may leave on a session, short of its prepared statements (which the
+/// pooler names and shares itself): `DISCARD ALL` without `DEALLOCATE ALL` and `DISCARD PLANS`.
+/// `RESET ALL` leaves role and session authorization alone, hence their own RESETs.
+pub const RESET_SQL: &str = "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;CLOSE ALL;\
+SELECT pg_catalog.pg_advisory_unlock_all();DISCARD TEMP;DISCARD SEQUENCES;";
 
 /// Every tracked parameter that the server does not report.
 pub const ALL: u64 = ((1u64 << TRACKED.len()) - 1) & !((1u64 << REPORTED) - 1);
@@ -45,32 +79,37 @@ pub enum Found {
     Listen,
 }
 
-/// Classifies the start of a statement text (see the module docs for the cost).
+/// Classifies a whole statement text (see the module docs for what and at what cost).
 #[inline]
 pub fn classify(sql: &[u8]) -> Found {
+    let found = classify_start(sql);
+    if matches!(found, Found::Listen) {
+        return found;
+    }
+    match (found, scan(sql)) {
+        (_, Found::Listen) => Found::Listen,
+        (Found::SqlPrepared, _) | (_, Found::SqlPrepared) => Found::SqlPrepared,
+        (Found::Sets(a), Found::Sets(b)) => Found::Sets(a | b),
+        (Found::Sets(a), _) | (_, Found::Sets(a)) => Found::Sets(a),
+        _ => Found::Nothing,
+    }
+}
+
+/// The first statement's first word: the first byte decides whether anything more is looked at,
+/// so ordinary statements pay one comparison (a few for words starting like a keyword).
+#[inline]
+fn classify_start(sql: &[u8]) -> Found {
     match sql.first() {
         Some(b) if b.is_ascii_alphabetic() => {
-            // The first three letters, lowercased, of every statement that may matter; anything
-            // else (SELECT aside, see below) is done with after one load and a few compares.
+            // The first three letters, lowercased, of every statement that may matter.
             let Some(head) = sql.get(..3) else {
                 return Found::Nothing;
             };
             let head = [head[0] | 0x20, head[1] | 0x20, head[2] | 0x20];
             match &head {
-                b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" => {}
-                // Only `SELECT [pg_catalog.]set_config(...)` matters: the first byte after
-                // `select ` must be an `s` or a `p` (or noise) for it to be looked at further.
-                b"sel" => match sql.get(6..8) {
-                    Some([b' ' | b'\t' | b'\n' | b'\r', next])
-                        if !matches!(
-                            next | 0x20,
-                            b's' | b'p' | b' ' | b'\t' | b'\n' | b'\r' | b'-' | b'/'
-                        ) && next.is_ascii_graphic() =>
-                    {
-                        return Found::Nothing
-                    }
-                    _ => {}
-                },
+                b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" | b"loa"
+                | b"dec" => {}
+                [b'd', b'o', _] => {}
                 _ => return Found::Nothing,
             }
         }
@@ -83,8 +122,8 @@ pub fn classify(sql: &[u8]) -> Found {
 #[cold]
 fn classify_slow(s: &[u8]) -> Found {
     match classify_first(s) {
-        // What follows a first statement that sets something is not classified: when there
-        // is more (or the text was cut), everything is read back.
+        // What follows a first statement that sets something is read back as a whole: when
+        // there is more (or the text was cut), everything is read back.
         Found::Sets(bits) if more_statements(s) => Found::Sets(bits | ALL),
         found => found,
     }
@@ -102,14 +141,24 @@ fn more_statements(s: &[u8]) -> bool {
     }
 }
 
+/// What a statement (after leading noise) starts with.
 fn classify_first(s: &[u8]) -> Found {
+    // Most statements start with none of the words below: one test instead of a dozen.
+    if !s.first().is_some_and(|b| {
+        matches!(
+            b | 0x20,
+            b's' | b'r' | b'd' | b'l' | b'u' | b'p' | b'e' | b'c'
+        )
+    }) {
+        return Found::Nothing;
+    }
     if let Some(rest) = keyword(s, b"set") {
         return Found::Sets(set_target(skip_noise(rest)));
     }
     if let Some(rest) = keyword(s, b"reset") {
         let rest = skip_noise(rest);
         if keyword(rest, b"all").is_some() {
-            return Found::Sets(ALL);
+            return Found::Sets(ALL | SESSION);
         }
         return Found::Sets(name_bit(rest));
     }
@@ -119,18 +168,24 @@ fn classify_first(s: &[u8]) -> Found {
             rest = &rest[11..];
         }
         if let Some(args) = keyword(rest, b"set_config") {
-            let args = skip_noise(args);
-            if let Some(args) = args.strip_prefix(b"(") {
-                return Found::Sets(literal_bit(skip_noise(args)));
-            }
+            return Found::Sets(set_config_bit(args));
         }
         return Found::Nothing;
     }
-    if let Some(rest) = keyword(s, b"discard") {
-        if keyword(skip_noise(rest), b"all").is_some() {
-            return Found::Sets(ALL);
-        }
+    if keyword(s, b"discard").is_some() {
+        // DISCARD ALL is seen by the relay (`from_server`); the others drop plans, sequences'
+        // state or temporary tables: resetting again is the simple answer.
+        return Found::Sets(ALL | SESSION);
+    }
+    if s.starts_with(LISTEN_NOOP) {
         return Found::Nothing;
+    }
+    if keyword(s, b"do").is_some() || keyword(s, b"declare").is_some() {
+        // A DO block may SET anything; a cursor may be declared WITH HOLD.
+        return Found::Sets(ALL | SESSION);
+    }
+    if keyword(s, b"load").is_some() {
+        return Found::Sets(CLOSE);
     }
     if keyword(s, b"listen").is_some() || keyword(s, b"unlisten").is_some() {
         return Found::Listen;
@@ -145,18 +200,142 @@ fn classify_first(s: &[u8]) -> Found {
     Found::Nothing
 }
 
+/// One pass over the whole text for what may matter beyond the first word (module docs).
+#[inline]
+fn scan(sql: &[u8]) -> Found {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    /// High bit set in each byte of `x` that may be zero (exact when none is: the usual case).
+    #[inline(always)]
+    fn zeros(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x & HIGH
+    }
+    let mut found = Found::Nothing;
+    let mut at = 0;
+    while at < sql.len() {
+        let word = match sql.get(at..at + 8) {
+            Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+            None => {
+                let mut w = [0u8; 8];
+                w[..sql.len() - at].copy_from_slice(&sql[at..]);
+                u64::from_le_bytes(w)
+            }
+        };
+        // Lowercased: 't' finds `T` too; `_` becomes 0x7f; `;` and `&` stay.
+        let l = word | LOWER;
+        let mut hits = zeros(l ^ (ONES * b';' as u64))
+            | zeros(l ^ (ONES * 0x7f))
+            | zeros(l ^ (ONES * b't' as u64))
+            | zeros(l ^ (ONES * b'&' as u64));
+        while hits != 0 {
+            let i = at + (hits.trailing_zeros() / 8) as usize;
+            hits &= hits - 1;
+            if i < sql.len() {
+                found = merge(found, candidate(sql, i));
+            }
+        }
+        at += 8;
+    }
+    found
+}
+
+fn merge(a: Found, b: Found) -> Found {
+    match (a, b) {
+        (Found::Listen, _) | (_, Found::Listen) => Found::Listen,
+        (Found::SqlPrepared, _) | (_, Found::SqlPrepared) => Found::SqlPrepared,
+        (Found::Sets(x), Found::Sets(y)) => Found::Sets(x | y),
+        (Found::Sets(x), _) | (_, Found::Sets(x)) => Found::Sets(x),
+        _ => Found::Nothing,
+    }
+}
+
+/// Whether `b` may be part of an identifier or keyword.
+#[inline]
+fn ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Checks a byte the scan stopped at (`sql[i]` is one of `;`, `_`, `t`/`T`, `&`, or a byte
+/// that lowercases like them).
+#[cold]
+#[inline(never)]
+fn candidate(sql: &[u8], i: usize) -> Found {
+    let before = |n: usize| i.checked_sub(n).map(|s| &sql[s..i]);
+    let after = &sql[i + 1..];
+    let starts =
+        |s: &[u8], kw: &[u8]| s.len() >= kw.len() && s[..kw.len()].eq_ignore_ascii_case(kw);
+    match sql[i] {
+        b';' => classify_first(skip_noise(after)),
+        b'_' => {
+            if before(3).is_some_and(|b| b.eq_ignore_ascii_case(b"set")) && starts(after, b"config")
+            {
+                return Found::Sets(set_config_bit(&after[6..]));
+            }
+            if starts(after, b"advisory") {
+                // pg_advisory_lock, pg_try_advisory_lock(_shared); the _xact_ ones end with the
+                // transaction.
+                if starts(&after[8..], b"_xact") {
+                    return Found::Nothing;
+                }
+                return Found::Sets(SESSION);
+            }
+            if before(2).is_some_and(|b| b.eq_ignore_ascii_case(b"pg")) && starts(after, b"temp") {
+                return Found::Sets(SESSION);
+            }
+            Found::Nothing
+        }
+        b't' | b'T' => {
+            if i > 0 && ident(sql[i - 1]) {
+                return Found::Nothing;
+            }
+            let word = &sql[i..];
+            let end = word.iter().position(|&b| !ident(b)).unwrap_or(word.len());
+            let w = &word[..end];
+            if w.eq_ignore_ascii_case(b"temp") || w.eq_ignore_ascii_case(b"temporary") {
+                return Found::Sets(SESSION);
+            }
+            Found::Nothing
+        }
+        b'&' => {
+            // U&"..." spells an identifier with escapes: it could name anything.
+            let quoted = after.first() == Some(&b'"');
+            if quoted && before(1).is_some_and(|b| b[0] | 0x20 == b'u') {
+                return Found::Sets(ALL | SESSION);
+            }
+            Found::Nothing
+        }
+        _ => Found::Nothing,
+    }
+}
+
+/// What `set_config` changes, from what follows its name.
+fn set_config_bit(args: &[u8]) -> u64 {
+    let args = skip_noise(args);
+    match args.strip_prefix(b"(") {
+        Some(args) => literal_bit(skip_noise(args)),
+        // Not a call (a column named so?): assume the worst all the same.
+        None => ALL | SESSION,
+    }
+}
+
 /// What follows `SET`: `[SESSION] name {TO|=} ...` and the special forms.
 fn set_target(s: &[u8]) -> u64 {
-    if keyword(s, b"local").is_some() {
+    if keyword(s, b"local").is_some()
+        || keyword(s, b"transaction").is_some()
+        || keyword(s, b"constraints").is_some()
+    {
+        // Undone by the end of the transaction.
         return 0;
     }
     let s = match keyword(s, b"session") {
         Some(rest) => {
             let rest = skip_noise(rest);
-            if keyword(rest, b"authorization").is_some()
-                || keyword(rest, b"characteristics").is_some()
-            {
-                return 0;
+            if keyword(rest, b"authorization").is_some() {
+                return SESSION | bit("role");
+            }
+            if keyword(rest, b"characteristics").is_some() {
+                return ALL;
             }
             rest
         }
@@ -164,6 +343,10 @@ fn set_target(s: &[u8]) -> u64 {
     };
     if keyword(s, b"schema").is_some() {
         return bit("search_path");
+    }
+    // Reported, so carried by ParameterStatus.
+    if keyword(s, b"time").is_some() || keyword(s, b"names").is_some() {
+        return 0;
     }
     name_bit(s)
 }
@@ -173,7 +356,7 @@ fn name_bit(s: &[u8]) -> u64 {
     let name = if let Some(q) = s.strip_prefix(b"\"") {
         match q.iter().position(|&b| b == b'"') {
             Some(end) => &q[..end],
-            None => return 0,
+            None => return ALL | SESSION,
         }
     } else {
         let end = s
@@ -182,56 +365,69 @@ fn name_bit(s: &[u8]) -> u64 {
             .unwrap_or(s.len());
         &s[..end]
     };
-    std::str::from_utf8(name).map(bit).unwrap_or(0)
+    std::str::from_utf8(name).map(bit).unwrap_or(ALL | SESSION)
 }
 
 /// The bit of the parameter named by a string literal at the start of `s` (`set_config`).
 fn literal_bit(s: &[u8]) -> u64 {
     let Some(q) = s.strip_prefix(b"'") else {
         // A name that is not a plain literal (a parameter, an expression): assume the worst.
-        return ALL;
+        return ALL | SESSION;
     };
     match q.iter().position(|&b| b == b'\'') {
-        Some(end) => std::str::from_utf8(&q[..end]).map(bit).unwrap_or(0),
-        None => 0,
+        Some(end) => std::str::from_utf8(&q[..end])
+            .map(bit)
+            .unwrap_or(ALL | SESSION),
+        None => ALL | SESSION,
     }
 }
 
-/// The dirty bit of a tracked, unreported parameter (0 for the others).
+/// What changing the parameter `name` marks: its dirty bit when tracked and unreported,
+/// nothing when reported (ParameterStatus carries it), `SESSION` when untracked.
 fn bit(name: &str) -> u64 {
     match params::index(name) {
         Some(i) if i >= REPORTED => 1 << i,
-        _ => 0,
+        Some(_) => 0,
+        None => SESSION,
     }
 }
 
 /// Reads back the parameters the client's statements may have changed and records them on
-/// the server connection and, when the client stays, on the client. Called at a transaction
-/// boundary, only when something is dirty. A server error leaves the server's record unsure:
-/// the connection is then not trusted to match anyone (it is synced in full next time).
+/// the server connection and, when the client stays, on the client; resets the session when
+/// `SESSION` (or `DISCARD`) is marked. One round trip, at a transaction boundary, only when
+/// something is dirty. On a server error the caller must not trust the connection: with a
+/// reset asked for, it closes it (`must_close`), else it syncs it in full next time.
 pub async fn read_back(
     server: &mut Server,
     client: Option<&mut ClientParams>,
     dirty: u64,
 ) -> Result<(), crate::backend::ServerError> {
-    if dirty & UNLISTEN != 0 {
-        server.run_internal("UNLISTEN *").await?;
-    }
     let names: Vec<usize> = (0..TRACKED.len())
-        .filter(|i| dirty & (1 << i) != 0)
+        .filter(|i| dirty & ALL & (1 << i) != 0)
         .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    let mut sql = String::from("SELECT ");
-    for (n, i) in names.iter().enumerate() {
-        if n > 0 {
-            sql.push_str(", ");
+    let mut sql = String::new();
+    if !names.is_empty() {
+        sql.push_str("SELECT ");
+        for (n, i) in names.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            // Names come from `TRACKED`, never from the client.
+            sql.push_str("pg_catalog.current_setting('");
+            sql.push_str(TRACKED[*i]);
+            sql.push_str("')");
         }
-        // Names come from `TRACKED`, never from the client.
-        sql.push_str("pg_catalog.current_setting('");
-        sql.push_str(TRACKED[*i]);
-        sql.push_str("')");
+        sql.push(';');
+    }
+    let reset = dirty & (SESSION | DISCARD) != 0;
+    if reset {
+        sql.push_str(RESET_SQL);
+    }
+    if dirty & DISCARD != 0 {
+        sql.push_str("UNLISTEN *;DEALLOCATE ALL;");
+    }
+    if sql.is_empty() {
+        return Ok(());
     }
     let mut row = Vec::new();
     server.run_internal_row(&sql, &mut row).await?;
@@ -241,7 +437,37 @@ pub async fn read_back(
         .filter_map(|(i, v)| v.map(|v| (*i, v)))
         .collect();
     server.params.learned(&read, client);
+    if reset {
+        server.params.reset();
+    }
+    if dirty & DISCARD != 0 {
+        server.prepared.clear();
+    }
     Ok(())
+}
+
+/// Whether a connection whose client marked `dirty` cannot serve anyone else when `read_back`
+/// failed (or at all, for `CLOSE`).
+pub fn must_close(dirty: u64, read_back_failed: bool) -> bool {
+    dirty & CLOSE != 0 || (read_back_failed && dirty & (SESSION | DISCARD) != 0)
+}
+
+/// What the server runs in place of a LISTEN/UNLISTEN sent with Parse, which the pool's
+/// listener serves: a statement that does nothing, answers like LISTEN (no rows; only its
+/// command tag says DO) and leaves nothing on the connection.
+pub const LISTEN_NOOP: &[u8] = b"DO $pgbay$BEGIN END$pgbay$";
+
+/// Writes the refusal of a LISTEN/UNLISTEN the pooler cannot serve (not alone in its
+/// statement text, or a channel name it does not parse), answering like
+/// `refuse_sql_prepared`.
+#[cold]
+pub fn refuse_listen(server: &mut Server, kind: u8) {
+    let out = &mut server.bufs.s2c_out;
+    errors::listen_form_refused(&server.pool).write(out, Severity::Error);
+    if kind == tag::QUERY {
+        status::ready_for_query(out, server.status);
+        server.relay.ready_synthesized = true;
+    }
 }
 
 /// Writes the refusal of an SQL-level PREPARE/EXECUTE/DEALLOCATE, answering a Query (with
@@ -266,8 +492,8 @@ pub enum ListenCmd {
 }
 
 /// A whole Query or Parse text that is exactly one `LISTEN ch` / `UNLISTEN ch` / `UNLISTEN *` (the
-/// channel folded as PostgreSQL folds identifiers). None for anything else, which is then
-/// forwarded as before.
+/// channel folded as PostgreSQL folds identifiers). None for anything else, which the relay
+/// refuses (`refuse_listen`): a LISTEN must never reach a pooled connection.
 pub fn parse_listen(sql: &[u8]) -> Option<ListenCmd> {
     let s = skip_noise(sql);
     let (listen, rest) = match keyword(s, b"listen") {
@@ -296,8 +522,12 @@ pub fn parse_listen(sql: &[u8]) -> Option<ListenCmd> {
     })
 }
 
-/// An SQL identifier at the start of `s`: quoted (kept as is) or not (ASCII-lowercased).
-/// Names longer than PostgreSQL keeps (63 bytes) are not handled here.
+/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes).
+const MAX_IDENTIFIER: usize = 63;
+
+/// An SQL identifier at the start of `s`: quoted (kept as is) or not (ASCII-lowercased),
+/// truncated as PostgreSQL does. `U&"..."` is not one (its escapes are not decoded): such a
+/// LISTEN is refused.
 fn identifier(s: &[u8]) -> Option<(Box<str>, &[u8])> {
     let (name, rest) = if let Some(q) = s.strip_prefix(b"\"") {
         let mut name = Vec::new();
@@ -328,10 +558,19 @@ fn identifier(s: &[u8]) -> Option<(Box<str>, &[u8])> {
             .unwrap_or(s.len());
         (s[..end].to_ascii_lowercase(), &s[end..])
     };
-    if name.is_empty() || name.len() > 63 {
+    if name.is_empty() {
         return None;
     }
-    Some((String::from_utf8(name).ok()?.into(), rest))
+    let mut name = String::from_utf8(name).ok()?;
+    if name.len() > MAX_IDENTIFIER {
+        // PostgreSQL truncates a longer name (at a character boundary), with a NOTICE.
+        let mut end = MAX_IDENTIFIER;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    Some((name.into(), rest))
 }
 
 /// Answers a LISTEN/UNLISTEN the pooler served: CommandComplete and ReadyForQuery in the
@@ -366,8 +605,8 @@ mod tests {
         assert_eq!(sets("SET search_path = a, b\0"), bit("search_path"));
         assert_eq!(sets("SET SCHEMA 'a'\0"), bit("search_path"));
         assert_eq!(sets("RESET work_mem\0"), bit("work_mem"));
-        assert_eq!(sets("RESET ALL\0"), ALL);
-        assert_eq!(sets("DISCARD ALL\0"), ALL);
+        assert_eq!(sets("RESET ALL\0"), ALL | SESSION);
+        assert_eq!(sets("DISCARD ALL\0"), ALL | SESSION);
         assert_eq!(
             sets("SELECT set_config('search_path', 'x', false)\0"),
             bit("search_path")
@@ -376,7 +615,7 @@ mod tests {
             sets("select pg_catalog.set_config ( 'work_mem', '8MB', false)\0"),
             bit("work_mem")
         );
-        assert_eq!(sets("SELECT set_config($1, $2, false)\0"), ALL);
+        assert_eq!(sets("SELECT set_config($1, $2, false)\0"), ALL | SESSION);
         // The quick SELECT test lets noise and line breaks through to the full check.
         assert_eq!(
             sets("SELECT\n  /* x */ set_config('work_mem', '8MB', false)\0"),
@@ -391,13 +630,86 @@ mod tests {
         assert_eq!(sets("SET work_mem = 1\0"), bit("work_mem"));
         assert_eq!(sets("SET work_mem = 1 ;  \0"), bit("work_mem"));
         assert_eq!(sets("SET work_mem = 1"), ALL);
-        // Local or reported or unknown: nothing to read back.
+        // Local or reported: nothing to read back; untracked: reset.
         assert_eq!(sets("SET LOCAL statement_timeout = 5\0"), 0);
+        assert_eq!(sets("SET TRANSACTION READ ONLY\0"), 0);
         assert_eq!(sets("SET TimeZone = 'UTC'\0"), 0);
         assert_eq!(sets("SET TIME ZONE 'UTC'\0"), 0);
-        assert_eq!(sets("SET my.setting = 1\0"), 0);
-        assert_eq!(sets("SET SESSION AUTHORIZATION x\0"), 0);
+        assert_eq!(sets("SET my.setting = 1\0"), SESSION);
+        assert_eq!(sets("SET enable_seqscan = off\0"), SESSION);
+        assert_eq!(sets("SET SESSION AUTHORIZATION x\0"), SESSION | bit("role"));
+        assert_eq!(sets("SET ROLE x\0"), bit("role"));
         assert_eq!(ALL & ((1 << REPORTED) - 1), 0);
+    }
+
+    /// The repros of issue 15: state changed past the first word of a statement.
+    #[test]
+    fn finds_changes_anywhere_in_the_text() {
+        let sp = bit("search_path");
+        let has = |sql: &str, want: u64| {
+            let got = sets(sql);
+            assert_eq!(got & want, want, "{sql:?}: {got:#x}");
+        };
+        has("select 1; set search_path to x\0", sp);
+        has("create schema if not exists x; set search_path to x\0", sp);
+        has("select 1, set_config('search_path', 'x', false)\0", sp);
+        has(
+            "SELECT 1,\n  PG_CATALOG.SET_CONFIG('role', 'r', false)\0",
+            bit("role"),
+        );
+        has(
+            "do $$ begin perform set_config('search_path', 'x', false); end $$\0",
+            SESSION,
+        );
+        has(
+            "select 1;\n\tDO $x$ BEGIN EXECUTE 'SET app.x = 1'; END $x$\0",
+            SESSION,
+        );
+        has("select 1; set app.x = '1'\0", SESSION);
+        has(
+            "select 1; SET statement_timeout = 5\0",
+            bit("statement_timeout"),
+        );
+        has("set role r\0", bit("role"));
+        has("select 1; reset role\0", bit("role"));
+        has("CREATE TEMP TABLE t (a int)\0", SESSION);
+        has("create local temporary table t (a int)\0", SESSION);
+        has("select * into temp t from x\0", SESSION);
+        has("create table pg_temp.t (a int)\0", SESSION);
+        has("select pg_advisory_lock(1)\0", SESSION);
+        has("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)\0", SESSION);
+        has(
+            "select 1; declare c cursor with hold for select 1\0",
+            SESSION,
+        );
+        has(
+            "select U&\"\\0073et_config\"('role', 'r', false)\0",
+            SESSION,
+        );
+        has("select 1; discard temp\0", SESSION);
+        has("LOAD 'auto_explain'\0", CLOSE);
+        has("select 1; load 'auto_explain'\0", CLOSE);
+        // Found past the first 256 bytes too.
+        let long = format!("select '{}'; set search_path to x\0", "a".repeat(5000));
+        has(&long, sp);
+        assert_eq!(classify(b"select 1; listen x\0"), Found::Listen);
+        assert_eq!(
+            classify(b"select 1; PREPARE p AS SELECT 1\0"),
+            Found::SqlPrepared
+        );
+        // Transaction-scoped: nothing to do.
+        assert_eq!(
+            classify(b"select pg_advisory_xact_lock(1)\0"),
+            Found::Nothing
+        );
+        assert_eq!(
+            classify(b"select 1; set local work_mem = '1MB'\0"),
+            Found::Sets(0)
+        );
+        // The no-op the pooler runs in place of a LISTEN sent with Parse.
+        let mut noop = LISTEN_NOOP.to_vec();
+        noop.push(0);
+        assert_eq!(classify(&noop), Found::Nothing);
     }
 
     #[test]
@@ -410,6 +722,10 @@ mod tests {
             "INSERT INTO t VALUES (1)\0",
             "PREPARE TRANSACTION 'x'\0",
             "DELETE FROM t\0",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 52671;\0",
+            "select attempt, temperature, t.template from t_temp_x\0",
+            "select offset_settings from dataset\0",
+            "UPDATE t SET a = 1 WHERE b = 'x' RETURNING id;\0",
             "",
         ] {
             assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
@@ -437,7 +753,14 @@ mod tests {
             Some(ListenCmd::Unlisten("chan".into()))
         );
         assert_eq!(p("unlisten *\0"), Some(ListenCmd::UnlistenAll));
+        // Longer names are truncated as PostgreSQL does.
+        let long = format!("LISTEN {}\0", "c".repeat(100));
+        assert_eq!(p(&long), Some(ListenCmd::Listen("c".repeat(63).into())));
+        let long = format!("LISTEN \"{}\"\0", "é".repeat(40));
+        assert_eq!(p(&long), Some(ListenCmd::Listen("é".repeat(31).into())));
         for other in [
+            "LISTEN U&\"a\\0062\"\0",
+            "select 1; LISTEN a\0",
             "LISTEN *\0",
             "LISTEN a; SELECT 1\0",
             "LISTEN\0",

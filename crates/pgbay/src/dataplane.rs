@@ -15,6 +15,14 @@ use pgbay_pooler::{
     ServiceConfig, TlsConfig, UserConfig,
 };
 
+/// The node's client limits (`serve` flags), the same for every service.
+static CLIENT_LIMITS: std::sync::OnceLock<ClientLimits> = std::sync::OnceLock::new();
+
+/// Sets the client limits every service gets (once, before `spawn`; defaults otherwise).
+pub fn set_client_limits(limits: ClientLimits) {
+    let _ = CLIENT_LIMITS.set(limits);
+}
+
 /// Attaches the pooler to control (from now on pool operations wait for it) and follows control's
 /// desired state in a task until the channel closes (control shut down).
 pub fn spawn(control: &Control, pooler: Pooler) -> tokio::task::JoinHandle<()> {
@@ -115,7 +123,7 @@ async fn service_config(svc: &DesiredService, tls: &TlsMaterial) -> anyhow::Resu
             })
             .collect(),
         settings: settings(&svc.pgbouncer),
-        limits: ClientLimits::default(),
+        limits: CLIENT_LIMITS.get().cloned().unwrap_or_default(),
         allowed_cidrs: svc.ip_filter.clone(),
     })
 }

@@ -98,6 +98,13 @@ pub async fn run(
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
     let pooler = pgbay_pooler::Pooler::new();
+    crate::dataplane::set_client_limits(pgbay_pooler::ClientLimits {
+        query_wait_timeout: std::time::Duration::from_secs(args.query_wait_timeout),
+        idle_transaction_timeout: (args.idle_transaction_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.idle_transaction_timeout)),
+        client_message_timeout: std::time::Duration::from_secs(args.client_message_timeout),
+        ..pgbay_pooler::ClientLimits::default()
+    });
     let data_plane = crate::dataplane::spawn(&control, pooler.clone());
 
     let listener = tokio::net::TcpListener::bind(args.api_listen)

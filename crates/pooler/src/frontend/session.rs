@@ -221,7 +221,7 @@ fn missing(pending: &[u8]) -> usize {
     match header(pending) {
         None => HEADER - pending.len(),
         // A length the relay refuses (or a long message): relay now, it deals with it.
-        Some((_, len)) if len < HEADER || len > WHOLE_BEFORE_LENDING => 0,
+        Some((_, len)) if !(HEADER..=WHOLE_BEFORE_LENDING).contains(&len) => 0,
         Some((_, len)) => len.saturating_sub(pending.len()),
     }
 }

@@ -405,7 +405,14 @@ async fn attached(
                 && server.status == txn::IDLE
             {
                 relay::take_pending(server, &mut client.pending);
-                server.clean = true;
+                // What the statements before the block changed is settled as at any boundary.
+                let dirty = std::mem::take(&mut client.params.dirty);
+                server.clean = dirty == 0
+                    || match settle(client, server, dirty).await {
+                        Settled::Keep => true,
+                        Settled::Retire => false,
+                        Settled::Gone => return Ok(false),
+                    };
                 // What the server answered before the refused ReadyForQuery, then the error.
                 let mut out = std::mem::take(&mut server.bufs.s2c_out);
                 refusal.write(&mut out, Severity::Error);

@@ -200,44 +200,97 @@ fn classify_first(s: &[u8]) -> Found {
     Found::Nothing
 }
 
-/// One pass over the whole text for what may matter beyond the first word (module docs).
+/// One pass over the whole text for what may matter beyond the first word (module docs): 16
+/// bytes at a time, a bit per byte that is (lowercased) `;`, `_`, `t` or `&`.
 #[inline]
 fn scan(sql: &[u8]) -> Found {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LOWER: u64 = 0x2020_2020_2020_2020;
-    /// High bit set in each byte of `x` that may be zero (exact when none is: the usual case).
-    #[inline(always)]
-    fn zeros(x: u64) -> u64 {
-        x.wrapping_sub(ONES) & !x & HIGH
-    }
     let mut found = Found::Nothing;
     let mut at = 0;
     while at < sql.len() {
-        let word = match sql.get(at..at + 8) {
-            Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+        let (chunk, skip) = match sql.get(at..at + 16) {
+            Some(c) => (c, 0),
+            // The tail: the last 16 bytes again when there are that many (bytes already seen
+            // are masked off), else a padded copy.
+            None if sql.len() >= 16 => (&sql[sql.len() - 16..], at + 16 - sql.len()),
             None => {
-                let mut w = [0u8; 8];
-                w[..sql.len() - at].copy_from_slice(&sql[at..]);
-                u64::from_le_bytes(w)
+                let mut pad = [0u8; 16];
+                pad[..sql.len() - at].copy_from_slice(&sql[at..]);
+                let mut hits = triggers(&pad);
+                while hits != 0 {
+                    let i = at + hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    if i < sql.len() && worth_a_look(sql, i) {
+                        found = merge(found, candidate(sql, i));
+                    }
+                }
+                return found;
             }
         };
-        // Lowercased: 't' finds `T` too; `_` becomes 0x7f; `;` and `&` stay.
-        let l = word | LOWER;
-        let mut hits = zeros(l ^ (ONES * b';' as u64))
-            | zeros(l ^ (ONES * 0x7f))
-            | zeros(l ^ (ONES * b't' as u64))
-            | zeros(l ^ (ONES * b'&' as u64));
+        let base = at - skip;
+        let mut hits = triggers(chunk) >> skip << skip;
         while hits != 0 {
-            let i = at + (hits.trailing_zeros() / 8) as usize;
+            let i = base + hits.trailing_zeros() as usize;
             hits &= hits - 1;
-            if i < sql.len() {
+            if worth_a_look(sql, i) {
                 found = merge(found, candidate(sql, i));
             }
         }
-        at += 8;
+        at += 16 - skip;
     }
     found
+}
+
+/// The quick part of `candidate`, without a call: most hits in ordinary statements are a `t`
+/// inside a word (not `TEMP`), a `_` inside a name other than `set_config`, `pg_advisory_*`,
+/// `pg_try_advisory_*` or `pg_temp` (those follow a `t`, `g` or `y`), or the `;` that ends the
+/// text.
+#[inline(always)]
+fn worth_a_look(sql: &[u8], i: usize) -> bool {
+    let prev = match i {
+        0 => b' ',
+        _ => sql[i - 1],
+    };
+    match sql[i] | 0x20 {
+        b't' => !ident(prev),
+        0x7f => matches!(prev | 0x20, b't' | b'g' | b'y'),
+        b';' => sql.get(i + 1).is_some_and(|&b| b != 0),
+        _ => true,
+    }
+}
+
+/// Bit i set when `chunk[i]`, lowercased, is `;`, `_` (0x7f once lowercased), `t` or `&`.
+#[inline(always)]
+fn triggers(chunk: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        debug_assert_eq!(chunk.len(), 16);
+        // SAFETY: SSE2 is part of the x86_64 baseline; `chunk` holds 16 bytes and the load is
+        // unaligned.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+            let l = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            let semi = _mm_cmpeq_epi8(l, _mm_set1_epi8(b';' as i8));
+            let under = _mm_cmpeq_epi8(l, _mm_set1_epi8(0x7f));
+            let t = _mm_cmpeq_epi8(l, _mm_set1_epi8(b't' as i8));
+            let amp = _mm_cmpeq_epi8(l, _mm_set1_epi8(b'&' as i8));
+            let any = _mm_or_si128(_mm_or_si128(semi, under), _mm_or_si128(t, amp));
+            _mm_movemask_epi8(any) as u32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if matches!(b | 0x20, b';' | 0x7f | b't' | b'&') {
+                m |= 1 << i;
+            }
+        }
+        m
+    }
 }
 
 fn merge(a: Found, b: Found) -> Found {
@@ -689,6 +742,18 @@ mod tests {
         has("select 1; discard temp\0", SESSION);
         has("LOAD 'auto_explain'\0", CLOSE);
         has("select 1; load 'auto_explain'\0", CLOSE);
+        // Wherever the text puts it against the 16-byte chunks of the scan.
+        for n in 0..40 {
+            let pad = "x".repeat(n);
+            has(&format!("select {pad}; set app.x = 1\0"), SESSION);
+            has(&format!("select {pad} from pg_advisory_lock(1)\0"), SESSION);
+            has(&format!("select {pad} into temp t\0"), SESSION);
+            has(
+                &format!("select '{pad}', set_config('role', 'r', false)\0"),
+                bit("role"),
+            );
+            has(&format!("select U&\"{pad}\"\0"), SESSION);
+        }
         // Found past the first 256 bytes too.
         let long = format!("select '{}'; set search_path to x\0", "a".repeat(5000));
         has(&long, sp);

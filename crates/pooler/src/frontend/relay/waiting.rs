@@ -47,7 +47,28 @@ impl ClientWait {
     /// Called when the relay has nothing more to do for now. `saw_ready`: the server answered
     /// the client's last request; `received`: client bytes so far. Ready with the error to end
     /// the session with when the client was waited on too long.
+    #[inline]
     pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        server: &Server,
+        saw_ready: bool,
+        received: u64,
+        limits: Limits,
+    ) -> Poll<ClientError> {
+        // The usual case, without a call: a request is with the server.
+        if self.armed.is_none()
+            && !saw_ready
+            && server.relay.c2s_skip == 0
+            && server.bufs.c2s_in.is_empty()
+        {
+            return Poll::Pending;
+        }
+        self.poll_waited(cx, server, saw_ready, received, limits)
+    }
+
+    #[inline(never)]
+    fn poll_waited(
         &mut self,
         cx: &mut Context<'_>,
         server: &Server,

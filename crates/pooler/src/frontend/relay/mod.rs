@@ -25,6 +25,7 @@ pub mod block;
 mod from_client;
 mod from_server;
 mod pump;
+mod scan;
 pub mod session_state;
 mod waiting;
 

@@ -523,3 +523,30 @@ async fn session_state_is_reset_between_clients() {
     }
     pooler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untracked_statement_names_do_not_reach_the_next_client() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "noprep",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    // Statement tracking off: a client's named Parse goes to the server as it is.
+    cfg.settings.max_prepared_statements = 0;
+    let (pooler, addr) = start(cfg).await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    // tokio-postgres prepares under a name of its own, in a transaction of its own.
+    a.prepare("SELECT 'secret'").await.unwrap();
+    let left = b
+        .simple_query("SELECT count(*) FROM pg_prepared_statements")
+        .await
+        .unwrap();
+    let count = left.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("0"));
+    pooler.shutdown().await;
+}

@@ -8,11 +8,13 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 import psycopg2
 import pytest
 
-from conftest import find_pool, ok, provision, psql_ok, unique
+from conftest import PgbayServer, find_pool, ok, provision, psql_ok, unique
 
 OTHERS = 4
 
@@ -224,3 +226,51 @@ def test_long_listen_channel_is_served_by_the_pooler(pool_uri):
                 sender.execute(f"NOTIFY {'c' * 63}, 'hi {execute}'")
             n = next(a.notifies(timeout=5.0, stop_after=1))
             assert (n.channel, n.payload) == ("c" * 63, f"hi {execute}")
+
+
+@pytest.fixture(scope="module")
+def timeouts_server():
+    """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and
+    PGBAY_QUERY_WAIT_TIMEOUT=5 (env twins of the serve flags)."""
+    env = {"PGBAY_IDLE_TRANSACTION_TIMEOUT": "1", "PGBAY_QUERY_WAIT_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in env}
+    srv = PgbayServer("idletx")
+    try:
+        os.environ.update(env)
+        srv.start()
+    except BaseException:
+        srv.close()
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_idle_transaction_timeout_frees_the_pool(timeouts_server):
+    """A client idle in a transaction holds the pool's only connection: after the timeout it is
+    disconnected (FATAL 08P01, PgBouncer's message) and the next client is served."""
+    api = timeouts_server.client()
+    s = provision(api, unique("idletx"))
+    name = unique("idletx")
+    ok(api, api.create_dbaas_pg_connection_pool(
+        service_name=s.name, name=name, database_name="defaultdb", mode="transaction", size=1,
+        username=s.admin_user))
+    uri = find_pool(api.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
+    idle = psycopg.connect(uri)
+    try:
+        idle.execute("SELECT 1")  # psycopg opened a transaction: the client now holds the server
+        # Served, not refused by query_wait_timeout (5 s) as it would be if `idle` kept the server.
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as other:
+            assert one(other, "SELECT 5") == 5
+        with pytest.raises(psycopg.OperationalError) as e:
+            idle.execute("SELECT 1")
+        assert "idle transaction timeout" in str(e.value)
+    finally:
+        idle.close()

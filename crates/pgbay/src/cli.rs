@@ -107,11 +107,28 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_NOTIFY_CLIENT_BUDGET", default_value = "4MiB",
           value_parser = parse_budget)]
     pub notify_client_budget: usize,
-    /// Bytes of unread notifications the pooler holds for all clients together; past it,
-    /// clients with more than 64 KiB unread are disconnected. Suffixes KiB, MiB, GiB.
+    /// Bytes of unread notifications the pooler holds for all clients together; past it, the
+    /// clients with the most unread are disconnected first. Suffixes KiB, MiB, GiB.
     #[arg(long, env = "PGBAY_NOTIFY_TOTAL_BUDGET", default_value = "128MiB",
           value_parser = parse_budget)]
     pub notify_total_budget: usize,
+
+    // Pool clients that hold (or wait for) a server connection.
+    /// Seconds a pool client may wait for a server connection (PgBouncer's query_wait_timeout).
+    #[arg(long, env = "PGBAY_QUERY_WAIT_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub query_wait_timeout: u64,
+    /// Seconds a pool client may stay idle in a transaction, holding a server connection,
+    /// before it is disconnected (PgBouncer's idle_transaction_timeout); 0: never.
+    #[arg(long, env = "PGBAY_IDLE_TRANSACTION_TIMEOUT", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub idle_transaction_timeout: u64,
+    /// Seconds a pool client may stall in the middle of a message (over 16 KiB; shorter ones
+    /// are received whole before a server connection is lent) while holding a server
+    /// connection, before it is disconnected.
+    #[arg(long, env = "PGBAY_CLIENT_MESSAGE_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub client_message_timeout: u64,
 }
 
 /// A notification budget: bytes, with an optional binary suffix (`512KiB`, `4MiB`, `1GiB`; `K`,

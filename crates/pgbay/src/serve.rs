@@ -142,6 +142,10 @@ pub async fn run(
     let client_limits = pgbay_pooler::ClientLimits {
         max_pending_logins: args.max_pending_logins,
         login_timeout: std::time::Duration::from_secs(args.client_login_timeout),
+        query_wait_timeout: std::time::Duration::from_secs(args.query_wait_timeout),
+        idle_transaction_timeout: (args.idle_transaction_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.idle_transaction_timeout)),
+        client_message_timeout: std::time::Duration::from_secs(args.client_message_timeout),
         ..pgbay_pooler::ClientLimits::default()
     };
     let data_plane = crate::dataplane::spawn(&control, pooler.clone(), client_limits);

@@ -278,6 +278,8 @@ fn apply_pools(
             password,
             gen,
             wait_timeout: cfg.limits.query_wait_timeout,
+            idle_transaction_timeout: cfg.limits.idle_transaction_timeout,
+            message_timeout: cfg.limits.client_message_timeout,
         };
         match existing {
             Some(pool) => pool.update(state),

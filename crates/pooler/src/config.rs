@@ -156,6 +156,13 @@ pub struct ClientLimits {
     pub max_pending_logins: u32,
     /// PgBouncer's `client_login_timeout`: a client must have passed authentication within it.
     pub login_timeout: Duration,
+    /// PgBouncer's `idle_transaction_timeout`: a client idle in a transaction (holding a server
+    /// connection) longer than this is disconnected (FATAL 08P01). None: never (PgBouncer's 0).
+    pub idle_transaction_timeout: Option<Duration>,
+    /// A client that stops in the middle of a message while holding a server connection (only
+    /// messages over 16 KiB get one before they are whole) is disconnected after this long
+    /// without sending 8 KiB more (FATAL 08P01).
+    pub client_message_timeout: Duration,
 }
 
 /// Default of `ClientLimits::max_pending_logins`: a login needs a few round trips and one SCRAM
@@ -173,6 +180,8 @@ impl Default for ClientLimits {
             query_wait_timeout: Duration::from_secs(120),
             max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            idle_transaction_timeout: None,
+            client_message_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -184,8 +193,8 @@ impl Default for ClientLimits {
 pub struct NotifyBudget {
     /// Bytes queued for one client before it is disconnected (FATAL 53200).
     pub client_bytes: usize,
-    /// Bytes queued for all clients together; past it, clients holding more than 64 KiB are
-    /// disconnected.
+    /// Bytes queued for all clients together; past it, the clients holding the most are
+    /// disconnected first.
     pub total_bytes: usize,
 }
 

@@ -218,6 +218,38 @@ pub fn sql_prepared_in_transaction_mode(pool: &str) -> ClientError {
     )
 }
 
+/// Transaction/statement mode: a LISTEN/UNLISTEN the pool's listener cannot serve; it is never
+/// sent to a pooled server connection.
+pub fn listen_form_refused(pool: &str) -> ClientError {
+    ClientError::new(
+        "0A000",
+        format!(
+            "LISTEN/UNLISTEN must be alone in its statement, with a plain or quoted channel name, \
+             in transaction pooling mode (pool \"{pool}\")"
+        ),
+    )
+}
+
+/// A client stopped in the middle of a message while holding a server connection.
+pub fn client_message_timeout(pool: &str, timeout: Duration) -> ClientError {
+    ClientError::new(
+        "08P01",
+        format!(
+            "pool \"{pool}\": client_message_timeout ({timeout:?}) expired in the middle of a \
+             message while holding a server connection"
+        ),
+    )
+}
+
+/// A client sat idle in a transaction (holding a server connection) for too long
+/// (PgBouncer's wording and SQLSTATE).
+pub fn idle_transaction_timeout(pool: &str, timeout: Duration) -> ClientError {
+    ClientError::new(
+        "08P01",
+        format!("pool \"{pool}\": idle transaction timeout ({timeout:?})"),
+    )
+}
+
 /// Transaction/statement mode: the pool's LISTEN connection did not confirm a LISTEN in time.
 pub fn listen_unavailable(pool: &str) -> ClientError {
     ClientError::new(

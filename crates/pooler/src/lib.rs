@@ -17,8 +17,11 @@
 //! (starts with '/'), else TCP, encrypted with TLS when the server accepts an SSLRequest
 //! (libpq's `sslmode=prefer`: the server's certificate is not verified); `params` carries client parameters to whichever server connection serves the
 //! client: startup parameters, and in transaction/statement mode also the client's own SETs
-//! (`frontend::relay::session_state` spots SET/RESET/`set_config` by keyword and reads the
-//! values back at the end of the transaction); in those modes LISTEN/UNLISTEN are served by a
+//! (`frontend::relay::session_state` scans each statement's whole text for SET/RESET/
+//! `set_config` and what else may change a session, reads the tracked values back at the end of
+//! the transaction and resets the rest before the connection serves anyone else); a server
+//! connection is lent for a whole message (up to 16 KiB), and a client that holds one without
+//! sending is timed out (`frontend::relay::waiting`); in those modes LISTEN/UNLISTEN are served by a
 //! per-pool listening server connection outside the pool's size (`backend::listen`), whose
 //! notifications reach subscribed clients through a per-client channel, idle or attached
 //! (`frontend::listen` answers an idle client's LISTEN once the listener confirmed it); what
@@ -65,10 +68,12 @@
 //! Errors clients see are all in `errors`, each with its SQLSTATE: unknown pool 3D000, bad
 //! password 28P01, wrong user for the pool, address not allowed or TLS required 28000, too many clients 53300, unread notifications past a budget 53200,
 //! pool/service removed 57P01, wait timeout 08006, backend unreachable 08001, transaction block in
-//! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction or statement mode
-//! 0A000 (both an ERROR; the client stays connected: a Query or Parse starting with
-//! BEGIN/START TRANSACTION is answered by the pooler itself, `frontend::relay::block`; a block
-//! opened otherwise is rolled back when ReadyForQuery reveals it); a server's own errors keep
+//! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE and a LISTEN the pooler cannot
+//! serve in transaction or statement mode 0A000 (these are ERRORs; the client stays connected:
+//! a Query or Parse starting with BEGIN/START TRANSACTION is answered by the pooler itself,
+//! `frontend::relay::block`; a block opened otherwise is rolled back when ReadyForQuery reveals
+//! it), a client holding a server connection without sending or a Sync/Flush with a payload
+//! 08P01 (FATAL); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.
 
 mod admin;

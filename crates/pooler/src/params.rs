@@ -14,8 +14,11 @@ use parking_lot::Mutex;
 /// Parameters tracked per client, in a fixed order so that state is a small array. Beyond the
 /// startup parameters drivers send, the session settings applications most often SET (timeouts,
 /// memory, transaction defaults) so that, in transaction mode, they follow their client
-/// (`frontend::relay::session_state`). A SET of a parameter not listed here is not carried.
-pub const TRACKED: [&str; 18] = [
+/// (`frontend::relay::session_state`), and the role (`SET ROLE`; PostgreSQL checked the
+/// client may have it when it was SET, and checks again when the pooler sets it on another
+/// connection). A SET of a parameter not listed here is not carried: the session is reset
+/// after it instead.
+pub const TRACKED: [&str; 19] = [
     "application_name",
     "client_encoding",
     "DateStyle",
@@ -34,6 +37,7 @@ pub const TRACKED: [&str; 18] = [
     "synchronous_commit",
     "jit",
     "row_security",
+    "role",
 ];
 
 /// The first `REPORTED` entries of `TRACKED` are reported by the server with ParameterStatus,

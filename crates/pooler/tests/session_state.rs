@@ -232,3 +232,321 @@ async fn listen_while_the_backend_is_down() {
     pooler.shutdown().await;
     drop(pg);
 }
+
+/// A client that speaks the protocol byte by byte (md5 login), to send what drivers never do:
+/// half a message, a Flush with a payload.
+mod raw {
+    use std::net::SocketAddr;
+
+    use md5::{Digest, Md5};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::support::{APP_PASS, APP_USER};
+
+    pub struct Raw(pub TcpStream);
+
+    fn hex_md5(parts: &[&[u8]]) -> String {
+        let mut h = Md5::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    impl Raw {
+        /// Logs in to `pool` (the pooler must use md5) and reads up to ReadyForQuery.
+        pub async fn login(addr: SocketAddr, pool: &str) -> Raw {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut body = 196608u32.to_be_bytes().to_vec();
+            for (k, v) in [("user", APP_USER), ("database", pool)] {
+                body.extend_from_slice(k.as_bytes());
+                body.push(0);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+            msg.extend_from_slice(&body);
+            s.write_all(&msg).await.unwrap();
+            let mut raw = Raw(s);
+            let (tag, body) = raw.read().await;
+            assert_eq!(
+                (tag, &body[..4]),
+                (b'R', &5u32.to_be_bytes()[..]),
+                "md5 asked"
+            );
+            let inner = hex_md5(&[APP_PASS.as_bytes(), APP_USER.as_bytes()]);
+            let pass = format!("md5{}", hex_md5(&[inner.as_bytes(), &body[4..8]]));
+            raw.send(b'p', &[pass.as_bytes(), b"\0"].concat()).await;
+            loop {
+                let (tag, body) = raw.read().await;
+                assert_ne!(
+                    tag,
+                    b'E',
+                    "login failed: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                if tag == b'Z' {
+                    return raw;
+                }
+            }
+        }
+
+        pub async fn send(&mut self, tag: u8, body: &[u8]) {
+            let mut msg = vec![tag];
+            msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            msg.extend_from_slice(body);
+            self.0.write_all(&msg).await.unwrap();
+        }
+
+        pub async fn read(&mut self) -> (u8, Vec<u8>) {
+            let mut head = [0u8; 5];
+            self.0.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            self.0.read_exact(&mut body).await.unwrap();
+            (head[0], body)
+        }
+
+        /// Reads up to the next ErrorResponse: (severity, SQLSTATE, message).
+        pub async fn error(&mut self) -> (String, String, String) {
+            loop {
+                let (tag, body) = self.read().await;
+                if tag != b'E' {
+                    continue;
+                }
+                let mut fields = std::collections::HashMap::new();
+                for f in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
+                    fields.insert(f[0], String::from_utf8_lossy(&f[1..]).into_owned());
+                }
+                let get = |k: u8| fields.get(&k).cloned().unwrap_or_default();
+                return (get(b'V'), get(b'C'), get(b'M'));
+            }
+        }
+
+        /// Whether the pooler closed the connection.
+        pub async fn closed(&mut self) -> bool {
+            let mut rest = Vec::new();
+            matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    self.0.read_to_end(&mut rest)
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        }
+    }
+}
+
+use std::time::Duration;
+
+use pgbay_pooler::ClientAuthMethod;
+use raw::Raw;
+
+/// A query that must be served promptly (well before the pool's query_wait_timeout).
+async fn served(c: &tokio_postgres::Client, what: &str) {
+    let r = tokio::time::timeout(Duration::from_secs(5), c.simple_query("SELECT 1")).await;
+    assert!(matches!(r, Ok(Ok(_))), "{what}: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_message_holds_no_server_connection() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "slowcl",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    pooler.set_client_auth_method(ClientAuthMethod::Md5);
+    // As many slow clients as the pool's size, and more: one byte of a message, or a header
+    // and part of the text, then nothing.
+    let mut one_byte = Raw::login(addr, "p1").await;
+    tokio::io::AsyncWriteExt::write_all(&mut one_byte.0, b"Q")
+        .await
+        .unwrap();
+    let mut half = Raw::login(addr, "p1").await;
+    let query = b"SELECT 42\0";
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((query.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(&query[..4]);
+    tokio::io::AsyncWriteExt::write_all(&mut half.0, &msg)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = connect(addr, "p1").await.unwrap();
+    for _ in 0..5 {
+        served(&c, "another client while two stall mid-message").await;
+    }
+    // The stalled client is served once its message is whole.
+    tokio::io::AsyncWriteExt::write_all(&mut half.0, &query[4..])
+        .await
+        .unwrap();
+    loop {
+        let (tag, body) = half.read().await;
+        if tag == b'D' {
+            assert!(body.ends_with(b"42"), "{body:?}");
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_in_a_long_message_is_timed_out() {
+    let pg = shared().await;
+    let mut cfg = service("stall", pg.port, vec![pool("p1", PoolMode::Transaction, 1)]);
+    cfg.limits.client_message_timeout = Duration::from_secs(1);
+    let (pooler, addr) = start(cfg).await;
+    pooler.set_client_auth_method(ClientAuthMethod::Md5);
+    let mut stalled = Raw::login(addr, "p1").await;
+    // Long enough to be lent a connection at its header.
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&(100_000u32).to_be_bytes());
+    msg.extend_from_slice(&[b' '; 20_000]);
+    tokio::io::AsyncWriteExt::write_all(&mut stalled.0, &msg)
+        .await
+        .unwrap();
+    let c = connect(addr, "p1").await.unwrap();
+    served(&c, "another client once the stalled one is timed out").await;
+    let (severity, code, message) = stalled.error().await;
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "08P01"));
+    assert!(message.contains("client_message_timeout"), "{message}");
+    assert!(stalled.closed().await);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transaction_timeout_frees_the_server_connection() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "idletx",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    cfg.limits.idle_transaction_timeout = Some(Duration::from_secs(1));
+    let (pooler, addr) = start(cfg).await;
+    pooler.set_client_auth_method(ClientAuthMethod::Md5);
+    let mut idle = Raw::login(addr, "p1").await;
+    idle.send(b'Q', b"BEGIN\0").await;
+    loop {
+        let (tag, body) = idle.read().await;
+        if tag == b'Z' {
+            assert_eq!(body, b"T");
+            break;
+        }
+    }
+    let c = connect(addr, "p1").await.unwrap();
+    served(&c, "another client once the idle transaction is timed out").await;
+    let (severity, code, message) = idle.error().await;
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "08P01"));
+    assert!(message.contains("idle transaction timeout"), "{message}");
+    assert!(idle.closed().await);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_with_a_payload_is_a_protocol_violation() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "flushpay",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    pooler.set_client_auth_method(ClientAuthMethod::Md5);
+    for tag in [b'H', b'S'] {
+        let mut r = Raw::login(addr, "p1").await;
+        r.send(tag, b"junk").await;
+        r.send(b'Q', b"SELECT 1\0").await;
+        let (severity, code, message) = tokio::time::timeout(Duration::from_secs(5), r.error())
+            .await
+            .expect("an answer, not a hang");
+        assert_eq!(
+            (severity.as_str(), code.as_str()),
+            ("FATAL", "08P01"),
+            "{message}"
+        );
+        assert!(message.contains("malformed"), "{message}");
+        assert!(r.closed().await);
+    }
+    // The pool's connection was not harmed.
+    let c = connect(addr, "p1").await.unwrap();
+    served(&c, "a client after the violations").await;
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_is_reset_between_clients() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "reset",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    ))
+    .await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    let default_path = show(&b, "search_path").await;
+    a.batch_execute(
+        "select 1; set search_path to pg_catalog; set enable_seqscan = off; \
+         create temp table t (a int); select pg_advisory_lock(7)",
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(show(&b, "search_path").await, default_path);
+        assert_eq!(show(&b, "enable_seqscan").await, "on");
+        let temp: Option<String> = b
+            .query_one("SELECT to_regclass('pg_temp.t')::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(temp, None);
+        let locks: i64 = b
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(locks, 0);
+        // The tracked setting stays with its client; the rest was reset.
+        assert_eq!(show(&a, "search_path").await, "pg_catalog");
+        assert_eq!(show(&a, "enable_seqscan").await, "on");
+    }
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untracked_statement_names_do_not_reach_the_next_client() {
+    let pg = shared().await;
+    let mut cfg = service(
+        "noprep",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    // Statement tracking off: a client's named Parse goes to the server as it is.
+    cfg.settings.max_prepared_statements = 0;
+    let (pooler, addr) = start(cfg).await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    // tokio-postgres prepares under a name of its own, in a transaction of its own.
+    a.prepare("SELECT 'secret'").await.unwrap();
+    let left = b
+        .simple_query("SELECT count(*) FROM pg_prepared_statements")
+        .await
+        .unwrap();
+    let count = left.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("0"));
+    pooler.shutdown().await;
+}

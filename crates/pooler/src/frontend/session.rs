@@ -16,7 +16,7 @@ use crate::config::PoolMode;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::tag::{self, txn};
-use crate::net::messages::{header, status};
+use crate::net::messages::{header, status, HEADER};
 use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
 use crate::stats::ClientState;
@@ -195,17 +195,39 @@ async fn wait_idle(
                 return Poll::Ready(Idle::Notify(msg));
             }
         }
-        match poll_read_buf(stream, cx, pending, IDLE_READ) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Idle::Gone),
-            // Terminate needs no server connection.
-            Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
-                Poll::Ready(Idle::Gone)
+        loop {
+            let want = missing(pending).clamp(IDLE_READ, WHOLE_BEFORE_LENDING);
+            match poll_read_buf(stream, cx, pending, want) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
+                // Terminate needs no server connection.
+                Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
+                    return Poll::Ready(Idle::Gone)
+                }
+                Poll::Ready(Ok(_)) if missing(pending) == 0 => return Poll::Ready(Idle::Data),
+                // Half a message: no server connection is lent for it yet.
+                Poll::Ready(Ok(_)) => {}
             }
-            Poll::Ready(Ok(_)) => Poll::Ready(Idle::Data),
         }
     })
     .await
+}
+
+/// A message up to this long is received whole before a server connection is lent for it, so
+/// that a client that stops in the middle of one holds nothing; a longer one is lent a
+/// connection at its header (buffering it whole would cost its size per client), and a client
+/// that then stalls is disconnected after `client_message_timeout` (`relay::pump`).
+const WHOLE_BEFORE_LENDING: usize = 16 * 1024;
+
+/// How many bytes of the first message in `pending` are still to come before it may be
+/// relayed (0: relay now).
+fn missing(pending: &[u8]) -> usize {
+    match header(pending) {
+        None => HEADER - pending.len(),
+        // A length the relay refuses (or a long message): relay now, it deals with it.
+        Some((_, len)) if !(HEADER..=WHOLE_BEFORE_LENDING).contains(&len) => 0,
+        Some((_, len)) => len.saturating_sub(pending.len()),
+    }
 }
 
 /// Statement mode: answers the Queries at the head of what an idle client sent that open a
@@ -292,6 +314,10 @@ async fn attached(
             session_state: mode != PoolMode::Session,
             pool: client_pool,
             notify,
+            wait_limits: relay::WaitLimits {
+                message: st.message_timeout,
+                idle_transaction: st.idle_transaction_timeout,
+            },
         };
         relay::pump(stream, server, &mut ctx, mode, stop, drain).await
     };
@@ -300,8 +326,17 @@ async fn attached(
         End::Boundary => {
             relay::take_pending(server, &mut client.pending);
             let dirty = std::mem::take(&mut client.params.dirty);
-            if dirty != 0 && !settle(client, server, dirty).await {
-                return Ok(false);
+            let mut keep = true;
+            if dirty != 0 {
+                match settle(client, server, dirty).await {
+                    Settled::Keep => {}
+                    Settled::Retire => keep = false,
+                    Settled::Gone => return Ok(false),
+                }
+            }
+            if !keep {
+                // Checked in unclean: closed, its slot freed for a fresh connection.
+                return Ok(true);
             }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
@@ -330,9 +365,16 @@ async fn attached(
             {
                 server.bufs.s2c_out.clear();
                 let dirty = std::mem::take(&mut client.params.dirty);
-                if dirty != 0 && session_state::read_back(server, None, dirty).await.is_err() {
-                    server.close_reason = Some("could not read back session parameters");
-                    return Ok(false);
+                if dirty != 0 {
+                    let failed = session_state::read_back(server, None, dirty).await.is_err();
+                    if failed || session_state::must_close(dirty, false) {
+                        server.close_reason = Some(if failed {
+                            "could not reset the session"
+                        } else {
+                            "client loaded a library"
+                        });
+                        return Ok(false);
+                    }
                 }
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
                     && reset(pool, server).await.is_err()
@@ -367,7 +409,14 @@ async fn attached(
                 && server.status == txn::IDLE
             {
                 relay::take_pending(server, &mut client.pending);
-                server.clean = true;
+                // What the statements before the block changed is settled as at any boundary.
+                let dirty = std::mem::take(&mut client.params.dirty);
+                server.clean = dirty == 0
+                    || match settle(client, server, dirty).await {
+                        Settled::Keep => true,
+                        Settled::Retire => false,
+                        Settled::Gone => return Ok(false),
+                    };
                 // What the server answered before the refused ReadyForQuery, then the error.
                 let mut out = std::mem::take(&mut server.bufs.s2c_out);
                 refusal.write(&mut out, Severity::Error);
@@ -382,6 +431,11 @@ async fn attached(
             client.fatal(&refusal).await;
             Ok(false)
         }
+        End::TimedOut(error) => {
+            server.close_reason = Some("client held it without sending");
+            client.fatal(&error).await;
+            Ok(false)
+        }
         End::Refused(refusal) => {
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
@@ -390,27 +444,43 @@ async fn attached(
     }
 }
 
-/// Records the parameters the client's transaction may have changed (`session_state`). False
-/// when the server connection broke (the client was told and the session is over); a server
-/// error only leaves the connection unmatched, to be synced in full at its next use.
-async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> bool {
-    match session_state::read_back(server, Some(&mut client.params), dirty).await {
-        Ok(()) => true,
-        Err(e) => {
-            client
-                .span
-                .in_scope(|| tracing::warn!(error = %e, "could not read back session parameters"));
-            if matches!(e, crate::backend::ServerError::Server { .. }) {
-                server.params.reset_unsure();
-                return true;
-            }
+/// What became of a server connection after `settle`.
+enum Settled {
+    Keep,
+    /// It must not serve anyone else (the reset failed, or the client ran `LOAD`).
+    Retire,
+    /// It broke: the client was told and the session is over.
+    Gone,
+}
+
+/// Records the parameters the client's transaction may have changed and resets the session
+/// when it may have changed more (`session_state`). A server error on a mere read-back only
+/// leaves the connection unmatched, to be synced in full at its next use; a failed reset
+/// retires it.
+async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> Settled {
+    let result = session_state::read_back(server, Some(&mut client.params), dirty).await;
+    if let Err(e) = &result {
+        client
+            .span
+            .in_scope(|| tracing::warn!(error = %e, "could not read back session parameters"));
+        if !matches!(e, crate::backend::ServerError::Server { .. }) {
             server.close_reason = Some("server connection lost");
             client
-                .fatal(&errors::server_lost(&client.pool.name, &e))
+                .fatal(&errors::server_lost(&client.pool.name, e))
                 .await;
-            false
+            return Settled::Gone;
         }
+        server.params.reset_unsure();
     }
+    if session_state::must_close(dirty, result.is_err()) {
+        server.close_reason = Some(if result.is_err() {
+            "could not reset the session"
+        } else {
+            "client loaded a library"
+        });
+        return Settled::Retire;
+    }
+    Settled::Keep
 }
 
 /// DISCARD ALL between session-mode clients.

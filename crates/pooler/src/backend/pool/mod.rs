@@ -38,6 +38,10 @@ pub struct PoolState {
     /// backend changed); older connections are retired when released.
     pub gen: u64,
     pub wait_timeout: Duration,
+    /// `ClientLimits::idle_transaction_timeout`.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// `ClientLimits::client_message_timeout`.
+    pub message_timeout: Duration,
 }
 
 impl PoolState {
@@ -412,6 +416,8 @@ impl Pool {
             password: st.password.clone(),
             gen: new_gen,
             wait_timeout: st.wait_timeout,
+            idle_transaction_timeout: st.idle_transaction_timeout,
+            message_timeout: st.message_timeout,
         });
     }
 

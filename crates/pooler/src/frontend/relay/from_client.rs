@@ -12,10 +12,10 @@ use super::{
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::net::messages::extended::{
-    parse_bind, parse_parse, parse_target, write_bind, write_target,
+    parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target,
 };
 use crate::net::messages::tag::{self, target};
-use crate::net::messages::{header, HEADER};
+use crate::net::messages::{cstr, header, HEADER};
 use crate::prepared::Statement;
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -122,59 +122,49 @@ fn client_messages(
             }
         }
         if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
-            let peek = len.min(HEADER + block::PEEK);
-            if avail < peek {
-                break;
-            }
-            match session_state::classify(block::statement_text(tag, &input[pos..pos + peek])) {
-                Found::Nothing => {}
-                Found::Sets(bits) => ctx.params.dirty |= bits,
-                Found::Listen if tag == tag::QUERY => {
-                    if avail < len {
-                        break;
-                    }
-                    let text = block::statement_text(tag, &input[pos..pos + len]);
-                    if let Some(cmd) = session_state::parse_listen(text) {
+            if len <= HEADER + session_state::SCAN_MAX {
+                // The whole text is scanned before any of it goes out.
+                if avail < len {
+                    break;
+                }
+                let msg = &input[pos..pos + len];
+                match session_state::classify(block::statement_text(tag, msg)) {
+                    Found::Nothing => {}
+                    Found::Sets(bits) => ctx.params.dirty |= bits,
+                    Found::Listen => {
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
-                        let listen = matches!(cmd, ListenCmd::Listen(_));
-                        subscribe(ctx, cmd);
-                        push(&mut server.relay.expect, tag, Action::ListenDone(listen), 0);
+                        listen(server, ctx, tag, msg)?;
+                        continue;
+                    }
+                    Found::SqlPrepared => {
+                        flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                        pos += len;
+                        run = pos;
+                        push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
+                        server.relay.c2s_discard = tag == tag::PARSE;
                         continue;
                     }
                 }
-                // The extended protocol (asyncpg's LISTEN): the server runs it too (on whichever
-                // connection, whose notifications the relay drops), the listener subscribes.
-                Found::Listen => {
-                    if avail < len {
-                        break;
-                    }
-                    let text = block::statement_text(tag, &input[pos..pos + len]);
-                    if let Some(cmd) = session_state::parse_listen(text) {
-                        if matches!(cmd, ListenCmd::Listen(_)) {
-                            ctx.params.dirty |= session_state::UNLISTEN;
-                        }
-                        subscribe(ctx, cmd);
-                    }
+                if tag == tag::PARSE && !ctx.track && msg.get(HEADER).is_some_and(|&b| b != 0) {
+                    // A named statement left on the server as it is: gone before anyone else
+                    // could Bind it.
+                    ctx.params.dirty |= session_state::DISCARD;
                 }
-                Found::SqlPrepared => {
-                    if avail < len {
-                        break;
-                    }
-                    flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
-                    pos += len;
-                    run = pos;
-                    push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
-                    server.relay.c2s_discard = tag == tag::PARSE;
-                    continue;
-                }
+            } else {
+                ctx.params.dirty |= session_state::UNSCANNED;
             }
         }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
         if !inspect {
             match tag {
+                // Fixed-length messages: PostgreSQL answers a payload with an error and then
+                // waits for a Sync that, for it, never comes.
+                tag::SYNC | tag::FLUSH | tag::COPY_DONE if len != HEADER => {
+                    return Err(RelayError::Malformed(fixed_name(tag)))
+                }
                 tag::SYNC if server.relay.copy_in => {}
                 tag::COPY_DONE | tag::COPY_FAIL if server.relay.copy_in => {
                     server.relay.copy_in = false
@@ -183,6 +173,11 @@ fn client_messages(
                 // that tells `copy_started` where the copy ends.
                 tag::COPY_DONE | tag::COPY_FAIL => {
                     push(&mut server.relay.expect, COPY_END, Action::Forward, 0)
+                }
+                // The fast-path call protocol can run any function (`set_config` by OID).
+                tag::FUNCTION_CALL if ctx.session_state => {
+                    ctx.params.dirty |= session_state::ALL | session_state::SESSION;
+                    push(&mut server.relay.expect, tag::QUERY, Action::Forward, 0);
                 }
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
@@ -210,6 +205,9 @@ fn client_messages(
         pos += len;
         run = pos;
         if tag == tag::TERMINATE {
+            if len != HEADER {
+                return Err(RelayError::Malformed("Terminate"));
+            }
             return Ok((pos, run, true));
         }
         rewrite(server, ctx, tag, msg)?;
@@ -326,6 +324,61 @@ fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, act
     }
     server.bufs.c2s_out.extend_from_slice(&stmt.parse);
     push(&mut server.relay.expect, tag::PARSE, action, stmt.id);
+}
+
+fn fixed_name(tag: u8) -> &'static str {
+    match tag {
+        tag::SYNC => "Sync",
+        tag::FLUSH => "Flush",
+        _ => "CopyDone",
+    }
+}
+
+/// A whole Query or Parse holding a LISTEN/UNLISTEN: served by the pool's listener when the
+/// pooler can parse it, refused otherwise; never sent to the server as it is. A Parse is
+/// answered by the server running `LISTEN_NOOP` in its place, so that the rest of the
+/// client's extended-protocol messages (Bind, Describe, Execute) get their usual answers.
+#[cold]
+fn listen(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    tag: u8,
+    msg: &[u8],
+) -> Result<(), RelayError> {
+    let Some(cmd) = session_state::parse_listen(block::statement_text(tag, msg)) else {
+        push(&mut server.relay.expect, tag, Action::RefuseListen, 0);
+        server.relay.c2s_discard = tag == tag::PARSE;
+        return Ok(());
+    };
+    let is_listen = matches!(cmd, ListenCmd::Listen(_));
+    subscribe(ctx, cmd);
+    if tag == tag::QUERY {
+        push(
+            &mut server.relay.expect,
+            tag,
+            Action::ListenDone(is_listen),
+            0,
+        );
+        return Ok(());
+    }
+    let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
+    // The parameter types the client declared stay (its Bind supplies as many values).
+    let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
+    let mut rest = Vec::with_capacity(session_state::LISTEN_NOOP.len() + 1 + types.len());
+    rest.extend_from_slice(session_state::LISTEN_NOOP);
+    rest.push(0);
+    rest.extend_from_slice(types);
+    let mut noop = bytes::BytesMut::new();
+    write_parse(&mut noop, p.name, &rest);
+    if ctx.track {
+        rewrite(server, ctx, tag::PARSE, &noop)
+    } else {
+        server.bufs.c2s_out.extend_from_slice(&noop);
+        push(&mut server.relay.expect, tag::PARSE, Action::Forward, 0);
+        ctx.tally.t.client_parses += 1;
+        ctx.tally.t.server_parses += 1;
+        Ok(())
+    }
 }
 
 /// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its

@@ -25,7 +25,9 @@ pub mod block;
 mod from_client;
 mod from_server;
 mod pump;
+mod scan;
 pub mod session_state;
+mod waiting;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -47,6 +49,7 @@ use crate::stats::{PoolCounters, Tally};
 pub use from_client::client_input;
 pub use from_server::server_input;
 pub use pump::{pump, End};
+pub use waiting::Limits as WaitLimits;
 
 /// PostgreSQL refuses messages over 1 GiB; so do we, before buffering one whole.
 const MAX_MESSAGE: usize = 1 << 30;
@@ -71,6 +74,8 @@ pub struct ClientCtx<'a> {
     pub pool: &'a Arc<Pool>,
     /// The client's notifications, once it LISTENed.
     pub notify: &'a mut Option<Subscriber>,
+    /// How long the client may hold the server connection without sending (`waiting`).
+    pub wait_limits: WaitLimits,
 }
 
 /// Why the relay stopped.
@@ -143,6 +148,8 @@ pub enum Action {
     RefusePrepared,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
+    /// Transaction/statement mode: a LISTEN/UNLISTEN the listener cannot serve, refused.
+    RefuseListen,
 }
 
 impl Action {
@@ -151,7 +158,11 @@ impl Action {
     fn pooler_answers(self) -> bool {
         matches!(
             self,
-            Action::Synthesize | Action::Refuse | Action::RefusePrepared | Action::ListenDone(_)
+            Action::Synthesize
+                | Action::Refuse
+                | Action::RefusePrepared
+                | Action::ListenDone(_)
+                | Action::RefuseListen
         )
     }
 }
@@ -219,6 +230,7 @@ fn drain_synthesized(server: &mut Server) {
             Action::Refuse => refuse(server, front.kind),
             Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
             Action::ListenDone(listen) => session_state::listen_done(server, listen),
+            Action::RefuseListen => session_state::refuse_listen(server, front.kind),
             _ => break,
         }
         server.relay.expect.pop_front();

@@ -6,6 +6,7 @@ use std::task::Poll;
 
 use tokio::io::AsyncWrite;
 
+use super::waiting::ClientWait;
 use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerEvent};
 use crate::backend::server::Server;
 use crate::config::PoolMode;
@@ -32,6 +33,8 @@ pub enum End {
     Refused(ClientError),
     /// Statement mode: the client opened a transaction block.
     TransactionBlock,
+    /// The client held the server connection without sending for too long (`waiting`).
+    TimedOut(ClientError),
 }
 
 /// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
@@ -52,6 +55,8 @@ pub async fn pump(
     let mut server_flush = false;
     // The client went past a notification budget: it is disconnected between whole messages.
     let mut notify_over = None;
+    let mut wait = ClientWait::default();
+    let mut client_bytes = 0u64;
     // A refusal answered in an earlier attachment says nothing about this one.
     server.relay.ready_synthesized = false;
     server.relay.drop_notifications = ctx.session_state;
@@ -178,6 +183,7 @@ pub async fn pump(
                     Poll::Ready(Ok(n)) => {
                         progress = true;
                         ctx.tally.t.received += n as u64;
+                        client_bytes += n as u64;
                         match client_input(server, ctx) {
                             Ok(false) => {
                                 ctx.tally.query_starts();
@@ -220,6 +226,11 @@ pub async fn pump(
                 }
             }
             if !progress {
+                if let Poll::Ready(e) =
+                    wait.poll(cx, server, saw_ready, client_bytes, ctx.wait_limits)
+                {
+                    return Poll::Ready(End::TimedOut(e));
+                }
                 return Poll::Pending;
             }
         }

@@ -1,0 +1,581 @@
+//! Which statements may change a session, and how: the scan behind `session_state` (see its
+//! module docs for what is found and what is done about it).
+//!
+//! Cost: the first statement's first word, then one pass over the whole text, 16 bytes at a
+//! time, for the few bytes that may start something that matters (`;` a next statement, `_`
+//! `set_config`, `pg_advisory_*` and `pg_temp`, `t` `TEMP`/`TEMPORARY`, `&` a `U&"..."`
+//! identifier that could spell any of them); most hits are dropped by an inline test, the rest
+//! are checked in full off the hot path (`candidate`). Conservative: a `;` or a keyword inside a
+//! literal or a comment only costs a reset.
+
+use crate::params::{self, REPORTED, TRACKED};
+
+use super::block::{keyword, skip_noise};
+use super::session_state::LISTEN_NOOP;
+
+/// Not a parameter: untracked session state may have changed; the session is reset
+/// (`RESET_SQL`) before the connection serves anyone else.
+pub const SESSION: u64 = 1 << 62;
+/// Not a parameter: statement names or LISTENs may be on the server connection (a named Parse
+/// with statement tracking off, or a statement too long to scan): `DEALLOCATE ALL` and
+/// `UNLISTEN *` join the reset.
+pub const DISCARD: u64 = 1 << 61;
+/// Not a parameter: the client ran something that cannot be undone (`LOAD`): the connection
+/// is closed instead of being reused.
+pub const CLOSE: u64 = 1 << 60;
+
+/// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
+pub const SCAN_MAX: usize = 1 << 20;
+/// What an unscanned statement marks.
+pub const UNSCANNED: u64 = ALL | SESSION | DISCARD;
+
+/// Every tracked parameter that the server does not report.
+pub const ALL: u64 = ((1u64 << TRACKED.len()) - 1) & !((1u64 << REPORTED) - 1);
+
+/// What a statement's first words say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    Nothing,
+    /// May change these tracked parameters (bit i: `TRACKED[i]`).
+    Sets(u64),
+    /// PREPARE / EXECUTE / DEALLOCATE: SQL-level prepared statements live on one server
+    /// connection, which a transaction-mode client does not keep.
+    SqlPrepared,
+    /// LISTEN / UNLISTEN: served by the pool's listener (`backend::listen`, `parse_listen`).
+    Listen,
+}
+
+/// Classifies a whole statement text (see the module docs for what and at what cost).
+#[inline]
+pub fn classify(sql: &[u8]) -> Found {
+    let found = classify_start(sql);
+    if matches!(found, Found::Listen) {
+        return found;
+    }
+    match (found, scan(sql)) {
+        (_, Found::Listen) => Found::Listen,
+        (Found::SqlPrepared, _) | (_, Found::SqlPrepared) => Found::SqlPrepared,
+        (Found::Sets(a), Found::Sets(b)) => Found::Sets(a | b),
+        (Found::Sets(a), _) | (_, Found::Sets(a)) => Found::Sets(a),
+        _ => Found::Nothing,
+    }
+}
+
+/// The first statement's first word: the first byte decides whether anything more is looked at,
+/// so ordinary statements pay one comparison (a few for words starting like a keyword).
+#[inline]
+fn classify_start(sql: &[u8]) -> Found {
+    match sql.first() {
+        Some(b) if b.is_ascii_alphabetic() => {
+            // The first three letters, lowercased, of every statement that may matter.
+            let Some(head) = sql.get(..3) else {
+                return Found::Nothing;
+            };
+            let head = [head[0] | 0x20, head[1] | 0x20, head[2] | 0x20];
+            match &head {
+                b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" | b"loa"
+                | b"dec" => {}
+                [b'd', b'o', _] => {}
+                _ => return Found::Nothing,
+            }
+        }
+        Some(b' ' | b'\t' | b'\n' | b'\r' | b'-' | b'/') => {}
+        _ => return Found::Nothing,
+    }
+    classify_slow(skip_noise(sql))
+}
+
+#[cold]
+fn classify_slow(s: &[u8]) -> Found {
+    match classify_first(s) {
+        // What follows a first statement that sets something is read back as a whole: when
+        // there is more (or the text was cut), everything is read back.
+        Found::Sets(bits) if more_statements(s) => Found::Sets(bits | ALL),
+        found => found,
+    }
+}
+
+/// Whether `s` (a statement text, NUL-terminated when whole) has anything after a `;`, or was
+/// cut before its end. Quotes are not looked at: a `;` in a literal only widens the read-back.
+fn more_statements(s: &[u8]) -> bool {
+    let Some(end) = s.iter().position(|&b| b == 0) else {
+        return true;
+    };
+    match s[..end].iter().position(|&b| b == b';') {
+        Some(semi) => !skip_noise(&s[semi + 1..end]).iter().all(|&b| b == b';'),
+        None => false,
+    }
+}
+
+/// What a statement (after leading noise) starts with.
+fn classify_first(s: &[u8]) -> Found {
+    // Most statements start with none of the words below: one test instead of a dozen.
+    if !s.first().is_some_and(|b| {
+        matches!(
+            b | 0x20,
+            b's' | b'r' | b'd' | b'l' | b'u' | b'p' | b'e' | b'c'
+        )
+    }) {
+        return Found::Nothing;
+    }
+    if let Some(rest) = keyword(s, b"set") {
+        return Found::Sets(set_target(skip_noise(rest)));
+    }
+    if let Some(rest) = keyword(s, b"reset") {
+        let rest = skip_noise(rest);
+        if keyword(rest, b"all").is_some() {
+            return Found::Sets(ALL | SESSION);
+        }
+        return Found::Sets(name_bit(rest));
+    }
+    if let Some(rest) = keyword(s, b"select") {
+        let mut rest = skip_noise(rest);
+        if rest.len() >= 11 && rest[..11].eq_ignore_ascii_case(b"pg_catalog.") {
+            rest = &rest[11..];
+        }
+        if let Some(args) = keyword(rest, b"set_config") {
+            return Found::Sets(set_config_bit(args));
+        }
+        return Found::Nothing;
+    }
+    if keyword(s, b"discard").is_some() {
+        // DISCARD ALL is seen by the relay (`from_server`); the others drop plans, sequences'
+        // state or temporary tables: resetting again is the simple answer.
+        return Found::Sets(ALL | SESSION);
+    }
+    if s.starts_with(LISTEN_NOOP) {
+        return Found::Nothing;
+    }
+    if keyword(s, b"do").is_some() || keyword(s, b"declare").is_some() {
+        // A DO block may SET anything; a cursor may be declared WITH HOLD.
+        return Found::Sets(ALL | SESSION);
+    }
+    if keyword(s, b"load").is_some() {
+        return Found::Sets(CLOSE);
+    }
+    if keyword(s, b"listen").is_some() || keyword(s, b"unlisten").is_some() {
+        return Found::Listen;
+    }
+    if keyword(s, b"prepare")
+        .is_some_and(|rest| keyword(skip_noise(rest), b"transaction").is_none())
+        || keyword(s, b"execute").is_some()
+        || keyword(s, b"deallocate").is_some()
+    {
+        return Found::SqlPrepared;
+    }
+    Found::Nothing
+}
+
+/// One pass over the whole text for what may matter beyond the first word (module docs): 16
+/// bytes at a time, a bit per byte that is (lowercased) `;`, `_`, `t` or `&`.
+#[inline]
+fn scan(sql: &[u8]) -> Found {
+    let mut found = Found::Nothing;
+    let mut at = 0;
+    while at < sql.len() {
+        let (chunk, skip) = match sql.get(at..at + 16) {
+            Some(c) => (c, 0),
+            // The tail: the last 16 bytes again when there are that many (bytes already seen
+            // are masked off), else a padded copy.
+            None if sql.len() >= 16 => (&sql[sql.len() - 16..], at + 16 - sql.len()),
+            None => {
+                let mut pad = [0u8; 16];
+                pad[..sql.len() - at].copy_from_slice(&sql[at..]);
+                let mut hits = triggers(&pad);
+                while hits != 0 {
+                    let i = at + hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    if i < sql.len() && worth_a_look(sql, i) {
+                        found = merge(found, candidate(sql, i));
+                    }
+                }
+                return found;
+            }
+        };
+        let base = at - skip;
+        let mut hits = triggers(chunk) >> skip << skip;
+        while hits != 0 {
+            let i = base + hits.trailing_zeros() as usize;
+            hits &= hits - 1;
+            if worth_a_look(sql, i) {
+                found = merge(found, candidate(sql, i));
+            }
+        }
+        at += 16 - skip;
+    }
+    found
+}
+
+/// The quick part of `candidate`, without a call: most hits in ordinary statements are a `t`
+/// inside a word (not `TEMP`), a `_` inside a name other than `set_config`, `pg_advisory_*`,
+/// `pg_try_advisory_*` or `pg_temp` (those follow a `t`, `g` or `y`), or the `;` that ends the
+/// text.
+#[inline(always)]
+fn worth_a_look(sql: &[u8], i: usize) -> bool {
+    let prev = match i {
+        0 => b' ',
+        _ => sql[i - 1],
+    };
+    match sql[i] | 0x20 {
+        b't' => !ident(prev),
+        0x7f => matches!(prev | 0x20, b't' | b'g' | b'y'),
+        b';' => sql.get(i + 1).is_some_and(|&b| b != 0),
+        _ => true,
+    }
+}
+
+/// Bit i set when `chunk[i]`, lowercased, is `;`, `_` (0x7f once lowercased), `t` or `&`.
+#[inline(always)]
+fn triggers(chunk: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        debug_assert_eq!(chunk.len(), 16);
+        // SAFETY: SSE2 is part of the x86_64 baseline; `chunk` holds 16 bytes and the load is
+        // unaligned.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr() as *const __m128i);
+            let l = _mm_or_si128(v, _mm_set1_epi8(0x20));
+            let semi = _mm_cmpeq_epi8(l, _mm_set1_epi8(b';' as i8));
+            let under = _mm_cmpeq_epi8(l, _mm_set1_epi8(0x7f));
+            let t = _mm_cmpeq_epi8(l, _mm_set1_epi8(b't' as i8));
+            let amp = _mm_cmpeq_epi8(l, _mm_set1_epi8(b'&' as i8));
+            let any = _mm_or_si128(_mm_or_si128(semi, under), _mm_or_si128(t, amp));
+            _mm_movemask_epi8(any) as u32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0;
+        for (i, &b) in chunk.iter().enumerate() {
+            if matches!(b | 0x20, b';' | 0x7f | b't' | b'&') {
+                m |= 1 << i;
+            }
+        }
+        m
+    }
+}
+
+fn merge(a: Found, b: Found) -> Found {
+    match (a, b) {
+        (Found::Listen, _) | (_, Found::Listen) => Found::Listen,
+        (Found::SqlPrepared, _) | (_, Found::SqlPrepared) => Found::SqlPrepared,
+        (Found::Sets(x), Found::Sets(y)) => Found::Sets(x | y),
+        (Found::Sets(x), _) | (_, Found::Sets(x)) => Found::Sets(x),
+        _ => Found::Nothing,
+    }
+}
+
+/// Whether `b` may be part of an identifier or keyword.
+#[inline]
+fn ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Checks a byte the scan stopped at (`sql[i]` is one of `;`, `_`, `t`/`T`, `&`, or a byte
+/// that lowercases like them).
+#[cold]
+#[inline(never)]
+fn candidate(sql: &[u8], i: usize) -> Found {
+    let before = |n: usize| i.checked_sub(n).map(|s| &sql[s..i]);
+    let after = &sql[i + 1..];
+    let starts =
+        |s: &[u8], kw: &[u8]| s.len() >= kw.len() && s[..kw.len()].eq_ignore_ascii_case(kw);
+    match sql[i] {
+        b';' => classify_first(skip_noise(after)),
+        b'_' => {
+            if before(3).is_some_and(|b| b.eq_ignore_ascii_case(b"set")) && starts(after, b"config")
+            {
+                return Found::Sets(set_config_bit(&after[6..]));
+            }
+            if starts(after, b"advisory") {
+                // pg_advisory_lock, pg_try_advisory_lock(_shared); the _xact_ ones end with the
+                // transaction.
+                if starts(&after[8..], b"_xact") {
+                    return Found::Nothing;
+                }
+                return Found::Sets(SESSION);
+            }
+            if before(2).is_some_and(|b| b.eq_ignore_ascii_case(b"pg")) && starts(after, b"temp") {
+                return Found::Sets(SESSION);
+            }
+            Found::Nothing
+        }
+        b't' | b'T' => {
+            if i > 0 && ident(sql[i - 1]) {
+                return Found::Nothing;
+            }
+            let word = &sql[i..];
+            let end = word.iter().position(|&b| !ident(b)).unwrap_or(word.len());
+            let w = &word[..end];
+            if w.eq_ignore_ascii_case(b"temp") || w.eq_ignore_ascii_case(b"temporary") {
+                return Found::Sets(SESSION);
+            }
+            Found::Nothing
+        }
+        b'&' => {
+            // U&"..." spells an identifier with escapes: it could name anything.
+            let quoted = after.first() == Some(&b'"');
+            if quoted && before(1).is_some_and(|b| b[0] | 0x20 == b'u') {
+                return Found::Sets(ALL | SESSION);
+            }
+            Found::Nothing
+        }
+        _ => Found::Nothing,
+    }
+}
+
+/// What `set_config` changes, from what follows its name.
+fn set_config_bit(args: &[u8]) -> u64 {
+    let args = skip_noise(args);
+    match args.strip_prefix(b"(") {
+        Some(args) => literal_bit(skip_noise(args)),
+        // Not a call (a column named so?): assume the worst all the same.
+        None => ALL | SESSION,
+    }
+}
+
+/// What follows `SET`: `[SESSION] name {TO|=} ...` and the special forms.
+fn set_target(s: &[u8]) -> u64 {
+    if keyword(s, b"local").is_some()
+        || keyword(s, b"transaction").is_some()
+        || keyword(s, b"constraints").is_some()
+    {
+        // Undone by the end of the transaction.
+        return 0;
+    }
+    let s = match keyword(s, b"session") {
+        Some(rest) => {
+            let rest = skip_noise(rest);
+            if keyword(rest, b"authorization").is_some() {
+                return SESSION | bit("role");
+            }
+            if keyword(rest, b"characteristics").is_some() {
+                return ALL;
+            }
+            rest
+        }
+        None => s,
+    };
+    if keyword(s, b"schema").is_some() {
+        return bit("search_path");
+    }
+    // Reported, so carried by ParameterStatus.
+    if keyword(s, b"time").is_some() || keyword(s, b"names").is_some() {
+        return 0;
+    }
+    name_bit(s)
+}
+
+/// The bit of the parameter named at the start of `s` (identifier, maybe double-quoted).
+fn name_bit(s: &[u8]) -> u64 {
+    let name = if let Some(q) = s.strip_prefix(b"\"") {
+        match q.iter().position(|&b| b == b'"') {
+            Some(end) => &q[..end],
+            None => return ALL | SESSION,
+        }
+    } else {
+        let end = s
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'$'))
+            .unwrap_or(s.len());
+        &s[..end]
+    };
+    std::str::from_utf8(name).map(bit).unwrap_or(ALL | SESSION)
+}
+
+/// The bit of the parameter named by a string literal at the start of `s` (`set_config`).
+fn literal_bit(s: &[u8]) -> u64 {
+    let Some(q) = s.strip_prefix(b"'") else {
+        // A name that is not a plain literal (a parameter, an expression): assume the worst.
+        return ALL | SESSION;
+    };
+    match q.iter().position(|&b| b == b'\'') {
+        Some(end) => std::str::from_utf8(&q[..end])
+            .map(bit)
+            .unwrap_or(ALL | SESSION),
+        None => ALL | SESSION,
+    }
+}
+
+/// What changing the parameter `name` marks: its dirty bit when tracked and unreported,
+/// nothing when reported (ParameterStatus carries it), `SESSION` when untracked.
+fn bit(name: &str) -> u64 {
+    match params::index(name) {
+        Some(i) if i >= REPORTED => 1 << i,
+        Some(_) => 0,
+        None => SESSION,
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(sql: &str) -> u64 {
+        match classify(sql.as_bytes()) {
+            Found::Sets(m) => m,
+            other => panic!("{sql:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn finds_session_settings() {
+        let st = bit("statement_timeout");
+        assert_ne!(st, 0);
+        assert_eq!(sets("SET statement_timeout = 5\0"), st);
+        assert_eq!(sets("set Statement_Timeout to 5\0"), st);
+        assert_eq!(sets("  SET SESSION statement_timeout = 5\0"), st);
+        assert_eq!(sets("/* c */ set \"statement_timeout\" = 5\0"), st);
+        assert_eq!(sets("SET search_path = a, b\0"), bit("search_path"));
+        assert_eq!(sets("SET SCHEMA 'a'\0"), bit("search_path"));
+        assert_eq!(sets("RESET work_mem\0"), bit("work_mem"));
+        assert_eq!(sets("RESET ALL\0"), ALL | SESSION);
+        assert_eq!(sets("DISCARD ALL\0"), ALL | SESSION);
+        assert_eq!(
+            sets("SELECT set_config('search_path', 'x', false)\0"),
+            bit("search_path")
+        );
+        assert_eq!(
+            sets("select pg_catalog.set_config ( 'work_mem', '8MB', false)\0"),
+            bit("work_mem")
+        );
+        assert_eq!(sets("SELECT set_config($1, $2, false)\0"), ALL | SESSION);
+        // The quick SELECT test lets noise and line breaks through to the full check.
+        assert_eq!(
+            sets("SELECT\n  /* x */ set_config('work_mem', '8MB', false)\0"),
+            bit("work_mem")
+        );
+        assert_eq!(
+            sets("SELECT  PG_CATALOG.set_config('work_mem', '8MB', false)\0"),
+            bit("work_mem")
+        );
+        // More than one statement, or a cut text: everything is read back.
+        assert_eq!(sets("SET work_mem = 1; SET search_path = a\0"), ALL);
+        assert_eq!(sets("SET work_mem = 1\0"), bit("work_mem"));
+        assert_eq!(sets("SET work_mem = 1 ;  \0"), bit("work_mem"));
+        assert_eq!(sets("SET work_mem = 1"), ALL);
+        // Local or reported: nothing to read back; untracked: reset.
+        assert_eq!(sets("SET LOCAL statement_timeout = 5\0"), 0);
+        assert_eq!(sets("SET TRANSACTION READ ONLY\0"), 0);
+        assert_eq!(sets("SET TimeZone = 'UTC'\0"), 0);
+        assert_eq!(sets("SET TIME ZONE 'UTC'\0"), 0);
+        assert_eq!(sets("SET my.setting = 1\0"), SESSION);
+        assert_eq!(sets("SET enable_seqscan = off\0"), SESSION);
+        assert_eq!(sets("SET SESSION AUTHORIZATION x\0"), SESSION | bit("role"));
+        assert_eq!(sets("SET ROLE x\0"), bit("role"));
+        assert_eq!(ALL & ((1 << REPORTED) - 1), 0);
+    }
+
+    /// The repros of issue 15: state changed past the first word of a statement.
+    #[test]
+    fn finds_changes_anywhere_in_the_text() {
+        let sp = bit("search_path");
+        let has = |sql: &str, want: u64| {
+            let got = sets(sql);
+            assert_eq!(got & want, want, "{sql:?}: {got:#x}");
+        };
+        has("select 1; set search_path to x\0", sp);
+        has("create schema if not exists x; set search_path to x\0", sp);
+        has("select 1, set_config('search_path', 'x', false)\0", sp);
+        has(
+            "SELECT 1,\n  PG_CATALOG.SET_CONFIG('role', 'r', false)\0",
+            bit("role"),
+        );
+        has(
+            "do $$ begin perform set_config('search_path', 'x', false); end $$\0",
+            SESSION,
+        );
+        has(
+            "select 1;\n\tDO $x$ BEGIN EXECUTE 'SET app.x = 1'; END $x$\0",
+            SESSION,
+        );
+        has("select 1; set app.x = '1'\0", SESSION);
+        has(
+            "select 1; SET statement_timeout = 5\0",
+            bit("statement_timeout"),
+        );
+        has("set role r\0", bit("role"));
+        has("select 1; reset role\0", bit("role"));
+        has("CREATE TEMP TABLE t (a int)\0", SESSION);
+        has("create local temporary table t (a int)\0", SESSION);
+        has("select * into temp t from x\0", SESSION);
+        has("create table pg_temp.t (a int)\0", SESSION);
+        has("select pg_advisory_lock(1)\0", SESSION);
+        has("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)\0", SESSION);
+        has(
+            "select 1; declare c cursor with hold for select 1\0",
+            SESSION,
+        );
+        has(
+            "select U&\"\\0073et_config\"('role', 'r', false)\0",
+            SESSION,
+        );
+        has("select 1; discard temp\0", SESSION);
+        has("LOAD 'auto_explain'\0", CLOSE);
+        has("select 1; load 'auto_explain'\0", CLOSE);
+        // Wherever the text puts it against the 16-byte chunks of the scan.
+        for n in 0..40 {
+            let pad = "x".repeat(n);
+            has(&format!("select {pad}; set app.x = 1\0"), SESSION);
+            has(&format!("select {pad} from pg_advisory_lock(1)\0"), SESSION);
+            has(&format!("select {pad} into temp t\0"), SESSION);
+            has(
+                &format!("select '{pad}', set_config('role', 'r', false)\0"),
+                bit("role"),
+            );
+            has(&format!("select U&\"{pad}\"\0"), SESSION);
+        }
+        // Found past the first 256 bytes too.
+        let long = format!("select '{}'; set search_path to x\0", "a".repeat(5000));
+        has(&long, sp);
+        assert_eq!(classify(b"select 1; listen x\0"), Found::Listen);
+        assert_eq!(
+            classify(b"select 1; PREPARE p AS SELECT 1\0"),
+            Found::SqlPrepared
+        );
+        // Transaction-scoped: nothing to do.
+        assert_eq!(
+            classify(b"select pg_advisory_xact_lock(1)\0"),
+            Found::Nothing
+        );
+        assert_eq!(
+            classify(b"select 1; set local work_mem = '1MB'\0"),
+            Found::Sets(0)
+        );
+        // The no-op the pooler runs in place of a LISTEN sent with Parse.
+        let mut noop = LISTEN_NOOP.to_vec();
+        noop.push(0);
+        assert_eq!(classify(&noop), Found::Nothing);
+    }
+
+    #[test]
+    fn ignores_everything_else() {
+        for sql in [
+            "SELECT 1\0",
+            "select abalance from pgbench_accounts\0",
+            "SETTINGS\0",
+            "UPDATE t SET a = 1\0",
+            "INSERT INTO t VALUES (1)\0",
+            "PREPARE TRANSACTION 'x'\0",
+            "DELETE FROM t\0",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 52671;\0",
+            "select attempt, temperature, t.template from t_temp_x\0",
+            "select offset_settings from dataset\0",
+            "UPDATE t SET a = 1 WHERE b = 'x' RETURNING id;\0",
+            "",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
+        }
+        for sql in [
+            "PREPARE s AS SELECT 1\0",
+            "execute s\0",
+            "DEALLOCATE s\0",
+            "deallocate all\0",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
+        }
+    }
+}

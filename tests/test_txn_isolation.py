@@ -1,0 +1,276 @@
+"""No session state crosses clients in transaction mode (issue 15).
+
+Each test is one repro of the attack: a client leaves something on the pool's only server
+connection (a transaction pool of size 1, so every client runs on that one connection, in turn),
+then four other clients (psycopg, psycopg2, psql) must not see it. Tracked settings stay with the
+client that set them; everything else is reset before the connection serves anyone else.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import psycopg2
+import pytest
+
+from conftest import PgbayServer, find_pool, ok, provision, psql_ok, unique
+
+OTHERS = 4
+
+
+@pytest.fixture(scope="module")
+def svc(client):
+    s = provision(client, unique("iso"))
+    ok(client, client.create_dbaas_pg_database(service_name=s.name, database_name="app"))
+    ok(client, client.create_dbaas_postgres_user(service_name=s.name, username="appuser"))
+    with psycopg.connect(s.uri_for(dbname="app"), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS leak")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA leak TO appuser")
+        conn.execute("GRANT CREATE ON DATABASE app TO appuser")
+        # A role the pool's user may SET ROLE to (no superuser needed).
+        conn.execute("CREATE ROLE isorole NOLOGIN")
+        conn.execute("GRANT isorole TO appuser")
+    return s
+
+
+@pytest.fixture
+def pool_uri(client, svc):
+    name = unique("iso")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username="appuser"))
+    pool = find_pool(client.get_dbaas_service_pg(name=svc.name), name)
+    return pool["connection-uri"]
+
+
+def one(conn, sql):
+    return conn.execute(sql).fetchone()[0]
+
+
+def others_see(uri: str, sql: str) -> list[str]:
+    """What OTHERS fresh clients of the pool read with `sql` (one value each): psycopg (extended
+    protocol), psycopg2 (simple), psql, psycopg again. All run on the pool's one connection."""
+    seen = []
+    with psycopg.connect(uri, autocommit=True) as c:
+        seen.append(str(one(c, sql)))
+    c2 = psycopg2.connect(uri)
+    try:
+        c2.autocommit = True
+        with c2.cursor() as cur:
+            cur.execute(sql)
+            seen.append(str(cur.fetchone()[0]))
+    finally:
+        c2.close()
+    seen.append(psql_ok(uri, sql)[0])
+    with psycopg.connect(uri, autocommit=True) as c:
+        seen.append(str(one(c, sql)))
+    assert len(seen) == OTHERS
+    return seen
+
+
+def same_backend(uri: str, conn) -> None:
+    """The setter and a newcomer ran on the same server connection (the repro is real)."""
+    with psycopg.connect(uri, autocommit=True) as c:
+        assert one(c, "SELECT pg_backend_pid()") == one(conn, "SELECT pg_backend_pid()")
+
+
+def test_set_role_stays_with_its_client(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("SET ROLE isorole")
+        same_backend(pool_uri, a)
+        assert others_see(pool_uri, "SELECT current_user") == ["appuser"] * OTHERS
+        # Carried with its client, like the tracked settings.
+        assert one(a, "SELECT current_user") == "isorole"
+
+
+def test_set_config_role_in_a_select_list(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        assert one(a, "SELECT 1, set_config('role', 'isorole', false)") == 1
+        assert others_see(pool_uri, "SELECT current_user") == ["appuser"] * OTHERS
+
+
+def test_set_session_authorization(svc, client):
+    """Needs a superuser: tried on a pool of the service's admin user. When the admin is not a
+    superuser, PostgreSQL refuses it (42501) and there is nothing to leak."""
+    name = unique("isoadm")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username=svc.admin_user))
+    uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    with psycopg.connect(uri, autocommit=True) as a:
+        try:
+            with a.transaction():
+                a.execute("SET SESSION AUTHORIZATION appuser")
+                assert one(a, "SELECT session_user") == "appuser"
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the service's admin is not a superuser: SET SESSION AUTHORIZATION refused")
+        assert others_see(uri, "SELECT session_user") == [svc.admin_user] * OTHERS
+        # Not carried: it lasts until the end of the client's transaction (README).
+        assert one(a, "SELECT session_user") == svc.admin_user
+
+
+@pytest.mark.parametrize("setting, value", [("enable_seqscan", "off"), ("app.x", "leaked")])
+def test_untracked_settings_are_reset(pool_uri, setting, value):
+    # An unknown custom setting reads as NULL, or '' once some session defined it.
+    read = f"SELECT coalesce(nullif(current_setting('{setting}', true), ''), 'unset')"
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        default = one(a, read)
+        with a.transaction():
+            a.execute(f"SET {setting} = '{value}'")
+            assert one(a, read) == value
+        a.execute(f"SET {setting} = '{value}'")
+        assert others_see(pool_uri, read) == [default] * OTHERS
+        # Not carried: an untracked setting lasts until the end of the transaction (README).
+        assert one(a, read) == default
+
+
+@pytest.mark.parametrize("sql", [
+    "select 1; set search_path to leak",
+    "create schema if not exists leak; set search_path to leak",
+    "select 1, set_config('search_path', 'leak', false)",
+    "DO $$ BEGIN PERFORM set_config('search_path', 'leak', false); END $$",
+])
+def test_tracked_settings_set_past_the_first_word(pool_uri, sql):
+    with psycopg.connect(pool_uri, autocommit=True) as probe:
+        default = one(probe, "SHOW search_path")
+    # psycopg2 sends the text as it is (simple protocol), as the attack did.
+    a = psycopg2.connect(pool_uri)
+    try:
+        a.autocommit = True
+        with a.cursor() as cur:
+            cur.execute(sql)
+        assert others_see(pool_uri, "SHOW search_path") == [default] * OTHERS
+        with a.cursor() as cur:
+            cur.execute("SHOW search_path")
+            assert cur.fetchone()[0] == "leak"
+    finally:
+        a.close()
+
+
+def test_statement_timeout_does_not_cancel_other_clients(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("select 1; set statement_timeout = 1")
+        assert others_see(pool_uri, "SELECT 'ok' FROM pg_sleep(0.05)") == ["ok"] * OTHERS
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            a.execute("SELECT pg_sleep(0.05)")
+
+
+def test_temporary_tables_are_dropped(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("CREATE TEMP TABLE secret (v text)")
+        assert others_see(
+            pool_uri, "SELECT coalesce(to_regclass('pg_temp.secret')::text, 'none')"
+        ) == ["none"] * OTHERS
+
+
+def test_session_advisory_locks_are_released(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("SELECT pg_advisory_lock(4242)")
+        held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid = pg_backend_pid()")
+        assert others_see(pool_uri, held) == ["0"] * OTHERS
+
+
+def test_held_cursors_are_closed(pool_uri):
+    a = psycopg2.connect(pool_uri)
+    try:
+        a.autocommit = True
+        with a.cursor() as cur:
+            cur.execute("select 1; DECLARE leaky CURSOR WITH HOLD FOR SELECT 'secret'")
+        assert others_see(pool_uri, "SELECT count(*) FROM pg_cursors") == ["0"] * OTHERS
+    finally:
+        a.close()
+
+
+LISTENING = "SELECT count(*) FROM pg_listening_channels()"
+
+
+@pytest.mark.parametrize("sql", [
+    'LISTEN U&"ch\\0061n"',
+    "select 1; LISTEN chan",
+    "/* c */ LISTEN chan; select 1",
+])
+def test_listen_forms_never_reach_the_pooled_connection(pool_uri, sql):
+    # Simple protocol (psycopg2) and extended protocol (psycopg: Parse).
+    a = psycopg2.connect(pool_uri)
+    try:
+        a.autocommit = True
+        with a.cursor() as cur:
+            with pytest.raises(psycopg2.errors.FeatureNotSupported) as e:
+                cur.execute(sql)
+            assert "LISTEN/UNLISTEN must be alone" in str(e.value)
+            cur.execute("SELECT 7")
+            assert cur.fetchone()[0] == 7
+    finally:
+        a.close()
+    with psycopg.connect(pool_uri, autocommit=True) as b:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            b.execute(sql)
+        assert "LISTEN/UNLISTEN must be alone" in str(e.value)
+        assert one(b, "SELECT 7") == 7
+    assert others_see(pool_uri, LISTENING) == ["0"] * OTHERS
+
+
+def test_long_listen_channel_is_served_by_the_pooler(pool_uri):
+    channel = "c" * 100
+    for execute in ("simple", "extended"):
+        with psycopg.connect(pool_uri, autocommit=True) as a:
+            if execute == "simple":
+                a.pgconn.exec_(f"LISTEN {channel}".encode())
+            else:
+                a.execute(f"LISTEN {channel}")
+            assert others_see(pool_uri, LISTENING) == ["0"] * OTHERS
+            # PostgreSQL truncates the name to 63 bytes: so does the pooler.
+            with psycopg.connect(pool_uri, autocommit=True) as sender:
+                sender.execute(f"NOTIFY {'c' * 63}, 'hi {execute}'")
+            n = next(a.notifies(timeout=5.0, stop_after=1))
+            assert (n.channel, n.payload) == ("c" * 63, f"hi {execute}")
+
+
+@pytest.fixture(scope="module")
+def timeouts_server():
+    """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and
+    PGBAY_QUERY_WAIT_TIMEOUT=5 (env twins of the serve flags)."""
+    env = {"PGBAY_IDLE_TRANSACTION_TIMEOUT": "1", "PGBAY_QUERY_WAIT_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in env}
+    srv = PgbayServer("idletx")
+    try:
+        os.environ.update(env)
+        srv.start()
+    except BaseException:
+        srv.close()
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_idle_transaction_timeout_frees_the_pool(timeouts_server):
+    """A client idle in a transaction holds the pool's only connection: after the timeout it is
+    disconnected (FATAL 08P01, PgBouncer's message) and the next client is served."""
+    api = timeouts_server.client()
+    s = provision(api, unique("idletx"))
+    name = unique("idletx")
+    ok(api, api.create_dbaas_pg_connection_pool(
+        service_name=s.name, name=name, database_name="defaultdb", mode="transaction", size=1,
+        username=s.admin_user))
+    uri = find_pool(api.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
+    idle = psycopg.connect(uri)
+    try:
+        idle.execute("SELECT 1")  # psycopg opened a transaction: the client now holds the server
+        # Served, not refused by query_wait_timeout (5 s) as it would be if `idle` kept the server.
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as other:
+            assert one(other, "SELECT 5") == 5
+        with pytest.raises(psycopg.OperationalError) as e:
+            idle.execute("SELECT 1")
+        assert "idle transaction timeout" in str(e.value)
+    finally:
+        idle.close()

@@ -205,6 +205,15 @@ impl Pooler {
         self.inner.notify.used()
     }
 
+    /// The running service of that name.
+    fn service(&self, name: &str) -> Option<Arc<service::Service>> {
+        self.inner
+            .services
+            .lock()
+            .get(name)
+            .map(|r| r.service.clone())
+    }
+
     /// The address a service's listener is bound to (useful with port 0).
     pub fn local_addr(&self, service: &str) -> Option<SocketAddr> {
         self.inner
@@ -216,23 +225,13 @@ impl Pooler {
 
     /// Counters of one pool.
     pub fn pool_stats(&self, service: &str, pool: &str) -> Option<PoolStats> {
-        let svc = self
-            .inner
-            .services
-            .lock()
-            .get(service)
-            .map(|r| r.service.clone())?;
+        let svc = self.service(service)?;
         svc.pool(pool).map(|p| p.stats())
     }
 
     /// Cumulative counters of one pool (SHOW STATS_TOTALS).
     pub fn pool_totals(&self, service: &str, pool: &str) -> Option<PoolTotals> {
-        let svc = self
-            .inner
-            .services
-            .lock()
-            .get(service)
-            .map(|r| r.service.clone())?;
+        let svc = self.service(service)?;
         svc.pool(pool).map(|p| p.totals())
     }
 
@@ -265,12 +264,7 @@ impl Pooler {
 
     /// Connected clients of a service.
     pub fn client_count(&self, service: &str) -> Option<u32> {
-        let svc = self
-            .inner
-            .services
-            .lock()
-            .get(service)
-            .map(|r| r.service.clone())?;
+        let svc = self.service(service)?;
         Some(svc.clients.load(Ordering::Relaxed))
     }
 
@@ -290,12 +284,7 @@ impl Pooler {
 
     /// Sockets of a service's port that have not finished logging in.
     pub fn pending_logins(&self, service: &str) -> Option<u32> {
-        let svc = self
-            .inner
-            .services
-            .lock()
-            .get(service)
-            .map(|r| r.service.clone())?;
+        let svc = self.service(service)?;
         Some(svc.pending.count())
     }
 

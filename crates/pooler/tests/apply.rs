@@ -325,10 +325,9 @@ async fn min_pool_size_idle_timeout_and_lifetime() {
         .await
         .unwrap()
         .get(0);
-    eventually("the connection is back in the pool", || {
-        stats().sv_idle == 1
-    })
-    .await;
+    // Not `sv_idle == 1`: on a busy machine the connection may be retired before a poll sees it
+    // idle. Released (not active) holds from check-in on, whether or not it was retired yet.
+    eventually("the connection is released", || stats().sv_active == 0).await;
     eventually("old connection retired", || {
         let s = stats();
         s.sv_idle == 0 && s.sv_active == 0

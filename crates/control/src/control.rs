@@ -1,20 +1,21 @@
 //! `Control`: the control plane's handle, shared by the API and the binary. It owns the store, the
-//! secret box, the CA material and the local provisioner; it publishes the desired state after
-//! every committed change, resumes interrupted work at start, and supervises the clusters.
+//! secret box, the CA material and the local provisioner (from `pgbay_cluster`); it publishes the
+//! desired state after every committed change, resumes interrupted work at start, and supervises
+//! the clusters.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use pgbay_cluster::admin::{self, AdminTarget};
+use pgbay_cluster::{ClusterSpec, LocalProvisioner, ProvisionError, TlsMaterial};
 use tokio::sync::{watch, Mutex};
 
-use crate::admin::AdminTarget;
-use crate::ca::{self, TlsMaterial};
+use crate::ca;
 use crate::crypto::SecretBox;
 use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 use crate::error::ControlError;
-use crate::local::{ClusterSpec, LocalProvisioner, ProvisionError};
 use crate::model::{ServiceRecord, ServiceState, UserKind};
 use crate::operations::DataPlaneSlot;
 use crate::ports::PortRange;
@@ -42,9 +43,9 @@ pub struct ControlConfig {
     /// How long a mutation waits for an attached data plane (normally `APPLY_TIMEOUT`).
     pub apply_timeout: Duration,
     /// Adopt this server for new services instead of running local clusters.
-    pub external: Option<crate::external::ExternalServer>,
+    pub external: Option<pgbay_cluster::ExternalServer>,
     /// uids of the OS users made for services when pgbay runs as root (`--service-uid-range`).
-    pub service_uid_range: crate::os_users::UidRange,
+    pub service_uid_range: pgbay_cluster::os_users::UidRange,
 }
 
 /// The data dir may be traversed by the services' users (the clusters live below it) but not listed, and
@@ -79,7 +80,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) logs: crate::logs::Logs,
-    pub(crate) sizing: crate::sizing::Sizer,
+    pub(crate) sizing: pgbay_cluster::sizing::Sizer,
 }
 
 /// The control plane. Cheap to clone.
@@ -115,7 +116,7 @@ impl Control {
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
         let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
         restrict_files(&cfg.data_dir);
-        let sizing = crate::sizing::Sizer::new(&cfg.data_dir);
+        let sizing = pgbay_cluster::sizing::Sizer::new(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
         let (shutdown_tx, _) = watch::channel(false);
         let control = Control {
@@ -178,7 +179,7 @@ impl Control {
             return self.cluster_running(&s.name);
         }
         match self.admin_target(s).await {
-            Ok(t) => crate::admin::connect(&t, "postgres").await.is_ok(),
+            Ok(t) => admin::connect(&t, "postgres").await.is_ok(),
             Err(_) => false,
         }
     }
@@ -292,7 +293,7 @@ impl Control {
         Ok(Some(AdminTarget {
             host: self.backend_host(s),
             port: s.pg_port,
-            user: crate::admin::INTERNAL_ROLE.to_string(),
+            user: admin::INTERNAL_ROLE.to_string(),
             password: self.inner.secrets.open(&sealed)?,
         }))
     }
@@ -322,7 +323,7 @@ impl Control {
         let t = self.admin_target(s).await?;
         if s.external_host.is_some() {
             // An external server is not ours to start; check that it lets us in.
-            crate::admin::connect(&t, "postgres")
+            admin::connect(&t, "postgres")
                 .await
                 .map_err(|e| ControlError::internal(format!("external server: {e}")))?;
             return Ok(());
@@ -350,7 +351,7 @@ impl Control {
         let port = s.pg_port;
         let ip_filter = s.ip_filter.0.clone();
         let settings = crate::cluster_config::ClusterConfig::of(s).text();
-        let os_user = crate::os_users::name_for(&s.id);
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,

@@ -491,16 +491,16 @@ impl Control {
         };
         write(after.text()).await?;
         let t = self.admin_target(new).await?;
-        crate::admin::reload(&t)
+        pgbay_cluster::admin::reload(&t)
             .await
             .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
-        let errors = crate::admin::settings_file_errors(&t)
+        let errors = pgbay_cluster::admin::settings_file_errors(&t)
             .await
             .map_err(ControlError::internal)?;
         if let Some((setting, why)) = errors.first() {
             tracing::warn!(service = %new.name, changed = ?changed, "PostgreSQL refused a reloaded setting");
             write(before.text()).await?;
-            crate::admin::reload(&t)
+            pgbay_cluster::admin::reload(&t)
                 .await
                 .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
             return Err(InputError::new(
@@ -517,7 +517,7 @@ impl Control {
         let (n, f) = (s.name.clone(), s.ip_filter.0.clone());
         tokio::task::spawn_blocking(move || prov.write_hba(&n, &f)).await??;
         let t = self.admin_target(s).await?;
-        crate::admin::reload(&t)
+        pgbay_cluster::admin::reload(&t)
             .await
             .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))
     }

@@ -14,6 +14,6 @@ pub mod os_users;
 pub mod provision;
 pub mod sizing;
 
-pub use provision::external::ExternalServer;
+pub use provision::external::{ExternalProvisioner, ExternalServer};
 pub use provision::local::LocalProvisioner;
-pub use provision::{ClusterSpec, ProvisionError, TlsMaterial};
+pub use provision::{ClusterSpec, ProvisionError, Provisioner, TlsMaterial};

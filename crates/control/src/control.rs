@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use pgbay_cluster::admin::{self, AdminTarget};
-use pgbay_cluster::{ClusterSpec, LocalProvisioner, ProvisionError, TlsMaterial};
+use pgbay_cluster::{
+    ClusterSpec, ExternalProvisioner, LocalProvisioner, ProvisionError, Provisioner, TlsMaterial,
+};
 use tokio::sync::{watch, Mutex};
 
 use crate::ca;
@@ -175,8 +177,8 @@ impl Control {
     /// Whether the PostgreSQL server of `s` is up: its local cluster runs, or the external server
     /// accepts the admin login.
     pub async fn server_up(&self, s: &ServiceRecord) -> bool {
-        if s.external_host.is_none() {
-            return self.cluster_running(&s.name);
+        if let Some(running) = self.provisioner(s).running(&s.name) {
+            return running;
         }
         match self.admin_target(s).await {
             Ok(t) => admin::connect(&t, "postgres").await.is_ok(),
@@ -252,18 +254,19 @@ impl Control {
         Ok(generation)
     }
 
+    /// The provisioner of the server of `s`: the external server it was created on, or this
+    /// node's local clusters.
+    pub(crate) fn provisioner(&self, s: &ServiceRecord) -> Arc<dyn Provisioner> {
+        match &s.external_host {
+            Some(h) => Arc::new(ExternalProvisioner::new(h.clone())),
+            None => Arc::new(self.inner.prov.clone()),
+        }
+    }
+
     /// Where the pooler and admin sessions reach the server of `s`: the Unix-socket directory of a
     /// local cluster (its TCP port takes TLS only), or the external server's host.
     pub(crate) fn backend_host(&self, s: &ServiceRecord) -> String {
-        match &s.external_host {
-            Some(h) => h.clone(),
-            None => self
-                .inner
-                .prov
-                .socket_dir(s.pg_port)
-                .to_string_lossy()
-                .into_owned(),
-        }
+        self.provisioner(s).backend_host(s.pg_port)
     }
 
     /// The connection pgbay administers the server of `s` with: its internal superuser over the
@@ -284,7 +287,7 @@ impl Control {
         &self,
         s: &ServiceRecord,
     ) -> Result<Option<AdminTarget>, ControlError> {
-        if s.external_host.is_some() {
+        if !self.provisioner(s).runs_server() {
             return Ok(None);
         }
         let Some(sealed) = self.inner.store.internal_password(&s.name).await? else {
@@ -318,34 +321,25 @@ impl Control {
         })
     }
 
-    /// Starts (or adopts) the cluster of `s`, off the async runtime.
+    /// Starts (or adopts) the cluster of `s`, or checks that its external server lets pgbay in,
+    /// off the async runtime.
     pub(crate) async fn start_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
-        if s.external_host.is_some() {
-            // An external server is not ours to start; check that it lets us in.
-            admin::connect(&t, "postgres")
-                .await
-                .map_err(|e| ControlError::internal(format!("external server: {e}")))?;
-            return Ok(());
-        }
-        self.on_cluster(s, t, |prov, spec, tls| {
-            prov.ensure_initialized(spec)?;
-            prov.start(spec, tls)
-        })
-        .await
+        self.on_cluster(s, t, |prov, spec, tls| prov.bring_up(spec, tls))
+            .await
     }
 
-    /// Runs `work` on the provisioner, off the async runtime, with the cluster spec of `s` as
-    /// stored (bootstrap superuser `t`).
+    /// Runs `work` on the provisioner of `s`, off the async runtime, with the cluster spec of `s`
+    /// as stored (bootstrap superuser `t`).
     async fn on_cluster(
         &self,
         s: &ServiceRecord,
         t: AdminTarget,
-        work: impl FnOnce(&LocalProvisioner, &ClusterSpec<'_>, &TlsMaterial) -> Result<(), ProvisionError>
+        work: impl FnOnce(&dyn Provisioner, &ClusterSpec<'_>, &TlsMaterial) -> Result<(), ProvisionError>
             + Send
             + 'static,
     ) -> Result<(), ControlError> {
-        let prov = self.inner.prov.clone();
+        let prov = self.provisioner(s);
         let tls = self.inner.tls.clone();
         let name = s.name.clone();
         let port = s.pg_port;
@@ -362,13 +356,13 @@ impl Control {
                 ip_filter: &ip_filter,
                 settings: &settings,
             };
-            work(&prov, &spec, &tls)
+            work(prov.as_ref(), &spec, &tls)
         })
         .await??;
         Ok(())
     }
 
-    /// Restarts the local cluster of `s` with its configuration as stored in `s`.
+    /// Restarts the cluster of `s` with its configuration as stored in `s`.
     pub(crate) async fn restart_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
         self.on_cluster(s, t, |prov, spec, tls| prov.restart(spec, tls))

@@ -109,7 +109,7 @@ impl Control {
             };
             for s in services
                 .into_iter()
-                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
+                .filter(|s| s.state == ServiceState::Running && self.provisioner(s).runs_server())
             {
                 if *shutdown.borrow() {
                     return;
@@ -167,7 +167,7 @@ impl Control {
     /// superuser (initdb's bootstrap user). A cluster that exists without one was made by an
     /// older pgbay with the admin as its bootstrap superuser, and stays so.
     async fn ensure_internal_password(&self, s: &ServiceRecord) -> Result<(), ControlError> {
-        if s.external_host.is_some()
+        if !self.provisioner(s).runs_server()
             || self.inner.prov.is_initialized(&s.name)
             || self.inner.store.internal_password(&s.name).await?.is_some()
         {

@@ -290,7 +290,8 @@ impl Control {
         let (guard, mut s) = self.lock_existing(name).await?;
         let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
-        if s.external_host.is_some() {
+        let prov = self.provisioner(&s);
+        if !prov.runs_server() {
             Self::refuse_config_on_external(
                 update.pg_settings.is_some(),
                 update.work_mem.is_some(),
@@ -322,10 +323,10 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
-        if s.external_host.is_none() {
+        if prov.runs_server() {
             self.check_fits_plan(Some(&before), &s).await?;
         }
-        let local_running = s.state == ServiceState::Running && s.external_host.is_none();
+        let local_running = s.state == ServiceState::Running && prov.runs_server();
         let (changed, restart) = if local_running {
             use crate::cluster_config::ClusterConfig;
             ClusterConfig::of(&s).changes_from(&ClusterConfig::of(&before))

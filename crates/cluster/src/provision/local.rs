@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{io, ClusterSpec, ProvisionError, TlsMaterial};
+use super::{io, ClusterSpec, ProvisionError, Provisioner, TlsMaterial};
 use crate::os_users::{self, UidRange};
 
 /// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime
@@ -525,6 +525,34 @@ impl LocalProvisioner {
             }
         }
         Ok(())
+    }
+}
+
+impl Provisioner for LocalProvisioner {
+    fn runs_server(&self) -> bool {
+        true
+    }
+
+    /// The cluster's Unix-socket directory (its TCP port takes TLS only).
+    fn backend_host(&self, port: u16) -> String {
+        self.socket_dir(port).to_string_lossy().into_owned()
+    }
+
+    fn running(&self, name: &str) -> Option<bool> {
+        Some(self.running_pid(name).is_some())
+    }
+
+    fn log_path(&self, name: &str) -> Option<PathBuf> {
+        Some(LocalProvisioner::log_path(self, name))
+    }
+
+    fn bring_up(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        self.ensure_initialized(spec)?;
+        self.start(spec, tls)
+    }
+
+    fn restart(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        LocalProvisioner::restart(self, spec, tls)
     }
 }
 

@@ -6,6 +6,39 @@
 pub mod external;
 pub mod local;
 
+use std::path::PathBuf;
+
+/// What runs a service's PostgreSQL server: a cluster pgbay makes and runs on this machine
+/// ([`local::LocalProvisioner`]), or a server the operator runs that pgbay adopts
+/// ([`external::ExternalProvisioner`]). The control plane picks one per service and asks it, never
+/// which kind it is, how to reach, start, restart or watch the server.
+///
+/// Methods block (they run PostgreSQL's programs or wait for a login): call them off the async
+/// runtime (`spawn_blocking`), except the cheap ones said so.
+pub trait Provisioner: Send + Sync + std::fmt::Debug {
+    /// Whether pgbay runs the server itself: then it makes it with its own internal superuser,
+    /// writes its configuration (so the plan's memory bounds it), restarts and supervises it. An
+    /// adopted server stays as the operator configured it. Cheap.
+    fn runs_server(&self) -> bool;
+
+    /// Where the pooler and admin sessions reach the server listening on `port`. Cheap.
+    fn backend_host(&self, port: u16) -> String;
+
+    /// Whether the server of service `name` is running, when that shows without logging in
+    /// (`None`: only a login tells). Cheap.
+    fn running(&self, name: &str) -> Option<bool>;
+
+    /// The server's log file, when pgbay can read it. Cheap.
+    fn log_path(&self, name: &str) -> Option<PathBuf>;
+
+    /// Brings the server of `spec` up: makes (once) and starts, or adopts, a local cluster; checks
+    /// that an external server lets `spec.superuser` in. Blocking.
+    fn bring_up(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError>;
+
+    /// Restarts the server of `spec` with its configuration as given. Blocking.
+    fn restart(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError>;
+}
+
 /// PEM material handed to the data plane and the clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsMaterial {
@@ -39,6 +72,12 @@ pub enum ProvisionError {
     /// The service's OS user could not be made, found or removed.
     #[error(transparent)]
     OsUser(#[from] crate::os_users::OsUserError),
+    /// An external server refused pgbay's admin login, or could not be reached.
+    #[error("external server: {0}")]
+    External(#[from] crate::admin::AdminError),
+    /// The operation is not pgbay's to do on this server (e.g. restarting an adopted one).
+    #[error("{0} is not pgbay's to do on an external server")]
+    NotManaged(&'static str),
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError {

@@ -9,12 +9,14 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use pgbay_cluster::files::{write_private, write_public};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
 
-use crate::files::{write_private, write_public};
+/// The PEM material the CA issues, as the clusters take it.
+pub use pgbay_cluster::TlsMaterial;
 
 /// CA or certificate failure.
 #[derive(Debug, thiserror::Error)]
@@ -30,17 +32,6 @@ pub enum CaError {
     /// rcgen refused.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
-}
-
-/// PEM material handed to the data plane and the clusters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsMaterial {
-    /// The CA certificate.
-    pub ca_pem: String,
-    /// Server certificate, SAN = public host, localhost, 127.0.0.1.
-    pub server_cert_pem: String,
-    /// Server private key (PKCS#8).
-    pub server_key_pem: String,
 }
 
 fn ca_params() -> CertificateParams {

@@ -1,20 +1,23 @@
 //! `Control`: the control plane's handle, shared by the API and the binary. It owns the store, the
-//! secret box, the CA material and the local provisioner; it publishes the desired state after
-//! every committed change, resumes interrupted work at start, and supervises the clusters.
+//! secret box, the CA material and the local provisioner (from `pgbay_cluster`); it publishes the
+//! desired state after every committed change, resumes interrupted work at start, and supervises
+//! the clusters.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use pgbay_cluster::admin::{self, AdminTarget};
+use pgbay_cluster::{
+    ClusterSpec, ExternalProvisioner, LocalProvisioner, ProvisionError, Provisioner, TlsMaterial,
+};
 use tokio::sync::{watch, Mutex};
 
-use crate::admin::AdminTarget;
-use crate::ca::{self, TlsMaterial};
+use crate::ca;
 use crate::crypto::SecretBox;
 use crate::desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 use crate::error::ControlError;
-use crate::local::{ClusterSpec, LocalProvisioner, ProvisionError};
 use crate::model::{ServiceRecord, ServiceState, UserKind};
 use crate::operations::DataPlaneSlot;
 use crate::ports::PortRange;
@@ -42,9 +45,9 @@ pub struct ControlConfig {
     /// How long a mutation waits for an attached data plane (normally `APPLY_TIMEOUT`).
     pub apply_timeout: Duration,
     /// Adopt this server for new services instead of running local clusters.
-    pub external: Option<crate::external::ExternalServer>,
+    pub external: Option<pgbay_cluster::ExternalServer>,
     /// uids of the OS users made for services when pgbay runs as root (`--service-uid-range`).
-    pub service_uid_range: crate::os_users::UidRange,
+    pub service_uid_range: pgbay_cluster::os_users::UidRange,
 }
 
 /// The data dir may be traversed by the services' users (the clusters live below it) but not listed, and
@@ -79,7 +82,7 @@ pub(crate) struct Inner {
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) logs: crate::logs::Logs,
-    pub(crate) sizing: crate::sizing::Sizer,
+    pub(crate) sizing: pgbay_cluster::sizing::Sizer,
 }
 
 /// The control plane. Cheap to clone.
@@ -115,7 +118,7 @@ impl Control {
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
         let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
         restrict_files(&cfg.data_dir);
-        let sizing = crate::sizing::Sizer::new(&cfg.data_dir);
+        let sizing = pgbay_cluster::sizing::Sizer::new(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
         let (shutdown_tx, _) = watch::channel(false);
         let control = Control {
@@ -174,11 +177,11 @@ impl Control {
     /// Whether the PostgreSQL server of `s` is up: its local cluster runs, or the external server
     /// accepts the admin login.
     pub async fn server_up(&self, s: &ServiceRecord) -> bool {
-        if s.external_host.is_none() {
-            return self.cluster_running(&s.name);
+        if let Some(running) = self.provisioner(s).running(&s.name) {
+            return running;
         }
         match self.admin_target(s).await {
-            Ok(t) => crate::admin::connect(&t, "postgres").await.is_ok(),
+            Ok(t) => admin::connect(&t, "postgres").await.is_ok(),
             Err(_) => false,
         }
     }
@@ -251,18 +254,19 @@ impl Control {
         Ok(generation)
     }
 
+    /// The provisioner of the server of `s`: the external server it was created on, or this
+    /// node's local clusters.
+    pub(crate) fn provisioner(&self, s: &ServiceRecord) -> Arc<dyn Provisioner> {
+        match &s.external_host {
+            Some(h) => Arc::new(ExternalProvisioner::new(h.clone())),
+            None => Arc::new(self.inner.prov.clone()),
+        }
+    }
+
     /// Where the pooler and admin sessions reach the server of `s`: the Unix-socket directory of a
     /// local cluster (its TCP port takes TLS only), or the external server's host.
     pub(crate) fn backend_host(&self, s: &ServiceRecord) -> String {
-        match &s.external_host {
-            Some(h) => h.clone(),
-            None => self
-                .inner
-                .prov
-                .socket_dir(s.pg_port)
-                .to_string_lossy()
-                .into_owned(),
-        }
+        self.provisioner(s).backend_host(s.pg_port)
     }
 
     /// The connection pgbay administers the server of `s` with: its internal superuser over the
@@ -283,7 +287,7 @@ impl Control {
         &self,
         s: &ServiceRecord,
     ) -> Result<Option<AdminTarget>, ControlError> {
-        if s.external_host.is_some() {
+        if !self.provisioner(s).runs_server() {
             return Ok(None);
         }
         let Some(sealed) = self.inner.store.internal_password(&s.name).await? else {
@@ -292,7 +296,7 @@ impl Control {
         Ok(Some(AdminTarget {
             host: self.backend_host(s),
             port: s.pg_port,
-            user: crate::admin::INTERNAL_ROLE.to_string(),
+            user: admin::INTERNAL_ROLE.to_string(),
             password: self.inner.secrets.open(&sealed)?,
         }))
     }
@@ -317,40 +321,31 @@ impl Control {
         })
     }
 
-    /// Starts (or adopts) the cluster of `s`, off the async runtime.
+    /// Starts (or adopts) the cluster of `s`, or checks that its external server lets pgbay in,
+    /// off the async runtime.
     pub(crate) async fn start_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
-        if s.external_host.is_some() {
-            // An external server is not ours to start; check that it lets us in.
-            crate::admin::connect(&t, "postgres")
-                .await
-                .map_err(|e| ControlError::internal(format!("external server: {e}")))?;
-            return Ok(());
-        }
-        self.on_cluster(s, t, |prov, spec, tls| {
-            prov.ensure_initialized(spec)?;
-            prov.start(spec, tls)
-        })
-        .await
+        self.on_cluster(s, t, |prov, spec, tls| prov.bring_up(spec, tls))
+            .await
     }
 
-    /// Runs `work` on the provisioner, off the async runtime, with the cluster spec of `s` as
-    /// stored (bootstrap superuser `t`).
+    /// Runs `work` on the provisioner of `s`, off the async runtime, with the cluster spec of `s`
+    /// as stored (bootstrap superuser `t`).
     async fn on_cluster(
         &self,
         s: &ServiceRecord,
         t: AdminTarget,
-        work: impl FnOnce(&LocalProvisioner, &ClusterSpec<'_>, &TlsMaterial) -> Result<(), ProvisionError>
+        work: impl FnOnce(&dyn Provisioner, &ClusterSpec<'_>, &TlsMaterial) -> Result<(), ProvisionError>
             + Send
             + 'static,
     ) -> Result<(), ControlError> {
-        let prov = self.inner.prov.clone();
+        let prov = self.provisioner(s);
         let tls = self.inner.tls.clone();
         let name = s.name.clone();
         let port = s.pg_port;
         let ip_filter = s.ip_filter.0.clone();
         let settings = crate::cluster_config::ClusterConfig::of(s).text();
-        let os_user = crate::os_users::name_for(&s.id);
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,
@@ -361,13 +356,13 @@ impl Control {
                 ip_filter: &ip_filter,
                 settings: &settings,
             };
-            work(&prov, &spec, &tls)
+            work(prov.as_ref(), &spec, &tls)
         })
         .await??;
         Ok(())
     }
 
-    /// Restarts the local cluster of `s` with its configuration as stored in `s`.
+    /// Restarts the cluster of `s` with its configuration as stored in `s`.
     pub(crate) async fn restart_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
         self.on_cluster(s, t, |prov, spec, tls| prov.restart(spec, tls))

@@ -6,8 +6,7 @@ use std::path::Path;
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use base64::Engine;
-
-use crate::files::write_private;
+use pgbay_cluster::files::write_private;
 
 /// Failure to load the key or to open a sealed value.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,9 @@
 //! The control plane's error: one variant per answer the API gives (400, 404, 409, 500), so the
 //! HTTP mapping lives in one place and internal details stay out of client messages.
 
+use pgbay_cluster::admin::AdminError;
 use tokio_postgres::error::SqlState;
 
-use crate::admin::AdminError;
 use crate::input::InputError;
 
 /// Why a control-plane call failed.
@@ -72,7 +72,7 @@ macro_rules! internal_from {
 internal_from!(
     crate::store::StoreError,
     crate::crypto::CryptoError,
-    crate::local::ProvisionError,
+    pgbay_cluster::ProvisionError,
     crate::ca::CaError,
     sqlx::Error,
     tokio::task::JoinError

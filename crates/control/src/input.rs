@@ -201,7 +201,7 @@ impl Username {
                 "names starting with `pg_` are reserved",
             ));
         }
-        if s == crate::admin::INTERNAL_ROLE {
+        if s == pgbay_cluster::admin::INTERNAL_ROLE {
             return Err(InputError::new(field, "`pgbay_internal` is reserved"));
         }
         Ok(Username(s.to_string()))
@@ -302,7 +302,7 @@ impl AdminUsername {
                 "names starting with `pg_` are reserved",
             ));
         }
-        if s == crate::admin::INTERNAL_ROLE {
+        if s == pgbay_cluster::admin::INTERNAL_ROLE {
             return Err(InputError::new(field, "`pgbay_internal` is reserved"));
         }
         Ok(AdminUsername(s.to_string()))

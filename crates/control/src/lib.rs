@@ -1,6 +1,8 @@
 //! pgbay's control plane: the model of services, databases, users, pools and operations; their
-//! durable store; the provisioner that runs a real PostgreSQL cluster per service; and the desired
-//! state it publishes for the data plane.
+//! durable store; the desired state it publishes for the data plane; and the decisions about each
+//! service's PostgreSQL server, which `pgbay-cluster` carries out (provisioners, admin SQL, OS
+//! users). The modules of `pgbay-cluster` that the API, the binary and the tests name are
+//! re-exported here under their old paths (`admin`, `external`, `local`, `os_users`).
 //!
 //! The API calls [`Control`]'s methods with typed commands ([`commands`], built from the validated
 //! newtypes of [`input`]) and gets records back ([`model`]); no JSON crosses that boundary except
@@ -20,7 +22,6 @@
 //! them, then end `success`, or `failure`/`unavailable` with the pooler's reason for a failed
 //! service or after `APPLY_TIMEOUT` without a report (see [`ApplyOutcome`] and `operations.rs`).
 
-pub mod admin;
 pub mod ca;
 mod cluster_config;
 pub mod commands;
@@ -28,18 +29,14 @@ mod control;
 pub mod crypto;
 pub mod desired;
 mod error;
-pub mod external;
-mod files;
 pub mod input;
 mod lifecycle;
-pub mod local;
 pub mod logs;
 mod maintenance;
 pub mod metrics;
 pub mod model;
 mod objects;
 mod operations;
-pub mod os_users;
 pub mod pg_settings;
 pub mod pgbouncer;
 pub mod plans;
@@ -55,13 +52,14 @@ pub use commands::{
 pub use control::{Control, ControlConfig, APPLY_TIMEOUT};
 pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
-pub use external::ExternalServer;
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
+pub use pgbay_cluster::provision::{external, local};
+pub use pgbay_cluster::{admin, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};

@@ -58,7 +58,7 @@ impl Control {
         let users = self.inner.store.users(&s.name).await?;
         if self.internal_target(s).await?.is_some() {
             self.ensure_managed_admin(s, &t).await?;
-        } else if let Err(e) = crate::admin::connect(&t, "postgres").await {
+        } else if let Err(e) = pgbay_cluster::admin::connect(&t, "postgres").await {
             if e.code() != Some(&SqlState::INVALID_PASSWORD) {
                 return Err(ControlError::internal(e));
             }
@@ -67,24 +67,24 @@ impl Control {
                 .find(|u| u.kind == UserKind::Primary)
                 .and_then(|u| u.pending_password_enc.as_deref())
                 .ok_or_else(|| ControlError::internal("admin password rejected"))?;
-            let via_pending = crate::admin::AdminTarget {
+            let via_pending = pgbay_cluster::admin::AdminTarget {
                 password: self.inner.secrets.open(pending)?,
                 ..t.clone()
             };
             tracing::warn!(service = %s.name, "admin password reset was interrupted; restoring the committed one");
-            crate::admin::set_password(&via_pending, &t.user, &t.password)
+            pgbay_cluster::admin::set_password(&via_pending, &t.user, &t.password)
                 .await
                 .map_err(ControlError::internal)?;
         }
         for db in self.inner.store.databases(&s.name).await? {
-            crate::admin::create_database(&t, &db, &s.admin_username, None, None)
+            pgbay_cluster::admin::create_database(&t, &db, &s.admin_username, None, None)
                 .await
                 .map_err(ControlError::internal)?;
         }
         for u in users {
             if u.kind == UserKind::Normal {
                 let pw = self.inner.secrets.open(&u.password_enc)?;
-                crate::admin::upsert_role(&t, &u.name, &pw, u.allow_replication)
+                pgbay_cluster::admin::upsert_role(&t, &u.name, &pw, u.allow_replication)
                     .await
                     .map_err(ControlError::internal)?;
             }
@@ -109,7 +109,7 @@ impl Control {
             };
             for s in services
                 .into_iter()
-                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
+                .filter(|s| s.state == ServiceState::Running && self.provisioner(s).runs_server())
             {
                 if *shutdown.borrow() {
                     return;
@@ -155,10 +155,10 @@ impl Control {
     async fn ensure_managed_admin(
         &self,
         s: &ServiceRecord,
-        t: &crate::admin::AdminTarget,
+        t: &pgbay_cluster::admin::AdminTarget,
     ) -> Result<(), ControlError> {
         let admin = self.primary_target(s).await?;
-        crate::admin::ensure_managed_admin(t, &admin.user, &admin.password)
+        pgbay_cluster::admin::ensure_managed_admin(t, &admin.user, &admin.password)
             .await
             .map_err(|e| ControlError::from_admin(e, "making the admin user"))
     }
@@ -167,7 +167,7 @@ impl Control {
     /// superuser (initdb's bootstrap user). A cluster that exists without one was made by an
     /// older pgbay with the admin as its bootstrap superuser, and stays so.
     async fn ensure_internal_password(&self, s: &ServiceRecord) -> Result<(), ControlError> {
-        if s.external_host.is_some()
+        if !self.provisioner(s).runs_server()
             || self.inner.prov.is_initialized(&s.name)
             || self.inner.store.internal_password(&s.name).await?.is_some()
         {
@@ -195,7 +195,7 @@ impl Control {
         if self.internal_target(&s).await?.is_some() {
             self.ensure_managed_admin(&s, &t).await?;
         }
-        crate::admin::create_database(&t, DEFAULT_DATABASE, &s.admin_username, None, None)
+        pgbay_cluster::admin::create_database(&t, DEFAULT_DATABASE, &s.admin_username, None, None)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
         s.state = ServiceState::Running;

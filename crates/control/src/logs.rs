@@ -421,10 +421,7 @@ impl Control {
         let source = locked(&self.inner.logs.pooler).clone();
         let pooler = source.map(|p| p.lines(&s.name)).unwrap_or_default();
         // pgbay cannot read an external server's log; its pooler lines are still there.
-        let path = s
-            .external_host
-            .is_none()
-            .then(|| self.inner.prov.log_path(&s.name));
+        let path = self.provisioner(&s).log_path(&s.name);
         let found = tokio::task::spawn_blocking(move || {
             let postgresql = match path {
                 Some(path) => {

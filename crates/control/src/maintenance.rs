@@ -102,14 +102,14 @@ impl Control {
         let started = std::time::Instant::now();
         let dbs = self.inner.store.databases(&s.name).await?;
         for db in &dbs {
-            let c = crate::admin::connect(&t, db)
+            let c = pgbay_cluster::admin::connect(&t, db)
                 .await
                 .map_err(|e| ControlError::internal(format!("connecting to {db}: {e}")))?;
             c.batch_execute("VACUUM (ANALYZE)")
                 .await
                 .map_err(|e| ControlError::internal(format!("VACUUM (ANALYZE) of {db}: {e}")))?;
         }
-        let c = crate::admin::connect(&t, "postgres")
+        let c = pgbay_cluster::admin::connect(&t, "postgres")
             .await
             .map_err(ControlError::internal)?;
         let row = c

@@ -207,7 +207,7 @@ impl Control {
 
     async fn sample_one(&self, s: &crate::model::ServiceRecord) -> Result<(), String> {
         let t = self.admin_target(s).await.map_err(|e| e.to_string())?;
-        let c = crate::admin::connect(&t, "postgres")
+        let c = pgbay_cluster::admin::connect(&t, "postgres")
             .await
             .map_err(|e| e.to_string())?;
         let row = tokio::time::timeout(

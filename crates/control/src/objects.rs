@@ -3,7 +3,8 @@
 //! in one transaction: `success` at once for databases, `pending` until the pooler answered for
 //! users and pools (see `operations`). A refused call changes neither the store nor the server.
 
-use crate::admin;
+use pgbay_cluster::admin;
+
 use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
 use crate::control::Control;
 use crate::error::ControlError;

@@ -290,7 +290,8 @@ impl Control {
         let (guard, mut s) = self.lock_existing(name).await?;
         let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
-        if s.external_host.is_some() {
+        let prov = self.provisioner(&s);
+        if !prov.runs_server() {
             Self::refuse_config_on_external(
                 update.pg_settings.is_some(),
                 update.work_mem.is_some(),
@@ -322,10 +323,10 @@ impl Control {
             s.termination_protection = p;
         }
         s.updated_at = Utc::now();
-        if s.external_host.is_none() {
+        if prov.runs_server() {
             self.check_fits_plan(Some(&before), &s).await?;
         }
-        let local_running = s.state == ServiceState::Running && s.external_host.is_none();
+        let local_running = s.state == ServiceState::Running && prov.runs_server();
         let (changed, restart) = if local_running {
             use crate::cluster_config::ClusterConfig;
             ClusterConfig::of(&s).changes_from(&ClusterConfig::of(&before))
@@ -491,16 +492,16 @@ impl Control {
         };
         write(after.text()).await?;
         let t = self.admin_target(new).await?;
-        crate::admin::reload(&t)
+        pgbay_cluster::admin::reload(&t)
             .await
             .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
-        let errors = crate::admin::settings_file_errors(&t)
+        let errors = pgbay_cluster::admin::settings_file_errors(&t)
             .await
             .map_err(ControlError::internal)?;
         if let Some((setting, why)) = errors.first() {
             tracing::warn!(service = %new.name, changed = ?changed, "PostgreSQL refused a reloaded setting");
             write(before.text()).await?;
-            crate::admin::reload(&t)
+            pgbay_cluster::admin::reload(&t)
                 .await
                 .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
             return Err(InputError::new(
@@ -517,7 +518,7 @@ impl Control {
         let (n, f) = (s.name.clone(), s.ip_filter.0.clone());
         tokio::task::spawn_blocking(move || prov.write_hba(&n, &f)).await??;
         let t = self.admin_target(s).await?;
-        crate::admin::reload(&t)
+        pgbay_cluster::admin::reload(&t)
             .await
             .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))
     }

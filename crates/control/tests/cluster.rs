@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pgbay_control::admin::{self, AdminTarget};
+use pgbay_cluster::admin::{self, AdminTarget};
+use pgbay_cluster::provision::local::{default_bin_dir, LocalProvisioner};
+use pgbay_cluster::ClusterSpec;
 use pgbay_control::input::{
     AdminUsername, DatabaseName, Plan, PoolMode, PoolName, PoolSize, ServiceName, Username,
 };
-use pgbay_control::local::{default_bin_dir, ClusterSpec, LocalProvisioner};
 use pgbay_control::{
     ca, Control, ControlConfig, NewDatabase, NewPool, NewService, NewUser, OpState,
     OperationRecord, PoolUpdate, PortRange,
@@ -27,7 +28,7 @@ fn free_port() -> u16 {
 
 /// A fresh service OS user name (made when the test runs as root, removed with the cluster).
 fn test_os_user() -> String {
-    pgbay_control::os_users::name_for(&uuid::Uuid::new_v4())
+    pgbay_cluster::os_users::name_for(&uuid::Uuid::new_v4())
 }
 
 /// Stops and removes the cluster of `name` (and its OS user) when dropped.

@@ -12,68 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::ca::TlsMaterial;
-use crate::os_users::{self, OsUserError, UidRange};
-
-/// A cluster operation that failed; internal for the API (logged, not shown).
-#[derive(Debug, thiserror::Error)]
-pub enum ProvisionError {
-    /// File system work around the cluster failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// A PostgreSQL program failed.
-    #[error("{program} failed: {output}")]
-    Program {
-        /// Program name.
-        program: String,
-        /// Its output.
-        output: String,
-    },
-    /// The service's OS user could not be made, found or removed.
-    #[error(transparent)]
-    OsUser(#[from] OsUserError),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError {
-    let what = what.into();
-    move |source| ProvisionError::Io { what, source }
-}
-
-/// What a cluster needs to be created or started. Its `Debug` leaves the password out.
-#[derive(Clone)]
-pub struct ClusterSpec<'a> {
-    /// Service name (directory name).
-    pub name: &'a str,
-    /// Port to listen on.
-    pub port: u16,
-    /// The bootstrap superuser initdb makes: pgbay's internal role (`admin::INTERNAL_ROLE`) on
-    /// clusters made since the tenant's admin stopped being a superuser.
-    pub superuser: &'a str,
-    /// Its password.
-    pub superuser_password: &'a str,
-    /// The OS user the cluster runs as when pgbay is root (`os_users::name_for`).
-    pub os_user: &'a str,
-    /// Client networks allowed to connect (the service's ip-filter).
-    pub ip_filter: &'a [ipnet::IpNet],
-    /// Text of `pgbay-settings.conf` (plan-derived settings and pg-settings; see `cluster_config`).
-    pub settings: &'a str,
-}
-
-impl std::fmt::Debug for ClusterSpec<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSpec")
-            .field("name", &self.name)
-            .field("port", &self.port)
-            .field("superuser", &self.superuser)
-            .field("os_user", &self.os_user)
-            .finish_non_exhaustive()
-    }
-}
+use super::{io, ClusterSpec, ProvisionError, Provisioner, TlsMaterial};
+use crate::os_users::{self, UidRange};
 
 /// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime
 /// settings, then the service's settings (which therefore win).
@@ -585,6 +525,34 @@ impl LocalProvisioner {
             }
         }
         Ok(())
+    }
+}
+
+impl Provisioner for LocalProvisioner {
+    fn runs_server(&self) -> bool {
+        true
+    }
+
+    /// The cluster's Unix-socket directory (its TCP port takes TLS only).
+    fn backend_host(&self, port: u16) -> String {
+        self.socket_dir(port).to_string_lossy().into_owned()
+    }
+
+    fn running(&self, name: &str) -> Option<bool> {
+        Some(self.running_pid(name).is_some())
+    }
+
+    fn log_path(&self, name: &str) -> Option<PathBuf> {
+        Some(LocalProvisioner::log_path(self, name))
+    }
+
+    fn bring_up(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        self.ensure_initialized(spec)?;
+        self.start(spec, tls)
+    }
+
+    fn restart(&self, spec: &ClusterSpec<'_>, tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        LocalProvisioner::restart(self, spec, tls)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Small file helpers shared by the key, CA and credential files: secrets are written with mode
-//! 0600 from the start (never world-readable, not even for an instant) and replaced atomically.
+//! Small file helpers shared by the key, CA and credential files (control's `crypto.rs` and
+//! `ca.rs`): secrets are written with mode 0600 from the start (never world-readable, not even for
+//! an instant) and replaced atomically.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -3,8 +3,10 @@
 //! two services would share its namespaces); pgbay creates that service's databases and users on
 //! it, serves its pools, and leaves the server running and untouched when the service is deleted.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::{ClusterSpec, ProvisionError, Provisioner, TlsMaterial};
 use crate::admin::{self, AdminTarget};
 
 /// An external server and the superuser (or CREATEROLE + CREATEDB user) pgbay administers it as.
@@ -81,6 +83,56 @@ impl ExternalServer {
             .await?;
         let major: i32 = row.get(0);
         Ok(major.to_string())
+    }
+}
+
+/// The provisioner of a service backed by an external server at `host`: it reaches the server,
+/// never starts, configures or supervises it.
+#[derive(Debug, Clone)]
+pub struct ExternalProvisioner {
+    host: String,
+}
+
+impl ExternalProvisioner {
+    /// The provisioner of a service whose server listens on `host`.
+    pub fn new(host: String) -> Self {
+        ExternalProvisioner { host }
+    }
+}
+
+impl Provisioner for ExternalProvisioner {
+    fn runs_server(&self) -> bool {
+        false
+    }
+
+    fn backend_host(&self, _port: u16) -> String {
+        self.host.clone()
+    }
+
+    fn running(&self, _name: &str) -> Option<bool> {
+        None
+    }
+
+    /// pgbay cannot read an external server's log.
+    fn log_path(&self, _name: &str) -> Option<PathBuf> {
+        None
+    }
+
+    /// An external server is not ours to start; check that it lets us in.
+    fn bring_up(&self, spec: &ClusterSpec<'_>, _tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        let t = AdminTarget {
+            host: self.host.clone(),
+            port: spec.port,
+            user: spec.superuser.to_string(),
+            password: spec.superuser_password.to_string(),
+        };
+        // Called off the runtime (see `Provisioner`), where a runtime handle can block.
+        tokio::runtime::Handle::current().block_on(admin::connect(&t, "postgres"))?;
+        Ok(())
+    }
+
+    fn restart(&self, _spec: &ClusterSpec<'_>, _tls: &TlsMaterial) -> Result<(), ProvisionError> {
+        Err(ProvisionError::NotManaged("restarting the server"))
     }
 }
 

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -123,6 +124,32 @@ def port_accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def connect_many(port: int, count: int, timeout: float, bound: float = 60.0):
+    """Opens up to `count` TCP connections to 127.0.0.1:`port` (each connect bounded by
+    `timeout`), yielding each as it is connected. A refused or timed-out connect is skipped, and
+    opening stops after `bound` seconds: a server that stops accepting makes connects time out.
+    The caller closes what it got."""
+    deadline = time.monotonic() + bound
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            return
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            continue
+        yield s
+
+
+def raise_own_nofile(need: int) -> None:
+    """Lets this process open `need` descriptors (for the flood tests), or skips the test when
+    the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"this test needs {need} descriptors, the hard limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
 # --------------------------------------------------------------------------------------------
 # The pgbay server process
 
@@ -130,12 +157,19 @@ def port_accepts(port: int) -> bool:
 class PgbayServer:
     """One `pgbay serve` process on its own data dir, API port and port window.
 
-    `start()` may be called again after `kill9()` or `stop()`: the new process reuses the data dir
-    and the port window (a restart), on a fresh API port. `close()` stops the process and kills
-    any PostgreSQL cluster left running under the data dir.
+    `env` is added to the environment pgbay starts with (the `PGBAY_*` env twins of its flags),
+    without touching this process's own. `nofile` starts it under `prlimit --nofile=N:N`, which
+    execs pgbay: `proc.pid` stays pgbay's own pid.
+
+    `start()` may be called again after `kill9()` or `stop()`: the new process reuses the data dir,
+    the port window, `env` and `nofile` (a restart), on a fresh API port. `close()` stops the
+    process and kills any PostgreSQL cluster left running under the data dir. As a context
+    manager, the server is started on entry (closed again if it does not come up) and closed on
+    exit.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, env: dict[str, str] | None = None,
+                 nofile: int | None = None) -> None:
         # The clusters run as their services' OS users when we are root: every ancestor of the
         # data dir must be traversable by them, which a 0700 temp dir is not.
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pgbay-test-{label}-"))
@@ -146,10 +180,33 @@ class PgbayServer:
         self.api_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.label = label
+        self.env = dict(env or {})
+        self.nofile = nofile
+
+    def __enter__(self) -> "PgbayServer":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def origin(self) -> str:
+        """Scheme, host and port of the API (`/metrics` and the web console live here)."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/v2"
+        return f"{self.origin}/v2"
+
+    @property
+    def verify(self) -> bool | str:
+        """What `requests` verifies the API's certificate with (`verify=`)."""
+        return True
 
     def client(self, key: str = API_KEY, secret: str = API_SECRET) -> Client:
         return Client(key, secret, url=self.url)
@@ -157,6 +214,12 @@ class PgbayServer:
     def start(self) -> None:
         if not os.access(PGBAY_BIN, os.X_OK):
             raise RuntimeError(f"pgbay binary not found at {PGBAY_BIN} (set PGBAY_BIN)")
+        limit = []
+        if self.nofile is not None:
+            prlimit = shutil.which("prlimit")
+            if prlimit is None:
+                pytest.skip("prlimit (util-linux) is not installed")
+            limit = [prlimit, f"--nofile={self.nofile}:{self.nofile}", "--"]
         self.api_port = free_api_port()
         env = dict(os.environ)
         env.update(
@@ -164,7 +227,8 @@ class PgbayServer:
             PGBAY_API_SECRET=API_SECRET,
             RUST_BACKTRACE="1",
         )
-        cmd = [
+        env.update(self.env)
+        cmd = limit + [
             PGBAY_BIN,
             "serve",
             "--data-dir",
@@ -203,6 +267,7 @@ class PgbayServer:
                 r = requests.get(
                     f"{self.url}/dbaas-service",
                     auth=ExoscaleV2Auth(API_KEY, API_SECRET),
+                    verify=self.verify,
                     timeout=5,
                 )
                 if r.status_code == 200:
@@ -214,7 +279,8 @@ class PgbayServer:
                         f"key/secret it was given: {r.status_code} {r.text}\n{self.log_tail()}"
                     )
                 last = f"{r.status_code} {r.text[:200]}"
-            except requests.RequestException as e:
+            except OSError as e:
+                # requests' errors, and a CA file `verify` names that pgbay has not written yet.
                 last = repr(e)
             time.sleep(0.1)
         raise RuntimeError(
@@ -299,9 +365,13 @@ class PgbayServer:
             if name.startswith("pgbay-"):
                 subprocess.run(["userdel", name], capture_output=True, timeout=60)
 
+    def log_text(self) -> str:
+        """Everything pgbay (and the harness's markers) wrote to `pgbay.log` so far."""
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, lines: int = 60) -> str:
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_text()
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
@@ -422,6 +492,15 @@ def signed(server: PgbayServer, method: str, path: str, body=None, **kw) -> requ
     )
 
 
+def metrics(server: PgbayServer) -> str:
+    """The text of `/metrics`, which answers only the API key pair (as Prometheus' basic_auth
+    sends it)."""
+    r = requests.get(f"{server.origin}/metrics", auth=(API_KEY, API_SECRET),
+                     verify=server.verify, timeout=10)
+    assert r.status_code == 200, r.text[:500]
+    return r.text
+
+
 def component_port(svc: dict, name: str) -> int:
     comps = [c for c in svc.get("components", []) if c.get("component") == name]
     assert len(comps) == 1, f"expected one {name!r} component: {svc.get('components')}"
@@ -505,12 +584,8 @@ def assert_password_refused(uri: str) -> None:
 
 @pytest.fixture(scope="session")
 def server():
-    srv = PgbayServer("session")
-    try:
-        srv.start()
+    with PgbayServer("session") as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ test of the binary (api_tls.rs), since every address a test can bind here is loo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import ssl
@@ -31,7 +30,6 @@ from conftest import (
     API_KEY,
     API_SECRET,
     PGBAY_BIN,
-    READY_TIMEOUT,
     PgbayServer,
     api_error,
     ok,
@@ -47,8 +45,7 @@ class TlsServer(PgbayServer):
     API is reached over https:// and verified with `ca` (default: pgbay's CA in the data dir)."""
 
     def __init__(self, label: str, settings: dict[str, str], ca: Path | None = None) -> None:
-        super().__init__(label)
-        self.settings = settings
+        super().__init__(label, env=settings)
         self._ca = ca
 
     @property
@@ -56,8 +53,12 @@ class TlsServer(PgbayServer):
         return self._ca or self.data_dir / "ca.crt"
 
     @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}/v2"
+    def origin(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def verify(self) -> str:
+        return str(self.ca)
 
     @property
     def plain_url(self) -> str:
@@ -67,56 +68,16 @@ class TlsServer(PgbayServer):
         c = Client(key, secret, url=self.url)
         # The client's session verifies with the CA; trust_env off, since requests lets a
         # REQUESTS_CA_BUNDLE of the environment override a session's `verify`.
-        c.http_client.verify = str(self.ca)
+        c.http_client.verify = self.verify
         c.http_client.trust_env = False
         return c
-
-    def start(self) -> None:
-        saved = {k: os.environ.get(k) for k in self.settings}
-        os.environ.update(self.settings)
-        try:
-            super().start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pgbay exited with {self.proc.returncode}\n{self.log_tail()}")
-            if self.ca.exists():
-                try:
-                    r = requests.get(f"{self.url}/dbaas-service", verify=str(self.ca),
-                                     auth=ExoscaleV2Auth(API_KEY, API_SECRET), timeout=5)
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text[:200]}"
-                except requests.RequestException as e:
-                    last = repr(e)
-            time.sleep(0.1)
-        raise RuntimeError(f"pgbay API not ready over https ({last})\n{self.log_tail()}")
-
-
-@contextlib.contextmanager
-def tls_server(label: str, settings: dict[str, str], ca: Path | None = None):
-    srv = TlsServer(label, settings, ca)
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture(scope="module")
 def auto():
     """`--api-tls auto` on 127.0.0.1, with a short header timeout."""
-    with tls_server("tls-auto", {"PGBAY_API_TLS": "auto",
-                                 "PGBAY_API_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}) as srv:
+    with TlsServer("tls-auto", {"PGBAY_API_TLS": "auto",
+                                "PGBAY_API_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}) as srv:
         yield srv
 
 
@@ -220,7 +181,7 @@ def test_a_stalled_tls_handshake_is_closed_within_the_header_timeout(auto):
 def test_connection_cap_holds_under_tls():
     settings = {"PGBAY_API_TLS": "auto", "PGBAY_API_MAX_CONNECTIONS": "3",
                 "PGBAY_API_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}
-    with tls_server("tls-cap", settings) as srv:
+    with TlsServer("tls-cap", settings) as srv:
         # Three silent sockets hold every permit; the fourth is refused at once.
         idle = [socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
                 for _ in range(3)]
@@ -266,7 +227,7 @@ def own_certs(tmp_path_factory) -> Path:
 
 def test_cert_and_key_files(own_certs, tmp_path):
     settings = {"PGBAY_API_TLS": f"{own_certs / 'api.crt'},{own_certs / 'api.key'}"}
-    with tls_server("tls-files", settings, ca=own_certs / "ca.crt") as srv:
+    with TlsServer("tls-files", settings, ca=own_certs / "ca.crt") as srv:
         c = srv.client()
         name = unique("files")
         ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2"))
@@ -297,7 +258,7 @@ def test_a_certificate_file_that_is_not_one_stops_the_start(own_certs):
     try:
         with pytest.raises(RuntimeError, match="exited"):
             srv.start()
-        log = srv.log_path.read_text()
+        log = srv.log_text()
         assert "Error: --api-tls: the certificate file holds no certificate" in log, log
     finally:
         srv.close()
@@ -428,30 +389,10 @@ def browser(tmp_path, auto):
     """Headless Chromium that reaches the TLS server as `pgbay.test` (not a potentially
     trustworthy origin: over plain HTTP there, Web Crypto would not exist) and accepts its
     certificate (which does not name pgbay.test)."""
-    from test_web_console import CHROMEDRIVER, CHROMIUM
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium "
-                    "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service as ChromeService
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    opts.accept_insecure_certs = True
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1500,1100",
-                 "--host-resolver-rules=MAP pgbay.test 127.0.0.1",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    service = ChromeService(executable_path=CHROMEDRIVER,
-                            log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=opts)
-    try:
+    from test_web_console import chromium
+    with chromium(tmp_path, "--host-resolver-rules=MAP pgbay.test 127.0.0.1",
+                  accept_insecure_certs=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_web_console_over_https(auto, auto_service, browser):

@@ -19,7 +19,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import socket
 import ssl
@@ -190,23 +189,10 @@ def parse_error(body: bytes) -> dict:
 
 @pytest.fixture(scope="module")
 def node():
-    srv = PgbayServer("notify")
-    saved = {k: os.environ.get(k) for k in ("PGBAY_NOTIFY_CLIENT_BUDGET",
-                                              "PGBAY_NOTIFY_TOTAL_BUDGET")}
-    os.environ["PGBAY_NOTIFY_CLIENT_BUDGET"] = str(CLIENT_BUDGET)
-    os.environ["PGBAY_NOTIFY_TOTAL_BUDGET"] = str(TOTAL_BUDGET)
-    try:
-        srv.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    env = {"PGBAY_NOTIFY_CLIENT_BUDGET": str(CLIENT_BUDGET),
+           "PGBAY_NOTIFY_TOTAL_BUDGET": str(TOTAL_BUDGET)}
+    with PgbayServer("notify", env=env) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +255,7 @@ def flood(direct_uri: str, channels: int, per_channel: int) -> None:
 
 
 def budget_lines(node) -> list[str]:
-    text = node.log_path.read_text(errors="replace")
-    return [line for line in text.splitlines() if "notification budget" in line]
+    return [line for line in node.log_text().splitlines() if "notification budget" in line]
 
 
 def test_clients_that_never_read_are_disconnected_and_memory_comes_back(node, setup):
@@ -333,7 +318,7 @@ def test_clients_that_never_read_are_disconnected_and_memory_comes_back(node, se
     lines = budget_lines(node)
     assert 1 <= len(lines) <= LOG_BURST, "\n".join(lines)
     assert all("budget=\"client\"" in line and "53200" in line for line in lines)
-    assert "one dropped" not in node.log_path.read_text(errors="replace")
+    assert "one dropped" not in node.log_text()
 
     # The reader still receives.
     with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:

@@ -16,30 +16,25 @@ closed in a `finally`.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import resource
 import select
-import shutil
 import socket
 import time
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-import requests
-from exoscale_auth import ExoscaleV2Auth
 
-import conftest
 from conftest import (
-    API_KEY,
-    API_SECRET,
     PgbayServer,
+    connect_many,
     find_pool,
+    metrics,
     ok,
     provision,
     psql,
     psql_ok,
+    raise_own_nofile,
     reveal,
     unique,
     uri_with,
@@ -52,37 +47,11 @@ REASONS = ("pending_logins", "fd_reserve", "max_client_conn", "login_timeout")
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory):
+def limited():
     """A pgbay under a 4,096-descriptor limit whose pool ports close logins after 6 s."""
-    prlimit = shutil.which("prlimit")
-    if prlimit is None:
-        pytest.skip("prlimit (util-linux) is not installed")
-    wrapper = tmp_path_factory.mktemp("prlimit") / "pgbay"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'exec {prlimit} --nofile={NOFILE}:{NOFILE} -- "{conftest.PGBAY_BIN}" "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    saved_bin = conftest.PGBAY_BIN
-    saved = os.environ.get("PGBAY_CLIENT_LOGIN_TIMEOUT")
-    srv = PgbayServer("preauth")
-    try:
-        conftest.PGBAY_BIN = str(wrapper)
-        os.environ["PGBAY_CLIENT_LOGIN_TIMEOUT"] = str(LOGIN_TIMEOUT)
-        srv.start()
-    except BaseException:
-        srv.close()
-        raise
-    finally:
-        conftest.PGBAY_BIN = saved_bin
-        if saved is None:
-            os.environ.pop("PGBAY_CLIENT_LOGIN_TIMEOUT", None)
-        else:
-            os.environ["PGBAY_CLIENT_LOGIN_TIMEOUT"] = saved
-    try:
+    env = {"PGBAY_CLIENT_LOGIN_TIMEOUT": str(LOGIN_TIMEOUT)}
+    with PgbayServer("preauth", env=env, nofile=NOFILE) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +69,6 @@ def tenants(limited):
     return victim, other, uri
 
 
-def metrics(server: PgbayServer) -> str:
-    # Signed as an API request: /metrics answers only authenticated scrapers.
-    r = requests.get(f"http://127.0.0.1:{server.api_port}/metrics",
-                     auth=ExoscaleV2Auth(API_KEY, API_SECRET), timeout=10)
-    assert r.status_code == 200, r.text[:500]
-    return r.text
-
-
 def refused(server: PgbayServer, service: str) -> dict[str, int]:
     found = {}
     for m in re.finditer(r'^pgbay_pooler_refused_connections_total\{service="([^"]*)",'
@@ -115,14 +76,6 @@ def refused(server: PgbayServer, service: str) -> dict[str, int]:
         if m.group(1) == service:
             found[m.group(2)] = int(m.group(3))
     return found
-
-
-def raise_own_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < need:
-        pytest.skip(f"this test needs {need} descriptors, the hard limit is {hard}")
-    if soft != resource.RLIM_INFINITY and soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def wait_all_closed(socks: list[socket.socket], bound: float) -> list[socket.socket]:
@@ -155,20 +108,9 @@ def test_idle_flood_on_one_pool_port_starves_nobody(limited, tenants):
     client = limited.client()
     raise_own_nofile(FLOOD + 512)
     socks: list[socket.socket] = []
-    deadline = time.monotonic() + 60
     try:
         # The attack: connect to the victim's pool port and send nothing.
-        for _ in range(FLOOD):
-            if time.monotonic() > deadline:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(2)
-            try:
-                s.connect(("127.0.0.1", victim.bouncer_port))
-            except OSError:
-                s.close()
-                continue
-            socks.append(s)
+        socks.extend(connect_many(victim.bouncer_port, FLOOD, timeout=2))
         assert len(socks) > NOFILE, f"only {len(socks)} connections opened"
         opened = time.monotonic()
 
@@ -214,7 +156,7 @@ def test_idle_flood_on_one_pool_port_starves_nobody(limited, tenants):
     assert counts["fd_reserve"] == 0 and counts["max_client_conn"] == 0, counts
     assert refused(limited, other.name) == dict.fromkeys(REASONS, 0)
     assert limited.running()
-    log = limited.log_path.read_text(errors="replace")
+    log = limited.log_text()
     assert "Too many open files" not in log
     # The flood does not flood the log: refusals are counted, and logged a few times at most.
     assert log.count("refusing connections before login") <= 10, log[-3000:]
@@ -245,7 +187,7 @@ def test_newline_in_a_user_name_cannot_forge_a_log_line(limited, tenants):
     assert "password authentication failed for user" in str(info.value), str(info.value)
     deadline = time.monotonic() + 10
     while True:
-        log = limited.log_path.read_text(errors="replace")
+        log = limited.log_text()
         if r"x\nFORGED line" in log or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -8,8 +8,6 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
-import os
-
 import psycopg
 import psycopg2
 import pytest
@@ -231,24 +229,8 @@ def timeouts_server():
     """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and
     PGBAY_QUERY_WAIT_TIMEOUT=5 (env twins of the serve flags)."""
     env = {"PGBAY_IDLE_TRANSACTION_TIMEOUT": "1", "PGBAY_QUERY_WAIT_TIMEOUT": "5"}
-    saved = {k: os.environ.get(k) for k in env}
-    srv = PgbayServer("idletx")
-    try:
-        os.environ.update(env)
-        srv.start()
-    except BaseException:
-        srv.close()
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    with PgbayServer("idletx", env=env) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 def test_idle_transaction_timeout_frees_the_pool(timeouts_server):

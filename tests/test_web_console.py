@@ -8,6 +8,7 @@ Screenshots are saved under the test's tmp dir (printed with -s).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import API_KEY, API_SECRET, find_pool, psql_ok, unique, user_names
+from conftest import API_KEY, API_SECRET, find_pool, metrics, psql_ok, unique, user_names
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -27,8 +28,10 @@ LIVE_SERIES = ("pgbay_pool_clients_active", "pgbay_pool_clients_waiting",
                "pgbay_pool_transactions_total")
 
 
-@pytest.fixture
-def browser(tmp_path):
+@contextlib.contextmanager
+def chromium(tmp_path, *flags: str, accept_insecure_certs: bool = False):
+    """Headless Chromium driven by chromedriver, its profile and driver log under `tmp_path`;
+    `flags` are added to its command line (test_api_tls.py's browser uses this too)."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: apt-get install chromium "
                     "chromium-driver (.ci/run does)")
@@ -38,10 +41,11 @@ def browser(tmp_path):
 
     opts = Options()
     opts.binary_location = CHROMIUM
+    opts.accept_insecure_certs = accept_insecure_certs
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1500,1100",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", *flags):
         opts.add_argument(flag)
     service = ChromeService(executable_path=CHROMEDRIVER,
                             log_output=str(tmp_path / "chromedriver.log"))
@@ -50,6 +54,12 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    with chromium(tmp_path) as driver:
+        yield driver
 
 
 def wait_for(what: str, fn, timeout: float = WAIT):
@@ -105,13 +115,6 @@ def log_in(driver, server, screenshot=None) -> None:
     # The secret is kept in this tab's session only.
     assert driver.execute_script("return sessionStorage.getItem('pgbay.secret')") == API_SECRET
     assert driver.execute_script("return localStorage.length") == 0
-
-
-def metrics(server) -> str:
-    r = requests.get(f"http://127.0.0.1:{server.api_port}/metrics", timeout=10,
-                     auth=(API_KEY, API_SECRET))
-    assert r.status_code == 200
-    return r.text
 
 
 def pool_series(text: str, service: str, pool: str) -> dict[str, float]:

@@ -319,13 +319,7 @@ pub async fn upsert_role(
 ) -> Result<()> {
     not_internal(name)?;
     let c = connect(t, "postgres").await?;
-    let exists = c
-        .query_opt(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
-            &[&name],
-        )
-        .await?
-        .is_some();
+    let exists = role_exists(&c, name).await?;
     let repl = if replication {
         "REPLICATION"
     } else {
@@ -343,13 +337,7 @@ pub async fn upsert_role(
 pub async fn ensure_managed_admin(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
     not_internal(name)?;
     let c = connect(t, "postgres").await?;
-    let exists = c
-        .query_opt(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
-            &[&name],
-        )
-        .await?
-        .is_some();
+    let exists = role_exists(&c, name).await?;
     let verb = if exists { "ALTER" } else { "CREATE" };
     let template = format!(
         "{verb} ROLE %I WITH LOGIN NOSUPERUSER CREATEDB CREATEROLE REPLICATION NOBYPASSRLS \
@@ -378,6 +366,16 @@ pub async fn ensure_managed_admin(t: &AdminTarget, name: &str, password: &str) -
     Ok(())
 }
 
+/// Whether role `name` exists on the server `c` is connected to.
+async fn role_exists(c: &Client, name: &str) -> Result<bool> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
+        &[&name],
+    )
+    .await?
+    .is_some())
+}
+
 /// Sets a role's password.
 pub async fn set_password(t: &AdminTarget, name: &str, password: &str) -> Result<()> {
     not_internal(name)?;
@@ -396,13 +394,7 @@ pub async fn drop_role(
 ) -> Result<()> {
     not_internal(name)?;
     let c = connect(t, "postgres").await?;
-    let exists = c
-        .query_opt(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1::text::name",
-            &[&name],
-        )
-        .await?
-        .is_some();
+    let exists = role_exists(&c, name).await?;
     if !exists {
         return Ok(());
     }

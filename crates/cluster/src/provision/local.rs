@@ -196,24 +196,8 @@ impl LocalProvisioner {
     /// over before it is moved into place, and nothing here follows a symbolic link the service's
     /// user could have planted in its directory.
     fn write_owned(&self, path: &Path, data: &[u8], owner: Owner) -> Result<(), ProvisionError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let what = || format!("writing {}", path.display());
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(what()))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io(what()))?;
-        }
-        f.write_all(data).map_err(io(what()))?;
-        f.sync_all().map_err(io(what()))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io(what()))
+        crate::files::write_atomic(path, data, 0o600, owner)
+            .map_err(io(format!("writing {}", path.display())))
     }
 
     /// Makes the service directory of `spec` (mode 0700) and, when pgbay is root, the service's

@@ -57,7 +57,7 @@ pub struct Cluster {
     pub port: u16,
     /// TLS on, and TCP clients must use it (`hostssl` only); local clients use the socket.
     pub ssl: bool,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -136,7 +136,7 @@ impl Cluster {
             dir,
             port,
             ssl,
-            _tmp: tmp,
+            tmp,
         };
         cluster.pg_ctl_start();
         cluster
@@ -271,6 +271,8 @@ static SHARED: OnceLock<Cluster> = OnceLock::new();
 extern "C" fn stop_shared() {
     if let Some(c) = SHARED.get() {
         c.stop();
+        // The static's TempDir is never dropped either: remove its directory here.
+        let _ = std::fs::remove_dir_all(c.tmp.path());
     }
 }
 

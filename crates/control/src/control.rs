@@ -369,6 +369,12 @@ impl Control {
             .await
     }
 
+    /// Stops the supervisor and every background task, leaving the clusters running: a
+    /// successor process took over this node and adopts them.
+    pub fn stop_background(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+    }
+
     /// Stops every cluster (graceful shutdown of pgbay) and the supervisor.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);

@@ -129,6 +129,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_CLIENT_MESSAGE_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub client_message_timeout: u64,
+    /// Seconds pgbay waits, when it stops (SIGTERM) or a successor takes over its sockets, for
+    /// clients to finish the transaction they are in; idle clients are closed at once (57P01).
+    #[arg(long, env = "PGBAY_DRAIN_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub drain_timeout: u64,
 }
 
 /// A notification budget: bytes, with an optional binary suffix (`512KiB`, `4MiB`, `1GiB`; `K`,

@@ -9,6 +9,7 @@ mod http;
 mod log_escape;
 mod serve;
 mod service_logs;
+mod takeover;
 
 use std::sync::Arc;
 

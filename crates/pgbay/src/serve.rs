@@ -1,5 +1,7 @@
 //! `pgbay serve`: opens the control plane on the data dir, serves the API, and on SIGTERM/SIGINT
-//! stops accepting requests, stops every service cluster and exits 0.
+//! stops accepting, lets clients finish their transactions (`--drain-timeout`), stops every
+//! service cluster and exits 0. Started while another pgbay serves the same data dir, it takes
+//! over that one's sockets and clusters instead (`takeover`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -108,6 +110,20 @@ pub async fn run(
             .ok_or_else(|| anyhow!("no PostgreSQL binaries found; pass --pg-bin-dir"))?,
     };
     let creds = credentials(&data_dir)?;
+    // Before anything else touches the data dir's clusters: a running pgbay hands over its
+    // sockets and stops its supervisor.
+    let mut inherited = tokio::task::spawn_blocking({
+        let d = data_dir.clone();
+        move || crate::takeover::take_over(&d)
+    })
+    .await??;
+    if let Some(i) = &inherited {
+        tracing::info!(
+            api_sockets = i.api.len(),
+            port_sockets = i.ports.len(),
+            "took over the sockets of the running pgbay"
+        );
+    }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let control = Control::start(ControlConfig {
@@ -124,6 +140,9 @@ pub async fn run(
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
     let pooler = pgbay_pooler::Pooler::new();
+    if let Some(i) = &mut inherited {
+        pooler.inherit(std::mem::take(&mut i.ports));
+    }
     pooler.set_notify_budget(pgbay_pooler::NotifyBudget {
         client_bytes: args.notify_client_budget,
         total_bytes: args.notify_total_budget,
@@ -155,9 +174,30 @@ pub async fn run(
     let api_tls_config =
         crate::api_tls::server_config(&api_tls, &data_dir, args.api_listen, &args.public_host)?;
 
-    let listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
-        .with_context(|| format!("binding API on {}", args.api_listen))?;
+    let inherited_api = inherited.as_mut().and_then(|i| {
+        let at = i
+            .api
+            .iter()
+            .position(|l| l.local_addr().ok() == Some(args.api_listen))?;
+        Some(i.api.swap_remove(at))
+    });
+    let listener = match inherited_api {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(args.api_listen)
+            .await
+            .with_context(|| format!("binding API on {}", args.api_listen))?,
+    };
+    let api_fd = {
+        use std::os::fd::AsFd;
+        listener.as_fd().try_clone_to_owned()?
+    };
+    let successor = {
+        let l = crate::takeover::listen(&data_dir)?;
+        tokio::spawn(crate::takeover::accept_successor(l))
+    };
     tracing::info!(
         api = %listener.local_addr()?,
         api_tls = %api_tls,
@@ -185,10 +225,43 @@ pub async fn run(
         std::sync::Arc::new(crate::dataplane::PoolMetricsOf(pooler.clone())),
     )
     .merge(crate::console::router());
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+    let drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    let drain: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> =
+        Default::default();
+    let handed_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let (pooler, control, drain, handed_over) = (
+            pooler.clone(),
+            control.clone(),
+            drain.clone(),
+            handed_over.clone(),
+        );
+        let data_plane = data_plane.abort_handle();
+        async move {
+            let reason = tokio::select! {
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: draining, then shutting down");
+                    pgbay_pooler::DrainReason::ShuttingDown
+                }
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT: draining, then shutting down");
+                    pgbay_pooler::DrainReason::ShuttingDown
+                }
+                () = handed_over_to(successor, &pooler, api_fd) => {
+                    // The successor adopts the clusters: nothing here may touch them any more.
+                    control.stop_background();
+                    data_plane.abort();
+                    handed_over.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("a successor took over the sockets: draining, then exiting");
+                    pgbay_pooler::DrainReason::Restarting
+                }
+            };
+            data_plane.abort();
+            let p = pooler.clone();
+            *drain.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(tokio::spawn(
+                    async move { p.drain(reason, drain_timeout).await },
+                ));
         }
     };
     let limits = crate::http::Limits {
@@ -198,11 +271,49 @@ pub async fn run(
     };
     crate::http::serve(listener, app, limits, api_tls_config, shutdown).await;
     // Clients first, then the clusters behind them.
-    pooler.shutdown().await;
+    let draining = drain.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match draining {
+        Some(d) => {
+            let _ = d.await;
+        }
+        None => pooler.shutdown().await,
+    }
     data_plane.abort();
-    control.shutdown().await;
-    tracing::info!("pgbay stopped");
+    if handed_over.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("pgbay handed over to its successor and stopped");
+    } else {
+        control.shutdown().await;
+        tracing::info!("pgbay stopped");
+    }
     Ok(())
+}
+
+/// Resolves once a successor has received this process's sockets; a failed attempt is logged
+/// and this process goes on serving (pending forever).
+async fn handed_over_to(
+    successor: tokio::task::JoinHandle<anyhow::Result<std::os::unix::net::UnixStream>>,
+    pooler: &pgbay_pooler::Pooler,
+    api_fd: std::os::fd::OwnedFd,
+) {
+    let stream = match successor.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "takeover socket failed: no successor can take over");
+            return std::future::pending().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "takeover socket task failed");
+            return std::future::pending().await;
+        }
+    };
+    let ports = pooler.listening_sockets();
+    match crate::takeover::hand_over(&stream, &[api_fd], &ports) {
+        Ok(()) => tracing::info!(ports = ports.len(), "sockets handed over"),
+        Err(e) => {
+            tracing::error!(error = %e, "handing the sockets over failed: serving on");
+            std::future::pending().await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
     let old_cfg = existing.map(|r| r.cfg.clone());
     let bound = match &old_cfg {
         Some(old) if old.listen == cfg.listen => None,
-        _ => Some(bind(cfg)?),
+        _ => Some(bind(inner, cfg)?),
     };
     let service = match existing {
         Some(running) => {
@@ -188,6 +188,8 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
             clients: Default::default(),
             client_list: Default::default(),
             shutdown: signal::Signal::new(),
+            restarting: signal::Signal::new(),
+            restart_reason: Default::default(),
             cancel: inner.cancel.clone(),
             statements: inner.statements.clone(),
             auth_method: inner.auth_method.clone(),
@@ -224,8 +226,15 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
     Ok(())
 }
 
-fn bind(cfg: &ServiceConfig) -> Result<Bound, ServiceError> {
-    Bound::bind(cfg.listen).map_err(|source| ServiceError::Bind {
+/// The socket a service listens on: the one inherited from the process this one took over from
+/// when it listened on that address (its accept queue carries over), else a new bind.
+fn bind(inner: &Inner, cfg: &ServiceConfig) -> Result<Bound, ServiceError> {
+    let inherited = inner.inherited.lock().remove(&cfg.listen);
+    match inherited {
+        Some(l) => Bound::from_std(l),
+        None => Bound::bind(cfg.listen),
+    }
+    .map_err(|source| ServiceError::Bind {
         addr: cfg.listen,
         source,
     })

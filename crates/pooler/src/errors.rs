@@ -152,6 +152,16 @@ pub fn admin_shutdown(service: &str) -> ClientError {
     ClientError::new("57P01", format!("service \"{service}\" is shutting down"))
 }
 
+/// pgbay drains (`Pooler::drain`); `reason` is a `DrainReason as u8`.
+pub fn pgbay_draining(reason: u8) -> ClientError {
+    let why = if reason == crate::DrainReason::Restarting as u8 {
+        "pgbay is restarting, reconnect"
+    } else {
+        "pgbay is shutting down"
+    };
+    ClientError::new("57P01", format!("terminating connection because {why}"))
+}
+
 /// KILL on the admin console (PgBouncer says "database removed", 08P01).
 pub fn pool_killed(pool: &str) -> ClientError {
     ClientError::new(

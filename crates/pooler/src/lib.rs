@@ -159,6 +159,19 @@ struct Inner {
     next_gen: std::sync::atomic::AtomicU64,
     /// Notification budgets and the bytes held for all clients (`notify`).
     notify: Arc<notify::Budget>,
+    /// Listening sockets handed over by the process this one took over from, by address, until
+    /// a service claims its own (`apply::bind`).
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+}
+
+/// Why the pooler drains (`Pooler::drain`): what clients are told when they are closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DrainReason {
+    /// A successor process took over the sockets.
+    Restarting = 1,
+    /// pgbay is stopping (SIGTERM).
+    ShuttingDown = 2,
 }
 
 impl Default for Pooler {
@@ -181,6 +194,7 @@ impl Pooler {
                 sockets: Default::default(),
                 next_gen: std::sync::atomic::AtomicU64::new(1),
                 notify: Arc::new(notify::Budget::new(NotifyBudget::default())),
+                inherited: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -318,6 +332,69 @@ impl Pooler {
     /// as a whole cannot apply anything (it was shut down).
     pub async fn apply(&self, config: PoolerConfig) -> Result<ApplyReport, PoolerError> {
         apply::apply(&self.inner, config).await
+    }
+
+    /// Listening sockets inherited from a predecessor (`takeover`): a service whose listen
+    /// address matches one of them accepts on it instead of binding anew.
+    pub fn inherit(&self, listeners: Vec<std::net::TcpListener>) {
+        let mut inherited = self.inner.inherited.lock();
+        for l in listeners {
+            match l.local_addr() {
+                Ok(addr) => {
+                    inherited.insert(addr, l);
+                }
+                Err(e) => tracing::warn!(error = %e, "inherited socket has no address; closed"),
+            }
+        }
+    }
+
+    /// Inherited sockets no service claimed (closed by the caller, or logged).
+    pub fn unclaimed_inherited(&self) -> Vec<SocketAddr> {
+        self.inner.inherited.lock().keys().copied().collect()
+    }
+
+    /// Duplicates of every service's listening socket, for a successor process.
+    pub fn listening_sockets(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        let services = self.inner.services.lock();
+        services
+            .values()
+            .filter_map(|r| match r.listener.dup() {
+                Ok(fd) => Some((r.listener.local_addr, fd)),
+                Err(e) => {
+                    tracing::warn!(service = %r.cfg.name, error = %e, "cannot hand over listener");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Stops accepting on every port, lets each client finish the transaction it is in and
+    /// closes it at its next transaction boundary (idle clients at once, after a short grace
+    /// for a request already on its way) with 57P01 saying why; after `timeout`, or once no
+    /// client is left, shuts down (`shutdown`). No `apply` is taken after this starts.
+    pub async fn drain(&self, reason: DrainReason, timeout: Duration) {
+        let services: Vec<Arc<service::Service>> = {
+            let _serial = self.inner.apply_lock.lock().await;
+            self.inner.shut_down.store(true, Ordering::Relaxed);
+            let running = self.inner.services.lock();
+            for r in running.values() {
+                r.listener.stop();
+            }
+            running.values().map(|r| r.service.clone()).collect()
+        };
+        for svc in &services {
+            svc.restart_reason.store(reason as u8, Ordering::Relaxed);
+            svc.restarting.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline
+            && services
+                .iter()
+                .any(|s| s.clients.load(Ordering::Relaxed) > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shutdown().await;
     }
 
     /// Closes listeners, disconnects clients (57P01) and closes server connections.

@@ -1,6 +1,7 @@
 //! A service's TCP listener: accepts clients and hands each to its own task.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,12 @@ pub(crate) struct Bound {
 }
 
 /// An accepting listener; `stop` ends its accept loop (connected clients are not affected).
+/// The socket is shared with the accept task so that a successor process can be handed a
+/// duplicate of it (`dup`) while this one still accepts: the kernel's accept queue lives as long
+/// as either holds it, so no connection waiting in it is lost across a takeover.
 pub(crate) struct Listening {
     stop: CancellationToken,
+    listener: Arc<TcpListener>,
     pub local_addr: SocketAddr,
 }
 
@@ -36,8 +41,15 @@ impl Bound {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(BACKLOG)?;
-        let listener = TcpListener::from_std(socket.into())?;
-        let local_addr = listener.local_addr().unwrap_or(addr);
+        Bound::from_std(socket.into())
+    }
+
+    /// Wraps a socket that is already bound and listening (inherited from the process this one
+    /// takes over from).
+    pub fn from_std(listener: std::net::TcpListener) -> std::io::Result<Bound> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let local_addr = listener.local_addr()?;
         Ok(Bound {
             listener,
             local_addr,
@@ -48,9 +60,11 @@ impl Bound {
     pub fn serve(self, service: Arc<Service>) -> Listening {
         let stop = CancellationToken::new();
         tracing::info!(service = %service.name, addr = %self.local_addr, "service listening");
-        tokio::spawn(accept_loop(self.listener, service, stop.clone()));
+        let listener = Arc::new(self.listener);
+        tokio::spawn(accept_loop(listener.clone(), service, stop.clone()));
         Listening {
             stop,
+            listener,
             local_addr: self.local_addr,
         }
     }
@@ -60,10 +74,15 @@ impl Listening {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+
+    /// A duplicate of the listening socket, for a successor process.
+    pub fn dup(&self) -> std::io::Result<OwnedFd> {
+        self.listener.as_fd().try_clone_to_owned()
+    }
 }
 
 /// Accepts until `stop` is cancelled.
-async fn accept_loop(listener: TcpListener, service: Arc<Service>, stop: CancellationToken) {
+async fn accept_loop(listener: Arc<TcpListener>, service: Arc<Service>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,

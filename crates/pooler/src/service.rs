@@ -65,6 +65,11 @@ pub struct Service {
     pub client_list: crate::sockets::Sockets,
     /// Cancelled when the service is removed or the pooler shuts down.
     pub shutdown: Signal,
+    /// Set when pgbay drains (`Pooler::drain`): clients leave at their next transaction
+    /// boundary, with 57P01.
+    pub restarting: Signal,
+    /// Why (`DrainReason as u8`), set before `restarting`.
+    pub restart_reason: AtomicU8,
     pub cancel: Arc<CancelRegistry>,
     pub statements: Arc<Registry>,
     pub auth_method: Arc<AtomicU8>,

@@ -30,6 +30,8 @@ enum Idle {
     Gone,
     Shutdown,
     Drained,
+    /// pgbay drains (takeover or SIGTERM): the client leaves unless a request is on its way.
+    Restarting,
     /// A notification for a channel the client LISTENs to.
     Notify(bytes::Bytes),
     /// The client left its notifications unread past a budget.
@@ -46,15 +48,22 @@ pub async fn run(mut client: Box<Client>) {
     let drain_fut = pin!(pool.drain.cancelled());
     let mut stop = Watch::new(&service.shutdown, stop_fut);
     let mut drain = Watch::new(&pool.drain, drain_fut);
+    let restart_fut = pin!(service.restarting.cancelled());
+    let mut restart = Watch::new(&service.restarting, restart_fut);
     let mut st_version = pool.state_version();
     let mut st = pool.state();
     loop {
         client.set_state(ClientState::Idle);
-        match wait_idle(&mut client, &mut stop, &mut drain).await {
+        match wait_idle(&mut client, &mut stop, &mut drain, &mut restart).await {
             Idle::Data => {}
             Idle::Gone => return,
             Idle::Shutdown => return shutdown(&mut client).await,
             Idle::Drained => return drained(&mut client).await,
+            Idle::Restarting => {
+                if !request_on_its_way(&mut client).await {
+                    return restarting(&mut client).await;
+                }
+            }
             Idle::Notify(msg) => {
                 if super::listen::deliver(&mut client, msg).await.is_err() {
                     return;
@@ -129,7 +138,17 @@ pub async fn run(mut client: Box<Client>) {
                 .link
                 .store(info.id, std::sync::atomic::Ordering::Relaxed);
         }
-        match attached(&mut client, &pool, &st, &mut guard, &mut stop, &mut drain).await {
+        match attached(
+            &mut client,
+            &pool,
+            &st,
+            &mut guard,
+            &mut stop,
+            &mut drain,
+            &mut restart,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(end) => {
@@ -143,7 +162,44 @@ pub async fn run(mut client: Box<Client>) {
         if pool.drain.is_cancelled() {
             return drained(&mut client).await;
         }
+        if service.restarting.is_cancelled() {
+            return restarting(&mut client).await;
+        }
     }
+}
+
+/// How long a client idle when pgbay starts draining may still send the request it may have on
+/// its way (a pgbench -C client logs in and sends its transaction at once): served, it is closed
+/// at that transaction's end instead of being refused before it.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// True when a whole message arrived from the client within `DRAIN_GRACE`.
+async fn request_on_its_way(client: &mut Client) -> bool {
+    let Client {
+        stream, pending, ..
+    } = client;
+    let read = std::future::poll_fn(|cx| loop {
+        if !pending.is_empty() && missing(pending) == 0 {
+            return Poll::Ready(pending.first() != Some(&tag::TERMINATE));
+        }
+        let want = missing(pending).clamp(IDLE_READ, WHOLE_BEFORE_LENDING);
+        match poll_read_buf(stream, cx, pending, want) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+            Poll::Ready(Ok(_)) => {}
+        }
+    });
+    tokio::time::timeout(DRAIN_GRACE, read)
+        .await
+        .unwrap_or(false)
+}
+
+async fn restarting(client: &mut Client) {
+    let reason = client
+        .service
+        .restart_reason
+        .load(std::sync::atomic::Ordering::Relaxed);
+    client.fatal(&errors::pgbay_draining(reason)).await;
 }
 
 async fn shutdown(client: &mut Client) {
@@ -166,6 +222,7 @@ async fn wait_idle(
     client: &mut Client,
     stop: &mut Watch<'_, '_>,
     drain: &mut Watch<'_, '_>,
+    restart: &mut Watch<'_, '_>,
 ) -> Idle {
     if !client.pending.is_empty() {
         return Idle::Data;
@@ -186,6 +243,9 @@ async fn wait_idle(
         }
         if drain.poll_fired(cx) {
             return Poll::Ready(Idle::Drained);
+        }
+        if restart.poll_fired(cx) {
+            return Poll::Ready(Idle::Restarting);
         }
         if let Some(sub) = notify {
             if let Poll::Ready(over) = sub.poll_over(cx) {
@@ -263,6 +323,7 @@ async fn attached(
     guard: &mut ServerGuard,
     stop: &mut Watch<'_, '_>,
     drain: &mut Watch<'_, '_>,
+    restart: &mut Watch<'_, '_>,
 ) -> Result<bool, End> {
     let mode = st.cfg.mode;
     let server = guard.server_mut();
@@ -319,7 +380,7 @@ async fn attached(
                 idle_transaction: st.idle_transaction_timeout,
             },
         };
-        relay::pump(stream, server, &mut ctx, mode, stop, drain).await
+        relay::pump(stream, server, &mut ctx, mode, stop, drain, restart).await
     };
     client.cancel.detach();
     match end {
@@ -349,8 +410,13 @@ async fn attached(
             }
             server.clean = true;
             if mode == PoolMode::Session {
-                // Only a removed pool ends a session-mode attachment at a boundary.
-                drained(client).await;
+                // Only a removed pool or a draining pgbay ends a session-mode attachment at a
+                // boundary.
+                if pool.drain.is_cancelled() {
+                    drained(client).await;
+                } else {
+                    restarting(client).await;
+                }
                 return Ok(false);
             }
             Ok(true)

@@ -46,6 +46,7 @@ pub async fn pump(
     mode: PoolMode,
     stop: &mut Watch<'_, '_>,
     drain: &mut Watch<'_, '_>,
+    restart: &mut Watch<'_, '_>,
 ) -> End {
     let release_at_boundary = mode != PoolMode::Session;
     let mut draining = false;
@@ -72,7 +73,7 @@ pub async fn pump(
         if stop.poll_fired(cx) {
             return Poll::Ready(End::Shutdown);
         }
-        if !draining && drain.poll_fired(cx) {
+        if !draining && (drain.poll_fired(cx) || restart.poll_fired(cx)) {
             draining = true;
         }
         // Each socket direction is polled until it would block, at most once per wakeup: a

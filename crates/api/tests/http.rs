@@ -40,6 +40,7 @@ async fn server() -> Server {
         apply_timeout: Duration::from_secs(1),
         external: None,
         service_uid_range: Default::default(),
+        store: None,
     })
     .await
     .unwrap();

@@ -48,6 +48,8 @@ pub struct ControlConfig {
     pub external: Option<pgbay_cluster::ExternalServer>,
     /// uids of the OS users made for services when pgbay runs as root (`--service-uid-range`).
     pub service_uid_range: pgbay_cluster::os_users::UidRange,
+    /// The control store (`--store`): None for the SQLite file in the data dir.
+    pub store: Option<String>,
 }
 
 /// The data dir may be traversed by the services' users (the clusters live below it) but not listed, and
@@ -116,7 +118,10 @@ impl Control {
         let version = prov.major_version()?;
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
-        let store = Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?;
+        let store = match &cfg.store {
+            Some(url) => Store::connect(url).await?,
+            None => Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?,
+        };
         restrict_files(&cfg.data_dir);
         let sizing = pgbay_cluster::sizing::Sizer::new(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));

@@ -22,7 +22,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -269,7 +268,7 @@ impl Control {
     /// `pending` when the data plane decides it, else `success`. Finish it with [`Self::settle`].
     pub(crate) async fn record_operation(
         &self,
-        mut tx: Transaction<'static, Sqlite>,
+        mut tx: crate::store::StoreTx,
         s: &ServiceRecord,
         kind: OperationKind,
         message: String,
@@ -304,7 +303,7 @@ impl Control {
     /// [`Self::record_operation`], then [`Self::settle`].
     pub(crate) async fn commit_operation(
         &self,
-        tx: Transaction<'static, Sqlite>,
+        tx: crate::store::StoreTx,
         s: &ServiceRecord,
         kind: OperationKind,
         message: String,

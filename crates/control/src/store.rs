@@ -1,17 +1,19 @@
-//! The control plane's durable state: SQLite through sqlx, in WAL mode with `synchronous=FULL`, so
-//! a transaction that committed before an API call returned survives `kill -9` (and power loss).
-//! Every mutation of the API is one transaction over the functions below; reads use the pool.
-//! The interface is small on purpose so that a PostgreSQL store can replace it later.
+//! The control plane's durable state, in one of two backends with the same schema and behaviour:
+//! a SQLite file (the single-node default; WAL mode with `synchronous=FULL`, so a transaction
+//! that committed before an API call returned survives `kill -9` and power loss), or a
+//! PostgreSQL database (`--store postgres://…`, 13 or newer, made highly available by the
+//! operator). Both go through sqlx's `Any` driver: one set of queries (`$N` placeholders, types
+//! both dialects share: TEXT and 64-bit integers), two migration directories (`migrations/`,
+//! `migrations_pg/`) that build the same tables. Every mutation of the API is one transaction
+//! ([`StoreTx`]) over the functions below; reads use the pool.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, Connection, Executor, Row, Transaction};
+use sqlx::{AnyConnection, AnyPool};
 use uuid::Uuid;
 
 use crate::input::{IpFilter, PoolMode, PoolSize};
@@ -34,14 +36,33 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("store: corrupt value in {0}")]
     Corrupt(&'static str),
+    /// `--store` names something this pgbay cannot use.
+    #[error("store: {0}")]
+    Unusable(String),
+}
+
+/// A store transaction: every mutation of the API is one. Commit with `commit()`; dropped
+/// uncommitted, it rolls back.
+pub type StoreTx = Transaction<'static, Any>;
+
+/// A connection of the store, as the free functions below take it (a `&mut StoreTx` derefs to
+/// one).
+pub type StoreConn = AnyConnection;
+
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// Handle on the SQLite database.
+/// Handle on the store's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 fn ts(s: &str) -> Result<DateTime<Utc>> {
@@ -50,7 +71,7 @@ fn ts(s: &str) -> Result<DateTime<Utc>> {
         .map_err(|_| StoreError::Corrupt("timestamp"))
 }
 
-fn service_from_row(r: &SqliteRow) -> Result<ServiceRecord> {
+fn service_from_row(r: &AnyRow) -> Result<ServiceRecord> {
     let id: String = r.try_get("id")?;
     let settings: String = r.try_get("pgbouncer_settings")?;
     let settings: serde_json::Value =
@@ -97,7 +118,7 @@ fn opt_u32(v: Option<i64>, what: &'static str) -> Result<Option<u32>> {
         .transpose()
 }
 
-fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
+fn op_from_row(r: &AnyRow) -> Result<OperationRecord> {
     let id: String = r.try_get("id")?;
     let ref_id: String = r.try_get("ref_id")?;
     Ok(OperationRecord {
@@ -116,27 +137,112 @@ fn op_from_row(r: &SqliteRow) -> Result<OperationRecord> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file and applies the migrations.
+    /// Opens (creating if needed) the SQLite database file and applies the migrations.
     pub async fn open(path: &Path) -> Result<Store> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Store::connect(&url).await
+    }
+
+    /// Opens the store `url` names (`sqlite://PATH` or `postgres://…`) and applies the
+    /// migrations. A store whose schema is newer than this pgbay's is refused, unchanged.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Unusable(
+                "--store must be a sqlite:// or postgres:// URL".into(),
+            ));
+        };
+        if backend == Backend::Postgres {
+            // One plain connection first: an unreachable or refusing server is one clear error
+            // at once, rather than the pool's retries until its acquire timeout.
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                <AnyConnection as Connection>::connect(url),
+            )
+            .await;
+            match probe {
+                Ok(Ok(c)) => drop(c.close().await),
+                Ok(Err(e)) => {
+                    return Err(StoreError::Unusable(format!(
+                        "cannot use the PostgreSQL store: {e}"
+                    )))
+                }
+                Err(_) => {
+                    return Err(StoreError::Unusable(
+                        "cannot use the PostgreSQL store: no answer within 10 s".into(),
+                    ))
+                }
+            }
+        }
+        let opts = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(30));
+        let pool = match backend {
+            Backend::Sqlite => {
+                opts.after_connect(|c, _| {
+                    Box::pin(async move {
+                        // What SqliteConnectOptions would set: durable commits, enforced
+                        // foreign keys, and waiting for another writer instead of failing.
+                        c.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?
+            }
+            Backend::Postgres => {
+                opts.after_connect(|c, _| {
+                    Box::pin(async move {
+                        // Every statement names its tables unqualified: pin the schema search
+                        // so a store user's own schemas cannot shadow them.
+                        c.execute("SET search_path = public").await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?
+            }
+        };
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations"),
+            Backend::Postgres => sqlx::migrate!("./migrations_pg"),
+        };
+        // A store written by a newer pgbay: refuse it before touching anything.
+        let newest_known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(applied) = newest_applied(&pool).await? {
+            if applied > newest_known {
+                return Err(StoreError::Unusable(format!(
+                    "the store's schema (migration {applied}) is newer than this pgbay's \
+                     (migration {newest_known}): run the newer pgbay"
+                )));
+            }
+        }
+        migrator.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Closes every connection (waits for those in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Which database holds the store.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Starts a write transaction. Callers read what they need before and open it with a write,
     /// so SQLite takes the write lock at the first statement (waiting up to the busy timeout for
     /// writers of other services) and a deferred read-then-write upgrade never fails.
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub async fn begin(&self) -> Result<StoreTx> {
         Ok(self.pool.begin().await?)
     }
 
@@ -157,7 +263,7 @@ impl Store {
     /// The sealed password of the internal superuser of `service`'s cluster (migration 0006), if
     /// it has one.
     pub async fn internal_password(&self, service: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT password_enc FROM service_internal WHERE service = ?")
+        let row = sqlx::query("SELECT password_enc FROM service_internal WHERE service = $1")
             .bind(service)
             .fetch_optional(&self.pool)
             .await?;
@@ -167,7 +273,7 @@ impl Store {
 
     /// Database names of a service.
     pub async fn databases(&self, service: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM databases WHERE service = ? ORDER BY name")
+        let rows = sqlx::query("SELECT name FROM databases WHERE service = $1 ORDER BY name")
             .bind(service)
             .fetch_all(&self.pool)
             .await?;
@@ -190,7 +296,7 @@ impl Store {
 
     /// One operation.
     pub async fn operation(&self, id: Uuid) -> Result<Option<OperationRecord>> {
-        let row = sqlx::query("SELECT * FROM operations WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -221,8 +327,8 @@ impl Store {
 }
 
 /// Reads one service inside a transaction.
-pub async fn get_service(c: &mut SqliteConnection, name: &str) -> Result<Option<ServiceRecord>> {
-    let row = sqlx::query("SELECT * FROM services WHERE name = ?")
+pub async fn get_service(c: &mut AnyConnection, name: &str) -> Result<Option<ServiceRecord>> {
+    let row = sqlx::query("SELECT * FROM services WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *c)
         .await?;
@@ -230,12 +336,12 @@ pub async fn get_service(c: &mut SqliteConnection, name: &str) -> Result<Option<
 }
 
 /// Inserts a service.
-pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
+pub async fn insert_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO services (name, id, plan, state, version, admin_username, pg_port, pooler_port,
          pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at, external_host,
          pg_settings, work_mem, shared_buffers_percentage)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&s.name)
     .bind(s.id.to_string())
@@ -260,11 +366,11 @@ pub async fn insert_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
 }
 
 /// Rewrites the mutable columns of a service (plan, state, settings, filter, protection).
-pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Result<()> {
+pub async fn update_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<()> {
     sqlx::query(
-        "UPDATE services SET plan = ?, state = ?, pgbouncer_settings = ?, ip_filter = ?,
-         termination_protection = ?, updated_at = ?, pg_settings = ?, work_mem = ?,
-         shared_buffers_percentage = ? WHERE name = ?",
+        "UPDATE services SET plan = $1, state = $2, pgbouncer_settings = $3, ip_filter = $4,
+         termination_protection = $5, updated_at = $6, pg_settings = $7, work_mem = $8,
+         shared_buffers_percentage = $9 WHERE name = $10",
     )
     .bind(&s.plan)
     .bind(s.state.as_str())
@@ -282,14 +388,14 @@ pub async fn update_service(c: &mut SqliteConnection, s: &ServiceRecord) -> Resu
 }
 
 /// Deletes a service and everything it owns.
-pub async fn delete_service(c: &mut SqliteConnection, name: &str) -> Result<()> {
+pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
     for table in ["pools", "users", "databases", "service_internal"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE service = ?"))
+        sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)
             .execute(&mut *c)
             .await?;
     }
-    sqlx::query("DELETE FROM services WHERE name = ?")
+    sqlx::query("DELETE FROM services WHERE name = $1")
         .bind(name)
         .execute(&mut *c)
         .await?;
@@ -298,11 +404,11 @@ pub async fn delete_service(c: &mut SqliteConnection, name: &str) -> Result<()> 
 
 /// Records the sealed password of the internal superuser of `service`'s cluster.
 pub async fn insert_internal_password(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     service: &str,
     password_enc: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO service_internal (service, password_enc) VALUES (?, ?)")
+    sqlx::query("INSERT INTO service_internal (service, password_enc) VALUES ($1, $2)")
         .bind(service)
         .bind(password_enc)
         .execute(&mut *c)
@@ -311,8 +417,8 @@ pub async fn insert_internal_password(
 }
 
 /// Does the database exist?
-pub async fn database_exists(c: &mut SqliteConnection, service: &str, name: &str) -> Result<bool> {
-    let row = sqlx::query("SELECT 1 FROM databases WHERE service = ? AND name = ?")
+pub async fn database_exists(c: &mut AnyConnection, service: &str, name: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM databases WHERE service = $1 AND name = $2")
         .bind(service)
         .bind(name)
         .fetch_optional(&mut *c)
@@ -321,8 +427,8 @@ pub async fn database_exists(c: &mut SqliteConnection, service: &str, name: &str
 }
 
 /// Inserts a database.
-pub async fn insert_database(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
-    sqlx::query("INSERT INTO databases (service, name) VALUES (?, ?)")
+pub async fn insert_database(c: &mut AnyConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("INSERT INTO databases (service, name) VALUES ($1, $2)")
         .bind(service)
         .bind(name)
         .execute(&mut *c)
@@ -331,8 +437,8 @@ pub async fn insert_database(c: &mut SqliteConnection, service: &str, name: &str
 }
 
 /// Deletes a database.
-pub async fn delete_database(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
-    sqlx::query("DELETE FROM databases WHERE service = ? AND name = ?")
+pub async fn delete_database(c: &mut AnyConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM databases WHERE service = $1 AND name = $2")
         .bind(service)
         .bind(name)
         .execute(&mut *c)
@@ -341,8 +447,8 @@ pub async fn delete_database(c: &mut SqliteConnection, service: &str, name: &str
 }
 
 /// Users of a service, primary first.
-pub async fn users(c: &mut SqliteConnection, service: &str) -> Result<Vec<UserRecord>> {
-    let rows = sqlx::query("SELECT * FROM users WHERE service = ? ORDER BY kind = 'normal', name")
+pub async fn users(c: &mut AnyConnection, service: &str) -> Result<Vec<UserRecord>> {
+    let rows = sqlx::query("SELECT * FROM users WHERE service = $1 ORDER BY kind = 'normal', name")
         .bind(service)
         .fetch_all(&mut *c)
         .await?;
@@ -366,11 +472,7 @@ pub async fn users(c: &mut SqliteConnection, service: &str) -> Result<Vec<UserRe
 }
 
 /// One user.
-pub async fn user(
-    c: &mut SqliteConnection,
-    service: &str,
-    name: &str,
-) -> Result<Option<UserRecord>> {
+pub async fn user(c: &mut AnyConnection, service: &str, name: &str) -> Result<Option<UserRecord>> {
     Ok(users(c, service)
         .await?
         .into_iter()
@@ -378,11 +480,11 @@ pub async fn user(
 }
 
 /// Inserts a user, or replaces its password and flags.
-pub async fn upsert_user(c: &mut SqliteConnection, service: &str, u: &UserRecord) -> Result<()> {
+pub async fn upsert_user(c: &mut AnyConnection, service: &str, u: &UserRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO users (service, name, kind, password_enc, password_overridden, allow_replication,
            pending_password_enc)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (service, name) DO UPDATE SET password_enc = excluded.password_enc,
            password_overridden = excluded.password_overridden,
            allow_replication = excluded.allow_replication,
@@ -401,8 +503,8 @@ pub async fn upsert_user(c: &mut SqliteConnection, service: &str, u: &UserRecord
 }
 
 /// Deletes a user.
-pub async fn delete_user(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
-    sqlx::query("DELETE FROM users WHERE service = ? AND name = ?")
+pub async fn delete_user(c: &mut AnyConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM users WHERE service = $1 AND name = $2")
         .bind(service)
         .bind(name)
         .execute(&mut *c)
@@ -411,8 +513,8 @@ pub async fn delete_user(c: &mut SqliteConnection, service: &str, name: &str) ->
 }
 
 /// Pools of a service.
-pub async fn pools(c: &mut SqliteConnection, service: &str) -> Result<Vec<PoolRecord>> {
-    let rows = sqlx::query("SELECT * FROM pools WHERE service = ? ORDER BY name")
+pub async fn pools(c: &mut AnyConnection, service: &str) -> Result<Vec<PoolRecord>> {
+    let rows = sqlx::query("SELECT * FROM pools WHERE service = $1 ORDER BY name")
         .bind(service)
         .fetch_all(&mut *c)
         .await?;
@@ -433,9 +535,9 @@ pub async fn pools(c: &mut SqliteConnection, service: &str) -> Result<Vec<PoolRe
 }
 
 /// Inserts or replaces a pool.
-pub async fn upsert_pool(c: &mut SqliteConnection, service: &str, p: &PoolRecord) -> Result<()> {
+pub async fn upsert_pool(c: &mut AnyConnection, service: &str, p: &PoolRecord) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pools (service, name, database, username, mode, size) VALUES (?, ?, ?, ?, ?, ?)
+        "INSERT INTO pools (service, name, database, username, mode, size) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (service, name) DO UPDATE SET database = excluded.database,
            username = excluded.username, mode = excluded.mode, size = excluded.size",
     )
@@ -451,8 +553,8 @@ pub async fn upsert_pool(c: &mut SqliteConnection, service: &str, p: &PoolRecord
 }
 
 /// Deletes a pool.
-pub async fn delete_pool(c: &mut SqliteConnection, service: &str, name: &str) -> Result<()> {
-    sqlx::query("DELETE FROM pools WHERE service = ? AND name = ?")
+pub async fn delete_pool(c: &mut AnyConnection, service: &str, name: &str) -> Result<()> {
+    sqlx::query("DELETE FROM pools WHERE service = $1 AND name = $2")
         .bind(service)
         .bind(name)
         .execute(&mut *c)
@@ -461,10 +563,10 @@ pub async fn delete_pool(c: &mut SqliteConnection, service: &str, name: &str) ->
 }
 
 /// Inserts an operation.
-pub async fn insert_operation(c: &mut SqliteConnection, op: &OperationRecord) -> Result<()> {
+pub async fn insert_operation(c: &mut AnyConnection, op: &OperationRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO operations (id, state, reason, message, ref_id, ref_link, ref_command, kind,
-         service, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         service, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(op.id.to_string())
     .bind(op.state.as_str())
@@ -483,13 +585,13 @@ pub async fn insert_operation(c: &mut SqliteConnection, op: &OperationRecord) ->
 
 /// Finishes an operation.
 pub async fn finish_operation(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     id: Uuid,
     state: OpState,
     reason: Option<&str>,
     message: &str,
 ) -> Result<()> {
-    sqlx::query("UPDATE operations SET state = ?, reason = ?, message = ? WHERE id = ?")
+    sqlx::query("UPDATE operations SET state = $1, reason = $2, message = $3 WHERE id = $4")
         .bind(state.as_str())
         .bind(reason)
         .bind(message)
@@ -497,4 +599,19 @@ pub async fn finish_operation(
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+/// The newest migration applied to the store, if it has been migrated at all.
+async fn newest_applied(pool: &AnyPool) -> Result<Option<i64>> {
+    let mut c = pool.acquire().await?;
+    // The migrator's own table; absent on a new store (the query fails: nothing applied).
+    let mut tx = c.begin().await?;
+    let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
+        .fetch_optional(&mut *tx)
+        .await;
+    drop(tx);
+    match row {
+        Ok(Some(r)) => Ok(r.try_get::<Option<i64>, _>("v")?),
+        _ => Ok(None),
+    }
 }

@@ -180,6 +180,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         apply_timeout,
         external: None,
         service_uid_range: Default::default(),
+        store: None,
     }
 }
 

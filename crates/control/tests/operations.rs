@@ -62,6 +62,7 @@ async fn start(
         apply_timeout,
         external: None,
         service_uid_range: Default::default(),
+        store: None,
     })
     .await
     .unwrap()

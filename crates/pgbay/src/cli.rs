@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Directory holding all state (store, keys, CA, clusters).
     #[arg(long, env = "PGBAY_DATA_DIR", default_value = "./pgbay-data")]
     pub data_dir: PathBuf,
+    /// The control store: default the SQLite file in the data dir; `postgres://USER@HOST/DB`
+    /// puts it in an existing PostgreSQL (13 or newer). Give the password through PGPASSWORD or
+    /// PGPASSFILE, or the whole URL through PGBAY_STORE, not on the command line.
+    #[arg(long, env = "PGBAY_STORE")]
+    pub store: Option<String>,
     /// Address of the HTTP API.
     #[arg(long, env = "PGBAY_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub api_listen: SocketAddr,

@@ -135,6 +135,7 @@ pub async fn run(
         apply_timeout: pgbay_control::APPLY_TIMEOUT,
         external: args.external_admin_uri.clone(),
         service_uid_range: args.service_uid_range,
+        store: args.store.clone(),
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
@@ -202,6 +203,7 @@ pub async fn run(
         api = %listener.local_addr()?,
         api_tls = %api_tls,
         data_dir = %data_dir.display(),
+        store = %store_shown(args.store.as_deref()),
         pg_version = control.pg_version(),
         "pgbay serving"
     );
@@ -286,6 +288,22 @@ pub async fn run(
         tracing::info!("pgbay stopped");
     }
     Ok(())
+}
+
+/// The store as logged: the SQLite default, or the URL without its password.
+fn store_shown(url: Option<&str>) -> String {
+    let Some(url) = url else {
+        return "sqlite (data dir)".into();
+    };
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("REDACTED"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
 }
 
 /// Resolves once a successor has received this process's sockets; a failed attempt is logged

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::accept::{Bound, Listening};
 use crate::backend::{Pool, PoolState};
 use crate::config::{PoolerConfig, ServiceConfig};
 use crate::error::PoolerError;
-use crate::listener::{Bound, Listening};
 use crate::service::{Service, ServiceState, User};
 use crate::{signal, tls, Inner};
 

@@ -4,7 +4,7 @@
 //! (one listener each) and their pools, live, and answers with an `ApplyReport` naming each
 //! service it could not apply. See `config` for the knobs.
 //!
-//! Layout: `apply` reconciles the running services with a config; `listener` binds and accepts;
+//! Layout: `apply` reconciles the running services with a config; `accept` binds and accepts (TCP; not to be confused with LISTEN, `backend::listen`);
 //! `frontend::client` is the task of one connection; `frontend::login` logs it in
 //! (negotiate → admit → authenticate → greet); `frontend::session` is a logged-in client's life
 //! (idle → waiting → active); `frontend::relay` is the hot path: the socket loop (`pump`),
@@ -76,6 +76,7 @@
 //! 08P01 (FATAL); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.
 
+mod accept;
 mod admin;
 mod admission;
 mod apply;
@@ -86,7 +87,6 @@ pub mod config;
 pub mod error;
 mod errors;
 mod frontend;
-mod listener;
 mod net;
 mod notify;
 mod params;

@@ -1,0 +1,329 @@
+//! Lending server connections: the idle list, the FIFO of waiters, connecting within the
+//! pool's size (`SlotToken`), and checking connections back in (`ServerGuard`, `Resetting`).
+
+use super::*;
+
+impl Pool {
+    /// Counts `server` as SV_USED until the returned guard is dropped: its client is done with
+    /// it and it is being reset.
+    pub fn resetting<'a>(&'a self, server: &'a mut Server) -> Resetting<'a> {
+        self.used.fetch_add(1, Ordering::Relaxed);
+        server.set_state(ServerState::Used);
+        Resetting { pool: self, server }
+    }
+
+    /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
+    /// `st` is the caller's copy of `state()` (see `state_version`).
+    pub fn try_acquire(self: &Arc<Self>, st: &PoolState) -> Option<ServerGuard> {
+        if self.drain.is_cancelled() {
+            return None;
+        }
+        loop {
+            let s = self.hot.inner.lock().idle.pop()?;
+            if let Some(g) = self.lend(s, st) {
+                return Some(g);
+            }
+        }
+    }
+
+    /// Lends a connection taken from the idle list if it may still serve; closes it otherwise.
+    /// (`server_lifetime` is checked at check-in and by the upkeep, not here: a clock read
+    /// per transaction saved, at the price of a connection living up to one `upkeep::TICK` longer.)
+    fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
+        if s.gen == st.gen && s.is_alive() {
+            s.clean = false;
+            s.set_state(ServerState::Active);
+            return Some(ServerGuard {
+                pool: self.clone(),
+                server: Some(s),
+            });
+        }
+        let reason = if s.gen != st.gen {
+            "pool configuration changed"
+        } else {
+            "found closed or unusable when lent"
+        };
+        s.close(reason);
+        None
+    }
+
+    /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
+    pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
+        let state = self.state();
+        let since = Instant::now();
+        let deadline = since + state.wait_timeout;
+        loop {
+            if self.drain.is_cancelled() {
+                return Err(AcquireError::Removed);
+            }
+            let waiting = {
+                let mut inner = self.hot.inner.lock();
+                if let Some(s) = inner.idle.pop() {
+                    Ok(Grant::Server(s))
+                } else if inner.total < inner.size {
+                    inner.total += 1;
+                    Ok(Grant::Connect(SlotToken {
+                        pool: Arc::downgrade(self),
+                    }))
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.push_back(Waiter {
+                        tx,
+                        since,
+                        deadline,
+                    });
+                    Err(rx)
+                }
+            };
+            let grant = match waiting {
+                Ok(g) => g,
+                // A waiter is removed from the queue by whoever sends to it, so it gets
+                // exactly one grant (or the expiry).
+                Err(rx) => match rx.await {
+                    Ok(g) => g,
+                    Err(_) => return Err(AcquireError::Removed),
+                },
+            };
+            match grant {
+                Grant::Server(s) => {
+                    if let Some(g) = self.lend(s, &self.state()) {
+                        return Ok(g);
+                    }
+                }
+                Grant::Connect(slot) => {
+                    let mut s = self.connect(slot).await?;
+                    s.set_state(ServerState::Active);
+                    return Ok(ServerGuard {
+                        pool: self.clone(),
+                        server: Some(s),
+                    });
+                }
+                Grant::Expired => return Err(AcquireError::Timeout(state.wait_timeout)),
+            }
+        }
+    }
+
+    pub(super) async fn connect(
+        self: &Arc<Self>,
+        slot: SlotToken,
+    ) -> Result<Box<Server>, ServerError> {
+        let st = self.state();
+        self.hot.inner.lock().login += 1;
+        // Boxed: a login future (TCP, TLS handshake, SCRAM) is large, and inline it would size
+        // every client task that may wait here, idle ones included (~1 KiB each).
+        let timeout = CONNECT_TIMEOUT.min(st.wait_timeout.max(Duration::from_secs(1)));
+        let result = Box::pin(Server::connect(
+            st.connect_params(&self.name, timeout),
+            slot,
+        ))
+        .await;
+        self.hot.inner.lock().login -= 1;
+        let mut result = result;
+        match &mut result {
+            Ok(s) => {
+                let mut info =
+                    crate::sockets::SocketInfo::new(st.cfg.username.clone(), self.name.clone());
+                info.host = Some((st.backend.host.clone(), st.backend.port));
+                info.tls = s.stream.is_tls();
+                info.pid = s.pid;
+                info.state = std::sync::atomic::AtomicU8::new(ServerState::Login as u8);
+                s.info = Some(self.server_list.register(info));
+                let mut lp = self.login_params.lock();
+                if lp.is_none() && s.gen == self.state().gen {
+                    *lp = Some(Arc::new(s.startup_params.clone()));
+                }
+                tracing::debug!(pool = %self.name, pid = s.pid, "server connection established");
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, pool = %self.name, error = %e, "server connection failed")
+            }
+        }
+        result
+    }
+
+    /// The ParameterStatus set for logins; connects once to learn it if needed.
+    pub async fn login_params(self: &Arc<Self>) -> Result<LoginParams, AcquireError> {
+        if let Some(p) = self.login_params.lock().clone() {
+            return Ok(p);
+        }
+        let guard = self.acquire().await?;
+        let params = Arc::new(guard.server().startup_params.clone());
+        let mut guard = guard;
+        guard.server_mut().clean = true;
+        drop(guard);
+        *self.login_params.lock() = Some(params.clone());
+        Ok(params)
+    }
+
+    /// Takes a connection back. Connections that are not clean, too old, from an older
+    /// configuration or beyond the pool's size are closed.
+    pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
+        let now = Instant::now();
+        let unusable = if !server.clean
+            || server.status != txn::IDLE
+            || !server.relay.expect.is_empty()
+            || !server.bufs.is_empty()
+        {
+            Some("not at a clean transaction boundary")
+        } else if server.gen != st.gen {
+            Some("pool configuration changed")
+        } else if now.duration_since(server.created) >= st.settings.server_lifetime {
+            Some("server_lifetime reached")
+        } else if self.drain.is_cancelled() {
+            Some("pool removed")
+        } else {
+            None
+        };
+        if let Some(reason) = unusable {
+            server.close(reason);
+            return;
+        }
+        let mut server = server;
+        server.bufs.shrink();
+        server.last_used = now;
+        server.set_state(ServerState::Idle);
+        loop {
+            // The waiter is woken outside the lock.
+            let waiter = {
+                let mut inner = self.hot.inner.lock();
+                if inner.total > inner.size {
+                    None
+                } else if let Some(w) = inner.waiters.pop_front() {
+                    Some(w)
+                } else {
+                    inner.idle.push(server);
+                    return;
+                }
+            };
+            let Some(w) = waiter else {
+                server.close("pool size reduced"); // frees its slot
+                return;
+            };
+            server.set_state(ServerState::Active);
+            match w.tx.send(Grant::Server(server)) {
+                Ok(()) => return,
+                Err(Grant::Server(mut s)) => {
+                    s.set_state(ServerState::Idle);
+                    server = s;
+                }
+                Err(_) => unreachable!("sent a server"),
+            }
+        }
+    }
+
+    /// Gives a dead connection's capacity to the first waiter, or frees it.
+    fn release_slot(self: &Arc<Self>) {
+        let mut inner = self.hot.inner.lock();
+        while inner.total <= inner.size {
+            let Some(w) = inner.waiters.pop_front() else {
+                break;
+            };
+            match w.tx.send(Grant::Connect(SlotToken {
+                pool: Arc::downgrade(self),
+            })) {
+                Ok(()) => return,
+                // The waiter left; the reservation stays and goes to the next one.
+                Err(g) => std::mem::forget(g),
+            }
+        }
+        inner.total -= 1;
+    }
+
+    /// After growing: waiters get slots up to the new size.
+    pub(super) fn grant_slots(self: &Arc<Self>) {
+        let mut inner = self.hot.inner.lock();
+        while inner.total < inner.size {
+            let Some(w) = inner.waiters.pop_front() else {
+                break;
+            };
+            inner.total += 1;
+            if let Err(g) = w.tx.send(Grant::Connect(SlotToken {
+                pool: Arc::downgrade(self),
+            })) {
+                std::mem::forget(g);
+                inner.total -= 1;
+            }
+        }
+    }
+}
+
+impl SlotToken {
+    /// For a connection outside every pool's accounting (the LISTEN connection).
+    pub(crate) fn unaccounted() -> SlotToken {
+        SlotToken { pool: Weak::new() }
+    }
+}
+
+impl Drop for SlotToken {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.release_slot();
+        }
+    }
+}
+
+/// A lent server connection counted as SV_USED (see `Pool::resetting`).
+pub struct Resetting<'a> {
+    pool: &'a Pool,
+    server: &'a mut Server,
+}
+
+impl std::ops::Deref for Resetting<'_> {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.server
+    }
+}
+
+impl std::ops::DerefMut for Resetting<'_> {
+    fn deref_mut(&mut self) -> &mut Server {
+        self.server
+    }
+}
+
+impl Drop for Resetting<'_> {
+    fn drop(&mut self) {
+        self.server.set_state(ServerState::Active);
+        self.pool.used.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A server connection lent to one client; returned to the pool on drop.
+pub struct ServerGuard {
+    pool: Arc<Pool>,
+    server: Option<Box<Server>>,
+}
+
+impl ServerGuard {
+    pub fn server(&self) -> &Server {
+        match &self.server {
+            Some(s) => s,
+            None => unreachable!("server taken before drop"),
+        }
+    }
+
+    pub fn server_mut(&mut self) -> &mut Server {
+        match &mut self.server {
+            Some(s) => s,
+            None => unreachable!("server taken before drop"),
+        }
+    }
+}
+
+impl ServerGuard {
+    /// Checks the connection in with the caller's copy of the pool state (dropping the guard
+    /// does the same but reads the state again).
+    pub fn release(mut self, st: &PoolState) {
+        if let Some(s) = self.server.take() {
+            self.pool.checkin(s, st);
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.pool.checkin(s, &self.pool.state());
+        }
+    }
+}

@@ -162,7 +162,10 @@ def test_sql_prepare_is_refused_naming_transaction_mode(pool_uri):
             # Inside a block the refusal leaves the block open, as the server state says.
             with a.transaction():
                 with pytest.raises(psycopg.errors.FeatureNotSupported):
-                    a.execute("DEALLOCATE ALL")
+                    a.execute("PREPARE q AS SELECT 1")
+            # DEALLOCATE acts on the client's own statements instead (test_statements.py).
+            with a.transaction():
+                a.execute("DEALLOCATE ALL")
         finally:
             a.close()
             await b.close()

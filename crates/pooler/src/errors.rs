@@ -152,6 +152,22 @@ pub fn admin_shutdown(service: &str) -> ClientError {
     ClientError::new("57P01", format!("service \"{service}\" is shutting down"))
 }
 
+/// An error the server answered, passed on with its SQLSTATE.
+pub fn from_server(code: &str, message: &str) -> ClientError {
+    ClientError {
+        code: Cow::Owned(code.to_string()),
+        message: message.to_string(),
+    }
+}
+
+/// `DEALLOCATE` of a statement the client does not have: PostgreSQL's answer.
+pub fn unknown_prepared_statement(name: &str) -> ClientError {
+    ClientError::new(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
 /// pgbay drains (`Pooler::drain`); `reason` is a `DrainReason as u8`.
 pub fn pgbay_draining(reason: u8) -> ClientError {
     let why = if reason == crate::DrainReason::Restarting as u8 {

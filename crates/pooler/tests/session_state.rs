@@ -67,7 +67,7 @@ async fn sets_follow_their_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_prepared_statements_are_refused() {
+async fn sql_prepare_and_execute_are_refused() {
     let pg = shared().await;
     let (pooler, addr) = start(service(
         "sqlprep",
@@ -76,7 +76,13 @@ async fn sql_prepared_statements_are_refused() {
     ))
     .await;
     let a = connect(addr, "p1").await.unwrap();
-    for sql in ["PREPARE p AS SELECT 1", "EXECUTE p", "DEALLOCATE p"] {
+    // DEALLOCATE is served on the client's own statements (tests/test_statements.py): only
+    // its extended-protocol form stays refused.
+    let e = must_fail(a.batch_execute("DEALLOCATE p").await, "DEALLOCATE p");
+    assert_eq!(sqlstate(&e), "26000");
+    let e = must_fail(a.execute("DEALLOCATE p", &[]).await, "DEALLOCATE p");
+    assert_eq!(sqlstate(&e), "0A000", "DEALLOCATE p (extended)");
+    for sql in ["PREPARE p AS SELECT 1", "EXECUTE p"] {
         let e = must_fail(a.batch_execute(sql).await, sql);
         assert_eq!(sqlstate(&e), "0A000", "{sql}");
         assert!(

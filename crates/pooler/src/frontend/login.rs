@@ -332,6 +332,9 @@ fn admit(
     let mut user = None;
     let mut database = None;
     let mut values: Values = Default::default();
+    // `options` (`-c name=value`, `--name=value`) set the same session settings as startup
+    // parameters; a parameter given directly wins, as in PostgreSQL.
+    let mut from_options: Values = Default::default();
     for (name, value) in startup {
         match name.as_str() {
             "user" => user = Some(value),
@@ -341,10 +344,30 @@ fn admit(
                 .ignore_startup_parameters
                 .iter()
                 .any(|i| i.eq_ignore_ascii_case(&name)) => {}
+            "options" => {
+                for (name, value) in params::parse_options(&value)
+                    .map_err(|e| errors::unsupported_startup_parameter(&format!("options: {e}")))?
+                {
+                    match params::index(&name) {
+                        Some(i) => from_options[i] = Some(value.into()),
+                        None => {
+                            return Err(errors::unsupported_startup_parameter(&format!(
+                                "options: -c {name} (a pooled session carries only {})",
+                                params::TRACKED.join(", ")
+                            )))
+                        }
+                    }
+                }
+            }
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
                 None => return Err(errors::unsupported_startup_parameter(&name)),
             },
+        }
+    }
+    for (v, o) in values.iter_mut().zip(from_options) {
+        if v.is_none() {
+            *v = o;
         }
     }
     let user = user.ok_or_else(errors::no_user_name)?;

@@ -333,11 +333,19 @@ async fn attached(
             client
                 .span
                 .in_scope(|| tracing::warn!(error = %e, "could not apply client parameters"));
-            if !matches!(e, crate::backend::ServerError::Server { .. }) {
-                server.close_reason = Some("server connection lost");
-                client.fatal(&errors::server_lost(&pool.name, &e)).await;
-                return Ok(false);
-            }
+            let refusal = match &e {
+                // A value the server refuses (a bad `-c` in `options`, a role no longer
+                // granted): the client gets the server's own error, as it would at login.
+                crate::backend::ServerError::Server { code, message } => {
+                    errors::from_server(code, message)
+                }
+                _ => {
+                    server.close_reason = Some("server connection lost");
+                    errors::server_lost(&pool.name, &e)
+                }
+            };
+            client.fatal(&refusal).await;
+            return Ok(false);
         } else {
             server.params.synced(&client.params);
         }

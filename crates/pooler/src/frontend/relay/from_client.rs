@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::session_state::{self, Found, ListenCmd};
 use super::{
-    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
-    MAX_MESSAGE,
+    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, Deallocated, RelayError,
+    COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
@@ -142,10 +142,33 @@ fn client_messages(
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
-                        push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
-                        server.relay.c2s_discard = tag == tag::PARSE;
+                        // DEALLOCATE acts on the client's own statements (drivers' statement
+                        // caches evict with it); PREPARE/EXECUTE stay refused.
+                        let dealloc = (tag == tag::QUERY && ctx.track)
+                            .then(|| {
+                                session_state::parse_deallocate(block::statement_text(tag, msg))
+                            })
+                            .flatten();
+                        let action = match dealloc {
+                            Some(d) => Action::Deallocated(deallocate(server, ctx, d)),
+                            None => {
+                                server.relay.c2s_discard = tag == tag::PARSE;
+                                Action::RefusePrepared
+                            }
+                        };
+                        push(&mut server.relay.expect, tag, action, 0);
                         continue;
                     }
+                }
+                // DISCARD ALL also drops the client's own statements (the server's are dropped
+                // when its CommandComplete comes back). Outside a block only: inside one the
+                // server refuses it.
+                if tag == tag::QUERY
+                    && ctx.track
+                    && server.status == tag::txn::IDLE
+                    && session_state::is_discard_all(block::statement_text(tag, msg))
+                {
+                    ctx.statements.clear();
                 }
                 if tag == tag::PARSE && !ctx.track && msg.get(HEADER).is_some_and(|&b| b != 0) {
                     // A named statement left on the server as it is: gone before anyone else
@@ -339,6 +362,28 @@ fn fixed_name(tag: u8) -> &'static str {
 /// answered by the server running `LISTEN_NOOP` in its place, so that the rest of the
 /// client's extended-protocol messages (Bind, Describe, Execute) get their usual answers.
 #[cold]
+/// Applies an SQL `DEALLOCATE` to the client's own statements.
+fn deallocate(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    d: session_state::Deallocate,
+) -> Deallocated {
+    match d {
+        session_state::Deallocate::All => {
+            ctx.statements.clear();
+            Deallocated::All
+        }
+        session_state::Deallocate::Name(name) => {
+            if ctx.statements.remove(name.as_bytes()).is_some() {
+                Deallocated::One
+            } else {
+                server.relay.unknown_statements.push_back(name);
+                Deallocated::Unknown
+            }
+        }
+    }
+}
+
 fn listen(
     server: &mut Server,
     ctx: &mut ClientCtx<'_>,

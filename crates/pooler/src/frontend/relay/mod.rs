@@ -119,6 +119,9 @@ pub struct RelayState {
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,
+    /// Names of `DEALLOCATE`d statements the client did not have, in the order of their
+    /// `Action::Deallocated(Deallocated::Unknown)` entries (for the 26000 message).
+    pub unknown_statements: VecDeque<Box<str>>,
 }
 
 /// What the relay expects the server to answer, in order.
@@ -150,6 +153,18 @@ pub enum Action {
     ListenDone(bool),
     /// Transaction/statement mode: a LISTEN/UNLISTEN the listener cannot serve, refused.
     RefuseListen,
+    /// Transaction/statement mode: an SQL `DEALLOCATE` the pooler applied to the client's own
+    /// statements, answered as PostgreSQL would.
+    Deallocated(Deallocated),
+}
+
+/// What an SQL `DEALLOCATE` did to the client's statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deallocated {
+    One,
+    All,
+    /// No statement of that name (its name is in `RelayState::unknown_statements`).
+    Unknown,
 }
 
 impl Action {
@@ -163,6 +178,7 @@ impl Action {
                 | Action::RefusePrepared
                 | Action::ListenDone(_)
                 | Action::RefuseListen
+                | Action::Deallocated(_)
         )
     }
 }
@@ -231,6 +247,7 @@ fn drain_synthesized(server: &mut Server) {
             Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
             Action::ListenDone(listen) => session_state::listen_done(server, listen),
             Action::RefuseListen => session_state::refuse_listen(server, front.kind),
+            Action::Deallocated(d) => session_state::deallocated(server, d),
             _ => break,
         }
         server.relay.expect.pop_front();

@@ -136,6 +136,70 @@ pub fn refuse_sql_prepared(server: &mut Server, kind: u8) {
     }
 }
 
+/// An SQL `DEALLOCATE` the pooler applies to the client's own protocol-level statements.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deallocate {
+    All,
+    Name(Box<str>),
+}
+
+/// A whole Query text that is exactly one `DEALLOCATE [PREPARE] { name | ALL }` (the name folded
+/// as PostgreSQL folds identifiers). None for anything else.
+pub fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
+    let rest = skip_noise(keyword(skip_noise(sql), b"deallocate")?);
+    let rest = match keyword(rest, b"prepare") {
+        Some(r) if !skip_noise(r).starts_with(b";") && skip_noise(r).first() != Some(&0) => {
+            skip_noise(r)
+        }
+        _ => rest,
+    };
+    let (cmd, rest) = match keyword(rest, b"all") {
+        Some(r) => (Deallocate::All, r),
+        None => {
+            let (name, r) = identifier(rest)?;
+            (Deallocate::Name(name), r)
+        }
+    };
+    let rest = skip_noise(rest);
+    let rest = rest.strip_prefix(b";").map(skip_noise).unwrap_or(rest);
+    (rest.first() == Some(&0)).then_some(cmd)
+}
+
+/// Whether a whole Query text is exactly `DISCARD ALL`.
+pub fn is_discard_all(sql: &[u8]) -> bool {
+    let Some(rest) = keyword(skip_noise(sql), b"discard") else {
+        return false;
+    };
+    let Some(rest) = keyword(skip_noise(rest), b"all") else {
+        return false;
+    };
+    let rest = skip_noise(rest);
+    let rest = rest.strip_prefix(b";").map(skip_noise).unwrap_or(rest);
+    rest.first() == Some(&0)
+}
+
+/// Answers a `DEALLOCATE` the pooler applied (`parse_deallocate`): CommandComplete, or
+/// PostgreSQL's 26000 for a name the client did not prepare; then ReadyForQuery in the
+/// server's state.
+#[cold]
+pub fn deallocated(server: &mut Server, d: super::Deallocated) {
+    let out = &mut server.bufs.s2c_out;
+    match d {
+        super::Deallocated::One => status::command_complete(out, b"DEALLOCATE"),
+        super::Deallocated::All => status::command_complete(out, b"DEALLOCATE ALL"),
+        super::Deallocated::Unknown => {
+            let name = server
+                .relay
+                .unknown_statements
+                .pop_front()
+                .unwrap_or_default();
+            errors::unknown_prepared_statement(&name).write(out, Severity::Error);
+        }
+    }
+    status::ready_for_query(out, server.status);
+    server.relay.ready_synthesized = true;
+}
+
 /// A LISTEN or UNLISTEN the pooler answers itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ListenCmd {

@@ -166,10 +166,14 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "pgbouncer-settings": s.pgbouncer.to_json(),
         "ip-filter": s.ip_filter.to_strings(),
         "prometheus-uri": {"host": metrics.host, "port": metrics.port},
-        "backups": [],
+        "backups": backups(control, &s.name),
         "pg-settings": s.pg_settings.to_json(),
     });
     let mut pg = pg;
+    if control.backups_enabled() && s.external_host.is_none() {
+        let at = pgbay_control::BackupSchedule::picked_for(s);
+        pg["backup-schedule"] = json!({"backup-hour": at.hour, "backup-minute": at.minute});
+    }
     if let Some(plan) = plans::lookup(&s.plan) {
         let m = plan.memory_settings(s.shared_buffers_percentage, s.work_mem);
         pg["node-memory"] = json!(plan.memory_bytes());
@@ -204,6 +208,22 @@ fn user(u: &pgbay_control::UserView) -> Value {
 }
 
 /// The users of a service as `dbaas-postgres-users` lists them.
+/// The document's `backups`: pgBackRest's record of the service's repository.
+fn backups(control: &Control, service: &str) -> Value {
+    control
+        .backups_of(service)
+        .into_iter()
+        .map(|b| {
+            let at = chrono::DateTime::from_timestamp(b.stopped_at, 0).unwrap_or_default();
+            json!({
+                "backup-name": b.name,
+                "backup-time": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "data-size": b.data_size,
+            })
+        })
+        .collect()
+}
+
 pub fn users(v: &ServiceView) -> Value {
     let users: Vec<Value> = v.users.iter().map(user).collect();
     json!({ "users": users })

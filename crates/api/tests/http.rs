@@ -41,6 +41,7 @@ async fn server() -> Server {
         external: None,
         service_uid_range: Default::default(),
         store: None,
+        backup_repo: None,
     })
     .await
     .unwrap();

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod files;
 pub mod os_users;
+pub mod pgbackrest;
 pub mod provision;
 pub mod sizing;
 

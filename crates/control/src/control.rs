@@ -50,6 +50,19 @@ pub struct ControlConfig {
     pub service_uid_range: pgbay_cluster::os_users::UidRange,
     /// The control store (`--store`): None for the SQLite file in the data dir.
     pub store: Option<String>,
+    /// Root of the services' pgBackRest repositories (`--backup-repo`): None for
+    /// `<data-dir>/backups`.
+    pub backup_repo: Option<PathBuf>,
+}
+
+/// The backup repositories' root: pgbay's (0711), so that each service's user can reach its own
+/// repository below it and list nothing.
+fn prepare_backup_root(root: &std::path::Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root)
+        .map_err(|e| ControlError::internal(format!("creating {}: {e}", root.display())))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| ControlError::internal(format!("chmod {}: {e}", root.display())))
 }
 
 /// The data dir may be traversed by the services' users (the clusters live below it) but not listed, and
@@ -85,6 +98,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) logs: crate::logs::Logs,
     pub(crate) sizing: pgbay_cluster::sizing::Sizer,
+    pub(crate) backups: crate::backups::BackupState,
 }
 
 /// The control plane. Cheap to clone.
@@ -114,6 +128,17 @@ impl Control {
             cfg.public_host.clone(),
         )
         .with_uid_range(cfg.service_uid_range);
+        let prov = match pgbay_cluster::pgbackrest::program() {
+            Some(_) => {
+                let root = cfg
+                    .backup_repo
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("backups"));
+                prepare_backup_root(&root)?;
+                prov.with_backup_root(root)
+            }
+            None => prov,
+        };
         prov.ensure_traversable(&cfg.data_dir.join("services"))?;
         let version = prov.major_version()?;
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
@@ -143,6 +168,7 @@ impl Control {
                 metrics: crate::metrics::Metrics::default(),
                 logs: crate::logs::Logs::default(),
                 sizing,
+                backups: Default::default(),
             }),
         };
         control.recover().await?;
@@ -151,6 +177,8 @@ impl Control {
         tokio::spawn(async move { sup.supervise().await });
         let sampler = control.clone();
         tokio::spawn(async move { sampler.sample_metrics().await });
+        let scheduler = control.clone();
+        tokio::spawn(async move { scheduler.run_backup_schedule().await });
         Ok(control)
     }
 

@@ -22,6 +22,7 @@
 //! them, then end `success`, or `failure`/`unavailable` with the pooler's reason for a failed
 //! service or after `APPLY_TIMEOUT` without a report (see [`ApplyOutcome`] and `operations.rs`).
 
+pub mod backups;
 pub mod ca;
 mod cluster_config;
 pub mod commands;
@@ -45,6 +46,7 @@ mod services;
 mod sizing;
 pub mod store;
 
+pub use backups::{BackupMetrics, BackupSchedule};
 pub use ca::TlsMaterial;
 pub use commands::{
     NewDatabase, NewPool, NewService, NewUser, PasswordReset, PoolUpdate, ServiceUpdate,
@@ -58,6 +60,7 @@ pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
+pub use pgbay_cluster::pgbackrest::Backup;
 pub use pgbay_cluster::provision::{external, local};
 pub use pgbay_cluster::{admin, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};

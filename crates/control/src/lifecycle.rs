@@ -204,6 +204,7 @@ impl Control {
         store::update_service(&mut tx, &s).await?;
         tx.commit().await?;
         tracing::info!(service = %name, port = s.pg_port, "service running");
+        self.spawn_first_backup(name);
         let rec = match op {
             Some(id) => self.inner.store.operation(id).await?,
             None => None,

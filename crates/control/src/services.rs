@@ -548,6 +548,7 @@ impl Control {
         // directory without a service, which the next start removes.
         let op = self.settle(op).await?;
         self.forget_pooler_logs(&s.name);
+        self.forget_backups(&s.name);
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

@@ -181,6 +181,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         external: None,
         service_uid_range: Default::default(),
         store: None,
+        backup_repo: None,
     }
 }
 

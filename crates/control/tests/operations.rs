@@ -63,6 +63,7 @@ async fn start(
         external: None,
         service_uid_range: Default::default(),
         store: None,
+        backup_repo: None,
     })
     .await
     .unwrap()

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// PGPASSFILE, or the whole URL through PGBAY_STORE, not on the command line.
     #[arg(long, env = "PGBAY_STORE")]
     pub store: Option<String>,
+    /// Where the services' pgBackRest repositories live (one per service, below it): default
+    /// `<data-dir>/backups`; a shared file system path for several machines.
+    #[arg(long, env = "PGBAY_BACKUP_REPO")]
+    pub backup_repo: Option<PathBuf>,
     /// Address of the HTTP API.
     #[arg(long, env = "PGBAY_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub api_listen: SocketAddr,

@@ -136,6 +136,7 @@ pub async fn run(
         external: args.external_admin_uri.clone(),
         service_uid_range: args.service_uid_range,
         store: args.store.clone(),
+        backup_repo: args.backup_repo.clone(),
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;

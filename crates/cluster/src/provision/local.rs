@@ -31,6 +31,8 @@ pub struct LocalProvisioner {
     /// pgbay is root: each service runs as its own OS user.
     isolate: bool,
     uid_range: UidRange,
+    /// Where each service's pgBackRest repository lives (`pgbackrest`); None: no archiving.
+    backup_root: Option<PathBuf>,
 }
 
 /// Owner (uid, gid) given to a service's files, `None` when pgbay is not root.
@@ -49,7 +51,24 @@ impl LocalProvisioner {
             public_host,
             isolate: os_users::privileged(),
             uid_range: UidRange::default(),
+            backup_root: None,
         }
+    }
+
+    /// Archives every cluster's WAL with pgBackRest into a repository per service under
+    /// `root` (`crate::pgbackrest`).
+    pub fn with_backup_root(mut self, root: PathBuf) -> Self {
+        self.backup_root = Some(root);
+        self
+    }
+
+    /// See [`Self::with_backup_root`].
+    pub fn backup_root(&self) -> Option<&Path> {
+        self.backup_root.as_deref()
+    }
+
+    pub(crate) fn pgdata_of(&self, name: &str) -> PathBuf {
+        self.pgdata(name)
     }
 
     /// Takes the uids of new service users from `range` (`--service-uid-range`).
@@ -395,10 +414,11 @@ impl LocalProvisioner {
              unix_socket_directories = '{}'\nunix_socket_permissions = 0700\n\
              ssl = on\nssl_cert_file = 'server.crt'\n\
              ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
-             logging_collector = off\nlog_timezone = 'UTC'\n",
+             logging_collector = off\nlog_timezone = 'UTC'\n{}",
             spec.port,
             listen.join(","),
-            socket_dir.display().to_string().replace('\'', "''")
+            socket_dir.display().to_string().replace('\'', "''"),
+            self.archive_settings(spec.name, spec.port, &socket_dir, owner)?,
         );
         let files: [(&str, &str, bool); 3] = [
             ("pgbay.conf", &conf, false),
@@ -474,6 +494,7 @@ impl LocalProvisioner {
     pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
         use std::os::unix::fs::MetadataExt;
         self.stop(name)?;
+        self.remove_repo(name)?;
         let dir = self.service_dir(name);
         let Ok(meta) = std::fs::symlink_metadata(&dir) else {
             return Ok(());

@@ -1,0 +1,244 @@
+//! pgBackRest (Debian `pgbackrest`) for the local clusters: continuous WAL archiving, full
+//! backups, and what they hold.
+//!
+//! One repository per service, `<repo-root>/<service>` (mode 0700, owned by the service's OS
+//! user: another service's user cannot read it), with one stanza, `pgbay`. Its configuration is
+//! `pgbackrest.conf` in the service directory (0600, the service's user), with pgBackRest's own
+//! `spool-path`, `lock-path` and `log-path` there too. PostgreSQL archives with
+//! `archive-push` (from `archive_command`, as the cluster's user); backups log in over the Unix
+//! socket as pgbay's internal role, whose password reaches pgBackRest through its environment
+//! (`PGPASSWORD`), never its command line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use crate::provision::local::LocalProvisioner;
+use crate::provision::{io, ProvisionError};
+
+/// The stanza every service's repository holds.
+pub const STANZA: &str = "pgbay";
+
+/// The program, looked up on PATH.
+pub fn program() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("pgbackrest"))
+        .find(|p| p.is_file())
+}
+
+/// The error when pgBackRest is missing: names the Debian package.
+pub fn missing() -> ProvisionError {
+    ProvisionError::Program {
+        program: "pgbackrest".into(),
+        output: "not found on PATH: install the Debian package `pgbackrest`".into(),
+    }
+}
+
+/// One backup in a repository, as `pgbackrest info` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    /// pgBackRest's label, e.g. `20261203-071500F`.
+    pub name: String,
+    /// When it finished (unix seconds).
+    pub stopped_at: i64,
+    /// Size of the database it holds, bytes.
+    pub data_size: u64,
+}
+
+/// What a repository holds: backups, oldest first, and the WAL archived so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoInfo {
+    pub backups: Vec<Backup>,
+    /// The oldest time a restore can reach (the first backup's end), unix seconds.
+    pub earliest: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct InfoStanza {
+    #[serde(default)]
+    backup: Vec<InfoBackup>,
+}
+
+#[derive(Deserialize)]
+struct InfoBackup {
+    label: String,
+    timestamp: InfoTimestamp,
+    info: InfoSizes,
+}
+
+#[derive(Deserialize)]
+struct InfoTimestamp {
+    stop: i64,
+}
+
+#[derive(Deserialize)]
+struct InfoSizes {
+    size: u64,
+}
+
+/// Parses `pgbackrest --output=json info` of one stanza.
+pub fn parse_info(json: &str) -> Result<RepoInfo, String> {
+    let stanzas: Vec<InfoStanza> =
+        serde_json::from_str(json).map_err(|e| format!("pgbackrest info: {e}"))?;
+    let mut backups: Vec<Backup> = stanzas
+        .into_iter()
+        .flat_map(|s| s.backup)
+        .map(|b| Backup {
+            name: b.label,
+            stopped_at: b.timestamp.stop,
+            data_size: b.info.size,
+        })
+        .collect();
+    backups.sort_by_key(|b| b.stopped_at);
+    let earliest = backups.first().map(|b| b.stopped_at);
+    Ok(RepoInfo { backups, earliest })
+}
+
+impl LocalProvisioner {
+    /// The repository of `name` when archiving is on.
+    pub fn repo_of(&self, name: &str) -> Option<PathBuf> {
+        self.backup_root().map(|r| r.join(name))
+    }
+
+    fn pgbackrest_conf(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("pgbackrest.conf")
+    }
+
+    /// The settings that make the cluster archive into its repository (for `pgbay.conf`), and
+    /// the repository and pgBackRest's files they need, made now. Empty when archiving is off.
+    pub(crate) fn archive_settings(
+        &self,
+        name: &str,
+        port: u16,
+        socket_dir: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<String, ProvisionError> {
+        let Some(repo) = self.repo_of(name) else {
+            return Ok(String::new());
+        };
+        let program = program().ok_or_else(missing)?;
+        let dir = self.service_dir(name).join("pgbackrest");
+        for d in [
+            repo.clone(),
+            dir.clone(),
+            dir.join("spool"),
+            dir.join("lock"),
+            dir.join("log"),
+        ] {
+            make_private_dir(&d, owner)?;
+        }
+        let conf = format!(
+            "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
+             spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
+             log-level-file=info\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
+             [{STANZA}]\npg1-path={pgdata}\npg1-socket-path={socket}\npg1-port={port}\n\
+             pg1-user={user}\n",
+            repo = repo.display(),
+            spool = dir.join("spool").display(),
+            lock = dir.join("lock").display(),
+            log = dir.join("log").display(),
+            pgdata = self.pgdata_of(name).display(),
+            socket = socket_dir.display(),
+            user = crate::admin::INTERNAL_ROLE,
+        );
+        crate::files::write_atomic(&self.pgbackrest_conf(name), conf.as_bytes(), 0o600, owner)
+            .map_err(io("writing pgbackrest.conf"))?;
+        let command = format!(
+            "{} --config={} --stanza={STANZA} archive-push %p",
+            program.display(),
+            self.pgbackrest_conf(name).display()
+        );
+        Ok(format!(
+            "archive_mode = on\narchive_command = '{}'\narchive_timeout = 60\n",
+            command.replace('\'', "''")
+        ))
+    }
+
+    /// pgBackRest for service `name`, as its OS user, logging in with `password`.
+    fn pgbackrest(&self, name: &str, password: &str) -> Result<Command, ProvisionError> {
+        let program = program().ok_or_else(missing)?;
+        let mut c = self.command_at(name, &program)?;
+        c.arg(format!("--config={}", self.pgbackrest_conf(name).display()))
+            .arg(format!("--stanza={STANZA}"))
+            .env("PGPASSWORD", password);
+        Ok(c)
+    }
+
+    /// Creates the stanza (idempotent: an existing one of the same cluster is left as it is).
+    pub fn stanza_create(&self, name: &str, password: &str) -> Result<(), ProvisionError> {
+        let mut c = self.pgbackrest(name, password)?;
+        c.arg("stanza-create");
+        self.run(c, "pgbackrest stanza-create")
+    }
+
+    /// A full backup, then pgBackRest's expiry of what the retention no longer keeps.
+    pub fn backup(&self, name: &str, password: &str) -> Result<(), ProvisionError> {
+        let mut c = self.pgbackrest(name, password)?;
+        c.args(["--type=full", "backup"]);
+        self.run(c, "pgbackrest backup")
+    }
+
+    /// What the repository of `name` holds.
+    pub fn repo_info(&self, name: &str) -> Result<RepoInfo, ProvisionError> {
+        let mut c = self.pgbackrest(name, "")?;
+        c.env_remove("PGPASSWORD").args(["--output=json", "info"]);
+        let out = c.output().map_err(io("running pgbackrest info"))?;
+        if !out.status.success() {
+            return Err(ProvisionError::Program {
+                program: "pgbackrest info".into(),
+                output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        parse_info(&String::from_utf8_lossy(&out.stdout)).map_err(|e| ProvisionError::Program {
+            program: "pgbackrest info".into(),
+            output: e,
+        })
+    }
+
+    /// Removes the repository of `name` (the service is deleted).
+    pub fn remove_repo(&self, name: &str) -> Result<(), ProvisionError> {
+        if let Some(repo) = self.repo_of(name) {
+            if std::fs::symlink_metadata(&repo).is_ok() {
+                std::fs::remove_dir_all(&repo).map_err(io("removing backup repository"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A directory only `owner` may use (0700), made if missing and handed to `owner`.
+fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+            .map_err(io(format!("chown {}", dir.display())))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_lists_backups_oldest_first() {
+        let json = r#"[{"name":"pgbay","backup":[
+            {"label":"20261203-080000F","timestamp":{"start":1764748790,"stop":1764748800},
+             "info":{"size":30000000,"delta":30000000}},
+            {"label":"20261203-070000F","timestamp":{"start":1764745190,"stop":1764745200},
+             "info":{"size":29000000,"delta":29000000}}]}]"#;
+        let info = parse_info(json).unwrap();
+        assert_eq!(info.backups.len(), 2);
+        assert_eq!(info.backups[0].name, "20261203-070000F");
+        assert_eq!(info.earliest, Some(1764745200));
+        assert_eq!(info.backups[1].data_size, 30000000);
+        assert_eq!(
+            parse_info(r#"[{"name":"pgbay"}]"#).unwrap(),
+            RepoInfo::default()
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Backups (pgBackRest, see `pgbay_cluster::pgbackrest`): control decides when a service is
+//! backed up and what the API shows; the cluster crate runs pgBackRest.
+//!
+//! - Every local cluster archives its WAL into its own repository (`archive_command`, set when
+//!   the cluster starts).
+//! - A full backup runs as soon as a new service runs (and at start-up for a service whose
+//!   repository holds none), then once a day at the service's `backup-schedule` (UTC), which
+//!   pgbay picks per service from its id (spreading services over the day).
+//! - What a repository holds is read from pgBackRest's own record (`pgbackrest info`), cached
+//!   per service and refreshed after every backup, so reading a service never runs a program.
+//! - A failed backup is logged with pgBackRest's last line and counted (`/metrics`); the next
+//!   scheduled one runs regardless.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+use pgbay_cluster::pgbackrest::{Backup, RepoInfo};
+
+use crate::model::{ServiceRecord, ServiceState};
+use crate::{Control, ControlError};
+
+/// How often the scheduler looks at the clock.
+const SCHEDULE_TICK: Duration = Duration::from_secs(20);
+
+/// A service's daily backup time (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl BackupSchedule {
+    /// The time pgbay picks for a service: spread over the day by the service's id.
+    pub fn picked_for(s: &ServiceRecord) -> BackupSchedule {
+        let n = s.id.as_u128();
+        BackupSchedule {
+            hour: (n % 24) as u8,
+            minute: ((n / 24) % 60) as u8,
+        }
+    }
+}
+
+/// Per-service backup state kept in memory.
+#[derive(Default)]
+pub(crate) struct BackupState {
+    info: StdMutex<HashMap<String, RepoInfo>>,
+    failures: StdMutex<HashMap<String, u64>>,
+    running: StdMutex<HashSet<String>>,
+}
+
+fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What `/metrics` shows of one service's backups.
+#[derive(Debug, Clone)]
+pub struct BackupMetrics {
+    pub service: String,
+    /// Seconds since the newest backup finished (None: no backup yet).
+    pub newest_age: Option<i64>,
+    /// Backups that failed since pgbay started.
+    pub failures: u64,
+}
+
+impl Control {
+    /// Whether services get continuous archiving and backups (pgBackRest is installed).
+    pub fn backups_enabled(&self) -> bool {
+        self.inner.prov.backup_root().is_some()
+    }
+
+    /// The backups held for `service`, oldest first (pgBackRest's record, as last read).
+    pub fn backups_of(&self, service: &str) -> Vec<Backup> {
+        locked(&self.inner.backups.info)
+            .get(service)
+            .map(|i| i.backups.clone())
+            .unwrap_or_default()
+    }
+
+    /// Per-service backup figures for `/metrics`.
+    pub fn backup_metrics(&self) -> Vec<BackupMetrics> {
+        let now = Utc::now().timestamp();
+        let info = locked(&self.inner.backups.info);
+        let failures = locked(&self.inner.backups.failures);
+        let mut names: Vec<&String> = info.keys().chain(failures.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| BackupMetrics {
+                service: n.clone(),
+                newest_age: info
+                    .get(n)
+                    .and_then(|i| i.backups.last())
+                    .map(|b| now - b.stopped_at),
+                failures: failures.get(n).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// After a service's cluster runs: its stanza and first full backup, in the background.
+    pub(crate) fn spawn_first_backup(&self, service: &str) {
+        if !self.backups_enabled() {
+            return;
+        }
+        let control = self.clone();
+        let name = service.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = control.back_up(&name).await {
+                tracing::warn!(service = %name, error = %e, "first backup failed");
+            }
+        });
+    }
+
+    /// At start-up: reads every running service's repository, backs up those without a backup,
+    /// then runs the daily schedule until shutdown.
+    pub(crate) async fn run_backup_schedule(&self) {
+        if !self.backups_enabled() {
+            tracing::warn!(
+                "pgbackrest not found: services run without WAL archiving or backups \
+                 (install the Debian package `pgbackrest`)"
+            );
+            return;
+        }
+        let mut shutdown = self.inner.shutdown_tx.subscribe();
+        if let Ok(services) = self.inner.store.services().await {
+            for s in services
+                .iter()
+                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
+            {
+                self.refresh_backup_info(&s.name).await;
+                if self.backups_of(&s.name).is_empty() {
+                    self.spawn_first_backup(&s.name);
+                }
+            }
+        }
+        let mut done_today: HashMap<String, chrono::NaiveDate> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SCHEDULE_TICK) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let Ok(services) = self.inner.store.services().await else {
+                continue;
+            };
+            let now = Utc::now();
+            for s in services
+                .iter()
+                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
+            {
+                let at = BackupSchedule::picked_for(s);
+                let due = now.hour() as u8 == at.hour && now.minute() as u8 >= at.minute;
+                if due && done_today.get(&s.name) != Some(&now.date_naive()) {
+                    done_today.insert(s.name.clone(), now.date_naive());
+                    let control = self.clone();
+                    let name = s.name.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = control.back_up(&name).await {
+                            tracing::warn!(service = %name, error = %e, "scheduled backup failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// One full backup of `service` (its stanza made first if needed); one at a time per
+    /// service. Failures are counted and logged with pgBackRest's words.
+    pub(crate) async fn back_up(&self, service: &str) -> Result<(), ControlError> {
+        if !locked(&self.inner.backups.running).insert(service.to_string()) {
+            return Ok(()); // one is running
+        }
+        let result = self.back_up_now(service).await;
+        locked(&self.inner.backups.running).remove(service);
+        if let Err(e) = &result {
+            *locked(&self.inner.backups.failures)
+                .entry(service.to_string())
+                .or_default() += 1;
+            tracing::error!(service = %service, error = %e, "pgbackrest backup failed");
+        }
+        self.refresh_backup_info(service).await;
+        result
+    }
+
+    async fn back_up_now(&self, service: &str) -> Result<(), ControlError> {
+        let Some(sealed) = self.inner.store.internal_password(service).await? else {
+            return Ok(()); // not a cluster pgbay runs with its own role
+        };
+        let password = self.inner.secrets.open(&sealed)?;
+        let prov = self.inner.prov.clone();
+        let name = service.to_string();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            prov.stanza_create(&name, &password)?;
+            prov.backup(&name, &password)
+        })
+        .await??;
+        tracing::info!(service = %service, seconds = started.elapsed().as_secs_f64(),
+            "full backup taken");
+        Ok(())
+    }
+
+    /// Re-reads what the repository of `service` holds.
+    pub(crate) async fn refresh_backup_info(&self, service: &str) {
+        let prov = self.inner.prov.clone();
+        let name = service.to_string();
+        match tokio::task::spawn_blocking(move || prov.repo_info(&name)).await {
+            Ok(Ok(info)) => {
+                locked(&self.inner.backups.info).insert(service.to_string(), info);
+            }
+            Ok(Err(e)) => tracing::debug!(service = %service, error = %e, "pgbackrest info"),
+            Err(e) => tracing::debug!(service = %service, error = %e, "pgbackrest info task"),
+        }
+    }
+
+    /// Forgets a deleted service.
+    pub(crate) fn forget_backups(&self, service: &str) {
+        locked(&self.inner.backups.info).remove(service);
+        locked(&self.inner.backups.failures).remove(service);
+    }
+}

@@ -72,3 +72,86 @@ def test_a_new_service_is_archived_and_backed_up_at_once(node):
 
     ok(c, c.delete_dbaas_service(name=svc.name))
     assert not repo.exists()
+
+
+@pytest.fixture(scope="module")
+def source(node):
+    """A service with a user, a backup, then 100 rows committed before a time T and 50 after."""
+    c = node.client()
+    svc = provision(c, unique("src"), plan="hobbyist-2")
+    ok(c, c.create_dbaas_postgres_user(service_name=svc.name, username="appuser"))
+    pw = c.reveal_dbaas_postgres_user_password(service_name=svc.name, username="appuser")
+    wait_for_backup(c, svc.name)
+    with psycopg.connect(svc.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("GRANT SELECT ON t TO appuser")
+        conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        t = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        # The rows after T are committed a clear second later.
+        while conn.execute("SELECT clock_timestamp() > %s + interval '1 second'",
+                           (t,)).fetchone()[0] is not True:
+            time.sleep(0.05)
+        conn.execute("INSERT INTO t SELECT generate_series(101, 150)")
+    return {"svc": svc, "t": t, "appuser_password": pw["password"]}
+
+
+def count_rows(uri: str) -> int:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM t").fetchone()[0]
+
+
+def test_a_fork_at_a_time_holds_exactly_the_rows_before_it(node, source):
+    c = node.client()
+    src = source["svc"]
+    at = source["t"].isoformat()
+    name = unique("fork-t")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2",
+                                    fork_from_service=src.name, recovery_backup_time=at))
+    fork = c.get_dbaas_service_pg(name=name)
+    assert fork["state"] == "running"
+    assert fork["uri"] != src.uri  # its own ports
+    assert count_rows(fork["uri"]) == 100
+    # A user of the source logs in to the fork with its password.
+    user_uri = fork["uri"].replace(f"{src.admin_user}:{src.admin_password}",
+                                   f"appuser:{source['appuser_password']}")
+    assert count_rows(user_uri) == 100
+    # The source is untouched and the fork has backups of its own.
+    assert count_rows(src.uri) == 150
+    wait_for_backup(c, name)
+
+
+def test_a_fork_without_a_time_holds_everything_committed(node, source):
+    c = node.client()
+    src = source["svc"]
+    name = unique("fork-now")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", fork_from_service=src.name))
+    fork = c.get_dbaas_service_pg(name=name)
+    assert count_rows(fork["uri"]) == 150
+    with psycopg.connect(fork["uri"], autocommit=True) as conn:
+        # A primary of its own: writable.
+        conn.execute("INSERT INTO t VALUES (1000)")
+
+
+@pytest.mark.parametrize("body,field,words", [
+    ({"recovery-backup-time": "2026-01-01T00:00:00Z"}, "recovery-backup-time",
+     ["only", "fork-from-service"]),
+    ({"fork-from-service": "no-such-service"}, "fork-from-service", ["no service named"]),
+    ({"fork-from-service": "SOURCE", "recovery-backup-time": "yesterday"},
+     "recovery-backup-time", ["ISO 8601"]),
+    ({"fork-from-service": "SOURCE", "recovery-backup-time": "2999-01-01T00:00:00Z"},
+     "recovery-backup-time", ["future", "recoverable window"]),
+    ({"fork-from-service": "SOURCE", "recovery-backup-time": "2001-01-01T00:00:00Z"},
+     "recovery-backup-time", ["before the first backup", "recoverable window"]),
+])
+def test_fork_refusals_name_the_field_and_create_nothing(node, source, body, field, words):
+    from conftest import signed
+    body = {k: (source["svc"].name if v == "SOURCE" else v) for k, v in body.items()}
+    name = unique("refused")
+    r = signed(node, "POST", f"/dbaas-postgres/{name}", {"plan": "hobbyist-2", **body})
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert field in message, message
+    for w in words:
+        assert w in message, message
+    names = [s["name"] for s in node.client().list_dbaas_services()["dbaas-services"]]
+    assert name not in names

@@ -96,9 +96,17 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "pg-settings",
             "work-mem",
             "shared-buffers-percentage",
+            "fork-from-service",
+            "recovery-backup-time",
         ],
     )?;
     Ok(NewService {
+        fork_from: opt_str(
+            body,
+            "fork-from-service",
+            pgbay_control::input::ServiceName::parse,
+        )?,
+        recovery_time: opt_str(body, "recovery-backup-time", recovery_time)?,
         pg_settings: opt(body, "pg-settings", PgSettings::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(
@@ -114,6 +122,23 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
         ip_filter: opt(body, "ip-filter", IpFilter::parse)?,
         termination_protection: opt(body, "termination-protection", boolean)?,
     })
+}
+
+/// `recovery-backup-time`: an ISO 8601 time with its offset (`2026-12-03T07:30:00Z`), or a UTC
+/// time without one (`2026-12-03 07:30:00`).
+fn recovery_time(field: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, InputError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(InputError::new(
+        field,
+        format!("{s:?} is not an ISO 8601 time (e.g. 2026-12-03T07:30:00Z)"),
+    ))
 }
 
 /// `PUT /dbaas-postgres/{name}`.

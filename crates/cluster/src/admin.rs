@@ -107,6 +107,9 @@ pub enum AdminError {
     /// pgbay refuses to change its own internal role on a tenant's behalf.
     #[error("role {INTERNAL_ROLE} is pgbay's own")]
     InternalRole,
+    /// Waited too long for the server (what for is in the message).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// tokio-postgres displays a server error as just "db error"; the log needs the server's words.
@@ -123,13 +126,14 @@ impl AdminError {
         match self {
             AdminError::Pg(e) => e.code(),
             AdminError::InternalRole => Some(&SqlState::RESERVED_NAME),
+            AdminError::Timeout(_) => None,
         }
     }
     /// The server's message, if any.
     pub fn server_message(&self) -> Option<String> {
         match self {
             AdminError::Pg(e) => e.as_db_error().map(|d| d.message().to_string()),
-            AdminError::InternalRole => Some(self.to_string()),
+            AdminError::InternalRole | AdminError::Timeout(_) => Some(self.to_string()),
         }
     }
 }
@@ -416,6 +420,42 @@ pub async fn drop_role(
 }
 
 /// Makes the server re-read its configuration files (pg_hba.conf after an ip-filter change).
+/// Makes everything committed so far recoverable from the archive: a transaction with an xid
+/// (so that a commit record later than any earlier time exists), a WAL switch, then waits until
+/// PostgreSQL reports the switched segment archived (`pg_stat_archiver`), at most `timeout`.
+/// Errs on a timeout, naming the segment.
+pub async fn switch_wal_and_wait(t: &AdminTarget, timeout: std::time::Duration) -> Result<()> {
+    let mut c = connect(t, "postgres").await?;
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_catalog.txid_current()", &[]).await?;
+    tx.commit().await?;
+    let row = c
+        .query_one(
+            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())",
+            &[],
+        )
+        .await?;
+    let segment: String = row.get(0);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let row = c
+            .query_one(
+                "SELECT coalesce(last_archived_wal, '') >= $1 FROM pg_catalog.pg_stat_archiver",
+                &[&segment],
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(AdminError::Timeout(format!(
+                "WAL segment {segment} not archived within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn reload(t: &AdminTarget) -> Result<()> {
     let c = connect(t, "postgres").await?;
     c.execute("SELECT pg_reload_conf()", &[]).await?;

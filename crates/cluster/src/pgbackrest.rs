@@ -197,6 +197,194 @@ impl LocalProvisioner {
         })
     }
 
+    /// Makes the cluster of `spec` (a new service) from the repository of `source`: the latest
+    /// recoverable state, or the state at a target time (`YYYY-MM-DD HH:MM:SS+00`) restored from
+    /// a named backup set (pgBackRest's own pick otherwise). Idempotent:
+    /// a completed fork is left alone, a half-made one is made again.
+    ///
+    /// Only the source's OS user may read the source's repository, so the restore and the
+    /// recovery run as that user in a staging directory inside the source's service directory,
+    /// on a configuration of their own (Unix socket only, no archiving: the copy must never
+    /// write into the source's repository); the recovered directory is then handed to the new
+    /// service's user. Where no commit follows `target_time` in the archive, PostgreSQL would end
+    /// recovery with "recovery ended before configured recovery target was reached": the fork is
+    /// then recovered to the end of the archive, which is the same state.
+    pub fn restore_fork(
+        &self,
+        source: &str,
+        spec: &crate::provision::ClusterSpec<'_>,
+        target: Option<(&str, Option<&str>)>,
+    ) -> Result<(), ProvisionError> {
+        let marker = self.service_dir(spec.name).join("initialized");
+        if marker.exists() {
+            return Ok(());
+        }
+        let target_owner = self.ensure_owner(spec)?;
+        let source_owner = self.owner(source)?;
+        let staging_root = self.service_dir(source).join(format!("fork-{}", spec.name));
+        let result = match self.recover_copy(source, spec, &staging_root, source_owner, target) {
+            Err(e)
+                if target.is_some()
+                    && e.to_string().contains("before configured recovery target") =>
+            {
+                tracing::info!(
+                    service = spec.name,
+                    source,
+                    "no commit after the recovery target in the archive: recovering to its end"
+                );
+                self.recover_copy(source, spec, &staging_root, source_owner, None)
+            }
+            r => r,
+        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging_root);
+            return Err(e);
+        }
+        let pgdata = self.pgdata_of(spec.name);
+        if std::fs::symlink_metadata(&pgdata).is_ok() {
+            std::fs::remove_dir_all(&pgdata).map_err(io("removing half-made fork"))?;
+        }
+        std::fs::rename(staging_root.join("pgdata"), &pgdata)
+            .map_err(io("moving the recovered cluster into place"))?;
+        let _ = std::fs::remove_dir_all(&staging_root);
+        if let Some((uid, gid)) = target_owner {
+            crate::provision::local::chown_tree(&pgdata, uid, gid)?;
+        }
+        crate::files::write_atomic(&marker, b"", 0o600, target_owner)
+            .map_err(io("marking the fork made"))
+    }
+
+    /// Restores the source's backup into `staging_root/pgdata` and runs the recovery to its end.
+    fn recover_copy(
+        &self,
+        source: &str,
+        spec: &crate::provision::ClusterSpec<'_>,
+        staging_root: &Path,
+        source_owner: Option<(u32, u32)>,
+        target: Option<(&str, Option<&str>)>,
+    ) -> Result<(), ProvisionError> {
+        let program = program().ok_or_else(missing)?;
+        if std::fs::symlink_metadata(staging_root).is_ok() {
+            std::fs::remove_dir_all(staging_root).map_err(io("removing old staging dir"))?;
+        }
+        make_private_dir(staging_root, source_owner)?;
+        let staging = staging_root.join("pgdata");
+        let mut c = self.command_at(source, &program)?;
+        c.arg(format!(
+            "--config={}",
+            self.pgbackrest_conf(source).display()
+        ))
+        .arg(format!("--stanza={STANZA}"))
+        .arg(format!("--pg1-path={}", staging.display()));
+        match target {
+            Some((t, set)) => {
+                c.arg("--type=time")
+                    .arg(format!("--target={t}"))
+                    .arg("--target-action=promote");
+                if let Some(set) = set {
+                    c.arg(format!("--set={set}"));
+                }
+            }
+            None => {
+                c.arg("--type=default");
+            }
+        }
+        c.arg("restore");
+        self.run(c, "pgbackrest restore")?;
+        // The copy's own settings, after the source's (pgbay.conf is included last but one).
+        let conf = format!(
+            "# recovery of a fork, written by pgbay
+port = {}
+listen_addresses = ''
+             unix_socket_directories = '{}'
+ssl = off
+archive_mode = off
+",
+            spec.port,
+            staging_root.display().to_string().replace('\'', "''")
+        );
+        crate::files::write_atomic(
+            &staging.join("pgbay.conf"),
+            conf.as_bytes(),
+            0o600,
+            source_owner,
+        )
+        .map_err(io("writing the fork's recovery settings"))?;
+        let log = staging_root.join("recovery.log");
+        let mut start = self.command(source, "pg_ctl")?;
+        start
+            .arg("start")
+            .arg("-D")
+            .arg(&staging)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "300", "-s"]);
+        let started = self.run(start, "pg_ctl start (fork recovery)");
+        let outcome = started.and_then(|()| self.wait_promoted(&staging, &log));
+        let mut stop = self.command(source, "pg_ctl")?;
+        stop.arg("stop")
+            .arg("-D")
+            .arg(&staging)
+            .args(["-m", "fast", "-w", "-t", "60", "-s"]);
+        let _ = self.run(stop, "pg_ctl stop (fork recovery)");
+        outcome.map_err(|e| {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            ProvisionError::Program {
+                program: "fork recovery".into(),
+                output: format!(
+                    "{e}; server log: {}",
+                    last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            }
+        })?;
+        // Recovery settings pgBackRest wrote: the fork is a primary of its own now.
+        let auto = staging.join("postgresql.auto.conf");
+        if let Ok(text) = std::fs::read_to_string(&auto) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    let l = l.trim_start();
+                    !(l.starts_with("restore_command") || l.starts_with("recovery_target"))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::files::write_atomic(&auto, kept.as_bytes(), 0o600, source_owner)
+                .map_err(io("writing postgresql.auto.conf"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the recovering copy has promoted itself (its `recovery.signal` is gone), or
+    /// its postmaster has exited (recovery failed).
+    fn wait_promoted(&self, pgdata: &Path, log: &Path) -> Result<(), ProvisionError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            if !pgdata.join("recovery.signal").exists() {
+                return Ok(());
+            }
+            if !pgdata.join("postmaster.pid").exists() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(ProvisionError::Program {
+                    program: "fork recovery".into(),
+                    output: text
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("FATAL"))
+                        .unwrap_or("the server stopped during recovery")
+                        .to_string(),
+                });
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ProvisionError::Program {
+                    program: "fork recovery".into(),
+                    output: "recovery did not end within 600 s".into(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Removes the repository of `name` (the service is deleted).
     pub fn remove_repo(&self, name: &str) -> Result<(), ProvisionError> {
         if let Some(repo) = self.repo_of(name) {

@@ -220,3 +220,142 @@ impl Control {
         locked(&self.inner.backups.failures).remove(service);
     }
 }
+
+/// A fork the create request asked for, checked against the source's backups.
+pub(crate) struct ForkPlan {
+    pub source: ServiceRecord,
+    /// What provisioning restores.
+    pub fork: crate::store::Fork,
+}
+
+fn window_text(earliest: i64, now: chrono::DateTime<Utc>) -> String {
+    let e = chrono::DateTime::from_timestamp(earliest, 0).unwrap_or_default();
+    format!(
+        "the recoverable window is {} to now ({})",
+        e.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+impl Control {
+    /// Checks `fork-from-service` and `recovery-backup-time` of a create request: a local
+    /// source with a backup, a time within what its backups and WAL can reach.
+    pub(crate) async fn check_fork(
+        &self,
+        source: &crate::input::ServiceName,
+        at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<ForkPlan, ControlError> {
+        use crate::input::InputError;
+        const FIELD: &str = "fork-from-service";
+        if self.inner.cfg.external.is_some() {
+            return Err(InputError::new(FIELD, "not served with an external server").into());
+        }
+        let Some(src) = self.inner.store.service(source.as_str()).await? else {
+            return Err(InputError::new(FIELD, format!("no service named {source}")).into());
+        };
+        if src.external_host.is_some() {
+            return Err(
+                InputError::new(FIELD, format!("{source} has no backups pgbay made")).into(),
+            );
+        }
+        if !self.backups_enabled() {
+            return Err(InputError::new(
+                FIELD,
+                "backups are off on this pgbay (install the Debian package `pgbackrest`)",
+            )
+            .into());
+        }
+        if self.backups_of(&src.name).is_empty() {
+            self.refresh_backup_info(&src.name).await;
+        }
+        let backups = self.backups_of(&src.name);
+        let Some(first) = backups.first() else {
+            return Err(InputError::new(FIELD, format!("{source} has no backup yet")).into());
+        };
+        let now = Utc::now();
+        let (target_time, backup_set) = match at {
+            None => (None, None),
+            Some(t) if t > now => {
+                return Err(InputError::new(
+                    "recovery-backup-time",
+                    format!("is in the future; {}", window_text(first.stopped_at, now)),
+                )
+                .into())
+            }
+            Some(t) if t.timestamp() < first.stopped_at => {
+                return Err(InputError::new(
+                    "recovery-backup-time",
+                    format!(
+                        "is before the first backup; {}",
+                        window_text(first.stopped_at, now)
+                    ),
+                )
+                .into())
+            }
+            // pgBackRest records a backup's end in whole seconds and picks only a backup that
+            // ended strictly before the target: name the backup, the newest that ended by then.
+            Some(t) => (
+                Some(t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+                backups
+                    .iter()
+                    .rev()
+                    .find(|b| b.stopped_at <= t.timestamp())
+                    .map(|b| b.name.clone()),
+            ),
+        };
+        Ok(ForkPlan {
+            fork: crate::store::Fork {
+                source: src.name.clone(),
+                target_time,
+                backup_set,
+            },
+            source: src,
+        })
+    }
+
+    /// Makes the cluster of the fork `s` from its source's repository (see
+    /// `LocalProvisioner::restore_fork`). A running source first makes everything committed so
+    /// far recoverable (a commit after the target time, a WAL switch, archived).
+    pub(crate) async fn restore_fork(
+        &self,
+        s: &ServiceRecord,
+        fork: crate::store::Fork,
+    ) -> Result<(), ControlError> {
+        if let Some(src) = self.inner.store.service(&fork.source).await? {
+            if self.inner.prov.running_pid(&src.name).is_some() {
+                if let Some(t) = self.internal_target(&src).await? {
+                    pgbay_cluster::admin::switch_wal_and_wait(&t, Duration::from_secs(120))
+                        .await
+                        .map_err(|e| ControlError::from_admin(e, "archiving the source's WAL"))?;
+                }
+            }
+        }
+        let prov = self.inner.prov.clone();
+        let name = s.name.clone();
+        let port = s.pg_port;
+        let ip_filter = s.ip_filter.0.clone();
+        let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let spec = pgbay_cluster::ClusterSpec {
+                name: &name,
+                port,
+                superuser: pgbay_cluster::admin::INTERNAL_ROLE,
+                superuser_password: "",
+                os_user: &os_user,
+                ip_filter: &ip_filter,
+                settings: &settings,
+            };
+            let target = fork
+                .target_time
+                .as_deref()
+                .map(|t| (t, fork.backup_set.as_deref()));
+            prov.restore_fork(&fork.source, &spec, target)
+        })
+        .await??;
+        tracing::info!(service = %s.name, seconds = started.elapsed().as_secs_f64(),
+            "fork restored");
+        Ok(())
+    }
+}

@@ -34,6 +34,10 @@ pub struct NewService {
     /// `shared_buffers` as a percentage of the plan's memory, 20..=60 (default 25); refused
     /// with an external server.
     pub shared_buffers_percentage: Option<u32>,
+    /// Make the service from this service's backups (`fork-from-service`).
+    pub fork_from: Option<crate::input::ServiceName>,
+    /// The point in time to recover to (`recovery-backup-time`); only with `fork_from`.
+    pub recovery_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.

@@ -190,6 +190,11 @@ impl Control {
             return Ok(()); // deleted meanwhile
         };
         self.ensure_internal_password(&s).await?;
+        if let Some(fork) = self.inner.store.fork_of(name).await? {
+            if !self.inner.prov.is_initialized(name) {
+                self.restore_fork(&s, fork).await?;
+            }
+        }
         self.start_cluster(&s).await?;
         let t = self.admin_target(&s).await?;
         if self.internal_target(&s).await?.is_some() {

@@ -144,6 +144,30 @@ impl Control {
             None => self.inner.version.clone(),
         };
         Self::check_version(new.version.as_deref(), &version)?;
+        if new.recovery_time.is_some() && new.fork_from.is_none() {
+            return Err(InputError::new(
+                "recovery-backup-time",
+                "is only accepted with fork-from-service",
+            )
+            .into());
+        }
+        let fork = match &new.fork_from {
+            Some(source) => {
+                let given = [
+                    ("admin-username", new.admin_username.is_some()),
+                    ("admin-password", new.admin_password.is_some()),
+                ];
+                if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                    return Err(InputError::new(
+                        field,
+                        "cannot be set with fork-from-service: a fork has its source's users",
+                    )
+                    .into());
+                }
+                Some(self.check_fork(source, new.recovery_time).await?)
+            }
+            None => None,
+        };
         let plan = new.plan;
         let admin = new
             .admin_username
@@ -197,9 +221,10 @@ impl Control {
             plan: plan.name.to_string(),
             state: ServiceState::Rebuilding,
             version,
-            admin_username: match &external {
-                Some(e) => e.user.clone(),
-                None => admin.to_string(),
+            admin_username: match (&external, &fork) {
+                (Some(e), _) => e.user.clone(),
+                (None, Some(f)) => f.source.admin_username.clone(),
+                (None, None) => admin.to_string(),
             },
             pg_port: ports[0],
             external_host: external.as_ref().map(|e| e.host.clone()),
@@ -235,10 +260,36 @@ impl Control {
             OpState::Pending,
             format!("creating service {name}"),
         );
+        // A fork has its source's databases, users (with their passwords) and internal role, as
+        // the store has them now; provisioning restores the cluster instead of making one.
+        let copied = match &fork {
+            Some(f) => Some((
+                self.inner.store.databases(&f.source.name).await?,
+                self.inner.store.users(&f.source.name).await?,
+                self.inner.store.internal_password(&f.source.name).await?,
+            )),
+            None => None,
+        };
         let mut tx = self.inner.store.begin().await?;
         store::insert_service(&mut tx, &s).await?;
-        store::upsert_user(&mut tx, &s.name, &admin_user).await?;
-        store::insert_database(&mut tx, &s.name, DEFAULT_DATABASE).await?;
+        match (&fork, copied) {
+            (Some(f), Some((databases, users, internal))) => {
+                for u in &users {
+                    store::upsert_user(&mut tx, &s.name, u).await?;
+                }
+                for d in &databases {
+                    store::insert_database(&mut tx, &s.name, d).await?;
+                }
+                if let Some(sealed) = internal {
+                    store::insert_internal_password(&mut tx, &s.name, &sealed).await?;
+                }
+                store::insert_fork(&mut tx, &s.name, &f.fork).await?;
+            }
+            _ => {
+                store::upsert_user(&mut tx, &s.name, &admin_user).await?;
+                store::insert_database(&mut tx, &s.name, DEFAULT_DATABASE).await?;
+            }
+        }
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");

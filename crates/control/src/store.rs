@@ -271,6 +271,24 @@ impl Store {
             .transpose()
     }
 
+    /// The source (and target time) of a service made from another's backups.
+    pub async fn fork_of(&self, service: &str) -> Result<Option<Fork>> {
+        let row = sqlx::query(
+            "SELECT source, target_time, backup_set FROM service_forks WHERE service = $1",
+        )
+        .bind(service)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| -> Result<Fork> {
+            Ok(Fork {
+                source: r.try_get("source")?,
+                target_time: r.try_get("target_time")?,
+                backup_set: r.try_get("backup_set")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Database names of a service.
     pub async fn databases(&self, service: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM databases WHERE service = $1 ORDER BY name")
@@ -324,6 +342,31 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A service made from another service's backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    pub source: String,
+    /// `YYYY-MM-DD HH:MM:SS.ffffff+00`; None: the latest recoverable state.
+    pub target_time: Option<String>,
+    /// The backup to restore from (None: pgBackRest picks the latest).
+    pub backup_set: Option<String>,
+}
+
+/// Records that `service` is made from `fork.source`'s backups.
+pub async fn insert_fork(c: &mut AnyConnection, service: &str, fork: &Fork) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO service_forks (service, source, target_time, backup_set) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(service)
+    .bind(&fork.source)
+    .bind(&fork.target_time)
+    .bind(&fork.backup_set)
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 /// Reads one service inside a transaction.

@@ -36,7 +36,7 @@ pub struct LocalProvisioner {
 }
 
 /// Owner (uid, gid) given to a service's files, `None` when pgbay is not root.
-type Owner = Option<(u32, u32)>;
+pub(crate) type Owner = Option<(u32, u32)>;
 
 /// uid/gid of `nobody`, which runs pgbay's scratch PostgreSQL work when pgbay is root.
 const SCRATCH_ID: u32 = 65534;
@@ -137,7 +137,7 @@ impl LocalProvisioner {
 
     /// The owner of the service directory of `name`: the service's OS user when pgbay is root
     /// (never root itself: a directory root owns is refused rather than run as root).
-    fn owner(&self, name: &str) -> Result<Owner, ProvisionError> {
+    pub(crate) fn owner(&self, name: &str) -> Result<Owner, ProvisionError> {
         use std::os::unix::fs::MetadataExt;
         if !self.isolate {
             return Ok(None);
@@ -223,7 +223,7 @@ impl LocalProvisioner {
     /// OS user, and hands the directory to it. A directory owned by someone else — a cluster of
     /// an older pgbay, which ran every cluster as `nobody`, or a user made again with another
     /// uid — is handed over whole (never following symbolic links). The cluster must not run.
-    fn ensure_owner(&self, spec: &ClusterSpec<'_>) -> Result<Owner, ProvisionError> {
+    pub(crate) fn ensure_owner(&self, spec: &ClusterSpec<'_>) -> Result<Owner, ProvisionError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = self.service_dir(spec.name);
         std::fs::create_dir_all(&dir).map_err(io("creating service dir"))?;
@@ -578,7 +578,7 @@ fn read_no_follow(path: &Path) -> Result<String, ProvisionError> {
 }
 
 /// Hands `path` and everything below it to `uid:gid` without following symbolic links.
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ProvisionError> {
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ProvisionError> {
     let what = || format!("chown {}", path.display());
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(what()))?;
     let meta = std::fs::symlink_metadata(path).map_err(io(what()))?;

@@ -208,6 +208,8 @@ fn new_service() -> NewService {
         pg_settings: None,
         work_mem: None,
         shared_buffers_percentage: None,
+        fork_from: None,
+        recovery_time: None,
     }
 }
 

@@ -221,6 +221,11 @@ impl LocalProvisioner {
         }
         let target_owner = self.ensure_owner(spec)?;
         let source_owner = self.owner(source)?;
+        if source == spec.name {
+            // A rebuild: the service's pgBackRest configuration may be gone with its directory.
+            let socket_dir = self.ensure_socket_dir(spec.port, target_owner)?;
+            self.archive_settings(spec.name, spec.port, &socket_dir, target_owner)?;
+        }
         let staging_root = self.service_dir(source).join(format!("fork-{}", spec.name));
         let result = match self.recover_copy(source, spec, &staging_root, source_owner, target) {
             Err(e)

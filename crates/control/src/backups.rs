@@ -214,6 +214,15 @@ impl Control {
         }
     }
 
+    /// Whether the repository of `service` holds a backup (read afresh).
+    pub(crate) async fn has_backups(&self, service: &str) -> bool {
+        if !self.backups_enabled() {
+            return false;
+        }
+        self.refresh_backup_info(service).await;
+        !self.backups_of(service).is_empty()
+    }
+
     /// Forgets a deleted service.
     pub(crate) fn forget_backups(&self, service: &str) {
         locked(&self.inner.backups.info).remove(service);

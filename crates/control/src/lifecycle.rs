@@ -26,6 +26,11 @@ impl Control {
         let pending = self.pending_at_start(&services).await?;
         for s in &services {
             match s.state {
+                ServiceState::Running if self.data_lost(s) => {
+                    if let Err(e) = self.begin_rebuild(s).await {
+                        tracing::error!(service = %s.name, error = %e, "rebuilding");
+                    }
+                }
                 ServiceState::Running => {
                     if let Err(e) = self.start_cluster(s).await {
                         tracing::error!(service = %s.name, error = %e, "starting cluster");
@@ -124,12 +129,46 @@ impl Control {
                     Ok(Some(cur)) if cur.state == ServiceState::Running => {}
                     _ => continue,
                 }
+                if self.data_lost(&s) {
+                    if let Err(e) = self.begin_rebuild(&s).await {
+                        tracing::error!(service = %s.name, error = %e, "rebuilding");
+                    }
+                    continue;
+                }
                 tracing::warn!(service = %s.name, "cluster is not running; restarting it");
                 if let Err(e) = self.start_cluster(&s).await {
                     tracing::error!(service = %s.name, error = %e, "restarting cluster");
                 }
             }
         }
+    }
+
+    /// Whether the cluster of `s` lost its data directory and must be rebuilt from its backups.
+    fn data_lost(&self, s: &ServiceRecord) -> bool {
+        s.external_host.is_none() && !self.inner.prov.has_data(&s.name)
+    }
+
+    /// A running service whose data directory is gone: shown `rebuilding` while it is restored
+    /// from its own backups and WAL (never `running` while its cluster cannot run), then
+    /// provisioned again on the same ports.
+    async fn begin_rebuild(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        if !self.backups_enabled() || !self.has_backups(&s.name).await {
+            tracing::error!(service = %s.name,
+                "the cluster's data directory is gone and there is no backup to rebuild it from");
+            return Ok(());
+        }
+        tracing::warn!(service = %s.name, "the cluster's data directory is gone: rebuilding it from its backups");
+        let mut cur = s.clone();
+        cur.state = ServiceState::Rebuilding;
+        cur.updated_at = chrono::Utc::now();
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, &cur).await?;
+        tx.commit().await?;
+        let prov = self.inner.prov.clone();
+        let name = s.name.clone();
+        tokio::task::spawn_blocking(move || prov.forget_initialized(&name)).await??;
+        self.spawn_provisioning(s.name.clone(), None);
+        Ok(())
     }
 
     /// Background provisioning of a service (idempotent: safe to re-run after any interruption).
@@ -190,9 +229,19 @@ impl Control {
             return Ok(()); // deleted meanwhile
         };
         self.ensure_internal_password(&s).await?;
-        if let Some(fork) = self.inner.store.fork_of(name).await? {
-            if !self.inner.prov.is_initialized(name) {
-                self.restore_fork(&s, fork).await?;
+        if !self.inner.prov.is_initialized(name) {
+            match self.inner.store.fork_of(name).await? {
+                Some(fork) => self.restore_fork(&s, fork).await?,
+                // A service rebuilt from its own backups (its data directory was lost).
+                None if self.has_backups(name).await => {
+                    let own = crate::store::Fork {
+                        source: name.to_string(),
+                        target_time: None,
+                        backup_set: None,
+                    };
+                    self.restore_fork(&s, own).await?;
+                }
+                None => {}
             }
         }
         self.start_cluster(&s).await?;

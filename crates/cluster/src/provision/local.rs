@@ -291,6 +291,23 @@ impl LocalProvisioner {
         Ok(())
     }
 
+    /// Whether the data directory of `name` holds a cluster. A service that ran and has none
+    /// lost it (removed, or its disk lost): it must be rebuilt, never made anew empty.
+    pub fn has_data(&self, name: &str) -> bool {
+        self.pgdata(name).join("PG_VERSION").exists()
+    }
+
+    /// Forgets that the cluster of `name` was made (before rebuilding it).
+    pub fn forget_initialized(&self, name: &str) -> Result<(), ProvisionError> {
+        let marker = self.service_dir(name).join("initialized");
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("removing the initialized marker")(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the cluster of `name` was made completely.
     pub fn is_initialized(&self, name: &str) -> bool {
         self.service_dir(name).join("initialized").exists()
@@ -360,7 +377,11 @@ impl LocalProvisioner {
     }
 
     /// Creates the socket directory of `port`, owned by the cluster's user and closed to others.
-    fn ensure_socket_dir(&self, port: u16, owner: Owner) -> Result<PathBuf, ProvisionError> {
+    pub(crate) fn ensure_socket_dir(
+        &self,
+        port: u16,
+        owner: Owner,
+    ) -> Result<PathBuf, ProvisionError> {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::PermissionsExt;
         let dir = self.socket_dir(port);

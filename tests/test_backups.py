@@ -70,6 +70,12 @@ def test_a_new_service_is_archived_and_backed_up_at_once(node):
     # No password in pgBackRest's configuration: it logs in with one from its environment.
     assert svc.admin_password not in conf.read_text()
 
+    # /metrics: the newest backup's age, and no failure.
+    from conftest import metrics
+    text = metrics(node)
+    assert f'pgbay_backup_newest_age_seconds{{service="{svc.name}"}}' in text
+    assert f'pgbay_backup_failures_total{{service="{svc.name}"}} 0' in text
+
     ok(c, c.delete_dbaas_service(name=svc.name))
     assert not repo.exists()
 

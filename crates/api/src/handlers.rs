@@ -292,6 +292,32 @@ pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
     Ok(Json(json!({ "certificate": c.tls_material().ca_pem })))
 }
 
+/// Backups: age of each service's newest backup and backups that failed since start.
+fn backup_metrics(c: &Control, out: &mut String) {
+    let backups = c.backup_metrics();
+    out.push_str(
+        "# HELP pgbay_backup_newest_age_seconds Seconds since the service's newest backup ended.\n\
+         # TYPE pgbay_backup_newest_age_seconds gauge\n",
+    );
+    for b in backups.iter().filter(|b| b.newest_age.is_some()) {
+        out.push_str(&format!(
+            "pgbay_backup_newest_age_seconds{{service=\"{}\"}} {}\n",
+            b.service,
+            b.newest_age.unwrap_or(0)
+        ));
+    }
+    out.push_str(
+        "# HELP pgbay_backup_failures_total Backups of the service that failed since pgbay started.\n\
+         # TYPE pgbay_backup_failures_total counter\n",
+    );
+    for b in &backups {
+        out.push_str(&format!(
+            "pgbay_backup_failures_total{{service=\"{}\"}} {}\n",
+            b.service, b.failures
+        ));
+    }
+}
+
 /// `GET /metrics`: Prometheus text format, per service: cluster up, pools, databases, users;
 /// per pool (when the binary installed a `PoolMetricsSource`): client and server states and the
 /// pooler's counters.
@@ -336,6 +362,7 @@ pub async fn metrics(
             out.push_str(&format!("{metric}{{service=\"{name}\"}} {n}\n"));
         }
     }
+    backup_metrics(&c, &mut out);
     if let Some(Extension(source)) = pools {
         let samples = source.0.pool_samples();
         crate::pool_metrics::render(&mut out, &samples);

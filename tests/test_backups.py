@@ -194,3 +194,16 @@ def test_rebuild_drill_a_lost_data_directory_comes_back_from_the_backups(node):
     with psycopg.connect(svc.uri, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM kept").fetchone() == (1000,)
         conn.execute("INSERT INTO kept VALUES (1001)")  # writable again
+
+
+def test_the_command_line_lists_backups_and_forks(node, source):
+    from test_cli import pgbay, table
+
+    src = source["svc"]
+    rows = table(pgbay(node, "service", "backups", src.name))
+    assert rows and all(r["BACKUP"].endswith("F") for r in rows), rows
+    name = unique("cli-fork")
+    pgbay(node, "service", "fork", src.name, name, "--time", source["t"].isoformat())
+    fork = node.client().get_dbaas_service_pg(name=name)
+    assert fork["state"] == "running" and fork["plan"] == "hobbyist-2"
+    assert count_rows(fork["uri"]) == 100

@@ -157,3 +157,18 @@ def test_a_service_without_migration_has_no_status(node):
     ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2"))
     r = signed(node, "GET", f"/dbaas-migration-status/{name}")
     assert r.status_code == 404 and "no migration" in r.json()["message"], r.text
+
+
+def test_the_command_line_migrates_from_a_uri_in_its_environment(node, source):
+    from test_cli import pgbay
+
+    name = unique("migcli")
+    uri = (f"postgres://{source.SUPERUSER}:{source.password}@localhost:5432/postgres"
+           f"?host={source.host}")
+    pgbay(node, "service", "create", name, "--plan", "startup-4", PGBAY_MIGRATE_FROM=uri)
+    st = wait_migration(node, name)
+    assert st["status"] == "done", st
+    svc = node.client().get_dbaas_service_pg(name=name)
+    with source.connect("shop") as s, \
+            psycopg.connect(svc["uri"].replace("/defaultdb?", "/shop?")) as t:
+        assert fingerprint(t) == fingerprint(s)

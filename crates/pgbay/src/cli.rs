@@ -233,6 +233,29 @@ pub enum ServiceAction {
         /// Return once the API accepted the request (prints the pending operation).
         #[arg(long)]
         no_wait: bool,
+        /// Copy every database of an existing PostgreSQL into the new service
+        /// (`postgres://USER:PASSWORD@HOST:PORT/DBNAME[?sslmode=require]`; method dump). Prefer
+        /// the env twin, which keeps the password off the command line.
+        #[arg(long, env = "PGBAY_MIGRATE_FROM", hide_env_values = true)]
+        migrate_from: Option<String>,
+    },
+    /// Make a new service from another's backups: its latest state, or the state at --time.
+    Fork {
+        /// The service to fork.
+        source: String,
+        /// The new service's name.
+        name: String,
+        /// Recover to this time (ISO 8601, e.g. 2026-12-03T07:30:00Z) instead of the latest.
+        #[arg(long)]
+        time: Option<String>,
+        /// Plan of the new service (default: the source's).
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List the backups a service holds.
+    Backups {
+        /// Service name.
+        name: String,
     },
     /// List services with their state.
     List,

@@ -16,7 +16,34 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
             name,
             plan,
             no_wait,
-        } => create(ctx, name, plan, *no_wait),
+            migrate_from,
+        } => {
+            let mut body = json!({ "plan": plan });
+            if let Some(uri) = migrate_from {
+                body["migration"] = migration_of(uri)?;
+            }
+            create(ctx, name, body, *no_wait)
+        }
+        ServiceAction::Fork {
+            source,
+            name,
+            time,
+            plan,
+        } => {
+            let plan = match plan {
+                Some(p) => p.clone(),
+                None => cell(
+                    &ctx.api.get(&format!("/dbaas-postgres/{}", seg(source)))?,
+                    "plan",
+                ),
+            };
+            let mut body = json!({ "plan": plan, "fork-from-service": source });
+            if let Some(t) = time {
+                body["recovery-backup-time"] = json!(t);
+            }
+            create(ctx, name, body, false)
+        }
+        ServiceAction::Backups { name } => backups(ctx, name),
         ServiceAction::List => list(ctx),
         ServiceAction::Show { name } => show(ctx, name),
         ServiceAction::Delete { name } => {
@@ -28,11 +55,68 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
     }
 }
 
-fn create(ctx: &Ctx, name: &str, plan: &str, no_wait: bool) -> anyhow::Result<()> {
-    let op = ctx.api.post(
-        &format!("/dbaas-postgres/{}", seg(name)),
-        &json!({ "plan": plan }),
-    )?;
+/// The document's `migration` object from a `postgres://` URI.
+fn migration_of(uri: &str) -> anyhow::Result<Value> {
+    let u = url::Url::parse(uri).map_err(|e| anyhow::anyhow!("--migrate-from: {e}"))?;
+    if !matches!(u.scheme(), "postgres" | "postgresql") {
+        bail!("--migrate-from must be a postgres:// URI");
+    }
+    // libpq's `host` parameter (a host, or a Unix-socket directory) wins over the authority.
+    let host = u
+        .query_pairs()
+        .find(|(k, _)| k == "host")
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| u.host_str().map(str::to_string))
+        .ok_or_else(|| anyhow::anyhow!("--migrate-from names no host"))?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut m = json!({
+        "host": host,
+        "port": u.port().unwrap_or(5432),
+        "method": "dump",
+        "ssl": u.query_pairs().any(|(k, v)| k == "sslmode"
+            && matches!(v.as_ref(), "require" | "verify-ca" | "verify-full")),
+    });
+    if !u.username().is_empty() {
+        m["username"] = json!(decode(u.username()));
+    }
+    if let Some(p) = u.password() {
+        m["password"] = json!(decode(p));
+    }
+    let db = u.path().trim_start_matches('/');
+    if !db.is_empty() {
+        m["dbname"] = json!(decode(db));
+    }
+    Ok(m)
+}
+
+fn backups(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let v = ctx.api.get(&format!("/dbaas-postgres/{}", seg(name)))?;
+    let list = items(&v, "backups");
+    if ctx.output == Output::Json {
+        output::json(&Value::from(list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|b| {
+            ["backup-name", "backup-time", "data-size"]
+                .iter()
+                .map(|f| cell(b, f))
+                .collect()
+        })
+        .collect();
+    output::table(&["BACKUP", "TIME", "BYTES"], &rows);
+    Ok(())
+}
+
+fn create(ctx: &Ctx, name: &str, body: Value, no_wait: bool) -> anyhow::Result<()> {
+    let op = ctx
+        .api
+        .post(&format!("/dbaas-postgres/{}", seg(name)), &body)?;
     if no_wait {
         let id = cell(&op, "id");
         ctx.done(

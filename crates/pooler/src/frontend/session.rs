@@ -111,22 +111,38 @@ pub async fn run(mut client: Box<Client>) {
             client.tally.query_start(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        // Counted as waiting only when it has to: a connection at hand goes straight to active.
-        let acquired = match pool.try_acquire(&st) {
-            Some(g) => Ok(g),
-            None => {
-                client.set_state(ClientState::Waiting);
-                let r = tokio::select! {
-                    r = pool.acquire() => r,
-                    _ = stop.fired() => return shutdown(&mut client).await,
-                };
-                client.tally.waited();
-                r
+        // A connection found dead when the client's settings are applied to it (the server
+        // restarted since it was last used) has been sent nothing of the client's: it is
+        // closed and another one taken, a few times at most.
+        let mut tries = 0;
+        let mut guard = loop {
+            tries += 1;
+            // Counted as waiting only when it has to: a connection at hand goes straight to
+            // active.
+            let acquired = match pool.try_acquire(&st) {
+                Some(g) => Ok(g),
+                None => {
+                    client.set_state(ClientState::Waiting);
+                    let r = tokio::select! {
+                        r = pool.acquire() => r,
+                        _ = stop.fired() => return shutdown(&mut client).await,
+                    };
+                    client.tally.waited();
+                    r
+                }
+            };
+            let mut guard = match acquired {
+                Ok(g) => g,
+                Err(e) => return client.fatal(&errors::acquire_failed(&pool.name, &e)).await,
+            };
+            match sync_params(&mut client, guard.server_mut()).await {
+                Ok(()) => break guard,
+                Err(Synced::Dead(_)) if tries < 3 => continue,
+                Err(Synced::Dead(e)) => {
+                    return client.fatal(&errors::server_lost(&pool.name, &e)).await
+                }
+                Err(Synced::Refused(refusal)) => return client.fatal(&refusal).await,
             }
-        };
-        let mut guard = match acquired {
-            Ok(g) => g,
-            Err(e) => return client.fatal(&errors::acquire_failed(&pool.name, &e)).await,
         };
         client.set_state(ClientState::Active);
         client.tally.t.server_assignments += 1;
@@ -327,29 +343,6 @@ async fn attached(
 ) -> Result<bool, End> {
     let mode = st.cfg.mode;
     let server = guard.server_mut();
-    // The serving connection gets this client's parameters.
-    if let Some(sql) = server.params.sync_sql(&client.params) {
-        if let Err(e) = server.run_internal(&sql).await {
-            client
-                .span
-                .in_scope(|| tracing::warn!(error = %e, "could not apply client parameters"));
-            let refusal = match &e {
-                // A value the server refuses (a bad `-c` in `options`, a role no longer
-                // granted): the client gets the server's own error, as it would at login.
-                crate::backend::ServerError::Server { code, message } => {
-                    errors::from_server(code, message)
-                }
-                _ => {
-                    server.close_reason = Some("server connection lost");
-                    errors::server_lost(&pool.name, &e)
-                }
-            };
-            client.fatal(&refusal).await;
-            return Ok(false);
-        } else {
-            server.params.synced(&client.params);
-        }
-    }
     if !client.pending.is_empty() {
         client.tally.t.received += client.pending.len() as u64;
         server.bufs.c2s_in.extend_from_slice(&client.pending);
@@ -514,6 +507,47 @@ async fn attached(
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
             Ok(false)
+        }
+    }
+}
+
+/// Why the client's settings could not be applied to a server connection.
+enum Synced {
+    /// The connection is dead (closed, or the server is shutting down): nothing was sent for
+    /// the client yet, another connection may serve it.
+    Dead(crate::backend::ServerError),
+    /// The server refused a value (a bad `-c` in `options`, a role no longer granted): the
+    /// client gets the server's own error, as it would at login.
+    Refused(errors::ClientError),
+}
+
+/// Gives the serving connection this client's parameters.
+async fn sync_params(client: &mut Client, server: &mut Server) -> Result<(), Synced> {
+    let Some(sql) = server.params.sync_sql(&client.params) else {
+        return Ok(());
+    };
+    match server.run_internal(&sql).await {
+        Ok(_) => {
+            server.params.synced(&client.params);
+            Ok(())
+        }
+        // Operator intervention (57: shutdown, crash recovery) and connection exceptions (08)
+        // end the connection, whatever the settings.
+        Err(crate::backend::ServerError::Server { code, message })
+            if !code.starts_with("57") && !code.starts_with("08") =>
+        {
+            client.span.in_scope(
+                || tracing::warn!(code = %code, "the server refused the client's parameters"),
+            );
+            server.close_reason = Some("the server refused the client's parameters");
+            Err(Synced::Refused(errors::from_server(&code, &message)))
+        }
+        Err(e) => {
+            client
+                .span
+                .in_scope(|| tracing::info!(error = %e, "server connection dead when lent"));
+            server.close_reason = Some("server connection lost");
+            Err(Synced::Dead(e))
         }
     }
 }

@@ -406,7 +406,7 @@ pub fn put(addr: SocketAddr, key: &str, value: &str) -> Result<(), EtcdError> {
 }
 
 /// A minimal HTTP/1.0 exchange with a loopback etcd: status and body.
-fn http(
+pub(crate) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

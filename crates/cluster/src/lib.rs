@@ -1,5 +1,5 @@
 //! pgbay's PostgreSQL clusters: everything that runs or talks to PostgreSQL servers and their
-//! tools. The provisioners ([`provision`]: local clusters made with initdb and run with pg_ctl, an
+//! tools. The etcd HA services keep their leader in ([`etcd`]), the provisioners ([`provision`]: local clusters made with initdb and run with pg_ctl, an
 //! external server pgbay adopts), administrative SQL on a server ([`admin`]), one OS user per
 //! service ([`os_users`]), the `postgres -C shared_memory_size` runner that sizes a configuration
 //! ([`sizing`]), and the atomic file writes they and the control plane share ([`files`]).
@@ -9,6 +9,7 @@
 //! what to run; this crate runs it.
 
 pub mod admin;
+pub mod etcd;
 pub mod files;
 pub mod migrate;
 pub mod os_users;

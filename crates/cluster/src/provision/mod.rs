@@ -5,6 +5,7 @@
 
 pub mod external;
 pub mod local;
+pub mod patroni;
 
 use std::path::PathBuf;
 

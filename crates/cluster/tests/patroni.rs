@@ -169,7 +169,10 @@ fn two_members_fail_over_and_the_lost_one_returns_as_standby() {
     wait_for("old postmaster gone", Duration::from_secs(30), || unsafe {
         libc::kill(postmaster, 0) != 0
     });
-    assert!(m0.ensure_running().unwrap());
+    // Restarted once the killed Patroni has exited (a step before that restarts nothing).
+    wait_for("m0's Patroni restarted", Duration::from_secs(30), || {
+        m0.ensure_running().unwrap()
+    });
     wait_for("m0 back as standby", Duration::from_secs(180), || {
         m0.rest_status("/replica") == Some(200)
     });

@@ -218,13 +218,19 @@ fn migration(field: &str, v: &Value) -> Result<pgbay_control::commands::NewMigra
     })
 }
 
-/// `recovery-backup-time`: an ISO 8601 time with its offset (`2026-12-03T07:30:00Z`), or a UTC
-/// time without one (`2026-12-03 07:30:00`).
+/// `recovery-backup-time`: an ISO 8601 time with its offset (`2026-12-03T07:30:00Z`, or
+/// PostgreSQL's `2026-12-03 07:30:00.5+00`), or a UTC time without one (`2026-12-03 07:30:00`).
 fn recovery_time(field: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, InputError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"] {
+    // PostgreSQL's own output (`2026-12-03 07:30:00.5+00`): an offset without minutes.
+    for f in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(s, f) {
+            return Ok(t.with_timezone(&chrono::Utc));
+        }
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
             return Ok(t.and_utc());
         }
@@ -396,6 +402,27 @@ pub fn pool_update(body: &Body) -> Result<PoolUpdate, InputError> {
         size: opt(body, "size", PoolSize::parse)?,
         username: opt_str(body, "username", Username::parse_pool)?,
     })
+}
+
+#[cfg(test)]
+mod recovery_time_tests {
+    use super::recovery_time;
+
+    #[test]
+    fn iso_and_postgres_forms() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-12-03T07:30:00.5Z").unwrap();
+        for s in [
+            "2026-12-03T07:30:00.5Z",
+            "2026-12-03T08:30:00.5+01:00",
+            "2026-12-03 07:30:00.5+00",
+            "2026-12-03T07:30:00.5",
+            "2026-12-03 07:30:00.5",
+        ] {
+            assert_eq!(recovery_time("f", s).unwrap(), want, "{s}");
+        }
+        assert!(recovery_time("f", "yesterday").is_err());
+        assert!(recovery_time("f", "2026-13-03 07:30:00").is_err());
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,24 @@ pub fn unsupported_startup_parameter(name: &str) -> ClientError {
     protocol_violation(format!("unsupported startup parameter: {name}"))
 }
 
+/// A setting in the startup `options` the pooler does not carry between server connections.
+pub fn unsupported_startup_option(name: &str) -> ClientError {
+    ClientError::new(
+        "0A000",
+        // Debug-quoted: whatever the client sent stays one printable word in logs.
+        format!("unsupported setting in startup options: {name:?}"),
+    )
+}
+
+/// A startup `options` word that is not a `-c name=value` or `--name=value` switch (42601,
+/// as PostgreSQL's "invalid command-line argument").
+pub fn bad_startup_option(word: &str) -> ClientError {
+    ClientError::new(
+        "42601",
+        format!("invalid startup options argument: {word:?}"),
+    )
+}
+
 /// Writing to the client failed; nobody will read this, but the login must end with an error.
 pub fn client_write_failed() -> ClientError {
     ClientError::new("08006", "client write failed")

@@ -117,3 +117,58 @@ async fn deallocate_and_discard_act_on_own_statements() {
     assert_eq!(v, 9);
     pooler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_become_the_clients_settings() {
+    let pg = shared().await;
+    let (pooler, addr) = start(service(
+        "options",
+        pg.port,
+        vec![
+            pool("tx", PoolMode::Transaction, 1),
+            pool("se", PoolMode::Session, 4),
+        ],
+    ))
+    .await;
+    for p in ["tx", "se"] {
+        let opts = r"options='-c search_path=sa,public --statement-timeout=4321 -c application_name=a\\ b'";
+        let a = connect_str(&format!("{} {opts}", conn_str(addr, p)))
+            .await
+            .unwrap();
+        let b = connect(addr, p).await.unwrap();
+        for _ in 0..3 {
+            let sp: String = a.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+            assert_eq!(sp, "sa,public", "{p}");
+            let st: String = a
+                .query_one("SHOW statement_timeout", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(st, "4321ms", "{p}");
+            let an: String = a
+                .query_one("SHOW application_name", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(an, "a b", "{p}");
+            let st: String = b
+                .query_one("SHOW statement_timeout", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(st, "0", "{p}: another client keeps the defaults");
+        }
+        // A setting the pooler does not carry is refused at login; so is another switch.
+        for (opts, code) in [("-c geqo=off", "0A000"), ("-B 10", "42601")] {
+            let s = format!("{} options='{opts}'", conn_str(addr, p));
+            let e = must_fail(connect_str(&s).await, opts);
+            assert_eq!(sqlstate(&e), code, "{p} {opts}: {}", describe(&e));
+        }
+        // A value the server refuses: its error (22023) at the client's first statement.
+        let s = format!("{} options='-c statement_timeout=abc'", conn_str(addr, p));
+        let c = connect_str(&s).await.unwrap();
+        let e = must_fail(c.batch_execute("SELECT 1").await, "bad value");
+        assert_eq!(sqlstate(&e), "22023", "{p}: {}", describe(&e));
+    }
+    pooler.shutdown().await;
+}

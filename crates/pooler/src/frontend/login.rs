@@ -332,19 +332,27 @@ fn admit(
     let mut user = None;
     let mut database = None;
     let mut values: Values = Default::default();
+    let mut options = None;
     for (name, value) in startup {
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
-            _ if state
-                .settings
-                .ignore_startup_parameters
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case(&name)) => {}
+            "options" if !ignored(state, "options") => options = Some(value),
+            _ if ignored(state, &name) => {}
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
                 None => return Err(errors::unsupported_startup_parameter(&name)),
             },
+        }
+    }
+    if let Some(options) = options {
+        // PostgreSQL applies `options` first and the other startup parameters after: those win.
+        for (name, value) in parse_options(&options)? {
+            match params::index(&name) {
+                Some(i) if values[i].is_none() => values[i] = Some(value.into()),
+                Some(_) => {}
+                None => return Err(errors::unsupported_startup_option(&name)),
+            }
         }
     }
     let user = user.ok_or_else(errors::no_user_name)?;
@@ -354,6 +362,69 @@ fn admit(
         pool_name,
         params: values,
     })
+}
+
+fn ignored(state: &ServiceState, name: &str) -> bool {
+    state
+        .settings
+        .ignore_startup_parameters
+        .iter()
+        .any(|i| i.eq_ignore_ascii_case(name))
+}
+
+/// The settings of a startup `options` string, split as PostgreSQL splits it (whitespace
+/// separates words unless escaped by a backslash, which escapes any next character) and read
+/// as its switches: `-c name=value`, `-cname=value` and `--name=value`, `-` in a name meaning
+/// `_`. The values become the client's own settings, carried like a SET to every server
+/// connection it gets; a value the server refuses fails the client's first statement with the
+/// server's error. Any other switch is refused.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut words = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut word = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        word.push(n);
+                    }
+                }
+                c if c.is_ascii_whitespace() => break,
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if let Some(long) = word.strip_prefix("--") {
+            long.to_string()
+        } else if word == "-c" {
+            words
+                .next()
+                .ok_or_else(|| errors::bad_startup_option("-c without name=value"))?
+        } else if let Some(short) = word.strip_prefix("-c") {
+            short.to_string()
+        } else {
+            return Err(errors::bad_startup_option(&word));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| errors::bad_startup_option(&setting))?;
+        if name.is_empty() {
+            return Err(errors::bad_startup_option(&setting));
+        }
+        out.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(out)
 }
 
 /// Checks the password with the service's method. Ok(None): the client left.
@@ -482,4 +553,32 @@ pub(crate) async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(),
         .flush()
         .await
         .map_err(|_| errors::client_write_failed())
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::parse_options;
+
+    #[test]
+    fn splits_options_as_postgres_does() {
+        let got = parse_options(
+            r"-c search_path=a,public  --statement-timeout=5s -cwork_mem=8MB -c application_name=x\ y\\z",
+        )
+        .unwrap();
+        let want = [
+            ("search_path", "a,public"),
+            ("statement_timeout", "5s"),
+            ("work_mem", "8MB"),
+            ("application_name", r"x y\z"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((n, v), (wn, wv)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), v.as_str()), (wn, wv));
+        }
+        assert!(parse_options("").unwrap().is_empty());
+        for bad in ["-B 10", "-c", "-c noequals", "--=x", "plain"] {
+            let e = parse_options(bad).unwrap_err();
+            assert_eq!(e.code(), "42601", "{bad}");
+        }
+    }
 }

@@ -277,6 +277,12 @@ async fn attached(
                 client.fatal(&errors::server_lost(&pool.name, &e)).await;
                 return Ok(false);
             }
+            // A value the server refuses (from the startup parameters or `options`): the
+            // client gets the server's error, as PostgreSQL refuses such a login, here at the
+            // client's first statement. The connection itself is fine, its values unsure.
+            server.params.reset_unsure();
+            client.fatal(&errors::server_error(&pool.name, &e)).await;
+            return Ok(false);
         } else {
             server.params.synced(&client.params);
         }

@@ -118,3 +118,23 @@ def test_small_statement_cache_evicts(pool_uri):
         c.execute("select 99 + %s", (1,), prepare=True)
         name = next(iter(c._prepared._names.values())).decode()
         c.execute(f"DEALLOCATE {name}")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_startup_options_search_path(client, svc, mode):
+    name = unique("op")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode=mode, size=2,
+        username="appuser"))
+    uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    with psycopg.connect(uri, autocommit=True,
+                         options=r"-c search_path=sx,public --lock-timeout=777") as a, \
+            psycopg.connect(uri, autocommit=True) as b:
+        default = b.execute("SHOW search_path").fetchone()[0]
+        for _ in range(3):
+            assert a.execute("SHOW search_path").fetchone()[0] == "sx,public"
+            assert a.execute("SHOW lock_timeout").fetchone()[0] == "777ms"
+            assert b.execute("SHOW search_path").fetchone()[0] == default
+    # A setting pgbay does not carry is refused at login (0A000, naming it).
+    with pytest.raises(psycopg.OperationalError, match="geqo"):
+        psycopg.connect(uri, options="-c geqo=off").close()

@@ -138,3 +138,22 @@ def test_startup_options_search_path(client, svc, mode):
     # A setting pgbay does not carry is refused at login (0A000, naming it).
     with pytest.raises(psycopg.OperationalError, match="geqo"):
         psycopg.connect(uri, options="-c geqo=off").close()
+
+
+def test_channel_binding_require(client, svc, pool_uri, tmp_path):
+    """SCRAM-SHA-256-PLUS (tls-server-end-point over pgbay's certificate) is offered to TLS
+    clients: libpq's channel_binding=require connects with verify-full against the API's CA;
+    plain SCRAM-SHA-256 (channel_binding=disable) still works."""
+    from conftest import psql_ok
+    ca = client.get_dbaas_ca_certificate()["certificate"]
+    (tmp_path / "ca.pem").write_text(ca)
+    assert "sslmode=require" in pool_uri
+    uri = pool_uri.replace("sslmode=require",
+                           f"sslmode=verify-full&sslrootcert={tmp_path / 'ca.pem'}")
+    bound = uri + "&channel_binding=require"
+    assert psql_ok(bound, "SELECT 'bound'") == ["bound"]
+    with psycopg.connect(bound) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.pgconn.ssl_in_use
+    with psycopg.connect(uri + "&channel_binding=disable") as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::md5::md5_response;
-use crate::auth::scram::{ServerExchange, MECHANISM};
+use crate::auth::scram::{ServerExchange, MECHANISM, MECHANISM_PLUS};
 use crate::auth::ClientAuthMethod;
 use crate::errors::{self, ClientError};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
@@ -119,13 +119,14 @@ pub async fn authenticate_client(
     service: &Arc<Service>,
 ) -> Result<Option<Authenticated>, ClientError> {
     let mut buf = BytesMut::with_capacity(512);
-    let Some(startup) = negotiate(stream, &mut buf, service).await? else {
+    let Some((startup, binding)) = negotiate(stream, &mut buf, service).await? else {
         return Ok(None);
     };
+    let binding = binding.as_ref();
     let state = service.state();
     if startup_database(&startup) == ADMIN_DATABASE {
         let user = admit_admin(addr, service, &state, &startup)?;
-        if authenticate(stream, &mut buf, service, &state, &user)
+        if authenticate(stream, &mut buf, service, &state, &user, binding)
             .await?
             .is_none()
         {
@@ -134,7 +135,7 @@ pub async fn authenticate_client(
         return Ok(Some(Authenticated(Who::Admin(user))));
     }
     let admitted = admit(addr, service, &state, startup)?;
-    if authenticate(stream, &mut buf, service, &state, &admitted.user)
+    if authenticate(stream, &mut buf, service, &state, &admitted.user, binding)
         .await?
         .is_none()
     {
@@ -250,13 +251,18 @@ async fn greet_admin(
     Ok(AdminLogin { user, cancel })
 }
 
+/// The startup parameters and the TLS channel binding data (`negotiate`).
+type Startup0 = (Vec<(String, String)>, Option<[u8; 32]>);
+
 /// The first packets: TLS (or not), a CancelRequest (served and done), or the StartupMessage,
-/// whose parameters are returned.
+/// whose parameters are returned, with the TLS channel binding data of the certificate the
+/// handshake presented (`tls::endpoint_hash`).
 async fn negotiate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     service: &Service,
-) -> Result<Option<Vec<(String, String)>>, ClientError> {
+) -> Result<Option<Startup0>, ClientError> {
+    let mut binding = None;
     loop {
         if read_startup_packet(stream, buf).await?.is_none() {
             return Ok(None);
@@ -264,8 +270,8 @@ async fn negotiate(
         let first = startup::parse(buf).map_err(errors::protocol_violation)?;
         match first {
             Startup::Ssl => {
-                let tls = service.state().tls.clone();
-                match (tls, &*stream) {
+                let state = service.state();
+                match (state.tls.clone(), &*stream) {
                     (Some(acceptor), ClientStream::Plain(_)) => {
                         write(stream, startup::ENCRYPTION_ACCEPTED).await?;
                         let ClientStream::Plain(tcp) =
@@ -274,7 +280,10 @@ async fn negotiate(
                             unreachable!("checked plain above")
                         };
                         match acceptor.accept(tcp).await {
-                            Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
+                            Ok(tls) => {
+                                *stream = ClientStream::Tls(Box::new(tls));
+                                binding = state.tls_endpoint;
+                            }
                             Err(e) => {
                                 tracing::info!(error = %e, "TLS handshake failed");
                                 return Ok(None);
@@ -296,7 +305,7 @@ async fn negotiate(
                 if service.state().tls_required && !stream.is_tls() {
                     return Err(errors::tls_required(startup_pool(&params)));
                 }
-                return Ok(Some(params));
+                return Ok(Some((params, binding)));
             }
         }
     }
@@ -434,20 +443,34 @@ async fn authenticate(
     service: &Service,
     state: &ServiceState,
     user: &str,
+    binding: Option<&[u8; 32]>,
 ) -> Result<Option<()>, ClientError> {
     let bad_password = || errors::password_failed(user);
     let account = state.users.get(user).cloned();
     match service.auth_method() {
         ClientAuthMethod::ScramSha256 => {
             let mut out = BytesMut::new();
-            auth::auth_sasl(&mut out, MECHANISM);
+            // TLS clients are offered channel binding too, preferred (as PostgreSQL does).
+            let offered_plus = binding.is_some() && stream.is_tls();
+            if offered_plus {
+                auth::auth_sasl_list(&mut out, &[MECHANISM_PLUS, MECHANISM]);
+            } else {
+                auth::auth_sasl(&mut out, MECHANISM);
+            }
             write(stream, &out).await?;
             if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
             let (mechanism, rest) = cstr(buf)
                 .ok_or_else(|| errors::protocol_violation("malformed SASLInitialResponse"))?;
-            if mechanism != MECHANISM.as_bytes() || rest.len() < 4 {
+            let plus = if mechanism == MECHANISM.as_bytes() {
+                None
+            } else if offered_plus && mechanism == MECHANISM_PLUS.as_bytes() {
+                binding
+            } else {
+                return Err(errors::unsupported_sasl_mechanism());
+            };
+            if rest.len() < 4 {
                 return Err(errors::unsupported_sasl_mechanism());
             }
             let first = rest[4..].to_vec();
@@ -458,7 +481,8 @@ async fn authenticate(
                 None => crate::auth::scram::ServerSecret::derive(&rand_password()),
             };
             let (exchange, server_first) =
-                ServerExchange::start(&secret, &first).map_err(|_| bad_password())?;
+                ServerExchange::start(&secret, &first, plus, offered_plus)
+                    .map_err(|_| bad_password())?;
             out.clear();
             auth::auth_sasl_data(&mut out, auth::AUTH_SASL_CONTINUE, server_first.as_bytes());
             write(stream, &out).await?;

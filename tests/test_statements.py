@@ -157,3 +157,41 @@ def test_channel_binding_require(client, svc, pool_uri, tmp_path):
         assert conn.pgconn.ssl_in_use
     with psycopg.connect(uri + "&channel_binding=disable") as conn:
         assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_type_dropped_and_created_again(pool_uri, svc):
+    """A shared server statement that went stale (its parameter type was dropped and created
+    again) is prepared afresh for every later client (before: five new connections in a row
+    failed with `cache lookup failed for type`)."""
+    admin = svc.uri_for(dbname="app")
+    mood = unique("mood").replace("-", "_")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    q = f"select %s::{mood}::text"
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP TYPE {mood}")
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    # The first use after the DDL still fails (the pooler learns from that error that the
+    # server statement is stale: it cannot replay what the client already sent)...
+    with psycopg.connect(pool_uri, autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InternalError_, match="cache lookup failed"):
+            c.execute(q, ("meh",), prepare=True)
+        # ...and from then on the same client and every later one get a fresh statement.
+        assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh"
+    for i in range(5):
+        with psycopg.connect(pool_uri, autocommit=True) as c:
+            for _ in range(2):
+                assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh", i
+
+
+def test_unnamed_statements_stay_unnamed(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        for i in range(8):
+            a.execute("select 123 + %s", (i,), prepare=False)
+        names = [r[0] for r in a.execute(
+            "select statement from pg_prepared_statements").fetchall()]
+        assert not any("123 +" in s for s in names), names

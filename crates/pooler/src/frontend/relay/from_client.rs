@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
-    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
-    MAX_MESSAGE,
+    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, BOUND,
+    COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
@@ -252,8 +252,10 @@ fn rewrite(
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
             ctx.tally.t.server_binds += 1;
+            let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    bound = stmt.id | BOUND;
                     ctx.params.dirty |= stmt.sets;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
@@ -266,12 +268,14 @@ fn rewrite(
                 }
                 None => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(&mut server.relay.expect, tag::BIND, Action::Forward, 0);
+            push(&mut server.relay.expect, tag::BIND, Action::Forward, bound);
         }
         tag::DESCRIBE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Describe"))?;
+            let mut bound = 0;
             match (kind, lookup(ctx, name)) {
                 (target::STATEMENT, Some(stmt)) => {
+                    bound = stmt.id | BOUND;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
                     write_target(
@@ -283,7 +287,12 @@ fn rewrite(
                 }
                 _ => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(&mut server.relay.expect, tag::DESCRIBE, Action::Forward, 0);
+            push(
+                &mut server.relay.expect,
+                tag::DESCRIBE,
+                Action::Forward,
+                bound,
+            );
         }
         tag::CLOSE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Close"))?;
@@ -302,11 +311,28 @@ fn rewrite(
     Ok(())
 }
 
-fn lookup(ctx: &ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
+/// The client's statement `name`; one a server said went stale is replaced by a fresh one
+/// (same text and types, new server name) for this client.
+fn lookup(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
     if name.is_empty() {
         return None;
     }
-    ctx.statements.get(name).cloned()
+    let stmt = ctx.statements.get(name)?;
+    if !stmt.is_stale() {
+        return Some(stmt.clone());
+    }
+    Some(refresh(ctx, name))
+}
+
+#[cold]
+fn refresh(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Arc<Statement> {
+    let old = ctx.statements.get(name).cloned();
+    let fresh = match old {
+        Some(old) => ctx.registry.intern(old.rest()),
+        None => unreachable!("looked up by the caller"),
+    };
+    ctx.statements.insert(name, fresh.clone());
+    fresh
 }
 
 /// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed); true

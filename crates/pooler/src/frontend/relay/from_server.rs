@@ -3,9 +3,11 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, BOUND, COPY_END,
+    MAX_MESSAGE,
 };
 use crate::backend::server::Server;
+use crate::net::messages::error::parse_error;
 use crate::net::messages::status::parse_parameter_status;
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
@@ -29,6 +31,20 @@ fn copy_started(server: &mut Server) {
         }
     }
     server.relay.copy_in = true;
+}
+
+/// A Bind/Describe of shared statement `id` failed: when the server says the statement went
+/// stale, it is marked so that every later use prepares a fresh one (`prepared::Statement::
+/// mark_stale`). The client that hit the error sees it (its messages up to Sync are gone
+/// already); its next Bind of the same name gets the fresh statement.
+#[cold]
+fn check_stale(server: &mut Server, id: u64, body: &[u8]) {
+    let (_, message) = parse_error(body);
+    if crate::prepared::means_stale(&message) {
+        if let Some(stmt) = server.prepared.get(id) {
+            stmt.mark_stale();
+        }
+    }
 }
 
 /// Whether the server message `answer` is the last answer to a client message of type `kind`.
@@ -128,6 +144,21 @@ fn server_messages(
         if whole && avail < len {
             break;
         }
+        if tag == tag::ERROR_RESPONSE
+            && server
+                .relay
+                .expect
+                .front()
+                .is_some_and(|e| e.kind != tag::PARSE && e.stmt & BOUND != 0)
+        {
+            // An error about a shared statement: read whole, it may say the statement is stale.
+            if avail < len {
+                break;
+            }
+            if let Some(front) = server.relay.expect.front().copied() {
+                check_stale(server, front.stmt & !BOUND, &input[pos + HEADER..pos + len]);
+            }
+        }
         let mut forward = true;
         match tag {
             tag::READY_FOR_QUERY => {
@@ -157,7 +188,7 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            if e.stmt != 0 {
+                            if e.kind == tag::PARSE && e.stmt != 0 {
                                 server.prepared.remove(e.stmt);
                             }
                             server.relay.expect.pop_front();

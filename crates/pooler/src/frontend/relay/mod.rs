@@ -131,9 +131,14 @@ pub struct Expect {
     /// FunctionCall), or `COPY_END`.
     pub kind: u8,
     pub action: Action,
-    /// Pooler-wide statement id for Parse entries (0 otherwise).
+    /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
+    /// its id with `BOUND`; 0 otherwise.
     pub stmt: u64,
 }
+
+/// Marks `Expect::stmt` of a Bind/Describe of a shared statement (its id below the bit),
+/// so that an error meaning the statement went stale can name it (`from_server`).
+pub(crate) const BOUND: u64 = 1 << 63;
 
 /// What to do with the answer to an `Expect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -195,3 +195,27 @@ def test_unnamed_statements_stay_unnamed(pool_uri):
         names = [r[0] for r in a.execute(
             "select statement from pg_prepared_statements").fetchall()]
         assert not any("123 +" in s for s in names), names
+
+
+def test_deallocate_through_the_extended_protocol(pool_uri):
+    """psycopg's pipeline mode sends its DEALLOCATE ALL with Parse/Bind/Execute; a binary
+    cursor sends any statement so."""
+    with psycopg.connect(pool_uri) as c:
+        with c.pipeline():
+            for i in range(6):
+                c.execute("select %s::int", (i,))
+            c.rollback()
+            for i in range(8):
+                assert c.execute("select %s::int", (i,)).fetchone()[0] == i
+        c.commit()
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        q = "select 20 + %s"
+        a.execute(q, (1,), prepare=True)
+        name = next(iter(a._prepared._names.values())).decode()
+        a.cursor(binary=True).execute(f"DEALLOCATE {name}")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute(q, (1,), prepare=True)
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="nosuch"):
+            a.cursor(binary=True).execute("DEALLOCATE nosuch")
+        a.cursor(binary=True).execute("DEALLOCATE ALL")
+        assert a.execute("select 1").fetchone()[0] == 1

@@ -142,11 +142,16 @@ fn client_messages(
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
-                        if tag == tag::QUERY && ctx.track {
+                        if ctx.track {
                             let text = block::statement_text(tag, msg);
                             if let Some(cmd) = session_state::parse_deallocate(text) {
-                                deallocate(server, ctx, cmd);
-                                continue;
+                                if tag == tag::QUERY {
+                                    deallocate(server, ctx, cmd);
+                                    continue;
+                                }
+                                if deallocate_parse(server, ctx, msg, cmd)? {
+                                    continue;
+                                }
                             }
                         }
                         push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
@@ -383,6 +388,43 @@ fn deallocate(server: &mut Server, ctx: &mut ClientCtx<'_>, cmd: Deallocate) {
     }
     server.relay.deallocs.push_back(cmd);
     push(&mut server.relay.expect, tag::QUERY, Action::Deallocate, 0);
+}
+
+/// An unnamed Parse of an SQL `DEALLOCATE` (psycopg in pipeline mode sends its
+/// `DEALLOCATE ALL` so): the client's names go at once, and the server runs a statement that
+/// does nothing in its place (its command tag says DO), or raises 26000 for a name the client
+/// does not have, so that Bind/Describe/Execute get their usual answers. False for a named
+/// Parse (executed later, maybe never), which stays refused.
+#[cold]
+fn deallocate_parse(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    msg: &[u8],
+    cmd: Deallocate,
+) -> Result<bool, RelayError> {
+    let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
+    if !p.name.is_empty() {
+        return Ok(false);
+    }
+    let sql: Vec<u8> = match &cmd {
+        Deallocate::All => {
+            ctx.statements.clear();
+            session_state::LISTEN_NOOP.to_vec()
+        }
+        Deallocate::Name(name) => match ctx.statements.remove(name.as_bytes()) {
+            Some(_) => session_state::LISTEN_NOOP.to_vec(),
+            None => session_state::unknown_statement_sql(name).into_bytes(),
+        },
+    };
+    let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
+    let mut rest = Vec::with_capacity(sql.len() + 1 + types.len());
+    rest.extend_from_slice(&sql);
+    rest.push(0);
+    rest.extend_from_slice(types);
+    let mut noop = bytes::BytesMut::new();
+    write_parse(&mut noop, p.name, &rest);
+    rewrite(server, ctx, tag::PARSE, &noop)?;
+    Ok(true)
 }
 
 /// A whole Query or Parse holding a LISTEN/UNLISTEN: served by the pool's listener when the

@@ -1,143 +1,221 @@
-"""Drivers' statement caches and connect-time settings through a transaction pool (issue 20).
+"""Statement-cache evictions through a transaction pool (issue 20).
 
-- psycopg 3 on its defaults: after a query ran 5 times psycopg prepares it, and a rollback makes
-  it send `DEALLOCATE ALL`: it must work.
-- SQL `DEALLOCATE name`, `DEALLOCATE PREPARE name` and `DEALLOCATE ALL` act on the client's own
-  protocol-level statements only (26000 for a name it does not have); `DISCARD ALL` drops them
-  with the session's settings.
-- The startup parameter `options` (`-c name=value`, `--name=value`) becomes the client's own
-  session settings in every mode; a value the server refuses is the server's error; a setting a
-  pooled session cannot carry is refused at login, naming it.
+psycopg 3 on its defaults prepares a query on the server after it ran 5 times and then, after a
+rollback (or a DDL, or DISCARD ALL), sends `DEALLOCATE ALL`; drivers evict single statements with
+`DEALLOCATE name`. pgbay answers these from the client's own protocol-level statements, as
+PostgreSQL would, without touching the statements of the other clients that share the server
+connection. One transaction pool of size 1: every client runs on the same server connection.
 """
+
+from __future__ import annotations
 
 import psycopg
 import pytest
-from psycopg import pq
 
 from conftest import find_pool, ok, provision, unique
 
 
 @pytest.fixture(scope="module")
 def svc(client):
-    s = provision(client, unique("stmt"), plan="hobbyist-2")
-    with psycopg.connect(s.uri, autocommit=True) as c:
-        c.execute("CREATE SCHEMA other")
-        c.execute("CREATE TABLE other.marker AS SELECT 'other schema' AS v")
+    s = provision(client, unique("stm"))
+    ok(client, client.create_dbaas_pg_database(service_name=s.name, database_name="app"))
+    ok(client, client.create_dbaas_postgres_user(service_name=s.name, username="appuser"))
     return s
 
 
-def make_pool(client, svc, mode="transaction", size=1):
-    name = unique(f"st-{mode[:4]}")
+@pytest.fixture(scope="module")
+def pool_uri(client, svc):
+    name = unique("st1")
     ok(client, client.create_dbaas_pg_connection_pool(
-        service_name=svc.name, name=name, database_name="defaultdb", mode=mode, size=size,
-        username=svc.admin_user))
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username="appuser"))
     return find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
 
 
-@pytest.fixture(scope="module")
-def tx_uri(client, svc):
-    # Size 1: every client's transactions run on the same server connection, so anything one
-    # client left behind would show to the next.
-    return make_pool(client, svc, "transaction", 1)
-
-
-def run(conn: psycopg.Connection, sql: str) -> pq.PGresult:
-    return conn.pgconn.exec_(sql.encode())
-
-
-def test_psycopg_defaults_survive_prepare_then_rollback(tx_uri):
-    with psycopg.connect(tx_uri) as c:
+def test_psycopg_defaults_rollback_after_prepare(pool_uri):
+    """The issue's script: the 6th run is prepared, the rollback makes psycopg send
+    DEALLOCATE ALL, and everything after it still works."""
+    with psycopg.connect(pool_uri) as c:
         for i in range(6):
-            assert c.execute("select %s::int", (i,)).fetchone() == (i,)
-        c.rollback()  # psycopg sends DEALLOCATE ALL here
-        for i in range(8):
-            assert c.execute("select %s::int + 1", (i,)).fetchone() == (i + 1,)
-        c.commit()
-        # A DDL in the transaction makes psycopg deallocate too.
-        for i in range(6):
-            c.execute("select %s::text", (str(i),))
-        c.execute("create temp table t_dealloc (x int)")
+            assert c.execute("select %s::int", (i,)).fetchone()[0] == i
         c.rollback()
-        assert c.execute("select %s::int", (42,)).fetchone() == (42,)
+        for i in range(8):
+            assert c.execute("select %s::int", (i,)).fetchone()[0] == i
+        c.commit()
+        for i in range(8):
+            assert c.execute("select %s::int + 1", (i,)).fetchone()[0] == i + 1
+        c.rollback()
+        assert c.execute("select 'after'").fetchone()[0] == "after"
 
 
-def test_deallocate_name_acts_on_the_clients_own_statements_only(tx_uri):
-    with psycopg.connect(tx_uri, autocommit=True) as a, \
-            psycopg.connect(tx_uri, autocommit=True) as b:
-        for conn in (a, b):
-            r = conn.pgconn.prepare(b"s1", b"select 'same text'")
-            assert r.status == pq.ExecStatus.COMMAND_OK, r.error_message
-            r = conn.pgconn.prepare(b"Mixed Case", b"select 2")
-            assert r.status == pq.ExecStatus.COMMAND_OK, r.error_message
-        r = run(a, "DEALLOCATE s1")
-        assert r.status == pq.ExecStatus.COMMAND_OK, r.error_message
-        assert r.command_status == b"DEALLOCATE"
-        gone = a.pgconn.exec_prepared(b"s1", [])
-        assert gone.status == pq.ExecStatus.FATAL_ERROR
-        assert gone.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
-        # b's statement of the same name and text is untouched.
-        r = b.pgconn.exec_prepared(b"s1", [])
-        assert r.status == pq.ExecStatus.TUPLES_OK and r.get_value(0, 0) == b"same text"
-        # Quoted names keep their case; PREPARE is an optional noise word.
-        r = run(a, 'DEALLOCATE PREPARE "Mixed Case";')
-        assert r.status == pq.ExecStatus.COMMAND_OK, r.error_message
-        assert a.pgconn.exec_prepared(b"Mixed Case", []).status == pq.ExecStatus.FATAL_ERROR
-        assert b.pgconn.exec_prepared(b"Mixed Case", []).get_value(0, 0) == b"2"
+def test_deallocate_forms_act_on_own_statements(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a, \
+            psycopg.connect(pool_uri, autocommit=True) as b:
+        # prepare=True: psycopg names them _pg3_0, _pg3_1, ... per connection.
+        q1, q2, q3 = "select 1 + %s", "select 2 + %s", "select 3 + %s"
+        for q in (q1, q2, q3):
+            assert a.execute(q, (1,), prepare=True).fetchone()[0] is not None
+            b.execute(q, (1,), prepare=True)
+        names = sorted(a._prepared._names.values())
+        assert names == [b"_pg3_0", b"_pg3_1", b"_pg3_2"], names
 
+        cur = a.execute("DEALLOCATE _pg3_0")
+        assert cur.statusmessage == "DEALLOCATE"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute(q1, (1,), prepare=True)
+        cur = a.execute('dealLOCATE  PREPARE "_pg3_1" ;')
+        assert cur.statusmessage == "DEALLOCATE"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute(q2, (1,), prepare=True)
+        # b shares the server statements and keeps its own names.
+        for q in (q1, q2, q3):
+            assert b.execute(q, (1,), prepare=True).fetchone()[0] is not None
 
-def test_deallocate_of_an_unknown_name_is_postgres_26000_and_the_session_goes_on(tx_uri):
-    with psycopg.connect(tx_uri, autocommit=True) as c:
+        # Unknown name: PostgreSQL's error; the connection goes on.
         with pytest.raises(psycopg.errors.InvalidSqlStatementName) as e:
-            c.execute("DEALLOCATE nope")
-        assert 'prepared statement "nope" does not exist' in str(e.value)
-        assert c.execute("select 1").fetchone() == (1,)
+            a.execute("DEALLOCATE nosuch")
+        assert 'prepared statement "nosuch" does not exist' in str(e.value)
+        assert a.execute("select 5").fetchone()[0] == 5
+
+        # DEALLOCATE ALL: psycopg forgets its cache, prepares again, all works.
+        cur = a.execute("DEALLOCATE ALL")
+        assert cur.statusmessage == "DEALLOCATE ALL"
+        for _ in range(3):
+            assert a.execute(q3, (1,), prepare=True).fetchone()[0] == 4
+        assert b.execute(q3, (1,), prepare=True).fetchone()[0] == 4
 
 
-def test_deallocate_all_and_discard_all_drop_every_statement_of_the_client(tx_uri):
-    with psycopg.connect(tx_uri, autocommit=True) as c:
-        for name in (b"x1", b"x2"):
-            assert c.pgconn.prepare(name, b"select 1").status == pq.ExecStatus.COMMAND_OK
-        r = run(c, "deallocate all")
-        assert r.status == pq.ExecStatus.COMMAND_OK and r.command_status == b"DEALLOCATE ALL"
-        for name in (b"x1", b"x2"):
-            assert c.pgconn.exec_prepared(name, []).status == pq.ExecStatus.FATAL_ERROR
-        assert c.pgconn.prepare(b"x3", b"select 3").status == pq.ExecStatus.COMMAND_OK
-        c.execute("SET search_path = other")
-        r = run(c, "DISCARD ALL")
-        assert r.status == pq.ExecStatus.COMMAND_OK, r.error_message
-        assert c.pgconn.exec_prepared(b"x3", []).status == pq.ExecStatus.FATAL_ERROR
-        assert c.execute("SHOW search_path").fetchone() == ('"$user", public',)
+def test_discard_all_clears_statements_and_settings(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a, \
+            psycopg.connect(pool_uri, autocommit=True) as b:
+        default = b.execute("SHOW work_mem").fetchone()[0]
+        a.execute("SET work_mem = '5MB'")
+        q = "select 10 + %s"
+        assert a.execute(q, (1,), prepare=True).fetchone()[0] == 11
+        b.execute(q, (1,), prepare=True)
+        assert a.execute("SHOW work_mem").fetchone()[0] == "5MB"
+        a.execute("DISCARD ALL")
+        assert a.execute("SHOW work_mem").fetchone()[0] == default
+        # psycopg cleared its cache on DISCARD ALL and prepares again under the same name.
+        for _ in range(3):
+            assert a.execute(q, (2,), prepare=True).fetchone()[0] == 12
+        assert b.execute(q, (3,), prepare=True).fetchone()[0] == 13
+
+
+def test_small_statement_cache_evicts(pool_uri):
+    """A 2-entry cache over ten distinct queries: every eviction (Close with libpq >= 17,
+    `DEALLOCATE name` before) succeeds."""
+    with psycopg.connect(pool_uri, autocommit=True) as c:
+        c.prepared_max = 2
+        for round_ in range(2):
+            for i in range(10):
+                q = f"select {i} + %s"
+                assert c.execute(q, (round_,), prepare=True).fetchone()[0] == i + round_
+        with c.transaction():
+            for i in range(10):
+                assert c.execute(f"select {i} * %s", (2,), prepare=True).fetchone()[0] == 2 * i
+        # The SQL form of the same eviction.
+        c.execute("select 99 + %s", (1,), prepare=True)
+        name = next(iter(c._prepared._names.values())).decode()
+        c.execute(f"DEALLOCATE {name}")
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
-def test_options_become_the_clients_own_settings(client, svc, mode):
-    uri = make_pool(client, svc, mode, 1)
-    opts = r"-c search_path=other -cstatement_timeout=4321 --application-name=with\ space"
-    with psycopg.connect(uri, autocommit=True, options=opts) as c:
-        assert c.execute("SHOW search_path").fetchone() == ("other",)
-        assert c.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
-        assert c.execute("SHOW application_name").fetchone() == ("with space",)
-        assert c.execute("SELECT v FROM marker").fetchone() == ("other schema",)
-    if mode == "transaction":
-        # The next client on the same server connection has its own (default) settings, and
-        # a client that set both ways gets the directly given parameter.
-        with psycopg.connect(uri, autocommit=True) as d:
-            assert d.execute("SHOW search_path").fetchone() == ('"$user", public',)
-            assert d.execute("SHOW statement_timeout").fetchone() == ("0",)
-        with psycopg.connect(uri, autocommit=True, options="-c application_name=opt",
-                             application_name="direct") as d:
-            assert d.execute("SHOW application_name").fetchone() == ("direct",)
+def test_startup_options_search_path(client, svc, mode):
+    name = unique("op")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode=mode, size=2,
+        username="appuser"))
+    uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    with psycopg.connect(uri, autocommit=True,
+                         options=r"-c search_path=sx,public --lock-timeout=777") as a, \
+            psycopg.connect(uri, autocommit=True) as b:
+        default = b.execute("SHOW search_path").fetchone()[0]
+        for _ in range(3):
+            assert a.execute("SHOW search_path").fetchone()[0] == "sx,public"
+            assert a.execute("SHOW lock_timeout").fetchone()[0] == "777ms"
+            assert b.execute("SHOW search_path").fetchone()[0] == default
+    # A setting pgbay does not carry is refused at login (0A000, naming it).
+    with pytest.raises(psycopg.OperationalError, match="geqo"):
+        psycopg.connect(uri, options="-c geqo=off").close()
 
 
-def test_options_the_pooler_cannot_carry_or_the_server_refuses(tx_uri):
-    with pytest.raises(psycopg.OperationalError) as e:
-        psycopg.connect(tx_uri, options="-c geqo=off")
-    assert "options: -c geqo" in str(e.value)
-    with pytest.raises(psycopg.OperationalError) as e:
-        psycopg.connect(tx_uri, options="-B 100")
-    assert "-B" in str(e.value)
-    with psycopg.connect(tx_uri, autocommit=True, options="-c statement_timeout=abc") as c:
-        with pytest.raises(psycopg.Error) as e:
-            c.execute("select 1")
-        assert e.value.sqlstate == "22023", repr(e.value)
-        assert "statement_timeout" in str(e.value)
+def test_channel_binding_require(client, svc, pool_uri, tmp_path):
+    """SCRAM-SHA-256-PLUS (tls-server-end-point over pgbay's certificate) is offered to TLS
+    clients: libpq's channel_binding=require connects with verify-full against the API's CA;
+    plain SCRAM-SHA-256 (channel_binding=disable) still works."""
+    from conftest import psql_ok
+    ca = client.get_dbaas_ca_certificate()["certificate"]
+    (tmp_path / "ca.pem").write_text(ca)
+    assert "sslmode=require" in pool_uri
+    uri = pool_uri.replace("sslmode=require",
+                           f"sslmode=verify-full&sslrootcert={tmp_path / 'ca.pem'}")
+    bound = uri + "&channel_binding=require"
+    assert psql_ok(bound, "SELECT 'bound'") == ["bound"]
+    with psycopg.connect(bound) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.pgconn.ssl_in_use
+    with psycopg.connect(uri + "&channel_binding=disable") as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_type_dropped_and_created_again(pool_uri, svc):
+    """A shared server statement that went stale (its parameter type was dropped and created
+    again) is prepared afresh for every later client (before: five new connections in a row
+    failed with `cache lookup failed for type`)."""
+    admin = svc.uri_for(dbname="app")
+    mood = unique("mood").replace("-", "_")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    q = f"select %s::{mood}::text"
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"DROP TYPE {mood}")
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    # The first use after the DDL still fails (the pooler learns from that error that the
+    # server statement is stale: it cannot replay what the client already sent)...
+    with psycopg.connect(pool_uri, autocommit=True) as c:
+        with pytest.raises(psycopg.errors.InternalError_, match="cache lookup failed"):
+            c.execute(q, ("meh",), prepare=True)
+        # ...and from then on the same client and every later one get a fresh statement.
+        assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh"
+    for i in range(5):
+        with psycopg.connect(pool_uri, autocommit=True) as c:
+            for _ in range(2):
+                assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh", i
+
+
+def test_unnamed_statements_stay_unnamed(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        for i in range(8):
+            a.execute("select 123 + %s", (i,), prepare=False)
+        names = [r[0] for r in a.execute(
+            "select statement from pg_prepared_statements").fetchall()]
+        assert not any("123 +" in s for s in names), names
+
+
+def test_deallocate_through_the_extended_protocol(pool_uri):
+    """psycopg's pipeline mode sends its DEALLOCATE ALL with Parse/Bind/Execute; a binary
+    cursor sends any statement so."""
+    with psycopg.connect(pool_uri) as c:
+        with c.pipeline():
+            for i in range(6):
+                c.execute("select %s::int", (i,))
+            c.rollback()
+            for i in range(8):
+                assert c.execute("select %s::int", (i,)).fetchone()[0] == i
+        c.commit()
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        q = "select 20 + %s"
+        a.execute(q, (1,), prepare=True)
+        name = next(iter(a._prepared._names.values())).decode()
+        a.cursor(binary=True).execute(f"DEALLOCATE {name}")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute(q, (1,), prepare=True)
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="nosuch"):
+            a.cursor(binary=True).execute("DEALLOCATE nosuch")
+        a.cursor(binary=True).execute("DEALLOCATE ALL")
+        assert a.execute("select 1").fetchone()[0] == 1

@@ -164,6 +164,7 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
     let state = Arc::new(ServiceState {
         users,
         tls,
+        tls_endpoint: cfg.tls.as_ref().and_then(tls::endpoint_hash),
         tls_required: cfg.tls.as_ref().is_some_and(|t| t.required),
         allowed_cidrs: cfg.allowed_cidrs.clone(),
         limits: cfg.limits.clone(),

@@ -74,6 +74,24 @@ pub fn unsupported_startup_parameter(name: &str) -> ClientError {
     protocol_violation(format!("unsupported startup parameter: {name}"))
 }
 
+/// A setting in the startup `options` the pooler does not carry between server connections.
+pub fn unsupported_startup_option(name: &str) -> ClientError {
+    ClientError::new(
+        "0A000",
+        // Debug-quoted: whatever the client sent stays one printable word in logs.
+        format!("unsupported setting in startup options: {name:?}"),
+    )
+}
+
+/// A startup `options` word that is not a `-c name=value` or `--name=value` switch (42601,
+/// as PostgreSQL's "invalid command-line argument").
+pub fn bad_startup_option(word: &str) -> ClientError {
+    ClientError::new(
+        "42601",
+        format!("invalid startup options argument: {word:?}"),
+    )
+}
+
 /// Writing to the client failed; nobody will read this, but the login must end with an error.
 pub fn client_write_failed() -> ClientError {
     ClientError::new("08006", "client write failed")
@@ -152,22 +170,6 @@ pub fn admin_shutdown(service: &str) -> ClientError {
     ClientError::new("57P01", format!("service \"{service}\" is shutting down"))
 }
 
-/// An error the server answered, passed on with its SQLSTATE.
-pub fn from_server(code: &str, message: &str) -> ClientError {
-    ClientError {
-        code: Cow::Owned(code.to_string()),
-        message: message.to_string(),
-    }
-}
-
-/// `DEALLOCATE` of a statement the client does not have: PostgreSQL's answer.
-pub fn unknown_prepared_statement(name: &str) -> ClientError {
-    ClientError::new(
-        "26000",
-        format!("prepared statement \"{name}\" does not exist"),
-    )
-}
-
 /// pgbay drains (`Pooler::drain`); `reason` is a `DrainReason as u8`.
 pub fn pgbay_draining(reason: u8) -> ClientError {
     let why = if reason == crate::DrainReason::Restarting as u8 {
@@ -241,6 +243,22 @@ pub fn sql_prepared_in_transaction_mode(pool: &str) -> ClientError {
             "SQL-level PREPARE/EXECUTE/DEALLOCATE is not supported in transaction pooling mode \
              (pool \"{pool}\"); use protocol-level prepared statements"
         ),
+    )
+}
+
+/// An SQL `DEALLOCATE` of a name the client has no statement for (PostgreSQL's words).
+pub fn unknown_statement(name: &str) -> ClientError {
+    ClientError::new(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
+/// A statement the pooler answers itself in a failed transaction block (PostgreSQL's words).
+pub fn in_failed_transaction() -> ClientError {
+    ClientError::new(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
     )
 }
 

@@ -50,64 +50,6 @@ pub fn index(name: &str) -> Option<usize> {
     TRACKED.iter().position(|t| t.eq_ignore_ascii_case(name))
 }
 
-/// The settings of a startup `options` string, as PostgreSQL reads it: words split at
-/// whitespace (a backslash escapes the next character), each `-c name=value`, `-cname=value` or
-/// `--name=value` (dashes in the name read as underscores). Err names what is not a setting.
-pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    let mut in_word = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    word.push(n);
-                }
-                in_word = true;
-            }
-            c if c.is_ascii_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    let mut out = Vec::new();
-    let mut words = words.into_iter();
-    while let Some(w) = words.next() {
-        let setting = if w == "-c" {
-            words
-                .next()
-                .ok_or_else(|| "-c without a setting".to_string())?
-        } else if let Some(rest) = w.strip_prefix("--") {
-            rest.to_string()
-        } else if let Some(rest) = w.strip_prefix("-c") {
-            rest.to_string()
-        } else {
-            return Err(format!(
-                "{w} (only -c name=value and --name=value are served)"
-            ));
-        };
-        let (name, value) = setting
-            .split_once('=')
-            .ok_or_else(|| format!("{setting} (no value)"))?;
-        if name.is_empty() {
-            return Err(format!("{setting} (no name)"));
-        }
-        out.push((name.replace('-', "_"), value.to_string()));
-    }
-    Ok(out)
-}
-
 /// One value per tracked parameter; `None` means "the server's default".
 pub type Values = [Option<Box<str>>; TRACKED.len()];
 
@@ -334,41 +276,6 @@ fn literal(value: &str) -> String {
     }
     s.push('\'');
     s
-}
-
-#[cfg(test)]
-mod options_tests {
-    use super::parse_options;
-
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn every_form_postgres_reads() {
-        assert_eq!(
-            parse_options("-c search_path=a,b -cstatement_timeout=5s --work-mem=64MB").unwrap(),
-            pairs(&[
-                ("search_path", "a,b"),
-                ("statement_timeout", "5s"),
-                ("work_mem", "64MB")
-            ])
-        );
-        assert_eq!(
-            parse_options("  -c application_name=with\\ space\\\\  ").unwrap(),
-            pairs(&[("application_name", "with space\\")])
-        );
-        assert_eq!(parse_options("").unwrap(), pairs(&[]));
-    }
-
-    #[test]
-    fn what_is_not_a_setting_is_named() {
-        assert!(parse_options("-B 100").unwrap_err().contains("-B"));
-        assert!(parse_options("-c").unwrap_err().contains("-c"));
-        assert!(parse_options("-c foo").unwrap_err().contains("foo"));
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! a Parse is injected first when the serving connection lacks the statement.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,35 @@ pub struct Statement {
     /// Tracked parameters the statement may change (`session_state::classify`), marked dirty
     /// again at every Bind: a prepared SET is executed without a new Parse.
     pub sets: u64,
+    /// The server said a copy of it went stale (`mark_stale`): later Parses and Binds of the
+    /// same text and types get a fresh statement under a new name.
+    stale: AtomicBool,
+}
+
+impl Statement {
+    /// A server answered a Bind/Describe of it with an error meaning its prepared form no
+    /// longer matches the catalog (`cache lookup failed for type`, a dropped and re-created
+    /// type; `cached plan must not change result type`).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// The Parse's query, parameter count and types (what `Registry::intern` keys by).
+    pub fn rest(&self) -> &[u8] {
+        // Type, length, name, NUL.
+        &self.parse[5 + self.name.len() + 1..]
+    }
+}
+
+/// Whether a server error text says a prepared statement went stale (see `mark_stale`).
+pub fn means_stale(message: &str) -> bool {
+    message.starts_with("cache lookup failed for type")
+        || message.starts_with("cached plan must not change result type")
 }
 
 /// Pooler-wide map from statement text to `Statement`.
@@ -44,7 +73,9 @@ impl Registry {
     pub fn intern(&self, rest: &[u8]) -> Arc<Statement> {
         let mut map = self.by_text.lock();
         if let Some(s) = map.get(rest) {
-            return s.clone();
+            if !s.is_stale() {
+                return s.clone();
+            }
         }
         if map.len() >= REGISTRY_SOFT_LIMIT {
             map.retain(|_, s| Arc::strong_count(s) > 1);
@@ -61,6 +92,7 @@ impl Registry {
                 Found::Sets(bits) => bits,
                 _ => 0,
             },
+            stale: AtomicBool::new(false),
         });
         map.insert(rest.into(), stmt.clone());
         stmt
@@ -90,7 +122,8 @@ impl ClientStatements {
         self.map.remove(name)
     }
 
-    /// DEALLOCATE ALL / DISCARD ALL.
+    /// `DEALLOCATE ALL` / `DISCARD ALL`: the client's names go; the server copies, shared
+    /// with other clients, stay.
     pub fn clear(&mut self) {
         self.map.clear();
     }
@@ -134,6 +167,10 @@ impl ServerStatements {
         self.used.remove(&id);
     }
 
+    pub fn get(&self, id: u64) -> Option<&Arc<Statement>> {
+        self.used.get(&id).map(|(_, s)| s)
+    }
+
     pub fn clear(&mut self) {
         self.used.clear();
     }
@@ -159,5 +196,11 @@ mod tests {
         let evicted = server.add(&c, 2).unwrap();
         assert_eq!(evicted.id, b.id);
         assert!(!server.touch(b.id));
+        assert_eq!(a.rest(), b"select 1\0\0\0");
+        a.mark_stale();
+        let fresh = reg.intern(b"select 1\0\0\0");
+        assert_ne!(fresh.id, a.id);
+        assert_eq!(reg.intern(b"select 1\0\0\0").id, fresh.id);
+        assert!(means_stale("cache lookup failed for type 16389"));
     }
 }

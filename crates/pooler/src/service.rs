@@ -47,6 +47,9 @@ impl User {
 pub struct ServiceState {
     pub users: HashMap<String, Arc<User>>,
     pub tls: Option<TlsAcceptor>,
+    /// The `tls-server-end-point` binding of `tls`'s certificate (`tls::endpoint_hash`):
+    /// SCRAM-SHA-256-PLUS is offered to TLS clients when it is known.
+    pub tls_endpoint: Option<[u8; 32]>,
     /// A StartupMessage must arrive over TLS (`TlsConfig::required`).
     pub tls_required: bool,
     pub allowed_cidrs: Vec<ipnet::IpNet>,

@@ -9,6 +9,18 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
+/// The `tls-server-end-point` channel binding data of a certificate chain (RFC 5929, as
+/// PostgreSQL computes it): the hash of the end-entity certificate's DER with the hash of its
+/// signature algorithm, SHA-256 for those signed with SHA-256 (pgbay's own CA: ECDSA P-256
+/// with SHA-256), MD5 or SHA-1. Certificates signed with SHA-384/512 are hashed with SHA-256
+/// too, which a client would reject: SCRAM-SHA-256-PLUS needs a SHA-256 certificate.
+pub fn endpoint_hash(cfg: &TlsConfig) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let first = CertificateDer::pem_slice_iter(cfg.cert_chain_pem.as_bytes()).next()?;
+    let cert = first.ok()?;
+    Some(sha2::Sha256::digest(cert.as_ref()).into())
+}
+
 pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cfg.cert_chain_pem.as_bytes())

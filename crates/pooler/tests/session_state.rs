@@ -67,7 +67,7 @@ async fn sets_follow_their_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_prepare_and_execute_are_refused() {
+async fn sql_prepared_statements_are_refused() {
     let pg = shared().await;
     let (pooler, addr) = start(service(
         "sqlprep",
@@ -76,12 +76,7 @@ async fn sql_prepare_and_execute_are_refused() {
     ))
     .await;
     let a = connect(addr, "p1").await.unwrap();
-    // DEALLOCATE is served on the client's own statements (tests/test_statements.py): only
-    // its extended-protocol form stays refused.
-    let e = must_fail(a.batch_execute("DEALLOCATE p").await, "DEALLOCATE p");
-    assert_eq!(sqlstate(&e), "26000");
-    let e = must_fail(a.execute("DEALLOCATE p", &[]).await, "DEALLOCATE p");
-    assert_eq!(sqlstate(&e), "0A000", "DEALLOCATE p (extended)");
+    // (An SQL DEALLOCATE alone in a Query is served: tests/statements.rs.)
     for sql in ["PREPARE p AS SELECT 1", "EXECUTE p"] {
         let e = must_fail(a.batch_execute(sql).await, sql);
         assert_eq!(sqlstate(&e), "0A000", "{sql}");
@@ -93,6 +88,11 @@ async fn sql_prepare_and_execute_are_refused() {
         let e = must_fail(a.execute(sql, &[]).await, sql);
         assert_eq!(sqlstate(&e), "0A000", "{sql} (extended)");
     }
+    let e = must_fail(
+        a.execute("DEALLOCATE p", &[]).await,
+        "DEALLOCATE (extended)",
+    );
+    assert_eq!(sqlstate(&e), "0A000", "{}", describe(&e));
     // Only the start of a Query is looked at: a later EXECUTE reaches the server, which knows
     // no `p` (as a direct connection would say). The client goes on either way.
     let rows = a.simple_query("SELECT 1; EXECUTE p").await;

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// With `tls-server-end-point` channel binding, offered to TLS clients.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const ITERATIONS: u32 = 4096;
 
 /// Why a SCRAM exchange failed.
@@ -80,33 +82,49 @@ pub struct ServerExchange {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// The expected `c=` data: the gs2 header, plus the TLS binding for PLUS.
+    channel: Vec<u8>,
 }
 
 impl ServerExchange {
     /// Takes the client-first-message, returns the exchange and the server-first-message.
+    /// `binding`: the client selected SCRAM-SHA-256-PLUS and this is the TLS connection's
+    /// `tls-server-end-point` data. `offered_plus`: PLUS was offered (the client is on TLS),
+    /// so a client saying "y" (it supports binding but thinks the server does not) is refused,
+    /// as PostgreSQL does: a downgrade.
     pub fn start(
         secret: &ServerSecret,
         client_first: &[u8],
+        binding: Option<&[u8; 32]>,
+        offered_plus: bool,
     ) -> Result<(ServerExchange, String), ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (gs2_header, bare) = match text.as_bytes().first() {
-            Some(b'n') | Some(b'y') => {
-                let second = text[1..]
-                    .find(',')
-                    .ok_or(ScramError::Malformed("gs2 header"))?
-                    + 1;
-                let end = text[second + 1..]
-                    .find(',')
-                    .ok_or(ScramError::Malformed("gs2 header"))?
-                    + second
-                    + 1;
-                (&text[..=end], &text[end + 1..])
-            }
-            Some(b'p') => return Err(ScramError::ChannelBinding),
+        let flag = text.as_bytes().first().copied();
+        match (flag, binding) {
+            (Some(b'n'), None) => {}
+            (Some(b'y'), None) if !offered_plus => {}
+            (Some(b'p'), Some(_)) if text.starts_with("p=tls-server-end-point,") => {}
+            (Some(b'n' | b'y' | b'p'), _) => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("gs2 header")),
+        }
+        let (gs2_header, bare) = {
+            let second = text[1..]
+                .find(',')
+                .ok_or(ScramError::Malformed("gs2 header"))?
+                + 1;
+            let end = text[second + 1..]
+                .find(',')
+                .ok_or(ScramError::Malformed("gs2 header"))?
+                + second
+                + 1;
+            (&text[..=end], &text[end + 1..])
         };
+        // What the client's final message must carry as `c=`: the header, then the binding.
+        let mut channel = gs2_header.as_bytes().to_vec();
+        if let Some(b) = binding {
+            channel.extend_from_slice(b);
+        }
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -122,7 +140,7 @@ impl ServerExchange {
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
                 nonce,
-                gs2_header: gs2_header.to_string(),
+                channel,
             },
             server_first,
         ))
@@ -149,7 +167,7 @@ impl ServerExchange {
         let channel = B64
             .decode(channel.ok_or(ScramError::Malformed("channel binding"))?)
             .map_err(|_| ScramError::Malformed("channel binding encoding"))?;
-        if channel != self.gs2_header.as_bytes() {
+        if channel != self.channel {
             return Err(ScramError::ChannelBinding);
         }
         if nonce != Some(self.nonce.as_str()) {
@@ -268,7 +286,8 @@ mod tests {
     fn client_and_server_agree() {
         let secret = ServerSecret::derive("pencil");
         let (mut client, first) = ClientExchange::start();
-        let (server, server_first) = ServerExchange::start(&secret, first.as_bytes()).unwrap();
+        let (server, server_first) =
+            ServerExchange::start(&secret, first.as_bytes(), None, false).unwrap();
         let client_final = client.respond("pencil", server_first.as_bytes()).unwrap();
         let server_final = server.finish(&secret, client_final.as_bytes()).unwrap();
         client.verify(server_final.as_bytes()).unwrap();
@@ -278,11 +297,59 @@ mod tests {
     fn wrong_password_is_refused() {
         let secret = ServerSecret::derive("pencil");
         let (mut client, first) = ClientExchange::start();
-        let (server, server_first) = ServerExchange::start(&secret, first.as_bytes()).unwrap();
+        let (server, server_first) =
+            ServerExchange::start(&secret, first.as_bytes(), None, false).unwrap();
         let client_final = client.respond("crayon", server_first.as_bytes()).unwrap();
         assert!(matches!(
             server.finish(&secret, client_final.as_bytes()),
             Err(ScramError::BadProof)
         ));
+    }
+
+    /// A SCRAM-SHA-256-PLUS exchange as a client computes it (RFC 5802 with a gs2 header of
+    /// `p=tls-server-end-point,,` and the binding data in `c=`).
+    fn plus_exchange(
+        secret: &ServerSecret,
+        server_binding: &[u8; 32],
+        client_binding: &[u8],
+    ) -> Result<String, ScramError> {
+        let header = "p=tls-server-end-point,,";
+        let bare = "n=,r=clientnonce";
+        let first = format!("{header}{bare}");
+        let (server, server_first) =
+            ServerExchange::start(secret, first.as_bytes(), Some(server_binding), true)?;
+        let mut c = header.as_bytes().to_vec();
+        c.extend_from_slice(client_binding);
+        let nonce = server_first.split(',').next().unwrap();
+        let without_proof = format!("c={},{nonce}", B64.encode(&c));
+        let salted = salted_password("pencil", &secret.salt, secret.iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let auth_message = format!("{bare},{server_first},{without_proof}");
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = (0..32).map(|i| client_key[i] ^ signature[i]).collect();
+        let client_final = format!("{without_proof},p={}", B64.encode(proof));
+        server.finish(secret, client_final.as_bytes())
+    }
+
+    #[test]
+    fn channel_binding() {
+        let secret = ServerSecret::derive("pencil");
+        let binding = [7u8; 32];
+        assert!(plus_exchange(&secret, &binding, &binding).is_ok());
+        assert!(matches!(
+            plus_exchange(&secret, &binding, &[8u8; 32]),
+            Err(ScramError::ChannelBinding)
+        ));
+        // "y" (client could bind, thinks the server cannot) when PLUS was offered: a downgrade.
+        let first = b"y,,n=,r=abc";
+        assert!(ServerExchange::start(&secret, first, None, true).is_err());
+        assert!(ServerExchange::start(&secret, first, None, false).is_ok());
+        // PLUS selected with a plain header, or a plain mechanism with a PLUS header.
+        assert!(ServerExchange::start(&secret, b"n,,n=,r=abc", Some(&binding), true).is_err());
+        let p = b"p=tls-server-end-point,,n=,r=abc";
+        assert!(ServerExchange::start(&secret, p, None, true).is_err());
+        let unique = b"p=tls-unique,,n=,r=abc";
+        assert!(ServerExchange::start(&secret, unique, Some(&binding), true).is_err());
     }
 }

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::md5::md5_response;
-use crate::auth::scram::{ServerExchange, MECHANISM};
+use crate::auth::scram::{ServerExchange, MECHANISM, MECHANISM_PLUS};
 use crate::auth::ClientAuthMethod;
 use crate::errors::{self, ClientError};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
@@ -119,13 +119,14 @@ pub async fn authenticate_client(
     service: &Arc<Service>,
 ) -> Result<Option<Authenticated>, ClientError> {
     let mut buf = BytesMut::with_capacity(512);
-    let Some(startup) = negotiate(stream, &mut buf, service).await? else {
+    let Some((startup, binding)) = negotiate(stream, &mut buf, service).await? else {
         return Ok(None);
     };
+    let binding = binding.as_ref();
     let state = service.state();
     if startup_database(&startup) == ADMIN_DATABASE {
         let user = admit_admin(addr, service, &state, &startup)?;
-        if authenticate(stream, &mut buf, service, &state, &user)
+        if authenticate(stream, &mut buf, service, &state, &user, binding)
             .await?
             .is_none()
         {
@@ -134,7 +135,7 @@ pub async fn authenticate_client(
         return Ok(Some(Authenticated(Who::Admin(user))));
     }
     let admitted = admit(addr, service, &state, startup)?;
-    if authenticate(stream, &mut buf, service, &state, &admitted.user)
+    if authenticate(stream, &mut buf, service, &state, &admitted.user, binding)
         .await?
         .is_none()
     {
@@ -250,13 +251,18 @@ async fn greet_admin(
     Ok(AdminLogin { user, cancel })
 }
 
+/// The startup parameters and the TLS channel binding data (`negotiate`).
+type Startup0 = (Vec<(String, String)>, Option<[u8; 32]>);
+
 /// The first packets: TLS (or not), a CancelRequest (served and done), or the StartupMessage,
-/// whose parameters are returned.
+/// whose parameters are returned, with the TLS channel binding data of the certificate the
+/// handshake presented (`tls::endpoint_hash`).
 async fn negotiate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     service: &Service,
-) -> Result<Option<Vec<(String, String)>>, ClientError> {
+) -> Result<Option<Startup0>, ClientError> {
+    let mut binding = None;
     loop {
         if read_startup_packet(stream, buf).await?.is_none() {
             return Ok(None);
@@ -264,8 +270,8 @@ async fn negotiate(
         let first = startup::parse(buf).map_err(errors::protocol_violation)?;
         match first {
             Startup::Ssl => {
-                let tls = service.state().tls.clone();
-                match (tls, &*stream) {
+                let state = service.state();
+                match (state.tls.clone(), &*stream) {
                     (Some(acceptor), ClientStream::Plain(_)) => {
                         write(stream, startup::ENCRYPTION_ACCEPTED).await?;
                         let ClientStream::Plain(tcp) =
@@ -274,7 +280,10 @@ async fn negotiate(
                             unreachable!("checked plain above")
                         };
                         match acceptor.accept(tcp).await {
-                            Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
+                            Ok(tls) => {
+                                *stream = ClientStream::Tls(Box::new(tls));
+                                binding = state.tls_endpoint;
+                            }
                             Err(e) => {
                                 tracing::info!(error = %e, "TLS handshake failed");
                                 return Ok(None);
@@ -296,7 +305,7 @@ async fn negotiate(
                 if service.state().tls_required && !stream.is_tls() {
                     return Err(errors::tls_required(startup_pool(&params)));
                 }
-                return Ok(Some(params));
+                return Ok(Some((params, binding)));
             }
         }
     }
@@ -332,42 +341,27 @@ fn admit(
     let mut user = None;
     let mut database = None;
     let mut values: Values = Default::default();
-    // `options` (`-c name=value`, `--name=value`) set the same session settings as startup
-    // parameters; a parameter given directly wins, as in PostgreSQL.
-    let mut from_options: Values = Default::default();
+    let mut options = None;
     for (name, value) in startup {
         match name.as_str() {
             "user" => user = Some(value),
             "database" => database = Some(value),
-            _ if state
-                .settings
-                .ignore_startup_parameters
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case(&name)) => {}
-            "options" => {
-                for (name, value) in params::parse_options(&value)
-                    .map_err(|e| errors::unsupported_startup_parameter(&format!("options: {e}")))?
-                {
-                    match params::index(&name) {
-                        Some(i) => from_options[i] = Some(value.into()),
-                        None => {
-                            return Err(errors::unsupported_startup_parameter(&format!(
-                                "options: -c {name} (a pooled session carries only {})",
-                                params::TRACKED.join(", ")
-                            )))
-                        }
-                    }
-                }
-            }
+            "options" if !ignored(state, "options") => options = Some(value),
+            _ if ignored(state, &name) => {}
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
                 None => return Err(errors::unsupported_startup_parameter(&name)),
             },
         }
     }
-    for (v, o) in values.iter_mut().zip(from_options) {
-        if v.is_none() {
-            *v = o;
+    if let Some(options) = options {
+        // PostgreSQL applies `options` first and the other startup parameters after: those win.
+        for (name, value) in parse_options(&options)? {
+            match params::index(&name) {
+                Some(i) if values[i].is_none() => values[i] = Some(value.into()),
+                Some(_) => {}
+                None => return Err(errors::unsupported_startup_option(&name)),
+            }
         }
     }
     let user = user.ok_or_else(errors::no_user_name)?;
@@ -379,6 +373,69 @@ fn admit(
     })
 }
 
+fn ignored(state: &ServiceState, name: &str) -> bool {
+    state
+        .settings
+        .ignore_startup_parameters
+        .iter()
+        .any(|i| i.eq_ignore_ascii_case(name))
+}
+
+/// The settings of a startup `options` string, split as PostgreSQL splits it (whitespace
+/// separates words unless escaped by a backslash, which escapes any next character) and read
+/// as its switches: `-c name=value`, `-cname=value` and `--name=value`, `-` in a name meaning
+/// `_`. The values become the client's own settings, carried like a SET to every server
+/// connection it gets; a value the server refuses fails the client's first statement with the
+/// server's error. Any other switch is refused.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut words = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut word = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        word.push(n);
+                    }
+                }
+                c if c.is_ascii_whitespace() => break,
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if let Some(long) = word.strip_prefix("--") {
+            long.to_string()
+        } else if word == "-c" {
+            words
+                .next()
+                .ok_or_else(|| errors::bad_startup_option("-c without name=value"))?
+        } else if let Some(short) = word.strip_prefix("-c") {
+            short.to_string()
+        } else {
+            return Err(errors::bad_startup_option(&word));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| errors::bad_startup_option(&setting))?;
+        if name.is_empty() {
+            return Err(errors::bad_startup_option(&setting));
+        }
+        out.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(out)
+}
+
 /// Checks the password with the service's method. Ok(None): the client left.
 async fn authenticate(
     stream: &mut ClientStream,
@@ -386,20 +443,34 @@ async fn authenticate(
     service: &Service,
     state: &ServiceState,
     user: &str,
+    binding: Option<&[u8; 32]>,
 ) -> Result<Option<()>, ClientError> {
     let bad_password = || errors::password_failed(user);
     let account = state.users.get(user).cloned();
     match service.auth_method() {
         ClientAuthMethod::ScramSha256 => {
             let mut out = BytesMut::new();
-            auth::auth_sasl(&mut out, MECHANISM);
+            // TLS clients are offered channel binding too, preferred (as PostgreSQL does).
+            let offered_plus = binding.is_some() && stream.is_tls();
+            if offered_plus {
+                auth::auth_sasl_list(&mut out, &[MECHANISM_PLUS, MECHANISM]);
+            } else {
+                auth::auth_sasl(&mut out, MECHANISM);
+            }
             write(stream, &out).await?;
             if read_message(stream, buf, tag::PASSWORD).await?.is_none() {
                 return Ok(None);
             }
             let (mechanism, rest) = cstr(buf)
                 .ok_or_else(|| errors::protocol_violation("malformed SASLInitialResponse"))?;
-            if mechanism != MECHANISM.as_bytes() || rest.len() < 4 {
+            let plus = if mechanism == MECHANISM.as_bytes() {
+                None
+            } else if offered_plus && mechanism == MECHANISM_PLUS.as_bytes() {
+                binding
+            } else {
+                return Err(errors::unsupported_sasl_mechanism());
+            };
+            if rest.len() < 4 {
                 return Err(errors::unsupported_sasl_mechanism());
             }
             let first = rest[4..].to_vec();
@@ -410,7 +481,8 @@ async fn authenticate(
                 None => crate::auth::scram::ServerSecret::derive(&rand_password()),
             };
             let (exchange, server_first) =
-                ServerExchange::start(&secret, &first).map_err(|_| bad_password())?;
+                ServerExchange::start(&secret, &first, plus, offered_plus)
+                    .map_err(|_| bad_password())?;
             out.clear();
             auth::auth_sasl_data(&mut out, auth::AUTH_SASL_CONTINUE, server_first.as_bytes());
             write(stream, &out).await?;
@@ -505,4 +577,32 @@ pub(crate) async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(),
         .flush()
         .await
         .map_err(|_| errors::client_write_failed())
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::parse_options;
+
+    #[test]
+    fn splits_options_as_postgres_does() {
+        let got = parse_options(
+            r"-c search_path=a,public  --statement-timeout=5s -cwork_mem=8MB -c application_name=x\ y\\z",
+        )
+        .unwrap();
+        let want = [
+            ("search_path", "a,public"),
+            ("statement_timeout", "5s"),
+            ("work_mem", "8MB"),
+            ("application_name", r"x y\z"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((n, v), (wn, wv)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), v.as_str()), (wn, wv));
+        }
+        assert!(parse_options("").unwrap().is_empty());
+        for bad in ["-B 10", "-c", "-c noequals", "--=x", "plain"] {
+            let e = parse_options(bad).unwrap_err();
+            assert_eq!(e.code(), "42601", "{bad}");
+        }
+    }
 }

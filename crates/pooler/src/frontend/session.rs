@@ -539,8 +539,10 @@ async fn sync_params(client: &mut Client, server: &mut Server) -> Result<(), Syn
             client.span.in_scope(
                 || tracing::warn!(code = %code, "the server refused the client's parameters"),
             );
-            server.close_reason = Some("the server refused the client's parameters");
-            Err(Synced::Refused(errors::from_server(&code, &message)))
+            // The connection itself is fine, its values unsure.
+            server.params.reset_unsure();
+            let e = crate::backend::ServerError::Server { code, message };
+            Err(Synced::Refused(errors::server_error(&client.pool.name, &e)))
         }
         Err(e) => {
             client

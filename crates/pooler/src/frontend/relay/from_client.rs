@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::session_state::{self, Found, ListenCmd};
+use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
-    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, Deallocated, RelayError,
+    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, BOUND,
     COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
@@ -15,7 +15,7 @@ use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target,
 };
 use crate::net::messages::tag::{self, target};
-use crate::net::messages::{cstr, header, HEADER};
+use crate::net::messages::{cstr, header, query, HEADER};
 use crate::prepared::Statement;
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -56,7 +56,7 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
         }
     }
     server.bufs.c2s_in = input;
-    drain_synthesized(server);
+    drain_synthesized(server, ctx.statements);
     Ok(terminated)
 }
 
@@ -142,33 +142,22 @@ fn client_messages(
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
-                        // DEALLOCATE acts on the client's own statements (drivers' statement
-                        // caches evict with it); PREPARE/EXECUTE stay refused.
-                        let dealloc = (tag == tag::QUERY && ctx.track)
-                            .then(|| {
-                                session_state::parse_deallocate(block::statement_text(tag, msg))
-                            })
-                            .flatten();
-                        let action = match dealloc {
-                            Some(d) => Action::Deallocated(deallocate(server, ctx, d)),
-                            None => {
-                                server.relay.c2s_discard = tag == tag::PARSE;
-                                Action::RefusePrepared
+                        if ctx.track {
+                            let text = block::statement_text(tag, msg);
+                            if let Some(cmd) = session_state::parse_deallocate(text) {
+                                if tag == tag::QUERY {
+                                    deallocate(server, ctx, cmd);
+                                    continue;
+                                }
+                                if deallocate_parse(server, ctx, msg, cmd)? {
+                                    continue;
+                                }
                             }
-                        };
-                        push(&mut server.relay.expect, tag, action, 0);
+                        }
+                        push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
+                        server.relay.c2s_discard = tag == tag::PARSE;
                         continue;
                     }
-                }
-                // DISCARD ALL also drops the client's own statements (the server's are dropped
-                // when its CommandComplete comes back). Outside a block only: inside one the
-                // server refuses it.
-                if tag == tag::QUERY
-                    && ctx.track
-                    && server.status == tag::txn::IDLE
-                    && session_state::is_discard_all(block::statement_text(tag, msg))
-                {
-                    ctx.statements.clear();
                 }
                 if tag == tag::PARSE && !ctx.track && msg.get(HEADER).is_some_and(|&b| b != 0) {
                     // A named statement left on the server as it is: gone before anyone else
@@ -268,8 +257,10 @@ fn rewrite(
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
             ctx.tally.t.server_binds += 1;
+            let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    bound = stmt.id | BOUND;
                     ctx.params.dirty |= stmt.sets;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
@@ -282,12 +273,14 @@ fn rewrite(
                 }
                 None => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(&mut server.relay.expect, tag::BIND, Action::Forward, 0);
+            push(&mut server.relay.expect, tag::BIND, Action::Forward, bound);
         }
         tag::DESCRIBE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Describe"))?;
+            let mut bound = 0;
             match (kind, lookup(ctx, name)) {
                 (target::STATEMENT, Some(stmt)) => {
+                    bound = stmt.id | BOUND;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
                     write_target(
@@ -299,7 +292,12 @@ fn rewrite(
                 }
                 _ => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(&mut server.relay.expect, tag::DESCRIBE, Action::Forward, 0);
+            push(
+                &mut server.relay.expect,
+                tag::DESCRIBE,
+                Action::Forward,
+                bound,
+            );
         }
         tag::CLOSE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Close"))?;
@@ -318,11 +316,28 @@ fn rewrite(
     Ok(())
 }
 
-fn lookup(ctx: &ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
+/// The client's statement `name`; one a server said went stale is replaced by a fresh one
+/// (same text and types, new server name) for this client.
+fn lookup(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
     if name.is_empty() {
         return None;
     }
-    ctx.statements.get(name).cloned()
+    let stmt = ctx.statements.get(name)?;
+    if !stmt.is_stale() {
+        return Some(stmt.clone());
+    }
+    Some(refresh(ctx, name))
+}
+
+#[cold]
+fn refresh(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Arc<Statement> {
+    let old = ctx.statements.get(name).cloned();
+    let fresh = match old {
+        Some(old) => ctx.registry.intern(old.rest()),
+        None => unreachable!("looked up by the caller"),
+    };
+    ctx.statements.insert(name, fresh.clone());
+    fresh
 }
 
 /// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed); true
@@ -357,33 +372,66 @@ fn fixed_name(tag: u8) -> &'static str {
     }
 }
 
+/// A whole Query that is one SQL `DEALLOCATE`: it acts on the client's own protocol-level
+/// statements, whose server copies are shared and stay. A name the client does not have goes
+/// to the server as a statement raising PostgreSQL's error (26000), so that an open block
+/// fails as it would; the rest is answered by the pooler in its turn (`session_state::deallocate`).
+#[cold]
+fn deallocate(server: &mut Server, ctx: &mut ClientCtx<'_>, cmd: Deallocate) {
+    if let Deallocate::Name(name) = &cmd {
+        if ctx.statements.get(name.as_bytes()).is_none() {
+            let sql = session_state::unknown_statement_sql(name);
+            query(&mut server.bufs.c2s_out, &sql);
+            push(&mut server.relay.expect, tag::QUERY, Action::Forward, 0);
+            return;
+        }
+    }
+    server.relay.deallocs.push_back(cmd);
+    push(&mut server.relay.expect, tag::QUERY, Action::Deallocate, 0);
+}
+
+/// An unnamed Parse of an SQL `DEALLOCATE` (psycopg in pipeline mode sends its
+/// `DEALLOCATE ALL` so): the client's names go at once, and the server runs a statement that
+/// does nothing in its place (its command tag says DO), or raises 26000 for a name the client
+/// does not have, so that Bind/Describe/Execute get their usual answers. False for a named
+/// Parse (executed later, maybe never), which stays refused.
+#[cold]
+fn deallocate_parse(
+    server: &mut Server,
+    ctx: &mut ClientCtx<'_>,
+    msg: &[u8],
+    cmd: Deallocate,
+) -> Result<bool, RelayError> {
+    let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
+    if !p.name.is_empty() {
+        return Ok(false);
+    }
+    let sql: Vec<u8> = match &cmd {
+        Deallocate::All => {
+            ctx.statements.clear();
+            session_state::LISTEN_NOOP.to_vec()
+        }
+        Deallocate::Name(name) => match ctx.statements.remove(name.as_bytes()) {
+            Some(_) => session_state::LISTEN_NOOP.to_vec(),
+            None => session_state::unknown_statement_sql(name).into_bytes(),
+        },
+    };
+    let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
+    let mut rest = Vec::with_capacity(sql.len() + 1 + types.len());
+    rest.extend_from_slice(&sql);
+    rest.push(0);
+    rest.extend_from_slice(types);
+    let mut noop = bytes::BytesMut::new();
+    write_parse(&mut noop, p.name, &rest);
+    rewrite(server, ctx, tag::PARSE, &noop)?;
+    Ok(true)
+}
+
 /// A whole Query or Parse holding a LISTEN/UNLISTEN: served by the pool's listener when the
 /// pooler can parse it, refused otherwise; never sent to the server as it is. A Parse is
 /// answered by the server running `LISTEN_NOOP` in its place, so that the rest of the
 /// client's extended-protocol messages (Bind, Describe, Execute) get their usual answers.
 #[cold]
-/// Applies an SQL `DEALLOCATE` to the client's own statements.
-fn deallocate(
-    server: &mut Server,
-    ctx: &mut ClientCtx<'_>,
-    d: session_state::Deallocate,
-) -> Deallocated {
-    match d {
-        session_state::Deallocate::All => {
-            ctx.statements.clear();
-            Deallocated::All
-        }
-        session_state::Deallocate::Name(name) => {
-            if ctx.statements.remove(name.as_bytes()).is_some() {
-                Deallocated::One
-            } else {
-                server.relay.unknown_statements.push_back(name);
-                Deallocated::Unknown
-            }
-        }
-    }
-}
-
 fn listen(
     server: &mut Server,
     ctx: &mut ClientCtx<'_>,

@@ -3,13 +3,16 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, BOUND, COPY_END,
+    MAX_MESSAGE,
 };
 use crate::backend::server::Server;
+use crate::net::messages::error::parse_error;
 use crate::net::messages::status::parse_parameter_status;
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
 use crate::params::ClientParams;
+use crate::prepared::ClientStatements;
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
@@ -28,6 +31,20 @@ fn copy_started(server: &mut Server) {
         }
     }
     server.relay.copy_in = true;
+}
+
+/// A Bind/Describe of shared statement `id` failed: when the server says the statement went
+/// stale, it is marked so that every later use prepares a fresh one (`prepared::Statement::
+/// mark_stale`). The client that hit the error sees it (its messages up to Sync are gone
+/// already); its next Bind of the same name gets the fresh statement.
+#[cold]
+fn check_stale(server: &mut Server, id: u64, body: &[u8]) {
+    let (_, message) = parse_error(body);
+    if crate::prepared::means_stale(&message) {
+        if let Some(stmt) = server.prepared.get(id) {
+            stmt.mark_stale();
+        }
+    }
 }
 
 /// Whether the server message `answer` is the last answer to a client message of type `kind`.
@@ -51,10 +68,17 @@ fn terminates(kind: u8, answer: u8) -> bool {
 pub fn server_input(
     server: &mut Server,
     client_params: &mut ClientParams,
+    client_statements: &mut ClientStatements,
     refuse_transactions: bool,
 ) -> Result<ServerEvent, RelayError> {
     let mut input = std::mem::take(&mut server.bufs.s2c_in);
-    let result = server_messages(server, client_params, refuse_transactions, &input);
+    let result = server_messages(
+        server,
+        client_params,
+        client_statements,
+        refuse_transactions,
+        &input,
+    );
     match result {
         Ok((pos, run, event)) => {
             finish(&mut input, &mut server.bufs.s2c_out, run, pos);
@@ -73,6 +97,7 @@ pub fn server_input(
 fn server_messages(
     server: &mut Server,
     client_params: &mut ClientParams,
+    client_statements: &mut ClientStatements,
     refuse_transactions: bool,
     input: &[u8],
 ) -> Result<(usize, usize, ServerEvent), RelayError> {
@@ -97,7 +122,7 @@ fn server_messages(
         {
             // Answers the pooler owes go out in order, after what was forwarded so far.
             flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
-            drain_synthesized(server);
+            drain_synthesized(server, client_statements);
         }
         let Some((tag, len)) = header(&input[pos..]) else {
             break;
@@ -118,6 +143,21 @@ fn server_messages(
         );
         if whole && avail < len {
             break;
+        }
+        if tag == tag::ERROR_RESPONSE
+            && server
+                .relay
+                .expect
+                .front()
+                .is_some_and(|e| e.kind != tag::PARSE && e.stmt & BOUND != 0)
+        {
+            // An error about a shared statement: read whole, it may say the statement is stale.
+            if avail < len {
+                break;
+            }
+            if let Some(front) = server.relay.expect.front().copied() {
+                check_stale(server, front.stmt & !BOUND, &input[pos + HEADER..pos + len]);
+            }
         }
         let mut forward = true;
         match tag {
@@ -148,7 +188,7 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            if e.stmt != 0 {
+                            if e.kind == tag::PARSE && e.stmt != 0 {
                                 server.prepared.remove(e.stmt);
                             }
                             server.relay.expect.pop_front();
@@ -168,8 +208,11 @@ fn server_messages(
                 if tag == tag::COMMAND_COMPLETE {
                     let body = &input[pos + HEADER..pos + len];
                     if body.starts_with(b"DISCARD ALL\0") {
+                        // The client's own statement names go too, as on a direct connection;
+                        // its settings are read back (now the defaults) by `read_back`.
                         server.prepared.clear();
                         server.params.reset();
+                        client_statements.clear();
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
                         server.prepared.clear();
                     }

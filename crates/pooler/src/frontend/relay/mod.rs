@@ -116,12 +116,12 @@ pub struct RelayState {
     /// The pooler answered a refused Query with its own ReadyForQuery (read and cleared by the
     /// socket loop, which counts it as a ReadyForQuery from the server).
     pub ready_synthesized: bool,
+    /// SQL `DEALLOCATE`s the pooler answers (`Action::Deallocate`), oldest first: applied when
+    /// their turn comes, so that they see the transaction state PostgreSQL would.
+    pub deallocs: VecDeque<session_state::Deallocate>,
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,
-    /// Names of `DEALLOCATE`d statements the client did not have, in the order of their
-    /// `Action::Deallocated(Deallocated::Unknown)` entries (for the 26000 message).
-    pub unknown_statements: VecDeque<Box<str>>,
 }
 
 /// What the relay expects the server to answer, in order.
@@ -131,9 +131,14 @@ pub struct Expect {
     /// FunctionCall), or `COPY_END`.
     pub kind: u8,
     pub action: Action,
-    /// Pooler-wide statement id for Parse entries (0 otherwise).
+    /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
+    /// its id with `BOUND`; 0 otherwise.
     pub stmt: u64,
 }
+
+/// Marks `Expect::stmt` of a Bind/Describe of a shared statement (its id below the bit),
+/// so that an error meaning the statement went stale can name it (`from_server`).
+pub(crate) const BOUND: u64 = 1 << 63;
 
 /// What to do with the answer to an `Expect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,22 +154,13 @@ pub enum Action {
     /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
     /// with the refusal (`session_state`).
     RefusePrepared,
+    /// Transaction/statement mode: an SQL `DEALLOCATE` served from the client's own
+    /// statements, the next of `RelayState::deallocs` (`session_state::deallocate`).
+    Deallocate,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
     /// Transaction/statement mode: a LISTEN/UNLISTEN the listener cannot serve, refused.
     RefuseListen,
-    /// Transaction/statement mode: an SQL `DEALLOCATE` the pooler applied to the client's own
-    /// statements, answered as PostgreSQL would.
-    Deallocated(Deallocated),
-}
-
-/// What an SQL `DEALLOCATE` did to the client's statements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deallocated {
-    One,
-    All,
-    /// No statement of that name (its name is in `RelayState::unknown_statements`).
-    Unknown,
 }
 
 impl Action {
@@ -176,9 +172,9 @@ impl Action {
             Action::Synthesize
                 | Action::Refuse
                 | Action::RefusePrepared
+                | Action::Deallocate
                 | Action::ListenDone(_)
                 | Action::RefuseListen
-                | Action::Deallocated(_)
         )
     }
 }
@@ -229,7 +225,7 @@ fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) 
 
 /// Emits answers the pooler owes the client, once everything before them has been answered.
 #[inline]
-fn drain_synthesized(server: &mut Server) {
+fn drain_synthesized(server: &mut Server, statements: &mut ClientStatements) {
     if server.relay.s2c_skip > 0 {
         return;
     }
@@ -245,9 +241,9 @@ fn drain_synthesized(server: &mut Server) {
             }
             Action::Refuse => refuse(server, front.kind),
             Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
+            Action::Deallocate => session_state::deallocate(server, statements),
             Action::ListenDone(listen) => session_state::listen_done(server, listen),
             Action::RefuseListen => session_state::refuse_listen(server, front.kind),
-            Action::Deallocated(d) => session_state::deallocated(server, d),
             _ => break,
         }
         server.relay.expect.pop_front();

@@ -28,6 +28,17 @@ pub fn auth_sasl(buf: &mut BytesMut, mechanism: &str) {
     finish(buf, at);
 }
 
+/// AuthenticationSASL offering several mechanisms, preferred first.
+pub fn auth_sasl_list(buf: &mut BytesMut, mechanisms: &[&str]) {
+    let at = begin(buf, tag::AUTHENTICATION);
+    buf.put_i32(AUTH_SASL);
+    for m in mechanisms {
+        put_cstr(buf, m.as_bytes());
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 /// SASLContinue (11) or SASLFinal (12) with its data.
 pub fn auth_sasl_data(buf: &mut BytesMut, kind: i32, data: &[u8]) {
     let at = begin(buf, tag::AUTHENTICATION);

@@ -87,6 +87,8 @@ def python(script):
 
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
+    "psycopg2": python("psycopg2_driver.py"),
+    "asyncpg": python("asyncpg_driver.py"),
 }
 
 

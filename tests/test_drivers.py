@@ -13,6 +13,7 @@ are built once per run, into a temp dir.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def pool_env(m: dict, driver: str) -> dict[str, str]:
     return {
         "PGB_HOST": u.hostname, "PGB_PORT": str(u.port), "PGB_USER": unquote(u.username),
         "PGB_PASSWORD": unquote(u.password), "PGB_DB": u.path.lstrip("/"), "PGB_CA": str(m["ca"]),
-        "PGB_TABLE": f"drv_{driver.replace('-', '_')}", "PGB_CLIENTS": "10",
+        "PGB_TABLE": "drv_" + re.sub(r"\W", "_", driver), "PGB_CLIENTS": "10",
     }
 
 
@@ -85,10 +86,29 @@ def python(script):
     return None, cmd
 
 
+def node(script):
+    def build(out, env):
+        npm_ci()
+
+    def cmd(out, env):
+        return [need("node", "nodejs"), str(DRIVERS / "node" / script)]
+    return build, cmd
+
+
+def npm_ci():
+    """The node packages of package-lock.json, once (scripts/test.sh runs `npm ci` too)."""
+    node_dir = DRIVERS / "node"
+    if not (node_dir / "node_modules" / "postgres").is_dir():
+        run_checked([need("npm", "npm"), "ci", "--no-audit", "--no-fund"], cwd=node_dir,
+                    env=dict(os.environ), timeout=BUILD_TIMEOUT, what="npm ci")
+
+
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
     "asyncpg": python("asyncpg_driver.py"),
+    "node-postgres": node("node_postgres.js"),
+    "postgres.js": node("postgres_js.js"),
 }
 
 

@@ -103,12 +103,30 @@ def npm_ci():
                     env=dict(os.environ), timeout=BUILD_TIMEOUT, what="npm ci")
 
 
+def go_pgx():
+    def build(out, env):
+        # Debian's pgx v4 sources, GOPATH style (no module proxy, no network).
+        benv = dict(env, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
+                    GOCACHE=str(out / "gocache"))
+        if not (out / "pgx-driver").exists():
+            assert Path("/usr/share/gocode/src/github.com/jackc/pgx/v4").is_dir(), (
+                "pgx v4 sources missing (Debian package golang-github-jackc-pgx-v4-dev)")
+            run_checked([need("go", "golang-go"), "build", "-o", str(out / "pgx-driver"),
+                         str(DRIVERS / "go" / "main.go")], cwd=str(out), env=benv,
+                        timeout=BUILD_TIMEOUT, what="go build")
+
+    def cmd(out, env):
+        return [str(out / "pgx-driver")]
+    return build, cmd
+
+
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
     "asyncpg": python("asyncpg_driver.py"),
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
+    "pgx-v4": go_pgx(),
 }
 
 

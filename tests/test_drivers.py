@@ -120,6 +120,24 @@ def go_pgx():
     return build, cmd
 
 
+PGJDBC_JAR = "/usr/share/java/postgresql.jar"
+
+
+def pgjdbc():
+    def build(out, env):
+        assert Path(PGJDBC_JAR).is_file(), (
+            f"{PGJDBC_JAR} missing (Debian package libpostgresql-jdbc-java)")
+        if not (out / "PgjdbcDriver.class").exists():
+            run_checked([need("javac", "default-jdk-headless"), "-cp", PGJDBC_JAR, "-d", str(out),
+                         str(DRIVERS / "java" / "PgjdbcDriver.java")], cwd=str(out), env=env,
+                        timeout=BUILD_TIMEOUT, what="javac")
+
+    def cmd(out, env):
+        return [need("java", "default-jre-headless"), "-cp", f"{out}:{PGJDBC_JAR}",
+                "PgjdbcDriver"]
+    return build, cmd
+
+
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
@@ -127,6 +145,7 @@ DRIVER_SPECS = {
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
     "pgx-v4": go_pgx(),
+    "pgjdbc": pgjdbc(),
 }
 
 

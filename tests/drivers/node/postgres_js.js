@@ -79,16 +79,6 @@ async function main() {
     await q.cancel();
     await done;
   });
-  await step('LISTEN/NOTIFY', async () => {
-    let resolve;
-    const got = new Promise((r) => { resolve = r; });
-    const { unlisten } = await sql.listen('drivers_pjs', (payload) => resolve(payload));
-    await sql.notify('drivers_pjs', 'hello from postgres.js');
-    const timeout = new Promise((_, reject) => setTimeout(
-      () => reject(new Error('no notification within 10 s')), 10000));
-    assert.strictEqual(await Promise.race([got, timeout]), 'hello from postgres.js');
-    await unlisten();
-  });
   await step(`${conf.clients} concurrent clients`, async () => {
     await Promise.all(Array.from({ length: conf.clients }, async (_, w) => {
       for (let i = 0; i < 12; i++) {
@@ -101,6 +91,17 @@ async function main() {
     }));
     const [r] = await sql`SELECT count(*)::int AS n FROM ${sql(T)} WHERE note = 'w'`;
     assert.strictEqual(r.n, conf.clients * 12);
+  });
+  // Last: its LISTEN goes through the extended protocol (issue 20's report).
+  await step('LISTEN/NOTIFY', async () => {
+    let resolve;
+    const got = new Promise((r) => { resolve = r; });
+    const { unlisten } = await sql.listen('drivers_pjs', (payload) => resolve(payload));
+    await sql.notify('drivers_pjs', 'hello from postgres.js');
+    const timeout = new Promise((_, reject) => setTimeout(
+      () => reject(new Error('no notification within 10 s')), 10000));
+    assert.strictEqual(await Promise.race([got, timeout]), 'hello from postgres.js');
+    await unlisten();
   });
   await sql.end({ timeout: 5 });
 }

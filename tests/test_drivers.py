@@ -138,6 +138,12 @@ def pgjdbc():
     return build, cmd
 
 
+def script(interpreter, package, path):
+    def cmd(out, env):
+        return [need(interpreter, package), str(DRIVERS / path)]
+    return None, cmd
+
+
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
@@ -146,6 +152,7 @@ DRIVER_SPECS = {
     "postgres.js": node("postgres_js.js"),
     "pgx-v4": go_pgx(),
     "pgjdbc": pgjdbc(),
+    "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
 }
 
 

@@ -153,6 +153,7 @@ DRIVER_SPECS = {
     "pgx-v4": go_pgx(),
     "pgjdbc": pgjdbc(),
     "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
+    "php-pdo": script("php", "php-cli", "php/pdo_driver.php"),
 }
 
 

@@ -144,6 +144,18 @@ def script(interpreter, package, path):
     return None, cmd
 
 
+def rust_example(name):
+    def build(out, env):
+        # scripts/test.sh built every example already (`--all-targets`): a no-op then.
+        run_checked([need("cargo", "cargo"), "build", "-q", "-p", "pgbay-pooler", "--example",
+                     name], cwd=str(REPO), env=env, timeout=BUILD_TIMEOUT, what="cargo build")
+
+    def cmd(out, env):
+        target = Path(env.get("CARGO_TARGET_DIR") or REPO / "target")
+        return [str(target / "debug" / "examples" / name)]
+    return build, cmd
+
+
 DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
@@ -154,6 +166,7 @@ DRIVER_SPECS = {
     "pgjdbc": pgjdbc(),
     "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
     "php-pdo": script("php", "php-cli", "php/pdo_driver.php"),
+    "tokio-postgres-deadpool": rust_example("driver_tokio_postgres"),
 }
 
 

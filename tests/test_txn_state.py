@@ -162,7 +162,7 @@ def test_sql_prepare_is_refused_naming_transaction_mode(pool_uri):
             # Inside a block the refusal leaves the block open, as the server state says.
             with a.transaction():
                 with pytest.raises(psycopg.errors.FeatureNotSupported):
-                    a.execute("DEALLOCATE ALL")
+                    a.execute("EXECUTE p")
         finally:
             a.close()
             await b.close()

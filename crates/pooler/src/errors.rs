@@ -218,6 +218,22 @@ pub fn sql_prepared_in_transaction_mode(pool: &str) -> ClientError {
     )
 }
 
+/// An SQL `DEALLOCATE` of a name the client has no statement for (PostgreSQL's words).
+pub fn unknown_statement(name: &str) -> ClientError {
+    ClientError::new(
+        "26000",
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
+/// A statement the pooler answers itself in a failed transaction block (PostgreSQL's words).
+pub fn in_failed_transaction() -> ClientError {
+    ClientError::new(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
 /// Transaction/statement mode: a LISTEN/UNLISTEN the pool's listener cannot serve; it is never
 /// sent to a pooled server connection.
 pub fn listen_form_refused(pool: &str) -> ClientError {

@@ -89,6 +89,12 @@ impl ClientStatements {
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         self.map.remove(name)
     }
+
+    /// `DEALLOCATE ALL` / `DISCARD ALL`: the client's names go; the server copies, shared
+    /// with other clients, stay.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
 }
 
 /// Statements prepared on one server connection, least recently used evicted first.

@@ -76,7 +76,8 @@ async fn sql_prepared_statements_are_refused() {
     ))
     .await;
     let a = connect(addr, "p1").await.unwrap();
-    for sql in ["PREPARE p AS SELECT 1", "EXECUTE p", "DEALLOCATE p"] {
+    // (An SQL DEALLOCATE alone in a Query is served: tests/statements.rs.)
+    for sql in ["PREPARE p AS SELECT 1", "EXECUTE p"] {
         let e = must_fail(a.batch_execute(sql).await, sql);
         assert_eq!(sqlstate(&e), "0A000", "{sql}");
         assert!(
@@ -87,6 +88,11 @@ async fn sql_prepared_statements_are_refused() {
         let e = must_fail(a.execute(sql, &[]).await, sql);
         assert_eq!(sqlstate(&e), "0A000", "{sql} (extended)");
     }
+    let e = must_fail(
+        a.execute("DEALLOCATE p", &[]).await,
+        "DEALLOCATE (extended)",
+    );
+    assert_eq!(sqlstate(&e), "0A000", "{}", describe(&e));
     // Only the start of a Query is looked at: a later EXECUTE reaches the server, which knows
     // no `p` (as a direct connection would say). The client goes on either way.
     let rows = a.simple_query("SELECT 1; EXECUTE p").await;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::session_state::{self, Found, ListenCmd};
+use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
     block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, COPY_END,
     MAX_MESSAGE,
@@ -15,7 +15,7 @@ use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target,
 };
 use crate::net::messages::tag::{self, target};
-use crate::net::messages::{cstr, header, HEADER};
+use crate::net::messages::{cstr, header, query, HEADER};
 use crate::prepared::Statement;
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -56,7 +56,7 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
         }
     }
     server.bufs.c2s_in = input;
-    drain_synthesized(server);
+    drain_synthesized(server, ctx.statements);
     Ok(terminated)
 }
 
@@ -142,6 +142,13 @@ fn client_messages(
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
+                        if tag == tag::QUERY && ctx.track {
+                            let text = block::statement_text(tag, msg);
+                            if let Some(cmd) = session_state::parse_deallocate(text) {
+                                deallocate(server, ctx, cmd);
+                                continue;
+                            }
+                        }
                         push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
                         server.relay.c2s_discard = tag == tag::PARSE;
                         continue;
@@ -332,6 +339,24 @@ fn fixed_name(tag: u8) -> &'static str {
         tag::FLUSH => "Flush",
         _ => "CopyDone",
     }
+}
+
+/// A whole Query that is one SQL `DEALLOCATE`: it acts on the client's own protocol-level
+/// statements, whose server copies are shared and stay. A name the client does not have goes
+/// to the server as a statement raising PostgreSQL's error (26000), so that an open block
+/// fails as it would; the rest is answered by the pooler in its turn (`session_state::deallocate`).
+#[cold]
+fn deallocate(server: &mut Server, ctx: &mut ClientCtx<'_>, cmd: Deallocate) {
+    if let Deallocate::Name(name) = &cmd {
+        if ctx.statements.get(name.as_bytes()).is_none() {
+            let sql = session_state::unknown_statement_sql(name);
+            query(&mut server.bufs.c2s_out, &sql);
+            push(&mut server.relay.expect, tag::QUERY, Action::Forward, 0);
+            return;
+        }
+    }
+    server.relay.deallocs.push_back(cmd);
+    push(&mut server.relay.expect, tag::QUERY, Action::Deallocate, 0);
 }
 
 /// A whole Query or Parse holding a LISTEN/UNLISTEN: served by the pool's listener when the

@@ -10,6 +10,7 @@ use crate::net::messages::status::parse_parameter_status;
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
 use crate::params::ClientParams;
+use crate::prepared::ClientStatements;
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
@@ -51,10 +52,17 @@ fn terminates(kind: u8, answer: u8) -> bool {
 pub fn server_input(
     server: &mut Server,
     client_params: &mut ClientParams,
+    client_statements: &mut ClientStatements,
     refuse_transactions: bool,
 ) -> Result<ServerEvent, RelayError> {
     let mut input = std::mem::take(&mut server.bufs.s2c_in);
-    let result = server_messages(server, client_params, refuse_transactions, &input);
+    let result = server_messages(
+        server,
+        client_params,
+        client_statements,
+        refuse_transactions,
+        &input,
+    );
     match result {
         Ok((pos, run, event)) => {
             finish(&mut input, &mut server.bufs.s2c_out, run, pos);
@@ -73,6 +81,7 @@ pub fn server_input(
 fn server_messages(
     server: &mut Server,
     client_params: &mut ClientParams,
+    client_statements: &mut ClientStatements,
     refuse_transactions: bool,
     input: &[u8],
 ) -> Result<(usize, usize, ServerEvent), RelayError> {
@@ -97,7 +106,7 @@ fn server_messages(
         {
             // Answers the pooler owes go out in order, after what was forwarded so far.
             flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
-            drain_synthesized(server);
+            drain_synthesized(server, client_statements);
         }
         let Some((tag, len)) = header(&input[pos..]) else {
             break;
@@ -168,8 +177,11 @@ fn server_messages(
                 if tag == tag::COMMAND_COMPLETE {
                     let body = &input[pos + HEADER..pos + len];
                     if body.starts_with(b"DISCARD ALL\0") {
+                        // The client's own statement names go too, as on a direct connection;
+                        // its settings are read back (now the defaults) by `read_back`.
                         server.prepared.clear();
                         server.params.reset();
+                        client_statements.clear();
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
                         server.prepared.clear();
                     }

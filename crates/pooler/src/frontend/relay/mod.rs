@@ -116,6 +116,9 @@ pub struct RelayState {
     /// The pooler answered a refused Query with its own ReadyForQuery (read and cleared by the
     /// socket loop, which counts it as a ReadyForQuery from the server).
     pub ready_synthesized: bool,
+    /// SQL `DEALLOCATE`s the pooler answers (`Action::Deallocate`), oldest first: applied when
+    /// their turn comes, so that they see the transaction state PostgreSQL would.
+    pub deallocs: VecDeque<session_state::Deallocate>,
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,
@@ -146,6 +149,9 @@ pub enum Action {
     /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
     /// with the refusal (`session_state`).
     RefusePrepared,
+    /// Transaction/statement mode: an SQL `DEALLOCATE` served from the client's own
+    /// statements, the next of `RelayState::deallocs` (`session_state::deallocate`).
+    Deallocate,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
     /// Transaction/statement mode: a LISTEN/UNLISTEN the listener cannot serve, refused.
@@ -161,6 +167,7 @@ impl Action {
             Action::Synthesize
                 | Action::Refuse
                 | Action::RefusePrepared
+                | Action::Deallocate
                 | Action::ListenDone(_)
                 | Action::RefuseListen
         )
@@ -213,7 +220,7 @@ fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) 
 
 /// Emits answers the pooler owes the client, once everything before them has been answered.
 #[inline]
-fn drain_synthesized(server: &mut Server) {
+fn drain_synthesized(server: &mut Server, statements: &mut ClientStatements) {
     if server.relay.s2c_skip > 0 {
         return;
     }
@@ -229,6 +236,7 @@ fn drain_synthesized(server: &mut Server) {
             }
             Action::Refuse => refuse(server, front.kind),
             Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
+            Action::Deallocate => session_state::deallocate(server, statements),
             Action::ListenDone(listen) => session_state::listen_done(server, listen),
             Action::RefuseListen => session_state::refuse_listen(server, front.kind),
             _ => break,

@@ -94,7 +94,12 @@ pub async fn pump(
                     Poll::Ready(Ok(n)) => {
                         progress = true;
                         ctx.tally.t.sent += n as u64;
-                        match server_input(server, ctx.params, mode == PoolMode::Statement) {
+                        match server_input(
+                            server,
+                            ctx.params,
+                            ctx.statements,
+                            mode == PoolMode::Statement,
+                        ) {
                             Ok(ServerEvent::Ready) => {
                                 server.relay.ready_synthesized = false;
                                 saw_ready = true;

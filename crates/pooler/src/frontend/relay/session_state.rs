@@ -32,8 +32,9 @@ use crate::backend::server::Server;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::status;
-use crate::net::messages::tag;
+use crate::net::messages::tag::{self, txn};
 use crate::params::{ClientParams, TRACKED};
+use crate::prepared::ClientStatements;
 
 use super::block::{keyword, skip_noise};
 
@@ -175,6 +176,83 @@ pub fn parse_listen(sql: &[u8]) -> Option<ListenCmd> {
     })
 }
 
+/// An SQL `DEALLOCATE` the pooler answers itself from the client's own protocol-level
+/// statements (`prepared::ClientStatements`): the server copies are shared and stay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deallocate {
+    Name(Box<str>),
+    All,
+}
+
+/// A whole Query text that is exactly one `DEALLOCATE [PREPARE] {name | ALL}` (the name folded
+/// as PostgreSQL folds identifiers). None for anything else, which stays refused.
+pub fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
+    let s = skip_noise(sql);
+    let rest = skip_noise(keyword(s, b"deallocate")?);
+    // `DEALLOCATE prepare` names a statement called "prepare".
+    let rest = match keyword(rest, b"prepare") {
+        Some(after)
+            if skip_noise(after)
+                .first()
+                .is_some_and(|&b| b != b';' && b != 0) =>
+        {
+            skip_noise(after)
+        }
+        _ => rest,
+    };
+    let (cmd, rest) = match keyword(rest, b"all") {
+        Some(after) => (Deallocate::All, after),
+        None => {
+            let (name, after) = identifier(rest)?;
+            (Deallocate::Name(name), after)
+        }
+    };
+    let rest = skip_noise(rest);
+    let rest = rest.strip_prefix(b";").map(skip_noise).unwrap_or(rest);
+    (rest.first() == Some(&0)).then_some(cmd)
+}
+
+/// What the server runs in place of a `DEALLOCATE name` the client has no statement for: the
+/// error PostgreSQL gives (26000), raised by the server so that it fails an open transaction
+/// block as PostgreSQL would (and answers 25P02 in a failed one).
+pub fn unknown_statement_sql(name: &str) -> String {
+    // The name goes inside a dollar-quoted literal: a `$` could end it, so none is kept.
+    let name = name.replace('$', "?");
+    format!(
+        "DO $pgbay$BEGIN RAISE EXCEPTION USING ERRCODE = '26000', \
+         MESSAGE = $pgbay_m$prepared statement \"{name}\" does not exist$pgbay_m$; END$pgbay$"
+    )
+}
+
+/// Answers the next SQL `DEALLOCATE` the pooler serves, in its turn (every earlier answer
+/// sent, so the transaction state is the server's): in a failed block it is refused (25P02)
+/// and nothing is deallocated, as PostgreSQL does; otherwise the client's names go (the
+/// server copies are shared and stay) and it completes, in a block too (deallocation is not
+/// transactional). A name gone since it was sent (a pipelined second DEALLOCATE) gets 26000.
+#[cold]
+pub fn deallocate(server: &mut Server, statements: &mut ClientStatements) {
+    let Some(cmd) = server.relay.deallocs.pop_front() else {
+        return;
+    };
+    let out = &mut server.bufs.s2c_out;
+    server.relay.ready_synthesized = true;
+    if server.status == txn::FAILED {
+        errors::in_failed_transaction().write(out, Severity::Error);
+    } else {
+        match cmd {
+            Deallocate::All => {
+                statements.clear();
+                status::command_complete(out, b"DEALLOCATE ALL");
+            }
+            Deallocate::Name(name) => match statements.remove(name.as_bytes()) {
+                Some(_) => status::command_complete(out, b"DEALLOCATE"),
+                None => errors::unknown_statement(&name).write(out, Severity::Error),
+            },
+        }
+    }
+    status::ready_for_query(out, server.status);
+}
+
 /// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes).
 const MAX_IDENTIFIER: usize = 63;
 
@@ -271,5 +349,30 @@ mod tests {
         }
         assert_eq!(classify(b"LISTEN a\0"), Found::Listen);
         assert_eq!(classify(b"UPDATE t SET a = 1\0"), Found::Nothing);
+    }
+
+    #[test]
+    fn parses_deallocate() {
+        let p = |s: &str| parse_deallocate(s.as_bytes());
+        let name = |n: &str| Some(Deallocate::Name(n.into()));
+        assert_eq!(p("DEALLOCATE foo\0"), name("foo"));
+        assert_eq!(p("  deallocate\n PREPARE   Foo ; \0"), name("foo"));
+        assert_eq!(p("DEALLOCATE \"Stmt 1\"\0"), name("Stmt 1"));
+        assert_eq!(p("deallocate \"ALL\"\0"), name("ALL"));
+        assert_eq!(p("DEALLOCATE prepare\0"), name("prepare"));
+        assert_eq!(p("DEALLOCATE ALL\0"), Some(Deallocate::All));
+        assert_eq!(p("deallocate prepare all;\0"), Some(Deallocate::All));
+        for other in [
+            "DEALLOCATE\0",
+            "DEALLOCATE a; SELECT 1\0",
+            "DEALLOCATE a b\0",
+            "DEALLOCATE allx y\0",
+            "PREPARE a AS SELECT 1\0",
+        ] {
+            assert_eq!(p(other), None, "{other:?}");
+        }
+        assert_eq!(p("DEALLOCATE allx\0"), name("allx"));
+        assert_eq!(classify(b"DEALLOCATE a\0"), Found::SqlPrepared);
+        assert!(unknown_statement_sql("a$b").contains("\"a?b\""));
     }
 }

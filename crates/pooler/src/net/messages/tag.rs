@@ -44,6 +44,8 @@ pub const NOTIFICATION_RESPONSE: u8 = b'A';
 pub mod txn {
     /// Not in a transaction block: the connection may serve someone else.
     pub const IDLE: u8 = b'I';
+    /// In a failed transaction block: everything but its end is refused (25P02).
+    pub const FAILED: u8 = b'E';
 }
 
 /// What a Describe or Close targets. Only statements are renamed; portals ('P') pass as they are.

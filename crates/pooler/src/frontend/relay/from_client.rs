@@ -376,7 +376,9 @@ fn listen(
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));
-    subscribe(ctx, cmd);
+    if let Some(confirmed) = subscribe(ctx, cmd) {
+        server.relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+    }
     if tag == tag::QUERY {
         push(
             &mut server.relay.expect,
@@ -407,19 +409,25 @@ fn listen(
 }
 
 /// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
-/// notification channel.
+/// notification channel. A LISTEN returns the listener's confirmation, which the client's
+/// answers wait for (`listen_wait`).
 #[cold]
-fn subscribe(ctx: &mut ClientCtx<'_>, cmd: ListenCmd) {
+fn subscribe(
+    ctx: &mut ClientCtx<'_>,
+    cmd: ListenCmd,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
     let hub = ctx.pool.listen_hub();
     match cmd {
         ListenCmd::Listen(channel) => {
             let sub = ctx.notify.get_or_insert_with(|| Subscriber::new(hub));
+            let (done, confirmed) = tokio::sync::oneshot::channel();
             hub.send(Cmd::Listen {
                 channel,
                 client: sub.id,
                 sink: sub.sink.clone(),
-                done: None,
+                done: Some(done),
             });
+            return Some(confirmed);
         }
         ListenCmd::Unlisten(channel) => {
             if let Some(sub) = ctx.notify.as_ref() {
@@ -435,4 +443,5 @@ fn subscribe(ctx: &mut ClientCtx<'_>, cmd: ListenCmd) {
             }
         }
     }
+    None
 }

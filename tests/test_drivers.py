@@ -18,10 +18,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import psycopg
 import pytest
 
 from conftest import REPO, find_pool, ok, psql_ok, unique
@@ -189,10 +191,6 @@ def test_cancel_over_tls_is_closed_in_order(matrix):
     """libpq 17 sends its CancelRequest over TLS and reports a connection closed without TLS
     close_notify as a failed cancel ("SSL error: unexpected eof while reading"): pgbay closes
     the cancel connection in order."""
-    import threading
-
-    import psycopg
-
     env = pool_env(matrix, "cancel")
     kw = dict(host=env["PGB_HOST"], port=int(env["PGB_PORT"]), dbname=env["PGB_DB"],
               user=env["PGB_USER"], password=env["PGB_PASSWORD"], sslmode="verify-full",

@@ -13,6 +13,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet -r tests/requirements.txt
 export PGBAY_PYTHON="${PGBAY_PYTHON:-$PWD/.venv/bin/python}"
+# The node drivers of the driver matrix (tests/test_drivers.py), from package-lock.json.
+if [ ! -d tests/drivers/node/node_modules ]; then
+    (cd tests/drivers/node && npm ci --no-audit --no-fund --silent)
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --workspace --all-targets

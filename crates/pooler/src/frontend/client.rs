@@ -55,7 +55,14 @@ pub async fn handle(
     .await;
     drop(pending);
     let authenticated = match authenticated {
-        None | Some(Ok(Ok(None))) => return,
+        None => return,
+        Some(Ok(Ok(None))) => {
+            // Ended without a login (a CancelRequest, a failed handshake, the client left):
+            // closed in order, so that a TLS client gets its close_notify. libpq 17 sends its
+            // cancel over TLS and reports an EOF without one as a failed cancel.
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.shutdown()).await;
+            return;
+        }
         Some(Ok(Ok(Some(a)))) => a,
         Some(Ok(Err(refusal))) => return refuse(&mut stream, &refusal).instrument(span).await,
         Some(Err(_)) => {

@@ -131,6 +131,16 @@ fn client_messages(
                 match session_state::classify(block::statement_text(tag, msg)) {
                     Found::Nothing => {}
                     Found::Sets(bits) => ctx.params.dirty |= bits,
+                    Found::Listen
+                        if tag == tag::QUERY
+                            && only_unlisten_all(block::statement_text(tag, msg)) =>
+                    {
+                        // Goes to the server as it is (a pooled connection listens to nothing,
+                        // so its UNLISTEN * is a no-op there); the pool's listener drops the
+                        // client's channels, and the rest of the text resets the session.
+                        subscribe(ctx, ListenCmd::UnlistenAll);
+                        ctx.params.dirty |= session_state::ALL | session_state::SESSION;
+                    }
                     Found::Listen => {
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
@@ -444,7 +454,9 @@ fn listen(
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));
-    subscribe(ctx, cmd);
+    if let Some(confirmed) = subscribe(ctx, cmd) {
+        server.relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+    }
     if tag == tag::QUERY {
         push(
             &mut server.relay.expect,
@@ -474,20 +486,54 @@ fn listen(
     }
 }
 
-/// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
-/// notification channel.
+/// A Query whose only LISTEN-like words are `UNLISTEN *` among other statements (asyncpg's
+/// reset on release: `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`).
+/// Conservative: any other `listen` in the text, even in a literal, says no.
 #[cold]
-fn subscribe(ctx: &mut ClientCtx<'_>, cmd: ListenCmd) {
+fn only_unlisten_all(sql: &[u8]) -> bool {
+    const WORD: &[u8] = b"listen";
+    let mut found = false;
+    let mut i = 0;
+    while i + WORD.len() <= sql.len() {
+        if !sql[i..i + WORD.len()].eq_ignore_ascii_case(WORD) {
+            i += 1;
+            continue;
+        }
+        let un = i >= 2 && sql[i - 2..i].eq_ignore_ascii_case(b"un");
+        let before = i.checked_sub(3).and_then(|j| sql.get(j)).copied();
+        let after = super::block::skip_noise(&sql[i + WORD.len()..]);
+        if !un || before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return false;
+        }
+        if after.first() != Some(&b'*') {
+            return false;
+        }
+        found = true;
+        i += WORD.len();
+    }
+    found
+}
+
+/// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
+/// notification channel. A LISTEN returns the listener's confirmation, which the client's
+/// answers wait for (`listen_wait`).
+#[cold]
+fn subscribe(
+    ctx: &mut ClientCtx<'_>,
+    cmd: ListenCmd,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
     let hub = ctx.pool.listen_hub();
     match cmd {
         ListenCmd::Listen(channel) => {
             let sub = ctx.notify.get_or_insert_with(|| Subscriber::new(hub));
+            let (done, confirmed) = tokio::sync::oneshot::channel();
             hub.send(Cmd::Listen {
                 channel,
                 client: sub.id,
                 sink: sub.sink.clone(),
-                done: None,
+                done: Some(done),
             });
+            return Some(confirmed);
         }
         ListenCmd::Unlisten(channel) => {
             if let Some(sub) = ctx.notify.as_ref() {
@@ -502,5 +548,24 @@ fn subscribe(ctx: &mut ClientCtx<'_>, cmd: ListenCmd) {
                 hub.send(Cmd::UnlistenAll { client: sub.id });
             }
         }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_unlisten_all;
+
+    #[test]
+    fn unlisten_all_among_other_statements() {
+        assert!(only_unlisten_all(
+            b"SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;\0"
+        ));
+        assert!(only_unlisten_all(b"unlisten/* c */ * ; select 1\0"));
+        assert!(!only_unlisten_all(b"select 1; unlisten x\0"));
+        assert!(!only_unlisten_all(b"select 1; listen x; unlisten *\0"));
+        assert!(!only_unlisten_all(b"unlisten *; select 'listen'\0"));
+        assert!(!only_unlisten_all(b"select 1; xunlisten *\0"));
+        assert!(!only_unlisten_all(b"select 1\0"));
     }
 }

@@ -24,6 +24,7 @@
 pub mod block;
 mod from_client;
 mod from_server;
+mod listen_wait;
 mod pump;
 mod scan;
 pub mod session_state;
@@ -122,6 +123,9 @@ pub struct RelayState {
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,
+    /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
+    /// (`listen_wait`).
+    pub listen_wait: Option<listen_wait::ListenWait>,
 }
 
 /// What the relay expects the server to answer, in order.

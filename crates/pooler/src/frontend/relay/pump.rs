@@ -60,6 +60,7 @@ pub async fn pump(
     let mut client_bytes = 0u64;
     // A refusal answered in an earlier attachment says nothing about this one.
     server.relay.ready_synthesized = false;
+    server.relay.listen_wait = None;
     server.relay.drop_notifications = ctx.session_state;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
@@ -143,6 +144,14 @@ pub async fn pump(
                 if server.bufs.s2c_out.is_empty() && server.relay.s2c_skip == 0 {
                     let e = errors::notify_budget(&ctx.pool.name, over);
                     return Poll::Ready(End::Refused(e));
+                }
+            }
+            // A LISTEN's answers wait for the listener's confirmation (`listen_wait`).
+            if let Some(w) = server.relay.listen_wait.as_mut() {
+                if w.poll(cx).is_ready() {
+                    server.relay.listen_wait = None;
+                } else {
+                    client_write = false;
                 }
             }
             if !server.bufs.s2c_out.is_empty() {

@@ -1,0 +1,41 @@
+//! A LISTEN the relay handed to the pool's listener (`from_client::listen`): the client's
+//! answers wait until the listener's server confirmed it, so that a NOTIFY another session
+//! commits after the client saw its LISTEN complete is heard, as on a direct connection.
+//! Drivers that send LISTEN through the extended protocol (pgjdbc, asyncpg, postgres.js) do
+//! exactly that: LISTEN, then NOTIFY from another connection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+/// How long answers wait for the listener (as the idle path's `frontend::listen::CONFIRM`):
+/// past it they go out anyway, the subscription stays and is served once the listener is back.
+const CONFIRM: Duration = Duration::from_secs(5);
+
+/// The listener's confirmation of a LISTEN, with its deadline.
+#[derive(Debug)]
+pub struct ListenWait {
+    confirmed: oneshot::Receiver<()>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl ListenWait {
+    pub fn new(confirmed: oneshot::Receiver<()>) -> Self {
+        Self {
+            confirmed,
+            deadline: Box::pin(tokio::time::sleep(CONFIRM)),
+        }
+    }
+
+    /// Ready once the listener confirmed (or dropped the request), or at the deadline.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if Pin::new(&mut self.confirmed).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.deadline.as_mut().poll(cx)
+    }
+}

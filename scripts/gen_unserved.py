@@ -11,7 +11,6 @@ import re
 import sys
 
 SERVED = {
-    ("get", "/dbaas-migration-status/{name}"),
     ("post", "/dbaas-postgres/{name}"), ("get", "/dbaas-postgres/{name}"),
     ("put", "/dbaas-postgres/{name}"), ("delete", "/dbaas-postgres/{name}"),
     ("get", "/dbaas-service"), ("delete", "/dbaas-service/{name}"),

@@ -287,16 +287,6 @@ pub async fn upgrade_check(
     Ok(Json(views::upgrade_check(&check)))
 }
 
-/// `GET /dbaas-migration-status/{name}`
-pub async fn migration_status(State(c): State<Control>, p: Params) -> ApiResult {
-    let m = c.migration_status(&service(&p, "name")?).await?;
-    let mut v = json!({"status": m.status, "method": m.method, "details": m.details});
-    if let Some(e) = m.error {
-        v["error"] = json!(e);
-    }
-    Ok(Json(v))
-}
-
 /// `GET /dbaas-ca-certificate`
 pub async fn ca_certificate(State(c): State<Control>) -> ApiResult {
     Ok(Json(json!({ "certificate": c.tls_material().ca_pem })))

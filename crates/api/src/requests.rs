@@ -98,11 +98,9 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "shared-buffers-percentage",
             "fork-from-service",
             "recovery-backup-time",
-            "migration",
         ],
     )?;
     Ok(NewService {
-        migration: opt(body, "migration", migration)?,
         fork_from: opt_str(
             body,
             "fork-from-service",
@@ -123,98 +121,6 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
         pgbouncer: opt(body, "pgbouncer-settings", PgbouncerSettings::parse)?,
         ip_filter: opt(body, "ip-filter", IpFilter::parse)?,
         termination_protection: opt(body, "termination-protection", boolean)?,
-    })
-}
-
-/// The document's `migration` object. `method` `replication` is refused (not served yet).
-fn migration(field: &str, v: &Value) -> Result<pgbay_control::commands::NewMigration, InputError> {
-    let Some(m) = v.as_object() else {
-        return Err(InputError::new(field, "must be an object"));
-    };
-    let known = [
-        "host",
-        "port",
-        "username",
-        "password",
-        "dbname",
-        "ssl",
-        "method",
-        "ignore-dbs",
-    ];
-    if let Some(k) = m.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(InputError::new(
-            &format!("{field}.{k}"),
-            "unknown or unsupported field",
-        ));
-    }
-    let text = |name: &str, max: usize, required: bool| -> Result<Option<String>, InputError> {
-        let f = format!("{field}.{name}");
-        match m.get(name) {
-            None | Some(Value::Null) if required => Err(InputError::new(&f, "is required")),
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= max && !s.contains('\0') => {
-                Ok(Some(s.clone()))
-            }
-            Some(_) => Err(InputError::new(
-                &f,
-                format!("must be a string of 1 to {max} bytes"),
-            )),
-        }
-    };
-    let host = text("host", 255, true)?.unwrap_or_default();
-    let port = match m.get("port") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|p| (1..=65535).contains(p))
-            .map(|p| p as u16)
-            .ok_or_else(|| InputError::new(&format!("{field}.port"), "must be 1..65535"))?,
-        _ => {
-            return Err(InputError::new(
-                &format!("{field}.port"),
-                "is required (1..65535)",
-            ))
-        }
-    };
-    match m.get("method").and_then(Value::as_str) {
-        None | Some("dump") => {}
-        Some("replication") => {
-            return Err(InputError::new(
-                &format!("{field}.method"),
-                "replication is not served yet: use dump",
-            ))
-        }
-        Some(_) => {
-            return Err(InputError::new(
-                &format!("{field}.method"),
-                "must be dump or replication",
-            ))
-        }
-    }
-    let ssl = match m.get("ssl") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(InputError::new(
-                &format!("{field}.ssl"),
-                "must be a boolean",
-            ))
-        }
-    };
-    Ok(pgbay_control::commands::NewMigration {
-        host,
-        port,
-        username: text("username", 255, false)?.unwrap_or_else(|| "postgres".into()),
-        password: text("password", 255, false)?.unwrap_or_default(),
-        dbname: text("dbname", 63, false)?.unwrap_or_else(|| "postgres".into()),
-        ssl,
-        ignore_dbs: text("ignore-dbs", 2048, false)?
-            .map(|s| {
-                s.split(',')
-                    .map(|d| d.trim().to_string())
-                    .filter(|d| !d.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
     })
 }
 

@@ -38,34 +38,6 @@ pub struct NewService {
     pub fork_from: Option<crate::input::ServiceName>,
     /// The point in time to recover to (`recovery-backup-time`); only with `fork_from`.
     pub recovery_time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Data to copy in from an existing server once the service runs (`migration`).
-    pub migration: Option<NewMigration>,
-}
-
-/// The document's `migration` object (method `dump`).
-#[derive(Clone)]
-pub struct NewMigration {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password: String,
-    /// Database of the first connection.
-    pub dbname: String,
-    /// TLS required.
-    pub ssl: bool,
-    /// Databases not to migrate.
-    pub ignore_dbs: Vec<String>,
-}
-
-impl std::fmt::Debug for NewMigration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewMigration")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("dbname", &self.dbname)
-            .finish_non_exhaustive()
-    }
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.

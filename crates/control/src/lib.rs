@@ -35,7 +35,6 @@ mod lifecycle;
 pub mod logs;
 mod maintenance;
 pub mod metrics;
-mod migrations;
 pub mod model;
 mod objects;
 mod operations;
@@ -57,7 +56,6 @@ pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
-pub use migrations::MigrationStatus;
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };

@@ -32,9 +32,6 @@ impl Control {
                     }
                 }
                 ServiceState::Running => {
-                    if let Err(e) = self.fail_interrupted_migration(&s.name).await {
-                        tracing::error!(service = %s.name, error = %e, "migration status");
-                    }
                     if let Err(e) = self.start_cluster(s).await {
                         tracing::error!(service = %s.name, error = %e, "starting cluster");
                     } else if let Err(e) = self.reconcile(s).await {
@@ -262,7 +259,6 @@ impl Control {
         tx.commit().await?;
         tracing::info!(service = %name, port = s.pg_port, "service running");
         self.spawn_first_backup(name);
-        self.spawn_migration(name);
         let rec = match op {
             Some(id) => self.inner.store.operation(id).await?,
             None => None,

@@ -151,13 +151,6 @@ impl Control {
             )
             .into());
         }
-        if new.migration.is_some() && (new.fork_from.is_some() || external.is_some()) {
-            return Err(InputError::new(
-                "migration",
-                "cannot be combined with fork-from-service or an external server",
-            )
-            .into());
-        }
         let fork = match &new.fork_from {
             Some(source) => {
                 let given = [
@@ -296,9 +289,6 @@ impl Control {
                 store::upsert_user(&mut tx, &s.name, &admin_user).await?;
                 store::insert_database(&mut tx, &s.name, DEFAULT_DATABASE).await?;
             }
-        }
-        if let Some(m) = &new.migration {
-            self.record_migration(&mut tx, &s.name, m).await?;
         }
         store::insert_operation(&mut tx, &op).await?;
         tx.commit().await?;

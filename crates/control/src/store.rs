@@ -289,56 +289,6 @@ impl Store {
         .transpose()
     }
 
-    /// The migration into `service`, if it has one.
-    pub async fn migration(&self, service: &str) -> Result<Option<MigrationRow>> {
-        let row = sqlx::query("SELECT * FROM service_migrations WHERE service = $1")
-            .bind(service)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| -> Result<MigrationRow> {
-            let port: i64 = r.try_get("port")?;
-            let ignore: String = r.try_get("ignore_dbs")?;
-            Ok(MigrationRow {
-                host: r.try_get("host")?,
-                port: u16::try_from(port).map_err(|_| StoreError::Corrupt("migration port"))?,
-                username: r.try_get("username")?,
-                password_enc: r.try_get("password_enc")?,
-                dbname: r.try_get("dbname")?,
-                ssl: r.try_get::<i64, _>("ssl")? != 0,
-                ignore_dbs: ignore
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                method: r.try_get("method")?,
-                status: r.try_get("status")?,
-                error: r.try_get("error")?,
-                details: r.try_get("details")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Records how far the migration into `service` got.
-    pub async fn set_migration_status(
-        &self,
-        service: &str,
-        status: &str,
-        error: Option<&str>,
-        details: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE service_migrations SET status = $1, error = $2, details = $3 WHERE service = $4",
-        )
-        .bind(status)
-        .bind(error)
-        .bind(details)
-        .bind(service)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Database names of a service.
     pub async fn databases(&self, service: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM databases WHERE service = $1 ORDER BY name")
@@ -392,52 +342,6 @@ impl Store {
             })
             .collect()
     }
-}
-
-/// A migration into a service (`migration` at create), as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationRow {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password_enc: String,
-    pub dbname: String,
-    pub ssl: bool,
-    pub ignore_dbs: Vec<String>,
-    pub method: String,
-    /// The document's status: `running`, `done`, `failed`.
-    pub status: String,
-    pub error: Option<String>,
-    /// JSON array of per-database {dbname, method, status, error}.
-    pub details: String,
-}
-
-/// Records a migration into `service`.
-pub async fn insert_migration(
-    c: &mut AnyConnection,
-    service: &str,
-    m: &MigrationRow,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO service_migrations (service, host, port, username, password_enc, dbname, \
-         ssl, ignore_dbs, method, status, error, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(service)
-    .bind(&m.host)
-    .bind(i64::from(m.port))
-    .bind(&m.username)
-    .bind(&m.password_enc)
-    .bind(&m.dbname)
-    .bind(i64::from(m.ssl))
-    .bind(m.ignore_dbs.join(","))
-    .bind(&m.method)
-    .bind(&m.status)
-    .bind(&m.error)
-    .bind(&m.details)
-    .execute(c)
-    .await?;
-    Ok(())
 }
 
 /// A service made from another service's backups.

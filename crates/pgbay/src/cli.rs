@@ -233,11 +233,6 @@ pub enum ServiceAction {
         /// Return once the API accepted the request (prints the pending operation).
         #[arg(long)]
         no_wait: bool,
-        /// Copy every database of an existing PostgreSQL into the new service
-        /// (`postgres://USER:PASSWORD@HOST:PORT/DBNAME[?sslmode=require]`; method dump). Prefer
-        /// the env twin, which keeps the password off the command line.
-        #[arg(long, env = "PGBAY_MIGRATE_FROM", hide_env_values = true)]
-        migrate_from: Option<String>,
     },
     /// Make a new service from another's backups: its latest state, or the state at --time.
     Fork {

@@ -16,14 +16,7 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
             name,
             plan,
             no_wait,
-            migrate_from,
-        } => {
-            let mut body = json!({ "plan": plan });
-            if let Some(uri) = migrate_from {
-                body["migration"] = migration_of(uri)?;
-            }
-            create(ctx, name, body, *no_wait)
-        }
+        } => create(ctx, name, json!({ "plan": plan }), *no_wait),
         ServiceAction::Fork {
             source,
             name,
@@ -53,44 +46,6 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The document's `migration` object from a `postgres://` URI.
-fn migration_of(uri: &str) -> anyhow::Result<Value> {
-    let u = url::Url::parse(uri).map_err(|e| anyhow::anyhow!("--migrate-from: {e}"))?;
-    if !matches!(u.scheme(), "postgres" | "postgresql") {
-        bail!("--migrate-from must be a postgres:// URI");
-    }
-    // libpq's `host` parameter (a host, or a Unix-socket directory) wins over the authority.
-    let host = u
-        .query_pairs()
-        .find(|(k, _)| k == "host")
-        .map(|(_, v)| v.into_owned())
-        .or_else(|| u.host_str().map(str::to_string))
-        .ok_or_else(|| anyhow::anyhow!("--migrate-from names no host"))?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let mut m = json!({
-        "host": host,
-        "port": u.port().unwrap_or(5432),
-        "method": "dump",
-        "ssl": u.query_pairs().any(|(k, v)| k == "sslmode"
-            && matches!(v.as_ref(), "require" | "verify-ca" | "verify-full")),
-    });
-    if !u.username().is_empty() {
-        m["username"] = json!(decode(u.username()));
-    }
-    if let Some(p) = u.password() {
-        m["password"] = json!(decode(p));
-    }
-    let db = u.path().trim_start_matches('/');
-    if !db.is_empty() {
-        m["dbname"] = json!(decode(db));
-    }
-    Ok(m)
 }
 
 fn backups(ctx: &Ctx, name: &str) -> anyhow::Result<()> {

@@ -30,6 +30,7 @@ SERVED = {
     ("post", "/dbaas-service-metrics/{service-name}"),
     ("put", "/dbaas-postgres/{name}/maintenance/start"),
     ("post", "/dbaas-postgres/{service}/upgrade-check"),
+    ("get", "/dbaas-migration-status/{name}"),
 }
 
 spec = json.load(open(sys.argv[1]))

@@ -343,3 +343,9 @@ pub async fn metrics(
     }
     Ok(out)
 }
+
+/// `GET /dbaas-migration-status/{name}`
+pub async fn migration_status(State(c): State<Control>, p: Params) -> ApiResult {
+    let m = c.migration_status(&service(&p, "name")?).await?;
+    Ok(Json(views::migration_status(&m)))
+}

@@ -11,8 +11,8 @@ use pgbay_control::logs::{LogQuery, SortOrder};
 use pgbay_control::metrics::Period;
 use pgbay_control::pg_settings::{PgSettings, PgSettingsPatch};
 use pgbay_control::{
-    NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch, PgbouncerSettings,
-    PoolUpdate, ServiceUpdate,
+    MigrationSpec, NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch,
+    PgbouncerSettings, PoolUpdate, ServiceUpdate,
 };
 use serde_json::{Map, Value};
 
@@ -96,9 +96,11 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "pg-settings",
             "work-mem",
             "shared-buffers-percentage",
+            "migration",
         ],
     )?;
     Ok(NewService {
+        migration: opt(body, "migration", MigrationSpec::parse)?,
         pg_settings: opt(body, "pg-settings", PgSettings::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(

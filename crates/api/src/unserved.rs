@@ -419,12 +419,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "reveal-dbaas-kafka-user-password",
     ),
     (
-        "GET",
-        "/dbaas-migration-status/{name}",
-        "/dbaas-migration-status/{name}",
-        "get-dbaas-migration-status",
-    ),
-    (
         "DELETE",
         "/dbaas-mysql/{name}",
         "/dbaas-mysql/{name}",

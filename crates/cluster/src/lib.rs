@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod files;
+pub mod migrate;
 pub mod os_users;
 pub mod provision;
 pub mod sizing;

@@ -34,6 +34,8 @@ pub struct NewService {
     /// `shared_buffers` as a percentage of the plan's memory, 20..=60 (default 25); refused
     /// with an external server.
     pub shared_buffers_percentage: Option<u32>,
+    /// A server to copy databases from once the service runs (the document's `migration`).
+    pub migration: Option<crate::migrations::MigrationSpec>,
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.

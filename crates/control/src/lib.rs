@@ -34,6 +34,7 @@ mod lifecycle;
 pub mod logs;
 mod maintenance;
 pub mod metrics;
+pub mod migrations;
 pub mod model;
 mod objects;
 mod operations;
@@ -54,6 +55,7 @@ pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
+pub use migrations::{MigrationDetail, MigrationRecord, MigrationSpec, MigrationStatus};
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };

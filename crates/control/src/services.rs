@@ -130,6 +130,13 @@ impl Control {
                 )
                 .into());
             }
+            if new.migration.is_some() {
+                return Err(InputError::new(
+                    "migration",
+                    "cannot be set: services on an external server are not migrated into",
+                )
+                .into());
+            }
             Self::refuse_config_on_external(
                 new.pg_settings.is_some(),
                 new.work_mem.is_some(),
@@ -240,6 +247,9 @@ impl Control {
         store::upsert_user(&mut tx, &s.name, &admin_user).await?;
         store::insert_database(&mut tx, &s.name, DEFAULT_DATABASE).await?;
         store::insert_operation(&mut tx, &op).await?;
+        if let Some(spec) = &new.migration {
+            store::upsert_migration(&mut tx, &self.new_migration(&s.name, spec)).await?;
+        }
         tx.commit().await?;
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");
         self.spawn_provisioning(s.name.clone(), Some(op.id));

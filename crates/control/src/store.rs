@@ -38,6 +38,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+mod migrations;
+pub use migrations::upsert_migration;
+
 /// Handle on the SQLite database.
 #[derive(Debug, Clone)]
 pub struct Store {

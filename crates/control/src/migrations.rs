@@ -1,0 +1,479 @@
+//! Migration of a PostgreSQL server that runs elsewhere into a new service (the document's
+//! `migration` object of service create): the source is recorded with the service (its password
+//! sealed), and once the service runs, its databases are copied by dump
+//! (`pgbay_cluster::migrate::dump`). `GET /dbaas-migration-status/{name}` reads the record.
+//!
+//! Which databases: `dbname` alone if given, else every database of the source that accepts
+//! connections except `template0`, `template1` and `postgres` (the service's own maintenance
+//! database), minus `ignore-dbs`. Roles are not copied: objects belong to the service's admin.
+
+use chrono::{DateTime, Utc};
+use pgbay_cluster::migrate::{self, Source, Target};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::control::Control;
+use crate::error::ControlError;
+use crate::input::{boolean, int_in, InputError, ServiceName};
+use crate::store;
+
+/// The document's `enum-migration-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationStatus {
+    /// Copying.
+    Running,
+    /// Initial copy done, changes flowing (replication).
+    Syncing,
+    /// Ended in an error.
+    Failed,
+    /// Finished.
+    Done,
+}
+
+impl MigrationStatus {
+    /// The document's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStatus::Running => "running",
+            MigrationStatus::Syncing => "syncing",
+            MigrationStatus::Failed => "failed",
+            MigrationStatus::Done => "done",
+        }
+    }
+    /// Reads the stored spelling back.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => MigrationStatus::Running,
+            "syncing" => MigrationStatus::Syncing,
+            "failed" => MigrationStatus::Failed,
+            "done" => MigrationStatus::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// The migration of one database (the document's `details` item).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationDetail {
+    /// Database name.
+    pub dbname: String,
+    /// Method used.
+    pub method: String,
+    /// Its status.
+    pub status: MigrationStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A stored migration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationRecord {
+    /// The service migrated into.
+    pub service: String,
+    /// `dump`.
+    pub method: String,
+    /// Source host.
+    pub host: String,
+    /// Source port.
+    pub port: u16,
+    /// Source login role.
+    pub username: Option<String>,
+    /// Its password, sealed.
+    pub password_enc: Option<String>,
+    /// The only database to copy.
+    pub dbname: Option<String>,
+    /// Require TLS to the source.
+    pub ssl: bool,
+    /// Databases not copied.
+    pub ignore_dbs: Vec<String>,
+    /// Overall status.
+    pub status: MigrationStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Per database.
+    pub details: Vec<MigrationDetail>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The `migration` object of `POST /dbaas-postgres/{name}`, parsed. Its `Debug` leaves the
+/// password out.
+#[derive(Clone, PartialEq)]
+pub struct MigrationSpec {
+    /// Source host.
+    pub host: String,
+    /// Source port.
+    pub port: u16,
+    /// Source login role (default: `postgres`).
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+    /// Copy only this database.
+    pub dbname: Option<String>,
+    /// Require TLS (default true, as the document's).
+    pub ssl: bool,
+    /// Databases not copied.
+    pub ignore_dbs: Vec<String>,
+}
+
+impl std::fmt::Debug for MigrationSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationSpec")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("dbname", &self.dbname)
+            .field("ssl", &self.ssl)
+            .field("ignore_dbs", &self.ignore_dbs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A string member `key` of the `migration` object, at most `max` characters, no control
+/// characters.
+fn text(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<Option<String>, InputError> {
+    let field = format!("migration.{key}");
+    let Some(v) = obj.get(key).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let s = v
+        .as_str()
+        .ok_or_else(|| InputError::new(&field, "must be a string"))?;
+    if s.is_empty() || s.chars().count() > max || s.chars().any(char::is_control) {
+        return Err(InputError::new(
+            &field,
+            format!("must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+impl MigrationSpec {
+    /// Reads the document's `migration` object (`field` names it in errors): `host` and `port`
+    /// required, `method` `dump` (default); `replication` is refused until pgbay serves it.
+    pub fn parse(field: &str, v: &Value) -> Result<MigrationSpec, InputError> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| InputError::new(field, "must be an object"))?;
+        const KNOWN: [&str; 8] = [
+            "host",
+            "port",
+            "username",
+            "password",
+            "dbname",
+            "ssl",
+            "method",
+            "ignore-dbs",
+        ];
+        if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(InputError {
+                field: format!("{field}.{k}"),
+                message: format!("unknown or unsupported field `{field}.{k}`"),
+            });
+        }
+        let host = text(obj, "host", 255)?
+            .ok_or_else(|| InputError::new("migration.host", "missing required field"))?;
+        let port = obj
+            .get("port")
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| InputError::new("migration.port", "missing required field"))?;
+        let port = int_in("migration.port", port, 1, 65535)? as u16;
+        match text(obj, "method", 32)?.as_deref() {
+            None | Some("dump") => {}
+            Some("replication") => {
+                return Err(InputError::new(
+                    "migration.method",
+                    "`replication` is not served by pgbay yet; use `dump`",
+                ))
+            }
+            Some(other) => {
+                return Err(InputError::new(
+                    "migration.method",
+                    format!("must be dump or replication, got {other:?}"),
+                ))
+            }
+        }
+        let ssl = match obj.get("ssl").filter(|v| !v.is_null()) {
+            Some(v) => boolean("migration.ssl", v)?,
+            None => true,
+        };
+        let ignore_dbs = text(obj, "ignore-dbs", 2048)?
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(MigrationSpec {
+            host,
+            port,
+            username: text(obj, "username", 63)?,
+            password: match obj.get("password").filter(|v| !v.is_null()) {
+                Some(v) => Some(
+                    v.as_str()
+                        .ok_or_else(|| InputError::new("migration.password", "must be a string"))?
+                        .to_string(),
+                ),
+                None => None,
+            },
+            dbname: text(obj, "dbname", 63)?,
+            ssl,
+            ignore_dbs,
+        })
+    }
+}
+
+impl Control {
+    /// The record of a new migration of `service` from `spec`, password sealed, `running`.
+    pub(crate) fn new_migration(&self, service: &str, spec: &MigrationSpec) -> MigrationRecord {
+        MigrationRecord {
+            service: service.to_string(),
+            method: "dump".to_string(),
+            host: spec.host.clone(),
+            port: spec.port,
+            username: spec.username.clone(),
+            password_enc: spec.password.as_deref().map(|p| self.inner.secrets.seal(p)),
+            dbname: spec.dbname.clone(),
+            ssl: spec.ssl,
+            ignore_dbs: spec.ignore_dbs.clone(),
+            status: MigrationStatus::Running,
+            error: None,
+            details: Vec::new(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// `GET /dbaas-migration-status/{name}`.
+    pub async fn migration_status(
+        &self,
+        name: &ServiceName,
+    ) -> Result<MigrationRecord, ControlError> {
+        self.existing(name).await?;
+        self.inner
+            .store
+            .migration(name.as_str())
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("service {name} has no migration")))
+    }
+
+    async fn save_migration(&self, m: &mut MigrationRecord) -> Result<(), ControlError> {
+        m.updated_at = Utc::now();
+        let mut tx = self.inner.store.begin().await?;
+        store::upsert_migration(&mut tx, m).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs the migration of service `name` in the background if one is `running` (called once
+    /// the service runs). Its outcome is only in the migration's status: the service stays usable
+    /// whatever happens to the copy.
+    pub(crate) fn spawn_migration(&self, name: String) {
+        let c = self.clone();
+        let span = tracing::info_span!("migration", service = %name);
+        let task = async move {
+            let m = match c.inner.store.migration(&name).await {
+                Ok(Some(m)) if m.status == MigrationStatus::Running => m,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading migration");
+                    return;
+                }
+            };
+            let mut m = m;
+            if let Err(e) = c.run_migration(&mut m).await {
+                tracing::error!(error = %e, "migration failed");
+                m.status = MigrationStatus::Failed;
+                if m.error.is_none() {
+                    m.error = Some(format!("internal error of pgbay: {e}"));
+                }
+                if let Err(e) = c.save_migration(&mut m).await {
+                    tracing::error!(error = %e, "recording migration failure");
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    /// A migration left `running` by a pgbay that stopped is failed (a half-restored database
+    /// cannot be resumed).
+    pub(crate) async fn fail_interrupted_migration(&self, name: &str) -> Result<(), ControlError> {
+        if let Some(mut m) = self.inner.store.migration(name).await? {
+            if m.status == MigrationStatus::Running {
+                m.status = MigrationStatus::Failed;
+                m.error = Some("interrupted by a restart of pgbay".into());
+                for d in m
+                    .details
+                    .iter_mut()
+                    .filter(|d| d.status == MigrationStatus::Running)
+                {
+                    d.status = MigrationStatus::Failed;
+                    d.error = m.error.clone();
+                }
+                self.save_migration(&mut m).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_migration(&self, m: &mut MigrationRecord) -> Result<(), ControlError> {
+        let name = ServiceName::parse("name", &m.service)?;
+        let s = self.existing(&name).await?;
+        if !self.provisioner(&s).runs_server() {
+            m.error = Some("migration needs a cluster run by pgbay, not an external server".into());
+            return Err(ControlError::Conflict(m.error.clone().unwrap_or_default()));
+        }
+        let src = Source {
+            host: m.host.clone(),
+            port: m.port,
+            user: m.username.clone().unwrap_or_else(|| "postgres".into()),
+            password: match &m.password_enc {
+                Some(p) => self.inner.secrets.open(p)?,
+                None => String::new(),
+            },
+            dbname: m.dbname.clone(),
+            ssl: m.ssl,
+        };
+        let admin = self.primary_target(&s).await?;
+        let target = Target {
+            host: admin.host.clone(),
+            port: admin.port,
+            user: admin.user.clone(),
+            password: admin.password.clone(),
+        };
+        tracing::info!(source = %format!("{:?}", src.address()), "migration by dump started");
+        let prov = self.inner.prov.clone();
+        let (p, n, sr, ig) = (
+            prov.clone(),
+            s.name.clone(),
+            src.clone(),
+            m.ignore_dbs.clone(),
+        );
+        let dbs =
+            match tokio::task::spawn_blocking(move || migrate::dump::databases(&p, &n, &sr, &ig))
+                .await?
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    m.status = MigrationStatus::Failed;
+                    m.error = Some(e.to_string());
+                    self.save_migration(m).await?;
+                    return Ok(());
+                }
+            };
+        m.details = dbs
+            .iter()
+            .map(|d| MigrationDetail {
+                dbname: d.clone(),
+                method: m.method.clone(),
+                status: MigrationStatus::Running,
+                error: None,
+            })
+            .collect();
+        self.save_migration(m).await?;
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get().min(4) as u32)
+            .unwrap_or(2);
+        for i in 0..dbs.len() {
+            let db = dbs[i].clone();
+            let outcome = match self.ensure_migrated_database(&s, &db).await {
+                Ok(()) => {
+                    let (p, n, sr, t, d) = (
+                        prov.clone(),
+                        s.name.clone(),
+                        src.clone(),
+                        target.clone(),
+                        db.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        migrate::dump::copy_database(&p, &n, &sr, &t, &d, jobs)
+                    })
+                    .await?
+                    .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("creating database {db:?} on the service: {e}")),
+            };
+            let detail = &mut m.details[i];
+            match outcome {
+                Ok(()) => detail.status = MigrationStatus::Done,
+                Err(e) => {
+                    detail.status = MigrationStatus::Failed;
+                    detail.error = Some(e.clone());
+                    if m.error.is_none() {
+                        m.error = Some(e);
+                    }
+                }
+            }
+            self.save_migration(m).await?;
+        }
+        m.status = if m.error.is_some() {
+            MigrationStatus::Failed
+        } else {
+            MigrationStatus::Done
+        };
+        self.save_migration(m).await?;
+        tracing::info!(status = m.status.as_str(), "migration ended");
+        Ok(())
+    }
+
+    /// Creates database `db` on the service (owned by its admin) and records it, unless it
+    /// exists; under the service's lock, as `POST .../database` does.
+    async fn ensure_migrated_database(
+        &self,
+        s: &crate::model::ServiceRecord,
+        db: &str,
+    ) -> Result<(), ControlError> {
+        let name = ServiceName::parse("name", &s.name)?;
+        let (_g, s) = self.lock_existing(&name).await?;
+        let t = self.admin_target(&s).await?;
+        pgbay_cluster::admin::create_database(&t, db, &s.admin_username, None, None)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "creating database"))?;
+        let mut tx = self.inner.store.begin().await?;
+        if !store::database_exists(&mut tx, &s.name, db).await? {
+            store::insert_database(&mut tx, &s.name, db).await?;
+        }
+        tx.commit().await?;
+        drop(_g);
+        self.publish().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn migration_object_is_parsed_and_refusals_name_the_field() {
+        let m = MigrationSpec::parse(
+            "migration",
+            &json!({"host": "db.example", "port": 5432, "password": "pw", "ssl": false,
+                    "ignore-dbs": "a, b", "method": "dump"}),
+        )
+        .unwrap();
+        assert_eq!((m.port, m.ssl), (5432, false));
+        assert_eq!(m.ignore_dbs, vec!["a", "b"]);
+        assert!(!format!("{m:?}").contains("pw"));
+        let e = MigrationSpec::parse(
+            "migration",
+            &json!({"host": "h", "port": 1, "method": "copy"}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("migration.method"), "{e:?}");
+        let e = MigrationSpec::parse("migration", &json!({"host": "h", "port": 1, "bogus": 1}))
+            .unwrap_err();
+        assert!(e.message.contains("migration.bogus"), "{e:?}");
+        let e = MigrationSpec::parse("migration", &json!({"host": "h"})).unwrap_err();
+        assert!(e.message.contains("migration.port"), "{e:?}");
+        let e = MigrationSpec::parse("migration", &json!({"host": "h", "port": 0})).unwrap_err();
+        assert!(e.message.contains("migration.port"), "{e:?}");
+    }
+}

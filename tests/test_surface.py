@@ -487,7 +487,9 @@ def test_every_pg_method_of_the_official_client_is_answered(client):
         if method == "create_dbaas_service_pg":
             from conftest import wait_service_running
             wait_service_running(client, name)
-    not_found = {m: st for m, st in answered.items() if st == 404}
+    # A service created without a `migration` has no migration status: that 404 names it.
+    not_found = {m: st for m, st in answered.items()
+                 if st == 404 and m != "get_dbaas_migration_status"}
     assert not not_found, answered
     served = {m for m, st in answered.items() if st == 200}
     assert served >= {"create_dbaas_service_pg", "update_dbaas_postgres_allow_replication",

@@ -1,0 +1,206 @@
+"""Migration of a PostgreSQL server that runs elsewhere into a new service (issue 19): the
+document's `migration` object at create, copied by dump, and `GET /dbaas-migration-status`.
+
+The source is a real PostgreSQL this file starts (initdb + pg_ctl in a temp dir, as the
+`postgres` OS user when the tests run as root, SCRAM logins on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    api_error,
+    free_api_port,
+    provision,
+    psql_ok,
+    unique,
+)
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))[-1].parent
+SOURCE_PASSWORD = "source-Pw-7d1e4c"
+MIGRATION_TIMEOUT = 240.0
+
+
+class SourcePg:
+    """A PostgreSQL server the test starts as the migration source; stopped by `close`."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="migrate-src-"))
+        self.port = free_api_port()
+        self.data = self.dir / "data"
+        pwfile = self.dir / "pw"
+        pwfile.write_text(SOURCE_PASSWORD)
+        os.chmod(pwfile, 0o600)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--pwfile", str(pwfile),
+                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                  "--locale=C.UTF-8")
+        pwfile.unlink()
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts,
+                  "-w", "-t", "60", "start")
+
+    def _run(self, prog: str, *args: str) -> None:
+        cmd = [str(PG_BIN / prog), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{prog} failed: {r.stderr}"
+
+    def uri(self, db: str = "postgres", password: str = SOURCE_PASSWORD) -> str:
+        return f"postgresql://postgres:{password}@127.0.0.1:{self.port}/{db}?sslmode=disable"
+
+    def migration(self, **kw) -> dict:
+        m = {"host": "127.0.0.1", "port": self.port, "username": "postgres",
+             "password": SOURCE_PASSWORD, "ssl": False, "method": "dump"}
+        m.update(kw)
+        return m
+
+    def close(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def source():
+    src = SourcePg()
+    try:
+        psql_ok(src.uri(), "CREATE DATABASE shop")
+        psql_ok(src.uri(), "CREATE DATABASE extra")
+        psql_ok(src.uri(), "CREATE DATABASE ignored")
+        psql_ok(src.uri("shop"), """
+            CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text);
+            CREATE INDEX customers_name ON customers (name);
+            CREATE TABLE orders (id bigint PRIMARY KEY, customer int REFERENCES customers (id),
+                                 amount numeric(12,2), note text);
+            CREATE INDEX orders_customer ON orders (customer);
+            CREATE SEQUENCE invoice_seq START 1000;
+            SELECT setval('invoice_seq', 4242);
+            INSERT INTO customers (name, email)
+                SELECT 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 2000) g;
+            INSERT INTO orders
+                SELECT g, 1 + g % 2000, (g * 7 % 100000) / 100.0, md5(g::text)
+                FROM generate_series(1, 100000) g;
+            CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 900;
+        """)
+        psql_ok(src.uri("extra"), "CREATE TABLE notes (id int PRIMARY KEY, body text);"
+                                  "INSERT INTO notes VALUES (1, 'hello'), (2, 'world')")
+        psql_ok(src.uri("ignored"), "CREATE TABLE secret (x int)")
+        yield src
+    finally:
+        src.close()
+
+
+def wait_migration(client, name: str) -> dict:
+    """Polls the migration status until it ends (done or failed), with a deadline."""
+    deadline = time.monotonic() + MIGRATION_TIMEOUT
+    while True:
+        st = client.get_dbaas_migration_status(name=name)
+        if st["status"] in ("done", "failed"):
+            return st
+        assert time.monotonic() < deadline, f"migration of {name} still {st}"
+        time.sleep(0.5)
+
+
+TABLE_DIGEST = ("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "FROM {} t")
+
+
+def test_dump_migration_copies_every_database_completely(server, client, source):
+    name = unique("mig")
+    svc = provision(client, name, migration=source.migration(**{"ignore-dbs": "ignored"}))
+    st = wait_migration(client, name)
+    assert st["status"] == "done", st
+    assert st["method"] == "dump" and "error" not in st, st
+    assert sorted((d["dbname"], d["status"]) for d in st["details"]) == [
+        ("extra", "done"), ("shop", "done")], st
+    assert SOURCE_PASSWORD not in str(st)
+
+    dbs = client.get_dbaas_service_pg(name=name)["databases"]
+    assert {"shop", "extra", "defaultdb"} <= set(dbs) and "ignored" not in dbs, dbs
+
+    shop_src, shop_dst = source.uri("shop"), svc.uri_for(dbname="shop")
+    for table in ("customers", "orders"):
+        q = TABLE_DIGEST.format(table)
+        assert psql_ok(shop_dst, q) == psql_ok(shop_src, q), table
+    assert psql_ok(shop_dst, "SELECT count(*) FROM orders") == ["100000"]
+    assert psql_ok(shop_dst, "SELECT last_value FROM invoice_seq") == ["4242"]
+    assert psql_ok(shop_dst, "SELECT nextval('customers_id_seq')") == ["2001"]
+    idx = "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+    assert psql_ok(shop_dst, idx) == psql_ok(shop_src, idx)
+    assert psql_ok(shop_dst, "SELECT count(*) FROM big_orders") == psql_ok(
+        shop_src, "SELECT count(*) FROM big_orders")
+    # Ownership is the service's admin; the admin can write and alter what arrived.
+    owners = psql_ok(shop_dst, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+    assert owners == [svc.admin_user]
+    psql_ok(shop_dst, "INSERT INTO orders VALUES (100001, 1, 1, 'after'); ALTER TABLE orders ADD c int")
+    assert psql_ok(svc.uri_for(dbname="extra"), "SELECT body FROM notes ORDER BY id") == ["hello", "world"]
+    # The admin stays a tenant: no superuser came with the data.
+    assert psql_ok(shop_dst, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == ["f"]
+    assert SOURCE_PASSWORD not in server.log_text()
+
+
+def test_migration_of_one_database_by_dbname(client, source):
+    name = unique("mig1")
+    svc = provision(client, name, migration=source.migration(dbname="extra"))
+    st = wait_migration(client, name)
+    assert st["status"] == "done", st
+    assert [d["dbname"] for d in st["details"]] == ["extra"]
+    assert psql_ok(svc.uri_for(dbname="extra"), "SELECT count(*) FROM notes") == ["2"]
+
+
+@pytest.mark.parametrize("case", ["password", "unreachable", "database"])
+def test_failed_migration_names_the_cause_and_the_service_stays_usable(server, client, source, case):
+    name = unique("migbad")
+    closed = free_api_port()
+    migration = {
+        "password": source.migration(password="wrong-password"),
+        "unreachable": source.migration(port=closed),
+        "database": source.migration(dbname="nosuchdb"),
+    }[case]
+    svc = provision(client, name, migration=migration)
+    st = wait_migration(client, name)
+    assert st["status"] == "failed", st
+    words = {
+        "password": ["password authentication failed", f"127.0.0.1:{source.port}"],
+        "unreachable": [f"127.0.0.1:{closed}", "refused"],
+        "database": ['"nosuchdb" does not exist'],
+    }[case]
+    for w in words:
+        assert w in st["error"], (w, st)
+    assert "wrong-password" not in str(st) and "wrong-password" not in server.log_text()
+    assert psql_ok(svc.uri, "SELECT 1") == ["1"]
+    assert client.get_dbaas_service_pg(name=name)["state"] == "running"
+
+
+def test_migration_input_is_checked(client):
+    bad = [
+        ({"host": "h", "port": 5432, "method": "copy"}, "migration.method"),
+        ({"host": "h", "port": 5432, "sslmode": "x"}, "migration.sslmode"),
+        ({"host": "h"}, "migration.port"),
+        ({"port": 5432}, "migration.host"),
+        ({"host": "h", "port": 70000}, "migration.port"),
+        ("postgres://h", "migration"),
+    ]
+    for body, field in bad:
+        name = unique("migin")
+        with api_error(400, field):
+            client.create_dbaas_service_pg(name=name, plan="startup-4", migration=body)
+        with api_error(404):
+            client.get_dbaas_service_pg(name=name)
+
+
+def test_status_of_a_service_without_migration_is_404(client, service):
+    with api_error(404, "no migration"):
+        client.get_dbaas_migration_status(name=service.name)
+    with api_error(404, "not found"):
+        client.get_dbaas_migration_status(name=unique("nosuch"))

@@ -31,6 +31,7 @@ SERVED = {
     ("put", "/dbaas-postgres/{name}/maintenance/start"),
     ("post", "/dbaas-postgres/{service}/upgrade-check"),
     ("get", "/dbaas-migration-status/{name}"),
+    ("post", "/dbaas-postgres/{name}/migration/stop"),
 }
 
 spec = json.load(open(sys.argv[1]))

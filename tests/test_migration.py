@@ -31,7 +31,7 @@ MIGRATION_TIMEOUT = 240.0
 class SourcePg:
     """A PostgreSQL server the test starts as the migration source; stopped by `close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, wal_level: str = "logical") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="migrate-src-"))
         self.port = free_api_port()
         self.data = self.dir / "data"
@@ -45,7 +45,8 @@ class SourcePg:
                   "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                   "--locale=C.UTF-8")
         pwfile.unlink()
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
+                f"-c wal_level={wal_level}")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", opts,
                   "-w", "-t", "60", "start")
 
@@ -100,12 +101,12 @@ def source():
         src.close()
 
 
-def wait_migration(client, name: str) -> dict:
-    """Polls the migration status until it ends (done or failed), with a deadline."""
+def wait_migration(client, name: str, until=("done", "failed")) -> dict:
+    """Polls the migration status until it is one of `until`, with a deadline."""
     deadline = time.monotonic() + MIGRATION_TIMEOUT
     while True:
         st = client.get_dbaas_migration_status(name=name)
-        if st["status"] in ("done", "failed"):
+        if st["status"] in until or st["status"] == "failed":
             return st
         assert time.monotonic() < deadline, f"migration of {name} still {st}"
         time.sleep(0.5)
@@ -204,3 +205,72 @@ def test_status_of_a_service_without_migration_is_404(client, service):
         client.get_dbaas_migration_status(name=service.name)
     with api_error(404, "not found"):
         client.get_dbaas_migration_status(name=unique("nosuch"))
+
+
+def wait_rows(uri: str, sql: str, want: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := psql_ok(uri, sql)) != want:
+        assert time.monotonic() < deadline, f"{sql}: {got} != {want}"
+        time.sleep(0.2)
+
+
+def test_replication_migration_follows_the_source_until_stopped(server, client, source):
+    psql_ok(source.uri(), "CREATE DATABASE live")
+    live = source.uri("live")
+    psql_ok(live, "CREATE TABLE events (id serial PRIMARY KEY, v text);"
+                  "CREATE INDEX events_v ON events (v);"
+                  "INSERT INTO events (v) SELECT 'v' || g FROM generate_series(1, 5000) g")
+    name = unique("migrep")
+    svc = provision(client, name, migration=source.migration(method="replication", dbname="live"))
+    st = wait_migration(client, name, until=("syncing",))
+    assert st["status"] == "syncing", st
+    assert st["method"] == "replication" and "error" not in st, st
+    assert st["details"] == [{"dbname": "live", "method": "replication", "status": "syncing"}], st
+    dst = svc.uri_for(dbname="live")
+    digest = TABLE_DIGEST.format("events")
+    assert psql_ok(dst, digest) == psql_ok(live, digest)
+    # Changes written to the source after the copy keep arriving.
+    psql_ok(live, "INSERT INTO events (v) SELECT 'w' || g FROM generate_series(1, 300) g;"
+                  "UPDATE events SET v = 'changed' WHERE id <= 10; DELETE FROM events WHERE id = 11")
+    wait_rows(dst, digest, psql_ok(live, digest))
+    # The subscription is pgbay's; the tenant's admin stays a tenant and owns the tables.
+    assert psql_ok(dst, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == ["f"]
+    assert psql_ok(dst, "SELECT tableowner FROM pg_tables WHERE tablename = 'events'") == [svc.admin_user]
+
+    op = client.stop_dbaas_pg_migration(name=name)
+    from conftest import ok
+    ok(client, op)
+    st = client.get_dbaas_migration_status(name=name)
+    assert st["status"] == "done", st
+    assert st["details"] == [{"dbname": "live", "method": "replication", "status": "done"}], st
+    # Replication is gone on both sides: no subscription, no slot, no publication.
+    assert psql_ok(dst, "SELECT count(*) FROM pg_subscription") == ["0"]
+    assert psql_ok(live, "SELECT count(*) FROM pg_replication_slots") == ["0"]
+    assert psql_ok(live, "SELECT count(*) FROM pg_publication") == ["0"]
+    # Sequences were synchronised once: the service continues where the source was.
+    assert psql_ok(dst, "SELECT last_value FROM events_id_seq") == psql_ok(
+        live, "SELECT last_value FROM events_id_seq")
+    assert psql_ok(dst, "INSERT INTO events (v) VALUES ('on service') RETURNING id")[0] == "5301"
+    # Rows written to the source after the stop do not arrive.
+    psql_ok(live, "INSERT INTO events (v) VALUES ('after stop')")
+    assert psql_ok(dst, "SELECT count(*) FROM events WHERE v = 'after stop'") == ["0"]
+    with api_error(409, "no replication to stop"):
+        client.stop_dbaas_pg_migration(name=name)
+    assert SOURCE_PASSWORD not in server.log_text()
+
+
+def test_replication_from_a_source_that_cannot_falls_back_to_dump(client):
+    src = SourcePg(wal_level="replica")
+    try:
+        psql_ok(src.uri(), "CREATE DATABASE app")
+        psql_ok(src.uri("app"), "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g")
+        name = unique("migfb")
+        svc = provision(client, name, migration=src.migration(method="replication"))
+        st = wait_migration(client, name)
+        assert st["status"] == "done", st
+        assert st["method"] == "dump", st
+        assert "wal_level of the source is replica" in st["error"], st
+        assert st["details"] == [{"dbname": "app", "method": "dump", "status": "done"}], st
+        assert psql_ok(svc.uri_for(dbname="app"), "SELECT count(*) FROM t") == ["100"]
+    finally:
+        src.close()

@@ -349,3 +349,9 @@ pub async fn migration_status(State(c): State<Control>, p: Params) -> ApiResult 
     let m = c.migration_status(&service(&p, "name")?).await?;
     Ok(Json(views::migration_status(&m)))
 }
+
+/// `POST /dbaas-postgres/{name}/migration/stop`
+pub async fn stop_migration(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c.stop_migration(&service(&p, "name")?).await?;
+    Ok(Json(views::operation(&op)))
+}

@@ -110,6 +110,10 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .route("/dbaas-service-logs/{name}", post(h::service_logs))
         .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
         .route("/dbaas-migration-status/{name}", get(h::migration_status))
+        .route(
+            "/dbaas-postgres/{name}/migration/stop",
+            post(h::stop_migration),
+        )
         .route("/dbaas-settings-pg", get(h::settings))
         .route("/dbaas-ca-certificate", get(h::ca_certificate));
     let v2 = unserved_routes(v2)

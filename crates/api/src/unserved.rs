@@ -563,12 +563,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "reveal-dbaas-opensearch-user-password",
     ),
     (
-        "POST",
-        "/dbaas-postgres/{name}/migration/stop",
-        "/dbaas-postgres/{name}/migration/stop",
-        "stop-dbaas-pg-migration",
-    ),
-    (
         "GET",
         "/dbaas-settings-clickhouse",
         "/dbaas-settings-clickhouse",

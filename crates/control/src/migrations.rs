@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::control::Control;
 use crate::error::ControlError;
 use crate::input::{boolean, int_in, InputError, ServiceName};
+use crate::model::OperationRecord;
 use crate::store;
 
 /// The document's `enum-migration-status`.
@@ -101,6 +102,8 @@ pub struct MigrationRecord {
 /// password out.
 #[derive(Clone, PartialEq)]
 pub struct MigrationSpec {
+    /// `dump` (default) or `replication`.
+    pub method: String,
     /// Source host.
     pub host: String,
     /// Source port.
@@ -120,6 +123,7 @@ pub struct MigrationSpec {
 impl std::fmt::Debug for MigrationSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MigrationSpec")
+            .field("method", &self.method)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
@@ -183,14 +187,9 @@ impl MigrationSpec {
             .filter(|v| !v.is_null())
             .ok_or_else(|| InputError::new("migration.port", "missing required field"))?;
         let port = int_in("migration.port", port, 1, 65535)? as u16;
-        match text(obj, "method", 32)?.as_deref() {
-            None | Some("dump") => {}
-            Some("replication") => {
-                return Err(InputError::new(
-                    "migration.method",
-                    "`replication` is not served by pgbay yet; use `dump`",
-                ))
-            }
+        let method = match text(obj, "method", 32)?.as_deref() {
+            None | Some("dump") => "dump",
+            Some("replication") => "replication",
             Some(other) => {
                 return Err(InputError::new(
                     "migration.method",
@@ -198,6 +197,7 @@ impl MigrationSpec {
                 ))
             }
         }
+        .to_string();
         let ssl = match obj.get("ssl").filter(|v| !v.is_null()) {
             Some(v) => boolean("migration.ssl", v)?,
             None => true,
@@ -212,6 +212,7 @@ impl MigrationSpec {
             })
             .unwrap_or_default();
         Ok(MigrationSpec {
+            method,
             host,
             port,
             username: text(obj, "username", 63)?,
@@ -235,7 +236,7 @@ impl Control {
     pub(crate) fn new_migration(&self, service: &str, spec: &MigrationSpec) -> MigrationRecord {
         MigrationRecord {
             service: service.to_string(),
-            method: "dump".to_string(),
+            method: spec.method.clone(),
             host: spec.host.clone(),
             port: spec.port,
             username: spec.username.clone(),
@@ -322,14 +323,9 @@ impl Control {
         Ok(())
     }
 
-    async fn run_migration(&self, m: &mut MigrationRecord) -> Result<(), ControlError> {
-        let name = ServiceName::parse("name", &m.service)?;
-        let s = self.existing(&name).await?;
-        if !self.provisioner(&s).runs_server() {
-            m.error = Some("migration needs a cluster run by pgbay, not an external server".into());
-            return Err(ControlError::Conflict(m.error.clone().unwrap_or_default()));
-        }
-        let src = Source {
+    /// The source of `m`, password opened.
+    fn source_of(&self, m: &MigrationRecord) -> Result<Source, ControlError> {
+        Ok(Source {
             host: m.host.clone(),
             port: m.port,
             user: m.username.clone().unwrap_or_else(|| "postgres".into()),
@@ -339,7 +335,17 @@ impl Control {
             },
             dbname: m.dbname.clone(),
             ssl: m.ssl,
-        };
+        })
+    }
+
+    async fn run_migration(&self, m: &mut MigrationRecord) -> Result<(), ControlError> {
+        let name = ServiceName::parse("name", &m.service)?;
+        let s = self.existing(&name).await?;
+        if !self.provisioner(&s).runs_server() {
+            m.error = Some("migration needs a cluster run by pgbay, not an external server".into());
+            return Err(ControlError::Conflict(m.error.clone().unwrap_or_default()));
+        }
+        let src = self.source_of(m)?;
         let admin = self.primary_target(&s).await?;
         let target = Target {
             host: admin.host.clone(),
@@ -347,7 +353,7 @@ impl Control {
             user: admin.user.clone(),
             password: admin.password.clone(),
         };
-        tracing::info!(source = %format!("{:?}", src.address()), "migration by dump started");
+        tracing::info!(source = %format!("{:?}", src.address()), method = %m.method, "migration started");
         let prov = self.inner.prov.clone();
         let (p, n, sr, ig) = (
             prov.clone(),
@@ -355,18 +361,42 @@ impl Control {
             src.clone(),
             m.ignore_dbs.clone(),
         );
-        let dbs =
-            match tokio::task::spawn_blocking(move || migrate::dump::databases(&p, &n, &sr, &ig))
-                .await?
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    m.status = MigrationStatus::Failed;
-                    m.error = Some(e.to_string());
-                    self.save_migration(m).await?;
-                    return Ok(());
-                }
+        let check = m.method == "replication";
+        let listed = tokio::task::spawn_blocking(move || {
+            let dbs = migrate::dump::databases(&p, &n, &sr, &ig)?;
+            let first = sr.dbname.clone().unwrap_or_else(|| "postgres".into());
+            let why_not = match check {
+                true => migrate::logical::cannot_replicate(&p, &n, &sr, &first)?,
+                false => None,
             };
+            Ok::<_, migrate::MigrateError>((dbs, why_not))
+        })
+        .await?;
+        let (dbs, why_not) = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                m.status = MigrationStatus::Failed;
+                m.error = Some(e.to_string());
+                self.save_migration(m).await?;
+                return Ok(());
+            }
+        };
+        let su = self.internal_target(&s).await?;
+        if m.method == "replication" {
+            let why_not = match (&su, why_not) {
+                (None, _) => {
+                    Some("this service's cluster has no pgbay superuser to subscribe with".into())
+                }
+                (Some(_), w) => w,
+            };
+            if let Some(why) = why_not {
+                tracing::info!(reason = %why, "replication not possible; migrating by dump");
+                m.method = "dump".into();
+                m.error = Some(format!(
+                    "replication is not possible: {why}; copied by dump instead"
+                ));
+            }
+        }
         m.details = dbs
             .iter()
             .map(|d| MigrationDetail {
@@ -380,8 +410,10 @@ impl Control {
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get().min(4) as u32)
             .unwrap_or(2);
-        for i in 0..dbs.len() {
-            let db = dbs[i].clone();
+        let replicate = m.method == "replication";
+        let mut failed = None;
+        for (i, db) in dbs.iter().enumerate() {
+            let db = db.clone();
             let outcome = match self.ensure_migrated_database(&s, &db).await {
                 Ok(()) => {
                     let (p, n, sr, t, d) = (
@@ -391,35 +423,175 @@ impl Control {
                         target.clone(),
                         db.clone(),
                     );
-                    tokio::task::spawn_blocking(move || {
-                        migrate::dump::copy_database(&p, &n, &sr, &t, &d, jobs)
+                    let slot = migrate::logical::slot_name(&s.id, &db);
+                    let copied = tokio::task::spawn_blocking(move || {
+                        migrate::dump::copy_database(&p, &n, &sr, &t, &d, jobs, replicate)?;
+                        if replicate {
+                            migrate::logical::publish(&p, &n, &sr, &d, &slot)?;
+                            return migrate::logical::write_passfile(&p, &n, &sr).map(Some);
+                        }
+                        Ok(None)
                     })
-                    .await?
+                    .await?;
+                    match (copied, &su) {
+                        (Ok(Some(passfile)), Some(su)) => {
+                            let slot = migrate::logical::slot_name(&s.id, &db);
+                            migrate::logical::subscribe(su, &src, &db, &slot, &passfile).await
+                        }
+                        (Ok(_), _) => Ok(()),
+                        (Err(e), _) => Err(e),
+                    }
                     .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(format!("creating database {db:?} on the service: {e}")),
             };
             let detail = &mut m.details[i];
             match outcome {
-                Ok(()) => detail.status = MigrationStatus::Done,
+                Ok(()) if !replicate => detail.status = MigrationStatus::Done,
+                Ok(()) => {}
                 Err(e) => {
                     detail.status = MigrationStatus::Failed;
                     detail.error = Some(e.clone());
-                    if m.error.is_none() {
-                        m.error = Some(e);
-                    }
+                    failed.get_or_insert(e);
                 }
             }
             self.save_migration(m).await?;
         }
-        m.status = if m.error.is_some() {
-            MigrationStatus::Failed
-        } else {
-            MigrationStatus::Done
-        };
+        if let Some(e) = failed {
+            m.status = MigrationStatus::Failed;
+            m.error = Some(e);
+        } else if !replicate {
+            m.status = MigrationStatus::Done;
+        }
         self.save_migration(m).await?;
-        tracing::info!(status = m.status.as_str(), "migration ended");
+        if replicate && m.status == MigrationStatus::Running {
+            if let Some(su) = &su {
+                self.follow_initial_copy(&s, su).await?;
+            }
+        }
+        tracing::info!("migration copy ended");
         Ok(())
+    }
+
+    /// Waits until every subscription of the migration of `s` has copied its tables, marking each
+    /// database `syncing` as it gets there and the migration `syncing` when all have; ends early
+    /// if the migration is stopped meanwhile.
+    async fn follow_initial_copy(
+        &self,
+        s: &crate::model::ServiceRecord,
+        su: &pgbay_cluster::admin::AdminTarget,
+    ) -> Result<(), ControlError> {
+        let name = ServiceName::parse("name", &s.name)?;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let (_g, _) = self.lock_existing(&name).await?;
+            let Some(mut m) = self.inner.store.migration(&s.name).await? else {
+                return Ok(());
+            };
+            if m.status != MigrationStatus::Running {
+                return Ok(());
+            }
+            let mut changed = false;
+            for d in m
+                .details
+                .iter_mut()
+                .filter(|d| d.status == MigrationStatus::Running)
+            {
+                let slot = migrate::logical::slot_name(&s.id, &d.dbname);
+                if migrate::logical::initial_copy_done(su, &d.dbname, &slot)
+                    .await
+                    .unwrap_or(false)
+                {
+                    d.status = MigrationStatus::Syncing;
+                    changed = true;
+                }
+            }
+            if m.details
+                .iter()
+                .all(|d| d.status != MigrationStatus::Running)
+            {
+                m.status = MigrationStatus::Syncing;
+                self.save_migration(&mut m).await?;
+                return Ok(());
+            }
+            if changed {
+                self.save_migration(&mut m).await?;
+            }
+        }
+    }
+
+    /// `POST /dbaas-postgres/{name}/migration/stop`: ends a replication migration (sequences
+    /// synchronised once, subscriptions and their slots on the source dropped, publications
+    /// dropped); 409 if the service has no replication to stop.
+    pub async fn stop_migration(
+        &self,
+        name: &ServiceName,
+    ) -> Result<OperationRecord, ControlError> {
+        let (guard, s) = self.lock_existing(name).await?;
+        let mut m = self
+            .inner
+            .store
+            .migration(name.as_str())
+            .await?
+            .ok_or_else(|| ControlError::NotFound(format!("service {name} has no migration")))?;
+        let active: Vec<usize> = (0..m.details.len())
+            .filter(|&i| {
+                let d = &m.details[i];
+                d.method == "replication"
+                    && matches!(
+                        d.status,
+                        MigrationStatus::Running | MigrationStatus::Syncing
+                    )
+            })
+            .collect();
+        if active.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "service {name} has no replication to stop (migration {})",
+                m.status.as_str()
+            )));
+        }
+        let su = self.internal_target(&s).await?.ok_or_else(|| {
+            ControlError::internal("replication migration on a cluster without pgbay's superuser")
+        })?;
+        let src = self.source_of(&m)?;
+        let prov = self.inner.prov.clone();
+        let mut failed = None;
+        for i in active {
+            let db = m.details[i].dbname.clone();
+            let slot = migrate::logical::slot_name(&s.id, &db);
+            match migrate::logical::stop(&prov, &s.name, &su, &src, &db, &slot).await {
+                Ok(()) => m.details[i].status = MigrationStatus::Done,
+                Err(e) => {
+                    m.details[i].status = MigrationStatus::Failed;
+                    m.details[i].error = Some(e.to_string());
+                    failed.get_or_insert(e.to_string());
+                }
+            }
+        }
+        migrate::logical::remove_passfile(&prov, &s.name);
+        let message = match &failed {
+            None => {
+                m.status = MigrationStatus::Done;
+                format!("migration of service {name} stopped: replication ended, sequences synchronised")
+            }
+            Some(e) => {
+                m.status = MigrationStatus::Failed;
+                m.error = Some(e.clone());
+                format!("migration of service {name} stopped with an error: {e}")
+            }
+        };
+        self.save_migration(&mut m).await?;
+        let tx = self.inner.store.begin().await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                crate::operations::OperationKind::UpdateService,
+                message,
+            )
+            .await?;
+        drop(guard);
+        self.settle(op).await
     }
 
     /// Creates database `db` on the service (owned by its admin) and records it, unless it

@@ -206,6 +206,7 @@ fn new_service() -> NewService {
         pg_settings: None,
         work_mem: None,
         shared_buffers_percentage: None,
+        migration: None,
     }
 }
 

@@ -50,7 +50,8 @@ pub fn databases(
 }
 
 /// Copies database `db` of `src` into the existing, empty database `db` of the service, with
-/// `jobs` parallel jobs on each side.
+/// `jobs` parallel jobs on each side: everything, or its schema only (`schema_only`, before a
+/// subscription copies the rows).
 pub fn copy_database(
     prov: &LocalProvisioner,
     service: &str,
@@ -58,6 +59,7 @@ pub fn copy_database(
     target: &Target,
     db: &str,
     jobs: u32,
+    schema_only: bool,
 ) -> Result<(), MigrateError> {
     let dir = prov.service_dir(service).join(DUMP_DIR);
     remove_dump(&dir)?;
@@ -65,6 +67,9 @@ pub fn copy_database(
     let mut dump = prov.command(service, "pg_dump")?;
     src.env(&mut dump, db);
     dump.args(["-Fd", "-j", &jobs, "--no-sync", "-f", DUMP_DIR]);
+    if schema_only {
+        dump.arg("--schema-only");
+    }
     let result = run(
         dump,
         "pg_dump",

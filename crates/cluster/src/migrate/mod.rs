@@ -3,6 +3,7 @@
 //! through their environment (`PGPASSWORD` of the child), never their argv.
 
 pub mod dump;
+pub mod logical;
 
 use std::process::Command;
 

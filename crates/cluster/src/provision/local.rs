@@ -118,7 +118,7 @@ impl LocalProvisioner {
 
     /// The owner of the service directory of `name`: the service's OS user when pgbay is root
     /// (never root itself: a directory root owns is refused rather than run as root).
-    fn owner(&self, name: &str) -> Result<Owner, ProvisionError> {
+    pub(crate) fn owner(&self, name: &str) -> Result<Owner, ProvisionError> {
         use std::os::unix::fs::MetadataExt;
         if !self.isolate {
             return Ok(None);

@@ -274,3 +274,29 @@ def test_replication_from_a_source_that_cannot_falls_back_to_dump(client):
         assert psql_ok(svc.uri_for(dbname="app"), "SELECT count(*) FROM t") == ["100"]
     finally:
         src.close()
+
+
+def test_migration_started_by_update(client, source):
+    name = unique("migput")
+    svc = provision(client, name)
+    op = client.update_dbaas_service_pg(name=name, migration=source.migration(dbname="extra"))
+    from conftest import ok
+    ok(client, op)
+    st = wait_migration(client, name)
+    assert st["status"] == "done", st
+    assert psql_ok(svc.uri_for(dbname="extra"), "SELECT count(*) FROM notes") == ["2"]
+    with api_error(400, "migration.method"):
+        client.update_dbaas_service_pg(name=name, migration={"host": "h", "port": 1, "method": "x"})
+
+
+def test_deleting_a_replicating_service_leaves_no_slot_on_the_source(client, source):
+    psql_ok(source.uri(), "CREATE DATABASE gone")
+    psql_ok(source.uri("gone"), "CREATE TABLE t (id int PRIMARY KEY)")
+    name = unique("migdel")
+    provision(client, name, migration=source.migration(method="replication", dbname="gone"))
+    assert wait_migration(client, name, until=("syncing",))["status"] == "syncing"
+    assert psql_ok(source.uri("gone"), "SELECT count(*) FROM pg_replication_slots") == ["1"]
+    from conftest import ok
+    ok(client, client.delete_dbaas_service_pg(name=name))
+    assert psql_ok(source.uri("gone"), "SELECT count(*) FROM pg_replication_slots") == ["0"]
+    assert psql_ok(source.uri("gone"), "SELECT count(*) FROM pg_publication") == ["0"]

@@ -131,6 +131,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
             "pg-settings",
             "work-mem",
             "shared-buffers-percentage",
+            "migration",
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
@@ -143,6 +144,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         PgbouncerPatch::parse(f, obj)
     })?;
     Ok(ServiceUpdate {
+        migration: opt(body, "migration", MigrationSpec::parse)?,
         pg_settings: opt(body, "pg-settings", PgSettingsPatch::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(

@@ -57,6 +57,8 @@ pub struct ServiceUpdate {
     pub work_mem: Option<u32>,
     /// New `shared-buffers-percentage`.
     pub shared_buffers_percentage: Option<u32>,
+    /// Start a migration from this server (none may be running or replicating).
+    pub migration: Option<crate::migrations::MigrationSpec>,
 }
 
 /// `POST .../database`.

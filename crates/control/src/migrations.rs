@@ -215,13 +215,17 @@ impl MigrationSpec {
             method,
             host,
             port,
-            username: text(obj, "username", 63)?,
+            username: text(obj, "username", 255)?,
             password: match obj.get("password").filter(|v| !v.is_null()) {
-                Some(v) => Some(
-                    v.as_str()
-                        .ok_or_else(|| InputError::new("migration.password", "must be a string"))?
-                        .to_string(),
-                ),
+                Some(v) => match v.as_str() {
+                    Some(p) if !p.is_empty() && p.chars().count() <= 255 => Some(p.to_string()),
+                    _ => {
+                        return Err(InputError::new(
+                            "migration.password",
+                            "must be a string of 1 to 255 characters",
+                        ))
+                    }
+                },
                 None => None,
             },
             dbname: text(obj, "dbname", 63)?,
@@ -249,6 +253,82 @@ impl Control {
             details: Vec::new(),
             updated_at: Utc::now(),
         }
+    }
+
+    /// Refuses a migration into `s` (`PUT` with `migration`) on an external server, before the
+    /// service runs, or while a migration of it is running or replicating.
+    pub(crate) async fn check_can_migrate(
+        &self,
+        s: &crate::model::ServiceRecord,
+    ) -> Result<(), ControlError> {
+        if !self.provisioner(s).runs_server() {
+            return Err(InputError::new(
+                "migration",
+                "cannot be set: services on an external server are not migrated into",
+            )
+            .into());
+        }
+        if s.state != crate::model::ServiceState::Running {
+            return Err(ControlError::Conflict(format!(
+                "service {} is still being provisioned",
+                s.name
+            )));
+        }
+        if let Some(m) = self.inner.store.migration(&s.name).await? {
+            let replicating = m.details.iter().any(|d| {
+                d.method == "replication"
+                    && matches!(
+                        d.status,
+                        MigrationStatus::Running | MigrationStatus::Syncing
+                    )
+            });
+            if m.status == MigrationStatus::Running || replicating {
+                return Err(ControlError::Conflict(format!(
+                    "a migration of service {} is {}; stop it first",
+                    s.name,
+                    m.status.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a service is deleted, its replication migration (if any) is ended so that no slot
+    /// is left holding WAL on the source; best effort, failures are logged.
+    pub(crate) async fn end_replication_before_delete(&self, s: &crate::model::ServiceRecord) {
+        let Ok(Some(m)) = self.inner.store.migration(&s.name).await else {
+            return;
+        };
+        let Ok(Some(su)) = self.internal_target(s).await else {
+            return;
+        };
+        let Ok(src) = self.source_of(&m) else { return };
+        for d in m.details.iter().filter(|d| {
+            d.method == "replication"
+                && matches!(
+                    d.status,
+                    MigrationStatus::Running | MigrationStatus::Syncing
+                )
+        }) {
+            let slot = migrate::logical::slot_name(&s.id, &d.dbname);
+            if let Err(e) =
+                migrate::logical::stop(&self.inner.prov, &s.name, &su, &src, &d.dbname, &slot).await
+            {
+                tracing::warn!(service = %s.name, error = %e, "ending replication of a deleted service");
+            }
+        }
+    }
+
+    /// Records a new migration of the running service `s` and starts it.
+    pub(crate) async fn start_migration(
+        &self,
+        s: &crate::model::ServiceRecord,
+        spec: &MigrationSpec,
+    ) -> Result<(), ControlError> {
+        let mut m = self.new_migration(&s.name, spec);
+        self.save_migration(&mut m).await?;
+        self.spawn_migration(s.name.clone());
+        Ok(())
     }
 
     /// `GET /dbaas-migration-status/{name}`.

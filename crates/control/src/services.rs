@@ -300,6 +300,9 @@ impl Control {
         let (guard, mut s) = self.lock_existing(name).await?;
         let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
+        if update.migration.is_some() {
+            self.check_can_migrate(&s).await?;
+        }
         let prov = self.provisioner(&s);
         if !prov.runs_server() {
             Self::refuse_config_on_external(
@@ -358,6 +361,9 @@ impl Control {
                 )
                 .await?;
             // The restart writes pg_hba.conf from the new ip-filter as it starts the cluster.
+            if let Some(spec) = &update.migration {
+                self.start_migration(&s, spec).await?;
+            }
             self.spawn_restart(guard, before, s, op.clone(), changed);
             return Ok(op);
         }
@@ -387,6 +393,9 @@ impl Control {
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
+        }
+        if let Some(spec) = &update.migration {
+            self.start_migration(&s, spec).await?;
         }
         let op = self.settle(op).await;
         drop(guard);
@@ -544,6 +553,7 @@ impl Control {
                 "service {name} has termination protection enabled"
             )));
         }
+        self.end_replication_before_delete(&s).await;
         let mut tx = self.inner.store.begin().await?;
         store::delete_service(&mut tx, &s.name).await?;
         let op = self

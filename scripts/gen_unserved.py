@@ -32,6 +32,7 @@ SERVED = {
     ("post", "/dbaas-postgres/{service}/upgrade-check"),
     ("get", "/dbaas-migration-status/{name}"),
     ("post", "/dbaas-postgres/{name}/migration/stop"),
+    ("post", "/dbaas-task-migration-check/{service}"), ("get", "/dbaas-task/{service}/{id}"),
 }
 
 spec = json.load(open(sys.argv[1]))

@@ -300,3 +300,50 @@ def test_deleting_a_replicating_service_leaves_no_slot_on_the_source(client, sou
     ok(client, client.delete_dbaas_service_pg(name=name))
     assert psql_ok(source.uri("gone"), "SELECT count(*) FROM pg_replication_slots") == ["0"]
     assert psql_ok(source.uri("gone"), "SELECT count(*) FROM pg_publication") == ["0"]
+
+
+def check(client, service: str, **body) -> dict:
+    from conftest import ok
+    op = ok(client, client.create_dbaas_task_migration_check(service=service, **body))
+    assert op["reference"]["command"] == "get-dbaas-task", op
+    return client.get_dbaas_task(service=service, id=op["reference"]["id"])
+
+
+def test_migration_check_names_each_problem(server, client, source, service):
+    task = check(client, service.name, source_service_uri=source.uri(), method="replication")
+    assert task["success"] is True, task
+    assert task["task-type"] == "migration_check" and "all checks passed" in task["result"], task
+
+    task = check(client, service.name, source_service_uri=source.uri(password="wrong-password"))
+    assert task["success"] is False, task
+    assert "password authentication failed" in task["result"], task
+    assert "wrong-password" not in str(task) and "wrong-password" not in server.log_text()
+
+    closed = free_api_port()
+    task = check(client, service.name,
+                 source_service_uri=f"postgres://postgres:x@127.0.0.1:{closed}/postgres")
+    assert task["success"] is False and f"port {closed} failed" in task["result"], task
+
+    task = check(client, service.name, source_service_uri=source.uri("nosuchdb"))
+    assert task["success"] is False and '"nosuchdb" does not exist' in task["result"], task
+
+    # TLS asked of a source that has none.
+    task = check(client, service.name, source_service_uri=source.uri().replace(
+        "sslmode=disable", "sslmode=require"))
+    assert task["success"] is False and "SSL" in task["result"], task
+
+    replica = SourcePg(wal_level="replica")
+    try:
+        task = check(client, service.name, source_service_uri=replica.uri(), method="replication")
+        assert task["success"] is False, task
+        assert "wal_level of the source is replica" in task["result"], task
+    finally:
+        replica.close()
+
+    with api_error(400, "source-service-uri"):
+        client.create_dbaas_task_migration_check(service=service.name, source_service_uri="mysql://x")
+    with api_error(400, "method"):
+        client.create_dbaas_task_migration_check(service=service.name,
+                                                 source_service_uri=source.uri(), method="copy")
+    with api_error(404, "not found"):
+        client.get_dbaas_task(service=service.name, id="00000000-0000-0000-0000-000000000000")

@@ -114,6 +114,11 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
             "/dbaas-postgres/{name}/migration/stop",
             post(h::stop_migration),
         )
+        .route(
+            "/dbaas-task-migration-check/{name}",
+            post(h::migration_check),
+        )
+        .route("/dbaas-task/{name}/{id}", get(h::get_task))
         .route("/dbaas-settings-pg", get(h::settings))
         .route("/dbaas-ca-certificate", get(h::ca_certificate));
     let v2 = unserved_routes(v2)

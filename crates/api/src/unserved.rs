@@ -605,18 +605,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "get-dbaas-settings-valkey",
     ),
     (
-        "POST",
-        "/dbaas-task-migration-check/{service}",
-        "/dbaas-task-migration-check/{name}",
-        "create-dbaas-task-migration-check",
-    ),
-    (
-        "GET",
-        "/dbaas-task/{service}/{id}",
-        "/dbaas-task/{name}/{p2}",
-        "get-dbaas-task",
-    ),
-    (
         "DELETE",
         "/dbaas-thanos/{name}",
         "/dbaas-thanos/{name}",

@@ -16,3 +16,13 @@ CREATE TABLE migrations (
     details TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+
+-- Migration checks (POST /dbaas-task-migration-check): the document's dbaas-task, kept so that
+-- GET /dbaas-task/{service}/{id} reads it. result: what was found, in words.
+CREATE TABLE migration_tasks (
+    id TEXT PRIMARY KEY NOT NULL,
+    service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+    success INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);

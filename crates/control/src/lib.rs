@@ -55,7 +55,9 @@ pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
-pub use migrations::{MigrationDetail, MigrationRecord, MigrationSpec, MigrationStatus};
+pub use migrations::{
+    MigrationCheck, MigrationDetail, MigrationRecord, MigrationSpec, MigrationStatus, MigrationTask,
+};
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };

@@ -98,6 +98,96 @@ pub struct MigrationRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A finished migration check (the document's `dbaas-task`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationTask {
+    /// Task id.
+    pub id: uuid::Uuid,
+    /// The service it was asked for.
+    pub service: String,
+    /// No problem found.
+    pub success: bool,
+    /// Each problem found, or what was seen when none was.
+    pub result: String,
+    /// When it ran.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The body of `POST /dbaas-task-migration-check/{service}`, parsed. Its `Debug` leaves the URI
+/// (and its password) out.
+#[derive(Clone)]
+pub struct MigrationCheck {
+    /// The source, from `source-service-uri`.
+    pub source: Source,
+    /// `method` is `replication`.
+    pub replication: bool,
+}
+
+impl std::fmt::Debug for MigrationCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrationCheck")
+            .field("source", &self.source)
+            .field("replication", &self.replication)
+            .finish()
+    }
+}
+
+impl MigrationCheck {
+    /// Reads `source-service-uri` (required), `method` and `ignore-dbs`.
+    pub fn parse(body: &serde_json::Map<String, Value>) -> Result<MigrationCheck, InputError> {
+        if let Some(k) = body
+            .keys()
+            .find(|k| !["source-service-uri", "method", "ignore-dbs"].contains(&k.as_str()))
+        {
+            return Err(InputError {
+                field: k.clone(),
+                message: format!("unknown or unsupported field `{k}`"),
+            });
+        }
+        let f = "source-service-uri";
+        let uri = body
+            .get(f)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| InputError::new(f, "missing required field"))?
+            .as_str()
+            .ok_or_else(|| InputError::new(f, "must be a string"))?;
+        if uri.is_empty() || uri.chars().count() > 512 {
+            return Err(InputError::new(f, "must be 1 to 512 characters"));
+        }
+        let source = migrate::check::source_from_uri(uri).ok_or_else(|| {
+            InputError::new(
+                f,
+                "must be a URI postgres://user:password@host:port/dbname[?sslmode=require]",
+            )
+        })?;
+        let replication = match body.get("method").filter(|v| !v.is_null()) {
+            None => false,
+            Some(v) => match v.as_str() {
+                Some("dump") => false,
+                Some("replication") => true,
+                _ => {
+                    return Err(InputError::new(
+                        "method",
+                        format!("must be dump or replication, got {v}"),
+                    ))
+                }
+            },
+        };
+        if let Some(v) = body.get("ignore-dbs").filter(|v| !v.is_null()) {
+            if !v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 2048) {
+                return Err(InputError::new(
+                    "ignore-dbs",
+                    "must be a string of 1 to 2048 characters",
+                ));
+            }
+        }
+        Ok(MigrationCheck {
+            source,
+            replication,
+        })
+    }
+}
+
 /// The `migration` object of `POST /dbaas-postgres/{name}`, parsed. Its `Debug` leaves the
 /// password out.
 #[derive(Clone, PartialEq)]
@@ -329,6 +419,77 @@ impl Control {
         self.save_migration(&mut m).await?;
         self.spawn_migration(s.name.clone());
         Ok(())
+    }
+
+    /// `POST /dbaas-task-migration-check/{service}`: runs the checks at once (each connection
+    /// bounded by a 10 s connect timeout) and records the task; its operation references it.
+    pub async fn migration_check(
+        &self,
+        name: &ServiceName,
+        check: MigrationCheck,
+    ) -> Result<OperationRecord, ControlError> {
+        let s = self.existing(name).await?;
+        if !self.provisioner(&s).runs_server() {
+            return Err(ControlError::Conflict(format!(
+                "service {name} is on an external server, which pgbay does not migrate into"
+            )));
+        }
+        if s.state != crate::model::ServiceState::Running {
+            return Err(ControlError::Conflict(format!(
+                "service {name} is still being provisioned"
+            )));
+        }
+        let major: u32 = s.version.parse().unwrap_or(0);
+        let (p, n) = (self.inner.prov.clone(), s.name.clone());
+        let report = tokio::task::spawn_blocking(move || {
+            migrate::check::check(&p, &n, &check.source, major, check.replication)
+        })
+        .await?
+        .map_err(ControlError::internal)?;
+        let success = report.problems.is_empty();
+        let task = MigrationTask {
+            id: uuid::Uuid::new_v4(),
+            service: s.name.clone(),
+            success,
+            result: if success {
+                format!("all checks passed: {}", report.seen.join("; "))
+            } else {
+                report.problems.join("; ")
+            },
+            created_at: Utc::now(),
+        };
+        let op = OperationRecord {
+            id: uuid::Uuid::new_v4(),
+            state: crate::model::OpState::Success,
+            reason: None,
+            message: format!("migration check of service {name} done"),
+            ref_id: task.id,
+            ref_link: format!("/v2/dbaas-task/{}/{}", s.name, task.id),
+            ref_command: "get-dbaas-task".into(),
+            kind: crate::operations::OperationKind::Maintenance,
+            service: s.name.clone(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        store::insert_migration_task(&mut tx, &task).await?;
+        store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        Ok(op)
+    }
+
+    /// `GET /dbaas-task/{service}/{id}`.
+    pub async fn migration_task(
+        &self,
+        name: &ServiceName,
+        id: &str,
+    ) -> Result<MigrationTask, ControlError> {
+        self.existing(name).await?;
+        let missing = || ControlError::NotFound(format!("task {id} of service {name} not found"));
+        let id = uuid::Uuid::parse_str(id).map_err(|_| missing())?;
+        self.inner
+            .store
+            .migration_task(name.as_str(), id)
+            .await?
+            .ok_or_else(missing)
     }
 
     /// `GET /dbaas-migration-status/{name}`.

@@ -39,7 +39,7 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 mod migrations;
-pub use migrations::upsert_migration;
+pub use migrations::{insert_migration_task, upsert_migration};
 
 /// Handle on the SQLite database.
 #[derive(Debug, Clone)]

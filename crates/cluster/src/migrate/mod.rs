@@ -2,6 +2,7 @@
 //! reaches it, and the copy by dump (`dump`). The source's password reaches the programs only
 //! through their environment (`PGPASSWORD` of the child), never their argv.
 
+pub mod check;
 pub mod dump;
 pub mod logical;
 

@@ -5,7 +5,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
 use super::{ts, Result, Store, StoreError};
-use crate::migrations::{MigrationDetail, MigrationRecord, MigrationStatus};
+use crate::migrations::{MigrationDetail, MigrationRecord, MigrationStatus, MigrationTask};
 
 fn migration_from_row(r: &SqliteRow) -> Result<MigrationRecord> {
     let port: i64 = r.try_get("port")?;
@@ -70,6 +70,49 @@ pub async fn upsert_migration(c: &mut SqliteConnection, m: &MigrationRecord) -> 
     .bind(&m.error)
     .bind(details)
     .bind(m.updated_at.to_rfc3339())
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// A migration check of `service`.
+    pub async fn migration_task(
+        &self,
+        service: &str,
+        id: uuid::Uuid,
+    ) -> Result<Option<MigrationTask>> {
+        let row = sqlx::query("SELECT * FROM migration_tasks WHERE service = $1 AND id = $2")
+            .bind(service)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let id: String = r.try_get("id")?;
+            let success: i64 = r.try_get("success")?;
+            Ok(MigrationTask {
+                id: uuid::Uuid::parse_str(&id).map_err(|_| StoreError::Corrupt("task id"))?,
+                service: r.try_get("service")?,
+                success: success != 0,
+                result: r.try_get("result")?,
+                created_at: ts(r.try_get("created_at")?)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Records a finished migration check.
+pub async fn insert_migration_task(c: &mut SqliteConnection, t: &MigrationTask) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO migration_tasks (id, service, success, result, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(t.id.to_string())
+    .bind(&t.service)
+    .bind(i64::from(t.success))
+    .bind(&t.result)
+    .bind(t.created_at.to_rfc3339())
     .execute(&mut *c)
     .await?;
     Ok(())

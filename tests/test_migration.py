@@ -347,3 +347,19 @@ def test_migration_check_names_each_problem(server, client, source, service):
                                                  source_service_uri=source.uri(), method="copy")
     with api_error(404, "not found"):
         client.get_dbaas_task(service=service.name, id="00000000-0000-0000-0000-000000000000")
+
+
+def test_cli_create_with_migrate_from(server, client, source):
+    from test_cli import pgbay, fails
+    name = unique("migcli")
+    # The password comes from PGPASSWORD, so the URI on the command line carries none.
+    uri = f"postgres://postgres@127.0.0.1:{source.port}/extra"
+    pgbay(server, "service", "create", name, "--plan", "startup-4", "--migrate-from", uri,
+          PGPASSWORD=SOURCE_PASSWORD)
+    st = wait_migration(client, name)
+    assert st["status"] == "done" and [d["dbname"] for d in st["details"]] == ["extra"], st
+    svc = client.get_dbaas_service_pg(name=name)
+    assert "extra" in svc["databases"]
+    err = fails(server, "service", "create", unique("migcli"), "--plan", "startup-4",
+                "--migrate-from", "mysql://x")
+    assert "--migrate-from" in err, err

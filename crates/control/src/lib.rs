@@ -63,7 +63,7 @@ pub use model::{
 };
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbay_cluster::provision::{external, local};
-pub use pgbay_cluster::{admin, os_users, ExternalServer};
+pub use pgbay_cluster::{admin, migrate, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};

@@ -15,8 +15,16 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
         ServiceAction::Create {
             name,
             plan,
+            migrate_from,
+            migration_method,
             no_wait,
-        } => create(ctx, name, plan, *no_wait),
+        } => {
+            let migration = match migrate_from {
+                Some(uri) => Some(migration_body(uri, migration_method)?),
+                None => None,
+            };
+            create(ctx, name, plan, migration, *no_wait)
+        }
         ServiceAction::List => list(ctx),
         ServiceAction::Show { name } => show(ctx, name),
         ServiceAction::Delete { name } => {
@@ -28,11 +36,46 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
     }
 }
 
-fn create(ctx: &Ctx, name: &str, plan: &str, no_wait: bool) -> anyhow::Result<()> {
-    let op = ctx.api.post(
-        &format!("/dbaas-postgres/{}", seg(name)),
-        &json!({ "plan": plan }),
-    )?;
+/// The document's `migration` object from `--migrate-from URI` (password from the URI, else
+/// from `PGPASSWORD`).
+fn migration_body(uri: &str, method: &str) -> anyhow::Result<Value> {
+    let Some(src) = pgbay_control::migrate::check::source_from_uri(uri) else {
+        bail!("--migrate-from: not a URI postgres://USER[:PASSWORD]@HOST[:PORT][/DBNAME]");
+    };
+    let password = match src.password.is_empty() {
+        true => std::env::var("PGPASSWORD").unwrap_or_default(),
+        false => src.password.clone(),
+    };
+    let mut m = json!({
+        "host": src.host,
+        "port": src.port,
+        "username": src.user,
+        "ssl": src.ssl,
+        "method": method,
+    });
+    if !password.is_empty() {
+        m["password"] = json!(password);
+    }
+    if let Some(db) = &src.dbname {
+        m["dbname"] = json!(db);
+    }
+    Ok(m)
+}
+
+fn create(
+    ctx: &Ctx,
+    name: &str,
+    plan: &str,
+    migration: Option<Value>,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let mut body = json!({ "plan": plan });
+    if let Some(m) = migration {
+        body["migration"] = m;
+    }
+    let op = ctx
+        .api
+        .post(&format!("/dbaas-postgres/{}", seg(name)), &body)?;
     if no_wait {
         let id = cell(&op, "id");
         ctx.done(

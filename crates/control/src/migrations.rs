@@ -404,7 +404,7 @@ impl Control {
             if let Err(e) =
                 migrate::logical::stop(&self.inner.prov, &s.name, &su, &src, &d.dbname, &slot).await
             {
-                tracing::warn!(service = %s.name, error = %e, "ending replication of a deleted service");
+                tracing::warn!(service = %s.name, error = ?e.to_string(), "ending replication of a deleted service");
             }
         }
     }
@@ -530,7 +530,7 @@ impl Control {
             };
             let mut m = m;
             if let Err(e) = c.run_migration(&mut m).await {
-                tracing::error!(error = %e, "migration failed");
+                tracing::error!(error = ?e.to_string(), "migration failed");
                 m.status = MigrationStatus::Failed;
                 if m.error.is_none() {
                     m.error = Some(format!("internal error of pgbay: {e}"));
@@ -594,7 +594,7 @@ impl Control {
             user: admin.user.clone(),
             password: admin.password.clone(),
         };
-        tracing::info!(source = %format!("{:?}", src.address()), method = %m.method, "migration started");
+        tracing::info!(source = ?src.address(), method = %m.method, "migration started");
         let prov = self.inner.prov.clone();
         let (p, n, sr, ig) = (
             prov.clone(),
@@ -631,7 +631,7 @@ impl Control {
                 (Some(_), w) => w,
             };
             if let Some(why) = why_not {
-                tracing::info!(reason = %why, "replication not possible; migrating by dump");
+                tracing::info!(reason = ?why, "replication not possible; migrating by dump");
                 m.method = "dump".into();
                 m.error = Some(format!(
                     "replication is not possible: {why}; copied by dump instead"

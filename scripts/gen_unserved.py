@@ -30,6 +30,9 @@ SERVED = {
     ("post", "/dbaas-service-metrics/{service-name}"),
     ("put", "/dbaas-postgres/{name}/maintenance/start"),
     ("post", "/dbaas-postgres/{service}/upgrade-check"),
+    ("get", "/dbaas-migration-status/{name}"),
+    ("post", "/dbaas-postgres/{name}/migration/stop"),
+    ("post", "/dbaas-task-migration-check/{service}"), ("get", "/dbaas-task/{service}/{id}"),
 }
 
 spec = json.load(open(sys.argv[1]))

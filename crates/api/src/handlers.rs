@@ -370,3 +370,41 @@ pub async fn metrics(
     }
     Ok(out)
 }
+
+/// `GET /dbaas-migration-status/{name}`
+pub async fn migration_status(State(c): State<Control>, p: Params) -> ApiResult {
+    let m = c.migration_status(&service(&p, "name")?).await?;
+    Ok(Json(views::migration_status(&m)))
+}
+
+/// `POST /dbaas-postgres/{name}/migration/stop`
+pub async fn stop_migration(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c.stop_migration(&service(&p, "name")?).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `POST /dbaas-task-migration-check/{service}`
+pub async fn migration_check(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    let check = pgbay_control::MigrationCheck::parse(&b)?;
+    let op = c.migration_check(&service(&p, "service")?, check).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /dbaas-task/{service}/{id}`
+pub async fn get_task(State(c): State<Control>, p: Params) -> ApiResult {
+    let t = c
+        .migration_task(&service(&p, "service")?, p.get("id")?)
+        .await?;
+    Ok(Json(json!({
+        "id": t.id.to_string(),
+        "create-time": t.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "result": t.result,
+        "result-codes": [],
+        "success": t.success,
+        "task-type": "migration_check",
+    })))
+}

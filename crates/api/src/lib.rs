@@ -109,6 +109,16 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .route("/dbaas-service-type/{name}", get(h::get_service_type))
         .route("/dbaas-service-logs/{name}", post(h::service_logs))
         .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
+        .route("/dbaas-migration-status/{name}", get(h::migration_status))
+        .route(
+            "/dbaas-postgres/{name}/migration/stop",
+            post(h::stop_migration),
+        )
+        .route(
+            "/dbaas-task-migration-check/{name}",
+            post(h::migration_check),
+        )
+        .route("/dbaas-task/{name}/{id}", get(h::get_task))
         .route("/dbaas-settings-pg", get(h::settings))
         .route("/dbaas-ca-certificate", get(h::ca_certificate));
     let v2 = unserved_routes(v2)

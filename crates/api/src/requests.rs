@@ -11,8 +11,8 @@ use pgbay_control::logs::{LogQuery, SortOrder};
 use pgbay_control::metrics::Period;
 use pgbay_control::pg_settings::{PgSettings, PgSettingsPatch};
 use pgbay_control::{
-    NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch, PgbouncerSettings,
-    PoolUpdate, ServiceUpdate,
+    MigrationSpec, NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch,
+    PgbouncerSettings, PoolUpdate, ServiceUpdate,
 };
 use serde_json::{Map, Value};
 
@@ -98,6 +98,7 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "shared-buffers-percentage",
             "fork-from-service",
             "recovery-backup-time",
+            "migration",
         ],
     )?;
     Ok(NewService {
@@ -107,6 +108,7 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             pgbay_control::input::ServiceName::parse,
         )?,
         recovery_time: opt_str(body, "recovery-backup-time", recovery_time)?,
+        migration: opt(body, "migration", MigrationSpec::parse)?,
         pg_settings: opt(body, "pg-settings", PgSettings::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(
@@ -160,6 +162,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
             "pg-settings",
             "work-mem",
             "shared-buffers-percentage",
+            "migration",
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
@@ -172,6 +175,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         PgbouncerPatch::parse(f, obj)
     })?;
     Ok(ServiceUpdate {
+        migration: opt(body, "migration", MigrationSpec::parse)?,
         pg_settings: opt(body, "pg-settings", PgSettingsPatch::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(

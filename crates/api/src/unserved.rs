@@ -419,12 +419,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "reveal-dbaas-kafka-user-password",
     ),
     (
-        "GET",
-        "/dbaas-migration-status/{name}",
-        "/dbaas-migration-status/{name}",
-        "get-dbaas-migration-status",
-    ),
-    (
         "DELETE",
         "/dbaas-mysql/{name}",
         "/dbaas-mysql/{name}",
@@ -569,12 +563,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "reveal-dbaas-opensearch-user-password",
     ),
     (
-        "POST",
-        "/dbaas-postgres/{name}/migration/stop",
-        "/dbaas-postgres/{name}/migration/stop",
-        "stop-dbaas-pg-migration",
-    ),
-    (
         "GET",
         "/dbaas-settings-clickhouse",
         "/dbaas-settings-clickhouse",
@@ -615,18 +603,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "/dbaas-settings-valkey",
         "/dbaas-settings-valkey",
         "get-dbaas-settings-valkey",
-    ),
-    (
-        "POST",
-        "/dbaas-task-migration-check/{service}",
-        "/dbaas-task-migration-check/{name}",
-        "create-dbaas-task-migration-check",
-    ),
-    (
-        "GET",
-        "/dbaas-task/{service}/{id}",
-        "/dbaas-task/{name}/{p2}",
-        "get-dbaas-task",
     ),
     (
         "DELETE",

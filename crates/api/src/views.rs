@@ -351,6 +351,27 @@ pub fn upgrade_check(c: &pgbay_control::UpgradeCheck) -> Value {
     })
 }
 
+/// The document's `dbaas-migration-status`. The source (and its password) is never shown.
+pub fn migration_status(m: &pgbay_control::MigrationRecord) -> Value {
+    let details: Vec<Value> = m
+        .details
+        .iter()
+        .map(|d| {
+            let mut v =
+                json!({"dbname": d.dbname, "method": d.method, "status": d.status.as_str()});
+            if let Some(e) = &d.error {
+                v["error"] = json!(e);
+            }
+            v
+        })
+        .collect();
+    let mut v = json!({"status": m.status.as_str(), "method": m.method, "details": details});
+    if let Some(e) = &m.error {
+        v["error"] = json!(e);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

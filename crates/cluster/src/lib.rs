@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod etcd;
 pub mod files;
+pub mod migrate;
 pub mod os_users;
 pub mod pgbackrest;
 pub mod provision;

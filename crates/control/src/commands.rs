@@ -38,6 +38,8 @@ pub struct NewService {
     pub fork_from: Option<crate::input::ServiceName>,
     /// The point in time to recover to (`recovery-backup-time`); only with `fork_from`.
     pub recovery_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// A server to copy databases from once the service runs (the document's `migration`).
+    pub migration: Option<crate::migrations::MigrationSpec>,
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.
@@ -59,6 +61,8 @@ pub struct ServiceUpdate {
     pub work_mem: Option<u32>,
     /// New `shared-buffers-percentage`.
     pub shared_buffers_percentage: Option<u32>,
+    /// Start a migration from this server (none may be running or replicating).
+    pub migration: Option<crate::migrations::MigrationSpec>,
 }
 
 /// `POST .../database`.

@@ -35,6 +35,7 @@ mod lifecycle;
 pub mod logs;
 mod maintenance;
 pub mod metrics;
+pub mod migrations;
 pub mod model;
 mod objects;
 mod operations;
@@ -56,13 +57,16 @@ pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
 pub use error::ControlError;
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
+pub use migrations::{
+    MigrationCheck, MigrationDetail, MigrationRecord, MigrationSpec, MigrationStatus, MigrationTask,
+};
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbay_cluster::pgbackrest::Backup;
 pub use pgbay_cluster::provision::{external, local};
-pub use pgbay_cluster::{admin, os_users, ExternalServer};
+pub use pgbay_cluster::{admin, migrate, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};

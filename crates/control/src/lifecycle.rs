@@ -32,6 +32,9 @@ impl Control {
                     }
                 }
                 ServiceState::Running => {
+                    if let Err(e) = self.fail_interrupted_migration(&s.name).await {
+                        tracing::error!(service = %s.name, error = %e, "reading migration");
+                    }
                     if let Err(e) = self.start_cluster(s).await {
                         tracing::error!(service = %s.name, error = %e, "starting cluster");
                     } else if let Err(e) = self.reconcile(s).await {
@@ -259,6 +262,7 @@ impl Control {
         tx.commit().await?;
         tracing::info!(service = %name, port = s.pg_port, "service running");
         self.spawn_first_backup(name);
+        self.spawn_migration(name.to_string());
         let rec = match op {
             Some(id) => self.inner.store.operation(id).await?,
             None => None,

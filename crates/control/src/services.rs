@@ -130,6 +130,13 @@ impl Control {
                 )
                 .into());
             }
+            if new.migration.is_some() {
+                return Err(InputError::new(
+                    "migration",
+                    "cannot be set: services on an external server are not migrated into",
+                )
+                .into());
+            }
             Self::refuse_config_on_external(
                 new.pg_settings.is_some(),
                 new.work_mem.is_some(),
@@ -291,6 +298,9 @@ impl Control {
             }
         }
         store::insert_operation(&mut tx, &op).await?;
+        if let Some(spec) = &new.migration {
+            store::upsert_migration(&mut tx, &self.new_migration(&s.name, spec)).await?;
+        }
         tx.commit().await?;
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");
         self.spawn_provisioning(s.name.clone(), Some(op.id));
@@ -341,6 +351,9 @@ impl Control {
         let (guard, mut s) = self.lock_existing(name).await?;
         let before = s.clone();
         Self::check_version(update.version.as_deref(), &s.version)?;
+        if update.migration.is_some() {
+            self.check_can_migrate(&s).await?;
+        }
         let prov = self.provisioner(&s);
         if !prov.runs_server() {
             Self::refuse_config_on_external(
@@ -399,6 +412,9 @@ impl Control {
                 )
                 .await?;
             // The restart writes pg_hba.conf from the new ip-filter as it starts the cluster.
+            if let Some(spec) = &update.migration {
+                self.start_migration(&s, spec).await?;
+            }
             self.spawn_restart(guard, before, s, op.clone(), changed);
             return Ok(op);
         }
@@ -428,6 +444,9 @@ impl Control {
             if let Err(e) = self.apply_hba(&s).await {
                 tracing::error!(service = %name, error = %e, "applying ip-filter to pg_hba.conf");
             }
+        }
+        if let Some(spec) = &update.migration {
+            self.start_migration(&s, spec).await?;
         }
         let op = self.settle(op).await;
         drop(guard);
@@ -585,6 +604,7 @@ impl Control {
                 "service {name} has termination protection enabled"
             )));
         }
+        self.end_replication_before_delete(&s).await;
         let mut tx = self.inner.store.begin().await?;
         store::delete_service(&mut tx, &s.name).await?;
         let op = self

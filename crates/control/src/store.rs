@@ -58,6 +58,9 @@ pub enum Backend {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+mod migrations;
+pub use migrations::{insert_migration_task, upsert_migration};
+
 /// Handle on the store's database.
 #[derive(Debug, Clone)]
 pub struct Store {

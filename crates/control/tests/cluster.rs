@@ -210,6 +210,7 @@ fn new_service() -> NewService {
         shared_buffers_percentage: None,
         fork_from: None,
         recovery_time: None,
+        migration: None,
     }
 }
 

@@ -230,6 +230,20 @@ pub enum ServiceAction {
         /// Plan, e.g. startup-4.
         #[arg(long)]
         plan: String,
+        /// Copy the databases of this server into the new service:
+        /// postgres://USER[:PASSWORD]@HOST[:PORT][/DBNAME][?sslmode=require]. Keep the password
+        /// out of the command line: set it in the environment twin, or leave it out of the URI
+        /// and set PGPASSWORD.
+        #[arg(
+            long,
+            env = "PGBAY_MIGRATE_FROM",
+            hide_env_values = true,
+            value_name = "URI"
+        )]
+        migrate_from: Option<String>,
+        /// How to migrate: dump, or replication (falls back to dump when the source cannot).
+        #[arg(long, default_value = "dump", requires = "migrate_from")]
+        migration_method: String,
         /// Return once the API accepted the request (prints the pending operation).
         #[arg(long)]
         no_wait: bool,

@@ -15,8 +15,16 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
         ServiceAction::Create {
             name,
             plan,
+            migrate_from,
+            migration_method,
             no_wait,
-        } => create(ctx, name, json!({ "plan": plan }), *no_wait),
+        } => {
+            let mut body = json!({ "plan": plan });
+            if let Some(uri) = migrate_from {
+                body["migration"] = migration_body(uri, migration_method)?;
+            }
+            create(ctx, name, body, *no_wait)
+        }
         ServiceAction::Fork {
             source,
             name,
@@ -46,6 +54,32 @@ pub fn run(ctx: &Ctx, action: &ServiceAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The document's `migration` object from `--migrate-from URI` (password from the URI, else
+/// from `PGPASSWORD`).
+fn migration_body(uri: &str, method: &str) -> anyhow::Result<Value> {
+    let Some(src) = pgbay_control::migrate::check::source_from_uri(uri) else {
+        bail!("--migrate-from: not a URI postgres://USER[:PASSWORD]@HOST[:PORT][/DBNAME]");
+    };
+    let password = match src.password.is_empty() {
+        true => std::env::var("PGPASSWORD").unwrap_or_default(),
+        false => src.password.clone(),
+    };
+    let mut m = json!({
+        "host": src.host,
+        "port": src.port,
+        "username": src.user,
+        "ssl": src.ssl,
+        "method": method,
+    });
+    if !password.is_empty() {
+        m["password"] = json!(password);
+    }
+    if let Some(db) = &src.dbname {
+        m["dbname"] = json!(db);
+    }
+    Ok(m)
 }
 
 fn backups(ctx: &Ctx, name: &str) -> anyhow::Result<()> {

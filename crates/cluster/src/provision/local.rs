@@ -167,9 +167,13 @@ impl LocalProvisioner {
     pub fn command_at(&self, name: &str, program: &Path) -> Result<Command, ProvisionError> {
         let owner = self.owner(name)?;
         let mut c = Command::new(program);
+        // HOME is the service's directory: libpq and the tools read ~/.postgresql, ~/.pgpass
+        // and the like from it, never from pgbay's own home (which the service's user may not
+        // read: "could not open certificate file /root/.postgresql/postgresql.crt").
         c.current_dir(self.service_dir(name))
             .stdin(Stdio::null())
-            .env("LC_ALL", "C");
+            .env("LC_ALL", "C")
+            .env("HOME", self.service_dir(name));
         if let Some((uid, gid)) = owner {
             // std drops root's supplementary groups when it changes the uid.
             c.uid(uid).gid(gid);

@@ -132,7 +132,7 @@ impl LocalProvisioner {
         let conf = format!(
             "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
              spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
-             log-level-file=info\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
+             log-level-file=off\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
              [{STANZA}]\npg1-path={pgdata}\npg1-socket-path={socket}\npg1-port={port}\n\
              pg1-user={user}\n",
             repo = repo.display(),
@@ -251,6 +251,15 @@ impl LocalProvisioner {
         }
         std::fs::rename(staging_root.join("pgdata"), &pgdata)
             .map_err(io("moving the recovered cluster into place"))?;
+        // The recovery's server log stays with the fork (what it replayed, where it stopped).
+        if let Ok(log) = std::fs::read(staging_root.join("recovery.log")) {
+            let _ = crate::files::write_atomic(
+                &self.service_dir(spec.name).join("fork-recovery.log"),
+                &log,
+                0o600,
+                target_owner,
+            );
+        }
         let _ = std::fs::remove_dir_all(&staging_root);
         if let Some((uid, gid)) = target_owner {
             crate::provision::local::chown_tree(&pgdata, uid, gid)?;
@@ -360,12 +369,19 @@ archive_mode = off
         Ok(())
     }
 
-    /// Waits until the recovering copy has promoted itself (its `recovery.signal` is gone), or
-    /// its postmaster has exited (recovery failed).
+    /// Waits until the recovering copy has promoted itself and left recovery for good — its
+    /// `recovery.signal` gone *and* its postmaster `ready` for writes (postmaster.pid's status
+    /// line; `standby` while it still recovers): the signal file goes before the end-of-recovery
+    /// checkpoint, and a copy stopped in between would replay, at its next start, every WAL
+    /// segment it holds, past the target — or until its postmaster has exited (recovery failed).
     fn wait_promoted(&self, pgdata: &Path, log: &Path) -> Result<(), ProvisionError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
-            if !pgdata.join("recovery.signal").exists() {
+            let ready = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+                .ok()
+                .and_then(|pid| pid.lines().nth(7).map(|l| l.trim() == "ready"))
+                .unwrap_or(false);
+            if ready && !pgdata.join("recovery.signal").exists() {
                 return Ok(());
             }
             if !pgdata.join("postmaster.pid").exists() {

@@ -155,18 +155,20 @@ impl Control {
     /// from its own backups and WAL (never `running` while its cluster cannot run), then
     /// provisioned again on the same ports.
     async fn begin_rebuild(&self, s: &ServiceRecord) -> Result<(), ControlError> {
-        if !self.backups_enabled() || !self.has_backups(&s.name).await {
-            tracing::error!(service = %s.name,
-                "the cluster's data directory is gone and there is no backup to rebuild it from");
-            return Ok(());
-        }
-        tracing::warn!(service = %s.name, "the cluster's data directory is gone: rebuilding it from its backups");
+        let rebuildable = self.backups_enabled() && self.has_backups(&s.name).await;
+        // Never shown `running` while its cluster cannot run, backups or not.
         let mut cur = s.clone();
         cur.state = ServiceState::Rebuilding;
         cur.updated_at = chrono::Utc::now();
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, &cur).await?;
         tx.commit().await?;
+        if !rebuildable {
+            tracing::error!(service = %s.name,
+                "the cluster's data directory is gone and there is no backup to rebuild it from");
+            return Ok(());
+        }
+        tracing::warn!(service = %s.name, "the cluster's data directory is gone: rebuilding it from its backups");
         let prov = self.inner.prov.clone();
         let name = s.name.clone();
         tokio::task::spawn_blocking(move || prov.forget_initialized(&name)).await??;

@@ -47,12 +47,11 @@ pub struct Backup {
     pub data_size: u64,
 }
 
-/// What a repository holds: backups, oldest first, and the WAL archived so far.
+/// What a repository holds: backups, oldest first (the first one's end is the oldest time a
+/// restore can reach).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoInfo {
     pub backups: Vec<Backup>,
-    /// The oldest time a restore can reach (the first backup's end), unix seconds.
-    pub earliest: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -92,8 +91,7 @@ pub fn parse_info(json: &str) -> Result<RepoInfo, String> {
         })
         .collect();
     backups.sort_by_key(|b| b.stopped_at);
-    let earliest = backups.first().map(|b| b.stopped_at);
-    Ok(RepoInfo { backups, earliest })
+    Ok(RepoInfo { backups })
 }
 
 impl LocalProvisioner {
@@ -443,7 +441,7 @@ mod tests {
         let info = parse_info(json).unwrap();
         assert_eq!(info.backups.len(), 2);
         assert_eq!(info.backups[0].name, "20261203-070000F");
-        assert_eq!(info.earliest, Some(1764745200));
+        assert_eq!(info.backups[0].stopped_at, 1764745200);
         assert_eq!(info.backups[1].data_size, 30000000);
         assert_eq!(
             parse_info(r#"[{"name":"pgbay"}]"#).unwrap(),

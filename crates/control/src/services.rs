@@ -51,6 +51,19 @@ impl ServiceView {
     }
 }
 
+/// A 400 naming `admin-username` or `admin-password` when the request sets one where the admin
+/// is not the request's to choose (`why`).
+fn refuse_admin_fields(new: &NewService, why: &str) -> Result<(), InputError> {
+    let given = [
+        ("admin-username", new.admin_username.is_some()),
+        ("admin-password", new.admin_password.is_some()),
+    ];
+    match given.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(InputError::new(field, why)),
+        None => Ok(()),
+    }
+}
+
 /// The catalogue's plan of a well-formed plan name, or a 400 naming `plan`.
 fn known_plan(p: crate::input::Plan) -> Result<&'static crate::plans::PlanSpec, InputError> {
     crate::plans::lookup(p.as_str()).ok_or_else(|| {
@@ -119,17 +132,10 @@ impl Control {
     ) -> Result<OperationRecord, ControlError> {
         let external = self.inner.cfg.external.clone();
         if external.is_some() {
-            let given = [
-                ("admin-username", new.admin_username.is_some()),
-                ("admin-password", new.admin_password.is_some()),
-            ];
-            if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
-                return Err(InputError::new(
-                    field,
-                    "cannot be set: services use the admin of the external server",
-                )
-                .into());
-            }
+            refuse_admin_fields(
+                &new,
+                "cannot be set: services use the admin of the external server",
+            )?;
             if new.migration.is_some() {
                 return Err(InputError::new(
                     "migration",
@@ -160,14 +166,14 @@ impl Control {
         }
         let fork = match &new.fork_from {
             Some(source) => {
-                let given = [
-                    ("admin-username", new.admin_username.is_some()),
-                    ("admin-password", new.admin_password.is_some()),
-                ];
-                if let Some((field, _)) = given.iter().find(|(_, set)| *set) {
+                refuse_admin_fields(
+                    &new,
+                    "cannot be set with fork-from-service: a fork has its source's users",
+                )?;
+                if new.migration.is_some() {
                     return Err(InputError::new(
-                        field,
-                        "cannot be set with fork-from-service: a fork has its source's users",
+                        "migration",
+                        "cannot be set with fork-from-service: a fork has its source's data",
                     )
                     .into());
                 }

@@ -45,10 +45,6 @@ pub enum StoreError {
 /// uncommitted, it rolls back.
 pub type StoreTx = Transaction<'static, Any>;
 
-/// A connection of the store, as the free functions below take it (a `&mut StoreTx` derefs to
-/// one).
-pub type StoreConn = AnyConnection;
-
 /// Which database holds the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -65,7 +61,6 @@ pub use migrations::{insert_migration_task, upsert_migration};
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    backend: Backend,
 }
 
 fn ts(s: &str) -> Result<DateTime<Utc>> {
@@ -229,17 +224,12 @@ impl Store {
             }
         }
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool })
     }
 
     /// Closes every connection (waits for those in use to come back).
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// Which database holds the store.
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// Starts a write transaction. Callers read what they need before and open it with a write,

@@ -133,6 +133,15 @@ pub(crate) async fn apply(inner: &Inner, config: PoolerConfig) -> Result<ApplyRe
             report.push(&svc.name, &e);
         }
     }
+    // A socket inherited from a predecessor that no service of this config listens on (its
+    // service was deleted meanwhile) is closed; one a failed service wants is kept for its retry.
+    inner.inherited.lock().retain(|addr, _| {
+        let wanted = config.services.iter().any(|s| s.listen == *addr);
+        if !wanted {
+            tracing::info!(%addr, "closing an inherited socket no service listens on");
+        }
+        wanted
+    });
     Ok(report)
 }
 

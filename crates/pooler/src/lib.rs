@@ -335,7 +335,8 @@ impl Pooler {
     }
 
     /// Listening sockets inherited from a predecessor (`takeover`): a service whose listen
-    /// address matches one of them accepts on it instead of binding anew.
+    /// address matches one of them accepts on it instead of binding anew; the next `apply`
+    /// closes those no service of its config listens on.
     pub fn inherit(&self, listeners: Vec<std::net::TcpListener>) {
         let mut inherited = self.inner.inherited.lock();
         for l in listeners {
@@ -346,11 +347,6 @@ impl Pooler {
                 Err(e) => tracing::warn!(error = %e, "inherited socket has no address; closed"),
             }
         }
-    }
-
-    /// Inherited sockets no service claimed (closed by the caller, or logged).
-    pub fn unclaimed_inherited(&self) -> Vec<SocketAddr> {
-        self.inner.inherited.lock().keys().copied().collect()
     }
 
     /// Duplicates of every service's listening socket, for a successor process.

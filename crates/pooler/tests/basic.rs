@@ -241,3 +241,42 @@ async fn a_saturated_pool_counts_its_connections_by_state() {
     eventually("a client that leaves is uncounted", || stats().cl_idle == 2).await;
     pooler.shutdown().await;
 }
+
+/// Sockets inherited from a predecessor (`Pooler::inherit`, the takeover): the service whose
+/// address one has accepts on it — a connection already waiting in its queue is served — and
+/// one no service listens on is closed by the apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inherited_sockets_serve_their_service_and_the_rest_are_closed() {
+    let pg = shared().await;
+    let kept = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stale = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (kept_addr, stale_addr) = (kept.local_addr().unwrap(), stale.local_addr().unwrap());
+    let queued = tokio::spawn(async move { connect(kept_addr, "p1").await });
+    let pooler = pgbay_pooler::Pooler::new();
+    pooler.inherit(vec![kept, stale]);
+    let mut cfg = service(
+        "inherit",
+        pg.port,
+        vec![pool("p1", PoolMode::Transaction, 1)],
+    );
+    cfg.listen = kept_addr;
+    let report = pooler
+        .apply(pgbay_pooler::PoolerConfig {
+            services: vec![cfg],
+        })
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(pooler.local_addr("inherit"), Some(kept_addr));
+    let c = queued
+        .await
+        .unwrap()
+        .expect("the queued connection is served");
+    let v: i32 = c.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+    assert!(
+        std::net::TcpStream::connect(stale_addr).is_err(),
+        "the unclaimed inherited socket still accepts"
+    );
+    pooler.shutdown().await;
+}

@@ -148,6 +148,10 @@ def test_a_fork_without_a_time_holds_everything_committed(node, source):
      "recovery-backup-time", ["future", "recoverable window"]),
     ({"fork-from-service": "SOURCE", "recovery-backup-time": "2001-01-01T00:00:00Z"},
      "recovery-backup-time", ["before the first backup", "recoverable window"]),
+    ({"fork-from-service": "SOURCE", "admin-username": "someone"}, "admin-username",
+     ["fork-from-service", "source's users"]),
+    ({"fork-from-service": "SOURCE", "migration": {"host": "h", "port": 5432}}, "migration",
+     ["fork-from-service", "source's data"]),
 ])
 def test_fork_refusals_name_the_field_and_create_nothing(node, source, body, field, words):
     from conftest import signed

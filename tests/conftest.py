@@ -327,7 +327,26 @@ class PgbayServer:
                 pids.append(pid)
         return pids
 
+    def helper_pids(self) -> list[int]:
+        """Pids of live Patroni and etcd processes pgbay started for this data dir (their command
+        lines name a file under it)."""
+        pids = []
+        marker = str(self.data_dir).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and (b"patroni" in cmdline or b"etcd" in cmdline):
+                pids.append(int(proc.name))
+        return pids
+
     def kill_clusters(self) -> None:
+        for pid in self.helper_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pid in self.postmaster_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -99,9 +99,13 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "fork-from-service",
             "recovery-backup-time",
             "migration",
+            "synchronous-replication",
+            "pglookout-settings",
         ],
     )?;
     Ok(NewService {
+        synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
+        max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
         fork_from: opt_str(
             body,
             "fork-from-service",
@@ -163,6 +167,8 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
             "work-mem",
             "shared-buffers-percentage",
             "migration",
+            "synchronous-replication",
+            "pglookout-settings",
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
@@ -175,6 +181,8 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         PgbouncerPatch::parse(f, obj)
     })?;
     Ok(ServiceUpdate {
+        synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
+        max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
         migration: opt(body, "migration", MigrationSpec::parse)?,
         pg_settings: opt(body, "pg-settings", PgSettingsPatch::parse)?,
         work_mem: opt(body, "work-mem", work_mem)?,
@@ -189,6 +197,37 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         ip_filter,
         termination_protection,
     })
+}
+
+/// `synchronous-replication`: `quorum` (true) or `off`.
+fn synchronous_replication(field: &str, s: &str) -> Result<bool, InputError> {
+    match s {
+        "quorum" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(InputError::new(
+            field,
+            format!("{s:?} is not one of \"quorum\", \"off\""),
+        )),
+    }
+}
+
+/// `pglookout-settings`: `{"max-failover-replication-time-lag": seconds}`, 0..=86400 (Patroni's
+/// `maximum_lag_on_failover` is bytes of WAL: pgbay counts 16 MiB, one segment, per second).
+fn pglookout_settings(field: &str, v: &Value) -> Result<i64, InputError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| InputError::new(field, "must be an object"))?;
+    const LAG: &str = "max-failover-replication-time-lag";
+    if let Some(k) = obj.keys().find(|k| k.as_str() != LAG) {
+        return Err(InputError::new(
+            &format!("{field}.{k}"),
+            "is not a pglookout setting pgbay knows",
+        ));
+    }
+    let lag = obj
+        .get(LAG)
+        .ok_or_else(|| InputError::new(&format!("{field}.{LAG}"), "is required"))?;
+    int_in(&format!("{field}.{LAG}"), lag, 0, 86_400)
 }
 
 /// `work-mem`: MB, 1..=1024.

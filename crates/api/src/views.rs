@@ -56,7 +56,7 @@ pub fn service_common(control: &Control, s: &ServiceRecord) -> Value {
         "plan": s.plan,
         "state": s.state.as_str(),
         "zone": control.zone(),
-        "node-count": 1,
+        "node-count": control.ha_view(&s.name).map(|h| h.nodes.len()).unwrap_or(1),
         "termination-protection": s.termination_protection,
         "created-at": time(&s.created_at),
         "updated-at": time(&s.updated_at),
@@ -149,16 +149,45 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         ServiceState::Running => "running",
         ServiceState::Rebuilding => "setting_up_vm",
     };
+    let ha = control.ha_view(&s.name);
+    let node_states = match &ha {
+        Some(h) => h
+            .nodes
+            .iter()
+            .map(|n| {
+                let state = if s.state == ServiceState::Running {
+                    n.state
+                } else {
+                    "setting_up_vm"
+                };
+                json!({"name": n.name, "state": state, "role": n.role})
+            })
+            .collect(),
+        None => {
+            vec![json!({"name": format!("{}-1", s.name), "state": node_state, "role": "master"})]
+        }
+    };
+    // Each standby serves read-only connections on its own port of the public host.
+    let standby: Vec<String> = ha
+        .iter()
+        .flat_map(|h| h.nodes.iter().filter(|n| n.role == "standby"))
+        .map(|n| {
+            pg_uri(&PgConn {
+                port: n.port,
+                ..server
+            })
+        })
+        .collect();
     let mut out = service_common(control, s);
     let pg = json!({
         "version": s.version,
-        "node-states": [{"name": format!("{}-1", s.name), "state": node_state, "role": "master"}],
+        "node-states": node_states,
         "databases": v.databases,
         "users": users,
         "connection-pools": pools,
         "uri": uri,
         "uri-params": params,
-        "connection-info": {"uri": [uri], "params": [params]},
+        "connection-info": {"uri": [uri], "params": [params], "standby": standby},
         "components": [
             {"component": "pg", "host": server.host, "port": s.pg_port, "route": "public", "usage": "primary"},
             {"component": "pgbouncer", "host": host, "port": s.pooler_port, "route": "public", "usage": "primary"},
@@ -170,7 +199,13 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "pg-settings": s.pg_settings.to_json(),
     });
     let mut pg = pg;
-    if control.backups_enabled() && s.external_host.is_none() {
+    if let Some(h) = &ha {
+        pg["synchronous-replication"] = json!(if h.synchronous { "quorum" } else { "off" });
+        if let Some(lag) = h.max_lag_seconds {
+            pg["pglookout-settings"] = json!({"max-failover-replication-time-lag": lag});
+        }
+    }
+    if control.backups_enabled() && s.external_host.is_none() && ha.is_none() {
         let at = pgbay_control::BackupSchedule::picked_for(s);
         pg["backup-schedule"] = json!({"backup-hour": at.hour, "backup-minute": at.minute});
     }

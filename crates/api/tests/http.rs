@@ -42,6 +42,7 @@ async fn server() -> Server {
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        etcd: None,
     })
     .await
     .unwrap();

@@ -86,6 +86,7 @@ fn member(dir: &Path, name: &str, etcd_host: &str) -> (MemberConfig, Vec<TcpList
         synchronous_mode: true,
         maximum_lag_on_failover: patroni::lag_seconds_to_bytes(60).unwrap(),
         extra_hba: vec![],
+        ..Default::default()
     };
     LOGS.with(|l| l.borrow_mut().push(cfg.log_path()));
     (cfg, vec![a, b])

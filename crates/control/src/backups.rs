@@ -101,7 +101,8 @@ impl Control {
 
     /// After a service's cluster runs: its stanza and first full backup, in the background.
     pub(crate) fn spawn_first_backup(&self, service: &str) {
-        if !self.backups_enabled() {
+        // HA services are not archived yet (their members run under Patroni).
+        if !self.backups_enabled() || self.is_ha(service) {
             return;
         }
         let control = self.clone();
@@ -145,10 +146,11 @@ impl Control {
                 continue;
             };
             let now = Utc::now();
-            for s in services
-                .iter()
-                .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
-            {
+            for s in services.iter().filter(|s| {
+                s.state == ServiceState::Running
+                    && s.external_host.is_none()
+                    && !self.is_ha(&s.name)
+            }) {
                 let at = BackupSchedule::picked_for(s);
                 let due = now.hour() as u8 == at.hour && now.minute() as u8 >= at.minute;
                 if due && done_today.get(&s.name) != Some(&now.date_naive()) {

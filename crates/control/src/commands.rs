@@ -40,6 +40,10 @@ pub struct NewService {
     pub recovery_time: Option<chrono::DateTime<chrono::Utc>>,
     /// A server to copy databases from once the service runs (the document's `migration`).
     pub migration: Option<crate::migrations::MigrationSpec>,
+    /// `synchronous-replication`: `quorum` (true) or `off`; only with standbys.
+    pub synchronous_replication: Option<bool>,
+    /// `pglookout-settings.max-failover-replication-time-lag`, seconds; only with standbys.
+    pub max_failover_lag: Option<i64>,
 }
 
 /// `PUT /dbaas-postgres/{name}`: changes the values it names.
@@ -63,6 +67,10 @@ pub struct ServiceUpdate {
     pub shared_buffers_percentage: Option<u32>,
     /// Start a migration from this server (none may be running or replicating).
     pub migration: Option<crate::migrations::MigrationSpec>,
+    /// New `synchronous-replication` (`quorum`: true).
+    pub synchronous_replication: Option<bool>,
+    /// New `pglookout-settings.max-failover-replication-time-lag`, seconds.
+    pub max_failover_lag: Option<i64>,
 }
 
 /// `POST .../database`.

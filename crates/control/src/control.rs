@@ -53,6 +53,9 @@ pub struct ControlConfig {
     /// Root of the services' pgBackRest repositories (`--backup-repo`): None for
     /// `<data-dir>/backups`.
     pub backup_repo: Option<PathBuf>,
+    /// etcd client URLs of an existing etcd cluster for HA services' Patroni (`--etcd`); None:
+    /// pgbay runs one etcd member of its own in the data dir when an HA service needs it.
+    pub etcd: Option<Vec<String>>,
 }
 
 /// The backup repositories' root: pgbay's (0711), so that each service's user can reach its own
@@ -99,6 +102,7 @@ pub(crate) struct Inner {
     pub(crate) logs: crate::logs::Logs,
     pub(crate) sizing: pgbay_cluster::sizing::Sizer,
     pub(crate) backups: crate::backups::BackupState,
+    pub(crate) ha: crate::ha::HaState,
 }
 
 /// The control plane. Cheap to clone.
@@ -169,6 +173,7 @@ impl Control {
                 logs: crate::logs::Logs::default(),
                 sizing,
                 backups: Default::default(),
+                ha: Default::default(),
             }),
         };
         control.recover().await?;
@@ -179,6 +184,8 @@ impl Control {
         tokio::spawn(async move { sampler.sample_metrics().await });
         let scheduler = control.clone();
         tokio::spawn(async move { scheduler.run_backup_schedule().await });
+        let follower = control.clone();
+        tokio::spawn(async move { follower.follow_primaries().await });
         Ok(control)
     }
 
@@ -204,6 +211,9 @@ impl Control {
 
     /// Whether the local cluster of service `name` is running right now.
     pub fn cluster_running(&self, name: &str) -> bool {
+        if self.is_ha(name) {
+            return self.ha_primary_port(name).is_some();
+        }
         self.inner.prov.running_pid(name).is_some()
     }
 
@@ -267,12 +277,19 @@ impl Control {
                     size: p.size.get(),
                 })
                 .collect();
+            let (backend_host, backend_port) = self.backend_addr(&s);
             services.push(DesiredService {
                 name: s.name.clone(),
                 pooler_port: s.pooler_port,
                 listen_host: self.inner.cfg.public_host.clone(),
-                backend_host: self.backend_host(&s),
-                backend_port: s.pg_port,
+                backend_host,
+                backend_port,
+                forward: self
+                    .ha_primary_port(&s.name)
+                    .map(|to| crate::desired::Forward {
+                        listen_port: s.pg_port,
+                        target_port: to,
+                    }),
                 users,
                 pools,
                 pgbouncer: s.pgbouncer.clone(),
@@ -296,10 +313,14 @@ impl Control {
         }
     }
 
-    /// Where the pooler and admin sessions reach the server of `s`: the Unix-socket directory of a
-    /// local cluster (its TCP port takes TLS only), or the external server's host.
-    pub(crate) fn backend_host(&self, s: &ServiceRecord) -> String {
-        self.provisioner(s).backend_host(s.pg_port)
+    /// Where the pooler and admin sessions reach the server of `s`: the Unix-socket directory and
+    /// port of a local cluster (its TCP port takes TLS only), of an HA service's current primary
+    /// member, or the external server's host.
+    pub(crate) fn backend_addr(&self, s: &ServiceRecord) -> (String, u16) {
+        if let Some(addr) = self.ha_backend(s) {
+            return addr;
+        }
+        (self.provisioner(s).backend_host(s.pg_port), s.pg_port)
     }
 
     /// The connection pgbay administers the server of `s` with: its internal superuser over the
@@ -326,9 +347,10 @@ impl Control {
         let Some(sealed) = self.inner.store.internal_password(&s.name).await? else {
             return Ok(None);
         };
+        let (host, port) = self.backend_addr(s);
         Ok(Some(AdminTarget {
-            host: self.backend_host(s),
-            port: s.pg_port,
+            host,
+            port,
             user: admin::INTERNAL_ROLE.to_string(),
             password: self.inner.secrets.open(&sealed)?,
         }))
@@ -346,9 +368,10 @@ impl Control {
             .ok_or_else(|| {
                 ControlError::internal(format!("service {} has no admin user", s.name))
             })?;
+        let (host, port) = self.backend_addr(s);
         Ok(AdminTarget {
-            host: self.backend_host(s),
-            port: s.pg_port,
+            host,
+            port,
             user: admin.name,
             password: self.inner.secrets.open(&admin.password_enc)?,
         })
@@ -358,6 +381,9 @@ impl Control {
     /// off the async runtime.
     pub(crate) async fn start_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
+        if self.is_ha(&s.name) {
+            return self.start_ha(s, &t.user, &t.password).await;
+        }
         self.on_cluster(s, t, |prov, spec, tls| prov.bring_up(spec, tls))
             .await
     }
@@ -397,6 +423,12 @@ impl Control {
 
     /// Restarts the cluster of `s` with its configuration as stored in `s`.
     pub(crate) async fn restart_cluster(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        if self.is_ha(&s.name) {
+            return Err(ControlError::internal(format!(
+                "restarting HA service {} is Patroni's (not built yet)",
+                s.name
+            )));
+        }
         let t = self.admin_target(s).await?;
         self.on_cluster(s, t, |prov, spec, tls| prov.restart(spec, tls))
             .await
@@ -429,5 +461,6 @@ impl Control {
                 Err(e) => tracing::error!(service = %name, error = %e, "stopping cluster"),
             }
         }
+        self.stop_all_ha().await;
     }
 }

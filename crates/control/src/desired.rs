@@ -29,6 +29,9 @@ pub struct DesiredService {
     pub backend_host: String,
     /// Port of the service's PostgreSQL server.
     pub backend_port: u16,
+    /// For an HA service: the service's own port is forwarded (TCP, TLS end to end) to its
+    /// current primary member.
+    pub forward: Option<Forward>,
     /// Users (the admin user first).
     pub users: Vec<DesiredUser>,
     /// Connection pools.
@@ -63,4 +66,14 @@ pub struct DesiredPool {
     pub mode: PoolMode,
     /// Server connections.
     pub size: u32,
+}
+
+/// A TCP forwarder of the data plane: connections to `listen_port` on the public host reach
+/// `127.0.0.1:target_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The service's own port (its `uri`).
+    pub listen_port: u16,
+    /// The current primary member's port.
+    pub target_port: u16,
 }

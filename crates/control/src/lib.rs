@@ -30,6 +30,7 @@ mod control;
 pub mod crypto;
 pub mod desired;
 mod error;
+pub mod ha;
 pub mod input;
 mod lifecycle;
 pub mod logs;
@@ -53,8 +54,9 @@ pub use commands::{
     NewDatabase, NewPool, NewService, NewUser, PasswordReset, PoolUpdate, ServiceUpdate,
 };
 pub use control::{Control, ControlConfig, APPLY_TIMEOUT};
-pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser};
+pub use desired::{DesiredPool, DesiredService, DesiredState, DesiredUser, Forward};
 pub use error::ControlError;
+pub use ha::{HaView, NodeState};
 pub use input::{InputError, PoolMode, PoolSize};
 pub use maintenance::UpgradeCheck;
 pub use migrations::{
@@ -66,7 +68,7 @@ pub use model::{
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbay_cluster::pgbackrest::Backup;
 pub use pgbay_cluster::provision::{external, local};
-pub use pgbay_cluster::{admin, migrate, os_users, ExternalServer};
+pub use pgbay_cluster::{admin, etcd, migrate, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};
 pub use ports::PortRange;
 pub use services::{ServiceView, UserView};

@@ -16,6 +16,7 @@ impl Control {
     /// service whose provisioning was interrupted.
     pub(crate) async fn recover(&self) -> Result<(), ControlError> {
         let services = self.inner.store.services().await?;
+        self.load_ha(&services).await?;
         for dir in self.inner.prov.present() {
             if !services.iter().any(|s| s.name == dir) {
                 tracing::warn!(service = %dir, "removing cluster of a deleted service");
@@ -115,10 +116,12 @@ impl Control {
                     continue;
                 }
             };
-            for s in services
-                .into_iter()
-                .filter(|s| s.state == ServiceState::Running && self.provisioner(s).runs_server())
-            {
+            self.supervise_ha().await;
+            for s in services.into_iter().filter(|s| {
+                s.state == ServiceState::Running
+                    && self.provisioner(s).runs_server()
+                    && !self.is_ha(&s.name)
+            }) {
                 if *shutdown.borrow() {
                     return;
                 }
@@ -148,7 +151,7 @@ impl Control {
 
     /// Whether the cluster of `s` lost its data directory and must be rebuilt from its backups.
     fn data_lost(&self, s: &ServiceRecord) -> bool {
-        s.external_host.is_none() && !self.inner.prov.has_data(&s.name)
+        s.external_host.is_none() && !self.is_ha(&s.name) && !self.inner.prov.has_data(&s.name)
     }
 
     /// A running service whose data directory is gone: shown `rebuilding` while it is restored

@@ -65,6 +65,22 @@ fn refuse_admin_fields(new: &NewService, why: &str) -> Result<(), InputError> {
 }
 
 /// The catalogue's plan of a well-formed plan name, or a 400 naming `plan`.
+/// `synchronous-replication` and `pglookout-settings` mean something only with standbys.
+fn refuse_ha_fields(
+    synchronous: Option<bool>,
+    lag: Option<i64>,
+    plan: &str,
+) -> Result<(), InputError> {
+    let why = format!("needs a plan with standbys (business or premium), not {plan}");
+    if synchronous == Some(true) {
+        return Err(InputError::new("synchronous-replication", why));
+    }
+    if lag.is_some() {
+        return Err(InputError::new("pglookout-settings", why));
+    }
+    Ok(())
+}
+
 fn known_plan(p: crate::input::Plan) -> Result<&'static crate::plans::PlanSpec, InputError> {
     crate::plans::lookup(p.as_str()).ok_or_else(|| {
         let names: Vec<&str> = crate::plans::all().map(|p| p.name).collect();
@@ -215,8 +231,45 @@ impl Control {
         }
         // Checked after the name: a duplicate name is a conflict whatever the body says.
         let plan = known_plan(plan)?;
+        // Business and premium plans run a primary and standbys under Patroni (issue 17).
+        let nodes = if external.is_some() {
+            1
+        } else {
+            plan.nodes.max(1) as usize
+        };
+        let ha = nodes > 1;
+        if ha {
+            if fork.is_some() {
+                return Err(InputError::new(
+                    "fork-from-service",
+                    format!(
+                        "cannot be used yet with plan {}, which runs {nodes} nodes",
+                        plan.name
+                    ),
+                )
+                .into());
+            }
+            if new.migration.is_some() {
+                return Err(InputError::new(
+                    "migration",
+                    format!(
+                        "cannot be used yet with plan {}, which runs {nodes} nodes",
+                        plan.name
+                    ),
+                )
+                .into());
+            }
+        } else {
+            refuse_ha_fields(new.synchronous_replication, new.max_failover_lag, plan.name)?;
+        }
+        if ha {
+            if let Err(missing) = Self::ha_programs() {
+                // Nothing is recorded but the failed operation: the service is not made.
+                return self.refuse_create_ha(name, plan.name, &missing).await;
+            }
+        }
         let used: HashSet<u16> = self.inner.store.used_ports().await?.into_iter().collect();
-        let wanted = if external.is_some() { 1 } else { 2 };
+        let wanted = if external.is_some() { 1 } else { 2 } + if ha { 2 * nodes } else { 0 };
         let mut ports = crate::ports::allocate(
             &self.inner.cfg.port_range,
             &used,
@@ -283,8 +336,19 @@ impl Control {
             )),
             None => None,
         };
+        let ha_record = ha.then(|| store::HaRecord {
+            service: s.name.clone(),
+            replication_password_enc: self.inner.secrets.seal(Password::generate().as_str()),
+            rewind_password_enc: self.inner.secrets.seal(Password::generate().as_str()),
+            synchronous: new.synchronous_replication.unwrap_or(false),
+            max_lag_seconds: new.max_failover_lag,
+            members: ports[2..].chunks(2).map(|p| (p[0], p[1])).collect(),
+        });
         let mut tx = self.inner.store.begin().await?;
         store::insert_service(&mut tx, &s).await?;
+        if let Some(h) = &ha_record {
+            store::insert_ha(&mut tx, h).await?;
+        }
         match (&fork, copied) {
             (Some(f), Some((databases, users, internal))) => {
                 for u in &users {
@@ -309,6 +373,9 @@ impl Control {
         }
         tx.commit().await?;
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");
+        if let Some(h) = ha_record {
+            self.remember_ha(h);
+        }
         self.spawn_provisioning(s.name.clone(), Some(op.id));
         Ok(op)
     }
@@ -361,6 +428,7 @@ impl Control {
             self.check_can_migrate(&s).await?;
         }
         let prov = self.provisioner(&s);
+        let ha_settings = self.ha_update(&s, &update)?;
         if !prov.runs_server() {
             Self::refuse_config_on_external(
                 update.pg_settings.is_some(),
@@ -396,7 +464,8 @@ impl Control {
         if prov.runs_server() {
             self.check_fits_plan(Some(&before), &s).await?;
         }
-        let local_running = s.state == ServiceState::Running && prov.runs_server();
+        let local_running =
+            s.state == ServiceState::Running && prov.runs_server() && !self.is_ha(&s.name);
         let (changed, restart) = if local_running {
             use crate::cluster_config::ClusterConfig;
             ClusterConfig::of(&s).changes_from(&ClusterConfig::of(&before))
@@ -440,11 +509,20 @@ impl Control {
             message.push_str("; ");
             message.push_str(&how);
         }
+        if let Some((sync, lag)) = ha_settings {
+            self.apply_ha_settings(&s, sync, lag).await?;
+        }
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, &s).await?;
+        if let Some((sync, lag)) = ha_settings {
+            store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
+        }
         let op = self
             .record_operation(tx, &s, OperationKind::UpdateService, message)
             .await?;
+        if let Some((sync, lag)) = ha_settings {
+            self.remember_ha_settings(&s.name, sync, lag);
+        }
         if filter_changed && local_running {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
@@ -626,6 +704,9 @@ impl Control {
         let op = self.settle(op).await?;
         self.forget_pooler_logs(&s.name);
         self.forget_backups(&s.name);
+        if self.is_ha(&s.name) {
+            self.stop_ha(&s.name, true).await;
+        }
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

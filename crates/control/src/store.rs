@@ -54,7 +54,9 @@ pub enum Backend {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+mod ha;
 mod migrations;
+pub use ha::{insert_ha, update_ha_settings, HaRecord};
 pub use migrations::{insert_migration_task, upsert_migration};
 
 /// Handle on the store's database.
@@ -324,10 +326,12 @@ impl Store {
 
     /// Ports held by any service.
     pub async fn used_ports(&self) -> Result<Vec<u16>> {
-        let rows =
-            sqlx::query("SELECT pg_port AS p FROM services UNION SELECT pooler_port FROM services")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT pg_port AS p FROM services UNION SELECT pooler_port FROM services \
+             UNION SELECT pg_port FROM ha_members UNION SELECT rest_port FROM ha_members",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let p: i64 = r.try_get("p")?;
@@ -425,7 +429,14 @@ pub async fn update_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<
 
 /// Deletes a service and everything it owns.
 pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
-    for table in ["pools", "users", "databases", "service_internal"] {
+    for table in [
+        "pools",
+        "users",
+        "databases",
+        "service_internal",
+        "ha_members",
+        "ha_services",
+    ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)
             .execute(&mut *c)

@@ -182,6 +182,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        etcd: None,
     }
 }
 
@@ -211,6 +212,8 @@ fn new_service() -> NewService {
         fork_from: None,
         recovery_time: None,
         migration: None,
+        synchronous_replication: None,
+        max_failover_lag: None,
     }
 }
 

@@ -64,6 +64,7 @@ async fn start(
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        etcd: None,
     })
     .await
     .unwrap()

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the API, the control plane and the service clusters.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, show and delete services (over the HTTP API of a running pgbay).
     Service(ServiceArgs),
     /// Create and delete databases of a service.
@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// `<data-dir>/backups`; a shared file system path for several machines.
     #[arg(long, env = "PGBAY_BACKUP_REPO")]
     pub backup_repo: Option<PathBuf>,
+    /// etcd client URLs (`http://host:port,...`) of an existing etcd cluster, where the Patroni
+    /// members of business and premium services keep their leader key; default: pgbay runs one
+    /// etcd member of its own in `<data-dir>/etcd` when the first such service is created.
+    #[arg(long, env = "PGBAY_ETCD", value_parser = etcd_endpoints)]
+    pub etcd: Option<EtcdEndpoints>,
     /// Address of the HTTP API.
     #[arg(long, env = "PGBAY_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub api_listen: SocketAddr,
@@ -459,4 +464,14 @@ mod notify_budget_tests {
             assert!(parse_budget(bad).is_err(), "{bad} accepted");
         }
     }
+}
+
+/// `--etcd`'s client URLs.
+#[derive(Debug, Clone)]
+pub struct EtcdEndpoints(pub Vec<String>);
+
+fn etcd_endpoints(s: &str) -> Result<EtcdEndpoints, String> {
+    pgbay_control::etcd::parse_endpoints(s)
+        .map(EtcdEndpoints)
+        .map_err(|e| e.to_string())
 }

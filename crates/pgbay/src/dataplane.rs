@@ -37,8 +37,10 @@ async fn follow(
     pooler: Pooler,
     limits: ClientLimits,
 ) {
+    let mut forwarders = crate::forward::Forwarders::default();
     loop {
         let state = desired.borrow_and_update().clone();
+        forwarders.sync(&state);
         let failures = apply(&state, &tls, &pooler, &limits).await;
         for (service, reason) in &failures {
             tracing::error!(generation = state.generation, service = %service, reason = %reason,

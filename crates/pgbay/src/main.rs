@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod console;
 mod dataplane;
+mod forward;
 mod http;
 mod log_escape;
 mod serve;
@@ -20,7 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 fn main() -> anyhow::Result<()> {
     let args = match cli::Cli::parse().command {
-        cli::Command::Serve(args) => args,
+        cli::Command::Serve(args) => *args,
         // The client subcommands are blocking HTTP calls: no runtime, no log; an error is the
         // API's message on stderr and exit code 1.
         other => {

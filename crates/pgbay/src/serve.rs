@@ -137,6 +137,7 @@ pub async fn run(
         service_uid_range: args.service_uid_range,
         store: args.store.clone(),
         backup_repo: args.backup_repo.clone(),
+        etcd: args.etcd.clone().map(|e| e.0),
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;

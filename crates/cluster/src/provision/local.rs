@@ -96,6 +96,11 @@ impl LocalProvisioner {
     }
 
     /// Directory of one service.
+    /// PostgreSQL's bin dir.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
     pub fn service_dir(&self, name: &str) -> PathBuf {
         self.services_dir.join(name)
     }
@@ -362,22 +367,67 @@ impl LocalProvisioner {
     /// only (which only pgbay and the service's user can reach); every TCP login as it is
     /// rejected. The running server picks it up on reload (`pg_reload_conf()`).
     pub fn write_hba(&self, name: &str, ip_filter: &[ipnet::IpNet]) -> Result<(), ProvisionError> {
-        let internal = crate::admin::INTERNAL_ROLE;
-        let mut hba = format!(
-            "# written by pgbay from the service's ip-filter\n\
-             local all {internal} scram-sha-256\n\
-             host all {internal} 0.0.0.0/0 reject\n\
-             host all {internal} ::0/0 reject\n\
-             local all all scram-sha-256\n\
-             hostssl all all 127.0.0.1/32 scram-sha-256\n\
-             hostssl all all ::1/128 scram-sha-256\n",
-        );
-        for net in ip_filter {
-            hba.push_str(&format!("hostssl all all {net} scram-sha-256\n"));
+        let mut hba = String::from("# written by pgbay from the service's ip-filter\n");
+        for line in hba_lines(ip_filter) {
+            hba.push_str(&line);
+            hba.push('\n');
         }
         let path = self.pgdata(name).join("pg_hba.conf");
         let owner = self.owner(name)?;
         self.write_owned(&path, hba.as_bytes(), owner)
+    }
+
+    /// Prepares member `index` of the HA service of `spec` (one Patroni member, see
+    /// [`super::patroni`]): the service's OS user and directory, the member's directory
+    /// `members/<index>` (0700) with the server certificate and key, and the Unix-socket
+    /// directory of its port. Returns the member's directory, its socket directory and owner.
+    pub fn prepare_member(
+        &self,
+        spec: &ClusterSpec<'_>,
+        index: usize,
+        pg_port: u16,
+        tls: &TlsMaterial,
+    ) -> Result<(PathBuf, PathBuf, Owner), ProvisionError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let owner = self.ensure_owner(spec)?;
+        let dir = self.member_dir(spec.name, index);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("creating member dir"))?;
+        for d in [dir.parent().expect("members dir"), dir.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("restricting member dir"))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                    .map_err(io("handing over member dir"))?;
+            }
+        }
+        self.write_owned(
+            &dir.join("server.crt"),
+            tls.server_cert_pem.as_bytes(),
+            owner,
+        )?;
+        self.write_owned(
+            &dir.join("server.key"),
+            tls.server_key_pem.as_bytes(),
+            owner,
+        )?;
+        let socket_dir = self.ensure_socket_dir(pg_port, owner)?;
+        Ok((dir, socket_dir, owner))
+    }
+
+    /// The directory of member `index` of the HA service `name`.
+    pub fn member_dir(&self, name: &str, index: usize) -> PathBuf {
+        self.service_dir(name)
+            .join("members")
+            .join(index.to_string())
+    }
+
+    /// The Unix-socket directory of a service's server on `port`, as pgbay reaches it.
+    pub fn socket_host(&self, port: u16) -> String {
+        self.socket_dir(port).display().to_string()
     }
 
     /// Creates the socket directory of `port`, owned by the cluster's user and closed to others.
@@ -588,6 +638,25 @@ impl Provisioner for LocalProvisioner {
 
 /// Reads a file of a service directory as text, refusing a symbolic link (which the service's
 /// user could point at a file only root may read).
+/// A service's pg_hba lines: over TCP only TLS (`hostssl`) with SCRAM, for `ip_filter` and
+/// always for loopback; over the Unix socket SCRAM; pgbay's internal superuser over the Unix
+/// socket only.
+pub fn hba_lines(ip_filter: &[ipnet::IpNet]) -> Vec<String> {
+    let internal = crate::admin::INTERNAL_ROLE;
+    let mut hba = vec![
+        format!("local all {internal} scram-sha-256"),
+        format!("host all {internal} 0.0.0.0/0 reject"),
+        format!("host all {internal} ::0/0 reject"),
+        "local all all scram-sha-256".to_string(),
+        "hostssl all all 127.0.0.1/32 scram-sha-256".to_string(),
+        "hostssl all all ::1/128 scram-sha-256".to_string(),
+    ];
+    for net in ip_filter {
+        hba.push(format!("hostssl all all {net} scram-sha-256"));
+    }
+    hba
+}
+
 fn read_no_follow(path: &Path) -> Result<String, ProvisionError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;

@@ -5,8 +5,8 @@
 //!
 //! Timeouts: ttl 10 s, loop_wait 1 s, retry_timeout 4 s (loop_wait + 2 * retry_timeout <= ttl, as
 //! Patroni requires) so a lost leader key expires and a standby is promoted well within the
-//! issue's 25 s. Not yet a [`super::Provisioner`]: the control plane does not create HA services
-//! with it yet.
+//! issue's 25 s. The control plane (`control::ha`) runs one member per node of a business or
+//! premium service and follows the member whose `GET /primary` answers 200.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ pub const LOOP_WAIT: u32 = 1;
 pub const RETRY_TIMEOUT: u32 = 4;
 
 /// One member's configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct MemberConfig {
     /// Patroni's scope: the service's name (its etcd keys are `/pgbay/<scope>/`).
     pub scope: String,
@@ -32,10 +32,12 @@ pub struct MemberConfig {
     pub etcd_hosts: Vec<String>,
     pub rest_port: u16,
     pub pg_port: u16,
-    /// The member's directory: its YAML, PGDATA (`data`), socket and pgpass live here.
+    /// The member's directory: its YAML, PGDATA (`data`), certificate and pgpass live here.
     pub dir: PathBuf,
     /// PostgreSQL's bin dir.
     pub bin_dir: PathBuf,
+    /// The bootstrap superuser (empty: `postgres`); pgbay's services use its internal role.
+    pub superuser: String,
     pub superuser_password: String,
     pub replication_password: String,
     pub rewind_password: String,
@@ -43,8 +45,23 @@ pub struct MemberConfig {
     pub synchronous_mode: bool,
     /// pglookout's max-failover-replication-time-lag converted to bytes.
     pub maximum_lag_on_failover: u64,
-    /// pg_hba lines (besides the replication/rewind lines this module adds for loopback).
+    /// pg_hba lines (besides the replication/rewind lines this module adds for loopback), used
+    /// when `hba` is empty.
     pub extra_hba: Vec<String>,
+    /// The whole pg_hba (a service's: TLS and SCRAM only); empty: a loopback default.
+    pub hba: Vec<String>,
+    /// Addresses PostgreSQL listens on besides 127.0.0.1.
+    pub listen_hosts: Vec<String>,
+    /// The Unix-socket directory (empty: `dir`).
+    pub socket_dir: PathBuf,
+    /// Serve TLS with `server.crt`/`server.key` of `dir`, and replicate and rewind over TLS.
+    pub tls: bool,
+    /// PostgreSQL parameters (the plan's and the service's pg-settings), also the cluster-wide
+    /// values Patroni keeps in etcd at bootstrap.
+    pub parameters: Vec<(String, String)>,
+    /// Where the Patroni process's pid is written (a file of pgbay's own, outside `dir`), so a
+    /// restarted pgbay adopts the member instead of starting a second Patroni.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The namespace of every pgbay scope in etcd.
@@ -88,18 +105,77 @@ impl MemberConfig {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.rest_port))
     }
 
+    /// The Unix-socket directory PostgreSQL and Patroni use.
+    pub fn socket_dir(&self) -> PathBuf {
+        if self.socket_dir.as_os_str().is_empty() {
+            self.dir.clone()
+        } else {
+            self.socket_dir.clone()
+        }
+    }
+
     /// The member's YAML.
     pub fn render(&self) -> String {
         let d = |p: &Path| q(&p.display().to_string());
         let hosts: Vec<String> = self.etcd_hosts.iter().map(|h| q(h)).collect();
-        let mut hba = vec![
-            "local all all trust".to_string(),
-            "host replication replicator 127.0.0.1/32 scram-sha-256".to_string(),
-            "host all rewind_user 127.0.0.1/32 scram-sha-256".to_string(),
-            "host all postgres 127.0.0.1/32 scram-sha-256".to_string(),
-        ];
-        hba.extend(self.extra_hba.iter().cloned());
+        let superuser = if self.superuser.is_empty() {
+            "postgres"
+        } else {
+            &self.superuser
+        };
+        let hba = if self.hba.is_empty() {
+            let mut hba = vec![
+                "local all all trust".to_string(),
+                "host replication replicator 127.0.0.1/32 scram-sha-256".to_string(),
+                "host all rewind_user 127.0.0.1/32 scram-sha-256".to_string(),
+                "host all postgres 127.0.0.1/32 scram-sha-256".to_string(),
+            ];
+            hba.extend(self.extra_hba.iter().cloned());
+            hba
+        } else {
+            self.hba.clone()
+        };
         let hba: String = hba.iter().map(|l| format!("    - {}\n", q(l))).collect();
+        let mut listen = vec!["127.0.0.1".to_string()];
+        listen.extend(
+            self.listen_hosts
+                .iter()
+                .filter(|h| h.as_str() != "127.0.0.1")
+                .cloned(),
+        );
+        let sslmode = if self.tls { "require" } else { "prefer" };
+        let mut params: Vec<(String, String)> = vec![
+            (
+                "unix_socket_directories".into(),
+                self.socket_dir().display().to_string(),
+            ),
+            ("unix_socket_permissions".into(), "0700".into()),
+            ("password_encryption".into(), "scram-sha-256".into()),
+            ("log_timezone".into(), "UTC".into()),
+        ];
+        if self.tls {
+            for (k, f) in [
+                ("ssl_cert_file", "server.crt"),
+                ("ssl_key_file", "server.key"),
+            ] {
+                params.push((k.into(), self.dir.join(f).display().to_string()));
+            }
+            params.push(("ssl".into(), "on".into()));
+        }
+        params.extend(self.parameters.iter().cloned());
+        let param_lines = |indent: &str| -> String {
+            params
+                .iter()
+                .map(|(k, v)| format!("{indent}{}: {}\n", q(k), q(v)))
+                .collect()
+        };
+        // The cluster-wide values (max_connections and the like) are Patroni's from etcd: seed
+        // them with the plan's at bootstrap.
+        let global: String = self
+            .parameters
+            .iter()
+            .map(|(k, v)| format!("        {}: {}\n", q(k), q(v)))
+            .collect();
         let lines: Vec<String> = vec![
             format!("scope: {}", q(&self.scope)),
             format!("namespace: {}", q(NAMESPACE)),
@@ -134,38 +210,60 @@ impl MemberConfig {
             "        max_wal_senders: 10".into(),
             "        max_replication_slots: 10".into(),
             "        wal_keep_size: 128MB".into(),
+            global.trim_end_matches('\n').to_string(),
             "  initdb:".into(),
             "    - encoding: UTF8".into(),
             "    - locale: C".into(),
             "    - data-checksums".into(),
             "postgresql:".into(),
-            format!("  listen: {}", q(&format!("127.0.0.1:{}", self.pg_port))),
+            format!(
+                "  listen: {}",
+                q(&format!("{}:{}", listen.join(","), self.pg_port))
+            ),
             format!(
                 "  connect_address: {}",
                 q(&format!("127.0.0.1:{}", self.pg_port))
             ),
+            "  use_unix_socket: true".into(),
             format!("  data_dir: {}", d(&self.data_dir())),
             format!("  bin_dir: {}", d(&self.bin_dir)),
             format!("  pgpass: {}", d(&self.dir.join("pgpass"))),
             "  authentication:".into(),
             "    superuser:".into(),
-            "      username: postgres".into(),
+            format!("      username: {}", q(superuser)),
             format!("      password: {}", q(&self.superuser_password)),
             "    replication:".into(),
             "      username: replicator".into(),
             format!("      password: {}", q(&self.replication_password)),
+            format!("      sslmode: {sslmode}"),
             "    rewind:".into(),
             "      username: rewind_user".into(),
             format!("      password: {}", q(&self.rewind_password)),
+            format!("      sslmode: {sslmode}"),
             "  parameters:".into(),
-            format!("    unix_socket_directories: {}", d(&self.dir)),
-            "    password_encryption: scram-sha-256".into(),
+            param_lines("    ").trim_end_matches('\n').to_string(),
             "  pg_hba:".into(),
         ];
-        let mut out = lines.join("\n");
+        let mut out: String = lines
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
         out.push('\n');
         out.push_str(&hba);
         out
+    }
+}
+
+impl std::fmt::Debug for MemberConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberConfig")
+            .field("scope", &self.scope)
+            .field("name", &self.name)
+            .field("pg_port", &self.pg_port)
+            .field("rest_port", &self.rest_port)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,11 +284,37 @@ pub struct Member {
     owner: Option<(u32, u32)>,
     child: Option<Child>,
     restarts: u32,
+    /// When supervision first saw this member's Patroni dead.
+    died_at: Option<Instant>,
 }
+
+/// How long a dead Patroni stays dead before supervision restarts it: past its leader key's ttl,
+/// so that a lost primary is failed over as a lost node would be (its standby promoted) instead
+/// of coming back as the primary, and rejoins as a standby.
+pub const RESTART_AFTER: Duration = Duration::from_secs(TTL as u64 + 2);
 
 impl Member {
     /// Writes the member's YAML (0600, owned by `owner`) and starts Patroni as `owner`.
     pub fn start(config: MemberConfig, owner: Option<(u32, u32)>) -> Result<Self, std::io::Error> {
+        let mut m = Self::prepare(config, owner)?;
+        m.spawn()?;
+        Ok(m)
+    }
+
+    /// Like [`start`](Self::start), but a Patroni of this member that is still running (pgbay
+    /// restarted and it survived, found by its pid file and its REST API) is adopted instead.
+    pub fn start_or_adopt(
+        config: MemberConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Self, std::io::Error> {
+        let mut m = Self::prepare(config, owner)?;
+        if m.adopted_pid().is_none() {
+            m.spawn()?;
+        }
+        Ok(m)
+    }
+
+    fn prepare(config: MemberConfig, owner: Option<(u32, u32)>) -> Result<Self, std::io::Error> {
         let program = crate::etcd::find_program("patroni", PATRONI_PACKAGE)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))?;
         {
@@ -210,15 +334,27 @@ impl Member {
             0o600,
             owner,
         )?;
-        let mut m = Member {
+        Ok(Member {
             config,
             program,
             owner,
             child: None,
             restarts: 0,
-        };
-        m.spawn()?;
-        Ok(m)
+            died_at: None,
+        })
+    }
+
+    /// The pid of a Patroni of this member that pgbay did not start in this process: the pid
+    /// file names a live process running this member's YAML.
+    fn adopted_pid(&self) -> Option<i32> {
+        let file = self.config.pid_file.as_ref()?;
+        let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let yaml = self.config.yaml_path().display().to_string();
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == yaml.as_bytes())
+            .then_some(pid)
     }
 
     fn spawn(&mut self) -> Result<(), std::io::Error> {
@@ -229,6 +365,9 @@ impl Member {
             .append(true)
             .mode(0o600)
             .open(self.config.log_path())?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(self.config.log_path(), Some(uid), Some(gid))?;
+        }
         let mut c = Command::new(&self.program);
         c.arg(self.config.yaml_path())
             .current_dir(&self.config.dir)
@@ -236,31 +375,55 @@ impl Member {
             .stdout(log.try_clone()?)
             .stderr(log)
             .env("LC_ALL", "C")
-            .env_remove("PGPASSWORD");
+            .env("HOME", &self.config.dir)
+            .env_remove("PGPASSWORD")
+            // Its own process group: a signal to pgbay's group (a terminal's ^C) is not its.
+            .process_group(0);
         if let Some((uid, gid)) = self.owner {
             c.uid(uid).gid(gid);
         }
-        self.child = Some(c.spawn()?);
+        let child = c.spawn()?;
+        if let Some(file) = &self.config.pid_file {
+            crate::files::write_private(file, format!("{}\n", child.id()).as_bytes())?;
+        }
+        self.child = Some(child);
         Ok(())
     }
 
+    /// The pid of this member's Patroni (started or adopted), if it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        match &self.child {
+            Some(c) => Some(c.id()),
+            None => self.adopted_pid().map(|p| p as u32),
+        }
     }
 
     pub fn restarts(&self) -> u32 {
         self.restarts
     }
 
-    /// Supervision step: restarts Patroni if it exited (a member that lost its leadership comes
-    /// back as a standby, rewound by Patroni). Returns whether it had to.
+    /// Supervision step: restarts Patroni once it has been dead for [`RESTART_AFTER`] (a
+    /// member that lost its leadership comes back as a standby, rewound by Patroni). Returns
+    /// whether it did.
     pub fn ensure_running(&mut self) -> Result<bool, std::io::Error> {
-        if let Some(child) = self.child.as_mut() {
-            if child.try_wait()?.is_none() {
-                return Ok(false);
+        match self.child.as_mut() {
+            Some(child) => {
+                if child.try_wait()?.is_none() {
+                    return Ok(false);
+                }
+            }
+            None => {
+                if self.adopted_pid().is_some() {
+                    return Ok(false);
+                }
             }
         }
         self.child = None;
+        let died_at = *self.died_at.get_or_insert_with(Instant::now);
+        if died_at.elapsed() < RESTART_AFTER {
+            return Ok(false);
+        }
+        self.died_at = None;
         // A postmaster orphaned by a killed Patroni is adopted by the new Patroni through
         // postmaster.pid; a stale pid file of a dead one is handled by Patroni too.
         self.spawn()?;
@@ -270,20 +433,37 @@ impl Member {
 
     /// Stops Patroni (SIGTERM: it stops its PostgreSQL first; SIGKILL after 60 s).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        let Some(pid) = self.adopted_pid() else {
             return;
         };
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
+        // SAFETY: kill(2); the pid was just checked to be this member's Patroni.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        while Instant::now() < deadline && self.adopted_pid().is_some() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        if let Some(pid) = self.adopted_pid() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Leaves a running Patroni running (pgbay hands over to a successor that adopts it).
+    pub fn detach(mut self) {
+        self.child = None;
     }
 
     /// The PID of this member's postmaster, from its PGDATA.
@@ -303,6 +483,46 @@ impl Drop for Member {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `PATCH path` with a JSON `body` on a Patroni REST API: the HTTP status.
+pub fn rest_patch(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
+    crate::etcd::http(addr, "PATCH", path, Some(body))
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+/// One member as Patroni's `GET /cluster` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub name: String,
+    /// `leader`, `replica`, `sync_standby`, ...
+    pub role: String,
+    /// `running`, `streaming`, `starting`, `creating replica`, ...
+    pub state: String,
+}
+
+/// The members Patroni's `GET /cluster` at `addr` lists.
+pub fn cluster_status(addr: SocketAddr) -> Option<Vec<MemberStatus>> {
+    let (status, body) = rest_get(addr, "/cluster")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let members = v.get("members")?.as_array()?;
+    Some(
+        members
+            .iter()
+            .map(|m| {
+                let s = |k: &str| m.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+                MemberStatus {
+                    name: s("name"),
+                    role: s("role"),
+                    state: s("state"),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// `GET path` on a Patroni REST API: status and body.
@@ -330,6 +550,7 @@ mod tests {
             synchronous_mode: true,
             maximum_lag_on_failover: 1024,
             extra_hba: vec![],
+            ..Default::default()
         };
         let y = c.render();
         assert!(y.contains("password: \"a\\\"b\\\\c\\nd\""), "{y}");

@@ -1,0 +1,597 @@
+//! High availability (issue 17): a business (2 nodes) or premium (3 nodes) service runs one
+//! PostgreSQL member per node under Patroni, with etcd as Patroni's store, instead of one cluster.
+//!
+//! Control decides; the `cluster` crate runs the programs. Here:
+//! - the etcd Patroni uses: `--etcd URL,..` (an existing cluster), else one etcd member pgbay
+//!   starts in `<data-dir>/etcd` when the first HA service needs it, supervised like a cluster;
+//! - the members: their directories, YAML (0600, the service's OS user) and Patroni processes,
+//!   started, adopted after a restart of pgbay, restarted when they die, stopped and removed with
+//!   the service (and its keys in etcd);
+//! - the primary: pgbay follows the member whose Patroni answers `GET /primary` with 200 (that is,
+//!   once a promotion has finished, never on the leader key alone), and publishes it: the pooler's
+//!   backend and the forwarder of the service's own port then point at it;
+//! - the document's `node-states`, from Patroni's `GET /cluster`.
+//!
+//! On one node every member runs on this node (issue 16's nodes are not built yet).
+
+use std::collections::HashMap;
+use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
+
+use pgbay_cluster::etcd::{self, EmbeddedEtcd};
+use pgbay_cluster::provision::patroni::{self, Member, MemberConfig, MemberStatus};
+use pgbay_cluster::provision::ClusterSpec;
+
+use crate::control::Control;
+use crate::error::ControlError;
+use crate::input::InputError;
+use crate::model::ServiceRecord;
+use crate::store::HaRecord;
+
+/// How often pgbay asks each member's Patroni whether it is the primary.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How long a new HA service may take to elect its first primary.
+const FIRST_PRIMARY_WITHIN: Duration = Duration::from_secs(240);
+
+/// What the control plane holds of its HA services at run time.
+#[derive(Default)]
+pub(crate) struct HaState {
+    /// The etcd pgbay runs itself (when no `--etcd` is given), once an HA service needs it.
+    etcd: StdMutex<Option<EmbeddedEtcd>>,
+    /// The HA services' records (members' ports, sealed passwords), by service name.
+    records: StdMutex<HashMap<String, HaRecord>>,
+    /// The running members of each HA service.
+    members: StdMutex<HashMap<String, Vec<Member>>>,
+    /// The member each HA service's clients are sent to: the last one whose Patroni answered
+    /// `GET /primary` with 200.
+    primaries: StdMutex<HashMap<String, usize>>,
+    /// The last `GET /cluster` of each HA service.
+    status: StdMutex<HashMap<String, Vec<MemberStatus>>>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// One member as the document's `node-states` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// `<service>-<n>` (n from 1).
+    pub name: String,
+    /// `running`, `syncing_data` (a standby being built or catching up), `setting_up_vm`
+    /// (not reported by Patroni yet).
+    pub state: &'static str,
+    /// `master` or `standby`.
+    pub role: &'static str,
+    /// The member's PostgreSQL port (standbys serve read-only connections on it).
+    pub port: u16,
+}
+
+/// What the document shows of an HA service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaView {
+    pub nodes: Vec<NodeState>,
+    /// synchronous-replication `quorum` (else `off`).
+    pub synchronous: bool,
+    /// pglookout-settings' max-failover-replication-time-lag, seconds.
+    pub max_lag_seconds: Option<i64>,
+}
+
+/// The Patroni member name of member `index` of `service`.
+fn member_name(service: &str, index: usize) -> String {
+    format!("{service}-{}", index + 1)
+}
+
+impl Control {
+    /// Whether `name` is an HA service (members run by Patroni). Cheap.
+    pub fn is_ha(&self, name: &str) -> bool {
+        lock(&self.inner.ha.records).contains_key(name)
+    }
+
+    /// Loads the HA records of the stored services (at start).
+    pub(crate) async fn load_ha(&self, services: &[ServiceRecord]) -> Result<(), ControlError> {
+        for s in services {
+            if let Some(h) = self.inner.store.ha(&s.name).await? {
+                lock(&self.inner.ha.records).insert(s.name.clone(), h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers the HA record of a service just created.
+    pub(crate) fn remember_ha(&self, h: HaRecord) {
+        lock(&self.inner.ha.records).insert(h.service.clone(), h);
+    }
+
+    /// Where pgbay reaches the server of HA service `s` now: the Unix-socket directory and port
+    /// of its current primary (the first member until one has answered).
+    pub(crate) fn ha_backend(&self, s: &ServiceRecord) -> Option<(String, u16)> {
+        let records = lock(&self.inner.ha.records);
+        let h = records.get(&s.name)?;
+        let i = lock(&self.inner.ha.primaries)
+            .get(&s.name)
+            .copied()
+            .unwrap_or(0);
+        let (pg_port, _) = *h.members.get(i).or(h.members.first())?;
+        Some((self.inner.prov.socket_host(pg_port), pg_port))
+    }
+
+    /// The TCP port of the current primary of HA service `name` (the forwarder's target).
+    pub(crate) fn ha_primary_port(&self, name: &str) -> Option<u16> {
+        let records = lock(&self.inner.ha.records);
+        let h = records.get(name)?;
+        let i = lock(&self.inner.ha.primaries)
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        h.members.get(i).map(|m| m.0)
+    }
+
+    /// The document's view of HA service `name`.
+    pub fn ha_view(&self, name: &str) -> Option<HaView> {
+        let h = lock(&self.inner.ha.records).get(name)?.clone();
+        let status = lock(&self.inner.ha.status)
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let primary = lock(&self.inner.ha.primaries).get(name).copied();
+        let nodes = h
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, (pg_port, _))| {
+                let mname = member_name(name, i);
+                let st = status.iter().find(|m| m.name == mname);
+                let leader = match st {
+                    Some(m) => m.role == "leader" || m.role == "master",
+                    None => primary == Some(i),
+                };
+                let state = match st.map(|m| m.state.as_str()) {
+                    Some("running") | Some("streaming") => "running",
+                    Some(_) => "syncing_data",
+                    None => "setting_up_vm",
+                };
+                NodeState {
+                    name: mname,
+                    state,
+                    role: if leader { "master" } else { "standby" },
+                    port: *pg_port,
+                }
+            })
+            .collect();
+        Some(HaView {
+            nodes,
+            synchronous: h.synchronous,
+            max_lag_seconds: h.max_lag_seconds,
+        })
+    }
+
+    /// The etcd client endpoints (`host:port`) Patroni members use: `--etcd`'s, else pgbay's own
+    /// etcd, started (or restarted) now if needed.
+    async fn etcd_hosts(&self) -> Result<Vec<String>, ControlError> {
+        if let Some(urls) = &self.inner.cfg.etcd {
+            return Ok(urls
+                .iter()
+                .map(|u| {
+                    u.trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                        .to_string()
+                })
+                .collect());
+        }
+        let c = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut etcd = lock(&c.inner.ha.etcd);
+            if let Some(e) = etcd.as_mut() {
+                e.ensure_running()?;
+                return Ok(vec![e.client_addr().to_string()]);
+            }
+            let e = EmbeddedEtcd::start(&c.inner.cfg.data_dir.join("etcd"))?;
+            let host = e.client_addr().to_string();
+            *etcd = Some(e);
+            Ok::<_, etcd::EtcdError>(vec![host])
+        })
+        .await?
+        .map_err(|e| ControlError::internal(format!("etcd: {e}")))
+    }
+
+    /// Checks that the programs an HA service needs are installed, naming the Debian package
+    /// of the one that is not.
+    pub(crate) fn ha_programs() -> Result<(), String> {
+        etcd::find_program("patroni", patroni::PATRONI_PACKAGE).map_err(|e| e.to_string())?;
+        etcd::find_program("etcd", etcd::ETCD_PACKAGE).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Starts (or adopts) every member of HA service `s` and waits until one of them is the
+    /// primary. `t` is pgbay's internal superuser (the members' bootstrap superuser).
+    pub(crate) async fn start_ha(
+        &self,
+        s: &ServiceRecord,
+        superuser: &str,
+        superuser_password: &str,
+    ) -> Result<(), ControlError> {
+        Self::ha_programs().map_err(ControlError::internal)?;
+        if lock(&self.inner.ha.members).contains_key(&s.name) {
+            return self.wait_for_primary(&s.name).await;
+        }
+        let h = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal(format!("{} is not an HA service", s.name)))?;
+        let etcd_hosts = self.etcd_hosts().await?;
+        let replication = self.inner.secrets.open(&h.replication_password_enc)?;
+        let rewind = self.inner.secrets.open(&h.rewind_password_enc)?;
+        let parameters: Vec<(String, String)> = crate::cluster_config::ClusterConfig::of(s)
+            .entries()
+            .map(|(k, v)| {
+                let v = v
+                    .strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .map(|v| v.replace("''", "'"))
+                    .unwrap_or_else(|| v.to_string());
+                (k.to_string(), v)
+            })
+            .collect();
+        let max_lag = h
+            .max_lag_seconds
+            .and_then(patroni::lag_seconds_to_bytes)
+            .unwrap_or(DEFAULT_MAX_LAG_BYTES);
+        let pid_dir = self.inner.cfg.data_dir.join("run").join("patroni");
+        let prov = self.inner.prov.clone();
+        let tls = self.inner.tls.clone();
+        let public_host = self.inner.cfg.public_host.clone();
+        let (name, ip_filter) = (s.name.clone(), s.ip_filter.0.clone());
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        let (su, su_pw) = (superuser.to_string(), superuser_password.to_string());
+        let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        let synchronous = h.synchronous;
+        let members = tokio::task::spawn_blocking(move || {
+            let spec = ClusterSpec {
+                name: &name,
+                port: s_port(&h),
+                superuser: &su,
+                superuser_password: &su_pw,
+                os_user: &os_user,
+                ip_filter: &ip_filter,
+                settings: &settings,
+            };
+            std::fs::create_dir_all(&pid_dir).map_err(|e| {
+                ControlError::internal(format!("creating {}: {e}", pid_dir.display()))
+            })?;
+            let mut hba = pgbay_cluster::provision::local::hba_lines(&ip_filter);
+            hba.push("hostssl replication replicator 127.0.0.1/32 scram-sha-256".into());
+            let mut out = Vec::new();
+            for (i, (pg_port, rest_port)) in h.members.iter().enumerate() {
+                let (dir, socket_dir, owner) = prov.prepare_member(&spec, i, *pg_port, &tls)?;
+                let cfg = MemberConfig {
+                    scope: name.clone(),
+                    name: member_name(&name, i),
+                    etcd_hosts: etcd_hosts.clone(),
+                    rest_port: *rest_port,
+                    pg_port: *pg_port,
+                    dir,
+                    bin_dir: prov.bin_dir().to_path_buf(),
+                    superuser: su.clone(),
+                    superuser_password: su_pw.clone(),
+                    replication_password: replication.clone(),
+                    rewind_password: rewind.clone(),
+                    synchronous_mode: synchronous,
+                    maximum_lag_on_failover: max_lag,
+                    extra_hba: Vec::new(),
+                    hba: hba.clone(),
+                    listen_hosts: vec![public_host.clone()],
+                    socket_dir,
+                    tls: true,
+                    parameters: parameters.clone(),
+                    pid_file: Some(pid_dir.join(format!("{name}-{i}.pid"))),
+                };
+                let m = Member::start_or_adopt(cfg, owner).map_err(|e| {
+                    ControlError::internal(format!("starting Patroni member {i}: {e}"))
+                })?;
+                out.push(m);
+            }
+            Ok::<_, ControlError>(out)
+        })
+        .await??;
+        lock(&self.inner.ha.members).insert(s.name.clone(), members);
+        self.wait_for_primary(&s.name).await
+    }
+
+    /// Waits until a member of `name` is the primary.
+    async fn wait_for_primary(&self, name: &str) -> Result<(), ControlError> {
+        let deadline = Instant::now() + FIRST_PRIMARY_WITHIN;
+        loop {
+            if self.follow_primary(name).await.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::internal(format!(
+                    "no Patroni member of {name} became primary within {} s",
+                    FIRST_PRIMARY_WITHIN.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Asks each member of `name` whether it is the primary; records the one that is (exactly
+    /// one answering 200) and returns its index. Also refreshes the cluster status.
+    async fn follow_primary(&self, name: &str) -> Option<usize> {
+        let h = lock(&self.inner.ha.records).get(name).cloned()?;
+        let addrs: Vec<std::net::SocketAddr> = h
+            .members
+            .iter()
+            .map(|(_, rest)| std::net::SocketAddr::from(([127, 0, 0, 1], *rest)))
+            .collect();
+        let (primaries, status) = tokio::task::spawn_blocking(move || {
+            let primaries: Vec<usize> = addrs
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| patroni::rest_get(**a, "/primary").map(|r| r.0) == Some(200))
+                .map(|(i, _)| i)
+                .collect();
+            let status = addrs.iter().find_map(|a| patroni::cluster_status(*a));
+            (primaries, status)
+        })
+        .await
+        .ok()?;
+        if let Some(st) = status {
+            lock(&self.inner.ha.status).insert(name.to_string(), st);
+        }
+        let [p] = primaries[..] else {
+            return None;
+        };
+        let changed = lock(&self.inner.ha.primaries).insert(name.to_string(), p) != Some(p);
+        if changed {
+            tracing::info!(service = %name, member = %member_name(name, p), "primary is now this member");
+            if let Err(e) = self.publish().await {
+                tracing::error!(service = %name, error = %e, "publishing the new primary");
+            }
+        }
+        Some(p)
+    }
+
+    /// Follows the primary of every HA service until shutdown.
+    pub(crate) async fn follow_primaries(&self) {
+        let mut shutdown = self.inner.shutdown_tx.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let names: Vec<String> = lock(&self.inner.ha.members).keys().cloned().collect();
+            for name in names {
+                self.follow_primary(&name).await;
+            }
+        }
+    }
+
+    /// Supervision step for HA services: restarts a dead Patroni (the member comes back as a
+    /// standby, rewound by Patroni) and pgbay's own etcd.
+    pub(crate) async fn supervise_ha(&self) {
+        let c = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(e) = lock(&c.inner.ha.etcd).as_mut() {
+                if let Err(err) = e.ensure_running() {
+                    tracing::error!(error = %err, "restarting pgbay's etcd");
+                }
+            }
+            let mut all = lock(&c.inner.ha.members);
+            for (name, members) in all.iter_mut() {
+                for m in members.iter_mut() {
+                    match m.ensure_running() {
+                        Ok(true) => {
+                            tracing::warn!(service = %name, member = %m.config.name, "Patroni had exited; restarted it")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(service = %name, member = %m.config.name, error = %e, "restarting Patroni")
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Stops every member of HA service `name` (their PostgreSQL with them). With `forget`, its
+    /// keys in etcd and its record go too (the service is being deleted).
+    pub(crate) async fn stop_ha(&self, name: &str, forget: bool) {
+        let members = lock(&self.inner.ha.members).remove(name);
+        let c = self.clone();
+        let n = name.to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            for mut m in members.unwrap_or_default() {
+                m.stop();
+            }
+            if !forget {
+                return;
+            }
+            let prefix = patroni::etcd_prefix(&n);
+            let addr = match &c.inner.cfg.etcd {
+                Some(urls) => urls.first().and_then(|u| {
+                    u.trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                        .parse()
+                        .ok()
+                }),
+                None => lock(&c.inner.ha.etcd).as_ref().map(|e| e.client_addr()),
+            };
+            if let Some(addr) = addr {
+                if let Err(e) = etcd::delete_prefix(addr, &prefix) {
+                    tracing::error!(service = %n, error = %e, "removing the service's keys from etcd");
+                }
+            }
+        })
+        .await;
+        lock(&self.inner.ha.primaries).remove(name);
+        lock(&self.inner.ha.status).remove(name);
+        if forget {
+            lock(&self.inner.ha.records).remove(name);
+        }
+    }
+
+    /// Stops every HA service's members and pgbay's etcd (graceful shutdown of pgbay).
+    pub(crate) async fn stop_all_ha(&self) {
+        let names: Vec<String> = lock(&self.inner.ha.members).keys().cloned().collect();
+        for name in names {
+            self.stop_ha(&name, false).await;
+        }
+        let c = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(mut e) = lock(&c.inner.ha.etcd).take() {
+                e.stop();
+            }
+        })
+        .await;
+    }
+}
+
+impl Control {
+    /// What an update asks of the HA settings of `s`: the new `(synchronous, max lag)` when it
+    /// names either; refuses what is not built for HA services yet, and HA settings on a
+    /// service without standbys.
+    pub(crate) fn ha_update(
+        &self,
+        s: &ServiceRecord,
+        u: &crate::commands::ServiceUpdate,
+    ) -> Result<Option<(bool, Option<i64>)>, InputError> {
+        let Some(h) = lock(&self.inner.ha.records).get(&s.name).cloned() else {
+            if u.synchronous_replication == Some(true) {
+                return Err(InputError::new(
+                    "synchronous-replication",
+                    format!(
+                        "needs a plan with standbys (business or premium), not {}",
+                        s.plan
+                    ),
+                ));
+            }
+            if u.max_failover_lag.is_some() {
+                return Err(InputError::new(
+                    "pglookout-settings",
+                    format!(
+                        "needs a plan with standbys (business or premium), not {}",
+                        s.plan
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        let not_yet = |field: &str| {
+            Err(InputError::new(
+                field,
+                "cannot be changed yet on a service with standbys (Patroni's rolling restart is not built)",
+            ))
+        };
+        if u.plan.as_ref().is_some_and(|p| p.as_str() != s.plan) {
+            return not_yet("plan");
+        }
+        if u.pg_settings.is_some() {
+            return not_yet("pg-settings");
+        }
+        if u.work_mem.is_some() {
+            return not_yet("work-mem");
+        }
+        if u.shared_buffers_percentage.is_some() {
+            return not_yet("shared-buffers-percentage");
+        }
+        if u.synchronous_replication.is_none() && u.max_failover_lag.is_none() {
+            return Ok(None);
+        }
+        Ok(Some((
+            u.synchronous_replication.unwrap_or(h.synchronous),
+            u.max_failover_lag.or(h.max_lag_seconds),
+        )))
+    }
+
+    /// Changes Patroni's cluster-wide configuration of `s` (`PATCH /config` on a member):
+    /// synchronous mode and the lag bound of a failover.
+    pub(crate) async fn apply_ha_settings(
+        &self,
+        s: &ServiceRecord,
+        synchronous: bool,
+        max_lag_seconds: Option<i64>,
+    ) -> Result<(), ControlError> {
+        let h = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("not an HA service"))?;
+        let lag = max_lag_seconds
+            .and_then(patroni::lag_seconds_to_bytes)
+            .unwrap_or(DEFAULT_MAX_LAG_BYTES);
+        let body = serde_json::json!({
+            "synchronous_mode": synchronous,
+            "maximum_lag_on_failover": lag,
+        })
+        .to_string();
+        let addrs: Vec<std::net::SocketAddr> = h
+            .members
+            .iter()
+            .map(|(_, rest)| std::net::SocketAddr::from(([127, 0, 0, 1], *rest)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            // Any live member takes it (Patroni keeps it in etcd for all).
+            let mut last = String::from("no member answered");
+            for a in addrs {
+                match patroni::rest_patch(a, "/config", &body) {
+                    Ok(200) => return Ok(()),
+                    Ok(status) => last = format!("Patroni answered HTTP {status}"),
+                    Err(e) => last = e,
+                }
+            }
+            Err(ControlError::internal(format!(
+                "changing Patroni's configuration: {last}"
+            )))
+        })
+        .await?
+    }
+
+    /// Remembers changed HA settings (committed).
+    pub(crate) fn remember_ha_settings(&self, name: &str, synchronous: bool, lag: Option<i64>) {
+        if let Some(h) = lock(&self.inner.ha.records).get_mut(name) {
+            h.synchronous = synchronous;
+            h.max_lag_seconds = lag;
+        }
+    }
+
+    /// A create of an HA service on a machine without Patroni or etcd: a failed operation
+    /// naming the program and its package, and nothing else recorded.
+    pub(crate) async fn refuse_create_ha(
+        &self,
+        name: &crate::input::ServiceName,
+        plan: &str,
+        missing: &str,
+    ) -> Result<crate::model::OperationRecord, ControlError> {
+        let op = crate::model::OperationRecord {
+            id: uuid::Uuid::new_v4(),
+            state: crate::model::OpState::Failure,
+            reason: Some("fault".into()),
+            message: format!(
+                "service {name} was not created: plan {plan} runs standbys under Patroni and {missing}"
+            ),
+            ref_id: uuid::Uuid::new_v4(),
+            ref_link: format!("/v2/dbaas-postgres/{name}"),
+            ref_command: "get-dbaas-service-pg".into(),
+            kind: crate::operations::OperationKind::CreateService,
+            service: name.to_string(),
+        };
+        let mut tx = self.inner.store.begin().await?;
+        crate::store::insert_operation(&mut tx, &op).await?;
+        tx.commit().await?;
+        tracing::error!(service = %name, "{}", op.message);
+        Ok(op)
+    }
+}
+
+/// The lag bound of a failover when none is set: 60 s of WAL at a segment a second.
+const DEFAULT_MAX_LAG_BYTES: u64 = 60 * 16 * 1024 * 1024;
+
+/// The port the spec of an HA service names: its first member's (only the socket directory and
+/// the OS user of the spec are used for members).
+fn s_port(h: &HaRecord) -> u16 {
+    h.members.first().map(|m| m.0).unwrap_or(0)
+}

@@ -242,3 +242,64 @@ def test_failover_is_invisible_to_pooled_clients(node):
         and d)[1])
     assert master(doc) != old_master
     ok(c, c.delete_dbaas_service_pg(name=name))
+
+
+def etcd_pids(srv: PgbayServer) -> list[int]:
+    marker = str(srv.data_dir / "etcd").encode()
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (proc / "cmdline").read_bytes()
+                if marker in cmd and cmd.split(b"\0")[0].endswith(b"etcd"):
+                    out.append(int(proc.name))
+    return out
+
+
+def test_a_restarted_pgbay_adopts_members_and_etcd(node):
+    c = node.client()
+    name = unique("haad")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="business-4"))
+    wait_service_running(c, name, timeout=300)
+    pool_uri = tx_pool(c, name, "app")
+    with psycopg.connect(pool_uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a (n int)")
+    members = patroni_pids(node, name)
+    etcd = etcd_pids(node)
+    assert len(members) == 2 and len(etcd) == 1, (members, etcd)
+
+    node.kill9()
+    node.start()
+    c = node.client()
+    doc = wait_service_running(c, name, timeout=300)
+    assert len(doc["node-states"]) == 2
+    # The same processes serve: nothing was started twice.
+    assert patroni_pids(node, name) == members
+    assert all(Path(f"/proc/{p}").exists() for p in members.values())
+    assert etcd_pids(node) == etcd
+    with psycopg.connect(pool_uri, autocommit=True) as conn:
+        wait_for("writes through the pool after the restart", 60,
+                 lambda: conn.execute("INSERT INTO a VALUES (1)") or True)
+    ok(c, c.delete_dbaas_service_pg(name=name))
+
+
+def test_an_ha_plan_without_patroni_fails_naming_the_package(tmp_path):
+    # PATH without patroni (and etcd): every other program of /usr/bin stays reachable.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for p in Path("/usr/bin").iterdir():
+        if p.name not in ("patroni", "etcd"):
+            with contextlib.suppress(OSError):
+                (bin_dir / p.name).symlink_to(p)
+    path = ":".join(d for d in os.environ["PATH"].split(":") if d not in ("/usr/bin", "/bin"))
+    with PgbayServer("ha-nopatroni", env={"PATH": f"{bin_dir}:{path}"}) as srv:
+        c = srv.client()
+        name = unique("hanp")
+        op = c.create_dbaas_service_pg(name=name, plan="business-4")
+        op = c.get_operation(id=op["id"])
+        assert op["state"] == "failure", op
+        assert "patroni" in op["message"] and "install the Debian package patroni" in op["message"]
+        names = [s["name"] for s in c.list_dbaas_services()["dbaas-services"]]
+        assert name not in names
+        # A single-cluster plan still works there.
+        ok(c, c.create_dbaas_service_pg(name=unique("hanp"), plan="hobbyist-2"))

@@ -101,6 +101,7 @@ pub struct EmbeddedEtcd {
 }
 
 const PORTS_FILE: &str = "ports";
+const PID_FILE: &str = "etcd.pid";
 const START_ATTEMPTS: u32 = 3;
 const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -116,6 +117,22 @@ impl EmbeddedEtcd {
     pub fn start_with(program: PathBuf, dir: &Path) -> Result<Self, EtcdError> {
         create_private_dir(dir)?;
         let remembered = read_ports(dir);
+        if let Some((client_port, peer_port)) = remembered {
+            // pgbay restarted and its etcd did not stop (a crash): adopt it, on the ports the
+            // Patroni configurations name.
+            let etcd = EmbeddedEtcd {
+                program: program.clone(),
+                dir: dir.to_path_buf(),
+                client_port,
+                peer_port,
+                child: None,
+                restarts: 0,
+            };
+            if etcd.adopted_pid().is_some() && etcd.healthy() {
+                tracing::info!(client_port, "adopting pgbay's running etcd");
+                return Ok(etcd);
+            }
+        }
         let mut last_err = None;
         for attempt in 0..START_ATTEMPTS {
             // Remembered ports are kept (the Patroni configurations name the client URL); fresh
@@ -167,7 +184,26 @@ impl EmbeddedEtcd {
 
     /// The process id of the running etcd, if any.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        match &self.child {
+            Some(c) => Some(c.id()),
+            None => self.adopted_pid().map(|p| p as u32),
+        }
+    }
+
+    /// The pid of an etcd of this directory that this process did not start: the pid file
+    /// names a live etcd whose command line names this directory.
+    fn adopted_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let data = self.dir.join("data").display().to_string();
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == data.as_bytes())
+            .then_some(pid)
     }
 
     /// How many times [`ensure_running`](Self::ensure_running) restarted a dead etcd.
@@ -184,7 +220,7 @@ impl EmbeddedEtcd {
     pub fn ensure_running(&mut self) -> Result<bool, EtcdError> {
         let exited = match self.child.as_mut() {
             Some(child) => child.try_wait()?.is_some(),
-            None => true,
+            None => self.adopted_pid().is_none(),
         };
         if !exited {
             return Ok(false);
@@ -222,6 +258,14 @@ impl EmbeddedEtcd {
     /// Stops etcd (SIGTERM, then SIGKILL after 10 s) and reaps it. Its data stays.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
+            if let Some(pid) = self.adopted_pid() {
+                // SAFETY: kill(2); the pid was just checked to be this directory's etcd.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && self.adopted_pid().is_some() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             return;
         };
         // SAFETY: plain kill(2) on the pid of our own child, not yet reaped.
@@ -270,6 +314,10 @@ impl EmbeddedEtcd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
+        crate::files::write_private(
+            &self.dir.join(PID_FILE),
+            format!("{}\n", child.id()).as_bytes(),
+        )?;
         self.child = Some(child);
         let deadline = Instant::now() + HEALTH_DEADLINE;
         loop {

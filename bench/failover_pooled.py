@@ -223,7 +223,8 @@ def master_port(srv, c, name):
     m = master(c.get_dbaas_service_pg(name=name))
     idx = int(m.rsplit("-", 1)[1]) - 1
     yml = (srv.data_dir / "services" / name / "members" / str(idx) / "patroni.yml").read_text()
-    return int(re.search(r'^  listen: "[^"]*:(\d+)"', yml, re.M).group(1))
+    # The last `listen:` is PostgreSQL's (the first is Patroni's REST API).
+    return int(re.findall(r'^  listen: "[^"]*:(\d+)"', yml, re.M)[-1])
 
 
 if __name__ == "__main__":

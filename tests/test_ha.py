@@ -122,11 +122,37 @@ def test_business_service_runs_a_primary_and_a_standby(node):
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
 
-    # What is not built for HA services yet is refused, naming the field; nothing changes.
-    with api_error(400, "pg-settings"):
-        c.update_dbaas_service_pg(name=name, pg_settings={"jit": False})
+    # Settings go through Patroni's dynamic configuration: a reload on every member...
+    ok(c, c.update_dbaas_service_pg(name=name, pg_settings={"jit": False}))
+    for uri in (doc["uri"], standby):
+        with psycopg.connect(uri, autocommit=True) as conn:
+            assert conn.execute("SHOW jit").fetchone() == ("off",), uri
+    # ... and a setting that needs a restart restarts the standby, then switches over.
+    before = master(c.get_dbaas_service_pg(name=name))
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        old_buffers = conn.execute("SHOW shared_buffers").fetchone()
+    with psycopg.connect(pool_uri, autocommit=True) as pooled:
+        op = c.update_dbaas_service_pg(name=name, shared_buffers_percentage=20)
+        assert op["state"] == "pending"
+        ok(c, op)
+        # The pooled client's next query runs on the new primary.
+        wait_for("a write through the pool after the switchover", 60,
+                 lambda: pooled.execute("INSERT INTO t (n) VALUES (3)") or True)
+    doc = wait_for("both members running", 120, lambda: (
+        d := c.get_dbaas_service_pg(name=name),
+        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    assert master(doc) != before
+    assert doc["shared-buffers-percentage"] == 20
+    buffers = set()
+    for uri in [doc["uri"]] + doc["connection-info"]["standby"]:
+        with psycopg.connect(uri, autocommit=True) as conn:
+            buffers.add(conn.execute("SHOW shared_buffers").fetchone())
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,), uri
+    assert len(buffers) == 1 and buffers != {old_buffers}, (buffers, old_buffers)
+    # Changing the number of nodes is not built: refused, naming the field; nothing changes.
     with api_error(400, "plan"):
         c.update_dbaas_service_pg(name=name, plan="premium-4")
+    assert c.get_dbaas_service_pg(name=name)["plan"] == "business-4"
     # synchronous-replication changes through Patroni's configuration.
     ok(c, c.update_dbaas_service_pg(name=name, synchronous_replication="quorum"))
     assert c.get_dbaas_service_pg(name=name)["synchronous-replication"] == "quorum"

@@ -460,7 +460,17 @@ pub(crate) fn http(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), EtcdError> {
-    let timeout = Duration::from_secs(5);
+    http_with_timeout(addr, method, path, body, Duration::from_secs(5))
+}
+
+/// [`http`] with another bound on each read and write.
+pub(crate) fn http_with_timeout(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), EtcdError> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

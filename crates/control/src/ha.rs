@@ -227,14 +227,7 @@ impl Control {
         let rewind = self.inner.secrets.open(&h.rewind_password_enc)?;
         let parameters: Vec<(String, String)> = crate::cluster_config::ClusterConfig::of(s)
             .entries()
-            .map(|(k, v)| {
-                let v = v
-                    .strip_prefix('\'')
-                    .and_then(|v| v.strip_suffix('\''))
-                    .map(|v| v.replace("''", "'"))
-                    .unwrap_or_else(|| v.to_string());
-                (k.to_string(), v)
-            })
+            .map(|(k, v)| (k.to_string(), unquote(v)))
             .collect();
         let max_lag = h
             .max_lag_seconds
@@ -484,20 +477,14 @@ impl Control {
         let not_yet = |field: &str| {
             Err(InputError::new(
                 field,
-                "cannot be changed yet on a service with standbys (Patroni's rolling restart is not built)",
+                "cannot change the number of nodes of a service with standbys yet",
             ))
         };
-        if u.plan.as_ref().is_some_and(|p| p.as_str() != s.plan) {
-            return not_yet("plan");
-        }
-        if u.pg_settings.is_some() {
-            return not_yet("pg-settings");
-        }
-        if u.work_mem.is_some() {
-            return not_yet("work-mem");
-        }
-        if u.shared_buffers_percentage.is_some() {
-            return not_yet("shared-buffers-percentage");
+        if let Some(p) = &u.plan {
+            let nodes = crate::plans::lookup(p.as_str()).map(|p| p.nodes as usize);
+            if nodes.is_some_and(|n| n != h.members.len()) {
+                return not_yet("plan");
+            }
         }
         if u.synchronous_replication.is_none() && u.max_failover_lag.is_none() {
             return Ok(None);
@@ -585,6 +572,190 @@ impl Control {
         tracing::error!(service = %name, "{}", op.message);
         Ok(op)
     }
+}
+
+impl Control {
+    /// Applies the configuration of `new` (its plan's and pg-settings' parameters) to HA service
+    /// `new` through Patroni, in the background, keeping the service's lock: the parameters go to
+    /// Patroni's dynamic configuration (every member reloads); when one needs a restart, the
+    /// standbys restart first, one at a time, then a switchover makes a restarted standby the
+    /// primary (the old primary restarts as a standby): never all members at once, and the pooler
+    /// follows the new primary. If a member does not come back, the previous parameters go back
+    /// to Patroni and the store, and `op` ends `failure`.
+    pub(crate) fn spawn_ha_reconfigure(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        old: ServiceRecord,
+        new: ServiceRecord,
+        op: crate::model::OperationRecord,
+        changed: Vec<String>,
+        restart: bool,
+    ) {
+        let c = self.clone();
+        let span = tracing::info_span!("ha-reconfigure", service = %new.name);
+        let task = async move {
+            let _g = guard;
+            let changed = changed.join(", ");
+            let name = new.name.clone();
+            match c.reconfigure_ha(&old, &new, restart).await {
+                Ok(()) => {
+                    let how = if restart {
+                        "restarted (standbys first, then a switchover)"
+                    } else {
+                        "reloaded"
+                    };
+                    let op = crate::model::OperationRecord {
+                        message: format!(
+                            "service {name} updated; PostgreSQL {how} to apply {changed}"
+                        ),
+                        ..op
+                    };
+                    if let Err(e) = c.publish_and_settle(op).await {
+                        tracing::error!(error = %e, "settling an HA reconfiguration");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "HA reconfiguration failed");
+                    if let Err(e) = c.reconfigure_back(&old, &new).await {
+                        tracing::error!(error = %e, "putting the previous configuration back");
+                    }
+                    let message = format!(
+                        "the members did not all come back with the new value of {changed}; the \
+                         previous configuration is back"
+                    );
+                    if let Err(e) = c.fail_operation(op.id, "incorrect", &message).await {
+                        tracing::error!(error = %e, "recording a failed HA reconfiguration");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    async fn reconfigure_back(
+        &self,
+        old: &ServiceRecord,
+        new: &ServiceRecord,
+    ) -> Result<(), ControlError> {
+        let back = ServiceRecord {
+            plan: old.plan.clone(),
+            pg_settings: old.pg_settings.clone(),
+            work_mem: old.work_mem,
+            shared_buffers_percentage: old.shared_buffers_percentage,
+            updated_at: chrono::Utc::now(),
+            ..new.clone()
+        };
+        let mut tx = self.inner.store.begin().await?;
+        crate::store::update_service(&mut tx, &back).await?;
+        tx.commit().await?;
+        self.reconfigure_ha(new, &back, true).await
+    }
+
+    async fn reconfigure_ha(
+        &self,
+        old: &ServiceRecord,
+        new: &ServiceRecord,
+        restart: bool,
+    ) -> Result<(), ControlError> {
+        use crate::cluster_config::ClusterConfig;
+        let (new_cfg, old_cfg) = (ClusterConfig::of(new), ClusterConfig::of(old));
+        let mut params = serde_json::Map::new();
+        for (k, v) in new_cfg.entries() {
+            params.insert(k.to_string(), serde_json::Value::String(unquote(v)));
+        }
+        for (k, _) in old_cfg.entries() {
+            if !params.contains_key(k) {
+                params.insert(k.to_string(), serde_json::Value::Null);
+            }
+        }
+        let body = serde_json::json!({"postgresql": {"parameters": params}}).to_string();
+        let h = lock(&self.inner.ha.records)
+            .get(&new.name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("not an HA service"))?;
+        let rest: Vec<std::net::SocketAddr> = h
+            .members
+            .iter()
+            .map(|(_, r)| std::net::SocketAddr::from(([127, 0, 0, 1], *r)))
+            .collect();
+        let name = new.name.clone();
+        let primary = lock(&self.inner.ha.primaries)
+            .get(&name)
+            .copied()
+            .unwrap_or(0);
+        tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
+            let fail = |what: String| ControlError::internal(what);
+            if !rest
+                .iter()
+                .any(|a| patroni::rest_patch(*a, "/config", &body) == Ok(200))
+            {
+                return Err(fail("no member took Patroni's new configuration".into()));
+            }
+            // Every member reloads within a loop_wait or two.
+            std::thread::sleep(Duration::from_secs(u64::from(patroni::LOOP_WAIT) * 3));
+            if !restart {
+                return Ok(());
+            }
+            let wait = |what: &str, ok: &dyn Fn() -> bool| -> Result<(), ControlError> {
+                let deadline = Instant::now() + Duration::from_secs(180);
+                while !ok() {
+                    if Instant::now() >= deadline {
+                        return Err(fail(format!("timed out waiting for {what}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Ok(())
+            };
+            let standbys: Vec<usize> = (0..rest.len()).filter(|i| *i != primary).collect();
+            for &i in &standbys {
+                let a = rest[i];
+                let status = patroni::rest_post(a, "/restart", r#"{"restart_pending": true}"#)
+                    .map_err(|e| fail(format!("restarting {}: {e}", member_name(&name, i))))?;
+                if status != 200 && status != 503 {
+                    tracing::warn!(member = %member_name(&name, i), status, "Patroni's restart answered");
+                }
+                wait(&format!("{} back as a standby", member_name(&name, i)), &|| {
+                    patroni::rest_get(a, "/replica").map(|r| r.0) == Some(200)
+                })?;
+            }
+            let Some(&candidate) = standbys.first() else {
+                return Ok(());
+            };
+            let body = serde_json::json!({
+                "leader": member_name(&name, primary),
+                "candidate": member_name(&name, candidate),
+            })
+            .to_string();
+            let status = patroni::rest_post(rest[candidate], "/switchover", &body)
+                .map_err(|e| fail(format!("switchover: {e}")))?;
+            if status != 200 {
+                return Err(fail(format!("Patroni refused the switchover (HTTP {status})")));
+            }
+            wait("the switchover", &|| {
+                patroni::rest_get(rest[candidate], "/primary").map(|r| r.0) == Some(200)
+            })?;
+            wait("the old primary back as a standby", &|| {
+                patroni::rest_get(rest[primary], "/replica").map(|r| r.0) == Some(200)
+            })?;
+            // A switchover restarts the old primary; one still pending restarts now.
+            let _ = patroni::rest_post(rest[primary], "/restart", r#"{"restart_pending": true}"#);
+            wait("the old primary back as a standby", &|| {
+                patroni::rest_get(rest[primary], "/replica").map(|r| r.0) == Some(200)
+            })?;
+            Ok(())
+        })
+        .await??;
+        self.follow_primary(&new.name).await;
+        Ok(())
+    }
+}
+
+/// A postgresql.conf value as Patroni's parameters take it (without pgbay's quoting).
+fn unquote(v: &str) -> String {
+    v.strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .map(|v| v.replace("''", "'"))
+        .unwrap_or_else(|| v.to_string())
 }
 
 /// The lag bound of a failover when none is set: 60 s of WAL at a segment a second.

@@ -472,6 +472,39 @@ impl Control {
         } else {
             (Vec::new(), false)
         };
+        if s.state == ServiceState::Running && self.is_ha(&s.name) {
+            use crate::cluster_config::ClusterConfig;
+            let (changed, restart) =
+                ClusterConfig::of(&s).changes_from(&ClusterConfig::of(&before));
+            if !changed.is_empty() {
+                if let Some((sync, lag)) = ha_settings {
+                    self.apply_ha_settings(&s, sync, lag).await?;
+                }
+                let mut tx = self.inner.store.begin().await?;
+                store::update_service(&mut tx, &s).await?;
+                if let Some((sync, lag)) = ha_settings {
+                    store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
+                }
+                let how = if restart {
+                    "Patroni restarting the standbys, then switching over, to apply"
+                } else {
+                    "Patroni reloading every member to apply"
+                };
+                let op = self
+                    .record_operation(
+                        tx,
+                        &s,
+                        OperationKind::UpdateService,
+                        format!("service {name} updated; {how} {}", changed.join(", ")),
+                    )
+                    .await?;
+                if let Some((sync, lag)) = ha_settings {
+                    self.remember_ha_settings(&s.name, sync, lag);
+                }
+                self.spawn_ha_reconfigure(guard, before, s, op.clone(), changed, restart);
+                return Ok(op);
+            }
+        }
         if restart {
             let mut tx = self.inner.store.begin().await?;
             store::update_service(&mut tx, &s).await?;

@@ -162,7 +162,6 @@ impl MemberConfig {
             }
             params.push(("ssl".into(), "on".into()));
         }
-        params.extend(self.parameters.iter().cloned());
         let param_lines = |indent: &str| -> String {
             params
                 .iter()
@@ -488,6 +487,14 @@ impl Drop for Member {
 /// `PATCH path` with a JSON `body` on a Patroni REST API: the HTTP status.
 pub fn rest_patch(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
     crate::etcd::http(addr, "PATCH", path, Some(body))
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+/// `POST path` with a JSON `body` on a Patroni REST API (`/restart`, `/switchover`): the HTTP
+/// status.
+pub fn rest_post(addr: SocketAddr, path: &str, body: &str) -> Result<u16, String> {
+    crate::etcd::http_with_timeout(addr, "POST", path, Some(body), Duration::from_secs(90))
         .map(|(s, _)| s)
         .map_err(|e| e.to_string())
 }

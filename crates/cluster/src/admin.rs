@@ -21,6 +21,19 @@ use tokio_postgres::{Client, NoTls};
 /// that pgbay keeps encrypted in its store and never shows; the API refuses it as a user name.
 pub const INTERNAL_ROLE: &str = "pgbay_internal";
 
+/// The role the standbys of an HA service replicate as (Patroni's `replication` user): LOGIN
+/// REPLICATION, over TLS from loopback, for the replication pseudo-database only.
+pub const REPLICATION_ROLE: &str = "pgbay_replication";
+
+/// The role Patroni runs pg_rewind as: a superuser (so that no tenant's CREATEROLE admin can
+/// grant itself its file-reading functions), over TLS from loopback only.
+pub const REWIND_ROLE: &str = "pgbay_rewind";
+
+/// Whether `name` is one of pgbay's own roles, which the API refuses as user names.
+pub fn is_reserved_role(name: &str) -> bool {
+    [INTERNAL_ROLE, REPLICATION_ROLE, REWIND_ROLE].contains(&name)
+}
+
 /// What a service's admin (primary user) is made a member of: a managed admin's monitoring,
 /// signalling and data-access roles (as Aiven's and Exoscale's `avnadmin`), as far as the
 /// server has them. Never `pg_read_server_files`, `pg_write_server_files` or
@@ -264,10 +277,44 @@ async fn exec_formatted(c: &Client, template: &str, args: &[&str]) -> Result<()>
 
 /// Refuses `name` when it is pgbay's internal role: no tenant request may change it.
 fn not_internal(name: &str) -> Result<()> {
-    if name == INTERNAL_ROLE {
+    if is_reserved_role(name) {
         return Err(AdminError::InternalRole);
     }
     Ok(())
+}
+
+/// Makes (or resets) the roles Patroni needs on a cluster it takes over (a single cluster
+/// becoming an HA service), as pgbay's internal superuser `t`, and makes the rewind role a
+/// superuser (on a cluster Patroni bootstrapped it exists already, with function grants only).
+pub async fn ensure_patroni_roles(
+    t: &AdminTarget,
+    replication_password: &str,
+    rewind_password: &str,
+) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    for (role, attrs, pw) in [
+        (
+            REPLICATION_ROLE,
+            "LOGIN REPLICATION NOSUPERUSER",
+            replication_password,
+        ),
+        (REWIND_ROLE, "LOGIN SUPERUSER", rewind_password),
+    ] {
+        let verb = if role_exists(&c, role).await? {
+            "ALTER"
+        } else {
+            "CREATE"
+        };
+        let template = format!("{verb} ROLE %I WITH {attrs} PASSWORD %L");
+        exec_formatted(&c, &template, &[role, &scram_verifier(pw)]).await?;
+    }
+    Ok(())
+}
+
+/// Makes Patroni's rewind role a superuser (see [`REWIND_ROLE`]).
+pub async fn harden_rewind_role(t: &AdminTarget) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    exec_formatted(&c, "ALTER ROLE %I WITH SUPERUSER", &[REWIND_ROLE]).await
 }
 
 /// Creates database `name` unless it exists, owned by `owner` (the service's admin, so that it

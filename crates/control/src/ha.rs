@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 
+use pgbay_cluster::admin;
 use pgbay_cluster::etcd::{self, EmbeddedEtcd};
 use pgbay_cluster::provision::patroni::{self, Member, MemberConfig, MemberStatus};
 use pgbay_cluster::provision::ClusterSpec;
@@ -256,7 +257,17 @@ impl Control {
                 ControlError::internal(format!("creating {}: {e}", pid_dir.display()))
             })?;
             let mut hba = pgbay_cluster::provision::local::hba_lines(&ip_filter);
-            hba.push("hostssl replication replicator 127.0.0.1/32 scram-sha-256".into());
+            // Patroni's roles: replication over TLS from loopback; neither logs in elsewhere.
+            let (repl, rw) = (admin::REPLICATION_ROLE, admin::REWIND_ROLE);
+            hba.insert(
+                0,
+                format!("hostssl replication {repl} 127.0.0.1/32 scram-sha-256"),
+            );
+            hba.insert(1, format!("host all {repl} 0.0.0.0/0 reject"));
+            hba.insert(2, format!("hostssl all {rw} 127.0.0.1/32 scram-sha-256"));
+            hba.insert(3, format!("host all {rw} 0.0.0.0/0 reject"));
+            hba.insert(4, format!("host all {rw} ::0/0 reject"));
+            hba.insert(5, format!("host all {repl} ::0/0 reject"));
             let mut out = Vec::new();
             for (i, (pg_port, rest_port)) in h.members.iter().enumerate() {
                 let (dir, socket_dir, owner) = prov.prepare_member(&spec, i, *pg_port, &tls)?;
@@ -309,6 +320,24 @@ impl Control {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Patroni's replication and rewind roles with their stored passwords, the rewind role a
+    /// superuser (see `admin::REWIND_ROLE`), through pgbay's internal superuser `t`.
+    pub(crate) async fn ensure_ha_roles(
+        &self,
+        s: &ServiceRecord,
+        t: &admin::AdminTarget,
+    ) -> Result<(), ControlError> {
+        let h = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("not an HA service"))?;
+        let repl = self.inner.secrets.open(&h.replication_password_enc)?;
+        let rewind = self.inner.secrets.open(&h.rewind_password_enc)?;
+        admin::ensure_patroni_roles(t, &repl, &rewind)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "making Patroni's roles"))
     }
 
     /// Asks each member of `name` whether it is the primary; records the one that is (exactly

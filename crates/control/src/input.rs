@@ -201,8 +201,8 @@ impl Username {
                 "names starting with `pg_` are reserved",
             ));
         }
-        if s == pgbay_cluster::admin::INTERNAL_ROLE {
-            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
+        if pgbay_cluster::admin::is_reserved_role(s) {
+            return Err(InputError::new(field, format!("`{s}` is reserved")));
         }
         Ok(Username(s.to_string()))
     }
@@ -302,8 +302,8 @@ impl AdminUsername {
                 "names starting with `pg_` are reserved",
             ));
         }
-        if s == pgbay_cluster::admin::INTERNAL_ROLE {
-            return Err(InputError::new(field, "`pgbay_internal` is reserved"));
+        if pgbay_cluster::admin::is_reserved_role(s) {
+            return Err(InputError::new(field, format!("`{s}` is reserved")));
         }
         Ok(AdminUsername(s.to_string()))
     }

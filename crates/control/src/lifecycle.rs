@@ -257,6 +257,9 @@ impl Control {
         if self.internal_target(&s).await?.is_some() {
             self.ensure_managed_admin(&s, &t).await?;
         }
+        if self.is_ha(name) {
+            self.ensure_ha_roles(&s, &t).await?;
+        }
         pgbay_cluster::admin::create_database(&t, DEFAULT_DATABASE, &s.admin_username, None, None)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;

@@ -9,6 +9,8 @@
 //! premium service and follows the member whose `GET /primary` answers 200.
 
 use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::admin::{REPLICATION_ROLE, REWIND_ROLE};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,8 +128,8 @@ impl MemberConfig {
         let hba = if self.hba.is_empty() {
             let mut hba = vec![
                 "local all all trust".to_string(),
-                "host replication replicator 127.0.0.1/32 scram-sha-256".to_string(),
-                "host all rewind_user 127.0.0.1/32 scram-sha-256".to_string(),
+                format!("host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256"),
+                format!("host all {REWIND_ROLE} 127.0.0.1/32 scram-sha-256"),
                 "host all postgres 127.0.0.1/32 scram-sha-256".to_string(),
             ];
             hba.extend(self.extra_hba.iter().cloned());
@@ -232,11 +234,11 @@ impl MemberConfig {
             format!("      username: {}", q(superuser)),
             format!("      password: {}", q(&self.superuser_password)),
             "    replication:".into(),
-            "      username: replicator".into(),
+            format!("      username: {REPLICATION_ROLE}"),
             format!("      password: {}", q(&self.replication_password)),
             format!("      sslmode: {sslmode}"),
             "    rewind:".into(),
-            "      username: rewind_user".into(),
+            format!("      username: {REWIND_ROLE}"),
             format!("      password: {}", q(&self.rewind_password)),
             format!("      sslmode: {sslmode}"),
             "  parameters:".into(),

@@ -10,9 +10,9 @@ use super::{Result, Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaRecord {
     pub service: String,
-    /// Sealed password of Patroni's `replicator` role.
+    /// Sealed password of Patroni's replication role (`pgbay_replication`).
     pub replication_password_enc: String,
-    /// Sealed password of Patroni's `rewind_user` role.
+    /// Sealed password of Patroni's rewind role (`pgbay_rewind`).
     pub rewind_password_enc: String,
     /// synchronous-replication `quorum`.
     pub synchronous: bool,

@@ -327,3 +327,47 @@ def test_an_ha_plan_without_patroni_fails_naming_the_package(tmp_path):
         assert name not in names
         # A single-cluster plan still works there.
         ok(c, c.create_dbaas_service_pg(name=unique("hanp"), plan="hobbyist-2"))
+
+
+def test_plan_changes_add_and_remove_standbys_online(node):
+    c = node.client()
+    name = unique("hasz")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="startup-4"))
+    doc = wait_service_running(c, name, timeout=300)
+    assert doc["node-count"] == 1
+    pool_uri = tx_pool(c, name, "app")
+    with psycopg.connect(pool_uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE s (n int)")
+        conn.execute("INSERT INTO s SELECT generate_series(1, 1000)")
+    with psycopg.connect(pool_uri, autocommit=True) as pooled:
+        # 1 -> 2 nodes: the single cluster is handed to Patroni and a standby is built from it.
+        op = c.update_dbaas_service_pg(name=name, plan="business-4", synchronous_replication="quorum")
+        assert op["state"] == "pending"
+        ok(c, op)
+        doc = c.get_dbaas_service_pg(name=name)
+        assert doc["node-count"] == 2 and doc["plan"] == "business-4"
+        assert roles(doc) == [("master", "running"), ("standby", "running")], doc["node-states"]
+        assert doc["synchronous-replication"] == "quorum"
+        # The pooled client's connection carries on; the data is all there, on the standby too.
+        wait_for("a write through the pool", 60,
+                 lambda: pooled.execute("INSERT INTO s VALUES (0)") or True)
+        [standby] = doc["connection-info"]["standby"]
+        with psycopg.connect(standby, autocommit=True) as ro:
+            wait_for("rows on the new standby", 10, lambda: ro.execute(
+                "SELECT count(*) FROM s").fetchone()[0] == 1001)
+        # 2 -> 3 nodes: one more standby.
+        ok(c, c.update_dbaas_service_pg(name=name, plan="premium-4"))
+        doc = c.get_dbaas_service_pg(name=name)
+        assert doc["node-count"] == 3
+        assert roles(doc) == [("master", "running")] + [("standby", "running")] * 2
+        # 3 -> 1 node: the standbys go.
+        ok(c, c.update_dbaas_service_pg(name=name, plan="startup-4"))
+        doc = c.get_dbaas_service_pg(name=name)
+        assert doc["node-count"] == 1 and roles(doc) == [("master", "running")]
+        assert doc["connection-info"]["standby"] == []
+        wait_for("a write through the pool", 60,
+                 lambda: pooled.execute("INSERT INTO s VALUES (0)") or True)
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM s").fetchone() == (1002,)
+    assert len(patroni_pids(node, name)) == 1
+    ok(c, c.delete_dbaas_service_pg(name=name))

@@ -219,6 +219,25 @@ impl Control {
         if lock(&self.inner.ha.members).contains_key(&s.name) {
             return self.wait_for_primary(&s.name).await;
         }
+        let n = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .map(|h| h.members.len())
+            .unwrap_or(0);
+        let members = self
+            .start_members(s, 0..n, superuser, superuser_password)
+            .await?;
+        lock(&self.inner.ha.members).insert(s.name.clone(), members);
+        self.wait_for_primary(&s.name).await
+    }
+
+    /// Prepares and starts (or adopts) members `range` of HA service `s`.
+    async fn start_members(
+        &self,
+        s: &ServiceRecord,
+        range: std::ops::Range<usize>,
+        superuser: &str,
+        superuser_password: &str,
+    ) -> Result<Vec<Member>, ControlError> {
         let h = lock(&self.inner.ha.records)
             .get(&s.name)
             .cloned()
@@ -270,6 +289,9 @@ impl Control {
             hba.insert(5, format!("host all {repl} ::0/0 reject"));
             let mut out = Vec::new();
             for (i, (pg_port, rest_port)) in h.members.iter().enumerate() {
+                if !range.contains(&i) {
+                    continue;
+                }
                 let (dir, socket_dir, owner) = prov.prepare_member(&spec, i, *pg_port, &tls)?;
                 let cfg = MemberConfig {
                     scope: name.clone(),
@@ -301,8 +323,7 @@ impl Control {
             Ok::<_, ControlError>(out)
         })
         .await??;
-        lock(&self.inner.ha.members).insert(s.name.clone(), members);
-        self.wait_for_primary(&s.name).await
+        Ok(members)
     }
 
     /// Waits until a member of `name` is the primary.
@@ -482,45 +503,43 @@ impl Control {
         s: &ServiceRecord,
         u: &crate::commands::ServiceUpdate,
     ) -> Result<Option<(bool, Option<i64>)>, InputError> {
-        let Some(h) = lock(&self.inner.ha.records).get(&s.name).cloned() else {
+        let h = lock(&self.inner.ha.records).get(&s.name).cloned();
+        let current = h.as_ref().map(|h| h.members.len()).unwrap_or(1);
+        let wanted = match (&u.plan, &s.external_host) {
+            (Some(p), None) => plan_nodes(p.as_str()),
+            _ => current,
+        };
+        if wanted != current
+            && (u.pg_settings.is_some()
+                || u.work_mem.is_some()
+                || u.shared_buffers_percentage.is_some())
+        {
+            return Err(InputError::new(
+                "plan",
+                "changes the number of nodes: change pg-settings, work-mem and \
+                 shared-buffers-percentage in an update of their own",
+            ));
+        }
+        if h.is_none() && wanted == 1 {
+            let why = format!(
+                "needs a plan with standbys (business or premium), not {}",
+                s.plan
+            );
             if u.synchronous_replication == Some(true) {
-                return Err(InputError::new(
-                    "synchronous-replication",
-                    format!(
-                        "needs a plan with standbys (business or premium), not {}",
-                        s.plan
-                    ),
-                ));
+                return Err(InputError::new("synchronous-replication", why));
             }
             if u.max_failover_lag.is_some() {
-                return Err(InputError::new(
-                    "pglookout-settings",
-                    format!(
-                        "needs a plan with standbys (business or premium), not {}",
-                        s.plan
-                    ),
-                ));
+                return Err(InputError::new("pglookout-settings", why));
             }
             return Ok(None);
-        };
-        let not_yet = |field: &str| {
-            Err(InputError::new(
-                field,
-                "cannot change the number of nodes of a service with standbys yet",
-            ))
-        };
-        if let Some(p) = &u.plan {
-            let nodes = crate::plans::lookup(p.as_str()).map(|p| p.nodes as usize);
-            if nodes.is_some_and(|n| n != h.members.len()) {
-                return not_yet("plan");
-            }
         }
         if u.synchronous_replication.is_none() && u.max_failover_lag.is_none() {
             return Ok(None);
         }
         Ok(Some((
-            u.synchronous_replication.unwrap_or(h.synchronous),
-            u.max_failover_lag.or(h.max_lag_seconds),
+            u.synchronous_replication
+                .unwrap_or(h.as_ref().is_some_and(|h| h.synchronous)),
+            u.max_failover_lag.or(h.and_then(|h| h.max_lag_seconds)),
         )))
     }
 
@@ -776,6 +795,325 @@ impl Control {
         .await??;
         self.follow_primary(&new.name).await;
         Ok(())
+    }
+}
+
+/// How many nodes plan `plan` runs (1 for a plan the catalogue does not know).
+fn plan_nodes(plan: &str) -> usize {
+    crate::plans::lookup(plan)
+        .map(|p| p.nodes.max(1) as usize)
+        .unwrap_or(1)
+}
+
+impl Control {
+    /// The node count an update of `before` into `after` moves a local service to, when it
+    /// changes (a single cluster counts one node).
+    pub(crate) fn node_change(
+        &self,
+        before: &ServiceRecord,
+        after: &ServiceRecord,
+    ) -> Option<usize> {
+        if after.external_host.is_some() || before.plan == after.plan {
+            return None;
+        }
+        let now = lock(&self.inner.ha.records)
+            .get(&before.name)
+            .map(|h| h.members.len())
+            .unwrap_or(1);
+        let wanted = plan_nodes(&after.plan);
+        (wanted != now).then_some(wanted)
+    }
+
+    /// Moves service `new` (its plan already changed in the store, `op` pending) to `nodes`
+    /// members in the background, keeping the service's lock: a single cluster is handed to
+    /// Patroni (its data directory becomes the first member's, standbys are built from it with
+    /// pg_basebackup), standbys are added (shown `syncing_data` until they stream) or removed
+    /// (after a switchover if the primary is among them). `op` ends `success` once every member
+    /// runs, or `failure` (the plan back in the store).
+    pub(crate) fn spawn_ha_resize(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        old: ServiceRecord,
+        new: ServiceRecord,
+        op: crate::model::OperationRecord,
+        nodes: usize,
+        settings: Option<(bool, Option<i64>)>,
+    ) {
+        let c = self.clone();
+        let span = tracing::info_span!("ha-resize", service = %new.name, nodes);
+        let task = async move {
+            let _g = guard;
+            let name = new.name.clone();
+            match c.resize_ha(&old, &new, nodes, settings).await {
+                Ok(()) => {
+                    let op = crate::model::OperationRecord {
+                        message: format!("service {name} updated; it runs {nodes} node(s)"),
+                        ..op
+                    };
+                    if let Err(e) = c.publish_and_settle(op).await {
+                        tracing::error!(error = %e, "settling a change of node count");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "changing the node count failed");
+                    let back = ServiceRecord {
+                        plan: old.plan.clone(),
+                        ..new.clone()
+                    };
+                    if let Ok(mut tx) = c.inner.store.begin().await {
+                        let _ = crate::store::update_service(&mut tx, &back).await;
+                        let _ = tx.commit().await;
+                    }
+                    let message = format!("service {name} could not move to {nodes} node(s): {e}");
+                    if let Err(e) = c.fail_operation(op.id, "fault", &message).await {
+                        tracing::error!(error = %e, "recording a failed change of node count");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
+    async fn resize_ha(
+        &self,
+        old: &ServiceRecord,
+        new: &ServiceRecord,
+        nodes: usize,
+        settings: Option<(bool, Option<i64>)>,
+    ) -> Result<(), ControlError> {
+        Self::ha_programs().map_err(ControlError::internal)?;
+        let current = lock(&self.inner.ha.records)
+            .get(&new.name)
+            .map(|h| h.members.len());
+        match current {
+            None => self.convert_to_ha(new, nodes, settings).await?,
+            Some(n) if nodes > n => self.add_members(new, n, nodes).await?,
+            Some(n) => self.remove_members(new, n, nodes).await?,
+        }
+        if let (Some(_), Some((sync, lag))) = (current, settings) {
+            self.apply_ha_settings(new, sync, lag).await?;
+            let mut tx = self.inner.store.begin().await?;
+            crate::store::update_ha_settings(&mut tx, &new.name, sync, lag).await?;
+            tx.commit().await?;
+            self.remember_ha_settings(&new.name, sync, lag);
+        }
+        use crate::cluster_config::ClusterConfig;
+        let (changed, restart) = ClusterConfig::of(new).changes_from(&ClusterConfig::of(old));
+        // A converted cluster gets its plan's parameters into Patroni's configuration.
+        if !changed.is_empty() || current.is_none() {
+            self.reconfigure_ha(old, new, restart).await?;
+        }
+        Ok(())
+    }
+
+    /// `count` fresh `(pg_port, rest_port)` pairs from the port range.
+    async fn member_ports(&self, count: usize) -> Result<Vec<(u16, u16)>, ControlError> {
+        let used: std::collections::HashSet<u16> =
+            self.inner.store.used_ports().await?.into_iter().collect();
+        let ports = crate::ports::allocate(
+            &self.inner.cfg.port_range,
+            &used,
+            &self.inner.cfg.public_host,
+            2 * count,
+        )
+        .ok_or_else(|| ControlError::Conflict("no free port left in --port-range".into()))?;
+        Ok(ports.chunks(2).map(|p| (p[0], p[1])).collect())
+    }
+
+    async fn convert_to_ha(
+        &self,
+        s: &ServiceRecord,
+        nodes: usize,
+        settings: Option<(bool, Option<i64>)>,
+    ) -> Result<(), ControlError> {
+        let t = self.admin_target(s).await?;
+        let _ports = self.inner.create_lock.lock().await;
+        let members = self.member_ports(nodes).await?;
+        let (synchronous, max_lag_seconds) = settings.unwrap_or((false, None));
+        let h = HaRecord {
+            service: s.name.clone(),
+            replication_password_enc: self
+                .inner
+                .secrets
+                .seal(crate::input::Password::generate().as_str()),
+            rewind_password_enc: self
+                .inner
+                .secrets
+                .seal(crate::input::Password::generate().as_str()),
+            synchronous,
+            max_lag_seconds,
+            members,
+        };
+        // Patroni's roles first, while the single cluster runs.
+        let repl = self.inner.secrets.open(&h.replication_password_enc)?;
+        let rewind = self.inner.secrets.open(&h.rewind_password_enc)?;
+        admin::ensure_patroni_roles(&t, &repl, &rewind)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "making Patroni's roles"))?;
+        let mut tx = self.inner.store.begin().await?;
+        crate::store::insert_ha(&mut tx, &h).await?;
+        tx.commit().await?;
+        drop(_ports);
+        self.remember_ha(h.clone());
+        // Stop the single cluster and give its data directory to member 0.
+        let prov = self.inner.prov.clone();
+        let tls = self.inner.tls.clone();
+        let name = s.name.clone();
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        let (user, password) = (t.user.clone(), t.password.clone());
+        let ip_filter = s.ip_filter.0.clone();
+        let settings_text = crate::cluster_config::ClusterConfig::of(s).text();
+        let pg0 = h.members[0].0;
+        tokio::task::spawn_blocking(move || -> Result<(), ControlError> {
+            prov.stop(&name)?;
+            let spec = ClusterSpec {
+                name: &name,
+                port: pg0,
+                superuser: &user,
+                superuser_password: &password,
+                os_user: &os_user,
+                ip_filter: &ip_filter,
+                settings: &settings_text,
+            };
+            prov.prepare_member(&spec, 0, pg0, &tls)?;
+            prov.hand_to_member(&name)?;
+            Ok(())
+        })
+        .await??;
+        tracing::info!(service = %s.name, nodes, "single cluster handed to Patroni");
+        self.start_ha(s, &t.user, &t.password).await?;
+        self.wait_for_standbys(&s.name, 1..nodes).await
+    }
+
+    async fn add_members(
+        &self,
+        s: &ServiceRecord,
+        from: usize,
+        to: usize,
+    ) -> Result<(), ControlError> {
+        let t = self.admin_target(s).await?;
+        {
+            let _ports = self.inner.create_lock.lock().await;
+            let added = self.member_ports(to - from).await?;
+            let mut tx = self.inner.store.begin().await?;
+            crate::store::insert_ha_members(&mut tx, &s.name, from, &added).await?;
+            tx.commit().await?;
+            if let Some(h) = lock(&self.inner.ha.records).get_mut(&s.name) {
+                h.members.extend(added);
+            }
+        }
+        let started = self
+            .start_members(s, from..to, &t.user, &t.password)
+            .await?;
+        lock(&self.inner.ha.members)
+            .entry(s.name.clone())
+            .or_default()
+            .extend(started);
+        self.wait_for_standbys(&s.name, from..to).await
+    }
+
+    async fn remove_members(
+        &self,
+        s: &ServiceRecord,
+        from: usize,
+        to: usize,
+    ) -> Result<(), ControlError> {
+        let h = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("not an HA service"))?;
+        let primary = lock(&self.inner.ha.primaries)
+            .get(&s.name)
+            .copied()
+            .unwrap_or(0);
+        let rest = |i: usize| std::net::SocketAddr::from(([127, 0, 0, 1], h.members[i].1));
+        if primary >= to {
+            // The primary is among the members that go: make member 0 the primary first.
+            let body = serde_json::json!({
+                "leader": member_name(&s.name, primary),
+                "candidate": member_name(&s.name, 0),
+            })
+            .to_string();
+            let a = rest(0);
+            let status =
+                tokio::task::spawn_blocking(move || patroni::rest_post(a, "/switchover", &body))
+                    .await?
+                    .map_err(|e| ControlError::internal(format!("switchover: {e}")))?;
+            if status != 200 {
+                return Err(ControlError::internal(format!(
+                    "Patroni refused the switchover (HTTP {status})"
+                )));
+            }
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while self.follow_primary(&s.name).await != Some(0) {
+                if Instant::now() >= deadline {
+                    return Err(ControlError::internal("the switchover did not finish"));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        let going: Vec<Member> = {
+            let mut all = lock(&self.inner.ha.members);
+            match all.get_mut(&s.name) {
+                Some(m) if m.len() > to => m.split_off(to),
+                _ => Vec::new(),
+            }
+        };
+        let prov = self.inner.prov.clone();
+        let name = s.name.clone();
+        tokio::task::spawn_blocking(move || {
+            for mut m in going {
+                m.stop();
+                if let Some(f) = &m.config.pid_file {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            for i in to..from {
+                let _ = std::fs::remove_dir_all(prov.member_dir(&name, i));
+            }
+        })
+        .await?;
+        let mut tx = self.inner.store.begin().await?;
+        crate::store::delete_ha_members_from(&mut tx, &s.name, to).await?;
+        tx.commit().await?;
+        if let Some(h) = lock(&self.inner.ha.records).get_mut(&s.name) {
+            h.members.truncate(to);
+        }
+        self.publish().await?;
+        Ok(())
+    }
+
+    /// Waits until members `range` of `name` run as streaming standbys.
+    async fn wait_for_standbys(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), ControlError> {
+        let h = lock(&self.inner.ha.records)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ControlError::internal("not an HA service"))?;
+        let addrs: Vec<std::net::SocketAddr> = range
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], h.members[i].1)))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let a = addrs.clone();
+            let all = tokio::task::spawn_blocking(move || {
+                a.iter()
+                    .all(|a| patroni::rest_get(*a, "/replica").map(|r| r.0) == Some(200))
+            })
+            .await?;
+            if all {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::internal(format!(
+                    "the standbys of {name} did not start streaming"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

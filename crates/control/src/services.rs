@@ -472,6 +472,22 @@ impl Control {
         } else {
             (Vec::new(), false)
         };
+        if s.state == ServiceState::Running {
+            if let Some(nodes) = self.node_change(&before, &s) {
+                let mut tx = self.inner.store.begin().await?;
+                store::update_service(&mut tx, &s).await?;
+                let op = self
+                    .record_operation(
+                        tx,
+                        &s,
+                        OperationKind::UpdateService,
+                        format!("service {name} updated; moving to {nodes} node(s)"),
+                    )
+                    .await?;
+                self.spawn_ha_resize(guard, before, s, op.clone(), nodes, ha_settings);
+                return Ok(op);
+            }
+        }
         if s.state == ServiceState::Running && self.is_ha(&s.name) {
             use crate::cluster_config::ClusterConfig;
             let (changed, restart) =

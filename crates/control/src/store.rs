@@ -56,7 +56,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 mod ha;
 mod migrations;
-pub use ha::{insert_ha, update_ha_settings, HaRecord};
+pub use ha::{delete_ha_members_from, insert_ha, insert_ha_members, update_ha_settings, HaRecord};
 pub use migrations::{insert_migration_task, upsert_migration};
 
 /// Handle on the store's database.

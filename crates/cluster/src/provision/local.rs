@@ -418,6 +418,28 @@ impl LocalProvisioner {
         Ok((dir, socket_dir, owner))
     }
 
+    /// Hands the (stopped) single cluster of `name` to member 0 of its HA setup (prepared with
+    /// [`Self::prepare_member`]): its PGDATA moves into the member's directory, where Patroni
+    /// takes it over as the leader, and `pgbay.conf` (port, sockets, certificate, archiving of a
+    /// single cluster) is emptied: Patroni's parameters say those now. The plan's settings
+    /// (`pgbay-settings.conf`) stay until Patroni's dynamic configuration replaces them.
+    pub fn hand_to_member(&self, name: &str) -> Result<(), ProvisionError> {
+        if self.running_pid(name).is_some() {
+            return Err(ProvisionError::Io {
+                what: format!("the cluster of {name} still runs"),
+                source: std::io::Error::from(std::io::ErrorKind::ResourceBusy),
+            });
+        }
+        let data = self.member_dir(name, 0).join("data");
+        std::fs::rename(self.pgdata(name), &data).map_err(io("moving PGDATA to member 0"))?;
+        let owner = self.owner(name)?;
+        self.write_owned(
+            &data.join("pgbay.conf"),
+            b"# the service runs under Patroni: see its postgresql.conf\n",
+            owner,
+        )
+    }
+
     /// The directory of member `index` of the HA service `name`.
     pub fn member_dir(&self, name: &str, index: usize) -> PathBuf {
         self.service_dir(name)

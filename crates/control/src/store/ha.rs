@@ -79,17 +79,41 @@ pub async fn insert_ha(c: &mut AnyConnection, h: &HaRecord) -> Result<()> {
     .bind(h.max_lag_seconds)
     .execute(&mut *c)
     .await?;
-    for (i, (pg, rest)) in h.members.iter().enumerate() {
+    insert_ha_members(c, &h.service, 0, &h.members).await
+}
+
+/// Adds members `first..` (their `(pg_port, rest_port)`) to an HA service.
+pub async fn insert_ha_members(
+    c: &mut AnyConnection,
+    service: &str,
+    first: usize,
+    members: &[(u16, u16)],
+) -> Result<()> {
+    for (i, (pg, rest)) in members.iter().enumerate() {
         sqlx::query(
             "INSERT INTO ha_members (service, idx, pg_port, rest_port) VALUES ($1, $2, $3, $4)",
         )
-        .bind(&h.service)
-        .bind(i as i64)
+        .bind(service)
+        .bind((first + i) as i64)
         .bind(i64::from(*pg))
         .bind(i64::from(*rest))
         .execute(&mut *c)
         .await?;
     }
+    Ok(())
+}
+
+/// Removes the members of index `from` and above of an HA service.
+pub async fn delete_ha_members_from(
+    c: &mut AnyConnection,
+    service: &str,
+    from: usize,
+) -> Result<()> {
+    sqlx::query("DELETE FROM ha_members WHERE service = $1 AND idx >= $2")
+        .bind(service)
+        .bind(from as i64)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 

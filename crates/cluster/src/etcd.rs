@@ -18,6 +18,60 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+/// TLS of pgbay's loopback control paths: etcd's client and peer ports and Patroni's REST API
+/// serve pgbay's server certificate, and pgbay's requests to them verify it against pgbay's CA.
+/// Set once at start ([`use_tls`]); without it (the crate's own tests) they are plain HTTP on
+/// 127.0.0.1.
+pub struct LoopbackTls {
+    client: std::sync::Arc<rustls::ClientConfig>,
+    /// pgbay's CA certificate (PEM).
+    pub ca_pem: String,
+    /// pgbay's server certificate (PEM; SAN 127.0.0.1).
+    pub cert_pem: String,
+    /// Its key (PEM).
+    pub key_pem: String,
+}
+
+static LOOPBACK_TLS: std::sync::OnceLock<LoopbackTls> = std::sync::OnceLock::new();
+
+/// Turns on TLS for etcd and Patroni's REST API (see [`LoopbackTls`]).
+pub fn use_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("pgbay's CA: {e}"))?;
+        roots.add(cert).map_err(|e| format!("pgbay's CA: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = LOOPBACK_TLS.set(LoopbackTls {
+        client: std::sync::Arc::new(client),
+        ca_pem: ca_pem.to_string(),
+        cert_pem: cert_pem.to_string(),
+        key_pem: key_pem.to_string(),
+    });
+    Ok(())
+}
+
+/// The loopback TLS in use, if any.
+pub fn loopback_tls() -> Option<&'static LoopbackTls> {
+    LOOPBACK_TLS.get()
+}
+
+/// `http` or `https`, as loopback control paths are served.
+pub fn scheme() -> &'static str {
+    if loopback_tls().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The Debian package that ships the `etcd` binary.
 pub const ETCD_PACKAGE: &str = "etcd-server";
 
@@ -175,7 +229,7 @@ impl EmbeddedEtcd {
 
     /// The client URL Patroni's `etcd3:` section and pgbay's own key removal use.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", scheme(), self.client_port)
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -289,9 +343,23 @@ impl EmbeddedEtcd {
             .append(true)
             .open(self.log_path())?;
         let client = self.client_url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("{}://127.0.0.1:{}", scheme(), self.peer_port);
         let data = self.dir.join("data");
-        let child = Command::new(&self.program)
+        let mut cmd = Command::new(&self.program);
+        if let Some(tls) = loopback_tls() {
+            let (cert, key) = (self.dir.join("server.crt"), self.dir.join("server.key"));
+            crate::files::write_private(&cert, tls.cert_pem.as_bytes())?;
+            crate::files::write_private(&key, tls.key_pem.as_bytes())?;
+            cmd.arg("--cert-file")
+                .arg(&cert)
+                .arg("--key-file")
+                .arg(&key)
+                .arg("--peer-cert-file")
+                .arg(&cert)
+                .arg("--peer-key-file")
+                .arg(&key);
+        }
+        let child = cmd
             .arg("--name")
             .arg("pgbay")
             .arg("--data-dir")
@@ -475,13 +543,33 @@ pub(crate) fn http_with_timeout(
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
-    write!(
-        s,
+    let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
+    );
     let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
+    match loopback_tls() {
+        Some(tls) => {
+            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = rustls::ClientConnection::new(tls.client.clone(), name)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let mut stream = rustls::StreamOwned::new(conn, s);
+            stream.write_all(request.as_bytes())?;
+            stream.flush()?;
+            // A server that closes without close_notify (Python's http.server) ends the answer
+            // with an unexpected EOF: what was read is the whole HTTP/1.0 answer.
+            match stream.read_to_end(&mut answer) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        None => {
+            s.write_all(request.as_bytes())?;
+            s.read_to_end(&mut answer)?;
+        }
+    }
     let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text
         .split_whitespace()

@@ -147,6 +147,9 @@ impl Control {
         let version = prov.major_version()?;
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
+        // etcd and Patroni's REST API serve pgbay's certificate; pgbay verifies it.
+        pgbay_cluster::etcd::use_tls(&tls.ca_pem, &tls.server_cert_pem, &tls.server_key_pem)
+            .map_err(ControlError::internal)?;
         let store = match &cfg.store {
             Some(url) => Store::connect(url).await?,
             None => Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?,

@@ -170,18 +170,22 @@ impl Control {
         })
     }
 
-    /// The etcd client endpoints (`host:port`) Patroni members use: `--etcd`'s, else pgbay's own
-    /// etcd, started (or restarted) now if needed.
-    async fn etcd_hosts(&self) -> Result<Vec<String>, ControlError> {
+    /// The etcd client endpoints (`host:port`) Patroni members use, and whether they serve TLS:
+    /// `--etcd`'s, else pgbay's own etcd (TLS with pgbay's certificate), started (or restarted)
+    /// now if needed.
+    async fn etcd_hosts(&self) -> Result<(Vec<String>, bool), ControlError> {
         if let Some(urls) = &self.inner.cfg.etcd {
-            return Ok(urls
-                .iter()
-                .map(|u| {
-                    u.trim_start_matches("http://")
-                        .trim_start_matches("https://")
-                        .to_string()
-                })
-                .collect());
+            let https = urls.iter().all(|u| u.starts_with("https://"));
+            return Ok((
+                urls.iter()
+                    .map(|u| {
+                        u.trim_start_matches("http://")
+                            .trim_start_matches("https://")
+                            .to_string()
+                    })
+                    .collect(),
+                https,
+            ));
         }
         let c = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -196,6 +200,7 @@ impl Control {
             Ok::<_, etcd::EtcdError>(vec![host])
         })
         .await?
+        .map(|hosts| (hosts, etcd::loopback_tls().is_some()))
         .map_err(|e| ControlError::internal(format!("etcd: {e}")))
     }
 
@@ -242,7 +247,7 @@ impl Control {
             .get(&s.name)
             .cloned()
             .ok_or_else(|| ControlError::internal(format!("{} is not an HA service", s.name)))?;
-        let etcd_hosts = self.etcd_hosts().await?;
+        let (etcd_hosts, etcd_https) = self.etcd_hosts().await?;
         let replication = self.inner.secrets.open(&h.replication_password_enc)?;
         let rewind = self.inner.secrets.open(&h.rewind_password_enc)?;
         let parameters: Vec<(String, String)> = crate::cluster_config::ClusterConfig::of(s)
@@ -297,6 +302,7 @@ impl Control {
                     scope: name.clone(),
                     name: member_name(&name, i),
                     etcd_hosts: etcd_hosts.clone(),
+                    etcd_https,
                     rest_port: *rest_port,
                     pg_port: *pg_port,
                     dir,

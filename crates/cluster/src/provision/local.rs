@@ -414,6 +414,7 @@ impl LocalProvisioner {
             tls.server_key_pem.as_bytes(),
             owner,
         )?;
+        self.write_owned(&dir.join("ca.crt"), tls.ca_pem.as_bytes(), owner)?;
         let socket_dir = self.ensure_socket_dir(pg_port, owner)?;
         Ok((dir, socket_dir, owner))
     }

@@ -32,6 +32,8 @@ pub struct MemberConfig {
     pub name: String,
     /// etcd client endpoints as `host:port`.
     pub etcd_hosts: Vec<String>,
+    /// etcd serves TLS (verified against `ca.crt` of `dir`).
+    pub etcd_https: bool,
     pub rest_port: u16,
     pub pg_port: u16,
     /// The member's directory: its YAML, PGDATA (`data`), certificate and pgpass live here.
@@ -56,7 +58,8 @@ pub struct MemberConfig {
     pub listen_hosts: Vec<String>,
     /// The Unix-socket directory (empty: `dir`).
     pub socket_dir: PathBuf,
-    /// Serve TLS with `server.crt`/`server.key` of `dir`, and replicate and rewind over TLS.
+    /// Serve TLS with `server.crt`/`server.key` of `dir` (PostgreSQL and Patroni's REST API,
+    /// whose peers are verified against `ca.crt` of `dir`), and replicate and rewind over TLS.
     pub tls: bool,
     /// PostgreSQL parameters (the plan's and the service's pg-settings), also the cluster-wide
     /// values Patroni keeps in etcd at bootstrap.
@@ -177,6 +180,21 @@ impl MemberConfig {
             .iter()
             .map(|(k, v)| format!("        {}: {}\n", q(k), q(v)))
             .collect();
+        let ca = d(&self.dir.join("ca.crt"));
+        let rest_tls = if self.tls {
+            format!(
+                "  certfile: {}\n  keyfile: {}\nctl:\n  insecure: false\n  cacert: {ca}",
+                d(&self.dir.join("server.crt")),
+                d(&self.dir.join("server.key")),
+            )
+        } else {
+            String::new()
+        };
+        let etcd_tls = if self.etcd_https {
+            format!("  protocol: https\n  cacert: {ca}")
+        } else {
+            String::new()
+        };
         let lines: Vec<String> = vec![
             format!("scope: {}", q(&self.scope)),
             format!("namespace: {}", q(NAMESPACE)),
@@ -189,8 +207,10 @@ impl MemberConfig {
                 "  connect_address: {}",
                 q(&format!("127.0.0.1:{}", self.rest_port))
             ),
+            rest_tls,
             "etcd3:".into(),
             format!("  hosts: [{}]", hosts.join(", ")),
+            etcd_tls,
             "bootstrap:".into(),
             "  dcs:".into(),
             format!("    ttl: {TTL}"),

@@ -167,6 +167,18 @@ impl EmbeddedEtcd {
         Self::start_with(program, dir)
     }
 
+    /// The member of `dir` on these ports, not started.
+    fn at(program: PathBuf, dir: &Path, client_port: u16, peer_port: u16) -> Self {
+        EmbeddedEtcd {
+            program,
+            dir: dir.to_path_buf(),
+            client_port,
+            peer_port,
+            child: None,
+            restarts: 0,
+        }
+    }
+
     /// [`start`](Self::start) with an explicit etcd binary.
     pub fn start_with(program: PathBuf, dir: &Path) -> Result<Self, EtcdError> {
         create_private_dir(dir)?;
@@ -174,14 +186,7 @@ impl EmbeddedEtcd {
         if let Some((client_port, peer_port)) = remembered {
             // pgbay restarted and its etcd did not stop (a crash): adopt it, on the ports the
             // Patroni configurations name.
-            let etcd = EmbeddedEtcd {
-                program: program.clone(),
-                dir: dir.to_path_buf(),
-                client_port,
-                peer_port,
-                child: None,
-                restarts: 0,
-            };
+            let etcd = EmbeddedEtcd::at(program.clone(), dir, client_port, peer_port);
             if etcd.adopted_pid().is_some() && etcd.healthy() {
                 tracing::info!(client_port, "adopting pgbay's running etcd");
                 return Ok(etcd);
@@ -199,14 +204,7 @@ impl EmbeddedEtcd {
                     (a.local_addr()?.port(), b.local_addr()?.port(), vec![a, b])
                 }
             };
-            let mut etcd = EmbeddedEtcd {
-                program: program.clone(),
-                dir: dir.to_path_buf(),
-                client_port,
-                peer_port,
-                child: None,
-                restarts: 0,
-            };
+            let mut etcd = EmbeddedEtcd::at(program.clone(), dir, client_port, peer_port);
             // The ports are held until just before etcd binds them.
             drop(held);
             match etcd.spawn_and_wait() {

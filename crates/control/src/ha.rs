@@ -647,8 +647,7 @@ impl Control {
     ) {
         let c = self.clone();
         let span = tracing::info_span!("ha-reconfigure", service = %new.name);
-        let task = async move {
-            let _g = guard;
+        let work = async move {
             let changed = changed.join(", ");
             let name = new.name.clone();
             match c.reconfigure_ha(&old, &new, restart).await {
@@ -658,32 +657,26 @@ impl Control {
                     } else {
                         "reloaded"
                     };
-                    let op = crate::model::OperationRecord {
-                        message: format!(
-                            "service {name} updated; PostgreSQL {how} to apply {changed}"
-                        ),
-                        ..op
-                    };
-                    if let Err(e) = c.publish_and_settle(op).await {
-                        tracing::error!(error = %e, "settling an HA reconfiguration");
-                    }
+                    Ok(format!(
+                        "service {name} updated; PostgreSQL {how} to apply {changed}"
+                    ))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "HA reconfiguration failed");
                     if let Err(e) = c.reconfigure_back(&old, &new).await {
                         tracing::error!(error = %e, "putting the previous configuration back");
                     }
-                    let message = format!(
-                        "the members did not all come back with the new value of {changed}; the \
-                         previous configuration is back"
-                    );
-                    if let Err(e) = c.fail_operation(op.id, "incorrect", &message).await {
-                        tracing::error!(error = %e, "recording a failed HA reconfiguration");
-                    }
+                    Err((
+                        "incorrect",
+                        format!(
+                            "the members did not all come back with the new value of {changed}; \
+                             the previous configuration is back"
+                        ),
+                    ))
                 }
             }
         };
-        tokio::spawn(tracing::Instrument::instrument(task, span));
+        self.spawn_operation_work(guard, op, span, work);
     }
 
     async fn reconfigure_back(
@@ -847,19 +840,10 @@ impl Control {
     ) {
         let c = self.clone();
         let span = tracing::info_span!("ha-resize", service = %new.name, nodes);
-        let task = async move {
-            let _g = guard;
+        let work = async move {
             let name = new.name.clone();
             match c.resize_ha(&old, &new, nodes, settings).await {
-                Ok(()) => {
-                    let op = crate::model::OperationRecord {
-                        message: format!("service {name} updated; it runs {nodes} node(s)"),
-                        ..op
-                    };
-                    if let Err(e) = c.publish_and_settle(op).await {
-                        tracing::error!(error = %e, "settling a change of node count");
-                    }
-                }
+                Ok(()) => Ok(format!("service {name} updated; it runs {nodes} node(s)")),
                 Err(e) => {
                     tracing::error!(error = %e, "changing the node count failed");
                     let back = ServiceRecord {
@@ -870,14 +854,14 @@ impl Control {
                         let _ = crate::store::update_service(&mut tx, &back).await;
                         let _ = tx.commit().await;
                     }
-                    let message = format!("service {name} could not move to {nodes} node(s): {e}");
-                    if let Err(e) = c.fail_operation(op.id, "fault", &message).await {
-                        tracing::error!(error = %e, "recording a failed change of node count");
-                    }
+                    Err((
+                        "fault",
+                        format!("service {name} could not move to {nodes} node(s): {e}"),
+                    ))
                 }
             }
         };
-        tokio::spawn(tracing::Instrument::instrument(task, span));
+        self.spawn_operation_work(guard, op, span, work);
     }
 
     async fn resize_ha(
@@ -987,7 +971,24 @@ impl Control {
         })
         .await??;
         tracing::info!(service = %s.name, nodes, "single cluster handed to Patroni");
-        self.start_ha(s, &t.user, &t.password).await?;
+        // Member 0 takes the data over as the leader before any standby starts: a standby
+        // started alongside could win the empty cluster's initialize key and run initdb.
+        Self::ha_programs().map_err(ControlError::internal)?;
+        let first = self.start_members(s, 0..1, &t.user, &t.password).await?;
+        lock(&self.inner.ha.members).insert(s.name.clone(), first);
+        self.wait_for_primary(&s.name).await?;
+        if self.follow_primary(&s.name).await != Some(0) {
+            return Err(ControlError::internal(
+                "the handed-over cluster did not become the primary",
+            ));
+        }
+        let rest = self
+            .start_members(s, 1..nodes, &t.user, &t.password)
+            .await?;
+        lock(&self.inner.ha.members)
+            .entry(s.name.clone())
+            .or_default()
+            .extend(rest);
         self.wait_for_standbys(&s.name, 1..nodes).await
     }
 

@@ -378,6 +378,38 @@ impl Control {
 
     /// Publishes the committed change of the pending `op`, waits for the data plane and finishes
     /// `op` accordingly.
+    /// Runs `work` in the background, holding the service's lock (`guard`) until it ends: its
+    /// `Ok(message)` publishes and settles `op` (pending) with that message, its
+    /// `Err((reason, message))` ends `op` `failure`.
+    pub(crate) fn spawn_operation_work(
+        &self,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        op: OperationRecord,
+        span: tracing::Span,
+        work: impl std::future::Future<Output = Result<String, (&'static str, String)>> + Send + 'static,
+    ) {
+        let c = self.clone();
+        let task = async move {
+            let _g = guard;
+            match work.await {
+                Ok(message) => {
+                    if let Err(e) = c
+                        .publish_and_settle(OperationRecord { message, ..op })
+                        .await
+                    {
+                        tracing::error!(error = %e, "settling an operation");
+                    }
+                }
+                Err((reason, message)) => {
+                    if let Err(e) = c.fail_operation(op.id, reason, &message).await {
+                        tracing::error!(error = %e, "recording a failed operation");
+                    }
+                }
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
+    }
+
     pub(crate) async fn publish_and_settle(
         &self,
         op: OperationRecord,

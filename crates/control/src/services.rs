@@ -474,16 +474,8 @@ impl Control {
         };
         if s.state == ServiceState::Running {
             if let Some(nodes) = self.node_change(&before, &s) {
-                let mut tx = self.inner.store.begin().await?;
-                store::update_service(&mut tx, &s).await?;
-                let op = self
-                    .record_operation(
-                        tx,
-                        &s,
-                        OperationKind::UpdateService,
-                        format!("service {name} updated; moving to {nodes} node(s)"),
-                    )
-                    .await?;
+                let message = format!("service {name} updated; moving to {nodes} node(s)");
+                let op = self.commit_update(&s, None, message).await?;
                 self.spawn_ha_resize(guard, before, s, op.clone(), nodes, ha_settings);
                 return Ok(op);
             }
@@ -496,45 +488,23 @@ impl Control {
                 if let Some((sync, lag)) = ha_settings {
                     self.apply_ha_settings(&s, sync, lag).await?;
                 }
-                let mut tx = self.inner.store.begin().await?;
-                store::update_service(&mut tx, &s).await?;
-                if let Some((sync, lag)) = ha_settings {
-                    store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
-                }
                 let how = if restart {
                     "Patroni restarting the standbys, then switching over, to apply"
                 } else {
                     "Patroni reloading every member to apply"
                 };
-                let op = self
-                    .record_operation(
-                        tx,
-                        &s,
-                        OperationKind::UpdateService,
-                        format!("service {name} updated; {how} {}", changed.join(", ")),
-                    )
-                    .await?;
-                if let Some((sync, lag)) = ha_settings {
-                    self.remember_ha_settings(&s.name, sync, lag);
-                }
+                let message = format!("service {name} updated; {how} {}", changed.join(", "));
+                let op = self.commit_update(&s, ha_settings, message).await?;
                 self.spawn_ha_reconfigure(guard, before, s, op.clone(), changed, restart);
                 return Ok(op);
             }
         }
         if restart {
-            let mut tx = self.inner.store.begin().await?;
-            store::update_service(&mut tx, &s).await?;
-            let op = self
-                .record_operation(
-                    tx,
-                    &s,
-                    OperationKind::UpdateService,
-                    format!(
-                        "service {name} updated; PostgreSQL restarting to apply {}",
-                        changed.join(", ")
-                    ),
-                )
-                .await?;
+            let message = format!(
+                "service {name} updated; PostgreSQL restarting to apply {}",
+                changed.join(", ")
+            );
+            let op = self.commit_update(&s, None, message).await?;
             // The restart writes pg_hba.conf from the new ip-filter as it starts the cluster.
             if let Some(spec) = &update.migration {
                 self.start_migration(&s, spec).await?;
@@ -561,17 +531,7 @@ impl Control {
         if let Some((sync, lag)) = ha_settings {
             self.apply_ha_settings(&s, sync, lag).await?;
         }
-        let mut tx = self.inner.store.begin().await?;
-        store::update_service(&mut tx, &s).await?;
-        if let Some((sync, lag)) = ha_settings {
-            store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
-        }
-        let op = self
-            .record_operation(tx, &s, OperationKind::UpdateService, message)
-            .await?;
-        if let Some((sync, lag)) = ha_settings {
-            self.remember_ha_settings(&s.name, sync, lag);
-        }
+        let op = self.commit_update(&s, ha_settings, message).await?;
         if filter_changed && local_running {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
@@ -584,6 +544,28 @@ impl Control {
         let op = self.settle(op).await;
         drop(guard);
         op
+    }
+
+    /// Commits the update of `s` (and new HA settings, already applied to Patroni) with an
+    /// update operation saying `message`.
+    async fn commit_update(
+        &self,
+        s: &ServiceRecord,
+        ha_settings: Option<(bool, Option<i64>)>,
+        message: String,
+    ) -> Result<OperationRecord, ControlError> {
+        let mut tx = self.inner.store.begin().await?;
+        store::update_service(&mut tx, s).await?;
+        if let Some((sync, lag)) = ha_settings {
+            store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
+        }
+        let op = self
+            .record_operation(tx, s, OperationKind::UpdateService, message)
+            .await?;
+        if let Some((sync, lag)) = ha_settings {
+            self.remember_ha_settings(&s.name, sync, lag);
+        }
+        Ok(op)
     }
 
     /// Restarts the cluster of `new` (committed, with its operation `op` pending) in the
@@ -602,38 +584,29 @@ impl Control {
     ) {
         let c = self.clone();
         let span = tracing::info_span!("restart", service = %new.name);
-        let task = async move {
-            let _g = guard;
+        let work = async move {
             let changed = changed.join(", ");
             let name = new.name.clone();
             match c.restart_cluster(&new).await {
-                Ok(()) => {
-                    let op = OperationRecord {
-                        message: format!(
-                            "service {name} updated; PostgreSQL restarted to apply {changed}"
-                        ),
-                        ..op
-                    };
-                    if let Err(e) = c.publish_and_settle(op).await {
-                        tracing::error!(error = %e, "settling a restart");
-                    }
-                }
+                Ok(()) => Ok(format!(
+                    "service {name} updated; PostgreSQL restarted to apply {changed}"
+                )),
                 Err(e) => {
                     tracing::error!(error = %e, "restart with new settings failed");
                     if let Err(e) = c.put_back(&old, &new).await {
                         tracing::error!(error = %e, "putting the previous configuration back");
                     }
-                    let message = format!(
-                        "PostgreSQL did not start with the new value of {changed}; the previous \
-                         configuration is back"
-                    );
-                    if let Err(e) = c.fail_operation(op.id, "incorrect", &message).await {
-                        tracing::error!(error = %e, "recording a failed restart");
-                    }
+                    Err((
+                        "incorrect",
+                        format!(
+                            "PostgreSQL did not start with the new value of {changed}; the \
+                             previous configuration is back"
+                        ),
+                    ))
                 }
             }
         };
-        tokio::spawn(tracing::Instrument::instrument(task, span));
+        self.spawn_operation_work(guard, op, span, work);
     }
 
     /// After a failed restart: the configuration of `old` back in the store and on the cluster.

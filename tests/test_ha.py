@@ -196,6 +196,13 @@ def test_failover_is_invisible_to_pooled_clients(node):
     with psycopg.connect(pool_uri, autocommit=True) as conn:
         conn.execute("CREATE TABLE w (n int PRIMARY KEY)")
 
+    # A session-mode client holds a server connection of the primary.
+    ok(c, c.create_dbaas_pg_connection_pool(
+        service_name=name, name="sess", database_name="defaultdb", mode="session", size=2))
+    sess_uri = [p for p in c.get_dbaas_service_pg(name=name)["connection-pools"]
+                if p["name"] == "sess"][0]["connection-uri"]
+    session = psycopg.connect(sess_uri, autocommit=True)
+    assert session.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     # Five clients sit idle on the pool; one writer commits numbered rows.
     idle = [psycopg.connect(pool_uri, autocommit=True) for _ in range(5)]
     for conn in idle:
@@ -258,6 +265,15 @@ def test_failover_is_invisible_to_pooled_clients(node):
     for conn in idle:
         assert conn.execute("SELECT count(*) > 0 FROM w").fetchone() == (True,)
         conn.close()
+    # The session-mode client of the lost primary is closed with a clear error; a new session
+    # reaches the new primary.
+    with pytest.raises(psycopg.OperationalError) as err:
+        session.execute("SELECT 1")
+    print(f"SESSION_ERROR={err.value!r}")
+    assert "server" in str(err.value) or "terminat" in str(err.value), err.value
+    session.close()
+    with psycopg.connect(sess_uri, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
     # The service's own URI reaches the new primary.
     doc = c.get_dbaas_service_pg(name=name)
     with psycopg.connect(doc["uri"], autocommit=True) as conn:

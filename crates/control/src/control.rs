@@ -287,6 +287,11 @@ impl Control {
                 listen_host: self.inner.cfg.public_host.clone(),
                 backend_host,
                 backend_port,
+                unavailable_hold: if self.is_ha(&s.name) {
+                    crate::ha::FAILOVER_HOLD
+                } else {
+                    Duration::ZERO
+                },
                 forward: self
                     .ha_primary_port(&s.name)
                     .map(|to| crate::desired::Forward {

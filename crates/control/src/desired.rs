@@ -32,6 +32,9 @@ pub struct DesiredService {
     /// For an HA service: the service's own port is forwarded (TCP, TLS end to end) to its
     /// current primary member.
     pub forward: Option<Forward>,
+    /// How long the pooler holds a client whose server is unreachable (a failover of an HA
+    /// service) before it answers the error; zero for a single cluster.
+    pub unavailable_hold: std::time::Duration,
     /// Users (the admin user first).
     pub users: Vec<DesiredUser>,
     /// Connection pools.

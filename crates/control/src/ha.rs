@@ -29,6 +29,10 @@ use crate::input::InputError;
 use crate::model::ServiceRecord;
 use crate::store::HaRecord;
 
+/// How long the pooler holds the clients of an HA service while its primary is unreachable:
+/// past Patroni's ttl (10 s) and the promotion, within the 25 s for writes to resume.
+pub const FAILOVER_HOLD: Duration = Duration::from_secs(30);
+
 /// How often pgbay asks each member's Patroni whether it is the primary.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How long a new HA service may take to elect its first primary.

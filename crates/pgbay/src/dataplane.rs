@@ -114,6 +114,7 @@ async fn service_config(
         backend: BackendConfig {
             host: svc.backend_host.clone(),
             port: svc.backend_port,
+            unavailable_hold: svc.unavailable_hold,
         },
         users: svc
             .users

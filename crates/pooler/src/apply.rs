@@ -351,6 +351,7 @@ mod tests {
             backend: BackendConfig {
                 host: "127.0.0.1".into(),
                 port: 5432,
+                unavailable_hold: Default::default(),
             },
             users: users
                 .iter()

@@ -65,6 +65,10 @@ pub struct BackendConfig {
     /// convention; plain, as the socket is local).
     pub host: String,
     pub port: u16,
+    /// How long a client that needs a server connection waits for an unreachable server (refused,
+    /// closed, shutting down) to come back, or for a new configuration to name another server
+    /// (a failover), retrying, before it gets the connection error. Zero: the error at once.
+    pub unavailable_hold: std::time::Duration,
 }
 
 /// A login: plaintext password; the pooler derives SCRAM/md5 secrets itself.

@@ -51,6 +51,22 @@ pub enum ServerError {
     Protocol(&'static str),
 }
 
+impl ServerError {
+    /// Whether the server could not be reached or is going away (refused, reset, closed,
+    /// timed out, or a 57P0x/08xxx FATAL): a failover or restart may cure it, unlike a refused
+    /// login.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ServerError::Connect { .. }
+            | ServerError::ConnectTimeout { .. }
+            | ServerError::Io(_)
+            | ServerError::Closed => true,
+            ServerError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08"),
+            _ => false,
+        }
+    }
+}
+
 /// The four buffers of an attached session.
 #[derive(Default)]
 pub struct Buffers {

@@ -310,6 +310,7 @@ pub fn service(name: &str, backend_port: u16, pools: Vec<PoolConfig>) -> Service
         backend: BackendConfig {
             host: "127.0.0.1".into(),
             port: backend_port,
+            unavailable_hold: Default::default(),
         },
         users: vec![UserConfig {
             name: APP_USER.into(),

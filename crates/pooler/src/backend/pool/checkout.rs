@@ -52,6 +52,7 @@ impl Pool {
         let state = self.state();
         let since = Instant::now();
         let deadline = since + state.wait_timeout;
+        let mut backoff = Duration::from_millis(50);
         loop {
             if self.drain.is_cancelled() {
                 return Err(AcquireError::Removed);
@@ -90,14 +91,26 @@ impl Pool {
                         return Ok(g);
                     }
                 }
-                Grant::Connect(slot) => {
-                    let mut s = self.connect(slot).await?;
-                    s.set_state(ServerState::Active);
-                    return Ok(ServerGuard {
-                        pool: self.clone(),
-                        server: Some(s),
-                    });
-                }
+                Grant::Connect(slot) => match self.connect(slot).await {
+                    Ok(mut s) => {
+                        s.set_state(ServerState::Active);
+                        return Ok(ServerGuard {
+                            pool: self.clone(),
+                            server: Some(s),
+                        });
+                    }
+                    // Held: the server may come back, or a new configuration (a failover)
+                    // name another one; the next attempt reads the pool's state again.
+                    Err(e)
+                        if e.is_unavailable()
+                            && since.elapsed() + backoff
+                                < self.state().backend.unavailable_hold =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 Grant::Expired => return Err(AcquireError::Timeout(state.wait_timeout)),
             }
         }

@@ -7,7 +7,7 @@ connections, and the lost member comes back as a standby.
 
 import contextlib
 import os
-import re
+
 import shutil
 import signal
 import threading
@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import PgbayServer, api_error, ok, unique, uri_with, wait_service_running
+from conftest import PgbayServer, api_error, ok, unique, wait_service_running
 
 pytestmark = pytest.mark.skipif(
     shutil.which("patroni") is None or shutil.which("etcd") is None,
@@ -71,6 +71,21 @@ def postmaster_of(srv: PgbayServer, service: str, member: str) -> int:
     idx = int(member.rsplit("-", 1)[1]) - 1
     pidfile = next((srv.data_dir / "services" / service / "members" / str(idx)).rglob("postmaster.pid"))
     return int(pidfile.read_text().splitlines()[0])
+
+
+def etcd_keys(srv: PgbayServer, service: str) -> int:
+    """How many keys pgbay's etcd holds for `service` (Patroni's scope), over TLS verified
+    against pgbay's CA."""
+    import base64
+    client_port = int((srv.data_dir / "etcd" / "ports").read_text().split()[0])
+    key = f"/pgbay/{service}/".encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    r = requests.post(f"https://127.0.0.1:{client_port}/v3/kv/range",
+                      json={"key": base64.b64encode(key).decode(),
+                            "range_end": base64.b64encode(end).decode(), "count_only": True},
+                      verify=str(srv.data_dir / "ca.crt"), timeout=10)
+    r.raise_for_status()
+    return int(r.json().get("count", 0))
 
 
 def master(doc) -> str:
@@ -160,10 +175,13 @@ def test_business_service_runs_a_primary_and_a_standby(node):
     ok(c, c.update_dbaas_service_pg(name=name, synchronous_replication="quorum"))
     assert c.get_dbaas_service_pg(name=name)["synchronous-replication"] == "quorum"
 
+    assert etcd_keys(node, name) > 0
+    pids = patroni_pids(node, name)
     ok(c, c.delete_dbaas_service_pg(name=name))
     wait_for("members stopped", 60, lambda: not any(
-        Path(f"/proc/{p}").exists() for p in patroni_pids(node, name).values()))
+        Path(f"/proc/{p}").exists() for p in pids.values()))
     assert not (node.data_dir / "services" / name).exists()
+    assert etcd_keys(node, name) == 0
 
 
 def test_ha_fields_are_refused_without_standbys(node):

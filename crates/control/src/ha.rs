@@ -33,6 +33,10 @@ use crate::store::HaRecord;
 /// past Patroni's ttl (10 s) and the promotion, within the 25 s for writes to resume.
 pub const FAILOVER_HOLD: Duration = Duration::from_secs(30);
 
+/// A standby whose replication lag is below this (one WAL segment) shows `running`; above, or
+/// unknown, `syncing_data`.
+const SYNCED_LAG_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How often pgbay asks each member's Patroni whether it is the primary.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How long a new HA service may take to elect its first primary.
@@ -154,8 +158,15 @@ impl Control {
                     Some(m) => m.role == "leader" || m.role == "master",
                     None => primary == Some(i),
                 };
-                let state = match st.map(|m| m.state.as_str()) {
-                    Some("running") | Some("streaming") => "running",
+                // A standby runs once it replicates with a known, small lag.
+                let state = match st {
+                    Some(m) if m.state == "running" || m.state == "streaming" => {
+                        if leader || m.lag.is_some_and(|l| l < SYNCED_LAG_BYTES) {
+                            "running"
+                        } else {
+                            "syncing_data"
+                        }
+                    }
                     Some(_) => "syncing_data",
                     None => "setting_up_vm",
                 };

@@ -529,6 +529,8 @@ pub struct MemberStatus {
     pub role: String,
     /// `running`, `streaming`, `starting`, `creating replica`, ...
     pub state: String,
+    /// A replica's replication lag in bytes, when Patroni knows it.
+    pub lag: Option<u64>,
 }
 
 /// The members Patroni's `GET /cluster` at `addr` lists.
@@ -548,6 +550,7 @@ pub fn cluster_status(addr: SocketAddr) -> Option<Vec<MemberStatus>> {
                     name: s("name"),
                     role: s("role"),
                     state: s("state"),
+                    lag: m.get("lag").and_then(|l| l.as_u64()),
                 }
             })
             .collect(),

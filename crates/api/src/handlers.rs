@@ -408,3 +408,91 @@ pub async fn get_task(State(c): State<Control>, p: Params) -> ApiResult {
         "task-type": "migration_check",
     })))
 }
+
+/// `GET /dbaas-integration/{id}`
+pub async fn get_integration(State(c): State<Control>, p: Params) -> ApiResult {
+    Ok(Json(views::integration(&c.integration(p.get("name")?)?)))
+}
+
+/// `DELETE /dbaas-integration/{id}`: promotes the read replica.
+pub async fn delete_integration(State(c): State<Control>, p: Params) -> ApiResult {
+    let op = c.delete_integration(p.get("name")?).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `PUT /dbaas-integration/{id}`: a read_replica has no settings to change.
+pub async fn update_integration(
+    State(c): State<Control>,
+    p: Params,
+    JsonObject(b): JsonObject,
+) -> ApiResult {
+    c.integration(p.get("name")?)?;
+    let settings = b
+        .get("settings")
+        .ok_or_else(|| pgbay_control::InputError::new("settings", "is required"))?;
+    if settings.as_object().is_none_or(|o| !o.is_empty()) {
+        return Err(
+            pgbay_control::InputError::new("settings", "read_replica has no settings").into(),
+        );
+    }
+    Err(pgbay_control::InputError::new("settings", "read_replica has no settings to change").into())
+}
+
+/// `POST /dbaas-integration`: the document's types (datasource, logs, metrics) integrate
+/// services pgbay does not run; a read replica is made with the service (`integrations`).
+pub async fn create_integration(JsonObject(b): JsonObject) -> ApiResult {
+    match b.get("integration-type").and_then(|t| t.as_str()) {
+        Some("read_replica") => Err(pgbay_control::InputError::new(
+            "integration-type",
+            "read_replica integrations are made when the replica is created (`integrations` in \
+             create-dbaas-service-pg)",
+        )
+        .into()),
+        Some(t @ ("datasource" | "logs" | "metrics")) => Err(ApiError::NotImplemented(format!(
+            "create-dbaas-integration of type {t} (POST /dbaas-integration) is not served by \
+             pgbay: it has no Grafana, logs or metrics services"
+        ))),
+        Some(t) => Err(pgbay_control::InputError::new(
+            "integration-type",
+            format!("{t:?} is not one of datasource, logs, metrics"),
+        )
+        .into()),
+        None => Err(pgbay_control::InputError::new("integration-type", "is required").into()),
+    }
+}
+
+/// `GET /dbaas-integration-types`
+pub async fn integration_types() -> ApiResult {
+    Ok(Json(json!({"dbaas-integration-types": [{
+        "type": "read_replica",
+        "source-description": "PostgreSQL service",
+        "source-service-types": ["pg"],
+        "dest-description": "PostgreSQL service",
+        "dest-service-types": ["pg"],
+        "settings": {"type": "object", "title": "read_replica", "properties": {},
+                     "additionalProperties": false},
+    }]})))
+}
+
+/// `GET /dbaas-integration-settings/{integration-type}/{source-type}/{dest-type}`
+pub async fn integration_settings(p: Params) -> ApiResult {
+    let (t, src, dst) = (p.get("name")?, p.get("p2")?, p.get("p3")?);
+    if t != "read_replica" {
+        return Err(pgbay_control::InputError::new(
+            "integration-type",
+            format!("{t:?}: pgbay serves read_replica only"),
+        )
+        .into());
+    }
+    if src != "pg" || dst != "pg" {
+        return Err(pgbay_control::InputError::new(
+            "source-type",
+            "read_replica integrates pg with pg",
+        )
+        .into());
+    }
+    Ok(Json(
+        json!({"settings": {"type": "object", "title": "read_replica",
+                                "properties": {}, "additionalProperties": false}}),
+    ))
+}

@@ -110,6 +110,18 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .route("/dbaas-service-logs/{name}", post(h::service_logs))
         .route("/dbaas-service-metrics/{name}", post(h::service_metrics))
         .route("/dbaas-migration-status/{name}", get(h::migration_status))
+        .route("/dbaas-integration", post(h::create_integration))
+        .route("/dbaas-integration-types", get(h::integration_types))
+        .route(
+            "/dbaas-integration-settings/{name}/{p2}/{p3}",
+            get(h::integration_settings),
+        )
+        .route(
+            "/dbaas-integration/{name}",
+            get(h::get_integration)
+                .put(h::update_integration)
+                .delete(h::delete_integration),
+        )
         .route(
             "/dbaas-postgres/{name}/migration/stop",
             post(h::stop_migration),

@@ -101,9 +101,11 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "migration",
             "synchronous-replication",
             "pglookout-settings",
+            "integrations",
         ],
     )?;
     Ok(NewService {
+        read_replica_of: opt(body, "integrations", integrations)?.flatten(),
         synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
         max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
         fork_from: opt_str(
@@ -197,6 +199,65 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         ip_filter,
         termination_protection,
     })
+}
+
+/// `integrations` at create: at most one `{"type": "read_replica", "source-service": X}` (its
+/// `dest-service`, if given, is the new service; `settings`, if given, empty): the source.
+fn integrations(
+    field: &str,
+    v: &Value,
+) -> Result<Option<pgbay_control::input::ServiceName>, InputError> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| InputError::new(field, "must be an array"))?;
+    if items.len() > 1 {
+        return Err(InputError::new(
+            field,
+            "at most one read_replica integration",
+        ));
+    }
+    let Some(item) = items.first() else {
+        return Ok(None);
+    };
+    let obj = item
+        .as_object()
+        .ok_or_else(|| InputError::new(field, "items must be objects"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["type", "source-service", "dest-service", "settings"].contains(&k.as_str()))
+    {
+        return Err(InputError::new(
+            &format!("{field}.{k}"),
+            "is not a field of an integration",
+        ));
+    }
+    match obj.get("type").and_then(Value::as_str) {
+        Some("read_replica") => {}
+        Some(other) => {
+            return Err(InputError::new(
+                &format!("{field}.type"),
+                format!("{other:?} is not one of \"read_replica\""),
+            ))
+        }
+        None => return Err(InputError::new(&format!("{field}.type"), "is required")),
+    }
+    if obj
+        .get("settings")
+        .is_some_and(|s| s.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        return Err(InputError::new(
+            &format!("{field}.settings"),
+            "read_replica has no settings",
+        ));
+    }
+    let src = obj
+        .get("source-service")
+        .ok_or_else(|| InputError::new(&format!("{field}.source-service"), "is required"))?;
+    let src = pgbay_control::input::ServiceName::parse(
+        &format!("{field}.source-service"),
+        string(field, src)?,
+    )?;
+    Ok(Some(src))
 }
 
 /// `synchronous-replication`: `quorum` (true) or `off`.

@@ -293,42 +293,6 @@ pub const UNSERVED: &[(&str, &str, &str, &str)] = &[
         "reveal-dbaas-grafana-user-password",
     ),
     (
-        "POST",
-        "/dbaas-integration",
-        "/dbaas-integration",
-        "create-dbaas-integration",
-    ),
-    (
-        "GET",
-        "/dbaas-integration-settings/{integration-type}/{source-type}/{dest-type}",
-        "/dbaas-integration-settings/{name}/{p2}/{p3}",
-        "list-dbaas-integration-settings",
-    ),
-    (
-        "GET",
-        "/dbaas-integration-types",
-        "/dbaas-integration-types",
-        "list-dbaas-integration-types",
-    ),
-    (
-        "DELETE",
-        "/dbaas-integration/{id}",
-        "/dbaas-integration/{name}",
-        "delete-dbaas-integration",
-    ),
-    (
-        "GET",
-        "/dbaas-integration/{id}",
-        "/dbaas-integration/{name}",
-        "get-dbaas-integration",
-    ),
-    (
-        "PUT",
-        "/dbaas-integration/{id}",
-        "/dbaas-integration/{name}",
-        "update-dbaas-integration",
-    ),
-    (
         "DELETE",
         "/dbaas-kafka/{name}",
         "/dbaas-kafka/{name}",

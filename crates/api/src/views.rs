@@ -61,7 +61,26 @@ pub fn service_common(control: &Control, s: &ServiceRecord) -> Value {
         "created-at": time(&s.created_at),
         "updated-at": time(&s.updated_at),
         "notifications": [],
-        "integrations": [],
+        "integrations": control
+            .integrations_of(&s.name)
+            .iter()
+            .map(integration)
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The document's `dbaas-integration` of a read replica.
+pub fn integration(r: &pgbay_control::store::ReplicaRecord) -> Value {
+    json!({
+        "id": r.id.to_string(),
+        "type": "read_replica",
+        "source": r.source,
+        "dest": r.service,
+        "status": "active",
+        "is-active": true,
+        "is-enabled": true,
+        "description": format!("{} is a physical streaming replica of {}", r.service, r.source),
+        "settings": {},
     })
 }
 

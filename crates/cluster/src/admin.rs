@@ -31,7 +31,7 @@ pub const REWIND_ROLE: &str = "pgbay_rewind";
 
 /// Whether `name` is one of pgbay's own roles, which the API refuses as user names.
 pub fn is_reserved_role(name: &str) -> bool {
-    [INTERNAL_ROLE, REPLICATION_ROLE, REWIND_ROLE].contains(&name)
+    [INTERNAL_ROLE, REPLICATION_ROLE, REWIND_ROLE].contains(&name) || name.starts_with("pgbay_rr_")
 }
 
 /// What a service's admin (primary user) is made a member of: a managed admin's monitoring,
@@ -309,6 +309,25 @@ pub async fn ensure_patroni_roles(
         exec_formatted(&c, &template, &[role, &scram_verifier(pw)]).await?;
     }
     Ok(())
+}
+
+/// Makes (or resets) the replication role `role` a read replica streams as: LOGIN REPLICATION,
+/// nothing else.
+pub async fn ensure_replication_role(t: &AdminTarget, role: &str, password: &str) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    let verb = if role_exists(&c, role).await? {
+        "ALTER"
+    } else {
+        "CREATE"
+    };
+    let template = format!("{verb} ROLE %I WITH LOGIN REPLICATION NOSUPERUSER PASSWORD %L");
+    exec_formatted(&c, &template, &[role, &scram_verifier(password)]).await
+}
+
+/// Drops role `role` if it exists (a read replica's, once it no longer replicates).
+pub async fn drop_role_if_exists(t: &AdminTarget, role: &str) -> Result<()> {
+    let c = connect(t, "postgres").await?;
+    exec_formatted(&c, "DROP ROLE IF EXISTS %I", &[role]).await
 }
 
 /// Makes Patroni's rewind role a superuser (see [`REWIND_ROLE`]).

@@ -105,6 +105,10 @@ impl Control {
         if !self.backups_enabled() || self.is_ha(service) {
             return;
         }
+        // A read replica is its source's copy: backed up once promoted.
+        if self.replica_of(service).is_some() {
+            return;
+        }
         let control = self.clone();
         let name = service.to_string();
         tokio::spawn(async move {
@@ -150,6 +154,7 @@ impl Control {
                 s.state == ServiceState::Running
                     && s.external_host.is_none()
                     && !self.is_ha(&s.name)
+                    && self.replica_of(&s.name).is_none()
             }) {
                 let at = BackupSchedule::picked_for(s);
                 let due = now.hour() as u8 == at.hour && now.minute() as u8 >= at.minute;

@@ -42,6 +42,8 @@ pub struct NewService {
     pub migration: Option<crate::migrations::MigrationSpec>,
     /// `synchronous-replication`: `quorum` (true) or `off`; only with standbys.
     pub synchronous_replication: Option<bool>,
+    /// Make the service a read replica of this service (`integrations` of type read_replica).
+    pub read_replica_of: Option<crate::input::ServiceName>,
     /// `pglookout-settings.max-failover-replication-time-lag`, seconds; only with standbys.
     pub max_failover_lag: Option<i64>,
 }

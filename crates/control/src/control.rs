@@ -103,6 +103,7 @@ pub(crate) struct Inner {
     pub(crate) sizing: pgbay_cluster::sizing::Sizer,
     pub(crate) backups: crate::backups::BackupState,
     pub(crate) ha: crate::ha::HaState,
+    pub(crate) replicas: crate::replicas::Replicas,
 }
 
 /// The control plane. Cheap to clone.
@@ -177,6 +178,7 @@ impl Control {
                 sizing,
                 backups: Default::default(),
                 ha: Default::default(),
+                replicas: Default::default(),
             }),
         };
         control.recover().await?;
@@ -411,7 +413,8 @@ impl Control {
         let name = s.name.clone();
         let port = s.pg_port;
         let ip_filter = s.ip_filter.0.clone();
-        let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        let mut settings = crate::cluster_config::ClusterConfig::of(s).text();
+        settings.push_str(&self.replica_settings(s).await?);
         let os_user = pgbay_cluster::os_users::name_for(&s.id);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {

@@ -44,6 +44,7 @@ pub mod pg_settings;
 pub mod pgbouncer;
 pub mod plans;
 pub mod ports;
+mod replicas;
 mod services;
 mod sizing;
 pub mod store;

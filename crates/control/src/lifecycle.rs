@@ -17,6 +17,7 @@ impl Control {
     pub(crate) async fn recover(&self) -> Result<(), ControlError> {
         let services = self.inner.store.services().await?;
         self.load_ha(&services).await?;
+        self.load_replicas().await?;
         for dir in self.inner.prov.present() {
             if !services.iter().any(|s| s.name == dir) {
                 tracing::warn!(service = %dir, "removing cluster of a deleted service");
@@ -38,6 +39,8 @@ impl Control {
                     }
                     if let Err(e) = self.start_cluster(s).await {
                         tracing::error!(service = %s.name, error = %e, "starting cluster");
+                    } else if self.replica_of(&s.name).is_some() {
+                        // A read replica's roles and databases are its source's.
                     } else if let Err(e) = self.reconcile(s).await {
                         tracing::error!(service = %s.name, error = %e, "reconciling cluster");
                     }
@@ -237,7 +240,12 @@ impl Control {
             return Ok(()); // deleted meanwhile
         };
         self.ensure_internal_password(&s).await?;
-        if !self.inner.prov.is_initialized(name) {
+        let replica = self.replica_of(name);
+        if !self.inner.prov.is_initialized(name) && replica.is_some() {
+            if let Some(r) = &replica {
+                self.make_replica(&s, r).await?;
+            }
+        } else if !self.inner.prov.is_initialized(name) {
             match self.inner.store.fork_of(name).await? {
                 Some(fork) => self.restore_fork(&s, fork).await?,
                 // A service rebuilt from its own backups (its data directory was lost).
@@ -253,16 +261,25 @@ impl Control {
             }
         }
         self.start_cluster(&s).await?;
-        let t = self.admin_target(&s).await?;
-        if self.internal_target(&s).await?.is_some() {
-            self.ensure_managed_admin(&s, &t).await?;
-        }
-        if self.is_ha(name) {
-            self.ensure_ha_roles(&s, &t).await?;
-        }
-        pgbay_cluster::admin::create_database(&t, DEFAULT_DATABASE, &s.admin_username, None, None)
+        // A read replica has its source's roles and databases (and cannot write).
+        if replica.is_none() {
+            let t = self.admin_target(&s).await?;
+            if self.internal_target(&s).await?.is_some() {
+                self.ensure_managed_admin(&s, &t).await?;
+            }
+            if self.is_ha(name) {
+                self.ensure_ha_roles(&s, &t).await?;
+            }
+            pgbay_cluster::admin::create_database(
+                &t,
+                DEFAULT_DATABASE,
+                &s.admin_username,
+                None,
+                None,
+            )
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
+        }
         s.state = ServiceState::Running;
         s.updated_at = chrono::Utc::now();
         let mut tx = self.inner.store.begin().await?;

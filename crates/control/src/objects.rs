@@ -42,6 +42,7 @@ impl Control {
         let collate = new.lc_collate.as_ref().map(|l| l.as_str());
         let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         if self
             .inner
             .store
@@ -76,6 +77,7 @@ impl Control {
         db: &DatabaseName,
     ) -> Result<OperationRecord, ControlError> {
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         if !self
             .inner
             .store
@@ -121,6 +123,7 @@ impl Control {
     ) -> Result<OperationRecord, ControlError> {
         let (user, replication) = (new.username, new.allow_replication);
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         if self
             .inner
             .store
@@ -178,6 +181,7 @@ impl Control {
         allow: bool,
     ) -> Result<(), ControlError> {
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         let mut rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary && !allow {
             return Err(ControlError::Conflict(format!(
@@ -202,6 +206,7 @@ impl Control {
         user: &Username,
     ) -> Result<OperationRecord, ControlError> {
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         let rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary {
             return Err(ControlError::Conflict(format!(
@@ -240,6 +245,7 @@ impl Control {
     ) -> Result<OperationRecord, ControlError> {
         let given = reset.password;
         let (_g, s) = self.lock_running(service).await?;
+        self.refuse_on_replica(&s)?;
         let mut rec = self.existing_user(&s, user).await?;
         let overridden = given.is_some();
         let password = given.unwrap_or_else(Password::generate);

@@ -197,6 +197,23 @@ impl Control {
             }
             None => None,
         };
+        let replica_src = match &new.read_replica_of {
+            Some(source) => {
+                refuse_admin_fields(
+                    &new,
+                    "cannot be set with a read replica: it has its source's users",
+                )?;
+                if new.migration.is_some() || fork.is_some() {
+                    return Err(InputError::new(
+                        crate::replicas::FIELD,
+                        "a read replica cannot also be a fork or a migration target",
+                    )
+                    .into());
+                }
+                Some(self.check_replica_source(source).await?)
+            }
+            None => None,
+        };
         let plan = new.plan;
         let admin = new
             .admin_username
@@ -238,6 +255,16 @@ impl Control {
             plan.nodes.max(1) as usize
         };
         let ha = nodes > 1;
+        if ha && replica_src.is_some() {
+            return Err(InputError::new(
+                crate::replicas::FIELD,
+                format!(
+                    "a read replica runs one node, plan {} runs {nodes}",
+                    plan.name
+                ),
+            )
+            .into());
+        }
         if ha {
             if fork.is_some() {
                 return Err(InputError::new(
@@ -287,10 +314,11 @@ impl Control {
             plan: plan.name.to_string(),
             state: ServiceState::Rebuilding,
             version,
-            admin_username: match (&external, &fork) {
-                (Some(e), _) => e.user.clone(),
-                (None, Some(f)) => f.source.admin_username.clone(),
-                (None, None) => admin.to_string(),
+            admin_username: match (&external, &fork, &replica_src) {
+                (Some(e), _, _) => e.user.clone(),
+                (None, Some(f), _) => f.source.admin_username.clone(),
+                (None, None, Some(src)) => src.admin_username.clone(),
+                (None, None, None) => admin.to_string(),
             },
             pg_port: ports[0],
             external_host: external.as_ref().map(|e| e.host.clone()),
@@ -328,14 +356,21 @@ impl Control {
         );
         // A fork has its source's databases, users (with their passwords) and internal role, as
         // the store has them now; provisioning restores the cluster instead of making one.
-        let copied = match &fork {
-            Some(f) => Some((
-                self.inner.store.databases(&f.source.name).await?,
-                self.inner.store.users(&f.source.name).await?,
-                self.inner.store.internal_password(&f.source.name).await?,
+        let copied_from = fork
+            .as_ref()
+            .map(|f| f.source.name.clone())
+            .or(replica_src.as_ref().map(|r| r.name.clone()));
+        let copied = match &copied_from {
+            Some(src) => Some((
+                self.inner.store.databases(src).await?,
+                self.inner.store.users(src).await?,
+                self.inner.store.internal_password(src).await?,
             )),
             None => None,
         };
+        let replica = replica_src
+            .as_ref()
+            .map(|src| self.new_replica(&s.name, &src.name));
         let ha_record = ha.then(|| store::HaRecord {
             service: s.name.clone(),
             replication_password_enc: self.inner.secrets.seal(Password::generate().as_str()),
@@ -349,8 +384,8 @@ impl Control {
         if let Some(h) = &ha_record {
             store::insert_ha(&mut tx, h).await?;
         }
-        match (&fork, copied) {
-            (Some(f), Some((databases, users, internal))) => {
+        match (&copied_from, copied) {
+            (Some(_), Some((databases, users, internal))) => {
                 for u in &users {
                     store::upsert_user(&mut tx, &s.name, u).await?;
                 }
@@ -360,7 +395,12 @@ impl Control {
                 if let Some(sealed) = internal {
                     store::insert_internal_password(&mut tx, &s.name, &sealed).await?;
                 }
-                store::insert_fork(&mut tx, &s.name, &f.fork).await?;
+                if let Some(f) = &fork {
+                    store::insert_fork(&mut tx, &s.name, &f.fork).await?;
+                }
+                if let Some(r) = &replica {
+                    store::insert_replica(&mut tx, r).await?;
+                }
             }
             _ => {
                 store::upsert_user(&mut tx, &s.name, &admin_user).await?;
@@ -375,6 +415,9 @@ impl Control {
         tracing::info!(service = %name, pg_port = s.pg_port, pooler_port = s.pooler_port, "service recorded");
         if let Some(h) = ha_record {
             self.remember_ha(h);
+        }
+        if let Some(r) = replica {
+            self.remember_replica(r);
         }
         self.spawn_provisioning(s.name.clone(), Some(op.id));
         Ok(op)
@@ -689,7 +732,7 @@ impl Control {
         Ok(())
     }
 
-    async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+    pub(crate) async fn apply_hba(&self, s: &ServiceRecord) -> Result<(), ControlError> {
         let prov = self.inner.prov.clone();
         let (n, f) = (s.name.clone(), s.ip_filter.0.clone());
         tokio::task::spawn_blocking(move || prov.write_hba(&n, &f)).await??;
@@ -705,6 +748,7 @@ impl Control {
         name: &ServiceName,
     ) -> Result<OperationRecord, ControlError> {
         let (_g, s) = self.lock_existing(name).await?;
+        self.refuse_delete_with_replicas(&s)?;
         if s.termination_protection {
             return Err(ControlError::Conflict(format!(
                 "service {name} has termination protection enabled"
@@ -729,6 +773,7 @@ impl Control {
         if self.is_ha(&s.name) {
             self.stop_ha(&s.name, true).await;
         }
+        self.forget_deleted_replica(&s.name).await;
         let prov = self.inner.prov.clone();
         let n = s.name.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || prov.remove(&n)).await? {

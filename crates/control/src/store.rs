@@ -56,8 +56,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 mod ha;
 mod migrations;
+mod replicas;
 pub use ha::{delete_ha_members_from, insert_ha, insert_ha_members, update_ha_settings, HaRecord};
 pub use migrations::{insert_migration_task, upsert_migration};
+pub use replicas::{delete_replica, insert_replica, ReplicaRecord};
 
 /// Handle on the store's database.
 #[derive(Debug, Clone)]
@@ -436,6 +438,7 @@ pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
         "service_internal",
         "ha_members",
         "ha_services",
+        "read_replicas",
     ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)

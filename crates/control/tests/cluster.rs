@@ -214,6 +214,7 @@ fn new_service() -> NewService {
         migration: None,
         synchronous_replication: None,
         max_failover_lag: None,
+        read_replica_of: None,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::os_users::{self, UidRange};
 
 /// The include lines pgbay puts at the end of every cluster's postgresql.conf: its runtime
 /// settings, then the service's settings (which therefore win).
-const INCLUDES: [&str; 2] = [
+pub(crate) const INCLUDES: [&str; 2] = [
     "include_if_exists = 'pgbay.conf'",
     "include_if_exists = 'pgbay-settings.conf'",
 ];
@@ -670,6 +670,10 @@ pub fn hba_lines(ip_filter: &[ipnet::IpNet]) -> Vec<String> {
         format!("local all {internal} scram-sha-256"),
         format!("host all {internal} 0.0.0.0/0 reject"),
         format!("host all {internal} ::0/0 reject"),
+        format!("host replication {internal} 0.0.0.0/0 reject"),
+        format!("host replication {internal} ::0/0 reject"),
+        // Streaming replication (read replicas, pg_basebackup) over TLS from this machine.
+        "hostssl replication all 127.0.0.1/32 scram-sha-256".to_string(),
         "local all all scram-sha-256".to_string(),
         "hostssl all all 127.0.0.1/32 scram-sha-256".to_string(),
         "hostssl all all ::1/128 scram-sha-256".to_string(),

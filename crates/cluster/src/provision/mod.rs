@@ -6,6 +6,7 @@
 pub mod external;
 pub mod local;
 pub mod patroni;
+pub mod replica;
 
 use std::path::PathBuf;
 

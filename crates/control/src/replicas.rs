@@ -1,0 +1,297 @@
+//! Read replicas (issue 19): a service created with `integrations: [{type: read_replica,
+//! source-service: X}]` is a physical streaming replica of X — pg_basebackup of X as a
+//! replication role of its own on X, then a hot standby of X's own port (on an HA source,
+//! pgbay's forwarder to its primary, so the replica follows X across a failover). It has X's
+//! databases and users (a physical copy): the API refuses to change them on the replica. Deleting
+//! the integration promotes the replica to a standalone service.
+
+use std::sync::Mutex as StdMutex;
+
+use pgbay_cluster::admin;
+use pgbay_cluster::provision::replica::{self, ReplicaSource};
+use pgbay_cluster::provision::ClusterSpec;
+use uuid::Uuid;
+
+use crate::control::Control;
+use crate::error::ControlError;
+use crate::input::{InputError, ServiceName};
+use crate::model::{OperationRecord, ServiceRecord, ServiceState};
+use crate::operations::OperationKind;
+use crate::store::{self, ReplicaRecord};
+
+/// The field a create names its read replica source in.
+pub(crate) const FIELD: &str = "integrations.source-service";
+
+/// The read replicas, as the store has them (kept in step with it).
+#[derive(Default)]
+pub(crate) struct Replicas(StdMutex<Vec<ReplicaRecord>>);
+
+impl Replicas {
+    fn all(&self) -> std::sync::MutexGuard<'_, Vec<ReplicaRecord>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+impl Control {
+    /// Loads the read replicas from the store (at start).
+    pub(crate) async fn load_replicas(&self) -> Result<(), ControlError> {
+        *self.inner.replicas.all() = self.inner.store.read_replicas().await?;
+        Ok(())
+    }
+
+    /// The integration that makes `name` a read replica, if it is one.
+    pub fn replica_of(&self, name: &str) -> Option<ReplicaRecord> {
+        self.inner
+            .replicas
+            .all()
+            .iter()
+            .find(|r| r.service == name)
+            .cloned()
+    }
+
+    /// The read_replica integrations `name` is the source or the destination of.
+    pub fn integrations_of(&self, name: &str) -> Vec<ReplicaRecord> {
+        self.inner
+            .replicas
+            .all()
+            .iter()
+            .filter(|r| r.service == name || r.source == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The integration `id`.
+    pub fn integration(&self, id: &str) -> Result<ReplicaRecord, ControlError> {
+        let found = id.parse::<Uuid>().ok().and_then(|id| {
+            self.inner
+                .replicas
+                .all()
+                .iter()
+                .find(|r| r.id == id)
+                .cloned()
+        });
+        found.ok_or_else(|| ControlError::NotFound(format!("no integration {id}")))
+    }
+
+    /// A replica's databases and users are its source's: refused on it.
+    pub(crate) fn refuse_on_replica(&self, s: &ServiceRecord) -> Result<(), ControlError> {
+        match self.replica_of(&s.name) {
+            Some(r) => Err(ControlError::Conflict(format!(
+                "service {} is a read replica of {}: its databases and users are {}'s (change \
+                 them there)",
+                s.name, r.source, r.source
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A service with read replicas cannot go before them.
+    pub(crate) fn refuse_delete_with_replicas(
+        &self,
+        s: &ServiceRecord,
+    ) -> Result<(), ControlError> {
+        let names: Vec<String> = self
+            .integrations_of(&s.name)
+            .into_iter()
+            .filter(|r| r.source == s.name)
+            .map(|r| r.service)
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(ControlError::Conflict(format!(
+            "service {} has read replicas ({}): delete them, or their integrations, first",
+            s.name,
+            names.join(", ")
+        )))
+    }
+
+    /// Checks a read replica's source at create: a running local single-cluster or HA service
+    /// that is not itself a replica.
+    pub(crate) async fn check_replica_source(
+        &self,
+        source: &ServiceName,
+    ) -> Result<ServiceRecord, ControlError> {
+        if self.inner.cfg.external.is_some() {
+            return Err(InputError::new(FIELD, "not served with an external server").into());
+        }
+        let Some(src) = self.inner.store.service(source.as_str()).await? else {
+            return Err(InputError::new(FIELD, format!("no service named {source}")).into());
+        };
+        if src.state != ServiceState::Running || !self.cluster_running(&src.name) {
+            return Err(InputError::new(FIELD, format!("{source} is not running")).into());
+        }
+        if self.replica_of(&src.name).is_some() {
+            return Err(
+                InputError::new(FIELD, format!("{source} is itself a read replica")).into(),
+            );
+        }
+        Ok(src)
+    }
+
+    /// The replica record a new service `name` of `source` is created with.
+    pub(crate) fn new_replica(&self, name: &str, source: &str) -> ReplicaRecord {
+        ReplicaRecord {
+            id: Uuid::new_v4(),
+            service: name.to_string(),
+            source: source.to_string(),
+            replication_password_enc: self
+                .inner
+                .secrets
+                .seal(crate::input::Password::generate().as_str()),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    /// Remembers a committed read replica.
+    pub(crate) fn remember_replica(&self, r: ReplicaRecord) {
+        self.inner.replicas.all().push(r);
+    }
+
+    fn forget_replica(&self, name: &str) {
+        self.inner.replicas.all().retain(|r| r.service != name);
+    }
+
+    /// What a replica's cluster settings add: where it streams from.
+    pub(crate) async fn replica_settings(&self, s: &ServiceRecord) -> Result<String, ControlError> {
+        let Some(r) = self.replica_of(&s.name) else {
+            return Ok(String::new());
+        };
+        let src = self.replica_source_addr(&r).await?;
+        let password = String::new();
+        let conninfo = replica::primary_conninfo(
+            &self.inner.prov,
+            &s.name,
+            &ReplicaSource {
+                host: "127.0.0.1",
+                port: src,
+                role: &r.role(),
+                password: &password,
+            },
+        );
+        Ok(format!(
+            "# a read replica of {}\nprimary_conninfo = '{}'\nhot_standby = on\n",
+            r.source,
+            conninfo.replace('\'', "''")
+        ))
+    }
+
+    /// The port the replica reaches its source on (the source's own port).
+    async fn replica_source_addr(&self, r: &ReplicaRecord) -> Result<u16, ControlError> {
+        let src = self
+            .inner
+            .store
+            .service(&r.source)
+            .await?
+            .ok_or_else(|| ControlError::internal(format!("source {} is gone", r.source)))?;
+        Ok(src.pg_port)
+    }
+
+    /// Makes the cluster of replica `s`: its replication role on the source, then a base
+    /// backup of the source.
+    pub(crate) async fn make_replica(
+        &self,
+        s: &ServiceRecord,
+        r: &ReplicaRecord,
+    ) -> Result<(), ControlError> {
+        let src = self
+            .inner
+            .store
+            .service(&r.source)
+            .await?
+            .ok_or_else(|| ControlError::internal(format!("source {} is gone", r.source)))?;
+        let password = self.inner.secrets.open(&r.replication_password_enc)?;
+        let t = self.admin_target(&src).await?;
+        admin::ensure_replication_role(&t, &r.role(), &password)
+            .await
+            .map_err(|e| ControlError::from_admin(e, "making the replica's role"))?;
+        if !self.is_ha(&src.name) {
+            // A source started before pg_hba.conf had its replication line.
+            self.apply_hba(&src).await?;
+        }
+        let own = self.admin_target(s).await?;
+        let prov = self.inner.prov.clone();
+        let tls = self.inner.tls.clone();
+        let (name, role, port) = (s.name.clone(), r.role(), src.pg_port);
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        let ip_filter = s.ip_filter.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let spec = ClusterSpec {
+                name: &name,
+                port,
+                superuser: &own.user,
+                superuser_password: &own.password,
+                os_user: &os_user,
+                ip_filter: &ip_filter,
+                settings: "",
+            };
+            prov.make_replica(
+                &spec,
+                &ReplicaSource {
+                    host: "127.0.0.1",
+                    port,
+                    role: &role,
+                    password: &password,
+                },
+                &tls,
+            )
+        })
+        .await??;
+        tracing::info!(service = %s.name, source = %r.source, "read replica made");
+        Ok(())
+    }
+
+    /// Drops a replica's role on its source (best effort: the source may be gone).
+    async fn drop_replica_role(&self, r: &ReplicaRecord) {
+        let Ok(Some(src)) = self.inner.store.service(&r.source).await else {
+            return;
+        };
+        match self.admin_target(&src).await {
+            Ok(t) => {
+                if let Err(e) = admin::drop_role_if_exists(&t, &r.role()).await {
+                    tracing::warn!(source = %r.source, error = %e, "dropping a replica's role");
+                }
+            }
+            Err(e) => tracing::warn!(source = %r.source, error = %e, "dropping a replica's role"),
+        }
+    }
+
+    /// After the replica `name` was deleted: its role on the source goes.
+    pub(crate) async fn forget_deleted_replica(&self, name: &str) {
+        if let Some(r) = self.replica_of(name) {
+            self.forget_replica(name);
+            self.drop_replica_role(&r).await;
+        }
+    }
+
+    /// `DELETE /dbaas-integration/{id}`: promotes the replica to a standalone service.
+    pub async fn delete_integration(&self, id: &str) -> Result<OperationRecord, ControlError> {
+        let r = self.integration(id)?;
+        let name = ServiceName::parse("dest-service", &r.service)?;
+        let (_g, s) = self.lock_running(&name).await?;
+        let prov = self.inner.prov.clone();
+        let n = s.name.clone();
+        tokio::task::spawn_blocking(move || prov.promote(&n)).await??;
+        let mut tx = self.inner.store.begin().await?;
+        store::delete_replica(&mut tx, &s.name).await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::UpdateService,
+                format!(
+                    "service {} promoted: it no longer replicates {}",
+                    s.name, r.source
+                ),
+            )
+            .await?;
+        self.forget_replica(&s.name);
+        self.drop_replica_role(&r).await;
+        self.spawn_first_backup(&s.name);
+        tracing::info!(service = %s.name, source = %r.source, "read replica promoted");
+        self.settle(op).await
+    }
+}

@@ -1,0 +1,137 @@
+"""Read replicas (issue 19): a service created with a read_replica integration is a physical
+streaming replica of its source: it serves the source's rows within seconds, refuses writes,
+follows its source across a failover, and deleting the integration promotes it.
+"""
+
+import os
+import shutil
+import signal
+import time
+
+import psycopg
+import pytest
+
+from conftest import PgbayServer, api_error, ok, provision, unique, wait_service_running
+from test_ha import master, patroni_pids, postmaster_of, roles, tx_pool, wait_for
+
+
+@pytest.fixture(scope="module")
+def node():
+    srv = PgbayServer("replica")
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+def rr(source):
+    return [{"type": "read_replica", "source-service": source}]
+
+
+def count(uri, table):
+    with psycopg.connect(uri, autocommit=True, connect_timeout=5) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_a_read_replica_serves_reads_refuses_writes_and_is_promoted(node):
+    c = node.client()
+    src = provision(c, unique("rsrc"), plan="hobbyist-2")
+    src_pool = tx_pool(c, src.name, "app")
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        conn.execute("CREATE TABLE r (n int PRIMARY KEY)")
+        conn.execute("INSERT INTO r SELECT generate_series(1, 100)")
+    name = unique("rrep")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", integrations=rr(src.name)))
+    doc = wait_service_running(c, name)
+    [integ] = doc["integrations"]
+    assert integ["type"] == "read_replica" and integ["source"] == src.name
+    assert integ["dest"] == name and integ["is-active"] is True
+    assert c.get_dbaas_service_pg(name=src.name)["integrations"] == [integ]
+    assert c.get_dbaas_integration(id=integ["id"]) == integ
+    # The replica has the source's users: the source's admin password logs in.
+    assert doc["uri"].split("@")[0].split(":")[-1] == src.admin_password
+    rep_pool = tx_pool(c, name, "reads")
+    assert count(rep_pool, "r") == 100
+
+    # A row written to the source through a pool is served by the replica within 5 s.
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        conn.execute("INSERT INTO r VALUES (101)")
+    with psycopg.connect(rep_pool, autocommit=True) as conn:
+        wait_for("the row on the replica", 5, lambda: conn.execute(
+            "SELECT count(*) FROM r").fetchone()[0] == 101, every=0.05)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("INSERT INTO r VALUES (999)")
+
+    # Its users and databases are the source's; the source cannot go before it.
+    with api_error(409, "read replica"):
+        c.create_dbaas_pg_database(service_name=name, database_name="other")
+    with api_error(409, name):
+        c.delete_dbaas_service_pg(name=src.name)
+    with api_error(400, "settings"):
+        c.update_dbaas_integration(id=integ["id"], settings={"x": 1})
+
+    # Deleting the integration promotes it: writable, and no longer following the source.
+    ok(c, c.delete_dbaas_integration(id=integ["id"]))
+    assert c.get_dbaas_service_pg(name=name)["integrations"] == []
+    assert c.get_dbaas_service_pg(name=src.name)["integrations"] == []
+    with psycopg.connect(rep_pool, autocommit=True) as conn:
+        wait_for("a write on the promoted service", 30,
+                 lambda: conn.execute("INSERT INTO r VALUES (1000)") or True)
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        conn.execute("INSERT INTO r VALUES (102)")
+    time.sleep(1.0)  # the absence of replication can only be seen after a while
+    assert count(rep_pool, "r") == 102  # 101 + its own 1000, not the source's 102
+    # Its replication role on the source is gone.
+    with psycopg.connect(src.uri, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgbay_rr_%'"
+                            ).fetchone() == (0,)
+    ok(c, c.delete_dbaas_service_pg(name=name))
+    ok(c, c.delete_dbaas_service_pg(name=src.name))
+
+
+def test_bad_read_replica_requests_are_refused(node):
+    c = node.client()
+    with api_error(400, "integrations.source-service"):
+        c.create_dbaas_service_pg(name=unique("rbad"), plan="hobbyist-2", integrations=rr("nope"))
+    with api_error(400, "integrations.type"):
+        c.create_dbaas_service_pg(name=unique("rbad"), plan="hobbyist-2",
+                                  integrations=[{"type": "logs", "source-service": "x"}])
+    with api_error(400, "integration-type"):
+        c.create_dbaas_integration(integration_type="read_replica", source_service="a",
+                                   dest_service="b")
+    types = c.list_dbaas_integration_types()["dbaas-integration-types"]
+    assert [t["type"] for t in types] == ["read_replica"]
+    names = [s["name"] for s in c.list_dbaas_services()["dbaas-services"]]
+    assert not any(n.startswith("rbad") for n in names)
+
+
+@pytest.mark.skipif(shutil.which("patroni") is None or shutil.which("etcd") is None,
+                    reason="patroni and etcd are not installed")
+def test_a_replica_follows_its_source_across_a_failover(node):
+    c = node.client()
+    src = unique("rha")
+    ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
+    doc = wait_for("both members running", 300, lambda: (
+        d := c.get_dbaas_service_pg(name=src),
+        d["state"] == "running"
+        and roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    src_pool = tx_pool(c, src, "app")
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        conn.execute("CREATE TABLE f (n int)")
+    with api_error(400, "integrations"):
+        c.create_dbaas_service_pg(name=unique("rbad"), plan="business-4", integrations=rr(src))
+    name = unique("rrf")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", integrations=rr(src)))
+    rep = wait_service_running(c, name)["uri"]
+    old = master(doc)
+    os.kill(patroni_pids(node, src)[old], signal.SIGKILL)
+    os.kill(postmaster_of(node, src, old), signal.SIGKILL)
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        wait_for("a write after the failover", 60,
+                 lambda: conn.execute("INSERT INTO f VALUES (1)") or True)
+    # The replica streams from the new primary (through the source's own port).
+    wait_for("the row written after the failover on the replica", 60,
+             lambda: count(rep, "f") >= 1)
+    ok(c, c.delete_dbaas_service_pg(name=name))
+    ok(c, c.delete_dbaas_service_pg(name=src))

@@ -11,7 +11,16 @@ import time
 import psycopg
 import pytest
 
-from conftest import PgbayServer, api_error, ok, provision, unique, wait_service_running
+from conftest import (
+    PgbayServer,
+    api_error,
+    ok,
+    provision,
+    reveal,
+    unique,
+    uri_with,
+    wait_service_running,
+)
 from test_ha import master, patroni_pids, postmaster_of, roles, tx_pool, wait_for
 
 
@@ -70,6 +79,17 @@ def test_a_read_replica_serves_reads_refuses_writes_and_is_promoted(node):
         c.delete_dbaas_service_pg(name=src.name)
     with api_error(400, "settings"):
         c.update_dbaas_integration(id=integ["id"], settings={"x": 1})
+    # A user made on the source logs in through the replica's pools too.
+    ok(c, c.create_dbaas_postgres_user(service_name=src.name, username="reader"))
+    pw = reveal(c, src.name, "reader")
+    ok(c, c.create_dbaas_pg_connection_pool(
+        service_name=name, name="byreader", database_name="defaultdb", mode="transaction",
+        size=1, username="reader"))
+    by_reader = [p for p in c.get_dbaas_service_pg(name=name)["connection-pools"]
+                 if p["name"] == "byreader"][0]["connection-uri"]
+    with psycopg.connect(uri_with(by_reader, password=pw), autocommit=True) as conn:
+        wait_for("the new user on the replica", 10,
+                 lambda: conn.execute("SELECT current_user").fetchone() == ("reader",))
 
     # Deleting the integration promotes it: writable, and no longer following the source.
     ok(c, c.delete_dbaas_integration(id=integ["id"]))

@@ -61,6 +61,9 @@ impl Control {
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
         let mut tx = self.inner.store.begin().await?;
         store::insert_database(&mut tx, &s.name, db.as_str()).await?;
+        for r in self.replicas_from(&s.name) {
+            store::insert_database(&mut tx, &r, db.as_str()).await?;
+        }
         self.commit_operation(
             tx,
             &s,
@@ -151,6 +154,9 @@ impl Control {
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
+        for r in self.replicas_from(&s.name) {
+            store::upsert_user(&mut tx, &r, &rec).await?;
+        }
         self.commit_operation(
             tx,
             &s,
@@ -195,6 +201,9 @@ impl Control {
         rec.allow_replication = allow;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
+        for r in self.replicas_from(&s.name) {
+            store::upsert_user(&mut tx, &r, &rec).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -257,11 +266,17 @@ impl Control {
         };
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &intent).await?;
+        for r in self.replicas_from(&s.name) {
+            store::upsert_user(&mut tx, &r, &intent).await?;
+        }
         tx.commit().await?;
         if let Err(e) = admin::set_password(&t, user.as_str(), password.as_str()).await {
             // Refused: withdraw the intent so nothing of the request remains.
             let mut tx = self.inner.store.begin().await?;
             store::upsert_user(&mut tx, &s.name, &rec).await?;
+            for r in self.replicas_from(&s.name) {
+                store::upsert_user(&mut tx, &r, &rec).await?;
+            }
             tx.commit().await?;
             return Err(ControlError::from_admin(e, "resetting password"));
         }
@@ -270,6 +285,9 @@ impl Control {
         rec.password_overridden = overridden;
         let mut tx = self.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
+        for r in self.replicas_from(&s.name) {
+            store::upsert_user(&mut tx, &r, &rec).await?;
+        }
         self.commit_operation(
             tx,
             &s,

@@ -63,6 +63,18 @@ impl Control {
             .collect()
     }
 
+    /// The read replicas of `name` (their service names): the store keeps a copy of `name`'s
+    /// users and databases for each, updated as they are made or changed on `name`.
+    pub(crate) fn replicas_from(&self, name: &str) -> Vec<String> {
+        self.inner
+            .replicas
+            .all()
+            .iter()
+            .filter(|r| r.source == name)
+            .map(|r| r.service.clone())
+            .collect()
+    }
+
     /// The integration `id`.
     pub fn integration(&self, id: &str) -> Result<ReplicaRecord, ControlError> {
         let found = id.parse::<Uuid>().ok().and_then(|id| {

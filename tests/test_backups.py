@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PgbayServer, ok, provision, unique
+from conftest import PgbayServer, api_error, ok, provision, unique
 
 pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None,
                                 reason="pgbackrest is not installed (.ci/run installs it)")
@@ -211,3 +211,31 @@ def test_the_command_line_lists_backups_and_forks(node, source):
     fork = node.client().get_dbaas_service_pg(name=name)
     assert fork["state"] == "running" and fork["plan"] == "hobbyist-2"
     assert count_rows(fork["uri"]) == 100
+
+
+def test_backup_schedule_is_set_at_create_and_changed_by_update(node):
+    c = node.client()
+    name = unique("bks")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2",
+                                    backup_schedule={"backup-hour": 3, "backup-minute": 45}))
+    assert c.get_dbaas_service_pg(name=name)["backup-schedule"] == {
+        "backup-hour": 3, "backup-minute": 45}
+    ok(c, c.update_dbaas_service_pg(name=name,
+                                    backup_schedule={"backup-hour": 23, "backup-minute": 0}))
+    assert c.get_dbaas_service_pg(name=name)["backup-schedule"] == {
+        "backup-hour": 23, "backup-minute": 0}
+    # Out of range or incomplete: 400 naming the field, nothing changed.
+    for bad, field in [({"backup-hour": 24, "backup-minute": 0}, "backup-schedule.backup-hour"),
+                       ({"backup-hour": 1, "backup-minute": 60}, "backup-schedule.backup-minute"),
+                       ({"backup-hour": 1}, "backup-schedule.backup-minute")]:
+        with api_error(400, field):
+            c.update_dbaas_service_pg(name=name, backup_schedule=bad)
+    assert c.get_dbaas_service_pg(name=name)["backup-schedule"] == {
+        "backup-hour": 23, "backup-minute": 0}
+    # It survives a restart of pgbay (the store keeps it).
+    node.stop()
+    node.start()
+    c = node.client()
+    assert c.get_dbaas_service_pg(name=name)["backup-schedule"] == {
+        "backup-hour": 23, "backup-minute": 0}
+    ok(c, c.delete_dbaas_service_pg(name=name))

@@ -102,9 +102,11 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             "synchronous-replication",
             "pglookout-settings",
             "integrations",
+            "backup-schedule",
         ],
     )?;
     Ok(NewService {
+        backup_schedule: opt(body, "backup-schedule", backup_schedule)?,
         read_replica_of: opt(body, "integrations", integrations)?.flatten(),
         synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
         max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
@@ -171,6 +173,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
             "migration",
             "synchronous-replication",
             "pglookout-settings",
+            "backup-schedule",
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
@@ -183,6 +186,7 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         PgbouncerPatch::parse(f, obj)
     })?;
     Ok(ServiceUpdate {
+        backup_schedule: opt(body, "backup-schedule", backup_schedule)?,
         synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
         max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
         migration: opt(body, "migration", MigrationSpec::parse)?,
@@ -258,6 +262,33 @@ fn integrations(
         string(field, src)?,
     )?;
     Ok(Some(src))
+}
+
+/// `backup-schedule`: `{"backup-hour": 0..=23, "backup-minute": 0..=59}` (UTC), both given.
+fn backup_schedule(field: &str, v: &Value) -> Result<pgbay_control::BackupSchedule, InputError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| InputError::new(field, "must be an object"))?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["backup-hour", "backup-minute"].contains(&k.as_str()))
+    {
+        return Err(InputError::new(
+            &format!("{field}.{k}"),
+            "is not a field of backup-schedule",
+        ));
+    }
+    let part = |k: &str, max: i64| -> Result<u8, InputError> {
+        let f = format!("{field}.{k}");
+        let v = obj
+            .get(k)
+            .ok_or_else(|| InputError::new(&f, "is required"))?;
+        Ok(int_in(&f, v, 0, max)? as u8)
+    };
+    Ok(pgbay_control::BackupSchedule {
+        hour: part("backup-hour", 23)?,
+        minute: part("backup-minute", 59)?,
+    })
 }
 
 /// `synchronous-replication`: `quorum` (true) or `off`.

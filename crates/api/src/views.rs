@@ -225,7 +225,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         }
     }
     if control.backups_enabled() && s.external_host.is_none() && ha.is_none() {
-        let at = pgbay_control::BackupSchedule::picked_for(s);
+        let at = control.backup_schedule_of(s);
         pg["backup-schedule"] = json!({"backup-hour": at.hour, "backup-minute": at.minute});
     }
     if let Some(plan) = plans::lookup(&s.plan) {

@@ -171,10 +171,17 @@ impl LocalProvisioner {
         self.run(c, "pgbackrest stanza-create")
     }
 
-    /// A full backup, then pgBackRest's expiry of what the retention no longer keeps.
-    pub fn backup(&self, name: &str, password: &str) -> Result<(), ProvisionError> {
+    /// A full backup, then pgBackRest's expiry of what the retention no longer keeps: the
+    /// newest `retention_full` full backups and the WAL they need.
+    pub fn backup(
+        &self,
+        name: &str,
+        password: &str,
+        retention_full: u32,
+    ) -> Result<(), ProvisionError> {
         let mut c = self.pgbackrest(name, password)?;
-        c.args(["--type=full", "backup"]);
+        c.arg(format!("--repo1-retention-full={}", retention_full.max(1)))
+            .args(["--type=full", "backup"]);
         self.run(c, "pgbackrest backup")
     }
 

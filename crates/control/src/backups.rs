@@ -42,12 +42,25 @@ impl BackupSchedule {
     }
 }
 
+/// How many daily full backups a plan keeps (with the WAL between them, so any point since the
+/// oldest can be restored): hobbyist and startup 2 days, business 14, premium 30 (Aiven's and
+/// Exoscale's retention per plan family).
+pub fn retention_of(plan: &str) -> u32 {
+    match plan.split('-').next() {
+        Some("business") => 14,
+        Some("premium") => 30,
+        _ => 2,
+    }
+}
+
 /// Per-service backup state kept in memory.
 #[derive(Default)]
 pub(crate) struct BackupState {
     info: StdMutex<HashMap<String, RepoInfo>>,
     failures: StdMutex<HashMap<String, u64>>,
     running: StdMutex<HashSet<String>>,
+    /// The backup times asked for (`backup-schedule`), by service.
+    schedules: StdMutex<HashMap<String, BackupSchedule>>,
 }
 
 fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,6 +78,58 @@ pub struct BackupMetrics {
 }
 
 impl Control {
+    /// The daily backup time of `s`: the one asked for, else the one pgbay picked.
+    pub fn backup_schedule_of(&self, s: &ServiceRecord) -> BackupSchedule {
+        locked(&self.inner.backups.schedules)
+            .get(&s.name)
+            .copied()
+            .unwrap_or_else(|| BackupSchedule::picked_for(s))
+    }
+
+    /// Loads the backup times asked for (at start).
+    pub(crate) async fn load_backup_schedules(&self) -> Result<(), ControlError> {
+        let mut map = locked(&self.inner.backups.schedules);
+        for (service, hour, minute) in self.inner.store.backup_schedules().await? {
+            map.insert(service, BackupSchedule { hour, minute });
+        }
+        Ok(())
+    }
+
+    /// Remembers a committed backup time.
+    pub(crate) fn remember_backup_schedule(&self, service: &str, at: BackupSchedule) {
+        locked(&self.inner.backups.schedules).insert(service.to_string(), at);
+    }
+
+    /// Checks that `s` can take a `backup-schedule`: pgbay backs it up.
+    pub(crate) fn check_backup_schedule(&self, s: &ServiceRecord) -> Result<(), crate::InputError> {
+        const FIELD: &str = "backup-schedule";
+        if !self.backups_enabled() {
+            return Err(crate::InputError::new(
+                FIELD,
+                "backups are off on this pgbay (install the Debian package `pgbackrest`)",
+            ));
+        }
+        if s.external_host.is_some() {
+            return Err(crate::InputError::new(
+                FIELD,
+                "services on an external server are not backed up by pgbay",
+            ));
+        }
+        if self.is_ha(&s.name) {
+            return Err(crate::InputError::new(
+                FIELD,
+                "services with standbys are not backed up yet",
+            ));
+        }
+        if self.replica_of(&s.name).is_some() {
+            return Err(crate::InputError::new(
+                FIELD,
+                "a read replica is backed up once promoted",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether services get continuous archiving and backups (pgBackRest is installed).
     pub fn backups_enabled(&self) -> bool {
         self.inner.prov.backup_root().is_some()
@@ -156,7 +221,7 @@ impl Control {
                     && !self.is_ha(&s.name)
                     && self.replica_of(&s.name).is_none()
             }) {
-                let at = BackupSchedule::picked_for(s);
+                let at = self.backup_schedule_of(s);
                 let due = now.hour() as u8 == at.hour && now.minute() as u8 >= at.minute;
                 if due && done_today.get(&s.name) != Some(&now.date_naive()) {
                     done_today.insert(s.name.clone(), now.date_naive());
@@ -195,12 +260,16 @@ impl Control {
             return Ok(()); // not a cluster pgbay runs with its own role
         };
         let password = self.inner.secrets.open(&sealed)?;
+        let retention = match self.inner.store.service(service).await? {
+            Some(s) => retention_of(&s.plan),
+            None => return Ok(()),
+        };
         let prov = self.inner.prov.clone();
         let name = service.to_string();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             prov.stanza_create(&name, &password)?;
-            prov.backup(&name, &password)
+            prov.backup(&name, &password, retention)
         })
         .await??;
         tracing::info!(service = %service, seconds = started.elapsed().as_secs_f64(),
@@ -373,5 +442,18 @@ impl Control {
         tracing::info!(service = %s.name, seconds = started.elapsed().as_secs_f64(),
             "fork restored");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retention_of;
+
+    #[test]
+    fn retention_per_plan_family() {
+        assert_eq!(retention_of("hobbyist-2"), 2);
+        assert_eq!(retention_of("startup-16"), 2);
+        assert_eq!(retention_of("business-4"), 14);
+        assert_eq!(retention_of("premium-225"), 30);
     }
 }

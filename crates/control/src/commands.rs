@@ -42,6 +42,8 @@ pub struct NewService {
     pub migration: Option<crate::migrations::MigrationSpec>,
     /// `synchronous-replication`: `quorum` (true) or `off`; only with standbys.
     pub synchronous_replication: Option<bool>,
+    /// Daily backup time (`backup-schedule`, UTC; default: picked by pgbay).
+    pub backup_schedule: Option<crate::BackupSchedule>,
     /// Make the service a read replica of this service (`integrations` of type read_replica).
     pub read_replica_of: Option<crate::input::ServiceName>,
     /// `pglookout-settings.max-failover-replication-time-lag`, seconds; only with standbys.
@@ -69,6 +71,8 @@ pub struct ServiceUpdate {
     pub shared_buffers_percentage: Option<u32>,
     /// Start a migration from this server (none may be running or replicating).
     pub migration: Option<crate::migrations::MigrationSpec>,
+    /// New daily backup time (`backup-schedule`, UTC).
+    pub backup_schedule: Option<crate::BackupSchedule>,
     /// New `synchronous-replication` (`quorum`: true).
     pub synchronous_replication: Option<bool>,
     /// New `pglookout-settings.max-failover-replication-time-lag`, seconds.

@@ -18,6 +18,7 @@ impl Control {
         let services = self.inner.store.services().await?;
         self.load_ha(&services).await?;
         self.load_replicas().await?;
+        self.load_backup_schedules().await?;
         for dir in self.inner.prov.present() {
             if !services.iter().any(|s| s.name == dir) {
                 tracing::warn!(service = %dir, "removing cluster of a deleted service");

@@ -379,10 +379,23 @@ impl Control {
             max_lag_seconds: new.max_failover_lag,
             members: ports[2..].chunks(2).map(|p| (p[0], p[1])).collect(),
         });
+        if new.backup_schedule.is_some() {
+            self.check_backup_schedule(&s)?;
+            if ha_record.is_some() || replica.is_some() {
+                return Err(InputError::new(
+                    "backup-schedule",
+                    "services with standbys and read replicas are not backed up yet",
+                )
+                .into());
+            }
+        }
         let mut tx = self.inner.store.begin().await?;
         store::insert_service(&mut tx, &s).await?;
         if let Some(h) = &ha_record {
             store::insert_ha(&mut tx, h).await?;
+        }
+        if let Some(at) = new.backup_schedule {
+            store::set_backup_schedule(&mut tx, &s.name, at.hour, at.minute).await?;
         }
         match (&copied_from, copied) {
             (Some(_), Some((databases, users, internal))) => {
@@ -418,6 +431,9 @@ impl Control {
         }
         if let Some(r) = replica {
             self.remember_replica(r);
+        }
+        if let Some(at) = new.backup_schedule {
+            self.remember_backup_schedule(&s.name, at);
         }
         self.spawn_provisioning(s.name.clone(), Some(op.id));
         Ok(op)
@@ -472,6 +488,9 @@ impl Control {
         }
         let prov = self.provisioner(&s);
         let ha_settings = self.ha_update(&s, &update)?;
+        if update.backup_schedule.is_some() {
+            self.check_backup_schedule(&s)?;
+        }
         if !prov.runs_server() {
             Self::refuse_config_on_external(
                 update.pg_settings.is_some(),
@@ -518,7 +537,9 @@ impl Control {
         if s.state == ServiceState::Running {
             if let Some(nodes) = self.node_change(&before, &s) {
                 let message = format!("service {name} updated; moving to {nodes} node(s)");
-                let op = self.commit_update(&s, None, message).await?;
+                let op = self
+                    .commit_update(&s, None, update.backup_schedule, message)
+                    .await?;
                 self.spawn_ha_resize(guard, before, s, op.clone(), nodes, ha_settings);
                 return Ok(op);
             }
@@ -537,7 +558,9 @@ impl Control {
                     "Patroni reloading every member to apply"
                 };
                 let message = format!("service {name} updated; {how} {}", changed.join(", "));
-                let op = self.commit_update(&s, ha_settings, message).await?;
+                let op = self
+                    .commit_update(&s, ha_settings, update.backup_schedule, message)
+                    .await?;
                 self.spawn_ha_reconfigure(guard, before, s, op.clone(), changed, restart);
                 return Ok(op);
             }
@@ -547,7 +570,9 @@ impl Control {
                 "service {name} updated; PostgreSQL restarting to apply {}",
                 changed.join(", ")
             );
-            let op = self.commit_update(&s, None, message).await?;
+            let op = self
+                .commit_update(&s, None, update.backup_schedule, message)
+                .await?;
             // The restart writes pg_hba.conf from the new ip-filter as it starts the cluster.
             if let Some(spec) = &update.migration {
                 self.start_migration(&s, spec).await?;
@@ -574,7 +599,9 @@ impl Control {
         if let Some((sync, lag)) = ha_settings {
             self.apply_ha_settings(&s, sync, lag).await?;
         }
-        let op = self.commit_update(&s, ha_settings, message).await?;
+        let op = self
+            .commit_update(&s, ha_settings, update.backup_schedule, message)
+            .await?;
         if filter_changed && local_running {
             // The store is the truth: if this fails, the next start of the cluster rewrites it.
             if let Err(e) = self.apply_hba(&s).await {
@@ -595,10 +622,14 @@ impl Control {
         &self,
         s: &ServiceRecord,
         ha_settings: Option<(bool, Option<i64>)>,
+        schedule: Option<crate::BackupSchedule>,
         message: String,
     ) -> Result<OperationRecord, ControlError> {
         let mut tx = self.inner.store.begin().await?;
         store::update_service(&mut tx, s).await?;
+        if let Some(at) = schedule {
+            store::set_backup_schedule(&mut tx, &s.name, at.hour, at.minute).await?;
+        }
         if let Some((sync, lag)) = ha_settings {
             store::update_ha_settings(&mut tx, &s.name, sync, lag).await?;
         }
@@ -607,6 +638,9 @@ impl Control {
             .await?;
         if let Some((sync, lag)) = ha_settings {
             self.remember_ha_settings(&s.name, sync, lag);
+        }
+        if let Some(at) = schedule {
+            self.remember_backup_schedule(&s.name, at);
         }
         Ok(op)
     }

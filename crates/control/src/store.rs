@@ -343,6 +343,48 @@ impl Store {
     }
 }
 
+/// The daily backup times asked for, by service: `(hour, minute)`.
+impl Store {
+    pub async fn backup_schedules(&self) -> Result<Vec<(String, u8, u8)>> {
+        let rows = sqlx::query("SELECT service, backup_hour, backup_minute FROM backup_schedules")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let h: i64 = r.try_get("backup_hour")?;
+                let m: i64 = r.try_get("backup_minute")?;
+                Ok((
+                    r.try_get("service")?,
+                    u8::try_from(h).map_err(|_| StoreError::Corrupt("backup_hour"))?,
+                    u8::try_from(m).map_err(|_| StoreError::Corrupt("backup_minute"))?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Sets the daily backup time of `service`.
+pub async fn set_backup_schedule(
+    c: &mut AnyConnection,
+    service: &str,
+    hour: u8,
+    minute: u8,
+) -> Result<()> {
+    sqlx::query("DELETE FROM backup_schedules WHERE service = $1")
+        .bind(service)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query(
+        "INSERT INTO backup_schedules (service, backup_hour, backup_minute) VALUES ($1, $2, $3)",
+    )
+    .bind(service)
+    .bind(i64::from(hour))
+    .bind(i64::from(minute))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
 /// A service made from another service's backups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fork {
@@ -439,6 +481,7 @@ pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
         "ha_members",
         "ha_services",
         "read_replicas",
+        "backup_schedules",
     ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)

@@ -215,6 +215,7 @@ fn new_service() -> NewService {
         synchronous_replication: None,
         max_failover_lag: None,
         read_replica_of: None,
+        backup_schedule: None,
     }
 }
 

@@ -1,0 +1,7 @@
+-- A service's daily backup time (issue 18) when one was asked for (`backup-schedule`); without a
+-- row pgbay picks one from the service's id.
+CREATE TABLE backup_schedules (
+    service TEXT PRIMARY KEY NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+    backup_hour INTEGER NOT NULL,
+    backup_minute INTEGER NOT NULL
+);

@@ -88,8 +88,9 @@ impl Control {
 
     /// Loads the backup times asked for (at start).
     pub(crate) async fn load_backup_schedules(&self) -> Result<(), ControlError> {
+        let stored = self.inner.store.backup_schedules().await?;
         let mut map = locked(&self.inner.backups.schedules);
-        for (service, hour, minute) in self.inner.store.backup_schedules().await? {
+        for (service, hour, minute) in stored {
             map.insert(service, BackupSchedule { hour, minute });
         }
         Ok(())

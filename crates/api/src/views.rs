@@ -224,7 +224,10 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
             pg["pglookout-settings"] = json!({"max-failover-replication-time-lag": lag});
         }
     }
-    if control.backups_enabled() && s.external_host.is_none() && ha.is_none() {
+    if control.backups_enabled()
+        && s.external_host.is_none()
+        && control.replica_of(&s.name).is_none()
+    {
         let at = control.backup_schedule_of(s);
         pg["backup-schedule"] = json!({"backup-hour": at.hour, "backup-minute": at.minute});
     }

@@ -113,8 +113,35 @@ impl LocalProvisioner {
         socket_dir: &Path,
         owner: Option<(u32, u32)>,
     ) -> Result<String, ProvisionError> {
+        let pgs = [(self.pgdata_of(name), socket_dir.to_path_buf(), port)];
+        Ok(self
+            .archive_parameters(name, &pgs, owner)?
+            .into_iter()
+            .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
+            .collect())
+    }
+
+    /// The PostgreSQL parameters that make every member of an HA service (`pgs`: each one's
+    /// data directory, socket directory and port, `pg1`..`pgN` of the stanza) archive into the
+    /// service's repository, and pgBackRest's configuration naming them all (so that a backup
+    /// finds the primary, and can copy from a standby). Empty when archiving is off.
+    pub fn ha_archive_parameters(
+        &self,
+        name: &str,
+        pgs: &[(PathBuf, PathBuf, u16)],
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<(String, String)>, ProvisionError> {
+        self.archive_parameters(name, pgs, owner)
+    }
+
+    fn archive_parameters(
+        &self,
+        name: &str,
+        pgs: &[(PathBuf, PathBuf, u16)],
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<(String, String)>, ProvisionError> {
         let Some(repo) = self.repo_of(name) else {
-            return Ok(String::new());
+            return Ok(Vec::new());
         };
         let program = program().ok_or_else(missing)?;
         let dir = self.service_dir(name).join("pgbackrest");
@@ -127,20 +154,25 @@ impl LocalProvisioner {
         ] {
             make_private_dir(&d, owner)?;
         }
-        let conf = format!(
+        let mut conf = format!(
             "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
              spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
              log-level-file=off\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
-             [{STANZA}]\npg1-path={pgdata}\npg1-socket-path={socket}\npg1-port={port}\n\
-             pg1-user={user}\n",
+             [{STANZA}]\n",
             repo = repo.display(),
             spool = dir.join("spool").display(),
             lock = dir.join("lock").display(),
             log = dir.join("log").display(),
-            pgdata = self.pgdata_of(name).display(),
-            socket = socket_dir.display(),
-            user = crate::admin::INTERNAL_ROLE,
         );
+        for (i, (pgdata, socket, port)) in pgs.iter().enumerate() {
+            let n = i + 1;
+            conf.push_str(&format!(
+                "pg{n}-path={}\npg{n}-socket-path={}\npg{n}-port={port}\npg{n}-user={}\n",
+                pgdata.display(),
+                socket.display(),
+                crate::admin::INTERNAL_ROLE,
+            ));
+        }
         crate::files::write_atomic(&self.pgbackrest_conf(name), conf.as_bytes(), 0o600, owner)
             .map_err(io("writing pgbackrest.conf"))?;
         let command = format!(
@@ -148,10 +180,11 @@ impl LocalProvisioner {
             program.display(),
             self.pgbackrest_conf(name).display()
         );
-        Ok(format!(
-            "archive_mode = on\narchive_command = '{}'\narchive_timeout = 60\n",
-            command.replace('\'', "''")
-        ))
+        Ok(vec![
+            ("archive_mode".into(), "on".into()),
+            ("archive_command".into(), command),
+            ("archive_timeout".into(), "60".into()),
+        ])
     }
 
     /// pgBackRest for service `name`, as its OS user, logging in with `password`.
@@ -178,9 +211,14 @@ impl LocalProvisioner {
         name: &str,
         password: &str,
         retention_full: u32,
+        from_standby: bool,
     ) -> Result<(), ProvisionError> {
         let mut c = self.pgbackrest(name, password)?;
         c.arg(format!("--repo1-retention-full={}", retention_full.max(1)))
+            .arg(format!(
+                "--backup-standby={}",
+                if from_standby { "y" } else { "n" }
+            ))
             .args(["--type=full", "backup"]);
         self.run(c, "pgbackrest backup")
     }

@@ -116,12 +116,6 @@ impl Control {
                 "services on an external server are not backed up by pgbay",
             ));
         }
-        if self.is_ha(&s.name) {
-            return Err(crate::InputError::new(
-                FIELD,
-                "services with standbys are not backed up yet",
-            ));
-        }
         if self.replica_of(&s.name).is_some() {
             return Err(crate::InputError::new(
                 FIELD,
@@ -167,8 +161,7 @@ impl Control {
 
     /// After a service's cluster runs: its stanza and first full backup, in the background.
     pub(crate) fn spawn_first_backup(&self, service: &str) {
-        // HA services are not archived yet (their members run under Patroni).
-        if !self.backups_enabled() || self.is_ha(service) {
+        if !self.backups_enabled() {
             return;
         }
         // A read replica is its source's copy: backed up once promoted.
@@ -219,7 +212,6 @@ impl Control {
             for s in services.iter().filter(|s| {
                 s.state == ServiceState::Running
                     && s.external_host.is_none()
-                    && !self.is_ha(&s.name)
                     && self.replica_of(&s.name).is_none()
             }) {
                 let at = self.backup_schedule_of(s);
@@ -265,12 +257,14 @@ impl Control {
             Some(s) => retention_of(&s.plan),
             None => return Ok(()),
         };
+        // A service with standbys is backed up from one that streams, when there is one.
+        let from_standby = self.has_streaming_standby(service).await;
         let prov = self.inner.prov.clone();
         let name = service.to_string();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             prov.stanza_create(&name, &password)?;
-            prov.backup(&name, &password, retention)
+            prov.backup(&name, &password, retention, from_standby)
         })
         .await??;
         tracing::info!(service = %service, seconds = started.elapsed().as_secs_f64(),

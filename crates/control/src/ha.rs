@@ -308,11 +308,29 @@ impl Control {
             hba.insert(4, format!("host all {rw} ::0/0 reject"));
             hba.insert(5, format!("host all {repl} ::0/0 reject"));
             let mut out = Vec::new();
+            // Every member archives into the service's repository (pgBackRest's stanza names
+            // them all: a backup finds the primary and copies from a standby).
+            let pgs: Vec<_> = h
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, (pg_port, _))| {
+                    (
+                        prov.member_dir(&name, i).join("data"),
+                        prov.socket_dir(*pg_port),
+                        *pg_port,
+                    )
+                })
+                .collect();
+            let mut archiving = None;
             for (i, (pg_port, rest_port)) in h.members.iter().enumerate() {
                 if !range.contains(&i) {
                     continue;
                 }
                 let (dir, socket_dir, owner) = prov.prepare_member(&spec, i, *pg_port, &tls)?;
+                if archiving.is_none() {
+                    archiving = Some(prov.ha_archive_parameters(&name, &pgs, owner)?);
+                }
                 let cfg = MemberConfig {
                     scope: name.clone(),
                     name: member_name(&name, i),
@@ -334,6 +352,20 @@ impl Control {
                     socket_dir,
                     tls: true,
                     parameters: parameters.clone(),
+                    // pgBackRest's archive-push runs in the member's own data directory, which
+                    // must be its pg1-path.
+                    local_parameters: archiving
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let own = format!(
+                                "--pg1-path={} archive-push %p",
+                                prov.member_dir(&name, i).join("data").display()
+                            );
+                            (k, v.replace("archive-push %p", &own))
+                        })
+                        .collect(),
                     pid_file: Some(pid_dir.join(format!("{name}-{i}.pid"))),
                 };
                 let m = Member::start_or_adopt(cfg, owner).map_err(|e| {
@@ -380,6 +412,28 @@ impl Control {
         admin::ensure_patroni_roles(t, &repl, &rewind)
             .await
             .map_err(|e| ControlError::from_admin(e, "making Patroni's roles"))
+    }
+
+    /// Whether HA service `name` has a standby that streams (Patroni's `GET /replica` 200).
+    pub(crate) async fn has_streaming_standby(&self, name: &str) -> bool {
+        let Some(h) = lock(&self.inner.ha.records).get(name).cloned() else {
+            return false;
+        };
+        let primary = lock(&self.inner.ha.primaries).get(name).copied();
+        let addrs: Vec<std::net::SocketAddr> = h
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != primary)
+            .map(|(_, (_, rest))| std::net::SocketAddr::from(([127, 0, 0, 1], *rest)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            addrs
+                .iter()
+                .any(|a| patroni::rest_get(*a, "/replica").map(|r| r.0) == Some(200))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Asks each member of `name` whether it is the primary; records the one that is (exactly

@@ -381,10 +381,10 @@ impl Control {
         });
         if new.backup_schedule.is_some() {
             self.check_backup_schedule(&s)?;
-            if ha_record.is_some() || replica.is_some() {
+            if replica.is_some() {
                 return Err(InputError::new(
                     "backup-schedule",
-                    "services with standbys and read replicas are not backed up yet",
+                    "a read replica is backed up once promoted",
                 )
                 .into());
             }

@@ -64,6 +64,9 @@ pub struct MemberConfig {
     /// PostgreSQL parameters (the plan's and the service's pg-settings), also the cluster-wide
     /// values Patroni keeps in etcd at bootstrap.
     pub parameters: Vec<(String, String)>,
+    /// PostgreSQL parameters of this member's own (WAL archiving into the service's pgBackRest
+    /// repository).
+    pub local_parameters: Vec<(String, String)>,
     /// Where the Patroni process's pid is written (a file of pgbay's own, outside `dir`), so a
     /// restarted pgbay adopts the member instead of starting a second Patroni.
     pub pid_file: Option<PathBuf>,
@@ -167,6 +170,7 @@ impl MemberConfig {
             }
             params.push(("ssl".into(), "on".into()));
         }
+        params.extend(self.local_parameters.iter().cloned());
         let param_lines = |indent: &str| -> String {
             params
                 .iter()

@@ -118,7 +118,10 @@ def test_bad_read_replica_requests_are_refused(node):
         c.create_dbaas_service_pg(name=unique("rbad"), plan="hobbyist-2",
                                   integrations=[{"type": "logs", "source-service": "x"}])
     with api_error(400, "integration-type"):
-        c.create_dbaas_integration(integration_type="read_replica", source_service="a",
+        c.create_dbaas_integration(integration_type="nope", source_service="a",
+                                   dest_service="b")
+    with api_error(400, "source-service"):
+        c.create_dbaas_integration(integration_type="read_replica", source_service="nope",
                                    dest_service="b")
     types = c.list_dbaas_integration_types()["dbaas-integration-types"]
     assert [t["type"] for t in types] == ["read_replica"]
@@ -155,3 +158,29 @@ def test_a_replica_follows_its_source_across_a_failover(node):
              lambda: count(rep, "f") >= 1)
     ok(c, c.delete_dbaas_service_pg(name=name))
     ok(c, c.delete_dbaas_service_pg(name=src))
+
+
+def test_post_integration_makes_a_new_empty_service_a_replica(node):
+    c = node.client()
+    src = provision(c, unique("psrc"), plan="hobbyist-2")
+    with psycopg.connect(src.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE p (n int)")
+        conn.execute("INSERT INTO p VALUES (1), (2)")
+    dest = provision(c, unique("pdst"), plan="hobbyist-2")
+    busy = provision(c, unique("pbusy"), plan="hobbyist-2")
+    with psycopg.connect(busy.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE mine (n int)")
+    # A service with data of its own is not replaced.
+    with api_error(400, "dest-service"):
+        c.create_dbaas_integration(integration_type="read_replica", source_service=src.name,
+                                   dest_service=busy.name)
+    with psycopg.connect(busy.uri, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM mine").fetchone() == (0,)
+    ok(c, c.create_dbaas_integration(integration_type="read_replica", source_service=src.name,
+                                     dest_service=dest.name))
+    doc = wait_service_running(c, dest.name)
+    [integ] = doc["integrations"]
+    assert integ["source"] == src.name and integ["dest"] == dest.name
+    assert count(doc["uri"], "p") == 2
+    for name in (dest.name, busy.name, src.name):
+        ok(c, c.delete_dbaas_service_pg(name=name))

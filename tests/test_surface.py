@@ -398,8 +398,8 @@ def test_unserved_endpoints_are_501_naming_them(server, client, service):
         client.stop_dbaas_pg_migration(name=service.name)
     with api_error(501, "get-dbaas-service-mysql", "not served by pgbay"):
         client.get_dbaas_service_mysql(name="x")
-    with api_error(501, "list-dbaas-integration-types"):
-        client.list_dbaas_integration_types()
+    with api_error(501, "list-dbaas-external-endpoint-types"):
+        client.list_dbaas_external_endpoint_types()
     check_error_response(signed(server, "GET", "/dbaas-postgress/x"), 404, "no such endpoint")
     check_error_response(signed(server, "GET", "/dbaas-mysql/x/nope"), 404)
 
@@ -490,7 +490,9 @@ def test_every_pg_method_of_the_official_client_is_answered(client):
     # A service created without a `migration` has no migration status: that 404 names it.
     not_found = {m: st for m, st in answered.items()
                  if st == 404 and m not in ("get_dbaas_migration_status", "stop_dbaas_pg_migration",
-                                            "get_dbaas_task")}
+                                            "get_dbaas_task", "get_dbaas_integration",
+                                            "update_dbaas_integration",
+                                            "delete_dbaas_integration")}
     assert not not_found, answered
     served = {m for m, st in answered.items() if st == 200}
     assert served >= {"create_dbaas_service_pg", "update_dbaas_postgres_allow_replication",
@@ -498,4 +500,6 @@ def test_every_pg_method_of_the_official_client_is_answered(client):
                       "get_dbaas_service_metrics", "create_dbaas_pg_upgrade_check",
                       "get_dbaas_service_type", "delete_dbaas_service_pg",
                       "create_dbaas_task_migration_check"}, answered
-    assert answered["create_dbaas_integration"] == 501, answered
+    # A service is not its own read replica (400 naming the field); no integration has the nil id.
+    assert answered["create_dbaas_integration"] == 400, answered
+    assert answered["get_dbaas_integration"] == 404, answered

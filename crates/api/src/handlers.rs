@@ -438,26 +438,49 @@ pub async fn update_integration(
     Err(pgbay_control::InputError::new("settings", "read_replica has no settings to change").into())
 }
 
-/// `POST /dbaas-integration`: the document's types (datasource, logs, metrics) integrate
-/// services pgbay does not run; a read replica is made with the service (`integrations`).
-pub async fn create_integration(JsonObject(b): JsonObject) -> ApiResult {
-    match b.get("integration-type").and_then(|t| t.as_str()) {
-        Some("read_replica") => Err(pgbay_control::InputError::new(
+/// `POST /dbaas-integration`: `read_replica` makes `dest-service` (a service that holds no data
+/// yet) a read replica of `source-service`; the document's other types (datasource, logs,
+/// metrics) integrate services pgbay does not run.
+pub async fn create_integration(State(c): State<Control>, JsonObject(b): JsonObject) -> ApiResult {
+    use pgbay_control::InputError;
+    requests::refuse_unknown(
+        &b,
+        &[
             "integration-type",
-            "read_replica integrations are made when the replica is created (`integrations` in \
-             create-dbaas-service-pg)",
-        )
-        .into()),
+            "source-service",
+            "dest-service",
+            "settings",
+        ],
+    )?;
+    match b.get("integration-type").and_then(|t| t.as_str()) {
+        Some("read_replica") => {
+            if b.get("settings")
+                .is_some_and(|s| s.as_object().is_none_or(|o| !o.is_empty()))
+            {
+                return Err(InputError::new("settings", "read_replica has no settings").into());
+            }
+            let name = |f: &str| -> Result<ServiceName, ApiError> {
+                let v = b
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| InputError::new(f, "is required"))?;
+                Ok(ServiceName::parse(f, v)?)
+            };
+            let op = c
+                .create_read_replica_integration(&name("source-service")?, &name("dest-service")?)
+                .await?;
+            Ok(Json(views::operation(&op)))
+        }
         Some(t @ ("datasource" | "logs" | "metrics")) => Err(ApiError::NotImplemented(format!(
             "create-dbaas-integration of type {t} (POST /dbaas-integration) is not served by \
              pgbay: it has no Grafana, logs or metrics services"
         ))),
-        Some(t) => Err(pgbay_control::InputError::new(
+        Some(t) => Err(InputError::new(
             "integration-type",
-            format!("{t:?} is not one of datasource, logs, metrics"),
+            format!("{t:?} is not one of read_replica, datasource, logs, metrics"),
         )
         .into()),
-        None => Err(pgbay_control::InputError::new("integration-type", "is required").into()),
+        None => Err(InputError::new("integration-type", "is required").into()),
     }
 }
 

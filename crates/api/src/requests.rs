@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 type Body = Map<String, Value>;
 
 /// Refuses any key of `body` not in `known`.
-fn refuse_unknown(body: &Body, known: &[&str]) -> Result<(), InputError> {
+pub(crate) fn refuse_unknown(body: &Body, known: &[&str]) -> Result<(), InputError> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(InputError {
             field: k.clone(),

@@ -330,6 +330,22 @@ pub async fn drop_role_if_exists(t: &AdminTarget, role: &str) -> Result<()> {
     exec_formatted(&c, "DROP ROLE IF EXISTS %I", &[role]).await
 }
 
+/// How many tables, views and sequences of its users database `db` holds (outside the
+/// catalogs).
+pub async fn user_table_count(t: &AdminTarget, db: &str) -> Result<i64> {
+    let c = connect(t, db).await?;
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+             ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Makes Patroni's rewind role a superuser (see [`REWIND_ROLE`]).
 pub async fn harden_rewind_role(t: &AdminTarget) -> Result<()> {
     let c = connect(t, "postgres").await?;

@@ -279,6 +279,82 @@ impl Control {
         }
     }
 
+    /// `POST /dbaas-integration` of type read_replica: makes `dest`, a service that holds no data
+    /// yet (only its admin and `defaultdb`, no table, no pool), a read replica of `source`.
+    pub async fn create_read_replica_integration(
+        &self,
+        source: &ServiceName,
+        dest: &ServiceName,
+    ) -> Result<OperationRecord, ControlError> {
+        const DEST: &str = "dest-service";
+        if source == dest {
+            return Err(InputError::new(DEST, "must differ from source-service").into());
+        }
+        let src = self
+            .check_replica_source(source)
+            .await
+            .map_err(|e| match e {
+                ControlError::Invalid(i) => ControlError::Invalid(InputError::new(
+                    "source-service",
+                    i.message
+                        .trim_start_matches(&format!("invalid field `{FIELD}`: ")),
+                )),
+                other => other,
+            })?;
+        let (g, s) = self.lock_running(dest).await?;
+        let refuse = |why: String| -> ControlError { InputError::new(DEST, why).into() };
+        if s.external_host.is_some() || self.is_ha(&s.name) {
+            return Err(refuse(format!(
+                "{dest} must run one node (a read replica runs one)"
+            )));
+        }
+        if self.replica_of(&s.name).is_some() {
+            return Err(refuse(format!("{dest} is already a read replica")));
+        }
+        if !self.integrations_of(&s.name).is_empty() {
+            return Err(refuse(format!("{dest} has read replicas of its own")));
+        }
+        let dbs = self.inner.store.databases(&s.name).await?;
+        let users = self.inner.store.users(&s.name).await?;
+        let pools = self.inner.store.pools(&s.name).await?;
+        if dbs != [crate::input::DEFAULT_DATABASE] || users.len() != 1 || !pools.is_empty() {
+            return Err(refuse(format!(
+                "{dest} holds databases, users or pools of its own: a read replica replaces \
+                 them; create a new service with `integrations` instead"
+            )));
+        }
+        let t = self.admin_target(&s).await?;
+        let tables = admin::user_table_count(&t, crate::input::DEFAULT_DATABASE)
+            .await
+            .map_err(ControlError::internal)?;
+        if tables > 0 {
+            return Err(refuse(format!(
+                "{dest} holds {tables} table(s) in defaultdb: a read replica replaces them"
+            )));
+        }
+        let r = self.new_replica(&s.name, &src.name);
+        let prov = self.inner.prov.clone();
+        let n = s.name.clone();
+        tokio::task::spawn_blocking(move || prov.discard_for_replica(&n)).await??;
+        let mut tx = self.inner.store.begin().await?;
+        store::replace_with_copy_of(&mut tx, &s.name, &src.name, &src.admin_username).await?;
+        store::insert_replica(&mut tx, &r).await?;
+        let op = self
+            .record_operation(
+                tx,
+                &s,
+                OperationKind::CreateService,
+                format!("service {} becoming a read replica of {}", s.name, src.name),
+            )
+            .await?;
+        self.remember_replica(r);
+        self.forget_backups(&s.name);
+        drop(g);
+        self.publish().await?;
+        self.spawn_provisioning(s.name.clone(), Some(op.id));
+        Ok(op)
+    }
+
     /// `DELETE /dbaas-integration/{id}`: promotes the replica to a standalone service.
     pub async fn delete_integration(&self, id: &str) -> Result<OperationRecord, ControlError> {
         let r = self.integration(id)?;

@@ -385,6 +385,49 @@ pub async fn set_backup_schedule(
     Ok(())
 }
 
+/// Gives `service` the users, databases and internal role of `source` (a new read replica of it)
+/// in place of its own, with `admin` as its admin's name.
+pub async fn replace_with_copy_of(
+    c: &mut AnyConnection,
+    service: &str,
+    source: &str,
+    admin: &str,
+) -> Result<()> {
+    for table in ["users", "databases", "service_internal"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
+            .bind(service)
+            .execute(&mut *c)
+            .await?;
+    }
+    for u in users(c, source).await? {
+        upsert_user(c, service, &u).await?;
+    }
+    let dbs: Vec<String> = sqlx::query("SELECT name FROM databases WHERE service = $1")
+        .bind(source)
+        .fetch_all(&mut *c)
+        .await?
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<std::result::Result<_, _>>()?;
+    for d in dbs {
+        insert_database(c, service, &d).await?;
+    }
+    sqlx::query(
+        "INSERT INTO service_internal (service, password_enc) \
+         SELECT $1, password_enc FROM service_internal WHERE service = $2",
+    )
+    .bind(service)
+    .bind(source)
+    .execute(&mut *c)
+    .await?;
+    sqlx::query("UPDATE services SET admin_username = $1, state = 'rebuilding' WHERE name = $2")
+        .bind(admin)
+        .bind(service)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
 /// A service made from another service's backups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fork {

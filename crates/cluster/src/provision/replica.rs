@@ -98,6 +98,18 @@ impl LocalProvisioner {
         Ok(())
     }
 
+    /// Stops the (empty) cluster of `name` and removes its data directory and backups, so that
+    /// it is made again as a replica.
+    pub fn discard_for_replica(&self, name: &str) -> Result<(), ProvisionError> {
+        self.stop(name)?;
+        self.forget_initialized(name)?;
+        let pgdata = self.service_dir(name).join("pgdata");
+        if pgdata.exists() {
+            std::fs::remove_dir_all(&pgdata).map_err(io("removing the replaced cluster"))?;
+        }
+        self.remove_repo(name)
+    }
+
     /// Promotes the standby cluster of `name` (`pg_ctl promote`, waiting for it) and forgets its
     /// source's password file.
     pub fn promote(&self, name: &str) -> Result<(), ProvisionError> {

@@ -18,6 +18,7 @@ use crate::errors::{self, ClientError};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{auth, cstr, status};
+use crate::net::tls_conn::TlsConn;
 use crate::net::ClientStream;
 use crate::params::{self, Values};
 use crate::service::{Service, ServiceState};
@@ -281,7 +282,8 @@ async fn negotiate(
                         };
                         match acceptor.accept(tcp).await {
                             Ok(tls) => {
-                                *stream = ClientStream::Tls(Box::new(tls));
+                                let (tcp, conn) = tls.into_inner();
+                                *stream = ClientStream::Tls(Box::new(TlsConn::new(tcp, conn)));
                                 binding = state.tls_endpoint;
                             }
                             Err(e) => {

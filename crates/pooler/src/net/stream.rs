@@ -8,13 +8,14 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+use super::tls_conn::TlsConn;
 
 /// The client side of a session. TLS is boxed because rustls state is large and most
 /// clients of a benchmark are plain.
 pub enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConn>),
     /// Transient state while the socket is moved into the TLS handshake.
     Closed,
 }

@@ -13,7 +13,7 @@
 //!
 //! What it does not do: key updates. A client's KeyUpdate (which libpq, psycopg, pgjdbc, Go
 //! and .NET clients do not send on their own) ends the connection with an error, and so does
-//! reaching the cipher suite's confidentiality limit (2^24.5 records for AES-GCM, sent by the
+//! reaching the cipher suite's confidentiality limit (2^24 records for AES-GCM, sent by the
 //! pooler to one client connection): the client reconnects. Any alert other than close_notify,
 //! or any record that is not application data, ends the connection too.
 

@@ -11,7 +11,8 @@
 # Settings (environment): DURATION, CLIENTS, IDLE, MANY as above; TLS="plain tls" (which client
 # transports to measure); PGBOUNCER_NEW=path of a PgBouncer 1.25.1 binary (default: built with
 # /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
-# PGBOUNCER_NEW=none skips it).
+# PGBOUNCER_NEW=none skips it); POOLER_BIN=path of a standalone build to measure instead of the
+# working tree's.
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -52,8 +53,12 @@ if [ "$PGBOUNCER_NEW" = auto ]; then
     fi
 fi
 
-cargo build --release -q -p pgbay-pooler --example standalone
-POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+# POOLER_BIN=path: measure that build of the standalone pooler (e.g. an older one, for a
+# before/after run) instead of building the working tree's.
+if [ -z "${POOLER_BIN:-}" ]; then
+    cargo build --release -q -p pgbay-pooler --example standalone
+    POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+fi
 # The standalone example takes a certificate only if its usage names one (it did not when this
 # script was written: then pgbay's TLS rows are reported as skipped).
 POOLER_TLS=no

@@ -182,12 +182,17 @@ run_pgbench() { # target transport port pid mode clients db
     local target=$1 transport=$2 port=$3 pid=$4 mode=$5 c=$6 db=$7
     local before after out tps txns cpu note=""
     [ "$pid" = - ] && pid=""
+    # A pooler that exited (PgBouncer 1.18 may, under -M prepared) is reported, not fatal.
+    if [ -n "$pid" ] && [ ! -e "/proc/$pid" ]; then
+        echo "| $target | $transport | $mode | $c | 0 | - | pooler not running |" >> "$report"
+        return 0
+    fi
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     local workload=(-S -M "$mode")
     # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
     [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
     if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
-    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" 2>/dev/null || echo "$before")
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)
     if [ -n "$pid" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
@@ -217,6 +222,7 @@ done
 
 idle_clients() { # name transport port pid n
     local name=$1 transport=$2 port=$3 pid=$4 n=$5 rss0 rss1 line
+    [ -e "/proc/$pid" ] || { echo "| $name | $transport | $n | pooler not running | - | - | - |" >> "$report"; return 0; }
     rss0=$(rss_kib "$pid")
     coproc IDLE_PROC { "$PYTHON" bench/idle_clients.py "host=127.0.0.1 port=$port user=bench dbname=bench sslmode=$(sslmode "$transport")" "$n" 200; }
     read -r line <&"${IDLE_PROC[0]}"

@@ -191,7 +191,7 @@ run_pgbench() { # target transport port pid mode clients db
     local workload=(-S -M "$mode")
     # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
     [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
-    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
+    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120 || true)"; fi
     after=$([ -n "$pid" ] && cpu_ticks "$pid" 2>/dev/null || echo "$before")
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)

@@ -10,6 +10,10 @@
 # transactions each through a transaction-mode pool of 20, the pooler running under callgrind with
 # one worker thread. Logins are counted separately (a run with -t 1) and subtracted, and so is
 # SCRAM's key derivation, so the figure is the steady-state cost of one transaction.
+#
+# TLS=1: clients connect with sslmode=require to a pooler given a self-signed ECDSA P-256
+# certificate (made with openssl here); the TLS handshakes are in the login runs, subtracted with
+# them, so the figure is one transaction's relay plus its record encryption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -18,6 +22,7 @@ CLIENTS=${CLIENTS:-10}
 TXNS=${TXNS:-500}
 PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
+TLS=${TLS:-}
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 
 if [ -z "${POOLERS:-}" ]; then
@@ -27,12 +32,24 @@ fi
 
 work=$(mktemp -d /tmp/pgbay-callgrind.XXXXXX)
 chmod 755 "$work"
+vg_pid=""
 cleanup() {
-    pkill -f "callgrind-out-file=$work" 2>/dev/null || true
+    [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null || true
     stop_pg "$work/pg"
     [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/callgrind.out.* "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"
 }
 trap cleanup EXIT
+
+tls_args=()
+sslmode=disable
+if [ -n "$TLS" ]; then
+    mkdir -p "$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -keyout "$work/tls/server.key" -out "$work/tls/server.crt" 2>/dev/null
+    chmod 600 "$work/tls/server.key"
+    tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
+    sslmode=require
+fi
 
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
@@ -50,16 +67,18 @@ instructions() {
     PGBAY_POOLER_PASSWORD="$PASSWORD" valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$bin" --listen "127.0.0.1:$port" --backend-host 127.0.0.1 --backend-port "$PG_PORT" \
         --user bench "${legacy[@]}" --pool bench --database postgres --mode transaction --size 20 \
-        --threads 1 > "$work/$name.log" 2>&1 &
+        --threads 1 "${tls_args[@]}" > "$work/$name.log" 2>&1 &
     local vg=$!
+    vg_pid=$vg
     for _ in $(seq 1 100); do
         pg_isready -q -h 127.0.0.1 -p "$port" && break
         sleep 0.2
     done
-    pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$CLIENTS" -j 2 -t "$t" bench \
+    PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$CLIENTS" -j 2 -t "$t" bench \
         > "$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" "$work/$name.log" >&2; kill "$vg"; return 1; }
     kill -INT "$vg"
     wait "$vg" || true
+    vg_pid=""
     # Minus SCRAM's key derivation (PBKDF2, 4096 rounds, at client and server logins): it is most
     # of a run's instructions, and how many server connections a run opens varies, which would
     # swamp the per-transaction figure.

@@ -11,7 +11,8 @@
 # Settings (environment): DURATION, CLIENTS, IDLE, MANY as above; TLS="plain tls" (which client
 # transports to measure); PGBOUNCER_NEW=path of a PgBouncer 1.25.1 binary (default: built with
 # /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
-# PGBOUNCER_NEW=none skips it).
+# PGBOUNCER_NEW=none skips it); POOLER_BIN=path of a standalone build to measure instead of the
+# working tree's.
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -52,8 +53,12 @@ if [ "$PGBOUNCER_NEW" = auto ]; then
     fi
 fi
 
-cargo build --release -q -p pgbay-pooler --example standalone
-POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+# POOLER_BIN=path: measure that build of the standalone pooler (e.g. an older one, for a
+# before/after run) instead of building the working tree's.
+if [ -z "${POOLER_BIN:-}" ]; then
+    cargo build --release -q -p pgbay-pooler --example standalone
+    POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+fi
 # The standalone example takes a certificate only if its usage names one (it did not when this
 # script was written: then pgbay's TLS rows are reported as skipped).
 POOLER_TLS=no
@@ -177,12 +182,17 @@ run_pgbench() { # target transport port pid mode clients db
     local target=$1 transport=$2 port=$3 pid=$4 mode=$5 c=$6 db=$7
     local before after out tps txns cpu note=""
     [ "$pid" = - ] && pid=""
+    # A pooler that exited (PgBouncer 1.18 may, under -M prepared) is reported, not fatal.
+    if [ -n "$pid" ] && [ ! -e "/proc/$pid" ]; then
+        echo "| $target | $transport | $mode | $c | 0 | - | pooler not running |" >> "$report"
+        return 0
+    fi
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     local workload=(-S -M "$mode")
     # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
     [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
-    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120)"; fi
-    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120 || true)"; fi
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" 2>/dev/null || echo "$before")
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)
     if [ -n "$pid" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
@@ -212,6 +222,7 @@ done
 
 idle_clients() { # name transport port pid n
     local name=$1 transport=$2 port=$3 pid=$4 n=$5 rss0 rss1 line
+    [ -e "/proc/$pid" ] || { echo "| $name | $transport | $n | pooler not running | - | - | - |" >> "$report"; return 0; }
     rss0=$(rss_kib "$pid")
     coproc IDLE_PROC { "$PYTHON" bench/idle_clients.py "host=127.0.0.1 port=$port user=bench dbname=bench sslmode=$(sslmode "$transport")" "$n" 200; }
     read -r line <&"${IDLE_PROC[0]}"

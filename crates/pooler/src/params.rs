@@ -171,6 +171,22 @@ impl ServerParams {
         }
     }
 
+    /// The value of unreported parameter `i` a client's own SET gave the server (taken from
+    /// the statement: `frontend::relay::literal_set`; None is the default). As `learned`, for
+    /// one value, and without work when it is the value both already had (a SET repeated on
+    /// every transaction).
+    pub fn learned_one(&mut self, i: usize, value: Option<Box<str>>, client: &mut ClientParams) {
+        let matched = self.matches != 0 && self.matches == client.id;
+        if client.values[i] != value {
+            client.values[i] = value.clone();
+            client.id = id_of(&client.values);
+        }
+        if self.current[i] != value {
+            self.current[i] = value;
+        }
+        self.matches = if matched { client.id } else { 0 };
+    }
+
     /// SQL that makes this server's values match `client`, or None when they already match
     /// (remembered, so the next check for this client is one comparison).
     pub fn sync_sql(&mut self, client: &ClientParams) -> Option<String> {

@@ -32,12 +32,17 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes())
         .map_err(|e| format!("private key: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
+    // After a TLS 1.3 handshake the pooler protects the records itself (`net::tls13`): nothing
+    // may be left for rustls to send (no session tickets: PostgreSQL clients do not resume
+    // sessions), and the traffic secrets are handed over.
+    config.send_tls13_tickets = 0;
+    config.enable_secret_extraction = true;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -556,3 +556,76 @@ async fn untracked_statement_names_do_not_reach_the_next_client() {
     assert_eq!(count.as_deref(), Some("0"));
     pooler.shutdown().await;
 }
+
+/// A Query that is one plain SET carries its value: the pooler keeps it without reading it
+/// back (no `current_setting` reaches the server), it follows its client and no one else;
+/// a SET inside a block, or one that fails, is still read back (issue 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_set_is_carried_without_a_read_back() {
+    let pg = shared().await;
+    // The server logs every statement of this database's sessions: the pooler's too.
+    pg.admin(
+        "postgres",
+        &format!("CREATE DATABASE setlit OWNER {APP_USER}"),
+    )
+    .await;
+    pg.admin(
+        "postgres",
+        "ALTER DATABASE setlit SET log_statement = 'all'",
+    )
+    .await;
+    let mut p = pool("p1", PoolMode::Transaction, 1);
+    p.database = "setlit".into();
+    let (pooler, addr) = start(service("setlit", pg.port, vec![p])).await;
+    let a = connect(addr, "p1").await.unwrap();
+    let b = connect(addr, "p1").await.unwrap();
+    let default_path = show(&b, "search_path").await;
+    let default_mem = show(&b, "work_mem").await;
+    a.batch_execute("SET search_path = \"My Schema\", public;")
+        .await
+        .unwrap();
+    a.batch_execute("set SESSION work_mem TO '7MB'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(show(&a, "search_path").await, "\"My Schema\", public");
+        assert_eq!(show(&a, "work_mem").await, "7MB");
+        assert_eq!(show(&b, "search_path").await, default_path);
+        assert_eq!(show(&b, "work_mem").await, default_mem);
+    }
+    a.batch_execute("SET work_mem TO DEFAULT").await.unwrap();
+    assert_eq!(show(&b, "search_path").await, default_path);
+    assert_eq!(show(&a, "work_mem").await, default_mem);
+    // A failed SET changes nothing.
+    let e = must_fail(
+        a.batch_execute("SET statement_timeout = 'soon'").await,
+        "a bad value",
+    );
+    assert_eq!(sqlstate(&e), "22023", "{}", describe(&e));
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&a, "statement_timeout").await, "0");
+    // Inside a block, the value lasts only if the block commits: read back at its end.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET lock_timeout = 4321").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SET statement_timeout = 1234")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(show(&b, "statement_timeout").await, "0");
+    assert_eq!(show(&a, "lock_timeout").await, "0");
+    assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+    assert_eq!(show(&a, "search_path").await, "\"My Schema\", public");
+    // `b` ran after each of `a`'s transactions were settled (one server connection): every
+    // read-back the pooler made is in the log by now.
+    assert_eq!(show(&b, "work_mem").await, default_mem);
+    let log = std::fs::read_to_string(pg.dir.join("log")).unwrap();
+    let read_back = |name: &str| log.contains(&format!("current_setting('{name}')"));
+    assert!(log.contains("SET search_path = \"My Schema\", public;"));
+    assert!(!read_back("search_path"), "search_path was read back");
+    assert!(!read_back("work_mem"), "work_mem was read back");
+    assert!(read_back("lock_timeout"), "a SET in a block is read back");
+    assert!(read_back("statement_timeout"));
+    pooler.shutdown().await;
+}

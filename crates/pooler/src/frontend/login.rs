@@ -18,6 +18,7 @@ use crate::errors::{self, ClientError};
 use crate::net::messages::startup::{self, Startup, MAX_STARTUP_PACKET};
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{auth, cstr, status};
+use crate::net::tls13::{take_over, Aligned};
 use crate::net::ClientStream;
 use crate::params::{self, Values};
 use crate::service::{Service, ServiceState};
@@ -279,9 +280,16 @@ async fn negotiate(
                         else {
                             unreachable!("checked plain above")
                         };
-                        match acceptor.accept(tcp).await {
+                        match acceptor.accept(Aligned::new(tcp)).await {
                             Ok(tls) => {
-                                *stream = ClientStream::Tls(Box::new(tls));
+                                let (aligned, conn) = tls.into_inner();
+                                *stream = match take_over(aligned, conn) {
+                                    Ok(s) => s,
+                                    Err(e) => {
+                                        tracing::info!(error = %e, "TLS set-up failed");
+                                        return Ok(None);
+                                    }
+                                };
                                 binding = state.tls_endpoint;
                             }
                             Err(e) => {

@@ -4,6 +4,8 @@
 pub mod messages;
 pub mod server_stream;
 pub mod stream;
+pub mod tls13;
+pub mod tls_conn;
 
 pub use server_stream::ServerStream;
 pub use stream::ClientStream;

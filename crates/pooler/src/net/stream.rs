@@ -8,13 +8,17 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+use super::tls13::Tls13;
+use super::tls_conn::TlsConn;
 
 /// The client side of a session. TLS is boxed because rustls state is large and most
 /// clients of a benchmark are plain.
 pub enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConn>),
+    /// TLS 1.3 with pgbay's own record protection (`tls13`).
+    Tls13(Box<Tls13>),
     /// Transient state while the socket is moved into the TLS handshake.
     Closed,
 }
@@ -25,7 +29,7 @@ fn closed() -> io::Error {
 
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, ClientStream::Tls(_) | ClientStream::Tls13(_))
     }
 }
 
@@ -38,6 +42,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Tls13(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -52,6 +57,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Tls13(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -60,6 +66,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Tls13(s) => Pin::new(s.as_mut()).poll_flush(cx),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -68,6 +75,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Tls13(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientStream::Closed => Poll::Ready(Err(closed())),
         }
     }

@@ -171,7 +171,7 @@ impl Pool {
     /// Takes a connection back. Connections that are not clean, too old, from an older
     /// configuration or beyond the pool's size are closed.
     pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
-        let now = Instant::now();
+        let now = crate::stats::now_us();
         let unusable = if !server.clean
             || server.status != txn::IDLE
             || !server.relay.expect.is_empty()
@@ -180,7 +180,7 @@ impl Pool {
             Some("not at a clean transaction boundary")
         } else if server.gen != st.gen {
             Some("pool configuration changed")
-        } else if now.duration_since(server.created) >= st.settings.server_lifetime {
+        } else if age(now, server.created_us) >= st.settings.server_lifetime {
             Some("server_lifetime reached")
         } else if self.drain.is_cancelled() {
             Some("pool removed")
@@ -193,7 +193,7 @@ impl Pool {
         }
         let mut server = server;
         server.bufs.shrink();
-        server.last_used = now;
+        server.last_used_us = now;
         server.set_state(ServerState::Idle);
         loop {
             // The waiter is woken outside the lock.
@@ -339,4 +339,9 @@ impl Drop for ServerGuard {
             self.pool.checkin(s, &self.pool.state());
         }
     }
+}
+
+/// How long ago `since` was, both in `stats::now_us` time.
+pub(super) fn age(now_us: u64, since_us: u64) -> Duration {
+    Duration::from_micros(now_us.saturating_sub(since_us))
 }

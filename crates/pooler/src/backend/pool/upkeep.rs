@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::checkout::age;
 use super::{Grant, Pool, SlotToken};
 
 /// Period of a pool's upkeep (idle timeout, lifetime, min_pool_size, wait timeouts).
@@ -17,6 +18,7 @@ impl Pool {
     fn tick(self: &Arc<Self>) -> bool {
         let st = self.state();
         let now = Instant::now();
+        let now_us = crate::stats::now_us();
         self.roll_averages(now);
         let mut closing = Vec::new();
         let want_new = {
@@ -40,11 +42,11 @@ impl Pool {
             let mut i = 0;
             while i < inner.idle.len() {
                 let s = &inner.idle[i];
-                let too_old = now.duration_since(s.created) >= st.settings.server_lifetime;
+                let too_old = age(now_us, s.created_us) >= st.settings.server_lifetime;
                 let idle_too_long = st
                     .settings
                     .server_idle_timeout
-                    .is_some_and(|t| now.duration_since(s.last_used) >= t);
+                    .is_some_and(|t| age(now_us, s.last_used_us) >= t);
                 let reason = if s.gen != st.gen {
                     Some("pool configuration changed")
                 } else if too_old {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
-    block, drain_synthesized, finish, flush_run, push, Action, ClientCtx, RelayError, BOUND,
-    COPY_END, MAX_MESSAGE,
+    block, drain_synthesized, finish, flush_run, literal_set, push, Action, ClientCtx, RelayError,
+    BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
@@ -121,6 +121,8 @@ fn client_messages(
                 continue;
             }
         }
+        // A Query whose answer settles a literal SET (`literal_set`).
+        let mut mark = 0;
         if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
             if len <= HEADER + session_state::SCAN_MAX {
                 // The whole text is scanned before any of it goes out.
@@ -130,7 +132,20 @@ fn client_messages(
                 let msg = &input[pos..pos + len];
                 match session_state::classify(block::statement_text(tag, msg)) {
                     Found::Nothing => {}
-                    Found::Sets(bits) => ctx.params.dirty |= bits,
+                    Found::Sets(bits) => {
+                        // One plain SET in a Query may carry its value (`literal_set`).
+                        let set = (tag == tag::QUERY && bits.count_ones() == 1)
+                            .then(|| literal_set::parse(block::statement_text(tag, msg)))
+                            .flatten()
+                            .filter(|set| bits == 1 << set.param);
+                        match set {
+                            Some(set) => {
+                                server.relay.sets.push_back(set);
+                                mark = literal_set::MARK;
+                            }
+                            None => ctx.params.dirty |= bits,
+                        }
+                    }
                     Found::Listen
                         if tag == tag::QUERY
                             && only_unlisten_all(block::statement_text(tag, msg)) =>
@@ -203,7 +218,7 @@ fn client_messages(
                 }
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
-                        push(&mut server.relay.expect, kind, Action::Forward, 0);
+                        push(&mut server.relay.expect, kind, Action::Forward, mark);
                         // Untracked Parse/Bind go to the server as they are.
                         let parse = (tag == tag::PARSE) as u64;
                         let bind = (tag == tag::BIND) as u64;

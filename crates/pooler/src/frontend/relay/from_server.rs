@@ -3,8 +3,8 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, Action, RelayError, ServerEvent, BOUND, COPY_END,
-    MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, literal_set, Action, RelayError, ServerEvent, BOUND,
+    COPY_END, MAX_MESSAGE,
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
@@ -44,6 +44,20 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) {
         if let Some(stmt) = server.prepared.get(id) {
             stmt.mark_stale();
         }
+    }
+}
+
+/// The answer to a Query holding a literal SET is complete: its value is the client's and the
+/// server's when the SET succeeded outside a transaction block (so it committed with its
+/// statement); otherwise the parameter is read back at the transaction's end, as any SET.
+fn literal_settled(server: &mut Server, client: &mut ClientParams, before: u8) {
+    let Some(set) = server.relay.sets.pop_front() else {
+        return;
+    };
+    if set.done && before == txn::IDLE && server.status == txn::IDLE {
+        server.params.learned_one(set.param, set.value, client);
+    } else {
+        client.dirty |= 1 << set.param;
     }
 }
 
@@ -162,8 +176,12 @@ fn server_messages(
         let mut forward = true;
         match tag {
             tag::READY_FOR_QUERY => {
+                let before = server.status;
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
                 while let Some(e) = server.relay.expect.pop_front() {
+                    if e.kind == tag::QUERY && e.stmt == literal_set::MARK {
+                        literal_settled(server, client_params, before);
+                    }
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
                         break;
                     }
@@ -213,6 +231,14 @@ fn server_messages(
                         server.prepared.clear();
                         server.params.reset();
                         client_statements.clear();
+                    } else if body == b"SET\0" {
+                        if let Some(front) = server.relay.expect.front() {
+                            if front.kind == tag::QUERY && front.stmt == literal_set::MARK {
+                                if let Some(set) = server.relay.sets.front_mut() {
+                                    set.done = true;
+                                }
+                            }
+                        }
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
                         server.prepared.clear();
                     }

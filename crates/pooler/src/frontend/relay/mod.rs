@@ -25,6 +25,7 @@ pub mod block;
 mod from_client;
 mod from_server;
 mod listen_wait;
+mod literal_set;
 mod pump;
 mod scan;
 pub mod session_state;
@@ -120,6 +121,9 @@ pub struct RelayState {
     /// SQL `DEALLOCATE`s the pooler answers (`Action::Deallocate`), oldest first: applied when
     /// their turn comes, so that they see the transaction state PostgreSQL would.
     pub deallocs: VecDeque<session_state::Deallocate>,
+    /// Plain SETs whose value the pooler took from the statement (`literal_set`), oldest
+    /// first, one per Query marked `literal_set::MARK`: kept when their answer confirms them.
+    pub sets: VecDeque<literal_set::PendingSet>,
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,

@@ -8,10 +8,11 @@
 //!
 //! What it finds:
 //! - a SET/RESET/`set_config` of a tracked parameter marks it dirty on the client
-//!   (`ClientParams::dirty`); the value is not parsed from the statement but read back from the
-//!   server once the transaction is over (`read_back`, one round trip, only after such
-//!   statements). Reading back gives rolled-back SETs, `SET LOCAL` and `set_config(.., true)`
-//!   their PostgreSQL meaning for free. Parameters the server reports (ParameterStatus) are not
+//!   (`ClientParams::dirty`); the value is read back from the server once the transaction is
+//!   over (`read_back`, one round trip, only after such statements). Reading back gives
+//!   rolled-back SETs, `SET LOCAL` and `set_config(.., true)` their PostgreSQL meaning for free.
+//!   The commonest case costs no round trip: a Query that is one plain `SET name TO value`, run
+//!   outside a block, carries its value in its text (`literal_set`). Parameters the server reports (ParameterStatus) are not
 //!   marked: the reports already carry them (`params::ServerParams::reported_to`).
 //! - anything else that changes the session (`SESSION`): a SET of an untracked parameter
 //!   (custom `app.*` ones among them), `SET SESSION AUTHORIZATION`, a DO block, a temporary

@@ -1,0 +1,464 @@
+//! A TLS 1.3 client connection after its handshake, with its records protected by pgbay itself
+//! (rustls' own AEAD, with the keys rustls negotiated), as kTLS would: the connection owns no
+//! buffer while its client is idle, and a transaction costs one decryption and one encryption
+//! without rustls' buffered-connection machinery (a plaintext copy into a queue and out of it,
+//! a state machine for each record).
+//!
+//! How it is set up (`take_over`): the handshake is rustls' (`tokio_rustls`), over `Aligned`,
+//! which hands rustls whole TLS records only, so that when the handshake ends rustls holds no
+//! part of a later record; the service's rustls config sends no session tickets, so nothing is
+//! left to send either. Then the traffic secrets are extracted, and the bytes the client sent
+//! after its Finished (still in `Aligned`) are the first this connection decrypts. A TLS 1.2
+//! connection stays with rustls (`tls_conn::TlsConn`).
+//!
+//! What it does not do: key updates. A client's KeyUpdate (which libpq, psycopg, pgjdbc, Go
+//! and .NET clients do not send on their own) ends the connection with an error, and so does
+//! reaching the cipher suite's confidentiality limit (2^24 records for AES-GCM, sent by the
+//! pooler to one client connection): the client reconnects. Any alert other than close_notify,
+//! or any record that is not application data, ends the connection too.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use rustls::crypto::cipher::{
+    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+};
+use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::tls_conn::TlsConn;
+use super::ClientStream;
+
+/// A TLS record header: type, legacy version, length.
+const HEADER: usize = 5;
+/// The largest record TLS 1.3 allows: 2^14 bytes of plaintext, its content type, padding and
+/// the AEAD tag (RFC 8446, 5.2).
+const MAX_RECORD: usize = HEADER + (1 << 14) + 256;
+/// The largest plaintext a record carries.
+const MAX_FRAGMENT: usize = 1 << 14;
+/// Plaintext encrypted per `poll_write` call at most (the rest waits for the next call).
+const WRITE_BATCH: usize = 4 * MAX_FRAGMENT;
+
+/// The length of the whole record at the start of `buf`, once its header is there.
+fn record_len(buf: &[u8]) -> Option<usize> {
+    let h = buf.get(..HEADER)?;
+    Some(HEADER + u16::from_be_bytes([h[3], h[4]]) as usize)
+}
+
+/// The client's socket during the TLS handshake: hands rustls whole records (a record longer
+/// than rustls' read in pieces, never the start of the next one with the end of the last), so
+/// that the bytes after the handshake stay here (`take_over`).
+pub struct Aligned {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    /// Bytes of the record being handed out still to hand out.
+    rest: usize,
+}
+
+impl Aligned {
+    pub fn new(tcp: TcpStream) -> Aligned {
+        Aligned {
+            tcp,
+            buf: Vec::new(),
+            rest: 0,
+        }
+    }
+}
+
+impl AsyncRead for Aligned {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.rest == 0 {
+                if let Some(len) = record_len(&this.buf) {
+                    this.rest = len;
+                }
+            }
+            // The record being handed out (complete or not: rustls waits for its end).
+            let give = this.rest.min(this.buf.len()).min(out.remaining());
+            if give > 0 {
+                out.put_slice(&this.buf[..give]);
+                this.buf.drain(..give);
+                this.rest -= give;
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 2048];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                // End of stream: whatever is here, then the end.
+                let give = this.buf.len().min(out.remaining());
+                out.put_slice(&this.buf[..give]);
+                this.buf.drain(..give);
+                return Poll::Ready(Ok(()));
+            }
+            this.buf.extend_from_slice(rb.filled());
+        }
+    }
+}
+
+impl AsyncWrite for Aligned {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// The stream a handshake over `Aligned` leads to: `Tls13` for TLS 1.3, else rustls'
+/// connection (`TlsConn`) fed with the bytes `Aligned` still holds.
+pub fn take_over(aligned: Aligned, mut conn: ServerConnection) -> io::Result<ClientStream> {
+    let Aligned { tcp, buf, .. } = aligned;
+    let suite = match conn.negotiated_cipher_suite() {
+        Some(rustls::SupportedCipherSuite::Tls13(s))
+            if conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) && !conn.wants_write() =>
+        {
+            s
+        }
+        _ => {
+            if !buf.is_empty() {
+                conn.read_tls(&mut &buf[..])?;
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+            return Ok(ClientStream::Tls(Box::new(TlsConn::new(tcp, conn))));
+        }
+    };
+    // Plaintext rustls decrypted already (none when the client waited for the handshake's
+    // end) comes before the records still to decrypt.
+    let mut inbuf = Vec::new();
+    let mut reader = conn.reader();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let plain = inbuf.len();
+    inbuf.extend_from_slice(&buf);
+    let secrets = conn
+        .dangerous_extract_secrets()
+        .map_err(|e| io::Error::other(format!("TLS secrets: {e}")))?;
+    let keys = |s: ConnectionTrafficSecrets| match s {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(io::Error::other("TLS: unsupported cipher")),
+    };
+    let (rx_seq, rx) = secrets.rx;
+    let (tx_seq, tx) = secrets.tx;
+    let (rx_key, rx_iv) = keys(rx)?;
+    let (tx_key, tx_iv) = keys(tx)?;
+    Ok(ClientStream::Tls13(Box::new(Tls13 {
+        tcp,
+        rx: suite.aead_alg.decrypter(rx_key, rx_iv),
+        rx_seq,
+        tx: suite.aead_alg.encrypter(tx_key, tx_iv),
+        tx_seq,
+        tx_limit: suite.common.confidentiality_limit,
+        inbuf,
+        plain: (0, plain),
+        next: plain,
+        outbuf: Vec::new(),
+        sent: 0,
+        eof: None,
+        closing: false,
+    })))
+}
+
+/// See the module docs.
+pub struct Tls13 {
+    tcp: TcpStream,
+    rx: Box<dyn MessageDecrypter>,
+    rx_seq: u64,
+    tx: Box<dyn MessageEncrypter>,
+    tx_seq: u64,
+    tx_limit: u64,
+    /// Received bytes: decrypted plaintext not handed out yet at `plain`, records still to
+    /// decrypt from `next`. Freed once everything in it was handed out.
+    inbuf: Vec<u8>,
+    plain: (usize, usize),
+    next: usize,
+    /// Encrypted records not sent yet, from `sent`. Freed once sent.
+    outbuf: Vec<u8>,
+    sent: usize,
+    /// The client ended: cleanly (close_notify: true) or not.
+    eof: Option<bool>,
+    closing: bool,
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {what}"))
+}
+
+impl Tls13 {
+    /// Decrypts the record at `next` (whole, checked by the caller).
+    fn open(&mut self, len: usize) -> io::Result<()> {
+        if self.rx_seq == u64::MAX {
+            return Err(bad("too many records"));
+        }
+        let start = self.next;
+        let base = self.inbuf.as_ptr() as usize;
+        let rec = &mut self.inbuf[start..start + len];
+        if rec[0] != u8::from(ContentType::ApplicationData) || rec[1..3] != [3, 3] {
+            return Err(bad("unexpected record after the handshake"));
+        }
+        let msg = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            &mut rec[HEADER..],
+        );
+        let plain = self
+            .rx
+            .decrypt(msg, self.rx_seq)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.rx_seq += 1;
+        let at = plain.payload.as_ptr() as usize - base;
+        let n = plain.payload.len();
+        match plain.typ {
+            ContentType::ApplicationData => self.plain = (at, at + n),
+            ContentType::Alert if plain.payload == [1, 0] || plain.payload == [2, 0] => {
+                // close_notify
+                self.eof = Some(true);
+            }
+            ContentType::Alert => return Err(bad("alert from the client")),
+            // KeyUpdate and anything else after the handshake (module docs).
+            _ => return Err(bad("post-handshake message not supported")),
+        }
+        self.next = start + len;
+        Ok(())
+    }
+
+    /// Encrypts `chunk` (at most `MAX_FRAGMENT` bytes) of content `typ` into `outbuf`.
+    fn seal(&mut self, typ: ContentType, chunk: &[u8]) -> io::Result<()> {
+        if self.tx_seq >= self.tx_limit {
+            return Err(bad("confidentiality limit reached, reconnect"));
+        }
+        let msg = OutboundPlainMessage {
+            typ,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(chunk),
+        };
+        let sealed = self
+            .tx
+            .encrypt(msg, self.tx_seq)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.tx_seq += 1;
+        let record = sealed.encode();
+        if self.outbuf.is_empty() {
+            self.outbuf = record;
+            self.sent = 0;
+        } else {
+            self.outbuf.extend_from_slice(&record);
+        }
+        Ok(())
+    }
+
+    /// Sends `outbuf`; Ready once all of it is sent (and then frees it).
+    fn send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outbuf.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outbuf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.outbuf = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Tls13 {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let (from, to) = this.plain;
+            if from < to {
+                let n = (to - from).min(buf.remaining());
+                buf.put_slice(&this.inbuf[from..from + n]);
+                this.plain.0 += n;
+                if this.plain.0 == to && this.next == this.inbuf.len() {
+                    // All handed out: an idle client holds no buffer.
+                    this.inbuf = Vec::new();
+                    this.plain = (0, 0);
+                    this.next = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match this.eof {
+                Some(true) => return Poll::Ready(Ok(())),
+                Some(false) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                None => {}
+            }
+            let pending = &this.inbuf[this.next..];
+            if let Some(len) = record_len(pending) {
+                if len > MAX_RECORD {
+                    return Poll::Ready(Err(bad("record too long")));
+                }
+                if pending.len() >= len {
+                    this.open(len)?;
+                    continue;
+                }
+            }
+            // More bytes are needed. Nothing came, usually: the reactor knows it already.
+            ready!(this.tcp.poll_read_ready(cx))?;
+            if this.next > 0 {
+                this.inbuf.drain(..this.next);
+                this.next = 0;
+                this.plain = (0, 0);
+            }
+            let want = record_len(&this.inbuf).unwrap_or(HEADER).max(2048);
+            this.inbuf.reserve(want.saturating_sub(this.inbuf.len()));
+            let len = this.inbuf.len();
+            let spare = this.inbuf.spare_capacity_mut();
+            let mut rb = ReadBuf::uninit(spare);
+            ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                this.eof = Some(false);
+                continue;
+            }
+            // SAFETY: `poll_read` initialised `n` bytes of the spare capacity after `len`.
+            unsafe { this.inbuf.set_len(len + n) };
+        }
+    }
+}
+
+impl AsyncWrite for Tls13 {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Records already made go first: the socket sets the pace.
+        ready!(this.send(cx))?;
+        let take = buf.len().min(WRITE_BATCH);
+        for chunk in buf[..take].chunks(MAX_FRAGMENT) {
+            this.seal(ContentType::ApplicationData, chunk)?;
+        }
+        // Sent now if the socket takes it, else by the next write or flush.
+        if let Poll::Ready(Err(e)) = this.send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closing {
+            this.closing = true;
+            // close_notify (warning level).
+            this.seal(ContentType::Alert, &[1, 0])?;
+        }
+        ready!(this.send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS 1.3 client (rustls, as tokio-postgres-rustls uses it) against `take_over`'s
+    /// stream: records both ways (one larger than a record), bytes sent right after the
+    /// handshake, close_notify as the end of the stream; and a KeyUpdate refused.
+    #[tokio::test]
+    async fn serves_a_rustls_client_and_refuses_key_updates() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cfg = crate::config::TlsConfig {
+            cert_chain_pem: cert.cert.pem(),
+            key_pem: cert.key_pair.serialize_pem(),
+            required: false,
+        };
+        let acceptor = crate::tls::acceptor(&cfg).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
+                let (aligned, conn) = tls.into_inner();
+                let mut s = take_over(aligned, conn).unwrap();
+                assert!(matches!(s, ClientStream::Tls13(_)));
+                // Echo until the end of the stream.
+                let mut buf = vec![0u8; 7000];
+                let end = loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            s.write_all(&buf[..n]).await.unwrap();
+                            s.flush().await.unwrap();
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                results.push(end);
+            }
+            results
+        });
+        let connector = crate::tls::backend_connector();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = connector.connect(name.clone(), tcp).await.unwrap();
+        assert_eq!(
+            c.get_ref().1.protocol_version(),
+            Some(ProtocolVersion::TLSv1_3)
+        );
+        let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        c.write_all(b"hello").await.unwrap();
+        c.write_all(&big).await.unwrap();
+        c.flush().await.unwrap();
+        let mut back = vec![0u8; 5 + big.len()];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back[..5], b"hello");
+        assert_eq!(&back[5..], &big[..]);
+        c.shutdown().await.unwrap();
+        // A second client asks for a key update: the pooler's side ends with an error.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = connector.connect(name, tcp).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        c.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        c.read_exact(&mut one).await.unwrap();
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+        c.write_all(b"y").await.unwrap();
+        c.flush().await.unwrap();
+        let results = server.await.unwrap();
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        let e = results[1].as_ref().unwrap_err();
+        assert!(e.to_string().contains("post-handshake"), "{e}");
+    }
+}

@@ -51,6 +51,18 @@ def test_a_new_service_is_archived_and_backed_up_at_once(node):
     # The same schedule every time it is read.
     assert c.get_dbaas_service_pg(name=svc.name)["backup-schedule"] == sched
 
+    # The repository is encrypted (aes-256-cbc, a key of the service's own): pgBackRest's own
+    # record of it is not readable text.
+    repo = node.data_dir / "backups" / svc.name
+    infos = list(repo.rglob("backup.info"))
+    assert infos, list(repo.rglob("*"))[:20]
+    for info in infos:
+        data = info.read_bytes()
+        assert b"[backup:current]" not in data and data.startswith(b"Salted__"), data[:40]
+    conf = node.data_dir / "services" / svc.name / "pgbackrest.conf"
+    assert "repo1-cipher-type=aes-256-cbc" in conf.read_text()
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"
+
     # WAL is archived: the backup itself made PostgreSQL archive segments, none failed.
     with psycopg.connect(svc.uri, autocommit=True) as conn:
         archived, failed = conn.execute(

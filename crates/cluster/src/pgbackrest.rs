@@ -112,10 +112,11 @@ impl LocalProvisioner {
         port: u16,
         socket_dir: &Path,
         owner: Option<(u32, u32)>,
+        cipher: Option<&str>,
     ) -> Result<String, ProvisionError> {
         let pgs = [(self.pgdata_of(name), socket_dir.to_path_buf(), port)];
         Ok(self
-            .archive_parameters(name, &pgs, owner)?
+            .archive_parameters(name, &pgs, owner, cipher)?
             .into_iter()
             .map(|(k, v)| format!("{k} = '{}'\n", v.replace('\'', "''")))
             .collect())
@@ -130,15 +131,19 @@ impl LocalProvisioner {
         name: &str,
         pgs: &[(PathBuf, PathBuf, u16)],
         owner: Option<(u32, u32)>,
+        cipher: Option<&str>,
     ) -> Result<Vec<(String, String)>, ProvisionError> {
-        self.archive_parameters(name, pgs, owner)
+        self.archive_parameters(name, pgs, owner, cipher)
     }
 
+    /// `cipher`: the repository's encryption key (`repo1-cipher-type=aes-256-cbc`), None for an
+    /// unencrypted repository of a service made before repositories were encrypted.
     fn archive_parameters(
         &self,
         name: &str,
         pgs: &[(PathBuf, PathBuf, u16)],
         owner: Option<(u32, u32)>,
+        cipher: Option<&str>,
     ) -> Result<Vec<(String, String)>, ProvisionError> {
         let Some(repo) = self.repo_of(name) else {
             return Ok(Vec::new());
@@ -158,7 +163,11 @@ impl LocalProvisioner {
             "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
              spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
              log-level-file=off\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
-             [{STANZA}]\n",
+             {cipher}[{STANZA}]\n",
+            cipher = match cipher {
+                Some(pass) => format!("repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass={pass}\n"),
+                None => String::new(),
+            },
             repo = repo.display(),
             spool = dir.join("spool").display(),
             lock = dir.join("lock").display(),
@@ -267,7 +276,13 @@ impl LocalProvisioner {
         if source == spec.name {
             // A rebuild: the service's pgBackRest configuration may be gone with its directory.
             let socket_dir = self.ensure_socket_dir(spec.port, target_owner)?;
-            self.archive_settings(spec.name, spec.port, &socket_dir, target_owner)?;
+            self.archive_settings(
+                spec.name,
+                spec.port,
+                &socket_dir,
+                target_owner,
+                spec.backup_cipher,
+            )?;
         }
         let staging_root = self.service_dir(source).join(format!("fork-{}", spec.name));
         let result = match self.recover_copy(source, spec, &staging_root, source_owner, target) {

@@ -125,6 +125,17 @@ impl Control {
         Ok(())
     }
 
+    /// The key that encrypts the backup repository of `service` (None: an unencrypted one).
+    pub(crate) async fn backup_cipher(
+        &self,
+        service: &str,
+    ) -> Result<Option<String>, ControlError> {
+        match self.inner.store.backup_key(service).await? {
+            Some(sealed) => Ok(Some(self.inner.secrets.open(&sealed)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Whether services get continuous archiving and backups (pgBackRest is installed).
     pub fn backups_enabled(&self) -> bool {
         self.inner.prov.backup_root().is_some()
@@ -416,6 +427,7 @@ impl Control {
         let ip_filter = s.ip_filter.0.clone();
         let settings = crate::cluster_config::ClusterConfig::of(s).text();
         let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        let cipher = self.backup_cipher(&s.name).await?;
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
             let spec = pgbay_cluster::ClusterSpec {
@@ -426,6 +438,7 @@ impl Control {
                 os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: &settings,
+                backup_cipher: cipher.as_deref(),
             };
             let target = fork
                 .target_time

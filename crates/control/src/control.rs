@@ -415,6 +415,7 @@ impl Control {
         let ip_filter = s.ip_filter.0.clone();
         let mut settings = crate::cluster_config::ClusterConfig::of(s).text();
         settings.push_str(&self.replica_settings(s).await?);
+        let cipher = self.backup_cipher(&s.name).await?;
         let os_user = pgbay_cluster::os_users::name_for(&s.id);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
@@ -425,6 +426,7 @@ impl Control {
                 os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: &settings,
+                backup_cipher: cipher.as_deref(),
             };
             work(prov.as_ref(), &spec, &tls)
         })

@@ -281,6 +281,7 @@ impl Control {
         let os_user = pgbay_cluster::os_users::name_for(&s.id);
         let (su, su_pw) = (superuser.to_string(), superuser_password.to_string());
         let settings = crate::cluster_config::ClusterConfig::of(s).text();
+        let cipher = self.backup_cipher(&s.name).await?;
         let synchronous = h.synchronous;
         let members = tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
@@ -291,6 +292,7 @@ impl Control {
                 os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: &settings,
+                backup_cipher: None,
             };
             std::fs::create_dir_all(&pid_dir).map_err(|e| {
                 ControlError::internal(format!("creating {}: {e}", pid_dir.display()))
@@ -329,7 +331,8 @@ impl Control {
                 }
                 let (dir, socket_dir, owner) = prov.prepare_member(&spec, i, *pg_port, &tls)?;
                 if archiving.is_none() {
-                    archiving = Some(prov.ha_archive_parameters(&name, &pgs, owner)?);
+                    archiving =
+                        Some(prov.ha_archive_parameters(&name, &pgs, owner, cipher.as_deref())?);
                 }
                 let cfg = MemberConfig {
                     scope: name.clone(),
@@ -1033,6 +1036,7 @@ impl Control {
                 os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: &settings_text,
+                backup_cipher: None,
             };
             prov.prepare_member(&spec, 0, pg0, &tls)?;
             prov.hand_to_member(&name)?;

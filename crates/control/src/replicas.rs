@@ -239,6 +239,7 @@ impl Control {
                 os_user: &os_user,
                 ip_filter: &ip_filter,
                 settings: "",
+                backup_cipher: None,
             };
             prov.make_replica(
                 &spec,

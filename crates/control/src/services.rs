@@ -397,6 +397,11 @@ impl Control {
         if let Some(at) = new.backup_schedule {
             store::set_backup_schedule(&mut tx, &s.name, at.hour, at.minute).await?;
         }
+        // Every new service's repository is encrypted with a key of its own.
+        if external.is_none() {
+            let key = self.inner.secrets.seal(Password::generate().as_str());
+            store::insert_backup_key(&mut tx, &s.name, &key).await?;
+        }
         match (&copied_from, copied) {
             (Some(_), Some((databases, users, internal))) => {
                 for u in &users {

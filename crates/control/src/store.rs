@@ -385,6 +385,28 @@ pub async fn set_backup_schedule(
     Ok(())
 }
 
+impl Store {
+    /// The sealed key of `service`'s backup repository, if it has one.
+    pub async fn backup_key(&self, service: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT cipher_pass_enc FROM backup_keys WHERE service = $1")
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("cipher_pass_enc").map_err(StoreError::from))
+            .transpose()
+    }
+}
+
+/// Records the sealed key of `service`'s backup repository.
+pub async fn insert_backup_key(c: &mut AnyConnection, service: &str, sealed: &str) -> Result<()> {
+    sqlx::query("INSERT INTO backup_keys (service, cipher_pass_enc) VALUES ($1, $2)")
+        .bind(service)
+        .bind(sealed)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
 /// Gives `service` the users, databases and internal role of `source` (a new read replica of it)
 /// in place of its own, with `admin` as its admin's name.
 pub async fn replace_with_copy_of(
@@ -525,6 +547,7 @@ pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
         "ha_services",
         "read_replicas",
         "backup_schedules",
+        "backup_keys",
     ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)

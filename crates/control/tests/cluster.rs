@@ -92,6 +92,7 @@ async fn local_cluster_with_database_and_user() {
         os_user: &test_os_user(),
         ip_filter: &[],
         settings: "",
+        backup_cipher: None,
     };
     prov.ensure_initialized(&spec).unwrap();
     prov.start(&spec, &tls).unwrap();
@@ -498,6 +499,7 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
         os_user: &test_os_user(),
         ip_filter: &[],
         settings: "",
+        backup_cipher: None,
     };
     prov.ensure_initialized(&spec).unwrap();
     prov.start(&spec, &tls).unwrap();

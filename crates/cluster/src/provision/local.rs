@@ -516,7 +516,7 @@ impl LocalProvisioner {
             spec.port,
             listen.join(","),
             socket_dir.display().to_string().replace('\'', "''"),
-            self.archive_settings(spec.name, spec.port, &socket_dir, owner)?,
+            self.archive_settings(spec.name, spec.port, &socket_dir, owner, spec.backup_cipher)?,
         );
         let files: [(&str, &str, bool); 3] = [
             ("pgbay.conf", &conf, false),

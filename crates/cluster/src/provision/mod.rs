@@ -106,6 +106,9 @@ pub struct ClusterSpec<'a> {
     /// Text of `pgbay-settings.conf` (plan-derived settings and pg-settings, as control's
     /// `cluster_config` renders them).
     pub settings: &'a str,
+    /// The key that encrypts the service's pgBackRest repository (None: unencrypted, a
+    /// service made before repositories were encrypted).
+    pub backup_cipher: Option<&'a str>,
 }
 
 impl std::fmt::Debug for ClusterSpec<'_> {

@@ -483,8 +483,15 @@ impl LocalProvisioner {
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
                 .map_err(io("restricting socket dir"))?;
         }
+        // A port freed by a deleted service may be reused by another: the directory changes
+        // hands, without what the previous server left in it (a lock file of a killed
+        // postmaster, owned by the previous service's user, would stop the new one).
+        if let (Some((uid, _)), Ok(meta)) = (owner, std::fs::symlink_metadata(&dir)) {
+            if meta.uid() != uid {
+                std::fs::remove_dir_all(&dir).map_err(io("clearing a reused socket dir"))?;
+            }
+        }
         std::fs::create_dir_all(&dir).map_err(io("creating socket dir"))?;
-        // A port freed by a deleted service may be reused by another: the directory changes hands.
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
                 .map_err(io("handing over socket dir"))?;

@@ -29,9 +29,10 @@ use crate::input::InputError;
 use crate::model::ServiceRecord;
 use crate::store::HaRecord;
 
-/// How long the pooler holds the clients of an HA service while its primary is unreachable:
-/// past Patroni's ttl (10 s) and the promotion, within the 25 s for writes to resume.
-pub const FAILOVER_HOLD: Duration = Duration::from_secs(30);
+/// How long at most the pooler holds the clients of an HA service while its primary is
+/// unreachable (and never longer than the service's `query_wait_timeout`): past Patroni's ttl
+/// (10 s) and the promotion.
+pub const FAILOVER_HOLD: Duration = Duration::from_secs(60);
 
 /// A standby whose replication lag is below this (one WAL segment) shows `running`; above, or
 /// unknown, `syncing_data`.

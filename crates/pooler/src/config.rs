@@ -67,7 +67,8 @@ pub struct BackendConfig {
     pub port: u16,
     /// How long a client that needs a server connection waits for an unreachable server (refused,
     /// closed, shutting down) to come back, or for a new configuration to name another server
-    /// (a failover), retrying, before it gets the connection error. Zero: the error at once.
+    /// (a failover), retrying, before it gets the connection error; never longer than the
+    /// pool's `query_wait_timeout`. Zero: the error at once.
     pub unavailable_hold: std::time::Duration,
 }
 

@@ -104,7 +104,11 @@ impl Pool {
                     Err(e)
                         if e.is_unavailable()
                             && since.elapsed() + backoff
-                                < self.state().backend.unavailable_hold =>
+                                < self
+                                    .state()
+                                    .backend
+                                    .unavailable_hold
+                                    .min(state.wait_timeout) =>
                     {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));

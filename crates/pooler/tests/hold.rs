@@ -1,0 +1,62 @@
+//! A server that is unreachable for a while (a failover, a restart): with `unavailable_hold`, a
+//! transaction that needs a server waits for it and then runs, and past the pool's
+//! `query_wait_timeout` it gets the connection error naming the pool.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pgbay_pooler::PoolMode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_client_runs_once_the_server_is_back_or_gets_the_error_past_the_bound() {
+    let pg = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    pg.setup_app().await;
+    let mut cfg = service("hold", pg.port, vec![pool("p1", PoolMode::Transaction, 2)]);
+    cfg.backend.unavailable_hold = Duration::from_secs(60);
+    cfg.limits.query_wait_timeout = Duration::from_secs(3);
+    let (pooler, addr) = start(cfg).await;
+    let a = connect(addr, "p1").await.unwrap();
+    let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    // Down for longer than query_wait_timeout: the held client gets the error (FATAL) after the
+    // bound, naming the pool.
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let e = must_fail(
+        a.simple_query("SELECT 1").await,
+        "server down past the bound",
+    );
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(2), "not held: {waited:?}");
+    let text = describe(&e);
+    assert!(text.contains("08001") && text.contains("p1"), "{text}");
+
+    // Down for a moment: a client waits and its query runs once the server is back.
+    let a = connect(addr, "p1").await.unwrap();
+    let query = tokio::spawn(async move {
+        let r = a
+            .query_one("SELECT 2", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0));
+        (a, r)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart_stopped();
+        pg
+    })
+    .await
+    .unwrap();
+    let (_a, r) = query.await.unwrap();
+    assert_eq!(r.unwrap(), 2);
+    pooler.shutdown().await;
+    drop(pg);
+}

@@ -462,6 +462,20 @@ async fn attached(
         }
         End::ServerGone(cause) => {
             server.close_reason = Some("server connection lost");
+            // Lost after the client's transaction ended but before the connection went back
+            // to the pool (a server shut down right after answering): no transaction of the
+            // client's was on it, so it keeps its session; its next one gets a new server.
+            if mode != PoolMode::Session
+                && server.status == txn::IDLE
+                && server.relay.expect.is_empty()
+                && !server.relay.copy_in
+                && server.relay.c2s_skip == 0
+                && server.bufs.c2s_in.is_empty()
+                && server.bufs.c2s_out.is_empty()
+                && server.bufs.s2c_out.is_empty()
+            {
+                return Ok(true);
+            }
             client.fatal(&errors::server_lost(&pool.name, cause)).await;
             Ok(false)
         }

@@ -169,14 +169,17 @@ class PgbayServer:
     """
 
     def __init__(self, label: str, env: dict[str, str] | None = None,
-                 nofile: int | None = None) -> None:
+                 nofile: int | None = None, public_host: str = "127.0.0.1",
+                 ports: "PortWindow | None" = None) -> None:
         # The clusters run as their services' OS users when we are root: every ancestor of the
         # data dir must be traversable by them, which a 0700 temp dir is not.
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pgbay-test-{label}-"))
         os.chmod(self.workdir, 0o755)
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "pgbay.log"
-        self.ports = PortWindow()
+        # Nodes of one store share one window (a service's ports are unique across them).
+        self.ports = ports or PortWindow()
+        self.public_host = public_host
         self.api_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.label = label
@@ -236,7 +239,7 @@ class PgbayServer:
             "--api-listen",
             f"127.0.0.1:{self.api_port}",
             "--public-host",
-            "127.0.0.1",
+            self.public_host,
             "--port-range",
             str(self.ports),
         ]
@@ -523,7 +526,8 @@ def metrics(server: PgbayServer) -> str:
 def component_port(svc: dict, name: str) -> int:
     comps = [c for c in svc.get("components", []) if c.get("component") == name]
     assert len(comps) == 1, f"expected one {name!r} component: {svc.get('components')}"
-    assert comps[0]["host"] == "127.0.0.1", comps[0]
+    # One node: its public host, 127.0.0.1; several nodes on one machine: 127.0.0.N.
+    assert comps[0]["host"].startswith("127.0.0."), comps[0]
     return comps[0]["port"]
 
 

@@ -84,7 +84,8 @@ def store_pg():
 @pytest.fixture(scope="module")
 def node(store_pg):
     srv = PgbayServer("pgstore", env={"PGBAY_STORE": store_pg.url,
-                                      "PGPASSWORD": StorePostgres.PASSWORD})
+                                      "PGPASSWORD": StorePostgres.PASSWORD,
+                                      "PGBAY_CLUSTER_KEY": "store-test-cluster-key-0123"})
     try:
         srv.start()
         yield srv

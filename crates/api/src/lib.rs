@@ -9,6 +9,7 @@
 pub mod auth;
 mod error;
 mod extract;
+pub mod forward;
 mod handlers;
 mod pool_metrics;
 mod requests;
@@ -143,7 +144,9 @@ pub fn router(control: Control, creds: Credentials, metrics_at: MetricsAt) -> Ro
         .nest("/v2", v2)
         .route("/metrics", get(h::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .with_state(control)
+        .with_state(control.clone())
+        // After the signature check: a request for another node's service goes there.
+        .layer(middleware::from_fn_with_state(control, forward::to_owner))
         .layer(middleware::from_fn_with_state(creds, authenticate))
 }
 

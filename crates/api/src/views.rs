@@ -54,7 +54,7 @@ pub fn service_common(control: &Control, s: &ServiceRecord) -> Value {
         "name": s.name,
         "type": "pg",
         "plan": s.plan,
-        "state": s.state.as_str(),
+        "state": control.shown_state(s).as_str(),
         "zone": control.zone(),
         "node-count": control.ha_view(&s.name).map(|h| h.nodes.len()).unwrap_or(1),
         "termination-protection": s.termination_protection,
@@ -120,7 +120,7 @@ fn uri_params(c: &PgConn) -> Value {
 /// The document's `dbaas-service-pg`: `dbaas-service-common` and what a PostgreSQL service adds.
 pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt) -> Value {
     let s = &v.service;
-    let host = control.public_host();
+    let host = control.uri_host();
     let admin = v.admin();
     let (admin_user, admin_pw) = admin
         .map(|a| (a.name.as_str(), a.password.as_str()))
@@ -164,7 +164,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
             })
         })
         .collect();
-    let node_state = match s.state {
+    let node_state = match control.shown_state(s) {
         ServiceState::Running => "running",
         ServiceState::Rebuilding => "setting_up_vm",
     };
@@ -183,7 +183,9 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
             })
             .collect(),
         None => {
-            vec![json!({"name": format!("{}-1", s.name), "state": node_state, "role": "master"})]
+            // The node the service is placed on.
+            let name = s.node.clone().unwrap_or_else(|| format!("{}-1", s.name));
+            vec![json!({"name": name, "state": node_state, "role": "master"})]
         }
     };
     // Each standby serves read-only connections on its own port of the public host.
@@ -197,6 +199,15 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
             })
         })
         .collect();
+    // The service's port answers on every live node (or behind --service-host).
+    let uris: Vec<String> = match &s.external_host {
+        Some(_) => vec![uri.clone()],
+        None => control
+            .uri_hosts()
+            .iter()
+            .map(|h| pg_uri(&PgConn { host: h, ..server }))
+            .collect(),
+    };
     let mut out = service_common(control, s);
     let pg = json!({
         "version": s.version,
@@ -206,7 +217,7 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
         "connection-pools": pools,
         "uri": uri,
         "uri-params": params,
-        "connection-info": {"uri": [uri], "params": [params], "standby": standby},
+        "connection-info": {"uri": uris, "params": [params], "standby": standby},
         "components": [
             {"component": "pg", "host": server.host, "port": s.pg_port, "route": "public", "usage": "primary"},
             {"component": "pgbouncer", "host": host, "port": s.pooler_port, "route": "public", "usage": "primary"},

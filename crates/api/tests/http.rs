@@ -43,6 +43,9 @@ async fn server() -> Server {
         store: None,
         backup_repo: None,
         etcd: None,
+        node: pgbay_control::NodeConfig::single(dir.path(), "http://127.0.0.1:0"),
+        service_host: None,
+        cluster_key: None,
     })
     .await
     .unwrap();

@@ -199,7 +199,7 @@ impl Control {
             return;
         }
         let mut shutdown = self.inner.shutdown_tx.subscribe();
-        if let Ok(services) = self.inner.store.services().await {
+        if let Ok(services) = self.own_services().await {
             for s in services
                 .iter()
                 .filter(|s| s.state == ServiceState::Running && s.external_host.is_none())
@@ -216,7 +216,7 @@ impl Control {
                 _ = tokio::time::sleep(SCHEDULE_TICK) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let Ok(services) = self.inner.store.services().await else {
+            let Ok(services) = self.own_services().await else {
                 continue;
             };
             let now = Utc::now();

@@ -56,6 +56,14 @@ pub struct ControlConfig {
     /// etcd client URLs of an existing etcd cluster for HA services' Patroni (`--etcd`); None:
     /// pgbay runs one etcd member of its own in the data dir when an HA service needs it.
     pub etcd: Option<Vec<String>>,
+    /// This node (`--node-name`, where its API answers, `--node-timeout`).
+    pub node: crate::nodes::NodeConfig,
+    /// `--service-host`: a name that reaches every node, written in every URI instead of the
+    /// node's public host.
+    pub service_host: Option<String>,
+    /// The key that wraps the secrets the nodes of a PostgreSQL store share
+    /// (`PGBAY_CLUSTER_KEY`); required with a PostgreSQL store.
+    pub cluster_key: Option<String>,
 }
 
 /// The backup repositories' root: pgbay's (0711), so that each service's user can reach its own
@@ -104,6 +112,11 @@ pub(crate) struct Inner {
     pub(crate) backups: crate::backups::BackupState,
     pub(crate) ha: crate::ha::HaState,
     pub(crate) replicas: crate::replicas::Replicas,
+    pub(crate) nodes: crate::nodes::NodesState,
+}
+
+pub(crate) fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The control plane. Cheap to clone.
@@ -146,15 +159,19 @@ impl Control {
         };
         prov.ensure_traversable(&cfg.data_dir.join("services"))?;
         let version = prov.major_version()?;
+        let store = match &cfg.store {
+            Some(url) => Store::connect(url).await?,
+            None => Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?,
+        };
+        // A PostgreSQL store is shared by nodes: they share its secret key and CA too.
+        if store.backend() == crate::store::Backend::Postgres {
+            crate::shared::adopt_shared_keys(&store, &cfg).await?;
+        }
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
         let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
         // etcd and Patroni's REST API serve pgbay's certificate; pgbay verifies it.
         pgbay_cluster::etcd::use_tls(&tls.ca_pem, &tls.server_cert_pem, &tls.server_key_pem)
             .map_err(ControlError::internal)?;
-        let store = match &cfg.store {
-            Some(url) => Store::connect(url).await?,
-            None => Store::open(&cfg.data_dir.join("pgbay.sqlite")).await?,
-        };
         restrict_files(&cfg.data_dir);
         let sizing = pgbay_cluster::sizing::Sizer::new(&cfg.data_dir);
         let (desired_tx, _) = watch::channel(Arc::new(DesiredState::default()));
@@ -179,8 +196,10 @@ impl Control {
                 backups: Default::default(),
                 ha: Default::default(),
                 replicas: Default::default(),
+                nodes: Default::default(),
             }),
         };
+        control.register_node().await?;
         control.recover().await?;
         control.warm_sizing();
         let sup = control.clone();
@@ -191,6 +210,10 @@ impl Control {
         tokio::spawn(async move { scheduler.run_backup_schedule().await });
         let follower = control.clone();
         tokio::spawn(async move { follower.follow_primaries().await });
+        let nodes = control.clone();
+        tokio::spawn(async move { nodes.follow_nodes().await });
+        let recorder = control.clone();
+        tokio::spawn(async move { recorder.record_applied().await });
         Ok(control)
     }
 
@@ -207,6 +230,12 @@ impl Control {
     /// Host written into URIs.
     pub fn public_host(&self) -> &str {
         &self.inner.cfg.public_host
+    }
+
+    /// Whether other nodes may share this node's store (a PostgreSQL store): the pooler then
+    /// reaches clusters of other nodes over TCP and must verify them with the CA.
+    pub fn shared_store(&self) -> bool {
+        self.inner.store.backend() == crate::store::Backend::Postgres
     }
 
     /// Zone reported for services.
@@ -253,15 +282,46 @@ impl Control {
         map.entry(name.to_string()).or_default().clone()
     }
 
-    /// Rebuilds the desired state from the store and publishes it; returns its generation.
+    /// After a committed change: bumps the store's generation, tells the other nodes, and
+    /// publishes the desired state; returns its generation.
     pub(crate) async fn publish(&self) -> Result<u64, ControlError> {
         let _g = self.inner.publish_lock.lock().await;
+        let generation = self.inner.store.next_generation().await?;
+        crate::nodes::notify_change(&self.inner.store, generation).await;
+        self.publish_at(generation as u64).await
+    }
+
+    /// Publishes the desired state as the store has it now, at the store's generation (a change
+    /// made by another node, or a node that came or went).
+    pub(crate) async fn republish(&self) -> Result<u64, ControlError> {
+        let _g = self.inner.publish_lock.lock().await;
+        let generation = self.inner.store.generation().await? as u64;
+        self.publish_at(generation.max(self.published_generation()))
+            .await
+    }
+
+    /// The generation last published on this node.
+    pub(crate) fn published_generation(&self) -> u64 {
+        self.inner.desired_tx.borrow().generation
+    }
+
+    async fn publish_at(&self, generation: u64) -> Result<u64, ControlError> {
         let store = &self.inner.store;
         let mut services = Vec::new();
         for s in store.services().await? {
             if s.state != ServiceState::Running {
                 continue;
             }
+            // A service of a dead node has no server to reach; another node's is reached over
+            // TCP on that node's public host.
+            let remote = match self.owner(&s) {
+                crate::nodes::Owner::Local => None,
+                crate::nodes::Owner::Dead { .. } => continue,
+                crate::nodes::Owner::Remote { node, .. } => match self.node(&node) {
+                    Some(n) => Some(n.public_host),
+                    None => continue,
+                },
+            };
             let mut users = Vec::new();
             for u in store.users(&s.name).await? {
                 users.push(DesiredUser {
@@ -282,7 +342,11 @@ impl Control {
                     size: p.size.get(),
                 })
                 .collect();
-            let (backend_host, backend_port) = self.backend_addr(&s);
+            let (backend_host, backend_port) = match &remote {
+                // An HA service's own port forwards to its primary on its node.
+                Some(host) => (host.clone(), s.pg_port),
+                None => self.backend_addr(&s),
+            };
             services.push(DesiredService {
                 name: s.name.clone(),
                 pooler_port: s.pooler_port,
@@ -294,19 +358,28 @@ impl Control {
                 } else {
                     Duration::ZERO
                 },
-                forward: self
-                    .ha_primary_port(&s.name)
-                    .map(|to| crate::desired::Forward {
+                // The service's own port answers on every node: forwarded to its primary member
+                // (HA, here) or to its node.
+                forward: match &remote {
+                    Some(host) => Some(crate::desired::Forward {
                         listen_port: s.pg_port,
-                        target_port: to,
+                        target_host: host.clone(),
+                        target_port: s.pg_port,
                     }),
+                    None => self
+                        .ha_primary_port(&s.name)
+                        .map(|to| crate::desired::Forward {
+                            listen_port: s.pg_port,
+                            target_host: "127.0.0.1".into(),
+                            target_port: to,
+                        }),
+                },
                 users,
                 pools,
                 pgbouncer: s.pgbouncer.clone(),
                 ip_filter: s.ip_filter.0.clone(),
             });
         }
-        let generation = self.inner.desired_tx.borrow().generation + 1;
         self.inner.desired_tx.send_replace(Arc::new(DesiredState {
             generation,
             services,
@@ -456,7 +529,7 @@ impl Control {
     /// Stops every cluster (graceful shutdown of pgbay) and the supervisor.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);
-        let names: Vec<String> = match self.inner.store.services().await {
+        let names: Vec<String> = match self.own_services().await {
             Ok(s) => s.into_iter().map(|s| s.name).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "listing services at shutdown");

@@ -40,6 +40,13 @@ impl std::fmt::Debug for SecretBox {
 }
 
 impl SecretBox {
+    /// A box over a 32-byte key held in memory only (the key that wraps shared secrets).
+    pub fn from_key(key: [u8; 32]) -> Self {
+        SecretBox {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+        }
+    }
+
     /// Loads the key at `path`, creating it on first start.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
         let io = |source| CryptoError::Io {

@@ -72,11 +72,14 @@ pub struct DesiredPool {
 }
 
 /// A TCP forwarder of the data plane: connections to `listen_port` on the public host reach
-/// `127.0.0.1:target_port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `target_host:target_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     /// The service's own port (its `uri`).
     pub listen_port: u16,
-    /// The current primary member's port.
+    /// Where its server is: 127.0.0.1 for an HA service's primary member on this node, the
+    /// public host of the node a service is placed on for another node's service.
+    pub target_host: String,
+    /// The current primary member's port, or the service's own port on its node.
     pub target_port: u16,
 }

@@ -991,6 +991,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         let t = self.admin_target(s).await?;
         let _ports = self.inner.create_lock.lock().await;
+        let _shared_ports = self.inner.store.port_lock().await?;
         let members = self.member_ports(nodes).await?;
         let (synchronous, max_lag_seconds) = settings.unwrap_or((false, None));
         let h = HaRecord {
@@ -1075,6 +1076,7 @@ impl Control {
         let t = self.admin_target(s).await?;
         {
             let _ports = self.inner.create_lock.lock().await;
+            let _shared_ports = self.inner.store.port_lock().await?;
             let added = self.member_ports(to - from).await?;
             let mut tx = self.inner.store.begin().await?;
             crate::store::insert_ha_members(&mut tx, &s.name, from, &added).await?;

@@ -38,6 +38,7 @@ mod maintenance;
 pub mod metrics;
 pub mod migrations;
 pub mod model;
+pub mod nodes;
 mod objects;
 mod operations;
 pub mod pg_settings;
@@ -46,6 +47,7 @@ pub mod plans;
 pub mod ports;
 mod replicas;
 mod services;
+mod shared;
 mod sizing;
 pub mod store;
 
@@ -66,6 +68,7 @@ pub use migrations::{
 pub use model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
+pub use nodes::{NodeConfig, Owner};
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbay_cluster::pgbackrest::Backup;
 pub use pgbay_cluster::provision::{external, local};

@@ -15,18 +15,19 @@ impl Control {
     /// committed before a crash), starts every running service's cluster, and re-drives every
     /// service whose provisioning was interrupted.
     pub(crate) async fn recover(&self) -> Result<(), ControlError> {
-        let services = self.inner.store.services().await?;
+        let all = self.inner.store.services().await?;
+        let services: Vec<_> = all.iter().filter(|s| self.is_mine(s)).cloned().collect();
         self.load_ha(&services).await?;
         self.load_replicas().await?;
         self.load_backup_schedules().await?;
         for dir in self.inner.prov.present() {
-            if !services.iter().any(|s| s.name == dir) {
+            if !all.iter().any(|s| s.name == dir) {
                 tracing::warn!(service = %dir, "removing cluster of a deleted service");
                 let prov = self.inner.prov.clone();
                 tokio::task::spawn_blocking(move || prov.remove(&dir)).await??;
             }
         }
-        let pending = self.pending_at_start(&services).await?;
+        let pending = self.pending_at_start(&all).await?;
         for s in &services {
             match s.state {
                 ServiceState::Running if self.data_lost(s) => {
@@ -113,7 +114,7 @@ impl Control {
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let services = match self.inner.store.services().await {
+            let services = match self.own_services().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "supervisor: listing services");

@@ -188,7 +188,7 @@ impl Control {
                 _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let services = match self.inner.store.services().await {
+            let services = match self.own_services().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: listing services");

@@ -75,6 +75,9 @@ pub struct ServiceRecord {
     pub created_at: DateTime<Utc>,
     /// Last change time.
     pub updated_at: DateTime<Utc>,
+    /// The node its cluster runs on (`None` only in a store written before nodes existed,
+    /// until a node claims it).
+    pub node: Option<String>,
 }
 
 /// Kind of a service user (`type` in the document).

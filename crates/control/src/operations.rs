@@ -337,6 +337,10 @@ impl Control {
         };
         for op in self.inner.store.pending_operations().await? {
             let service = services.iter().find(|s| s.name == op.service);
+            // Another node's work: that node (or, if it is lost, the live ones) settles it.
+            if service.is_some_and(|s| !self.is_mine(s)) {
+                continue;
+            }
             match (op.kind, service.map(|s| s.state)) {
                 (OperationKind::CreateService, Some(ServiceState::Rebuilding)) => {
                     sorted.provisioning.push((op.service, op.id))
@@ -368,12 +372,26 @@ impl Control {
             return Answer::Detached;
         };
         let limit = self.inner.cfg.apply_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         let answer =
             match tokio::time::timeout(limit, rx.wait_for(|o| o.generation >= generation)).await {
                 Ok(Ok(o)) => Answer::of(&o, service),
                 _ => Answer::Silent,
             };
-        answer
+        if !matches!(answer, Answer::Applied) {
+            return answer;
+        }
+        // Every live node serves every pool: the change is done once they all do.
+        let behind = self.other_nodes_serve(generation, deadline).await;
+        if behind.is_empty() {
+            Answer::Applied
+        } else {
+            Answer::Failed(format!(
+                "node(s) {} did not serve it within {} s",
+                behind.join(", "),
+                limit.as_secs()
+            ))
+        }
     }
 
     /// Publishes the committed change of the pending `op`, waits for the data plane and finishes

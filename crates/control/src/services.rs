@@ -224,6 +224,7 @@ impl Control {
         let protection = new.termination_protection.unwrap_or(false);
 
         let _create = self.inner.create_lock.lock().await;
+        let _ports = self.inner.store.port_lock().await?;
         let lock = self.service_lock(name.as_str());
         let _g = lock.lock().await;
         if self.inner.store.service(name.as_str()).await?.is_some() {
@@ -331,6 +332,7 @@ impl Control {
             shared_buffers_percentage: new.shared_buffers_percentage,
             created_at: now,
             updated_at: now,
+            node: Some(self.node_name().to_string()),
         };
         if external.is_none() {
             self.check_fits_plan(None, &s).await?;

@@ -56,15 +56,19 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 mod ha;
 mod migrations;
+mod nodes;
 mod replicas;
 pub use ha::{delete_ha_members_from, insert_ha, insert_ha_members, update_ha_settings, HaRecord};
 pub use migrations::{insert_migration_task, upsert_migration};
+pub use nodes::{bump_generation, place_service, NodeRecord, PortLock};
 pub use replicas::{delete_replica, insert_replica, ReplicaRecord};
 
 /// Handle on the store's database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
+    url: String,
 }
 
 fn ts(s: &str) -> Result<DateTime<Utc>> {
@@ -112,6 +116,7 @@ fn service_from_row(r: &AnyRow) -> Result<ServiceRecord> {
         )?,
         created_at: ts(r.try_get("created_at")?)?,
         updated_at: ts(r.try_get("updated_at")?)?,
+        node: r.try_get("node")?,
     })
 }
 
@@ -228,7 +233,11 @@ impl Store {
             }
         }
         migrator.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.to_string(),
+        })
     }
 
     /// Closes every connection (waits for those in use to come back).
@@ -489,8 +498,8 @@ pub async fn insert_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<
     sqlx::query(
         "INSERT INTO services (name, id, plan, state, version, admin_username, pg_port, pooler_port,
          pgbouncer_settings, ip_filter, termination_protection, created_at, updated_at, external_host,
-         pg_settings, work_mem, shared_buffers_percentage)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         pg_settings, work_mem, shared_buffers_percentage, node)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(&s.name)
     .bind(s.id.to_string())
@@ -509,6 +518,7 @@ pub async fn insert_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<
     .bind(s.pg_settings.to_json().to_string())
     .bind(s.work_mem.map(i64::from))
     .bind(s.shared_buffers_percentage.map(i64::from))
+    .bind(&s.node)
     .execute(&mut *c)
     .await?;
     Ok(())

@@ -184,6 +184,9 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         store: None,
         backup_repo: None,
         etcd: None,
+        node: pgbay_control::NodeConfig::single(data_dir, "http://127.0.0.1:0"),
+        service_host: None,
+        cluster_key: None,
     }
 }
 

@@ -65,6 +65,9 @@ async fn start(
         store: None,
         backup_repo: None,
         etcd: None,
+        node: pgbay_control::NodeConfig::single(dir, "http://127.0.0.1:0"),
+        service_host: None,
+        cluster_key: None,
     })
     .await
     .unwrap()
@@ -91,6 +94,7 @@ fn service(name: &str, i: u16) -> ServiceRecord {
         shared_buffers_percentage: None,
         created_at: now,
         updated_at: now,
+        node: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
         shared_buffers_percentage: None,
         created_at: now,
         updated_at: now,
+        node: None,
     }
 }
 

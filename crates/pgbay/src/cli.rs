@@ -58,6 +58,18 @@ pub struct ServeArgs {
     /// Host (IP or DNS name) written into service URIs; clusters and poolers listen on it.
     #[arg(long, env = "PGBAY_PUBLIC_HOST", default_value = "127.0.0.1")]
     pub public_host: String,
+    /// This node's name among the nodes of one store (default: the host name).
+    #[arg(long, env = "PGBAY_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// A node silent for longer than this many seconds is dead (its services are not served
+    /// and its pending operations fail).
+    #[arg(long, env = "PGBAY_NODE_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub node_timeout: u64,
+    /// A name or address that reaches every node (your DNS name or load balancer), written into
+    /// every URI instead of the answering node's public host.
+    #[arg(long, env = "PGBAY_SERVICE_HOST")]
+    pub service_host: Option<String>,
     /// Ports for service clusters and pooler listeners, e.g. 21000-21999.
     #[arg(long, env = "PGBAY_PORT_RANGE", default_value = "21000-21999")]
     pub port_range: PortRange,

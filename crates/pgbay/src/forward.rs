@@ -1,6 +1,7 @@
-//! The TCP forwarders of HA services: a business or premium service's own port (its `uri`) is
+//! The TCP forwarders of service ports: a business or premium service's own port (its `uri`) is
 //! served by pgbay, which forwards each connection byte for byte (TLS stays end to end, between
-//! the client and PostgreSQL) to the service's current primary member. When control publishes a
+//! the client and PostgreSQL) to the service's current primary member; on a node that shares a
+//! store with others, the port of a service placed on another node is forwarded to that node. When control publishes a
 //! new primary (after a failover), new connections go there and the connections to the old one
 //! are closed, so nothing the API handed out goes stale. The service's ip-filter is enforced here,
 //! before a byte reaches PostgreSQL (which sees these connections come from 127.0.0.1).
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 
 struct Forwarder {
     listen: (String, u16),
-    target: watch::Sender<u16>,
+    target: watch::Sender<(String, u16)>,
     filter: watch::Sender<Vec<ipnet::IpNet>>,
     task: JoinHandle<()>,
 }
@@ -39,7 +40,7 @@ impl Forwarders {
         let wanted: HashMap<&str, _> = state
             .services
             .iter()
-            .filter_map(|s| s.forward.map(|f| (s.name.as_str(), (s, f))))
+            .filter_map(|s| s.forward.as_ref().map(|f| (s.name.as_str(), (s, f))))
             .collect();
         self.running.retain(|name, fwd| {
             wanted
@@ -49,8 +50,9 @@ impl Forwarders {
         for (name, (s, f)) in wanted {
             if let Some(fwd) = self.running.get(name) {
                 fwd.target.send_if_modified(|t| {
-                    let changed = *t != f.target_port;
-                    *t = f.target_port;
+                    let to = (f.target_host.clone(), f.target_port);
+                    let changed = *t != to;
+                    *t = to;
                     changed
                 });
                 fwd.filter.send_if_modified(|v| {
@@ -60,7 +62,7 @@ impl Forwarders {
                 });
                 continue;
             }
-            let (target, target_rx) = watch::channel(f.target_port);
+            let (target, target_rx) = watch::channel((f.target_host.clone(), f.target_port));
             let (filter, filter_rx) = watch::channel(s.ip_filter.clone());
             let listen = (s.listen_host.clone(), f.listen_port);
             let task = tokio::spawn(serve(
@@ -85,7 +87,7 @@ impl Forwarders {
 async fn serve(
     service: String,
     (host, port): (String, u16),
-    target: watch::Receiver<u16>,
+    target: watch::Receiver<(String, u16)>,
     filter: watch::Receiver<Vec<ipnet::IpNet>>,
 ) {
     // A predecessor handing over (takeover) may still hold the port for a moment.
@@ -132,9 +134,9 @@ fn allowed(filter: &[ipnet::IpNet], ip: IpAddr) -> bool {
 }
 
 /// One client connection, until either side closes it or the primary changes.
-async fn relay(mut client: TcpStream, mut target: watch::Receiver<u16>) {
-    let port = *target.borrow_and_update();
-    let Ok(mut server) = TcpStream::connect(("127.0.0.1", port)).await else {
+async fn relay(mut client: TcpStream, mut target: watch::Receiver<(String, u16)>) {
+    let (host, port) = target.borrow_and_update().clone();
+    let Ok(mut server) = TcpStream::connect((host.as_str(), port)).await else {
         return;
     };
     let _ = client.set_nodelay(true);

@@ -138,10 +138,35 @@ pub async fn run(
         store: args.store.clone(),
         backup_repo: args.backup_repo.clone(),
         etcd: args.etcd.clone().map(|e| e.0),
+        node: {
+            let api_url = api_url(&args);
+            let mut node = pgbay_control::NodeConfig::single(&data_dir, &api_url);
+            if let Some(name) = &args.node_name {
+                node.name = name.clone();
+            }
+            node.timeout = std::time::Duration::from_secs(args.node_timeout);
+            node
+        },
+        service_host: args.service_host.clone(),
+        // Never a flag: a secret on a command line is in every process list.
+        cluster_key: std::env::var("PGBAY_CLUSTER_KEY").ok(),
     })
     .await
     .map_err(|e| anyhow!("starting control plane: {e}"))?;
 
+    // Nodes sharing a store reach each other's clusters over TCP: verified with the shared CA.
+    if control.shared_store() {
+        pgbay_pooler::verify_backends_with(&control.tls_material().ca_pem)
+            .map_err(|e| anyhow!("configuring TLS towards other nodes' servers: {e}"))?;
+    }
+    // Every node accepts the same key pair: the store's.
+    let creds = {
+        let (key, secret) = control
+            .shared_api_credentials(&creds.key, &creds.secret)
+            .await
+            .map_err(|e| anyhow!("sharing the API credentials: {e}"))?;
+        Credentials { key, secret }
+    };
     let pooler = pgbay_pooler::Pooler::new();
     if let Some(i) = &mut inherited {
         pooler.inherit(std::mem::take(&mut i.ports));
@@ -290,6 +315,28 @@ pub async fn run(
         tracing::info!("pgbay stopped");
     }
     Ok(())
+}
+
+/// Where this node's API answers, for the other nodes: its listen address, or its public host
+/// when it listens on every address; https when the API speaks TLS.
+fn api_url(args: &ServeArgs) -> String {
+    let api_tls = crate::api_tls::effective(args.api_tls.as_ref(), args.api_listen);
+    let scheme = if matches!(api_tls, crate::api_tls::ApiTls::Off) {
+        "http"
+    } else {
+        "https"
+    };
+    let host = if args.api_listen.ip().is_unspecified() {
+        args.public_host.clone()
+    } else {
+        args.api_listen.ip().to_string()
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:{}", args.api_listen.port())
 }
 
 /// The store as logged: the SQLite default, or the URL without its password.

@@ -115,6 +115,7 @@ pub use config::{
 };
 pub use error::PoolerError;
 pub use stats::{ClientState, PoolStats, PoolTotals, ServerState};
+pub use tls::verify_backends_with;
 
 use apply::Running;
 use cancel::CancelRegistry;

@@ -52,6 +52,9 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
 /// authentication — that comes from the backend address being configured by pgbay). The
 /// handshake signatures are still checked against the presented certificate's key.
 pub fn backend_connector() -> tokio_rustls::TlsConnector {
+    if let Some(verified) = VERIFIED_BACKENDS.get() {
+        return verified.clone();
+    }
     static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
@@ -68,6 +71,43 @@ pub fn backend_connector() -> tokio_rustls::TlsConnector {
             tokio_rustls::TlsConnector::from(Arc::new(config))
         })
         .clone()
+}
+
+/// Set by [`verify_backends_with`]: the client that verifies every TCP server against a CA.
+static VERIFIED_BACKENDS: std::sync::OnceLock<tokio_rustls::TlsConnector> =
+    std::sync::OnceLock::new();
+
+/// From now on every server reached over TCP must speak TLS with a certificate for its host
+/// issued by `ca_pem` (pgbay's own CA, shared by the nodes of a multi-node deployment: a pool
+/// whose cluster runs on another node crosses the network). Once per process; a second call
+/// with another CA is refused.
+pub fn verify_backends_with(ca_pem: &str) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("CA certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate given".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    if VERIFIED_BACKENDS.set(connector).is_err() {
+        return Err("backend verification is already configured".into());
+    }
+    Ok(())
+}
+
+/// Whether servers over TCP must present a certificate of the configured CA.
+pub fn backends_verified() -> bool {
+    VERIFIED_BACKENDS.get().is_some()
 }
 
 /// Accepts any server certificate (see `backend_connector`).

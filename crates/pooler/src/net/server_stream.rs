@@ -65,6 +65,10 @@ impl ServerStream {
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer).await?;
         match &answer[..] {
+            startup::ENCRYPTION_REFUSED if crate::tls::backends_verified() => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("server {host} refused TLS, which pgbay requires of servers over TCP"),
+            )),
             startup::ENCRYPTION_REFUSED => Ok(ServerStream::Tcp(tcp)),
             startup::ENCRYPTION_ACCEPTED => {
                 // SNI only for a DNS name; an address (or anything else) is sent as none.

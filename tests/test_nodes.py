@@ -122,6 +122,14 @@ def test_a_pool_made_through_one_node_is_served_on_every_node(nodes):
         got = wait_for(f"a login through {host}", 5, lambda h=host: login(on_host(uri, h)))
         assert got == ("app", "defaultdb"), got
     assert time.monotonic() - done < 5 + 3, final
+    # Another node reaches the service's cluster over TCP with TLS (verified against pgbay's CA;
+    # the pooler refuses a server that does not speak it); its own node over the Unix socket.
+    owner = placed_on(doc2)
+    for i, host in enumerate(HOSTS, start=1):
+        with psycopg.connect(on_host(uri, host), connect_timeout=3) as conn:
+            ssl = conn.execute(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+        assert ssl is (f"n{i}" != owner), (host, owner, ssl)
     # The service's own URI answers on every node too.
     admin_uri = doc2["uri"]
     for host in HOSTS:

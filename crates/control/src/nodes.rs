@@ -75,6 +75,9 @@ pub fn host_name() -> String {
 pub(crate) struct NodesState {
     /// Every registered node, as last read.
     seen: StdMutex<Vec<NodeRecord>>,
+    /// The store's clock minus this machine's, milliseconds (heartbeats are stamped by the
+    /// store's clock).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Where a service's cluster work is done, seen from this node.
@@ -107,14 +110,37 @@ impl Control {
         }
     }
 
+    /// The store's time now, as this node last measured its clock.
+    fn store_now_ms(&self) -> i64 {
+        now_ms()
+            + self
+                .inner
+                .nodes
+                .clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads the store's clock and returns it.
+    async fn sync_clock(&self) -> Result<i64, ControlError> {
+        let before = now_ms();
+        let store_now = self.inner.store.now_ms().await?;
+        let local = (before + now_ms()) / 2;
+        self.inner
+            .nodes
+            .clock_offset_ms
+            .store(store_now - local, std::sync::atomic::Ordering::Relaxed);
+        Ok(store_now)
+    }
+
     fn live_since_ms(&self) -> i64 {
-        now_ms() - self.inner.cfg.node.timeout.as_millis() as i64
+        self.store_now_ms() - self.inner.cfg.node.timeout.as_millis() as i64
     }
 
     /// Registers this node; refuses a name that a live node of another machine or data dir
     /// holds. Services of a store written before nodes existed become this node's.
     pub(crate) async fn register_node(&self) -> Result<(), ControlError> {
-        let me = self.node_record();
+        let mut me = self.node_record();
+        me.heartbeat_ms = self.sync_clock().await?;
         if let Err(other) = self
             .inner
             .store
@@ -126,7 +152,7 @@ impl Control {
                  node another --node-name",
                 me.name,
                 other.instance,
-                now_ms() - other.heartbeat_ms
+                self.store_now_ms() - other.heartbeat_ms
             )));
         }
         let claimed = self.inner.store.claim_unplaced_services(&me.name).await?;
@@ -304,10 +330,17 @@ impl Control {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             let cfg = &self.inner.cfg.node;
+            let now = match self.sync_clock().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "heartbeat: store unreachable");
+                    continue;
+                }
+            };
             match self
                 .inner
                 .store
-                .heartbeat(&cfg.name, &cfg.instance, now_ms())
+                .heartbeat(&cfg.name, &cfg.instance, now)
                 .await
             {
                 Ok(true) => {}

@@ -256,3 +256,85 @@ async fn a_store_of_a_newer_schema_is_refused_unchanged(b: Backend) {
     let st = b.open().await;
     assert!(st.service("kept").await.unwrap().is_some());
 }
+
+on_both_backends!(nodes_register_heartbeat_and_share_what_the_first_stored);
+
+fn node(name: &str, instance: &str, heartbeat_ms: i64) -> pgbay_control::store::NodeRecord {
+    pgbay_control::store::NodeRecord {
+        name: name.into(),
+        public_host: "127.0.0.1".into(),
+        api_url: "http://127.0.0.1:8080".into(),
+        instance: instance.into(),
+        started_at: Utc::now().to_rfc3339(),
+        heartbeat_ms,
+        applied_generation: 0,
+    }
+}
+
+async fn nodes_register_heartbeat_and_share_what_the_first_stored(b: Backend) {
+    let st = b.open().await;
+    let now = st.now_ms().await.unwrap();
+    assert!((now - Utc::now().timestamp_millis()).abs() < 60_000);
+    // A live node's name is refused to another instance, and nothing changes.
+    st.register_node(&node("a", "m1:/d", now), now - 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = st
+        .register_node(&node("a", "m2:/d", now), now - 10_000)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.instance, "m1:/d");
+    assert_eq!(st.nodes().await.unwrap()[0].instance, "m1:/d");
+    // The same instance (a restart, a takeover) re-registers; a dead name can be taken.
+    st.register_node(&node("a", "m1:/d", now), now - 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    st.register_node(&node("a", "m2:/d", now + 20_000), now + 5_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // Only the instance that holds the name heartbeats.
+    assert!(!st.heartbeat("a", "m1:/d", now + 1).await.unwrap());
+    assert!(st.heartbeat("a", "m2:/d", now + 1).await.unwrap());
+    // The generation counter and the applied generation only grow.
+    let g0 = st.generation().await.unwrap();
+    let g1 = st.next_generation().await.unwrap();
+    assert_eq!(g1, g0 + 1);
+    st.set_applied_generation("a", g1).await.unwrap();
+    st.set_applied_generation("a", g0).await.unwrap();
+    assert_eq!(st.nodes().await.unwrap()[0].applied_generation, g1);
+    // The first stored secret wins.
+    assert_eq!(st.share_secret("k", "first").await.unwrap(), "first");
+    assert_eq!(st.share_secret("k", "second").await.unwrap(), "first");
+    assert_eq!(
+        st.shared_secret("k").await.unwrap().as_deref(),
+        Some("first")
+    );
+    // Services of a store without nodes are claimed once; a lost node's pending operations
+    // fail.
+    let s = service("svc", 21000, 21001);
+    let pending = op(&s, OpState::Pending);
+    let mut tx = st.begin().await.unwrap();
+    store::insert_service(&mut tx, &s).await.unwrap();
+    store::insert_operation(&mut tx, &pending).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(st.claim_unplaced_services("a").await.unwrap(), 1);
+    assert_eq!(st.claim_unplaced_services("b").await.unwrap(), 0);
+    assert_eq!(
+        st.service("svc").await.unwrap().unwrap().node.as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        st.fail_operations_of("a", "node a was lost").await.unwrap(),
+        1
+    );
+    let failed = st.operation(pending.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, OpState::Failure);
+    assert_eq!(failed.message, "node a was lost");
+    // The port lock is taken and released (the session ends with the guard).
+    drop(st.port_lock().await.unwrap());
+    drop(st.port_lock().await.unwrap());
+}

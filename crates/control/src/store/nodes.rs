@@ -88,6 +88,19 @@ impl Store {
         Ok(PortLock(Some(c)))
     }
 
+    /// The store's clock, unix milliseconds: every node's heartbeat is stamped and judged by
+    /// it, so that machines whose clocks differ still agree on who is live.
+    pub async fn now_ms(&self) -> Result<i64> {
+        if self.backend != super::Backend::Postgres {
+            return Ok(chrono::Utc::now().timestamp_millis());
+        }
+        let row =
+            sqlx::query("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get("ms")?)
+    }
+
     /// Every node, by name.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let rows = sqlx::query("SELECT * FROM nodes ORDER BY name")

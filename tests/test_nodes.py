@@ -173,6 +173,24 @@ def test_two_nodes_with_one_name_or_another_key_are_refused(nodes, store):
     assert names == ["n1", "n2", "n3"], names
 
 
+def test_a_read_replica_made_through_another_node_runs_on_its_sources_node(nodes):
+    n1, n2, _ = nodes
+    c1, c2 = n1.client(), n2.client()
+    src = provision(c1, unique("rsrc"), plan="hobbyist-2")
+    with psycopg.connect(src.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT generate_series(1, 100) AS n")
+    name = unique("rr")
+    ok(c2, c2.create_dbaas_service_pg(
+        name=name, plan="hobbyist-2",
+        integrations=[{"type": "read_replica", "source-service": src.name}]))
+    doc = wait_for("the replica running", 120, lambda: (
+        d := c2.get_dbaas_service_pg(name=name), d["state"] == "running" and d)[1])
+    assert placed_on(doc) == placed_on(c1.get_dbaas_service_pg(name=src.name))
+    with psycopg.connect(doc["uri"], autocommit=True) as ro:
+        wait_for("the rows on the replica", 10, lambda: ro.execute(
+            "SELECT count(*) FROM t").fetchone()[0] == 100)
+
+
 def kill_node(node):
     """SIGKILL the node's pgbay and every PostgreSQL it runs: the machine is gone."""
     pids = node.postmaster_pids()

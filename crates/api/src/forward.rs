@@ -54,7 +54,16 @@ pub(crate) async fn to_owner(State(control): State<Control>, req: Request, next:
         return next.run(req).await;
     };
     let create = req.method() == Method::POST && path == format!("/v2/dbaas-postgres/{name}");
-    let owner = match control.route(&name, create).await {
+    // A fork or a read replica is made from its source's cluster and repository: on its node.
+    let (req, source) = if create {
+        match source_of_create(req).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        }
+    } else {
+        (req, None)
+    };
+    let owner = match control.route(&name, create, source.as_deref()).await {
         Ok(o) => o,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -71,6 +80,29 @@ pub(crate) async fn to_owner(State(control): State<Control>, req: Request, next:
             forward(req, &control, &node, &api_url, ca).await
         }
     }
+}
+
+/// The service a create makes its new service from (`fork-from-service`, or the source of a
+/// `read_replica` integration), and the request with its body put back.
+async fn source_of_create(req: Request) -> Result<(Request, Option<String>), Response> {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, crate::MAX_BODY).await else {
+        return Err(ApiError::BadRequest("request body too large".into()).into_response());
+    };
+    let source = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("fork-from-service")
+                .and_then(|f| f.as_str())
+                .map(str::to_string)
+                .or_else(|| {
+                    v.get("integrations")?
+                        .as_array()?
+                        .iter()
+                        .find_map(|i| i.get("source-service")?.as_str().map(str::to_string))
+                })
+        });
+    Ok((Request::from_parts(parts, Body::from(bytes)), source))
 }
 
 async fn forward(

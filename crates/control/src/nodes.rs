@@ -269,10 +269,22 @@ impl Control {
 
     /// Where a request about service `name` is served: its node, or for a create of a service
     /// that does not exist yet, the node it is placed on.
-    pub async fn route(&self, name: &str, create: bool) -> Result<Owner, ControlError> {
+    /// A service made from another (`source`: a fork, a read replica) goes on that one's node.
+    pub async fn route(
+        &self,
+        name: &str,
+        create: bool,
+        source: Option<&str>,
+    ) -> Result<Owner, ControlError> {
         match self.inner.store.service(name).await? {
             Some(s) => Ok(self.owner(&s)),
-            None if create => self.place_new_service().await,
+            None if create => match source {
+                Some(src) if self.inner.store.service(src).await?.is_some() => {
+                    // Unknown sources are refused by the create itself, where it runs.
+                    Box::pin(self.route(src, false, None)).await
+                }
+                _ => self.place_new_service().await,
+            },
             None => Ok(Owner::Local),
         }
     }

@@ -527,7 +527,7 @@ def component_port(svc: dict, name: str) -> int:
     comps = [c for c in svc.get("components", []) if c.get("component") == name]
     assert len(comps) == 1, f"expected one {name!r} component: {svc.get('components')}"
     # One node: its public host, 127.0.0.1; several nodes on one machine: 127.0.0.N.
-    assert comps[0]["host"].startswith("127.0.0."), comps[0]
+    assert comps[0]["host"].startswith("127.0.0.") or comps[0]["host"] == "localhost", comps[0]
     return comps[0]["port"]
 
 

@@ -254,3 +254,25 @@ def test_node_loss_and_return(nodes):
     wait_for("the returned node's service running", 30, lambda: (
         c1.get_dbaas_service_pg(name=running_on_n3[0])["state"] == "running"))
     wait_op(c1, op)
+
+
+def test_service_host_names_every_uri(tmp_path):
+    """`--service-host`: the name that reaches every node is written into every URI, and the
+    certificates name it, so `verify-full` works through it."""
+    with PgbayServer("svchost", env={"PGBAY_SERVICE_HOST": "localhost"}) as node:
+        c = node.client()
+        svc = provision(c, unique("sh"), plan="hobbyist-2")
+        ok(c, c.create_dbaas_postgres_user(service_name=svc.name, username="app"))
+        ok(c, c.create_dbaas_pg_connection_pool(
+            service_name=svc.name, name="p", database_name="defaultdb", mode="session",
+            size=1, username="app"))
+        doc = c.get_dbaas_service_pg(name=svc.name)
+        pool_uri = find_pool(doc, "p")["connection-uri"]
+        for uri in [doc["uri"], pool_uri] + doc["connection-info"]["uri"]:
+            assert uri.split("@", 1)[1].startswith("localhost:"), uri
+        ca = tmp_path / "ca.pem"
+        ca.write_text(c.get_dbaas_ca_certificate()["certificate"])
+        for uri in (doc["uri"], pool_uri):
+            verified = uri.replace("sslmode=require", "sslmode=verify-full") + f"&sslrootcert={ca}"
+            with psycopg.connect(verified, connect_timeout=3) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -168,7 +168,12 @@ impl Control {
             crate::shared::adopt_shared_keys(&store, &cfg).await?;
         }
         let secrets = SecretBox::load_or_create(&cfg.data_dir.join("secret.key"))?;
-        let tls = ca::load_or_create(&cfg.data_dir, &cfg.public_host)?;
+        // The certificate names the public host and, with --service-host, that name too (the
+        // URIs name it: verify-full works through it).
+        let tls = match &cfg.service_host {
+            Some(h) => ca::issue_for_hosts(&cfg.data_dir, &[cfg.public_host.as_str(), h])?,
+            None => ca::load_or_create(&cfg.data_dir, &cfg.public_host)?,
+        };
         // etcd and Patroni's REST API serve pgbay's certificate; pgbay verifies it.
         pgbay_cluster::etcd::use_tls(&tls.ca_pem, &tls.server_cert_pem, &tls.server_key_pem)
             .map_err(ControlError::internal)?;

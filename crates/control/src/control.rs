@@ -113,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) ha: crate::ha::HaState,
     pub(crate) replicas: crate::replicas::Replicas,
     pub(crate) nodes: crate::nodes::NodesState,
+    /// Passwords opened for the desired state, by their sealed form.
+    opened: StdMutex<HashMap<String, String>>,
 }
 
 pub(crate) fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -202,6 +204,7 @@ impl Control {
                 ha: Default::default(),
                 replicas: Default::default(),
                 nodes: Default::default(),
+                opened: Default::default(),
             }),
         };
         control.register_node().await?;
@@ -313,7 +316,20 @@ impl Control {
     async fn publish_at(&self, generation: u64) -> Result<u64, ControlError> {
         let store = &self.inner.store;
         let mut services = Vec::new();
-        for s in store.services().await? {
+        // Three queries whatever the number of services, and each sealed password opened once
+        // per process (the cache keeps only those still in use).
+        let mut users_of: HashMap<String, Vec<crate::model::UserRecord>> = HashMap::new();
+        for (svc, u) in store.all_users().await? {
+            users_of.entry(svc).or_default().push(u);
+        }
+        let mut pools_of: HashMap<String, Vec<crate::model::PoolRecord>> = HashMap::new();
+        for (svc, p) in store.all_pools().await? {
+            pools_of.entry(svc).or_default().push(p);
+        }
+        let all = store.services().await?;
+        let mut opened = locked(&self.inner.opened);
+        let mut still_used = HashMap::new();
+        for s in all {
             if s.state != ServiceState::Running {
                 continue;
             }
@@ -328,16 +344,21 @@ impl Control {
                 },
             };
             let mut users = Vec::new();
-            for u in store.users(&s.name).await? {
+            for u in users_of.remove(&s.name).unwrap_or_default() {
+                let password = match opened.remove(&u.password_enc) {
+                    Some(p) => p,
+                    None => self.inner.secrets.open(&u.password_enc)?,
+                };
+                still_used.insert(u.password_enc.clone(), password.clone());
                 users.push(DesiredUser {
                     admin: u.kind == crate::model::UserKind::Primary,
                     name: u.name,
-                    password: self.inner.secrets.open(&u.password_enc)?,
+                    password,
                 });
             }
-            let pools = store
-                .pools(&s.name)
-                .await?
+            let pools = pools_of
+                .remove(&s.name)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|p| DesiredPool {
                     name: p.name,
@@ -385,6 +406,8 @@ impl Control {
                 ip_filter: s.ip_filter.0.clone(),
             });
         }
+        *opened = still_used;
+        drop(opened);
         self.inner.desired_tx.send_replace(Arc::new(DesiredState {
             generation,
             services,

@@ -410,13 +410,18 @@ impl PoolMode {
         }
     }
 
+    /// Reads a stored spelling back (the store's own column, not API input).
+    pub fn from_stored(s: &str) -> Option<Self> {
+        [PoolMode::Session, PoolMode::Transaction, PoolMode::Statement]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+
     /// Parses a mode given as `field`.
     pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
-        match v.as_str() {
-            Some("session") => Ok(PoolMode::Session),
-            Some("transaction") => Ok(PoolMode::Transaction),
-            Some("statement") => Ok(PoolMode::Statement),
-            _ => Err(InputError::new(
+        match v.as_str().and_then(PoolMode::from_stored) {
+            Some(m) => Ok(m),
+            None => Err(InputError::new(
                 field,
                 "must be one of \"session\", \"statement\", \"transaction\"",
             )),

@@ -312,6 +312,27 @@ impl Store {
         users(&mut c, service).await
     }
 
+    /// Every service's users (primary first), by service: one query for the desired state.
+    pub async fn all_users(&self) -> Result<Vec<(String, UserRecord)>> {
+        let rows =
+            sqlx::query("SELECT * FROM users ORDER BY service, kind = 'normal', name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("service")?, user_from_row(r)?)))
+            .collect()
+    }
+
+    /// Every service's pools, by service: one query for the desired state.
+    pub async fn all_pools(&self) -> Result<Vec<(String, PoolRecord)>> {
+        let rows = sqlx::query("SELECT * FROM pools ORDER BY service, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("service")?, pool_from_row(r)?)))
+            .collect()
+    }
+
     /// Pools of a service.
     pub async fn pools(&self, service: &str) -> Result<Vec<PoolRecord>> {
         let mut c = self.pool.acquire().await?;
@@ -621,23 +642,23 @@ pub async fn users(c: &mut AnyConnection, service: &str) -> Result<Vec<UserRecor
         .bind(service)
         .fetch_all(&mut *c)
         .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(UserRecord {
-                name: r.try_get("name")?,
-                kind: if kind == "primary" {
-                    UserKind::Primary
-                } else {
-                    UserKind::Normal
-                },
-                password_enc: r.try_get("password_enc")?,
-                pending_password_enc: r.try_get("pending_password_enc")?,
-                password_overridden: r.try_get::<i64, _>("password_overridden")? != 0,
-                allow_replication: r.try_get::<i64, _>("allow_replication")? != 0,
-            })
-        })
-        .collect()
+    rows.iter().map(user_from_row).collect()
+}
+
+fn user_from_row(r: &AnyRow) -> Result<UserRecord> {
+    let kind: String = r.try_get("kind")?;
+    Ok(UserRecord {
+        name: r.try_get("name")?,
+        kind: if kind == "primary" {
+            UserKind::Primary
+        } else {
+            UserKind::Normal
+        },
+        password_enc: r.try_get("password_enc")?,
+        pending_password_enc: r.try_get("pending_password_enc")?,
+        password_overridden: r.try_get::<i64, _>("password_overridden")? != 0,
+        allow_replication: r.try_get::<i64, _>("allow_replication")? != 0,
+    })
 }
 
 /// One user.
@@ -687,20 +708,18 @@ pub async fn pools(c: &mut AnyConnection, service: &str) -> Result<Vec<PoolRecor
         .bind(service)
         .fetch_all(&mut *c)
         .await?;
-    rows.iter()
-        .map(|r| {
-            let mode: String = r.try_get("mode")?;
-            let mode = PoolMode::parse("mode", &serde_json::Value::String(mode))
-                .map_err(|_| StoreError::Corrupt("pools.mode"))?;
-            Ok(PoolRecord {
-                name: r.try_get("name")?,
-                database: r.try_get("database")?,
-                username: r.try_get("username")?,
-                mode,
-                size: PoolSize::from_stored(r.try_get("size")?),
-            })
-        })
-        .collect()
+    rows.iter().map(pool_from_row).collect()
+}
+
+fn pool_from_row(r: &AnyRow) -> Result<PoolRecord> {
+    let mode: String = r.try_get("mode")?;
+    Ok(PoolRecord {
+        name: r.try_get("name")?,
+        database: r.try_get("database")?,
+        username: r.try_get("username")?,
+        mode: PoolMode::from_stored(&mode).ok_or(StoreError::Corrupt("pools.mode"))?,
+        size: PoolSize::from_stored(r.try_get("size")?),
+    })
 }
 
 /// Inserts or replaces a pool.

@@ -1,123 +1,20 @@
-//! Databases, users and connection pools of a service. Each call takes an already validated
-//! command, locks the running service, checks the store, applies the change to PostgreSQL (idempotently), then commits the store change and its operation
-//! in one transaction: `success` at once for databases, `pending` until the pooler answered for
-//! users and pools (see `operations`). A refused call changes neither the store nor the server.
+//! Users of a service: create, delete, reset and reveal passwords, allow replication. Each call
+//! takes an already validated command, locks the running service, checks the store, applies the
+//! change to PostgreSQL (idempotently), then commits the store change and its operation in one
+//! transaction, `pending` until the pooler answered (see `operations`). A refused call changes
+//! neither the store nor the server.
 
 use pgbay_cluster::admin;
 
-use crate::commands::{NewDatabase, NewPool, NewUser, PasswordReset, PoolUpdate};
+use crate::commands::{NewUser, PasswordReset};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::input::{
-    pg_identifier, DatabaseName, Password, PoolName, ServiceName, Username, DEFAULT_DATABASE,
-};
-use crate::model::{OperationRecord, PoolRecord, ServiceRecord, UserKind, UserRecord};
+use crate::input::{pg_identifier, Password, ServiceName, Username};
+use crate::model::{OperationRecord, ServiceRecord, UserKind, UserRecord};
 use crate::operations::OperationKind;
 use crate::store;
 
 impl Control {
-    async fn pool_names(
-        &self,
-        s: &ServiceRecord,
-        f: impl Fn(&PoolRecord) -> bool,
-    ) -> Result<Vec<String>, ControlError> {
-        Ok(self
-            .inner
-            .store
-            .pools(&s.name)
-            .await?
-            .into_iter()
-            .filter(|p| f(p))
-            .map(|p| p.name)
-            .collect())
-    }
-
-    /// `POST .../database`.
-    pub async fn create_database(
-        &self,
-        service: &ServiceName,
-        new: NewDatabase,
-    ) -> Result<OperationRecord, ControlError> {
-        let db = new.name;
-        let collate = new.lc_collate.as_ref().map(|l| l.as_str());
-        let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
-        if self
-            .inner
-            .store
-            .databases(&s.name)
-            .await?
-            .iter()
-            .any(|d| pg_identifier(d) == pg_identifier(db.as_str()))
-        {
-            return Err(ControlError::Conflict(format!(
-                "database {db} already exists"
-            )));
-        }
-        let t = self.admin_target(&s).await?;
-        admin::create_database(&t, db.as_str(), &s.admin_username, collate, ctype)
-            .await
-            .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
-        let mut tx = self.inner.store.begin().await?;
-        store::insert_database(&mut tx, &s.name, db.as_str()).await?;
-        for r in self.replicas_from(&s.name) {
-            store::insert_database(&mut tx, &r, db.as_str()).await?;
-        }
-        self.commit_operation(
-            tx,
-            &s,
-            OperationKind::CreateDatabase,
-            format!("database {db} created"),
-        )
-        .await
-    }
-
-    /// `DELETE .../database/{database-name}`.
-    pub async fn delete_database(
-        &self,
-        service: &ServiceName,
-        db: &DatabaseName,
-    ) -> Result<OperationRecord, ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
-        if !self
-            .inner
-            .store
-            .databases(&s.name)
-            .await?
-            .iter()
-            .any(|d| d == db.as_str())
-        {
-            return Err(ControlError::NotFound(format!("database {db} not found")));
-        }
-        if db.as_str() == DEFAULT_DATABASE {
-            return Err(ControlError::Conflict(format!(
-                "database {db} is the service's default database: its uri and uri-params point at it"
-            )));
-        }
-        let users_of = self.pool_names(&s, |p| p.database == db.as_str()).await?;
-        if !users_of.is_empty() {
-            return Err(ControlError::Conflict(format!(
-                "database {db} is used by connection pool(s) {}",
-                users_of.join(", ")
-            )));
-        }
-        let t = self.admin_target(&s).await?;
-        admin::drop_database(&t, db.as_str())
-            .await
-            .map_err(|e| ControlError::from_admin(e, "dropping database"))?;
-        let mut tx = self.inner.store.begin().await?;
-        store::delete_database(&mut tx, &s.name, db.as_str()).await?;
-        self.commit_operation(
-            tx,
-            &s,
-            OperationKind::DeleteDatabase,
-            format!("database {db} deleted"),
-        )
-        .await
-    }
-
     /// `POST .../user`: creates a login role with a generated password.
     pub async fn create_user(
         &self,
@@ -308,7 +205,7 @@ impl Control {
         Ok((rec.name, self.inner.secrets.open(&rec.password_enc)?))
     }
 
-    async fn check_pool_refs(
+    pub(crate) async fn check_pool_refs(
         &self,
         s: &ServiceRecord,
         database: &str,
@@ -337,114 +234,5 @@ impl Control {
             return Err(ControlError::NotFound(format!("user {username} not found")));
         }
         Ok(())
-    }
-
-    /// `POST .../connection-pool`.
-    pub async fn create_pool(
-        &self,
-        service: &ServiceName,
-        new: NewPool,
-    ) -> Result<OperationRecord, ControlError> {
-        let name = new.name;
-        let (_g, s) = self.lock_running(service).await?;
-        if !self
-            .pool_names(&s, |p| p.name == name.as_str())
-            .await?
-            .is_empty()
-        {
-            return Err(ControlError::Conflict(format!(
-                "connection pool {name} already exists"
-            )));
-        }
-        let username = new
-            .username
-            .map(Username::into_string)
-            .unwrap_or_else(|| s.admin_username.clone());
-        self.check_pool_refs(&s, new.database.as_str(), &username)
-            .await?;
-        let rec = PoolRecord {
-            name: name.to_string(),
-            database: new.database.into_string(),
-            username,
-            mode: new.mode,
-            size: new.size,
-        };
-        let mut tx = self.inner.store.begin().await?;
-        store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.commit_operation(
-            tx,
-            &s,
-            OperationKind::CreatePool,
-            format!("connection pool {name} created"),
-        )
-        .await
-    }
-
-    /// `PUT .../connection-pool/{connection-pool-name}`: changes the fields it names.
-    pub async fn update_pool(
-        &self,
-        service: &ServiceName,
-        name: &PoolName,
-        update: PoolUpdate,
-    ) -> Result<OperationRecord, ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        let mut rec = self
-            .inner
-            .store
-            .pools(&s.name)
-            .await?
-            .into_iter()
-            .find(|p| p.name == name.as_str())
-            .ok_or_else(|| ControlError::NotFound(format!("connection pool {name} not found")))?;
-        if let Some(d) = update.database {
-            rec.database = d.into_string();
-        }
-        if let Some(u) = update.username {
-            rec.username = u.into_string();
-        }
-        if let Some(m) = update.mode {
-            rec.mode = m;
-        }
-        if let Some(z) = update.size {
-            rec.size = z;
-        }
-        self.check_pool_refs(&s, &rec.database, &rec.username)
-            .await?;
-        let mut tx = self.inner.store.begin().await?;
-        store::upsert_pool(&mut tx, &s.name, &rec).await?;
-        self.commit_operation(
-            tx,
-            &s,
-            OperationKind::UpdatePool,
-            format!("connection pool {name} updated"),
-        )
-        .await
-    }
-
-    /// `DELETE .../connection-pool/{connection-pool-name}`.
-    pub async fn delete_pool(
-        &self,
-        service: &ServiceName,
-        name: &PoolName,
-    ) -> Result<OperationRecord, ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        if self
-            .pool_names(&s, |p| p.name == name.as_str())
-            .await?
-            .is_empty()
-        {
-            return Err(ControlError::NotFound(format!(
-                "connection pool {name} not found"
-            )));
-        }
-        let mut tx = self.inner.store.begin().await?;
-        store::delete_pool(&mut tx, &s.name, name.as_str()).await?;
-        self.commit_operation(
-            tx,
-            &s,
-            OperationKind::DeletePool,
-            format!("connection pool {name} deleted"),
-        )
-        .await
     }
 }

@@ -10,8 +10,11 @@ name, and a node with another cluster key, are refused at start-up with one clea
 
 import concurrent.futures
 import os
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -276,3 +279,66 @@ def test_service_host_names_every_uri(tmp_path):
             verified = uri.replace("sslmode=require", "sslmode=verify-full") + f"&sslrootcert={ca}"
             with psycopg.connect(verified, connect_timeout=3) as conn:
                 assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
+def test_a_lost_nodes_service_is_rebuilt_on_a_live_node_from_its_backups():
+    """Two nodes sharing a store and a backup repository, `--rebuild-lost-after 5`: a service
+    of the second node, whose WAL is archived, is rebuilt on the first once the second has been
+    dead for longer (pgbay and clusters killed), with every archived row, on the same ports."""
+    store = StorePostgres()
+    window = PortWindow()
+    # Traversable by the services' OS users (pytest's tmp_path is not).
+    shared = Path(tempfile.mkdtemp(prefix="pgbay-test-shared-repo-"))
+    os.chmod(shared, 0o755)
+    repo = shared / "backups"
+    nodes = []
+    try:
+        for i, host in enumerate(HOSTS[:2], start=1):
+            env = node_env(store, f"r{i}")
+            env.update(PGBAY_BACKUP_REPO=str(repo), PGBAY_REBUILD_LOST_AFTER="5")
+            n = PgbayServer(f"rnode{i}", env=env, public_host=host, ports=window)
+            nodes.append(n)
+            n.start()
+        a, b = nodes
+        cb = b.client()
+        svc = provision(cb, unique("moved"), plan="hobbyist-2")
+        doc = cb.get_dbaas_service_pg(name=svc.name)
+        assert placed_on(doc) == "r2", doc["node-states"]
+        ok(cb, cb.create_dbaas_postgres_user(service_name=svc.name, username="app"))
+        ok(cb, cb.create_dbaas_pg_connection_pool(
+            service_name=svc.name, name="p", database_name="defaultdb", mode="transaction",
+            size=2, username="app"))
+        wait_for("a backup", 120, lambda: cb.get_dbaas_service_pg(name=svc.name)["backups"],
+                 every=1.0)
+        with psycopg.connect(svc.uri, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+            conn.execute("GRANT SELECT ON t TO app")
+            lsn = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            # More than one WAL segment after the rows (the admin may not pg_switch_wal): the
+            # segment holding them is complete and archived.
+            conn.execute("CREATE TABLE filler AS SELECT repeat('x', 1000) AS x "
+                         "FROM generate_series(1, 20000)")
+            wait_for("the rows' WAL archived", 60, lambda: conn.execute(
+                "SELECT last_archived_wal >= %s FROM pg_stat_archiver", (lsn,)).fetchone()[0])
+        kill_node(b)
+        ca = a.client()
+        doc = wait_for("the service rebuilt on the live node", 120, lambda: (
+            d := ca.get_dbaas_service_pg(name=svc.name),
+            d["state"] == "running" and placed_on(d) == "r1" and d)[1], every=0.5)
+        assert component_port(doc, "pg") == svc.pg_port
+        assert component_port(doc, "pgbouncer") == svc.bouncer_port
+        pool_uri = find_pool(doc, "p")["connection-uri"]
+        with psycopg.connect(on_host(pool_uri, HOSTS[0]), connect_timeout=3) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+        # The node comes back: the service stays where it was rebuilt, its old copy stopped.
+        b.start()
+        doc = b.client().get_dbaas_service_pg(name=svc.name)
+        assert placed_on(doc) == "r1" and doc["state"] == "running"
+        assert not b.postmaster_pids()
+    finally:
+        for n in nodes:
+            n.close()
+        window.release()
+        store.stop()
+        shutil.rmtree(shared, ignore_errors=True)

@@ -196,6 +196,25 @@ impl LocalProvisioner {
         ])
     }
 
+    /// Makes the service's directory, OS user and pgBackRest configuration as a cluster start
+    /// does, without a cluster: for a service to be rebuilt on this node from its repository on
+    /// a shared path (its own node was lost). A repository another machine's user of the service
+    /// made is handed to this machine's.
+    pub fn prepare_rebuild(
+        &self,
+        spec: &crate::provision::ClusterSpec<'_>,
+    ) -> Result<(), ProvisionError> {
+        let owner = self.ensure_owner(spec)?;
+        if let (Some(repo), Some((uid, gid))) = (self.repo_of(spec.name), owner) {
+            if repo.exists() {
+                crate::provision::local::chown_tree(&repo, uid, gid)?;
+            }
+        }
+        let socket_dir = self.ensure_socket_dir(spec.port, owner)?;
+        self.archive_settings(spec.name, spec.port, &socket_dir, owner, spec.backup_cipher)?;
+        Ok(())
+    }
+
     /// pgBackRest for service `name`, as its OS user, logging in with `password`.
     fn pgbackrest(&self, name: &str, password: &str) -> Result<Command, ProvisionError> {
         let program = program().ok_or_else(missing)?;

@@ -412,9 +412,13 @@ impl PoolMode {
 
     /// Reads a stored spelling back (the store's own column, not API input).
     pub fn from_stored(s: &str) -> Option<Self> {
-        [PoolMode::Session, PoolMode::Transaction, PoolMode::Statement]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+        [
+            PoolMode::Session,
+            PoolMode::Transaction,
+            PoolMode::Statement,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
     }
 
     /// Parses a mode given as `field`.

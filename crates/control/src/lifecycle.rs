@@ -21,6 +21,16 @@ impl Control {
         self.load_replicas().await?;
         self.load_backup_schedules().await?;
         for dir in self.inner.prov.present() {
+            // A service rebuilt on another node while this one was lost: its old copy here
+            // must not run (the store says where the service is).
+            if all.iter().any(|s| s.name == dir && !self.is_mine(s)) {
+                if self.inner.prov.running_pid(&dir).is_some() {
+                    tracing::warn!(service = %dir, "stopping the old copy of a service now placed on another node");
+                    let prov = self.inner.prov.clone();
+                    tokio::task::spawn_blocking(move || prov.stop(&dir)).await??;
+                }
+                continue;
+            }
             if !all.iter().any(|s| s.name == dir) {
                 tracing::warn!(service = %dir, "removing cluster of a deleted service");
                 let prov = self.inner.prov.clone();

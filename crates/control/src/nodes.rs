@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub instance: String,
     /// `--node-timeout`: a node silent for longer is dead.
     pub timeout: Duration,
+    /// `--rebuild-lost-after`: a node dead for longer has died for good: the live nodes rebuild
+    /// its single-cluster services from their backups. `None`: never (the operator decides).
+    pub rebuild_lost_after: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -57,6 +60,7 @@ impl NodeConfig {
             name: host,
             api_url: api_url.to_string(),
             timeout: DEFAULT_NODE_TIMEOUT,
+            rebuild_lost_after: None,
         }
     }
 }
@@ -399,6 +403,7 @@ impl Control {
                 }
             }
             live_before = live;
+            self.rebuild_services_of_lost_nodes().await;
             match self.inner.store.generation().await {
                 Ok(g) if g > self.published_generation() as i64 => republish = true,
                 Ok(_) => {}
@@ -478,6 +483,101 @@ impl Control {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Control {
+    /// Rebuilds here, from their backups and WAL, the single-cluster services of nodes dead for
+    /// longer than `--rebuild-lost-after` (one live node wins each service: the move is one
+    /// conditional UPDATE). The repository must be reachable from this node: a `--backup-repo`
+    /// shared by the nodes. A node that comes back later finds them placed elsewhere and leaves
+    /// its old copies stopped.
+    async fn rebuild_services_of_lost_nodes(&self) {
+        let Some(after) = self.inner.cfg.node.rebuild_lost_after else {
+            return;
+        };
+        if !self.backups_enabled() {
+            return;
+        }
+        let lost_since = self.store_now_ms() - after.as_millis() as i64;
+        let lost: Vec<String> = self
+            .nodes()
+            .into_iter()
+            .filter(|(n, live)| !live && n.heartbeat_ms < lost_since)
+            .map(|(n, _)| n.name)
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        let services = match self.inner.store.services().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "listing services of lost nodes");
+                return;
+            }
+        };
+        for s in services {
+            let Some(from) = s.node.as_deref().filter(|n| lost.iter().any(|l| l == n)) else {
+                continue;
+            };
+            let single = s.external_host.is_none()
+                && self.inner.store.ha(&s.name).await.ok().flatten().is_none()
+                && self.replica_of(&s.name).is_none();
+            if !single {
+                continue;
+            }
+            match self
+                .inner
+                .store
+                .move_service(&s.name, from, self.node_name())
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(service = %s.name, lost_node = %from,
+                        "rebuilding a service of a lost node here from its backups");
+                    match self.prepare_rebuild(&s).await {
+                        Ok(()) if self.has_backups(&s.name).await => {
+                            self.spawn_provisioning(s.name.clone(), None)
+                        }
+                        // Never an empty cluster in its place: it stays `rebuilding`.
+                        Ok(()) => tracing::error!(service = %s.name,
+                            "no backup of the lost node's service is readable here"),
+                        Err(e) => tracing::error!(service = %s.name, error = %e, "rebuilding"),
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(service = %s.name, error = %e, "moving a service"),
+            }
+        }
+    }
+}
+
+impl Control {
+    /// This node's service directory, OS user and pgBackRest configuration for `s`, so that
+    /// its repository can be read and restored here.
+    async fn prepare_rebuild(&self, s: &crate::model::ServiceRecord) -> Result<(), ControlError> {
+        let t = self.admin_target(s).await?;
+        let prov = self.inner.prov.clone();
+        let name = s.name.clone();
+        let port = s.pg_port;
+        let ip_filter = s.ip_filter.0.clone();
+        let cipher = self.backup_cipher(&s.name).await?;
+        let os_user = pgbay_cluster::os_users::name_for(&s.id);
+        tokio::task::spawn_blocking(move || {
+            prov.forget_initialized(&name)?;
+            prov.prepare_rebuild(&pgbay_cluster::ClusterSpec {
+                name: &name,
+                port,
+                superuser: &t.user,
+                superuser_password: &t.password,
+                os_user: &os_user,
+                ip_filter: &ip_filter,
+                settings: "",
+                backup_cipher: cipher.as_deref(),
+            })
+        })
+        .await??;
+        Ok(())
     }
 }
 

@@ -174,11 +174,12 @@ impl Control {
         };
         let src = self.replica_source_addr(&r).await?;
         let password = String::new();
+        let loopback = pgbay_cluster::provision::local::loopback_for(&self.inner.cfg.public_host);
         let conninfo = replica::primary_conninfo(
             &self.inner.prov,
             &s.name,
             &ReplicaSource {
-                host: "127.0.0.1",
+                host: &loopback,
                 port: src,
                 role: &r.role(),
                 password: &password,
@@ -230,6 +231,7 @@ impl Control {
         let (name, role, port) = (s.name.clone(), r.role(), src.pg_port);
         let os_user = pgbay_cluster::os_users::name_for(&s.id);
         let ip_filter = s.ip_filter.0.clone();
+        let loopback = pgbay_cluster::provision::local::loopback_for(&self.inner.cfg.public_host);
         tokio::task::spawn_blocking(move || {
             let spec = ClusterSpec {
                 name: &name,
@@ -244,7 +246,7 @@ impl Control {
             prov.make_replica(
                 &spec,
                 &ReplicaSource {
-                    host: "127.0.0.1",
+                    host: &loopback,
                     port,
                     role: &role,
                     password: &password,

@@ -314,10 +314,9 @@ impl Store {
 
     /// Every service's users (primary first), by service: one query for the desired state.
     pub async fn all_users(&self) -> Result<Vec<(String, UserRecord)>> {
-        let rows =
-            sqlx::query("SELECT * FROM users ORDER BY service, kind = 'normal', name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT * FROM users ORDER BY service, kind = 'normal', name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("service")?, user_from_row(r)?)))
             .collect()

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGBAY_NODE_TIMEOUT", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub node_timeout: u64,
+    /// A node dead for longer than this many seconds has died for good: the live nodes rebuild
+    /// its single-cluster services from their backups (which must be on a --backup-repo shared
+    /// by the nodes). 0: never; the services wait for their node.
+    #[arg(long, env = "PGBAY_REBUILD_LOST_AFTER", default_value_t = 0)]
+    pub rebuild_lost_after: u64,
     /// A name or address that reaches every node (your DNS name or load balancer), written into
     /// every URI instead of the answering node's public host.
     #[arg(long, env = "PGBAY_SERVICE_HOST")]

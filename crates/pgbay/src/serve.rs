@@ -145,6 +145,8 @@ pub async fn run(
                 node.name = name.clone();
             }
             node.timeout = std::time::Duration::from_secs(args.node_timeout);
+            node.rebuild_lost_after = (args.rebuild_lost_after > 0)
+                .then(|| std::time::Duration::from_secs(args.rebuild_lost_after));
             node
         },
         service_host: args.service_host.clone(),

@@ -508,8 +508,9 @@ impl LocalProvisioner {
         tls: &TlsMaterial,
     ) -> Result<(), ProvisionError> {
         let pgdata = self.pgdata(spec.name);
-        let mut listen = vec!["127.0.0.1".to_string()];
-        if self.public_host != "127.0.0.1" && self.public_host != "localhost" {
+        let loopback = loopback_for(&self.public_host);
+        let mut listen = vec![loopback.clone()];
+        if self.public_host != loopback && self.public_host != "localhost" {
             listen.push(self.public_host.clone());
         }
         let owner = self.owner(spec.name)?;
@@ -671,6 +672,16 @@ impl Provisioner for LocalProvisioner {
 /// A service's pg_hba lines: over TCP only TLS (`hostssl`) with SCRAM, for `ip_filter` and
 /// always for loopback; over the Unix socket SCRAM; pgbay's internal superuser over the Unix
 /// socket only.
+/// The loopback address this node's own tools (replication, pg_basebackup) reach its clusters
+/// on over TCP: its public host when that is a loopback address itself (several nodes on one
+/// machine, each on its own 127.0.0.N, must not bind each other's), else 127.0.0.1.
+pub fn loopback_for(public_host: &str) -> String {
+    match public_host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => ip.to_string(),
+        _ => "127.0.0.1".to_string(),
+    }
+}
+
 pub fn hba_lines(ip_filter: &[ipnet::IpNet]) -> Vec<String> {
     let internal = crate::admin::INTERNAL_ROLE;
     let mut hba = vec![

@@ -213,6 +213,20 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Moves service `name` from node `from` to node `to`, state `rebuilding`, unless another
+    /// node moved it first; whether this call moved it.
+    pub async fn move_service(&self, name: &str, from: &str, to: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE services SET node = $1, state = 'rebuilding' WHERE name = $2 AND node = $3",
+        )
+        .bind(to)
+        .bind(name)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Fails every pending operation about a service placed on one of `dead` nodes; returns how
     /// many.
     pub async fn fail_operations_of(&self, dead: &str, message: &str) -> Result<u64> {

@@ -176,10 +176,15 @@ def test_business_service_runs_a_primary_and_a_standby(node):
     assert master(doc) != before
     assert doc["shared-buffers-percentage"] == 20
     buffers = set()
+    # The service's URI follows the new primary within a moment of Patroni naming it (pgbay
+    # polls it every 250 ms), and the standby replays the write.
     for uri in [doc["uri"]] + doc["connection-info"]["standby"]:
+        def both_rows(uri=uri):
+            with psycopg.connect(uri, autocommit=True) as conn:
+                return conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        wait_for(f"both rows through {uri}", 5, both_rows, every=0.1)
         with psycopg.connect(uri, autocommit=True) as conn:
             buffers.add(conn.execute("SHOW shared_buffers").fetchone())
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,), uri
     assert len(buffers) == 1 and buffers != {old_buffers}, (buffers, old_buffers)
     # A change of node count comes alone: refused with settings, naming the field; nothing changes.
     with api_error(400, "plan"):

@@ -316,6 +316,19 @@ fn backup_metrics(c: &Control, out: &mut String) {
             b.service, b.failures
         ));
     }
+    out.push_str(
+        "# HELP pgbay_archive_failures_total WAL segments the service's PostgreSQL failed to \
+         archive (pg_stat_archiver.failed_count).\n\
+         # TYPE pgbay_archive_failures_total counter\n",
+    );
+    for b in &backups {
+        if let Some(n) = b.archive_failures {
+            out.push_str(&format!(
+                "pgbay_archive_failures_total{{service=\"{}\"}} {n}\n",
+                b.service
+            ));
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus text format, per service: cluster up, pools, databases, users;

@@ -5,7 +5,10 @@
 //! user: another service's user cannot read it), with one stanza, `pgbay`. Its configuration is
 //! `pgbackrest.conf` in the service directory (0600, the service's user), with pgBackRest's own
 //! `spool-path`, `lock-path` and `log-path` there too. PostgreSQL archives with
-//! `archive-push` (from `archive_command`, as the cluster's user); backups log in over the Unix
+//! `archive-push` (from `archive_command`, as the cluster's user), asynchronously
+//! (`archive-async`, two processes: PostgreSQL's archiver hands a segment over and pgBackRest
+//! pushes it and the ones queued after it in parallel; a segment counts as archived in
+//! `pg_stat_archiver` only once it is in the repository); backups log in over the Unix
 //! socket as pgbay's internal role, whose password reaches pgBackRest through its environment
 //! (`PGPASSWORD`), never its command line.
 
@@ -163,6 +166,7 @@ impl LocalProvisioner {
             "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
              spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
              log-level-file=off\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
+             archive-async=y\nprocess-max=2\n\
              {cipher}[{STANZA}]\n",
             cipher = match cipher {
                 Some(pass) => format!("repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass={pass}\n"),

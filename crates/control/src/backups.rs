@@ -58,6 +58,8 @@ pub fn retention_of(plan: &str) -> u32 {
 pub(crate) struct BackupState {
     info: StdMutex<HashMap<String, RepoInfo>>,
     failures: StdMutex<HashMap<String, u64>>,
+    /// `pg_stat_archiver.failed_count` as last sampled, by service.
+    archive_failures: StdMutex<HashMap<String, i64>>,
     running: StdMutex<HashSet<String>>,
     /// The backup times asked for (`backup-schedule`), by service.
     schedules: StdMutex<HashMap<String, BackupSchedule>>,
@@ -75,6 +77,9 @@ pub struct BackupMetrics {
     pub newest_age: Option<i64>,
     /// Backups that failed since pgbay started.
     pub failures: u64,
+    /// WAL segments PostgreSQL failed to archive (`pg_stat_archiver.failed_count`, since the
+    /// cluster's statistics were last reset), as last sampled.
+    pub archive_failures: Option<i64>,
 }
 
 impl Control {
@@ -154,7 +159,12 @@ impl Control {
         let now = Utc::now().timestamp();
         let info = locked(&self.inner.backups.info);
         let failures = locked(&self.inner.backups.failures);
-        let mut names: Vec<&String> = info.keys().chain(failures.keys()).collect();
+        let archive = locked(&self.inner.backups.archive_failures);
+        let mut names: Vec<&String> = info
+            .keys()
+            .chain(failures.keys())
+            .chain(archive.keys())
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -166,6 +176,7 @@ impl Control {
                     .and_then(|i| i.backups.last())
                     .map(|b| now - b.stopped_at),
                 failures: failures.get(n).copied().unwrap_or(0),
+                archive_failures: archive.get(n).copied(),
             })
             .collect()
     }
@@ -254,6 +265,7 @@ impl Control {
                 .entry(service.to_string())
                 .or_default() += 1;
             tracing::error!(service = %service, error = %e, "pgbackrest backup failed");
+            self.backrest_event(service, format!("ERROR: backup failed: {e}"));
         }
         self.refresh_backup_info(service).await;
         result
@@ -280,6 +292,18 @@ impl Control {
         .await??;
         tracing::info!(service = %service, seconds = started.elapsed().as_secs_f64(),
             "full backup taken");
+        self.backrest_event(
+            service,
+            format!(
+                "INFO: full backup taken in {:.1} s{}",
+                started.elapsed().as_secs_f64(),
+                if from_standby {
+                    " (from a standby)"
+                } else {
+                    ""
+                }
+            ),
+        );
         Ok(())
     }
 
@@ -305,8 +329,33 @@ impl Control {
         !self.backups_of(service).is_empty()
     }
 
+    /// A sample of `pg_stat_archiver` of `service`: a new failure is logged (unit `pgbackrest`).
+    pub(crate) fn archiver_sampled(
+        &self,
+        service: &str,
+        failed: i64,
+        last_failed_wal: Option<String>,
+    ) {
+        let before =
+            locked(&self.inner.backups.archive_failures).insert(service.to_string(), failed);
+        if let Some(before) = before {
+            if failed > before {
+                self.backrest_event(
+                    service,
+                    format!(
+                        "ERROR: WAL archiving failed {} time(s) since the last sample (last \
+                         segment {}); PostgreSQL retries it",
+                        failed - before,
+                        last_failed_wal.as_deref().unwrap_or("unknown")
+                    ),
+                );
+            }
+        }
+    }
+
     /// Forgets a deleted service.
     pub(crate) fn forget_backups(&self, service: &str) {
+        locked(&self.inner.backups.archive_failures).remove(service);
         locked(&self.inner.backups.info).remove(service);
         locked(&self.inner.backups.failures).remove(service);
     }

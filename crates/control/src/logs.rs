@@ -15,6 +15,10 @@
 //!   lines per service) and its lines are identified by their sequence number. Without one,
 //!   there are no pooler entries.
 //!
+//! - pgBackRest (`unit` `pgbackrest`): pgbay's record of the service's backups and WAL archiving
+//!   (a backup taken or failed with pgBackRest's own words, archive failures PostgreSQL reported),
+//!   a bounded ring per service kept in memory by control, identified by sequence number.
+//!
 //! Order and paging: every entry has a [`Position`] (its time, then its unit, then its identity
 //! within the unit), a total order that does not depend on what else is in the log. The
 //! document's opaque `offset` is a position written as text ([`Position`]'s `Display`); paging
@@ -51,6 +55,8 @@ pub enum Unit {
     Postgresql,
     /// pgbay's pooler.
     Pgbouncer,
+    /// Backups and WAL archiving (pgBackRest).
+    Pgbackrest,
 }
 
 impl Unit {
@@ -59,6 +65,7 @@ impl Unit {
         match self {
             Unit::Postgresql => "postgresql",
             Unit::Pgbouncer => "pgbouncer",
+            Unit::Pgbackrest => "pgbackrest",
         }
     }
 
@@ -66,6 +73,7 @@ impl Unit {
         match self {
             Unit::Postgresql => 'p',
             Unit::Pgbouncer => 'b',
+            Unit::Pgbackrest => 'k',
         }
     }
 }
@@ -96,6 +104,7 @@ impl Position {
         let unit = match chars.next()? {
             'p' => Unit::Postgresql,
             'b' => Unit::Pgbouncer,
+            'k' => Unit::Pgbackrest,
             _ => return None,
         };
         let rest = chars.as_str();
@@ -212,7 +221,13 @@ pub trait PoolerLogSource: Send + Sync {
 #[derive(Default)]
 pub(crate) struct Logs {
     pooler: StdMutex<Option<Arc<dyn PoolerLogSource>>>,
+    /// pgBackRest events by service, oldest first, at most [`BACKREST_LINES`] each.
+    backrest: StdMutex<std::collections::HashMap<String, std::collections::VecDeque<PoolerLine>>>,
+    backrest_seq: std::sync::atomic::AtomicU64,
 }
+
+/// How many pgBackRest events are kept per service.
+const BACKREST_LINES: usize = 200;
 
 /// An RFC 3339 UTC time, as [`split_time`] and [`pooler_entries`] write it.
 fn instant(time: &str) -> Option<DateTime<Utc>> {
@@ -295,13 +310,17 @@ fn entries(text: &str, base: u64) -> Vec<LogEntry> {
     out
 }
 
-/// The pooler's entries.
+/// The pooler's (or pgBackRest's) entries.
 fn pooler_entries(lines: Vec<PoolerLine>) -> Vec<LogEntry> {
+    unit_entries(lines, Unit::Pgbouncer)
+}
+
+fn unit_entries(lines: Vec<PoolerLine>, unit: Unit) -> Vec<LogEntry> {
     lines
         .into_iter()
         .map(|l| LogEntry {
-            position: Position::new(Some(l.time), Unit::Pgbouncer, l.seq),
-            unit: Unit::Pgbouncer,
+            position: Position::new(Some(l.time), unit, l.seq),
+            unit,
             time: l.time.to_rfc3339_opts(SecondsFormat::Millis, true),
             message: l.message,
         })
@@ -403,8 +422,28 @@ impl Control {
         *locked(&self.inner.logs.pooler) = Some(source);
     }
 
+    /// Records a pgBackRest event of `service` (unit `pgbackrest` of its logs).
+    pub(crate) fn backrest_event(&self, service: &str, message: String) {
+        let seq = self
+            .inner
+            .logs
+            .backrest_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all = locked(&self.inner.logs.backrest);
+        let ring = all.entry(service.to_string()).or_default();
+        if ring.len() == BACKREST_LINES {
+            ring.pop_front();
+        }
+        ring.push_back(PoolerLine {
+            seq,
+            time: Utc::now(),
+            message,
+        });
+    }
+
     /// Drops the pooler lines of a deleted service.
     pub(crate) fn forget_pooler_logs(&self, service: &str) {
+        locked(&self.inner.logs.backrest).remove(service);
         if let Some(p) = locked(&self.inner.logs.pooler).clone() {
             p.forget(service);
         }
@@ -420,6 +459,10 @@ impl Control {
         let s = self.existing(service).await?;
         let source = locked(&self.inner.logs.pooler).clone();
         let pooler = source.map(|p| p.lines(&s.name)).unwrap_or_default();
+        let backrest: Vec<PoolerLine> = locked(&self.inner.logs.backrest)
+            .get(&s.name)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
         // pgbay cannot read an external server's log; its pooler lines are still there.
         let path = self.provisioner(&s).log_path(&s.name);
         let found = tokio::task::spawn_blocking(move || {
@@ -430,7 +473,9 @@ impl Control {
                 }
                 None => Vec::new(),
             };
-            Ok::<_, std::io::Error>(page(merge(postgresql, pooler_entries(pooler)), &q))
+            let mut others = pooler_entries(pooler);
+            others.extend(unit_entries(backrest, Unit::Pgbackrest));
+            Ok::<_, std::io::Error>(page(merge(postgresql, others), &q))
         })
         .await?
         .map_err(|e| ControlError::internal(format!("reading the server log: {e}")))?;

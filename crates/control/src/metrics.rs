@@ -226,6 +226,19 @@ impl Control {
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
+        if self.backups_enabled() {
+            let archiver = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.query_one(
+                    "SELECT failed_count, last_failed_wal FROM pg_stat_archiver",
+                    &[],
+                ),
+            )
+            .await;
+            if let Ok(Ok(a)) = archiver {
+                self.archiver_sampled(&s.name, a.get(0), a.get(1));
+            }
+        }
         let now = Utc::now();
         let cur = Counters {
             time: now,

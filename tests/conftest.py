@@ -416,6 +416,23 @@ def pytest_runtest_makereport(item, call):
 # API helpers
 
 
+def wait_for(what, timeout, check, every=0.2):
+    """Polls `check` until it returns something truthy (returned), bounded by `timeout` seconds;
+    the last exception it raised is reported on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            got = check()
+            if got:
+                return got
+        except Exception as e:  # noqa: BLE001 - reported on timeout
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

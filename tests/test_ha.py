@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import PgbayServer, api_error, ok, unique, wait_service_running
+from conftest import PgbayServer, api_error, ok, unique, wait_for, wait_service_running
 
 pytestmark = pytest.mark.skipif(
     shutil.which("patroni") is None or shutil.which("etcd") is None,
@@ -36,21 +36,6 @@ def node():
         yield srv
     finally:
         srv.close()
-
-
-def wait_for(what, timeout, check, every=0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as e:  # noqa: BLE001 - reported on timeout
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(every)
 
 
 def roles(doc):

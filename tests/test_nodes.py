@@ -20,26 +20,11 @@ import psycopg
 import pytest
 
 from conftest import (PgbayServer, PortWindow, component_port, find_pool, ok, provision,
-                      unique, wait_op)
+                      unique, wait_for, wait_op)
 from test_store_pg import StorePostgres
 
 CLUSTER_KEY = "cluster-key-" + os.urandom(12).hex()
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-
-
-def wait_for(what, timeout, check, every=0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception as e:  # noqa: BLE001 - reported on timeout
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(every)
 
 
 def node_env(store: StorePostgres, name: str, key: str = CLUSTER_KEY) -> dict:

@@ -24,6 +24,9 @@ use crate::{Control, ControlError};
 /// How often a node heartbeats and looks at the others and at the generation counter.
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// Every how many heartbeats a node republishes the whole desired state whatever the counter.
+const FULL_RESYNC_TICKS: u64 = 10;
+
 /// The default `--node-timeout`.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -339,7 +342,9 @@ impl Control {
         }
         let mut live_before = BTreeSet::new();
         let mut failed_for: BTreeSet<String> = BTreeSet::new();
+        let mut ticks: u64 = 0;
         loop {
+            ticks += 1;
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                 Some(()) = wake.recv() => {}
@@ -375,7 +380,9 @@ impl Control {
                     continue;
                 }
             };
-            let mut republish = live != live_before;
+            // A full resync now and then, as a safety net: a node that crashed between
+            // committing a change and bumping the generation leaves nothing to compare.
+            let mut republish = live != live_before || ticks.is_multiple_of(FULL_RESYNC_TICKS);
             for gone in live_before.difference(&live) {
                 tracing::warn!(node = %gone, "node lost: its services are not served until it returns");
             }

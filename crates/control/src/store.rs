@@ -60,7 +60,7 @@ mod nodes;
 mod replicas;
 pub use ha::{delete_ha_members_from, insert_ha, insert_ha_members, update_ha_settings, HaRecord};
 pub use migrations::{insert_migration_task, upsert_migration};
-pub use nodes::{bump_generation, place_service, NodeRecord, PortLock};
+pub use nodes::{NodeRecord, PortLock};
 pub use replicas::{delete_replica, insert_replica, ReplicaRecord};
 
 /// Handle on the store's database.

@@ -36,7 +36,7 @@ fn from_row(r: &AnyRow) -> Result<NodeRecord> {
 }
 
 /// Bumps the shared generation counter in the transaction of a change; returns the new value.
-pub async fn bump_generation(c: &mut AnyConnection) -> Result<i64> {
+async fn bump_generation(c: &mut AnyConnection) -> Result<i64> {
     sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1")
         .execute(&mut *c)
         .await?;
@@ -44,16 +44,6 @@ pub async fn bump_generation(c: &mut AnyConnection) -> Result<i64> {
         .fetch_one(&mut *c)
         .await?;
     Ok(row.try_get("value")?)
-}
-
-/// Places service `name` on `node`.
-pub async fn place_service(c: &mut AnyConnection, name: &str, node: &str) -> Result<()> {
-    sqlx::query("UPDATE services SET node = $1 WHERE name = $2")
-        .bind(node)
-        .bind(name)
-        .execute(&mut *c)
-        .await?;
-    Ok(())
 }
 
 /// Held while a service's ports are chosen and committed: on a PostgreSQL store, an advisory

@@ -290,13 +290,26 @@ impl Control {
         map.entry(name.to_string()).or_default().clone()
     }
 
-    /// After a committed change: bumps the store's generation, tells the other nodes, and
-    /// publishes the desired state; returns its generation.
+    /// After a committed change that may concern every service (a start, a node's change):
+    /// bumps the store's generation, tells the other nodes, and publishes the whole desired
+    /// state as the store has it; returns its generation.
     pub(crate) async fn publish(&self) -> Result<u64, ControlError> {
         let _g = self.inner.publish_lock.lock().await;
         let generation = self.inner.store.next_generation().await?;
-        crate::nodes::notify_change(&self.inner.store, generation).await;
+        crate::nodes::notify_change(&self.inner.store, generation, None).await;
         self.publish_at(generation as u64).await
+    }
+
+    /// After a committed change of one service (its pools, users, settings, state): bumps the
+    /// generation, tells the other nodes which service changed, and publishes that change only:
+    /// the service's rows are read again and its entry replaced, the others are kept as they
+    /// are. When another node's change came in between (the new generation is not the next one
+    /// after the published), everything is read again instead.
+    pub(crate) async fn publish_of(&self, service: &str) -> Result<u64, ControlError> {
+        let _g = self.inner.publish_lock.lock().await;
+        let generation = self.inner.store.next_generation().await?;
+        crate::nodes::notify_change(&self.inner.store, generation, Some(service)).await;
+        self.publish_change_at(generation as u64, service).await
     }
 
     /// Publishes the desired state as the store has it now, at the store's generation (a change
@@ -308,16 +321,78 @@ impl Control {
             .await
     }
 
+    /// Another node's change of `service` at `generation`: published as that change when it is
+    /// the next generation after the published one, ignored when already covered, else
+    /// everything is read again.
+    pub(crate) async fn republish_change(
+        &self,
+        generation: u64,
+        service: &str,
+    ) -> Result<u64, ControlError> {
+        let _g = self.inner.publish_lock.lock().await;
+        let published = self.published_generation();
+        if generation <= published {
+            return Ok(published);
+        }
+        self.publish_change_at(generation, service).await
+    }
+
     /// The generation last published on this node.
     pub(crate) fn published_generation(&self) -> u64 {
         self.inner.desired_tx.borrow().generation
     }
 
-    async fn publish_at(&self, generation: u64) -> Result<u64, ControlError> {
+    /// Publishes the change of one service at `generation` (see `publish_of`); the caller holds
+    /// the publish lock.
+    async fn publish_change_at(&self, generation: u64, name: &str) -> Result<u64, ControlError> {
+        let before = self.inner.desired_tx.borrow().clone();
+        if generation != before.generation + 1 {
+            return self.publish_at(generation).await;
+        }
         let store = &self.inner.store;
-        let mut services = Vec::new();
-        // Three queries whatever the number of services, and each sealed password opened once
-        // per process (the cache keeps only those still in use).
+        let entry = match store.service(name).await? {
+            Some(s) => {
+                let users = store.users(name).await?;
+                let pools = store.pools(name).await?;
+                let mut opened = locked(&self.inner.opened);
+                let mut keep = HashMap::new();
+                let built = self.desired_service(&s, users, pools, &mut opened, &mut keep)?;
+                // The passwords of this service stay cached; stale ones go at the next full
+                // publish.
+                opened.extend(keep);
+                built
+            }
+            None => None,
+        };
+        let mut services: Vec<Arc<DesiredService>> = before
+            .services
+            .iter()
+            .filter(|d| d.name != name)
+            .cloned()
+            .collect();
+        if let Some(mut d) = entry {
+            match before.services.iter().find(|o| o.name == name) {
+                Some(old) if old.same_as(&d) => services.push(old.clone()),
+                _ => {
+                    d.changed_at = generation;
+                    services.push(Arc::new(d));
+                }
+            }
+            services.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        self.inner.desired_tx.send_replace(Arc::new(DesiredState {
+            generation,
+            services,
+        }));
+        Ok(generation)
+    }
+
+    /// Reads every service, user and pool (three queries whatever the number of services) and
+    /// publishes them at `generation`; an entry equal to the published one keeps its
+    /// `changed_at`, so the data plane applies only what differs.
+    async fn publish_at(&self, generation: u64) -> Result<u64, ControlError> {
+        let before = self.inner.desired_tx.borrow().clone();
+        let store = &self.inner.store;
         let mut users_of: HashMap<String, Vec<crate::model::UserRecord>> = HashMap::new();
         for (svc, u) in store.all_users().await? {
             users_of.entry(svc).or_default().push(u);
@@ -327,85 +402,26 @@ impl Control {
             pools_of.entry(svc).or_default().push(p);
         }
         let all = store.services().await?;
+        let mut services = Vec::new();
         let mut opened = locked(&self.inner.opened);
         let mut still_used = HashMap::new();
         for s in all {
-            if s.state != ServiceState::Running {
+            let users = users_of.remove(&s.name).unwrap_or_default();
+            let pools = pools_of.remove(&s.name).unwrap_or_default();
+            let Some(mut d) =
+                self.desired_service(&s, users, pools, &mut opened, &mut still_used)?
+            else {
                 continue;
-            }
-            // A service of a dead node has no server to reach; another node's is reached over
-            // TCP on that node's public host.
-            let remote = match self.owner(&s) {
-                crate::nodes::Owner::Local => None,
-                crate::nodes::Owner::Dead { .. } => continue,
-                crate::nodes::Owner::Remote { node, .. } => match self.node(&node) {
-                    Some(n) => Some(n.public_host),
-                    None => continue,
-                },
             };
-            let mut users = Vec::new();
-            for u in users_of.remove(&s.name).unwrap_or_default() {
-                let password = match opened.remove(&u.password_enc) {
-                    Some(p) => p,
-                    None => self.inner.secrets.open(&u.password_enc)?,
-                };
-                still_used.insert(u.password_enc.clone(), password.clone());
-                users.push(DesiredUser {
-                    admin: u.kind == crate::model::UserKind::Primary,
-                    name: u.name,
-                    password,
-                });
+            match before.services.iter().find(|o| o.name == d.name) {
+                Some(old) if old.same_as(&d) => services.push(old.clone()),
+                _ => {
+                    d.changed_at = generation;
+                    services.push(Arc::new(d));
+                }
             }
-            let pools = pools_of
-                .remove(&s.name)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| DesiredPool {
-                    name: p.name,
-                    database: p.database,
-                    username: p.username,
-                    mode: p.mode,
-                    size: p.size.get(),
-                })
-                .collect();
-            let (backend_host, backend_port) = match &remote {
-                // An HA service's own port forwards to its primary on its node.
-                Some(host) => (host.clone(), s.pg_port),
-                None => self.backend_addr(&s),
-            };
-            services.push(DesiredService {
-                name: s.name.clone(),
-                pooler_port: s.pooler_port,
-                listen_host: self.inner.cfg.public_host.clone(),
-                backend_host,
-                backend_port,
-                unavailable_hold: if self.is_ha(&s.name) {
-                    crate::ha::FAILOVER_HOLD
-                } else {
-                    Duration::ZERO
-                },
-                // The service's own port answers on every node: forwarded to its primary member
-                // (HA, here) or to its node.
-                forward: match &remote {
-                    Some(host) => Some(crate::desired::Forward {
-                        listen_port: s.pg_port,
-                        target_host: host.clone(),
-                        target_port: s.pg_port,
-                    }),
-                    None => self
-                        .ha_primary_port(&s.name)
-                        .map(|to| crate::desired::Forward {
-                            listen_port: s.pg_port,
-                            target_host: "127.0.0.1".into(),
-                            target_port: to,
-                        }),
-                },
-                users,
-                pools,
-                pgbouncer: s.pgbouncer.clone(),
-                ip_filter: s.ip_filter.0.clone(),
-            });
         }
+        // Each sealed password is opened once per process; the cache keeps only those in use.
         *opened = still_used;
         drop(opened);
         self.inner.desired_tx.send_replace(Arc::new(DesiredState {
@@ -413,6 +429,93 @@ impl Control {
             services,
         }));
         Ok(generation)
+    }
+
+    /// What the data plane serves of `s` (None when it serves nothing of it: its cluster is not
+    /// running, or lives on a dead node). Passwords come from `opened` (sealed form → plaintext)
+    /// or are opened; each one used is put in `used`.
+    fn desired_service(
+        &self,
+        s: &ServiceRecord,
+        users: Vec<crate::model::UserRecord>,
+        pools: Vec<crate::model::PoolRecord>,
+        opened: &mut HashMap<String, String>,
+        used: &mut HashMap<String, String>,
+    ) -> Result<Option<DesiredService>, ControlError> {
+        if s.state != ServiceState::Running {
+            return Ok(None);
+        }
+        // A service of a dead node has no server to reach; another node's is reached over TCP
+        // on that node's public host.
+        let remote = match self.owner(s) {
+            crate::nodes::Owner::Local => None,
+            crate::nodes::Owner::Dead { .. } => return Ok(None),
+            crate::nodes::Owner::Remote { node, .. } => match self.node(&node) {
+                Some(n) => Some(n.public_host),
+                None => return Ok(None),
+            },
+        };
+        let mut desired_users = Vec::with_capacity(users.len());
+        for u in users {
+            let password = match opened.remove(&u.password_enc) {
+                Some(p) => p,
+                None => self.inner.secrets.open(&u.password_enc)?,
+            };
+            used.insert(u.password_enc.clone(), password.clone());
+            desired_users.push(DesiredUser {
+                admin: u.kind == UserKind::Primary,
+                name: u.name,
+                password,
+            });
+        }
+        let pools = pools
+            .into_iter()
+            .map(|p| DesiredPool {
+                name: p.name,
+                database: p.database,
+                username: p.username,
+                mode: p.mode,
+                size: p.size.get(),
+            })
+            .collect();
+        let (backend_host, backend_port) = match &remote {
+            // An HA service's own port forwards to its primary on its node.
+            Some(host) => (host.clone(), s.pg_port),
+            None => self.backend_addr(s),
+        };
+        Ok(Some(DesiredService {
+            name: s.name.clone(),
+            changed_at: 0,
+            pooler_port: s.pooler_port,
+            listen_host: self.inner.cfg.public_host.clone(),
+            backend_host,
+            backend_port,
+            unavailable_hold: if self.is_ha(&s.name) {
+                crate::ha::FAILOVER_HOLD
+            } else {
+                Duration::ZERO
+            },
+            // The service's own port answers on every node: forwarded to its primary member (HA,
+            // here) or to its node.
+            forward: match &remote {
+                Some(host) => Some(crate::desired::Forward {
+                    listen_port: s.pg_port,
+                    target_host: host.clone(),
+                    target_port: s.pg_port,
+                }),
+                None => self
+                    .ha_primary_port(&s.name)
+                    .map(|to| crate::desired::Forward {
+                        listen_port: s.pg_port,
+                        target_host: "127.0.0.1".into(),
+                        target_port: to,
+                    }),
+            },
+            users: desired_users,
+            pools,
+            pgbouncer: s.pgbouncer.clone(),
+            ip_filter: s.ip_filter.0.clone(),
+        }))
     }
 
     /// The provisioner of the server of `s`: the external server it was created on, or this

@@ -3,16 +3,21 @@
 //! pools and settings. The binary translates it into the pooler's configuration; control itself
 //! never depends on the pooler.
 
+use std::sync::Arc;
+
 use crate::input::PoolMode;
 use crate::pgbouncer::PgbouncerSettings;
 
 /// One published version of the desired state; `generation` grows with every committed change.
+/// A change of one service replaces that service's entry only: the others are the same `Arc`s
+/// with the same `changed_at`, so the data plane applies just the entries whose `changed_at`
+/// differs from what it applied (a receiver that skipped versions still sees every change).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DesiredState {
     /// Monotonic version number.
     pub generation: u64,
-    /// Services with a running cluster.
-    pub services: Vec<DesiredService>,
+    /// Services with a running cluster, by name.
+    pub services: Vec<Arc<DesiredService>>,
 }
 
 /// What the pooler should serve for one service.
@@ -20,6 +25,8 @@ pub struct DesiredState {
 pub struct DesiredService {
     /// Service name.
     pub name: String,
+    /// The generation at which this entry last changed.
+    pub changed_at: u64,
     /// Port of the pooler listener.
     pub pooler_port: u16,
     /// Address to listen on (the public host).
@@ -43,6 +50,15 @@ pub struct DesiredService {
     pub pgbouncer: PgbouncerSettings,
     /// Allowed client networks.
     pub ip_filter: Vec<ipnet::IpNet>,
+}
+
+impl DesiredService {
+    /// Equal apart from `changed_at`: nothing for the data plane to apply.
+    pub fn same_as(&self, other: &DesiredService) -> bool {
+        let mut o = other.clone();
+        o.changed_at = self.changed_at;
+        *self == o
+    }
 }
 
 /// A user the pooler authenticates and logs in to the backend as.

@@ -470,7 +470,7 @@ impl Control {
         let changed = lock(&self.inner.ha.primaries).insert(name.to_string(), p) != Some(p);
         if changed {
             tracing::info!(service = %name, member = %member_name(name, p), "primary is now this member");
-            if let Err(e) = self.publish().await {
+            if let Err(e) = self.publish_of(name).await {
                 tracing::error!(service = %name, error = %e, "publishing the new primary");
             }
         }
@@ -1162,7 +1162,7 @@ impl Control {
         if let Some(h) = lock(&self.inner.ha.records).get_mut(&s.name) {
             h.members.truncate(to);
         }
-        self.publish().await?;
+        self.publish_of(&s.name).await?;
         Ok(())
     }
 

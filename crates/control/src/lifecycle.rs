@@ -305,7 +305,7 @@ impl Control {
             None => None,
         };
         let Some(rec) = rec else {
-            self.publish().await?;
+            self.publish_of(name).await?;
             return Ok(());
         };
         // The operation succeeds only once the pooler serves the new service (if one is attached).

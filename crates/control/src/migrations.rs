@@ -645,7 +645,7 @@ impl Control {
         }
         tx.commit().await?;
         drop(_g);
-        self.publish().await?;
+        self.publish_of(&s.name).await?;
         Ok(())
     }
 }

@@ -329,7 +329,7 @@ impl Control {
     /// operations of dead nodes, until shutdown.
     pub(crate) async fn follow_nodes(&self) {
         let mut shutdown = self.inner.shutdown_tx.subscribe();
-        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<Change>(64);
         if self.inner.store.backend() == crate::store::Backend::Postgres {
             let url = self.inner.store.url().to_string();
             let mut stop = self.inner.shutdown_tx.subscribe();
@@ -343,12 +343,16 @@ impl Control {
         let mut live_before = BTreeSet::new();
         let mut failed_for: BTreeSet<String> = BTreeSet::new();
         let mut ticks: u64 = 0;
+        let mut changes: Vec<Change> = Vec::new();
         loop {
             ticks += 1;
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
-                Some(()) = wake.recv() => {}
+                Some(c) = wake.recv() => changes.push(c),
                 _ = shutdown.wait_for(|s| *s) => return,
+            }
+            while let Ok(c) = wake.try_recv() {
+                changes.push(c);
             }
             let cfg = &self.inner.cfg.node;
             let now = match self.sync_clock().await {
@@ -411,6 +415,24 @@ impl Control {
             }
             live_before = live;
             self.rebuild_services_of_lost_nodes().await;
+            // Other nodes' changes of one service each, in order, are published as those
+            // changes; a gap, or a change of unknown extent, reads everything again.
+            changes.sort_by_key(|c| c.generation);
+            for c in changes.drain(..) {
+                if republish {
+                    break;
+                }
+                match c.service {
+                    Some(svc) if c.generation != u64::MAX => {
+                        if let Err(e) = self.republish_change(c.generation, &svc).await {
+                            tracing::error!(error = %e, "publishing another node's change");
+                            republish = true;
+                        }
+                    }
+                    _ => republish = true,
+                }
+            }
+            changes.clear();
             match self.inner.store.generation().await {
                 Ok(g) if g > self.published_generation() as i64 => republish = true,
                 Ok(_) => {}
@@ -589,15 +611,16 @@ impl Control {
 }
 
 /// Wakes `wake` on every change notified on the store, reconnecting after a failure.
-async fn listen_changes(url: &str, wake: tokio::sync::mpsc::Sender<()>) {
+async fn listen_changes(url: &str, wake: tokio::sync::mpsc::Sender<Change>) {
     loop {
         match sqlx::postgres::PgListener::connect(url).await {
             Ok(mut l) => {
                 if let Err(e) = l.listen(CHANNEL).await {
                     tracing::warn!(error = %e, "LISTEN on the store");
                 } else {
-                    while l.recv().await.is_ok() {
-                        let _ = wake.try_send(());
+                    while let Ok(n) = l.recv().await {
+                        // A full queue is fine: the loop compares the generation anyway.
+                        let _ = wake.try_send(Change::parse(n.payload()));
                     }
                 }
             }
@@ -607,12 +630,43 @@ async fn listen_changes(url: &str, wake: tokio::sync::mpsc::Sender<()>) {
     }
 }
 
+/// A change another node announced: its generation, and the one service it was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    generation: u64,
+    service: Option<String>,
+}
+
+impl Change {
+    /// `"42"` or `"42 orders-db"`; anything else is a change of unknown extent.
+    fn parse(payload: &str) -> Change {
+        let (g, service) = match payload.split_once(' ') {
+            Some((g, s)) => (g, Some(s.to_string())),
+            None => (payload, None),
+        };
+        Change {
+            generation: g.parse().unwrap_or(u64::MAX),
+            service,
+        }
+    }
+}
+
 /// Tells every node that the store changed (PostgreSQL store; a no-op on SQLite).
-pub(crate) async fn notify_change(store: &crate::store::Store, generation: i64) {
+/// The payload is the generation, and the service the change was about when it was one
+/// service's (`"42 orders-db"`), so that the other nodes read only that service again.
+pub(crate) async fn notify_change(
+    store: &crate::store::Store,
+    generation: i64,
+    service: Option<&str>,
+) {
     if store.backend() != crate::store::Backend::Postgres {
         return;
     }
-    if let Err(e) = store.notify(CHANNEL, &generation.to_string()).await {
+    let payload = match service {
+        Some(s) => format!("{generation} {s}"),
+        None => generation.to_string(),
+    };
+    if let Err(e) = store.notify(CHANNEL, &payload).await {
         tracing::warn!(error = %e, "NOTIFY on the store");
     }
 }

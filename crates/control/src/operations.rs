@@ -432,7 +432,7 @@ impl Control {
         &self,
         op: OperationRecord,
     ) -> Result<OperationRecord, ControlError> {
-        let generation = match self.publish().await {
+        let generation = match self.publish_of(&op.service).await {
             Ok(g) => g,
             Err(e) => {
                 // Nothing reached the data plane: say so rather than leave the operation pending.

@@ -353,7 +353,7 @@ impl Control {
         self.remember_replica(r);
         self.forget_backups(&s.name);
         drop(g);
-        self.publish().await?;
+        self.publish_of(&s.name).await?;
         self.spawn_provisioning(s.name.clone(), Some(op.id));
         Ok(op)
     }

@@ -302,3 +302,35 @@ async fn an_operation_left_pending_without_a_data_plane_ends_interrupted() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pool_change_is_published_as_that_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), &["a", "b", "c"], &[], Duration::from_secs(5)).await;
+    let before = c.desired_state().borrow().clone();
+    assert_eq!(before.services.len(), 3);
+    let op = create_pool(&c, "b", "p1").await;
+    assert_eq!(op.state, OpState::Success);
+    let after = c.desired_state().borrow().clone();
+    assert_eq!(after.generation, before.generation + 1);
+    // Only b's entry is new, at the new generation; a's and c's are the very same entries.
+    for (old, new) in before.services.iter().zip(after.services.iter()) {
+        assert_eq!(old.name, new.name);
+        if new.name == "b" {
+            assert_eq!(new.changed_at, after.generation);
+            assert_eq!(new.pools.len(), 1);
+        } else {
+            assert!(std::sync::Arc::ptr_eq(old, new), "{} was rebuilt", new.name);
+        }
+    }
+    // So is a deletion: b changes again, a is still the entry published first.
+    c.delete_pool(&name("b"), &PoolName::parse_lookup("p", "p1").unwrap())
+        .await
+        .unwrap();
+    let g = c.desired_state().borrow().clone();
+    let b = g.services.iter().find(|s| s.name == "b").unwrap();
+    assert_eq!((b.changed_at, b.pools.len()), (g.generation, 0));
+    let a = g.services.iter().find(|s| s.name == "a").unwrap();
+    assert!(std::sync::Arc::ptr_eq(a, &before.services[0]));
+    c.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! applies it, and then reports the generation as applied so that control's pool, password and
 //! settings operations only report `success` once the pooler serves the change.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -38,10 +39,22 @@ async fn follow(
     limits: ClientLimits,
 ) {
     let mut forwarders = crate::forward::Forwarders::default();
+    // What the pooler serves: each service's `changed_at` as applied. Empty before the first
+    // state, which is applied whole (it also closes inherited sockets nobody wants).
+    let mut applied: Option<HashMap<String, u64>> = None;
     loop {
         let state = desired.borrow_and_update().clone();
         forwarders.sync(&state);
-        let failures = apply(&state, &tls, &pooler, &limits).await;
+        let failures = match &mut applied {
+            None => {
+                let failures = apply(&state, &tls, &pooler, &limits).await;
+                let mut now = HashMap::new();
+                record(&mut now, &state.services, &failures);
+                applied = Some(now);
+                failures
+            }
+            Some(now) => apply_changes(&state, now, &tls, &pooler, &limits).await,
+        };
         for (service, reason) in &failures {
             tracing::error!(generation = state.generation, service = %service, reason = %reason,
                 "pooler could not apply service");
@@ -55,9 +68,69 @@ async fn follow(
     }
 }
 
-/// Applies one generation; returns the services the pooler could not serve, with the reason.
-/// A failure that is not one service's (the whole config could not be built, or the pooler shut
-/// down) is every service's.
+/// Remembers the services of `services` that applied (not in `failures`) at their `changed_at`;
+/// a failed one is forgotten, so that the next state tries it again.
+fn record(
+    applied: &mut HashMap<String, u64>,
+    services: &[std::sync::Arc<DesiredService>],
+    failures: &[(String, String)],
+) {
+    for s in services {
+        if failures.iter().any(|(f, _)| *f == s.name) {
+            applied.remove(&s.name);
+        } else {
+            applied.insert(s.name.clone(), s.changed_at);
+        }
+    }
+}
+
+/// Applies only what changed since `applied`: the services whose entry changed (or that failed
+/// before) and those no longer published. The pooler does not look at the others.
+async fn apply_changes(
+    state: &DesiredState,
+    applied: &mut HashMap<String, u64>,
+    tls: &TlsMaterial,
+    pooler: &Pooler,
+    limits: &ClientLimits,
+) -> Vec<(String, String)> {
+    let changed: Vec<std::sync::Arc<DesiredService>> = state
+        .services
+        .iter()
+        .filter(|s| applied.get(&s.name) != Some(&s.changed_at))
+        .cloned()
+        .collect();
+    let published: std::collections::HashSet<&str> =
+        state.services.iter().map(|s| s.name.as_str()).collect();
+    let removed: Vec<String> = applied
+        .keys()
+        .filter(|k| !published.contains(k.as_str()))
+        .cloned()
+        .collect();
+    if changed.is_empty() && removed.is_empty() {
+        return Vec::new();
+    }
+    for name in &removed {
+        applied.remove(name);
+    }
+    let mut failures = Vec::new();
+    let mut upserts = Vec::with_capacity(changed.len());
+    for svc in &changed {
+        match service_config(svc, tls, limits).await {
+            Ok(c) => upserts.push(c),
+            Err(e) => failures.push((svc.name.clone(), format!("{e:#}"))),
+        }
+    }
+    match pooler.apply_changes(upserts, removed).await {
+        Ok(report) => failures.extend(report.failures.into_iter().map(|f| (f.service, f.reason))),
+        Err(e) => failures.extend(changed.iter().map(|s| (s.name.clone(), e.to_string()))),
+    }
+    record(applied, &changed, &failures);
+    failures
+}
+
+/// Applies one generation whole; returns the services the pooler could not serve, with the
+/// reason. A failure that is not one service's (the whole config could not be built, or the
+/// pooler shut down) is every service's.
 async fn apply(
     state: &DesiredState,
     tls: &TlsMaterial,

@@ -145,6 +145,43 @@ pub(crate) async fn apply(inner: &Inner, config: PoolerConfig) -> Result<ApplyRe
     Ok(report)
 }
 
+/// See `Pooler::apply_changes`.
+pub(crate) async fn apply_changes(
+    inner: &Inner,
+    upserts: Vec<ServiceConfig>,
+    removed: Vec<String>,
+) -> Result<ApplyReport, PoolerError> {
+    let _serial = inner.apply_lock.lock().await;
+    if inner.shut_down.load(Ordering::Relaxed) {
+        return Err(PoolerError::ShutDown);
+    }
+    let mut report = ApplyReport::default();
+    let gone: Vec<Running> = {
+        let mut services = inner.services.lock();
+        removed.iter().filter_map(|k| services.remove(k)).collect()
+    };
+    for r in gone {
+        tracing::info!(service = %r.cfg.name, "removing service");
+        r.stop();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for svc in &upserts {
+        let result = if seen.insert(svc.name.as_str()) {
+            apply_service(inner, svc)
+        } else {
+            Err(ServiceError::Duplicate {
+                what: "service",
+                name: svc.name.clone(),
+            })
+        };
+        if let Err(e) = result {
+            tracing::warn!(service = %svc.name, error = %e, "could not apply service");
+            report.push(&svc.name, &e);
+        }
+    }
+    Ok(report)
+}
+
 /// Adds or updates one service. On error nothing of the service has changed, and the next
 /// `apply` naming it tries again (a new service is not recorded; a moved listener keeps the old
 /// configuration, which differs from the wanted one).

@@ -335,6 +335,17 @@ impl Pooler {
         apply::apply(&self.inner, config).await
     }
 
+    /// Applies a change of some services only: each of `upserts` is added or updated as
+    /// `apply` would, each service named in `removed` is removed, and every other running
+    /// service is left untouched (not even compared). A failure is reported as by `apply`.
+    pub async fn apply_changes(
+        &self,
+        upserts: Vec<ServiceConfig>,
+        removed: Vec<String>,
+    ) -> Result<ApplyReport, PoolerError> {
+        apply::apply_changes(&self.inner, upserts, removed).await
+    }
+
     /// Listening sockets inherited from a predecessor (`takeover`): a service whose listen
     /// address matches one of them accepts on it instead of binding anew; the next `apply`
     /// closes those no service of its config listens on.

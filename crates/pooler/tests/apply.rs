@@ -341,3 +341,54 @@ async fn min_pool_size_idle_timeout_and_lifetime() {
     assert_ne!(first, second);
     pooler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_one_service_leaves_the_others_untouched() {
+    let pg = shared().await;
+    let one = service("one", pg.port, vec![pool("p1", PoolMode::Session, 1)]);
+    let two = service("two", pg.port, vec![pool("p1", PoolMode::Session, 1)]);
+    let pooler = pgbay_pooler::Pooler::new();
+    let report = pooler
+        .apply(PoolerConfig {
+            services: vec![one, two.clone()],
+        })
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let one_addr = pooler.local_addr("one").unwrap();
+    let a = connect(one_addr, "p1").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+
+    // Only "two" is named: it gets a second pool, "one" (absent from the change) keeps running
+    // with its client inside a transaction.
+    let mut two_b = two.clone();
+    two_b.pools.push(pool("p2", PoolMode::Transaction, 1));
+    let report = pooler.apply_changes(vec![two_b], Vec::new()).await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let two_addr = pooler.local_addr("two").unwrap();
+    connect(two_addr, "p2")
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+
+    // A service given twice in one change is refused naming it; the first copy applies.
+    let report = pooler
+        .apply_changes(vec![two.clone(), two.clone()], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+
+    // Removing "two" by name closes its port; "one" still serves its client.
+    let report = pooler
+        .apply_changes(Vec::new(), vec!["two".into()])
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(pooler.local_addr("two").is_none());
+    assert!(tokio::net::TcpStream::connect(two_addr).await.is_err());
+    a.batch_execute("COMMIT").await.unwrap();
+    pooler.shutdown().await;
+}

@@ -276,7 +276,7 @@ def test_logs_show_the_server_log_with_paging(client, service):
     assert any(marker in e["message"] for e in entries), entries[-5:]
     assert any(marker in e["message"] and e["unit"] == "postgresql" for e in entries)
     for e in entries:
-        assert e["unit"] in ("postgresql", "pgbouncer") and e["node"] == f"{service.name}-1"
+        assert e["unit"] in ("postgresql", "pgbouncer", "pgbackrest") and e["node"] == f"{service.name}-1"
         assert e["time"].endswith("Z") and "T" in e["time"], e
     times = [e["time"] for e in entries]
     assert times == sorted(times, reverse=True)

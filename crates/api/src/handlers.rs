@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 use pgbay_control::input::{DatabaseName, PoolName, ServiceName, Username};
-use pgbay_control::{Control, PgbouncerSettings};
+use pgbay_control::Control;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -198,8 +198,8 @@ pub async fn get_operation(State(c): State<Control>, p: Params) -> ApiResult {
 /// `GET /dbaas-settings-pg`: the settings pgbay accepts: PostgreSQL's and pgbouncer's.
 pub async fn settings() -> ApiResult {
     Ok(Json(json!({ "settings": {
-        "pg": pgbay_control::pg_settings::schema(),
-        "pgbouncer": PgbouncerSettings::schema(),
+        "pg": crate::requests::pg_settings_schema(),
+        "pgbouncer": crate::requests::pgbouncer_schema(),
     } })))
 }
 
@@ -402,7 +402,7 @@ pub async fn migration_check(
     p: Params,
     JsonObject(b): JsonObject,
 ) -> ApiResult {
-    let check = pgbay_control::MigrationCheck::parse(&b)?;
+    let check = crate::requests::migration_check(&b)?;
     let op = c.migration_check(&service(&p, "service")?, check).await?;
     Ok(Json(views::operation(&op)))
 }

@@ -222,11 +222,11 @@ pub fn service_pg(control: &Control, v: &ServiceView, metrics: &crate::MetricsAt
             {"component": "pg", "host": server.host, "port": s.pg_port, "route": "public", "usage": "primary"},
             {"component": "pgbouncer", "host": host, "port": s.pooler_port, "route": "public", "usage": "primary"},
         ],
-        "pgbouncer-settings": s.pgbouncer.to_json(),
+        "pgbouncer-settings": crate::requests::pgbouncer_json(&s.pgbouncer),
         "ip-filter": s.ip_filter.to_strings(),
         "prometheus-uri": {"host": metrics.host, "port": metrics.port},
         "backups": backups(control, &s.name),
-        "pg-settings": s.pg_settings.to_json(),
+        "pg-settings": crate::requests::pg_settings_json(&s.pg_settings),
     });
     let mut pg = pg;
     if let Some(h) = &ha {

@@ -2,13 +2,11 @@
 //! newtypes, which can only hold values within the limits of the Exoscale OpenAPI document. The
 //! limits live here and nowhere else; each error names the field and the limit it broke.
 //!
-//! The API reads request bodies (`api/src/requests.rs`) and builds these from the JSON values; the
-//! few that take a JSON value (`PoolSize`, `PoolMode`, `IpFilter`) do so because the store reads
-//! them back from the same JSON spelling.
+//! The API reads request bodies (`api/src/requests`) and builds these from the values it read
+//! (strings, integers, lists); none of them knows JSON. `field` is the caller's name for the
+//! value, put into the error so that every message names what was refused.
 
 use std::fmt;
-
-use serde_json::Value;
 
 /// A refused input: which field, and why. Becomes a 400 with `{"message": ...}` in the API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -365,9 +363,9 @@ impl PoolSize {
     /// Largest accepted size.
     pub const MAX: i64 = 10000;
 
-    /// Parses a size given as `field`.
-    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
-        let n = int_in(field, v, Self::MIN, Self::MAX)?;
+    /// A size given as `field`, within `MIN..=MAX`.
+    pub fn new(field: &str, n: i64) -> Result<Self, InputError> {
+        let n = in_range(field, n, Self::MIN, Self::MAX)?;
         Ok(PoolSize(n as u32))
     }
 
@@ -389,7 +387,8 @@ impl Default for PoolSize {
 }
 
 /// The pooling mode of a pool (enum-pg-pool-mode). Default: transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// Server connection held for the client's whole session.
     Session,
@@ -422,8 +421,8 @@ impl PoolMode {
     }
 
     /// Parses a mode given as `field`.
-    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
-        match v.as_str().and_then(PoolMode::from_stored) {
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        match PoolMode::from_stored(s) {
             Some(m) => Ok(m),
             None => Err(InputError::new(
                 field,
@@ -439,13 +438,8 @@ impl fmt::Display for PoolMode {
     }
 }
 
-/// Reads an integer within `min..=max` (JSON integers only; 1.0 or "1" are refused).
-pub fn int_in(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, InputError> {
-    let n = match v {
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
-    .ok_or_else(|| InputError::new(field, "must be an integer"))?;
+/// `n` given as `field`, refused outside `min..=max`.
+pub fn in_range(field: &str, n: i64, min: i64, max: i64) -> Result<i64, InputError> {
     if n < min || n > max {
         return Err(InputError::new(
             field,
@@ -453,12 +447,6 @@ pub fn int_in(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, InputEr
         ));
     }
     Ok(n)
-}
-
-/// Reads a boolean field.
-pub fn boolean(field: &str, v: &Value) -> Result<bool, InputError> {
-    v.as_bool()
-        .ok_or_else(|| InputError::new(field, "must be a boolean"))
 }
 
 /// The ip-filter of a service: a list of CIDR blocks (a bare address means a single host).
@@ -469,11 +457,8 @@ impl IpFilter {
     /// At most this many entries (a sanity bound; the document sets none).
     pub const MAX_ITEMS: usize = 1024;
 
-    /// Parses an ip-filter given as `field`.
-    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
-        let items = v
-            .as_array()
-            .ok_or_else(|| InputError::new(field, "must be an array of CIDR strings"))?;
+    /// Parses the CIDR blocks of an ip-filter given as `field` (a bare address is a host).
+    pub fn parse<S: AsRef<str>>(field: &str, items: &[S]) -> Result<Self, InputError> {
         if items.len() > Self::MAX_ITEMS {
             return Err(InputError::new(
                 field,
@@ -482,9 +467,7 @@ impl IpFilter {
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let s = item
-                .as_str()
-                .ok_or_else(|| InputError::new(field, format!("item {i} must be a string")))?;
+            let s = item.as_ref();
             let net = s
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -510,7 +493,6 @@ impl IpFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn service_name_limits() {
@@ -629,35 +611,33 @@ mod tests {
 
     #[test]
     fn pool_size_limits() {
-        assert!(PoolSize::parse("size", &json!(0)).is_err());
-        assert_eq!(PoolSize::parse("size", &json!(1)).unwrap().get(), 1);
-        assert_eq!(PoolSize::parse("size", &json!(10000)).unwrap().get(), 10000);
-        let e = PoolSize::parse("size", &json!(10001)).unwrap_err();
+        assert!(PoolSize::new("size", 0).is_err());
+        assert_eq!(PoolSize::new("size", 1).unwrap().get(), 1);
+        assert_eq!(PoolSize::new("size", 10000).unwrap().get(), 10000);
+        let e = PoolSize::new("size", 10001).unwrap_err();
         assert!(
             e.message.contains("`size`") && e.message.contains("10000"),
             "{e}"
         );
-        assert!(PoolSize::parse("size", &json!("5")).is_err());
-        assert!(PoolSize::parse("size", &json!(5.5)).is_err());
         assert_eq!(PoolSize::default().get(), 10);
     }
 
     #[test]
     fn pool_mode_values() {
         assert_eq!(
-            PoolMode::parse("mode", &json!("session")).unwrap(),
+            PoolMode::parse("mode", "session").unwrap(),
             PoolMode::Session
         );
         assert_eq!(
-            PoolMode::parse("mode", &json!("statement")).unwrap(),
+            PoolMode::parse("mode", "statement").unwrap(),
             PoolMode::Statement
         );
         assert_eq!(
-            PoolMode::parse("mode", &json!("transaction")).unwrap(),
+            PoolMode::parse("mode", "transaction").unwrap(),
             PoolMode::Transaction
         );
-        assert!(PoolMode::parse("mode", &json!("Session")).is_err());
-        assert!(PoolMode::parse("mode", &json!(1)).is_err());
+        assert!(PoolMode::parse("mode", "Session").is_err());
+        assert!(PoolMode::parse("mode", "").is_err());
         assert_eq!(PoolMode::default(), PoolMode::Transaction);
     }
 
@@ -701,11 +681,9 @@ mod tests {
 
     #[test]
     fn ip_filter_parsing() {
-        let f =
-            IpFilter::parse("ip-filter", &json!(["10.0.0.0/8", "192.168.1.1", "::/0"])).unwrap();
+        let f = IpFilter::parse("ip-filter", &["10.0.0.0/8", "192.168.1.1", "::/0"]).unwrap();
         assert_eq!(f.to_strings(), ["10.0.0.0/8", "192.168.1.1/32", "::/0"]);
-        assert!(IpFilter::parse("ip-filter", &json!(["10.0.0.0/33"])).is_err());
-        assert!(IpFilter::parse("ip-filter", &json!("10.0.0.0/8")).is_err());
-        assert!(IpFilter::parse("ip-filter", &json!([1])).is_err());
+        let e = IpFilter::parse("ip-filter", &["10.0.0.0/33"]).unwrap_err();
+        assert!(e.message.contains("item 0"), "{e}");
     }
 }

@@ -1,17 +1,20 @@
 //! The service's pgbouncer settings (json-schema-pgbouncer of the Exoscale document), typed. The
-//! pooler reads them from the desired state; the API accepts and returns them in the document's
-//! JSON shape. `None` means "not set", i.e. the pooler's default applies.
+//! pooler reads them from the desired state; the API reads and writes them in the document's
+//! shape (`api/src/requests/pgbouncer.rs`), the store in its own column (serde). `None` means
+//! "not set", i.e. the pooler's default applies.
 //!
-//! [`SETTINGS`] is the one table of the settings: name, JSON type with its bounds, default,
-//! example, description and how the pooler applies it. Parsing, the JSON view and the schema are
-//! all read from it, so a limit cannot differ between what is accepted and what is advertised.
+//! [`SETTINGS`] is the one table of the settings: name, type with its bounds, default, example,
+//! description and how the pooler applies it. The checks here, the API's parsing and the schema it
+//! serves are all read from it, so a limit cannot differ between what is accepted and what is
+//! advertised.
 
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 
-use crate::input::{boolean, int_in, InputError, PoolMode};
+use crate::input::{in_range, InputError, PoolMode};
 
 /// A startup parameter that the pooler may be told to ignore (items enum of the document).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IgnoredStartupParameter {
     /// `extra_float_digits`
     ExtraFloatDigits,
@@ -35,42 +38,54 @@ impl IgnoredStartupParameter {
     }
 }
 
-/// Service-wide pooler settings. Each field is `None` when the user has not set it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Service-wide pooler settings. Each field is `None` when the user has not set it. The store
+/// keeps them as serde writes them (only the fields that are set).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PgbouncerSettings {
     /// 0..=10000
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_pool_size: Option<u32>,
     /// up to 32 items
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ignore_startup_parameters: Option<Vec<IgnoredStartupParameter>>,
     /// 60..=86400 seconds
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_lifetime: Option<u32>,
     /// pool mode of automatically created pools
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub autodb_pool_mode: Option<PoolMode>,
     /// 0..=86400 seconds, 0 disables
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_idle_timeout: Option<u32>,
     /// 0..=2147483647, 0 unlimited
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub autodb_max_db_connections: Option<u32>,
     /// 0..=3000, 0 disables prepared statement tracking
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_prepared_statements: Option<u32>,
     /// run DISCARD ALL in every pooling mode
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_reset_query_always: Option<bool>,
     /// 0..=10000
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub autodb_pool_size: Option<u32>,
     /// 0..=86400 seconds
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub autodb_idle_timeout: Option<u32>,
 }
 
-/// The JSON type of a setting, with its bounds.
+/// The type of a setting, with its bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingType {
-    /// A JSON integer within `min..=max`.
+    /// An integer within `min..=max`.
     Integer {
         /// Smallest accepted value.
         min: i64,
         /// Largest accepted value.
         max: i64,
     },
-    /// A JSON boolean.
+    /// A boolean.
     Boolean,
     /// One of the pool modes' spellings.
     PoolMode,
@@ -99,11 +114,11 @@ pub enum SettingValue {
 pub struct Setting {
     /// The key in `pgbouncer-settings`.
     pub name: &'static str,
-    /// JSON type and bounds.
-    pub json_type: SettingType,
-    /// The value that applies when unset, as JSON text (`None`: the document names none).
+    /// Type and bounds.
+    pub kind: SettingType,
+    /// The value that applies when unset, as the document writes it (`None`: it names none).
     pub default: Option<&'static str>,
-    /// An example value, as JSON text.
+    /// An example value, as the document writes it.
     pub example: &'static str,
     /// The document's description (its `title`).
     pub title: &'static str,
@@ -133,7 +148,7 @@ macro_rules! setting {
      pooler $pooler:expr, $title:expr) => {
         Setting {
             name: stringify!($name),
-            json_type: $ty,
+            kind: $ty,
             default: $default,
             example: $example,
             title: $title,
@@ -186,94 +201,61 @@ pub const SETTINGS: [Setting; 10] = [
         "If the automatically created database pools have been unused this many seconds, they are freed. If 0 then timeout is disabled. [seconds]"),
 ];
 
-fn setting(name: &str) -> Option<&'static Setting> {
+/// The setting called `name`.
+pub fn setting(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
-fn json_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-impl SettingType {
-    /// Parses `v` given as `field`.
-    fn parse(self, field: &str, v: &Value) -> Result<SettingValue, InputError> {
-        Ok(match self {
+impl Setting {
+    /// An integer value of this (integer) setting given as `field`, within its bounds.
+    pub fn integer(&self, field: &str, n: i64) -> Result<SettingValue, InputError> {
+        match self.kind {
             SettingType::Integer { min, max } => {
-                SettingValue::Integer(int_in(field, v, min, max)? as u32)
+                Ok(SettingValue::Integer(in_range(field, n, min, max)? as u32))
             }
-            SettingType::Boolean => SettingValue::Boolean(boolean(field, v)?),
-            SettingType::PoolMode => SettingValue::PoolMode(PoolMode::parse(field, v)?),
-            SettingType::StartupParameters { max_items } => {
-                SettingValue::StartupParameters(parse_ignored(field, v, max_items)?)
-            }
-        })
+            _ => Err(InputError::new(field, "must not be an integer")),
+        }
     }
 
-    /// The schema keywords of this type.
-    fn schema(self) -> Map<String, Value> {
-        let mut m = Map::new();
-        match self {
-            SettingType::Integer { min, max } => {
-                m.insert("type".into(), json!("integer"));
-                m.insert("minimum".into(), json!(min));
-                m.insert("maximum".into(), json!(max));
-            }
-            SettingType::Boolean => {
-                m.insert("type".into(), json!("boolean"));
-            }
-            SettingType::PoolMode => {
-                m.insert("type".into(), json!("string"));
-                m.insert(
-                    "enum".into(),
-                    json!(["session", "statement", "transaction"]),
-                );
-            }
-            SettingType::StartupParameters { max_items } => {
-                let names: Vec<&str> = IgnoredStartupParameter::ALL
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect();
-                m.insert("type".into(), json!("array"));
-                m.insert("maxItems".into(), json!(max_items));
-                m.insert("items".into(), json!({"enum": names, "type": "string"}));
-            }
+    /// The startup parameters named by `items` (given as `field`), at most the setting's count.
+    pub fn startup_parameters<S: AsRef<str>>(
+        &self,
+        field: &str,
+        items: &[S],
+    ) -> Result<SettingValue, InputError> {
+        let SettingType::StartupParameters { max_items } = self.kind else {
+            return Err(InputError::new(field, "must not be a list"));
+        };
+        if items.len() > max_items {
+            return Err(InputError::new(
+                field,
+                format!("at most {max_items} items, got {}", items.len()),
+            ));
         }
-        m
+        items
+            .iter()
+            .map(|item| {
+                IgnoredStartupParameter::ALL
+                    .into_iter()
+                    .find(|p| item.as_ref() == p.as_str())
+                    .ok_or_else(|| {
+                        InputError::new(
+                            field,
+                            "items must be one of \"extra_float_digits\", \"search_path\"",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(SettingValue::StartupParameters)
     }
-}
 
-impl SettingValue {
-    fn to_json(&self) -> Value {
-        match self {
-            SettingValue::Integer(n) => json!(n),
-            SettingValue::Boolean(b) => json!(b),
-            SettingValue::PoolMode(m) => json!(m.as_str()),
-            SettingValue::StartupParameters(p) => {
-                json!(p.iter().map(|x| x.as_str()).collect::<Vec<_>>())
-            }
-        }
+    /// This setting's value in `s`, if set.
+    pub fn get(&self, s: &PgbouncerSettings) -> Option<SettingValue> {
+        (self.get)(s)
     }
 }
 
 impl PgbouncerSettings {
-    /// Parses the `pgbouncer-settings` object given as `field`; unknown keys are refused.
-    pub fn parse(field: &str, v: &Value) -> Result<Self, InputError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| InputError::new(field, "must be an object"))?;
-        let mut s = PgbouncerSettings::default();
-        s.merge(field, obj)?;
-        Ok(s)
-    }
-
-    /// Applies the keys of `obj` over `self` (an update sets only what it names; `null` unsets).
-    /// A refused object changes nothing.
-    pub fn merge(&mut self, field: &str, obj: &Map<String, Value>) -> Result<(), InputError> {
-        let patch = PgbouncerPatch::parse(field, obj)?;
-        self.apply(&patch);
-        Ok(())
-    }
-
     /// Sets and unsets what `patch` names.
     pub fn apply(&mut self, patch: &PgbouncerPatch) {
         for (row, value) in &patch.changes {
@@ -281,39 +263,15 @@ impl PgbouncerSettings {
         }
     }
 
-    /// The document's JSON shape: only the keys that are set.
-    pub fn to_json(&self) -> Value {
-        let set = SETTINGS
+    /// Every setting that is set, in the table's order.
+    pub fn values(&self) -> impl Iterator<Item = (&'static Setting, SettingValue)> + '_ {
+        SETTINGS
             .iter()
-            .filter_map(|row| Some((row.name.to_string(), (row.get)(self)?.to_json())));
-        Value::Object(set.collect())
-    }
-
-    /// json-schema-pgbouncer, as `GET /dbaas-settings-pg` serves it.
-    pub fn schema() -> Value {
-        let properties: Map<String, Value> = SETTINGS
-            .iter()
-            .map(|row| {
-                let mut p = row.json_type.schema();
-                p.insert("title".into(), json!(row.title));
-                p.insert("example".into(), json_text(row.example));
-                if let Some(d) = row.default {
-                    p.insert("default".into(), json_text(d));
-                }
-                (row.name.to_string(), Value::Object(p))
-            })
-            .collect();
-        json!({
-            "description": "System-wide settings for pgbouncer.",
-            "title": "PGBouncer connection pooling settings",
-            "type": "object",
-            "additionalProperties": false,
-            "properties": properties,
-        })
+            .filter_map(|row| Some((row, (row.get)(self)?)))
     }
 }
 
-/// A change to a service's settings: what an update names, to set or (`null`) to unset; the
+/// A change to a service's settings: what an update names, to set or (`None`) to unset; the
 /// settings it does not name keep their values.
 #[derive(Debug, Clone, Default)]
 pub struct PgbouncerPatch {
@@ -321,176 +279,73 @@ pub struct PgbouncerPatch {
 }
 
 impl PgbouncerPatch {
-    /// Parses the `pgbouncer-settings` object of an update given as `field`: every key it names is
-    /// set to its value, or unset by `null`; unknown keys are refused.
-    pub fn parse(field: &str, obj: &Map<String, Value>) -> Result<Self, InputError> {
-        if let Some(k) = obj.keys().find(|k| setting(k).is_none()) {
-            return Err(InputError::new(
-                &format!("{field}.{k}"),
-                "unknown pgbouncer setting",
-            ));
-        }
-        let mut changes = Vec::with_capacity(obj.len());
-        for (key, value) in obj {
-            let Some(row) = setting(key) else { continue };
-            let parsed = match value {
-                Value::Null => None,
-                v => Some(row.json_type.parse(&format!("{field}.{key}"), v)?),
-            };
-            changes.push((row, parsed));
-        }
-        Ok(PgbouncerPatch { changes })
+    /// Sets (`Some`) or unsets (`None`) `row`. A value of another type than the row's is
+    /// ignored when applied (the row is unset): build values with the row's own constructors.
+    pub fn set(&mut self, row: &'static Setting, value: Option<SettingValue>) {
+        self.changes.push((row, value));
     }
-}
-
-fn parse_ignored(
-    field: &str,
-    v: &Value,
-    max_items: usize,
-) -> Result<Vec<IgnoredStartupParameter>, InputError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| InputError::new(field, "must be an array"))?;
-    if items.len() > max_items {
-        return Err(InputError::new(
-            field,
-            format!("at most {max_items} items, got {}", items.len()),
-        ));
-    }
-    items
-        .iter()
-        .map(|item| {
-            IgnoredStartupParameter::ALL
-                .into_iter()
-                .find(|p| item.as_str() == Some(p.as_str()))
-                .ok_or_else(|| {
-                    InputError::new(
-                        field,
-                        "items must be one of \"extra_float_digits\", \"search_path\"",
-                    )
-                })
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(v: Value) -> Result<PgbouncerSettings, InputError> {
-        PgbouncerSettings::parse("pgbouncer-settings", &v)
-    }
-
     #[test]
     fn integer_limits_just_inside_and_outside() {
-        let ints = SETTINGS.iter().filter_map(|row| match row.json_type {
-            SettingType::Integer { min, max } => Some((row.name, min, max)),
-            _ => None,
-        });
-        for (key, min, max) in ints {
-            assert!(parse(json!({ key: min })).is_ok(), "{key}={min}");
-            assert!(parse(json!({ key: max })).is_ok(), "{key}={max}");
-            let e = parse(json!({ key: min - 1 })).unwrap_err();
-            assert!(e.message.contains(key), "{e}");
-            assert!(parse(json!({ key: max + 1 })).is_err(), "{key}={}", max + 1);
-            assert!(parse(json!({ key: "1" })).is_err(), "{key} string");
-        }
-    }
-
-    #[test]
-    fn other_settings() {
-        let s = parse(json!({
-            "server_reset_query_always": true,
-            "autodb_pool_mode": "session",
-            "ignore_startup_parameters": ["search_path", "extra_float_digits"],
-        }))
-        .unwrap();
-        assert_eq!(s.server_reset_query_always, Some(true));
-        assert_eq!(s.autodb_pool_mode, Some(PoolMode::Session));
-        assert_eq!(s.ignore_startup_parameters.as_ref().map(Vec::len), Some(2));
-        assert!(parse(json!({"server_reset_query_always": "yes"})).is_err());
-        assert!(parse(json!({"ignore_startup_parameters": ["work_mem"]})).is_err());
-        let many: Vec<&str> = std::iter::repeat_n("search_path", 33).collect();
-        assert!(parse(json!({ "ignore_startup_parameters": many })).is_err());
-        let ok: Vec<&str> = std::iter::repeat_n("search_path", 32).collect();
-        assert!(parse(json!({ "ignore_startup_parameters": ok })).is_ok());
-        let e = parse(json!({"pool_mode": "session"})).unwrap_err();
-        assert!(e.message.contains("pool_mode"), "{e}");
-        assert_eq!(
-            parse(json!({"min_pool_size": 3})).unwrap().to_json(),
-            json!({"min_pool_size": 3})
-        );
-    }
-
-    #[test]
-    fn merge_keeps_unnamed_and_refused_merge_changes_nothing() {
-        let mut s = parse(json!({"min_pool_size": 3, "server_lifetime": 120})).unwrap();
-        let bad = json!({"min_pool_size": 4, "server_lifetime": 1});
-        assert!(s
-            .merge("pgbouncer-settings", bad.as_object().unwrap())
-            .is_err());
-        assert_eq!(s.min_pool_size, Some(3));
-        let upd = json!({"min_pool_size": 5, "server_lifetime": null});
-        s.merge("pgbouncer-settings", upd.as_object().unwrap())
-            .unwrap();
-        assert_eq!((s.min_pool_size, s.server_lifetime), (Some(5), None));
-    }
-
-    /// The schema is the table: every row is a property with its type, bounds and default, every
-    /// property is a row, and parsing refuses what the row's bounds refuse.
-    #[test]
-    fn schema_is_the_table_and_parsing_follows_its_bounds() {
-        let schema = PgbouncerSettings::schema();
-        let props = schema["properties"].as_object().unwrap();
-        assert_eq!(props.len(), SETTINGS.len());
-        for key in props.keys() {
-            assert!(
-                setting(key).is_some(),
-                "{key} in the schema but not in the table"
-            );
-        }
-        for row in SETTINGS {
-            let p = &props[row.name];
-            assert_eq!(p["title"], json!(row.title), "{}", row.name);
-            assert_eq!(p.get("default"), row.default.map(json_text).as_ref());
-            let too_far = match row.json_type {
-                SettingType::Integer { min, max } => {
-                    assert_eq!(
-                        (
-                            p["type"].clone(),
-                            p["minimum"].clone(),
-                            p["maximum"].clone()
-                        ),
-                        (json!("integer"), json!(min), json!(max)),
-                        "{}",
-                        row.name
-                    );
-                    vec![json!(min - 1), json!(max + 1), json!(min.to_string())]
-                }
-                SettingType::Boolean => {
-                    assert_eq!(p["type"], "boolean");
-                    vec![json!("true"), json!(1)]
-                }
-                SettingType::PoolMode => {
-                    assert_eq!(p["enum"], json!(["session", "statement", "transaction"]));
-                    vec![json!("pooled"), json!(1)]
-                }
-                SettingType::StartupParameters { max_items } => {
-                    assert_eq!(p["maxItems"], json!(max_items));
-                    let names = p["items"]["enum"].as_array().unwrap();
-                    assert_eq!(names.len(), IgnoredStartupParameter::ALL.len());
-                    let many = vec![names[0].clone(); max_items + 1];
-                    assert!(parse(json!({ row.name: many[..max_items] })).is_ok());
-                    vec![json!(many), json!(["work_mem"]), json!("search_path")]
-                }
+        for row in &SETTINGS {
+            let SettingType::Integer { min, max } = row.kind else {
+                continue;
             };
-            for bad in too_far {
-                let e = parse(json!({ row.name: bad })).unwrap_err();
-                assert!(e.message.contains(row.name), "{e}");
-            }
-            // The example is accepted and reads back as itself.
-            let example = json!({ row.name: json_text(row.example) });
-            assert_eq!(parse(example.clone()).unwrap().to_json(), example);
+            assert!(row.integer(row.name, min).is_ok(), "{}={min}", row.name);
+            assert!(row.integer(row.name, max).is_ok(), "{}={max}", row.name);
+            let e = row.integer(row.name, min - 1).unwrap_err();
+            assert!(e.message.contains(row.name), "{e}");
+            assert!(row.integer(row.name, max + 1).is_err());
         }
+        let lifetime = setting("server_reset_query_always").unwrap();
+        assert!(lifetime.integer("x", 1).is_err());
+    }
+
+    #[test]
+    fn startup_parameters_and_patches() {
+        let row = setting("ignore_startup_parameters").unwrap();
+        assert!(row.startup_parameters("f", &["work_mem"]).is_err());
+        assert!(row.startup_parameters("f", &["search_path"; 33]).is_err());
+        assert!(row.startup_parameters("f", &["search_path"; 32]).is_ok());
+        let mut s = PgbouncerSettings::default();
+        let mut p = PgbouncerPatch::default();
+        p.set(
+            setting("min_pool_size").unwrap(),
+            Some(SettingValue::Integer(3)),
+        );
+        p.set(row, row.startup_parameters("f", &["search_path"]).ok());
+        s.apply(&p);
+        assert_eq!(s.min_pool_size, Some(3));
+        assert_eq!(s.values().count(), 2);
+        let mut unset = PgbouncerPatch::default();
+        unset.set(setting("min_pool_size").unwrap(), None);
+        s.apply(&unset);
+        assert_eq!((s.min_pool_size, s.values().count()), (None, 1));
+    }
+
+    /// The store's column: only what is set, under the document's names, and read back the same.
+    #[test]
+    fn stored_form_round_trips() {
+        let s = PgbouncerSettings {
+            min_pool_size: Some(2),
+            autodb_pool_mode: Some(PoolMode::Session),
+            ignore_startup_parameters: Some(vec![IgnoredStartupParameter::SearchPath]),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            text,
+            r#"{"min_pool_size":2,"ignore_startup_parameters":["search_path"],"autodb_pool_mode":"session"}"#
+        );
+        assert_eq!(serde_json::from_str::<PgbouncerSettings>(&text).unwrap(), s);
+        assert_eq!(
+            serde_json::from_str::<PgbouncerSettings>("{}").unwrap(),
+            PgbouncerSettings::default()
+        );
     }
 }

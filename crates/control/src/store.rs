@@ -79,11 +79,12 @@ fn ts(s: &str) -> Result<DateTime<Utc>> {
 
 fn service_from_row(r: &AnyRow) -> Result<ServiceRecord> {
     let id: String = r.try_get("id")?;
+    // The JSON columns are the store's own (serde of control's types), not API input.
     let settings: String = r.try_get("pgbouncer_settings")?;
-    let settings: serde_json::Value =
+    let pgbouncer: PgbouncerSettings =
         serde_json::from_str(&settings).map_err(|_| StoreError::Corrupt("pgbouncer_settings"))?;
     let ip: String = r.try_get("ip_filter")?;
-    let ip: serde_json::Value =
+    let ip: Vec<String> =
         serde_json::from_str(&ip).map_err(|_| StoreError::Corrupt("ip_filter"))?;
     let pg_port: i64 = r.try_get("pg_port")?;
     let pooler_port: i64 = r.try_get("pooler_port")?;
@@ -98,16 +99,13 @@ fn service_from_row(r: &AnyRow) -> Result<ServiceRecord> {
         pg_port: u16::try_from(pg_port).map_err(|_| StoreError::Corrupt("pg_port"))?,
         external_host: r.try_get("external_host")?,
         pooler_port: u16::try_from(pooler_port).map_err(|_| StoreError::Corrupt("pooler_port"))?,
-        pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &settings)
-            .map_err(|_| StoreError::Corrupt("pgbouncer_settings"))?,
-        ip_filter: IpFilter::parse("ip-filter", &ip)
+        pgbouncer,
+        ip_filter: IpFilter::parse("ip_filter", &ip)
             .map_err(|_| StoreError::Corrupt("ip_filter"))?,
         termination_protection: r.try_get::<i64, _>("termination_protection")? != 0,
         pg_settings: {
             let raw: String = r.try_get("pg_settings")?;
-            let v: serde_json::Value =
-                serde_json::from_str(&raw).map_err(|_| StoreError::Corrupt("pg_settings"))?;
-            PgSettings::parse("pg-settings", &v).map_err(|_| StoreError::Corrupt("pg_settings"))?
+            PgSettings::from_stored(&raw).map_err(|_| StoreError::Corrupt("pg_settings"))?
         },
         work_mem: opt_u32(r.try_get("work_mem")?, "work_mem")?,
         shared_buffers_percentage: opt_u32(
@@ -118,6 +116,10 @@ fn service_from_row(r: &AnyRow) -> Result<ServiceRecord> {
         updated_at: ts(r.try_get("updated_at")?)?,
         node: r.try_get("node")?,
     })
+}
+
+fn pgbouncer_column(s: &PgbouncerSettings) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "{}".into())
 }
 
 fn opt_u32(v: Option<i64>, what: &'static str) -> Result<Option<u32>> {
@@ -529,13 +531,13 @@ pub async fn insert_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<
     .bind(&s.admin_username)
     .bind(i64::from(s.pg_port))
     .bind(i64::from(s.pooler_port))
-    .bind(s.pgbouncer.to_json().to_string())
+    .bind(pgbouncer_column(&s.pgbouncer))
     .bind(serde_json::Value::from(s.ip_filter.to_strings()).to_string())
     .bind(i64::from(s.termination_protection))
     .bind(s.created_at.to_rfc3339())
     .bind(s.updated_at.to_rfc3339())
     .bind(&s.external_host)
-    .bind(s.pg_settings.to_json().to_string())
+    .bind(s.pg_settings.to_stored())
     .bind(s.work_mem.map(i64::from))
     .bind(s.shared_buffers_percentage.map(i64::from))
     .bind(&s.node)
@@ -553,11 +555,11 @@ pub async fn update_service(c: &mut AnyConnection, s: &ServiceRecord) -> Result<
     )
     .bind(&s.plan)
     .bind(s.state.as_str())
-    .bind(s.pgbouncer.to_json().to_string())
+    .bind(pgbouncer_column(&s.pgbouncer))
     .bind(serde_json::Value::from(s.ip_filter.to_strings()).to_string())
     .bind(i64::from(s.termination_protection))
     .bind(s.updated_at.to_rfc3339())
-    .bind(s.pg_settings.to_json().to_string())
+    .bind(s.pg_settings.to_stored())
     .bind(s.work_mem.map(i64::from))
     .bind(s.shared_buffers_percentage.map(i64::from))
     .bind(&s.name)

@@ -249,7 +249,7 @@ fn new_database(name: &str) -> NewDatabase {
 }
 
 fn size(n: i64) -> Option<PoolSize> {
-    Some(PoolSize::parse("size", &serde_json::json!(n)).unwrap())
+    Some(PoolSize::new("size", n).unwrap())
 }
 
 #[tokio::test]

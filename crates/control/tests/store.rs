@@ -13,7 +13,6 @@ use pgbay_control::model::{
 };
 use pgbay_control::store::{self, Store};
 use pgbay_control::{OperationKind, PgbouncerSettings};
-use serde_json::json;
 use uuid::Uuid;
 
 fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
@@ -28,8 +27,10 @@ fn service(name: &str, pg_port: u16, pooler_port: u16) -> ServiceRecord {
         pg_port,
         pooler_port,
         external_host: None,
-        pgbouncer: PgbouncerSettings::parse("pgbouncer-settings", &json!({"min_pool_size": 2}))
-            .unwrap(),
+        pgbouncer: PgbouncerSettings {
+            min_pool_size: Some(2),
+            ..Default::default()
+        },
         ip_filter: IpFilter::allow_all(),
         termination_protection: false,
         pg_settings: Default::default(),

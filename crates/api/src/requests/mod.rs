@@ -3,18 +3,27 @@
 //! misspelt setting is never silently dropped) and builds the command from control's input
 //! newtypes, whose errors name the field and the limit it broke.
 
+mod migration;
+mod pg_settings;
+mod pgbouncer;
+mod values;
+
+pub use migration::migration_check;
+pub use pg_settings::{pg_settings_json, pg_settings_schema};
+pub use pgbouncer::{pgbouncer_json, pgbouncer_schema};
+
 use pgbay_control::input::{
-    boolean, int_in, AdminPassword, AdminUsername, DatabaseName, InputError, IpFilter, Locale,
-    Password, Plan, PoolMode, PoolName, PoolSize, Username,
+    AdminPassword, AdminUsername, DatabaseName, InputError, Locale, Password, Plan, PoolName,
+    Username,
 };
 use pgbay_control::logs::{LogQuery, SortOrder};
 use pgbay_control::metrics::Period;
-use pgbay_control::pg_settings::{PgSettings, PgSettingsPatch};
+use pgbay_control::pg_settings::PgSettings;
 use pgbay_control::{
-    MigrationSpec, NewDatabase, NewPool, NewService, NewUser, PasswordReset, PgbouncerPatch,
-    PgbouncerSettings, PoolUpdate, ServiceUpdate,
+    NewDatabase, NewPool, NewService, NewUser, PasswordReset, PoolUpdate, ServiceUpdate,
 };
 use serde_json::{Map, Value};
+use values::{boolean, int_in, ip_filter, pool_mode, pool_size};
 
 type Body = Map<String, Value>;
 
@@ -42,7 +51,7 @@ fn optional<'a>(body: &'a Body, field: &str) -> Option<&'a Value> {
     body.get(field).filter(|v| !v.is_null())
 }
 
-fn string<'a>(field: &str, v: &'a Value) -> Result<&'a str, InputError> {
+pub(crate) fn string<'a>(field: &str, v: &'a Value) -> Result<&'a str, InputError> {
     v.as_str()
         .ok_or_else(|| InputError::new(field, "must be a string"))
 }
@@ -116,8 +125,10 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
             pgbay_control::input::ServiceName::parse,
         )?,
         recovery_time: opt_str(body, "recovery-backup-time", recovery_time)?,
-        migration: opt(body, "migration", MigrationSpec::parse)?,
-        pg_settings: opt(body, "pg-settings", PgSettings::parse)?,
+        migration: opt(body, "migration", migration::spec)?,
+        pg_settings: opt(body, "pg-settings", |f, v| {
+            pg_settings::patch(f, v).map(|p| PgSettings::from_patch(&p))
+        })?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(
             body,
@@ -128,8 +139,8 @@ pub fn new_service(body: &Body) -> Result<NewService, InputError> {
         version: opt(body, "version", version)?,
         admin_username: opt_str(body, "admin-username", AdminUsername::parse)?,
         admin_password: opt_str(body, "admin-password", AdminPassword::parse)?,
-        pgbouncer: opt(body, "pgbouncer-settings", PgbouncerSettings::parse)?,
-        ip_filter: opt(body, "ip-filter", IpFilter::parse)?,
+        pgbouncer: opt(body, "pgbouncer-settings", pgbouncer::settings)?,
+        ip_filter: opt(body, "ip-filter", ip_filter)?,
         termination_protection: opt(body, "termination-protection", boolean)?,
     })
 }
@@ -177,20 +188,15 @@ pub fn service_update(body: &Body) -> Result<ServiceUpdate, InputError> {
         ],
     )?;
     let plan = opt_str(body, "plan", Plan::parse)?;
-    let ip_filter = opt(body, "ip-filter", IpFilter::parse)?;
+    let ip_filter = opt(body, "ip-filter", ip_filter)?;
     let termination_protection = opt(body, "termination-protection", boolean)?;
-    let pgbouncer = opt(body, "pgbouncer-settings", |f, v| {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| InputError::new(f, "must be an object"))?;
-        PgbouncerPatch::parse(f, obj)
-    })?;
+    let pgbouncer = opt(body, "pgbouncer-settings", pgbouncer::patch)?;
     Ok(ServiceUpdate {
         backup_schedule: opt(body, "backup-schedule", backup_schedule)?,
         synchronous_replication: opt_str(body, "synchronous-replication", synchronous_replication)?,
         max_failover_lag: opt(body, "pglookout-settings", pglookout_settings)?,
-        migration: opt(body, "migration", MigrationSpec::parse)?,
-        pg_settings: opt(body, "pg-settings", PgSettingsPatch::parse)?,
+        migration: opt(body, "migration", migration::spec)?,
+        pg_settings: opt(body, "pg-settings", pg_settings::patch)?,
         work_mem: opt(body, "work-mem", work_mem)?,
         shared_buffers_percentage: opt(
             body,
@@ -428,8 +434,8 @@ pub fn new_pool(body: &Body) -> Result<NewPool, InputError> {
     Ok(NewPool {
         name,
         database,
-        mode: opt(body, "mode", PoolMode::parse)?.unwrap_or_default(),
-        size: opt(body, "size", PoolSize::parse)?.unwrap_or_default(),
+        mode: opt(body, "mode", pool_mode)?.unwrap_or_default(),
+        size: opt(body, "size", pool_size)?.unwrap_or_default(),
         username: opt_str(body, "username", Username::parse_pool)?,
     })
 }
@@ -439,8 +445,8 @@ pub fn pool_update(body: &Body) -> Result<PoolUpdate, InputError> {
     refuse_unknown(body, &["database-name", "mode", "size", "username"])?;
     Ok(PoolUpdate {
         database: opt_str(body, "database-name", pool_database)?,
-        mode: opt(body, "mode", PoolMode::parse)?,
-        size: opt(body, "size", PoolSize::parse)?,
+        mode: opt(body, "mode", pool_mode)?,
+        size: opt(body, "size", pool_size)?,
         username: opt_str(body, "username", Username::parse_pool)?,
     })
 }
@@ -469,6 +475,7 @@ mod recovery_time_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgbay_control::input::PoolMode;
     use serde_json::json;
 
     fn body(v: Value) -> Body {

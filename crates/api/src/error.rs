@@ -35,7 +35,7 @@ pub enum ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::Invalid(i) => ApiError::BadRequest(i.message),
+            ControlError::Invalid(i) => ApiError::BadRequest(crate::requests::message(&i)),
             ControlError::NotFound(m) => ApiError::NotFound(m),
             ControlError::Conflict(m) => ApiError::Conflict(m),
             ControlError::Internal(m) => ApiError::Internal(m),
@@ -45,7 +45,7 @@ impl From<ControlError> for ApiError {
 
 impl From<pgbay_control::InputError> for ApiError {
     fn from(e: pgbay_control::InputError) -> Self {
-        ApiError::BadRequest(e.message)
+        ApiError::BadRequest(crate::requests::message(&e))
     }
 }
 

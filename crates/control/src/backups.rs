@@ -108,21 +108,21 @@ impl Control {
 
     /// Checks that `s` can take a `backup-schedule`: pgbay backs it up.
     pub(crate) fn check_backup_schedule(&self, s: &ServiceRecord) -> Result<(), crate::InputError> {
-        const FIELD: &str = "backup-schedule";
+        const FIELD: crate::input::Subject = crate::input::Subject::BackupSchedule;
         if !self.backups_enabled() {
-            return Err(crate::InputError::new(
+            return Err(crate::InputError::of(
                 FIELD,
                 "backups are off on this pgbay (install the Debian package `pgbackrest`)",
             ));
         }
         if s.external_host.is_some() {
-            return Err(crate::InputError::new(
+            return Err(crate::InputError::of(
                 FIELD,
                 "services on an external server are not backed up by pgbay",
             ));
         }
         if self.replica_of(&s.name).is_some() {
-            return Err(crate::InputError::new(
+            return Err(crate::InputError::of(
                 FIELD,
                 "a read replica is backed up once promoted",
             ));
@@ -386,20 +386,20 @@ impl Control {
         at: Option<chrono::DateTime<Utc>>,
     ) -> Result<ForkPlan, ControlError> {
         use crate::input::InputError;
-        const FIELD: &str = "fork-from-service";
+        const FIELD: crate::input::Subject = crate::input::Subject::ForkSource;
         if self.inner.cfg.external.is_some() {
-            return Err(InputError::new(FIELD, "not served with an external server").into());
+            return Err(InputError::of(FIELD, "not served with an external server").into());
         }
         let Some(src) = self.inner.store.service(source.as_str()).await? else {
-            return Err(InputError::new(FIELD, format!("no service named {source}")).into());
+            return Err(InputError::of(FIELD, format!("no service named {source}")).into());
         };
         if src.external_host.is_some() {
             return Err(
-                InputError::new(FIELD, format!("{source} has no backups pgbay made")).into(),
+                InputError::of(FIELD, format!("{source} has no backups pgbay made")).into(),
             );
         }
         if !self.backups_enabled() {
-            return Err(InputError::new(
+            return Err(InputError::of(
                 FIELD,
                 "backups are off on this pgbay (install the Debian package `pgbackrest`)",
             )
@@ -410,21 +410,21 @@ impl Control {
         }
         let backups = self.backups_of(&src.name);
         let Some(first) = backups.first() else {
-            return Err(InputError::new(FIELD, format!("{source} has no backup yet")).into());
+            return Err(InputError::of(FIELD, format!("{source} has no backup yet")).into());
         };
         let now = Utc::now();
         let (target_time, backup_set) = match at {
             None => (None, None),
             Some(t) if t > now => {
-                return Err(InputError::new(
-                    "recovery-backup-time",
+                return Err(InputError::of(
+                    crate::input::Subject::RecoveryTime,
                     format!("is in the future; {}", window_text(first.stopped_at, now)),
                 )
                 .into())
             }
             Some(t) if t.timestamp() < first.stopped_at => {
-                return Err(InputError::new(
-                    "recovery-backup-time",
+                return Err(InputError::of(
+                    crate::input::Subject::RecoveryTime,
                     format!(
                         "is before the first backup; {}",
                         window_text(first.stopped_at, now)

@@ -49,10 +49,7 @@ impl ControlError {
                     || c == SqlState::WRONG_OBJECT_TYPE
                     || c == SqlState::INVALID_PARAMETER_VALUE =>
             {
-                ControlError::Invalid(InputError {
-                    field: String::new(),
-                    message: format!("{what}: {msg}"),
-                })
+                ControlError::Invalid(InputError::whole(format!("{what}: {msg}")))
             }
             _ => ControlError::Internal(format!("{what}: {e}")),
         }

@@ -25,7 +25,7 @@ use pgbay_cluster::provision::ClusterSpec;
 
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::input::InputError;
+use crate::input::{InputError, Subject};
 use crate::model::ServiceRecord;
 use crate::store::HaRecord;
 
@@ -593,10 +593,10 @@ impl Control {
                 || u.work_mem.is_some()
                 || u.shared_buffers_percentage.is_some())
         {
-            return Err(InputError::new(
-                "plan",
-                "changes the number of nodes: change pg-settings, work-mem and \
-                 shared-buffers-percentage in an update of their own",
+            return Err(InputError::of(
+                Subject::Plan,
+                "changes the number of nodes: change the PostgreSQL settings, work_mem and the \
+                 shared_buffers share in an update of their own",
             ));
         }
         if h.is_none() && wanted == 1 {
@@ -605,10 +605,10 @@ impl Control {
                 s.plan
             );
             if u.synchronous_replication == Some(true) {
-                return Err(InputError::new("synchronous-replication", why));
+                return Err(InputError::of(Subject::SynchronousReplication, why));
             }
             if u.max_failover_lag.is_some() {
-                return Err(InputError::new("pglookout-settings", why));
+                return Err(InputError::of(Subject::MaxFailoverLag, why));
             }
             return Ok(None);
         }

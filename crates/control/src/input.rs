@@ -8,22 +8,139 @@
 
 use std::fmt;
 
-/// A refused input: which field, and why. Becomes a 400 with `{"message": ...}` in the API.
+/// What a refused input is. A `Given` value was handed to a parser together with the caller's
+/// name for it (`ServiceName::parse("name", ..)`); the others are parts of a service that control
+/// refuses by its own rules, and the API names them in its own spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A value the caller named.
+    Given(String),
+    /// The service's plan.
+    Plan,
+    /// The PostgreSQL major version.
+    Version,
+    /// The admin user's name, given at creation.
+    AdminUsername,
+    /// The admin user's password, given at creation.
+    AdminPassword,
+    /// The service's PostgreSQL settings as a whole.
+    PgSettings,
+    /// One PostgreSQL setting, by its PostgreSQL name.
+    PgSetting(String),
+    /// The `work_mem` of the service, in MB.
+    WorkMem,
+    /// The share of memory given to `shared_buffers`.
+    SharedBuffersPercentage,
+    /// Synchronous replication of an HA service.
+    SynchronousReplication,
+    /// The most replication lag a standby may have to be promoted.
+    MaxFailoverLag,
+    /// A migration into the service.
+    Migration,
+    /// The point in time of a fork.
+    RecoveryTime,
+    /// The service a fork is made from.
+    ForkSource,
+    /// The service a read replica is made of, given at its creation.
+    ReplicaSource,
+    /// The daily backup time.
+    BackupSchedule,
+    /// The source service of an integration.
+    IntegrationSource,
+    /// The destination service of an integration.
+    IntegrationDest,
+    /// Several of these at once (a configuration that does not fit its plan).
+    Several(Vec<Subject>),
+    /// No single value: the message says it all (a server's refusal of a statement).
+    Whole,
+}
+
+impl Subject {
+    /// How control words the subject in its own messages (the API words it its own way).
+    pub fn describe(&self) -> String {
+        match self {
+            Subject::Given(f) => format!("field `{f}`"),
+            Subject::Plan => "plan".into(),
+            Subject::Version => "version".into(),
+            Subject::AdminUsername => "admin user name".into(),
+            Subject::AdminPassword => "admin password".into(),
+            Subject::PgSettings => "PostgreSQL settings".into(),
+            Subject::PgSetting(n) => format!("PostgreSQL setting `{n}`"),
+            Subject::WorkMem => "work_mem".into(),
+            Subject::SharedBuffersPercentage => "shared_buffers share".into(),
+            Subject::SynchronousReplication => "synchronous replication".into(),
+            Subject::MaxFailoverLag => "failover lag".into(),
+            Subject::Migration => "migration".into(),
+            Subject::RecoveryTime => "recovery time".into(),
+            Subject::ForkSource => "fork source".into(),
+            Subject::ReplicaSource => "read replica source".into(),
+            Subject::BackupSchedule => "backup schedule".into(),
+            Subject::IntegrationSource => "integration source".into(),
+            Subject::IntegrationDest => "integration destination".into(),
+            Subject::Several(all) => all
+                .iter()
+                .map(Subject::describe)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Subject::Whole => "input".into(),
+        }
+    }
+}
+
+/// A refused input: what, and why. Becomes a 400 with `{"message": ...}` in the API, which names
+/// the subject as its request spells it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InputError {
-    /// The JSON field (or path parameter) that was refused.
-    pub field: String,
-    /// Human-readable message; always mentions `field`.
+    /// What was refused.
+    pub subject: Subject,
+    /// Why, without naming the subject; `{other}` in it stands for `other`.
+    pub detail: String,
+    /// Another subject the refusal is about (a field that cannot go with this one).
+    pub other: Option<Subject>,
+    /// The whole message in control's words; always names the subject.
     pub message: String,
 }
 
 impl InputError {
-    /// Builds an error whose message starts with the field name, so every message names it.
+    /// A refusal of a value the caller named `field`: the message starts with the field name.
     pub fn new(field: &str, detail: impl fmt::Display) -> Self {
+        let detail = detail.to_string();
         InputError {
-            field: field.to_string(),
+            subject: Subject::Given(field.to_string()),
             message: format!("invalid field `{field}`: {detail}"),
+            detail,
+            other: None,
+        }
+    }
+
+    /// A refusal of `subject` by control's own rules.
+    pub fn of(subject: Subject, detail: impl fmt::Display) -> Self {
+        let detail = detail.to_string();
+        InputError {
+            message: format!("invalid {}: {detail}", subject.describe()),
+            subject,
+            detail,
+            other: None,
+        }
+    }
+
+    /// A refusal of `subject` because of `other` (which `{other}` in `detail` names).
+    pub fn naming(subject: Subject, other: Subject, detail: &str) -> Self {
+        let mut e = InputError::of(subject, detail.replace("{other}", &other.describe()));
+        e.detail = detail.to_string();
+        e.other = Some(other);
+        e
+    }
+
+    /// A refusal whose message is all there is to say (not about one value).
+    pub fn whole(message: impl fmt::Display) -> Self {
+        let message = message.to_string();
+        InputError {
+            subject: Subject::Whole,
+            detail: message.clone(),
+            message,
+            other: None,
         }
     }
 }

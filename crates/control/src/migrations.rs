@@ -143,8 +143,8 @@ impl Control {
         s: &crate::model::ServiceRecord,
     ) -> Result<(), ControlError> {
         if !self.provisioner(s).runs_server() {
-            return Err(InputError::new(
-                "migration",
+            return Err(InputError::of(
+                crate::input::Subject::Migration,
                 "cannot be set: services on an external server are not migrated into",
             )
             .into());

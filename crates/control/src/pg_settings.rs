@@ -18,10 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::input::InputError;
 
-/// The request field the settings arrive in, named by control's own refusals of a whole
-/// configuration (the plan's memory, a value PostgreSQL refused at reload).
-pub const FIELD: &str = "pg-settings";
-
 /// Type and limits of one setting.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {

@@ -19,8 +19,8 @@ use crate::model::{OperationRecord, ServiceRecord, ServiceState};
 use crate::operations::OperationKind;
 use crate::store::{self, ReplicaRecord};
 
-/// The field a create names its read replica source in.
-pub(crate) const FIELD: &str = "integrations.source-service";
+/// What a create's read replica source is refused as.
+pub(crate) const FIELD: crate::input::Subject = crate::input::Subject::ReplicaSource;
 
 /// The read replicas, as the store has them (kept in step with it).
 #[derive(Default)]
@@ -128,18 +128,16 @@ impl Control {
         source: &ServiceName,
     ) -> Result<ServiceRecord, ControlError> {
         if self.inner.cfg.external.is_some() {
-            return Err(InputError::new(FIELD, "not served with an external server").into());
+            return Err(InputError::of(FIELD, "not served with an external server").into());
         }
         let Some(src) = self.inner.store.service(source.as_str()).await? else {
-            return Err(InputError::new(FIELD, format!("no service named {source}")).into());
+            return Err(InputError::of(FIELD, format!("no service named {source}")).into());
         };
         if src.state != ServiceState::Running || !self.cluster_running(&src.name) {
-            return Err(InputError::new(FIELD, format!("{source} is not running")).into());
+            return Err(InputError::of(FIELD, format!("{source} is not running")).into());
         }
         if self.replica_of(&src.name).is_some() {
-            return Err(
-                InputError::new(FIELD, format!("{source} is itself a read replica")).into(),
-            );
+            return Err(InputError::of(FIELD, format!("{source} is itself a read replica")).into());
         }
         Ok(src)
     }
@@ -289,23 +287,22 @@ impl Control {
         source: &ServiceName,
         dest: &ServiceName,
     ) -> Result<OperationRecord, ControlError> {
-        const DEST: &str = "dest-service";
+        const DEST: crate::input::Subject = crate::input::Subject::IntegrationDest;
         if source == dest {
-            return Err(InputError::new(DEST, "must differ from source-service").into());
+            return Err(InputError::of(DEST, "must differ from the source service").into());
         }
         let src = self
             .check_replica_source(source)
             .await
             .map_err(|e| match e {
-                ControlError::Invalid(i) => ControlError::Invalid(InputError::new(
-                    "source-service",
-                    i.message
-                        .trim_start_matches(&format!("invalid field `{FIELD}`: ")),
+                ControlError::Invalid(i) => ControlError::Invalid(InputError::of(
+                    crate::input::Subject::IntegrationSource,
+                    i.detail,
                 )),
                 other => other,
             })?;
         let (g, s) = self.lock_running(dest).await?;
-        let refuse = |why: String| -> ControlError { InputError::new(DEST, why).into() };
+        let refuse = |why: String| -> ControlError { InputError::of(DEST, why).into() };
         if s.external_host.is_some() || self.is_ha(&s.name) {
             return Err(refuse(format!(
                 "{dest} must run one node (a read replica runs one)"
@@ -361,7 +358,7 @@ impl Control {
     /// `DELETE /dbaas-integration/{id}`: promotes the replica to a standalone service.
     pub async fn delete_integration(&self, id: &str) -> Result<OperationRecord, ControlError> {
         let r = self.integration(id)?;
-        let name = ServiceName::parse("dest-service", &r.service)?;
+        let name = ServiceName::parse("service", &r.service)?;
         let (_g, s) = self.lock_running(&name).await?;
         let prov = self.inner.prov.clone();
         let n = s.name.clone();

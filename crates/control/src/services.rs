@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::commands::{NewService, ServiceUpdate};
 use crate::control::Control;
 use crate::error::ControlError;
-use crate::input::{AdminUsername, InputError, IpFilter, Password, ServiceName, DEFAULT_DATABASE};
+use crate::input::{
+    AdminUsername, InputError, IpFilter, Password, ServiceName, Subject, DEFAULT_DATABASE,
+};
 use crate::model::{
     OpState, OperationRecord, PoolRecord, ServiceRecord, ServiceState, UserKind, UserRecord,
 };
@@ -53,13 +55,16 @@ impl ServiceView {
 
 /// A 400 naming `admin-username` or `admin-password` when the request sets one where the admin
 /// is not the request's to choose (`why`).
-fn refuse_admin_fields(new: &NewService, why: &str) -> Result<(), InputError> {
+fn refuse_admin_fields(
+    new: &NewService,
+    why: impl Fn(Subject) -> InputError,
+) -> Result<(), InputError> {
     let given = [
-        ("admin-username", new.admin_username.is_some()),
-        ("admin-password", new.admin_password.is_some()),
+        (Subject::AdminUsername, new.admin_username.is_some()),
+        (Subject::AdminPassword, new.admin_password.is_some()),
     ];
-    match given.iter().find(|(_, set)| *set) {
-        Some((field, _)) => Err(InputError::new(field, why)),
+    match given.into_iter().find(|(_, set)| *set) {
+        Some((subject, _)) => Err(why(subject)),
         None => Ok(()),
     }
 }
@@ -73,10 +78,10 @@ fn refuse_ha_fields(
 ) -> Result<(), InputError> {
     let why = format!("needs a plan with standbys (business or premium), not {plan}");
     if synchronous == Some(true) {
-        return Err(InputError::new("synchronous-replication", why));
+        return Err(InputError::of(Subject::SynchronousReplication, why));
     }
     if lag.is_some() {
-        return Err(InputError::new("pglookout-settings", why));
+        return Err(InputError::of(Subject::MaxFailoverLag, why));
     }
     Ok(())
 }
@@ -84,8 +89,8 @@ fn refuse_ha_fields(
 fn known_plan(p: crate::input::Plan) -> Result<&'static crate::plans::PlanSpec, InputError> {
     crate::plans::lookup(p.as_str()).ok_or_else(|| {
         let names: Vec<&str> = crate::plans::all().map(|p| p.name).collect();
-        InputError::new(
-            "plan",
+        InputError::of(
+            Subject::Plan,
             format!(
                 "unknown plan {:?}, must be one of {}",
                 p.as_str(),
@@ -99,8 +104,8 @@ impl Control {
     fn check_version(asked: Option<&str>, available: &str) -> Result<(), InputError> {
         if let Some(v) = asked {
             if v != available {
-                return Err(InputError::new(
-                    "version",
+                return Err(InputError::of(
+                    Subject::Version,
                     format!("only PostgreSQL {available} is available here, got {v:?}"),
                 ));
             }
@@ -148,13 +153,15 @@ impl Control {
     ) -> Result<OperationRecord, ControlError> {
         let external = self.inner.cfg.external.clone();
         if external.is_some() {
-            refuse_admin_fields(
-                &new,
-                "cannot be set: services use the admin of the external server",
-            )?;
+            refuse_admin_fields(&new, |s| {
+                InputError::of(
+                    s,
+                    "cannot be set: services use the admin of the external server",
+                )
+            })?;
             if new.migration.is_some() {
-                return Err(InputError::new(
-                    "migration",
+                return Err(InputError::of(
+                    Subject::Migration,
                     "cannot be set: services on an external server are not migrated into",
                 )
                 .into());
@@ -174,22 +181,27 @@ impl Control {
         };
         Self::check_version(new.version.as_deref(), &version)?;
         if new.recovery_time.is_some() && new.fork_from.is_none() {
-            return Err(InputError::new(
-                "recovery-backup-time",
-                "is only accepted with fork-from-service",
+            return Err(InputError::naming(
+                Subject::RecoveryTime,
+                Subject::ForkSource,
+                "is only accepted with {other}",
             )
             .into());
         }
         let fork = match &new.fork_from {
             Some(source) => {
-                refuse_admin_fields(
-                    &new,
-                    "cannot be set with fork-from-service: a fork has its source's users",
-                )?;
+                refuse_admin_fields(&new, |s| {
+                    InputError::naming(
+                        s,
+                        Subject::ForkSource,
+                        "cannot be set with {other}: a fork has its source's users",
+                    )
+                })?;
                 if new.migration.is_some() {
-                    return Err(InputError::new(
-                        "migration",
-                        "cannot be set with fork-from-service: a fork has its source's data",
+                    return Err(InputError::naming(
+                        Subject::Migration,
+                        Subject::ForkSource,
+                        "cannot be set with {other}: a fork has its source's data",
                     )
                     .into());
                 }
@@ -199,13 +211,15 @@ impl Control {
         };
         let replica_src = match &new.read_replica_of {
             Some(source) => {
-                refuse_admin_fields(
-                    &new,
-                    "cannot be set with a read replica: it has its source's users",
-                )?;
+                refuse_admin_fields(&new, |s| {
+                    InputError::of(
+                        s,
+                        "cannot be set with a read replica: it has its source's users",
+                    )
+                })?;
                 if new.migration.is_some() || fork.is_some() {
-                    return Err(InputError::new(
-                        crate::replicas::FIELD,
+                    return Err(InputError::of(
+                        Subject::ReplicaSource,
                         "a read replica cannot also be a fork or a migration target",
                     )
                     .into());
@@ -257,8 +271,8 @@ impl Control {
         };
         let ha = nodes > 1;
         if ha && replica_src.is_some() {
-            return Err(InputError::new(
-                crate::replicas::FIELD,
+            return Err(InputError::of(
+                Subject::ReplicaSource,
                 format!(
                     "a read replica runs one node, plan {} runs {nodes}",
                     plan.name
@@ -268,8 +282,8 @@ impl Control {
         }
         if ha {
             if fork.is_some() {
-                return Err(InputError::new(
-                    "fork-from-service",
+                return Err(InputError::of(
+                    Subject::ForkSource,
                     format!(
                         "cannot be used yet with plan {}, which runs {nodes} nodes",
                         plan.name
@@ -278,8 +292,8 @@ impl Control {
                 .into());
             }
             if new.migration.is_some() {
-                return Err(InputError::new(
-                    "migration",
+                return Err(InputError::of(
+                    Subject::Migration,
                     format!(
                         "cannot be used yet with plan {}, which runs {nodes} nodes",
                         plan.name
@@ -384,8 +398,8 @@ impl Control {
         if new.backup_schedule.is_some() {
             self.check_backup_schedule(&s)?;
             if replica.is_some() {
-                return Err(InputError::new(
-                    "backup-schedule",
+                return Err(InputError::of(
+                    Subject::BackupSchedule,
                     "a read replica is backed up once promoted",
                 )
                 .into());
@@ -715,13 +729,13 @@ impl Control {
         shared_buffers_percentage: bool,
     ) -> Result<(), InputError> {
         let given = [
-            ("pg-settings", pg_settings),
-            ("work-mem", work_mem),
-            ("shared-buffers-percentage", shared_buffers_percentage),
+            (Subject::PgSettings, pg_settings),
+            (Subject::WorkMem, work_mem),
+            (Subject::SharedBuffersPercentage, shared_buffers_percentage),
         ];
-        match given.iter().find(|(_, set)| *set) {
-            Some((field, _)) => Err(InputError::new(
-                field,
+        match given.into_iter().find(|(_, set)| *set) {
+            Some((subject, _)) => Err(InputError::of(
+                subject,
                 "cannot be set on a service backed by an external server: pgbay does not \
                  manage that server's configuration",
             )),
@@ -764,8 +778,8 @@ impl Control {
             pgbay_cluster::admin::reload(&t)
                 .await
                 .map_err(|e| ControlError::internal(format!("reloading configuration: {e}")))?;
-            return Err(InputError::new(
-                "pg-settings",
+            return Err(InputError::of(
+                Subject::PgSettings,
                 format!("PostgreSQL refused setting `{setting}`: {why}"),
             )
             .into());

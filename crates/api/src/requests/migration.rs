@@ -15,10 +15,9 @@ pub fn migration_check(body: &Map<String, Value>) -> Result<MigrationCheck, Inpu
         .keys()
         .find(|k| !["source-service-uri", "method", "ignore-dbs"].contains(&k.as_str()))
     {
-        return Err(InputError {
-            field: k.clone(),
-            message: format!("unknown or unsupported field `{k}`"),
-        });
+        return Err(InputError::whole(format!(
+            "unknown or unsupported field `{k}`"
+        )));
     }
     let f = "source-service-uri";
     let uri = body
@@ -87,10 +86,9 @@ pub(super) fn spec(field: &str, v: &Value) -> Result<MigrationSpec, InputError> 
         "ignore-dbs",
     ];
     if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(InputError {
-            field: format!("{field}.{k}"),
-            message: format!("unknown or unsupported field `{field}.{k}`"),
-        });
+        return Err(InputError::whole(format!(
+            "unknown or unsupported field `{field}.{k}`"
+        )));
     }
     let host = text(obj, "host", 255)?
         .ok_or_else(|| InputError::new("migration.host", "missing required field"))?;

@@ -14,7 +14,7 @@ pub use pgbouncer::{pgbouncer_json, pgbouncer_schema};
 
 use pgbay_control::input::{
     AdminPassword, AdminUsername, DatabaseName, InputError, Locale, Password, Plan, PoolName,
-    Username,
+    Subject, Username,
 };
 use pgbay_control::logs::{LogQuery, SortOrder};
 use pgbay_control::metrics::Period;
@@ -27,23 +27,68 @@ use values::{boolean, int_in, ip_filter, pool_mode, pool_size};
 
 type Body = Map<String, Value>;
 
+/// The request field that carries `subject`, as the document spells it.
+pub fn spelling(subject: &Subject) -> String {
+    match subject {
+        Subject::Given(f) => f.clone(),
+        Subject::Plan => "plan".into(),
+        Subject::Version => "version".into(),
+        Subject::AdminUsername => "admin-username".into(),
+        Subject::AdminPassword => "admin-password".into(),
+        Subject::PgSettings => "pg-settings".into(),
+        Subject::PgSetting(name) => {
+            match pgbay_control::pg_settings::def(name).and_then(|d| d.group) {
+                Some(g) => format!("pg-settings.{g}.{name}"),
+                None => format!("pg-settings.{name}"),
+            }
+        }
+        Subject::WorkMem => "work-mem".into(),
+        Subject::SharedBuffersPercentage => "shared-buffers-percentage".into(),
+        Subject::SynchronousReplication => "synchronous-replication".into(),
+        Subject::MaxFailoverLag => "pglookout-settings".into(),
+        Subject::Migration => "migration".into(),
+        Subject::RecoveryTime => "recovery-backup-time".into(),
+        Subject::ForkSource => "fork-from-service".into(),
+        Subject::ReplicaSource => "integrations.source-service".into(),
+        Subject::BackupSchedule => "backup-schedule".into(),
+        Subject::IntegrationSource => "source-service".into(),
+        Subject::IntegrationDest => "dest-service".into(),
+        Subject::Several(all) => all
+            .iter()
+            .map(|s| format!("`{}`", spelling(s)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Subject::Whole => String::new(),
+    }
+}
+
+/// The message of a 400: control's refusals name the request field as the document spells it.
+pub fn message(e: &InputError) -> String {
+    let detail = match &e.other {
+        Some(o) => e.detail.replace("{other}", &spelling(o)),
+        None => e.detail.clone(),
+    };
+    match &e.subject {
+        Subject::Given(_) | Subject::Whole => e.message.clone(),
+        Subject::Several(_) => format!("invalid fields {}: {detail}", spelling(&e.subject)),
+        s => format!("invalid field `{}`: {detail}", spelling(s)),
+    }
+}
+
 /// Refuses any key of `body` not in `known`.
 pub(crate) fn refuse_unknown(body: &Body, known: &[&str]) -> Result<(), InputError> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(InputError {
-            field: k.clone(),
-            message: format!("unknown or unsupported field `{k}`"),
-        }),
+        Some(k) => Err(InputError::whole(format!(
+            "unknown or unsupported field `{k}`"
+        ))),
         None => Ok(()),
     }
 }
 
 /// A required field (`null` counts as absent).
 fn required<'a>(body: &'a Body, field: &str) -> Result<&'a Value, InputError> {
-    optional(body, field).ok_or_else(|| InputError {
-        field: field.to_string(),
-        message: format!("missing required field `{field}`"),
-    })
+    optional(body, field)
+        .ok_or_else(|| InputError::whole(format!("missing required field `{field}`")))
 }
 
 /// An optional field (`null` counts as absent).
@@ -480,6 +525,34 @@ mod tests {
 
     fn body(v: Value) -> Body {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn control_subjects_are_spelt_as_the_request() {
+        let one = InputError::of(Subject::PgSetting("autovacuum_max_workers".into()), "x");
+        assert_eq!(
+            message(&one),
+            "invalid field `pg-settings.autovacuum.autovacuum_max_workers`: x"
+        );
+        let top = InputError::of(Subject::PgSetting("max_prepared_transactions".into()), "y");
+        assert_eq!(
+            message(&top),
+            "invalid field `pg-settings.max_prepared_transactions`: y"
+        );
+        let both = InputError::of(Subject::Several(vec![Subject::Plan, Subject::WorkMem]), "z");
+        assert_eq!(message(&both), "invalid fields `plan`, `work-mem`: z");
+        let given = InputError::new("size", "must be an integer");
+        assert_eq!(message(&given), "invalid field `size`: must be an integer");
+        assert_eq!(
+            message(&InputError::of(Subject::ForkSource, "w")),
+            "invalid field `fork-from-service`: w"
+        );
+        let with = InputError::naming(Subject::RecoveryTime, Subject::ForkSource, "with {other}");
+        assert_eq!(
+            message(&with),
+            "invalid field `recovery-backup-time`: with fork-from-service"
+        );
+        assert_eq!(with.message, "invalid recovery time: with fork source");
     }
 
     #[test]

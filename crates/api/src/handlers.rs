@@ -81,7 +81,8 @@ pub async fn create_database(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .create_database(&service(&p, "service-name")?, requests::new_database(&b)?)
+        .databases()
+        .create(&service(&p, "service-name")?, requests::new_database(&b)?)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -90,7 +91,8 @@ pub async fn create_database(
 pub async fn delete_database(State(c): State<Control>, p: Params) -> ApiResult {
     let db = DatabaseName::parse_lookup("database-name", p.get("database")?)?;
     let op = c
-        .delete_database(&service(&p, "service-name")?, &db)
+        .databases()
+        .delete(&service(&p, "service-name")?, &db)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -102,7 +104,8 @@ pub async fn create_user(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .create_user(&service(&p, "service-name")?, requests::new_user(&b)?)
+        .users()
+        .create(&service(&p, "service-name")?, requests::new_user(&b)?)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -114,7 +117,8 @@ fn user(p: &Params) -> Result<Username, ApiError> {
 /// `DELETE /dbaas-postgres/{name}/user/{username}`
 pub async fn delete_user(State(c): State<Control>, p: Params) -> ApiResult {
     let op = c
-        .delete_user(&service(&p, "service-name")?, &user(&p)?)
+        .users()
+        .delete(&service(&p, "service-name")?, &user(&p)?)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -126,6 +130,7 @@ pub async fn reset_password(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
+        .users()
         .reset_password(
             &service(&p, "service-name")?,
             &user(&p)?,
@@ -138,6 +143,7 @@ pub async fn reset_password(
 /// `GET /dbaas-postgres/{name}/user/{username}/password/reveal`
 pub async fn reveal_password(State(c): State<Control>, p: Params) -> ApiResult {
     let (username, password) = c
+        .users()
         .reveal_password(&service(&p, "service-name")?, &user(&p)?)
         .await?;
     Ok(Json(json!({ "username": username, "password": password })))
@@ -157,7 +163,8 @@ pub async fn create_pool(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .create_pool(&service(&p, "service-name")?, requests::new_pool(&b)?)
+        .pools()
+        .create(&service(&p, "service-name")?, requests::new_pool(&b)?)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -169,7 +176,8 @@ pub async fn update_pool(
     JsonObject(b): JsonObject,
 ) -> ApiResult {
     let op = c
-        .update_pool(
+        .pools()
+        .update(
             &service(&p, "service-name")?,
             &pool(&p)?,
             requests::pool_update(&b)?,
@@ -181,7 +189,8 @@ pub async fn update_pool(
 /// `DELETE /dbaas-postgres/{name}/connection-pool/{pool}`
 pub async fn delete_pool(State(c): State<Control>, p: Params) -> ApiResult {
     let op = c
-        .delete_pool(&service(&p, "service-name")?, &pool(&p)?)
+        .pools()
+        .delete(&service(&p, "service-name")?, &pool(&p)?)
         .await?;
     Ok(Json(views::operation(&op)))
 }
@@ -266,7 +275,9 @@ pub async fn allow_replication(
 ) -> ApiResult {
     let name = service(&p, "service-name")?;
     let allow = requests::allow_replication(&b)?;
-    c.set_allow_replication(&name, &user(&p)?, allow).await?;
+    c.users()
+        .set_allow_replication(&name, &user(&p)?, allow)
+        .await?;
     Ok(Json(views::users(&c.get_service(&name).await?)))
 }
 

@@ -13,20 +13,32 @@ use crate::model::OperationRecord;
 use crate::operations::OperationKind;
 use crate::store;
 
+/// The databases of every service.
+pub struct Databases<'a> {
+    control: &'a Control,
+}
+
 impl Control {
+    /// The databases of every service.
+    pub fn databases(&self) -> Databases<'_> {
+        Databases { control: self }
+    }
+}
+
+impl Databases<'_> {
     /// `POST .../database`.
-    pub async fn create_database(
+    pub async fn create(
         &self,
         service: &ServiceName,
         new: NewDatabase,
     ) -> Result<OperationRecord, ControlError> {
+        let c = self.control;
         let db = new.name;
         let collate = new.lc_collate.as_ref().map(|l| l.as_str());
         let ctype = new.lc_ctype.as_ref().map(|l| l.as_str());
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
-        if self
-            .inner
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
+        if c.inner
             .store
             .databases(&s.name)
             .await?
@@ -37,16 +49,16 @@ impl Control {
                 "database {db} already exists"
             )));
         }
-        let t = self.admin_target(&s).await?;
+        let t = c.admin_target(&s).await?;
         admin::create_database(&t, db.as_str(), &s.admin_username, collate, ctype)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating database (lc-collate, lc-ctype)"))?;
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::insert_database(&mut tx, &s.name, db.as_str()).await?;
-        for r in self.replicas_from(&s.name) {
+        for r in c.replicas_from(&s.name) {
             store::insert_database(&mut tx, &r, db.as_str()).await?;
         }
-        self.commit_operation(
+        c.commit_operation(
             tx,
             &s,
             OperationKind::CreateDatabase,
@@ -56,14 +68,15 @@ impl Control {
     }
 
     /// `DELETE .../database/{database-name}`.
-    pub async fn delete_database(
+    pub async fn delete(
         &self,
         service: &ServiceName,
         db: &DatabaseName,
     ) -> Result<OperationRecord, ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
-        if !self
+        let c = self.control;
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
+        if !c
             .inner
             .store
             .databases(&s.name)
@@ -78,20 +91,21 @@ impl Control {
                 "database {db} is the service's default database: its uri and uri-params point at it"
             )));
         }
-        let users_of = self.pool_names(&s, |p| p.database == db.as_str()).await?;
+        let users_of =
+            crate::pools::pool_names(c.store(), &s, |p| p.database == db.as_str()).await?;
         if !users_of.is_empty() {
             return Err(ControlError::Conflict(format!(
                 "database {db} is used by connection pool(s) {}",
                 users_of.join(", ")
             )));
         }
-        let t = self.admin_target(&s).await?;
+        let t = c.admin_target(&s).await?;
         admin::drop_database(&t, db.as_str())
             .await
             .map_err(|e| ControlError::from_admin(e, "dropping database"))?;
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::delete_database(&mut tx, &s.name, db.as_str()).await?;
-        self.commit_operation(
+        c.commit_operation(
             tx,
             &s,
             OperationKind::DeleteDatabase,

@@ -247,11 +247,16 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Starts a write transaction. Callers read what they need before and open it with a write,
-    /// so SQLite takes the write lock at the first statement (waiting up to the busy timeout for
-    /// writers of other services) and a deferred read-then-write upgrade never fails.
+    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`, waiting up to the busy timeout for other writers), so that the reads that
+    /// decide a change can happen inside its transaction: a deferred read-then-write upgrade
+    /// would fail when another connection wrote in between. Keep it short (no server calls
+    /// inside).
     pub async fn begin(&self) -> Result<StoreTx> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// All services, by name.

@@ -14,18 +14,30 @@ use crate::model::{OperationRecord, ServiceRecord, UserKind, UserRecord};
 use crate::operations::OperationKind;
 use crate::store;
 
+/// The users (login roles) of every service.
+pub struct Users<'a> {
+    control: &'a Control,
+}
+
 impl Control {
+    /// The users (login roles) of every service.
+    pub fn users(&self) -> Users<'_> {
+        Users { control: self }
+    }
+}
+
+impl Users<'_> {
     /// `POST .../user`: creates a login role with a generated password.
-    pub async fn create_user(
+    pub async fn create(
         &self,
         service: &ServiceName,
         new: NewUser,
     ) -> Result<OperationRecord, ControlError> {
+        let c = self.control;
         let (user, replication) = (new.username, new.allow_replication);
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
-        if self
-            .inner
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
+        if c.inner
             .store
             .users(&s.name)
             .await?
@@ -37,24 +49,24 @@ impl Control {
             )));
         }
         let password = Password::generate();
-        let t = self.admin_target(&s).await?;
+        let t = c.admin_target(&s).await?;
         admin::upsert_role(&t, user.as_str(), password.as_str(), replication)
             .await
             .map_err(|e| ControlError::from_admin(e, "creating user"))?;
         let rec = UserRecord {
             name: user.to_string(),
             kind: UserKind::Normal,
-            password_enc: self.inner.secrets.seal(password.as_str()),
+            password_enc: c.inner.secrets.seal(password.as_str()),
             pending_password_enc: None,
             password_overridden: false,
             allow_replication: replication,
         };
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        for r in self.replicas_from(&s.name) {
+        for r in c.replicas_from(&s.name) {
             store::upsert_user(&mut tx, &r, &rec).await?;
         }
-        self.commit_operation(
+        c.commit_operation(
             tx,
             &s,
             OperationKind::CreateUser,
@@ -68,7 +80,8 @@ impl Control {
         s: &ServiceRecord,
         user: &Username,
     ) -> Result<UserRecord, ControlError> {
-        let users = self.inner.store.users(&s.name).await?;
+        let c = self.control;
+        let users = c.inner.store.users(&s.name).await?;
         users
             .into_iter()
             .find(|u| u.name == user.as_str())
@@ -83,22 +96,23 @@ impl Control {
         user: &Username,
         allow: bool,
     ) -> Result<(), ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
+        let c = self.control;
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
         let mut rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary && !allow {
             return Err(ControlError::Conflict(format!(
                 "user {user} is the service's primary user and keeps REPLICATION"
             )));
         }
-        let t = self.admin_target(&s).await?;
+        let t = c.admin_target(&s).await?;
         admin::set_replication(&t, user.as_str(), allow)
             .await
             .map_err(|e| ControlError::from_admin(e, "setting REPLICATION"))?;
         rec.allow_replication = allow;
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        for r in self.replicas_from(&s.name) {
+        for r in c.replicas_from(&s.name) {
             store::upsert_user(&mut tx, &r, &rec).await?;
         }
         tx.commit().await?;
@@ -106,34 +120,36 @@ impl Control {
     }
 
     /// `DELETE .../user/{username}`.
-    pub async fn delete_user(
+    pub async fn delete(
         &self,
         service: &ServiceName,
         user: &Username,
     ) -> Result<OperationRecord, ControlError> {
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
+        let c = self.control;
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
         let rec = self.existing_user(&s, user).await?;
         if rec.kind == UserKind::Primary {
             return Err(ControlError::Conflict(format!(
                 "user {user} is the service's primary user and cannot be deleted"
             )));
         }
-        let pools = self.pool_names(&s, |p| p.username == user.as_str()).await?;
+        let pools =
+            crate::pools::pool_names(c.store(), &s, |p| p.username == user.as_str()).await?;
         if !pools.is_empty() {
             return Err(ControlError::Conflict(format!(
                 "user {user} is used by connection pool(s) {}",
                 pools.join(", ")
             )));
         }
-        let t = self.admin_target(&s).await?;
-        let dbs = self.inner.store.databases(&s.name).await?;
+        let t = c.admin_target(&s).await?;
+        let dbs = c.inner.store.databases(&s.name).await?;
         admin::drop_role(&t, user.as_str(), &s.admin_username, &dbs)
             .await
             .map_err(|e| ControlError::from_admin(e, "deleting user"))?;
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::delete_user(&mut tx, &s.name, user.as_str()).await?;
-        self.commit_operation(
+        c.commit_operation(
             tx,
             &s,
             OperationKind::DeleteUser,
@@ -149,43 +165,44 @@ impl Control {
         user: &Username,
         reset: PasswordReset,
     ) -> Result<OperationRecord, ControlError> {
+        let c = self.control;
         let given = reset.password;
-        let (_g, s) = self.lock_running(service).await?;
-        self.refuse_on_replica(&s)?;
+        let (_g, s) = c.lock_running(service).await?;
+        c.refuse_on_replica(&s)?;
         let mut rec = self.existing_user(&s, user).await?;
         let overridden = given.is_some();
         let password = given.unwrap_or_else(Password::generate);
-        let t = self.admin_target(&s).await?;
+        let t = c.admin_target(&s).await?;
         // Record the intent first (see migration 0003), then change PostgreSQL, then commit.
         let intent = UserRecord {
-            pending_password_enc: Some(self.inner.secrets.seal(password.as_str())),
+            pending_password_enc: Some(c.inner.secrets.seal(password.as_str())),
             ..rec.clone()
         };
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &intent).await?;
-        for r in self.replicas_from(&s.name) {
+        for r in c.replicas_from(&s.name) {
             store::upsert_user(&mut tx, &r, &intent).await?;
         }
         tx.commit().await?;
         if let Err(e) = admin::set_password(&t, user.as_str(), password.as_str()).await {
             // Refused: withdraw the intent so nothing of the request remains.
-            let mut tx = self.inner.store.begin().await?;
+            let mut tx = c.inner.store.begin().await?;
             store::upsert_user(&mut tx, &s.name, &rec).await?;
-            for r in self.replicas_from(&s.name) {
+            for r in c.replicas_from(&s.name) {
                 store::upsert_user(&mut tx, &r, &rec).await?;
             }
             tx.commit().await?;
             return Err(ControlError::from_admin(e, "resetting password"));
         }
-        rec.password_enc = self.inner.secrets.seal(password.as_str());
+        rec.password_enc = c.inner.secrets.seal(password.as_str());
         rec.pending_password_enc = None;
         rec.password_overridden = overridden;
-        let mut tx = self.inner.store.begin().await?;
+        let mut tx = c.inner.store.begin().await?;
         store::upsert_user(&mut tx, &s.name, &rec).await?;
-        for r in self.replicas_from(&s.name) {
+        for r in c.replicas_from(&s.name) {
             store::upsert_user(&mut tx, &r, &rec).await?;
         }
-        self.commit_operation(
+        c.commit_operation(
             tx,
             &s,
             OperationKind::ResetPassword,
@@ -200,39 +217,9 @@ impl Control {
         service: &ServiceName,
         user: &Username,
     ) -> Result<(String, String), ControlError> {
-        let s = self.existing(service).await?;
+        let c = self.control;
+        let s = c.existing(service).await?;
         let rec = self.existing_user(&s, user).await?;
-        Ok((rec.name, self.inner.secrets.open(&rec.password_enc)?))
-    }
-
-    pub(crate) async fn check_pool_refs(
-        &self,
-        s: &ServiceRecord,
-        database: &str,
-        username: &str,
-    ) -> Result<(), ControlError> {
-        if !self
-            .inner
-            .store
-            .databases(&s.name)
-            .await?
-            .iter()
-            .any(|d| d == database)
-        {
-            return Err(ControlError::NotFound(format!(
-                "database {database} not found"
-            )));
-        }
-        if !self
-            .inner
-            .store
-            .users(&s.name)
-            .await?
-            .iter()
-            .any(|u| u.name == username)
-        {
-            return Err(ControlError::NotFound(format!("user {username} not found")));
-        }
-        Ok(())
+        Ok((rec.name, c.inner.secrets.open(&rec.password_enc)?))
     }
 }

@@ -318,7 +318,8 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     // Without a data plane attached, a pool change succeeds at once and is published.
     let before = c.desired_state().borrow().generation;
     let op = c
-        .create_pool(&name, new_pool("p1", "defaultdb"))
+        .pools()
+        .create(&name, new_pool("p1", "defaultdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
@@ -341,7 +342,8 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     });
     let pool = PoolName::parse("connection-pool-name", "p1").unwrap();
     let op = c
-        .update_pool(
+        .pools()
+        .update(
             &name,
             &pool,
             PoolUpdate {
@@ -357,7 +359,8 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
     // A data plane that stops reporting makes the operation fail (after the bounded wait).
     let _silent = c.attach_data_plane();
     let op = c
-        .update_pool(
+        .pools()
+        .update(
             &name,
             &pool,
             PoolUpdate {
@@ -375,8 +378,12 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
 
     // A refused request changes nothing.
     let user = Username::parse("username", "avnadmin").unwrap();
-    assert!(c.delete_user(&name, &user).await.is_err());
-    assert!(c.create_pool(&name, new_pool("p2", "nope")).await.is_err());
+    assert!(c.users().delete(&name, &user).await.is_err());
+    assert!(c
+        .pools()
+        .create(&name, new_pool("p2", "nope"))
+        .await
+        .is_err());
     assert_eq!(c.get_service(&name).await.unwrap().pools.len(), 1);
 
     // A data plane that follows again.
@@ -394,15 +401,17 @@ async fn control_provisions_publishes_waits_for_data_plane_and_survives_restart(
 
     // Simulate crashes between PostgreSQL and the store: a user created and a database dropped
     // in PostgreSQL only, and an admin password reset that PostgreSQL took but the store did not.
-    let op = c.create_user(&name, new_user("carol")).await.unwrap();
+    let op = c.users().create(&name, new_user("carol")).await.unwrap();
     assert_eq!(op.state, OpState::Success);
     let carol = c
+        .users()
         .reveal_password(&name, &Username::parse("username", "carol").unwrap())
         .await
         .unwrap()
         .1;
     let op = c
-        .create_database(&name, new_database("appdb"))
+        .databases()
+        .create(&name, new_database("appdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
@@ -543,13 +552,15 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
     );
 
     let op = c
-        .create_database(&name, new_database("extdb"))
+        .databases()
+        .create(&name, new_database("extdb"))
         .await
         .unwrap();
     assert_eq!(op.state, OpState::Success);
-    let op = c.create_user(&name, new_user("extuser")).await.unwrap();
+    let op = c.users().create(&name, new_user("extuser")).await.unwrap();
     assert_eq!(op.state, OpState::Success);
     let pw = c
+        .users()
         .reveal_password(&name, &Username::parse("username", "extuser").unwrap())
         .await
         .unwrap()

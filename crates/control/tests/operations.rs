@@ -113,7 +113,10 @@ fn new_pool(pool: &str) -> NewPool {
 }
 
 async fn create_pool(c: &Control, service: &str, pool: &str) -> OperationRecord {
-    c.create_pool(&name(service), new_pool(pool)).await.unwrap()
+    c.pools()
+        .create(&name(service), new_pool(pool))
+        .await
+        .unwrap()
 }
 
 /// A data plane that reports every generation it sees, with `failures` each time.
@@ -324,7 +327,8 @@ async fn a_pool_change_is_published_as_that_change() {
         }
     }
     // So is a deletion: b changes again, a is still the entry published first.
-    c.delete_pool(&name("b"), &PoolName::parse_lookup("p", "p1").unwrap())
+    c.pools()
+        .delete(&name("b"), &PoolName::parse_lookup("p", "p1").unwrap())
         .await
         .unwrap();
     let g = c.desired_state().borrow().clone();

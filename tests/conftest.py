@@ -45,7 +45,16 @@ API_SECRET = "pgbay-test-secret-" + "s3cr3t" * 4
 
 # Service clusters and pooler listeners of each server come from its own window of this span, so
 # that servers of one session, and concurrent sessions on the machine, never compete for a port.
-PORT_SPAN = (30000, 40000)
+# The span is below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+# default): a client connection's local port is never one a server is about to listen on.
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+PORT_SPAN = (22000, min(32000, _ephemeral_low()))
 PORT_WINDOW = 200
 
 # Bounds of the polling loops (they bound waiting; no assertion is about how long anything took).
@@ -93,7 +102,7 @@ class PortWindow:
                 self.lo, self.hi, self._fd = start, start + PORT_WINDOW - 1, fd
                 return
             os.close(fd)
-        raise RuntimeError("no free port window in 30000-39999")
+        raise RuntimeError(f"no free port window in {PORT_SPAN[0]}-{PORT_SPAN[1] - 1}")
 
     def __contains__(self, port: int) -> bool:
         return self.lo <= port <= self.hi

@@ -251,3 +251,47 @@ def test_backup_schedule_is_set_at_create_and_changed_by_update(node):
     assert c.get_dbaas_service_pg(name=name)["backup-schedule"] == {
         "backup-hour": 23, "backup-minute": 0}
     ok(c, c.delete_dbaas_service_pg(name=name))
+
+
+def test_a_failing_archive_is_visible_in_the_logs_and_metrics_and_recovers(node):
+    """The repository is made unwritable: the WAL segment PostgreSQL cannot archive shows up in
+    the service logs (unit `pgbackrest`) and in `/metrics`; once the repository is writable again
+    the same segment is archived and nothing is lost."""
+    from conftest import metrics, wait_for
+    c = node.client()
+    svc = provision(c, unique("arch"), plan="hobbyist-2")
+    wait_for_backup(c, svc.name)
+    repo = node.data_dir / "backups" / svc.name
+    mode = stat.S_IMODE(repo.stat().st_mode)
+
+    def failures() -> int:
+        for line in metrics(node).splitlines():
+            if line.startswith(f'pgbay_archive_failures_total{{service="{svc.name}"}}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    def fill(conn, table: str) -> None:
+        # About 24 MiB of WAL: at least one 16 MiB segment ends and goes to the archiver (the
+        # admin may not call pg_switch_wal).
+        conn.execute(f"CREATE TABLE {table} AS SELECT i, repeat('x', 1000) AS pad "
+                     "FROM generate_series(1, 24000) i")
+
+    assert failures() == 0
+    with psycopg.connect(svc.uri, autocommit=True) as conn:
+        archived_before = conn.execute("SELECT archived_count FROM pg_stat_archiver").fetchone()[0]
+        repo.chmod(0)
+        try:
+            fill(conn, "filler1")
+            wait_for("the archive failure in /metrics", 120, lambda: failures() > 0, every=1.0)
+            logs = c.get_dbaas_service_logs(service_name=svc.name, limit=100)["logs"]
+            lines = [e["message"] for e in logs if e["unit"] == "pgbackrest"]
+            assert any("WAL archiving failed" in m for m in lines), lines
+        finally:
+            repo.chmod(mode)
+        # Writable again: the failed segment, and the ones after it, are archived.
+        fill(conn, "filler2")
+        wait_for("archiving again", 180, lambda: conn.execute(
+            "SELECT last_archived_wal >= last_failed_wal AND archived_count > %s "
+            "FROM pg_stat_archiver", (archived_before,)).fetchone()[0] is True, every=1.0)
+        assert conn.execute("SELECT count(*) FROM filler1").fetchone()[0] == 24000
+    ok(c, c.delete_dbaas_service(name=svc.name))

@@ -42,6 +42,7 @@ async fn server() -> Server {
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        backup_s3: None,
         etcd: None,
         node: pgbay_control::NodeConfig::single(dir.path(), "http://127.0.0.1:0"),
         service_host: None,

@@ -39,6 +39,72 @@ pub fn missing() -> ProvisionError {
     }
 }
 
+/// An S3-compatible object store that holds every service's repository, each under a prefix of
+/// its own (`/<service>`) in one bucket (pgBackRest's `repo1-type=s3`). The key and secret reach
+/// only each service's 0600 `pgbackrest.conf`; `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Repo {
+    /// `host` or `host:port` of the endpoint (HTTPS).
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The region (`us-east-1` for most S3-compatible stores).
+    pub region: String,
+    /// Path-style URIs (`https://host/bucket/key`, most S3-compatible stores) rather than
+    /// host-style (`https://bucket.host/key`, AWS).
+    pub path_style: bool,
+    /// Verify the endpoint's TLS certificate.
+    pub verify_tls: bool,
+    /// CA certificates to verify it with, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Access key.
+    pub key: String,
+    /// Secret access key.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for S3Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Repo")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("verify_tls", &self.verify_tls)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Repo {
+    /// The `[global]` lines of a repository of service `name` in this store; `ca_copy` is the
+    /// service's own copy of `ca_file` (readable by its OS user, wherever the original is).
+    fn conf(&self, name: &str, ca_copy: &Path) -> String {
+        let (host, port) = match self.endpoint.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+            _ => (self.endpoint.as_str(), None),
+        };
+        let mut c = format!(
+            "repo1-type=s3\nrepo1-path=/{name}\nrepo1-s3-endpoint={host}\nrepo1-s3-bucket={}\n\
+             repo1-s3-region={}\nrepo1-s3-uri-style={}\nrepo1-s3-key={}\n\
+             repo1-s3-key-secret={}\nrepo1-storage-verify-tls={}\n",
+            self.bucket,
+            self.region,
+            if self.path_style { "path" } else { "host" },
+            self.key,
+            self.secret,
+            if self.verify_tls { "y" } else { "n" },
+        );
+        if let Some(p) = port {
+            c.push_str(&format!("repo1-storage-port={p}\n"));
+        }
+        if self.ca_file.is_some() {
+            c.push_str(&format!("repo1-storage-ca-file={}\n", ca_copy.display()));
+        }
+        c
+    }
+}
+
 /// One backup in a repository, as `pgbackrest info` records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backup {
@@ -98,8 +164,12 @@ pub fn parse_info(json: &str) -> Result<RepoInfo, String> {
 }
 
 impl LocalProvisioner {
-    /// The repository of `name` when archiving is on.
+    /// The local repository of `name` when archiving is on into the file system (None with an
+    /// S3 repository, or when archiving is off).
     pub fn repo_of(&self, name: &str) -> Option<PathBuf> {
+        if self.s3().is_some() {
+            return None;
+        }
         self.backup_root().map(|r| r.join(name))
     }
 
@@ -148,13 +218,30 @@ impl LocalProvisioner {
         owner: Option<(u32, u32)>,
         cipher: Option<&str>,
     ) -> Result<Vec<(String, String)>, ProvisionError> {
-        let Some(repo) = self.repo_of(name) else {
+        if self.backup_root().is_none() {
             return Ok(Vec::new());
-        };
+        }
         let program = program().ok_or_else(missing)?;
         let dir = self.service_dir(name).join("pgbackrest");
+        let repo = match (self.s3(), self.repo_of(name)) {
+            (Some(s3), _) => {
+                let copy = dir.join("s3-ca.pem");
+                if let Some(ca) = &s3.ca_file {
+                    make_private_dir(&dir, owner)?;
+                    let pem = std::fs::read(ca)
+                        .map_err(io(format!("reading --backup-s3-ca-file {}", ca.display())))?;
+                    crate::files::write_atomic(&copy, &pem, 0o600, owner)
+                        .map_err(io("writing the S3 CA certificates"))?;
+                }
+                s3.conf(name, &copy)
+            }
+            (None, Some(repo)) => {
+                make_private_dir(&repo, owner)?;
+                format!("repo1-path={}\n", repo.display())
+            }
+            (None, None) => return Ok(Vec::new()),
+        };
         for d in [
-            repo.clone(),
             dir.clone(),
             dir.join("spool"),
             dir.join("lock"),
@@ -163,7 +250,7 @@ impl LocalProvisioner {
             make_private_dir(&d, owner)?;
         }
         let mut conf = format!(
-            "# written by pgbay\n[global]\nrepo1-path={repo}\nrepo1-retention-full=7\n\
+            "# written by pgbay\n[global]\n{repo}repo1-retention-full=7\n\
              spool-path={spool}\nlock-path={lock}\nlog-path={log}\nlog-level-console=warn\n\
              log-level-file=off\nstart-fast=y\ncompress-type=gz\ncompress-level=1\n\
              archive-async=y\nprocess-max=2\n\
@@ -172,7 +259,6 @@ impl LocalProvisioner {
                 Some(pass) => format!("repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass={pass}\n"),
                 None => String::new(),
             },
-            repo = repo.display(),
             spool = dir.join("spool").display(),
             lock = dir.join("lock").display(),
             log = dir.join("log").display(),
@@ -487,12 +573,23 @@ archive_mode = off
         }
     }
 
-    /// Removes the repository of `name` (the service is deleted).
+    /// Removes the repository of `name` (the service is deleted; its cluster is stopped): the
+    /// directory of a local one; the stanza of an S3 one (`pgbackrest stop`, then
+    /// `stanza-delete`, which removes every object under the service's prefix).
     pub fn remove_repo(&self, name: &str) -> Result<(), ProvisionError> {
         if let Some(repo) = self.repo_of(name) {
             if std::fs::symlink_metadata(&repo).is_ok() {
                 std::fs::remove_dir_all(&repo).map_err(io("removing backup repository"))?;
             }
+            return Ok(());
+        }
+        if self.s3().is_some() && self.pgbackrest_conf(name).exists() {
+            let mut stop = self.pgbackrest(name, "")?;
+            stop.arg("stop");
+            self.run(stop, "pgbackrest stop")?;
+            let mut delete = self.pgbackrest(name, "")?;
+            delete.args(["--force", "stanza-delete"]);
+            self.run(delete, "pgbackrest stanza-delete")?;
         }
         Ok(())
     }

@@ -53,6 +53,8 @@ pub struct ControlConfig {
     /// Root of the services' pgBackRest repositories (`--backup-repo`): None for
     /// `<data-dir>/backups`.
     pub backup_repo: Option<PathBuf>,
+    /// An S3-compatible store for the repositories instead (`--backup-s3-*`).
+    pub backup_s3: Option<pgbay_cluster::pgbackrest::S3Repo>,
     /// etcd client URLs of an existing etcd cluster for HA services' Patroni (`--etcd`); None:
     /// pgbay runs one etcd member of its own in the data dir when an HA service needs it.
     pub etcd: Option<Vec<String>>,
@@ -155,7 +157,15 @@ impl Control {
                     .clone()
                     .unwrap_or_else(|| cfg.data_dir.join("backups"));
                 prepare_backup_root(&root)?;
-                prov.with_backup_root(root)
+                let prov = prov.with_backup_root(root);
+                match cfg.backup_s3.clone() {
+                    Some(s3) => {
+                        tracing::info!(endpoint = %s3.endpoint, bucket = %s3.bucket,
+                            "backup repositories in an S3-compatible store");
+                        prov.with_s3(s3)
+                    }
+                    None => prov,
+                }
             }
             None => prov,
         };

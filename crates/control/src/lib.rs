@@ -73,6 +73,7 @@ pub use model::{
 pub use nodes::{NodeConfig, Owner};
 pub use operations::{AppliedReporter, ApplyOutcome, OperationKind};
 pub use pgbay_cluster::pgbackrest::Backup;
+pub use pgbay_cluster::pgbackrest::S3Repo;
 pub use pgbay_cluster::provision::{external, local};
 pub use pgbay_cluster::{admin, etcd, migrate, os_users, ExternalServer};
 pub use pgbouncer::{IgnoredStartupParameter, PgbouncerPatch, PgbouncerSettings};

@@ -183,6 +183,7 @@ fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        backup_s3: None,
         etcd: None,
         node: pgbay_control::NodeConfig::single(data_dir, "http://127.0.0.1:0"),
         service_host: None,

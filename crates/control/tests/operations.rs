@@ -64,6 +64,7 @@ async fn start(
         service_uid_range: Default::default(),
         store: None,
         backup_repo: None,
+        backup_s3: None,
         etcd: None,
         node: pgbay_control::NodeConfig::single(dir, "http://127.0.0.1:0"),
         service_host: None,

@@ -47,6 +47,29 @@ pub struct ServeArgs {
     /// `<data-dir>/backups`; a shared file system path for several machines.
     #[arg(long, env = "PGBAY_BACKUP_REPO")]
     pub backup_repo: Option<PathBuf>,
+    /// Keep the repositories in an S3-compatible object store instead (`host` or `host:port`,
+    /// HTTPS), one prefix per service in --backup-s3-bucket. The access key and secret come only
+    /// from PGBAY_BACKUP_S3_KEY and PGBAY_BACKUP_S3_KEY_SECRET.
+    #[arg(long, env = "PGBAY_BACKUP_S3_ENDPOINT", requires = "backup_s3_bucket")]
+    pub backup_s3_endpoint: Option<String>,
+    /// The bucket of --backup-s3-endpoint.
+    #[arg(long, env = "PGBAY_BACKUP_S3_BUCKET", requires = "backup_s3_endpoint")]
+    pub backup_s3_bucket: Option<String>,
+    /// The region of --backup-s3-endpoint.
+    #[arg(long, env = "PGBAY_BACKUP_S3_REGION", default_value = "us-east-1")]
+    pub backup_s3_region: String,
+    /// `path` (`https://host/bucket/...`, most S3-compatible stores) or `host`
+    /// (`https://bucket.host/...`, AWS).
+    #[arg(long, env = "PGBAY_BACKUP_S3_URI_STYLE", default_value = "path",
+          value_parser = ["path", "host"])]
+    pub backup_s3_uri_style: String,
+    /// Verify the endpoint's certificate (`false` only for a test store).
+    #[arg(long, env = "PGBAY_BACKUP_S3_VERIFY_TLS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub backup_s3_verify_tls: bool,
+    /// CA certificates (PEM) to verify the endpoint with, instead of the system's.
+    #[arg(long, env = "PGBAY_BACKUP_S3_CA_FILE")]
+    pub backup_s3_ca_file: Option<PathBuf>,
     /// etcd client URLs (`http://host:port,...`) of an existing etcd cluster, where the Patroni
     /// members of business and premium services keep their leader key; default: pgbay runs one
     /// etcd member of its own in `<data-dir>/etcd` when the first such service is created.

@@ -79,6 +79,29 @@ fn client_socket_limit(soft: u64, reserve: u32, api_max_connections: u32) -> u32
         .max(soft / 4)
 }
 
+/// The S3 repository of the flags, with its key and secret from the environment only.
+fn backup_s3(args: &ServeArgs) -> anyhow::Result<Option<pgbay_control::S3Repo>> {
+    let (Some(endpoint), Some(bucket)) = (&args.backup_s3_endpoint, &args.backup_s3_bucket) else {
+        return Ok(None);
+    };
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| anyhow!("--backup-s3-endpoint needs {name} in the environment"))
+    };
+    Ok(Some(pgbay_control::S3Repo {
+        endpoint: endpoint.clone(),
+        bucket: bucket.clone(),
+        region: args.backup_s3_region.clone(),
+        path_style: args.backup_s3_uri_style == "path",
+        verify_tls: args.backup_s3_verify_tls,
+        ca_file: args.backup_s3_ca_file.clone(),
+        key: env("PGBAY_BACKUP_S3_KEY")?,
+        secret: env("PGBAY_BACKUP_S3_KEY_SECRET")?,
+    }))
+}
+
 /// Runs `pgbay serve` until SIGTERM/SIGINT.
 pub async fn run(
     args: ServeArgs,
@@ -110,6 +133,7 @@ pub async fn run(
             .ok_or_else(|| anyhow!("no PostgreSQL binaries found; pass --pg-bin-dir"))?,
     };
     let creds = credentials(&data_dir)?;
+    let backup_s3 = backup_s3(&args)?;
     // Before anything else touches the data dir's clusters: a running pgbay hands over its
     // sockets and stops its supervisor.
     let mut inherited = tokio::task::spawn_blocking({
@@ -137,6 +161,7 @@ pub async fn run(
         service_uid_range: args.service_uid_range,
         store: args.store.clone(),
         backup_repo: args.backup_repo.clone(),
+        backup_s3,
         etcd: args.etcd.clone().map(|e| e.0),
         node: {
             let api_url = api_url(&args);

@@ -33,6 +33,7 @@ pub struct LocalProvisioner {
     uid_range: UidRange,
     /// Where each service's pgBackRest repository lives (`pgbackrest`); None: no archiving.
     backup_root: Option<PathBuf>,
+    s3: Option<crate::pgbackrest::S3Repo>,
 }
 
 /// Owner (uid, gid) given to a service's files, `None` when pgbay is not root.
@@ -52,6 +53,7 @@ impl LocalProvisioner {
             isolate: os_users::privileged(),
             uid_range: UidRange::default(),
             backup_root: None,
+            s3: None,
         }
     }
 
@@ -60,6 +62,18 @@ impl LocalProvisioner {
     pub fn with_backup_root(mut self, root: PathBuf) -> Self {
         self.backup_root = Some(root);
         self
+    }
+
+    /// Keeps every service's repository in an S3-compatible store instead of under the backup
+    /// root (which must be set too: it turns archiving on).
+    pub fn with_s3(mut self, s3: crate::pgbackrest::S3Repo) -> Self {
+        self.s3 = Some(s3);
+        self
+    }
+
+    /// See [`Self::with_s3`].
+    pub fn s3(&self) -> Option<&crate::pgbackrest::S3Repo> {
+        self.s3.as_ref()
     }
 
     /// See [`Self::with_backup_root`].

@@ -42,7 +42,7 @@ SEGMENT = 16 * 1024 * 1024
 def path_without_pgbackrest(tmp: Path) -> str:
     """A PATH on which every program of the usual PATH is found except pgbackrest."""
     shim = tmp / "bin"
-    shim.mkdir()
+    shim.mkdir(parents=True)
     seen = set()
     for d in os.environ["PATH"].split(":"):
         p = Path(d)
@@ -114,6 +114,7 @@ def one(mode: str, tmp: Path) -> dict:
 def main():
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
         for mode in ("on", "off"):
             r = one(mode, Path(tmp) / mode)
             print(r, flush=True)

@@ -414,3 +414,36 @@ def test_plan_changes_add_and_remove_standbys_online(node):
         assert conn.execute("SELECT count(*) FROM s").fetchone() == (1002,)
     assert len(patroni_pids(node, name)) == 1
     ok(c, c.delete_dbaas_service_pg(name=name))
+
+
+@pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
+def test_a_fork_into_a_plan_with_standbys_runs_a_primary_and_a_standby(node):
+    c = node.client()
+    src = unique("hafsrc")
+    ok(c, c.create_dbaas_service_pg(name=src, plan="startup-4"))
+    doc = wait_service_running(c, src, timeout=300)
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE f AS SELECT generate_series(1, 300) AS n")
+    wait_for("a backup of the source", 120,
+             lambda: c.get_dbaas_service_pg(name=src)["backups"], every=0.5)
+    # HA settings come with an update once the fork runs.
+    with api_error(400, "synchronous-replication"):
+        c.create_dbaas_service_pg(name=unique("haf"), plan="business-4",
+                                  fork_from_service=src, synchronous_replication="quorum")
+    name = unique("hafork")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="business-4", fork_from_service=src))
+    doc = wait_for("the fork's two running members", 60, lambda: (
+        d := c.get_dbaas_service_pg(name=name),
+        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    assert doc["node-count"] == 2 and doc["plan"] == "business-4"
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM f").fetchone() == (300,)
+        conn.execute("INSERT INTO f VALUES (301)")
+    [standby] = doc["connection-info"]["standby"]
+    with psycopg.connect(standby, autocommit=True) as ro:
+        wait_for("the write on the standby", 10, lambda: ro.execute(
+            "SELECT count(*) FROM f").fetchone()[0] == 301)
+    ok(c, c.update_dbaas_service_pg(name=name, synchronous_replication="quorum"))
+    assert c.get_dbaas_service_pg(name=name)["synchronous-replication"] == "quorum"
+    for n in (name, src):
+        ok(c, c.delete_dbaas_service_pg(name=n))

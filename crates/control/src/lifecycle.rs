@@ -292,6 +292,12 @@ impl Control {
             .await
             .map_err(|e| ControlError::from_admin(e, "creating defaultdb"))?;
         }
+        // A fork into a plan with standbys was restored as one cluster: it is handed to Patroni
+        // now and gets its standbys before it counts as created.
+        if let Some(nodes) = self.fork_to_ha(&s).await? {
+            self.resize_ha(&s, &s, nodes, None).await?;
+            tracing::info!(service = %name, nodes, "fork handed to Patroni with its standbys");
+        }
         s.state = ServiceState::Running;
         s.updated_at = chrono::Utc::now();
         let mut tx = self.inner.store.begin().await?;

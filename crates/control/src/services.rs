@@ -281,15 +281,26 @@ impl Control {
             .into());
         }
         if ha {
+            // A fork into a plan with standbys is restored as one cluster, then handed to
+            // Patroni and given its standbys (as a plan change does); its HA settings come
+            // with an update afterwards.
             if fork.is_some() {
-                return Err(InputError::of(
-                    Subject::ForkSource,
-                    format!(
-                        "cannot be used yet with plan {}, which runs {nodes} nodes",
-                        plan.name
-                    ),
-                )
-                .into());
+                if new.synchronous_replication.is_some() {
+                    return Err(InputError::naming(
+                        Subject::SynchronousReplication,
+                        Subject::ForkSource,
+                        "cannot be set with {other}: set it in an update once the fork runs",
+                    )
+                    .into());
+                }
+                if new.max_failover_lag.is_some() {
+                    return Err(InputError::naming(
+                        Subject::MaxFailoverLag,
+                        Subject::ForkSource,
+                        "cannot be set with {other}: set it in an update once the fork runs",
+                    )
+                    .into());
+                }
             }
             if new.migration.is_some() {
                 return Err(InputError::of(
@@ -387,7 +398,7 @@ impl Control {
         let replica = replica_src
             .as_ref()
             .map(|src| self.new_replica(&s.name, &src.name));
-        let ha_record = ha.then(|| store::HaRecord {
+        let ha_record = (ha && fork.is_none()).then(|| store::HaRecord {
             service: s.name.clone(),
             replication_password_enc: self.inner.secrets.seal(Password::generate().as_str()),
             rewind_password_enc: self.inner.secrets.seal(Password::generate().as_str()),

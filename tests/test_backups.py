@@ -110,7 +110,14 @@ def source(node):
                            (t,)).fetchone()[0] is not True:
             time.sleep(0.05)
         conn.execute("INSERT INTO t SELECT generate_series(101, 150)")
+    # After T: appuser gets another password, and a user is made.
+    ok(c, c.reset_dbaas_postgres_user_password(service_name=svc.name, username="appuser",
+                                               password=LATER_PASSWORD))
+    ok(c, c.create_dbaas_postgres_user(service_name=svc.name, username="lateuser"))
     return {"svc": svc, "t": t, "appuser_password": pw["password"]}
+
+
+LATER_PASSWORD = "changed-after-T-0123"
 
 
 def count_rows(uri: str) -> int:
@@ -129,10 +136,14 @@ def test_a_fork_at_a_time_holds_exactly_the_rows_before_it(node, source):
     assert fork["state"] == "running"
     assert fork["uri"] != src.uri  # its own ports
     assert count_rows(fork["uri"]) == 100
-    # A user of the source logs in to the fork with its password.
+    # A user of the source logs in to the fork with the password it had at T (it was changed
+    # after T), and a user made after T is not there.
     user_uri = fork["uri"].replace(f"{src.admin_user}:{src.admin_password}",
                                    f"appuser:{source['appuser_password']}")
     assert count_rows(user_uri) == 100
+    assert c.reveal_dbaas_postgres_user_password(
+        service_name=name, username="appuser")["password"] == source["appuser_password"]
+    assert "lateuser" not in [u["username"] for u in fork["users"]]
     # The source is untouched and the fork has backups of its own.
     assert count_rows(src.uri) == 150
     wait_for_backup(c, name)
@@ -145,6 +156,10 @@ def test_a_fork_without_a_time_holds_everything_committed(node, source):
     ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", fork_from_service=src.name))
     fork = c.get_dbaas_service_pg(name=name)
     assert count_rows(fork["uri"]) == 150
+    # The users as they are now, with their current passwords.
+    assert "lateuser" in [u["username"] for u in fork["users"]]
+    assert count_rows(fork["uri"].replace(f"{src.admin_user}:{src.admin_password}",
+                                          f"appuser:{LATER_PASSWORD}")) == 150
     with psycopg.connect(fork["uri"], autocommit=True) as conn:
         # A primary of its own: writable.
         conn.execute("INSERT INTO t VALUES (1000)")

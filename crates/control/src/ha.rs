@@ -879,17 +879,15 @@ fn plan_nodes(plan: &str) -> usize {
 
 impl Control {
     /// The node count of a fork whose plan runs standbys and that still runs as one cluster.
-    pub(crate) async fn fork_to_ha(&self, s: &ServiceRecord) -> Result<Option<usize>, ControlError> {
+    pub(crate) async fn fork_to_ha(
+        &self,
+        s: &ServiceRecord,
+    ) -> Result<Option<usize>, ControlError> {
         let nodes = plan_nodes(&s.plan);
         if nodes < 2 || s.external_host.is_some() || self.is_ha(&s.name) {
             return Ok(None);
         }
-        Ok(self
-            .inner
-            .store
-            .fork_of(&s.name)
-            .await?
-            .map(|_| nodes))
+        Ok(self.inner.store.fork_of(&s.name).await?.map(|_| nodes))
     }
 
     /// The node count an update of `before` into `after` moves a local service to, when it

@@ -388,11 +388,28 @@ impl Control {
             .map(|f| f.source.name.clone())
             .or(replica_src.as_ref().map(|r| r.name.clone()));
         let copied = match &copied_from {
-            Some(src) => Some((
-                self.inner.store.databases(src).await?,
-                self.inner.store.users(src).await?,
-                self.inner.store.internal_password(src).await?,
-            )),
+            Some(src) => {
+                let mut users = self.inner.store.users(src).await?;
+                // A fork at a time has the users of that time with the passwords they had then
+                // (its restored cluster has those roles); users without a recorded history keep
+                // their current password.
+                if let (Some(_), Some(at)) = (&fork, new.recovery_time) {
+                    let (then, known) = self.inner.store.passwords_at(src, at).await?;
+                    users.retain_mut(|u| match then.get(&u.name) {
+                        Some(enc) => {
+                            u.password_enc = enc.clone();
+                            u.pending_password_enc = None;
+                            true
+                        }
+                        None => !known.contains(&u.name),
+                    });
+                }
+                Some((
+                    self.inner.store.databases(src).await?,
+                    users,
+                    self.inner.store.internal_password(src).await?,
+                ))
+            }
             None => None,
         };
         let replica = replica_src

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Connection, Executor, Row, Transaction};
 use sqlx::{AnyConnection, AnyPool};
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use crate::input::{IpFilter, PoolMode, PoolSize};
@@ -339,6 +340,34 @@ impl Store {
             .collect()
     }
 
+    /// The users `service` had at `at`, with the sealed password each had then (from the
+    /// history kept since store migration 0016), by name. A user whose history starts after `at`
+    /// did not exist then; a user without history (made before 0016) is not in it.
+    pub async fn passwords_at(
+        &self,
+        service: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(HashMap<String, String>, HashSet<String>)> {
+        let rows = sqlx::query(
+            "SELECT name, password_enc, since FROM user_passwords WHERE service = $1 \
+             ORDER BY name, since",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?;
+        let at = history_time(at);
+        let (mut then, mut known) = (HashMap::new(), HashSet::new());
+        for r in &rows {
+            let name: String = r.try_get("name")?;
+            let since: String = r.try_get("since")?;
+            if since <= at {
+                then.insert(name.clone(), r.try_get("password_enc")?);
+            }
+            known.insert(name);
+        }
+        Ok((then, known))
+    }
+
     /// Pools of a service.
     pub async fn pools(&self, service: &str) -> Result<Vec<PoolRecord>> {
         let mut c = self.pool.acquire().await?;
@@ -585,6 +614,7 @@ pub async fn delete_service(c: &mut AnyConnection, name: &str) -> Result<()> {
         "read_replicas",
         "backup_schedules",
         "backup_keys",
+        "user_passwords",
     ] {
         sqlx::query(&format!("DELETE FROM {table} WHERE service = $1"))
             .bind(name)
@@ -695,7 +725,28 @@ pub async fn upsert_user(c: &mut AnyConnection, service: &str, u: &UserRecord) -
     .bind(&u.pending_password_enc)
     .execute(&mut *c)
     .await?;
+    // The password's history (a fork at a time gets the password of that time).
+    sqlx::query(
+        "INSERT INTO user_passwords (service, name, password_enc, since)
+         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM user_passwords
+           WHERE service = $5 AND name = $6 AND password_enc = $7)",
+    )
+    .bind(service)
+    .bind(&u.name)
+    .bind(&u.password_enc)
+    .bind(history_time(Utc::now()))
+    .bind(service)
+    .bind(&u.name)
+    .bind(&u.password_enc)
+    .execute(&mut *c)
+    .await?;
     Ok(())
+}
+
+/// How `user_passwords.since` spells a time: RFC 3339 in UTC with microseconds, so that the
+/// text compares as the time does.
+pub fn history_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// Deletes a user.

@@ -447,3 +447,37 @@ def test_a_fork_into_a_plan_with_standbys_runs_a_primary_and_a_standby(node):
     assert c.get_dbaas_service_pg(name=name)["synchronous-replication"] == "quorum"
     for n in (name, src):
         ok(c, c.delete_dbaas_service_pg(name=n))
+
+
+@pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
+def test_a_lost_standby_is_rebuilt_from_the_repository(node):
+    """A standby whose data directory is lost (its Patroni and postmaster killed, the directory
+    removed) is made again by Patroni from the service's pgBackRest repository (its first
+    replica method), then streams from the primary."""
+    c = node.client()
+    name = unique("harb")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="business-4"))
+    doc = wait_for("two running members", 300, lambda: (
+        d := c.get_dbaas_service_pg(name=name),
+        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE r AS SELECT generate_series(1, 2000) AS n")
+    wait_for("a backup listed", 180, lambda: c.get_dbaas_service_pg(name=name)["backups"],
+             every=1.0)
+    [standby] = [n["name"] for n in doc["node-states"] if n["role"] == "standby"]
+    idx = int(standby.rsplit("-", 1)[1]) - 1
+    member = node.data_dir / "services" / name / "members" / str(idx)
+    os.kill(patroni_pids(node, name)[standby], signal.SIGKILL)
+    os.kill(postmaster_of(node, name, standby), signal.SIGKILL)
+    shutil.rmtree(member / "data")
+    doc = wait_for("the standby made again", 240, lambda: (
+        d := c.get_dbaas_service_pg(name=name),
+        roles(d) == [("master", "running"), ("standby", "running")]
+        and (member / "data").exists() and d)[1], every=1.0)
+    log = (member / "patroni.log").read_text(errors="replace")
+    assert "replica has been created using pgbackrest" in log, log[-3000:]
+    [uri] = doc["connection-info"]["standby"]
+    with psycopg.connect(uri, autocommit=True) as ro:
+        wait_for("the rows on the rebuilt standby", 30, lambda: ro.execute(
+            "SELECT count(*) FROM r").fetchone()[0] == 2000)
+    ok(c, c.delete_dbaas_service_pg(name=name))

@@ -370,6 +370,22 @@ impl Control {
                             (k, v.replace("archive-push %p", &own))
                         })
                         .collect(),
+                    // A new or lost member is restored from the repository (then catches up from
+                    // the archive and the primary) rather than copied whole from the primary.
+                    replica_from_repository: archiving.as_ref().and_then(|params| {
+                        params
+                            .iter()
+                            .find(|(k, _)| k == "archive_command")
+                            .map(|(_, v)| {
+                                v.replace(
+                                    "archive-push %p",
+                                    &format!(
+                                        "--pg1-path={} --delta --type=standby restore",
+                                        prov.member_dir(&name, i).join("data").display()
+                                    ),
+                                )
+                            })
+                    }),
                     pid_file: Some(pid_dir.join(format!("{name}-{i}.pid"))),
                 };
                 let m = Member::start_or_adopt(cfg, owner).map_err(|e| {

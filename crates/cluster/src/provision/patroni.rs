@@ -67,6 +67,10 @@ pub struct MemberConfig {
     /// PostgreSQL parameters of this member's own (WAL archiving into the service's pgBackRest
     /// repository).
     pub local_parameters: Vec<(String, String)>,
+    /// A command that restores this member's data directory as a standby from the service's
+    /// pgBackRest repository: Patroni's first way to make a replica (a new or lost member),
+    /// before a base backup from the primary.
+    pub replica_from_repository: Option<String>,
     /// Where the Patroni process's pid is written (a file of pgbay's own, outside `dir`), so a
     /// restarted pgbay adopts the member instead of starting a second Patroni.
     pub pid_file: Option<PathBuf>,
@@ -265,6 +269,7 @@ impl MemberConfig {
             format!("      username: {REWIND_ROLE}"),
             format!("      password: {}", q(&self.rewind_password)),
             format!("      sslmode: {sslmode}"),
+            replica_methods(self.replica_from_repository.as_deref()),
             "  parameters:".into(),
             param_lines("    ").trim_end_matches('\n').to_string(),
             "  pg_hba:".into(),
@@ -277,6 +282,20 @@ impl MemberConfig {
         out.push('\n');
         out.push_str(&hba);
         out
+    }
+}
+
+/// `create_replica_methods`: the repository first (Patroni runs the command as it is, keeping
+/// what is in the data directory for pgBackRest's delta restore), a base backup from the
+/// primary when it fails (no backup yet).
+fn replica_methods(command: Option<&str>) -> String {
+    match command {
+        Some(cmd) => format!(
+            "  create_replica_methods:\n    - pgbackrest\n    - basebackup\n  pgbackrest:\n    \
+             command: {}\n    keep_data: true\n    no_params: true",
+            q(cmd)
+        ),
+        None => String::new(),
     }
 }
 
@@ -590,6 +609,20 @@ mod tests {
         };
         let y = c.render();
         assert!(y.contains("password: \"a\\\"b\\\\c\\nd\""), "{y}");
+        assert!(!y.contains("create_replica_methods"));
+        let with_repo = MemberConfig {
+            replica_from_repository: Some("/usr/bin/pgbackrest --stanza=pgbay restore".into()),
+            ..c.clone()
+        }
+        .render();
+        assert!(
+            with_repo.contains(
+                "  create_replica_methods:\n    - pgbackrest\n    - basebackup\n  pgbackrest:\n    \
+                 command: \"/usr/bin/pgbackrest --stanza=pgbay restore\"\n    keep_data: true\n    \
+                 no_params: true\n"
+            ),
+            "{with_repo}"
+        );
         assert!(y.contains("ttl: 10\n") && y.contains("loop_wait: 1\n"));
         assert!(y.contains("synchronous_mode: true\n"));
         assert!(y.contains("use_pg_rewind: true"));

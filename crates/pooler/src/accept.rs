@@ -28,6 +28,7 @@ pub(crate) struct Bound {
 pub(crate) struct Listening {
     stop: CancellationToken,
     listener: Arc<TcpListener>,
+    task: tokio::task::JoinHandle<()>,
     pub local_addr: SocketAddr,
 }
 
@@ -61,10 +62,11 @@ impl Bound {
         let stop = CancellationToken::new();
         tracing::info!(service = %service.name, addr = %self.local_addr, "service listening");
         let listener = Arc::new(self.listener);
-        tokio::spawn(accept_loop(listener.clone(), service, stop.clone()));
+        let task = tokio::spawn(accept_loop(listener.clone(), service, stop.clone()));
         Listening {
             stop,
             listener,
+            task,
             local_addr: self.local_addr,
         }
     }
@@ -73,6 +75,15 @@ impl Bound {
 impl Listening {
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops accepting and returns once the socket is closed: the accept task has dropped its
+    /// share and so does this (a duplicate handed to a successor stays open in that process).
+    pub async fn close(self) {
+        self.stop.cancel();
+        let Listening { task, listener, .. } = self;
+        let _ = task.await;
+        drop(listener);
     }
 
     /// A duplicate of the listening socket, for a successor process.

@@ -83,13 +83,15 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// Closes the listener, tells the clients to leave and removes the pools.
-    pub fn stop(&self) {
+    /// Closes the listener, tells the clients to leave and removes the pools; returns once the
+    /// port is closed.
+    pub async fn stop(self) {
         self.listener.stop();
         self.service.shutdown.cancel();
         for pool in self.service.pools.write().drain().map(|(_, p)| p) {
             pool.remove();
         }
+        self.listener.close().await;
     }
 }
 
@@ -125,7 +127,7 @@ pub(crate) async fn apply(inner: &Inner, config: PoolerConfig) -> Result<ApplyRe
     };
     for r in removed {
         tracing::info!(service = %r.cfg.name, "removing service");
-        r.stop();
+        r.stop().await;
     }
     for svc in &config.services {
         if let Err(e) = apply_service(inner, svc) {
@@ -162,7 +164,7 @@ pub(crate) async fn apply_changes(
     };
     for r in gone {
         tracing::info!(service = %r.cfg.name, "removing service");
-        r.stop();
+        r.stop().await;
     }
     let mut seen = std::collections::HashSet::new();
     for svc in &upserts {

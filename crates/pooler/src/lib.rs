@@ -410,15 +410,16 @@ impl Pooler {
         let _serial = self.inner.apply_lock.lock().await;
         self.inner.shut_down.store(true, Ordering::Relaxed);
         let all: Vec<Running> = self.inner.services.lock().drain().map(|(_, r)| r).collect();
-        for r in &all {
-            r.stop();
+        let services: Vec<Arc<service::Service>> = all.iter().map(|r| r.service.clone()).collect();
+        for r in all {
+            r.stop().await;
         }
         // Give client tasks a moment to say goodbye; they need no more than a write each.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline
-            && all
+            && services
                 .iter()
-                .any(|r| r.service.clients.load(Ordering::Relaxed) > 0)
+                .any(|s| s.clients.load(Ordering::Relaxed) > 0)
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -117,6 +117,11 @@ def test_business_service_runs_a_primary_and_a_standby(node):
             d := c.get_dbaas_service_pg(name=name), d["backups"] and d)[1], every=1.0)
         assert doc["backups"][0]["backup-name"].endswith("F")
         assert "backup-schedule" in doc
+        # ... from the standby: the primary is not loaded by it.
+        logs = c.get_dbaas_service_logs(service_name=name, limit=200)["logs"]
+        taken = [e["message"] for e in logs
+                 if e["unit"] == "pgbackrest" and "full backup taken" in e["message"]]
+        assert taken and "from a standby" in taken[-1], taken
         with psycopg.connect(doc["uri"], autocommit=True) as conn:
             # Segments completed while the cluster bootstraps, before the stanza exists, fail
             # once and are archived on retry: archiving is caught up.

@@ -82,6 +82,9 @@ pub struct BackupMetrics {
     pub archive_failures: Option<i64>,
 }
 
+/// How long the first backup of a service with standbys waits for one to stream.
+const FIRST_BACKUP_STANDBY_WAIT: Duration = Duration::from_secs(60);
+
 impl Control {
     /// The daily backup time of `s`: the one asked for, else the one pgbay picked.
     pub fn backup_schedule_of(&self, s: &ServiceRecord) -> BackupSchedule {
@@ -193,6 +196,16 @@ impl Control {
         let control = self.clone();
         let name = service.to_string();
         tokio::spawn(async move {
+            // A service with standbys is backed up from one: its first backup waits (bounded)
+            // for a standby to stream, instead of loading the primary it has just made.
+            if control.is_ha(&name) {
+                let deadline = tokio::time::Instant::now() + FIRST_BACKUP_STANDBY_WAIT;
+                while tokio::time::Instant::now() < deadline
+                    && !control.has_streaming_standby(&name).await
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
             if let Err(e) = control.back_up(&name).await {
                 tracing::warn!(service = %name, error = %e, "first backup failed");
             }

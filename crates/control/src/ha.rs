@@ -978,7 +978,17 @@ impl Control {
             .map(|h| h.members.len());
         match current {
             None => self.convert_to_ha(new, nodes, settings).await?,
-            Some(n) if nodes > n => self.add_members(new, n, nodes).await?,
+            Some(n) if nodes > n => {
+                self.add_members(new, n, nodes).await?;
+                // From one member (synchronous replication switched off when it was left
+                // alone) to standbys again: the service's setting applies again.
+                let record = lock(&self.inner.ha.records).get(&new.name).cloned();
+                if let (1, None, Some(h)) = (n, settings, record) {
+                    if h.synchronous {
+                        self.apply_ha_settings(new, true, h.max_lag_seconds).await?;
+                    }
+                }
+            }
             Some(n) => self.remove_members(new, n, nodes).await?,
         }
         if let (Some(_), Some((sync, lag))) = (current, settings) {
@@ -1162,6 +1172,13 @@ impl Control {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
+        }
+        // Down to one member: no standby is left to confirm commits, so synchronous replication
+        // is switched off first (a primary still naming a removed standby in
+        // synchronous_standby_names would wait on every commit for good). It comes back from
+        // the service's record when standbys are added again.
+        if to == 1 && h.synchronous {
+            self.apply_ha_settings(s, false, h.max_lag_seconds).await?;
         }
         let going: Vec<Member> = {
             let mut all = lock(&self.inner.ha.members);

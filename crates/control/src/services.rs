@@ -284,23 +284,20 @@ impl Control {
             // A fork into a plan with standbys is restored as one cluster, then handed to
             // Patroni and given its standbys (as a plan change does); its HA settings come
             // with an update afterwards.
-            if fork.is_some() {
-                if new.synchronous_replication.is_some() {
-                    return Err(InputError::naming(
-                        Subject::SynchronousReplication,
-                        Subject::ForkSource,
-                        "cannot be set with {other}: set it in an update once the fork runs",
-                    )
-                    .into());
-                }
-                if new.max_failover_lag.is_some() {
-                    return Err(InputError::naming(
-                        Subject::MaxFailoverLag,
-                        Subject::ForkSource,
-                        "cannot be set with {other}: set it in an update once the fork runs",
-                    )
-                    .into());
-                }
+            let given = [
+                (
+                    Subject::SynchronousReplication,
+                    new.synchronous_replication.is_some(),
+                ),
+                (Subject::MaxFailoverLag, new.max_failover_lag.is_some()),
+            ];
+            if let Some((subject, _)) = given.into_iter().find(|(_, set)| fork.is_some() && *set) {
+                return Err(InputError::naming(
+                    subject,
+                    Subject::ForkSource,
+                    "cannot be set with {other}: set it in an update once the fork runs",
+                )
+                .into());
             }
             if new.migration.is_some() {
                 return Err(InputError::of(

@@ -32,12 +32,28 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection to its end. `pending` is the connection's place among the
 /// service's pending logins: held until the password is checked, or the login timeout.
+///
+/// The login (and an admin console session) runs boxed: its state is freed once the client is
+/// in, so that the task of an idle client holds its session's state only.
 pub async fn handle(
     socket: TcpStream,
     addr: SocketAddr,
     count: ClientCount,
     pending: crate::admission::PendingLogin,
 ) {
+    if let Some(client) = Box::pin(log_in(socket, addr, count, pending)).await {
+        session::run(client).await;
+    }
+}
+
+/// Everything of a connection before its session: the login, or the whole of a refused or
+/// admin connection. A pool client that got in is returned.
+async fn log_in(
+    socket: TcpStream,
+    addr: SocketAddr,
+    count: ClientCount,
+    pending: crate::admission::PendingLogin,
+) -> Option<Box<Client>> {
     let service = count.service.clone();
     let span = tracing::info_span!("client", service = %service.name, %addr);
     let local = socket.local_addr().ok();
@@ -55,16 +71,19 @@ pub async fn handle(
     .await;
     drop(pending);
     let authenticated = match authenticated {
-        None => return,
+        None => return None,
         Some(Ok(Ok(None))) => {
             // Ended without a login (a CancelRequest, a failed handshake, the client left):
             // closed in order, so that a TLS client gets its close_notify. libpq 17 sends its
             // cancel over TLS and reports an EOF without one as a failed cancel.
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, stream.shutdown()).await;
-            return;
+            return None;
         }
         Some(Ok(Ok(Some(a)))) => a,
-        Some(Ok(Err(refusal))) => return refuse(&mut stream, &refusal).instrument(span).await,
+        Some(Ok(Err(refusal))) => {
+            refuse(&mut stream, &refusal).instrument(span).await;
+            return None;
+        }
         Some(Err(_)) => {
             service.refuse(
                 RefusalReason::LoginTimeout,
@@ -79,7 +98,7 @@ pub async fn handle(
                 let _ = stream.shutdown().await;
             })
             .await;
-            return;
+            return None;
         }
     };
     let login = async {
@@ -93,10 +112,9 @@ pub async fn handle(
     match login {
         None => {}
         Some(Ok(Ok(Login::Pool(client)))) => {
-            let client = Box::new(Client::new(
+            return Some(Box::new(Client::new(
                 stream, service, *client, count, span, addr, local,
-            ));
-            session::run(client).await;
+            )));
         }
         Some(Ok(Ok(Login::Admin(admin)))) => {
             crate::admin::run(stream, service, admin, addr)
@@ -107,6 +125,7 @@ pub async fn handle(
         Some(Ok(Err(refusal))) => refuse(&mut stream, &refusal).instrument(span).await,
         Some(Err(_)) => span.in_scope(|| tracing::info!("login timed out waiting for the pool")),
     }
+    None
 }
 
 /// Logs why a login is refused, sends it as FATAL and closes the connection.

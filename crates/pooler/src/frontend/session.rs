@@ -39,6 +39,10 @@ enum Idle {
 }
 
 /// Runs a logged-in client until it leaves or is disconnected.
+///
+/// Only the idle state lives in this future, which every client holds for its whole life; a
+/// request is served by `request`, boxed, so that its larger state (checkout, the relay, the
+/// read-back) is allocated while a request runs and an idle client does not carry it.
 pub async fn run(mut client: Box<Client>) {
     // The signals that tell this client to leave (service shutdown, pool removal) are watched
     // through flags: the shared tokens are only touched to register this task's waker.
@@ -50,8 +54,10 @@ pub async fn run(mut client: Box<Client>) {
     let mut drain = Watch::new(&pool.drain, drain_fut);
     let restart_fut = pin!(service.restarting.cancelled());
     let mut restart = Watch::new(&service.restarting, restart_fut);
-    let mut st_version = pool.state_version();
-    let mut st = pool.state();
+    let mut st = Current {
+        version: pool.state_version(),
+        state: pool.state(),
+    };
     loop {
         client.set_state(ClientState::Idle);
         match wait_idle(&mut client, &mut stop, &mut drain, &mut restart).await {
@@ -65,123 +71,173 @@ pub async fn run(mut client: Box<Client>) {
                 }
             }
             Idle::Notify(msg) => {
-                if super::listen::deliver(&mut client, msg).await.is_err() {
+                if Box::pin(super::listen::deliver(&mut client, msg))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
             }
-            Idle::NotifyOver(over) => return super::listen::over_budget(&mut client, over).await,
-        }
-        if pool.kill_epoch() != client.kill_epoch {
-            return killed(&mut client).await;
-        }
-        if pool.is_paused() {
-            // PAUSE (admin console): the request waits until RESUME.
-            client.set_state(ClientState::Waiting);
-            tokio::select! {
-                _ = pool.resumed() => {}
-                _ = stop.fired() => return shutdown(&mut client).await,
-            }
-            if pool.kill_epoch() != client.kill_epoch {
-                return killed(&mut client).await;
+            Idle::NotifyOver(over) => {
+                return Box::pin(super::listen::over_budget(&mut client, over)).await
             }
         }
-        let v = pool.state_version();
-        if v != st_version {
-            st_version = v;
-            st = pool.state();
-        }
-        if st.cfg.mode != PoolMode::Session {
-            match super::listen::serve(&mut client).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(()) => return,
-            }
-        }
-        if st.cfg.mode == PoolMode::Statement {
-            match refuse_blocks(&mut client).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(()) => return,
-            }
-        }
-        // A request arrived: the query (and maybe a transaction) starts now.
-        client.tally.query_starts();
-        client.info.request_us.store(
-            client.tally.query_start(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        // A connection found dead when the client's settings are applied to it (the server
-        // restarted since it was last used) has been sent nothing of the client's: it is
-        // closed and another one taken, a few times at most.
-        let mut tries = 0;
-        let mut guard = loop {
-            tries += 1;
-            // Counted as waiting only when it has to: a connection at hand goes straight to
-            // active.
-            let acquired = match pool.try_acquire(&st) {
-                Some(g) => Ok(g),
-                None => {
-                    client.set_state(ClientState::Waiting);
-                    let r = tokio::select! {
-                        r = pool.acquire() => r,
-                        _ = stop.fired() => return shutdown(&mut client).await,
-                    };
-                    client.tally.waited();
-                    r
-                }
-            };
-            let mut guard = match acquired {
-                Ok(g) => g,
-                Err(e) => return client.fatal(&errors::acquire_failed(&pool.name, &e)).await,
-            };
-            match sync_params(&mut client, guard.server_mut()).await {
-                Ok(()) => break guard,
-                Err(Synced::Dead(_)) if tries < 3 => continue,
-                Err(Synced::Dead(e)) => {
-                    return client.fatal(&errors::server_lost(&pool.name, &e)).await
-                }
-                Err(Synced::Refused(refusal)) => return client.fatal(&refusal).await,
-            }
+        let signals = Signals {
+            stop: &mut stop,
+            drain: &mut drain,
+            restart: &mut restart,
         };
-        client.set_state(ClientState::Active);
-        client.tally.t.server_assignments += 1;
-        if let Some(info) = &guard.server().info {
-            info.link
-                .store(client.info.id, std::sync::atomic::Ordering::Relaxed);
-            client
-                .info
-                .link
-                .store(info.id, std::sync::atomic::Ordering::Relaxed);
-        }
-        match attached(
-            &mut client,
-            &pool,
-            &st,
-            &mut guard,
-            &mut stop,
-            &mut drain,
-            &mut restart,
-        )
-        .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(end) => {
-                client
-                    .span
-                    .in_scope(|| tracing::debug!(?end, "session ended"));
-                return;
-            }
-        }
-        guard.release(&st);
-        if pool.drain.is_cancelled() {
-            return drained(&mut client).await;
-        }
-        if service.restarting.is_cancelled() {
-            return restarting(&mut client).await;
+        if !Box::pin(request(&mut client, &pool, &mut st, signals)).await {
+            return;
         }
     }
+}
+
+/// The pool's settings as this client last read them.
+struct Current {
+    version: u64,
+    state: Arc<PoolState>,
+}
+
+/// The signals a client watches (`run`).
+struct Signals<'a, 'w, 'f> {
+    stop: &'a mut Watch<'w, 'f>,
+    drain: &'a mut Watch<'w, 'f>,
+    restart: &'a mut Watch<'w, 'f>,
+}
+
+/// Serves the request that has arrived: a server connection is lent and the client attached
+/// to it until the transaction's end. False when the client's session is over.
+async fn request(
+    client: &mut Client,
+    pool: &Arc<Pool>,
+    cur: &mut Current,
+    signals: Signals<'_, '_, '_>,
+) -> bool {
+    let Signals {
+        stop,
+        drain,
+        restart,
+    } = signals;
+    if pool.kill_epoch() != client.kill_epoch {
+        killed(client).await;
+        return false;
+    }
+    if pool.is_paused() {
+        // PAUSE (admin console): the request waits until RESUME.
+        client.set_state(ClientState::Waiting);
+        tokio::select! {
+            _ = pool.resumed() => {}
+            _ = stop.fired() => {
+                shutdown(client).await;
+                return false;
+            }
+        }
+        if pool.kill_epoch() != client.kill_epoch {
+            killed(client).await;
+            return false;
+        }
+    }
+    let v = pool.state_version();
+    if v != cur.version {
+        cur.version = v;
+        cur.state = pool.state();
+    }
+    let st = &cur.state;
+    if st.cfg.mode != PoolMode::Session {
+        match super::listen::serve(client).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(()) => return false,
+        }
+    }
+    if st.cfg.mode == PoolMode::Statement {
+        match refuse_blocks(client).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(()) => return false,
+        }
+    }
+    // A request arrived: the query (and maybe a transaction) starts now.
+    client.tally.query_starts();
+    client.info.request_us.store(
+        client.tally.query_start(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // A connection found dead when the client's settings are applied to it (the server
+    // restarted since it was last used) has been sent nothing of the client's: it is
+    // closed and another one taken, a few times at most.
+    let mut tries = 0;
+    let mut guard = loop {
+        tries += 1;
+        // Counted as waiting only when it has to: a connection at hand goes straight to
+        // active.
+        let acquired = match pool.try_acquire(st) {
+            Some(g) => Ok(g),
+            None => {
+                client.set_state(ClientState::Waiting);
+                let r = tokio::select! {
+                    r = pool.acquire() => r,
+                    _ = stop.fired() => {
+                        shutdown(client).await;
+                        return false;
+                    }
+                };
+                client.tally.waited();
+                r
+            }
+        };
+        let mut guard = match acquired {
+            Ok(g) => g,
+            Err(e) => {
+                client.fatal(&errors::acquire_failed(&pool.name, &e)).await;
+                return false;
+            }
+        };
+        match sync_params(client, guard.server_mut()).await {
+            Ok(()) => break guard,
+            Err(Synced::Dead(_)) if tries < 3 => continue,
+            Err(Synced::Dead(e)) => {
+                client.fatal(&errors::server_lost(&pool.name, &e)).await;
+                return false;
+            }
+            Err(Synced::Refused(refusal)) => {
+                client.fatal(&refusal).await;
+                return false;
+            }
+        }
+    };
+    client.set_state(ClientState::Active);
+    client.tally.t.server_assignments += 1;
+    if let Some(info) = &guard.server().info {
+        info.link
+            .store(client.info.id, std::sync::atomic::Ordering::Relaxed);
+        client
+            .info
+            .link
+            .store(info.id, std::sync::atomic::Ordering::Relaxed);
+    }
+    match attached(client, pool, st, &mut guard, stop, drain, restart).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(end) => {
+            client
+                .span
+                .in_scope(|| tracing::debug!(?end, "session ended"));
+            return false;
+        }
+    }
+    guard.release(st);
+    if pool.drain.is_cancelled() {
+        drained(client).await;
+        return false;
+    }
+    if client.service.restarting.is_cancelled() {
+        restarting(client).await;
+        return false;
+    }
+    true
 }
 
 /// How long a client idle when pgbay starts draining may still send the request it may have on

@@ -150,9 +150,14 @@ def test_a_replica_follows_its_source_across_a_failover(node):
     old = master(doc)
     os.kill(patroni_pids(node, src)[old], signal.SIGKILL)
     os.kill(postmaster_of(node, src, old), signal.SIGKILL)
-    with psycopg.connect(src_pool, autocommit=True) as conn:
-        wait_for("a write after the failover", 60,
-                 lambda: conn.execute("INSERT INTO f VALUES (1)") or True)
+
+    def write() -> bool:
+        # As an application does: a statement sent to a server that dies under it loses its
+        # connection (08006), and the next attempt connects again.
+        with psycopg.connect(src_pool, autocommit=True) as conn:
+            conn.execute("INSERT INTO f VALUES (1)")
+        return True
+    wait_for("a write after the failover", 60, write)
     # The replica streams from the new primary (through the source's own port).
     wait_for("the row written after the failover on the replica", 60,
              lambda: count(rep, "f") >= 1)

@@ -84,6 +84,15 @@ pub struct BackupMetrics {
 
 /// How long the first backup of a service with standbys waits for one to stream.
 const FIRST_BACKUP_STANDBY_WAIT: Duration = Duration::from_secs(60);
+/// A failed first backup (a failover or a restart during it) is tried again after these
+/// pauses; after the last, the daily schedule takes over.
+const FIRST_BACKUP_RETRIES: [Duration; 5] = [
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(240),
+];
 
 impl Control {
     /// The daily backup time of `s`: the one asked for, else the one pgbay picked.
@@ -206,8 +215,28 @@ impl Control {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            if let Err(e) = control.back_up(&name).await {
-                tracing::warn!(service = %name, error = %e, "first backup failed");
+            let mut shutdown = control.inner.shutdown_tx.subscribe();
+            let mut pauses = FIRST_BACKUP_RETRIES.iter();
+            loop {
+                let Err(e) = control.back_up(&name).await else {
+                    return;
+                };
+                let Some(pause) = pauses.next() else {
+                    tracing::warn!(service = %name, error = %e,
+                        "first backup failed; the daily schedule tries again");
+                    return;
+                };
+                tracing::warn!(service = %name, error = %e, retry_in_s = pause.as_secs(),
+                    "first backup failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(*pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                // A service deleted or stopped meanwhile is not backed up.
+                match control.inner.store.service(&name).await {
+                    Ok(Some(s)) if s.state == ServiceState::Running => {}
+                    _ => return,
+                }
             }
         });
     }
@@ -351,19 +380,23 @@ impl Control {
     ) {
         let before =
             locked(&self.inner.backups.archive_failures).insert(service.to_string(), failed);
-        if let Some(before) = before {
-            if failed > before {
-                self.backrest_event(
-                    service,
-                    format!(
-                        "ERROR: WAL archiving failed {} time(s) since the last sample (last \
-                         segment {}); PostgreSQL retries it",
-                        failed - before,
-                        last_failed_wal.as_deref().unwrap_or("unknown")
-                    ),
-                );
-            }
-        }
+        let last = last_failed_wal.as_deref().unwrap_or("unknown");
+        let message = match before {
+            Some(before) if failed > before => format!(
+                "ERROR: WAL archiving failed {} time(s) since the last sample (last segment \
+                 {last}); PostgreSQL retries it",
+                failed - before
+            ),
+            // The first sample (a new service, or pgbay started): failures already counted are
+            // told once, as PostgreSQL counts them, so that one before the first sample is not
+            // missed.
+            None if failed > 0 => format!(
+                "ERROR: WAL archiving failed {failed} time(s) since PostgreSQL's statistics were \
+                 reset (last segment {last}); PostgreSQL retries it"
+            ),
+            _ => return,
+        };
+        self.backrest_event(service, message);
     }
 
     /// Forgets a deleted service.

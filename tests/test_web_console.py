@@ -77,6 +77,17 @@ def wait_for(what: str, fn, timeout: float = WAIT):
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
+def confirm_delete(driver, row_sel: str, button_sel: str) -> None:
+    """Clicks a row's delete button twice, as a user does: the first click arms it, the second
+    deletes. The page's refresh may render the row again in between; the button made again
+    stays armed, and each click goes to the button shown at that moment."""
+    def button():
+        return css(driver, row_sel).find_element("css selector", button_sel)
+    wait_for("the first click", lambda: button().click() or True)
+    wait_for("the button to ask for confirmation", lambda: button().text == "Confirm delete")
+    wait_for("the confirming click", lambda: button().click() or True)
+
+
 def css(driver, selector):
     from selenium.webdriver.common.by import By
     return driver.find_element(By.CSS_SELECTOR, selector)
@@ -238,18 +249,18 @@ def _forms(driver, server, client, service, db, user, pool, tmp_path):
     # Delete: a first click arms the button, the second deletes.
     button = css(driver, row_sel).find_element("css selector", "button.pool-delete")
     button.click()
-    assert button.text == "Confirm delete"
+    wait_for("the button to ask for confirmation", lambda: css(driver, row_sel).find_element(
+        "css selector", "button.pool-delete").text == "Confirm delete")
     assert find_pool(client.get_dbaas_service_pg(name=service.name), pool) is not None
-    button.click()
+    wait_for("the confirming click", lambda: css(driver, row_sel).find_element(
+        "css selector", "button.pool-delete").click() or True)
     wait_for("the row to go", lambda: not css_all(driver, row_sel))
     assert find_pool(client.get_dbaas_service_pg(name=service.name), pool) is None
 
     # The user and the database go through their delete buttons too.
     for sel, what in ((f'#users tr[data-user="{user}"]', "user"),
                       (f'#databases tr[data-database="{db}"]', "database")):
-        b = css(driver, sel).find_element("css selector", f"button.{what}-delete")
-        b.click()
-        b.click()
+        confirm_delete(driver, sel, f"button.{what}-delete")
         wait_for(f"the {what} row to go", lambda sel=sel: not css_all(driver, sel))
     svc = client.get_dbaas_service_pg(name=service.name)
     assert db not in svc["databases"] and user not in user_names(svc)
@@ -306,9 +317,7 @@ def test_console_creates_and_deletes_a_service(server, client, browser, tmp_path
                  lambda: flash_text(driver) == f"service {name} already exists")
         assert "error" in css(driver, "#flash").get_attribute("class")
 
-        b = css(driver, row_sel).find_element("css selector", "button.service-delete")
-        b.click()
-        b.click()
+        confirm_delete(driver, row_sel, "button.service-delete")
         wait_for("the row to go", lambda: not css_all(driver, row_sel), timeout=120)
         assert name not in [s["name"] for s in client.list_dbaas_services()["dbaas-services"]]
     finally:

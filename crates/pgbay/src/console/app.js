@@ -200,17 +200,29 @@ function stateBadge(state) {
 }
 
 // A delete button that asks for a second click within 4 s.
-function deleteButton(label, onConfirm, cls = "") {
+// Delete buttons armed by a first click, by key, with when the arming ends: the periodic refresh
+// re-renders the rows, and a button made again for the same object stays armed.
+const armedUntil = new Map();
+const ARMED_MS = 4000;
+
+function deleteButton(label, onConfirm, cls = "", key = null) {
   const b = el("button", { type: "button", class: `danger small ${cls}` }, label);
   let timer = null;
+  const arm = (ms) => {
+    b.classList.add("armed");
+    b.textContent = "Confirm delete";
+    timer = setTimeout(() => { b.classList.remove("armed"); b.textContent = label; }, ms);
+  };
+  const left = key === null ? 0 : (armedUntil.get(key) || 0) - Date.now();
+  if (left > 0) arm(left);
   b.addEventListener("click", async () => {
     if (!b.classList.contains("armed")) {
-      b.classList.add("armed");
-      b.textContent = "Confirm delete";
-      timer = setTimeout(() => { b.classList.remove("armed"); b.textContent = label; }, 4000);
+      if (key !== null) armedUntil.set(key, Date.now() + ARMED_MS);
+      arm(ARMED_MS);
       return;
     }
     clearTimeout(timer);
+    if (key !== null) armedUntil.delete(key);
     b.disabled = true;
     await onConfirm();
     b.disabled = false;
@@ -344,7 +356,7 @@ async function renderServices() {
     el("td", {}, s.plan),
     el("td", { class: "service-state" }, stateBadge(s.state)),
     el("td", {}, (s["created-at"] || "").replace("T", " ").replace("Z", " UTC")),
-    el("td", {}, deleteButton("Delete", () => deleteService(s.name), "service-delete"))));
+    el("td", {}, deleteButton("Delete", () => deleteService(s.name), "service-delete", `service:${s.name}`))));
   $("#services tbody").replaceChildren(...rows);
   $("#services-empty").hidden = list.length > 0;
 }
@@ -474,7 +486,7 @@ function renderPools(service, pools) {
         el("td", { class: "actions" }, save, " ", deleteButton("Delete", () => mutate(null, `Deleting pool ${p.name}…`,
           `Pool ${p.name} deleted`,
           () => api("DELETE", `/dbaas-postgres/${seg(service)}/connection-pool/${seg(p.name)}`),
-          () => renderService(service)), "pool-delete"))),
+          () => renderService(service)), "pool-delete", `pool:${service}:${p.name}`))),
       el("tr", { class: "uri-row" },
         el("td", { colspan: "11" }, el("span", { class: "label" }, "URI "),
           el("span", { class: "uri", dataset: { uri: p["connection-uri"] }, title: "password hidden; Copy copies the whole URI" },
@@ -499,14 +511,14 @@ function renderObjects(service, databases, users) {
     el("td", {}, d),
     el("td", {}, deleteButton("Delete", () => mutate(null, `Deleting database ${d}…`, `Database ${d} deleted`,
       () => api("DELETE", `/dbaas-postgres/${seg(service)}/database/${seg(d)}`),
-      () => renderService(service)), "database-delete")))));
+      () => renderService(service)), "database-delete", `database:${service}:${d}`)))));
   $("#users tbody").replaceChildren(...users.map((u) => el("tr", { dataset: { user: u.username } },
     el("td", {}, u.username),
     el("td", {}, u.type || ""),
     el("td", {}, u.type === "primary" ? "" : deleteButton("Delete", () => mutate(null, `Deleting user ${u.username}…`,
       `User ${u.username} deleted`,
       () => api("DELETE", `/dbaas-postgres/${seg(service)}/user/${seg(u.username)}`),
-      () => renderService(service)), "user-delete")))));
+      () => renderService(service)), "user-delete", `user:${service}:${u.username}`)))));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ pub(crate) struct Inner {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) create_lock: Mutex<()>,
     desired_tx: watch::Sender<Arc<DesiredState>>,
-    publish_lock: Mutex<()>,
+    /// Held while publishing; holds the last `DesiredService::changed_at` given out.
+    publish_lock: Mutex<u64>,
     pub(crate) data_plane: DataPlaneSlot,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -204,7 +205,7 @@ impl Control {
                 locks: StdMutex::new(HashMap::new()),
                 create_lock: Mutex::new(()),
                 desired_tx,
-                publish_lock: Mutex::new(()),
+                publish_lock: Mutex::new(0),
                 data_plane: watch::channel(None).0,
                 shutdown_tx,
                 metrics: crate::metrics::Metrics::default(),
@@ -304,10 +305,10 @@ impl Control {
     /// bumps the store's generation, tells the other nodes, and publishes the whole desired
     /// state as the store has it; returns its generation.
     pub(crate) async fn publish(&self) -> Result<u64, ControlError> {
-        let _g = self.inner.publish_lock.lock().await;
+        let mut stamp = self.inner.publish_lock.lock().await;
         let generation = self.inner.store.next_generation().await?;
         crate::nodes::notify_change(&self.inner.store, generation, None).await;
-        self.publish_at(generation as u64).await
+        self.publish_at(&mut stamp, generation as u64).await
     }
 
     /// After a committed change of one service (its pools, users, settings, state): bumps the
@@ -316,18 +317,19 @@ impl Control {
     /// are. When another node's change came in between (the new generation is not the next one
     /// after the published), everything is read again instead.
     pub(crate) async fn publish_of(&self, service: &str) -> Result<u64, ControlError> {
-        let _g = self.inner.publish_lock.lock().await;
+        let mut stamp = self.inner.publish_lock.lock().await;
         let generation = self.inner.store.next_generation().await?;
         crate::nodes::notify_change(&self.inner.store, generation, Some(service)).await;
-        self.publish_change_at(generation as u64, service).await
+        self.publish_change_at(&mut stamp, generation as u64, service)
+            .await
     }
 
     /// Publishes the desired state as the store has it now, at the store's generation (a change
     /// made by another node, or a node that came or went).
     pub(crate) async fn republish(&self) -> Result<u64, ControlError> {
-        let _g = self.inner.publish_lock.lock().await;
+        let mut stamp = self.inner.publish_lock.lock().await;
         let generation = self.inner.store.generation().await? as u64;
-        self.publish_at(generation.max(self.published_generation()))
+        self.publish_at(&mut stamp, generation.max(self.published_generation()))
             .await
     }
 
@@ -339,12 +341,13 @@ impl Control {
         generation: u64,
         service: &str,
     ) -> Result<u64, ControlError> {
-        let _g = self.inner.publish_lock.lock().await;
+        let mut stamp = self.inner.publish_lock.lock().await;
         let published = self.published_generation();
         if generation <= published {
             return Ok(published);
         }
-        self.publish_change_at(generation, service).await
+        self.publish_change_at(&mut stamp, generation, service)
+            .await
     }
 
     /// The generation last published on this node.
@@ -354,10 +357,15 @@ impl Control {
 
     /// Publishes the change of one service at `generation` (see `publish_of`); the caller holds
     /// the publish lock.
-    async fn publish_change_at(&self, generation: u64, name: &str) -> Result<u64, ControlError> {
+    async fn publish_change_at(
+        &self,
+        stamp: &mut u64,
+        generation: u64,
+        name: &str,
+    ) -> Result<u64, ControlError> {
         let before = self.inner.desired_tx.borrow().clone();
         if generation != before.generation + 1 {
-            return self.publish_at(generation).await;
+            return self.publish_at(stamp, generation).await;
         }
         let store = &self.inner.store;
         let entry = match store.service(name).await? {
@@ -384,7 +392,7 @@ impl Control {
             match before.services.iter().find(|o| o.name == name) {
                 Some(old) if old.same_as(&d) => services.push(old.clone()),
                 _ => {
-                    d.changed_at = generation;
+                    d.changed_at = next_stamp(stamp, generation);
                     services.push(Arc::new(d));
                 }
             }
@@ -400,7 +408,7 @@ impl Control {
     /// Reads every service, user and pool (three queries whatever the number of services) and
     /// publishes them at `generation`; an entry equal to the published one keeps its
     /// `changed_at`, so the data plane applies only what differs.
-    async fn publish_at(&self, generation: u64) -> Result<u64, ControlError> {
+    async fn publish_at(&self, stamp: &mut u64, generation: u64) -> Result<u64, ControlError> {
         let before = self.inner.desired_tx.borrow().clone();
         let store = &self.inner.store;
         let mut users_of: HashMap<String, Vec<crate::model::UserRecord>> = HashMap::new();
@@ -413,6 +421,8 @@ impl Control {
         }
         let all = store.services().await?;
         let mut services = Vec::new();
+        // One stamp for the entries this publication changes.
+        let mut changed = None;
         let mut opened = locked(&self.inner.opened);
         let mut still_used = HashMap::new();
         for s in all {
@@ -426,7 +436,7 @@ impl Control {
             match before.services.iter().find(|o| o.name == d.name) {
                 Some(old) if old.same_as(&d) => services.push(old.clone()),
                 _ => {
-                    d.changed_at = generation;
+                    d.changed_at = *changed.get_or_insert_with(|| next_stamp(stamp, generation));
                     services.push(Arc::new(d));
                 }
             }
@@ -689,5 +699,30 @@ impl Control {
             }
         }
         self.stop_all_ha().await;
+    }
+}
+
+/// The `changed_at` of an entry published now, at `generation`, after `last` was given out: the
+/// generation itself when it is new, else the next number. A state published again at the same
+/// generation (everything read again, an HA primary that moved) must not reuse a stamp the data
+/// plane has already applied for the same service with other contents.
+fn next_stamp(last: &mut u64, generation: u64) -> u64 {
+    *last = generation.max(*last + 1);
+    *last
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::next_stamp;
+
+    #[test]
+    fn a_stamp_is_the_new_generation_or_else_never_one_given_before() {
+        let mut last = 0;
+        assert_eq!(next_stamp(&mut last, 5), 5);
+        // Published again at generation 5 (an HA primary moved): not 5 again.
+        assert_eq!(next_stamp(&mut last, 5), 6);
+        // The next committed change, generation 6, cannot reuse 6 either.
+        assert_eq!(next_stamp(&mut last, 6), 7);
+        assert_eq!(next_stamp(&mut last, 9), 9);
     }
 }

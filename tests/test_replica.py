@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -150,6 +151,10 @@ def test_a_replica_follows_its_source_across_a_failover(node):
     old = master(doc)
     os.kill(patroni_pids(node, src)[old], signal.SIGKILL)
     os.kill(postmaster_of(node, src, old), signal.SIGKILL)
+    # The write comes after the failover: one sent while the old primary's backends outlive
+    # its postmaster for a moment can still commit there, unreplicated (asynchronous
+    # replication), and is lost with it.
+    wait_for("the standby promoted", 60, lambda: master(c.get_dbaas_service_pg(name=src)) != old)
 
     def write() -> bool:
         # As an application does: a statement sent to a server that dies under it loses its
@@ -161,6 +166,73 @@ def test_a_replica_follows_its_source_across_a_failover(node):
     # The replica streams from the new primary (through the source's own port).
     wait_for("the row written after the failover on the replica", 60,
              lambda: count(rep, "f") >= 1)
+    ok(c, c.delete_dbaas_service_pg(name=name))
+    ok(c, c.delete_dbaas_service_pg(name=src))
+
+
+def walreceiver_of(postmaster: int) -> int:
+    """The pid of the WAL receiver among a postmaster's children."""
+    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "walreceiver" in title:
+            return int(child)
+    raise AssertionError(f"no walreceiver under postmaster {postmaster}")
+
+
+@pytest.mark.skipif(shutil.which("patroni") is None or shutil.which("etcd") is None,
+                    reason="patroni and etcd are not installed")
+def test_a_replica_ahead_of_the_promoted_standby_is_made_again(node):
+    """Asynchronous replication: rows reach the read replica but not the standby, then the
+    primary dies and the standby is promoted. PostgreSQL cannot take the replica onto the new
+    timeline (it forked before the replica's position); pgbay makes the replica again from the
+    new primary, so it serves what the source serves, not the rows the source lost."""
+    c = node.client()
+    src = unique("rdv")
+    ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
+    doc = wait_for("both members running", 300, lambda: (
+        d := c.get_dbaas_service_pg(name=src),
+        d["state"] == "running"
+        and roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    src_pool = tx_pool(c, src, "app")
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        conn.execute("CREATE TABLE f (n int)")
+        conn.execute("INSERT INTO f VALUES (0)")
+    name = unique("rdvr")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", integrations=rr(src)))
+    rep = wait_service_running(c, name)["uri"]
+    wait_for("the first row on the replica", 60, lambda: count(rep, "f") == 1)
+    old = master(doc)
+    [standby] = [n["name"] for n in doc["node-states"] if n["role"] == "standby"]
+    primary = postmaster_of(node, src, old)
+    # The standby's WAL receiver is stopped, the rows are written (the replica gets them),
+    # the primary dies, and then the stopped receiver is killed: what its socket held is
+    # gone with it, and its postmaster restarts it without the rows.
+    receiver = walreceiver_of(postmaster_of(node, src, standby))
+    os.kill(receiver, signal.SIGSTOP)
+    try:
+        with psycopg.connect(src_pool, autocommit=True) as conn:
+            conn.execute("INSERT INTO f SELECT generate_series(1, 10)")
+        wait_for("the ten rows on the replica", 30, lambda: count(rep, "f") == 11)
+        os.kill(patroni_pids(node, src)[old], signal.SIGKILL)
+        os.kill(primary, signal.SIGKILL)
+    finally:
+        os.kill(receiver, signal.SIGKILL)
+    wait_for("the standby promoted", 60, lambda: master(c.get_dbaas_service_pg(name=src)) != old)
+
+    def write() -> bool:
+        with psycopg.connect(src_pool, autocommit=True) as conn:
+            conn.execute("INSERT INTO f VALUES (100)")
+        return True
+    wait_for("a write on the promoted standby", 90, write)
+    with psycopg.connect(src_pool, autocommit=True) as conn:
+        on_source = conn.execute("SELECT count(*) FROM f").fetchone()[0]
+    assert on_source < 11, "the standby had the rows: nothing diverged"
+    # The replica is made again from the new primary: it has exactly what the source has.
+    wait_for("the replica made again from the new primary", 120,
+             lambda: count(rep, "f") == on_source)
     ok(c, c.delete_dbaas_service_pg(name=name))
     ok(c, c.delete_dbaas_service_pg(name=src))
 

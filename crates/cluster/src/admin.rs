@@ -538,6 +538,43 @@ pub async fn switch_wal_and_wait(t: &AdminTarget, timeout: std::time::Duration) 
     }
 }
 
+/// Where a server is in its WAL history: the timeline it writes (a primary) or has reached
+/// (a standby), and whether it is a standby whose WAL receiver streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalTimeline {
+    pub timeline: i64,
+    pub in_recovery: bool,
+    pub streaming: bool,
+}
+
+/// The server's `WalTimeline`. A primary's timeline is that of its current WAL file (it
+/// changes at promotion, before any checkpoint); a standby's is the latest of its last
+/// restartpoint, its minimum recovery point and what its receiver got.
+pub async fn wal_timeline(t: &AdminTarget) -> Result<WalTimeline> {
+    let c = connect(t, "postgres").await?;
+    let row = c
+        .query_one(
+            "SELECT pg_catalog.pg_is_in_recovery(),
+                    CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+                        greatest((SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
+                                 (SELECT min_recovery_end_timeline
+                                  FROM pg_catalog.pg_control_recovery()),
+                                 (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver))::int8
+                    ELSE ('x' || substr(pg_catalog.pg_walfile_name(
+                              pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int8
+                    END,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver
+                            WHERE status = 'streaming')",
+            &[],
+        )
+        .await?;
+    Ok(WalTimeline {
+        in_recovery: row.get(0),
+        timeline: row.get(1),
+        streaming: row.get(2),
+    })
+}
+
 pub async fn reload(t: &AdminTarget) -> Result<()> {
     let c = connect(t, "postgres").await?;
     c.execute("SELECT pg_reload_conf()", &[]).await?;

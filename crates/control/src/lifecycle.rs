@@ -132,6 +132,7 @@ impl Control {
                 }
             };
             self.supervise_ha().await;
+            self.supervise_replicas().await;
             for s in services.into_iter().filter(|s| {
                 s.state == ServiceState::Running
                     && self.provisioner(s).runs_server()

@@ -22,13 +22,30 @@ use crate::store::{self, ReplicaRecord};
 /// What a create's read replica source is refused as.
 pub(crate) const FIELD: crate::input::Subject = crate::input::Subject::ReplicaSource;
 
-/// The read replicas, as the store has them (kept in step with it).
+/// The read replicas, as the store has them (kept in step with it), and since when each local
+/// one has been found not streaming from a source on a newer timeline (`supervise_replicas`).
 #[derive(Default)]
-pub(crate) struct Replicas(StdMutex<Vec<ReplicaRecord>>);
+pub(crate) struct Replicas(
+    StdMutex<Vec<ReplicaRecord>>,
+    StdMutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
+/// How long a replica may stay behind a source's new timeline without streaming before it is
+/// made again from the source: long enough for a replica that can follow the switch to do so.
+const DIVERGED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Replicas {
     fn all(&self) -> std::sync::MutexGuard<'_, Vec<ReplicaRecord>> {
         match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn diverged(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        match self.1.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -255,6 +272,78 @@ impl Control {
         .await??;
         tracing::info!(service = %s.name, source = %r.source, "read replica made");
         Ok(())
+    }
+
+    /// Whether replica `r` (running, local) has been left behind by its source: it does not
+    /// stream while the source's primary writes a newer timeline. That happens when a failover
+    /// promoted a standby the replica was ahead of (asynchronous replication: the old primary's
+    /// last WAL reached the replica, not the standby); PostgreSQL then cannot follow the new
+    /// timeline, and waits for good.
+    async fn left_behind(&self, s: &ServiceRecord, r: &ReplicaRecord) -> bool {
+        let Ok(Some(src)) = self.inner.store.service(&r.source).await else {
+            return false;
+        };
+        let (Ok(own), Ok(source)) = (self.admin_target(s).await, self.admin_target(&src).await)
+        else {
+            return false;
+        };
+        let (Ok(mine), Ok(theirs)) = (
+            admin::wal_timeline(&own).await,
+            admin::wal_timeline(&source).await,
+        ) else {
+            return false;
+        };
+        mine.in_recovery
+            && !mine.streaming
+            && !theirs.in_recovery
+            && theirs.timeline > mine.timeline
+    }
+
+    /// Remakes the local read replicas their source left behind (see `left_behind`) for
+    /// `DIVERGED_FOR`: a replica holds no data of its own, so it is made again from the
+    /// source's new primary (pg_basebackup), on the same port. Called by the supervisor.
+    pub(crate) async fn supervise_replicas(&self) {
+        let mine: Vec<ReplicaRecord> = self.inner.replicas.all().clone();
+        for r in mine {
+            let Ok(Some(s)) = self.inner.store.service(&r.service).await else {
+                continue;
+            };
+            if s.state != ServiceState::Running
+                || !self.is_mine(&s)
+                || self.inner.prov.running_pid(&s.name).is_none()
+            {
+                continue;
+            }
+            if !self.left_behind(&s, &r).await {
+                self.inner.replicas.diverged().remove(&s.name);
+                continue;
+            }
+            let since = *self
+                .inner
+                .replicas
+                .diverged()
+                .entry(s.name.clone())
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() < DIVERGED_FOR {
+                continue;
+            }
+            let lock = self.service_lock(&s.name);
+            let Ok(_g) = lock.try_lock() else { continue };
+            tracing::warn!(service = %s.name, source = %r.source,
+                "read replica left behind by its source's new timeline; making it again");
+            let prov = self.inner.prov.clone();
+            let name = s.name.clone();
+            let remade = async {
+                tokio::task::spawn_blocking(move || prov.stop(&name)).await??;
+                self.make_replica(&s, &r).await?;
+                self.start_cluster(&s).await
+            }
+            .await;
+            self.inner.replicas.diverged().remove(&s.name);
+            if let Err(e) = remade {
+                tracing::error!(service = %s.name, error = %e, "making the read replica again");
+            }
+        }
     }
 
     /// Drops a replica's role on its source (best effort: the source may be gone).

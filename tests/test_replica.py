@@ -130,11 +130,10 @@ def test_bad_read_replica_requests_are_refused(node):
     assert not any(n.startswith("rbad") for n in names)
 
 
-@pytest.mark.skipif(shutil.which("patroni") is None or shutil.which("etcd") is None,
-                    reason="patroni and etcd are not installed")
-def test_a_replica_follows_its_source_across_a_failover(node):
-    c = node.client()
-    src = unique("rha")
+def ha_source(c, prefix: str):
+    """A business service (primary and standby running) with a transaction pool and an empty
+    table f: (name, document, pool URI)."""
+    src = unique(prefix)
     ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
     doc = wait_for("both members running", 300, lambda: (
         d := c.get_dbaas_service_pg(name=src),
@@ -143,6 +142,30 @@ def test_a_replica_follows_its_source_across_a_failover(node):
     src_pool = tx_pool(c, src, "app")
     with psycopg.connect(src_pool, autocommit=True) as conn:
         conn.execute("CREATE TABLE f (n int)")
+    return src, doc, src_pool
+
+
+def write_after_failover(c, src: str, old: str, src_pool: str, n: int) -> None:
+    """Once a member other than `old` is the primary, inserts `n` into f through the pool.
+    The write waits for the promotion: one sent while the old primary's backends outlive its
+    postmaster for a moment can still commit there, unreplicated (asynchronous replication),
+    and be lost with it."""
+    wait_for("the standby promoted", 60, lambda: master(c.get_dbaas_service_pg(name=src)) != old)
+
+    def write() -> bool:
+        # As an application does: a statement sent to a server that dies under it loses its
+        # connection (08006), and the next attempt connects again.
+        with psycopg.connect(src_pool, autocommit=True) as conn:
+            conn.execute("INSERT INTO f VALUES (%s)", (n,))
+        return True
+    wait_for("a write after the failover", 90, write)
+
+
+@pytest.mark.skipif(shutil.which("patroni") is None or shutil.which("etcd") is None,
+                    reason="patroni and etcd are not installed")
+def test_a_replica_follows_its_source_across_a_failover(node):
+    c = node.client()
+    src, doc, src_pool = ha_source(c, "rha")
     with api_error(400, "integrations"):
         c.create_dbaas_service_pg(name=unique("rbad"), plan="business-4", integrations=rr(src))
     name = unique("rrf")
@@ -151,18 +174,7 @@ def test_a_replica_follows_its_source_across_a_failover(node):
     old = master(doc)
     os.kill(patroni_pids(node, src)[old], signal.SIGKILL)
     os.kill(postmaster_of(node, src, old), signal.SIGKILL)
-    # The write comes after the failover: one sent while the old primary's backends outlive
-    # its postmaster for a moment can still commit there, unreplicated (asynchronous
-    # replication), and is lost with it.
-    wait_for("the standby promoted", 60, lambda: master(c.get_dbaas_service_pg(name=src)) != old)
-
-    def write() -> bool:
-        # As an application does: a statement sent to a server that dies under it loses its
-        # connection (08006), and the next attempt connects again.
-        with psycopg.connect(src_pool, autocommit=True) as conn:
-            conn.execute("INSERT INTO f VALUES (1)")
-        return True
-    wait_for("a write after the failover", 60, write)
+    write_after_failover(c, src, old, src_pool, 1)
     # The replica streams from the new primary (through the source's own port).
     wait_for("the row written after the failover on the replica", 60,
              lambda: count(rep, "f") >= 1)
@@ -190,15 +202,8 @@ def test_a_replica_ahead_of_the_promoted_standby_is_made_again(node):
     timeline (it forked before the replica's position); pgbay makes the replica again from the
     new primary, so it serves what the source serves, not the rows the source lost."""
     c = node.client()
-    src = unique("rdv")
-    ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
-    doc = wait_for("both members running", 300, lambda: (
-        d := c.get_dbaas_service_pg(name=src),
-        d["state"] == "running"
-        and roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
-    src_pool = tx_pool(c, src, "app")
+    src, doc, src_pool = ha_source(c, "rdv")
     with psycopg.connect(src_pool, autocommit=True) as conn:
-        conn.execute("CREATE TABLE f (n int)")
         conn.execute("INSERT INTO f VALUES (0)")
     name = unique("rdvr")
     ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", integrations=rr(src)))
@@ -220,13 +225,7 @@ def test_a_replica_ahead_of_the_promoted_standby_is_made_again(node):
         os.kill(primary, signal.SIGKILL)
     finally:
         os.kill(receiver, signal.SIGKILL)
-    wait_for("the standby promoted", 60, lambda: master(c.get_dbaas_service_pg(name=src)) != old)
-
-    def write() -> bool:
-        with psycopg.connect(src_pool, autocommit=True) as conn:
-            conn.execute("INSERT INTO f VALUES (100)")
-        return True
-    wait_for("a write on the promoted standby", 90, write)
+    write_after_failover(c, src, old, src_pool, 100)
     with psycopg.connect(src_pool, autocommit=True) as conn:
         on_source = conn.execute("SELECT count(*) FROM f").fetchone()[0]
     assert on_source < 11, "the standby had the rows: nothing diverged"

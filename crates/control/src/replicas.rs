@@ -280,23 +280,30 @@ impl Control {
     /// last WAL reached the replica, not the standby); PostgreSQL then cannot follow the new
     /// timeline, and waits for good.
     async fn left_behind(&self, s: &ServiceRecord, r: &ReplicaRecord) -> bool {
+        // Only a source with standbys changes timeline; a streaming replica is not behind,
+        // and the source is asked only about one that is not streaming.
+        if !self.is_ha(&r.source) {
+            return false;
+        }
+        let Ok(own) = self.admin_target(s).await else {
+            return false;
+        };
+        let Ok(mine) = admin::wal_timeline(&own).await else {
+            return false;
+        };
+        if !mine.in_recovery || mine.streaming {
+            return false;
+        }
         let Ok(Some(src)) = self.inner.store.service(&r.source).await else {
             return false;
         };
-        let (Ok(own), Ok(source)) = (self.admin_target(s).await, self.admin_target(&src).await)
-        else {
+        let Ok(source) = self.admin_target(&src).await else {
             return false;
         };
-        let (Ok(mine), Ok(theirs)) = (
-            admin::wal_timeline(&own).await,
-            admin::wal_timeline(&source).await,
-        ) else {
+        let Ok(theirs) = admin::wal_timeline(&source).await else {
             return false;
         };
-        mine.in_recovery
-            && !mine.streaming
-            && !theirs.in_recovery
-            && theirs.timeline > mine.timeline
+        !theirs.in_recovery && theirs.timeline > mine.timeline
     }
 
     /// Remakes the local read replicas their source left behind (see `left_behind`) for

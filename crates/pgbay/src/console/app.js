@@ -217,7 +217,9 @@ function deleteButton(label, onConfirm, cls = "", key = null) {
   if (left > 0) arm(left);
   b.addEventListener("click", async () => {
     if (!b.classList.contains("armed")) {
-      if (key !== null) armedUntil.set(key, Date.now() + ARMED_MS);
+      const now = Date.now();
+      for (const [k, until] of armedUntil) if (until <= now) armedUntil.delete(k);
+      if (key !== null) armedUntil.set(key, now + ARMED_MS);
       arm(ARMED_MS);
       return;
     }

@@ -114,7 +114,7 @@ pub async fn serve(
                     "API connection limit reached; refusing new connections"
                 );
             }
-            let _ = stream.try_write(OVER_CAPACITY);
+            refuse_over_capacity(stream);
             continue;
         };
         let app = app.clone();
@@ -141,6 +141,16 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("API connections still open after {DRAIN_TIMEOUT:?}; dropping them");
+    }
+}
+
+/// Writes [`OVER_CAPACITY`] to a just-accepted `stream` and closes it, without waiting. The
+/// write is a plain `send` on the (non-blocking) socket: tokio's `try_write` would refuse to try
+/// before the reactor has seen the new socket writable, which for a socket accepted a moment ago
+/// it often has not, and the client would see a bare close instead of the 503.
+fn refuse_over_capacity(stream: tokio::net::TcpStream) {
+    if let Ok(mut stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut stream, OVER_CAPACITY);
     }
 }
 

@@ -13,7 +13,6 @@ use tokio::io::AsyncWriteExt;
 use super::pool::SlotToken;
 use crate::auth::md5::md5_response;
 use crate::auth::scram::{ClientExchange, ScramError, MECHANISM};
-use crate::frontend::relay::RelayState;
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{
     self, auth, error::parse_error, header, startup, status::parse_parameter_status,
@@ -112,9 +111,6 @@ const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(1
 pub struct Server {
     pub stream: ServerStream,
     pub bufs: Buffers,
-    /// Where the relay is in this connection's byte streams; survives from one client to the
-    /// next only when at rest.
-    pub relay: RelayState,
     /// Where it is in its life (see `ServerState`); changed through `set_state`.
     pub state: ServerState,
     /// Its entry in the pool's SHOW SERVERS list (registered once logged in).
@@ -183,7 +179,6 @@ impl Server {
         let mut server = Box::new(Server {
             stream,
             bufs: Buffers::default(),
-            relay: RelayState::default(),
             state: ServerState::Login,
             info: None,
             status: txn::IDLE,
@@ -382,7 +377,7 @@ impl Server {
     /// idle for a while (a backend restarts while nobody uses its connections) is probed with a
     /// real non-blocking peek before a client's transaction is sent to it.
     pub fn is_alive(&mut self) -> bool {
-        if !self.bufs.is_empty() || self.status != txn::IDLE || self.relay.copy_in {
+        if !self.bufs.is_empty() || self.status != txn::IDLE {
             return false;
         }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -408,6 +408,9 @@ async fn attached(
         }
     }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
+    // Where this attachment is in the server connection's byte streams: the frontend's, for
+    // this attachment only (a connection goes back to the pool only at rest, `at_boundary`).
+    let mut relay_state = relay::RelayState::default();
     client.cancel.attach(server.cancel_target(&st.backend));
     let end = {
         let Client {
@@ -437,7 +440,17 @@ async fn attached(
                 idle_transaction: st.idle_transaction_timeout,
             },
         };
-        relay::pump(stream, server, &mut ctx, mode, stop, drain, restart).await
+        relay::pump(
+            stream,
+            server,
+            &mut relay_state,
+            &mut ctx,
+            mode,
+            stop,
+            drain,
+            restart,
+        )
+        .await
     };
     client.cancel.detach();
     match end {
@@ -482,7 +495,7 @@ async fn attached(
             // Keep the connection only if it is exactly at a transaction boundary: anything
             // else (open transaction, query running, half a message) is closed with it.
             server.bufs.c2s_in.clear();
-            if relay::at_boundary(server)
+            if relay::at_boundary(server, &relay_state)
                 && server.bufs.c2s_out.is_empty()
                 && server.bufs.s2c_out.is_empty()
             {
@@ -523,9 +536,9 @@ async fn attached(
             // client's was on it, so it keeps its session; its next one gets a new server.
             if mode != PoolMode::Session
                 && server.status == txn::IDLE
-                && server.relay.expect.is_empty()
-                && !server.relay.copy_in
-                && server.relay.c2s_skip == 0
+                && relay_state.expect.is_empty()
+                && !relay_state.copy_in
+                && relay_state.c2s_skip == 0
                 && server.bufs.c2s_in.is_empty()
                 && server.bufs.c2s_out.is_empty()
                 && server.bufs.s2c_out.is_empty()
@@ -539,9 +552,9 @@ async fn attached(
             let refusal = errors::statement_mode_transaction(&pool.name);
             // When nothing else is in flight, roll the block back and tell the client with a
             // plain ERROR; it stays connected. Otherwise there is no clean way back: disconnect.
-            if server.relay.expect.is_empty()
+            if relay_state.expect.is_empty()
                 && server.bufs.s2c_in.is_empty()
-                && server.relay.c2s_skip == 0
+                && relay_state.c2s_skip == 0
                 && server.run_internal("ROLLBACK").await.is_ok()
                 && server.status == txn::IDLE
             {

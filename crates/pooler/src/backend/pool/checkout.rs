@@ -176,11 +176,7 @@ impl Pool {
     /// configuration or beyond the pool's size are closed.
     pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
         let now = crate::stats::now_us();
-        let unusable = if !server.clean
-            || server.status != txn::IDLE
-            || !server.relay.expect.is_empty()
-            || !server.bufs.is_empty()
-        {
+        let unusable = if !server.clean || server.status != txn::IDLE || !server.bufs.is_empty() {
             Some("not at a clean transaction boundary")
         } else if server.gen != st.gen {
             Some("pool configuration changed")

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
     block, drain_synthesized, finish, flush_run, literal_set, push, Action, ClientCtx, RelayError,
-    BOUND, COPY_END, MAX_MESSAGE,
+    RelayState, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
@@ -32,10 +32,14 @@ const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// Processes client bytes in `c2s_in` into `c2s_out`. Returns Ok(true) when the client sent
 /// Terminate. Runs of messages that pass unchanged are copied at once (or not at all).
-pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool, RelayError> {
+pub fn client_input(
+    server: &mut Server,
+    relay: &mut RelayState,
+    ctx: &mut ClientCtx<'_>,
+) -> Result<bool, RelayError> {
     // Taken out so that `server` can be updated while its bytes are looked at.
     let mut input = std::mem::take(&mut server.bufs.c2s_in);
-    let result = client_messages(server, ctx, &input);
+    let result = client_messages(server, relay, ctx, &input);
     let (pos, run, terminated) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -44,7 +48,7 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
         }
     };
     finish(&mut input, &mut server.bufs.c2s_out, run, pos);
-    if server.relay.c2s_skip == 0 {
+    if relay.c2s_skip == 0 {
         // A message the relay must see (in part or whole) is arriving: make room for more of it
         // at once, but only up to RESERVE_AHEAD: the length is the client's claim, and a client
         // that declares 1 GiB and sends nothing must not make the pooler set aside 1 GiB. The
@@ -56,7 +60,7 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
         }
     }
     server.bufs.c2s_in = input;
-    drain_synthesized(server, ctx.statements);
+    drain_synthesized(server, relay, ctx.statements);
     Ok(terminated)
 }
 
@@ -64,19 +68,20 @@ pub fn client_input(server: &mut Server, ctx: &mut ClientCtx<'_>) -> Result<bool
 /// terminated).
 fn client_messages(
     server: &mut Server,
+    relay: &mut RelayState,
     ctx: &mut ClientCtx<'_>,
     input: &[u8],
 ) -> Result<(usize, usize, bool), RelayError> {
     let mut pos = 0;
     let mut run = 0;
     loop {
-        if server.relay.c2s_skip > 0 {
-            let n = server.relay.c2s_skip.min(input.len() - pos);
+        if relay.c2s_skip > 0 {
+            let n = relay.c2s_skip.min(input.len() - pos);
             if n == 0 {
                 break;
             }
             pos += n;
-            server.relay.c2s_skip -= n;
+            relay.c2s_skip -= n;
             continue;
         }
         let Some((tag, len)) = header(&input[pos..]) else {
@@ -87,7 +92,7 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
-        if server.relay.c2s_discard && tag != tag::SYNC {
+        if relay.c2s_discard && tag != tag::SYNC {
             // The rest of a refused extended-protocol statement: the server never sees it.
             if avail < len {
                 break;
@@ -103,7 +108,7 @@ fn client_messages(
         // The Sync that ends the refused statement goes to the server, which answers it with
         // ReadyForQuery: cheaper to ask than to know whether this Sync also ends messages that
         // were forwarded before the refused Parse.
-        server.relay.c2s_discard = false;
+        relay.c2s_discard = false;
         if ctx.refuse_blocks && (tag == tag::QUERY || tag == tag::PARSE) {
             let peek = len.min(HEADER + block::PEEK);
             if avail < peek {
@@ -116,8 +121,8 @@ fn client_messages(
                 flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                 pos += len;
                 run = pos;
-                push(&mut server.relay.expect, tag, Action::Refuse, 0);
-                server.relay.c2s_discard = tag == tag::PARSE;
+                push(&mut relay.expect, tag, Action::Refuse, 0);
+                relay.c2s_discard = tag == tag::PARSE;
                 continue;
             }
         }
@@ -140,7 +145,7 @@ fn client_messages(
                             .filter(|set| bits == 1 << set.param);
                         match set {
                             Some(set) => {
-                                server.relay.sets.push_back(set);
+                                relay.sets.push_back(set);
                                 mark = literal_set::MARK;
                             }
                             None => ctx.params.dirty |= bits,
@@ -160,7 +165,7 @@ fn client_messages(
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
-                        listen(server, ctx, tag, msg)?;
+                        listen(server, relay, ctx, tag, msg)?;
                         continue;
                     }
                     Found::SqlPrepared => {
@@ -171,16 +176,16 @@ fn client_messages(
                             let text = block::statement_text(tag, msg);
                             if let Some(cmd) = session_state::parse_deallocate(text) {
                                 if tag == tag::QUERY {
-                                    deallocate(server, ctx, cmd);
+                                    deallocate(server, relay, ctx, cmd);
                                     continue;
                                 }
-                                if deallocate_parse(server, ctx, msg, cmd)? {
+                                if deallocate_parse(server, relay, ctx, msg, cmd)? {
                                     continue;
                                 }
                             }
                         }
-                        push(&mut server.relay.expect, tag, Action::RefusePrepared, 0);
-                        server.relay.c2s_discard = tag == tag::PARSE;
+                        push(&mut relay.expect, tag, Action::RefusePrepared, 0);
+                        relay.c2s_discard = tag == tag::PARSE;
                         continue;
                     }
                 }
@@ -202,23 +207,21 @@ fn client_messages(
                 tag::SYNC | tag::FLUSH | tag::COPY_DONE if len != HEADER => {
                     return Err(RelayError::Malformed(fixed_name(tag)))
                 }
-                tag::SYNC if server.relay.copy_in => {}
-                tag::COPY_DONE | tag::COPY_FAIL if server.relay.copy_in => {
-                    server.relay.copy_in = false
-                }
+                tag::SYNC if relay.copy_in => {}
+                tag::COPY_DONE | tag::COPY_FAIL if relay.copy_in => relay.copy_in = false,
                 // CopyDone sent before the server's CopyInResponse was seen (pipelined): a marker
                 // that tells `copy_started` where the copy ends.
                 tag::COPY_DONE | tag::COPY_FAIL => {
-                    push(&mut server.relay.expect, COPY_END, Action::Forward, 0)
+                    push(&mut relay.expect, COPY_END, Action::Forward, 0)
                 }
                 // The fast-path call protocol can run any function (`set_config` by OID).
                 tag::FUNCTION_CALL if ctx.session_state => {
                     ctx.params.dirty |= session_state::ALL | session_state::SESSION;
-                    push(&mut server.relay.expect, tag::QUERY, Action::Forward, 0);
+                    push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
                 }
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
-                        push(&mut server.relay.expect, kind, Action::Forward, mark);
+                        push(&mut relay.expect, kind, Action::Forward, mark);
                         // Untracked Parse/Bind go to the server as they are.
                         let parse = (tag == tag::PARSE) as u64;
                         let bind = (tag == tag::BIND) as u64;
@@ -231,7 +234,7 @@ fn client_messages(
             }
             let n = len.min(avail);
             pos += n;
-            server.relay.c2s_skip = len - n;
+            relay.c2s_skip = len - n;
             continue;
         }
         if avail < len {
@@ -247,7 +250,7 @@ fn client_messages(
             }
             return Ok((pos, run, true));
         }
-        rewrite(server, ctx, tag, msg)?;
+        rewrite(server, relay, ctx, tag, msg)?;
     }
     Ok((pos, run, false))
 }
@@ -255,6 +258,7 @@ fn client_messages(
 /// Handles one whole Parse/Bind/Describe/Close with statement tracking on.
 fn rewrite(
     server: &mut Server,
+    relay: &mut RelayState,
     ctx: &mut ClientCtx<'_>,
     tag: u8,
     msg: &[u8],
@@ -266,16 +270,16 @@ fn rewrite(
             if p.name.is_empty() {
                 ctx.tally.t.server_parses += 1;
                 server.bufs.c2s_out.extend_from_slice(msg);
-                push(&mut server.relay.expect, tag::PARSE, Action::Forward, 0);
+                push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
                 return Ok(());
             }
             let stmt = ctx.registry.intern(p.rest);
             ctx.statements.insert(p.name, stmt.clone());
             if server.prepared.touch(stmt.id) {
-                push(&mut server.relay.expect, tag::PARSE, Action::Synthesize, 0);
+                push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
             } else {
                 ctx.tally.t.server_parses += 1;
-                prepare_on_server(server, &stmt, ctx.max_prepared, Action::Forward);
+                prepare_on_server(server, relay, &stmt, ctx.max_prepared, Action::Forward);
             }
         }
         tag::BIND => {
@@ -288,7 +292,7 @@ fn rewrite(
                     bound = stmt.id | BOUND;
                     ctx.params.dirty |= stmt.sets;
                     ctx.tally.t.server_parses +=
-                        ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
+                        ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
                     write_bind(
                         &mut server.bufs.c2s_out,
                         b.portal,
@@ -298,7 +302,7 @@ fn rewrite(
                 }
                 None => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(&mut server.relay.expect, tag::BIND, Action::Forward, bound);
+            push(&mut relay.expect, tag::BIND, Action::Forward, bound);
         }
         tag::DESCRIBE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Describe"))?;
@@ -307,7 +311,7 @@ fn rewrite(
                 (target::STATEMENT, Some(stmt)) => {
                     bound = stmt.id | BOUND;
                     ctx.tally.t.server_parses +=
-                        ensure_prepared(server, &stmt, ctx.max_prepared) as u64;
+                        ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
                     write_target(
                         &mut server.bufs.c2s_out,
                         tag::DESCRIBE,
@@ -317,12 +321,7 @@ fn rewrite(
                 }
                 _ => server.bufs.c2s_out.extend_from_slice(msg),
             }
-            push(
-                &mut server.relay.expect,
-                tag::DESCRIBE,
-                Action::Forward,
-                bound,
-            );
+            push(&mut relay.expect, tag::DESCRIBE, Action::Forward, bound);
         }
         tag::CLOSE => {
             let (kind, name) = parse_target(msg).ok_or(RelayError::Malformed("Close"))?;
@@ -330,10 +329,10 @@ fn rewrite(
                 // The server copy may serve other clients; only the client's name goes away.
                 // Closing an unknown name is not an error in PostgreSQL either.
                 ctx.statements.remove(name);
-                push(&mut server.relay.expect, tag::CLOSE, Action::Synthesize, 0);
+                push(&mut relay.expect, tag::CLOSE, Action::Synthesize, 0);
             } else {
                 server.bufs.c2s_out.extend_from_slice(msg);
-                push(&mut server.relay.expect, tag::CLOSE, Action::Forward, 0);
+                push(&mut relay.expect, tag::CLOSE, Action::Forward, 0);
             }
         }
         _ => unreachable!("only P/B/D/C are rewritten"),
@@ -367,15 +366,26 @@ fn refresh(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Arc<Statement> {
 
 /// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed); true
 /// when it did.
-fn ensure_prepared(server: &mut Server, stmt: &Arc<Statement>, max: usize) -> bool {
+fn ensure_prepared(
+    server: &mut Server,
+    relay: &mut RelayState,
+    stmt: &Arc<Statement>,
+    max: usize,
+) -> bool {
     if server.prepared.touch(stmt.id) {
         return false;
     }
-    prepare_on_server(server, stmt, max, Action::Swallow);
+    prepare_on_server(server, relay, stmt, max, Action::Swallow);
     true
 }
 
-fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, action: Action) {
+fn prepare_on_server(
+    server: &mut Server,
+    relay: &mut RelayState,
+    stmt: &Arc<Statement>,
+    max: usize,
+    action: Action,
+) {
     if let Some(evicted) = server.prepared.add(stmt, max) {
         write_target(
             &mut server.bufs.c2s_out,
@@ -383,10 +393,10 @@ fn prepare_on_server(server: &mut Server, stmt: &Arc<Statement>, max: usize, act
             target::STATEMENT,
             evicted.name.as_bytes(),
         );
-        push(&mut server.relay.expect, tag::CLOSE, Action::Swallow, 0);
+        push(&mut relay.expect, tag::CLOSE, Action::Swallow, 0);
     }
     server.bufs.c2s_out.extend_from_slice(&stmt.parse);
-    push(&mut server.relay.expect, tag::PARSE, action, stmt.id);
+    push(&mut relay.expect, tag::PARSE, action, stmt.id);
 }
 
 fn fixed_name(tag: u8) -> &'static str {
@@ -402,17 +412,22 @@ fn fixed_name(tag: u8) -> &'static str {
 /// to the server as a statement raising PostgreSQL's error (26000), so that an open block
 /// fails as it would; the rest is answered by the pooler in its turn (`session_state::deallocate`).
 #[cold]
-fn deallocate(server: &mut Server, ctx: &mut ClientCtx<'_>, cmd: Deallocate) {
+fn deallocate(
+    server: &mut Server,
+    relay: &mut RelayState,
+    ctx: &mut ClientCtx<'_>,
+    cmd: Deallocate,
+) {
     if let Deallocate::Name(name) = &cmd {
         if ctx.statements.get(name.as_bytes()).is_none() {
             let sql = session_state::unknown_statement_sql(name);
             query(&mut server.bufs.c2s_out, &sql);
-            push(&mut server.relay.expect, tag::QUERY, Action::Forward, 0);
+            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
             return;
         }
     }
-    server.relay.deallocs.push_back(cmd);
-    push(&mut server.relay.expect, tag::QUERY, Action::Deallocate, 0);
+    relay.deallocs.push_back(cmd);
+    push(&mut relay.expect, tag::QUERY, Action::Deallocate, 0);
 }
 
 /// An unnamed Parse of an SQL `DEALLOCATE` (psycopg in pipeline mode sends its
@@ -423,6 +438,7 @@ fn deallocate(server: &mut Server, ctx: &mut ClientCtx<'_>, cmd: Deallocate) {
 #[cold]
 fn deallocate_parse(
     server: &mut Server,
+    relay: &mut RelayState,
     ctx: &mut ClientCtx<'_>,
     msg: &[u8],
     cmd: Deallocate,
@@ -448,7 +464,7 @@ fn deallocate_parse(
     rest.extend_from_slice(types);
     let mut noop = bytes::BytesMut::new();
     write_parse(&mut noop, p.name, &rest);
-    rewrite(server, ctx, tag::PARSE, &noop)?;
+    rewrite(server, relay, ctx, tag::PARSE, &noop)?;
     Ok(true)
 }
 
@@ -459,26 +475,22 @@ fn deallocate_parse(
 #[cold]
 fn listen(
     server: &mut Server,
+    relay: &mut RelayState,
     ctx: &mut ClientCtx<'_>,
     tag: u8,
     msg: &[u8],
 ) -> Result<(), RelayError> {
     let Some(cmd) = session_state::parse_listen(block::statement_text(tag, msg)) else {
-        push(&mut server.relay.expect, tag, Action::RefuseListen, 0);
-        server.relay.c2s_discard = tag == tag::PARSE;
+        push(&mut relay.expect, tag, Action::RefuseListen, 0);
+        relay.c2s_discard = tag == tag::PARSE;
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));
     if let Some(confirmed) = subscribe(ctx, cmd) {
-        server.relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+        relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
     }
     if tag == tag::QUERY {
-        push(
-            &mut server.relay.expect,
-            tag,
-            Action::ListenDone(is_listen),
-            0,
-        );
+        push(&mut relay.expect, tag, Action::ListenDone(is_listen), 0);
         return Ok(());
     }
     let p = parse_parse(msg).ok_or(RelayError::Malformed("Parse"))?;
@@ -491,10 +503,10 @@ fn listen(
     let mut noop = bytes::BytesMut::new();
     write_parse(&mut noop, p.name, &rest);
     if ctx.track {
-        rewrite(server, ctx, tag::PARSE, &noop)
+        rewrite(server, relay, ctx, tag::PARSE, &noop)
     } else {
         server.bufs.c2s_out.extend_from_slice(&noop);
-        push(&mut server.relay.expect, tag::PARSE, Action::Forward, 0);
+        push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
         ctx.tally.t.client_parses += 1;
         ctx.tally.t.server_parses += 1;
         Ok(())

@@ -3,8 +3,8 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, literal_set, Action, RelayError, ServerEvent, BOUND,
-    COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, literal_set, Action, RelayError, RelayState, ServerEvent,
+    BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
@@ -16,21 +16,21 @@ use crate::prepared::ClientStatements;
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
-fn copy_started(server: &mut Server) {
+fn copy_started(relay: &mut RelayState) {
     let mut i = 1;
-    while i < server.relay.expect.len() {
-        match server.relay.expect[i].kind {
+    while let Some(e) = relay.expect.get(i) {
+        match e.kind {
             COPY_END => {
-                server.relay.expect.remove(i);
+                relay.expect.remove(i);
                 return;
             }
             tag::SYNC => {
-                server.relay.expect.remove(i);
+                relay.expect.remove(i);
             }
             _ => i += 1,
         }
     }
-    server.relay.copy_in = true;
+    relay.copy_in = true;
 }
 
 /// A Bind/Describe of shared statement `id` failed: when the server says the statement went
@@ -50,8 +50,13 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) {
 /// The answer to a Query holding a literal SET is complete: its value is the client's and the
 /// server's when the SET succeeded outside a transaction block (so it committed with its
 /// statement); otherwise the parameter is read back at the transaction's end, as any SET.
-fn literal_settled(server: &mut Server, client: &mut ClientParams, before: u8) {
-    let Some(set) = server.relay.sets.pop_front() else {
+fn literal_settled(
+    server: &mut Server,
+    relay: &mut RelayState,
+    client: &mut ClientParams,
+    before: u8,
+) {
+    let Some(set) = relay.sets.pop_front() else {
         return;
     };
     if set.done && before == txn::IDLE && server.status == txn::IDLE {
@@ -81,6 +86,7 @@ fn terminates(kind: u8, answer: u8) -> bool {
 /// the buffers.
 pub fn server_input(
     server: &mut Server,
+    relay: &mut RelayState,
     client_params: &mut ClientParams,
     client_statements: &mut ClientStatements,
     refuse_transactions: bool,
@@ -88,6 +94,7 @@ pub fn server_input(
     let mut input = std::mem::take(&mut server.bufs.s2c_in);
     let result = server_messages(
         server,
+        relay,
         client_params,
         client_statements,
         refuse_transactions,
@@ -110,6 +117,7 @@ pub fn server_input(
 /// event).
 fn server_messages(
     server: &mut Server,
+    relay: &mut RelayState,
     client_params: &mut ClientParams,
     client_statements: &mut ClientStatements,
     refuse_transactions: bool,
@@ -119,24 +127,23 @@ fn server_messages(
     let mut pos = 0;
     let mut run = 0;
     loop {
-        if server.relay.s2c_skip > 0 {
-            let n = server.relay.s2c_skip.min(input.len() - pos);
+        if relay.s2c_skip > 0 {
+            let n = relay.s2c_skip.min(input.len() - pos);
             if n == 0 {
                 break;
             }
             pos += n;
-            server.relay.s2c_skip -= n;
+            relay.s2c_skip -= n;
             continue;
         }
-        if server
-            .relay
+        if relay
             .expect
             .front()
             .is_some_and(|e| e.action.pooler_answers())
         {
             // Answers the pooler owes go out in order, after what was forwarded so far.
             flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
-            drain_synthesized(server, client_statements);
+            drain_synthesized(server, relay, client_statements);
         }
         let Some((tag, len)) = header(&input[pos..]) else {
             break;
@@ -144,7 +151,7 @@ fn server_messages(
         if !(HEADER - 1..=MAX_MESSAGE).contains(&(len - 1)) {
             return Err(RelayError::BadLength(len));
         }
-        tracing::trace!(tag = %(tag as char), len, expect = ?server.relay.expect.front(), "server message");
+        tracing::trace!(tag = %(tag as char), len, expect = ?relay.expect.front(), "server message");
         let avail = input.len() - pos;
         let whole = matches!(
             tag,
@@ -159,8 +166,7 @@ fn server_messages(
             break;
         }
         if tag == tag::ERROR_RESPONSE
-            && server
-                .relay
+            && relay
                 .expect
                 .front()
                 .is_some_and(|e| e.kind != tag::PARSE && e.stmt & BOUND != 0)
@@ -169,7 +175,7 @@ fn server_messages(
             if avail < len {
                 break;
             }
-            if let Some(front) = server.relay.expect.front().copied() {
+            if let Some(front) = relay.expect.front().copied() {
                 check_stale(server, front.stmt & !BOUND, &input[pos + HEADER..pos + len]);
             }
         }
@@ -178,9 +184,9 @@ fn server_messages(
             tag::READY_FOR_QUERY => {
                 let before = server.status;
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
-                while let Some(e) = server.relay.expect.pop_front() {
+                while let Some(e) = relay.expect.pop_front() {
                     if e.kind == tag::QUERY && e.stmt == literal_set::MARK {
-                        literal_settled(server, client_params, before);
+                        literal_settled(server, relay, client_params, before);
                     }
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
                         break;
@@ -195,27 +201,27 @@ fn server_messages(
                 event = ServerEvent::Ready;
             }
             tag::ERROR_RESPONSE => {
-                if let Some(front) = server.relay.expect.front().copied() {
+                if let Some(front) = relay.expect.front().copied() {
                     if matches!(
                         front.kind,
                         tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::EXECUTE
                     ) {
                         // The server skips everything up to the next Sync: those messages will
                         // never be answered, and statements they would have prepared do not exist.
-                        while let Some(e) = server.relay.expect.front().copied() {
+                        while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
                             if e.kind == tag::PARSE && e.stmt != 0 {
                                 server.prepared.remove(e.stmt);
                             }
-                            server.relay.expect.pop_front();
+                            relay.expect.pop_front();
                         }
                     }
                 }
             }
-            tag::COPY_IN_RESPONSE => copy_started(server),
-            tag::NOTIFICATION_RESPONSE if server.relay.drop_notifications => forward = false,
+            tag::COPY_IN_RESPONSE => copy_started(relay),
+            tag::NOTIFICATION_RESPONSE if relay.drop_notifications => forward = false,
             tag::PARAMETER_STATUS => {
                 let body = &input[pos + HEADER..pos + len];
                 if let Some((name, value)) = parse_parameter_status(body) {
@@ -232,9 +238,9 @@ fn server_messages(
                         server.params.reset();
                         client_statements.clear();
                     } else if body == b"SET\0" {
-                        if let Some(front) = server.relay.expect.front() {
+                        if let Some(front) = relay.expect.front() {
                             if front.kind == tag::QUERY && front.stmt == literal_set::MARK {
-                                if let Some(set) = server.relay.sets.front_mut() {
+                                if let Some(set) = relay.sets.front_mut() {
                                     set.done = true;
                                 }
                             }
@@ -243,9 +249,9 @@ fn server_messages(
                         server.prepared.clear();
                     }
                 }
-                if let Some(front) = server.relay.expect.front().copied() {
+                if let Some(front) = relay.expect.front().copied() {
                     if terminates(front.kind, tag) {
-                        server.relay.expect.pop_front();
+                        relay.expect.pop_front();
                         if front.action == Action::Swallow {
                             forward = false;
                         }
@@ -262,7 +268,7 @@ fn server_messages(
         }
         let n = len.min(avail);
         pos += n;
-        server.relay.s2c_skip = len - n;
+        relay.s2c_skip = len - n;
     }
     Ok((pos, run, event))
 }

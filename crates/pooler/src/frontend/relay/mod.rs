@@ -17,11 +17,16 @@
 //! Parse of a statement the server already has). That keeps pipelines, Describe and errors in
 //! the middle of a pipeline exactly as the client would see them on a direct connection.
 //!
-//! The relay state belongs to a server connection, not to a client: it describes where that
-//! connection's byte streams are (mid-message, answers outstanding), and it must be at rest
-//! before the connection can serve another client (`at_boundary`).
+//! The relay state (`RelayState`) is the frontend's: it describes where an attachment is in the
+//! server connection's byte streams (mid-message, answers outstanding), lives for that one
+//! attachment (`session::attached`) and is passed next to the server connection, which knows
+//! nothing of it. A connection goes back to the pool only when the state is at rest
+//! (`at_boundary`: the session marks it clean then), so a fresh state fits the next attachment.
+//! The connection keeps its byte buffers (`backend::server::Buffers`), so that their capacity
+//! outlives the attachment without an idle client holding any.
 
 pub mod block;
+mod expected;
 mod from_client;
 mod from_server;
 mod listen_wait;
@@ -104,7 +109,7 @@ pub enum ServerEvent {
 #[derive(Default, Debug)]
 pub struct RelayState {
     /// Answers the server owes, oldest first (see the module docs).
-    pub expect: VecDeque<Expect>,
+    pub expect: expected::Expected,
     /// Bytes of the current client→server message still to stream through unexamined.
     pub c2s_skip: usize,
     /// Bytes of the current server→client message still to stream through unexamined.
@@ -194,7 +199,7 @@ const COPY_END: u8 = tag::COPY_DONE;
 // other codegen units): `#[inline]` keeps them inlined in the scanning loops as when all of it
 // was one file.
 #[inline]
-fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
+fn push(expect: &mut expected::Expected, kind: u8, action: Action, stmt: u64) {
     expect.push_back(Expect { kind, action, stmt });
 }
 
@@ -233,11 +238,15 @@ fn finish(input: &mut BytesMut, out: &mut BytesMut, mut run: usize, pos: usize) 
 
 /// Emits answers the pooler owes the client, once everything before them has been answered.
 #[inline]
-fn drain_synthesized(server: &mut Server, statements: &mut ClientStatements) {
-    if server.relay.s2c_skip > 0 {
+fn drain_synthesized(
+    server: &mut Server,
+    relay: &mut RelayState,
+    statements: &mut ClientStatements,
+) {
+    if relay.s2c_skip > 0 {
         return;
     }
-    while let Some(front) = server.relay.expect.front().copied() {
+    while let Some(front) = relay.expect.front().copied() {
         match front.action {
             Action::Synthesize => {
                 let reply: &[u8] = if front.kind == tag::PARSE {
@@ -247,14 +256,14 @@ fn drain_synthesized(server: &mut Server, statements: &mut ClientStatements) {
                 };
                 server.bufs.s2c_out.extend_from_slice(reply);
             }
-            Action::Refuse => refuse(server, front.kind),
-            Action::RefusePrepared => session_state::refuse_sql_prepared(server, front.kind),
-            Action::Deallocate => session_state::deallocate(server, statements),
-            Action::ListenDone(listen) => session_state::listen_done(server, listen),
-            Action::RefuseListen => session_state::refuse_listen(server, front.kind),
+            Action::Refuse => refuse(server, relay, front.kind),
+            Action::RefusePrepared => session_state::refuse_sql_prepared(server, relay, front.kind),
+            Action::Deallocate => session_state::deallocate(server, relay, statements),
+            Action::ListenDone(listen) => session_state::listen_done(server, relay, listen),
+            Action::RefuseListen => session_state::refuse_listen(server, relay, front.kind),
             _ => break,
         }
-        server.relay.expect.pop_front();
+        relay.expect.pop_front();
     }
 }
 
@@ -262,23 +271,23 @@ fn drain_synthesized(server: &mut Server, statements: &mut ClientStatements) {
 /// connection is idle: statement mode never leaves a block open) or a Parse (whose Sync the
 /// server answers).
 #[cold]
-fn refuse(server: &mut Server, kind: u8) {
+fn refuse(server: &mut Server, relay: &mut RelayState, kind: u8) {
     let out = &mut server.bufs.s2c_out;
     errors::statement_mode_transaction(&server.pool).write(out, Severity::Error);
     if kind == tag::QUERY {
         status::ready_for_query(out, tag::txn::IDLE);
-        server.relay.ready_synthesized = true;
+        relay.ready_synthesized = true;
     }
 }
 
 /// True when the server has answered everything and the connection could serve someone else.
-pub fn at_boundary(server: &Server) -> bool {
+pub fn at_boundary(server: &Server, relay: &RelayState) -> bool {
     server.status == tag::txn::IDLE
-        && !server.relay.copy_in
-        && !server.relay.c2s_discard
-        && server.relay.expect.is_empty()
-        && server.relay.c2s_skip == 0
-        && server.relay.s2c_skip == 0
+        && !relay.copy_in
+        && !relay.c2s_discard
+        && relay.expect.is_empty()
+        && relay.c2s_skip == 0
+        && relay.s2c_skip == 0
         && server.bufs.s2c_in.is_empty()
 }
 

@@ -7,7 +7,7 @@ use std::task::Poll;
 use tokio::io::AsyncWrite;
 
 use super::waiting::ClientWait;
-use super::{at_boundary, client_input, consume, server_input, ClientCtx, ServerEvent};
+use super::{at_boundary, client_input, consume, server_input, ClientCtx, RelayState, ServerEvent};
 use crate::backend::server::Server;
 use crate::config::PoolMode;
 use crate::errors::{self, ClientError};
@@ -39,9 +39,13 @@ pub enum End {
 
 /// Relays until a release boundary (transaction/statement mode), the client leaving, a broken
 /// server or shutdown. One task, one `poll_fn`: no per-message futures, no per-message syscalls.
+// The connection and the attachment's place in it travel side by side (the state is the
+// frontend's, the connection the backend's): one argument more than clippy's default.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump(
     stream: &mut ClientStream,
     server: &mut Server,
+    relay: &mut RelayState,
     ctx: &mut ClientCtx<'_>,
     mode: PoolMode,
     stop: &mut Watch<'_, '_>,
@@ -59,13 +63,13 @@ pub async fn pump(
     let mut wait = ClientWait::default();
     let mut client_bytes = 0u64;
     // A refusal answered in an earlier attachment says nothing about this one.
-    server.relay.ready_synthesized = false;
-    server.relay.listen_wait = None;
-    server.relay.drop_notifications = ctx.session_state;
+    relay.ready_synthesized = false;
+    relay.listen_wait = None;
+    relay.drop_notifications = ctx.session_state;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {
-        match client_input(server, ctx) {
-            Ok(false) => saw_ready = std::mem::take(&mut server.relay.ready_synthesized),
+        match client_input(server, relay, ctx) {
+            Ok(false) => saw_ready = std::mem::take(&mut relay.ready_synthesized),
             Ok(true) => return End::ClientGone,
             Err(e) => return End::Refused(errors::protocol_violation(e.to_string())),
         }
@@ -98,12 +102,13 @@ pub async fn pump(
                         ctx.tally.t.sent += n as u64;
                         match server_input(
                             server,
+                            relay,
                             ctx.params,
                             ctx.statements,
                             mode == PoolMode::Statement,
                         ) {
                             Ok(ServerEvent::Ready) => {
-                                server.relay.ready_synthesized = false;
+                                relay.ready_synthesized = false;
                                 saw_ready = true;
                                 ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                             }
@@ -112,7 +117,7 @@ pub async fn pump(
                             }
                             Ok(ServerEvent::None) => {
                                 // A refused Query answered after the server's earlier answers.
-                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                if std::mem::take(&mut relay.ready_synthesized) {
                                     saw_ready = true;
                                     ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                                 }
@@ -130,7 +135,7 @@ pub async fn pump(
                     // is disconnected once what it was sent is out (`notify_over`).
                     *ctx.notify = None;
                     notify_over = Some(over);
-                } else if server.relay.s2c_skip == 0 {
+                } else if relay.s2c_skip == 0 {
                     while server.bufs.s2c_out.len() < HIGH_WATER {
                         let Poll::Ready(Some(msg)) = sub.poll_recv(cx) else {
                             break;
@@ -141,15 +146,15 @@ pub async fn pump(
                 }
             }
             if let Some(over) = notify_over {
-                if server.bufs.s2c_out.is_empty() && server.relay.s2c_skip == 0 {
+                if server.bufs.s2c_out.is_empty() && relay.s2c_skip == 0 {
                     let e = errors::notify_budget(&ctx.pool.name, over);
                     return Poll::Ready(End::Refused(e));
                 }
             }
             // A LISTEN's answers wait for the listener's confirmation (`listen_wait`).
-            if let Some(w) = server.relay.listen_wait.as_mut() {
+            if let Some(w) = relay.listen_wait.as_mut() {
                 if w.poll(cx).is_ready() {
-                    server.relay.listen_wait = None;
+                    relay.listen_wait = None;
                 } else {
                     client_write = false;
                 }
@@ -176,7 +181,7 @@ pub async fn pump(
                 }
             }
             let idle_point = saw_ready
-                && at_boundary(server)
+                && at_boundary(server, relay)
                 && server.bufs.c2s_out.is_empty()
                 && server.bufs.s2c_out.is_empty()
                 && !client_flush;
@@ -185,7 +190,7 @@ pub async fn pump(
             }
             if draining
                 && mode == PoolMode::Session
-                && at_boundary(server)
+                && at_boundary(server, relay)
                 && server.bufs.c2s_in.is_empty()
             {
                 return Poll::Ready(End::Boundary);
@@ -199,12 +204,12 @@ pub async fn pump(
                         progress = true;
                         ctx.tally.t.received += n as u64;
                         client_bytes += n as u64;
-                        match client_input(server, ctx) {
+                        match client_input(server, relay, ctx) {
                             Ok(false) => {
                                 ctx.tally.query_starts();
                                 // A refused Query was answered by the pooler: as good as a
                                 // ReadyForQuery from the server.
-                                if std::mem::take(&mut server.relay.ready_synthesized) {
+                                if std::mem::take(&mut relay.ready_synthesized) {
                                     saw_ready = true;
                                     ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
                                 }
@@ -242,7 +247,7 @@ pub async fn pump(
             }
             if !progress {
                 if let Poll::Ready(e) =
-                    wait.poll(cx, server, saw_ready, client_bytes, ctx.wait_limits)
+                    wait.poll(cx, server, relay, saw_ready, client_bytes, ctx.wait_limits)
                 {
                     return Poll::Ready(End::TimedOut(e));
                 }

@@ -38,6 +38,7 @@ use crate::params::{ClientParams, TRACKED};
 use crate::prepared::ClientStatements;
 
 use super::block::{keyword, skip_noise};
+use super::RelayState;
 
 pub use super::scan::{classify, Found, ALL, CLOSE, DISCARD, SCAN_MAX, SESSION, UNSCANNED};
 
@@ -116,12 +117,12 @@ pub const LISTEN_NOOP: &[u8] = b"DO $pgbay$BEGIN END$pgbay$";
 /// statement text, or a channel name it does not parse), answering like
 /// `refuse_sql_prepared`.
 #[cold]
-pub fn refuse_listen(server: &mut Server, kind: u8) {
+pub fn refuse_listen(server: &mut Server, relay: &mut RelayState, kind: u8) {
     let out = &mut server.bufs.s2c_out;
     errors::listen_form_refused(&server.pool).write(out, Severity::Error);
     if kind == tag::QUERY {
         status::ready_for_query(out, server.status);
-        server.relay.ready_synthesized = true;
+        relay.ready_synthesized = true;
     }
 }
 
@@ -129,12 +130,12 @@ pub fn refuse_listen(server: &mut Server, kind: u8) {
 /// ReadyForQuery in the server's state: the refusal does not touch an open block) or a Parse
 /// (whose Sync the server answers).
 #[cold]
-pub fn refuse_sql_prepared(server: &mut Server, kind: u8) {
+pub fn refuse_sql_prepared(server: &mut Server, relay: &mut RelayState, kind: u8) {
     let out = &mut server.bufs.s2c_out;
     errors::sql_prepared_in_transaction_mode(&server.pool).write(out, Severity::Error);
     if kind == tag::QUERY {
         status::ready_for_query(out, server.status);
-        server.relay.ready_synthesized = true;
+        relay.ready_synthesized = true;
     }
 }
 
@@ -231,12 +232,12 @@ pub fn unknown_statement_sql(name: &str) -> String {
 /// server copies are shared and stay) and it completes, in a block too (deallocation is not
 /// transactional). A name gone since it was sent (a pipelined second DEALLOCATE) gets 26000.
 #[cold]
-pub fn deallocate(server: &mut Server, statements: &mut ClientStatements) {
-    let Some(cmd) = server.relay.deallocs.pop_front() else {
+pub fn deallocate(server: &mut Server, relay: &mut RelayState, statements: &mut ClientStatements) {
+    let Some(cmd) = relay.deallocs.pop_front() else {
         return;
     };
     let out = &mut server.bufs.s2c_out;
-    server.relay.ready_synthesized = true;
+    relay.ready_synthesized = true;
     if server.status == txn::FAILED {
         errors::in_failed_transaction().write(out, Severity::Error);
     } else {
@@ -308,11 +309,11 @@ fn identifier(s: &[u8]) -> Option<(Box<str>, &[u8])> {
 /// Answers a LISTEN/UNLISTEN the pooler served: CommandComplete and ReadyForQuery in the
 /// server's state.
 #[cold]
-pub fn listen_done(server: &mut Server, listen: bool) {
+pub fn listen_done(server: &mut Server, relay: &mut RelayState, listen: bool) {
     let out = &mut server.bufs.s2c_out;
     status::command_complete(out, if listen { b"LISTEN" } else { b"UNLISTEN" });
     status::ready_for_query(out, server.status);
-    server.relay.ready_synthesized = true;
+    relay.ready_synthesized = true;
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::RelayState;
 use crate::backend::server::Server;
 use crate::errors::{self, ClientError};
 use crate::net::messages::tag::txn;
@@ -52,6 +53,7 @@ impl ClientWait {
         &mut self,
         cx: &mut Context<'_>,
         server: &Server,
+        relay: &RelayState,
         saw_ready: bool,
         received: u64,
         limits: Limits,
@@ -59,12 +61,12 @@ impl ClientWait {
         // The usual case, without a call: a request is with the server.
         if self.armed.is_none()
             && !saw_ready
-            && server.relay.c2s_skip == 0
+            && relay.c2s_skip == 0
             && server.bufs.c2s_in.is_empty()
         {
             return Poll::Pending;
         }
-        self.poll_waited(cx, server, saw_ready, received, limits)
+        self.poll_waited(cx, server, relay, saw_ready, received, limits)
     }
 
     #[inline(never)]
@@ -72,11 +74,12 @@ impl ClientWait {
         &mut self,
         cx: &mut Context<'_>,
         server: &Server,
+        relay: &RelayState,
         saw_ready: bool,
         received: u64,
         limits: Limits,
     ) -> Poll<ClientError> {
-        let kind = waited_on(server, saw_ready);
+        let kind = waited_on(server, relay, saw_ready);
         let timeout = match kind {
             None => None,
             Some(Kind::Message) => Some(limits.message),
@@ -113,8 +116,7 @@ impl ClientWait {
 
 /// Whether the server connection waits on the client, and how.
 #[inline]
-fn waited_on(server: &Server, saw_ready: bool) -> Option<Kind> {
-    let relay = &server.relay;
+fn waited_on(server: &Server, relay: &RelayState, saw_ready: bool) -> Option<Kind> {
     let bufs = &server.bufs;
     if !bufs.c2s_out.is_empty() {
         // The server is slow to take what the client sent: not the client's doing.

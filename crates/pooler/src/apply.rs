@@ -235,7 +235,6 @@ fn apply_service(inner: &Inner, cfg: &ServiceConfig) -> Result<(), ServiceError>
             state: RwLock::new(state),
             pools: RwLock::new(HashMap::new()),
             clients: Default::default(),
-            client_list: Default::default(),
             shutdown: signal::Signal::new(),
             restarting: signal::Signal::new(),
             restart_reason: Default::default(),

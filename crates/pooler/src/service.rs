@@ -64,8 +64,6 @@ pub struct Service {
     pub pools: RwLock<HashMap<String, Arc<Pool>>>,
     /// Clients connected (in any state, login included).
     pub clients: AtomicU32,
-    /// Logged-in clients, for SHOW CLIENTS.
-    pub client_list: crate::sockets::Sockets,
     /// Cancelled when the service is removed or the pooler shuts down.
     pub shutdown: Signal,
     /// Set when pgbay drains (`Pooler::drain`): clients leave at their next transaction

@@ -76,6 +76,19 @@ impl Sockets {
         info
     }
 
+    /// The live connections counted by state (`state` below `N`; others are not counted): what
+    /// SHOW POOLS and the metrics read, from the same entries SHOW CLIENTS/SERVERS list.
+    pub fn count_states<const N: usize>(&self) -> [u32; N] {
+        let mut counts = [0u32; N];
+        let list = self.list.lock();
+        for info in list.iter().filter_map(Weak::upgrade) {
+            if let Some(c) = counts.get_mut(usize::from(info.state.load(Ordering::Relaxed))) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
     /// The live connections, oldest first.
     pub fn live(&self) -> Vec<Arc<SocketInfo>> {
         let mut list = self.list.lock();

@@ -1,10 +1,11 @@
 //! Named connection states, PgBouncer style, and the per-pool counts of each: what
 //! `Pooler::pool_stats` returns and what the admin console's SHOW POOLS will read.
 //!
-//! Every count is kept as the state changes, never inferred after the fact. Server counts live
-//! in the pool's inner state (changed under the lock that the same transitions already take);
-//! client counts are one packed atomic word per pool, changed by the client itself, so that a
-//! transaction costs no lock beyond the pool's own checkout and check-in.
+//! One source of truth, as PgBouncer's state lists are: each connection's state is kept in its
+//! own SHOW CLIENTS/SERVERS entry (`sockets::SocketInfo`, a relaxed store by the connection
+//! itself, never a shared write), and the counts of SHOW POOLS and the metrics are those
+//! entries counted when asked (`Pool::stats`). Only what has no entry yet is counted apart:
+//! server connections being made (`sv_login`, under the pool's lock) and the wait queue's age.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -238,70 +239,5 @@ impl Tally {
     pub fn fold(&mut self, counters: &PoolCounters) {
         counters.add(&self.t);
         self.t = PoolTotals::default();
-    }
-}
-
-/// Bits per state in `ClientCounts`: up to 2^21 - 1 clients of one pool in one state.
-const BITS: u32 = 21;
-const MASK: u64 = (1 << BITS) - 1;
-
-/// A pool's clients counted by state, packed in one word: a client changing state is one
-/// atomic add (it takes one from its old state's field and adds one to the new one's; no field
-/// borrows from another because the client was counted in its old state).
-#[derive(Default, Debug)]
-pub(crate) struct ClientCounts(AtomicU64);
-
-impl ClientCounts {
-    fn unit(state: ClientState) -> u64 {
-        1 << (BITS * state as u32)
-    }
-
-    pub fn add(&self, state: ClientState) {
-        self.0.fetch_add(Self::unit(state), Ordering::Relaxed);
-    }
-
-    pub fn remove(&self, state: ClientState) {
-        self.0.fetch_sub(Self::unit(state), Ordering::Relaxed);
-    }
-
-    pub fn change(&self, from: ClientState, to: ClientState) {
-        if from != to {
-            let delta = Self::unit(to).wrapping_sub(Self::unit(from));
-            self.0.fetch_add(delta, Ordering::Relaxed);
-        }
-    }
-
-    pub fn get(&self, state: ClientState) -> u32 {
-        let packed = self.0.load(Ordering::Relaxed);
-        ((packed >> (BITS * state as u32)) & MASK) as u32
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_client_counts_move_between_states() {
-        let c = ClientCounts::default();
-        for _ in 0..3 {
-            c.add(ClientState::Idle);
-        }
-        c.change(ClientState::Idle, ClientState::Active);
-        c.change(ClientState::Idle, ClientState::Waiting);
-        c.change(ClientState::Waiting, ClientState::Active);
-        c.change(ClientState::Active, ClientState::Idle);
-        assert_eq!(
-            (
-                c.get(ClientState::Idle),
-                c.get(ClientState::Waiting),
-                c.get(ClientState::Active)
-            ),
-            (2, 0, 1)
-        );
-        c.remove(ClientState::Active);
-        c.remove(ClientState::Idle);
-        c.remove(ClientState::Idle);
-        assert_eq!(c.0.load(Ordering::Relaxed), 0);
     }
 }

@@ -202,13 +202,15 @@ pub fn show(console: &Console, what: &str) -> Option<Answer> {
                 row
             })
             .collect(),
-        "CLIENTS" => console
-            .service
-            .client_list
-            .live()
-            .iter()
-            .map(|c| socket_row("C", c, client_state(c)))
-            .collect(),
+        "CLIENTS" => {
+            // Each pool lists its own clients; shown oldest first across pools, as logged in.
+            let mut clients: Vec<_> = pools.iter().flat_map(|p| p.client_list.live()).collect();
+            clients.sort_by_key(|c| c.id);
+            clients
+                .iter()
+                .map(|c| socket_row("C", c, client_state(c)))
+                .collect()
+        }
         "SERVERS" => pools
             .iter()
             .flat_map(|p| p.server_list.live())

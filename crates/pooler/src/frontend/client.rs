@@ -177,7 +177,6 @@ impl Client {
         addr: SocketAddr,
         local: Option<SocketAddr>,
     ) -> Client {
-        login.pool.clients().add(ClientState::Idle);
         let kill_epoch = login.pool.kill_epoch();
         let mut info = SocketInfo::new(
             login.pool.state().cfg.username.clone(),
@@ -191,7 +190,7 @@ impl Client {
                 info.application_name = v.to_string();
             }
         }
-        let info = service.client_list.register(info);
+        let info = login.pool.client_list.register(info);
         Client {
             info,
             tally: Tally::default(),
@@ -210,9 +209,8 @@ impl Client {
         }
     }
 
-    /// Moves the client to `state`, in its pool's counts too.
+    /// Moves the client to `state`, in its SHOW CLIENTS entry (which the pool's counts read).
     pub(super) fn set_state(&mut self, state: ClientState) {
-        self.pool.clients().change(self.state, state);
         self.state = state;
         self.info
             .state
@@ -245,6 +243,5 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.tally.fold(self.pool.counters());
-        self.pool.clients().remove(self.state);
     }
 }

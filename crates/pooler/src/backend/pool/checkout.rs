@@ -7,9 +7,8 @@ impl Pool {
     /// Counts `server` as SV_USED until the returned guard is dropped: its client is done with
     /// it and it is being reset.
     pub fn resetting<'a>(&'a self, server: &'a mut Server) -> Resetting<'a> {
-        self.used.fetch_add(1, Ordering::Relaxed);
         server.set_state(ServerState::Used);
-        Resetting { pool: self, server }
+        Resetting { server }
     }
 
     /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
@@ -277,7 +276,6 @@ impl Drop for SlotToken {
 
 /// A lent server connection counted as SV_USED (see `Pool::resetting`).
 pub struct Resetting<'a> {
-    pool: &'a Pool,
     server: &'a mut Server,
 }
 
@@ -297,7 +295,6 @@ impl std::ops::DerefMut for Resetting<'_> {
 impl Drop for Resetting<'_> {
     fn drop(&mut self) {
         self.server.set_state(ServerState::Active);
-        self.pool.used.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,7 +8,7 @@
 //! min_pool_size are the periodic `upkeep`'s.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
 use crate::net::messages::tag::txn;
 use crate::signal::Signal;
-use crate::stats::{ClientCounts, ClientState, PoolCounters, PoolStats, PoolTotals, ServerState};
+use crate::stats::{ClientState, PoolCounters, PoolStats, PoolTotals, ServerState};
 
 /// Connecting to and logging in to the backend may take at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,8 +122,6 @@ pub type LoginParams = Arc<Vec<(String, String)>>;
 /// its core's cache.
 #[repr(C, align(64))]
 struct Hot {
-    /// This pool's clients by state (each client keeps its own contribution up to date).
-    clients: ClientCounts,
     inner: Mutex<Inner>,
 }
 
@@ -169,10 +167,10 @@ pub struct Pool {
     pub drain: Signal,
     /// ParameterStatus values a client gets at login, learnt from a server connection.
     login_params: Mutex<Option<LoginParams>>,
-    /// Server state SV_USED: lent connections being reset (see `Resetting`).
-    used: AtomicU32,
-    /// Logged-in server connections, for SHOW SERVERS.
+    /// Logged-in server connections: SHOW SERVERS and the server counts of `stats`.
     pub server_list: crate::sockets::Sockets,
+    /// Logged-in clients: SHOW CLIENTS and the client counts of `stats`.
+    pub client_list: crate::sockets::Sockets,
     counters: Counters,
     averages: Mutex<Averages>,
     pause: Pause,
@@ -192,7 +190,6 @@ impl Pool {
             name: state.cfg.name.clone(),
             service,
             hot: Hot {
-                clients: ClientCounts::default(),
                 inner: Mutex::new(Inner {
                     idle: Vec::new(),
                     total: 0,
@@ -206,8 +203,8 @@ impl Pool {
             version: AtomicU64::new(0),
             drain: Signal::new(),
             login_params: Mutex::new(None),
-            used: AtomicU32::new(0),
             server_list: Default::default(),
+            client_list: Default::default(),
             counters: Counters::default(),
             averages: Mutex::new(Averages::default()),
             pause: Pause::default(),
@@ -236,27 +233,26 @@ impl Pool {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The pool's connections by state: its SHOW CLIENTS and SHOW SERVERS entries counted (one
+    /// source of truth for the lists and the counts), plus the connections being made, which
+    /// have no entry yet.
     pub fn stats(&self) -> PoolStats {
-        let (total, idle, login, oldest) = {
+        let (connecting, oldest) = {
             let inner = self.hot.inner.lock();
-            (
-                inner.total,
-                inner.idle.len() as u32,
-                inner.login,
-                inner.waiters.front().map(|w| w.since),
-            )
+            (inner.login, inner.waiters.front().map(|w| w.since))
         };
-        let used = self.used.load(Ordering::Relaxed);
+        let clients: [u32; 3] = self.client_list.count_states();
+        let servers: [u32; 4] = self.server_list.count_states();
+        let client = |s: ClientState| clients[s as usize];
+        let server = |s: ServerState| servers[s as usize];
         PoolStats {
-            cl_active: self.hot.clients.get(ClientState::Active),
-            cl_waiting: self.hot.clients.get(ClientState::Waiting),
-            cl_idle: self.hot.clients.get(ClientState::Idle),
-            // Lent connections not being reset; a slot reserved for a connection about to be
-            // made counts here for the moment before its login starts.
-            sv_active: total.saturating_sub(idle + login + used),
-            sv_idle: idle,
-            sv_used: used,
-            sv_login: login,
+            cl_active: client(ClientState::Active),
+            cl_waiting: client(ClientState::Waiting),
+            cl_idle: client(ClientState::Idle),
+            sv_active: server(ServerState::Active),
+            sv_idle: server(ServerState::Idle),
+            sv_used: server(ServerState::Used),
+            sv_login: connecting + server(ServerState::Login),
             maxwait: oldest.map(|t| t.elapsed()).unwrap_or_default(),
         }
     }
@@ -264,11 +260,6 @@ impl Pool {
     /// The cumulative counters clients fold their tallies into.
     pub(crate) fn counters(&self) -> &PoolCounters {
         &self.counters.0
-    }
-
-    /// This pool's clients by state.
-    pub(crate) fn clients(&self) -> &ClientCounts {
-        &self.hot.clients
     }
 }
 

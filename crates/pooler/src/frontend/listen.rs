@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::client::Client;
-use super::relay::block::statement_text;
+use super::relay::scan::statement_text;
 use super::relay::session_state::{parse_listen, ListenCmd};
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::errors;

@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::client::Client;
-use super::relay::{self, block, session_state, ClientCtx, End};
+use super::relay::{self, scan, session_state, ClientCtx, End};
 use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
 use crate::errors;
@@ -370,7 +370,7 @@ async fn refuse_blocks(client: &mut Client) -> Result<bool, ()> {
     while let Some((kind, len)) = header(&client.pending) {
         if kind != tag::QUERY
             || client.pending.len() < len
-            || !block::opens_block(block::statement_text(kind, &client.pending[..len]))
+            || !scan::opens_block(scan::statement_text(kind, &client.pending[..len]))
         {
             break;
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
-    block, drain_synthesized, finish, flush_run, literal_set, push, Action, ClientCtx, RelayError,
+    drain_synthesized, finish, flush_run, push, scan, scan::literal, Action, ClientCtx, RelayError,
     RelayState, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
@@ -109,25 +109,11 @@ fn client_messages(
         // ReadyForQuery: cheaper to ask than to know whether this Sync also ends messages that
         // were forwarded before the refused Parse.
         relay.c2s_discard = false;
-        if ctx.refuse_blocks && (tag == tag::QUERY || tag == tag::PARSE) {
-            let peek = len.min(HEADER + block::PEEK);
-            if avail < peek {
-                break;
-            }
-            if block::opens_block(block::statement_text(tag, &input[pos..pos + peek])) {
-                if avail < len {
-                    break;
-                }
-                flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
-                pos += len;
-                run = pos;
-                push(&mut relay.expect, tag, Action::Refuse, 0);
-                relay.c2s_discard = tag == tag::PARSE;
-                continue;
-            }
-        }
-        // A Query whose answer settles a literal SET (`literal_set`).
+        // A Query whose answer settles a literal SET (`scan::literal`).
         let mut mark = 0;
+        // Statement mode implies session state tracking: a Query or Parse is read whole (up to
+        // `SCAN_MAX`) by the one scanner, for a transaction block to refuse and for what it
+        // may change in the session.
         if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
             if len <= HEADER + session_state::SCAN_MAX {
                 // The whole text is scanned before any of it goes out.
@@ -135,26 +121,27 @@ fn client_messages(
                     break;
                 }
                 let msg = &input[pos..pos + len];
-                match session_state::classify(block::statement_text(tag, msg)) {
+                let text = scan::statement_text(tag, msg);
+                let st = scan::statement(text, tag == tag::QUERY);
+                if st.opens_block && ctx.refuse_blocks {
+                    flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                    pos += len;
+                    run = pos;
+                    push(&mut relay.expect, tag, Action::Refuse, 0);
+                    relay.c2s_discard = tag == tag::PARSE;
+                    continue;
+                }
+                match st.found {
                     Found::Nothing => {}
-                    Found::Sets(bits) => {
-                        // One plain SET in a Query may carry its value (`literal_set`).
-                        let set = (tag == tag::QUERY && bits.count_ones() == 1)
-                            .then(|| literal_set::parse(block::statement_text(tag, msg)))
-                            .flatten()
-                            .filter(|set| bits == 1 << set.param);
-                        match set {
-                            Some(set) => {
-                                relay.sets.push_back(set);
-                                mark = literal_set::MARK;
-                            }
-                            None => ctx.params.dirty |= bits,
+                    Found::Sets(bits) => match st.literal {
+                        // One plain SET in a Query carries its value.
+                        Some(set) => {
+                            relay.sets.push_back(set);
+                            mark = literal::MARK;
                         }
-                    }
-                    Found::Listen
-                        if tag == tag::QUERY
-                            && only_unlisten_all(block::statement_text(tag, msg)) =>
-                    {
+                        None => ctx.params.dirty |= bits,
+                    },
+                    Found::Listen if tag == tag::QUERY && only_unlisten_all(text) => {
                         // Goes to the server as it is (a pooled connection listens to nothing,
                         // so its UNLISTEN * is a no-op there); the pool's listener drops the
                         // client's channels, and the rest of the text resets the session.
@@ -173,7 +160,6 @@ fn client_messages(
                         pos += len;
                         run = pos;
                         if ctx.track {
-                            let text = block::statement_text(tag, msg);
                             if let Some(cmd) = session_state::parse_deallocate(text) {
                                 if tag == tag::QUERY {
                                     deallocate(server, relay, ctx, cmd);
@@ -480,7 +466,7 @@ fn listen(
     tag: u8,
     msg: &[u8],
 ) -> Result<(), RelayError> {
-    let Some(cmd) = session_state::parse_listen(block::statement_text(tag, msg)) else {
+    let Some(cmd) = session_state::parse_listen(scan::statement_text(tag, msg)) else {
         push(&mut relay.expect, tag, Action::RefuseListen, 0);
         relay.c2s_discard = tag == tag::PARSE;
         return Ok(());
@@ -528,7 +514,7 @@ fn only_unlisten_all(sql: &[u8]) -> bool {
         }
         let un = i >= 2 && sql[i - 2..i].eq_ignore_ascii_case(b"un");
         let before = i.checked_sub(3).and_then(|j| sql.get(j)).copied();
-        let after = super::block::skip_noise(&sql[i + WORD.len()..]);
+        let after = super::scan::lex::skip_noise(&sql[i + WORD.len()..]);
         if !un || before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return false;
         }

@@ -3,8 +3,8 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, literal_set, Action, RelayError, RelayState, ServerEvent,
-    BOUND, COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, scan::literal, Action, RelayError, RelayState,
+    ServerEvent, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
@@ -185,7 +185,7 @@ fn server_messages(
                 let before = server.status;
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
                 while let Some(e) = relay.expect.pop_front() {
-                    if e.kind == tag::QUERY && e.stmt == literal_set::MARK {
+                    if e.kind == tag::QUERY && e.stmt == literal::MARK {
                         literal_settled(server, relay, client_params, before);
                     }
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
@@ -239,7 +239,7 @@ fn server_messages(
                         client_statements.clear();
                     } else if body == b"SET\0" {
                         if let Some(front) = relay.expect.front() {
-                            if front.kind == tag::QUERY && front.stmt == literal_set::MARK {
+                            if front.kind == tag::QUERY && front.stmt == literal::MARK {
                                 if let Some(set) = relay.sets.front_mut() {
                                     set.done = true;
                                 }

@@ -8,7 +8,7 @@
 //! CommandComplete are looked into on the server side; on the client side only Terminate and,
 //! with prepared-statement tracking, Parse/Bind/Describe/Close.
 //!
-//! In statement mode a Query or Parse that opens a transaction block (`block`) is not
+//! In statement mode a Query or Parse that opens a transaction block (`scan`) is not
 //! forwarded: the pooler answers it with the refusal, in its place among the other answers.
 //!
 //! Every client message that the server answers is recorded in `RelayState::expect`, in order,
@@ -25,14 +25,12 @@
 //! The connection keeps its byte buffers (`backend::server::Buffers`), so that their capacity
 //! outlives the attachment without an idle client holding any.
 
-pub mod block;
 mod expected;
 mod from_client;
 mod from_server;
 mod listen_wait;
-mod literal_set;
 mod pump;
-mod scan;
+pub mod scan;
 pub mod session_state;
 mod waiting;
 
@@ -126,9 +124,9 @@ pub struct RelayState {
     /// SQL `DEALLOCATE`s the pooler answers (`Action::Deallocate`), oldest first: applied when
     /// their turn comes, so that they see the transaction state PostgreSQL would.
     pub deallocs: VecDeque<session_state::Deallocate>,
-    /// Plain SETs whose value the pooler took from the statement (`literal_set`), oldest
-    /// first, one per Query marked `literal_set::MARK`: kept when their answer confirms them.
-    pub sets: VecDeque<literal_set::PendingSet>,
+    /// Plain SETs whose value the pooler took from the statement (`scan::literal`), oldest
+    /// first, one per Query marked `scan::literal::MARK`: kept when their answer confirms them.
+    pub sets: VecDeque<scan::literal::PendingSet>,
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,

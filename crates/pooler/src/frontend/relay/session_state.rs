@@ -12,7 +12,7 @@
 //!   over (`read_back`, one round trip, only after such statements). Reading back gives
 //!   rolled-back SETs, `SET LOCAL` and `set_config(.., true)` their PostgreSQL meaning for free.
 //!   The commonest case costs no round trip: a Query that is one plain `SET name TO value`, run
-//!   outside a block, carries its value in its text (`literal_set`). Parameters the server reports (ParameterStatus) are not
+//!   outside a block, carries its value in its text (`scan::literal`). Parameters the server reports (ParameterStatus) are not
 //!   marked: the reports already carry them (`params::ServerParams::reported_to`).
 //! - anything else that changes the session (`SESSION`): a SET of an untracked parameter
 //!   (custom `app.*` ones among them), `SET SESSION AUTHORIZATION`, a DO block, a temporary
@@ -37,7 +37,7 @@ use crate::net::messages::tag::{self, txn};
 use crate::params::{ClientParams, TRACKED};
 use crate::prepared::ClientStatements;
 
-use super::block::{keyword, skip_noise};
+use super::scan::lex::{keyword, skip_noise};
 use super::RelayState;
 
 pub use super::scan::{classify, Found, ALL, CLOSE, DISCARD, SCAN_MAX, SESSION, UNSCANNED};

@@ -1,5 +1,16 @@
-//! Which statements may change a session, and how: the scan behind `session_state` (see its
-//! module docs for what is found and what is done about it).
+//! The relay's one scanner of what a client sends: a Query's or Parse's SQL text is read once
+//! (`statement`) for everything the relay decides from it:
+//! - whether it opens a transaction block (`BEGIN`, `START TRANSACTION` as its first words),
+//!   which statement mode refuses: a server connection goes back to the pool after every
+//!   statement, so a `BEGIN` could never be followed by the statements it was meant to group.
+//!   A block opened some other way (`SELECT 1; BEGIN`) is still caught when the server's
+//!   ReadyForQuery says "in a transaction" (`End::TransactionBlock`);
+//! - which session state it may change (`Found`, acted on by `session_state`, whose module docs
+//!   say what is done about it);
+//! - for a Query that is exactly one plain SET, the value it gives (`literal`), so that the
+//!   commonest SET costs no read-back.
+//!
+//! `lex` holds the lexical primitives all of it is built on.
 //!
 //! Cost: the first statement's first word, then one pass over the whole text, 16 bytes at a
 //! time, for the few bytes that may start something that matters (`;` a next statement, `_`
@@ -8,10 +19,15 @@
 //! are checked in full off the hot path (`candidate`). Conservative: a `;` or a keyword inside a
 //! literal or a comment only costs a reset.
 
+pub mod lex;
+pub mod literal;
+
 use crate::params::{self, REPORTED, TRACKED};
 
-use super::block::{keyword, skip_noise};
 use super::session_state::LISTEN_NOOP;
+pub use lex::statement_text;
+use lex::{keyword, skip_noise};
+use literal::PendingSet;
 
 /// Not a parameter: untracked session state may have changed; the session is reset
 /// (`RESET_SQL`) before the connection serves anyone else.
@@ -45,44 +61,89 @@ pub enum Found {
     Listen,
 }
 
-/// Classifies a whole statement text (see the module docs for what and at what cost).
+/// What the relay needs from one statement text (`statement`).
+#[derive(Debug)]
+pub struct Statement {
+    /// What it may change in the session.
+    pub found: Found,
+    /// Its first words open a transaction block.
+    pub opens_block: bool,
+    /// It is exactly one plain SET whose value is certain (asked for Queries only).
+    pub literal: Option<PendingSet>,
+}
+
+/// Reads a whole statement text (NUL-terminated; see the module docs for what and at what
+/// cost). `literal`: look for a literal SET's value (a Query's text).
 #[inline]
-pub fn classify(sql: &[u8]) -> Found {
-    let found = classify_start(sql);
-    if matches!(found, Found::Listen) {
-        return found;
-    }
-    match (found, scan(sql)) {
-        (_, Found::Listen) => Found::Listen,
+pub fn statement(sql: &[u8], literal: bool) -> Statement {
+    let (first, opens_block) = classify_start(sql);
+    let found = match (first, scan(sql)) {
+        (Found::Listen, _) | (_, Found::Listen) => Found::Listen,
         (Found::SqlPrepared, _) | (_, Found::SqlPrepared) => Found::SqlPrepared,
         (Found::Sets(a), Found::Sets(b)) => Found::Sets(a | b),
         (Found::Sets(a), _) | (_, Found::Sets(a)) => Found::Sets(a),
         _ => Found::Nothing,
+    };
+    let literal = match found {
+        // One parameter, named by a first word `SET`: maybe a literal one.
+        Found::Sets(bits)
+            if literal && bits.count_ones() == 1 && matches!(first, Found::Sets(_)) =>
+        {
+            literal::parse(sql).filter(|set| bits == 1 << set.param)
+        }
+        _ => None,
+    };
+    Statement {
+        found,
+        opens_block,
+        literal,
     }
 }
 
-/// The first statement's first word: the first byte decides whether anything more is looked at,
-/// so ordinary statements pay one comparison (a few for words starting like a keyword).
+/// What a whole statement text may change in the session (`statement` without the rest).
 #[inline]
-fn classify_start(sql: &[u8]) -> Found {
+pub fn classify(sql: &[u8]) -> Found {
+    statement(sql, false).found
+}
+
+/// Whether `sql` opens a transaction block. `sql` is the text as sent, NUL terminator included
+/// when whole: a keyword must be followed by something, so a text cut right after `BEGIN`
+/// (maybe `BEGINNING_...`) does not count.
+pub fn opens_block(sql: &[u8]) -> bool {
+    let s = skip_noise(sql);
+    if keyword(s, b"begin").is_some() {
+        return true;
+    }
+    keyword(s, b"start").is_some_and(|rest| keyword(skip_noise(rest), b"transaction").is_some())
+}
+
+/// The first statement's first word: what it may change, and whether it opens a transaction
+/// block. The first byte decides whether anything more is looked at, so ordinary statements pay
+/// one comparison (a few for words starting like a keyword).
+#[inline]
+fn classify_start(sql: &[u8]) -> (Found, bool) {
     match sql.first() {
         Some(b) if b.is_ascii_alphabetic() => {
             // The first three letters, lowercased, of every statement that may matter.
             let Some(head) = sql.get(..3) else {
-                return Found::Nothing;
+                return (Found::Nothing, false);
             };
             let head = [head[0] | 0x20, head[1] | 0x20, head[2] | 0x20];
             match &head {
                 b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" | b"loa"
-                | b"dec" => {}
+                | b"dec" | b"beg" | b"sta" => {}
                 [b'd', b'o', _] => {}
-                _ => return Found::Nothing,
+                _ => return (Found::Nothing, false),
             }
         }
         Some(b' ' | b'\t' | b'\n' | b'\r' | b'-' | b'/') => {}
-        _ => return Found::Nothing,
+        _ => return (Found::Nothing, false),
     }
-    classify_slow(skip_noise(sql))
+    let s = skip_noise(sql);
+    if opens_block(s) {
+        return (Found::Nothing, true);
+    }
+    (classify_slow(s), false)
 }
 
 #[cold]
@@ -577,5 +638,68 @@ mod tests {
         ] {
             assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
         }
+    }
+
+    #[test]
+    fn recognises_block_openers_only() {
+        for sql in [
+            "BEGIN\0",
+            "begin;\0",
+            "  \n\tBegin ISOLATION LEVEL SERIALIZABLE\0",
+            "-- hi\nBEGIN\0",
+            "/* a /* nested */ comment */ begin work\0",
+            "START TRANSACTION\0",
+            "start /* x */ transaction read only\0",
+            "BEGIN; SELECT 1\0",
+        ] {
+            assert!(opens_block(sql.as_bytes()), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 1\0",
+            "BEGINNING\0",
+            "begin_x\0",
+            "START\0",
+            "START_TRANSACTION\0",
+            "DO $$ BEGIN NULL; END $$\0",
+            "/* unterminated BEGIN\0",
+            "COMMIT\0",
+            // Cut right after the keyword: not enough to tell.
+            "BEGIN",
+            "",
+        ] {
+            assert!(!opens_block(sql.as_bytes()), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn one_pass_gives_block_state_and_literal() {
+        let st = statement(b"SET search_path TO app, public\0", true);
+        assert_eq!(
+            st.found,
+            Found::Sets(1 << st.literal.as_ref().unwrap().param)
+        );
+        assert!(!st.opens_block);
+        assert_eq!(st.literal.unwrap().value.as_deref(), Some("app, public"));
+        // Not asked for (a Parse), or not one plain SET: no literal.
+        assert!(statement(b"SET search_path TO app\0", false)
+            .literal
+            .is_none());
+        assert!(statement(b"SET search_path TO app; SELECT 1\0", true)
+            .literal
+            .is_none());
+        assert!(
+            statement(b"SELECT set_config('search_path', 'a', false)\0", true)
+                .literal
+                .is_none()
+        );
+        // A block opener that also sets something: both are seen.
+        let st = statement(
+            b"BEGIN; SET LOCAL search_path TO x; SET work_mem = '1MB'\0",
+            true,
+        );
+        assert!(st.opens_block);
+        assert!(matches!(st.found, Found::Sets(bits) if bits != 0), "{st:?}");
+        assert!(st.literal.is_none());
+        assert!(!statement(b"SELECT 1\0", true).opens_block);
     }
 }

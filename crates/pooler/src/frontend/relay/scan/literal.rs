@@ -14,7 +14,7 @@
 //! before it said idle), so that it committed on its own. Otherwise the parameter is marked
 //! dirty and read back as before (`from_server`).
 
-use super::block::{keyword, skip_noise};
+use super::lex::{keyword, skip_noise};
 use crate::params::{self, REPORTED};
 
 /// A literal SET waiting for its answer (`RelayState::sets`, one per marked Query).

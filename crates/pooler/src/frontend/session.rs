@@ -409,8 +409,9 @@ async fn attached(
     }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
     // Where this attachment is in the server connection's byte streams: the frontend's, for
-    // this attachment only (a connection goes back to the pool only at rest, `at_boundary`).
-    let mut relay_state = relay::RelayState::default();
+    // this attachment only (a connection goes back to the pool only at rest, `at_boundary`),
+    // taken from and given back to the worker thread's spare states.
+    let mut relay_state = relay::RelayState::take();
     client.cancel.attach(server.cancel_target(&st.backend));
     let end = {
         let Client {

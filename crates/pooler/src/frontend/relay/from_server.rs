@@ -18,8 +18,8 @@ use crate::prepared::ClientStatements;
 /// by the server, so they must not wait for a ReadyForQuery.
 fn copy_started(relay: &mut RelayState) {
     let mut i = 1;
-    while let Some(e) = relay.expect.get(i) {
-        match e.kind {
+    while i < relay.expect.len() {
+        match relay.expect[i].kind {
             COPY_END => {
                 relay.expect.remove(i);
                 return;

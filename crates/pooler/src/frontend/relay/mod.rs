@@ -18,14 +18,13 @@
 //! the middle of a pipeline exactly as the client would see them on a direct connection.
 //!
 //! The relay state (`RelayState`) is the frontend's: it describes where an attachment is in the
-//! server connection's byte streams (mid-message, answers outstanding), lives for that one
-//! attachment (`session::attached`) and is passed next to the server connection, which knows
-//! nothing of it. A connection goes back to the pool only when the state is at rest
+//! server connection's byte streams (mid-message, answers outstanding), is taken for that one
+//! attachment (`session::attached`; recycled per worker thread, `RelayState::take`) and is
+//! passed next to the server connection, which knows nothing of it. A connection goes back to the pool only when the state is at rest
 //! (`at_boundary`: the session marks it clean then), so a fresh state fits the next attachment.
 //! The connection keeps its byte buffers (`backend::server::Buffers`), so that their capacity
 //! outlives the attachment without an idle client holding any.
 
-mod expected;
 mod from_client;
 mod from_server;
 mod listen_wait;
@@ -103,11 +102,12 @@ pub enum ServerEvent {
     TransactionBlock,
 }
 
-/// Where a server connection's two byte streams are, as far as the relay is concerned.
+/// Where an attachment is in its server connection's two byte streams, as far as the relay is
+/// concerned (taken with `RelayState::take`).
 #[derive(Default, Debug)]
 pub struct RelayState {
     /// Answers the server owes, oldest first (see the module docs).
-    pub expect: expected::Expected,
+    pub expect: VecDeque<Expect>,
     /// Bytes of the current client→server message still to stream through unexamined.
     pub c2s_skip: usize,
     /// Bytes of the current server→client message still to stream through unexamined.
@@ -133,6 +133,101 @@ pub struct RelayState {
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
+}
+
+/// Relay states kept for reuse by each worker thread, at most this many: an attachment takes
+/// one and gives it back when it ends, so that neither an idle client nor a transaction pays for
+/// one (it is too large to travel inside the per-request future without making that allocation
+/// slower, and its queues keep their capacity across attachments).
+const SPARE_STATES: usize = 64;
+
+thread_local! {
+    // Boxed: an attachment holds a pointer, so that taking and giving back moves 8 bytes.
+    #[allow(clippy::vec_box)]
+    static SPARE: std::cell::RefCell<Vec<Box<RelayState>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Queues longer than this are not kept for the next attachment (a deep pipeline's).
+const KEEP_QUEUE: usize = 64;
+
+impl RelayState {
+    /// A relay state at rest for a new attachment, given back on drop.
+    pub fn take() -> Recycled {
+        let state = SPARE
+            .try_with(|s| s.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Recycled(Some(state))
+    }
+
+    /// Back to rest, keeping the queues' capacity unless a deep pipeline grew them.
+    fn reset(&mut self) {
+        let RelayState {
+            expect,
+            c2s_skip,
+            s2c_skip,
+            copy_in,
+            c2s_discard,
+            ready_synthesized,
+            deallocs,
+            sets,
+            drop_notifications,
+            listen_wait,
+        } = self;
+        if expect.capacity() > KEEP_QUEUE {
+            *expect = VecDeque::new();
+        }
+        expect.clear();
+        deallocs.clear();
+        sets.clear();
+        *c2s_skip = 0;
+        *s2c_skip = 0;
+        *copy_in = false;
+        *c2s_discard = false;
+        *ready_synthesized = false;
+        *drop_notifications = false;
+        *listen_wait = None;
+    }
+}
+
+/// A relay state lent to one attachment (`RelayState::take`); reset and kept for the next one
+/// when dropped.
+pub struct Recycled(Option<Box<RelayState>>);
+
+impl std::ops::Deref for Recycled {
+    type Target = RelayState;
+    fn deref(&self) -> &RelayState {
+        match &self.0 {
+            Some(s) => s,
+            None => unreachable!("relay state taken before drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Recycled {
+    fn deref_mut(&mut self) -> &mut RelayState {
+        match &mut self.0 {
+            Some(s) => s,
+            None => unreachable!("relay state taken before drop"),
+        }
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let Some(mut state) = self.0.take() else {
+            return;
+        };
+        state.reset();
+        let _ = SPARE.try_with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_STATES {
+                spare.push(state);
+            }
+        });
+    }
 }
 
 /// What the relay expects the server to answer, in order.
@@ -197,7 +292,7 @@ const COPY_END: u8 = tag::COPY_DONE;
 // other codegen units): `#[inline]` keeps them inlined in the scanning loops as when all of it
 // was one file.
 #[inline]
-fn push(expect: &mut expected::Expected, kind: u8, action: Action, stmt: u64) {
+fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
     expect.push_back(Expect { kind, action, stmt });
 }
 
@@ -294,5 +389,32 @@ pub fn take_pending(server: &mut Server, pending: &mut BytesMut) {
     if !server.bufs.c2s_in.is_empty() {
         pending.extend_from_slice(&server.bufs.c2s_in);
         server.bufs.c2s_in.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state given back is at rest when taken again, and it is the same allocation with its
+    /// queue's capacity kept.
+    #[test]
+    fn a_recycled_state_comes_back_at_rest() {
+        let mut first = RelayState::take();
+        for _ in 0..10 {
+            push(&mut first.expect, tag::QUERY, Action::Forward, 0);
+        }
+        first.c2s_skip = 5;
+        first.copy_in = true;
+        first.drop_notifications = true;
+        let addr = &*first as *const RelayState as usize;
+        drop(first);
+        let again = RelayState::take();
+        assert_eq!(&*again as *const RelayState as usize, addr);
+        assert!(again.expect.is_empty() && again.expect.capacity() >= 10);
+        assert_eq!(
+            (again.c2s_skip, again.copy_in, again.drop_notifications),
+            (0, false, false)
+        );
     }
 }

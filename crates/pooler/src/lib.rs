@@ -71,7 +71,7 @@
 //! statement mode 25001, SQL-level PREPARE/EXECUTE/DEALLOCATE and a LISTEN the pooler cannot
 //! serve in transaction or statement mode 0A000 (these are ERRORs; the client stays connected:
 //! a Query or Parse starting with BEGIN/START TRANSACTION is answered by the pooler itself,
-//! `frontend::relay::block`; a block opened otherwise is rolled back when ReadyForQuery reveals
+//! `frontend::relay::scan`; a block opened otherwise is rolled back when ReadyForQuery reveals
 //! it), a client holding a server connection without sending or a Sync/Flush with a payload
 //! 08P01 (FATAL); a server's own errors keep
 //! their SQLSTATE. Messages name the pool.

@@ -172,7 +172,7 @@ impl ServerParams {
     }
 
     /// The value of unreported parameter `i` a client's own SET gave the server (taken from
-    /// the statement: `frontend::relay::literal_set`; None is the default). As `learned`, for
+    /// the statement: `frontend::relay::scan::literal`; None is the default). As `learned`, for
     /// one value, and without work when it is the value both already had (a SET repeated on
     /// every transaction).
     pub fn learned_one(&mut self, i: usize, value: Option<Box<str>>, client: &mut ClientParams) {

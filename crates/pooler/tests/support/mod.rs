@@ -131,18 +131,33 @@ impl Cluster {
                 }
             }
         }
-        let port = free_port();
-        let cluster = Cluster {
+        // A port found free may be taken by someone else before PostgreSQL binds it (a busy
+        // machine): then another one is tried.
+        let mut cluster = Cluster {
             dir,
-            port,
+            port: free_port(),
             ssl,
             tmp,
         };
+        for _ in 0..4 {
+            match cluster.try_pg_ctl_start() {
+                Ok(()) => return cluster,
+                Err(log) if log.contains("could not bind") => cluster.port = free_port(),
+                Err(log) => panic!("pg_ctl start failed: {log}"),
+            }
+        }
         cluster.pg_ctl_start();
         cluster
     }
 
     fn pg_ctl_start(&self) {
+        if let Err(log) = self.try_pg_ctl_start() {
+            panic!("pg_ctl start failed: {log}");
+        }
+    }
+
+    /// Starts the cluster on `self.port`; Err with pg_ctl's output and the server log.
+    fn try_pg_ctl_start(&self) -> Result<(), String> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=300 \
              -c synchronous_commit=off -c full_page_writes=off{}",
@@ -165,12 +180,14 @@ impl Cluster {
                 "start",
             ],
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {} {}",
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} {}",
             String::from_utf8_lossy(&out.stdout),
             std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-        );
+        ))
     }
 
     pub fn stop(&self) {

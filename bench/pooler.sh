@@ -12,7 +12,8 @@
 # transports to measure); PGBOUNCER_NEW=path of a PgBouncer 1.25.1 binary (default: built with
 # /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
 # PGBOUNCER_NEW=none skips it); POOLER_BIN=path of a standalone build to measure instead of the
-# working tree's.
+# working tree's; POOLER_THREADS=N runs pgbay's pooler with N worker threads (default: one per
+# core).
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -134,7 +135,8 @@ start_pgbay() {
     [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
     PGBAY_POOLER_PASSWORD="$PASSWORD" "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" \
         --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
-        --size 20 --max-client-conn 11000 "${tls_args[@]}" > "$work/$name.log" 2>&1 &
+        --size 20 --max-client-conn 11000 "${tls_args[@]}" ${POOLER_THREADS:+--threads "$POOLER_THREADS"} \
+        > "$work/$name.log" 2>&1 &
     pids+=($!)
     sleep 0.5
     POOLER_PID=$(pgrep -f "$POOLER_BIN --listen 127.0.0.1:$POOLER_PORT" | head -1)

@@ -15,6 +15,7 @@ test of the binary (api_tls.rs), since every address a test can bind here is loo
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -178,17 +179,35 @@ def test_a_stalled_tls_handshake_is_closed_within_the_header_timeout(auto):
         assert s.recv(1) == b""
 
 
+def silent_holders(port: int, n: int) -> list[socket.socket]:
+    """`n` silent connections that each hold one of the API's `n` connection permits. A
+    connection refused at once (the 503) found a permit still held by an earlier one (the
+    harness's readiness request, closed by the client, until the server has seen it closed):
+    it is replaced until none is, so that every permit is known to be held."""
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + 30
+    while len(held) < n:
+        assert time.monotonic() < deadline, "the API kept refusing while permits should be free"
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # A refusal is written at accept; a held connection hears nothing before its timeout.
+        readable, _, _ = select.select([s], [], [], 1.5)
+        if readable:
+            s.close()
+            continue
+        held.append(s)
+    return held
+
+
 def test_connection_cap_holds_under_tls():
     # A header timeout long enough that the silent sockets below still hold their permits when
     # the fourth connection arrives, even on a busy machine.
-    header_timeout = 6
+    header_timeout = 10
     settings = {"PGBAY_API_TLS": "auto", "PGBAY_API_MAX_CONNECTIONS": "3",
                 "PGBAY_API_HEADER_TIMEOUT": str(header_timeout)}
     with TlsServer("tls-cap", settings) as srv:
-        # Three silent sockets hold every permit; the fourth is refused at once, with the 503
-        # (not a bare close: the answer is written to a socket accepted a moment before).
-        idle = [socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
-                for _ in range(3)]
+        # Three silent sockets hold every permit; the next connections are refused at once,
+        # with the 503 (not a bare close).
+        idle = silent_holders(srv.api_port, 3)
         try:
             for _ in range(5):
                 out = raw_exchange(srv.api_port, b"", timeout=10)

@@ -20,10 +20,11 @@
 //! The relay state (`RelayState`) is the frontend's: it describes where an attachment is in the
 //! server connection's byte streams (mid-message, answers outstanding), is taken for that one
 //! attachment (`session::attached`; recycled per worker thread, `RelayState::take`) and is
-//! passed next to the server connection, which knows nothing of it. A connection goes back to the pool only when the state is at rest
-//! (`at_boundary`: the session marks it clean then), so a fresh state fits the next attachment.
-//! The connection keeps its byte buffers (`backend::server::Buffers`), so that their capacity
-//! outlives the attachment without an idle client holding any.
+//! passed next to the server connection, which knows nothing of it. A connection goes back to
+//! the pool only when the state is at rest (`at_boundary`: the session marks it clean then), so
+//! a fresh state fits the next attachment. The connection keeps its byte buffers
+//! (`backend::server::Buffers`), so that their capacity outlives the attachment without an idle
+//! client holding any.
 
 mod from_client;
 mod from_server;

@@ -236,6 +236,31 @@ def test_a_replica_ahead_of_the_promoted_standby_is_made_again(node):
     ok(c, c.delete_dbaas_service_pg(name=src))
 
 
+def test_a_read_replica_that_lost_its_data_directory_is_made_again_from_its_source(node):
+    """A read replica has no backups of its own: when its data directory is gone, pgbay makes it
+    again from its source (not from a repository it does not have), on the same port, and it
+    streams what the source writes after."""
+    c = node.client()
+    src = provision(c, unique("rls"), plan="hobbyist-2")
+    with psycopg.connect(src.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE g (n int)")
+        conn.execute("INSERT INTO g SELECT generate_series(1, 5)")
+    name = unique("rlsr")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", integrations=rr(src.name)))
+    rep = wait_service_running(c, name)["uri"]
+    wait_for("the rows on the replica", 60, lambda: count(rep, "g") == 5)
+    node.stop()
+    shutil.rmtree(node.data_dir / "services" / name / "pgdata")
+    node.start()
+    c = node.client()
+    with psycopg.connect(src.uri, autocommit=True) as conn:
+        conn.execute("INSERT INTO g SELECT generate_series(6, 8)")
+    wait_for("the replica made again from its source", 180, lambda: count(rep, "g") == 8)
+    assert wait_service_running(c, name)["uri"] == rep
+    ok(c, c.delete_dbaas_service_pg(name=name))
+    ok(c, c.delete_dbaas_service_pg(name=src.name))
+
+
 def test_post_integration_makes_a_new_empty_service_a_replica(node):
     c = node.client()
     src = provision(c, unique("psrc"), plan="hobbyist-2")

@@ -174,7 +174,10 @@ impl Control {
     /// from its own backups and WAL (never `running` while its cluster cannot run), then
     /// provisioned again on the same ports.
     async fn begin_rebuild(&self, s: &ServiceRecord) -> Result<(), ControlError> {
-        let rebuildable = self.backups_enabled() && self.has_backups(&s.name).await;
+        // A read replica holds no data of its own and has no backups: it is made again from its
+        // source (`provision`), as when it was created.
+        let replica = self.replica_of(&s.name).is_some();
+        let rebuildable = replica || (self.backups_enabled() && self.has_backups(&s.name).await);
         // Never shown `running` while its cluster cannot run, backups or not.
         let mut cur = s.clone();
         cur.state = ServiceState::Rebuilding;
@@ -187,7 +190,13 @@ impl Control {
                 "the cluster's data directory is gone and there is no backup to rebuild it from");
             return Ok(());
         }
-        tracing::warn!(service = %s.name, "the cluster's data directory is gone: rebuilding it from its backups");
+        if replica {
+            tracing::warn!(service = %s.name,
+                "the read replica's data directory is gone: making it again from its source");
+        } else {
+            tracing::warn!(service = %s.name,
+                "the cluster's data directory is gone: rebuilding it from its backups");
+        }
         let prov = self.inner.prov.clone();
         let name = s.name.clone();
         tokio::task::spawn_blocking(move || prov.forget_initialized(&name)).await??;

@@ -36,19 +36,13 @@ const DIVERGED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Replicas {
     fn all(&self) -> std::sync::MutexGuard<'_, Vec<ReplicaRecord>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::control::locked(&self.0)
     }
 
     fn diverged(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
-        match self.1.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::control::locked(&self.1)
     }
 }
 
@@ -311,6 +305,11 @@ impl Control {
     /// source's new primary (pg_basebackup), on the same port. Called by the supervisor.
     pub(crate) async fn supervise_replicas(&self) {
         let mine: Vec<ReplicaRecord> = self.inner.replicas.all().clone();
+        // Replicas deleted or moved away meanwhile are forgotten.
+        self.inner
+            .replicas
+            .diverged()
+            .retain(|name, _| mine.iter().any(|r| &r.service == name));
         for r in mine {
             let Ok(Some(s)) = self.inner.store.service(&r.service).await else {
                 continue;

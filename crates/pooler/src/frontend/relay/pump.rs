@@ -62,9 +62,7 @@ pub async fn pump(
     let mut notify_over = None;
     let mut wait = ClientWait::default();
     let mut client_bytes = 0u64;
-    // A refusal answered in an earlier attachment says nothing about this one.
-    relay.ready_synthesized = false;
-    relay.listen_wait = None;
+    // The state comes at rest (`RelayState::take`); only the mode's setting is this one's.
     relay.drop_notifications = ctx.session_state;
     // Bytes pending from before attaching (or a release) are processed first.
     if !server.bufs.c2s_in.is_empty() {

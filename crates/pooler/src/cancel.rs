@@ -3,6 +3,7 @@
 //! query of that client and of nobody else.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -23,9 +24,44 @@ pub struct CancelTarget {
 }
 
 /// A client's entry: its secret and where a cancel should go right now.
+///
+/// Written twice per transaction by the client's own task (attach, detach), read only by a
+/// cancel request: the serving connection's keys are one atomic word, and the backend they
+/// belong to is replaced (under the lock) only when it differs from the last one's, so a
+/// transaction costs two atomic stores here, not two lock round trips and an `Arc` clone and drop.
 pub struct CancelSlot {
     pub secret: i32,
-    pub target: Mutex<Option<CancelTarget>>,
+    /// The serving connection's process id (high half) and secret (low half); 0 when none.
+    keys: AtomicU64,
+    /// The backend of the connection named by `keys` (or of the last one), kept alive here.
+    backend: Mutex<Option<Arc<BackendConfig>>>,
+    /// `Arc::as_ptr` of `backend`, compared without the lock; written only under it.
+    backend_ptr: AtomicPtr<BackendConfig>,
+}
+
+impl CancelSlot {
+    fn new(secret: i32) -> Self {
+        CancelSlot {
+            secret,
+            keys: AtomicU64::new(0),
+            backend: Mutex::new(None),
+            backend_ptr: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Where a cancel should go right now, if a connection is serving the client.
+    pub fn target(&self) -> Option<CancelTarget> {
+        let keys = self.keys.load(Ordering::Acquire);
+        if keys == 0 {
+            return None;
+        }
+        let backend = self.backend.lock().clone()?;
+        Some(CancelTarget {
+            backend,
+            pid: (keys >> 32) as u32 as i32,
+            secret: keys as u32 as i32,
+        })
+    }
 }
 
 /// Pooler-wide map from issued process id to client slot.
@@ -43,10 +79,7 @@ impl CancelRegistry {
         loop {
             let pid: i32 = rng.gen_range(1..i32::MAX);
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry(pid) {
-                let slot = Arc::new(CancelSlot {
-                    secret,
-                    target: Mutex::new(None),
-                });
+                let slot = Arc::new(CancelSlot::new(secret));
                 v.insert(slot.clone());
                 return CancelGuard {
                     registry: self.clone(),
@@ -62,7 +95,7 @@ impl CancelRegistry {
         let target = {
             let map = self.clients.lock();
             match map.get(&pid) {
-                Some(slot) if slot.secret == secret => slot.target.lock().clone(),
+                Some(slot) if slot.secret == secret => slot.target(),
                 _ => None,
             }
         };
@@ -93,17 +126,65 @@ pub struct CancelGuard {
 }
 
 impl CancelGuard {
-    pub fn attach(&self, target: CancelTarget) {
-        *self.slot.target.lock() = Some(target);
+    /// From now on a cancel goes to the connection with these keys on `backend`. A server's
+    /// process id is never 0, so neither is the word.
+    pub fn attach(&self, backend: &Arc<BackendConfig>, pid: i32, secret: i32) {
+        let slot = &*self.slot;
+        if slot.backend_ptr.load(Ordering::Relaxed) != Arc::as_ptr(backend).cast_mut() {
+            let mut held = slot.backend.lock();
+            *held = Some(backend.clone());
+            slot.backend_ptr
+                .store(Arc::as_ptr(backend).cast_mut(), Ordering::Relaxed);
+        }
+        let keys = (u64::from(pid as u32) << 32) | u64::from(secret as u32);
+        slot.keys.store(keys, Ordering::Release);
     }
 
+    /// No connection serves the client any more: a cancel does nothing.
     pub fn detach(&self) {
-        *self.slot.target.lock() = None;
+        self.slot.keys.store(0, Ordering::Release);
     }
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         self.registry.clients.lock().remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(port: u16) -> Arc<BackendConfig> {
+        Arc::new(BackendConfig {
+            host: "127.0.0.1".into(),
+            port,
+            unavailable_hold: std::time::Duration::ZERO,
+        })
+    }
+
+    #[test]
+    fn a_slot_names_the_serving_connection_only_while_attached() {
+        let registry = Arc::new(CancelRegistry::default());
+        let guard = registry.register();
+        assert!(guard.slot.target().is_none(), "no connection serves a fresh client");
+
+        let first = backend(5432);
+        guard.attach(&first, 4242, -7);
+        let t = guard.slot.target().expect("attached");
+        assert_eq!((t.pid, t.secret, t.backend.port), (4242, -7, 5432));
+        guard.detach();
+        assert!(guard.slot.target().is_none(), "detached: a cancel does nothing");
+
+        // Another backend (a failover): the slot follows it; negative and extreme keys survive
+        // the packing.
+        let second = backend(6543);
+        guard.attach(&second, i32::MAX, i32::MIN);
+        let t = guard.slot.target().expect("attached again");
+        assert_eq!((t.pid, t.secret, t.backend.port), (i32::MAX, i32::MIN, 6543));
+        guard.attach(&first, 1, 0);
+        let t = guard.slot.target().expect("attached to the first again");
+        assert_eq!((t.pid, t.secret, t.backend.port), (1, 0, 5432));
     }
 }

@@ -413,16 +413,4 @@ impl Server {
             }
         }
     }
-
-    /// A cancel target for this connection.
-    pub fn cancel_target(
-        &self,
-        backend: &Arc<crate::config::BackendConfig>,
-    ) -> crate::cancel::CancelTarget {
-        crate::cancel::CancelTarget {
-            backend: backend.clone(),
-            pid: self.pid,
-            secret: self.secret,
-        }
-    }
 }

@@ -412,7 +412,7 @@ async fn attached(
     // this attachment only (a connection goes back to the pool only at rest, `at_boundary`),
     // taken from and given back to the worker thread's spare states.
     let mut relay_state = relay::RelayState::take();
-    client.cancel.attach(server.cancel_target(&st.backend));
+    client.cancel.attach(&st.backend, server.pid, server.secret);
     let end = {
         let Client {
             stream,

@@ -13,7 +13,9 @@
 # /work/shared/peers/build-pgbouncer.sh if that script exists, else that column is skipped;
 # PGBOUNCER_NEW=none skips it); POOLER_BIN=path of a standalone build to measure instead of the
 # working tree's; POOLER_THREADS=N runs pgbay's pooler with N worker threads (default: one per
-# core).
+# core); ROUNDS=N measures every row N times (the targets' order rotated each round) and adds a
+# table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's; PERF=1 adds
+# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf).
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -35,6 +37,8 @@ CLIENTS=${CLIENTS:-"50 500"}
 IDLE=${IDLE:-2000}
 MANY=${MANY:-10000}
 TLS=${TLS:-"plain tls"}
+ROUNDS=${ROUNDS:-1}
+PERF=${PERF:-0}
 PYTHON=${PYTHON:-.venv/bin/python}
 PEERS_BUILD=${PEERS_BUILD:-/work/shared/peers/build-pgbouncer.sh}
 PGBOUNCER_NEW=${PGBOUNCER_NEW:-auto}
@@ -44,6 +48,7 @@ ulimit -n 20000
 
 command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "needs openssl (for the TLS certificate)" >&2; exit 1; }
+[ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "PERF=1 needs perf: apt-get install -y linux-perf" >&2; exit 1; }
 [ -x "$PYTHON" ] || { echo "needs a Python with psycopg at $PYTHON (./scripts/test.sh creates .venv)" >&2; exit 1; }
 
 if [ "$PGBOUNCER_NEW" = auto ]; then
@@ -176,34 +181,64 @@ mkdir -p bench/results
         echo "pgbay over TLS: skipped, the standalone example takes no certificate (no --tls-cert)."
     fi
     echo
-    echo "| target | TLS | protocol | clients | TPS | pooler CPU µs/txn | note |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| target | TLS | protocol | clients | TPS | pooler CPU µs/txn | user | sys | note |"
+    echo "|---|---|---|---|---|---|---|---|---|"
 } > "$report"
+
+# user_sys_ticks PID: "user system" CPU time of a process (all its threads), in clock ticks.
+user_sys_ticks() {
+    awk '{print $14, $15}' "/proc/$1/stat"
+}
+
+# Every measured row, for the medians over rounds: target transport mode clients tps user_us sys_us
+rows="$work/rows.tsv"
+: > "$rows"
 
 run_pgbench() { # target transport port pid mode clients db
     local target=$1 transport=$2 port=$3 pid=$4 mode=$5 c=$6 db=$7
-    local before after out tps txns cpu note=""
+    local u0=0 s0=0 u1 s1 out tps txns cpu="-" user_us="" sys_us="" note="" perf_pid="" extra=""
     [ "$pid" = - ] && pid=""
     # A pooler that exited (PgBouncer 1.18 may, under -M prepared) is reported, not fatal.
     if [ -n "$pid" ] && [ ! -e "/proc/$pid" ]; then
-        echo "| $target | $transport | $mode | $c | 0 | - | pooler not running |" >> "$report"
+        echo "| $target | $transport | $mode | $c | 0 | - | - | - | pooler not running |" >> "$report"
         return 0
     fi
-    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    [ -n "$pid" ] && read -r u0 s0 < <(user_sys_ticks "$pid")
+    # PERF=1: the pooler's system calls and context switches over the same interval (perf stat
+    # attached to the process; counting only, no sampling).
+    if [ "$PERF" = 1 ] && [ -n "$pid" ]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.csv" &
+        perf_pid=$!
+    fi
     local workload=(-S -M "$mode")
     # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
     [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
     if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120 || true)"; fi
-    after=$([ -n "$pid" ] && cpu_ticks "$pid" 2>/dev/null || echo "$before")
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
+    u1=$u0 s1=$s0
+    [ -n "$pid" ] && [ -e "/proc/$pid" ] && read -r u1 s1 < <(user_sys_ticks "$pid")
     tps=$(echo "$out" | awk '/^tps/ {printf "%.0f", $3}')
     txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}' | cut -d/ -f1)
+    local failed=0
+    [[ "$note" == "pgbench failed"* ]] && failed=1
     if [ -n "$pid" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
-        cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
-    else
-        cpu="-"
+        user_us=$(awk -v d=$((u1 - u0)) -v hz="$hz" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+        sys_us=$(awk -v d=$((s1 - s0)) -v hz="$hz" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+        cpu=$(awk -v a="$user_us" -v b="$sys_us" 'BEGIN {printf "%.1f", a + b}')
+        if [ -n "$perf_pid" ] && [ -s "$work/perf.csv" ]; then
+            extra=$(awk -F, -v n="$txns" '$3 ~ /sys_enter/ {s = $1 / n} $3 ~ /context-switches/ {c = $1 / n} END {printf "%.2f syscalls, %.2f context switches per txn", s, c}' "$work/perf.csv")
+            note="${note:+$note; }$extra"
+        fi
+        # A failed run's figures are not a measurement of the pooler: left out of the medians.
+        [ "$failed" = 0 ] && printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$transport" "$mode" "$c" "${tps:-0}" "$user_us" "$sys_us" >> "$rows"
+    elif [ -z "$pid" ] && [ "$failed" = 0 ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t-\t-\n' "$target" "$transport" "$mode" "$c" "${tps:-0}" >> "$rows"
     fi
-    echo "| $target | $transport | $mode | $c | ${tps:-0} | $cpu | $note |" >> "$report"
-    echo "$target $transport $mode c=$c tps=${tps:-0} cpu/txn=$cpu $note" >&2
+    echo "| $target | $transport | $mode | $c | ${tps:-0} | $cpu | ${user_us:--} | ${sys_us:--} | $note |" >> "$report"
+    echo "$target $transport $mode c=$c tps=${tps:-0} cpu/txn=$cpu (user ${user_us:--}, sys ${sys_us:--}) $note" >&2
 }
 
 cat > "$work/set_heavy.sql" <<'SQL'
@@ -211,16 +246,57 @@ cat > "$work/set_heavy.sql" <<'SQL'
 SET search_path = public, pg_catalog;
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 SQL
-for c in $CLIENTS; do
-    for mode in simple prepared set-heavy; do
-        for t in "${targets[@]}"; do
-            read -r name transport port pid <<< "$t"
-            db=bench
-            [ "$name" = postgres ] && db=postgres
-            run_pgbench "$name" "$transport" "$port" "$pid" "$mode" "$c" "$db"
+# ROUNDS=N measures every row N times; each round starts the targets one further along, so no
+# target always runs right after the same neighbour.
+for round in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "round $round of $ROUNDS" >&2
+    for c in $CLIENTS; do
+        for mode in simple prepared set-heavy; do
+            n=${#targets[@]}
+            for ((i = 0; i < n; i++)); do
+                read -r name transport port pid <<< "${targets[$(((i + round - 1) % n))]}"
+                db=bench
+                [ "$name" = postgres ] && db=postgres
+                run_pgbench "$name" "$transport" "$port" "$pid" "$mode" "$c" "$db"
+            done
         done
     done
 done
+
+# Over several rounds: each row's median TPS and CPU, and pgbay's CPU against PgBouncer 1.25.1's.
+if [ "$ROUNDS" -gt 1 ]; then
+    {
+        echo
+        echo "Medians over $ROUNDS rounds (CPU: pooler user + system µs per transaction; ratio: pgbay's CPU per transaction over PgBouncer 1.25.1's in the same row):"
+        echo
+        echo "| target | TLS | protocol | clients | TPS | pooler CPU µs/txn | user | sys | pgbay / PgBouncer 1.25.1 CPU |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+        sort -t$'\t' -k4,4n -k3,3 -k2,2 -k1,1 -s "$rows" | awk -F'\t' '
+            function median(list,   a, n, i, j, t) {
+                n = split(list, a, " ")
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            {
+                k = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4
+                if (!(k in tps)) order[++m] = k
+                tps[k] = tps[k] " " $5
+                if ($6 != "-") { cpu[k] = cpu[k] " " ($6 + $7); usr[k] = usr[k] " " $6; sys[k] = sys[k] " " $7 }
+            }
+            END {
+                for (i = 1; i <= m; i++) {
+                    split(order[i], f, SUBSEP)
+                    c = (order[i] in cpu) ? sprintf("%.1f", median(cpu[order[i]])) : "-"
+                    u = (order[i] in usr) ? sprintf("%.1f", median(usr[order[i]])) : "-"
+                    s = (order[i] in sys) ? sprintf("%.1f", median(sys[order[i]])) : "-"
+                    ratio = "-"
+                    peer = "pgbouncer-1.25" SUBSEP f[2] SUBSEP f[3] SUBSEP f[4]
+                    if (f[1] == "pgbay" && (order[i] in cpu) && (peer in cpu)) ratio = sprintf("%.2f×", median(cpu[order[i]]) / median(cpu[peer]))
+                    printf "| %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], median(tps[order[i]]), c, u, s, ratio
+                }
+            }'
+    } >> "$report"
+fi
 
 idle_clients() { # name transport port pid n
     local name=$1 transport=$2 port=$3 pid=$4 n=$5 rss0 rss1 line

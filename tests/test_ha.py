@@ -455,6 +455,39 @@ def test_a_fork_into_a_plan_with_standbys_runs_a_primary_and_a_standby(node):
 
 
 @pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
+def test_a_fork_of_a_service_with_a_standby_at_a_time_holds_exactly_the_rows_before_it(node):
+    """The rows before and after T are still in the primary's current WAL segment when the fork
+    is asked for: the fork has the primary (found through Patroni, not a local data directory)
+    commit, switch WAL and archive before it recovers, so it holds the 100 rows before T, not an
+    archive's end that is missing them or that grew past T while the fork was being made."""
+    c = node.client()
+    src = unique("hatsrc")
+    ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
+    doc = wait_for("the source's two running members", 300, lambda: (
+        d := c.get_dbaas_service_pg(name=src),
+        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    wait_for("a backup of the source", 120,
+             lambda: c.get_dbaas_service_pg(name=src)["backups"], every=0.5)
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        t = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        wait_for("a second after T", 5, lambda: conn.execute(
+            "SELECT clock_timestamp() > %s + interval '1 second'", (t,)).fetchone()[0])
+        conn.execute("INSERT INTO t SELECT generate_series(101, 150)")
+    name = unique("hatfork")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", fork_from_service=src,
+                                    recovery_backup_time=t.isoformat()))
+    fork = c.get_dbaas_service_pg(name=name)
+    with psycopg.connect(fork["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (150,)
+    for n in (name, src):
+        ok(c, c.delete_dbaas_service_pg(name=n))
+
+
+@pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
 def test_a_lost_standby_is_rebuilt_from_the_repository(node):
     """A standby whose data directory is lost (its Patroni and postmaster killed, the directory
     removed) is made again by Patroni from the service's pgBackRest repository (its first

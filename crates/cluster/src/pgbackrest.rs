@@ -367,9 +367,12 @@ impl LocalProvisioner {
     /// recovery run as that user in a staging directory inside the source's service directory,
     /// on a configuration of their own (Unix socket only, no archiving: the copy must never
     /// write into the source's repository); the recovered directory is then handed to the new
-    /// service's user. Where no commit follows `target_time` in the archive, PostgreSQL would end
+    /// service's user. Where no commit follows `target_time` in the archive, PostgreSQL ends
     /// recovery with "recovery ended before configured recovery target was reached": the fork is
-    /// then recovered to the end of the archive, which is the same state.
+    /// then recovered again, from the same backup set, up to and including the last record that
+    /// first recovery replayed (its "redo done at" LSN), which is the same state. Not "to the end
+    /// of the archive": the archive may have grown in between (a source that was just started
+    /// archives its last segment), and the fork would then hold commits after the target.
     pub fn restore_fork(
         &self,
         source: &str,
@@ -394,17 +397,28 @@ impl LocalProvisioner {
             )?;
         }
         let staging_root = self.service_dir(source).join(format!("fork-{}", spec.name));
-        let result = match self.recover_copy(source, spec, &staging_root, source_owner, target) {
-            Err(e)
-                if target.is_some()
-                    && e.to_string().contains("before configured recovery target") =>
-            {
-                tracing::info!(
-                    service = spec.name,
-                    source,
-                    "no commit after the recovery target in the archive: recovering to its end"
-                );
-                self.recover_copy(source, spec, &staging_root, source_owner, None)
+        let first = match target {
+            Some((at, set)) => Recovery::Time { at, set },
+            None => Recovery::End,
+        };
+        let result = match self.recover_copy(source, spec, &staging_root, source_owner, &first) {
+            Err(e) if e.to_string().contains("before configured recovery target") => {
+                let log =
+                    std::fs::read_to_string(staging_root.join("recovery.log")).unwrap_or_default();
+                match (redo_done_at(&log), target) {
+                    (Some(lsn), Some((_, set))) => {
+                        tracing::info!(
+                            service = spec.name,
+                            source,
+                            lsn = %lsn,
+                            "no commit after the recovery target in the archive: recovering \
+                             to the last record that recovery replayed"
+                        );
+                        let again = Recovery::Lsn { at: lsn, set };
+                        self.recover_copy(source, spec, &staging_root, source_owner, &again)
+                    }
+                    _ => Err(e),
+                }
             }
             r => r,
         };
@@ -442,7 +456,7 @@ impl LocalProvisioner {
         spec: &crate::provision::ClusterSpec<'_>,
         staging_root: &Path,
         source_owner: Option<(u32, u32)>,
-        target: Option<(&str, Option<&str>)>,
+        recovery: &Recovery<'_>,
     ) -> Result<(), ProvisionError> {
         let program = program().ok_or_else(missing)?;
         if std::fs::symlink_metadata(staging_root).is_ok() {
@@ -457,21 +471,29 @@ impl LocalProvisioner {
         ))
         .arg(format!("--stanza={STANZA}"))
         .arg(format!("--pg1-path={}", staging.display()));
-        match target {
-            Some((t, set)) => {
-                c.arg("--type=time")
-                    .arg(format!("--target={t}"))
-                    .arg("--target-action=promote");
-                if let Some(set) = set {
-                    c.arg(format!("--set={set}"));
-                }
+        let set = match recovery {
+            Recovery::Time { at, set } => {
+                c.arg("--type=time").arg(format!("--target={at}"));
+                set
             }
-            None => {
+            Recovery::Lsn { at, set } => {
+                c.arg("--type=lsn").arg(format!("--target={at}"));
+                set
+            }
+            Recovery::End => {
                 c.arg("--type=default");
+                &None
             }
+        };
+        if !matches!(recovery, Recovery::End) {
+            c.arg("--target-action=promote");
+        }
+        if let Some(set) = set {
+            c.arg(format!("--set={set}"));
         }
         c.arg("restore");
         self.run(c, "pgbackrest restore")?;
+        plain_configuration(&staging, source_owner)?;
         // The copy's own settings, after the source's (pgbay.conf is included last but one).
         let conf = format!(
             "# recovery of a fork, written by pgbay
@@ -493,12 +515,25 @@ archive_mode = off
         .map_err(io("writing the fork's recovery settings"))?;
         let log = staging_root.join("recovery.log");
         let mut start = self.command(source, "pg_ctl")?;
+        // The same settings again on the server's command line, where no configuration file
+        // can override them: a copy of a Patroni member has Patroni's postgresql.conf, which
+        // does not include pgbay.conf and names the member's own port and addresses (the copy
+        // would try to bind the running source's port). pg_ctl hands these to a shell.
+        let shell_quoted = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
+        let overrides = format!(
+            "-c port={} -c listen_addresses= -c unix_socket_directories={} -c ssl=off \
+             -c archive_mode=off",
+            spec.port,
+            shell_quoted(&staging_root.display().to_string())
+        );
         start
             .arg("start")
             .arg("-D")
             .arg(&staging)
             .arg("-l")
             .arg(&log)
+            .arg("-o")
+            .arg(overrides)
             .args(["-w", "-t", "300", "-s"]);
         let started = self.run(start, "pg_ctl start (fork recovery)");
         let outcome = started.and_then(|()| self.wait_promoted(&staging, &log));
@@ -607,6 +642,89 @@ fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Provisi
         .map_err(io(format!("chmod {}", dir.display())))
 }
 
+/// The first lines of a postgresql.conf that Patroni wrote.
+const PATRONI_CONF: &str =
+    "# Do not edit this file manually!\n# It will be overwritten by Patroni!";
+
+/// The settings of a Patroni member a recovery of its WAL needs again (PostgreSQL refuses to
+/// recover with less than the primary had: "insufficient parameter settings").
+const RECOVERY_NEEDS: [&str; 8] = [
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "track_commit_timestamp",
+    "wal_level",
+    "wal_log_hints",
+];
+
+/// A backup of a Patroni member carries Patroni's postgresql.conf, which names the member's
+/// own files (hba_file, ident_file, certificates), ports and archive command, and includes
+/// the cluster's own configuration as `postgresql.base.conf`. A fork is a cluster of its own:
+/// that configuration becomes its postgresql.conf again (pgbay adds its includes when the fork
+/// starts), with only the member's `RECOVERY_NEEDS` after it, and Patroni's files go.
+fn plain_configuration(pgdata: &Path, owner: Option<(u32, u32)>) -> Result<(), ProvisionError> {
+    let conf = pgdata.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap_or_default();
+    if !text.starts_with(PATRONI_CONF) {
+        return Ok(());
+    }
+    let mut plain =
+        std::fs::read_to_string(pgdata.join("postgresql.base.conf")).unwrap_or_default();
+    plain.push_str("\n# the source member's settings its WAL needs to be recovered (pgbay)\n");
+    for line in text.lines() {
+        let name = line.split('=').next().unwrap_or("").trim();
+        if RECOVERY_NEEDS.contains(&name) {
+            plain.push_str(line);
+            plain.push('\n');
+        }
+    }
+    crate::files::write_atomic(&conf, plain.as_bytes(), 0o600, owner)
+        .map_err(io("writing the fork's postgresql.conf"))?;
+    for file in [
+        "postgresql.base.conf",
+        "postgresql.base.conf.backup",
+        "postgresql.conf.backup",
+        "pg_hba.conf.backup",
+        "pg_ident.conf.backup",
+        "patroni.dynamic.json",
+    ] {
+        match std::fs::remove_file(pgdata.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing Patroni's files from the fork")(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where a fork's recovery stops.
+enum Recovery<'a> {
+    /// The end of the archive.
+    End,
+    /// Before the first commit after a time (`YYYY-MM-DD HH:MM:SS+00`), from a named backup set
+    /// (pgBackRest's own pick otherwise).
+    Time { at: &'a str, set: Option<&'a str> },
+    /// After the record at an LSN (`X/Y`), from the same backup set as `Time`.
+    Lsn { at: String, set: Option<&'a str> },
+}
+
+/// The LSN of the last record a recovery replayed, from its server log ("redo done at X/Y").
+fn redo_done_at(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|line| {
+        let lsn = line
+            .split("redo done at ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
+        let (hi, lo) = lsn.split_once('/')?;
+        let hex = |p: &str| !p.is_empty() && u32::from_str_radix(p, 16).is_ok();
+        (hex(hi) && hex(lo)).then(|| lsn.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,5 +745,21 @@ mod tests {
             parse_info(r#"[{"name":"pgbay"}]"#).unwrap(),
             RepoInfo::default()
         );
+    }
+
+    #[test]
+    fn the_last_replayed_record_is_read_from_a_failed_recovery_log() {
+        let log = "2026-12-04 10:00:00.001 UTC [81] LOG:  starting point-in-time recovery to 2026-12-04 09:59:00+00
+2026-12-04 10:00:00.300 UTC [81] LOG:  redo starts at 0/2000028
+2026-12-04 10:00:00.412 UTC [81] LOG:  redo done at 0/5000148 system usage: CPU: user: 0.00 s, system: 0.00 s, elapsed: 0.11 s
+2026-12-04 10:00:00.412 UTC [81] FATAL:  recovery ended before configured recovery target was reached
+2026-12-04 10:00:00.415 UTC [80] LOG:  startup process (PID 81) exited with exit code 1
+";
+        assert_eq!(redo_done_at(log).as_deref(), Some("0/5000148"));
+        assert_eq!(
+            redo_done_at("LOG:  redo starts at 0/2000028\nFATAL:  could not locate"),
+            None
+        );
+        assert_eq!(redo_done_at("LOG:  redo done at zz/1 system usage"), None);
     }
 }

@@ -500,19 +500,24 @@ impl Control {
     }
 
     /// Makes the cluster of the fork `s` from its source's repository (see
-    /// `LocalProvisioner::restore_fork`). A running source first makes everything committed so
-    /// far recoverable (a commit after the target time, a WAL switch, archived).
+    /// `LocalProvisioner::restore_fork`). A source pgbay keeps running first makes everything
+    /// committed so far recoverable (a commit after the target time, a WAL switch, archived),
+    /// through its primary, HA or not. Right after pgbay (re)starts, that server may not be up
+    /// yet: it is waited for (`SOURCE_WAIT`), never skipped, since a fork made from an archive
+    /// that lacks the source's last WAL segment can miss commits before the target time — and,
+    /// as that segment reaches the archive while the fork is being made, hold commits after it.
     pub(crate) async fn restore_fork(
         &self,
         s: &ServiceRecord,
         fork: crate::store::Fork,
     ) -> Result<(), ControlError> {
-        if let Some(src) = self.inner.store.service(&fork.source).await? {
-            if self.inner.prov.running_pid(&src.name).is_some() {
-                if let Some(t) = self.internal_target(&src).await? {
-                    pgbay_cluster::admin::switch_wal_and_wait(&t, Duration::from_secs(120))
-                        .await
-                        .map_err(|e| ControlError::from_admin(e, "archiving the source's WAL"))?;
+        // A service rebuilt from its own backups has no server to ask.
+        if fork.source != s.name {
+            if let Some(src) = self.inner.store.service(&fork.source).await? {
+                if src.state == ServiceState::Running {
+                    if let Some(t) = self.internal_target(&src).await? {
+                        archive_up_to_now(&src.name, &t).await?;
+                    }
                 }
             }
         }
@@ -545,6 +550,33 @@ impl Control {
         tracing::info!(service = %s.name, seconds = started.elapsed().as_secs_f64(),
             "fork restored");
         Ok(())
+    }
+}
+
+/// How long a fork waits for its source's server to accept the WAL switch (a pgbay that has
+/// just started may still be starting the source).
+const SOURCE_WAIT: Duration = Duration::from_secs(60);
+
+/// Commits, switches WAL and waits until the switched segment is archived, on the source `t`
+/// (see `Control::restore_fork`); a server that cannot be reached yet is tried again until
+/// `SOURCE_WAIT` has passed.
+async fn archive_up_to_now(
+    source: &str,
+    t: &pgbay_cluster::admin::AdminTarget,
+) -> Result<(), ControlError> {
+    let deadline = std::time::Instant::now() + SOURCE_WAIT;
+    loop {
+        match pgbay_cluster::admin::switch_wal_and_wait(t, Duration::from_secs(120)).await {
+            Ok(()) => return Ok(()),
+            Err(pgbay_cluster::admin::AdminError::Pg(e))
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::info!(source, error = %e,
+                    "fork: the source's server is not reachable yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(ControlError::from_admin(e, "archiving the source's WAL")),
+        }
     }
 }
 

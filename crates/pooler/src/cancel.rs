@@ -168,21 +168,30 @@ mod tests {
     fn a_slot_names_the_serving_connection_only_while_attached() {
         let registry = Arc::new(CancelRegistry::default());
         let guard = registry.register();
-        assert!(guard.slot.target().is_none(), "no connection serves a fresh client");
+        assert!(
+            guard.slot.target().is_none(),
+            "no connection serves a fresh client"
+        );
 
         let first = backend(5432);
         guard.attach(&first, 4242, -7);
         let t = guard.slot.target().expect("attached");
         assert_eq!((t.pid, t.secret, t.backend.port), (4242, -7, 5432));
         guard.detach();
-        assert!(guard.slot.target().is_none(), "detached: a cancel does nothing");
+        assert!(
+            guard.slot.target().is_none(),
+            "detached: a cancel does nothing"
+        );
 
         // Another backend (a failover): the slot follows it; negative and extreme keys survive
         // the packing.
         let second = backend(6543);
         guard.attach(&second, i32::MAX, i32::MIN);
         let t = guard.slot.target().expect("attached again");
-        assert_eq!((t.pid, t.secret, t.backend.port), (i32::MAX, i32::MIN, 6543));
+        assert_eq!(
+            (t.pid, t.secret, t.backend.port),
+            (i32::MAX, i32::MIN, 6543)
+        );
         guard.attach(&first, 1, 0);
         let t = guard.slot.target().expect("attached to the first again");
         assert_eq!((t.pid, t.secret, t.backend.port), (1, 0, 5432));

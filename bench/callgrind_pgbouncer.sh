@@ -38,19 +38,7 @@ instructions() {
     local n=$1 port out
     port=$(free_port)
     out="$work/callgrind.out.$n"
-    cat > "$work/b.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-INI
+    pgbouncer_ini "$PG_PORT" "$port" "$work" > "$work/b.ini"
     if [ "$TLS" = 1 ]; then
         printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
             "$work/server.crt" "$work/server.key" >> "$work/b.ini"

@@ -50,3 +50,22 @@ cpu_ticks() {
 rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
+
+# pgbouncer_ini PG_PORT LISTEN_PORT DIR: the [databases] and [pgbouncer] settings every bench
+# PgBouncer shares (database `bench` on the bench cluster, transaction pooling, pool of 20, SCRAM
+# against DIR/userlist.txt, log in DIR); callers append their own lines after it.
+pgbouncer_ini() {
+    cat <<INI
+[databases]
+bench = host=127.0.0.1 port=$1 dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $3/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+logfile = $3/pgbouncer.log
+INI
+}

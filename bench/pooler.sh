@@ -101,22 +101,10 @@ start_bouncer() {
     cp "$bin" "$dir/pgbouncer"
     printf '"bench" "%s"\n' "$PASSWORD" > "$dir/userlist.txt"
     chmod 600 "$dir/userlist.txt"
-    cat > "$dir/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 11000
-max_db_connections = 20
-logfile = $dir/pgbouncer.log
-server_tls_sslmode = disable
-INI
+    {
+        pgbouncer_ini "$PG_PORT" "$BOUNCER_PORT" "$dir"
+        printf 'max_client_conn = 11000\nmax_db_connections = 20\nserver_tls_sslmode = disable\n'
+    } > "$dir/pgbouncer.ini"
     if [ "$transport" = tls ]; then
         cat >> "$dir/pgbouncer.ini" <<INI
 client_tls_sslmode = require

@@ -42,6 +42,13 @@ def roles(doc):
     return sorted((n["role"], n["state"]) for n in doc["node-states"])
 
 
+def two_running_members(c, name: str, what: str, timeout: float) -> dict:
+    """Waits until the service shows a running master and a running standby; its document."""
+    return wait_for(what, timeout, lambda: (
+        d := c.get_dbaas_service_pg(name=name),
+        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+
+
 def patroni_pids(srv: PgbayServer, service: str) -> dict[str, int]:
     """Member name -> pid of its Patroni, from the pid files pgbay keeps in its data dir."""
     out = {}
@@ -92,9 +99,7 @@ def test_business_service_runs_a_primary_and_a_standby(node):
     ok(c, c.create_dbaas_service_pg(name=name, plan="business-4"))
     doc = wait_service_running(c, name, timeout=300)
     assert doc["node-count"] == 2
-    doc = wait_for("both members running", 180, lambda: (
-        d := c.get_dbaas_service_pg(name=name),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, name, "both members running", 180)
     assert doc["synchronous-replication"] == "off"
     [standby] = doc["connection-info"]["standby"]
     assert standby != doc["uri"]
@@ -160,9 +165,7 @@ def test_business_service_runs_a_primary_and_a_standby(node):
         # The pooled client's next query runs on the new primary.
         wait_for("a write through the pool after the switchover", 60,
                  lambda: pooled.execute("INSERT INTO t (n) VALUES (3)") or True)
-    doc = wait_for("both members running", 120, lambda: (
-        d := c.get_dbaas_service_pg(name=name),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, name, "both members running", 120)
     assert master(doc) != before
     assert doc["shared-buffers-percentage"] == 20
     buffers = set()
@@ -214,9 +217,7 @@ def test_failover_is_invisible_to_pooled_clients(node):
     ok(c, c.create_dbaas_service_pg(name=name, plan="business-4", synchronous_replication="quorum",
                                     pglookout_settings={"max-failover-replication-time-lag": 30}))
     wait_service_running(c, name, timeout=300)
-    doc = wait_for("both members running", 180, lambda: (
-        d := c.get_dbaas_service_pg(name=name),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, name, "both members running", 180)
     assert doc["pglookout-settings"] == {"max-failover-replication-time-lag": 30}
     old_master = master(doc)
     pool_uri = tx_pool(c, name, "app", size=4)
@@ -390,9 +391,7 @@ def test_plan_changes_add_and_remove_standbys_online(node):
         op = c.update_dbaas_service_pg(name=name, plan="business-4", synchronous_replication="quorum")
         assert op["state"] == "pending"
         ok(c, op)
-        doc = wait_for("two running members", 60, lambda: (
-            d := c.get_dbaas_service_pg(name=name),
-            roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+        doc = two_running_members(c, name, "two running members", 60)
         assert doc["node-count"] == 2 and doc["plan"] == "business-4"
         assert doc["synchronous-replication"] == "quorum"
         # The pooled client's connection carries on; the data is all there, on the standby too.
@@ -437,9 +436,7 @@ def test_a_fork_into_a_plan_with_standbys_runs_a_primary_and_a_standby(node):
                                   fork_from_service=src, synchronous_replication="quorum")
     name = unique("hafork")
     ok(c, c.create_dbaas_service_pg(name=name, plan="business-4", fork_from_service=src))
-    doc = wait_for("the fork's two running members", 60, lambda: (
-        d := c.get_dbaas_service_pg(name=name),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, name, "the fork's two running members", 60)
     assert doc["node-count"] == 2 and doc["plan"] == "business-4"
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM f").fetchone() == (300,)
@@ -463,9 +460,7 @@ def test_a_fork_of_a_service_with_a_standby_at_a_time_holds_exactly_the_rows_bef
     c = node.client()
     src = unique("hatsrc")
     ok(c, c.create_dbaas_service_pg(name=src, plan="business-4"))
-    doc = wait_for("the source's two running members", 300, lambda: (
-        d := c.get_dbaas_service_pg(name=src),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, src, "the source's two running members", 300)
     wait_for("a backup of the source", 120,
              lambda: c.get_dbaas_service_pg(name=src)["backups"], every=0.5)
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
@@ -495,9 +490,7 @@ def test_a_lost_standby_is_rebuilt_from_the_repository(node):
     c = node.client()
     name = unique("harb")
     ok(c, c.create_dbaas_service_pg(name=name, plan="business-4"))
-    doc = wait_for("two running members", 300, lambda: (
-        d := c.get_dbaas_service_pg(name=name),
-        roles(d) == [("master", "running"), ("standby", "running")] and d)[1])
+    doc = two_running_members(c, name, "two running members", 300)
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         conn.execute("CREATE TABLE r AS SELECT generate_series(1, 2000) AS n")
     wait_for("a backup listed", 180, lambda: c.get_dbaas_service_pg(name=name)["backups"],

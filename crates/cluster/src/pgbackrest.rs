@@ -662,16 +662,23 @@ const RECOVERY_NEEDS: [&str; 8] = [
 /// A backup of a Patroni member carries Patroni's postgresql.conf, which names the member's
 /// own files (hba_file, ident_file, certificates), ports and archive command, and includes
 /// the cluster's own configuration as `postgresql.base.conf`. A fork is a cluster of its own:
-/// that configuration becomes its postgresql.conf again (pgbay adds its includes when the fork
-/// starts), with only the member's `RECOVERY_NEEDS` after it, and Patroni's files go.
+/// that configuration becomes its postgresql.conf again, with only the member's `RECOVERY_NEEDS`
+/// after it (pgbay adds its includes after those when the fork starts), and Patroni's files go.
 fn plain_configuration(pgdata: &Path, owner: Option<(u32, u32)>) -> Result<(), ProvisionError> {
     let conf = pgdata.join("postgresql.conf");
     let text = std::fs::read_to_string(&conf).unwrap_or_default();
     if !text.starts_with(PATRONI_CONF) {
         return Ok(());
     }
-    let mut plain =
-        std::fs::read_to_string(pgdata.join("postgresql.base.conf")).unwrap_or_default();
+    // pgbay's includes (a source made by pgbay and then handed to Patroni has them) are taken
+    // out: the fork's start adds them again at the end, after the lines below, so that the
+    // fork's own plan and settings win over the source member's.
+    let base = std::fs::read_to_string(pgdata.join("postgresql.base.conf")).unwrap_or_default();
+    let mut plain: String = base
+        .lines()
+        .filter(|l| !crate::provision::local::INCLUDES.contains(&l.trim()))
+        .map(|l| format!("{l}\n"))
+        .collect();
     plain.push_str("\n# the source member's settings its WAL needs to be recovered (pgbay)\n");
     for line in text.lines() {
         let name = line.split('=').next().unwrap_or("").trim();
@@ -761,5 +768,53 @@ mod tests {
             None
         );
         assert_eq!(redo_done_at("LOG:  redo done at zz/1 system usage"), None);
+    }
+
+    #[test]
+    fn a_patroni_members_configuration_becomes_the_forks_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let member = format!(
+            "{PATRONI_CONF}\ninclude 'postgresql.base.conf'\nport = '24404'\n\
+             listen_addresses = '127.0.0.1'\nmax_connections = '200'\n\
+             hba_file = '/srv/members/1/data/pg_hba.conf'\nmax_wal_senders = '10'\n"
+        );
+        std::fs::write(d.join("postgresql.conf"), member).unwrap();
+        std::fs::write(
+            d.join("postgresql.base.conf"),
+            "shared_buffers = 128MB\ninclude_if_exists = 'pgbay.conf'\n\
+             include_if_exists = 'pgbay-settings.conf'\n",
+        )
+        .unwrap();
+        for f in ["postgresql.conf.backup", "patroni.dynamic.json"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        plain_configuration(d, None).unwrap();
+        let conf = std::fs::read_to_string(d.join("postgresql.conf")).unwrap();
+        assert!(conf.starts_with("shared_buffers = 128MB\n"), "{conf}");
+        assert!(conf.contains("max_connections = '200'") && conf.contains("max_wal_senders"));
+        for gone in [
+            "port =",
+            "listen_addresses",
+            "hba_file",
+            "include",
+            "Patroni",
+        ] {
+            assert!(!conf.contains(gone), "{gone} left in {conf}");
+        }
+        for f in [
+            "postgresql.base.conf",
+            "postgresql.conf.backup",
+            "patroni.dynamic.json",
+        ] {
+            assert!(!d.join(f).exists(), "{f} left");
+        }
+        // A cluster's own configuration is left alone.
+        std::fs::write(d.join("postgresql.conf"), "port = 5432\n").unwrap();
+        plain_configuration(d, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join("postgresql.conf")).unwrap(),
+            "port = 5432\n"
+        );
     }
 }

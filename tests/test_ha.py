@@ -478,7 +478,13 @@ def test_a_fork_of_a_service_with_a_standby_at_a_time_holds_exactly_the_rows_bef
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (150,)
-    for n in (name, src):
+        conn.execute("INSERT INTO t VALUES (151)")
+    # Without a time: everything committed, the row just written included.
+    latest = unique("hatlatest")
+    ok(c, c.create_dbaas_service_pg(name=latest, plan="hobbyist-2", fork_from_service=src))
+    with psycopg.connect(c.get_dbaas_service_pg(name=latest)["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (151,)
+    for n in (name, latest, src):
         ok(c, c.delete_dbaas_service_pg(name=n))
 
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{Timelike, Utc};
 use pgbay_cluster::pgbackrest::{Backup, RepoInfo};
 
+use crate::control::locked;
 use crate::model::{ServiceRecord, ServiceState};
 use crate::{Control, ControlError};
 
@@ -63,10 +64,6 @@ pub(crate) struct BackupState {
     running: StdMutex<HashSet<String>>,
     /// The backup times asked for (`backup-schedule`), by service.
     schedules: StdMutex<HashMap<String, BackupSchedule>>,
-}
-
-fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What `/metrics` shows of one service's backups.

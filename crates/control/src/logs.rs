@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 
-use crate::control::Control;
+use crate::control::{locked, Control};
 use crate::error::ControlError;
 use crate::input::{InputError, ServiceName};
 
@@ -410,10 +410,6 @@ fn read_window(path: &std::path::Path) -> std::io::Result<(String, u64)> {
         text.drain(..cut);
     }
     Ok((text, base))
-}
-
-fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Control {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::control::Control;
+use crate::control::{locked, Control};
 use crate::model::ServiceState;
 
 /// How often services are sampled.
@@ -151,13 +151,6 @@ impl ServiceSeries {
 pub(crate) struct Metrics {
     series: StdMutex<HashMap<String, ServiceSeries>>,
     pool_stats: StdMutex<Option<Arc<dyn PoolStats>>>,
-}
-
-fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Control {

@@ -126,8 +126,9 @@ pub struct CancelGuard {
 }
 
 impl CancelGuard {
-    /// From now on a cancel goes to the connection with these keys on `backend`. A server's
-    /// process id is never 0, so neither is the word.
+    /// From now on a cancel goes to the connection with these keys on `backend`. A PostgreSQL
+    /// backend's process id is never 0, so neither is the word (a server that sent no key data,
+    /// keys 0/0, has nothing a cancel could name).
     pub fn attach(&self, backend: &Arc<BackendConfig>, pid: i32, secret: i32) {
         let slot = &*self.slot;
         if slot.backend_ptr.load(Ordering::Relaxed) != Arc::as_ptr(backend).cast_mut() {

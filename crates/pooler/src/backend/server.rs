@@ -375,23 +375,23 @@ impl Server {
     /// usually already knows whether the socket became readable, so this is mostly free of
     /// syscalls; but its knowledge is only as fresh as its last turn, so a connection that sat
     /// idle for a while (a backend restarts while nobody uses its connections) is probed with a
-    /// real non-blocking peek before a client's transaction is sent to it.
+    /// real non-blocking peek before a client's transaction is sent to it. The reactor is asked
+    /// with a `try_read`, which makes no syscall while it has seen nothing and, unlike polling
+    /// for readiness, registers no waker (which takes the readiness lock on every checkout).
     pub fn is_alive(&mut self) -> bool {
         if !self.bufs.is_empty() || self.status != txn::IDLE {
             return false;
         }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            let idle_us = crate::stats::now_us().saturating_sub(self.last_used_us);
-            if idle_us < PROBE_AFTER_IDLE.as_micros() as u64 {
-                return true;
-            }
-            return self.stream.nothing_to_read();
-        }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {
+            // Data (a FATAL from a server going away; the connection is dropped with the byte)
+            // or end of file.
             Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let idle_us = crate::stats::now_us().saturating_sub(self.last_used_us);
+                idle_us < PROBE_AFTER_IDLE.as_micros() as u64 || self.stream.nothing_to_read()
+            }
+            Err(_) => false,
         }
     }
 

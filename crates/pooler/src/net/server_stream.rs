@@ -104,16 +104,6 @@ impl ServerStream {
         }
     }
 
-    /// Whether the reactor knows the socket to be readable (registers no waker that matters:
-    /// callers pass a no-op one).
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            ServerStream::Tcp(s) => s.poll_read_ready(cx),
-            ServerStream::Unix(s) => s.poll_read_ready(cx),
-            ServerStream::Tls(s) => s.get_ref().0.poll_read_ready(cx),
-        }
-    }
-
     /// Reads from the raw socket without waiting (WouldBlock when nothing is there). Under
     /// TLS the bytes are ciphertext, lost to the session: only for a connection that is
     /// dropped if anything is read.

@@ -42,9 +42,9 @@ stop_pg() {
     as_unpriv "$PG_BIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1 || true
 }
 
-# cpu_ticks PID: user+system CPU time of a process, in clock ticks.
-cpu_ticks() {
-    awk '{print $14 + $15}' "/proc/$1/stat"
+# user_sys_ticks PID: "user system" CPU time of a process (all its threads), in clock ticks.
+user_sys_ticks() {
+    awk '{print $14, $15}' "/proc/$1/stat"
 }
 
 rss_kib() {

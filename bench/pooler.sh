@@ -173,11 +173,6 @@ mkdir -p bench/results
     echo "|---|---|---|---|---|---|---|---|---|"
 } > "$report"
 
-# user_sys_ticks PID: "user system" CPU time of a process (all its threads), in clock ticks.
-user_sys_ticks() {
-    awk '{print $14, $15}' "/proc/$1/stat"
-}
-
 # Every measured row, for the medians over rounds: target transport mode clients tps user_us sys_us
 rows="$work/rows.tsv"
 : > "$rows"

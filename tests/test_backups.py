@@ -120,6 +120,13 @@ def source(node):
 LATER_PASSWORD = "changed-after-T-0123"
 
 
+def fork_log(node, name: str) -> str:
+    """What a fork's recovery replayed and where it stopped (kept with the fork), for a failure
+    message."""
+    path = node.data_dir / "services" / name / "fork-recovery.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else "(no fork-recovery.log)"
+
+
 def count_rows(uri: str) -> int:
     with psycopg.connect(uri, autocommit=True) as conn:
         return conn.execute("SELECT count(*) FROM t").fetchone()[0]
@@ -135,7 +142,8 @@ def test_a_fork_at_a_time_holds_exactly_the_rows_before_it(node, source):
     fork = c.get_dbaas_service_pg(name=name)
     assert fork["state"] == "running"
     assert fork["uri"] != src.uri  # its own ports
-    assert count_rows(fork["uri"]) == 100
+    rows = count_rows(fork["uri"])
+    assert rows == 100, f"{rows} rows; the fork's recovery:\n{fork_log(node, name)}"
     # A user of the source logs in to the fork with the password it had at T (it was changed
     # after T), and a user made after T is not there.
     user_uri = fork["uri"].replace(f"{src.admin_user}:{src.admin_password}",
@@ -237,7 +245,8 @@ def test_the_command_line_lists_backups_and_forks(node, source):
     pgbay(node, "service", "fork", src.name, name, "--time", source["t"].isoformat())
     fork = node.client().get_dbaas_service_pg(name=name)
     assert fork["state"] == "running" and fork["plan"] == "hobbyist-2"
-    assert count_rows(fork["uri"]) == 100
+    rows = count_rows(fork["uri"])
+    assert rows == 100, f"{rows} rows; the fork's recovery:\n{fork_log(node, name)}"
 
 
 def test_backup_schedule_is_set_at_create_and_changed_by_update(node):

@@ -494,31 +494,13 @@ impl LocalProvisioner {
         c.arg("restore");
         self.run(c, "pgbackrest restore")?;
         plain_configuration(&staging, source_owner)?;
-        // The copy's own settings, after the source's (pgbay.conf is included last but one).
-        let conf = format!(
-            "# recovery of a fork, written by pgbay
-port = {}
-listen_addresses = ''
-             unix_socket_directories = '{}'
-ssl = off
-archive_mode = off
-",
-            spec.port,
-            staging_root.display().to_string().replace('\'', "''")
-        );
-        crate::files::write_atomic(
-            &staging.join("pgbay.conf"),
-            conf.as_bytes(),
-            0o600,
-            source_owner,
-        )
-        .map_err(io("writing the fork's recovery settings"))?;
         let log = staging_root.join("recovery.log");
         let mut start = self.command(source, "pg_ctl")?;
-        // The same settings again on the server's command line, where no configuration file
-        // can override them: a copy of a Patroni member has Patroni's postgresql.conf, which
-        // does not include pgbay.conf and names the member's own port and addresses (the copy
-        // would try to bind the running source's port). pg_ctl hands these to a shell.
+        // The copy's own settings (its port, only a Unix socket in the staging directory, no
+        // TLS, no archiving: it must never write into the source's repository), on the server's
+        // command line, where no configuration file overrides them: the copy has the source's
+        // files (its pgbay.conf names the source's port and archive command; a Patroni member's
+        // postgresql.conf its port and addresses). pg_ctl hands these to a shell.
         let shell_quoted = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
         let overrides = format!(
             "-c port={} -c listen_addresses= -c unix_socket_directories={} -c ssl=off \

@@ -565,8 +565,13 @@ async fn archive_up_to_now(
     loop {
         match pgbay_cluster::admin::switch_wal_and_wait(t, Duration::from_secs(120)).await {
             Ok(()) => return Ok(()),
+            // Not reachable yet (refused, or still starting up: 57P03); any other server error
+            // is final.
             Err(pgbay_cluster::admin::AdminError::Pg(e))
-                if std::time::Instant::now() < deadline =>
+                if std::time::Instant::now() < deadline
+                    && e.as_db_error().is_none_or(|db| {
+                        db.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                    }) =>
             {
                 tracing::info!(source, error = %e,
                     "fork: the source's server is not reachable yet; trying again");

@@ -16,7 +16,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_pg DIR PORT PASSWORD: initdb with SCRAM auth and a superuser `bench`, then start it.
+# start_pg DIR PORT PASSWORD: initdb with SCRAM auth and a superuser `bench`, then start it. It
+# listens on 127.0.0.1:PORT and on a Unix socket in DIR (DIR/.s.PGSQL.PORT).
 start_pg() {
     local dir=$1 port=$2 password=$3
     mkdir -p "$dir"
@@ -29,7 +30,7 @@ start_pg() {
     cat >> "$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
-unix_socket_directories = ''
+unix_socket_directories = '$dir'
 max_connections = 700
 shared_buffers = 256MB
 fsync = off
@@ -51,13 +52,14 @@ rss_kib() {
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
-# pgbouncer_ini PG_PORT LISTEN_PORT DIR: the [databases] and [pgbouncer] settings every bench
-# PgBouncer shares (database `bench` on the bench cluster, transaction pooling, pool of 20, SCRAM
-# against DIR/userlist.txt, log in DIR); callers append their own lines after it.
+# pgbouncer_ini PG_PORT LISTEN_PORT DIR [PG_HOST]: the [databases] and [pgbouncer] settings every
+# bench PgBouncer shares (database `bench` on the bench cluster at PG_HOST, 127.0.0.1 unless given —
+# a directory means its Unix socket —, transaction pooling, pool of 20, SCRAM against
+# DIR/userlist.txt, log in DIR); callers append their own lines after it.
 pgbouncer_ini() {
     cat <<INI
 [databases]
-bench = host=127.0.0.1 port=$1 dbname=postgres
+bench = host=${4:-127.0.0.1} port=$1 dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $2

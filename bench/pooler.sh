@@ -15,7 +15,12 @@
 # working tree's; POOLER_THREADS=N runs pgbay's pooler with N worker threads (default: one per
 # core); ROUNDS=N measures every row N times (the targets' order rotated each round) and adds a
 # table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's; PERF=1 adds
-# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf).
+# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf);
+# BACKEND=unix has every pooler reach PostgreSQL over its Unix socket (as pgbay reaches the
+# PostgreSQL it runs itself) instead of TCP on 127.0.0.1 (BACKEND=tcp, the default); FLOOR=1 adds
+# a "floor" target without TLS: crates/pooler/examples/floor_relay.rs, which copies bytes between
+# each client and a connection of its own to PostgreSQL (over TCP) and does nothing else, so its
+# CPU per transaction is the least a relaying process spends here (the kernel's share).
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -24,8 +29,8 @@
 # bench/results/pooler-<timestamp>.md and prints it.
 #
 # TLS: one self-signed certificate (ECDSA P-256, made with openssl in the bench's temp dir) serves
-# every pooler; PgBouncer runs with client_tls_sslmode=require. Poolers reach PostgreSQL over
-# plaintext loopback in every case (PostgreSQL here offers no TLS), so the TLS rows differ from the
+# every pooler; PgBouncer runs with client_tls_sslmode=require. Poolers reach PostgreSQL in
+# plaintext in every case (TCP loopback or its Unix socket, as BACKEND says) (PostgreSQL here offers no TLS), so the TLS rows differ from the
 # plain ones by the client side only. No password is passed on a command line by this script
 # (PGPASSWORD, userlist files, PGBAY_POOLER_PASSWORD for the standalone example).
 set -euo pipefail
@@ -39,6 +44,8 @@ MANY=${MANY:-10000}
 TLS=${TLS:-"plain tls"}
 ROUNDS=${ROUNDS:-1}
 PERF=${PERF:-0}
+BACKEND=${BACKEND:-tcp}
+FLOOR=${FLOOR:-0}
 PYTHON=${PYTHON:-.venv/bin/python}
 PEERS_BUILD=${PEERS_BUILD:-/work/shared/peers/build-pgbouncer.sh}
 PGBOUNCER_NEW=${PGBOUNCER_NEW:-auto}
@@ -49,6 +56,7 @@ ulimit -n 20000
 command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "needs openssl (for the TLS certificate)" >&2; exit 1; }
 [ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "PERF=1 needs perf: apt-get install -y linux-perf" >&2; exit 1; }
+case "$BACKEND" in tcp | unix) ;; *) echo "BACKEND must be tcp or unix, not $BACKEND" >&2; exit 1 ;; esac
 [ -x "$PYTHON" ] || { echo "needs a Python with psycopg at $PYTHON (./scripts/test.sh creates .venv)" >&2; exit 1; }
 
 if [ "$PGBOUNCER_NEW" = auto ]; then
@@ -64,6 +72,10 @@ fi
 if [ -z "${POOLER_BIN:-}" ]; then
     cargo build --release -q -p pgbay-pooler --example standalone
     POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
+fi
+if [ "$FLOOR" = 1 ] && [ -z "${FLOOR_BIN:-}" ]; then
+    cargo build --release -q -p pgbay-pooler --example floor_relay
+    FLOOR_BIN=${CARGO_TARGET_DIR:-target}/release/examples/floor_relay
 fi
 # The standalone example takes a certificate only if its usage names one (it did not when this
 # script was written: then pgbay's TLS rows are reported as skipped).
@@ -91,6 +103,9 @@ chmod 600 "$work/tls/server.key"
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
 pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
+# Where the poolers reach PostgreSQL: TCP loopback, or the directory of its Unix socket.
+PG_HOST=127.0.0.1
+[ "$BACKEND" = unix ] && PG_HOST=$work/pg
 
 # start_bouncer NAME BINARY TRANSPORT: a PgBouncer with the same pool size and mode, on its own
 # port; it refuses to run as root, so it runs as nobody. Sets BOUNCER_PORT and BOUNCER_PID.
@@ -102,7 +117,7 @@ start_bouncer() {
     printf '"bench" "%s"\n' "$PASSWORD" > "$dir/userlist.txt"
     chmod 600 "$dir/userlist.txt"
     {
-        pgbouncer_ini "$PG_PORT" "$BOUNCER_PORT" "$dir"
+        pgbouncer_ini "$PG_PORT" "$BOUNCER_PORT" "$dir" "$PG_HOST"
         printf 'max_client_conn = 11000\nmax_db_connections = 20\nserver_tls_sslmode = disable\n'
     } > "$dir/pgbouncer.ini"
     if [ "$transport" = tls ]; then
@@ -127,7 +142,7 @@ start_pgbay() {
     POOLER_PORT=$(free_port)
     [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
     PGBAY_POOLER_PASSWORD="$PASSWORD" "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" \
-        --backend-host 127.0.0.1 --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
+        --backend-host "$PG_HOST" --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
         --size 20 --max-client-conn 11000 "${tls_args[@]}" ${POOLER_THREADS:+--threads "$POOLER_THREADS"} \
         > "$work/$name.log" 2>&1 &
     pids+=($!)
@@ -138,6 +153,12 @@ start_pgbay() {
 
 # Targets: "name transport port pid" (pid empty for PostgreSQL itself).
 targets=("postgres plain $PG_PORT -")
+if [ "$FLOOR" = 1 ] && [[ " $TLS " == *" plain "* ]]; then
+    floor_port=$(free_port)
+    "$FLOOR_BIN" --listen "127.0.0.1:$floor_port" --backend "127.0.0.1:$PG_PORT" > "$work/floor.log" 2>&1 &
+    pids+=($!)
+    targets+=("floor plain $floor_port $!")
+fi
 bouncer_old_version=$(pgbouncer --version | head -1)
 bouncer_new_version=""
 for transport in $TLS; do
@@ -163,7 +184,7 @@ mkdir -p bench/results
 {
     echo "# Pooler benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $bouncer_old_version${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $bouncer_old_version${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext over $([ "$BACKEND" = unix ] && echo "its Unix socket" || echo "TCP loopback")."
     if [ "$POOLER_TLS" = no ] && [[ " $TLS " == *" tls "* ]]; then
         echo
         echo "pgbay over TLS: skipped, the standalone example takes no certificate (no --tls-cert)."
@@ -239,7 +260,7 @@ for round in $(seq "$ROUNDS"); do
             for ((i = 0; i < n; i++)); do
                 read -r name transport port pid <<< "${targets[$(((i + round - 1) % n))]}"
                 db=bench
-                [ "$name" = postgres ] && db=postgres
+                [ "$name" = postgres ] || [ "$name" = floor ] && db=postgres
                 run_pgbench "$name" "$transport" "$port" "$pid" "$mode" "$c" "$db"
             done
         done
@@ -304,7 +325,7 @@ idle_clients() { # name transport port pid n
 for n in "$IDLE" "$MANY"; do
     for t in "${targets[@]}"; do
         read -r name transport port pid <<< "$t"
-        [ "$name" = postgres ] && continue
+        [ "$name" = postgres ] || [ "$name" = floor ] && continue
         idle_clients "$name" "$transport" "$port" "$pid" "$n"
     done
 done

@@ -1,8 +1,9 @@
 //! A TLS 1.3 client connection after its handshake, with its records protected by pgbay itself
-//! (rustls' own AEAD, with the keys rustls negotiated), as kTLS would: the connection owns no
-//! buffer while its client is idle, and a transaction costs one decryption and one encryption
-//! without rustls' buffered-connection machinery (a plaintext copy into a queue and out of it,
-//! a state machine for each record).
+//! (with the keys rustls negotiated: rustls' decrypter, and ring's AEAD — rustls' own — sealing
+//! records in place), as kTLS would: the connection owns no buffer while its client is idle
+//! (it borrows its thread's while it reads or writes), and a transaction costs one decryption
+//! and one encryption without rustls' buffered-connection machinery (a plaintext copy into a
+//! queue and out of it, a state machine and a buffer for each record).
 //!
 //! How it is set up (`take_over`): the handshake is rustls' (`tokio_rustls`), over `Aligned`,
 //! which hands rustls whole TLS records only, so that when the handshake ends rustls holds no
@@ -17,13 +18,13 @@
 //! pooler to one client connection): the client reconnects. Any alert other than close_notify,
 //! or any record that is not application data, ends the connection too.
 
+use std::cell::Cell;
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
-};
+use ring::aead;
+use rustls::crypto::cipher::{make_tls13_aad, InboundOpaqueMessage, Iv, MessageDecrypter, Nonce};
 use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -40,6 +41,42 @@ const MAX_RECORD: usize = HEADER + (1 << 14) + 256;
 const MAX_FRAGMENT: usize = 1 << 14;
 /// Plaintext encrypted per `poll_write` call at most (the rest waits for the next call).
 const WRITE_BATCH: usize = 4 * MAX_FRAGMENT;
+
+/// The largest buffer a thread keeps for lending (`lend`).
+const SPARE_MAX: usize = 4 * MAX_RECORD;
+/// The AEAD tag of every TLS 1.3 cipher suite (AES-GCM, ChaCha20-Poly1305).
+const TAG: usize = 16;
+
+thread_local! {
+    /// A receive and a send buffer each thread lends to the connection it reads or writes: a
+    /// connection gives one back once everything in it was handed out or sent, so a
+    /// transaction's records cost no allocation and an idle client still holds no buffer.
+    static SPARE_IN: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static SPARE_OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+type Spare = std::thread::LocalKey<Cell<Vec<u8>>>;
+
+/// This thread's spare buffer of a kind (empty, with no capacity if a connection has it).
+fn lend(spare: &'static Spare) -> Vec<u8> {
+    spare.with(Cell::take)
+}
+
+/// Gives an emptied buffer back to this thread: the larger of it and the spare kept.
+fn give_back(spare: &'static Spare, mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_MAX {
+        return;
+    }
+    buf.clear();
+    spare.with(|spare| {
+        let kept = spare.take();
+        spare.set(if kept.capacity() >= buf.capacity() {
+            kept
+        } else {
+            buf
+        });
+    });
+}
 
 /// The length of the whole record at the start of `buf`, once its header is there.
 fn record_len(buf: &[u8]) -> Option<usize> {
@@ -166,13 +203,13 @@ pub fn take_over(aligned: Aligned, mut conn: ServerConnection) -> io::Result<Cli
     };
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
+    let tx = Sealer::new(tx)?;
     let (rx_key, rx_iv) = keys(rx)?;
-    let (tx_key, tx_iv) = keys(tx)?;
     Ok(ClientStream::Tls13(Box::new(Tls13 {
         tcp,
         rx: suite.aead_alg.decrypter(rx_key, rx_iv),
         rx_seq,
-        tx: suite.aead_alg.encrypter(tx_key, tx_iv),
+        tx,
         tx_seq,
         tx_limit: suite.common.confidentiality_limit,
         inbuf,
@@ -190,7 +227,7 @@ pub struct Tls13 {
     tcp: TcpStream,
     rx: Box<dyn MessageDecrypter>,
     rx_seq: u64,
-    tx: Box<dyn MessageEncrypter>,
+    tx: Sealer,
     tx_seq: u64,
     tx_limit: u64,
     /// Received bytes: decrypted plaintext not handed out yet at `plain`, records still to
@@ -248,32 +285,38 @@ impl Tls13 {
         Ok(())
     }
 
-    /// Encrypts `chunk` (at most `MAX_FRAGMENT` bytes) of content `typ` into `outbuf`.
+    /// Encrypts `chunk` (at most `MAX_FRAGMENT` bytes) of content `typ` into a record at the
+    /// end of `outbuf` (RFC 8446, 5.2: the plaintext and its content type sealed in place, the
+    /// record header as additional data, the nonce the IV with the record's sequence number).
     fn seal(&mut self, typ: ContentType, chunk: &[u8]) -> io::Result<()> {
         if self.tx_seq >= self.tx_limit {
             return Err(bad("confidentiality limit reached, reconnect"));
         }
-        let msg = OutboundPlainMessage {
-            typ,
-            version: ProtocolVersion::TLSv1_2,
-            payload: OutboundChunks::Single(chunk),
-        };
-        let sealed = self
-            .tx
-            .encrypt(msg, self.tx_seq)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        self.tx_seq += 1;
-        let record = sealed.encode();
-        if self.outbuf.is_empty() {
-            self.outbuf = record;
-            self.sent = 0;
-        } else {
-            self.outbuf.extend_from_slice(&record);
+        if self.outbuf.capacity() == 0 {
+            self.outbuf = lend(&SPARE_OUT);
         }
+        let header = make_tls13_aad(chunk.len() + 1 + TAG);
+        let start = self.outbuf.len();
+        self.outbuf.reserve(HEADER + chunk.len() + 1 + TAG);
+        self.outbuf.extend_from_slice(&header);
+        self.outbuf.extend_from_slice(chunk);
+        self.outbuf.push(u8::from(typ));
+        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.tx.iv, self.tx_seq).0);
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(
+                nonce,
+                aead::Aad::from(header),
+                &mut self.outbuf[start + HEADER..],
+            )
+            .map_err(|_| io::Error::other("TLS: encryption failed"))?;
+        self.outbuf.extend_from_slice(tag.as_ref());
+        self.tx_seq += 1;
         Ok(())
     }
 
-    /// Sends `outbuf`; Ready once all of it is sent (and then frees it).
+    /// Sends `outbuf`; Ready once all of it is sent (and then gives it back).
     fn send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.outbuf.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outbuf[self.sent..]))?;
@@ -282,9 +325,35 @@ impl Tls13 {
             }
             self.sent += n;
         }
-        self.outbuf = Vec::new();
+        give_back(&SPARE_OUT, std::mem::take(&mut self.outbuf));
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The sending direction's key: ring's AEAD (rustls' own, in its `ring` provider) with the key
+/// and IV rustls negotiated.
+struct Sealer {
+    key: aead::LessSafeKey,
+    iv: Iv,
+}
+
+impl Sealer {
+    fn new(secret: ConnectionTrafficSecrets) -> io::Result<Sealer> {
+        let (alg, key, iv) = match secret {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv)
+            }
+            _ => return Err(io::Error::other("TLS: unsupported cipher")),
+        };
+        let key = aead::UnboundKey::new(alg, key.as_ref())
+            .map_err(|_| io::Error::other("TLS: bad traffic key"))?;
+        Ok(Sealer {
+            key: aead::LessSafeKey::new(key),
+            iv,
+        })
     }
 }
 
@@ -303,7 +372,7 @@ impl AsyncRead for Tls13 {
                 this.plain.0 += n;
                 if this.plain.0 == to && this.next == this.inbuf.len() {
                     // All handed out: an idle client holds no buffer.
-                    this.inbuf = Vec::new();
+                    give_back(&SPARE_IN, std::mem::take(&mut this.inbuf));
                     this.plain = (0, 0);
                     this.next = 0;
                 }
@@ -331,13 +400,24 @@ impl AsyncRead for Tls13 {
                 this.next = 0;
                 this.plain = (0, 0);
             }
+            if this.inbuf.capacity() == 0 {
+                this.inbuf = lend(&SPARE_IN);
+            }
             let want = record_len(&this.inbuf).unwrap_or(HEADER).max(2048);
             this.inbuf.reserve(want.saturating_sub(this.inbuf.len()));
             let len = this.inbuf.len();
             let spare = this.inbuf.spare_capacity_mut();
             let mut rb = ReadBuf::uninit(spare);
-            ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut rb))?;
+            let polled = Pin::new(&mut this.tcp).poll_read(cx, &mut rb);
             let n = rb.filled().len();
+            if polled.is_pending() {
+                // Readiness the socket did not have after all: a lent buffer goes back.
+                if this.inbuf.is_empty() {
+                    give_back(&SPARE_IN, std::mem::take(&mut this.inbuf));
+                }
+                return Poll::Pending;
+            }
+            ready!(polled)?;
             if n == 0 {
                 this.eof = Some(false);
                 continue;
@@ -391,6 +471,107 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[test]
+    fn a_thread_lends_its_spare_buffer_once_and_keeps_the_larger() {
+        std::thread::spawn(|| {
+            assert_eq!(lend(&SPARE_IN).capacity(), 0, "a new thread has no spare");
+            let mut used = Vec::with_capacity(4096);
+            used.extend_from_slice(b"handed out");
+            give_back(&SPARE_IN, used);
+            assert_eq!(lend(&SPARE_OUT).capacity(), 0, "one spare of each kind");
+            let lent = lend(&SPARE_IN);
+            assert!(lent.is_empty() && lent.capacity() >= 4096);
+            assert_eq!(
+                lend(&SPARE_IN).capacity(),
+                0,
+                "lent to one connection at a time"
+            );
+            give_back(&SPARE_IN, Vec::with_capacity(2048));
+            give_back(&SPARE_IN, lent);
+            assert!(lend(&SPARE_IN).capacity() >= 4096, "the larger one is kept");
+            give_back(&SPARE_IN, Vec::with_capacity(SPARE_MAX + 1));
+            assert_eq!(
+                lend(&SPARE_IN).capacity(),
+                0,
+                "an oversized buffer is freed"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Echoes what `s` reads until the end of its stream.
+    async fn echo(s: &mut ClientStream) -> io::Result<()> {
+        let mut buf = vec![0u8; 7000];
+        loop {
+            match s.read(&mut buf).await? {
+                0 => return Ok(()),
+                n => {
+                    s.write_all(&buf[..n]).await.unwrap();
+                    s.flush().await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// Each TLS 1.3 cipher suite: the records `take_over`'s stream seals open at a verifying
+    /// rustls client and the client's open here, one byte and several records' worth.
+    #[tokio::test]
+    async fn every_tls13_cipher_suite_round_trips() {
+        use rustls::CipherSuite::*;
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cfg = crate::config::TlsConfig {
+            cert_chain_pem: cert.cert.pem(),
+            key_pem: cert.key_pair.serialize_pem(),
+            required: false,
+        };
+        let acceptor = crate::tls::acceptor(&cfg).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        for suite in [
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let acceptor = acceptor.clone();
+            let server = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
+                let (aligned, conn) = tls.into_inner();
+                let mut s = take_over(aligned, conn).unwrap();
+                echo(&mut s).await
+            });
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites.retain(|s| s.suite() == suite);
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut c = connector.connect(name, tcp).await.unwrap();
+            let negotiated = c.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+            assert_eq!(negotiated, Some(suite));
+            let mut one = [0u8; 1];
+            c.write_all(b"1").await.unwrap();
+            c.flush().await.unwrap();
+            c.read_exact(&mut one).await.unwrap();
+            assert_eq!(&one, b"1", "{suite:?}");
+            c.write_all(&big).await.unwrap();
+            c.flush().await.unwrap();
+            let mut back = vec![0u8; big.len()];
+            c.read_exact(&mut back).await.unwrap();
+            assert!(back == big, "{suite:?}: the echo differs");
+            c.shutdown().await.unwrap();
+            server.await.unwrap().unwrap();
+        }
+    }
+
     /// A TLS 1.3 client (rustls, as tokio-postgres-rustls uses it) against `take_over`'s
     /// stream: records both ways (one larger than a record), bytes sent right after the
     /// handshake, close_notify as the end of the stream; and a KeyUpdate refused.
@@ -413,19 +594,7 @@ mod tests {
                 let (aligned, conn) = tls.into_inner();
                 let mut s = take_over(aligned, conn).unwrap();
                 assert!(matches!(s, ClientStream::Tls13(_)));
-                // Echo until the end of the stream.
-                let mut buf = vec![0u8; 7000];
-                let end = loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            s.write_all(&buf[..n]).await.unwrap();
-                            s.flush().await.unwrap();
-                        }
-                        Err(e) => break Err(e),
-                    }
-                };
-                results.push(end);
+                results.push(echo(&mut s).await);
             }
             results
         });

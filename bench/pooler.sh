@@ -30,8 +30,8 @@
 #
 # TLS: one self-signed certificate (ECDSA P-256, made with openssl in the bench's temp dir) serves
 # every pooler; PgBouncer runs with client_tls_sslmode=require. Poolers reach PostgreSQL in
-# plaintext in every case (TCP loopback or its Unix socket, as BACKEND says) (PostgreSQL here offers no TLS), so the TLS rows differ from the
-# plain ones by the client side only. No password is passed on a command line by this script
+# plaintext in every case, over TCP loopback or its Unix socket as BACKEND says (PostgreSQL here
+# offers no TLS), so the TLS rows differ from the plain ones by the client side only. No password is passed on a command line by this script
 # (PGPASSWORD, userlist files, PGBAY_POOLER_PASSWORD for the standalone example).
 set -euo pipefail
 cd "$(dirname "$0")/.."

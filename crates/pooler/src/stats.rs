@@ -178,10 +178,13 @@ pub(crate) struct Tally {
     pub t: PoolTotals,
     query_start: u64,
     xact_start: u64,
+    /// The latest clock reading (`now_us`) taken here, for the check-out and check-in around
+    /// it to use instead of reading the clock again.
+    clock: u64,
 }
 
 impl Tally {
-    /// A request arrives from the client: a query starts unless one is running.
+    /// More of a request arrives from the client: a query starts unless one is running.
     #[inline]
     pub fn query_starts(&mut self) {
         if self.query_start == 0 {
@@ -189,12 +192,37 @@ impl Tally {
         }
     }
 
+    /// A request arrives and needs a server connection: `query_starts`, returning the clock's
+    /// reading (`now_us`, always a new one) for the check-out that follows.
+    #[inline]
+    pub fn request_starts(&mut self) -> u64 {
+        let now = now_us();
+        if self.query_start == 0 {
+            self.start_query_at(now);
+        }
+        self.clock = now;
+        now
+    }
+
     /// `now_us` when the running query started (0: none is).
     pub fn query_start(&self) -> u64 {
         self.query_start
     }
 
+    /// The latest `now_us` reading taken by this tally (at a query's start, after a wait or at
+    /// a ReadyForQuery), or a new one if it has none yet: for checking a server connection in
+    /// right after its last ReadyForQuery, where a reading older than that (a period that ended
+    /// otherwise) only makes its next check-out probe it sooner and its `server_lifetime` end
+    /// a moment later.
+    pub fn clock(&mut self) -> u64 {
+        if self.clock == 0 {
+            self.clock = now_us();
+        }
+        self.clock
+    }
+
     fn start_query_at(&mut self, now: u64) {
+        self.clock = now;
         self.t.queries += 1;
         self.query_start = now;
         if self.xact_start == 0 {
@@ -209,6 +237,7 @@ impl Tally {
         let q = self.query_start;
         if q != 0 {
             let now = now_us();
+            self.clock = now;
             self.t.wait_time_us += now.saturating_sub(q);
             self.query_start = now;
             if self.xact_start == q {
@@ -222,6 +251,7 @@ impl Tally {
     #[inline]
     pub fn ready(&mut self, idle: bool, counters: &PoolCounters) {
         let now = now_us();
+        self.clock = now;
         if self.query_start != 0 {
             self.t.query_time_us += now.saturating_sub(self.query_start);
             self.query_start = 0;

@@ -378,7 +378,8 @@ impl Server {
     /// real non-blocking peek before a client's transaction is sent to it. The reactor is asked
     /// with a `try_read`, which makes no syscall while it has seen nothing and, unlike polling
     /// for readiness, registers no waker (which takes the readiness lock on every checkout).
-    pub fn is_alive(&mut self) -> bool {
+    /// `now_us`: a `stats::now_us` reading of the caller's, to tell the idle time.
+    pub fn is_alive(&mut self, now_us: u64) -> bool {
         if !self.bufs.is_empty() || self.status != txn::IDLE {
             return false;
         }
@@ -388,7 +389,7 @@ impl Server {
             // or end of file.
             Ok(_) => false,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let idle_us = crate::stats::now_us().saturating_sub(self.last_used_us);
+                let idle_us = now_us.saturating_sub(self.last_used_us);
                 idle_us < PROBE_AFTER_IDLE.as_micros() as u64 || self.stream.nothing_to_read()
             }
             Err(_) => false,

@@ -160,7 +160,7 @@ async fn request(
         }
     }
     // A request arrived: the query (and maybe a transaction) starts now.
-    client.tally.query_starts();
+    let now_us = client.tally.request_starts();
     client.info.request_us.store(
         client.tally.query_start(),
         std::sync::atomic::Ordering::Relaxed,
@@ -173,7 +173,7 @@ async fn request(
         tries += 1;
         // Counted as waiting only when it has to: a connection at hand goes straight to
         // active.
-        let acquired = match pool.try_acquire(st) {
+        let acquired = match pool.try_acquire(st, now_us) {
             Some(g) => Ok(g),
             None => {
                 client.set_state(ClientState::Waiting);
@@ -228,7 +228,7 @@ async fn request(
             return false;
         }
     }
-    guard.release(st);
+    guard.release(st, client.tally.clock());
     if pool.drain.is_cancelled() {
         drained(client).await;
         return false;

@@ -12,14 +12,15 @@ impl Pool {
     }
 
     /// The fast path of `acquire`: an idle connection, if there is one, without waiting.
-    /// `st` is the caller's copy of `state()` (see `state_version`).
-    pub fn try_acquire(self: &Arc<Self>, st: &PoolState) -> Option<ServerGuard> {
+    /// `st` is the caller's copy of `state()` (see `state_version`); `now_us` the caller's
+    /// latest `stats::now_us` reading (its request's start: a clock read saved).
+    pub fn try_acquire(self: &Arc<Self>, st: &PoolState, now_us: u64) -> Option<ServerGuard> {
         if self.drain.is_cancelled() {
             return None;
         }
         loop {
             let s = self.hot.inner.lock().idle.pop()?;
-            if let Some(g) = self.lend(s, st) {
+            if let Some(g) = self.lend(s, st, now_us) {
                 return Some(g);
             }
         }
@@ -28,8 +29,13 @@ impl Pool {
     /// Lends a connection taken from the idle list if it may still serve; closes it otherwise.
     /// (`server_lifetime` is checked at check-in and by the upkeep, not here: a clock read
     /// per transaction saved, at the price of a connection living up to one `upkeep::TICK` longer.)
-    fn lend(self: &Arc<Self>, mut s: Box<Server>, st: &PoolState) -> Option<ServerGuard> {
-        if s.gen == st.gen && s.is_alive() {
+    fn lend(
+        self: &Arc<Self>,
+        mut s: Box<Server>,
+        st: &PoolState,
+        now_us: u64,
+    ) -> Option<ServerGuard> {
+        if s.gen == st.gen && s.is_alive(now_us) {
             s.clean = false;
             s.set_state(ServerState::Active);
             return Some(ServerGuard {
@@ -86,7 +92,7 @@ impl Pool {
             };
             match grant {
                 Grant::Server(s) => {
-                    if let Some(g) = self.lend(s, &self.state()) {
+                    if let Some(g) = self.lend(s, &self.state(), crate::stats::now_us()) {
                         return Ok(g);
                     }
                 }
@@ -173,8 +179,8 @@ impl Pool {
 
     /// Takes a connection back. Connections that are not clean, too old, from an older
     /// configuration or beyond the pool's size are closed.
-    pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState) {
-        let now = crate::stats::now_us();
+    /// `now`: a `stats::now_us` reading taken just before (the caller's, or a new one).
+    pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState, now: u64) {
         let unusable = if !server.clean || server.status != txn::IDLE || !server.bufs.is_empty() {
             Some("not at a clean transaction boundary")
         } else if server.gen != st.gen {
@@ -321,11 +327,11 @@ impl ServerGuard {
 }
 
 impl ServerGuard {
-    /// Checks the connection in with the caller's copy of the pool state (dropping the guard
-    /// does the same but reads the state again).
-    pub fn release(mut self, st: &PoolState) {
+    /// Checks the connection in with the caller's copy of the pool state and its latest
+    /// `stats::now_us` reading (dropping the guard does the same but reads both again).
+    pub fn release(mut self, st: &PoolState, now_us: u64) {
         if let Some(s) = self.server.take() {
-            self.pool.checkin(s, st);
+            self.pool.checkin(s, st, now_us);
         }
     }
 }
@@ -333,7 +339,8 @@ impl ServerGuard {
 impl Drop for ServerGuard {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
-            self.pool.checkin(s, &self.pool.state());
+            self.pool
+                .checkin(s, &self.pool.state(), crate::stats::now_us());
         }
     }
 }

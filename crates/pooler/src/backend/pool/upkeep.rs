@@ -103,7 +103,7 @@ pub(super) async fn maintain(pool: Weak<Pool>, drain: CancellationToken) {
                 match pool.connect(slot).await {
                     Ok(mut s) => {
                         s.clean = true;
-                        pool.checkin(s, &pool.state());
+                        pool.checkin(s, &pool.state(), crate::stats::now_us());
                     }
                     Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 }

@@ -500,6 +500,17 @@ mod tests {
         .unwrap();
     }
 
+    /// A self-signed certificate for `localhost`, and the pooler's acceptor presenting it.
+    fn localhost_acceptor() -> (rcgen::CertifiedKey, tokio_rustls::TlsAcceptor) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cfg = crate::config::TlsConfig {
+            cert_chain_pem: cert.cert.pem(),
+            key_pem: cert.key_pair.serialize_pem(),
+            required: false,
+        };
+        (cert, crate::tls::acceptor(&cfg).unwrap())
+    }
+
     /// Echoes what `s` reads until the end of its stream.
     async fn echo(s: &mut ClientStream) -> io::Result<()> {
         let mut buf = vec![0u8; 7000];
@@ -519,13 +530,7 @@ mod tests {
     #[tokio::test]
     async fn every_tls13_cipher_suite_round_trips() {
         use rustls::CipherSuite::*;
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let cfg = crate::config::TlsConfig {
-            cert_chain_pem: cert.cert.pem(),
-            key_pem: cert.key_pair.serialize_pem(),
-            required: false,
-        };
-        let acceptor = crate::tls::acceptor(&cfg).unwrap();
+        let (cert, acceptor) = localhost_acceptor();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
         let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
@@ -577,13 +582,7 @@ mod tests {
     /// handshake, close_notify as the end of the stream; and a KeyUpdate refused.
     #[tokio::test]
     async fn serves_a_rustls_client_and_refuses_key_updates() {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let cfg = crate::config::TlsConfig {
-            cert_chain_pem: cert.cert.pem(),
-            key_pem: cert.key_pair.serialize_pem(),
-            required: false,
-        };
-        let acceptor = crate::tls::acceptor(&cfg).unwrap();
+        let (_, acceptor) = localhost_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {

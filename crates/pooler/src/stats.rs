@@ -209,15 +209,11 @@ impl Tally {
         self.query_start
     }
 
-    /// The latest `now_us` reading taken by this tally (at a query's start, after a wait or at
-    /// a ReadyForQuery), or a new one if it has none yet: for checking a server connection in
-    /// right after its last ReadyForQuery, where a reading older than that (a period that ended
-    /// otherwise) only makes its next check-out probe it sooner and its `server_lifetime` end
-    /// a moment later.
-    pub fn clock(&mut self) -> u64 {
-        if self.clock == 0 {
-            self.clock = now_us();
-        }
+    /// The latest `now_us` reading taken by this tally (at a request's or query's start, after
+    /// a wait or at a ReadyForQuery): for checking a server connection in right after its last
+    /// ReadyForQuery, where a reading older than that (a period that ended otherwise) only
+    /// makes its next check-out probe it sooner and its `server_lifetime` end a moment later.
+    pub fn clock(&self) -> u64 {
         self.clock
     }
 

@@ -24,7 +24,9 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use ring::aead;
-use rustls::crypto::cipher::{make_tls13_aad, InboundOpaqueMessage, Iv, MessageDecrypter, Nonce};
+use rustls::crypto::cipher::{
+    make_tls13_aad, AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, Nonce,
+};
 use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -195,16 +197,10 @@ pub fn take_over(aligned: Aligned, mut conn: ServerConnection) -> io::Result<Cli
     let secrets = conn
         .dangerous_extract_secrets()
         .map_err(|e| io::Error::other(format!("TLS secrets: {e}")))?;
-    let keys = |s: ConnectionTrafficSecrets| match s {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
-        _ => Err(io::Error::other("TLS: unsupported cipher")),
-    };
     let (rx_seq, rx) = secrets.rx;
     let (tx_seq, tx) = secrets.tx;
     let tx = Sealer::new(tx)?;
-    let (rx_key, rx_iv) = keys(rx)?;
+    let (_, rx_key, rx_iv) = traffic_keys(rx)?;
     Ok(ClientStream::Tls13(Box::new(Tls13 {
         tcp,
         rx: suite.aead_alg.decrypter(rx_key, rx_iv),
@@ -338,16 +334,23 @@ struct Sealer {
     iv: Iv,
 }
 
+/// One direction's traffic key and IV, with ring's name for its AEAD (the TLS 1.3 suites).
+fn traffic_keys(
+    secret: ConnectionTrafficSecrets,
+) -> io::Result<(&'static aead::Algorithm, AeadKey, Iv)> {
+    match secret {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => Ok((&aead::AES_128_GCM, key, iv)),
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => Ok((&aead::AES_256_GCM, key, iv)),
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+            Ok((&aead::CHACHA20_POLY1305, key, iv))
+        }
+        _ => Err(io::Error::other("TLS: unsupported cipher")),
+    }
+}
+
 impl Sealer {
     fn new(secret: ConnectionTrafficSecrets) -> io::Result<Sealer> {
-        let (alg, key, iv) = match secret {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv)
-            }
-            _ => return Err(io::Error::other("TLS: unsupported cipher")),
-        };
+        let (alg, key, iv) = traffic_keys(secret)?;
         let key = aead::UnboundKey::new(alg, key.as_ref())
             .map_err(|_| io::Error::other("TLS: bad traffic key"))?;
         Ok(Sealer {

@@ -2,7 +2,8 @@
 
 Prints `ready N` once every connection is logged in and has run its query, then holds them until
 stdin is closed. Used by bench/pooler.sh to measure the pooler's memory per idle client and that
-10,000 concurrent clients on one pool work.
+10,000 concurrent clients on one pool work. A line `query` on stdin has every held connection run
+`SELECT 1` again, after all of them have idled (bench/idle_many.sh), and prints `queried N failed M`.
 """
 
 import asyncio
@@ -30,7 +31,27 @@ async def main(dsn: str, n: int, concurrency: int) -> None:
 
     await asyncio.gather(*(one() for _ in range(n)))
     print(f"ready {len(conns)} failed {failures}", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    loop = asyncio.get_running_loop()
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "query":
+        ok = 0
+        failed = 0
+
+        async def again(conn: psycopg.AsyncConnection) -> None:
+            nonlocal ok, failed
+            async with gate:
+                try:
+                    cur = await conn.execute("SELECT 1")
+                    if await cur.fetchone() == (1,):
+                        ok += 1
+                    else:
+                        failed += 1
+                except Exception as e:
+                    failed += 1
+                    if failed <= 3:
+                        print(f"query failed: {e}", file=sys.stderr, flush=True)
+
+        await asyncio.gather(*(again(c) for c in conns))
+        print(f"queried {ok} failed {failed}", flush=True)
     for c in conns:
         await c.close()
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -56,25 +56,27 @@ pub type Values = [Option<Box<str>>; TRACKED.len()];
 /// Source of `ClientParams::id`s; 0 is never issued.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Value sets seen so far and their ids, so that clients with equal values share an id.
-static INTERNED: OnceLock<Mutex<HashMap<Values, u64>>> = OnceLock::new();
+/// Value sets seen so far and their ids, so that clients with equal values share an id, and the
+/// values themselves: an idle client holds a pointer, not its own copy of every slot.
+static INTERNED: OnceLock<Mutex<HashMap<Arc<Values>, u64>>> = OnceLock::new();
 
 /// At most this many value sets are interned; beyond, new sets get ids of their own (still
 /// correct, only compared in full more often).
 const MAX_INTERNED: usize = 4096;
 
-/// The id of a set of values: equal ids mean equal values. Called at login and when a value
-/// changes, never per transaction.
-fn id_of(values: &Values) -> u64 {
+/// A set of values, shared with every client that has the same, and its id: equal ids mean
+/// equal values. Called at login and when a value changes, never per transaction.
+fn intern(values: Values) -> (Arc<Values>, u64) {
     let mut map = INTERNED.get_or_init(Default::default).lock();
-    if let Some(id) = map.get(values) {
-        return *id;
+    if let Some((shared, id)) = map.get_key_value(&values) {
+        return (shared.clone(), *id);
     }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let values = Arc::new(values);
     if map.len() < MAX_INTERNED {
         map.insert(values.clone(), id);
     }
-    id
+    (values, id)
 }
 
 /// A client's values plus an identity shared by every client with the same values and
@@ -82,7 +84,8 @@ fn id_of(values: &Values) -> u64 {
 /// exactly those values, which spares comparing them all on every transaction.
 #[derive(Debug)]
 pub struct ClientParams {
-    values: Values,
+    /// Shared and copied on change (`intern`).
+    values: Arc<Values>,
     id: u64,
     /// Bit i: the client's statements since the last read-back may have changed `TRACKED[i]`
     /// (only unreported ones are marked; see `frontend::relay::session_state`).
@@ -91,7 +94,7 @@ pub struct ClientParams {
 
 impl ClientParams {
     pub fn new(values: Values) -> ClientParams {
-        let id = id_of(&values);
+        let (values, id) = intern(values);
         ClientParams {
             values,
             id,
@@ -102,6 +105,23 @@ impl ClientParams {
     #[cfg(test)]
     pub fn values(&self) -> &Values {
         &self.values
+    }
+
+    /// Gives the values in `changes` (index, value); true when one differed.
+    fn set(&mut self, changes: impl IntoIterator<Item = (usize, Option<Box<str>>)>) -> bool {
+        let mut changed: Option<Values> = None;
+        for (i, value) in changes {
+            if self.values[i] != value {
+                changed.get_or_insert_with(|| (*self.values).clone())[i] = value;
+            }
+        }
+        match changed {
+            Some(values) => {
+                (self.values, self.id) = intern(values);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -137,8 +157,7 @@ impl ServerParams {
         let matched = self.matches != 0 && self.matches == client.id;
         self.reported(name, value, false);
         if client.values[i].as_deref() != Some(value) {
-            client.values[i] = Some(value.into());
-            client.id = id_of(&client.values);
+            client.set([(i, Some(value.into()))]);
         }
         if matched {
             self.matches = client.id;
@@ -155,16 +174,7 @@ impl ServerParams {
         match client {
             Some(client) => {
                 let matched = self.matches != 0 && self.matches == client.id;
-                let mut changed = false;
-                for (i, v) in read {
-                    if client.values[*i].as_deref() != Some(v) {
-                        client.values[*i] = Some(v.clone());
-                        changed = true;
-                    }
-                }
-                if changed {
-                    client.id = id_of(&client.values);
-                }
+                client.set(read.iter().map(|(i, v)| (*i, Some(v.clone()))));
                 self.matches = if matched { client.id } else { 0 };
             }
             None => self.matches = 0,
@@ -178,8 +188,7 @@ impl ServerParams {
     pub fn learned_one(&mut self, i: usize, value: Option<Box<str>>, client: &mut ClientParams) {
         let matched = self.matches != 0 && self.matches == client.id;
         if client.values[i] != value {
-            client.values[i] = value.clone();
-            client.id = id_of(&client.values);
+            client.set([(i, value.clone())]);
         }
         if self.current[i] != value {
             self.current[i] = value;

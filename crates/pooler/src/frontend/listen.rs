@@ -157,7 +157,7 @@ async fn farewell(client: &mut Client, over: Over, mut unsent: BytesMut) {
                 Over::Client(n) => ("client", n),
                 Over::Total(n) => ("total", n),
             };
-            client.span.in_scope(|| {
+            client.span().in_scope(|| {
                 tracing::warn!(
                     pool = %client.pool.name,
                     code = error.code(),

@@ -223,7 +223,7 @@ async fn request(
         Ok(false) => return false,
         Err(end) => {
             client
-                .span
+                .span()
                 .in_scope(|| tracing::debug!(?end, "session ended"));
             return false;
         }
@@ -472,7 +472,7 @@ async fn attached(
             }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
-                    client.span.in_scope(
+                    client.span().in_scope(
                         || tracing::debug!(error = %e, "reset failed, closing server connection"),
                     );
                     server.close_reason = Some("reset failed");
@@ -620,7 +620,7 @@ async fn sync_params(client: &mut Client, server: &mut Server) -> Result<(), Syn
         Err(crate::backend::ServerError::Server { code, message })
             if !code.starts_with("57") && !code.starts_with("08") =>
         {
-            client.span.in_scope(
+            client.span().in_scope(
                 || tracing::warn!(code = %code, "the server refused the client's parameters"),
             );
             // The connection itself is fine, its values unsure.
@@ -630,7 +630,7 @@ async fn sync_params(client: &mut Client, server: &mut Server) -> Result<(), Syn
         }
         Err(e) => {
             client
-                .span
+                .span()
                 .in_scope(|| tracing::info!(error = %e, "server connection dead when lent"));
             server.close_reason = Some("server connection lost");
             Err(Synced::Dead(e))
@@ -655,7 +655,7 @@ async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> Settled
     let result = session_state::read_back(server, Some(&mut client.params), dirty).await;
     if let Err(e) = &result {
         client
-            .span
+            .span()
             .in_scope(|| tracing::warn!(error = %e, "could not read back session parameters"));
         if !matches!(e, crate::backend::ServerError::Server { .. }) {
             server.close_reason = Some("server connection lost");

@@ -580,6 +580,72 @@ mod tests {
         }
     }
 
+    /// A read that filled the receive buffer exactly leaves tokio's readiness set with nothing
+    /// left on the socket: the next `poll_read` finds the readiness stale, gives the lent buffer
+    /// back (an idle client holds none) and waits; the connection then reads on as before.
+    #[tokio::test]
+    async fn stale_readiness_gives_the_lent_buffer_back() {
+        let (_, acceptor) = localhost_acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
+            let (aligned, conn) = tls.into_inner();
+            take_over(aligned, conn).unwrap()
+        });
+        let connector = crate::tls::backend_connector();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = connector.connect(name, tcp).await.unwrap();
+        let ClientStream::Tls13(mut s) = server.await.unwrap() else {
+            panic!("not served by Tls13");
+        };
+        assert_eq!(
+            s.inbuf.capacity(),
+            0,
+            "nothing was sent after the handshake"
+        );
+        assert_eq!(
+            lend(&SPARE_IN).capacity(),
+            0,
+            "this thread lent nothing yet"
+        );
+        // One record of exactly the 2,048 bytes a first read reserves: header, plaintext,
+        // content type and tag.
+        let plain: Vec<u8> = (0..2048 - HEADER - 1 - TAG).map(|i| i as u8).collect();
+        c.write_all(&plain).await.unwrap();
+        c.flush().await.unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = s.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &plain[..]);
+        assert_eq!(
+            s.inbuf.capacity(),
+            0,
+            "all handed out: the buffer went back"
+        );
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(
+            s.tcp.poll_read_ready(&mut cx).is_ready(),
+            "the exact fill left the readiness set (the case under test)"
+        );
+        let mut rb = ReadBuf::new(&mut got);
+        assert!(Pin::new(&mut *s).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(s.inbuf.capacity(), 0, "the stale read gave the buffer back");
+        assert!(
+            s.tcp.poll_read_ready(&mut cx).is_pending(),
+            "readiness cleared"
+        );
+        let spare = lend(&SPARE_IN);
+        assert_eq!(spare.capacity(), 2048, "the thread has its buffer again");
+        give_back(&SPARE_IN, spare);
+        c.write_all(b"after").await.unwrap();
+        c.flush().await.unwrap();
+        let n = s.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"after");
+    }
+
     /// A TLS 1.3 client (rustls, as tokio-postgres-rustls uses it) against `take_over`'s
     /// stream: records both ways (one larger than a record), bytes sent right after the
     /// handshake, close_notify as the end of the stream; and a KeyUpdate refused.

@@ -474,8 +474,9 @@ def test_a_fork_of_a_service_with_a_standby_at_a_time_holds_exactly_the_rows_bef
     ok(c, c.create_dbaas_service_pg(name=name, plan="hobbyist-2", fork_from_service=src,
                                     recovery_backup_time=t.isoformat()))
     fork = c.get_dbaas_service_pg(name=name)
-    with psycopg.connect(fork["uri"], autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    from test_backups import count_rows, fork_log
+    rows = count_rows(fork["uri"])
+    assert rows == 100, f"{rows} rows; T={t.isoformat()}; the fork's recovery:\n{fork_log(node, name)}"
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (150,)
         conn.execute("INSERT INTO t VALUES (151)")

@@ -334,4 +334,29 @@ mod tests {
         assert_eq!(server.sync_sql(&client), None);
         assert!(server.sync_sql(&other).is_some());
     }
+
+    /// Clients with the same values hold one shared set; a change gives the changed client a
+    /// copy of its own (or the set another client with those values holds), leaving the
+    /// others' as they were.
+    #[test]
+    fn equal_values_are_shared_and_copied_on_change() {
+        let mut values: Values = Default::default();
+        values[0] = Some("shared-app".into());
+        let a = ClientParams::new(values.clone());
+        let mut b = ClientParams::new(values);
+        assert!(Arc::ptr_eq(&a.values, &b.values));
+        let mut server = ServerParams::default();
+        server.learned_one(6, Some("s1".into()), &mut b);
+        assert!(!Arc::ptr_eq(&a.values, &b.values));
+        assert_eq!(a.values[6], None);
+        assert_eq!(b.values[6].as_deref(), Some("s1"));
+        assert_eq!(b.values[0].as_deref(), Some("shared-app"));
+        // The same value again changes nothing; back to the first set, the first set is shared.
+        let before = b.values.clone();
+        server.learned_one(6, Some("s1".into()), &mut b);
+        assert!(Arc::ptr_eq(&before, &b.values));
+        server.learned_one(6, None, &mut b);
+        assert!(Arc::ptr_eq(&a.values, &b.values));
+        assert_eq!(a.id, b.id);
+    }
 }

@@ -514,6 +514,17 @@ mod tests {
         (cert, crate::tls::acceptor(&cfg).unwrap())
     }
 
+    /// The next connection on `listener`, through the pooler's TLS handshake and `take_over`.
+    async fn accept_tls(
+        listener: &tokio::net::TcpListener,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> ClientStream {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
+        let (aligned, conn) = tls.into_inner();
+        take_over(aligned, conn).unwrap()
+    }
+
     /// Echoes what `s` reads until the end of its stream.
     async fn echo(s: &mut ClientStream) -> io::Result<()> {
         let mut buf = vec![0u8; 7000];
@@ -546,10 +557,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let acceptor = acceptor.clone();
             let server = tokio::spawn(async move {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
-                let (aligned, conn) = tls.into_inner();
-                let mut s = take_over(aligned, conn).unwrap();
+                let mut s = accept_tls(&listener, &acceptor).await;
                 echo(&mut s).await
             });
             let mut provider = rustls::crypto::ring::default_provider();
@@ -588,12 +596,7 @@ mod tests {
         let (_, acceptor) = localhost_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
-            let (aligned, conn) = tls.into_inner();
-            take_over(aligned, conn).unwrap()
-        });
+        let server = tokio::spawn(async move { accept_tls(&listener, &acceptor).await });
         let connector = crate::tls::backend_connector();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -657,10 +660,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut results = Vec::new();
             for _ in 0..2 {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let tls = acceptor.accept(Aligned::new(tcp)).await.unwrap();
-                let (aligned, conn) = tls.into_inner();
-                let mut s = take_over(aligned, conn).unwrap();
+                let mut s = accept_tls(&listener, &acceptor).await;
                 assert!(matches!(s, ClientStream::Tls13(_)));
                 results.push(echo(&mut s).await);
             }

@@ -422,6 +422,19 @@ impl LocalProvisioner {
             }
             r => r,
         };
+        // Never a fork holding a commit made after its target time: checked against what the
+        // recovery itself logged, whatever made it go on.
+        let result = result.and_then(|()| match target {
+            Some((at, _)) => {
+                let log =
+                    std::fs::read_to_string(staging_root.join("recovery.log")).unwrap_or_default();
+                stopped_by(&log, at).map_err(|output| ProvisionError::Program {
+                    program: "fork recovery".into(),
+                    output,
+                })
+            }
+            None => Ok(()),
+        });
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&staging_root);
             return Err(e);
@@ -504,7 +517,7 @@ impl LocalProvisioner {
         let shell_quoted = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
         let overrides = format!(
             "-c port={} -c listen_addresses= -c unix_socket_directories={} -c ssl=off \
-             -c archive_mode=off",
+             -c archive_mode=off -c timezone=UTC -c log_timezone=UTC",
             spec.port,
             shell_quoted(&staging_root.display().to_string())
         );
@@ -518,7 +531,7 @@ impl LocalProvisioner {
             .arg(overrides)
             .args(["-w", "-t", "300", "-s"]);
         let started = self.run(start, "pg_ctl start (fork recovery)");
-        let outcome = started.and_then(|()| self.wait_promoted(&staging, &log));
+        let outcome = started.and_then(|()| self.wait_promoted(source, &staging, &log));
         let mut stop = self.command(source, "pg_ctl")?;
         stop.arg("stop")
             .arg("-D")
@@ -553,19 +566,25 @@ impl LocalProvisioner {
         Ok(())
     }
 
-    /// Waits until the recovering copy has promoted itself and left recovery for good — its
-    /// `recovery.signal` gone *and* its postmaster `ready` for writes (postmaster.pid's status
-    /// line; `standby` while it still recovers): the signal file goes before the end-of-recovery
-    /// checkpoint, and a copy stopped in between would replay, at its next start, every WAL
-    /// segment it holds, past the target — or until its postmaster has exited (recovery failed).
-    fn wait_promoted(&self, pgdata: &Path, log: &Path) -> Result<(), ProvisionError> {
+    /// Waits until the recovering copy has left recovery for good: its control file says "in
+    /// production", which PostgreSQL writes only after the end-of-recovery checkpoint on the
+    /// new timeline. Neither the postmaster's `ready` status (written as soon as a hot standby
+    /// accepts read-only connections) nor `recovery.signal`'s removal (at the end of redo,
+    /// before the timeline switch and that checkpoint) says as much: a copy stopped between
+    /// them starts again from the backup's checkpoint and replays every WAL segment it holds,
+    /// past the target (a fork at T that held a commit made after T, seen in the test suite).
+    /// Or until its postmaster has exited (recovery failed).
+    fn wait_promoted(&self, source: &str, pgdata: &Path, log: &Path) -> Result<(), ProvisionError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
         loop {
             let ready = std::fs::read_to_string(pgdata.join("postmaster.pid"))
                 .ok()
                 .and_then(|pid| pid.lines().nth(7).map(|l| l.trim() == "ready"))
                 .unwrap_or(false);
-            if ready && !pgdata.join("recovery.signal").exists() {
+            if ready
+                && !pgdata.join("recovery.signal").exists()
+                && self.cluster_state(source, pgdata)?.as_deref() == Some("in production")
+            {
                 return Ok(());
             }
             if !pgdata.join("postmaster.pid").exists() {
@@ -588,6 +607,15 @@ impl LocalProvisioner {
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+    }
+
+    /// The "Database cluster state" `pg_controldata` reads from the control file of `pgdata`
+    /// (run as the OS user of `source`, who owns it).
+    fn cluster_state(&self, source: &str, pgdata: &Path) -> Result<Option<String>, ProvisionError> {
+        let mut c = self.command(source, "pg_controldata")?;
+        c.arg("-D").arg(pgdata);
+        let out = c.output().map_err(io("running pg_controldata"))?;
+        Ok(control_state(&String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Removes the repository of `name` (the service is deleted; its cluster is stopped): the
@@ -714,9 +742,115 @@ fn redo_done_at(log: &str) -> Option<String> {
     })
 }
 
+/// The "Database cluster state" line of `pg_controldata`'s output (run with `LC_ALL=C`).
+fn control_state(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// A time as a fork's target is written (`2026-12-04 16:21:49.550000+00`) and as the recovery
+/// logs one in UTC (`2026-12-04 16:21:49.55+00`, or without a fraction): its fields, in an order
+/// that compares as the times do (microseconds last).
+fn utc_time(s: &str) -> Option<[u32; 7]> {
+    let (date, time) = s.trim().strip_suffix("+00")?.split_once(' ')?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut fields = date.split('-').chain(hms.split(':'));
+    let mut out = [0u32; 7];
+    for slot in out.iter_mut().take(6) {
+        *slot = fields.next()?.parse().ok()?;
+    }
+    if fields.next().is_some() {
+        return None;
+    }
+    out[6] = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().ok()?
+    };
+    Some(out)
+}
+
+/// Checks, from a fork's recovery log, that the recovery replayed no transaction that
+/// committed after `target`: PostgreSQL logs the commit time of the last one it replayed ("last
+/// completed transaction was at log time …"). No such line: no transaction was replayed, the
+/// backup alone (which ended by the target) is the fork. The error names both times.
+fn stopped_by(log: &str, target: &str) -> Result<(), String> {
+    let Some(last) = log.lines().rev().find_map(|line| {
+        line.split("last completed transaction was at log time ")
+            .nth(1)
+    }) else {
+        return Ok(());
+    };
+    match (utc_time(last), utc_time(target)) {
+        (Some(l), Some(t)) if l > t => Err(format!(
+            "the recovery replayed a transaction committed at {}, after the target time {target}: \
+             the fork is not made; recovery log: {}",
+            last.trim(),
+            log.lines()
+                .filter(|l| l.contains("recovery") || l.contains("redo"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        (Some(_), Some(_)) => Ok(()),
+        _ => {
+            tracing::warn!(
+                last,
+                target,
+                "fork: the recovery's last commit time not understood"
+            );
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_files_state_is_read_from_pg_controldata() {
+        let out = "pg_control version number:            1300\n\
+                   Database cluster state:               in archive recovery\n\
+                   pg_control last modified:             Fri Dec  4 17:31:25 2026\n";
+        assert_eq!(control_state(out).as_deref(), Some("in archive recovery"));
+        let out = out.replace("in archive recovery", "in production");
+        assert_eq!(control_state(&out).as_deref(), Some("in production"));
+        assert_eq!(control_state(""), None);
+    }
+
+    #[test]
+    fn a_fork_whose_recovery_replayed_a_commit_after_its_target_is_refused() {
+        assert_eq!(
+            utc_time("2026-12-04 16:21:49.55+00"),
+            Some([2026, 12, 4, 16, 21, 49, 550_000])
+        );
+        assert_eq!(
+            utc_time("2026-12-04 16:21:49+00"),
+            Some([2026, 12, 4, 16, 21, 49, 0])
+        );
+        assert_eq!(utc_time("2026-12-04 16:21:49.5+01"), None);
+        assert_eq!(utc_time("2026-12-04 16:21:49.1234567+00"), None);
+        let target = "2026-12-04 16:21:49.550000+00";
+        let log = |last: &str| {
+            format!(
+                "LOG:  starting point-in-time recovery to {target}\n\
+                 LOG:  recovery stopping before commit of transaction 750, time 2026-12-04 16:21:50.61+00\n\
+                 LOG:  redo done at 0/3017A08 system usage: CPU: user: 0.00 s\n\
+                 LOG:  last completed transaction was at log time {last}\n"
+            )
+        };
+        assert!(stopped_by(&log("2026-12-04 16:21:49.49+00"), target).is_ok());
+        assert!(stopped_by(&log("2026-12-04 16:21:49.55+00"), target).is_ok());
+        let e = stopped_by(&log("2026-12-04 16:21:50.61+00"), target).unwrap_err();
+        assert!(e.contains("committed at 2026-12-04 16:21:50.61+00"), "{e}");
+        assert!(e.contains("recovery stopping before commit"), "{e}");
+        // No transaction replayed: the backup alone.
+        assert!(stopped_by("LOG:  redo done at 0/3000100\n", target).is_ok());
+    }
 
     #[test]
     fn info_lists_backups_oldest_first() {

@@ -107,20 +107,17 @@ impl ClientParams {
         &self.values
     }
 
-    /// Gives the values in `changes` (index, value); true when one differed.
-    fn set(&mut self, changes: impl IntoIterator<Item = (usize, Option<Box<str>>)>) -> bool {
+    /// Gives the values in `changes` (index, value): a set of their own (or the one shared by
+    /// clients with those values) and its id when one differs, nothing otherwise.
+    fn set(&mut self, changes: impl IntoIterator<Item = (usize, Option<Box<str>>)>) {
         let mut changed: Option<Values> = None;
         for (i, value) in changes {
             if self.values[i] != value {
                 changed.get_or_insert_with(|| (*self.values).clone())[i] = value;
             }
         }
-        match changed {
-            Some(values) => {
-                (self.values, self.id) = intern(values);
-                true
-            }
-            None => false,
+        if let Some(values) = changed {
+            (self.values, self.id) = intern(values);
         }
     }
 }
@@ -174,7 +171,12 @@ impl ServerParams {
         match client {
             Some(client) => {
                 let matched = self.matches != 0 && self.matches == client.id;
-                client.set(read.iter().map(|(i, v)| (*i, Some(v.clone()))));
+                let differing: Vec<_> = read
+                    .iter()
+                    .filter(|(i, v)| client.values[*i].as_deref() != Some(&**v))
+                    .map(|(i, v)| (*i, Some(v.clone())))
+                    .collect();
+                client.set(differing);
                 self.matches = if matched { client.id } else { 0 };
             }
             None => self.matches = 0,

@@ -510,6 +510,7 @@ impl Control {
             listen_host: self.inner.cfg.public_host.clone(),
             backend_host,
             backend_port,
+            require_primary: self.is_ha(&s.name),
             unavailable_hold: if self.is_ha(&s.name) {
                 crate::ha::FAILOVER_HOLD
             } else {

@@ -42,6 +42,9 @@ pub struct DesiredService {
     /// How long the pooler holds a client whose server is unreachable (a failover of an HA
     /// service) before it answers the error; zero for a single cluster.
     pub unavailable_hold: std::time::Duration,
+    /// The server must be a primary (an HA service): a member in recovery is treated as
+    /// unreachable by the pooler (see `pgbay_pooler::BackendConfig::require_primary`).
+    pub require_primary: bool,
     /// Users (the admin user first).
     pub users: Vec<DesiredUser>,
     /// Connection pools.

@@ -188,6 +188,7 @@ async fn service_config(
             host: svc.backend_host.clone(),
             port: svc.backend_port,
             unavailable_hold: svc.unavailable_hold,
+            require_primary: svc.require_primary,
         },
         users: svc
             .users

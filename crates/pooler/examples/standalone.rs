@@ -92,6 +92,7 @@ fn main() {
         backend: BackendConfig {
             host: get("backend-host"),
             port: num("backend-port", None) as u16,
+            require_primary: false,
             unavailable_hold: Default::default(),
         },
         users: vec![UserConfig {

@@ -389,6 +389,7 @@ mod tests {
             backend: BackendConfig {
                 host: "127.0.0.1".into(),
                 port: 5432,
+                require_primary: false,
                 unavailable_hold: Default::default(),
             },
             users: users

@@ -161,6 +161,7 @@ mod tests {
         Arc::new(BackendConfig {
             host: "127.0.0.1".into(),
             port,
+            require_primary: false,
             unavailable_hold: std::time::Duration::ZERO,
         })
     }

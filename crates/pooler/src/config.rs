@@ -70,6 +70,10 @@ pub struct BackendConfig {
     /// (a failover), retrying, before it gets the connection error; never longer than the
     /// pool's `query_wait_timeout`. Zero: the error at once.
     pub unavailable_hold: std::time::Duration,
+    /// The server must be a primary: a server that reports `in_hot_standby = on` at login (a
+    /// standby, or a crashed primary that Patroni starts again read-only before promoting it)
+    /// is unavailable like a refused one, so that writes never meet a read-only server.
+    pub require_primary: bool,
 }
 
 /// A login: plaintext password; the pooler derives SCRAM/md5 secrets itself.

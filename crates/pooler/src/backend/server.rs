@@ -48,6 +48,8 @@ pub enum ServerError {
     Scram(#[from] ScramError),
     #[error("protocol violation from server: {0}")]
     Protocol(&'static str),
+    #[error("server {addr} is in recovery, not a primary")]
+    Standby { addr: String },
 }
 
 impl ServerError {
@@ -59,7 +61,8 @@ impl ServerError {
             ServerError::Connect { .. }
             | ServerError::ConnectTimeout { .. }
             | ServerError::Io(_)
-            | ServerError::Closed => true,
+            | ServerError::Closed
+            | ServerError::Standby { .. } => true,
             ServerError::Server { code, .. } => code.starts_with("57P") || code.starts_with("08"),
             _ => false,
         }
@@ -161,6 +164,8 @@ pub struct ConnectParams<'a> {
     pub password: Option<&'a str>,
     pub gen: u64,
     pub timeout: Duration,
+    /// See `BackendConfig::require_primary`.
+    pub require_primary: bool,
 }
 
 impl Server {
@@ -196,16 +201,30 @@ impl Server {
             _slot: slot,
         });
         let login = match tokio::time::timeout(p.timeout, server.login(&p)).await {
+            Ok(Ok(())) if p.require_primary && server.in_hot_standby() => {
+                Err(ServerError::Standby { addr })
+            }
             Ok(r) => r,
             Err(_) => Err(ServerError::ConnectTimeout { addr }),
         };
         match login {
             Ok(()) => Ok(server),
             Err(e) => {
-                server.close_reason = Some("login failed");
+                server.close_reason = Some(match e {
+                    ServerError::Standby { .. } => "in recovery, not a primary",
+                    _ => "login failed",
+                });
                 Err(e)
             }
         }
+    }
+
+    /// Whether the server reported `in_hot_standby = on` at login (PostgreSQL 14 and later
+    /// report it): a standby, or a primary not yet out of recovery.
+    fn in_hot_standby(&self) -> bool {
+        self.startup_params
+            .iter()
+            .any(|(k, v)| k == "in_hot_standby" && v == "on")
     }
 
     /// Reads one whole message into s2c_in and returns (type, total length).

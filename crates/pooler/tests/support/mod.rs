@@ -230,6 +230,36 @@ impl Cluster {
         self.pg_ctl_start();
     }
 
+    /// Stops the cluster and starts it again as a hot standby (`standby.signal`, no primary to
+    /// follow): it answers read-only, and reports `in_hot_standby = on`, until `promote`.
+    pub fn restart_as_standby(&self) {
+        self.stop();
+        let signal = self.dir.join("data").join("standby.signal");
+        std::fs::write(&signal, "").expect("standby.signal");
+        if is_root() {
+            std::os::unix::fs::chown(&signal, Some(65534), Some(65534)).expect("chown");
+        }
+        self.pg_ctl_start();
+    }
+
+    /// Promotes a standby and waits until it is a primary.
+    pub fn promote(&self) {
+        let out = pg_command(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.join("data").to_str().unwrap(),
+                "-w",
+                "promote",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Over TCP, or over the Unix socket for an `ssl` cluster (the tests' tokio-postgres has
     /// no TLS).
     pub fn superuser_conn_str(&self, db: &str) -> String {
@@ -328,6 +358,7 @@ pub fn service(name: &str, backend_port: u16, pools: Vec<PoolConfig>) -> Service
             host: "127.0.0.1".into(),
             port: backend_port,
             unavailable_hold: Default::default(),
+            require_primary: false,
         },
         users: vec![UserConfig {
             name: APP_USER.into(),

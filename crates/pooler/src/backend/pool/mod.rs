@@ -62,6 +62,7 @@ impl PoolState {
             password: self.password.as_deref(),
             gen: self.gen,
             timeout,
+            require_primary: self.backend.require_primary,
         }
     }
 }

@@ -25,10 +25,7 @@ export PGPASSWORD=$PASSWORD
 TLS=${TLS:-}
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 
-if [ -z "${POOLERS:-}" ]; then
-    cargo build --release -q -p pgbay-pooler --example standalone
-    POOLERS="pgbay=${CARGO_TARGET_DIR:-target}/release/examples/standalone"
-fi
+[ -n "${POOLERS:-}" ] || POOLERS="pgbay=$(standalone_bin)"
 
 work=$(mktemp -d /tmp/pgbay-callgrind.XXXXXX)
 chmod 755 "$work"
@@ -43,10 +40,7 @@ trap cleanup EXIT
 tls_args=()
 sslmode=disable
 if [ -n "$TLS" ]; then
-    mkdir -p "$work/tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=127.0.0.1" -keyout "$work/tls/server.key" -out "$work/tls/server.crt" 2>/dev/null
-    chmod 600 "$work/tls/server.key"
+    bench_cert "$work/tls"
     tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
     sslmode=require
 fi

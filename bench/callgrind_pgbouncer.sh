@@ -26,11 +26,10 @@ trap cleanup EXIT
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PGPASSWORD"
 pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 1 -q postgres >/dev/null 2>&1
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=127.0.0.1" -keyout "$work/server.key" -out "$work/server.crt" 2>/dev/null
+bench_cert "$work"
 cp "$PGBOUNCER" "$work/pgbouncer"
 printf '"bench" "%s"\n' "$PGPASSWORD" > "$work/userlist.txt"
-chmod 600 "$work/userlist.txt" "$work/server.key"
+chmod 600 "$work/userlist.txt"
 [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$work"
 
 # instructions TXNS: total instructions of one PgBouncer process that served 4 x TXNS transactions.

@@ -24,10 +24,7 @@ if [ "$hard" != unlimited ] && [ "$N" -gt $((hard - 200)) ]; then
     exit 1
 fi
 [ -x "$PYTHON" ] || { echo "needs a Python with psycopg at $PYTHON (./scripts/test.sh creates .venv)" >&2; exit 1; }
-if [ -z "${POOLER_BIN:-}" ]; then
-    cargo build --release -q -p pgbay-pooler --example standalone
-    POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
-fi
+[ -n "${POOLER_BIN:-}" ] || POOLER_BIN=$(standalone_bin)
 
 work=$(mktemp -d /tmp/pgbay-idle-many.XXXXXX)
 chmod 755 "$work"
@@ -42,10 +39,7 @@ trap cleanup EXIT
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
 as_unpriv "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c "CREATE DATABASE bench" >/dev/null
-mkdir -p "$work/tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=127.0.0.1" -keyout "$work/tls/server.key" -out "$work/tls/server.crt" 2>/dev/null
-chmod 600 "$work/tls/server.key"
+bench_cert "$work/tls"
 
 port=$(free_port)
 PGBAY_POOLER_PASSWORD="$PASSWORD" "$POOLER_BIN" --listen "127.0.0.1:$port" \

@@ -16,6 +16,22 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# bench_cert DIR: a throwaway self-signed certificate for 127.0.0.1, DIR/server.crt and
+# DIR/server.key (mode 0600), which every bench pooler presents to TLS clients (sslmode=require
+# checks no name).
+bench_cert() {
+    mkdir -p "$1"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -keyout "$1/server.key" -out "$1/server.crt" 2>/dev/null
+    chmod 600 "$1/server.key"
+}
+
+# standalone_bin: builds the working tree's standalone pooler (release) and prints its path.
+standalone_bin() {
+    cargo build --release -q -p pgbay-pooler --example standalone
+    echo "${CARGO_TARGET_DIR:-target}/release/examples/standalone"
+}
+
 # start_pg DIR PORT PASSWORD: initdb with SCRAM auth and a superuser `bench`, then start it. It
 # listens on 127.0.0.1:PORT and on a Unix socket in DIR (DIR/.s.PGSQL.PORT).
 start_pg() {

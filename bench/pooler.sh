@@ -69,10 +69,7 @@ fi
 
 # POOLER_BIN=path: measure that build of the standalone pooler (e.g. an older one, for a
 # before/after run) instead of building the working tree's.
-if [ -z "${POOLER_BIN:-}" ]; then
-    cargo build --release -q -p pgbay-pooler --example standalone
-    POOLER_BIN=${CARGO_TARGET_DIR:-target}/release/examples/standalone
-fi
+[ -n "${POOLER_BIN:-}" ] || POOLER_BIN=$(standalone_bin)
 if [ "$FLOOR" = 1 ] && [ -z "${FLOOR_BIN:-}" ]; then
     cargo build --release -q -p pgbay-pooler --example floor_relay
     FLOOR_BIN=${CARGO_TARGET_DIR:-target}/release/examples/floor_relay
@@ -94,10 +91,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The certificate every pooler presents to TLS clients (sslmode=require checks no name).
-mkdir -p "$work/tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=127.0.0.1" -keyout "$work/tls/server.key" -out "$work/tls/server.crt" 2>/dev/null
-chmod 600 "$work/tls/server.key"
+bench_cert "$work/tls"
 [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$work/tls"
 
 PG_PORT=$(free_port)

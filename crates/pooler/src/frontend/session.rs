@@ -222,9 +222,12 @@ async fn request(
         Ok(true) => {}
         Ok(false) => return false,
         Err(end) => {
-            client
-                .span()
-                .in_scope(|| tracing::debug!(?end, "session ended"));
+            // The span is made only for an event that is logged (see `Client::span`).
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                client
+                    .span()
+                    .in_scope(|| tracing::debug!(?end, "session ended"));
+            }
             return false;
         }
     }
@@ -472,9 +475,11 @@ async fn attached(
             }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
-                    client.span().in_scope(
-                        || tracing::debug!(error = %e, "reset failed, closing server connection"),
-                    );
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        client.span().in_scope(|| {
+                            tracing::debug!(error = %e, "reset failed, closing server connection")
+                        });
+                    }
                     server.close_reason = Some("reset failed");
                     return Ok(mode != PoolMode::Session);
                 }

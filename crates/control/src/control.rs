@@ -118,6 +118,9 @@ pub(crate) struct Inner {
     pub(crate) nodes: crate::nodes::NodesState,
     /// Passwords opened for the desired state, by their sealed form.
     opened: StdMutex<HashMap<String, String>>,
+    /// Services stored `running` whose pools the poolers do not serve yet: shown `rebuilding`
+    /// until they do (see `Control::shown_state`).
+    pub(crate) unserved: StdMutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) fn locked<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,6 +219,7 @@ impl Control {
                 replicas: Default::default(),
                 nodes: Default::default(),
                 opened: Default::default(),
+                unserved: Default::default(),
             }),
         };
         control.register_node().await?;

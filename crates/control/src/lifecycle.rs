@@ -308,6 +308,8 @@ impl Control {
             self.resize_ha(&s, &s, nodes, None).await?;
             tracing::info!(service = %name, nodes, "fork handed to Patroni with its standbys");
         }
+        // Stored `running` (so that it is published), shown `rebuilding` until served.
+        let _unserved = Unserved::mark(self, name);
         s.state = ServiceState::Running;
         s.updated_at = chrono::Utc::now();
         let mut tx = self.inner.store.begin().await?;
@@ -321,7 +323,8 @@ impl Control {
             None => None,
         };
         let Some(rec) = rec else {
-            self.publish_of(name).await?;
+            let generation = self.publish_of(name).await?;
+            self.wait_served(generation, name).await;
             return Ok(());
         };
         // The operation succeeds only once the pooler serves the new service (if one is attached).
@@ -331,5 +334,28 @@ impl Control {
         };
         self.publish_and_settle(created).await?;
         Ok(())
+    }
+}
+
+/// A service shown `rebuilding` while this lives (see `Control::shown_state`): from before it is
+/// stored `running` until its publication has been answered, or provisioning failed.
+struct Unserved {
+    control: Control,
+    name: String,
+}
+
+impl Unserved {
+    fn mark(control: &Control, name: &str) -> Unserved {
+        crate::control::locked(&control.inner.unserved).insert(name.to_string());
+        Unserved {
+            control: control.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for Unserved {
+    fn drop(&mut self) {
+        crate::control::locked(&self.control.inner.unserved).remove(&self.name);
     }
 }

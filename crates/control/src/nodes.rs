@@ -266,10 +266,15 @@ impl Control {
         hosts
     }
 
-    /// The state a service is shown in: `rebuilding` while its node is not answering.
+    /// The state a service is shown in: `rebuilding` while its node is not answering, and
+    /// while its pools are not yet served by every live node's pooler after its cluster came up
+    /// (so that a client that waits for `running` can connect at once).
     pub fn shown_state(&self, s: &crate::model::ServiceRecord) -> crate::model::ServiceState {
         match self.owner(s) {
             Owner::Dead { .. } => crate::model::ServiceState::Rebuilding,
+            _ if crate::control::locked(&self.inner.unserved).contains(&s.name) => {
+                crate::model::ServiceState::Rebuilding
+            }
             _ => s.state,
         }
     }

@@ -202,6 +202,7 @@ impl AppliedReporter {
 pub(crate) type DataPlaneSlot = watch::Sender<Option<watch::Receiver<Arc<ApplyOutcome>>>>;
 
 /// How the data plane answered for one service.
+#[derive(Debug)]
 enum Answer {
     /// No data plane is attached: nothing to wait for.
     Detached,
@@ -391,6 +392,15 @@ impl Control {
                 behind.join(", "),
                 limit.as_secs()
             ))
+        }
+    }
+
+    /// Waits (bounded, as an operation would) for every live node's pooler to serve
+    /// `generation`; what went wrong, if anything, is logged.
+    pub(crate) async fn wait_served(&self, generation: u64, service: &str) {
+        match self.answer(generation, service).await {
+            Answer::Applied | Answer::Detached => {}
+            other => tracing::warn!(service = %service, answer = ?other, "not served everywhere"),
         }
     }
 

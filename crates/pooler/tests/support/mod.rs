@@ -204,24 +204,22 @@ impl Cluster {
         );
     }
 
-    /// Fast shutdown then start again on the same port.
-    pub fn restart(&self) {
-        let out = pg_command(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.join("data").to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
+    /// Runs `pg_ctl -D <data> ARGS` and asserts that it succeeded.
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = pg_command("pg_ctl", &all);
         assert!(
             out.status.success(),
-            "pg_ctl stop: {}",
+            "pg_ctl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Fast shutdown then start again on the same port.
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
         self.pg_ctl_start();
     }
 
@@ -244,20 +242,7 @@ impl Cluster {
 
     /// Promotes a standby and waits until it is a primary.
     pub fn promote(&self) {
-        let out = pg_command(
-            "pg_ctl",
-            &[
-                "-D",
-                self.dir.join("data").to_str().unwrap(),
-                "-w",
-                "promote",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl promote: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg_ctl(&["-w", "promote"]);
     }
 
     /// Over TCP, or over the Unix socket for an `ssl` cluster (the tests' tokio-postgres has

@@ -529,7 +529,7 @@ impl Control {
                     target_port: s.pg_port,
                 }),
                 None => self
-                    .ha_primary_port(&s.name)
+                    .ha_forward_port(&s.name)
                     .map(|to| crate::desired::Forward {
                         listen_port: s.pg_port,
                         target_host: "127.0.0.1".into(),

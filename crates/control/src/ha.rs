@@ -55,8 +55,61 @@ pub(crate) struct HaState {
     /// The member each HA service's clients are sent to: the last one whose Patroni answered
     /// `GET /primary` with 200.
     primaries: StdMutex<HashMap<String, usize>>,
+    /// HA services whose followed member says it is not the primary (`GET /primary` answered,
+    /// not 200) while no member says it is: a member in recovery (Patroni starting a crashed
+    /// primary again read-only, or as a standby) would serve read-only, so the service's port
+    /// forwards nothing until a primary answers, as a load balancer checking `/primary` would.
+    not_primary: StdMutex<std::collections::HashSet<String>>,
     /// The last `GET /cluster` of each HA service.
     status: StdMutex<HashMap<String, Vec<MemberStatus>>>,
+}
+
+/// What the members' answers to Patroni's `GET /primary` (status codes; none when a member did
+/// not answer) say, given the member followed so far (the first one before any answered).
+#[derive(Debug, PartialEq, Eq)]
+enum Followed {
+    /// Exactly this member answers 200.
+    Primary(usize),
+    /// No member answers 200 and the followed one answers something else: it is in recovery.
+    NotPrimary(usize),
+    /// Nothing to act on: the followed member did not answer (its Patroni may be down while its
+    /// PostgreSQL still serves), or more than one claims to be the primary.
+    Unknown,
+}
+
+/// A member's answer to `GET /primary` as a status code. Patroni answers 200 to the holder of
+/// the leader key even while its PostgreSQL is still in recovery (a crashed primary that it
+/// starts again read-only before promoting it), with `"role": "replica"` in the body: that
+/// counts as 503. A body that does not parse leaves the code as it is.
+fn primary_answer(r: Option<(u16, String)>) -> Option<u16> {
+    let (code, body) = r?;
+    let role = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("role")?.as_str().map(str::to_string));
+    match role.as_deref() {
+        Some("master" | "primary") | None => Some(code),
+        Some(_) if code == 200 => Some(503),
+        Some(_) => Some(code),
+    }
+}
+
+fn judge_primary(answers: &[Option<u16>], followed: Option<usize>) -> Followed {
+    let mut primaries = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == Some(200))
+        .map(|(i, _)| i);
+    match (primaries.next(), primaries.next()) {
+        (Some(p), None) => Followed::Primary(p),
+        (Some(_), Some(_)) => Followed::Unknown,
+        (None, _) => {
+            let f = followed.unwrap_or(0);
+            match answers.get(f) {
+                Some(Some(_)) => Followed::NotPrimary(f),
+                _ => Followed::Unknown,
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,7 +182,16 @@ impl Control {
         Some((self.inner.prov.socket_host(pg_port), pg_port))
     }
 
-    /// The TCP port of the current primary of HA service `name` (the forwarder's target).
+    /// The forwarder's target for HA service `name`: its primary's TCP port, none while the
+    /// member followed says it is not the primary (see `HaState::not_primary`).
+    pub(crate) fn ha_forward_port(&self, name: &str) -> Option<u16> {
+        if lock(&self.inner.ha.not_primary).contains(name) {
+            return None;
+        }
+        self.ha_primary_port(name)
+    }
+
+    /// The TCP port of the current primary of HA service `name` (whether or not it answers as one).
     pub(crate) fn ha_primary_port(&self, name: &str) -> Option<u16> {
         let records = lock(&self.inner.ha.records);
         let h = records.get(name)?;
@@ -457,7 +519,9 @@ impl Control {
     }
 
     /// Asks each member of `name` whether it is the primary; records the one that is (exactly
-    /// one answering 200) and returns its index. Also refreshes the cluster status.
+    /// one answering 200) and returns its index. A followed member that answers, but not as the
+    /// primary, while none does, stops the service's port forwarding (`HaState::not_primary`).
+    /// Also refreshes the cluster status.
     async fn follow_primary(&self, name: &str) -> Option<usize> {
         let h = lock(&self.inner.ha.records).get(name).cloned()?;
         let addrs: Vec<std::net::SocketAddr> = h
@@ -465,32 +529,46 @@ impl Control {
             .iter()
             .map(|(_, rest)| std::net::SocketAddr::from(([127, 0, 0, 1], *rest)))
             .collect();
-        let (primaries, status) = tokio::task::spawn_blocking(move || {
-            let primaries: Vec<usize> = addrs
+        let (answers, status) = tokio::task::spawn_blocking(move || {
+            let answers: Vec<Option<u16>> = addrs
                 .iter()
-                .enumerate()
-                .filter(|(_, a)| patroni::rest_get(**a, "/primary").map(|r| r.0) == Some(200))
-                .map(|(i, _)| i)
+                .map(|a| primary_answer(patroni::rest_get(*a, "/primary")))
                 .collect();
             let status = addrs.iter().find_map(|a| patroni::cluster_status(*a));
-            (primaries, status)
+            (answers, status)
         })
         .await
         .ok()?;
         if let Some(st) = status {
             lock(&self.inner.ha.status).insert(name.to_string(), st);
         }
-        let [p] = primaries[..] else {
-            return None;
+        let followed = lock(&self.inner.ha.primaries).get(name).copied();
+        let (changed, p) = match judge_primary(&answers, followed) {
+            Followed::Primary(p) => {
+                let moved = lock(&self.inner.ha.primaries).insert(name.to_string(), p) != Some(p);
+                let answers_again = lock(&self.inner.ha.not_primary).remove(name);
+                if moved {
+                    tracing::info!(service = %name, member = %member_name(name, p), "primary is now this member");
+                }
+                (moved || answers_again, Some(p))
+            }
+            Followed::NotPrimary(f) => {
+                let newly = lock(&self.inner.ha.not_primary).insert(name.to_string());
+                // Not logged while a new service waits for its first primary.
+                if newly && followed.is_some() {
+                    tracing::warn!(service = %name, member = %member_name(name, f),
+                        "the followed member is not the primary and no other is: its port forwards nothing until one is");
+                }
+                (newly, None)
+            }
+            Followed::Unknown => (false, None),
         };
-        let changed = lock(&self.inner.ha.primaries).insert(name.to_string(), p) != Some(p);
         if changed {
-            tracing::info!(service = %name, member = %member_name(name, p), "primary is now this member");
             if let Err(e) = self.publish_of(name).await {
                 tracing::error!(service = %name, error = %e, "publishing the new primary");
             }
         }
-        Some(p)
+        p
     }
 
     /// Follows the primary of every HA service until shutdown.
@@ -567,6 +645,7 @@ impl Control {
         })
         .await;
         lock(&self.inner.ha.primaries).remove(name);
+        lock(&self.inner.ha.not_primary).remove(name);
         lock(&self.inner.ha.status).remove(name);
         if forget {
             lock(&self.inner.ha.records).remove(name);
@@ -1260,4 +1339,68 @@ const DEFAULT_MAX_LAG_BYTES: u64 = 60 * 16 * 1024 * 1024;
 /// the OS user of the spec are used for members).
 fn s_port(h: &HaRecord) -> u16 {
     h.members.first().map(|m| m.0).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{judge_primary, primary_answer, Followed};
+
+    #[test]
+    fn a_leader_still_in_recovery_is_not_a_primary() {
+        let answer = |code: u16, body: &str| primary_answer(Some((code, body.to_string())));
+        assert_eq!(
+            answer(200, r#"{"state": "running", "role": "master"}"#),
+            Some(200)
+        );
+        assert_eq!(
+            answer(200, r#"{"state": "running", "role": "primary"}"#),
+            Some(200)
+        );
+        assert_eq!(
+            answer(200, r#"{"state": "starting", "role": "replica"}"#),
+            Some(503)
+        );
+        assert_eq!(
+            answer(503, r#"{"state": "running", "role": "replica"}"#),
+            Some(503)
+        );
+        assert_eq!(answer(200, "not json"), Some(200));
+        assert_eq!(primary_answer(None), None);
+    }
+
+    #[test]
+    fn the_member_answering_primary_alone_is_followed() {
+        assert_eq!(
+            judge_primary(&[Some(503), Some(200)], Some(0)),
+            Followed::Primary(1)
+        );
+        assert_eq!(
+            judge_primary(&[None, Some(200)], None),
+            Followed::Primary(1)
+        );
+        // Two claims: nothing to act on.
+        assert_eq!(
+            judge_primary(&[Some(200), Some(200)], Some(0)),
+            Followed::Unknown
+        );
+    }
+
+    #[test]
+    fn a_followed_member_in_recovery_is_not_primary_a_silent_one_is_unknown() {
+        // The old primary restarted read-only (503) while the other is not promoted yet.
+        assert_eq!(
+            judge_primary(&[Some(503), Some(503)], Some(0)),
+            Followed::NotPrimary(0)
+        );
+        assert_eq!(
+            judge_primary(&[None, Some(503)], Some(1)),
+            Followed::NotPrimary(1)
+        );
+        // Its Patroni is down (its PostgreSQL may still serve as the primary): keep following.
+        assert_eq!(
+            judge_primary(&[None, Some(503)], Some(0)),
+            Followed::Unknown
+        );
+        assert_eq!(judge_primary(&[None, None], None), Followed::Unknown);
+    }
 }

@@ -615,7 +615,7 @@ impl LocalProvisioner {
         let mut c = self.command(source, "pg_controldata")?;
         c.arg("-D").arg(pgdata);
         let out = c.output().map_err(io("running pg_controldata"))?;
-        Ok(control_state(&String::from_utf8_lossy(&out.stdout)))
+        controldata_state(&out)
     }
 
     /// Removes the repository of `name` (the service is deleted; its cluster is stopped): the
@@ -807,9 +807,52 @@ fn stopped_by(log: &str, target: &str) -> Result<(), String> {
     }
 }
 
+/// The cluster state in `pg_controldata`'s output; its failure (a control file it cannot read)
+/// is an error, not a state to wait on until the deadline.
+fn controldata_state(out: &std::process::Output) -> Result<Option<String>, ProvisionError> {
+    if !out.status.success() {
+        return Err(ProvisionError::Program {
+            program: "pg_controldata".into(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(control_state(&String::from_utf8_lossy(&out.stdout)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_pg_controldata_is_an_error_not_a_state() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = |code: i32, stdout: &str, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let ok = out(
+            0,
+            "Database cluster state:               in production\n",
+            "",
+        );
+        assert_eq!(
+            controldata_state(&ok).unwrap().as_deref(),
+            Some("in production")
+        );
+        let failed = out(
+            1,
+            "",
+            "pg_controldata: error: could not open file \"x\": Permission denied\n",
+        );
+        match controldata_state(&failed) {
+            Err(ProvisionError::Program { program, output }) => {
+                assert_eq!(program, "pg_controldata");
+                assert!(output.ends_with("Permission denied"), "{output}");
+            }
+            other => panic!("expected the failure, got {other:?}"),
+        }
+    }
 
     #[test]
     fn the_control_files_state_is_read_from_pg_controldata() {

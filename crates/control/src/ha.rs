@@ -53,7 +53,7 @@ pub(crate) struct HaState {
     /// The running members of each HA service.
     members: StdMutex<HashMap<String, Vec<Member>>>,
     /// The member each HA service's clients are sent to: the last one whose Patroni answered
-    /// `GET /primary` with 200.
+    /// `GET /primary` as the primary (200, role primary; see `primary_answer`).
     primaries: StdMutex<HashMap<String, usize>>,
     /// HA services whose followed member says it is not the primary (`GET /primary` answered,
     /// not 200) while no member says it is: a member in recovery (Patroni starting a crashed

@@ -1345,62 +1345,53 @@ fn s_port(h: &HaRecord) -> u16 {
 mod tests {
     use super::{judge_primary, primary_answer, Followed};
 
+    /// The members' answers, the member followed, and what they must be judged.
+    type Case = (&'static [Option<u16>], Option<usize>, Followed);
+
+    fn judged_as(cases: Vec<Case>) {
+        for (answers, followed, want) in cases {
+            assert_eq!(
+                judge_primary(answers, followed),
+                want,
+                "{answers:?} {followed:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_leader_still_in_recovery_is_not_a_primary() {
-        let answer = |code: u16, body: &str| primary_answer(Some((code, body.to_string())));
-        assert_eq!(
-            answer(200, r#"{"state": "running", "role": "master"}"#),
-            Some(200)
-        );
-        assert_eq!(
-            answer(200, r#"{"state": "running", "role": "primary"}"#),
-            Some(200)
-        );
-        assert_eq!(
-            answer(200, r#"{"state": "starting", "role": "replica"}"#),
-            Some(503)
-        );
-        assert_eq!(
-            answer(503, r#"{"state": "running", "role": "replica"}"#),
-            Some(503)
-        );
-        assert_eq!(answer(200, "not json"), Some(200));
+        for (code, body, want) in [
+            (200, r#"{"state": "running", "role": "master"}"#, 200),
+            (200, r#"{"state": "running", "role": "primary"}"#, 200),
+            (200, r#"{"state": "starting", "role": "replica"}"#, 503),
+            (503, r#"{"state": "running", "role": "replica"}"#, 503),
+            (200, "not json", 200),
+        ] {
+            let got = primary_answer(Some((code, body.to_string())));
+            assert_eq!(got, Some(want), "{code} {body}");
+        }
         assert_eq!(primary_answer(None), None);
     }
 
     #[test]
     fn the_member_answering_primary_alone_is_followed() {
-        assert_eq!(
-            judge_primary(&[Some(503), Some(200)], Some(0)),
-            Followed::Primary(1)
-        );
-        assert_eq!(
-            judge_primary(&[None, Some(200)], None),
-            Followed::Primary(1)
-        );
-        // Two claims: nothing to act on.
-        assert_eq!(
-            judge_primary(&[Some(200), Some(200)], Some(0)),
-            Followed::Unknown
-        );
+        judged_as(vec![
+            (&[Some(503), Some(200)], Some(0), Followed::Primary(1)),
+            (&[None, Some(200)], None, Followed::Primary(1)),
+            // Two claims: nothing to act on.
+            (&[Some(200), Some(200)], Some(0), Followed::Unknown),
+        ]);
     }
 
     #[test]
     fn a_followed_member_in_recovery_is_not_primary_a_silent_one_is_unknown() {
-        // The old primary restarted read-only (503) while the other is not promoted yet.
-        assert_eq!(
-            judge_primary(&[Some(503), Some(503)], Some(0)),
-            Followed::NotPrimary(0)
-        );
-        assert_eq!(
-            judge_primary(&[None, Some(503)], Some(1)),
-            Followed::NotPrimary(1)
-        );
-        // Its Patroni is down (its PostgreSQL may still serve as the primary): keep following.
-        assert_eq!(
-            judge_primary(&[None, Some(503)], Some(0)),
-            Followed::Unknown
-        );
-        assert_eq!(judge_primary(&[None, None], None), Followed::Unknown);
+        judged_as(vec![
+            // The old primary restarted read-only (503) while the other is not promoted yet.
+            (&[Some(503), Some(503)], Some(0), Followed::NotPrimary(0)),
+            (&[None, Some(503)], Some(1), Followed::NotPrimary(1)),
+            // Its Patroni is down (its PostgreSQL may still serve as the primary): keep following.
+            (&[None, Some(503)], Some(0), Followed::Unknown),
+            (&[None, None], None, Followed::Unknown),
+        ]);
     }
 }

@@ -222,12 +222,7 @@ async fn request(
         Ok(true) => {}
         Ok(false) => return false,
         Err(end) => {
-            // The span is made only for an event that is logged (see `Client::span`).
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                client
-                    .span()
-                    .in_scope(|| tracing::debug!(?end, "session ended"));
-            }
+            debug_in_span(client, || tracing::debug!(?end, "session ended"));
             return false;
         }
     }
@@ -267,6 +262,14 @@ async fn request_on_its_way(client: &mut Client) -> bool {
     tokio::time::timeout(DRAIN_GRACE, read)
         .await
         .unwrap_or(false)
+}
+
+/// Logs a DEBUG event of this module in the client's span, made only when the event is on (see
+/// `Client::span`).
+fn debug_in_span(client: &Client, event: impl FnOnce()) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        client.span().in_scope(event);
+    }
 }
 
 async fn restarting(client: &mut Client) {
@@ -475,11 +478,10 @@ async fn attached(
             }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
-                    if tracing::enabled!(tracing::Level::DEBUG) {
-                        client.span().in_scope(|| {
-                            tracing::debug!(error = %e, "reset failed, closing server connection")
-                        });
-                    }
+                    debug_in_span(
+                        client,
+                        || tracing::debug!(error = %e, "reset failed, closing server connection"),
+                    );
                     server.close_reason = Some("reset failed");
                     return Ok(mode != PoolMode::Session);
                 }

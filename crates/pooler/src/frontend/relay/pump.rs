@@ -157,21 +157,24 @@ pub async fn pump(
                     client_write = false;
                 }
             }
-            if !server.bufs.s2c_out.is_empty() {
-                if client_write {
-                    match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                            return Poll::Ready(End::ClientGone)
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            consume(&mut server.bufs.s2c_out, n);
-                            client_flush = stream.is_tls();
-                            progress = true;
-                        }
-                        Poll::Pending => client_write = false,
+            if !server.bufs.s2c_out.is_empty() && client_write {
+                match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(End::ClientGone)
                     }
+                    Poll::Ready(Ok(n)) => {
+                        consume(&mut server.bufs.s2c_out, n);
+                        client_flush = stream.is_tls();
+                        progress = true;
+                    }
+                    Poll::Pending => client_write = false,
                 }
-            } else if client_flush && client_write {
+            }
+            // Flushed in the same pass as the write that emptied the buffer: once the client
+            // can have its answer, the boundary below must be seen before the client is read
+            // again, or a client quick to send its next transaction would be relayed on this
+            // server without a release (its transaction mode, a drain, a removal ignored).
+            if server.bufs.s2c_out.is_empty() && client_flush && client_write {
                 match Pin::new(&mut *stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => client_flush = false,
                     Poll::Ready(Err(_)) => return Poll::Ready(End::ClientGone),

@@ -189,10 +189,15 @@ pub async fn pump(
             if idle_point && (release_at_boundary || draining) {
                 return Poll::Ready(End::Boundary);
             }
+            // A draining session that has had no answer since it attached is at rest too, once
+            // nothing is on its way to or from it (an answer still being written to a slow
+            // reader goes out first).
             if draining
                 && mode == PoolMode::Session
                 && at_boundary(server, relay)
                 && server.bufs.c2s_in.is_empty()
+                && server.bufs.s2c_out.is_empty()
+                && !client_flush
             {
                 return Poll::Ready(End::Boundary);
             }

@@ -21,8 +21,43 @@ use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
 use crate::stats::ClientState;
 
-/// Buffer an idle client keeps for the first bytes of its next request.
+/// The read buffer a client is lent for the first bytes of its next request (`wait_idle`).
 const IDLE_READ: usize = 256;
+
+/// Read buffers a thread keeps for lending, at most.
+const SPARE_READS: usize = 8;
+
+thread_local! {
+    /// Read buffers this thread lends to its idle clients: a client borrows one when its socket
+    /// has something to read and gives it back once the request is handed to the relay, so an
+    /// idle client holds none and a transaction costs no allocation.
+    static SPARE_READS_OF_THREAD: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer of this thread's, or a new one.
+fn lend_read() -> BytesMut {
+    SPARE_READS_OF_THREAD
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
+}
+
+/// Gives an emptied read buffer back to this thread (one grown past a few requests' worth is
+/// freed instead).
+fn give_back_read(mut buf: BytesMut) {
+    if buf.capacity() == 0 || buf.capacity() > 4 * IDLE_READ {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE_READS_OF_THREAD.try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_READS {
+            s.push(buf);
+        }
+    });
+}
 
 /// What an idle client did.
 enum Idle {
@@ -312,9 +347,9 @@ async fn wait_idle(
         ..
     } = client;
     // Reading here (rather than peeking and reading again once attached) saves a syscall per
-    // transaction; the small buffer stays allocated so this costs no allocation either. A
-    // plain `poll_read` that fills less than the buffer also tells tokio the socket is
-    // drained, so the relay does not try (and fail) to read it again right away.
+    // transaction; the buffer is the thread's, lent for the read (`lend_read`), so this costs
+    // no allocation either. A plain `poll_read` that fills less than the buffer also tells
+    // tokio the socket is drained, so the relay does not try (and fail) to read it again.
     std::future::poll_fn(|cx| {
         if stop.poll_fired(cx) {
             return Poll::Ready(Idle::Shutdown);
@@ -334,9 +369,17 @@ async fn wait_idle(
             }
         }
         loop {
+            if pending.capacity() == 0 {
+                *pending = lend_read();
+            }
             let want = missing(pending).clamp(IDLE_READ, WHOLE_BEFORE_LENDING);
             match poll_read_buf(stream, cx, pending, want) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if pending.is_empty() {
+                        give_back_read(std::mem::take(pending));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
                 // Terminate needs no server connection.
                 Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
@@ -408,10 +451,7 @@ async fn attached(
     if !client.pending.is_empty() {
         client.tally.t.received += client.pending.len() as u64;
         server.bufs.c2s_in.extend_from_slice(&client.pending);
-        client.pending.clear();
-        if client.pending.capacity() > 4 * IDLE_READ {
-            client.pending = BytesMut::new();
-        }
+        give_back_read(std::mem::take(&mut client.pending));
     }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
     // Where this attachment is in the server connection's byte streams: the frontend's, for
@@ -691,4 +731,39 @@ async fn reset(pool: &Pool, server: &mut Server) -> Result<(), crate::backend::S
     server.prepared.clear();
     server.params.reset();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read buffer given back is lent again (the same allocation); one grown past a few
+    /// requests is freed; a thread keeps at most `SPARE_READS`.
+    #[test]
+    fn a_thread_lends_its_read_buffers_again() {
+        std::thread::spawn(|| {
+            let mut first = lend_read();
+            assert!(first.is_empty() && first.capacity() >= IDLE_READ);
+            first.extend_from_slice(b"Q\0\0\0\x0dSELECT 1\0");
+            let addr = first.as_ptr() as usize;
+            give_back_read(first);
+            let again = lend_read();
+            assert!(again.is_empty(), "given back empty");
+            assert_eq!(again.as_ptr() as usize, addr, "the same allocation");
+            give_back_read(BytesMut::with_capacity(64 * IDLE_READ));
+            let fresh = lend_read();
+            assert!(
+                fresh.capacity() < 64 * IDLE_READ,
+                "a grown buffer is not kept"
+            );
+            for _ in 0..SPARE_READS + 3 {
+                give_back_read(BytesMut::with_capacity(IDLE_READ));
+            }
+            let kept = SPARE_READS_OF_THREAD.with(|s| s.borrow().len());
+            assert_eq!(kept, SPARE_READS);
+            drop((again, fresh));
+        })
+        .join()
+        .unwrap();
+    }
 }

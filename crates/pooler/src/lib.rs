@@ -87,6 +87,7 @@ pub mod config;
 pub mod error;
 mod errors;
 mod frontend;
+mod log_window;
 mod net;
 mod notify;
 mod params;

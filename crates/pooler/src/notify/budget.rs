@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::queue::Shared;
 use crate::config::NotifyBudget;
+use crate::log_window::LogWindow;
 
 /// At most this many lines about disconnected clients per `LOG_WINDOW`; the first line of the
 /// next window says how many were left out.
@@ -23,7 +24,6 @@ const TRIM_AFTER: usize = 4 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Shared by every pool's listener and every subscribed client of one `Pooler`.
-#[derive(Default)]
 pub struct Budget {
     client: AtomicUsize,
     total: AtomicUsize,
@@ -35,15 +35,8 @@ pub struct Budget {
     doomed: AtomicUsize,
     /// Every client's queue, for finding the largest when the total is passed.
     pub(super) members: Mutex<HashMap<usize, Weak<Shared>>>,
-    log: Mutex<LogWindow>,
+    log: LogWindow,
     trim: Mutex<TrimState>,
-}
-
-#[derive(Default)]
-struct LogWindow {
-    start: Option<Instant>,
-    logged: u32,
-    suppressed: u64,
 }
 
 #[derive(Default)]
@@ -56,9 +49,15 @@ struct TrimState {
 
 impl Budget {
     pub fn new(limits: NotifyBudget) -> Budget {
-        let b = Budget::default();
-        b.set(limits);
-        b
+        Budget {
+            client: AtomicUsize::new(limits.client_bytes),
+            total: AtomicUsize::new(limits.total_bytes),
+            used: AtomicUsize::new(0),
+            doomed: AtomicUsize::new(0),
+            members: Mutex::default(),
+            log: LogWindow::new(LOG_BURST, LOG_WINDOW),
+            trim: Mutex::default(),
+        }
     }
 
     pub fn set(&self, limits: NotifyBudget) {
@@ -104,19 +103,7 @@ impl Budget {
     /// Whether a line about one more disconnected client may be logged now, and how many were
     /// left out before it.
     pub fn may_log(&self) -> Option<u64> {
-        let mut w = self.log.lock();
-        let now = Instant::now();
-        if w.start.is_none_or(|s| now.duration_since(s) >= LOG_WINDOW) {
-            w.start = Some(now);
-            w.logged = 0;
-        }
-        if w.logged < LOG_BURST {
-            w.logged += 1;
-            Some(std::mem::take(&mut w.suppressed))
-        } else {
-            w.suppressed += 1;
-            None
-        }
+        self.log.may_log()
     }
 
     /// A client's queue was dropped with `bytes` still in it. glibc's malloc keeps freed

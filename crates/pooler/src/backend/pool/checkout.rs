@@ -157,7 +157,15 @@ impl Pool {
                 tracing::debug!(pool = %self.name, pid = s.pid, "server connection established");
             }
             Err(e) => {
-                tracing::warn!(service = %self.service, pool = %self.name, error = %e, "server connection failed")
+                if let Some(not_logged) = self.connect_log.may_log() {
+                    tracing::warn!(
+                        service = %self.service,
+                        pool = %self.name,
+                        error = %e,
+                        not_logged,
+                        "server connection failed (logged at most 3 times per 10 s)"
+                    )
+                }
             }
         }
         result

@@ -155,6 +155,9 @@ struct Pause {
     kill_epoch: AtomicU64,
 }
 
+/// Lines about failed server logins a pool logs per 10 s, at most.
+const CONNECT_LOG_BURST: u32 = 3;
+
 /// One pool.
 pub struct Pool {
     pub name: String,
@@ -168,6 +171,9 @@ pub struct Pool {
     pub drain: Signal,
     /// ParameterStatus values a client gets at login, learnt from a server connection.
     login_params: Mutex<Option<LoginParams>>,
+    /// Failed server logins are logged at most `CONNECT_LOG_BURST` times per 10 s: while the
+    /// server is down, every client held for it retries (`acquire`).
+    connect_log: crate::log_window::LogWindow,
     /// Logged-in server connections: SHOW SERVERS and the server counts of `stats`.
     pub server_list: crate::sockets::Sockets,
     /// Logged-in clients: SHOW CLIENTS and the client counts of `stats`.
@@ -204,6 +210,10 @@ impl Pool {
             version: AtomicU64::new(0),
             drain: Signal::new(),
             login_params: Mutex::new(None),
+            connect_log: crate::log_window::LogWindow::new(
+                CONNECT_LOG_BURST,
+                std::time::Duration::from_secs(10),
+            ),
             server_list: Default::default(),
             client_list: Default::default(),
             counters: Counters::default(),

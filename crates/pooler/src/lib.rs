@@ -95,6 +95,7 @@ mod prepared;
 mod service;
 mod signal;
 mod sockets;
+mod spare;
 mod stats;
 mod tls;
 

@@ -37,11 +37,7 @@ thread_local! {
 
 /// A read buffer of this thread's, or a new one.
 fn lend_read() -> BytesMut {
-    SPARE_READS_OF_THREAD
-        .try_with(|s| s.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
+    crate::spare::take(&SPARE_READS_OF_THREAD).unwrap_or_else(|| BytesMut::with_capacity(IDLE_READ))
 }
 
 /// Gives an emptied read buffer back to this thread (one grown past a few requests' worth is
@@ -51,12 +47,7 @@ fn give_back_read(mut buf: BytesMut) {
         return;
     }
     buf.clear();
-    let _ = SPARE_READS_OF_THREAD.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARE_READS {
-            s.push(buf);
-        }
-    });
+    crate::spare::keep(&SPARE_READS_OF_THREAD, buf, SPARE_READS);
 }
 
 /// What an idle client did.

@@ -155,12 +155,7 @@ const KEEP_QUEUE: usize = 64;
 impl RelayState {
     /// A relay state at rest for a new attachment, given back on drop.
     pub fn take() -> Recycled {
-        let state = SPARE
-            .try_with(|s| s.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        Recycled(Some(state))
+        Recycled(Some(crate::spare::take(&SPARE).unwrap_or_default()))
     }
 
     /// Back to rest, keeping the queues' capacity unless a deep pipeline grew them.
@@ -222,12 +217,7 @@ impl Drop for Recycled {
             return;
         };
         state.reset();
-        let _ = SPARE.try_with(|s| {
-            let mut spare = s.borrow_mut();
-            if spare.len() < SPARE_STATES {
-                spare.push(state);
-            }
-        });
+        crate::spare::keep(&SPARE, state, SPARE_STATES);
     }
 }
 

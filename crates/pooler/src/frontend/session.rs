@@ -28,9 +28,9 @@ const IDLE_READ: usize = 256;
 const SPARE_READS: usize = 8;
 
 thread_local! {
-    /// Read buffers this thread lends to its idle clients: a client borrows one when its socket
-    /// has something to read and gives it back once the request is handed to the relay, so an
-    /// idle client holds none and a transaction costs no allocation.
+    /// Read buffers this thread lends to its idle clients: a client borrows one to read its
+    /// socket and gives it back when nothing was there or once its request is handed to the
+    /// relay, so an idle client holds none and a transaction costs no allocation.
     static SPARE_READS_OF_THREAD: std::cell::RefCell<Vec<BytesMut>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }

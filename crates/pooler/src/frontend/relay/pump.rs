@@ -189,9 +189,9 @@ pub async fn pump(
             if idle_point && (release_at_boundary || draining) {
                 return Poll::Ready(End::Boundary);
             }
-            // A draining session that has had no answer since it attached is at rest too, once
-            // nothing is on its way to or from it (an answer still being written to a slow
-            // reader goes out first).
+            // A draining session-mode client is released at rest, also before its first answer
+            // of this attachment (no ReadyForQuery seen yet), but only once nothing is on its
+            // way to or from it: an answer still being written to a slow reader goes out first.
             if draining
                 && mode == PoolMode::Session
                 && at_boundary(server, relay)

@@ -14,8 +14,14 @@
 # PGBOUNCER_NEW=none skips it); POOLER_BIN=path of a standalone build to measure instead of the
 # working tree's; POOLER_THREADS=N runs pgbay's pooler with N worker threads (default: one per
 # core); ROUNDS=N measures every row N times (the targets' order rotated each round) and adds a
-# table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's; PERF=1 adds
-# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf);
+# table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's;
+# POOLER_VARIANTS="name:bin:threads ..." adds more pgbay targets to the same run (another build, or
+# the same with another worker count; an empty field means POOLER_BIN, or one per core), each
+# measured in turn with the others as target pgbay-NAME; MODES (default "simple prepared
+# set-heavy") picks the protocols; DIRECT=0 leaves out PostgreSQL directly and PGBOUNCER_OLD=none
+# Debian's PgBouncer; IDLE=0 / MANY=0 skip those idle-client runs; PERF=1 adds
+# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf) and
+# the packets on the loopback interface per transaction;
 # BACKEND=unix has every pooler reach PostgreSQL over its Unix socket (as pgbay reaches the
 # PostgreSQL it runs itself) instead of TCP on 127.0.0.1 (BACKEND=tcp, the default); FLOOR=1 adds
 # a "floor" target without TLS: crates/pooler/examples/floor_relay.rs, which copies bytes between
@@ -49,11 +55,15 @@ FLOOR=${FLOOR:-0}
 PYTHON=${PYTHON:-.venv/bin/python}
 PEERS_BUILD=${PEERS_BUILD:-/work/shared/peers/build-pgbouncer.sh}
 PGBOUNCER_NEW=${PGBOUNCER_NEW:-auto}
+PGBOUNCER_OLD=${PGBOUNCER_OLD:-pgbouncer}
+POOLER_VARIANTS=${POOLER_VARIANTS:-}
+MODES=${MODES:-"simple prepared set-heavy"}
+DIRECT=${DIRECT:-1}
 PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
 ulimit -n 20000
 
-command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+[ "$PGBOUNCER_OLD" = none ] || command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer (or PGBOUNCER_OLD=none)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "needs openssl (for the TLS certificate)" >&2; exit 1; }
 [ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "PERF=1 needs perf: apt-get install -y linux-perf" >&2; exit 1; }
 case "$BACKEND" in tcp | unix) ;; *) echo "BACKEND must be tcp or unix, not $BACKEND" >&2; exit 1 ;; esac
@@ -130,34 +140,39 @@ INI
     pids+=("$BOUNCER_PID")
 }
 
-# start_pgbay NAME TRANSPORT: the standalone example; sets POOLER_PORT and POOLER_PID.
+# start_pgbay NAME TRANSPORT [BIN [THREADS]]: the standalone example (POOLER_BIN and
+# POOLER_THREADS unless given); sets POOLER_PORT and POOLER_PID.
 start_pgbay() {
-    local name=$1 transport=$2 tls_args=()
+    local name=$1 transport=$2 bin=${3:-$POOLER_BIN} threads=${4:-${POOLER_THREADS:-}} tls_args=()
     POOLER_PORT=$(free_port)
     [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
-    PGBAY_POOLER_PASSWORD="$PASSWORD" "$POOLER_BIN" --listen "127.0.0.1:$POOLER_PORT" \
+    PGBAY_POOLER_PASSWORD="$PASSWORD" "$bin" --listen "127.0.0.1:$POOLER_PORT" \
         --backend-host "$PG_HOST" --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
-        --size 20 --max-client-conn 11000 "${tls_args[@]}" ${POOLER_THREADS:+--threads "$POOLER_THREADS"} \
+        --size 20 --max-client-conn 11000 "${tls_args[@]}" ${threads:+--threads "$threads"} \
         > "$work/$name.log" 2>&1 &
     pids+=($!)
     sleep 0.5
-    POOLER_PID=$(pgrep -f "$POOLER_BIN --listen 127.0.0.1:$POOLER_PORT" | head -1)
+    POOLER_PID=$(pgrep -f "$bin --listen 127.0.0.1:$POOLER_PORT" | head -1)
     pids+=("$POOLER_PID")
 }
 
 # Targets: "name transport port pid" (pid empty for PostgreSQL itself).
-targets=("postgres plain $PG_PORT -")
+targets=()
+[ "$DIRECT" = 0 ] || targets+=("postgres plain $PG_PORT -")
 if [ "$FLOOR" = 1 ] && [[ " $TLS " == *" plain "* ]]; then
     floor_port=$(free_port)
     "$FLOOR_BIN" --listen "127.0.0.1:$floor_port" --backend "127.0.0.1:$PG_PORT" > "$work/floor.log" 2>&1 &
     pids+=($!)
     targets+=("floor plain $floor_port $!")
 fi
-bouncer_old_version=$(pgbouncer --version | head -1)
+bouncer_old_version=""
+[ "$PGBOUNCER_OLD" = none ] || bouncer_old_version=$("$PGBOUNCER_OLD" --version | head -1)
 bouncer_new_version=""
 for transport in $TLS; do
-    start_bouncer "pgbouncer-$transport" "$(command -v pgbouncer)" "$transport"
-    targets+=("pgbouncer $transport $BOUNCER_PORT $BOUNCER_PID")
+    if [ "$PGBOUNCER_OLD" != none ]; then
+        start_bouncer "pgbouncer-$transport" "$(command -v "$PGBOUNCER_OLD")" "$transport"
+        targets+=("pgbouncer $transport $BOUNCER_PORT $BOUNCER_PID")
+    fi
     if [ "$PGBOUNCER_NEW" != none ] && [ -x "$PGBOUNCER_NEW" ]; then
         bouncer_new_version=$("$PGBOUNCER_NEW" --version | head -1)
         start_bouncer "pgbouncer-new-$transport" "$PGBOUNCER_NEW" "$transport"
@@ -166,10 +181,19 @@ for transport in $TLS; do
     if [ "$transport" = plain ] || [ "$POOLER_TLS" = yes ]; then
         start_pgbay "pgbay-$transport" "$transport"
         targets+=("pgbay $transport $POOLER_PORT $POOLER_PID")
+        for variant in $POOLER_VARIANTS; do
+            IFS=: read -r vname vbin vthreads <<< "$variant"
+            start_pgbay "pgbay-$vname-$transport" "$transport" "${vbin:-$POOLER_BIN}" "$vthreads"
+            targets+=("pgbay-$vname $transport $POOLER_PORT $POOLER_PID")
+        done
     fi
 done
 sleep 0.5
 hz=$(getconf CLK_TCK)
+
+# Packets received on the loopback interface so far (every packet of the run: client to pooler,
+# pooler to PostgreSQL, their ACKs; nothing else of this machine's should be on it meanwhile).
+lo_packets() { awk '$1 == "lo:" {print $3}' /proc/net/dev; }
 
 sslmode() { [ "$1" = tls ] && echo require || echo disable; }
 
@@ -204,7 +228,9 @@ run_pgbench() { # target transport port pid mode clients db
     [ -n "$pid" ] && read -r u0 s0 < <(user_sys_ticks "$pid")
     # PERF=1: the pooler's system calls and context switches over the same interval (perf stat
     # attached to the process; counting only, no sampling).
+    local lo0=0 lo1=0
     if [ "$PERF" = 1 ] && [ -n "$pid" ]; then
+        lo0=$(lo_packets)
         perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.csv" &
         perf_pid=$!
     fi
@@ -215,6 +241,7 @@ run_pgbench() { # target transport port pid mode clients db
     if [ -n "$perf_pid" ]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
+        lo1=$(lo_packets)
     fi
     u1=$u0 s1=$s0
     [ -n "$pid" ] && [ -e "/proc/$pid" ] && read -r u1 s1 < <(user_sys_ticks "$pid")
@@ -227,7 +254,7 @@ run_pgbench() { # target transport port pid mode clients db
         sys_us=$(awk -v d=$((s1 - s0)) -v hz="$hz" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
         cpu=$(awk -v a="$user_us" -v b="$sys_us" 'BEGIN {printf "%.1f", a + b}')
         if [ -n "$perf_pid" ] && [ -s "$work/perf.csv" ]; then
-            extra=$(awk -F, -v n="$txns" '$3 ~ /sys_enter/ {s = $1 / n} $3 ~ /context-switches/ {c = $1 / n} END {printf "%.2f syscalls, %.2f context switches per txn", s, c}' "$work/perf.csv")
+            extra=$(awk -F, -v n="$txns" -v lo=$((lo1 - lo0)) '$3 ~ /sys_enter/ {s = $1 / n} $3 ~ /context-switches/ {c = $1 / n} END {printf "%.2f syscalls, %.2f context switches, %.2f loopback packets per txn", s, c, lo / n}' "$work/perf.csv")
             note="${note:+$note; }$extra"
         fi
         # A failed run's figures are not a measurement of the pooler: left out of the medians.
@@ -249,7 +276,7 @@ SQL
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $round of $ROUNDS" >&2
     for c in $CLIENTS; do
-        for mode in simple prepared set-heavy; do
+        for mode in $MODES; do
             n=${#targets[@]}
             for ((i = 0; i < n; i++)); do
                 read -r name transport port pid <<< "${targets[$(((i + round - 1) % n))]}"
@@ -289,7 +316,7 @@ if [ "$ROUNDS" -gt 1 ]; then
                     s = (order[i] in sys) ? sprintf("%.1f", median(sys[order[i]])) : "-"
                     ratio = "-"
                     peer = "pgbouncer-1.25" SUBSEP f[2] SUBSEP f[3] SUBSEP f[4]
-                    if (f[1] == "pgbay" && (order[i] in cpu) && (peer in cpu)) ratio = sprintf("%.2f×", median(cpu[order[i]]) / median(cpu[peer]))
+                    if (f[1] ~ /^pgbay/ && (order[i] in cpu) && (peer in cpu)) ratio = sprintf("%.2f×", median(cpu[order[i]]) / median(cpu[peer]))
                     printf "| %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], median(tps[order[i]]), c, u, s, ratio
                 }
             }'
@@ -317,6 +344,7 @@ idle_clients() { # name transport port pid n
     echo "|---|---|---|---|---|---|---|"
 } >> "$report"
 for n in "$IDLE" "$MANY"; do
+    [ "$n" -gt 0 ] || continue
     for t in "${targets[@]}"; do
         read -r name transport port pid <<< "$t"
         [ "$name" = postgres ] || [ "$name" = floor ] && continue

@@ -163,7 +163,8 @@ impl Pool {
                         pool = %self.name,
                         error = %e,
                         not_logged,
-                        "server connection failed (logged at most 3 times per 10 s)"
+                        "server connection failed (logged at most {} times per 10 s)",
+                        super::CONNECT_LOG_BURST
                     )
                 }
             }

@@ -8,7 +8,6 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgbay_pooler::PoolMode;
 use support::*;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -59,13 +58,7 @@ async fn failed_server_logins_are_logged_a_few_times_per_window_then_counted() {
         .init();
     let pg = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     pg.setup_app().await;
-    let mut cfg = service(
-        "connlog",
-        pg.port,
-        vec![pool("p1", PoolMode::Transaction, 2)],
-    );
-    cfg.backend.unavailable_hold = Duration::from_secs(60);
-    cfg.limits.query_wait_timeout = Duration::from_secs(2);
+    let cfg = holding_service("connlog", pg.port, Duration::from_secs(2));
     let (pooler, addr) = start(cfg).await;
     let mut clients = Vec::new();
     for _ in 0..4 {

@@ -8,16 +8,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use pgbay_pooler::PoolMode;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_client_runs_once_the_server_is_back_or_gets_the_error_past_the_bound() {
     let pg = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     pg.setup_app().await;
-    let mut cfg = service("hold", pg.port, vec![pool("p1", PoolMode::Transaction, 2)]);
-    cfg.backend.unavailable_hold = Duration::from_secs(60);
-    cfg.limits.query_wait_timeout = Duration::from_secs(3);
+    let cfg = holding_service("hold", pg.port, Duration::from_secs(3));
     let (pooler, addr) = start(cfg).await;
     let a = connect(addr, "p1").await.unwrap();
     let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
@@ -73,13 +70,7 @@ async fn a_pool_that_requires_a_primary_holds_clients_while_the_server_is_in_rec
     })
     .await
     .unwrap();
-    let mut cfg = service(
-        "primary",
-        pg.port,
-        vec![pool("p1", PoolMode::Transaction, 2)],
-    );
-    cfg.backend.unavailable_hold = Duration::from_secs(60);
-    cfg.limits.query_wait_timeout = Duration::from_secs(3);
+    let mut cfg = holding_service("primary", pg.port, Duration::from_secs(3));
 
     // Without the requirement the standby serves, read-only: what a writer met after a failover.
     let (pooler, addr) = start(cfg.clone()).await;

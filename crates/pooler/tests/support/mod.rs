@@ -360,6 +360,19 @@ pub fn service(name: &str, backend_port: u16, pools: Vec<PoolConfig>) -> Service
     }
 }
 
+/// A service with one transaction pool `p1` of 2 whose clients are held while its server is
+/// unreachable (`unavailable_hold`), each for at most `query_wait`.
+pub fn holding_service(name: &str, backend_port: u16, query_wait: Duration) -> ServiceConfig {
+    let mut cfg = service(
+        name,
+        backend_port,
+        vec![pool("p1", PoolMode::Transaction, 2)],
+    );
+    cfg.backend.unavailable_hold = Duration::from_secs(60);
+    cfg.limits.query_wait_timeout = query_wait;
+    cfg
+}
+
 /// Starts a pooler with one service and returns it with the service's address.
 pub async fn start(cfg: ServiceConfig) -> (Pooler, SocketAddr) {
     let _ = tracing_subscriber::fmt()

@@ -16,7 +16,7 @@
 # core); ROUNDS=N measures every row N times (the targets' order rotated each round) and adds a
 # table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's;
 # POOLER_VARIANTS="name:bin:threads ..." adds more pgbay targets to the same run (another build, or
-# the same with another worker count; an empty field means POOLER_BIN, or one per core), each
+# the same with another worker count; an empty field means POOLER_BIN, or POOLER_THREADS), each
 # measured in turn with the others as target pgbay-NAME; MODES (default "simple prepared
 # set-heavy") picks the protocols; DIRECT=0 leaves out PostgreSQL directly and PGBOUNCER_OLD=none
 # Debian's PgBouncer; IDLE=0 / MANY=0 skip those idle-client runs; PERF=1 adds
@@ -63,7 +63,7 @@ PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
 ulimit -n 20000
 
-[ "$PGBOUNCER_OLD" = none ] || command -v pgbouncer >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer (or PGBOUNCER_OLD=none)" >&2; exit 1; }
+[ "$PGBOUNCER_OLD" = none ] || command -v "$PGBOUNCER_OLD" >/dev/null || { echo "needs Debian's pgbouncer: apt-get install -y pgbouncer (or PGBOUNCER_OLD=none)" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "needs openssl (for the TLS certificate)" >&2; exit 1; }
 [ "$PERF" != 1 ] || command -v perf >/dev/null || { echo "PERF=1 needs perf: apt-get install -y linux-perf" >&2; exit 1; }
 case "$BACKEND" in tcp | unix) ;; *) echo "BACKEND must be tcp or unix, not $BACKEND" >&2; exit 1 ;; esac
@@ -165,8 +165,8 @@ if [ "$FLOOR" = 1 ] && [[ " $TLS " == *" plain "* ]]; then
     pids+=($!)
     targets+=("floor plain $floor_port $!")
 fi
-bouncer_old_version=""
-[ "$PGBOUNCER_OLD" = none ] || bouncer_old_version=$("$PGBOUNCER_OLD" --version | head -1)
+bouncer_versions=""
+[ "$PGBOUNCER_OLD" = none ] || bouncer_versions=", $("$PGBOUNCER_OLD" --version | head -1)"
 bouncer_new_version=""
 for transport in $TLS; do
     if [ "$PGBOUNCER_OLD" != none ]; then
@@ -202,7 +202,7 @@ mkdir -p bench/results
 {
     echo "# Pooler benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $bouncer_old_version${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext over $([ "$BACKEND" = unix ] && echo "its Unix socket" || echo "TCP loopback")."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')$bouncer_versions${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext over $([ "$BACKEND" = unix ] && echo "its Unix socket" || echo "TCP loopback")."
     if [ "$POOLER_TLS" = no ] && [[ " $TLS " == *" tls "* ]]; then
         echo
         echo "pgbay over TLS: skipped, the standalone example takes no certificate (no --tls-cert)."
@@ -336,13 +336,15 @@ idle_clients() { # name transport port pid n
     echo "| $name | $transport | $n | $line | $rss0 | $rss1 | $(awk -v a="$rss0" -v b="$rss1" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n}') |" >> "$report"
 }
 
-{
-    echo
-    echo "Idle clients (each logged in and ran SELECT 1, then idles); RSS of the pooler process:"
-    echo
-    echo "| target | TLS | clients | result | RSS before KiB | RSS with clients KiB | KiB per client |"
-    echo "|---|---|---|---|---|---|---|"
-} >> "$report"
+if [ "$IDLE" -gt 0 ] || [ "$MANY" -gt 0 ]; then
+    {
+        echo
+        echo "Idle clients (each logged in and ran SELECT 1, then idles); RSS of the pooler process:"
+        echo
+        echo "| target | TLS | clients | result | RSS before KiB | RSS with clients KiB | KiB per client |"
+        echo "|---|---|---|---|---|---|---|"
+    } >> "$report"
+fi
 for n in "$IDLE" "$MANY"; do
     [ "$n" -gt 0 ] || continue
     for t in "${targets[@]}"; do

@@ -181,24 +181,17 @@ pub async fn pump(
                     Poll::Pending => client_write = false,
                 }
             }
-            let idle_point = saw_ready
-                && at_boundary(server, relay)
-                && server.bufs.c2s_out.is_empty()
-                && server.bufs.s2c_out.is_empty()
-                && !client_flush;
+            // At rest: the server answered everything asked, and every answer is out to the
+            // client (an answer still being written to a slow reader goes out first).
+            let at_rest =
+                at_boundary(server, relay) && server.bufs.s2c_out.is_empty() && !client_flush;
+            let idle_point = saw_ready && at_rest && server.bufs.c2s_out.is_empty();
             if idle_point && (release_at_boundary || draining) {
                 return Poll::Ready(End::Boundary);
             }
-            // A draining session-mode client is released at rest, also before its first answer
-            // of this attachment (no ReadyForQuery seen yet), but only once nothing is on its
-            // way to or from it: an answer still being written to a slow reader goes out first.
-            if draining
-                && mode == PoolMode::Session
-                && at_boundary(server, relay)
-                && server.bufs.c2s_in.is_empty()
-                && server.bufs.s2c_out.is_empty()
-                && !client_flush
-            {
+            // A draining session-mode client is released at rest also before its first answer
+            // of this attachment (no ReadyForQuery seen yet), once nothing more came from it.
+            if draining && mode == PoolMode::Session && at_rest && server.bufs.c2s_in.is_empty() {
                 return Poll::Ready(End::Boundary);
             }
             if client_read && server.bufs.c2s_out.len() < HIGH_WATER {

@@ -15,8 +15,9 @@
 # working tree's; POOLER_THREADS=N runs pgbay's pooler with N worker threads (default: one per
 # core); ROUNDS=N measures every row N times (the targets' order rotated each round) and adds a
 # table of each row's medians with pgbay's CPU per transaction over PgBouncer 1.25.1's;
-# POOLER_VARIANTS="name:bin:threads ..." adds more pgbay targets to the same run (another build, or
-# the same with another worker count; an empty field means POOLER_BIN, or POOLER_THREADS), each
+# POOLER_VARIANTS="name:bin:threads[:args] ..." adds more pgbay targets to the same run (another
+# build, or the same with another worker count or with more standalone arguments, comma-separated
+# in ARGS; an empty field means POOLER_BIN, or POOLER_THREADS), each
 # measured in turn with the others as target pgbay-NAME; MODES (default "simple prepared
 # set-heavy") picks the protocols; DIRECT=0 leaves out PostgreSQL directly and PGBOUNCER_OLD=none
 # Debian's PgBouncer; IDLE=0 / MANY=0 skip those idle-client runs; PERF=1 adds
@@ -140,15 +141,18 @@ INI
     pids+=("$BOUNCER_PID")
 }
 
-# start_pgbay NAME TRANSPORT [BIN [THREADS]]: the standalone example (POOLER_BIN and
-# POOLER_THREADS unless given); sets POOLER_PORT and POOLER_PID.
+# start_pgbay NAME TRANSPORT [BIN [THREADS [ARGS]]]: the standalone example (POOLER_BIN and
+# POOLER_THREADS unless given; ARGS: more arguments, comma-separated); sets POOLER_PORT and
+# POOLER_PID.
 start_pgbay() {
     local name=$1 transport=$2 bin=${3:-$POOLER_BIN} threads=${4:-${POOLER_THREADS:-}} tls_args=()
+    local extra=()
+    [ -n "${5:-}" ] && IFS=, read -r -a extra <<< "$5"
     POOLER_PORT=$(free_port)
     [ "$transport" = tls ] && tls_args=(--tls-cert "$work/tls/server.crt" --tls-key "$work/tls/server.key")
     PGBAY_POOLER_PASSWORD="$PASSWORD" "$bin" --listen "127.0.0.1:$POOLER_PORT" \
         --backend-host "$PG_HOST" --backend-port "$PG_PORT" --user bench --pool bench --database postgres --mode transaction \
-        --size 20 --max-client-conn 11000 "${tls_args[@]}" ${threads:+--threads "$threads"} \
+        --size 20 --max-client-conn 11000 "${tls_args[@]}" ${threads:+--threads "$threads"} "${extra[@]}" \
         > "$work/$name.log" 2>&1 &
     pids+=($!)
     sleep 0.5
@@ -182,8 +186,8 @@ for transport in $TLS; do
         start_pgbay "pgbay-$transport" "$transport"
         targets+=("pgbay $transport $POOLER_PORT $POOLER_PID")
         for variant in $POOLER_VARIANTS; do
-            IFS=: read -r vname vbin vthreads <<< "$variant"
-            start_pgbay "pgbay-$vname-$transport" "$transport" "${vbin:-$POOLER_BIN}" "$vthreads"
+            IFS=: read -r vname vbin vthreads vargs <<< "$variant"
+            start_pgbay "pgbay-$vname-$transport" "$transport" "${vbin:-$POOLER_BIN}" "$vthreads" "$vargs"
             targets+=("pgbay-$vname $transport $POOLER_PORT $POOLER_PID")
         done
     fi

@@ -5,14 +5,16 @@
 //! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
 //!     --user U --pool NAME --database DB --mode transaction --size 20 \
 //!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N] \
-//!     [--tls-cert FILE --tls-key FILE]
+//!     [--io-events N] [--io-events-busy N] [--tls-cert FILE --tls-key FILE]
 //! ```
 //!
 //! The user's password comes from the environment (`PGBAY_POOLER_PASSWORD`), not the command line,
 //! where every process listing would show it. With `--tls-cert`/`--tls-key` (PEM files) clients must
 //! use TLS, as pgbay serve's pools do.
 //!
-//! `--threads` sets the tokio worker threads (default: one per core).
+//! `--threads` sets the tokio worker threads (default: one per core); `--io-events` and
+//! `--io-events-busy` the most I/O events a worker takes from the kernel per poll when idle and
+//! when busy (tokio's `max_io_events_per_tick` / `max_io_events_per_busy_tick`; default 1024).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,7 +30,7 @@ fn usage(msg: &str) -> ! {
         "usage: PGBAY_POOLER_PASSWORD=P standalone --listen ADDR --backend-host H --backend-port N \
          --user U --pool NAME --database DB --mode session|transaction|statement --size N \
          [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] \
-         [--threads N] [--tls-cert FILE --tls-key FILE]"
+         [--threads N] [--io-events N] [--io-events-busy N] [--tls-cert FILE --tls-key FILE]"
     );
     std::process::exit(2)
 }
@@ -126,6 +128,20 @@ fn main() {
         builder.worker_threads(
             n.parse()
                 .unwrap_or_else(|_| usage("--threads must be a number")),
+        );
+    }
+    if let Some(n) = args.get("io-events") {
+        builder.max_io_events_per_tick(
+            n.parse::<std::num::NonZeroUsize>()
+                .unwrap_or_else(|_| usage("--io-events must be a positive number"))
+                .get(),
+        );
+    }
+    if let Some(n) = args.get("io-events-busy") {
+        builder.max_io_events_per_busy_tick(
+            n.parse::<std::num::NonZeroUsize>()
+                .unwrap_or_else(|_| usage("--io-events-busy must be a positive number"))
+                .get(),
         );
     }
     let runtime = match builder.enable_all().build() {

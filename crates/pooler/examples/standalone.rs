@@ -123,26 +123,23 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    // The runtime's counts must be positive (tokio panics on zero): refused with the usage.
+    let positive = |name: &str| -> Option<usize> {
+        args.get(name).map(|v| {
+            v.parse::<std::num::NonZeroUsize>()
+                .unwrap_or_else(|_| usage(&format!("--{name} must be a positive number")))
+                .get()
+        })
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.get("threads") {
-        builder.worker_threads(
-            n.parse()
-                .unwrap_or_else(|_| usage("--threads must be a number")),
-        );
+    if let Some(n) = positive("threads") {
+        builder.worker_threads(n);
     }
-    if let Some(n) = args.get("io-events") {
-        builder.max_io_events_per_tick(
-            n.parse::<std::num::NonZeroUsize>()
-                .unwrap_or_else(|_| usage("--io-events must be a positive number"))
-                .get(),
-        );
+    if let Some(n) = positive("io-events") {
+        builder.max_io_events_per_tick(n);
     }
-    if let Some(n) = args.get("io-events-busy") {
-        builder.max_io_events_per_busy_tick(
-            n.parse::<std::num::NonZeroUsize>()
-                .unwrap_or_else(|_| usage("--io-events-busy must be a positive number"))
-                .get(),
-        );
+    if let Some(n) = positive("io-events-busy") {
+        builder.max_io_events_per_busy_tick(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

@@ -21,8 +21,8 @@
 # measured in turn with the others as target pgbay-NAME; MODES (default "simple prepared
 # set-heavy") picks the protocols; DIRECT=0 leaves out PostgreSQL directly and PGBOUNCER_OLD=none
 # Debian's PgBouncer; IDLE=0 / MANY=0 skip those idle-client runs; PERF=1 adds
-# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf) and
-# the packets on the loopback interface per transaction;
+# the pooler's system calls and context switches per transaction (perf stat, Debian linux-perf; the
+# switches also split into voluntary and preempted, from /proc/PID/task/*/status) and the packets on the loopback interface per transaction;
 # BACKEND=unix has every pooler reach PostgreSQL over its Unix socket (as pgbay reaches the
 # PostgreSQL it runs itself) instead of TCP on 127.0.0.1 (BACKEND=tcp, the default); FLOOR=1 adds
 # a "floor" target without TLS: crates/pooler/examples/floor_relay.rs, which copies bytes between
@@ -198,6 +198,9 @@ hz=$(getconf CLK_TCK)
 # Packets received on the loopback interface so far (every packet of the run: client to pooler,
 # pooler to PostgreSQL, their ACKs; nothing else of this machine's should be on it meanwhile).
 lo_packets() { awk '$1 == "lo:" {print $3}' /proc/net/dev; }
+# A process's context switches so far, voluntary (it waited) and involuntary (it was preempted),
+# summed over its threads.
+ctxt_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'; }
 
 sslmode() { [ "$1" = tls ] && echo require || echo disable; }
 
@@ -232,9 +235,10 @@ run_pgbench() { # target transport port pid mode clients db
     [ -n "$pid" ] && read -r u0 s0 < <(user_sys_ticks "$pid")
     # PERF=1: the pooler's system calls and context switches over the same interval (perf stat
     # attached to the process; counting only, no sampling).
-    local lo0=0 lo1=0
+    local lo0=0 lo1=0 vol0=0 inv0=0 vol1=0 inv1=0
     if [ "$PERF" = 1 ] && [ -n "$pid" ]; then
         lo0=$(lo_packets)
+        read -r vol0 inv0 < <(ctxt_switches "$pid")
         perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.csv" &
         perf_pid=$!
     fi
@@ -246,6 +250,7 @@ run_pgbench() { # target transport port pid mode clients db
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
         lo1=$(lo_packets)
+        read -r vol1 inv1 < <(ctxt_switches "$pid")
     fi
     u1=$u0 s1=$s0
     [ -n "$pid" ] && [ -e "/proc/$pid" ] && read -r u1 s1 < <(user_sys_ticks "$pid")
@@ -258,7 +263,7 @@ run_pgbench() { # target transport port pid mode clients db
         sys_us=$(awk -v d=$((s1 - s0)) -v hz="$hz" -v n="$txns" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
         cpu=$(awk -v a="$user_us" -v b="$sys_us" 'BEGIN {printf "%.1f", a + b}')
         if [ -n "$perf_pid" ] && [ -s "$work/perf.csv" ]; then
-            extra=$(awk -F, -v n="$txns" -v lo=$((lo1 - lo0)) '$3 ~ /sys_enter/ {s = $1 / n} $3 ~ /context-switches/ {c = $1 / n} END {printf "%.2f syscalls, %.2f context switches, %.2f loopback packets per txn", s, c, lo / n}' "$work/perf.csv")
+            extra=$(awk -F, -v n="$txns" -v lo=$((lo1 - lo0)) -v vol=$((vol1 - vol0)) -v inv=$((inv1 - inv0)) '$3 ~ /sys_enter/ {s = $1 / n} $3 ~ /context-switches/ {c = $1 / n} END {printf "%.2f syscalls, %.2f context switches (%.2f voluntary, %.2f preempted), %.2f loopback packets per txn", s, c, vol / n, inv / n, lo / n}' "$work/perf.csv")
             note="${note:+$note; }$extra"
         fi
         # A failed run's figures are not a measurement of the pooler: left out of the medians.

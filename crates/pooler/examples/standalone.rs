@@ -5,7 +5,7 @@
 //! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
 //!     --user U --pool NAME --database DB --mode transaction --size 20 \
 //!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N] \
-//!     [--io-events N] [--io-events-busy N] [--tls-cert FILE --tls-key FILE]
+//!     [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] [--tls-cert FILE --tls-key FILE]
 //! ```
 //!
 //! The user's password comes from the environment (`PGBAY_POOLER_PASSWORD`), not the command line,
@@ -14,7 +14,9 @@
 //!
 //! `--threads` sets the tokio worker threads (default: one per core); `--io-events` and
 //! `--io-events-busy` the most I/O events a worker takes from the kernel per poll when idle and
-//! when busy (tokio's `max_io_events_per_tick` / `max_io_events_per_busy_tick`; default 1024).
+//! when busy (tokio's `max_io_events_per_tick` / `max_io_events_per_busy_tick`; default 1024);
+//! `--slice-us` and `--nice` the threads' scheduling (`sched_setattr`, SCHED_OTHER: the EEVDF time
+//! slice, Linux 6.12+, and the nice value; a negative one needs CAP_SYS_NICE).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +32,8 @@ fn usage(msg: &str) -> ! {
         "usage: PGBAY_POOLER_PASSWORD=P standalone --listen ADDR --backend-host H --backend-port N \
          --user U --pool NAME --database DB --mode session|transaction|statement --size N \
          [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] \
-         [--threads N] [--io-events N] [--io-events-busy N] [--tls-cert FILE --tls-key FILE]"
+         [--threads N] [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] \
+         [--tls-cert FILE --tls-key FILE]"
     );
     std::process::exit(2)
 }
@@ -141,6 +144,25 @@ fn main() {
     if let Some(n) = positive("io-events-busy") {
         builder.max_io_events_per_busy_tick(n);
     }
+    // --slice-us / --nice: the worker threads' scheduling (sched_setattr, SCHED_OTHER): the time
+    // slice the kernel's EEVDF scheduler gives them (Linux 6.12+, 100..100000 µs) and their nice
+    // value; for measuring how often a woken peer preempts the pooler.
+    let slice_us = args.get("slice-us").map(|v| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| (100..=100_000).contains(n))
+            .unwrap_or_else(|| usage("--slice-us must be 100..100000"))
+    });
+    let nice = args.get("nice").map(|v| {
+        v.parse::<i32>()
+            .ok()
+            .filter(|n| (-20..=19).contains(n))
+            .unwrap_or_else(|| usage("--nice must be -20..19"))
+    });
+    if slice_us.is_some() || nice.is_some() {
+        builder.on_thread_start(move || set_sched(slice_us, nice));
+        set_sched(slice_us, nice);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => usage(&format!("cannot start runtime: {e}")),
@@ -179,4 +201,41 @@ fn main() {
         }
         pooler.shutdown().await;
     });
+}
+
+/// The calling thread's SCHED_OTHER slice and nice value (see `--slice-us`, `--nice`).
+fn set_sched(slice_us: Option<u64>, nice: Option<i32>) {
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+        util_min: u32,
+        util_max: u32,
+    }
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: 0,
+        flags: 0,
+        nice: nice.unwrap_or(0),
+        priority: 0,
+        runtime: slice_us.unwrap_or(0) * 1000,
+        deadline: 0,
+        period: 0,
+        util_min: 0,
+        util_max: 0,
+    };
+    // SAFETY: sched_setattr reads `attr` (size given in it) for the calling thread (pid 0).
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc != 0 {
+        usage(&format!(
+            "sched_setattr: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
 }

@@ -16,7 +16,7 @@
 //! `--io-events-busy` the most I/O events a worker takes from the kernel per poll when idle and
 //! when busy (tokio's `max_io_events_per_tick` / `max_io_events_per_busy_tick`; default 1024);
 //! `--slice-us` and `--nice` the threads' scheduling (`sched_setattr`, SCHED_OTHER: the EEVDF time
-//! slice, Linux 6.12+, and the nice value; a negative one needs CAP_SYS_NICE).
+//! slice, Linux 6.12+, and the nice value, 0 unless given; a negative one needs CAP_SYS_NICE).
 
 use std::collections::HashMap;
 use std::time::Duration;

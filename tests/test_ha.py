@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import PgbayServer, api_error, ok, unique, wait_for, wait_service_running
+from conftest import PgbayServer, api_error, ok, unique, wait_for, wait_op, wait_service_running
 
 pytestmark = pytest.mark.skipif(
     shutil.which("patroni") is None or shutil.which("etcd") is None,
@@ -417,6 +417,41 @@ def test_plan_changes_add_and_remove_standbys_online(node):
     with psycopg.connect(doc["uri"], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM s").fetchone() == (1002,)
     assert len(patroni_pids(node, name)) == 1
+    ok(c, c.delete_dbaas_service_pg(name=name))
+
+
+@pytest.mark.skipif(shutil.which("pgbackrest") is None, reason="pgbackrest is not installed")
+def test_a_standby_catches_up_from_the_archive_when_the_primary_dropped_the_wal(node):
+    """A standby is restored from the service's last backup; WAL written since then that the
+    primary no longer holds must come from the archive (Patroni's restore_command), or the new
+    standby never leaves `syncing_data`."""
+    c = node.client()
+    name = unique("hawal")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="startup-4"))
+    doc = wait_service_running(c, name, timeout=300)
+    wait_for("the first backup", 120, lambda: c.get_dbaas_service_pg(name=name)["backups"])
+    with psycopg.connect(doc["uri"], autocommit=True) as conn:
+        first = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+
+        def dropped() -> bool:
+            # About 24 MiB of WAL per round (the admin may not call pg_switch_wal); once the
+            # first segment is archived, a checkpoint removes or recycles it.
+            conn.execute("CREATE TABLE IF NOT EXISTS fill (pad text)")
+            conn.execute("INSERT INTO fill SELECT repeat('x', 1000) FROM generate_series(1, 24000)")
+            if conn.execute("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver",
+                            (first,)).fetchone()[0]:
+                conn.execute("CHECKPOINT")
+            return conn.execute("SELECT count(*) = 0 FROM pg_ls_waldir() WHERE name = %s",
+                                (first,)).fetchone()[0]
+
+        wait_for(f"the primary to drop WAL segment {first}", 240, dropped, every=0.5)
+        conn.execute("CREATE TABLE marker AS SELECT 42 AS n")
+    op = c.update_dbaas_service_pg(name=name, plan="business-4")
+    assert wait_op(c, op, timeout=300)["state"] == "success", op
+    doc = two_running_members(c, name, "two running members", 60)
+    [standby] = doc["connection-info"]["standby"]
+    with psycopg.connect(standby, autocommit=True) as ro:
+        assert ro.execute("SELECT n FROM marker").fetchone() == (42,)
     ok(c, c.delete_dbaas_service_pg(name=name))
 
 

@@ -165,8 +165,17 @@ def test_internal_role_is_out_of_reach(client, service):
     with api_error(400, "admin-username", "pgbay_internal"):
         client.create_dbaas_service_pg(name=unique("iso-x"), plan="hobbyist-2",
                                        admin_username="pgbay_internal")
+    # PostgreSQL's reserved role names are refused up front, not by a failed provisioning.
+    for reserved in ("public", "none"):
+        with api_error(400, "username", reserved):
+            client.create_dbaas_postgres_user(service_name=service.name, username=reserved)
+        with api_error(400, "admin-username", reserved):
+            client.create_dbaas_service_pg(name=unique("iso-x"), plan="hobbyist-2",
+                                           admin_username=reserved)
     svc = client.get_dbaas_service_pg(name=service.name)
     assert "pgbay_internal" not in str(svc)
+    names = [s["name"] for s in client.list_dbaas_services()["dbaas-services"]]
+    assert not any(n.startswith("iso-x") for n in names), names
 
 
 def test_admin_keeps_what_a_managed_admin_may_do(client, service):

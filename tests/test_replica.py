@@ -15,9 +15,11 @@ import pytest
 from conftest import (
     PgbayServer,
     api_error,
+    check_error_response,
     ok,
     provision,
     reveal,
+    signed,
     unique,
     uri_with,
     wait_service_running,
@@ -124,6 +126,14 @@ def test_bad_read_replica_requests_are_refused(node):
     with api_error(400, "source-service"):
         c.create_dbaas_integration(integration_type="read_replica", source_service="nope",
                                    dest_service="b")
+    # A field of another type than a string is refused as such, not as missing.
+    for field, body in (
+            ("integration-type", {"integration-type": 5, "source-service": "a",
+                                  "dest-service": "b"}),
+            ("dest-service", {"integration-type": "read_replica", "source-service": "a",
+                              "dest-service": ["b"]})):
+        check_error_response(signed(node, "POST", "/dbaas-integration", body), 400, field,
+                             "must be a string")
     types = c.list_dbaas_integration_types()["dbaas-integration-types"]
     assert [t["type"] for t in types] == ["read_replica"]
     names = [s["name"] for s in c.list_dbaas_services()["dbaas-services"]]

@@ -476,7 +476,14 @@ pub async fn create_integration(State(c): State<Control>, JsonObject(b): JsonObj
             "settings",
         ],
     )?;
-    match b.get("integration-type").and_then(|t| t.as_str()) {
+    // A field given with another type than a string is refused as such, not as missing.
+    let text = |f: &str| -> Result<Option<&str>, InputError> {
+        b.get(f)
+            .filter(|v| !v.is_null())
+            .map(|v| requests::string(f, v))
+            .transpose()
+    };
+    match text("integration-type")? {
         Some("read_replica") => {
             if b.get("settings")
                 .is_some_and(|s| s.as_object().is_none_or(|o| !o.is_empty()))
@@ -484,10 +491,7 @@ pub async fn create_integration(State(c): State<Control>, JsonObject(b): JsonObj
                 return Err(InputError::new("settings", "read_replica has no settings").into());
             }
             let name = |f: &str| -> Result<ServiceName, ApiError> {
-                let v = b
-                    .get(f)
-                    .and_then(|v| v.as_str())
-                    .ok_or_else(|| InputError::new(f, "is required"))?;
+                let v = text(f)?.ok_or_else(|| InputError::new(f, "is required"))?;
                 Ok(ServiceName::parse(f, v)?)
             };
             let op = c

@@ -397,6 +397,18 @@ impl Control {
                     archiving =
                         Some(prov.ha_archive_parameters(&name, &pgs, owner, cipher.as_deref())?);
                 }
+                // pgBackRest's command line of the archive_command, as this member (its data
+                // directory as pg1-path) running `action`.
+                let data = prov.member_dir(&name, i).join("data");
+                let own = |action: &str| format!("--pg1-path={} {action}", data.display());
+                let repository = |action: &str| {
+                    archiving.as_ref().and_then(|params| {
+                        params
+                            .iter()
+                            .find(|(k, _)| k == "archive_command")
+                            .map(|(_, v)| v.replace("archive-push %p", action))
+                    })
+                };
                 let cfg = MemberConfig {
                     scope: name.clone(),
                     name: member_name(&name, i),
@@ -424,30 +436,14 @@ impl Control {
                         .clone()
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|(k, v)| {
-                            let own = format!(
-                                "--pg1-path={} archive-push %p",
-                                prov.member_dir(&name, i).join("data").display()
-                            );
-                            (k, v.replace("archive-push %p", &own))
-                        })
+                        .map(|(k, v)| (k, v.replace("archive-push %p", &own("archive-push %p"))))
                         .collect(),
                     // A new or lost member is restored from the repository (then catches up from
                     // the archive and the primary) rather than copied whole from the primary.
-                    replica_from_repository: archiving.as_ref().and_then(|params| {
-                        params
-                            .iter()
-                            .find(|(k, _)| k == "archive_command")
-                            .map(|(_, v)| {
-                                v.replace(
-                                    "archive-push %p",
-                                    &format!(
-                                        "--pg1-path={} --delta --type=standby restore",
-                                        prov.member_dir(&name, i).join("data").display()
-                                    ),
-                                )
-                            })
-                    }),
+                    replica_from_repository: repository(&own("--delta --type=standby restore")),
+                    // WAL the primary no longer holds comes from the archive, one segment per
+                    // call (the asynchronous prefetch's spool is shared by the members).
+                    restore_command: repository(&own("--no-archive-async archive-get %f \"%p\"")),
                     pid_file: Some(pid_dir.join(format!("{name}-{i}.pid"))),
                 };
                 let m = Member::start_or_adopt(cfg, owner).map_err(|e| {
@@ -1056,9 +1052,17 @@ impl Control {
             .get(&new.name)
             .map(|h| h.members.len());
         match current {
-            None => self.convert_to_ha(new, nodes, settings).await?,
+            None => {
+                if let Err(e) = self.convert_to_ha(new, nodes, settings).await {
+                    self.withdraw_new_members(new, 1).await;
+                    return Err(e);
+                }
+            }
             Some(n) if nodes > n => {
-                self.add_members(new, n, nodes).await?;
+                if let Err(e) = self.add_members(new, n, nodes).await {
+                    self.withdraw_new_members(new, n).await;
+                    return Err(e);
+                }
                 // From one member (synchronous replication switched off when it was left
                 // alone) to standbys again: the service's setting applies again.
                 let record = lock(&self.inner.ha.records).get(&new.name).cloned();
@@ -1210,6 +1214,21 @@ impl Control {
             .or_default()
             .extend(started);
         self.wait_for_standbys(&s.name, from..to).await
+    }
+
+    /// After a failed growth to more members: the members past the first `keep` (standbys that
+    /// did not come up) are stopped and forgotten, so the service runs as many members as its
+    /// plan, which the failed operation restores, says. Failures here are logged: the growth's
+    /// own error is what the operation reports.
+    async fn withdraw_new_members(&self, s: &ServiceRecord, keep: usize) {
+        let now = lock(&self.inner.ha.records)
+            .get(&s.name)
+            .map(|h| h.members.len());
+        if let Some(now) = now.filter(|&n| n > keep) {
+            if let Err(e) = self.remove_members(s, now, keep).await {
+                tracing::error!(service = %s.name, error = %e, "withdrawing the new standbys failed");
+            }
+        }
     }
 
     async fn remove_members(

@@ -306,19 +306,26 @@ impl DatabaseName {
     }
 }
 
+/// Role names a service's users may not take: PostgreSQL's own (`pg_*`, and `public` and `none`,
+/// which CREATE ROLE refuses) and pgbay's.
+fn check_role_name(field: &str, s: &str) -> Result<(), InputError> {
+    if s.starts_with("pg_") {
+        return Err(InputError::new(
+            field,
+            "names starting with `pg_` are reserved",
+        ));
+    }
+    if s == "public" || s == "none" || pgbay_cluster::admin::is_reserved_role(s) {
+        return Err(InputError::new(field, format!("`{s}` is reserved")));
+    }
+    Ok(())
+}
+
 impl Username {
     /// Parses a user name given as `field` (1..=64).
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_identifier(field, s, 1, 64)?;
-        if s.starts_with("pg_") {
-            return Err(InputError::new(
-                field,
-                "names starting with `pg_` are reserved",
-            ));
-        }
-        if pgbay_cluster::admin::is_reserved_role(s) {
-            return Err(InputError::new(field, format!("`{s}` is reserved")));
-        }
+        check_role_name(field, s)?;
         Ok(Username(s.to_string()))
     }
 }
@@ -411,15 +418,7 @@ impl AdminUsername {
                 "must match ^[_A-Za-z0-9][-._A-Za-z0-9]{0,63}$",
             ));
         }
-        if s.starts_with("pg_") {
-            return Err(InputError::new(
-                field,
-                "names starting with `pg_` are reserved",
-            ));
-        }
-        if pgbay_cluster::admin::is_reserved_role(s) {
-            return Err(InputError::new(field, format!("`{s}` is reserved")));
-        }
+        check_role_name(field, s)?;
         Ok(AdminUsername(s.to_string()))
     }
 
@@ -646,6 +645,12 @@ mod tests {
         assert!(e.message.contains("`username`") && e.message.contains("63 bytes"));
         assert!(Username::parse("username", &"u".repeat(65)).is_err());
         assert!(Username::parse("username", "pg_monitor").is_err());
+        for reserved in ["public", "none"] {
+            let e = Username::parse("username", reserved).unwrap_err();
+            assert!(e.message.contains("username"), "{}", e.message);
+            assert!(AdminUsername::parse("admin-username", reserved).is_err());
+        }
+        assert!(Username::parse("username", "Public").is_ok());
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct MemberConfig {
     /// pgBackRest repository: Patroni's first way to make a replica (a new or lost member),
     /// before a base backup from the primary.
     pub replica_from_repository: Option<String>,
+    /// A standby's `restore_command` (pgBackRest's `archive-get`): WAL the primary no longer
+    /// holds (a member restored from an older backup, or one that fell behind) comes from the
+    /// service's archive, then the standby streams.
+    pub restore_command: Option<String>,
     /// Where the Patroni process's pid is written (a file of pgbay's own, outside `dir`), so a
     /// restarted pgbay adopts the member instead of starting a second Patroni.
     pub pid_file: Option<PathBuf>,
@@ -270,6 +274,10 @@ impl MemberConfig {
             format!("      password: {}", q(&self.rewind_password)),
             format!("      sslmode: {sslmode}"),
             replica_methods(self.replica_from_repository.as_deref()),
+            self.restore_command
+                .as_deref()
+                .map(|c| format!("  recovery_conf:\n    restore_command: {}", q(c)))
+                .unwrap_or_default(),
             "  parameters:".into(),
             param_lines("    ").trim_end_matches('\n').to_string(),
             "  pg_hba:".into(),
@@ -622,6 +630,21 @@ mod tests {
                  no_params: true\n"
             ),
             "{with_repo}"
+        );
+        assert!(!y.contains("recovery_conf"));
+        let with_archive = MemberConfig {
+            restore_command: Some(
+                "/usr/bin/pgbackrest --stanza=pgbay archive-get %f \"%p\"".into(),
+            ),
+            ..c.clone()
+        }
+        .render();
+        assert!(
+            with_archive.contains(
+                "  recovery_conf:\n    restore_command: \"/usr/bin/pgbackrest --stanza=pgbay \
+                 archive-get %f \\\"%p\\\"\"\n"
+            ),
+            "{with_archive}"
         );
         assert!(y.contains("ttl: 10\n") && y.contains("loop_wait: 1\n"));
         assert!(y.contains("synchronous_mode: true\n"));

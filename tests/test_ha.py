@@ -434,10 +434,12 @@ def test_a_standby_catches_up_from_the_archive_when_the_primary_dropped_the_wal(
         first = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
 
         def dropped() -> bool:
-            # About 24 MiB of WAL per round (the admin may not call pg_switch_wal); once the
-            # first segment is archived, a checkpoint removes or recycles it.
+            # About 24 MiB of WAL per round (the admin may not call pg_switch_wal), the table
+            # emptied again so that the disk does not fill; once the first segment is archived,
+            # a checkpoint removes or recycles it.
             conn.execute("CREATE TABLE IF NOT EXISTS fill (pad text)")
             conn.execute("INSERT INTO fill SELECT repeat('x', 1000) FROM generate_series(1, 24000)")
+            conn.execute("TRUNCATE fill")
             if conn.execute("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver",
                             (first,)).fetchone()[0]:
                 conn.execute("CHECKPOINT")

@@ -219,3 +219,49 @@ def test_deallocate_through_the_extended_protocol(pool_uri):
             a.cursor(binary=True).execute("DEALLOCATE nosuch")
         a.cursor(binary=True).execute("DEALLOCATE ALL")
         assert a.execute("select 1").fetchone()[0] == 1
+
+
+def test_a_refused_statement_fails_the_open_transaction_block(pool_uri, svc):
+    """As any error does on PostgreSQL: after a refused SQL PREPARE (or a LISTEN the pooler
+    cannot serve) inside BEGIN, the block is failed and COMMIT rolls back, so a script run
+    without stopping on errors commits nothing."""
+    table = unique("refused").replace("-", "_")
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as admin:
+        admin.execute(f"CREATE TABLE {table} (n int)")
+        admin.execute(f"GRANT ALL ON {table} TO appuser")
+    for refused in ("PREPARE p AS SELECT 1", "LISTEN a; SELECT 1"):
+        with psycopg.connect(pool_uri, autocommit=True) as c:
+            c.execute("BEGIN")
+            c.execute(f"INSERT INTO {table} VALUES (1)")
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                c.execute(refused)
+            assert c.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                c.execute("SELECT 1")
+            assert c.execute("COMMIT").statusmessage == "ROLLBACK"
+            # Outside a block the refusal is the same, and the connection carries on.
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="transaction pooling mode"):
+                c.execute(refused)
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as admin:
+        assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+def test_an_eviction_skipped_by_an_error_breaks_no_statement(pool_uri):
+    """The server connection's statement cache is full (100): a pipeline in which an error
+    comes before a new statement makes the server skip the pooler's Close of the evicted one.
+    The statement it keeps must not make that query fail for anyone later."""
+    tag = unique("ev").replace("-", "_")
+    with psycopg.connect(pool_uri, autocommit=True) as c:
+        c.prepared_max = 500
+        for i in range(100):
+            c.execute(f"select %s::int + {i} as {tag}", (1,), prepare=True)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with c.pipeline():
+                c.execute("select 1/0")
+                c.execute(f"select %s::int + 100 as {tag}", (1,), prepare=True)
+    for _ in range(2):
+        with psycopg.connect(pool_uri, autocommit=True) as other:
+            for _ in range(2):
+                assert other.execute(f"select %s::int + 0 as {tag}", (1,),
+                                     prepare=True).fetchone() == (1,)

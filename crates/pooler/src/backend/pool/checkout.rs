@@ -190,7 +190,9 @@ impl Pool {
     /// configuration or beyond the pool's size are closed.
     /// `now`: a `stats::now_us` reading taken just before (the caller's, or a new one).
     pub(super) fn checkin(self: &Arc<Self>, server: Box<Server>, st: &PoolState, now: u64) {
-        let unusable = if !server.clean || server.status != txn::IDLE || !server.bufs.is_empty() {
+        let unusable = if server.close_reason.is_some() {
+            server.close_reason
+        } else if !server.clean || server.status != txn::IDLE || !server.bufs.is_empty() {
             Some("not at a clean transaction boundary")
         } else if server.gen != st.gen {
             Some("pool configuration changed")

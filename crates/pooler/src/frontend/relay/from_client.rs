@@ -11,6 +11,7 @@ use super::{
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
+use crate::errors;
 use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target,
 };
@@ -170,8 +171,14 @@ fn client_messages(
                                 }
                             }
                         }
+                        if tag == tag::QUERY {
+                            let e = errors::sql_prepared_in_transaction_mode(&server.pool);
+                            query(&mut server.bufs.c2s_out, &session_state::raise_sql(&e));
+                            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+                            continue;
+                        }
                         push(&mut relay.expect, tag, Action::RefusePrepared, 0);
-                        relay.c2s_discard = tag == tag::PARSE;
+                        relay.c2s_discard = true;
                         continue;
                     }
                 }
@@ -467,8 +474,14 @@ fn listen(
     msg: &[u8],
 ) -> Result<(), RelayError> {
     let Some(cmd) = session_state::parse_listen(scan::statement_text(tag, msg)) else {
+        if tag == tag::QUERY {
+            let e = errors::listen_form_refused(&server.pool);
+            query(&mut server.bufs.c2s_out, &session_state::raise_sql(&e));
+            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+            return Ok(());
+        }
         push(&mut relay.expect, tag, Action::RefuseListen, 0);
-        relay.c2s_discard = tag == tag::PARSE;
+        relay.c2s_discard = true;
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));

@@ -215,6 +215,13 @@ fn server_messages(
                             if e.kind == tag::PARSE && e.stmt != 0 {
                                 server.prepared.remove(e.stmt);
                             }
+                            if e.kind == tag::CLOSE && e.action == Action::Swallow {
+                                // The pooler's own Close of an evicted statement: the server
+                                // keeps a statement the pooler forgot, whose name it would
+                                // Parse again (42P05). The connection serves no one after this
+                                // client.
+                                server.close_reason = Some("a statement Close the server skipped");
+                            }
                             relay.expect.pop_front();
                         }
                     }

@@ -249,14 +249,15 @@ pub enum Action {
     /// the refusal (a Query also with ReadyForQuery).
     Refuse,
     /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
-    /// with the refusal (`session_state`).
+    /// sent with Parse with the refusal (`session_state`); a Query's is raised by the server.
     RefusePrepared,
     /// Transaction/statement mode: an SQL `DEALLOCATE` served from the client's own
     /// statements, the next of `RelayState::deallocs` (`session_state::deallocate`).
     Deallocate,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
-    /// Transaction/statement mode: a LISTEN/UNLISTEN the listener cannot serve, refused.
+    /// Transaction/statement mode: a LISTEN/UNLISTEN sent with Parse the listener cannot serve,
+    /// refused; a Query's is raised by the server.
     RefuseListen,
 }
 
@@ -341,10 +342,10 @@ fn drain_synthesized(
                 server.bufs.s2c_out.extend_from_slice(reply);
             }
             Action::Refuse => refuse(server, relay, front.kind),
-            Action::RefusePrepared => session_state::refuse_sql_prepared(server, relay, front.kind),
+            Action::RefusePrepared => session_state::refuse_sql_prepared(server),
             Action::Deallocate => session_state::deallocate(server, relay, statements),
             Action::ListenDone(listen) => session_state::listen_done(server, relay, listen),
-            Action::RefuseListen => session_state::refuse_listen(server, relay, front.kind),
+            Action::RefuseListen => session_state::refuse_listen(server),
             _ => break,
         }
         relay.expect.pop_front();

@@ -33,7 +33,7 @@ use crate::backend::server::Server;
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::status;
-use crate::net::messages::tag::{self, txn};
+use crate::net::messages::tag::txn;
 use crate::params::{ClientParams, TRACKED};
 use crate::prepared::ClientStatements;
 
@@ -113,30 +113,20 @@ pub fn must_close(dirty: u64, read_back_failed: bool) -> bool {
 /// command tag says DO) and leaves nothing on the connection.
 pub const LISTEN_NOOP: &[u8] = b"DO $pgbay$BEGIN END$pgbay$";
 
-/// Writes the refusal of a LISTEN/UNLISTEN the pooler cannot serve (not alone in its
-/// statement text, or a channel name it does not parse), answering like
+/// Writes the refusal of a LISTEN/UNLISTEN sent with Parse that the pooler cannot serve (not
+/// alone in its statement text, or a channel name it does not parse), answering like
 /// `refuse_sql_prepared`.
 #[cold]
-pub fn refuse_listen(server: &mut Server, relay: &mut RelayState, kind: u8) {
-    let out = &mut server.bufs.s2c_out;
-    errors::listen_form_refused(&server.pool).write(out, Severity::Error);
-    if kind == tag::QUERY {
-        status::ready_for_query(out, server.status);
-        relay.ready_synthesized = true;
-    }
+pub fn refuse_listen(server: &mut Server) {
+    errors::listen_form_refused(&server.pool).write(&mut server.bufs.s2c_out, Severity::Error);
 }
 
-/// Writes the refusal of an SQL-level PREPARE/EXECUTE/DEALLOCATE, answering a Query (with
-/// ReadyForQuery in the server's state: the refusal does not touch an open block) or a Parse
-/// (whose Sync the server answers).
+/// Writes the refusal of an SQL-level PREPARE/EXECUTE/DEALLOCATE sent with Parse (whose Sync
+/// the server answers); a Query's is raised by the server (`raise_sql`).
 #[cold]
-pub fn refuse_sql_prepared(server: &mut Server, relay: &mut RelayState, kind: u8) {
-    let out = &mut server.bufs.s2c_out;
-    errors::sql_prepared_in_transaction_mode(&server.pool).write(out, Severity::Error);
-    if kind == tag::QUERY {
-        status::ready_for_query(out, server.status);
-        relay.ready_synthesized = true;
-    }
+pub fn refuse_sql_prepared(server: &mut Server) {
+    errors::sql_prepared_in_transaction_mode(&server.pool)
+        .write(&mut server.bufs.s2c_out, Severity::Error);
 }
 
 /// A LISTEN or UNLISTEN the pooler answers itself.
@@ -218,11 +208,20 @@ pub fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
 /// error PostgreSQL gives (26000), raised by the server so that it fails an open transaction
 /// block as PostgreSQL would (and answers 25P02 in a failed one).
 pub fn unknown_statement_sql(name: &str) -> String {
-    // The name goes inside a dollar-quoted literal: a `$` could end it, so none is kept.
-    let name = name.replace('$', "?");
+    raise_sql(&errors::unknown_statement(name))
+}
+
+/// What the server runs in place of a Query the pooler refuses (an SQL-level PREPARE/EXECUTE,
+/// a LISTEN it cannot serve): the refusal's error, raised by the server so that it fails an open
+/// transaction block as PostgreSQL's own error would (a later COMMIT rolls back), and answers
+/// 25P02 in a failed one.
+pub fn raise_sql(e: &errors::ClientError) -> String {
+    // The message goes inside a dollar-quoted literal: a `$` could end it, so none is kept.
+    let message = e.message().replace('$', "?");
     format!(
-        "DO $pgbay$BEGIN RAISE EXCEPTION USING ERRCODE = '26000', \
-         MESSAGE = $pgbay_m$prepared statement \"{name}\" does not exist$pgbay_m$; END$pgbay$"
+        "DO $pgbay$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', \
+         MESSAGE = $pgbay_m${message}$pgbay_m$; END$pgbay$",
+        e.code()
     )
 }
 

@@ -173,8 +173,7 @@ fn client_messages(
                         }
                         if tag == tag::QUERY {
                             let e = errors::sql_prepared_in_transaction_mode(&server.pool);
-                            query(&mut server.bufs.c2s_out, &session_state::raise_sql(&e));
-                            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+                            raised_by_server(server, relay, &e);
                             continue;
                         }
                         push(&mut relay.expect, tag, Action::RefusePrepared, 0);
@@ -400,6 +399,15 @@ fn fixed_name(tag: u8) -> &'static str {
     }
 }
 
+/// A Query the pooler refuses (or answers with an error), sent to the server as a statement
+/// raising that error (`session_state::raise_sql`) in its place, so that it fails an open
+/// transaction block as PostgreSQL's own error would.
+#[cold]
+fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
+    query(&mut server.bufs.c2s_out, &session_state::raise_sql(e));
+    push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+}
+
 /// A whole Query that is one SQL `DEALLOCATE`: it acts on the client's own protocol-level
 /// statements, whose server copies are shared and stay. A name the client does not have goes
 /// to the server as a statement raising PostgreSQL's error (26000), so that an open block
@@ -413,9 +421,7 @@ fn deallocate(
 ) {
     if let Deallocate::Name(name) = &cmd {
         if ctx.statements.get(name.as_bytes()).is_none() {
-            let sql = session_state::unknown_statement_sql(name);
-            query(&mut server.bufs.c2s_out, &sql);
-            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+            raised_by_server(server, relay, &errors::unknown_statement(name));
             return;
         }
     }
@@ -475,9 +481,7 @@ fn listen(
 ) -> Result<(), RelayError> {
     let Some(cmd) = session_state::parse_listen(scan::statement_text(tag, msg)) else {
         if tag == tag::QUERY {
-            let e = errors::listen_form_refused(&server.pool);
-            query(&mut server.bufs.c2s_out, &session_state::raise_sql(&e));
-            push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
+            raised_by_server(server, relay, &errors::listen_form_refused(&server.pool));
             return Ok(());
         }
         push(&mut relay.expect, tag, Action::RefuseListen, 0);

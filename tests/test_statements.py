@@ -9,10 +9,13 @@ connection. One transaction pool of size 1: every client runs on the same server
 
 from __future__ import annotations
 
+import struct
+
 import psycopg
 import pytest
 
 from conftest import find_pool, ok, provision, unique
+from test_notify_budget import RawClient, parse_error
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +164,9 @@ def test_channel_binding_require(client, svc, pool_uri, tmp_path):
 
 def test_type_dropped_and_created_again(pool_uri, svc):
     """A shared server statement that went stale (its parameter type was dropped and created
-    again) is prepared afresh for every later client (before: five new connections in a row
-    failed with `cache lookup failed for type`)."""
+    again) is prepared afresh, invisibly: the pooler replays the segment the server refused
+    (before: five new connections in a row failed with `cache lookup failed for type`; then
+    the first use after the DDL still did)."""
     admin = svc.uri_for(dbname="app")
     mood = unique("mood").replace("-", "_")
     with psycopg.connect(admin, autocommit=True) as c:
@@ -171,21 +175,119 @@ def test_type_dropped_and_created_again(pool_uri, svc):
     q = f"select %s::{mood}::text"
     with psycopg.connect(pool_uri, autocommit=True) as a:
         assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"DROP TYPE {mood}")
-        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
-        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
-    # The first use after the DDL still fails (the pooler learns from that error that the
-    # server statement is stale: it cannot replay what the client already sent)...
-    with psycopg.connect(pool_uri, autocommit=True) as c:
-        with pytest.raises(psycopg.errors.InternalError_, match="cache lookup failed"):
-            c.execute(q, ("meh",), prepare=True)
-        # ...and from then on the same client and every later one get a fresh statement.
-        assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh"
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f"DROP TYPE {mood}")
+            c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+            c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+        # The client that prepared it, on its next run...
+        assert a.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh"
+    # ...and every later one.
     for i in range(5):
         with psycopg.connect(pool_uri, autocommit=True) as c:
             for _ in range(2):
                 assert c.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh", i
+
+
+def test_a_stale_statement_inside_a_block_fails_it(pool_uri, svc):
+    """Inside a transaction block the error cannot be taken back: the client sees it and the
+    block fails, as on a direct connection (nothing is replayed over what it did before)."""
+    admin = svc.uri_for(dbname="app")
+    mood = unique("mood").replace("-", "_")
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    q = f"select %s::{mood}::text"
+    with psycopg.connect(pool_uri) as a:
+        assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
+        a.commit()
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f"DROP TYPE {mood}")
+            c.execute(f"CREATE TYPE {mood} AS ENUM ('ok')")
+            c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+        a.execute("select 1")
+        with pytest.raises(psycopg.errors.InternalError_, match="cache lookup failed"):
+            a.execute(q, ("ok",), prepare=True)
+        assert a.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        a.rollback()
+        assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
+
+
+def test_clients_with_other_search_paths_share_no_statement(pool_uri, svc):
+    """The same text under two search paths names two tables of different shapes: each client
+    reads its own, every time (before: the second failed with `cached plan must not change
+    result type` on every run)."""
+    s1, s2 = (unique(n).replace("-", "_") for n in ("sa", "sb"))
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as adm:
+        adm.execute(f"CREATE SCHEMA {s1}; CREATE SCHEMA {s2}; "
+                    f"CREATE TABLE {s1}.t (a int); CREATE TABLE {s2}.t (x text, y text); "
+                    f"INSERT INTO {s1}.t VALUES (1); INSERT INTO {s2}.t VALUES ('x', 'y'); "
+                    f"GRANT USAGE ON SCHEMA {s1}, {s2} TO appuser; "
+                    f"GRANT SELECT ON {s1}.t, {s2}.t TO appuser")
+    with psycopg.connect(pool_uri, autocommit=True) as a, \
+            psycopg.connect(pool_uri, autocommit=True) as b:
+        a.execute(f"SET search_path = {s1}")
+        b.execute(f"SET search_path = {s2}")
+        for _ in range(3):
+            assert a.execute("select * from t", prepare=True).fetchall() == [(1,)]
+            assert b.execute("select * from t", prepare=True).fetchall() == [("x", "y")]
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _until_ready(raw) -> list[tuple[bytes, bytes]]:
+    got = []
+    while True:
+        kind, body = raw._recv_msg()
+        got.append((kind, body))
+        if kind == b"Z":
+            return got
+
+
+def test_a_result_of_a_new_shape_is_replayed_only_to_a_client_that_asks_for_it(pool_uri, svc):
+    """After the table a shared statement reads gained a column, a client that asks for the row
+    description (psycopg sends Describe with every Bind) gets the rows of the new shape; one
+    that binds and executes with the description it kept gets PostgreSQL's error, as on a
+    direct connection, never rows of a shape it does not expect."""
+    table = unique("shape").replace("-", "_")
+    admin = svc.uri_for(dbname="app")
+    with psycopg.connect(admin, autocommit=True) as adm:
+        adm.execute(f"CREATE TABLE {table} (a int); INSERT INTO {table} VALUES (1); "
+                    f"GRANT SELECT ON {table} TO appuser")
+    q = f"select * from {table}"
+    raw = RawClient(pool_uri)
+    try:
+        with psycopg.connect(pool_uri, autocommit=True) as c:
+            assert c.execute(q, prepare=True).fetchall() == [(1,)]
+            raw.sock.sendall(_msg(b"P", b"s1\0" + q.encode() + b"\0\0\0")
+                             + _msg(b"D", b"Ss1\0") + _msg(b"S", b""))
+            assert b"E" not in [k for k, _ in _until_ready(raw)]
+            with psycopg.connect(admin, autocommit=True) as adm:
+                adm.execute(f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 2")
+            assert c.execute(q, prepare=True).fetchall() == [(1, 2)]
+        # The same statement is stale for the raw client too, which kept the old description.
+        # (psycopg's run above marked the shared copy stale; make the next one stale again.)
+        raw.sock.sendall(_msg(b"P", b"s2\0" + q.encode() + b"\0\0\0")
+                         + _msg(b"D", b"Ss2\0") + _msg(b"S", b""))
+        assert b"E" not in [k for k, _ in _until_ready(raw)]
+        with psycopg.connect(admin, autocommit=True) as adm:
+            adm.execute(f"ALTER TABLE {table} ADD COLUMN c int DEFAULT 3")
+        raw.sock.sendall(_msg(b"B", b"\0s2\0" + b"\0\0" + b"\0\0" + b"\0\0")
+                         + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+        got = _until_ready(raw)
+        errors = [parse_error(b) for k, b in got if k == b"E"]
+        assert len(errors) == 1 and "cached plan must not change result type" in errors[0]["M"], got
+        assert b"D" not in [k for k, _ in got]
+        # Asked again with a Describe, it gets the new shape.
+        raw.sock.sendall(_msg(b"B", b"\0s2\0" + b"\0\0" + b"\0\0" + b"\0\0")
+                         + _msg(b"D", b"P\0") + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+        got = _until_ready(raw)
+        assert b"E" not in [k for k, _ in got], got
+        rows = [b for k, b in got if k == b"D"]
+        assert len(rows) == 1 and struct.unpack("!H", rows[0][:2])[0] == 3
+    finally:
+        raw.close()
 
 
 def test_unnamed_statements_stay_unnamed(pool_uri):

@@ -40,6 +40,9 @@ pub const TRACKED: [&str; 19] = [
     "role",
 ];
 
+/// Index of `search_path` in `TRACKED`.
+pub const SEARCH_PATH: usize = 6;
+
 /// The first `REPORTED` entries of `TRACKED` are reported by the server with ParameterStatus,
 /// so the pooler learns their defaults and changes; the others only change when the pooler
 /// sets them.
@@ -105,6 +108,13 @@ impl ClientParams {
     #[cfg(test)]
     pub fn values(&self) -> &Values {
         &self.values
+    }
+
+    /// The client's `search_path` as the pooler knows it (empty: the server's default), what
+    /// its prepared statements are told apart by (`prepared::Registry::intern`).
+    #[inline]
+    pub fn search_path(&self) -> &[u8] {
+        self.values[SEARCH_PATH].as_deref().unwrap_or("").as_bytes()
     }
 
     /// Gives the values in `changes` (index, value): a set of their own (or the one shared by
@@ -308,6 +318,11 @@ fn literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_path_index() {
+        assert_eq!(TRACKED[SEARCH_PATH], "search_path");
+    }
 
     #[test]
     fn sync_sets_differences_and_resets_unreported() {

@@ -6,6 +6,12 @@
 //! names maps to which statement, and per server connection which statements it has (an LRU
 //! capped at `max_prepared_statements`). Bind/Describe are rewritten to the pooler-wide name and
 //! a Parse is injected first when the serving connection lacks the statement.
+//!
+//! Statements are also told apart by the client's `search_path` (`Registry::intern`'s
+//! `scope`): PostgreSQL resolves a statement's names with the search path in effect, and
+//! re-plans it when that changes, failing with `cached plan must not change result type` when
+//! the result changed shape. Clients that share a text under different search paths get
+//! statements of their own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,17 +51,32 @@ impl Statement {
         self.stale.load(Ordering::Relaxed)
     }
 
-    /// The Parse's query, parameter count and types (what `Registry::intern` keys by).
+    /// The Parse's query, parameter count and types (what `Registry::intern` keys by, with
+    /// the scope).
     pub fn rest(&self) -> &[u8] {
         // Type, length, name, NUL.
         &self.parse[5 + self.name.len() + 1..]
     }
 }
 
-/// Whether a server error text says a prepared statement went stale (see `mark_stale`).
-pub fn means_stale(message: &str) -> bool {
-    message.starts_with("cache lookup failed for type")
-        || message.starts_with("cached plan must not change result type")
+/// How a server error text says a prepared statement went stale (see `mark_stale`), if it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// A type it uses is gone (dropped, perhaps created again under another OID).
+    Type,
+    /// Planned again, its result has another shape: a client that kept the old row
+    /// description must not be given rows of the new one unawares.
+    ResultShape,
+}
+
+pub fn stale(message: &str) -> Option<Stale> {
+    if message.starts_with("cache lookup failed for type") {
+        Some(Stale::Type)
+    } else if message.starts_with("cached plan must not change result type") {
+        Some(Stale::ResultShape)
+    } else {
+        None
+    }
 }
 
 /// Pooler-wide map from statement text to `Statement`.
@@ -69,10 +90,16 @@ pub struct Registry {
 const REGISTRY_SOFT_LIMIT: usize = 10_000;
 
 impl Registry {
-    /// The statement for a Parse's `rest` (query, parameter count and types).
-    pub fn intern(&self, rest: &[u8]) -> Arc<Statement> {
+    /// The statement for a Parse's `rest` (query, parameter count and types) prepared by a
+    /// client whose `search_path` is `scope` (empty: the server's default).
+    pub fn intern(&self, rest: &[u8], scope: &[u8]) -> Arc<Statement> {
+        // `rest` delimits itself (a NUL-terminated text, then a count and that many OIDs), so
+        // the scope appended after it cannot make two keys collide.
+        let mut key = Vec::with_capacity(rest.len() + scope.len());
+        key.extend_from_slice(rest);
+        key.extend_from_slice(scope);
         let mut map = self.by_text.lock();
-        if let Some(s) = map.get(rest) {
+        if let Some(s) = map.get(key.as_slice()) {
             if !s.is_stale() {
                 return s.clone();
             }
@@ -94,7 +121,7 @@ impl Registry {
             },
             stale: AtomicBool::new(false),
         });
-        map.insert(rest.into(), stmt.clone());
+        map.insert(key.into(), stmt.clone());
         stmt
     }
 }
@@ -183,10 +210,10 @@ mod tests {
     #[test]
     fn same_text_same_statement_and_lru_eviction() {
         let reg = Registry::default();
-        let a = reg.intern(b"select 1\0\0\0");
-        let a2 = reg.intern(b"select 1\0\0\0");
-        let b = reg.intern(b"select 2\0\0\0");
-        let c = reg.intern(b"select 3\0\0\0");
+        let a = reg.intern(b"select 1\0\0\0", b"");
+        let a2 = reg.intern(b"select 1\0\0\0", b"");
+        let b = reg.intern(b"select 2\0\0\0", b"");
+        let c = reg.intern(b"select 3\0\0\0", b"");
         assert_eq!(a.id, a2.id);
         assert_ne!(a.id, b.id);
         let mut server = ServerStatements::default();
@@ -198,9 +225,28 @@ mod tests {
         assert!(!server.touch(b.id));
         assert_eq!(a.rest(), b"select 1\0\0\0");
         a.mark_stale();
-        let fresh = reg.intern(b"select 1\0\0\0");
+        let fresh = reg.intern(b"select 1\0\0\0", b"");
         assert_ne!(fresh.id, a.id);
-        assert_eq!(reg.intern(b"select 1\0\0\0").id, fresh.id);
-        assert!(means_stale("cache lookup failed for type 16389"));
+        assert_eq!(reg.intern(b"select 1\0\0\0", b"").id, fresh.id);
+        assert_eq!(
+            stale("cache lookup failed for type 16389"),
+            Some(Stale::Type)
+        );
+        assert_eq!(
+            stale("cached plan must not change result type"),
+            Some(Stale::ResultShape)
+        );
+        assert_eq!(stale("relation \"t\" does not exist"), None);
+    }
+
+    #[test]
+    fn another_search_path_another_statement() {
+        let reg = Registry::default();
+        let default = reg.intern(b"select * from t\0\0\0", b"");
+        let s1 = reg.intern(b"select * from t\0\0\0", b"s1");
+        let s2 = reg.intern(b"select * from t\0\0\0", b"s2");
+        assert!(default.id != s1.id && s1.id != s2.id && default.id != s2.id);
+        assert_eq!(reg.intern(b"select * from t\0\0\0", b"s1").id, s1.id);
+        assert_eq!(s1.rest(), b"select * from t\0\0\0");
     }
 }

@@ -93,6 +93,11 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
+        if relay.retry.recording() {
+            relay
+                .retry
+                .record(tag, (avail >= len).then(|| &input[pos..pos + len]));
+        }
         if relay.c2s_discard && tag != tag::SYNC {
             // The rest of a refused extended-protocol statement: the server never sees it.
             if avail < len {
@@ -265,7 +270,7 @@ fn rewrite(
                 push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
                 return Ok(());
             }
-            let stmt = ctx.registry.intern(p.rest);
+            let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
             ctx.statements.insert(p.name, stmt.clone());
             if server.prepared.touch(stmt.id) {
                 push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
@@ -282,6 +287,7 @@ fn rewrite(
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
                     bound = stmt.id | BOUND;
+                    relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.params.dirty |= stmt.sets;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
@@ -302,6 +308,7 @@ fn rewrite(
             match (kind, lookup(ctx, name)) {
                 (target::STATEMENT, Some(stmt)) => {
                     bound = stmt.id | BOUND;
+                    relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
                     write_target(
@@ -349,7 +356,7 @@ fn lookup(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Option<Arc<Statement>> {
 fn refresh(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Arc<Statement> {
     let old = ctx.statements.get(name).cloned();
     let fresh = match old {
-        Some(old) => ctx.registry.intern(old.rest()),
+        Some(old) => ctx.registry.intern(old.rest(), ctx.params.search_path()),
         None => unreachable!("looked up by the caller"),
     };
     ctx.statements.insert(name, fresh.clone());

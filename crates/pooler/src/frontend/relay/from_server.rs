@@ -12,7 +12,7 @@ use crate::net::messages::status::parse_parameter_status;
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
 use crate::params::ClientParams;
-use crate::prepared::ClientStatements;
+use crate::prepared::{ClientStatements, Stale};
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
@@ -35,16 +35,17 @@ fn copy_started(relay: &mut RelayState) {
 
 /// A Bind/Describe of shared statement `id` failed: when the server says the statement went
 /// stale, it is marked so that every later use prepares a fresh one (`prepared::Statement::
-/// mark_stale`). The client that hit the error sees it (its messages up to Sync are gone
-/// already); its next Bind of the same name gets the fresh statement.
+/// mark_stale`), and true is returned. The segment is then replayed when it can be (`retry`);
+/// otherwise the client sees the error, and its next Bind of the same name gets the fresh
+/// statement.
 #[cold]
-fn check_stale(server: &mut Server, id: u64, body: &[u8]) {
+fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
     let (_, message) = parse_error(body);
-    if crate::prepared::means_stale(&message) {
-        if let Some(stmt) = server.prepared.get(id) {
-            stmt.mark_stale();
-        }
+    let how = crate::prepared::stale(&message)?;
+    if let Some(stmt) = server.prepared.get(id) {
+        stmt.mark_stale();
     }
+    Some(how)
 }
 
 /// The answer to a Query holding a literal SET is complete: its value is the client's and the
@@ -165,6 +166,8 @@ fn server_messages(
         if whole && avail < len {
             break;
         }
+        // A stale statement's error kept from the client for a replay (`retry`).
+        let mut held = false;
         if tag == tag::ERROR_RESPONSE
             && relay
                 .expect
@@ -176,10 +179,13 @@ fn server_messages(
                 break;
             }
             if let Some(front) = relay.expect.front().copied() {
-                check_stale(server, front.stmt & !BOUND, &input[pos + HEADER..pos + len]);
+                let id = front.stmt & !BOUND;
+                if let Some(how) = check_stale(server, id, &input[pos + HEADER..pos + len]) {
+                    held = relay.retry.hold(id, how, &input[pos..pos + len]);
+                }
             }
         }
-        let mut forward = true;
+        let mut forward = !held;
         match tag {
             tag::READY_FOR_QUERY => {
                 let before = server.status;
@@ -191,6 +197,21 @@ fn server_messages(
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
                         break;
                     }
+                }
+                if relay.retry.holding() {
+                    // The held error goes out (if it does) after what came before it.
+                    flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+                }
+                if relay.retry.ready(
+                    server.status,
+                    &mut server.bufs.c2s_in,
+                    &mut server.bufs.s2c_out,
+                ) {
+                    // Swallowed: the segment is relayed again.
+                    pos += len;
+                    run = pos;
+                    event = ServerEvent::Replay;
+                    continue;
                 }
                 if refuse_transactions && server.status != txn::IDLE {
                     // Not forwarded; what follows stays unprocessed.

@@ -30,6 +30,7 @@ mod from_client;
 mod from_server;
 mod listen_wait;
 mod pump;
+mod retry;
 pub mod scan;
 pub mod session_state;
 mod waiting;
@@ -101,6 +102,9 @@ pub enum ServerEvent {
     /// Statement mode: a ReadyForQuery said "in a transaction block". It was not forwarded;
     /// input after it is left unprocessed.
     TransactionBlock,
+    /// A segment whose shared statement went stale is to be relayed again (`retry`): its
+    /// messages are back in `c2s_in`.
+    Replay,
 }
 
 /// Where an attachment is in its server connection's two byte streams, as far as the relay is
@@ -134,6 +138,9 @@ pub struct RelayState {
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
+    /// The current segment, recorded for a replay should its shared statement turn out stale
+    /// (`retry`).
+    pub retry: retry::Retry,
 }
 
 /// Relay states kept for reuse by each worker thread, at most this many: an attachment takes
@@ -171,6 +178,7 @@ impl RelayState {
             sets,
             drop_notifications,
             listen_wait,
+            retry,
         } = self;
         if expect.capacity() > KEEP_QUEUE {
             *expect = VecDeque::new();
@@ -185,6 +193,7 @@ impl RelayState {
         *ready_synthesized = false;
         *drop_notifications = false;
         *listen_wait = None;
+        retry.reset();
     }
 }
 

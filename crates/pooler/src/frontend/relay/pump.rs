@@ -113,6 +113,16 @@ pub async fn pump(
                             Ok(ServerEvent::TransactionBlock) => {
                                 return Poll::Ready(End::TransactionBlock)
                             }
+                            // A stale statement's segment, back in `c2s_in` (`retry`).
+                            Ok(ServerEvent::Replay) => match client_input(server, relay, ctx) {
+                                Ok(false) => {}
+                                Ok(true) => return Poll::Ready(End::ClientGone),
+                                Err(e) => {
+                                    return Poll::Ready(End::Refused(errors::protocol_violation(
+                                        e.to_string(),
+                                    )))
+                                }
+                            },
                             Ok(ServerEvent::None) => {
                                 // A refused Query answered after the server's earlier answers.
                                 if std::mem::take(&mut relay.ready_synthesized) {

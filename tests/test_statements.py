@@ -299,6 +299,42 @@ def test_unnamed_statements_stay_unnamed(pool_uri):
         assert not any("123 +" in s for s in names), names
 
 
+def _run_unnamed(raw, describe: bool = False) -> tuple[list, list]:
+    """Binds and executes the unnamed statement: (rows' first values, error codes)."""
+    msgs = _msg(b"B", b"\0\0" + b"\0\0" + b"\0\0" + b"\0\0")
+    if describe:
+        msgs = _msg(b"D", b"S\0") + msgs
+    raw.sock.sendall(msgs + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+    got = _until_ready(raw)
+    rows = [b[6:].decode() for k, b in got if k == b"D" and b[:2] == b"\0\1"]
+    return rows, [parse_error(b)["C"] for k, b in got if k == b"E"]
+
+
+def test_the_unnamed_statement_is_the_clients_own(pool_uri):
+    """PostgreSQL keeps the unnamed statement until the next unnamed Parse or simple Query, so a
+    client may bind it in a later transaction (pgx's describe-then-execute does): it is parsed
+    again there when the server connection has another. A client without one cannot bind the
+    one another client left on the shared connection (26000, as on a direct connection)."""
+    a, b = RawClient(pool_uri), RawClient(pool_uri)
+    try:
+        a.sock.sendall(_msg(b"P", b"\0select 'mine'::text\0\0\0") + _msg(b"S", b""))
+        assert b"E" not in [k for k, _ in _until_ready(a)]
+        assert _run_unnamed(b) == ([], ["26000"])
+        b.sock.sendall(_msg(b"P", b"\0select 'theirs'::text\0\0\0") + _msg(b"S", b""))
+        _until_ready(b)
+        assert _run_unnamed(a, describe=True) == (["mine"], [])
+        assert _run_unnamed(a) == (["mine"], [])
+        assert _run_unnamed(b) == (["theirs"], [])
+        assert _run_unnamed(a) == (["mine"], [])
+        # A simple Query drops it, as in PostgreSQL.
+        assert a.query("select 1")[-1][0] == b"Z"
+        assert _run_unnamed(a) == ([], ["26000"])
+        assert _run_unnamed(b) == (["theirs"], [])
+    finally:
+        a.close()
+        b.close()
+
+
 def test_deallocate_through_the_extended_protocol(pool_uri):
     """psycopg's pipeline mode sends its DEALLOCATE ALL with Parse/Bind/Execute; a binary
     cursor sends any statement so."""

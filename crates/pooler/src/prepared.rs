@@ -126,13 +126,39 @@ impl Registry {
     }
 }
 
-/// A client's own statement names.
+/// A client's own statement names, and its unnamed statement.
 #[derive(Default)]
 pub struct ClientStatements {
     map: HashMap<Box<[u8]>, Arc<Statement>>,
+    /// The client's last Parse of the unnamed statement, whole (empty: it has none). The
+    /// unnamed statement stays unnamed and the client's own: it lives on the server
+    /// connection it was parsed on, so a Bind/Describe of it on another one (a later
+    /// transaction, PostgreSQL keeps it until the next unnamed Parse or simple Query) is
+    /// preceded by this Parse again, and a client without one cannot bind another client's
+    /// (`frontend::relay`'s `ensure_unnamed`).
+    unnamed: Vec<u8>,
 }
 
 impl ClientStatements {
+    #[inline]
+    pub fn set_unnamed(&mut self, parse: &[u8]) {
+        self.unnamed.clear();
+        self.unnamed.extend_from_slice(parse);
+    }
+
+    /// A simple Query or a Close of the unnamed statement drops it, as in PostgreSQL.
+    #[inline]
+    pub fn clear_unnamed(&mut self) {
+        self.unnamed.clear();
+        if self.unnamed.capacity() > 4096 {
+            self.unnamed = Vec::new();
+        }
+    }
+
+    pub fn unnamed(&self) -> Option<&[u8]> {
+        (!self.unnamed.is_empty()).then_some(&self.unnamed[..])
+    }
+
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
         if let Some(slot) = self.map.get_mut(name) {
             *slot = stmt;

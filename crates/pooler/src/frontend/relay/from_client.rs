@@ -120,6 +120,11 @@ fn client_messages(
         // Statement mode implies session state tracking: a Query or Parse is read whole (up to
         // `SCAN_MAX`) by the one scanner, for a transaction block to refuse and for what it
         // may change in the session.
+        if ctx.track && tag == tag::QUERY {
+            // A simple Query drops the unnamed statement, as in PostgreSQL.
+            ctx.statements.clear_unnamed();
+            relay.unnamed_here = false;
+        }
         if ctx.session_state && (tag == tag::QUERY || tag == tag::PARSE) {
             if len <= HEADER + session_state::SCAN_MAX {
                 // The whole text is scanned before any of it goes out.
@@ -268,6 +273,8 @@ fn rewrite(
                 ctx.tally.t.server_parses += 1;
                 server.bufs.c2s_out.extend_from_slice(msg);
                 push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
+                ctx.statements.set_unnamed(msg);
+                relay.unnamed_here = true;
                 return Ok(());
             }
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
@@ -298,7 +305,12 @@ fn rewrite(
                         b.rest,
                     );
                 }
-                None => server.bufs.c2s_out.extend_from_slice(msg),
+                None => {
+                    if b.statement.is_empty() {
+                        ensure_unnamed(server, relay, ctx);
+                    }
+                    server.bufs.c2s_out.extend_from_slice(msg)
+                }
             }
             push(&mut relay.expect, tag::BIND, Action::Forward, bound);
         }
@@ -318,6 +330,10 @@ fn rewrite(
                         stmt.name.as_bytes(),
                     );
                 }
+                (target::STATEMENT, None) if name.is_empty() => {
+                    ensure_unnamed(server, relay, ctx);
+                    server.bufs.c2s_out.extend_from_slice(msg);
+                }
                 _ => server.bufs.c2s_out.extend_from_slice(msg),
             }
             push(&mut relay.expect, tag::DESCRIBE, Action::Forward, bound);
@@ -330,6 +346,11 @@ fn rewrite(
                 ctx.statements.remove(name);
                 push(&mut relay.expect, tag::CLOSE, Action::Synthesize, 0);
             } else {
+                if kind == target::STATEMENT {
+                    // The unnamed statement: the client's goes, and whichever the server has.
+                    ctx.statements.clear_unnamed();
+                    relay.unnamed_here = false;
+                }
                 server.bufs.c2s_out.extend_from_slice(msg);
                 push(&mut relay.expect, tag::CLOSE, Action::Forward, 0);
             }
@@ -363,6 +384,29 @@ fn refresh(ctx: &mut ClientCtx<'_>, name: &[u8]) -> Arc<Statement> {
     fresh
 }
 
+/// Before a Bind/Describe of the unnamed statement: when the server connection may hold
+/// another one than the client's (another client's, or none), the client's own Parse goes
+/// first (answer swallowed); a client without one gets PostgreSQL's error (26000) from the
+/// server, which is made to drop whatever unnamed statement it has (a Close, answer swallowed).
+#[inline]
+fn ensure_unnamed(server: &mut Server, relay: &mut RelayState, ctx: &mut ClientCtx<'_>) {
+    if relay.unnamed_here {
+        return;
+    }
+    match ctx.statements.unnamed() {
+        Some(parse) => {
+            server.bufs.c2s_out.extend_from_slice(parse);
+            push(&mut relay.expect, tag::PARSE, Action::Swallow, 0);
+            ctx.tally.t.server_parses += 1;
+            relay.unnamed_here = true;
+        }
+        None => {
+            write_target(&mut server.bufs.c2s_out, tag::CLOSE, target::STATEMENT, b"");
+            push(&mut relay.expect, tag::CLOSE, Action::Swallow, 0);
+        }
+    }
+}
+
 /// Sends the pooler-wide Parse if this server lacks the statement (answer swallowed); true
 /// when it did.
 fn ensure_prepared(
@@ -392,7 +436,8 @@ fn prepare_on_server(
             target::STATEMENT,
             evicted.name.as_bytes(),
         );
-        push(&mut relay.expect, tag::CLOSE, Action::Swallow, 0);
+        // The evicted statement's id marks the pooler's Close as an eviction (`from_server`).
+        push(&mut relay.expect, tag::CLOSE, Action::Swallow, evicted.id);
     }
     server.bufs.c2s_out.extend_from_slice(&stmt.parse);
     push(&mut relay.expect, tag::PARSE, action, stmt.id);

@@ -236,7 +236,12 @@ fn server_messages(
                             if e.kind == tag::PARSE && e.stmt != 0 {
                                 server.prepared.remove(e.stmt);
                             }
-                            if e.kind == tag::CLOSE && e.action == Action::Swallow {
+                            if e.kind == tag::PARSE && e.stmt == 0 {
+                                // Perhaps the client's unnamed statement, not made: parsed
+                                // again before its next Bind (`from_client`).
+                                relay.unnamed_here = false;
+                            }
+                            if e.kind == tag::CLOSE && e.action == Action::Swallow && e.stmt != 0 {
                                 // The pooler's own Close of an evicted statement: the server
                                 // keeps a statement the pooler forgot, whose name it would
                                 // Parse again (42P05). The connection serves no one after this

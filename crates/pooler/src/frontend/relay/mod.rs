@@ -138,6 +138,9 @@ pub struct RelayState {
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
+    /// The server connection holds the client's unnamed statement: the client parsed it
+    /// during this attachment (`prepared::ClientStatements::unnamed`).
+    pub unnamed_here: bool,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
@@ -178,6 +181,7 @@ impl RelayState {
             sets,
             drop_notifications,
             listen_wait,
+            unnamed_here,
             retry,
         } = self;
         if expect.capacity() > KEEP_QUEUE {
@@ -193,6 +197,7 @@ impl RelayState {
         *ready_synthesized = false;
         *drop_notifications = false;
         *listen_wait = None;
+        *unnamed_here = false;
         retry.reset();
     }
 }

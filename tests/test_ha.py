@@ -390,7 +390,13 @@ def test_plan_changes_add_and_remove_standbys_online(node):
         # 1 -> 2 nodes: the single cluster is handed to Patroni and a standby is built from it.
         op = c.update_dbaas_service_pg(name=name, plan="business-4", synchronous_replication="quorum")
         assert op["state"] == "pending"
+        # The growth holds the service until it ends (a base backup and a start: seconds to
+        # minutes): another change is refused at once, naming the operation, rather than left
+        # waiting; nothing of it is made.
+        with api_error(409, op["id"]):
+            c.create_dbaas_postgres_user(service_name=name, username="waiter")
         ok(c, op)
+        assert "waiter" not in [u["username"] for u in c.get_dbaas_service_pg(name=name)["users"]]
         doc = two_running_members(c, name, "two running members", 60)
         assert doc["node-count"] == 2 and doc["plan"] == "business-4"
         assert doc["synchronous-replication"] == "quorum"

@@ -103,6 +103,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: ControlConfig,
     pub(crate) version: String,
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Services whose lock a background operation holds until it ends, and that operation
+    /// (`busy_with`).
+    busy: StdMutex<HashMap<String, uuid::Uuid>>,
     pub(crate) create_lock: Mutex<()>,
     desired_tx: watch::Sender<Arc<DesiredState>>,
     /// Held while publishing; holds the last `DesiredService::changed_at` given out.
@@ -206,6 +209,7 @@ impl Control {
                 cfg,
                 version,
                 locks: StdMutex::new(HashMap::new()),
+                busy: StdMutex::new(HashMap::new()),
                 create_lock: Mutex::new(()),
                 desired_tx,
                 publish_lock: Mutex::new(0),
@@ -294,6 +298,22 @@ impl Control {
     /// Follows the desired state of the data plane.
     pub fn desired_state(&self) -> watch::Receiver<Arc<DesiredState>> {
         self.inner.desired_tx.subscribe()
+    }
+
+    /// Records that operation `op` holds the lock of `service` in the background (a restart, a
+    /// change of standbys) until the returned mark is dropped.
+    pub(crate) fn mark_busy(&self, service: &str, op: uuid::Uuid) -> BusyMark {
+        lock_std(&self.inner.busy).insert(service.to_string(), op);
+        BusyMark {
+            control: self.clone(),
+            service: service.to_string(),
+            op,
+        }
+    }
+
+    /// The background operation holding the lock of `service`, if one does.
+    pub(crate) fn busy_with(&self, service: &str) -> Option<uuid::Uuid> {
+        lock_std(&self.inner.busy).get(service).copied()
     }
 
     /// The per-service lock that serializes mutations and cluster life-cycle of one service.
@@ -714,6 +734,30 @@ impl Control {
 fn next_stamp(last: &mut u64, generation: u64) -> u64 {
     *last = generation.max(*last + 1);
     *last
+}
+
+/// A background operation's hold on its service (`Control::mark_busy`), released on drop (also
+/// when the operation's task panics).
+pub(crate) struct BusyMark {
+    control: Control,
+    service: String,
+    op: uuid::Uuid,
+}
+
+impl Drop for BusyMark {
+    fn drop(&mut self) {
+        let mut busy = lock_std(&self.control.inner.busy);
+        if busy.get(&self.service) == Some(&self.op) {
+            busy.remove(&self.service);
+        }
+    }
+}
+
+fn lock_std<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 #[cfg(test)]

@@ -516,7 +516,7 @@ impl Control {
         let name = ServiceName::parse("name", &s.name)?;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let (_g, _) = self.lock_existing(&name).await?;
+            let (_g, _) = self.lock_existing_waiting(&name).await?;
             let Some(mut m) = self.inner.store.migration(&s.name).await? else {
                 return Ok(());
             };
@@ -634,7 +634,7 @@ impl Control {
         db: &str,
     ) -> Result<(), ControlError> {
         let name = ServiceName::parse("name", &s.name)?;
-        let (_g, s) = self.lock_existing(&name).await?;
+        let (_g, s) = self.lock_existing_waiting(&name).await?;
         let t = self.admin_target(&s).await?;
         pgbay_cluster::admin::create_database(&t, db, &s.admin_username, None, None)
             .await

@@ -406,7 +406,8 @@ impl Control {
 
     /// Publishes the committed change of the pending `op`, waits for the data plane and finishes
     /// `op` accordingly.
-    /// Runs `work` in the background, holding the service's lock (`guard`) until it ends: its
+    /// Runs `work` in the background, holding the service's lock (`guard`) until it ends (requests
+    /// meanwhile get 409 naming `op`: `Control::mark_busy`): its
     /// `Ok(message)` publishes and settles `op` (pending) with that message, its
     /// `Err((reason, message))` ends `op` `failure`.
     pub(crate) fn spawn_operation_work(
@@ -417,9 +418,15 @@ impl Control {
         work: impl std::future::Future<Output = Result<String, (&'static str, String)>> + Send + 'static,
     ) {
         let c = self.clone();
+        let busy = self.mark_busy(&op.service, op.id);
         let task = async move {
             let _g = guard;
-            match work.await {
+            let result = work.await;
+            // Requests arriving from here on wait for the lock (a moment) instead of being
+            // refused: the operation is settled below, and a client that saw it settled must
+            // not be told it is still running.
+            drop(busy);
+            match result {
                 Ok(message) => {
                     if let Err(e) = c
                         .publish_and_settle(OperationRecord { message, ..op })

@@ -123,7 +123,25 @@ impl Control {
     }
 
     /// Takes the service's lock (serializing its mutations) and reads it, or 404.
+    ///
+    /// A request does not wait for a background operation that holds the lock until it ends (a
+    /// restart, a change of standbys: up to minutes): it gets 409 naming that operation.
     pub(crate) async fn lock_existing(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {
+        if let Some(op) = self.busy_with(name.as_str()) {
+            return Err(ControlError::Conflict(format!(
+                "service {name} is being changed by operation {op}; try again once \
+                 GET /v2/operation/{op} is no longer pending"
+            )));
+        }
+        self.lock_existing_waiting(name).await
+    }
+
+    /// [`Self::lock_existing`] that waits for any operation holding the lock (pgbay's own
+    /// background work, never a request).
+    pub(crate) async fn lock_existing_waiting(
         &self,
         name: &ServiceName,
     ) -> Result<(OwnedMutexGuard<()>, ServiceRecord), ControlError> {

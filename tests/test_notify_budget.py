@@ -146,6 +146,10 @@ class RawClient:
 
     def query(self, sql: str) -> list[tuple[bytes, bytes]]:
         self.sock.sendall(_msg(b"Q", sql.encode() + b"\0"))
+        return self.until_ready()
+
+    def until_ready(self) -> list[tuple[bytes, bytes]]:
+        """Every message up to and including the next ReadyForQuery: (type, body)."""
         got = []
         while True:
             kind, body = self._recv_msg()

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from conftest import find_pool, ok, provision, unique
-from test_notify_budget import RawClient, parse_error
+from test_notify_budget import RawClient, _msg, parse_error
 
 
 @pytest.fixture(scope="module")
@@ -162,23 +162,29 @@ def test_channel_binding_require(client, svc, pool_uri, tmp_path):
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
 
+def _mood_type(admin: str, again: str | None = None) -> str:
+    """An enum type ('ok', 'meh') appuser may use; with `again`, that type dropped and created
+    anew (another OID under the same name)."""
+    mood = again or unique("mood").replace("-", "_")
+    with psycopg.connect(admin, autocommit=True) as c:
+        if again:
+            c.execute(f"DROP TYPE {mood}")
+        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    return mood
+
+
 def test_type_dropped_and_created_again(pool_uri, svc):
     """A shared server statement that went stale (its parameter type was dropped and created
     again) is prepared afresh, invisibly: the pooler replays the segment the server refused
     (before: five new connections in a row failed with `cache lookup failed for type`; then
     the first use after the DDL still did)."""
     admin = svc.uri_for(dbname="app")
-    mood = unique("mood").replace("-", "_")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
-        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    mood = _mood_type(admin)
     q = f"select %s::{mood}::text"
     with psycopg.connect(pool_uri, autocommit=True) as a:
         assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f"DROP TYPE {mood}")
-            c.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
-            c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+        _mood_type(admin, again=mood)
         # The client that prepared it, on its next run...
         assert a.execute(q, ("meh",), prepare=True).fetchone()[0] == "meh"
     # ...and every later one.
@@ -192,18 +198,12 @@ def test_a_stale_statement_inside_a_block_fails_it(pool_uri, svc):
     """Inside a transaction block the error cannot be taken back: the client sees it and the
     block fails, as on a direct connection (nothing is replayed over what it did before)."""
     admin = svc.uri_for(dbname="app")
-    mood = unique("mood").replace("-", "_")
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"CREATE TYPE {mood} AS ENUM ('ok')")
-        c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+    mood = _mood_type(admin)
     q = f"select %s::{mood}::text"
     with psycopg.connect(pool_uri) as a:
         assert a.execute(q, ("ok",), prepare=True).fetchone()[0] == "ok"
         a.commit()
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f"DROP TYPE {mood}")
-            c.execute(f"CREATE TYPE {mood} AS ENUM ('ok')")
-            c.execute(f"GRANT USAGE ON TYPE {mood} TO appuser")
+        _mood_type(admin, again=mood)
         a.execute("select 1")
         with pytest.raises(psycopg.errors.InternalError_, match="cache lookup failed"):
             a.execute(q, ("ok",), prepare=True)
@@ -232,19 +232,6 @@ def test_clients_with_other_search_paths_share_no_statement(pool_uri, svc):
             assert b.execute("select * from t", prepare=True).fetchall() == [("x", "y")]
 
 
-def _msg(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!I", len(body) + 4) + body
-
-
-def _until_ready(raw) -> list[tuple[bytes, bytes]]:
-    got = []
-    while True:
-        kind, body = raw._recv_msg()
-        got.append((kind, body))
-        if kind == b"Z":
-            return got
-
-
 def test_a_result_of_a_new_shape_is_replayed_only_to_a_client_that_asks_for_it(pool_uri, svc):
     """After the table a shared statement reads gained a column, a client that asks for the row
     description (psycopg sends Describe with every Bind) gets the rows of the new shape; one
@@ -262,7 +249,7 @@ def test_a_result_of_a_new_shape_is_replayed_only_to_a_client_that_asks_for_it(p
             assert c.execute(q, prepare=True).fetchall() == [(1,)]
             raw.sock.sendall(_msg(b"P", b"s1\0" + q.encode() + b"\0\0\0")
                              + _msg(b"D", b"Ss1\0") + _msg(b"S", b""))
-            assert b"E" not in [k for k, _ in _until_ready(raw)]
+            assert b"E" not in [k for k, _ in raw.until_ready()]
             with psycopg.connect(admin, autocommit=True) as adm:
                 adm.execute(f"ALTER TABLE {table} ADD COLUMN b int DEFAULT 2")
             assert c.execute(q, prepare=True).fetchall() == [(1, 2)]
@@ -270,19 +257,19 @@ def test_a_result_of_a_new_shape_is_replayed_only_to_a_client_that_asks_for_it(p
         # (psycopg's run above marked the shared copy stale; make the next one stale again.)
         raw.sock.sendall(_msg(b"P", b"s2\0" + q.encode() + b"\0\0\0")
                          + _msg(b"D", b"Ss2\0") + _msg(b"S", b""))
-        assert b"E" not in [k for k, _ in _until_ready(raw)]
+        assert b"E" not in [k for k, _ in raw.until_ready()]
         with psycopg.connect(admin, autocommit=True) as adm:
             adm.execute(f"ALTER TABLE {table} ADD COLUMN c int DEFAULT 3")
         raw.sock.sendall(_msg(b"B", b"\0s2\0" + b"\0\0" + b"\0\0" + b"\0\0")
                          + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
-        got = _until_ready(raw)
+        got = raw.until_ready()
         errors = [parse_error(b) for k, b in got if k == b"E"]
         assert len(errors) == 1 and "cached plan must not change result type" in errors[0]["M"], got
         assert b"D" not in [k for k, _ in got]
         # Asked again with a Describe, it gets the new shape.
         raw.sock.sendall(_msg(b"B", b"\0s2\0" + b"\0\0" + b"\0\0" + b"\0\0")
                          + _msg(b"D", b"P\0") + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
-        got = _until_ready(raw)
+        got = raw.until_ready()
         assert b"E" not in [k for k, _ in got], got
         rows = [b for k, b in got if k == b"D"]
         assert len(rows) == 1 and struct.unpack("!H", rows[0][:2])[0] == 3
@@ -305,7 +292,7 @@ def _run_unnamed(raw, describe: bool = False) -> tuple[list, list]:
     if describe:
         msgs = _msg(b"D", b"S\0") + msgs
     raw.sock.sendall(msgs + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
-    got = _until_ready(raw)
+    got = raw.until_ready()
     rows = [b[6:].decode() for k, b in got if k == b"D" and b[:2] == b"\0\1"]
     return rows, [parse_error(b)["C"] for k, b in got if k == b"E"]
 
@@ -318,10 +305,10 @@ def test_the_unnamed_statement_is_the_clients_own(pool_uri):
     a, b = RawClient(pool_uri), RawClient(pool_uri)
     try:
         a.sock.sendall(_msg(b"P", b"\0select 'mine'::text\0\0\0") + _msg(b"S", b""))
-        assert b"E" not in [k for k, _ in _until_ready(a)]
+        assert b"E" not in [k for k, _ in a.until_ready()]
         assert _run_unnamed(b) == ([], ["26000"])
         b.sock.sendall(_msg(b"P", b"\0select 'theirs'::text\0\0\0") + _msg(b"S", b""))
-        _until_ready(b)
+        b.until_ready()
         assert _run_unnamed(a, describe=True) == (["mine"], [])
         assert _run_unnamed(a) == (["mine"], [])
         assert _run_unnamed(b) == (["theirs"], [])

@@ -286,15 +286,57 @@ def test_unnamed_statements_stay_unnamed(pool_uri):
         assert not any("123 +" in s for s in names), names
 
 
-def _run_unnamed(raw, describe: bool = False) -> tuple[list, list]:
-    """Binds and executes the unnamed statement: (rows' first values, error codes)."""
-    msgs = _msg(b"B", b"\0\0" + b"\0\0" + b"\0\0" + b"\0\0")
-    if describe:
-        msgs = _msg(b"D", b"S\0") + msgs
-    raw.sock.sendall(msgs + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+def _bind(name: bytes) -> bytes:
+    """A Bind of statement `name` to the unnamed portal, no parameters, text results."""
+    return _msg(b"B", b"\0" + name + b"\0" + b"\0\0" * 3)
+
+
+def _outcome(raw) -> tuple[list, list]:
+    """What the server answered up to ReadyForQuery: (one-column rows' values, error codes)."""
     got = raw.until_ready()
     rows = [b[6:].decode() for k, b in got if k == b"D" and b[:2] == b"\0\1"]
     return rows, [parse_error(b)["C"] for k, b in got if k == b"E"]
+
+
+def _run_named(raw, name: bytes, before: bytes = b"") -> tuple[list, list]:
+    """Binds and executes statement `name` (after the messages `before`), then Sync."""
+    raw.sock.sendall(before + _bind(name) + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+    return _outcome(raw)
+
+
+def _run_unnamed(raw, describe: bool = False) -> tuple[list, list]:
+    """Binds and executes the unnamed statement: (rows' first values, error codes)."""
+    return _run_named(raw, b"", _msg(b"D", b"S\0") if describe else b"")
+
+
+def test_a_statement_name_is_what_the_server_made_of_it(pool_uri):
+    """A client's statement names follow what PostgreSQL did with its Parses and Closes: a name
+    whose Parse failed, or was skipped after an earlier error, does not exist (26000 for its
+    Bind and its DEALLOCATE); a statement whose Close was skipped still does."""
+    raw = RawClient(pool_uri)
+    try:
+        raw.sock.sendall(_msg(b"P", b"bad\0selec 1\0\0\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], ["42601"])
+        assert _run_named(raw, b"bad") == ([], ["26000"])
+        assert [parse_error(b)["C"] for k, b in raw.query("DEALLOCATE bad") if k == b"E"] \
+            == ["26000"]
+        # An error first (an unknown statement): the Parse after it in the segment is skipped.
+        raw.sock.sendall(_bind(b"nosuch") + _msg(b"P", b"skipped\0select 'x'::text\0\0\0")
+                         + _msg(b"S", b""))
+        assert _outcome(raw) == ([], ["26000"])
+        assert _run_named(raw, b"skipped") == ([], ["26000"])
+        # A Close skipped so leaves the statement there.
+        raw.sock.sendall(_msg(b"P", b"kept\0select 'kept'::text\0\0\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], [])
+        raw.sock.sendall(_bind(b"nosuch") + _msg(b"C", b"Skept\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], ["26000"])
+        assert _run_named(raw, b"kept") == (["kept"], [])
+        # And a Close that runs drops it.
+        raw.sock.sendall(_msg(b"C", b"Skept\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], [])
+        assert _run_named(raw, b"kept") == ([], ["26000"])
+    finally:
+        raw.close()
 
 
 def test_the_unnamed_statement_is_the_clients_own(pool_uri):
@@ -305,7 +347,7 @@ def test_the_unnamed_statement_is_the_clients_own(pool_uri):
     a, b = RawClient(pool_uri), RawClient(pool_uri)
     try:
         a.sock.sendall(_msg(b"P", b"\0select 'mine'::text\0\0\0") + _msg(b"S", b""))
-        assert b"E" not in [k for k, _ in a.until_ready()]
+        assert _outcome(a) == ([], [])
         assert _run_unnamed(b) == ([], ["26000"])
         b.sock.sendall(_msg(b"P", b"\0select 'theirs'::text\0\0\0") + _msg(b"S", b""))
         b.until_ready()
@@ -320,6 +362,26 @@ def test_the_unnamed_statement_is_the_clients_own(pool_uri):
     finally:
         a.close()
         b.close()
+
+
+def test_messages_sent_after_an_error_was_answered_are_skipped_too(pool_uri):
+    """The server skips everything up to Sync after an error, also what the client sends after
+    reading that error (a Flush made it come early): a Parse sent then makes no statement, for
+    that client (26000) or for any other that prepares the same text later."""
+    text = f"select '{unique('late')}'::text"
+    raw = RawClient(pool_uri)
+    try:
+        raw.sock.sendall(_bind(b"nosuch") + _msg(b"H", b""))
+        kind, body = raw._recv_msg()
+        assert kind == b"E" and parse_error(body)["C"] == "26000"
+        raw.sock.sendall(_msg(b"P", b"late\0" + text.encode() + b"\0\0\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], [])
+        assert _run_named(raw, b"late") == ([], ["26000"])
+    finally:
+        raw.close()
+    for _ in range(2):
+        with psycopg.connect(pool_uri, autocommit=True) as other:
+            assert other.execute(text, prepare=True).fetchone()[0].startswith("late")
 
 
 def test_deallocate_through_the_extended_protocol(pool_uri):

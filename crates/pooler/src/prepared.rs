@@ -159,11 +159,13 @@ impl ClientStatements {
         (!self.unnamed.is_empty()).then_some(&self.unnamed[..])
     }
 
-    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
+    /// Names `stmt` `name`; returns what the name named before.
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> Option<Arc<Statement>> {
         if let Some(slot) = self.map.get_mut(name) {
-            *slot = stmt;
+            Some(std::mem::replace(slot, stmt))
         } else {
             self.map.insert(name.into(), stmt);
+            None
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
-    drain_synthesized, finish, flush_run, push, scan, scan::literal, Action, ClientCtx, RelayError,
-    RelayState, BOUND, COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, names, push, scan, scan::literal, Action, ClientCtx,
+    RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
@@ -278,13 +278,14 @@ fn rewrite(
                 return Ok(());
             }
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
-            ctx.statements.insert(p.name, stmt.clone());
+            names::change(relay, ctx.statements, p.name, Some(stmt.clone()));
             if server.prepared.touch(stmt.id) {
                 push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
             } else {
                 ctx.tally.t.server_parses += 1;
                 prepare_on_server(server, relay, &stmt, ctx.max_prepared, Action::Forward);
             }
+            mark_named(relay);
         }
         tag::BIND => {
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
@@ -343,8 +344,9 @@ fn rewrite(
             if kind == target::STATEMENT && !name.is_empty() {
                 // The server copy may serve other clients; only the client's name goes away.
                 // Closing an unknown name is not an error in PostgreSQL either.
-                ctx.statements.remove(name);
+                names::change(relay, ctx.statements, name, None);
                 push(&mut relay.expect, tag::CLOSE, Action::Synthesize, 0);
+                mark_named(relay);
             } else {
                 if kind == target::STATEMENT {
                     // The unnamed statement: the client's goes, and whichever the server has.
@@ -358,6 +360,15 @@ fn rewrite(
         _ => unreachable!("only P/B/D/C are rewritten"),
     }
     Ok(())
+}
+
+/// The entry just pushed is a client's named Parse/Close whose name change waits for its
+/// answer (`names`).
+#[inline]
+fn mark_named(relay: &mut RelayState) {
+    if let Some(e) = relay.expect.back_mut() {
+        e.named = true;
+    }
 }
 
 /// The client's statement `name`; one a server said went stale is replaced by a fresh one

@@ -3,8 +3,8 @@
 //! pooler's own messages are swallowed.
 
 use super::{
-    drain_synthesized, finish, flush_run, scan::literal, Action, RelayError, RelayState,
-    ServerEvent, BOUND, COPY_END, MAX_MESSAGE,
+    drain_synthesized, finish, flush_run, names, scan::literal, Action, Expect, RelayError,
+    RelayState, ServerEvent, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
@@ -46,6 +46,36 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
         stmt.mark_stale();
     }
     Some(how)
+}
+
+/// The server skipped the client's (or the pooler's) message `e` after an error, up to the
+/// next Sync: it was never answered and did nothing, so what the pooler recorded of it when
+/// relaying it is undone.
+#[cold]
+fn skipped(
+    server: &mut Server,
+    relay: &mut RelayState,
+    client_statements: &mut ClientStatements,
+    e: Expect,
+) {
+    match (e.kind, e.action) {
+        // A Parse the pooler answered itself: the server already has that statement.
+        (tag::PARSE, Action::Synthesize) => {}
+        // Statements it would have prepared do not exist.
+        (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
+        // Perhaps the client's unnamed statement, not made: parsed again before its next Bind
+        // (`from_client`).
+        (tag::PARSE, _) => relay.unnamed_here = false,
+        // The pooler's own Close of an evicted statement: the server keeps a statement the
+        // pooler forgot, whose name it would Parse again (42P05). The connection serves no one
+        // after this client.
+        (tag::CLOSE, Action::Swallow) if e.stmt != 0 => {
+            server.close_reason = Some("a statement Close the server skipped")
+        }
+        _ => {}
+    }
+    // A client's name it would have made or dropped stays as it was.
+    names::skipped(relay, client_statements, e);
 }
 
 /// The answer to a Query holding a literal SET is complete: its value is the client's and the
@@ -197,6 +227,9 @@ fn server_messages(
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
                         break;
                     }
+                    // Unanswered before its Sync: sent after an error the server answered
+                    // before this message arrived, so skipped as well.
+                    skipped(server, relay, client_statements, e);
                 }
                 if relay.retry.holding() {
                     // The held error goes out (if it does) after what came before it.
@@ -233,21 +266,7 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            if e.kind == tag::PARSE && e.stmt != 0 {
-                                server.prepared.remove(e.stmt);
-                            }
-                            if e.kind == tag::PARSE && e.stmt == 0 {
-                                // Perhaps the client's unnamed statement, not made: parsed
-                                // again before its next Bind (`from_client`).
-                                relay.unnamed_here = false;
-                            }
-                            if e.kind == tag::CLOSE && e.action == Action::Swallow && e.stmt != 0 {
-                                // The pooler's own Close of an evicted statement: the server
-                                // keeps a statement the pooler forgot, whose name it would
-                                // Parse again (42P05). The connection serves no one after this
-                                // client.
-                                server.close_reason = Some("a statement Close the server skipped");
-                            }
+                            skipped(server, relay, client_statements, e);
                             relay.expect.pop_front();
                         }
                     }
@@ -285,6 +304,7 @@ fn server_messages(
                 if let Some(front) = relay.expect.front().copied() {
                     if terminates(front.kind, tag) {
                         relay.expect.pop_front();
+                        names::answered(relay, front);
                         if front.action == Action::Swallow {
                             forward = false;
                         }

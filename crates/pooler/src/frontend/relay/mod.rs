@@ -29,6 +29,7 @@
 mod from_client;
 mod from_server;
 mod listen_wait;
+mod names;
 mod pump;
 mod retry;
 pub mod scan;
@@ -138,6 +139,9 @@ pub struct RelayState {
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
+    /// Changes to the client's statement names by Parses and Closes not answered yet, oldest
+    /// first (`names`).
+    pub names: VecDeque<names::NameChange>,
     /// The server connection holds the client's unnamed statement: the client parsed it
     /// during this attachment (`prepared::ClientStatements::unnamed`).
     pub unnamed_here: bool,
@@ -181,6 +185,7 @@ impl RelayState {
             sets,
             drop_notifications,
             listen_wait,
+            names,
             unnamed_here,
             retry,
         } = self;
@@ -190,6 +195,7 @@ impl RelayState {
         expect.clear();
         deallocs.clear();
         sets.clear();
+        names.clear();
         *c2s_skip = 0;
         *s2c_skip = 0;
         *copy_in = false;
@@ -245,6 +251,9 @@ pub struct Expect {
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
     /// its id with `BOUND`; 0 otherwise.
     pub stmt: u64,
+    /// A client's named Parse or Close, whose change to the client's statement names is the
+    /// next of `RelayState::names` (`names`).
+    pub named: bool,
 }
 
 /// Marks `Expect::stmt` of a Bind/Describe of a shared statement (its id below the bit),
@@ -299,7 +308,12 @@ const COPY_END: u8 = tag::COPY_DONE;
 // was one file.
 #[inline]
 fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
-    expect.push_back(Expect { kind, action, stmt });
+    expect.push_back(Expect {
+        kind,
+        action,
+        stmt,
+        named: false,
+    });
 }
 
 /// Appends `input[*run..pos]` (messages passed through unchanged) to `out` as one copy.
@@ -354,6 +368,7 @@ fn drain_synthesized(
                     &CLOSE_COMPLETE
                 };
                 server.bufs.s2c_out.extend_from_slice(reply);
+                names::answered(relay, front);
             }
             Action::Refuse => refuse(server, relay, front.kind),
             Action::RefusePrepared => session_state::refuse_sql_prepared(server),

@@ -165,6 +165,7 @@ mod tests {
             kind,
             action: Action::Forward,
             stmt: 0,
+            named: false,
         }
     }
 

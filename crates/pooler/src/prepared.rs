@@ -142,6 +142,10 @@ pub struct ClientStatements {
 impl ClientStatements {
     #[inline]
     pub fn set_unnamed(&mut self, parse: &[u8]) {
+        if self.unnamed.capacity() > 4096 && self.unnamed.capacity() > 4 * parse.len() {
+            // A large text once is not kept for good by a client that went on with small ones.
+            self.unnamed = Vec::new();
+        }
         self.unnamed.clear();
         self.unnamed.extend_from_slice(parse);
     }
@@ -265,6 +269,18 @@ mod tests {
             Some(Stale::ResultShape)
         );
         assert_eq!(stale("relation \"t\" does not exist"), None);
+    }
+
+    #[test]
+    fn a_large_unnamed_statement_is_not_kept_for_good() {
+        let mut c = ClientStatements::default();
+        c.set_unnamed(&[b'x'; 100_000]);
+        assert_eq!(c.unnamed().map(<[u8]>::len), Some(100_000));
+        c.set_unnamed(b"P small");
+        assert_eq!(c.unnamed(), Some(&b"P small"[..]));
+        assert!(c.unnamed.capacity() < 4096);
+        c.clear_unnamed();
+        assert_eq!(c.unnamed(), None);
     }
 
     #[test]

@@ -404,8 +404,6 @@ impl Control {
         }
     }
 
-    /// Publishes the committed change of the pending `op`, waits for the data plane and finishes
-    /// `op` accordingly.
     /// Runs `work` in the background, holding the service's lock (`guard`) until it ends (requests
     /// meanwhile get 409 naming `op`: `Control::mark_busy`): its
     /// `Ok(message)` publishes and settles `op` (pending) with that message, its
@@ -445,6 +443,8 @@ impl Control {
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 
+    /// Publishes the committed change of the pending `op`, waits for the data plane and finishes
+    /// `op` accordingly.
     pub(crate) async fn publish_and_settle(
         &self,
         op: OperationRecord,

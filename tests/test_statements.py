@@ -331,6 +331,11 @@ def test_a_statement_name_is_what_the_server_made_of_it(pool_uri):
         raw.sock.sendall(_bind(b"nosuch") + _msg(b"C", b"Skept\0") + _msg(b"S", b""))
         assert _outcome(raw) == ([], ["26000"])
         assert _run_named(raw, b"kept") == (["kept"], [])
+        # A Close and a Parse again of that name, both skipped: the first statement stays.
+        raw.sock.sendall(_bind(b"nosuch") + _msg(b"C", b"Skept\0")
+                         + _msg(b"P", b"kept\0select 'other'::text\0\0\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], ["26000"])
+        assert _run_named(raw, b"kept") == (["kept"], [])
         # And a Close that runs drops it.
         raw.sock.sendall(_msg(b"C", b"Skept\0") + _msg(b"S", b""))
         assert _outcome(raw) == ([], [])

@@ -52,12 +52,7 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
 /// next Sync: it was never answered and did nothing, so what the pooler recorded of it when
 /// relaying it is undone.
 #[cold]
-fn skipped(
-    server: &mut Server,
-    relay: &mut RelayState,
-    client_statements: &mut ClientStatements,
-    e: Expect,
-) {
+fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
     match (e.kind, e.action) {
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
@@ -74,8 +69,9 @@ fn skipped(
         }
         _ => {}
     }
-    // A client's name it would have made or dropped stays as it was.
-    names::skipped(relay, client_statements, e);
+    // A client's name it would have made or dropped stays as it was (`names::undo`, after
+    // the run).
+    names::skipped(relay, e);
 }
 
 /// The answer to a Query holding a literal SET is complete: its value is the client's and the
@@ -229,7 +225,10 @@ fn server_messages(
                     }
                     // Unanswered before its Sync: sent after an error the server answered
                     // before this message arrived, so skipped as well.
-                    skipped(server, relay, client_statements, e);
+                    skipped(server, relay, e);
+                }
+                if relay.names_skipped > 0 {
+                    names::undo(relay, client_statements);
                 }
                 if relay.retry.holding() {
                     // The held error goes out (if it does) after what came before it.
@@ -266,8 +265,11 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            skipped(server, relay, client_statements, e);
+                            skipped(server, relay, e);
                             relay.expect.pop_front();
+                        }
+                        if relay.names_skipped > 0 {
+                            names::undo(relay, client_statements);
                         }
                     }
                 }

@@ -142,6 +142,9 @@ pub struct RelayState {
     /// Changes to the client's statement names by Parses and Closes not answered yet, oldest
     /// first (`names`).
     pub names: VecDeque<names::NameChange>,
+    /// How many of the oldest `names` belong to messages the server skipped, to undo
+    /// (`names::undo`).
+    pub names_skipped: usize,
     /// The server connection holds the client's unnamed statement: the client parsed it
     /// during this attachment (`prepared::ClientStatements::unnamed`).
     pub unnamed_here: bool,
@@ -186,6 +189,7 @@ impl RelayState {
             drop_notifications,
             listen_wait,
             names,
+            names_skipped,
             unnamed_here,
             retry,
         } = self;
@@ -196,6 +200,7 @@ impl RelayState {
         deallocs.clear();
         sets.clear();
         names.clear();
+        *names_skipped = 0;
         *c2s_skip = 0;
         *s2c_skip = 0;
         *copy_in = false;

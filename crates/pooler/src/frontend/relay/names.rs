@@ -46,13 +46,20 @@ pub fn answered(relay: &mut RelayState, e: Expect) {
     }
 }
 
-/// The server skipped or refused the named Parse/Close `e`: its change is undone.
+/// The server skipped or refused the named Parse/Close `e`: its change is to be undone (`undo`,
+/// once the run of skipped messages is known).
+#[inline]
+pub fn skipped(relay: &mut RelayState, e: Expect) {
+    relay.names_skipped += e.named as usize;
+}
+
+/// Undoes the changes of the messages just skipped (`skipped`), the latest first, so that a
+/// name changed twice among them (a Close, then a Parse again) ends as it was before both.
 #[cold]
-pub fn skipped(relay: &mut RelayState, statements: &mut ClientStatements, e: Expect) {
-    if !e.named {
-        return;
-    }
-    if let Some(c) = relay.names.pop_front() {
+pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
+    let n = std::mem::take(&mut relay.names_skipped).min(relay.names.len());
+    let undone: Vec<NameChange> = relay.names.drain(..n).collect();
+    for c in undone.into_iter().rev() {
         match c.before {
             Some(stmt) => {
                 statements.insert(&c.name, stmt);

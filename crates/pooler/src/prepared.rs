@@ -181,6 +181,14 @@ impl ClientStatements {
         self.map.remove(name)
     }
 
+    /// Names `stmt` `name`, or drops the name (None); returns what it named before.
+    pub fn set(&mut self, name: &[u8], stmt: Option<Arc<Statement>>) -> Option<Arc<Statement>> {
+        match stmt {
+            Some(stmt) => self.insert(name, stmt),
+            None => self.remove(name),
+        }
+    }
+
     /// `DEALLOCATE ALL` / `DISCARD ALL`: the client's names go; the server copies, shared
     /// with other clients, stay.
     pub fn clear(&mut self) {

@@ -28,10 +28,7 @@ pub fn change(
     name: &[u8],
     now: Option<Arc<Statement>>,
 ) {
-    let before = match now {
-        Some(stmt) => statements.insert(name, stmt),
-        None => statements.remove(name),
-    };
+    let before = statements.set(name, now);
     relay.names.push_back(NameChange {
         name: name.into(),
         before,
@@ -60,13 +57,6 @@ pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
     let n = std::mem::take(&mut relay.names_skipped).min(relay.names.len());
     let undone: Vec<NameChange> = relay.names.drain(..n).collect();
     for c in undone.into_iter().rev() {
-        match c.before {
-            Some(stmt) => {
-                statements.insert(&c.name, stmt);
-            }
-            None => {
-                statements.remove(&c.name);
-            }
-        }
+        statements.set(&c.name, c.before);
     }
 }

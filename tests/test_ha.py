@@ -395,8 +395,16 @@ def test_plan_changes_add_and_remove_standbys_online(node):
         # waiting; nothing of it is made.
         with api_error(409, op["id"]):
             c.create_dbaas_postgres_user(service_name=name, username="waiter")
+        with api_error(409, op["id"]):
+            c.create_dbaas_pg_connection_pool(
+                service_name=name, name="waiting", database_name="defaultdb", mode="transaction",
+                size=2)
+        with api_error(409, op["id"]):
+            c.delete_dbaas_service(name=name)
         ok(c, op)
-        assert "waiter" not in [u["username"] for u in c.get_dbaas_service_pg(name=name)["users"]]
+        doc = c.get_dbaas_service_pg(name=name)
+        assert "waiter" not in [u["username"] for u in doc["users"]]
+        assert "waiting" not in [p["name"] for p in doc["connection-pools"]]
         doc = two_running_members(c, name, "two running members", 60)
         assert doc["node-count"] == 2 and doc["plan"] == "business-4"
         assert doc["synchronous-replication"] == "quorum"

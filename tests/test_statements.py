@@ -457,3 +457,82 @@ def test_an_eviction_skipped_by_an_error_breaks_no_statement(pool_uri):
             for _ in range(2):
                 assert other.execute(f"select %s::int + 0 as {tag}", (1,),
                                      prepare=True).fetchone() == (1,)
+
+
+def _parse(name: bytes, sql: str) -> bytes:
+    return _msg(b"P", name + b"\0" + sql.encode() + b"\0\0\0")
+
+
+_EXECUTE = _msg(b"E", b"\0\0\0\0\0")
+_SYNC = _msg(b"S", b"")
+
+
+def _names_script(raw, tag: str) -> list:
+    """Parses, Closes and DEALLOCATEs where PostgreSQL answers with an error or skips them:
+    each step's (first-column values, error codes, transaction status after it)."""
+    s1 = f"select '{tag}'::text"
+    out = []
+
+    def step(data: bytes):
+        raw.sock.sendall(data)
+        got = raw.until_ready()
+        out.append((
+            [b[6:].decode() for k, b in got if k == b"D" and b[:2] == b"\0\1"],
+            [parse_error(b)["C"] for k, b in got if k == b"E"],
+            got[-1][1].decode(),
+        ))
+
+    def query(sql: str):
+        step(_msg(b"Q", sql.encode() + b"\0"))
+
+    step(_parse(b"s1", s1) + _SYNC)
+    # A second Parse of a name the client has: 42P05, and what follows it is skipped.
+    step(_parse(b"s1", "select 'other'::text") + _bind(b"s1") + _EXECUTE + _SYNC)
+    step(_bind(b"s1") + _EXECUTE + _SYNC)
+    # In a block the error fails it, as does a refused SQL PREPARE sent with Parse.
+    query("BEGIN")
+    step(_parse(b"s1", "select 2") + _SYNC)
+    query("ROLLBACK")
+    query("BEGIN")
+    step(_parse(b"", "PREPARE p AS SELECT 1") + _bind(b"") + _EXECUTE + _SYNC)
+    query("ROLLBACK")
+    # An extended-protocol DEALLOCATE skipped after an error, or in a failed block, leaves the
+    # statement there; DEALLOCATE ALL too.
+    step(_bind(b"nosuch") + _parse(b"", "DEALLOCATE s1") + _bind(b"") + _EXECUTE + _SYNC)
+    step(_bind(b"s1") + _EXECUTE + _SYNC)
+    step(_bind(b"nosuch") + _parse(b"", "DEALLOCATE ALL") + _bind(b"") + _EXECUTE + _SYNC)
+    step(_bind(b"s1") + _EXECUTE + _SYNC)
+    query("BEGIN")
+    query("select 1/0")
+    step(_parse(b"", "DEALLOCATE s1") + _bind(b"") + _EXECUTE + _SYNC)
+    query("ROLLBACK")
+    step(_bind(b"s1") + _EXECUTE + _SYNC)
+    # Empty statements after a DEALLOCATE; then the name is gone, and Parse makes it again.
+    query("deallocate s1;;")
+    step(_parse(b"s1", "select 'again'::text") + _bind(b"s1") + _EXECUTE + _SYNC)
+    return out
+
+
+def test_names_answer_as_postgresql_answers(pool_uri, svc):
+    """The same raw-protocol script through the pool and on PostgreSQL directly gets the same
+    answers, step by step: a duplicate named Parse (42P05), errors that fail an open block, an
+    extended-protocol DEALLOCATE the server skips, and a name with a `$` in PostgreSQL's
+    message."""
+    tag = unique("nm")
+    pooled, direct = RawClient(pool_uri), RawClient(svc.uri_for(dbname="app"))
+    try:
+        got, want = _names_script(pooled, tag), _names_script(direct, tag)
+        # Only SQL PREPARE differs: PostgreSQL runs it, the pool refuses it.
+        assert want[7] == ([], [], "T")
+        assert got[:7] + got[8:] == want[:7] + want[8:]
+        assert got[1] == ([], ["42P05"], "I") and got[2] == ([tag], [], "I")
+        assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
+        assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
+        assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
+        assert got[-1] == (["again"], [], "I"), got
+        for raw in (pooled, direct):
+            errors = [parse_error(b) for k, b in raw.query('DEALLOCATE "a$b"') if k == b"E"]
+            assert [e["M"] for e in errors] == ['prepared statement "a$b" does not exist']
+    finally:
+        pooled.close()
+        direct.close()

@@ -254,6 +254,14 @@ pub fn unknown_statement(name: &str) -> ClientError {
     )
 }
 
+/// A named Parse of a name the client already has (PostgreSQL's words).
+pub fn duplicate_statement(name: &str) -> ClientError {
+    ClientError::new(
+        "42P05",
+        format!("prepared statement \"{name}\" already exists"),
+    )
+}
+
 /// A statement the pooler answers itself in a failed transaction block (PostgreSQL's words).
 pub fn in_failed_transaction() -> ClientError {
     ClientError::new(

@@ -194,6 +194,19 @@ impl ClientStatements {
     pub fn clear(&mut self) {
         self.map.clear();
     }
+
+    /// Every name goes, returned (an extended-protocol `DEALLOCATE ALL` the server may yet
+    /// skip; `restore_names` undoes it).
+    pub fn take_names(&mut self) -> HashMap<Box<[u8]>, Arc<Statement>> {
+        std::mem::take(&mut self.map)
+    }
+
+    /// Names taken by `take_names` come back, except those named again since.
+    pub fn restore_names(&mut self, names: HashMap<Box<[u8]>, Arc<Statement>>) {
+        for (name, stmt) in names {
+            self.map.entry(name).or_insert(stmt);
+        }
+    }
 }
 
 /// Statements prepared on one server connection, least recently used evicted first.

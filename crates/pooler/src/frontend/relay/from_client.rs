@@ -186,8 +186,8 @@ fn client_messages(
                             raised_by_server(server, relay, &e);
                             continue;
                         }
-                        push(&mut relay.expect, tag, Action::RefusePrepared, 0);
-                        relay.c2s_discard = true;
+                        let e = errors::sql_prepared_in_transaction_mode(&server.pool);
+                        raised_in_place(server, relay, &e);
                         continue;
                     }
                 }
@@ -275,6 +275,13 @@ fn rewrite(
                 push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
                 ctx.statements.set_unnamed(msg);
                 relay.unnamed_here = true;
+                return Ok(());
+            }
+            if ctx.statements.get(p.name).is_some() && !names::pending(relay, p.name) {
+                // PostgreSQL's answer to a name the client has (a name whose change waits for
+                // the server's answer is let through: it may be gone by then).
+                let name = String::from_utf8_lossy(p.name);
+                raised_in_place(server, relay, &errors::duplicate_statement(&name));
                 return Ok(());
             }
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
@@ -471,6 +478,29 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
     push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
 }
 
+/// An extended-protocol Parse the pooler refuses or answers with an error: the server raises
+/// that error in its place (an unnamed Parse, Bind and Execute of `session_state::raise_sql`,
+/// only the error forwarded), so that it fails an open transaction block as PostgreSQL's own
+/// error would, and is skipped after an earlier error in its segment as PostgreSQL skips. The
+/// client's messages up to its Sync are dropped, as the server drops them after an error.
+#[cold]
+fn raised_in_place(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
+    let out = &mut server.bufs.c2s_out;
+    let mut rest = session_state::raise_sql(e).into_bytes();
+    // The text's end, and no parameter types.
+    rest.extend_from_slice(&[0, 0, 0]);
+    write_parse(out, b"", &rest);
+    push(&mut relay.expect, tag::PARSE, Action::Swallow, 0);
+    // No parameters, no formats.
+    write_bind(out, b"", b"", &[0; 6]);
+    push(&mut relay.expect, tag::BIND, Action::Swallow, 0);
+    out.extend_from_slice(&[tag::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    push(&mut relay.expect, tag::EXECUTE, Action::Forward, 0);
+    // The server's unnamed statement is now this one.
+    relay.unnamed_here = false;
+    relay.c2s_discard = true;
+}
+
 /// A whole Query that is one SQL `DEALLOCATE`: it acts on the client's own protocol-level
 /// statements, whose server copies are shared and stay. A name the client does not have goes
 /// to the server as a statement raising PostgreSQL's error (26000), so that an open block
@@ -493,10 +523,11 @@ fn deallocate(
 }
 
 /// An unnamed Parse of an SQL `DEALLOCATE` (psycopg in pipeline mode sends its
-/// `DEALLOCATE ALL` so): the client's names go at once, and the server runs a statement that
-/// does nothing in its place (its command tag says DO), or raises 26000 for a name the client
-/// does not have, so that Bind/Describe/Execute get their usual answers. False for a named
-/// Parse (executed later, maybe never), which stays refused.
+/// `DEALLOCATE ALL` so): the client's names go with the Parse (back if the server skips or
+/// refuses it, `names`), and the server runs a statement that does nothing in its place (its
+/// command tag says DO), or raises 26000 for a name the client does not have, so that
+/// Bind/Describe/Execute get their usual answers. False for a named Parse (executed later,
+/// maybe never), which stays refused.
 #[cold]
 fn deallocate_parse(
     server: &mut Server,
@@ -509,15 +540,13 @@ fn deallocate_parse(
     if !p.name.is_empty() {
         return Ok(false);
     }
+    let known = match &cmd {
+        Deallocate::All => true,
+        Deallocate::Name(name) => ctx.statements.get(name.as_bytes()).is_some(),
+    };
     let sql: Vec<u8> = match &cmd {
-        Deallocate::All => {
-            ctx.statements.clear();
-            session_state::LISTEN_NOOP.to_vec()
-        }
-        Deallocate::Name(name) => match ctx.statements.remove(name.as_bytes()) {
-            Some(_) => session_state::LISTEN_NOOP.to_vec(),
-            None => session_state::unknown_statement_sql(name).into_bytes(),
-        },
+        Deallocate::Name(name) if !known => session_state::unknown_statement_sql(name).into_bytes(),
+        _ => session_state::LISTEN_NOOP.to_vec(),
     };
     let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
     let mut rest = Vec::with_capacity(sql.len() + 1 + types.len());
@@ -527,6 +556,13 @@ fn deallocate_parse(
     let mut noop = bytes::BytesMut::new();
     write_parse(&mut noop, p.name, &rest);
     rewrite(server, relay, ctx, tag::PARSE, &noop)?;
+    if known {
+        match &cmd {
+            Deallocate::All => names::drop_all(relay, ctx.statements),
+            Deallocate::Name(name) => names::change(relay, ctx.statements, name.as_bytes(), None),
+        }
+        mark_named(relay);
+    }
     Ok(true)
 }
 
@@ -547,8 +583,7 @@ fn listen(
             raised_by_server(server, relay, &errors::listen_form_refused(&server.pool));
             return Ok(());
         }
-        push(&mut relay.expect, tag, Action::RefuseListen, 0);
-        relay.c2s_discard = true;
+        raised_in_place(server, relay, &errors::listen_form_refused(&server.pool));
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));

@@ -276,17 +276,11 @@ pub enum Action {
     /// Statement mode: the pooler answers a Query or Parse that opens a transaction block with
     /// the refusal (a Query also with ReadyForQuery).
     Refuse,
-    /// Transaction/statement mode: the pooler answers an SQL-level PREPARE/EXECUTE/DEALLOCATE
-    /// sent with Parse with the refusal (`session_state`); a Query's is raised by the server.
-    RefusePrepared,
     /// Transaction/statement mode: an SQL `DEALLOCATE` served from the client's own
     /// statements, the next of `RelayState::deallocs` (`session_state::deallocate`).
     Deallocate,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
-    /// Transaction/statement mode: a LISTEN/UNLISTEN sent with Parse the listener cannot serve,
-    /// refused; a Query's is raised by the server.
-    RefuseListen,
 }
 
 impl Action {
@@ -295,12 +289,7 @@ impl Action {
     fn pooler_answers(self) -> bool {
         matches!(
             self,
-            Action::Synthesize
-                | Action::Refuse
-                | Action::RefusePrepared
-                | Action::Deallocate
-                | Action::ListenDone(_)
-                | Action::RefuseListen
+            Action::Synthesize | Action::Refuse | Action::Deallocate | Action::ListenDone(_)
         )
     }
 }
@@ -376,10 +365,8 @@ fn drain_synthesized(
                 names::answered(relay, front);
             }
             Action::Refuse => refuse(server, relay, front.kind),
-            Action::RefusePrepared => session_state::refuse_sql_prepared(server),
             Action::Deallocate => session_state::deallocate(server, relay, statements),
             Action::ListenDone(listen) => session_state::listen_done(server, relay, listen),
-            Action::RefuseListen => session_state::refuse_listen(server),
             _ => break,
         }
         relay.expect.pop_front();

@@ -1,22 +1,29 @@
 //! A client's statement names follow what the server did with its Parses and Closes.
 //!
 //! The pooler changes a client's names (`prepared::ClientStatements`) as it relays a named Parse
-//! or Close, before the server answers, and keeps each change (`NameChange`) until then. When
-//! the server skips the message (an error earlier in its segment) or refuses it (a Parse that
-//! fails), the change is undone, as PostgreSQL leaves the name as it was: a name whose Parse
-//! failed does not exist (Bind and `DEALLOCATE` get 26000), a statement whose Close was skipped
-//! still does.
+//! or Close (or an extended-protocol `DEALLOCATE`), before the server answers, and keeps each
+//! change (`NameChange`) until then. When the server skips the message (an error earlier in its
+//! segment) or refuses it (a Parse that fails, one in a failed transaction block), the change is
+//! undone, as PostgreSQL leaves the names as they were: a name whose Parse failed does not exist
+//! (Bind and `DEALLOCATE` get 26000), a statement whose Close was skipped still does.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Expect, RelayState};
+use crate::net::messages::tag;
 use crate::prepared::{ClientStatements, Statement};
 
-/// A name and what it named before the change (None: nothing).
+/// A change to the client's names, with what it replaced.
 #[derive(Debug)]
-pub struct NameChange {
-    name: Box<[u8]>,
-    before: Option<Arc<Statement>>,
+pub enum NameChange {
+    /// A name and what it named before (None: nothing).
+    One {
+        name: Box<[u8]>,
+        before: Option<Arc<Statement>>,
+    },
+    /// Every name went (`DEALLOCATE ALL`); these were the names.
+    All(HashMap<Box<[u8]>, Arc<Statement>>),
 }
 
 /// Changes the client's names for a Parse (`now`: Some) or Close (None) of `name` about to be
@@ -29,10 +36,32 @@ pub fn change(
     now: Option<Arc<Statement>>,
 ) {
     let before = statements.set(name, now);
-    relay.names.push_back(NameChange {
+    relay.names.push_back(NameChange::One {
         name: name.into(),
         before,
     });
+}
+
+/// Drops every name of the client for a `DEALLOCATE ALL` about to be relayed, keeping them
+/// until the answer, as `change` does.
+#[cold]
+pub fn drop_all(relay: &mut RelayState, statements: &mut ClientStatements) {
+    let names = statements.take_names();
+    relay.names.push_back(NameChange::All(names));
+}
+
+/// Whether `name` exists may change with answers the server still owes: a change to it waits
+/// for its answer, or a statement not answered yet may drop names (a `DISCARD ALL` or
+/// `DEALLOCATE`, in a Query or an Execute).
+#[cold]
+pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
+    relay.names.iter().any(|c| match c {
+        NameChange::One { name: n, .. } => **n == *name,
+        NameChange::All(_) => true,
+    }) || relay
+        .expect
+        .iter()
+        .any(|e| matches!(e.kind, tag::QUERY | tag::EXECUTE))
 }
 
 /// The server answered (or the pooler, in its turn) the named Parse/Close `e`: its change holds.
@@ -57,6 +86,12 @@ pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
     let n = std::mem::take(&mut relay.names_skipped).min(relay.names.len());
     let undone: Vec<NameChange> = relay.names.drain(..n).collect();
     for c in undone.into_iter().rev() {
-        statements.set(&c.name, c.before);
+        match c {
+            NameChange::One { name, before } => {
+                statements.set(&name, before);
+            }
+            // Names made since (by messages not skipped) stay as they are.
+            NameChange::All(names) => statements.restore_names(names),
+        }
     }
 }

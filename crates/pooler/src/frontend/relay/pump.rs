@@ -114,15 +114,21 @@ pub async fn pump(
                                 return Poll::Ready(End::TransactionBlock)
                             }
                             // A stale statement's segment, back in `c2s_in` (`retry`).
-                            Ok(ServerEvent::Replay) => match client_input(server, relay, ctx) {
-                                Ok(false) => {}
-                                Ok(true) => return Poll::Ready(End::ClientGone),
-                                Err(e) => {
-                                    return Poll::Ready(End::Refused(errors::protocol_violation(
-                                        e.to_string(),
-                                    )))
+                            Ok(ServerEvent::Replay) => {
+                                // The client's counts take its Binds once.
+                                let again = relay.retry.replayed_binds();
+                                let binds = &mut ctx.tally.t.client_binds;
+                                *binds = binds.saturating_sub(again);
+                                match client_input(server, relay, ctx) {
+                                    Ok(false) => {}
+                                    Ok(true) => return Poll::Ready(End::ClientGone),
+                                    Err(e) => {
+                                        return Poll::Ready(End::Refused(
+                                            errors::protocol_violation(e.to_string()),
+                                        ))
+                                    }
                                 }
-                            },
+                            }
                             Ok(ServerEvent::None) => {
                                 // A refused Query answered after the server's earlier answers.
                                 if std::mem::take(&mut relay.ready_synthesized) {

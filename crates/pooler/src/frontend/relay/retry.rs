@@ -43,6 +43,8 @@ pub struct Retry {
     held: Option<Vec<u8>>,
     /// The segment now relayed is a replay: it gets no second one.
     replaying: bool,
+    /// Binds in the recording: the client sent them once, whatever the server saw.
+    binds: u64,
 }
 
 impl Retry {
@@ -65,6 +67,7 @@ impl Retry {
         self.stmt = id;
         self.complete = false;
         self.described = msg.first() == Some(&tag::DESCRIBE);
+        self.binds = (msg.first() == Some(&tag::BIND)) as u64;
         self.bytes.clear();
         self.bytes.extend_from_slice(msg);
     }
@@ -93,6 +96,7 @@ impl Retry {
                 self.bytes.extend_from_slice(msg);
                 self.complete = tag == tag::SYNC;
                 self.described |= tag == tag::DESCRIBE;
+                self.binds += (tag == tag::BIND) as u64;
             }
             // Anything else, or anything after the Sync (the client's next segment is on its
             // way to the server before a replay could be).
@@ -141,6 +145,17 @@ impl Retry {
         true
     }
 
+    /// How many of the client's Binds the replay just started relays a second time (the
+    /// client's counts take them once).
+    #[cold]
+    pub fn replayed_binds(&self) -> u64 {
+        if self.replaying {
+            self.binds
+        } else {
+            0
+        }
+    }
+
     /// Back to rest for the next attachment, keeping the buffer unless a large segment grew it.
     pub fn reset(&mut self) {
         self.stmt = 0;
@@ -148,6 +163,7 @@ impl Retry {
         self.described = false;
         self.held = None;
         self.replaying = false;
+        self.binds = 0;
         self.bytes.clear();
         if self.bytes.capacity() > 1024 {
             self.bytes = Vec::new();
@@ -182,6 +198,7 @@ mod tests {
         assert!(r.ready(txn::IDLE, &mut c2s_in, &mut out));
         assert_eq!(&c2s_in[..], b"B1E1S1Q");
         assert!(out.is_empty());
+        assert_eq!(r.replayed_binds(), 1);
         // The replay is not recorded again, so its own failure shows.
         r.arm(&VecDeque::new(), txn::IDLE, 8, b"B2");
         assert!(!r.recording() && !r.hold(8, Stale::Type, b"err"));

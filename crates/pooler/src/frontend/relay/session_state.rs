@@ -113,22 +113,6 @@ pub fn must_close(dirty: u64, read_back_failed: bool) -> bool {
 /// command tag says DO) and leaves nothing on the connection.
 pub const LISTEN_NOOP: &[u8] = b"DO $pgbay$BEGIN END$pgbay$";
 
-/// Writes the refusal of a LISTEN/UNLISTEN sent with Parse that the pooler cannot serve (not
-/// alone in its statement text, or a channel name it does not parse), answering like
-/// `refuse_sql_prepared`.
-#[cold]
-pub fn refuse_listen(server: &mut Server) {
-    errors::listen_form_refused(&server.pool).write(&mut server.bufs.s2c_out, Severity::Error);
-}
-
-/// Writes the refusal of an SQL-level PREPARE/EXECUTE/DEALLOCATE sent with Parse (whose Sync
-/// the server answers); a Query's is raised by the server (`raise_sql`).
-#[cold]
-pub fn refuse_sql_prepared(server: &mut Server) {
-    errors::sql_prepared_in_transaction_mode(&server.pool)
-        .write(&mut server.bufs.s2c_out, Severity::Error);
-}
-
 /// A LISTEN or UNLISTEN the pooler answers itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ListenCmd {
@@ -139,7 +123,7 @@ pub enum ListenCmd {
 
 /// A whole Query or Parse text that is exactly one `LISTEN ch` / `UNLISTEN ch` / `UNLISTEN *` (the
 /// channel folded as PostgreSQL folds identifiers). None for anything else, which the relay
-/// refuses (`refuse_listen`): a LISTEN must never reach a pooled connection.
+/// refuses (raised by the server in its place): a LISTEN must never reach a pooled connection.
 pub fn parse_listen(sql: &[u8]) -> Option<ListenCmd> {
     let s = skip_noise(sql);
     let (listen, rest) = match keyword(s, b"listen") {
@@ -199,8 +183,11 @@ pub fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
             (Deallocate::Name(name), after)
         }
     };
-    let rest = skip_noise(rest);
-    let rest = rest.strip_prefix(b";").map(skip_noise).unwrap_or(rest);
+    // Empty statements may follow (`deallocate x;;`): PostgreSQL runs nothing for them.
+    let mut rest = skip_noise(rest);
+    while let Some(after) = rest.strip_prefix(b";") {
+        rest = skip_noise(after);
+    }
     (rest.first() == Some(&0)).then_some(cmd)
 }
 
@@ -216,13 +203,27 @@ pub fn unknown_statement_sql(name: &str) -> String {
 /// transaction block as PostgreSQL's own error would (a later COMMIT rolls back), and answers
 /// 25P02 in a failed one.
 pub fn raise_sql(e: &errors::ClientError) -> String {
-    // The message goes inside a dollar-quoted literal: a `$` could end it, so none is kept.
-    let message = e.message().replace('$', "?");
+    // The message goes inside dollar-quoted literals whose tags it does not hold, so that it
+    // is kept as it is, `$` and all.
+    let message = e.message();
+    let body = dollar_tag(message, "pgbay");
+    let text = dollar_tag(message, "pgbay_m");
     format!(
-        "DO $pgbay$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', \
-         MESSAGE = $pgbay_m${message}$pgbay_m$; END$pgbay$",
+        "DO {body}BEGIN RAISE EXCEPTION USING ERRCODE = '{}', \
+         MESSAGE = {text}{message}{text}; END{body}",
         e.code()
     )
+}
+
+/// A dollar-quote tag (`$base$`, else `$base1$`, `$base2$`, ...) that `text` does not hold.
+fn dollar_tag(text: &str, base: &str) -> String {
+    let mut tag = format!("${base}$");
+    let mut n = 0u32;
+    while text.contains(&tag) {
+        n += 1;
+        tag = format!("${base}{n}$");
+    }
+    tag
 }
 
 /// Answers the next SQL `DEALLOCATE` the pooler serves, in its turn (every earlier answer
@@ -374,6 +375,14 @@ mod tests {
         }
         assert_eq!(p("DEALLOCATE allx\0"), name("allx"));
         assert_eq!(classify(b"DEALLOCATE a\0"), Found::SqlPrepared);
-        assert!(unknown_statement_sql("a$b").contains("\"a?b\""));
+        assert!(unknown_statement_sql("a$b").contains("\"a$b\""));
+        // A name holding the quotes' own tags gets other tags.
+        let sql = unknown_statement_sql("x$pgbay_m$y$pgbay$");
+        assert!(sql.starts_with("DO $pgbay1$BEGIN"), "{sql}");
+        assert!(sql.contains("$pgbay_m1$prepared statement \"x$pgbay_m$y$pgbay$\""));
+        assert!(sql.ends_with("END$pgbay1$"), "{sql}");
+        // Empty statements after it change nothing (`deallocate x;;`).
+        assert_eq!(p("DEALLOCATE x;; ;\0"), name("x"));
+        assert_eq!(p("DEALLOCATE x;; select 1\0"), None);
     }
 }

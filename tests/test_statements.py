@@ -510,6 +510,12 @@ def _names_script(raw, tag: str) -> list:
     # Empty statements after a DEALLOCATE; then the name is gone, and Parse makes it again.
     query("deallocate s1;;")
     step(_parse(b"s1", "select 'again'::text") + _bind(b"s1") + _EXECUTE + _SYNC)
+    # PostgreSQL tells names apart by their first 63 bytes.
+    long = b"l" * 70
+    step(_parse(long, "select 'long'::text") + _SYNC)
+    step(_bind(long[:63]) + _EXECUTE + _SYNC)
+    query(f"deallocate {long.decode()}")
+    step(_bind(long) + _EXECUTE + _SYNC)
     return out
 
 
@@ -529,7 +535,8 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        assert got[-1] == (["again"], [], "I"), got
+        assert got[-5:] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
+                            ([], [], "I"), ([], ["26000"], "I")], got
         for raw in (pooled, direct):
             errors = [parse_error(b) for k, b in raw.query('DEALLOCATE "a$b"') if k == b"E"]
             assert [e["M"] for e in errors] == ['prepared statement "a$b" does not exist']

@@ -126,6 +126,14 @@ impl Registry {
     }
 }
 
+/// The bytes of a statement name PostgreSQL tells apart: its prepared statements are keyed by
+/// the name's first NAMEDATALEN - 1 bytes, so a longer name is the same statement as its first
+/// 63 bytes (as a Parse, Bind, Describe, Close or `DEALLOCATE` of either).
+#[inline]
+pub fn key(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(63)]
+}
+
 /// A client's own statement names, and its unnamed statement.
 #[derive(Default)]
 pub struct ClientStatements {
@@ -165,6 +173,7 @@ impl ClientStatements {
 
     /// Names `stmt` `name`; returns what the name named before.
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> Option<Arc<Statement>> {
+        let name = key(name);
         if let Some(slot) = self.map.get_mut(name) {
             Some(std::mem::replace(slot, stmt))
         } else {
@@ -174,11 +183,11 @@ impl ClientStatements {
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.map.get(name)
+        self.map.get(key(name))
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.map.remove(name)
+        self.map.remove(key(name))
     }
 
     /// Names `stmt` `name`, or drops the name (None); returns what it named before.
@@ -302,6 +311,17 @@ mod tests {
         assert!(c.unnamed.capacity() < 4096);
         c.clear_unnamed();
         assert_eq!(c.unnamed(), None);
+    }
+
+    #[test]
+    fn a_name_is_its_first_63_bytes() {
+        let reg = Registry::default();
+        let mut names = ClientStatements::default();
+        let long = [b'x'; 70];
+        names.insert(&long, reg.intern(b"select 1\0\0\0", b""));
+        assert!(names.get(&long[..63]).is_some() && names.get(&long[..62]).is_none());
+        assert!(names.remove(&long[..64]).is_some());
+        assert!(names.get(&long).is_none());
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn change(
 ) {
     let before = statements.set(name, now);
     relay.names.push_back(NameChange::One {
-        name: name.into(),
+        name: crate::prepared::key(name).into(),
         before,
     });
 }
@@ -56,7 +56,7 @@ pub fn drop_all(relay: &mut RelayState, statements: &mut ClientStatements) {
 #[cold]
 pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
     relay.names.iter().any(|c| match c {
-        NameChange::One { name: n, .. } => **n == *name,
+        NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
         NameChange::All(_) => true,
     }) || relay
         .expect

@@ -404,12 +404,17 @@ def test_deallocate_through_the_extended_protocol(pool_uri):
         q = "select 20 + %s"
         a.execute(q, (1,), prepare=True)
         name = next(iter(a._prepared._names.values())).decode()
-        a.cursor(binary=True).execute(f"DEALLOCATE {name}")
+        cur = a.cursor(binary=True)
+        # The command tags are PostgreSQL's, not those of what the server ran in their place.
+        assert cur.execute(f"DEALLOCATE {name}").statusmessage == "DEALLOCATE"
         with pytest.raises(psycopg.errors.InvalidSqlStatementName):
             a.execute(q, (1,), prepare=True)
         with pytest.raises(psycopg.errors.InvalidSqlStatementName, match="nosuch"):
             a.cursor(binary=True).execute("DEALLOCATE nosuch")
-        a.cursor(binary=True).execute("DEALLOCATE ALL")
+        cur = a.cursor(binary=True)
+        assert cur.execute("DEALLOCATE ALL").statusmessage == "DEALLOCATE ALL"
+        # A DO block of the client's own keeps its tag.
+        assert cur.execute("DO $$BEGIN END$$").statusmessage == "DO"
         assert a.execute("select 1").fetchone()[0] == 1
 
 

@@ -134,6 +134,22 @@ pub fn key(name: &[u8]) -> &[u8] {
     &name[..name.len().min(63)]
 }
 
+/// Command tags of the `DEALLOCATE`s the pooler serves through the extended protocol, for
+/// `ClientStatements::unnamed_tag` and the Execute that runs one.
+pub mod dealloc_tag {
+    pub const NAME: u8 = 1;
+    pub const ALL: u8 = 2;
+
+    /// The command tag PostgreSQL completes `tag`'s `DEALLOCATE` with.
+    pub fn text(tag: u8) -> &'static [u8] {
+        if tag == ALL {
+            b"DEALLOCATE ALL"
+        } else {
+            b"DEALLOCATE"
+        }
+    }
+}
+
 /// A client's own statement names, and its unnamed statement.
 #[derive(Default)]
 pub struct ClientStatements {
@@ -145,6 +161,9 @@ pub struct ClientStatements {
     /// preceded by this Parse again, and a client without one cannot bind another client's
     /// (`frontend::relay`'s `ensure_unnamed`).
     unnamed: Vec<u8>,
+    /// The unnamed statement is a `DEALLOCATE` the pooler serves (`dealloc_tag`): the command
+    /// tag its Execute completes with (0: none).
+    unnamed_tag: u8,
 }
 
 impl ClientStatements {
@@ -156,12 +175,25 @@ impl ClientStatements {
         }
         self.unnamed.clear();
         self.unnamed.extend_from_slice(parse);
+        self.unnamed_tag = 0;
+    }
+
+    /// The unnamed statement just set is a `DEALLOCATE` whose Execute completes with `tag`
+    /// (`dealloc_tag`).
+    pub fn set_unnamed_tag(&mut self, tag: u8) {
+        self.unnamed_tag = tag;
+    }
+
+    #[inline]
+    pub fn unnamed_tag(&self) -> u8 {
+        self.unnamed_tag
     }
 
     /// A simple Query or a Close of the unnamed statement drops it, as in PostgreSQL.
     #[inline]
     pub fn clear_unnamed(&mut self) {
         self.unnamed.clear();
+        self.unnamed_tag = 0;
         if self.unnamed.capacity() > 4096 {
             self.unnamed = Vec::new();
         }

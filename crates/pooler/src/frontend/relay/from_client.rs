@@ -17,7 +17,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target};
 use crate::net::messages::{cstr, header, query, HEADER};
-use crate::prepared::Statement;
+use crate::prepared::{dealloc_tag, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
     match tag {
@@ -200,6 +200,13 @@ fn client_messages(
                 ctx.params.dirty |= session_state::UNSCANNED;
             }
         }
+        if tag == tag::EXECUTE && relay.tag_portal.is_some() {
+            // Perhaps the Execute of a `DEALLOCATE` the pooler serves: read whole (a few bytes).
+            if avail < len {
+                break;
+            }
+            mark = execute_tag(relay, &input[pos..pos + len]);
+        }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
         if !inspect {
@@ -298,6 +305,11 @@ fn rewrite(
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
             ctx.tally.t.server_binds += 1;
+            if relay.tag_portal.is_some()
+                || (b.statement.is_empty() && ctx.statements.unnamed_tag() != 0)
+            {
+                bind_portal(relay, ctx, b.portal, b.statement);
+            }
             let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
@@ -359,6 +371,8 @@ fn rewrite(
                     // The unnamed statement: the client's goes, and whichever the server has.
                     ctx.statements.clear_unnamed();
                     relay.unnamed_here = false;
+                } else if relay.tag_portal.as_ref().is_some_and(|(p, _)| **p == *name) {
+                    relay.tag_portal = None;
                 }
                 server.bufs.c2s_out.extend_from_slice(msg);
                 push(&mut relay.expect, tag::CLOSE, Action::Forward, 0);
@@ -367,6 +381,33 @@ fn rewrite(
         _ => unreachable!("only P/B/D/C are rewritten"),
     }
     Ok(())
+}
+
+/// A Bind of `statement` to `portal`: the portal runs a `DEALLOCATE` the pooler serves when
+/// the statement is the client's unnamed one and that is such a `DEALLOCATE`; a portal of the
+/// same name bound to anything else does not.
+#[cold]
+fn bind_portal(relay: &mut RelayState, ctx: &ClientCtx<'_>, portal: &[u8], statement: &[u8]) {
+    let tag = ctx.statements.unnamed_tag();
+    if statement.is_empty() && tag != 0 {
+        relay.tag_portal = Some((portal.into(), tag));
+    } else if relay
+        .tag_portal
+        .as_ref()
+        .is_some_and(|(p, _)| **p == *portal)
+    {
+        relay.tag_portal = None;
+    }
+}
+
+/// The command tag an Execute (whole message `msg`) completes with when its portal runs a
+/// `DEALLOCATE` the pooler serves (`RelayState::tag_portal`), else 0.
+#[cold]
+fn execute_tag(relay: &RelayState, msg: &[u8]) -> u64 {
+    match (&relay.tag_portal, msg.get(HEADER..).and_then(cstr)) {
+        (Some((portal, tag)), Some((name, _))) if **portal == *name => *tag as u64,
+        _ => 0,
+    }
 }
 
 /// The entry just pushed is a client's named Parse/Close whose name change waits for its
@@ -544,6 +585,10 @@ fn deallocate_parse(
         Deallocate::All => true,
         Deallocate::Name(name) => ctx.statements.get(name.as_bytes()).is_some(),
     };
+    let command = match &cmd {
+        Deallocate::All => dealloc_tag::ALL,
+        Deallocate::Name(_) => dealloc_tag::NAME,
+    };
     let sql: Vec<u8> = match &cmd {
         Deallocate::Name(name) if !known => session_state::unknown_statement_sql(name).into_bytes(),
         _ => session_state::LISTEN_NOOP.to_vec(),
@@ -557,6 +602,8 @@ fn deallocate_parse(
     write_parse(&mut noop, p.name, &rest);
     rewrite(server, relay, ctx, tag::PARSE, &noop)?;
     if known {
+        // Its Execute completes with PostgreSQL's tag, not the stand-in's `DO`.
+        ctx.statements.set_unnamed_tag(command);
         match &cmd {
             Deallocate::All => names::drop_all(relay, ctx.statements),
             Deallocate::Name(name) => names::change(relay, ctx.statements, name.as_bytes(), None),

@@ -8,11 +8,11 @@ use super::{
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
-use crate::net::messages::status::parse_parameter_status;
+use crate::net::messages::status::{self, parse_parameter_status};
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
 use crate::params::ClientParams;
-use crate::prepared::{ClientStatements, Stale};
+use crate::prepared::{dealloc_tag, ClientStatements, Stale};
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
@@ -301,6 +301,18 @@ fn server_messages(
                         }
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
                         server.prepared.clear();
+                    } else if body == b"DO\0" {
+                        if let Some(&front) = relay.expect.front() {
+                            if front.kind == tag::EXECUTE && front.stmt != 0 {
+                                // A `DEALLOCATE` the pooler served: PostgreSQL's tag.
+                                flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+                                status::command_complete(
+                                    &mut server.bufs.s2c_out,
+                                    dealloc_tag::text(front.stmt as u8),
+                                );
+                                forward = false;
+                            }
+                        }
                     }
                 }
                 if let Some(front) = relay.expect.front().copied() {

@@ -148,6 +148,11 @@ pub struct RelayState {
     /// The server connection holds the client's unnamed statement: the client parsed it
     /// during this attachment (`prepared::ClientStatements::unnamed`).
     pub unnamed_here: bool,
+    /// A portal bound to the client's unnamed statement while that is a `DEALLOCATE` the pooler
+    /// serves, with its command tag (`prepared::dealloc_tag`): the server runs a statement that
+    /// does nothing in its place, and its Execute's CommandComplete says what PostgreSQL's
+    /// would.
+    pub tag_portal: Option<(Box<[u8]>, u8)>,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
@@ -191,6 +196,7 @@ impl RelayState {
             names,
             names_skipped,
             unnamed_here,
+            tag_portal,
             retry,
         } = self;
         if expect.capacity() > KEEP_QUEUE {
@@ -209,6 +215,7 @@ impl RelayState {
         *drop_notifications = false;
         *listen_wait = None;
         *unnamed_here = false;
+        *tag_portal = None;
         retry.reset();
     }
 }
@@ -254,7 +261,8 @@ pub struct Expect {
     pub kind: u8,
     pub action: Action,
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
-    /// its id with `BOUND`; 0 otherwise.
+    /// its id with `BOUND`; for an Execute of a `DEALLOCATE` the pooler serves its command tag
+    /// (`prepared::dealloc_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
     pub stmt: u64,
     /// A client's named Parse or Close, whose change to the client's statement names is the
     /// next of `RelayState::names` (`names`).

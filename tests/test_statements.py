@@ -542,6 +542,12 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
         assert got[-5:] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
                             ([], [], "I"), ([], ["26000"], "I")], got
+        # A refused Parse of the unnamed statement drops the client's, as a failed one does.
+        pooled.sock.sendall(_parse(b"", "select 'u'::text") + _SYNC)
+        assert _outcome(pooled) == ([], [])
+        pooled.sock.sendall(_parse(b"", "PREPARE p AS SELECT 1") + _bind(b"") + _EXECUTE + _SYNC)
+        assert _outcome(pooled) == ([], ["0A000"])
+        assert _run_unnamed(pooled) == ([], ["26000"])
         for raw in (pooled, direct):
             errors = [parse_error(b) for k, b in raw.query('DEALLOCATE "a$b"') if k == b"E"]
             assert [e["M"] for e in errors] == ['prepared statement "a$b" does not exist']

@@ -17,7 +17,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target};
 use crate::net::messages::{cstr, header, query, HEADER};
-use crate::prepared::{dealloc_tag, Statement};
+use crate::prepared::{dealloc_tag, ClientStatements, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
     match tag {
@@ -187,7 +187,7 @@ fn client_messages(
                             continue;
                         }
                         let e = errors::sql_prepared_in_transaction_mode(&server.pool);
-                        raised_in_place(server, relay, &e);
+                        raised_in_place(server, relay, ctx.statements, msg, &e);
                         continue;
                     }
                 }
@@ -288,7 +288,8 @@ fn rewrite(
                 // PostgreSQL's answer to a name the client has (a name whose change waits for
                 // the server's answer is let through: it may be gone by then).
                 let name = String::from_utf8_lossy(p.name);
-                raised_in_place(server, relay, &errors::duplicate_statement(&name));
+                let e = errors::duplicate_statement(&name);
+                raised_in_place(server, relay, ctx.statements, msg, &e);
                 return Ok(());
             }
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
@@ -523,9 +524,20 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
 /// that error in its place (an unnamed Parse, Bind and Execute of `session_state::raise_sql`,
 /// only the error forwarded), so that it fails an open transaction block as PostgreSQL's own
 /// error would, and is skipped after an earlier error in its segment as PostgreSQL skips. The
-/// client's messages up to its Sync are dropped, as the server drops them after an error.
+/// client's messages up to its Sync are dropped, as the server drops them after an error. A
+/// refused Parse of the unnamed statement (`parse`) drops the client's, as PostgreSQL drops it
+/// before parsing.
 #[cold]
-fn raised_in_place(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
+fn raised_in_place(
+    server: &mut Server,
+    relay: &mut RelayState,
+    statements: &mut ClientStatements,
+    parse: &[u8],
+    e: &errors::ClientError,
+) {
+    if parse.get(HEADER) == Some(&0) {
+        statements.clear_unnamed();
+    }
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();
     // The text's end, and no parameter types.
@@ -630,7 +642,8 @@ fn listen(
             raised_by_server(server, relay, &errors::listen_form_refused(&server.pool));
             return Ok(());
         }
-        raised_in_place(server, relay, &errors::listen_form_refused(&server.pool));
+        let e = errors::listen_form_refused(&server.pool);
+        raised_in_place(server, relay, ctx.statements, msg, &e);
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));

@@ -521,6 +521,9 @@ def _names_script(raw, tag: str) -> list:
     step(_bind(long[:63]) + _EXECUTE + _SYNC)
     query(f"deallocate {long.decode()}")
     step(_bind(long) + _EXECUTE + _SYNC)
+    # Twice in one segment: the second is refused (or skipped, had the first failed).
+    step(_parse(b"twice", s1) + _parse(b"twice", s1) + _bind(b"twice") + _EXECUTE + _SYNC)
+    step(_parse(b"thrice", "selec 1") + _parse(b"thrice", s1) + _SYNC)
     return out
 
 
@@ -540,8 +543,9 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        assert got[-5:] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
-                            ([], [], "I"), ([], ["26000"], "I")], got
+        assert got[-7:] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
+                            ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
+                            ([], ["42601"], "I")], got
         # A refused Parse of the unnamed statement drops the client's, as a failed one does.
         pooled.sock.sendall(_parse(b"", "select 'u'::text") + _SYNC)
         assert _outcome(pooled) == ([], [])

@@ -50,18 +50,26 @@ pub fn drop_all(relay: &mut RelayState, statements: &mut ClientStatements) {
     relay.names.push_back(NameChange::All(names));
 }
 
-/// Whether `name` exists may change with answers the server still owes: a change to it waits
-/// for its answer, or a statement not answered yet may drop names (a `DISCARD ALL` or
-/// `DEALLOCATE`, in a Query or an Execute).
+/// Whether `name` exists may change with answers the server still owes before a Parse about
+/// to be relayed: a statement not answered yet may drop names (a `DISCARD ALL` or `DEALLOCATE`,
+/// in a Query or an Execute), or a change to the name waits for its answer in an earlier
+/// segment (one in this segment either holds, or failed and has the server skip the rest of
+/// the segment, this Parse too).
 #[cold]
 pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
-    relay.names.iter().any(|c| match c {
-        NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
-        NameChange::All(_) => true,
-    }) || relay
-        .expect
-        .iter()
-        .any(|e| matches!(e.kind, tag::QUERY | tag::EXECUTE))
+    let mut earlier_segment = false;
+    for e in &relay.expect {
+        match e.kind {
+            tag::QUERY | tag::EXECUTE => return true,
+            tag::SYNC => earlier_segment = true,
+            _ => {}
+        }
+    }
+    earlier_segment
+        && relay.names.iter().any(|c| match c {
+            NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
+            NameChange::All(_) => true,
+        })
 }
 
 /// The server answered (or the pooler, in its turn) the named Parse/Close `e`: its change holds.

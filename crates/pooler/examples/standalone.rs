@@ -5,7 +5,7 @@
 //! standalone --listen 127.0.0.1:6432 --backend-host 127.0.0.1 --backend-port 5432 \
 //!     --user U --pool NAME --database DB --mode transaction --size 20 \
 //!     [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] [--threads N] \
-//!     [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] [--tls-cert FILE --tls-key FILE]
+//!     [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] [--pin 1] [--tls-cert FILE --tls-key FILE]
 //! ```
 //!
 //! The user's password comes from the environment (`PGBAY_POOLER_PASSWORD`), not the command line,
@@ -16,7 +16,8 @@
 //! `--io-events-busy` the most I/O events a worker takes from the kernel per poll when idle and
 //! when busy (tokio's `max_io_events_per_tick` / `max_io_events_per_busy_tick`; default 1024);
 //! `--slice-us` and `--nice` the threads' scheduling (`sched_setattr`, SCHED_OTHER: the EEVDF time
-//! slice, Linux 6.12+, and the nice value, 0 unless given; a negative one needs CAP_SYS_NICE).
+//! slice, Linux 6.12+, and the nice value, 0 unless given; a negative one needs CAP_SYS_NICE);
+//! `--pin 1` binds each runtime thread to one CPU in turn (`sched_setaffinity`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,7 +33,7 @@ fn usage(msg: &str) -> ! {
         "usage: PGBAY_POOLER_PASSWORD=P standalone --listen ADDR --backend-host H --backend-port N \
          --user U --pool NAME --database DB --mode session|transaction|statement --size N \
          [--max-client-conn N] [--max-prepared-statements N] [--query-wait-timeout SECS] [--md5] \
-         [--threads N] [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] \
+         [--threads N] [--io-events N] [--io-events-busy N] [--slice-us N] [--nice N] [--pin 1] \
          [--tls-cert FILE --tls-key FILE]"
     );
     std::process::exit(2)
@@ -159,9 +160,23 @@ fn main() {
             .filter(|n| (-20..=19).contains(n))
             .unwrap_or_else(|| usage("--nice must be -20..19"))
     });
-    if slice_us.is_some() || nice.is_some() {
-        builder.on_thread_start(move || set_sched(slice_us, nice));
-        set_sched(slice_us, nice);
+    // --pin: each runtime thread bound to one CPU in turn (sched_setaffinity), so that the
+    // scheduler never moves a worker; for measuring what migrations cost.
+    let pin = args.get("pin").is_some_and(|v| v == "1");
+    if slice_us.is_some() || nice.is_some() || pin {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.on_thread_start(move || {
+            if slice_us.is_some() || nice.is_some() {
+                set_sched(slice_us, nice);
+            }
+            if pin {
+                pin_to(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % cpus);
+            }
+        });
+        if slice_us.is_some() || nice.is_some() {
+            set_sched(slice_us, nice);
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
@@ -201,6 +216,23 @@ fn main() {
         }
         pooler.shutdown().await;
     });
+}
+
+/// Binds the calling thread to CPU `cpu` (see `--pin`).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity only read and
+    // write the set given, for the calling thread (pid 0).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        usage(&format!(
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
 }
 
 /// The calling thread's SCHED_OTHER slice and nice value (see `--slice-us`, `--nice`).

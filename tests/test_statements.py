@@ -88,6 +88,22 @@ def test_deallocate_forms_act_on_own_statements(pool_uri):
         assert b.execute(q3, (1,), prepare=True).fetchone()[0] == 4
 
 
+def test_deallocate_all_among_other_statements(pool_uri):
+    """Run by the server: the client's statements go (psycopg forgets its own on the command
+    tag and prepares again), and a client sharing the server connection carries on."""
+    with psycopg.connect(pool_uri, autocommit=True) as a, \
+            psycopg.connect(pool_uri, autocommit=True) as b:
+        q = "select 30 + %s"
+        for c in (a, b):
+            assert c.execute(q, (1,), prepare=True).fetchone()[0] == 31
+        cur = a.execute("select 1; deallocate all")
+        assert cur.statusmessage == "SELECT 1" and cur.nextset()
+        assert cur.statusmessage == "DEALLOCATE ALL"
+        for _ in range(3):
+            for c in (a, b):
+                assert c.execute(q, (2,), prepare=True).fetchone()[0] == 32
+
+
 def test_discard_all_clears_statements_and_settings(pool_uri):
     with psycopg.connect(pool_uri, autocommit=True) as a, \
             psycopg.connect(pool_uri, autocommit=True) as b:
@@ -524,6 +540,12 @@ def _names_script(raw, tag: str) -> list:
     # Twice in one segment: the second is refused (or skipped, had the first failed).
     step(_parse(b"twice", s1) + _parse(b"twice", s1) + _bind(b"twice") + _EXECUTE + _SYNC)
     step(_parse(b"thrice", "selec 1") + _parse(b"thrice", s1) + _SYNC)
+    # DEALLOCATE ALL among other statements: not run after an error; run, it drops the names.
+    step(_parse(b"s3", s1) + _SYNC)
+    query("select 1/0; deallocate all")
+    step(_bind(b"s3") + _EXECUTE + _SYNC)
+    query("select 1; deallocate all")
+    step(_bind(b"s3") + _EXECUTE + _SYNC)
     return out
 
 
@@ -543,9 +565,11 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        assert got[-7:] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
-                            ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
-                            ([], ["42601"], "I")], got
+        assert got[-12:-5] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
+                               ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
+                               ([], ["42601"], "I")], got
+        assert got[-4:] == [([], ["22012"], "I"), ([tag], [], "I"), (["1"], [], "I"),
+                            ([], ["26000"], "I")], got
         # A refused Parse of the unnamed statement drops the client's, as a failed one does.
         pooled.sock.sendall(_parse(b"", "select 'u'::text") + _SYNC)
         assert _outcome(pooled) == ([], [])

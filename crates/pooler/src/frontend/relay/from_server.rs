@@ -300,7 +300,10 @@ fn server_messages(
                             }
                         }
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
+                        // Run by the server (among other statements, `scan`): its statements
+                        // are gone, and the client's names with them, as on a direct connection.
                         server.prepared.clear();
+                        client_statements.clear();
                     } else if body == b"DO\0" {
                         if let Some(&front) = relay.expect.front() {
                             if front.kind == tag::EXECUTE && front.stmt != 0 {

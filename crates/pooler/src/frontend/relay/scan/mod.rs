@@ -149,6 +149,8 @@ fn classify_start(sql: &[u8]) -> (Found, bool) {
 #[cold]
 fn classify_slow(s: &[u8]) -> Found {
     match classify_first(s) {
+        // One among others goes to the server as it is (`later_statement`).
+        Found::SqlPrepared if deallocate_all(s) && more_statements(s) => Found::Nothing,
         // What follows a first statement that sets something is read back as a whole: when
         // there is more (or the text was cut), everything is read back.
         Found::Sets(bits) if more_statements(s) => Found::Sets(bits | ALL),
@@ -267,6 +269,31 @@ fn scan(sql: &[u8]) -> Found {
     found
 }
 
+/// What a statement after the first one starts with. A `DEALLOCATE ALL` there (one alone is
+/// answered by the pooler from the client's own names, `session_state::deallocate`) runs on the
+/// server as it is: it drops that connection's statements, and the relay, seeing its command
+/// tag, forgets them and the client's names (`from_server`); an error before it leaves both.
+#[cold]
+fn later_statement(s: &[u8]) -> Found {
+    match classify_first(s) {
+        Found::SqlPrepared if deallocate_all(s) => Found::Nothing,
+        found => found,
+    }
+}
+
+/// Whether the statement at `s` is `DEALLOCATE [PREPARE] ALL`.
+fn deallocate_all(s: &[u8]) -> bool {
+    let Some(rest) = keyword(s, b"deallocate") else {
+        return false;
+    };
+    let mut rest = skip_noise(rest);
+    if let Some(after) = keyword(rest, b"prepare") {
+        rest = skip_noise(after);
+    }
+    keyword(rest, b"all")
+        .is_some_and(|after| matches!(skip_noise(after).first(), None | Some(&b';') | Some(&0)))
+}
+
 /// The quick part of `candidate`, without a call: most hits in ordinary statements are a `t`
 /// inside a word (not `TEMP`), a `_` inside a name other than `set_config`, `pg_advisory_*`,
 /// `pg_try_advisory_*` or `pg_temp` (those follow a `t`, `g` or `y`), or the `;` that ends the
@@ -346,7 +373,7 @@ fn candidate(sql: &[u8], i: usize) -> Found {
     let starts =
         |s: &[u8], kw: &[u8]| s.len() >= kw.len() && s[..kw.len()].eq_ignore_ascii_case(kw);
     match sql[i] {
-        b';' => classify_first(skip_noise(after)),
+        b';' => later_statement(skip_noise(after)),
         b'_' => {
             if before(3).is_some_and(|b| b.eq_ignore_ascii_case(b"set")) && starts(after, b"config")
             {
@@ -597,6 +624,29 @@ mod tests {
             classify(b"select 1; PREPARE p AS SELECT 1\0"),
             Found::SqlPrepared
         );
+        // DEALLOCATE ALL among other statements runs on the server; alone it is the pooler's,
+        // and a DEALLOCATE of a name stays the pooler's wherever it stands.
+        for sql in [
+            "select 1; deallocate all\0",
+            "select 1;DEALLOCATE PREPARE ALL ;\0",
+            "deallocate all; select 1\0",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
+        }
+        assert_eq!(
+            classify(b"reset all; deallocate /* c */ all; select 2\0"),
+            Found::Sets(ALL | SESSION)
+        );
+        for sql in [
+            "deallocate all\0",
+            "deallocate all;\0",
+            "select 1; deallocate x\0",
+            "deallocate all; deallocate x\0",
+            "select 1; deallocate allx\0",
+            "select 1; deallocate all x\0",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
+        }
         // Transaction-scoped: nothing to do.
         assert_eq!(
             classify(b"select pg_advisory_xact_lock(1)\0"),

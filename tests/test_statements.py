@@ -540,6 +540,10 @@ def _names_script(raw, tag: str) -> list:
     # Twice in one segment: the second is refused (or skipped, had the first failed).
     step(_parse(b"twice", s1) + _parse(b"twice", s1) + _bind(b"twice") + _EXECUTE + _SYNC)
     step(_parse(b"thrice", "selec 1") + _parse(b"thrice", s1) + _SYNC)
+    # An unnamed Parse that fails leaves no unnamed statement.
+    step(_parse(b"", "select 'u1'::text") + _SYNC)
+    step(_parse(b"", "selec 1") + _SYNC)
+    step(_bind(b"") + _EXECUTE + _SYNC)
     # DEALLOCATE ALL among other statements: not run after an error; run, it drops the names.
     step(_parse(b"s3", s1) + _SYNC)
     query("select 1/0; deallocate all")
@@ -565,9 +569,10 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        assert got[-12:-5] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
+        assert got[-15:-8] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
                                ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
                                ([], ["42601"], "I")], got
+        assert got[-8:-5] == [([], [], "I"), ([], ["42601"], "I"), ([], ["26000"], "I")], got
         assert got[-4:] == [([], ["22012"], "I"), ([tag], [], "I"), (["1"], [], "I"),
                             ([], ["26000"], "I")], got
         # A refused Parse of the unnamed statement drops the client's, as a failed one does.

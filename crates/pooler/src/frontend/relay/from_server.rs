@@ -52,14 +52,27 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
 /// next Sync: it was never answered and did nothing, so what the pooler recorded of it when
 /// relaying it is undone.
 #[cold]
-fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
+fn skipped(
+    server: &mut Server,
+    relay: &mut RelayState,
+    client_statements: &mut ClientStatements,
+    e: Expect,
+) {
     match (e.kind, e.action) {
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
         // Statements it would have prepared do not exist.
         (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
-        // Perhaps the client's unnamed statement, not made: parsed again before its next Bind
-        // (`from_client`).
+        // The client's own unnamed Parse, failed or skipped: the client has no unnamed
+        // statement (PostgreSQL drops the previous one when it parses, so after a failure this
+        // is its state; after a skip it still has the previous one, which the pooler no longer
+        // keeps: its Bind gets 26000 rather than running a statement the server never made).
+        (tag::PARSE, Action::Forward) => {
+            relay.unnamed_here = false;
+            client_statements.clear_unnamed();
+        }
+        // The pooler's own Parse of the client's unnamed statement (`from_client`'s
+        // `ensure_unnamed`), not made: parsed again before its next Bind.
         (tag::PARSE, _) => relay.unnamed_here = false,
         // The pooler's own Close of an evicted statement: the server keeps a statement the
         // pooler forgot, whose name it would Parse again (42P05). The connection serves no one
@@ -225,7 +238,7 @@ fn server_messages(
                     }
                     // Unanswered before its Sync: sent after an error the server answered
                     // before this message arrived, so skipped as well.
-                    skipped(server, relay, e);
+                    skipped(server, relay, client_statements, e);
                 }
                 if relay.names_skipped > 0 {
                     names::undo(relay, client_statements);
@@ -265,7 +278,7 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            skipped(server, relay, e);
+                            skipped(server, relay, client_statements, e);
                             relay.expect.pop_front();
                         }
                         if relay.names_skipped > 0 {

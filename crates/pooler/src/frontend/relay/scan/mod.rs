@@ -624,8 +624,8 @@ mod tests {
             classify(b"select 1; PREPARE p AS SELECT 1\0"),
             Found::SqlPrepared
         );
-        // DEALLOCATE ALL among other statements runs on the server; alone it is the pooler's,
-        // and a DEALLOCATE of a name stays the pooler's wherever it stands.
+        // DEALLOCATE ALL among other statements runs on the server; alone it is the pooler's;
+        // a DEALLOCATE of a name is the pooler's alone and refused among others.
         for sql in [
             "select 1; deallocate all\0",
             "select 1;DEALLOCATE PREPARE ALL ;\0",

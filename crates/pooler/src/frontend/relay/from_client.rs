@@ -13,7 +13,7 @@ use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::errors;
 use crate::net::messages::extended::{
-    parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target,
+    parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target, EXECUTE_UNNAMED,
 };
 use crate::net::messages::tag::{self, target};
 use crate::net::messages::{cstr, header, query, HEADER};
@@ -547,7 +547,7 @@ fn raised_in_place(
     // No parameters, no formats.
     write_bind(out, b"", b"", &[0; 6]);
     push(&mut relay.expect, tag::BIND, Action::Swallow, 0);
-    out.extend_from_slice(&[tag::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&EXECUTE_UNNAMED);
     push(&mut relay.expect, tag::EXECUTE, Action::Forward, 0);
     // The server's unnamed statement is now this one.
     relay.unnamed_here = false;
@@ -593,13 +593,12 @@ fn deallocate_parse(
     if !p.name.is_empty() {
         return Ok(false);
     }
-    let known = match &cmd {
-        Deallocate::All => true,
-        Deallocate::Name(name) => ctx.statements.get(name.as_bytes()).is_some(),
-    };
-    let command = match &cmd {
-        Deallocate::All => dealloc_tag::ALL,
-        Deallocate::Name(_) => dealloc_tag::NAME,
+    let (known, command) = match &cmd {
+        Deallocate::All => (true, dealloc_tag::ALL),
+        Deallocate::Name(name) => (
+            ctx.statements.get(name.as_bytes()).is_some(),
+            dealloc_tag::NAME,
+        ),
     };
     let sql: Vec<u8> = match &cmd {
         Deallocate::Name(name) if !known => session_state::unknown_statement_sql(name).into_bytes(),

@@ -43,8 +43,6 @@ pub struct Retry {
     held: Option<Vec<u8>>,
     /// The segment now relayed is a replay: it gets no second one.
     replaying: bool,
-    /// Binds in the recording: the client sent them once, whatever the server saw.
-    binds: u64,
 }
 
 impl Retry {
@@ -67,7 +65,6 @@ impl Retry {
         self.stmt = id;
         self.complete = false;
         self.described = msg.first() == Some(&tag::DESCRIBE);
-        self.binds = (msg.first() == Some(&tag::BIND)) as u64;
         self.bytes.clear();
         self.bytes.extend_from_slice(msg);
     }
@@ -96,7 +93,6 @@ impl Retry {
                 self.bytes.extend_from_slice(msg);
                 self.complete = tag == tag::SYNC;
                 self.described |= tag == tag::DESCRIBE;
-                self.binds += (tag == tag::BIND) as u64;
             }
             // Anything else, or anything after the Sync (the client's next segment is on its
             // way to the server before a replay could be).
@@ -146,14 +142,20 @@ impl Retry {
     }
 
     /// How many of the client's Binds the replay just started relays a second time (the
-    /// client's counts take them once).
+    /// client's counts take them once): the Binds of the recording, counted only when one is
+    /// replayed.
     #[cold]
     pub fn replayed_binds(&self) -> u64 {
-        if self.replaying {
-            self.binds
-        } else {
-            0
+        if !self.replaying {
+            return 0;
         }
+        let mut binds = 0;
+        let mut rest = &self.bytes[..];
+        while let Some((tag, len)) = crate::net::messages::header(rest) {
+            binds += (tag == tag::BIND) as u64;
+            rest = rest.get(len..).unwrap_or_default();
+        }
+        binds
     }
 
     /// Back to rest for the next attachment, keeping the buffer unless a large segment grew it.
@@ -163,7 +165,6 @@ impl Retry {
         self.described = false;
         self.held = None;
         self.replaying = false;
-        self.binds = 0;
         self.bytes.clear();
         if self.bytes.capacity() > 1024 {
             self.bytes = Vec::new();
@@ -206,6 +207,35 @@ mod tests {
         // The next segment may be replayed again.
         r.arm(&VecDeque::new(), txn::IDLE, 8, b"B2");
         assert!(r.recording());
+    }
+
+    #[test]
+    fn a_replay_counts_the_binds_it_relays_again() {
+        let msg = |t: u8, body: &[u8]| {
+            let mut m = vec![t];
+            m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let (bind, execute) = (
+            msg(tag::BIND, b"\0s\0\0\0\0\0\0\0"),
+            msg(tag::EXECUTE, b"\0\0\0\0\0"),
+        );
+        let mut r = Retry::default();
+        r.arm(&VecDeque::new(), txn::IDLE, 7, &bind);
+        for (t, m) in [
+            (tag::EXECUTE, &execute),
+            (tag::BIND, &bind),
+            (tag::EXECUTE, &execute),
+        ] {
+            r.record(t, Some(m));
+        }
+        r.record(tag::SYNC, Some(&msg(tag::SYNC, b"")));
+        assert_eq!(r.replayed_binds(), 0, "not replaying yet");
+        assert!(r.hold(7, Stale::Type, b"err"));
+        let (mut c2s_in, mut out) = (BytesMut::new(), BytesMut::new());
+        assert!(r.ready(txn::IDLE, &mut c2s_in, &mut out));
+        assert_eq!(r.replayed_binds(), 2);
     }
 
     #[test]

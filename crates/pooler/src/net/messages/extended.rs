@@ -66,5 +66,8 @@ pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     put_cstr(out, name);
 }
 
+/// Execute of the unnamed portal, all rows.
+pub const EXECUTE_UNNAMED: [u8; 10] = [tag::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0];
+
 pub const PARSE_COMPLETE: [u8; 5] = [tag::PARSE_COMPLETE, 0, 0, 0, 4];
 pub const CLOSE_COMPLETE: [u8; 5] = [tag::CLOSE_COMPLETE, 0, 0, 0, 4];

@@ -8,11 +8,15 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import psycopg2
 import pytest
 
 from conftest import PgbayServer, find_pool, ok, provision, psql_ok, unique
+from test_console import pool_row, wait_until
+from test_notify_budget import RawClient, _msg, parse_error
 
 OTHERS = 4
 
@@ -224,6 +228,68 @@ def test_long_listen_channel_is_served_by_the_pooler(pool_uri):
             assert (n.channel, n.payload) == ("c" * 63, f"hi {execute}")
 
 
+def _unsynced_insert(table: str, value: str) -> bytes:
+    """An unnamed Parse, Bind and Execute of an INSERT, then Flush: no Sync, so the server runs
+    it in an implicit transaction that stays open."""
+    sql = f"INSERT INTO {table} VALUES ('{value}')".encode()
+    return (_msg(b"P", b"\0" + sql + b"\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
+            + _msg(b"E", b"\0\0\0\0\0") + _msg(b"H", b""))
+
+
+def _segment_table(svc) -> str:
+    table = f"leak.{unique('seg').replace('-', '_')}"
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (v text)")
+        conn.execute(f"GRANT ALL ON {table} TO appuser")
+    return table
+
+
+def test_a_segment_without_sync_is_not_committed_for_a_client_that_left(pool_uri, svc):
+    """A client runs an INSERT with the extended protocol and leaves before its Sync: on a direct
+    connection the server rolls it back. The pool's connection must not carry that open
+    transaction to the next client, whose Sync would commit it."""
+    table = _segment_table(svc)
+    raw = RawClient(pool_uri)
+    raw.sock.sendall(_unsynced_insert(table, "left"))
+    assert [raw._recv_msg()[0] for _ in range(3)] == [b"1", b"2", b"C"]
+    raw.close()
+    assert others_see(pool_uri, f"SELECT count(*) FROM {table}") == ["0"] * OTHERS
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
+        assert one(conn, f"SELECT count(*) FROM {table}") == 0
+
+
+def test_a_segment_after_a_query_keeps_its_connection_until_sync(client, svc):
+    """A Query, then an extended-protocol INSERT without Sync, pipelined: every answer is in
+    once the INSERT's CommandComplete is, but the server is still in the INSERT's implicit
+    transaction. The connection stays the client's until its Sync; another client waits, and
+    then sees the row committed, never uncommitted."""
+    name = unique("seg")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username="appuser"))
+    uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    table = _segment_table(svc)
+    raw = RawClient(uri)
+    try:
+        raw.sock.sendall(_msg(b"Q", b"SELECT 1\0") + _unsynced_insert(table, "pipelined"))
+        assert [raw._recv_msg()[0] for _ in range(7)] == [b"T", b"D", b"C", b"Z", b"1", b"2", b"C"]
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(psql_ok(
+            uri, f"SELECT string_agg(v, ',') FROM {table}")))
+        other.start()
+        try:
+            wait_until(lambda: pool_row(svc, name)["cl_waiting"] == 1,
+                       what="the other client to wait for the pool's connection")
+            assert seen == []
+            raw.sock.sendall(_msg(b"S", b""))
+            assert raw.until_ready() == [(b"Z", b"I")]
+        finally:
+            other.join(30)
+        assert seen == [["pipelined"]], seen
+    finally:
+        raw.close()
+
+
 @pytest.fixture(scope="module")
 def timeouts_server():
     """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and
@@ -254,3 +320,27 @@ def test_idle_transaction_timeout_frees_the_pool(timeouts_server):
         assert "idle transaction timeout" in str(e.value)
     finally:
         idle.close()
+
+
+def test_idle_transaction_timeout_covers_a_segment_without_sync(timeouts_server):
+    """An extended-protocol segment left without Sync is a transaction on the server ("idle in
+    transaction" there): the client holding it is timed out as one, and the pool is free again."""
+    api = timeouts_server.client()
+    s = provision(api, unique("idleseg"))
+    name = unique("idleseg")
+    ok(api, api.create_dbaas_pg_connection_pool(
+        service_name=s.name, name=name, database_name="defaultdb", mode="transaction", size=1,
+        username=s.admin_user))
+    uri = find_pool(api.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
+    raw = RawClient(uri)
+    try:
+        raw.sock.sendall(_msg(b"P", b"\0SELECT 1\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
+                         + _msg(b"E", b"\0\0\0\0\0") + _msg(b"H", b""))
+        assert [raw._recv_msg()[0] for _ in range(4)] == [b"1", b"2", b"D", b"C"]
+        kind, body = raw._recv_msg()
+        assert kind == b"E" and parse_error(body)["C"] == "08P01", parse_error(body)
+        assert "idle transaction timeout" in parse_error(body)["M"]
+    finally:
+        raw.close()
+    with psycopg.connect(uri, autocommit=True, connect_timeout=10) as other:
+        assert one(other, "SELECT 5") == 5

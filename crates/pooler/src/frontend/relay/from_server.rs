@@ -229,6 +229,7 @@ fn server_messages(
             tag::READY_FOR_QUERY => {
                 let before = server.status;
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
+                relay.segment_open = false;
                 while let Some(e) = relay.expect.pop_front() {
                     if e.kind == tag::QUERY && e.stmt == literal::MARK {
                         literal_settled(server, relay, client_params, before);
@@ -274,6 +275,7 @@ fn server_messages(
                     ) {
                         // The server skips everything up to the next Sync: those messages will
                         // never be answered, and statements they would have prepared do not exist.
+                        relay.segment_open = true;
                         while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
@@ -334,6 +336,9 @@ fn server_messages(
                 if let Some(front) = relay.expect.front().copied() {
                     if terminates(front.kind, tag) {
                         relay.expect.pop_front();
+                        // Only extended-protocol messages end here (a Query or Sync ends with
+                        // its ReadyForQuery).
+                        relay.segment_open = true;
                         names::answered(relay, front);
                         if front.action == Action::Swallow {
                             forward = false;

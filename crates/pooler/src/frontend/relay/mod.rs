@@ -156,6 +156,12 @@ pub struct RelayState {
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
+    /// The server answered an extended-protocol message (or failed one) after its last
+    /// ReadyForQuery: it is inside an implicit transaction, or skipping messages after an
+    /// error, until the client's Sync (or Query) ends it. Not a boundary until then, even with
+    /// every answer in: a connection released so would carry the client's uncommitted work
+    /// into another client's transaction.
+    pub segment_open: bool,
 }
 
 /// Relay states kept for reuse by each worker thread, at most this many: an attachment takes
@@ -198,6 +204,7 @@ impl RelayState {
             unnamed_here,
             tag_portal,
             retry,
+            segment_open,
         } = self;
         if expect.capacity() > KEEP_QUEUE {
             *expect = VecDeque::new();
@@ -216,6 +223,7 @@ impl RelayState {
         *listen_wait = None;
         *unnamed_here = false;
         *tag_portal = None;
+        *segment_open = false;
         retry.reset();
     }
 }
@@ -397,6 +405,7 @@ fn refuse(server: &mut Server, relay: &mut RelayState, kind: u8) {
 /// True when the server has answered everything and the connection could serve someone else.
 pub fn at_boundary(server: &Server, relay: &RelayState) -> bool {
     server.status == tag::txn::IDLE
+        && !relay.segment_open
         && !relay.copy_in
         && !relay.c2s_discard
         && relay.expect.is_empty()

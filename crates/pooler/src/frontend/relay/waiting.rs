@@ -24,7 +24,8 @@ const RENEW_AFTER: u64 = 8 * 1024;
 enum Kind {
     /// Part of a message is in, the rest is not.
     Message,
-    /// At a ReadyForQuery that says "in a transaction", nothing asked.
+    /// At a ReadyForQuery that says "in a transaction", or inside an extended-protocol segment
+    /// not ended with Sync, nothing asked.
     Transaction,
 }
 
@@ -61,6 +62,7 @@ impl ClientWait {
         // The usual case, without a call: a request is with the server.
         if self.armed.is_none()
             && !saw_ready
+            && !relay.segment_open
             && relay.c2s_skip == 0
             && server.bufs.c2s_in.is_empty()
         {
@@ -125,8 +127,9 @@ fn waited_on(server: &Server, relay: &RelayState, saw_ready: bool) -> Option<Kin
     if relay.c2s_skip > 0 || !bufs.c2s_in.is_empty() {
         return Some(Kind::Message);
     }
-    if saw_ready
-        && server.status != txn::IDLE
+    // An extended-protocol segment the client has not ended with Sync is a transaction too,
+    // as PostgreSQL reports it ("idle in transaction").
+    if (saw_ready && server.status != txn::IDLE || relay.segment_open)
         && relay.expect.is_empty()
         && !relay.copy_in
         && bufs.s2c_out.is_empty()

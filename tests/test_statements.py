@@ -550,14 +550,26 @@ def _names_script(raw, tag: str) -> list:
     step(_bind(b"s3") + _EXECUTE + _SYNC)
     query("select 1; deallocate all")
     step(_bind(b"s3") + _EXECUTE + _SYNC)
+    # An unnamed Parse, a Close of it or a refused one that the server skips after an error
+    # leaves the previous unnamed statement; one that fails in a failed block leaves none.
+    step(_parse(b"", "select 'u2'::text") + _SYNC)
+    step(_bind(b"nosuch") + _parse(b"", "select 'u3'::text") + _SYNC)
+    step(_bind(b"nosuch") + _msg(b"C", b"S\0") + _SYNC)
+    step(_bind(b"nosuch") + _parse(b"", "PREPARE p AS SELECT 1") + _SYNC)
+    step(_bind(b"") + _EXECUTE + _SYNC)
+    step(_parse(b"b1", "BEGIN") + _bind(b"b1") + _EXECUTE + _SYNC)
+    step(_parse(b"f1", "select 1/0") + _bind(b"f1") + _EXECUTE + _SYNC)
+    step(_parse(b"", "select 'u4'::text") + _SYNC)
+    step(_parse(b"r1", "ROLLBACK") + _bind(b"r1") + _EXECUTE + _SYNC)
+    step(_bind(b"") + _EXECUTE + _SYNC)
     return out
 
 
 def test_names_answer_as_postgresql_answers(pool_uri, svc):
     """The same raw-protocol script through the pool and on PostgreSQL directly gets the same
     answers, step by step: a duplicate named Parse (42P05), errors that fail an open block, an
-    extended-protocol DEALLOCATE the server skips, and a name with a `$` in PostgreSQL's
-    message."""
+    extended-protocol DEALLOCATE the server skips, the unnamed statement after a Parse or Close
+    of it the server skips or refuses, and a name with a `$` in PostgreSQL's message."""
     tag = unique("nm")
     pooled, direct = RawClient(pool_uri), RawClient(svc.uri_for(dbname="app"))
     try:
@@ -569,12 +581,17 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        assert got[-15:-8] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
+        old, unnamed = got[:-10], got[-10:]
+        assert old[-15:-8] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
                                ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
                                ([], ["42601"], "I")], got
-        assert got[-8:-5] == [([], [], "I"), ([], ["42601"], "I"), ([], ["26000"], "I")], got
-        assert got[-4:] == [([], ["22012"], "I"), ([tag], [], "I"), (["1"], [], "I"),
+        assert old[-8:-5] == [([], [], "I"), ([], ["42601"], "I"), ([], ["26000"], "I")], got
+        assert old[-4:] == [([], ["22012"], "I"), ([tag], [], "I"), (["1"], [], "I"),
                             ([], ["26000"], "I")], got
+        assert unnamed == [([], [], "I"), ([], ["26000"], "I"), ([], ["26000"], "I"),
+                           ([], ["26000"], "I"), (["u2"], [], "I"), ([], [], "T"),
+                           ([], ["22012"], "E"), ([], ["25P02"], "E"), ([], [], "I"),
+                           ([], ["26000"], "I")], got
         # A refused Parse of the unnamed statement drops the client's, as a failed one does.
         pooled.sock.sendall(_parse(b"", "select 'u'::text") + _SYNC)
         assert _outcome(pooled) == ([], [])

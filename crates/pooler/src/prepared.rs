@@ -167,15 +167,22 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
+    /// The client's unnamed statement becomes the Parse `now` (whole message; None: it has
+    /// none); returns what it was (message and command tag), so that a Parse or Close the
+    /// server skips can put it back (`restore_unnamed`). Each text has a buffer of its size:
+    /// an idle client holds no more than its own statement.
     #[inline]
-    pub fn set_unnamed(&mut self, parse: &[u8]) {
-        if self.unnamed.capacity() > 4096 && self.unnamed.capacity() > 4 * parse.len() {
-            // A large text once is not kept for good by a client that went on with small ones.
-            self.unnamed = Vec::new();
-        }
-        self.unnamed.clear();
-        self.unnamed.extend_from_slice(parse);
-        self.unnamed_tag = 0;
+    pub fn replace_unnamed(&mut self, now: Option<&[u8]>) -> (Vec<u8>, u8) {
+        let now = now.map(<[u8]>::to_vec).unwrap_or_default();
+        let before = std::mem::replace(&mut self.unnamed, now);
+        (before, std::mem::take(&mut self.unnamed_tag))
+    }
+
+    /// Puts back the unnamed statement `replace_unnamed` returned.
+    #[cold]
+    pub fn restore_unnamed(&mut self, parse: Vec<u8>, tag: u8) {
+        self.unnamed = parse;
+        self.unnamed_tag = tag;
     }
 
     /// The unnamed statement just set is a `DEALLOCATE` whose Execute completes with `tag`
@@ -189,14 +196,11 @@ impl ClientStatements {
         self.unnamed_tag
     }
 
-    /// A simple Query or a Close of the unnamed statement drops it, as in PostgreSQL.
+    /// A simple Query drops it, as in PostgreSQL (as does a Parse of it that fails).
     #[inline]
     pub fn clear_unnamed(&mut self) {
-        self.unnamed.clear();
+        self.unnamed = Vec::new();
         self.unnamed_tag = 0;
-        if self.unnamed.capacity() > 4096 {
-            self.unnamed = Vec::new();
-        }
     }
 
     pub fn unnamed(&self) -> Option<&[u8]> {
@@ -336,11 +340,17 @@ mod tests {
     #[test]
     fn a_large_unnamed_statement_is_not_kept_for_good() {
         let mut c = ClientStatements::default();
-        c.set_unnamed(&[b'x'; 100_000]);
+        c.replace_unnamed(Some(&[b'x'; 100_000]));
         assert_eq!(c.unnamed().map(<[u8]>::len), Some(100_000));
-        c.set_unnamed(b"P small");
+        let (before, _) = c.replace_unnamed(Some(b"P small"));
+        assert_eq!(before.len(), 100_000);
         assert_eq!(c.unnamed(), Some(&b"P small"[..]));
         assert!(c.unnamed.capacity() < 4096);
+        c.set_unnamed_tag(3);
+        let (before, tag) = c.replace_unnamed(None);
+        assert_eq!((c.unnamed(), c.unnamed_tag()), (None, 0));
+        c.restore_unnamed(before, tag);
+        assert_eq!((c.unnamed(), c.unnamed_tag()), (Some(&b"P small"[..]), 3));
         c.clear_unnamed();
         assert_eq!(c.unnamed(), None);
     }

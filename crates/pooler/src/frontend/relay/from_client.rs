@@ -280,8 +280,8 @@ fn rewrite(
                 ctx.tally.t.server_parses += 1;
                 server.bufs.c2s_out.extend_from_slice(msg);
                 push(&mut relay.expect, tag::PARSE, Action::Forward, 0);
-                ctx.statements.set_unnamed(msg);
-                relay.unnamed_here = true;
+                names::change_unnamed(relay, ctx.statements, Some(msg));
+                mark_named(relay);
                 return Ok(());
             }
             if ctx.statements.get(p.name).is_some() && !names::pending(relay, p.name) {
@@ -368,15 +368,15 @@ fn rewrite(
                 push(&mut relay.expect, tag::CLOSE, Action::Synthesize, 0);
                 mark_named(relay);
             } else {
+                server.bufs.c2s_out.extend_from_slice(msg);
+                push(&mut relay.expect, tag::CLOSE, Action::Forward, 0);
                 if kind == target::STATEMENT {
                     // The unnamed statement: the client's goes, and whichever the server has.
-                    ctx.statements.clear_unnamed();
-                    relay.unnamed_here = false;
+                    names::change_unnamed(relay, ctx.statements, None);
+                    mark_named(relay);
                 } else if relay.tag_portal.as_ref().is_some_and(|(p, _)| **p == *name) {
                     relay.tag_portal = None;
                 }
-                server.bufs.c2s_out.extend_from_slice(msg);
-                push(&mut relay.expect, tag::CLOSE, Action::Forward, 0);
             }
         }
         _ => unreachable!("only P/B/D/C are rewritten"),
@@ -411,12 +411,12 @@ fn execute_tag(relay: &RelayState, msg: &[u8]) -> u64 {
     }
 }
 
-/// The entry just pushed is a client's named Parse/Close whose name change waits for its
-/// answer (`names`).
+/// The entry just pushed is a client's Parse/Close with one more change to the client's
+/// statement names waiting for its answer (`names`).
 #[inline]
 fn mark_named(relay: &mut RelayState) {
     if let Some(e) = relay.expect.back_mut() {
-        e.named = true;
+        e.named += 1;
     }
 }
 
@@ -535,15 +535,19 @@ fn raised_in_place(
     parse: &[u8],
     e: &errors::ClientError,
 ) {
-    if parse.get(HEADER) == Some(&0) {
-        statements.clear_unnamed();
-    }
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();
     // The text's end, and no parameter types.
     rest.extend_from_slice(&[0, 0, 0]);
     write_parse(out, b"", &rest);
     push(&mut relay.expect, tag::PARSE, Action::Swallow, 0);
+    if parse.get(HEADER) == Some(&0) {
+        // The client's unnamed statement goes as with a Parse that fails, and stays if the
+        // server skips this one (`names`).
+        names::change_unnamed(relay, statements, None);
+        mark_named(relay);
+    }
+    let out = &mut server.bufs.c2s_out;
     // No parameters, no formats.
     write_bind(out, b"", b"", &[0; 6]);
     push(&mut relay.expect, tag::BIND, Action::Swallow, 0);

@@ -52,27 +52,17 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
 /// next Sync: it was never answered and did nothing, so what the pooler recorded of it when
 /// relaying it is undone.
 #[cold]
-fn skipped(
-    server: &mut Server,
-    relay: &mut RelayState,
-    client_statements: &mut ClientStatements,
-    e: Expect,
-) {
+fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
     match (e.kind, e.action) {
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
         // Statements it would have prepared do not exist.
         (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
-        // The client's own unnamed Parse, failed or skipped: the client has no unnamed
-        // statement (PostgreSQL drops the previous one when it parses, so after a failure this
-        // is its state; after a skip it still has the previous one, which the pooler no longer
-        // keeps: its Bind gets 26000 rather than running a statement the server never made).
-        (tag::PARSE, Action::Forward) => {
-            relay.unnamed_here = false;
-            client_statements.clear_unnamed();
-        }
-        // The pooler's own Parse of the client's unnamed statement (`from_client`'s
-        // `ensure_unnamed`), not made: parsed again before its next Bind.
+        // An unnamed Parse, not made: the server has no unnamed statement after a failure,
+        // its previous one after a skip. The client's own Parse (or the pooler's in place of a
+        // refused one) has its change to the client's unnamed statement undone (`names`); the
+        // pooler's Parse of the client's statement (`from_client`'s `ensure_unnamed`) is made
+        // again before its next Bind.
         (tag::PARSE, _) => relay.unnamed_here = false,
         // The pooler's own Close of an evicted statement: the server keeps a statement the
         // pooler forgot, whose name it would Parse again (42P05). The connection serves no one
@@ -239,7 +229,7 @@ fn server_messages(
                     }
                     // Unanswered before its Sync: sent after an error the server answered
                     // before this message arrived, so skipped as well.
-                    skipped(server, relay, client_statements, e);
+                    skipped(server, relay, e);
                 }
                 if relay.names_skipped > 0 {
                     names::undo(relay, client_statements);
@@ -276,15 +266,21 @@ fn server_messages(
                         // The server skips everything up to the next Sync: those messages will
                         // never be answered, and statements they would have prepared do not exist.
                         relay.segment_open = true;
+                        let failed_unnamed = names::failed_unnamed(relay, front);
                         while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            skipped(server, relay, client_statements, e);
+                            skipped(server, relay, e);
                             relay.expect.pop_front();
                         }
                         if relay.names_skipped > 0 {
                             names::undo(relay, client_statements);
+                        }
+                        if failed_unnamed {
+                            // PostgreSQL dropped the previous one before parsing.
+                            client_statements.clear_unnamed();
+                            relay.unnamed_here = false;
                         }
                     }
                 }

@@ -272,9 +272,9 @@ pub struct Expect {
     /// its id with `BOUND`; for an Execute of a `DEALLOCATE` the pooler serves its command tag
     /// (`prepared::dealloc_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
     pub stmt: u64,
-    /// A client's named Parse or Close, whose change to the client's statement names is the
-    /// next of `RelayState::names` (`names`).
-    pub named: bool,
+    /// How many of `RelayState::names`, from the oldest, are this Parse's or Close's changes
+    /// to the client's statement names (`names`).
+    pub named: u8,
 }
 
 /// Marks `Expect::stmt` of a Bind/Describe of a shared statement (its id below the bit),
@@ -322,7 +322,7 @@ fn push(expect: &mut VecDeque<Expect>, kind: u8, action: Action, stmt: u64) {
         kind,
         action,
         stmt,
-        named: false,
+        named: 0,
     });
 }
 

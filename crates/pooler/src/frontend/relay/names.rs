@@ -5,7 +5,10 @@
 //! change (`NameChange`) until then. When the server skips the message (an error earlier in its
 //! segment) or refuses it (a Parse that fails, one in a failed transaction block), the change is
 //! undone, as PostgreSQL leaves the names as they were: a name whose Parse failed does not exist
-//! (Bind and `DEALLOCATE` get 26000), a statement whose Close was skipped still does.
+//! (Bind and `DEALLOCATE` get 26000), a statement whose Close was skipped still does. The
+//! client's unnamed statement is changed so too, by its Parse and Close: one the server skips
+//! leaves the previous unnamed statement in place; one that fails leaves none, as PostgreSQL
+//! drops the previous one before it parses (`failed_unnamed`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ pub enum NameChange {
     },
     /// Every name went (`DEALLOCATE ALL`); these were the names.
     All(HashMap<Box<[u8]>, Arc<Statement>>),
+    /// The unnamed statement changed: what it was (its Parse, empty for none, and command
+    /// tag), and whether the server connection held it (`RelayState::unnamed_here`).
+    Unnamed { parse: Vec<u8>, tag: u8, here: bool },
 }
 
 /// Changes the client's names for a Parse (`now`: Some) or Close (None) of `name` about to be
@@ -50,6 +56,23 @@ pub fn drop_all(relay: &mut RelayState, statements: &mut ClientStatements) {
     relay.names.push_back(NameChange::All(names));
 }
 
+/// Changes the client's unnamed statement for its Parse (`now`: the whole message) or Close
+/// (None) about to be relayed, keeping what it was until the answer, as `change` does. The
+/// server connection holds it after a Parse, not after a Close.
+pub fn change_unnamed(
+    relay: &mut RelayState,
+    statements: &mut ClientStatements,
+    now: Option<&[u8]>,
+) {
+    let (parse, tag) = statements.replace_unnamed(now);
+    relay.names.push_back(NameChange::Unnamed {
+        parse,
+        tag,
+        here: relay.unnamed_here,
+    });
+    relay.unnamed_here = now.is_some();
+}
+
 /// Whether `name` exists may change with answers the server still owes before a Parse about
 /// to be relayed: a statement not answered yet may drop names (a `DISCARD ALL` or `DEALLOCATE`,
 /// in a Query or an Execute), or a change to the name waits for its answer in an earlier
@@ -69,22 +92,33 @@ pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
         && relay.names.iter().any(|c| match c {
             NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
             NameChange::All(_) => true,
+            NameChange::Unnamed { .. } => false,
         })
 }
 
-/// The server answered (or the pooler, in its turn) the named Parse/Close `e`: its change holds.
+/// The server answered (or the pooler, in its turn) the Parse/Close `e`: its changes hold.
 #[inline]
 pub fn answered(relay: &mut RelayState, e: Expect) {
-    if e.named {
+    for _ in 0..e.named {
         relay.names.pop_front();
     }
 }
 
-/// The server skipped or refused the named Parse/Close `e`: its change is to be undone (`undo`,
+/// The server skipped or refused the Parse/Close `e`: its changes are to be undone (`undo`,
 /// once the run of skipped messages is known).
 #[inline]
 pub fn skipped(relay: &mut RelayState, e: Expect) {
     relay.names_skipped += e.named as usize;
+}
+
+/// The server refused the Parse `e` (the oldest not answered): true when it parsed the
+/// unnamed statement, which PostgreSQL dropped before parsing, so that the client has none
+/// once the changes are undone.
+#[inline]
+pub fn failed_unnamed(relay: &RelayState, e: Expect) -> bool {
+    e.kind == tag::PARSE
+        && e.named > 0
+        && matches!(relay.names.front(), Some(NameChange::Unnamed { .. }))
 }
 
 /// Undoes the changes of the messages just skipped (`skipped`), the latest first, so that a
@@ -100,6 +134,10 @@ pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
             }
             // Names made since (by messages not skipped) stay as they are.
             NameChange::All(names) => statements.restore_names(names),
+            NameChange::Unnamed { parse, tag, here } => {
+                statements.restore_unnamed(parse, tag);
+                relay.unnamed_here = here;
+            }
         }
     }
 }

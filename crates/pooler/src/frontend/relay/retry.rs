@@ -182,7 +182,7 @@ mod tests {
             kind,
             action: Action::Forward,
             stmt: 0,
-            named: false,
+            named: 0,
         }
     }
 

@@ -562,6 +562,17 @@ def _names_script(raw, tag: str) -> list:
     step(_parse(b"", "select 'u4'::text") + _SYNC)
     step(_parse(b"r1", "ROLLBACK") + _bind(b"r1") + _EXECUTE + _SYNC)
     step(_bind(b"") + _EXECUTE + _SYNC)
+    # PostgreSQL parses a statement before it finds its name taken (a syntax error is the
+    # answer then); a refused Parse leaves no portal behind; a Parse in a failed block gets
+    # 25P02 also when the server already has the statement.
+    step(_parse(b"s4", s1) + _SYNC)
+    step(_parse(b"s4", "selec 2") + _SYNC)
+    query("BEGIN")
+    step(_parse(b"s4", "select 3") + _SYNC)
+    step(_EXECUTE + _SYNC)
+    step(_parse(b"s5", s1) + _SYNC)
+    query("ROLLBACK")
+    step(_bind(b"s5") + _EXECUTE + _SYNC)
     return out
 
 
@@ -569,7 +580,8 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
     """The same raw-protocol script through the pool and on PostgreSQL directly gets the same
     answers, step by step: a duplicate named Parse (42P05), errors that fail an open block, an
     extended-protocol DEALLOCATE the server skips, the unnamed statement after a Parse or Close
-    of it the server skips or refuses, and a name with a `$` in PostgreSQL's message."""
+    of it the server skips or refuses, a taken name's Parse checked as PostgreSQL checks it,
+    and a name with a `$` in PostgreSQL's message."""
     tag = unique("nm")
     pooled, direct = RawClient(pool_uri), RawClient(svc.uri_for(dbname="app"))
     try:
@@ -581,17 +593,23 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
         assert got[4][1:] == (["42P05"], "E") and got[7][1:] == (["0A000"], "E"), got
         assert got[10] == ([tag], [], "I") and got[12] == ([tag], [], "I"), got
         assert got[15][1] == ["25P02"] and got[17] == ([tag], [], "I")
-        old, unnamed = got[:-10], got[-10:]
+        old, unnamed, taken = got[:-18], got[-18:-8], got[-8:]
         assert old[-15:-8] == [(["again"], [], "I"), ([], [], "I"), (["long"], [], "I"),
                                ([], [], "I"), ([], ["26000"], "I"), ([], ["42P05"], "I"),
                                ([], ["42601"], "I")], got
         assert old[-8:-5] == [([], [], "I"), ([], ["42601"], "I"), ([], ["26000"], "I")], got
         assert old[-4:] == [([], ["22012"], "I"), ([tag], [], "I"), (["1"], [], "I"),
                             ([], ["26000"], "I")], got
+        assert taken == [([], [], "I"), ([], ["42601"], "I"), ([], [], "T"),
+                         ([], ["42P05"], "E"), ([], ["34000"], "E"), ([], ["25P02"], "E"),
+                         ([], [], "I"), ([], ["26000"], "I")], got
         assert unnamed == [([], [], "I"), ([], ["26000"], "I"), ([], ["26000"], "I"),
                            ([], ["26000"], "I"), (["u2"], [], "I"), ([], [], "T"),
                            ([], ["22012"], "E"), ([], ["25P02"], "E"), ([], [], "I"),
                            ([], ["26000"], "I")], got
+        assert taken == [([], [], "I"), ([], ["42601"], "I"), ([], [], "T"),
+                         ([], ["42P05"], "E"), ([], ["34000"], "E"), ([], ["25P02"], "E"),
+                         ([], [], "I"), ([], ["26000"], "I")], got
         # A refused Parse of the unnamed statement drops the client's, as a failed one does.
         pooled.sock.sendall(_parse(b"", "select 'u'::text") + _SYNC)
         assert _outcome(pooled) == ([], [])

@@ -13,9 +13,9 @@ use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::errors;
 use crate::net::messages::extended::{
-    parse_bind, parse_parse, parse_target, write_bind, write_parse, write_target, EXECUTE_UNNAMED,
+    parse_bind, parse_parse, parse_target, write_bind, write_execute, write_parse, write_target,
 };
-use crate::net::messages::tag::{self, target};
+use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
 use crate::prepared::{dealloc_tag, ClientStatements, Statement};
 
@@ -295,7 +295,13 @@ fn rewrite(
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
             names::change(relay, ctx.statements, p.name, Some(stmt.clone()));
             if server.prepared.touch(stmt.id) {
-                push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
+                if server.status == txn::FAILED {
+                    // The server has it, but answers a Parse in a failed block itself (25P02
+                    // but for a ROLLBACK or COMMIT).
+                    probe_parse(server, relay, p.rest, Action::Forward);
+                } else {
+                    push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
+                }
             } else {
                 ctx.tally.t.server_parses += 1;
                 prepare_on_server(server, relay, &stmt, ctx.max_prepared, Action::Forward);
@@ -520,9 +526,9 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
     push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
 }
 
-/// An extended-protocol Parse the pooler refuses or answers with an error: the server raises
-/// that error in its place (an unnamed Parse, Bind and Execute of `session_state::raise_sql`,
-/// only the error forwarded), so that it fails an open transaction block as PostgreSQL's own
+/// An extended-protocol Parse the pooler refuses or answers with an error: the server parses
+/// the client's text, then raises that error in its place (an unnamed Parse, Bind and Execute
+/// of `session_state::raise_sql` in a portal of the pooler's, only the error forwarded), so that it fails an open transaction block as PostgreSQL's own
 /// error would, and is skipped after an earlier error in its segment as PostgreSQL skips. The
 /// client's messages up to its Sync are dropped, as the server drops them after an error. A
 /// refused Parse of the unnamed statement (`parse`) drops the client's, as PostgreSQL drops it
@@ -535,27 +541,50 @@ fn raised_in_place(
     parse: &[u8],
     e: &errors::ClientError,
 ) {
+    // The client's text is parsed first (its answer swallowed), as PostgreSQL parses and
+    // analyses a statement before it finds a name taken: a syntax error, an unknown table or a
+    // failed block (25P02) is the client's error then.
+    let unnamed = parse.get(HEADER) == Some(&0);
+    if unnamed {
+        // The client's unnamed statement goes as with a Parse that fails, and stays if the
+        // server skips this one (`names`).
+        names::change_unnamed(relay, statements, None);
+    }
+    let rest = parse_parse(parse).map_or(&[0u8, 0, 0][..], |p| p.rest);
+    probe_parse(server, relay, rest, Action::Swallow);
+    if unnamed {
+        mark_named(relay);
+    }
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();
     // The text's end, and no parameter types.
     rest.extend_from_slice(&[0, 0, 0]);
     write_parse(out, b"", &rest);
     push(&mut relay.expect, tag::PARSE, Action::Swallow, 0);
-    if parse.get(HEADER) == Some(&0) {
-        // The client's unnamed statement goes as with a Parse that fails, and stays if the
-        // server skips this one (`names`).
-        names::change_unnamed(relay, statements, None);
-        mark_named(relay);
-    }
-    let out = &mut server.bufs.c2s_out;
+    // Run in a portal of the pooler's own (closed first: one may be left in a failed block),
+    // so that the client's unnamed portal stays, as PostgreSQL leaves it after a failed Parse.
+    write_target(out, tag::CLOSE, target::PORTAL, RAISE_PORTAL);
+    push(&mut relay.expect, tag::CLOSE, Action::Swallow, 0);
     // No parameters, no formats.
-    write_bind(out, b"", b"", &[0; 6]);
+    write_bind(out, RAISE_PORTAL, b"", &[0; 6]);
     push(&mut relay.expect, tag::BIND, Action::Swallow, 0);
-    out.extend_from_slice(&EXECUTE_UNNAMED);
+    write_execute(out, RAISE_PORTAL);
     push(&mut relay.expect, tag::EXECUTE, Action::Forward, 0);
     // The server's unnamed statement is now this one.
     relay.unnamed_here = false;
     relay.c2s_discard = true;
+}
+
+/// The portal a refusal raised in place runs in (`raised_in_place`).
+const RAISE_PORTAL: &[u8] = b"pgbay_raise";
+
+/// The server parses `rest` (a Parse's text and parameter types) as its unnamed statement, for
+/// its answer: forwarded to the client (`Action::Forward`) or only its error (`Swallow`).
+#[cold]
+fn probe_parse(server: &mut Server, relay: &mut RelayState, rest: &[u8], action: Action) {
+    write_parse(&mut server.bufs.c2s_out, b"", rest);
+    push(&mut relay.expect, tag::PARSE, action, 0);
+    relay.unnamed_here = false;
 }
 
 /// A whole Query that is one SQL `DEALLOCATE`: it acts on the client's own protocol-level

@@ -66,8 +66,13 @@ pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     put_cstr(out, name);
 }
 
-/// Execute of the unnamed portal, all rows.
-pub const EXECUTE_UNNAMED: [u8; 10] = [tag::EXECUTE, 0, 0, 0, 9, 0, 0, 0, 0, 0];
+/// Execute of portal `portal`, all rows.
+pub fn write_execute(out: &mut BytesMut, portal: &[u8]) {
+    out.put_u8(tag::EXECUTE);
+    out.put_u32((4 + portal.len() + 1 + 4) as u32);
+    put_cstr(out, portal);
+    out.put_u32(0);
+}
 
 pub const PARSE_COMPLETE: [u8; 5] = [tag::PARSE_COMPLETE, 0, 0, 0, 4];
 pub const CLOSE_COMPLETE: [u8; 5] = [tag::CLOSE_COMPLETE, 0, 0, 0, 4];

@@ -51,4 +51,5 @@ pub mod txn {
 /// What a Describe or Close targets. Only statements are renamed; portals ('P') pass as they are.
 pub mod target {
     pub const STATEMENT: u8 = b'S';
+    pub const PORTAL: u8 = b'P';
 }

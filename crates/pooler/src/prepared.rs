@@ -234,10 +234,9 @@ impl ClientStatements {
         }
     }
 
-    /// `DEALLOCATE ALL` / `DISCARD ALL`: the client's names go; the server copies, shared
-    /// with other clients, stay.
-    pub fn clear(&mut self) {
-        self.map.clear();
+    /// Only the names `keep` says to keep stay.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        self.map.retain(|name, _| keep(name));
     }
 
     /// Every name goes, returned (an extended-protocol `DEALLOCATE ALL` the server may yet
@@ -294,6 +293,11 @@ impl ServerStatements {
 
     pub fn get(&self, id: u64) -> Option<&Arc<Statement>> {
         self.used.get(&id).map(|(_, s)| s)
+    }
+
+    /// Only the statements `keep` says to keep stay.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.used.retain(|&id, _| keep(id));
     }
 
     pub fn clear(&mut self) {

@@ -93,6 +93,24 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
+        if (!relay.names.is_empty() || !relay.deallocs.is_empty())
+            && ctx.track
+            && !relay.c2s_discard
+            && avail >= len
+            && names::waits(relay, tag, &input[pos..pos + len])
+            && {
+                // What the pooler answers itself (an SQL `DEALLOCATE` at the front) is
+                // answered now, so that nothing waits for an answer no server will send.
+                flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                drain_synthesized(server, relay, ctx.statements);
+                names::waits(relay, tag, &input[pos..pos + len])
+            }
+        {
+            // It names a statement whose change waits for its answer in an earlier segment:
+            // relayed once that answer is in (`names::waits`).
+            relay.c2s_stalled = true;
+            break;
+        }
         if relay.retry.recording() {
             relay
                 .retry

@@ -77,6 +77,22 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
     names::skipped(relay, e);
 }
 
+/// The server ran a statement that dropped every prepared statement of its connection
+/// (`DEALLOCATE ALL`, `DISCARD ALL`). Those the pooler's Parses relayed after it make again
+/// stay known, and so do the client's names made after it (`names::server_dropped_all`).
+#[cold]
+fn dropped_all(
+    server: &mut Server,
+    relay: &mut RelayState,
+    client_statements: &mut ClientStatements,
+) {
+    let expect = &relay.expect;
+    server
+        .prepared
+        .retain(|id| expect.iter().any(|e| e.kind == tag::PARSE && e.stmt == id));
+    names::server_dropped_all(relay, client_statements);
+}
+
 /// The answer to a Query holding a literal SET is complete: its value is the client's and the
 /// server's when the SET succeeded outside a transaction block (so it committed with its
 /// statement); otherwise the parameter is read back at the transaction's end, as any SET.
@@ -220,6 +236,7 @@ fn server_messages(
                 let before = server.status;
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
                 relay.segment_open = false;
+                relay.segment_failed = false;
                 while let Some(e) = relay.expect.pop_front() {
                     if e.kind == tag::QUERY && e.stmt == literal::MARK {
                         literal_settled(server, relay, client_params, before);
@@ -266,6 +283,7 @@ fn server_messages(
                         // The server skips everything up to the next Sync: those messages will
                         // never be answered, and statements they would have prepared do not exist.
                         relay.segment_open = true;
+                        relay.segment_failed = true;
                         let failed_unnamed = names::failed_unnamed(relay, front);
                         while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
@@ -299,9 +317,8 @@ fn server_messages(
                     if body.starts_with(b"DISCARD ALL\0") {
                         // The client's own statement names go too, as on a direct connection;
                         // its settings are read back (now the defaults) by `read_back`.
-                        server.prepared.clear();
                         server.params.reset();
-                        client_statements.clear();
+                        dropped_all(server, relay, client_statements);
                     } else if body == b"SET\0" {
                         if let Some(front) = relay.expect.front() {
                             if front.kind == tag::QUERY && front.stmt == literal::MARK {
@@ -313,8 +330,7 @@ fn server_messages(
                     } else if body.starts_with(b"DEALLOCATE ALL\0") {
                         // Run by the server (among other statements, `scan`): its statements
                         // are gone, and the client's names with them, as on a direct connection.
-                        server.prepared.clear();
-                        client_statements.clear();
+                        dropped_all(server, relay, client_statements);
                     } else if body == b"DO\0" {
                         if let Some(&front) = relay.expect.front() {
                             if front.kind == tag::EXECUTE && front.stmt != 0 {

@@ -162,6 +162,12 @@ pub struct RelayState {
     /// every answer in: a connection released so would carry the client's uncommitted work
     /// into another client's transaction.
     pub segment_open: bool,
+    /// The client's next message waits in `c2s_in` for the answer to an earlier segment that
+    /// decides what a statement name it uses is (`names::waits`); relayed once that is in.
+    pub c2s_stalled: bool,
+    /// The server answered an error in the current segment: it skips everything up to the
+    /// client's Sync, and so does the pooler with what it would answer itself.
+    pub segment_failed: bool,
 }
 
 /// Relay states kept for reuse by each worker thread, at most this many: an attachment takes
@@ -205,6 +211,8 @@ impl RelayState {
             tag_portal,
             retry,
             segment_open,
+            c2s_stalled,
+            segment_failed,
         } = self;
         if expect.capacity() > KEEP_QUEUE {
             *expect = VecDeque::new();
@@ -224,6 +232,8 @@ impl RelayState {
         *unnamed_here = false;
         *tag_portal = None;
         *segment_open = false;
+        *c2s_stalled = false;
+        *segment_failed = false;
         retry.reset();
     }
 }
@@ -370,6 +380,14 @@ fn drain_synthesized(
         return;
     }
     while let Some(front) = relay.expect.front().copied() {
+        if relay.segment_failed && front.kind != tag::QUERY && front.action.pooler_answers() {
+            // Relayed after the server answered an error in its segment (the client read the
+            // error after a Flush, or its message waited, `c2s_stalled`): skipped, as the
+            // server skips everything up to the Sync.
+            names::skipped(relay, front);
+            relay.expect.pop_front();
+            continue;
+        }
         match front.action {
             Action::Synthesize => {
                 let reply: &[u8] = if front.kind == tag::PARSE {
@@ -386,6 +404,9 @@ fn drain_synthesized(
             _ => break,
         }
         relay.expect.pop_front();
+    }
+    if relay.names_skipped > 0 {
+        names::undo(relay, statements);
     }
 }
 

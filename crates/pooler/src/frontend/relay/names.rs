@@ -73,6 +73,68 @@ pub fn change_unnamed(
     relay.unnamed_here = now.is_some();
 }
 
+/// The server ran a statement that dropped every name of the client (`DEALLOCATE ALL`, or
+/// `DISCARD ALL`), before the messages whose changes still wait: the names these made stay,
+/// and undoing one of them brings back none of the names that went.
+#[cold]
+pub fn server_dropped_all(relay: &mut RelayState, statements: &mut ClientStatements) {
+    statements.retain(|name| {
+        relay
+            .names
+            .iter()
+            .any(|c| matches!(c, NameChange::One { name: n, .. } if **n == *name))
+    });
+    for c in relay.names.iter_mut() {
+        match c {
+            NameChange::One { before, .. } => *before = None,
+            NameChange::All(names) => names.clear(),
+            NameChange::Unnamed { .. } => {}
+        }
+    }
+}
+
+/// Whether the client's message `msg` (of type `tag`) names a statement whose change waits
+/// for its answer in an earlier segment (a Parse or Close before a Sync already relayed). Its
+/// name is resolved when that answer is in, as PostgreSQL resolves it after running the earlier
+/// segment: should the server skip that Parse or Close, or refuse the Parse, the name is not
+/// what the pooler made of it when it relayed the change. So does a name behind an SQL
+/// `DEALLOCATE` the pooler answers. Called only while changes or such `DEALLOCATE`s wait.
+#[cold]
+pub fn waits(relay: &RelayState, tag: u8, msg: &[u8]) -> bool {
+    use crate::net::messages::extended::{parse_bind, parse_parse, parse_target};
+    use crate::net::messages::tag::target;
+    let name = match tag {
+        tag::PARSE => parse_parse(msg).map(|p| p.name),
+        tag::BIND => parse_bind(msg).map(|b| b.statement),
+        tag::DESCRIBE | tag::CLOSE => match parse_target(msg) {
+            Some((target::STATEMENT, name)) => Some(name),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(name) = name else {
+        return false;
+    };
+    if !name.is_empty() && !relay.deallocs.is_empty() {
+        // An SQL `DEALLOCATE` the pooler answers in its turn (a Query: an earlier segment).
+        return true;
+    }
+    // The changes of messages before the last Sync or Query relayed (those of the segment
+    // being relayed fail or hold with it).
+    let (mut changes, mut earlier) = (0, 0);
+    for e in &relay.expect {
+        changes += e.named as usize;
+        if e.kind == tag::SYNC || e.kind == tag::QUERY {
+            earlier = changes;
+        }
+    }
+    relay.names.iter().take(earlier).any(|c| match c {
+        NameChange::One { name: n, .. } => !name.is_empty() && **n == *crate::prepared::key(name),
+        NameChange::All(_) => !name.is_empty(),
+        NameChange::Unnamed { .. } => name.is_empty(),
+    })
+}
+
 /// Whether `name` exists may change with answers the server still owes before a Parse about
 /// to be relayed: a statement not answered yet may drop names (a `DISCARD ALL` or `DEALLOCATE`,
 /// in a Query or an Execute), or a change to the name waits for its answer in an earlier

@@ -138,6 +138,24 @@ pub async fn pump(
                             }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
+                        if relay.c2s_stalled {
+                            // What waited for these answers goes on (or waits again).
+                            relay.c2s_stalled = false;
+                            match client_input(server, relay, ctx) {
+                                Ok(false) => {
+                                    if std::mem::take(&mut relay.ready_synthesized) {
+                                        saw_ready = true;
+                                        ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
+                                    }
+                                }
+                                Ok(true) => return Poll::Ready(End::ClientGone),
+                                Err(e) => {
+                                    return Poll::Ready(End::Refused(errors::protocol_violation(
+                                        e.to_string(),
+                                    )))
+                                }
+                            }
+                        }
                     }
                     Poll::Pending => server_read = false,
                 }
@@ -210,7 +228,12 @@ pub async fn pump(
             if draining && mode == PoolMode::Session && at_rest && server.bufs.c2s_in.is_empty() {
                 return Poll::Ready(End::Boundary);
             }
-            if client_read && server.bufs.c2s_out.len() < HIGH_WATER {
+            // A client whose next message waits for the server's answers (`c2s_stalled`) is
+            // read only up to a bound meanwhile (a client gone is still seen).
+            if client_read
+                && server.bufs.c2s_out.len() < HIGH_WATER
+                && (!relay.c2s_stalled || server.bufs.c2s_in.len() < HIGH_WATER)
+            {
                 match poll_read_buf(&mut *stream, cx, &mut server.bufs.c2s_in, READ_CHUNK) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(End::ClientGone)

@@ -243,7 +243,7 @@ pub fn deallocate(server: &mut Server, relay: &mut RelayState, statements: &mut 
     } else {
         match cmd {
             Deallocate::All => {
-                statements.clear();
+                super::names::server_dropped_all(relay, statements);
                 status::command_complete(out, b"DEALLOCATE ALL");
             }
             Deallocate::Name(name) => match statements.remove(name.as_bytes()) {

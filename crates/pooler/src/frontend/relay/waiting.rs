@@ -120,8 +120,9 @@ impl ClientWait {
 #[inline]
 fn waited_on(server: &Server, relay: &RelayState, saw_ready: bool) -> Option<Kind> {
     let bufs = &server.bufs;
-    if !bufs.c2s_out.is_empty() {
-        // The server is slow to take what the client sent: not the client's doing.
+    if !bufs.c2s_out.is_empty() || relay.c2s_stalled {
+        // The server is slow to take what the client sent, or to answer what the pooler waits
+        // for before relaying more of it: not the client's doing.
         return None;
     }
     if relay.c2s_skip > 0 || !bufs.c2s_in.is_empty() {

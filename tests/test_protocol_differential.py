@@ -41,14 +41,11 @@ QUERIES = ["select 1", "select 1; select 2", "begin", "commit", "rollback", "beg
 
 # (what PostgreSQL answers, what the pooler answers) at the first difference.
 KNOWN = {
-    # A duplicate named Parse behind an Execute or Query not answered yet is let through: that
-    # answer may drop the name (a DISCARD ALL), and the pooler never refuses what PostgreSQL
-    # would accept.
+    # A duplicate named Parse behind an Execute of its own segment not answered yet is let
+    # through: that answer may drop the name (a DISCARD ALL), the pooler never refuses what
+    # PostgreSQL would accept, and it cannot wait for an answer the server sends only at the
+    # Sync behind the Parse.
     ("E42P05", "1"),
-    # A duplicate Parse of ROLLBACK/COMMIT in a failed block: PostgreSQL parses it (it may run
-    # there) and finds the name taken; the server cannot raise the pooler's 42P05 in a failed
-    # block.
-    ("E42P05", "E25P02"),
     # In a failed block the pooler parses the client's statement again on the connection that
     # serves it (25P02) before a Bind PostgreSQL refuses for its parameter count (08P01).
     ("E08P01", "E25P02"),

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
     drain_synthesized, finish, flush_run, names, push, scan, scan::literal, Action, ClientCtx,
@@ -12,6 +14,7 @@ use super::{
 use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::errors;
+use crate::net::messages::error::Severity;
 use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_execute, write_parse, write_target,
 };
@@ -93,17 +96,19 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
-        if (!relay.names.is_empty() || !relay.deallocs.is_empty())
+        if (!relay.names.is_empty()
+            || !relay.deallocs.is_empty()
+            || (tag == tag::PARSE && !relay.expect.is_empty()))
             && ctx.track
             && !relay.c2s_discard
             && avail >= len
-            && names::waits(relay, tag, &input[pos..pos + len])
+            && names::waits(relay, ctx.statements, tag, &input[pos..pos + len])
             && {
                 // What the pooler answers itself (an SQL `DEALLOCATE` at the front) is
                 // answered now, so that nothing waits for an answer no server will send.
                 flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                 drain_synthesized(server, relay, ctx.statements);
-                names::waits(relay, tag, &input[pos..pos + len])
+                names::waits(relay, ctx.statements, tag, &input[pos..pos + len])
             }
         {
             // It names a statement whose change waits for its answer in an earlier segment:
@@ -185,6 +190,21 @@ fn client_messages(
                         continue;
                     }
                     Found::SqlPrepared => {
+                        if tag == tag::QUERY
+                            && ctx.track
+                            && names::earlier_segments_only(relay)
+                            && session_state::parse_deallocate(text).is_some()
+                        {
+                            // An SQL `DEALLOCATE` acts on the names the client has once the
+                            // answers owed are in (a `DEALLOCATE ALL` or `DISCARD ALL` the
+                            // server runs may drop them): it waits for them.
+                            flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                            drain_synthesized(server, relay, ctx.statements);
+                            if names::earlier_segments_only(relay) {
+                                relay.c2s_stalled = true;
+                                break;
+                            }
+                        }
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
                         pos += len;
                         run = pos;
@@ -546,11 +566,11 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
 
 /// An extended-protocol Parse the pooler refuses or answers with an error: the server parses
 /// the client's text, then raises that error in its place (an unnamed Parse, Bind and Execute
-/// of `session_state::raise_sql` in a portal of the pooler's, only the error forwarded), so that it fails an open transaction block as PostgreSQL's own
-/// error would, and is skipped after an earlier error in its segment as PostgreSQL skips. The
-/// client's messages up to its Sync are dropped, as the server drops them after an error. A
-/// refused Parse of the unnamed statement (`parse`) drops the client's, as PostgreSQL drops it
-/// before parsing.
+/// of `session_state::raise_sql` in a portal of the pooler's, only the error forwarded), so
+/// that it fails an open transaction block as PostgreSQL's own error would, and is skipped
+/// after an earlier error in its segment as PostgreSQL skips. The client's messages up to its
+/// Sync are dropped, as the server drops them after an error. A refused Parse of the unnamed
+/// statement (`parse`) drops the client's, as PostgreSQL drops it before parsing.
 #[cold]
 fn raised_in_place(
     server: &mut Server,
@@ -573,6 +593,18 @@ fn raised_in_place(
     if unnamed {
         mark_named(relay);
     }
+    relay.unnamed_here = false;
+    relay.c2s_discard = true;
+    if server.status == txn::FAILED {
+        // Nothing runs in a failed block but its end, so the server cannot raise the error:
+        // the pooler answers it once the server parsed the text (a ROLLBACK or COMMIT; any
+        // other statement gets 25P02 there, and this is skipped).
+        let mut error = BytesMut::new();
+        e.write(&mut error, Severity::Error);
+        relay.raised.push_back(error.to_vec());
+        push(&mut relay.expect, tag::PARSE, Action::Raise, 0);
+        return;
+    }
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();
     // The text's end, and no parameter types.
@@ -588,9 +620,6 @@ fn raised_in_place(
     push(&mut relay.expect, tag::BIND, Action::Swallow, 0);
     write_execute(out, RAISE_PORTAL);
     push(&mut relay.expect, tag::EXECUTE, Action::Forward, 0);
-    // The server's unnamed statement is now this one.
-    relay.unnamed_here = false;
-    relay.c2s_discard = true;
 }
 
 /// The portal a refusal raised in place runs in (`raised_in_place`).

@@ -54,6 +54,10 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
 #[cold]
 fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
     match (e.kind, e.action) {
+        // Its refusal is not answered.
+        (_, Action::Raise) => {
+            relay.raised.pop_front();
+        }
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
         // Statements it would have prepared do not exist.

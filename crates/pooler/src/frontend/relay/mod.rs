@@ -130,6 +130,9 @@ pub struct RelayState {
     /// SQL `DEALLOCATE`s the pooler answers (`Action::Deallocate`), oldest first: applied when
     /// their turn comes, so that they see the transaction state PostgreSQL would.
     pub deallocs: VecDeque<session_state::Deallocate>,
+    /// Errors the pooler answers a refused Parse with in a failed block (`Action::Raise`),
+    /// oldest first, whole ErrorResponses.
+    pub raised: VecDeque<Vec<u8>>,
     /// Plain SETs whose value the pooler took from the statement (`scan::literal`), oldest
     /// first, one per Query marked `scan::literal::MARK`: kept when their answer confirms them.
     pub sets: VecDeque<scan::literal::PendingSet>,
@@ -202,6 +205,7 @@ impl RelayState {
             c2s_discard,
             ready_synthesized,
             deallocs,
+            raised,
             sets,
             drop_notifications,
             listen_wait,
@@ -219,6 +223,7 @@ impl RelayState {
         }
         expect.clear();
         deallocs.clear();
+        raised.clear();
         sets.clear();
         names.clear();
         *names_skipped = 0;
@@ -307,6 +312,9 @@ pub enum Action {
     Deallocate,
     /// Transaction/statement mode: a LISTEN (true) or UNLISTEN served by the pool's listener.
     ListenDone(bool),
+    /// A Parse refused in a failed block (where the server raises nothing but 25P02), once
+    /// the server parsed its text: the pooler answers the next of `RelayState::raised`.
+    Raise,
 }
 
 impl Action {
@@ -315,7 +323,11 @@ impl Action {
     fn pooler_answers(self) -> bool {
         matches!(
             self,
-            Action::Synthesize | Action::Refuse | Action::Deallocate | Action::ListenDone(_)
+            Action::Synthesize
+                | Action::Refuse
+                | Action::Deallocate
+                | Action::ListenDone(_)
+                | Action::Raise
         )
     }
 }
@@ -385,6 +397,9 @@ fn drain_synthesized(
             // error after a Flush, or its message waited, `c2s_stalled`): skipped, as the
             // server skips everything up to the Sync.
             names::skipped(relay, front);
+            if front.action == Action::Raise {
+                relay.raised.pop_front();
+            }
             relay.expect.pop_front();
             continue;
         }
@@ -399,6 +414,11 @@ fn drain_synthesized(
                 names::answered(relay, front);
             }
             Action::Refuse => refuse(server, relay, front.kind),
+            Action::Raise => {
+                if let Some(error) = relay.raised.pop_front() {
+                    server.bufs.s2c_out.extend_from_slice(&error);
+                }
+            }
             Action::Deallocate => session_state::deallocate(server, relay, statements),
             Action::ListenDone(listen) => session_state::listen_done(server, relay, listen),
             _ => break,

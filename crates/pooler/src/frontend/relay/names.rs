@@ -10,12 +10,16 @@
 //! leaves the previous unnamed statement in place; one that fails leaves none, as PostgreSQL
 //! drops the previous one before it parses (`failed_unnamed`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Expect, RelayState};
 use crate::net::messages::tag;
 use crate::prepared::{ClientStatements, Statement};
+
+/// How far the checks below look through the answers owed (`RelayState::expect`, `names`)
+/// for each message, so that a client's deep pipeline costs the pooler no more per message.
+const SCAN: usize = 64;
 
 /// A change to the client's names, with what it replaced.
 #[derive(Debug)]
@@ -78,12 +82,15 @@ pub fn change_unnamed(
 /// and undoing one of them brings back none of the names that went.
 #[cold]
 pub fn server_dropped_all(relay: &mut RelayState, statements: &mut ClientStatements) {
-    statements.retain(|name| {
-        relay
-            .names
-            .iter()
-            .any(|c| matches!(c, NameChange::One { name: n, .. } if **n == *name))
-    });
+    let made: HashSet<&[u8]> = relay
+        .names
+        .iter()
+        .filter_map(|c| match c {
+            NameChange::One { name, .. } => Some(&**name),
+            _ => None,
+        })
+        .collect();
+    statements.retain(|name| made.contains(name));
     for c in relay.names.iter_mut() {
         match c {
             NameChange::One { before, .. } => *before = None,
@@ -93,14 +100,26 @@ pub fn server_dropped_all(relay: &mut RelayState, statements: &mut ClientStateme
     }
 }
 
+/// Answers are owed, all of them to segments the client ended (the last message relayed is a
+/// Sync or a Query): waiting for them cannot wait for a Sync not relayed yet.
+#[inline]
+pub fn earlier_segments_only(relay: &RelayState) -> bool {
+    relay
+        .expect
+        .back()
+        .is_some_and(|e| e.kind == tag::SYNC || e.kind == tag::QUERY)
+}
+
 /// Whether the client's message `msg` (of type `tag`) names a statement whose change waits
 /// for its answer in an earlier segment (a Parse or Close before a Sync already relayed). Its
 /// name is resolved when that answer is in, as PostgreSQL resolves it after running the earlier
 /// segment: should the server skip that Parse or Close, or refuse the Parse, the name is not
 /// what the pooler made of it when it relayed the change. So does a name behind an SQL
-/// `DEALLOCATE` the pooler answers. Called only while changes or such `DEALLOCATE`s wait.
+/// `DEALLOCATE` the pooler answers, and a Parse of a name the client has behind a Query or
+/// Execute of an earlier segment (it may be a `DISCARD ALL`); and a simple Query (it drops the
+/// unnamed statement) behind a change to the unnamed statement.
 #[cold]
-pub fn waits(relay: &RelayState, tag: u8, msg: &[u8]) -> bool {
+pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[u8]) -> bool {
     use crate::net::messages::extended::{parse_bind, parse_parse, parse_target};
     use crate::net::messages::tag::target;
     let name = match tag {
@@ -110,23 +129,68 @@ pub fn waits(relay: &RelayState, tag: u8, msg: &[u8]) -> bool {
             Some((target::STATEMENT, name)) => Some(name),
             _ => None,
         },
+        // A simple Query drops the unnamed statement after what an earlier segment does to it.
+        tag::QUERY => {
+            return relay
+                .names
+                .iter()
+                .any(|c| matches!(c, NameChange::Unnamed { .. }))
+                && earlier_segments_only(relay)
+        }
         _ => None,
     };
     let Some(name) = name else {
         return false;
     };
+    if tag == tag::PARSE && !name.is_empty() && statements.get(name).is_some() {
+        // A Parse of a name the client has (42P05) behind a Query or Execute of an earlier
+        // segment, which may drop names (a `DISCARD ALL`): its answer decides.
+        let segment = relay
+            .expect
+            .iter()
+            .rev()
+            .take(SCAN)
+            .take_while(|e| e.kind != tag::SYNC && e.kind != tag::QUERY)
+            .count();
+        let earlier = relay.expect.len() - segment;
+        if segment < SCAN
+            && (earlier > SCAN
+                || relay
+                    .expect
+                    .iter()
+                    .take(earlier)
+                    .any(|e| e.kind == tag::QUERY || e.kind == tag::EXECUTE))
+        {
+            return true;
+        }
+    }
+    if relay.names.is_empty() && relay.deallocs.is_empty() {
+        return false;
+    }
     if !name.is_empty() && !relay.deallocs.is_empty() {
         // An SQL `DEALLOCATE` the pooler answers in its turn (a Query: an earlier segment).
         return true;
     }
-    // The changes of messages before the last Sync or Query relayed (those of the segment
-    // being relayed fail or hold with it).
-    let (mut changes, mut earlier) = (0, 0);
-    for e in &relay.expect {
-        changes += e.named as usize;
+    // The changes of the segment being relayed (after the last Sync or Query relayed) fail
+    // or hold with it. A segment too long to look through is resolved as it is relayed: its
+    // Sync is not relayed yet, so waiting could wait for an answer the server never sends.
+    let mut current = 0;
+    let mut boundary = false;
+    for e in relay.expect.iter().rev().take(SCAN) {
         if e.kind == tag::SYNC || e.kind == tag::QUERY {
-            earlier = changes;
+            boundary = true;
+            break;
         }
+        current += e.named as usize;
+    }
+    if !boundary {
+        return false;
+    }
+    // Changes waiting in earlier segments: a long queue of them is waited for without looking
+    // (those segments' Syncs are relayed: their answers come).
+    let earlier = relay.names.len().saturating_sub(current);
+    if earlier > SCAN {
+        return true;
     }
     relay.names.iter().take(earlier).any(|c| match c {
         NameChange::One { name: n, .. } => !name.is_empty() && **n == *crate::prepared::key(name),
@@ -142,6 +206,10 @@ pub fn waits(relay: &RelayState, tag: u8, msg: &[u8]) -> bool {
 /// the segment, this Parse too).
 #[cold]
 pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
+    if relay.expect.len() > SCAN || relay.names.len() > SCAN {
+        // Too many answers owed to look through each time: let it through.
+        return true;
+    }
     let mut earlier_segment = false;
     for e in &relay.expect {
         match e.kind {
@@ -201,5 +269,106 @@ pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
                 relay.unnamed_here = here;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::relay::Action;
+
+    fn bind(statement: &[u8]) -> Vec<u8> {
+        let mut body = vec![0];
+        body.extend_from_slice(statement);
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        let mut m = vec![tag::BIND];
+        m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    fn entry(kind: u8, named: u8) -> Expect {
+        Expect {
+            kind,
+            action: Action::Forward,
+            stmt: 0,
+            named,
+        }
+    }
+
+    fn one(name: &[u8]) -> NameChange {
+        NameChange::One {
+            name: name.into(),
+            before: None,
+        }
+    }
+
+    #[test]
+    fn a_name_waits_for_a_change_in_an_earlier_segment_only() {
+        let statements = ClientStatements::default();
+        let mut relay = RelayState::default();
+        relay.expect.push_back(entry(tag::PARSE, 1));
+        relay.names.push_back(one(b"s1"));
+        // The same segment: the Bind fails or holds with the Parse.
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s1")));
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        assert!(waits(&relay, &statements, tag::BIND, &bind(b"s1")));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s2")));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));
+        // The unnamed statement's own change.
+        relay.expect.push_back(entry(tag::CLOSE, 1));
+        relay.names.push_back(NameChange::Unnamed {
+            parse: Vec::new(),
+            tag: 0,
+            here: false,
+        });
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        assert!(waits(&relay, &statements, tag::BIND, &bind(b"")));
+    }
+
+    #[test]
+    fn a_taken_name_waits_for_a_query_or_execute_of_an_earlier_segment() {
+        let mut statements = ClientStatements::default();
+        let stmt = crate::prepared::Registry::default().intern(b"select 1\0\0\0", b"");
+        statements.insert(b"s1", stmt);
+        let parse = |name: &[u8]| {
+            let mut body = name.to_vec();
+            body.extend_from_slice(b"\0select 2\0\0\0");
+            let mut m = vec![tag::PARSE];
+            m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+            m.extend_from_slice(&body);
+            m
+        };
+        let mut relay = RelayState::default();
+        relay.expect.push_back(entry(tag::EXECUTE, 0));
+        // The same segment: no Sync relayed, so no answer would come to wait for.
+        assert!(!waits(&relay, &statements, tag::PARSE, &parse(b"s1")));
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        assert!(waits(&relay, &statements, tag::PARSE, &parse(b"s1")));
+        // A name the client does not have is made whatever that answer is.
+        assert!(!waits(&relay, &statements, tag::PARSE, &parse(b"s2")));
+    }
+
+    #[test]
+    fn a_deep_pipeline_is_not_looked_through_message_by_message() {
+        let statements = ClientStatements::default();
+        let mut relay = RelayState::default();
+        // A current segment longer than SCAN, no Sync in sight: resolved as relayed.
+        relay.expect.push_back(entry(tag::PARSE, 1));
+        relay.names.push_back(one(b"s1"));
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        for _ in 0..=SCAN {
+            relay.expect.push_back(entry(tag::BIND, 0));
+        }
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s1")));
+        // More earlier changes than SCAN: waited for without looking.
+        let mut relay = RelayState::default();
+        for i in 0..=SCAN {
+            relay.expect.push_back(entry(tag::PARSE, 1));
+            relay.names.push_back(one(format!("n{i}").as_bytes()));
+        }
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        assert!(waits(&relay, &statements, tag::BIND, &bind(b"other")));
     }
 }

@@ -119,14 +119,9 @@ pub async fn pump(
                                 let again = relay.retry.replayed_binds();
                                 let binds = &mut ctx.tally.t.client_binds;
                                 *binds = binds.saturating_sub(again);
-                                match client_input(server, relay, ctx) {
-                                    Ok(false) => {}
-                                    Ok(true) => return Poll::Ready(End::ClientGone),
-                                    Err(e) => {
-                                        return Poll::Ready(End::Refused(
-                                            errors::protocol_violation(e.to_string()),
-                                        ))
-                                    }
+                                match relay_client(server, relay, ctx) {
+                                    Ok(synthesized) => saw_ready |= synthesized,
+                                    Err(end) => return Poll::Ready(end),
                                 }
                             }
                             Ok(ServerEvent::None) => {
@@ -141,19 +136,9 @@ pub async fn pump(
                         if relay.c2s_stalled {
                             // What waited for these answers goes on (or waits again).
                             relay.c2s_stalled = false;
-                            match client_input(server, relay, ctx) {
-                                Ok(false) => {
-                                    if std::mem::take(&mut relay.ready_synthesized) {
-                                        saw_ready = true;
-                                        ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
-                                    }
-                                }
-                                Ok(true) => return Poll::Ready(End::ClientGone),
-                                Err(e) => {
-                                    return Poll::Ready(End::Refused(errors::protocol_violation(
-                                        e.to_string(),
-                                    )))
-                                }
+                            match relay_client(server, relay, ctx) {
+                                Ok(synthesized) => saw_ready |= synthesized,
+                                Err(end) => return Poll::Ready(end),
                             }
                         }
                     }
@@ -242,22 +227,10 @@ pub async fn pump(
                         progress = true;
                         ctx.tally.t.received += n as u64;
                         client_bytes += n as u64;
-                        match client_input(server, relay, ctx) {
-                            Ok(false) => {
-                                ctx.tally.query_starts();
-                                // A refused Query was answered by the pooler: as good as a
-                                // ReadyForQuery from the server.
-                                if std::mem::take(&mut relay.ready_synthesized) {
-                                    saw_ready = true;
-                                    ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
-                                }
-                            }
-                            Ok(true) => return Poll::Ready(End::ClientGone),
-                            Err(e) => {
-                                return Poll::Ready(End::Refused(errors::protocol_violation(
-                                    e.to_string(),
-                                )))
-                            }
+                        ctx.tally.query_starts();
+                        match relay_client(server, relay, ctx) {
+                            Ok(synthesized) => saw_ready |= synthesized,
+                            Err(end) => return Poll::Ready(end),
                         }
                     }
                     Poll::Pending => client_read = false,
@@ -294,4 +267,26 @@ pub async fn pump(
         }
     })
     .await
+}
+
+/// Relays what the client sent (`client_input`): Ok(true) when the pooler answered a refused
+/// Query with its own ReadyForQuery, as good as one from the server (counted here); Err with
+/// how the attachment ends when the client left or broke the protocol.
+#[inline]
+fn relay_client(
+    server: &mut Server,
+    relay: &mut RelayState,
+    ctx: &mut ClientCtx<'_>,
+) -> Result<bool, End> {
+    match client_input(server, relay, ctx) {
+        Ok(false) => {
+            let synthesized = std::mem::take(&mut relay.ready_synthesized);
+            if synthesized {
+                ctx.tally.ready(server.status == txn::IDLE, ctx.counters);
+            }
+            Ok(synthesized)
+        }
+        Ok(true) => Err(End::ClientGone),
+        Err(e) => Err(End::Refused(errors::protocol_violation(e.to_string()))),
+    }
 }

@@ -131,10 +131,11 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
         },
         // A simple Query drops the unnamed statement after what an earlier segment does to it.
         tag::QUERY => {
-            return relay
-                .names
-                .iter()
-                .any(|c| matches!(c, NameChange::Unnamed { .. }))
+            return (relay.names.len() > SCAN
+                || relay
+                    .names
+                    .iter()
+                    .any(|c| matches!(c, NameChange::Unnamed { .. })))
                 && earlier_segments_only(relay)
         }
         _ => None,

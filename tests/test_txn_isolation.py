@@ -125,6 +125,32 @@ def test_untracked_settings_are_reset(pool_uri, setting, value):
         assert one(a, read) == default
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("bytea_output", "escape"), ("client_min_messages", "error"), ("xmloption", "document"),
+    ("plan_cache_mode", "force_generic_plan"),
+])
+def test_output_settings_stay_with_their_client(pool_uri, setting, value):
+    """Settings that change how results read (a driver parses them) follow their client like
+    search_path does, and reach no one else."""
+    with psycopg.connect(pool_uri, autocommit=True) as probe:
+        default = one(probe, f"SHOW {setting}")
+    assert default != value
+    a = psycopg2.connect(pool_uri)
+    try:
+        a.autocommit = True
+        with a.cursor() as cur:
+            cur.execute(f"SET {setting} = '{value}'")
+        assert others_see(pool_uri, f"SHOW {setting}") == [default] * OTHERS
+        with a.cursor() as cur:
+            cur.execute(f"SHOW {setting}")
+            assert cur.fetchone()[0] == value
+            if setting == "bytea_output":
+                cur.execute("SELECT 'ab'::bytea::text")
+                assert cur.fetchone()[0] == "ab"
+    finally:
+        a.close()
+
+
 @pytest.mark.parametrize("sql", [
     "select 1; set search_path to leak",
     "create schema if not exists leak; set search_path to leak",
@@ -226,6 +252,56 @@ def test_long_listen_channel_is_served_by_the_pooler(pool_uri):
                 sender.execute(f"NOTIFY {'c' * 63}, 'hi {execute}'")
             n = next(a.notifies(timeout=5.0, stop_after=1))
             assert (n.channel, n.payload) == ("c" * 63, f"hi {execute}")
+
+
+def test_listen_through_parse_completes_with_its_own_tag(pool_uri):
+    """LISTEN and UNLISTEN sent with Parse/Bind/Execute (the server runs a stand-in that does
+    nothing) complete with PostgreSQL's command tags."""
+    raw = RawClient(pool_uri)
+    try:
+        data = b""
+        for sql in (b"LISTEN tagged", b"UNLISTEN tagged", b"UNLISTEN *"):
+            data += (_msg(b"P", b"\0" + sql + b"\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
+                     + _msg(b"E", b"\0\0\0\0\0"))
+        raw.sock.sendall(data + _msg(b"S", b""))
+        tags = [body for kind, body in raw.until_ready() if kind == b"C"]
+        assert tags == [b"LISTEN\0", b"UNLISTEN\0", b"UNLISTEN\0"]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_copy_data_after_a_failed_copy_holds_no_connection(pool_uri, pipelined):
+    """A COPY FROM STDIN that fails before it starts (unknown table) while the client's data is
+    on its way: PostgreSQL ignores the CopyData/CopyDone/CopyFail that follow. Whether they came
+    in the same write as the COPY or after its error, the client is at rest and the pool's only
+    connection must serve the next client."""
+    a = RawClient(pool_uri)
+    b = RawClient(pool_uri)
+    try:
+        copy = _msg(b"Q", b"COPY no_such_table FROM STDIN\0")
+        data = _msg(b"d", b"1\n") + _msg(b"c", b"")
+        if pipelined:
+            a.sock.sendall(copy + data)
+        else:
+            a.sock.sendall(copy)
+        got = a.until_ready()
+        assert [k for k, _ in got] == [b"E", b"Z"]
+        assert parse_error(got[0][1])["C"] == "42P01" and got[-1][1] == b"I"
+        if not pipelined:
+            a.sock.sendall(data + _msg(b"f", b"late\0") + _msg(b"H", b""))
+        # Answered within RawClient's 10 s timeout, not left waiting for A's connection: B
+        # (which may come first), then C, which logs in well after A's messages arrived.
+        assert [k for k, _ in b.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+        c = RawClient(pool_uri)
+        try:
+            assert [k for k, _ in c.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+        finally:
+            c.close()
+        assert [k for k, _ in a.query("SELECT 2")] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        a.close()
+        b.close()
 
 
 def _unsynced_insert(table: str, value: str) -> bytes:

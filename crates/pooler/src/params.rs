@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 /// client may have it when it was SET, and checks again when the pooler sets it on another
 /// connection). A SET of a parameter not listed here is not carried: the session is reset
 /// after it instead.
-pub const TRACKED: [&str; 19] = [
+pub const TRACKED: [&str; 32] = [
     "application_name",
     "client_encoding",
     "DateStyle",
@@ -38,6 +38,21 @@ pub const TRACKED: [&str; 19] = [
     "jit",
     "row_security",
     "role",
+    // How results read (drivers parse them) and what the client is told.
+    "bytea_output",
+    "client_min_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "xmloption",
+    "xmlbinary",
+    "quote_all_identifiers",
+    "array_nulls",
+    "transform_null_equals",
+    // Statements and transactions.
+    "plan_cache_mode",
+    "default_transaction_deferrable",
+    "check_function_bodies",
 ];
 
 /// Index of `search_path` in `TRACKED`.

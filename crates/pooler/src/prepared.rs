@@ -134,18 +134,22 @@ pub fn key(name: &[u8]) -> &[u8] {
     &name[..name.len().min(63)]
 }
 
-/// Command tags of the `DEALLOCATE`s the pooler serves through the extended protocol, for
-/// `ClientStatements::unnamed_tag` and the Execute that runs one.
-pub mod dealloc_tag {
+/// Command tags of the statements the pooler serves through the extended protocol with a
+/// stand-in the server runs (`DEALLOCATE`, `LISTEN`, `UNLISTEN`: a `DO` that does nothing, or
+/// raises), for `ClientStatements::unnamed_tag` and the Execute that runs one.
+pub mod stand_in_tag {
     pub const NAME: u8 = 1;
     pub const ALL: u8 = 2;
+    pub const LISTEN: u8 = 3;
+    pub const UNLISTEN: u8 = 4;
 
-    /// The command tag PostgreSQL completes `tag`'s `DEALLOCATE` with.
+    /// The command tag PostgreSQL completes `tag`'s statement with.
     pub fn text(tag: u8) -> &'static [u8] {
-        if tag == ALL {
-            b"DEALLOCATE ALL"
-        } else {
-            b"DEALLOCATE"
+        match tag {
+            ALL => b"DEALLOCATE ALL",
+            LISTEN => b"LISTEN",
+            UNLISTEN => b"UNLISTEN",
+            _ => b"DEALLOCATE",
         }
     }
 }
@@ -161,7 +165,7 @@ pub struct ClientStatements {
     /// preceded by this Parse again, and a client without one cannot bind another client's
     /// (`frontend::relay`'s `ensure_unnamed`).
     unnamed: Vec<u8>,
-    /// The unnamed statement is a `DEALLOCATE` the pooler serves (`dealloc_tag`): the command
+    /// The unnamed statement is a `DEALLOCATE` the pooler serves (`stand_in_tag`): the command
     /// tag its Execute completes with (0: none).
     unnamed_tag: u8,
 }
@@ -185,8 +189,8 @@ impl ClientStatements {
         self.unnamed_tag = tag;
     }
 
-    /// The unnamed statement just set is a `DEALLOCATE` whose Execute completes with `tag`
-    /// (`dealloc_tag`).
+    /// The unnamed statement just set is a stand-in (a `DEALLOCATE`, `LISTEN` or `UNLISTEN`
+    /// the pooler serves) whose Execute completes with `tag` (`stand_in_tag`).
     pub fn set_unnamed_tag(&mut self, tag: u8) {
         self.unnamed_tag = tag;
     }

@@ -328,6 +328,7 @@ async fn wait_idle(
     drain: &mut Watch<'_, '_>,
     restart: &mut Watch<'_, '_>,
 ) -> Idle {
+    drop_ignored(&mut client.pending);
     if !client.pending.is_empty() {
         return Idle::Data;
     }
@@ -376,13 +377,37 @@ async fn wait_idle(
                 Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
                     return Poll::Ready(Idle::Gone)
                 }
-                Poll::Ready(Ok(_)) if missing(pending) == 0 => return Poll::Ready(Idle::Data),
+                Poll::Ready(Ok(_)) if missing(pending) == 0 => {
+                    drop_ignored(pending);
+                    if !pending.is_empty() {
+                        return Poll::Ready(Idle::Data);
+                    }
+                }
                 // Half a message: no server connection is lent for it yet.
                 Poll::Ready(Ok(_)) => {}
             }
         }
     })
     .await
+}
+
+/// Drops the whole messages at the head of what an idle client sent that PostgreSQL ignores
+/// outside a COPY and that ask for no answer — CopyData, CopyDone and CopyFail (left over from
+/// a COPY that failed before it started), and Flush — so that they take no server connection:
+/// relayed, nothing would come back to end the attachment, and the client would hold its
+/// connection while at rest.
+fn drop_ignored(pending: &mut BytesMut) {
+    while let Some((kind, len)) = header(pending) {
+        let ignored = match kind {
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => true,
+            tag::FLUSH => len == HEADER,
+            _ => false,
+        };
+        if !ignored || !(HEADER..=WHOLE_BEFORE_LENDING).contains(&len) || pending.len() < len {
+            return;
+        }
+        pending.advance(len);
+    }
 }
 
 /// A message up to this long is received whole before a server connection is lent for it, so

@@ -20,7 +20,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
-use crate::prepared::{dealloc_tag, ClientStatements, Statement};
+use crate::prepared::{stand_in_tag, ClientStatements, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
     match tag {
@@ -257,9 +257,16 @@ fn client_messages(
                 tag::SYNC if relay.copy_in => {}
                 tag::COPY_DONE | tag::COPY_FAIL if relay.copy_in => relay.copy_in = false,
                 // CopyDone sent before the server's CopyInResponse was seen (pipelined): a marker
-                // that tells `copy_started` where the copy ends.
+                // that tells `copy_started` where the copy ends. With nothing unanswered that
+                // could start a COPY, the server ignores it, and it waits for nothing.
                 tag::COPY_DONE | tag::COPY_FAIL => {
-                    push(&mut relay.expect, COPY_END, Action::Forward, 0)
+                    if relay
+                        .expect
+                        .iter()
+                        .any(|e| matches!(e.kind, tag::QUERY | tag::EXECUTE))
+                    {
+                        push(&mut relay.expect, COPY_END, Action::Forward, 0)
+                    }
                 }
                 // The fast-path call protocol can run any function (`set_config` by OID).
                 tag::FUNCTION_CALL if ctx.session_state => {
@@ -674,10 +681,10 @@ fn deallocate_parse(
         return Ok(false);
     }
     let (known, command) = match &cmd {
-        Deallocate::All => (true, dealloc_tag::ALL),
+        Deallocate::All => (true, stand_in_tag::ALL),
         Deallocate::Name(name) => (
             ctx.statements.get(name.as_bytes()).is_some(),
-            dealloc_tag::NAME,
+            stand_in_tag::NAME,
         ),
     };
     let sql: Vec<u8> = match &cmd {
@@ -743,7 +750,17 @@ fn listen(
     let mut noop = bytes::BytesMut::new();
     write_parse(&mut noop, p.name, &rest);
     if ctx.track {
-        rewrite(server, relay, ctx, tag::PARSE, &noop)
+        rewrite(server, relay, ctx, tag::PARSE, &noop)?;
+        if p.name.is_empty() {
+            // Its Execute completes with PostgreSQL's tag, not the stand-in's `DO`.
+            let command = if is_listen {
+                stand_in_tag::LISTEN
+            } else {
+                stand_in_tag::UNLISTEN
+            };
+            ctx.statements.set_unnamed_tag(command);
+        }
+        Ok(())
     } else {
         server.bufs.c2s_out.extend_from_slice(&noop);
         push(&mut relay.expect, tag::PARSE, Action::Forward, 0);

@@ -12,7 +12,7 @@ use crate::net::messages::status::{self, parse_parameter_status};
 use crate::net::messages::tag::{self, txn};
 use crate::net::messages::{header, HEADER};
 use crate::params::ClientParams;
-use crate::prepared::{dealloc_tag, ClientStatements, Stale};
+use crate::prepared::{stand_in_tag, ClientStatements, Stale};
 
 /// The server entered COPY IN: Syncs the client pipelined before ending the copy are ignored
 /// by the server, so they must not wait for a ReadyForQuery.
@@ -246,6 +246,11 @@ fn server_messages(
                         literal_settled(server, relay, client_params, before);
                     }
                     if e.kind == tag::SYNC || e.kind == tag::QUERY {
+                        // A CopyDone/CopyFail the client sent behind it that no COPY IN took
+                        // (the COPY failed first, or there was none): the server ignores it.
+                        while relay.expect.front().is_some_and(|e| e.kind == COPY_END) {
+                            relay.expect.pop_front();
+                        }
                         break;
                     }
                     // Unanswered before its Sync: sent after an error the server answered
@@ -338,11 +343,11 @@ fn server_messages(
                     } else if body == b"DO\0" {
                         if let Some(&front) = relay.expect.front() {
                             if front.kind == tag::EXECUTE && front.stmt != 0 {
-                                // A `DEALLOCATE` the pooler served: PostgreSQL's tag.
+                                // A statement the pooler served with a stand-in: PostgreSQL's tag.
                                 flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
                                 status::command_complete(
                                     &mut server.bufs.s2c_out,
-                                    dealloc_tag::text(front.stmt as u8),
+                                    stand_in_tag::text(front.stmt as u8),
                                 );
                                 forward = false;
                             }

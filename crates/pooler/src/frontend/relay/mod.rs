@@ -151,10 +151,10 @@ pub struct RelayState {
     /// The server connection holds the client's unnamed statement: the client parsed it
     /// during this attachment (`prepared::ClientStatements::unnamed`).
     pub unnamed_here: bool,
-    /// A portal bound to the client's unnamed statement while that is a `DEALLOCATE` the pooler
-    /// serves, with its command tag (`prepared::dealloc_tag`): the server runs a statement that
-    /// does nothing in its place, and its Execute's CommandComplete says what PostgreSQL's
-    /// would.
+    /// A portal bound to the client's unnamed statement while that is a `DEALLOCATE`, `LISTEN`
+    /// or `UNLISTEN` the pooler serves, with its command tag (`prepared::stand_in_tag`): the
+    /// server runs a statement that does nothing in its place, and its Execute's
+    /// CommandComplete says what PostgreSQL's would.
     pub tag_portal: Option<(Box<[u8]>, u8)>,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
@@ -285,7 +285,7 @@ pub struct Expect {
     pub action: Action,
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
     /// its id with `BOUND`; for an Execute of a `DEALLOCATE` the pooler serves its command tag
-    /// (`prepared::dealloc_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
+    /// (`prepared::stand_in_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
     pub stmt: u64,
     /// How many of `RelayState::names`, from the oldest, are this Parse's or Close's changes
     /// to the client's statement names (`names`).

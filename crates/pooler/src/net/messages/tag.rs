@@ -15,6 +15,7 @@ pub const CLOSE: u8 = b'C';
 pub const SYNC: u8 = b'S';
 pub const FLUSH: u8 = b'H';
 pub const FUNCTION_CALL: u8 = b'F';
+pub const COPY_DATA: u8 = b'd';
 pub const COPY_DONE: u8 = b'c';
 pub const COPY_FAIL: u8 = b'f';
 pub const TERMINATE: u8 = b'X';

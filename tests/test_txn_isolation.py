@@ -254,18 +254,90 @@ def test_long_listen_channel_is_served_by_the_pooler(pool_uri):
             assert (n.channel, n.payload) == ("c" * 63, f"hi {execute}")
 
 
+def _extended(sql: bytes, end: bytes | None = b"S") -> bytes:
+    """Parse, Bind and Execute of `sql` as the unnamed statement and portal, then `end` (Sync,
+    Flush, or nothing)."""
+    return (_msg(b"P", b"\0" + sql + b"\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
+            + _msg(b"E", b"\0\0\0\0\0") + (_msg(end, b"") if end else b""))
+
+
 def test_listen_through_parse_completes_with_its_own_tag(pool_uri):
     """LISTEN and UNLISTEN sent with Parse/Bind/Execute (the server runs a stand-in that does
     nothing) complete with PostgreSQL's command tags."""
     raw = RawClient(pool_uri)
     try:
-        data = b""
-        for sql in (b"LISTEN tagged", b"UNLISTEN tagged", b"UNLISTEN *"):
-            data += (_msg(b"P", b"\0" + sql + b"\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
-                     + _msg(b"E", b"\0\0\0\0\0"))
+        data = b"".join(_extended(sql, None)
+                        for sql in (b"LISTEN tagged", b"UNLISTEN tagged", b"UNLISTEN *"))
         raw.sock.sendall(data + _msg(b"S", b""))
         tags = [body for kind, body in raw.until_ready() if kind == b"C"]
         assert tags == [b"LISTEN\0", b"UNLISTEN\0", b"UNLISTEN\0"]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("sql", [b"LISTEN snap_ch", b"UNLISTEN snap_ch", b"DEALLOCATE ALL"])
+def test_statements_the_pooler_serves_take_no_snapshot(pool_uri, sql):
+    """A LISTEN, UNLISTEN or DEALLOCATE sent with Parse inside a transaction block (the server
+    runs a stand-in) is no query to PostgreSQL: the block's isolation level can still be set."""
+    raw = RawClient(pool_uri)
+    try:
+        assert raw.query("BEGIN")[-1] == (b"Z", b"T")
+        raw.sock.sendall(_extended(sql))
+        assert [k for k, _ in raw.until_ready()] == [b"1", b"2", b"C", b"Z"]
+        raw.sock.sendall(_extended(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
+        got = raw.until_ready()
+        assert [k for k, _ in got] == [b"1", b"2", b"C", b"Z"], [
+            parse_error(b) for k, b in got if k == b"E"]
+        assert raw.query("SHOW transaction_isolation")[1] == (b"D", b"\0\x01\0\0\0\x0cserializable")
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_listen_in_a_failed_block_and_after_discard_all(pool_uri, protocol):
+    """As on a direct connection: a LISTEN in a failed transaction block fails (25P02) and
+    listens to nothing; `DISCARD ALL` drops the client's channels. The client then hears only
+    the channel it listens to afterwards."""
+    with psycopg.connect(pool_uri, autocommit=True) as a, \
+            psycopg.connect(pool_uri, autocommit=True) as sender:
+        def run(sql):
+            if protocol == "extended":
+                a.execute(sql)
+                return
+            res = a.pgconn.exec_(sql.encode())
+            sqlstate = res.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
+            if sqlstate:
+                raise psycopg.errors.lookup(sqlstate.decode())(res.error_message.decode())
+
+        run("BEGIN")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            run("SELECT 1/0")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            run("LISTEN failed_ch")
+        run("ROLLBACK")
+        run("LISTEN gone_ch")
+        run("DISCARD ALL")
+        sender.execute("NOTIFY failed_ch, 'no'")
+        sender.execute("NOTIFY gone_ch, 'no'")
+        run("LISTEN kept_ch")
+        sender.execute("NOTIFY kept_ch, 'yes'")
+        got = [(n.channel, n.payload) for n in a.notifies(timeout=5.0, stop_after=1)]
+        assert got == [("kept_ch", "yes")]
+
+
+def test_listen_pipelined_behind_a_failing_query(pool_uri):
+    """A LISTEN sent in the same write as the Query that fails the block waits for that answer:
+    PostgreSQL refuses it (25P02), and so does the pooler, which subscribes nothing."""
+    raw = RawClient(pool_uri)
+    try:
+        raw.sock.sendall(_msg(b"Q", b"BEGIN; SELECT 1/0\0") + _msg(b"Q", b"LISTEN piped_ch\0"))
+        first, second = raw.until_ready(), raw.until_ready()
+        assert [parse_error(b)["C"] for k, b in first + second if k == b"E"] == ["22012", "25P02"]
+        assert (first[-1][1], second[-1][1]) == (b"E", b"E")
+        raw.query("ROLLBACK")
+        with psycopg.connect(pool_uri, autocommit=True) as sender:
+            sender.execute("NOTIFY piped_ch, 'no'")
+        assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
     finally:
         raw.close()
 
@@ -307,9 +379,7 @@ def test_copy_data_after_a_failed_copy_holds_no_connection(pool_uri, pipelined):
 def _unsynced_insert(table: str, value: str) -> bytes:
     """An unnamed Parse, Bind and Execute of an INSERT, then Flush: no Sync, so the server runs
     it in an implicit transaction that stays open."""
-    sql = f"INSERT INTO {table} VALUES ('{value}')".encode()
-    return (_msg(b"P", b"\0" + sql + b"\0\0\0") + _msg(b"B", b"\0\0" + b"\0\0" * 3)
-            + _msg(b"E", b"\0\0\0\0\0") + _msg(b"H", b""))
+    return _extended(f"INSERT INTO {table} VALUES ('{value}')".encode(), b"H")
 
 
 def _segment_table(svc) -> str:

@@ -135,8 +135,9 @@ pub fn key(name: &[u8]) -> &[u8] {
 }
 
 /// Command tags of the statements the pooler serves through the extended protocol with a
-/// stand-in the server runs (`DEALLOCATE`, `LISTEN`, `UNLISTEN`: a `DO` that does nothing, or
-/// raises), for `ClientStatements::unnamed_tag` and the Execute that runs one.
+/// stand-in the server runs (`DEALLOCATE`, `LISTEN`, `UNLISTEN`: `relay::session_state::
+/// LISTEN_NOOP`, which does nothing, or a `DO` that raises), for `ClientStatements::unnamed_tag`
+/// and the Execute that runs one.
 pub mod stand_in_tag {
     pub const NAME: u8 = 1;
     pub const ALL: u8 = 2;

@@ -179,11 +179,18 @@ fn client_messages(
                         // Goes to the server as it is (a pooled connection listens to nothing,
                         // so its UNLISTEN * is a no-op there); the pool's listener drops the
                         // client's channels, and the rest of the text resets the session.
-                        subscribe(ctx, ListenCmd::UnlistenAll);
+                        unlisten_all(ctx);
                         ctx.params.dirty |= session_state::ALL | session_state::SESSION;
                     }
                     Found::Listen => {
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                        // Whether it runs depends on the transaction status the earlier
+                        // answers leave (a failed block runs none): it waits for them.
+                        drain_synthesized(server, relay, ctx.statements);
+                        if names::earlier_segments_only(relay) {
+                            relay.c2s_stalled = true;
+                            break;
+                        }
                         pos += len;
                         run = pos;
                         listen(server, relay, ctx, tag, msg)?;
@@ -689,7 +696,7 @@ fn deallocate_parse(
     };
     let sql: Vec<u8> = match &cmd {
         Deallocate::Name(name) if !known => session_state::unknown_statement_sql(name).into_bytes(),
-        _ => session_state::LISTEN_NOOP.to_vec(),
+        _ => session_state::LISTEN_NOOP.as_bytes().to_vec(),
     };
     let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
     let mut rest = Vec::with_capacity(sql.len() + 1 + types.len());
@@ -700,7 +707,7 @@ fn deallocate_parse(
     write_parse(&mut noop, p.name, &rest);
     rewrite(server, relay, ctx, tag::PARSE, &noop)?;
     if known {
-        // Its Execute completes with PostgreSQL's tag, not the stand-in's `DO`.
+        // Its Execute completes with PostgreSQL's tag, not the stand-in's `UNLISTEN`.
         ctx.statements.set_unnamed_tag(command);
         match &cmd {
             Deallocate::All => names::drop_all(relay, ctx.statements),
@@ -733,8 +740,18 @@ fn listen(
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));
-    if let Some(confirmed) = subscribe(ctx, cmd) {
-        relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+    // In a failed transaction block (known: nothing is unanswered), PostgreSQL runs no LISTEN
+    // or UNLISTEN: the server answers the stand-in with its 25P02, and nothing is subscribed.
+    let failed = relay.expect.is_empty() && server.status == txn::FAILED;
+    if failed && tag == tag::QUERY {
+        crate::net::messages::query(&mut server.bufs.c2s_out, session_state::LISTEN_NOOP);
+        push(&mut relay.expect, tag, Action::Forward, 0);
+        return Ok(());
+    }
+    if !failed {
+        if let Some(confirmed) = subscribe(ctx, cmd) {
+            relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+        }
     }
     if tag == tag::QUERY {
         push(&mut relay.expect, tag, Action::ListenDone(is_listen), 0);
@@ -744,7 +761,7 @@ fn listen(
     // The parameter types the client declared stay (its Bind supplies as many values).
     let types = cstr(p.rest).map(|(_, types)| types).unwrap_or_default();
     let mut rest = Vec::with_capacity(session_state::LISTEN_NOOP.len() + 1 + types.len());
-    rest.extend_from_slice(session_state::LISTEN_NOOP);
+    rest.extend_from_slice(session_state::LISTEN_NOOP.as_bytes());
     rest.push(0);
     rest.extend_from_slice(types);
     let mut noop = bytes::BytesMut::new();
@@ -752,7 +769,7 @@ fn listen(
     if ctx.track {
         rewrite(server, relay, ctx, tag::PARSE, &noop)?;
         if p.name.is_empty() {
-            // Its Execute completes with PostgreSQL's tag, not the stand-in's `DO`.
+            // Its Execute completes with PostgreSQL's tag, not the stand-in's `UNLISTEN`.
             let command = if is_listen {
                 stand_in_tag::LISTEN
             } else {
@@ -768,6 +785,11 @@ fn listen(
         ctx.tally.t.server_parses += 1;
         Ok(())
     }
+}
+
+/// The pool's listener drops every channel of the client (`UNLISTEN *`, or a `DISCARD ALL`).
+pub(super) fn unlisten_all(ctx: &mut ClientCtx<'_>) {
+    subscribe(ctx, ListenCmd::UnlistenAll);
 }
 
 /// A Query whose only LISTEN-like words are `UNLISTEN *` among other statements (asyncpg's

@@ -328,6 +328,7 @@ fn server_messages(
                         // its settings are read back (now the defaults) by `read_back`.
                         server.params.reset();
                         dropped_all(server, relay, client_statements);
+                        relay.discarded_channels = relay.drop_notifications;
                     } else if body == b"SET\0" {
                         if let Some(front) = relay.expect.front() {
                             if front.kind == tag::QUERY && front.stmt == literal::MARK {
@@ -340,7 +341,7 @@ fn server_messages(
                         // Run by the server (among other statements, `scan`): its statements
                         // are gone, and the client's names with them, as on a direct connection.
                         dropped_all(server, relay, client_statements);
-                    } else if body == b"DO\0" {
+                    } else if body == b"UNLISTEN\0" {
                         if let Some(&front) = relay.expect.front() {
                             if front.kind == tag::EXECUTE && front.stmt != 0 {
                                 // A statement the pooler served with a stand-in: PostgreSQL's tag.

@@ -139,6 +139,10 @@ pub struct RelayState {
     /// Transaction/statement mode: NotificationResponses of the server connection are not
     /// the attached client's (LISTEN is served by `backend::listen`) and are dropped.
     pub drop_notifications: bool,
+    /// The server ran a `DISCARD ALL` while the pool's listener serves the client's LISTENs:
+    /// the client's channels go too, as on a direct connection (read and cleared by the socket
+    /// loop, which reaches the listener).
+    pub discarded_channels: bool,
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
@@ -208,6 +212,7 @@ impl RelayState {
             raised,
             sets,
             drop_notifications,
+            discarded_channels,
             listen_wait,
             names,
             names_skipped,
@@ -233,6 +238,7 @@ impl RelayState {
         *c2s_discard = false;
         *ready_synthesized = false;
         *drop_notifications = false;
+        *discarded_channels = false;
         *listen_wait = None;
         *unnamed_here = false;
         *tag_portal = None;

@@ -133,6 +133,9 @@ pub async fn pump(
                             }
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
+                        if std::mem::take(&mut relay.discarded_channels) {
+                            super::from_client::unlisten_all(ctx);
+                        }
                         if relay.c2s_stalled {
                             // What waited for these answers goes on (or waits again).
                             relay.c2s_stalled = false;

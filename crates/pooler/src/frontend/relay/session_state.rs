@@ -108,10 +108,13 @@ pub fn must_close(dirty: u64, read_back_failed: bool) -> bool {
     dirty & CLOSE != 0 || (read_back_failed && dirty & (SESSION | DISCARD) != 0)
 }
 
-/// What the server runs in place of a LISTEN/UNLISTEN sent with Parse, which the pool's
-/// listener serves: a statement that does nothing, answers like LISTEN (no rows; only its
-/// command tag says DO) and leaves nothing on the connection.
-pub const LISTEN_NOOP: &[u8] = b"DO $pgbay$BEGIN END$pgbay$";
+/// What the server runs in place of a LISTEN/UNLISTEN sent with Parse (which the pool's
+/// listener serves) or a `DEALLOCATE` the pooler serves: a statement that does nothing,
+/// answers like LISTEN (no rows; a failed block's 25P02), leaves nothing on the connection
+/// (a connection that listens to nothing queues nothing for an UNLISTEN) and, unlike a `DO`,
+/// takes no snapshot, so a `SET TRANSACTION ISOLATION LEVEL` after it still works. Its command
+/// tag says UNLISTEN; the relay puts PostgreSQL's where it knows it (`prepared::stand_in_tag`).
+pub const LISTEN_NOOP: &str = "UNLISTEN pgbay_stand_in";
 
 /// A LISTEN or UNLISTEN the pooler answers itself.
 #[derive(Debug, PartialEq, Eq)]

@@ -206,7 +206,9 @@ fn classify_first(s: &[u8]) -> Found {
         // state or temporary tables: resetting again is the simple answer.
         return Found::Sets(ALL | SESSION);
     }
-    if s.starts_with(LISTEN_NOOP) {
+    if s.strip_prefix(LISTEN_NOOP.as_bytes())
+        .is_some_and(|rest| matches!(rest.first(), None | Some(0 | b';')))
+    {
         return Found::Nothing;
     }
     if keyword(s, b"do").is_some() || keyword(s, b"declare").is_some() {
@@ -657,7 +659,7 @@ mod tests {
             Found::Sets(0)
         );
         // The no-op the pooler runs in place of a LISTEN sent with Parse.
-        let mut noop = LISTEN_NOOP.to_vec();
+        let mut noop = LISTEN_NOOP.as_bytes().to_vec();
         noop.push(0);
         assert_eq!(classify(&noop), Found::Nothing);
     }

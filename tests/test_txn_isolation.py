@@ -342,6 +342,31 @@ def test_listen_pipelined_behind_a_failing_query(pool_uri):
         raw.close()
 
 
+@pytest.mark.parametrize("form", ["queries", "one segment"])
+def test_a_notify_right_behind_its_listen_is_heard(pool_uri, form):
+    """A NOTIFY the client commits right behind its own LISTEN, in the same write (two Queries,
+    or one extended-protocol transaction: NOTIFY, then LISTEN) is heard, as on a direct
+    connection: nothing after the LISTEN goes to the server before the pool's listener
+    listens."""
+    channel = unique("heard").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        if form == "queries":
+            raw.sock.sendall(_msg(b"Q", f"LISTEN {channel}\0".encode())
+                             + _msg(b"Q", f"NOTIFY {channel}, 'own'\0".encode()))
+            got = raw.until_ready() + raw.until_ready()
+        else:
+            raw.sock.sendall(_extended(f"SELECT pg_notify('{channel}', 'own')".encode(), None)
+                             + _extended(f"LISTEN {channel}".encode()))
+            got = raw.until_ready()
+        while not any(k == b"A" for k, _ in got):
+            got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+        note = next(b for k, b in got if k == b"A")
+        assert note[4:].split(b"\0")[:2] == [channel.encode(), b"own"]
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_copy_data_after_a_failed_copy_holds_no_connection(pool_uri, pipelined):
     """A COPY FROM STDIN that fails before it starts (unknown table) while the client's data is

@@ -194,6 +194,13 @@ fn client_messages(
                         pos += len;
                         run = pos;
                         listen(server, relay, ctx, tag, msg)?;
+                        if relay.listen_wait.is_some() {
+                            // Nothing after it goes out before the listener listens: a NOTIFY
+                            // that what follows commits (even in the same transaction) is
+                            // heard, as on a direct connection.
+                            relay.c2s_stalled = true;
+                            break;
+                        }
                         continue;
                     }
                     Found::SqlPrepared => {

@@ -136,7 +136,7 @@ pub async fn pump(
                         if std::mem::take(&mut relay.discarded_channels) {
                             super::from_client::unlisten_all(ctx);
                         }
-                        if relay.c2s_stalled {
+                        if relay.c2s_stalled && relay.listen_wait.is_none() {
                             // What waited for these answers goes on (or waits again).
                             relay.c2s_stalled = false;
                             match relay_client(server, relay, ctx) {
@@ -175,6 +175,14 @@ pub async fn pump(
             if let Some(w) = relay.listen_wait.as_mut() {
                 if w.poll(cx).is_ready() {
                     relay.listen_wait = None;
+                    if std::mem::take(&mut relay.c2s_stalled) {
+                        // What the client sent after its LISTEN goes on (`from_client`).
+                        progress = true;
+                        match relay_client(server, relay, ctx) {
+                            Ok(synthesized) => saw_ready |= synthesized,
+                            Err(end) => return Poll::Ready(end),
+                        }
+                    }
                 } else {
                     client_write = false;
                 }

@@ -102,12 +102,25 @@ def _wire(parts: list[tuple], salt: str) -> bytes:
 
 def _answers(raw: RawClient) -> list[str]:
     """Up to ReadyForQuery, comparable: ParameterStatus and notices left out."""
+    return comparable(raw.until_ready())
+
+
+def comparable(messages: list[tuple[bytes, bytes]], notes: list | None = None) -> list[str]:
+    """Messages as comparable strings: notices left out; ParameterStatus left out too, unless
+    `notes` is given, which then takes the notifications (channel, payload) instead."""
     out = []
-    for kind, body in raw.until_ready():
+    for kind, body in messages:
         k = kind.decode()
-        if k in "SN":
+        if k == "N" or (k == "S" and notes is None):
             continue
-        if k == "E":
+        if k == "A" and notes is not None:
+            notes.append(tuple(x.decode() for x in body[4:].split(b"\0")[:2]))
+            continue
+        if k == "S":
+            out.append("S" + "=".join(x.decode() for x in body.split(b"\0")[:2]))
+        elif k == "d":
+            out.append("d" + body.decode())
+        elif k == "E":
             out.append("E" + parse_error(body)["C"])
         elif k == "C":
             out.append("C:" + body.rstrip(b"\0").decode())

@@ -17,6 +17,7 @@ use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::extended::{
     parse_bind, parse_parse, parse_target, write_bind, write_execute, write_parse, write_target,
+    FLUSH,
 };
 use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
@@ -184,10 +185,14 @@ fn client_messages(
                     }
                     Found::Listen => {
                         flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
-                        // Whether it runs depends on the transaction status the earlier
-                        // answers leave (a failed block runs none): it waits for them.
+                        // Whether it runs depends on the earlier answers (a failed block runs
+                        // none; an error earlier in its segment has it skipped): it waits for
+                        // them, asking the server for those of its own segment with a Flush.
                         drain_synthesized(server, relay, ctx.statements);
-                        if names::earlier_segments_only(relay) {
+                        if !listen_fate_known(relay) {
+                            if !names::earlier_segments_only(relay) {
+                                server.bufs.c2s_out.extend_from_slice(&FLUSH);
+                            }
                             relay.c2s_stalled = true;
                             break;
                         }
@@ -747,9 +752,10 @@ fn listen(
         return Ok(());
     };
     let is_listen = matches!(cmd, ListenCmd::Listen(_));
-    // In a failed transaction block (known: nothing is unanswered), PostgreSQL runs no LISTEN
-    // or UNLISTEN: the server answers the stand-in with its 25P02, and nothing is subscribed.
-    let failed = relay.expect.is_empty() && server.status == txn::FAILED;
+    // In a failed transaction block, or behind an error in its segment (`listen_fate_known`),
+    // PostgreSQL runs no LISTEN or UNLISTEN: the server answers the stand-in with its 25P02
+    // (or skips it), and nothing is subscribed.
+    let failed = relay.segment_failed || (relay.expect.is_empty() && server.status == txn::FAILED);
     if failed && tag == tag::QUERY {
         crate::net::messages::query(&mut server.bufs.c2s_out, session_state::LISTEN_NOOP);
         push(&mut relay.expect, tag, Action::Forward, 0);
@@ -792,6 +798,18 @@ fn listen(
         ctx.tally.t.server_parses += 1;
         Ok(())
     }
+}
+
+/// Whether the earlier answers that decide if a LISTEN/UNLISTEN about to be relayed runs are
+/// in: every answer (then the transaction status is the server's), or an error in its own
+/// segment with every earlier segment answered (then the server skips it).
+fn listen_fate_known(relay: &RelayState) -> bool {
+    relay.expect.is_empty()
+        || (relay.segment_failed
+            && !relay
+                .expect
+                .iter()
+                .any(|e| e.kind == tag::SYNC || e.kind == tag::QUERY))
 }
 
 /// The pool's listener drops every channel of the client (`UNLISTEN *`, or a `DISCARD ALL`).

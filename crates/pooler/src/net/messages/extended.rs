@@ -74,5 +74,8 @@ pub fn write_execute(out: &mut BytesMut, portal: &[u8]) {
     out.put_u32(0);
 }
 
+/// A Flush: the server sends what it owes so far, without ending the segment.
+pub const FLUSH: [u8; 5] = [tag::FLUSH, 0, 0, 0, 4];
+
 pub const PARSE_COMPLETE: [u8; 5] = [tag::PARSE_COMPLETE, 0, 0, 0, 4];
 pub const CLOSE_COMPLETE: [u8; 5] = [tag::CLOSE_COMPLETE, 0, 0, 0, 4];

@@ -488,6 +488,26 @@ _EXECUTE = _msg(b"E", b"\0\0\0\0\0")
 _SYNC = _msg(b"S", b"")
 
 
+def test_a_statement_parsed_again_in_a_failed_segment_is_parsed_again_after_it(pool_uri):
+    """Another client's `DISCARD ALL` drops the server connection's statements, so the pooler
+    parses the client's statement again in front of its next Bind. When an error earlier in
+    that segment has the server skip that Parse, a Bind of the statement in the next segment,
+    pipelined in the same write, must not rely on it: PostgreSQL still has the client's
+    statement, and so must the pooler (it waits for the first segment's answers)."""
+    tag = unique("again").replace("-", "_")
+    a, b = RawClient(pool_uri), RawClient(pool_uri)
+    try:
+        a.sock.sendall(_parse(b"s1", f"select '{tag}'::text") + _SYNC)
+        assert a.until_ready()[-1] == (b"Z", b"I")
+        assert [k for k, _ in b.query("DISCARD ALL")] == [b"C", b"Z"]
+        a.sock.sendall(_bind(b"nosuch") + _bind(b"s1") + _SYNC + _bind(b"s1") + _EXECUTE + _SYNC)
+        assert _outcome(a) == ([], ["26000"])
+        assert _outcome(a) == ([tag], [])
+    finally:
+        a.close()
+        b.close()
+
+
 def _names_script(raw, tag: str) -> list:
     """Parses, Closes and DEALLOCATEs where PostgreSQL answers with an error or skips them:
     each step's (first-column values, error codes, transaction status after it)."""

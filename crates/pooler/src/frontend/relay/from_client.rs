@@ -99,7 +99,7 @@ fn client_messages(
         let avail = input.len() - pos;
         if (!relay.names.is_empty()
             || !relay.deallocs.is_empty()
-            || (tag == tag::PARSE && !relay.expect.is_empty()))
+            || (matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE) && !relay.expect.is_empty()))
             && ctx.track
             && !relay.c2s_discard
             && avail >= len

@@ -143,6 +143,9 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
     let Some(name) = name else {
         return false;
     };
+    if tag != tag::PARSE && server_parse_waits(relay, statements, name) {
+        return true;
+    }
     if tag == tag::PARSE && !name.is_empty() && statements.get(name).is_some() {
         // A Parse of a name the client has (42P05) behind a Query or Execute of an earlier
         // segment, which may drop names (a `DISCARD ALL`): its answer decides.
@@ -198,6 +201,34 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
         NameChange::All(_) => !name.is_empty(),
         NameChange::Unnamed { .. } => name.is_empty(),
     })
+}
+
+/// Whether the server's statement behind the client's `name` is made by a Parse (the
+/// client's, or the pooler's in front of a Bind on a connection without it) in an earlier
+/// segment still unanswered: should the server skip that Parse (an error earlier in its
+/// segment), the statement would not exist for this message, where PostgreSQL has the client's
+/// statement. Its answer decides whether the pooler parses it again first.
+fn server_parse_waits(relay: &RelayState, statements: &ClientStatements, name: &[u8]) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let Some(stmt) = statements.get(name) else {
+        return false;
+    };
+    let segment = relay
+        .expect
+        .iter()
+        .rev()
+        .take(SCAN)
+        .take_while(|e| e.kind != tag::SYNC && e.kind != tag::QUERY)
+        .count();
+    let earlier = relay.expect.len() - segment;
+    segment < SCAN
+        && relay
+            .expect
+            .iter()
+            .take(earlier.min(SCAN))
+            .any(|e| e.kind == tag::PARSE && e.stmt == stmt.id)
 }
 
 /// Whether `name` exists may change with answers the server still owes before a Parse about
@@ -349,6 +380,27 @@ mod tests {
         assert!(waits(&relay, &statements, tag::PARSE, &parse(b"s1")));
         // A name the client does not have is made whatever that answer is.
         assert!(!waits(&relay, &statements, tag::PARSE, &parse(b"s2")));
+    }
+
+    #[test]
+    fn a_bind_waits_for_its_statements_parse_in_an_earlier_segment() {
+        let mut statements = ClientStatements::default();
+        let stmt = crate::prepared::Registry::default().intern(b"select 1\0\0\0", b"");
+        let id = stmt.id;
+        statements.insert(b"s1", stmt);
+        let mut relay = RelayState::default();
+        // The pooler's Parse of s1's server statement, in front of a Bind of this segment.
+        relay.expect.push_back(Expect {
+            stmt: id,
+            ..entry(tag::PARSE, 0)
+        });
+        relay.expect.push_back(entry(tag::BIND, 0));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s1")));
+        // Its segment ended: should the server skip it, the next segment's Bind would fail.
+        relay.expect.push_back(entry(tag::SYNC, 0));
+        assert!(waits(&relay, &statements, tag::BIND, &bind(b"s1")));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s2")));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));
     }
 
     #[test]

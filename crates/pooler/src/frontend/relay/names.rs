@@ -149,22 +149,14 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
     if tag == tag::PARSE && !name.is_empty() && statements.get(name).is_some() {
         // A Parse of a name the client has (42P05) behind a Query or Execute of an earlier
         // segment, which may drop names (a `DISCARD ALL`): its answer decides.
-        let segment = relay
-            .expect
-            .iter()
-            .rev()
-            .take(SCAN)
-            .take_while(|e| e.kind != tag::SYNC && e.kind != tag::QUERY)
-            .count();
-        let earlier = relay.expect.len() - segment;
-        if segment < SCAN
-            && (earlier > SCAN
+        if earlier_entries(relay).is_some_and(|earlier| {
+            earlier > SCAN
                 || relay
                     .expect
                     .iter()
                     .take(earlier)
-                    .any(|e| e.kind == tag::QUERY || e.kind == tag::EXECUTE))
-        {
+                    .any(|e| e.kind == tag::QUERY || e.kind == tag::EXECUTE)
+        }) {
             return true;
         }
     }
@@ -215,6 +207,18 @@ fn server_parse_waits(relay: &RelayState, statements: &ClientStatements, name: &
     let Some(stmt) = statements.get(name) else {
         return false;
     };
+    earlier_entries(relay).is_some_and(|earlier| {
+        relay
+            .expect
+            .iter()
+            .take(earlier.min(SCAN))
+            .any(|e| e.kind == tag::PARSE && e.stmt == stmt.id)
+    })
+}
+
+/// How many of the answers owed belong to segments before the one being relayed (up to the
+/// last Sync or Query relayed); None when the current segment is too long to look through.
+fn earlier_entries(relay: &RelayState) -> Option<usize> {
     let segment = relay
         .expect
         .iter()
@@ -222,13 +226,7 @@ fn server_parse_waits(relay: &RelayState, statements: &ClientStatements, name: &
         .take(SCAN)
         .take_while(|e| e.kind != tag::SYNC && e.kind != tag::QUERY)
         .count();
-    let earlier = relay.expect.len() - segment;
-    segment < SCAN
-        && relay
-            .expect
-            .iter()
-            .take(earlier.min(SCAN))
-            .any(|e| e.kind == tag::PARSE && e.stmt == stmt.id)
+    (segment < SCAN).then(|| relay.expect.len() - segment)
 }
 
 /// Whether `name` exists may change with answers the server still owes before a Parse about

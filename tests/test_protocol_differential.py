@@ -148,17 +148,24 @@ def _first_difference(want: list[str], got: list[str]) -> tuple[str, str]:
     return "", ""
 
 
-@pytest.fixture(scope="module")
-def uris(client):
-    s = provision(client, unique("diff"))
+def direct_and_pooled(client, label: str):
+    """A service with database `app` and user `appuser`, and a transaction pool of size 1:
+    (service, appuser's direct URI, the pool's URI)."""
+    s = provision(client, unique(label))
     ok(client, client.create_dbaas_pg_database(service_name=s.name, database_name="app"))
     ok(client, client.create_dbaas_postgres_user(service_name=s.name, username="appuser"))
-    name = unique("diff")
+    name = unique(label)
     ok(client, client.create_dbaas_pg_connection_pool(
         service_name=s.name, name=name, database_name="app", mode="transaction", size=1,
         username="appuser"))
     pooled = find_pool(client.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
     direct = s.uri_for(user="appuser", password=reveal(client, s.name, "appuser"), dbname="app")
+    return s, direct, pooled
+
+
+@pytest.fixture(scope="module")
+def uris(client):
+    _, direct, pooled = direct_and_pooled(client, "diff")
     return direct, pooled
 
 

@@ -21,14 +21,13 @@ on the server.
 from __future__ import annotations
 
 import random
-import struct
 
 import psycopg
 import pytest
 
-from conftest import find_pool, ok, provision, reveal, unique
+from conftest import unique
 from test_notify_budget import RawClient, _msg
-from test_protocol_differential import comparable
+from test_protocol_differential import comparable, direct_and_pooled
 
 SEEDS = range(1, 41)
 STEPS = 40
@@ -103,15 +102,7 @@ def _wire(parts: list[tuple], side: dict) -> bytes:
 
 @pytest.fixture(scope="module")
 def sides(client):
-    s = provision(client, unique("sdiff"))
-    ok(client, client.create_dbaas_pg_database(service_name=s.name, database_name="app"))
-    ok(client, client.create_dbaas_postgres_user(service_name=s.name, username="appuser"))
-    name = unique("sdiff")
-    ok(client, client.create_dbaas_pg_connection_pool(
-        service_name=s.name, name=name, database_name="app", mode="transaction", size=1,
-        username="appuser"))
-    pooled = find_pool(client.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
-    direct = s.uri_for(user="appuser", password=reveal(client, s.name, "appuser"), dbname="app")
+    s, direct, pooled = direct_and_pooled(client, "sdiff")
     return s.uri_for(dbname="app"), {"direct": direct, "pooled": pooled}
 
 

@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 
 /// Parameters tracked per client, in a fixed order so that state is a small array. Beyond the
 /// startup parameters drivers send, the session settings applications most often SET (timeouts,
-/// memory, transaction defaults) so that, in transaction mode, they follow their client
+/// memory, transaction defaults, and those results are read with: `bytea_output`, locales,
+/// `xmloption`, …) so that, in transaction mode, they follow their client
 /// (`frontend::relay::session_state`), and the role (`SET ROLE`; PostgreSQL checked the
 /// client may have it when it was SET, and checks again when the pooler sets it on another
 /// connection). A SET of a parameter not listed here is not carried: the session is reset

@@ -166,8 +166,8 @@ pub struct ClientStatements {
     /// preceded by this Parse again, and a client without one cannot bind another client's
     /// (`frontend::relay`'s `ensure_unnamed`).
     unnamed: Vec<u8>,
-    /// The unnamed statement is a `DEALLOCATE` the pooler serves (`stand_in_tag`): the command
-    /// tag its Execute completes with (0: none).
+    /// The unnamed statement is a stand-in for a `DEALLOCATE`, `LISTEN` or `UNLISTEN` the
+    /// pooler serves (`stand_in_tag`): the command tag its Execute completes with (0: none).
     unnamed_tag: u8,
 }
 

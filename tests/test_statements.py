@@ -488,19 +488,26 @@ _EXECUTE = _msg(b"E", b"\0\0\0\0\0")
 _SYNC = _msg(b"S", b"")
 
 
-def test_a_statement_parsed_again_in_a_failed_segment_is_parsed_again_after_it(pool_uri):
-    """Another client's `DISCARD ALL` drops the server connection's statements, so the pooler
+@pytest.mark.parametrize("name", [b"s1", b""])
+def test_a_statement_parsed_again_in_a_failed_segment_is_parsed_again_after_it(pool_uri, name):
+    """Another client empties the server connection of the client's statement (its `DISCARD
+    ALL` drops named ones; its own unnamed Parse replaces the unnamed one), so the pooler
     parses the client's statement again in front of its next Bind. When an error earlier in
     that segment has the server skip that Parse, a Bind of the statement in the next segment,
     pipelined in the same write, must not rely on it: PostgreSQL still has the client's
-    statement, and so must the pooler (it waits for the first segment's answers)."""
+    statement, and so must the pooler (it waits for the first segment's answers). Else the
+    Bind fails (26000), or runs the other client's unnamed statement."""
     tag = unique("again").replace("-", "_")
     a, b = RawClient(pool_uri), RawClient(pool_uri)
     try:
-        a.sock.sendall(_parse(b"s1", f"select '{tag}'::text") + _SYNC)
+        a.sock.sendall(_parse(name, f"select '{tag}'::text") + _SYNC)
         assert a.until_ready()[-1] == (b"Z", b"I")
-        assert [k for k, _ in b.query("DISCARD ALL")] == [b"C", b"Z"]
-        a.sock.sendall(_bind(b"nosuch") + _bind(b"s1") + _SYNC + _bind(b"s1") + _EXECUTE + _SYNC)
+        if name:
+            assert [k for k, _ in b.query("DISCARD ALL")] == [b"C", b"Z"]
+        else:
+            b.sock.sendall(_parse(b"", "select 'the other client'::text") + _SYNC)
+            assert b.until_ready()[-1] == (b"Z", b"I")
+        a.sock.sendall(_bind(b"nosuch") + _bind(name) + _SYNC + _bind(name) + _EXECUTE + _SYNC)
         assert _outcome(a) == ([], ["26000"])
         assert _outcome(a) == ([tag], [])
     finally:

@@ -196,23 +196,25 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
 }
 
 /// Whether the server's statement behind the client's `name` is made by a Parse (the
-/// client's, or the pooler's in front of a Bind on a connection without it) in an earlier
-/// segment still unanswered: should the server skip that Parse (an error earlier in its
-/// segment), the statement would not exist for this message, where PostgreSQL has the client's
-/// statement. Its answer decides whether the pooler parses it again first.
+/// client's, or the pooler's in front of a Bind on a connection without it; for the unnamed
+/// statement, any unnamed Parse) in an earlier segment still unanswered, and by none in the
+/// segment being relayed: should the server skip that Parse (an error earlier in its segment),
+/// the statement would not exist for this message, or be another client's unnamed statement,
+/// where PostgreSQL has the client's own. Its answer decides whether the pooler parses it
+/// again first.
 fn server_parse_waits(relay: &RelayState, statements: &ClientStatements, name: &[u8]) -> bool {
-    if name.is_empty() {
-        return false;
-    }
-    let Some(stmt) = statements.get(name) else {
-        return false;
+    let id = if name.is_empty() {
+        0
+    } else {
+        match statements.get(name) {
+            Some(stmt) => stmt.id,
+            None => return false,
+        }
     };
+    let makes = |e: &Expect| e.kind == tag::PARSE && e.stmt == id;
     earlier_entries(relay).is_some_and(|earlier| {
-        relay
-            .expect
-            .iter()
-            .take(earlier.min(SCAN))
-            .any(|e| e.kind == tag::PARSE && e.stmt == stmt.id)
+        !relay.expect.iter().skip(earlier).any(makes)
+            && relay.expect.iter().take(earlier.min(SCAN)).any(makes)
     })
 }
 
@@ -337,7 +339,11 @@ mod tests {
     fn a_name_waits_for_a_change_in_an_earlier_segment_only() {
         let statements = ClientStatements::default();
         let mut relay = RelayState::default();
-        relay.expect.push_back(entry(tag::PARSE, 1));
+        // A named Parse (its server statement's id; 0 is an unnamed Parse's).
+        relay.expect.push_back(Expect {
+            stmt: 7,
+            ..entry(tag::PARSE, 1)
+        });
         relay.names.push_back(one(b"s1"));
         // The same segment: the Bind fails or holds with the Parse.
         assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s1")));
@@ -398,6 +404,12 @@ mod tests {
         relay.expect.push_back(entry(tag::SYNC, 0));
         assert!(waits(&relay, &statements, tag::BIND, &bind(b"s1")));
         assert!(!waits(&relay, &statements, tag::BIND, &bind(b"s2")));
+        assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));
+        // The unnamed statement: the pooler's Parse of the client's in an earlier segment.
+        relay.expect.push_front(entry(tag::PARSE, 0));
+        assert!(waits(&relay, &statements, tag::BIND, &bind(b"")));
+        // One in the segment being relayed is the one its Bind uses.
+        relay.expect.push_back(entry(tag::PARSE, 0));
         assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));
     }
 

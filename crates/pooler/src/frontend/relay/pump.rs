@@ -86,6 +86,8 @@ pub async fn pump(
         let mut server_write = true;
         let mut client_read = true;
         let mut client_write = true;
+        // A stalled client (`RelayState::c2s_stalled`) is relayed again.
+        let mut resume = false;
         loop {
             let mut progress = false;
             // Server to client first: most wakeups are the server's answer.
@@ -136,14 +138,7 @@ pub async fn pump(
                         if std::mem::take(&mut relay.discarded_channels) {
                             super::from_client::unlisten_all(ctx);
                         }
-                        if relay.c2s_stalled && relay.listen_wait.is_none() {
-                            // What waited for these answers goes on (or waits again).
-                            relay.c2s_stalled = false;
-                            match relay_client(server, relay, ctx) {
-                                Ok(synthesized) => saw_ready |= synthesized,
-                                Err(end) => return Poll::Ready(end),
-                            }
-                        }
+                        resume = relay.c2s_stalled;
                     }
                     Poll::Pending => server_read = false,
                 }
@@ -175,16 +170,20 @@ pub async fn pump(
             if let Some(w) = relay.listen_wait.as_mut() {
                 if w.poll(cx).is_ready() {
                     relay.listen_wait = None;
-                    if std::mem::take(&mut relay.c2s_stalled) {
-                        // What the client sent after its LISTEN goes on (`from_client`).
-                        progress = true;
-                        match relay_client(server, relay, ctx) {
-                            Ok(synthesized) => saw_ready |= synthesized,
-                            Err(end) => return Poll::Ready(end),
-                        }
-                    }
+                    resume = relay.c2s_stalled;
                 } else {
                     client_write = false;
+                }
+            }
+            // What waited in `c2s_in` for the server's answers or for the listener goes on (or
+            // waits again): once either came, and the listener is not still awaited.
+            if resume && relay.listen_wait.is_none() {
+                resume = false;
+                relay.c2s_stalled = false;
+                progress = true;
+                match relay_client(server, relay, ctx) {
+                    Ok(synthesized) => saw_ready |= synthesized,
+                    Err(end) => return Poll::Ready(end),
                 }
             }
             if !server.bufs.s2c_out.is_empty() && client_write {

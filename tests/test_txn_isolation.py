@@ -475,6 +475,52 @@ def test_a_segment_after_a_query_keeps_its_connection_until_sync(client, svc):
         raw.close()
 
 
+def test_cancel_ends_a_wait_for_the_pools_connection(client, svc):
+    """Ctrl-C in psql, or a driver's query timeout, while the query waits for the pool's only
+    connection: the cancel (libpq's, which returns once the pooler handled it) answers that query
+    with PostgreSQL's 57014 at once, instead of running it once the connection is free, and the
+    session goes on. A cancel while the client is idle does nothing, not even to its next wait.
+    The client holding the connection is not touched."""
+    name = unique("cw")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username="appuser"))
+    uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    with psycopg.connect(uri) as holder, psycopg.connect(uri, autocommit=True) as waiter:
+        holder_pid = one(holder, "SELECT pg_backend_pid()")  # holds it: a transaction is open
+        outcome = []
+
+        def query():
+            try:
+                outcome.append(one(waiter, "SELECT pg_backend_pid()"))
+            except psycopg.Error as e:
+                outcome.append(e)
+
+        for cancel_while_waiting in (True, False):
+            outcome.clear()
+            if not cancel_while_waiting:
+                waiter.cancel()
+            t = threading.Thread(target=query)
+            t.start()
+            try:
+                wait_until(lambda: pool_row(svc, name)["cl_waiting"] == 1,
+                           what="the query to wait for the pool's connection")
+                if cancel_while_waiting:
+                    waiter.cancel()
+                    t.join(10)
+                    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+                    assert outcome[0].diag.message_primary == "canceling statement due to user request"
+                    assert pool_row(svc, name)["cl_waiting"] == 0
+                    assert one(holder, "SELECT pg_backend_pid()") == holder_pid
+                else:
+                    assert outcome == []
+                    holder.commit()
+                    t.join(10)
+                    assert outcome == [holder_pid], outcome
+            finally:
+                t.join(30)
+
+
 @pytest.fixture(scope="module")
 def timeouts_server():
     """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and

@@ -1,10 +1,13 @@
 //! Cancel routing. Clients get pooler-issued BackendKeyData; while a client is attached to a
 //! server connection its slot names that connection's real keys, so a CancelRequest reaches the
-//! query of that client and of nobody else.
+//! query of that client and of nobody else. A client still waiting for a server connection with
+//! its request has its wait ended instead (`CancelSlot::wait_cancelled`): the session answers the
+//! request with PostgreSQL's 57014 and drops it, as if it had been cancelled where it ran.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -37,6 +40,11 @@ pub struct CancelSlot {
     backend: Mutex<Option<Arc<BackendConfig>>>,
     /// `Arc::as_ptr` of `backend`, compared without the lock; written only under it.
     backend_ptr: AtomicPtr<BackendConfig>,
+    /// While the client waits for a server connection with a cancellable request
+    /// (`wait_cancelled`), its task's waker; None otherwise. A cancel wakes it.
+    waiter: Mutex<Option<Waker>>,
+    /// A cancel arrived during the current wait (written under `waiter`'s lock).
+    wait_cancelled: AtomicBool,
 }
 
 impl CancelSlot {
@@ -46,6 +54,8 @@ impl CancelSlot {
             keys: AtomicU64::new(0),
             backend: Mutex::new(None),
             backend_ptr: AtomicPtr::new(std::ptr::null_mut()),
+            waiter: Mutex::new(None),
+            wait_cancelled: AtomicBool::new(false),
         }
     }
 
@@ -61,6 +71,56 @@ impl CancelSlot {
             pid: (keys >> 32) as u32 as i32,
             secret: keys as u32 as i32,
         })
+    }
+
+    /// Resolves once a cancel request names this client while the returned future is polled
+    /// (a cancel before it or after it is dropped does nothing, as a cancel of an idle
+    /// session does nothing in PostgreSQL). Used while the client waits for a server
+    /// connection; dropped when the wait ends.
+    pub fn wait_cancelled(&self) -> WaitCancelled<'_> {
+        self.wait_cancelled.store(false, Ordering::Relaxed);
+        WaitCancelled(self)
+    }
+
+    /// A cancel for a client no connection serves: ends its wait, if it is waiting.
+    fn cancel_wait(&self) -> bool {
+        let waiter = self.waiter.lock();
+        match &*waiter {
+            Some(w) => {
+                self.wait_cancelled.store(true, Ordering::Relaxed);
+                w.wake_by_ref();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A client's wait for a server connection, ended by a cancel (`CancelSlot::wait_cancelled`).
+/// Forgets the waiting task's waker when dropped, however the wait ends.
+pub struct WaitCancelled<'a>(&'a CancelSlot);
+
+impl std::future::Future for WaitCancelled<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let slot = self.0;
+        let mut waiter = slot.waiter.lock();
+        if slot.wait_cancelled.load(Ordering::Relaxed) {
+            *waiter = None;
+            return Poll::Ready(());
+        }
+        match &mut *waiter {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitCancelled<'_> {
+    fn drop(&mut self) {
+        *self.0.waiter.lock() = None;
     }
 }
 
@@ -90,17 +150,26 @@ impl CancelRegistry {
         }
     }
 
-    /// Forwards a client's CancelRequest to the server connection serving it, if any.
+    /// Forwards a client's CancelRequest to the server connection serving it, if any, or ends
+    /// the client's wait for one.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = {
+        let slot = {
             let map = self.clients.lock();
             match map.get(&pid) {
-                Some(slot) if slot.secret == secret => slot.target(),
+                Some(slot) if slot.secret == secret => Some(slot.clone()),
                 _ => None,
             }
         };
-        let Some(t) = target else {
-            tracing::debug!(pid, "cancel request for no active query");
+        let Some(slot) = slot else {
+            tracing::debug!(pid, "cancel request for no client");
+            return;
+        };
+        let Some(t) = slot.target() else {
+            if slot.cancel_wait() {
+                tracing::debug!(pid, "cancel request ends a client's wait for a server");
+            } else {
+                tracing::debug!(pid, "cancel request for no active query");
+            }
             return;
         };
         // Always without TLS, also to a server that offers it: PostgreSQL reads a CancelRequest

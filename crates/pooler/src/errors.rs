@@ -204,6 +204,12 @@ pub fn pool_removed(pool: &str) -> ClientError {
     ClientError::new("57P01", format!("pool \"{pool}\" was removed"))
 }
 
+/// A request whose wait for a server connection a cancel request ended: PostgreSQL's own words
+/// for a cancelled statement.
+pub fn query_canceled() -> ClientError {
+    ClientError::new("57014", "canceling statement due to user request")
+}
+
 pub fn query_wait_timeout(pool: &str, timeout: Duration) -> ClientError {
     ClientError::new(
         "08006",

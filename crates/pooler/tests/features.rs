@@ -123,6 +123,61 @@ async fn cancel_reaches_only_the_clients_query() {
     pooler.shutdown().await;
 }
 
+/// A cancel request for a client still waiting for a server connection ends that wait as
+/// PostgreSQL ends a cancelled statement (57014, the session usable), simple and extended
+/// protocol alike, in transaction and session mode. (That a cancel of an idle client does not
+/// linger to end its next wait is `tests/test_txn_isolation.py`'s: libpq's cancel returns once
+/// the pooler handled it, tokio-postgres' when it is sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_clients_wait_for_a_server() {
+    let pg = shared().await;
+    for (name, mode) in [
+        ("waitcancel", PoolMode::Transaction),
+        ("waitcancelsess", PoolMode::Session),
+    ] {
+        let (pooler, addr) = start(service(name, pg.port, vec![pool("p1", mode, 1)])).await;
+        let stats = || pooler.pool_stats(name, "p1").expect("pool exists");
+        let holder = connect(addr, "p1").await.unwrap();
+        holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let b = std::sync::Arc::new(connect(addr, "p1").await.unwrap());
+        let token = b.cancel_token();
+        for extended in [false, true] {
+            let waiter = b.clone();
+            let query = tokio::spawn(async move {
+                if extended {
+                    waiter
+                        .query_one("SELECT $1::int", &[&7i32])
+                        .await
+                        .map(|_| ())
+                } else {
+                    waiter.simple_query("SELECT 1").await.map(|_| ())
+                }
+            });
+            eventually("the client waits", || stats().cl_waiting == 1).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            let e = query
+                .await
+                .unwrap()
+                .expect_err("the waiting query is cancelled");
+            assert_eq!(sqlstate(&e), "57014", "{mode:?} {}", describe(&e));
+            eventually("nobody waits", || stats().cl_waiting == 0).await;
+        }
+        // The cancelled requests are gone; the next one is served once a connection is free.
+        let waiter = b.clone();
+        let query = tokio::spawn(async move {
+            let v: i32 = waiter.query_one("SELECT 8", &[]).await?.get(0);
+            Ok::<_, tokio_postgres::Error>(v)
+        });
+        eventually("the client waits again", || stats().cl_waiting == 1).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+        if mode == PoolMode::Session {
+            drop(holder);
+        }
+        assert_eq!(query.await.unwrap().expect("served once free"), 8);
+        pooler.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_gone_mid_transaction_leaks_nothing() {
     let pg = shared().await;

@@ -151,10 +151,15 @@ async fn request(
         return false;
     }
     if pool.is_paused() {
-        // PAUSE (admin console): the request waits until RESUME.
+        // PAUSE (admin console): the request waits until RESUME, or a cancel.
         client.set_state(ClientState::Waiting);
+        let cancellable = cancellable(&client.pending);
+        let slot = client.cancel.slot.clone();
         tokio::select! {
             _ = pool.resumed() => {}
+            () = slot.wait_cancelled(), if cancellable.is_some() => {
+                return cancelled_waiting(client, cancellable.unwrap_or(0)).await;
+            }
             _ = stop.fired() => {
                 shutdown(client).await;
                 return false;
@@ -203,8 +208,16 @@ async fn request(
             Some(g) => Ok(g),
             None => {
                 client.set_state(ClientState::Waiting);
+                // A cancel request ends the wait of a request that is all here, as PostgreSQL
+                // ends a cancelled statement.
+                let cancellable = cancellable(&client.pending);
+                let slot = client.cancel.slot.clone();
                 let r = tokio::select! {
                     r = pool.acquire() => r,
+                    () = slot.wait_cancelled(), if cancellable.is_some() => {
+                        client.tally.waited();
+                        return cancelled_waiting(client, cancellable.unwrap_or(0)).await;
+                    }
                     _ = stop.fired() => {
                         shutdown(client).await;
                         return false;
@@ -425,6 +438,44 @@ fn missing(pending: &[u8]) -> usize {
         Some((_, len)) if !(HEADER..=WHOLE_BEFORE_LENDING).contains(&len) => 0,
         Some((_, len)) => len.saturating_sub(pending.len()),
     }
+}
+
+/// The length of the request at the head of a waiting client's `pending` that a cancel ends:
+/// a whole Query or FunctionCall, or whole extended-protocol messages through their Sync. None
+/// while part of it is still to come (a cancel then does nothing: the request is served once a
+/// connection is free, as before).
+fn cancellable(pending: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while let Some((kind, len)) = header(&pending[pos..]) {
+        if len < HEADER || pending.len() - pos < len {
+            return None;
+        }
+        pos += len;
+        match kind {
+            tag::QUERY | tag::FUNCTION_CALL if pos == len => return Some(pos),
+            tag::SYNC => return Some(pos),
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Answers a request whose wait for a server connection a cancel ended as PostgreSQL answers
+/// a cancelled statement — 57014, then ReadyForQuery (the client is between transactions: one
+/// in a transaction holds its connection) — and drops its `len` bytes; what the client sent
+/// after them is served next. False when the client is gone.
+#[cold]
+async fn cancelled_waiting(client: &mut Client, len: usize) -> bool {
+    debug_in_span(client, || {
+        tracing::debug!("cancel request: the request waiting for a server is dropped")
+    });
+    client.pending.advance(len);
+    client.tally.ready(true, client.pool.counters());
+    let mut out = BytesMut::new();
+    errors::query_canceled().write(&mut out, Severity::Error);
+    status::ready_for_query(&mut out, txn::IDLE);
+    client.stream.write_all(&out).await.is_ok() && client.stream.flush().await.is_ok()
 }
 
 /// Statement mode: answers the Queries at the head of what an idle client sent that open a
@@ -752,6 +803,47 @@ async fn reset(pool: &Pool, server: &mut Server) -> Result<(), crate::backend::S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a cancel of a waiting client drops: its first request when it is all there.
+    #[test]
+    fn a_waiting_request_is_cancellable_once_it_is_all_there() {
+        fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+            let mut m = vec![kind];
+            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        }
+        let q = msg(b'Q', b"SELECT 1\0");
+        let parse = msg(b'P', b"\0SELECT 1\0\0\0");
+        let bind = msg(b'B', b"\0\0\0\0\0\0\0\0");
+        let exec = msg(b'E', b"\0\0\0\0\0");
+        let sync = msg(b'S', b"");
+        let two_queries = [q.clone(), q.clone()].concat();
+        assert_eq!(
+            cancellable(&two_queries),
+            Some(q.len()),
+            "the first Query only"
+        );
+        let segment = [
+            parse.clone(),
+            bind.clone(),
+            exec.clone(),
+            sync.clone(),
+            q.clone(),
+        ]
+        .concat();
+        assert_eq!(
+            cancellable(&segment),
+            Some(segment.len() - q.len()),
+            "through the Sync"
+        );
+        let unsynced = [parse.clone(), bind.clone(), exec.clone()].concat();
+        assert_eq!(cancellable(&unsynced), None, "no Sync yet");
+        assert_eq!(cancellable(&q[..q.len() - 1]), None, "half a Query");
+        assert_eq!(cancellable(&[parse.clone(), q.clone()].concat()), None);
+        assert_eq!(cancellable(&msg(b'd', b"x")), None, "not a request");
+        assert_eq!(cancellable(&[]), None);
+    }
 
     /// A read buffer given back is lent again (the same allocation); one grown past a few
     /// requests is freed; a thread keeps at most `SPARE_READS`.

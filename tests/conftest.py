@@ -425,6 +425,15 @@ def pytest_runtest_makereport(item, call):
 # API helpers
 
 
+def seeds_from_env(default: range) -> range:
+    """The seeds of a randomized test: `default`, or PGBAY_FUZZ_SEEDS=FIRST-LAST (inclusive)."""
+    spec = os.environ.get("PGBAY_FUZZ_SEEDS")
+    if not spec:
+        return default
+    first, _, last = spec.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 def wait_for(what, timeout, check, every=0.2):
     """Polls `check` until it returns something truthy (returned), bounded by `timeout` seconds;
     the last exception it raised is reported on timeout."""

@@ -21,10 +21,11 @@ import struct
 
 import pytest
 
-from conftest import find_pool, ok, provision, reveal, unique
+from conftest import find_pool, ok, provision, reveal, seeds_from_env, unique
 from test_notify_budget import RawClient, _msg, parse_error
 
-SEEDS = range(1, 61)
+# PGBAY_FUZZ_SEEDS=FIRST-LAST runs other seeds (a longer hunt than the suite's).
+SEEDS = seeds_from_env(range(1, 61))
 STEPS = 30
 
 NAMES = ["s1", "s2", ""]

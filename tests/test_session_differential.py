@@ -25,11 +25,12 @@ import random
 import psycopg
 import pytest
 
-from conftest import unique
+from conftest import seeds_from_env, unique
 from test_notify_budget import RawClient, _msg
 from test_protocol_differential import comparable, direct_and_pooled
 
-SEEDS = range(1, 41)
+# PGBAY_FUZZ_SEEDS=FIRST-LAST runs other seeds (a longer hunt than the suite's).
+SEEDS = seeds_from_env(range(1, 41))
 STEPS = 40
 CLIENTS = "ABC"
 

@@ -381,6 +381,65 @@ def test_a_notify_right_behind_its_listen_is_heard(pool_uri, form):
         raw.close()
 
 
+@pytest.mark.parametrize("via", ["direct", "pool"])
+@pytest.mark.parametrize("form", ["simple", "extended", "one segment"])
+def test_listen_in_a_block_counts_at_commit(pool_uri, svc, via, form):
+    """PostgreSQL applies a LISTEN/UNLISTEN run inside a transaction block when the block
+    commits, and forgets it when it rolls back; through the pool as on a direct connection
+    (`via`), whether each statement is a Query, a Parse/Bind/Execute/Sync of its own, or the
+    LISTEN sent in one segment with its BEGIN (pgjdbc without autocommit). A `ROLLBACK TO`
+    forgets what came after its savepoint."""
+    uri = svc.uri_for(dbname="app") if via == "direct" else pool_uri
+    ch = [unique("blk").replace("-", "_") + f"_{i}" for i in range(7)]
+    raw = RawClient(uri)
+    notes = []
+
+    def run(sql: str) -> None:
+        if form == "simple":
+            got = raw.query(sql)
+        else:
+            raw.sock.sendall(_extended(sql.encode()))
+            got = raw.until_ready()
+        assert not [parse_error(b) for k, b in got if k == b"E"], (sql, got)
+        notes.extend(b for k, b in got if k == b"A")
+
+    def block(stmt: str, end: str) -> None:
+        if form == "one segment":
+            raw.sock.sendall(_extended(b"BEGIN", None) + _extended(stmt.encode()))
+            got = raw.until_ready()
+            assert [k for k, _ in got if k != b"A"] == [b"1", b"2", b"C"] * 2 + [b"Z"], got
+            assert got[-1] == (b"Z", b"T")
+            notes.extend(b for k, b in got if k == b"A")
+        else:
+            run("BEGIN")
+            run(stmt)
+        run(end)
+
+    try:
+        block(f"LISTEN {ch[0]}", "ROLLBACK")    # never listened
+        block(f"LISTEN {ch[1]}", "COMMIT")      # listened
+        block(f"UNLISTEN {ch[1]}", "ROLLBACK")  # still listened
+        run(f"LISTEN {ch[2]}")
+        block(f"UNLISTEN {ch[2]}", "COMMIT")    # no longer listened
+        run(f"LISTEN {ch[3]}")
+        block("UNLISTEN *", "ABORT")            # still listened
+        for sql in ("BEGIN", f"LISTEN {ch[4]}", "SAVEPOINT s1", f"LISTEN {ch[5]}",
+                    "SAVEPOINT s2", f"UNLISTEN {ch[3]}", "ROLLBACK TO s2", "RELEASE s2",
+                    f"LISTEN {ch[6]}", "ROLLBACK TO SAVEPOINT s1", "COMMIT"):
+            run(sql)                            # ch[4] listened; ch[5], ch[6] not; ch[3] kept
+        with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+            for c in (ch[0], ch[2], ch[5], ch[6], ch[1], ch[3], ch[4]):
+                sender.execute(f"NOTIFY {c}, 'n'")
+        while len(notes) < 3:
+            kind, body = raw._recv_msg()  # RawClient's 10 s timeout bounds the wait
+            if kind == b"A":
+                notes.append(body)
+        heard = [b[4:].split(b"\0")[0].decode() for b in notes]
+        assert heard == [ch[1], ch[3], ch[4]], heard
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_copy_data_after_a_failed_copy_holds_no_connection(pool_uri, pipelined):
     """A COPY FROM STDIN that fails before it starts (unknown table) while the client's data is

@@ -11,7 +11,7 @@
 //! LISTENs again to every channel; notifications sent while it was away are lost (the only
 //! ones). A channel nobody listens to any more (UNLISTEN, client gone) is UNLISTENed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -64,10 +64,6 @@ impl Hub {
         tokio::spawn(run(pool, rx));
         Hub { tx, budget }
     }
-
-    pub fn send(&self, cmd: Cmd) {
-        let _ = self.tx.send(cmd);
-    }
 }
 
 static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
@@ -79,6 +75,9 @@ pub struct Subscriber {
     inbox: Inbox,
     pub sink: Sink,
     hub: mpsc::UnboundedSender<Cmd>,
+    /// The channels the client listens to, as its LISTENs and UNLISTENs through this
+    /// subscriber left them (the listener's own record, kept on the client's side).
+    channels: HashSet<Box<str>>,
 }
 
 impl Subscriber {
@@ -89,6 +88,58 @@ impl Subscriber {
             inbox,
             sink,
             hub: hub.tx.clone(),
+            channels: HashSet::new(),
+        }
+    }
+
+    /// Subscribes the client to `channel`; the receiver fires once the listener's server
+    /// listens to it.
+    pub fn listen(&mut self, channel: Box<str>) -> oneshot::Receiver<()> {
+        let (done, confirmed) = oneshot::channel();
+        self.channels.insert(channel.clone());
+        let _ = self.hub.send(Cmd::Listen {
+            channel,
+            client: self.id,
+            sink: self.sink.clone(),
+            done: Some(done),
+        });
+        confirmed
+    }
+
+    pub fn unlisten(&mut self, channel: Box<str>) {
+        if self.channels.remove(&channel) {
+            let _ = self.hub.send(Cmd::Unlisten {
+                channel,
+                client: self.id,
+            });
+        }
+    }
+
+    pub fn unlisten_all(&mut self) {
+        if !self.channels.is_empty() {
+            self.channels.clear();
+            let _ = self.hub.send(Cmd::UnlistenAll { client: self.id });
+        }
+    }
+
+    /// The channels the client listens to.
+    pub fn channels(&self) -> &HashSet<Box<str>> {
+        &self.channels
+    }
+
+    /// Unsubscribes the client from every channel not in `keep`.
+    pub fn keep_only(&mut self, keep: &HashSet<Box<str>>) {
+        if keep.is_empty() {
+            return self.unlisten_all();
+        }
+        let gone: Vec<Box<str>> = self
+            .channels
+            .iter()
+            .filter(|c| !keep.contains(*c))
+            .cloned()
+            .collect();
+        for channel in gone {
+            self.unlisten(channel);
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use super::client::Client;
 use super::relay::scan::statement_text;
 use super::relay::session_state::{parse_listen, ListenCmd};
-use crate::backend::listen::{Cmd, Subscriber};
+use crate::backend::listen::{Hub, Subscriber};
 use crate::errors;
 use crate::net::messages::error::Severity;
 use crate::net::messages::tag::{self, txn};
@@ -44,34 +44,10 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
             break;
         };
         client.pending.advance(len);
-        let hub = client.pool.listen_hub();
         let listen = matches!(cmd, ListenCmd::Listen(_));
         let mut confirmed = true;
-        match cmd {
-            ListenCmd::Listen(channel) => {
-                let sub = client.notify.get_or_insert_with(|| Subscriber::new(hub));
-                let (done, wait) = oneshot::channel();
-                hub.send(Cmd::Listen {
-                    channel,
-                    client: sub.id,
-                    sink: sub.sink.clone(),
-                    done: Some(done),
-                });
-                confirmed = matches!(tokio::time::timeout(CONFIRM, wait).await, Ok(Ok(())));
-            }
-            ListenCmd::Unlisten(channel) => {
-                if let Some(sub) = &client.notify {
-                    hub.send(Cmd::Unlisten {
-                        channel,
-                        client: sub.id,
-                    });
-                }
-            }
-            ListenCmd::UnlistenAll => {
-                if let Some(sub) = &client.notify {
-                    hub.send(Cmd::UnlistenAll { client: sub.id });
-                }
-            }
+        if let Some(wait) = subscribe(&mut client.notify, client.pool.listen_hub(), cmd) {
+            confirmed = matches!(tokio::time::timeout(CONFIRM, wait).await, Ok(Ok(())));
         }
         if confirmed {
             status::command_complete(&mut out, if listen { b"LISTEN" } else { b"UNLISTEN" });
@@ -88,6 +64,32 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
         return Err(());
     }
     Ok(client.pending.is_empty())
+}
+
+/// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
+/// notification channel. A LISTEN returns the listener's confirmation.
+pub fn subscribe(
+    notify: &mut Option<Subscriber>,
+    hub: &Hub,
+    cmd: ListenCmd,
+) -> Option<oneshot::Receiver<()>> {
+    match cmd {
+        ListenCmd::Listen(channel) => {
+            let sub = notify.get_or_insert_with(|| Subscriber::new(hub));
+            return Some(sub.listen(channel));
+        }
+        ListenCmd::Unlisten(channel) => {
+            if let Some(sub) = notify {
+                sub.unlisten(channel);
+            }
+        }
+        ListenCmd::UnlistenAll => {
+            if let Some(sub) = notify {
+                sub.unlisten_all();
+            }
+        }
+    }
+    None
 }
 
 /// Most bytes of queued notifications written to an idle client at once.

@@ -11,7 +11,6 @@ use super::{
     drain_synthesized, finish, flush_run, names, push, scan, scan::literal, Action, ClientCtx,
     RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE,
 };
-use crate::backend::listen::{Cmd, Subscriber};
 use crate::backend::server::Server;
 use crate::errors;
 use crate::net::messages::error::Severity;
@@ -176,10 +175,15 @@ fn client_messages(
                         }
                         None => ctx.params.dirty |= bits,
                     },
-                    Found::Listen if tag == tag::QUERY && only_unlisten_all(text) => {
-                        // Goes to the server as it is (a pooled connection listens to nothing,
-                        // so its UNLISTEN * is a no-op there); the pool's listener drops the
-                        // client's channels, and the rest of the text resets the session.
+                    Found::Listen
+                        if tag == tag::QUERY
+                            && only_unlisten_all(text)
+                            && session_state::parse_listen(text).is_none() =>
+                    {
+                        // Among other statements: goes to the server as it is (a pooled
+                        // connection listens to nothing, so its UNLISTEN * is a no-op there);
+                        // the pool's listener drops the client's channels, and the rest of the
+                        // text resets the session. (Alone, it is served as any UNLISTEN.)
                         unlisten_all(ctx);
                         ctx.params.dirty |= session_state::ALL | session_state::SESSION;
                     }
@@ -762,8 +766,28 @@ fn listen(
         return Ok(());
     }
     if !failed {
-        if let Some(confirmed) = subscribe(ctx, cmd) {
-            relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+        let in_block = relay.block_in_segment.unwrap_or(server.status != txn::IDLE);
+        // Inside a transaction block PostgreSQL applies it at COMMIT (`TxnListens`): a LISTEN
+        // is served now and undone at a ROLLBACK, an UNLISTEN waits for the COMMIT.
+        let now = if in_block {
+            let before = || ctx.notify.as_ref().map(|s| s.channels().clone());
+            relay
+                .txn_listens
+                .get_or_insert_with(|| {
+                    Box::new(session_state::TxnListens::new(
+                        before().unwrap_or_default(),
+                        relay.savepoints,
+                    ))
+                })
+                .push(cmd.clone());
+            is_listen
+        } else {
+            true
+        };
+        if now {
+            if let Some(confirmed) = subscribe(ctx, cmd) {
+                relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+            }
         }
     }
     if tag == tag::QUERY {
@@ -812,6 +836,19 @@ fn listen_fate_known(relay: &RelayState) -> bool {
                 .any(|e| e.kind == tag::SYNC || e.kind == tag::QUERY))
 }
 
+/// The client's transaction block ended: what it listens to is what its LISTEN/UNLISTENs in
+/// the block made of it if it `committed`, else what it was before the block.
+#[cold]
+pub(super) fn end_txn_listens(relay: &mut RelayState, ctx: &mut ClientCtx<'_>, committed: bool) {
+    let Some(block) = relay.txn_listens.take() else {
+        return;
+    };
+    let keep = block.end(committed);
+    if let Some(sub) = ctx.notify.as_mut() {
+        sub.keep_only(&keep);
+    }
+}
+
 /// The pool's listener drops every channel of the client (`UNLISTEN *`, or a `DISCARD ALL`).
 pub(super) fn unlisten_all(ctx: &mut ClientCtx<'_>) {
     subscribe(ctx, ListenCmd::UnlistenAll);
@@ -845,42 +882,14 @@ fn only_unlisten_all(sql: &[u8]) -> bool {
     found
 }
 
-/// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
-/// notification channel. A LISTEN returns the listener's confirmation, which the client's
-/// answers wait for (`listen_wait`).
+/// Hands a LISTEN/UNLISTEN to the pool's listener (`frontend::listen::subscribe`); a LISTEN
+/// returns the listener's confirmation, which the client's answers wait for (`listen_wait`).
 #[cold]
 fn subscribe(
     ctx: &mut ClientCtx<'_>,
     cmd: ListenCmd,
 ) -> Option<tokio::sync::oneshot::Receiver<()>> {
-    let hub = ctx.pool.listen_hub();
-    match cmd {
-        ListenCmd::Listen(channel) => {
-            let sub = ctx.notify.get_or_insert_with(|| Subscriber::new(hub));
-            let (done, confirmed) = tokio::sync::oneshot::channel();
-            hub.send(Cmd::Listen {
-                channel,
-                client: sub.id,
-                sink: sub.sink.clone(),
-                done: Some(done),
-            });
-            return Some(confirmed);
-        }
-        ListenCmd::Unlisten(channel) => {
-            if let Some(sub) = ctx.notify.as_ref() {
-                hub.send(Cmd::Unlisten {
-                    channel,
-                    client: sub.id,
-                });
-            }
-        }
-        ListenCmd::UnlistenAll => {
-            if let Some(sub) = ctx.notify.as_ref() {
-                hub.send(Cmd::UnlistenAll { client: sub.id });
-            }
-        }
-    }
-    None
+    crate::frontend::listen::subscribe(ctx.notify, ctx.pool.listen_hub(), cmd)
 }
 
 #[cfg(test)]

@@ -241,6 +241,14 @@ fn server_messages(
                 server.status = input.get(pos + HEADER).copied().unwrap_or(txn::IDLE);
                 relay.segment_open = false;
                 relay.segment_failed = false;
+                relay.block_in_segment = None;
+                if server.status == txn::IDLE {
+                    relay.savepoints = 0;
+                    if relay.txn_listens.is_some() && relay.txn_listens_end.is_none() {
+                        // The block ended without a COMMIT: rolled back.
+                        relay.txn_listens_end = Some(false);
+                    }
+                }
                 while let Some(e) = relay.expect.pop_front() {
                     if e.kind == tag::QUERY && e.stmt == literal::MARK {
                         literal_settled(server, relay, client_params, before);
@@ -341,6 +349,27 @@ fn server_messages(
                         // Run by the server (among other statements, `scan`): its statements
                         // are gone, and the client's names with them, as on a direct connection.
                         dropped_all(server, relay, client_statements);
+                    } else if body == b"COMMIT\0" {
+                        relay.block_in_segment = Some(false);
+                        if relay.txn_listens.is_some() {
+                            relay.txn_listens_end = Some(true);
+                        }
+                    } else if body == b"BEGIN\0" || body == b"START TRANSACTION\0" {
+                        relay.block_in_segment = Some(true);
+                    } else if body == b"SAVEPOINT\0" {
+                        relay.savepoints += 1;
+                        if let Some(t) = relay.txn_listens.as_mut() {
+                            t.savepoint();
+                        }
+                    } else if body == b"RELEASE\0" {
+                        relay.savepoints = relay.savepoints.saturating_sub(1);
+                        if let Some(t) = relay.txn_listens.as_mut() {
+                            t.release();
+                        }
+                    } else if body == b"ROLLBACK\0" {
+                        if let Some(t) = relay.txn_listens.as_mut() {
+                            t.rollback_to();
+                        }
                     } else if body == b"UNLISTEN\0" {
                         if let Some(&front) = relay.expect.front() {
                             if front.kind == tag::EXECUTE && front.stmt != 0 {

@@ -146,6 +146,18 @@ pub struct RelayState {
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
+    /// The LISTEN/UNLISTENs of the client's open transaction block, settled when it ends.
+    pub txn_listens: Option<Box<session_state::TxnListens>>,
+    /// The block of `txn_listens` ended: committed (true) or not (read and cleared by the
+    /// socket loop, which reaches the listener).
+    pub txn_listens_end: Option<bool>,
+    /// The transaction block the server is in changed since its last ReadyForQuery, as far as
+    /// the command tags tell: a `BEGIN` began one (true), a `COMMIT` ended it (false). A LISTEN
+    /// pipelined behind them in one segment is in a block or not accordingly.
+    pub block_in_segment: Option<bool>,
+    /// Savepoints open in the server's transaction block, by their command tags (for
+    /// `txn_listens`).
+    pub savepoints: usize,
     /// Changes to the client's statement names by Parses and Closes not answered yet, oldest
     /// first (`names`).
     pub names: VecDeque<names::NameChange>,
@@ -215,6 +227,10 @@ impl RelayState {
             drop_notifications,
             discarded_channels,
             listen_wait,
+            txn_listens,
+            txn_listens_end,
+            block_in_segment,
+            savepoints,
             names,
             names_skipped,
             unnamed_here,
@@ -241,6 +257,10 @@ impl RelayState {
         *drop_notifications = false;
         *discarded_channels = false;
         *listen_wait = None;
+        *txn_listens = None;
+        *txn_listens_end = None;
+        *block_in_segment = None;
+        *savepoints = 0;
         *unnamed_here = false;
         *tag_portal = None;
         *segment_open = false;

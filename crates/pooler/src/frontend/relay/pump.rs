@@ -138,6 +138,9 @@ pub async fn pump(
                         if std::mem::take(&mut relay.discarded_channels) {
                             super::from_client::unlisten_all(ctx);
                         }
+                        if let Some(committed) = relay.txn_listens_end.take() {
+                            super::from_client::end_txn_listens(relay, ctx, committed);
+                        }
                         resume = relay.c2s_stalled;
                     }
                     Poll::Pending => server_read = false,

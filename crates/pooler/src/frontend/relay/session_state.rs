@@ -23,11 +23,14 @@
 //!   applied by the usual sync (`params::ServerParams::sync_sql`), the owner's too.
 //! - `LOAD` (`CLOSE`): a loaded library cannot be unloaded: the connection is closed.
 //! - LISTEN/UNLISTEN anywhere: served by the pool's listener when it is the whole statement
-//!   (`parse_listen`), refused otherwise; never sent to a pooled connection.
+//!   (`parse_listen`), refused otherwise; never sent to a pooled connection. Inside a
+//!   transaction block they count once it commits (`TxnListens`).
 //!
 //! Not seen (documented in the README): settings changed inside a server-side function the
 //! client calls (a function's own `SET` clause is undone by PostgreSQL itself; `set_config`
 //! called from a function body is not).
+
+use std::collections::HashSet;
 
 use crate::backend::server::Server;
 use crate::errors;
@@ -117,11 +120,81 @@ pub fn must_close(dirty: u64, read_back_failed: bool) -> bool {
 pub const LISTEN_NOOP: &str = "UNLISTEN pgbay_stand_in";
 
 /// A LISTEN or UNLISTEN the pooler answers itself.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenCmd {
     Listen(Box<str>),
     Unlisten(Box<str>),
     UnlistenAll,
+}
+
+/// The LISTEN/UNLISTENs a client ran inside a transaction block, which PostgreSQL applies
+/// when the block commits and forgets when it rolls back. The relay serves a LISTEN at once
+/// (so that a NOTIFY committed with it, or right after it, is heard) and undoes it at a
+/// ROLLBACK when it was new; an UNLISTEN waits for the COMMIT (`TxnListens::end`). Savepoints
+/// are followed by their command tags, innermost first: a `ROLLBACK TO` forgets what came
+/// after the latest savepoint still open (as PostgreSQL does when the client rolls back to its
+/// innermost one, as drivers' nested transactions do), a `RELEASE` closes it.
+#[derive(Debug, Default)]
+pub struct TxnListens {
+    /// The channels the client listened to before the block's first LISTEN/UNLISTEN.
+    before: HashSet<Box<str>>,
+    /// The block's LISTEN/UNLISTENs, in order.
+    ops: Vec<ListenCmd>,
+    /// For each savepoint open, innermost last: how many of `ops` came before it.
+    marks: Vec<usize>,
+}
+
+impl TxnListens {
+    /// A block's first LISTEN/UNLISTEN, with `savepoints` open before it.
+    pub fn new(before: HashSet<Box<str>>, savepoints: usize) -> Self {
+        TxnListens {
+            before,
+            ops: Vec::new(),
+            marks: vec![0; savepoints],
+        }
+    }
+
+    pub fn push(&mut self, cmd: ListenCmd) {
+        self.ops.push(cmd);
+    }
+
+    /// A `SAVEPOINT` completed.
+    pub fn savepoint(&mut self) {
+        self.marks.push(self.ops.len());
+    }
+
+    /// A `RELEASE` completed.
+    pub fn release(&mut self) {
+        self.marks.pop();
+    }
+
+    /// A `ROLLBACK` completed: to the innermost savepoint (which stays open), or of the whole
+    /// block, which its ReadyForQuery then tells (`end`).
+    pub fn rollback_to(&mut self) {
+        if let Some(&mark) = self.marks.last() {
+            self.ops.truncate(mark);
+        }
+    }
+
+    /// The channels the client listens to once its block ended: what it listened to before,
+    /// with the block's LISTEN/UNLISTENs applied in order when it `committed`.
+    pub fn end(self, committed: bool) -> HashSet<Box<str>> {
+        let mut channels = self.before;
+        if committed {
+            for op in self.ops {
+                match op {
+                    ListenCmd::Listen(c) => {
+                        channels.insert(c);
+                    }
+                    ListenCmd::Unlisten(c) => {
+                        channels.remove(&c);
+                    }
+                    ListenCmd::UnlistenAll => channels.clear(),
+                }
+            }
+        }
+        channels
+    }
 }
 
 /// A whole Query or Parse text that is exactly one `LISTEN ch` / `UNLISTEN ch` / `UNLISTEN *` (the
@@ -322,6 +395,56 @@ pub fn listen_done(server: &mut Server, relay: &mut RelayState, listen: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block's LISTEN/UNLISTENs count once it committed, in order; a rollback leaves what
+    /// the client listened to before.
+    #[test]
+    fn a_blocks_listens_count_at_commit_only() {
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|c| Box::<str>::from(*c))
+                .collect::<HashSet<_>>()
+        };
+        let block = |before: &[&str], ops: Vec<ListenCmd>| {
+            let mut t = TxnListens::new(set(before), 0);
+            for op in ops {
+                t.push(op);
+            }
+            t
+        };
+        let l = |c: &str| ListenCmd::Listen(c.into());
+        let u = |c: &str| ListenCmd::Unlisten(c.into());
+        assert_eq!(block(&["a"], vec![l("b"), u("a")]).end(true), set(&["b"]));
+        assert_eq!(block(&["a"], vec![l("b"), u("a")]).end(false), set(&["a"]));
+        assert_eq!(block(&["a"], vec![u("a"), l("a")]).end(true), set(&["a"]));
+        assert_eq!(block(&[], vec![l("a"), u("a")]).end(true), set(&[]));
+        assert_eq!(
+            block(&["a", "b"], vec![l("c"), ListenCmd::UnlistenAll, l("d")]).end(true),
+            set(&["d"])
+        );
+        // LISTEN b; SAVEPOINT; LISTEN c; SAVEPOINT; UNLISTEN a; ROLLBACK TO (the inner);
+        // RELEASE (the inner); ROLLBACK TO (the outer); LISTEN d; COMMIT.
+        let mut t = TxnListens::new(set(&["a"]), 0);
+        t.push(l("b"));
+        t.savepoint();
+        t.push(l("c"));
+        t.savepoint();
+        t.push(u("a"));
+        t.rollback_to();
+        t.release();
+        t.push(l("e"));
+        t.rollback_to();
+        t.push(l("d"));
+        assert_eq!(t.end(true), set(&["a", "b", "d"]));
+        // Savepoints open before the block's first LISTEN.
+        let mut t = TxnListens::new(set(&[]), 2);
+        t.push(l("x"));
+        t.rollback_to();
+        t.release();
+        t.push(l("y"));
+        t.release();
+        assert_eq!(t.end(true), set(&["y"]));
+    }
 
     #[test]
     fn parses_listen_and_unlisten() {

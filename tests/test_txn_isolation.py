@@ -325,6 +325,34 @@ def test_listen_in_a_failed_block_and_after_discard_all(pool_uri, protocol):
         assert got == [("kept_ch", "yes")]
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_unlisten_all_in_a_failed_block_drops_nothing(pool_uri, protocol):
+    """`UNLISTEN *` in a failed transaction block fails (25P02) and the client keeps its
+    channels, as on a direct connection."""
+    channel = unique("kept").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        def run(sql: str) -> list:
+            if protocol == "simple":
+                return raw.query(sql)
+            raw.sock.sendall(_extended(sql.encode()))
+            return raw.until_ready()
+
+        run(f"LISTEN {channel}")
+        run("BEGIN")
+        run("SELECT 1/0")
+        got = run("UNLISTEN *")
+        assert [parse_error(b)["C"] for k, b in got if k == b"E"] == ["25P02"]
+        got = run("ROLLBACK")
+        with psycopg.connect(pool_uri, autocommit=True) as sender:
+            sender.execute(f"NOTIFY {channel}, 'still'")
+        while not any(k == b"A" for k, _ in got):
+            got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+        assert next(b for k, b in got if k == b"A")[4:].split(b"\0")[:2] == [channel.encode(), b"still"]
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("form", ["queries", "one segment"])
 def test_listen_pipelined_behind_a_failing_statement(pool_uri, form):
     """A LISTEN sent in the same write as the statement that fails waits for that answer, and

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 
 import pytest
 
@@ -50,13 +51,15 @@ KNOWN = {
     # In a failed block the pooler parses the client's statement again on the connection that
     # serves it (25P02) before a Bind PostgreSQL refuses for its parameter count (08P01).
     ("E08P01", "E25P02"),
+    # The same: a Describe of the client's statement in a failed block, on a connection that
+    # does not have it (another client's DEALLOCATE ALL dropped it): PostgreSQL describes it.
+    ("t", "E25P02"),
     # A name used in a segment pipelined behind a Query whose DISCARD ALL the server runs: the
     # pooler resolved it before that answer came (PostgreSQL: gone, 26000).
     ("E26000", "E08P01"),
-    # The unnamed portal a failed simple Query leaves, executed in the failed block after an
-    # SQL DEALLOCATE of an unknown name (raised by the server in a Query of the pooler's).
-    ("E25P02", "E55000"),
 }
+
+
 
 
 def _segment(rng: random.Random) -> list[tuple]:
@@ -77,6 +80,28 @@ def _segment(rng: random.Random) -> list[tuple]:
         else:
             parts.append(("H",))
     return parts + [("S",)]
+
+
+def _no_query_portal(parts: list[tuple], queried: set, client: str) -> list[tuple]:
+    """The script never runs or describes the unnamed portal a simple Query may have left:
+    PostgreSQL 15 answers from memory it freed there (25P02, 55000, NoData, the statement run
+    again) or crashes, and the pooler closes that portal first (`test_txn_isolation.py::
+    test_the_portal_a_failed_query_leaves_is_never_run`). Once the client sent a simple Query,
+    an Execute or Describe of the unnamed portal not behind a Bind of it in its own segment
+    names portal p1 instead."""
+    out, bound = [], False
+    for p in parts:
+        if p[0] == "Q":
+            queried.add(client)
+            bound = False
+        elif p[0] == "S":
+            bound = False
+        elif p[0] == "B" and p[1] == "":
+            bound = True
+        elif client in queried and not bound and (p[:2] == ("E", "") or p == ("D", "P", "")):
+            p = (p[0], "p1", *p[2:]) if p[0] == "E" else ("D", "P", "p1")
+        out.append(p)
+    return out
 
 
 def _wire(parts: list[tuple], salt: str) -> bytes:
@@ -170,6 +195,23 @@ def uris(client):
     return direct, pooled
 
 
+def _server_crashed(direct_uri: str, seed: int) -> None:
+    """The direct side's server process went away: PostgreSQL 15 crashes on an Execute of the
+    unnamed portal a statement refused in a transaction block left behind (see
+    `test_txn_isolation.py::test_the_portal_a_failed_query_leaves_is_never_run`, which the pooler
+    guards against). Nothing to compare: the seed is skipped once the server is back."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            RawClient(direct_uri).close()
+            break
+        except (AssertionError, OSError, EOFError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    pytest.skip(f"seed {seed}: PostgreSQL's own server process crashed on the direct side")
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_two_clients_answered_as_postgresql_answers(uris, seed):
     direct_uri, pooled_uri = uris
@@ -179,6 +221,7 @@ def test_two_clients_answered_as_postgresql_answers(uris, seed):
     direct = {c: RawClient(direct_uri) for c in "AB"}
     pooled = {c: RawClient(pooled_uri) for c in "AB"}
     status, cur, script = {"A": "I", "B": "I"}, "A", []
+    queried = set()
     try:
         for _ in range(STEPS):
             if status[cur] == "I" and rng.random() < 0.4:
@@ -188,11 +231,15 @@ def test_two_clients_answered_as_postgresql_answers(uris, seed):
                 # Pipelined: more segments in the same write.
                 for _ in range(rng.randint(1, 2)):
                     parts += _segment(rng)
+            parts = _no_query_portal(parts, queried, cur)
             script.append((cur, parts))
             data = _wire(parts, salt)
             segments = sum(p[0] in "QS" for p in parts)
             direct[cur].sock.sendall(data)
-            want = [a for _ in range(segments) for a in _answers(direct[cur])]
+            try:
+                want = [a for _ in range(segments) for a in _answers(direct[cur])]
+            except EOFError:
+                _server_crashed(direct_uri, seed)
             pooled[cur].sock.sendall(data)
             got = [a for _ in range(segments) for a in _answers(pooled[cur])]
             if got != want:

@@ -649,3 +649,25 @@ def test_names_answer_as_postgresql_answers(pool_uri, svc):
     finally:
         pooled.close()
         direct.close()
+
+
+def test_a_parse_pipelined_behind_a_block_that_fails_is_refused(pool_uri):
+    """A Parse of a statement the server connection already has, sent in the same write as a
+    Query that fails the transaction block: PostgreSQL refuses it (25P02), and so does the
+    pooler, which asks the server instead of answering from what it has (seed 107 of the
+    protocol fuzz test)."""
+    text = f"select '{unique('pp')}'::text"
+    raw = RawClient(pool_uri)
+    try:
+        raw.sock.sendall(_msg(b"P", b"first\0" + text.encode() + b"\0\0\0") + _msg(b"S", b""))
+        assert _outcome(raw) == ([], [])
+        raw.sock.sendall(_msg(b"Q", b"BEGIN; SELECT 1/0\0")
+                         + _msg(b"P", b"second\0" + text.encode() + b"\0\0\0") + _msg(b"S", b""))
+        got = raw.until_ready() + raw.until_ready()
+        assert [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got if k != b"C"] == [
+            (b"E", "22012"), (b"Z", b"E"), (b"E", "25P02"), (b"Z", b"E")], got
+        raw.query("ROLLBACK")
+        assert _run_named(raw, b"second") == ([], ["26000"])
+        assert _run_named(raw, b"first")[1] == []
+    finally:
+        raw.close()

@@ -608,6 +608,40 @@ def test_cancel_ends_a_wait_for_the_pools_connection(client, svc):
                 t.join(30)
 
 
+@pytest.mark.parametrize("mode,refused", [("transaction", "discard all"),
+                                          ("transaction", "vacuum"), ("session", "discard all")])
+def test_the_portal_a_failed_query_leaves_is_never_run(client, svc, mode, refused):
+    """PostgreSQL 15.18 crashes (a segmentation fault; the server restarts and every session
+    ends) when a client executes the unnamed portal that a statement refused inside a
+    transaction block (`DISCARD ALL`, `VACUUM`: 25001) left behind, once another message reused
+    its memory. Through the pool the client's Execute of the unnamed portal, with no Bind of it
+    since its last simple Query, is answered as for a portal that does not exist (34000), and
+    the server's other sessions live on."""
+    name = unique("portal")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode=mode, size=1,
+        username="appuser"))
+    pool_uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as bystander:
+        pid = one(bystander, "SELECT pg_backend_pid()")
+        raw = RawClient(pool_uri)
+        try:
+            raw.query("BEGIN")
+            assert [parse_error(b)["C"] for k, b in raw.query(refused) if k == b"E"] == ["25001"]
+            raw.sock.sendall(_msg(b"P", b"s2\0/*t-0000051d*/ select 'a'::text\0\0\0")
+                             + _msg(b"S", b""))
+            got = raw.until_ready()
+            assert [parse_error(b)["C"] for k, b in got if k == b"E"] == ["25P02"]
+            raw.sock.sendall(_msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b""))
+            got = raw.until_ready()
+            assert [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got] == [
+                (b"E", "34000"), (b"Z", b"E")]
+            assert [k for k, _ in raw.query("ROLLBACK")] == [b"C", b"Z"]
+        finally:
+            raw.close()
+        assert one(bystander, "SELECT pg_backend_pid()") == pid
+
+
 @pytest.fixture(scope="module")
 def timeouts_server():
     """A pgbay of its own, started with PGBAY_IDLE_TRANSACTION_TIMEOUT=1 and

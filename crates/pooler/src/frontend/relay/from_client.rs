@@ -261,6 +261,26 @@ fn client_messages(
                 ctx.params.dirty |= session_state::UNSCANNED;
             }
         }
+        match tag {
+            tag::QUERY => relay.query_portal = true,
+            // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so).
+            tag::BIND => match input.get(pos + HEADER) {
+                Some(0) => relay.query_portal = false,
+                Some(_) => {}
+                None => break,
+            },
+            tag::EXECUTE if relay.query_portal => {
+                // Perhaps an Execute of the portal a failed simple Query left: read whole.
+                if avail < len {
+                    break;
+                }
+                if input.get(pos + HEADER) == Some(&0) {
+                    flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                    close_query_portal(server, relay);
+                }
+            }
+            _ => {}
+        }
         if tag == tag::EXECUTE && relay.tag_portal.is_some() {
             // Perhaps the Execute of a `DEALLOCATE` the pooler serves: read whole (a few bytes).
             if avail < len {
@@ -363,9 +383,10 @@ fn rewrite(
             let stmt = ctx.registry.intern(p.rest, ctx.params.search_path());
             names::change(relay, ctx.statements, p.name, Some(stmt.clone()));
             if server.prepared.touch(stmt.id) {
-                if server.status == txn::FAILED {
+                if server.status == txn::FAILED || names::earlier_unanswered(relay) {
                     // The server has it, but answers a Parse in a failed block itself (25P02
-                    // but for a ROLLBACK or COMMIT).
+                    // but for a ROLLBACK or COMMIT); and an earlier segment it has not answered
+                    // yet may fail the block.
                     probe_parse(server, relay, p.rest, Action::Forward);
                 } else {
                     push(&mut relay.expect, tag::PARSE, Action::Synthesize, 0);
@@ -456,6 +477,19 @@ fn rewrite(
         _ => unreachable!("only P/B/D/C are rewritten"),
     }
     Ok(())
+}
+
+/// Before an Execute of the unnamed portal when no Bind of it came since the last simple
+/// Query (`RelayState::query_portal`): a Close of that portal, answered to nobody. Its answer
+/// is then PostgreSQL's for a portal that does not exist (34000), which it is for the client,
+/// instead of a run of the portal a simple Query that failed inside a transaction block left
+/// behind, whose plan PostgreSQL 15 has freed: that Execute crashes the server process (a
+/// segmentation fault, and every session of the server restarts).
+#[cold]
+fn close_query_portal(server: &mut Server, relay: &mut RelayState) {
+    write_target(&mut server.bufs.c2s_out, tag::CLOSE, target::PORTAL, b"");
+    push(&mut relay.expect, tag::CLOSE, Action::Swallow, 0);
+    relay.query_portal = false;
 }
 
 /// A Bind of `statement` to `portal`: the portal runs a `DEALLOCATE` the pooler serves when

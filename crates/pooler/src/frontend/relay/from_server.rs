@@ -60,6 +60,8 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         }
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
+        // Perhaps of the unnamed portal, which it then did not replace.
+        (tag::BIND, _) => relay.query_portal = true,
         // Statements it would have prepared do not exist.
         (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
         // An unnamed Parse, not made: the server has no unnamed statement after a failure,
@@ -74,6 +76,9 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         (tag::CLOSE, Action::Swallow) if e.stmt != 0 => {
             server.close_reason = Some("a statement Close the server skipped")
         }
+        // The pooler's Close of the unnamed portal (`from_client::close_query_portal`): that
+        // portal stays.
+        (tag::CLOSE, Action::Swallow) => relay.query_portal = true,
         _ => {}
     }
     // A client's name it would have made or dropped stays as it was (`names::undo`, after
@@ -301,6 +306,10 @@ fn server_messages(
                         // never be answered, and statements they would have prepared do not exist.
                         relay.segment_open = true;
                         relay.segment_failed = true;
+                        if front.kind == tag::BIND {
+                            // Perhaps of the unnamed portal, which it then did not replace.
+                            relay.query_portal = true;
+                        }
                         let failed_unnamed = names::failed_unnamed(relay, front);
                         while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {

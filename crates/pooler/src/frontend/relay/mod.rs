@@ -172,6 +172,10 @@ pub struct RelayState {
     /// server runs a statement that does nothing in its place, and its Execute's
     /// CommandComplete says what PostgreSQL's would.
     pub tag_portal: Option<(Box<[u8]>, u8)>,
+    /// A simple Query was relayed since the last Bind of the unnamed portal (or that Bind
+    /// failed): an Execute of the unnamed portal gets a Close of it first
+    /// (`from_client::close_query_portal`).
+    pub query_portal: bool,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
@@ -235,6 +239,7 @@ impl RelayState {
             names_skipped,
             unnamed_here,
             tag_portal,
+            query_portal,
             retry,
             segment_open,
             c2s_stalled,
@@ -263,6 +268,7 @@ impl RelayState {
         *savepoints = 0;
         *unnamed_here = false;
         *tag_portal = None;
+        *query_portal = false;
         *segment_open = false;
         *c2s_stalled = false;
         *segment_failed = false;

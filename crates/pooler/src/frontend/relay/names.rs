@@ -218,6 +218,12 @@ fn server_parse_waits(relay: &RelayState, statements: &ClientStatements, name: &
     })
 }
 
+/// Whether answers of segments before the one being relayed are still owed (or the current
+/// segment is too long to tell).
+pub fn earlier_unanswered(relay: &RelayState) -> bool {
+    earlier_entries(relay).is_none_or(|n| n > 0)
+}
+
 /// How many of the answers owed belong to segments before the one being relayed (up to the
 /// last Sync or Query relayed); None when the current segment is too long to look through.
 fn earlier_entries(relay: &RelayState) -> Option<usize> {

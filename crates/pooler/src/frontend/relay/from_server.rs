@@ -306,10 +306,6 @@ fn server_messages(
                         // never be answered, and statements they would have prepared do not exist.
                         relay.segment_open = true;
                         relay.segment_failed = true;
-                        if front.kind == tag::BIND {
-                            // Perhaps of the unnamed portal, which it then did not replace.
-                            relay.query_portal = true;
-                        }
                         let failed_unnamed = names::failed_unnamed(relay, front);
                         while let Some(e) = relay.expect.front().copied() {
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {

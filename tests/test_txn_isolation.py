@@ -8,7 +8,10 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+from urllib.parse import urlsplit
 
 import psycopg
 import psycopg2
@@ -562,6 +565,15 @@ def test_a_segment_after_a_query_keeps_its_connection_until_sync(client, svc):
         raw.close()
 
 
+def _raw_cancel(uri: str, pid: int, secret: int) -> None:
+    """A CancelRequest for `pid` with `secret`, in plaintext as libpq sends it; returns once
+    the pooler closed the connection (it has handled the request)."""
+    u = urlsplit(uri)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(struct.pack("!IIii", 16, 80877102, pid, secret))
+        assert s.recv(1) == b""
+
+
 def test_cancel_ends_a_wait_for_the_pools_connection(client, svc):
     """Ctrl-C in psql, or a driver's query timeout, while the query waits for the pool's only
     connection: the cancel (libpq's, which returns once the pooler handled it) answers that query
@@ -593,6 +605,9 @@ def test_cancel_ends_a_wait_for_the_pools_connection(client, svc):
                 wait_until(lambda: pool_row(svc, name)["cl_waiting"] == 1,
                            what="the query to wait for the pool's connection")
                 if cancel_while_waiting:
+                    # A cancel with the wrong key (the pooler closes it once handled) ends nothing.
+                    _raw_cancel(uri, waiter.info.backend_pid, 12345)
+                    assert pool_row(svc, name)["cl_waiting"] == 1 and outcome == []
                     waiter.cancel()
                     t.join(10)
                     assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome

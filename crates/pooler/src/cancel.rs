@@ -5,7 +5,7 @@
 //! request with PostgreSQL's 57014 and drops it, as if it had been cancelled where it ran.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -41,10 +41,9 @@ pub struct CancelSlot {
     /// `Arc::as_ptr` of `backend`, compared without the lock; written only under it.
     backend_ptr: AtomicPtr<BackendConfig>,
     /// While the client waits for a server connection with a cancellable request
-    /// (`wait_cancelled`), its task's waker; None otherwise. A cancel wakes it.
-    waiter: Mutex<Option<Waker>>,
-    /// A cancel arrived during the current wait (written under `waiter`'s lock).
-    wait_cancelled: AtomicBool,
+    /// (`wait_cancelled`), its task's waker (None otherwise; a cancel wakes it), and whether a
+    /// cancel arrived during that wait.
+    waiter: Mutex<(Option<Waker>, bool)>,
 }
 
 impl CancelSlot {
@@ -54,8 +53,7 @@ impl CancelSlot {
             keys: AtomicU64::new(0),
             backend: Mutex::new(None),
             backend_ptr: AtomicPtr::new(std::ptr::null_mut()),
-            waiter: Mutex::new(None),
-            wait_cancelled: AtomicBool::new(false),
+            waiter: Mutex::new((None, false)),
         }
     }
 
@@ -78,21 +76,19 @@ impl CancelSlot {
     /// session does nothing in PostgreSQL). Used while the client waits for a server
     /// connection; dropped when the wait ends.
     pub fn wait_cancelled(&self) -> WaitCancelled<'_> {
-        self.wait_cancelled.store(false, Ordering::Relaxed);
+        self.waiter.lock().1 = false;
         WaitCancelled(self)
     }
 
     /// A cancel for a client no connection serves: ends its wait, if it is waiting.
     fn cancel_wait(&self) -> bool {
-        let waiter = self.waiter.lock();
-        match &*waiter {
-            Some(w) => {
-                self.wait_cancelled.store(true, Ordering::Relaxed);
-                w.wake_by_ref();
-                true
-            }
-            None => false,
-        }
+        let mut waiter = self.waiter.lock();
+        let (Some(w), cancelled) = &mut *waiter else {
+            return false;
+        };
+        *cancelled = true;
+        w.wake_by_ref();
+        true
     }
 }
 
@@ -104,13 +100,13 @@ impl std::future::Future for WaitCancelled<'_> {
     type Output = ();
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let slot = self.0;
-        let mut waiter = slot.waiter.lock();
-        if slot.wait_cancelled.load(Ordering::Relaxed) {
-            *waiter = None;
+        let mut waiter = self.0.waiter.lock();
+        let (w, cancelled) = &mut *waiter;
+        if *cancelled {
+            *w = None;
             return Poll::Ready(());
         }
-        match &mut *waiter {
+        match w {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
         }
@@ -120,7 +116,7 @@ impl std::future::Future for WaitCancelled<'_> {
 
 impl Drop for WaitCancelled<'_> {
     fn drop(&mut self) {
-        *self.0.waiter.lock() = None;
+        self.0.waiter.lock().0 = None;
     }
 }
 

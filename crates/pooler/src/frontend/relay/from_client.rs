@@ -264,7 +264,7 @@ fn client_messages(
         match tag {
             tag::QUERY => relay.query_portal = true,
             // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so).
-            tag::BIND => match input.get(pos + HEADER) {
+            tag::BIND if len > HEADER => match input.get(pos + HEADER) {
                 Some(0) => relay.query_portal = false,
                 Some(_) => {}
                 None => break,

@@ -54,9 +54,6 @@ KNOWN = {
     # The same: a Describe of the client's statement in a failed block, on a connection that
     # does not have it (another client's DEALLOCATE ALL dropped it): PostgreSQL describes it.
     ("t", "E25P02"),
-    # A name used in a segment pipelined behind a Query whose DISCARD ALL the server runs: the
-    # pooler resolved it before that answer came (PostgreSQL: gone, 26000).
-    ("E26000", "E08P01"),
 }
 
 

@@ -671,3 +671,74 @@ def test_a_parse_pipelined_behind_a_block_that_fails_is_refused(pool_uri):
         assert _run_named(raw, b"first")[1] == []
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("text,code", [("ROLLBACK", "42P05"), ("select 2", "25P02")])
+def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code):
+    """A Parse of a name the client already has, sent in the same write as a Bind that then
+    fails the transaction block: PostgreSQL refuses a ROLLBACK's text for its name (42P05) and
+    any other text for the block (25P02); the pooler answers both as it does, on the pool and
+    directly side by side (seed 753 of the protocol fuzz test: the pool answered 25P02 to both,
+    because the statement it runs to raise 42P05 was refused by the failed block)."""
+    answers = []
+    for uri in (pool_uri, svc.uri_for(dbname="app")):
+        raw = RawClient(uri)
+        try:
+            raw.sock.sendall(_parse(b"taken", "select 1") + _SYNC)
+            assert _outcome(raw) == ([], [])
+            raw.query("BEGIN")
+            # A Bind of one parameter to a statement that has none: 08P01.
+            bad_bind = _msg(b"B", b"\0taken\0" + b"\0\0" + b"\0\1" + b"\0\0\0\1" + b"1" + b"\0\0")
+            raw.sock.sendall(bad_bind + _SYNC + _parse(b"taken", text) + _SYNC)
+            got = raw.until_ready() + raw.until_ready()
+            answers.append([(k, parse_error(b)["C"] if k == b"E" else b)
+                            for k, b in got if k != b"C"])
+            # A healthy block: the name is refused for itself.
+            raw.query("ROLLBACK")
+            raw.sock.sendall(_msg(b"Q", b"BEGIN; SELECT 1\0") + _parse(b"taken", text) + _SYNC)
+            got = raw.until_ready() + raw.until_ready()
+            answers.append([(k, parse_error(b)["C"] if k == b"E" else b)
+                            for k, b in got if k not in (b"C", b"T", b"D")])
+            raw.query("ROLLBACK")
+            assert _run_named(raw, b"taken") == (["1"], [])
+        finally:
+            raw.close()
+    pooled, direct = answers[:2], answers[2:]
+    assert direct == [[(b"E", "08P01"), (b"Z", b"E"), (b"E", code), (b"Z", b"E")],
+                      [(b"Z", b"T"), (b"E", "42P05"), (b"Z", b"E")]], direct
+    assert pooled == direct
+
+
+@pytest.mark.parametrize("sql", ["select 1; deallocate all", "discard all"])
+@pytest.mark.parametrize("use", ["describe", "bind"])
+def test_a_name_pipelined_behind_a_query_that_drops_it_is_gone(pool_uri, svc, sql, use):
+    """A Describe or Bind of a statement sent in the same write as a Query the server runs a
+    `DEALLOCATE ALL` or `DISCARD ALL` in: PostgreSQL resolves the name after the Query ran
+    (26000), and so does the pooler, which waits for the Query's answer before it resolves the
+    name (seed 718 of the protocol fuzz test: on a server connection that had lost the
+    statement, the pool prepared it again behind the Query and described it)."""
+    answers = []
+    for uri in (pool_uri, svc.uri_for(dbname="app")):
+        raw = RawClient(uri)
+        try:
+            raw.sock.sendall(_parse(b"gone", "select 1") + _SYNC)
+            assert _outcome(raw) == ([], [])
+            # Another client's DEALLOCATE ALL drops the statement from the pool's one server
+            # connection, so the pooler prepares it again in front of the client's message.
+            other = RawClient(uri)
+            other.query("select 1; deallocate all")
+            other.close()
+            then = _msg(b"D", b"Sgone\0") if use == "describe" else _bind(b"gone") + _EXECUTE
+            raw.sock.sendall(_msg(b"Q", sql.encode() + b"\0") + then + _SYNC)
+            got = raw.until_ready() + raw.until_ready()
+            answers.append([(k, parse_error(b)["C"] if k == b"E" else b)
+                            for k, b in got if k in (b"E", b"Z", b"t", b"C")])
+            # Made again under the same name: there is one again.
+            raw.sock.sendall(_parse(b"gone", "select 2") + _SYNC)
+            assert _outcome(raw) == ([], [])
+            assert _run_named(raw, b"gone") == (["2"], [])
+        finally:
+            raw.close()
+    pooled, direct = answers
+    assert [a for a in direct if a[0] == b"E"] == [(b"E", "26000")], direct
+    assert pooled == direct

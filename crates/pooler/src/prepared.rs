@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::frontend::relay::session_state::{classify, Found};
+use crate::frontend::relay::session_state::{classify, Found, DROPS};
 use crate::net::messages::extended::write_parse;
 
 /// One distinct statement, shared by every client that prepared the same text and types.
@@ -116,7 +116,7 @@ impl Registry {
             name: name.into(),
             parse: parse.freeze(),
             sets: match classify(rest) {
-                Found::Sets(bits) => bits,
+                Found::Sets(bits) => bits & !DROPS,
                 _ => 0,
             },
             stale: AtomicBool::new(false),

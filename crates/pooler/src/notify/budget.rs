@@ -43,7 +43,7 @@ pub struct Budget {
 struct TrimState {
     freed: usize,
     last: Option<Instant>,
-    /// A trim is due (waiting out `TRIM_EVERY`).
+    /// A trim is due (waiting out `TRIM_EVERY`), or one ran and the frees since are watched.
     scheduled: bool,
 }
 
@@ -109,7 +109,9 @@ impl Budget {
     /// A client's queue was dropped with `bytes` still in it. glibc's malloc keeps freed
     /// memory in its arenas (one per thread that allocated), so after large frees the pages are
     /// handed back explicitly (`malloc_trim`, on a blocking thread, at most once per
-    /// `TRIM_EVERY`: frees during that time are trimmed at its end).
+    /// `TRIM_EVERY`: frees during that time are trimmed at its end). A trim is followed by
+    /// another one `TRIM_EVERY` later while queues are still being freed, so that the tail of
+    /// a burst of disconnections, smaller than `TRIM_AFTER`, is given back too.
     pub fn freed(self: &Arc<Self>, bytes: usize) {
         let mut t = self.trim.lock();
         t.freed = t.freed.saturating_add(bytes);
@@ -128,13 +130,20 @@ impl Budget {
         let me = self.clone();
         rt.spawn(async move {
             tokio::time::sleep(wait).await;
-            {
+            loop {
+                {
+                    let mut t = me.trim.lock();
+                    t.freed = 0;
+                    t.last = Some(Instant::now());
+                }
+                let _ = tokio::task::spawn_blocking(trim).await;
+                tokio::time::sleep(TRIM_EVERY).await;
                 let mut t = me.trim.lock();
-                t.freed = 0;
-                t.last = Some(Instant::now());
-                t.scheduled = false;
+                if t.freed == 0 {
+                    t.scheduled = false;
+                    break;
+                }
             }
-            let _ = tokio::task::spawn_blocking(trim).await;
         });
     }
 }

@@ -173,7 +173,12 @@ fn client_messages(
                             relay.sets.push_back(set);
                             mark = literal::MARK;
                         }
-                        None => ctx.params.dirty |= bits,
+                        None => {
+                            if bits & session_state::DROPS != 0 && tag == tag::QUERY {
+                                mark = literal::DROPS_MARK;
+                            }
+                            ctx.params.dirty |= bits & !session_state::DROPS;
+                        }
                     },
                     Found::Listen
                         if tag == tag::QUERY
@@ -674,7 +679,12 @@ fn raised_in_place(
     // The text's end, and no parameter types.
     rest.extend_from_slice(&[0, 0, 0]);
     write_parse(out, b"", &rest);
-    push(&mut relay.expect, tag::PARSE, Action::Swallow, 0);
+    // An earlier message still unanswered may fail the block before this runs (25P02): the
+    // pooler answers the error then (`Action::RaiseUnlessFailed`).
+    let mut error = BytesMut::new();
+    e.write(&mut error, Severity::Error);
+    relay.raised.push_back(error.to_vec());
+    push(&mut relay.expect, tag::PARSE, Action::RaiseUnlessFailed, 0);
     // Run in a portal of the pooler's own (closed first: one may be left in a failed block),
     // so that the client's unnamed portal stays, as PostgreSQL leaves it after a failed Parse.
     write_target(out, tag::CLOSE, target::PORTAL, RAISE_PORTAL);

@@ -55,7 +55,7 @@ fn check_stale(server: &mut Server, id: u64, body: &[u8]) -> Option<Stale> {
 fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
     match (e.kind, e.action) {
         // Its refusal is not answered.
-        (_, Action::Raise) => {
+        (_, Action::Raise | Action::RaiseUnlessFailed) => {
             relay.raised.pop_front();
         }
         // A Parse the pooler answered itself: the server already has that statement.
@@ -120,6 +120,9 @@ fn literal_settled(
         client.dirty |= 1 << set.param;
     }
 }
+
+/// SQLSTATE in_failed_sql_transaction: a failed block refused the statement.
+const FAILED_BLOCK: &str = "25P02";
 
 /// Whether the server message `answer` is the last answer to a client message of type `kind`.
 fn terminates(kind: u8, answer: u8) -> bool {
@@ -240,6 +243,25 @@ fn server_messages(
             }
         }
         let mut forward = !held;
+        if tag == tag::ERROR_RESPONSE
+            && relay
+                .expect
+                .front()
+                .is_some_and(|e| e.action == Action::RaiseUnlessFailed)
+        {
+            // The raising statement's Parse refused in a block failed meanwhile: the pooler's
+            // own error is the answer (the entry and the error are dropped below, `skipped`).
+            if avail < len {
+                break;
+            }
+            if parse_error(&input[pos + HEADER..pos + len]).0 == FAILED_BLOCK {
+                if let Some(error) = relay.raised.front() {
+                    flush_run(&mut server.bufs.s2c_out, input, &mut run, pos);
+                    server.bufs.s2c_out.extend_from_slice(error);
+                    forward = false;
+                }
+            }
+        }
         match tag {
             tag::READY_FOR_QUERY => {
                 let before = server.status;
@@ -396,8 +418,14 @@ fn server_messages(
                         // its ReadyForQuery).
                         relay.segment_open = true;
                         names::answered(relay, front);
-                        if front.action == Action::Swallow {
-                            forward = false;
+                        match front.action {
+                            Action::Swallow => forward = false,
+                            Action::RaiseUnlessFailed => {
+                                // The server raises the error itself.
+                                relay.raised.pop_front();
+                                forward = false;
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -348,6 +348,12 @@ pub enum Action {
     /// A Parse refused in a failed block (where the server raises nothing but 25P02), once
     /// the server parsed its text: the pooler answers the next of `RelayState::raised`.
     Raise,
+    /// The pooler's Parse of the statement that raises a refused Parse's error in an open or
+    /// idle transaction (`from_client::raised_in_place`): swallowed when it succeeds. A block an
+    /// earlier message failed meanwhile makes the server answer 25P02 there; the pooler then
+    /// answers the next of `RelayState::raised` instead, as PostgreSQL answers a refused Parse
+    /// whose text is a ROLLBACK or COMMIT in a failed block.
+    RaiseUnlessFailed,
 }
 
 impl Action {

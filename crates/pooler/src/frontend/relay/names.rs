@@ -115,8 +115,9 @@ pub fn earlier_segments_only(relay: &RelayState) -> bool {
 /// name is resolved when that answer is in, as PostgreSQL resolves it after running the earlier
 /// segment: should the server skip that Parse or Close, or refuse the Parse, the name is not
 /// what the pooler made of it when it relayed the change. So does a name behind an SQL
-/// `DEALLOCATE` the pooler answers, and a Parse of a name the client has behind a Query or
-/// Execute of an earlier segment (it may be a `DISCARD ALL`); and a simple Query (it drops the
+/// `DEALLOCATE` the pooler answers, a Parse of a name the client has behind a Query or
+/// Execute of an earlier segment (it may be a `DISCARD ALL`), and a name the client has behind
+/// a Query the server runs a `DEALLOCATE ALL` or `DISCARD` in; and a simple Query (it drops the
 /// unnamed statement) behind a change to the unnamed statement.
 #[cold]
 pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[u8]) -> bool {
@@ -144,6 +145,19 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
         return false;
     };
     if tag != tag::PARSE && server_parse_waits(relay, statements, name) {
+        return true;
+    }
+    if !name.is_empty()
+        && tag != tag::CLOSE
+        && relay
+            .expect
+            .iter()
+            .take(SCAN)
+            .any(|e| e.kind == tag::QUERY && e.stmt == super::scan::literal::DROPS_MARK)
+        && statements.get(name).is_some()
+    {
+        // Behind a Query whose `DEALLOCATE ALL` or `DISCARD` may drop the name (`scan::DROPS`):
+        // PostgreSQL resolves it after that Query ran.
         return true;
     }
     if tag == tag::PARSE && !name.is_empty() && statements.get(name).is_some() {

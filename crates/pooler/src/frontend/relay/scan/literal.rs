@@ -31,6 +31,9 @@ pub struct PendingSet {
 /// `Expect::stmt` of a Query whose answer settles the next `RelayState::sets` entry.
 pub const MARK: u64 = 1;
 
+/// `Expect::stmt` of a Query that may drop the client's statement names (`scan::DROPS`).
+pub const DROPS_MARK: u64 = 2;
+
 /// The literal SET a whole Query text (NUL-terminated) is, if it is one (module docs).
 #[cold]
 #[inline(never)]

@@ -40,6 +40,12 @@ pub const DISCARD: u64 = 1 << 61;
 /// is closed instead of being reused.
 pub const CLOSE: u64 = 1 << 60;
 
+/// Not a parameter, never part of a client's `dirty` set: a `DEALLOCATE ALL` the server runs
+/// (among other statements) or a `DISCARD` may drop the connection's statements and so the
+/// client's names; a name used in a message pipelined behind such a Query waits for its answer
+/// (`names::waits`).
+pub const DROPS: u64 = 1 << 59;
+
 /// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
 pub const SCAN_MAX: usize = 1 << 20;
 /// What an unscanned statement marks.
@@ -150,7 +156,7 @@ fn classify_start(sql: &[u8]) -> (Found, bool) {
 fn classify_slow(s: &[u8]) -> Found {
     match classify_first(s) {
         // One among others goes to the server as it is (`later_statement`).
-        Found::SqlPrepared if deallocate_all(s) && more_statements(s) => Found::Nothing,
+        Found::SqlPrepared if deallocate_all(s) && more_statements(s) => Found::Sets(DROPS),
         // What follows a first statement that sets something is read back as a whole: when
         // there is more (or the text was cut), everything is read back.
         Found::Sets(bits) if more_statements(s) => Found::Sets(bits | ALL),
@@ -204,7 +210,7 @@ fn classify_first(s: &[u8]) -> Found {
     if keyword(s, b"discard").is_some() {
         // DISCARD ALL is seen by the relay (`from_server`); the others drop plans, sequences'
         // state or temporary tables: resetting again is the simple answer.
-        return Found::Sets(ALL | SESSION);
+        return Found::Sets(ALL | SESSION | DROPS);
     }
     if s.strip_prefix(LISTEN_NOOP.as_bytes())
         .is_some_and(|rest| matches!(rest.first(), None | Some(0 | b';')))
@@ -278,7 +284,7 @@ fn scan(sql: &[u8]) -> Found {
 #[cold]
 fn later_statement(s: &[u8]) -> Found {
     match classify_first(s) {
-        Found::SqlPrepared if deallocate_all(s) => Found::Nothing,
+        Found::SqlPrepared if deallocate_all(s) => Found::Sets(DROPS),
         found => found,
     }
 }
@@ -523,7 +529,7 @@ mod tests {
         assert_eq!(sets("SET SCHEMA 'a'\0"), bit("search_path"));
         assert_eq!(sets("RESET work_mem\0"), bit("work_mem"));
         assert_eq!(sets("RESET ALL\0"), ALL | SESSION);
-        assert_eq!(sets("DISCARD ALL\0"), ALL | SESSION);
+        assert_eq!(sets("DISCARD ALL\0"), ALL | SESSION | DROPS);
         assert_eq!(
             sets("SELECT set_config('search_path', 'x', false)\0"),
             bit("search_path")
@@ -603,7 +609,7 @@ mod tests {
             "select U&\"\\0073et_config\"('role', 'r', false)\0",
             SESSION,
         );
-        has("select 1; discard temp\0", SESSION);
+        has("select 1; discard temp\0", SESSION | DROPS);
         has("LOAD 'auto_explain'\0", CLOSE);
         has("select 1; load 'auto_explain'\0", CLOSE);
         // Wherever the text puts it against the 16-byte chunks of the scan.
@@ -633,11 +639,11 @@ mod tests {
             "select 1;DEALLOCATE PREPARE ALL ;\0",
             "deallocate all; select 1\0",
         ] {
-            assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
+            assert_eq!(classify(sql.as_bytes()), Found::Sets(DROPS), "{sql:?}");
         }
         assert_eq!(
             classify(b"reset all; deallocate /* c */ all; select 2\0"),
-            Found::Sets(ALL | SESSION)
+            Found::Sets(ALL | SESSION | DROPS)
         );
         for sql in [
             "deallocate all\0",

@@ -34,15 +34,20 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 /// service's pending logins: held until the password is checked, or the login timeout.
 ///
 /// The login (and an admin console session) runs boxed: its state is freed once the client is
-/// in, so that the task of an idle client holds its session's state only.
-pub async fn handle(
+/// in, so that the task of an idle client holds its session's state only. The arguments go
+/// straight into the boxed login (not an `async fn`'s arguments, which its state would keep
+/// room for through the whole session).
+pub fn handle(
     socket: TcpStream,
     addr: SocketAddr,
     count: ClientCount,
     pending: crate::admission::PendingLogin,
-) {
-    if let Some(client) = Box::pin(log_in(socket, addr, count, pending)).await {
-        session::run(client).await;
+) -> impl std::future::Future<Output = ()> + Send {
+    let login = Box::pin(log_in(socket, addr, count, pending));
+    async move {
+        if let Some(client) = login.await {
+            session::run(client).await;
+        }
     }
 }
 
@@ -156,8 +161,9 @@ pub struct Client {
     pub(super) cancel: CancelGuard,
     /// Client bytes read while not attached (TLS reads, leftovers of a release).
     pub(super) pending: BytesMut,
-    /// Notifications for the channels it LISTENs to (transaction/statement mode).
-    pub(super) notify: Option<crate::backend::listen::Subscriber>,
+    /// Notifications for the channels it LISTENs to (transaction/statement mode); boxed, as
+    /// most clients have none and an idle client's size is what many of them cost.
+    pub(super) notify: Option<Box<crate::backend::listen::Subscriber>>,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
     /// Counts not yet folded into the pool's counters.
@@ -166,8 +172,6 @@ pub struct Client {
     pub(super) kill_epoch: u64,
     /// Its SHOW CLIENTS entry.
     pub(super) info: Arc<SocketInfo>,
-    /// Where it connected from, for its log span (`span`).
-    addr: SocketAddr,
     _count: ClientCount,
 }
 
@@ -207,7 +211,6 @@ impl Client {
             pending: BytesMut::new(),
             notify: None,
             state: ClientState::Idle,
-            addr,
             _count: count,
         }
     }
@@ -230,7 +233,12 @@ impl Client {
     /// slot and formatted fields), and entering it on every poll more than the rest of a
     /// transaction's bookkeeping.
     pub(super) fn span(&self) -> tracing::Span {
-        client_span(&self.service, self.addr)
+        // Where it connected from: its SHOW CLIENTS entry has it (set in `new`).
+        let addr = self
+            .info
+            .addr
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        client_span(&self.service, addr)
     }
 
     /// Sends a FATAL error and closes the connection.

@@ -69,13 +69,13 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
 /// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
 /// notification channel. A LISTEN returns the listener's confirmation.
 pub fn subscribe(
-    notify: &mut Option<Subscriber>,
+    notify: &mut Option<Box<Subscriber>>,
     hub: &Hub,
     cmd: ListenCmd,
 ) -> Option<oneshot::Receiver<()>> {
     match cmd {
         ListenCmd::Listen(channel) => {
-            let sub = notify.get_or_insert_with(|| Subscriber::new(hub));
+            let sub = notify.get_or_insert_with(|| Box::new(Subscriber::new(hub)));
             return Some(sub.listen(channel));
         }
         ListenCmd::Unlisten(channel) => {

@@ -80,7 +80,7 @@ pub struct ClientCtx<'a> {
     /// The client's pool, for its LISTEN connection (`backend::listen`).
     pub pool: &'a Arc<Pool>,
     /// The client's notifications, once it LISTENed.
-    pub notify: &'a mut Option<Subscriber>,
+    pub notify: &'a mut Option<Box<Subscriber>>,
     /// How long the client may hold the server connection without sending (`waiting`).
     pub wait_limits: WaitLimits,
 }

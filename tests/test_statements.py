@@ -744,3 +744,33 @@ def test_a_name_pipelined_behind_a_query_that_drops_it_is_gone(pool_uri, svc, sq
     pooled, direct = answers
     assert [a for a in direct if a[0] == b"E"] == [(b"E", "26000")], direct
     assert pooled == direct
+
+
+def test_the_unnamed_statement_stays_when_its_parse_again_is_skipped(pool_uri, svc):
+    """The pooler parses the client's unnamed statement on the server again before a Bind of it
+    when the server's unnamed statement is not the client's (here: the statement it parsed to
+    raise a refused Parse's 42P05 took its place). When the server skips that Parse after an
+    earlier error, together with a client's Parse of the unnamed statement, the client keeps
+    its previous unnamed statement, as in PostgreSQL, and the pooler parses it again before the
+    next use instead of counting on the skipped Parse (fuzz seeds 907 and 1983: the pool
+    answered 26000)."""
+    answers = []
+    for uri in (pool_uri, svc.uri_for(dbname="app")):
+        raw = RawClient(uri)
+        try:
+            raw.sock.sendall(_parse(b"", "select 1") + _parse(b"s1", "select 2") + _SYNC)
+            assert _outcome(raw) == ([], [])
+            raw.sock.sendall(_parse(b"s1", "select 3") + _SYNC)
+            assert _outcome(raw) == ([], ["42P05"])
+            # An Execute of a portal that does not exist (34000), then a Bind of the unnamed
+            # statement and a Parse of another, both skipped; then a Describe of it.
+            missing = _msg(b"E", b"p1\0\0\0\0\0")
+            raw.sock.sendall(missing + _bind(b"") + _parse(b"", "select 4") + _SYNC
+                             + _msg(b"D", b"S\0") + _SYNC)
+            answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZtn"))
+            assert _run_unnamed(raw) == (["1"], [])
+        finally:
+            raw.close()
+    pooled, direct = answers
+    assert direct == [(b"E", "34000"), (b"Z", b"I"), (b"t", b"\0\0"), (b"Z", b"I")], direct
+    assert pooled == direct

@@ -69,7 +69,13 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         // refused one) has its change to the client's unnamed statement undone (`names`); the
         // pooler's Parse of the client's statement (`from_client`'s `ensure_unnamed`) is made
         // again before its next Bind.
-        (tag::PARSE, _) => relay.unnamed_here = false,
+        (tag::PARSE, _) => {
+            relay.unnamed_here = false;
+            if e.named == 0 {
+                // The pooler's own: what was relayed after it counted on it.
+                names::unnamed_parse_skipped(relay);
+            }
+        }
         // The pooler's own Close of an evicted statement: the server keeps a statement the
         // pooler forgot, whose name it would Parse again (42P05). The connection serves no one
         // after this client.

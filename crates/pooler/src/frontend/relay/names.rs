@@ -293,6 +293,22 @@ pub fn skipped(relay: &mut RelayState, e: Expect) {
     relay.names_skipped += e.named as usize;
 }
 
+/// The server skipped a Parse of the pooler's own that would have given it the client's
+/// unnamed statement (`from_client::ensure_unnamed`), or another of its own unnamed Parses: the
+/// changes to the client's unnamed statement relayed after it took the server to hold the
+/// client's then (`NameChange::Unnamed::here`), which it does not, so that undoing one of them
+/// leaves the pooler to parse the client's statement again before its next use.
+#[cold]
+pub fn unnamed_parse_skipped(relay: &mut RelayState) {
+    // The changes of messages before this one are the first `names_skipped` (the answered
+    // ones are gone).
+    for c in relay.names.iter_mut().skip(relay.names_skipped) {
+        if let NameChange::Unnamed { here, .. } = c {
+            *here = false;
+        }
+    }
+}
+
 /// The server refused the Parse `e` (the oldest not answered): true when it parsed the
 /// unnamed statement, which PostgreSQL dropped before parsing, so that the client has none
 /// once the changes are undone.

@@ -412,6 +412,32 @@ def test_a_notify_right_behind_its_listen_is_heard(pool_uri, form):
         raw.close()
 
 
+@pytest.mark.parametrize("then", ["UNLISTEN {}", "UNLISTEN *", "DISCARD ALL"])
+def test_a_notify_right_before_its_unlisten_is_heard_and_nothing_after(pool_uri, svc, then):
+    """A NOTIFY the client commits right before its own UNLISTEN (or `DISCARD ALL`), in the
+    same write, is heard, as on a direct connection; one another session commits after the
+    client saw its UNLISTEN complete is not (session fuzz seed 347: the pool lost the first).
+    The pool's listener delivers what was committed before it unsubscribes the client, and the
+    client's answer waits for the unsubscribe."""
+    channel = unique("gone").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        raw.query(f"LISTEN {channel}")
+        raw.sock.sendall(_msg(b"Q", f"NOTIFY {channel}, 'own'\0".encode())
+                         + _msg(b"Q", then.format(channel).encode() + b"\0"))
+        got = raw.until_ready() + raw.until_ready()
+        assert not [parse_error(b) for k, b in got if k == b"E"], got
+        while not any(k == b"A" for k, _ in got):
+            got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+        assert [b[4:].split(b"\0")[:2] for k, b in got if k == b"A"] == [[channel.encode(), b"own"]]
+        with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as other:
+            other.execute(f"NOTIFY {channel}, 'after'")
+        # A query's answer comes after any notification the pool had for the client then.
+        assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("via", ["direct", "pool"])
 @pytest.mark.parametrize("form", ["simple", "extended", "one segment"])
 def test_listen_in_a_block_counts_at_commit(pool_uri, svc, via, form):

@@ -45,9 +45,14 @@ pub enum Cmd {
     Unlisten {
         channel: Box<str>,
         client: u64,
+        /// Fired once the client is unsubscribed (`release`).
+        done: Option<oneshot::Sender<()>>,
     },
     UnlistenAll {
         client: u64,
+        /// The client is gone (its subscriber dropped): nothing more is delivered to it.
+        gone: bool,
+        done: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -106,20 +111,34 @@ impl Subscriber {
         confirmed
     }
 
-    pub fn unlisten(&mut self, channel: Box<str>) {
-        if self.channels.remove(&channel) {
-            let _ = self.hub.send(Cmd::Unlisten {
-                channel,
-                client: self.id,
-            });
+    /// Unsubscribes the client from `channel`; the receiver fires once the listener has
+    /// delivered what was committed before (`release`) and unsubscribed it.
+    pub fn unlisten(&mut self, channel: Box<str>) -> Option<oneshot::Receiver<()>> {
+        if !self.channels.remove(&channel) {
+            return None;
         }
+        let (done, unsubscribed) = oneshot::channel();
+        let _ = self.hub.send(Cmd::Unlisten {
+            channel,
+            client: self.id,
+            done: Some(done),
+        });
+        Some(unsubscribed)
     }
 
-    pub fn unlisten_all(&mut self) {
-        if !self.channels.is_empty() {
-            self.channels.clear();
-            let _ = self.hub.send(Cmd::UnlistenAll { client: self.id });
+    /// Unsubscribes the client from every channel, as `unlisten`.
+    pub fn unlisten_all(&mut self) -> Option<oneshot::Receiver<()>> {
+        if self.channels.is_empty() {
+            return None;
         }
+        self.channels.clear();
+        let (done, unsubscribed) = oneshot::channel();
+        let _ = self.hub.send(Cmd::UnlistenAll {
+            client: self.id,
+            gone: false,
+            done: Some(done),
+        });
+        Some(unsubscribed)
     }
 
     /// The channels the client listens to.
@@ -127,8 +146,9 @@ impl Subscriber {
         &self.channels
     }
 
-    /// Unsubscribes the client from every channel not in `keep`.
-    pub fn keep_only(&mut self, keep: &HashSet<Box<str>>) {
+    /// Unsubscribes the client from every channel not in `keep`; the receiver fires once the
+    /// last of them is done (the listener applies them in order).
+    pub fn keep_only(&mut self, keep: &HashSet<Box<str>>) -> Option<oneshot::Receiver<()>> {
         if keep.is_empty() {
             return self.unlisten_all();
         }
@@ -138,9 +158,11 @@ impl Subscriber {
             .filter(|c| !keep.contains(*c))
             .cloned()
             .collect();
+        let mut last = None;
         for channel in gone {
-            self.unlisten(channel);
+            last = self.unlisten(channel);
         }
+        last
     }
 
     /// The next notification; Pending once the client is over budget.
@@ -165,7 +187,11 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let _ = self.hub.send(Cmd::UnlistenAll { client: self.id });
+        let _ = self.hub.send(Cmd::UnlistenAll {
+            client: self.id,
+            gone: true,
+            done: None,
+        });
     }
 }
 
@@ -178,21 +204,35 @@ type Subs = HashMap<Box<str>, HashMap<u64, Sink>>;
 struct State {
     subs: Subs,
     out: BytesMut,
-    in_flight: VecDeque<Vec<oneshot::Sender<()>>>,
+    in_flight: VecDeque<Flight>,
     /// Acknowledgements owed once a connection is (re-)established and has caught up.
     unsent: Vec<oneshot::Sender<()>>,
     connected: bool,
+    /// Clients' commands not applied yet: an unsubscribe waits for a round trip of the
+    /// listener's connection (`release`), and every command after it waits behind it.
+    held: VecDeque<Cmd>,
+    /// The round trip `held` waits for is on its way.
+    syncing: bool,
+}
+
+/// A query written to the listener's server and not answered yet.
+#[derive(Default)]
+struct Flight {
+    /// LISTENs confirmed by its answer.
+    acks: Vec<oneshot::Sender<()>>,
+    /// The round trip an unsubscribe waits for (`release`).
+    sync: bool,
 }
 
 impl State {
     fn query(&mut self, verb: &str, channel: &str) {
         listen_sql(&mut self.out, verb, channel);
-        self.in_flight.push_back(Vec::new());
+        self.in_flight.push_back(Flight::default());
     }
 
     fn ack_after_queued(&mut self, done: oneshot::Sender<()>) {
         match self.in_flight.back_mut() {
-            Some(waiting) => waiting.push(done),
+            Some(waiting) => waiting.acks.push(done),
             None if self.connected => {
                 let _ = done.send(());
             }
@@ -204,8 +244,11 @@ impl State {
         self.connected = false;
         self.out.clear();
         for waiting in self.in_flight.drain(..) {
-            self.unsent.extend(waiting);
+            self.unsent.extend(waiting.acks);
         }
+        // Nothing to wait for: what was held is applied now.
+        self.syncing = false;
+        release(self);
     }
 
     /// A new connection listens to everything anyone listens to.
@@ -230,7 +273,7 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         // Connect only while someone listens.
         while st.subs.is_empty() {
             match rx.recv().await {
-                Some(cmd) => apply(cmd, &mut st),
+                Some(cmd) => receive(cmd, &mut st),
                 None => return,
             }
         }
@@ -241,7 +284,7 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 tokio::select! {
                     _ = &mut sleep => break,
                     cmd = rx.recv() => match cmd {
-                        Some(cmd) => apply(cmd, &mut st),
+                        Some(cmd) => receive(cmd, &mut st),
                         None => return,
                     },
                 }
@@ -262,7 +305,7 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             }
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => apply(cmd, &mut st),
+                    Some(cmd) => receive(cmd, &mut st),
                     None => return,
                 },
                 r = std::future::poll_fn(|cx| poll_read_buf(&mut server.stream, cx, &mut input, 8192)) => {
@@ -303,6 +346,53 @@ async fn connect(pool: &Weak<Pool>) -> Option<Box<Server>> {
     }
 }
 
+/// A client's command: applied in its turn (`release`).
+fn receive(cmd: Cmd, st: &mut State) {
+    st.held.push_back(cmd);
+    release(st);
+}
+
+/// Applies the held commands in order until one unsubscribes a client that still listens
+/// while the listener is connected: that one waits for a round trip of the connection (an
+/// empty query) before it is applied, and so do the commands behind it. PostgreSQL delivers to
+/// the listener every notification committed before that query started (the client's own
+/// NOTIFY just before its UNLISTEN or `DISCARD ALL`, say) before the query's ReadyForQuery, so
+/// the client is still subscribed when they come, as it would be on its own connection; and
+/// the client's answer waits for the unsubscribe (`Subscriber::unlisten`), so that nothing
+/// committed after it saw its UNLISTEN complete reaches it.
+fn release(st: &mut State) {
+    while !st.syncing {
+        let Some(cmd) = st.held.pop_front() else {
+            return;
+        };
+        if st.connected && unsubscribes(&cmd, st) {
+            messages::query(&mut st.out, "");
+            st.in_flight.push_back(Flight {
+                acks: Vec::new(),
+                sync: true,
+            });
+            st.syncing = true;
+            st.held.push_front(cmd);
+            return;
+        }
+        apply(cmd, st);
+    }
+}
+
+/// Whether `cmd` unsubscribes a client, still there, from a channel it listens to.
+fn unsubscribes(cmd: &Cmd, st: &State) -> bool {
+    match cmd {
+        Cmd::Listen { .. } | Cmd::UnlistenAll { gone: true, .. } => false,
+        Cmd::Unlisten {
+            channel, client, ..
+        } => st
+            .subs
+            .get(channel)
+            .is_some_and(|entry| entry.contains_key(client)),
+        Cmd::UnlistenAll { client, .. } => st.subs.values().any(|e| e.contains_key(client)),
+    }
+}
+
 fn apply(cmd: Cmd, st: &mut State) {
     match cmd {
         Cmd::Listen {
@@ -321,7 +411,11 @@ fn apply(cmd: Cmd, st: &mut State) {
                 st.ack_after_queued(done);
             }
         }
-        Cmd::Unlisten { channel, client } => {
+        Cmd::Unlisten {
+            channel,
+            client,
+            done,
+        } => {
             if let Some(entry) = st.subs.get_mut(&channel) {
                 entry.remove(&client);
                 if entry.is_empty() {
@@ -331,8 +425,11 @@ fn apply(cmd: Cmd, st: &mut State) {
                     }
                 }
             }
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         }
-        Cmd::UnlistenAll { client } => {
+        Cmd::UnlistenAll { client, done, .. } => {
             let mut gone = Vec::new();
             st.subs.retain(|channel, entry| {
                 entry.remove(&client);
@@ -345,6 +442,9 @@ fn apply(cmd: Cmd, st: &mut State) {
                 for channel in gone {
                     st.query("UNLISTEN", &channel);
                 }
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
             }
         }
     }
@@ -388,8 +488,17 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
             }
             tag::READY_FOR_QUERY => {
                 input.advance(len);
-                for done in st.in_flight.pop_front().unwrap_or_default() {
+                let flight = st.in_flight.pop_front().unwrap_or_default();
+                for done in flight.acks {
                     let _ = done.send(());
+                }
+                if flight.sync {
+                    // The unsubscribe that waited for it, then what waited behind it.
+                    st.syncing = false;
+                    if let Some(cmd) = st.held.pop_front() {
+                        apply(cmd, st);
+                    }
+                    release(st);
                 }
             }
             tag::ERROR_RESPONSE => {
@@ -401,7 +510,14 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
         }
     }
     for client in over {
-        apply(Cmd::UnlistenAll { client }, st);
+        apply(
+            Cmd::UnlistenAll {
+                client,
+                gone: true,
+                done: None,
+            },
+            st,
+        );
     }
 }
 

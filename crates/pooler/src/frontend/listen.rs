@@ -47,7 +47,9 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
         let listen = matches!(cmd, ListenCmd::Listen(_));
         let mut confirmed = true;
         if let Some(wait) = subscribe(&mut client.notify, client.pool.listen_hub(), cmd) {
-            confirmed = matches!(tokio::time::timeout(CONFIRM, wait).await, Ok(Ok(())));
+            // An UNLISTEN not confirmed in time is done all the same (the listener applies
+            // it in its turn): only a LISTEN reports the listener missing.
+            confirmed = matches!(tokio::time::timeout(CONFIRM, wait).await, Ok(Ok(()))) || !listen;
         }
         if confirmed {
             status::command_complete(&mut out, if listen { b"LISTEN" } else { b"UNLISTEN" });
@@ -67,7 +69,9 @@ pub async fn serve(client: &mut Client) -> Result<bool, ()> {
 }
 
 /// Hands a LISTEN/UNLISTEN to the pool's listener; a first LISTEN gives the client its
-/// notification channel. A LISTEN returns the listener's confirmation.
+/// notification channel. A LISTEN returns the listener's confirmation, an UNLISTEN of a
+/// channel the client listens to the listener's word that it is unsubscribed (the client's
+/// answer waits for either).
 pub fn subscribe(
     notify: &mut Option<Box<Subscriber>>,
     hub: &Hub,
@@ -80,12 +84,12 @@ pub fn subscribe(
         }
         ListenCmd::Unlisten(channel) => {
             if let Some(sub) = notify {
-                sub.unlisten(channel);
+                return sub.unlisten(channel);
             }
         }
         ListenCmd::UnlistenAll => {
             if let Some(sub) = notify {
-                sub.unlisten_all();
+                return sub.unlisten_all();
             }
         }
     }

@@ -189,7 +189,7 @@ fn client_messages(
                         // connection listens to nothing, so its UNLISTEN * is a no-op there);
                         // the pool's listener drops the client's channels, and the rest of the
                         // text resets the session. (Alone, it is served as any UNLISTEN.)
-                        unlisten_all(ctx);
+                        unlisten_all(relay, ctx);
                         ctx.params.dirty |= session_state::ALL | session_state::SESSION;
                     }
                     Found::Listen => {
@@ -830,7 +830,7 @@ fn listen(
         };
         if now {
             if let Some(confirmed) = subscribe(ctx, cmd) {
-                relay.listen_wait = Some(super::listen_wait::ListenWait::new(confirmed));
+                wait_for_listener(relay, confirmed);
             }
         }
     }
@@ -889,13 +889,23 @@ pub(super) fn end_txn_listens(relay: &mut RelayState, ctx: &mut ClientCtx<'_>, c
     };
     let keep = block.end(committed);
     if let Some(sub) = ctx.notify.as_mut() {
-        sub.keep_only(&keep);
+        if let Some(unsubscribed) = sub.keep_only(&keep) {
+            wait_for_listener(relay, unsubscribed);
+        }
     }
 }
 
 /// The pool's listener drops every channel of the client (`UNLISTEN *`, or a `DISCARD ALL`).
-pub(super) fn unlisten_all(ctx: &mut ClientCtx<'_>) {
-    subscribe(ctx, ListenCmd::UnlistenAll);
+pub(super) fn unlisten_all(relay: &mut RelayState, ctx: &mut ClientCtx<'_>) {
+    if let Some(unsubscribed) = subscribe(ctx, ListenCmd::UnlistenAll) {
+        wait_for_listener(relay, unsubscribed);
+    }
+}
+
+/// The client's answers wait for the pool's listener (`listen_wait`): the last request
+/// handed to it, which it serves after the earlier ones.
+fn wait_for_listener(relay: &mut RelayState, done: tokio::sync::oneshot::Receiver<()>) {
+    relay.listen_wait = Some(super::listen_wait::ListenWait::new(done));
 }
 
 /// A Query whose only LISTEN-like words are `UNLISTEN *` among other statements (asyncpg's
@@ -926,8 +936,9 @@ fn only_unlisten_all(sql: &[u8]) -> bool {
     found
 }
 
-/// Hands a LISTEN/UNLISTEN to the pool's listener (`frontend::listen::subscribe`); a LISTEN
-/// returns the listener's confirmation, which the client's answers wait for (`listen_wait`).
+/// Hands a LISTEN/UNLISTEN to the pool's listener (`frontend::listen::subscribe`): what it
+/// returns (the listener's confirmation of a LISTEN, or of an unsubscribe) the client's answers
+/// wait for (`listen_wait`).
 #[cold]
 fn subscribe(
     ctx: &mut ClientCtx<'_>,

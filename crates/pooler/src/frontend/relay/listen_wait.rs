@@ -2,7 +2,9 @@
 //! answers wait until the listener's server confirmed it, so that a NOTIFY another session
 //! commits after the client saw its LISTEN complete is heard, as on a direct connection.
 //! Drivers that send LISTEN through the extended protocol (pgjdbc, asyncpg, postgres.js) do
-//! exactly that: LISTEN, then NOTIFY from another connection.
+//! exactly that: LISTEN, then NOTIFY from another connection. An UNLISTEN (or `DISCARD ALL`,
+//! or a COMMIT that ends a block's UNLISTEN) waits the same way for the listener to unsubscribe
+//! the client, after delivering what was committed before it (`backend::listen::release`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -136,7 +136,7 @@ pub async fn pump(
                             Err(e) => return Poll::Ready(End::ServerGone(e.to_string())),
                         }
                         if std::mem::take(&mut relay.discarded_channels) {
-                            super::from_client::unlisten_all(ctx);
+                            super::from_client::unlisten_all(relay, ctx);
                         }
                         if let Some(committed) = relay.txn_listens_end.take() {
                             super::from_client::end_txn_listens(relay, ctx, committed);

@@ -9,7 +9,9 @@
 //!
 //! The listener connects at the first LISTEN, and after a backend failure reconnects and
 //! LISTENs again to every channel; notifications sent while it was away are lost (the only
-//! ones). A channel nobody listens to any more (UNLISTEN, client gone) is UNLISTENed.
+//! ones). A channel nobody listens to any more (UNLISTEN, client gone) is UNLISTENed. A
+//! client's UNLISTEN is applied after a round trip of the listener's connection, so that what
+//! was committed before it still reaches the client (`release`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -774,3 +774,33 @@ def test_the_unnamed_statement_stays_when_its_parse_again_is_skipped(pool_uri, s
     pooled, direct = answers
     assert direct == [(b"E", "34000"), (b"Z", b"I"), (b"t", b"\0\0"), (b"Z", b"I")], direct
     assert pooled == direct
+
+
+def test_the_unnamed_portal_bound_in_its_segment_runs_after_a_wait(pool_uri, svc):
+    """An Execute of the unnamed portal that the same segment's Bind made runs that portal,
+    also when the segment waited (here for an earlier segment's answers, behind a Parse of a
+    name that segment changes) and that earlier segment's skipped Bind re-armed the guard
+    against the portal a failed simple Query leaves (a Close of it before the Execute):
+    PostgreSQL runs the ROLLBACK, the pool answered 34000 (protocol fuzz seed 2112)."""
+    def bind(portal: bytes, statement: bytes) -> bytes:
+        return _msg(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
+
+    answers = []
+    for uri in (pool_uri, svc.uri_for(dbname="app")):
+        raw = RawClient(uri)
+        try:
+            raw.sock.sendall(_parse(b"s1", "rollback") + _SYNC)
+            assert _outcome(raw) == ([], [])
+            # A Describe of a portal that does not exist (34000) skips the rest of the first
+            # segment; the second binds the unnamed portal to s1 and runs it.
+            raw.sock.sendall(_msg(b"D", b"Pp1\0") + bind(b"", b"s2") + _msg(b"E", b"p1\0\0\0\0\0")
+                             + _parse(b"s2", "select 'a'::text") + _SYNC
+                             + bind(b"", b"s1") + _parse(b"s2", "select 'a'::text") + _EXECUTE
+                             + _SYNC)
+            answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZ12C"))
+        finally:
+            raw.close()
+    pooled, direct = answers
+    assert direct == [(b"E", "34000"), (b"Z", b"I"), (b"2", b""), (b"1", b""),
+                      (b"C", b"ROLLBACK\0"), (b"Z", b"I")], direct
+    assert pooled == direct

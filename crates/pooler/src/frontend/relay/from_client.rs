@@ -267,14 +267,21 @@ fn client_messages(
             }
         }
         match tag {
-            tag::QUERY => relay.query_portal = true,
+            tag::QUERY => {
+                relay.query_portal = true;
+                relay.portal_bound_in_segment = false;
+            }
+            tag::SYNC => relay.portal_bound_in_segment = false,
             // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so).
             tag::BIND if len > HEADER => match input.get(pos + HEADER) {
-                Some(0) => relay.query_portal = false,
+                Some(0) => {
+                    relay.query_portal = false;
+                    relay.portal_bound_in_segment = true;
+                }
                 Some(_) => {}
                 None => break,
             },
-            tag::EXECUTE if relay.query_portal => {
+            tag::EXECUTE if relay.query_portal && !relay.portal_bound_in_segment => {
                 // Perhaps an Execute of the portal a failed simple Query left: read whole.
                 if avail < len {
                     break;

@@ -176,6 +176,11 @@ pub struct RelayState {
     /// failed): an Execute of the unnamed portal gets a Close of it first
     /// (`from_client::close_query_portal`).
     pub query_portal: bool,
+    /// A Bind of the unnamed portal was relayed in the segment being relayed (since the last
+    /// Sync or Query): an Execute of it after that runs what that Bind made, or is skipped
+    /// with it should the Bind fail, so it needs no Close (`query_portal`, which an earlier
+    /// segment's skipped Bind may re-arm while this segment waits).
+    pub portal_bound_in_segment: bool,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
@@ -240,6 +245,7 @@ impl RelayState {
             unnamed_here,
             tag_portal,
             query_portal,
+            portal_bound_in_segment,
             retry,
             segment_open,
             c2s_stalled,
@@ -269,6 +275,7 @@ impl RelayState {
         *unnamed_here = false;
         *tag_portal = None;
         *query_portal = false;
+        *portal_bound_in_segment = false;
         *segment_open = false;
         *c2s_stalled = false;
         *segment_failed = false;

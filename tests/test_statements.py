@@ -678,6 +678,19 @@ def _kinds(got: list, kinds: bytes) -> list:
     return [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got if k in kinds]
 
 
+def _side_by_side(pool_uri, svc, script) -> tuple:
+    """`script(raw, uri)` on a connection through the pool, then on one straight to PostgreSQL:
+    (what it returned pooled, what it returned directly)."""
+    out = []
+    for uri in (pool_uri, svc.uri_for(dbname="app")):
+        raw = RawClient(uri)
+        try:
+            out.append(script(raw, uri))
+        finally:
+            raw.close()
+    return tuple(out)
+
+
 @pytest.mark.parametrize("text,code", [("ROLLBACK", "42P05"), ("select 2", "25P02")])
 def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code):
     """A Parse of a name the client already has, sent in the same write as a Bind that then
@@ -685,28 +698,24 @@ def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code
     any other text for the block (25P02); the pooler answers both as it does, on the pool and
     directly side by side (seed 753 of the protocol fuzz test: the pool answered 25P02 to both,
     because the statement it runs to raise 42P05 was refused by the failed block)."""
-    answers = []
-    for uri in (pool_uri, svc.uri_for(dbname="app")):
-        raw = RawClient(uri)
-        try:
-            raw.sock.sendall(_parse(b"taken", "select 1") + _SYNC)
-            assert _outcome(raw) == ([], [])
-            raw.query("BEGIN")
-            # A Bind of one parameter to a statement that has none: 08P01.
-            bad_bind = _msg(b"B", b"\0taken\0" + b"\0\0" + b"\0\1" + b"\0\0\0\1" + b"1" + b"\0\0")
-            raw.sock.sendall(bad_bind + _SYNC + _parse(b"taken", text) + _SYNC)
-            got = raw.until_ready() + raw.until_ready()
-            answers.append(_kinds(got, b"EZ"))
-            # A healthy block: the name is refused for itself.
-            raw.query("ROLLBACK")
-            raw.sock.sendall(_msg(b"Q", b"BEGIN; SELECT 1\0") + _parse(b"taken", text) + _SYNC)
-            got = raw.until_ready() + raw.until_ready()
-            answers.append(_kinds(got, b"EZ"))
-            raw.query("ROLLBACK")
-            assert _run_named(raw, b"taken") == (["1"], [])
-        finally:
-            raw.close()
-    pooled, direct = answers[:2], answers[2:]
+    def script(raw, _uri):
+        answers = []
+        raw.sock.sendall(_parse(b"taken", "select 1") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        raw.query("BEGIN")
+        # A Bind of one parameter to a statement that has none: 08P01.
+        bad_bind = _msg(b"B", b"\0taken\0" + b"\0\0" + b"\0\1" + b"\0\0\0\1" + b"1" + b"\0\0")
+        raw.sock.sendall(bad_bind + _SYNC + _parse(b"taken", text) + _SYNC)
+        answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZ"))
+        # A healthy block: the name is refused for itself.
+        raw.query("ROLLBACK")
+        raw.sock.sendall(_msg(b"Q", b"BEGIN; SELECT 1\0") + _parse(b"taken", text) + _SYNC)
+        answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZ"))
+        raw.query("ROLLBACK")
+        assert _run_named(raw, b"taken") == (["1"], [])
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
     assert direct == [[(b"E", "08P01"), (b"Z", b"E"), (b"E", code), (b"Z", b"E")],
                       [(b"Z", b"T"), (b"E", "42P05"), (b"Z", b"E")]], direct
     assert pooled == direct
@@ -720,28 +729,24 @@ def test_a_name_pipelined_behind_a_query_that_drops_it_is_gone(pool_uri, svc, sq
     (26000), and so does the pooler, which waits for the Query's answer before it resolves the
     name (seed 718 of the protocol fuzz test: on a server connection that had lost the
     statement, the pool prepared it again behind the Query and described it)."""
-    answers = []
-    for uri in (pool_uri, svc.uri_for(dbname="app")):
-        raw = RawClient(uri)
-        try:
-            raw.sock.sendall(_parse(b"gone", "select 1") + _SYNC)
-            assert _outcome(raw) == ([], [])
-            # Another client's DEALLOCATE ALL drops the statement from the pool's one server
-            # connection, so the pooler prepares it again in front of the client's message.
-            other = RawClient(uri)
-            other.query("select 1; deallocate all")
-            other.close()
-            then = _msg(b"D", b"Sgone\0") if use == "describe" else _bind(b"gone") + _EXECUTE
-            raw.sock.sendall(_msg(b"Q", sql.encode() + b"\0") + then + _SYNC)
-            got = raw.until_ready() + raw.until_ready()
-            answers.append(_kinds(got, b"EZtC"))
-            # Made again under the same name: there is one again.
-            raw.sock.sendall(_parse(b"gone", "select 2") + _SYNC)
-            assert _outcome(raw) == ([], [])
-            assert _run_named(raw, b"gone") == (["2"], [])
-        finally:
-            raw.close()
-    pooled, direct = answers
+    def script(raw, uri):
+        raw.sock.sendall(_parse(b"gone", "select 1") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        # Another client's DEALLOCATE ALL drops the statement from the pool's one server
+        # connection, so the pooler prepares it again in front of the client's message.
+        other = RawClient(uri)
+        other.query("select 1; deallocate all")
+        other.close()
+        then = _msg(b"D", b"Sgone\0") if use == "describe" else _bind(b"gone") + _EXECUTE
+        raw.sock.sendall(_msg(b"Q", sql.encode() + b"\0") + then + _SYNC)
+        answer = _kinds(raw.until_ready() + raw.until_ready(), b"EZtC")
+        # Made again under the same name: there is one again.
+        raw.sock.sendall(_parse(b"gone", "select 2") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        assert _run_named(raw, b"gone") == (["2"], [])
+        return answer
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
     assert [a for a in direct if a[0] == b"E"] == [(b"E", "26000")], direct
     assert pooled == direct
 
@@ -754,24 +759,21 @@ def test_the_unnamed_statement_stays_when_its_parse_again_is_skipped(pool_uri, s
     its previous unnamed statement, as in PostgreSQL, and the pooler parses it again before the
     next use instead of counting on the skipped Parse (fuzz seeds 907 and 1983: the pool
     answered 26000)."""
-    answers = []
-    for uri in (pool_uri, svc.uri_for(dbname="app")):
-        raw = RawClient(uri)
-        try:
-            raw.sock.sendall(_parse(b"", "select 1") + _parse(b"s1", "select 2") + _SYNC)
-            assert _outcome(raw) == ([], [])
-            raw.sock.sendall(_parse(b"s1", "select 3") + _SYNC)
-            assert _outcome(raw) == ([], ["42P05"])
-            # An Execute of a portal that does not exist (34000), then a Bind of the unnamed
-            # statement and a Parse of another, both skipped; then a Describe of it.
-            missing = _msg(b"E", b"p1\0\0\0\0\0")
-            raw.sock.sendall(missing + _bind(b"") + _parse(b"", "select 4") + _SYNC
-                             + _msg(b"D", b"S\0") + _SYNC)
-            answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZtn"))
-            assert _run_unnamed(raw) == (["1"], [])
-        finally:
-            raw.close()
-    pooled, direct = answers
+    def script(raw, _uri):
+        raw.sock.sendall(_parse(b"", "select 1") + _parse(b"s1", "select 2") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        raw.sock.sendall(_parse(b"s1", "select 3") + _SYNC)
+        assert _outcome(raw) == ([], ["42P05"])
+        # An Execute of a portal that does not exist (34000), then a Bind of the unnamed
+        # statement and a Parse of another, both skipped; then a Describe of it.
+        missing = _msg(b"E", b"p1\0\0\0\0\0")
+        raw.sock.sendall(missing + _bind(b"") + _parse(b"", "select 4") + _SYNC
+                         + _msg(b"D", b"S\0") + _SYNC)
+        answer = _kinds(raw.until_ready() + raw.until_ready(), b"EZtn")
+        assert _run_unnamed(raw) == (["1"], [])
+        return answer
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
     assert direct == [(b"E", "34000"), (b"Z", b"I"), (b"t", b"\0\0"), (b"Z", b"I")], direct
     assert pooled == direct
 
@@ -785,22 +787,72 @@ def test_the_unnamed_portal_bound_in_its_segment_runs_after_a_wait(pool_uri, svc
     def bind(portal: bytes, statement: bytes) -> bytes:
         return _msg(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
 
-    answers = []
-    for uri in (pool_uri, svc.uri_for(dbname="app")):
-        raw = RawClient(uri)
-        try:
-            raw.sock.sendall(_parse(b"s1", "rollback") + _SYNC)
-            assert _outcome(raw) == ([], [])
-            # A Describe of a portal that does not exist (34000) skips the rest of the first
-            # segment; the second binds the unnamed portal to s1 and runs it.
-            raw.sock.sendall(_msg(b"D", b"Pp1\0") + bind(b"", b"s2") + _msg(b"E", b"p1\0\0\0\0\0")
-                             + _parse(b"s2", "select 'a'::text") + _SYNC
-                             + bind(b"", b"s1") + _parse(b"s2", "select 'a'::text") + _EXECUTE
-                             + _SYNC)
-            answers.append(_kinds(raw.until_ready() + raw.until_ready(), b"EZ12C"))
-        finally:
-            raw.close()
-    pooled, direct = answers
+    def script(raw, _uri):
+        raw.sock.sendall(_parse(b"s1", "rollback") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        # A Describe of a portal that does not exist (34000) skips the rest of the first
+        # segment; the second binds the unnamed portal to s1 and runs it.
+        raw.sock.sendall(_msg(b"D", b"Pp1\0") + bind(b"", b"s2") + _msg(b"E", b"p1\0\0\0\0\0")
+                         + _parse(b"s2", "select 'a'::text") + _SYNC
+                         + bind(b"", b"s1") + _parse(b"s2", "select 'a'::text") + _EXECUTE
+                         + _SYNC)
+        return _kinds(raw.until_ready() + raw.until_ready(), b"EZ12C")
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
     assert direct == [(b"E", "34000"), (b"Z", b"I"), (b"2", b""), (b"1", b""),
                       (b"C", b"ROLLBACK\0"), (b"Z", b"I")], direct
+    assert pooled == direct
+
+
+def test_a_name_closed_and_parsed_again_in_a_skipped_segment_keeps_its_statement(pool_uri, svc):
+    """A Close of a statement and a Parse of the same name behind an Execute that fails, in a
+    failed transaction block, pipelined behind the segment that parsed the statement: the
+    server skips both, so the name keeps the statement it had, as in PostgreSQL. The Close
+    waited for the first segment's answers and was skipped on its own, before the Parse behind
+    it; undoing the two changes one at a time, the earlier first, left the name without a
+    statement (protocol fuzz seed 852: a later Bind got 26000)."""
+    def bind(statement: bytes, params: int) -> bytes:
+        values = b"".join(b"\0\0\0\1" + b"5" for _ in range(params))
+        return _msg(b"B", b"\0" + statement + b"\0\0\0" + params.to_bytes(2, "big") + values
+                    + b"\0\0")
+
+    def script(raw, _uri):
+        raw.query("BEGIN")
+        # The Bind's one parameter is one too many (08P01): the block fails. Then an Execute
+        # of a portal that does not exist (34000) has the Close and the Parse skipped.
+        raw.sock.sendall(_parse(b"s2", "select 1") + bind(b"s2", 1) + _SYNC
+                         + _msg(b"E", b"p1\0\0\0\0\0") + _msg(b"C", b"Ss2\0")
+                         + _parse(b"s2", "select 2") + _SYNC)
+        answers = _kinds(raw.until_ready() + raw.until_ready(), b"E1Z3")
+        raw.sock.sendall(bind(b"s2", 1) + _SYNC)
+        answers += _kinds(raw.until_ready(), b"EZ")
+        raw.query("ROLLBACK")
+        assert _run_named(raw, b"s2") == (["1"], [])
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    assert direct == [(b"1", b""), (b"E", "08P01"), (b"Z", b"E"), (b"E", "34000"), (b"Z", b"E"),
+                      (b"E", "08P01"), (b"Z", b"E")], direct
+    assert pooled == direct
+
+
+def test_a_name_made_behind_a_discard_all_keeps_a_skipped_close(pool_uri, svc):
+    """A `DISCARD ALL` Query, then in the same write a Parse of a new name and, behind an error,
+    a Close of it that the server skips: the name keeps the statement parsed after the
+    `DISCARD ALL`, as in PostgreSQL (protocol fuzz seed 1137: when the `DISCARD ALL`'s answer
+    came, the pooler took every waiting change's earlier statement for one the `DISCARD ALL`
+    dropped, also the Close's, which the Parse behind the `DISCARD ALL` had made; a Describe
+    got 26000)."""
+    def script(raw, _uri):
+        raw.sock.sendall(_msg(b"Q", b"discard all\0") + _parse(b"s1", "select 2")
+                         + _bind(b"nosuch") + _msg(b"C", b"Ss1\0") + _SYNC)
+        answers = _kinds(raw.until_ready() + raw.until_ready(), b"E1Z3")
+        raw.sock.sendall(_msg(b"D", b"Ss1\0") + _SYNC)
+        answers += _kinds(raw.until_ready(), b"EtTZ")
+        assert _run_named(raw, b"s1") == (["2"], [])
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    assert [k for k, _ in direct] == [b"Z", b"1", b"E", b"Z", b"t", b"T", b"Z"], direct
+    assert direct[2] == (b"E", "26000"), direct
     assert pooled == direct

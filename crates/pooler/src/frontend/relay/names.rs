@@ -79,25 +79,31 @@ pub fn change_unnamed(
 
 /// The server ran a statement that dropped every name of the client (`DEALLOCATE ALL`, or
 /// `DISCARD ALL`), before the messages whose changes still wait: the names these made stay,
-/// and undoing one of them brings back none of the names that went.
+/// and undoing one of them brings back none of the names that went. Only the first waiting
+/// change of a name (or a `DEALLOCATE ALL` before any change of it) holds what the name was
+/// before the drop; a later one holds what an earlier waiting change made, which stays.
 #[cold]
 pub fn server_dropped_all(relay: &mut RelayState, statements: &mut ClientStatements) {
-    let made: HashSet<&[u8]> = relay
-        .names
-        .iter()
-        .filter_map(|c| match c {
-            NameChange::One { name, .. } => Some(&**name),
-            _ => None,
-        })
-        .collect();
-    statements.retain(|name| made.contains(name));
+    let mut made: HashSet<&[u8]> = HashSet::new();
+    let mut all_taken = false;
     for c in relay.names.iter_mut() {
         match c {
-            NameChange::One { before, .. } => *before = None,
-            NameChange::All(names) => names.clear(),
+            NameChange::One { name, before } => {
+                if !all_taken && !made.contains(&**name) {
+                    *before = None;
+                }
+                made.insert(&**name);
+            }
+            NameChange::All(names) => {
+                if !all_taken {
+                    names.retain(|name, _| made.contains(&**name));
+                }
+                all_taken = true;
+            }
             NameChange::Unnamed { .. } => {}
         }
     }
+    statements.retain(|name| made.contains(name));
 }
 
 /// Answers are owed, all of them to segments the client ended (the last message relayed is a
@@ -321,6 +327,11 @@ pub fn failed_unnamed(relay: &RelayState, e: Expect) -> bool {
 
 /// Undoes the changes of the messages just skipped (`skipped`), the latest first, so that a
 /// name changed twice among them (a Close, then a Parse again) ends as it was before both.
+/// Changes still waiting behind them are not undone: where one of those changes the same
+/// name, it takes over what the name was before the undone change (what undoing it then
+/// restores), and the name stays as that later change made it. A run can end before the rest
+/// of its segment's changes (a pooler-answered message skipped before the Parse behind it is
+/// answered), so an earlier change may be undone before a later one of the same name.
 #[cold]
 pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
     let n = std::mem::take(&mut relay.names_skipped).min(relay.names.len());
@@ -328,16 +339,62 @@ pub fn undo(relay: &mut RelayState, statements: &mut ClientStatements) {
     for c in undone.into_iter().rev() {
         match c {
             NameChange::One { name, before } => {
-                statements.set(&name, before);
+                if let Some(before) = hand_over(&mut relay.names, &name, before) {
+                    statements.set(&name, before);
+                }
             }
             // Names made since (by messages not skipped) stay as they are.
-            NameChange::All(names) => statements.restore_names(names),
+            NameChange::All(names) => {
+                let rest: HashMap<_, _> = names
+                    .into_iter()
+                    .filter_map(|(name, stmt)| {
+                        hand_over(&mut relay.names, &name, Some(stmt.clone())).map(|_| (name, stmt))
+                    })
+                    .collect();
+                statements.restore_names(rest);
+            }
             NameChange::Unnamed { parse, tag, here } => {
-                statements.restore_unnamed(parse, tag);
-                relay.unnamed_here = here;
+                let later = relay.names.iter_mut().find_map(|c| match c {
+                    NameChange::Unnamed { parse, tag, here } => Some((parse, tag, here)),
+                    _ => None,
+                });
+                match later {
+                    Some((p, t, h)) => (*p, *t, *h) = (parse, tag, here),
+                    None => {
+                        statements.restore_unnamed(parse, tag);
+                        relay.unnamed_here = here;
+                    }
+                }
             }
         }
     }
+}
+
+/// Hands what `name` was before an undone change (`before`) to the first change still waiting
+/// that changes `name` too (a Parse or Close of it, or a `DEALLOCATE ALL`); returns it back
+/// when there is none, for the caller to restore.
+fn hand_over(
+    waiting: &mut std::collections::VecDeque<NameChange>,
+    name: &[u8],
+    before: Option<Arc<Statement>>,
+) -> Option<Option<Arc<Statement>>> {
+    for c in waiting.iter_mut() {
+        match c {
+            NameChange::One { name: n, before: b } if **n == *name => {
+                *b = before;
+                return None;
+            }
+            NameChange::All(names) => {
+                match before {
+                    Some(stmt) => names.insert(name.into(), stmt),
+                    None => names.remove(name),
+                };
+                return None;
+            }
+            _ => {}
+        }
+    }
+    Some(before)
 }
 
 #[cfg(test)]
@@ -469,5 +526,50 @@ mod tests {
         }
         relay.expect.push_back(entry(tag::SYNC, 0));
         assert!(waits(&relay, &statements, tag::BIND, &bind(b"other")));
+    }
+
+    fn id(statements: &ClientStatements, name: &[u8]) -> Option<u64> {
+        statements.get(name).map(|s| s.id)
+    }
+
+    #[test]
+    fn an_earlier_change_undone_first_hands_its_name_to_the_later_one() {
+        let registry = crate::prepared::Registry::default();
+        let (a, b) = (
+            registry.intern(b"select 1\0\0\0", b""),
+            registry.intern(b"select 2\0\0\0", b""),
+        );
+        let mut statements = ClientStatements::default();
+        statements.insert(b"s1", a.clone());
+        let mut relay = RelayState::default();
+        // A Close of s1, then a Parse of it again, both waiting.
+        change(&mut relay, &mut statements, b"s1", None);
+        change(&mut relay, &mut statements, b"s1", Some(b.clone()));
+        // The Close is skipped on its own: s1 is what the Parse made while that waits.
+        relay.names_skipped = 1;
+        undo(&mut relay, &mut statements);
+        assert_eq!(id(&statements, b"s1"), Some(b.id));
+        // The Parse is skipped too: s1 is what it was before both.
+        relay.names_skipped = 1;
+        undo(&mut relay, &mut statements);
+        assert_eq!(id(&statements, b"s1"), Some(a.id));
+        assert!(relay.names.is_empty());
+    }
+
+    #[test]
+    fn a_drop_by_the_server_keeps_what_a_waiting_change_made() {
+        let registry = crate::prepared::Registry::default();
+        let a = registry.intern(b"select 1\0\0\0", b"");
+        let mut statements = ClientStatements::default();
+        let mut relay = RelayState::default();
+        // Behind a DISCARD ALL: a Parse of s1, then a Close of it.
+        change(&mut relay, &mut statements, b"s1", Some(a.clone()));
+        change(&mut relay, &mut statements, b"s1", None);
+        server_dropped_all(&mut relay, &mut statements);
+        // The Parse holds, the Close is skipped: s1 is the Parse's statement.
+        relay.names.pop_front();
+        relay.names_skipped = 1;
+        undo(&mut relay, &mut statements);
+        assert_eq!(id(&statements, b"s1"), Some(a.id));
     }
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from urllib.parse import urlsplit
 
 import psycopg
@@ -436,6 +437,61 @@ def test_a_notify_right_before_its_unlisten_is_heard_and_nothing_after(pool_uri,
         assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("then", ["UNLISTEN {}", "UNLISTEN *"])
+def test_unlisten_while_the_pools_listener_is_gone_is_answered_and_holds(pool_uri, svc, then):
+    """An UNLISTEN sent right after the pool's listening connection was terminated is answered
+    (while the listener notices the loss, or reconnects, it unsubscribes the client without the
+    round trip it makes when connected), and holds once the listener is back: it listens again
+    to its other clients' channels only, so that a NOTIFY of the channel reaches the client no
+    more, and one of another client's channel still reaches that client."""
+    admin = svc.uri_for(dbname="app")
+    channel, kept = unique("gone").replace("-", "_"), unique("kept").replace("-", "_")
+
+    def listeners() -> list[int]:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")]
+
+    raw, other = RawClient(pool_uri), RawClient(pool_uri)
+    try:
+        before = set(listeners())  # other pools' listeners
+        raw.query(f"LISTEN {channel}")
+        other.query(f"LISTEN {kept}")
+        (pid,) = set(listeners()) - before
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        got = raw.query(then.format(channel))  # RawClient's 10 s timeout bounds the wait
+        assert [k for k, _ in got] == [b"C", b"Z"], got
+        # The listener is back, listening to the other client's channel.
+        deadline = time.monotonic() + 20
+        while True:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"NOTIFY {kept}, 'back'")
+            other.sock.settimeout(0.5)
+            try:
+                kind, body = other._recv_msg()
+            except socket.timeout:
+                assert time.monotonic() < deadline, "the pool's listener did not come back"
+                continue
+            finally:
+                other.sock.settimeout(10)
+            assert kind == b"A" and body[4:].split(b"\0")[:2] == [kept.encode(), b"back"]
+            break
+        assert pid not in listeners()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {channel}, 'after'")
+            conn.execute(f"NOTIFY {kept}, 'marker'")
+        # The marker, sent after, reaches the other client: the first had reached the
+        # listener before it, and a query's answer comes after what the pool had for the
+        # client then.
+        kind, body = other._recv_msg()
+        assert kind == b"A" and body[4:].split(b"\0")[:2] == [kept.encode(), b"marker"]
+        assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        raw.close()
+        other.close()
 
 
 @pytest.mark.parametrize("via", ["direct", "pool"])

@@ -1,9 +1,10 @@
 """Two clients' random protocol scripts through a transaction pool, against PostgreSQL directly.
 
-Each seed makes a script of segments — extended-protocol messages (Parse, Bind, Describe,
-Execute, Close of named and unnamed statements and portals, Flush) ended by Sync, or a simple
-Query; a third of the writes pipeline two or three segments — from a small vocabulary that reaches the pooler's own answers: duplicate and failed
-Parses, skipped messages after an error, transaction blocks and savepoints, failed blocks,
+Each seed makes a script of segments — extended-protocol messages (Parse, with or without
+parameter types, Bind, Describe, Execute, Close of named and unnamed statements and portals,
+Flush) ended by Sync, or a simple Query; a third of the writes pipeline two or three segments —
+from a small vocabulary that reaches the pooler's own answers: duplicate and failed Parses,
+skipped messages after an error, transaction blocks and savepoints, failed blocks,
 `DEALLOCATE` and `DISCARD ALL`, settings. Clients A and B take turns (only when the one that
 ran last is outside a transaction block). Directly, each client has a PostgreSQL connection of
 its own; through the pool (size 1) both run on one server connection. Every answer is compared,
@@ -34,12 +35,17 @@ PORTALS = ["", "p1"]
 PARSED = ["select 1", "select $1::int", "select 'a'::text", "selec bad", "begin", "commit",
           "rollback", "savepoint sp", "show application_name", "select 1/0",
           "set application_name = 'x'", "discard all", "values (1),(2),(3)", "release sp",
-          "rollback to sp", "set local application_name = 'l'", "reset application_name"]
+          "rollback to sp", "set local application_name = 'l'", "reset application_name",
+          "select $1"]
 QUERIES = ["select 1", "select 1; select 2", "begin", "commit", "rollback", "begin; select 1",
            "select 1; deallocate all", "set application_name = 'q1'", "show application_name",
            "deallocate s2", "deallocate prepare s1", "deallocate all", "selec bad", "select 1/0",
            "savepoint sp", "rollback to sp", "discard all", "", "values (1),(2)", "reset all",
            "select 1; selec bad; select 2", "commit; begin"]
+
+# A Parse's parameter types (OIDs): none (the server infers them), int4, text. The same text
+# with other types is another server statement; a Bind must then give as many values.
+TYPES = [(), (), (), (23,), (25,)]
 
 # (what PostgreSQL answers, what the pooler answers) at the first difference.
 KNOWN = {
@@ -59,14 +65,16 @@ KNOWN = {
 
 
 
-def _segment(rng: random.Random) -> list[tuple]:
+def _segment(rng: random.Random, types: random.Random) -> list[tuple]:
+    """One segment; `types` picks each Parse's parameter types (its own stream, so that a
+    seed's messages are otherwise what they were before Parses had types)."""
     if rng.random() < 0.3:
         return [("Q", rng.choice(QUERIES))]
     parts = []
     for _ in range(rng.randint(1, 6)):
         k = rng.choice("PPBBEEDCH")
         if k == "P":
-            parts.append(("P", rng.choice(NAMES), rng.choice(PARSED)))
+            parts.append(("P", rng.choice(NAMES), rng.choice(PARSED), types.choice(TYPES)))
         elif k == "B":
             parts.append(("B", rng.choice(PORTALS), rng.choice(NAMES), rng.choice([0, 1, 1])))
         elif k == "E":
@@ -108,7 +116,9 @@ def _wire(parts: list[tuple], salt: str) -> bytes:
             out += _msg(b"Q", p[1].encode() + b"\0")
         elif p[0] == "P":
             text = f"/*{salt}*/ {p[2]}".encode()
-            out += _msg(b"P", p[1].encode() + b"\0" + text + b"\0\0\0")
+            types = p[3] if len(p) > 3 else ()
+            out += _msg(b"P", p[1].encode() + b"\0" + text + b"\0"
+                        + struct.pack(f"!h{len(types)}i", len(types), *types))
         elif p[0] == "B":
             body = p[1].encode() + b"\0" + p[2].encode() + b"\0" + struct.pack("!hh", 0, p[3])
             if p[3]:
@@ -158,16 +168,26 @@ def comparable(messages: list[tuple[bytes, bytes]], notes: list | None = None) -
                 i += max(size, 0)
             out.append(f"D{vals}")
         elif k == "T":
-            out.append(f"T{struct.unpack('!h', body[:2])[0]}")
+            # The columns' type OIDs (after each name: table OID, column number, type).
+            (n,), i, oids = struct.unpack("!h", body[:2]), 2, []
+            for _ in range(n):
+                i = body.index(b"\0", i) + 1
+                oids.append(str(struct.unpack("!i", body[i + 6:i + 10])[0]))
+                i += 18
+            out.append(f"T{n}:" + ",".join(oids))
+        elif k == "t":
+            (n,) = struct.unpack("!h", body[:2])
+            out.append("t" + ",".join(str(x) for x in struct.unpack(f"!{n}i", body[2:2 + 4 * n])))
         else:
             out.append(k)
     return out
 
 
 def _first_difference(want: list[str], got: list[str]) -> tuple[str, str]:
+    """The first answers that differ, a description by its kind only (as `KNOWN` lists it)."""
     for a, b in zip(want, got):
         if a != b:
-            return a, b
+            return tuple(x[:1] if x[:1] in ("t", "T") else x for x in (a, b))
     return "", ""
 
 
@@ -212,7 +232,7 @@ def _server_crashed(direct_uri: str, seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_two_clients_answered_as_postgresql_answers(uris, seed):
     direct_uri, pooled_uri = uris
-    rng = random.Random(seed)
+    rng, types = random.Random(seed), random.Random(f"types {seed}")
     # Texts of this run only: no statement is on the server before the script prepares it.
     salt = unique("t")
     direct = {c: RawClient(direct_uri) for c in "AB"}
@@ -223,11 +243,11 @@ def test_two_clients_answered_as_postgresql_answers(uris, seed):
         for _ in range(STEPS):
             if status[cur] == "I" and rng.random() < 0.4:
                 cur = "B" if cur == "A" else "A"
-            parts = _segment(rng)
+            parts = _segment(rng, types)
             if rng.random() < 0.3:
                 # Pipelined: more segments in the same write.
                 for _ in range(rng.randint(1, 2)):
-                    parts += _segment(rng)
+                    parts += _segment(rng, types)
             parts = _no_query_portal(parts, queried, cur)
             script.append((cur, parts))
             data = _wire(parts, salt)

@@ -388,6 +388,43 @@ def test_listen_pipelined_behind_a_failing_statement(pool_uri, form):
         raw.close()
 
 
+@pytest.mark.parametrize("verb", ["LISTEN", "UNLISTEN"])
+@pytest.mark.parametrize("then", ["CLOSE no_such_cursor", "SAVEPOINT a", "ROLLBACK", "SELECT 1"])
+def test_an_extended_listen_holds_only_if_its_segment_commits(pool_uri, svc, verb, then):
+    """Outside a transaction block, PostgreSQL runs an extended-protocol segment's statements
+    in one transaction up to its Sync: a LISTEN or UNLISTEN there holds only if that
+    transaction commits, not when a later statement of the segment fails (a cursor that does not
+    exist, a SAVEPOINT outside a block) or rolls it back. Side by side with a direct connection
+    (session fuzz seeds 1475 and 1490: through the pool the LISTEN held)."""
+    channel = unique("seg").replace("-", "_")
+
+    def heard(uri: str) -> list:
+        raw = RawClient(uri)
+        try:
+            if verb == "UNLISTEN":
+                raw.query(f"LISTEN {channel}")
+            raw.sock.sendall(_extended(f"{verb} {channel}".encode(), None)
+                             + _extended(then.encode()))
+            answers = [k for k, _ in raw.until_ready() if k != b"N"]
+            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+                sender.execute(f"NOTIFY {channel}, 'n'")
+            # Heard or not: a marker on a channel the client listens to afterwards comes
+            # after it (one sender, one order).
+            got = raw.query(f"LISTEN {channel}_marker")
+            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+                sender.execute(f"NOTIFY {channel}_marker, 'm'")
+            while not any(k == b"A" and b"_marker" in b for k, b in got):
+                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+        finally:
+            raw.close()
+
+    pooled, direct = heard(pool_uri), heard(svc.uri_for(dbname="app"))
+    holds = then == "SELECT 1"
+    assert direct[1] == ([b"m"] if holds == (verb == "UNLISTEN") else [b"n", b"m"]), direct
+    assert pooled == direct
+
+
 @pytest.mark.parametrize("form", ["queries", "one segment"])
 def test_a_notify_right_behind_its_listen_is_heard(pool_uri, form):
     """A NOTIFY the client commits right behind its own LISTEN, in the same write (two Queries,

@@ -818,9 +818,12 @@ fn listen(
     }
     if !failed {
         let in_block = relay.block_in_segment.unwrap_or(server.status != txn::IDLE);
+        // Outside one, an extended-protocol LISTEN runs in the transaction of its segment,
+        // which commits at the Sync unless a later message fails it first.
+        let implicit = !in_block && tag == tag::PARSE;
         // Inside a transaction block PostgreSQL applies it at COMMIT (`TxnListens`): a LISTEN
         // is served now and undone at a ROLLBACK, an UNLISTEN waits for the COMMIT.
-        let now = if in_block {
+        let now = if in_block || implicit {
             let before = || ctx.notify.as_ref().map(|s| s.channels().clone());
             relay
                 .txn_listens
@@ -828,6 +831,7 @@ fn listen(
                     Box::new(session_state::TxnListens::new(
                         before().unwrap_or_default(),
                         relay.savepoints,
+                        implicit,
                     ))
                 })
                 .push(cmd.clone());

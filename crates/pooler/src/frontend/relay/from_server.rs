@@ -277,9 +277,13 @@ fn server_messages(
                 relay.block_in_segment = None;
                 if server.status == txn::IDLE {
                     relay.savepoints = 0;
-                    if relay.txn_listens.is_some() && relay.txn_listens_end.is_none() {
-                        // The block ended without a COMMIT: rolled back.
-                        relay.txn_listens_end = Some(false);
+                }
+                if let Some(t) = relay.txn_listens.as_mut() {
+                    // Ended without a COMMIT: a block rolled back, a segment's transaction
+                    // committed unless it failed.
+                    let ended = t.ready(server.status == txn::IDLE);
+                    if relay.txn_listens_end.is_none() {
+                        relay.txn_listens_end = ended;
                     }
                 }
                 while let Some(e) = relay.expect.pop_front() {
@@ -325,6 +329,9 @@ fn server_messages(
                 event = ServerEvent::Ready;
             }
             tag::ERROR_RESPONSE => {
+                if let Some(t) = relay.txn_listens.as_mut() {
+                    t.error();
+                }
                 if let Some(front) = relay.expect.front().copied() {
                     if matches!(
                         front.kind,

@@ -134,6 +134,10 @@ pub enum ListenCmd {
 /// are followed by their command tags, innermost first: a `ROLLBACK TO` forgets what came
 /// after the latest savepoint still open (as PostgreSQL does when the client rolls back to its
 /// innermost one, as drivers' nested transactions do), a `RELEASE` closes it.
+///
+/// Outside a block, an extended-protocol LISTEN/UNLISTEN runs in the transaction PostgreSQL
+/// keeps open up to the segment's Sync (`implicit`): it holds when that transaction commits,
+/// as it does at the Sync unless an error or a ROLLBACK came first (`failed`).
 #[derive(Debug, Default)]
 pub struct TxnListens {
     /// The channels the client listened to before the block's first LISTEN/UNLISTEN.
@@ -142,16 +146,42 @@ pub struct TxnListens {
     ops: Vec<ListenCmd>,
     /// For each savepoint open, innermost last: how many of `ops` came before it.
     marks: Vec<usize>,
+    /// The transaction is the one of an extended-protocol segment, not a block the client
+    /// began (until a BEGIN in that segment makes it one).
+    implicit: bool,
+    /// An error or a ROLLBACK of the whole transaction came: it does not commit.
+    failed: bool,
 }
 
 impl TxnListens {
-    /// A block's first LISTEN/UNLISTEN, with `savepoints` open before it.
-    pub fn new(before: HashSet<Box<str>>, savepoints: usize) -> Self {
+    /// A block's first LISTEN/UNLISTEN, with `savepoints` open before it; `implicit` for
+    /// the transaction of an extended-protocol segment outside a block.
+    pub fn new(before: HashSet<Box<str>>, savepoints: usize, implicit: bool) -> Self {
         TxnListens {
             before,
             ops: Vec::new(),
             marks: vec![0; savepoints],
+            implicit,
+            failed: false,
         }
+    }
+
+    /// The server answered an error: the transaction rolls back (a block the client began
+    /// tells at its end, by its COMMIT's tag).
+    pub fn error(&mut self) {
+        self.failed = true;
+    }
+
+    /// The transaction's ReadyForQuery came: still open (`idle` false), it is a block the
+    /// client began, and None; ended, whether it committed, when nothing told so before (a
+    /// COMMIT's tag): a segment's transaction commits unless it failed, a block the client
+    /// began and ended without a COMMIT did not.
+    pub fn ready(&mut self, idle: bool) -> Option<bool> {
+        if !idle {
+            self.implicit = false;
+            return None;
+        }
+        Some(self.implicit && !self.failed)
     }
 
     pub fn push(&mut self, cmd: ListenCmd) {
@@ -171,8 +201,9 @@ impl TxnListens {
     /// A `ROLLBACK` completed: to the innermost savepoint (which stays open), or of the whole
     /// block, which its ReadyForQuery then tells (`end`).
     pub fn rollback_to(&mut self) {
-        if let Some(&mark) = self.marks.last() {
-            self.ops.truncate(mark);
+        match self.marks.last() {
+            Some(&mark) => self.ops.truncate(mark),
+            None => self.failed = true,
         }
     }
 
@@ -406,7 +437,7 @@ mod tests {
                 .collect::<HashSet<_>>()
         };
         let block = |before: &[&str], ops: Vec<ListenCmd>| {
-            let mut t = TxnListens::new(set(before), 0);
+            let mut t = TxnListens::new(set(before), 0, false);
             for op in ops {
                 t.push(op);
             }
@@ -424,7 +455,7 @@ mod tests {
         );
         // LISTEN b; SAVEPOINT; LISTEN c; SAVEPOINT; UNLISTEN a; ROLLBACK TO (the inner);
         // RELEASE (the inner); ROLLBACK TO (the outer); LISTEN d; COMMIT.
-        let mut t = TxnListens::new(set(&["a"]), 0);
+        let mut t = TxnListens::new(set(&["a"]), 0, false);
         t.push(l("b"));
         t.savepoint();
         t.push(l("c"));
@@ -437,7 +468,7 @@ mod tests {
         t.push(l("d"));
         assert_eq!(t.end(true), set(&["a", "b", "d"]));
         // Savepoints open before the block's first LISTEN.
-        let mut t = TxnListens::new(set(&[]), 2);
+        let mut t = TxnListens::new(set(&[]), 2, false);
         t.push(l("x"));
         t.rollback_to();
         t.release();

@@ -5,9 +5,12 @@ parameter types, Bind, Describe, Execute, Close of named and unnamed statements 
 Flush) ended by Sync, or a simple Query; a third of the writes pipeline two or three segments —
 from a small vocabulary that reaches the pooler's own answers: duplicate and failed Parses,
 skipped messages after an error, transaction blocks and savepoints, failed blocks,
-`DEALLOCATE` and `DISCARD ALL`, settings. Clients A and B take turns (only when the one that
-ran last is outside a transaction block). Directly, each client has a PostgreSQL connection of
-its own; through the pool (size 1) both run on one server connection. Every answer is compared,
+`DEALLOCATE` and `DISCARD ALL`, settings. Clients A and B take turns. Directly, each client has
+a PostgreSQL connection of its own; through a pool of size 1 both run on one server connection
+(a turn passes only when the client that ran last is outside a transaction block), through a
+pool of size 2 on either of two (a turn passes also when the other client is outside one, so
+that each may hold a connection in a block, and statements are prepared again wherever a
+client lands). Every answer is compared,
 segment by segment: message types, SQLSTATEs, rows, command tags and the ReadyForQuery status.
 
 A few differences are PostgreSQL's answers that the pooler does not give, listed in `KNOWN`; a
@@ -17,6 +20,7 @@ fails the test with the seed and the script that led to it.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import time
@@ -207,9 +211,21 @@ def direct_and_pooled(client, label: str):
 
 
 @pytest.fixture(scope="module")
-def uris(client):
-    _, direct, pooled = direct_and_pooled(client, "diff")
-    return direct, pooled
+def pools(client):
+    """appuser's direct URI, and the URIs of transaction pools of size 1 and 2."""
+    s, direct, pooled = direct_and_pooled(client, "diff")
+    name = unique("diff")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=s.name, name=name, database_name="app", mode="transaction", size=2,
+        username="appuser"))
+    two = find_pool(client.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
+    return direct, {1: pooled, 2: two}
+
+
+@pytest.fixture(scope="module")
+def uris(pools):
+    direct, pooled = pools
+    return direct, pooled[1]
 
 
 def _server_crashed(direct_uri: str, seed: int) -> None:
@@ -229,9 +245,18 @@ def _server_crashed(direct_uri: str, seed: int) -> None:
     pytest.skip(f"seed {seed}: PostgreSQL's own server process crashed on the direct side")
 
 
+# PGBAY_FUZZ_POOL_SIZES=2 runs a hunt on one of them only.
+SIZES = [int(x) for x in os.environ.get("PGBAY_FUZZ_POOL_SIZES", "1,2").split(",")]
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_two_clients_answered_as_postgresql_answers(uris, seed):
-    direct_uri, pooled_uri = uris
+def test_two_clients_answered_as_postgresql_answers(pools, seed, size):
+    """Through a pool of one server connection, the clients take turns only when the one that
+    ran last is outside a transaction block; through a pool of two, also when the other is
+    (then each may hold a connection of its own in a block, and a client's next transaction
+    may run on either connection: its statements are prepared again where it lands)."""
+    direct_uri, pooled_uri = pools[0], pools[1][size]
     rng, types = random.Random(seed), random.Random(f"types {seed}")
     # Texts of this run only: no statement is on the server before the script prepares it.
     salt = unique("t")
@@ -241,8 +266,9 @@ def test_two_clients_answered_as_postgresql_answers(uris, seed):
     queried = set()
     try:
         for _ in range(STEPS):
-            if status[cur] == "I" and rng.random() < 0.4:
-                cur = "B" if cur == "A" else "A"
+            other = "B" if cur == "A" else "A"
+            if (status[cur] == "I" or (size == 2 and status[other] == "I")) and rng.random() < 0.4:
+                cur = other
             parts = _segment(rng, types)
             if rng.random() < 0.3:
                 # Pipelined: more segments in the same write.

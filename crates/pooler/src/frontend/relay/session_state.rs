@@ -478,6 +478,30 @@ mod tests {
     }
 
     #[test]
+    fn a_segments_transaction_commits_at_its_ready_unless_it_failed() {
+        let set = |names: &[&str]| names.iter().map(|n| Box::from(*n)).collect::<HashSet<_>>();
+        let listen = |implicit: bool| {
+            let mut t = TxnListens::new(set(&[]), 0, implicit);
+            t.push(ListenCmd::Listen("a".into()));
+            t
+        };
+        assert_eq!(listen(true).ready(true), Some(true));
+        let mut t = listen(true);
+        t.error();
+        assert_eq!(t.ready(true), Some(false));
+        // A ROLLBACK of it (no savepoint open).
+        let mut t = listen(true);
+        t.rollback_to();
+        assert_eq!(t.ready(true), Some(false));
+        // A BEGIN in the segment made it a block: its COMMIT tells.
+        let mut t = listen(true);
+        assert_eq!(t.ready(false), None);
+        assert_eq!(t.ready(true), Some(false));
+        // A block the client began, ended without a COMMIT.
+        assert_eq!(listen(false).ready(true), Some(false));
+    }
+
+    #[test]
     fn parses_listen_and_unlisten() {
         let p = |s: &str| parse_listen(s.as_bytes());
         assert_eq!(p("LISTEN Chan\0"), Some(ListenCmd::Listen("chan".into())));

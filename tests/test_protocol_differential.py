@@ -5,13 +5,13 @@ parameter types, Bind, Describe, Execute, Close of named and unnamed statements 
 Flush) ended by Sync, or a simple Query; a third of the writes pipeline two or three segments —
 from a small vocabulary that reaches the pooler's own answers: duplicate and failed Parses,
 skipped messages after an error, transaction blocks and savepoints, failed blocks,
-`DEALLOCATE` and `DISCARD ALL`, settings. Clients A and B take turns. Directly, each client has
-a PostgreSQL connection of its own; through a pool of size 1 both run on one server connection
-(a turn passes only when the client that ran last is outside a transaction block), through a
-pool of size 2 on either of two (a turn passes also when the other client is outside one, so
-that each may hold a connection in a block, and statements are prepared again wherever a
-client lands). Every answer is compared,
-segment by segment: message types, SQLSTATEs, rows, command tags and the ReadyForQuery status.
+`DEALLOCATE` and `DISCARD ALL`, settings, COPY out. Clients A and B take turns. Directly, each
+client has a PostgreSQL connection of its own; through a pool of size 1 both run on one server
+connection (a turn passes only when the client that ran last is outside a transaction block),
+through a pool of size 2 on either of two (a turn passes also when the other client is outside
+one, so that each may hold a connection in a block, and statements are prepared again wherever
+a client lands). Every answer is compared, segment by segment: message types, SQLSTATEs, rows,
+command tags, the types of parameters and columns described, and the ReadyForQuery status.
 
 A few differences are PostgreSQL's answers that the pooler does not give, listed in `KNOWN`; a
 seed that reaches one stops there (what follows would differ for that reason). Anything else
@@ -40,12 +40,12 @@ PARSED = ["select 1", "select $1::int", "select 'a'::text", "selec bad", "begin"
           "rollback", "savepoint sp", "show application_name", "select 1/0",
           "set application_name = 'x'", "discard all", "values (1),(2),(3)", "release sp",
           "rollback to sp", "set local application_name = 'l'", "reset application_name",
-          "select $1"]
+          "select $1", "copy (values (1), (2)) to stdout"]
 QUERIES = ["select 1", "select 1; select 2", "begin", "commit", "rollback", "begin; select 1",
            "select 1; deallocate all", "set application_name = 'q1'", "show application_name",
            "deallocate s2", "deallocate prepare s1", "deallocate all", "selec bad", "select 1/0",
            "savepoint sp", "rollback to sp", "discard all", "", "values (1),(2)", "reset all",
-           "select 1; selec bad; select 2", "commit; begin"]
+           "select 1; selec bad; select 2", "commit; begin", "copy (values (1)) to stdout"]
 
 # A Parse's parameter types (OIDs): none (the server infers them), int4, text. The same text
 # with other types is another server statement; a Bind must then give as many values.

@@ -388,6 +388,42 @@ def test_listen_pipelined_behind_a_failing_statement(pool_uri, form):
         raw.close()
 
 
+@pytest.mark.parametrize("form", ["queries", "one segment"])
+def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form):
+    """`DISCARD ALL` drops the client's channels: a NOTIFY the client sends right behind it in
+    the same write (two Queries, or one extended-protocol segment) commits after it and is not
+    heard, side by side with a direct connection (session fuzz seed 1668: through the pool the
+    NOTIFY reached the server before the pool's listener had dropped the client's channels).
+    The client's messages after a `DISCARD ALL` wait for its answer and for the listener."""
+    channel = unique("disc").replace("-", "_")
+
+    def heard(uri: str) -> list:
+        raw = RawClient(uri)
+        try:
+            raw.query(f"LISTEN {channel}")
+            if form == "queries":
+                raw.sock.sendall(_msg(b"Q", b"DISCARD ALL\0")
+                                 + _msg(b"Q", f"NOTIFY {channel}, 'after'\0".encode()))
+                got = raw.until_ready() + raw.until_ready()
+            else:
+                raw.sock.sendall(_extended(b"DISCARD ALL", None)
+                                 + _extended(f"NOTIFY {channel}, 'after'".encode()))
+                got = raw.until_ready()
+            assert not [parse_error(b) for k, b in got if k == b"E"], got
+            got += raw.query(f"LISTEN {channel}_marker")
+            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+                sender.execute(f"NOTIFY {channel}_marker, 'm'")
+            while not any(k == b"A" and b"_marker" in b for k, b in got):
+                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+            return [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+        finally:
+            raw.close()
+
+    direct = heard(svc.uri_for(dbname="app"))
+    assert direct == [b"m"], direct
+    assert heard(pool_uri) == direct
+
+
 @pytest.mark.parametrize("verb", ["LISTEN", "UNLISTEN"])
 @pytest.mark.parametrize("then", ["CLOSE no_such_cursor", "SAVEPOINT a", "ROLLBACK", "SELECT 1"])
 def test_an_extended_listen_holds_only_if_its_segment_commits(pool_uri, svc, verb, then):

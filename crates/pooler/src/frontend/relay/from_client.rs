@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
     drain_synthesized, finish, flush_run, names, push, scan, scan::literal, Action, ClientCtx,
-    RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE,
+    DiscardWait, RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE,
 };
 use crate::backend::server::Server;
 use crate::errors;
@@ -96,6 +96,18 @@ fn client_messages(
         }
         tracing::trace!(tag = %(tag as char), len, "client message");
         let avail = input.len() - pos;
+        if relay.discard_wait != DiscardWait::No && discard_holds(relay, tag) {
+            // Behind a `DISCARD ALL` the client listens across: relayed once its answer is
+            // in (asked for now when its segment's Sync is not relayed yet) and the listener
+            // dropped the client's channels.
+            flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+            drain_synthesized(server, relay, ctx.statements);
+            if !names::earlier_segments_only(relay) {
+                server.bufs.c2s_out.extend_from_slice(&FLUSH);
+            }
+            relay.c2s_stalled = true;
+            break;
+        }
         if (!relay.names.is_empty()
             || !relay.deallocs.is_empty()
             || (matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE) && !relay.expect.is_empty()))
@@ -176,6 +188,19 @@ fn client_messages(
                         None => {
                             if bits & session_state::DROPS != 0 && tag == tag::QUERY {
                                 mark = literal::DROPS_MARK;
+                            }
+                            const DISCARD_ALL: u64 = session_state::ALL | session_state::DROPS;
+                            if bits & DISCARD_ALL == DISCARD_ALL
+                                && ctx
+                                    .notify
+                                    .as_ref()
+                                    .is_some_and(|s| !s.channels().is_empty())
+                            {
+                                relay.discard_wait = if tag == tag::QUERY {
+                                    DiscardWait::Ran
+                                } else {
+                                    DiscardWait::Parsed
+                                };
                             }
                             ctx.params.dirty |= bits & !session_state::DROPS;
                         }
@@ -876,6 +901,25 @@ fn listen(
         ctx.tally.t.client_parses += 1;
         ctx.tally.t.server_parses += 1;
         Ok(())
+    }
+}
+
+/// Whether the client's message `tag` waits behind a `DISCARD ALL` it listens across
+/// (`RelayState::discard_wait`): everything after the statement is run, until every answer owed
+/// is in (then the wait is over).
+fn discard_holds(relay: &mut RelayState, tag: u8) -> bool {
+    match relay.discard_wait {
+        DiscardWait::No => false,
+        DiscardWait::Parsed if matches!(tag, tag::BIND | tag::DESCRIBE | tag::FLUSH) => false,
+        DiscardWait::Parsed if tag == tag::EXECUTE => {
+            relay.discard_wait = DiscardWait::Ran;
+            false
+        }
+        _ if relay.expect.is_empty() => {
+            relay.discard_wait = DiscardWait::No;
+            false
+        }
+        _ => true,
     }
 }
 

@@ -108,6 +108,17 @@ pub enum ServerEvent {
     Replay,
 }
 
+/// Where a `DISCARD ALL` the client listens across stands (`RelayState::discard_wait`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum DiscardWait {
+    #[default]
+    No,
+    /// Parsed (extended protocol): its Bind, Describe and first Execute go on.
+    Parsed,
+    /// Relayed to run (a Query, or the Execute after its Parse): the rest waits.
+    Ran,
+}
+
 /// Where an attachment is in its server connection's two byte streams, as far as the relay is
 /// concerned (taken with `RelayState::take`).
 #[derive(Default, Debug)]
@@ -143,6 +154,11 @@ pub struct RelayState {
     /// the client's channels go too, as on a direct connection (read and cleared by the socket
     /// loop, which reaches the listener).
     pub discarded_channels: bool,
+    /// A `DISCARD ALL` relayed while the client listens (`from_client::discard_holds`):
+    /// what the client sends after it waits for its answer, and so for the listener to drop
+    /// the client's channels, so that nothing it commits after the `DISCARD ALL` (its own
+    /// NOTIFY pipelined behind it, say) reaches it, as on a direct connection.
+    pub discard_wait: DiscardWait,
     /// A LISTEN the pool's listener has not confirmed yet: answers to the client wait for it
     /// (`listen_wait`).
     pub listen_wait: Option<listen_wait::ListenWait>,
@@ -235,6 +251,7 @@ impl RelayState {
             sets,
             drop_notifications,
             discarded_channels,
+            discard_wait,
             listen_wait,
             txn_listens,
             txn_listens_end,
@@ -267,6 +284,7 @@ impl RelayState {
         *ready_synthesized = false;
         *drop_notifications = false;
         *discarded_channels = false;
+        *discard_wait = DiscardWait::No;
         *listen_wait = None;
         *txn_listens = None;
         *txn_listens_end = None;

@@ -70,8 +70,7 @@ KNOWN = {
 
 
 def _segment(rng: random.Random, types: random.Random) -> list[tuple]:
-    """One segment; `types` picks each Parse's parameter types (its own stream, so that a
-    seed's messages are otherwise what they were before Parses had types)."""
+    """One segment; `types` picks each Parse's parameter types (a stream of its own)."""
     if rng.random() < 0.3:
         return [("Q", rng.choice(QUERIES))]
     parts = []
@@ -220,12 +219,6 @@ def pools(client):
         username="appuser"))
     two = find_pool(client.get_dbaas_service_pg(name=s.name), name)["connection-uri"]
     return direct, {1: pooled, 2: two}
-
-
-@pytest.fixture(scope="module")
-def uris(pools):
-    direct, pooled = pools
-    return direct, pooled[1]
 
 
 def _server_crashed(direct_uri: str, seed: int) -> None:

@@ -905,8 +905,8 @@ fn listen(
 }
 
 /// Whether the client's message `tag` waits behind a `DISCARD ALL` it listens across
-/// (`RelayState::discard_wait`): everything after the statement is run, until every answer owed
-/// is in (then the wait is over).
+/// (`RelayState::discard_wait`): everything after the messages that run the statement waits
+/// until every answer owed is in (then the wait is over).
 fn discard_holds(relay: &mut RelayState, tag: u8) -> bool {
     match relay.discard_wait {
         DiscardWait::No => false,

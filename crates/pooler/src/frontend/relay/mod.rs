@@ -207,8 +207,9 @@ pub struct RelayState {
     /// into another client's transaction.
     pub segment_open: bool,
     /// The client's next message waits in `c2s_in` for the answer to an earlier segment that
-    /// decides what a statement name it uses is (`names::waits`), or whether a LISTEN runs; or
-    /// for the pool's listener to confirm a LISTEN (`listen_wait`). Relayed once that is in.
+    /// decides what a statement name it uses is (`names::waits`), or whether a LISTEN runs, or
+    /// for the answer to a `DISCARD ALL` it sent (`discard_wait`); or for the pool's listener to
+    /// confirm a LISTEN (`listen_wait`). Relayed once that is in.
     pub c2s_stalled: bool,
     /// The server answered an error in the current segment: it skips everything up to the
     /// client's Sync, and so does the pooler with what it would answer itself.

@@ -856,3 +856,28 @@ def test_a_name_made_behind_a_discard_all_keeps_a_skipped_close(pool_uri, svc):
     assert [k for k, _ in direct] == [b"Z", b"1", b"E", b"Z", b"t", b"T", b"Z"], direct
     assert direct[2] == (b"E", "26000"), direct
     assert pooled == direct
+
+
+def test_a_failed_bind_of_another_portal_leaves_the_unnamed_portal(pool_uri, svc):
+    """A Bind of a named portal that fails leaves the client's unnamed portal as it was: in the
+    failed block an Execute of it gets 25P02, as in PostgreSQL, not 34000 (protocol fuzz seed
+    1845 through a pool of two: the pooler took the failed Bind for one of the unnamed portal
+    and closed that portal before the Execute, as it closes the one a failed simple Query
+    leaves)."""
+    def script(raw, _uri):
+        raw.query("BEGIN")
+        raw.sock.sendall(_parse(b"", "select 1") + _bind(b"") + _SYNC)
+        answers = _kinds(raw.until_ready(), b"E12Z")
+        # One parameter for a statement that has none: 08P01, the block fails.
+        raw.sock.sendall(_msg(b"B", b"p1\0\0" + b"\0\0" + b"\0\1" + b"\0\0\0\1" + b"1" + b"\0\0")
+                         + _SYNC)
+        answers += _kinds(raw.until_ready(), b"E2Z")
+        raw.sock.sendall(_EXECUTE + _SYNC)
+        answers += _kinds(raw.until_ready(), b"EDCZ")
+        raw.query("ROLLBACK")
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    assert direct == [(b"1", b""), (b"2", b""), (b"Z", b"T"), (b"E", "08P01"), (b"Z", b"E"),
+                      (b"E", "25P02"), (b"Z", b"E")], direct
+    assert pooled == direct

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::session_state::{self, Deallocate, Found, ListenCmd};
 use super::{
     drain_synthesized, finish, flush_run, names, push, scan, scan::literal, Action, ClientCtx,
-    DiscardWait, RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE,
+    DiscardWait, RelayError, RelayState, BOUND, COPY_END, MAX_MESSAGE, UNNAMED_PORTAL,
 };
 use crate::backend::server::Server;
 use crate::errors;
@@ -355,6 +355,9 @@ fn client_messages(
                 }
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
+                        if tag == tag::BIND && input.get(pos + HEADER) == Some(&0) {
+                            mark = UNNAMED_PORTAL;
+                        }
                         push(&mut relay.expect, kind, Action::Forward, mark);
                         // Untracked Parse/Bind go to the server as they are.
                         let parse = (tag == tag::PARSE) as u64;
@@ -464,6 +467,9 @@ fn rewrite(
                     }
                     server.bufs.c2s_out.extend_from_slice(msg)
                 }
+            }
+            if b.portal.is_empty() {
+                bound |= UNNAMED_PORTAL;
             }
             push(&mut relay.expect, tag::BIND, Action::Forward, bound);
         }

@@ -4,7 +4,7 @@
 
 use super::{
     drain_synthesized, finish, flush_run, names, scan::literal, Action, Expect, RelayError,
-    RelayState, ServerEvent, BOUND, COPY_END, MAX_MESSAGE,
+    RelayState, ServerEvent, BOUND, COPY_END, MAX_MESSAGE, UNNAMED_PORTAL,
 };
 use crate::backend::server::Server;
 use crate::net::messages::error::parse_error;
@@ -60,8 +60,8 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         }
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
-        // Perhaps of the unnamed portal, which it then did not replace.
-        (tag::BIND, _) => relay.query_portal = true,
+        // Of the unnamed portal, which it then did not replace.
+        (tag::BIND, _) if e.stmt & UNNAMED_PORTAL != 0 => relay.query_portal = true,
         // Statements it would have prepared do not exist.
         (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
         // An unnamed Parse, not made: the server has no unnamed statement after a failure,
@@ -242,7 +242,7 @@ fn server_messages(
                 break;
             }
             if let Some(front) = relay.expect.front().copied() {
-                let id = front.stmt & !BOUND;
+                let id = front.stmt & !(BOUND | UNNAMED_PORTAL);
                 if let Some(how) = check_stale(server, id, &input[pos + HEADER..pos + len]) {
                     held = relay.retry.hold(id, how, &input[pos..pos + len]);
                 }

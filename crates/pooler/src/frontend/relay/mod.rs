@@ -343,7 +343,7 @@ pub struct Expect {
     pub kind: u8,
     pub action: Action,
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
-    /// its id with `BOUND`; for an Execute of a `DEALLOCATE` the pooler serves its command tag
+    /// its id with `BOUND` (and a Bind of the unnamed portal `UNNAMED_PORTAL`); for an Execute of a `DEALLOCATE` the pooler serves its command tag
     /// (`prepared::stand_in_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
     pub stmt: u64,
     /// How many of `RelayState::names`, from the oldest, are this Parse's or Close's changes
@@ -354,6 +354,10 @@ pub struct Expect {
 /// Marks `Expect::stmt` of a Bind/Describe of a shared statement (its id below the bit),
 /// so that an error meaning the statement went stale can name it (`from_server`).
 pub(crate) const BOUND: u64 = 1 << 63;
+
+/// Marks `Expect::stmt` of a Bind of the unnamed portal: should the server skip it or refuse
+/// it, the unnamed portal is still what it was (`RelayState::query_portal`).
+pub(crate) const UNNAMED_PORTAL: u64 = 1 << 62;
 
 /// What to do with the answer to an `Expect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -343,8 +343,9 @@ pub struct Expect {
     pub kind: u8,
     pub action: Action,
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
-    /// its id with `BOUND` (and a Bind of the unnamed portal `UNNAMED_PORTAL`); for an Execute of a `DEALLOCATE` the pooler serves its command tag
-    /// (`prepared::stand_in_tag`); for a Query, `scan::literal::MARK` or 0; 0 otherwise.
+    /// its id with `BOUND` (a Bind of the unnamed portal also has `UNNAMED_PORTAL`); for an
+    /// Execute of a `DEALLOCATE` the pooler serves its command tag (`prepared::stand_in_tag`);
+    /// for a Query, `scan::literal::MARK`, `scan::literal::DROPS_MARK` or 0; 0 otherwise.
     pub stmt: u64,
     /// How many of `RelayState::names`, from the oldest, are this Parse's or Close's changes
     /// to the client's statement names (`names`).

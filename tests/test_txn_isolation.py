@@ -425,6 +425,35 @@ def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form)
     assert heard(pool_uri) == direct
 
 
+def test_a_discard_all_refused_in_a_block_keeps_the_channels_and_what_follows_runs(pool_uri, svc):
+    """A `DISCARD ALL` inside a transaction block fails (25001) and drops nothing: what the
+    listening client pipelined behind it (waiting for its answer) runs, and the client still
+    hears its channel, side by side with a direct connection."""
+    channel = unique("keep").replace("-", "_")
+
+    def heard(uri: str) -> tuple:
+        raw = RawClient(uri)
+        try:
+            raw.query(f"LISTEN {channel}")
+            raw.query("BEGIN")
+            raw.sock.sendall(_msg(b"Q", b"DISCARD ALL\0") + _msg(b"Q", b"ROLLBACK\0"))
+            got = raw.until_ready() + raw.until_ready()
+            answers = [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got
+                       if k in (b"E", b"C", b"Z")]
+            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+                sender.execute(f"NOTIFY {channel}, 'still'")
+            while not any(k == b"A" for k, _ in got):
+                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+        finally:
+            raw.close()
+
+    direct = heard(svc.uri_for(dbname="app"))
+    assert direct == ([(b"E", "25001"), (b"Z", b"E"), (b"C", b"ROLLBACK\0"), (b"Z", b"I")],
+                      [b"still"]), direct
+    assert heard(pool_uri) == direct
+
+
 @pytest.mark.parametrize("verb", ["LISTEN", "UNLISTEN"])
 @pytest.mark.parametrize("then", ["CLOSE no_such_cursor", "SAVEPOINT a", "ROLLBACK", "SELECT 1"])
 def test_an_extended_listen_holds_only_if_its_segment_commits(pool_uri, svc, verb, then):

@@ -858,6 +858,40 @@ def test_a_name_made_behind_a_discard_all_keeps_a_skipped_close(pool_uri, svc):
     assert pooled == direct
 
 
+@pytest.mark.parametrize("drops", [b"s2", b""])
+def test_a_name_bound_behind_an_executed_discard_all_is_gone(pool_uri, svc, drops):
+    """A `DISCARD ALL` run by an Execute (of a named or the unnamed statement), and behind it in
+    the same segment a Bind of a name the client had: PostgreSQL dropped the name before the
+    Bind (26000), through the pool as directly (protocol fuzz seed 2902 through a pool of two:
+    the pooler parsed the client's statement again in front of that Bind, on a server connection
+    another client had emptied, after the `DISCARD ALL`, and the Bind ran it)."""
+    def script(raw, uri):
+        raw.sock.sendall(_parse(b"s1", "select 1") + _SYNC)
+        answers = _kinds(raw.until_ready(), b"E1Z")
+        # Another client empties the server connection of s1's statement (through the pool),
+        # so the pooler parses it again in front of the next Bind of it.
+        other = RawClient(uri)
+        try:
+            other.query("discard all")
+        finally:
+            other.close()
+        portal_bind = _msg(b"B", b"p1\0" + drops + b"\0" + b"\0\0" * 3)
+        raw.sock.sendall(_parse(drops, "discard all") + portal_bind
+                         + _msg(b"E", b"p1\0\0\0\0\0") + _msg(b"B", b"p2\0s1\0" + b"\0\0" * 3)
+                         + _msg(b"D", b"Ss1\0") + _SYNC)
+        answers += _kinds(raw.until_ready(), b"E12CtTnZ")
+        # The name is free again.
+        raw.sock.sendall(_parse(b"s1", "select 2") + _SYNC)
+        answers += _kinds(raw.until_ready(), b"E1Z")
+        assert _run_named(raw, b"s1") == (["2"], [])
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    assert [k for k, _ in direct] == [b"1", b"Z", b"1", b"2", b"C", b"E", b"Z", b"1", b"Z"], direct
+    assert direct[5] == (b"E", "26000"), direct
+    assert pooled == direct
+
+
 def test_a_failed_bind_of_another_portal_leaves_the_unnamed_portal(pool_uri, svc):
     """A Bind of a named portal that fails leaves the client's unnamed portal as it was: in the
     failed block an Execute of it gets 25P02, as in PostgreSQL, not 34000 (protocol fuzz seed

@@ -33,6 +33,9 @@ pub struct Statement {
     /// Tracked parameters the statement may change (`session_state::classify`), marked dirty
     /// again at every Bind: a prepared SET is executed without a new Parse.
     pub sets: u64,
+    /// Running it may drop the connection's prepared statements (a `DISCARD ALL`): a client
+    /// name bound behind its Execute is resolved after it ran (`relay::names::waits`).
+    pub drops: bool,
     /// The server said a copy of it went stale (`mark_stale`): later Parses and Binds of the
     /// same text and types get a fresh statement under a new name.
     stale: AtomicBool,
@@ -109,16 +112,18 @@ impl Registry {
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("pgbay_{id}");
+        let sets = match classify(rest) {
+            Found::Sets(bits) => bits,
+            _ => 0,
+        };
         let mut parse = BytesMut::with_capacity(rest.len() + name.len() + 6);
         write_parse(&mut parse, name.as_bytes(), rest);
         let stmt = Arc::new(Statement {
             id,
             name: name.into(),
             parse: parse.freeze(),
-            sets: match classify(rest) {
-                Found::Sets(bits) => bits & !DROPS,
-                _ => 0,
-            },
+            sets: sets & !DROPS,
+            drops: sets & DROPS != 0,
             stale: AtomicBool::new(false),
         });
         map.insert(key.into(), stmt.clone());
@@ -143,6 +148,10 @@ pub mod stand_in_tag {
     pub const ALL: u8 = 2;
     pub const LISTEN: u8 = 3;
     pub const UNLISTEN: u8 = 4;
+    /// Not a stand-in: a statement the server runs that may drop the connection's prepared
+    /// statements (a `DISCARD ALL`, `Statement::drops`). Its Execute's answer is waited for by
+    /// a client name bound behind it (`relay::names::waits`).
+    pub const DROPS: u8 = 5;
 
     /// The command tag PostgreSQL completes `tag`'s statement with.
     pub fn text(tag: u8) -> &'static [u8] {

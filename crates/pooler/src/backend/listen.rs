@@ -44,8 +44,9 @@ pub enum Cmd {
         /// after LISTEN returns: later notifications are delivered).
         done: Option<oneshot::Sender<()>>,
     },
+    /// Unsubscribes a client from some of its channels, in one round trip (`release`).
     Unlisten {
-        channel: Box<str>,
+        channels: Vec<Box<str>>,
         client: u64,
         /// Fired once the client is unsubscribed (`release`).
         done: Option<oneshot::Sender<()>>,
@@ -119,9 +120,13 @@ impl Subscriber {
         if !self.channels.remove(&channel) {
             return None;
         }
+        self.send_unlisten(vec![channel])
+    }
+
+    fn send_unlisten(&mut self, channels: Vec<Box<str>>) -> Option<oneshot::Receiver<()>> {
         let (done, unsubscribed) = oneshot::channel();
         let _ = self.hub.send(Cmd::Unlisten {
-            channel,
+            channels,
             client: self.id,
             done: Some(done),
         });
@@ -148,23 +153,24 @@ impl Subscriber {
         &self.channels
     }
 
-    /// Unsubscribes the client from every channel not in `keep`; the receiver fires once the
-    /// last of them is done (the listener applies them in order).
+    /// Unsubscribes the client from every channel not in `keep`, all in one command of the
+    /// listener (one round trip, `release`); the receiver fires once that is done.
     pub fn keep_only(&mut self, keep: &HashSet<Box<str>>) -> Option<oneshot::Receiver<()>> {
         if keep.is_empty() {
             return self.unlisten_all();
         }
-        let gone: Vec<Box<str>> = self
-            .channels
-            .iter()
-            .filter(|c| !keep.contains(*c))
-            .cloned()
-            .collect();
-        let mut last = None;
-        for channel in gone {
-            last = self.unlisten(channel);
+        let mut gone = Vec::new();
+        self.channels.retain(|c| {
+            let kept = keep.contains(c);
+            if !kept {
+                gone.push(c.clone());
+            }
+            kept
+        });
+        if gone.is_empty() {
+            return None;
         }
-        last
+        self.send_unlisten(gone)
     }
 
     /// The next notification; Pending once the client is over budget.
@@ -386,11 +392,12 @@ fn unsubscribes(cmd: &Cmd, st: &State) -> bool {
     match cmd {
         Cmd::Listen { .. } | Cmd::UnlistenAll { gone: true, .. } => false,
         Cmd::Unlisten {
-            channel, client, ..
-        } => st
-            .subs
-            .get(channel)
-            .is_some_and(|entry| entry.contains_key(client)),
+            channels, client, ..
+        } => channels.iter().any(|channel| {
+            st.subs
+                .get(channel)
+                .is_some_and(|entry| entry.contains_key(client))
+        }),
         Cmd::UnlistenAll { client, .. } => st.subs.values().any(|e| e.contains_key(client)),
     }
 }
@@ -414,16 +421,18 @@ fn apply(cmd: Cmd, st: &mut State) {
             }
         }
         Cmd::Unlisten {
-            channel,
+            channels,
             client,
             done,
         } => {
-            if let Some(entry) = st.subs.get_mut(&channel) {
-                entry.remove(&client);
-                if entry.is_empty() {
-                    st.subs.remove(&channel);
-                    if st.connected {
-                        st.query("UNLISTEN", &channel);
+            for channel in channels {
+                if let Some(entry) = st.subs.get_mut(&channel) {
+                    entry.remove(&client);
+                    if entry.is_empty() {
+                        st.subs.remove(&channel);
+                        if st.connected {
+                            st.query("UNLISTEN", &channel);
+                        }
                     }
                 }
             }
@@ -531,4 +540,101 @@ fn listen_sql(out: &mut BytesMut, verb: &str, channel: &str) {
     sql.push_str(&channel.replace('"', "\"\""));
     sql.push('"');
     messages::query(out, &sql);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NotifyBudget;
+
+    /// The queries in `out` (their SQL), which is then emptied.
+    fn sent(st: &mut State) -> Vec<String> {
+        let mut queries = Vec::new();
+        while let Some((kind, len)) = header(&st.out) {
+            assert_eq!(kind, tag::QUERY);
+            let sql = &st.out[HEADER..len - 1];
+            queries.push(String::from_utf8(sql.to_vec()).unwrap());
+            st.out.advance(len);
+        }
+        queries
+    }
+
+    fn ready(st: &mut State) {
+        let mut input = BytesMut::from(&[tag::READY_FOR_QUERY, 0, 0, 0, 5, b'I'][..]);
+        dispatch(&mut input, st);
+    }
+
+    #[test]
+    fn unsubscribing_from_several_channels_takes_one_round_trip() {
+        let budget = Arc::new(Budget::new(NotifyBudget::default()));
+        let (sink, _inbox) = Inbox::new(budget.clone());
+        let (other, _other_inbox) = Inbox::new(budget);
+        let mut st = State {
+            connected: true,
+            ..State::default()
+        };
+        for (channel, client, sink) in [
+            ("a", 1, &sink),
+            ("b", 1, &sink),
+            ("c", 1, &sink),
+            ("c", 2, &other),
+        ] {
+            receive(
+                Cmd::Listen {
+                    channel: channel.into(),
+                    client,
+                    sink: sink.clone(),
+                    done: None,
+                },
+                &mut st,
+            );
+        }
+        assert_eq!(
+            sent(&mut st),
+            ["LISTEN \"a\"", "LISTEN \"b\"", "LISTEN \"c\""]
+        );
+        for _ in 0..3 {
+            ready(&mut st);
+        }
+        let (done, mut unsubscribed) = oneshot::channel();
+        receive(
+            Cmd::Unlisten {
+                channels: vec!["a".into(), "b".into(), "c".into()],
+                client: 1,
+                done: Some(done),
+            },
+            &mut st,
+        );
+        // One round trip, then every channel at once; "c" still has client 2.
+        assert_eq!(sent(&mut st), [""]);
+        assert!(unsubscribed.try_recv().is_err());
+        ready(&mut st);
+        assert_eq!(sent(&mut st), ["UNLISTEN \"a\"", "UNLISTEN \"b\""]);
+        assert!(unsubscribed.try_recv().is_ok());
+        assert_eq!(st.subs.keys().map(|c| &**c).collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn keep_only_sends_the_channels_it_drops_in_one_command() {
+        let budget = Arc::new(Budget::new(NotifyBudget::default()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hub = Hub { tx, budget };
+        let mut sub = Subscriber::new(&hub);
+        for channel in ["a", "b", "c"] {
+            drop(sub.listen(channel.into()));
+        }
+        while rx.try_recv().is_ok() {}
+        let keep: HashSet<Box<str>> = ["b".into()].into_iter().collect();
+        assert!(sub.keep_only(&keep).is_some());
+        let Ok(Cmd::Unlisten { mut channels, .. }) = rx.try_recv() else {
+            panic!("no Unlisten");
+        };
+        channels.sort();
+        assert_eq!(channels, [Box::from("a"), Box::from("c")]);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(sub.channels().len(), 1);
+        // Nothing to drop: no command.
+        assert!(sub.keep_only(&keep).is_none());
+        assert!(rx.try_recv().is_err());
+    }
 }

@@ -102,10 +102,7 @@ fn client_messages(
             // dropped the client's channels.
             flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
             drain_synthesized(server, relay, ctx.statements);
-            if !names::earlier_segments_only(relay) {
-                server.bufs.c2s_out.extend_from_slice(&FLUSH);
-            }
-            relay.c2s_stalled = true;
+            stall_for_answers(server, relay);
             break;
         }
         if (!relay.names.is_empty()
@@ -123,9 +120,9 @@ fn client_messages(
                 names::waits(relay, ctx.statements, tag, &input[pos..pos + len])
             }
         {
-            // It names a statement whose change waits for its answer in an earlier segment:
-            // relayed once that answer is in (`names::waits`).
-            relay.c2s_stalled = true;
+            // It names a statement whose change waits for its answer (`names::waits`): relayed
+            // once that answer is in.
+            stall_for_answers(server, relay);
             break;
         }
         if relay.retry.recording() {
@@ -152,6 +149,8 @@ fn client_messages(
         relay.c2s_discard = false;
         // A Query whose answer settles a literal SET (`scan::literal`).
         let mut mark = 0;
+        // A Parse of a statement that may drop the connection's prepared statements.
+        let mut parse_drops = false;
         // Statement mode implies session state tracking: a Query or Parse is read whole (up to
         // `SCAN_MAX`) by the one scanner, for a transaction block to refuse and for what it
         // may change in the session.
@@ -186,8 +185,12 @@ fn client_messages(
                             mark = literal::MARK;
                         }
                         None => {
-                            if bits & session_state::DROPS != 0 && tag == tag::QUERY {
-                                mark = literal::DROPS_MARK;
+                            if bits & session_state::DROPS != 0 {
+                                if tag == tag::QUERY {
+                                    mark = literal::DROPS_MARK;
+                                } else {
+                                    parse_drops = true;
+                                }
                             }
                             const DISCARD_ALL: u64 = session_state::ALL | session_state::DROPS;
                             if bits & DISCARD_ALL == DISCARD_ALL
@@ -224,10 +227,7 @@ fn client_messages(
                         // them, asking the server for those of its own segment with a Flush.
                         drain_synthesized(server, relay, ctx.statements);
                         if !listen_fate_known(relay) {
-                            if !names::earlier_segments_only(relay) {
-                                server.bufs.c2s_out.extend_from_slice(&FLUSH);
-                            }
-                            relay.c2s_stalled = true;
+                            stall_for_answers(server, relay);
                             break;
                         }
                         pos += len;
@@ -292,21 +292,14 @@ fn client_messages(
             }
         }
         match tag {
-            tag::QUERY => {
-                relay.query_portal = true;
-                relay.portal_bound_in_segment = false;
-            }
-            tag::SYNC => relay.portal_bound_in_segment = false,
+            tag::QUERY => relay.query_portal = true,
             // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so).
             tag::BIND if len > HEADER => match input.get(pos + HEADER) {
-                Some(0) => {
-                    relay.query_portal = false;
-                    relay.portal_bound_in_segment = true;
-                }
+                Some(0) => relay.query_portal = false,
                 Some(_) => {}
                 None => break,
             },
-            tag::EXECUTE if relay.query_portal && !relay.portal_bound_in_segment => {
+            tag::EXECUTE if relay.query_portal => {
                 // Perhaps an Execute of the portal a failed simple Query left: read whole.
                 if avail < len {
                     break;
@@ -388,6 +381,11 @@ fn client_messages(
             return Ok((pos, run, true));
         }
         rewrite(server, relay, ctx, tag, msg)?;
+        if parse_drops && msg.get(HEADER) == Some(&0) {
+            // The client's unnamed statement: a portal bound to it is one whose Execute may
+            // drop names (`bind_portal`), as for a named one (`Statement::drops`).
+            ctx.statements.set_unnamed_tag(stand_in_tag::DROPS);
+        }
     }
     Ok((pos, run, false))
 }
@@ -449,6 +447,9 @@ fn rewrite(
             let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    if stmt.drops {
+                        relay.tag_portal = Some((b.portal.into(), stand_in_tag::DROPS));
+                    }
                     bound = stmt.id | BOUND;
                     relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.params.dirty |= stmt.sets;
@@ -520,6 +521,17 @@ fn rewrite(
         _ => unreachable!("only P/B/D/C are rewritten"),
     }
     Ok(())
+}
+
+/// The client's next message waits for the answers to what was relayed before it: those of
+/// its own segment, which the server holds until a Sync or Flush, are asked for with a Flush;
+/// the client's messages are relayed again once the answers are in (`RelayState::c2s_stalled`).
+#[cold]
+fn stall_for_answers(server: &mut Server, relay: &mut RelayState) {
+    if !names::earlier_segments_only(relay) {
+        server.bufs.c2s_out.extend_from_slice(&FLUSH);
+    }
+    relay.c2s_stalled = true;
 }
 
 /// Before an Execute of the unnamed portal when no Bind of it came since the last simple

@@ -61,7 +61,7 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         // A Parse the pooler answered itself: the server already has that statement.
         (tag::PARSE, Action::Synthesize) => {}
         // Of the unnamed portal, which it then did not replace.
-        (tag::BIND, _) if e.stmt & UNNAMED_PORTAL != 0 => relay.query_portal = true,
+        (tag::BIND, _) if e.stmt & UNNAMED_PORTAL != 0 => unnamed_portal_kept(relay),
         // Statements it would have prepared do not exist.
         (tag::PARSE, _) if e.stmt != 0 => server.prepared.remove(e.stmt),
         // An unnamed Parse, not made: the server has no unnamed statement after a failure,
@@ -84,12 +84,27 @@ fn skipped(server: &mut Server, relay: &mut RelayState, e: Expect) {
         }
         // The pooler's Close of the unnamed portal (`from_client::close_query_portal`): that
         // portal stays.
-        (tag::CLOSE, Action::Swallow) => relay.query_portal = true,
+        (tag::CLOSE, Action::Swallow) => unnamed_portal_kept(relay),
         _ => {}
     }
     // A client's name it would have made or dropped stays as it was (`names::undo`, after
     // the run).
     names::skipped(relay, e);
+}
+
+/// A Bind of the unnamed portal, or the pooler's Close of it, did nothing (it failed or was
+/// skipped, and is no longer in `relay.expect`): the unnamed portal is what it was before it,
+/// perhaps one a simple Query left (`RelayState::query_portal`), unless a later Bind of it was
+/// relayed meanwhile, which replaces it (or, should that one fail too, comes here in its turn).
+#[cold]
+fn unnamed_portal_kept(relay: &mut RelayState) {
+    let rebound = relay
+        .expect
+        .iter()
+        .any(|e| e.kind == tag::BIND && e.stmt & UNNAMED_PORTAL != 0);
+    if !rebound {
+        relay.query_portal = true;
+    }
 }
 
 /// The server ran a statement that dropped every prepared statement of its connection
@@ -346,8 +361,8 @@ fn server_messages(
                             if e.kind == tag::SYNC || e.kind == tag::QUERY {
                                 break;
                             }
-                            skipped(server, relay, e);
                             relay.expect.pop_front();
+                            skipped(server, relay, e);
                         }
                         if relay.names_skipped > 0 {
                             names::undo(relay, client_statements);

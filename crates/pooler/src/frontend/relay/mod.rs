@@ -189,14 +189,9 @@ pub struct RelayState {
     /// CommandComplete says what PostgreSQL's would.
     pub tag_portal: Option<(Box<[u8]>, u8)>,
     /// A simple Query was relayed since the last Bind of the unnamed portal (or that Bind
-    /// failed): an Execute of the unnamed portal gets a Close of it first
-    /// (`from_client::close_query_portal`).
+    /// failed and no later one was relayed, `from_server::unnamed_portal_kept`): an Execute of
+    /// the unnamed portal gets a Close of it first (`from_client::close_query_portal`).
     pub query_portal: bool,
-    /// A Bind of the unnamed portal was relayed in the segment being relayed (since the last
-    /// Sync or Query): an Execute of it after that runs what that Bind made, or is skipped
-    /// with it should the Bind fail, so it needs no Close (`query_portal`, which an earlier
-    /// segment's skipped Bind may re-arm while this segment waits).
-    pub portal_bound_in_segment: bool,
     /// The current segment, recorded for a replay should its shared statement turn out stale
     /// (`retry`).
     pub retry: retry::Retry,
@@ -263,7 +258,6 @@ impl RelayState {
             unnamed_here,
             tag_portal,
             query_portal,
-            portal_bound_in_segment,
             retry,
             segment_open,
             c2s_stalled,
@@ -294,7 +288,6 @@ impl RelayState {
         *unnamed_here = false;
         *tag_portal = None;
         *query_portal = false;
-        *portal_bound_in_segment = false;
         *segment_open = false;
         *c2s_stalled = false;
         *segment_failed = false;

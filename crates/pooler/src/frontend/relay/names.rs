@@ -116,6 +116,14 @@ pub fn earlier_segments_only(relay: &RelayState) -> bool {
         .is_some_and(|e| e.kind == tag::SYNC || e.kind == tag::QUERY)
 }
 
+/// An unanswered message that may drop the client's statement names: a Query holding a
+/// `DEALLOCATE ALL` or `DISCARD` (`scan::DROPS`), an Execute of a portal bound to a `DISCARD
+/// ALL` (`prepared::stand_in_tag::DROPS`).
+fn drops_names(e: &Expect) -> bool {
+    (e.kind == tag::QUERY && e.stmt == super::scan::literal::DROPS_MARK)
+        || (e.kind == tag::EXECUTE && e.stmt == crate::prepared::stand_in_tag::DROPS as u64)
+}
+
 /// Whether the client's message `msg` (of type `tag`) names a statement whose change waits
 /// for its answer in an earlier segment (a Parse or Close before a Sync already relayed). Its
 /// name is resolved when that answer is in, as PostgreSQL resolves it after running the earlier
@@ -155,15 +163,12 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
     }
     if !name.is_empty()
         && tag != tag::CLOSE
-        && relay
-            .expect
-            .iter()
-            .take(SCAN)
-            .any(|e| e.kind == tag::QUERY && e.stmt == super::scan::literal::DROPS_MARK)
+        && relay.expect.iter().take(SCAN).any(drops_names)
         && statements.get(name).is_some()
     {
-        // Behind a Query whose `DEALLOCATE ALL` or `DISCARD` may drop the name (`scan::DROPS`):
-        // PostgreSQL resolves it after that Query ran.
+        // Behind a Query whose `DEALLOCATE ALL` or `DISCARD` may drop the name (`scan::DROPS`),
+        // or an Execute of a `DISCARD ALL` (earlier in its own segment too: the wait asks for
+        // the answers with a Flush): PostgreSQL resolves it after that ran.
         return true;
     }
     if tag == tag::PARSE && !name.is_empty() && statements.get(name).is_some() {

@@ -691,13 +691,16 @@ def _side_by_side(pool_uri, svc, script) -> tuple:
     return tuple(out)
 
 
-@pytest.mark.parametrize("text,code", [("ROLLBACK", "42P05"), ("select 2", "25P02")])
-def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code):
+@pytest.mark.parametrize("text,code,healthy", [("ROLLBACK", "42P05", "42P05"),
+                                               ("select 2", "25P02", "42P05"),
+                                               ("selec bad", "42601", "42601")])
+def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code, healthy):
     """A Parse of a name the client already has, sent in the same write as a Bind that then
-    fails the transaction block: PostgreSQL refuses a ROLLBACK's text for its name (42P05) and
-    any other text for the block (25P02); the pooler answers both as it does, on the pool and
-    directly side by side (seed 753 of the protocol fuzz test: the pool answered 25P02 to both,
-    because the statement it runs to raise 42P05 was refused by the failed block)."""
+    fails the transaction block: PostgreSQL refuses a ROLLBACK's text for its name (42P05), any
+    other text for the block (25P02), and a text it cannot parse for its syntax (42601, in a
+    healthy block too); the pooler answers each as it does, on the pool and directly side by
+    side (seed 753 of the protocol fuzz test: the pool answered 25P02 to the first two, because
+    the statement it runs to raise 42P05 was refused by the failed block)."""
     def script(raw, _uri):
         answers = []
         raw.sock.sendall(_parse(b"taken", "select 1") + _SYNC)
@@ -717,7 +720,7 @@ def test_a_taken_name_parsed_behind_a_block_that_fails(pool_uri, svc, text, code
 
     pooled, direct = _side_by_side(pool_uri, svc, script)
     assert direct == [[(b"E", "08P01"), (b"Z", b"E"), (b"E", code), (b"Z", b"E")],
-                      [(b"Z", b"T"), (b"E", "42P05"), (b"Z", b"E")]], direct
+                      [(b"Z", b"T"), (b"E", healthy), (b"Z", b"E")]], direct
     assert pooled == direct
 
 
@@ -889,6 +892,33 @@ def test_a_name_bound_behind_an_executed_discard_all_is_gone(pool_uri, svc, drop
     pooled, direct = _side_by_side(pool_uri, svc, script)
     assert [k for k, _ in direct] == [b"1", b"Z", b"1", b"2", b"C", b"E", b"Z", b"1", b"Z"], direct
     assert direct[5] == (b"E", "26000"), direct
+    assert pooled == direct
+
+
+@pytest.mark.parametrize("between", ["nothing", "discard all"])
+def test_a_name_parsed_twice_in_a_segment_behind_another_is_taken(pool_uri, svc, between):
+    """A segment that parses a name twice, sent in the same write as an earlier segment: the
+    second Parse is refused (42P05), as in PostgreSQL, unless an Execute of a `DISCARD ALL`
+    between them dropped the name (protocol fuzz seed 51: the pooler let the second Parse
+    through while any segment before it was unanswered, taking the first Parse's change for one
+    an earlier segment might undo)."""
+    def script(raw, _uri):
+        middle = b""
+        if between == "discard all":
+            middle = (_parse(b"d", "discard all") + _msg(b"B", b"p1\0d\0" + b"\0\0" * 3)
+                      + _msg(b"E", b"p1\0\0\0\0\0"))
+        raw.sock.sendall(_parse(b"s9", "select 1") + _SYNC + _parse(b"s3", "select 2") + middle
+                         + _parse(b"s3", "select 3") + _SYNC)
+        answers = _kinds(raw.until_ready() + raw.until_ready(), b"E12CZ")
+        answers.append(_run_named(raw, b"s3"))
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    if between == "nothing":
+        assert direct == [(b"1", b""), (b"Z", b"I"), (b"1", b""), (b"E", "42P05"), (b"Z", b"I"),
+                          (["2"], [])], direct
+    else:
+        assert direct[-2:] == [(b"Z", b"I"), (["3"], [])], direct
     assert pooled == direct
 
 

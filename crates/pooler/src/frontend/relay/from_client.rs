@@ -311,7 +311,7 @@ fn client_messages(
             }
             _ => {}
         }
-        if tag == tag::EXECUTE && relay.tag_portal.is_some() {
+        if tag == tag::EXECUTE && !relay.tag_portals.is_empty() {
             // Perhaps the Execute of a `DEALLOCATE` the pooler serves: read whole (a few bytes).
             if avail < len {
                 break;
@@ -383,7 +383,7 @@ fn client_messages(
         rewrite(server, relay, ctx, tag, msg)?;
         if parse_drops && msg.get(HEADER) == Some(&0) {
             // The client's unnamed statement: a portal bound to it is one whose Execute may
-            // drop names (`bind_portal`), as for a named one (`Statement::drops`).
+            // drop names (`tag_portal`), as for a named one (`Statement::drops`).
             ctx.statements.set_unnamed_tag(stand_in_tag::DROPS);
         }
     }
@@ -439,16 +439,21 @@ fn rewrite(
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
             ctx.tally.t.server_binds += 1;
-            if relay.tag_portal.is_some()
+            if !relay.tag_portals.is_empty()
                 || (b.statement.is_empty() && ctx.statements.unnamed_tag() != 0)
             {
-                bind_portal(relay, ctx, b.portal, b.statement);
+                let tag = if b.statement.is_empty() {
+                    ctx.statements.unnamed_tag()
+                } else {
+                    0
+                };
+                tag_portal(relay, b.portal, tag);
             }
             let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
                     if stmt.drops {
-                        relay.tag_portal = Some((b.portal.into(), stand_in_tag::DROPS));
+                        tag_portal(relay, b.portal, stand_in_tag::DROPS);
                     }
                     bound = stmt.id | BOUND;
                     relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
@@ -513,8 +518,8 @@ fn rewrite(
                     // The unnamed statement: the client's goes, and whichever the server has.
                     names::change_unnamed(relay, ctx.statements, None);
                     mark_named(relay);
-                } else if relay.tag_portal.as_ref().is_some_and(|(p, _)| **p == *name) {
-                    relay.tag_portal = None;
+                } else if !relay.tag_portals.is_empty() {
+                    tag_portal(relay, name, 0);
                 }
             }
         }
@@ -547,31 +552,36 @@ fn close_query_portal(server: &mut Server, relay: &mut RelayState) {
     relay.query_portal = false;
 }
 
-/// A Bind of `statement` to `portal`: the portal runs a `DEALLOCATE` the pooler serves when
-/// the statement is the client's unnamed one and that is such a `DEALLOCATE`; a portal of the
-/// same name bound to anything else does not.
+/// How many portals `RelayState::tag_portals` remembers (the latest bound).
+const TAG_PORTALS: usize = 8;
+
+/// `portal` was bound (or closed, `tag` 0): its Execute completes with `tag`'s command tag
+/// when it runs a statement the pooler serves with a stand-in, or waits for names behind it
+/// when it runs a `DISCARD ALL` (`prepared::stand_in_tag`); a portal of the same name bound to
+/// anything else does not.
 #[cold]
-fn bind_portal(relay: &mut RelayState, ctx: &ClientCtx<'_>, portal: &[u8], statement: &[u8]) {
-    let tag = ctx.statements.unnamed_tag();
-    if statement.is_empty() && tag != 0 {
-        relay.tag_portal = Some((portal.into(), tag));
-    } else if relay
-        .tag_portal
-        .as_ref()
-        .is_some_and(|(p, _)| **p == *portal)
-    {
-        relay.tag_portal = None;
+fn tag_portal(relay: &mut RelayState, portal: &[u8], tag: u8) {
+    relay.tag_portals.retain(|(p, _)| **p != *portal);
+    if tag != 0 {
+        if relay.tag_portals.len() == TAG_PORTALS {
+            relay.tag_portals.remove(0);
+        }
+        relay.tag_portals.push((portal.into(), tag));
     }
 }
 
 /// The command tag an Execute (whole message `msg`) completes with when its portal runs a
-/// `DEALLOCATE` the pooler serves (`RelayState::tag_portal`), else 0.
+/// statement the pooler serves with a stand-in, or `stand_in_tag::DROPS` (`tag_portal`); else 0.
 #[cold]
 fn execute_tag(relay: &RelayState, msg: &[u8]) -> u64 {
-    match (&relay.tag_portal, msg.get(HEADER..).and_then(cstr)) {
-        (Some((portal, tag)), Some((name, _))) if **portal == *name => *tag as u64,
-        _ => 0,
-    }
+    let Some((name, _)) = msg.get(HEADER..).and_then(cstr) else {
+        return 0;
+    };
+    relay
+        .tag_portals
+        .iter()
+        .find(|(p, _)| **p == *name)
+        .map_or(0, |(_, tag)| *tag as u64)
 }
 
 /// The entry just pushed is a client's Parse/Close with one more change to the client's

@@ -183,11 +183,13 @@ pub struct RelayState {
     /// The server connection holds the client's unnamed statement: the client parsed it
     /// during this attachment (`prepared::ClientStatements::unnamed`).
     pub unnamed_here: bool,
-    /// A portal bound to the client's unnamed statement while that is a `DEALLOCATE`, `LISTEN`
+    /// Portals bound to the client's unnamed statement while that is a `DEALLOCATE`, `LISTEN`
     /// or `UNLISTEN` the pooler serves, with its command tag (`prepared::stand_in_tag`): the
     /// server runs a statement that does nothing in its place, and its Execute's
-    /// CommandComplete says what PostgreSQL's would.
-    pub tag_portal: Option<(Box<[u8]>, u8)>,
+    /// CommandComplete says what PostgreSQL's would. And portals bound to a `DISCARD ALL`
+    /// (`stand_in_tag::DROPS`), whose Execute a name behind it waits for. The latest
+    /// `from_client::TAG_PORTALS` of them.
+    pub tag_portals: Vec<(Box<[u8]>, u8)>,
     /// A simple Query was relayed since the last Bind of the unnamed portal (or that Bind
     /// failed and no later one was relayed, `from_server::unnamed_portal_kept`): an Execute of
     /// the unnamed portal gets a Close of it first (`from_client::close_query_portal`).
@@ -256,7 +258,7 @@ impl RelayState {
             names,
             names_skipped,
             unnamed_here,
-            tag_portal,
+            tag_portals,
             query_portal,
             retry,
             segment_open,
@@ -286,7 +288,7 @@ impl RelayState {
         *block_in_segment = None;
         *savepoints = 0;
         *unnamed_here = false;
-        *tag_portal = None;
+        tag_portals.clear();
         *query_portal = false;
         *segment_open = false;
         *c2s_stalled = false;

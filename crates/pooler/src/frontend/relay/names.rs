@@ -263,30 +263,36 @@ fn earlier_entries(relay: &RelayState) -> Option<usize> {
 }
 
 /// Whether `name` exists may change with answers the server still owes before a Parse about
-/// to be relayed: a statement not answered yet may drop names (a `DISCARD ALL` or `DEALLOCATE`,
-/// in a Query or an Execute), or a change to the name waits for its answer in an earlier
-/// segment (one in this segment either holds, or failed and has the server skip the rest of
-/// the segment, this Parse too).
+/// to be relayed: a statement not answered yet may drop names (a Query holding anything, an
+/// Execute of a `DISCARD ALL`: `drops_names`; a `DEALLOCATE` in an Execute is the pooler's, which
+/// changed the names as it relayed it), or a change to the name waits for its answer in an
+/// earlier segment. One in this segment either holds (the name is taken, 42P05 now as later),
+/// or failed and has the server skip the rest of the segment, this Parse too.
 #[cold]
 pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
     if relay.expect.len() > SCAN || relay.names.len() > SCAN {
         // Too many answers owed to look through each time: let it through.
         return true;
     }
-    let mut earlier_segment = false;
-    for e in &relay.expect {
-        match e.kind {
-            tag::QUERY | tag::EXECUTE => return true,
-            tag::SYNC => earlier_segment = true,
-            _ => {}
+    let mut current = 0;
+    let mut boundary = false;
+    for e in relay.expect.iter().rev() {
+        if e.kind == tag::QUERY || drops_names(e) {
+            return true;
+        }
+        if e.kind == tag::SYNC {
+            boundary = true;
+        }
+        if !boundary {
+            current += e.named as usize;
         }
     }
-    earlier_segment
-        && relay.names.iter().any(|c| match c {
-            NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
-            NameChange::All(_) => true,
-            NameChange::Unnamed { .. } => false,
-        })
+    let earlier = relay.names.len().saturating_sub(current);
+    relay.names.iter().take(earlier).any(|c| match c {
+        NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
+        NameChange::All(_) => true,
+        NameChange::Unnamed { .. } => false,
+    })
 }
 
 /// The server answered (or the pooler, in its turn) the Parse/Close `e`: its changes hold.

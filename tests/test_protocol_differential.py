@@ -53,11 +53,6 @@ TYPES = [(), (), (), (23,), (25,)]
 
 # (what PostgreSQL answers, what the pooler answers) at the first difference.
 KNOWN = {
-    # A duplicate named Parse behind an Execute of its own segment not answered yet is let
-    # through: that answer may drop the name (a DISCARD ALL), the pooler never refuses what
-    # PostgreSQL would accept, and it cannot wait for an answer the server sends only at the
-    # Sync behind the Parse.
-    ("E42P05", "1"),
     # In a failed block the pooler parses the client's statement again on the connection that
     # serves it (25P02) before a Bind PostgreSQL refuses for its parameter count (08P01).
     ("E08P01", "E25P02"),

@@ -389,10 +389,11 @@ def test_listen_pipelined_behind_a_failing_statement(pool_uri, form):
         raw.close()
 
 
-@pytest.mark.parametrize("form", ["queries", "one segment"])
+@pytest.mark.parametrize("form", ["queries", "one segment", "named earlier", "unnamed earlier"])
 def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form):
     """`DISCARD ALL` drops the client's channels: a NOTIFY the client sends right behind it in
-    the same write (two Queries, or one extended-protocol segment) commits after it and is not
+    the same write (two Queries, one extended-protocol segment, or an Execute of a `DISCARD ALL`
+    the client parsed in an earlier segment, named or unnamed) commits after it and is not
     heard, side by side with a direct connection (session fuzz seed 1668: through the pool the
     NOTIFY reached the server before the pool's listener had dropped the client's channels).
     The client's messages after a `DISCARD ALL` wait for its answer and for the listener."""
@@ -406,6 +407,14 @@ def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form)
                 raw.sock.sendall(_msg(b"Q", b"DISCARD ALL\0")
                                  + _msg(b"Q", f"NOTIFY {channel}, 'after'\0".encode()))
                 got = raw.until_ready() + raw.until_ready()
+            elif form.endswith("earlier"):
+                name = b"disc" if form == "named earlier" else b""
+                raw.sock.sendall(_msg(b"P", name + b"\0DISCARD ALL\0\0\0") + _msg(b"S", b""))
+                got = raw.until_ready()
+                raw.sock.sendall(_msg(b"B", b"\0" + name + b"\0" + b"\0\0" * 3)
+                                 + _msg(b"E", b"\0\0\0\0\0") + _msg(b"S", b"")
+                                 + _msg(b"Q", f"NOTIFY {channel}, 'after'\0".encode()))
+                got += raw.until_ready() + raw.until_ready()
             else:
                 raw.sock.sendall(_extended(b"DISCARD ALL", None)
                                  + _extended(f"NOTIFY {channel}, 'after'".encode()))

@@ -193,12 +193,7 @@ fn client_messages(
                                 }
                             }
                             const DISCARD_ALL: u64 = session_state::ALL | session_state::DROPS;
-                            if bits & DISCARD_ALL == DISCARD_ALL
-                                && ctx
-                                    .notify
-                                    .as_ref()
-                                    .is_some_and(|s| !s.channels().is_empty())
-                            {
+                            if bits & DISCARD_ALL == DISCARD_ALL && listens(ctx) {
                                 relay.discard_wait = if tag == tag::QUERY {
                                     DiscardWait::Ran
                                 } else {
@@ -317,6 +312,11 @@ fn client_messages(
                 break;
             }
             mark = execute_tag(relay, &input[pos..pos + len]);
+            if mark == stand_in_tag::DROPS as u64 && listens(ctx) {
+                // A `DISCARD ALL` parsed in an earlier segment runs: what follows waits for
+                // it, as behind one parsed in this segment (`discard_holds`).
+                relay.discard_wait = DiscardWait::Ran;
+            }
         }
         let inspect = tag == tag::TERMINATE
             || (ctx.track && matches!(tag, tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE));
@@ -930,6 +930,13 @@ fn listen(
         ctx.tally.t.server_parses += 1;
         Ok(())
     }
+}
+
+/// The client listens to a channel.
+fn listens(ctx: &ClientCtx<'_>) -> bool {
+    ctx.notify
+        .as_ref()
+        .is_some_and(|s| !s.channels().is_empty())
 }
 
 /// Whether the client's message `tag` waits behind a `DISCARD ALL` it listens across

@@ -115,7 +115,8 @@ pub enum DiscardWait {
     No,
     /// Parsed (extended protocol): its Bind, Describe and first Execute go on.
     Parsed,
-    /// Relayed to run (a Query, or the Execute after its Parse): the rest waits.
+    /// Relayed to run (a Query, the Execute after its Parse, or an Execute of a portal bound
+    /// to one parsed earlier, `tag_portals`): the rest waits.
     Ran,
 }
 

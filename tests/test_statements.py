@@ -922,6 +922,32 @@ def test_a_name_parsed_twice_in_a_segment_behind_another_is_taken(pool_uri, svc,
     assert pooled == direct
 
 
+def test_a_name_behind_a_discard_all_the_server_skips_waits_for_nothing(pool_uri, svc):
+    """A Parse of a name the client has waits behind an Execute of a `DISCARD ALL` in its own
+    segment, for the Execute's answer (asked for with a Flush), unless an error earlier in the
+    segment has the server skip everything, that Execute and Flush too, up to the Sync: then it
+    goes on, and the segment ends as in PostgreSQL (protocol fuzz seed 192: the pooler waited
+    for an answer the server would send only after the Sync it held back, and the client
+    waited forever)."""
+    def script(raw, _uri):
+        # The Bind fails (the client has no unnamed statement): 26000, the segment is skipped.
+        raw.sock.sendall(_parse(b"s2", "discard all") + _SYNC
+                         + _msg(b"B", b"p1\0\0" + b"\0\0" * 3))
+        answers = _kinds(raw.until_ready(), b"E1Z")
+        answers.append(_kinds([raw._recv_msg()], b"E"))
+        raw.sock.sendall(_msg(b"B", b"p1\0s2\0" + b"\0\0" * 3) + _msg(b"E", b"p1\0\0\0\0\0")
+                         + _parse(b"s2", "select 2") + _SYNC)
+        answers += _kinds(raw.until_ready(), b"E12CZ")
+        raw.sock.sendall(_msg(b"D", b"Ss2\0") + _SYNC)
+        answers += _kinds(raw.until_ready(), b"EtnTZ")
+        return answers
+
+    pooled, direct = _side_by_side(pool_uri, svc, script)
+    assert direct == [(b"1", b""), (b"Z", b"I"), [(b"E", "26000")], (b"Z", b"I"),
+                      (b"t", b"\0\0"), (b"n", b""), (b"Z", b"I")], direct
+    assert pooled == direct
+
+
 def test_a_failed_bind_of_another_portal_leaves_the_unnamed_portal(pool_uri, svc):
     """A Bind of a named portal that fails leaves the client's unnamed portal as it was: in the
     failed block an Execute of it gets 25P02, as in PostgreSQL, not 34000 (protocol fuzz seed

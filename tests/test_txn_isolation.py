@@ -463,6 +463,37 @@ def test_a_discard_all_refused_in_a_block_keeps_the_channels_and_what_follows_ru
     assert heard(pool_uri) == direct
 
 
+def test_a_discard_all_in_a_segment_the_server_skips_keeps_the_channels(pool_uri, svc):
+    """A listening client's `DISCARD ALL` sent with Parse/Bind/Execute after an error in the
+    same segment: the server skips it, so the client keeps its channels, and its Sync, which
+    would otherwise wait behind the `DISCARD ALL`'s answer, goes on (before, the pooler held the
+    Sync for an answer the server would send only after it: the client waited forever)."""
+    channel = unique("skip").replace("-", "_")
+
+    def heard(uri: str) -> tuple:
+        raw = RawClient(uri)
+        try:
+            raw.query(f"LISTEN {channel}")
+            # A Bind of a statement that does not exist: 26000, the segment is skipped.
+            raw.sock.sendall(_msg(b"B", b"\0nosuch\0" + b"\0\0" * 3))
+            got = [raw._recv_msg()]
+            raw.sock.sendall(_extended(b"DISCARD ALL"))
+            got += raw.until_ready()
+            answers = [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got
+                       if k in (b"E", b"C", b"Z")]
+            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+                sender.execute(f"NOTIFY {channel}, 'still'")
+            while not any(k == b"A" for k, _ in got):
+                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+        finally:
+            raw.close()
+
+    direct = heard(svc.uri_for(dbname="app"))
+    assert direct == ([(b"E", "26000"), (b"Z", b"I")], [b"still"]), direct
+    assert heard(pool_uri) == direct
+
+
 @pytest.mark.parametrize("verb", ["LISTEN", "UNLISTEN"])
 @pytest.mark.parametrize("then", ["CLOSE no_such_cursor", "SAVEPOINT a", "ROLLBACK", "SELECT 1"])
 def test_an_extended_listen_holds_only_if_its_segment_commits(pool_uri, svc, verb, then):

@@ -941,7 +941,8 @@ fn listens(ctx: &ClientCtx<'_>) -> bool {
 
 /// Whether the client's message `tag` waits behind a `DISCARD ALL` it listens across
 /// (`RelayState::discard_wait`): everything after the messages that run the statement waits
-/// until every answer owed is in (then the wait is over).
+/// until every answer owed is in (then the wait is over), or until an error has the server
+/// skip the rest of the segment, the `DISCARD ALL` too.
 fn discard_holds(relay: &mut RelayState, tag: u8) -> bool {
     match relay.discard_wait {
         DiscardWait::No => false,
@@ -950,7 +951,7 @@ fn discard_holds(relay: &mut RelayState, tag: u8) -> bool {
             relay.discard_wait = DiscardWait::Ran;
             false
         }
-        _ if relay.expect.is_empty() => {
+        _ if relay.expect.is_empty() || relay.skipping_segment() => {
             relay.discard_wait = DiscardWait::No;
             false
         }
@@ -962,12 +963,7 @@ fn discard_holds(relay: &mut RelayState, tag: u8) -> bool {
 /// in: every answer (then the transaction status is the server's), or an error in its own
 /// segment with every earlier segment answered (then the server skips it).
 fn listen_fate_known(relay: &RelayState) -> bool {
-    relay.expect.is_empty()
-        || (relay.segment_failed
-            && !relay
-                .expect
-                .iter()
-                .any(|e| e.kind == tag::SYNC || e.kind == tag::QUERY))
+    relay.expect.is_empty() || relay.skipping_segment()
 }
 
 /// The client's transaction block ended: what it listens to is what its LISTEN/UNLISTENs in

@@ -231,6 +231,17 @@ thread_local! {
 const KEEP_QUEUE: usize = 64;
 
 impl RelayState {
+    /// The server answered an error in the segment the client is sending, every earlier one
+    /// answered: it skips the rest of it, Flushes too, up to the client's Sync. Nothing relayed
+    /// in it now is answered before that Sync, so nothing in it may wait for such an answer.
+    pub fn skipping_segment(&self) -> bool {
+        self.segment_failed
+            && !self
+                .expect
+                .iter()
+                .any(|e| e.kind == tag::SYNC || e.kind == tag::QUERY)
+    }
+
     /// A relay state at rest for a new attachment, given back on drop.
     pub fn take() -> Recycled {
         Recycled(Some(crate::spare::take(&SPARE).unwrap_or_default()))

@@ -135,6 +135,10 @@ fn drops_names(e: &Expect) -> bool {
 /// unnamed statement) behind a change to the unnamed statement.
 #[cold]
 pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[u8]) -> bool {
+    if relay.skipping_segment() {
+        // The server skips the message (every earlier segment is answered).
+        return false;
+    }
     use crate::net::messages::extended::{parse_bind, parse_parse, parse_target};
     use crate::net::messages::tag::target;
     let name = match tag {

@@ -434,6 +434,19 @@ def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form)
     assert heard(pool_uri) == direct
 
 
+def _still_hears(raw, svc, channel: str, got: list) -> tuple:
+    """The errors, command tags and ReadyForQuery among `got`, and the payloads of the
+    notifications the listening `raw` gets once another session sends `NOTIFY channel,
+    'still'` (waiting for the first)."""
+    answers = [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got
+               if k in (b"E", b"C", b"Z")]
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
+        sender.execute(f"NOTIFY {channel}, 'still'")
+    while not any(k == b"A" for k, _ in got):
+        got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+    return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+
+
 def test_a_discard_all_refused_in_a_block_keeps_the_channels_and_what_follows_runs(pool_uri, svc):
     """A `DISCARD ALL` inside a transaction block fails (25001) and drops nothing: what the
     listening client pipelined behind it (waiting for its answer) runs, and the client still
@@ -447,13 +460,7 @@ def test_a_discard_all_refused_in_a_block_keeps_the_channels_and_what_follows_ru
             raw.query("BEGIN")
             raw.sock.sendall(_msg(b"Q", b"DISCARD ALL\0") + _msg(b"Q", b"ROLLBACK\0"))
             got = raw.until_ready() + raw.until_ready()
-            answers = [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got
-                       if k in (b"E", b"C", b"Z")]
-            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
-                sender.execute(f"NOTIFY {channel}, 'still'")
-            while not any(k == b"A" for k, _ in got):
-                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
-            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+            return _still_hears(raw, svc, channel, got)
         finally:
             raw.close()
 
@@ -479,13 +486,7 @@ def test_a_discard_all_in_a_segment_the_server_skips_keeps_the_channels(pool_uri
             got = [raw._recv_msg()]
             raw.sock.sendall(_extended(b"DISCARD ALL"))
             got += raw.until_ready()
-            answers = [(k, parse_error(b)["C"] if k == b"E" else b) for k, b in got
-                       if k in (b"E", b"C", b"Z")]
-            with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as sender:
-                sender.execute(f"NOTIFY {channel}, 'still'")
-            while not any(k == b"A" for k, _ in got):
-                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
-            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+            return _still_hears(raw, svc, channel, got)
         finally:
             raw.close()
 

@@ -288,9 +288,13 @@ fn client_messages(
         }
         match tag {
             tag::QUERY => relay.query_portal = true,
-            // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so).
+            // A Bind of the unnamed portal replaces it (if it fails, `from_server` says so:
+            // `UNNAMED_PORTAL` marks its answer, here for an untracked Bind, in `rewrite` else).
             tag::BIND if len > HEADER => match input.get(pos + HEADER) {
-                Some(0) => relay.query_portal = false,
+                Some(0) => {
+                    relay.query_portal = false;
+                    mark = UNNAMED_PORTAL;
+                }
                 Some(_) => {}
                 None => break,
             },
@@ -348,9 +352,6 @@ fn client_messages(
                 }
                 _ => {
                     if let Some(kind) = expected_kind(tag) {
-                        if tag == tag::BIND && input.get(pos + HEADER) == Some(&0) {
-                            mark = UNNAMED_PORTAL;
-                        }
                         push(&mut relay.expect, kind, Action::Forward, mark);
                         // Untracked Parse/Bind go to the server as they are.
                         let parse = (tag == tag::PARSE) as u64;
@@ -1035,7 +1036,48 @@ fn subscribe(
 
 #[cfg(test)]
 mod tests {
-    use super::only_unlisten_all;
+    use super::{execute_tag, only_unlisten_all, tag_portal, RelayState, TAG_PORTALS};
+    use crate::net::messages::tag;
+    use crate::prepared::stand_in_tag;
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut msg = vec![tag::EXECUTE, 0, 0, 0, 0];
+        msg.extend_from_slice(portal.as_bytes());
+        msg.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let len = (msg.len() - 1) as u32;
+        msg[1..5].copy_from_slice(&len.to_be_bytes());
+        msg
+    }
+
+    #[test]
+    fn tag_portals_keep_the_latest_and_forget_a_rebound_or_closed_one() {
+        let mut relay = RelayState::default();
+        tag_portal(&mut relay, b"", stand_in_tag::ALL);
+        tag_portal(&mut relay, b"p1", stand_in_tag::DROPS);
+        assert_eq!(execute_tag(&relay, &execute("")), stand_in_tag::ALL as u64);
+        assert_eq!(
+            execute_tag(&relay, &execute("p1")),
+            stand_in_tag::DROPS as u64
+        );
+        assert_eq!(execute_tag(&relay, &execute("p2")), 0);
+        // Bound to something else, or closed: no tag.
+        tag_portal(&mut relay, b"", 0);
+        assert_eq!(execute_tag(&relay, &execute("")), 0);
+        assert_eq!(
+            execute_tag(&relay, &execute("p1")),
+            stand_in_tag::DROPS as u64
+        );
+        // Past `TAG_PORTALS`, the oldest goes.
+        for i in 0..TAG_PORTALS {
+            tag_portal(&mut relay, format!("q{i}").as_bytes(), stand_in_tag::LISTEN);
+        }
+        assert_eq!(relay.tag_portals.len(), TAG_PORTALS);
+        assert_eq!(execute_tag(&relay, &execute("p1")), 0);
+        assert_eq!(
+            execute_tag(&relay, &execute("q0")),
+            stand_in_tag::LISTEN as u64
+        );
+    }
 
     #[test]
     fn unlisten_all_among_other_statements() {

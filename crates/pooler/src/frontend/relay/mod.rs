@@ -351,7 +351,8 @@ pub struct Expect {
     pub action: Action,
     /// Pooler-wide statement id for Parse entries; for a Bind/Describe of a shared statement
     /// its id with `BOUND` (a Bind of the unnamed portal also has `UNNAMED_PORTAL`); for an
-    /// Execute of a `DEALLOCATE` the pooler serves its command tag (`prepared::stand_in_tag`);
+    /// Execute of a portal in `RelayState::tag_portals` its tag (`prepared::stand_in_tag`: the
+    /// command tag of a statement the pooler serves, or `DROPS` for a `DISCARD ALL`);
     /// for a Query, `scan::literal::MARK`, `scan::literal::DROPS_MARK` or 0; 0 otherwise.
     pub stmt: u64,
     /// How many of `RelayState::names`, from the oldest, are this Parse's or Close's changes

@@ -199,21 +199,11 @@ pub fn waits(relay: &RelayState, statements: &ClientStatements, tag: u8, msg: &[
     // The changes of the segment being relayed (after the last Sync or Query relayed) fail
     // or hold with it. A segment too long to look through is resolved as it is relayed: its
     // Sync is not relayed yet, so waiting could wait for an answer the server never sends.
-    let mut current = 0;
-    let mut boundary = false;
-    for e in relay.expect.iter().rev().take(SCAN) {
-        if e.kind == tag::SYNC || e.kind == tag::QUERY {
-            boundary = true;
-            break;
-        }
-        current += e.named as usize;
-    }
-    if !boundary {
+    let Some(earlier) = earlier_changes(relay) else {
         return false;
-    }
+    };
     // Changes waiting in earlier segments: a long queue of them is waited for without looking
     // (those segments' Syncs are relayed: their answers come).
-    let earlier = relay.names.len().saturating_sub(current);
     if earlier > SCAN {
         return true;
     }
@@ -266,6 +256,21 @@ fn earlier_entries(relay: &RelayState) -> Option<usize> {
     (segment < SCAN).then(|| relay.expect.len() - segment)
 }
 
+/// How many of `relay.names`, from the oldest, are changes of segments before the one being
+/// relayed (up to the last Sync or Query relayed); None when no such boundary is among the
+/// last `SCAN` answers owed (there is no earlier segment, or this one is too long to look
+/// through).
+fn earlier_changes(relay: &RelayState) -> Option<usize> {
+    let mut current = 0;
+    for e in relay.expect.iter().rev().take(SCAN) {
+        if e.kind == tag::SYNC || e.kind == tag::QUERY {
+            return Some(relay.names.len().saturating_sub(current));
+        }
+        current += e.named as usize;
+    }
+    None
+}
+
 /// Whether `name` exists may change with answers the server still owes before a Parse about
 /// to be relayed: a statement not answered yet may drop names (a Query holding anything, an
 /// Execute of a `DISCARD ALL`: `drops_names`; a `DEALLOCATE` in an Execute is the pooler's, which
@@ -278,20 +283,14 @@ pub fn pending(relay: &RelayState, name: &[u8]) -> bool {
         // Too many answers owed to look through each time: let it through.
         return true;
     }
-    let mut current = 0;
-    let mut boundary = false;
-    for e in relay.expect.iter().rev() {
-        if e.kind == tag::QUERY || drops_names(e) {
-            return true;
-        }
-        if e.kind == tag::SYNC {
-            boundary = true;
-        }
-        if !boundary {
-            current += e.named as usize;
-        }
+    if relay
+        .expect
+        .iter()
+        .any(|e| e.kind == tag::QUERY || drops_names(e))
+    {
+        return true;
     }
-    let earlier = relay.names.len().saturating_sub(current);
+    let earlier = earlier_changes(relay).unwrap_or(0);
     relay.names.iter().take(earlier).any(|c| match c {
         NameChange::One { name: n, .. } => **n == *crate::prepared::key(name),
         NameChange::All(_) => true,

@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use super::local::LocalProvisioner;
 use super::{io, ClusterSpec, ProvisionError, TlsMaterial};
 
+/// The pauses before a failed base backup of a replica's source is taken again.
+const BASEBACKUP_RETRIES: [std::time::Duration; 2] = [
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(5),
+];
+
 /// Where and as whom a replica replicates from.
 #[derive(Clone)]
 pub struct ReplicaSource<'a> {
@@ -60,22 +66,26 @@ impl LocalProvisioner {
         let ca = self.replica_ca(spec.name);
         crate::files::write_atomic(&ca, tls.ca_pem.as_bytes(), 0o600, owner)
             .map_err(io("writing the replica's CA"))?;
-        let mut cmd = self.command(spec.name, "pg_basebackup")?;
-        cmd.arg("-h")
-            .arg(src.host)
-            .arg("-p")
-            .arg(src.port.to_string())
-            .arg("-U")
-            .arg(src.role)
-            .arg("-D")
-            .arg(&pgdata)
-            .args(["-X", "stream", "-c", "fast", "-w", "--no-password"])
-            .env("PGPASSFILE", &passfile)
-            .env("PGSSLMODE", "verify-ca")
-            .env("PGSSLROOTCERT", &ca)
-            .env("PGAPPNAME", spec.name)
-            .env_remove("PGPASSWORD");
-        self.run(cmd, "pg_basebackup")?;
+        // A base backup whose connection drops (a walsender ended by its source, a busy
+        // machine) is taken again from the start, a bounded number of times.
+        let mut pauses = BASEBACKUP_RETRIES.iter();
+        loop {
+            match self.base_backup(spec.name, src, &pgdata, &passfile, &ca) {
+                Ok(()) => break,
+                Err(e) => {
+                    let Some(pause) = pauses.next() else {
+                        return Err(e);
+                    };
+                    tracing::warn!(service = spec.name, error = %e, retry_in_s = pause.as_secs(),
+                        "pg_basebackup of the replica's source failed; taking it again");
+                    std::thread::sleep(*pause);
+                    if pgdata.exists() {
+                        std::fs::remove_dir_all(&pgdata)
+                            .map_err(io("removing a half-made replica"))?;
+                    }
+                }
+            }
+        }
         // The source's postgresql.conf may be Patroni's (paths of another service's member):
         // the replica's is pgbay's includes, like every local cluster's.
         let conf = format!("{}\n", super::local::INCLUDES.join("\n"));
@@ -96,6 +106,33 @@ impl LocalProvisioner {
         crate::files::write_atomic(&dir.join("initialized"), b"", 0o600, owner)
             .map_err(io("marking the replica made"))?;
         Ok(())
+    }
+
+    /// One `pg_basebackup` of `src` into `pgdata` (streamed WAL, as the service's OS user).
+    fn base_backup(
+        &self,
+        name: &str,
+        src: &ReplicaSource<'_>,
+        pgdata: &std::path::Path,
+        passfile: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<(), ProvisionError> {
+        let mut cmd = self.command(name, "pg_basebackup")?;
+        cmd.arg("-h")
+            .arg(src.host)
+            .arg("-p")
+            .arg(src.port.to_string())
+            .arg("-U")
+            .arg(src.role)
+            .arg("-D")
+            .arg(pgdata)
+            .args(["-X", "stream", "-c", "fast", "-w", "--no-password"])
+            .env("PGPASSFILE", passfile)
+            .env("PGSSLMODE", "verify-ca")
+            .env("PGSSLROOTCERT", ca)
+            .env("PGAPPNAME", name)
+            .env_remove("PGPASSWORD");
+        self.run(cmd, "pg_basebackup")
     }
 
     /// Stops the (empty) cluster of `name` and removes its data directory and backups, so that

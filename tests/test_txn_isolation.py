@@ -945,3 +945,76 @@ def test_idle_transaction_timeout_covers_a_segment_without_sync(timeouts_server)
         raw.close()
     with psycopg.connect(uri, autocommit=True, connect_timeout=10) as other:
         assert one(other, "SELECT 5") == 5
+
+
+@pytest.mark.parametrize("via", ["direct", "pool"])
+@pytest.mark.parametrize("form", ["simple", "extended", "one segment"])
+@pytest.mark.parametrize("unlisten", ["UNLISTEN {}", "UNLISTEN *"])
+def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, unlisten):
+    """PostgreSQL sends a session its notifications only outside a transaction block, and
+    reads the ones committed during the block once it ended, when its UNLISTENs hold: a
+    client that UNLISTENs in a block hears neither its own NOTIFY of that block (session fuzz
+    seed 4203: the pool delivered it) nor another session's committed during it, and hears
+    nothing inside the block; after a ROLLBACK it hears the other session's. Through the pool
+    as on a direct connection (`via`); `form` as in `test_listen_in_a_block_counts_at_commit`
+    ("one segment": the UNLISTEN and the NOTIFY in one segment with no block, which commits
+    at its Sync)."""
+    uri = svc.uri_for(dbname="app") if via == "direct" else pool_uri
+    ch = unique("blkn").replace("-", "_")
+    raw = RawClient(uri)
+    notes = []
+
+    def run(sql: str, note: bool = True) -> list:
+        if form == "simple":
+            got = raw.query(sql)
+        else:
+            raw.sock.sendall(_extended(sql.encode()))
+            got = raw.until_ready()
+        assert not [parse_error(b) for k, b in got if k == b"E"], (sql, got)
+        heard = [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+        notes.extend(heard)
+        return heard
+
+    def notify(payload: str) -> None:
+        with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as other:
+            other.execute(f"NOTIFY {ch}, '{payload}'")
+
+    try:
+        run(f"LISTEN {ch}")
+        if form == "one segment":
+            raw.sock.sendall(_extended(unlisten.format(ch).encode(), None)
+                             + _extended(f"NOTIFY {ch}, 'own'".encode()))
+            got = raw.until_ready()
+            notes.extend(b for k, b in got if k == b"A")
+        else:
+            run("BEGIN")
+            notify("during")
+            # Nothing inside the block, though the other session's NOTIFY is committed.
+            assert run("SELECT pg_sleep(0.2)") == []
+            run(unlisten.format(ch))
+            run(f"NOTIFY {ch}, 'own'")
+            run("COMMIT")
+        notify("after")
+        # The queries' answers come after whatever the pool had for the client then.
+        run("SELECT pg_sleep(0.2)")
+        run("SELECT 1")
+        assert notes == []
+        if form == "one segment":
+            return
+        # Rolled back: the UNLISTEN never held, and what was committed meanwhile is heard
+        # after the block (in order), nothing inside it.
+        run(f"LISTEN {ch}")
+        run("BEGIN")
+        run(unlisten.format(ch))
+        notify("kept")
+        assert run("SELECT pg_sleep(0.2)") == []
+        run(f"NOTIFY {ch}, 'dropped'")
+        run("ROLLBACK")
+        while not notes:
+            kind, body = raw._recv_msg()  # RawClient's 10 s timeout bounds the wait
+            if kind == b"A":
+                notes.append(body[4:].split(b"\0")[1])
+        run("SELECT 1")
+        assert notes == [b"kept"]
+    finally:
+        raw.close()

@@ -183,6 +183,12 @@ impl Subscriber {
         self.inbox.try_recv()
     }
 
+    /// Drops what is queued for the client of `channels` (see `Inbox::drop_channels`).
+    pub fn drop_queued(&mut self, channels: &[Box<str>]) -> usize {
+        self.inbox
+            .drop_channels(|c| channels.iter().any(|g| g.as_bytes() == c))
+    }
+
     /// Ready once the client went past a notification budget (it must then be disconnected).
     pub fn poll_over(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Over> {
         self.inbox.poll_over(cx)

@@ -4,6 +4,7 @@
 //! wakes its task, which disconnects it. Past the pooler's total, the client with the most
 //! queued (whichever pool it is in) is the one disconnected: clients that keep up are spared.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
@@ -20,6 +21,13 @@ use super::Budget;
 #[inline]
 fn cost(msg: &Bytes) -> usize {
     msg.len() + 64
+}
+
+/// The channel a NotificationResponse (`A`, length, sender's pid, channel, payload) is of.
+fn notification_channel(msg: &[u8]) -> Option<&[u8]> {
+    let rest = msg.get(9..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    Some(&rest[..end])
 }
 
 /// Which budget a client went past, and its size in bytes.
@@ -150,6 +158,8 @@ fn make_room(me: &Arc<Shared>, cost: usize) -> bool {
 /// The client's end of its queue. Dropping it frees what is still queued.
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Bytes>,
+    /// What `drop_channels` took from `rx` and kept, in order: delivered before `rx`'s.
+    front: VecDeque<Bytes>,
     shared: Arc<Shared>,
 }
 
@@ -173,7 +183,11 @@ impl Inbox {
                 tx,
                 shared: shared.clone(),
             },
-            Inbox { rx, shared },
+            Inbox {
+                rx,
+                front: VecDeque::new(),
+                shared,
+            },
         )
     }
 
@@ -181,6 +195,10 @@ impl Inbox {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.shared.is_over() {
             return Poll::Pending;
+        }
+        if let Some(msg) = self.front.pop_front() {
+            self.release(cost(&msg));
+            return Poll::Ready(Some(msg));
         }
         let r = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(msg)) = &r {
@@ -194,9 +212,35 @@ impl Inbox {
         if self.shared.is_over() {
             return None;
         }
-        let msg = self.rx.try_recv().ok()?;
+        let msg = match self.front.pop_front() {
+            Some(msg) => msg,
+            None => self.rx.try_recv().ok()?,
+        };
         self.release(cost(&msg));
         Some(msg)
+    }
+
+    /// Drops the queued notifications of the channels `gone` says (given a channel's name as
+    /// it is in the message); the others stay queued, in order. Returns how many it dropped.
+    pub fn drop_channels(&mut self, gone: impl Fn(&[u8]) -> bool) -> usize {
+        while let Ok(msg) = self.rx.try_recv() {
+            self.front.push_back(msg);
+        }
+        let mut freed = 0;
+        let mut dropped = 0;
+        self.front.retain(|msg| {
+            let keep = !notification_channel(msg).is_some_and(&gone);
+            if !keep {
+                freed += cost(msg);
+                dropped += 1;
+            }
+            keep
+        });
+        if freed > 0 {
+            self.release(freed);
+            self.shared.budget.freed(freed);
+        }
+        dropped
     }
 
     /// Ready once the client went past a budget; registers the task to be woken when it does.
@@ -238,6 +282,11 @@ impl Drop for Inbox {
         // Closed first: the listener's later offers fail instead of queueing.
         self.rx.close();
         let mut freed = 0;
+        for msg in std::mem::take(&mut self.front) {
+            let c = cost(&msg);
+            self.release(c);
+            freed += c;
+        }
         while let Ok(msg) = self.rx.try_recv() {
             let c = cost(&msg);
             self.release(c);
@@ -251,5 +300,43 @@ impl Drop for Inbox {
         if freed > 0 {
             self.shared.budget.freed(freed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NotifyBudget;
+
+    fn note(channel: &str, payload: &str) -> Bytes {
+        let mut body = 7u32.to_be_bytes().to_vec();
+        body.extend_from_slice(channel.as_bytes());
+        body.push(0);
+        body.extend_from_slice(payload.as_bytes());
+        body.push(0);
+        let mut msg = vec![b'A'];
+        msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        msg.extend_from_slice(&body);
+        Bytes::from(msg)
+    }
+
+    #[test]
+    fn dropping_channels_keeps_the_others_in_order_and_gives_back_their_bytes() {
+        let budget = Arc::new(Budget::new(NotifyBudget::default()));
+        let (sink, mut inbox) = Inbox::new(budget.clone());
+        for (c, p) in [("a", "1"), ("b", "2"), ("ab", "3"), ("b", "4")] {
+            assert_eq!(sink.offer(&note(c, p)), Offer::Queued);
+        }
+        let before = budget.live();
+        assert_eq!(inbox.drop_channels(|c| c == b"b"), 2);
+        assert_eq!(budget.live(), before - 2 * cost(&note("b", "2")));
+        // Queued after the drop: behind what was kept.
+        assert_eq!(sink.offer(&note("b", "5")), Offer::Queued);
+        let mut got = Vec::new();
+        while let Some(msg) = inbox.try_recv() {
+            got.push(msg);
+        }
+        assert_eq!(got, [note("a", "1"), note("ab", "3"), note("b", "5")]);
+        assert_eq!(budget.live(), 0);
     }
 }

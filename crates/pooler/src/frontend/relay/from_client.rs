@@ -976,8 +976,16 @@ pub(super) fn end_txn_listens(relay: &mut RelayState, ctx: &mut ClientCtx<'_>, c
     };
     let keep = block.end(committed);
     if let Some(sub) = ctx.notify.as_mut() {
+        // PostgreSQL reads the notifications committed during the transaction (its own
+        // NOTIFYs among them) after it, when what it unsubscribed from is gone.
+        let gone: Vec<Box<str>> = sub
+            .channels()
+            .iter()
+            .filter(|c| !keep.contains(*c))
+            .cloned()
+            .collect();
         if let Some(unsubscribed) = sub.keep_only(&keep) {
-            wait_for_listener(relay, unsubscribed);
+            relay.listen_wait = Some(super::listen_wait::ListenWait::new(unsubscribed, gone));
         }
     }
 }
@@ -992,7 +1000,7 @@ pub(super) fn unlisten_all(relay: &mut RelayState, ctx: &mut ClientCtx<'_>) {
 /// The client's answers wait for the pool's listener (`listen_wait`): the last request
 /// handed to it, which it serves after the earlier ones.
 fn wait_for_listener(relay: &mut RelayState, done: tokio::sync::oneshot::Receiver<()>) {
-    relay.listen_wait = Some(super::listen_wait::ListenWait::new(done));
+    relay.listen_wait = Some(super::listen_wait::ListenWait::new(done, Vec::new()));
 }
 
 /// A Query whose only LISTEN-like words are `UNLISTEN *` among other statements (asyncpg's

@@ -23,13 +23,19 @@ const CONFIRM: Duration = Duration::from_secs(5);
 pub struct ListenWait {
     confirmed: oneshot::Receiver<()>,
     deadline: Pin<Box<Sleep>>,
+    /// The channels a transaction's end unsubscribed the client from: what is queued for it of
+    /// them once the listener confirmed is dropped, and nothing is delivered to it until then
+    /// (`TxnListens`: PostgreSQL reads its notifications after the transaction, when its
+    /// UNLISTENs hold).
+    pub drop_after: Vec<Box<str>>,
 }
 
 impl ListenWait {
-    pub fn new(confirmed: oneshot::Receiver<()>) -> Self {
+    pub fn new(confirmed: oneshot::Receiver<()>, drop_after: Vec<Box<str>>) -> Self {
         Self {
             confirmed,
             deadline: Box::pin(tokio::time::sleep(CONFIRM)),
+            drop_after,
         }
     }
 

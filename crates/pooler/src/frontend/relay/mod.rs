@@ -231,6 +231,21 @@ thread_local! {
 const KEEP_QUEUE: usize = 64;
 
 impl RelayState {
+    /// Whether the client's notifications wait in its queue: in a transaction block
+    /// (PostgreSQL sends none there), in a transaction whose LISTEN/UNLISTENs hold only once it
+    /// committed (`txn_listens`), and until the end of one dropped what it unsubscribed the
+    /// client from (`ListenWait::drop_after`): PostgreSQL reads what was committed meanwhile
+    /// after the transaction, when its UNLISTENs hold.
+    #[inline]
+    pub fn holds_notifications(&self, status: u8) -> bool {
+        status != tag::txn::IDLE
+            || self.txn_listens.is_some()
+            || self
+                .listen_wait
+                .as_ref()
+                .is_some_and(|w| !w.drop_after.is_empty())
+    }
+
     /// The server answered an error in the segment the client is sending, every earlier one
     /// answered: it skips the rest of it, Flushes too, up to the client's Sync. Nothing relayed
     /// in it now is answered before that Sync, so nothing in it may wait for such an answer.

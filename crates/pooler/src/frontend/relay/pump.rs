@@ -153,7 +153,7 @@ pub async fn pump(
                     // is disconnected once what it was sent is out (`notify_over`).
                     *ctx.notify = None;
                     notify_over = Some(over);
-                } else if relay.s2c_skip == 0 {
+                } else if relay.s2c_skip == 0 && !relay.holds_notifications(server.status) {
                     while server.bufs.s2c_out.len() < HIGH_WATER {
                         let Poll::Ready(Some(msg)) = sub.poll_recv(cx) else {
                             break;
@@ -172,7 +172,14 @@ pub async fn pump(
             // A LISTEN's answers wait for the listener's confirmation (`listen_wait`).
             if let Some(w) = relay.listen_wait.as_mut() {
                 if w.poll(cx).is_ready() {
-                    relay.listen_wait = None;
+                    let drop_after = relay.listen_wait.take().map(|w| w.drop_after);
+                    if let (Some(gone), Some(sub)) = (drop_after, ctx.notify.as_mut()) {
+                        if !gone.is_empty() {
+                            sub.drop_queued(&gone);
+                            // What stays queued goes out now.
+                            progress = true;
+                        }
+                    }
                     resume = relay.c2s_stalled;
                 } else {
                     client_write = false;

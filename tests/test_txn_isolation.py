@@ -646,6 +646,18 @@ def test_unlisten_while_the_pools_listener_is_gone_is_answered_and_holds(pool_ur
         other.close()
 
 
+def _answered(raw: RawClient, form: str, sql: str) -> list:
+    """`sql` sent as a Query (`form` "simple") or as Parse/Bind/Execute/Sync: its answers up to
+    ReadyForQuery, none of them an error."""
+    if form == "simple":
+        got = raw.query(sql)
+    else:
+        raw.sock.sendall(_extended(sql.encode()))
+        got = raw.until_ready()
+    assert not [parse_error(b) for k, b in got if k == b"E"], (sql, got)
+    return got
+
+
 @pytest.mark.parametrize("via", ["direct", "pool"])
 @pytest.mark.parametrize("form", ["simple", "extended", "one segment"])
 def test_listen_in_a_block_counts_at_commit(pool_uri, svc, via, form):
@@ -660,13 +672,7 @@ def test_listen_in_a_block_counts_at_commit(pool_uri, svc, via, form):
     notes = []
 
     def run(sql: str) -> None:
-        if form == "simple":
-            got = raw.query(sql)
-        else:
-            raw.sock.sendall(_extended(sql.encode()))
-            got = raw.until_ready()
-        assert not [parse_error(b) for k, b in got if k == b"E"], (sql, got)
-        notes.extend(b for k, b in got if k == b"A")
+        notes.extend(b for k, b in _answered(raw, form, sql) if k == b"A")
 
     def block(stmt: str, end: str) -> None:
         if form == "one segment":
@@ -964,14 +970,8 @@ def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, un
     raw = RawClient(uri)
     notes = []
 
-    def run(sql: str, note: bool = True) -> list:
-        if form == "simple":
-            got = raw.query(sql)
-        else:
-            raw.sock.sendall(_extended(sql.encode()))
-            got = raw.until_ready()
-        assert not [parse_error(b) for k, b in got if k == b"E"], (sql, got)
-        heard = [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+    def run(sql: str) -> list:
+        heard = [b[4:].split(b"\0")[1] for k, b in _answered(raw, form, sql) if k == b"A"]
         notes.extend(heard)
         return heard
 

@@ -120,17 +120,17 @@ impl Subscriber {
         if !self.channels.remove(&channel) {
             return None;
         }
-        self.send_unlisten(vec![channel])
+        Some(self.send_unlisten(vec![channel]))
     }
 
-    fn send_unlisten(&mut self, channels: Vec<Box<str>>) -> Option<oneshot::Receiver<()>> {
+    fn send_unlisten(&mut self, channels: Vec<Box<str>>) -> oneshot::Receiver<()> {
         let (done, unsubscribed) = oneshot::channel();
         let _ = self.hub.send(Cmd::Unlisten {
             channels,
             client: self.id,
             done: Some(done),
         });
-        Some(unsubscribed)
+        unsubscribed
     }
 
     /// Unsubscribes the client from every channel, as `unlisten`.
@@ -139,13 +139,17 @@ impl Subscriber {
             return None;
         }
         self.channels.clear();
+        Some(self.send_unlisten_all())
+    }
+
+    fn send_unlisten_all(&mut self) -> oneshot::Receiver<()> {
         let (done, unsubscribed) = oneshot::channel();
         let _ = self.hub.send(Cmd::UnlistenAll {
             client: self.id,
             gone: false,
             done: Some(done),
         });
-        Some(unsubscribed)
+        unsubscribed
     }
 
     /// The channels the client listens to.
@@ -154,11 +158,12 @@ impl Subscriber {
     }
 
     /// Unsubscribes the client from every channel not in `keep`, all in one command of the
-    /// listener (one round trip, `release`); the receiver fires once that is done.
-    pub fn keep_only(&mut self, keep: &HashSet<Box<str>>) -> Option<oneshot::Receiver<()>> {
-        if keep.is_empty() {
-            return self.unlisten_all();
-        }
+    /// listener (one round trip, `release`). Returns the receiver that fires once that is done,
+    /// with the channels dropped; None when every channel is kept.
+    pub fn keep_only(
+        &mut self,
+        keep: &HashSet<Box<str>>,
+    ) -> Option<(oneshot::Receiver<()>, Vec<Box<str>>)> {
         let mut gone = Vec::new();
         self.channels.retain(|c| {
             let kept = keep.contains(c);
@@ -170,7 +175,12 @@ impl Subscriber {
         if gone.is_empty() {
             return None;
         }
-        self.send_unlisten(gone)
+        let unsubscribed = if self.channels.is_empty() {
+            self.send_unlisten_all()
+        } else {
+            self.send_unlisten(gone.clone())
+        };
+        Some((unsubscribed, gone))
     }
 
     /// The next notification; Pending once the client is over budget.
@@ -184,9 +194,9 @@ impl Subscriber {
     }
 
     /// Drops what is queued for the client of `channels` (see `Inbox::drop_channels`).
-    pub fn drop_queued(&mut self, channels: &[Box<str>]) -> usize {
+    pub fn drop_queued(&mut self, channels: &[Box<str>]) {
         self.inbox
-            .drop_channels(|c| channels.iter().any(|g| g.as_bytes() == c))
+            .drop_channels(|c| channels.iter().any(|g| g.as_bytes() == c));
     }
 
     /// Ready once the client went past a notification budget (it must then be disconnected).
@@ -631,7 +641,9 @@ mod tests {
         }
         while rx.try_recv().is_ok() {}
         let keep: HashSet<Box<str>> = ["b".into()].into_iter().collect();
-        assert!(sub.keep_only(&keep).is_some());
+        let (_, mut gone) = sub.keep_only(&keep).expect("channels dropped");
+        gone.sort();
+        assert_eq!(gone, [Box::from("a"), Box::from("c")]);
         let Ok(Cmd::Unlisten { mut channels, .. }) = rx.try_recv() else {
             panic!("no Unlisten");
         };
@@ -642,5 +654,10 @@ mod tests {
         // Nothing to drop: no command.
         assert!(sub.keep_only(&keep).is_none());
         assert!(rx.try_recv().is_err());
+        // Nothing kept: one UNLISTEN * for the client.
+        let (_, gone) = sub.keep_only(&HashSet::new()).expect("channels dropped");
+        assert_eq!(gone, [Box::from("b")]);
+        assert!(matches!(rx.try_recv(), Ok(Cmd::UnlistenAll { .. })));
+        assert!(sub.channels().is_empty());
     }
 }

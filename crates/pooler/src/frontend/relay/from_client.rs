@@ -978,13 +978,7 @@ pub(super) fn end_txn_listens(relay: &mut RelayState, ctx: &mut ClientCtx<'_>, c
     if let Some(sub) = ctx.notify.as_mut() {
         // PostgreSQL reads the notifications committed during the transaction (its own
         // NOTIFYs among them) after it, when what it unsubscribed from is gone.
-        let gone: Vec<Box<str>> = sub
-            .channels()
-            .iter()
-            .filter(|c| !keep.contains(*c))
-            .cloned()
-            .collect();
-        if let Some(unsubscribed) = sub.keep_only(&keep) {
+        if let Some((unsubscribed, gone)) = sub.keep_only(&keep) {
             relay.listen_wait = Some(super::listen_wait::ListenWait::new(unsubscribed, gone));
         }
     }

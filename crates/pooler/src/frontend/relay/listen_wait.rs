@@ -32,9 +32,17 @@ pub struct ListenWait {
 
 impl ListenWait {
     pub fn new(confirmed: oneshot::Receiver<()>, drop_after: Vec<Box<str>>) -> Self {
+        Self::with_deadline(confirmed, drop_after, CONFIRM)
+    }
+
+    fn with_deadline(
+        confirmed: oneshot::Receiver<()>,
+        drop_after: Vec<Box<str>>,
+        wait: Duration,
+    ) -> Self {
         Self {
             confirmed,
-            deadline: Box::pin(tokio::time::sleep(CONFIRM)),
+            deadline: Box::pin(tokio::time::sleep(wait)),
             drop_after,
         }
     }
@@ -45,5 +53,43 @@ impl ListenWait {
             return Poll::Ready(());
         }
         self.deadline.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn ready_now(w: &mut ListenWait) -> bool {
+        let waker = std::task::Waker::noop();
+        w.poll(&mut Context::from_waker(waker)).is_ready()
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_listener_then_for_its_deadline_and_keeps_what_to_drop() {
+        // Confirmed: ready at once.
+        let (done, confirmed) = oneshot::channel();
+        let mut w = ListenWait::new(confirmed, Vec::new());
+        assert!(!ready_now(&mut w));
+        done.send(()).unwrap();
+        assert!(ready_now(&mut w));
+
+        // The listener dropped the request (it went away): ready, as confirmed.
+        let (done, confirmed) = oneshot::channel::<()>();
+        let mut w = ListenWait::new(confirmed, Vec::new());
+        drop(done);
+        assert!(ready_now(&mut w));
+
+        // Never answered: pending until the deadline, then ready, with the channels whose
+        // queued notifications the pump drops once it is.
+        let (_done, confirmed) = oneshot::channel::<()>();
+        let wait = Duration::from_millis(200);
+        let start = tokio::time::Instant::now();
+        let mut w = ListenWait::with_deadline(confirmed, vec!["gone".into()], wait);
+        assert!(!ready_now(&mut w));
+        poll_fn(|cx| w.poll(cx)).await;
+        assert!(start.elapsed() >= wait);
+        assert_eq!(w.drop_after, [Box::from("gone")]);
     }
 }

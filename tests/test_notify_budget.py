@@ -335,3 +335,43 @@ def test_clients_that_never_read_are_disconnected_and_memory_comes_back(node, se
     # Memory comes back once they are gone.
     eventually(lambda: rss(pid) - base < 5 * MiB, 30,
                f"RSS back near its baseline of {base / MiB:.1f} MiB")
+
+
+def test_notifications_held_for_a_block_count_against_the_budget(node, setup):
+    """A transaction-mode client reads its notifications only after its block (as PostgreSQL
+    delivers them), so the pooler holds them meanwhile: past the client's budget it is
+    disconnected with 53200 before any of them reached it inside the block, and its
+    transaction is rolled back (the pool's server connection is not left in it)."""
+    svc, pool_uri = setup
+    direct = svc.uri_for(dbname="app")
+    c = RawClient(pool_uri, rcvbuf=1 << 20)
+    try:
+        c.query("LISTEN blk")
+        assert c.query("BEGIN")[-1] == (b"Z", b"T")
+        got = c.query("SELECT pg_advisory_xact_lock(4242)")
+        assert got[-1] == (b"Z", b"T"), got
+        with psycopg.connect(direct, autocommit=True) as conn:
+            # The block holds the lock: another session cannot take it.
+            assert conn.execute("SELECT pg_try_advisory_lock(4242)").fetchone()[0] is False
+            # ~1 MB for the client's channel, twice its budget, while its block is open.
+            conn.execute(
+                "SELECT count(pg_notify('blk', i || repeat('x', %s::int))) "
+                "FROM generate_series(1, 128) i", (PAYLOAD,))
+        notes, error, closed = c.drain()
+        assert error is not None and closed, (notes, error, closed)
+        assert error["C"] == "53200" and "notification budget" in error["M"], error
+        assert notes == 0, f"{notes} notifications reached the client inside its block"
+    finally:
+        c.close()
+    with psycopg.connect(direct, autocommit=True) as conn:
+        eventually(
+            lambda: conn.execute("SELECT pg_try_advisory_lock(4242)").fetchone()[0], 10,
+            "the disconnected client's transaction to end")
+        conn.execute("SELECT pg_advisory_unlock(4242)")
+    # The pool's connections serve a new client outside any transaction.
+    after = RawClient(pool_uri)
+    try:
+        for _ in range(4):
+            assert after.query("SELECT 1")[-1] == (b"Z", b"I")
+    finally:
+        after.close()

@@ -27,7 +27,10 @@
 # PostgreSQL it runs itself) instead of TCP on 127.0.0.1 (BACKEND=tcp, the default); FLOOR=1 adds
 # a "floor" target without TLS: crates/pooler/examples/floor_relay.rs, which copies bytes between
 # each client and a connection of its own to PostgreSQL (over TCP) and does nothing else, so its
-# CPU per transaction is the least a relaying process spends here (the kernel's share).
+# CPU per transaction is the least a relaying process spends here (the kernel's share); RATE=N
+# runs pgbench at N transactions per second in total (`-R N`) instead of as fast as it can, so that
+# every target is measured under the same load on PostgreSQL and the machine (a pooler that serves
+# more TPS otherwise also makes its own transactions dearer on a shared machine).
 #
 # Measures, per target and transport: pgbench -S TPS (simple and -M prepared) and a SET-heavy script
 # (protocol column "set-heavy": each transaction `SET search_path` then a select; pgbench counts the
@@ -60,6 +63,7 @@ PGBOUNCER_OLD=${PGBOUNCER_OLD:-pgbouncer}
 POOLER_VARIANTS=${POOLER_VARIANTS:-}
 MODES=${MODES:-"simple prepared set-heavy"}
 DIRECT=${DIRECT:-1}
+RATE=${RATE:-}
 PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
 ulimit -n 20000
@@ -209,7 +213,7 @@ mkdir -p bench/results
 {
     echo "# Pooler benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')$bouncer_versions${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext over $([ "$BACKEND" = unix ] && echo "its Unix socket" || echo "TCP loopback")."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')$bouncer_versions${bouncer_new_version:+, $bouncer_new_version}, pgbench -S -T $DURATION -j 2${RATE:+ -R $RATE}, scale 10, pool size 20, transaction mode. TLS rows: clients with sslmode=require, ECDSA P-256 self-signed certificate; poolers to PostgreSQL in plaintext over $([ "$BACKEND" = unix ] && echo "its Unix socket" || echo "TCP loopback")."
     if [ "$POOLER_TLS" = no ] && [[ " $TLS " == *" tls "* ]]; then
         echo
         echo "pgbay over TLS: skipped, the standalone example takes no certificate (no --tls-cert)."
@@ -245,6 +249,7 @@ run_pgbench() { # target transport port pid mode clients db
     local workload=(-S -M "$mode")
     # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
     [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
+    [ -n "$RATE" ] && workload+=(-R "$RATE")
     if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120 || true)"; fi
     if [ -n "$perf_pid" ]; then
         kill -INT "$perf_pid" 2>/dev/null || true

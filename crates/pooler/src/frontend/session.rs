@@ -573,7 +573,7 @@ async fn attached(
             let dirty = std::mem::take(&mut client.params.dirty);
             let mut keep = true;
             if dirty != 0 {
-                match settle(client, server, dirty).await {
+                match Box::pin(settle(client, server, dirty)).await {
                     Settled::Keep => {}
                     Settled::Retire => keep = false,
                     Settled::Gone => return Ok(false),
@@ -677,7 +677,7 @@ async fn attached(
                 // What the statements before the block changed is settled as at any boundary.
                 let dirty = std::mem::take(&mut client.params.dirty);
                 server.clean = dirty == 0
-                    || match settle(client, server, dirty).await {
+                    || match Box::pin(settle(client, server, dirty)).await {
                         Settled::Keep => true,
                         Settled::Retire => false,
                         Settled::Gone => return Ok(false),
@@ -765,6 +765,10 @@ enum Settled {
 /// when it may have changed more (`session_state`). A server error on a mere read-back only
 /// leaves the connection unmatched, to be synced in full at its next use; a failed reset
 /// retires it.
+///
+/// Its callers box it: only a transaction that changed session state settles, and inline its
+/// future would size every request's future past 1,032 bytes, the largest block glibc keeps in
+/// its per-thread cache, for a slower `malloc`/`free` pair on every transaction.
 async fn settle(client: &mut Client, server: &mut Server, dirty: u64) -> Settled {
     let result = session_state::read_back(server, Some(&mut client.params), dirty).await;
     if let Err(e) = &result {

@@ -389,6 +389,11 @@ def test_listen_pipelined_behind_a_failing_statement(pool_uri, form):
         raw.close()
 
 
+def _payloads(got: list) -> list[bytes]:
+    """The payloads of the NotificationResponses among `got` ((type, body) messages), in order."""
+    return [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+
+
 @pytest.mark.parametrize("form", ["queries", "one segment", "named earlier", "unnamed earlier"])
 def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form):
     """`DISCARD ALL` drops the client's channels: a NOTIFY the client sends right behind it in
@@ -425,7 +430,7 @@ def test_a_notify_pipelined_behind_discard_all_is_not_heard(pool_uri, svc, form)
                 sender.execute(f"NOTIFY {channel}_marker, 'm'")
             while not any(k == b"A" and b"_marker" in b for k, b in got):
                 got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
-            return [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+            return _payloads(got)
         finally:
             raw.close()
 
@@ -444,7 +449,7 @@ def _still_hears(raw, svc, channel: str, got: list) -> tuple:
         sender.execute(f"NOTIFY {channel}, 'still'")
     while not any(k == b"A" for k, _ in got):
         got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
-    return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+    return answers, _payloads(got)
 
 
 def test_a_discard_all_refused_in_a_block_keeps_the_channels_and_what_follows_runs(pool_uri, svc):
@@ -522,7 +527,7 @@ def test_an_extended_listen_holds_only_if_its_segment_commits(pool_uri, svc, ver
                 sender.execute(f"NOTIFY {channel}_marker, 'm'")
             while not any(k == b"A" and b"_marker" in b for k, b in got):
                 got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
-            return answers, [b[4:].split(b"\0")[1] for k, b in got if k == b"A"]
+            return answers, _payloads(got)
         finally:
             raw.close()
 
@@ -971,7 +976,7 @@ def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, un
     notes = []
 
     def run(sql: str) -> list:
-        heard = [b[4:].split(b"\0")[1] for k, b in _answered(raw, form, sql) if k == b"A"]
+        heard = _payloads(_answered(raw, form, sql))
         notes.extend(heard)
         return heard
 
@@ -985,7 +990,7 @@ def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, un
             raw.sock.sendall(_extended(unlisten.format(ch).encode(), None)
                              + _extended(f"NOTIFY {ch}, 'own'".encode()))
             got = raw.until_ready()
-            notes.extend(b[4:].split(b"\0")[1] for k, b in got if k == b"A")
+            notes.extend(_payloads(got))
         else:
             run("BEGIN")
             notify("during")
@@ -1013,8 +1018,7 @@ def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, un
         run("ROLLBACK")
         while not notes:
             kind, body = raw._recv_msg()  # RawClient's 10 s timeout bounds the wait
-            if kind == b"A":
-                notes.append(body[4:].split(b"\0")[1])
+            notes.extend(_payloads([(kind, body)]))
         run("SELECT 1")
         assert notes == [b"kept"]
     finally:

@@ -8,7 +8,9 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
+import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -646,6 +648,61 @@ def test_unlisten_while_the_pools_listener_is_gone_is_answered_and_holds(pool_ur
         # The first had reached the listener before the marker, and a query's answer comes
         # after what the pool had for the client then.
         assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+    finally:
+        raw.close()
+        other.close()
+
+
+def test_a_commit_the_stopped_listener_never_confirms_drops_what_it_unlistened(pool_uri, svc):
+    """A block's UNLISTEN holds at its COMMIT, and PostgreSQL reads what was committed during
+    the block after it: a client that UNLISTENs one of its two channels in a block hears only
+    the other's notification committed meanwhile. Through the pool, the COMMIT's answer waits
+    for the pool's listener to unsubscribe the client; here the listener's server is stopped
+    (SIGSTOP), so it waits until the 5 s deadline (`relay::listen_wait::CONFIRM`), and then the
+    notification of the channel it unlistened, queued for it, is dropped, the other delivered.
+    Once the listener's server goes on, the client is served as before."""
+    admin = svc.uri_for(dbname="app")
+    gone, kept = unique("gone").replace("-", "_"), unique("kept").replace("-", "_")
+
+    def listeners() -> set[int]:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            return {r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")}
+
+    raw, other = RawClient(pool_uri), RawClient(pool_uri)
+    try:
+        before = listeners()  # other pools' listeners
+        raw.query(f"LISTEN {gone}")
+        raw.query(f"LISTEN {kept}")
+        other.query(f"LISTEN {kept}")
+        (pid,) = listeners() - before
+        raw.query("BEGIN")
+        got = raw.query(f"UNLISTEN {gone}")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {gone}, 'gone'")
+            conn.execute(f"NOTIFY {kept}, 'kept'")
+        # The listener hands each notification to every subscriber at once, in order: once the
+        # other client has 'kept', both are queued for the client in its block.
+        assert _payloads([other._recv_msg()]) == [b"kept"]  # RawClient's 10 s timeout
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            got += raw.query("COMMIT")  # RawClient's 10 s timeout bounds the wait
+            waited = time.monotonic() - start
+            assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"] * 2, got
+            assert 4.9 <= waited < 10, waited
+            while not _payloads(got):
+                got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {kept}, 'back'")
+        while b"back" not in _payloads(got):
+            got.append(raw._recv_msg())  # RawClient's 10 s timeout bounds the wait
+        # A query's answer comes after what the pool had for the client then.
+        got += raw.query("SELECT 1")
+        assert [k for k, _ in got[-4:]] == [b"T", b"D", b"C", b"Z"]
+        assert _payloads(got) == [b"kept", b"back"]
     finally:
         raw.close()
         other.close()

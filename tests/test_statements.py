@@ -360,6 +360,30 @@ def test_a_statement_name_is_what_the_server_made_of_it(pool_uri):
         raw.close()
 
 
+def test_closes_between_transactions_take_no_server_connection(pool_uri):
+    """A Close of statements and its Sync between transactions (what tokio-postgres sends when
+    it drops a statement) is answered by the pooler, as PostgreSQL answers it (CloseComplete
+    for each, a name the client lacks included, then ReadyForQuery 'I'), without waiting for
+    the pool's only server connection, which another client holds in its transaction; and the
+    name is gone."""
+    raw = RawClient(pool_uri)
+    try:
+        raw.sock.sendall(_parse(b"mine", "select 'mine'::text") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        with psycopg.connect(pool_uri) as holder:
+            holder.execute("select 1")
+            raw.sock.sendall(_msg(b"C", b"Smine\0") + _msg(b"C", b"Snosuch\0") + _SYNC)
+            got = raw.until_ready()
+            assert [k for k, _ in got] == [b"3", b"3", b"Z"], got
+            assert got[-1][1] == b"I"
+            # Still the holder's: the answer did not wait for its transaction to end.
+            assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            holder.rollback()
+        assert _run_named(raw, b"mine") == ([], ["26000"])
+    finally:
+        raw.close()
+
+
 def test_the_unnamed_statement_is_the_clients_own(pool_uri):
     """PostgreSQL keeps the unnamed statement until the next unnamed Parse or simple Query, so a
     client may bind it in a later transaction (pgx's describe-then-execute does): it is parsed

@@ -15,7 +15,8 @@ use crate::backend::{Pool, PoolState, Server, ServerGuard};
 use crate::config::PoolMode;
 use crate::errors;
 use crate::net::messages::error::Severity;
-use crate::net::messages::tag::{self, txn};
+use crate::net::messages::extended::{parse_target, CLOSE_COMPLETE};
+use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{header, status, HEADER};
 use crate::net::stream::poll_read_buf;
 use crate::signal::Watch;
@@ -178,6 +179,13 @@ async fn request(
     let st = &cur.state;
     if st.cfg.mode != PoolMode::Session {
         match super::listen::serve(client).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(()) => return false,
+        }
+    }
+    if st.cfg.mode != PoolMode::Session && st.settings.max_prepared_statements > 0 {
+        match serve_closes(client).await {
             Ok(true) => return true,
             Ok(false) => {}
             Err(()) => return false,
@@ -421,6 +429,65 @@ fn drop_ignored(pending: &mut BytesMut) {
         }
         pending.advance(len);
     }
+}
+
+/// Answers, without a server connection, an idle client's Closes of its own named statements
+/// through their Sync: what tokio-postgres sends when a statement is dropped, and what other
+/// drivers send when their statement cache evicts one. The names are the client's own (the
+/// server copies are shared and stay, as when the relay serves a Close), a Close of a name the
+/// client does not have is no error in PostgreSQL either, and between transactions a Sync has
+/// nothing to end: PostgreSQL's answer is a CloseComplete for each and ReadyForQuery 'I'. So no
+/// server connection is taken (nor a dying one met) for a request that would not use it.
+/// Ok(true) when nothing else is left to serve; Err when the client is gone.
+async fn serve_closes(client: &mut Client) -> Result<bool, ()> {
+    let Some(end) = closes_through_sync(&client.pending) else {
+        return Ok(false);
+    };
+    let Client {
+        stream,
+        pending,
+        statements,
+        ..
+    } = client;
+    let mut out = BytesMut::with_capacity(end);
+    let mut pos = 0;
+    while let Some((kind, len)) = header(&pending[pos..end]) {
+        if kind == tag::CLOSE {
+            if let Some((_, name)) = parse_target(&pending[pos..pos + len]) {
+                statements.remove(name);
+            }
+            out.extend_from_slice(&CLOSE_COMPLETE);
+        }
+        pos += len;
+    }
+    status::ready_for_query(&mut out, txn::IDLE);
+    pending.advance(end);
+    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+        return Err(());
+    }
+    Ok(pending.is_empty())
+}
+
+/// The length of the whole Closes of named statements and their Sync at the head of `pending`
+/// (`serve_closes`); None when it holds anything else there, or not all of it yet.
+fn closes_through_sync(pending: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while let Some((kind, len)) = header(&pending[pos..]) {
+        if len < HEADER || pending.len() - pos < len {
+            return None;
+        }
+        let msg = &pending[pos..pos + len];
+        pos += len;
+        match kind {
+            tag::CLOSE => match parse_target(msg) {
+                Some((target::STATEMENT, name)) if !name.is_empty() => {}
+                _ => return None,
+            },
+            tag::SYNC if pos > len => return Some(pos),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// A message up to this long is received whole before a server connection is lent for it, so
@@ -847,6 +914,48 @@ mod tests {
         assert_eq!(cancellable(&[parse.clone(), q.clone()].concat()), None);
         assert_eq!(cancellable(&msg(b'd', b"x")), None, "not a request");
         assert_eq!(cancellable(&[]), None);
+    }
+
+    /// What an idle client may have answered without a server connection: Closes of named
+    /// statements through their Sync, whole, and nothing else.
+    #[test]
+    fn closes_of_named_statements_through_their_sync_are_told_apart() {
+        fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+            let mut m = vec![kind];
+            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        }
+        let close = |target: u8, name: &[u8]| msg(b'C', &[&[target][..], name, b"\0"].concat());
+        let sync = msg(b'S', b"");
+        let q = msg(b'Q', b"SELECT 1\0");
+        let two = [close(b'S', b"s1"), close(b'S', b"s2"), sync.clone()].concat();
+        assert_eq!(closes_through_sync(&two), Some(two.len()));
+        let then_query = [two.clone(), q.clone()].concat();
+        assert_eq!(
+            closes_through_sync(&then_query),
+            Some(two.len()),
+            "up to the Sync"
+        );
+        assert_eq!(
+            closes_through_sync(&two[..two.len() - 1]),
+            None,
+            "half the Sync"
+        );
+        assert_eq!(
+            closes_through_sync(&close(b'S', b"s1")),
+            None,
+            "no Sync yet"
+        );
+        assert_eq!(closes_through_sync(&sync), None, "a Sync alone");
+        let unnamed = [close(b'S', b""), sync.clone()].concat();
+        assert_eq!(closes_through_sync(&unnamed), None, "the unnamed statement");
+        let portal = [close(b'P', b"p1"), sync.clone()].concat();
+        assert_eq!(closes_through_sync(&portal), None, "a portal");
+        let parse = msg(b'P', b"s1\0SELECT 1\0\0\0");
+        let mixed = [close(b'S', b"s1"), parse, sync.clone()].concat();
+        assert_eq!(closes_through_sync(&mixed), None, "with a Parse");
+        assert_eq!(closes_through_sync(&[]), None);
     }
 
     /// A read buffer given back is lent again (the same allocation); one grown past a few

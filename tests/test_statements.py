@@ -360,26 +360,35 @@ def test_a_statement_name_is_what_the_server_made_of_it(pool_uri):
         raw.close()
 
 
-def test_closes_between_transactions_take_no_server_connection(pool_uri):
-    """A Close of statements and its Sync between transactions (what tokio-postgres sends when
-    it drops a statement) is answered by the pooler, as PostgreSQL answers it (CloseComplete
-    for each, a name the client lacks included, then ReadyForQuery 'I'), without waiting for
-    the pool's only server connection, which another client holds in its transaction; and the
-    name is gone."""
+def test_names_dropped_between_transactions_take_no_server_connection(pool_uri):
+    """Between transactions, a client's Closes of statements through their Sync (what
+    tokio-postgres sends when it drops a statement) and an SQL `DEALLOCATE` (psycopg's after a
+    rollback, pgx's evictions) act on its own names only; the pooler answers them as PostgreSQL
+    does (CloseComplete for each, a name the client lacks included; DEALLOCATE, or 26000 for a
+    name it lacks; then ReadyForQuery 'I') without waiting for the pool's only server
+    connection, which another client holds in its transaction, and the names are gone."""
     raw = RawClient(pool_uri)
     try:
-        raw.sock.sendall(_parse(b"mine", "select 'mine'::text") + _SYNC)
-        assert _outcome(raw) == ([], [])
+        for name in (b"one", b"two", b"three"):
+            raw.sock.sendall(_parse(name, "select 'x'::text") + _SYNC)
+            assert _outcome(raw) == ([], [])
         with psycopg.connect(pool_uri) as holder:
             holder.execute("select 1")
-            raw.sock.sendall(_msg(b"C", b"Smine\0") + _msg(b"C", b"Snosuch\0") + _SYNC)
+            raw.sock.sendall(_msg(b"C", b"Sone\0") + _msg(b"C", b"Snosuch\0") + _SYNC)
             got = raw.until_ready()
             assert [k for k, _ in got] == [b"3", b"3", b"Z"], got
             assert got[-1][1] == b"I"
-            # Still the holder's: the answer did not wait for its transaction to end.
+            assert [(k, b) for k, b in raw.query("DEALLOCATE two") if k in b"CZ"] \
+                == [(b"C", b"DEALLOCATE\0"), (b"Z", b"I")]
+            got = raw.query("deallocate nosuch")
+            assert [parse_error(b)["C"] for k, b in got if k == b"E"] == ["26000"], got
+            assert [(k, b) for k, b in raw.query("DEALLOCATE ALL") if k in b"CZ"] \
+                == [(b"C", b"DEALLOCATE ALL\0"), (b"Z", b"I")]
+            # Still the holder's: no answer waited for its transaction to end.
             assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             holder.rollback()
-        assert _run_named(raw, b"mine") == ([], ["26000"])
+        for name in (b"one", b"two", b"three"):
+            assert _run_named(raw, name) == ([], ["26000"])
     finally:
         raw.close()
 

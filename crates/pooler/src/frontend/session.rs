@@ -184,8 +184,11 @@ async fn request(
             Err(()) => return false,
         }
     }
-    if st.cfg.mode != PoolMode::Session && st.settings.max_prepared_statements > 0 {
-        match serve_closes(client).await {
+    if st.cfg.mode != PoolMode::Session
+        && st.settings.max_prepared_statements > 0
+        && name_request(&client.pending).is_some()
+    {
+        match Box::pin(serve_names(client)).await {
             Ok(true) => return true,
             Ok(false) => {}
             Err(()) => return false,
@@ -431,37 +434,90 @@ fn drop_ignored(pending: &mut BytesMut) {
     }
 }
 
-/// Answers, without a server connection, an idle client's Closes of its own named statements
-/// through their Sync: what tokio-postgres sends when a statement is dropped, and what other
-/// drivers send when their statement cache evicts one. The names are the client's own (the
-/// server copies are shared and stay, as when the relay serves a Close), a Close of a name the
-/// client does not have is no error in PostgreSQL either, and between transactions a Sync has
-/// nothing to end: PostgreSQL's answer is a CloseComplete for each and ReadyForQuery 'I'. So no
-/// server connection is taken (nor a dying one met) for a request that would not use it.
-/// Ok(true) when nothing else is left to serve; Err when the client is gone.
-async fn serve_closes(client: &mut Client) -> Result<bool, ()> {
-    let Some(end) = closes_through_sync(&client.pending) else {
-        return Ok(false);
-    };
+/// What an idle client may have answered without a server connection (`serve_names`).
+enum NameRequest {
+    /// Closes of its named statements through their Sync: this many bytes.
+    Closes(usize),
+    /// A Query that is one SQL `DEALLOCATE`: this many bytes.
+    Deallocate(usize, session_state::Deallocate),
+}
+
+/// The request at the head of an idle client's `pending` that acts only on its own statement
+/// names, whole: Closes of named statements through their Sync (what tokio-postgres sends when
+/// a statement is dropped, and drivers when their cache evicts one), or a Query that is one SQL
+/// `DEALLOCATE` (psycopg's `DEALLOCATE ALL` after a rollback, pgx's and libpq-based drivers'
+/// evictions). None for anything else, or when not all of it is there yet; one look at the
+/// first byte for most requests.
+fn name_request(pending: &[u8]) -> Option<NameRequest> {
+    match header(pending)? {
+        (tag::CLOSE, _) => closes_through_sync(pending).map(NameRequest::Closes),
+        (tag::QUERY, len) if (HEADER + 1..=WHOLE_BEFORE_LENDING).contains(&len) => {
+            let msg = pending.get(..len)?;
+            if msg[HEADER] | 0x20 != b'd' {
+                return None;
+            }
+            let cmd = session_state::parse_deallocate(scan::statement_text(tag::QUERY, msg))?;
+            Some(NameRequest::Deallocate(len, cmd))
+        }
+        _ => None,
+    }
+}
+
+/// Answers, without a server connection, the requests at the head of an idle client's
+/// `pending` that act only on its own statement names (`name_request`), as PostgreSQL answers
+/// them between transactions. The names are the client's own (the server copies are shared and
+/// stay, as when the relay serves these); a Close of a name the client lacks is no error, a
+/// `DEALLOCATE` of one is (26000), and either way the client is left outside a transaction, so
+/// the answer ends with ReadyForQuery 'I'. A `DEALLOCATE` Query also drops the client's unnamed
+/// statement, as every simple Query does in PostgreSQL. So no server connection is taken (nor a
+/// dying one met) for a request that would not use it. Ok(true) when nothing else is left to
+/// serve; Err when the client is gone.
+#[cold]
+async fn serve_names(client: &mut Client) -> Result<bool, ()> {
     let Client {
         stream,
         pending,
         statements,
         ..
     } = client;
-    let mut out = BytesMut::with_capacity(end);
-    let mut pos = 0;
-    while let Some((kind, len)) = header(&pending[pos..end]) {
-        if kind == tag::CLOSE {
-            if let Some((_, name)) = parse_target(&pending[pos..pos + len]) {
-                statements.remove(name);
+    let mut out = BytesMut::new();
+    while let Some(request) = name_request(pending) {
+        let end = match request {
+            NameRequest::Closes(end) => {
+                let mut pos = 0;
+                while let Some((kind, len)) = header(&pending[pos..end]) {
+                    if kind == tag::CLOSE {
+                        if let Some((_, name)) = parse_target(&pending[pos..pos + len]) {
+                            statements.remove(name);
+                        }
+                        out.extend_from_slice(&CLOSE_COMPLETE);
+                    }
+                    pos += len;
+                }
+                end
             }
-            out.extend_from_slice(&CLOSE_COMPLETE);
-        }
-        pos += len;
+            NameRequest::Deallocate(end, cmd) => {
+                statements.clear_unnamed();
+                match cmd {
+                    session_state::Deallocate::All => {
+                        statements.take_names();
+                        status::command_complete(&mut out, b"DEALLOCATE ALL");
+                    }
+                    session_state::Deallocate::Name(name) => {
+                        match statements.remove(name.as_bytes()) {
+                            Some(_) => status::command_complete(&mut out, b"DEALLOCATE"),
+                            None => {
+                                errors::unknown_statement(&name).write(&mut out, Severity::Error)
+                            }
+                        }
+                    }
+                }
+                end
+            }
+        };
+        status::ready_for_query(&mut out, txn::IDLE);
+        pending.advance(end);
     }
-    status::ready_for_query(&mut out, txn::IDLE);
-    pending.advance(end);
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         return Err(());
     }
@@ -469,7 +525,7 @@ async fn serve_closes(client: &mut Client) -> Result<bool, ()> {
 }
 
 /// The length of the whole Closes of named statements and their Sync at the head of `pending`
-/// (`serve_closes`); None when it holds anything else there, or not all of it yet.
+/// (`name_request`); None when it holds anything else there, or not all of it yet.
 fn closes_through_sync(pending: &[u8]) -> Option<usize> {
     let mut pos = 0;
     while let Some((kind, len)) = header(&pending[pos..]) {
@@ -956,6 +1012,26 @@ mod tests {
         let mixed = [close(b'S', b"s1"), parse, sync.clone()].concat();
         assert_eq!(closes_through_sync(&mixed), None, "with a Parse");
         assert_eq!(closes_through_sync(&[]), None);
+
+        // And a Query that is one DEALLOCATE, whole.
+        let is_deallocate = |q: &[u8]| match name_request(q) {
+            Some(NameRequest::Deallocate(len, cmd)) => Some((len, cmd)),
+            _ => None,
+        };
+        let one = msg(b'Q', b"DEALLOCATE s1\0");
+        let (len, cmd) = is_deallocate(&[one.clone(), q.clone()].concat()).unwrap();
+        assert_eq!(len, one.len());
+        assert!(matches!(cmd, session_state::Deallocate::Name(n) if &*n == "s1"));
+        let all = msg(b'Q', b"deallocate all;\0");
+        assert!(matches!(
+            is_deallocate(&all),
+            Some((_, session_state::Deallocate::All))
+        ));
+        assert!(is_deallocate(&one[..one.len() - 1]).is_none(), "half of it");
+        assert!(is_deallocate(&msg(b'Q', b"DEALLOCATE s1; SELECT 1\0")).is_none());
+        assert!(is_deallocate(&msg(b'Q', b"DISCARD ALL\0")).is_none());
+        assert!(is_deallocate(&q).is_none());
+        assert!(matches!(name_request(&two), Some(NameRequest::Closes(n)) if n == two.len()));
     }
 
     /// A read buffer given back is lent again (the same allocation); one grown past a few

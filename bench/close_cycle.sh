@@ -15,15 +15,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 [ -n "${POOLERS:-}" ] || POOLERS="pgbay=$(standalone_bin)"
 PASSWORD=bench-$RANDOM$RANDOM
 
-work=$(mktemp -d /tmp/pgbay-close-cycle.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    stop_pg "$work/pg"
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work pgbay-close-cycle
 
 bench_cert "$work/tls"
 PG_PORT=$(free_port)

@@ -59,6 +59,21 @@ stop_pg() {
     as_unpriv "$PG_BIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1 || true
 }
 
+# bench_work PREFIX: a scratch directory, $work (mode 755: PostgreSQL runs as nobody), and on exit
+# the processes in $pids killed, the cluster in $work/pg stopped and $work removed.
+bench_work() {
+    work=$(mktemp -d "/tmp/$1.XXXXXX")
+    chmod 755 "$work"
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    stop_pg "$work/pg"
+    rm -rf "$work"
+}
+
 # user_sys_ticks PID: "user system" CPU time of a process (all its threads), in clock ticks.
 user_sys_ticks() {
     awk '{print $14, $15}' "/proc/$1/stat"

@@ -95,15 +95,7 @@ POOLER_TLS=no
 pooler_usage=$("$POOLER_BIN" --help 2>&1 || true)
 if grep -q -- '--tls-cert' <<<"$pooler_usage"; then POOLER_TLS=yes; fi
 
-work=$(mktemp -d /tmp/pgbay-bench.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    stop_pg "$work/pg"
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work pgbay-bench
 
 # The certificate every pooler presents to TLS clients (sslmode=require checks no name).
 bench_cert "$work/tls"

@@ -931,15 +931,17 @@ async fn reset(pool: &Pool, server: &mut Server) -> Result<(), crate::backend::S
 mod tests {
     use super::*;
 
+    /// A frontend message: type, length, body.
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
     /// What a cancel of a waiting client drops: its first request when it is all there.
     #[test]
     fn a_waiting_request_is_cancellable_once_it_is_all_there() {
-        fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-            let mut m = vec![kind];
-            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-            m.extend_from_slice(body);
-            m
-        }
         let q = msg(b'Q', b"SELECT 1\0");
         let parse = msg(b'P', b"\0SELECT 1\0\0\0");
         let bind = msg(b'B', b"\0\0\0\0\0\0\0\0");
@@ -973,15 +975,10 @@ mod tests {
     }
 
     /// What an idle client may have answered without a server connection: Closes of named
-    /// statements through their Sync, whole, and nothing else.
+    /// statements through their Sync, or a Query that is one DEALLOCATE, whole, and nothing
+    /// else.
     #[test]
     fn closes_of_named_statements_through_their_sync_are_told_apart() {
-        fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-            let mut m = vec![kind];
-            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-            m.extend_from_slice(body);
-            m
-        }
         let close = |target: u8, name: &[u8]| msg(b'C', &[&[target][..], name, b"\0"].concat());
         let sync = msg(b'S', b"");
         let q = msg(b'Q', b"SELECT 1\0");

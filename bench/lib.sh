@@ -74,6 +74,37 @@ bench_cleanup() {
     rm -rf "$work"
 }
 
+# start_bouncer NAME BINARY TRANSPORT: a PgBouncer with the bench's pool size and mode (pgbouncer_ini;
+# database `bench` on PostgreSQL at PG_HOST:PG_PORT, user bench with PASSWORD; TLS clients with the
+# certificate in $work/tls), on its own port; it refuses to run as root, so it runs as nobody. Sets
+# BOUNCER_PORT and BOUNCER_PID; its PIDs go in $pids (bench_work).
+start_bouncer() {
+    local name=$1 bin=$2 transport=$3 dir="$work/$1"
+    BOUNCER_PORT=$(free_port)
+    mkdir -p "$dir"
+    cp "$bin" "$dir/pgbouncer"
+    printf '"bench" "%s"\n' "$PASSWORD" > "$dir/userlist.txt"
+    chmod 600 "$dir/userlist.txt"
+    {
+        pgbouncer_ini "$PG_PORT" "$BOUNCER_PORT" "$dir" "$PG_HOST"
+        printf 'max_client_conn = 11000\nmax_db_connections = 20\nserver_tls_sslmode = disable\n'
+    } > "$dir/pgbouncer.ini"
+    if [ "$transport" = tls ]; then
+        cat >> "$dir/pgbouncer.ini" <<INI
+client_tls_sslmode = require
+client_tls_cert_file = $work/tls/server.crt
+client_tls_key_file = $work/tls/server.key
+INI
+    fi
+    [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$dir"
+    as_unpriv "$dir/pgbouncer" "$dir/pgbouncer.ini" > "$dir/stderr.log" 2>&1 &
+    pids+=($!)
+    sleep 0.5
+    # setpriv execs pgbouncer: the pid found by the ini path is the pooling process itself.
+    BOUNCER_PID=$(pgrep -f "$dir/pgbouncer.ini" | head -1)
+    pids+=("$BOUNCER_PID")
+}
+
 # user_sys_ticks PID: "user system" CPU time of a process (all its threads), in clock ticks.
 user_sys_ticks() {
     awk '{print $14, $15}' "/proc/$1/stat"

@@ -108,35 +108,6 @@ pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
 PG_HOST=127.0.0.1
 [ "$BACKEND" = unix ] && PG_HOST=$work/pg
 
-# start_bouncer NAME BINARY TRANSPORT: a PgBouncer with the same pool size and mode, on its own
-# port; it refuses to run as root, so it runs as nobody. Sets BOUNCER_PORT and BOUNCER_PID.
-start_bouncer() {
-    local name=$1 bin=$2 transport=$3 dir="$work/$1"
-    BOUNCER_PORT=$(free_port)
-    mkdir -p "$dir"
-    cp "$bin" "$dir/pgbouncer"
-    printf '"bench" "%s"\n' "$PASSWORD" > "$dir/userlist.txt"
-    chmod 600 "$dir/userlist.txt"
-    {
-        pgbouncer_ini "$PG_PORT" "$BOUNCER_PORT" "$dir" "$PG_HOST"
-        printf 'max_client_conn = 11000\nmax_db_connections = 20\nserver_tls_sslmode = disable\n'
-    } > "$dir/pgbouncer.ini"
-    if [ "$transport" = tls ]; then
-        cat >> "$dir/pgbouncer.ini" <<INI
-client_tls_sslmode = require
-client_tls_cert_file = $work/tls/server.crt
-client_tls_key_file = $work/tls/server.key
-INI
-    fi
-    [ "$(id -u)" = 0 ] && chown -R 65534:65534 "$dir"
-    as_unpriv "$dir/pgbouncer" "$dir/pgbouncer.ini" > "$dir/stderr.log" 2>&1 &
-    pids+=($!)
-    sleep 0.5
-    # setpriv execs pgbouncer: the pid found by the ini path is the pooling process itself.
-    BOUNCER_PID=$(pgrep -f "$dir/pgbouncer.ini" | head -1)
-    pids+=("$BOUNCER_PID")
-}
-
 # start_pgbay NAME TRANSPORT [BIN [THREADS [ARGS]]]: the standalone example (POOLER_BIN and
 # POOLER_THREADS unless given; ARGS: more arguments, comma-separated); sets POOLER_PORT and
 # POOLER_PID.

@@ -387,7 +387,13 @@ def test_names_dropped_between_transactions_take_no_server_connection(pool_uri):
             # Still the holder's: no answer waited for its transaction to end.
             assert holder.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             holder.rollback()
-        for name in (b"one", b"two", b"three"):
+        # A Query pipelined behind them is served next, on a server connection.
+        raw.sock.sendall(_parse(b"four", "select 'x'::text") + _SYNC)
+        assert _outcome(raw) == ([], [])
+        raw.sock.sendall(_msg(b"C", b"Sfour\0") + _SYNC + _msg(b"Q", b"select 'after'\0"))
+        got = raw.until_ready() + raw.until_ready()
+        assert [k for k, _ in got] == [b"3", b"Z", b"T", b"D", b"C", b"Z"], got
+        for name in (b"one", b"two", b"three", b"four"):
             assert _run_named(raw, name) == ([], ["26000"])
     finally:
         raw.close()

@@ -484,15 +484,13 @@ async fn serve_names(client: &mut Client) -> Result<bool, ()> {
     while let Some(request) = name_request(pending) {
         let end = match request {
             NameRequest::Closes(end) => {
-                let mut pos = 0;
-                while let Some((kind, len)) = header(&pending[pos..end]) {
+                for (kind, msg) in whole_messages(&pending[..end]) {
                     if kind == tag::CLOSE {
-                        if let Some((_, name)) = parse_target(&pending[pos..pos + len]) {
+                        if let Some((_, name)) = parse_target(msg) {
                             statements.remove(name);
                         }
                         out.extend_from_slice(&CLOSE_COMPLETE);
                     }
-                    pos += len;
                 }
                 end
             }
@@ -528,22 +526,33 @@ async fn serve_names(client: &mut Client) -> Result<bool, ()> {
 /// (`name_request`); None when it holds anything else there, or not all of it yet.
 fn closes_through_sync(pending: &[u8]) -> Option<usize> {
     let mut pos = 0;
-    while let Some((kind, len)) = header(&pending[pos..]) {
-        if len < HEADER || pending.len() - pos < len {
-            return None;
-        }
-        let msg = &pending[pos..pos + len];
-        pos += len;
+    for (kind, msg) in whole_messages(pending) {
+        pos += msg.len();
         match kind {
             tag::CLOSE => match parse_target(msg) {
                 Some((target::STATEMENT, name)) if !name.is_empty() => {}
                 _ => return None,
             },
-            tag::SYNC if pos > len => return Some(pos),
+            tag::SYNC if pos > msg.len() => return Some(pos),
             _ => return None,
         }
     }
     None
+}
+
+/// The whole, well-formed messages at the head of `buf` (type and message), up to the first
+/// that is not all there or has a length below the header's.
+fn whole_messages(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let (kind, len) = header(rest)?;
+        if len < HEADER || rest.len() < len {
+            return None;
+        }
+        let (msg, after) = rest.split_at(len);
+        rest = after;
+        Some((kind, msg))
+    })
 }
 
 /// A message up to this long is received whole before a server connection is lent for it, so
@@ -569,13 +578,10 @@ fn missing(pending: &[u8]) -> usize {
 /// connection is free, as before).
 fn cancellable(pending: &[u8]) -> Option<usize> {
     let mut pos = 0;
-    while let Some((kind, len)) = header(&pending[pos..]) {
-        if len < HEADER || pending.len() - pos < len {
-            return None;
-        }
-        pos += len;
+    for (kind, msg) in whole_messages(pending) {
+        pos += msg.len();
         match kind {
-            tag::QUERY | tag::FUNCTION_CALL if pos == len => return Some(pos),
+            tag::QUERY | tag::FUNCTION_CALL if pos == msg.len() => return Some(pos),
             tag::SYNC => return Some(pos),
             tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {}
             _ => return None,

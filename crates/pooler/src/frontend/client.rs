@@ -164,6 +164,8 @@ pub struct Client {
     /// Notifications for the channels it LISTENs to (transaction/statement mode); boxed, as
     /// most clients have none and an idle client's size is what many of them cost.
     pub(super) notify: Option<Box<crate::backend::listen::Subscriber>>,
+    /// Its place in the pool's wait queue, kept from one wait to the next.
+    pub(super) wait: crate::backend::pool::WaitPlace,
     /// Changed only through `set_state`, which keeps the pool's counts.
     state: ClientState,
     /// Counts not yet folded into the pool's counters.
@@ -210,6 +212,7 @@ impl Client {
             cancel: login.cancel,
             pending: BytesMut::new(),
             notify: None,
+            wait: Default::default(),
             state: ClientState::Idle,
             _count: count,
         }

@@ -223,8 +223,11 @@ async fn request(
                 // ends a cancelled statement.
                 let cancellable = cancellable(&client.pending);
                 let slot = client.cancel.slot.clone();
+                // The client's wait slot is lent to the wait (a cancel or a shutdown, which
+                // end the wait here, may drop it: the next wait makes another).
+                let mut place = std::mem::take(&mut client.wait);
                 let r = tokio::select! {
-                    r = pool.acquire() => r,
+                    r = pool.acquire(st, now_us, &mut place) => r,
                     () = slot.wait_cancelled(), if cancellable.is_some() => {
                         client.tally.waited();
                         return cancelled_waiting(client, cancellable.unwrap_or(0)).await;
@@ -235,6 +238,7 @@ async fn request(
                     }
                 };
                 client.tally.waited();
+                client.wait = place;
                 r
             }
         };

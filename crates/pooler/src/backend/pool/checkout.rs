@@ -53,10 +53,17 @@ impl Pool {
     }
 
     /// Gets a server connection, waiting FIFO behind other clients up to `query_wait_timeout`.
-    pub async fn acquire(self: &Arc<Self>) -> Result<ServerGuard, AcquireError> {
-        let state = self.state();
-        let since = Instant::now();
-        let deadline = since + state.wait_timeout;
+    /// `st` is the caller's copy of `state()`, `now_us` its latest `stats::now_us` reading (the
+    /// wait's start), and `place` the client's wait slot, reused from one wait to the next.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        st: &PoolState,
+        now_us: u64,
+        place: &mut WaitPlace,
+    ) -> Result<ServerGuard, AcquireError> {
+        let since_us = now_us;
+        let wait_timeout = st.wait_timeout;
+        let deadline_us = since_us.saturating_add(wait_timeout.as_micros() as u64);
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.drain.is_cancelled() {
@@ -72,27 +79,35 @@ impl Pool {
                         pool: Arc::downgrade(self),
                     }))
                 } else {
-                    let (tx, rx) = oneshot::channel();
+                    let (slot, seq) = place.arm();
                     inner.waiters.push_back(Waiter {
-                        tx,
-                        since,
-                        deadline,
+                        slot,
+                        seq,
+                        since_us,
+                        deadline_us,
                     });
-                    Err(rx)
+                    Err(seq)
                 }
             };
             let grant = match waiting {
                 Ok(g) => g,
                 // A waiter is removed from the queue by whoever sends to it, so it gets
                 // exactly one grant (or the expiry).
-                Err(rx) => match rx.await {
-                    Ok(g) => g,
-                    Err(_) => return Err(AcquireError::Removed),
-                },
+                Err(seq) => place.granted(seq, self).await,
             };
             match grant {
+                // A connection handed over by a check-in was in use until then, so the wait's
+                // start is a recent enough reading for `lend`'s idle probe (no clock read); the
+                // pool's state is read again only if the caller's copy is older than it.
                 Grant::Server(s) => {
-                    if let Some(g) = self.lend(s, &self.state(), crate::stats::now_us()) {
+                    let fresh;
+                    let st = if s.gen == st.gen {
+                        st
+                    } else {
+                        fresh = self.state();
+                        &fresh
+                    };
+                    if let Some(g) = self.lend(s, st, now_us) {
                         return Ok(g);
                     }
                 }
@@ -108,19 +123,15 @@ impl Pool {
                     // name another one; the next attempt reads the pool's state again.
                     Err(e)
                         if e.is_unavailable()
-                            && since.elapsed() + backoff
-                                < self
-                                    .state()
-                                    .backend
-                                    .unavailable_hold
-                                    .min(state.wait_timeout) =>
+                            && age(crate::stats::now_us(), since_us) + backoff
+                                < self.state().backend.unavailable_hold.min(wait_timeout) =>
                     {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
                     Err(e) => return Err(e.into()),
                 },
-                Grant::Expired => return Err(AcquireError::Timeout(state.wait_timeout)),
+                Grant::Expired => return Err(AcquireError::Timeout(wait_timeout)),
             }
         }
     }
@@ -177,7 +188,13 @@ impl Pool {
         if let Some(p) = self.login_params.lock().clone() {
             return Ok(p);
         }
-        let guard = self.acquire().await?;
+        let guard = self
+            .acquire(
+                &self.state(),
+                crate::stats::now_us(),
+                &mut WaitPlace::default(),
+            )
+            .await?;
         let params = Arc::new(guard.server().startup_params.clone());
         let mut guard = guard;
         guard.server_mut().clean = true;
@@ -229,7 +246,7 @@ impl Pool {
                 return;
             };
             server.set_state(ServerState::Active);
-            match w.tx.send(Grant::Server(server)) {
+            match w.send(Grant::Server(server)) {
                 Ok(()) => return,
                 Err(Grant::Server(mut s)) => {
                     s.set_state(ServerState::Idle);
@@ -247,7 +264,7 @@ impl Pool {
             let Some(w) = inner.waiters.pop_front() else {
                 break;
             };
-            match w.tx.send(Grant::Connect(SlotToken {
+            match w.send(Grant::Connect(SlotToken {
                 pool: Arc::downgrade(self),
             })) {
                 Ok(()) => return,
@@ -266,7 +283,7 @@ impl Pool {
                 break;
             };
             inner.total += 1;
-            if let Err(g) = w.tx.send(Grant::Connect(SlotToken {
+            if let Err(g) = w.send(Grant::Connect(SlotToken {
                 pool: Arc::downgrade(self),
             })) {
                 std::mem::forget(g);

@@ -13,15 +13,16 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
 
 mod averages;
 mod checkout;
 mod pause;
 mod updates;
 mod upkeep;
+mod wait;
 
 pub use checkout::ServerGuard;
+pub use wait::WaitPlace;
 
 use super::server::{ConnectParams, Server, ServerError};
 use crate::config::{BackendConfig, PoolConfig, PoolSettings};
@@ -79,10 +80,24 @@ enum Grant {
 /// upkeep rather than a timer per wait: registering and cancelling a timer for every queued
 /// transaction costs more than the rest of the queueing. Timeouts fire up to `upkeep::TICK` late.
 struct Waiter {
-    tx: oneshot::Sender<Grant>,
-    /// When it started waiting (for `PoolStats::maxwait`).
-    since: Instant,
-    deadline: Instant,
+    slot: Arc<wait::Slot>,
+    /// The wait this entry is for (see `wait`).
+    seq: u64,
+    /// When it started waiting (for `PoolStats::maxwait`), in `stats::now_us` time.
+    since_us: u64,
+    deadline_us: u64,
+}
+
+impl Waiter {
+    /// Hands `grant` to the client if it still waits for it; gives it back otherwise.
+    fn send(self, grant: Grant) -> Result<(), Grant> {
+        self.slot.send(self.seq, grant)
+    }
+
+    /// True when the client no longer waits on this entry.
+    fn is_closed(&self) -> bool {
+        self.slot.is_closed(self.seq)
+    }
 }
 
 // Boxed servers move between tasks and channels as one pointer.
@@ -250,7 +265,7 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let (connecting, oldest) = {
             let inner = self.hot.inner.lock();
-            (inner.login, inner.waiters.front().map(|w| w.since))
+            (inner.login, inner.waiters.front().map(|w| w.since_us))
         };
         let clients: [u32; 3] = self.client_list.count_states();
         let servers: [u32; 4] = self.server_list.count_states();
@@ -264,7 +279,9 @@ impl Pool {
             sv_idle: server(ServerState::Idle),
             sv_used: server(ServerState::Used),
             sv_login: connecting + server(ServerState::Login),
-            maxwait: oldest.map(|t| t.elapsed()).unwrap_or_default(),
+            maxwait: oldest
+                .map(|t| checkout::age(crate::stats::now_us(), t))
+                .unwrap_or_default(),
         }
     }
 

@@ -27,11 +27,11 @@ impl Pool {
             let mut i = 0;
             while i < inner.waiters.len() {
                 let w = &inner.waiters[i];
-                if w.tx.is_closed() {
+                if w.is_closed() {
                     inner.waiters.remove(i);
-                } else if w.deadline <= now {
+                } else if w.deadline_us <= now_us {
                     if let Some(w) = inner.waiters.remove(i) {
-                        let _ = w.tx.send(Grant::Expired);
+                        let _ = w.send(Grant::Expired);
                     }
                 } else {
                     i += 1;

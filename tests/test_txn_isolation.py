@@ -1080,3 +1080,59 @@ def test_notifications_of_a_block_are_read_after_it(pool_uri, svc, via, form, un
         assert notes == [b"kept"]
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("via", ["direct", "pool"])
+@pytest.mark.parametrize("form", ["simple", "extended"])
+def test_a_sessions_own_notification_comes_before_its_ready_for_query(pool_uri, svc, via, form):
+    """PostgreSQL delivers a listening session its own notifications before the ReadyForQuery
+    that ends the transaction that sent them (NotificationResponse between CommandComplete and
+    ReadyForQuery), so a driver that reads them after its query finds them there. Through the
+    pool as on a direct connection: a NOTIFY, a `pg_notify(...)` and a NOTIFY in a block (heard
+    in the COMMIT's answer, nothing before); a NOTIFY to a channel the client does not listen
+    to is not heard, and another session's is heard (after, in its own time)."""
+    uri = svc.uri_for(dbname="app") if via == "direct" else pool_uri
+    ch = unique("ownn").replace("-", "_")
+    raw = RawClient(uri)
+    try:
+        _answered(raw, form, f"LISTEN {ch}")
+
+        def kinds(got: list) -> list[bytes]:
+            return [k for k, _ in got]
+
+        got = _answered(raw, form, f"NOTIFY {ch}, 'own'")
+        assert _payloads(got) == [b"own"] and kinds(got)[-2:] == [b"A", b"Z"], got
+        got = _answered(raw, form, f"SELECT pg_notify('{ch}', 'fn')")
+        assert _payloads(got) == [b"fn"] and kinds(got)[-2:] == [b"A", b"Z"], got
+        _answered(raw, form, "BEGIN")
+        assert _payloads(_answered(raw, form, f"NOTIFY {ch}, 'block'")) == []
+        got = _answered(raw, form, "COMMIT")
+        assert _payloads(got) == [b"block"] and kinds(got)[-2:] == [b"A", b"Z"], got
+        assert _payloads(_answered(raw, form, f"NOTIFY {ch}_other, 'x'")) == []
+        with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as other:
+            other.execute(f"NOTIFY {ch}, 'theirs'")
+        heard = []
+        while not heard:
+            kind, body = raw._recv_msg()  # RawClient's 10 s timeout bounds the wait
+            heard.extend(_payloads([(kind, body)]))
+        assert heard == [b"theirs"]
+    finally:
+        raw.close()
+
+
+def test_psycopg_hears_its_own_notify_when_its_execute_returns(pool_uri, svc):
+    """psycopg calls its notify handlers for the notifications that come with a query's
+    answers: through the pool its own NOTIFY is heard by the time `execute` returns, as on a
+    direct connection."""
+    for uri in (svc.uri_for(dbname="app"), pool_uri):
+        ch = unique("ownp").replace("-", "_")
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as c:
+            heard = []
+            c.add_notify_handler(lambda n: heard.append(n.payload))
+            c.execute(f"LISTEN {ch}")
+            c.execute(f"NOTIFY {ch}, 'mine'")
+            assert heard == ["mine"], uri
+            with c.transaction():
+                c.execute("SELECT pg_notify(%s, 'in a block')", (ch,))
+                assert heard == ["mine"]
+            assert heard == ["mine", "in a block"], uri

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::frontend::relay::session_state::{classify, Found, DROPS};
+use crate::frontend::relay::session_state::{classify, Found, DROPS, NOTIFIES};
 use crate::net::messages::extended::write_parse;
 
 /// One distinct statement, shared by every client that prepared the same text and types.
@@ -36,6 +36,8 @@ pub struct Statement {
     /// Running it may drop the connection's prepared statements (a `DISCARD ALL`): a client
     /// name bound behind its Execute is resolved after it ran (`relay::names::waits`).
     pub drops: bool,
+    /// Running it may NOTIFY (`session_state::NOTIFIES`): marked at every Bind.
+    pub notifies: bool,
     /// The server said a copy of it went stale (`mark_stale`): later Parses and Binds of the
     /// same text and types get a fresh statement under a new name.
     stale: AtomicBool,
@@ -122,8 +124,9 @@ impl Registry {
             id,
             name: name.into(),
             parse: parse.freeze(),
-            sets: sets & !DROPS,
+            sets: sets & !(DROPS | NOTIFIES),
             drops: sets & DROPS != 0,
+            notifies: sets & NOTIFIES != 0,
             stale: AtomicBool::new(false),
         });
         map.insert(key.into(), stmt.clone());

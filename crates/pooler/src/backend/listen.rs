@@ -57,6 +57,11 @@ pub enum Cmd {
         gone: bool,
         done: Option<oneshot::Sender<()>>,
     },
+    /// A round trip of the listener's connection: `done` fires once every notification
+    /// committed before it has been handed to its subscribers (a client's own NOTIFY, which
+    /// PostgreSQL delivers to a listening session before the ReadyForQuery that ends the
+    /// transaction).
+    Sync { done: oneshot::Sender<()> },
 }
 
 /// A pool's listener: the sending end of its task's commands. Dropping it (with the pool)
@@ -150,6 +155,18 @@ impl Subscriber {
             done: Some(done),
         });
         unsubscribed
+    }
+
+    /// A round trip of the listener's connection (`Cmd::Sync`), if the client listens to
+    /// anything: the receiver fires once what was committed before it has been queued for the
+    /// client.
+    pub fn sync(&mut self) -> Option<oneshot::Receiver<()>> {
+        if self.channels.is_empty() {
+            return None;
+        }
+        let (done, synced) = oneshot::channel();
+        let _ = self.hub.send(Cmd::Sync { done });
+        Some(synced)
     }
 
     /// The channels the client listens to.
@@ -406,7 +423,7 @@ fn release(st: &mut State) {
 /// Whether `cmd` unsubscribes a client, still there, from a channel it listens to.
 fn unsubscribes(cmd: &Cmd, st: &State) -> bool {
     match cmd {
-        Cmd::Listen { .. } | Cmd::UnlistenAll { gone: true, .. } => false,
+        Cmd::Listen { .. } | Cmd::UnlistenAll { gone: true, .. } | Cmd::Sync { .. } => false,
         Cmd::Unlisten {
             channels, client, ..
         } => channels.iter().any(|channel| {
@@ -453,6 +470,18 @@ fn apply(cmd: Cmd, st: &mut State) {
                 }
             }
             if let Some(done) = done {
+                let _ = done.send(());
+            }
+        }
+        Cmd::Sync { done } => {
+            if st.connected {
+                messages::query(&mut st.out, "");
+                st.in_flight.push_back(Flight {
+                    acks: vec![done],
+                    sync: false,
+                });
+            } else {
+                // Nothing committed meanwhile can come (the listener is away): no wait.
                 let _ = done.send(());
             }
         }

@@ -200,7 +200,11 @@ fn client_messages(
                                     DiscardWait::Parsed
                                 };
                             }
-                            ctx.params.dirty |= bits & !session_state::DROPS;
+                            if bits & session_state::NOTIFIES != 0 {
+                                relay.notified = true;
+                            }
+                            ctx.params.dirty |=
+                                bits & !(session_state::DROPS | session_state::NOTIFIES);
                         }
                     },
                     Found::Listen
@@ -459,6 +463,7 @@ fn rewrite(
                     bound = stmt.id | BOUND;
                     relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.params.dirty |= stmt.sets;
+                    relay.notified |= stmt.notifies;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
                     write_bind(
@@ -981,6 +986,33 @@ pub(super) fn end_txn_listens(relay: &mut RelayState, ctx: &mut ClientCtx<'_>, c
         if let Some((unsubscribed, gone)) = sub.keep_only(&keep) {
             relay.listen_wait = Some(super::listen_wait::ListenWait::new(unsubscribed, gone));
         }
+    }
+}
+
+/// A transaction that NOTIFYed ended (`RelayState::notified`): if the client listens, its
+/// answers wait for a round trip of the pool's listener, and what that delivered to the client
+/// goes out before the ReadyForQuery that ended the transaction (`ListenWait::before_ready`):
+/// PostgreSQL delivers a session's own notifications so, and a driver that reads them with its
+/// query's answers (psycopg's notify handlers) finds them there. A wait already under way (the
+/// end of a block's UNLISTEN) takes the same place. Only when that ReadyForQuery is the last
+/// answer held for the client (`last`, and `out` ends with it); otherwise they follow it.
+pub(super) fn own_notifications(
+    relay: &mut RelayState,
+    ctx: &mut ClientCtx<'_>,
+    last: bool,
+    out: &[u8],
+) {
+    if !last || !super::pump::ready_ends_at(out, out.len()) {
+        return;
+    }
+    if let Some(w) = relay.listen_wait.as_mut() {
+        w.before_ready = Some(out.len());
+        return;
+    }
+    if let Some(synced) = ctx.notify.as_mut().and_then(|sub| sub.sync()) {
+        let mut w = super::listen_wait::ListenWait::new(synced, Vec::new());
+        w.before_ready = Some(out.len());
+        relay.listen_wait = Some(w);
     }
 }
 

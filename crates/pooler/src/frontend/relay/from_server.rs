@@ -292,6 +292,11 @@ fn server_messages(
                 relay.block_in_segment = None;
                 if server.status == txn::IDLE {
                     relay.savepoints = 0;
+                    if std::mem::take(&mut relay.notified) {
+                        // Whether its ReadyForQuery ends what the server sent so far (what the
+                        // client's notifications may be put before: `own_notifications`).
+                        relay.notified_end = Some(pos + len == input.len());
+                    }
                 }
                 if let Some(t) = relay.txn_listens.as_mut() {
                     // Ended without a COMMIT: a block rolled back, a segment's transaction

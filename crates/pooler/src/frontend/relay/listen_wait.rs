@@ -28,6 +28,10 @@ pub struct ListenWait {
     /// (`TxnListens`: PostgreSQL reads its notifications after the transaction, when its
     /// UNLISTENs hold).
     pub drop_after: Vec<Box<str>>,
+    /// What the listener delivered to the client by then goes out before the ReadyForQuery
+    /// that ended its transaction, which ends at this offset of the answers held for the
+    /// client (`from_client::own_notifications`).
+    pub before_ready: Option<usize>,
 }
 
 impl ListenWait {
@@ -44,6 +48,7 @@ impl ListenWait {
             confirmed,
             deadline: Box::pin(tokio::time::sleep(wait)),
             drop_after,
+            before_ready: None,
         }
     }
 

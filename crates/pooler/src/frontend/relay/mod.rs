@@ -168,6 +168,12 @@ pub struct RelayState {
     /// The block of `txn_listens` ended: committed (true) or not (read and cleared by the
     /// socket loop, which reaches the listener).
     pub txn_listens_end: Option<bool>,
+    /// The transaction the server is in ran (or parsed) a NOTIFY (`scan::NOTIFIES`).
+    pub notified: bool,
+    /// A transaction that NOTIFYed ended, and whether its ReadyForQuery was the last message
+    /// the server had sent (read and cleared by the socket loop, which reaches the listener:
+    /// `from_client::own_notifications`).
+    pub notified_end: Option<bool>,
     /// The transaction block the server is in changed since its last ReadyForQuery, as far as
     /// the command tags tell: a `BEGIN` began one (true), a `COMMIT` ended it (false). A LISTEN
     /// pipelined behind them in one segment is in a block or not accordingly.
@@ -243,7 +249,7 @@ impl RelayState {
             || self
                 .listen_wait
                 .as_ref()
-                .is_some_and(|w| !w.drop_after.is_empty())
+                .is_some_and(|w| !w.drop_after.is_empty() || w.before_ready.is_some())
     }
 
     /// The server answered an error in the segment the client is sending, every earlier one
@@ -280,6 +286,8 @@ impl RelayState {
             listen_wait,
             txn_listens,
             txn_listens_end,
+            notified,
+            notified_end,
             block_in_segment,
             savepoints,
             names,
@@ -312,6 +320,8 @@ impl RelayState {
         *listen_wait = None;
         *txn_listens = None;
         *txn_listens_end = None;
+        *notified = false;
+        *notified_end = None;
         *block_in_segment = None;
         *savepoints = 0;
         *unnamed_here = false;

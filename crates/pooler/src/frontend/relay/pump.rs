@@ -141,6 +141,10 @@ pub async fn pump(
                         if let Some(committed) = relay.txn_listens_end.take() {
                             super::from_client::end_txn_listens(relay, ctx, committed);
                         }
+                        if let Some(last) = relay.notified_end.take() {
+                            let out = &server.bufs.s2c_out;
+                            super::from_client::own_notifications(relay, ctx, last, out);
+                        }
                         resume = relay.c2s_stalled;
                     }
                     Poll::Pending => server_read = false,
@@ -172,11 +176,15 @@ pub async fn pump(
             // A LISTEN's answers wait for the listener's confirmation (`listen_wait`).
             if let Some(w) = relay.listen_wait.as_mut() {
                 if w.poll(cx).is_ready() {
-                    let drop_after = relay.listen_wait.take().map(|w| w.drop_after);
-                    if let (Some(gone), Some(sub)) = (drop_after, ctx.notify.as_mut()) {
-                        if !gone.is_empty() {
-                            sub.drop_queued(&gone);
+                    let done = relay.listen_wait.take();
+                    if let (Some(w), Some(sub)) = (done, ctx.notify.as_mut()) {
+                        if !w.drop_after.is_empty() {
+                            sub.drop_queued(&w.drop_after);
                             // What stays queued goes out now.
+                            progress = true;
+                        }
+                        if let Some(at) = w.before_ready {
+                            notifications_before_ready(&mut server.bufs.s2c_out, at, sub);
                             progress = true;
                         }
                     }
@@ -308,5 +316,77 @@ fn relay_client(
         }
         Ok(true) => Err(End::ClientGone),
         Err(e) => Err(End::Refused(errors::protocol_violation(e.to_string()))),
+    }
+}
+
+/// What the pool's listener queued for the client goes into `out` before the ReadyForQuery
+/// ending at `at` (`ListenWait::before_ready`), up to `HIGH_WATER` (the rest follows later).
+/// Nothing moves unless a ReadyForQuery ends there.
+fn notifications_before_ready(
+    out: &mut bytes::BytesMut,
+    at: usize,
+    sub: &mut crate::backend::listen::Subscriber,
+) {
+    before_ready(out, at, || sub.try_recv());
+}
+
+fn before_ready(
+    out: &mut bytes::BytesMut,
+    at: usize,
+    mut next: impl FnMut() -> Option<bytes::Bytes>,
+) {
+    if !ready_ends_at(out, at) {
+        return;
+    }
+    let tail = out.split_off(at - READY_LEN);
+    while out.len() < HIGH_WATER {
+        let Some(msg) = next() else {
+            break;
+        };
+        out.extend_from_slice(&msg);
+    }
+    out.extend_from_slice(&tail);
+}
+
+/// The length of a ReadyForQuery.
+const READY_LEN: usize = crate::net::messages::HEADER + 1;
+
+/// Whether a ReadyForQuery ends at `at` in `out`.
+pub(super) fn ready_ends_at(out: &[u8], at: usize) -> bool {
+    at >= READY_LEN
+        && at <= out.len()
+        && out[at - READY_LEN] == crate::net::messages::tag::READY_FOR_QUERY
+        && out[at - READY_LEN + 1..at - 1] == (READY_LEN as u32 - 1).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+
+    #[test]
+    fn notifications_go_in_before_the_ready_for_query_that_ended_the_transaction() {
+        let note = Bytes::from_static(b"A\0\0\0\x0b\0\0\0\x01c\0p\0");
+        let complete: &[u8] = b"C\0\0\0\x0bNOTIFY\0";
+        let ready: &[u8] = b"Z\0\0\0\x05I";
+        let mut out = BytesMut::new();
+        out.extend_from_slice(complete);
+        out.extend_from_slice(ready);
+        let at = out.len();
+        // Answers of a later query came behind it meanwhile: they stay behind.
+        out.extend_from_slice(complete);
+        let mut queue = vec![note.clone(), note.clone()];
+        before_ready(&mut out, at, || queue.pop());
+        let want = [complete, &note, &note, ready, complete].concat();
+        assert_eq!(&out[..], &want[..]);
+
+        // No ReadyForQuery ending there: nothing is taken or moved.
+        for at in [0, 3, complete.len(), want.len() + 1] {
+            let mut out = BytesMut::from(&want[..]);
+            let mut queue = vec![note.clone()];
+            before_ready(&mut out, at, || queue.pop());
+            assert_eq!(&out[..], &want[..]);
+            assert_eq!(queue.len(), 1);
+        }
     }
 }

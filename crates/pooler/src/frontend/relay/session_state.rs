@@ -43,7 +43,9 @@ use crate::prepared::ClientStatements;
 use super::scan::lex::{keyword, skip_noise};
 use super::RelayState;
 
-pub use super::scan::{classify, Found, ALL, CLOSE, DISCARD, DROPS, SCAN_MAX, SESSION, UNSCANNED};
+pub use super::scan::{
+    classify, Found, ALL, CLOSE, DISCARD, DROPS, NOTIFIES, SCAN_MAX, SESSION, UNSCANNED,
+};
 
 /// Undoes what a client may leave on a session, short of its prepared statements (which the
 /// pooler names and shares itself): `DISCARD ALL` without `DEALLOCATE ALL` and `DISCARD PLANS`.

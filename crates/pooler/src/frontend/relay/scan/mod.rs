@@ -46,6 +46,11 @@ pub const CLOSE: u64 = 1 << 60;
 /// (`names::waits`).
 pub const DROPS: u64 = 1 << 59;
 
+/// Not a parameter, never part of a client's `dirty` set: a `NOTIFY` or `pg_notify(...)`. A
+/// client that listens gets what its transaction notified before the ReadyForQuery that ends
+/// it, as PostgreSQL delivers a session's own notifications (`relay::own_notifications`).
+pub const NOTIFIES: u64 = 1 << 58;
+
 /// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
 pub const SCAN_MAX: usize = 1 << 20;
 /// What an unscanned statement marks.
@@ -137,7 +142,7 @@ fn classify_start(sql: &[u8]) -> (Found, bool) {
             let head = [head[0] | 0x20, head[1] | 0x20, head[2] | 0x20];
             match &head {
                 b"set" | b"res" | b"pre" | b"exe" | b"dea" | b"dis" | b"lis" | b"unl" | b"loa"
-                | b"dec" | b"beg" | b"sta" => {}
+                | b"dec" | b"beg" | b"sta" | b"not" => {}
                 [b'd', b'o', _] => {}
                 _ => return (Found::Nothing, false),
             }
@@ -158,8 +163,9 @@ fn classify_slow(s: &[u8]) -> Found {
         // One among others goes to the server as it is (`later_statement`).
         Found::SqlPrepared if deallocate_all(s) && more_statements(s) => Found::Sets(DROPS),
         // What follows a first statement that sets something is read back as a whole: when
-        // there is more (or the text was cut), everything is read back.
-        Found::Sets(bits) if more_statements(s) => Found::Sets(bits | ALL),
+        // there is more (or the text was cut), everything is read back. (A NOTIFY sets
+        // nothing: what follows it is scanned as any later statement.)
+        Found::Sets(bits) if bits != NOTIFIES && more_statements(s) => Found::Sets(bits | ALL),
         found => found,
     }
 }
@@ -182,7 +188,7 @@ fn classify_first(s: &[u8]) -> Found {
     if !s.first().is_some_and(|b| {
         matches!(
             b | 0x20,
-            b's' | b'r' | b'd' | b'l' | b'u' | b'p' | b'e' | b'c'
+            b's' | b'r' | b'd' | b'l' | b'u' | b'p' | b'e' | b'c' | b'n'
         )
     }) {
         return Found::Nothing;
@@ -220,6 +226,9 @@ fn classify_first(s: &[u8]) -> Found {
     if keyword(s, b"do").is_some() || keyword(s, b"declare").is_some() {
         // A DO block may SET anything; a cursor may be declared WITH HOLD.
         return Found::Sets(ALL | SESSION);
+    }
+    if keyword(s, b"notify").is_some() {
+        return Found::Sets(NOTIFIES);
     }
     if keyword(s, b"load").is_some() {
         return Found::Sets(CLOSE);
@@ -395,8 +404,13 @@ fn candidate(sql: &[u8], i: usize) -> Found {
                 }
                 return Found::Sets(SESSION);
             }
-            if before(2).is_some_and(|b| b.eq_ignore_ascii_case(b"pg")) && starts(after, b"temp") {
-                return Found::Sets(SESSION);
+            if before(2).is_some_and(|b| b.eq_ignore_ascii_case(b"pg")) {
+                if starts(after, b"temp") {
+                    return Found::Sets(SESSION);
+                }
+                if starts(after, b"notify") {
+                    return Found::Sets(NOTIFIES);
+                }
             }
             Found::Nothing
         }
@@ -695,6 +709,35 @@ mod tests {
             "deallocate all\0",
         ] {
             assert_eq!(classify(sql.as_bytes()), Found::SqlPrepared, "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn finds_notifies_as_a_first_word_a_later_statement_or_pg_notify() {
+        for sql in [
+            "NOTIFY ch\0",
+            "notify ch, 'x'\0",
+            "  /* c */ Notify ch\0",
+            "NOTIFY ch; SELECT 1\0",
+            "SELECT 1; NOTIFY ch\0",
+            "SELECT pg_notify('ch', 'x')\0",
+            "select PG_NOTIFY($1, $2)\0",
+            "select pg_catalog.pg_notify('ch', 'x') from t\0",
+        ] {
+            assert_eq!(sets(sql), NOTIFIES, "{sql:?}");
+        }
+        // With a SET: both, and nothing read back for the NOTIFY.
+        assert_eq!(
+            sets("NOTIFY ch; SET search_path = a\0"),
+            NOTIFIES | 1 << params::index("search_path").unwrap()
+        );
+        for sql in [
+            "SELECT notify FROM t\0",
+            "SELECT 1 AS notifying\0",
+            "UPDATE t SET notify = 1\0",
+            "NOTIFYING\0",
+        ] {
+            assert_eq!(classify(sql.as_bytes()), Found::Nothing, "{sql:?}");
         }
     }
 

@@ -238,13 +238,19 @@ const KEEP_QUEUE: usize = 64;
 
 impl RelayState {
     /// Whether the client's notifications wait in its queue: in a transaction block
-    /// (PostgreSQL sends none there), in a transaction whose LISTEN/UNLISTENs hold only once it
-    /// committed (`txn_listens`), and until the end of one dropped what it unsubscribed the
+    /// (PostgreSQL sends none there), while the server owes answers or an extended-protocol
+    /// segment is open (PostgreSQL sends them only when it waits for a command outside a
+    /// transaction, or right before the ReadyForQuery that ends one: never ahead of a
+    /// statement's answers), in a transaction whose LISTEN/UNLISTENs hold only once it
+    /// committed (`txn_listens`), until the end of one dropped what it unsubscribed the
     /// client from (`ListenWait::drop_after`): PostgreSQL reads what was committed meanwhile
-    /// after the transaction, when its UNLISTENs hold.
+    /// after the transaction, when its UNLISTENs hold; and until they can go in before the
+    /// ReadyForQuery of a transaction that NOTIFYed (`ListenWait::before_ready`).
     #[inline]
     pub fn holds_notifications(&self, status: u8) -> bool {
         status != tag::txn::IDLE
+            || !self.expect.is_empty()
+            || self.segment_open
             || self.txn_listens.is_some()
             || self
                 .listen_wait

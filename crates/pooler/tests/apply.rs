@@ -91,6 +91,42 @@ async fn resize_and_remove_pools_while_clients_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_a_removed_pool_is_told_at_once() {
+    let pg = shared().await;
+    let mut cfg = service("gone", pg.port, vec![pool("p1", PoolMode::Transaction, 1)]);
+    // Far longer than the test may take: the waiter must hear of the removal, not time out.
+    cfg.limits.query_wait_timeout = Duration::from_secs(120);
+    let (pooler, addr) = start(cfg.clone()).await;
+    let stats = || pooler.pool_stats("gone", "p1").expect("pool exists");
+    let holder = connect(addr, "p1").await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let Watched { client, conn, .. } = connect_watched(addr, "p1").await;
+    let query = tokio::spawn(async move { client.query_one("SELECT 1", &[]).await.map(|_| ()) });
+    eventually("the second client waits", || stats().cl_waiting == 1).await;
+    cfg.pools.clear();
+    pooler
+        .apply(PoolerConfig {
+            services: vec![cfg.clone()],
+        })
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(20), query)
+        .await
+        .expect("the waiting client is answered when its pool goes")
+        .unwrap();
+    let e = must_fail(answered, "a wait on a removed pool fails");
+    assert_eq!(sqlstate(&e), "57P01", "{}", describe(&e));
+    // And its connection ends.
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .ok();
+    drop(holder);
+    pooler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_rotation_applies_to_new_logins_only() {
     let pg = shared().await;
     pg.admin(

@@ -132,6 +132,7 @@ impl Pool {
                     Err(e) => return Err(e.into()),
                 },
                 Grant::Expired => return Err(AcquireError::Timeout(wait_timeout)),
+                Grant::Removed => return Err(AcquireError::Removed),
             }
         }
     }

@@ -74,6 +74,8 @@ enum Grant {
     Connect(SlotToken),
     /// `query_wait_timeout` passed (found by the pool's upkeep, see `Waiter`).
     Expired,
+    /// The pool was removed (`Pool::remove`).
+    Removed,
 }
 
 /// A client in CL_WAITING. Like PgBouncer, the wait deadline is enforced by the periodic

@@ -57,7 +57,10 @@ impl Pool {
                 std::mem::take(&mut inner.waiters),
             )
         };
-        drop(waiters);
+        // Every waiting client is told (a queue entry dropped would leave it waiting).
+        for w in waiters {
+            let _ = w.send(Grant::Removed);
+        }
         for s in idle {
             s.close("pool removed");
         }

@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn notifications_go_in_before_the_ready_for_query_that_ended_the_transaction() {
-        let note = Bytes::from_static(b"A\0\0\0\x0b\0\0\0\x01c\0p\0");
+        let note = Bytes::from_static(b"A\0\0\0\x0c\0\0\0\x01c\0p\0");
         let complete: &[u8] = b"C\0\0\0\x0bNOTIFY\0";
         let ready: &[u8] = b"Z\0\0\0\x05I";
         let mut out = BytesMut::new();

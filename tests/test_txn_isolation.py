@@ -1136,3 +1136,84 @@ def test_psycopg_hears_its_own_notify_when_its_execute_returns(pool_uri, svc):
                 c.execute("SELECT pg_notify(%s, 'in a block')", (ch,))
                 assert heard == ["mine"]
             assert heard == ["mine", "in a block"], uri
+
+
+def _pool_listener(svc, before: set[int]) -> int:
+    """The pid of the pool's listening connection: the one `pgbay listener` backend that is
+    not in `before` (other pools' listeners)."""
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
+        pids = {r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")}
+    (pid,) = pids - before
+    return pid
+
+
+def _listeners(svc) -> set[int]:
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")}
+
+
+def test_a_notify_while_the_pools_listener_is_gone_is_answered_at_once(pool_uri, svc):
+    """A listening client's NOTIFY waits for a round trip of the pool's listener before its
+    ReadyForQuery (so that its own notification comes first, as from PostgreSQL). Sent right
+    after the listener's connection was terminated, while the listener notices the loss and
+    connects again, the NOTIFY is answered once the new connection has made its round trip,
+    not at the wait's 5 s deadline; the client's session goes on, and the client hears its
+    channel again through the new connection."""
+    ch = unique("ownaway").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        before = _listeners(svc)
+        raw.query(f"LISTEN {ch}")
+        pid = _pool_listener(svc, before)
+        with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        start = time.monotonic()
+        got = raw.query(f"NOTIFY {ch}, 'away'")  # RawClient's 10 s timeout bounds the wait
+        waited = time.monotonic() - start
+        assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
+        assert waited < 4, waited
+        # The session goes on (a notification heard meanwhile may come with the answer).
+        assert [k for k, _ in raw.query("SELECT 1") if k != b"A"] == [b"T", b"D", b"C", b"Z"]
+        # The listener comes back and listens to the channel again: a NOTIFY reaches the client.
+        deadline = time.monotonic() + 20
+        heard = []
+        while b"back" not in heard:
+            assert time.monotonic() < deadline, "the pool's listener did not come back"
+            got = raw.query(f"NOTIFY {ch}, 'back'")
+            heard.extend(_payloads(got))
+        assert pid not in _listeners(svc)
+    finally:
+        raw.close()
+
+
+def test_a_notify_while_the_pools_listener_is_stopped_is_answered_at_its_deadline(pool_uri, svc):
+    """With the pool's listening connection's server stopped (SIGSTOP), a listening client's
+    NOTIFY is answered at the listener's 5 s deadline without its notification (which no one
+    could have read yet), and the notification is not lost: it reaches the client once the
+    listener's server goes on. The client is served as before meanwhile and after."""
+    ch = unique("ownstop").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        before = _listeners(svc)
+        raw.query(f"LISTEN {ch}")
+        pid = _pool_listener(svc, before)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            got = raw.query(f"NOTIFY {ch}, 'late'")  # RawClient's 10 s timeout bounds the wait
+            waited = time.monotonic() - start
+            assert [k for k, _ in got] == [b"C", b"Z"], got
+            assert 4.9 <= waited < 10, waited
+            assert [k for k, _ in raw.query("SELECT 1")] == [b"T", b"D", b"C", b"Z"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        heard = []
+        while not heard:
+            heard.extend(_payloads([raw._recv_msg()]))  # RawClient's 10 s timeout bounds it
+        assert heard == [b"late"]
+        got = raw.query("SELECT 1")
+        assert [k for k, _ in got] == [b"T", b"D", b"C", b"Z"], got
+    finally:
+        raw.close()

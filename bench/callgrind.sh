@@ -23,6 +23,9 @@ TXNS=${TXNS:-500}
 PASSWORD=bench-$RANDOM$RANDOM
 export PGPASSWORD=$PASSWORD
 TLS=${TLS:-}
+# MODES="simple prepared set-heavy": pgbench -S in each protocol, and the SET-heavy script of
+# bench/pooler.sh (SET search_path, then a select: two pooler transactions per pgbench one).
+MODES=${MODES:-simple prepared}
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 
 [ -n "${POOLERS:-}" ] || POOLERS="pgbay=$(standalone_bin)"
@@ -48,6 +51,11 @@ fi
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
 pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
+cat > "$work/set_heavy.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+SET search_path = public, pg_catalog;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SQL
 
 # instructions NAME BIN MODE TXNS: total Ir of one pooler run serving CLIENTS x TXNS transactions.
 instructions() {
@@ -68,7 +76,9 @@ instructions() {
         pg_isready -q -h 127.0.0.1 -p "$port" && break
         sleep 0.2
     done
-    PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$mode" -c "$CLIENTS" -j 2 -t "$t" bench \
+    local workload=(-S -M "$mode")
+    [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
+    PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$CLIENTS" -j 2 -t "$t" bench \
         > "$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" "$work/$name.log" >&2; kill "$vg"; return 1; }
     kill -INT "$vg"
     wait "$vg" || true
@@ -87,7 +97,7 @@ printf '| pooler | protocol | clients x txns | instructions per transaction |\n|
 for entry in $POOLERS; do
     name=${entry%%=*}
     bin=${entry#*=}
-    for mode in simple prepared; do
+    for mode in $MODES; do
         full=$(instructions "$name" "$bin" "$mode" "$TXNS")
         logins=$(instructions "$name" "$bin" "$mode" 1)
         per=$(awk -v a="$full" -v b="$logins" -v n=$((CLIENTS * (TXNS - 1))) 'BEGIN {printf "%.0f", (a - b) / n}')

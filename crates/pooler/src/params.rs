@@ -66,7 +66,14 @@ pub const REPORTED: usize = 6;
 
 /// Index of a tracked parameter (names are case-insensitive in PostgreSQL).
 pub fn index(name: &str) -> Option<usize> {
-    TRACKED.iter().position(|t| t.eq_ignore_ascii_case(name))
+    index_bytes(name.as_bytes())
+}
+
+/// `index` of a name as the statement's bytes have it (no UTF-8 check: tracked names are ASCII).
+pub fn index_bytes(name: &[u8]) -> Option<usize> {
+    TRACKED
+        .iter()
+        .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// One value per tracked parameter; `None` means "the server's default".

@@ -15,7 +15,7 @@
 //! dirty and read back as before (`from_server`).
 
 use super::lex::{keyword, skip_noise};
-use crate::params::{self, REPORTED};
+use crate::params::{self, REPORTED, SEARCH_PATH, TRACKED};
 
 /// A literal SET waiting for its answer (`RelayState::sets`, one per marked Query).
 #[derive(Debug)]
@@ -34,7 +34,9 @@ pub const MARK: u64 = 1;
 /// `Expect::stmt` of a Query that may drop the client's statement names (`scan::DROPS`).
 pub const DROPS_MARK: u64 = 2;
 
-/// The literal SET a whole Query text (NUL-terminated) is, if it is one (module docs).
+/// The literal SET a whole Query text (NUL-terminated) is, if it is one (module docs). The value
+/// is written into one buffer as it is read (one allocation, no copy per element), and the name
+/// is looked up as it was written, without a copy.
 #[cold]
 #[inline(never)]
 pub fn parse(sql: &[u8]) -> Option<PendingSet> {
@@ -43,9 +45,11 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
     if let Some(rest) = keyword(s, b"session") {
         s = skip_noise(rest);
     }
-    let (name, rest) = name(s)?;
-    let param = params::index(&name).filter(|&i| i >= REPORTED && name != "role")?;
-    let list = name == "search_path";
+    let (param, rest) = name(s)?;
+    if param < REPORTED || TRACKED[param] == "role" {
+        return None;
+    }
+    let list = param == SEARCH_PATH;
     let mut s = skip_noise(rest);
     s = match keyword(s, b"to") {
         Some(rest) => rest,
@@ -58,14 +62,14 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
             None
         }
         None => {
-            let mut out = String::new();
+            // Room for the elements as written plus their quotes (a quoted element may need
+            // more: the buffer grows then).
+            let mut out = Vec::with_capacity(s.len() + 8);
             loop {
-                let (v, rest) = value(s, list)?;
                 if !out.is_empty() {
-                    out.push_str(", ");
+                    out.extend_from_slice(b", ");
                 }
-                out.push_str(&v);
-                s = skip_noise(rest);
+                s = skip_noise(value(s, list, &mut out)?);
                 match s.strip_prefix(b",") {
                     // Only a list parameter takes more than one value.
                     Some(rest) if list => s = skip_noise(rest),
@@ -73,7 +77,7 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
                     None => break,
                 }
             }
-            Some(out.into_boxed_str())
+            Some(String::from_utf8(out).ok()?.into_boxed_str())
         }
     };
     let s = skip_noise(s);
@@ -89,18 +93,23 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
 /// truncated, which is not reproduced here.
 const MAX_IDENTIFIER: usize = 63;
 
-/// A parameter name: an identifier, folded, or a quoted one (names are case-insensitive:
-/// lowercased either way for the lookup).
-fn name(s: &[u8]) -> Option<(String, &[u8])> {
+/// A parameter name, an identifier or a quoted one: its index in `params::TRACKED` (names are
+/// case-insensitive either way).
+fn name(s: &[u8]) -> Option<(usize, &[u8])> {
+    let mut quoted_name = Vec::new();
     let (word, rest) = match s.first()? {
-        b'"' => quoted(s)?,
+        b'"' => {
+            let rest = quoted(s, &mut quoted_name)?;
+            (&quoted_name[..], rest)
+        }
         _ => identifier(s)?,
     };
-    Some((word.to_ascii_lowercase(), rest))
+    Some((params::index_bytes(word)?, rest))
 }
 
-/// An unquoted identifier, ASCII only, folded to lower case as PostgreSQL does.
-fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
+/// An unquoted identifier, ASCII only, as written (PostgreSQL folds it to lower case), and
+/// what follows it.
+fn identifier(s: &[u8]) -> Option<(&[u8], &[u8])> {
     let first = *s.first()?;
     if !(first.is_ascii_alphabetic() || first == b'_') {
         return None;
@@ -112,24 +121,23 @@ fn identifier(s: &[u8]) -> Option<(String, &[u8])> {
     if end > MAX_IDENTIFIER || s.get(end).is_some_and(|&b| b >= 0x80) {
         return None;
     }
-    let word = std::str::from_utf8(&s[..end]).ok()?.to_ascii_lowercase();
-    Some((word, &s[end..]))
+    Some(s.split_at(end))
 }
 
-/// A double-quoted identifier (`""` inside is one `"`), kept as written; never empty.
-fn quoted(s: &[u8]) -> Option<(String, &[u8])> {
-    let (text, rest) = delimited(s, b'"')?;
-    if text.is_empty() || text.len() > MAX_IDENTIFIER {
-        return None;
-    }
-    Some((text, rest))
+/// A double-quoted identifier (`""` inside is one `"`), kept as written, appended to `out`;
+/// never empty. What follows it.
+fn quoted<'a>(s: &'a [u8], out: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let start = out.len();
+    let rest = delimited(s, b'"', out)?;
+    let len = out.len() - start;
+    (len > 0 && len <= MAX_IDENTIFIER).then_some(rest)
 }
 
 /// A standard single-quoted literal without backslashes (whose meaning depends on
-/// `standard_conforming_strings`), or the text between `q`s with doubled `q`s.
-fn delimited(s: &[u8], q: u8) -> Option<(String, &[u8])> {
+/// `standard_conforming_strings`), or the text between `q`s with doubled `q`s: its text
+/// appended to `out`, and what follows it.
+fn delimited<'a>(s: &'a [u8], q: u8, out: &mut Vec<u8>) -> Option<&'a [u8]> {
     let mut s = s.strip_prefix(&[q])?;
-    let mut out = Vec::new();
     loop {
         let end = s.iter().position(|&b| b == q || b == 0 || b == b'\\')?;
         if s[end] != q {
@@ -141,55 +149,60 @@ fn delimited(s: &[u8], q: u8) -> Option<(String, &[u8])> {
             out.push(q);
             s = &s[1..];
         } else {
-            break;
+            return Some(s);
         }
     }
-    Some((String::from_utf8(out).ok()?, s))
 }
 
-/// One value as `flatten_set_variable_args` prints it: an integer again in decimal, any other
-/// number as written, a string or word as it is (for a list parameter, as an identifier,
-/// quoted where needed).
-fn value(s: &[u8], list: bool) -> Option<(String, &[u8])> {
-    let first = *s.first()?;
-    let (text, rest) = match first {
-        b'\'' => delimited(s, b'\'')?,
-        b'"' => quoted(s)?,
+/// One value as `flatten_set_variable_args` prints it, appended to `out`: an integer again in
+/// decimal, any other number as written, a string or word as it is (for a list parameter, as
+/// an identifier, quoted where needed). What follows it.
+fn value<'a>(s: &'a [u8], list: bool, out: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let start = out.len();
+    let rest = match *s.first()? {
+        b'\'' => delimited(s, b'\'', out)?,
+        b'"' => quoted(s, out)?,
         b'-' => {
-            let (n, rest) = number(&s[1..])?;
             // `doNegateFloat` strips a sign already there; a number here has none.
-            (format!("-{n}"), rest)
+            out.push(b'-');
+            return number(&s[1..], out);
         }
-        b'0'..=b'9' | b'.' => return number(s),
-        _ => identifier(s)?,
+        b'0'..=b'9' | b'.' => return number(s, out),
+        _ => {
+            let (word, rest) = identifier(s)?;
+            out.extend(word.iter().map(u8::to_ascii_lowercase));
+            rest
+        }
     };
-    if first == b'-' {
-        return Some((text, rest));
+    if list && !plain_identifier(&out[start..]) {
+        let text = out.split_off(start);
+        out.push(b'"');
+        for b in text {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
     }
-    if list && !plain_identifier(&text) {
-        let mut q = String::with_capacity(text.len() + 2);
-        q.push('"');
-        q.push_str(&text.replace('"', "\"\""));
-        q.push('"');
-        return Some((q, rest));
-    }
-    Some((text, rest))
+    Some(rest)
 }
 
 /// A name `quote_identifier` would leave alone for its characters (keywords aside: a list
 /// parameter reads a keyword element the same quoted or not).
-fn plain_identifier(s: &str) -> bool {
-    let mut bytes = s.bytes();
+fn plain_identifier(s: &[u8]) -> bool {
+    let mut bytes = s.iter();
     bytes
         .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        .is_some_and(|b| b.is_ascii_lowercase() || *b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 /// An unsigned integer or decimal number (no exponent, no PostgreSQL 16 forms such as `0x1F`
-/// or `1_000`): an integer that fits 32 bits is printed again (`007` is `7`), any other as
-/// written. Must be followed by something that ends a value.
-fn number(s: &[u8]) -> Option<(String, &[u8])> {
+/// or `1_000`), appended to `out`: an integer that fits 32 bits is printed again (`007` is
+/// `7`), any other as written. Must be followed by something that ends a value. What follows
+/// it.
+fn number<'a>(s: &'a [u8], out: &mut Vec<u8>) -> Option<&'a [u8]> {
     let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
     let int = digits(s);
     let (len, decimal) = match s.get(int) {
@@ -204,13 +217,20 @@ fn number(s: &[u8]) -> Option<(String, &[u8])> {
     if next.is_ascii_alphanumeric() || next == b'_' || next == b'$' || next == b'.' {
         return None;
     }
-    let text = std::str::from_utf8(&s[..len]).ok()?;
+    let text = &s[..len];
     if !decimal {
-        if let Ok(n) = text.parse::<i32>() {
-            return Some((n.to_string(), rest));
+        // ASCII digits, so UTF-8.
+        if let Some(n) = std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<i32>().ok())
+        {
+            use std::io::Write;
+            let _ = write!(out, "{n}");
+            return Some(rest);
         }
     }
-    Some((text.to_string(), rest))
+    out.extend_from_slice(text);
+    Some(rest)
 }
 
 #[cfg(test)]

@@ -494,7 +494,7 @@ fn name_bit(s: &[u8]) -> u64 {
             .unwrap_or(s.len());
         &s[..end]
     };
-    std::str::from_utf8(name).map(bit).unwrap_or(ALL | SESSION)
+    bit_bytes(name)
 }
 
 /// The bit of the parameter named by a string literal at the start of `s` (`set_config`).
@@ -504,9 +504,7 @@ fn literal_bit(s: &[u8]) -> u64 {
         return ALL | SESSION;
     };
     match q.iter().position(|&b| b == b'\'') {
-        Some(end) => std::str::from_utf8(&q[..end])
-            .map(bit)
-            .unwrap_or(ALL | SESSION),
+        Some(end) => bit_bytes(&q[..end]),
         None => ALL | SESSION,
     }
 }
@@ -514,7 +512,15 @@ fn literal_bit(s: &[u8]) -> u64 {
 /// What changing the parameter `name` marks: its dirty bit when tracked and unreported,
 /// nothing when reported (ParameterStatus carries it), `SESSION` when untracked.
 fn bit(name: &str) -> u64 {
-    match params::index(name) {
+    bit_bytes(name.as_bytes())
+}
+
+/// `bit` of a name as the statement's bytes have it; one that is not UTF-8 marks everything.
+fn bit_bytes(name: &[u8]) -> u64 {
+    if !name.is_ascii() && std::str::from_utf8(name).is_err() {
+        return ALL | SESSION;
+    }
+    match params::index_bytes(name) {
         Some(i) if i >= REPORTED => 1 << i,
         Some(_) => 0,
         None => SESSION,

@@ -278,6 +278,18 @@ mod tests {
             "Repeatable Read"
         );
         assert_eq!(lit("SET work_mem TO DEFAULT"), Some(("work_mem", None)));
+        // As PostgreSQL 15's SHOW has them after the same SETs.
+        assert_eq!(val("SET search_path = a$b, C"), "\"a$b\", c");
+        assert_eq!(val("SET search_path = \"A\"\"b\""), "\"A\"\"b\"");
+        assert_eq!(
+            lit("SET \"Search_Path\" = x"),
+            Some(("search_path", Some("x".into())))
+        );
+        assert_eq!(val("SET search_path = 'ü'"), "\"ü\"");
+        assert_eq!(
+            val("SET search_path = 'a b', _x9, \"x\""),
+            "\"a b\", _x9, x"
+        );
     }
 
     #[test]

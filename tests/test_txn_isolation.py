@@ -1138,20 +1138,26 @@ def test_psycopg_hears_its_own_notify_when_its_execute_returns(pool_uri, svc):
             assert heard == ["mine", "in a block"], uri
 
 
-def _pool_listener(svc, before: set[int]) -> int:
-    """The pid of the pool's listening connection: the one `pgbay listener` backend that is
-    not in `before` (other pools' listeners)."""
-    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
-        pids = {r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")}
-    (pid,) = pids - before
-    return pid
-
-
 def _listeners(svc) -> set[int]:
+    """The pids of the `pgbay listener` backends (the pools' listening connections)."""
     with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
         return {r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbay listener'")}
+
+
+def _listening(pool_uri, svc, label: str) -> tuple[str, RawClient, int]:
+    """A new channel, a raw client of the pool that LISTENs to it, and the pid of the pool's
+    listening connection (the `pgbay listener` backend that was not there before)."""
+    ch = unique(label).replace("-", "_")
+    before = _listeners(svc)
+    raw = RawClient(pool_uri)
+    try:
+        raw.query(f"LISTEN {ch}")
+        (pid,) = _listeners(svc) - before
+    except BaseException:
+        raw.close()
+        raise
+    return ch, raw, pid
 
 
 def test_a_notify_while_the_pools_listener_is_gone_is_answered_at_once(pool_uri, svc):
@@ -1161,12 +1167,8 @@ def test_a_notify_while_the_pools_listener_is_gone_is_answered_at_once(pool_uri,
     connects again, the NOTIFY is answered once the new connection has made its round trip,
     not at the wait's 5 s deadline; the client's session goes on, and the client hears its
     channel again through the new connection."""
-    ch = unique("ownaway").replace("-", "_")
-    raw = RawClient(pool_uri)
+    ch, raw, pid = _listening(pool_uri, svc, "ownaway")
     try:
-        before = _listeners(svc)
-        raw.query(f"LISTEN {ch}")
-        pid = _pool_listener(svc, before)
         with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         start = time.monotonic()
@@ -1193,12 +1195,8 @@ def test_a_notify_while_the_pools_listener_is_stopped_is_answered_at_its_deadlin
     NOTIFY is answered at the listener's 5 s deadline without its notification (which no one
     could have read yet), and the notification is not lost: it reaches the client once the
     listener's server goes on. The client is served as before meanwhile and after."""
-    ch = unique("ownstop").replace("-", "_")
-    raw = RawClient(pool_uri)
+    ch, raw, pid = _listening(pool_uri, svc, "ownstop")
     try:
-        before = _listeners(svc)
-        raw.query(f"LISTEN {ch}")
-        pid = _pool_listener(svc, before)
         os.kill(pid, signal.SIGSTOP)
         try:
             start = time.monotonic()

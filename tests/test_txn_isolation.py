@@ -1215,3 +1215,46 @@ def test_a_notify_while_the_pools_listener_is_stopped_is_answered_at_its_deadlin
         assert [k for k, _ in got] == [b"T", b"D", b"C", b"Z"], got
     finally:
         raw.close()
+
+
+def test_a_repeated_set_is_answered_without_a_server_connection(pool_uri):
+    """A Query that SETs a carried parameter to the value the client's session already has
+    changes nothing in PostgreSQL (the value stays, nothing is reported): the pool answers it as
+    PostgreSQL does (CommandComplete `SET`, ReadyForQuery idle) without a server connection,
+    also while another client's transaction holds the pool's only one. Another value still
+    goes to the server and waits for the connection, and the session has what was set last."""
+    holder, raw = RawClient(pool_uri), RawClient(pool_uri)
+
+    def kinds(got: list) -> list[bytes]:
+        return [k for k, _ in got]
+
+    def waiting_for_an_answer(within: float) -> bool:
+        pending = getattr(raw.sock, "pending", None)
+        return not (raw.buf or (pending and pending())
+                    or select.select([raw.sock], [], [], within)[0])
+
+    try:
+        assert kinds(raw.query("SET search_path = leak, public")) == [b"C", b"Z"]
+        holder.query("BEGIN")
+        holder.query("SELECT 1")  # the pool's only connection is held from here
+        got = raw.query("SET search_path = leak, public")  # RawClient's 10 s timeout
+        assert got == [(b"C", b"SET\0"), (b"Z", b"I")], got
+        got = raw.query("set search_path to leak,public;")
+        assert got == [(b"C", b"SET\0"), (b"Z", b"I")], got
+        # Another value needs the server: no answer while the connection is held.
+        raw.sock.sendall(_msg(b"Q", b"SET search_path = public\0"))
+        assert waiting_for_an_answer(0.5)
+        holder.query("COMMIT")
+        assert kinds(raw.until_ready()) == [b"C", b"Z"]
+        got = raw.query("SHOW search_path")
+        assert [b for k, b in got if k == b"D"] == [b"\x00\x01\x00\x00\x00\x06public"], got
+        # The new value repeated is answered by the pool, and what the session has stays.
+        holder.query("BEGIN")
+        holder.query("SELECT 1")
+        assert raw.query("SET search_path = public") == [(b"C", b"SET\0"), (b"Z", b"I")]
+        holder.query("COMMIT")
+        got = raw.query("SHOW search_path")
+        assert [b for k, b in got if k == b"D"] == [b"\x00\x01\x00\x00\x00\x06public"], got
+    finally:
+        raw.close()
+        holder.close()

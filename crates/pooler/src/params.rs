@@ -133,6 +133,12 @@ impl ClientParams {
         &self.values
     }
 
+    /// The client's value of `TRACKED[i]` as the pooler knows it (None: the server's default).
+    #[inline]
+    pub fn value(&self, i: usize) -> Option<&str> {
+        self.values[i].as_deref()
+    }
+
     /// The client's `search_path` as the pooler knows it (empty: the server's default), what
     /// its prepared statements are told apart by (`prepared::Registry::intern`).
     #[inline]

@@ -194,6 +194,9 @@ async fn request(
             Err(()) => return false,
         }
     }
+    if st.cfg.mode != PoolMode::Session && repeated_set(&client.pending, &client.params) {
+        return answer_repeated_set(client).await;
+    }
     if st.cfg.mode == PoolMode::Statement {
         match refuse_blocks(client).await {
             Ok(true) => return true,
@@ -524,6 +527,34 @@ async fn serve_names(client: &mut Client) -> Result<bool, ()> {
         return Err(());
     }
     Ok(pending.is_empty())
+}
+
+/// Whether `pending` is one whole Query that is a literal SET (`scan::literal`) of the value
+/// the client's session already has: in PostgreSQL a SET of a parameter to its current value
+/// outside a transaction block changes nothing and reports nothing (the parameters taken
+/// literally are unreported), so it needs no server connection. Applications that set
+/// `search_path` at every checkout repeat the same SET. Only a text that starts with `SET`
+/// is looked at.
+fn repeated_set(pending: &[u8], params: &crate::params::ClientParams) -> bool {
+    let Some((tag::QUERY, len)) = header(pending) else {
+        return false;
+    };
+    let text = &pending[HEADER.min(pending.len())..];
+    if len != pending.len() || params.dirty != 0 || !matches!(text.first(), Some(b's' | b'S')) {
+        return false;
+    }
+    scan::literal::parse(text).is_some_and(|set| params.value(set.param) == set.value.as_deref())
+}
+
+/// Answers a repeated SET (`repeated_set`) as PostgreSQL does: CommandComplete `SET`, then
+/// ReadyForQuery, idle. False when the client is gone.
+#[cold]
+async fn answer_repeated_set(client: &mut Client) -> bool {
+    client.pending.clear();
+    let mut out = BytesMut::with_capacity(16);
+    status::command_complete(&mut out, b"SET");
+    status::ready_for_query(&mut out, txn::IDLE);
+    client.stream.write_all(&out).await.is_ok() && client.stream.flush().await.is_ok()
 }
 
 /// The length of the whole Closes of named statements and their Sync at the head of `pending`

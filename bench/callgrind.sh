@@ -51,11 +51,6 @@ fi
 PG_PORT=$(free_port)
 start_pg "$work/pg" "$PG_PORT" "$PASSWORD"
 pgbench -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 10 -q postgres >/dev/null 2>&1
-cat > "$work/set_heavy.sql" <<'SQL'
-\set aid random(1, 100000 * :scale)
-SET search_path = public, pg_catalog;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-SQL
 
 # instructions NAME BIN MODE TXNS: total Ir of one pooler run serving CLIENTS x TXNS transactions.
 instructions() {
@@ -76,8 +71,8 @@ instructions() {
         pg_isready -q -h 127.0.0.1 -p "$port" && break
         sleep 0.2
     done
-    local workload=(-S -M "$mode")
-    [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
+    local workload
+    read -r -a workload <<< "$(workload_args "$mode" "$work")"
     PGSSLMODE=$sslmode pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$CLIENTS" -j 2 -t "$t" bench \
         > "$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" "$work/$name.log" >&2; kill "$vg"; return 1; }
     kill -INT "$vg"

@@ -133,3 +133,19 @@ default_pool_size = 20
 logfile = $3/pgbouncer.log
 INI
 }
+
+# pgbench's arguments for MODE: -S in that protocol, or the SET-heavy script (every transaction
+# sets search_path, then selects; simple protocol), written into DIR the first time.
+workload_args() {
+    local mode=$1 dir=$2
+    if [ "$mode" = set-heavy ]; then
+        [ -f "$dir/set_heavy.sql" ] || cat > "$dir/set_heavy.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+SET search_path = public, pg_catalog;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+SQL
+        echo "-f $dir/set_heavy.sql -M simple"
+    else
+        echo "-S -M $mode"
+    fi
+}

@@ -209,9 +209,8 @@ run_pgbench() { # target transport port pid mode clients db
         perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.csv" &
         perf_pid=$!
     fi
-    local workload=(-S -M "$mode")
-    # The SET-heavy script: every transaction sets search_path, then selects (simple protocol).
-    [ "$mode" = set-heavy ] && workload=(-f "$work/set_heavy.sql" -M simple)
+    local workload
+    read -r -a workload <<< "$(workload_args "$mode" "$work")"
     [ -n "$RATE" ] && workload+=(-R "$RATE")
     if out=$(PGSSLMODE=$(sslmode "$transport") pgbench -h 127.0.0.1 -p "$port" -U bench -n "${workload[@]}" -c "$c" -j 2 -T "$DURATION" "$db" 2>&1); then :; else note="pgbench failed: $(echo "$out" | grep -m1 -iE 'error|fatal' | cut -c1-120 || true)"; fi
     if [ -n "$perf_pid" ]; then
@@ -243,11 +242,6 @@ run_pgbench() { # target transport port pid mode clients db
     echo "$target $transport $mode c=$c tps=${tps:-0} cpu/txn=$cpu (user ${user_us:--}, sys ${sys_us:--}) $note" >&2
 }
 
-cat > "$work/set_heavy.sql" <<'SQL'
-\set aid random(1, 100000 * :scale)
-SET search_path = public, pg_catalog;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-SQL
 # ROUNDS=N measures every row N times; each round starts the targets one further along, so no
 # target always runs right after the same neighbour.
 for round in $(seq "$ROUNDS"); do

@@ -533,14 +533,16 @@ async fn serve_names(client: &mut Client) -> Result<bool, ()> {
 /// the client's session already has: in PostgreSQL a SET of a parameter to its current value
 /// outside a transaction block changes nothing and reports nothing (the parameters taken
 /// literally are unreported), so it needs no server connection. Applications that set
-/// `search_path` at every checkout repeat the same SET. Only a text that starts with `SET`
-/// is looked at.
+/// `search_path` at every checkout repeat the same SET. Only a text that starts with the word
+/// `SET` is read further (a `SELECT` costs three byte compares).
 fn repeated_set(pending: &[u8], params: &crate::params::ClientParams) -> bool {
     let Some((tag::QUERY, len)) = header(pending) else {
         return false;
     };
     let text = &pending[HEADER.min(pending.len())..];
-    if len != pending.len() || params.dirty != 0 || !matches!(text.first(), Some(b's' | b'S')) {
+    let starts_with_set =
+        text.len() > 4 && text[..3].eq_ignore_ascii_case(b"set") && text[3].is_ascii_whitespace();
+    if len != pending.len() || params.dirty != 0 || !starts_with_set {
         return false;
     }
     scan::literal::parse(text).is_some_and(|set| params.value(set.param) == set.value.as_deref())
@@ -548,7 +550,6 @@ fn repeated_set(pending: &[u8], params: &crate::params::ClientParams) -> bool {
 
 /// Answers a repeated SET (`repeated_set`) as PostgreSQL does: CommandComplete `SET`, then
 /// ReadyForQuery, idle. False when the client is gone.
-#[cold]
 async fn answer_repeated_set(client: &mut Client) -> bool {
     client.pending.clear();
     let mut out = BytesMut::with_capacity(16);

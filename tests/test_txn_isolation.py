@@ -1190,6 +1190,45 @@ def test_a_notify_while_the_pools_listener_is_gone_is_answered_at_once(pool_uri,
         raw.close()
 
 
+def test_a_notify_while_the_pools_listener_cannot_connect_is_answered_at_once(
+        pool_uri, svc, server):
+    """While the pool's listener cannot connect (its role may not log in for a while), a
+    listening client's NOTIFY has nothing to wait for (no notification can be read meanwhile)
+    and is answered at once, not at the 5 s deadline; once the role may log in again, the
+    listener listens again and the client hears its channel."""
+    ch, raw, pid = _listening(pool_uri, svc, "ownnologin")
+    admin = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
+    try:
+        raw.query("SELECT 1")  # the pool's connection is open before logins are refused
+        pool = urlsplit(pool_uri).path.lstrip("/")
+
+        def failures() -> int:
+            return sum(f"pool={pool} " in line for line in server.log_text().splitlines()
+                       if "LISTEN connection failed" in line)
+
+        failed = failures()
+        admin.execute("ALTER ROLE appuser NOLOGIN")
+        try:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            wait_until(lambda: failures() > failed, timeout=20,
+                       what="the listener's failed reconnection in pgbay's log")
+            start = time.monotonic()
+            got = raw.query(f"NOTIFY {ch}, 'away'")  # RawClient's 10 s timeout bounds the wait
+            waited = time.monotonic() - start
+            assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
+            assert waited < 4, waited
+        finally:
+            admin.execute("ALTER ROLE appuser LOGIN")
+        deadline = time.monotonic() + 20
+        heard = []
+        while b"back" not in heard:
+            assert time.monotonic() < deadline, "the pool's listener did not come back"
+            heard.extend(_payloads(raw.query(f"NOTIFY {ch}, 'back'")))
+    finally:
+        admin.close()
+        raw.close()
+
+
 def test_a_notify_while_the_pools_listener_is_stopped_is_answered_at_its_deadline(pool_uri, svc):
     """With the pool's listening connection's server stopped (SIGSTOP), a listening client's
     NOTIFY is answered at the listener's 5 s deadline without its notification (which no one

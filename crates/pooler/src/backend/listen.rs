@@ -319,16 +319,8 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
             }
         }
         let Some(mut server) = connect(&pool).await else {
-            let sleep = tokio::time::sleep(RETRY);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    cmd = rx.recv() => match cmd {
-                        Some(cmd) => receive(cmd, &mut st),
-                        None => return,
-                    },
-                }
+            if !pause(&mut rx, &mut st).await {
+                return;
             }
             continue;
         };
@@ -360,7 +352,26 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         tracing::warn!("LISTEN connection lost; reconnecting");
         st.disconnected();
         server.close("listener lost");
-        tokio::time::sleep(RETRY).await;
+        if !pause(&mut rx, &mut st).await {
+            return;
+        }
+    }
+}
+
+/// Waits `RETRY` before the next connection attempt, taking clients' commands meanwhile (an
+/// unsubscribe applies at once, a Sync is owed to the next connection once it caught up).
+/// False when the hub is gone.
+async fn pause(rx: &mut mpsc::UnboundedReceiver<Cmd>, st: &mut State) -> bool {
+    let sleep = tokio::time::sleep(RETRY);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => receive(cmd, st),
+                None => return false,
+            },
+        }
     }
 }
 

@@ -13,6 +13,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from urllib.parse import urlsplit
@@ -1214,6 +1215,54 @@ def test_a_notify_while_the_pools_listener_cannot_connect_is_answered_at_once(
                        what="the listener's failed reconnection in pgbay's log")
             start = time.monotonic()
             got = raw.query(f"NOTIFY {ch}, 'away'")  # RawClient's 10 s timeout bounds the wait
+            waited = time.monotonic() - start
+            assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
+            assert waited < 4, waited
+        finally:
+            admin.execute("ALTER ROLE appuser LOGIN")
+        deadline = time.monotonic() + 20
+        heard = []
+        while b"back" not in heard:
+            assert time.monotonic() < deadline, "the pool's listener did not come back"
+            heard.extend(_payloads(raw.query(f"NOTIFY {ch}, 'back'")))
+    finally:
+        admin.close()
+        raw.close()
+
+
+def _received_unread(pid: int) -> int:
+    """The bytes waiting unread in the connection (TCP or Unix socket) of the backend `pid`."""
+    out = subprocess.run(["ss", "-Hnptx", "state", "established"], capture_output=True,
+                         text=True, check=True).stdout
+    (line,) = [ln for ln in out.splitlines() if f"pid={pid}," in ln]
+    return int(line.split()[1])
+
+
+def test_a_notify_in_flight_when_the_pools_listener_is_lost_is_answered_at_the_loss(
+        pool_uri, svc, server):
+    """A listening client's NOTIFY waits for a round trip of the pool's listener. When the
+    listener's connection is lost with that round trip on its way (and its role may not log in
+    again for a while), the notifications it had not read are lost with it: the NOTIFY is
+    answered at the loss, not at the 5 s deadline; the client hears its channel again once the
+    listener is back."""
+    ch, raw, pid = _listening(pool_uri, svc, "ownlost")
+    admin = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
+    try:
+        raw.query("SELECT 1")  # the pool's connection is open before logins are refused
+        admin.execute("ALTER ROLE appuser NOLOGIN")
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                assert _received_unread(pid) == 0
+                start = time.monotonic()
+                raw.sock.sendall(_msg(b"Q", f"NOTIFY {ch}, 'lost'".encode() + b"\0"))
+                # The listener's round trip reaches the stopped server, which never answers it.
+                wait_until(lambda: _received_unread(pid) > 0, timeout=4,
+                           what="the listener's round trip in its server's socket")
+                os.kill(pid, signal.SIGTERM)  # ends the connection once the server goes on
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            got = raw.until_ready()  # RawClient's 10 s timeout bounds the wait
             waited = time.monotonic() - start
             assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
             assert waited < 4, waited

@@ -159,7 +159,8 @@ impl Subscriber {
 
     /// A round trip of the listener's connection (`Cmd::Sync`), if the client listens to
     /// anything: the receiver fires once what was committed before it has been queued for the
-    /// client.
+    /// client, or once the listener's connection is lost or away (what it had not read then is
+    /// lost with it).
     pub fn sync(&mut self) -> Option<oneshot::Receiver<()>> {
         if self.channels.is_empty() {
             return None;
@@ -261,6 +262,10 @@ struct State {
 struct Flight {
     /// LISTENs confirmed by its answer.
     acks: Vec<oneshot::Sender<()>>,
+    /// Clients' Syncs (`Subscriber::sync`) answered by its answer: every notification committed
+    /// before it was sent has been handed on by then. Also answered when the connection is lost
+    /// first: what it had not read is lost with it, and nothing more can come meanwhile.
+    syncs: Vec<oneshot::Sender<()>>,
     /// The round trip an unsubscribe waits for (`release`).
     sync: bool,
 }
@@ -286,6 +291,9 @@ impl State {
         self.out.clear();
         for waiting in self.in_flight.drain(..) {
             self.unsent.extend(waiting.acks);
+            for done in waiting.syncs {
+                let _ = done.send(());
+            }
         }
         // Nothing to wait for: what was held is applied now.
         self.syncing = false;
@@ -420,8 +428,8 @@ fn release(st: &mut State) {
         if st.connected && unsubscribes(&cmd, st) {
             messages::query(&mut st.out, "");
             st.in_flight.push_back(Flight {
-                acks: Vec::new(),
                 sync: true,
+                ..Flight::default()
             });
             st.syncing = true;
             st.held.push_front(cmd);
@@ -488,8 +496,8 @@ fn apply(cmd: Cmd, st: &mut State) {
             if st.connected {
                 messages::query(&mut st.out, "");
                 st.in_flight.push_back(Flight {
-                    acks: vec![done],
-                    sync: false,
+                    syncs: vec![done],
+                    ..Flight::default()
                 });
             } else {
                 // Nothing committed meanwhile can come (the listener is away): no wait.
@@ -556,7 +564,7 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
             tag::READY_FOR_QUERY => {
                 input.advance(len);
                 let flight = st.in_flight.pop_front().unwrap_or_default();
-                for done in flight.acks {
+                for done in flight.acks.into_iter().chain(flight.syncs) {
                     let _ = done.send(());
                 }
                 if flight.sync {

@@ -8,6 +8,7 @@ client that set them; everything else is reset before the connection serves anyo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -1161,31 +1162,53 @@ def _listening(pool_uri, svc, label: str) -> tuple[str, RawClient, int]:
     return ch, raw, pid
 
 
+def _answered_before_the_deadline(got: list, start: float) -> None:
+    """`got`, received since `start`, is a NOTIFY's answer (a notification heard meanwhile may
+    come with it), well before the 5 s the pooler waits for its listener at most."""
+    waited = time.monotonic() - start
+    assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
+    assert waited < 4, waited
+
+
+def _hears_again(raw: RawClient, ch: str) -> None:
+    """Waits until the pool's listener is back and listens to `ch`: a NOTIFY reaches `raw`."""
+    deadline = time.monotonic() + 20
+    heard = []
+    while b"back" not in heard:
+        assert time.monotonic() < deadline, "the pool's listener did not come back"
+        heard.extend(_payloads(raw.query(f"NOTIFY {ch}, 'back'")))
+
+
+@contextlib.contextmanager
+def _logins_refused(svc):
+    """An admin connection to the service, with new logins of the pools' role refused (so that
+    a pool's listener cannot connect again) until the block ends."""
+    with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as admin:
+        admin.execute("ALTER ROLE appuser NOLOGIN")
+        try:
+            yield admin
+        finally:
+            admin.execute("ALTER ROLE appuser LOGIN")
+
+
 def test_a_notify_while_the_pools_listener_is_gone_is_answered_at_once(pool_uri, svc):
     """A listening client's NOTIFY waits for a round trip of the pool's listener before its
     ReadyForQuery (so that its own notification comes first, as from PostgreSQL). Sent right
     after the listener's connection was terminated, while the listener notices the loss and
-    connects again, the NOTIFY is answered once the new connection has made its round trip,
-    not at the wait's 5 s deadline; the client's session goes on, and the client hears its
-    channel again through the new connection."""
+    connects again, the NOTIFY is answered at once (the listener is away) or once the new
+    connection has made its round trip, not at the wait's 5 s deadline; the client's session
+    goes on, and the client hears its channel again through the new connection."""
     ch, raw, pid = _listening(pool_uri, svc, "ownaway")
     try:
         with psycopg.connect(svc.uri_for(dbname="app"), autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         start = time.monotonic()
         got = raw.query(f"NOTIFY {ch}, 'away'")  # RawClient's 10 s timeout bounds the wait
-        waited = time.monotonic() - start
-        assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
-        assert waited < 4, waited
+        _answered_before_the_deadline(got, start)
         # The session goes on (a notification heard meanwhile may come with the answer).
         assert [k for k, _ in raw.query("SELECT 1") if k != b"A"] == [b"T", b"D", b"C", b"Z"]
         # The listener comes back and listens to the channel again: a NOTIFY reaches the client.
-        deadline = time.monotonic() + 20
-        heard = []
-        while b"back" not in heard:
-            assert time.monotonic() < deadline, "the pool's listener did not come back"
-            got = raw.query(f"NOTIFY {ch}, 'back'")
-            heard.extend(_payloads(got))
+        _hears_again(raw, ch)
         assert pid not in _listeners(svc)
     finally:
         raw.close()
@@ -1198,7 +1221,6 @@ def test_a_notify_while_the_pools_listener_cannot_connect_is_answered_at_once(
     and is answered at once, not at the 5 s deadline; once the role may log in again, the
     listener listens again and the client hears its channel."""
     ch, raw, pid = _listening(pool_uri, svc, "ownnologin")
-    admin = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
     try:
         raw.query("SELECT 1")  # the pool's connection is open before logins are refused
         pool = urlsplit(pool_uri).path.lstrip("/")
@@ -1208,25 +1230,15 @@ def test_a_notify_while_the_pools_listener_cannot_connect_is_answered_at_once(
                        if "LISTEN connection failed" in line)
 
         failed = failures()
-        admin.execute("ALTER ROLE appuser NOLOGIN")
-        try:
+        with _logins_refused(svc) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
             wait_until(lambda: failures() > failed, timeout=20,
                        what="the listener's failed reconnection in pgbay's log")
             start = time.monotonic()
             got = raw.query(f"NOTIFY {ch}, 'away'")  # RawClient's 10 s timeout bounds the wait
-            waited = time.monotonic() - start
-            assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
-            assert waited < 4, waited
-        finally:
-            admin.execute("ALTER ROLE appuser LOGIN")
-        deadline = time.monotonic() + 20
-        heard = []
-        while b"back" not in heard:
-            assert time.monotonic() < deadline, "the pool's listener did not come back"
-            heard.extend(_payloads(raw.query(f"NOTIFY {ch}, 'back'")))
+            _answered_before_the_deadline(got, start)
+        _hears_again(raw, ch)
     finally:
-        admin.close()
         raw.close()
 
 
@@ -1239,18 +1251,16 @@ def _received_unread(pid: int) -> int:
 
 
 def test_a_notify_in_flight_when_the_pools_listener_is_lost_is_answered_at_the_loss(
-        pool_uri, svc, server):
+        pool_uri, svc):
     """A listening client's NOTIFY waits for a round trip of the pool's listener. When the
     listener's connection is lost with that round trip on its way (and its role may not log in
     again for a while), the notifications it had not read are lost with it: the NOTIFY is
     answered at the loss, not at the 5 s deadline; the client hears its channel again once the
     listener is back."""
     ch, raw, pid = _listening(pool_uri, svc, "ownlost")
-    admin = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
     try:
         raw.query("SELECT 1")  # the pool's connection is open before logins are refused
-        admin.execute("ALTER ROLE appuser NOLOGIN")
-        try:
+        with _logins_refused(svc):
             os.kill(pid, signal.SIGSTOP)
             try:
                 assert _received_unread(pid) == 0
@@ -1263,18 +1273,9 @@ def test_a_notify_in_flight_when_the_pools_listener_is_lost_is_answered_at_the_l
             finally:
                 os.kill(pid, signal.SIGCONT)
             got = raw.until_ready()  # RawClient's 10 s timeout bounds the wait
-            waited = time.monotonic() - start
-            assert [k for k, _ in got if k != b"A"] == [b"C", b"Z"], got
-            assert waited < 4, waited
-        finally:
-            admin.execute("ALTER ROLE appuser LOGIN")
-        deadline = time.monotonic() + 20
-        heard = []
-        while b"back" not in heard:
-            assert time.monotonic() < deadline, "the pool's listener did not come back"
-            heard.extend(_payloads(raw.query(f"NOTIFY {ch}, 'back'")))
+            _answered_before_the_deadline(got, start)
+        _hears_again(raw, ch)
     finally:
-        admin.close()
         raw.close()
 
 

@@ -367,8 +367,8 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
 }
 
 /// Waits `RETRY` before the next connection attempt, taking clients' commands meanwhile (an
-/// unsubscribe applies at once, a Sync is owed to the next connection once it caught up).
-/// False when the hub is gone.
+/// unsubscribe applies and a Sync is answered at once; a LISTEN is confirmed once the next
+/// connection listens). False when the hub is gone.
 async fn pause(rx: &mut mpsc::UnboundedReceiver<Cmd>, st: &mut State) -> bool {
     let sleep = tokio::time::sleep(RETRY);
     tokio::pin!(sleep);
@@ -676,6 +676,43 @@ mod tests {
         assert_eq!(sent(&mut st), ["UNLISTEN \"a\"", "UNLISTEN \"b\""]);
         assert!(unsubscribed.try_recv().is_ok());
         assert_eq!(st.subs.keys().map(|c| &**c).collect::<Vec<_>>(), ["c"]);
+    }
+
+    #[test]
+    fn a_loss_answers_the_syncs_in_flight_and_keeps_the_listens_for_the_next_connection() {
+        let budget = Arc::new(Budget::new(NotifyBudget::default()));
+        let (sink, _inbox) = Inbox::new(budget);
+        let mut st = State {
+            connected: true,
+            ..State::default()
+        };
+        let (done, mut confirmed) = oneshot::channel();
+        receive(
+            Cmd::Listen {
+                channel: "a".into(),
+                client: 1,
+                sink,
+                done: Some(done),
+            },
+            &mut st,
+        );
+        let (done, mut synced) = oneshot::channel();
+        receive(Cmd::Sync { done }, &mut st);
+        assert_eq!(sent(&mut st), ["LISTEN \"a\"", ""]);
+        st.disconnected();
+        // What the lost connection had not read is lost with it: nothing to wait for.
+        assert!(synced.try_recv().is_ok());
+        assert!(confirmed.try_recv().is_err());
+        // Away, a Sync is answered at once.
+        let (done, mut synced) = oneshot::channel();
+        receive(Cmd::Sync { done }, &mut st);
+        assert!(synced.try_recv().is_ok());
+        // The next connection listens again; the LISTEN is confirmed by its answer.
+        st.connected();
+        assert_eq!(sent(&mut st), ["LISTEN \"a\""]);
+        assert!(confirmed.try_recv().is_err());
+        ready(&mut st);
+        assert!(confirmed.try_recv().is_ok());
     }
 
     #[test]

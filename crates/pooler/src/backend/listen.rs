@@ -357,7 +357,9 @@ async fn run(pool: Weak<Pool>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 }
             }
         }
-        tracing::warn!("LISTEN connection lost; reconnecting");
+        if let Some(pool) = pool.upgrade() {
+            tracing::warn!(pool = %pool.name, "LISTEN connection lost; reconnecting");
+        }
         st.disconnected();
         server.close("listener lost");
         if !pause(&mut rx, &mut st).await {

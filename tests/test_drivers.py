@@ -169,6 +169,7 @@ DRIVER_SPECS = {
     "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
     "php-pdo": script("php", "php-cli", "php/pdo_driver.php"),
     "tokio-postgres-deadpool": rust_example("driver_tokio_postgres"),
+    "sqlx": rust_example("driver_sqlx"),
 }
 
 

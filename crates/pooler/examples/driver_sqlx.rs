@@ -111,15 +111,19 @@ async fn run(step: &mut &'static str) -> Res<()> {
     *step = "transaction with a savepoint rolled back";
     {
         let mut tx = conn.begin().await?;
-        sqlx::query(&format!("INSERT INTO {table} (id, note) VALUES ($1, 'kept')"))
-            .bind(1i32)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (id, note) VALUES ($1, 'kept')"
+        ))
+        .bind(1i32)
+        .execute(&mut *tx)
+        .await?;
         let mut sp = tx.begin().await?; // SAVEPOINT
-        sqlx::query(&format!("INSERT INTO {table} (id, note) VALUES ($1, 'gone')"))
-            .bind(2i32)
-            .execute(&mut *sp)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} (id, note) VALUES ($1, 'gone')"
+        ))
+        .bind(2i32)
+        .execute(&mut *sp)
+        .await?;
         let err = sqlx::query("SELECT 1/0").execute(&mut *sp).await.err();
         want(
             err.as_ref().and_then(sqlstate).as_deref() == Some("22012"),
@@ -128,11 +132,10 @@ async fn run(step: &mut &'static str) -> Res<()> {
         sp.rollback().await?;
         tx.commit().await?;
     }
-    let ids: Vec<i32> = sqlx::query_scalar(&format!(
-        "SELECT array_agg(id ORDER BY id) FROM {table}"
-    ))
-    .fetch_one(&mut conn)
-    .await?;
+    let ids: Vec<i32> =
+        sqlx::query_scalar(&format!("SELECT array_agg(id ORDER BY id) FROM {table}"))
+            .fetch_one(&mut conn)
+            .await?;
     want(ids == vec![1], format!("ids {ids:?}"))?;
 
     *step = "COPY in and out";

@@ -105,20 +105,21 @@ def npm_ci():
                     env=dict(os.environ), timeout=BUILD_TIMEOUT, what="npm ci")
 
 
-def go_pgx():
+def go_gopath(binary: str, source: str, sources: str, package: str):
+    """A Go program built against Debian's Go sources, GOPATH style (no module proxy, no
+    network); `sources` is the library's directory there, from Debian package `package`."""
     def build(out, env):
-        # Debian's pgx v4 sources, GOPATH style (no module proxy, no network).
         benv = dict(env, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
                     GOCACHE=str(out / "gocache"))
-        if not (out / "pgx-driver").exists():
-            assert Path("/usr/share/gocode/src/github.com/jackc/pgx/v4").is_dir(), (
-                "pgx v4 sources missing (Debian package golang-github-jackc-pgx-v4-dev)")
-            run_checked([need("go", "golang-go"), "build", "-o", str(out / "pgx-driver"),
-                         str(DRIVERS / "go" / "main.go")], cwd=str(out), env=benv,
+        if not (out / binary).exists():
+            assert Path("/usr/share/gocode/src", sources).is_dir(), (
+                f"{sources} sources missing (Debian package {package})")
+            run_checked([need("go", "golang-go"), "build", "-o", str(out / binary),
+                         str(DRIVERS / "go" / source)], cwd=str(out), env=benv,
                         timeout=BUILD_TIMEOUT, what="go build")
 
     def cmd(out, env):
-        return [str(out / "pgx-driver")]
+        return [str(out / binary)]
     return build, cmd
 
 
@@ -164,7 +165,10 @@ DRIVER_SPECS = {
     "asyncpg": python("asyncpg_driver.py"),
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
-    "pgx-v4": go_pgx(),
+    "pgx-v4": go_gopath("pgx-driver", "main.go", "github.com/jackc/pgx/v4",
+                        "golang-github-jackc-pgx-v4-dev"),
+    "lib-pq": go_gopath("libpq-driver", "libpq/main.go", "github.com/lib/pq",
+                        "golang-github-lib-pq-dev"),
     "pgjdbc": pgjdbc(),
     "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
     "php-pdo": script("php", "php-cli", "php/pdo_driver.php"),

@@ -163,6 +163,7 @@ DRIVER_SPECS = {
     "psycopg3-sqlalchemy": python("psycopg3_sqlalchemy.py"),
     "psycopg2": python("psycopg2_driver.py"),
     "asyncpg": python("asyncpg_driver.py"),
+    "pg8000": python("pg8000_driver.py"),
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
     "pgx-v4": go_gopath("pgx-driver", "main.go", "github.com/jackc/pgx/v4",

@@ -134,6 +134,31 @@ def main() -> None:
             n = c.execute(f"SELECT count(*) FROM {TABLE} WHERE note = 'w'").fetchone()[0]
             assert n == CLIENTS * 12, n
 
+    with step("executemany, and pipelines with an error and with prepared statements"), \
+            connect() as conn:
+        with conn.cursor() as cur:  # executemany runs in pipeline mode
+            cur.executemany(f"INSERT INTO {TABLE} (id, note) VALUES (%s, %s)",
+                            [(300 + i, f"many {i}") for i in range(50)])
+        conn.commit()
+        n = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE note LIKE 'many %'").fetchone()[0]
+        assert n == 50, n
+        conn.commit()
+        try:
+            with conn.pipeline():
+                conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES (%s, 'pipe')", (400,))
+                conn.execute("SELECT 1/0")
+                conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES (%s, 'pipe')", (401,))
+            raise AssertionError("1/0 succeeded")
+        except errors.DivisionByZero:
+            pass
+        conn.rollback()
+        n = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE note = 'pipe'").fetchone()[0]
+        assert n == 0, n
+        with conn.pipeline():  # the sixth execution on is prepared, in the pipeline
+            curs = [conn.execute("SELECT %s::int * 2", (i,)) for i in range(10)]
+        assert [c.fetchone()[0] for c in curs] == [i * 2 for i in range(10)]
+        conn.commit()
+
     # Last: what fails on a pooler that refuses DEALLOCATE ALL / DISCARD ALL (issue 20).
     with step("six executions then rollback (psycopg's DEALLOCATE ALL)"), connect() as conn:
         for i in range(6):

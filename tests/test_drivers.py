@@ -105,18 +105,21 @@ def npm_ci():
                     env=dict(os.environ), timeout=BUILD_TIMEOUT, what="npm ci")
 
 
-def go_gopath(binary: str, source: str, sources: str, package: str):
-    """A Go program built against Debian's Go sources, GOPATH style (no module proxy, no
-    network); `sources` is the library's directory there, from Debian package `package`."""
+def go_gopath(tag: str, sources: str, package: str):
+    """The Go program of `tests/drivers/go` built with `-tags TAG` (its own file and the shared
+    `common.go`) against Debian's Go sources, GOPATH style (no module proxy, no network);
+    `sources` is the library's directory there, from Debian package `package`."""
+    binary = f"{tag}-driver"
+
     def build(out, env):
         benv = dict(env, GO111MODULE="off", GOPATH="/usr/share/gocode", GOFLAGS="",
                     GOCACHE=str(out / "gocache"))
         if not (out / binary).exists():
             assert Path("/usr/share/gocode/src", sources).is_dir(), (
                 f"{sources} sources missing (Debian package {package})")
-            run_checked([need("go", "golang-go"), "build", "-o", str(out / binary),
-                         str(DRIVERS / "go" / source)], cwd=str(out), env=benv,
-                        timeout=BUILD_TIMEOUT, what="go build")
+            run_checked([need("go", "golang-go"), "build", "-tags", tag, "-o", str(out / binary),
+                         "."], cwd=str(DRIVERS / "go"), env=benv, timeout=BUILD_TIMEOUT,
+                        what="go build")
 
     def cmd(out, env):
         return [str(out / binary)]
@@ -166,10 +169,8 @@ DRIVER_SPECS = {
     "pg8000": python("pg8000_driver.py"),
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
-    "pgx-v4": go_gopath("pgx-driver", "main.go", "github.com/jackc/pgx/v4",
-                        "golang-github-jackc-pgx-v4-dev"),
-    "lib-pq": go_gopath("libpq-driver", "libpq/main.go", "github.com/lib/pq",
-                        "golang-github-lib-pq-dev"),
+    "pgx-v4": go_gopath("pgx", "github.com/jackc/pgx/v4", "golang-github-jackc-pgx-v4-dev"),
+    "lib-pq": go_gopath("libpq", "github.com/lib/pq", "golang-github-lib-pq-dev"),
     "pgjdbc": pgjdbc(),
     "activerecord": script("ruby", "ruby-activerecord", "ruby/activerecord_driver.rb"),
     "php-pdo": script("php", "php-cli", "php/pdo_driver.php"),

@@ -17,21 +17,10 @@ use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::types::JsonValue;
 use sqlx::{Connection, Row};
 
+mod driver_common;
+use driver_common::{env, run_steps, step, want, Res};
+
 const CLIENTS: u32 = 10;
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn env(name: &str) -> Res<String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set").into())
-}
-
-fn want(cond: bool, what: impl Into<String>) -> Res<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
 
 fn options() -> Res<PgConnectOptions> {
     Ok(PgConnectOptions::new()
@@ -52,10 +41,10 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-async fn run(step: &mut &'static str) -> Res<()> {
+async fn run() -> Res<()> {
     let table = env("PGB_TABLE")?;
 
-    *step = "connect over TLS verify-full";
+    step("connect over TLS verify-full");
     let mut conn = PgConnection::connect_with(&options()?).await?;
     sqlx::raw_sql(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (id int, note text, worker int); TRUNCATE {table}"
@@ -63,7 +52,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
     .execute(&mut conn)
     .await?;
 
-    *step = "parameters of common types";
+    step("parameters of common types");
     let ts: DateTime<Utc> = DateTime::from_timestamp_micros(1_796_283_901_123_456).ok_or("ts")?;
     let raw: Vec<u8> = (0..=255u8).collect();
     let json: JsonValue = serde_json::from_str(r#"{"a": [1, 2, {"b": null}], "c": "d"}"#)?;
@@ -97,7 +86,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         want(row.try_get::<Vec<Option<i32>>, _>(7)? == arr, "int[]")?;
     }
 
-    *step = "statements prepared and evicted (ten distinct, three rounds, a cache of two)";
+    step("statements prepared and evicted (ten distinct, three rounds, a cache of two)");
     for round in 0..3i32 {
         for q in 0..10i32 {
             let v: i32 = sqlx::query_scalar(&format!("SELECT $1::int + {q}"))
@@ -108,7 +97,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         }
     }
 
-    *step = "transaction with a savepoint rolled back";
+    step("transaction with a savepoint rolled back");
     {
         let mut tx = conn.begin().await?;
         sqlx::query(&format!(
@@ -138,7 +127,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
             .await?;
     want(ids == vec![1], format!("ids {ids:?}"))?;
 
-    *step = "COPY in and out";
+    step("COPY in and out");
     let data: String = (100..200).map(|i| format!("{i}\trow {i}\n")).collect();
     let mut copy = conn
         .copy_in_raw(&format!("COPY {table} (id, note) FROM STDIN"))
@@ -156,7 +145,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
     want(out.concat() == data.as_bytes(), "COPY out")?;
     conn.close().await?;
 
-    *step = "10 concurrent clients (PgPool, one transaction each time)";
+    step("10 concurrent clients (PgPool, one transaction each time)");
     let pool = PgPoolOptions::new()
         .max_connections(CLIENTS)
         .acquire_timeout(Duration::from_secs(30))
@@ -183,7 +172,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
                 want(v == i + 1, format!("{i} + 1 = {v}"))?;
                 tx.commit().await?;
             }
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            Ok::<(), driver_common::Err>(())
         }));
     }
     for t in tasks {
@@ -194,7 +183,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         .await?;
     want(n == i64::from(CLIENTS) * 12, format!("rows {n}"))?;
 
-    *step = "LISTEN/NOTIFY (PgListener)";
+    step("LISTEN/NOTIFY (PgListener)");
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen("drivers_sqlx").await?;
     sqlx::query("SELECT pg_notify('drivers_sqlx', $1)")
@@ -215,17 +204,8 @@ async fn run(step: &mut &'static str) -> Res<()> {
 
 #[tokio::main]
 async fn main() {
-    let mut step = "start";
-    let r = tokio::time::timeout(Duration::from_secs(150), run(&mut step)).await;
-    let err = match r {
-        Ok(Ok(())) => {
-            println!("OK");
-            return;
-        }
-        Ok(Err(e)) => e,
-        Err(_) => "no end after 150 s".into(),
-    };
-    let code = err.downcast_ref::<sqlx::Error>().and_then(sqlstate);
-    eprintln!("FAIL in step '{step}': {err} (SQLSTATE {code:?})");
-    std::process::exit(1);
+    run_steps(run(), |e| {
+        e.downcast_ref::<sqlx::Error>().and_then(sqlstate)
+    })
+    .await;
 }

@@ -19,21 +19,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod driver_common;
+use driver_common::{env, run_steps, step, want, Res};
+
 const CLIENTS: usize = 10;
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn env(name: &str) -> Res<String> {
-    std::env::var(name).map_err(|_| format!("{name} is not set").into())
-}
-
-fn want(cond: bool, what: impl Into<String>) -> Res<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
 
 fn config() -> Res<Config> {
     let mut c = Config::new();
@@ -80,11 +69,11 @@ async fn connect(
     Ok((client, rx))
 }
 
-async fn run(step: &mut &'static str) -> Res<()> {
+async fn run() -> Res<()> {
     let table = env("PGB_TABLE")?;
     let tls = tls()?;
 
-    *step = "connect over TLS verify-full";
+    step("connect over TLS verify-full");
     let (client, mut notes) = connect(&tls).await?;
     client
         .batch_execute(&format!(
@@ -92,7 +81,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         ))
         .await?;
 
-    *step = "parameters of common types";
+    step("parameters of common types");
     let ts = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_283_901_123_456);
     let raw: Vec<u8> = (0..=255u8).collect();
     let arr: Vec<Option<i32>> = vec![Some(1), Some(2), Some(3), None, Some(5)];
@@ -132,7 +121,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
     }
     drop(st);
 
-    *step = "statements prepared and closed (ten distinct, three rounds)";
+    step("statements prepared and closed (ten distinct, three rounds)");
     for round in 0..3i32 {
         for q in 0..10i32 {
             let st = client.prepare(&format!("SELECT $1::int + {q}")).await?;
@@ -142,7 +131,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         }
     }
 
-    *step = "transaction with a savepoint rolled back";
+    step("transaction with a savepoint rolled back");
     let mut client = client;
     {
         let mut tx = client.transaction().await?;
@@ -174,7 +163,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         .get(0);
     want(ids == vec![1], format!("ids {ids:?}"))?;
 
-    *step = "COPY in and out";
+    step("COPY in and out");
     let data: String = (100..200).map(|i| format!("{i}\trow {i}\n")).collect();
     let sink = client
         .copy_in::<_, bytes::Bytes>(&format!("COPY {table} (id, note) FROM STDIN"))
@@ -192,7 +181,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         .await?;
     want(out.concat() == data.as_bytes(), "COPY out")?;
 
-    *step = "cancel a pg_sleep";
+    step("cancel a pg_sleep");
     let (watcher, _) = connect(&tls).await?;
     let token = client.cancel_token();
     let sleeper = async {
@@ -215,7 +204,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err::<(), Box<dyn std::error::Error + Send + Sync>>("the pg_sleep did not start".into())
+        Err::<(), driver_common::Err>("the pg_sleep did not start".into())
     };
     let (slept, cancelled) = tokio::join!(sleeper, canceller);
     cancelled?;
@@ -225,7 +214,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
         format!("cancelled pg_sleep: {err:?}"),
     )?;
 
-    *step = "LISTEN/NOTIFY";
+    step("LISTEN/NOTIFY");
     client.batch_execute("LISTEN drivers_rs").await?;
     watcher
         .batch_execute("NOTIFY drivers_rs, 'hello from tokio-postgres'")
@@ -241,7 +230,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
     drop(client);
     drop(watcher);
 
-    *step = "10 concurrent clients (deadpool-postgres, prepare_cached)";
+    step("10 concurrent clients (deadpool-postgres, prepare_cached)");
     let mgr = Manager::from_config(
         config()?,
         tls.clone(),
@@ -269,7 +258,7 @@ async fn run(step: &mut &'static str) -> Res<()> {
                 want(v == i + 1, format!("{i} + 1 = {v}"))?;
                 tx.commit().await?;
             }
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            Ok::<(), driver_common::Err>(())
         }));
     }
     for t in tasks {
@@ -289,20 +278,10 @@ async fn run(step: &mut &'static str) -> Res<()> {
 
 #[tokio::main]
 async fn main() {
-    let mut step = "start";
-    let r = tokio::time::timeout(Duration::from_secs(150), run(&mut step)).await;
-    let err = match r {
-        Ok(Ok(())) => {
-            println!("OK");
-            return;
-        }
-        Ok(Err(e)) => e,
-        Err(_) => "no end after 150 s".into(),
-    };
-    let code = err
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(|e| e.code())
-        .map(|c| c.code().to_owned());
-    eprintln!("FAIL in step '{step}': {err} (SQLSTATE {code:?})");
-    std::process::exit(1);
+    run_steps(run(), |e| {
+        e.downcast_ref::<tokio_postgres::Error>()
+            .and_then(|e| e.code())
+            .map(|c| c.code().to_owned())
+    })
+    .await;
 }

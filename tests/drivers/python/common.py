@@ -10,6 +10,7 @@ import decimal
 import json
 import os
 import sys
+import threading
 import time
 
 HOST = os.environ["PGB_HOST"]
@@ -73,6 +74,28 @@ def run(main) -> None:
               file=sys.stderr)
         sys.exit(1)
     print("OK")
+
+
+def in_threads(worker) -> None:
+    """Runs `worker(w)` for each of the CLIENTS concurrent clients in a thread of its own;
+    raises the first failure."""
+    errs: list[BaseException] = []
+
+    def guarded(w: int) -> None:
+        try:
+            worker(w)
+        except BaseException as e:  # noqa: BLE001 - raised below, in the main thread
+            errs.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        if t.is_alive():
+            raise AssertionError("a client did not finish within 120 s")
+    if errs:
+        raise errs[0]
 
 
 def wait_for(pred, what: str, timeout: float = 20.0) -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 import ssl
-import threading
 import time
 
 import pg8000.native
 
 from common import (ARRAY, BOOL, BYTEA, CA, CLIENTS, DB, HOST, INT, JSON, NUMERIC, PASSWORD, PORT,
-                    TABLE, TEXT, TS, USER, check_types, ddl, run, step)
+                    TABLE, TEXT, TS, USER, check_types, ddl, in_threads, run, step)
 
 
 def connect() -> pg8000.native.Connection:
@@ -84,28 +83,17 @@ def main() -> None:
         notifier.close()
 
     with step(f"{CLIENTS} concurrent clients"):
-        errs: list[BaseException] = []
-
         def worker(w: int):
-            try:
-                c = connect()
-                for i in range(12):
-                    c.run("START TRANSACTION")
-                    c.run(f"INSERT INTO {TABLE} (id, note, worker) VALUES (:id, 'w', :w)",
-                          id=1000 + i, w=w)
-                    assert c.run("SELECT :i::int + 1", i=i) == [[i + 1]]
-                    c.run("COMMIT")
-                c.close()
-            except BaseException as e:  # noqa: BLE001
-                errs.append(e)
+            c = connect()
+            for i in range(12):
+                c.run("START TRANSACTION")
+                c.run(f"INSERT INTO {TABLE} (id, note, worker) VALUES (:id, 'w', :w)",
+                      id=1000 + i, w=w)
+                assert c.run("SELECT :i::int + 1", i=i) == [[i + 1]]
+                c.run("COMMIT")
+            c.close()
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        if errs:
-            raise errs[0]
+        in_threads(worker)
         c = connect()
         assert c.run(f"SELECT count(*) FROM {TABLE} WHERE note = 'w'") == [[CLIENTS * 12]]
         c.close()

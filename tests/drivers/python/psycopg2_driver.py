@@ -13,7 +13,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from common import (CA, CLIENTS, DB, HOST, PASSWORD, PORT, TABLE, TYPES_SQL, USER, ARRAY, BOOL,
-                    BYTEA, INT, JSON, NUMERIC, TEXT, TS, check_types, ddl, run, step, wait_for)
+                    BYTEA, INT, JSON, NUMERIC, TEXT, TS, check_types, ddl, in_threads, run, step, wait_for)
 
 
 def connect(autocommit=False):
@@ -109,29 +109,18 @@ def main() -> None:
         notifier.close()
 
     with step(f"{CLIENTS} concurrent clients"):
-        errs: list[BaseException] = []
-
         def worker(w: int):
-            try:
-                c = connect()
-                for i in range(12):
-                    with c.cursor() as cur:
-                        cur.execute(f"INSERT INTO {TABLE} (id, note, worker) VALUES (%s, 'w', %s)",
-                                    (1000 + i, w))
-                        cur.execute("SELECT %s + 1", (i,))
-                        assert cur.fetchone() == (i + 1,)
-                    c.commit()
-                c.close()
-            except BaseException as e:  # noqa: BLE001
-                errs.append(e)
+            c = connect()
+            for i in range(12):
+                with c.cursor() as cur:
+                    cur.execute(f"INSERT INTO {TABLE} (id, note, worker) VALUES (%s, 'w', %s)",
+                                (1000 + i, w))
+                    cur.execute("SELECT %s + 1", (i,))
+                    assert cur.fetchone() == (i + 1,)
+                c.commit()
+            c.close()
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        if errs:
-            raise errs[0]
+        in_threads(worker)
         c = connect()
         assert one(c, f"SELECT count(*) FROM {TABLE} WHERE note = 'w'") == (CLIENTS * 12,)
         c.close()

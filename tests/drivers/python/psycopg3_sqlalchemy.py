@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from psycopg import errors
 
 from common import (CA, CLIENTS, DB, HOST, PASSWORD, PORT, TABLE, TYPES_SQL, USER, ARRAY, BOOL,
-                    BYTEA, INT, JSON, NUMERIC, TEXT, TS, check_types, ddl, run, step, wait_for)
+                    BYTEA, INT, JSON, NUMERIC, TEXT, TS, check_types, ddl, in_threads, run, step, wait_for)
 
 KW = dict(host=HOST, port=PORT, dbname=DB, user=USER, password=PASSWORD, sslmode="verify-full",
           sslrootcert=CA, connect_timeout=10)
@@ -108,28 +108,17 @@ def main() -> None:
         assert [n.payload for n in got] == ["hello from psycopg"], got
 
     with step(f"{CLIENTS} concurrent clients"):
-        errs: list[BaseException] = []
-
         def worker(w: int):
-            try:
-                with connect() as c:
-                    for i in range(12):
-                        with c.transaction():
-                            c.execute(f"INSERT INTO {TABLE} (id, note, worker) VALUES (%s, %s, %s)",
-                                      (1000 + i, "w", w))
-                            assert c.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
-                    c.execute("SELECT %s::int", (w,))
-                    c.rollback()
-            except BaseException as e:  # noqa: BLE001
-                errs.append(e)
+            with connect() as c:
+                for i in range(12):
+                    with c.transaction():
+                        c.execute(f"INSERT INTO {TABLE} (id, note, worker) VALUES (%s, %s, %s)",
+                                  (1000 + i, "w", w))
+                        assert c.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+                c.execute("SELECT %s::int", (w,))
+                c.rollback()
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        if errs:
-            raise errs[0]
+        in_threads(worker)
         with connect() as c:
             n = c.execute(f"SELECT count(*) FROM {TABLE} WHERE note = 'w'").fetchone()[0]
             assert n == CLIENTS * 12, n
@@ -177,28 +166,17 @@ def main() -> None:
     with step("SQLAlchemy: a query six times per checkout, returned without commit"):
         engine = sa.create_engine("postgresql+psycopg://", creator=connect, pool_size=CLIENTS,
                                   max_overflow=0)
-        errs = []
-
         def sa_worker(w: int):
-            try:
-                for _ in range(3):
-                    with engine.connect() as c:
-                        for i in range(6):
-                            v = c.execute(sa.text("SELECT CAST(:v AS int) + 1"), {"v": i}).scalar()
-                            assert v == i + 1, v
-                    with engine.begin() as c:
-                        c.execute(sa.text(f"INSERT INTO {TABLE} (id, note, worker) "
-                                          "VALUES (:i, 'sa', :w)"), {"i": w, "w": w})
-            except BaseException as e:  # noqa: BLE001
-                errs.append(e)
+            for _ in range(3):
+                with engine.connect() as c:
+                    for i in range(6):
+                        v = c.execute(sa.text("SELECT CAST(:v AS int) + 1"), {"v": i}).scalar()
+                        assert v == i + 1, v
+                with engine.begin() as c:
+                    c.execute(sa.text(f"INSERT INTO {TABLE} (id, note, worker) "
+                                      "VALUES (:i, 'sa', :w)"), {"i": w, "w": w})
 
-        threads = [threading.Thread(target=sa_worker, args=(w,)) for w in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        if errs:
-            raise errs[0]
+        in_threads(sa_worker)
         with engine.connect() as c:
             n = c.execute(sa.text(f"SELECT count(*) FROM {TABLE} WHERE note = 'sa'")).scalar()
             assert n == CLIENTS * 3, n

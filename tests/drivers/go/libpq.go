@@ -1,3 +1,5 @@
+//go:build libpq
+
 // lib/pq (Debian golang-github-lib-pq-dev) with Go's database/sql through a pgbay transaction
 // pool. Run by tests/test_drivers.py (built with GO111MODULE=off against /usr/share/gocode).
 // A query with arguments is an unnamed Parse/Bind/Execute; db.Prepare makes a named statement
@@ -13,39 +15,10 @@ import (
 	"fmt"
 	"os"
 	"reflect"
-	"sync"
 	"time"
 
 	"github.com/lib/pq"
 )
-
-var (
-	table   = os.Getenv("PGB_TABLE")
-	clients = 10
-	current = "start"
-)
-
-func fail(err error) {
-	code := ""
-	var pqErr *pq.Error
-	if errors.As(err, &pqErr) {
-		code = string(pqErr.Code)
-	}
-	fmt.Fprintf(os.Stderr, "FAIL in step '%s': %v (SQLSTATE %s)\n", current, err, code)
-	os.Exit(1)
-}
-
-func check(err error) {
-	if err != nil {
-		fail(err)
-	}
-}
-
-func want(cond bool, format string, args ...interface{}) {
-	if !cond {
-		fail(fmt.Errorf(format, args...))
-	}
-}
 
 func sqlstate(err error) string {
 	var pqErr *pq.Error
@@ -219,40 +192,25 @@ func main() {
 	check(listener.Close())
 
 	current = "10 concurrent clients (database/sql's pool, one transaction each time)"
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for w := 0; w < clients; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < 12; i++ {
-				tx, err := db.BeginTx(ctx, nil)
-				if err == nil {
-					_, err = tx.ExecContext(ctx, fmt.Sprintf(
-						"INSERT INTO %s (id, note, worker) VALUES ($1, 'w', $2)", table), 1000+i, w)
-				}
-				var v int
-				if err == nil {
-					err = tx.QueryRowContext(ctx, "SELECT $1::int + 1", i).Scan(&v)
-				}
-				if err == nil && v != i+1 {
-					err = fmt.Errorf("%d + 1 = %d", i, v)
-				}
-				if err == nil {
-					err = tx.Commit()
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		fail(err)
-	}
+	inClients(func(w, i int) error {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(
+			"INSERT INTO %s (id, note, worker) VALUES ($1, 'w', $2)", table), 1000+i, w); err != nil {
+			return err
+		}
+		var v int
+		if err := tx.QueryRowContext(ctx, "SELECT $1::int + 1", i).Scan(&v); err != nil {
+			return err
+		}
+		if v != i+1 {
+			return fmt.Errorf("%d + 1 = %d", i, v)
+		}
+		return tx.Commit()
+	})
 	var n int
 	check(db.QueryRowContext(ctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE note = 'w'", table)).Scan(&n))
 	want(n == clients*12, "rows %d", n)

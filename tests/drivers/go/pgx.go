@@ -1,3 +1,5 @@
+//go:build pgx
+
 // pgx v4 (Debian golang-github-jackc-pgx-v4-dev) through a pgbay transaction pool. Run by
 // tests/test_drivers.py (built with GO111MODULE=off against /usr/share/gocode). pgx prepares
 // every query into its LRU statement cache; statement_cache_capacity=2 with ten distinct
@@ -13,7 +15,6 @@ import (
 	"os"
 	"reflect"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgconn"
@@ -21,32 +22,12 @@ import (
 	"github.com/jackc/pgx/v4/pgxpool"
 )
 
-var (
-	table   = os.Getenv("PGB_TABLE")
-	clients = 10
-	current = "start"
-)
-
-func fail(err error) {
-	code := ""
+func sqlstate(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		code = pgErr.Code
+		return pgErr.Code
 	}
-	fmt.Fprintf(os.Stderr, "FAIL in step '%s': %v (SQLSTATE %s)\n", current, err, code)
-	os.Exit(1)
-}
-
-func check(err error) {
-	if err != nil {
-		fail(err)
-	}
-}
-
-func want(cond bool, format string, args ...interface{}) {
-	if !cond {
-		fail(fmt.Errorf(format, args...))
-	}
+	return ""
 }
 
 func connString(extra string) string {
@@ -199,38 +180,21 @@ func main() {
 	pcfg.ConnConfig.Password = os.Getenv("PGB_PASSWORD")
 	pool, err := pgxpool.ConnectConfig(ctx, pcfg)
 	check(err)
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for w := 0; w < clients; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < 12; i++ {
-				err := pool.BeginFunc(ctx, func(tx pgx.Tx) error {
-					if _, err := tx.Exec(ctx, "INSERT INTO "+table+" (id, note, worker) VALUES ($1, 'w', $2)", 1000+i, w); err != nil {
-						return err
-					}
-					var v int
-					if err := tx.QueryRow(ctx, "SELECT $1::int + 1", i).Scan(&v); err != nil {
-						return err
-					}
-					if v != i+1 {
-						return fmt.Errorf("%d + 1 = %d", i, v)
-					}
-					return nil
-				})
-				if err != nil {
-					errs <- err
-					return
-				}
+	inClients(func(w, i int) error {
+		return pool.BeginFunc(ctx, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "INSERT INTO "+table+" (id, note, worker) VALUES ($1, 'w', $2)", 1000+i, w); err != nil {
+				return err
 			}
-		}(w)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		fail(err)
-	}
+			var v int
+			if err := tx.QueryRow(ctx, "SELECT $1::int + 1", i).Scan(&v); err != nil {
+				return err
+			}
+			if v != i+1 {
+				return fmt.Errorf("%d + 1 = %d", i, v)
+			}
+			return nil
+		})
+	})
 	var total int
 	check(pool.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE note = 'w'").Scan(&total))
 	want(total == clients*12, "rows %d", total)

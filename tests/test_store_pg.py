@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import PgbayServer, find_pool, ok, provision, unique
+from conftest import PgbayServer, PortWindow, find_pool, ok, provision, unique
+from test_api_tls import openssl, own_certs  # noqa: F401 - a fixture used here
 
 PG_BIN = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
               .stdout.strip())
@@ -35,7 +36,9 @@ class StorePostgres:
 
     PASSWORD = "store-secret-" + os.urandom(6).hex()
 
-    def __init__(self):
+    def __init__(self, tls: tuple[Path, int] | None = None):
+        """`tls`: (a directory with `api.crt`/`api.key` for 127.0.0.1, a TCP port held for it):
+        the server also listens there, and takes TCP connections over TLS only."""
         self.dir = Path(tempfile.mkdtemp(prefix="pgbay-test-storepg-"))
         os.chmod(self.dir, 0o755)
         if os.geteuid() == 0:
@@ -50,10 +53,25 @@ class StorePostgres:
                                     "-E", "UTF8", "--locale=C"]),
                        check=True, capture_output=True)
         pw.unlink()
+        opts = f"-c listen_addresses='' -c unix_socket_directories='{self.dir}'"
+        self.port = 5432  # also names the Unix socket
+        if tls is not None:
+            certs, self.port = tls
+            for name in ("api.crt", "api.key"):
+                shutil.copy(certs / name, self.dir / name)
+                os.chmod(self.dir / name, 0o600)
+                if os.geteuid() == 0:
+                    os.chown(self.dir / name, 65534, 65534)
+            (data / "pg_hba.conf").write_text(
+                "local all all scram-sha-256\n"
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+                "hostnossl all all 127.0.0.1/32 reject\n")
+            opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+                    f"-c unix_socket_directories='{self.dir}' -c ssl=on "
+                    f"-c ssl_cert_file='{self.dir / 'api.crt'}' "
+                    f"-c ssl_key_file='{self.dir / 'api.key'}'")
         subprocess.run(as_pg_owner([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l",
-                                    str(self.dir / "log"), "-o",
-                                    f"-c listen_addresses='' -c unix_socket_directories='{self.dir}'",
-                                    "start"]),
+                                    str(self.dir / "log"), "-o", opts, "start"]),
                        check=True, capture_output=True)
         self.data = data
 
@@ -62,8 +80,8 @@ class StorePostgres:
         return f"postgres://pgbay_store@localhost/postgres?host={self.dir}"
 
     def query(self, sql: str) -> list[tuple]:
-        with psycopg.connect(host=str(self.dir), user="pgbay_store", dbname="postgres",
-                             password=self.PASSWORD) as c:
+        with psycopg.connect(host=str(self.dir), port=self.port, user="pgbay_store",
+                             dbname="postgres", password=self.PASSWORD) as c:
             return c.execute(sql).fetchall()
 
     def stop(self):
@@ -145,3 +163,46 @@ def test_an_unreachable_store_stops_start_up_with_one_clear_line(store_pg):
     finally:
         srv.close()
         shutil.rmtree(gone, ignore_errors=True)
+
+
+def test_a_store_over_tls_is_verified_and_every_connection_encrypted(own_certs, tmp_path):
+    """`PGBAY_STORE=postgres://…?sslmode=verify-full&sslrootcert=CA` on a store that takes TCP
+    connections over TLS only: pgbay starts and serves, and every connection it holds to the
+    store (the pool and the change listener) is encrypted. A store whose certificate that CA did
+    not sign stops start-up with one clear line."""
+    window = PortWindow()
+    try:
+        pg = StorePostgres(tls=(own_certs, window.lo))
+        try:
+            def store_env(ca: Path) -> dict:
+                return {"PGBAY_STORE": f"postgres://pgbay_store@127.0.0.1:{window.lo}/postgres"
+                                       f"?sslmode=verify-full&sslrootcert={ca}",
+                        "PGPASSWORD": StorePostgres.PASSWORD,
+                        "PGBAY_CLUSTER_KEY": "store-test-cluster-key-0123"}
+
+            srv = PgbayServer("tlsstore", env=store_env(own_certs / "ca.crt"))
+            try:
+                srv.start()
+                assert srv.client().list_dbaas_services()["dbaas-services"] == []
+                rows = pg.query("SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                                "USING (pid) WHERE a.usename = 'pgbay_store' "
+                                "AND a.client_addr IS NOT NULL")
+                assert len(rows) >= 2 and all(ssl for (ssl,) in rows), rows
+            finally:
+                srv.close()
+
+            openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key",
+                    "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA", cwd=tmp_path)
+            stranger = PgbayServer("tlsstore-ca", env=store_env(tmp_path / "other.crt"))
+            try:
+                with pytest.raises(RuntimeError):
+                    stranger.start()
+                log = stranger.log_text()
+                assert "cannot use the PostgreSQL store" in log, log
+                assert StorePostgres.PASSWORD not in log
+            finally:
+                stranger.close()
+        finally:
+            pg.stop()
+    finally:
+        window.release()

@@ -18,7 +18,7 @@ use sqlx::types::JsonValue;
 use sqlx::{Connection, Row};
 
 mod driver_common;
-use driver_common::{env, run_steps, step, want, Res};
+use driver_common::{copy_out_sql, copy_rows, env, run_steps, step, want, Res};
 
 const CLIENTS: u32 = 10;
 
@@ -128,7 +128,7 @@ async fn run() -> Res<()> {
     want(ids == vec![1], format!("ids {ids:?}"))?;
 
     step("COPY in and out");
-    let data: String = (100..200).map(|i| format!("{i}\trow {i}\n")).collect();
+    let data = copy_rows();
     let mut copy = conn
         .copy_in_raw(&format!("COPY {table} (id, note) FROM STDIN"))
         .await?;
@@ -136,9 +136,7 @@ async fn run() -> Res<()> {
     let n = copy.finish().await?;
     want(n == 100, format!("copied {n}"))?;
     let out: Vec<_> = conn
-        .copy_out_raw(&format!(
-            "COPY (SELECT id, note FROM {table} WHERE id >= 100 ORDER BY id) TO STDOUT"
-        ))
+        .copy_out_raw(&copy_out_sql(&table))
         .await?
         .try_collect()
         .await?;

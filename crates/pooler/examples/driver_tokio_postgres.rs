@@ -20,7 +20,7 @@ use tokio_postgres::{AsyncMessage, Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod driver_common;
-use driver_common::{env, run_steps, step, want, Res};
+use driver_common::{copy_out_sql, copy_rows, env, run_steps, step, want, Res};
 
 const CLIENTS: usize = 10;
 
@@ -164,7 +164,7 @@ async fn run() -> Res<()> {
     want(ids == vec![1], format!("ids {ids:?}"))?;
 
     step("COPY in and out");
-    let data: String = (100..200).map(|i| format!("{i}\trow {i}\n")).collect();
+    let data = copy_rows();
     let sink = client
         .copy_in::<_, bytes::Bytes>(&format!("COPY {table} (id, note) FROM STDIN"))
         .await?;
@@ -173,9 +173,7 @@ async fn run() -> Res<()> {
     let n = sink.finish().await?;
     want(n == 100, format!("copied {n}"))?;
     let out: Vec<bytes::Bytes> = client
-        .copy_out(&format!(
-            "COPY (SELECT id, note FROM {table} WHERE id >= 100 ORDER BY id) TO STDOUT"
-        ))
+        .copy_out(&copy_out_sql(&table))
         .await?
         .try_collect()
         .await?;

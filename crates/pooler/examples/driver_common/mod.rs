@@ -20,6 +20,16 @@ pub fn want(cond: bool, what: impl Into<String>) -> Res<()> {
     }
 }
 
+/// The rows the COPY step sends (`COPY {table} (id, note) FROM STDIN`), as text.
+pub fn copy_rows() -> String {
+    (100..200).map(|i| format!("{i}\trow {i}\n")).collect()
+}
+
+/// The COPY that reads `copy_rows` back, in the same order and form.
+pub fn copy_out_sql(table: &str) -> String {
+    format!("COPY (SELECT id, note FROM {table} WHERE id >= 100 ORDER BY id) TO STDOUT")
+}
+
 static STEP: Mutex<&str> = Mutex::new("start");
 
 /// Names the step that runs now (a failure names it).

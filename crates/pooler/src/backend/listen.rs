@@ -267,7 +267,7 @@ struct Flight {
     /// first: what it had not read is lost with it, and nothing more can come meanwhile.
     syncs: Vec<oneshot::Sender<()>>,
     /// The round trip an unsubscribe waits for (`release`).
-    sync: bool,
+    unsubscribe: bool,
 }
 
 impl State {
@@ -430,7 +430,7 @@ fn release(st: &mut State) {
         if st.connected && unsubscribes(&cmd, st) {
             messages::query(&mut st.out, "");
             st.in_flight.push_back(Flight {
-                sync: true,
+                unsubscribe: true,
                 ..Flight::default()
             });
             st.syncing = true;
@@ -569,7 +569,7 @@ fn dispatch(input: &mut BytesMut, st: &mut State) {
                 for done in flight.acks.into_iter().chain(flight.syncs) {
                     let _ = done.send(());
                 }
-                if flight.sync {
+                if flight.unsubscribe {
                     // The unsubscribe that waited for it, then what waited behind it.
                     st.syncing = false;
                     if let Some(cmd) = st.held.pop_front() {

@@ -191,31 +191,154 @@ def test_statement_timeout_does_not_cancel_other_clients(pool_uri):
             a.execute("SELECT pg_sleep(0.05)")
 
 
-def test_temporary_tables_are_dropped(pool_uri):
+HELD_LOCKS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+              "AND pid = pg_backend_pid()")
+
+
+def test_temporary_tables_are_dropped_when_their_client_leaves(pool_uri):
     with psycopg.connect(pool_uri, autocommit=True) as a:
         a.execute("CREATE TEMP TABLE secret (v text)")
-        assert others_see(
-            pool_uri, "SELECT coalesce(to_regclass('pg_temp.secret')::text, 'none')"
-        ) == ["none"] * OTHERS
+    assert others_see(
+        pool_uri, "SELECT coalesce(to_regclass('pg_temp.secret')::text, 'none')"
+    ) == ["none"] * OTHERS
 
 
-def test_session_advisory_locks_are_released(pool_uri):
+def test_session_advisory_locks_are_released_when_their_client_leaves(pool_uri):
     with psycopg.connect(pool_uri, autocommit=True) as a:
         a.execute("SELECT pg_advisory_lock(4242)")
-        held = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid()")
-        assert others_see(pool_uri, held) == ["0"] * OTHERS
+    assert others_see(pool_uri, HELD_LOCKS) == ["0"] * OTHERS
 
 
-def test_held_cursors_are_closed(pool_uri):
+def test_held_cursors_are_closed_when_their_client_leaves(pool_uri):
     a = psycopg2.connect(pool_uri)
     try:
         a.autocommit = True
         with a.cursor() as cur:
             cur.execute("select 1; DECLARE leaky CURSOR WITH HOLD FOR SELECT 'secret'")
-        assert others_see(pool_uri, "SELECT count(*) FROM pg_cursors") == ["0"] * OTHERS
     finally:
         a.close()
+    assert others_see(pool_uri, "SELECT count(*) FROM pg_cursors") == ["0"] * OTHERS
+
+
+def _pool_of_one(client, svc) -> tuple[str, str]:
+    """A transaction pool of one server connection: (name, URI)."""
+    name = unique("pin")
+    ok(client, client.create_dbaas_pg_connection_pool(
+        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        username="appuser"))
+    return name, find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
+
+
+def _served_once_let_go(svc, name: str, uri: str, sql: str, let_go) -> list:
+    """Runs `sql` with psql, another client of the pool of one `name`: it waits for the pool's
+    connection while the first client keeps it, and is served once `let_go()` has run."""
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(psql_ok(uri, sql)))
+    other.start()
+    try:
+        wait_until(lambda: pool_row(svc, name)["cl_waiting"] == 1,
+                   what="the other client to wait for the pool's one connection")
+        assert seen == []
+        let_go()
+    finally:
+        other.join(30)
+    return seen
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_held_cursor_keeps_its_server_connection_until_closed(client, svc, driver):
+    """Django's QuerySet.iterator() in autocommit: a named cursor WITH HOLD, declared in one
+    transaction and fetched in chunks in the next ones, each on the server connection that
+    holds it, as on a direct connection (a transaction pooler that moves the client between
+    connections answers 34000 "cursor does not exist"); once closed, the connection is the
+    pool's again and nothing of it is left."""
+    name, uri = _pool_of_one(client, svc)
+    if driver == "psycopg":
+        a = psycopg.connect(uri, autocommit=True)
+        cur = a.cursor("chunks", withhold=True)
+    else:
+        a = psycopg2.connect(uri)
+        a.autocommit = True
+        cur = a.cursor("chunks", withhold=True)
+    try:
+        cur.execute("SELECT g FROM generate_series(1, 10) g")
+        got = []
+        while rows := cur.fetchmany(3):
+            got += [r[0] for r in rows]
+        assert got == list(range(1, 11))
+        # Other transactions of the same client in between, on the same connection.
+        with a.cursor() as plain:
+            plain.execute("SELECT count(*) FROM pg_cursors WHERE name = 'chunks'")
+            assert plain.fetchone()[0] == 1
+        seen = _served_once_let_go(svc, name, uri, "SELECT count(*) FROM pg_cursors", cur.close)
+        assert seen == [["0"]]
+        # The client goes on, its connection shared again.
+        with a.cursor() as plain:
+            plain.execute("SELECT 7")
+            assert plain.fetchone()[0] == 7
+    finally:
+        a.close()
+
+
+def test_a_session_advisory_lock_keeps_its_server_connection_until_unlocked(client, svc):
+    """ActiveRecord's migration lock: pg_try_advisory_lock in one transaction,
+    pg_advisory_unlock in a later one, which finds the lock (true, not a WARNING and false)."""
+    name, uri = _pool_of_one(client, svc)
+    with psycopg.connect(uri, autocommit=True) as a:
+        assert one(a, "SELECT pg_try_advisory_lock(4243)") is True
+        a.execute("SELECT 1")
+        assert one(a, HELD_LOCKS) == 1
+
+        def unlock():
+            assert one(a, "SELECT pg_advisory_unlock(4243)") is True
+
+        assert _served_once_let_go(svc, name, uri, HELD_LOCKS, unlock) == [["0"]]
+        assert one(a, "SELECT 8") == 8
+
+
+def test_a_temporary_table_keeps_its_server_connection_until_dropped(client, svc):
+    name, uri = _pool_of_one(client, svc)
+    with psycopg.connect(uri, autocommit=True) as a:
+        a.execute("CREATE TEMP TABLE scratch (v int)")
+        a.execute("INSERT INTO scratch VALUES (1), (2)")
+        assert one(a, "SELECT sum(v) FROM scratch") == 3
+        seen = _served_once_let_go(
+            svc, name, uri, "SELECT coalesce(to_regclass('pg_temp.scratch')::text, 'none')",
+            lambda: a.execute("DROP TABLE scratch"))
+        assert seen == [["none"]]
+        # What else the client left on its session is reset once the connection is let go.
+        a.execute("SET enable_seqscan = off")
+        assert others_see(uri, "SHOW enable_seqscan") == ["on"] * OTHERS
+
+
+def test_a_client_that_keeps_its_connection_is_let_go_when_its_pool_is_removed(client, svc):
+    """An idle client that keeps its server connection (a session lock) does not hold up the
+    removal of its pool: it is told at once, and what it held is reset."""
+    name, uri = _pool_of_one(client, svc)
+    a = psycopg.connect(uri, autocommit=True)
+    try:
+        a.execute("SELECT pg_advisory_lock(4244)")
+        ok(client, client.delete_dbaas_pg_connection_pool(
+            service_name=svc.name, connection_pool_name=name))
+        readable, _, _ = select.select([a.fileno()], [], [], 30)
+        assert readable, "the idle client was not told of its pool's removal"
+        with pytest.raises(psycopg.OperationalError) as info:
+            a.execute("SELECT 1")
+        assert name in str(info.value)
+    finally:
+        a.close()
+    locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4244"
+    assert psql_ok(svc.uri_for(dbname="app"), locks) == ["0"]
+
+
+def test_a_rolled_back_held_cursor_keeps_nothing(client, svc):
+    """A cursor WITH HOLD declared in a block that rolls back is gone with it: the connection
+    is the pool's again at once."""
+    name, uri = _pool_of_one(client, svc)
+    with psycopg.connect(uri) as a:
+        a.execute("DECLARE gone CURSOR WITH HOLD FOR SELECT 1")
+        a.rollback()
+        assert others_see(uri, "SELECT count(*) FROM pg_cursors") == ["0"] * OTHERS
 
 
 LISTENING = "SELECT count(*) FROM pg_listening_channels()"

@@ -680,61 +680,73 @@ async fn attached(
 ) -> Result<bool, End> {
     let mode = st.cfg.mode;
     let server = guard.server_mut();
-    if !client.pending.is_empty() {
-        client.tally.t.received += client.pending.len() as u64;
-        server.bufs.c2s_in.extend_from_slice(&client.pending);
-        give_back_read(std::mem::take(&mut client.pending));
-    }
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
     // Where this attachment is in the server connection's byte streams: the frontend's, for
     // this attachment only (a connection goes back to the pool only at rest, `at_boundary`),
     // taken from and given back to the worker thread's spare states.
     let mut relay_state = relay::RelayState::take();
     client.cancel.attach(&st.backend, server.pid, server.secret);
-    let end = {
-        let Client {
-            stream,
-            service,
-            params,
-            statements,
-            tally,
-            pool: client_pool,
-            notify,
-            ..
-        } = &mut *client;
-        let mut ctx = ClientCtx {
-            tally,
-            counters: pool.counters(),
-            statements,
-            params,
-            registry: &service.statements,
-            track,
-            max_prepared: st.settings.max_prepared_statements as usize,
-            refuse_blocks: mode == PoolMode::Statement,
-            session_state: mode != PoolMode::Session,
-            pool: client_pool,
-            notify,
-            wait_limits: relay::WaitLimits {
-                message: st.message_timeout,
-                idle_transaction: st.idle_transaction_timeout,
-            },
+    let end = loop {
+        if !client.pending.is_empty() {
+            client.tally.t.received += client.pending.len() as u64;
+            server.bufs.c2s_in.extend_from_slice(&client.pending);
+            give_back_read(std::mem::take(&mut client.pending));
+        }
+        let end = {
+            let Client {
+                stream,
+                service,
+                params,
+                statements,
+                tally,
+                pool: client_pool,
+                notify,
+                ..
+            } = &mut *client;
+            let mut ctx = ClientCtx {
+                tally,
+                counters: pool.counters(),
+                statements,
+                params,
+                registry: &service.statements,
+                track,
+                max_prepared: st.settings.max_prepared_statements as usize,
+                refuse_blocks: mode == PoolMode::Statement,
+                session_state: mode != PoolMode::Session,
+                pool: client_pool,
+                notify,
+                wait_limits: relay::WaitLimits {
+                    message: st.message_timeout,
+                    idle_transaction: st.idle_transaction_timeout,
+                },
+            };
+            relay::pump(
+                stream,
+                server,
+                &mut relay_state,
+                &mut ctx,
+                mode,
+                stop,
+                drain,
+                restart,
+            )
+            .await
         };
-        relay::pump(
-            stream,
-            server,
-            &mut relay_state,
-            &mut ctx,
-            mode,
-            stop,
-            drain,
-            restart,
-        )
-        .await
+        // What the client may come back to stays with it (`session_state::PINS`): the
+        // attachment goes on to its next transaction, on the same connection.
+        if matches!(end, End::Boundary)
+            && mode != PoolMode::Session
+            && client.params.dirty & session_state::PINS != 0
+            && Box::pin(keeps_its_server(client, pool, server)).await
+        {
+            continue;
+        }
+        break end;
     };
     client.cancel.detach();
     match end {
         End::Boundary => {
-            relay::take_pending(server, &mut client.pending);
+            hold_back(client, server);
             let dirty = std::mem::take(&mut client.params.dirty);
             let mut keep = true;
             if dirty != 0 {
@@ -838,7 +850,7 @@ async fn attached(
                 && server.run_internal("ROLLBACK").await.is_ok()
                 && server.status == txn::IDLE
             {
-                relay::take_pending(server, &mut client.pending);
+                hold_back(client, server);
                 // What the statements before the block changed is settled as at any boundary.
                 let dirty = std::mem::take(&mut client.params.dirty);
                 server.clean = dirty == 0
@@ -870,6 +882,48 @@ async fn attached(
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
             Ok(false)
+        }
+    }
+}
+
+/// Keeps what the client sent past the attachment's end for its next one (`relay::take_pending`),
+/// uncounted: the relay counted it when it read it, and the next attachment counts it again.
+fn hold_back(client: &mut Client, server: &mut Server) {
+    let read = server.bufs.c2s_in.len() as u64;
+    relay::take_pending(server, &mut client.pending);
+    client.tally.t.received = client.tally.t.received.saturating_sub(read);
+}
+
+/// At a transaction boundary after a statement that may have left what the client can come
+/// back to (`session_state::PINS`): whether it did, so that the client keeps this connection.
+/// Not when the pool is going away, pgbay restarting or the client killed (its session ends at
+/// its next request: what it held goes with the reset), nor when the server cannot say (the
+/// reset that follows meets the same trouble and handles it).
+async fn keeps_its_server(client: &mut Client, pool: &Pool, server: &mut Server) -> bool {
+    if pool.drain.is_cancelled()
+        || client.service.restarting.is_cancelled()
+        || pool.kill_epoch() != client.kill_epoch
+    {
+        return false;
+    }
+    hold_back(client, server);
+    match session_state::pinned(server).await {
+        Ok(pinned) => {
+            if pinned {
+                debug_in_span(client, || {
+                    tracing::debug!(
+                        "keeps its server connection: held cursor, session lock or temporary table"
+                    )
+                });
+            }
+            pinned
+        }
+        Err(e) => {
+            debug_in_span(
+                client,
+                || tracing::debug!(error = %e, "could not ask what the session holds"),
+            );
+            false
         }
     }
 }

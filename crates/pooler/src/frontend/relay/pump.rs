@@ -236,9 +236,11 @@ pub async fn pump(
             if idle_point && (release_at_boundary || draining) {
                 return Poll::Ready(End::Boundary);
             }
-            // A draining session-mode client is released at rest also before its first answer
-            // of this attachment (no ReadyForQuery seen yet), once nothing more came from it.
-            if draining && mode == PoolMode::Session && at_rest && server.bufs.c2s_in.is_empty() {
+            // A draining client is released at rest also before its first answer of this
+            // attachment (no ReadyForQuery seen yet), once nothing more came from it: a
+            // session-mode client, or one that keeps its connection between transactions
+            // (`session_state::PINS`) and is idle.
+            if draining && at_rest && server.bufs.c2s_in.is_empty() {
                 return Poll::Ready(End::Boundary);
             }
             // A client whose next message waits for the server's answers (`c2s_stalled`) is

@@ -21,6 +21,12 @@
 //!   trip, the session is reset (`RESET_SQL`: role, session authorization, every setting, held
 //!   cursors, advisory locks, temporary tables); the next client's own settings are then
 //!   applied by the usual sync (`params::ServerParams::sync_sql`), the owner's too.
+//! - of that, what the client can come back to in a later transaction (`PINS`): a `WITH HOLD`
+//!   cursor, a session advisory lock, a temporary table. The server is asked at the
+//!   transaction's end whether any is left (`PINNED_SQL`, one round trip, only after such
+//!   statements); while one is, the client keeps its server connection and nothing is reset
+//!   (as on a direct connection, and as RDS Proxy pins); the question is asked again at the
+//!   end of each of its transactions, and once nothing is left the session is reset as above.
 //! - `LOAD` (`CLOSE`): a loaded library cannot be unloaded: the connection is closed.
 //! - LISTEN/UNLISTEN anywhere: served by the pool's listener when it is the whole statement
 //!   (`parse_listen`), refused otherwise; never sent to a pooled connection. Inside a
@@ -44,7 +50,7 @@ use super::scan::lex::{keyword, skip_noise};
 use super::RelayState;
 
 pub use super::scan::{
-    classify, Found, ALL, CLOSE, DISCARD, DROPS, NOTIFIES, SCAN_MAX, SESSION, UNSCANNED,
+    classify, Found, ALL, CLOSE, DISCARD, DROPS, NOTIFIES, PINS, SCAN_MAX, SESSION, UNSCANNED,
 };
 
 /// Undoes what a client may leave on a session, short of its prepared statements (which the
@@ -52,6 +58,22 @@ pub use super::scan::{
 /// `RESET ALL` leaves role and session authorization alone, hence their own RESETs.
 pub const RESET_SQL: &str = "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;CLOSE ALL;\
 SELECT pg_catalog.pg_advisory_unlock_all();DISCARD TEMP;DISCARD SEQUENCES;";
+
+/// Whether the session holds what its client can come back to in a later transaction and that
+/// lives on this server connection only (`PINS`): a `WITH HOLD` cursor, a session advisory lock
+/// (at a transaction's end every advisory lock left is a session one), a temporary relation.
+pub const PINNED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cursors \
+WHERE is_holdable) OR EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+AND pid = pg_catalog.pg_backend_pid()) OR EXISTS (SELECT 1 FROM pg_catalog.pg_class \
+WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+
+/// Asks the server `PINNED_SQL`, at a transaction boundary after a statement that marked
+/// `PINS`. An error is the caller's to handle as a failed read-back.
+pub async fn pinned(server: &mut Server) -> Result<bool, crate::backend::ServerError> {
+    let mut row = Vec::new();
+    server.run_internal_row(PINNED_SQL, &mut row).await?;
+    Ok(matches!(row.first(), Some(Some(v)) if &**v == "t"))
+}
 
 /// Reads back the parameters the client's statements may have changed and records them on
 /// the server connection and, when the client stays, on the client; resets the session when

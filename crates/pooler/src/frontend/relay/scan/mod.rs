@@ -51,10 +51,18 @@ pub const DROPS: u64 = 1 << 59;
 /// it, as PostgreSQL delivers a session's own notifications (`relay::own_notifications`).
 pub const NOTIFIES: u64 = 1 << 58;
 
+/// Not a parameter: the statement may leave what the client can come back to in a later
+/// transaction of its session and that lives on the server connection only — a `WITH HOLD`
+/// cursor, a session advisory lock, a temporary table. At the transaction's end the pooler asks
+/// the server whether any is left (`session_state::PINNED_SQL`); while one is, the client keeps
+/// its server connection (`frontend::session::attached`), as on a direct connection. Always with
+/// `SESSION`.
+pub const PINS: u64 = 1 << 57;
+
 /// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
 pub const SCAN_MAX: usize = 1 << 20;
 /// What an unscanned statement marks.
-pub const UNSCANNED: u64 = ALL | SESSION | DISCARD;
+pub const UNSCANNED: u64 = ALL | SESSION | DISCARD | PINS;
 
 /// Every tracked parameter that the server does not report.
 pub const ALL: u64 = ((1u64 << TRACKED.len()) - 1) & !((1u64 << REPORTED) - 1);
@@ -223,9 +231,13 @@ fn classify_first(s: &[u8]) -> Found {
     {
         return Found::Nothing;
     }
-    if keyword(s, b"do").is_some() || keyword(s, b"declare").is_some() {
-        // A DO block may SET anything; a cursor may be declared WITH HOLD.
-        return Found::Sets(ALL | SESSION);
+    if keyword(s, b"do").is_some() {
+        // A DO block may SET anything, lock, or create a temporary table.
+        return Found::Sets(ALL | SESSION | PINS);
+    }
+    if let Some(rest) = keyword(s, b"declare") {
+        // A cursor may be declared WITH HOLD: it outlives the transaction.
+        return Found::Sets(ALL | SESSION | if holds(rest) { PINS } else { 0 });
     }
     if keyword(s, b"notify").is_some() {
         return Found::Sets(NOTIFIES);
@@ -284,6 +296,18 @@ fn scan(sql: &[u8]) -> Found {
         at += 16 - skip;
     }
     found
+}
+
+/// Whether a `DECLARE`'s rest (up to the end of its statement) says `HOLD` (`WITH HOLD`; a
+/// `WITHOUT HOLD` too, which only costs the question at the transaction's end).
+fn holds(rest: &[u8]) -> bool {
+    let end = rest
+        .iter()
+        .position(|&b| b == b';' || b == 0)
+        .unwrap_or(rest.len());
+    rest[..end]
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"hold"))
 }
 
 /// What a statement after the first one starts with. A `DEALLOCATE ALL` there (one alone is
@@ -402,11 +426,11 @@ fn candidate(sql: &[u8], i: usize) -> Found {
                 if starts(&after[8..], b"_xact") {
                     return Found::Nothing;
                 }
-                return Found::Sets(SESSION);
+                return Found::Sets(SESSION | PINS);
             }
             if before(2).is_some_and(|b| b.eq_ignore_ascii_case(b"pg")) {
                 if starts(after, b"temp") {
-                    return Found::Sets(SESSION);
+                    return Found::Sets(SESSION | PINS);
                 }
                 if starts(after, b"notify") {
                     return Found::Sets(NOTIFIES);
@@ -422,7 +446,7 @@ fn candidate(sql: &[u8], i: usize) -> Found {
             let end = word.iter().position(|&b| !ident(b)).unwrap_or(word.len());
             let w = &word[..end];
             if w.eq_ignore_ascii_case(b"temp") || w.eq_ignore_ascii_case(b"temporary") {
-                return Found::Sets(SESSION);
+                return Found::Sets(SESSION | PINS);
             }
             Found::Nothing
         }
@@ -615,29 +639,46 @@ mod tests {
         );
         has("set role r\0", bit("role"));
         has("select 1; reset role\0", bit("role"));
-        has("CREATE TEMP TABLE t (a int)\0", SESSION);
-        has("create local temporary table t (a int)\0", SESSION);
-        has("select * into temp t from x\0", SESSION);
-        has("create table pg_temp.t (a int)\0", SESSION);
-        has("select pg_advisory_lock(1)\0", SESSION);
-        has("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)\0", SESSION);
+        has("CREATE TEMP TABLE t (a int)\0", SESSION | PINS);
+        has("create local temporary table t (a int)\0", SESSION | PINS);
+        has("select * into temp t from x\0", SESSION | PINS);
+        has("create table pg_temp.t (a int)\0", SESSION | PINS);
+        has("select pg_advisory_lock(1)\0", SESSION | PINS);
+        has("SELECT PG_TRY_ADVISORY_LOCK_SHARED(1)\0", SESSION | PINS);
         has(
             "select 1; declare c cursor with hold for select 1\0",
-            SESSION,
+            SESSION | PINS,
         );
         has(
             "select U&\"\\0073et_config\"('role', 'r', false)\0",
             SESSION,
         );
         has("select 1; discard temp\0", SESSION | DROPS);
+        // A cursor without HOLD ends with its transaction; one WITH HOLD may outlive it.
+        assert_eq!(
+            sets("declare c cursor for select 1\0") & PINS,
+            0,
+            "a cursor that ends with its transaction"
+        );
+        has(
+            "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1\0",
+            ALL | SESSION | PINS,
+        );
+        has(
+            "do $$ begin perform pg_advisory_lock(1); end $$\0",
+            SESSION | PINS,
+        );
         has("LOAD 'auto_explain'\0", CLOSE);
         has("select 1; load 'auto_explain'\0", CLOSE);
         // Wherever the text puts it against the 16-byte chunks of the scan.
         for n in 0..40 {
             let pad = "x".repeat(n);
             has(&format!("select {pad}; set app.x = 1\0"), SESSION);
-            has(&format!("select {pad} from pg_advisory_lock(1)\0"), SESSION);
-            has(&format!("select {pad} into temp t\0"), SESSION);
+            has(
+                &format!("select {pad} from pg_advisory_lock(1)\0"),
+                SESSION | PINS,
+            );
+            has(&format!("select {pad} into temp t\0"), SESSION | PINS);
             has(
                 &format!("select '{pad}', set_config('role', 'r', false)\0"),
                 bit("role"),

@@ -167,6 +167,7 @@ DRIVER_SPECS = {
     "psycopg2": python("psycopg2_driver.py"),
     "asyncpg": python("asyncpg_driver.py"),
     "pg8000": python("pg8000_driver.py"),
+    "django": python("django_driver.py"),
     "node-postgres": node("node_postgres.js"),
     "postgres.js": node("postgres_js.js"),
     "pgx-v4": go_gopath("pgx", "github.com/jackc/pgx/v4", "golang-github-jackc-pgx-v4-dev"),

@@ -39,6 +39,15 @@ def conn_params
     sslrootcert: ENV.fetch("PGB_CA"), connect_timeout: 10 }
 end
 
+# A migration, run as `rails db:migrate` runs it: under ActiveRecord's advisory lock (advisory_locks
+# on, the default), taken with pg_try_advisory_lock on a connection of its own and released with
+# pg_advisory_unlock once the migration is done, which must find it held.
+class CreateDrvMigrated < ActiveRecord::Migration[6.1]
+  def change
+    create_table(:"#{T}_migrated") { |t| t.string :name }
+  end
+end
+
 class Row < ActiveRecord::Base
   self.table_name = T
   self.primary_key = "pk"
@@ -49,8 +58,7 @@ def main
   ActiveRecord::Base.establish_connection(
     adapter: "postgresql", host: p[:host], port: p[:port], database: p[:dbname],
     username: p[:user], password: p[:password], sslmode: "verify-full", sslrootcert: p[:sslrootcert],
-    connect_timeout: 10, prepared_statements: true, statement_limit: 2, pool: CLIENTS,
-    advisory_locks: false
+    connect_timeout: 10, prepared_statements: true, statement_limit: 2, pool: CLIENTS
   )
   conn = ActiveRecord::Base.connection
 
@@ -159,6 +167,16 @@ def main
     3.times { |round| queries.each { |q| want(q.call(round).is_a?(Array), "query") } }
     want($deallocs >= 20, "ActiveRecord evicted #{$deallocs} statements only")
     want($dealloc_errors.empty?, "evicted statements not deallocated: #{$dealloc_errors.first}")
+  end
+
+  step("a migration under ActiveRecord's advisory lock (advisory_locks on)") do
+    want(conn.advisory_locks_enabled?, "advisory locks off")
+    version = (Time.now.to_f * 1000).to_i
+    ActiveRecord::Migrator.new(:up, [CreateDrvMigrated.new("CreateDrvMigrated", version)],
+                               conn.schema_migration).migrate
+    want(conn.table_exists?("#{T}_migrated"), "the migration did not run")
+    want(conn.schema_migration.where(version: version.to_s).exists?, "version not recorded")
+    conn.drop_table("#{T}_migrated")
   end
 
   step("reset! (DISCARD ALL), then queries again") do

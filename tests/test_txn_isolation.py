@@ -220,11 +220,11 @@ def test_held_cursors_are_closed_when_their_client_leaves(pool_uri):
     assert others_see(pool_uri, "SELECT count(*) FROM pg_cursors") == ["0"] * OTHERS
 
 
-def _pool_of_one(client, svc) -> tuple[str, str]:
-    """A transaction pool of one server connection: (name, URI)."""
+def _pool_of_one(client, svc, mode: str = "transaction") -> tuple[str, str]:
+    """A pool of one server connection (transaction mode unless `mode`): (name, URI)."""
     name = unique("pin")
     ok(client, client.create_dbaas_pg_connection_pool(
-        service_name=svc.name, name=name, database_name="app", mode="transaction", size=1,
+        service_name=svc.name, name=name, database_name="app", mode=mode, size=1,
         username="appuser"))
     return name, find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
 
@@ -245,14 +245,16 @@ def _served_once_let_go(svc, name: str, uri: str, sql: str, let_go) -> list:
     return seen
 
 
-@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
-def test_a_held_cursor_keeps_its_server_connection_until_closed(client, svc, driver):
+@pytest.mark.parametrize("driver,mode", [
+    ("psycopg", "transaction"), ("psycopg2", "transaction"), ("psycopg2", "statement")])
+def test_a_held_cursor_keeps_its_server_connection_until_closed(client, svc, driver, mode):
     """Django's QuerySet.iterator() in autocommit: a named cursor WITH HOLD, declared in one
     transaction and fetched in chunks in the next ones, each on the server connection that
     holds it, as on a direct connection (a transaction pooler that moves the client between
     connections answers 34000 "cursor does not exist"); once closed, the connection is the
-    pool's again and nothing of it is left."""
-    name, uri = _pool_of_one(client, svc)
+    pool's again and nothing of it is left. In statement mode too (each statement its own
+    transaction there)."""
+    name, uri = _pool_of_one(client, svc, mode)
     if driver == "psycopg":
         a = psycopg.connect(uri, autocommit=True)
         cur = a.cursor("chunks", withhold=True)

@@ -14,6 +14,9 @@
 # TLS=1: clients connect with sslmode=require to a pooler given a self-signed ECDSA P-256
 # certificate (made with openssl here); the TLS handshakes are in the login runs, subtracted with
 # them, so the figure is one transaction's relay plus its record encryption.
+#
+# KEEP_CALLGRIND=DIR keeps the callgrind outputs (for callgrind_annotate) and the poolers' and
+# pgbench's logs in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -36,7 +39,7 @@ vg_pid=""
 cleanup() {
     [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null || true
     stop_pg "$work/pg"
-    [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/callgrind.out.* "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"
+    [ -n "${KEEP_CALLGRIND:-}" ] && cp "$work"/callgrind.out.* "$work"/*.log "$KEEP_CALLGRIND"/ 2>/dev/null; rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -275,12 +275,15 @@ async fn request(
             .link
             .store(info.id, std::sync::atomic::Ordering::Relaxed);
     }
-    match attached(client, pool, st, &mut guard, stop, drain, restart).await {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(end) => {
-            debug_in_span(client, || tracing::debug!(?end, "session ended"));
-            return false;
+    loop {
+        match attached(client, pool, st, &mut guard, stop, drain, restart).await {
+            Ok(Attachment::Released) => break,
+            Ok(Attachment::Kept) => {}
+            Ok(Attachment::Over) => return false,
+            Err(end) => {
+                debug_in_span(client, || tracing::debug!(?end, "session ended"));
+                return false;
+            }
         }
     }
     guard.release(st, client.tally.clock());
@@ -668,7 +671,18 @@ async fn refuse_blocks(client: &mut Client) -> Result<bool, ()> {
     Ok(client.pending.is_empty())
 }
 
-/// One attached period. Ok(true): released at a boundary, go on; Ok(false): the session is over.
+/// How an attached period ended, when the session goes on.
+enum Attachment {
+    /// At a boundary, the connection back to the pool (or closed): the client goes on.
+    Released,
+    /// At a boundary, the connection still the client's (`session_state::PINS`): its next
+    /// transaction is relayed on it.
+    Kept,
+    /// The session is over.
+    Over,
+}
+
+/// One attached period, and how it ended (`Attachment`).
 async fn attached(
     client: &mut Client,
     pool: &Arc<Pool>,
@@ -677,7 +691,7 @@ async fn attached(
     stop: &mut Watch<'_, '_>,
     drain: &mut Watch<'_, '_>,
     restart: &mut Watch<'_, '_>,
-) -> Result<bool, End> {
+) -> Result<Attachment, End> {
     let mode = st.cfg.mode;
     let server = guard.server_mut();
     let track = mode != PoolMode::Session && st.settings.max_prepared_statements > 0;
@@ -686,79 +700,43 @@ async fn attached(
     // taken from and given back to the worker thread's spare states.
     let mut relay_state = relay::RelayState::take();
     client.cancel.attach(&st.backend, server.pid, server.secret);
-    let end = loop {
-        if !client.pending.is_empty() {
-            client.tally.t.received += client.pending.len() as u64;
-            server.bufs.c2s_in.extend_from_slice(&client.pending);
-            give_back_read(std::mem::take(&mut client.pending));
-        }
-        let end = {
-            let Client {
-                stream,
-                service,
-                params,
-                statements,
-                tally,
-                pool: client_pool,
-                notify,
-                ..
-            } = &mut *client;
-            let mut ctx = ClientCtx {
-                tally,
-                counters: pool.counters(),
-                statements,
-                params,
-                registry: &service.statements,
-                track,
-                max_prepared: st.settings.max_prepared_statements as usize,
-                refuse_blocks: mode == PoolMode::Statement,
-                session_state: mode != PoolMode::Session,
-                pool: client_pool,
-                notify,
-                wait_limits: relay::WaitLimits {
-                    message: st.message_timeout,
-                    idle_transaction: st.idle_transaction_timeout,
-                },
-            };
-            relay::pump(
-                stream,
-                server,
-                &mut relay_state,
-                &mut ctx,
-                mode,
-                stop,
-                drain,
-                restart,
-            )
-            .await
-        };
-        // What the client may come back to stays with it (`session_state::PINS`): the
-        // attachment goes on to its next transaction, on the same connection.
-        if matches!(end, End::Boundary)
-            && mode != PoolMode::Session
-            && client.params.dirty & session_state::PINS != 0
-            && Box::pin(keeps_its_server(client, pool, server)).await
-        {
-            continue;
-        }
-        break end;
+    let end = {
+        feed_pending(client, server);
+        let (stream, mut ctx) = relay_ctx(client, pool, st, track);
+        relay::pump(
+            stream,
+            server,
+            &mut relay_state,
+            &mut ctx,
+            mode,
+            stop,
+            drain,
+            restart,
+        )
+        .await
     };
     client.cancel.detach();
     match end {
         End::Boundary => {
             hold_back(client, server);
+            // What the client may come back to stays with it (`session_state::PINS`): it
+            // keeps this connection for its next transaction (boxed: only such clients pay
+            // for the question, and every request's future stays as small as it was).
+            if pins(mode, client) && Box::pin(keeps_its_server(client, pool, server)).await {
+                return Ok(Attachment::Kept);
+            }
             let dirty = std::mem::take(&mut client.params.dirty);
             let mut keep = true;
             if dirty != 0 {
                 match Box::pin(settle(client, server, dirty)).await {
                     Settled::Keep => {}
                     Settled::Retire => keep = false,
-                    Settled::Gone => return Ok(false),
+                    Settled::Gone => return Ok(Attachment::Over),
                 }
             }
             if !keep {
                 // Checked in unclean: closed, its slot freed for a fresh connection.
-                return Ok(true);
+                return Ok(Attachment::Released);
             }
             if mode == PoolMode::Session || st.settings.server_reset_query_always {
                 if let Err(e) = reset(pool, server).await {
@@ -767,7 +745,11 @@ async fn attached(
                         || tracing::debug!(error = %e, "reset failed, closing server connection"),
                     );
                     server.close_reason = Some("reset failed");
-                    return Ok(mode != PoolMode::Session);
+                    return Ok(if mode != PoolMode::Session {
+                        Attachment::Released
+                    } else {
+                        Attachment::Over
+                    });
                 }
             }
             server.clean = true;
@@ -779,9 +761,9 @@ async fn attached(
                 } else {
                     restarting(client).await;
                 }
-                return Ok(false);
+                return Ok(Attachment::Over);
             }
-            Ok(true)
+            Ok(Attachment::Released)
         }
         End::ClientGone => {
             // Keep the connection only if it is exactly at a transaction boundary: anything
@@ -801,25 +783,25 @@ async fn attached(
                         } else {
                             "client loaded a library"
                         });
-                        return Ok(false);
+                        return Ok(Attachment::Over);
                     }
                 }
                 if (mode == PoolMode::Session || st.settings.server_reset_query_always)
                     && reset(pool, server).await.is_err()
                 {
                     server.close_reason = Some("reset failed");
-                    return Ok(false);
+                    return Ok(Attachment::Over);
                 }
                 server.clean = true;
             } else {
                 server.close_reason = Some("client left in the middle of a transaction");
             }
-            Ok(false)
+            Ok(Attachment::Over)
         }
         End::Shutdown => {
             server.close_reason = Some("service shutting down");
             shutdown(client).await;
-            Ok(false)
+            Ok(Attachment::Over)
         }
         End::ServerGone(cause) => {
             server.close_reason = Some("server connection lost");
@@ -835,10 +817,10 @@ async fn attached(
                 && server.bufs.c2s_out.is_empty()
                 && server.bufs.s2c_out.is_empty()
             {
-                return Ok(true);
+                return Ok(Attachment::Released);
             }
             client.fatal(&errors::server_lost(&pool.name, cause)).await;
-            Ok(false)
+            Ok(Attachment::Over)
         }
         End::TransactionBlock => {
             let refusal = errors::statement_mode_transaction(&pool.name);
@@ -857,7 +839,7 @@ async fn attached(
                     || match Box::pin(settle(client, server, dirty)).await {
                         Settled::Keep => true,
                         Settled::Retire => false,
-                        Settled::Gone => return Ok(false),
+                        Settled::Gone => return Ok(Attachment::Over),
                     };
                 // What the server answered before the refused ReadyForQuery, then the error.
                 let mut out = std::mem::take(&mut server.bufs.s2c_out);
@@ -867,23 +849,79 @@ async fn attached(
                     && client.stream.flush().await.is_ok();
                 out.clear();
                 server.bufs.s2c_out = out;
-                return Ok(sent);
+                return Ok(if sent {
+                    Attachment::Released
+                } else {
+                    Attachment::Over
+                });
             }
             server.close_reason = Some("transaction block refused in statement mode");
             client.fatal(&refusal).await;
-            Ok(false)
+            Ok(Attachment::Over)
         }
         End::TimedOut(error) => {
             server.close_reason = Some("client held it without sending");
             client.fatal(&error).await;
-            Ok(false)
+            Ok(Attachment::Over)
         }
         End::Refused(refusal) => {
             server.close_reason = Some("client broke the protocol");
             client.fatal(&refusal).await;
-            Ok(false)
+            Ok(Attachment::Over)
         }
     }
+}
+
+/// Hands the relay what the client sent before its attachment (`hold_back`, `wait_idle`).
+fn feed_pending(client: &mut Client, server: &mut Server) {
+    if !client.pending.is_empty() {
+        client.tally.t.received += client.pending.len() as u64;
+        server.bufs.c2s_in.extend_from_slice(&client.pending);
+        give_back_read(std::mem::take(&mut client.pending));
+    }
+}
+
+/// The client's socket and what the relay needs of the client and its pool (`relay::pump`).
+fn relay_ctx<'a>(
+    client: &'a mut Client,
+    pool: &'a Pool,
+    st: &PoolState,
+    track: bool,
+) -> (&'a mut crate::net::ClientStream, ClientCtx<'a>) {
+    let mode = st.cfg.mode;
+    let Client {
+        stream,
+        service,
+        params,
+        statements,
+        tally,
+        pool: client_pool,
+        notify,
+        ..
+    } = client;
+    let ctx = ClientCtx {
+        tally,
+        counters: pool.counters(),
+        statements,
+        params,
+        registry: &service.statements,
+        track,
+        max_prepared: st.settings.max_prepared_statements as usize,
+        refuse_blocks: mode == PoolMode::Statement,
+        session_state: mode != PoolMode::Session,
+        pool: client_pool,
+        notify,
+        wait_limits: relay::WaitLimits {
+            message: st.message_timeout,
+            idle_transaction: st.idle_transaction_timeout,
+        },
+    };
+    (stream, ctx)
+}
+
+/// Whether the client's transactions may have left what it can come back to.
+fn pins(mode: PoolMode, client: &Client) -> bool {
+    mode != PoolMode::Session && client.params.dirty & session_state::PINS != 0
 }
 
 /// Keeps what the client sent past the attachment's end for its next one (`relay::take_pending`),

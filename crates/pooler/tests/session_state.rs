@@ -504,6 +504,21 @@ async fn session_state_is_reset_between_clients() {
     )
     .await
     .unwrap();
+    // What `a` can come back to (its table, its lock) keeps its connection: in its next
+    // transactions all it left is there, its other setting too, as on a direct connection.
+    for _ in 0..2 {
+        assert_eq!(show(&a, "enable_seqscan").await, "off");
+        let rows: i64 = a
+            .query_one("SELECT count(*) FROM pg_temp.t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0);
+    }
+    // Once it let go of both, the session is reset before anyone else has the connection.
+    a.batch_execute("drop table t; select pg_advisory_unlock(7)")
+        .await
+        .unwrap();
     for _ in 0..3 {
         assert_eq!(show(&b, "search_path").await, default_path);
         assert_eq!(show(&b, "enable_seqscan").await, "on");

@@ -24,7 +24,7 @@ import psycopg2
 import pytest
 
 from conftest import PgbayServer, find_pool, ok, provision, psql_ok, unique
-from test_console import pool_row, wait_until
+from test_console import pool_row, show, wait_until
 from test_notify_budget import RawClient, _msg, parse_error
 
 OTHERS = 4
@@ -1472,3 +1472,50 @@ def test_a_repeated_set_is_answered_without_a_server_connection(pool_uri):
     finally:
         raw.close()
         holder.close()
+
+
+def _unread_by_pgbay(pool_port: int, client_port: int) -> int | None:
+    """Bytes the pooler has not read yet from the client connection at `client_port` (the
+    Recv-Q of its end of the connection, from `ss`), None when `ss` does not list it."""
+    out = subprocess.run(["ss", "-Htn", "state", "established",
+                          f"( sport = :{pool_port} and dport = :{client_port} )"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def test_bytes_sent_across_a_transactions_end_are_counted_once(client, svc):
+    """SHOW STATS total_received counts each byte a client sent once, also the part of its next
+    Query that arrived while the server was still answering the previous one (the relay read it
+    then, and the next transaction takes it over)."""
+    name, uri = _pool_of_one(client, svc)
+
+    def received() -> int:
+        return [r for r in show(svc, "STATS") if r["database"] == name][0]["total_received"]
+
+    waiting = ("SELECT count(*) FROM pg_stat_activity "
+               "WHERE wait_event_type = 'Lock' AND query LIKE '%4246%'")
+    holder = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
+    raw = RawClient(uri)
+    try:
+        holder.execute("SELECT pg_advisory_lock(4246)")
+        before = received()
+        first = _msg(b"Q", b"SELECT pg_advisory_xact_lock(4246)\0")
+        second = _msg(b"Q", b"SELECT 2\0")
+        raw.sock.sendall(first)
+        wait_until(lambda: one(holder, waiting) == 1, what="the first Query to wait for the lock")
+        # The next Query's header only: the relay reads it, and it waits for the rest (counted
+        # twice before: when the relay read it, and when the next transaction took it over).
+        raw.sock.sendall(second[:5])
+        port = urlsplit(uri).port
+        wait_until(lambda: _unread_by_pgbay(port, raw.sock.getsockname()[1]) == 0,
+                   what="the pooler to read the header")
+        holder.execute("SELECT pg_advisory_unlock(4246)")
+        assert raw.until_ready()[-1] == (b"Z", b"I")
+        raw.sock.sendall(second[5:])
+        assert (b"D", b"\0\x01\0\0\0\x012") in raw.until_ready()
+    finally:
+        raw.close()
+        holder.close()
+    want = len(first) + len(second)
+    wait_until(lambda: received() - before >= want, what="the client's bytes in SHOW STATS")
+    assert received() - before == want, (received() - before, want)

@@ -306,7 +306,10 @@ const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// True when a whole message arrived from the client within `DRAIN_GRACE`.
 async fn request_on_its_way(client: &mut Client) -> bool {
     let Client {
-        stream, pending, ..
+        stream,
+        pending,
+        tally,
+        ..
     } = client;
     let read = std::future::poll_fn(|cx| loop {
         if !pending.is_empty() && missing(pending) == 0 {
@@ -316,7 +319,7 @@ async fn request_on_its_way(client: &mut Client) -> bool {
         match poll_read_buf(stream, cx, pending, want) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
-            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Ok(n)) => tally.t.received += n as u64,
         }
     });
     tokio::time::timeout(DRAIN_GRACE, read)
@@ -370,6 +373,7 @@ async fn wait_idle(
         stream,
         pending,
         notify,
+        tally,
         ..
     } = client;
     // Reading here (rather than peeking and reading again once attached) saves a syscall per
@@ -407,18 +411,21 @@ async fn wait_idle(
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Idle::Gone),
-                // Terminate needs no server connection.
-                Poll::Ready(Ok(_)) if pending.first() == Some(&tag::TERMINATE) => {
-                    return Poll::Ready(Idle::Gone)
-                }
-                Poll::Ready(Ok(_)) if missing(pending) == 0 => {
-                    drop_ignored(pending);
-                    if !pending.is_empty() {
-                        return Poll::Ready(Idle::Data);
+                // Every byte is counted where it is read from the client (here, or by the relay).
+                Poll::Ready(Ok(n)) => {
+                    tally.t.received += n as u64;
+                    // Terminate needs no server connection.
+                    if pending.first() == Some(&tag::TERMINATE) {
+                        return Poll::Ready(Idle::Gone);
                     }
+                    if missing(pending) == 0 {
+                        drop_ignored(pending);
+                        if !pending.is_empty() {
+                            return Poll::Ready(Idle::Data);
+                        }
+                    }
+                    // Half a message: no server connection is lent for it yet.
                 }
-                // Half a message: no server connection is lent for it yet.
-                Poll::Ready(Ok(_)) => {}
             }
         }
     })
@@ -718,7 +725,7 @@ async fn attached(
     client.cancel.detach();
     match end {
         End::Boundary => {
-            hold_back(client, server);
+            relay::take_pending(server, &mut client.pending);
             // What the client may come back to stays with it (`session_state::PINS`): it
             // keeps this connection for its next transaction (boxed: only such clients pay
             // for the question, and every request's future stays as small as it was).
@@ -832,7 +839,7 @@ async fn attached(
                 && server.run_internal("ROLLBACK").await.is_ok()
                 && server.status == txn::IDLE
             {
-                hold_back(client, server);
+                relay::take_pending(server, &mut client.pending);
                 // What the statements before the block changed is settled as at any boundary.
                 let dirty = std::mem::take(&mut client.params.dirty);
                 server.clean = dirty == 0
@@ -872,10 +879,10 @@ async fn attached(
     }
 }
 
-/// Hands the relay what the client sent before its attachment (`hold_back`, `wait_idle`).
+/// Hands the relay what the client sent before its attachment (`wait_idle`, or held back from
+/// the attachment before: `relay::take_pending`), counted when it was read.
 fn feed_pending(client: &mut Client, server: &mut Server) {
     if !client.pending.is_empty() {
-        client.tally.t.received += client.pending.len() as u64;
         server.bufs.c2s_in.extend_from_slice(&client.pending);
         give_back_read(std::mem::take(&mut client.pending));
     }
@@ -924,14 +931,6 @@ fn pins(mode: PoolMode, client: &Client) -> bool {
     mode != PoolMode::Session && client.params.dirty & session_state::PINS != 0
 }
 
-/// Keeps what the client sent past the attachment's end for its next one (`relay::take_pending`),
-/// uncounted: the relay counted it when it read it, and the next attachment counts it again.
-fn hold_back(client: &mut Client, server: &mut Server) {
-    let read = server.bufs.c2s_in.len() as u64;
-    relay::take_pending(server, &mut client.pending);
-    client.tally.t.received = client.tally.t.received.saturating_sub(read);
-}
-
 /// At a transaction boundary after a statement that may have left what the client can come
 /// back to (`session_state::PINS`): whether it did, so that the client keeps this connection.
 /// Not when the pool is going away, pgbay restarting or the client killed (its session ends at
@@ -944,7 +943,6 @@ async fn keeps_its_server(client: &mut Client, pool: &Pool, server: &mut Server)
     {
         return false;
     }
-    hold_back(client, server);
     match session_state::pinned(server).await {
         Ok(pinned) => {
             if pinned {

@@ -333,6 +333,27 @@ def test_a_client_that_keeps_its_connection_is_let_go_when_its_pool_is_removed(c
     assert psql_ok(svc.uri_for(dbname="app"), locks) == ["0"]
 
 
+def test_a_client_that_keeps_its_connection_is_told_when_the_server_is_lost(client, svc):
+    """A client that kept its connection for a session lock, whose server backend is then
+    terminated, loses the lock: its session ends (the server's FATAL, then closed), as a direct
+    connection's does, instead of going on as if it still held the lock on a new connection."""
+    name, uri = _pool_of_one(client, svc)
+    holder = psycopg.connect(svc.uri_for(dbname="app"), autocommit=True)
+    raw = RawClient(uri)
+    try:
+        assert raw.query("SELECT pg_advisory_lock(4247)")[-1] == (b"Z", b"I")
+        pid = int(next(b for k, b in raw.query("SELECT pg_backend_pid()") if k == b"D")[6:])
+        assert one(holder, f"SELECT pg_terminate_backend({pid})") is True
+        _, error, closed = raw.drain(quiet=30)
+        assert closed, "the session went on without the lock it held"
+        assert error is not None and error.get("C") in ("57P01", "08006"), error
+    finally:
+        raw.close()
+        holder.close()
+    # The pool serves the next client on a new connection.
+    assert psql_ok(uri, "SELECT 5") == ["5"]
+
+
 def test_a_rolled_back_held_cursor_keeps_nothing(client, svc):
     """A cursor WITH HOLD declared in a block that rolls back is gone with it: the connection
     is the pool's again at once."""

@@ -815,7 +815,11 @@ async fn attached(
             // Lost after the client's transaction ended but before the connection went back
             // to the pool (a server shut down right after answering): no transaction of the
             // client's was on it, so it keeps its session; its next one gets a new server.
+            // Not a client that kept the connection for what it held there (`PINS`): a cursor,
+            // a lock or a table it counts on went with it, and it is told, as a direct
+            // connection's client would be.
             if mode != PoolMode::Session
+                && !pins(mode, client)
                 && server.status == txn::IDLE
                 && relay_state.expect.is_empty()
                 && !relay_state.copy_in

@@ -2,7 +2,7 @@
 
 The companion of test_protocol_differential.py for what a session holds rather than how its
 messages are answered: settings (SET, SET LOCAL, RESET, `set_config`, `SET SESSION
-CHARACTERISTICS`, settings results are read with), transaction blocks, savepoints and failed
+CHARACTERISTICS`, settings results are read with, a custom setting), transaction blocks, savepoints and failed
 blocks, data written and rolled back, cursors, COPY in and out (also one that fails before it
 starts, its data following, and one the client leaves in the middle of), LISTEN/NOTIFY (also
 in a failed block, and behind a NOTIFY of the same transaction), `DISCARD ALL`, and clients
@@ -66,6 +66,12 @@ QUERIES = [
     "listen {CH}", "unlisten {CH}", "unlisten *", "notify {CH}, 'x'",
     "select pg_notify('{CH}', 'y')", "select pg_advisory_xact_lock({K})",
     "copy (select v from {T} order by v) to stdout", "set role none", "reset role",
+    # A custom setting (NULL directly before any SET, '' through the pool once another client
+    # defined it on the shared connection: the same to an application).
+    "set app.tenant = 'a1'", "set local app.tenant = 'a2'", "reset app.tenant",
+    "select set_config('app.tenant', 'a3', false)", "select set_config('App.Tenant', 'a4', true)",
+    "set app.tenant = 'a5'; selec bad", "begin; set app.tenant = a6; commit",
+    "select coalesce(current_setting('app.tenant', true), '')",
 ]
 
 

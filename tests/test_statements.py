@@ -147,13 +147,17 @@ def test_startup_options_search_path(client, svc, mode):
         username="appuser"))
     uri = find_pool(client.get_dbaas_service_pg(name=svc.name), name)["connection-uri"]
     with psycopg.connect(uri, autocommit=True,
-                         options=r"-c search_path=sx,public --lock-timeout=777") as a, \
+                         options=r"-c search_path=sx,public --lock-timeout=777 -c App.Tenant=a\ b"
+                         ) as a, \
             psycopg.connect(uri, autocommit=True) as b:
         default = b.execute("SHOW search_path").fetchone()[0]
+        tenant = "SELECT current_setting('app.tenant', true)"
         for _ in range(3):
             assert a.execute("SHOW search_path").fetchone()[0] == "sx,public"
             assert a.execute("SHOW lock_timeout").fetchone()[0] == "777ms"
+            assert a.execute(tenant).fetchone()[0] == "a b"
             assert b.execute("SHOW search_path").fetchone()[0] == default
+            assert b.execute(tenant).fetchone()[0] in (None, "")
     # A setting pgbay does not carry is refused at login (0A000, naming it).
     with pytest.raises(psycopg.OperationalError, match="geqo"):
         psycopg.connect(uri, options="-c geqo=off").close()

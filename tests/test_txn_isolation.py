@@ -119,7 +119,7 @@ def test_set_session_authorization(svc, client):
         assert one(a, "SELECT session_user") == svc.admin_user
 
 
-@pytest.mark.parametrize("setting, value", [("enable_seqscan", "off"), ("app.x", "leaked")])
+@pytest.mark.parametrize("setting, value", [("enable_seqscan", "off")])
 def test_untracked_settings_are_reset(pool_uri, setting, value):
     # An unknown custom setting reads as NULL, or '' once some session defined it.
     read = f"SELECT coalesce(nullif(current_setting('{setting}', true), ''), 'unset')"
@@ -132,6 +132,54 @@ def test_untracked_settings_are_reset(pool_uri, setting, value):
         assert others_see(pool_uri, read) == [default] * OTHERS
         # Not carried: an untracked setting lasts until the end of the transaction (README).
         assert one(a, read) == default
+
+
+TENANT = "SELECT coalesce(nullif(current_setting('app.tenant', true), ''), 'unset')"
+
+
+@pytest.mark.parametrize("how", ["set", "set-in-block", "set_config-prepared", "options"])
+def test_a_custom_setting_stays_with_its_client(pool_uri, how):
+    """A custom setting (`app.tenant`, as row-level security policies read it) follows the
+    client that set it from transaction to transaction, however it was set, and reaches no
+    other client of the pool's one server connection (each of which finds it unset)."""
+    options = "-c app.tenant=acme" if how == "options" else ""
+    with psycopg.connect(pool_uri, autocommit=True, options=options) as a:
+        if how == "set":
+            a.execute("SET app.tenant = 'acme'")
+        elif how == "set-in-block":
+            with a.transaction():
+                a.execute("SELECT 1")
+                a.execute("SET SESSION App.Tenant TO acme")
+        elif how == "set_config-prepared":
+            # Sent often enough to be prepared by psycopg, run with a parameter each time.
+            for i in range(8):
+                tenant = "acme" if i == 7 else f"t{i}"
+                got = a.execute("SELECT set_config('app.tenant', %s, false)", (tenant,))
+                assert got.fetchone()[0] == tenant
+                assert one(a, TENANT) == tenant
+        same_backend(pool_uri, a)
+        for _ in range(2):
+            assert others_see(pool_uri, TENANT) == ["unset"] * OTHERS
+            assert one(a, TENANT) == "acme"
+        # Undone as on a connection of its own: RESET, then a SET LOCAL that ends with its block.
+        a.execute("RESET app.tenant")
+        with a.transaction():
+            a.execute("SET LOCAL app.tenant = 'other'")
+            assert one(a, TENANT) == "other"
+        assert one(a, TENANT) == "unset"
+        assert others_see(pool_uri, TENANT) == ["unset"] * OTHERS
+
+
+def test_a_rolled_back_custom_setting_is_not_kept(pool_uri):
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("SET app.tenant = 'acme'")
+        a.execute("BEGIN")
+        a.execute("SET app.tenant = 'rolled-back'")
+        a.execute("ROLLBACK")
+        assert one(a, TENANT) == "acme"
+        # RESET ALL (and DISCARD ALL) give it back its default, as PostgreSQL does.
+        a.execute("RESET ALL")
+        assert one(a, TENANT) == "unset"
 
 
 @pytest.mark.parametrize("setting, value", [

@@ -6,6 +6,7 @@
 //! server whose values differ, sends one `set_config`/`RESET` query first.
 
 use std::collections::HashMap;
+use std::ops::{Index, IndexMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -18,7 +19,8 @@ use parking_lot::Mutex;
 /// (`frontend::relay::session_state`), and the role (`SET ROLE`; PostgreSQL checked the
 /// client may have it when it was SET, and checks again when the pooler sets it on another
 /// connection). A SET of a parameter not listed here is not carried: the session is reset
-/// after it instead.
+/// after it instead; custom settings (`custom_name`) are read back before that reset and
+/// carried (`Values::custom`).
 pub const TRACKED: [&str; 32] = [
     "application_name",
     "client_encoding",
@@ -76,8 +78,100 @@ pub fn index_bytes(name: &[u8]) -> Option<usize> {
         .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// One value per tracked parameter; `None` means "the server's default".
-pub type Values = [Option<Box<str>>; TRACKED.len()];
+/// A client's values: one per tracked parameter (`None` means "the server's default"), indexed
+/// as `TRACKED`, and its custom settings (`app.tenant` and the like, see `custom_name`), sorted
+/// by name. A custom setting the client has not set is not listed: on a server connection it is
+/// at its default (that of the database or role, or none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Values {
+    tracked: [Option<Box<str>>; TRACKED.len()],
+    custom: Box<[(Box<str>, Box<str>)]>,
+}
+
+impl Index<usize> for Values {
+    type Output = Option<Box<str>>;
+
+    #[inline]
+    fn index(&self, i: usize) -> &Option<Box<str>> {
+        &self.tracked[i]
+    }
+}
+
+impl IndexMut<usize> for Values {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut Option<Box<str>> {
+        &mut self.tracked[i]
+    }
+}
+
+/// At most this many custom settings are carried per client; a SET of another one is undone
+/// at the end of its transaction, as before custom settings were carried.
+pub const MAX_CUSTOM: usize = 64;
+
+/// A custom setting's name longer than this is not carried (PostgreSQL sets no limit).
+const MAX_CUSTOM_NAME: usize = 255;
+
+impl Values {
+    /// The tracked values, in `TRACKED`'s order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Option<Box<str>>> {
+        self.tracked.iter()
+    }
+
+    /// The custom settings, sorted by name.
+    pub fn custom(&self) -> &[(Box<str>, Box<str>)] {
+        &self.custom
+    }
+
+    /// The value of custom setting `name` (a name `custom_name` gave).
+    pub fn custom_value(&self, name: &str) -> Option<&str> {
+        self.custom
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &*self.custom[i].1)
+    }
+
+    /// Sets custom setting `name` (a name `custom_name` gave) to `value`, or forgets it (None).
+    /// False when that would carry more than `MAX_CUSTOM`: nothing changes then.
+    pub fn set_custom(&mut self, name: &str, value: Option<Box<str>>) -> bool {
+        let mut custom = std::mem::take(&mut self.custom).into_vec();
+        let ok = match (custom.binary_search_by(|(n, _)| (**n).cmp(name)), value) {
+            (Ok(i), Some(v)) => {
+                custom[i].1 = v;
+                true
+            }
+            (Ok(i), None) => {
+                custom.remove(i);
+                true
+            }
+            (Err(i), Some(v)) if custom.len() < MAX_CUSTOM => {
+                custom.insert(i, (name.into(), v));
+                true
+            }
+            (Err(_), Some(_)) => false,
+            (Err(_), None) => true,
+        };
+        self.custom = custom.into_boxed_slice();
+        ok
+    }
+}
+
+/// A custom setting's name as the pooler keys it (lower case: PostgreSQL's setting names are
+/// case-insensitive), when `name` is one: two or more simple identifiers separated by dots, as
+/// PostgreSQL requires of a name no parameter of its own has (`app.tenant`,
+/// `myext.option`). ASCII only here: another name is not carried.
+pub fn custom_name(name: &str) -> Option<Box<str>> {
+    if name.len() > MAX_CUSTOM_NAME || !name.contains('.') {
+        return None;
+    }
+    let valid = name.split('.').all(|part| {
+        let mut bytes = part.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+    });
+    valid.then(|| name.to_ascii_lowercase().into_boxed_str())
+}
 
 /// Source of `ClientParams::id`s; 0 is never issued.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -116,6 +210,9 @@ pub struct ClientParams {
     /// Bit i: the client's statements since the last read-back may have changed `TRACKED[i]`
     /// (only unreported ones are marked; see `frontend::relay::session_state`).
     pub dirty: u64,
+    /// Custom settings the client's statements may have set or reset since the last read-back
+    /// (`frontend::relay::scan::custom`), read back with those it has.
+    custom_pending: Vec<Box<str>>,
 }
 
 impl ClientParams {
@@ -125,6 +222,7 @@ impl ClientParams {
             values,
             id,
             dirty: 0,
+            custom_pending: Vec::new(),
         }
     }
 
@@ -144,6 +242,42 @@ impl ClientParams {
     #[inline]
     pub fn search_path(&self) -> &[u8] {
         self.values[SEARCH_PATH].as_deref().unwrap_or("").as_bytes()
+    }
+
+    /// The client's custom settings, sorted by name.
+    pub fn custom(&self) -> &[(Box<str>, Box<str>)] {
+        self.values.custom()
+    }
+
+    /// A custom setting (a name `custom_name` gave) the client's statements may have set.
+    pub fn note_custom(&mut self, name: Box<str>) {
+        if self.custom_pending.len() < MAX_CUSTOM && !self.custom_pending.contains(&name) {
+            self.custom_pending.push(name);
+        }
+    }
+
+    /// The custom settings to read back at a reset: those the client has and those its
+    /// statements may have set since the last read-back (which are forgotten here).
+    pub fn customs_to_read(&mut self) -> Vec<Box<str>> {
+        let mut names: Vec<Box<str>> = self.custom().iter().map(|(n, _)| n.clone()).collect();
+        for name in std::mem::take(&mut self.custom_pending) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Custom settings read back from the server: each one's value, or None when the server
+    /// has no such setting.
+    pub fn learned_custom(&mut self, read: &[(Box<str>, Option<Box<str>>)]) {
+        let mut values = (*self.values).clone();
+        for (name, value) in read {
+            values.set_custom(name, value.clone());
+        }
+        if values != *self.values {
+            (self.values, self.id) = intern(values);
+        }
     }
 
     /// Gives the values in `changes` (index, value): a set of their own (or the one shared by
@@ -274,6 +408,25 @@ impl ServerParams {
                 }
             }
         }
+        // The client's custom settings, and a reset of those an earlier client left (a NULL
+        // value resets). Names and values are the client's: quoted as literals.
+        for (name, value) in client.custom() {
+            if self.current.custom_value(name) != Some(&**value) {
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    literal(name),
+                    literal(value)
+                ));
+            }
+        }
+        for (name, _) in self.current.custom() {
+            if client.custom_value(name).is_none() {
+                sets.push(format!(
+                    "pg_catalog.set_config({}, NULL, false)",
+                    literal(name)
+                ));
+            }
+        }
         if sets.is_empty() && resets.is_empty() {
             return None;
         }
@@ -304,10 +457,13 @@ impl ServerParams {
                 self.current[i] = wanted.clone();
             }
         }
+        self.current.custom = client.values.custom.clone();
     }
 
     /// The pooler could not learn what a client changed: trust no match, so that the next
-    /// client's sync compares (and sets) everything.
+    /// client's sync compares (and sets) everything. Custom settings change only with a reset
+    /// (`SESSION`), whose failure closes the connection, or by a sync, whose failure changes
+    /// nothing (one statement): they are still known.
     pub fn reset_unsure(&mut self) {
         self.matches = 0;
         for i in REPORTED..TRACKED.len() {
@@ -326,11 +482,12 @@ impl ServerParams {
                 None
             };
         }
+        self.current.custom = Box::default();
     }
 }
 
 /// An escape-string literal: safe whatever standard_conforming_strings is.
-fn literal(value: &str) -> String {
+pub fn literal(value: &str) -> String {
     let mut s = String::with_capacity(value.len() + 4);
     s.push_str("E'");
     for c in value.chars() {
@@ -379,6 +536,50 @@ mod tests {
         assert_ne!(other.id, client.id);
         assert_eq!(server.sync_sql(&client), None);
         assert!(server.sync_sql(&other).is_some());
+    }
+
+    /// A client's custom settings are set on a server connection that lacks them, and those an
+    /// earlier client left there are reset (NULL), names and values quoted as literals.
+    #[test]
+    fn sync_sets_custom_settings_and_resets_another_clients() {
+        assert_eq!(custom_name("App.Tenant").as_deref(), Some("app.tenant"));
+        assert_eq!(custom_name("a.b.c_1$").as_deref(), Some("a.b.c_1$"));
+        for bad in ["tenant", "app.", ".x", "app..x", "app.1x", "app.x y", "äpp.x", "a'.b"] {
+            assert_eq!(custom_name(bad), None, "{bad}");
+        }
+        let mut a: Values = Default::default();
+        assert!(a.set_custom("app.tenant", Some("a'1".into())));
+        let a = ClientParams::new(a);
+        let b = ClientParams::new(Default::default());
+        let mut server = ServerParams::default();
+        assert_eq!(
+            server.sync_sql(&a).unwrap(),
+            "SELECT pg_catalog.set_config(E'app.tenant', E'a''1', false);"
+        );
+        server.synced(&a);
+        assert_eq!(server.sync_sql(&a), None);
+        assert_eq!(
+            server.sync_sql(&b).unwrap(),
+            "SELECT pg_catalog.set_config(E'app.tenant', NULL, false);"
+        );
+        server.synced(&b);
+        assert_eq!(server.sync_sql(&b), None);
+        // What a reset read back: a value kept, a setting the server does not have forgotten.
+        let mut c = ClientParams::new(Default::default());
+        c.note_custom("app.x".into());
+        c.note_custom("app.y".into());
+        assert_eq!(c.customs_to_read(), [Box::from("app.x"), Box::from("app.y")]);
+        c.learned_custom(&[("app.x".into(), Some("v".into())), ("app.y".into(), None)]);
+        assert_eq!(c.custom(), [(Box::from("app.x"), Box::from("v"))]);
+        assert_eq!(c.customs_to_read(), [Box::from("app.x")]);
+        // At most `MAX_CUSTOM` are carried.
+        let mut many: Values = Default::default();
+        for i in 0..MAX_CUSTOM {
+            assert!(many.set_custom(&format!("app.s{i:03}"), Some("1".into())));
+        }
+        assert!(!many.set_custom("app.z", Some("1".into())));
+        assert!(many.set_custom("app.s000", None));
+        assert!(many.set_custom("app.z", Some("1".into())));
     }
 
     /// Clients with the same values hold one shared set; a change gives the changed client a

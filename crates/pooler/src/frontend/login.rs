@@ -358,7 +358,10 @@ fn admit(
             _ if ignored(state, &name) => {}
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
-                None => return Err(errors::unsupported_startup_parameter(&name)),
+                None => match params::custom_name(&name) {
+                    Some(custom) if values.set_custom(&custom, Some(value.into())) => {}
+                    _ => return Err(errors::unsupported_startup_parameter(&name)),
+                },
             },
         }
     }
@@ -368,7 +371,11 @@ fn admit(
             match params::index(&name) {
                 Some(i) if values[i].is_none() => values[i] = Some(value.into()),
                 Some(_) => {}
-                None => return Err(errors::unsupported_startup_option(&name)),
+                None => match params::custom_name(&name) {
+                    Some(custom) if values.custom_value(&custom).is_some() => {}
+                    Some(custom) if values.set_custom(&custom, Some(value.into())) => {}
+                    _ => return Err(errors::unsupported_startup_option(&name)),
+                },
             }
         }
     }

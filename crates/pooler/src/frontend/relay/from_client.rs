@@ -203,6 +203,9 @@ fn client_messages(
                             if bits & session_state::NOTIFIES != 0 {
                                 relay.notified = true;
                             }
+                            if bits & session_state::CUSTOM != 0 {
+                                scan::custom::note(text, ctx.params);
+                            }
                             ctx.params.dirty |=
                                 bits & !(session_state::DROPS | session_state::NOTIFIES);
                         }
@@ -463,6 +466,10 @@ fn rewrite(
                     bound = stmt.id | BOUND;
                     relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.params.dirty |= stmt.sets;
+                    if stmt.sets & session_state::CUSTOM != 0 {
+                        let text = scan::statement_text(tag::PARSE, &stmt.parse);
+                        scan::custom::note(text, ctx.params);
+                    }
                     relay.notified |= stmt.notifies;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;

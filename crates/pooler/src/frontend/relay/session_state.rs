@@ -14,11 +14,12 @@
 //!   The commonest case costs no round trip: a Query that is one plain `SET name TO value`, run
 //!   outside a block, carries its value in its text (`scan::literal`). Parameters the server reports (ParameterStatus) are not
 //!   marked: the reports already carry them (`params::ServerParams::reported_to`).
-//! - anything else that changes the session (`SESSION`): a SET of an untracked parameter
-//!   (custom `app.*` ones among them), `SET SESSION AUTHORIZATION`, a DO block, a temporary
-//!   table, a session advisory lock, a cursor (`DECLARE`, for `WITH HOLD`), `RESET`, `DISCARD`.
-//!   Every tracked parameter is read back (so the client keeps them) and, in the same round
-//!   trip, the session is reset (`RESET_SQL`: role, session authorization, every setting, held
+//! - anything else that changes the session (`SESSION`): a SET of an untracked parameter,
+//!   `SET SESSION AUTHORIZATION`, a DO block, a temporary table, a session advisory lock, a
+//!   cursor (`DECLARE`, for `WITH HOLD`), `RESET`, `DISCARD`. Every tracked parameter is read
+//!   back (so the client keeps them), and every custom setting (`app.tenant`; `CUSTOM`) the
+//!   client has or its statements named (`scan::custom`), and, in the same round trip, the
+//!   session is reset (`RESET_SQL`: role, session authorization, every setting, held
 //!   cursors, advisory locks, temporary tables); the next client's own settings are then
 //!   applied by the usual sync (`params::ServerParams::sync_sql`), the owner's too.
 //! - of that, what the client can come back to in a later transaction (`PINS`): a `WITH HOLD`
@@ -50,7 +51,8 @@ use super::scan::lex::{keyword, skip_noise};
 use super::RelayState;
 
 pub use super::scan::{
-    classify, Found, ALL, CLOSE, DISCARD, DROPS, NOTIFIES, PINS, SCAN_MAX, SESSION, UNSCANNED,
+    classify, Found, ALL, CLOSE, CUSTOM, DISCARD, DROPS, NOTIFIES, PINS, SCAN_MAX, SESSION,
+    UNSCANNED,
 };
 
 /// Undoes what a client may leave on a session, short of its prepared statements (which the
@@ -82,14 +84,21 @@ pub async fn pinned(server: &mut Server) -> Result<bool, crate::backend::ServerE
 /// reset asked for, it closes it (`must_close`), else it syncs it in full next time.
 pub async fn read_back(
     server: &mut Server,
-    client: Option<&mut ClientParams>,
+    mut client: Option<&mut ClientParams>,
     dirty: u64,
 ) -> Result<(), crate::backend::ServerError> {
     let names: Vec<usize> = (0..TRACKED.len())
         .filter(|i| dirty & ALL & (1 << i) != 0)
         .collect();
+    let reset = dirty & (SESSION | DISCARD) != 0;
+    // The custom settings the client has, and those its statements may have set: a reset
+    // undoes them on the server, the client keeps what they are now.
+    let customs = match client.as_deref_mut() {
+        Some(client) if reset => client.customs_to_read(),
+        _ => Vec::new(),
+    };
     let mut sql = String::new();
-    if !names.is_empty() {
+    if !names.is_empty() || !customs.is_empty() {
         sql.push_str("SELECT ");
         for (n, i) in names.iter().enumerate() {
             if n > 0 {
@@ -100,9 +109,18 @@ pub async fn read_back(
             sql.push_str(TRACKED[*i]);
             sql.push_str("')");
         }
+        for (n, name) in customs.iter().enumerate() {
+            if n > 0 || !names.is_empty() {
+                sql.push_str(", ");
+            }
+            // The client's names (checked by `params::custom_name`), as literals; NULL for a
+            // setting the server does not have.
+            sql.push_str("pg_catalog.current_setting(");
+            sql.push_str(&crate::params::literal(name));
+            sql.push_str(", true)");
+        }
         sql.push(';');
     }
-    let reset = dirty & (SESSION | DISCARD) != 0;
     if reset {
         sql.push_str(RESET_SQL);
     }
@@ -114,12 +132,19 @@ pub async fn read_back(
     }
     let mut row = Vec::new();
     server.run_internal_row(&sql, &mut row).await?;
+    let mut row = row.into_iter();
     let read: Vec<(usize, Box<str>)> = names
         .iter()
-        .zip(row)
+        .zip(row.by_ref())
         .filter_map(|(i, v)| v.map(|v| (*i, v)))
         .collect();
-    server.params.learned(&read, client);
+    server.params.learned(&read, client.as_deref_mut());
+    if let Some(client) = client {
+        if !customs.is_empty() {
+            let read: Vec<_> = customs.into_iter().zip(row).collect();
+            client.learned_custom(&read);
+        }
+    }
     if reset {
         server.params.reset();
     }

@@ -19,6 +19,7 @@
 //! are checked in full off the hot path (`candidate`). Conservative: a `;` or a keyword inside a
 //! literal or a comment only costs a reset.
 
+pub mod custom;
 pub mod lex;
 pub mod literal;
 
@@ -58,6 +59,11 @@ pub const NOTIFIES: u64 = 1 << 58;
 /// its server connection (`frontend::session::attached`), as on a direct connection. Always with
 /// `SESSION`.
 pub const PINS: u64 = 1 << 57;
+
+/// Not a parameter: a SET, RESET or `set_config` of a custom setting (`params::custom_name`),
+/// always with `SESSION`. Its name is noted on the client (`custom::note`), so that the reset
+/// reads its value back first and the client keeps it on its next server connections.
+pub const CUSTOM: u64 = 1 << 56;
 
 /// Statements longer than this are not scanned: they mark everything dirty (`UNSCANNED`).
 pub const SCAN_MAX: usize = 1 << 20;
@@ -534,7 +540,8 @@ fn literal_bit(s: &[u8]) -> u64 {
 }
 
 /// What changing the parameter `name` marks: its dirty bit when tracked and unreported,
-/// nothing when reported (ParameterStatus carries it), `SESSION` when untracked.
+/// nothing when reported (ParameterStatus carries it), `SESSION` when untracked (and `CUSTOM`
+/// when it is a custom setting's name).
 fn bit(name: &str) -> u64 {
     bit_bytes(name.as_bytes())
 }
@@ -547,6 +554,7 @@ fn bit_bytes(name: &[u8]) -> u64 {
     match params::index_bytes(name) {
         Some(i) if i >= REPORTED => 1 << i,
         Some(_) => 0,
+        None if name.contains(&b'.') => SESSION | CUSTOM,
         None => SESSION,
     }
 }
@@ -602,7 +610,13 @@ mod tests {
         assert_eq!(sets("SET TRANSACTION READ ONLY\0"), 0);
         assert_eq!(sets("SET TimeZone = 'UTC'\0"), 0);
         assert_eq!(sets("SET TIME ZONE 'UTC'\0"), 0);
-        assert_eq!(sets("SET my.setting = 1\0"), SESSION);
+        assert_eq!(sets("SET my.setting = 1\0"), SESSION | CUSTOM);
+        assert_eq!(sets("RESET app.tenant\0"), SESSION | CUSTOM);
+        assert_eq!(
+            sets("SELECT set_config('app.tenant', $1, false)\0"),
+            SESSION | CUSTOM
+        );
+        assert_eq!(sets("SET LOCAL app.tenant = 'a'\0"), 0);
         assert_eq!(sets("SET enable_seqscan = off\0"), SESSION);
         assert_eq!(sets("SET SESSION AUTHORIZATION x\0"), SESSION | bit("role"));
         assert_eq!(sets("SET ROLE x\0"), bit("role"));
@@ -632,7 +646,7 @@ mod tests {
             "select 1;\n\tDO $x$ BEGIN EXECUTE 'SET app.x = 1'; END $x$\0",
             SESSION,
         );
-        has("select 1; set app.x = '1'\0", SESSION);
+        has("select 1; set app.x = '1'\0", SESSION | CUSTOM);
         has(
             "select 1; SET statement_timeout = 5\0",
             bit("statement_timeout"),
@@ -673,7 +687,7 @@ mod tests {
         // Wherever the text puts it against the 16-byte chunks of the scan.
         for n in 0..40 {
             let pad = "x".repeat(n);
-            has(&format!("select {pad}; set app.x = 1\0"), SESSION);
+            has(&format!("select {pad}; set app.x = 1\0"), SESSION | CUSTOM);
             has(
                 &format!("select {pad} from pg_advisory_lock(1)\0"),
                 SESSION | PINS,

@@ -71,6 +71,8 @@ QUERIES = [
     "set app.tenant = 'a1'", "set local app.tenant = 'a2'", "reset app.tenant",
     "select set_config('app.tenant', 'a3', false)", "select set_config('App.Tenant', 'a4', true)",
     "set app.tenant = 'a5'; selec bad", "begin; set app.tenant = a6; commit",
+    "set App.Tenant to A7", "set app.tenant = -007", "set \"app\".tenant = 8.50",
+    "set app.tenant to default",
     "select coalesce(current_setting('app.tenant', true), '')",
 ]
 

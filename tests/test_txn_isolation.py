@@ -1543,6 +1543,24 @@ def test_a_repeated_set_is_answered_without_a_server_connection(pool_uri):
         holder.close()
 
 
+def test_a_repeated_custom_set_is_answered_without_a_server_connection(pool_uri):
+    """The same for a custom setting: a plain SET of the value the client carries is answered
+    by the pool while another client holds its only connection; the value is the client's."""
+    holder, raw = RawClient(pool_uri), RawClient(pool_uri)
+    try:
+        assert [k for k, _ in raw.query("SET app.tenant = 'Acme'")] == [b"C", b"Z"]
+        holder.query("BEGIN")
+        holder.query("SELECT 1")  # the pool's only connection is held from here
+        got = raw.query("set App.Tenant to 'Acme';")  # RawClient's 10 s timeout
+        assert got == [(b"C", b"SET\0"), (b"Z", b"I")], got
+        holder.query("COMMIT")
+        got = raw.query(TENANT)
+        assert [b for k, b in got if k == b"D"] == [b"\x00\x01\x00\x00\x00\x04Acme"], got
+    finally:
+        raw.close()
+        holder.close()
+
+
 def _unread_by_pgbay(pool_port: int, client_port: int) -> int | None:
     """Bytes the pooler has not read yet from the client connection at `client_port` (the
     Recv-Q of its end of the connection, from `ss`), None when `ss` does not list it."""

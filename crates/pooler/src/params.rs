@@ -249,6 +249,11 @@ impl ClientParams {
         self.values.custom()
     }
 
+    /// The client's value of custom setting `name` (a name `custom_name` gave).
+    pub fn custom_value(&self, name: &str) -> Option<&str> {
+        self.values.custom_value(name)
+    }
+
     /// A custom setting (a name `custom_name` gave) the client's statements may have set.
     pub fn note_custom(&mut self, name: Box<str>) {
         if self.custom_pending.len() < MAX_CUSTOM && !self.custom_pending.contains(&name) {
@@ -369,6 +374,30 @@ impl ServerParams {
             self.current[i] = value;
         }
         self.matches = if matched { client.id } else { 0 };
+    }
+
+    /// The value of a custom setting a client's own SET gave the server (as `learned_one`).
+    /// False, changing nothing, when the client already carries `MAX_CUSTOM` others.
+    #[cold]
+    pub fn learned_custom_one(
+        &mut self,
+        name: &str,
+        value: Option<Box<str>>,
+        client: &mut ClientParams,
+    ) -> bool {
+        let full = |v: &Values| v.custom_value(name).is_none() && v.custom().len() >= MAX_CUSTOM;
+        if full(&client.values) || full(&self.current) {
+            return false;
+        }
+        let matched = self.matches != 0 && self.matches == client.id;
+        if client.custom_value(name) != value.as_deref() {
+            let mut values = (*client.values).clone();
+            values.set_custom(name, value.clone());
+            (client.values, client.id) = intern(values);
+        }
+        self.current.set_custom(name, value);
+        self.matches = if matched { client.id } else { 0 };
+        true
     }
 
     /// SQL that makes this server's values match `client`, or None when they already match
@@ -544,7 +573,9 @@ mod tests {
     fn sync_sets_custom_settings_and_resets_another_clients() {
         assert_eq!(custom_name("App.Tenant").as_deref(), Some("app.tenant"));
         assert_eq!(custom_name("a.b.c_1$").as_deref(), Some("a.b.c_1$"));
-        for bad in ["tenant", "app.", ".x", "app..x", "app.1x", "app.x y", "äpp.x", "a'.b"] {
+        for bad in [
+            "tenant", "app.", ".x", "app..x", "app.1x", "app.x y", "äpp.x", "a'.b",
+        ] {
             assert_eq!(custom_name(bad), None, "{bad}");
         }
         let mut a: Values = Default::default();
@@ -568,7 +599,10 @@ mod tests {
         let mut c = ClientParams::new(Default::default());
         c.note_custom("app.x".into());
         c.note_custom("app.y".into());
-        assert_eq!(c.customs_to_read(), [Box::from("app.x"), Box::from("app.y")]);
+        assert_eq!(
+            c.customs_to_read(),
+            [Box::from("app.x"), Box::from("app.y")]
+        );
         c.learned_custom(&[("app.x".into(), Some("v".into())), ("app.y".into(), None)]);
         assert_eq!(c.custom(), [(Box::from("app.x"), Box::from("v"))]);
         assert_eq!(c.customs_to_read(), [Box::from("app.x")]);

@@ -555,7 +555,13 @@ fn repeated_set(pending: &[u8], params: &crate::params::ClientParams) -> bool {
     if len != pending.len() || params.dirty != 0 || !starts_with_set {
         return false;
     }
-    scan::literal::parse(text).is_some_and(|set| params.value(set.param) == set.value.as_deref())
+    scan::literal::parse(text).is_some_and(|set| {
+        let current = match &set.custom {
+            Some(name) => params.custom_value(name),
+            None => params.value(set.param),
+        };
+        current == set.value.as_deref()
+    })
 }
 
 /// Answers a repeated SET (`repeated_set`) as PostgreSQL does: CommandComplete `SET`, then

@@ -135,10 +135,19 @@ fn literal_settled(
     let Some(set) = relay.sets.pop_front() else {
         return;
     };
-    if set.done && before == txn::IDLE && server.status == txn::IDLE {
-        server.params.learned_one(set.param, set.value, client);
-    } else {
-        client.dirty |= 1 << set.param;
+    let settled = set.done && before == txn::IDLE && server.status == txn::IDLE;
+    let marks = set.marks();
+    match set.custom {
+        None if settled => server.params.learned_one(set.param, set.value, client),
+        None => client.dirty |= marks,
+        Some(name) => {
+            // A custom setting: as `SET` did not settle it, or the client carries too many
+            // already, read back and reset at the transaction's end, as any other SET of one.
+            if !(settled && server.params.learned_custom_one(&name, set.value, client)) {
+                client.dirty |= marks;
+                client.note_custom(name);
+            }
+        }
     }
 }
 

@@ -105,7 +105,10 @@ mod tests {
     use super::names;
 
     fn got(sql: &str) -> Vec<String> {
-        names(sql.as_bytes()).into_iter().map(String::from).collect()
+        names(sql.as_bytes())
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     #[test]

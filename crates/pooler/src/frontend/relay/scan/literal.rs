@@ -20,12 +20,25 @@ use crate::params::{self, REPORTED, SEARCH_PATH, TRACKED};
 /// A literal SET waiting for its answer (`RelayState::sets`, one per marked Query).
 #[derive(Debug)]
 pub struct PendingSet {
-    /// Index in `params::TRACKED`.
+    /// Index in `params::TRACKED` (0 for a custom setting).
     pub param: usize,
-    /// The flattened value; None for `DEFAULT` (the server's default).
+    /// The name of a custom setting (`params::custom_name`), which is set instead.
+    pub custom: Option<Box<str>>,
+    /// The flattened value; None for `DEFAULT` (the server's default; never for a custom
+    /// setting, whose default the pooler does not know).
     pub value: Option<Box<str>>,
     /// The Query's CommandComplete said `SET`.
     pub done: bool,
+}
+
+impl PendingSet {
+    /// What the scan marks for this SET (`super::Found::Sets`) when it is not taken literally.
+    pub fn marks(&self) -> u64 {
+        match self.custom {
+            Some(_) => super::SESSION | super::CUSTOM,
+            None => 1 << self.param,
+        }
+    }
 }
 
 /// `Expect::stmt` of a Query whose answer settles the next `RelayState::sets` entry.
@@ -45,11 +58,11 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
     if let Some(rest) = keyword(s, b"session") {
         s = skip_noise(rest);
     }
-    let (param, rest) = name(s)?;
-    if param < REPORTED || TRACKED[param] == "role" {
+    let (param, custom, rest) = name(s)?;
+    if custom.is_none() && (param < REPORTED || TRACKED[param] == "role") {
         return None;
     }
-    let list = param == SEARCH_PATH;
+    let list = custom.is_none() && param == SEARCH_PATH;
     let mut s = skip_noise(rest);
     s = match keyword(s, b"to") {
         Some(rest) => rest,
@@ -57,6 +70,7 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
     };
     s = skip_noise(s);
     let value = match keyword(s, b"default") {
+        Some(_) if custom.is_some() => return None,
         Some(rest) => {
             s = rest;
             None
@@ -84,6 +98,7 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
     let s = s.strip_prefix(b";").map(skip_noise).unwrap_or(s);
     (s == b"\0").then_some(PendingSet {
         param,
+        custom,
         value,
         done: false,
     })
@@ -93,9 +108,13 @@ pub fn parse(sql: &[u8]) -> Option<PendingSet> {
 /// truncated, which is not reproduced here.
 const MAX_IDENTIFIER: usize = 63;
 
+/// What `name` read: a `TRACKED` index, a custom setting's name, and what follows.
+type Named<'a> = (usize, Option<Box<str>>, &'a [u8]);
+
 /// A parameter name, an identifier or a quoted one: its index in `params::TRACKED` (names are
-/// case-insensitive either way).
-fn name(s: &[u8]) -> Option<(usize, &[u8])> {
+/// case-insensitive either way); or identifiers joined by dots, a custom setting's name
+/// (`params::custom_name`, as the index 0 and that name).
+fn name(s: &[u8]) -> Option<Named<'_>> {
     let mut quoted_name = Vec::new();
     let (word, rest) = match s.first()? {
         b'"' => {
@@ -104,7 +123,29 @@ fn name(s: &[u8]) -> Option<(usize, &[u8])> {
         }
         _ => identifier(s)?,
     };
-    Some((params::index_bytes(word)?, rest))
+    if rest.first() == Some(&b'.') {
+        return custom(word, rest);
+    }
+    Some((params::index_bytes(word)?, None, rest))
+}
+
+/// The rest of a custom setting's name, after its first part `first` (`name`).
+#[cold]
+fn custom<'a>(first: &[u8], mut rest: &'a [u8]) -> Option<Named<'a>> {
+    let mut name = first.to_vec();
+    while let Some(after) = rest.strip_prefix(b".") {
+        name.push(b'.');
+        rest = match after.first()? {
+            b'"' => quoted(after, &mut name)?,
+            _ => {
+                let (word, rest) = identifier(after)?;
+                name.extend_from_slice(word);
+                rest
+            }
+        };
+    }
+    let name = params::custom_name(std::str::from_utf8(&name).ok()?)?;
+    Some((0, Some(name), rest))
 }
 
 /// An unquoted identifier, ASCII only, as written (PostgreSQL folds it to lower case), and
@@ -240,7 +281,41 @@ mod tests {
     fn lit(sql: &str) -> Option<(&'static str, Option<String>)> {
         let mut text = sql.as_bytes().to_vec();
         text.push(0);
-        parse(&text).map(|p| (params::TRACKED[p.param], p.value.map(String::from)))
+        parse(&text).map(|p| {
+            assert!(p.custom.is_none(), "{sql:?}");
+            (params::TRACKED[p.param], p.value.map(String::from))
+        })
+    }
+
+    fn custom(sql: &str) -> Option<(String, String)> {
+        let mut text = sql.as_bytes().to_vec();
+        text.push(0);
+        parse(&text).map(|p| (p.custom.unwrap().into(), p.value.unwrap().into()))
+    }
+
+    /// A custom setting takes one value, flattened as a string setting's (checked against
+    /// PostgreSQL 15's `SHOW` after the same SETs by the session differential test).
+    #[test]
+    fn takes_custom_settings_values() {
+        let got = |name: &str, value: &str| Some((name.to_string(), value.to_string()));
+        assert_eq!(custom("SET app.tenant = 'Acme'"), got("app.tenant", "Acme"));
+        assert_eq!(
+            custom("set session App.Tenant to Acme;"),
+            got("app.tenant", "acme")
+        );
+        assert_eq!(custom("SET \"App\".\"T\" = 007"), got("app.t", "7"));
+        assert_eq!(custom("SET a.b.c = -1.50"), got("a.b.c", "-1.50"));
+        assert_eq!(custom("SET app.x = \"Q\""), got("app.x", "Q"));
+        for sql in [
+            "SET app.x TO DEFAULT",
+            "SET app.x = 'a', 'b'",
+            "SET app. x = 1",
+            "SET app.\"x y\" = 1",
+            "SET app.x = 1; SELECT 1",
+            "SET LOCAL app.x = 1",
+        ] {
+            assert!(custom(sql).is_none(), "{sql:?}");
+        }
     }
 
     fn val(sql: &str) -> String {
@@ -299,7 +374,6 @@ mod tests {
             "SET ROLE r",
             "SET role = r",
             "SET TimeZone = 'UTC'",
-            "SET my.setting = 1",
             "SET work_mem = E'1MB'",
             "SET work_mem = '1\\MB'",
             "SET work_mem = $$1MB$$",

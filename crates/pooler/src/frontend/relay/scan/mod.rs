@@ -112,9 +112,11 @@ pub fn statement(sql: &[u8], literal: bool) -> Statement {
     let literal = match found {
         // One parameter, named by a first word `SET`: maybe a literal one.
         Found::Sets(bits)
-            if literal && bits.count_ones() == 1 && matches!(first, Found::Sets(_)) =>
+            if literal
+                && (bits.count_ones() == 1 || bits == SESSION | CUSTOM)
+                && matches!(first, Found::Sets(_)) =>
         {
-            literal::parse(sql).filter(|set| bits == 1 << set.param)
+            literal::parse(sql).filter(|set| bits == set.marks())
         }
         _ => None,
     };
@@ -514,6 +516,8 @@ fn set_target(s: &[u8]) -> u64 {
 fn name_bit(s: &[u8]) -> u64 {
     let name = if let Some(q) = s.strip_prefix(b"\"") {
         match q.iter().position(|&b| b == b'"') {
+            // `"app".tenant`: a custom setting's name.
+            Some(end) if q.get(end + 1) == Some(&b'.') => return SESSION | CUSTOM,
             Some(end) => &q[..end],
             None => return ALL | SESSION,
         }
@@ -612,6 +616,7 @@ mod tests {
         assert_eq!(sets("SET TIME ZONE 'UTC'\0"), 0);
         assert_eq!(sets("SET my.setting = 1\0"), SESSION | CUSTOM);
         assert_eq!(sets("RESET app.tenant\0"), SESSION | CUSTOM);
+        assert_eq!(sets("SET \"App\".\"T\" = 1\0"), SESSION | CUSTOM);
         assert_eq!(
             sets("SELECT set_config('app.tenant', $1, false)\0"),
             SESSION | CUSTOM
@@ -836,10 +841,7 @@ mod tests {
     #[test]
     fn one_pass_gives_block_state_and_literal() {
         let st = statement(b"SET search_path TO app, public\0", true);
-        assert_eq!(
-            st.found,
-            Found::Sets(1 << st.literal.as_ref().unwrap().param)
-        );
+        assert_eq!(st.found, Found::Sets(st.literal.as_ref().unwrap().marks()));
         assert!(!st.opens_block);
         assert_eq!(st.literal.unwrap().value.as_deref(), Some("app, public"));
         // Not asked for (a Parse), or not one plain SET: no literal.

@@ -1444,6 +1444,37 @@ def _received_unread(pid: int) -> int:
     return int(line.split()[1])
 
 
+def test_a_listen_pipelined_behind_a_query_completes_once_the_listener_listens(pool_uri, svc):
+    """A LISTEN sent right behind a query whose answers are still coming (tokio-postgres sends
+    its next statement as soon as an error arrives, before the ReadyForQuery) waits for those
+    answers, then for the pool's listener like any LISTEN: it completes only once the listener
+    listens, so that a NOTIFY another session commits after it completed is heard. (It used to
+    complete with the query's answers: the driver matrix's tokio-postgres program lost its
+    notification in about one run of fifteen.)"""
+    ch = unique("behind").replace("-", "_")
+    raw = RawClient(pool_uri)
+    try:
+        raw.query("SELECT 1")  # the pool's connection is open before logins are refused
+        with _logins_refused(svc):
+            raw.sock.sendall(_msg(b"Q", b"SELECT pg_sleep(0.1)\0")
+                             + _msg(b"Q", f"LISTEN {ch}\0".encode()))
+            # The listener cannot connect: the LISTEN is not answered meanwhile (nor, held
+            # with it, the answers before it).
+            assert not select.select([raw.sock], [], [], 1.5)[0]
+        # Once the listener listens (RawClient's 10 s timeout): the query's answers, then the
+        # LISTEN's.
+        got = raw.until_ready()
+        assert [k for k, _ in got] == [b"T", b"D", b"C", b"Z"], got
+        got = raw.until_ready()
+        assert got == [(b"C", b"LISTEN\0"), (b"Z", b"I")], got
+        with psycopg.connect(pool_uri, autocommit=True) as other:
+            other.execute(f"NOTIFY {ch}, 'heard'")
+        kind, body = raw._recv_msg()
+        assert kind == b"A" and _payloads([(kind, body)]) == [b"heard"], (kind, body)
+    finally:
+        raw.close()
+
+
 def test_a_notify_in_flight_when_the_pools_listener_is_lost_is_answered_at_the_loss(
         pool_uri, svc):
     """A listening client's NOTIFY waits for a round trip of the pool's listener. When the

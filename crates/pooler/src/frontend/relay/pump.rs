@@ -203,6 +203,12 @@ pub async fn pump(
                     Ok(synthesized) => saw_ready |= synthesized,
                     Err(end) => return Poll::Ready(end),
                 }
+                // A LISTEN among what went on (one that waited for the answers before it)
+                // waits for the listener like any other: its answer goes out next pass, once
+                // the check above found the listener's confirmation.
+                if relay.listen_wait.is_some() {
+                    client_write = false;
+                }
             }
             if !server.bufs.s2c_out.is_empty() && client_write {
                 match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {
@@ -230,8 +236,10 @@ pub async fn pump(
             }
             // At rest: the server answered everything asked, and every answer is out to the
             // client (an answer still being written to a slow reader goes out first).
-            let at_rest =
-                at_boundary(server, relay) && server.bufs.s2c_out.is_empty() && !client_flush;
+            let at_rest = at_boundary(server, relay)
+                && server.bufs.s2c_out.is_empty()
+                && !client_flush
+                && relay.listen_wait.is_none();
             let idle_point = saw_ready && at_rest && server.bufs.c2s_out.is_empty();
             if idle_point && (release_at_boundary || draining) {
                 return Poll::Ready(End::Boundary);

@@ -161,6 +161,12 @@ def test_startup_options_search_path(client, svc, mode):
     # A setting pgbay does not carry is refused at login (0A000, naming it).
     with pytest.raises(psycopg.OperationalError, match="geqo"):
         psycopg.connect(uri, options="-c geqo=off").close()
+    # So is a 65th custom setting (naming it): at most 64 are carried per client.
+    many = " ".join(f"-c app.s{i}=1" for i in range(65))
+    with pytest.raises(psycopg.OperationalError, match=r"at most 64.*app\.s64"):
+        psycopg.connect(uri, options=many).close()
+    with psycopg.connect(uri, autocommit=True, options=many.rsplit(" -c ", 1)[0]) as c:
+        assert c.execute("SELECT current_setting('app.s63')").fetchone()[0] == "1"
 
 
 def test_channel_binding_require(client, svc, pool_uri, tmp_path):

@@ -74,6 +74,16 @@ pub fn unsupported_startup_parameter(name: &str) -> ClientError {
     protocol_violation(format!("unsupported startup parameter: {name}"))
 }
 
+/// A custom setting at login past the most the pooler carries for one client (54000, as
+/// PostgreSQL's program_limit_exceeded).
+pub fn too_many_custom_settings(name: &str, most: usize) -> ClientError {
+    ClientError::new(
+        "54000",
+        // Debug-quoted: whatever the client sent stays one printable word in logs.
+        format!("too many custom settings at login (at most {most}): {name:?}"),
+    )
+}
+
 /// A setting in the startup `options` the pooler does not carry between server connections.
 pub fn unsupported_startup_option(name: &str) -> ClientError {
     ClientError::new(

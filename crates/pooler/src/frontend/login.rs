@@ -359,8 +359,8 @@ fn admit(
             _ => match params::index(&name) {
                 Some(i) => values[i] = Some(value.into()),
                 None => match params::custom_name(&name) {
-                    Some(custom) if values.set_custom(&custom, Some(value.into())) => {}
-                    _ => return Err(errors::unsupported_startup_parameter(&name)),
+                    Some(custom) => set_custom(&mut values, &custom, value)?,
+                    None => return Err(errors::unsupported_startup_parameter(&name)),
                 },
             },
         }
@@ -373,8 +373,8 @@ fn admit(
                 Some(_) => {}
                 None => match params::custom_name(&name) {
                     Some(custom) if values.custom_value(&custom).is_some() => {}
-                    Some(custom) if values.set_custom(&custom, Some(value.into())) => {}
-                    _ => return Err(errors::unsupported_startup_option(&name)),
+                    Some(custom) => set_custom(&mut values, &custom, value)?,
+                    None => return Err(errors::unsupported_startup_option(&name)),
                 },
             }
         }
@@ -386,6 +386,15 @@ fn admit(
         pool_name,
         params: values,
     })
+}
+
+/// A custom setting given at login (`params::custom_name`), refused past `params::MAX_CUSTOM`.
+fn set_custom(values: &mut Values, name: &str, value: String) -> Result<(), ClientError> {
+    if values.set_custom(name, Some(value.into())) {
+        Ok(())
+    } else {
+        Err(errors::too_many_custom_settings(name, params::MAX_CUSTOM))
+    }
 }
 
 fn ignored(state: &ServiceState, name: &str) -> bool {

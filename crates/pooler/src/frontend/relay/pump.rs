@@ -189,8 +189,6 @@ pub async fn pump(
                         }
                     }
                     resume = relay.c2s_stalled;
-                } else {
-                    client_write = false;
                 }
             }
             // What waited in `c2s_in` for the server's answers or for the listener goes on (or
@@ -203,12 +201,11 @@ pub async fn pump(
                     Ok(synthesized) => saw_ready |= synthesized,
                     Err(end) => return Poll::Ready(end),
                 }
-                // A LISTEN among what went on (one that waited for the answers before it)
-                // waits for the listener like any other: its answer goes out next pass, once
-                // the check above found the listener's confirmation.
-                if relay.listen_wait.is_some() {
-                    client_write = false;
-                }
+            }
+            // While the listener is awaited the client's answers wait: also for a LISTEN just
+            // relayed behind the answers it waited for (`resume`), whose wait is polled next pass.
+            if relay.listen_wait.is_some() {
+                client_write = false;
             }
             if !server.bufs.s2c_out.is_empty() && client_write {
                 match Pin::new(&mut *stream).poll_write(cx, &server.bufs.s2c_out) {

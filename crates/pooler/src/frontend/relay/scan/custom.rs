@@ -9,7 +9,9 @@
 //! have comes back NULL and is not kept; a name missed (spelled with escapes, or a parameter
 //! of `set_config`) is reset with the session, as every custom setting was before.
 
+use super::ident;
 use super::lex::{keyword, skip_noise};
+use super::literal::{custom_name_at, string_at};
 use crate::params::{custom_name, ClientParams};
 
 /// Notes every custom setting's name `sql` may set on `params` (module docs).
@@ -25,7 +27,7 @@ pub fn note(sql: &[u8], params: &mut ClientParams) {
 pub fn names(sql: &[u8]) -> Vec<Box<str>> {
     let mut found = Vec::new();
     for i in 0..sql.len() {
-        if !matches!(sql[i] | 0x20, b's' | b'r') || (i > 0 && word_byte(sql[i - 1])) {
+        if !matches!(sql[i] | 0x20, b's' | b'r') || (i > 0 && ident(sql[i - 1])) {
             continue;
         }
         let s = &sql[i..];
@@ -34,70 +36,22 @@ pub fn names(sql: &[u8]) -> Vec<Box<str>> {
             if let Some(r) = keyword(rest, b"session").or_else(|| keyword(rest, b"local")) {
                 rest = skip_noise(r);
             }
-            dotted(rest)
+            custom_name_at(rest).map(|(name, _)| name)
         } else if s.len() >= 10 && s[..10].eq_ignore_ascii_case(b"set_config") {
             skip_noise(&s[10..])
                 .strip_prefix(b"(")
-                .and_then(|rest| string(skip_noise(rest)))
+                .and_then(|rest| string_at(skip_noise(rest)))
+                .and_then(|(text, _)| custom_name(&text))
         } else {
             None
         };
-        if let Some(name) = name.as_deref().and_then(custom_name) {
+        if let Some(name) = name {
             if !found.contains(&name) {
                 found.push(name);
             }
         }
     }
     found
-}
-
-fn word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
-}
-
-/// A name of identifiers separated by dots, each maybe double-quoted (`app."Tenant"`): its text
-/// (an unquoted identifier folded to lower case, as PostgreSQL folds it).
-fn dotted(mut s: &[u8]) -> Option<String> {
-    let mut name = String::new();
-    loop {
-        if let Some(q) = s.strip_prefix(b"\"") {
-            let end = q.iter().position(|&b| b == b'"')?;
-            name.push_str(std::str::from_utf8(&q[..end]).ok()?);
-            s = &q[end + 1..];
-        } else {
-            let end = s.iter().position(|&b| !word_byte(b)).unwrap_or(s.len());
-            if end == 0 {
-                return None;
-            }
-            name.push_str(&std::str::from_utf8(&s[..end]).ok()?.to_ascii_lowercase());
-            s = &s[end..];
-        }
-        match s.strip_prefix(b".") {
-            Some(rest) => {
-                name.push('.');
-                s = rest;
-            }
-            None => return Some(name),
-        }
-    }
-}
-
-/// A standard string literal (`''` inside is one `'`): its text.
-fn string(s: &[u8]) -> Option<String> {
-    let mut s = s.strip_prefix(b"'")?;
-    let mut out = Vec::new();
-    loop {
-        let end = s.iter().position(|&b| b == b'\'')?;
-        out.extend_from_slice(&s[..end]);
-        s = &s[end + 1..];
-        match s.strip_prefix(b"'") {
-            Some(rest) => {
-                out.push(b'\'');
-                s = rest;
-            }
-            None => return String::from_utf8(out).ok(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -129,6 +129,21 @@ fn name(s: &[u8]) -> Option<Named<'_>> {
     Some((params::index_bytes(word)?, None, rest))
 }
 
+/// A custom setting's name at the start of `s` (identifiers, maybe quoted, joined by dots), as
+/// `params::custom_name` keys it, and what follows it (`super::custom`).
+pub(super) fn custom_name_at(s: &[u8]) -> Option<(Box<str>, &[u8])> {
+    let (_, custom, rest) = name(s)?;
+    Some((custom?, rest))
+}
+
+/// A standard string literal at the start of `s` (no backslash: its meaning would depend on
+/// `standard_conforming_strings`), its text and what follows it (`super::custom`).
+pub(super) fn string_at(s: &[u8]) -> Option<(String, &[u8])> {
+    let mut out = Vec::new();
+    let rest = delimited(s, b'\'', &mut out)?;
+    Some((String::from_utf8(out).ok()?, rest))
+}
+
 /// The rest of a custom setting's name, after its first part `first` (`name`).
 #[cold]
 fn custom<'a>(first: &[u8], mut rest: &'a [u8]) -> Option<Named<'a>> {

@@ -408,7 +408,7 @@ fn merge(a: Found, b: Found) -> Found {
 
 /// Whether `b` may be part of an identifier or keyword.
 #[inline]
-fn ident(b: u8) -> bool {
+pub(super) fn ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 

@@ -685,3 +685,53 @@ def provision(client: Client, name: str, **kwargs) -> Service:
 def service(client) -> Service:
     """One service shared by the database, user and pool tests (unique object names per test)."""
     return provision(client, unique("shared"))
+
+
+def pgbackrest_pids(server: PgbayServer, service: str, command: str | None = None) -> list[int]:
+    """The pgBackRest processes running for `service` (their command line names its
+    configuration), those running `command` (e.g. "backup") only when given."""
+    conf = f"--config={server.data_dir / 'services' / service / 'pgbackrest.conf'}"
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True,
+                         text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        words = args.split()
+        if words and words[0].endswith("pgbackrest") and conf in words and (
+                command is None or command in words):
+            pids.append(int(pid))
+    return pids
+
+
+def schedule_now_and_away() -> tuple[dict, dict]:
+    """A `backup-schedule` that is due now (this UTC hour and minute) and one twelve hours away.
+    The scheduler backs up a service whose hour is now and whose minute has passed, once a day;
+    in the hour's last half minute the next hour is waited for, so that "now" stays due for
+    the scheduler's next looks at the clock."""
+    import datetime
+    wait_for("a UTC minute other than the hour's last half minute", 40, lambda: not (
+        (t := datetime.datetime.now(datetime.timezone.utc)).minute == 59 and t.second >= 30))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return ({"backup-hour": now.hour, "backup-minute": now.minute},
+            {"backup-hour": (now.hour + 12) % 24, "backup-minute": now.minute})
+
+
+def delete_while_backing_up(server: PgbayServer, wait_for_backup) -> str:
+    """Makes a service whose daily backup (about 150 MB) is due now, deletes it while that
+    backup runs, and checks that no pgBackRest process of it outlives the deletion and that
+    the ended backup is not counted against a service that is gone. Returns its name."""
+    import psycopg
+    c = server.client()
+    now, away = schedule_now_and_away()
+    svc = provision(c, unique("bkdel"), plan="hobbyist-2", backup_schedule=away)
+    wait_for_backup(c, svc.name)
+    with psycopg.connect(svc.uri, autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler AS SELECT i, md5(i::text) || md5((-i)::text) AS pad "
+                     "FROM generate_series(1, 1500000) i")
+    ok(c, c.update_dbaas_service_pg(name=svc.name, backup_schedule=now))
+    wait_for("the scheduled backup to run", 120,
+             lambda: pgbackrest_pids(server, svc.name, "backup"), every=0.05)
+    ok(c, c.delete_dbaas_service(name=svc.name))
+    assert pgbackrest_pids(server, svc.name) == []
+    assert f'service="{svc.name}"' not in metrics(server)
+    return svc.name

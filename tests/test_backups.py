@@ -319,3 +319,13 @@ def test_a_failing_archive_is_visible_in_the_logs_and_metrics_and_recovers(node)
             "FROM pg_stat_archiver", (archived_before,)).fetchone()[0] is True, every=1.0)
         assert conn.execute("SELECT count(*) FROM filler1").fetchone()[0] == 24000
     ok(c, c.delete_dbaas_service(name=svc.name))
+
+
+
+def test_a_service_deleted_while_its_backup_runs_leaves_nothing_behind(node):
+    """The daily backup is running when the service is deleted: pgbay ends it and waits for it
+    before the repository goes, so that nothing writes into the repository afterwards (a backup
+    left running wrote on, and its files outlived the service)."""
+    from conftest import delete_while_backing_up
+    name = delete_while_backing_up(node, wait_for_backup)
+    assert not (node.data_dir / "backups" / name).exists()

@@ -189,7 +189,7 @@ def test_services_archive_back_up_and_fork_through_an_s3_store(node, s3):
     conf = node.data_dir / "services" / svc.name / "pgbackrest.conf"
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
     assert SECRET not in node.log_path.read_text(errors="replace")
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert SECRET not in ps
 
     # A fork without a time holds every committed row; the source's user logs in to it.
@@ -208,3 +208,15 @@ def test_services_archive_back_up_and_fork_through_an_s3_store(node, s3):
     for name in (fork, svc.name):
         ok(c, c.delete_dbaas_service(name=name))
     assert objects(s3, f"{svc.name}/") == {} and objects(s3, f"{fork}/") == {}
+
+
+def test_a_service_deleted_while_its_backup_runs_leaves_no_object(node, s3):
+    """A backup ended by the service's deletion writes nothing after its prefix is removed."""
+    from conftest import delete_while_backing_up
+
+    def wait_for_backup(c, name):
+        wait_for("a backup listed", 120, lambda: c.get_dbaas_service_pg(name=name)["backups"],
+                 every=0.5)
+
+    name = delete_while_backing_up(node, wait_for_backup)
+    assert objects(s3, f"{name}/") == {}

@@ -619,9 +619,14 @@ impl LocalProvisioner {
     }
 
     /// Removes the repository of `name` (the service is deleted; its cluster is stopped): the
-    /// directory of a local one; the stanza of an S3 one (`pgbackrest stop`, then
-    /// `stanza-delete`, which removes every object under the service's prefix).
+    /// directory of a local one; the stanza of an S3 one (`stanza-delete`, which removes every
+    /// object under the service's prefix). What pgBackRest still runs for the service (a
+    /// backup, an expiry, an asynchronous archive-push) is ended first: left running, it writes
+    /// on into the repository after it is gone.
     pub fn remove_repo(&self, name: &str) -> Result<(), ProvisionError> {
+        if self.pgbackrest_conf(name).exists() {
+            self.end_pgbackrest(name)?;
+        }
         if let Some(repo) = self.repo_of(name) {
             if std::fs::symlink_metadata(&repo).is_ok() {
                 std::fs::remove_dir_all(&repo).map_err(io("removing backup repository"))?;
@@ -629,15 +634,79 @@ impl LocalProvisioner {
             return Ok(());
         }
         if self.s3().is_some() && self.pgbackrest_conf(name).exists() {
-            let mut stop = self.pgbackrest(name, "")?;
-            stop.arg("stop");
-            self.run(stop, "pgbackrest stop")?;
             let mut delete = self.pgbackrest(name, "")?;
             delete.args(["--force", "stanza-delete"]);
             self.run(delete, "pgbackrest stanza-delete")?;
         }
         Ok(())
     }
+
+    /// Ends every pgBackRest process of `name`: `pgbackrest stop` (none starts again), then
+    /// TERM to each process whose command line names the service's configuration and that
+    /// runs as the service's user (the command that holds the lock and its workers, which
+    /// `stop --force` alone leaves copying), waited for; KILL to what outlives `END_WAIT`.
+    fn end_pgbackrest(&self, name: &str) -> Result<(), ProvisionError> {
+        let mut stop = self.pgbackrest(name, "")?;
+        stop.arg("stop");
+        self.run(stop, "pgbackrest stop")?;
+        let config = format!("--config={}", self.pgbackrest_conf(name).display());
+        // SAFETY: geteuid has no preconditions.
+        let uid = match self.owner(name)? {
+            Some((uid, _)) => uid,
+            None => unsafe { libc::geteuid() },
+        };
+        for (signal, wait) in [(libc::SIGTERM, END_WAIT), (libc::SIGKILL, END_WAIT)] {
+            let pids = processes_naming(&config, uid);
+            if pids.is_empty() {
+                return Ok(());
+            }
+            for &pid in &pids {
+                // SAFETY: kill has no memory preconditions; a pid gone meanwhile gets ESRCH.
+                unsafe { libc::kill(pid, signal) };
+            }
+            let deadline = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < deadline
+                && pids.iter().any(|&p| process_names(p, &config, uid))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        let left = processes_naming(&config, uid);
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(ProvisionError::Program {
+            program: "pgbackrest".into(),
+            output: format!("processes {left:?} of the service did not end after TERM and KILL"),
+        })
+    }
+}
+
+/// How long the pgBackRest processes of a removed service get to end after TERM (and then
+/// after KILL).
+const END_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The live processes of user `uid` one of whose arguments is `arg`.
+fn processes_naming(arg: &str, uid: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| process_names(pid, arg, uid))
+        .collect()
+}
+
+/// Whether process `pid` runs as `uid` and one of its arguments is `arg` (a zombie has none).
+fn process_names(pid: i32, arg: &str, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let proc_dir = format!("/proc/{pid}");
+    match std::fs::metadata(&proc_dir) {
+        Ok(meta) if meta.uid() == uid => {}
+        _ => return false,
+    }
+    std::fs::read(format!("{proc_dir}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        .unwrap_or(false)
 }
 
 /// A directory only `owner` may use (0700), made if missing and handed to `owner`.
@@ -822,6 +891,29 @@ fn controldata_state(out: &std::process::Output) -> Result<Option<String>, Provi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_processes_naming_a_configuration_are_found_by_argument_and_user() {
+        let arg = format!(
+            "--config=/nonexistent/pgbay-test-{}/pgbackrest.conf",
+            std::process::id()
+        );
+        // `sh -c script NAME`: NAME is an argument of the shell's own command line.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30", &arg])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(processes_naming(&arg, me), vec![pid]);
+        assert!(processes_naming(&arg, me.wrapping_add(1)).is_empty());
+        assert!(processes_naming(&arg[..arg.len() - 1], me).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A process that has ended names nothing.
+        assert!(!process_names(pid, &arg, me));
+    }
 
     #[test]
     fn a_failed_pg_controldata_is_an_error_not_a_state() {

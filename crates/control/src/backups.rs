@@ -299,6 +299,12 @@ impl Control {
         }
         let result = self.back_up_now(service).await;
         locked(&self.inner.backups.running).remove(service);
+        // A service deleted while its backup ran (its removal ends the backup): nothing of it
+        // is counted or kept again.
+        if matches!(self.inner.store.service(service).await, Ok(None)) {
+            self.forget_backups(service);
+            return Ok(());
+        }
         if let Err(e) = &result {
             *locked(&self.inner.backups.failures)
                 .entry(service.to_string())
@@ -323,9 +329,15 @@ impl Control {
         let from_standby = self.has_streaming_standby(service).await;
         let prov = self.inner.prov.clone();
         let name = service.to_string();
+        // The stanza is made once, before the first backup: `stanza-create` takes the archive
+        // lock too, so that running it again before every backup failed it whenever an
+        // asynchronous archive-push was busy (a service writing WAL at its backup time).
+        let stanza_made = !self.backups_of(service).is_empty();
         let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || {
-            prov.stanza_create(&name, &password)?;
+            if !stanza_made {
+                prov.stanza_create(&name, &password)?;
+            }
             prov.backup(&name, &password, retention, from_standby)
         })
         .await??;

@@ -22,7 +22,6 @@ from conftest import PgbayServer, ok, provision, unique, wait_for
 pytestmark = pytest.mark.skipif(shutil.which("pgbackrest") is None,
                                 reason="pgbackrest is not installed (.ci/run installs it)")
 
-MOTO = Path(sys.executable).with_name("moto_server")
 KEY, SECRET = "pgbaytestkey", "pgbay-test-s3-secret-0123456789"
 BUCKET = "pgbay-backups"
 
@@ -34,10 +33,16 @@ def _localhost() -> tuple[int, str]:
     return family, addr[0]
 
 
-def _free_port(family: int, host: str) -> int:
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+MOTO_ON_ANY_PORT = """
+import os
+import threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+os.dup2(2, 1)  # anything printed later goes to the log, not to a pipe no one reads
+threading.Event().wait()
+"""
 
 
 class TlsFront:
@@ -109,8 +114,8 @@ class TlsFront:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    if not MOTO.exists():
-        pytest.skip("moto[server] is not installed (tests/requirements.txt)")
+    pytest.importorskip("moto.server", reason="moto[server] is not installed "
+                        "(tests/requirements.txt)")
     d = tmp_path_factory.mktemp("s3")
     os.chmod(d, 0o755)
     cert, key = d / "s3.crt", d / "s3.key"
@@ -120,10 +125,15 @@ def s3(tmp_path_factory):
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     os.chmod(cert, 0o644)
     family, host = _localhost()
-    backend = _free_port(socket.AF_INET, "127.0.0.1")
+    # moto's server in a process of its own, on a port it binds itself (0: the kernel's
+    # pick), which it prints once it listens.
     log = open(d / "moto.log", "wb")
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(backend)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", MOTO_ON_ANY_PORT], stdout=subprocess.PIPE,
+                            stderr=log, start_new_session=True)
+    backend = int(proc.stdout.readline() or 0)
+    if not backend:
+        proc.kill()
+        raise AssertionError(f"moto's server did not start: {(d / 'moto.log').read_text()}")
     front = TlsFront(family, host, backend, cert, key)
     port = front.port
     try:

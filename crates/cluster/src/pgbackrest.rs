@@ -646,9 +646,16 @@ impl LocalProvisioner {
     /// runs as the service's user (the command that holds the lock and its workers, which
     /// `stop --force` alone leaves copying), waited for; KILL to what outlives `END_WAIT`.
     fn end_pgbackrest(&self, name: &str) -> Result<(), ProvisionError> {
-        let mut stop = self.pgbackrest(name, "")?;
-        stop.arg("stop");
-        self.run(stop, "pgbackrest stop")?;
+        // `stop` only keeps new commands from starting (the service is gone from the store and
+        // its cluster stopped, so none is asked for): a failed one (pgBackRest uninstalled
+        // since) does not keep the service's files.
+        let stopped = self.pgbackrest(name, "").and_then(|mut stop| {
+            stop.arg("stop");
+            self.run(stop, "pgbackrest stop")
+        });
+        if let Err(e) = stopped {
+            tracing::warn!(service = %name, error = %e, "pgbackrest stop");
+        }
         let config = format!("--config={}", self.pgbackrest_conf(name).display());
         // SAFETY: geteuid has no preconditions.
         let uid = match self.owner(name)? {

@@ -329,3 +329,26 @@ def test_a_service_deleted_while_its_backup_runs_leaves_nothing_behind(node):
     from conftest import delete_while_backing_up
     name = delete_while_backing_up(node, wait_for_backup)
     assert not (node.data_dir / "backups" / name).exists()
+
+
+def test_a_failed_scheduled_backup_is_tried_again(node):
+    """The daily backup fails (its repository unwritable at that moment): it is counted, and
+    tried again within minutes instead of a day later."""
+    from conftest import metrics, schedule_now_and_away, wait_for
+    c = node.client()
+    now, away = schedule_now_and_away()
+    svc = provision(c, unique("bkretry"), plan="hobbyist-2", backup_schedule=away)
+    [first] = wait_for_backup(c, svc.name)["backups"]
+    repo = node.data_dir / "backups" / svc.name
+    mode = stat.S_IMODE(repo.stat().st_mode)
+    failed = f'pgbay_backup_failures_total{{service="{svc.name}"}} 1'
+    repo.chmod(0)
+    try:
+        ok(c, c.update_dbaas_service_pg(name=svc.name, backup_schedule=now))
+        wait_for("the scheduled backup to fail", 120, lambda: failed in metrics(node), every=0.5)
+    finally:
+        repo.chmod(mode)
+    wait_for("the backup tried again", 180,
+             lambda: len(c.get_dbaas_service_pg(name=svc.name)["backups"]) == 2, every=1.0)
+    assert c.get_dbaas_service_pg(name=svc.name)["backups"][0] == first
+    ok(c, c.delete_dbaas_service(name=svc.name))

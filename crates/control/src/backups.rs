@@ -8,8 +8,9 @@
 //!   pgbay picks per service from its id (spreading services over the day).
 //! - What a repository holds is read from pgBackRest's own record (`pgbackrest info`), cached
 //!   per service and refreshed after every backup, so reading a service never runs a program.
-//! - A failed backup is logged with pgBackRest's last line and counted (`/metrics`); the next
-//!   scheduled one runs regardless.
+//! - A failed backup is logged with pgBackRest's last line and counted (`/metrics`), and tried
+//!   again after pauses of 15 s to 4 min while the service runs; the next scheduled one runs
+//!   regardless.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex as StdMutex;
@@ -81,9 +82,9 @@ pub struct BackupMetrics {
 
 /// How long the first backup of a service with standbys waits for one to stream.
 const FIRST_BACKUP_STANDBY_WAIT: Duration = Duration::from_secs(60);
-/// A failed first backup (a failover or a restart during it) is tried again after these
-/// pauses; after the last, the daily schedule takes over.
-const FIRST_BACKUP_RETRIES: [Duration; 5] = [
+/// A failed backup (a failover or a restart during it) is tried again after these pauses;
+/// after the last, the daily schedule takes over.
+const BACKUP_RETRIES: [Duration; 5] = [
     Duration::from_secs(15),
     Duration::from_secs(30),
     Duration::from_secs(60),
@@ -212,30 +213,37 @@ impl Control {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            let mut shutdown = control.inner.shutdown_tx.subscribe();
-            let mut pauses = FIRST_BACKUP_RETRIES.iter();
-            loop {
-                let Err(e) = control.back_up(&name).await else {
-                    return;
-                };
-                let Some(pause) = pauses.next() else {
-                    tracing::warn!(service = %name, error = %e,
-                        "first backup failed; the daily schedule tries again");
-                    return;
-                };
-                tracing::warn!(service = %name, error = %e, retry_in_s = pause.as_secs(),
-                    "first backup failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(*pause) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-                // A service deleted or stopped meanwhile is not backed up.
-                match control.inner.store.service(&name).await {
-                    Ok(Some(s)) if s.state == ServiceState::Running => {}
-                    _ => return,
-                }
-            }
+            control.back_up_retrying(&name, "first backup").await;
         });
+    }
+
+    /// A backup of `service`, tried again after each of `BACKUP_RETRIES`' pauses while it
+    /// fails (a failover or a restart during it, a repository briefly unreachable) and the
+    /// service still runs; after the last, the next daily one is the next try.
+    async fn back_up_retrying(&self, service: &str, what: &str) {
+        let mut shutdown = self.inner.shutdown_tx.subscribe();
+        let mut pauses = BACKUP_RETRIES.iter();
+        loop {
+            let Err(e) = self.back_up(service).await else {
+                return;
+            };
+            let Some(pause) = pauses.next() else {
+                tracing::warn!(service = %service, error = %e, what,
+                    "backup failed; the daily schedule tries again");
+                return;
+            };
+            tracing::warn!(service = %service, error = %e, what, retry_in_s = pause.as_secs(),
+                "backup failed");
+            tokio::select! {
+                _ = tokio::time::sleep(*pause) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            // A service deleted or stopped meanwhile is not backed up.
+            match self.inner.store.service(service).await {
+                Ok(Some(s)) if s.state == ServiceState::Running => {}
+                _ => return,
+            }
+        }
     }
 
     /// At start-up: reads every running service's repository, backs up those without a backup,
@@ -282,9 +290,7 @@ impl Control {
                     let control = self.clone();
                     let name = s.name.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = control.back_up(&name).await {
-                            tracing::warn!(service = %name, error = %e, "scheduled backup failed");
-                        }
+                        control.back_up_retrying(&name, "scheduled backup").await;
                     });
                 }
             }

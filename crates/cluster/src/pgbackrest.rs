@@ -643,8 +643,9 @@ impl LocalProvisioner {
 
     /// Ends every pgBackRest process of `name`: `pgbackrest stop` (none starts again), then
     /// TERM to each process whose command line names the service's configuration and that
-    /// runs as the service's user (the command that holds the lock and its workers, which
-    /// `stop --force` alone leaves copying), waited for; KILL to what outlives `END_WAIT`.
+    /// runs as the service's user (each command and its worker processes, where `stop --force`
+    /// signals only the commands that hold a lock), waited for; KILL to what outlives
+    /// `END_WAIT`.
     fn end_pgbackrest(&self, name: &str) -> Result<(), ProvisionError> {
         // `stop` only keeps new commands from starting (the service is gone from the store and
         // its cluster stopped, so none is asked for): a failed one (pgBackRest uninstalled
@@ -905,14 +906,22 @@ mod tests {
             "--config=/nonexistent/pgbay-test-{}/pgbackrest.conf",
             std::process::id()
         );
-        // `sh -c script NAME`: NAME is an argument of the shell's own command line.
+        // `sh -c script NAME`: NAME is an argument of the shell's own command line. The script
+        // is a builtin that waits on stdin: no program is executed in the shell's place (dash
+        // execs a script's last program, which would take NAME off the command line).
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 30", &arg])
+            .args(["-c", "read _", &arg])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
+        // Its command line is empty until its exec is done: waited for (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while processes_naming(&arg, me).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(processes_naming(&arg, me), vec![pid]);
         assert!(processes_naming(&arg, me.wrapping_add(1)).is_empty());
         assert!(processes_naming(&arg[..arg.len() - 1], me).is_empty());

@@ -321,7 +321,6 @@ def test_a_failing_archive_is_visible_in_the_logs_and_metrics_and_recovers(node)
     ok(c, c.delete_dbaas_service(name=svc.name))
 
 
-
 def test_a_service_deleted_while_its_backup_runs_leaves_nothing_behind(node):
     """The daily backup is running when the service is deleted: pgbay ends it and waits for it
     before the repository goes, so that nothing writes into the repository afterwards (a backup

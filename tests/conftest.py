@@ -224,6 +224,28 @@ class PgbayServer:
         return Client(key, secret, url=self.url)
 
     def start(self) -> None:
+        # The API port is picked free and let go before pgbay binds it: when something else took
+        # it meanwhile, pgbay exits saying so, and is started again on another (bounded).
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return
+            except RuntimeError:
+                if attempt == 2 or not self._api_port_was_taken():
+                    raise
+                self._log_marker(f"API port {self.api_port} taken: starting on another")
+
+    def _api_port_was_taken(self) -> bool:
+        """Whether pgbay's last start ended because its API port was in use."""
+        try:
+            text = self.log_text()
+        except OSError:
+            return False
+        this_start = text[text.rfind("===== test harness: starting"):]
+        return (f"binding API on 127.0.0.1:{self.api_port}" in this_start
+                and "Address already in use" in this_start)
+
+    def _start_once(self) -> None:
         if not os.access(PGBAY_BIN, os.X_OK):
             raise RuntimeError(f"pgbay binary not found at {PGBAY_BIN} (set PGBAY_BIN)")
         limit = []

@@ -250,12 +250,8 @@ impl EmbeddedEtcd {
             .trim()
             .parse()
             .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let data = self.dir.join("data").display().to_string();
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == data.as_bytes())
-            .then_some(pid)
+        crate::files::cmdline_has(pid, &data).then_some(pid)
     }
 
     /// How many times [`ensure_running`](Self::ensure_running) restarted a dead etcd.

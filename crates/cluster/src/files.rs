@@ -41,3 +41,11 @@ pub fn write_atomic(
     }
     std::fs::rename(&tmp, path)
 }
+
+/// Whether one of process `pid`'s arguments is `arg` (`/proc/PID/cmdline`): false for a process
+/// gone, a zombie, or one whose exec has not finished (its command line is empty until then).
+pub(crate) fn cmdline_has(pid: i32, arg: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        .unwrap_or(false)
+}

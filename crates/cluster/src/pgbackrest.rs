@@ -707,14 +707,10 @@ fn processes_naming(arg: &str, uid: u32) -> Vec<i32> {
 /// Whether process `pid` runs as `uid` and one of its arguments is `arg` (a zombie has none).
 fn process_names(pid: i32, arg: &str, uid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let proc_dir = format!("/proc/{pid}");
-    match std::fs::metadata(&proc_dir) {
-        Ok(meta) if meta.uid() == uid => {}
-        _ => return false,
+    match std::fs::metadata(format!("/proc/{pid}")) {
+        Ok(meta) if meta.uid() == uid => crate::files::cmdline_has(pid, arg),
+        _ => false,
     }
-    std::fs::read(format!("{proc_dir}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
-        .unwrap_or(false)
 }
 
 /// A directory only `owner` may use (0700), made if missing and handed to `owner`.

@@ -401,12 +401,8 @@ impl Member {
     fn adopted_pid(&self) -> Option<i32> {
         let file = self.config.pid_file.as_ref()?;
         let pid: i32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let yaml = self.config.yaml_path().display().to_string();
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == yaml.as_bytes())
-            .then_some(pid)
+        crate::files::cmdline_has(pid, &yaml).then_some(pid)
     }
 
     fn spawn(&mut self) -> Result<(), std::io::Error> {

@@ -182,6 +182,51 @@ def test_a_rolled_back_custom_setting_is_not_kept(pool_uri):
         assert one(a, TENANT) == "unset"
 
 
+def test_a_custom_setting_past_the_64th_is_refused_and_nothing_is_lost(pool_uri):
+    """A client carries at most 64 custom settings: a statement that would set a 65th is
+    refused before it runs (54000, naming it; an open block fails, as on PostgreSQL's own
+    error), instead of running and being reset at its transaction's end; the 64 stay."""
+    def val(conn, name):
+        read = "SELECT coalesce(nullif(current_setting(%s, true), ''), 'unset')"
+        return conn.execute(read, (name,)).fetchone()[0]
+
+    def refused(conn, sql, *args, **kw):
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"at most 64.*app\.s64"):
+            conn.execute(sql, *args, **kw)
+
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        a.execute("; ".join(f"SET app.s{i} = 'v{i}'" for i in range(32)))
+        for i in range(32, 64):
+            a.execute(f"SET app.s{i} = 'v{i}'")
+        refused(a, "SET app.s64 = 'v64'")
+        refused(a, "SELECT 1; SET app.s0 = 'again'; SET app.s64 = 'x'")
+        refused(a, "SELECT set_config('app.s64', %s, false)", ("x",), prepare=True)
+        # In a block: it fails, as PostgreSQL's own error would, and rolls back what came first.
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            with a.transaction():
+                a.execute("SET app.s1 = 'in-block'")
+                a.execute("SET SESSION app.s64 = 'x'")
+        # Neither the refused statements nor the failed block changed anything, and the 64 are
+        # still the client's after other clients had the pool's connection.
+        unset = "SELECT coalesce(nullif(current_setting('app.s5', true), ''), 'unset')"
+        assert others_see(pool_uri, unset) == ["unset"] * OTHERS
+        for i in (0, 1, 63):
+            assert val(a, f"app.s{i}") == f"v{i}"
+        assert val(a, "app.s64") == "unset"
+        # A setting for the transaction alone is no 65th. A RESET leaves the name set (empty,
+        # as PostgreSQL keeps it): the 65th stays refused, the 64 can be set again.
+        with a.transaction():
+            a.execute("SET LOCAL app.s64 = 'local'")
+            assert val(a, "app.s64") == "local"
+        assert val(a, "app.s64") == "unset"
+        a.execute("RESET app.s0")
+        assert val(a, "app.s0") == "unset"
+        refused(a, "SET app.s64 = 'v64'")
+        a.execute("SET app.s0 = 'again'")
+        assert val(a, "app.s0") == "again"
+        assert val(a, "app.s63") == "v63"
+
+
 @pytest.mark.parametrize("setting, value", [
     ("bytea_output", "escape"), ("client_min_messages", "error"), ("xmloption", "document"),
     ("plan_cache_mode", "force_generic_plan"),

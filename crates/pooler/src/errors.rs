@@ -84,6 +84,20 @@ pub fn too_many_custom_settings(name: &str, most: usize) -> ClientError {
     )
 }
 
+/// Transaction/statement mode: a statement would give the client a custom setting past the
+/// `most` the pooler carries for it between server connections (refused before it runs, so
+/// that none is reset behind the client's back).
+pub fn one_custom_setting_too_many(name: &str, most: usize) -> ClientError {
+    ClientError::new(
+        "54000",
+        // Debug-quoted: whatever the client sent stays one printable word in logs.
+        format!(
+            "too many custom settings (at most {most} per client of a transaction or statement \
+             pool): {name:?}"
+        ),
+    )
+}
+
 /// A setting in the startup `options` the pooler does not carry between server connections.
 pub fn unsupported_startup_option(name: &str) -> ClientError {
     ClientError::new(

@@ -104,8 +104,10 @@ impl IndexMut<usize> for Values {
     }
 }
 
-/// At most this many custom settings are carried per client; a SET of another one is undone
-/// at the end of its transaction, as before custom settings were carried.
+/// At most this many custom settings are carried per client: a statement whose text would set
+/// another is refused before it runs (`scan::custom::one_too_many`); one the text does not show
+/// (a parameter of `set_config`, a statement prepared while the client had room) is undone at
+/// the end of its transaction, as every custom setting was before they were carried.
 pub const MAX_CUSTOM: usize = 64;
 
 /// A custom setting's name longer than this is not carried (PostgreSQL sets no limit).
@@ -259,6 +261,23 @@ impl ClientParams {
         if self.custom_pending.len() < MAX_CUSTOM && !self.custom_pending.contains(&name) {
             self.custom_pending.push(name);
         }
+    }
+
+    /// How many custom settings the client carries or its statements named since the last
+    /// read-back (which it may carry after it).
+    pub fn customs_named(&self) -> usize {
+        let carried = self.custom();
+        carried.len()
+            + self
+                .custom_pending
+                .iter()
+                .filter(|n| self.custom_value(n).is_none())
+                .count()
+    }
+
+    /// Whether a SET of custom setting `name` would add one to `customs_named`.
+    pub fn would_add_custom(&self, name: &str) -> bool {
+        self.custom_value(name).is_none() && !self.custom_pending.iter().any(|n| **n == *name)
     }
 
     /// The custom settings to read back at a reset: those the client has and those its

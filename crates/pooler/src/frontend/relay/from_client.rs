@@ -20,6 +20,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
+use crate::params::MAX_CUSTOM;
 use crate::prepared::{stand_in_tag, ClientStatements, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -175,6 +176,24 @@ fn client_messages(
                     push(&mut relay.expect, tag, Action::Refuse, 0);
                     relay.c2s_discard = tag == tag::PARSE;
                     continue;
+                }
+                if let Found::Sets(bits) = st.found {
+                    if bits & session_state::CUSTOM != 0 {
+                        if let Some(name) = scan::custom::one_too_many(text, ctx.params) {
+                            // Refused before it runs, as PostgreSQL refuses a statement
+                            // (failing an open block), rather than reset at its end.
+                            flush_run(&mut server.bufs.c2s_out, input, &mut run, pos);
+                            pos += len;
+                            run = pos;
+                            let e = errors::one_custom_setting_too_many(&name, MAX_CUSTOM);
+                            if tag == tag::QUERY {
+                                raised_by_server(server, relay, &e);
+                            } else {
+                                raised_in_place(server, relay, ctx.statements, msg, &e);
+                            }
+                            continue;
+                        }
+                    }
                 }
                 match st.found {
                     Found::Nothing => {}

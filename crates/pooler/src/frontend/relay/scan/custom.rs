@@ -26,32 +26,69 @@ pub fn note(sql: &[u8], params: &mut ClientParams) {
 /// The custom settings' names in `sql` (module docs), lower case, in order.
 pub fn names(sql: &[u8]) -> Vec<Box<str>> {
     let mut found = Vec::new();
+    each(sql, |name, _| {
+        if !found.contains(&name) {
+            found.push(name);
+        }
+    });
+    found
+}
+
+/// The first of the names `sql` may give a session-long value (a `SET [SESSION]` or a
+/// `set_config`; not a `RESET` or a `SET LOCAL`) that a client carrying `carried` (and having
+/// named `pending` since) cannot carry: the one past `params::MAX_CUSTOM`. Read only when the
+/// scan found a custom setting (`CUSTOM`), off the hot path.
+#[cold]
+#[inline(never)]
+pub fn one_too_many(sql: &[u8], params: &ClientParams) -> Option<Box<str>> {
+    let mut new: Vec<Box<str>> = Vec::new();
+    let mut over = None;
+    each(sql, |name, lasts| {
+        if over.is_some() || !lasts || new.contains(&name) || !params.would_add_custom(&name) {
+            return;
+        }
+        if params.customs_named() + new.len() >= crate::params::MAX_CUSTOM {
+            over = Some(name);
+        } else {
+            new.push(name);
+        }
+    });
+    over
+}
+
+/// Calls `f` with each custom setting's name in `sql` (module docs), lower case, in order,
+/// and whether the statement may give it a value that lasts the session (false for `RESET`
+/// and `SET LOCAL`).
+fn each(sql: &[u8], mut f: impl FnMut(Box<str>, bool)) {
     for i in 0..sql.len() {
         if !matches!(sql[i] | 0x20, b's' | b'r') || (i > 0 && ident(sql[i - 1])) {
             continue;
         }
         let s = &sql[i..];
-        let name = if let Some(rest) = keyword(s, b"set").or_else(|| keyword(s, b"reset")) {
+        let (set, reset) = (keyword(s, b"set"), keyword(s, b"reset"));
+        let found = if let Some(rest) = set.or(reset) {
             let mut rest = skip_noise(rest);
-            if let Some(r) = keyword(rest, b"session").or_else(|| keyword(rest, b"local")) {
+            let mut lasts = set.is_some();
+            if let Some(r) = keyword(rest, b"session") {
                 rest = skip_noise(r);
+            } else if let Some(r) = keyword(rest, b"local") {
+                rest = skip_noise(r);
+                lasts = false;
             }
-            custom_name_at(rest).map(|(name, _)| name)
+            custom_name_at(rest).map(|(name, _)| (name, lasts))
         } else if s.len() >= 10 && s[..10].eq_ignore_ascii_case(b"set_config") {
             skip_noise(&s[10..])
                 .strip_prefix(b"(")
                 .and_then(|rest| string_at(skip_noise(rest)))
                 .and_then(|(text, _)| custom_name(&text))
+                .map(|name| (name, true))
         } else {
             None
         };
-        if let Some(name) = name {
-            if !found.contains(&name) {
-                found.push(name);
-            }
+        if let Some((name, lasts)) = found {
+            f(name, lasts);
         }
     }
-    found
 }
 
 #[cfg(test)]
@@ -84,5 +121,48 @@ mod tests {
         assert!(got("SELECT set_config($1, 'x', false)\0").is_empty());
         assert!(got("UPDATE t SET a = 1; select reset_x.y\0").is_empty());
         assert!(got("SET app.\"x y\" = 1\0").is_empty());
+    }
+
+    /// The name past `MAX_CUSTOM` a statement would make its client carry: not one it carries
+    /// or named already, nor one it resets or sets for its transaction only.
+    #[test]
+    fn finds_the_setting_one_too_many() {
+        use crate::params::{ClientParams, Values, MAX_CUSTOM};
+        let mut values: Values = Default::default();
+        for i in 0..MAX_CUSTOM - 2 {
+            assert!(values.set_custom(&format!("app.s{i}"), Some("1".into())));
+        }
+        let mut params = ClientParams::new(values);
+        let over = |sql: &str, params: &ClientParams| {
+            super::one_too_many(sql.as_bytes(), params).map(String::from)
+        };
+        assert_eq!(over("SET app.a = 1; SET app.b = 1\0", &params), None);
+        assert_eq!(
+            over(
+                "SET app.a = 1; SET app.s0 = 2; SET app.b = 1; SET app.c = 1\0",
+                &params
+            )
+            .as_deref(),
+            Some("app.c")
+        );
+        assert_eq!(
+            over("select set_config('app.a', $1, false), set_config('App.B', 'x', false), set_config('app.c', 'y', false)\0", &params).as_deref(),
+            Some("app.c")
+        );
+        assert_eq!(
+            over("RESET app.a; RESET app.b; SET LOCAL app.c = 1\0", &params),
+            None
+        );
+        assert_eq!(
+            over("SET app.a = 1; SET app.a = 2; SET app.b = 3\0", &params),
+            None
+        );
+        // Named since the last read-back: counted once, as carried.
+        params.note_custom("app.a".into());
+        assert_eq!(over("SET app.a = 1; SET app.b = 1\0", &params), None);
+        assert_eq!(
+            over("SET app.b = 1; SET session app.c = 1\0", &params).as_deref(),
+            Some("app.c")
+        );
     }
 }

@@ -625,7 +625,7 @@ impl LocalProvisioner {
     /// on into the repository after it is gone.
     pub fn remove_repo(&self, name: &str) -> Result<(), ProvisionError> {
         if self.pgbackrest_conf(name).exists() {
-            self.end_pgbackrest(name)?;
+            self.end_pgbackrest(name, END_WAIT)?;
         }
         if let Some(repo) = self.repo_of(name) {
             if std::fs::symlink_metadata(&repo).is_ok() {
@@ -644,9 +644,9 @@ impl LocalProvisioner {
     /// Ends every pgBackRest process of `name`: `pgbackrest stop` (none starts again), then
     /// TERM to each process whose command line names the service's configuration and that
     /// runs as the service's user (each command and its worker processes, where `stop --force`
-    /// signals only the commands that hold a lock), waited for; KILL to what outlives
-    /// `END_WAIT`.
-    fn end_pgbackrest(&self, name: &str) -> Result<(), ProvisionError> {
+    /// signals only the commands that hold a lock), waited for; KILL to what outlives `wait`
+    /// (`END_WAIT`), waited for as long; an error if any is left then.
+    fn end_pgbackrest(&self, name: &str, wait: std::time::Duration) -> Result<(), ProvisionError> {
         // `stop` only keeps new commands from starting (the service is gone from the store and
         // its cluster stopped, so none is asked for): a failed one (pgBackRest uninstalled
         // since) does not keep the service's files.
@@ -663,7 +663,7 @@ impl LocalProvisioner {
             Some((uid, _)) => uid,
             None => unsafe { libc::geteuid() },
         };
-        for (signal, wait) in [(libc::SIGTERM, END_WAIT), (libc::SIGKILL, END_WAIT)] {
+        for signal in [libc::SIGTERM, libc::SIGKILL] {
             let pids = processes_naming(&config, uid);
             if pids.is_empty() {
                 return Ok(());
@@ -925,6 +925,62 @@ mod tests {
         child.wait().unwrap();
         // A process that has ended names nothing.
         assert!(!process_names(pid, &arg, me));
+    }
+
+    /// A process of the service that ignores TERM is killed once the wait is over, and a
+    /// failed `pgbackrest stop` (here: the service has no configuration file) does not keep
+    /// the removal from ending what runs.
+    #[test]
+    fn a_process_that_ignores_term_is_killed_and_a_failed_stop_is_no_obstacle() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let dir = tempfile::tempdir().unwrap();
+        let prov =
+            LocalProvisioner::new("/nonexistent".into(), dir.path().to_path_buf(), "h".into());
+        let service = "svc-end";
+        std::fs::create_dir(prov.service_dir(service)).unwrap();
+        // As root, the service's files and processes are a user's of its own (`nobody` here).
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            prov.ensure_traversable(dir.path()).unwrap();
+            std::os::unix::fs::chown(prov.service_dir(service), Some(65534), Some(65534)).unwrap();
+        }
+        let arg = format!("--config={}", prov.pgbackrest_conf(service).display());
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "trap '' TERM; read _", &arg])
+            .stdin(std::process::Stdio::piped());
+        if root {
+            command.uid(65534).gid(65534);
+        }
+        let mut child = command.spawn().unwrap();
+        let uid = if root {
+            65534
+        } else {
+            unsafe { libc::geteuid() }
+        };
+        // Its command line is empty until its exec is done, and TERM is ignored once its trap
+        // is set (`SigIgn` in /proc): both waited for, bounded.
+        let ignores_term = |pid: u32| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (processes_naming(&arg, uid).is_empty() || !ignores_term(child.id()))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(processes_naming(&arg, uid), vec![child.id() as i32]);
+        assert!(ignores_term(child.id()));
+        prov.end_pgbackrest(service, std::time::Duration::from_millis(500))
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        assert!(processes_naming(&arg, uid).is_empty());
     }
 
     #[test]

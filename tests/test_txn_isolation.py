@@ -137,7 +137,8 @@ def test_untracked_settings_are_reset(pool_uri, setting, value):
 TENANT = "SELECT coalesce(nullif(current_setting('app.tenant', true), ''), 'unset')"
 
 
-@pytest.mark.parametrize("how", ["set", "set-in-block", "set_config-prepared", "options"])
+@pytest.mark.parametrize("how", ["set", "set-in-block", "set_config-prepared",
+                                 "set_config-name-bound", "options"])
 def test_a_custom_setting_stays_with_its_client(pool_uri, how):
     """A custom setting (`app.tenant`, as row-level security policies read it) follows the
     client that set it from transaction to transaction, however it was set, and reaches no
@@ -155,6 +156,14 @@ def test_a_custom_setting_stays_with_its_client(pool_uri, how):
             for i in range(8):
                 tenant = "acme" if i == 7 else f"t{i}"
                 got = a.execute("SELECT set_config('app.tenant', %s, false)", (tenant,))
+                assert got.fetchone()[0] == tenant
+                assert one(a, TENANT) == tenant
+        elif how == "set_config-name-bound":
+            # The name too is a parameter (bound on the server by psycopg), unnamed the first
+            # times, then prepared.
+            for i in range(8):
+                tenant = "acme" if i == 7 else f"t{i}"
+                got = a.execute("SELECT set_config(%s, %s, false)", ("App.Tenant", tenant))
                 assert got.fetchone()[0] == tenant
                 assert one(a, TENANT) == tenant
         same_backend(pool_uri, a)

@@ -181,6 +181,9 @@ pub struct ClientStatements {
     /// The unnamed statement is a stand-in for a `DEALLOCATE`, `LISTEN` or `UNLISTEN` the
     /// pooler serves (`stand_in_tag`): the command tag its Execute completes with (0: none).
     unnamed_tag: u8,
+    /// The unnamed statement may take a custom setting's name as a bound parameter
+    /// (`set_config($1, ...)`): each Bind of it is read for the name (`scan::custom::note_bound`).
+    unnamed_binds_names: bool,
 }
 
 impl ClientStatements {
@@ -192,14 +195,32 @@ impl ClientStatements {
     pub fn replace_unnamed(&mut self, now: Option<&[u8]>) -> (Vec<u8>, u8) {
         let now = now.map(<[u8]>::to_vec).unwrap_or_default();
         let before = std::mem::replace(&mut self.unnamed, now);
+        self.unnamed_binds_names = false;
         (before, std::mem::take(&mut self.unnamed_tag))
     }
 
-    /// Puts back the unnamed statement `replace_unnamed` returned.
+    /// Puts back the unnamed statement `replace_unnamed` returned (a name it binds is not
+    /// read from its Binds then).
     #[cold]
     pub fn restore_unnamed(&mut self, parse: Vec<u8>, tag: u8) {
         self.unnamed = parse;
         self.unnamed_tag = tag;
+    }
+
+    /// The unnamed statement just set may bind a custom setting's name (`unnamed_binds_names`).
+    #[cold]
+    pub fn set_unnamed_binds_names(&mut self) {
+        self.unnamed_binds_names = true;
+    }
+
+    /// The unnamed statement's text, when it may bind a custom setting's name.
+    #[inline]
+    pub fn unnamed_binding_names(&self) -> Option<&[u8]> {
+        if self.unnamed_binds_names {
+            self.unnamed()
+        } else {
+            None
+        }
     }
 
     /// The unnamed statement just set is a stand-in (a `DEALLOCATE`, `LISTEN` or `UNLISTEN`
@@ -218,6 +239,7 @@ impl ClientStatements {
     pub fn clear_unnamed(&mut self) {
         self.unnamed = Vec::new();
         self.unnamed_tag = 0;
+        self.unnamed_binds_names = false;
     }
 
     pub fn unnamed(&self) -> Option<&[u8]> {

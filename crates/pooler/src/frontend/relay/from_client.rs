@@ -152,6 +152,8 @@ fn client_messages(
         let mut mark = 0;
         // A Parse of a statement that may drop the connection's prepared statements.
         let mut parse_drops = false;
+        // A Parse of a statement that may bind a custom setting's name (`set_config($1, ..)`).
+        let mut parse_names = false;
         // Statement mode implies session state tracking: a Query or Parse is read whole (up to
         // `SCAN_MAX`) by the one scanner, for a transaction block to refuse and for what it
         // may change in the session.
@@ -224,6 +226,7 @@ fn client_messages(
                             }
                             if bits & session_state::CUSTOM != 0 {
                                 scan::custom::note(text, ctx.params);
+                                parse_names = tag == tag::PARSE;
                             }
                             ctx.params.dirty |=
                                 bits & !(session_state::DROPS | session_state::NOTIFIES);
@@ -413,6 +416,9 @@ fn client_messages(
             // drop names (`tag_portal`), as for a named one (`Statement::drops`).
             ctx.statements.set_unnamed_tag(stand_in_tag::DROPS);
         }
+        if parse_names && msg.get(HEADER) == Some(&0) {
+            ctx.statements.set_unnamed_binds_names();
+        }
     }
     Ok((pos, run, false))
 }
@@ -488,6 +494,7 @@ fn rewrite(
                     if stmt.sets & session_state::CUSTOM != 0 {
                         let text = scan::statement_text(tag::PARSE, &stmt.parse);
                         scan::custom::note(text, ctx.params);
+                        scan::custom::note_bound(text, b.rest, ctx.params);
                     }
                     relay.notified |= stmt.notifies;
                     ctx.tally.t.server_parses +=
@@ -502,6 +509,10 @@ fn rewrite(
                 None => {
                     if b.statement.is_empty() {
                         ensure_unnamed(server, relay, ctx);
+                        if let Some(parse) = ctx.statements.unnamed_binding_names() {
+                            let text = scan::statement_text(tag::PARSE, parse);
+                            scan::custom::note_bound(text, b.rest, ctx.params);
+                        }
                     }
                     server.bufs.c2s_out.extend_from_slice(msg)
                 }

@@ -23,6 +23,87 @@ pub fn note(sql: &[u8], params: &mut ClientParams) {
     }
 }
 
+/// Notes the custom settings' names a Bind gives the statement `sql` as parameters of
+/// `set_config($n, ...)` (`bind`: the Bind's parameter part, after the statement's name), as
+/// drivers that bind on the server send them.
+#[cold]
+#[inline(never)]
+pub fn note_bound(sql: &[u8], bind: &[u8], params: &mut ClientParams) {
+    for n in name_parameters(sql) {
+        let name = bound(bind, n)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(custom_name);
+        if let Some(name) = name {
+            params.note_custom(name);
+        }
+    }
+}
+
+/// The numbers of the parameters `sql` gives `set_config` as its name (`set_config($2, ...)`).
+fn name_parameters(sql: &[u8]) -> Vec<usize> {
+    let mut found = Vec::new();
+    for i in 0..sql.len() {
+        let s = &sql[i..];
+        if (i > 0 && ident(sql[i - 1]))
+            || s.len() < 10
+            || !s[..10].eq_ignore_ascii_case(b"set_config")
+        {
+            continue;
+        }
+        let Some(rest) = skip_noise(&s[10..]).strip_prefix(b"(") else {
+            continue;
+        };
+        let Some(digits) = skip_noise(rest).strip_prefix(b"$") else {
+            continue;
+        };
+        let end = digits
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(digits.len());
+        if let Ok(n) = std::str::from_utf8(&digits[..end])
+            .unwrap_or("")
+            .parse::<usize>()
+        {
+            if n > 0 && !found.contains(&n) {
+                found.push(n);
+            }
+        }
+    }
+    found
+}
+
+/// The value of parameter `n` (1-based) in a Bind's parameter part (`bind`: format codes,
+/// then the values, each with its length); None for NULL or a malformed message. A text
+/// parameter's bytes are its text in either format.
+fn bound(bind: &[u8], n: usize) -> Option<&[u8]> {
+    let u16_at = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    let formats = u16_at(bind, 0)?;
+    let mut at = 2 + 2 * formats;
+    let count = u16_at(bind, at)?;
+    if n > count {
+        return None;
+    }
+    at += 2;
+    for i in 1..=n {
+        let len = i32::from_be_bytes(bind.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            if i == n {
+                return None;
+            }
+            continue;
+        }
+        let value = bind.get(at..at + len as usize)?;
+        if i == n {
+            return Some(value);
+        }
+        at += len as usize;
+    }
+    None
+}
+
 /// The custom settings' names in `sql` (module docs), lower case, in order.
 pub fn names(sql: &[u8]) -> Vec<Box<str>> {
     let mut found = Vec::new();
@@ -121,6 +202,64 @@ mod tests {
         assert!(got("SELECT set_config($1, 'x', false)\0").is_empty());
         assert!(got("UPDATE t SET a = 1; select reset_x.y\0").is_empty());
         assert!(got("SET app.\"x y\" = 1\0").is_empty());
+    }
+
+    /// A name bound as `set_config`'s first parameter is read from the Bind, in text or binary
+    /// format; NULL, another parameter or a name that is no custom setting's is not noted.
+    #[test]
+    fn finds_names_bound_as_parameters_of_set_config() {
+        use crate::params::ClientParams;
+        let bind = |formats: &[u16], values: &[Option<&str>]| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+            for f in formats {
+                b.extend_from_slice(&f.to_be_bytes());
+            }
+            b.extend_from_slice(&(values.len() as u16).to_be_bytes());
+            for v in values {
+                match v {
+                    Some(v) => {
+                        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        b.extend_from_slice(v.as_bytes());
+                    }
+                    None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            b.extend_from_slice(&0u16.to_be_bytes());
+            b
+        };
+        let noted = |sql: &str, bind: &[u8]| {
+            let mut params = ClientParams::new(Default::default());
+            super::note_bound(sql.as_bytes(), bind, &mut params);
+            params
+                .customs_to_read()
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let sql = "SELECT pg_catalog.set_config( $2, $1, false), SET_CONFIG($3,'x',true)\0";
+        let values = [Some("v"), Some("App.Tenant"), None];
+        assert_eq!(noted(sql, &bind(&[], &values)), ["app.tenant"]);
+        assert_eq!(noted(sql, &bind(&[1], &values)), ["app.tenant"]);
+        assert_eq!(
+            noted(
+                sql,
+                &bind(&[0, 1, 0], &[Some("v"), Some("a.b"), Some("c.d")])
+            ),
+            ["a.b", "c.d"]
+        );
+        assert!(noted(sql, &bind(&[], &[Some("v"), Some("search_path"), None])).is_empty());
+        assert!(noted(
+            "select set_config($1, $2, false)\0",
+            &bind(&[], &[None, Some("x")])
+        )
+        .is_empty());
+        assert!(noted("select reset_config($1)\0", &bind(&[], &[Some("a.b")])).is_empty());
+        // Cut short: nothing, and no panic.
+        let whole = bind(&[], &[Some("v"), Some("a.b")]);
+        for end in 0..whole.len() - 2 {
+            assert!(noted(sql, &whole[..end]).is_empty(), "{end}");
+        }
     }
 
     /// The name past `MAX_CUSTOM` a statement would make its client carry: not one it carries

@@ -534,8 +534,9 @@ fn name_bit(s: &[u8]) -> u64 {
 /// The bit of the parameter named by a string literal at the start of `s` (`set_config`).
 fn literal_bit(s: &[u8]) -> u64 {
     let Some(q) = s.strip_prefix(b"'") else {
-        // A name that is not a plain literal (a parameter, an expression): assume the worst.
-        return ALL | SESSION;
+        // A name that is not a plain literal (an expression): assume the worst; a parameter
+        // may also be a custom setting's name, read from the Bind (`custom::note_bound`).
+        return ALL | SESSION | if s.first() == Some(&b'$') { CUSTOM } else { 0 };
     };
     match q.iter().position(|&b| b == b'\'') {
         Some(end) => bit_bytes(&q[..end]),
@@ -594,7 +595,11 @@ mod tests {
             sets("select pg_catalog.set_config ( 'work_mem', '8MB', false)\0"),
             bit("work_mem")
         );
-        assert_eq!(sets("SELECT set_config($1, $2, false)\0"), ALL | SESSION);
+        // Its name bound as a parameter: perhaps a custom setting's (read from the Bind).
+        assert_eq!(
+            sets("SELECT set_config($1, $2, false)\0"),
+            ALL | SESSION | CUSTOM
+        );
         // The quick SELECT test lets noise and line breaks through to the full check.
         assert_eq!(
             sets("SELECT\n  /* x */ set_config('work_mem', '8MB', false)\0"),

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -116,15 +117,25 @@ class PortWindow:
             self._fd = None
 
 
-def free_api_port() -> int:
-    """A free TCP port outside the span that the port windows are taken from."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not PORT_SPAN[0] <= port < PORT_SPAN[1]:
+_spare: "PortWindow | None" = None
+_spare_next = 0
+
+
+def spare_port() -> int:
+    """A port of a window this session holds (`PortWindow`) that no test was given yet and
+    nothing listens on: for a server a test starts itself on a port it must name beforehand (a
+    source PostgreSQL, an exporter, the README's pgbay), or a port that must stay closed. Held by
+    the window's reservation, never picked free and let go."""
+    global _spare, _spare_next
+    while True:
+        if _spare is None or _spare_next > _spare.hi:
+            # A used-up window stays held until the session ends.
+            _spare = PortWindow()
+            _spare_next = _spare.lo
+        port = _spare_next
+        _spare_next += 1
+        if _port_is_free(port):
             return port
-    raise RuntimeError("no free API port")
 
 
 def port_accepts(port: int) -> bool:
@@ -224,28 +235,6 @@ class PgbayServer:
         return Client(key, secret, url=self.url)
 
     def start(self) -> None:
-        # The API port is picked free and let go before pgbay binds it: when something else took
-        # it meanwhile, pgbay exits saying so, and is started again on another (bounded).
-        for attempt in range(3):
-            try:
-                self._start_once()
-                return
-            except RuntimeError:
-                if attempt == 2 or not self._api_port_was_taken():
-                    raise
-                self._log_marker(f"API port {self.api_port} taken: starting on another")
-
-    def _api_port_was_taken(self) -> bool:
-        """Whether pgbay's last start ended because its API port was in use."""
-        try:
-            text = self.log_text()
-        except OSError:
-            return False
-        this_start = text[text.rfind("===== test harness: starting"):]
-        return (f"binding API on 127.0.0.1:{self.api_port}" in this_start
-                and "Address already in use" in this_start)
-
-    def _start_once(self) -> None:
         if not os.access(PGBAY_BIN, os.X_OK):
             raise RuntimeError(f"pgbay binary not found at {PGBAY_BIN} (set PGBAY_BIN)")
         limit = []
@@ -254,7 +243,8 @@ class PgbayServer:
             if prlimit is None:
                 pytest.skip("prlimit (util-linux) is not installed")
             limit = [prlimit, f"--nofile={self.nofile}:{self.nofile}", "--"]
-        self.api_port = free_api_port()
+        # pgbay binds a port of its own choosing and says which (`_wait_ready`).
+        self.api_port = None
         env = dict(os.environ)
         env.update(
             PGBAY_API_KEY=API_KEY,
@@ -268,7 +258,7 @@ class PgbayServer:
             "--data-dir",
             str(self.data_dir),
             "--api-listen",
-            f"127.0.0.1:{self.api_port}",
+            "127.0.0.1:0",
             "--public-host",
             self.public_host,
             "--port-range",
@@ -289,6 +279,16 @@ class PgbayServer:
             LIVE_SERVERS.append(self)
         self._wait_ready()
 
+    def _bound_api_port(self) -> int | None:
+        """The API port pgbay's current start says it serves on, once it said so."""
+        try:
+            text = self.log_text()
+        except OSError:
+            return None
+        this_start = text[text.rfind("===== test harness: starting"):]
+        m = re.search(r"pgbay serving api=127\.0\.0\.1:(\d+)", this_start)
+        return int(m.group(1)) if m else None
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         last = None
@@ -297,6 +297,11 @@ class PgbayServer:
                 raise RuntimeError(
                     f"pgbay exited with {self.proc.returncode} before answering\n{self.log_tail()}"
                 )
+            if self.api_port is None:
+                self.api_port = self._bound_api_port()
+                if self.api_port is None:
+                    time.sleep(0.1)
+                    continue
             try:
                 r = requests.get(
                     f"{self.url}/dbaas-service",

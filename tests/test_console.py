@@ -472,10 +472,10 @@ def exporter_bin():
 
 
 def test_exporter_scrapes_the_console(client, svc, exporter_bin, tmp_path):
-    from conftest import free_api_port
+    from conftest import spare_port
     pool = make_pool(client, svc)
     psql_ok(pool["connection-uri"], "SELECT 1")
-    port = free_api_port()
+    port = spare_port()
     (tmp_path / "config.yml").write_text(
         f"exporter_host: 127.0.0.1\nexporter_port: {port}\n"
         f"pgbouncers:\n  - dsn: {console_uri(svc)}\n")

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import (
     api_error,
-    free_api_port,
     provision,
     psql_ok,
+    spare_port,
     unique,
 )
 
@@ -33,7 +33,7 @@ class SourcePg:
 
     def __init__(self, wal_level: str = "logical") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="migrate-src-"))
-        self.port = free_api_port()
+        self.port = spare_port()
         self.data = self.dir / "data"
         pwfile = self.dir / "pw"
         pwfile.write_text(SOURCE_PASSWORD)
@@ -162,7 +162,7 @@ def test_migration_of_one_database_by_dbname(client, source):
 @pytest.mark.parametrize("case", ["password", "unreachable", "database"])
 def test_failed_migration_names_the_cause_and_the_service_stays_usable(server, client, source, case):
     name = unique("migbad")
-    closed = free_api_port()
+    closed = spare_port()
     migration = {
         "password": source.migration(password="wrong-password"),
         "unreachable": source.migration(port=closed),
@@ -319,7 +319,7 @@ def test_migration_check_names_each_problem(server, client, source, service):
     assert "password authentication failed" in task["result"], task
     assert "wrong-password" not in str(task) and "wrong-password" not in server.log_text()
 
-    closed = free_api_port()
+    closed = spare_port()
     task = check(client, service.name,
                  source_service_uri=f"postgres://postgres:x@127.0.0.1:{closed}/postgres")
     assert task["success"] is False and f"port {closed} failed" in task["result"], task

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import PGBAY_BIN, REPO, PgbayServer, PortWindow, free_api_port
+from conftest import PGBAY_BIN, REPO, PgbayServer, PortWindow, spare_port
 
 
 def walkthrough() -> str:
@@ -35,7 +35,7 @@ def test_readme_walkthrough_runs_as_written():
     for expected in ("cargo run --release -p pgbay -- serve &", "http://127.0.0.1:8080/v2",
                      "/tmp/exo", 'psql "$(cat pool-uri.txt)"\n'):
         assert expected in script, f"walkthrough lost {expected!r}; update this test with it"
-    api_port = free_api_port()
+    api_port = spare_port()
     venv = Path(sys.prefix)
     script = (script
               .replace("cargo run --release -p pgbay -- serve &", f"{PGBAY_BIN} serve &")

@@ -27,8 +27,10 @@ from conftest import (
 
 
 def successor_of(srv: PgbayServer) -> subprocess.Popen:
-    """Starts a second `pgbay serve` with the same data dir, API address and flags as `srv`."""
+    """Starts a second `pgbay serve` with the same data dir, API address and flags as `srv`
+    (the API's port as `srv` bound it, where `srv` was told to pick one)."""
     args = list(srv.proc.args)
+    args[args.index("--api-listen") + 1] = f"127.0.0.1:{srv.api_port}"
     env = dict(os.environ)
     env.update(PGBAY_API_KEY=API_KEY, PGBAY_API_SECRET=API_SECRET, RUST_BACKTRACE="1")
     env.update(srv.env)

@@ -2,7 +2,7 @@
 //! HTTP/1.1 requests: authentication refusals and the `{"message"}` error shapes. No cluster is
 //! created here; the Python suite drives full life cycles with the official client.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use pgbay_api::auth::{sign, SignedRequest};
@@ -11,6 +11,10 @@ use pgbay_control::local::default_bin_dir;
 use pgbay_control::{Control, ControlConfig, PortRange};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "../../../tests/held_ports.rs"]
+mod held_ports;
+use held_ports::held_ports;
 
 fn creds() -> Credentials {
     Credentials {
@@ -26,15 +30,10 @@ struct Server {
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let lo = StdListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let control = Control::start(ControlConfig {
         data_dir: dir.path().to_path_buf(),
         public_host: "127.0.0.1".into(),
-        port_range: PortRange(lo..=lo.saturating_add(10)),
+        port_range: PortRange(held_ports(11)),
         pg_bin_dir: default_bin_dir().unwrap(),
         zone: "test".into(),
         apply_timeout: Duration::from_secs(1),

@@ -3,13 +3,16 @@
 //! `GET /primary` answers 200 and a write commits there); the killed member, restarted by the
 //! supervision step, returns as a standby that has the row written after the failover.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgbay_cluster::etcd::{self, EmbeddedEtcd};
 use pgbay_cluster::provision::patroni::{self, Member, MemberConfig};
+
+#[path = "../../../tests/held_ports.rs"]
+mod held_ports;
+use held_ports::held_port;
 
 const PASSWORD: &str = "su-secret-\"quoted\"";
 
@@ -69,15 +72,13 @@ fn bin_dir() -> std::path::PathBuf {
     pgbay_cluster::provision::local::default_bin_dir().expect("PostgreSQL bin dir")
 }
 
-fn member(dir: &Path, name: &str, etcd_host: &str) -> (MemberConfig, Vec<TcpListener>) {
-    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+fn member(dir: &Path, name: &str, etcd_host: &str) -> MemberConfig {
     let cfg = MemberConfig {
         scope: "ha-test".into(),
         name: name.into(),
         etcd_hosts: vec![etcd_host.into()],
-        rest_port: a.local_addr().unwrap().port(),
-        pg_port: b.local_addr().unwrap().port(),
+        rest_port: held_port(),
+        pg_port: held_port(),
         dir: dir.join(name),
         bin_dir: bin_dir(),
         superuser_password: PASSWORD.into(),
@@ -89,7 +90,7 @@ fn member(dir: &Path, name: &str, etcd_host: &str) -> (MemberConfig, Vec<TcpList
         ..Default::default()
     };
     LOGS.with(|l| l.borrow_mut().push(cfg.log_path()));
-    (cfg, vec![a, b])
+    cfg
 }
 
 #[test]
@@ -109,15 +110,13 @@ fn two_members_fail_over_and_the_lost_one_returns_as_standby() {
         .trim_start_matches("http://")
         .to_string();
 
-    let (c0, held0) = member(tmp.path(), "m0", &host);
-    let (c1, held1) = member(tmp.path(), "m1", &host);
-    drop(held0);
+    let c0 = member(tmp.path(), "m0", &host);
+    let c1 = member(tmp.path(), "m1", &host);
     let mut m0 = Member::start(c0, owner).expect("m0");
     // m0 bootstraps first (it then holds the leader key); m1 joins as its standby.
     wait_for("m0 primary", Duration::from_secs(60), || {
         m0.rest_status("/primary") == Some(200)
     });
-    drop(held1);
     let mut m1 = Member::start(c1, owner).expect("m1");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(m0.config.yaml_path())

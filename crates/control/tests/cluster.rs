@@ -1,7 +1,6 @@
 //! Tests against real PostgreSQL clusters made by the local provisioner (initdb + pg_ctl in a temp
 //! dir, as `nobody` when run as root). Each test stops what it started, also when it fails.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -18,13 +17,9 @@ use pgbay_control::{
 };
 use tokio_postgres::error::SqlState;
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../../tests/held_ports.rs"]
+mod held_ports;
+use held_ports::{held_port, held_ports};
 
 /// A fresh service OS user name (made when the test runs as root, removed with the cluster).
 fn test_os_user() -> String {
@@ -83,7 +78,7 @@ async fn local_cluster_with_database_and_user() {
     prov.ensure_traversable(&dir.path().join("services"))
         .unwrap();
     let tls = ca::load_or_create(dir.path(), "127.0.0.1").unwrap();
-    let port = free_port();
+    let port = held_port();
     let spec = ClusterSpec {
         name: "svc",
         port,
@@ -171,11 +166,10 @@ async fn local_cluster_with_database_and_user() {
 }
 
 fn config(data_dir: &Path, apply_timeout: Duration) -> ControlConfig {
-    let lo = free_port().clamp(1024, 60000);
     ControlConfig {
         data_dir: data_dir.to_path_buf(),
         public_host: "127.0.0.1".into(),
-        port_range: PortRange(lo..=lo + 50),
+        port_range: PortRange(held_ports(51)),
         pg_bin_dir: default_bin_dir().unwrap(),
         zone: "test".into(),
         apply_timeout,
@@ -503,7 +497,7 @@ async fn external_server_is_adopted_for_one_service_and_left_running() {
     prov.ensure_traversable(&ext_dir.path().join("services"))
         .unwrap();
     let tls = ca::load_or_create(ext_dir.path(), "127.0.0.1").unwrap();
-    let ext_port = free_port();
+    let ext_port = held_port();
     let spec = ClusterSpec {
         name: "ext",
         port: ext_port,

@@ -2,7 +2,7 @@
 //! `nobody` when we are root), plus helpers to build pooler configs and connect clients.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -43,13 +43,9 @@ fn pg_command(bin: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {bin}: {e}"))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
+#[path = "../../../../tests/held_ports.rs"]
+mod held_ports;
+pub use held_ports::held_port;
 
 /// A PostgreSQL cluster owned by the test; stopped on drop.
 pub struct Cluster {
@@ -131,18 +127,18 @@ impl Cluster {
                 }
             }
         }
-        // A port found free may be taken by someone else before PostgreSQL binds it (a busy
-        // machine): then another one is tried.
+        // A port of a held window (`held_ports`); should another process bind it anyway (one
+        // that takes no reservation), another one is tried.
         let mut cluster = Cluster {
             dir,
-            port: free_port(),
+            port: held_port(),
             ssl,
             tmp,
         };
         for _ in 0..4 {
             match cluster.try_pg_ctl_start() {
                 Ok(()) => return cluster,
-                Err(log) if log.contains("could not bind") => cluster.port = free_port(),
+                Err(log) if log.contains("could not bind") => cluster.port = held_port(),
                 Err(log) => panic!("pg_ctl start failed: {log}"),
             }
         }

@@ -148,6 +148,24 @@ pub async fn run(
             "took over the sockets of the running pgbay"
         );
     }
+    // Bound before the control plane starts: the other nodes are told the port it got (an
+    // `--api-listen` port 0 lets the system pick one); requests wait in its backlog meanwhile.
+    let inherited_api = inherited.as_mut().and_then(|i| {
+        let at = i
+            .api
+            .iter()
+            .position(|l| l.local_addr().ok() == Some(args.api_listen))?;
+        Some(i.api.swap_remove(at))
+    });
+    let listener = match inherited_api {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(args.api_listen)
+            .await
+            .with_context(|| format!("binding API on {}", args.api_listen))?,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let control = Control::start(ControlConfig {
@@ -164,7 +182,7 @@ pub async fn run(
         backup_s3,
         etcd: args.etcd.clone().map(|e| e.0),
         node: {
-            let api_url = api_url(&args);
+            let api_url = api_url(&args, listener.local_addr()?.port());
             let mut node = pgbay_control::NodeConfig::single(&data_dir, &api_url);
             if let Some(name) = &args.node_name {
                 node.name = name.clone();
@@ -229,22 +247,6 @@ pub async fn run(
     let api_tls_config =
         crate::api_tls::server_config(&api_tls, &data_dir, args.api_listen, &args.public_host)?;
 
-    let inherited_api = inherited.as_mut().and_then(|i| {
-        let at = i
-            .api
-            .iter()
-            .position(|l| l.local_addr().ok() == Some(args.api_listen))?;
-        Some(i.api.swap_remove(at))
-    });
-    let listener = match inherited_api {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(l)?
-        }
-        None => tokio::net::TcpListener::bind(args.api_listen)
-            .await
-            .with_context(|| format!("binding API on {}", args.api_listen))?,
-    };
     let api_fd = {
         use std::os::fd::AsFd;
         listener.as_fd().try_clone_to_owned()?
@@ -344,9 +346,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Where this node's API answers, for the other nodes: its listen address, or its public host
-/// when it listens on every address; https when the API speaks TLS.
-fn api_url(args: &ServeArgs) -> String {
+/// Where this node's API answers, for the other nodes: its listen address (with the `port` it
+/// bound), or its public host when it listens on every address; https when the API speaks TLS.
+fn api_url(args: &ServeArgs, port: u16) -> String {
     let api_tls = crate::api_tls::effective(args.api_tls.as_ref(), args.api_listen);
     let scheme = if matches!(api_tls, crate::api_tls::ApiTls::Off) {
         "http"
@@ -363,7 +365,7 @@ fn api_url(args: &ServeArgs) -> String {
     } else {
         host
     };
-    format!("{scheme}://{host}:{}", args.api_listen.port())
+    format!("{scheme}://{host}:{port}")
 }
 
 /// The store as logged: the SQLite default, or the URL without its password.

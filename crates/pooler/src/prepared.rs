@@ -178,12 +178,20 @@ pub struct ClientStatements {
     /// preceded by this Parse again, and a client without one cannot bind another client's
     /// (`frontend::relay`'s `ensure_unnamed`).
     unnamed: Vec<u8>,
-    /// The unnamed statement is a stand-in for a `DEALLOCATE`, `LISTEN` or `UNLISTEN` the
-    /// pooler serves (`stand_in_tag`): the command tag its Execute completes with (0: none).
-    unnamed_tag: u8,
-    /// The unnamed statement may take a custom setting's name as a bound parameter
-    /// (`set_config($1, ...)`): each Bind of it is read for the name (`scan::custom::note_bound`).
-    unnamed_binds_names: bool,
+    /// What the pooler knows of the unnamed statement's text.
+    marks: UnnamedMarks,
+}
+
+/// What the pooler knows of the unnamed statement's text (`ClientStatements`), kept and put
+/// back with it (`replace_unnamed`, `restore_unnamed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnnamedMarks {
+    /// It is a stand-in for a `DEALLOCATE`, `LISTEN` or `UNLISTEN` the pooler serves
+    /// (`stand_in_tag`): the command tag its Execute completes with (0: none).
+    tag: u8,
+    /// It may take a custom setting's name as a bound parameter (`set_config($1, ...)`): each
+    /// Bind of it is read for the name (`scan::custom::note_bound`).
+    binds_names: bool,
 }
 
 impl ClientStatements {
@@ -192,31 +200,30 @@ impl ClientStatements {
     /// server skips can put it back (`restore_unnamed`). Each text has a buffer of its size:
     /// an idle client holds no more than its own statement.
     #[inline]
-    pub fn replace_unnamed(&mut self, now: Option<&[u8]>) -> (Vec<u8>, u8) {
+    pub fn replace_unnamed(&mut self, now: Option<&[u8]>) -> (Vec<u8>, UnnamedMarks) {
         let now = now.map(<[u8]>::to_vec).unwrap_or_default();
         let before = std::mem::replace(&mut self.unnamed, now);
-        self.unnamed_binds_names = false;
-        (before, std::mem::take(&mut self.unnamed_tag))
+        (before, std::mem::take(&mut self.marks))
     }
 
-    /// Puts back the unnamed statement `replace_unnamed` returned (a name it binds is not
-    /// read from its Binds then).
+    /// Puts back the unnamed statement `replace_unnamed` returned.
     #[cold]
-    pub fn restore_unnamed(&mut self, parse: Vec<u8>, tag: u8) {
+    pub fn restore_unnamed(&mut self, parse: Vec<u8>, marks: UnnamedMarks) {
         self.unnamed = parse;
-        self.unnamed_tag = tag;
+        self.marks = marks;
     }
 
-    /// The unnamed statement just set may bind a custom setting's name (`unnamed_binds_names`).
+    /// The unnamed statement just set may bind a custom setting's name
+    /// (`UnnamedMarks::binds_names`).
     #[cold]
     pub fn set_unnamed_binds_names(&mut self) {
-        self.unnamed_binds_names = true;
+        self.marks.binds_names = true;
     }
 
     /// The unnamed statement's text, when it may bind a custom setting's name.
     #[inline]
     pub fn unnamed_binding_names(&self) -> Option<&[u8]> {
-        if self.unnamed_binds_names {
+        if self.marks.binds_names {
             self.unnamed()
         } else {
             None
@@ -226,20 +233,19 @@ impl ClientStatements {
     /// The unnamed statement just set is a stand-in (a `DEALLOCATE`, `LISTEN` or `UNLISTEN`
     /// the pooler serves) whose Execute completes with `tag` (`stand_in_tag`).
     pub fn set_unnamed_tag(&mut self, tag: u8) {
-        self.unnamed_tag = tag;
+        self.marks.tag = tag;
     }
 
     #[inline]
     pub fn unnamed_tag(&self) -> u8 {
-        self.unnamed_tag
+        self.marks.tag
     }
 
     /// A simple Query drops it, as in PostgreSQL (as does a Parse of it that fails).
     #[inline]
     pub fn clear_unnamed(&mut self) {
         self.unnamed = Vec::new();
-        self.unnamed_tag = 0;
-        self.unnamed_binds_names = false;
+        self.marks = UnnamedMarks::default();
     }
 
     pub fn unnamed(&self) -> Option<&[u8]> {
@@ -390,12 +396,16 @@ mod tests {
         assert_eq!(c.unnamed(), Some(&b"P small"[..]));
         assert!(c.unnamed.capacity() < 4096);
         c.set_unnamed_tag(3);
+        c.set_unnamed_binds_names();
         let (before, tag) = c.replace_unnamed(None);
         assert_eq!((c.unnamed(), c.unnamed_tag()), (None, 0));
+        assert_eq!(c.unnamed_binding_names(), None);
+        // What was known of it comes back with it.
         c.restore_unnamed(before, tag);
         assert_eq!((c.unnamed(), c.unnamed_tag()), (Some(&b"P small"[..]), 3));
+        assert_eq!(c.unnamed_binding_names(), Some(&b"P small"[..]));
         c.clear_unnamed();
-        assert_eq!(c.unnamed(), None);
+        assert_eq!((c.unnamed(), c.unnamed_binding_names()), (None, None));
     }
 
     #[test]

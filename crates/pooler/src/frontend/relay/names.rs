@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::{Expect, RelayState};
 use crate::net::messages::tag;
-use crate::prepared::{ClientStatements, Statement};
+use crate::prepared::{ClientStatements, Statement, UnnamedMarks};
 
 /// How far the checks below look through the answers owed (`RelayState::expect`, `names`)
 /// for each message, so that a client's deep pipeline costs the pooler no more per message.
@@ -31,9 +31,14 @@ pub enum NameChange {
     },
     /// Every name went (`DEALLOCATE ALL`); these were the names.
     All(HashMap<Box<[u8]>, Arc<Statement>>),
-    /// The unnamed statement changed: what it was (its Parse, empty for none, and command
-    /// tag), and whether the server connection held it (`RelayState::unnamed_here`).
-    Unnamed { parse: Vec<u8>, tag: u8, here: bool },
+    /// The unnamed statement changed: what it was (its Parse, empty for none, and what the
+    /// pooler knew of it), and whether the server connection held it
+    /// (`RelayState::unnamed_here`).
+    Unnamed {
+        parse: Vec<u8>,
+        tag: UnnamedMarks,
+        here: bool,
+    },
 }
 
 /// Changes the client's names for a Parse (`now`: Some) or Close (None) of `name` about to be
@@ -462,7 +467,7 @@ mod tests {
         relay.expect.push_back(entry(tag::CLOSE, 1));
         relay.names.push_back(NameChange::Unnamed {
             parse: Vec::new(),
-            tag: 0,
+            tag: UnnamedMarks::default(),
             here: false,
         });
         assert!(!waits(&relay, &statements, tag::BIND, &bind(b"")));

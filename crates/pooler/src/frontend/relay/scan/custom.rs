@@ -116,9 +116,10 @@ pub fn names(sql: &[u8]) -> Vec<Box<str>> {
 }
 
 /// The first of the names `sql` may give a session-long value (a `SET [SESSION]` or a
-/// `set_config`; not a `RESET` or a `SET LOCAL`) that a client carrying `carried` (and having
-/// named `pending` since) cannot carry: the one past `params::MAX_CUSTOM`. Read only when the
-/// scan found a custom setting (`CUSTOM`), off the hot path.
+/// `set_config`, local or not; not a `RESET` or a `SET LOCAL`) that the client of `params`
+/// cannot carry besides what it carries and what its statements named since its last
+/// read-back (`ClientParams::customs_named`): the one past `params::MAX_CUSTOM`. Read only
+/// when the scan found a custom setting (`CUSTOM`), off the hot path.
 #[cold]
 #[inline(never)]
 pub fn one_too_many(sql: &[u8], params: &ClientParams) -> Option<Box<str>> {

@@ -190,7 +190,7 @@ class PgbayServer:
 
     def __init__(self, label: str, env: dict[str, str] | None = None,
                  nofile: int | None = None, public_host: str = "127.0.0.1",
-                 ports: "PortWindow | None" = None) -> None:
+                 ports: "PortWindow | None" = None, api_listen: str = "127.0.0.1:0") -> None:
         # The clusters run as their services' OS users when we are root: every ancestor of the
         # data dir must be traversable by them, which a 0700 temp dir is not.
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pgbay-test-{label}-"))
@@ -205,6 +205,8 @@ class PgbayServer:
         self.label = label
         self.env = dict(env or {})
         self.nofile = nofile
+        # Port 0 (the default): pgbay binds a port of its own choosing and says which.
+        self.api_listen = api_listen
 
     def __enter__(self) -> "PgbayServer":
         try:
@@ -258,7 +260,7 @@ class PgbayServer:
             "--data-dir",
             str(self.data_dir),
             "--api-listen",
-            "127.0.0.1:0",
+            self.api_listen,
             "--public-host",
             self.public_host,
             "--port-range",

@@ -35,6 +35,7 @@ from conftest import (
     api_error,
     ok,
     provision,
+    spare_port,
     unique,
 )
 
@@ -306,6 +307,25 @@ def test_a_certificate_file_that_is_not_one_stops_the_start(own_certs):
         assert "Error: --api-tls: the certificate file holds no certificate" in log, log
     finally:
         srv.close()
+
+
+def test_a_taken_api_port_stops_the_start_and_names_it():
+    """The API's address in use: pgbay exits at once saying which, before it starts anything
+    (the API is bound before the control plane)."""
+    port = spare_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        srv = PgbayServer("api-taken", api_listen=f"127.0.0.1:{port}")
+        try:
+            with pytest.raises(RuntimeError, match="exited"):
+                srv.start()
+            log = srv.log_text()
+            assert f"binding API on 127.0.0.1:{port}" in log, log
+            assert "Address already in use" in log, log
+            assert "pgbay serving" not in log and not (srv.data_dir / "ca.crt").exists(), log
+        finally:
+            srv.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -896,28 +896,45 @@ fn controldata_state(out: &std::process::Output) -> Result<Option<String>, Provi
 mod tests {
     use super::*;
 
+    /// `sh -c SCRIPT ARG` as `uid` (pgbay's own, or another when root), once its command line
+    /// names ARG (empty until its exec is done) and `ready` holds of it: waited for, bounded.
+    /// ARG is an argument of the shell's own command line as long as SCRIPT executes no program
+    /// (dash execs a script's last program in its own place): a builtin that waits on stdin.
+    fn shell_naming(
+        script: &str,
+        arg: &str,
+        uid: u32,
+        ready: impl Fn(u32) -> bool,
+    ) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", script, arg])
+            .stdin(std::process::Stdio::piped());
+        // SAFETY: geteuid has no preconditions.
+        if uid != unsafe { libc::geteuid() } {
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (processes_naming(arg, uid).is_empty() || !ready(child.id()))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child
+    }
+
     #[test]
     fn the_processes_naming_a_configuration_are_found_by_argument_and_user() {
         let arg = format!(
             "--config=/nonexistent/pgbay-test-{}/pgbackrest.conf",
             std::process::id()
         );
-        // `sh -c script NAME`: NAME is an argument of the shell's own command line. The script
-        // is a builtin that waits on stdin: no program is executed in the shell's place (dash
-        // execs a script's last program, which would take NAME off the command line).
-        let mut child = Command::new("sh")
-            .args(["-c", "read _", &arg])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        // Its command line is empty until its exec is done: waited for (bounded).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while processes_naming(&arg, me).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let mut child = shell_naming("read _", &arg, me, |_| true);
+        let pid = child.id() as i32;
         assert_eq!(processes_naming(&arg, me), vec![pid]);
         assert!(processes_naming(&arg, me.wrapping_add(1)).is_empty());
         assert!(processes_naming(&arg[..arg.len() - 1], me).is_empty());
@@ -932,7 +949,7 @@ mod tests {
     /// the removal from ending what runs.
     #[test]
     fn a_process_that_ignores_term_is_killed_and_a_failed_stop_is_no_obstacle() {
-        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::os::unix::process::ExitStatusExt;
         let dir = tempfile::tempdir().unwrap();
         let prov =
             LocalProvisioner::new("/nonexistent".into(), dir.path().to_path_buf(), "h".into());
@@ -945,21 +962,13 @@ mod tests {
             std::os::unix::fs::chown(prov.service_dir(service), Some(65534), Some(65534)).unwrap();
         }
         let arg = format!("--config={}", prov.pgbackrest_conf(service).display());
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "trap '' TERM; read _", &arg])
-            .stdin(std::process::Stdio::piped());
-        if root {
-            command.uid(65534).gid(65534);
-        }
-        let mut child = command.spawn().unwrap();
+        // SAFETY: geteuid has no preconditions.
         let uid = if root {
             65534
         } else {
             unsafe { libc::geteuid() }
         };
-        // Its command line is empty until its exec is done, and TERM is ignored once its trap
-        // is set (`SigIgn` in /proc): both waited for, bounded.
+        // TERM is ignored once its trap is set (`SigIgn` in /proc).
         let ignores_term = |pid: u32| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             status
@@ -968,12 +977,7 @@ mod tests {
                 .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
                 .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while (processes_naming(&arg, uid).is_empty() || !ignores_term(child.id()))
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let mut child = shell_naming("trap '' TERM; read _", &arg, uid, ignores_term);
         assert_eq!(processes_naming(&arg, uid), vec![child.id() as i32]);
         assert!(ignores_term(child.id()));
         prov.end_pgbackrest(service, std::time::Duration::from_millis(500))

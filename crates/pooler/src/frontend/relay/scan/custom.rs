@@ -123,6 +123,12 @@ pub fn names(sql: &[u8]) -> Vec<Box<str>> {
 #[cold]
 #[inline(never)]
 pub fn one_too_many(sql: &[u8], params: &ClientParams) -> Option<Box<str>> {
+    // Each name the text sets takes at least 7 of its bytes (`set a.b`): a text too short to
+    // hold as many as the client has room for is not scanned (a `SET app.tenant` per request).
+    let room = crate::params::MAX_CUSTOM.saturating_sub(params.customs_named());
+    if sql.len() / 7 < room {
+        return None;
+    }
     let mut new: Vec<Box<str>> = Vec::new();
     let mut over = None;
     each(sql, |name, lasts| {
@@ -277,6 +283,10 @@ mod tests {
             super::one_too_many(sql.as_bytes(), params).map(String::from)
         };
         assert_eq!(over("SET app.a = 1; SET app.b = 1\0", &params), None);
+        assert_eq!(
+            over("set a.b=1;set c.d=1;set e.f=1\0", &params).as_deref(),
+            Some("e.f")
+        );
         assert_eq!(
             over(
                 "SET app.a = 1; SET app.s0 = 2; SET app.b = 1; SET app.c = 1\0",

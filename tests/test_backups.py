@@ -277,6 +277,31 @@ def test_backup_schedule_is_set_at_create_and_changed_by_update(node):
     ok(c, c.delete_dbaas_service_pg(name=name))
 
 
+def test_no_second_full_backup_at_the_backup_time_within_the_hour_of_the_first(node):
+    """A service whose backup time comes shortly after its first backup (one created just
+    before it) is not backed up twice: the scheduler skips that day's and says so."""
+    import datetime
+    from conftest import wait_for
+    c = node.client()
+    svc = provision(c, unique("bkf"), plan="hobbyist-2")
+    [first] = wait_for_backup(c, svc.name)["backups"]
+
+    def utc():
+        return datetime.datetime.now(datetime.timezone.utc)
+    # The backup time is set to the current minute, in an hour that lasts past the scheduler's
+    # next look at the clock (every 20 s).
+    wait_for("an hour with a minute to spare", 70,
+             lambda: utc().minute < 59 or utc().second < 20)
+    now = utc()
+    ok(c, c.update_dbaas_service_pg(
+        name=svc.name, backup_schedule={"backup-hour": now.hour, "backup-minute": now.minute}))
+    wait_for("the scheduled backup skipped", 60,
+             lambda: any("scheduled backup skipped" in line and svc.name in line
+                         for line in node.log_text().splitlines()))
+    assert c.get_dbaas_service_pg(name=svc.name)["backups"] == [first]
+    ok(c, c.delete_dbaas_service_pg(name=svc.name))
+
+
 def test_a_failing_archive_is_visible_in_the_logs_and_metrics_and_recovers(node):
     """The repository is made unwritable: the WAL segment PostgreSQL cannot archive shows up in
     the service logs (unit `pgbackrest`) and in `/metrics`; once the repository is writable again

@@ -26,6 +26,10 @@ use crate::{Control, ControlError};
 /// How often the scheduler looks at the clock.
 const SCHEDULE_TICK: Duration = Duration::from_secs(20);
 
+/// A scheduled backup is not taken when the repository's newest one finished less than this
+/// before: a service created shortly before its backup time has just had its first one.
+const FRESH_BACKUP: Duration = Duration::from_secs(3600);
+
 /// A service's daily backup time (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackupSchedule {
@@ -42,6 +46,33 @@ impl BackupSchedule {
             minute: ((n / 24) % 60) as u8,
         }
     }
+
+    /// Whether a scheduled backup is to be taken at `now`: in the hour of the backup time, from
+    /// its minute on, unless the newest backup (when it finished, unix seconds) is fresher than
+    /// `FRESH_BACKUP`. Once a day: the caller remembers the day it took (or skipped) one.
+    pub fn due(self, now: chrono::DateTime<Utc>, newest: Option<i64>) -> Due {
+        if now.hour() as u8 != self.hour || (now.minute() as u8) < self.minute {
+            return Due::No;
+        }
+        match newest {
+            Some(t) if now.timestamp().saturating_sub(t) < FRESH_BACKUP.as_secs() as i64 => {
+                Due::Fresh
+            }
+            _ => Due::Yes,
+        }
+    }
+}
+
+/// What the daily schedule does for a service at one look at the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Not its backup time.
+    No,
+    /// Its backup time: a full backup.
+    Yes,
+    /// Its backup time, but the newest backup finished less than `FRESH_BACKUP` before: none
+    /// today.
+    Fresh,
 }
 
 /// How many daily full backups a plan keeps (with the WAL between them, so any point since the
@@ -213,7 +244,10 @@ impl Control {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            control.back_up_retrying(&name, "first backup").await;
+            // The daily schedule may have taken one meanwhile.
+            if control.backups_of(&name).is_empty() {
+                control.back_up_retrying(&name, "first backup").await;
+            }
         });
     }
 
@@ -283,10 +317,19 @@ impl Control {
                     && s.external_host.is_none()
                     && self.replica_of(&s.name).is_none()
             }) {
-                let at = self.backup_schedule_of(s);
-                let due = now.hour() as u8 == at.hour && now.minute() as u8 >= at.minute;
-                if due && done_today.get(&s.name) != Some(&now.date_naive()) {
+                if done_today.get(&s.name) == Some(&now.date_naive()) {
+                    continue;
+                }
+                let newest = self.backups_of(&s.name).last().map(|b| b.stopped_at);
+                let due = self.backup_schedule_of(s).due(now, newest);
+                if due != Due::No {
                     done_today.insert(s.name.clone(), now.date_naive());
+                }
+                if due == Due::Fresh {
+                    tracing::info!(service = %s.name,
+                        "scheduled backup skipped: the newest one finished less than an hour ago");
+                }
+                if due == Due::Yes {
                     let control = self.clone();
                     let name = s.name.clone();
                     tokio::spawn(async move {
@@ -602,7 +645,29 @@ async fn archive_up_to_now(
 
 #[cfg(test)]
 mod tests {
-    use super::retention_of;
+    use super::{retention_of, BackupSchedule, Due};
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_scheduled_backup_is_due_in_its_hour_unless_a_fresh_one_exists() {
+        let at = BackupSchedule {
+            hour: 11,
+            minute: 20,
+        };
+        let t = |h, m| chrono::Utc.with_ymd_and_hms(2026, 12, 7, h, m, 0).unwrap();
+        assert_eq!(at.due(t(11, 19), None), Due::No);
+        assert_eq!(at.due(t(10, 59), None), Due::No);
+        assert_eq!(at.due(t(12, 20), None), Due::No);
+        assert_eq!(at.due(t(11, 20), None), Due::Yes);
+        assert_eq!(at.due(t(11, 59), None), Due::Yes);
+        // The first backup of a service created at 11:10 finished at 11:15: none at 11:20.
+        let first = t(11, 15).timestamp();
+        assert_eq!(at.due(t(11, 20), Some(first)), Due::Fresh);
+        // Yesterday's scheduled backup, or one an hour old, does not hold today's back.
+        assert_eq!(at.due(t(11, 20), Some(first - 86_400)), Due::Yes);
+        assert_eq!(at.due(t(11, 20), Some(t(10, 20).timestamp())), Due::Yes);
+        assert_eq!(at.due(t(11, 20), Some(t(10, 21).timestamp())), Due::Fresh);
+    }
 
     #[test]
     fn retention_per_plan_family() {

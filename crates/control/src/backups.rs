@@ -27,7 +27,8 @@ use crate::{Control, ControlError};
 const SCHEDULE_TICK: Duration = Duration::from_secs(20);
 
 /// A scheduled backup is not taken when the repository's newest one finished less than this
-/// before: a service created shortly before its backup time has just had its first one.
+/// before (and after the backup time was last set): a service created shortly before its
+/// backup time has just had its first one.
 const FRESH_BACKUP: Duration = Duration::from_secs(3600);
 
 /// A service's daily backup time (UTC).
@@ -49,13 +50,18 @@ impl BackupSchedule {
 
     /// Whether a scheduled backup is to be taken at `now`: in the hour of the backup time, from
     /// its minute on, unless the newest backup (when it finished, unix seconds) is fresher than
-    /// `FRESH_BACKUP`. Once a day: the caller remembers the day it took (or skipped) one.
-    pub fn due(self, now: chrono::DateTime<Utc>, newest: Option<i64>) -> Due {
+    /// `FRESH_BACKUP` and finished after the backup time was last set (`set_at`, unix seconds;
+    /// None: not since pgbay started). A backup time set after the newest backup is a request
+    /// for one then. Once a day: the caller remembers the day it took (or skipped) one.
+    pub fn due(self, now: chrono::DateTime<Utc>, newest: Option<i64>, set_at: Option<i64>) -> Due {
         if now.hour() as u8 != self.hour || (now.minute() as u8) < self.minute {
             return Due::No;
         }
         match newest {
-            Some(t) if now.timestamp().saturating_sub(t) < FRESH_BACKUP.as_secs() as i64 => {
+            Some(t)
+                if now.timestamp().saturating_sub(t) < FRESH_BACKUP.as_secs() as i64
+                    && set_at.is_none_or(|set| t >= set) =>
+            {
                 Due::Fresh
             }
             _ => Due::Yes,
@@ -70,8 +76,8 @@ pub enum Due {
     No,
     /// Its backup time: a full backup.
     Yes,
-    /// Its backup time, but the newest backup finished less than `FRESH_BACKUP` before: none
-    /// today.
+    /// Its backup time, but the newest backup finished less than `FRESH_BACKUP` before, after
+    /// the backup time was set: none today.
     Fresh,
 }
 
@@ -96,6 +102,9 @@ pub(crate) struct BackupState {
     running: StdMutex<HashSet<String>>,
     /// The backup times asked for (`backup-schedule`), by service.
     schedules: StdMutex<HashMap<String, BackupSchedule>>,
+    /// When a service's backup time was last set through this node since it started (unix
+    /// seconds): at create, or by an update.
+    schedules_set_at: StdMutex<HashMap<String, i64>>,
 }
 
 /// What `/metrics` shows of one service's backups.
@@ -145,6 +154,15 @@ impl Control {
     /// Remembers a committed backup time.
     pub(crate) fn remember_backup_schedule(&self, service: &str, at: BackupSchedule) {
         locked(&self.inner.backups.schedules).insert(service.to_string(), at);
+        locked(&self.inner.backups.schedules_set_at)
+            .insert(service.to_string(), Utc::now().timestamp());
+    }
+
+    /// Forgets a deleted service's backup time (the store's row goes with the service), so that
+    /// a service made again under its name gets its own.
+    pub(crate) fn forget_backup_schedule(&self, service: &str) {
+        locked(&self.inner.backups.schedules).remove(service);
+        locked(&self.inner.backups.schedules_set_at).remove(service);
     }
 
     /// Checks that `s` can take a `backup-schedule`: pgbay backs it up.
@@ -321,7 +339,10 @@ impl Control {
                     continue;
                 }
                 let newest = self.backups_of(&s.name).last().map(|b| b.stopped_at);
-                let due = self.backup_schedule_of(s).due(now, newest);
+                let set_at = locked(&self.inner.backups.schedules_set_at)
+                    .get(&s.name)
+                    .copied();
+                let due = self.backup_schedule_of(s).due(now, newest, set_at);
                 if due != Due::No {
                     done_today.insert(s.name.clone(), now.date_naive());
                 }
@@ -655,18 +676,24 @@ mod tests {
             minute: 20,
         };
         let t = |h, m| chrono::Utc.with_ymd_and_hms(2026, 12, 7, h, m, 0).unwrap();
-        assert_eq!(at.due(t(11, 19), None), Due::No);
-        assert_eq!(at.due(t(10, 59), None), Due::No);
-        assert_eq!(at.due(t(12, 20), None), Due::No);
-        assert_eq!(at.due(t(11, 20), None), Due::Yes);
-        assert_eq!(at.due(t(11, 59), None), Due::Yes);
-        // The first backup of a service created at 11:10 finished at 11:15: none at 11:20.
+        assert_eq!(at.due(t(11, 19), None, None), Due::No);
+        assert_eq!(at.due(t(10, 59), None, None), Due::No);
+        assert_eq!(at.due(t(12, 20), None, None), Due::No);
+        assert_eq!(at.due(t(11, 20), None, None), Due::Yes);
+        assert_eq!(at.due(t(11, 59), None, None), Due::Yes);
+        // The first backup of a service created at 11:10 (its backup time set then, or picked
+        // by pgbay) finished at 11:15: none at 11:20.
         let first = t(11, 15).timestamp();
-        assert_eq!(at.due(t(11, 20), Some(first)), Due::Fresh);
+        let created = t(11, 10).timestamp();
+        assert_eq!(at.due(t(11, 20), Some(first), None), Due::Fresh);
+        assert_eq!(at.due(t(11, 20), Some(first), Some(created)), Due::Fresh);
+        // The backup time set after that backup asks for one.
+        let later = t(11, 17).timestamp();
+        assert_eq!(at.due(t(11, 20), Some(first), Some(later)), Due::Yes);
         // Yesterday's scheduled backup, or one an hour old, does not hold today's back.
-        assert_eq!(at.due(t(11, 20), Some(first - 86_400)), Due::Yes);
-        assert_eq!(at.due(t(11, 20), Some(t(10, 20).timestamp())), Due::Yes);
-        assert_eq!(at.due(t(11, 20), Some(t(10, 21).timestamp())), Due::Fresh);
+        assert_eq!(at.due(t(11, 20), Some(first - 86_400), None), Due::Yes);
+        assert_eq!(at.due(t(11, 20), Some(t(10, 20).timestamp()), None), Due::Yes);
+        assert_eq!(at.due(t(11, 20), Some(t(10, 21).timestamp()), None), Due::Fresh);
     }
 
     #[test]

@@ -868,6 +868,7 @@ impl Control {
         let op = self.settle(op).await?;
         self.forget_pooler_logs(&s.name);
         self.forget_backups(&s.name);
+        self.forget_backup_schedule(&s.name);
         if self.is_ha(&s.name) {
             self.stop_ha(&s.name, true).await;
         }

@@ -692,8 +692,14 @@ mod tests {
         assert_eq!(at.due(t(11, 20), Some(first), Some(later)), Due::Yes);
         // Yesterday's scheduled backup, or one an hour old, does not hold today's back.
         assert_eq!(at.due(t(11, 20), Some(first - 86_400), None), Due::Yes);
-        assert_eq!(at.due(t(11, 20), Some(t(10, 20).timestamp()), None), Due::Yes);
-        assert_eq!(at.due(t(11, 20), Some(t(10, 21).timestamp()), None), Due::Fresh);
+        assert_eq!(
+            at.due(t(11, 20), Some(t(10, 20).timestamp()), None),
+            Due::Yes
+        );
+        assert_eq!(
+            at.due(t(11, 20), Some(t(10, 21).timestamp()), None),
+            Due::Fresh
+        );
     }
 
     #[test]

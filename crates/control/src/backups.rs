@@ -251,6 +251,7 @@ impl Control {
         }
         let control = self.clone();
         let name = service.to_string();
+        let asked = Utc::now().timestamp();
         tokio::spawn(async move {
             // A service with standbys is backed up from one: its first backup waits (bounded)
             // for a standby to stream, instead of loading the primary it has just made.
@@ -262,8 +263,9 @@ impl Control {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            // The daily schedule may have taken one meanwhile.
-            if control.backups_of(&name).is_empty() {
+            // Not when the daily schedule took one meanwhile.
+            let newest = control.backups_of(&name).last().map(|b| b.stopped_at);
+            if !newest.is_some_and(|t| t >= asked) {
                 control.back_up_retrying(&name, "first backup").await;
             }
         });

@@ -265,7 +265,7 @@ impl Control {
             }
             // Not when the daily schedule took one meanwhile.
             let newest = control.backups_of(&name).last().map(|b| b.stopped_at);
-            if !newest.is_some_and(|t| t >= asked) {
+            if newest.is_none_or(|t| t < asked) {
                 control.back_up_retrying(&name, "first backup").await;
             }
         });

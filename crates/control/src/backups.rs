@@ -51,8 +51,9 @@ impl BackupSchedule {
     /// Whether a scheduled backup is to be taken at `now`: in the hour of the backup time, from
     /// its minute on, unless the newest backup (when it finished, unix seconds) is fresher than
     /// `FRESH_BACKUP` and finished after the backup time was last set (`set_at`, unix seconds;
-    /// None: not since pgbay started). A backup time set after the newest backup is a request
-    /// for one then. Once a day: the caller remembers the day it took (or skipped) one.
+    /// None: not since pgbay started). A backup time set after the newest backup, or in the
+    /// second it finished, is a request for one then. Once a day: the caller remembers the day
+    /// it took (or skipped) one.
     pub fn due(self, now: chrono::DateTime<Utc>, newest: Option<i64>, set_at: Option<i64>) -> Due {
         if now.hour() as u8 != self.hour || (now.minute() as u8) < self.minute {
             return Due::No;
@@ -60,7 +61,7 @@ impl BackupSchedule {
         match newest {
             Some(t)
                 if now.timestamp().saturating_sub(t) < FRESH_BACKUP.as_secs() as i64
-                    && set_at.is_none_or(|set| t >= set) =>
+                    && set_at.is_none_or(|set| t > set) =>
             {
                 Due::Fresh
             }
@@ -689,9 +690,11 @@ mod tests {
         let created = t(11, 10).timestamp();
         assert_eq!(at.due(t(11, 20), Some(first), None), Due::Fresh);
         assert_eq!(at.due(t(11, 20), Some(first), Some(created)), Due::Fresh);
-        // The backup time set after that backup asks for one.
+        // The backup time set after that backup asks for one, also in the second it finished
+        // (both are whole seconds).
         let later = t(11, 17).timestamp();
         assert_eq!(at.due(t(11, 20), Some(first), Some(later)), Due::Yes);
+        assert_eq!(at.due(t(11, 20), Some(first), Some(first)), Due::Yes);
         // Yesterday's scheduled backup, or one an hour old, does not hold today's back.
         assert_eq!(at.due(t(11, 20), Some(first - 86_400), None), Due::Yes);
         assert_eq!(

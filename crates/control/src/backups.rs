@@ -154,9 +154,11 @@ impl Control {
 
     /// Remembers a committed backup time.
     pub(crate) fn remember_backup_schedule(&self, service: &str, at: BackupSchedule) {
-        locked(&self.inner.backups.schedules).insert(service.to_string(), at);
+        // When first, then what: the scheduler reads them the other way round, so that a new
+        // time is never read with the time the old one was set.
         locked(&self.inner.backups.schedules_set_at)
             .insert(service.to_string(), Utc::now().timestamp());
+        locked(&self.inner.backups.schedules).insert(service.to_string(), at);
     }
 
     /// Forgets a deleted service's backup time (the store's row goes with the service), so that
@@ -342,10 +344,11 @@ impl Control {
                     continue;
                 }
                 let newest = self.backups_of(&s.name).last().map(|b| b.stopped_at);
+                let at = self.backup_schedule_of(s);
                 let set_at = locked(&self.inner.backups.schedules_set_at)
                     .get(&s.name)
                     .copied();
-                let due = self.backup_schedule_of(s).due(now, newest, set_at);
+                let due = at.due(now, newest, set_at);
                 if due != Due::No {
                     done_today.insert(s.name.clone(), now.date_naive());
                 }

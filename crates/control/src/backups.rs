@@ -101,11 +101,9 @@ pub(crate) struct BackupState {
     /// `pg_stat_archiver.failed_count` as last sampled, by service.
     archive_failures: StdMutex<HashMap<String, i64>>,
     running: StdMutex<HashSet<String>>,
-    /// The backup times asked for (`backup-schedule`), by service.
-    schedules: StdMutex<HashMap<String, BackupSchedule>>,
-    /// When a service's backup time was last set through this node since it started (unix
-    /// seconds): at create, or by an update.
-    schedules_set_at: StdMutex<HashMap<String, i64>>,
+    /// The backup times asked for (`backup-schedule`), by service, each with when it was set
+    /// through this node since it started (unix seconds; None: loaded from the store).
+    schedules: StdMutex<HashMap<String, (BackupSchedule, Option<i64>)>>,
 }
 
 /// What `/metrics` shows of one service's backups.
@@ -136,10 +134,16 @@ const BACKUP_RETRIES: [Duration; 5] = [
 impl Control {
     /// The daily backup time of `s`: the one asked for, else the one pgbay picked.
     pub fn backup_schedule_of(&self, s: &ServiceRecord) -> BackupSchedule {
+        self.backup_schedule_set(s).0
+    }
+
+    /// The daily backup time of `s`, and when it was set through this node (None: picked by pgbay,
+    /// or set before pgbay started).
+    fn backup_schedule_set(&self, s: &ServiceRecord) -> (BackupSchedule, Option<i64>) {
         locked(&self.inner.backups.schedules)
             .get(&s.name)
             .copied()
-            .unwrap_or_else(|| BackupSchedule::picked_for(s))
+            .unwrap_or_else(|| (BackupSchedule::picked_for(s), None))
     }
 
     /// Loads the backup times asked for (at start).
@@ -147,25 +151,21 @@ impl Control {
         let stored = self.inner.store.backup_schedules().await?;
         let mut map = locked(&self.inner.backups.schedules);
         for (service, hour, minute) in stored {
-            map.insert(service, BackupSchedule { hour, minute });
+            map.insert(service, (BackupSchedule { hour, minute }, None));
         }
         Ok(())
     }
 
     /// Remembers a committed backup time.
     pub(crate) fn remember_backup_schedule(&self, service: &str, at: BackupSchedule) {
-        // When first, then what: the scheduler reads them the other way round, so that a new
-        // time is never read with the time the old one was set.
-        locked(&self.inner.backups.schedules_set_at)
-            .insert(service.to_string(), Utc::now().timestamp());
-        locked(&self.inner.backups.schedules).insert(service.to_string(), at);
+        locked(&self.inner.backups.schedules)
+            .insert(service.to_string(), (at, Some(Utc::now().timestamp())));
     }
 
     /// Forgets a deleted service's backup time (the store's row goes with the service), so that
     /// a service made again under its name gets its own.
     pub(crate) fn forget_backup_schedule(&self, service: &str) {
         locked(&self.inner.backups.schedules).remove(service);
-        locked(&self.inner.backups.schedules_set_at).remove(service);
     }
 
     /// Checks that `s` can take a `backup-schedule`: pgbay backs it up.
@@ -344,10 +344,7 @@ impl Control {
                     continue;
                 }
                 let newest = self.backups_of(&s.name).last().map(|b| b.stopped_at);
-                let at = self.backup_schedule_of(s);
-                let set_at = locked(&self.inner.backups.schedules_set_at)
-                    .get(&s.name)
-                    .copied();
+                let (at, set_at) = self.backup_schedule_set(s);
                 let due = at.due(now, newest, set_at);
                 if due != Due::No {
                     done_today.insert(s.name.clone(), now.date_naive());

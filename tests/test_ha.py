@@ -315,6 +315,44 @@ def test_failover_is_invisible_to_pooled_clients(node):
     ok(c, c.delete_dbaas_service_pg(name=name))
 
 
+def test_a_lost_primary_stays_down_while_no_standby_took_over(node):
+    """A dead primary's Patroni is restarted once another member is the primary; while none is
+    (the standby's Patroni frozen here, as on a machine too busy to take the expired leader key
+    in time) it stays down for three ttls (30 s), rather than coming back after ttl + 2 s
+    read-only with what the standby never received and racing the standby for the key; past
+    that it comes back, and the service serves again."""
+    c = node.client()
+    name = unique("halp")
+    ok(c, c.create_dbaas_service_pg(name=name, plan="business-4"))
+    wait_service_running(c, name, timeout=300)
+    doc = two_running_members(c, name, "both members running", 180)
+    old = master(doc)
+    [standby] = [n["name"] for n in doc["node-states"] if n["role"] == "standby"]
+    pool_uri = tx_pool(c, name, "app")
+    pids = patroni_pids(node, name)
+    os.kill(pids[standby], signal.SIGSTOP)
+    try:
+        killed = time.monotonic()
+        os.kill(pids[old], signal.SIGKILL)
+        os.kill(postmaster_of(node, name, old), signal.SIGKILL)
+        wait_for("the lost primary's Patroni restarted", 120,
+                 lambda: patroni_pids(node, name).get(old) not in (None, pids[old]))
+        down = time.monotonic() - killed
+    finally:
+        os.kill(pids[standby], signal.SIGCONT)
+    print(f"LOST_PRIMARY_DOWN_SECONDS={down:.1f}")
+    assert down >= 30, f"restarted after {down:.1f} s while no other member was the primary"
+    two_running_members(c, name, "both members running again", 240)
+
+    def write() -> bool:
+        with psycopg.connect(pool_uri, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS back (n int)")
+            conn.execute("INSERT INTO back VALUES (1)")
+        return True
+    wait_for("a write through the pool", 120, write)
+    ok(c, c.delete_dbaas_service_pg(name=name))
+
+
 def etcd_pids(srv: PgbayServer) -> list[int]:
     marker = str(srv.data_dir / "etcd").encode()
     out = []

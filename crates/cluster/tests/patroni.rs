@@ -171,7 +171,7 @@ fn two_members_fail_over_and_the_lost_one_returns_as_standby() {
     });
     // Restarted once the killed Patroni has exited (a step before that restarts nothing).
     wait_for("m0's Patroni restarted", Duration::from_secs(30), || {
-        m0.ensure_running().unwrap()
+        m0.ensure_running(false).unwrap()
     });
     wait_for("m0 back as standby", Duration::from_secs(180), || {
         m0.rest_status("/replica") == Some(200)

@@ -583,7 +583,8 @@ impl Control {
     }
 
     /// Supervision step for HA services: restarts a dead Patroni (the member comes back as a
-    /// standby, rewound by Patroni) and pgbay's own etcd.
+    /// standby, rewound by Patroni) and pgbay's own etcd. The followed primary's Patroni, when
+    /// another member could take over, waits for one to (see `patroni::LOST_PRIMARY_RESTART_AFTER`).
     pub(crate) async fn supervise_ha(&self) {
         let c = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -592,10 +593,13 @@ impl Control {
                     tracing::error!(error = %err, "restarting pgbay's etcd");
                 }
             }
+            let primaries = lock(&c.inner.ha.primaries).clone();
             let mut all = lock(&c.inner.ha.members);
             for (name, members) in all.iter_mut() {
-                for m in members.iter_mut() {
-                    match m.ensure_running() {
+                let others = members.len() > 1;
+                for (i, m) in members.iter_mut().enumerate() {
+                    let awaiting_failover = others && primaries.get(name) == Some(&i);
+                    match m.ensure_running(awaiting_failover) {
                         Ok(true) => {
                             tracing::warn!(service = %name, member = %m.config.name, "Patroni had exited; restarted it")
                         }

@@ -345,6 +345,13 @@ pub struct Member {
 /// of coming back as the primary, and rejoins as a standby.
 pub const RESTART_AFTER: Duration = Duration::from_secs(TTL as u64 + 2);
 
+/// How long a dead primary's Patroni stays dead while no other member has become the primary:
+/// a standby slow to take the expired leader key (a busy machine) must not find the old primary
+/// back, started again read-only from its crashed data, and stream from it or lose the race for
+/// the key to it. Past this, the old primary comes back all the same (no standby could take
+/// over: stopped too, or too far behind for `maximum_lag_on_failover`).
+pub const LOST_PRIMARY_RESTART_AFTER: Duration = Duration::from_secs(3 * TTL as u64);
+
 impl Member {
     /// Writes the member's YAML (0600, owned by `owner`) and starts Patroni as `owner`.
     pub fn start(config: MemberConfig, owner: Option<(u32, u32)>) -> Result<Self, std::io::Error> {
@@ -451,9 +458,10 @@ impl Member {
     }
 
     /// Supervision step: restarts Patroni once it has been dead for [`RESTART_AFTER`] (a
-    /// member that lost its leadership comes back as a standby, rewound by Patroni). Returns
-    /// whether it did.
-    pub fn ensure_running(&mut self) -> Result<bool, std::io::Error> {
+    /// member that lost its leadership comes back as a standby, rewound by Patroni), or, while
+    /// `awaiting_failover` (it was the primary and no other member has become it since), for
+    /// [`LOST_PRIMARY_RESTART_AFTER`]. Returns whether it did.
+    pub fn ensure_running(&mut self, awaiting_failover: bool) -> Result<bool, std::io::Error> {
         match self.child.as_mut() {
             Some(child) => {
                 if child.try_wait()?.is_none() {
@@ -468,7 +476,12 @@ impl Member {
         }
         self.child = None;
         let died_at = *self.died_at.get_or_insert_with(Instant::now);
-        if died_at.elapsed() < RESTART_AFTER {
+        let wait = if awaiting_failover {
+            LOST_PRIMARY_RESTART_AFTER
+        } else {
+            RESTART_AFTER
+        };
+        if died_at.elapsed() < wait {
             return Ok(false);
         }
         self.died_at = None;

@@ -236,6 +236,60 @@ def test_a_custom_setting_past_the_64th_is_refused_and_nothing_is_lost(pool_uri)
         assert val(a, "app.s63") == "v63"
 
 
+def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
+    """A 65th custom setting the pooler can only see at the Bind — its name a bound parameter
+    of set_config (psycopg binds on the server), or a statement prepared while the client had
+    room — is refused there (54000, naming it), before it runs: an open block fails, the
+    refused Bind's segment is skipped to its Sync, and nothing is lost; the client's statements
+    still work after it."""
+    from psycopg import pq
+
+    def val(conn, name):
+        read = "SELECT coalesce(nullif(current_setting(%s, true), ''), 'unset')"
+        return conn.execute(read, (name,)).fetchone()[0]
+
+    def refused(conn, sql, *args, **kw):
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"at most 64.*app\.s64"):
+            conn.execute(sql, *args, **kw)
+
+    def exec_prepared(conn, name):
+        res = conn.pgconn.exec_prepared(name, [])
+        return res.status, res.error_field(pq.DiagnosticField.SQLSTATE)
+
+    bound = "SELECT set_config(%s, 'x', false)"
+    with psycopg.connect(pool_uri, autocommit=True) as a:
+        # Prepared (Parse and Sync only: nothing runs) while the client has room.
+        res = a.pgconn.prepare(b"late", b"SELECT set_config('app.s64', 'late', false)")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        res = a.pgconn.prepare(b"fine", b"SELECT set_config('app.s0', 'again', false)")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        a.execute("; ".join(f"SET app.s{i} = 'v{i}'" for i in range(64)))
+        # The name as a bound parameter, unnamed and prepared.
+        refused(a, bound, ("app.s64",))
+        refused(a, bound, ("APP.S64",), prepare=True)
+        # A name the client has is no 65th.
+        a.execute(bound, ("app.s1",))
+        assert val(a, "app.s1") == "x"
+        # The statement prepared while there was room, bound now.
+        assert exec_prepared(a, b"late") == (pq.ExecStatus.FATAL_ERROR, b"54000")
+        assert exec_prepared(a, b"fine") == (pq.ExecStatus.TUPLES_OK, None)
+        # In a block: it fails, and rolls back what came first.
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            with a.transaction():
+                a.execute("SET app.s2 = 'in-block'")
+                a.execute(bound, ("app.s64",))
+        assert a.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        # Nothing of the refused ones ran or stayed; the 64 are the client's, also after other
+        # clients had the pool's connection.
+        unset = "SELECT coalesce(nullif(current_setting('app.s5', true), ''), 'unset')"
+        assert others_see(pool_uri, unset) == ["unset"] * OTHERS
+        assert val(a, "app.s64") == "unset"
+        assert [val(a, f"app.s{i}") for i in (0, 1, 2, 63)] == ["again", "x", "v2", "v63"]
+        # The client's unnamed statement and its named ones work after the refusals.
+        assert a.execute("SELECT %s::int + 1", (41,)).fetchone()[0] == 42
+        assert exec_prepared(a, b"fine") == (pq.ExecStatus.TUPLES_OK, None)
+
+
 @pytest.mark.parametrize("setting, value", [
     ("bytea_output", "escape"), ("client_min_messages", "error"), ("xmloption", "document"),
     ("plan_cache_mode", "force_generic_plan"),

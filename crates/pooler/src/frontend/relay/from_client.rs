@@ -471,6 +471,12 @@ fn rewrite(
         tag::BIND => {
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
+            if ctx.session_state && binds_names(ctx, b.statement) {
+                if let Some(e) = binds_one_too_many(server, ctx, b.statement, b.rest) {
+                    refused_at_bind(server, relay, &e);
+                    return Ok(());
+                }
+            }
             ctx.tally.t.server_binds += 1;
             if !relay.tag_portals.is_empty()
                 || (b.statement.is_empty() && ctx.statements.unnamed_tag() != 0)
@@ -736,6 +742,58 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
     push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
 }
 
+/// Whether a Bind of the client's statement `name` may set a custom setting, so that it is
+/// checked for one past `MAX_CUSTOM` (`binds_one_too_many`): a statement whose text names one,
+/// or the unnamed statement when it takes one's name as a parameter.
+#[inline]
+fn binds_names(ctx: &ClientCtx<'_>, name: &[u8]) -> bool {
+    if name.is_empty() {
+        ctx.statements.unnamed_binding_names().is_some()
+    } else {
+        ctx.statements
+            .get(name)
+            .is_some_and(|stmt| stmt.sets & session_state::CUSTOM != 0)
+    }
+}
+
+/// The error for a Bind of statement `name` (its parameters `bind`) that would give its client
+/// a custom setting past `MAX_CUSTOM`: the statement was prepared while the client had room,
+/// or the name is a bound parameter. None in a failed block, where the server refuses the Bind
+/// itself (25P02) and it sets nothing.
+#[cold]
+#[inline(never)]
+fn binds_one_too_many(
+    server: &Server,
+    ctx: &ClientCtx<'_>,
+    name: &[u8],
+    bind: &[u8],
+) -> Option<errors::ClientError> {
+    if server.status == txn::FAILED {
+        return None;
+    }
+    let parse = if name.is_empty() {
+        ctx.statements.unnamed_binding_names()?
+    } else {
+        &ctx.statements.get(name)?.parse
+    };
+    let text = scan::statement_text(tag::PARSE, parse);
+    let name = scan::custom::one_too_many_bound(text, bind, ctx.params)?;
+    Some(errors::one_custom_setting_too_many(&name, MAX_CUSTOM))
+}
+
+/// A Bind the pooler refuses: not sent; the server raises the error in its place, as for a
+/// refused Parse (`raised_in_place`, without parsing the client's text again: it was parsed
+/// when prepared), so that it fails an open block and is skipped after an earlier error in its
+/// segment. The client's unnamed statement and portal stay, as PostgreSQL keeps them after a
+/// failed Bind (the pooler's Parse of the raising statement in the server's unnamed statement
+/// has the client's prepared again before its next Bind: `ensure_unnamed`).
+#[cold]
+fn refused_at_bind(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
+    relay.unnamed_here = false;
+    relay.c2s_discard = true;
+    raise_in_place(server, relay, e);
+}
+
 /// An extended-protocol Parse the pooler refuses or answers with an error: the server parses
 /// the client's text, then raises that error in its place (an unnamed Parse, Bind and Execute
 /// of `session_state::raise_sql` in a portal of the pooler's, only the error forwarded), so
@@ -777,6 +835,13 @@ fn raised_in_place(
         push(&mut relay.expect, tag::PARSE, Action::Raise, 0);
         return;
     }
+    raise_in_place(server, relay, e);
+}
+
+/// Has the server raise `e` with an unnamed Parse, Bind and Execute of
+/// `session_state::raise_sql` in a portal of the pooler's, only the error forwarded
+/// (`raised_in_place`, `refused_at_bind`).
+fn raise_in_place(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();
     // The text's end, and no parameter types.

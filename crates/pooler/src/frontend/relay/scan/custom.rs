@@ -123,25 +123,64 @@ pub fn names(sql: &[u8]) -> Vec<Box<str>> {
 #[cold]
 #[inline(never)]
 pub fn one_too_many(sql: &[u8], params: &ClientParams) -> Option<Box<str>> {
-    // Each name the text sets takes at least 7 of its bytes (`set a.b`): a text too short to
-    // hold as many as the client has room for is not scanned (a `SET app.tenant` per request).
-    let room = crate::params::MAX_CUSTOM.saturating_sub(params.customs_named());
-    if sql.len() / 7 < room {
+    if !may_hold_room(sql, params) {
         return None;
     }
-    let mut new: Vec<Box<str>> = Vec::new();
-    let mut over = None;
+    first_past_room(lasting(sql), params)
+}
+
+/// As `one_too_many`, for a Bind of the statement `sql` (a statement prepared while the client
+/// had room, then bound once it had none): the names its text sets, then those the Bind's
+/// parameters (`bind`, as for `note_bound`) give `set_config($n, ...)`.
+#[cold]
+#[inline(never)]
+pub fn one_too_many_bound(sql: &[u8], bind: &[u8], params: &ClientParams) -> Option<Box<str>> {
+    // A name parameter takes more of the text than a name does (`set_config($1`).
+    if !may_hold_room(sql, params) {
+        return None;
+    }
+    let mut names = lasting(sql);
+    for n in name_parameters(sql) {
+        let name = bound(bind, n)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(custom_name);
+        names.extend(name);
+    }
+    first_past_room(names, params)
+}
+
+/// False when `sql` is too short to name as many custom settings as the client of `params`
+/// still has room for: each name the text sets takes at least 7 of its bytes (`set a.b`), so
+/// such a text is not scanned (a `SET app.tenant` per request).
+fn may_hold_room(sql: &[u8], params: &ClientParams) -> bool {
+    let room = crate::params::MAX_CUSTOM.saturating_sub(params.customs_named());
+    sql.len() / 7 >= room
+}
+
+/// The names `sql` may give a session-long value, in order.
+fn lasting(sql: &[u8]) -> Vec<Box<str>> {
+    let mut found = Vec::new();
     each(sql, |name, lasts| {
-        if over.is_some() || !lasts || new.contains(&name) || !params.would_add_custom(&name) {
-            return;
-        }
-        if params.customs_named() + new.len() >= crate::params::MAX_CUSTOM {
-            over = Some(name);
-        } else {
-            new.push(name);
+        if lasts {
+            found.push(name);
         }
     });
-    over
+    found
+}
+
+/// The first of `names` the client of `params` has no room for (module docs, `one_too_many`).
+fn first_past_room(names: Vec<Box<str>>, params: &ClientParams) -> Option<Box<str>> {
+    let mut new: Vec<Box<str>> = Vec::new();
+    for name in names {
+        if new.contains(&name) || !params.would_add_custom(&name) {
+            continue;
+        }
+        if params.customs_named() + new.len() >= crate::params::MAX_CUSTOM {
+            return Some(name);
+        }
+        new.push(name);
+    }
+    None
 }
 
 /// Calls `f` with each custom setting's name in `sql` (module docs), lower case, in order,
@@ -213,28 +252,30 @@ mod tests {
 
     /// A name bound as `set_config`'s first parameter is read from the Bind, in text or binary
     /// format; NULL, another parameter or a name that is no custom setting's is not noted.
+    /// A Bind's parameter part (after the statement's name): `formats`, then `values`.
+    fn bind(formats: &[u16], values: &[Option<&str>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(formats.len() as u16).to_be_bytes());
+        for f in formats {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
+        b.extend_from_slice(&(values.len() as u16).to_be_bytes());
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b
+    }
+
     #[test]
     fn finds_names_bound_as_parameters_of_set_config() {
         use crate::params::ClientParams;
-        let bind = |formats: &[u16], values: &[Option<&str>]| {
-            let mut b = Vec::new();
-            b.extend_from_slice(&(formats.len() as u16).to_be_bytes());
-            for f in formats {
-                b.extend_from_slice(&f.to_be_bytes());
-            }
-            b.extend_from_slice(&(values.len() as u16).to_be_bytes());
-            for v in values {
-                match v {
-                    Some(v) => {
-                        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                        b.extend_from_slice(v.as_bytes());
-                    }
-                    None => b.extend_from_slice(&(-1i32).to_be_bytes()),
-                }
-            }
-            b.extend_from_slice(&0u16.to_be_bytes());
-            b
-        };
         let noted = |sql: &str, bind: &[u8]| {
             let mut params = ClientParams::new(Default::default());
             super::note_bound(sql.as_bytes(), bind, &mut params);
@@ -314,5 +355,35 @@ mod tests {
             over("SET app.b = 1; SET session app.c = 1\0", &params).as_deref(),
             Some("app.c")
         );
+    }
+
+    /// At a Bind: the names the statement's text sets, then those bound as `set_config`'s
+    /// name parameters, past `MAX_CUSTOM`.
+    #[test]
+    fn finds_the_setting_one_too_many_at_a_bind() {
+        use crate::params::{ClientParams, Values, MAX_CUSTOM};
+        let mut values: Values = Default::default();
+        for i in 0..MAX_CUSTOM - 1 {
+            assert!(values.set_custom(&format!("app.s{i}"), Some("1".into())));
+        }
+        let params = ClientParams::new(values);
+        let over = |sql: &str, values: &[Option<&str>]| {
+            super::one_too_many_bound(sql.as_bytes(), &bind(&[], values), &params).map(String::from)
+        };
+        // Room for one: the first new name fits, the second is refused.
+        let sql = "select set_config($1, $2, false)\0";
+        assert_eq!(over(sql, &[Some("app.new"), Some("v")]), None);
+        assert_eq!(over(sql, &[Some("app.s0"), Some("v")]), None);
+        assert_eq!(over(sql, &[Some("search_path"), Some("v")]), None);
+        let two = "select set_config($1, 'v', false), set_config($2, 'v', false)\0";
+        assert_eq!(
+            over(two, &[Some("app.x"), Some("App.Y")]).as_deref(),
+            Some("app.y")
+        );
+        assert_eq!(over(two, &[Some("app.x"), Some("app.x")]), None);
+        // The text's own names count first.
+        let mixed = "SET app.t = 1; select set_config($1, 'v', false)\0";
+        assert_eq!(over(mixed, &[Some("app.u")]).as_deref(), Some("app.u"));
+        assert_eq!(over(mixed, &[Some("app.t")]), None);
     }
 }

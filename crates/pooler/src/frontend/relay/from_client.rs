@@ -20,7 +20,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
-use crate::params::MAX_CUSTOM;
+use crate::params::{ClientParams, MAX_CUSTOM};
 use crate::prepared::{stand_in_tag, ClientStatements, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -471,13 +471,6 @@ fn rewrite(
         tag::BIND => {
             let b = parse_bind(msg).ok_or(RelayError::Malformed("Bind"))?;
             ctx.tally.t.client_binds += 1;
-            if ctx.session_state && binds_names(ctx, b.statement) {
-                if let Some(e) = binds_one_too_many(server, ctx, b.statement, b.rest) {
-                    refused_at_bind(server, relay, &e);
-                    return Ok(());
-                }
-            }
-            ctx.tally.t.server_binds += 1;
             if !relay.tag_portals.is_empty()
                 || (b.statement.is_empty() && ctx.statements.unnamed_tag() != 0)
             {
@@ -491,6 +484,13 @@ fn rewrite(
             let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
+                    if stmt.sets & session_state::CUSTOM != 0 && ctx.session_state {
+                        let text = scan::statement_text(tag::PARSE, &stmt.parse);
+                        if let Some(e) = binds_one_too_many(server, text, b.rest, ctx.params) {
+                            refused_at_bind(server, relay, &e);
+                            return Ok(());
+                        }
+                    }
                     if stmt.drops {
                         tag_portal(relay, b.portal, stand_in_tag::DROPS);
                     }
@@ -514,6 +514,18 @@ fn rewrite(
                 }
                 None => {
                     if b.statement.is_empty() {
+                        if let Some(parse) = ctx.statements.unnamed_binding_names() {
+                            let text = scan::statement_text(tag::PARSE, parse);
+                            let refused = if ctx.session_state {
+                                binds_one_too_many(server, text, b.rest, ctx.params)
+                            } else {
+                                None
+                            };
+                            if let Some(e) = refused {
+                                refused_at_bind(server, relay, &e);
+                                return Ok(());
+                            }
+                        }
                         ensure_unnamed(server, relay, ctx);
                         if let Some(parse) = ctx.statements.unnamed_binding_names() {
                             let text = scan::statement_text(tag::PARSE, parse);
@@ -523,6 +535,7 @@ fn rewrite(
                     server.bufs.c2s_out.extend_from_slice(msg)
                 }
             }
+            ctx.tally.t.server_binds += 1;
             if b.portal.is_empty() {
                 bound |= UNNAMED_PORTAL;
             }
@@ -742,42 +755,22 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
     push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
 }
 
-/// Whether a Bind of the client's statement `name` may set a custom setting, so that it is
-/// checked for one past `MAX_CUSTOM` (`binds_one_too_many`): a statement whose text names one,
-/// or the unnamed statement when it takes one's name as a parameter.
-#[inline]
-fn binds_names(ctx: &ClientCtx<'_>, name: &[u8]) -> bool {
-    if name.is_empty() {
-        ctx.statements.unnamed_binding_names().is_some()
-    } else {
-        ctx.statements
-            .get(name)
-            .is_some_and(|stmt| stmt.sets & session_state::CUSTOM != 0)
-    }
-}
-
-/// The error for a Bind of statement `name` (its parameters `bind`) that would give its client
-/// a custom setting past `MAX_CUSTOM`: the statement was prepared while the client had room,
-/// or the name is a bound parameter. None in a failed block, where the server refuses the Bind
-/// itself (25P02) and it sets nothing.
+/// The error for a Bind of the statement `text` (its parameters `bind`) that would give its
+/// client a custom setting past `MAX_CUSTOM`: the statement was prepared while the client had
+/// room, or the name is a bound parameter. Asked only of a statement that may set one. None in
+/// a failed block, where the server refuses the Bind itself (25P02) and it sets nothing.
 #[cold]
 #[inline(never)]
 fn binds_one_too_many(
     server: &Server,
-    ctx: &ClientCtx<'_>,
-    name: &[u8],
+    text: &[u8],
     bind: &[u8],
+    params: &ClientParams,
 ) -> Option<errors::ClientError> {
     if server.status == txn::FAILED {
         return None;
     }
-    let parse = if name.is_empty() {
-        ctx.statements.unnamed_binding_names()?
-    } else {
-        &ctx.statements.get(name)?.parse
-    };
-    let text = scan::statement_text(tag::PARSE, parse);
-    let name = scan::custom::one_too_many_bound(text, bind, ctx.params)?;
+    let name = scan::custom::one_too_many_bound(text, bind, params)?;
     Some(errors::one_custom_setting_too_many(&name, MAX_CUSTOM))
 }
 

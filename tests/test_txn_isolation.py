@@ -191,25 +191,29 @@ def test_a_rolled_back_custom_setting_is_not_kept(pool_uri):
         assert one(a, TENANT) == "unset"
 
 
+def custom_val(conn, name):
+    """Custom setting `name` as `conn` reads it ('unset' for none or empty)."""
+    read = "SELECT coalesce(nullif(current_setting(%s, true), ''), 'unset')"
+    return conn.execute(read, (name,)).fetchone()[0]
+
+
+def refused_65th(conn, sql, *args, **kw):
+    """`sql` is refused as the client's 65th custom setting, app.s64 (54000)."""
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"at most 64.*app\.s64"):
+        conn.execute(sql, *args, **kw)
+
+
 def test_a_custom_setting_past_the_64th_is_refused_and_nothing_is_lost(pool_uri):
     """A client carries at most 64 custom settings: a statement that would set a 65th is
     refused before it runs (54000, naming it; an open block fails, as on PostgreSQL's own
     error), instead of running and being reset at its transaction's end; the 64 stay."""
-    def val(conn, name):
-        read = "SELECT coalesce(nullif(current_setting(%s, true), ''), 'unset')"
-        return conn.execute(read, (name,)).fetchone()[0]
-
-    def refused(conn, sql, *args, **kw):
-        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"at most 64.*app\.s64"):
-            conn.execute(sql, *args, **kw)
-
     with psycopg.connect(pool_uri, autocommit=True) as a:
         a.execute("; ".join(f"SET app.s{i} = 'v{i}'" for i in range(32)))
         for i in range(32, 64):
             a.execute(f"SET app.s{i} = 'v{i}'")
-        refused(a, "SET app.s64 = 'v64'")
-        refused(a, "SELECT 1; SET app.s0 = 'again'; SET app.s64 = 'x'")
-        refused(a, "SELECT set_config('app.s64', %s, false)", ("x",), prepare=True)
+        refused_65th(a, "SET app.s64 = 'v64'")
+        refused_65th(a, "SELECT 1; SET app.s0 = 'again'; SET app.s64 = 'x'")
+        refused_65th(a, "SELECT set_config('app.s64', %s, false)", ("x",), prepare=True)
         # In a block: it fails, as PostgreSQL's own error would, and rolls back what came first.
         with pytest.raises(psycopg.errors.ProgramLimitExceeded):
             with a.transaction():
@@ -220,20 +224,20 @@ def test_a_custom_setting_past_the_64th_is_refused_and_nothing_is_lost(pool_uri)
         unset = "SELECT coalesce(nullif(current_setting('app.s5', true), ''), 'unset')"
         assert others_see(pool_uri, unset) == ["unset"] * OTHERS
         for i in (0, 1, 63):
-            assert val(a, f"app.s{i}") == f"v{i}"
-        assert val(a, "app.s64") == "unset"
+            assert custom_val(a, f"app.s{i}") == f"v{i}"
+        assert custom_val(a, "app.s64") == "unset"
         # A setting for the transaction alone is no 65th. A RESET leaves the name set (empty,
         # as PostgreSQL keeps it): the 65th stays refused, the 64 can be set again.
         with a.transaction():
             a.execute("SET LOCAL app.s64 = 'local'")
-            assert val(a, "app.s64") == "local"
-        assert val(a, "app.s64") == "unset"
+            assert custom_val(a, "app.s64") == "local"
+        assert custom_val(a, "app.s64") == "unset"
         a.execute("RESET app.s0")
-        assert val(a, "app.s0") == "unset"
-        refused(a, "SET app.s64 = 'v64'")
+        assert custom_val(a, "app.s0") == "unset"
+        refused_65th(a, "SET app.s64 = 'v64'")
         a.execute("SET app.s0 = 'again'")
-        assert val(a, "app.s0") == "again"
-        assert val(a, "app.s63") == "v63"
+        assert custom_val(a, "app.s0") == "again"
+        assert custom_val(a, "app.s63") == "v63"
 
 
 def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
@@ -243,14 +247,6 @@ def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
     refused Bind's segment is skipped to its Sync, and nothing is lost; the client's statements
     still work after it."""
     from psycopg import pq
-
-    def val(conn, name):
-        read = "SELECT coalesce(nullif(current_setting(%s, true), ''), 'unset')"
-        return conn.execute(read, (name,)).fetchone()[0]
-
-    def refused(conn, sql, *args, **kw):
-        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=r"at most 64.*app\.s64"):
-            conn.execute(sql, *args, **kw)
 
     def exec_prepared(conn, name):
         res = conn.pgconn.exec_prepared(name, [])
@@ -265,11 +261,11 @@ def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
         assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
         a.execute("; ".join(f"SET app.s{i} = 'v{i}'" for i in range(64)))
         # The name as a bound parameter, unnamed and prepared.
-        refused(a, bound, ("app.s64",))
-        refused(a, bound, ("APP.S64",), prepare=True)
+        refused_65th(a, bound, ("app.s64",))
+        refused_65th(a, bound, ("APP.S64",), prepare=True)
         # A name the client has is no 65th.
         a.execute(bound, ("app.s1",))
-        assert val(a, "app.s1") == "x"
+        assert custom_val(a, "app.s1") == "x"
         # The statement prepared while there was room, bound now.
         assert exec_prepared(a, b"late") == (pq.ExecStatus.FATAL_ERROR, b"54000")
         assert exec_prepared(a, b"fine") == (pq.ExecStatus.TUPLES_OK, None)
@@ -283,8 +279,8 @@ def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
         # clients had the pool's connection.
         unset = "SELECT coalesce(nullif(current_setting('app.s5', true), ''), 'unset')"
         assert others_see(pool_uri, unset) == ["unset"] * OTHERS
-        assert val(a, "app.s64") == "unset"
-        assert [val(a, f"app.s{i}") for i in (0, 1, 2, 63)] == ["again", "x", "v2", "v63"]
+        assert custom_val(a, "app.s64") == "unset"
+        assert [custom_val(a, f"app.s{i}") for i in (0, 1, 2, 63)] == ["again", "x", "v2", "v63"]
         # The client's unnamed statement and its named ones work after the refusals.
         assert a.execute("SELECT %s::int + 1", (41,)).fetchone()[0] == 42
         assert exec_prepared(a, b"fine") == (pq.ExecStatus.TUPLES_OK, None)

@@ -250,8 +250,6 @@ mod tests {
         assert!(got("SET app.\"x y\" = 1\0").is_empty());
     }
 
-    /// A name bound as `set_config`'s first parameter is read from the Bind, in text or binary
-    /// format; NULL, another parameter or a name that is no custom setting's is not noted.
     /// A Bind's parameter part (after the statement's name): `formats`, then `values`.
     fn bind(formats: &[u16], values: &[Option<&str>]) -> Vec<u8> {
         let mut b = Vec::new();
@@ -273,6 +271,8 @@ mod tests {
         b
     }
 
+    /// A name bound as `set_config`'s first parameter is read from the Bind, in text or binary
+    /// format; NULL, another parameter or a name that is no custom setting's is not noted.
     #[test]
     fn finds_names_bound_as_parameters_of_set_config() {
         use crate::params::ClientParams;

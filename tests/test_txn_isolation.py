@@ -275,6 +275,13 @@ def test_a_custom_setting_past_the_64th_is_refused_at_its_bind(pool_uri):
                 a.execute("SET app.s2 = 'in-block'")
                 a.execute(bound, ("app.s64",))
         assert a.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        # In a block failed before it, the server refuses the Bind as it refuses any (25P02).
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            with a.transaction():
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    a.execute("SELECT 1/0")
+                a.execute(bound, ("app.s64",))
+        assert a.pgconn.transaction_status == pq.TransactionStatus.IDLE
         # Nothing of the refused ones ran or stayed; the 64 are the client's, also after other
         # clients had the pool's connection.
         unset = "SELECT coalesce(nullif(current_setting('app.s5', true), ''), 'unset')"

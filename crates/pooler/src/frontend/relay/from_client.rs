@@ -20,7 +20,7 @@ use crate::net::messages::extended::{
 };
 use crate::net::messages::tag::{self, target, txn};
 use crate::net::messages::{cstr, header, query, HEADER};
-use crate::params::{ClientParams, MAX_CUSTOM};
+use crate::params::MAX_CUSTOM;
 use crate::prepared::{stand_in_tag, ClientStatements, Statement};
 
 fn expected_kind(tag: u8) -> Option<u8> {
@@ -484,12 +484,13 @@ fn rewrite(
             let mut bound = 0;
             match lookup(ctx, b.statement) {
                 Some(stmt) => {
-                    if stmt.sets & session_state::CUSTOM != 0 && ctx.session_state {
+                    if stmt.sets & session_state::CUSTOM != 0 {
                         let text = scan::statement_text(tag::PARSE, &stmt.parse);
-                        if let Some(e) = binds_one_too_many(server, text, b.rest, ctx.params) {
-                            refused_at_bind(server, relay, &e);
+                        if refused_past_room(server, relay, ctx, text, b.rest) {
                             return Ok(());
                         }
+                        scan::custom::note(text, ctx.params);
+                        scan::custom::note_bound(text, b.rest, ctx.params);
                     }
                     if stmt.drops {
                         tag_portal(relay, b.portal, stand_in_tag::DROPS);
@@ -497,11 +498,6 @@ fn rewrite(
                     bound = stmt.id | BOUND;
                     relay.retry.arm(&relay.expect, server.status, stmt.id, msg);
                     ctx.params.dirty |= stmt.sets;
-                    if stmt.sets & session_state::CUSTOM != 0 {
-                        let text = scan::statement_text(tag::PARSE, &stmt.parse);
-                        scan::custom::note(text, ctx.params);
-                        scan::custom::note_bound(text, b.rest, ctx.params);
-                    }
                     relay.notified |= stmt.notifies;
                     ctx.tally.t.server_parses +=
                         ensure_prepared(server, relay, &stmt, ctx.max_prepared) as u64;
@@ -516,21 +512,12 @@ fn rewrite(
                     if b.statement.is_empty() {
                         if let Some(parse) = ctx.statements.unnamed_binding_names() {
                             let text = scan::statement_text(tag::PARSE, parse);
-                            let refused = if ctx.session_state {
-                                binds_one_too_many(server, text, b.rest, ctx.params)
-                            } else {
-                                None
-                            };
-                            if let Some(e) = refused {
-                                refused_at_bind(server, relay, &e);
+                            if refused_past_room(server, relay, ctx, text, b.rest) {
                                 return Ok(());
                             }
-                        }
-                        ensure_unnamed(server, relay, ctx);
-                        if let Some(parse) = ctx.statements.unnamed_binding_names() {
-                            let text = scan::statement_text(tag::PARSE, parse);
                             scan::custom::note_bound(text, b.rest, ctx.params);
                         }
+                        ensure_unnamed(server, relay, ctx);
                     }
                     server.bufs.c2s_out.extend_from_slice(msg)
                 }
@@ -755,36 +742,36 @@ fn raised_by_server(server: &mut Server, relay: &mut RelayState, e: &errors::Cli
     push(&mut relay.expect, tag::QUERY, Action::Forward, 0);
 }
 
-/// The error for a Bind of the statement `text` (its parameters `bind`) that would give its
-/// client a custom setting past `MAX_CUSTOM`: the statement was prepared while the client had
-/// room, or the name is a bound parameter. Asked only of a statement that may set one. None in
-/// a failed block, where the server refuses the Bind itself (25P02) and it sets nothing.
-#[cold]
-#[inline(never)]
-fn binds_one_too_many(
-    server: &Server,
-    text: &[u8],
-    bind: &[u8],
-    params: &ClientParams,
-) -> Option<errors::ClientError> {
-    if server.status == txn::FAILED {
-        return None;
-    }
-    let name = scan::custom::one_too_many_bound(text, bind, params)?;
-    Some(errors::one_custom_setting_too_many(&name, MAX_CUSTOM))
-}
-
-/// A Bind the pooler refuses: not sent; the server raises the error in its place, as for a
+/// Refuses (true) a Bind of the statement `text` (its parameters `bind`) that would give its
+/// client a custom setting past `MAX_CUSTOM` (54000, naming it): the statement was prepared
+/// while the client had room, or the name is a bound parameter. Asked only of a statement that
+/// may set one. The Bind is not sent; the server raises the error in its place, as for a
 /// refused Parse (`raised_in_place`, without parsing the client's text again: it was parsed
 /// when prepared), so that it fails an open block and is skipped after an earlier error in its
 /// segment. The client's unnamed statement and portal stay, as PostgreSQL keeps them after a
 /// failed Bind (the pooler's Parse of the raising statement in the server's unnamed statement
-/// has the client's prepared again before its next Bind: `ensure_unnamed`).
+/// has the client's prepared again before its next Bind: `ensure_unnamed`). Not in a failed
+/// block, where the server refuses the Bind itself (25P02) and it sets nothing.
 #[cold]
-fn refused_at_bind(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
+#[inline(never)]
+fn refused_past_room(
+    server: &mut Server,
+    relay: &mut RelayState,
+    ctx: &ClientCtx<'_>,
+    text: &[u8],
+    bind: &[u8],
+) -> bool {
+    if !ctx.session_state || server.status == txn::FAILED {
+        return false;
+    }
+    let Some(name) = scan::custom::one_too_many_bound(text, bind, ctx.params) else {
+        return false;
+    };
+    let e = errors::one_custom_setting_too_many(&name, MAX_CUSTOM);
     relay.unnamed_here = false;
     relay.c2s_discard = true;
-    raise_in_place(server, relay, e);
+    raise_in_place(server, relay, &e);
+    true
 }
 
 /// An extended-protocol Parse the pooler refuses or answers with an error: the server parses
@@ -833,7 +820,7 @@ fn raised_in_place(
 
 /// Has the server raise `e` with an unnamed Parse, Bind and Execute of
 /// `session_state::raise_sql` in a portal of the pooler's, only the error forwarded
-/// (`raised_in_place`, `refused_at_bind`).
+/// (`raised_in_place`, `refused_past_room`).
 fn raise_in_place(server: &mut Server, relay: &mut RelayState, e: &errors::ClientError) {
     let out = &mut server.bufs.c2s_out;
     let mut rest = session_state::raise_sql(e).into_bytes();

@@ -29,14 +29,19 @@ pub fn note(sql: &[u8], params: &mut ClientParams) {
 #[cold]
 #[inline(never)]
 pub fn note_bound(sql: &[u8], bind: &[u8], params: &mut ClientParams) {
-    for n in name_parameters(sql) {
-        let name = bound(bind, n)
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(custom_name);
-        if let Some(name) = name {
-            params.note_custom(name);
-        }
+    for name in bound_names(sql, bind) {
+        params.note_custom(name);
     }
+}
+
+/// The custom settings' names a Bind's parameters (`bind`) give the statement `sql` as
+/// `set_config($n, ...)`'s name, in the order of the parameters' numbers in the text.
+fn bound_names<'a>(sql: &[u8], bind: &'a [u8]) -> impl Iterator<Item = Box<str>> + 'a {
+    name_parameters(sql).into_iter().filter_map(move |n| {
+        bound(bind, n)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(custom_name)
+    })
 }
 
 /// The numbers of the parameters `sql` gives `set_config` as its name (`set_config($2, ...)`).
@@ -140,12 +145,7 @@ pub fn one_too_many_bound(sql: &[u8], bind: &[u8], params: &ClientParams) -> Opt
         return None;
     }
     let mut names = lasting(sql);
-    for n in name_parameters(sql) {
-        let name = bound(bind, n)
-            .and_then(|value| std::str::from_utf8(value).ok())
-            .and_then(custom_name);
-        names.extend(name);
-    }
+    names.extend(bound_names(sql, bind));
     first_past_room(names, params)
 }
 
